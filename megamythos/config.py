@@ -1,0 +1,241 @@
+"""Model configuration: one validated dataclass, JSON round-trip, and the named presets.
+
+Every field is checked in ``__post_init__``; a bad value raises :class:`ConfigError` naming the field,
+the value and what is allowed, so a typo in a JSON file fails before any tensor is allocated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration field holds a value the model cannot use."""
+
+
+def _require(ok: bool, field_name: str, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"ModelConfig.{field_name}={value!r} is invalid: {what}")
+
+
+# bf16 has 8 significant bits: the largest bf16 value below 1.0 is 1 - 2**-8. A decay margin smaller than
+# this would round the clamped A-bar to exactly 1.0 in bf16 and void the contraction guarantee.
+BF16_MIN_DECAY_MARGIN = 2.0 ** -8
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of :class:`megamythos.model.MythosLM`.
+
+    Shapes used in docstrings: B batch, S sequence, H = ``dim``, E = ``n_experts``, K = ``num_experts_per_tok``,
+    F = ``expert_dim``, T = loop count.
+    """
+
+    # vocabulary and width
+    vocab_size: int = 32000
+    dim: int = 256
+    max_seq_len: int = 512
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+    # attention
+    attn_type: str = "mla"  # "mla" (DeepSeek-V2 latent attention) or "gqa"
+    n_heads: int = 8
+    n_kv_heads: int = 2  # GQA only
+    head_dim: int = 0  # GQA only; 0 -> dim // n_heads
+    q_lora_rank: int = 64  # MLA; 0 -> full-rank query projection
+    kv_lora_rank: int = 32  # MLA latent width cached per token
+    qk_rope_head_dim: int = 16  # MLA: width of the ONE shared decoupled RoPE key
+    qk_nope_head_dim: int = 32
+    v_head_dim: int = 32
+    rope_theta: float = 10000.0
+
+    # depth: Prelude (dense, once) -> Recurrent block (shared, T times) -> Coda (dense, once)
+    prelude_layers: int = 1
+    coda_layers: int = 1
+    ffn_dim: int = 0  # dense SwiGLU width of prelude/coda; 0 -> 8/3 * dim rounded up to 64
+    mean_loops: int = 4  # trained mean recurrence depth
+    max_loops: int = 0  # cap on sampled depth and size of per-loop tables; 0 -> 2 * mean_loops
+    loop_sigma: float = 0.5  # log-normal sigma of the sampled depth
+    backprop_loops: int = 0  # truncated BPTT: gradient through the last k iterations; 0 -> all
+
+    # recurrence options
+    state_init: str = "embed"  # "embed": h0 = e; "noise": Huginn-style h0 ~ N(0, noise_std^2)
+    noise_std: float = 1.0
+    loop_embedding: bool = False  # sinusoidal loop-index signal added to the block input
+    loop_embedding_dim: int = 0  # channels carrying it; 0 -> dim // 8
+    lora_rank: int = 0  # per-loop LoRA adapter on the block output; 0 disables
+    decay_margin: float = 1e-2  # delta: A-bar <= 1 - delta, also after bf16 rounding
+    decay_floor: float = 1e-4  # epsilon: A-bar >= epsilon
+
+    # adaptive computation time
+    act: bool = True
+    act_threshold: float = 0.99
+    ponder_cost: float = 1e-3  # weight of Graves' ponder cost N + R in aux_loss
+
+    # mixture of experts in the recurrent block
+    n_experts: int = 16
+    n_shared_experts: int = 1
+    num_experts_per_tok: int = 2
+    expert_dim: int = 128
+    score_func: str = "softmax"  # "softmax" or "sigmoid"
+    route_norm: bool = True  # renormalise the K selected scores to sum to 1
+    seq_aux_loss_coef: float = 1e-4  # DeepSeek-V3 sequence-wise balance loss; 0 disables
+    router_z_loss_coef: float = 0.0
+    expert_bias_update_rate: float = 1e-3  # aux-loss-free bias step (gamma)
+
+    # memory
+    checkpoint_loops: bool = False  # torch.utils.checkpoint(use_reentrant=False) per iteration
+
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried through JSON
+
+    def __post_init__(self) -> None:
+        positive = ["vocab_size", "dim", "max_seq_len", "n_heads", "mean_loops", "n_experts",
+                    "num_experts_per_tok", "expert_dim", "qk_nope_head_dim", "v_head_dim", "qk_rope_head_dim",
+                    "kv_lora_rank"]
+        for name in positive:
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, value,
+                     "must be a positive integer")
+        non_negative = ["n_kv_heads", "head_dim", "q_lora_rank", "prelude_layers", "coda_layers", "ffn_dim",
+                        "max_loops", "backprop_loops", "loop_embedding_dim", "lora_rank", "n_shared_experts"]
+        for name in non_negative:
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, value,
+                     "must be a non-negative integer")
+        _require(self.attn_type in ("mla", "gqa"), "attn_type", self.attn_type, "choose 'mla' or 'gqa'")
+        _require(self.state_init in ("embed", "noise"), "state_init", self.state_init,
+                 "choose 'embed' or 'noise'")
+        _require(self.score_func in ("softmax", "sigmoid"), "score_func", self.score_func,
+                 "choose 'softmax' or 'sigmoid'")
+        _require(self.num_experts_per_tok <= self.n_experts, "num_experts_per_tok", self.num_experts_per_tok,
+                 f"top-k cannot exceed n_experts={self.n_experts}")
+        if self.attn_type == "gqa":
+            _require(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, "n_kv_heads", self.n_kv_heads,
+                     f"must divide n_heads={self.n_heads}")
+            _require(self.head_dim > 0 or self.dim % self.n_heads == 0, "head_dim", self.head_dim,
+                     f"0 needs dim={self.dim} divisible by n_heads={self.n_heads}")
+            _require(self.resolved_head_dim % 2 == 0, "head_dim", self.resolved_head_dim, "RoPE needs an even width")
+        _require(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim", self.qk_rope_head_dim, "RoPE needs an even width")
+        _require(self.max_loops == 0 or self.max_loops >= self.mean_loops, "max_loops", self.max_loops,
+                 f"must be 0 or >= mean_loops={self.mean_loops}")
+        _require(self.backprop_loops <= self.resolved_max_loops, "backprop_loops", self.backprop_loops,
+                 f"cannot exceed max_loops={self.resolved_max_loops}")
+        _require(BF16_MIN_DECAY_MARGIN <= self.decay_margin < 1.0, "decay_margin", self.decay_margin,
+                 f"must lie in [2**-8, 1): below 2**-8 the bound 1 - delta rounds to 1.0 in bf16")
+        _require(0.0 < self.decay_floor < 1.0 - self.decay_margin, "decay_floor", self.decay_floor,
+                 "must lie in (0, 1 - decay_margin)")
+        _require(0.0 < self.act_threshold <= 1.0, "act_threshold", self.act_threshold, "must lie in (0, 1]")
+        for name in ("ponder_cost", "seq_aux_loss_coef", "router_z_loss_coef", "expert_bias_update_rate",
+                     "noise_std", "loop_sigma"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value,
+                     "must be a finite number >= 0")
+        for name in ("norm_eps", "init_std", "rope_theta"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, value,
+                     "must be a finite number > 0")
+        if self.loop_embedding:
+            _require(0 < self.resolved_loop_embedding_dim <= self.dim and self.resolved_loop_embedding_dim % 2 == 0,
+                     "loop_embedding_dim", self.loop_embedding_dim, f"must be even and at most dim={self.dim}")
+
+    # ------------------------------------------------------------------ derived sizes
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.dim // self.n_heads
+
+    @property
+    def resolved_ffn_dim(self) -> int:
+        return self.ffn_dim or 64 * math.ceil(8 * self.dim / 3 / 64)
+
+    @property
+    def resolved_max_loops(self) -> int:
+        return self.max_loops or 2 * self.mean_loops
+
+    @property
+    def resolved_loop_embedding_dim(self) -> int:
+        return self.loop_embedding_dim or max(2, (self.dim // 8) // 2 * 2)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"ModelConfig has no field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> "ModelConfig":
+        """Load from a JSON file path or a JSON string."""
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            path = Path(path_or_text)
+            if not path.is_file():
+                raise ConfigError(f"model config file {path} does not exist")
+            text = path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"model config is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def _scale_preset(dim: int, heads: int, kv_heads: int, ctx: int, loops: int, prelude: int, coda: int,
+                  kv_rank: int, q_rank: int, rope: int, nope: int, v: int, experts: int, shared: int, top_k: int,
+                  expert_dim: int, lora: int, vocab: int = 32000, theta: float = 10000.0) -> dict[str, Any]:
+    return dict(vocab_size=vocab, dim=dim, n_heads=heads, n_kv_heads=kv_heads, max_seq_len=ctx, mean_loops=loops,
+                prelude_layers=prelude, coda_layers=coda, kv_lora_rank=kv_rank, q_lora_rank=q_rank,
+                qk_rope_head_dim=rope, qk_nope_head_dim=nope, v_head_dim=v, n_experts=experts,
+                n_shared_experts=shared, num_experts_per_tok=top_k, expert_dim=expert_dim, lora_rank=lora,
+                rope_theta=theta)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU default: ~8M parameters, trains in minutes on two cores.
+    "tiny": dict(vocab_size=8192, dim=256, n_heads=8, n_kv_heads=2, max_seq_len=512, mean_loops=4,
+                 prelude_layers=1, coda_layers=1, kv_lora_rank=64, q_lora_rank=128, qk_rope_head_dim=16,
+                 qk_nope_head_dim=32, v_head_dim=32, n_experts=16, n_shared_experts=1, num_experts_per_tok=2,
+                 expert_dim=256, lora_rank=4),
+    # One GPU: ~150M parameters.
+    "small": _scale_preset(768, 12, 4, 2048, 8, 2, 2, 256, 384, 32, 64, 64, 32, 2, 4, 768, 8),
+    "1b": _scale_preset(2048, 16, 4, 4096, 16, 2, 2, 256, 512, 32, 64, 64, 64, 2, 4, 2048, 8),
+    "3b": _scale_preset(3072, 24, 6, 4096, 16, 2, 2, 384, 768, 32, 96, 96, 64, 2, 4, 4096, 8),
+    "10b": _scale_preset(4096, 32, 8, 8192, 24, 2, 2, 512, 1024, 64, 128, 128, 128, 2, 4, 5632, 16),
+    "50b": _scale_preset(6144, 48, 8, 8192, 32, 3, 3, 512, 1536, 64, 128, 128, 256, 4, 4, 9728, 32),
+    "100b": _scale_preset(8192, 64, 8, 1000000, 32, 4, 4, 512, 2048, 64, 128, 128, 256, 4, 8, 13568, 64,
+                          theta=1e6),
+    "500b": _scale_preset(12288, 96, 16, 1000000, 48, 4, 4, 1024, 3072, 64, 128, 128, 512, 8, 8, 23040, 128,
+                          vocab=100000, theta=1e6),
+    "1t": _scale_preset(16384, 128, 16, 1000000, 64, 6, 6, 1024, 4096, 64, 128, 128, 512, 8, 8, 34560, 256,
+                        vocab=100000, theta=2e6),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset as a validated :class:`ModelConfig`, with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return ModelConfig.from_dict({**PRESETS[name], **overrides})

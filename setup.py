@@ -1,0 +1,24 @@
+"""megamythos: DeepSpeed pretraining of a recurrent-depth Mixture-of-Experts transformer."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megamythos",
+    version="0.1.0",
+    description="DeepSpeed/Megatron-style pretraining for recurrent-depth MoE transformers (Prelude -> looped block -> Coda)",
+    packages=find_packages(include=["megamythos", "megamythos.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.6",
+        "deepspeed>=0.19.8,<0.20",
+        "sentencepiece>=0.2",
+        "datasets>=2.18",
+        "tensorboard>=2.14",
+        "numpy>=1.24",
+        "tqdm>=4.64",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4", "zstandard>=0.22", "pyarrow>=14"],
+        "cuda": ["flash-attn>=2.5"],
+    },
+)
