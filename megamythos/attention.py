@@ -1,0 +1,188 @@
+"""Causal self-attention: DeepSeek-V2 Multi-head Latent Attention (MLA) and grouped-query attention (GQA).
+
+Both take x [B, S, H] plus the absolute ``positions`` [S] of those tokens and an optional
+:class:`LayerKVCache`; local head counts are always inferred from projection shapes (``view(B, S, -1, d)``),
+so DeepSpeed AutoTP can column-shard the head projections and row-shard ``wo`` without model changes.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megamythos.config import ModelConfig
+from megamythos.layers import RMSNorm, apply_rope, rope_cos_sin
+from megamythos.parallel import reduce_grad_over_group
+
+
+class LayerKVCache:
+    """Per-layer decode cache: a tuple of tensors [B, L, ...] grown along dim 1.
+
+    MLA stores (c_kv [B, L, kv_lora_rank], k_pe [B, L, rope_dim]) — kv_lora_rank + rope_dim values per token;
+    GQA stores (k [B, L, n_kv, d], v [B, L, n_kv, d]).
+    """
+
+    def __init__(self) -> None:
+        self.tensors: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.tensors is None else self.tensors[0].shape[1]
+
+    def append(self, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Append ``new`` along the sequence dim and return the full cached tensors."""
+        if self.tensors is None:
+            self.tensors = tuple(t.detach() for t in new)
+        else:
+            self.tensors = tuple(torch.cat((old, t.detach()), dim=1) for old, t in zip(self.tensors, new))
+        return self.tensors
+
+    def repeat_last(self, source: "LayerKVCache") -> None:
+        """Append the newest entry of ``source`` (used when ACT exits early: skipped loops reuse it)."""
+        assert source.tensors is not None
+        self.append(*(t[:, -1:] for t in source.tensors))
+
+
+def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean [q_len, kv_len] mask (True = attend) for queries at the last q_len of kv_len positions."""
+    if q_len == 1:
+        return None
+    q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+    return torch.arange(kv_len, device=device)[None, :] <= q_pos
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
+    """flash-attn's ``flash_attn_func`` when the optional CUDA extra is installed, else None (lazy import)."""
+    try:
+        from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+    return flash_attn_func
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+           scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v for q [B, S, h, dq], k [B, L, h, dq], v [B, L, h, dv] -> [B, S, h, dv].
+
+    Uses flash-attn on CUDA in half precision when it is installed, else PyTorch SDPA.
+    """
+    flash = _flash_attn_func()
+    if (flash is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None
+            and q.shape[-1] == v.shape[-1]):
+        return flash(q, k, v, softmax_scale=scale, causal=causal)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask, is_causal=causal and mask is None, scale=scale)
+    return out.transpose(1, 2)
+
+
+class MLA(nn.Module):
+    """DeepSeek-V2 Multi-head Latent Attention with ONE shared decoupled RoPE key.
+
+    q = W_qb RMSNorm(W_qa x)  -> per head [nope | rope]           (W_q x when q_lora_rank == 0)
+    [c_kv | k_pe] = W_kva x;  c_kv <- RMSNorm(c_kv)               c_kv: kv_lora_rank, k_pe: rope dim, shared
+    [k_nope | v] = W_kvb c_kv -> per head                          k = [k_nope | rope(k_pe)]
+    out = W_o attention(q, k, v)
+    The cache keeps only c_kv and rope(k_pe). ``absorb=True`` folds W_kvb into the query/output side
+    (q_lat = q_nope W_UK, out = (P c_kv) W_UV) so decode never expands the latent to per-head keys.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.nope_dim, self.rope_dim, self.v_dim = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
+        self.kv_lora_rank = config.kv_lora_rank
+        self.rope_theta = config.rope_theta
+        self.scale = 1.0 / math.sqrt(self.nope_dim + self.rope_dim)
+        q_out = config.n_heads * (self.nope_dim + self.rope_dim)
+        if config.q_lora_rank > 0:
+            self.wq_a = nn.Linear(config.dim, config.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(config.q_lora_rank, config.norm_eps)
+            self.wq_b = nn.Linear(config.q_lora_rank, q_out, bias=False)
+        else:
+            self.wq = nn.Linear(config.dim, q_out, bias=False)
+        self.wkv_a = nn.Linear(config.dim, self.kv_lora_rank + self.rope_dim, bias=False)
+        self.kv_norm = RMSNorm(self.kv_lora_rank, config.norm_eps)
+        self.wkv_b = nn.Linear(self.kv_lora_rank, config.n_heads * (self.nope_dim + self.v_dim), bias=False)
+        self.wo = nn.Linear(config.n_heads * self.v_dim, config.dim, bias=False)
+        self.tp_group: Any | None = None  # set by megamythos.parallel.set_tensor_parallel_group
+
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
+        return q.view(x.shape[0], x.shape[1], -1, self.nope_dim + self.rope_dim)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
+                absorb: bool = False) -> torch.Tensor:
+        bsz, seq, _ = x.shape
+        cos, sin = rope_cos_sin(positions, self.rope_dim, self.rope_theta)
+        q_nope, q_pe = self._query(x).split([self.nope_dim, self.rope_dim], dim=-1)
+        q_pe = apply_rope(q_pe, cos, sin)
+        c_kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        c_kv = self.kv_norm(c_kv)
+        k_pe = reduce_grad_over_group(k_pe, self.tp_group)
+        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # [B, S, r]
+        if cache is not None:
+            c_kv, k_pe = cache.append(c_kv, k_pe)
+        mask = causal_mask(seq, c_kv.shape[1], x.device) if cache is not None else None
+        causal = cache is None and seq > 1
+        if absorb:
+            out = self._absorbed_attention(q_nope, q_pe, c_kv, k_pe, mask, causal)
+        else:
+            kv = self.wkv_b(c_kv).view(bsz, c_kv.shape[1], -1, self.nope_dim + self.v_dim)
+            k_nope, v = kv.split([self.nope_dim, self.v_dim], dim=-1)
+            k = torch.cat((k_nope, k_pe.unsqueeze(2).expand(-1, -1, k_nope.shape[2], -1)), dim=-1)
+            q = torch.cat((q_nope, q_pe), dim=-1)
+            out = attend(q, k, v, mask, causal, self.scale)
+        return self.wo(out.reshape(bsz, seq, -1))
+
+    def _absorbed_attention(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor,
+                            k_pe: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Attention in latent space: scores = (q_nope W_UK) c_kv^T + q_pe k_pe^T; out = (P c_kv) W_UV."""
+        w = self.wkv_b.weight.view(-1, self.nope_dim + self.v_dim, self.kv_lora_rank)  # [h, nope+v, r]
+        w_uk, w_uv = w.split([self.nope_dim, self.v_dim], dim=1)
+        q_lat = torch.einsum("bshn,hnr->bshr", q_nope, w_uk)
+        scores = (torch.einsum("bshr,blr->bhsl", q_lat, c_kv)
+                  + torch.einsum("bshp,blp->bhsl", q_pe, k_pe)).float() * self.scale
+        if causal:
+            mask = causal_mask(q_nope.shape[1], c_kv.shape[1], c_kv.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1).to(c_kv.dtype)
+        out_lat = torch.einsum("bhsl,blr->bshr", probs, c_kv)
+        return torch.einsum("bshr,hvr->bshv", out_lat, w_uv)
+
+
+class GQA(nn.Module):
+    """Grouped-query attention with RoPE: n_heads query heads share n_kv_heads key/value heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.head_dim = config.resolved_head_dim
+        self.rope_theta = config.rope_theta
+        self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
+                absorb: bool = False) -> torch.Tensor:
+        del absorb  # only meaningful for MLA
+        bsz, seq, _ = x.shape
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
+        q = apply_rope(self.wq(x).view(bsz, seq, -1, self.head_dim), cos, sin)
+        k = apply_rope(self.wk(x).view(bsz, seq, -1, self.head_dim), cos, sin)
+        v = self.wv(x).view(bsz, seq, -1, self.head_dim)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        groups = q.shape[2] // k.shape[2]
+        k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
+        mask = causal_mask(seq, k.shape[1], x.device) if cache is not None else None
+        out = attend(q, k, v, mask, cache is None and seq > 1, 1.0 / math.sqrt(self.head_dim))
+        return self.wo(out.reshape(bsz, seq, -1))
+
+
+def build_attention(config: ModelConfig) -> nn.Module:
+    return MLA(config) if config.attn_type == "mla" else GQA(config)

@@ -1,0 +1,151 @@
+"""MythosLM: Prelude (dense, once) -> Recurrent core (shared MoE block, T loops) -> Coda (dense, once) -> LM head."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megamythos.attention import LayerKVCache, build_attention
+from megamythos.config import ModelConfig
+from megamythos.layers import RMSNorm, SwiGLU
+from megamythos.recurrent import RecurrentCore, sample_loop_count
+
+__all__ = ["DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "sample_loop_count",
+           "weight_decay_param_groups"]
+
+
+class DenseBlock(nn.Module):
+    """Pre-norm transformer block with a dense SwiGLU FFN: x + attn(norm x), then + ffn(norm x)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn = build_attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.ffn = SwiGLU(config.dim, config.resolved_ffn_dim)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
+                absorb: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, cache, absorb)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class ModelKVCache:
+    """Decode cache of the whole model: one LayerKVCache per prelude layer, per loop index, per coda layer.
+
+    The loop count is fixed when the cache is made: every token must be cached at every loop index.
+    """
+
+    def __init__(self, config: ModelConfig, n_loops: int) -> None:
+        self.n_loops = n_loops
+        self.prelude = [LayerKVCache() for _ in range(config.prelude_layers)]
+        self.loops = [LayerKVCache() for _ in range(n_loops)]
+        self.coda = [LayerKVCache() for _ in range(config.coda_layers)]
+
+    @property
+    def length(self) -> int:
+        return self.loops[0].length
+
+
+@dataclass
+class MythosOutput:
+    """logits [B, S, V]; loss: mean next-token CE (None without labels); aux_loss: weighted MoE + ponder terms;
+    stats: detached diagnostics (n_loops, state_norm [T], act_mean_steps, rho)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    aux_loss: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class MythosLM(nn.Module):
+    """Recurrent-depth MoE language model; see the package docstring for the data flow."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.prelude = nn.ModuleList(DenseBlock(config) for _ in range(config.prelude_layers))
+        self.recurrent = RecurrentCore(config)
+        self.coda = nn.ModuleList(DenseBlock(config) for _ in range(config.coda_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_embeddings.weight
+        self.apply(self._init_weights)
+        self.recurrent.reset_parameters()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """N(0, init_std) everywhere; output projections scaled by 1/sqrt(2 * effective depth) (GPT-2)."""
+        cfg = self.config
+        out_std = cfg.init_std / math.sqrt(2 * (cfg.prelude_layers + cfg.coda_layers + cfg.mean_loops))
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=cfg.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        for name, param in module.named_parameters(recurse=False):
+            if name == "gate_up_proj":
+                nn.init.normal_(param, std=cfg.init_std)
+            elif name == "down_proj":
+                nn.init.normal_(param, std=out_std)
+        for name in ("wo", "w_down"):
+            child = getattr(module, name, None)
+            if isinstance(child, nn.Linear):
+                nn.init.normal_(child.weight, std=out_std)
+
+    def spectral_radius(self) -> torch.Tensor:
+        """max rho(A_bar): A_bar is diagonal and positive, so its spectral radius is its largest entry (fp32)."""
+        return self.recurrent.injection.decay().max()
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
+                backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,
+                act_exit: bool = False) -> MythosOutput:
+        """input_ids [B, S] -> MythosOutput.
+
+        labels [B, S] are the next tokens aligned with input positions (-100 = ignored). n_loops defaults to
+        ``mean_loops`` (or the cache's count), backprop_loops to the config's. With ``cache`` the tokens
+        continue the cached sequence; ``absorb`` selects MLA's absorbed decode path.
+        """
+        cfg = self.config
+        if cache is not None:
+            if n_loops is not None and n_loops != cache.n_loops:
+                raise ValueError(f"n_loops={n_loops} differs from the cache's {cache.n_loops}")
+            n_loops = cache.n_loops
+        n_loops = n_loops or cfg.mean_loops
+        backprop_loops = cfg.backprop_loops if backprop_loops is None else backprop_loops
+        start = cache.length if cache is not None else 0
+        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+
+        x = self.tok_embeddings(input_ids)
+        for i, block in enumerate(self.prelude):
+            x = block(x, positions, cache.prelude[i] if cache else None, absorb)
+        e = self.recurrent.input_norm(x)
+        result = self.recurrent(e, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
+                                act_exit)
+        x = result.state.to(x.dtype)
+        for i, block in enumerate(self.coda):
+            x = block(x, positions, cache.coda[i] if cache else None, absorb)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        stats = dict(result.stats)
+        stats["rho"] = self.spectral_radius().detach()
+        return MythosOutput(logits=logits, loss=loss, aux_loss=result.aux_loss, stats=stats)
+
+
+def _no_decay(name: str, param: torch.Tensor) -> bool:
+    return (param.ndim < 2 or "tok_embeddings" in name or "lm_head" in name
+            or name.startswith(("recurrent.injection.", "recurrent.halt.")))
+
+
+def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on matrices; none on norms, biases, embeddings and the LTI/ACT parameters."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _no_decay(name, param) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

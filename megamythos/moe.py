@@ -1,0 +1,209 @@
+"""DeepSeek-style Mixture of Experts: fine-grained routed experts + always-on shared experts.
+
+Layout is exactly what DeepSpeed AutoEP replaces (so the same checkpoint runs with or without expert
+parallelism): ``gate`` = Linear(H, E) with buffer ``gate.e_score_correction_bias`` [E], ``experts.gate_up_proj``
+[E, 2F, H] (rows [:F] feed silu, rows [F:] are the up projection), ``experts.down_proj`` [E, H, F],
+``shared_experts`` called on [B, S, H], and a ``tokens_per_expert`` [E] count buffer.
+
+Routing (identical to DeepSpeed's TokenChoiceTopKRouter): s = softmax|sigmoid(x W_g^T) in fp32; the top-k
+experts are chosen on s + b (b = aux-loss-free bias, selection only); weights are the unbiased s of the chosen
+experts, renormalised to sum to 1 when ``route_norm``. Dispatch sorts the T*K (token, expert) assignments by
+expert and runs one grouped matmul; there is no Python loop over experts and no per-expert host sync.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from megamythos.config import ModelConfig
+from megamythos.layers import SwiGLU
+
+
+def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, score_func: str,
+          route_norm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k routing for router logits [T, E].
+
+    Returns (weights [T, K] fp32, expert ids [T, K] int64, scores [T, E] fp32).
+    """
+    scores = logits.float().softmax(dim=-1) if score_func == "softmax" else logits.float().sigmoid()
+    choice = scores if bias is None else scores + bias.float()
+    expert_ids = choice.topk(top_k, dim=-1, sorted=False).indices
+    weights = scores.gather(1, expert_ids)
+    if route_norm:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return weights, expert_ids, scores
+
+
+def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """torch._grouped_mm needs 16-byte aligned strides and, on CUDA, bf16."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.is_cuda and x.dtype != torch.bfloat16:
+        return False
+    return all((d * x.element_size()) % 16 == 0 for d in (x.shape[-1], w.shape[-1], w.shape[-2]))
+
+
+def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Rows of x [N, in] sorted by group (group g owns counts[g] consecutive rows) times weight[g]^T.
+
+    weight [G, out, in] -> [N, out]. Uses torch._grouped_mm when it applies, else one padded batched matmul
+    (a single host sync for the capacity, independent of G).
+    """
+    if _grouped_mm_ok(x, weight):
+        offsets = counts.cumsum(0).to(torch.int32)
+        return torch._grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
+    groups, n_rows = weight.shape[0], x.shape[0]
+    starts = counts.cumsum(0) - counts
+    group_of_row = torch.repeat_interleave(torch.arange(groups, device=x.device), counts, output_size=n_rows)
+    slot = torch.arange(n_rows, device=x.device) - starts[group_of_row]
+    capacity = int(counts.max().item()) if n_rows else 0
+    padded = x.new_zeros(groups, max(capacity, 1), x.shape[-1])
+    padded[group_of_row, slot] = x
+    out = torch.bmm(padded, weight.transpose(-2, -1))
+    return out[group_of_row, slot]
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts stored fused: y_e(x) = down_e (silu(gate_e x) * up_e x)."""
+
+    def __init__(self, n_experts: int, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.gate_up_proj = nn.Parameter(torch.empty(n_experts, 2 * hidden_dim, dim))
+        self.down_proj = nn.Parameter(torch.empty(n_experts, dim, hidden_dim))
+
+    def forward(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """x_sorted [N, H] grouped by expert with counts [E] -> [N, H]."""
+        gate, up = grouped_matmul(x_sorted, self.gate_up_proj, counts).split(self.hidden_dim, dim=-1)
+        return grouped_matmul(F.silu(gate) * up, self.down_proj, counts)
+
+
+class MoE(nn.Module):
+    """Routed + shared experts on x [B, S, H] -> [B, S, H]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.score_func = config.score_func
+        self.route_norm = config.route_norm
+        self.gate = nn.Linear(config.dim, config.n_experts, bias=False)
+        self.gate.register_buffer("e_score_correction_bias", torch.zeros(config.n_experts, dtype=torch.float32))
+        self.experts = Experts(config.n_experts, config.dim, config.expert_dim)
+        self.shared_experts = (SwiGLU(config.dim, config.n_shared_experts * config.expert_dim)
+                               if config.n_shared_experts > 0 else None)
+        self.register_buffer("tokens_per_expert", torch.zeros(config.n_experts, dtype=torch.float32),
+                             persistent=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        bsz, seq, dim = hidden_states.shape
+        x = hidden_states.reshape(-1, dim)
+        weights, expert_ids, _ = route(self.gate(x), self.gate.e_score_correction_bias, self.top_k,
+                                       self.score_func, self.route_norm)
+        flat_ids = expert_ids.reshape(-1)
+        order = flat_ids.argsort(stable=True)
+        counts = torch.bincount(flat_ids, minlength=self.gate.out_features)
+        if self.training:
+            # Under per-iteration activation checkpointing the recompute counts a second time; the bias
+            # update uses sign(mean - count), which that uniform doubling leaves unchanged.
+            with torch.no_grad():
+                self.tokens_per_expert.add_(counts.to(self.tokens_per_expert.dtype))
+        token_of = order // self.top_k
+        expert_out = self.experts(x[token_of], counts)
+        expert_out = expert_out * weights.reshape(-1)[order, None].to(expert_out.dtype)
+        out = torch.zeros_like(x).index_add_(0, token_of, expert_out.to(x.dtype))
+        out = out.view(bsz, seq, dim)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(hidden_states)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- routing losses
+def _router_parts(moe: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(router weight [E, H], selection bias [E] or None) of our MoE or of DeepSpeed's AutoEPMoELayer."""
+    router = moe.gate if isinstance(moe, MoE) else moe.router.gate
+    owner = moe.gate if isinstance(moe, MoE) else moe.router
+    return router.weight, getattr(owner, "e_score_correction_bias", None)
+
+
+def router_aux_loss(moe: nn.Module, hidden_states: torch.Tensor, top_k: int, score_func: str,
+                    seq_aux_coef: float, z_loss_coef: float) -> torch.Tensor:
+    """Weighted balance losses for MoE input [B, S, H], recomputing the router matmul.
+
+    Sequence-wise aux loss (DeepSeek-V3): per sequence, f_i = E/(K S) * #tokens routed to i,
+    P_i = mean_t s'_{t,i} with s' the scores normalised over experts; L_seq = coef * mean_b sum_i f_i P_i.
+    Router z-loss: coef * mean_t logsumexp(logits_t)^2. Computed here, outside the MoE module, so it survives
+    AutoEP replacing that module.
+    """
+    if seq_aux_coef == 0 and z_loss_coef == 0:
+        return hidden_states.new_zeros((), dtype=torch.float32)
+    weight, bias = _router_parts(moe)
+    bsz, seq, _ = hidden_states.shape
+    logits = F.linear(hidden_states, weight).float()  # [B, S, E]
+    n_experts = logits.shape[-1]
+    loss = logits.new_zeros(())
+    if seq_aux_coef > 0:
+        _, expert_ids, scores = route(logits.view(-1, n_experts), bias, top_k, score_func, route_norm=False)
+        scores = scores.view(bsz, seq, n_experts)
+        scores = scores / scores.sum(dim=-1, keepdim=True)
+        hits = torch.zeros(bsz, n_experts, device=logits.device).scatter_add_(
+            1, expert_ids.view(bsz, seq * top_k), torch.ones(bsz, seq * top_k, device=logits.device))
+        f = hits * n_experts / (top_k * seq)
+        loss = loss + seq_aux_coef * (f * scores.mean(dim=1)).sum(dim=-1).mean()
+    if z_loss_coef > 0:
+        loss = loss + z_loss_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()
+    return loss
+
+
+# -------------------------------------------------------------------------------- aux-loss-free bias update
+def _moe_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "tokens_per_expert", None),
+                                                                         torch.Tensor)]
+
+
+def _bias_of(moe: nn.Module) -> torch.Tensor:
+    _, bias = _router_parts(moe)
+    if bias is None:
+        raise RuntimeError(f"MoE module {type(moe).__name__} has no e_score_correction_bias buffer")
+    return bias
+
+
+@torch.no_grad()
+def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) -> dict[str, float]:
+    """DeepSeek-V3 aux-loss-free balancing, applied once per optimizer step.
+
+    For every MoE layer: c = tokens_per_expert summed over ``group`` (all ranks by default, when
+    torch.distributed is initialised); b <- b + rate * sign(mean(c) - c); counts reset to 0.
+    Returns load statistics of the last layer: max/mean tokens per expert and the bias range.
+    """
+    stats: dict[str, float] = {}
+    for _, moe in _moe_modules(model):
+        counts = moe.tokens_per_expert.float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+        bias = _bias_of(moe)
+        mean = counts.mean()
+        bias.add_((rate * torch.sign(mean - counts)).to(bias.dtype))
+        moe.tokens_per_expert.zero_()
+        stats = {"max_load": float(counts.max()), "mean_load": float(mean),
+                 "bias_min": float(bias.min()), "bias_max": float(bias.max())}
+    return stats
+
+
+def expert_bias_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{module name: copy of its selection bias} for checkpoint client state."""
+    return {name: _bias_of(moe).detach().cpu().clone() for name, moe in _moe_modules(model)}
+
+
+@torch.no_grad()
+def load_expert_bias_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Restore biases saved by :func:`expert_bias_state`; a missing or extra layer is an error."""
+    modules = dict(_moe_modules(model))
+    if set(modules) != set(state):
+        raise KeyError(f"expert-bias state has layers {sorted(state)} but the model has {sorted(modules)}")
+    for name, tensor in state.items():
+        bias = _bias_of(modules[name])
+        bias.copy_(tensor.to(device=bias.device, dtype=bias.dtype))

@@ -1,0 +1,213 @@
+"""Analytic parameter counts, FLOPs, KV-cache size and per-GPU memory plan of a configuration.
+
+``python -m megamythos.params --preset 1t [--json] [--gpus 1024 --tp 8 --ep 64 --zero 3]``
+
+Conventions: "active" counts the parameters one token touches in one pass with the recurrent block once and
+K of E routed experts; "effective" counts the recurrent block once per loop. FLOPs are 2 per multiply-add,
+training = forward + backward = 3x forward (per-iteration activation checkpointing adds one more forward of
+the recurrent block, reported separately); attention scores/values use the causal average context S/2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+
+from megamythos.config import PRESETS, ModelConfig, get_preset
+
+BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def attention_params(c: ModelConfig) -> int:
+    """Weights of one attention module (MLA or GQA), latent norms included."""
+    if c.attn_type == "gqa":
+        hd = c.resolved_head_dim
+        return c.dim * c.n_heads * hd * 2 + c.dim * c.n_kv_heads * hd * 2
+    q_out = c.n_heads * c.qk_head_dim
+    q = c.dim * c.q_lora_rank + c.q_lora_rank + c.q_lora_rank * q_out if c.q_lora_rank else c.dim * q_out
+    kv = c.dim * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank
+    kv += c.kv_lora_rank * c.n_heads * (c.qk_nope_head_dim + c.v_head_dim)
+    return q + kv + c.n_heads * c.v_head_dim * c.dim
+
+
+def attention_norm_params(c: ModelConfig) -> int:
+    """The part of :func:`attention_params` that is vectors (latent RMSNorm weights): no matmul FLOPs."""
+    return 0 if c.attn_type == "gqa" else c.kv_lora_rank + c.q_lora_rank
+
+
+def dense_block_params(c: ModelConfig) -> int:
+    return 2 * c.dim + attention_params(c) + 3 * c.dim * c.resolved_ffn_dim
+
+
+def expert_params(c: ModelConfig) -> int:
+    """One routed expert (gate, up, down)."""
+    return 3 * c.dim * c.expert_dim
+
+
+def moe_params(c: ModelConfig) -> int:
+    shared = 3 * c.dim * c.n_shared_experts * c.expert_dim
+    return c.dim * c.n_experts + c.n_experts * expert_params(c) + shared
+
+
+def recurrent_core_params(c: ModelConfig) -> int:
+    block = 2 * c.dim + attention_params(c) + moe_params(c)
+    extras = c.dim + 3 * c.dim  # input norm + LTI (log_A, log_dt, B)
+    extras += (c.dim + 1) if c.act else 0
+    extras += (2 * c.dim * c.lora_rank + c.resolved_max_loops * c.lora_rank) if c.lora_rank else 0
+    return block + extras
+
+
+@dataclass
+class ParamReport:
+    total: int
+    embedding: int
+    prelude_coda: int
+    recurrent: int
+    routed_experts: int
+    active_per_token: int
+    effective_per_token: int
+    train_flops_per_token: float
+    recompute_flops_per_token: float
+    kv_cache_bytes_per_token: int
+
+
+def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None,
+          kv_dtype: str = "bf16") -> ParamReport:
+    """Analytic counts for config ``c`` at sequence length ``seq_len`` (default max_seq_len, capped at 4096
+    for FLOPs so the 1M-context presets report a training-length figure) and ``n_loops`` (default mean)."""
+    loops = n_loops or c.mean_loops
+    seq = seq_len or min(c.max_seq_len, 4096)
+    embedding = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
+    prelude_coda = (c.prelude_layers + c.coda_layers) * dense_block_params(c)
+    recurrent = recurrent_core_params(c)
+    routed = c.n_experts * expert_params(c)
+    inactive = (c.n_experts - c.num_experts_per_tok) * expert_params(c)
+    total = embedding + prelude_coda + recurrent + c.dim
+    active = total - inactive
+    rec_active = recurrent - inactive
+    effective = total - recurrent + loops * rec_active
+
+    # matmul weights touched per token (norm vectors and LTI vectors excluded; the LM head is a matmul)
+    n_attn_layers = c.prelude_layers + c.coda_layers + loops
+    dense_mm = (c.prelude_layers + c.coda_layers) * (dense_block_params(c) - 2 * c.dim - attention_norm_params(c))
+    rec_mm = rec_active - (2 * c.dim + attention_norm_params(c) + 4 * c.dim + (1 if c.act else 0)
+                           + (c.resolved_max_loops * c.lora_rank if c.lora_rank else 0))
+    head_mm = c.vocab_size * c.dim
+    if c.attn_type == "mla":
+        score_width = c.n_heads * (c.qk_head_dim + c.v_head_dim)
+    else:
+        score_width = 2 * c.n_heads * c.resolved_head_dim
+    attn_fwd = 2 * score_width * seq / 2
+    fwd = 2 * (dense_mm + loops * rec_mm + head_mm) + n_attn_layers * attn_fwd
+    recompute = loops * (2 * rec_mm + attn_fwd)
+    per_layer_kv = (c.kv_lora_rank + c.qk_rope_head_dim if c.attn_type == "mla"
+                    else 2 * c.n_kv_heads * c.resolved_head_dim)
+    return ParamReport(total=total, embedding=embedding, prelude_coda=prelude_coda, recurrent=recurrent,
+                       routed_experts=routed, active_per_token=active, effective_per_token=effective,
+                       train_flops_per_token=3 * fwd, recompute_flops_per_token=recompute,
+                       kv_cache_bytes_per_token=per_layer_kv * n_attn_layers * BYTES[kv_dtype])
+
+
+@dataclass
+class MemoryPlan:
+    """Per-GPU memory estimate (GiB) of a ZeRO + TP + EP layout with bf16 weights and fp32 Adam states."""
+
+    gpus: int
+    tp: int
+    ep: int
+    zero: int
+    dp: int
+    params_per_gpu: float
+    weights_gib: float
+    grads_gib: float
+    optimizer_gib: float
+    gathered_working_gib: float
+    activations_gib: float
+    total_gib: float
+
+
+def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
+                seq_len: int | None = None, dtype: str = "bf16") -> MemoryPlan:
+    """Estimate per-GPU memory. Dense and attention matrices are split by ``tp``; routed experts by ``ep``;
+    ZeRO stage 1/2/3 shards optimizer states / + gradients / + weights over the data-parallel group (experts
+    over the expert-data-parallel group gpus / ep). Activations assume per-iteration checkpointing: one saved
+    fp32 state per loop plus one block's full activations (Megatron's ~34 s b h bytes per layer) and logits."""
+    if gpus % tp or gpus % ep:
+        raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
+    seq = seq_len or min(c.max_seq_len, 4096)
+    report = count(c, seq)
+    dp, edp = gpus // tp, gpus // ep
+    expert_total = report.routed_experts
+    dense_total = report.total - expert_total
+    dense_local, expert_local = dense_total / tp, expert_total / ep
+    shard_dense = dp if zero >= 3 else 1
+    shard_expert = edp if zero >= 3 else 1
+    weight_params = dense_local / shard_dense + expert_local / shard_expert
+    w_bytes = BYTES[dtype]
+    gib = 1024 ** 3
+    grads_params = dense_local / (dp if zero >= 2 else 1) + expert_local / (edp if zero >= 2 else 1)
+    opt_params = dense_local / (dp if zero >= 1 else 1) + expert_local / (edp if zero >= 1 else 1)
+    # ZeRO-3 gathers one module at a time: the recurrent block's local experts dominate
+    largest_module = (c.n_experts // ep) * expert_params(c) + attention_params(c) / tp if zero >= 3 else 0
+    tokens = micro_batch * seq
+    loops = c.resolved_max_loops
+    acts = tokens * c.dim * 4 * (loops + 2) + 34 * tokens * c.dim * w_bytes / tp + tokens * c.vocab_size * 4 / tp
+    plan = dict(weights_gib=weight_params * w_bytes / gib, grads_gib=grads_params * w_bytes / gib,
+                optimizer_gib=opt_params * 12 / gib, gathered_working_gib=largest_module * w_bytes / gib,
+                activations_gib=acts / gib)
+    return MemoryPlan(gpus=gpus, tp=tp, ep=ep, zero=zero, dp=dp, params_per_gpu=weight_params,
+                      total_gib=sum(plan.values()), **plan)
+
+
+def _fmt(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--config", help="model config JSON (overrides --preset)")
+    parser.add_argument("--seq-length", type=int, default=None)
+    parser.add_argument("--loops", type=int, default=None, help="loop count for effective params / FLOPs")
+    parser.add_argument("--gpus", type=int, default=None, help="also print the per-GPU memory plan")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--ep", type=int, default=1)
+    parser.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3])
+    parser.add_argument("--micro-batch-size", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
+    report = asdict(count(config, args.seq_length, args.loops))
+    if args.gpus:
+        report["memory_plan"] = asdict(memory_plan(config, args.gpus, args.tp, args.ep, args.zero,
+                                                   args.micro_batch_size, args.seq_length))
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return 0
+    name = args.config or args.preset
+    print(f"{name}: total {_fmt(report['total'])} params "
+          f"(embeddings {_fmt(report['embedding'])}, prelude+coda {_fmt(report['prelude_coda'])}, "
+          f"recurrent {_fmt(report['recurrent'])} of which routed experts {_fmt(report['routed_experts'])})")
+    print(f"  active per token      {_fmt(report['active_per_token'])}")
+    print(f"  effective per token   {_fmt(report['effective_per_token'])}  (recurrent block x loops)")
+    print(f"  training FLOPs/token  {_fmt(report['train_flops_per_token'])}  "
+          f"(+{_fmt(report['recompute_flops_per_token'])} recompute with per-loop checkpointing)")
+    print(f"  KV cache per token    {report['kv_cache_bytes_per_token']} bytes (bf16)")
+    if args.gpus:
+        plan = report["memory_plan"]
+        print(f"  memory per GPU        {plan['total_gib']:.1f} GiB on {plan['gpus']} GPUs "
+              f"(tp {plan['tp']}, ep {plan['ep']}, dp {plan['dp']}, ZeRO-{plan['zero']}): "
+              f"weights {plan['weights_gib']:.1f}, grads {plan['grads_gib']:.1f}, "
+              f"optimizer {plan['optimizer_gib']:.1f}, gathered {plan['gathered_working_gib']:.1f}, "
+              f"activations {plan['activations_gib']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""The recurrent core: one shared attention + MoE block looped T times with LTI-stable injection and ACT.
+
+State update (Parcae-style linear time-invariant injection, diagonal per channel, all in fp32):
+
+    u_t     = h_t + e  (+ loop-index signal)               block input, e = RMSNorm(prelude output)
+    h_{t+1} = A_bar * h_t + B_bar * e + Block(u_t)         Block(u) = attention and MoE residual updates
+    A_bar   = exp(-exp(clamp(log_dt + log_A, lo, hi)))     in [eps, 1 - delta] for every parameter value
+    B_bar   = exp(clamp(log_dt)) * B
+
+The clamp acts on the exponent, so A_bar stays inside [eps, 1 - delta] even for log_A, log_dt = +-1e4, and
+delta >= 2**-8 (validated in the config) keeps the bound below 1 after rounding to bf16.
+
+ACT (Graves): p_t = sigmoid(halt(h_{t+1})) per token; a token halts at the first step where the cumulative
+probability reaches ``act_threshold`` and takes the remainder 1 - sum(previous p) as its weight there (or at
+the last step), so the weights over steps sum to 1 per token; the output is sum_t w_t h_{t+1}. The ponder
+cost N + R (steps taken plus remainder) is added to the aux loss. Training always runs every iteration (all
+ranks run the same count); only inference may stop once every token has halted.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megamythos.attention import LayerKVCache, build_attention
+from megamythos.config import ModelConfig
+from megamythos.layers import RMSNorm
+from megamythos.moe import MoE, router_aux_loss
+
+_LOG_DT_RANGE = (-8.0, 2.0)  # B_bar's step size exp(log_dt) stays in [3e-4, 7.4]
+
+
+def sample_loop_count(mean_loops: int, sigma: float, max_loops: int, seed: int, step: int) -> int:
+    """Loop count for one training step: 1 + Poisson(exp(tau)), tau ~ N(log(mean - 1) - sigma^2 / 2, sigma).
+
+    The log-normal Poisson of Huginn, with mean ``mean_loops``, clipped to [1, max_loops]. Drawn from a
+    generator seeded by (seed, step) alone, so every rank draws the same count without communicating.
+    """
+    if mean_loops <= 1:
+        return 1
+    rng = np.random.default_rng([seed, step])
+    tau = rng.normal(math.log(mean_loops - 1) - sigma ** 2 / 2, sigma)
+    return int(np.clip(1 + rng.poisson(math.exp(tau)), 1, max_loops))
+
+
+class LTIInjection(nn.Module):
+    """Per-channel parameters of the stable linear recurrence h <- A_bar h + B_bar e + delta."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.log_A = nn.Parameter(torch.zeros(config.dim))
+        self.log_dt = nn.Parameter(torch.empty(config.dim))
+        self.B = nn.Parameter(torch.ones(config.dim))
+        # exponent bounds: A_bar = exp(-exp(z)) <= 1 - delta  <=>  z >= log(-log(1 - delta)), likewise for eps.
+        self.log_rate_min = math.log(-math.log1p(-config.decay_margin))
+        self.log_rate_max = math.log(-math.log(config.decay_floor))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():  # step sizes log-uniform in [0.1, 1]: A_bar in [0.37, 0.90] at init
+            self.log_dt.uniform_(math.log(0.1), math.log(1.0))
+            self.log_A.zero_()
+            self.B.fill_(1.0)
+
+    def decay(self) -> torch.Tensor:
+        """A_bar [H] in fp32 (autocast off), guaranteed inside [decay_floor, 1 - decay_margin]."""
+        with torch.autocast(device_type=self.log_A.device.type, enabled=False):
+            rate = (self.log_dt.float() + self.log_A.float()).clamp(self.log_rate_min, self.log_rate_max)
+            return torch.exp(-torch.exp(rate))
+
+    def input_gain(self) -> torch.Tensor:
+        """B_bar [H] in fp32."""
+        return torch.exp(self.log_dt.float().clamp(*_LOG_DT_RANGE)) * self.B.float()
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """h [B, S, H] fp32, e and delta [B, S, H] any dtype -> next state in fp32."""
+        return self.decay() * h + self.input_gain() * e.float() + delta.float()
+
+
+class LoopLoRA(nn.Module):
+    """Per-loop low-rank adapter: up(down(u) * scale[t]), t clamped to the table (depth extrapolation)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.down = nn.Linear(config.dim, config.lora_rank, bias=False)
+        self.up = nn.Linear(config.lora_rank, config.dim, bias=False)
+        self.scale = nn.Embedding(config.resolved_max_loops, config.lora_rank)
+
+    def forward(self, u: torch.Tensor, t: int) -> torch.Tensor:
+        index = torch.tensor(min(t, self.scale.num_embeddings - 1), device=u.device)
+        return self.up(self.down(u) * self.scale(index).to(u.dtype))
+
+
+def loop_index_signal(t: int, width: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Sinusoidal encoding of the iteration index t on the first ``width`` of ``dim`` channels -> [dim]."""
+    freqs = 10000.0 ** (-torch.arange(0, width, 2, device=device, dtype=torch.float32) / width)
+    angles = t * freqs
+    signal = torch.zeros(dim, device=device, dtype=torch.float32)
+    signal[0:width:2], signal[1:width:2] = angles.sin(), angles.cos()
+    return signal.to(dtype)
+
+
+class RecurrentBlock(nn.Module):
+    """Pre-norm attention + MoE; returns the residual update Block(u) - u and the MoE input (for aux loss)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attn = build_attention(config)
+        self.moe_norm = RMSNorm(config.dim, config.norm_eps)
+        self.moe = MoE(config)
+
+    def forward(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None,
+                absorb: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        attn_out = self.attn(self.attn_norm(u), positions, cache, absorb)
+        moe_in = self.moe_norm(u + attn_out)
+        return attn_out + self.moe(moe_in), moe_in
+
+
+@dataclass
+class RecurrenceResult:
+    """Output of :class:`RecurrentCore`: mixed state [B, S, H] fp32, aux loss and detached statistics."""
+
+    state: torch.Tensor
+    aux_loss: torch.Tensor
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class RecurrentCore(nn.Module):
+    """Runs the shared block ``n_loops`` times from the prelude output e [B, S, H]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.input_norm = RMSNorm(config.dim, config.norm_eps)
+        self.injection = LTIInjection(config)
+        self.block = RecurrentBlock(config)
+        self.halt = nn.Linear(config.dim, 1) if config.act else None
+        self.lora = LoopLoRA(config) if config.lora_rank > 0 else None
+
+    def reset_parameters(self) -> None:
+        """LTI init, and a halting bias of -log(mean_loops) (p ~ 1/(1 + mean_loops)) so that at init tokens
+        spread their ACT weight over the whole trained depth instead of halting after two steps."""
+        self.injection.reset_parameters()
+        if self.halt is not None:
+            nn.init.constant_(self.halt.bias, -math.log(self.config.mean_loops))
+
+    def _step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
+              cache: LayerKVCache | None, absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One iteration: (h_next fp32, aux loss, halting probability [B, S] fp32 — zeros without ACT)."""
+        cfg = self.config
+        u = (h + e.float()).to(e.dtype)
+        if cfg.loop_embedding:
+            u = u + loop_index_signal(t, cfg.resolved_loop_embedding_dim, cfg.dim, u.device, u.dtype)
+        delta, moe_in = self.block(u, positions, cache, absorb)
+        if self.lora is not None:
+            delta = delta + self.lora(u, t)
+        h_next = self.injection(h, e, delta)
+        aux = router_aux_loss(self.block.moe, moe_in, cfg.num_experts_per_tok, cfg.score_func,
+                              cfg.seq_aux_loss_coef, cfg.router_z_loss_coef)
+        if self.halt is None:
+            p_halt = h_next.new_zeros(h_next.shape[:2])
+        else:
+            p_halt = torch.sigmoid(self.halt(h_next.to(e.dtype)).float().squeeze(-1))
+        return h_next, aux, p_halt
+
+    def initial_state(self, e: torch.Tensor) -> torch.Tensor:
+        if self.config.state_init == "noise":
+            return torch.randn(e.shape, device=e.device, dtype=torch.float32) * self.config.noise_std
+        return e.float()
+
+    def forward(self, e: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
+                caches: list[LayerKVCache] | None = None, absorb: bool = False,
+                act_exit: bool = False) -> RecurrenceResult:
+        """e [B, S, H] (already normalised) -> RecurrenceResult.
+
+        backprop_loops k > 0 runs the first n_loops - k iterations without autograd (truncated BPTT).
+        ``caches`` holds one LayerKVCache per loop index (decode); ``act_exit`` stops once all tokens halted
+        (inference only) and fills the skipped loops' caches with the last computed entry.
+        """
+        if act_exit and self.training:
+            raise RuntimeError("ACT early exit is inference-only: in training every rank must run every loop")
+        cfg = self.config
+        h = self.initial_state(e)
+        first_grad_step = n_loops - backprop_loops if 0 < backprop_loops < n_loops else 0
+        use_ckpt = cfg.checkpoint_loops and self.training and torch.is_grad_enabled()
+        cum = torch.zeros(e.shape[:2], device=e.device)  # cumulative halting weight per token
+        halted = torch.zeros(e.shape[:2], device=e.device, dtype=torch.bool)
+        mixed = torch.zeros_like(h) if self.halt is not None else None
+        ponder = torch.zeros(e.shape[:2], device=e.device)  # Graves' N + R per token
+        steps_taken = torch.zeros(e.shape[:2], device=e.device)
+        aux_total = e.new_zeros((), dtype=torch.float32)
+        norms: list[torch.Tensor] = []
+        steps_run = 0
+        for t in range(n_loops):
+            cache = caches[t] if caches is not None else None
+            with torch.set_grad_enabled(torch.is_grad_enabled() and t >= first_grad_step):
+                if use_ckpt and t >= first_grad_step:
+                    h, aux, p = checkpoint(self._step, h, e, t, positions, cache, absorb, use_reentrant=False)
+                else:
+                    h, aux, p = self._step(h, e, t, positions, cache, absorb)
+            steps_run += 1
+            aux_total = aux_total + aux
+            norms.append(h.detach().norm(dim=-1).mean())
+            if mixed is None:
+                continue
+            running = ~halted
+            if t == n_loops - 1:
+                halting_now = running
+            else:
+                halting_now = running & (cum + p >= cfg.act_threshold)
+            weight = torch.where(halting_now, 1.0 - cum, torch.where(running, p, torch.zeros_like(p)))
+            mixed = mixed + weight.unsqueeze(-1) * h
+            steps_taken = steps_taken + running.float()
+            ponder = ponder + running.float() + torch.where(halting_now, 1.0 - cum, torch.zeros_like(cum))
+            cum = cum + weight
+            halted = halted | halting_now
+            if act_exit and bool(halted.all()):
+                if caches is not None:
+                    for later in caches[t + 1:]:
+                        later.repeat_last(caches[t])
+                break
+        stats = {"n_loops": torch.tensor(float(steps_run)), "state_norm": torch.stack(norms)}
+        if mixed is None:
+            return RecurrenceResult(h, aux_total / steps_run, stats)
+        # ponder = N (a count, no gradient) + R (the remainder, which carries the gradient).
+        stats["act_mean_steps"] = steps_taken.mean()
+        stats["act_weight_sum"] = cum.detach()
+        aux_total = aux_total / steps_run + cfg.ponder_cost * ponder.mean()
+        return RecurrenceResult(mixed, aux_total, stats)
