@@ -181,7 +181,7 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
     """
     stats: dict[str, float] = {}
     for _, moe in _moe_modules(model):
-        counts = moe.tokens_per_expert.float()
+        counts = moe.tokens_per_expert.detach().float().clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
         bias = _bias_of(moe)

@@ -1,0 +1,227 @@
+"""Behaviour of MythosLM: causality, cached decode, stability of the recurrence, ACT, options, training."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import small_config
+from megamythos.config import ConfigError, ModelConfig, get_preset
+from megamythos.generate import SamplingConfig, generate
+from megamythos.model import ModelKVCache, MythosLM, weight_decay_param_groups
+from megamythos.recurrent import sample_loop_count
+
+
+@pytest.mark.parametrize("attn_type", ["mla", "gqa"])
+def test_causal(attn_type: str) -> None:
+    model = MythosLM(small_config(attn_type=attn_type)).eval()
+    ids = torch.randint(0, 97, (2, 16))
+    changed = ids.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 97
+    with torch.no_grad():
+        a, b = model(ids).logits, model(changed).logits
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5)
+    assert not torch.allclose(a[:, 10:], b[:, 10:], atol=1e-3)
+
+
+@pytest.mark.parametrize("attn_type,absorb", [("mla", False), ("mla", True), ("gqa", False)])
+def test_kv_cache_decode_equals_full_forward(attn_type: str, absorb: bool) -> None:
+    cfg = small_config(attn_type=attn_type)
+    model = MythosLM(cfg).eval()
+    ids = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        full = model(ids, n_loops=5).logits
+        cache = ModelKVCache(cfg, 5)
+        parts = [model(ids[:, :5], cache=cache, absorb=absorb).logits]
+        parts += [model(ids[:, i:i + 1], cache=cache, absorb=absorb).logits for i in range(5, 12)]
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-4)
+
+
+def test_mla_cache_holds_only_latent_and_shared_rope_key() -> None:
+    cfg = small_config()
+    model = MythosLM(cfg).eval()
+    cache = ModelKVCache(cfg, 2)
+    with torch.no_grad():
+        model(torch.randint(0, 97, (1, 7)), cache=cache)
+    widths = [sum(t.shape[-1] for t in layer.tensors) for layer in cache.prelude + cache.loops + cache.coda]
+    assert widths == [cfg.kv_lora_rank + cfg.qk_rope_head_dim] * (2 + 2)
+    assert all(layer.tensors[0].shape[1] == 7 for layer in cache.loops)
+
+
+@pytest.mark.parametrize("value", [1e4, -1e4])
+@pytest.mark.parametrize("dt_value", [1e4, -1e4])
+def test_spectral_radius_below_one_for_adversarial_parameters(value: float, dt_value: float) -> None:
+    cfg = small_config(decay_margin=2.0 ** -8)
+    model = MythosLM(cfg)
+    with torch.no_grad():
+        model.recurrent.injection.log_A.fill_(value)
+        model.recurrent.injection.log_dt.fill_(dt_value)
+    rho = model.spectral_radius()
+    assert rho.dtype == torch.float32 and 0 < rho.item() < 1
+    assert rho.to(torch.bfloat16).item() < 1.0
+    ids = torch.randint(0, 97, (1, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids, n_loops=8)
+        assert model.spectral_radius().to(torch.bfloat16).item() < 1.0
+    assert torch.isfinite(out.loss) and torch.isfinite(out.stats["state_norm"]).all()
+
+
+def test_spectral_radius_is_the_decay_forward_uses() -> None:
+    model = MythosLM(small_config())
+    inj = model.recurrent.injection
+    h = torch.ones(1, 1, 64)
+    applied = inj(h, torch.zeros_like(h), torch.zeros_like(h))  # A_bar * 1 + 0 + 0
+    assert torch.equal(applied.max(), model.spectral_radius())
+
+
+def test_decay_margin_below_bf16_resolution_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="decay_margin"):
+        small_config(decay_margin=1e-3)
+
+
+def test_act_weights_sum_to_one_per_token() -> None:
+    model = MythosLM(small_config(act_threshold=0.9))
+    with torch.no_grad():
+        model.recurrent.halt.bias.fill_(0.0)  # p ~ 0.5: most tokens halt before the last step
+        out = model(torch.randint(0, 97, (3, 10)), n_loops=6)
+    total = out.stats["act_weight_sum"]
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
+    assert out.stats["act_mean_steps"] < 6
+
+
+def test_ponder_cost_enters_aux_loss() -> None:
+    cfg = small_config(seq_aux_loss_coef=0.0, ponder_cost=0.5)
+    ids = torch.randint(0, 97, (2, 8))
+    torch.manual_seed(1)
+    with_cost = MythosLM(cfg)(ids).aux_loss
+    torch.manual_seed(1)
+    without = MythosLM(cfg.replace(ponder_cost=0.0))(ids).aux_loss
+    assert without.item() == 0.0 and with_cost.item() > 0.5  # N + R >= 1 step per token
+
+
+def test_act_early_exit_is_inference_only_and_uses_fewer_loops() -> None:
+    model = MythosLM(small_config())
+    ids = torch.randint(0, 97, (1, 6))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        model(ids, act_exit=True)
+    model.eval()
+    with torch.no_grad():
+        model.recurrent.halt.bias.fill_(10.0)  # every token halts at once
+        out = model(ids, n_loops=8, act_exit=True)
+    assert out.stats["n_loops"].item() == 1
+
+
+def test_act_exit_decode_keeps_cache_consistent() -> None:
+    cfg = small_config()
+    model = MythosLM(cfg).eval()
+    with torch.no_grad():
+        model.recurrent.halt.bias.fill_(10.0)
+    tokens, stats = generate(model, torch.randint(0, 97, (1, 4)),
+                             SamplingConfig(max_new_tokens=5, temperature=0, n_loops=6, act_exit=True))
+    assert tokens.shape == (1, 9) and stats.mean_loops < 6
+
+
+def test_generation_is_reproducible_with_seed() -> None:
+    model = MythosLM(small_config()).eval()
+    prompt = torch.randint(0, 97, (1, 3))
+    cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9)
+    runs = [generate(model, prompt, cfg, torch.Generator().manual_seed(7))[0] for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_sampled_loop_count_same_on_every_rank_and_centred() -> None:
+    draws = [sample_loop_count(8, 0.5, 32, seed=3, step=s) for s in range(2000)]
+    assert draws[:50] == [sample_loop_count(8, 0.5, 32, seed=3, step=s) for s in range(50)]
+    assert abs(sum(draws) / len(draws) - 8) < 0.5
+    assert min(draws) >= 1 and max(draws) <= 32 and len(set(draws)) > 5
+
+
+def test_truncated_backprop_runs_only_last_k_iterations_with_grad() -> None:
+    model = MythosLM(small_config())
+    grad_flags: list[bool] = []
+    model.recurrent.block.register_forward_hook(lambda *_: grad_flags.append(torch.is_grad_enabled()))
+    ids = torch.randint(0, 97, (2, 8))
+    out = model(ids, labels=ids, n_loops=5, backprop_loops=2)
+    (out.loss + out.aux_loss).backward()
+    assert grad_flags == [False, False, False, True, True]
+    assert model.recurrent.injection.log_A.grad is not None
+
+
+def test_per_iteration_checkpointing_is_exact() -> None:
+    ids = torch.randint(0, 97, (2, 8))
+    results = []
+    for ckpt in (False, True):
+        torch.manual_seed(5)
+        model = MythosLM(small_config(checkpoint_loops=ckpt))
+        out = model(ids, labels=ids, n_loops=4)
+        (out.loss + out.aux_loss).backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_every_parameter_receives_a_gradient() -> None:
+    cfg = small_config(loop_embedding=True, router_z_loss_coef=1e-3, tie_embeddings=False)
+    model = MythosLM(cfg)
+    ids = torch.randint(0, 97, (4, 32))
+    out = model(ids, labels=ids)
+    (out.loss + out.aux_loss).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+@pytest.mark.parametrize("option", [dict(loop_embedding=True), dict(lora_rank=0), dict(state_init="noise")])
+def test_recurrence_options_change_the_function(option: dict) -> None:
+    ids = torch.randint(0, 97, (1, 8))
+    torch.manual_seed(2)
+    base = MythosLM(small_config(lora_rank=4)).eval()
+    torch.manual_seed(2)
+    variant = MythosLM(small_config(**{"lora_rank": 4, **option})).eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(ids).logits, variant(ids).logits, atol=1e-4)
+        variant(ids, n_loops=3 * variant.config.resolved_max_loops)  # depth extrapolation past every table
+
+
+def test_weight_decay_groups_exclude_norms_embeddings_and_recurrence_params() -> None:
+    model = MythosLM(small_config())
+    decay, no_decay = weight_decay_param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert {"tok_embeddings.weight", "recurrent.injection.log_A", "recurrent.injection.B",
+            "recurrent.halt.weight", "norm.weight"} <= no_decay_names
+    assert "recurrent.block.moe.experts.gate_up_proj" in {names[id(p)] for p in decay["params"]}
+
+
+def test_tiny_preset_overfits_a_fixed_batch() -> None:
+    cfg = get_preset("tiny", vocab_size=512, max_seq_len=32)
+    model = MythosLM(cfg)
+    ids = torch.randint(0, 512, (2, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        out = model(ids[:, :-1], labels=ids[:, 1:])
+        (out.loss + out.aux_loss).backward()
+        opt.step()
+        opt.zero_grad()
+        first = first if first is not None else out.loss.item()
+    assert first > 5.0 and out.loss.item() < 0.5
+
+
+def test_bad_config_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="num_experts_per_tok"):
+        small_config(num_experts_per_tok=9)
+    with pytest.raises(ConfigError, match="attn_type"):
+        small_config(attn_type="linear")
+    with pytest.raises(ConfigError, match="no field"):
+        ModelConfig.from_dict({"dims": 3})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("2t")
+
+
+def test_config_json_round_trip(tmp_path) -> None:
+    cfg = get_preset("small", act=False)
+    path = tmp_path / "config.json"
+    cfg.to_json(path)
+    assert ModelConfig.from_json(path) == cfg
+    path.write_text('{"dim": -1}')
+    with pytest.raises(ConfigError, match="dim"):
+        ModelConfig.from_json(path)
