@@ -225,3 +225,13 @@ def test_config_json_round_trip(tmp_path) -> None:
     path.write_text('{"dim": -1}')
     with pytest.raises(ConfigError, match="dim"):
         ModelConfig.from_json(path)
+
+
+def test_optional_cuda_extras_are_not_imported_eagerly() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, megamythos.model, megamythos.generate, megamythos.params; "
+            "print(any(m.split('.')[0] in ('flash_attn', 'apex') for m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
