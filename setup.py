@@ -16,6 +16,7 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.64",
         "safetensors>=0.4",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "zstandard>=0.22", "pyarrow>=14"],

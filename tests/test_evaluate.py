@@ -1,0 +1,34 @@
+"""Depth-extrapolation evaluation: finite losses that improve with training, files written."""
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+
+from conftest import small_config
+from megamythos.evaluate import evaluate_loops, write_results
+from megamythos.model import MythosLM
+
+
+def test_losses_finite_and_improve_with_training_and_files_written(tmp_path) -> None:
+    model = MythosLM(small_config())
+    batches = [torch.randint(0, 97, (2, 17)) for _ in range(2)]
+    before = evaluate_loops(model, batches, [1, 3, 6])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        for batch in batches:
+            out = model(batch[:, :-1], labels=batch[:, 1:])
+            (out.loss + out.aux_loss).backward()
+            opt.step()
+            opt.zero_grad()
+    after = evaluate_loops(model, batches, [1, 3, 6]) + evaluate_loops(model, batches, [6], act_exit=True)
+    assert all(torch.isfinite(torch.tensor(r.loss)) for r in after)
+    assert after[1].loss < before[1].loss - 0.5
+    assert evaluate_loops(model, batches, [3])[0].loss == after[1].loss  # deterministic
+    assert after[-1].mean_steps <= 6 and after[0].mean_steps == 1
+    paths = write_results(after, tmp_path, trained_loops=3)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [int(r["loops"]) for r in rows] == [1, 3, 6, 6]
+    assert json.loads(paths["json"].read_text())["trained_loops"] == 3
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
