@@ -65,6 +65,7 @@ class ModelConfig:
     backprop_loops: int = 0  # truncated BPTT: gradient through the last k iterations; 0 -> all
 
     # recurrence options
+    injection: str = "lti"  # "lti" (stable, default); "additive" and "concat" are study baselines
     state_init: str = "embed"  # "embed": h0 = e; "noise": Huginn-style h0 ~ N(0, noise_std^2)
     noise_std: float = 1.0
     loop_embedding: bool = False  # sinusoidal loop-index signal added to the block input
@@ -109,6 +110,8 @@ class ModelConfig:
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, value,
                      "must be a non-negative integer")
         _require(self.attn_type in ("mla", "gqa"), "attn_type", self.attn_type, "choose 'mla' or 'gqa'")
+        _require(self.injection in ("lti", "additive", "concat"), "injection", self.injection,
+                 "choose 'lti', 'additive' or 'concat'")
         _require(self.state_init in ("embed", "noise"), "state_init", self.state_init,
                  "choose 'embed' or 'noise'")
         _require(self.score_func in ("softmax", "sigmoid"), "score_func", self.score_func,

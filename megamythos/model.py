@@ -97,8 +97,9 @@ class MythosLM(nn.Module):
                 nn.init.normal_(child.weight, std=out_std)
 
     def spectral_radius(self) -> torch.Tensor:
-        """max rho(A_bar): A_bar is diagonal and positive, so its spectral radius is its largest entry (fp32)."""
-        return self.recurrent.injection.decay().max()
+        """max rho(A_bar) in fp32 as forward computes it: A_bar is diagonal and positive, so its largest entry
+        (the state-transition spectral radius for the additive/concat baselines)."""
+        return self.recurrent.injection.spectral_radius()
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,

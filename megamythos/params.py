@@ -53,7 +53,8 @@ def moe_params(c: ModelConfig) -> int:
 
 def recurrent_core_params(c: ModelConfig) -> int:
     block = 2 * c.dim + attention_params(c) + moe_params(c)
-    extras = c.dim + 3 * c.dim  # input norm + LTI (log_A, log_dt, B)
+    injection = {"lti": 3 * c.dim, "additive": 0, "concat": 2 * c.dim * c.dim}[c.injection]
+    extras = c.dim + injection  # input norm + LTI (log_A, log_dt, B) or the concat adapter
     extras += (c.dim + 1) if c.act else 0
     extras += (2 * c.dim * c.lora_rank + c.resolved_max_loops * c.lora_rank) if c.lora_rank else 0
     return block + extras
@@ -92,7 +93,8 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     # matmul weights touched per token (norm vectors and LTI vectors excluded; the LM head is a matmul)
     n_attn_layers = c.prelude_layers + c.coda_layers + loops
     dense_mm = (c.prelude_layers + c.coda_layers) * (dense_block_params(c) - 2 * c.dim - attention_norm_params(c))
-    rec_mm = rec_active - (2 * c.dim + attention_norm_params(c) + 4 * c.dim + (1 if c.act else 0)
+    vector_params = {"lti": 3 * c.dim, "additive": 0, "concat": 0}[c.injection]
+    rec_mm = rec_active - (2 * c.dim + attention_norm_params(c) + c.dim + vector_params + (1 if c.act else 0)
                            + (c.resolved_max_loops * c.lora_rank if c.lora_rank else 0))
     head_mm = c.vocab_size * c.dim
     if c.attn_type == "mla":

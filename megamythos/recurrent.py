@@ -10,6 +10,9 @@ State update (Parcae-style linear time-invariant injection, diagonal per channel
 The clamp acts on the exponent, so A_bar stays inside [eps, 1 - delta] even for log_A, log_dt = +-1e4, and
 delta >= 2**-8 (validated in the config) keeps the bound below 1 after rounding to bf16.
 
+Two baselines for studies (``config.injection``): "additive", h_{t+1} = u_t + Block(u_t) with u_t = h_t + e
+(identity state transition, rho = 1), and "concat", Huginn's adapter u_t = W [h_t; e], h_{t+1} = u_t + Block(u_t).
+
 ACT (Graves): p_t = sigmoid(halt(h_{t+1})) per token; a token halts at the first step where the cumulative
 probability reaches ``act_threshold`` and takes the remainder 1 - sum(previous p) as its weight there (or at
 the last step), so the weights over steps sum to 1 per token; the output is sum_t w_t h_{t+1}. The ponder
@@ -50,6 +53,13 @@ def sample_loop_count(mean_loops: int, sigma: float, max_loops: int, seed: int, 
 class LTIInjection(nn.Module):
     """Per-channel parameters of the stable linear recurrence h <- A_bar h + B_bar e + delta."""
 
+    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """u = h + e (fp32)."""
+        return h + e.float()
+
+    def spectral_radius(self) -> torch.Tensor:
+        return self.decay().max()
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.log_A = nn.Parameter(torch.zeros(config.dim))
@@ -76,9 +86,57 @@ class LTIInjection(nn.Module):
         """B_bar [H] in fp32."""
         return torch.exp(self.log_dt.float().clamp(*_LOG_DT_RANGE)) * self.B.float()
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """h [B, S, H] fp32, e and delta [B, S, H] any dtype -> next state in fp32."""
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """h [B, S, H] fp32, e, u and delta [B, S, H] -> next state A_bar h + B_bar e + delta in fp32."""
+        del u
         return self.decay() * h + self.input_gain() * e.float() + delta.float()
+
+
+class AdditiveInjection(nn.Module):
+    """Baseline: h <- (h + e) + delta; the state transition is the identity (rho = 1, no decay)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return h + e.float()
+
+    def spectral_radius(self) -> torch.Tensor:
+        return torch.ones(())
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return u + delta.float()
+
+
+class ConcatInjection(nn.Module):
+    """Baseline (Huginn adapter): u = W [h; e] with W [H, 2H] initialised to [I | I]; h <- u + delta."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.adapter = nn.Linear(2 * config.dim, config.dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            eye = torch.eye(self.adapter.out_features)
+            self.adapter.weight.copy_(torch.cat((eye, eye), dim=1))
+
+    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return self.adapter(torch.cat((h, e.float()), dim=-1).to(self.adapter.weight.dtype)).float()
+
+    def spectral_radius(self) -> torch.Tensor:
+        """max |eigenvalue| of the state block W[:, :H] (fp32; meant for study-sized widths)."""
+        w_h = self.adapter.weight[:, : self.adapter.out_features].detach().float()
+        return torch.linalg.eigvals(w_h).abs().max()
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return u + delta.float()
+
+
+def build_injection(config: ModelConfig) -> nn.Module:
+    if config.injection == "lti":
+        return LTIInjection(config)
+    return AdditiveInjection() if config.injection == "additive" else ConcatInjection(config)
 
 
 class LoopLoRA(nn.Module):
@@ -137,7 +195,7 @@ class RecurrentCore(nn.Module):
         super().__init__()
         self.config = config
         self.input_norm = RMSNorm(config.dim, config.norm_eps)
-        self.injection = LTIInjection(config)
+        self.injection = build_injection(config)
         self.block = RecurrentBlock(config)
         self.halt = nn.Linear(config.dim, 1) if config.act else None
         self.lora = LoopLoRA(config) if config.lora_rank > 0 else None
@@ -153,13 +211,14 @@ class RecurrentCore(nn.Module):
               cache: LayerKVCache | None, absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One iteration: (h_next fp32, aux loss, halting probability [B, S] fp32 — zeros without ACT)."""
         cfg = self.config
-        u = (h + e.float()).to(e.dtype)
+        u_state = self.injection.block_input(h, e)
+        u = u_state.to(e.dtype)
         if cfg.loop_embedding:
             u = u + loop_index_signal(t, cfg.resolved_loop_embedding_dim, cfg.dim, u.device, u.dtype)
         delta, moe_in = self.block(u, positions, cache, absorb)
         if self.lora is not None:
             delta = delta + self.lora(u, t)
-        h_next = self.injection(h, e, delta)
+        h_next = self.injection(h, e, u_state, delta)
         aux = router_aux_loss(self.block.moe, moe_in, cfg.num_experts_per_tok, cfg.score_func,
                               cfg.seq_aux_loss_coef, cfg.router_z_loss_coef)
         if self.halt is None:

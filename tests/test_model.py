@@ -69,7 +69,7 @@ def test_spectral_radius_is_the_decay_forward_uses() -> None:
     model = MythosLM(small_config())
     inj = model.recurrent.injection
     h = torch.ones(1, 1, 64)
-    applied = inj(h, torch.zeros_like(h), torch.zeros_like(h))  # A_bar * 1 + 0 + 0
+    applied = inj(h, torch.zeros_like(h), h, torch.zeros_like(h))  # A_bar * 1 + 0 + 0
     assert torch.equal(applied.max(), model.spectral_radius())
 
 
@@ -235,3 +235,13 @@ def test_optional_cuda_extras_are_not_imported_eagerly() -> None:
             "print(any(m.split('.')[0] in ('flash_attn', 'apex') for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("injection", ["additive", "concat"])
+def test_baseline_injections_run_and_report_unit_radius_at_init(injection: str) -> None:
+    model = MythosLM(small_config(injection=injection))
+    ids = torch.randint(0, 97, (2, 8))
+    out = model(ids, labels=ids)
+    (out.loss + out.aux_loss).backward()
+    assert torch.isfinite(out.loss)
+    assert model.spectral_radius().item() == pytest.approx(1.0)

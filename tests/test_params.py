@@ -24,7 +24,8 @@ def test_preset_counts_equal_model_on_meta_device(name: str) -> None:
 
 
 @pytest.mark.parametrize("variant", [dict(attn_type="gqa"), dict(act=False, lora_rank=0), dict(tie_embeddings=False),
-                                     dict(q_lora_rank=0, n_shared_experts=0)])
+                                     dict(q_lora_rank=0, n_shared_experts=0), dict(injection="concat"),
+                                     dict(injection="additive")])
 def test_variant_counts_equal_model(variant: dict) -> None:
     config = small_config(**variant)
     assert count(config).total == model_params(config)
