@@ -41,6 +41,20 @@ def dense_block_params(c: ModelConfig) -> int:
     return 2 * c.dim + attention_params(c) + 3 * c.dim * c.resolved_ffn_dim
 
 
+def dense_block_matmul_params(c: ModelConfig) -> int:
+    """Weights of one dense block that take part in matmuls (norm vectors excluded)."""
+    return dense_block_params(c) - 2 * c.dim - attention_norm_params(c)
+
+
+def attention_fwd_flops_per_token(c: ModelConfig, seq_len: int) -> float:
+    """Scores and weighted values of one causal attention layer, averaged over positions (context S/2)."""
+    if c.attn_type == "mla":
+        score_width = c.n_heads * (c.qk_head_dim + c.v_head_dim)
+    else:
+        score_width = 2 * c.n_heads * c.resolved_head_dim
+    return 2 * score_width * seq_len / 2
+
+
 def expert_params(c: ModelConfig) -> int:
     """One routed expert (gate, up, down)."""
     return 3 * c.dim * c.expert_dim
@@ -92,16 +106,12 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
 
     # matmul weights touched per token (norm vectors and LTI vectors excluded; the LM head is a matmul)
     n_attn_layers = c.prelude_layers + c.coda_layers + loops
-    dense_mm = (c.prelude_layers + c.coda_layers) * (dense_block_params(c) - 2 * c.dim - attention_norm_params(c))
+    dense_mm = (c.prelude_layers + c.coda_layers) * dense_block_matmul_params(c)
     vector_params = {"lti": 3 * c.dim, "additive": 0, "concat": 0}[c.injection]
     rec_mm = rec_active - (2 * c.dim + attention_norm_params(c) + c.dim + vector_params + (1 if c.act else 0)
                            + (c.resolved_max_loops * c.lora_rank if c.lora_rank else 0))
     head_mm = c.vocab_size * c.dim
-    if c.attn_type == "mla":
-        score_width = c.n_heads * (c.qk_head_dim + c.v_head_dim)
-    else:
-        score_width = 2 * c.n_heads * c.resolved_head_dim
-    attn_fwd = 2 * score_width * seq / 2
+    attn_fwd = attention_fwd_flops_per_token(c, seq)
     fwd = 2 * (dense_mm + loops * rec_mm + head_mm) + n_attn_layers * attn_fwd
     recompute = loops * (2 * rec_mm + attn_fwd)
     per_layer_kv = (c.kv_lora_rank + c.qk_rope_head_dim if c.attn_type == "mla"

@@ -50,3 +50,17 @@ def test_cli_json_and_memory_plan(capsys) -> None:
     assert more_ep.weights_gib <= memory_plan(get_preset("1t"), 1024, tp=8, ep=64).weights_gib
     with pytest.raises(ValueError, match="divisible"):
         memory_plan(get_preset("1t"), 100, tp=8)
+
+
+def test_dense_baseline_matches_params_or_flops() -> None:
+    from megamythos.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
+
+    config = small_config(max_seq_len=32, n_experts=32, expert_dim=64)
+    n_params = matching_dense_layers(config, "params", 32)
+    n_flops = matching_dense_layers(config, "flops", 32)
+    with torch.device("meta"):
+        assert sum(p.numel() for p in DenseLM(config, n_params).parameters()) == dense_params(config, n_params)
+    looped = count(config, seq_len=32)
+    assert abs(dense_params(config, n_params) - looped.total) <= dense_params(config, 1) - dense_params(config, 0)
+    assert dense_train_flops_per_token(config, n_flops, 32) <= looped.train_flops_per_token * 1.5
+    assert n_params > n_flops  # the MoE holds many parameters a token never touches
