@@ -1,0 +1,271 @@
+"""CPU-sized studies of the recurrent-depth claims, one command each, equal token budgets per run.
+
+    python -m megamythos.study depth      # fixed depth vs sampled depth + truncated backprop, eval 1..2x depth
+    python -m megamythos.study injection  # LTI vs additive vs concat injection at a high learning rate
+    python -m megamythos.study dense      # looped MoE vs dense with equal unique params / equal FLOPs per token
+    python -m megamythos.study act        # ACT on/off x loop-index embedding on/off, eval 1..2x depth
+
+Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
+(``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
+``study_<name>.json`` and ``study_<name>.png`` into ``--out``. ``--scale`` multiplies width and steps so the
+same study runs bigger on a GPU (``--device cuda``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from megamythos.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
+from megamythos.config import ModelConfig
+from megamythos.evaluate import evaluate_loops
+from megamythos.model import MythosLM, weight_decay_param_groups
+from megamythos.moe import update_expert_bias
+from megamythos.params import count
+from megamythos.recurrent import sample_loop_count
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudySettings:
+    """Budget shared by every run of a study (equal tokens per run)."""
+
+    steps: int = 300
+    batch_size: int = 8
+    seq_len: int = 128
+    lr: float = 2e-3
+    warmup: int = 30
+    seed: int = 1234
+    eval_batches: int = 8
+    device: str = "cpu"
+    scale: float = 1.0
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch_size * self.seq_len
+
+
+@dataclass
+class RunSpec:
+    """One training run: model overrides on the study base config, or a dense baseline of ``dense_match``."""
+
+    name: str
+    overrides: dict = field(default_factory=dict)
+    sampled_depth: bool = False
+    backprop_loops: int = 0
+    lr: float | None = None
+    dense_match: str | None = None  # "params" or "flops"
+
+
+def base_config(vocab_size: int, settings: StudySettings) -> ModelConfig:
+    """Study model: ~1M non-embedding parameters at scale 1, mean depth 4."""
+    dim = 64 * max(1, round(2 * settings.scale))
+    return ModelConfig(vocab_size=vocab_size, dim=dim, max_seq_len=settings.seq_len, n_heads=4, q_lora_rank=dim // 2,
+                       kv_lora_rank=dim // 4, qk_rope_head_dim=16, qk_nope_head_dim=dim // 8, v_head_dim=dim // 8,
+                       prelude_layers=1, coda_layers=1, mean_loops=4, max_loops=8, n_experts=8, n_shared_experts=1,
+                       num_experts_per_tok=2, expert_dim=dim, lora_rank=0, seq_aux_loss_coef=1e-4)
+
+
+EXPERIMENTS: dict[str, list[RunSpec]] = {
+    "depth": [RunSpec("fixed_depth"),
+              RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2)],
+    "injection": [RunSpec(f"{kind}_lr{lr:g}", {"injection": kind}, lr=lr)
+                  for lr in (2e-3, 8e-3) for kind in ("lti", "additive", "concat")],
+    "dense": [RunSpec("looped_moe"), RunSpec("dense_same_params", dense_match="params"),
+              RunSpec("dense_same_flops", dense_match="flops")],
+    "act": [RunSpec(f"act_{act}_loopemb_{emb}", {"act": act, "loop_embedding": emb}, sampled_depth=True,
+                    backprop_loops=2)
+            for act in (True, False) for emb in (False, True)],
+}
+EVAL_LOOPS = [1, 2, 3, 4, 6, 8]
+
+
+def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> tuple[nn.Module, dict]:
+    """The run's model and a description (params, FLOPs per token)."""
+    if spec.dense_match:
+        layers = matching_dense_layers(config, spec.dense_match, settings.seq_len)
+        info = {"kind": "dense", "layers": layers, "params": dense_params(config, layers),
+                "train_flops_per_token": dense_train_flops_per_token(config, layers, settings.seq_len)}
+        return DenseLM(config, layers), info
+    cfg = config.replace(**spec.overrides)
+    report = count(cfg, seq_len=settings.seq_len)
+    info = {"kind": "looped", "params": report.total, "active_params": report.active_per_token,
+            "train_flops_per_token": report.train_flops_per_token}
+    return MythosLM(cfg), info
+
+
+def lr_at(step: int, settings: StudySettings, peak: float) -> float:
+    """Linear warmup then cosine decay to 10% of peak."""
+    if step < settings.warmup:
+        return peak * (step + 1) / settings.warmup
+    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch_at: Callable[[int], torch.Tensor],
+              valid: Sequence[torch.Tensor]) -> dict:
+    """Train one run for ``settings.steps`` steps and evaluate it; divergence (non-finite or 3x the first loss)
+    stops the run early and is reported."""
+    torch.manual_seed(settings.seed)
+    model, info = build_model(spec, config, settings)
+    model.to(settings.device).train()
+    peak = spec.lr or settings.lr
+    optimizer = torch.optim.AdamW(weight_decay_param_groups(model, 0.1), lr=peak, betas=(0.9, 0.95))
+    losses: list[float] = []
+    diverged_at = None
+    start = time.time()
+    for step in range(settings.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, settings, peak)
+        batch = batch_at(step).to(settings.device)
+        loops = (sample_loop_count(config.mean_loops, config.loop_sigma, config.resolved_max_loops, settings.seed, step)
+                 if spec.sampled_depth else config.mean_loops)
+        out = model(batch[:, :-1], labels=batch[:, 1:], n_loops=loops, backprop_loops=spec.backprop_loops)
+        loss = out.loss + out.aux_loss
+        if not torch.isfinite(loss) or (losses and loss.item() > 3 * losses[0]):
+            diverged_at = step
+            break
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        update_expert_bias(model, config.expert_bias_update_rate)
+        losses.append(out.loss.item())
+    result = {"name": spec.name, **info, "lr": peak, "sampled_depth": spec.sampled_depth,
+              "backprop_loops": spec.backprop_loops, "overrides": spec.overrides, "diverged_at": diverged_at,
+              "train_loss_curve": losses[:: max(1, len(losses) // 50)], "seconds": time.time() - start,
+              "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan")}
+    if diverged_at is None:
+        valid = [b.to(settings.device) for b in valid]
+        loops = [1] if spec.dense_match else EVAL_LOOPS
+        result["eval"] = [asdict(r) for r in evaluate_loops(model, valid, loops)]
+        if not spec.dense_match and model.config.act:
+            result["eval_act_exit"] = [asdict(r) for r in evaluate_loops(model, valid, [max(EVAL_LOOPS)],
+                                                                         act_exit=True)]
+    logger.info("%s: final train loss %.3f, diverged at %s, %.0fs", spec.name, result["final_train_loss"],
+                diverged_at, result["seconds"])
+    return result
+
+
+def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
+    """Build (once) the study dataset; returns its IndexedDataset prefix."""
+    from megamythos.data.default_corpus import ensure_default_dataset
+
+    if corpus == "stdlib":
+        return ensure_default_dataset(work_dir, vocab_size=4096)[0]
+    from megamythos.data.preprocess import PreprocessConfig, preprocess
+    from megamythos.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+    if not wikitext_dir or not os.path.isdir(wikitext_dir):
+        raise FileNotFoundError(f"--wikitext-dir {wikitext_dir!r} is not a directory holding valid.txt and test.txt")
+    files = [os.path.join(wikitext_dir, name) for name in ("valid.txt", "test.txt")]
+    prefix = os.path.join(work_dir, "wikitext2")
+    model_path = prefix + "_tokenizer.model"
+    if not os.path.exists(model_path):
+        texts = [Path(f).read_text() for f in files]
+        train_tokenizer(texts, TokenizerTrainConfig(vocab_size=4096, model_prefix=prefix + "_tokenizer"))
+    data_prefix = prefix + "_text_document"
+    if not os.path.exists(data_prefix + ".idx"):
+        preprocess(PreprocessConfig(inputs=files, output_prefix=prefix, tokenizer_model=model_path,
+                                    blank_line_documents=True, append_eod=True))
+    return data_prefix
+
+
+def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[int], torch.Tensor],
+                                                                     list[torch.Tensor], int]:
+    """(train batch for a step, fixed validation batches, vocab size) from a document-level 95/5 split."""
+    from megamythos.data import read_dataset_metadata
+    from megamythos.data.gpt_dataset import build_train_valid_test_datasets
+
+    n_valid = settings.eval_batches * settings.batch_size
+    train, valid, _ = build_train_valid_test_datasets([data_prefix], "95,5,0", settings.seq_len, settings.seed,
+                                                      (settings.steps * settings.batch_size, n_valid, 0))
+    vocab = int(read_dataset_metadata(data_prefix)["vocab_size"])
+
+    def stack(ds, start: int) -> torch.Tensor:
+        rows = [ds[i]["tokens"] for i in range(start, start + settings.batch_size)]
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+    valid_batches = [stack(valid, i * settings.batch_size) for i in range(settings.eval_batches)]
+    return (lambda step: stack(train, step * settings.batch_size)), valid_batches, vocab
+
+
+def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str) -> dict:
+    batch_at, valid, vocab = token_batches(data_prefix, settings)
+    config = base_config(vocab, settings)
+    runs = [train_run(spec, config, settings, batch_at, valid) for spec in EXPERIMENTS[name]]
+    report = {"experiment": name, "settings": asdict(settings), "tokens_per_run": settings.tokens,
+              "data_prefix": data_prefix, "base_config": config.to_dict(), "runs": runs}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"study_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_experiment(report, out / f"study_{name}.png")
+    return report
+
+
+def plot_experiment(report: dict, path: Path) -> None:
+    """Left: training loss curves; right: held-out perplexity vs loops (dense runs as horizontal lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in report["runs"]:
+        curve = run["train_loss_curve"]
+        stride = max(1, report["settings"]["steps"] // 50)
+        left.plot([i * stride for i in range(len(curve))], curve, label=run["name"])
+        if "eval" not in run:
+            continue
+        ppl = [e["perplexity"] for e in run["eval"]]
+        if len(ppl) == 1:
+            right.axhline(ppl[0], linestyle=":", label=run["name"], color=left.lines[-1].get_color())
+        else:
+            right.plot([e["loops"] for e in run["eval"]], ppl, marker="o", label=run["name"],
+                       color=left.lines[-1].get_color())
+    right.axvline(report["base_config"]["mean_loops"], color="grey", linestyle="--", label="trained mean depth")
+    left.set(xlabel="step", ylabel="train loss", title=f"{report['experiment']}: training")
+    right.set(xlabel="loops at inference", ylabel="held-out perplexity", yscale="log", title="depth extrapolation")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
+    parser.add_argument("--wikitext-dir", default=None)
+    parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies width and steps")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    settings = StudySettings(steps=args.steps or int(300 * args.scale), scale=args.scale, device=args.device,
+                             seed=args.seed)
+    data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
+    report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus))
+    for run in report["runs"]:
+        evals = ", ".join(f"{e['loops']}:{e['perplexity']:.1f}" for e in run.get("eval", []))
+        print(f"{run['name']:<28} train {run['final_train_loss']:.3f}  diverged {run['diverged_at']}  ppl[{evals}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
