@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -102,9 +103,11 @@ def train_step(model: nn.Module, loss_of: Callable[[], torch.Tensor], after: Ste
 
 
 def ratio(numerator: dict[str, Any], denominator: dict[str, Any], goal_key: str) -> dict[str, Any]:
-    """tokens/s ratio of two summaries against its goal."""
+    """tokens/s ratio of two summaries (of medians) against its goal, and the median of the per-round ratios
+    (both ran in the same round, so this one cancels load that drifts between rounds)."""
     value = numerator["tokens_per_s"] / denominator["tokens_per_s"]
-    return {"ratio": value, "goal": GOALS[goal_key], "met": value >= GOALS[goal_key]}
+    paired = statistics.median(d / n for n, d in zip(numerator["samples_s"], denominator["samples_s"]))
+    return {"ratio": value, "paired_ratio": paired, "goal": GOALS[goal_key], "met": value >= GOALS[goal_key]}
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -113,7 +116,7 @@ def reference_shared_experts(config: ModelConfig) -> int:
     return -(-config.n_shared_experts // config.num_experts_per_tok)
 
 
-def matched_configs(preset: str, seq: int, loops: int) -> tuple[ModelConfig, Any]:
+def matched_configs(base: ModelConfig, seq: int, loops: int) -> tuple[ModelConfig, Any]:
     """Our preset and an OpenMythos config with identical layer widths and loop count.
 
     The reference hard-codes two widths that ours configures, so ours takes the reference's values: the dense
@@ -121,7 +124,6 @@ def matched_configs(preset: str, seq: int, loops: int) -> tuple[ModelConfig, Any
     n_shared*expert_dim, so n_shared = K * reference count). The reference always adds a loop-index signal on
     dim//8 channels and always has ACT; ours switches both on. All loops get gradients, no checkpointing.
     """
-    base = get_preset(preset)
     ref_shared = reference_shared_experts(base)
     ours = base.replace(max_seq_len=max(seq, base.max_seq_len), mean_loops=loops, max_loops=loops,
                         backprop_loops=0, checkpoint_loops=False, act=True, loop_embedding=True,
@@ -202,11 +204,11 @@ def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, lo
     return train_step(model, loss_of)
 
 
-def bench_train(preset: str, batch: int, seq: int, loops: int, rounds: int, warmup: int) -> dict[str, Any]:
+def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int) -> dict[str, Any]:
     """Train-step tokens/s: ours vs the reference (matched widths), and our preset vs a FLOP-matched dense GPT."""
     torch.manual_seed(0)
     ours_cfg, ref_cfg = matched_configs(preset, seq, loops)
-    preset_cfg = get_preset(preset).replace(max_seq_len=max(seq, get_preset(preset).max_seq_len))
+    preset_cfg = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
     dense_cfg, dense_layers = dense_gpt_config(preset_cfg, seq, loops)
     ids = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
     labels = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
@@ -349,6 +351,15 @@ def params_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def parse_override(item: str) -> tuple[str, Any]:
+    """'field=value' with a JSON value (bare words stay strings)."""
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def environment(threads: int) -> dict[str, Any]:
     return {"torch": torch.__version__, "open_mythos": getattr(om, "__version__", "0.5.0"),
             "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
@@ -380,13 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     speed = sub.add_parser("speed", help="train-step, MoE and dense-GPT timings")
     speed.add_argument("--preset", default="tiny")
+    speed.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a preset field (JSON value), e.g. --set n_experts=64")
     speed.add_argument("--batch", type=int, default=2)
     speed.add_argument("--seq", type=int, default=512)
     speed.add_argument("--loops", type=int, default=4)
     speed.add_argument("--rounds", type=int, default=7)
     speed.add_argument("--moe-tokens", type=int, default=2048)
     speed.add_argument("--moe-expert-dims", default="256,128,64",
-                       help="comma-separated expert widths; the first is the headline (tiny preset: 256)")
+                       help="comma-separated expert widths, '' for none; the first is the headline (tiny: 256)")
     speed.add_argument("--moe-rounds", type=int, default=9)
     speed.add_argument("--warmup", type=int, default=1)
     speed.add_argument("--threads", type=int, default=1)
@@ -401,12 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     env = environment(args.threads)
-    base = get_preset(args.preset)
+    base = get_preset(args.preset, **dict(parse_override(item) for item in args.set))
     moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup)
-           for f in args.moe_expert_dims.split(",")]
-    train = bench_train(args.preset, args.batch, args.seq, args.loops, args.rounds, args.warmup)
+           for f in args.moe_expert_dims.split(",") if f]
+    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup)
     env["load_avg_end"] = os.getloadavg()
-    payload = {"command": "bench/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    payload = {"command": shlex.join(["bench/bench_model.py", *(argv if argv is not None else sys.argv[1:])]),
                "environment": env, "train": train, "moe": moe}
     write_json(args.out, payload)
     print(json.dumps(summary(train, moe), indent=2))
