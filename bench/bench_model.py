@@ -1,0 +1,430 @@
+"""Model benchmarks on CPU: megamythos against the OpenMythos 0.5.0 reference and a FLOP-matched dense GPT.
+
+Runs in a bench environment that holds torch 2.13 (CPU), ``open-mythos==0.5.0 --no-deps`` and ``transformers``;
+our package is imported from the checkout (``PYTHONPATH=.``), so both models are timed in one process:
+
+    PYTHONPATH=. python bench/bench_model.py speed  --out bench/results/model.json
+    PYTHONPATH=. python bench/bench_model.py params --out bench/results/params.json
+
+``speed`` times, with interleaved repetitions (the order rotates every round) and medians:
+  * a full train step (forward, loss, backward, AdamW) of the tiny preset, ours against the reference at
+    identical widths and exactly T executed loop iterations (counted with forward hooks on both models);
+  * the MoE layer fwd+bwd at 64 experts top-4, ours against the reference's ``MoEFFN``;
+  * the tiny preset against a dense pre-norm GPT whose training FLOPs per token equal ours.
+``params`` counts the reference presets on the meta device next to ours (analytic, cross-checked on meta).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megamythos.config import ModelConfig, get_preset
+from megamythos.layers import RMSNorm
+from megamythos.model import DenseBlock, MythosLM
+from megamythos.moe import MoE, update_expert_bias
+from megamythos.params import count, dense_block_params
+
+try:
+    import open_mythos as om
+except ImportError as err:  # the reference lives only in the bench environment
+    raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, see bench/README.md")
+
+Step = Callable[[], None]
+GOALS = {"train_step_vs_reference": 3.0, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5}
+PRESET_NAMES = ["1b", "3b", "10b", "50b", "100b", "500b", "1t"]
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def time_interleaved(steps: dict[str, Step], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of every step: ``warmup`` untimed calls each, then ``rounds`` rounds that call each step
+    once, the order rotated by one every round so that no step always runs after the same neighbour."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    names = list(steps)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            steps[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def summarise(seconds: list[float], tokens: int, flops_per_token: float) -> dict[str, Any]:
+    """Median step time, tokens/s and achieved GFLOP/s at that median, and the raw samples."""
+    median = statistics.median(seconds)
+    return {"median_s": median, "tokens_per_s": tokens / median,
+            "gflops_per_s": flops_per_token * tokens / median / 1e9, "samples_s": seconds}
+
+
+def matmul_step(n: int) -> Step:
+    """An n x n x n fp32 matmul: the compute ceiling of this core under the same load, for reference."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return lambda: torch.mm(a, b)
+
+
+class CallCounter:
+    """Counts forward calls of a module (used to prove how many loop iterations really ran)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.calls = 0
+        module.register_forward_hook(self._hook)
+
+    def _hook(self, *_: Any) -> None:
+        self.calls += 1
+
+
+def train_step(model: nn.Module, loss_of: Callable[[], torch.Tensor], after: Step | None = None) -> Step:
+    """One optimizer step: loss_of() -> backward -> AdamW -> zero grads, then ``after`` (e.g. a bias update)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        loss_of().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after is not None:
+            after()
+
+    return step
+
+
+def ratio(numerator: dict[str, Any], denominator: dict[str, Any], goal_key: str) -> dict[str, Any]:
+    """tokens/s ratio of two summaries (of medians) against its goal, and the median of the per-round ratios
+    (both ran in the same round, so this one cancels load that drifts between rounds)."""
+    value = numerator["tokens_per_s"] / denominator["tokens_per_s"]
+    paired = statistics.median(d / n for n, d in zip(numerator["samples_s"], denominator["samples_s"]))
+    return {"ratio": value, "paired_ratio": paired, "goal": GOALS[goal_key], "met": value >= GOALS[goal_key]}
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def reference_shared_experts(config: ModelConfig) -> int:
+    """Reference shared experts are each K * expert_dim wide; the count whose total width covers ours."""
+    return -(-config.n_shared_experts // config.num_experts_per_tok)
+
+
+def matched_configs(base: ModelConfig, seq: int, loops: int) -> tuple[ModelConfig, Any]:
+    """Our preset and an OpenMythos config with identical layer widths and loop count.
+
+    The reference hard-codes two widths that ours configures, so ours takes the reference's values: the dense
+    prelude/coda SwiGLU is dim*4//3 wide, and each shared expert is K*expert_dim wide (ours: one SwiGLU of
+    n_shared*expert_dim, so n_shared = K * reference count). The reference always adds a loop-index signal on
+    dim//8 channels and always has ACT; ours switches both on. All loops get gradients, no checkpointing.
+    """
+    ref_shared = reference_shared_experts(base)
+    ours = base.replace(max_seq_len=max(seq, base.max_seq_len), mean_loops=loops, max_loops=loops,
+                        backprop_loops=0, checkpoint_loops=False, act=True, loop_embedding=True,
+                        loop_embedding_dim=base.dim // 8, ffn_dim=base.dim * 4 // 3,
+                        n_shared_experts=ref_shared * base.num_experts_per_tok)
+    reference = om.MythosConfig(
+        vocab_size=ours.vocab_size, dim=ours.dim, n_heads=ours.n_heads, n_kv_heads=ours.n_kv_heads,
+        max_seq_len=ours.max_seq_len, max_loop_iters=loops, prelude_layers=ours.prelude_layers,
+        coda_layers=ours.coda_layers, attn_type="mla", kv_lora_rank=ours.kv_lora_rank,
+        q_lora_rank=ours.q_lora_rank, qk_rope_head_dim=ours.qk_rope_head_dim,
+        qk_nope_head_dim=ours.qk_nope_head_dim, v_head_dim=ours.v_head_dim, n_experts=ours.n_experts,
+        n_shared_experts=ref_shared, n_experts_per_tok=ours.num_experts_per_tok, expert_dim=ours.expert_dim,
+        act_threshold=ours.act_threshold, rope_theta=ours.rope_theta, lora_rank=ours.lora_rank, dropout=0.0)
+    return ours, reference
+
+
+def dense_train_flops(config: ModelConfig, n_layers: int, seq: int) -> float:
+    """Training FLOPs per token of a dense GPT of ``n_layers`` DenseBlocks with a tied head: 6 N over the matmul
+    weights (norm vectors excluded, the LM head included) + 6 * dim * seq per layer for causal attention
+    (scores and values over the average context seq/2), the convention of :func:`megamythos.params.count`."""
+    matmul_params = n_layers * (dense_block_params(config) - 2 * config.dim) + config.vocab_size * config.dim
+    return 6.0 * matmul_params + 6.0 * n_layers * config.dim * seq
+
+
+def dense_gpt_config(ours: ModelConfig, seq: int, loops: int) -> tuple[ModelConfig, int]:
+    """A dense GPT as deep as ours runs (prelude + loops + coda layers), same width, full multi-head attention,
+    with the SwiGLU width solved so that its training FLOPs per token equal ours at (seq, loops)."""
+    n_layers = ours.prelude_layers + loops + ours.coda_layers
+    target = count(ours, seq_len=seq, n_loops=loops).train_flops_per_token
+    mha = ours.replace(attn_type="gqa", n_kv_heads=ours.n_heads, head_dim=0, ffn_dim=1)
+    per_unit_width = dense_train_flops(mha.replace(ffn_dim=2), n_layers, seq) - dense_train_flops(mha, n_layers, seq)
+    ffn_dim = 1 + round((target - dense_train_flops(mha, n_layers, seq)) / per_unit_width)
+    return mha.replace(ffn_dim=ffn_dim), n_layers
+
+
+class DenseGPT(nn.Module):
+    """Pre-norm dense transformer built from our DenseBlock (RoPE attention + SwiGLU) with a tied LM head."""
+
+    def __init__(self, config: ModelConfig, n_layers: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(config.vocab_size, config.dim)
+        self.blocks = nn.ModuleList(DenseBlock(config) for _ in range(n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of input_ids [B, S] against labels [B, S]."""
+        positions = torch.arange(input_ids.shape[1])
+        x = self.embed(input_ids)
+        for block in self.blocks:
+            x = block(x, positions)
+        logits = self.head(self.norm(x))
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks
+def ours_step(model: MythosLM, ids: torch.Tensor, labels: torch.Tensor, loops: int) -> Step:
+    """Our training step: CE + aux loss (balance + ponder), AdamW, aux-loss-free expert-bias update."""
+    def loss_of() -> torch.Tensor:
+        out = model(ids, labels=labels, n_loops=loops)
+        return out.loss + out.aux_loss
+
+    return train_step(model, loss_of, lambda: update_expert_bias(model, model.config.expert_bias_update_rate))
+
+
+def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, loops: int) -> Step:
+    """Reference training step. Passing a (fresh, empty) kv_cache is the reference's own switch that disables
+    its ACT early exit, so every one of the ``loops`` iterations runs; the cache only stores detached latents."""
+    def loss_of() -> torch.Tensor:
+        logits = model(ids, n_loops=loops, kv_cache={})
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1))
+
+    return train_step(model, loss_of)
+
+
+def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int) -> dict[str, Any]:
+    """Train-step tokens/s: ours vs the reference (matched widths), and our preset vs a FLOP-matched dense GPT."""
+    torch.manual_seed(0)
+    ours_cfg, ref_cfg = matched_configs(preset, seq, loops)
+    preset_cfg = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
+    dense_cfg, dense_layers = dense_gpt_config(preset_cfg, seq, loops)
+    ids = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
+    labels = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
+    models = {"ours_matched": MythosLM(ours_cfg).train(), "reference": om.OpenMythos(ref_cfg).train(),
+              "ours_preset": MythosLM(preset_cfg).train(), "dense_gpt": DenseGPT(dense_cfg, dense_layers).train()}
+    counters = {name: CallCounter(models[name].recurrent.block)
+                for name in ("ours_matched", "reference", "ours_preset")}
+    steps = {"ours_matched": ours_step(models["ours_matched"], ids, labels, loops),
+             "reference": reference_step(models["reference"], ids, labels, loops),
+             "ours_preset": ours_step(models["ours_preset"], ids, labels, loops),
+             "dense_gpt": train_step(models["dense_gpt"], lambda: models["dense_gpt"](ids, labels)),
+             "matmul_1024": matmul_step(1024)}
+    seconds = time_interleaved(steps, rounds, warmup)
+    for name, counter in counters.items():  # exactly `loops` block calls per step, no early exit, no recompute
+        assert counter.calls == loops * (rounds + warmup), f"{name}: {counter.calls} block calls"
+    matched_flops = count(ours_cfg, seq_len=seq, n_loops=loops).train_flops_per_token
+    flops = {"ours_matched": matched_flops, "reference": matched_flops,  # identical widths, identical matmuls
+             "ours_preset": count(preset_cfg, seq_len=seq, n_loops=loops).train_flops_per_token,
+             "dense_gpt": dense_train_flops(dense_cfg, dense_layers, seq)}
+    results = {name: {**summarise(seconds[name], batch * seq, flops[name]), "params": n_params(models[name]),
+                      "train_flops_per_token": flops[name]} for name in models}
+    matmul_s = statistics.median(seconds["matmul_1024"])
+    results["matmul_1024"] = {"median_s": matmul_s, "gflops_per_s": 2.0 * 1024 ** 3 / matmul_s / 1e9}
+    return {
+        "shape": {"batch": batch, "seq": seq, "loops": loops, "executed_loops_per_step": loops},
+        "configs": {"ours_matched": ours_cfg.to_dict(), "reference": vars(ref_cfg), "ours_preset": preset_cfg.to_dict(),
+                    "dense_gpt": {**dense_cfg.to_dict(), "n_layers": dense_layers}},
+        "results": results,
+        "train_step_vs_reference": ratio(results["ours_matched"], results["reference"], "train_step_vs_reference"),
+        "vs_dense_equal_flops": {**ratio(results["ours_preset"], results["dense_gpt"], "vs_dense_equal_flops"),
+                                 "flops_ratio": flops["ours_preset"] / flops["dense_gpt"]},
+    }
+
+
+def moe_pair(dim: int, expert_dim: int, n_experts: int, top_k: int, ref_shared: int) -> tuple[nn.Module, nn.Module]:
+    """Our MoE and the reference MoEFFN at the same widths (ours: one shared SwiGLU of the same total width),
+    all weights N(0, 0.02) so both route near-uniformly."""
+    ours = MoE(ModelConfig(dim=dim, n_experts=n_experts, num_experts_per_tok=top_k, expert_dim=expert_dim,
+                           n_shared_experts=ref_shared * top_k))
+    reference = om.MoEFFN(om.MythosConfig(dim=dim, n_experts=n_experts, n_experts_per_tok=top_k,
+                                          expert_dim=expert_dim, n_shared_experts=ref_shared))
+    for module in (ours, reference):
+        for param in module.parameters():
+            nn.init.normal_(param, std=0.02)
+    return ours.train(), reference.train()
+
+
+def moe_train_flops(dim: int, expert_dim: int, n_experts: int, top_k: int, shared: bool) -> float:
+    """fwd+bwd FLOPs per token of the MoE layer: router, K routed SwiGLUs, the K*F-wide shared SwiGLU if any."""
+    width = top_k * expert_dim * (2 if shared else 1)
+    return 6.0 * (dim * n_experts + 3 * dim * width)
+
+
+def fwd_bwd_step(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> Step:
+    """Forward on the leaf x, backward of a fixed output gradient into x and the weights."""
+    def step() -> None:
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        module(x).backward(grad_out)
+
+    return step
+
+
+def bench_moe(dim: int, expert_dim: int, n_experts: int, top_k: int, tokens: int, rounds: int,
+              warmup: int) -> dict[str, Any]:
+    """MoE layer fwd+bwd tokens/s, with one reference shared expert (K*F wide) and routed experts only."""
+    torch.manual_seed(0)
+    x = torch.randn(1, tokens, dim, requires_grad=True)
+    grad_out = torch.randn(1, tokens, dim)
+    steps: dict[str, Step] = {}
+    flops: dict[str, float] = {}
+    for ref_shared in (1, 0):
+        ours, reference = moe_pair(dim, expert_dim, n_experts, top_k, ref_shared)
+        for name, module in ((f"ours_shared{ref_shared}", ours), (f"reference_shared{ref_shared}", reference)):
+            steps[name] = fwd_bwd_step(module, x, grad_out)
+            flops[name] = moe_train_flops(dim, expert_dim, n_experts, top_k, bool(ref_shared))
+    seconds = time_interleaved(steps, rounds, warmup)
+    results = {name: summarise(s, tokens, flops[name]) for name, s in seconds.items()}
+    return {
+        "shape": {"dim": dim, "expert_dim": expert_dim, "n_experts": n_experts, "top_k": top_k, "tokens": tokens,
+                  "reference_shared_expert_width": top_k * expert_dim},
+        "results": results,
+        "moe_vs_reference": ratio(results["ours_shared1"], results["reference_shared1"], "moe_vs_reference"),
+        "moe_routed_only_vs_reference": ratio(results["ours_shared0"], results["reference_shared0"],
+                                              "moe_vs_reference"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ parameters
+def module_params(model: nn.Module, *paths: str) -> int:
+    """Parameters of the sub-modules at the dotted ``paths`` (one ModuleList index per '*' entry)."""
+    return sum(n_params(model.get_submodule(path)) for path in paths)
+
+
+def dense_ffn_paths(n_prelude: int, n_coda: int) -> list[str]:
+    return [f"prelude.{i}.ffn" for i in range(n_prelude)] + [f"coda.{i}.ffn" for i in range(n_coda)]
+
+
+def compare_preset_params(name: str) -> dict[str, Any]:
+    """Total parameters of the reference preset (meta device) and ours (analytic, checked on meta), with the
+    difference split into dense prelude/coda FFNs, shared experts and the rest; KV-cache values per token."""
+    ref_cfg = getattr(om, f"mythos_{name}")()
+    ours_cfg = get_preset(name)
+    with torch.device("meta"):
+        reference, ours = om.OpenMythos(ref_cfg), MythosLM(ours_cfg)
+    report = count(ours_cfg)
+    assert report.total == n_params(ours), f"{name}: analytic {report.total} != module {n_params(ours)}"
+    dense = dense_ffn_paths(ours_cfg.prelude_layers, ours_cfg.coda_layers)
+    ref_dense = dense_ffn_paths(ref_cfg.prelude_layers, ref_cfg.coda_layers)
+    d_dense = module_params(ours, *dense) - module_params(reference, *ref_dense)
+    d_shared = (module_params(ours, "recurrent.block.moe.shared_experts")
+                - module_params(reference, "recurrent.block.ffn.shared_experts"))
+    d_attn = module_params(ours, "recurrent.block.attn") - module_params(reference, "recurrent.block.attn")
+    diff = report.total - n_params(reference)
+    n_attn_layers = ref_cfg.prelude_layers + ref_cfg.coda_layers + ref_cfg.max_loop_iters
+    return {"preset": name, "reference": n_params(reference), "ours": report.total, "diff": diff,
+            "diff_dense_ffn": d_dense, "diff_shared_experts": d_shared, "diff_recurrent_attention": d_attn,
+            "diff_rest": diff - d_dense - d_shared - d_attn,
+            "ffn_dim": {"reference": ref_cfg.dim * 4 // 3, "ours": ours_cfg.resolved_ffn_dim},
+            "shared_width": {"reference": ref_cfg.n_shared_experts * ref_cfg.n_experts_per_tok * ref_cfg.expert_dim,
+                             "ours": ours_cfg.n_shared_experts * ours_cfg.expert_dim},
+            "kv_cache_values_per_token": {
+                "reference": n_attn_layers * (ref_cfg.kv_lora_rank + ref_cfg.n_heads * ref_cfg.qk_rope_head_dim),
+                "ours": report.kv_cache_bytes_per_token // 2}}
+
+
+def params_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`compare_preset_params` rows (parameters in billions unless marked)."""
+    lines = ["| preset | reference | ours | ours − ref | Δ dense FFN | Δ shared experts | Δ MLA | Δ rest "
+             "| KV-cache values/token ref → ours |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        pct = 100 * r["diff"] / r["reference"]
+        kv = r["kv_cache_values_per_token"]
+        lines.append(f"| {r['preset']} | {r['reference'] / 1e9:.3f}B | {r['ours'] / 1e9:.3f}B | "
+                     f"{r['diff'] / 1e9:+.3f}B ({pct:+.1f}%) | {r['diff_dense_ffn'] / 1e9:+.3f}B | "
+                     f"{r['diff_shared_experts'] / 1e9:+.3f}B | {r['diff_recurrent_attention']} | "
+                     f"{r['diff_rest']:+,} | {kv['reference']:,} → {kv['ours']:,} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def parse_override(item: str) -> tuple[str, Any]:
+    """'field=value' with a JSON value (bare words stay strings)."""
+    key, _, value = item.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def environment(threads: int) -> dict[str, Any]:
+    return {"torch": torch.__version__, "open_mythos": getattr(om, "__version__", "0.5.0"),
+            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": threads, "load_avg_start": os.getloadavg()}
+
+
+def summary(train: dict[str, Any], moe: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures: tokens/s, GFLOP/s and every ratio against its goal."""
+    def figures(part: dict[str, Any]) -> dict[str, Any]:
+        return {name: {key: round(r[key], 2) for key in ("tokens_per_s", "gflops_per_s") if key in r}
+                for name, r in part["results"].items()}
+
+    out: dict[str, Any] = {"train": figures(train),
+                           "train_step_vs_reference": train["train_step_vs_reference"],
+                           "vs_dense_equal_flops": train["vs_dense_equal_flops"]}
+    for part in moe:
+        out[f"moe_F{part['shape']['expert_dim']}"] = {**figures(part), "vs_reference": part["moe_vs_reference"],
+                                                      "routed_only_vs_reference": part["moe_routed_only_vs_reference"]}
+    return out
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    speed = sub.add_parser("speed", help="train-step, MoE and dense-GPT timings")
+    speed.add_argument("--preset", default="tiny")
+    speed.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a preset field (JSON value), e.g. --set n_experts=64")
+    speed.add_argument("--batch", type=int, default=2)
+    speed.add_argument("--seq", type=int, default=512)
+    speed.add_argument("--loops", type=int, default=4)
+    speed.add_argument("--rounds", type=int, default=7)
+    speed.add_argument("--moe-tokens", type=int, default=2048)
+    speed.add_argument("--moe-expert-dims", default="256,128,64",
+                       help="comma-separated expert widths, '' for none; the first is the headline (tiny: 256)")
+    speed.add_argument("--moe-rounds", type=int, default=9)
+    speed.add_argument("--warmup", type=int, default=1)
+    speed.add_argument("--threads", type=int, default=1)
+    speed.add_argument("--out", default="bench/results/model.json")
+    params = sub.add_parser("params", help="parameter counts of the presets against the reference")
+    params.add_argument("--out", default="bench/results/params.json")
+    args = parser.parse_args(argv)
+    if args.command == "params":
+        rows = [compare_preset_params(name) for name in PRESET_NAMES]
+        write_json(args.out, {"presets": rows})
+        print(params_table(rows))
+        return 0
+    torch.set_num_threads(args.threads)
+    env = environment(args.threads)
+    base = get_preset(args.preset, **dict(parse_override(item) for item in args.set))
+    moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup)
+           for f in args.moe_expert_dims.split(",") if f]
+    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup)
+    env["load_avg_end"] = os.getloadavg()
+    payload = {"command": shlex.join(["bench/bench_model.py", *(argv if argv is not None else sys.argv[1:])]),
+               "environment": env, "train": train, "moe": moe}
+    write_json(args.out, payload)
+    print(json.dumps(summary(train, moe), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
