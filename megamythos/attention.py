@@ -69,15 +69,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
            scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v for q [B, S, h, dq], k [B, L, h, dq], v [B, L, h, dv] -> [B, S, h, dv].
 
-    Uses flash-attn on CUDA in half precision when it is installed, else PyTorch SDPA.
+    Uses flash-attn on CUDA in half precision when it is installed, else PyTorch SDPA. A value width below
+    the query width (MLA: v_head_dim < nope + rope) is zero-padded and the output sliced back, since the
+    fused kernels (flash-attn, SDPA's flash path with causal skipping) need equal widths; the math is unchanged.
     """
+    dv = v.shape[-1]
+    if dv < q.shape[-1]:
+        v = F.pad(v, (0, q.shape[-1] - dv))
     flash = _flash_attn_func()
-    if (flash is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None
-            and q.shape[-1] == v.shape[-1]):
-        return flash(q, k, v, softmax_scale=scale, causal=causal)
+    if flash is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
+        return flash(q, k, v, softmax_scale=scale, causal=causal)[..., :dv]
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=mask, is_causal=causal and mask is None, scale=scale)
-    return out.transpose(1, 2)
+    return out.transpose(1, 2)[..., :dv]
 
 
 class MLA(nn.Module):
