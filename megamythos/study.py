@@ -69,12 +69,13 @@ class RunSpec:
 
 
 def base_config(vocab_size: int, settings: StudySettings) -> ModelConfig:
-    """Study model: ~1M non-embedding parameters at scale 1, mean depth 4."""
+    """Study model: ~1M non-embedding parameters at scale 1, mean depth 4, ACT off (the ``act`` study turns it
+    on: with ACT the halting weights decide how much deeper loops can matter at all)."""
     dim = 64 * max(1, round(2 * settings.scale))
     return ModelConfig(vocab_size=vocab_size, dim=dim, max_seq_len=settings.seq_len, n_heads=4, q_lora_rank=dim // 2,
                        kv_lora_rank=dim // 4, qk_rope_head_dim=16, qk_nope_head_dim=dim // 8, v_head_dim=dim // 8,
                        prelude_layers=1, coda_layers=1, mean_loops=4, max_loops=8, n_experts=8, n_shared_experts=1,
-                       num_experts_per_tok=2, expert_dim=dim, lora_rank=0, seq_aux_loss_coef=1e-4)
+                       num_experts_per_tok=2, expert_dim=dim, lora_rank=0, seq_aux_loss_coef=1e-4, act=False)
 
 
 EXPERIMENTS: dict[str, list[RunSpec]] = {
