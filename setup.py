@@ -16,6 +16,8 @@ setup(
         "numpy>=1.24",
         "tqdm>=4.64",
         "safetensors>=0.4",
+        "zstandard>=0.22",
+        "pyarrow>=14",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "zstandard>=0.22", "pyarrow>=14"],
