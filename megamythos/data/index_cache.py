@@ -1,0 +1,67 @@
+"""On-disk cache of sample-construction index arrays, built by rank 0 only and memory-mapped by every rank.
+
+A cache entry is ``{dir}/{key}-{name}.npy`` per array plus ``{dir}/{key}-description.json``, where ``key`` is
+the sha256 of the JSON description of everything the arrays depend on. The description is written last, so
+an entry is complete exactly when it exists; every file is written under a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import numpy as np
+
+from megamythos.data.atomic import atomic_open
+
+logger = logging.getLogger(__name__)
+
+
+class IndexCacheError(RuntimeError):
+    """A cache entry another rank should have built is missing."""
+
+
+def description_key(description: dict[str, Any]) -> str:
+    """Stable hash of a JSON-serialisable description."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _distributed_rank() -> int | None:
+    """This process's rank if torch.distributed is initialised, else None (torch is not imported for this)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return None
+    return torch.distributed.get_rank()
+
+
+def load_or_build(cache_dir: str, description: dict[str, Any],
+                  build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays for ``description``: built (rank 0 / single process) and saved on a miss, then mmap-loaded.
+
+    ``build`` returns ``{name: array}``; the names are recorded in the description file. Under
+    torch.distributed every rank must call this (it contains a barrier).
+    """
+    key = description_key(description)
+    desc_path = os.path.join(cache_dir, f"{key}-description.json")
+    rank = _distributed_rank()
+    if rank in (None, 0) and not os.path.isfile(desc_path):
+        logger.info("building %s indices (cache key %s) in %s", description.get("class"), key, cache_dir)
+        arrays = build()
+        for name, array in arrays.items():
+            with atomic_open(os.path.join(cache_dir, f"{key}-{name}.npy")) as handle:
+                np.save(handle, array, allow_pickle=False)
+        with atomic_open(desc_path, "w") as handle:
+            json.dump({**description, "arrays": sorted(arrays)}, handle, indent=2, sort_keys=True)
+    if rank is not None:
+        sys.modules["torch"].distributed.barrier()
+    if not os.path.isfile(desc_path):
+        raise IndexCacheError(
+            f"index cache {desc_path} is missing on rank {rank}: rank 0 builds it, so cache_dir must be a directory "
+            "every rank can see (a shared filesystem); pass a shared cache_dir or build the cache once beforehand"
+        )
+    with open(desc_path) as handle:
+        names = json.load(handle)["arrays"]
+    return {name: np.load(os.path.join(cache_dir, f"{key}-{name}.npy"), mmap_mode="r") for name in names}
