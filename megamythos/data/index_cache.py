@@ -37,6 +37,10 @@ def _distributed_rank() -> int | None:
     return torch.distributed.get_rank()
 
 
+def _barrier() -> None:
+    sys.modules["torch"].distributed.barrier()
+
+
 def load_or_build(cache_dir: str, description: dict[str, Any],
                   build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The arrays for ``description``: built (rank 0 / single process) and saved on a miss, then mmap-loaded.
@@ -56,7 +60,7 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
         with atomic_open(desc_path, "w") as handle:
             json.dump({**description, "arrays": sorted(arrays)}, handle, indent=2, sort_keys=True)
     if rank is not None:
-        sys.modules["torch"].distributed.barrier()
+        _barrier()
     if not os.path.isfile(desc_path):
         raise IndexCacheError(
             f"index cache {desc_path} is missing on rank {rank}: rank 0 builds it, so cache_dir must be a directory "
