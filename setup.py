@@ -18,6 +18,7 @@ setup(
         "safetensors>=0.4",
         "zstandard>=0.22",
         "pyarrow>=14",
+        "protobuf>=3.20",
     ],
     extras_require={
         "dev": ["pytest>=7.4", "zstandard>=0.22", "pyarrow>=14"],

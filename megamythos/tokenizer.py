@@ -6,6 +6,12 @@ including source code whose indentation and newlines matter. Special ids are fix
 
     pad = 0, bos = 1, eos = 2, unk = 3
 
+Encoding fast path: for models where no piece contains a non-space symbol followed by the space symbol ``▁``
+(true of every BPE model trained here: SentencePiece never merges across the start of a word), BPE merges
+never cross the point before a space that follows a non-space character. Texts are therefore cut at those
+points and each distinct segment is encoded once and cached; the result equals a whole-text ``Encode``
+exactly (tested), while repetitive text such as source code encodes several times faster.
+
 Training input is streamed: documents are cut into chunks of whole lines (at most ``max_chunk_bytes``) and a
 uniform reservoir sample of ``max_sentences`` chunks is kept, so a corpus of any size trains in bounded memory.
 """
@@ -15,16 +21,26 @@ import hashlib
 import logging
 import os
 import random
+import re
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 logger = logging.getLogger(__name__)
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_TYPES = ("bpe", "unigram")
+SPACE_SYMBOL = "\u2581"
+# Segments: a run of spaces and the non-space characters after it. A text containing the space symbol itself is
+# kept whole (a boundary between a literal "\u2581" and a space would not be safe).
+_SEGMENT = re.compile(r" *[^ ]*")
+_BPE = 2  # TrainerSpec.ModelType.BPE
+MAX_CACHED_TOKENS = 50_000_000
 
 
 class TokenizerError(ValueError):
@@ -38,6 +54,57 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _SegmentCache:
+    """Ids of every distinct segment seen, back to back in one growable int32 buffer.
+
+    Emptied after a call that leaves more than ``MAX_CACHED_TOKENS`` tokens cached, so memory stays bounded.
+    """
+
+    def __init__(self, sp: spm.SentencePieceProcessor) -> None:
+        self._sp = sp
+        self._clear()
+
+    def _clear(self) -> None:
+        self._index: dict[str, int] = {}
+        self._buffer = np.zeros(1 << 16, dtype=np.int32)
+        self._used = 0
+        self._starts: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+
+    def _add(self, segments: list[str]) -> None:
+        ids = self._sp.Encode(segments, out_type=int)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        total = int(lengths.sum())
+        if self._used + total > self._buffer.size:
+            grown = np.zeros(max(2 * self._buffer.size, self._used + total), dtype=np.int32)
+            grown[:self._used] = self._buffer[:self._used]
+            self._buffer = grown
+        self._buffer[self._used:self._used + total] = np.fromiter(chain.from_iterable(ids), np.int32, total)
+        self._starts.append(self._used + np.cumsum(lengths) - lengths)
+        self._lengths.append(lengths)
+        self._used += total
+        self._index.update(zip(segments, range(len(self._index), len(self._index) + len(segments))))
+
+    def encode(self, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated ids of every segment of every doc, and the int32 token count of each doc."""
+        segments = list(chain.from_iterable(docs))
+        new = [s for s in set(segments) if s not in self._index]
+        if new:
+            self._add(new)
+            self._starts = [np.concatenate(self._starts)]
+            self._lengths = [np.concatenate(self._lengths)]
+        seg_ids = np.fromiter(map(self._index.__getitem__, segments), dtype=np.int64, count=len(segments))
+        lengths = self._lengths[0][seg_ids]
+        ends = np.cumsum(lengths)
+        first_token = np.concatenate([[0], ends])
+        gather = np.repeat(self._starts[0][seg_ids] - first_token[:-1], lengths) + np.arange(first_token[-1])
+        tokens = self._buffer[gather]
+        doc_tokens = first_token[np.cumsum([0] + [len(d) for d in docs])]
+        if self._used > MAX_CACHED_TOKENS:
+            self._clear()
+        return tokens, np.diff(doc_tokens).astype(np.int32)
 
 
 class Tokenizer:
@@ -69,14 +136,49 @@ class Tokenizer:
         self.eos_id: int = self._sp.eos_id()
         self.unk_id: int = self._sp.unk_id()
         self.fingerprint: str = file_sha256(self.model_path)
+        self.segment_cache_enabled: bool = self._segments_are_independent()
+        self._cache = _SegmentCache(self._sp)
+
+    def _segments_are_independent(self) -> bool:
+        """True if encoding segment by segment (see module docstring) provably equals whole-text encoding."""
+        proto = sentencepiece_model_pb2.ModelProto()
+        with open(self.model_path, "rb") as handle:
+            proto.ParseFromString(handle.read())
+        norm, trainer = proto.normalizer_spec, proto.trainer_spec
+        if (trainer.model_type != _BPE or trainer.treat_whitespace_as_suffix or norm.add_dummy_prefix
+                or norm.remove_extra_whitespaces or not norm.escape_whitespaces or norm.precompiled_charsmap
+                or norm.name != "identity"):
+            return False
+        return not any(a != SPACE_SYMBOL and b == SPACE_SYMBOL
+                       for piece in proto.pieces for a, b in zip(piece.piece, piece.piece[1:]))
+
+    def encode_flat(self, texts: list[str], append_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated, int32 ``(sum(lengths),)``, and int32 ``lengths`` ``(len(texts),)``.
+
+        ``append_id`` (e.g. ``eos_id``) is appended to every text and counted in its length.
+        """
+        if self.segment_cache_enabled:
+            tokens, lengths = self._cache.encode(
+                [[t] if SPACE_SYMBOL in t else _SEGMENT.findall(t) for t in texts])
+        else:
+            ids = self._sp.Encode(list(texts), out_type=int)
+            lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+            tokens = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+        if append_id is not None:
+            tokens = np.insert(tokens, np.cumsum(lengths, dtype=np.int64), append_id)
+            lengths = lengths + 1
+        return tokens, lengths
 
     def encode(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
-        """Token ids of each text (no bos/eos added). ``num_threads`` > 1 encodes with SentencePiece threads."""
-        return self._sp.Encode(list(texts), out_type=int, num_threads=num_threads)
+        """Token ids of each text (no bos/eos added); ``num_threads`` applies when the segment cache is off."""
+        if not self.segment_cache_enabled:
+            return self._sp.Encode(list(texts), out_type=int, num_threads=num_threads)
+        tokens, lengths = self.encode_flat(texts)
+        return [part.tolist() for part in np.split(tokens, np.cumsum(lengths[:-1], dtype=np.int64))]
 
     def encode_one(self, text: str) -> list[int]:
         """Token ids of one text (no bos/eos added)."""
-        return self._sp.Encode(text, out_type=int)
+        return self.encode([text])[0]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of one id sequence; special ids (pad/bos/eos) decode to nothing."""

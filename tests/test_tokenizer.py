@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+import sentencepiece as spm
 
 from megamythos.tokenizer import (
     Tokenizer, TokenizerError, TokenizerTrainConfig, line_chunks, reservoir_sample,
@@ -72,3 +73,26 @@ def test_cli_trains_from_jsonl_with_sentence_cap(tmp_path, capsys) -> None:
     tok = Tokenizer(tmp_path / "cli.model")
     assert tok.vocab_size == 320
     assert "vocab_size=320" in capsys.readouterr().out
+
+
+TRICKY = ["", " ", "   ", "a", " a", "a ", "a  b   c", "\tx = 1\n    return  y\n\n  ", "x\u2581 y", "\u2581\u2581 a",
+          "caf\u00e9  \u6f22\u5b57 \U0001F600  ok", "line\n \n  \n", "  leading and trailing  "]
+
+
+def test_segment_cache_equals_whole_text_encoding(tiny_tokenizer: Tokenizer) -> None:
+    assert tiny_tokenizer.segment_cache_enabled
+    texts = TRICKY + synthetic_documents(50, seed=11)
+    expected = tiny_tokenizer._sp.Encode(texts, out_type=int)
+    assert tiny_tokenizer.encode(texts) == expected
+    assert tiny_tokenizer.encode(list(reversed(texts))) == list(reversed(expected))  # warm cache
+    tokens, lengths = tiny_tokenizer.encode_flat(texts, append_id=tiny_tokenizer.eos_id)
+    assert lengths.tolist() == [len(e) + 1 for e in expected]
+    assert tokens.tolist() == [i for e in expected for i in e + [tiny_tokenizer.eos_id]]
+
+
+def test_segment_cache_is_off_for_models_that_merge_across_spaces(tmp_path) -> None:
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(synthetic_documents(200)), model_prefix=str(tmp_path / "d"),
+                                   vocab_size=300, split_by_whitespace=False, minloglevel=2)
+    tok = Tokenizer(tmp_path / "d.model")  # default normalisation, dummy prefix, unigram: not provably local
+    assert not tok.segment_cache_enabled
+    assert tok.encode(TRICKY) == tok._sp.Encode(TRICKY, out_type=int)

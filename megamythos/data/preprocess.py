@@ -17,7 +17,6 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -140,14 +139,9 @@ def _encode_batch(records: list[RawRecord], keys: tuple[str, ...], append_eod: b
         for column, text in zip(texts, parsed):
             column.append(text)
             nbytes += len(text.encode("utf-8"))
-    tokens, lengths = [], []
-    for column in texts:
-        ids = tok.encode(column)
-        if append_eod:
-            ids = [doc + [tok.eos_id] for doc in ids]
-        lens = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-        tokens.append(np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lens.sum())))
-        lengths.append(lens)
+    eod = tok.eos_id if append_eod else None
+    encoded = [tok.encode_flat(column, append_id=eod) for column in texts]
+    tokens, lengths = [e[0] for e in encoded], [e[1] for e in encoded]
     return _BatchResult(tokens, lengths, bad, len(texts[0]), nbytes)
 
 
