@@ -63,6 +63,8 @@ class BlendedDataset:
             if used > len(dataset):
                 raise BlendError(f"the blend takes {used} samples from {dataset.description.get('prefix')} "
                                  f"which has {len(dataset)}")
+            logger.info("%s blend: dataset %d weight %.4f achieved %.4f", split_name, d, self.weights[d],
+                        used / max(size, 1))
 
     def __len__(self) -> int:
         return self.size
