@@ -108,6 +108,9 @@ def test_bad_records_are_counted_reported_and_skipped(tmp_path, tiny_tokenizer: 
                                   f"{bad}:5: non-UTF-8 bytes (invalid continuation byte at byte 13)",
                                   f"{bad}:6: empty document"]
     assert f"{bad}:4: missing key 'text'" in caplog.text
+    report = (tmp_path / "o.skipped.tsv").read_text().splitlines()
+    assert [r.split("\t")[:2] for r in report] == [[str(bad), str(n)] for n in (2, 4, 5, 6)]
+    assert stats.skipped_report == str(tmp_path / "o.skipped.tsv") and "listed in" in stats.summary()
 
 
 @pytest.mark.parametrize("line,reason", [(2, "malformed JSON"), (4, "missing key"), (5, "non-UTF-8"),
@@ -124,12 +127,14 @@ def test_strict_mode_fails_on_each_bad_input(tmp_path, tiny_tokenizer: Tokenizer
 @pytest.mark.parametrize("options", [{"workers": 2}, {"workers": 2, "partitions": 2}, {"partitions": 3}])
 def test_parallel_output_equals_single_worker_byte_for_byte(tmp_path, tiny_tokenizer: Tokenizer, options) -> None:
     inputs = [str(write_jsonl(tmp_path / f"{i}.jsonl", synthetic_documents(40, seed=i))) for i in range(3)]
+    with open(inputs[1], "a") as handle:
+        handle.write("{not json}\n")
     common = dict(batch_documents=7, append_eod=True)
     run(tiny_tokenizer, inputs, tmp_path / "single", **common)
-    run(tiny_tokenizer, inputs, tmp_path / "multi", **common, **options)
-    for ext in (".bin", ".idx"):
-        assert (tmp_path / f"multi_text_document{ext}").read_bytes() == \
-            (tmp_path / f"single_text_document{ext}").read_bytes()
+    _, stats = run(tiny_tokenizer, inputs, tmp_path / "multi", **common, **options)
+    assert stats.documents == 120 and stats.skipped == 1
+    for name in ("_text_document.bin", "_text_document.idx", ".skipped.tsv"):
+        assert (tmp_path / f"multi{name}").read_bytes() == (tmp_path / f"single{name}").read_bytes()
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name or ".tmp." in p.name]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from megamythos.data.atomic import temp_name
 from megamythos.data.indexed_dataset import IndexedDatasetBuilder, dataset_exists, optimal_dtype
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata, write_dataset_metadata
@@ -78,6 +80,10 @@ class PreprocessConfig:
         """Dataset prefix of each key: ``{output_prefix}_{key}_document``."""
         return {key: f"{self.output_prefix}_{key}_document" for key in self.json_keys}
 
+    def skipped_report_path(self) -> str:
+        """Where every skipped record is listed (``file<TAB>line<TAB>reason``), written only if one is skipped."""
+        return f"{self.output_prefix}.skipped.tsv"
+
 
 @dataclass
 class PreprocessStats:
@@ -91,6 +97,7 @@ class PreprocessStats:
     skipped_by_reason: Counter = field(default_factory=Counter)
     bad_examples: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    skipped_report: str | None = None
 
     def add(self, other: "PreprocessStats") -> None:
         self.documents += other.documents
@@ -103,7 +110,8 @@ class PreprocessStats:
     def summary(self) -> str:
         rate = self.tokens / self.seconds if self.seconds else 0.0
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped_by_reason.items())) or "none"
-        return (f"documents={self.documents} tokens={self.tokens} skipped={self.skipped} ({reasons}) "
+        listed = f", listed in {self.skipped_report}" if self.skipped_report else ""
+        return (f"documents={self.documents} tokens={self.tokens} skipped={self.skipped} ({reasons}{listed}) "
                 f"bytes={self.bytes} seconds={self.seconds:.2f} tokens/s={rate:,.0f}")
 
 
@@ -184,19 +192,26 @@ def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
         yield from iter_file_records(path, config.json_keys, config.blank_line_documents, config.hf_split)
 
 
-def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict: bool) -> None:
-    for source, line, reason in bad:
-        where = f"{source}:{line}: {reason}"
-        if strict:
-            raise BadInputError(f"{where} (strict mode; drop --strict to skip and count bad records)")
-        stats.skipped += 1
-        stats.skipped_by_reason[reason.split(" (")[0]] += 1
-        if len(stats.bad_examples) < MAX_LOGGED_BAD_RECORDS:
-            stats.bad_examples.append(where)
-            logger.warning("skipped %s", where)
+def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict: bool, report_path: str) -> None:
+    """Count ``bad`` records in ``stats``, log the first few, list all in ``report_path`` (or raise if strict)."""
+    if not bad:
+        return
+    if strict:
+        source, line, reason = bad[0]
+        raise BadInputError(f"{source}:{line}: {reason} (strict mode; drop --strict to skip and count bad records)")
+    with open(report_path, "a", encoding="utf-8") as report:
+        for source, line, reason in bad:
+            report.write(f"{source}\t{line}\t{reason}\n")
+            stats.skipped += 1
+            stats.skipped_by_reason[reason.split(" (")[0]] += 1
+            if len(stats.bad_examples) < MAX_LOGGED_BAD_RECORDS:
+                stats.bad_examples.append(f"{source}:{line}: {reason}")
+                logger.warning("skipped %s", stats.bad_examples[-1])
+    stats.skipped_report = report_path
 
 
-def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str]) -> PreprocessStats:
+def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str],
+                 report_path: str) -> PreprocessStats:
     """Tokenise ``paths`` (or the hub dataset) into the datasets ``prefixes`` (key -> prefix)."""
     tokenizer = Tokenizer(config.tokenizer_model)
     dtype = optimal_dtype(tokenizer.vocab_size)
@@ -208,7 +223,7 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
             next_log = config.log_interval
             batches = _batches(_records(config, paths), config.batch_documents, config.batch_bytes)
             for result in _ordered_results(config, batches):
-                _report_bad(stats, result.bad, config.strict)
+                _report_bad(stats, result.bad, config.strict, report_path)
                 for builder, tokens, lengths in zip(builders, result.tokens, result.lengths):
                     builder.add_documents(tokens, lengths)
                 stats.documents += result.documents
@@ -261,33 +276,41 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
     paths = expand_inputs(config.inputs) if config.inputs else []
     groups = _partition_paths(paths, config.partitions) if config.partitions > 1 and len(paths) > 1 else [paths]
     start = time.perf_counter()
+    report = config.skipped_report_path()
+    if os.path.exists(report):
+        os.remove(report)
     if len(groups) == 1:
-        stats = _tokenize_to(config, paths, config.output_prefixes())
+        stats = _tokenize_to(config, paths, config.output_prefixes(), report)
     else:
-        stats = _run_partitions(config, groups)
+        stats = _run_partitions(config, groups, report)
     stats.seconds = time.perf_counter() - start
     logger.info("preprocessing done: %s", stats.summary())
     return stats
 
 
-def _run_partitions(config: PreprocessConfig, groups: list[list[str]]) -> PreprocessStats:
-    """Tokenise each group of files in its own process into a partial dataset, then merge them in order."""
-    part_prefixes = [
-        {k: f"{p}.part{i:03d}" for k, p in config.output_prefixes().items()} for i in range(len(groups))
-    ]
+def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_path: str) -> PreprocessStats:
+    """Tokenise each group of files in its own process into a partial dataset, then merge them in order.
+
+    Partial datasets live in a temporary directory (``{output_prefix}.parts.tmp.<pid>``) removed at the end,
+    so no valid-looking partial ``.idx`` is ever left next to the outputs.
+    """
+    workdir = temp_name(config.output_prefix + ".parts")
+    os.makedirs(workdir)
+    parts = [{k: os.path.join(workdir, f"{i:03d}_{k}") for k in config.json_keys} for i in range(len(groups))]
+    reports = [os.path.join(workdir, f"{i:03d}.skipped.tsv") for i in range(len(groups))]
     stats = PreprocessStats()
     try:
         with ProcessPoolExecutor(len(groups), mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(_tokenize_to, config, g, p) for g, p in zip(groups, part_prefixes)]
+            futures = [pool.submit(_tokenize_to, config, g, p, r) for g, p, r in zip(groups, parts, reports)]
             for future in futures:
                 stats.add(future.result())
         for key, prefix in config.output_prefixes().items():
-            merge_datasets([p[key] for p in part_prefixes], prefix)
+            merge_datasets([p[key] for p in parts], prefix)
+        for report in (r for r in reports if os.path.exists(r)):
+            with open(report, "rb") as src, open(report_path, "ab") as dst:
+                shutil.copyfileobj(src, dst)
+            stats.skipped_report = report_path
     finally:
-        for parts in part_prefixes:
-            for prefix in parts.values():
-                for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
-                    if os.path.exists(prefix + suffix):
-                        os.remove(prefix + suffix)
+        shutil.rmtree(workdir, ignore_errors=True)
     stats.outputs = list(config.output_prefixes().values())
     return stats
