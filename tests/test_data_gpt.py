@@ -1,6 +1,8 @@
 """GPT sample construction, splits, blending, index caching and the resumable sampler."""
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -196,3 +198,14 @@ def test_sampler_rejects_invalid_arguments(kwargs, field) -> None:
             "data_parallel_size": 2, **kwargs}
     with pytest.raises(ValueError, match=field):
         PretrainingSampler(**args)
+
+
+def test_datasets_pickle_by_reference_for_dataloader_workers(tmp_path) -> None:
+    a = make_dataset(tmp_path / "a", 400, seed=1)
+    b = make_dataset(tmp_path / "b", 400, seed=2, base=1000)
+    for data_path in ([a], ["0.5", a, "0.5", b]):
+        train, _, _ = build_train_valid_test_datasets(data_path, "1", 8, 1, (2000, 0, 0), str(tmp_path / "c"))
+        blob = pickle.dumps(train)
+        assert len(blob) < 20_000  # file names, not the index arrays or the tokens
+        clone = pickle.loads(blob)
+        assert all(np.array_equal(clone[i]["tokens"], train[i]["tokens"]) for i in range(0, len(train), 50))

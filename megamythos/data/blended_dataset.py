@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from megamythos.data.index_cache import load_or_build
+from megamythos.data.index_cache import MappedArraysPickle, load_or_build
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def build_blending_indices(weights: Sequence[float], size: int) -> dict[str, np.
     return {"dataset_index": dataset_index, "dataset_sample_index": dataset_sample_index}
 
 
-class BlendedDataset:
+class BlendedDataset(MappedArraysPickle):
     """``size`` samples drawn from ``datasets`` in proportion to ``weights``; ``ds[i]`` is a component's sample."""
 
     def __init__(self, datasets: list[Any], weights: list[float], size: int, split_name: str,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from megamythos.data.blended_dataset import BlendedDataset
-from megamythos.data.index_cache import load_or_build
+from megamythos.data.index_cache import MappedArraysPickle, load_or_build
 from megamythos.data.indexed_dataset import IndexedDataset, idx_path
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def dataset_identity(prefix: str) -> dict[str, Any]:
 
 
 @dataclass
-class GPTDataset:
+class GPTDataset(MappedArraysPickle):
     """``num_samples`` (or more: whole epochs) samples of ``seq_length + 1`` tokens from ``documents`` of ``indexed``.
 
     ``ds[i]`` -> ``{"tokens": int64 (seq_length + 1,)}``; ``tokens[:-1]`` are inputs and ``tokens[1:]`` labels.

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -69,3 +70,23 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
     with open(desc_path) as handle:
         names = json.load(handle)["arrays"]
     return {name: np.load(os.path.join(cache_dir, f"{key}-{name}.npy"), mmap_mode="r") for name in names}
+
+
+class MappedArraysPickle:
+    """Mixin: pickle attributes that are memory-mapped ``.npy`` files by file name, and re-map them on load.
+
+    Without it, sending a dataset to a spawned DataLoader worker would copy every index array.
+    """
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: _NpyFile(v.filename) if isinstance(v, np.memmap) and v.filename else v
+                for k, v in self.__dict__.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({k: np.load(v.path, mmap_mode="r") if isinstance(v, _NpyFile) else v
+                              for k, v in state.items()})
+
+
+@dataclass(frozen=True)
+class _NpyFile:
+    path: str

@@ -125,6 +125,13 @@ class IndexedDataset:
             )
         self._bin = np.memmap(bpath, dtype=self.dtype, mode="r") if bin_size else np.zeros(0, self.dtype)
 
+    def __getstate__(self) -> dict[str, str]:
+        """Pickle by prefix: a DataLoader worker re-maps the files instead of receiving a copy of them."""
+        return {"path_prefix": self.path_prefix}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(state["path_prefix"])  # type: ignore[misc]
+
     def _read_header(self, ipath: str) -> tuple[np.dtype, int, int]:
         head = bytes(self._idx[:HEADER_BYTES])
         if len(head) < HEADER_BYTES or head[:9] != INDEX_MAGIC:
