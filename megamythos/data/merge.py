@@ -29,13 +29,12 @@ def merge_datasets(prefixes: list[str], output_prefix: str) -> IndexedDataset:
     with IndexedDatasetBuilder(output_prefix, datasets[0].dtype) as builder:
         for prefix in prefixes:
             builder.add_index(prefix)
-        first = next((r for r in records if r is not None), None)
-        if first is not None:
-            fields = {k: v for k, v in first.items()
-                      if k not in ("format", "vocab_size", "tokenizer_fingerprint", "tokenizer_model")}
-            fields.update(num_documents=sum(len(d.document_indices) - 1 for d in datasets),
-                          num_tokens=builder.num_tokens)
-            write_dataset_metadata(output_prefix, Tokenizer(first["tokenizer_model"]), **fields)
         builder.finalize()
+    first = next((r for r in records if r is not None), None)
+    if first is not None:
+        fields = {k: v for k, v in first.items()
+                  if k not in ("format", "vocab_size", "tokenizer_fingerprint", "tokenizer_model")}
+        fields.update(num_documents=sum(len(d.document_indices) - 1 for d in datasets), num_tokens=builder.num_tokens)
+        write_dataset_metadata(output_prefix, Tokenizer(first["tokenizer_model"]), **fields)
     logger.info("merged %d datasets into %s", len(prefixes), output_prefix)
     return IndexedDataset(output_prefix)

@@ -239,10 +239,10 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
                     bar.set_postfix(rates, refresh=False)
                     logger.info("%d documents, %s", stats.documents, rates)
         for key, builder in zip(config.json_keys, builders):
+            builder.finalize()
             write_dataset_metadata(prefixes[key], tokenizer, dtype=dtype.name, append_eod=config.append_eod,
                                    eod_id=tokenizer.eos_id, json_key=key, num_documents=stats.documents,
                                    num_tokens=builder.num_tokens)
-            builder.finalize()
     except BaseException:
         for builder in builders:
             builder.abort()
