@@ -90,6 +90,8 @@ class _SegmentCache:
     def encode(self, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated ids of every segment of every doc, and the int32 token count of each doc."""
         segments = list(chain.from_iterable(docs))
+        if not segments:
+            return np.zeros(0, dtype=np.int32), np.zeros(len(docs), dtype=np.int32)
         new = [s for s in set(segments) if s not in self._index]
         if new:
             self._add(new)

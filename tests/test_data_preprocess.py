@@ -15,6 +15,7 @@ from data_prep.preprocess_data import main as preprocess_main
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import DatasetMismatchError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
+from megamythos.data.sources import InputError
 from megamythos.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
 from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
 
@@ -96,6 +97,13 @@ def _bad_corpus(path: Path) -> Path:
     return path
 
 
+def test_batch_of_only_bad_records(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"x": 1}\n' * 3 + json.dumps({"text": DOCS[0]}) + "\n")
+    ds, stats = run(tiny_tokenizer, [str(path)], tmp_path / "o", batch_documents=3)
+    assert decoded(tiny_tokenizer, ds) == DOCS[:1] and stats.skipped == 3
+
+
 def test_bad_records_are_counted_reported_and_skipped(tmp_path, tiny_tokenizer: Tokenizer, caplog) -> None:
     bad = _bad_corpus(tmp_path / "bad.jsonl")
     ds, stats = run(tiny_tokenizer, [str(bad)], tmp_path / "o")
@@ -146,6 +154,13 @@ def test_several_json_keys_write_one_dataset_each(tmp_path, tiny_tokenizer: Toke
     titles = IndexedDataset(str(tmp_path / "o_title_document"))
     assert stats.outputs[1].endswith("o_title_document")
     assert decoded(tiny_tokenizer, titles) == [d[:10] for d in DOCS[:5]]
+
+
+def test_text_input_with_several_keys_is_rejected(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    (tmp_path / "a.txt").write_text("hello\n")
+    with pytest.raises(InputError, match="one text per document"):
+        preprocess(PreprocessConfig(inputs=[str(tmp_path / "a.txt")], output_prefix=str(tmp_path / "o"),
+                                    tokenizer_model=tiny_tokenizer.model_path, json_keys=("text", "title")))
 
 
 def test_existing_dataset_of_another_tokenizer_is_an_error_naming_both(tmp_path, tiny_tokenizer: Tokenizer) -> None:

@@ -81,6 +81,8 @@ TRICKY = ["", " ", "   ", "a", " a", "a ", "a  b   c", "\tx = 1\n    return  y\n
 
 def test_segment_cache_equals_whole_text_encoding(tiny_tokenizer: Tokenizer) -> None:
     assert tiny_tokenizer.segment_cache_enabled
+    fresh = Tokenizer(tiny_tokenizer.model_path)
+    assert fresh.encode([]) == [] and [a.tolist() for a in fresh.encode_flat([])] == [[], []]
     texts = TRICKY + synthetic_documents(50, seed=11)
     expected = tiny_tokenizer._sp.Encode(texts, out_type=int)
     assert tiny_tokenizer.encode(texts) == expected

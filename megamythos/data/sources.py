@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
+import zstandard
+
 TEXT, JSON, ROW = "text", "json", "row"
 
 
@@ -54,8 +56,6 @@ def _open_binary(path: str) -> BinaryIO:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".zst"):
-        import zstandard
-
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
     return open(path, "rb")
 
@@ -164,6 +164,9 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | 
         except UnicodeDecodeError as err:
             return None, f"non-UTF-8 bytes ({err.reason} at byte {err.start})"
     if record.kind == TEXT:
+        if len(keys) != 1:
+            raise InputError(f"{record.source}: a text file holds one text per document, so it needs exactly one "
+                             f"key (got {keys}); use JSONL or Parquet for several fields")
         texts = [data]
     else:
         if record.kind == JSON:
