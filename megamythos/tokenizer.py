@@ -176,7 +176,8 @@ class Tokenizer:
         if not self.segment_cache_enabled:
             return self._sp.Encode(list(texts), out_type=int, num_threads=num_threads)
         tokens, lengths = self.encode_flat(texts)
-        return [part.tolist() for part in np.split(tokens, np.cumsum(lengths[:-1], dtype=np.int64))]
+        bounds = np.cumsum(lengths, dtype=np.int64)
+        return [tokens[end - n:end].tolist() for n, end in zip(lengths, bounds)]
 
     def encode_one(self, text: str) -> list[int]:
         """Token ids of one text (no bos/eos added)."""
