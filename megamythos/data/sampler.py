@@ -35,13 +35,12 @@ class PretrainingSampler:
                              f"[0, {self.data_parallel_size})")
 
     def __len__(self) -> int:
-        """Micro-batches this rank will yield."""
+        """Micro-batches this rank will yield (Megatron's sampler returns ``total_samples`` here instead)."""
         global_batch = self.micro_batch_size * self.data_parallel_size
         return (self.total_samples - self.consumed_samples) // global_batch
 
     def __iter__(self) -> Iterator[list[int]]:
         global_batch = self.micro_batch_size * self.data_parallel_size
-        first = self.consumed_samples + self.data_parallel_rank * self.micro_batch_size
-        for start in range(first, self.total_samples - global_batch + 1 + (first - self.consumed_samples),
-                           global_batch):
-            yield list(range(start, start + self.micro_batch_size))
+        rank_offset = self.data_parallel_rank * self.micro_batch_size
+        for batch_start in range(self.consumed_samples, self.total_samples - global_batch + 1, global_batch):
+            yield list(range(batch_start + rank_offset, batch_start + rank_offset + self.micro_batch_size))
