@@ -172,6 +172,23 @@ def stream(sampler: PretrainingSampler) -> list[list[int]]:
     return list(sampler)
 
 
+def megatron_sampler(total, consumed, mbs, rank, size):
+    """Literal transcription of Megatron-LM's ``MegatronPretrainingSampler.__iter__`` (drop_last=True)."""
+    batch = []
+    for idx in range(consumed, total):
+        batch.append(idx)
+        if len(batch) == mbs * size:
+            yield batch[rank * mbs:(rank + 1) * mbs]
+            batch = []
+
+
+@pytest.mark.parametrize("total,consumed,mbs,size", [(100, 0, 4, 2), (101, 37, 3, 4), (9, 8, 1, 1), (50, 3, 7, 3)])
+def test_sampler_equals_megatron(total: int, consumed: int, mbs: int, size: int) -> None:
+    for rank in range(size):
+        assert stream(PretrainingSampler(total, consumed, mbs, rank, size)) == \
+            list(megatron_sampler(total, consumed, mbs, rank, size))
+
+
 def test_sampler_splits_global_batches_across_ranks_and_drops_last() -> None:
     ranks = [stream(PretrainingSampler(23, 0, 2, r, 3)) for r in range(3)]
     assert ranks[0][:2] == [[0, 1], [6, 7]] and ranks[2][:2] == [[4, 5], [10, 11]]
