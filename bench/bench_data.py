@@ -79,6 +79,90 @@ def run_megatron_baseline(input_path: str, model_path: str, output_prefix: str, 
     return {"seconds": seconds, "documents": documents, "tokens": tokens, "megatron_reads_ours_equal": same}
 
 
+def run_megatron_index_check(spec_path: str) -> dict:
+    """Build the GPT and blending indices with megatron-core's own code and compare with ours (saved by the caller).
+
+    ``GPTDataset._build_document_sample_shuffle_indices`` is called on a stand-in ``self`` carrying only the
+    attributes it reads (no cache directory), so the C++ ``build_sample_idx`` and Megatron's shuffles run as-is.
+    """
+    from types import SimpleNamespace
+
+    import numpy
+    from megatron.core.datasets import helpers
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix, parse_and_normalize_split,
+    )
+    from megatron.core.datasets.gpt_dataset import GPTDataset
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.utils import Split
+
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+    indexed = IndexedDataset(spec["prefix"])  # keep it alive: its __del__ closes the mapping
+    sizes = indexed.sequence_lengths
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(spec["split"]))
+    results = {}
+    for case in spec["gpt_cases"]:
+        ours = numpy.load(case["npz"])
+        split = Split(case["split_index"])
+        beg, end = (int(round(b * float(len(sizes)))) for b in matrix[case["split_index"]])
+        config = SimpleNamespace(defer_npy_index_mmap=False, fast_cache_load=False, path_to_cache=None, mock=True,
+                                 sequence_length=spec["seq_length"], add_extra_token_to_sequence=1,
+                                 random_seed=spec["seed"], drop_last_partial_validation_sequence=True)
+        fake = SimpleNamespace(config=config, dataset=SimpleNamespace(sequence_lengths=sizes, path_prefix=spec["prefix"]),
+                               indices=numpy.arange(beg, end, dtype=numpy.int32), num_samples=case["num_samples"],
+                               index_split=split, unique_description_hash="bench")
+        fake._get_num_tokens_per_epoch = lambda f=fake: GPTDataset._get_num_tokens_per_epoch(f)
+        fake._get_num_epochs = lambda n, f=fake: GPTDataset._get_num_epochs(f, n)
+        arrays = dict(zip(("document_index", "sample_index", "shuffle_index"),
+                          GPTDataset._build_document_sample_shuffle_indices(fake)))
+        results[f"{split.name}_{case['num_samples']}"] = {
+            "documents_equal": [beg, end] == ours["documents"].tolist(),
+            **{f"{k}_equal": bool(numpy.array_equal(v, ours[k])) for k, v in arrays.items()},
+        }
+    blend = spec["blend"]
+    dataset_index = numpy.zeros(blend["size"], dtype=numpy.int16)
+    dataset_sample_index = numpy.zeros(blend["size"], dtype=numpy.int64)
+    helpers.build_blending_indices(dataset_index, dataset_sample_index, numpy.array(blend["weights"]),
+                                   len(blend["weights"]), blend["size"], False)
+    ours = numpy.load(blend["npz"])
+    results["blend"] = {"dataset_index_equal": bool(numpy.array_equal(dataset_index, ours["dataset_index"])),
+                        "dataset_sample_index_equal": bool(numpy.array_equal(dataset_sample_index,
+                                                                             ours["dataset_sample_index"]))}
+    return results
+
+
+def save_our_indices(prefix: str, work_dir: str, seq_length: int, seed: int) -> str:
+    """Our GPT indices (6 epochs of train with and without a separately shuffled final epoch; 1 of valid) and
+    blending indices, saved for :func:`run_megatron_index_check`; returns the spec path."""
+    import numpy as np
+
+    from megamythos.data.blended_dataset import build_blending_indices
+    from megamythos.data.gpt_dataset import build_gpt_indices, parse_split, split_bounds
+    from megamythos.data.indexed_dataset import IndexedDataset
+
+    split = "969,30,1"
+    sizes = IndexedDataset(prefix).sizes
+    bounds = split_bounds(parse_split(split), len(sizes))
+    per_epoch = (int(sizes[bounds[0]:bounds[1]].sum()) - 1) // seq_length
+    cases = []
+    for split_index, num_samples in ((0, 5 * per_epoch + 9 * per_epoch // 10), (0, 5 * per_epoch + per_epoch // 10),
+                                     (1, 200)):
+        documents = np.arange(bounds[split_index], bounds[split_index + 1], dtype=np.int32)
+        path = os.path.join(work_dir, f"gpt_{split_index}_{num_samples}.npz")
+        np.savez(path, documents=np.array(bounds[split_index:split_index + 2]),
+                 **build_gpt_indices(sizes, documents, num_samples, seq_length, seed))
+        cases.append({"split_index": split_index, "num_samples": num_samples, "npz": path})
+    blend_path = os.path.join(work_dir, "blend.npz")
+    np.savez(blend_path, **build_blending_indices([0.7, 0.3], 100_000))
+    spec = {"prefix": prefix, "split": split, "seq_length": seq_length, "seed": seed, "gpt_cases": cases,
+            "blend": {"weights": [0.7, 0.3], "size": 100_000, "npz": blend_path}}
+    spec_path = os.path.join(work_dir, "index_check.json")
+    with open(spec_path, "w") as handle:
+        json.dump(spec, handle)
+    return spec_path
+
+
 # ---------------------------------------------------------------- ours
 def write_corpus_jsonl(path: str) -> int:
     """The stdlib sources that decode as UTF-8 and are not blank, one JSON document per line; returns bytes."""
@@ -129,9 +213,13 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "data.json"))
     parser.add_argument("--run-megatron-baseline", nargs=4, metavar=("INPUT", "MODEL", "OUT", "CHECK"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--run-megatron-index-check", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_megatron_baseline:
         print(json.dumps(run_megatron_baseline(*args.run_megatron_baseline)))
+        return
+    if args.run_megatron_index_check:
+        print(json.dumps(run_megatron_index_check(args.run_megatron_index_check)))
         return
 
     sys.path.insert(0, ROOT)
@@ -165,6 +253,10 @@ def main() -> None:
     start = time.perf_counter()
     build_blending_indices([0.7, 0.3], 1_000_000)
     blend_seconds = time.perf_counter() - start
+    spec = save_our_indices(ours_prefix + "_text_document", args.work_dir, 1024, 1234)
+    done = subprocess.run([args.megatron_python, os.path.abspath(__file__), "--run-megatron-index-check", spec],
+                          check=True, capture_output=True, text=True)
+    index_check = json.loads(done.stdout.strip().splitlines()[-1])
     shutil.rmtree(os.path.join(args.work_dir, "cache"), ignore_errors=True)  # time the index build, not a hit
     identical = all(open(ours_prefix + "_text_document" + ext, "rb").read() ==
                     open(megatron_prefix + ext, "rb").read() for ext in (".bin", ".idx"))
@@ -178,6 +270,7 @@ def main() -> None:
         "bin_idx_byte_identical_to_megatron": identical,
         "megatron_reads_ours_equal": best["megatron_1_worker"]["megatron_reads_ours_equal"],
         "ours_reads_megatron": ours_reads_megatron,
+        "indices_equal_megatron_core": index_check,
         "blend_index_build_seconds_1M_samples_2_datasets": blend_seconds,
         "random_reads": [bench_random_reads(ours_prefix + "_text_document", s, n, 20_000,
                                             os.path.join(args.work_dir, "cache"))

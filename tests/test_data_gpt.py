@@ -90,8 +90,8 @@ def test_split_is_document_level_and_disjoint(tmp_path) -> None:
 
 def test_split_parsing_rules() -> None:
     assert parse_split("98,2") == [0.98, 0.02, 0.0]
-    # Megatron: round(1.5)=2, round(0.75)=1 -> [0, 2, 3, 4]; the excess 1 is subtracted from every boundary
-    assert split_bounds([0.5, 0.25, 0.25], 3) == [0, 1, 2, 3]
+    # megatron-core book-ends: round(0), round(1.5) = 2, round(2.25) = 2, round(3)
+    assert split_bounds([0.5, 0.25, 0.25], 3) == [0, 2, 2, 3]
     with pytest.raises(DataConfigError, match="split"):
         parse_split("")
 

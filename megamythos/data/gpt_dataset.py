@@ -44,17 +44,19 @@ def parse_split(split: str) -> list[float]:
     if not 1 <= len(parts) <= 3 or sum(parts) <= 0:
         raise DataConfigError(f"split {split!r} is invalid: give 1-3 non-negative weights such as '969,30,1'")
     parts += [0.0] * (3 - len(parts))
-    total = sum(parts)
-    return [p / total for p in parts]
+    return (np.array(parts, dtype=np.float64) / np.sum(parts)).tolist()
 
 
 def split_bounds(fractions: list[float], num_documents: int) -> list[int]:
-    """Document boundaries ``[0, a, b, num_documents]`` of the splits (Megatron's ``_get_split_indices``)."""
-    bounds = [0]
+    """Document boundaries ``[0, a, b, num_documents]`` of the splits.
+
+    Megatron-core's book-end rule: split ``i`` is ``[round(c_i * N), round(c_{i+1} * N))`` where ``c`` are the
+    cumulative fractions (``convert_split_vector_to_split_matrix``).
+    """
+    cumulative = [0.0]
     for fraction in fractions:
-        bounds.append(bounds[-1] + int(round(fraction * float(num_documents))))
-    excess = bounds[-1] - num_documents
-    return [bounds[0]] + [b - excess for b in bounds[1:]]
+        cumulative.append(cumulative[-1] + fraction)
+    return [int(round(c * float(num_documents))) for c in cumulative]
 
 
 def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None]:
