@@ -6,8 +6,9 @@ A split's documents are repeated for as many epochs as the requested sample coun
 is shuffled (``shuffle_index``). When the last epoch would provide fewer than 80% of an epoch's samples it is
 shuffled separately so that it does not dilute the earlier epochs (Megatron's ``separate_final_epoch``).
 
-The three arrays equal Megatron's for the same sizes, split and seed (same ``RandomState`` call sequence); the
-sample index is built with vectorised numpy instead of Megatron's C++ helper, so no compiler is needed.
+The three arrays equal megatron-core's for the same sizes, split and seed (same ``RandomState`` call sequence;
+``bench/bench_data.py`` compares them with megatron-core 0.16 itself); the sample index is built with
+vectorised numpy instead of Megatron's C++ helper, so no compiler is needed.
 """
 from __future__ import annotations
 
