@@ -162,6 +162,13 @@ def test_non_zero_ranks_only_load_the_cache(tmp_path, monkeypatch) -> None:
     assert np.array_equal(built.sample_index, loaded.sample_index)
 
 
+def test_unwritable_cache_is_a_clear_error(tmp_path) -> None:
+    prefix = make_dataset(tmp_path / "ds", 100)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(index_cache.IndexCacheError, match="cannot write the index cache in .*file/sub"):
+        build_train_valid_test_datasets([prefix], "1", 8, 1, (50, 0, 0), str(tmp_path / "file" / "sub"))
+
+
 def test_too_small_split_is_a_clear_error(tmp_path) -> None:
     prefix = make_dataset(tmp_path / "ds", 3)
     with pytest.raises(DataConfigError, match="none of which fall in the valid split"):

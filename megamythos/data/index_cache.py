@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class IndexCacheError(RuntimeError):
-    """A cache entry another rank should have built is missing."""
+    """The cache cannot be written, or an entry another rank should have built is missing."""
 
 
 def description_key(description: dict[str, Any]) -> str:
@@ -55,11 +55,15 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
     if rank in (None, 0) and not os.path.isfile(desc_path):
         logger.info("building %s indices (cache key %s) in %s", description.get("class"), key, cache_dir)
         arrays = build()
-        for name, array in arrays.items():
-            with atomic_open(os.path.join(cache_dir, f"{key}-{name}.npy")) as handle:
-                np.save(handle, array, allow_pickle=False)
-        with atomic_open(desc_path, "w") as handle:
-            json.dump({**description, "arrays": sorted(arrays)}, handle, indent=2, sort_keys=True)
+        try:
+            for name, array in arrays.items():
+                with atomic_open(os.path.join(cache_dir, f"{key}-{name}.npy")) as handle:
+                    np.save(handle, array, allow_pickle=False)
+            with atomic_open(desc_path, "w") as handle:
+                json.dump({**description, "arrays": sorted(arrays)}, handle, indent=2, sort_keys=True)
+        except OSError as err:
+            raise IndexCacheError(f"cannot write the index cache in {cache_dir} ({err}); pass a writable "
+                                  "cache_dir that every rank can read") from err
     if rank is not None:
         _barrier()
     if not os.path.isfile(desc_path):
