@@ -117,6 +117,9 @@ class Tokenizer:
         vocab_size: number of ids; every id is in ``[0, vocab_size)``.
         pad_id, bos_id, eos_id, unk_id: the special ids (0, 1, 2, 3 for models trained here).
         fingerprint: sha256 of the ``.model`` bytes; equal fingerprints mean identical tokenisation.
+        segment_cache_enabled: whether the exact segment-cached fast path is used (see the module docstring).
+
+    Not thread-safe (the segment cache is shared state); give each thread or process its own instance.
     """
 
     def __init__(self, model_path: str | os.PathLike) -> None:
