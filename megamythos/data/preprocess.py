@@ -275,6 +275,9 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
     _check_existing_outputs(config, tokenizer)
     paths = expand_inputs(config.inputs) if config.inputs else []
     groups = _partition_paths(paths, config.partitions) if config.partitions > 1 and len(paths) > 1 else [paths]
+    if config.partitions > len(groups):
+        logger.warning("partitions split input files: %d input file(s) give %d partition(s), not %d",
+                       len(paths), len(groups), config.partitions)
     start = time.perf_counter()
     report = config.skipped_report_path()
     if os.path.exists(report):
