@@ -23,20 +23,26 @@ def build_blending_indices(weights: Sequence[float], size: int) -> dict[str, np.
     """``dataset_index`` int16 ``(size,)`` (which dataset) and ``dataset_sample_index`` int64 ``(size,)`` (which of
     its samples) under Megatron's greedy largest-error rule.
 
-    The rule is sequential, so this is one pass of scalar Python (about 1 s per million samples for two
-    datasets); the result is cached by the caller.
+    The rule is sequential, so the choices are one pass of scalar Python (about 0.5 s per million samples);
+    the per-dataset sample numbers are then numbered with numpy. The caller caches the result.
     """
     w = [float(x) for x in weights]
     counts = [0] * len(w)
-    dataset_index = np.empty(size, dtype=np.int16)
-    dataset_sample_index = np.empty(size, dtype=np.int64)
-    candidates = range(len(w))
+    rest = list(enumerate(w))[1:]
+    chosen: list[int] = []
     for i in range(size):
-        t = float(max(i, 1))
-        best = max(candidates, key=lambda d: w[d] * t - counts[d])
-        dataset_index[i] = best
-        dataset_sample_index[i] = counts[best]
+        t = float(i) if i > 1 else 1.0
+        best, best_error = 0, w[0] * t - counts[0]
+        for d, weight in rest:
+            error = weight * t - counts[d]
+            if error > best_error:
+                best, best_error = d, error
+        chosen.append(best)
         counts[best] += 1
+    dataset_index = np.array(chosen, dtype=np.int16)
+    dataset_sample_index = np.empty(size, dtype=np.int64)
+    for d, count in enumerate(counts):
+        dataset_sample_index[dataset_index == d] = np.arange(count)
     return {"dataset_index": dataset_index, "dataset_sample_index": dataset_sample_index}
 
 
