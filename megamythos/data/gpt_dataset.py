@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -152,15 +152,15 @@ def dataset_identity(prefix: str) -> dict[str, Any]:
             "bin_bytes": os.path.getsize(prefix + ".bin")}
 
 
-@dataclass
+@dataclass(eq=False)
 class GPTDataset(MappedArraysPickle):
     """``num_samples`` (or more: whole epochs) samples of ``seq_length + 1`` tokens from ``documents`` of ``indexed``.
 
     ``ds[i]`` -> ``{"tokens": int64 (seq_length + 1,)}``; ``tokens[:-1]`` are inputs and ``tokens[1:]`` labels.
     """
 
-    indexed: IndexedDataset
-    documents: np.ndarray
+    indexed: IndexedDataset = field(repr=False)
+    documents: np.ndarray = field(repr=False)
     num_samples: int
     seq_length: int
     seed: int
