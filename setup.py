@@ -17,9 +17,12 @@ setup(
         "tqdm>=4.64",
         "safetensors>=0.4",
         "matplotlib>=3.7",
+        "zstandard>=0.22",
+        "pyarrow>=14",
+        "protobuf>=3.20",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "zstandard>=0.22", "pyarrow>=14"],
+        "dev": ["pytest>=7.4"],
         "cuda": ["flash-attn>=2.5"],
     },
 )

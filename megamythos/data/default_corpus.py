@@ -1,0 +1,90 @@
+"""The embedded default corpus: the local Python standard library sources, tokenised on first use.
+
+``ensure_default_dataset(out_dir)`` trains a SentencePiece tokenizer on a sample of the stdlib ``*.py`` files
+(``sysconfig.get_paths()['stdlib']``, site-/dist-packages excluded; about 30 MB on CPython 3.11) and
+preprocesses every file as one document (eos appended) into ``{out_dir}/stdlib_v{vocab}[_n{max_files}]``.
+A manifest written last marks a complete build; concurrent callers serialise on a file lock and later callers
+reuse the result.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from megamythos.data.atomic import atomic_open
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
+from megamythos.data.metadata import read_dataset_metadata
+from megamythos.data.preprocess import PreprocessConfig, preprocess
+from megamythos.data.sources import iter_texts
+from megamythos.tokenizer import Tokenizer, TokenizerError, TokenizerTrainConfig, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+EXCLUDED_DIRS = ("site-packages", "dist-packages")
+TOKENIZER_SAMPLE_CHUNKS = 50_000
+
+
+def stdlib_sources(max_files: int | None = None) -> list[str]:
+    """Sorted paths of the stdlib ``*.py`` files (the first ``max_files`` when given)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(str(p) for p in root.rglob("*.py")
+                   if not any(part in EXCLUDED_DIRS for part in p.relative_to(root).parts))
+    if not files:
+        raise FileNotFoundError(f"no *.py files under the stdlib directory {root}")
+    return files[:max_files] if max_files else files
+
+
+def _manifest(files: list[str], vocab_size: int) -> dict[str, Any]:
+    listing = hashlib.sha256("\n".join(f"{f}:{os.path.getsize(f)}" for f in files).encode()).hexdigest()
+    return {"vocab_size": vocab_size, "num_files": len(files), "files_sha256": listing, "version": 1}
+
+
+def _is_complete(manifest_path: str, manifest: dict[str, Any], data_prefix: str, model_path: str) -> bool:
+    try:
+        with open(manifest_path) as handle:
+            if json.load(handle) != manifest:
+                return False
+        IndexedDataset(data_prefix)
+        record = read_dataset_metadata(data_prefix)
+        return record is not None and record["tokenizer_fingerprint"] == Tokenizer(model_path).fingerprint
+    except (OSError, ValueError, IndexedDatasetError, TokenizerError):
+        return False
+
+
+def ensure_default_dataset(out_dir: str, vocab_size: int = 8192, max_files: int | None = None,
+                           workers: int | None = None) -> tuple[str, str]:
+    """Build (or reuse) the stdlib dataset; returns ``(data_prefix, tokenizer_model_path)``.
+
+    ``data_prefix`` is the ``IndexedDataset`` prefix (``..._text_document``). ``workers`` defaults to
+    ``min(2, cpu_count)`` tokenizer processes.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    name = f"stdlib_v{vocab_size}" + (f"_n{max_files}" if max_files else "")
+    base = os.path.join(out_dir, name)
+    model_path = f"{base}_tokenizer.model"
+    data_prefix = f"{base}_text_document"
+    manifest_path = f"{base}.manifest.json"
+    files = stdlib_sources(max_files)
+    manifest = _manifest(files, vocab_size)
+    with open(f"{base}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_complete(manifest_path, manifest, data_prefix, model_path):
+            logger.info("reusing default corpus %s", data_prefix)
+            return data_prefix, model_path
+        logger.info("building default corpus from %d stdlib files into %s", len(files), out_dir)
+        train_tokenizer(iter_texts(files), TokenizerTrainConfig(
+            vocab_size=vocab_size, model_prefix=f"{base}_tokenizer", max_sentences=TOKENIZER_SAMPLE_CHUNKS,
+            num_threads=os.cpu_count() or 1))
+        stats = preprocess(PreprocessConfig(
+            inputs=files, output_prefix=base, tokenizer_model=model_path, append_eod=True, overwrite=True,
+            workers=workers or min(2, os.cpu_count() or 1)))
+        logger.info("default corpus: %s", stats.summary())
+        with atomic_open(manifest_path, "w") as handle:
+            json.dump(manifest, handle, indent=2, sort_keys=True)
+    return data_prefix, model_path

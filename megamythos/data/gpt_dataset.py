@@ -1,0 +1,248 @@
+"""GPT-style training samples from indexed datasets, following Megatron-LM's ``GPTDataset`` rules.
+
+A split's documents are repeated for as many epochs as the requested sample count needs, shuffled per epoch
+(``document_index``), flattened, and cut into samples of ``seq_length + 1`` tokens that overlap by one token
+(``sample_index``: the (position in document_index, token offset) where each sample starts); the sample order
+is shuffled (``shuffle_index``). When the last epoch would provide fewer than 80% of an epoch's samples it is
+shuffled separately so that it does not dilute the earlier epochs (Megatron's ``separate_final_epoch``).
+
+The three arrays equal megatron-core's for the same sizes, split and seed (same ``RandomState`` call sequence;
+``bench/bench_data.py`` compares them with megatron-core 0.16 itself); the sample index is built with
+vectorised numpy instead of Megatron's C++ helper, so no compiler is needed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from megamythos.data.blended_dataset import BlendedDataset
+from megamythos.data.index_cache import MappedArraysPickle, load_or_build
+from megamythos.data.indexed_dataset import IndexedDataset, idx_path
+
+logger = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("train", "valid", "test")
+# Megatron builds 0.5% more samples per blended component than its weight asks for, to satiate the blend.
+BLEND_SURPLUS = 0.005
+# Megatron shuffles the final epoch separately when it contributes fewer than this fraction of an epoch.
+SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
+INDEX_FORMAT_VERSION = 1
+
+
+class DataConfigError(ValueError):
+    """A data path, split string or sample request cannot be satisfied."""
+
+
+def parse_split(split: str) -> list[float]:
+    """``"969,30,1"`` -> normalised train/valid/test fractions (missing parts are 0)."""
+    parts = [float(p) for p in re.findall(r"[.0-9]+", split)]
+    if not 1 <= len(parts) <= 3 or sum(parts) <= 0:
+        raise DataConfigError(f"split {split!r} is invalid: give 1-3 non-negative weights such as '969,30,1'")
+    parts += [0.0] * (3 - len(parts))
+    return (np.array(parts, dtype=np.float64) / np.sum(parts)).tolist()
+
+
+def split_bounds(fractions: list[float], num_documents: int) -> list[int]:
+    """Document boundaries ``[0, a, b, num_documents]`` of the splits.
+
+    Megatron-core's book-end rule: split ``i`` is ``[round(c_i * N), round(c_{i+1} * N))`` where ``c`` are the
+    cumulative fractions (``convert_split_vector_to_split_matrix``).
+    """
+    cumulative = [0.0]
+    for fraction in fractions:
+        cumulative.append(cumulative[-1] + fraction)
+    return [int(round(c * float(num_documents))) for c in cumulative]
+
+
+def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None]:
+    """``["P"]`` -> (["P"], None); ``["0.7", "A", "0.3", "B"]`` -> (["A", "B"], [0.7, 0.3] normalised)."""
+    if len(data_path) == 1:
+        return list(data_path), None
+    if len(data_path) % 2 != 0:
+        raise DataConfigError(f"data_path {data_path!r} is invalid: give one prefix or 'weight prefix' pairs")
+    try:
+        weights = [float(w) for w in data_path[0::2]]
+    except ValueError as err:
+        raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be numbers ({err})") from err
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be >= 0 with a positive sum")
+    return list(data_path[1::2]), [w / sum(weights) for w in weights]
+
+
+def num_epochs_for(tokens_per_epoch: int, num_samples: int, seq_length: int) -> int:
+    """Fewest epochs holding ``num_samples * seq_length + 1`` tokens."""
+    return max(1, math.ceil((num_samples * seq_length + 1) / tokens_per_epoch))
+
+
+def build_document_index(documents: np.ndarray, num_epochs: int, rng: np.random.RandomState,
+                         separate_final_epoch: bool) -> np.ndarray:
+    """int32 ``(num_epochs * len(documents),)``: document ids, each epoch's copy shuffled (Megatron's rule)."""
+    if not separate_final_epoch or num_epochs == 1:
+        index = np.tile(np.asarray(documents, dtype=np.int32), num_epochs)
+        rng.shuffle(index)
+        return index
+    first = build_document_index(documents, num_epochs - 1, rng, False)
+    last = build_document_index(documents, 1, rng, False)
+    return np.concatenate((first, last))
+
+
+def build_sample_index(sizes: np.ndarray, document_index: np.ndarray, seq_length: int,
+                       num_samples: int) -> np.ndarray:
+    """int64 ``(num_samples + 1, 2)``: (position in ``document_index``, token offset) where each sample starts.
+
+    Sample ``i`` covers flattened tokens ``[i * seq_length, (i + 1) * seq_length]`` (inclusive: seq_length + 1
+    tokens). A start on a document boundary is recorded at offset 0 of the next non-empty document, exactly as
+    Megatron's ``build_sample_idx``.
+    """
+    ends = np.cumsum(sizes[document_index].astype(np.int64))
+    starts = np.arange(num_samples + 1, dtype=np.int64) * seq_length
+    position = np.searchsorted(ends, starts, side="right")
+    offset = starts - (ends[position] - sizes[document_index[position]])
+    return np.stack([position, offset], axis=1)
+
+
+def build_shuffle_index(num_samples: int, total_size: int, rng: np.random.RandomState) -> np.ndarray:
+    """Shuffled ``[0, num_samples)`` followed by shuffled ``[num_samples, total_size)`` (Megatron's rule)."""
+    dtype = np.uint32 if total_size < np.iinfo(np.uint32).max - 1 else np.int64
+    first = np.arange(num_samples, dtype=dtype)
+    rng.shuffle(first)
+    if num_samples == total_size:
+        return first
+    last = np.arange(num_samples, total_size, dtype=dtype)
+    rng.shuffle(last)
+    return np.concatenate((first, last))
+
+
+def build_gpt_indices(sizes: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int,
+                      seed: int) -> dict[str, np.ndarray]:
+    """``document_index``, ``sample_index`` and ``shuffle_index`` for ``num_samples`` samples of ``documents``."""
+    tokens_per_epoch = int(sizes[documents].sum(dtype=np.int64))
+    if tokens_per_epoch <= seq_length:
+        raise DataConfigError(
+            f"the split has {tokens_per_epoch} tokens, not enough for one sample of {seq_length + 1}; use more "
+            "data, a smaller seq_length, or a larger share in --split"
+        )
+    num_epochs = num_epochs_for(tokens_per_epoch, num_samples, seq_length)
+    per_epoch = (tokens_per_epoch - 1) // seq_length
+    separate_final_epoch = False
+    if num_epochs > 1:
+        before_final = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
+        separate_final_epoch = num_samples - before_final < int(SEPARATE_FINAL_EPOCH_THRESHOLD * per_epoch)
+    rng = np.random.RandomState(seed)
+    document_index = build_document_index(documents, num_epochs, rng, separate_final_epoch)
+    total = (num_epochs * tokens_per_epoch - 1) // seq_length
+    sample_index = build_sample_index(sizes, document_index, seq_length, total)
+    shuffled = before_final if separate_final_epoch else total
+    shuffle_index = build_shuffle_index(shuffled, total, rng)
+    logger.info("GPT indices: %d documents, %d tokens/epoch, %d epochs, %d samples (separate final epoch: %s)",
+                len(documents), tokens_per_epoch, num_epochs, total, separate_final_epoch)
+    return {"document_index": document_index, "sample_index": sample_index, "shuffle_index": shuffle_index}
+
+
+def dataset_identity(prefix: str) -> dict[str, Any]:
+    """What the indices of ``prefix`` depend on in its files: path, sizes and the .idx modification time."""
+    stat = os.stat(idx_path(prefix))
+    return {"prefix": os.path.abspath(prefix), "idx_bytes": stat.st_size, "idx_mtime_ns": stat.st_mtime_ns,
+            "bin_bytes": os.path.getsize(prefix + ".bin")}
+
+
+@dataclass(eq=False)
+class GPTDataset(MappedArraysPickle):
+    """``num_samples`` (or more: whole epochs) samples of ``seq_length + 1`` tokens from ``documents`` of ``indexed``.
+
+    ``ds[i]`` -> ``{"tokens": int64 (seq_length + 1,)}``; ``tokens[:-1]`` are inputs and ``tokens[1:]`` labels.
+    """
+
+    indexed: IndexedDataset = field(repr=False)
+    documents: np.ndarray = field(repr=False)
+    num_samples: int
+    seq_length: int
+    seed: int
+    split_name: str
+    cache_dir: str
+
+    def __post_init__(self) -> None:
+        self.description = {
+            "class": "GPTDataset", "version": INDEX_FORMAT_VERSION, **dataset_identity(self.indexed.path_prefix),
+            "split": self.split_name, "documents": [int(self.documents[0]), int(self.documents[-1]) + 1],
+            "num_samples": self.num_samples, "seq_length": self.seq_length, "seed": self.seed,
+        }
+        arrays = load_or_build(self.cache_dir, self.description, lambda: build_gpt_indices(
+            self.indexed.sizes, self.documents, self.num_samples, self.seq_length, self.seed))
+        self.document_index = arrays["document_index"]
+        self.sample_index = arrays["sample_index"]
+        self.shuffle_index = arrays["shuffle_index"]
+
+    def __len__(self) -> int:
+        return self.sample_index.shape[0] - 1
+
+    def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
+        sample = int(self.shuffle_index[idx])
+        doc_first, offset_first = (int(v) for v in self.sample_index[sample])
+        doc_last, offset_last = (int(v) for v in self.sample_index[sample + 1])
+        if doc_first == doc_last:
+            parts = [self.indexed.get(int(self.document_index[doc_first]), offset_first,
+                                      offset_last - offset_first + 1)]
+        else:
+            parts = [self.indexed.get(int(self.document_index[doc_first]), offset_first)]
+            parts += [self.indexed.get(int(self.document_index[d])) for d in range(doc_first + 1, doc_last)]
+            parts.append(self.indexed.get(int(self.document_index[doc_last]), 0, offset_last + 1))
+        return {"tokens": np.concatenate(parts).astype(np.int64)}
+
+
+def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_length: int, seed: int,
+                    cache_dir: str | None) -> list[GPTDataset | None]:
+    indexed = IndexedDataset(prefix)
+    bounds = split_bounds(fractions, len(indexed))
+    out: list[GPTDataset | None] = []
+    for i, name in enumerate(SPLIT_NAMES):
+        if fractions[i] == 0 or nums[i] == 0:
+            out.append(None)
+            continue
+        if bounds[i + 1] <= bounds[i]:
+            raise DataConfigError(f"{prefix} has {len(indexed)} documents, none of which fall in the {name} split "
+                                  f"(fraction {fractions[i]:.4f}); use a larger dataset or change --split")
+        documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
+        out.append(GPTDataset(indexed, documents, nums[i], seq_length, seed, name,
+                              cache_dir or os.path.join(os.path.dirname(os.path.abspath(prefix)), "index-cache")))
+    return out
+
+
+def build_train_valid_test_datasets(
+    data_path: list[str], split: str, seq_length: int, seed: int,
+    train_valid_test_num_samples: tuple[int, int, int], cache_dir: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """Train/valid/test datasets with at least the requested sample counts (None where a split is empty or 0 asked).
+
+    ``data_path`` is ``["PREFIX"]`` or ``["w1", "P1", "w2", "P2", ...]``; with weights each split is a
+    :class:`BlendedDataset` of exactly the requested size over per-prefix :class:`GPTDataset` splits.
+    Index arrays are cached in ``cache_dir`` (default: ``index-cache/`` next to each dataset).
+    """
+    if seq_length < 1:
+        raise DataConfigError(f"seq_length={seq_length} is invalid: must be >= 1")
+    if len(train_valid_test_num_samples) != 3 or any(n < 0 for n in train_valid_test_num_samples):
+        raise DataConfigError(f"train_valid_test_num_samples={train_valid_test_num_samples} must be 3 counts >= 0")
+    prefixes, weights = parse_data_path(data_path)
+    fractions = parse_split(split)
+    nums = list(train_valid_test_num_samples)
+    if weights is None:
+        return tuple(_split_datasets(prefixes[0], fractions, nums, seq_length, seed, cache_dir))  # type: ignore
+    per_dataset = [[math.ceil(math.ceil(n * w) * (1 + BLEND_SURPLUS)) for n in nums] for w in weights]
+    components = [_split_datasets(p, fractions, n, seq_length, seed, cache_dir)
+                  for p, n in zip(prefixes, per_dataset)]
+    blended: list[BlendedDataset | None] = []
+    for i, name in enumerate(SPLIT_NAMES):
+        parts = [c[i] for c in components]
+        if nums[i] == 0 or all(p is None for p in parts):
+            blended.append(None)
+            continue
+        kept = [(p, w) for p, w in zip(parts, weights) if p is not None]
+        blended.append(BlendedDataset([p for p, _ in kept], [w for _, w in kept], nums[i], name,
+                                      cache_dir or kept[0][0].cache_dir))
+    return tuple(blended)  # type: ignore[return-value]

@@ -1,0 +1,273 @@
+"""Megatron-LM ``MMIDIDX`` indexed datasets: a zero-copy memory-mapped reader and an atomic writer.
+
+A dataset ``P`` is two files. ``P.bin`` holds the token ids of every sequence back to back in one dtype.
+``P.idx`` is, little-endian and without padding::
+
+    offset  size      field
+    0       9         magic b"MMIDIDX\\x00\\x00"
+    9       8         version, uint64 = 1
+    17      1         dtype code, uint8 (table below)
+    18      8         sequence count N, uint64
+    26      8         document count M, uint64 (= number of documents + 1)
+    34      4 N       sequence lengths, int32 (tokens)
+    34+4N   8 N       sequence pointers, int64 (byte offset of each sequence in P.bin)
+    34+12N  8 M       document indices, int64: 0 then the end sequence of each document
+
+This is byte for byte the layout of Megatron-LM's ``megatron/core/datasets/indexed_dataset.py`` (non-multimodal),
+so files written by either project load in the other. We write one sequence per document, so the document
+indices are ``0, 1, ..., N``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+from pathlib import Path
+from types import TracebackType
+from typing import Iterable
+
+import numpy as np
+
+from megamythos.data.atomic import temp_name
+
+logger = logging.getLogger(__name__)
+
+INDEX_MAGIC = b"MMIDIDX\x00\x00"
+INDEX_VERSION = 1
+HEADER_BYTES = 34
+# Megatron's DType enum: code -> numpy dtype.
+DTYPE_CODES: dict[int, type[np.number]] = {
+    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
+}
+_CODE_OF_DTYPE = {np.dtype(t): c for c, t in DTYPE_CODES.items()}
+
+
+class IndexedDatasetError(RuntimeError):
+    """A ``.bin``/``.idx`` pair is missing, truncated, corrupt, or cannot hold the data given to it."""
+
+
+def optimal_dtype(vocab_size: int) -> np.dtype:
+    """Megatron's rule: uint16 when the vocabulary has fewer than 65500 ids, else int32."""
+    return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
+
+
+def bin_path(prefix: str) -> str:
+    return prefix + ".bin"
+
+
+def idx_path(prefix: str) -> str:
+    return prefix + ".idx"
+
+
+def dataset_exists(prefix: str) -> bool:
+    """True if both ``prefix.bin`` and ``prefix.idx`` exist."""
+    return os.path.isfile(bin_path(prefix)) and os.path.isfile(idx_path(prefix))
+
+
+def encode_index(dtype: np.dtype, sizes: np.ndarray, document_indices: np.ndarray) -> bytes:
+    """The full ``.idx`` file contents for sequences of ``sizes`` tokens (pointers derived from the sizes)."""
+    dtype = np.dtype(dtype)
+    sizes = np.asarray(sizes, dtype=np.int32)
+    pointers = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
+    header = INDEX_MAGIC + struct.pack("<Q", INDEX_VERSION) + struct.pack("<B", _CODE_OF_DTYPE[dtype])
+    header += struct.pack("<Q", len(sizes)) + struct.pack("<Q", len(document_indices))
+    return header + sizes.tobytes() + pointers.tobytes() + np.asarray(document_indices, dtype=np.int64).tobytes()
+
+
+class IndexedDataset:
+    """Read-only, memory-mapped view of ``prefix.bin``/``prefix.idx``.
+
+    ``ds[i]`` is sequence ``i`` as a read-only numpy view into the mapped ``.bin`` (no copy), shape
+    ``(sizes[i],)`` and dtype ``ds.dtype``. Opening checks the header, the ``.idx`` size against its counts,
+    and the ``.bin`` size against the last pointer; :meth:`validate` checks every pointer.
+
+    Attributes:
+        sizes: int32 ``(N,)`` tokens per sequence.
+        pointers: int64 ``(N,)`` byte offset of each sequence.
+        document_indices: int64 ``(M,)`` sequence boundaries of documents.
+        dtype: token dtype.
+    """
+
+    def __init__(self, path_prefix: str) -> None:
+        self.path_prefix = str(path_prefix)
+        ipath, bpath = idx_path(self.path_prefix), bin_path(self.path_prefix)
+        for path in (ipath, bpath):
+            if not os.path.isfile(path):
+                raise IndexedDatasetError(
+                    f"{path} does not exist: pass the prefix without .bin/.idx, and build the dataset with "
+                    "`python data_prep/preprocess_data.py` if it was never made"
+                )
+        self._idx = np.memmap(ipath, dtype=np.uint8, mode="r") if os.path.getsize(ipath) else np.zeros(0, np.uint8)
+        self.dtype, count, doc_count = self._read_header(ipath)
+        expected = HEADER_BYTES + 12 * count + 8 * doc_count
+        if self._idx.size != expected:
+            raise IndexedDatasetError(
+                f"{ipath} is {self._idx.size} bytes but its header announces {count} sequences and {doc_count} "
+                f"document indices ({expected} bytes): the file is truncated or corrupt; rebuild it"
+            )
+        buf = self._idx
+        self.sizes = np.frombuffer(buf, np.int32, count, HEADER_BYTES)
+        self.pointers = np.frombuffer(buf, np.int64, count, HEADER_BYTES + 4 * count)
+        self.document_indices = np.frombuffer(buf, np.int64, doc_count, HEADER_BYTES + 12 * count)
+        bin_size = os.path.getsize(bpath)
+        data_end = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if count else 0
+        if bin_size != data_end or (count and self.pointers[0] != 0):
+            raise IndexedDatasetError(
+                f"{bpath} is {bin_size} bytes but {ipath} points to {data_end} bytes of tokens: the .bin is "
+                "truncated or belongs to another .idx; rebuild the dataset"
+            )
+        if doc_count and (self.document_indices[0] != 0 or self.document_indices[-1] != count):
+            raise IndexedDatasetError(
+                f"{ipath}: document indices must run from 0 to {count}, found {self.document_indices[0]}.."
+                f"{self.document_indices[-1]}; the index is corrupt"
+            )
+        self._bin = np.memmap(bpath, dtype=self.dtype, mode="r") if bin_size else np.zeros(0, self.dtype)
+
+    def __getstate__(self) -> dict[str, str]:
+        """Pickle by prefix: a DataLoader worker re-maps the files instead of receiving a copy of them."""
+        return {"path_prefix": self.path_prefix}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__init__(state["path_prefix"])  # type: ignore[misc]
+
+    def _read_header(self, ipath: str) -> tuple[np.dtype, int, int]:
+        head = bytes(self._idx[:HEADER_BYTES])
+        if len(head) < HEADER_BYTES or head[:9] != INDEX_MAGIC:
+            raise IndexedDatasetError(
+                f"{ipath} is not an MMIDIDX index (bad or short header, {len(head)} bytes read); rebuild it"
+            )
+        version, code, count, doc_count = struct.unpack("<QBQQ", head[9:])
+        if version != INDEX_VERSION:
+            raise IndexedDatasetError(f"{ipath} has index version {version}; only version 1 is supported")
+        if code not in DTYPE_CODES:
+            raise IndexedDatasetError(f"{ipath} has unknown dtype code {code}; known codes: {sorted(DTYPE_CODES)}")
+        return np.dtype(DTYPE_CODES[code]), count, doc_count
+
+    def validate(self) -> None:
+        """Check every pointer against the sizes and every document index (O(N)); raise on the first problem."""
+        expected = np.zeros(len(self.sizes), dtype=np.int64)
+        np.cumsum(self.sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=expected[1:])
+        bad = np.flatnonzero(expected != self.pointers)
+        if bad.size:
+            i = int(bad[0])
+            raise IndexedDatasetError(
+                f"{idx_path(self.path_prefix)}: pointer of sequence {i} is {self.pointers[i]}, expected "
+                f"{expected[i]} from the sizes; the index is corrupt"
+            )
+        if (self.sizes < 0).any():
+            raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: negative sequence length; the index is corrupt")
+        if np.any(np.diff(self.document_indices) < 0):
+            raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: document indices decrease; the index is corrupt")
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.get(i)
+
+    def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
+        """Tokens ``[offset, offset + length)`` of sequence ``i`` (to its end when ``length`` is None), zero-copy."""
+        size = int(self.sizes[i])
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise IndexError(f"tokens [{offset}, {offset + length}) out of range for sequence {i} of {size} tokens")
+        start = int(self.pointers[i]) // self.dtype.itemsize + offset
+        return self._bin[start:start + length]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.sizes.sum(dtype=np.int64))
+
+
+class IndexedDatasetBuilder:
+    """Writes ``prefix.bin``/``prefix.idx`` under temporary names; :meth:`finalize` renames them into place.
+
+    Until ``finalize`` returns, only ``prefix.bin.tmp.<pid>``/``prefix.idx.tmp.<pid>`` exist, so an interrupted
+    run never leaves a valid-looking ``.idx``. The ``.idx`` is renamed last. Used as a context manager, an
+    exception discards the temporary files.
+    """
+
+    def __init__(self, path_prefix: str, dtype: np.dtype | type) -> None:
+        self.path_prefix = str(path_prefix)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _CODE_OF_DTYPE:
+            raise IndexedDatasetError(f"dtype {self.dtype} has no MMIDIDX code; use one of {list(_CODE_OF_DTYPE)}")
+        Path(self.path_prefix).parent.mkdir(parents=True, exist_ok=True)
+        self._tmp_bin = temp_name(bin_path(self.path_prefix))
+        self._tmp_idx = temp_name(idx_path(self.path_prefix))
+        self._bin = open(self._tmp_bin, "wb")
+        self._sizes: list[np.ndarray] = []
+        self._doc_ends: list[np.ndarray] = []  # end sequence of each document, as in the .idx
+        self._num_sequences = 0
+        self._max = np.iinfo(self.dtype).max if self.dtype.kind in "iu" else None
+        self.num_tokens = 0
+
+    def add_document(self, tokens: Iterable[int] | np.ndarray) -> None:
+        """Append one document (one sequence)."""
+        arr = np.asarray(tokens)
+        self.add_documents(arr, np.array([arr.size], dtype=np.int32))
+
+    def add_documents(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append ``len(lengths)`` documents whose tokens are concatenated in ``tokens`` (shape ``(sum(lengths),)``)."""
+        tokens = np.asarray(tokens)
+        lengths = np.asarray(lengths, dtype=np.int32)
+        if int(lengths.sum(dtype=np.int64)) != tokens.size:
+            raise IndexedDatasetError(f"lengths sum to {int(lengths.sum())} but {tokens.size} tokens were given")
+        if tokens.size and self._max is not None:
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi > self._max:
+                bad = hi if hi > self._max else lo
+                raise IndexedDatasetError(
+                    f"token id {bad} does not fit {self.path_prefix}'s dtype {self.dtype} (range 0..{self._max}); "
+                    "the tokenizer's vocabulary is too large for this dtype"
+                )
+        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self._append_index(lengths, np.arange(1, len(lengths) + 1, dtype=np.int64), tokens.size)
+
+    def add_index(self, other_prefix: str) -> None:
+        """Append every document of the dataset at ``other_prefix`` (its ``.bin`` is copied, not re-tokenised)."""
+        other = IndexedDataset(other_prefix)
+        if other.dtype != self.dtype:
+            raise IndexedDatasetError(
+                f"{other_prefix} stores {other.dtype} tokens but {self.path_prefix} stores {self.dtype}"
+            )
+        self._bin.flush()
+        with open(bin_path(other_prefix), "rb") as src:
+            shutil.copyfileobj(src, self._bin, 16 << 20)
+        self._append_index(np.array(other.sizes, dtype=np.int32), other.document_indices[1:], other.num_tokens)
+
+    def _append_index(self, sizes: np.ndarray, doc_ends: np.ndarray, num_tokens: int) -> None:
+        self._sizes.append(sizes)
+        self._doc_ends.append(np.asarray(doc_ends, dtype=np.int64) + self._num_sequences)
+        self._num_sequences += len(sizes)
+        self.num_tokens += num_tokens
+
+    def finalize(self) -> None:
+        """Write the ``.idx`` and rename both files into place (``.bin`` first, ``.idx`` last)."""
+        self._bin.close()
+        sizes = np.concatenate([np.zeros(0, np.int32), *self._sizes])
+        doc_indices = np.concatenate([np.zeros(1, np.int64), *self._doc_ends])
+        with open(self._tmp_idx, "wb") as handle:
+            handle.write(encode_index(self.dtype, sizes, doc_indices))
+        os.replace(self._tmp_bin, bin_path(self.path_prefix))
+        os.replace(self._tmp_idx, idx_path(self.path_prefix))
+        logger.info("wrote %s.{bin,idx}: %d documents, %d tokens", self.path_prefix, len(doc_indices) - 1,
+                    self.num_tokens)
+
+    def abort(self) -> None:
+        """Close and delete the temporary files (no-op for files already renamed)."""
+        self._bin.close()
+        for path in (self._tmp_bin, self._tmp_idx):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def __enter__(self) -> "IndexedDatasetBuilder":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -1,0 +1,319 @@
+"""Offline preprocessing: documents -> SentencePiece ids -> ``P_{key}_document.{bin,idx}`` (+ ``.json`` record).
+
+Pipeline: the main process of each partition reads records (:mod:`megamythos.data.sources`) into batches;
+``workers`` tokenizer processes decode, parse and encode them; results are written in input order, so the
+output does not depend on ``workers`` (and, since partitions are merged in order, not on ``partitions``).
+At most ``2 * workers`` batches are in flight, so memory stays bounded on any input size.
+
+Bad records (non-UTF-8 bytes, malformed JSON, a missing key, an empty document) are counted and logged with
+file and line and skipped, or raise :class:`BadInputError` with ``strict``.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from megamythos.data.atomic import temp_name
+from megamythos.data.indexed_dataset import IndexedDatasetBuilder, dataset_exists, optimal_dtype
+from megamythos.data.merge import merge_datasets
+from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata, write_dataset_metadata
+from megamythos.data.sources import (
+    RawRecord, expand_inputs, iter_file_records, iter_hub_records, parse_record,
+)
+from megamythos.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+MAX_LOGGED_BAD_RECORDS = 20
+
+
+class BadInputError(ValueError):
+    """A bad record was met with ``strict`` set."""
+
+
+@dataclass
+class PreprocessConfig:
+    """Options of :func:`preprocess`. ``inputs`` are paths or globs; ``hf_dataset`` replaces them when set."""
+
+    inputs: list[str]
+    output_prefix: str
+    tokenizer_model: str
+    json_keys: tuple[str, ...] = ("text",)
+    workers: int = 1
+    partitions: int = 1
+    append_eod: bool = False
+    strict: bool = False
+    blank_line_documents: bool = False
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    streaming: bool = False
+    batch_bytes: int = 1 << 20
+    batch_documents: int = 1024
+    log_interval: int = 10_000
+    overwrite: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.json_keys = tuple(self.json_keys)
+        if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
+            raise ValueError(f"json_keys={self.json_keys!r} is invalid: need distinct keys")
+        if bool(self.inputs) == bool(self.hf_dataset):
+            raise ValueError("give either inputs (paths/globs) or hf_dataset, not both and not neither")
+        for name in ("workers", "partitions", "batch_bytes", "batch_documents", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 1")
+        if self.hf_dataset and self.partitions > 1:
+            raise ValueError("partitions > 1 splits input files; it cannot be used with hf_dataset")
+
+    def output_prefixes(self) -> dict[str, str]:
+        """Dataset prefix of each key: ``{output_prefix}_{key}_document``."""
+        return {key: f"{self.output_prefix}_{key}_document" for key in self.json_keys}
+
+    def skipped_report_path(self) -> str:
+        """Where every skipped record is listed (``file<TAB>line<TAB>reason``), written only if one is skipped."""
+        return f"{self.output_prefix}.skipped.tsv"
+
+
+@dataclass
+class PreprocessStats:
+    """What a run did. ``skipped_by_reason`` maps a reason to its count; ``bad_examples`` are ``file:line: reason``."""
+
+    documents: int = 0
+    tokens: int = 0
+    skipped: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    skipped_by_reason: Counter = field(default_factory=Counter)
+    bad_examples: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    skipped_report: str | None = None
+
+    def add(self, other: "PreprocessStats") -> None:
+        self.documents += other.documents
+        self.tokens += other.tokens
+        self.skipped += other.skipped
+        self.bytes += other.bytes
+        self.skipped_by_reason.update(other.skipped_by_reason)
+        self.bad_examples.extend(other.bad_examples[: MAX_LOGGED_BAD_RECORDS - len(self.bad_examples)])
+
+    def summary(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds else 0.0
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped_by_reason.items())) or "none"
+        listed = f", listed in {self.skipped_report}" if self.skipped_report else ""
+        return (f"documents={self.documents} tokens={self.tokens} skipped={self.skipped} ({reasons}{listed}) "
+                f"bytes={self.bytes} seconds={self.seconds:.2f} tokens/s={rate:,.0f}")
+
+
+@dataclass
+class _BatchResult:
+    tokens: list[np.ndarray]   # per key: int32 (sum(lengths),)
+    lengths: list[np.ndarray]  # per key: int32 (documents,)
+    bad: list[tuple[str, int, str]]
+    documents: int
+    nbytes: int
+
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(model_path: str) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = Tokenizer(model_path)
+
+
+def _encode_batch(records: list[RawRecord], keys: tuple[str, ...], append_eod: bool) -> _BatchResult:
+    """Parse and tokenise one batch in a worker (or in-process when workers == 1)."""
+    tok = _WORKER_TOKENIZER
+    assert tok is not None, "worker not initialised"
+    texts: list[list[str]] = [[] for _ in keys]
+    bad: list[tuple[str, int, str]] = []
+    nbytes = 0
+    for record in records:
+        parsed, reason = parse_record(record, keys)
+        if parsed is None:
+            bad.append((record.source, record.line, reason or "unknown"))
+            continue
+        for column, text in zip(texts, parsed):
+            column.append(text)
+            nbytes += len(text.encode("utf-8"))
+    eod = tok.eos_id if append_eod else None
+    encoded = [tok.encode_flat(column, append_id=eod) for column in texts]
+    tokens, lengths = [e[0] for e in encoded], [e[1] for e in encoded]
+    return _BatchResult(tokens, lengths, bad, len(texts[0]), nbytes)
+
+
+def _batches(records: Iterable[RawRecord], max_docs: int, max_bytes: int) -> Iterator[list[RawRecord]]:
+    batch: list[RawRecord] = []
+    size = 0
+    for record in records:
+        batch.append(record)
+        size += len(record.data) if isinstance(record.data, bytes) else 1024
+        if len(batch) >= max_docs or size >= max_bytes:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _ordered_results(config: PreprocessConfig, batches: Iterator[list[RawRecord]]) -> Iterator[_BatchResult]:
+    """Batch results in input order; a pool of ``workers`` processes with at most 2 x workers batches queued."""
+    args = (config.json_keys, config.append_eod)
+    if config.workers == 1:
+        _init_worker(config.tokenizer_model)
+        for batch in batches:
+            yield _encode_batch(batch, *args)
+        return
+    ctx = mp.get_context("fork")
+    with ctx.Pool(config.workers, initializer=_init_worker, initargs=(config.tokenizer_model,)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_encode_batch, (batch, *args)))
+            if len(pending) >= 2 * config.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
+    if config.hf_dataset:
+        yield from iter_hub_records(config.hf_dataset, config.hf_config, config.hf_split, config.streaming)
+    for path in paths:
+        yield from iter_file_records(path, config.json_keys, config.blank_line_documents, config.hf_split)
+
+
+def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict: bool, report_path: str) -> None:
+    """Count ``bad`` records in ``stats``, log the first few, list all in ``report_path`` (or raise if strict)."""
+    if not bad:
+        return
+    if strict:
+        source, line, reason = bad[0]
+        raise BadInputError(f"{source}:{line}: {reason} (strict mode; drop --strict to skip and count bad records)")
+    with open(report_path, "a", encoding="utf-8") as report:
+        for source, line, reason in bad:
+            report.write(f"{source}\t{line}\t{reason}\n")
+            stats.skipped += 1
+            stats.skipped_by_reason[reason.split(" (")[0]] += 1
+            if len(stats.bad_examples) < MAX_LOGGED_BAD_RECORDS:
+                stats.bad_examples.append(f"{source}:{line}: {reason}")
+                logger.warning("skipped %s", stats.bad_examples[-1])
+    stats.skipped_report = report_path
+
+
+def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str],
+                 report_path: str) -> PreprocessStats:
+    """Tokenise ``paths`` (or the hub dataset) into the datasets ``prefixes`` (key -> prefix)."""
+    tokenizer = Tokenizer(config.tokenizer_model)
+    dtype = optimal_dtype(tokenizer.vocab_size)
+    stats = PreprocessStats()
+    start = time.perf_counter()
+    builders = [IndexedDatasetBuilder(prefixes[k], dtype) for k in config.json_keys]
+    try:
+        with tqdm(unit="doc", disable=not config.progress, dynamic_ncols=True) as bar:
+            next_log = config.log_interval
+            batches = _batches(_records(config, paths), config.batch_documents, config.batch_bytes)
+            for result in _ordered_results(config, batches):
+                _report_bad(stats, result.bad, config.strict, report_path)
+                for builder, tokens, lengths in zip(builders, result.tokens, result.lengths):
+                    builder.add_documents(tokens, lengths)
+                stats.documents += result.documents
+                stats.tokens += sum(int(t.size) for t in result.tokens)
+                stats.bytes += result.nbytes
+                bar.update(result.documents)
+                if stats.documents >= next_log:
+                    next_log += config.log_interval
+                    elapsed = max(time.perf_counter() - start, 1e-9)
+                    rates = dict(docs_s=f"{stats.documents / elapsed:,.0f}",
+                                 tok_s=f"{stats.tokens / elapsed:,.0f}",
+                                 MB_s=f"{stats.bytes / elapsed / 1e6:.2f}")
+                    bar.set_postfix(rates, refresh=False)
+                    logger.info("%d documents, %s", stats.documents, rates)
+        for key, builder in zip(config.json_keys, builders):
+            builder.finalize()
+            write_dataset_metadata(prefixes[key], tokenizer, dtype=dtype.name, append_eod=config.append_eod,
+                                   eod_id=tokenizer.eos_id, json_key=key, num_documents=stats.documents,
+                                   num_tokens=builder.num_tokens)
+    except BaseException:
+        for builder in builders:
+            builder.abort()
+        raise
+    stats.outputs = list(prefixes.values())
+    stats.seconds = time.perf_counter() - start
+    return stats
+
+
+def _partition_paths(paths: list[str], parts: int) -> list[list[str]]:
+    """Split ``paths`` into at most ``parts`` contiguous groups of roughly equal total size."""
+    sizes = np.array([max(os.path.getsize(p), 1) if os.path.isfile(p) else 1 for p in paths], dtype=np.float64)
+    bounds = np.searchsorted(np.cumsum(sizes), np.arange(1, parts) * sizes.sum() / parts, side="left") + 1
+    groups = [g.tolist() for g in np.split(np.array(paths, dtype=object), np.unique(bounds))]
+    return [g for g in groups if g]
+
+
+def _check_existing_outputs(config: PreprocessConfig, tokenizer: Tokenizer) -> None:
+    for prefix in config.output_prefixes().values():
+        if config.overwrite or not dataset_exists(prefix):
+            continue
+        existing = read_dataset_metadata(prefix)
+        check_same_vocabulary(f"existing dataset {prefix}", existing, f"tokenizer {tokenizer.model_path}",
+                              {"vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint})
+
+
+def preprocess(config: PreprocessConfig) -> PreprocessStats:
+    """Run the whole preprocessing; returns the statistics (also logged)."""
+    tokenizer = Tokenizer(config.tokenizer_model)
+    _check_existing_outputs(config, tokenizer)
+    paths = expand_inputs(config.inputs) if config.inputs else []
+    groups = _partition_paths(paths, config.partitions) if config.partitions > 1 and len(paths) > 1 else [paths]
+    if config.partitions > len(groups):
+        logger.warning("partitions split input files: %d input file(s) give %d partition(s), not %d",
+                       len(paths), len(groups), config.partitions)
+    start = time.perf_counter()
+    report = config.skipped_report_path()
+    if os.path.exists(report):
+        os.remove(report)
+    if len(groups) == 1:
+        stats = _tokenize_to(config, paths, config.output_prefixes(), report)
+    else:
+        stats = _run_partitions(config, groups, report)
+    stats.seconds = time.perf_counter() - start
+    logger.info("preprocessing done: %s", stats.summary())
+    return stats
+
+
+def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_path: str) -> PreprocessStats:
+    """Tokenise each group of files in its own process into a partial dataset, then merge them in order.
+
+    Partial datasets live in a temporary directory (``{output_prefix}.parts.tmp.<pid>``) removed at the end,
+    so no valid-looking partial ``.idx`` is ever left next to the outputs.
+    """
+    workdir = temp_name(config.output_prefix + ".parts")
+    os.makedirs(workdir)
+    parts = [{k: os.path.join(workdir, f"{i:03d}_{k}") for k in config.json_keys} for i in range(len(groups))]
+    reports = [os.path.join(workdir, f"{i:03d}.skipped.tsv") for i in range(len(groups))]
+    stats = PreprocessStats()
+    try:
+        with ProcessPoolExecutor(len(groups), mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_tokenize_to, config, g, p, r) for g, p, r in zip(groups, parts, reports)]
+            for future in futures:
+                stats.add(future.result())
+        for key, prefix in config.output_prefixes().items():
+            merge_datasets([p[key] for p in parts], prefix)
+        for report in (r for r in reports if os.path.exists(r)):
+            with open(report, "rb") as src, open(report_path, "ab") as dst:
+                shutil.copyfileobj(src, dst)
+            stats.skipped_report = report_path
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    stats.outputs = list(config.output_prefixes().values())
+    return stats

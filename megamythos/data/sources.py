@@ -1,0 +1,187 @@
+"""Input documents for preprocessing, read lazily with their provenance (file and line).
+
+Supported inputs: ``.jsonl``/``.json`` (one JSON object per line), the same compressed as ``.gz`` or ``.zst``,
+``.parquet``, ``.txt`` (one document per file, or documents separated by blank lines), a local HuggingFace
+``datasets`` directory (``save_to_disk`` output) and a ``datasets`` hub name or local data directory
+(``load_dataset``). Records are yielded unparsed where possible so that decoding and JSON parsing run in the
+tokenizer workers; :func:`parse_record` turns a record into texts or a reason to skip it.
+"""
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterator
+
+import zstandard
+
+TEXT, JSON, ROW = "text", "json", "row"
+
+
+class InputError(ValueError):
+    """An input path or pattern cannot be read."""
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One input document before parsing.
+
+    ``kind`` is ``"json"`` (``data`` = the raw bytes of a JSON line), ``"text"`` (``data`` = the raw bytes of a
+    text document) or ``"row"`` (``data`` = an already parsed dict). ``line`` is the 1-based line (or row) where
+    the document starts in ``source``.
+    """
+
+    source: str
+    line: int
+    kind: str
+    data: Any
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files and directories matching each path or glob, in argument order and sorted within a glob."""
+    paths: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        matches = [m for m in matches if os.path.exists(m)]
+        if not matches:
+            raise InputError(f"input {pattern!r} matches no file or directory")
+        paths.extend(matches)
+    return paths
+
+
+def _open_binary(path: str) -> BinaryIO:
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def _json_lines(path: str) -> Iterator[RawRecord]:
+    with _open_binary(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield RawRecord(path, number, JSON, line)
+
+
+def _text_documents(path: str, blank_line_separated: bool) -> Iterator[RawRecord]:
+    with open(path, "rb") as handle:
+        if not blank_line_separated:
+            yield RawRecord(path, 1, TEXT, handle.read())
+            return
+        lines: list[bytes] = []
+        start = 1
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                if not lines:
+                    start = number
+                lines.append(line)
+            elif lines:
+                yield RawRecord(path, start, TEXT, b"".join(lines))
+                lines = []
+        if lines:
+            yield RawRecord(path, start, TEXT, b"".join(lines))
+
+
+def _parquet_rows(path: str, keys: tuple[str, ...]) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    columns = [k for k in keys if k in parquet.schema_arrow.names]
+    number = 0
+    for batch in parquet.iter_batches(columns=columns or None, batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield RawRecord(path, number, ROW, row)
+
+
+def _dataset_rows(dataset: Any, source: str) -> Iterator[RawRecord]:
+    for number, row in enumerate(dataset, start=1):
+        yield RawRecord(source, number, ROW, row)
+
+
+def _load_from_disk(path: str, split: str) -> Any:
+    import datasets
+
+    loaded = datasets.load_from_disk(path)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise InputError(f"{path} has splits {list(loaded)}; choose one with --hf-split")
+        loaded = loaded[split]
+    return loaded
+
+
+FORMATS = ("txt", "jsonl", "parquet")
+
+
+def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bool = False,
+                      hf_split: str = "train", fmt: str | None = None) -> Iterator[RawRecord]:
+    """Records of one input path, by ``fmt`` if given, else by suffix (a directory is a ``save_to_disk`` dataset)."""
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"input format {fmt!r} is invalid: use one of {FORMATS}")
+    if os.path.isdir(path):
+        yield from _dataset_rows(_load_from_disk(path, hf_split), path)
+    elif fmt == "jsonl" or (fmt is None and path.endswith(
+            (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst"))):
+        yield from _json_lines(path)
+    elif fmt == "parquet" or (fmt is None and path.endswith(".parquet")):
+        yield from _parquet_rows(path, keys)
+    elif fmt is None and path.endswith((".gz", ".zst")):
+        raise InputError(f"{path}: compressed inputs must be .jsonl.gz or .jsonl.zst")
+    else:
+        yield from _text_documents(path, blank_line_separated)
+
+
+def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None) -> Iterator[str]:
+    """The text of every well-formed document in ``paths`` (bad records are skipped silently)."""
+    for path in paths:
+        for record in iter_file_records(path, (key,), fmt=fmt):
+            texts, _ = parse_record(record, (key,))
+            if texts is not None:
+                yield texts[0]
+
+
+def iter_hub_records(name: str, config: str | None, split: str, streaming: bool) -> Iterator[RawRecord]:
+    """Rows of a ``datasets.load_dataset`` dataset (a hub name such as ``HuggingFaceFW/fineweb-edu``)."""
+    import datasets
+
+    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    yield from _dataset_rows(dataset, f"{name}[{split}]")
+
+
+def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | None, str | None]:
+    """The texts of ``keys`` in ``record``, or ``(None, reason)`` if the record must be skipped.
+
+    Reasons: ``non-UTF-8 bytes``, ``malformed JSON``, ``missing key 'K'``, ``empty document``.
+    """
+    data = record.data
+    if record.kind in (TEXT, JSON):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return None, f"non-UTF-8 bytes ({err.reason} at byte {err.start})"
+    if record.kind == TEXT:
+        if len(keys) != 1:
+            raise InputError(f"{record.source}: a text file holds one text per document, so it needs exactly one "
+                             f"key (got {keys}); use JSONL or Parquet for several fields")
+        texts = [data]
+    else:
+        if record.kind == JSON:
+            try:
+                data = json.loads(data)
+            except json.JSONDecodeError as err:
+                return None, f"malformed JSON ({err.msg})"
+            if not isinstance(data, dict):
+                return None, "malformed JSON (not an object)"
+        texts = []
+        for key in keys:
+            value = data.get(key)
+            if not isinstance(value, str):
+                return None, f"missing key {key!r}"
+            texts.append(value)
+    if any(not t.strip() for t in texts):
+        return None, "empty document"
+    return texts, None

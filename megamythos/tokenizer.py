@@ -1,0 +1,303 @@
+"""SentencePiece tokenizer: training with a streaming sentence sample, and a batch encode/decode wrapper.
+
+Every model trained here uses byte fallback (no text is ever mapped to ``unk``), identity normalisation and
+no dummy prefix or whitespace folding, so ``decode(encode(text)) == text`` for any valid Unicode text,
+including source code whose indentation and newlines matter. Special ids are fixed:
+
+    pad = 0, bos = 1, eos = 2, unk = 3
+
+Encoding fast path: for models where no piece contains a non-space symbol followed by the space symbol ``▁``
+(true of every BPE model trained here: SentencePiece never merges across the start of a word), BPE merges
+never cross the point before a space that follows a non-space character. Texts are therefore cut at those
+points and each distinct segment is encoded once and cached; the result equals a whole-text ``Encode``
+exactly (tested), while repetitive text such as source code encodes several times faster.
+
+Training input is streamed: documents are cut into chunks of whole lines (at most ``max_chunk_bytes``) and a
+uniform reservoir sample of ``max_sentences`` chunks is kept, so a corpus of any size trains in bounded memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+logger = logging.getLogger(__name__)
+
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+MODEL_TYPES = ("bpe", "unigram")
+SPACE_SYMBOL = "\u2581"
+# Segments: a run of spaces and the non-space characters after it. A text containing the space symbol itself is
+# kept whole (a boundary between a literal "\u2581" and a space would not be safe).
+_SEGMENT = re.compile(r" *[^ ]*")
+_BPE = 2  # TrainerSpec.ModelType.BPE
+MAX_CACHED_TOKENS = 50_000_000
+
+
+class TokenizerError(ValueError):
+    """The tokenizer model is missing, unreadable, or a training option is invalid."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (streamed in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _SegmentCache:
+    """Ids of every distinct segment seen, back to back in one growable int32 buffer.
+
+    Emptied after a call that leaves more than ``MAX_CACHED_TOKENS`` tokens cached, so memory stays bounded.
+    """
+
+    def __init__(self, sp: spm.SentencePieceProcessor) -> None:
+        self._sp = sp
+        self._clear()
+
+    def _clear(self) -> None:
+        self._index: dict[str, int] = {}
+        self._buffer = np.zeros(1 << 16, dtype=np.int32)
+        self._used = 0
+        self._starts: list[np.ndarray] = []
+        self._lengths: list[np.ndarray] = []
+
+    def _add(self, segments: list[str]) -> None:
+        ids = self._sp.Encode(segments, out_type=int)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        total = int(lengths.sum())
+        if self._used + total > self._buffer.size:
+            grown = np.zeros(max(2 * self._buffer.size, self._used + total), dtype=np.int32)
+            grown[:self._used] = self._buffer[:self._used]
+            self._buffer = grown
+        self._buffer[self._used:self._used + total] = np.fromiter(chain.from_iterable(ids), np.int32, total)
+        self._starts.append(self._used + np.cumsum(lengths) - lengths)
+        self._lengths.append(lengths)
+        self._used += total
+        self._index.update(zip(segments, range(len(self._index), len(self._index) + len(segments))))
+
+    def encode(self, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated ids of every segment of every doc, and the int32 token count of each doc."""
+        segments = list(chain.from_iterable(docs))
+        if not segments:
+            return np.zeros(0, dtype=np.int32), np.zeros(len(docs), dtype=np.int32)
+        new = [s for s in set(segments) if s not in self._index]
+        if new:
+            self._add(new)
+            self._starts = [np.concatenate(self._starts)]
+            self._lengths = [np.concatenate(self._lengths)]
+        seg_ids = np.fromiter(map(self._index.__getitem__, segments), dtype=np.int64, count=len(segments))
+        lengths = self._lengths[0][seg_ids]
+        ends = np.cumsum(lengths)
+        first_token = np.concatenate([[0], ends])
+        gather = np.repeat(self._starts[0][seg_ids] - first_token[:-1], lengths) + np.arange(first_token[-1])
+        tokens = self._buffer[gather]
+        doc_tokens = first_token[np.cumsum([0] + [len(d) for d in docs])]
+        if self._used > MAX_CACHED_TOKENS:
+            self._clear()
+        return tokens, np.diff(doc_tokens).astype(np.int32)
+
+
+class Tokenizer:
+    """A trained SentencePiece model.
+
+    Attributes:
+        model_path: absolute path of the ``.model`` file.
+        vocab_size: number of ids; every id is in ``[0, vocab_size)``.
+        pad_id, bos_id, eos_id, unk_id: the special ids (0, 1, 2, 3 for models trained here).
+        fingerprint: sha256 of the ``.model`` bytes; equal fingerprints mean identical tokenisation.
+        segment_cache_enabled: whether the exact segment-cached fast path is used (see the module docstring).
+
+    Not thread-safe (the segment cache is shared state); give each thread or process its own instance.
+    """
+
+    def __init__(self, model_path: str | os.PathLike) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise TokenizerError(
+                f"tokenizer model {str(path)!r} does not exist; train one with "
+                "`python tokenizer/train_tokenizer.py --input ... --model-prefix PREFIX` (it writes PREFIX.model)"
+            )
+        self.model_path = str(path.resolve())
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.Load(self.model_path)
+        except (OSError, RuntimeError) as err:
+            raise TokenizerError(f"{self.model_path!r} is not a readable SentencePiece model: {err}") from err
+        self.vocab_size: int = self._sp.GetPieceSize()
+        self.pad_id: int = self._sp.pad_id()
+        self.bos_id: int = self._sp.bos_id()
+        self.eos_id: int = self._sp.eos_id()
+        self.unk_id: int = self._sp.unk_id()
+        self.fingerprint: str = file_sha256(self.model_path)
+        self.segment_cache_enabled: bool = self._segments_are_independent()
+        self._cache = _SegmentCache(self._sp)
+
+    def _segments_are_independent(self) -> bool:
+        """True if encoding segment by segment (see module docstring) provably equals whole-text encoding."""
+        proto = sentencepiece_model_pb2.ModelProto()
+        with open(self.model_path, "rb") as handle:
+            proto.ParseFromString(handle.read())
+        norm, trainer = proto.normalizer_spec, proto.trainer_spec
+        if (trainer.model_type != _BPE or trainer.treat_whitespace_as_suffix or norm.add_dummy_prefix
+                or norm.remove_extra_whitespaces or not norm.escape_whitespaces or norm.precompiled_charsmap
+                or norm.name != "identity"):
+            return False
+        return not any(a != SPACE_SYMBOL and b == SPACE_SYMBOL
+                       for piece in proto.pieces for a, b in zip(piece.piece, piece.piece[1:]))
+
+    def encode_flat(self, texts: list[str], append_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated, int32 ``(sum(lengths),)``, and int32 ``lengths`` ``(len(texts),)``.
+
+        ``append_id`` (e.g. ``eos_id``) is appended to every text and counted in its length.
+        """
+        if self.segment_cache_enabled:
+            tokens, lengths = self._cache.encode(
+                [[t] if SPACE_SYMBOL in t else _SEGMENT.findall(t) for t in texts])
+        else:
+            ids = self._sp.Encode(list(texts), out_type=int)
+            lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+            tokens = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+        if append_id is not None:
+            tokens = np.insert(tokens, np.cumsum(lengths, dtype=np.int64), append_id)
+            lengths = lengths + 1
+        return tokens, lengths
+
+    def encode(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        """Token ids of each text (no bos/eos added); ``num_threads`` applies when the segment cache is off."""
+        if not self.segment_cache_enabled:
+            return self._sp.Encode(list(texts), out_type=int, num_threads=num_threads)
+        tokens, lengths = self.encode_flat(texts)
+        bounds = np.cumsum(lengths, dtype=np.int64)
+        return [tokens[end - n:end].tolist() for n, end in zip(lengths, bounds)]
+
+    def encode_one(self, text: str) -> list[int]:
+        """Token ids of one text (no bos/eos added)."""
+        return self.encode([text])[0]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of one id sequence; special ids (pad/bos/eos) decode to nothing."""
+        return self._sp.Decode([int(i) for i in ids])
+
+    def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
+        """Text of each id sequence."""
+        return [self.decode(ids) for ids in batch]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.model_path!r}, vocab_size={self.vocab_size})"
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Options of :func:`train_tokenizer`.
+
+    ``max_sentences`` bounds the reservoir sample of training chunks; ``max_chunk_bytes`` bounds one chunk
+    (SentencePiece drops longer sentences). ``num_threads`` is SentencePiece's trainer thread count.
+    """
+
+    vocab_size: int
+    model_prefix: str
+    model_type: str = "bpe"
+    max_sentences: int = 200_000
+    max_chunk_bytes: int = 2048
+    character_coverage: float = 0.9995
+    num_threads: int = 2
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise TokenizerError(f"model_type={self.model_type!r} is invalid: use one of {MODEL_TYPES}")
+        # 4 special ids + 256 byte-fallback pieces must fit with room for learned pieces.
+        if self.vocab_size < 300:
+            raise TokenizerError(f"vocab_size={self.vocab_size} is invalid: need >= 300 (4 specials + 256 bytes + pieces)")
+        for name in ("max_sentences", "max_chunk_bytes", "num_threads"):
+            if getattr(self, name) < 1:
+                raise TokenizerError(f"{name}={getattr(self, name)} is invalid: must be >= 1")
+        if not 0.0 < self.character_coverage <= 1.0:
+            raise TokenizerError(f"character_coverage={self.character_coverage} is invalid: must be in (0, 1]")
+
+
+def line_chunks(text: str, max_chunk_bytes: int) -> Iterator[str]:
+    """Cut ``text`` into runs of whole lines (newlines kept) of at most ``max_chunk_bytes`` UTF-8 bytes.
+
+    A single line longer than the limit is cut at the character whose UTF-8 encoding passes the limit.
+    """
+    chunk: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        nbytes = len(line.encode("utf-8"))
+        if chunk and size + nbytes > max_chunk_bytes:
+            yield "".join(chunk)
+            chunk, size = [], 0
+        while nbytes > max_chunk_bytes:
+            head = line.encode("utf-8")[:max_chunk_bytes].decode("utf-8", errors="ignore")
+            yield head
+            line = line[len(head):]
+            nbytes = len(line.encode("utf-8"))
+        chunk.append(line)
+        size += nbytes
+    if chunk and size:
+        yield "".join(chunk)
+
+
+def reservoir_sample(items: Iterable[str], k: int, seed: int) -> tuple[list[str], int]:
+    """Uniform sample of at most ``k`` items from a stream (Algorithm R) and the stream length."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for seen, item in enumerate(items, start=1):
+        if len(sample) < k:
+            sample.append(item)
+        else:
+            j = rng.randrange(seen)
+            if j < k:
+                sample[j] = item
+    return sample, seen
+
+
+def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> Tokenizer:
+    """Train a SentencePiece model on a stream of documents and return it (written to ``PREFIX.model``/``.vocab``).
+
+    The documents are consumed once; at most ``config.max_sentences`` line chunks are held in memory.
+    """
+    chunks = (c for doc in documents for c in line_chunks(doc, config.max_chunk_bytes) if c.strip())
+    sample, total = reservoir_sample(chunks, config.max_sentences, config.seed)
+    if not sample:
+        raise TokenizerError("no non-empty text to train the tokenizer on")
+    logger.info("training %s tokenizer (vocab %d) on %d of %d chunks", config.model_type, config.vocab_size,
+                len(sample), total)
+    Path(config.model_prefix).parent.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.Train(
+        sentence_iterator=iter(sample),
+        model_prefix=config.model_prefix,
+        model_type=config.model_type,
+        vocab_size=config.vocab_size,
+        character_coverage=config.character_coverage,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        max_sentence_length=config.max_chunk_bytes,
+        input_sentence_size=0,
+        num_threads=config.num_threads,
+        pad_id=PAD_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    return Tokenizer(config.model_prefix + ".model")

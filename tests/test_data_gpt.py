@@ -1,0 +1,235 @@
+"""GPT sample construction, splits, blending, index caching and the resumable sampler."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from megamythos.data import index_cache
+from megamythos.data.blended_dataset import build_blending_indices
+from megamythos.data.gpt_dataset import (
+    DataConfigError, build_gpt_indices, build_sample_index, build_train_valid_test_datasets, parse_split,
+    split_bounds,
+)
+from megamythos.data.indexed_dataset import IndexedDatasetBuilder
+from megamythos.data.sampler import PretrainingSampler
+
+
+def megatron_sample_index(sizes, document_index, seq_length, num_samples):
+    """Literal transcription of Megatron-LM's C++ ``build_sample_idx`` (drop last, one extra token)."""
+    out = [(0, 0)]
+    doc_pos, offset = 0, 0
+    while len(out) <= num_samples:
+        remaining = seq_length + 1
+        while remaining != 0:
+            length = sizes[document_index[doc_pos]] - offset
+            remaining -= length
+            if remaining <= 0:
+                offset += remaining + length - 1
+                remaining = 0
+            else:
+                doc_pos += 1
+                offset = 0
+        out.append((doc_pos, offset))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sample_index_equals_megatron_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 40, size=200).astype(np.int32)  # includes empty documents
+    document_index = rng.permutation(np.tile(np.arange(200, dtype=np.int32), 2))
+    seq_length = int(rng.integers(2, 50))
+    num_samples = (int(sizes[document_index].sum()) - 1) // seq_length
+    ours = build_sample_index(sizes, document_index, seq_length, num_samples)
+    assert np.array_equal(ours, megatron_sample_index(sizes, document_index, seq_length, num_samples))
+
+
+def test_separate_final_epoch_keeps_last_epoch_samples_at_the_end() -> None:
+    sizes = np.full(10, 11, dtype=np.int32)  # 110 tokens per epoch, 10 samples of 10 (+1) per epoch
+    idx = build_gpt_indices(sizes, np.arange(10, dtype=np.int32), num_samples=12, seq_length=10, seed=0)
+    # 2 epochs; the final one supplies 3 < 0.8 * 10 samples, so it is shuffled separately
+    assert sorted(idx["shuffle_index"][:10].tolist()) == list(range(10))
+    assert sorted(idx["document_index"][:10].tolist()) == list(range(10))
+
+
+def make_dataset(path, num_docs: int, seed: int = 0, base: int = 0) -> str:
+    """Documents whose tokens encode their document id: doc d holds ``base + d`` repeated."""
+    rng = np.random.default_rng(seed)
+    prefix = str(path)
+    with IndexedDatasetBuilder(prefix, np.int32) as builder:
+        for d in range(num_docs):
+            builder.add_document(np.full(int(rng.integers(1, 30)), base + d))
+        builder.finalize()
+    return prefix
+
+
+def test_samples_are_seq_length_plus_one_and_pack_across_documents(tmp_path) -> None:
+    prefix = make_dataset(tmp_path / "ds", 50)
+    train, valid, test = build_train_valid_test_datasets([prefix], "1", 16, 1234, (40, 0, 0), str(tmp_path / "c"))
+    assert valid is None and test is None and len(train) >= 40
+    flat = np.concatenate([np.full(len(train.indexed[int(d)]), int(d)) for d in train.document_index])
+    for i in range(len(train)):
+        tokens = train[i]["tokens"]
+        assert tokens.dtype == np.int64 and tokens.shape == (17,)
+        start = int(train.shuffle_index[i]) * 16
+        assert np.array_equal(tokens, flat[start:start + 17])
+
+
+def test_split_is_document_level_and_disjoint(tmp_path) -> None:
+    prefix = make_dataset(tmp_path / "ds", 1000)
+    splits = build_train_valid_test_datasets([prefix], "969,30,1", 8, 1, (3000, 100, 10), str(tmp_path / "c"))
+    seen = [set(np.concatenate([s[i]["tokens"] for i in range(len(s))]).tolist()) for s in splits]
+    bounds = split_bounds(parse_split("969,30,1"), 1000)
+    assert bounds == [0, 969, 999, 1000]
+    for docs, lo, hi in zip(seen, bounds, bounds[1:]):
+        assert docs <= set(range(lo, hi))
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+
+
+def test_split_parsing_rules() -> None:
+    assert parse_split("98,2") == [0.98, 0.02, 0.0]
+    # megatron-core book-ends: round(0), round(1.5) = 2, round(2.25) = 2, round(3)
+    assert split_bounds([0.5, 0.25, 0.25], 3) == [0, 2, 2, 3]
+    with pytest.raises(DataConfigError, match="split"):
+        parse_split("")
+
+
+def megatron_blending(weights, size):
+    """Literal transcription of Megatron-LM's C++ ``build_blending_indices``."""
+    counts = [0] * len(weights)
+    chosen = []
+    for i in range(size):
+        t = max(float(i), 1.0)
+        best, best_error = 0, weights[0] * t - counts[0]
+        for d in range(1, len(weights)):
+            error = weights[d] * t - counts[d]
+            if error > best_error:
+                best, best_error = d, error
+        chosen.append(best)
+        counts[best] += 1
+    return chosen
+
+
+def test_blending_indices_equal_megatron_rule() -> None:
+    weights = [0.2, 0.5, 0.3]
+    ours = build_blending_indices(weights, 3000)
+    assert ours["dataset_index"].tolist() == megatron_blending(weights, 3000)
+    for d in range(3):
+        picks = ours["dataset_index"] == d
+        assert ours["dataset_sample_index"][picks].tolist() == list(range(int(picks.sum())))
+
+
+def test_blend_proportions_within_one_percent_over_10k_samples(tmp_path) -> None:
+    a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
+    b = make_dataset(tmp_path / "b", 300, seed=2, base=10_000)
+    train, _, _ = build_train_valid_test_datasets(["0.7", a, "0.3", b], "1", 8, 5, (10_000, 0, 0),
+                                                  str(tmp_path / "c"))
+    assert len(train) == 10_000
+    from_b = sum(int(train[i]["tokens"][0] >= 10_000) for i in range(len(train)))
+    assert abs(from_b / 10_000 - 0.3) < 0.01
+    again, _, _ = build_train_valid_test_datasets(["0.7", a, "0.3", b], "1", 8, 5, (10_000, 0, 0),
+                                                  str(tmp_path / "c2"))
+    assert all(np.array_equal(train[i]["tokens"], again[i]["tokens"]) for i in range(0, 10_000, 97))
+
+
+def test_index_cache_is_reused_and_keyed_by_parameters(tmp_path) -> None:
+    prefix = make_dataset(tmp_path / "ds", 100)
+    cache = tmp_path / "cache"
+    first, _, _ = build_train_valid_test_datasets([prefix], "1", 8, 1, (50, 0, 0), str(cache))
+    files = sorted(p.name for p in cache.iterdir())
+    second, _, _ = build_train_valid_test_datasets([prefix], "1", 8, 1, (50, 0, 0), str(cache))
+    assert sorted(p.name for p in cache.iterdir()) == files  # hit: nothing new written
+    assert isinstance(second.shuffle_index, np.memmap)
+    assert np.array_equal(first.shuffle_index, second.shuffle_index)
+    build_train_valid_test_datasets([prefix], "1", 8, 2, (50, 0, 0), str(cache))  # new seed -> new key
+    assert len(list(cache.iterdir())) == 2 * len(files)
+
+
+def test_non_zero_ranks_only_load_the_cache(tmp_path, monkeypatch) -> None:
+    prefix = make_dataset(tmp_path / "ds", 100)
+    barriers = []
+    monkeypatch.setattr(index_cache, "_barrier", lambda: barriers.append(1))
+    monkeypatch.setattr(index_cache, "_distributed_rank", lambda: 1)
+    with pytest.raises(index_cache.IndexCacheError, match="missing on rank 1.*shared"):
+        build_train_valid_test_datasets([prefix], "1", 8, 1, (50, 0, 0), str(tmp_path / "c"))
+    assert barriers == [1]
+    monkeypatch.setattr(index_cache, "_distributed_rank", lambda: 0)
+    built, _, _ = build_train_valid_test_datasets([prefix], "1", 8, 1, (50, 0, 0), str(tmp_path / "c"))
+    monkeypatch.setattr(index_cache, "_distributed_rank", lambda: 1)
+    loaded, _, _ = build_train_valid_test_datasets([prefix], "1", 8, 1, (50, 0, 0), str(tmp_path / "c"))
+    assert np.array_equal(built.sample_index, loaded.sample_index)
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path) -> None:
+    prefix = make_dataset(tmp_path / "ds", 100)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(index_cache.IndexCacheError, match="cannot write the index cache in .*file/sub"):
+        build_train_valid_test_datasets([prefix], "1", 8, 1, (50, 0, 0), str(tmp_path / "file" / "sub"))
+
+
+def test_too_small_split_is_a_clear_error(tmp_path) -> None:
+    prefix = make_dataset(tmp_path / "ds", 3)
+    with pytest.raises(DataConfigError, match="none of which fall in the valid split"):
+        build_train_valid_test_datasets([prefix], "98,1,1", 8, 1, (10, 10, 0), str(tmp_path / "c"))
+
+
+def stream(sampler: PretrainingSampler) -> list[list[int]]:
+    return list(sampler)
+
+
+def megatron_sampler(total, consumed, mbs, rank, size):
+    """Literal transcription of Megatron-LM's ``MegatronPretrainingSampler.__iter__`` (drop_last=True)."""
+    batch = []
+    for idx in range(consumed, total):
+        batch.append(idx)
+        if len(batch) == mbs * size:
+            yield batch[rank * mbs:(rank + 1) * mbs]
+            batch = []
+
+
+@pytest.mark.parametrize("total,consumed,mbs,size", [(100, 0, 4, 2), (101, 37, 3, 4), (9, 8, 1, 1), (50, 3, 7, 3)])
+def test_sampler_equals_megatron(total: int, consumed: int, mbs: int, size: int) -> None:
+    for rank in range(size):
+        assert stream(PretrainingSampler(total, consumed, mbs, rank, size)) == \
+            list(megatron_sampler(total, consumed, mbs, rank, size))
+
+
+def test_sampler_splits_global_batches_across_ranks_and_drops_last() -> None:
+    ranks = [stream(PretrainingSampler(23, 0, 2, r, 3)) for r in range(3)]
+    assert ranks[0][:2] == [[0, 1], [6, 7]] and ranks[2][:2] == [[4, 5], [10, 11]]
+    assert all(len(r) == 3 for r in ranks)  # 23 // 6 full global batches; 5 leftover samples dropped
+    assert len(PretrainingSampler(23, 0, 2, 0, 3)) == 3
+
+
+@pytest.mark.parametrize("consumed", [0, 6, 12, 18])
+def test_resume_from_consumed_samples_equals_uninterrupted_stream(tmp_path, consumed: int) -> None:
+    prefix = make_dataset(tmp_path / "ds", 200)
+    train, _, _ = build_train_valid_test_datasets([prefix], "1", 8, 3, (60, 0, 0), str(tmp_path / "c"))
+    for rank in range(2):
+        full = stream(PretrainingSampler(60, 0, 3, rank, 2))
+        resumed = stream(PretrainingSampler(60, consumed, 3, rank, 2))
+        assert resumed == full[consumed // 6:]
+        tokens = [[train[i]["tokens"].tolist() for i in batch] for batch in resumed]
+        assert tokens == [[train[i]["tokens"].tolist() for i in batch] for batch in full[consumed // 6:]]
+
+
+@pytest.mark.parametrize("kwargs,field", [({"consumed_samples": 60}, "consumed_samples"),
+                                          ({"data_parallel_rank": 2}, "data_parallel_rank")])
+def test_sampler_rejects_invalid_arguments(kwargs, field) -> None:
+    args = {"total_samples": 60, "consumed_samples": 0, "micro_batch_size": 3, "data_parallel_rank": 0,
+            "data_parallel_size": 2, **kwargs}
+    with pytest.raises(ValueError, match=field):
+        PretrainingSampler(**args)
+
+
+def test_datasets_pickle_by_reference_for_dataloader_workers(tmp_path) -> None:
+    a = make_dataset(tmp_path / "a", 400, seed=1)
+    b = make_dataset(tmp_path / "b", 400, seed=2, base=1000)
+    for data_path in ([a], ["0.5", a, "0.5", b]):
+        train, _, _ = build_train_valid_test_datasets(data_path, "1", 8, 1, (2000, 0, 0), str(tmp_path / "c"))
+        blob = pickle.dumps(train)
+        assert len(blob) < 20_000  # file names, not the index arrays or the tokens
+        clone = pickle.loads(blob)
+        assert all(np.array_equal(clone[i]["tokens"], train[i]["tokens"]) for i in range(0, len(train), 50))

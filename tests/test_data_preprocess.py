@@ -1,0 +1,193 @@
+"""Preprocessing: every input format, bad-input handling, determinism across workers/partitions, CLIs."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep.inspect_dataset import main as inspect_main
+from data_prep.merge_datasets import main as merge_main
+from data_prep.preprocess_data import main as preprocess_main
+from megamythos.data.indexed_dataset import IndexedDataset
+from megamythos.data.metadata import DatasetMismatchError, read_dataset_metadata
+from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
+from megamythos.data.sources import InputError
+from megamythos.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
+from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
+
+DOCS = synthetic_documents(60, seed=3)
+
+
+def run(tok: Tokenizer, inputs: list[str], prefix: Path, **kwargs) -> tuple[IndexedDataset, object]:
+    stats = preprocess(PreprocessConfig(inputs=inputs, output_prefix=str(prefix), tokenizer_model=tok.model_path,
+                                        **kwargs))
+    return IndexedDataset(f"{prefix}_text_document"), stats
+
+
+def decoded(tok: Tokenizer, ds: IndexedDataset) -> list[str]:
+    return [tok.decode(ds[i]) for i in range(len(ds))]
+
+
+def test_round_trip_text_to_tokens_to_files_to_text(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    ds, stats = run(tiny_tokenizer, [str(write_jsonl(tmp_path / "a.jsonl", DOCS))], tmp_path / "out")
+    assert decoded(tiny_tokenizer, ds) == DOCS
+    assert stats.documents == len(DOCS) and stats.tokens == ds.num_tokens and stats.skipped == 0
+    record = read_dataset_metadata(str(tmp_path / "out_text_document"))
+    assert record["vocab_size"] == 400 and record["tokenizer_fingerprint"] == tiny_tokenizer.fingerprint
+
+
+def test_append_eod(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    ds, _ = run(tiny_tokenizer, [str(write_jsonl(tmp_path / "a.jsonl", DOCS[:3]))], tmp_path / "o", append_eod=True)
+    assert all(ds[i][-1] == tiny_tokenizer.eos_id for i in range(3))
+    assert decoded(tiny_tokenizer, ds) == DOCS[:3]
+
+
+def _inputs_of_every_format(root: Path) -> dict[str, list[str]]:
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    lines = "".join(json.dumps({"text": d}) + "\n" for d in DOCS).encode()
+    (root / "a.jsonl.gz").write_bytes(gzip.compress(lines))
+    (root / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    pq.write_table(pa.table({"text": DOCS}), root / "a.parquet")
+    txt_dir = root / "txt"
+    txt_dir.mkdir()
+    for i, d in enumerate(DOCS):
+        (txt_dir / f"{i:03d}.txt").write_text(d)
+    datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(root / "hf_disk"))
+    return {"gz": [str(root / "a.jsonl.gz")], "zst": [str(root / "a.jsonl.zst")],
+            "parquet": [str(root / "a.parquet")], "txt": [str(txt_dir / "*.txt")], "disk": [str(root / "hf_disk")]}
+
+
+def test_every_input_format_gives_the_same_dataset(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    reference, _ = run(tiny_tokenizer, [str(write_jsonl(tmp_path / "a.jsonl", DOCS))], tmp_path / "ref")
+    for name, inputs in _inputs_of_every_format(tmp_path).items():
+        ds, _ = run(tiny_tokenizer, inputs, tmp_path / name)
+        assert ds.sizes.tolist() == reference.sizes.tolist(), name
+        assert np.array_equal(ds._bin, reference._bin), name
+
+
+def test_hf_dataset_by_name_with_streaming(tmp_path, tiny_tokenizer: Tokenizer, monkeypatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    data_dir = tmp_path / "local_hub_dataset"
+    data_dir.mkdir()
+    write_jsonl(data_dir / "train.jsonl", DOCS)
+    stats = preprocess(PreprocessConfig(inputs=[], hf_dataset=str(data_dir), hf_split="train", streaming=True,
+                                        output_prefix=str(tmp_path / "hub"), tokenizer_model=tiny_tokenizer.model_path))
+    assert decoded(tiny_tokenizer, IndexedDataset(stats.outputs[0])) == DOCS
+
+
+def test_blank_line_separated_text(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    (tmp_path / "a.txt").write_text("first doc\nline two\n\n\nsecond doc\n  \nthird\n")
+    ds, _ = run(tiny_tokenizer, [str(tmp_path / "a.txt")], tmp_path / "o", blank_line_documents=True)
+    assert decoded(tiny_tokenizer, ds) == ["first doc\nline two\n", "second doc\n", "third\n"]
+
+
+def _bad_corpus(path: Path) -> Path:
+    good = [json.dumps({"text": d}).encode() for d in DOCS[:4]]
+    lines = [good[0], b'{"text": "unterminated', good[1], json.dumps({"body": "x"}).encode(),
+             '{"text": "caf\xe9"}'.encode("latin-1"), json.dumps({"text": "  \n"}).encode(), good[2], good[3]]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def test_batch_of_only_bad_records(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"x": 1}\n' * 3 + json.dumps({"text": DOCS[0]}) + "\n")
+    ds, stats = run(tiny_tokenizer, [str(path)], tmp_path / "o", batch_documents=3)
+    assert decoded(tiny_tokenizer, ds) == DOCS[:1] and stats.skipped == 3
+
+
+def test_bad_records_are_counted_reported_and_skipped(tmp_path, tiny_tokenizer: Tokenizer, caplog) -> None:
+    bad = _bad_corpus(tmp_path / "bad.jsonl")
+    ds, stats = run(tiny_tokenizer, [str(bad)], tmp_path / "o")
+    assert decoded(tiny_tokenizer, ds) == DOCS[:4]
+    assert stats.skipped == 4
+    assert dict(stats.skipped_by_reason) == {"malformed JSON": 1, "missing key 'text'": 1,
+                                             "non-UTF-8 bytes": 1, "empty document": 1}
+    assert stats.bad_examples == [f"{bad}:2: malformed JSON (Invalid control character at)",
+                                  f"{bad}:4: missing key 'text'",
+                                  f"{bad}:5: non-UTF-8 bytes (invalid continuation byte at byte 13)",
+                                  f"{bad}:6: empty document"]
+    assert f"{bad}:4: missing key 'text'" in caplog.text
+    report = (tmp_path / "o.skipped.tsv").read_text().splitlines()
+    assert [r.split("\t")[:2] for r in report] == [[str(bad), str(n)] for n in (2, 4, 5, 6)]
+    assert stats.skipped_report == str(tmp_path / "o.skipped.tsv") and "listed in" in stats.summary()
+
+
+@pytest.mark.parametrize("line,reason", [(2, "malformed JSON"), (4, "missing key"), (5, "non-UTF-8"),
+                                         (6, "empty document")])
+def test_strict_mode_fails_on_each_bad_input(tmp_path, tiny_tokenizer: Tokenizer, line: int, reason: str) -> None:
+    lines = _bad_corpus(tmp_path / "all.jsonl").read_bytes().splitlines(keepends=True)
+    one_bad = tmp_path / "one.jsonl"
+    one_bad.write_bytes(lines[0] + lines[line - 1])
+    with pytest.raises(BadInputError, match=f"{one_bad}:2: {reason}"):
+        run(tiny_tokenizer, [str(one_bad)], tmp_path / "o", strict=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("o_")]  # nothing valid-looking, no temporaries
+
+
+@pytest.mark.parametrize("options", [{"workers": 2}, {"workers": 2, "partitions": 2}, {"partitions": 3}])
+def test_parallel_output_equals_single_worker_byte_for_byte(tmp_path, tiny_tokenizer: Tokenizer, options) -> None:
+    inputs = [str(write_jsonl(tmp_path / f"{i}.jsonl", synthetic_documents(40, seed=i))) for i in range(3)]
+    with open(inputs[1], "a") as handle:
+        handle.write("{not json}\n")
+    common = dict(batch_documents=7, append_eod=True)
+    run(tiny_tokenizer, inputs, tmp_path / "single", **common)
+    _, stats = run(tiny_tokenizer, inputs, tmp_path / "multi", **common, **options)
+    assert stats.documents == 120 and stats.skipped == 1
+    for name in ("_text_document.bin", "_text_document.idx", ".skipped.tsv"):
+        assert (tmp_path / f"multi{name}").read_bytes() == (tmp_path / f"single{name}").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if ".part" in p.name or ".tmp." in p.name]
+
+
+def test_several_json_keys_write_one_dataset_each(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps({"text": d, "title": d[:10]}) + "\n" for d in DOCS[:5]))
+    stats = preprocess(PreprocessConfig(inputs=[str(path)], output_prefix=str(tmp_path / "o"),
+                                        tokenizer_model=tiny_tokenizer.model_path, json_keys=("text", "title")))
+    titles = IndexedDataset(str(tmp_path / "o_title_document"))
+    assert stats.outputs[1].endswith("o_title_document")
+    assert decoded(tiny_tokenizer, titles) == [d[:10] for d in DOCS[:5]]
+
+
+def test_text_input_with_several_keys_is_rejected(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    (tmp_path / "a.txt").write_text("hello\n")
+    with pytest.raises(InputError, match="one text per document"):
+        preprocess(PreprocessConfig(inputs=[str(tmp_path / "a.txt")], output_prefix=str(tmp_path / "o"),
+                                    tokenizer_model=tiny_tokenizer.model_path, json_keys=("text", "title")))
+
+
+def test_existing_dataset_of_another_tokenizer_is_an_error_naming_both(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    path = str(write_jsonl(tmp_path / "a.jsonl", DOCS))
+    run(tiny_tokenizer, [path], tmp_path / "o")
+    other = train_tokenizer(synthetic_documents(300, seed=9),
+                            TokenizerTrainConfig(vocab_size=350, model_prefix=str(tmp_path / "other"), num_threads=1))
+    with pytest.raises(DatasetMismatchError, match=r"existing dataset .*o_text_document has vocab_size=400 "
+                                                   r"but tokenizer .*other.model has vocab_size=350"):
+        run(other, [path], tmp_path / "o")
+    ds, _ = run(other, [path], tmp_path / "o", overwrite=True)
+    assert decoded(other, ds) == DOCS
+
+
+def test_command_line_tools(tmp_path, tiny_tokenizer: Tokenizer, capsys) -> None:
+    for name, docs in (("a", DOCS[:10]), ("b", DOCS[10:15])):
+        write_jsonl(tmp_path / f"{name}.jsonl", docs)
+        preprocess_main(["--input", str(tmp_path / f"{name}.jsonl"), "--output-prefix", str(tmp_path / name),
+                         "--tokenizer-model", tiny_tokenizer.model_path, "--workers", "1", "--no-progress"])
+    assert "documents=10 tokens=" in capsys.readouterr().out
+    merge_main(["--input", str(tmp_path / "a_text_document"), str(tmp_path / "b_text_document"),
+                "--output-prefix", str(tmp_path / "ab")])
+    assert decoded(tiny_tokenizer, IndexedDataset(str(tmp_path / "ab"))) == DOCS[:15]
+    inspect_main([str(tmp_path / "ab"), "--samples", "1"])
+    out = capsys.readouterr().out
+    assert '"documents": 15' in out and "valid:" in out
+    os.truncate(tmp_path / "ab.bin", 10)
+    with pytest.raises(SystemExit):
+        inspect_main([str(tmp_path / "ab")])
+    assert "INVALID" in capsys.readouterr().err

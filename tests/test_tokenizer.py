@@ -1,0 +1,100 @@
+"""Tokenizer training and the batch encode/decode wrapper."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import sentencepiece as spm
+
+from megamythos.tokenizer import (
+    Tokenizer, TokenizerError, TokenizerTrainConfig, line_chunks, reservoir_sample,
+)
+from tests.test_data_support import synthetic_documents, tiny_tokenizer  # noqa: F401
+from tokenizer.train_tokenizer import main as train_main
+
+
+def test_special_ids_and_vocab(tiny_tokenizer: Tokenizer) -> None:
+    tok = tiny_tokenizer
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (0, 1, 2, 3)
+    assert tok.vocab_size == 400
+
+
+def test_round_trip_keeps_whitespace_and_unseen_characters(tiny_tokenizer: Tokenizer) -> None:
+    texts = ["    def f(x):\n\treturn  x\r\n\n", " leading space", "emoji 😀 and 漢字 never seen", "\x00ctrl"]
+    ids = tiny_tokenizer.encode(texts)
+    assert tiny_tokenizer.decode_batch(ids) == texts
+    assert all(0 <= i < tiny_tokenizer.vocab_size for doc in ids for i in doc)
+    assert tiny_tokenizer.unk_id not in {i for doc in ids for i in doc}  # byte fallback, never unk
+
+
+def test_batch_encode_equals_single(tiny_tokenizer: Tokenizer) -> None:
+    docs = synthetic_documents(20, seed=7)
+    assert tiny_tokenizer.encode(docs) == [tiny_tokenizer.encode_one(d) for d in docs]
+    assert tiny_tokenizer.encode(docs, num_threads=2) == tiny_tokenizer.encode(docs)
+
+
+def test_fingerprint_is_sha256_of_model(tiny_tokenizer: Tokenizer) -> None:
+    with open(tiny_tokenizer.model_path, "rb") as handle:
+        assert tiny_tokenizer.fingerprint == hashlib.sha256(handle.read()).hexdigest()
+    assert Tokenizer(tiny_tokenizer.model_path).fingerprint == tiny_tokenizer.fingerprint
+
+
+def test_missing_model_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(TokenizerError, match="does not exist.*train_tokenizer.py"):
+        Tokenizer(tmp_path / "nope.model")
+
+
+@pytest.mark.parametrize("field,value", [("model_type", "wordpiece"), ("vocab_size", 100), ("max_sentences", 0)])
+def test_invalid_train_config(field: str, value, tmp_path) -> None:
+    kwargs = {"vocab_size": 400, "model_prefix": str(tmp_path / "m"), field: value}
+    with pytest.raises(TokenizerError, match=field):
+        TokenizerTrainConfig(**kwargs)
+
+
+def test_line_chunks_respect_byte_limit_and_lose_nothing() -> None:
+    text = "short\n" + "é" * 50 + "\n" + "x\n" * 30
+    chunks = list(line_chunks(text, 16))
+    assert "".join(chunks) == text
+    assert all(len(c.encode()) <= 16 for c in chunks)
+
+
+def test_reservoir_sample_is_bounded_and_uniformish() -> None:
+    sample, seen = reservoir_sample((str(i) for i in range(10_000)), 100, seed=0)
+    assert seen == 10_000 and len(sample) == 100 and len(set(sample)) == 100
+    assert 2_000 < sum(int(s) for s in sample) / 100 < 8_000  # not just the head of the stream
+
+
+def test_cli_trains_from_jsonl_with_sentence_cap(tmp_path, capsys) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"body": d}) + "\n" for d in synthetic_documents(200)))
+    train_main(["--input", str(tmp_path / "*.jsonl"), "--vocab-size", "320", "--model-prefix",
+                str(tmp_path / "cli"), "--json-key", "body", "--max-sentences", "150", "--num-threads", "1"])
+    tok = Tokenizer(tmp_path / "cli.model")
+    assert tok.vocab_size == 320
+    assert "vocab_size=320" in capsys.readouterr().out
+
+
+TRICKY = ["", " ", "   ", "a", " a", "a ", "a  b   c", "\tx = 1\n    return  y\n\n  ", "x\u2581 y", "\u2581\u2581 a",
+          "caf\u00e9  \u6f22\u5b57 \U0001F600  ok", "line\n \n  \n", "  leading and trailing  "]
+
+
+def test_segment_cache_equals_whole_text_encoding(tiny_tokenizer: Tokenizer) -> None:
+    assert tiny_tokenizer.segment_cache_enabled
+    fresh = Tokenizer(tiny_tokenizer.model_path)
+    assert fresh.encode([]) == [] and [a.tolist() for a in fresh.encode_flat([])] == [[], []]
+    texts = TRICKY + synthetic_documents(50, seed=11)
+    expected = tiny_tokenizer._sp.Encode(texts, out_type=int)
+    assert tiny_tokenizer.encode(texts) == expected
+    assert tiny_tokenizer.encode(list(reversed(texts))) == list(reversed(expected))  # warm cache
+    tokens, lengths = tiny_tokenizer.encode_flat(texts, append_id=tiny_tokenizer.eos_id)
+    assert lengths.tolist() == [len(e) + 1 for e in expected]
+    assert tokens.tolist() == [i for e in expected for i in e + [tiny_tokenizer.eos_id]]
+
+
+def test_segment_cache_is_off_for_models_that_merge_across_spaces(tmp_path) -> None:
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(synthetic_documents(200)), model_prefix=str(tmp_path / "d"),
+                                   vocab_size=300, split_by_whitespace=False, minloglevel=2)
+    tok = Tokenizer(tmp_path / "d.model")  # default normalisation, dummy prefix, unigram: not provably local
+    assert not tok.segment_cache_enabled
+    assert tok.encode(TRICKY) == tok._sp.Encode(TRICKY, out_type=int)

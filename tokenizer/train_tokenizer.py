@@ -1,0 +1,41 @@
+"""Train a SentencePiece tokenizer (byte fallback, fixed pad/bos/eos/unk ids) on a streamed sample of files.
+
+Example:
+    python tokenizer/train_tokenizer.py --input 'corpus/*.jsonl' --vocab-size 32000 --model-prefix out/tok
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megamythos.data.sources import FORMATS, expand_inputs, iter_texts  # noqa: E402
+from megamythos.tokenizer import MODEL_TYPES, TokenizerTrainConfig, train_tokenizer  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True, help="files or globs")
+    parser.add_argument("--vocab-size", type=int, required=True)
+    parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
+    parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
+    parser.add_argument("--json-key", default="text")
+    parser.add_argument("--max-sentences", type=int, default=200_000,
+                        help="size of the uniform sample of line chunks trained on")
+    parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = TokenizerTrainConfig(vocab_size=args.vocab_size, model_prefix=args.model_prefix,
+                                  model_type=args.model_type, max_sentences=args.max_sentences,
+                                  num_threads=args.num_threads)
+    tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format), config)
+    print(f"wrote {tokenizer.model_path}: vocab_size={tokenizer.vocab_size} pad={tokenizer.pad_id} "
+          f"bos={tokenizer.bos_id} eos={tokenizer.eos_id} unk={tokenizer.unk_id} sha256={tokenizer.fingerprint}")
+
+
+if __name__ == "__main__":
+    main()
