@@ -1,0 +1,202 @@
+"""Training arguments: one validated dataclass and the Megatron-style command line that fills it.
+
+Flags use Megatron-LM spellings (``--micro-batch-size``, ``--global-batch-size``, ``--train-iters``, ...).
+Parallel sizes, ZeRO stage, bf16 and batch sizes default to ``None``: then the value in the ds_config JSON is
+kept, so a JSON written for a cluster stays authoritative unless the command line says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
+DEFAULT_DATA_DIR = REPO_ROOT / "data" / "default"
+LR_SCHEDULES = ("cosine", "wsd")
+DEFAULT_TRAIN_ITERS = 200
+
+
+class ArgumentError(ValueError):
+    """A training argument is missing, malformed or inconsistent with another one."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ArgumentError(message)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value); VALUE is parsed as int, float, bool or left a string."""
+    key, sep, raw = text.partition("=")
+    _check(bool(sep) and bool(key), f"--override expects KEY=VALUE, got {text!r}")
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
+@dataclass
+class TrainArgs:
+    """Everything one pretraining run needs besides the model preset's own fields."""
+
+    # model
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"dim": 64}
+    mean_loops: int | None = None
+    backprop_loops: int | None = None
+    checkpoint_loops: bool = True
+    # data
+    data_path: list[str] = field(default_factory=list)  # empty -> embedded default corpus
+    split: str = "969,30,1"
+    seq_length: int = 256
+    data_cache_dir: str | None = None
+    default_data_dir: str = str(DEFAULT_DATA_DIR)
+    default_data_max_files: int | None = None
+    # batch and length of training
+    micro_batch_size: int | None = None
+    global_batch_size: int | None = None
+    train_iters: int | None = None
+    train_tokens: int | None = None
+    # optimiser and schedule
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup: int = 10
+    lr_schedule: str = "cosine"
+    wsd_decay_fraction: float = 0.2
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    # checkpoints, evaluation, logging
+    save: str | None = None
+    load: str | None = None
+    save_interval: int = 0  # 0 -> only at the end and on a signal
+    keep_last: int = 3
+    eval_interval: int = 0  # 0 -> no evaluation
+    eval_iters: int = 2
+    tensorboard_dir: str | None = None
+    metrics_file: str | None = None  # JSON lines, one per iteration (rank 0)
+    log_interval: int = 1
+    peak_tflops: float | None = None  # per process; None -> measured by a short matmul benchmark
+    seed: int = 1234
+    max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
+    exit_interval: int = 0  # stop (with a checkpoint) after this iteration; 0 -> run to the end
+    # parallelism and precision (None -> keep the ds_config value)
+    ds_config: str = str(DEFAULT_DS_CONFIG)
+    tp: int | None = None
+    ep: int | None = None
+    zero: int | None = None
+    bf16: bool | None = None
+    local_rank: int = -1  # set by the deepspeed launcher
+
+    def __post_init__(self) -> None:
+        _check(self.seq_length > 0, f"--seq-length must be positive, got {self.seq_length}")
+        _check(self.train_iters is None or self.train_tokens is None,
+               "give at most one of --train-iters and --train-tokens")
+        for name in ("train_iters", "train_tokens", "micro_batch_size", "global_batch_size", "tp", "ep"):
+            value = getattr(self, name)
+            _check(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
+        _check(self.zero is None or self.zero in (0, 1, 2, 3), f"--zero must be 0, 1, 2 or 3, got {self.zero}")
+        _check(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}")
+        _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
+        _check(0.0 < self.wsd_decay_fraction <= 1.0, "--wsd-decay-fraction must lie in (0, 1]")
+        for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "clip_grad", "weight_decay"):
+            _check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
+        for name in ("keep_last", "eval_iters", "log_interval", "max_nonfinite"):
+            _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
+        _check(self.mean_loops is None or self.mean_loops >= 1, "--mean-loops must be >= 1")
+        _check(self.backprop_loops is None or self.backprop_loops >= 0, "--backprop-loops must be >= 0")
+        parts = self.split.split(",")
+        _check(len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
+               and sum(float(p) for p in parts) > 0,
+               f"--split must be three non-negative weights like 969,30,1, got {self.split!r}")
+        _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} does not exist")
+
+    def total_iters(self, global_batch_size: int) -> int:
+        """Optimizer steps: --train-iters, --train-tokens rounded up to whole global batches, or the default."""
+        if self.train_tokens is None:
+            return self.train_iters or DEFAULT_TRAIN_ITERS
+        return math.ceil(self.train_tokens / (global_batch_size * self.seq_length))
+
+    def model_overrides(self) -> dict[str, Any]:
+        """ModelConfig fields this run sets on top of the preset."""
+        out = dict(self.overrides)
+        if self.mean_loops is not None:
+            out["mean_loops"] = self.mean_loops
+        if self.backprop_loops is not None:
+            out["backprop_loops"] = self.backprop_loops
+        out["checkpoint_loops"] = self.checkpoint_loops
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The pretraining command line; every flag maps onto one :class:`TrainArgs` field."""
+    p = argparse.ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = TrainArgs.__dataclass_fields__
+
+    def add(flag: str, **kw: Any) -> None:
+        name = flag.lstrip("-").replace("-", "_")
+        if "default" not in kw and "action" not in kw:
+            f = d[name]
+            kw["default"] = f.default if f.default is not dataclasses.MISSING else None
+        p.add_argument(flag, dest=name, **kw)
+
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default=d["preset"].default, help="name in megamythos.config.PRESETS")
+    g.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a ModelConfig field on top of the preset (repeatable)")
+    add("--mean-loops", type=int)
+    add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations")
+    g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false",
+                   help="keep activations of every recurrent iteration (memory grows with the loop count)")
+    g = p.add_argument_group("data")
+    add("--data-path", nargs="*", default=[], help="dataset prefixes (optionally weight prefix pairs)")
+    add("--split", type=str)
+    add("--seq-length", type=int)
+    add("--data-cache-dir", type=str)
+    add("--default-data-dir", type=str)
+    add("--default-data-max-files", type=int, help="build a small default corpus (tests)")
+    g = p.add_argument_group("batch and schedule")
+    for flag in ("--micro-batch-size", "--global-batch-size", "--train-iters", "--train-tokens", "--warmup"):
+        add(flag, type=int)
+    for flag in ("--lr", "--min-lr", "--wsd-decay-fraction", "--weight-decay", "--adam-beta1", "--adam-beta2",
+                 "--adam-eps", "--clip-grad"):
+        add(flag, type=float)
+    add("--lr-schedule", choices=LR_SCHEDULES)
+    g = p.add_argument_group("checkpoints and logging")
+    for flag in ("--save", "--load", "--tensorboard-dir", "--metrics-file"):
+        add(flag, type=str)
+    for flag in ("--save-interval", "--keep-last", "--eval-interval", "--eval-iters", "--log-interval", "--seed",
+                 "--max-nonfinite", "--exit-interval"):
+        add(flag, type=int)
+    add("--peak-tflops", type=float, help="peak TFLOP/s per process for MFU; default: measured")
+    g = p.add_argument_group("parallelism and precision")
+    add("--ds-config", type=str)
+    add("--tp", type=int, help="tensor-parallel size (AutoTP)")
+    add("--ep", type=int, help="expert-parallel size (AutoEP)")
+    add("--zero", type=int, help="ZeRO stage")
+    g.add_argument("--bf16", dest="bf16", action="store_true", default=None)
+    g.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
+    """Parse ``argv`` into validated :class:`TrainArgs`; a bad flag raises :class:`ArgumentError`."""
+    ns = vars(build_parser().parse_args(argv))
+    ns["overrides"] = dict(parse_override(item) for item in ns["overrides"])
+    return TrainArgs(**ns)

@@ -1,0 +1,151 @@
+"""Checkpoints: DeepSpeed save/load plus our client state, keep-last-K, and an atomic ``latest`` pointer.
+
+Layout of ``--save DIR``::
+
+    DIR/iter_0000100/          DeepSpeed's files for that tag (ZeRO shards, model states, client state)
+    DIR/iter_0000100/rng_rank{r}.pt   python/numpy/torch RNG of every rank (client_state is only saved once)
+    DIR/iter_0000100/model_config.json
+    DIR/latest                 the tag of the newest COMPLETE checkpoint, replaced atomically after all ranks
+                               finished writing; older tags beyond ``keep_last`` are deleted only after that.
+
+A run killed during a save therefore resumes from the previous complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megamythos.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+TAG_RE = re.compile(r"^iter_(\d{7,})$")
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or belongs to a different model."""
+
+
+def tag_for(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def read_latest(directory: str | Path) -> str | None:
+    """Tag named by ``DIR/latest``, or None when the directory holds no complete checkpoint."""
+    path = Path(directory) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    if not (Path(directory) / tag).is_dir():
+        raise CheckpointError(f"{path} names {tag!r}, which does not exist in {directory}")
+    return tag
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see either the old or the new content, never a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) -> None:
+    """Refuse a checkpoint whose model differs in any field that shapes or changes the network."""
+    cur = current.to_dict()
+    ignored = {"extra", "checkpoint_loops", "mean_loops", "max_loops", "loop_sigma", "backprop_loops"}
+    diffs = {k: (saved.get(k), cur[k]) for k in cur if k not in ignored and saved.get(k) != cur[k]}
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in sorted(diffs.items()))
+        raise CheckpointError(f"checkpoint {where} was written for a different model ({detail}); "
+                              "use the same --preset/--override as the run that wrote it")
+
+
+class CheckpointManager:
+    """Saves and restores one run's checkpoints under ``save_dir``; keeps the newest ``keep_last``."""
+
+    def __init__(self, save_dir: str | Path | None, keep_last: int = 3) -> None:
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.keep_last = keep_last
+
+    def save(self, engine: Any, iteration: int, client_state: dict[str, Any], config: ModelConfig) -> Path | None:
+        """Collective: every rank must call it. Returns the tag directory (None when saving is off)."""
+        if self.save_dir is None:
+            return None
+        tag = tag_for(iteration)
+        tag_dir = self.save_dir / tag
+        engine.save_checkpoint(str(self.save_dir), tag=tag, client_state=client_state, save_latest=False)
+        torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
+        if _rank() == 0:
+            config.to_json(tag_dir / MODEL_CONFIG_FILE)
+        _barrier()  # every rank's shards and RNG are on disk before `latest` moves
+        if _rank() == 0:
+            write_atomic(self.save_dir / LATEST, tag)
+            self._prune(keep=tag)
+            log.info("saved checkpoint %s", tag_dir)
+        _barrier()
+        return tag_dir
+
+    def _prune(self, keep: str) -> None:
+        tags = sorted(p.name for p in self.save_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name))
+        for old in tags[:-self.keep_last]:
+            if old != keep:
+                shutil.rmtree(self.save_dir / old, ignore_errors=True)
+
+    @staticmethod
+    def load(engine: Any, load_dir: str | Path, config: ModelConfig) -> dict[str, Any] | None:
+        """Restore engine, optimizer, scheduler and RNG from ``load_dir/latest``; return the client state.
+
+        Returns None when ``load_dir`` has no checkpoint yet (a fresh run with --load == --save).
+        """
+        tag = read_latest(load_dir)
+        if tag is None:
+            log.info("no checkpoint in %s; starting from scratch", load_dir)
+            return None
+        tag_dir = Path(load_dir) / tag
+        config_file = tag_dir / MODEL_CONFIG_FILE
+        if not config_file.is_file():
+            raise CheckpointError(f"{tag_dir} has no {MODEL_CONFIG_FILE}; it was not written by megamythos")
+        check_model_config(json.loads(config_file.read_text()), config, str(tag_dir))
+        path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {tag_dir}")
+        rng_file = tag_dir / f"rng_rank{_rank()}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        else:
+            log.warning("%s missing (different world size?): RNG not restored", rng_file.name)
+        log.info("loaded checkpoint %s (iteration %s)", tag_dir, client_state.get("iteration"))
+        return client_state

@@ -1,0 +1,75 @@
+"""DeepSpeed config: a JSON template from ``ds_configs/`` with the command line applied consistently.
+
+The template decides defaults (ZeRO stage, precision, parallel sizes, batch sizes); a flag given on the command
+line wins. Whatever the source, the result obeys train_batch = micro x accumulation x dp, and the sections that
+describe the model's own layout (AutoTP patterns, AutoEP MoE path and routing) are written from the model
+config, never trusted from a template, because a mismatch there silently changes the maths.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from megamythos.config import ModelConfig
+from megamythos.training.arguments import TrainArgs
+from megamythos.training.layout import ParallelLayout
+
+# AutoTP: attention projections and the dense SwiGLU of prelude/coda; shared experts stay replicated.
+TP_COLUMN_PATTERNS = [r".*attn\.(wq_b|wq|wkv_b|wk|wv)\.weight", r".*(prelude|coda)\.\d+\.ffn\.(w_gate|w_up)\.weight"]
+TP_ROW_PATTERNS = [r".*attn\.wo\.weight", r".*(prelude|coda)\.\d+\.ffn\.w_down\.weight"]
+MOE_LAYER_PATTERN = r"recurrent\.block\.moe"
+
+
+def load_template(path: str | Path) -> dict[str, Any]:
+    """Read a ds_config JSON file."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -> ParallelLayout:
+    """Parallel sizes and batch sizes: command line first, then the template, then defaults."""
+    tp = args.tp or template.get("tensor_parallel", {}).get("autotp_size", 1)
+    ep_section = template.get("expert_parallel", {})
+    ep = args.ep or (ep_section.get("autoep_size", 1) if ep_section.get("enabled", False) else 1)
+    zero = args.zero if args.zero is not None else template.get("zero_optimization", {}).get("stage", 0)
+    micro = args.micro_batch_size or template.get("train_micro_batch_size_per_gpu", 1)
+    dp = world_size // tp if world_size % tp == 0 else 1  # ParallelLayout reports the divisibility error
+    global_batch = (args.global_batch_size or template.get("train_batch_size")
+                    or micro * template.get("gradient_accumulation_steps", 1) * dp)
+    return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
+                          global_batch_size=global_batch)
+
+
+def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout,
+                    config: ModelConfig) -> dict[str, Any]:
+    """The ds_config dict DeepSpeed gets for this run."""
+    ds = copy.deepcopy(template)
+    ds["train_micro_batch_size_per_gpu"] = layout.micro_batch_size
+    ds["gradient_accumulation_steps"] = layout.grad_accum
+    ds["train_batch_size"] = layout.global_batch_size
+    ds.setdefault("steps_per_print", 10**9)  # our own log line replaces DeepSpeed's
+    ds["gradient_clipping"] = args.clip_grad
+    # AdamW from the template's implementation choice (e.g. "torch_adam" on CPU), hyper-parameters from us.
+    ds["optimizer"] = {"type": "AdamW", "params": {
+        **template.get("optimizer", {}).get("params", {}), "lr": args.lr, "betas": [args.adam_beta1, args.adam_beta2],
+        "eps": args.adam_eps, "weight_decay": args.weight_decay}}
+    ds.pop("scheduler", None)  # the schedule is ours (warmup + cosine/WSD, see schedules.py)
+    ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": layout.zero}
+    bf16 = args.bf16 if args.bf16 is not None else ds.get("bf16", {}).get("enabled", False)
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bool(bf16)}
+    ds.pop("fp16", None)
+    ds.pop("tensor_parallel", None)
+    if layout.tp > 1:
+        ds["tensor_parallel"] = {"autotp_size": layout.tp, "partition_config": {
+            "use_default_specs": False,
+            "layer_specs": [{"patterns": TP_COLUMN_PATTERNS, "partition_type": "column"},
+                            {"patterns": TP_ROW_PATTERNS, "partition_type": "row"}]}}
+    ep_template = {k: v for k, v in ds.pop("expert_parallel", {}).items() if k in ("use_grouped_mm", "combine_impl")}
+    if layout.ep > 1:
+        ds["expert_parallel"] = {**ep_template, "enabled": True, "autoep_size": layout.ep,
+                                 "moe_layer_pattern": MOE_LAYER_PATTERN, "score_func": config.score_func,
+                                 "route_norm": config.route_norm, "route_scale": 1.0,
+                                 "top_k": config.num_experts_per_tok}
+    return ds

@@ -1,0 +1,151 @@
+"""Parallel layout (world size, TP, EP, ZeRO, batch sizes): validation, and the dry run of big presets.
+
+DeepSpeed folds AutoEP onto the data-parallel x tensor-parallel ranks: tp and ep each have to divide the world
+size (tp2 x ep2 runs on 2 ranks), the data-parallel size is world / tp, and the global batch is
+micro x accumulation x dp. Everything is checked here, before any process group or tensor exists, so a bad
+layout is a clear error instead of a hang inside a collective.
+
+``python -m megamythos.training.layout --preset 1t --nodes 128 --gpus-per-node 8 --tp 8 --ep 64 --dry-run``
+builds the model on the meta device, validates the layout, prints the memory plan and the exact launch command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from megamythos.config import ModelConfig, get_preset
+
+log = logging.getLogger(__name__)
+
+
+class LayoutError(ValueError):
+    """The parallel layout cannot run this model on this many processes."""
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """Sizes of one run. ``dp`` and ``grad_accum`` are derived; construction validates the arithmetic."""
+
+    world_size: int
+    tp: int = 1
+    ep: int = 1
+    zero: int = 3
+    micro_batch_size: int = 1
+    global_batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("world_size", "tp", "ep", "micro_batch_size", "global_batch_size"):
+            if getattr(self, name) < 1:
+                raise LayoutError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.zero not in (0, 1, 2, 3):
+            raise LayoutError(f"ZeRO stage {self.zero} does not exist; choose 0, 1, 2 or 3")
+        if self.world_size % self.tp:
+            raise LayoutError(f"world size {self.world_size} is not divisible by tensor-parallel size tp={self.tp}")
+        if self.world_size % self.ep:
+            raise LayoutError(f"world size {self.world_size} is not divisible by expert-parallel size ep={self.ep} "
+                              "(AutoEP folds expert groups onto the data x tensor parallel ranks)")
+        if self.global_batch_size % (self.micro_batch_size * self.dp):
+            raise LayoutError(f"global batch {self.global_batch_size} is not divisible by micro batch "
+                              f"{self.micro_batch_size} x data-parallel size {self.dp}")
+
+    @property
+    def dp(self) -> int:
+        return self.world_size // self.tp
+
+    @property
+    def grad_accum(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+    def check_model(self, config: ModelConfig) -> None:
+        """Raise :class:`LayoutError` if ``config`` cannot be split this way."""
+        if config.n_experts % self.ep:
+            raise LayoutError(f"n_experts={config.n_experts} is not divisible by expert-parallel size ep={self.ep}")
+        if config.n_heads % self.tp:
+            raise LayoutError(f"n_heads={config.n_heads} is not divisible by tensor-parallel size tp={self.tp}")
+        if config.resolved_ffn_dim % self.tp:
+            raise LayoutError(f"dense ffn_dim={config.resolved_ffn_dim} is not divisible by tp={self.tp}")
+        if config.attn_type == "gqa" and config.n_kv_heads % self.tp:
+            raise LayoutError(f"n_kv_heads={config.n_kv_heads} is not divisible by tensor-parallel size tp={self.tp}")
+
+
+def memory_plan_or_none(config: ModelConfig, layout: ParallelLayout, **kwargs: Any) -> dict[str, Any] | None:
+    """``megamythos.params.memory_plan`` for this layout, or None when that module is not available."""
+    try:
+        from megamythos.params import memory_plan
+    except ImportError:
+        log.warning("megamythos.params is not available: the plan has no memory figures")
+        return None
+    plan = memory_plan(config, gpus=layout.world_size, tp=layout.tp, ep=layout.ep, zero=layout.zero, **kwargs)
+    return plan if isinstance(plan, dict) else getattr(plan, "__dict__", {"plan": str(plan)})
+
+
+def count_parameters_on_meta(config: ModelConfig) -> dict[str, int]:
+    """Build :class:`MythosLM` on the meta device (no memory) and count total and per-token-active parameters."""
+    import torch
+    from megamythos.model import MythosLM
+
+    with torch.device("meta"):
+        model = MythosLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    active_experts = experts * config.num_experts_per_tok // config.n_experts
+    return {"total": total, "routed_experts": experts, "active_per_loop": total - experts + active_experts}
+
+
+def launch_command(args: argparse.Namespace, layout: ParallelLayout) -> list[str]:
+    """The exact multi-node command line for this layout."""
+    return ["deepspeed", "--hostfile", args.hostfile, "--num_nodes", str(args.nodes), "--num_gpus",
+            str(args.gpus_per_node), "--module", "megamythos.training.pretrain", "--preset", args.preset,
+            "--ds-config", args.ds_config, "--tp", str(layout.tp), "--ep", str(layout.ep), "--zero", str(layout.zero),
+            "--micro-batch-size", str(layout.micro_batch_size), "--global-batch-size", str(layout.global_batch_size),
+            "--seq-length", str(args.seq_length), "--bf16", *args.train_args]
+
+
+def dry_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Validate a cluster layout for a preset without any accelerator; print and return the plan."""
+    p = argparse.ArgumentParser(prog="python -m megamythos.training.layout", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="1t")
+    p.add_argument("--nodes", type=int, default=128)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--tp", type=int, default=8)
+    p.add_argument("--ep", type=int, default=64)
+    p.add_argument("--zero", type=int, default=3)
+    p.add_argument("--micro-batch-size", type=int, default=1)
+    p.add_argument("--global-batch-size", type=int, default=1024)
+    p.add_argument("--seq-length", type=int, default=4096)
+    p.add_argument("--gpu-memory-gb", type=float, nargs="*", default=[80.0, 141.0])
+    p.add_argument("--ds-config", default="ds_configs/1t.json")
+    p.add_argument("--hostfile", default="hostfile")
+    p.add_argument("--dry-run", action="store_true", help="accepted for symmetry with the launcher; always dry")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="further pretrain flags after --")
+    args = p.parse_args(argv)
+    args.train_args = [a for a in args.train_args if a != "--"]
+    config = get_preset(args.preset, max_seq_len=max(get_preset(args.preset).max_seq_len, args.seq_length))
+    layout = ParallelLayout(world_size=args.nodes * args.gpus_per_node, tp=args.tp, ep=args.ep, zero=args.zero,
+                            micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size)
+    layout.check_model(config)
+    plan: dict[str, Any] = {
+        "preset": args.preset,
+        "layout": {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
+                   "experts_per_ep_rank": config.n_experts // layout.ep, "heads_per_tp_rank": config.n_heads // layout.tp},
+        "parameters": count_parameters_on_meta(config),
+        "memory": memory_plan_or_none(config, layout),
+        "gpu_memory_gb": args.gpu_memory_gb,
+        "command": shlex.join(launch_command(args, layout)),
+    }
+    print(json.dumps(plan, indent=2, default=str))
+    return plan
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        dry_run(sys.argv[1:])
+    except (LayoutError, ValueError) as err:
+        sys.exit(f"layout error: {err}")

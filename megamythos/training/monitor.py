@@ -1,0 +1,82 @@
+"""Training telemetry on rank 0: TensorBoard (Megatron tag names with ``vs samples`` twins), a console line
+per log interval, an optional JSON-lines metrics file, and the peak against which MFU is measured.
+(FLOPs per token come from :func:`megamythos.params.count`.)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# Scalars written with a "<tag> vs samples" twin, as Megatron-LM does.
+SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "lm loss validation", "lm loss validation ppl",
+                "tokens-per-sec", "loss-scale")
+
+
+def measure_peak_tflops(dtype: torch.dtype = torch.float32, size: int = 512, repeats: int = 8) -> float:
+    """Achievable dense matmul TFLOP/s of this process (a stand-in for a datasheet peak on CPU)."""
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    a @ b  # warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+class TrainingMonitor:
+    """Writes scalars from rank 0 only; other ranks hold a no-op instance."""
+
+    def __init__(self, enabled: bool, tensorboard_dir: str | None, metrics_file: str | None) -> None:
+        self.enabled = enabled
+        self.writer = None
+        self.metrics = None
+        if enabled and tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=50)
+        if enabled and metrics_file:
+            Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+            self.metrics = open(metrics_file, "a")
+
+    def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
+        """TensorBoard scalars at ``iteration``, plus ``vs samples`` twins for the Megatron tags."""
+        if self.writer is None:
+            return
+        for tag, value in values.items():
+            if value is None or not math.isfinite(value):
+                continue
+            self.writer.add_scalar(tag, value, iteration)
+            if tag in SAMPLE_TWINS:
+                self.writer.add_scalar(f"{tag} vs samples", value, samples)
+
+    def record(self, record: dict[str, Any]) -> None:
+        """One JSON line (iteration, losses, ...) for scripts and tests."""
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+
+    def console(self, iteration: int, total: int, values: dict[str, Any]) -> None:
+        """Megatron-style one-line summary."""
+        if not self.enabled:
+            return
+        parts = [f"iteration {iteration:8d}/{total:8d}"]
+        for key, value in values.items():
+            if isinstance(value, float):
+                parts.append(f"{key}: {value:.6g}")
+            else:
+                parts.append(f"{key}: {value}")
+        log.info(" | ".join(parts))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        if self.metrics is not None:
+            self.metrics.close()

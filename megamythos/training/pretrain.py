@@ -1,0 +1,405 @@
+"""Pretraining entry point, run by the ``deepspeed`` launcher (``launchers/pretrain.sh``) on every rank::
+
+    deepspeed --num_gpus 2 --module megamythos.training.pretrain --preset tiny --train-iters 100 --save runs/x
+
+One process per GPU (per CPU slot on a CPU machine). Steps of an iteration: sample the loop count from
+(seed, iteration) so all ranks agree; forward/backward/step through the DeepSpeed engine (ZeRO, AutoEP, AutoTP
+as configured) on the micro-batches of this data-parallel rank; after the optimizer step update the MoE
+selection biases from all-reduced expert counts; log; evaluate; checkpoint; react to signals.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megamythos.config import ConfigError, ModelConfig, get_preset
+from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
+from megamythos.training.checkpointing import CheckpointError, CheckpointManager
+from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
+from megamythos.training.layout import LayoutError, ParallelLayout
+from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
+from megamythos.training.schedules import LRSchedule, build_scheduler
+from megamythos.training.signals import GracefulExit, NonFiniteGuard, NonFiniteLossError
+
+log = logging.getLogger("megamythos.pretrain")
+
+
+class DataError(ValueError):
+    """The dataset or tokenizer is missing or does not fit the model."""
+
+
+def setup_logging(rank: int) -> None:
+    """INFO on rank 0, WARNING elsewhere, one format for the library and DeepSpeed's console output."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU); returns (rank, world size)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+    deepspeed.init_distributed()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def seed_everything(seed: int) -> None:
+    """Same initial weights on every rank (ZeRO/TP then shard them), deterministic CPU kernels."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------------ data
+@dataclass
+class DataSetup:
+    data_path: list[str]
+    tokenizer_model: str | None
+    tokenizer_fingerprint: str | None
+
+
+def dataset_prefixes(data_path: Sequence[str]) -> list[str]:
+    """Prefixes of a Megatron data path (``p`` or ``w1 p1 w2 p2 ...``)."""
+    def is_weight(item: str) -> bool:
+        try:
+            float(item)
+            return True
+        except ValueError:
+            return False
+    return [item for item in data_path if not is_weight(item)]
+
+
+def resolve_data(args: TrainArgs, config: ModelConfig, rank: int) -> DataSetup:
+    """Dataset prefixes with their tokenizer; builds the default corpus (rank 0 first) when none is given.
+
+    Raises :class:`DataError` for a missing dataset, a dataset without metadata, or a vocabulary that differs
+    from the model's, before any engine exists.
+    """
+    from megamythos.data import read_dataset_metadata
+
+    data_path = list(args.data_path)
+    if not data_path:
+        from megamythos.data.default_corpus import ensure_default_dataset
+
+        for turn in (0, 1):  # rank 0 builds, the others wait and then find it built
+            if (rank == 0) == (turn == 0):
+                prefix, _ = ensure_default_dataset(args.default_data_dir, vocab_size=config.vocab_size,
+                                                   max_files=args.default_data_max_files)
+            dist.barrier()
+        data_path = [str(prefix)]
+    fingerprints = set()
+    tokenizer_model = None
+    for prefix in dataset_prefixes(data_path):
+        missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
+        if missing:
+            raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}")
+        meta = read_dataset_metadata(prefix)
+        if meta is None:
+            raise DataError(f"dataset {prefix!r} has no metadata (vocab size, tokenizer); rebuild it with "
+                            "megamythos.data so its tokenizer can be checked against the model")
+        if int(meta["vocab_size"]) != config.vocab_size:
+            raise DataError(f"dataset {prefix!r} was tokenized with a {meta['vocab_size']}-token vocabulary but the "
+                            f"model has vocab_size={config.vocab_size}; pass --override vocab_size="
+                            f"{meta['vocab_size']} or use a dataset built with the model's tokenizer")
+        fingerprints.add(meta.get("tokenizer_fingerprint"))
+        tokenizer_model = meta.get("tokenizer_model", tokenizer_model)
+    if len(fingerprints) > 1:
+        raise DataError(f"datasets in --data-path were built with different tokenizers: {sorted(map(str, fingerprints))}")
+    return DataSetup(data_path, tokenizer_model, fingerprints.pop() if fingerprints else None)
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Megatron-style shift: tokens = sample[:-1], labels = sample[1:]."""
+    batch = torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64))
+    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+
+def batches(dataset: Any, consumed: int, micro_batch: int, dp_rank: int, dp_size: int) -> Iterator:
+    """Micro-batches of this data-parallel rank, starting after ``consumed`` global samples."""
+    from megamythos.data.sampler import PretrainingSampler
+
+    sampler = PretrainingSampler(total_samples=len(dataset), consumed_samples=consumed,
+                                 micro_batch_size=micro_batch, data_parallel_rank=dp_rank,
+                                 data_parallel_size=dp_size)
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0))
+
+
+# --------------------------------------------------------------------------------------------------- ZeRO-3
+# Parameters the model reads as tensors outside their owning module's forward(): the router weight (the aux loss
+# recomputes the router matmul) and the LTI parameters (spectral radius in the output stats). ZeRO-3 gathers a
+# parameter only while its module's forward/backward runs, so these would be seen as empty partitions.
+READ_OUTSIDE_FORWARD = re.compile(r"^recurrent\.(block\.moe\.(router\.)?gate\.weight|injection\.\w+)$")
+
+
+def pin_parameters_read_outside_forward(model: torch.nn.Module) -> list[str]:
+    """Register those parameters as external parameters of the top module (fetched at every forward) and keep
+    inner modules from releasing them mid-step; they are small ([E, H] and [H] vectors)."""
+    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
+
+    pinned = []
+    for name, param in model.named_parameters():
+        if READ_OUTSIDE_FORWARD.match(name):
+            register_external_parameter(model, param)
+            param.is_external_param = True
+            pinned.append(name)
+    log.info("ZeRO-3: parameters fetched with the top module: %s", pinned)
+    return pinned
+
+
+# ----------------------------------------------------------------------------------------------- the trainer
+class Trainer:
+    """One pretraining run: engine, data, schedule, checkpoints, telemetry."""
+
+    def __init__(self, args: TrainArgs) -> None:
+        import deepspeed
+        from megamythos.model import MythosLM, weight_decay_param_groups
+
+        self.args = args
+        self.rank, self.world = init_distributed()
+        setup_logging(self.rank)
+        template = load_template(args.ds_config)
+        self.layout = resolve_layout(template, args, self.world)
+        base = get_preset(args.preset)
+        self.config = get_preset(args.preset, **{"max_seq_len": max(base.max_seq_len, args.seq_length),
+                                                 **args.model_overrides()})
+        self.layout.check_model(self.config)
+        self.data = resolve_data(args, self.config, self.rank)
+        self.total_iters = args.total_iters(self.layout.global_batch_size)
+        self.ds_config = build_ds_config(template, args, self.layout, self.config)
+        self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
+                                   args.wsd_decay_fraction)
+
+        seed_everything(args.seed)
+        model = MythosLM(self.config)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, model_parameters=weight_decay_param_groups(model, args.weight_decay),
+            config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
+        if self.layout.zero == 3:
+            pin_parameters_read_outside_forward(self.engine.module)
+        self.tp_group = None
+        if self.layout.tp > 1:
+            from deepspeed.utils import groups
+            from megamythos.parallel import set_tensor_parallel_group
+
+            self.tp_group = groups.get_tensor_model_parallel_group()
+            set_tensor_parallel_group(self.engine.module, self.tp_group)
+            self.dp_rank, self.dp_size = groups.get_data_parallel_rank(), groups.get_data_parallel_world_size()
+        else:
+            self.dp_rank, self.dp_size = self.rank, self.world
+        self.iteration = 0
+        self.consumed = 0
+        self.guard = NonFiniteGuard(args.max_nonfinite)
+        self.checkpoints = CheckpointManager(args.save, args.keep_last)
+        self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
+        self.peak_tflops = args.peak_tflops or measure_peak_tflops(
+            torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
+        if args.load:
+            self._load(args.load)
+        log.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; %d iterations",
+                 self.world, self.layout.tp, self.layout.ep, self.dp_size, self.layout.zero,
+                 self.layout.micro_batch_size, self.layout.grad_accum, self.layout.global_batch_size, self.total_iters)
+
+    # ---------------------------------------------------------------------------------------- state
+    def client_state(self) -> dict[str, Any]:
+        from megamythos.moe import expert_bias_state
+
+        return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
+                "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
+                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "model_config": self.config.to_dict(),
+                "layout": {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}}
+
+    def _load(self, load_dir: str) -> None:
+        from megamythos.moe import load_expert_bias_state
+
+        state = self.checkpoints.load(self.engine, load_dir, self.config)
+        if state is None:
+            return
+        if state.get("tokenizer_fingerprint") != self.data.tokenizer_fingerprint:
+            raise CheckpointError(f"checkpoint in {load_dir} was trained with tokenizer "
+                                  f"{state.get('tokenizer_fingerprint')} but the data uses "
+                                  f"{self.data.tokenizer_fingerprint}")
+        self.iteration = state["iteration"]
+        self.consumed = state["consumed_train_samples"]
+        self.guard.skipped = state.get("skipped_steps", 0)
+        load_expert_bias_state(self.engine.module, state["expert_bias"])
+
+    def save(self) -> None:
+        self.checkpoints.save(self.engine, self.iteration, self.client_state(), self.config)
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def world_mean(self, values: list[float]) -> list[float]:
+        """Mean over all ranks (TP ranks hold equal values, so this is the data-parallel mean)."""
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return (t / self.world).tolist()
+
+    def datasets(self) -> tuple[Any, Any]:
+        from megamythos.data.gpt_dataset import build_train_valid_test_datasets
+
+        gbs = self.layout.global_batch_size
+        evals = (self.total_iters // self.args.eval_interval + 1) * self.args.eval_iters if self.args.eval_interval else 0
+        train, valid, _ = build_train_valid_test_datasets(
+            data_path=self.data.data_path, split=self.args.split, seq_length=self.args.seq_length,
+            seed=self.args.seed, train_valid_test_num_samples=(self.total_iters * gbs, max(evals, 1) * gbs, 0),
+            cache_dir=self.args.data_cache_dir)
+        return train, valid
+
+    def evaluate(self, valid: Any) -> float:
+        """Mean validation loss over ``eval_iters`` global batches at the mean loop count."""
+        self.engine.eval()
+        losses = []
+        it = batches(valid, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
+        with torch.no_grad():
+            for _ in range(self.args.eval_iters * self.layout.grad_accum):
+                tokens, labels = next(it)
+                losses.append(self.engine(tokens, labels=labels, n_loops=self.config.mean_loops).loss.item())
+        self.engine.train()
+        return self.world_mean([sum(losses) / len(losses)])[0]
+
+    # ---------------------------------------------------------------------------------------- the loop
+    def train_step(self, data: Iterator) -> dict[str, Any]:
+        """One optimizer step over ``grad_accum`` micro-batches; non-finite micro-batches are skipped."""
+        from megamythos.model import sample_loop_count
+        from megamythos.moe import update_expert_bias
+
+        cfg = self.config
+        n_loops = sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, self.args.seed,
+                                    self.iteration)
+        lm, aux, stats = [], [], {}
+        lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside engine.step())
+        while True:
+            tokens, labels = next(data, (None, None))
+            if tokens is None:
+                raise DataError(f"training data ran out at iteration {self.iteration} after {self.consumed} samples "
+                                f"({self.guard.skipped} skipped micro-batches consumed extra data)")
+            self.consumed += self.layout.micro_batch_size * self.dp_size
+            out = self.engine(tokens, labels=labels, n_loops=n_loops)
+            loss = out.loss + out.aux_loss
+            if self.guard.skip(loss, self.iteration + 1):
+                continue
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            self.engine.backward(loss)
+            self.engine.step()
+            lm.append(out.loss.item())
+            aux.append(out.aux_loss.item())
+            stats = out.stats
+            if boundary:
+                break
+        self.iteration += 1
+        moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
+        lm_loss, aux_loss = self.world_mean([sum(lm) / len(lm), sum(aux) / len(aux)])
+        return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe}
+
+    def log_step(self, step: dict[str, Any], seconds: float) -> None:
+        from megamythos.params import count
+
+        tokens_per_sec = self.layout.global_batch_size * self.args.seq_length / seconds
+        flops = count(self.config, self.args.seq_length, step["n_loops"]).train_flops_per_token
+        tflops = flops * tokens_per_sec / self.world / 1e12
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        stats = step["stats"]
+        values = {
+            "lm loss": step["lm_loss"], "aux loss": step["aux_loss"],
+            "learning-rate": step["lr"], "grad-norm": grad_norm,
+            "loss-scale": float(getattr(self.engine.optimizer, "loss_scale", 1.0) or 1.0),
+            "tokens-per-sec": tokens_per_sec, "tflops": tflops, "mfu": tflops / self.peak_tflops,
+            "iteration-time": seconds, "skipped-steps": float(self.guard.skipped),
+            "recurrent/loop-count": float(step["n_loops"]),
+        }
+        if "rho" in stats:
+            values["recurrent/max-rho"] = float(stats["rho"])
+        if "act_mean_steps" in stats:
+            values["recurrent/act-mean-steps"] = float(stats["act_mean_steps"])
+        for i, norm in enumerate(stats.get("state_norm", torch.empty(0)).flatten().tolist()):
+            values[f"recurrent/state-norm/loop-{i:02d}"] = norm
+        values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
+        self.monitor.scalars(values, self.iteration, self.consumed)
+        self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
+                             **{k: v for k, v in values.items() if "/state-norm/" not in k}})
+        if self.iteration % self.args.log_interval == 0:
+            self.monitor.console(self.iteration, self.total_iters, {
+                "consumed samples": self.consumed, "elapsed time per iteration (ms)": seconds * 1e3,
+                "learning rate": values["learning-rate"], "lm loss": values["lm loss"],
+                "aux loss": values["aux loss"], "grad norm": grad_norm, "loops": step["n_loops"],
+                "tokens/s": tokens_per_sec, "TFLOP/s": tflops, "MFU": values["mfu"],
+                "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped})
+
+    def run(self) -> int:
+        """Train to the end (or to a signal / --exit-interval); returns the process exit code."""
+        train, valid = self.datasets()
+        data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
+        signals = GracefulExit()
+        self.engine.train()
+        saved_at = self.iteration
+        try:
+            while self.iteration < self.total_iters:
+                start = time.perf_counter()
+                step = self.train_step(data)
+                self.log_step(step, time.perf_counter() - start)
+                if self.args.eval_interval and self.iteration % self.args.eval_interval == 0:
+                    val = self.evaluate(valid)
+                    ppl = math.exp(min(val, 20.0))
+                    self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl},
+                                         self.iteration, self.consumed)
+                    self.monitor.record({"iteration": self.iteration, "lm loss validation": val,
+                                         "lm loss validation ppl": ppl})
+                    log.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration, val, ppl)
+                stop = signals.should_exit() or self.iteration == self.args.exit_interval
+                if stop or (self.args.save_interval and self.iteration % self.args.save_interval == 0):
+                    self.save()
+                    saved_at = self.iteration
+                if stop:
+                    log.info("stopping at iteration %d (checkpoint saved)", self.iteration)
+                    return 0
+            if saved_at != self.iteration:
+                self.save()
+            return 0
+        finally:
+            signals.restore()
+            self.monitor.close()
+
+    def report(self) -> None:
+        """Where the results are (rank 0)."""
+        if self.rank != 0:
+            return
+        for what, where in (("checkpoints", self.args.save), ("TensorBoard logs", self.args.tensorboard_dir),
+                            ("metrics", self.args.metrics_file)):
+            if where:
+                log.info("%s: %s", what, Path(where).resolve())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, train, report; user errors end the process with a one-line message and exit code 2."""
+    try:
+        args = parse_args(argv)
+        trainer = Trainer(args)
+        code = trainer.run()
+        trainer.report()
+        return code
+    except (ArgumentError, ConfigError, LayoutError, DataError, CheckpointError, NonFiniteLossError) as err:
+        logging.getLogger("megamythos.pretrain").error("%s: %s", type(err).__name__, err)
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
