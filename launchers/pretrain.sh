@@ -35,8 +35,10 @@ done
 RUN="${RUN_DIR:-$REPO/runs/tiny}"
 DEFAULTS=()
 has() { local f; for f in "${TRAIN[@]+"${TRAIN[@]}"}"; do [[ "$f" == "$1" ]] && return 0; done; return 1; }
-has --save || DEFAULTS+=(--save "$RUN/checkpoints")
-has --load || DEFAULTS+=(--load "$RUN/checkpoints")
+value() { local i; for ((i = 0; i + 1 < ${#TRAIN[@]}; i++)); do [[ "${TRAIN[i]}" == "$1" ]] && echo "${TRAIN[i+1]}"; done; return 0; }
+SAVE="$(value --save)"
+has --save || { SAVE="$RUN/checkpoints"; DEFAULTS+=(--save "$SAVE"); }
+has --load || DEFAULTS+=(--load "$SAVE")  # resume where this run saves
 has --tensorboard-dir || DEFAULTS+=(--tensorboard-dir "$RUN/tensorboard")
 has --metrics-file || DEFAULTS+=(--metrics-file "$RUN/metrics.jsonl")
 if [[ "$GPU" == 0 ]]; then

@@ -48,7 +48,10 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
     ds = copy.deepcopy(template)
     ds["train_micro_batch_size_per_gpu"] = layout.micro_batch_size
     ds["gradient_accumulation_steps"] = layout.grad_accum
-    ds["train_batch_size"] = layout.global_batch_size
+    # DeepSpeed checks train_batch = micro x accum x world once before AutoTP groups exist (counting TP
+    # replicas) and once after (counting dp); given only micro and accum it derives a consistent value each time.
+    # The number of distinct samples per step is layout.global_batch_size = micro x accum x dp.
+    ds.pop("train_batch_size", None)
     ds.setdefault("steps_per_print", 10**9)  # our own log line replaces DeepSpeed's
     ds["gradient_clipping"] = args.clip_grad
     # AdamW from the template's implementation choice (e.g. "torch_adam" on CPU), hyper-parameters from us.

@@ -186,8 +186,12 @@ class Trainer:
 
         seed_everything(args.seed)
         model = MythosLM(self.config)
+        # Named groups: DeepSpeed splits each into expert / non-expert groups by name under AutoEP, and moves
+        # the expert weights AutoEP replaces into the group of the weights they replace.
+        param_groups = [{**group, "name": f"params-{i}"}
+                        for i, group in enumerate(weight_decay_param_groups(model, args.weight_decay))]
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=weight_decay_param_groups(model, args.weight_decay),
+            model=model, model_parameters=param_groups,
             config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
         if self.layout.zero == 3:
             pin_parameters_read_outside_forward(self.engine.module)
