@@ -75,4 +75,6 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
                                  "moe_layer_pattern": MOE_LAYER_PATTERN, "score_func": config.score_func,
                                  "route_norm": config.route_norm, "route_scale": 1.0,
                                  "top_k": config.num_experts_per_tok}
+        if config.n_shared_experts:  # without this AutoEP silently drops the shared experts
+            ds["expert_parallel"].update(has_shared_experts=True, shared_experts_pattern="shared_experts")
     return ds

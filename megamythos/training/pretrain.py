@@ -30,7 +30,7 @@ from megamythos.training.ds_config import build_ds_config, load_template, resolv
 from megamythos.training.layout import LayoutError, ParallelLayout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.schedules import LRSchedule, build_scheduler
-from megamythos.training.signals import GracefulExit, NonFiniteGuard, NonFiniteLossError
+from megamythos.training.signals import GracefulExit, NonFiniteGuard, NonFiniteLossError, any_rank
 
 log = logging.getLogger("megamythos.pretrain")
 
@@ -73,54 +73,52 @@ class DataSetup:
     tokenizer_fingerprint: str | None
 
 
-def dataset_prefixes(data_path: Sequence[str]) -> list[str]:
-    """Prefixes of a Megatron data path (``p`` or ``w1 p1 w2 p2 ...``)."""
-    def is_weight(item: str) -> bool:
-        try:
-            float(item)
-            return True
-        except ValueError:
-            return False
-    return [item for item in data_path if not is_weight(item)]
-
-
 def resolve_data(args: TrainArgs, config: ModelConfig, rank: int) -> DataSetup:
     """Dataset prefixes with their tokenizer; builds the default corpus (rank 0 first) when none is given.
 
-    Raises :class:`DataError` for a missing dataset, a dataset without metadata, or a vocabulary that differs
-    from the model's, before any engine exists.
+    Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's, and
+    ``DatasetMismatchError`` for datasets built with different tokenizers, before any engine exists. A dataset
+    without a metadata record (made by Megatron's tools) cannot be checked and is accepted with a warning.
     """
     from megamythos.data import read_dataset_metadata
+    from megamythos.data.gpt_dataset import parse_data_path
+    from megamythos.data.metadata import check_same_vocabulary
 
     data_path = list(args.data_path)
     if not data_path:
         from megamythos.data.default_corpus import ensure_default_dataset
 
+        failure: Exception | None = None
         for turn in (0, 1):  # rank 0 builds, the others wait and then find it built
             if (rank == 0) == (turn == 0):
-                prefix, _ = ensure_default_dataset(args.default_data_dir, vocab_size=config.vocab_size,
-                                                   max_files=args.default_data_max_files)
-            dist.barrier()
-        data_path = [str(prefix)]
-    fingerprints = set()
-    tokenizer_model = None
-    for prefix in dataset_prefixes(data_path):
+                try:
+                    prefix, _ = ensure_default_dataset(args.default_data_dir, vocab_size=config.vocab_size,
+                                                       max_files=args.default_data_max_files)
+                except Exception as err:  # re-raised below, after telling the other ranks
+                    failure = err
+            if any_rank(failure is not None):
+                raise DataError(f"building the default corpus in {args.default_data_dir} failed: "
+                                f"{failure or 'see rank 0'}") from failure
+        data_path = [prefix]
+    prefixes, _ = parse_data_path(data_path)
+    records = {}
+    for prefix in prefixes:
         missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
         if missing:
             raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}")
         meta = read_dataset_metadata(prefix)
         if meta is None:
-            raise DataError(f"dataset {prefix!r} has no metadata (vocab size, tokenizer); rebuild it with "
-                            "megamythos.data so its tokenizer can be checked against the model")
-        if int(meta["vocab_size"]) != config.vocab_size:
+            log.warning("dataset %s has no metadata record: its tokenizer cannot be checked against the model", prefix)
+        elif int(meta["vocab_size"]) != config.vocab_size:
             raise DataError(f"dataset {prefix!r} was tokenized with a {meta['vocab_size']}-token vocabulary but the "
                             f"model has vocab_size={config.vocab_size}; pass --override vocab_size="
                             f"{meta['vocab_size']} or use a dataset built with the model's tokenizer")
-        fingerprints.add(meta.get("tokenizer_fingerprint"))
-        tokenizer_model = meta.get("tokenizer_model", tokenizer_model)
-    if len(fingerprints) > 1:
-        raise DataError(f"datasets in --data-path were built with different tokenizers: {sorted(map(str, fingerprints))}")
-    return DataSetup(data_path, tokenizer_model, fingerprints.pop() if fingerprints else None)
+        for other, record in records.items():
+            check_same_vocabulary(other, record, prefix, meta)
+        records[prefix] = meta
+    known = [r for r in records.values() if r is not None]
+    return DataSetup(data_path, known[0]["tokenizer_model"] if known else None,
+                     known[0]["tokenizer_fingerprint"] if known else None)
 
 
 def collate(samples: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,6 +386,17 @@ class Trainer:
                 log.info("%s: %s", what, Path(where).resolve())
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that describe a bad input rather than a bug: reported in one line, no traceback."""
+    from megamythos.data.gpt_dataset import DataConfigError
+    from megamythos.data.indexed_dataset import IndexedDatasetError
+    from megamythos.data.metadata import DatasetMismatchError
+    from megamythos.tokenizer import TokenizerError
+
+    return (ArgumentError, ConfigError, LayoutError, DataError, CheckpointError, NonFiniteLossError,
+            DataConfigError, DatasetMismatchError, IndexedDatasetError, TokenizerError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, train, report; user errors end the process with a one-line message and exit code 2."""
     try:
@@ -396,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = trainer.run()
         trainer.report()
         return code
-    except (ArgumentError, ConfigError, LayoutError, DataError, CheckpointError, NonFiniteLossError) as err:
+    except _user_errors() as err:
         logging.getLogger("megamythos.pretrain").error("%s: %s", type(err).__name__, err)
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
