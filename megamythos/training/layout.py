@@ -73,15 +73,18 @@ class ParallelLayout:
             raise LayoutError(f"n_kv_heads={config.n_kv_heads} is not divisible by tensor-parallel size tp={self.tp}")
 
 
-def memory_plan_or_none(config: ModelConfig, layout: ParallelLayout, **kwargs: Any) -> dict[str, Any] | None:
-    """``megamythos.params.memory_plan`` for this layout, or None when that module is not available."""
+GIB_PER_GB = 1e9 / 2 ** 30
+
+
+def memory_plan_or_none(config: ModelConfig, layout: ParallelLayout, seq_length: int) -> dict[str, Any] | None:
+    """``megamythos.params.memory_plan`` (GiB per GPU) for this layout, or None when that module is missing."""
     try:
         from megamythos.params import memory_plan
     except ImportError:
         log.warning("megamythos.params is not available: the plan has no memory figures")
         return None
-    plan = memory_plan(config, gpus=layout.world_size, tp=layout.tp, ep=layout.ep, zero=layout.zero, **kwargs)
-    return plan if isinstance(plan, dict) else getattr(plan, "__dict__", {"plan": str(plan)})
+    return asdict(memory_plan(config, gpus=layout.world_size, tp=layout.tp, ep=layout.ep, zero=layout.zero,
+                              micro_batch=layout.micro_batch_size, seq_len=seq_length))
 
 
 def count_parameters_on_meta(config: ModelConfig) -> dict[str, int]:
@@ -114,7 +117,7 @@ def dry_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--nodes", type=int, default=128)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--tp", type=int, default=8)
-    p.add_argument("--ep", type=int, default=64)
+    p.add_argument("--ep", type=int, default=128)
     p.add_argument("--zero", type=int, default=3)
     p.add_argument("--micro-batch-size", type=int, default=1)
     p.add_argument("--global-batch-size", type=int, default=1024)
@@ -135,11 +138,16 @@ def dry_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "layout": {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
                    "experts_per_ep_rank": config.n_experts // layout.ep, "heads_per_tp_rank": config.n_heads // layout.tp},
         "parameters": count_parameters_on_meta(config),
-        "memory": memory_plan_or_none(config, layout),
-        "gpu_memory_gb": args.gpu_memory_gb,
+        "memory": memory_plan_or_none(config, layout, args.seq_length),
         "command": shlex.join(launch_command(args, layout)),
     }
+    if plan["memory"] is not None:
+        need = plan["memory"]["total_gib"]
+        plan["fits"] = {f"{gb:g} GB": need <= gb * GIB_PER_GB for gb in args.gpu_memory_gb}
     print(json.dumps(plan, indent=2, default=str))
+    if plan["memory"] is not None and not all(plan["fits"].values()):
+        raise LayoutError(f"the plan needs {plan['memory']['total_gib']:.1f} GiB per GPU: does not fit "
+                          f"{[k for k, ok in plan['fits'].items() if not ok]}; raise --ep/--tp or add nodes")
     return plan
 
 

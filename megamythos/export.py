@@ -1,0 +1,166 @@
+"""Export a training checkpoint to one consolidated ``model.safetensors`` + ``config.json``.
+
+    python -m megamythos.export runs/tiny/checkpoints exported/tiny      # newest complete checkpoint
+    python -m megamythos.export runs/tiny/checkpoints/iter_0000060 exported/tiny
+
+ZeRO (1-3) checkpoints, with or without AutoEP/AutoTP, go through DeepSpeed's universal checkpoint
+(``deepspeed.checkpoint.ds_to_universal``), which merges ZeRO, TP and EP shards into full tensors;
+``zero_to_fp32`` refuses AutoEP checkpoints. AutoEP's expert layout (``experts.w1/w2/w3``, ``router.gate``) is
+mapped back to the model's (``experts.gate_up_proj/down_proj``, ``gate``), and the aux-loss-free selection biases,
+which universal checkpoints do not carry, come from our client state. A ZeRO-0 checkpoint without TP already
+holds the full module state and is read directly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from megamythos.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported."""
+
+
+def resolve_tag_dir(path: str | Path) -> Path:
+    """A checkpoint tag directory, or the newest complete one of a --save directory."""
+    from megamythos.training.checkpointing import MODEL_CONFIG_FILE, read_latest
+
+    path = Path(path)
+    if (path / MODEL_CONFIG_FILE).is_file():
+        return path
+    tag = read_latest(path) if path.is_dir() else None
+    if tag is None:
+        raise ExportError(f"{path} is neither a checkpoint (no {MODEL_CONFIG_FILE}) nor a directory with `latest`")
+    return path / tag
+
+
+def _client_state(tag_dir: Path) -> dict:
+    """Rank 0's model-states file: DeepSpeed's metadata plus our client state."""
+    files = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
+    if not files:
+        raise ExportError(f"{tag_dir} has no DeepSpeed model-states file")
+    return torch.load(files[0], map_location="cpu", weights_only=False)
+
+
+def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 parameters, named as in the training-time module, via ``ds_to_universal``."""
+    out = workdir / "universal"
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+           "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ExportError(f"ds_to_universal failed on {tag_dir}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    state = {}
+    for param_dir in sorted((out / "zero").iterdir()):
+        if not param_dir.is_dir():
+            continue
+        entry = torch.load(param_dir / "fp32.pt", map_location="cpu", weights_only=False)
+        state[param_dir.name] = entry["param"] if isinstance(entry, dict) else entry
+    return state
+
+
+def to_model_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map AutoEP's replaced-layer names back to :class:`MythosLM`'s; other names pass through."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.endswith(".experts.w1"):
+            base = name[: -len("w1")]
+            out[base + "gate_up_proj"] = torch.cat([tensor, state[base + "w3"]], dim=1)  # [E, 2F, H]
+        elif name.endswith(".experts.w2"):
+            out[name[: -len("w2")] + "down_proj"] = tensor  # [E, H, F]
+        elif name.endswith(".experts.w3"):
+            continue  # folded into gate_up_proj above
+        else:
+            out[name.replace(".router.gate.", ".gate.")] = tensor
+    return out
+
+
+def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(model config, full state dict incl. expert biases) of one checkpoint tag."""
+    from megamythos.training.checkpointing import MODEL_CONFIG_FILE
+
+    config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
+    client = _client_state(tag_dir)
+    if any(tag_dir.glob("*optim_states.pt")):
+        state = to_model_names(_universal_state_dict(tag_dir, workdir))
+    elif len(list(tag_dir.glob("mp_rank_*_model_states.pt"))) == 1:
+        state = {k: v.float() for k, v in client["module"].items()}
+    else:
+        raise ExportError(f"{tag_dir} is a ZeRO-0 tensor-parallel checkpoint; train with ZeRO >= 1 to export it")
+    for module_name, bias in client.get("expert_bias", {}).items():
+        state[f"{module_name}.gate.e_score_correction_bias"] = bias.float()
+    return config, state
+
+
+def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json``; returns the safetensors path."""
+    from safetensors.torch import save_model
+
+    from megamythos.model import MythosLM
+
+    tag_dir = resolve_tag_dir(checkpoint)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
+    model = MythosLM(config)
+    targets = model.state_dict()
+    for name, tensor in state.items():  # ZeRO-3 universal tensors are flat
+        if name in targets and tensor.shape != targets[name].shape and tensor.numel() == targets[name].numel():
+            state[name] = tensor.view(targets[name].shape)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if config.tie_embeddings else set()  # shares tok_embeddings.weight
+    missing = sorted(set(missing) - tied)
+    if missing or unexpected:
+        raise ExportError(f"{tag_dir} does not match MythosLM({config.to_dict()}): missing {missing}, "
+                          f"unexpected {sorted(unexpected)}")
+    path = out_dir / MODEL_FILE
+    save_model(model, str(path))
+    config.to_json(out_dir / CONFIG_FILE)
+    log.info("exported %s -> %s", tag_dir, path)
+    return path
+
+
+def load_exported(out_dir: str | Path) -> "torch.nn.Module":
+    """:class:`MythosLM` from an export directory."""
+    from safetensors.torch import load_model
+
+    from megamythos.model import MythosLM
+
+    out_dir = Path(out_dir)
+    model = MythosLM(ModelConfig.from_json(out_dir / CONFIG_FILE))
+    load_model(model, str(out_dir / MODEL_FILE))
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m megamythos.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")
+    p.add_argument("out", help="output directory for model.safetensors and config.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        path = export(args.checkpoint, args.out)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
