@@ -39,8 +39,9 @@ value() { local i; for ((i = 0; i + 1 < ${#TRAIN[@]}; i++)); do [[ "${TRAIN[i]}"
 SAVE="$(value --save)"
 has --save || { SAVE="$RUN/checkpoints"; DEFAULTS+=(--save "$SAVE"); }
 has --load || DEFAULTS+=(--load "$SAVE")  # resume where this run saves
-has --tensorboard-dir || DEFAULTS+=(--tensorboard-dir "$RUN/tensorboard")
-has --metrics-file || DEFAULTS+=(--metrics-file "$RUN/metrics.jsonl")
+# logs live next to the checkpoints: RUN/{checkpoints,tensorboard,metrics.jsonl}
+has --tensorboard-dir || DEFAULTS+=(--tensorboard-dir "$(dirname "$SAVE")/tensorboard")
+has --metrics-file || DEFAULTS+=(--metrics-file "$(dirname "$SAVE")/metrics.jsonl")
 if [[ "$GPU" == 0 ]]; then
   export DS_ACCELERATOR=cpu
   NUM_GPUS="${NUM_GPUS:-1}"

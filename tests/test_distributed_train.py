@@ -1,0 +1,210 @@
+"""Real multi-process DeepSpeed training over gloo on CPU: the tiny MythosLM on the small default corpus.
+
+One launch per configuration, shared by the tests that check it (module-scoped fixtures). Losses are compared
+with a tolerance of 2e-5: reduction order differs between layouts (observed differences ~1e-6), while the bugs
+these tests exist for (AutoEP dropping the shared experts, the MLA k_pe gradient under TP) move the losses by
+1e-3 within these 8 steps at lr 1e-2.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from train_utils import CORPUS_FILES, VOCAB, finish, free_port, losses, metrics, run, start, tiny_args, wait_for
+
+pytestmark = pytest.mark.distributed
+
+ITERS = 8
+TOL = 2e-5
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default corpus at test size, built once before any launch."""
+    from megamythos.data.default_corpus import ensure_default_dataset
+
+    out = tmp_path_factory.mktemp("corpus")
+    ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
+    return out
+
+
+def train(tmp: Path, corpus: Path, nproc: int, *extra: str, iters: int = ITERS) -> Path:
+    """One launch into ``tmp``; returns ``tmp`` (metrics.jsonl, ckpt/, tb/, log.txt)."""
+    run(nproc, [*tiny_args(corpus, iters), "--save", str(tmp / "ckpt"), "--metrics-file", str(tmp / "metrics.jsonl"),
+                "--tensorboard-dir", str(tmp / "tb"), *extra], tmp / "log.txt")
+    return tmp
+
+
+def assert_same_losses(run_dir: Path, ref_dir: Path, tol: float = TOL) -> None:
+    got, want = losses(run_dir / "metrics.jsonl"), losses(ref_dir / "metrics.jsonl")
+    assert sorted(got) == sorted(want) == list(range(1, ITERS + 1))
+    diffs = {i: abs(got[i] - want[i]) for i in want}
+    assert max(diffs.values()) <= tol, f"loss differences per iteration: {diffs}"
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory, corpus) -> Path:
+    """1 process, ZeRO-0, micro batch 2."""
+    return train(tmp_path_factory.mktemp("ref"), corpus, 1, "--zero", "0", "--micro-batch-size", "2",
+                 "--global-batch-size", "2")
+
+
+@pytest.fixture(scope="module")
+def zero3(tmp_path_factory, corpus) -> Path:
+    """2 processes, ZeRO-3, micro batch 1 each; checkpoints every 2 iterations (keep 2), validation every 4."""
+    return train(tmp_path_factory.mktemp("zero3"), corpus, 2, "--zero", "3", "--micro-batch-size", "1",
+                 "--global-batch-size", "2", "--save-interval", "2", "--keep-last", "2", "--eval-interval", "4",
+                 "--eval-iters", "1")
+
+
+def two_rank(tmp_path_factory, corpus, name: str, *layout: str) -> Path:
+    return train(tmp_path_factory.mktemp(name), corpus, 2, "--zero", "3", *layout)
+
+
+@pytest.fixture(scope="module")
+def ep2(tmp_path_factory, corpus) -> Path:
+    return two_rank(tmp_path_factory, corpus, "ep2", "--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2")
+
+
+def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):
+    assert_same_losses(zero3, ref)
+
+
+def test_expert_parallel_matches_no_expert_parallel(ref, ep2):
+    assert "replaced 1 MoE layer(s) with ep_size=2" in (ep2 / "log.txt").read_text()
+    assert_same_losses(ep2, ref)
+
+
+def test_tensor_parallel_matches_no_tensor_parallel(ref, tmp_path_factory, corpus):
+    # both TP ranks see the same micro-batch of 2: dp = 1
+    tp2 = two_rank(tmp_path_factory, corpus, "tp2", "--tp", "2", "--micro-batch-size", "2", "--global-batch-size", "2")
+    assert "tp 2, ep 1, dp 1" in (tp2 / "log.txt").read_text()
+    assert_same_losses(tp2, ref)
+
+
+def test_tensor_and_expert_parallel_folded_matches(ref, tmp_path_factory, corpus):
+    tpep = two_rank(tmp_path_factory, corpus, "tpep", "--tp", "2", "--ep", "2", "--micro-batch-size", "2",
+                    "--global-batch-size", "2")
+    assert "tp 2, ep 2, dp 1" in (tpep / "log.txt").read_text()
+    assert_same_losses(tpep, ref)
+
+
+def test_checkpoints_keep_last_k_and_latest(zero3):
+    ckpt = zero3 / "ckpt"
+    assert sorted(p.name for p in ckpt.iterdir() if p.is_dir()) == ["iter_0000006", "iter_0000008"]
+    assert (ckpt / "latest").read_text() == "iter_0000008"
+    for tag in ("iter_0000006", "iter_0000008"):
+        assert {"rng_rank0.pt", "rng_rank1.pt", "model_config.json"} <= {p.name for p in (ckpt / tag).iterdir()}
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(zero3 / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    expected = {"lm loss", "lm loss vs samples", "learning-rate", "learning-rate vs samples", "grad-norm",
+                "grad-norm vs samples", "tokens-per-sec", "tflops", "mfu", "loss-scale", "lm loss validation",
+                "lm loss validation vs samples", "lm loss validation ppl", "lm loss validation ppl vs samples",
+                "recurrent/max-rho", "recurrent/act-mean-steps", "recurrent/loop-count",
+                "recurrent/state-norm/loop-00", "moe/max-load", "moe/mean-load", "moe/bias-min", "moe/bias-max"}
+    assert expected <= tags, f"missing {sorted(expected - tags)}"
+    assert [e.step for e in acc.Scalars("lm loss")] == list(range(1, ITERS + 1))
+    assert [e.step for e in acc.Scalars("lm loss vs samples")] == [2 * i for i in range(1, ITERS + 1)]
+    assert [e.step for e in acc.Scalars("lm loss validation")] == [4, 8]
+    loops = [e.value for e in acc.Scalars("recurrent/loop-count")]
+    assert all(1 <= n <= 6 for n in loops) and len(set(loops)) > 1, loops  # sampled per step, capped at max_loops
+    assert all(0 < e.value < 1 for e in acc.Scalars("recurrent/max-rho"))
+    log = (zero3 / "log.txt").read_text()
+    assert f"iteration {ITERS:8d}/{ITERS:8d}" in log and "checkpoints: " in log
+
+
+def test_resume_after_kill_reproduces_uninterrupted_run(zero3, tmp_path, corpus):
+    args = [*tiny_args(corpus, ITERS), "--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2",
+            "--save-interval", "2", "--save", str(tmp_path / "ckpt"), "--eval-interval", "4", "--eval-iters", "1"]
+    killed_metrics = tmp_path / "killed.jsonl"
+    proc = start(2, [*args, "--metrics-file", str(killed_metrics)], tmp_path / "killed.txt")
+    wait_for(lambda: max(losses(killed_metrics), default=0) >= 5, proc, "iteration 5")
+    os.killpg(proc.pid, signal.SIGKILL)
+    finish(proc, tmp_path / "killed.txt")
+    reached = max(losses(killed_metrics))
+    assert reached < ITERS, "the run finished before it was killed"
+    latest = int((tmp_path / "ckpt" / "latest").read_text().removeprefix("iter_"))
+    assert 4 <= latest <= reached
+
+    resumed = tmp_path / "resumed.jsonl"
+    run(2, [*args, "--metrics-file", str(resumed)], tmp_path / "resumed.txt")  # --load defaults to --save
+    got = losses(resumed)
+    assert sorted(got) == list(range(latest + 1, ITERS + 1))
+    want = losses(zero3 / "metrics.jsonl")
+    assert {i: got[i] for i in got} == {i: want[i] for i in got}  # bitwise: same data, RNG, biases, optimizer
+    val_got = [m["lm loss validation"] for m in metrics(resumed) if "lm loss validation" in m]
+    val_want = [m["lm loss validation"] for m in metrics(zero3 / "metrics.jsonl") if "lm loss validation" in m]
+    assert val_got == val_want[-len(val_got):]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, corpus):
+    log, metrics_file = tmp_path / "log.txt", tmp_path / "metrics.jsonl"
+    proc = start(2, [*tiny_args(corpus, 500), "--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2",
+                     "--save", str(tmp_path / "ckpt"), "--metrics-file", str(metrics_file)], log)
+    wait_for(lambda: max(losses(metrics_file), default=0) >= 2, proc, "iteration 2")
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+             if " -m megamythos.training.pretrain" in " ".join(p.cmdline())]
+    assert len(ranks) == 2
+    for p in ranks:  # what SLURM does at the end of a job step: every task gets SIGTERM
+        p.send_signal(signal.SIGTERM)
+    text = finish(proc, log)
+    assert proc.returncode == 0, text[-4000:]
+    last = max(losses(metrics_file))
+    assert last < 500
+    assert (tmp_path / "ckpt" / "latest").read_text() == f"iter_{last:07d}"
+    assert "stopping at iteration" in text
+
+
+def test_two_nodes_through_the_hostfile_path(zero3, tmp_path, corpus):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    args = [*tiny_args(corpus, ITERS), "--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2",
+            "--metrics-file", str(tmp_path / "metrics.jsonl"), "--save", str(tmp_path / "ckpt"), "--eval-interval", "4",
+            "--eval-iters", "1"]
+    procs = [start(1, args, tmp_path / f"node{r}.txt", ["--hostfile", str(hostfile), "--node-rank", str(r),
+                                                          "--master-addr", "127.0.0.1", "--master-port", port])
+             for r in (0, 1)]
+    for r, proc in enumerate(procs):
+        text = finish(proc, tmp_path / f"node{r}.txt")
+        assert proc.returncode == 0, text[-4000:]
+    assert "world 2" in (tmp_path / "node0.txt").read_text()
+    assert_same_losses(tmp_path, zero3, tol=1e-6)
+
+
+def test_export_round_trip(ref, ep2, tmp_path):
+    """Export the AutoEP ZeRO-3 checkpoint and the ZeRO-0 one; both load into MythosLM and agree."""
+    from megamythos.config import ModelConfig
+    from megamythos.export import load_exported, main as export_main
+    from megamythos.model import MythosLM
+
+    assert export_main([str(ep2 / "ckpt"), str(tmp_path / "ep2")]) == 0
+    assert export_main([str(ref / "ckpt"), str(tmp_path / "ref")]) == 0
+    exported, reference = load_exported(tmp_path / "ep2"), load_exported(tmp_path / "ref")
+    assert exported.config == reference.config == ModelConfig.from_json(tmp_path / "ep2" / "config.json")
+    got, want = exported.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=0, msg=name)
+    torch.manual_seed(7)  # the trainer's --seed: the initial weights
+    init = MythosLM(exported.config).state_dict()
+    for name in ("recurrent.block.moe.experts.gate_up_proj", "recurrent.block.moe.experts.down_proj",
+                 "recurrent.block.moe.gate.weight", "recurrent.block.moe.shared_experts.w_up.weight"):
+        assert (got[name] - init[name]).abs().max() > 1e-3, f"{name} did not train under expert parallelism"
+    assert got["recurrent.block.moe.gate.e_score_correction_bias"].abs().max() > 0  # biases from client state
+    tokens = torch.randint(0, VOCAB, (2, 17))
+    a = exported(tokens[:, :-1], labels=tokens[:, 1:]).loss
+    b = reference(tokens[:, :-1], labels=tokens[:, 1:]).loss
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -1,0 +1,94 @@
+"""Helpers for the training tests: a tiny model, free ports, and real `deepspeed` launches of the trainer."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCHER = REPO / "launchers" / "pretrain.sh"
+
+# dim 64, 4 heads, 4 experts (top-2) + 1 shared, vocab 384: a full MythosLM in a few hundred KB.
+TINY_OVERRIDES = dict(vocab_size=384, dim=64, n_heads=4, n_experts=4, expert_dim=64, q_lora_rank=32,
+                      kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, ffn_dim=128)
+VOCAB = TINY_OVERRIDES["vocab_size"]
+CORPUS_FILES = 30
+
+
+def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
+    """Trainer flags of the tiny test model on the small default corpus (lr high enough to expose drift)."""
+    args = []
+    for key, value in TINY_OVERRIDES.items():
+        args += ["--override", f"{key}={value}"]
+    return args + ["--mean-loops", "3", "--seq-length", "32", "--default-data-dir", str(data_dir),
+                   "--default-data-max-files", str(CORPUS_FILES), "--split", "90,10,0", "--train-iters", str(iters),
+                   "--lr", str(lr), "--min-lr", str(lr / 10), "--warmup", "1", "--peak-tflops", "1", "--seed", "7"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["OMP_NUM_THREADS"] = "1"
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def start(nproc: int, args: list[str], log: Path, launcher_args: list[str] | None = None) -> subprocess.Popen:
+    """Start ``launchers/pretrain.sh`` (the deepspeed launcher) in its own process group."""
+    cmd = ["bash", str(LAUNCHER), "--num-gpus", str(nproc), *(launcher_args or ["--master-port", str(free_port())]),
+           *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log, "w")
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=launch_env(), cwd=REPO,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
+    """Wait for a launch; return its log. A launch that outlives ``timeout`` is killed (never hangs CI)."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return log.read_text()
+
+
+def run(nproc: int, args: list[str], log: Path, expect_rc: int = 0) -> str:
+    """Launch, wait, check the exit code; returns the log."""
+    proc = start(nproc, args, log)
+    text = finish(proc, log)
+    assert proc.returncode == expect_rc, f"exit code {proc.returncode}, expected {expect_rc}:\n{text[-6000:]}"
+    return text
+
+
+def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
+    """Poll until ``predicate`` holds (event-driven; the timeout only guards against a hang)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"run ended before {what}"
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def losses(path: Path) -> dict[int, float]:
+    """{iteration: lm loss} of a run's metrics file (the last record wins)."""
+    return {m["iteration"]: m["lm loss"] for m in metrics(path) if "lm loss" in m}
