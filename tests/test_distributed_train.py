@@ -76,7 +76,8 @@ def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):
 
 
 def test_expert_parallel_matches_no_expert_parallel(ref, ep2):
-    assert "replaced 1 MoE layer(s) with ep_size=2" in (ep2 / "log.txt").read_text()
+    assert "tp 1, ep 2, dp 2" in (ep2 / "log.txt").read_text()
+    assert "1 AutoEP layer(s)" in (ep2 / "log.txt").read_text()
     assert_same_losses(ep2, ref)
 
 
@@ -91,6 +92,7 @@ def test_tensor_and_expert_parallel_folded_matches(ref, tmp_path_factory, corpus
     tpep = two_rank(tmp_path_factory, corpus, "tpep", "--tp", "2", "--ep", "2", "--micro-batch-size", "2",
                     "--global-batch-size", "2")
     assert "tp 2, ep 2, dp 1" in (tpep / "log.txt").read_text()
+    assert "1 AutoEP layer(s)" in (tpep / "log.txt").read_text()
     assert_same_losses(tpep, ref)
 
 

@@ -212,9 +212,11 @@ class Trainer:
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if args.load:
             self._load(args.load)
-        log.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; %d iterations",
-                 self.world, self.layout.tp, self.layout.ep, self.dp_size, self.layout.zero,
-                 self.layout.micro_batch_size, self.layout.grad_accum, self.layout.global_batch_size, self.total_iters)
+        autoep = sum(type(m).__name__ == "AutoEPMoELayer" for m in self.engine.module.modules())
+        log.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
+                 "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
+                 self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
+                 self.layout.global_batch_size, autoep, self.total_iters)
 
     # ---------------------------------------------------------------------------------------- state
     def client_state(self) -> dict[str, Any]:
