@@ -15,7 +15,8 @@ import psutil
 import pytest
 import torch
 
-from train_utils import CORPUS_FILES, VOCAB, finish, free_port, losses, metrics, run, start, tiny_args, wait_for
+from train_utils import (CORPUS_FILES, VOCAB, finish, free_port, losses, metrics, run, run_single, start,
+                         tiny_args, wait_for)
 
 pytestmark = pytest.mark.distributed
 
@@ -125,6 +126,12 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     assert all(0 < e.value < 1 for e in acc.Scalars("recurrent/max-rho"))
     log = (zero3 / "log.txt").read_text()
     assert f"iteration {ITERS:8d}/{ITERS:8d}" in log and "checkpoints: " in log
+
+
+def test_checkpoint_of_another_model_is_refused_at_start(zero3, corpus, tmp_path):
+    out = run_single([*tiny_args(corpus, ITERS), "--override", "n_experts=8", "--load", str(zero3 / "ckpt")], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "was written for a different model (n_experts: checkpoint 4 vs run 8)" in out.stderr
 
 
 def test_resume_after_kill_reproduces_uninterrupted_run(zero3, tmp_path, corpus):

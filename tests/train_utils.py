@@ -74,6 +74,12 @@ def run(nproc: int, args: list[str], log: Path, expect_rc: int = 0) -> str:
     return text
 
 
+def run_single(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The trainer in one process without a launcher (a world of one)."""
+    return subprocess.run([sys.executable, "-m", "megamythos.training.pretrain", *args], capture_output=True,
+                          text=True, env={**launch_env(), "MASTER_PORT": str(free_port())}, cwd=cwd, timeout=600)
+
+
 def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 600) -> None:
     """Poll until ``predicate`` holds (event-driven; the timeout only guards against a hang)."""
     deadline = time.monotonic() + timeout

@@ -1,0 +1,218 @@
+"""Training pieces that need no process group: arguments, layout, ds_config, schedules, guards, checkpoint
+bookkeeping, AutoTP patterns against the real model, the 1t dry run, and bad inputs rejected before training."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from megamythos.config import get_preset
+from megamythos.training.arguments import ArgumentError, parse_args
+from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_model_config, read_latest,
+                                               write_atomic)
+from megamythos.training.ds_config import (MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, build_ds_config,
+                                           load_template, resolve_layout)
+from megamythos.training.layout import LayoutError, ParallelLayout
+from megamythos.training.schedules import LRSchedule
+from megamythos.training.signals import NonFiniteGuard, NonFiniteLossError
+from train_utils import CORPUS_FILES, REPO, TINY_OVERRIDES, VOCAB, launch_env, run_single, tiny_args
+
+DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+def test_arguments_parse_overrides_and_reject_bad_values():
+    args = parse_args(["--override", "dim=64", "--override", "act=false", "--override", "score_func=sigmoid",
+                       "--train-tokens", "4096", "--global-batch-size", "4", "--seq-length", "32", "--tp", "2"])
+    assert args.overrides == {"dim": 64, "act": False, "score_func": "sigmoid"}
+    assert args.total_iters(global_batch_size=4) == 32  # 4096 tokens / (4 x 32)
+    assert args.tp == 2 and args.zero is None and args.bf16 is None  # None: keep the ds_config value
+    for bad in (["--train-iters", "5", "--train-tokens", "9"], ["--override", "dim"], ["--zero", "4"],
+                ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"]):
+        with pytest.raises(ArgumentError):
+            parse_args(bad)
+
+
+# --------------------------------------------------------------------------------------------------- layout
+def test_layout_arithmetic_and_folding():
+    layout = ParallelLayout(world_size=8, tp=2, ep=4, zero=3, micro_batch_size=2, global_batch_size=32)
+    assert (layout.dp, layout.grad_accum) == (4, 4)
+    folded = ParallelLayout(world_size=2, tp=2, ep=2)  # tp x ep on the same two ranks
+    assert folded.dp == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(world_size=3, tp=2), "not divisible by tensor-parallel size tp=2"),
+    (dict(world_size=4, ep=3, global_batch_size=4), "not divisible by expert-parallel size ep=3"),
+    (dict(world_size=4, micro_batch_size=3, global_batch_size=8), "global batch 8 is not divisible"),
+])
+def test_layout_rejects_bad_world(kwargs, message):
+    with pytest.raises(LayoutError, match=message):
+        ParallelLayout(**kwargs)
+
+
+def test_layout_rejects_model_that_cannot_be_split():
+    config = get_preset("tiny", **TINY_OVERRIDES)  # 4 experts, 4 heads
+    with pytest.raises(LayoutError, match="n_experts=4 is not divisible by expert-parallel size ep=8"):
+        ParallelLayout(world_size=8, ep=8, global_batch_size=8).check_model(config)
+    with pytest.raises(LayoutError, match="n_heads=4 is not divisible by tensor-parallel size tp=8"):
+        ParallelLayout(world_size=8, tp=8).check_model(config)
+    ParallelLayout(world_size=4, tp=2, ep=4, global_batch_size=2).check_model(config)
+
+
+# ------------------------------------------------------------------------------------------------ ds_config
+@pytest.mark.parametrize("path", DS_CONFIGS, ids=lambda p: p.stem)
+def test_every_ds_config_resolves_consistently(path):
+    template = load_template(path)
+    world = 1024 if path.stem == "1t" else 16
+    args = parse_args(["--ds-config", str(path)])
+    layout = resolve_layout(template, args, world)
+    config = get_preset("1t" if path.stem == "1t" else "small")
+    layout.check_model(config)
+    ds = build_ds_config(template, args, layout, config)
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * layout.dp == \
+        layout.global_batch_size
+    assert "train_batch_size" not in ds  # DeepSpeed derives it (it counts TP replicas before AutoTP exists)
+    assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["lr"] == args.lr
+    assert ds["zero_optimization"]["stage"] == layout.zero
+
+
+def test_ds_config_command_line_wins_and_model_owns_parallel_sections():
+    template = load_template(REPO / "ds_configs" / "single-node-8gpu.json")  # ZeRO-3, EP 8, bf16, 256 global
+    args = parse_args(["--zero", "2", "--no-bf16", "--tp", "2", "--ep", "4", "--micro-batch-size", "2",
+                       "--global-batch-size", "64"])
+    config = get_preset("small")
+    layout = resolve_layout(template, args, world_size=8)
+    ds = build_ds_config(template, args, layout, config)
+    assert (layout.tp, layout.ep, layout.zero, layout.dp, layout.grad_accum) == (2, 4, 2, 4, 8)
+    assert ds["bf16"]["enabled"] is False and ds["zero_optimization"]["stage"] == 2
+    assert ds["tensor_parallel"]["autotp_size"] == 2
+    ep = ds["expert_parallel"]
+    assert ep["autoep_size"] == 4 and ep["moe_layer_pattern"] == MOE_LAYER_PATTERN
+    assert ep["top_k"] == config.num_experts_per_tok and ep["score_func"] == config.score_func
+    assert ep["has_shared_experts"] is True and ep["shared_experts_pattern"] == "shared_experts"
+    plain = build_ds_config(template, parse_args(["--ep", "1", "--tp", "1"]), resolve_layout(
+        template, parse_args(["--ep", "1", "--tp", "1"]), 8), config)
+    assert "expert_parallel" not in plain and "tensor_parallel" not in plain
+
+
+def test_tensor_parallel_patterns_match_exactly_the_intended_weights():
+    """AutoTP patterns against the real module names: attention and dense FFNs, never experts."""
+    from megamythos.model import MythosLM
+
+    for attn_type in ("mla", "gqa"):
+        names = [n for n, _ in MythosLM(get_preset("tiny", **TINY_OVERRIDES, attn_type=attn_type,
+                                                   n_kv_heads=2)).named_parameters()]
+        column = {n for n in names if any(re.fullmatch(p, n) for p in TP_COLUMN_PATTERNS)}
+        row = {n for n in names if any(re.fullmatch(p, n) for p in TP_ROW_PATTERNS)}
+        projections = ("wq_b", "wkv_b") if attn_type == "mla" else ("wq", "wk", "wv")
+        want_column = {f"{block}.attn.{w}.weight" for block in ("prelude.0", "recurrent.block", "coda.0")
+                       for w in projections} | {f"{b}.ffn.{w}.weight" for b in ("prelude.0", "coda.0")
+                                                for w in ("w_gate", "w_up")}
+        want_row = {f"{b}.attn.wo.weight" for b in ("prelude.0", "recurrent.block", "coda.0")} | \
+                   {f"{b}.ffn.w_down.weight" for b in ("prelude.0", "coda.0")}
+        assert column == want_column and row == want_row
+
+
+# ------------------------------------------------------------------------------------------------ schedules
+def test_lr_schedules():
+    cos = LRSchedule(lr=1.0, min_lr=0.1, warmup=10, total=110, kind="cosine")
+    assert cos.learning_rate(0) == pytest.approx(0.1) and cos.learning_rate(9) == pytest.approx(1.0)
+    assert cos.learning_rate(60) == pytest.approx(0.55) and cos.learning_rate(110) == pytest.approx(0.1)
+    assert all(cos.learning_rate(i) >= cos.learning_rate(i + 1) for i in range(10, 120))
+    wsd = LRSchedule(lr=1.0, min_lr=0.0, warmup=10, total=100, kind="wsd", decay_fraction=0.2)
+    assert wsd.learning_rate(79) == 1.0 and wsd.learning_rate(90) == pytest.approx(0.5)
+    assert wsd.learning_rate(100) == 0.0
+    assert cos(60) == pytest.approx(cos.learning_rate(60) / cos.lr)
+    with pytest.raises(ValueError):
+        LRSchedule(lr=1.0, min_lr=2.0, warmup=0, total=10)
+
+
+# ----------------------------------------------------------------------------------------------- guards
+def test_nonfinite_guard_skips_counts_and_aborts():
+    guard = NonFiniteGuard(max_consecutive=3)
+    assert not guard.skip(torch.tensor(2.0), 1)
+    assert guard.skip(torch.tensor(float("nan")), 2) and guard.skip(torch.tensor(float("inf")), 2)
+    assert not guard.skip(torch.tensor(1.0), 2)  # a finite step resets the streak
+    assert guard.skipped == 2 and guard.consecutive == 0
+    guard.skip(torch.tensor(float("nan")), 3)
+    guard.skip(torch.tensor(float("nan")), 3)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
+        guard.skip(torch.tensor(float("nan")), 3)
+
+
+# ------------------------------------------------------------------------------------------ checkpoint files
+def test_latest_pointer_is_atomic_and_validated(tmp_path):
+    assert read_latest(tmp_path) is None
+    write_atomic(tmp_path / "latest", "iter_0000002")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_latest(tmp_path)
+    (tmp_path / "iter_0000002").mkdir()
+    assert read_latest(tmp_path) == "iter_0000002"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000002", "latest"]  # no temp file left
+
+
+def test_keep_last_k_prunes_oldest_and_never_the_current(tmp_path):
+    for i in (2, 4, 6, 8):
+        (tmp_path / f"iter_{i:07d}").mkdir()
+    (tmp_path / "unrelated").mkdir()
+    CheckpointManager(tmp_path, keep_last=2)._prune(keep="iter_0000008")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000006", "iter_0000008", "unrelated"]
+
+
+def test_checkpoint_of_another_preset_is_refused():
+    small = get_preset("small")
+    check_model_config(small.to_dict(), small.replace(mean_loops=16, checkpoint_loops=True), "x")  # run-time knobs
+    with pytest.raises(CheckpointError, match=r"different model \(.*dim: checkpoint 768 vs run 2048"):
+        check_model_config(small.to_dict(), get_preset("1b"), "ckpt/iter_0000010")
+
+
+# ------------------------------------------------------------------------------------------------ dry run
+def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
+    cmd = ["bash", str(REPO / "launchers" / "pretrain_1t.sh"), "--dry-run", "--data-path", "/data/x_text_document"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["layout"]["world_size"] == 1024 and plan["layout"]["dp"] == 128
+    assert plan["layout"]["experts_per_ep_rank"] == 4 and plan["layout"]["heads_per_tp_rank"] == 16
+    from megamythos.params import count
+    assert plan["parameters"]["total"] == count(get_preset("1t")).total  # meta-device model == analytic count
+    assert plan["memory"]["total_gib"] < 80e9 / 2**30 and plan["fits"] == {"80 GB": True, "141 GB": True}
+    assert plan["command"].startswith("deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 --module "
+                                      "megamythos.training.pretrain --preset 1t")
+    assert plan["command"].endswith("--data-path /data/x_text_document")
+    bad = subprocess.run([*cmd[:3]], capture_output=True, text=True, cwd=REPO,
+                         env={**launch_env(), "EP": "3"})
+    assert bad.returncode != 0 and "not divisible by expert-parallel size ep=3" in bad.stderr
+    tight = subprocess.run([*cmd[:3]], capture_output=True, text=True, cwd=REPO,
+                           env={**launch_env(), "EP": "8", "TP": "1"})
+    assert tight.returncode != 0 and "does not fit" in tight.stderr
+
+
+# --------------------------------------------------------------------------------- bad input, before training
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> tuple[Path, str]:
+    """(directory, data prefix) of the default corpus at test size."""
+    from megamythos.data.default_corpus import ensure_default_dataset
+
+    out = tmp_path_factory.mktemp("corpus")
+    prefix, _ = ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
+    return out, prefix
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data-path", "{prefix}", "--override", "vocab_size=500"],
+     "tokenized with a 384-token vocabulary but the model has vocab_size=500"),
+    (["--data-path", "/nonexistent/corpus_text_document"], "dataset '/nonexistent/corpus_text_document' not found"),
+    (["--ep", "3"], "world size 1 is not divisible by expert-parallel size ep=3"),
+])
+def test_bad_input_is_a_clear_error_before_training(extra, message, small_corpus, tmp_path):
+    corpus_dir, prefix = small_corpus
+    out = run_single([*tiny_args(corpus_dir, 2), *(a.replace("{prefix}", prefix) for a in extra)], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
