@@ -48,9 +48,11 @@ if [[ "$GPU" == 0 ]]; then
   # one BLAS thread pool per rank: oversubscribed cores make ZeRO-3 steps 10x slower
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / NUM_GPUS > 0 ? $(nproc) / NUM_GPUS : 1 ))}"
   has --ds-config || DEFAULTS+=(--ds-config "$REPO/ds_configs/cpu-debug.json")
-  has --train-iters || has --train-tokens || DEFAULTS+=(--train-iters 60)
+  # the default run: a few minutes on two cores
+  has --train-iters || has --train-tokens || DEFAULTS+=(--train-iters 200)
   has --seq-length || DEFAULTS+=(--seq-length 128)
-  has --save-interval || DEFAULTS+=(--save-interval 20)
+  has --save-interval || DEFAULTS+=(--save-interval 50)
+  has --eval-interval || DEFAULTS+=(--eval-interval 50)
 else
   has --ds-config || DEFAULTS+=(--ds-config "$REPO/ds_configs/single-gpu.json")
 fi

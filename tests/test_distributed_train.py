@@ -50,9 +50,11 @@ def assert_same_losses(run_dir: Path, ref_dir: Path, tol: float = TOL) -> None:
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory, corpus) -> Path:
-    """1 process, ZeRO-0, micro batch 2."""
-    return train(tmp_path_factory.mktemp("ref"), corpus, 1, "--zero", "0", "--micro-batch-size", "2",
-                 "--global-batch-size", "2")
+    """1 process, ZeRO-0, micro batch 1 x gradient accumulation 2."""
+    out = train(tmp_path_factory.mktemp("ref"), corpus, 1, "--zero", "0", "--micro-batch-size", "1",
+                "--global-batch-size", "2")
+    assert "micro 1 x accum 2 x dp = global 2" in (out / "log.txt").read_text()
+    return out
 
 
 @pytest.fixture(scope="module")
