@@ -1,0 +1,150 @@
+"""Training benchmarks on CPU.
+
+    PYTHONPATH=. python bench/bench_train.py memory     --out bench/results/train.json
+    PYTHONPATH=. python bench/bench_train.py throughput --out bench/results/train.json
+
+``memory``: peak memory increase of one training step (forward + loss + backward) of the tiny preset at loop
+counts 4, 8, 16, 32, with per-iteration activation checkpointing and without. Each measurement runs in a fresh
+process: build the model, run a 1-loop warm-up step (allocates gradients), return freed heap to the OS
+(``malloc_trim``; ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB), reset the kernel's peak-RSS counter (``/proc/self/clear_refs``), run the step, and report
+``VmHWM - RSS before the step``: the activations kept for backward plus the transient peak of the backward pass.
+
+``throughput``: tokens/s of the default run (``launchers/pretrain.sh`` defaults: tiny preset, default corpus,
+seq 128, micro batch 4 per process, ZeRO-3) with 1 and 2 processes, median over iterations after a warm-up.
+Results are merged into the JSON file given by ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPS = (4, 8, 16, 32)
+# A fixed glibc mmap threshold: every large tensor is its own mapping, returned to the OS when freed, so RSS
+# follows live tensor memory (the default dynamic threshold recycles freed tensors through a fragmented heap).
+MMAP_THRESHOLD = 65536
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_child(loops: int, checkpoint: bool, batch: int, seq: int) -> dict[str, Any]:
+    """One measurement (run in its own process)."""
+    import torch
+
+    from megamythos.config import get_preset
+    from megamythos.model import MythosLM
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    config = get_preset("tiny", max_loops=max(LOOPS), checkpoint_loops=checkpoint, max_seq_len=seq)
+    model = MythosLM(config).train()
+    tokens = torch.randint(0, config.vocab_size, (batch, seq + 1))
+
+    def step(n_loops: int) -> None:
+        out = model(tokens[:, :-1], labels=tokens[:, 1:], n_loops=n_loops)
+        (out.loss + out.aux_loss).backward()
+
+    step(1)  # gradients exist from here on, as in training
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    step(loops)
+    peak = _rss_kib("VmHWM")
+    return {"loops": loops, "checkpoint_loops": checkpoint, "peak_step_mib": (peak - before) / 1024}
+
+
+def memory(batch: int, seq: int) -> dict[str, Any]:
+    rows = []
+    for checkpoint in (True, False):
+        for loops in LOOPS:
+            cmd = [sys.executable, __file__, "_memory_child", "--loops", str(loops), "--batch", str(batch),
+                   "--seq", str(seq)] + ([] if checkpoint else ["--no-checkpoint"])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+                                      "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)})
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    ratio = {str(c): next(r["peak_step_mib"] for r in rows if r["loops"] == 32 and r["checkpoint_loops"] == c)
+             / next(r["peak_step_mib"] for r in rows if r["loops"] == 4 and r["checkpoint_loops"] == c)
+             for c in (True, False)}
+    return {"preset": "tiny", "batch": batch, "seq_length": seq, "rows": rows,
+            "ratio_T32_over_T4": {"checkpoint_loops": ratio["True"], "no_checkpoint": ratio["False"]},
+            "goal_ratio_with_checkpointing": 1.15}
+
+
+def throughput(iters: int, warmup: int) -> dict[str, Any]:
+    results = {}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))}
+    env.pop("OMP_NUM_THREADS", None)  # the launcher's default: cores / processes
+    for nproc in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = Path(tmp) / "metrics.jsonl"
+            cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc), "--master-port",
+                   str(29700 + nproc), "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval", "0",
+                   "--eval-interval", "0", "--metrics-file", str(metrics)]
+            subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            records = [json.loads(line) for line in metrics.read_text().splitlines()]
+            steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
+            results[f"{nproc}_process"] = {
+                "tokens_per_sec_median": statistics.median(r["tokens-per-sec"] for r in steady),
+                "iteration_seconds_median": statistics.median(r["iteration-time"] for r in steady),
+                "global_batch": records[-1]["consumed_samples"] // records[-1]["iteration"],
+                "tflops_per_process_median": statistics.median(r["tflops"] for r in steady),
+                "iterations": iters, "warmup_excluded": warmup, "command": " ".join(cmd)}
+            print(nproc, results[f"{nproc}_process"], flush=True)
+    return results
+
+
+def environment() -> dict[str, Any]:
+    import deepspeed
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "cpus": os.cpu_count(), "machine": platform.machine(), "load_average": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("memory")
+    m.add_argument("--batch", type=int, default=4)
+    m.add_argument("--seq", type=int, default=256)
+    t = sub.add_parser("throughput")
+    t.add_argument("--iters", type=int, default=40)
+    t.add_argument("--warmup", type=int, default=5)
+    for s in (m, t):
+        s.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
+    c = sub.add_parser("_memory_child")
+    c.add_argument("--loops", type=int, required=True)
+    c.add_argument("--no-checkpoint", action="store_true")
+    c.add_argument("--batch", type=int, required=True)
+    c.add_argument("--seq", type=int, required=True)
+    args = p.parse_args(argv)
+    if args.cmd == "_memory_child":
+        print(json.dumps(memory_child(args.loops, not args.no_checkpoint, args.batch, args.seq)))
+        return 0
+    result = memory(args.batch, args.seq) if args.cmd == "memory" else throughput(args.iters, args.warmup)
+    out = Path(args.out)
+    data = json.loads(out.read_text()) if out.is_file() else {}
+    data[args.cmd] = {**result, "environment": environment()}
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
