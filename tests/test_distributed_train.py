@@ -1,9 +1,9 @@
 """Real multi-process DeepSpeed training over gloo on CPU: the tiny MythosLM on the small default corpus.
 
 One launch per configuration, shared by the tests that check it (module-scoped fixtures). Losses are compared
-with a tolerance of 2e-5: reduction order differs between layouts (observed differences ~1e-6), while the bugs
-these tests exist for (AutoEP dropping the shared experts, the MLA k_pe gradient under TP) move the losses by
-1e-3 within these 8 steps at lr 1e-2.
+with a tolerance of 2e-5 (2e-4 under expert parallelism): reduction order differs between layouts (observed
+differences ~1e-6, 5e-5 with EP), while the bugs these tests exist for (AutoEP dropping the shared experts, the
+MLA k_pe gradient under TP) move the losses by 1e-3 or more within these 8 steps at lr 1e-2.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.distributed
 
 ITERS = 8
 TOL = 2e-5
+EP_TOL = 2e-4  # expert parallelism regroups the routed tokens: a near-tie top-k flip moved a loss by 5e-5
 
 
 @pytest.fixture(scope="session")
@@ -50,11 +51,9 @@ def assert_same_losses(run_dir: Path, ref_dir: Path, tol: float = TOL) -> None:
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory, corpus) -> Path:
-    """1 process, ZeRO-0, micro batch 1 x gradient accumulation 2."""
-    out = train(tmp_path_factory.mktemp("ref"), corpus, 1, "--zero", "0", "--micro-batch-size", "1",
-                "--global-batch-size", "2")
-    assert "micro 1 x accum 2 x dp = global 2" in (out / "log.txt").read_text()
-    return out
+    """1 process, ZeRO-0, micro batch 2."""
+    return train(tmp_path_factory.mktemp("ref"), corpus, 1, "--zero", "0", "--micro-batch-size", "2",
+                 "--global-batch-size", "2")
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +68,14 @@ def two_rank(tmp_path_factory, corpus, name: str, *layout: str) -> Path:
     return train(tmp_path_factory.mktemp(name), corpus, 2, "--zero", "3", *layout)
 
 
+EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
+            "--eval-iters", "1")
+
+
 @pytest.fixture(scope="module")
 def ep2(tmp_path_factory, corpus) -> Path:
-    return two_rank(tmp_path_factory, corpus, "ep2", "--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2")
+    """2 processes, ZeRO-3, AutoEP 2; one validation at the end (checked against the exported model)."""
+    return two_rank(tmp_path_factory, corpus, "ep2", *EP2_ARGS)
 
 
 def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):
@@ -81,13 +85,13 @@ def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):
 def test_expert_parallel_matches_no_expert_parallel(ref, ep2):
     assert "tp 1, ep 2, dp 2" in (ep2 / "log.txt").read_text()
     assert "1 AutoEP layer(s)" in (ep2 / "log.txt").read_text()
-    assert_same_losses(ep2, ref)
+    assert_same_losses(ep2, ref, tol=EP_TOL)
 
 
 def test_tensor_parallel_matches_no_tensor_parallel(ref, tmp_path_factory, corpus):
-    # both TP ranks see the same micro-batch of 2: dp = 1
-    tp2 = two_rank(tmp_path_factory, corpus, "tp2", "--tp", "2", "--micro-batch-size", "2", "--global-batch-size", "2")
-    assert "tp 2, ep 1, dp 1" in (tp2 / "log.txt").read_text()
+    # both TP ranks see the same micro-batches: dp = 1, so a batch of 2 takes 2 accumulated micro-batches of 1
+    tp2 = two_rank(tmp_path_factory, corpus, "tp2", "--tp", "2", "--micro-batch-size", "1", "--global-batch-size", "2")
+    assert "tp 2, ep 1, dp 1, ZeRO-3, micro 1 x accum 2" in (tp2 / "log.txt").read_text()
     assert_same_losses(tp2, ref)
 
 
@@ -96,7 +100,7 @@ def test_tensor_and_expert_parallel_folded_matches(ref, tmp_path_factory, corpus
                     "--global-batch-size", "2")
     assert "tp 2, ep 2, dp 1" in (tpep / "log.txt").read_text()
     assert "1 AutoEP layer(s)" in (tpep / "log.txt").read_text()
-    assert_same_losses(tpep, ref)
+    assert_same_losses(tpep, ref, tol=EP_TOL)
 
 
 def test_checkpoints_keep_last_k_and_latest(zero3):
@@ -195,27 +199,38 @@ def test_two_nodes_through_the_hostfile_path(zero3, tmp_path, corpus):
     assert_same_losses(tmp_path, zero3, tol=1e-6)
 
 
-def test_export_round_trip(ref, ep2, tmp_path):
-    """Export the AutoEP ZeRO-3 checkpoint and the ZeRO-0 one; both load into MythosLM and agree."""
+def test_export_round_trip(ref, ep2, tmp_path, corpus):
+    """Export the AutoEP ZeRO-3 checkpoint: MythosLM with the exported weights reproduces the validation loss the
+    engine computed at the last step, and agrees with the export of the ZeRO-0 reference run."""
     from megamythos.config import ModelConfig
     from megamythos.export import load_exported, main as export_main
     from megamythos.model import MythosLM
+    from megamythos.training.arguments import parse_args
+    from megamythos.training.pretrain import build_datasets, collate
 
     assert export_main([str(ep2 / "ckpt"), str(tmp_path / "ep2")]) == 0
     assert export_main([str(ref / "ckpt"), str(tmp_path / "ref")]) == 0
-    exported, reference = load_exported(tmp_path / "ep2"), load_exported(tmp_path / "ref")
+    exported, reference = load_exported(tmp_path / "ep2").eval(), load_exported(tmp_path / "ref").eval()
     assert exported.config == reference.config == ModelConfig.from_json(tmp_path / "ep2" / "config.json")
-    got, want = exported.state_dict(), reference.state_dict()
-    assert got.keys() == want.keys()
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=0, msg=name)
+
+    args = parse_args([*tiny_args(corpus, ITERS), *EP2_ARGS])
+    prefix = next((corpus).glob("*_text_document.bin")).with_suffix("")
+    _, valid = build_datasets(args, [str(prefix)], ITERS, global_batch=2)
+    tokens, labels = collate([valid[0], valid[1]])  # the two ranks' first validation micro-batches
+    with torch.no_grad():
+        per_rank = [exported(tokens[i:i + 1], labels=labels[i:i + 1], n_loops=exported.config.mean_loops).loss
+                    for i in range(2)]
+    logged = [m["lm loss validation"] for m in metrics(ep2 / "metrics.jsonl") if "lm loss validation" in m]
+    assert logged and abs(float(sum(per_rank)) / 2 - logged[-1]) < 1e-5
+
+    got, want = exported.state_dict(), reference.state_dict()  # the ZeRO-0 export reads the module state directly
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+    with torch.no_grad():  # same training with and without EP: the same model up to the drift EP_TOL allows
+        ref_loss = reference(tokens, labels=labels, n_loops=reference.config.mean_loops).loss
+    assert abs(float(ref_loss) - logged[-1]) < 5e-3
     torch.manual_seed(7)  # the trainer's --seed: the initial weights
     init = MythosLM(exported.config).state_dict()
     for name in ("recurrent.block.moe.experts.gate_up_proj", "recurrent.block.moe.experts.down_proj",
                  "recurrent.block.moe.gate.weight", "recurrent.block.moe.shared_experts.w_up.weight"):
         assert (got[name] - init[name]).abs().max() > 1e-3, f"{name} did not train under expert parallelism"
     assert got["recurrent.block.moe.gate.e_score_correction_bias"].abs().max() > 0  # biases from client state
-    tokens = torch.randint(0, VOCAB, (2, 17))
-    a = exported(tokens[:, :-1], labels=tokens[:, 1:]).loss
-    b = reference(tokens[:, :-1], labels=tokens[:, 1:]).loss
-    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

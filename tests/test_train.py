@@ -136,13 +136,14 @@ def test_lr_schedules():
 def test_nonfinite_guard_skips_counts_and_aborts():
     guard = NonFiniteGuard(max_consecutive=3)
     assert not guard.skip(torch.tensor(2.0), 1)
-    assert guard.skip(torch.tensor(float("nan")), 2) and guard.skip(torch.tensor(float("inf")), 2)
-    assert not guard.skip(torch.tensor(1.0), 2)  # a finite step resets the streak
+    assert guard.skip(torch.tensor(float("nan")), 2) and guard.record(True, 2, "gradient")
+    assert not guard.skip(torch.tensor(1.0), 3) and guard.consecutive == 2  # finite loss: step not done yet
+    assert not guard.record(False, 3, "gradient")  # a completed good step ends the streak
     assert guard.skipped == 2 and guard.consecutive == 0
-    guard.skip(torch.tensor(float("nan")), 3)
-    guard.skip(torch.tensor(float("nan")), 3)
-    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss"):
-        guard.skip(torch.tensor(float("nan")), 3)
+    guard.skip(torch.tensor(float("inf")), 4)
+    guard.skip(torch.tensor(float("nan")), 4)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss or gradient"):
+        guard.record(True, 4, "gradient")
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files
@@ -215,4 +216,16 @@ def test_bad_input_is_a_clear_error_before_training(extra, message, small_corpus
     out = run_single([*tiny_args(corpus_dir, 2), *(a.replace("{prefix}", prefix) for a in extra)], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
     assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(small_corpus, tmp_path):
+    """Weights of scale 1e30: the RMS-normed loss stays finite but every gradient norm overflows; ZeRO-3
+    discards each step, the guard counts them and aborts at the second in a row."""
+    corpus_dir, _ = small_corpus
+    out = run_single([*tiny_args(corpus_dir, 5), "--override", "init_std=1e30", "--max-nonfinite", "2",
+                      "--zero", "3"], tmp_path)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "iteration 1: non-finite gradient, step skipped (1 in a row, 1 in total)" in out.stderr
+    assert "2 consecutive steps had a non-finite loss or gradient (last at iteration 2)" in out.stderr
     assert "Traceback" not in out.stderr

@@ -121,6 +121,18 @@ def resolve_data(args: TrainArgs, config: ModelConfig, rank: int) -> DataSetup:
                      known[0]["tokenizer_fingerprint"] if known else None)
 
 
+def build_datasets(args: TrainArgs, data_path: list[str], total_iters: int, global_batch: int) -> tuple[Any, Any]:
+    """(train, valid) datasets sized for the run: every training step and every evaluation."""
+    from megamythos.data.gpt_dataset import build_train_valid_test_datasets
+
+    evals = (total_iters // args.eval_interval + 1) * args.eval_iters if args.eval_interval else 0
+    train, valid, _ = build_train_valid_test_datasets(
+        data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
+        train_valid_test_num_samples=(total_iters * global_batch, max(evals, 1) * global_batch, 0),
+        cache_dir=args.data_cache_dir)
+    return train, valid
+
+
 def collate(samples: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Megatron-style shift: tokens = sample[:-1], labels = sample[1:]."""
     batch = torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64))
@@ -253,15 +265,7 @@ class Trainer:
         return (t / self.world).tolist()
 
     def datasets(self) -> tuple[Any, Any]:
-        from megamythos.data.gpt_dataset import build_train_valid_test_datasets
-
-        gbs = self.layout.global_batch_size
-        evals = (self.total_iters // self.args.eval_interval + 1) * self.args.eval_iters if self.args.eval_interval else 0
-        train, valid, _ = build_train_valid_test_datasets(
-            data_path=self.data.data_path, split=self.args.split, seq_length=self.args.seq_length,
-            seed=self.args.seed, train_valid_test_num_samples=(self.total_iters * gbs, max(evals, 1) * gbs, 0),
-            cache_dir=self.args.data_cache_dir)
-        return train, valid
+        return build_datasets(self.args, self.data.data_path, self.total_iters, self.layout.global_batch_size)
 
     def evaluate(self, valid: Any) -> float:
         """Mean validation loss over ``eval_iters`` global batches at the mean loop count."""
@@ -297,12 +301,14 @@ class Trainer:
             if self.guard.skip(loss, self.iteration + 1):
                 continue
             boundary = self.engine.is_gradient_accumulation_boundary()
+            discarded = self.engine.skipped_steps
             self.engine.backward(loss)
             self.engine.step()
             lm.append(out.loss.item())
             aux.append(out.aux_loss.item())
             stats = out.stats
-            if boundary:
+            if boundary:  # ZeRO discards a step whose gradient norm is non-finite; count it like a bad loss
+                self.guard.record(self.engine.skipped_steps > discarded, self.iteration + 1, "gradient")
                 break
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)

@@ -53,24 +53,35 @@ class NonFiniteLossError(RuntimeError):
 
 
 class NonFiniteGuard:
-    """Skips steps whose loss is NaN/inf on any rank; aborts after ``max_consecutive`` in a row."""
+    """Counts steps lost to NaN/inf and aborts after ``max_consecutive`` in a row.
+
+    Two kinds: a loss that is non-finite on any rank (the caller skips backward and step), and a step DeepSpeed
+    itself discarded because the gradient norm was non-finite (ZeRO's overflow check, reported by the engine).
+    """
 
     def __init__(self, max_consecutive: int) -> None:
         self.max_consecutive = max_consecutive
         self.consecutive = 0
         self.skipped = 0
 
-    def skip(self, loss: torch.Tensor, iteration: int) -> bool:
-        """Collective: True (on all ranks) when this step must be skipped. Raises after too many in a row."""
-        if not any_rank(not bool(torch.isfinite(loss.detach()).all())):
+    def record(self, bad: bool, iteration: int, what: str) -> bool:
+        """Count one completed optimizer step (``bad`` must agree on all ranks); a good one ends the streak.
+        Returns ``bad``; raises after too many bad ones in a row."""
+        if not bad:
             self.consecutive = 0
             return False
         self.consecutive += 1
         self.skipped += 1
-        log.warning("iteration %d: non-finite loss, step skipped (%d in a row, %d in total)",
-                    iteration, self.consecutive, self.skipped)
+        log.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d in total)",
+                    iteration, what, self.consecutive, self.skipped)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
-                f"{self.consecutive} consecutive steps had a non-finite loss (last at iteration {iteration}); "
-                "training diverged. Lower --lr, raise --warmup, or resume from an earlier checkpoint.")
+                f"{self.consecutive} consecutive steps had a non-finite loss or gradient (last at iteration "
+                f"{iteration}); training diverged. Lower --lr, raise --warmup, or resume from an earlier checkpoint.")
         return True
+
+    def skip(self, loss: torch.Tensor, iteration: int) -> bool:
+        """Collective: True (on all ranks) when ``loss`` is non-finite on any rank and the step must be skipped.
+        A finite loss says nothing yet about the step (its gradient may still overflow): no reset here."""
+        bad = any_rank(not bool(torch.isfinite(loss.detach()).all()))
+        return self.record(True, iteration, "loss") if bad else False
