@@ -27,7 +27,7 @@ from megamythos.config import ConfigError, ModelConfig, get_preset
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
-from megamythos.training.layout import LayoutError, ParallelLayout
+from megamythos.training.layout import LayoutError
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.schedules import LRSchedule, build_scheduler
 from megamythos.training.signals import GracefulExit, NonFiniteGuard, NonFiniteLossError, any_rank
@@ -205,13 +205,11 @@ class Trainer:
             config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
         if self.layout.zero == 3:
             pin_parameters_read_outside_forward(self.engine.module)
-        self.tp_group = None
         if self.layout.tp > 1:
             from deepspeed.utils import groups
             from megamythos.parallel import set_tensor_parallel_group
 
-            self.tp_group = groups.get_tensor_model_parallel_group()
-            set_tensor_parallel_group(self.engine.module, self.tp_group)
+            set_tensor_parallel_group(self.engine.module, groups.get_tensor_model_parallel_group())
             self.dp_rank, self.dp_size = groups.get_data_parallel_rank(), groups.get_data_parallel_world_size()
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
@@ -229,6 +227,7 @@ class Trainer:
                  "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
                  self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
                  self.layout.global_batch_size, autoep, self.total_iters)
+        log.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
 
     # ---------------------------------------------------------------------------------------- state
     def client_state(self) -> dict[str, Any]:
@@ -236,8 +235,7 @@ class Trainer:
 
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
-                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "model_config": self.config.to_dict(),
-                "layout": {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}}
+                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "layout": {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}}
 
     def _load(self, load_dir: str) -> None:
         from megamythos.moe import load_expert_bias_state
