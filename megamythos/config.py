@@ -92,6 +92,9 @@ class ModelConfig:
 
     # memory
     checkpoint_loops: bool = False  # torch.utils.checkpoint(use_reentrant=False) per iteration
+    # with checkpoint_loops, also checkpoint runs of this many iterations (two-level: O(sqrt k) saved states
+    # instead of O(k), for one extra forward of the k iterations under gradient); 0 -> ceil(sqrt(k)), 1 -> off
+    loop_checkpoint_segment: int = 1
 
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried through JSON
 
@@ -104,7 +107,8 @@ class ModelConfig:
             _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, name, value,
                      "must be a positive integer")
         non_negative = ["n_kv_heads", "head_dim", "q_lora_rank", "prelude_layers", "coda_layers", "ffn_dim",
-                        "max_loops", "backprop_loops", "loop_embedding_dim", "lora_rank", "n_shared_experts"]
+                        "max_loops", "backprop_loops", "loop_embedding_dim", "lora_rank", "n_shared_experts",
+                        "loop_checkpoint_segment"]
         for name in non_negative:
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, value,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,15 +50,15 @@ class ModelKVCache:
         return self.loops[0].length
 
 
-@dataclass
-class MythosOutput:
+class MythosOutput(NamedTuple):
     """logits [B, S, V]; loss: mean next-token CE (None without labels); aux_loss: weighted MoE + ponder terms;
-    stats: detached diagnostics (n_loops, state_norm [T], act_mean_steps, rho)."""
+    stats: detached diagnostics (n_loops, state_norm [T], act_mean_steps, rho — max rho(A_bar) as this forward
+    computed it). A NamedTuple, so ZeRO-3's module hooks see the tensors inside it."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None
     aux_loss: torch.Tensor
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor]
 
 
 class MythosLM(nn.Module):
@@ -98,7 +98,8 @@ class MythosLM(nn.Module):
 
     def spectral_radius(self) -> torch.Tensor:
         """max rho(A_bar) in fp32 as forward computes it: A_bar is diagonal and positive, so its largest entry
-        (the state-transition spectral radius for the additive/concat baselines)."""
+        (the state-transition spectral radius for the additive/concat baselines). Reads the parameters
+        directly; under ZeRO-3 (partitioned parameters) use a forward's ``stats["rho"]``."""
         return self.recurrent.injection.spectral_radius()
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
@@ -133,9 +134,7 @@ class MythosLM(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-        stats = dict(result.stats)
-        stats["rho"] = self.spectral_radius().detach()
-        return MythosOutput(logits=logits, loss=loss, aux_loss=result.aux_loss, stats=stats)
+        return MythosOutput(logits=logits, loss=loss, aux_loss=result.aux_loss, stats=result.stats)
 
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:

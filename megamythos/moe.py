@@ -12,7 +12,8 @@ expert and runs one grouped matmul; there is no Python loop over experts and no 
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -106,9 +107,7 @@ class MoE(nn.Module):
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
         counts = torch.bincount(flat_ids, minlength=self.gate.out_features)
-        if self.training:
-            # Under per-iteration activation checkpointing the recompute counts a second time; the bias
-            # update uses sign(mean - count), which that uniform doubling leaves unchanged.
+        if self.training:  # activation-checkpoint recomputes undo their counts (expert_counts_frozen)
             with torch.no_grad():
                 self.tokens_per_expert.add_(counts.to(self.tokens_per_expert.dtype))
         token_of = order // self.top_k
@@ -122,28 +121,46 @@ class MoE(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- routing losses
-def _router_parts(moe: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(router weight [E, H], selection bias [E] or None) of our MoE or of DeepSpeed's AutoEPMoELayer."""
-    router = moe.gate if isinstance(moe, MoE) else moe.router.gate
+def router_gate(moe: nn.Module) -> nn.Linear:
+    """The router projection H -> E of our MoE (``gate``) or of DeepSpeed's AutoEPMoELayer (``router.gate``)."""
+    return moe.gate if isinstance(moe, MoE) else moe.router.gate
+
+
+def selection_bias(moe: nn.Module) -> torch.Tensor | None:
+    """The aux-loss-free selection bias buffer [E] of either layout (None if the layer has none)."""
     owner = moe.gate if isinstance(moe, MoE) else moe.router
-    return router.weight, getattr(owner, "e_score_correction_bias", None)
+    return getattr(owner, "e_score_correction_bias", None)
 
 
-def router_aux_loss(moe: nn.Module, hidden_states: torch.Tensor, top_k: int, score_func: str,
+@contextmanager
+def captured_router_logits(moe: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the router logits [T, E] that ``moe``'s own gate computes while the block runs.
+
+    A forward hook on the gate (ours or AutoEP's) hands over the logits routing used, so the balance losses
+    need neither a second router matmul nor a read of the router weight outside a module call (which ZeRO-3
+    would see as an unfetched, partitioned parameter).
+    """
+    captured: list[torch.Tensor] = []
+    handle = router_gate(moe).register_forward_hook(lambda _module, _inputs, output: captured.append(output))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def router_aux_loss(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, score_func: str,
                     seq_aux_coef: float, z_loss_coef: float) -> torch.Tensor:
-    """Weighted balance losses for MoE input [B, S, H], recomputing the router matmul.
+    """Weighted balance losses from router logits [B, S, E] and the selection bias [E] (or None).
 
     Sequence-wise aux loss (DeepSeek-V3): per sequence, f_i = E/(K S) * #tokens routed to i,
     P_i = mean_t s'_{t,i} with s' the scores normalised over experts; L_seq = coef * mean_b sum_i f_i P_i.
-    Router z-loss: coef * mean_t logsumexp(logits_t)^2. Computed here, outside the MoE module, so it survives
-    AutoEP replacing that module.
+    Router z-loss: coef * mean_t logsumexp(logits_t)^2. Computed outside the MoE module (from the logits
+    :func:`captured_router_logits` collects), so it survives AutoEP replacing that module.
     """
     if seq_aux_coef == 0 and z_loss_coef == 0:
-        return hidden_states.new_zeros((), dtype=torch.float32)
-    weight, bias = _router_parts(moe)
-    bsz, seq, _ = hidden_states.shape
-    logits = F.linear(hidden_states, weight).float()  # [B, S, E]
-    n_experts = logits.shape[-1]
+        return logits.new_zeros((), dtype=torch.float32)
+    bsz, seq, n_experts = logits.shape
+    logits = logits.float()
     loss = logits.new_zeros(())
     if seq_aux_coef > 0:
         _, expert_ids, scores = route(logits.view(-1, n_experts), bias, top_k, score_func, route_norm=False)
@@ -158,14 +175,30 @@ def router_aux_loss(moe: nn.Module, hidden_states: torch.Tensor, top_k: int, sco
     return loss
 
 
-# -------------------------------------------------------------------------------- aux-loss-free bias update
-def _moe_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def moe_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, layer) of every MoE layer in ``model``, ours or AutoEP's (both count tokens per expert)."""
     return [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "tokens_per_expert", None),
                                                                          torch.Tensor)]
 
 
+@contextmanager
+def expert_counts_frozen(model: nn.Module) -> Iterator[None]:
+    """Undo the token counting of every MoE layer in ``model`` on exit.
+
+    Used as the recompute context of activation checkpointing: a recomputed forward routes the same tokens
+    again, and only the original forward may count towards the aux-loss-free bias update.
+    """
+    saved = [(layer, layer.tokens_per_expert.clone()) for _, layer in moe_layers(model)]
+    try:
+        yield
+    finally:
+        for layer, counts in saved:
+            layer.tokens_per_expert.copy_(counts)
+
+
+# -------------------------------------------------------------------------------- aux-loss-free bias update
 def _bias_of(moe: nn.Module) -> torch.Tensor:
-    _, bias = _router_parts(moe)
+    bias = selection_bias(moe)
     if bias is None:
         raise RuntimeError(f"MoE module {type(moe).__name__} has no e_score_correction_bias buffer")
     return bias
@@ -180,7 +213,7 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
     Returns load statistics of the last layer: max/mean tokens per expert and the bias range.
     """
     stats: dict[str, float] = {}
-    for _, moe in _moe_modules(model):
+    for _, moe in moe_layers(model):
         counts = moe.tokens_per_expert.detach().float().clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
@@ -195,13 +228,13 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
 
 def expert_bias_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """{module name: copy of its selection bias} for checkpoint client state."""
-    return {name: _bias_of(moe).detach().cpu().clone() for name, moe in _moe_modules(model)}
+    return {name: _bias_of(moe).detach().cpu().clone() for name, moe in moe_layers(model)}
 
 
 @torch.no_grad()
 def load_expert_bias_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Restore biases saved by :func:`expert_bias_state`; a missing or extra layer is an error."""
-    modules = dict(_moe_modules(model))
+    modules = dict(moe_layers(model))
     if set(modules) != set(state):
         raise KeyError(f"expert-bias state has layers {sorted(state)} but the model has {sorted(modules)}")
     for name, tensor in state.items():

@@ -22,7 +22,9 @@ ranks run the same count); only inference may stop once every token has halted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from megamythos.attention import LayerKVCache, build_attention
 from megamythos.config import ModelConfig
 from megamythos.layers import RMSNorm
-from megamythos.moe import MoE, router_aux_loss
+from megamythos.moe import MoE, captured_router_logits, expert_counts_frozen, router_aux_loss, selection_bias
 
 _LOG_DT_RANGE = (-8.0, 2.0)  # B_bar's step size exp(log_dt) stays in [3e-4, 7.4]
 
@@ -86,10 +88,13 @@ class LTIInjection(nn.Module):
         """B_bar [H] in fp32."""
         return torch.exp(self.log_dt.float().clamp(*_LOG_DT_RANGE)) * self.B.float()
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """h [B, S, H] fp32, e, u and delta [B, S, H] -> next state A_bar h + B_bar e + delta in fp32."""
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
+                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [B, S, H] fp32, e, u and delta [B, S, H] -> (next state A_bar h + B_bar e + delta in fp32,
+        detached max rho(A_bar) of this very A_bar — read here, inside the module call, for ZeRO-3)."""
         del u
-        return self.decay() * h + self.input_gain() * e.float() + delta.float()
+        decay = self.decay()
+        return decay * h + self.input_gain() * e.float() + delta.float(), decay.detach().max()
 
 
 class AdditiveInjection(nn.Module):
@@ -104,8 +109,9 @@ class AdditiveInjection(nn.Module):
     def spectral_radius(self) -> torch.Tensor:
         return torch.ones(())
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return u + delta.float()
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
+                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return u + delta.float(), self.spectral_radius()
 
 
 class ConcatInjection(nn.Module):
@@ -129,8 +135,9 @@ class ConcatInjection(nn.Module):
         w_h = self.adapter.weight[:, : self.adapter.out_features].detach().float()
         return torch.linalg.eigvals(w_h).abs().max()
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return u + delta.float()
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
+                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return u + delta.float(), self.spectral_radius()
 
 
 def build_injection(config: ModelConfig) -> nn.Module:
@@ -163,7 +170,7 @@ def loop_index_signal(t: int, width: int, dim: int, device: torch.device, dtype:
 
 
 class RecurrentBlock(nn.Module):
-    """Pre-norm attention + MoE; returns the residual update Block(u) - u and the MoE input (for aux loss)."""
+    """Pre-norm attention + MoE; returns the residual update Block(u) - u."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -173,23 +180,64 @@ class RecurrentBlock(nn.Module):
         self.moe = MoE(config)
 
     def forward(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None,
-                absorb: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                absorb: bool) -> torch.Tensor:
         attn_out = self.attn(self.attn_norm(u), positions, cache, absorb)
-        moe_in = self.moe_norm(u + attn_out)
-        return attn_out + self.moe(moe_in), moe_in
+        return attn_out + self.moe(self.moe_norm(u + attn_out))
 
 
-@dataclass
-class RecurrenceResult:
-    """Output of :class:`RecurrentCore`: mixed state [B, S, H] fp32, aux loss and detached statistics."""
+class RecurrenceResult(NamedTuple):
+    """Output of :class:`RecurrentCore`: mixed state [B, S, H] fp32, aux loss and detached statistics.
+
+    A NamedTuple, so ZeRO-3's module hooks see the tensors inside it."""
 
     state: torch.Tensor
     aux_loss: torch.Tensor
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor]
+
+
+class LoopCarry(NamedTuple):
+    """What one iteration hands to the next, all fp32: state h [B, S, H]; ACT's weighted state mixture
+    [B, S, H] (None without ACT), cumulative halting weight, halted mask, ponder cost N + R and steps taken
+    (each [B, S]); the summed aux loss and the last max rho(A_bar) (scalars)."""
+
+    h: torch.Tensor
+    mixed: torch.Tensor | None
+    cum: torch.Tensor
+    halted: torch.Tensor
+    ponder: torch.Tensor
+    steps: torch.Tensor
+    aux: torch.Tensor
+    rho: torch.Tensor
+
+
+def act_update(carry: LoopCarry, p_halt: torch.Tensor, last: bool, threshold: float) -> LoopCarry:
+    """Fold the new state ``carry.h`` into ACT's mixture with halting probability p_halt [B, S].
+
+    A running token halts once cum + p >= threshold (always at the ``last`` step) and then takes the
+    remainder 1 - cum, so its weights sum to exactly 1; ponder accumulates N (one per running step) + R.
+    """
+    running = ~carry.halted
+    halting_now = running if last else running & (carry.cum + p_halt >= threshold)
+    remainder = 1.0 - carry.cum
+    weight = torch.where(halting_now, remainder, torch.where(running, p_halt, torch.zeros_like(p_halt)))
+    return carry._replace(
+        mixed=carry.mixed + weight.unsqueeze(-1) * carry.h,
+        cum=carry.cum + weight,
+        halted=carry.halted | halting_now,
+        ponder=carry.ponder + running.float() + torch.where(halting_now, remainder, torch.zeros_like(remainder)),
+        steps=carry.steps + running.float())
 
 
 class RecurrentCore(nn.Module):
-    """Runs the shared block ``n_loops`` times from the prelude output e [B, S, H]."""
+    """Runs the shared block ``n_loops`` times from the prelude output e [B, S, H].
+
+    Activation checkpointing (``checkpoint_loops``, training only): each iteration with gradient is a
+    non-reentrant checkpoint that keeps only its input state, so the forward keeps O(k) states for k
+    iterations under gradient. ``loop_checkpoint_segment`` = c > 1 (0: c = ceil(sqrt(k))) checkpoints runs of
+    c iterations again (two-level): the forward keeps only segment-boundary carries and the backward
+    re-creates one segment's per-iteration states at a time, O(k / c + c) states for one extra forward of
+    the k iterations.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -207,30 +255,85 @@ class RecurrentCore(nn.Module):
         if self.halt is not None:
             nn.init.constant_(self.halt.bias, -math.log(self.config.mean_loops))
 
-    def _step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
-              cache: LayerKVCache | None, absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One iteration: (h_next fp32, aux loss, halting probability [B, S] fp32 — zeros without ACT)."""
+    def _step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor, cache: LayerKVCache | None,
+              absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One iteration: (h_next fp32, aux loss, halting probability [B, S] fp32 — zeros without ACT, rho)."""
         cfg = self.config
         u_state = self.injection.block_input(h, e)
         u = u_state.to(e.dtype)
         if cfg.loop_embedding:
             u = u + loop_index_signal(t, cfg.resolved_loop_embedding_dim, cfg.dim, u.device, u.dtype)
-        delta, moe_in = self.block(u, positions, cache, absorb)
+        with captured_router_logits(self.block.moe) as router_logits:
+            delta = self.block(u, positions, cache, absorb)
         if self.lora is not None:
             delta = delta + self.lora(u, t)
-        h_next = self.injection(h, e, u_state, delta)
-        aux = router_aux_loss(self.block.moe, moe_in, cfg.num_experts_per_tok, cfg.score_func,
-                              cfg.seq_aux_loss_coef, cfg.router_z_loss_coef)
+        h_next, rho = self.injection(h, e, u_state, delta)
+        aux = router_aux_loss(router_logits[-1].view(*u.shape[:2], -1), selection_bias(self.block.moe),
+                              cfg.num_experts_per_tok, cfg.score_func, cfg.seq_aux_loss_coef, cfg.router_z_loss_coef)
         if self.halt is None:
             p_halt = h_next.new_zeros(h_next.shape[:2])
         else:
             p_halt = torch.sigmoid(self.halt(h_next.to(e.dtype)).float().squeeze(-1))
-        return h_next, aux, p_halt
+        return h_next, aux, p_halt, rho
 
-    def initial_state(self, e: torch.Tensor) -> torch.Tensor:
+    def _checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """(forward, recompute) contexts of every checkpoint: a recompute does not count expert load again."""
+        return nullcontext(), expert_counts_frozen(self.block)
+
+    def _checkpoint(self, fn: Callable, *args: object) -> object:
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=self._checkpoint_contexts)
+
+    def initial_carry(self, e: torch.Tensor) -> LoopCarry:
+        """The carry before the first iteration: h0 = e (or Huginn's noise), nothing mixed or halted yet."""
         if self.config.state_init == "noise":
-            return torch.randn(e.shape, device=e.device, dtype=torch.float32) * self.config.noise_std
-        return e.float()
+            h = torch.randn(e.shape, device=e.device, dtype=torch.float32) * self.config.noise_std
+        else:
+            h = e.float()
+        zeros = torch.zeros(e.shape[:2], device=e.device)
+        return LoopCarry(h=h, mixed=torch.zeros_like(h) if self.halt is not None else None, cum=zeros,
+                         halted=torch.zeros_like(zeros, dtype=torch.bool), ponder=zeros, steps=zeros,
+                         aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))
+
+    def _run_loops(self, e: torch.Tensor, *carry_fields: torch.Tensor | None, loops: range, n_loops: int,
+                   positions: torch.Tensor, caches: list[LayerKVCache] | None, absorb: bool,
+                   per_loop_checkpoint: bool, act_exit: bool) -> tuple[LoopCarry, torch.Tensor]:
+        """Iterations ``loops`` from the carry -> (carry after them, mean state norm per iteration run [n]).
+
+        The carry comes as its fields, so a checkpoint of this call saves them as tensors (version-checked).
+        """
+        carry = LoopCarry(*carry_fields)
+        norms = []
+        for t in loops:
+            cache = caches[t] if caches is not None else None
+            step_args = (carry.h, e, t, positions, cache, absorb)
+            h, aux, p_halt, rho = self._checkpoint(self._step, *step_args) if per_loop_checkpoint \
+                else self._step(*step_args)
+            carry = carry._replace(h=h, aux=carry.aux + aux, rho=rho)
+            if carry.mixed is not None:
+                carry = act_update(carry, p_halt, t == n_loops - 1, self.config.act_threshold)
+            norms.append(h.detach().norm(dim=-1).mean())
+            if act_exit and bool(carry.halted.all()):
+                if caches is not None:
+                    for later in caches[t + 1:]:
+                        later.repeat_last(caches[t])
+                break
+        return carry, torch.stack(norms)
+
+    def _schedule(self, n_loops: int, backprop_loops: int, checkpointing: bool) -> list[tuple[range, bool, bool]]:
+        """(iterations, run with autograd, checkpoint the run as one segment) in execution order.
+
+        Truncated BPTT runs the first n_loops - k iterations without autograd; with checkpointing the k
+        iterations under gradient are cut into segments of ``loop_checkpoint_segment`` (0: ceil(sqrt(k))).
+        """
+        grad = torch.is_grad_enabled()
+        first_grad = n_loops - backprop_loops if 0 < backprop_loops < n_loops else 0
+        pieces = [(range(0, first_grad), False, False)] if first_grad else []
+        if not (checkpointing and grad):
+            return pieces + [(range(first_grad, n_loops), grad, False)]
+        k = n_loops - first_grad
+        length = self.config.loop_checkpoint_segment or math.ceil(math.sqrt(k))
+        return pieces + [(range(start, min(start + length, n_loops)), True, length > 1)
+                         for start in range(first_grad, n_loops, length)]
 
     def forward(self, e: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
                 caches: list[LayerKVCache] | None = None, absorb: bool = False,
@@ -243,51 +346,24 @@ class RecurrentCore(nn.Module):
         """
         if act_exit and self.training:
             raise RuntimeError("ACT early exit is inference-only: in training every rank must run every loop")
-        cfg = self.config
-        h = self.initial_state(e)
-        first_grad_step = n_loops - backprop_loops if 0 < backprop_loops < n_loops else 0
-        use_ckpt = cfg.checkpoint_loops and self.training and torch.is_grad_enabled()
-        cum = torch.zeros(e.shape[:2], device=e.device)  # cumulative halting weight per token
-        halted = torch.zeros(e.shape[:2], device=e.device, dtype=torch.bool)
-        mixed = torch.zeros_like(h) if self.halt is not None else None
-        ponder = torch.zeros(e.shape[:2], device=e.device)  # Graves' N + R per token
-        steps_taken = torch.zeros(e.shape[:2], device=e.device)
-        aux_total = e.new_zeros((), dtype=torch.float32)
+        checkpointing = self.config.checkpoint_loops and self.training
+        carry = self.initial_carry(e)
         norms: list[torch.Tensor] = []
-        steps_run = 0
-        for t in range(n_loops):
-            cache = caches[t] if caches is not None else None
-            with torch.set_grad_enabled(torch.is_grad_enabled() and t >= first_grad_step):
-                if use_ckpt and t >= first_grad_step:
-                    h, aux, p = checkpoint(self._step, h, e, t, positions, cache, absorb, use_reentrant=False)
-                else:
-                    h, aux, p = self._step(h, e, t, positions, cache, absorb)
-            steps_run += 1
-            aux_total = aux_total + aux
-            norms.append(h.detach().norm(dim=-1).mean())
-            if mixed is None:
-                continue
-            running = ~halted
-            if t == n_loops - 1:
-                halting_now = running
-            else:
-                halting_now = running & (cum + p >= cfg.act_threshold)
-            weight = torch.where(halting_now, 1.0 - cum, torch.where(running, p, torch.zeros_like(p)))
-            mixed = mixed + weight.unsqueeze(-1) * h
-            steps_taken = steps_taken + running.float()
-            ponder = ponder + running.float() + torch.where(halting_now, 1.0 - cum, torch.zeros_like(cum))
-            cum = cum + weight
-            halted = halted | halting_now
-            if act_exit and bool(halted.all()):
-                if caches is not None:
-                    for later in caches[t + 1:]:
-                        later.repeat_last(caches[t])
+        for loops, grad, as_segment in self._schedule(n_loops, backprop_loops, checkpointing):
+            run = partial(self._run_loops, loops=loops, n_loops=n_loops, positions=positions, caches=caches,
+                          absorb=absorb, per_loop_checkpoint=checkpointing and grad, act_exit=act_exit)
+            with torch.set_grad_enabled(grad):
+                carry, run_norms = self._checkpoint(run, e, *carry) if as_segment else run(e, *carry)
+            norms.append(run_norms)
+            if act_exit and bool(carry.halted.all()):
                 break
-        stats = {"n_loops": torch.tensor(float(steps_run)), "state_norm": torch.stack(norms)}
-        if mixed is None:
-            return RecurrenceResult(h, aux_total / steps_run, stats)
+        state_norm = torch.cat(norms)
+        steps_run = state_norm.numel()
+        stats = {"n_loops": torch.tensor(float(steps_run)), "state_norm": state_norm, "rho": carry.rho}
+        aux = carry.aux / steps_run
+        if carry.mixed is None:
+            return RecurrenceResult(carry.h, aux, stats)
         # ponder = N (a count, no gradient) + R (the remainder, which carries the gradient).
-        stats["act_mean_steps"] = steps_taken.mean()
-        stats["act_weight_sum"] = cum.detach()
-        aux_total = aux_total / steps_run + cfg.ponder_cost * ponder.mean()
-        return RecurrenceResult(mixed, aux_total, stats)
+        stats["act_mean_steps"] = carry.steps.mean()
+        stats["act_weight_sum"] = carry.cum.detach()
+        return RecurrenceResult(carry.mixed, aux + self.config.ponder_cost * carry.ponder.mean(), stats)

@@ -69,8 +69,10 @@ def test_spectral_radius_is_the_decay_forward_uses() -> None:
     model = MythosLM(small_config())
     inj = model.recurrent.injection
     h = torch.ones(1, 1, 64)
-    applied = inj(h, torch.zeros_like(h), h, torch.zeros_like(h))  # A_bar * 1 + 0 + 0
-    assert torch.equal(applied.max(), model.spectral_radius())
+    applied, rho = inj(h, torch.zeros_like(h), h, torch.zeros_like(h))  # A_bar * 1 + 0 + 0
+    assert torch.equal(applied.max(), model.spectral_radius()) and torch.equal(rho, model.spectral_radius())
+    ids = torch.randint(0, 97, (1, 4))
+    assert torch.equal(model(ids).stats["rho"], model.spectral_radius())  # what TensorBoard logs
 
 
 def test_decay_margin_below_bf16_resolution_is_rejected() -> None:
@@ -146,17 +148,52 @@ def test_truncated_backprop_runs_only_last_k_iterations_with_grad() -> None:
     assert model.recurrent.injection.log_A.grad is not None
 
 
-def test_per_iteration_checkpointing_is_exact() -> None:
+@pytest.mark.parametrize("segment, n_loops, backprop_loops", [(1, 4, 0), (0, 7, 0), (3, 7, 5), (0, 6, 1)])
+def test_loop_checkpointing_is_exact_and_counts_expert_load_once(segment: int, n_loops: int,
+                                                                  backprop_loops: int) -> None:
+    """Per-iteration (segment 1) and two-level (sqrt / fixed segments) checkpointing reproduce the loss, the
+    gradients and the expert-load counts of the plain run; recomputes must not count tokens again."""
     ids = torch.randint(0, 97, (2, 8))
     results = []
     for ckpt in (False, True):
         torch.manual_seed(5)
-        model = MythosLM(small_config(checkpoint_loops=ckpt))
-        out = model(ids, labels=ids, n_loops=4)
+        model = MythosLM(small_config(checkpoint_loops=ckpt, loop_checkpoint_segment=segment))
+        out = model(ids, labels=ids, n_loops=n_loops, backprop_loops=backprop_loops)
         (out.loss + out.aux_loss).backward()
-        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert torch.equal(results[0][0], results[1][0])
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+        results.append((out.loss.detach(), out.stats["state_norm"], model.recurrent.block.moe.tokens_per_expert.clone(),
+                        [p.grad for p in model.parameters()]))
+    (loss_a, norms_a, counts_a, grads_a), (loss_b, norms_b, counts_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b) and torch.equal(norms_a, norms_b) and norms_a.numel() == n_loops
+    assert torch.equal(counts_a, counts_b) and counts_a.sum() == n_loops * 2 * 8 * 2  # loops x tokens x top-2
+    assert all((a is None) == (b is None) for a, b in zip(grads_a, grads_b))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_a, grads_b) if a is not None)
+
+
+def _saved_bytes(model: MythosLM, ids: torch.Tensor, n_loops: int) -> int:
+    """Bytes autograd keeps for backward after a forward (distinct storages, via saved-tensor hooks)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, labels=ids, n_loops=n_loops)
+    return sum(storages.values())
+
+
+def test_two_level_loop_checkpointing_keeps_fewer_states_than_per_iteration() -> None:
+    """What the forward keeps for backward (every saved tensor, checkpoint inputs included) grows by one state
+    per iteration with per-iteration checkpoints and by one carry per sqrt(k) iterations with two-level
+    checkpointing. (The backward peak adds one segment's states; bench/bench_train.py measures it.)"""
+    ids = torch.randint(0, 97, (2, 64))
+    kept = {}
+    for segment in (0, 1):
+        model = MythosLM(small_config(checkpoint_loops=True, loop_checkpoint_segment=segment))
+        kept[segment] = {n: _saved_bytes(model, ids, n) for n in (4, 16)}
+    growth = {s: kept[s][16] - kept[s][4] for s in kept}
+    assert kept[0][16] < kept[1][16]
+    assert growth[0] < growth[1] / 2
 
 
 def test_every_parameter_receives_a_gradient() -> None:

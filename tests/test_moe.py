@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import small_config
-from megamythos.moe import MoE, expert_bias_state, load_expert_bias_state, route, router_aux_loss, update_expert_bias
+from megamythos.moe import (MoE, captured_router_logits, expert_bias_state, load_expert_bias_state, route,
+                            router_aux_loss, selection_bias, update_expert_bias)
 
 
 def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -97,10 +98,22 @@ def test_sequence_aux_loss_penalises_imbalance_and_has_router_gradient() -> None
     cfg = small_config(n_experts=8, num_experts_per_tok=2)
     moe = MoE(cfg)
     x = torch.randn(2, 16, cfg.dim)
-    balanced = router_aux_loss(moe, x, 2, "softmax", seq_aux_coef=1.0, z_loss_coef=0.0)
+    balanced = router_aux_loss(moe.gate(x), selection_bias(moe), 2, "softmax", seq_aux_coef=1.0, z_loss_coef=0.0)
     with torch.no_grad():
         moe.gate.weight[0] += 1.0
-    skewed = router_aux_loss(moe, x.abs(), 2, "softmax", seq_aux_coef=1.0, z_loss_coef=0.0)
+    skewed = router_aux_loss(moe.gate(x.abs()), selection_bias(moe), 2, "softmax", seq_aux_coef=1.0,
+                             z_loss_coef=0.0)
     assert skewed > balanced
     skewed.backward()
     assert moe.gate.weight.grad.abs().sum() > 0
+
+
+def test_captured_router_logits_are_the_gates_output_of_the_forward() -> None:
+    """The balance losses use the logits routing computed inside the MoE's forward (no second router matmul,
+    no read of the router weight outside a module call); the hook is gone afterwards."""
+    moe = MoE(small_config(n_experts=8, num_experts_per_tok=2))
+    x = torch.randn(2, 5, moe.gate.in_features)
+    with captured_router_logits(moe) as logits:
+        moe(x)
+    assert len(logits) == 1 and torch.equal(logits[0], moe.gate(x.reshape(-1, x.shape[-1])))
+    assert not moe.gate._forward_hooks

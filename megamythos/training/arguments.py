@@ -54,6 +54,7 @@ class TrainArgs:
     mean_loops: int | None = None
     backprop_loops: int | None = None
     checkpoint_loops: bool = True
+    loop_checkpoint_segment: int | None = None  # None -> the preset's (1: per-iteration checkpoints only)
     # data
     data_path: list[str] = field(default_factory=list)  # empty -> embedded default corpus
     split: str = "969,30,1"
@@ -136,6 +137,8 @@ class TrainArgs:
         if self.backprop_loops is not None:
             out["backprop_loops"] = self.backprop_loops
         out["checkpoint_loops"] = self.checkpoint_loops
+        if self.loop_checkpoint_segment is not None:
+            out["loop_checkpoint_segment"] = self.loop_checkpoint_segment
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations")
     g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false",
                    help="keep activations of every recurrent iteration (memory grows with the loop count)")
+    add("--loop-checkpoint-segment", type=int,
+        help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient): "
+             "O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
     g = p.add_argument_group("data")
     add("--data-path", nargs="*", default=[], help="dataset prefixes (optionally weight prefix pairs)")
     add("--split", type=str)

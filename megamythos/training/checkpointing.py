@@ -85,7 +85,8 @@ def _barrier() -> None:
 def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) -> None:
     """Refuse a checkpoint whose model differs in any field that shapes or changes the network."""
     cur = current.to_dict()
-    ignored = {"extra", "checkpoint_loops", "mean_loops", "max_loops", "loop_sigma", "backprop_loops"}
+    ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "mean_loops", "max_loops", "loop_sigma",
+               "backprop_loops"}
     diffs = {k: (saved.get(k), cur[k]) for k in cur if k not in ignored and saved.get(k) != cur[k]}
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in sorted(diffs.items()))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -149,28 +148,6 @@ def batches(dataset: Any, consumed: int, micro_batch: int, dp_rank: int, dp_size
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0))
 
 
-# --------------------------------------------------------------------------------------------------- ZeRO-3
-# Parameters the model reads as tensors outside their owning module's forward(): the router weight (the aux loss
-# recomputes the router matmul) and the LTI parameters (spectral radius in the output stats). ZeRO-3 gathers a
-# parameter only while its module's forward/backward runs, so these would be seen as empty partitions.
-READ_OUTSIDE_FORWARD = re.compile(r"^recurrent\.(block\.moe\.(router\.)?gate\.weight|injection\.\w+)$")
-
-
-def pin_parameters_read_outside_forward(model: torch.nn.Module) -> list[str]:
-    """Register those parameters as external parameters of the top module (fetched at every forward) and keep
-    inner modules from releasing them mid-step; they are small ([E, H] and [H] vectors)."""
-    from deepspeed.runtime.zero.partition_parameters import register_external_parameter
-
-    pinned = []
-    for name, param in model.named_parameters():
-        if READ_OUTSIDE_FORWARD.match(name):
-            register_external_parameter(model, param)
-            param.is_external_param = True
-            pinned.append(name)
-    log.info("ZeRO-3: parameters fetched with the top module: %s", pinned)
-    return pinned
-
-
 # ----------------------------------------------------------------------------------------------- the trainer
 class Trainer:
     """One pretraining run: engine, data, schedule, checkpoints, telemetry."""
@@ -203,8 +180,6 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=param_groups,
             config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
-        if self.layout.zero == 3:
-            pin_parameters_read_outside_forward(self.engine.module)
         if self.layout.tp > 1:
             from deepspeed.utils import groups
             from megamythos.parallel import set_tensor_parallel_group
