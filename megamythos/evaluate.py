@@ -199,7 +199,7 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
                               min_valid_samples=needed)
     it = batches(valid, 0, cfg.micro_batch_size, 0, 1)
     out = [tuple(t.to(cfg.device) for t in next(it)) for _ in range(cfg.eval_iters)]
-    top = max(int(labels.max()) for _, labels in out)
+    top = max(int(max(inputs.max(), labels.max())) for inputs, labels in out)
     if top >= loaded.config.vocab_size:
         raise DataError(f"{' '.join(setup.data_path)} holds token id {top} but the model's vocabulary has "
                         f"{loaded.config.vocab_size} ids; evaluate on data tokenised with the model's tokenizer")

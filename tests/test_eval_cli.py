@@ -166,6 +166,21 @@ def test_tokenizer_mismatch_is_refused_by_both_clis(trained, other_tokenizer, tm
     assert code == 0 and "has no metadata record" in caplog.text, err
 
 
+def test_dataset_without_record_must_fit_the_vocabulary(trained, tmp_path, capsys):
+    import numpy as np
+
+    from megamythos.data.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = str(tmp_path / "wide_text_document")  # Megatron-made: no .json record; ids 384-499, past the vocab
+    with IndexedDatasetBuilder(prefix, np.int32) as builder:
+        for d in range(40):
+            builder.add_document(np.arange(d, d + 460) % 116 + 384)
+        builder.finalize()
+    code, _, err = cli(evaluate_main, ["--load", str(trained[0]), "--data-path", prefix, "--loops", "1",
+                                       "--eval-iters", "1", "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "holds token id" in err and "vocabulary has 384 ids" in err, err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--load", "/nonexistent/ckpt"], "/nonexistent/ckpt does not exist"),
     (["--load", "{ckpt}", "--data-path", "/nonexistent/x_text_document"], "/nonexistent/x_text_document.bin"),
