@@ -204,7 +204,7 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
         raise DataError(f"{' '.join(setup.data_path)} holds token id {top} but the model's vocabulary has "
                         f"{loaded.config.vocab_size} ids; evaluate on data tokenised with the model's tokenizer")
     logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d tokens", " ".join(setup.data_path),
-             args.split, args.seed, cfg.eval_iters, cfg.micro_batch_size, args.seq_length)
+                args.split, args.seed, cfg.eval_iters, cfg.micro_batch_size, args.seq_length)
     return out
 
 

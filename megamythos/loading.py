@@ -55,7 +55,8 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
     if not path.exists():
         raise LoadError(f"{path} does not exist; give a checkpoint directory (--save or one iter_* tag) or an "
                         "export directory")
-    if is_export_dir(path):
+    exported = is_export_dir(path)
+    if exported:
         source, model, train_record = path, load_exported(path), None
     else:
         source = resolve_tag_dir(path)
@@ -65,7 +66,7 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
         record_file = source / TRAIN_RECORD
         train_record = json.loads(record_file.read_text()) if record_file.is_file() else None
     tokenizer, record = resolve_tokenizer(source, read_tokenizer_files(source), tokenizer_path, model.config)
-    log.info("loaded %s (%s) with tokenizer %s", source, "export" if train_record is None else "checkpoint",
+    log.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
              tokenizer.model_path)
     return LoadedModel(model.to(device).eval(), tokenizer, record, source, train_record)
 
