@@ -1,4 +1,5 @@
-"""Export a training checkpoint to one consolidated ``model.safetensors`` + ``config.json``.
+"""Export a training checkpoint to one consolidated ``model.safetensors`` + ``config.json``, with the tokenizer
+the run trained with (``tokenizer.model`` and its record ``tokenizer.json``: fingerprint and vocab size).
 
     python -m megamythos.export runs/tiny/checkpoints exported/tiny      # newest complete checkpoint
     python -m megamythos.export runs/tiny/checkpoints/iter_0000060 exported/tiny
@@ -105,17 +106,10 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     return config, state
 
 
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors`` and ``out_dir/config.json``; returns the safetensors path."""
-    from safetensors.torch import save_model
-
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where: Path) -> "torch.nn.Module":
+    """:class:`MythosLM` holding ``state`` (as :func:`load_checkpoint_weights` returns it) of checkpoint ``where``."""
     from megamythos.model import MythosLM
 
-    tag_dir = resolve_tag_dir(checkpoint)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
     model = MythosLM(config)
     targets = model.state_dict()
     for name, tensor in state.items():  # ZeRO-3 universal tensors are flat
@@ -125,41 +119,73 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     tied = {"lm_head.weight"} if config.tie_embeddings else set()  # shares tok_embeddings.weight
     missing = sorted(set(missing) - tied)
     if missing or unexpected:
-        raise ExportError(f"{tag_dir} does not match MythosLM({config.to_dict()}): missing {missing}, "
+        raise ExportError(f"{where} does not match MythosLM({config.to_dict()}): missing {missing}, "
                           f"unexpected {sorted(unexpected)}")
+    return model
+
+
+def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write ``out_dir/model.safetensors``, ``out_dir/config.json`` and, when the checkpoint carries its
+    tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json``; returns the safetensors path."""
+    from safetensors.torch import save_model
+
+    from megamythos.tokenizer import Tokenizer
+    from megamythos.training.checkpointing import read_tokenizer_files, write_tokenizer_files
+
+    tag_dir = resolve_tag_dir(checkpoint)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
+    model = model_from_state(config, state, tag_dir)
     path = out_dir / MODEL_FILE
     save_model(model, str(path))
     config.to_json(out_dir / CONFIG_FILE)
+    record = read_tokenizer_files(tag_dir)
+    if record is None:
+        log.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
+    else:
+        write_tokenizer_files(out_dir, Tokenizer(record["tokenizer_model"]))
     log.info("exported %s -> %s", tag_dir, path)
     return path
 
 
+def is_export_dir(path: str | Path) -> bool:
+    """Whether ``path`` looks like an export directory (it has ``config.json``)."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
 def load_exported(out_dir: str | Path) -> "torch.nn.Module":
-    """:class:`MythosLM` from an export directory."""
+    """:class:`MythosLM` from an export directory: JSON and safetensors only, nothing is unpickled."""
     from safetensors.torch import load_model
 
     from megamythos.model import MythosLM
 
     out_dir = Path(out_dir)
+    missing = [str(out_dir / name) for name in (CONFIG_FILE, MODEL_FILE) if not (out_dir / name).is_file()]
+    if missing:
+        raise ExportError(f"{', '.join(missing)} not found; export a checkpoint with "
+                          f"`python -m megamythos.export CHECKPOINT {out_dir}`")
     model = MythosLM(ModelConfig.from_json(out_dir / CONFIG_FILE))
     load_model(model, str(out_dir / MODEL_FILE))
     return model
 
 
 def main(argv: list[str] | None = None) -> int:
+    from megamythos.loading import run_cli
+
     p = argparse.ArgumentParser(prog="python -m megamythos.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")
-    p.add_argument("out", help="output directory for model.safetensors and config.json")
+    p.add_argument("out", help="output directory for model.safetensors, config.json and the tokenizer")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def run() -> int:
         path = export(args.checkpoint, args.out)
-    except ExportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}))
-    return 0
+        print(json.dumps({"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}))
+        return 0
+
+    return run_cli(run)
 
 
 if __name__ == "__main__":

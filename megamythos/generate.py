@@ -1,8 +1,21 @@
-"""Autoregressive generation with a KV cache, free loop count and optional ACT early exit."""
+"""Autoregressive generation with a KV cache, free loop count and optional ACT early exit.
+
+    python -m megamythos.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \
+        [--loops N] [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--seed 0] [--act-exit] [--tokenizer PATH]
+
+``--load`` takes a checkpoint tag directory, a ``--save`` directory (its ``latest`` tag) or an export directory.
+The prompt and then the continuation are streamed to stdout as tokens arrive; generation stops at
+``--max-new-tokens`` or the tokenizer's eos. A JSON line with tokens/s and the mean loop count used per token
+goes to stderr. The same model, prompt, options and ``--seed`` give the same text.
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -93,3 +106,98 @@ def generate(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConfig,
     if not new:
         return prompt_ids, stats
     return torch.cat((prompt_ids, torch.stack(new, dim=1)), dim=1), stats
+
+
+class TextStreamer:
+    """Text chunks of a growing id sequence: each :meth:`push` returns what the new token adds to the decoded text.
+
+    Decoding the whole sequence each time keeps multi-token characters and SentencePiece spacing right; a trailing
+    U+FFFD (an incomplete UTF-8 byte sequence under byte fallback) is held back until later tokens complete it.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], prompt_ids: Sequence[int]) -> None:
+        self.decode = decode
+        self.ids = list(prompt_ids)
+        self.shown = decode(self.ids)
+
+    def _advance(self, hold_incomplete: bool) -> str:
+        text = self.decode(self.ids)
+        if not text.startswith(self.shown):  # the new token rewrote held-back bytes: wait for more
+            return ""
+        end = len(text.rstrip("\ufffd")) if hold_incomplete else len(text)
+        new = text[len(self.shown):end]
+        self.shown += new
+        return new
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        return self._advance(hold_incomplete=True)
+
+    def flush(self) -> str:
+        """Whatever was held back (call once generation ended)."""
+        return self._advance(hold_incomplete=False)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m megamythos.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--loops", type=int, help="recurrent iterations per token (default: the trained mean)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--act-exit", action="store_true", help="stop iterating once ACT halted every token")
+    p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Stream the prompt and its continuation to stdout; returns the generation statistics."""
+    from megamythos.loading import LoadError, load_model
+
+    loaded = load_model(args.load, args.tokenizer, args.device)
+    prompt_ids = loaded.tokenizer.encode_one(args.prompt)
+    if not prompt_ids:
+        raise LoadError("--prompt is empty: give at least one character to continue")
+    if args.loops is not None and args.loops < 1:
+        raise LoadError(f"--loops must be >= 1, got {args.loops}")
+    if args.act_exit and not loaded.config.act:
+        raise LoadError(f"--act-exit: the model in {loaded.source} has no ACT halting head (act=false)")
+    try:
+        cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, n_loops=args.loops, act_exit=args.act_exit,
+                             eos_id=loaded.tokenizer.eos_id)
+    except ValueError as err:
+        raise LoadError(f"bad sampling option: {err}") from err
+    generator = torch.Generator(args.device).manual_seed(args.seed)
+    streamer, stats = TextStreamer(loaded.tokenizer.decode, prompt_ids), GenerationStats()
+    sys.stdout.write(streamer.shown)
+    start = time.perf_counter()
+    prompt = torch.tensor([prompt_ids], device=args.device)
+    for token in generate_stream(loaded.model, prompt, cfg, generator, stats):
+        sys.stdout.write(streamer.push(int(token[0])))
+        sys.stdout.flush()
+    sys.stdout.write(streamer.flush() + "\n")
+    seconds = time.perf_counter() - start
+    n = len(stats.loops_per_token)
+    return {"prompt_tokens": len(prompt_ids), "new_tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
+            "mean_loops": stats.mean_loops, "loops": cfg.n_loops or loaded.config.mean_loops}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, generate, report statistics on stderr; user errors exit 2 with one line on stderr."""
+    from megamythos.loading import run_cli
+
+    def go() -> int:
+        print(json.dumps(run(parse_args(argv))), file=sys.stderr, flush=True)
+        return 0
+
+    return run_cli(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -148,7 +148,7 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
               "train_loss_curve": losses[:: max(1, len(losses) // 50)], "seconds": time.time() - start,
               "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan")}
     if diverged_at is None:
-        valid = [b.to(settings.device) for b in valid]
+        valid = [(b[:, :-1].to(settings.device), b[:, 1:].to(settings.device)) for b in valid]  # (inputs, targets)
         loops = [1] if spec.dense_match else EVAL_LOOPS
         result["eval"] = [asdict(r) for r in evaluate_loops(model, valid, loops)]
         if not spec.dense_match and model.config.act:

@@ -13,12 +13,12 @@ from megamythos.model import MythosLM
 
 def test_losses_finite_and_improve_with_training_and_files_written(tmp_path) -> None:
     model = MythosLM(small_config())
-    batches = [torch.randint(0, 97, (2, 17)) for _ in range(2)]
+    batches = [(t[:, :-1], t[:, 1:]) for t in (torch.randint(0, 97, (2, 17)) for _ in range(2))]
     before = evaluate_loops(model, batches, [1, 3, 6])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(15):
-        for batch in batches:
-            out = model(batch[:, :-1], labels=batch[:, 1:])
+        for inputs, targets in batches:
+            out = model(inputs, labels=targets)
             (out.loss + out.aux_loss).backward()
             opt.step()
             opt.zero_grad()

@@ -9,6 +9,9 @@ For a dataset prefix ``P`` (e.g. ``out/corpus_text_document``) preprocessing wri
 
 Both are written after the ``.bin``/``.idx`` are in place. Megatron ignores both files, and datasets made by Megatron simply have no record (:func:`read_dataset_metadata`
 returns None for them).
+
+Checkpoint tag directories and export directories carry the same kind of record (:func:`write_tokenizer_record`):
+``tokenizer.json`` (``vocab_size``, ``tokenizer_fingerprint``, ``tokenizer_model``) next to ``tokenizer.model``.
 """
 from __future__ import annotations
 
@@ -33,46 +36,63 @@ def tokenizer_copy_path(prefix: str) -> str:
     return prefix + ".tokenizer.model"
 
 
-def write_dataset_metadata(prefix: str, tokenizer: Tokenizer, **fields: Any) -> dict[str, Any]:
-    """Copy the tokenizer next to ``prefix`` and write ``prefix.json``; returns the record written."""
-    copy = tokenizer_copy_path(prefix)
-    if os.path.abspath(copy) != tokenizer.model_path:
+def write_tokenizer_record(record_path: str | os.PathLike, copy_path: str | os.PathLike, tokenizer: Tokenizer,
+                           **fields: Any) -> dict[str, Any]:
+    """Copy the tokenizer's ``.model`` to ``copy_path`` and write the JSON record ``record_path`` naming it.
+
+    The record holds ``vocab_size``, ``tokenizer_fingerprint`` (sha256 of the .model), ``tokenizer_model`` (the
+    copy's file name, relative to the record) and ``fields``; returns the record written.
+    """
+    copy = os.path.abspath(copy_path)
+    if copy != tokenizer.model_path:
         with atomic_open(copy) as dst, open(tokenizer.model_path, "rb") as src:
             shutil.copyfileobj(src, dst)
     record = {
-        "format": "MMIDIDX",
         "vocab_size": tokenizer.vocab_size,
         "tokenizer_fingerprint": tokenizer.fingerprint,
         "tokenizer_model": os.path.basename(copy),
         **fields,
     }
-    with atomic_open(metadata_path(prefix), "w") as handle:
+    with atomic_open(record_path, "w") as handle:
         json.dump(record, handle, indent=2, sort_keys=True)
     return record
 
 
-def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:
-    """The record of ``prefix`` with ``tokenizer_model`` resolved to an absolute path, or None if there is none."""
-    path = metadata_path(prefix)
-    if not os.path.isfile(path):
+def read_tokenizer_record(record_path: str | os.PathLike) -> dict[str, Any] | None:
+    """A record written by :func:`write_tokenizer_record`, ``tokenizer_model`` resolved to an absolute path;
+    None if there is no such file."""
+    if not os.path.isfile(record_path):
         return None
-    with open(path) as handle:
+    with open(record_path) as handle:
         record = json.load(handle)
-    record["tokenizer_model"] = os.path.join(os.path.dirname(os.path.abspath(path)), record["tokenizer_model"])
+    record["tokenizer_model"] = os.path.join(os.path.dirname(os.path.abspath(record_path)), record["tokenizer_model"])
     return record
 
 
+def write_dataset_metadata(prefix: str, tokenizer: Tokenizer, **fields: Any) -> dict[str, Any]:
+    """Copy the tokenizer next to ``prefix`` and write ``prefix.json``; returns the record written."""
+    return write_tokenizer_record(metadata_path(prefix), tokenizer_copy_path(prefix), tokenizer, format="MMIDIDX",
+                                  **fields)
+
+
+def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:
+    """The record of ``prefix`` with ``tokenizer_model`` resolved to an absolute path, or None if there is none."""
+    return read_tokenizer_record(metadata_path(prefix))
+
+
 def check_same_vocabulary(name_a: str, record_a: dict[str, Any] | None, name_b: str,
-                          record_b: dict[str, Any] | None) -> None:
-    """Raise :class:`DatasetMismatchError` naming both sides if two records disagree on the tokenizer.
+                          record_b: dict[str, Any] | None,
+                          remedy: str = "datasets must be tokenised with the same tokenizer model") -> None:
+    """Raise :class:`DatasetMismatchError` naming both sides and ``remedy`` if two records disagree on the tokenizer.
 
     A side without a record (a Megatron-made dataset) cannot be checked and is accepted.
     """
     if record_a is None or record_b is None:
         return
-    for key in ("vocab_size", "tokenizer_fingerprint"):
+    keys = ("vocab_size", "tokenizer_fingerprint")
+    for key, other in (keys, keys[::-1]):
         if record_a[key] != record_b[key]:
             raise DatasetMismatchError(
-                f"vocabulary mismatch: {name_a} has {key}={record_a[key]!r} but {name_b} has {key}={record_b[key]!r}; "
-                "datasets must be tokenised with the same tokenizer model"
+                f"vocabulary mismatch: {name_a} has {key}={record_a[key]!r} but {name_b} has {key}={record_b[key]!r} "
+                f"({other} {record_a[other]!r} vs {record_b[other]!r}); {remedy}"
             )

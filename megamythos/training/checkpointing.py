@@ -5,6 +5,8 @@ Layout of ``--save DIR``::
     DIR/iter_0000100/          DeepSpeed's files for that tag (ZeRO shards, model states, client state)
     DIR/iter_0000100/rng_rank{r}.pt   python/numpy/torch RNG of every rank (client_state is only saved once)
     DIR/iter_0000100/model_config.json
+    DIR/iter_0000100/tokenizer.json, tokenizer.model   the tokenizer the run trained with (its record and a copy)
+    DIR/iter_0000100/train_args.json   the run's arguments, data path, iterations and global batch size
     DIR/latest                 the tag of the newest COMPLETE checkpoint, replaced atomically after all ranks
                                finished writing; older tags beyond ``keep_last`` are deleted only after that.
 
@@ -26,12 +28,17 @@ import torch
 import torch.distributed as dist
 
 from megamythos.config import ModelConfig
+from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
+from megamythos.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
 TAG_RE = re.compile(r"^iter_(\d{7,})$")
 MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_RECORD = "tokenizer.json"
+TOKENIZER_COPY = "tokenizer.model"
+TRAIN_RECORD = "train_args.json"
 
 
 class CheckpointError(RuntimeError):
@@ -61,6 +68,16 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:
+    """``directory/tokenizer.model`` (a copy) and ``directory/tokenizer.json`` (its fingerprint and vocab size)."""
+    return write_tokenizer_record(directory / TOKENIZER_RECORD, directory / TOKENIZER_COPY, tokenizer)
+
+
+def read_tokenizer_files(directory: Path) -> dict[str, Any] | None:
+    """The record :func:`write_tokenizer_files` wrote in ``directory`` (None if there is none)."""
+    return read_tokenizer_record(directory / TOKENIZER_RECORD)
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,11 +112,18 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
 
 
 class CheckpointManager:
-    """Saves and restores one run's checkpoints under ``save_dir``; keeps the newest ``keep_last``."""
+    """Saves and restores one run's checkpoints under ``save_dir``; keeps the newest ``keep_last``.
 
-    def __init__(self, save_dir: str | Path | None, keep_last: int = 3) -> None:
+    ``tokenizer`` (None for data without a tokenizer record) and ``train_record`` (JSON-able) are written into
+    every tag directory, so evaluation and generation need neither the dataset nor a torch.load to check them.
+    """
+
+    def __init__(self, save_dir: str | Path | None, keep_last: int = 3, tokenizer: Tokenizer | None = None,
+                 train_record: dict[str, Any] | None = None) -> None:
         self.save_dir = Path(save_dir) if save_dir else None
         self.keep_last = keep_last
+        self.tokenizer = tokenizer
+        self.train_record = train_record
 
     def save(self, engine: Any, iteration: int, client_state: dict[str, Any], config: ModelConfig) -> Path | None:
         """Collective: every rank must call it. Returns the tag directory (None when saving is off)."""
@@ -111,6 +135,10 @@ class CheckpointManager:
         torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
         if _rank() == 0:
             config.to_json(tag_dir / MODEL_CONFIG_FILE)
+            if self.tokenizer is not None:
+                write_tokenizer_files(tag_dir, self.tokenizer)
+            if self.train_record is not None:
+                write_atomic(tag_dir / TRAIN_RECORD, json.dumps(self.train_record, indent=2) + "\n")
         _barrier()  # every rank's shards and RNG are on disk before `latest` moves
         if _rank() == 0:
             write_atomic(self.save_dir / LATEST, tag)

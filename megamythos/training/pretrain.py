@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megamythos.config import ConfigError, ModelConfig, get_preset
+from megamythos.tokenizer import Tokenizer
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
@@ -120,14 +121,21 @@ def resolve_data(args: TrainArgs, config: ModelConfig, rank: int) -> DataSetup:
                      known[0]["tokenizer_fingerprint"] if known else None)
 
 
-def build_datasets(args: TrainArgs, data_path: list[str], total_iters: int, global_batch: int) -> tuple[Any, Any]:
-    """(train, valid) datasets sized for the run: every training step and every evaluation."""
+def build_datasets(args: TrainArgs, data_path: list[str], total_iters: int, global_batch: int,
+                   min_valid_samples: int = 0) -> tuple[Any, Any]:
+    """(train, valid) datasets sized for the run: every training step and every evaluation.
+
+    ``min_valid_samples`` lets a later evaluation ask for more held-out samples than the run drew; the split's
+    documents and the seed stay those of the run, and so does the sample order while both requests fit in one
+    epoch of the split.
+    """
     from megamythos.data.gpt_dataset import build_train_valid_test_datasets
 
     evals = (total_iters // args.eval_interval + 1) * args.eval_iters if args.eval_interval else 0
     train, valid, _ = build_train_valid_test_datasets(
         data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
-        train_valid_test_num_samples=(total_iters * global_batch, max(evals, 1) * global_batch, 0),
+        train_valid_test_num_samples=(total_iters * global_batch,
+                                      max(max(evals, 1) * global_batch, min_valid_samples), 0),
         cache_dir=args.data_cache_dir)
     return train, valid
 
@@ -191,7 +199,11 @@ class Trainer:
         self.iteration = 0
         self.consumed = 0
         self.guard = NonFiniteGuard(args.max_nonfinite)
-        self.checkpoints = CheckpointManager(args.save, args.keep_last)
+        self.checkpoints = CheckpointManager(
+            args.save, args.keep_last,
+            tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
+            train_record={"args": args.to_dict(), "data_path": self.data.data_path, "total_iters": self.total_iters,
+                          "global_batch_size": self.layout.global_batch_size})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
@@ -367,7 +379,7 @@ class Trainer:
                 log.info("%s: %s", what, Path(where).resolve())
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that describe a bad input rather than a bug: reported in one line, no traceback."""
     from megamythos.data.gpt_dataset import DataConfigError
     from megamythos.data.indexed_dataset import IndexedDatasetError
@@ -386,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = trainer.run()
         trainer.report()
         return code
-    except _user_errors() as err:
+    except user_errors() as err:
         logging.getLogger("megamythos.pretrain").error("%s: %s", type(err).__name__, err)
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -1,0 +1,109 @@
+"""A trained model and its tokenizer for evaluation and generation, from a training checkpoint or an export.
+
+A checkpoint tag directory (or a ``--save`` directory, which means its ``latest`` tag) and an export directory
+both carry ``tokenizer.json`` (fingerprint, vocab size) and ``tokenizer.model``. A ``--tokenizer`` given on the
+command line must have the recorded fingerprint; a model without a record needs ``--tokenizer`` and is loaded
+with a warning. Export directories are read from JSON and safetensors only (nothing is unpickled).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from megamythos.config import ModelConfig
+from megamythos.export import (ExportError, is_export_dir, load_checkpoint_weights, load_exported, model_from_state,
+                               resolve_tag_dir)
+from megamythos.model import MythosLM
+from megamythos.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class LoadError(ValueError):
+    """The model, its tokenizer or an option of the evaluation/generation command line is unusable."""
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with the tokenizer it was trained with.
+
+    ``source`` is the checkpoint tag directory or the export directory; ``train_record`` the training run's
+    ``train_args.json`` (None for exports and older checkpoints).
+    """
+
+    model: MythosLM
+    tokenizer: Tokenizer
+    tokenizer_record: dict[str, Any]
+    source: Path
+    train_record: dict[str, Any] | None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+def load_model(path: str | Path, tokenizer_path: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Load the model at ``path`` (tag dir, ``--save`` dir or export dir) and its checked tokenizer."""
+    from megamythos.training.checkpointing import TRAIN_RECORD, read_tokenizer_files
+
+    path = Path(path)
+    if not path.exists():
+        raise LoadError(f"{path} does not exist; give a checkpoint directory (--save or one iter_* tag) or an "
+                        "export directory")
+    exported = is_export_dir(path)
+    if exported:
+        source, model, train_record = path, load_exported(path), None
+    else:
+        source = resolve_tag_dir(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            config, state = load_checkpoint_weights(source, Path(tmp))
+        model = model_from_state(config, state, source)
+        record_file = source / TRAIN_RECORD
+        train_record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    tokenizer, record = resolve_tokenizer(source, read_tokenizer_files(source), tokenizer_path, model.config)
+    log.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
+             tokenizer.model_path)
+    return LoadedModel(model.to(device).eval(), tokenizer, record, source, train_record)
+
+
+def resolve_tokenizer(source: Path, record: dict[str, Any] | None, override: str | None,
+                      config: ModelConfig) -> tuple[Tokenizer, dict[str, Any]]:
+    """(tokenizer, its record): the recorded one, or ``override`` when its fingerprint matches the record.
+
+    Raises :class:`LoadError` without any tokenizer, ``DatasetMismatchError`` naming both fingerprints when
+    ``override`` is not the recorded tokenizer, and :class:`LoadError` when its ids do not fit the model.
+    """
+    from megamythos.data.metadata import check_same_vocabulary
+
+    if override is None and record is None:
+        raise LoadError(f"{source} carries no tokenizer (tokenizer.json); pass --tokenizer PATH with the .model "
+                        "the model was trained with")
+    tokenizer = Tokenizer(override or record["tokenizer_model"])
+    found = {"vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint}
+    if record is None:
+        log.warning("%s records no tokenizer: %s cannot be checked against the model", source, tokenizer.model_path)
+    check_same_vocabulary(f"model {source}", record, f"tokenizer {tokenizer.model_path}", found,
+                          remedy=f"use the tokenizer the model was trained with ({source / 'tokenizer.model'}) "
+                                 "or leave out --tokenizer")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise LoadError(f"tokenizer {tokenizer.model_path} has {tokenizer.vocab_size} ids but the model in {source} "
+                        f"only {config.vocab_size}; pass the tokenizer the model was trained with")
+    return tokenizer, record or found
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run a command-line ``main`` with INFO logging to stderr; a user error (bad path, mismatched tokenizer,
+    bad option) ends it with ``error: ...`` on stderr and exit code 2, without a traceback."""
+    from megamythos.training.pretrain import user_errors
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return main()
+    except (*user_errors(), LoadError, ExportError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2

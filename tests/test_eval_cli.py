@@ -1,0 +1,231 @@
+"""The evaluation and generation command lines on one tiny trained checkpoint (ZeRO-0, a checkpoint every 2 of 8
+iterations): results files and TensorBoard tags, held-out split reproduction, seeded streaming generation,
+tokenizer checks, clear errors, and export -> generate without unpickling."""
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megamythos.evaluate import EvalConfig, evaluate_loops, heldout_batches, main as evaluate_main
+from megamythos.export import main as export_main
+from megamythos.generate import TextStreamer, main as generate_main
+from megamythos.loading import load_model
+from train_utils import REPO, launch_env, run_single, tiny_args
+
+ITERS = 8
+GEN = ["--prompt", "def main(", "--max-new-tokens", "12"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint --save dir with iter_0000002 ... iter_0000008, corpus dir) of one tiny ZeRO-0 run."""
+    corpus, run = tmp_path_factory.mktemp("corpus"), tmp_path_factory.mktemp("run")
+    out = run_single([*tiny_args(corpus, ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size",
+                      "2", "--save", str(run / "ckpt"), "--save-interval", "2", "--keep-last", "4"], run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run / "ckpt", corpus
+
+
+def cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_checkpoint_carries_tokenizer_and_run_record(trained):
+    ckpt, corpus = trained
+    tag = ckpt / "iter_0000008"
+    record = json.loads((tag / "tokenizer.json").read_text())
+    dataset = json.loads(next(corpus.glob("*_text_document.json")).read_text())
+    assert record["tokenizer_fingerprint"] == dataset["tokenizer_fingerprint"] and record["vocab_size"] == 384
+    assert (tag / "tokenizer.model").read_bytes() == next(corpus.glob("*_tokenizer.model")).read_bytes()
+    train = json.loads((tag / "train_args.json").read_text())
+    assert train["args"]["split"] == "90,10,0" and train["total_iters"] == ITERS and train["global_batch_size"] == 2
+
+
+def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(trained, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ckpt, _ = trained
+    args = ["--loops", "1,3,6", "--eval-iters", "2", "--micro-batch-size", "2", "--act-exit"]
+    code, out, err = cli(evaluate_main, ["--load", str(ckpt / "iter_0000002"), "--out", str(tmp_path), *args], capsys)
+    assert code == 0, err
+    early = json.loads(out)
+    code, out, err = cli(evaluate_main, ["--load", str(ckpt), *args], capsys)  # `latest`, default output dir
+    assert code == 0, err
+    late = json.loads(out)
+    assert "depth eval" in err  # the tqdm bar on stderr
+    rows = {(r["loops"], r["act_exit"]): r for r in late["results"]}
+    assert sorted(rows) == [(1, False), (1, True), (3, False), (3, True), (6, False), (6, True)]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in late["results"])
+    assert rows[(3, False)]["loss"] < [r["loss"] for r in early["results"] if r["loops"] == 3][0] - 0.05
+    assert rows[(6, False)]["mean_steps"] == 6 and rows[(6, True)]["mean_steps"] <= 6
+
+    out_dir = ckpt / "iter_0000008" / "eval"
+    assert late["files"]["csv"] == str(out_dir / "depth_eval.csv")
+    assert len(list(csv.DictReader((out_dir / "depth_eval.csv").open()))) == 6
+    assert json.loads((out_dir / "depth_eval.json").read_text())["trained_loops"] == 3
+    assert (out_dir / "depth_eval.png").read_bytes()[:4] == b"\x89PNG"
+    events = EventAccumulator(str(out_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"depth-eval/loss", "depth-eval/ppl", "depth-eval/mean-steps", "depth-eval-act/ppl"} <= tags
+    assert [e.step for e in events.Scalars("depth-eval/ppl")] == [1, 3, 6]
+
+
+def test_evaluation_reads_the_validation_batches_the_training_run_used(trained):
+    from megamythos.training.arguments import parse_args
+    from megamythos.training.pretrain import batches, build_datasets
+
+    ckpt, corpus = trained
+    loaded = load_model(ckpt)
+    got = heldout_batches(loaded, EvalConfig(load=str(ckpt), loops=[1], data_path=[], micro_batch_size=2,
+                                             eval_iters=1))
+    prefix = str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
+    _, valid = build_datasets(parse_args(tiny_args(corpus, ITERS)), [prefix], ITERS, global_batch=2)
+    tokens, labels = next(batches(valid, 0, 2, 0, 1))  # what Trainer.evaluate reads first
+    assert torch.equal(got[0][0], tokens) and torch.equal(got[0][1], labels)
+    assert tokens.shape == (2, 32)  # the run's --seq-length, not the model's max_seq_len
+
+
+def test_act_exit_uses_fewer_steps_when_the_halting_head_says_stop(trained):
+    model = load_model(trained[0]).model
+    data = [(torch.randint(0, 384, (2, 16)), torch.randint(0, 384, (2, 16)))]
+    with torch.no_grad():
+        model.recurrent.halt.bias.fill_(10.0)  # p_halt ~ 1: every token halts at its first step
+        eager = evaluate_loops(model, data, [8], act_exit=True)[0]
+        model.recurrent.halt.bias.fill_(-10.0)  # p_halt ~ 0: no token halts before the last loop
+        patient = evaluate_loops(model, data, [8], act_exit=True)[0]
+    assert eager.mean_steps == 1 and patient.mean_steps == 8
+
+
+def test_generate_cli_is_reproducible_per_seed_and_reports_speed(trained, capsys):
+    ckpt, _ = trained
+    runs = [cli(generate_main, ["--load", str(ckpt), *GEN, "--seed", seed], capsys) for seed in ("3", "3", "4")]
+    assert all(code == 0 for code, _, _ in runs), runs[0][2]
+    (_, first, err), (_, again, _), (_, other, _) = runs
+    assert first == again and first != other
+    assert first.startswith("def main(") and len(first) > len("def main(\n")
+    stats = json.loads(err.strip().splitlines()[-1])
+    assert stats["new_tokens"] == 12 and stats["tokens_per_s"] > 0 and stats["mean_loops"] == 3
+
+
+def test_text_streamer_holds_back_incomplete_characters():
+    pieces = {1: b"a", 2: b"\xc3", 3: b"\xa9"}  # "é" split over two byte tokens
+
+    def decode(ids: list[int]) -> str:
+        return b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+    streamer = TextStreamer(decode, [1])
+    assert [streamer.push(2), streamer.push(3), streamer.push(2), streamer.flush()] == ["", "\u00e9", "", "\ufffd"]
+    assert streamer.shown == "a\u00e9\ufffd"
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer(tmp_path_factory) -> Path:
+    """A 384-piece tokenizer trained on other text: same vocabulary size, different fingerprint."""
+    from megamythos.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    texts = [f"line {i} of some other corpus with words {i * 7} and more words\n" * 20 for i in range(200)]
+    train_tokenizer(texts, TokenizerTrainConfig(vocab_size=384, model_prefix=str(out / "other")))
+    return out / "other.model"
+
+
+def test_tokenizer_mismatch_is_refused_by_both_clis(trained, other_tokenizer, tmp_path, capsys, caplog):
+    ckpt, corpus = trained
+    recorded = json.loads((ckpt / "iter_0000008" / "tokenizer.json").read_text())["tokenizer_fingerprint"]
+    evaluate = ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1", "--out", str(tmp_path / "e")]
+    for main, argv in ((generate_main, ["--load", str(ckpt), *GEN]), (evaluate_main, evaluate)):
+        code, out, err = cli(main, [*argv, "--tokenizer", str(other_tokenizer)], capsys)
+        assert code == 2 and recorded in err and "use the tokenizer the model was trained with" in err, err
+        assert "Traceback" not in err
+
+    # a dataset whose record names another tokenizer
+    prefix = next(corpus.glob("*_text_document.bin")).with_suffix("")
+    copy = tmp_path / "data" / prefix.name
+    copy.parent.mkdir()
+    for ext in (".bin", ".idx"):
+        shutil.copy(f"{prefix}{ext}", f"{copy}{ext}")
+    record = json.loads(Path(f"{prefix}.json").read_text())
+    Path(f"{copy}.json").write_text(json.dumps({**record, "tokenizer_fingerprint": "0" * 64}))
+    code, _, err = cli(evaluate_main, [*evaluate, "--data-path", str(copy)], capsys)
+    assert code == 2 and "0" * 64 in err and recorded in err and "tokenised with the model's tokenizer" in err, err
+
+    # without a record (as Megatron writes datasets): accepted with a warning
+    Path(f"{copy}.json").unlink()
+    code, out, err = cli(evaluate_main, [*evaluate, "--data-path", str(copy)], capsys)
+    assert code == 0 and "has no metadata record" in caplog.text, err
+
+
+def test_dataset_without_record_must_fit_the_vocabulary(trained, tmp_path, capsys):
+    import numpy as np
+
+    from megamythos.data.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = str(tmp_path / "wide_text_document")  # Megatron-made: no .json record; ids 384-499, past the vocab
+    with IndexedDatasetBuilder(prefix, np.int32) as builder:
+        for d in range(40):
+            builder.add_document(np.arange(d, d + 460) % 116 + 384)
+        builder.finalize()
+    code, _, err = cli(evaluate_main, ["--load", str(trained[0]), "--data-path", prefix, "--loops", "1",
+                                       "--eval-iters", "1", "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "holds token id" in err and "vocabulary has 384 ids" in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--load", "/nonexistent/ckpt"], "/nonexistent/ckpt does not exist"),
+    (["--load", "{ckpt}", "--data-path", "/nonexistent/x_text_document"], "/nonexistent/x_text_document.bin"),
+    (["--load", "{ckpt}", "--tokenizer", "/nonexistent/tok.model"], "/nonexistent/tok.model"),
+    (["--load", "{empty}"], "nor a directory with `latest`"),
+])
+def test_bad_paths_are_one_line_errors(argv, message, trained, tmp_path, capsys):
+    argv = [a.replace("{ckpt}", str(trained[0])).replace("{empty}", str(tmp_path)) for a in argv]
+    for main, extra in ((evaluate_main, ["--out", str(tmp_path / "e")]), (generate_main, GEN)):
+        if main is generate_main and "--data-path" in argv:
+            continue
+        code, _, err = cli(main, [*argv, *extra], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_export_then_generate_never_unpickles(trained, tmp_path, monkeypatch, capsys):
+    ckpt, _ = trained
+    export_dir = tmp_path / "export"
+    code, out, err = cli(export_main, [str(ckpt), str(export_dir)], capsys)
+    assert code == 0, err
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer.model"} <= {
+        p.name for p in export_dir.iterdir()}
+    greedy = [*GEN, "--temperature", "0"]
+    code, from_checkpoint, err = cli(generate_main, ["--load", str(ckpt), *greedy], capsys)
+    assert code == 0, err
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling while loading an export")
+
+    for target, name in ((torch, "load"), (pickle, "load"), (pickle, "loads")):
+        monkeypatch.setattr(target, name, refuse)
+    loaded = load_model(export_dir)
+    assert loaded.train_record is None and loaded.tokenizer.vocab_size == 384
+    code, from_export, err = cli(generate_main, ["--load", str(export_dir), *greedy], capsys)
+    assert code == 0, err
+    assert from_export == from_checkpoint  # same weights, same greedy text
+    (export_dir / "model.safetensors").unlink()
+    code, _, err = cli(generate_main, ["--load", str(export_dir), *greedy], capsys)
+    assert code == 2 and f"{export_dir / 'model.safetensors'} not found" in err
+
+
+def test_generate_runs_as_a_module(trained):
+    out = subprocess.run([sys.executable, "-m", "megamythos.generate", "--load", str(trained[0]), *GEN,
+                          "--temperature", "0", "--act-exit"], capture_output=True, text=True, cwd=REPO,
+                         env=launch_env(), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("def main(")
+    assert json.loads(out.stderr.strip().splitlines()[-1])["mean_loops"] <= 3
