@@ -4,7 +4,8 @@
     PYTHONPATH=. python bench/bench_train.py throughput --out bench/results/train.json
 
 ``memory``: peak memory increase of one training step (forward + loss + backward) of the tiny preset at loop
-counts 4, 8, 16, 32, with per-iteration activation checkpointing and without. Each measurement runs in a fresh
+counts 4, 8, 16, 32, with per-iteration activation checkpointing, with two-level checkpointing (segments of
+sqrt(T) iterations checkpointed again) and without; the step's wall time is recorded too. Each measurement runs in a fresh
 process: build the model, run a 1-loop warm-up step (allocates gradients), return freed heap to the OS
 (``malloc_trim``; ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB), reset the kernel's peak-RSS counter (``/proc/self/clear_refs``), run the step, and report
 ``VmHWM - RSS before the step``: the activations kept for backward plus the transient peak of the backward pass.
@@ -41,8 +42,15 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory_child(loops: int, checkpoint: bool, batch: int, seq: int) -> dict[str, Any]:
-    """One measurement (run in its own process)."""
+MODES = {"per-iteration": dict(checkpoint_loops=True, loop_checkpoint_segment=1),
+         "two-level": dict(checkpoint_loops=True, loop_checkpoint_segment=0),
+         "none": dict(checkpoint_loops=False)}
+
+
+def memory_child(loops: int, mode: str, batch: int, seq: int) -> dict[str, Any]:
+    """One measurement (run in its own process): peak memory increase and wall time of one training step."""
+    import time
+
     import torch
 
     from megamythos.config import get_preset
@@ -50,7 +58,7 @@ def memory_child(loops: int, checkpoint: bool, batch: int, seq: int) -> dict[str
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = get_preset("tiny", max_loops=max(LOOPS), checkpoint_loops=checkpoint, max_seq_len=seq)
+    config = get_preset("tiny", max_loops=max(LOOPS), max_seq_len=seq, **MODES[mode])
     model = MythosLM(config).train()
     tokens = torch.randint(0, config.vocab_size, (batch, seq + 1))
 
@@ -62,27 +70,30 @@ def memory_child(loops: int, checkpoint: bool, batch: int, seq: int) -> dict[str
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = _rss_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    start = time.perf_counter()
     step(loops)
+    seconds = time.perf_counter() - start
     peak = _rss_kib("VmHWM")
-    return {"loops": loops, "checkpoint_loops": checkpoint, "peak_step_mib": (peak - before) / 1024}
+    return {"loops": loops, "mode": mode, "peak_step_mib": (peak - before) / 1024, "step_s": seconds}
 
 
 def memory(batch: int, seq: int) -> dict[str, Any]:
     rows = []
-    for checkpoint in (True, False):
+    for mode in MODES:
         for loops in LOOPS:
-            cmd = [sys.executable, __file__, "_memory_child", "--loops", str(loops), "--batch", str(batch),
-                   "--seq", str(seq)] + ([] if checkpoint else ["--no-checkpoint"])
+            cmd = [sys.executable, __file__, "_memory_child", "--loops", str(loops), "--mode", mode,
+                   "--batch", str(batch), "--seq", str(seq)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO,
                                  env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
                                       "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)})
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    ratio = {str(c): next(r["peak_step_mib"] for r in rows if r["loops"] == 32 and r["checkpoint_loops"] == c)
-             / next(r["peak_step_mib"] for r in rows if r["loops"] == 4 and r["checkpoint_loops"] == c)
-             for c in (True, False)}
+
+    def peak(mode: str, loops: int) -> float:
+        return next(r["peak_step_mib"] for r in rows if r["loops"] == loops and r["mode"] == mode)
+
     return {"preset": "tiny", "batch": batch, "seq_length": seq, "rows": rows,
-            "ratio_T32_over_T4": {"checkpoint_loops": ratio["True"], "no_checkpoint": ratio["False"]},
+            "ratio_T32_over_T4": {mode: peak(mode, 32) / peak(mode, 4) for mode in MODES},
             "goal_ratio_with_checkpointing": 1.15}
 
 
@@ -131,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
     c = sub.add_parser("_memory_child")
     c.add_argument("--loops", type=int, required=True)
-    c.add_argument("--no-checkpoint", action="store_true")
+    c.add_argument("--mode", choices=list(MODES), required=True)
     c.add_argument("--batch", type=int, required=True)
     c.add_argument("--seq", type=int, required=True)
     args = p.parse_args(argv)
     if args.cmd == "_memory_child":
-        print(json.dumps(memory_child(args.loops, not args.no_checkpoint, args.batch, args.seq)))
+        print(json.dumps(memory_child(args.loops, args.mode, args.batch, args.seq)))
         return 0
     result = memory(args.batch, args.seq) if args.cmd == "memory" else throughput(args.iters, args.warmup)
     out = Path(args.out)

@@ -140,12 +140,24 @@ class MemoryPlan:
     total_gib: float
 
 
+def checkpointed_loop_states(c: ModelConfig, loops: int) -> int:
+    """fp32 [tokens, dim] recurrent states a checkpointed training step holds at its peak for ``loops``
+    iterations: one per iteration under gradient (the last ``backprop_loops``), or with two-level segments of
+    s iterations one carry per segment (state, plus ACT's mixture) and one segment's states during backward."""
+    k = min(c.backprop_loops or loops, loops)
+    segment = c.loop_checkpoint_segment or math.ceil(math.sqrt(k))
+    if segment == 1:
+        return k
+    return math.ceil(k / segment) * (2 if c.act else 1) + segment
+
+
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
                 seq_len: int | None = None, dtype: str = "bf16") -> MemoryPlan:
     """Estimate per-GPU memory. Dense and attention matrices are split by ``tp``; routed experts by ``ep``;
     ZeRO stage 1/2/3 shards optimizer states / + gradients / + weights over the data-parallel group (experts
-    over the expert-data-parallel group gpus / ep). Activations assume per-iteration checkpointing: one saved
-    fp32 state per loop plus one block's full activations (Megatron's ~34 s b h bytes per layer) and logits."""
+    over the expert-data-parallel group gpus / ep). Activations assume loop checkpointing at the config's
+    ``max_loops`` (:func:`checkpointed_loop_states` fp32 states, + 2) plus one block's full activations
+    (Megatron's ~34 s b h bytes per layer) and logits."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
     seq = seq_len or min(c.max_seq_len, 4096)
@@ -165,7 +177,7 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     largest_module = (c.n_experts // ep) * expert_params(c) + attention_params(c) / tp if zero >= 3 else 0
     tokens = micro_batch * seq
     loops = c.resolved_max_loops
-    acts = tokens * c.dim * 4 * (loops + 2) + 34 * tokens * c.dim * w_bytes / tp + tokens * c.vocab_size * 4 / tp
+    acts = tokens * c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + 34 * tokens * c.dim * w_bytes / tp + tokens * c.vocab_size * 4 / tp
     plan = dict(weights_gib=weight_params * w_bytes / gib, grads_gib=grads_params * w_bytes / gib,
                 optimizer_gib=opt_params * 12 / gib, gathered_working_gib=largest_module * w_bytes / gib,
                 activations_gib=acts / gib)

@@ -9,7 +9,7 @@ import torch
 from conftest import small_config
 from megamythos.config import PRESETS, get_preset
 from megamythos.model import MythosLM
-from megamythos.params import count, main, memory_plan
+from megamythos.params import checkpointed_loop_states, count, main, memory_plan
 
 
 def model_params(config) -> int:
@@ -50,6 +50,20 @@ def test_cli_json_and_memory_plan(capsys) -> None:
     assert more_ep.weights_gib <= memory_plan(get_preset("1t"), 1024, tp=8, ep=64).weights_gib
     with pytest.raises(ValueError, match="divisible"):
         memory_plan(get_preset("1t"), 100, tp=8)
+
+
+def test_checkpointed_loop_states_follow_the_checkpointing_scheme() -> None:
+    """Per-iteration: one state per loop under gradient; two-level: one carry (state + ACT mixture) per segment
+    plus one segment; truncated BPTT caps both. The memory plan follows the config."""
+    tiny = get_preset("tiny")
+    assert checkpointed_loop_states(tiny, 32) == 32
+    assert checkpointed_loop_states(tiny.replace(backprop_loops=8), 32) == 8
+    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=0), 32) == 6 * 2 + 6
+    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=0, act=False), 36) == 6 + 6
+    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=4), 32) == 8 * 2 + 4
+    big = get_preset("1t")
+    assert (memory_plan(big.replace(loop_checkpoint_segment=0), 1024, tp=8, ep=128).activations_gib
+            < memory_plan(big, 1024, tp=8, ep=128).activations_gib / 2)
 
 
 def test_dense_baseline_matches_params_or_flops() -> None:
