@@ -213,8 +213,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     loaded = load_model(cfg.load, cfg.tokenizer, cfg.device)
-    if cfg.act_exit and not loaded.config.act:
-        raise LoadError(f"--act-exit: the model in {loaded.source} has no ACT halting head (act=false)")
+    loaded.check_act_exit(cfg.act_exit)
     data = heldout_batches(loaded, cfg)
     passes = [False, True] if cfg.act_exit else [False]
     with tqdm(total=len(passes) * len(cfg.loops) * len(data), desc="depth eval", unit="batch",

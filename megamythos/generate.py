@@ -165,8 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise LoadError("--prompt is empty: give at least one character to continue")
     if args.loops is not None and args.loops < 1:
         raise LoadError(f"--loops must be >= 1, got {args.loops}")
-    if args.act_exit and not loaded.config.act:
-        raise LoadError(f"--act-exit: the model in {loaded.source} has no ACT halting head (act=false)")
+    loaded.check_act_exit(args.act_exit)
     try:
         cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, n_loops=args.loops, act_exit=args.act_exit,

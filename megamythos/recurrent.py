@@ -88,13 +88,14 @@ class LTIInjection(nn.Module):
         """B_bar [H] in fp32."""
         return torch.exp(self.log_dt.float().clamp(*_LOG_DT_RANGE)) * self.B.float()
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
-                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+                report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """h [B, S, H] fp32, e, u and delta [B, S, H] -> (next state A_bar h + B_bar e + delta in fp32,
-        detached max rho(A_bar) of this very A_bar — read here, inside the module call, for ZeRO-3)."""
+        with ``report_rho`` the detached max rho(A_bar) of this very A_bar — read here, inside the module call,
+        for ZeRO-3 — else None)."""
         del u
         decay = self.decay()
-        return decay * h + self.input_gain() * e.float() + delta.float(), decay.detach().max()
+        return decay * h + self.input_gain() * e.float() + delta.float(), decay.detach().max() if report_rho else None
 
 
 class AdditiveInjection(nn.Module):
@@ -109,9 +110,9 @@ class AdditiveInjection(nn.Module):
     def spectral_radius(self) -> torch.Tensor:
         return torch.ones(())
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
-                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return u + delta.float(), self.spectral_radius()
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+                report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return u + delta.float(), self.spectral_radius() if report_rho else None
 
 
 class ConcatInjection(nn.Module):
@@ -135,9 +136,9 @@ class ConcatInjection(nn.Module):
         w_h = self.adapter.weight[:, : self.adapter.out_features].detach().float()
         return torch.linalg.eigvals(w_h).abs().max()
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
-                delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return u + delta.float(), self.spectral_radius()
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+                report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return u + delta.float(), self.spectral_radius() if report_rho else None
 
 
 def build_injection(config: ModelConfig) -> nn.Module:
@@ -198,7 +199,7 @@ class RecurrenceResult(NamedTuple):
 class LoopCarry(NamedTuple):
     """What one iteration hands to the next, all fp32: state h [B, S, H]; ACT's weighted state mixture
     [B, S, H] (None without ACT), cumulative halting weight, halted mask, ponder cost N + R and steps taken
-    (each [B, S]); the summed aux loss and the last max rho(A_bar) (scalars)."""
+    (each [B, S]); the summed aux loss and max rho(A_bar), reported by the first iteration (scalars)."""
 
     h: torch.Tensor
     mixed: torch.Tensor | None
@@ -256,8 +257,9 @@ class RecurrentCore(nn.Module):
             nn.init.constant_(self.halt.bias, -math.log(self.config.mean_loops))
 
     def _step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor, cache: LayerKVCache | None,
-              absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One iteration: (h_next fp32, aux loss, halting probability [B, S] fp32 — zeros without ACT, rho)."""
+              absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One iteration: (h_next fp32, aux loss, halting probability [B, S] fp32 — zeros without ACT, max rho of
+        the state transition at the first iteration, else None)."""
         cfg = self.config
         u_state = self.injection.block_input(h, e)
         u = u_state.to(e.dtype)
@@ -267,7 +269,7 @@ class RecurrentCore(nn.Module):
             delta = self.block(u, positions, cache, absorb)
         if self.lora is not None:
             delta = delta + self.lora(u, t)
-        h_next, rho = self.injection(h, e, u_state, delta)
+        h_next, rho = self.injection(h, e, u_state, delta, report_rho=t == 0)  # rho is the same every loop
         aux = router_aux_loss(router_logits[-1].view(*u.shape[:2], -1), selection_bias(self.block.moe),
                               cfg.num_experts_per_tok, cfg.score_func, cfg.seq_aux_loss_coef, cfg.router_z_loss_coef)
         if self.halt is None:
@@ -308,7 +310,7 @@ class RecurrentCore(nn.Module):
             step_args = (carry.h, e, t, positions, cache, absorb)
             h, aux, p_halt, rho = self._checkpoint(self._step, *step_args) if per_loop_checkpoint \
                 else self._step(*step_args)
-            carry = carry._replace(h=h, aux=carry.aux + aux, rho=rho)
+            carry = carry._replace(h=h, aux=carry.aux + aux, rho=carry.rho if rho is None else rho)
             if carry.mixed is not None:
                 carry = act_update(carry, p_halt, t == n_loops - 1, self.config.act_threshold)
             norms.append(h.detach().norm(dim=-1).mean())
