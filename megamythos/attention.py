@@ -41,11 +41,6 @@ class LayerKVCache:
             self.tensors = tuple(torch.cat((old, t.detach()), dim=1) for old, t in zip(self.tensors, new))
         return self.tensors
 
-    def repeat_last(self, source: "LayerKVCache") -> None:
-        """Append the newest entry of ``source`` (used when ACT exits early: skipped loops reuse it)."""
-        assert source.tensors is not None
-        self.append(*(t[:, -1:] for t in source.tensors))
-
 
 def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor | None:
     """Boolean [q_len, kv_len] mask (True = attend) for queries at the last q_len of kv_len positions."""
@@ -118,16 +113,23 @@ class MLA(nn.Module):
         q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
         return q.view(x.shape[0], x.shape[1], -1, self.nope_dim + self.rope_dim)
 
+    def _latent(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the cache holds for x [B, S, H]: (c_kv [B, S, kv_lora_rank], rope(k_pe) [B, S, r])."""
+        c_kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        k_pe = reduce_grad_over_group(k_pe, self.tp_group)
+        return self.kv_norm(c_kv), apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)
+
+    def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache) -> None:
+        """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
+        cache.append(*self._latent(x, *rope_cos_sin(positions, self.rope_dim, self.rope_theta)))
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
                 absorb: bool = False) -> torch.Tensor:
         bsz, seq, _ = x.shape
         cos, sin = rope_cos_sin(positions, self.rope_dim, self.rope_theta)
         q_nope, q_pe = self._query(x).split([self.nope_dim, self.rope_dim], dim=-1)
         q_pe = apply_rope(q_pe, cos, sin)
-        c_kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
-        c_kv = self.kv_norm(c_kv)
-        k_pe = reduce_grad_over_group(k_pe, self.tp_group)
-        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # [B, S, r]
+        c_kv, k_pe = self._latent(x, cos, sin)
         if cache is not None:
             c_kv, k_pe = cache.append(c_kv, k_pe)
         mask = causal_mask(seq, c_kv.shape[1], x.device) if cache is not None else None
@@ -171,14 +173,23 @@ class GQA(nn.Module):
         self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
 
+    def _keys_values(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rope(k), v), each [B, S, n_kv, d], for x [B, S, H]: what the cache holds."""
+        bsz, seq, _ = x.shape
+        k = apply_rope(self.wk(x).view(bsz, seq, -1, self.head_dim), cos, sin)
+        return k, self.wv(x).view(bsz, seq, -1, self.head_dim)
+
+    def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache) -> None:
+        """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
+        cache.append(*self._keys_values(x, *rope_cos_sin(positions, self.head_dim, self.rope_theta)))
+
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
                 absorb: bool = False) -> torch.Tensor:
         del absorb  # only meaningful for MLA
         bsz, seq, _ = x.shape
         cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
         q = apply_rope(self.wq(x).view(bsz, seq, -1, self.head_dim), cos, sin)
-        k = apply_rope(self.wk(x).view(bsz, seq, -1, self.head_dim), cos, sin)
-        v = self.wv(x).view(bsz, seq, -1, self.head_dim)
+        k, v = self._keys_values(x, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
         groups = q.shape[2] // k.shape[2]

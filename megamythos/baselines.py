@@ -45,7 +45,11 @@ class DenseLM(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         return MythosOutput(logits, loss, logits.new_zeros((), dtype=torch.float32),
-                            {"n_loops": torch.tensor(1.0)})
+                            {"n_loops": torch.tensor(1.0), "steps": torch.ones(input_ids.shape)})
+
+    def forward_flops_per_token(self, seq_len: int, loops: float = 1.0) -> float:
+        """Forward FLOPs per token (``loops`` is ignored: depth is fixed)."""
+        return dense_train_flops_per_token(self.config, len(self.layers), seq_len) / 3
 
 
 def dense_params(config: ModelConfig, n_layers: int) -> int:
@@ -61,14 +65,15 @@ def dense_train_flops_per_token(config: ModelConfig, n_layers: int, seq_len: int
 
 
 def matching_dense_layers(config: ModelConfig, target: str, seq_len: int) -> int:
-    """Dense depth whose unique parameters (``target="params"``) or training FLOPs per token (``"flops"``)
-    come closest to the looped model's at its mean loop count."""
+    """Dense depth whose unique parameters (``target="params"``, or twice them: ``"2params"``) or training FLOPs
+    per token (``"flops"``) come closest to the looped model's at its mean loop count."""
     looped = count(config, seq_len=seq_len)
-    if target == "params":
-        score = lambda n: abs(dense_params(config, n) - looped.total)  # noqa: E731
+    if target in ("params", "2params"):
+        wanted = looped.total * (2 if target == "2params" else 1)
+        score = lambda n: abs(dense_params(config, n) - wanted)  # noqa: E731
     elif target == "flops":
         score = lambda n: abs(dense_train_flops_per_token(config, n, seq_len) - looped.train_flops_per_token)  # noqa: E731
     else:
-        raise ValueError(f"target={target!r}: choose 'params' or 'flops'")
+        raise ValueError(f"target={target!r}: choose 'params', '2params' or 'flops'")
     return min(range(1, 257), key=score)
 

@@ -74,10 +74,8 @@ class ModelConfig:
     decay_margin: float = 1e-2  # delta: A-bar <= 1 - delta, also after bf16 rounding
     decay_floor: float = 1e-4  # epsilon: A-bar >= epsilon
 
-    # adaptive computation time
-    act: bool = True
-    act_threshold: float = 0.99
-    ponder_cost: float = 1e-3  # weight of Graves' ponder cost N + R in aux_loss
+    # adaptive depth at inference: a token exits once ||h_{t+1} - h_t|| / ||h_{t+1}|| < exit_threshold
+    exit_threshold: float = 0.05  # the recommended rule; training logs the exit distribution it would give
 
     # mixture of experts in the recurrent block
     n_experts: int = 16
@@ -137,8 +135,7 @@ class ModelConfig:
                  f"must lie in [2**-8, 1): below 2**-8 the bound 1 - delta rounds to 1.0 in bf16")
         _require(0.0 < self.decay_floor < 1.0 - self.decay_margin, "decay_floor", self.decay_floor,
                  "must lie in (0, 1 - decay_margin)")
-        _require(0.0 < self.act_threshold <= 1.0, "act_threshold", self.act_threshold, "must lie in (0, 1]")
-        for name in ("ponder_cost", "seq_aux_loss_coef", "router_z_loss_coef", "expert_bias_update_rate",
+        for name in ("exit_threshold", "seq_aux_loss_coef", "router_z_loss_coef", "expert_bias_update_rate",
                      "noise_std", "loop_sigma"):
             value = getattr(self, name)
             _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value,

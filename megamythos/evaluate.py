@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from megamythos.loading import LoadError, LoadedModel, load_model, run_cli
 from megamythos.model import MythosLM
+from megamythos.recurrent import exit_distribution
 
 logger = logging.getLogger(__name__)
 
@@ -74,45 +75,51 @@ class EvalConfig:
 
 @dataclass
 class LoopEval:
-    """Mean next-token loss over ``tokens`` predicted tokens at ``loops`` iterations."""
+    """Mean next-token loss over ``tokens`` predicted tokens at ``loops`` iterations, with the early-exit rule at
+    ``exit_threshold`` (0 = every token runs every loop): ``mean_steps`` iterations a token executed on average,
+    ``exit_share[t]`` the share of tokens that stopped after iteration t + 1, ``forward_flops_per_token`` what
+    the executed iterations cost (``model.forward_flops_per_token``)."""
 
     loops: int
-    act_exit: bool
+    exit_threshold: float
     loss: float
     perplexity: float
     mean_steps: float
+    exit_share: list[float]
+    forward_flops_per_token: float
     tokens: int
 
 
 @torch.no_grad()
 def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], loops: Sequence[int],
-                   act_exit: bool = False, progress: Callable[[], Any] | None = None) -> list[LoopEval]:
+                   exit_threshold: float = 0.0, progress: Callable[[], Any] | None = None) -> list[LoopEval]:
     """Evaluate ``batches`` (pairs of inputs [B, S] and next-token targets [B, S]) at each loop count.
 
-    ``mean_steps`` is the mean number of iterations a token used: ``loops`` without ACT exit, the ACT
-    step count with it. Deterministic for a fixed model and batch list (the model is put in eval mode).
-    ``progress`` is called after every batch.
+    Deterministic for a fixed model and batch list (the model is put in eval mode). ``progress`` is called
+    after every batch.
     """
     was_training = model.training
     model.eval()
     results = []
     try:
         for n_loops in loops:
-            total_loss, total_tokens, total_steps = 0.0, 0, 0.0
+            total_loss, total_tokens, exits = 0.0, 0, torch.zeros(n_loops)
             for inputs, targets in batches:
-                out = model(inputs, n_loops=n_loops, act_exit=act_exit)
+                out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold)
                 total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                               reduction="sum").item()
-                steps = out.stats.get("act_mean_steps", out.stats["n_loops"]) if act_exit else out.stats["n_loops"]
-                total_steps += float(steps) * targets.numel()
+                exits += exit_distribution(out.stats["steps"], n_loops) * targets.numel()
                 total_tokens += targets.numel()
                 if progress is not None:
                     progress()
-            loss = total_loss / total_tokens
-            results.append(LoopEval(n_loops, act_exit, loss, math.exp(min(loss, 50.0)), total_steps / total_tokens,
-                                    total_tokens))
-            logger.info("loops %d%s: loss %.4f ppl %.2f", n_loops, " (ACT exit)" if act_exit else "", loss,
-                        results[-1].perplexity)
+            loss, share = total_loss / total_tokens, exits / total_tokens
+            mean_steps = float((share * torch.arange(1, n_loops + 1)).sum())
+            flops = model.forward_flops_per_token(inputs.shape[1], mean_steps)
+            results.append(LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_steps,
+                                    share.tolist(), flops, total_tokens))
+            logger.info("loops %d%s: loss %.4f ppl %.2f, %.2f loops/token", n_loops,
+                        f" (exit < {exit_threshold:g})" if exit_threshold else "", loss, results[-1].perplexity,
+                        mean_steps)
     finally:
         model.train(was_training)
     return results

@@ -31,7 +31,7 @@ class SamplingConfig:
     top_k: int = 0
     top_p: float = 1.0
     n_loops: int | None = None
-    act_exit: bool = False
+    exit_threshold: float = 0.0  # > 0: a token stops iterating once its relative state change falls below it
     absorb: bool = True
     eos_id: int | None = None
 
@@ -42,6 +42,8 @@ class SamplingConfig:
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
+        if self.exit_threshold < 0:
+            raise ValueError(f"exit_threshold={self.exit_threshold} must be >= 0")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0")
 
@@ -85,15 +87,15 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
     try:
         n_loops = cfg.n_loops or model.config.mean_loops
         cache = ModelKVCache(model.config, n_loops)
-        out = model(prompt_ids, cache=cache, absorb=cfg.absorb, act_exit=cfg.act_exit)
+        out = model(prompt_ids, cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
         for _ in range(cfg.max_new_tokens):
             if stats is not None:
-                stats.loops_per_token.append(float(out.stats["n_loops"]))
+                stats.loops_per_token.append(float(out.stats["steps"][:, -1].mean()))  # the newest token's loops
             token = sample_next(out.logits[:, -1], cfg, generator)
             yield token
             if cfg.eos_id is not None and bool((token == cfg.eos_id).all()):
                 return
-            out = model(token[:, None], cache=cache, absorb=cfg.absorb, act_exit=cfg.act_exit)
+            out = model(token[:, None], cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
     finally:
         model.train(was_training)
 

@@ -11,6 +11,7 @@ from torch import nn
 from megamythos.attention import LayerKVCache, build_attention
 from megamythos.config import ModelConfig
 from megamythos.layers import RMSNorm, SwiGLU
+from megamythos.params import forward_flops_per_token
 from megamythos.recurrent import RecurrentCore, sample_loop_count
 
 __all__ = ["DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "sample_loop_count",
@@ -52,8 +53,8 @@ class ModelKVCache:
 
 class MythosOutput(NamedTuple):
     """logits [B, S, V]; loss: mean next-token CE (None without labels); aux_loss: weighted MoE + ponder terms;
-    stats: detached diagnostics (n_loops, state_norm [T], act_mean_steps, rho — max rho(A_bar) as this forward
-    computed it). A NamedTuple, so ZeRO-3's module hooks see the tensors inside it."""
+    stats: detached diagnostics (n_loops run, state_norm [T], rho — max rho(A_bar) as this forward computed it,
+    steps [B, S] and mean_steps — iterations each token executed, relative_change [T, B, S] — the exit signal). A NamedTuple, so ZeRO-3's module hooks see the tensors inside it."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None
@@ -96,6 +97,10 @@ class MythosLM(nn.Module):
             if isinstance(child, nn.Linear):
                 nn.init.normal_(child.weight, std=out_std)
 
+    def forward_flops_per_token(self, seq_len: int, loops: float) -> float:
+        """Inference forward FLOPs per token at ``loops`` executed iterations per token on average."""
+        return forward_flops_per_token(self.config, seq_len, loops)
+
     def spectral_radius(self) -> torch.Tensor:
         """max rho(A_bar) in fp32 as forward computes it: A_bar is diagonal and positive, so its largest entry
         (the state-transition spectral radius for the additive/concat baselines). Reads the parameters
@@ -104,12 +109,13 @@ class MythosLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,
-                act_exit: bool = False) -> MythosOutput:
+                exit_threshold: float = 0.0) -> MythosOutput:
         """input_ids [B, S] -> MythosOutput.
 
         labels [B, S] are the next tokens aligned with input positions (-100 = ignored). n_loops defaults to
         ``mean_loops`` (or the cache's count), backprop_loops to the config's. With ``cache`` the tokens
-        continue the cached sequence; ``absorb`` selects MLA's absorbed decode path.
+        continue the cached sequence; ``absorb`` selects MLA's absorbed decode path. ``exit_threshold`` > 0
+        (inference) lets each token stop iterating once its state's relative change falls below it.
         """
         cfg = self.config
         if cache is not None:
@@ -126,7 +132,7 @@ class MythosLM(nn.Module):
             x = block(x, positions, cache.prelude[i] if cache else None, absorb)
         e = self.recurrent.input_norm(x)
         result = self.recurrent(e, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
-                                act_exit)
+                                exit_threshold)
         x = result.state.to(x.dtype)
         for i, block in enumerate(self.coda):
             x = block(x, positions, cache.coda[i] if cache else None, absorb)
@@ -139,11 +145,11 @@ class MythosLM(nn.Module):
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:
     return (param.ndim < 2 or "tok_embeddings" in name or "lm_head" in name
-            or name.startswith(("recurrent.injection.", "recurrent.halt.")))
+            or name.startswith("recurrent.injection."))
 
 
 def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on matrices; none on norms, biases, embeddings and the LTI/ACT parameters."""
+    """AdamW groups: decay on matrices; none on norms, biases, embeddings and the LTI parameters."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:

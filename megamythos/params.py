@@ -69,7 +69,6 @@ def recurrent_core_params(c: ModelConfig) -> int:
     block = 2 * c.dim + attention_params(c) + moe_params(c)
     injection = {"lti": 3 * c.dim, "additive": 0, "concat": 2 * c.dim * c.dim}[c.injection]
     extras = c.dim + injection  # input norm + LTI (log_A, log_dt, B) or the concat adapter
-    extras += (c.dim + 1) if c.act else 0
     extras += (2 * c.dim * c.lora_rank + c.resolved_max_loops * c.lora_rank) if c.lora_rank else 0
     return block + extras
 
@@ -108,7 +107,7 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     n_attn_layers = c.prelude_layers + c.coda_layers + loops
     dense_mm = (c.prelude_layers + c.coda_layers) * dense_block_matmul_params(c)
     vector_params = {"lti": 3 * c.dim, "additive": 0, "concat": 0}[c.injection]
-    rec_mm = rec_active - (2 * c.dim + attention_norm_params(c) + c.dim + vector_params + (1 if c.act else 0)
+    rec_mm = rec_active - (2 * c.dim + attention_norm_params(c) + c.dim + vector_params
                            + (c.resolved_max_loops * c.lora_rank if c.lora_rank else 0))
     head_mm = c.vocab_size * c.dim
     attn_fwd = attention_fwd_flops_per_token(c, seq)
@@ -140,15 +139,22 @@ class MemoryPlan:
     total_gib: float
 
 
+def forward_flops_per_token(c: ModelConfig, seq_len: int, loops: float) -> float:
+    """Inference forward FLOPs per token when tokens run ``loops`` recurrent iterations on average (a mean
+    over tokens, e.g. under early exit): linear in the loop count, one third of the training figure."""
+    one, two = (count(c, seq_len, n).train_flops_per_token / 3 for n in (1, 2))
+    return one + (loops - 1) * (two - one)
+
+
 def checkpointed_loop_states(c: ModelConfig, loops: int) -> int:
     """fp32 [tokens, dim] recurrent states a checkpointed training step holds at its peak for ``loops``
     iterations: one per iteration under gradient (the last ``backprop_loops``), or with two-level segments of
-    s iterations one carry per segment (state, plus ACT's mixture) and one segment's states during backward."""
+    s iterations one state per segment boundary and one segment's states during backward."""
     k = min(c.backprop_loops or loops, loops)
     segment = c.loop_checkpoint_segment or math.ceil(math.sqrt(k))
     if segment == 1:
         return k
-    return math.ceil(k / segment) * (2 if c.act else 1) + segment
+    return math.ceil(k / segment) + segment
 
 
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,

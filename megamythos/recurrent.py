@@ -1,4 +1,4 @@
-"""The recurrent core: one shared attention + MoE block looped T times with LTI-stable injection and ACT.
+"""The recurrent core: one shared attention + MoE block looped T times with LTI-stable injection.
 
 State update (Parcae-style linear time-invariant injection, diagonal per channel, all in fp32):
 
@@ -13,18 +13,20 @@ delta >= 2**-8 (validated in the config) keeps the bound below 1 after rounding 
 Two baselines for studies (``config.injection``): "additive", h_{t+1} = u_t + Block(u_t) with u_t = h_t + e
 (identity state transition, rho = 1), and "concat", Huginn's adapter u_t = W [h_t; e], h_{t+1} = u_t + Block(u_t).
 
-ACT (Graves): p_t = sigmoid(halt(h_{t+1})) per token; a token halts at the first step where the cumulative
-probability reaches ``act_threshold`` and takes the remainder 1 - sum(previous p) as its weight there (or at
-the last step), so the weights over steps sum to 1 per token; the output is sum_t w_t h_{t+1}. The ponder
-cost N + R (steps taken plus remainder) is added to the aux loss. Training always runs every iteration (all
-ranks run the same count); only inference may stop once every token has halted.
+Adaptive depth (Huginn's rule, no halting unit to collapse): training runs every iteration on every token and
+every rank; at inference a token *exits* after iteration t once its state stopped moving,
+
+    r_t = ||h_{t+1} - h_t|| / ||h_{t+1}||  <  exit_threshold,
+
+and its state is frozen from then on (its halting weight is 1 at its exit step, 0 elsewhere). A frozen token
+still offers keys/values to later tokens at deeper loop indices: those of its frozen state, which a decode step
+computes with the attention's cache projection only. Threshold 0 never exits, so it reproduces the full depth.
 """
 from __future__ import annotations
 
 import math
 from contextlib import AbstractContextManager, nullcontext
-from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -52,15 +54,11 @@ def sample_loop_count(mean_loops: int, sigma: float, max_loops: int, seed: int, 
     return int(np.clip(1 + rng.poisson(math.exp(tau)), 1, max_loops))
 
 
+# ------------------------------------------------------------------------------------------------ injections
+# Every variant answers two questions: the block input u_t = block_input(h_t, e), and the next state
+# h_{t+1} = forward(h_t, e, u_t, Block(u_t)) with, on request, the detached max rho of its state transition.
 class LTIInjection(nn.Module):
     """Per-channel parameters of the stable linear recurrence h <- A_bar h + B_bar e + delta."""
-
-    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """u = h + e (fp32)."""
-        return h + e.float()
-
-    def spectral_radius(self) -> torch.Tensor:
-        return self.decay().max()
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -78,11 +76,18 @@ class LTIInjection(nn.Module):
             self.log_A.zero_()
             self.B.fill_(1.0)
 
+    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """u = h + e (fp32)."""
+        return h + e.float()
+
     def decay(self) -> torch.Tensor:
         """A_bar [H] in fp32 (autocast off), guaranteed inside [decay_floor, 1 - decay_margin]."""
         with torch.autocast(device_type=self.log_A.device.type, enabled=False):
             rate = (self.log_dt.float() + self.log_A.float()).clamp(self.log_rate_min, self.log_rate_max)
             return torch.exp(-torch.exp(rate))
+
+    def spectral_radius(self) -> torch.Tensor:
+        return self.decay().max()
 
     def input_gain(self) -> torch.Tensor:
         """B_bar [H] in fp32."""
@@ -90,10 +95,8 @@ class LTIInjection(nn.Module):
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
                 report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """h [B, S, H] fp32, e, u and delta [B, S, H] -> (next state A_bar h + B_bar e + delta in fp32,
-        with ``report_rho`` the detached max rho(A_bar) of this very A_bar — read here, inside the module call,
-        for ZeRO-3 — else None)."""
-        del u
+        """h [B, S, H] fp32, e, u and delta [B, S, H] -> (A_bar h + B_bar e + delta in fp32, with ``report_rho``
+        the detached max rho(A_bar) of this very A_bar — read inside the module call, for ZeRO-3 — else None)."""
         decay = self.decay()
         return decay * h + self.input_gain() * e.float() + delta.float(), decay.detach().max() if report_rho else None
 
@@ -147,6 +150,7 @@ def build_injection(config: ModelConfig) -> nn.Module:
     return AdditiveInjection() if config.injection == "additive" else ConcatInjection(config)
 
 
+# ------------------------------------------------------------------------------------ per-loop conditioning
 class LoopLoRA(nn.Module):
     """Per-loop low-rank adapter: up(down(u) * scale[t]), t clamped to the table (depth extrapolation)."""
 
@@ -185,9 +189,14 @@ class RecurrentBlock(nn.Module):
         attn_out = self.attn(self.attn_norm(u), positions, cache, absorb)
         return attn_out + self.moe(self.moe_norm(u + attn_out))
 
+    def extend_cache(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache) -> None:
+        """Append the keys/values ``forward(u)`` would cache, without attending or running the MoE."""
+        self.attn.extend_cache(self.attn_norm(u), positions, cache)
 
+
+# ------------------------------------------------------------------------------------------------ the loop
 class RecurrenceResult(NamedTuple):
-    """Output of :class:`RecurrentCore`: mixed state [B, S, H] fp32, aux loss and detached statistics.
+    """Output of :class:`RecurrentCore`: final state [B, S, H] fp32, aux loss and detached statistics.
 
     A NamedTuple, so ZeRO-3's module hooks see the tensors inside it."""
 
@@ -196,37 +205,44 @@ class RecurrenceResult(NamedTuple):
     stats: dict[str, torch.Tensor]
 
 
-class LoopCarry(NamedTuple):
-    """What one iteration hands to the next, all fp32: state h [B, S, H]; ACT's weighted state mixture
-    [B, S, H] (None without ACT), cumulative halting weight, halted mask, ponder cost N + R and steps taken
-    (each [B, S]); the summed aux loss and max rho(A_bar), reported by the first iteration (scalars)."""
+class LoopState(NamedTuple):
+    """What one iteration hands to the next: state h [B, S, H] fp32; ``active`` [B, S] bool, the tokens still
+    iterating (None when no token may exit); per-token executed iterations [B, S] fp32; the summed aux loss and
+    max rho(A_bar) reported by the first iteration (scalars)."""
 
     h: torch.Tensor
-    mixed: torch.Tensor | None
-    cum: torch.Tensor
-    halted: torch.Tensor
-    ponder: torch.Tensor
+    active: torch.Tensor | None
     steps: torch.Tensor
     aux: torch.Tensor
     rho: torch.Tensor
 
 
-def act_update(carry: LoopCarry, p_halt: torch.Tensor, last: bool, threshold: float) -> LoopCarry:
-    """Fold the new state ``carry.h`` into ACT's mixture with halting probability p_halt [B, S].
+class Segment(NamedTuple):
+    """Iterations ``loops`` run together: with autograd or not, and as one more activation checkpoint or not."""
 
-    A running token halts once cum + p >= threshold (always at the ``last`` step) and then takes the
-    remainder 1 - cum, so its weights sum to exactly 1; ponder accumulates N (one per running step) + R.
-    """
-    running = ~carry.halted
-    halting_now = running if last else running & (carry.cum + p_halt >= threshold)
-    remainder = 1.0 - carry.cum
-    weight = torch.where(halting_now, remainder, torch.where(running, p_halt, torch.zeros_like(p_halt)))
-    return carry._replace(
-        mixed=carry.mixed + weight.unsqueeze(-1) * carry.h,
-        cum=carry.cum + weight,
-        halted=carry.halted | halting_now,
-        ponder=carry.ponder + running.float() + torch.where(halting_now, remainder, torch.zeros_like(remainder)),
-        steps=carry.steps + running.float())
+    loops: range
+    grad: bool
+    checkpoint: bool
+
+
+def relative_change(h_next: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """r = ||h_next - h|| / ||h_next|| per token, [B, S, H] x 2 -> [B, S] fp32 (detached)."""
+    h_next, h = h_next.detach().float(), h.detach().float()
+    return (h_next - h).norm(dim=-1) / h_next.norm(dim=-1).clamp_min(1e-12)
+
+
+def exit_steps(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Iterations each token would run under the exit rule, from the relative changes [T, B, S] of a run of
+    all T iterations -> [B, S] fp32: the first t with change < threshold, plus one (T when it never happens)."""
+    below = relative_change < threshold
+    never = torch.full_like(below[0], below.shape[0], dtype=torch.long)
+    return torch.where(below.any(dim=0), below.long().argmax(dim=0) + 1, never).float()
+
+
+def exit_distribution(steps: torch.Tensor, n_loops: int) -> torch.Tensor:
+    """Share of tokens exiting after each iteration 1..n_loops, from per-token step counts -> [n_loops]."""
+    counts = torch.bincount(steps.detach().long().flatten() - 1, minlength=n_loops)[:n_loops]
+    return counts.float() / max(steps.numel(), 1)
 
 
 class RecurrentCore(nn.Module):
@@ -235,7 +251,7 @@ class RecurrentCore(nn.Module):
     Activation checkpointing (``checkpoint_loops``, training only): each iteration with gradient is a
     non-reentrant checkpoint that keeps only its input state, so the forward keeps O(k) states for k
     iterations under gradient. ``loop_checkpoint_segment`` = c > 1 (0: c = ceil(sqrt(k))) checkpoints runs of
-    c iterations again (two-level): the forward keeps only segment-boundary carries and the backward
+    c iterations again (two-level): the forward keeps only segment-boundary states and the backward
     re-creates one segment's per-iteration states at a time, O(k / c + c) states for one extra forward of
     the k iterations.
     """
@@ -246,126 +262,114 @@ class RecurrentCore(nn.Module):
         self.input_norm = RMSNorm(config.dim, config.norm_eps)
         self.injection = build_injection(config)
         self.block = RecurrentBlock(config)
-        self.halt = nn.Linear(config.dim, 1) if config.act else None
         self.lora = LoopLoRA(config) if config.lora_rank > 0 else None
 
     def reset_parameters(self) -> None:
-        """LTI init, and a halting bias of -log(mean_loops) (p ~ 1/(1 + mean_loops)) so that at init tokens
-        spread their ACT weight over the whole trained depth instead of halting after two steps."""
         self.injection.reset_parameters()
-        if self.halt is not None:
-            nn.init.constant_(self.halt.bias, -math.log(self.config.mean_loops))
 
-    def _step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor, cache: LayerKVCache | None,
-              absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One iteration: (h_next fp32, aux loss, halting probability [B, S] fp32 — zeros without ACT, max rho of
-        the state transition at the first iteration, else None)."""
+    # --------------------------------------------------------------------------------- one iteration
+    def block_input(self, u_state: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
+        """u_t [B, S, H] in ``dtype``: the injection's block input u_state plus the optional loop-index signal."""
+        u = u_state.to(dtype)
+        if self.config.loop_embedding:
+            u = u + loop_index_signal(t, self.config.resolved_loop_embedding_dim, self.config.dim, u.device, u.dtype)
+        return u
+
+    def step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor, cache: LayerKVCache | None,
+             absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """h_{t+1} = A_bar h_t + B_bar e + Block(u_t) -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0)."""
         cfg = self.config
         u_state = self.injection.block_input(h, e)
-        u = u_state.to(e.dtype)
-        if cfg.loop_embedding:
-            u = u + loop_index_signal(t, cfg.resolved_loop_embedding_dim, cfg.dim, u.device, u.dtype)
+        u = self.block_input(u_state, t, e.dtype)
         with captured_router_logits(self.block.moe) as router_logits:
             delta = self.block(u, positions, cache, absorb)
         if self.lora is not None:
             delta = delta + self.lora(u, t)
-        h_next, rho = self.injection(h, e, u_state, delta, report_rho=t == 0)  # rho is the same every loop
+        h_next, rho = self.injection(h, e, u_state, delta, report_rho=t == 0)
         aux = router_aux_loss(router_logits[-1].view(*u.shape[:2], -1), selection_bias(self.block.moe),
                               cfg.num_experts_per_tok, cfg.score_func, cfg.seq_aux_loss_coef, cfg.router_z_loss_coef)
-        if self.halt is None:
-            p_halt = h_next.new_zeros(h_next.shape[:2])
-        else:
-            p_halt = torch.sigmoid(self.halt(h_next.to(e.dtype)).float().squeeze(-1))
-        return h_next, aux, p_halt, rho
+        return h_next, aux, rho
+
+    # --------------------------------------------------------------------------------- the schedule
+    def segments(self, n_loops: int, backprop_loops: int, checkpointing: bool) -> list[Segment]:
+        """Truncated BPTT runs the first n_loops - k iterations without autograd; with checkpointing the k
+        iterations under gradient are cut into segments of ``loop_checkpoint_segment`` (0: ceil(sqrt(k)))."""
+        grad = torch.is_grad_enabled()
+        first_grad = n_loops - backprop_loops if 0 < backprop_loops < n_loops else 0
+        head = [Segment(range(0, first_grad), False, False)] if first_grad else []
+        if not (checkpointing and grad):
+            return head + [Segment(range(first_grad, n_loops), grad, False)]
+        length = self.config.loop_checkpoint_segment or math.ceil(math.sqrt(n_loops - first_grad))
+        return head + [Segment(range(start, min(start + length, n_loops)), True, length > 1)
+                       for start in range(first_grad, n_loops, length)]
 
     def _checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
         """(forward, recompute) contexts of every checkpoint: a recompute does not count expert load again."""
         return nullcontext(), expert_counts_frozen(self.block)
 
-    def _checkpoint(self, fn: Callable, *args: object) -> object:
+    def _checkpointed(self, fn, *args: object):  # noqa: ANN001, ANN202 - same signature as ``fn``
         return checkpoint(fn, *args, use_reentrant=False, context_fn=self._checkpoint_contexts)
 
-    def initial_carry(self, e: torch.Tensor) -> LoopCarry:
-        """The carry before the first iteration: h0 = e (or Huginn's noise), nothing mixed or halted yet."""
-        if self.config.state_init == "noise":
-            h = torch.randn(e.shape, device=e.device, dtype=torch.float32) * self.config.noise_std
-        else:
-            h = e.float()
-        zeros = torch.zeros(e.shape[:2], device=e.device)
-        return LoopCarry(h=h, mixed=torch.zeros_like(h) if self.halt is not None else None, cum=zeros,
-                         halted=torch.zeros_like(zeros, dtype=torch.bool), ponder=zeros, steps=zeros,
-                         aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))
-
-    def _run_loops(self, e: torch.Tensor, *carry_fields: torch.Tensor | None, loops: range, n_loops: int,
-                   positions: torch.Tensor, caches: list[LayerKVCache] | None, absorb: bool,
-                   per_loop_checkpoint: bool, act_exit: bool) -> tuple[LoopCarry, torch.Tensor]:
-        """Iterations ``loops`` from the carry -> (carry after them, mean state norm per iteration run [n]).
-
-        The carry comes as its fields, so a checkpoint of this call saves them as tensors (version-checked).
-        """
-        carry = LoopCarry(*carry_fields)
-        norms = []
+    def run_segment(self, state: LoopState, e: torch.Tensor, loops: range, positions: torch.Tensor,
+                    caches: list[LayerKVCache] | None, absorb: bool, exit_threshold: float,
+                    checkpoint_each: bool) -> tuple[LoopState, torch.Tensor, torch.Tensor]:
+        """Iterations ``loops`` from ``state`` -> (state after them, mean state norm per iteration [n],
+        relative change per iteration and token [n, B, S])."""
+        norms, changes = [], []
         for t in loops:
-            cache = caches[t] if caches is not None else None
-            step_args = (carry.h, e, t, positions, cache, absorb)
-            h, aux, p_halt, rho = self._checkpoint(self._step, *step_args) if per_loop_checkpoint \
-                else self._step(*step_args)
-            carry = carry._replace(h=h, aux=carry.aux + aux, rho=carry.rho if rho is None else rho)
-            if carry.mixed is not None:
-                carry = act_update(carry, p_halt, t == n_loops - 1, self.config.act_threshold)
-            norms.append(h.detach().norm(dim=-1).mean())
-            if act_exit and bool(carry.halted.all()):
-                if caches is not None:
-                    for later in caches[t + 1:]:
-                        later.repeat_last(caches[t])
+            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb)
+            h_next, aux, rho = self._checkpointed(self.step, *args) if checkpoint_each else self.step(*args)
+            change = relative_change(h_next, state.h)
+            active = state.active
+            if active is not None:  # exited tokens keep their frozen state; the others run one more step
+                h_next = torch.where(active.unsqueeze(-1), h_next, state.h)
+                state = state._replace(steps=state.steps + active.float(), active=active & (change >= exit_threshold))
+            else:
+                state = state._replace(steps=state.steps + 1.0)
+            state = state._replace(h=h_next, aux=state.aux + aux, rho=state.rho if rho is None else rho)
+            norms.append(h_next.detach().norm(dim=-1).mean())
+            changes.append(change)
+            if active is not None and not bool(state.active.any()):
                 break
-        return carry, torch.stack(norms)
-
-    def _schedule(self, n_loops: int, backprop_loops: int, checkpointing: bool) -> list[tuple[range, bool, bool]]:
-        """(iterations, run with autograd, checkpoint the run as one segment) in execution order.
-
-        Truncated BPTT runs the first n_loops - k iterations without autograd; with checkpointing the k
-        iterations under gradient are cut into segments of ``loop_checkpoint_segment`` (0: ceil(sqrt(k))).
-        """
-        grad = torch.is_grad_enabled()
-        first_grad = n_loops - backprop_loops if 0 < backprop_loops < n_loops else 0
-        pieces = [(range(0, first_grad), False, False)] if first_grad else []
-        if not (checkpointing and grad):
-            return pieces + [(range(first_grad, n_loops), grad, False)]
-        k = n_loops - first_grad
-        length = self.config.loop_checkpoint_segment or math.ceil(math.sqrt(k))
-        return pieces + [(range(start, min(start + length, n_loops)), True, length > 1)
-                         for start in range(first_grad, n_loops, length)]
+        return state, torch.stack(norms), torch.stack(changes)
 
     def forward(self, e: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
                 caches: list[LayerKVCache] | None = None, absorb: bool = False,
-                act_exit: bool = False) -> RecurrenceResult:
-        """e [B, S, H] (already normalised) -> RecurrenceResult.
+                exit_threshold: float = 0.0) -> RecurrenceResult:
+        """e [B, S, H] (already normalised) -> RecurrenceResult with the state after (at most) ``n_loops``.
 
         backprop_loops k > 0 runs the first n_loops - k iterations without autograd (truncated BPTT).
-        ``caches`` holds one LayerKVCache per loop index (decode); ``act_exit`` stops once all tokens halted
-        (inference only) and fills the skipped loops' caches with the last computed entry.
+        ``caches`` holds one LayerKVCache per loop index (decode). ``exit_threshold`` > 0 (inference only)
+        freezes each token once its relative state change falls below it and stops when every token exited;
+        deeper caches then get the frozen tokens' keys/values.
         """
-        if act_exit and self.training:
-            raise RuntimeError("ACT early exit is inference-only: in training every rank must run every loop")
+        if exit_threshold > 0 and self.training:
+            raise RuntimeError("early exit is inference-only: in training every rank must run every loop")
         checkpointing = self.config.checkpoint_loops and self.training
-        carry = self.initial_carry(e)
-        norms: list[torch.Tensor] = []
-        for loops, grad, as_segment in self._schedule(n_loops, backprop_loops, checkpointing):
-            run = partial(self._run_loops, loops=loops, n_loops=n_loops, positions=positions, caches=caches,
-                          absorb=absorb, per_loop_checkpoint=checkpointing and grad, act_exit=act_exit)
-            with torch.set_grad_enabled(grad):
-                carry, run_norms = self._checkpoint(run, e, *carry) if as_segment else run(e, *carry)
-            norms.append(run_norms)
-            if act_exit and bool(carry.halted.all()):
+        zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
+        state = LoopState(h=self.initial_state(e), active=zeros.bool().logical_not() if exit_threshold > 0 else None,
+                          steps=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))
+        norms, changes = [], []
+        for segment in self.segments(n_loops, backprop_loops, checkpointing):
+            run_args = (state, e, segment.loops, positions, caches, absorb, exit_threshold, checkpointing and segment.grad)
+            with torch.set_grad_enabled(segment.grad):
+                state, seg_norms, seg_changes = (self._checkpointed(self.run_segment, *run_args) if segment.checkpoint
+                                                 else self.run_segment(*run_args))
+            norms.append(seg_norms)
+            changes.append(seg_changes)
+            if state.active is not None and not bool(state.active.any()):
                 break
-        state_norm = torch.cat(norms)
-        steps_run = state_norm.numel()
-        stats = {"n_loops": torch.tensor(float(steps_run)), "state_norm": state_norm, "rho": carry.rho}
-        aux = carry.aux / steps_run
-        if carry.mixed is None:
-            return RecurrenceResult(carry.h, aux, stats)
-        # ponder = N (a count, no gradient) + R (the remainder, which carries the gradient).
-        stats["act_mean_steps"] = carry.steps.mean()
-        stats["act_weight_sum"] = carry.cum.detach()
-        return RecurrenceResult(carry.mixed, aux + self.config.ponder_cost * carry.ponder.mean(), stats)
+        steps_run = sum(len(n) for n in norms)
+        if caches is not None:
+            for t in range(steps_run, n_loops):  # every token exited: deeper loops cache the frozen states
+                u = self.block_input(self.injection.block_input(state.h, e), t, e.dtype)
+                self.block.extend_cache(u, positions, caches[t])
+        stats = {"n_loops": torch.tensor(float(steps_run)), "state_norm": torch.cat(norms), "rho": state.rho,
+                 "mean_steps": state.steps.mean(), "steps": state.steps, "relative_change": torch.cat(changes)}
+        return RecurrenceResult(state.h, state.aux / steps_run, stats)
+
+    def initial_state(self, e: torch.Tensor) -> torch.Tensor:
+        """h_0 [B, S, H] fp32: e (or Huginn's noise)."""
+        if self.config.state_init == "noise":
+            return torch.randn(e.shape, device=e.device, dtype=torch.float32) * self.config.noise_std
+        return e.float()

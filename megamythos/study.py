@@ -2,8 +2,7 @@
 
     python -m megamythos.study depth      # fixed depth vs sampled depth + truncated backprop, eval 1..2x depth
     python -m megamythos.study injection  # LTI vs additive vs concat injection at a high learning rate
-    python -m megamythos.study dense      # looped MoE vs dense with equal unique params / equal FLOPs per token
-    python -m megamythos.study act        # ACT on/off x loop-index embedding on/off, eval 1..2x depth
+    python -m megamythos.study dense      # dense baselines: twice the looped model's unique params / equal FLOPs
 
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
@@ -41,7 +40,7 @@ logger = logging.getLogger(__name__)
 class StudySettings:
     """Budget shared by every run of a study (equal tokens per run)."""
 
-    steps: int = 300
+    steps: int = 2000  # x 8 x 128 = 2.05M tokens per run
     batch_size: int = 8
     seq_len: int = 128
     lr: float = 2e-3
@@ -65,17 +64,16 @@ class RunSpec:
     sampled_depth: bool = False
     backprop_loops: int = 0
     lr: float | None = None
-    dense_match: str | None = None  # "params" or "flops"
+    dense_match: str | None = None  # "params", "2params" or "flops" (see baselines.matching_dense_layers)
 
 
 def base_config(vocab_size: int, settings: StudySettings) -> ModelConfig:
-    """Study model: ~1M non-embedding parameters at scale 1, mean depth 4, ACT off (the ``act`` study turns it
-    on: with ACT the halting weights decide how much deeper loops can matter at all)."""
+    """Study model: ~1M non-embedding parameters at scale 1, mean depth 4."""
     dim = 64 * max(1, round(2 * settings.scale))
     return ModelConfig(vocab_size=vocab_size, dim=dim, max_seq_len=settings.seq_len, n_heads=4, q_lora_rank=dim // 2,
                        kv_lora_rank=dim // 4, qk_rope_head_dim=16, qk_nope_head_dim=dim // 8, v_head_dim=dim // 8,
                        prelude_layers=1, coda_layers=1, mean_loops=4, max_loops=8, n_experts=8, n_shared_experts=1,
-                       num_experts_per_tok=2, expert_dim=dim, lora_rank=0, seq_aux_loss_coef=1e-4, act=False)
+                       num_experts_per_tok=2, expert_dim=dim, lora_rank=0, seq_aux_loss_coef=1e-4)
 
 
 EXPERIMENTS: dict[str, list[RunSpec]] = {
@@ -83,13 +81,11 @@ EXPERIMENTS: dict[str, list[RunSpec]] = {
               RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2)],
     "injection": [RunSpec(f"{kind}_lr{lr:g}", {"injection": kind}, lr=lr)
                   for lr in (2e-3, 8e-3) for kind in ("lti", "additive", "concat")],
-    "dense": [RunSpec("looped_moe"), RunSpec("dense_same_params", dense_match="params"),
-              RunSpec("dense_same_flops", dense_match="flops")],
-    "act": [RunSpec(f"act_{act}_loopemb_{emb}", {"act": act, "loop_embedding": emb}, sampled_depth=True,
-                    backprop_loops=2)
-            for act in (True, False) for emb in (False, True)],
+    # the looped model these compare with is the depth study's run at the same budget
+    "dense": [RunSpec("dense_2x_params", dense_match="2params"), RunSpec("dense_same_flops", dense_match="flops")],
 }
 EVAL_LOOPS = [1, 2, 3, 4, 6, 8]
+EXIT_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3]  # early-exit rows at the trained depth and at twice it
 
 
 def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> tuple[nn.Module, dict]:
@@ -151,9 +147,10 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
         valid = [(b[:, :-1].to(settings.device), b[:, 1:].to(settings.device)) for b in valid]  # (inputs, targets)
         loops = [1] if spec.dense_match else EVAL_LOOPS
         result["eval"] = [asdict(r) for r in evaluate_loops(model, valid, loops)]
-        if not spec.dense_match and model.config.act:
-            result["eval_act_exit"] = [asdict(r) for r in evaluate_loops(model, valid, [max(EVAL_LOOPS)],
-                                                                         act_exit=True)]
+        if not spec.dense_match:
+            depths = [config.mean_loops, 2 * config.mean_loops]
+            result["eval_exit"] = [asdict(r) for threshold in EXIT_THRESHOLDS
+                                   for r in evaluate_loops(model, valid, depths, exit_threshold=threshold)]
     logger.info("%s: final train loss %.3f, diverged at %s, %.0fs", spec.name, result["final_train_loss"],
                 diverged_at, result["seconds"])
     return result
@@ -258,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    settings = StudySettings(steps=args.steps or int(300 * args.scale), scale=args.scale, device=args.device,
+    settings = StudySettings(steps=args.steps or int(StudySettings.steps * args.scale), scale=args.scale, device=args.device,
                              seed=args.seed)
     data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
     report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus))

@@ -22,11 +22,13 @@ def test_losses_finite_and_improve_with_training_and_files_written(tmp_path) -> 
             (out.loss + out.aux_loss).backward()
             opt.step()
             opt.zero_grad()
-    after = evaluate_loops(model, batches, [1, 3, 6]) + evaluate_loops(model, batches, [6], act_exit=True)
+    after = evaluate_loops(model, batches, [1, 3, 6]) + evaluate_loops(model, batches, [6], exit_threshold=1e9)
     assert all(torch.isfinite(torch.tensor(r.loss)) for r in after)
     assert after[1].loss < before[1].loss - 0.5
     assert evaluate_loops(model, batches, [3])[0].loss == after[1].loss  # deterministic
-    assert after[-1].mean_steps <= 6 and after[0].mean_steps == 1
+    assert after[-1].mean_steps == 1 and after[-1].exit_share == [1.0] + [0.0] * 5  # every token exits at once
+    assert after[2].mean_steps == 6 and after[2].exit_share[-1] == 1.0
+    assert after[-1].forward_flops_per_token == after[0].forward_flops_per_token < after[2].forward_flops_per_token
     paths = write_results(after, tmp_path, trained_loops=3)
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [int(r["loops"]) for r in rows] == [1, 3, 6, 6]

@@ -1,4 +1,4 @@
-"""Behaviour of MythosLM: causality, cached decode, stability of the recurrence, ACT, options, training."""
+"""Behaviour of MythosLM: causality, cached decode, stability of the recurrence, early exit, options, training."""
 from __future__ import annotations
 
 import pytest
@@ -80,46 +80,62 @@ def test_decay_margin_below_bf16_resolution_is_rejected() -> None:
         small_config(decay_margin=1e-3)
 
 
-def test_act_weights_sum_to_one_per_token() -> None:
-    model = MythosLM(small_config(act_threshold=0.9))
+def _threshold_between_changes(model: MythosLM, ids: torch.Tensor, n_loops: int) -> float:
+    """An exit threshold halfway between two observed relative changes at the second iteration, so that some
+    tokens exit there and others run on (and no token sits on the threshold)."""
     with torch.no_grad():
-        model.recurrent.halt.bias.fill_(0.0)  # p ~ 0.5: most tokens halt before the last step
-        out = model(torch.randint(0, 97, (3, 10)), n_loops=6)
-    total = out.stats["act_weight_sum"]
-    assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
-    assert out.stats["act_mean_steps"] < 6
+        changes = model(ids, n_loops=n_loops).stats["relative_change"][1].flatten().sort().values
+    mid = len(changes) // 2
+    return float(changes[mid - 1] + changes[mid]) / 2
 
 
-def test_ponder_cost_enters_aux_loss() -> None:
-    cfg = small_config(seq_aux_loss_coef=0.0, ponder_cost=0.5)
-    ids = torch.randint(0, 97, (2, 8))
-    torch.manual_seed(1)
-    with_cost = MythosLM(cfg)(ids).aux_loss
-    torch.manual_seed(1)
-    without = MythosLM(cfg.replace(ponder_cost=0.0))(ids).aux_loss
-    assert without.item() == 0.0 and with_cost.item() > 0.5  # N + R >= 1 step per token
+def test_exit_threshold_zero_reproduces_full_depth() -> None:
+    model = MythosLM(small_config()).eval()
+    ids = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        full = model(ids, n_loops=6)
+        gated = model(ids, n_loops=6, exit_threshold=0.0)
+    assert torch.equal(full.logits, gated.logits)
+    assert torch.equal(gated.stats["steps"], torch.full((2, 10), 6.0))
 
 
-def test_act_early_exit_is_inference_only_and_uses_fewer_loops() -> None:
-    model = MythosLM(small_config())
-    ids = torch.randint(0, 97, (1, 6))
+def test_exit_gives_each_token_one_exit_step_and_fewer_loops() -> None:
+    model = MythosLM(small_config()).eval()
+    ids = torch.randint(0, 97, (3, 12))
+    threshold = _threshold_between_changes(model, ids, 6)
+    with torch.no_grad():
+        out = model(ids, n_loops=6, exit_threshold=threshold)
+    steps = out.stats["steps"]
+    # the halting weight is one-hot at a token's exit step: every token exits exactly once, within [1, T]
+    assert steps.min() >= 1 and steps.max() <= 6 and torch.equal(steps, steps.round())
+    assert steps.min() < steps.max() and out.stats["mean_steps"] < 6
     with pytest.raises(RuntimeError, match="inference-only"):
-        model(ids, act_exit=True)
-    model.eval()
-    with torch.no_grad():
-        model.recurrent.halt.bias.fill_(10.0)  # every token halts at once
-        out = model(ids, n_loops=8, act_exit=True)
-    assert out.stats["n_loops"].item() == 1
+        model.train()(ids, exit_threshold=threshold)
 
 
-def test_act_exit_decode_keeps_cache_consistent() -> None:
-    cfg = small_config()
+@pytest.mark.parametrize("attn_type,absorb", [("mla", True), ("gqa", False)])
+def test_per_token_exit_in_cached_decode_equals_uncached_forward(attn_type: str, absorb: bool) -> None:
+    cfg = small_config(attn_type=attn_type)
     model = MythosLM(cfg).eval()
+    ids = torch.randint(0, 97, (2, 12))
+    threshold = _threshold_between_changes(model, ids, 6)
     with torch.no_grad():
-        model.recurrent.halt.bias.fill_(10.0)
-    tokens, stats = generate(model, torch.randint(0, 97, (1, 4)),
-                             SamplingConfig(max_new_tokens=5, temperature=0, n_loops=6, act_exit=True))
-    assert tokens.shape == (1, 9) and stats.mean_loops < 6
+        full = model(ids, n_loops=6, exit_threshold=threshold)
+        cache = ModelKVCache(cfg, 6)
+        parts = [model(ids[:, :4], cache=cache, absorb=absorb, exit_threshold=threshold)]
+        parts += [model(ids[:, i:i + 1], cache=cache, absorb=absorb, exit_threshold=threshold) for i in range(4, 12)]
+    assert torch.equal(torch.cat([p.stats["steps"] for p in parts], dim=1), full.stats["steps"])
+    assert torch.allclose(torch.cat([p.logits for p in parts], dim=1), full.logits, atol=1e-4)
+    assert any(p.stats["n_loops"].item() < 6 for p in parts)  # some decode steps stopped early
+    assert all(layer.length == 12 for layer in cache.loops)
+
+
+def test_exit_in_generation_uses_fewer_loops() -> None:
+    model = MythosLM(small_config()).eval()
+    _, full = generate(model, torch.randint(0, 97, (1, 4)), SamplingConfig(max_new_tokens=5, temperature=0, n_loops=6))
+    _, early = generate(model, torch.randint(0, 97, (1, 4)),
+                        SamplingConfig(max_new_tokens=5, temperature=0, n_loops=6, exit_threshold=1e9))
+    assert full.mean_loops == 6 and early.mean_loops == 1  # any change is below 1e9: every token exits at once
 
 
 def test_generation_is_reproducible_with_seed() -> None:
@@ -224,7 +240,7 @@ def test_weight_decay_groups_exclude_norms_embeddings_and_recurrence_params() ->
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     assert {"tok_embeddings.weight", "recurrent.injection.log_A", "recurrent.injection.B",
-            "recurrent.halt.weight", "norm.weight"} <= no_decay_names
+            "norm.weight"} <= no_decay_names
     assert "recurrent.block.moe.experts.gate_up_proj" in {names[id(p)] for p in decay["params"]}
 
 
@@ -255,7 +271,7 @@ def test_bad_config_names_the_field() -> None:
 
 
 def test_config_json_round_trip(tmp_path) -> None:
-    cfg = get_preset("small", act=False)
+    cfg = get_preset("small", loop_embedding=True)
     path = tmp_path / "config.json"
     cfg.to_json(path)
     assert ModelConfig.from_json(path) == cfg

@@ -23,7 +23,7 @@ def test_preset_counts_equal_model_on_meta_device(name: str) -> None:
     assert count(config).total == model_params(config)
 
 
-@pytest.mark.parametrize("variant", [dict(attn_type="gqa"), dict(act=False, lora_rank=0), dict(tie_embeddings=False),
+@pytest.mark.parametrize("variant", [dict(attn_type="gqa"), dict(lora_rank=0, loop_embedding=True), dict(tie_embeddings=False),
                                      dict(q_lora_rank=0, n_shared_experts=0), dict(injection="concat"),
                                      dict(injection="additive")])
 def test_variant_counts_equal_model(variant: dict) -> None:
@@ -53,14 +53,14 @@ def test_cli_json_and_memory_plan(capsys) -> None:
 
 
 def test_checkpointed_loop_states_follow_the_checkpointing_scheme() -> None:
-    """Per-iteration: one state per loop under gradient; two-level: one carry (state + ACT mixture) per segment
-    plus one segment; truncated BPTT caps both. The memory plan follows the config."""
+    """Per-iteration: one state per loop under gradient; two-level: one state per segment boundary plus one
+    segment; truncated BPTT caps both. The memory plan follows the config."""
     tiny = get_preset("tiny")
     assert checkpointed_loop_states(tiny, 32) == 32
     assert checkpointed_loop_states(tiny.replace(backprop_loops=8), 32) == 8
-    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=0), 32) == 6 * 2 + 6
-    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=0, act=False), 36) == 6 + 6
-    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=4), 32) == 8 * 2 + 4
+    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=0), 32) == 6 + 6
+    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=0), 36) == 6 + 6
+    assert checkpointed_loop_states(tiny.replace(loop_checkpoint_segment=4), 32) == 8 + 4
     big = get_preset("1t")
     assert (memory_plan(big.replace(loop_checkpoint_segment=0), 1024, tp=8, ep=128).activations_gib
             < memory_plan(big, 1024, tp=8, ep=128).activations_gib / 2)

@@ -26,9 +26,9 @@ DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
 
 # ------------------------------------------------------------------------------------------------ arguments
 def test_arguments_parse_overrides_and_reject_bad_values():
-    args = parse_args(["--override", "dim=64", "--override", "act=false", "--override", "score_func=sigmoid",
+    args = parse_args(["--override", "dim=64", "--override", "loop_embedding=false", "--override", "score_func=sigmoid",
                        "--train-tokens", "4096", "--global-batch-size", "4", "--seq-length", "32", "--tp", "2"])
-    assert args.overrides == {"dim": 64, "act": False, "score_func": "sigmoid"}
+    assert args.overrides == {"dim": 64, "loop_embedding": False, "score_func": "sigmoid"}
     assert args.total_iters(global_batch_size=4) == 32  # 4096 tokens / (4 x 32)
     assert args.tp == 2 and args.zero is None and args.bf16 is None  # None: keep the ds_config value
     for bad in (["--train-iters", "5", "--train-tokens", "9"], ["--override", "dim"], ["--zero", "4"],

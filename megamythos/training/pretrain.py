@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megamythos.config import ConfigError, ModelConfig, get_preset
+from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.tokenizer import Tokenizer
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
@@ -267,7 +268,6 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- the loop
     def train_step(self, data: Iterator) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; non-finite micro-batches are skipped."""
-        from megamythos.model import sample_loop_count
         from megamythos.moe import update_expert_bias
 
         cfg = self.config
@@ -319,14 +319,18 @@ class Trainer:
         }
         if "rho" in stats:
             values["recurrent/max-rho"] = float(stats["rho"])
-        if "act_mean_steps" in stats:
-            values["recurrent/act-mean-steps"] = float(stats["act_mean_steps"])
+        if "relative_change" in stats:  # where the inference exit rule would stop each token at this depth
+            steps = exit_steps(stats["relative_change"], self.config.exit_threshold)
+            values["recurrent/exit-mean-loops"] = float(steps.mean())
+            for i, share in enumerate(exit_distribution(steps, step["n_loops"]).tolist()):
+                values[f"recurrent/exit-share/loop-{i + 1:02d}"] = share
         for i, norm in enumerate(stats.get("state_norm", torch.empty(0)).flatten().tolist()):
             values[f"recurrent/state-norm/loop-{i:02d}"] = norm
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
         self.monitor.scalars(values, self.iteration, self.consumed)
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
-                             **{k: v for k, v in values.items() if "/state-norm/" not in k}})
+                             **{k: v for k, v in values.items() if "/state-norm/" not in k and "/exit-share/" not in k},
+                             "recurrent/exit-share": [v for k, v in values.items() if "/exit-share/" in k]})
         if self.iteration % self.args.log_interval == 0:
             self.monitor.console(self.iteration, self.total_iters, {
                 "consumed samples": self.consumed, "elapsed time per iteration (ms)": seconds * 1e3,
