@@ -11,7 +11,8 @@ our package is imported from the checkout (``PYTHONPATH=.``), so both models are
     identical widths and exactly T executed loop iterations (counted with forward hooks on both models);
   * the MoE layer fwd+bwd at 64 experts top-4, ours against the reference's ``MoEFFN``;
   * the tiny preset against a dense pre-norm GPT whose training FLOPs per token equal ours.
-``params`` counts the reference presets on the meta device next to ours (analytic, cross-checked on meta).
+``params`` counts the reference presets on the meta device next to ours (analytic, ``megamythos.params``, which
+tests/test_params.py checks part by part against our meta-device model).
 """
 from __future__ import annotations
 
@@ -31,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from megamythos.config import ModelConfig, get_preset
-from megamythos.layers import RMSNorm
-from megamythos.model import DenseBlock, MythosLM
+from megamythos.model import MythosLM
 from megamythos.moe import MoE, update_expert_bias
-from megamythos.params import count, dense_block_params
+from megamythos.params import count, parts
+from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token
 
 try:
     import open_mythos as om
@@ -140,48 +141,15 @@ def matched_configs(base: ModelConfig, seq: int, loops: int) -> tuple[ModelConfi
     return ours, reference
 
 
-def dense_train_flops(config: ModelConfig, n_layers: int, seq: int) -> float:
-    """Training FLOPs per token of a dense GPT of ``n_layers`` DenseBlocks with a tied head: 6 N over the matmul
-    weights (norm vectors excluded, the LM head included) + 6 * dim * seq per layer for causal attention
-    (scores and values over the average context seq/2), the convention of :func:`megamythos.params.count`."""
-    matmul_params = n_layers * (dense_block_params(config) - 2 * config.dim) + config.vocab_size * config.dim
-    return 6.0 * matmul_params + 6.0 * n_layers * config.dim * seq
-
-
 def dense_gpt_config(ours: ModelConfig, seq: int, loops: int) -> tuple[ModelConfig, int]:
     """A dense GPT as deep as ours runs (prelude + loops + coda layers), same width, full multi-head attention,
     with the SwiGLU width solved so that its training FLOPs per token equal ours at (seq, loops)."""
     n_layers = ours.prelude_layers + loops + ours.coda_layers
     target = count(ours, seq_len=seq, n_loops=loops).train_flops_per_token
     mha = ours.replace(attn_type="gqa", n_kv_heads=ours.n_heads, head_dim=0, ffn_dim=1)
-    per_unit_width = dense_train_flops(mha.replace(ffn_dim=2), n_layers, seq) - dense_train_flops(mha, n_layers, seq)
-    ffn_dim = 1 + round((target - dense_train_flops(mha, n_layers, seq)) / per_unit_width)
-    return mha.replace(ffn_dim=ffn_dim), n_layers
-
-
-class DenseGPT(nn.Module):
-    """Pre-norm dense transformer built from our DenseBlock (RoPE attention + SwiGLU) with a tied LM head."""
-
-    def __init__(self, config: ModelConfig, n_layers: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(config.vocab_size, config.dim)
-        self.blocks = nn.ModuleList(DenseBlock(config) for _ in range(n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        self.head.weight = self.embed.weight
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy of input_ids [B, S] against labels [B, S]."""
-        positions = torch.arange(input_ids.shape[1])
-        x = self.embed(input_ids)
-        for block in self.blocks:
-            x = block(x, positions)
-        logits = self.head(self.norm(x))
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    base = dense_train_flops_per_token(mha, n_layers, seq)
+    per_unit_width = dense_train_flops_per_token(mha.replace(ffn_dim=2), n_layers, seq) - base
+    return mha.replace(ffn_dim=1 + round((target - base) / per_unit_width)), n_layers
 
 
 # ------------------------------------------------------------------------------------------------ benchmarks
@@ -213,13 +181,13 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
     ids = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
     labels = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
     models = {"ours_matched": MythosLM(ours_cfg).train(), "reference": om.OpenMythos(ref_cfg).train(),
-              "ours_preset": MythosLM(preset_cfg).train(), "dense_gpt": DenseGPT(dense_cfg, dense_layers).train()}
+              "ours_preset": MythosLM(preset_cfg).train(), "dense_gpt": DenseLM(dense_cfg, dense_layers).train()}
     counters = {name: CallCounter(models[name].recurrent.block)
                 for name in ("ours_matched", "reference", "ours_preset")}
     steps = {"ours_matched": ours_step(models["ours_matched"], ids, labels, loops),
              "reference": reference_step(models["reference"], ids, labels, loops),
              "ours_preset": ours_step(models["ours_preset"], ids, labels, loops),
-             "dense_gpt": train_step(models["dense_gpt"], lambda: models["dense_gpt"](ids, labels)),
+             "dense_gpt": train_step(models["dense_gpt"], lambda: models["dense_gpt"](ids, labels).loss),
              "matmul_1024": matmul_step(1024)}
     seconds = time_interleaved(steps, rounds, warmup)
     for name, counter in counters.items():  # exactly `loops` block calls per step, no early exit, no recompute
@@ -227,8 +195,10 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
     matched_flops = count(ours_cfg, seq_len=seq, n_loops=loops).train_flops_per_token
     flops = {"ours_matched": matched_flops, "reference": matched_flops,  # identical widths, identical matmuls
              "ours_preset": count(preset_cfg, seq_len=seq, n_loops=loops).train_flops_per_token,
-             "dense_gpt": dense_train_flops(dense_cfg, dense_layers, seq)}
-    results = {name: {**summarise(seconds[name], batch * seq, flops[name]), "params": n_params(models[name]),
+             "dense_gpt": dense_train_flops_per_token(dense_cfg, dense_layers, seq)}
+    params = {"ours_matched": count(ours_cfg).total, "reference": reference_params(models["reference"]),
+              "ours_preset": count(preset_cfg).total, "dense_gpt": dense_params(dense_cfg, dense_layers)}
+    results = {name: {**summarise(seconds[name], batch * seq, flops[name]), "params": params[name],
                       "train_flops_per_token": flops[name]} for name in models}
     matmul_s = statistics.median(seconds["matmul_1024"])
     results["matmul_1024"] = {"median_s": matmul_s, "gflops_per_s": 2.0 * 1024 ** 3 / matmul_s / 1e9}
@@ -298,33 +268,34 @@ def bench_moe(dim: int, expert_dim: int, n_experts: int, top_k: int, tokens: int
 
 
 # ------------------------------------------------------------------------------------------------ parameters
-def module_params(model: nn.Module, *paths: str) -> int:
-    """Parameters of the sub-modules at the dotted ``paths`` (one ModuleList index per '*' entry)."""
-    return sum(n_params(model.get_submodule(path)) for path in paths)
+def reference_params(reference: nn.Module, *paths: str) -> int:
+    """Parameters of the reference model, or of its sub-modules at the dotted ``paths``: it has no analytic
+    counter, so it is counted as built (on the meta device); ours come from :mod:`megamythos.params`."""
+    modules = [reference.get_submodule(path) for path in paths] or [reference]
+    return sum(p.numel() for module in modules for p in module.parameters())
 
 
 def dense_ffn_paths(n_prelude: int, n_coda: int) -> list[str]:
+    """Module paths of the reference's prelude and coda FFNs."""
     return [f"prelude.{i}.ffn" for i in range(n_prelude)] + [f"coda.{i}.ffn" for i in range(n_coda)]
 
 
 def compare_preset_params(name: str) -> dict[str, Any]:
-    """Total parameters of the reference preset (meta device) and ours (analytic, checked on meta), with the
-    difference split into dense prelude/coda FFNs, shared experts and the rest; KV-cache values per token."""
+    """Total parameters of the reference preset (meta device) and ours (analytic), with the difference split
+    into dense prelude/coda FFNs, shared experts, recurrent attention and the rest; KV-cache values per token."""
     ref_cfg = getattr(om, f"mythos_{name}")()
     ours_cfg = get_preset(name)
     with torch.device("meta"):
-        reference, ours = om.OpenMythos(ref_cfg), MythosLM(ours_cfg)
-    report = count(ours_cfg)
-    assert report.total == n_params(ours), f"{name}: analytic {report.total} != module {n_params(ours)}"
-    dense = dense_ffn_paths(ours_cfg.prelude_layers, ours_cfg.coda_layers)
+        reference = om.OpenMythos(ref_cfg)
+    report, ours = count(ours_cfg), parts(ours_cfg)
     ref_dense = dense_ffn_paths(ref_cfg.prelude_layers, ref_cfg.coda_layers)
-    d_dense = module_params(ours, *dense) - module_params(reference, *ref_dense)
-    d_shared = (module_params(ours, "recurrent.block.moe.shared_experts")
-                - module_params(reference, "recurrent.block.ffn.shared_experts"))
-    d_attn = module_params(ours, "recurrent.block.attn") - module_params(reference, "recurrent.block.attn")
-    diff = report.total - n_params(reference)
+    d_dense = ours.dense_ffn - reference_params(reference, *ref_dense)
+    d_shared = ours.shared_experts - reference_params(reference, "recurrent.block.ffn.shared_experts")
+    d_attn = ours.recurrent_attention - reference_params(reference, "recurrent.block.attn")
+    ref_total = reference_params(reference)
+    diff = report.total - ref_total
     n_attn_layers = ref_cfg.prelude_layers + ref_cfg.coda_layers + ref_cfg.max_loop_iters
-    return {"preset": name, "reference": n_params(reference), "ours": report.total, "diff": diff,
+    return {"preset": name, "reference": ref_total, "ours": report.total, "diff": diff,
             "diff_dense_ffn": d_dense, "diff_shared_experts": d_shared, "diff_recurrent_attention": d_attn,
             "diff_rest": diff - d_dense - d_shared - d_attn,
             "ffn_dim": {"reference": ref_cfg.dim * 4 // 3, "ours": ours_cfg.resolved_ffn_dim},

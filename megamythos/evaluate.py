@@ -1,6 +1,6 @@
-"""Held-out loss and perplexity as a function of the loop count (depth extrapolation), with and without ACT exit.
+"""Held-out loss and perplexity as a function of the loop count (depth extrapolation), with and without early exit.
 
-    python -m megamythos.evaluate --load runs/tiny/checkpoints --loops 1,2,4,8,16,24,32 [--act-exit]
+    python -m megamythos.evaluate --load runs/tiny/checkpoints --loops 1,2,4,8,16,24,32 [--exit-threshold 0.1,0.15]
     python -m megamythos.evaluate --load exported/tiny --data-path data/x_text_document --split 969,30,1
 
 The held-out data is the validation split of the training run: ``--data-path``, ``--split``, ``--seed`` and
@@ -10,12 +10,14 @@ and seed then default to the trainer's defaults and the sequence length to the m
 dataset's tokenizer record must match the model's (a dataset without one is accepted with a warning if its
 token ids fit the vocabulary).
 
-Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`` samples; ``--act-exit`` adds
-a second row per loop count with ACT early exit (``mean_steps`` = mean iterations a token used). Results go to
-``depth_eval.{csv,json,png}`` in ``--out`` (default ``eval/`` inside the checkpoint tag or export directory) and
-to TensorBoard in ``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count under the tags
-``depth-eval/loss``, ``depth-eval/ppl``, ``depth-eval/mean-steps`` (all loops) and ``depth-eval-act/...``
-(ACT exit). A summary JSON line goes to stdout.
+Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`` samples; each threshold of
+``--exit-threshold`` adds a row per loop count in which a token stops iterating once its state's relative change
+falls below the threshold (``mean_steps`` = iterations a token executed, ``exit_share`` = share of tokens stopping
+after each iteration, ``forward_flops_per_token`` = what that costs). Results go to ``depth_eval.{csv,json,png}``
+in ``--out`` (default ``eval/`` inside the checkpoint tag or export directory) and to TensorBoard in
+``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count under the tags ``depth-eval/{loss,ppl,
+mean-steps,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...`` (exit at threshold T, with
+``exit-share/loop-NN``). A summary JSON line goes to stdout.
 
 Library part: :func:`evaluate_loops` runs a fixed list of token batches through the model at each loop count;
 :func:`write_results` stores a CSV, a JSON and a PNG plot (perplexity vs loops, trained depth marked).
@@ -28,7 +30,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -43,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 
 DEFAULT_LOOPS = "1,2,4,8,16,24,32"
-TB_PREFIX = {False: "depth-eval", True: "depth-eval-act"}
 
 
 @dataclass
@@ -58,7 +59,7 @@ class EvalConfig:
     seq_length: int | None = None
     micro_batch_size: int = 4
     eval_iters: int = 8
-    act_exit: bool = False
+    exit_thresholds: list[float] = field(default_factory=list)
     tokenizer: str | None = None
     out: str | None = None
     tensorboard_dir: str | None = None
@@ -67,6 +68,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.loops or min(self.loops) < 1:
             raise LoadError(f"--loops must list loop counts >= 1, got {self.loops}")
+        if any(t <= 0 for t in self.exit_thresholds):
+            raise LoadError(f"--exit-threshold must list thresholds > 0, got {self.exit_thresholds}")
         for name in ("micro_batch_size", "eval_iters", "seq_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -148,10 +151,10 @@ def _plot(results: Sequence[LoopEval], trained_loops: int, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for act_exit in sorted({r.act_exit for r in results}):
-        subset = [r for r in results if r.act_exit == act_exit]
+    for threshold in sorted({r.exit_threshold for r in results}):
+        subset = [r for r in results if r.exit_threshold == threshold]
         ax.plot([r.loops for r in subset], [r.perplexity for r in subset], marker="o",
-                label="ACT early exit" if act_exit else "all loops")
+                label=f"early exit < {threshold:g}" if threshold else "all loops")
     ax.axvline(trained_loops, color="grey", linestyle="--", label=f"trained mean depth ({trained_loops})")
     ax.set_xlabel("loop iterations at inference")
     ax.set_ylabel("perplexity")
@@ -163,15 +166,19 @@ def _plot(results: Sequence[LoopEval], trained_loops: int, path: Path) -> None:
 
 
 def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path) -> None:
-    """Scalars ``depth-eval[-act]/{loss,ppl,mean-steps}`` with step = loop count."""
+    """Scalars ``depth-eval[-exit-T]/{loss,ppl,mean-steps,flops-per-token}`` with step = loop count, and with
+    early exit the share of tokens stopping after each iteration, ``.../exit-share/loop-NN``."""
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         for r in results:
-            prefix = TB_PREFIX[r.act_exit]
+            prefix = f"depth-eval-exit-{r.exit_threshold:g}" if r.exit_threshold else "depth-eval"
             writer.add_scalar(f"{prefix}/loss", r.loss, r.loops)
             writer.add_scalar(f"{prefix}/ppl", r.perplexity, r.loops)
             writer.add_scalar(f"{prefix}/mean-steps", r.mean_steps, r.loops)
+            writer.add_scalar(f"{prefix}/flops-per-token", r.forward_flops_per_token, r.loops)
+            for i, share in enumerate(r.exit_share if r.exit_threshold else []):
+                writer.add_scalar(f"{prefix}/exit-share/loop-{i + 1:02d}", share, r.loops)
 
 
 def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -220,12 +227,12 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     loaded = load_model(cfg.load, cfg.tokenizer, cfg.device)
-    loaded.check_act_exit(cfg.act_exit)
     data = heldout_batches(loaded, cfg)
-    passes = [False, True] if cfg.act_exit else [False]
+    passes = [0.0] + cfg.exit_thresholds
     with tqdm(total=len(passes) * len(cfg.loops) * len(data), desc="depth eval", unit="batch",
               file=sys.stderr) as bar:
-        results = [r for act in passes for r in evaluate_loops(loaded.model, data, cfg.loops, act, bar.update)]
+        results = [r for threshold in passes
+                   for r in evaluate_loops(loaded.model, data, cfg.loops, threshold, bar.update)]
     out_dir = Path(cfg.out) if cfg.out else loaded.source / "eval"
     paths = write_results(results, out_dir, trained_loops=loaded.config.mean_loops)
     tb_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else out_dir / "tensorboard"
@@ -247,7 +254,10 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--eval-iters", type=int, default=8, help="batches evaluated at every loop count")
     p.add_argument("--loops", default=DEFAULT_LOOPS, help="comma-separated loop counts")
-    p.add_argument("--act-exit", action="store_true", help="also evaluate every loop count with ACT early exit")
+    p.add_argument("--exit-threshold", dest="exit_thresholds", default="",
+                   help="comma-separated early-exit thresholds: each adds a row per loop count in which a token "
+                        "stops once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below it (the model's recommended value "
+                        "is its config's exit_threshold)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--out", help="results directory (default: eval/ in the checkpoint or export directory)")
     p.add_argument("--tensorboard-dir", help="default: OUT/tensorboard")
@@ -257,6 +267,10 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
         ns["loops"] = [int(x) for x in ns["loops"].split(",")]
     except ValueError:
         p.error(f"--loops expects comma-separated integers such as {DEFAULT_LOOPS}, got {ns['loops']!r}")
+    try:
+        ns["exit_thresholds"] = [float(x) for x in ns["exit_thresholds"].split(",") if x]
+    except ValueError:
+        p.error(f"--exit-threshold expects comma-separated numbers such as 0.1,0.15, got {ns['exit_thresholds']!r}")
     return EvalConfig(**ns)
 
 

@@ -1,12 +1,12 @@
 """Autoregressive generation with a KV cache, free loop count and optional ACT early exit.
 
     python -m megamythos.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \
-        [--loops N] [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--seed 0] [--act-exit] [--tokenizer PATH]
+        [--loops N] [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--seed 0] [--exit-threshold 0.1] [--tokenizer PATH]
 
 ``--load`` takes a checkpoint tag directory, a ``--save`` directory (its ``latest`` tag) or an export directory.
 The prompt and then the continuation are streamed to stdout as tokens arrive; generation stops at
-``--max-new-tokens`` or the tokenizer's eos. A JSON line with tokens/s and the mean loop count used per token
-goes to stderr. The same model, prompt, options and ``--seed`` give the same text.
+``--max-new-tokens`` or the tokenizer's eos. A JSON line with tokens/s, the mean loop count executed per token and the forward
+FLOPs per token that implies goes to stderr. The same model, prompt, options and ``--seed`` give the same text.
 """
 from __future__ import annotations
 
@@ -151,7 +151,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--act-exit", action="store_true", help="stop iterating once ACT halted every token")
+    p.add_argument("--exit-threshold", type=float, default=0.0,
+                   help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this "
+                        "(0 = run every loop; the model's recommended value is its config's exit_threshold)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p.parse_args(argv)
@@ -167,10 +169,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         raise LoadError("--prompt is empty: give at least one character to continue")
     if args.loops is not None and args.loops < 1:
         raise LoadError(f"--loops must be >= 1, got {args.loops}")
-    loaded.check_act_exit(args.act_exit)
     try:
         cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p, n_loops=args.loops, act_exit=args.act_exit,
+                             top_p=args.top_p, n_loops=args.loops, exit_threshold=args.exit_threshold,
                              eos_id=loaded.tokenizer.eos_id)
     except ValueError as err:
         raise LoadError(f"bad sampling option: {err}") from err
@@ -186,7 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     seconds = time.perf_counter() - start
     n = len(stats.loops_per_token)
     return {"prompt_tokens": len(prompt_ids), "new_tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
-            "mean_loops": stats.mean_loops, "loops": cfg.n_loops or loaded.config.mean_loops}
+            "mean_loops": stats.mean_loops, "loops": cfg.n_loops or loaded.config.mean_loops,
+            "exit_threshold": cfg.exit_threshold,
+            "forward_flops_per_token": loaded.model.forward_flops_per_token(len(prompt_ids) + n, stats.mean_loops)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,11 +46,6 @@ class LoadedModel:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def check_act_exit(self, act_exit: bool) -> None:
-        """Refuse ``--act-exit`` for a model without an ACT halting head."""
-        if act_exit and not self.config.act:
-            raise LoadError(f"--act-exit: the model in {self.source} has no ACT halting head (act=false)")
-
 
 def load_model(path: str | Path, tokenizer_path: str | None = None, device: str = "cpu") -> LoadedModel:
     """Load the model at ``path`` (tag dir, ``--save`` dir or export dir) and its checked tokenizer."""

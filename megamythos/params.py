@@ -37,8 +37,14 @@ def attention_norm_params(c: ModelConfig) -> int:
     return 0 if c.attn_type == "gqa" else c.kv_lora_rank + c.q_lora_rank
 
 
+def swiglu_params(dim: int, hidden: int) -> int:
+    """gate and up [hidden, dim], down [dim, hidden]."""
+    return 3 * dim * hidden
+
+
 def dense_block_params(c: ModelConfig) -> int:
-    return 2 * c.dim + attention_params(c) + 3 * c.dim * c.resolved_ffn_dim
+    """Pre-norms (2 x dim), attention and the dense SwiGLU of one prelude/coda block."""
+    return 2 * c.dim + attention_params(c) + swiglu_params(c.dim, c.resolved_ffn_dim)
 
 
 def dense_block_matmul_params(c: ModelConfig) -> int:
@@ -57,20 +63,65 @@ def attention_fwd_flops_per_token(c: ModelConfig, seq_len: int) -> float:
 
 def expert_params(c: ModelConfig) -> int:
     """One routed expert (gate, up, down)."""
-    return 3 * c.dim * c.expert_dim
+    return swiglu_params(c.dim, c.expert_dim)
 
 
-def moe_params(c: ModelConfig) -> int:
-    shared = 3 * c.dim * c.n_shared_experts * c.expert_dim
-    return c.dim * c.n_experts + c.n_experts * expert_params(c) + shared
+def embedding_params(c: ModelConfig) -> int:
+    """Token embeddings [V, dim], plus the LM head [V, dim] when it is not tied to them."""
+    return c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
 
 
-def recurrent_core_params(c: ModelConfig) -> int:
-    block = 2 * c.dim + attention_params(c) + moe_params(c)
-    injection = {"lti": 3 * c.dim, "additive": 0, "concat": 2 * c.dim * c.dim}[c.injection]
-    extras = c.dim + injection  # input norm + LTI (log_A, log_dt, B) or the concat adapter
-    extras += (2 * c.dim * c.lora_rank + c.resolved_max_loops * c.lora_rank) if c.lora_rank else 0
-    return block + extras
+def injection_params(c: ModelConfig) -> int:
+    """LTI: log_A, log_dt, B (dim each); additive: none; concat: the [dim, 2 dim] adapter."""
+    return {"lti": 3 * c.dim, "additive": 0, "concat": 2 * c.dim * c.dim}[c.injection]
+
+
+@dataclass(frozen=True)
+class PartCounts:
+    """Parameters of each part of :class:`~megamythos.model.MythosLM`; every parameter is in exactly one part.
+
+    Attention parts include their latent RMSNorms (MLA); ``*_norms`` are the pre-norms of the blocks (and the
+    recurrent input norm), ``final_norm`` the one before the LM head.
+    """
+
+    embedding: int  # tok_embeddings (+ lm_head when untied)
+    dense_attention: int  # prelude + coda
+    dense_ffn: int  # prelude + coda SwiGLUs
+    dense_norms: int
+    recurrent_attention: int
+    router: int  # [E, dim] gate
+    routed_experts: int  # E x (gate, up, down)
+    shared_experts: int  # one SwiGLU n_shared * expert_dim wide
+    recurrent_norms: int  # input_norm, attn_norm, moe_norm
+    injection: int
+    lora: int  # per-loop LoRA down, up and scale table
+    final_norm: int
+
+    @property
+    def prelude_coda(self) -> int:
+        return self.dense_attention + self.dense_ffn + self.dense_norms
+
+    @property
+    def recurrent(self) -> int:
+        return (self.recurrent_attention + self.router + self.routed_experts + self.shared_experts
+                + self.recurrent_norms + self.injection + self.lora)
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.prelude_coda + self.recurrent + self.final_norm
+
+
+def parts(c: ModelConfig) -> PartCounts:
+    """Analytic per-part parameter counts of config ``c`` (what the meta-device model holds, tested so)."""
+    n_dense = c.prelude_layers + c.coda_layers
+    return PartCounts(
+        embedding=embedding_params(c), dense_attention=n_dense * attention_params(c),
+        dense_ffn=n_dense * swiglu_params(c.dim, c.resolved_ffn_dim), dense_norms=n_dense * 2 * c.dim,
+        recurrent_attention=attention_params(c), router=c.dim * c.n_experts,
+        routed_experts=c.n_experts * expert_params(c),
+        shared_experts=swiglu_params(c.dim, c.n_shared_experts * c.expert_dim),
+        recurrent_norms=3 * c.dim, injection=injection_params(c),
+        lora=(2 * c.dim + c.resolved_max_loops) * c.lora_rank, final_norm=c.dim)
 
 
 @dataclass
@@ -93,30 +144,27 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     for FLOPs so the 1M-context presets report a training-length figure) and ``n_loops`` (default mean)."""
     loops = n_loops or c.mean_loops
     seq = seq_len or min(c.max_seq_len, 4096)
-    embedding = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
-    prelude_coda = (c.prelude_layers + c.coda_layers) * dense_block_params(c)
-    recurrent = recurrent_core_params(c)
-    routed = c.n_experts * expert_params(c)
+    p = parts(c)
     inactive = (c.n_experts - c.num_experts_per_tok) * expert_params(c)
-    total = embedding + prelude_coda + recurrent + c.dim
-    active = total - inactive
-    rec_active = recurrent - inactive
-    effective = total - recurrent + loops * rec_active
+    active = p.total - inactive
+    rec_active = p.recurrent - inactive
+    effective = p.total - p.recurrent + loops * rec_active
 
-    # matmul weights touched per token (norm vectors and LTI vectors excluded; the LM head is a matmul)
+    # matmul weights touched per token (norm vectors, LTI vectors and the LoRA scale table
+    # excluded; the LM head is a matmul)
     n_attn_layers = c.prelude_layers + c.coda_layers + loops
     dense_mm = (c.prelude_layers + c.coda_layers) * dense_block_matmul_params(c)
-    vector_params = {"lti": 3 * c.dim, "additive": 0, "concat": 0}[c.injection]
-    rec_mm = rec_active - (2 * c.dim + attention_norm_params(c) + c.dim + vector_params
-                           + (c.resolved_max_loops * c.lora_rank if c.lora_rank else 0))
+    rec_mm = (p.recurrent_attention - attention_norm_params(c) + p.router
+              + c.num_experts_per_tok * expert_params(c) + p.shared_experts
+              + (p.injection if c.injection == "concat" else 0) + 2 * c.dim * c.lora_rank)
     head_mm = c.vocab_size * c.dim
     attn_fwd = attention_fwd_flops_per_token(c, seq)
     fwd = 2 * (dense_mm + loops * rec_mm + head_mm) + n_attn_layers * attn_fwd
     recompute = loops * (2 * rec_mm + attn_fwd)
     per_layer_kv = (c.kv_lora_rank + c.qk_rope_head_dim if c.attn_type == "mla"
                     else 2 * c.n_kv_heads * c.resolved_head_dim)
-    return ParamReport(total=total, embedding=embedding, prelude_coda=prelude_coda, recurrent=recurrent,
-                       routed_experts=routed, active_per_token=active, effective_per_token=effective,
+    return ParamReport(total=p.total, embedding=p.embedding, prelude_coda=p.prelude_coda, recurrent=p.recurrent,
+                       routed_experts=p.routed_experts, active_per_token=active, effective_per_token=effective,
                        train_flops_per_token=3 * fwd, recompute_flops_per_token=recompute,
                        kv_cache_bytes_per_token=per_layer_kv * n_attn_layers * BYTES[kv_dtype])
 

@@ -125,7 +125,7 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     expected = {"lm loss", "lm loss vs samples", "learning-rate", "learning-rate vs samples", "grad-norm",
                 "grad-norm vs samples", "tokens-per-sec", "tflops", "mfu", "loss-scale", "lm loss validation",
                 "lm loss validation vs samples", "lm loss validation ppl", "lm loss validation ppl vs samples",
-                "recurrent/max-rho", "recurrent/act-mean-steps", "recurrent/loop-count",
+                "recurrent/max-rho", "recurrent/exit-mean-loops", "recurrent/exit-share/loop-01", "recurrent/loop-count",
                 "recurrent/state-norm/loop-00", "moe/max-load", "moe/mean-load", "moe/bias-min", "moe/bias-max"}
     assert expected <= tags, f"missing {sorted(expected - tags)}"
     assert [e.step for e in acc.Scalars("lm loss")] == list(range(1, ITERS + 1))
@@ -133,6 +133,10 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     assert [e.step for e in acc.Scalars("lm loss validation")] == [4, 8]
     loops = [e.value for e in acc.Scalars("recurrent/loop-count")]
     assert all(1 <= n <= 6 for n in loops) and len(set(loops)) > 1, loops  # sampled per step, capped at max_loops
+    exit_loops = [e.value for e in acc.Scalars("recurrent/exit-mean-loops")]
+    assert all(1 <= m <= n for m, n in zip(exit_loops, loops)), (exit_loops, loops)
+    shares = [r["recurrent/exit-share"] for r in metrics(zero3 / "metrics.jsonl") if "recurrent/exit-share" in r]
+    assert len(shares) == ITERS and all(abs(sum(s) - 1) < 1e-6 for s in shares)  # a distribution per step
     assert all(0 < e.value < 1 for e in acc.Scalars("recurrent/max-rho"))
     log = (zero3 / "log.txt").read_text()
     assert f"iteration {ITERS:8d}/{ITERS:8d}" in log and "checkpoints: " in log

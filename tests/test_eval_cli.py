@@ -55,7 +55,7 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(trained, tm
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ckpt, _ = trained
-    args = ["--loops", "1,3,6", "--eval-iters", "2", "--micro-batch-size", "2", "--act-exit"]
+    args = ["--loops", "1,3,6", "--eval-iters", "2", "--micro-batch-size", "2", "--exit-threshold", "1e9"]
     code, out, err = cli(evaluate_main, ["--load", str(ckpt / "iter_0000002"), "--out", str(tmp_path), *args], capsys)
     assert code == 0, err
     early = json.loads(out)
@@ -63,11 +63,13 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(trained, tm
     assert code == 0, err
     late = json.loads(out)
     assert "depth eval" in err  # the tqdm bar on stderr
-    rows = {(r["loops"], r["act_exit"]): r for r in late["results"]}
-    assert sorted(rows) == [(1, False), (1, True), (3, False), (3, True), (6, False), (6, True)]
+    rows = {(r["loops"], r["exit_threshold"]): r for r in late["results"]}
+    assert sorted(rows) == [(1, 0), (1, 1e9), (3, 0), (3, 1e9), (6, 0), (6, 1e9)]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in late["results"])
-    assert rows[(3, False)]["loss"] < [r["loss"] for r in early["results"] if r["loops"] == 3][0] - 0.05
-    assert rows[(6, False)]["mean_steps"] == 6 and rows[(6, True)]["mean_steps"] <= 6
+    assert rows[(3, 0)]["loss"] < [r["loss"] for r in early["results"] if r["loops"] == 3][0] - 0.05
+    assert rows[(6, 0)]["mean_steps"] == 6 and rows[(6, 1e9)]["mean_steps"] == 1  # any change is below 1e9
+    assert rows[(6, 1e9)]["exit_share"] == [1.0] + [0.0] * 5
+    assert rows[(6, 1e9)]["forward_flops_per_token"] < rows[(6, 0)]["forward_flops_per_token"]
 
     out_dir = ckpt / "iter_0000008" / "eval"
     assert late["files"]["csv"] == str(out_dir / "depth_eval.csv")
@@ -77,7 +79,8 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(trained, tm
     events = EventAccumulator(str(out_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"depth-eval/loss", "depth-eval/ppl", "depth-eval/mean-steps", "depth-eval-act/ppl"} <= tags
+    assert {"depth-eval/loss", "depth-eval/ppl", "depth-eval/mean-steps", "depth-eval-exit-1e+09/ppl",
+            "depth-eval-exit-1e+09/exit-share/loop-01"} <= tags
     assert [e.step for e in events.Scalars("depth-eval/ppl")] == [1, 3, 6]
 
 
@@ -94,17 +97,6 @@ def test_evaluation_reads_the_validation_batches_the_training_run_used(trained):
     tokens, labels = next(batches(valid, 0, 2, 0, 1))  # what Trainer.evaluate reads first
     assert torch.equal(got[0][0], tokens) and torch.equal(got[0][1], labels)
     assert tokens.shape == (2, 32)  # the run's --seq-length, not the model's max_seq_len
-
-
-def test_act_exit_uses_fewer_steps_when_the_halting_head_says_stop(trained):
-    model = load_model(trained[0]).model
-    data = [(torch.randint(0, 384, (2, 16)), torch.randint(0, 384, (2, 16)))]
-    with torch.no_grad():
-        model.recurrent.halt.bias.fill_(10.0)  # p_halt ~ 1: every token halts at its first step
-        eager = evaluate_loops(model, data, [8], act_exit=True)[0]
-        model.recurrent.halt.bias.fill_(-10.0)  # p_halt ~ 0: no token halts before the last loop
-        patient = evaluate_loops(model, data, [8], act_exit=True)[0]
-    assert eager.mean_steps == 1 and patient.mean_steps == 8
 
 
 def test_generate_cli_is_reproducible_per_seed_and_reports_speed(trained, capsys):
@@ -224,8 +216,8 @@ def test_export_then_generate_never_unpickles(trained, tmp_path, monkeypatch, ca
 
 def test_generate_runs_as_a_module(trained):
     out = subprocess.run([sys.executable, "-m", "megamythos.generate", "--load", str(trained[0]), *GEN,
-                          "--temperature", "0", "--act-exit"], capture_output=True, text=True, cwd=REPO,
+                          "--temperature", "0", "--exit-threshold", "1e9"], capture_output=True, text=True, cwd=REPO,
                          env=launch_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("def main(")
-    assert json.loads(out.stderr.strip().splitlines()[-1])["mean_loops"] <= 3
+    assert json.loads(out.stderr.strip().splitlines()[-1])["mean_loops"] == 1  # every token exits after one loop

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import fields
 
 import pytest
 import torch
@@ -9,26 +11,56 @@ import torch
 from conftest import small_config
 from megamythos.config import PRESETS, get_preset
 from megamythos.model import MythosLM
-from megamythos.params import checkpointed_loop_states, count, main, memory_plan
+from megamythos.params import PartCounts, checkpointed_loop_states, count, main, memory_plan, parts
+
+# parameter names of MythosLM (re.fullmatch) that make up each PartCounts field
+PART_NAMES = {
+    "embedding": r"tok_embeddings\..*|lm_head\..*",
+    "dense_attention": r"(prelude|coda)\.\d+\.attn\..*",
+    "dense_ffn": r"(prelude|coda)\.\d+\.ffn\..*",
+    "dense_norms": r"(prelude|coda)\.\d+\.(attn|ffn)_norm\..*",
+    "recurrent_attention": r"recurrent\.block\.attn\..*",
+    "router": r"recurrent\.block\.moe\.gate\..*",
+    "routed_experts": r"recurrent\.block\.moe\.experts\..*",
+    "shared_experts": r"recurrent\.block\.moe\.shared_experts\..*",
+    "recurrent_norms": r"recurrent\.(input_norm|block\.attn_norm|block\.moe_norm)\..*",
+    "injection": r"recurrent\.injection\..*",
+    "lora": r"recurrent\.lora\..*",
+    "final_norm": r"norm\..*",
+}
 
 
-def model_params(config) -> int:
+def meta_parts(config) -> dict[str, int]:
+    """Parameters of the meta-device MythosLM per PartCounts field; every parameter must fall in one part."""
+    assert set(PART_NAMES) == {f.name for f in fields(PartCounts)}
     with torch.device("meta"):
-        return sum(p.numel() for p in MythosLM(config).parameters())
+        model = MythosLM(config)
+    counts = dict.fromkeys(PART_NAMES, 0)
+    for name, param in model.named_parameters():  # tied weights are yielded once
+        matches = [part for part, pattern in PART_NAMES.items() if re.fullmatch(pattern, name)]
+        assert len(matches) == 1, f"{name} falls in parts {matches}"
+        counts[matches[0]] += param.numel()
+    return counts
+
+
+def assert_counts_equal_model(config) -> None:
+    analytic, on_meta = parts(config), meta_parts(config)
+    assert {f.name: getattr(analytic, f.name) for f in fields(PartCounts)} == on_meta
+    assert count(config).total == sum(on_meta.values())
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_preset_counts_equal_model_on_meta_device(name: str) -> None:
-    config = get_preset(name)
-    assert count(config).total == model_params(config)
+    assert_counts_equal_model(get_preset(name))
 
 
 @pytest.mark.parametrize("variant", [dict(attn_type="gqa"), dict(lora_rank=0, loop_embedding=True), dict(tie_embeddings=False),
                                      dict(q_lora_rank=0, n_shared_experts=0), dict(injection="concat"),
-                                     dict(injection="additive")])
+                                     dict(injection="additive"),
+                                     dict(attn_type="gqa", tie_embeddings=False, lora_rank=8, max_loops=12),
+                                     dict(loop_embedding=True, injection="concat", lora_rank=0, tie_embeddings=False)])
 def test_variant_counts_equal_model(variant: dict) -> None:
-    config = small_config(**variant)
-    assert count(config).total == model_params(config)
+    assert_counts_equal_model(small_config(**variant))
 
 
 def test_active_and_effective_counts() -> None:
@@ -64,17 +96,3 @@ def test_checkpointed_loop_states_follow_the_checkpointing_scheme() -> None:
     big = get_preset("1t")
     assert (memory_plan(big.replace(loop_checkpoint_segment=0), 1024, tp=8, ep=128).activations_gib
             < memory_plan(big, 1024, tp=8, ep=128).activations_gib / 2)
-
-
-def test_dense_baseline_matches_params_or_flops() -> None:
-    from megamythos.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
-
-    config = small_config(max_seq_len=32, n_experts=32, expert_dim=64)
-    n_params = matching_dense_layers(config, "params", 32)
-    n_flops = matching_dense_layers(config, "flops", 32)
-    with torch.device("meta"):
-        assert sum(p.numel() for p in DenseLM(config, n_params).parameters()) == dense_params(config, n_params)
-    looped = count(config, seq_len=32)
-    assert abs(dense_params(config, n_params) - looped.total) <= dense_params(config, 1) - dense_params(config, 0)
-    assert dense_train_flops_per_token(config, n_flops, 32) <= looped.train_flops_per_token * 1.5
-    assert n_params > n_flops  # the MoE holds many parameters a token never touches

@@ -1,9 +1,20 @@
-"""The study runner trains, detects divergence and evaluates (a few steps on random tokens)."""
+"""Research code: the study runner trains, detects divergence and evaluates (a few steps on random tokens); the
+dense baseline matches the looped model; the library stays independent of the research package."""
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
-from megamythos.study import EXPERIMENTS, EVAL_LOOPS, EXIT_THRESHOLDS, RunSpec, StudySettings, base_config, plot_experiment, train_run
+from conftest import small_config
+from megamythos.params import count
+from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
+from megamythos.research.study import (EXPERIMENTS, EVAL_LOOPS, EXIT_THRESHOLDS, RunSpec, StudySettings, base_config,
+                                       plot_experiment, train_run)
+
+LIBRARY = Path(__file__).resolve().parents[1] / "megamythos"
 
 
 def test_study_runs_train_and_evaluate(tmp_path) -> None:
@@ -29,3 +40,29 @@ def test_divergence_is_detected_and_reported() -> None:
     result = train_run(RunSpec("blowup", {"injection": "additive"}, lr=1e4), config, settings,
                        lambda step: data[step], [data[-1]])
     assert result["diverged_at"] is not None and "eval" not in result
+
+
+def test_dense_baseline_matches_params_or_flops() -> None:
+    config = small_config(max_seq_len=32, n_experts=32, expert_dim=64)
+    n_params = matching_dense_layers(config, "params", 32)
+    n_flops = matching_dense_layers(config, "flops", 32)
+    for tie in (True, False):
+        variant = config.replace(tie_embeddings=tie)
+        with torch.device("meta"):
+            assert sum(p.numel() for p in DenseLM(variant, n_params).parameters()) == dense_params(variant, n_params)
+    looped = count(config, seq_len=32)
+    assert abs(dense_params(config, n_params) - looped.total) <= dense_params(config, 1) - dense_params(config, 0)
+    assert dense_train_flops_per_token(config, n_flops, 32) <= looped.train_flops_per_token * 1.5
+    assert n_params > n_flops  # the MoE holds many parameters a token never touches
+
+
+def test_library_does_not_import_research() -> None:
+    """megamythos/*.py, training and data never name the research package; the study pulls in no DeepSpeed."""
+    library = [path for path in LIBRARY.rglob("*.py") if "research" not in path.relative_to(LIBRARY).parts]
+    assert len(library) > 20
+    offenders = [str(path) for path in library if "megamythos.research" in path.read_text()
+                 or "from megamythos import research" in path.read_text()]
+    assert offenders == []
+    probe = "import sys, megamythos.research.study; print('deepspeed' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

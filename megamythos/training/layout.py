@@ -6,7 +6,7 @@ micro x accumulation x dp. Everything is checked here, before any process group 
 layout is a clear error instead of a hang inside a collective.
 
 ``python -m megamythos.training.layout --preset 1t --nodes 128 --gpus-per-node 8 --tp 8 --ep 64 --dry-run``
-builds the model on the meta device, validates the layout, prints the memory plan and the exact launch command.
+counts the parameters analytically, validates the layout, prints the memory plan and the exact launch command.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from megamythos.config import ModelConfig, get_preset
+from megamythos.params import count
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +88,11 @@ def memory_plan_or_none(config: ModelConfig, layout: ParallelLayout, seq_length:
                               micro_batch=layout.micro_batch_size, seq_len=seq_length))
 
 
-def count_parameters_on_meta(config: ModelConfig) -> dict[str, int]:
-    """Build :class:`MythosLM` on the meta device (no memory) and count total and per-token-active parameters."""
-    import torch
-    from megamythos.model import MythosLM
-
-    with torch.device("meta"):
-        model = MythosLM(config)
-    total = sum(p.numel() for p in model.parameters())
-    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
-    active_experts = experts * config.num_experts_per_tok // config.n_experts
-    return {"total": total, "routed_experts": experts, "active_per_loop": total - experts + active_experts}
+def parameter_summary(config: ModelConfig) -> dict[str, int]:
+    """Total, routed-expert and per-token-active parameters (:func:`megamythos.params.count`, analytic)."""
+    report = count(config)
+    return {"total": report.total, "routed_experts": report.routed_experts,
+            "active_per_token": report.active_per_token}
 
 
 def launch_command(args: argparse.Namespace, layout: ParallelLayout) -> list[str]:
@@ -137,7 +132,7 @@ def dry_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "preset": args.preset,
         "layout": {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
                    "experts_per_ep_rank": config.n_experts // layout.ep, "heads_per_tp_rank": config.n_heads // layout.tp},
-        "parameters": count_parameters_on_meta(config),
+        "parameters": parameter_summary(config),
         "memory": memory_plan_or_none(config, layout, args.seq_length),
         "command": shlex.join(launch_command(args, layout)),
     }

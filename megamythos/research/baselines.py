@@ -14,7 +14,8 @@ from torch import nn
 from megamythos.config import ModelConfig
 from megamythos.layers import RMSNorm
 from megamythos.model import DenseBlock, MythosOutput
-from megamythos.params import attention_fwd_flops_per_token, count, dense_block_matmul_params, dense_block_params
+from megamythos.params import (attention_fwd_flops_per_token, count, dense_block_matmul_params, dense_block_params,
+                               embedding_params)
 
 
 class DenseLM(nn.Module):
@@ -53,8 +54,8 @@ class DenseLM(nn.Module):
 
 
 def dense_params(config: ModelConfig, n_layers: int) -> int:
-    embedding = config.vocab_size * config.dim * (1 if config.tie_embeddings else 2)
-    return embedding + n_layers * dense_block_params(config) + config.dim
+    """Parameters of ``DenseLM(config, n_layers)``: embeddings (+ untied LM head), blocks, final norm."""
+    return embedding_params(config) + n_layers * dense_block_params(config) + config.dim
 
 
 def dense_train_flops_per_token(config: ModelConfig, n_layers: int, seq_len: int) -> float:

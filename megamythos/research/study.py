@@ -1,8 +1,8 @@
 """CPU-sized studies of the recurrent-depth claims, one command each, equal token budgets per run.
 
-    python -m megamythos.study depth      # fixed depth vs sampled depth + truncated backprop, eval 1..2x depth
-    python -m megamythos.study injection  # LTI vs additive vs concat injection at a high learning rate
-    python -m megamythos.study dense      # dense baselines: twice the looped model's unique params / equal FLOPs
+    python -m megamythos.research.study depth      # fixed vs sampled depth + truncated backprop, eval 1..2x depth
+    python -m megamythos.research.study injection  # LTI vs additive vs concat injection at a high learning rate
+    python -m megamythos.research.study dense      # dense baselines: 2x the looped model's unique params / equal FLOPs
 
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,13 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from megamythos.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
 from megamythos.config import ModelConfig
 from megamythos.evaluate import evaluate_loops
 from megamythos.model import MythosLM, weight_decay_param_groups
 from megamythos.moe import update_expert_bias
 from megamythos.params import count
 from megamythos.recurrent import sample_loop_count
+from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
+from megamythos.training.schedules import LRSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class StudySettings:
     seq_len: int = 128
     lr: float = 2e-3
     warmup: int = 30
+    min_lr_fraction: float = 0.1  # cosine decay ends at this fraction of the peak LR
     seed: int = 1234
     eval_batches: int = 8
     device: str = "cpu"
@@ -102,14 +103,6 @@ def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> 
     return MythosLM(cfg), info
 
 
-def lr_at(step: int, settings: StudySettings, peak: float) -> float:
-    """Linear warmup then cosine decay to 10% of peak."""
-    if step < settings.warmup:
-        return peak * (step + 1) / settings.warmup
-    progress = (step - settings.warmup) / max(1, settings.steps - settings.warmup)
-    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-
-
 def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch_at: Callable[[int], torch.Tensor],
               valid: Sequence[torch.Tensor]) -> dict:
     """Train one run for ``settings.steps`` steps and evaluate it; divergence (non-finite or 3x the first loss)
@@ -118,13 +111,15 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
     model, info = build_model(spec, config, settings)
     model.to(settings.device).train()
     peak = spec.lr or settings.lr
+    schedule = LRSchedule(lr=peak, min_lr=settings.min_lr_fraction * peak, warmup=settings.warmup,
+                          total=settings.steps)  # the trainer's warmup + cosine
     optimizer = torch.optim.AdamW(weight_decay_param_groups(model, 0.1), lr=peak, betas=(0.9, 0.95))
     losses: list[float] = []
     diverged_at = None
     start = time.time()
     for step in range(settings.steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, settings, peak)
+            group["lr"] = schedule.learning_rate(step)
         batch = batch_at(step).to(settings.device)
         loops = (sample_loop_count(config.mean_loops, config.loop_sigma, config.resolved_max_loops, settings.seed, step)
                  if spec.sampled_depth else config.mean_loops)
