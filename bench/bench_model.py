@@ -123,11 +123,12 @@ def matched_configs(base: ModelConfig, seq: int, loops: int) -> tuple[ModelConfi
     The reference hard-codes two widths that ours configures, so ours takes the reference's values: the dense
     prelude/coda SwiGLU is dim*4//3 wide, and each shared expert is K*expert_dim wide (ours: one SwiGLU of
     n_shared*expert_dim, so n_shared = K * reference count). The reference always adds a loop-index signal on
-    dim//8 channels and always has ACT; ours switches both on. All loops get gradients, no checkpointing.
+    dim//8 channels (ours switches it on) and always has an ACT halting head (ours has none: it exits by state
+    convergence at inference, which costs nothing in training). All loops get gradients, no checkpointing.
     """
     ref_shared = reference_shared_experts(base)
     ours = base.replace(max_seq_len=max(seq, base.max_seq_len), mean_loops=loops, max_loops=loops,
-                        backprop_loops=0, checkpoint_loops=False, act=True, loop_embedding=True,
+                        backprop_loops=0, checkpoint_loops=False, loop_embedding=True,
                         loop_embedding_dim=base.dim // 8, ffn_dim=base.dim * 4 // 3,
                         n_shared_experts=ref_shared * base.num_experts_per_tok)
     reference = om.MythosConfig(
@@ -137,7 +138,7 @@ def matched_configs(base: ModelConfig, seq: int, loops: int) -> tuple[ModelConfi
         q_lora_rank=ours.q_lora_rank, qk_rope_head_dim=ours.qk_rope_head_dim,
         qk_nope_head_dim=ours.qk_nope_head_dim, v_head_dim=ours.v_head_dim, n_experts=ours.n_experts,
         n_shared_experts=ref_shared, n_experts_per_tok=ours.num_experts_per_tok, expert_dim=ours.expert_dim,
-        act_threshold=ours.act_threshold, rope_theta=ours.rope_theta, lora_rank=ours.lora_rank, dropout=0.0)
+        rope_theta=ours.rope_theta, lora_rank=ours.lora_rank, dropout=0.0)
     return ours, reference
 
 
@@ -154,7 +155,7 @@ def dense_gpt_config(ours: ModelConfig, seq: int, loops: int) -> tuple[ModelConf
 
 # ------------------------------------------------------------------------------------------------ benchmarks
 def ours_step(model: MythosLM, ids: torch.Tensor, labels: torch.Tensor, loops: int) -> Step:
-    """Our training step: CE + aux loss (balance + ponder), AdamW, aux-loss-free expert-bias update."""
+    """Our training step: CE + aux loss (MoE balance), AdamW, aux-loss-free expert-bias update."""
     def loss_of() -> torch.Tensor:
         out = model(ids, labels=labels, n_loops=loops)
         return out.loss + out.aux_loss
