@@ -2,13 +2,13 @@
 
 The model (``megamythos.model`` and the modules it is built from) knows nothing of DeepSpeed; it only keeps the
 layout DeepSpeed relies on (Linear names, fused expert tensors, buffer names, shape-inferred head counts). This
-package holds everything that depends on DeepSpeed's contract, in two steps of a run:
+package holds everything that depends on DeepSpeed's contract:
 
 - before ``deepspeed.initialize``: :func:`ds_config_sections`, the ``tensor_parallel`` / ``expert_parallel``
   ds_config sections, written from the model config (a mismatch there silently changes the maths);
 - after it: :func:`adapt_engine_module` completes what AutoTP and AutoEP did to the model (see
   :mod:`.tensor_parallel` and :mod:`.expert_parallel`);
-- and for export, :func:`autoep_to_model_names` maps AutoEP's checkpoint names back to the model's.
+- at export: :func:`autoep_to_model_names` maps AutoEP's checkpoint names back to the model's.
 """
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from typing import Any, Mapping
 from torch import nn
 
 from megamythos.config import ModelConfig
-from megamythos.parallel.expert_parallel import MOE_LAYER_PATTERN, adapt_autoep_layers, autoep_section, \
-    autoep_to_model_names
-from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, autotp_section, \
-    sum_rope_key_grad
+from megamythos.parallel.expert_parallel import (MOE_LAYER_PATTERN, adapt_autoep_layers, autoep_section,
+                                                 autoep_to_model_names)
+from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, autotp_section, sum_rope_key_grad
 
 __all__ = ["MOE_LAYER_PATTERN", "TP_COLUMN_PATTERNS", "TP_ROW_PATTERNS", "adapt_engine_module",
            "autoep_to_model_names", "ds_config_sections"]
