@@ -2,13 +2,13 @@
 
 Both take x [B, S, H] plus the absolute ``positions`` [S] of those tokens and an optional
 :class:`LayerKVCache`; local head counts are always inferred from projection shapes (``view(B, S, -1, d)``),
-so DeepSpeed AutoTP can column-shard the head projections and row-shard ``wo`` without model changes.
+so tensor parallelism can column-shard the head projections and row-shard ``wo`` without model changes.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,6 @@ from torch import nn
 
 from megamythos.config import ModelConfig
 from megamythos.layers import RMSNorm, apply_rope, rope_cos_sin
-from megamythos.parallel import reduce_grad_over_group
 
 
 class LayerKVCache:
@@ -112,7 +111,6 @@ class MLA(nn.Module):
         self.kv_norm = RMSNorm(self.kv_lora_rank, config.norm_eps)
         self.wkv_b = nn.Linear(self.kv_lora_rank, config.n_heads * (self.nope_dim + self.v_dim), bias=False)
         self.wo = nn.Linear(config.n_heads * self.v_dim, config.dim, bias=False)
-        self.tp_group: Any | None = None  # set by megamythos.parallel.set_tensor_parallel_group
 
     def _query(self, x: torch.Tensor) -> torch.Tensor:
         q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
@@ -126,7 +124,6 @@ class MLA(nn.Module):
         q_pe = apply_rope(q_pe, cos, sin)
         c_kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
         c_kv = self.kv_norm(c_kv)
-        k_pe = reduce_grad_over_group(k_pe, self.tp_group)
         k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)  # [B, S, r]
         if cache is not None:
             c_kv, k_pe = cache.append(c_kv, k_pe)
