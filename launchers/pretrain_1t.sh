@@ -7,6 +7,10 @@
 #   HOSTFILE=hostfile bash launchers/pretrain_1t.sh --data-path 1.0 /data/a_text_document ...
 #
 # Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ; further flags go to the trainer.
+# It runs `deepspeed --hostfile ... --module megamythos.training.pretrain <layout flags> ...` (the dry run prints it).
+# The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load and logs next to --save):
+#   deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 launchers/pretrain.sh --preset 1t \
+#     --ds-config ds_configs/1t.json --tp 8 --ep 128 --zero 3 --bf16 ... --save ckpt/1t
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"

@@ -2,13 +2,13 @@
 
 Both take x [B, S, H] plus the absolute ``positions`` [S] of those tokens and an optional
 :class:`LayerKVCache`; local head counts are always inferred from projection shapes (``view(B, S, -1, d)``),
-so DeepSpeed AutoTP can column-shard the head projections and row-shard ``wo`` without model changes.
+so tensor parallelism can column-shard the head projections and row-shard ``wo`` without model changes.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,6 @@ from torch import nn
 
 from megamythos.config import ModelConfig
 from megamythos.layers import RMSNorm, apply_rope, rope_cos_sin
-from megamythos.parallel import reduce_grad_over_group
 
 
 class LayerKVCache:
@@ -107,7 +106,6 @@ class MLA(nn.Module):
         self.kv_norm = RMSNorm(self.kv_lora_rank, config.norm_eps)
         self.wkv_b = nn.Linear(self.kv_lora_rank, config.n_heads * (self.nope_dim + self.v_dim), bias=False)
         self.wo = nn.Linear(config.n_heads * self.v_dim, config.dim, bias=False)
-        self.tp_group: Any | None = None  # set by megamythos.parallel.set_tensor_parallel_group
 
     def _query(self, x: torch.Tensor) -> torch.Tensor:
         q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
@@ -116,7 +114,6 @@ class MLA(nn.Module):
     def _latent(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What the cache holds for x [B, S, H]: (c_kv [B, S, kv_lora_rank], rope(k_pe) [B, S, r])."""
         c_kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
-        k_pe = reduce_grad_over_group(k_pe, self.tp_group)
         return self.kv_norm(c_kv), apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)
 
     def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache) -> None:

@@ -7,7 +7,7 @@ the run trained with (``tokenizer.model`` and its record ``tokenizer.json``: fin
 ZeRO (1-3) checkpoints, with or without AutoEP/AutoTP, go through DeepSpeed's universal checkpoint
 (``deepspeed.checkpoint.ds_to_universal``), which merges ZeRO, TP and EP shards into full tensors;
 ``zero_to_fp32`` refuses AutoEP checkpoints. AutoEP's expert layout (``experts.w1/w2/w3``, ``router.gate``) is
-mapped back to the model's (``experts.gate_up_proj/down_proj``, ``gate``), and the aux-loss-free selection biases,
+mapped back to the model's (``experts.gate_up_proj/down_proj``, ``gate``), and the aux-loss-free expert biases,
 which universal checkpoints do not carry, come from our client state. A ZeRO-0 checkpoint without TP already
 holds the full module state and is read directly.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from megamythos.config import ModelConfig
+from megamythos.parallel import autoep_to_model_names
 
 log = logging.getLogger(__name__)
 
@@ -73,22 +74,6 @@ def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tenso
     return state
 
 
-def to_model_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map AutoEP's replaced-layer names back to :class:`MythosLM`'s; other names pass through."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        if name.endswith(".experts.w1"):
-            base = name[: -len("w1")]
-            out[base + "gate_up_proj"] = torch.cat([tensor, state[base + "w3"]], dim=1)  # [E, 2F, H]
-        elif name.endswith(".experts.w2"):
-            out[name[: -len("w2")] + "down_proj"] = tensor  # [E, H, F]
-        elif name.endswith(".experts.w3"):
-            continue  # folded into gate_up_proj above
-        else:
-            out[name.replace(".router.gate.", ".gate.")] = tensor
-    return out
-
-
 def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(model config, full state dict incl. expert biases) of one checkpoint tag."""
     from megamythos.training.checkpointing import MODEL_CONFIG_FILE
@@ -96,7 +81,7 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     client = _client_state(tag_dir)
     if any(tag_dir.glob("*optim_states.pt")):
-        state = to_model_names(_universal_state_dict(tag_dir, workdir))
+        state = autoep_to_model_names(_universal_state_dict(tag_dir, workdir))
     elif len(list(tag_dir.glob("mp_rank_*_model_states.pt"))) == 1:
         state = {k: v.float() for k, v in client["module"].items()}
     else:

@@ -1,19 +1,23 @@
 """DeepSeek-style Mixture of Experts: fine-grained routed experts + always-on shared experts.
 
-Layout is exactly what DeepSpeed AutoEP replaces (so the same checkpoint runs with or without expert
-parallelism): ``gate`` = Linear(H, E) with buffer ``gate.e_score_correction_bias`` [E], ``experts.gate_up_proj``
-[E, 2F, H] (rows [:F] feed silu, rows [F:] are the up projection), ``experts.down_proj`` [E, H, F],
-``shared_experts`` called on [B, S, H], and a ``tokens_per_expert`` [E] count buffer.
+Parameters and buffers: ``gate`` = Linear(H, E) with buffer ``gate.e_score_correction_bias`` [E] (the expert bias),
+``experts.gate_up_proj`` [E, 2F, H] (rows [:F] feed silu, rows [F:] are the up projection), ``experts.down_proj``
+[E, H, F], ``shared_experts`` called on [B, S, H], and a ``tokens_per_expert`` [E] count buffer. These names are a
+contract with ``megamythos.parallel``, which may swap this module for an expert-parallel replacement.
 
-Routing (identical to DeepSpeed's TokenChoiceTopKRouter): s = softmax|sigmoid(x W_g^T) in fp32; the top-k
-experts are chosen on s + b (b = aux-loss-free bias, selection only); weights are the unbiased s of the chosen
-experts, renormalised to sum to 1 when ``route_norm``. Dispatch sorts the T*K (token, expert) assignments by
-expert and runs one grouped matmul; there is no Python loop over experts and no per-expert host sync.
+Routing: s = softmax|sigmoid(x W_g^T) in fp32; the top-k experts are chosen on s + b (b = expert bias, used for
+selection only); weights are the unbiased s of the chosen experts, renormalised to sum to 1 when ``route_norm``.
+Dispatch sorts the T*K (token, expert) assignments by expert and runs one grouped matmul; there is no Python loop
+over experts and no per-expert host sync.
+
+Balance: the MoE owns its balance loss (:class:`BalanceLoss` of the logits it routed with, returned next to its
+output), and counts tokens per expert in training for the aux-loss-free bias update (:func:`update_expert_bias`).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -24,14 +28,14 @@ from megamythos.config import ModelConfig
 from megamythos.layers import SwiGLU
 
 
-def route(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, score_func: str,
+def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, score_func: str,
           route_norm: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k routing for router logits [T, E].
+    """Top-k routing for router logits [T, E] with the expert bias [E] (or None) added for selection only.
 
     Returns (weights [T, K] fp32, expert ids [T, K] int64, scores [T, E] fp32).
     """
     scores = logits.float().softmax(dim=-1) if score_func == "softmax" else logits.float().sigmoid()
-    choice = scores if bias is None else scores + bias.float()
+    choice = scores if expert_bias is None else scores + expert_bias.float()
     expert_ids = choice.topk(top_k, dim=-1, sorted=False).indices
     weights = scores.gather(1, expert_ids)
     if route_norm:
@@ -83,14 +87,69 @@ class Experts(nn.Module):
         return grouped_matmul(F.silu(gate) * up, self.down_proj, counts)
 
 
+@dataclass(frozen=True)
+class BalanceLoss:
+    """Weighted balance losses of router logits [B, S, E] given the expert bias [E] (or None) -> fp32 scalar.
+
+    Sequence-wise aux loss (DeepSeek-V3): per sequence, f_i = E/(K S) * #tokens routed to i,
+    P_i = mean_t s'_{t,i} with s' the scores normalised over experts; L_seq = coef * mean_b sum_i f_i P_i.
+    Router z-loss: coef * mean_t logsumexp(logits_t)^2.
+    """
+
+    top_k: int
+    score_func: str
+    seq_aux_coef: float
+    z_loss_coef: float
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "BalanceLoss":
+        return cls(config.num_experts_per_tok, config.score_func, config.seq_aux_loss_coef, config.router_z_loss_coef)
+
+    def __call__(self, logits: torch.Tensor, expert_bias: torch.Tensor | None) -> torch.Tensor:
+        if self.seq_aux_coef == 0 and self.z_loss_coef == 0:
+            return logits.new_zeros((), dtype=torch.float32)
+        bsz, seq, n_experts = logits.shape
+        logits = logits.float()
+        loss = logits.new_zeros(())
+        if self.seq_aux_coef > 0:
+            _, expert_ids, scores = route(logits.view(-1, n_experts), expert_bias, self.top_k, self.score_func,
+                                          route_norm=False)
+            scores = scores.view(bsz, seq, n_experts)
+            scores = scores / scores.sum(dim=-1, keepdim=True)
+            hits = torch.zeros(bsz, n_experts, device=logits.device).scatter_add_(
+                1, expert_ids.view(bsz, seq * self.top_k), torch.ones(bsz, seq * self.top_k, device=logits.device))
+            f = hits * n_experts / (self.top_k * seq)
+            loss = loss + self.seq_aux_coef * (f * scores.mean(dim=1)).sum(dim=-1).mean()
+        if self.z_loss_coef > 0:
+            loss = loss + self.z_loss_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()
+        return loss
+
+
+class MoEOutput(NamedTuple):
+    """What an MoE layer returns: the output [B, S, H] and its balance loss (fp32 scalar).
+
+    A NamedTuple, so ZeRO-3's module hooks see both tensors."""
+
+    hidden: torch.Tensor
+    aux_loss: torch.Tensor
+
+
+class ExpertLoad(NamedTuple):
+    """One MoE layer's aux-loss-free balancing buffers (the layer's own tensors, updated in place)."""
+
+    tokens_per_expert: torch.Tensor  # [E] tokens routed to each expert since the last bias update
+    expert_bias: torch.Tensor  # [E] selection bias b
+
+
 class MoE(nn.Module):
-    """Routed + shared experts on x [B, S, H] -> [B, S, H]."""
+    """Routed + shared experts on x [B, S, H] -> MoEOutput(hidden [B, S, H], balance loss)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.top_k = config.num_experts_per_tok
         self.score_func = config.score_func
         self.route_norm = config.route_norm
+        self.balance_loss = BalanceLoss.from_config(config)
         self.gate = nn.Linear(config.dim, config.n_experts, bias=False)
         self.gate.register_buffer("e_score_correction_bias", torch.zeros(config.n_experts, dtype=torch.float32))
         self.experts = Experts(config.n_experts, config.dim, config.expert_dim)
@@ -99,11 +158,15 @@ class MoE(nn.Module):
         self.register_buffer("tokens_per_expert", torch.zeros(config.n_experts, dtype=torch.float32),
                              persistent=False)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def expert_load(self) -> ExpertLoad:
+        return ExpertLoad(self.tokens_per_expert, self.gate.e_score_correction_bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> MoEOutput:
         bsz, seq, dim = hidden_states.shape
         x = hidden_states.reshape(-1, dim)
-        weights, expert_ids, _ = route(self.gate(x), self.gate.e_score_correction_bias, self.top_k,
-                                       self.score_func, self.route_norm)
+        logits = self.gate(x)
+        expert_bias = self.gate.e_score_correction_bias
+        weights, expert_ids, _ = route(logits, expert_bias, self.top_k, self.score_func, self.route_norm)
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
         counts = torch.bincount(flat_ids, minlength=self.gate.out_features)
@@ -117,68 +180,26 @@ class MoE(nn.Module):
         out = out.view(bsz, seq, dim)
         if self.shared_experts is not None:
             out = out + self.shared_experts(hidden_states)
-        return out
+        return MoEOutput(out, self.balance_loss(logits.view(bsz, seq, -1), expert_bias))
 
 
-# ---------------------------------------------------------------------------------------------- routing losses
-def router_gate(moe: nn.Module) -> nn.Linear:
-    """The router projection H -> E of our MoE (``gate``) or of DeepSpeed's AutoEPMoELayer (``router.gate``)."""
-    return moe.gate if isinstance(moe, MoE) else moe.router.gate
+# ------------------------------------------------------------------------------------ aux-loss-free balancing
+_EXPERT_LOAD_READERS: dict[type[nn.Module], Callable[[Any], ExpertLoad]] = {MoE: MoE.expert_load}
 
 
-def selection_bias(moe: nn.Module) -> torch.Tensor | None:
-    """The aux-loss-free selection bias buffer [E] of either layout (None if the layer has none)."""
-    owner = moe.gate if isinstance(moe, MoE) else moe.router
-    return getattr(owner, "e_score_correction_bias", None)
+def register_moe_layer(layer_type: type[nn.Module], expert_load: Callable[[Any], ExpertLoad]) -> None:
+    """Treat modules of ``layer_type`` as MoE layers below; ``expert_load(layer)`` returns their buffers.
 
-
-@contextmanager
-def captured_router_logits(moe: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the router logits [T, E] that ``moe``'s own gate computes while the block runs.
-
-    A forward hook on the gate (ours or AutoEP's) hands over the logits routing used, so the balance losses
-    need neither a second router matmul nor a read of the router weight outside a module call (which ZeRO-3
-    would see as an unfetched, partitioned parameter).
+    The hook point for a parallel runtime that replaces :class:`MoE` by its own layer type after the model
+    is built (see ``megamythos.parallel``); the model itself registers only :class:`MoE`.
     """
-    captured: list[torch.Tensor] = []
-    handle = router_gate(moe).register_forward_hook(lambda _module, _inputs, output: captured.append(output))
-    try:
-        yield captured
-    finally:
-        handle.remove()
+    _EXPERT_LOAD_READERS[layer_type] = expert_load
 
 
-def router_aux_loss(logits: torch.Tensor, bias: torch.Tensor | None, top_k: int, score_func: str,
-                    seq_aux_coef: float, z_loss_coef: float) -> torch.Tensor:
-    """Weighted balance losses from router logits [B, S, E] and the selection bias [E] (or None).
-
-    Sequence-wise aux loss (DeepSeek-V3): per sequence, f_i = E/(K S) * #tokens routed to i,
-    P_i = mean_t s'_{t,i} with s' the scores normalised over experts; L_seq = coef * mean_b sum_i f_i P_i.
-    Router z-loss: coef * mean_t logsumexp(logits_t)^2. Computed outside the MoE module (from the logits
-    :func:`captured_router_logits` collects), so it survives AutoEP replacing that module.
-    """
-    if seq_aux_coef == 0 and z_loss_coef == 0:
-        return logits.new_zeros((), dtype=torch.float32)
-    bsz, seq, n_experts = logits.shape
-    logits = logits.float()
-    loss = logits.new_zeros(())
-    if seq_aux_coef > 0:
-        _, expert_ids, scores = route(logits.view(-1, n_experts), bias, top_k, score_func, route_norm=False)
-        scores = scores.view(bsz, seq, n_experts)
-        scores = scores / scores.sum(dim=-1, keepdim=True)
-        hits = torch.zeros(bsz, n_experts, device=logits.device).scatter_add_(
-            1, expert_ids.view(bsz, seq * top_k), torch.ones(bsz, seq * top_k, device=logits.device))
-        f = hits * n_experts / (top_k * seq)
-        loss = loss + seq_aux_coef * (f * scores.mean(dim=1)).sum(dim=-1).mean()
-    if z_loss_coef > 0:
-        loss = loss + z_loss_coef * torch.logsumexp(logits, dim=-1).pow(2).mean()
-    return loss
-
-
-def moe_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, layer) of every MoE layer in ``model``, ours or AutoEP's (both count tokens per expert)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "tokens_per_expert", None),
-                                                                         torch.Tensor)]
+def expert_loads(model: nn.Module) -> dict[str, ExpertLoad]:
+    """{module name: ExpertLoad} of every MoE layer in ``model`` (:class:`MoE` and registered types)."""
+    return {name: read(module) for name, module in model.named_modules()
+            if (read := _EXPERT_LOAD_READERS.get(type(module))) is not None}
 
 
 @contextmanager
@@ -188,20 +209,12 @@ def expert_counts_frozen(model: nn.Module) -> Iterator[None]:
     Used as the recompute context of activation checkpointing: a recomputed forward routes the same tokens
     again, and only the original forward may count towards the aux-loss-free bias update.
     """
-    saved = [(layer, layer.tokens_per_expert.clone()) for _, layer in moe_layers(model)]
+    saved = [(load.tokens_per_expert, load.tokens_per_expert.clone()) for load in expert_loads(model).values()]
     try:
         yield
     finally:
-        for layer, counts in saved:
-            layer.tokens_per_expert.copy_(counts)
-
-
-# -------------------------------------------------------------------------------- aux-loss-free bias update
-def _bias_of(moe: nn.Module) -> torch.Tensor:
-    bias = selection_bias(moe)
-    if bias is None:
-        raise RuntimeError(f"MoE module {type(moe).__name__} has no e_score_correction_bias buffer")
-    return bias
+        for counts, before in saved:
+            counts.copy_(before)
 
 
 @torch.no_grad()
@@ -213,30 +226,30 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
     Returns load statistics of the last layer: max/mean tokens per expert and the bias range.
     """
     stats: dict[str, float] = {}
-    for _, moe in moe_layers(model):
-        counts = moe.tokens_per_expert.detach().float().clone()
+    for load in expert_loads(model).values():
+        counts = load.tokens_per_expert.detach().float().clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
-        bias = _bias_of(moe)
+        bias = load.expert_bias
         mean = counts.mean()
         bias.add_((rate * torch.sign(mean - counts)).to(bias.dtype))
-        moe.tokens_per_expert.zero_()
+        load.tokens_per_expert.zero_()
         stats = {"max_load": float(counts.max()), "mean_load": float(mean),
                  "bias_min": float(bias.min()), "bias_max": float(bias.max())}
     return stats
 
 
 def expert_bias_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """{module name: copy of its selection bias} for checkpoint client state."""
-    return {name: _bias_of(moe).detach().cpu().clone() for name, moe in moe_layers(model)}
+    """{MoE module name: copy of its expert bias} for checkpoint client state."""
+    return {name: load.expert_bias.detach().cpu().clone() for name, load in expert_loads(model).items()}
 
 
 @torch.no_grad()
 def load_expert_bias_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Restore biases saved by :func:`expert_bias_state`; a missing or extra layer is an error."""
-    modules = dict(moe_layers(model))
-    if set(modules) != set(state):
-        raise KeyError(f"expert-bias state has layers {sorted(state)} but the model has {sorted(modules)}")
+    loads = expert_loads(model)
+    if set(loads) != set(state):
+        raise KeyError(f"expert-bias state has layers {sorted(state)} but the model has {sorted(loads)}")
     for name, tensor in state.items():
-        bias = _bias_of(modules[name])
+        bias = loads[name].expert_bias
         bias.copy_(tensor.to(device=bias.device, dtype=bias.dtype))

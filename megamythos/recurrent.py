@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from megamythos.attention import LayerKVCache, build_attention
 from megamythos.config import ModelConfig
 from megamythos.layers import RMSNorm
-from megamythos.moe import MoE, captured_router_logits, expert_counts_frozen, router_aux_loss, selection_bias
+from megamythos.moe import MoE, expert_counts_frozen
 
 _LOG_DT_RANGE = (-8.0, 2.0)  # B_bar's step size exp(log_dt) stays in [3e-4, 7.4]
 
@@ -175,7 +175,7 @@ def loop_index_signal(t: int, width: int, dim: int, device: torch.device, dtype:
 
 
 class RecurrentBlock(nn.Module):
-    """Pre-norm attention + MoE; returns the residual update Block(u) - u."""
+    """Pre-norm attention + MoE; returns (the residual update Block(u) - u, the MoE's balance loss)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -185,9 +185,10 @@ class RecurrentBlock(nn.Module):
         self.moe = MoE(config)
 
     def forward(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None,
-                absorb: bool) -> torch.Tensor:
+                absorb: bool) -> tuple[torch.Tensor, torch.Tensor]:
         attn_out = self.attn(self.attn_norm(u), positions, cache, absorb)
-        return attn_out + self.moe(self.moe_norm(u + attn_out))
+        moe_out, aux = self.moe(self.moe_norm(u + attn_out))
+        return attn_out + moe_out, aux
 
     def extend_cache(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache) -> None:
         """Append the keys/values ``forward(u)`` would cache, without attending or running the MoE."""
@@ -278,16 +279,12 @@ class RecurrentCore(nn.Module):
     def step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor, cache: LayerKVCache | None,
              absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """h_{t+1} = A_bar h_t + B_bar e + Block(u_t) -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0)."""
-        cfg = self.config
         u_state = self.injection.block_input(h, e)
         u = self.block_input(u_state, t, e.dtype)
-        with captured_router_logits(self.block.moe) as router_logits:
-            delta = self.block(u, positions, cache, absorb)
+        delta, aux = self.block(u, positions, cache, absorb)
         if self.lora is not None:
             delta = delta + self.lora(u, t)
         h_next, rho = self.injection(h, e, u_state, delta, report_rho=t == 0)
-        aux = router_aux_loss(router_logits[-1].view(*u.shape[:2], -1), selection_bias(self.block.moe),
-                              cfg.num_experts_per_tok, cfg.score_func, cfg.seq_aux_loss_coef, cfg.router_z_loss_coef)
         return h_next, aux, rho
 
     # --------------------------------------------------------------------------------- the schedule

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import small_config
-from megamythos.moe import (MoE, captured_router_logits, expert_bias_state, load_expert_bias_state, route,
-                            router_aux_loss, selection_bias, update_expert_bias)
+from megamythos.moe import (BalanceLoss, MoE, expert_bias_state, load_expert_bias_state, route,
+                            update_expert_bias)
 
 
 def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,7 @@ def test_sorted_dispatch_matches_per_expert_reference_with_grads(dim: int, exper
     x = torch.randn(2, 9, dim, requires_grad=True)
     grads = []
     outs = []
-    for fn in (moe, lambda t: naive_moe(moe, t)):
+    for fn in (lambda t: moe(t).hidden, lambda t: naive_moe(moe, t)):
         moe.zero_grad()
         x.grad = None
         out = fn(x)
@@ -98,22 +98,23 @@ def test_sequence_aux_loss_penalises_imbalance_and_has_router_gradient() -> None
     cfg = small_config(n_experts=8, num_experts_per_tok=2)
     moe = MoE(cfg)
     x = torch.randn(2, 16, cfg.dim)
-    balanced = router_aux_loss(moe.gate(x), selection_bias(moe), 2, "softmax", seq_aux_coef=1.0, z_loss_coef=0.0)
+    balance_loss = BalanceLoss(top_k=2, score_func="softmax", seq_aux_coef=1.0, z_loss_coef=0.0)
+    balanced = balance_loss(moe.gate(x), moe.gate.e_score_correction_bias)
     with torch.no_grad():
         moe.gate.weight[0] += 1.0
-    skewed = router_aux_loss(moe.gate(x.abs()), selection_bias(moe), 2, "softmax", seq_aux_coef=1.0,
-                             z_loss_coef=0.0)
+    skewed = balance_loss(moe.gate(x.abs()), moe.gate.e_score_correction_bias)
     assert skewed > balanced
     skewed.backward()
     assert moe.gate.weight.grad.abs().sum() > 0
 
 
-def test_captured_router_logits_are_the_gates_output_of_the_forward() -> None:
-    """The balance losses use the logits routing computed inside the MoE's forward (no second router matmul,
-    no read of the router weight outside a module call); the hook is gone afterwards."""
-    moe = MoE(small_config(n_experts=8, num_experts_per_tok=2))
-    x = torch.randn(2, 5, moe.gate.in_features)
-    with captured_router_logits(moe) as logits:
-        moe(x)
-    assert len(logits) == 1 and torch.equal(logits[0], moe.gate(x.reshape(-1, x.shape[-1])))
-    assert not moe.gate._forward_hooks
+def test_moe_returns_the_balance_loss_of_the_logits_it_routed_with() -> None:
+    """The MoE owns its balance loss: computed in its forward from its own gate's logits (no second router matmul,
+    no read of the router weight outside a module call), with the config's coefficients."""
+    cfg = small_config(n_experts=8, num_experts_per_tok=2, seq_aux_loss_coef=0.01, router_z_loss_coef=0.001)
+    moe = MoE(cfg)
+    x = torch.randn(2, 5, cfg.dim)
+    out = moe(x)
+    logits = moe.gate(x.reshape(-1, cfg.dim)).view(2, 5, -1)
+    want = BalanceLoss.from_config(cfg)(logits, moe.gate.e_score_correction_bias)
+    assert out.hidden.shape == x.shape and out.aux_loss > 0 and torch.equal(out.aux_loss, want)

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from megamythos.config import get_preset
+from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
 from megamythos.training.arguments import ArgumentError, parse_args
 from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_model_config, read_latest,
                                                write_atomic)
-from megamythos.training.ds_config import (MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, build_ds_config,
-                                           load_template, resolve_layout)
+from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.layout import LayoutError, ParallelLayout
 from megamythos.training.schedules import LRSchedule
 from megamythos.training.signals import NonFiniteGuard, NonFiniteLossError

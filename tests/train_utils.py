@@ -50,10 +50,20 @@ def start(nproc: int, args: list[str], log: Path, launcher_args: list[str] | Non
     """Start ``launchers/pretrain.sh`` (the deepspeed launcher) in its own process group."""
     cmd = ["bash", str(LAUNCHER), "--num-gpus", str(nproc), *(launcher_args or ["--master-port", str(free_port())]),
            *args]
+    return spawn(cmd, log)
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in the repository root, in its own process group, output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "w")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=launch_env(), cwd=REPO,
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env or launch_env(), cwd=REPO,
                             start_new_session=True)
+
+
+def deepspeed_command(launcher_args: list[str], args: list[str]) -> list[str]:
+    """The design's form: ``deepspeed [launcher flags] launchers/pretrain.sh [trainer flags]``."""
+    return ["deepspeed", *launcher_args, str(LAUNCHER), *args]
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
@@ -87,6 +97,14 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str, t
         assert proc.poll() is None, f"run ended before {what}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)
+
+
+def build_corpus(out: Path) -> Path:
+    """The default corpus at the size ``tiny_args`` reads, in ``out``."""
+    from megamythos.data.default_corpus import ensure_default_dataset
+
+    ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
+    return out
 
 
 def metrics(path: Path) -> list[dict]:

@@ -2,8 +2,8 @@
 
 The template decides defaults (ZeRO stage, precision, parallel sizes, batch sizes); a flag given on the command
 line wins. Whatever the source, the result obeys train_batch = micro x accumulation x dp, and the sections that
-describe the model's own layout (AutoTP patterns, AutoEP MoE path and routing) are written from the model
-config, never trusted from a template, because a mismatch there silently changes the maths.
+describe the model's own layout (AutoTP patterns, AutoEP MoE path and routing) come from ``megamythos.parallel``,
+written from the model config, never trusted from a template, because a mismatch there silently changes the maths.
 """
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.config import ModelConfig
+from megamythos.parallel import ds_config_sections
 from megamythos.training.arguments import TrainArgs
 from megamythos.training.layout import ParallelLayout
-
-# AutoTP: attention projections and the dense SwiGLU of prelude/coda; shared experts stay replicated.
-TP_COLUMN_PATTERNS = [r".*attn\.(wq_b|wq|wkv_b|wk|wv)\.weight", r".*(prelude|coda)\.\d+\.ffn\.(w_gate|w_up)\.weight"]
-TP_ROW_PATTERNS = [r".*attn\.wo\.weight", r".*(prelude|coda)\.\d+\.ffn\.w_down\.weight"]
-MOE_LAYER_PATTERN = r"recurrent\.block\.moe"
 
 
 def load_template(path: str | Path) -> dict[str, Any]:
@@ -64,17 +60,5 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bool(bf16)}
     ds.pop("fp16", None)
     ds.pop("tensor_parallel", None)
-    if layout.tp > 1:
-        ds["tensor_parallel"] = {"autotp_size": layout.tp, "partition_config": {
-            "use_default_specs": False,
-            "layer_specs": [{"patterns": TP_COLUMN_PATTERNS, "partition_type": "column"},
-                            {"patterns": TP_ROW_PATTERNS, "partition_type": "row"}]}}
-    ep_template = {k: v for k, v in ds.pop("expert_parallel", {}).items() if k in ("use_grouped_mm", "combine_impl")}
-    if layout.ep > 1:
-        ds["expert_parallel"] = {**ep_template, "enabled": True, "autoep_size": layout.ep,
-                                 "moe_layer_pattern": MOE_LAYER_PATTERN, "score_func": config.score_func,
-                                 "route_norm": config.route_norm, "route_scale": 1.0,
-                                 "top_k": config.num_experts_per_tok}
-        if config.n_shared_experts:  # without this AutoEP silently drops the shared experts
-            ds["expert_parallel"].update(has_shared_experts=True, shared_experts_pattern="shared_experts")
+    ds.update(ds_config_sections(config, layout.tp, layout.ep, ep_template=ds.pop("expert_parallel", {})))
     return ds

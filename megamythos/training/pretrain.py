@@ -164,6 +164,7 @@ class Trainer:
     def __init__(self, args: TrainArgs) -> None:
         import deepspeed
         from megamythos.model import MythosLM, weight_decay_param_groups
+        from megamythos.parallel import adapt_engine_module
 
         self.args = args
         self.rank, self.world = init_distributed()
@@ -189,14 +190,15 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=param_groups,
             config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
+        tp_group = None
         if self.layout.tp > 1:
             from deepspeed.utils import groups
-            from megamythos.parallel import set_tensor_parallel_group
 
-            set_tensor_parallel_group(self.engine.module, groups.get_tensor_model_parallel_group())
+            tp_group = groups.get_tensor_model_parallel_group()
             self.dp_rank, self.dp_size = groups.get_data_parallel_rank(), groups.get_data_parallel_world_size()
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
+        autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
         self.iteration = 0
         self.consumed = 0
         self.guard = NonFiniteGuard(args.max_nonfinite)
@@ -210,11 +212,10 @@ class Trainer:
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if args.load:
             self._load(args.load)
-        autoep = sum(type(m).__name__ == "AutoEPMoELayer" for m in self.engine.module.modules())
         log.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
                  "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
                  self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
-                 self.layout.global_batch_size, autoep, self.total_iters)
+                 self.layout.global_batch_size, autoep_layers, self.total_iters)
         log.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
 
     # ---------------------------------------------------------------------------------------- state

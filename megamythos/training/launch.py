@@ -1,0 +1,203 @@
+"""What ``launchers/pretrain.sh`` does, in each of the three ways it is started.
+
+``launchers/pretrain.sh`` is both a bash script and a Python script whose Python part calls :func:`main`; run by
+bash, its first line runs the file with Python. :func:`main` tells the forms apart by ``LOCAL_RANK``:
+
+* ``deepspeed [launcher flags] launchers/pretrain.sh [trainer flags]`` (the design's form): the DeepSpeed launcher
+  runs ``python -u launchers/pretrain.sh`` on every rank, with ``LOCAL_RANK`` set: :func:`run_rank` trains;
+* ``deepspeed --no_python ... launchers/pretrain.sh ...`` (or ``srun``/``torchrun`` setting ``LOCAL_RANK``): bash
+  on every rank, then the same :func:`run_rank`;
+* ``bash launchers/pretrain.sh [--num-gpus N --hostfile F ...] [trainer flags]``: no ``LOCAL_RANK``, so
+  :func:`launch` translates the launcher flags and execs ``deepspeed ... --module megamythos.training.pretrain``.
+
+All three give the trainer the same arguments and environment: the defaults of :func:`trainer_defaults` (where
+checkpoints and logs go, the CPU debug run) and of :func:`rank_environment` (``DS_ACCELERATOR``,
+``OMP_NUM_THREADS``, ``TORCH_EXTENSIONS_DIR``, ``PYTHONPATH``). A launcher flag that reaches a rank, where it
+cannot act any more, ends the job with a one-line :class:`LaunchError` naming the form that takes it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Mapping, NoReturn, Sequence
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = "launchers/pretrain.sh"
+TRAINER = "megamythos.training.pretrain"
+DEFAULT_MASTER_PORT = "29500"
+
+# Flags of the `deepspeed` launcher that `bash launchers/pretrain.sh` takes too, spelt with `-` or `_`:
+# deepspeed name -> metavar (None: the flag takes no value).
+LAUNCHER_FLAGS: dict[str, str | None] = {
+    "num_gpus": "N", "num_nodes": "N", "hostfile": "FILE", "include": "HOSTS", "exclude": "HOSTS",
+    "master_addr": "ADDR", "master_port": "PORT", "node_rank": "R", "no_ssh": None,
+}
+
+
+class LaunchError(ValueError):
+    """A flag given to the wrong form of the launcher (reported in one line, exit code 2)."""
+
+
+def launcher_flag(arg: str) -> str | None:
+    """The deepspeed name of ``arg`` (``--num-gpus``, ``--num_gpus=2`` -> ``num_gpus``) if it is a launcher flag."""
+    if not arg.startswith("--"):
+        return None
+    name = arg[2:].split("=", 1)[0].replace("-", "_")
+    return name if name in LAUNCHER_FLAGS else None
+
+
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of the last ``flag VALUE`` or ``flag=VALUE`` in ``argv``, or None when it is not given."""
+    found = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            found = arg.split("=", 1)[1]
+    return found
+
+
+def given(argv: Sequence[str], *flags: str) -> bool:
+    """Whether any of ``flags`` is in ``argv``, as ``flag VALUE`` or ``flag=VALUE``."""
+    return any(arg == flag or arg.startswith(flag + "=") for arg in argv for flag in flags)
+
+
+def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> list[str]:
+    """Trainer flags that ``argv`` leaves out, to put before it.
+
+    Checkpoints go to ``$RUN_DIR/checkpoints`` (default ``runs/tiny``) and the run resumes from where it saves;
+    TensorBoard and the metrics file sit next to the checkpoints. Without a GPU the default is the CPU debug run
+    (``ds_configs/cpu-debug.json``, 200 iterations of 128 tokens, a checkpoint and a validation every 50).
+    Applying it to its own output adds nothing, so every form of the launcher may call it.
+    """
+    save = flag_value(argv, "--save") or str(Path(env.get("RUN_DIR", REPO / "runs" / "tiny")) / "checkpoints")
+    logs = Path(save).parent
+    wanted = {"--save": save, "--load": save, "--tensorboard-dir": str(logs / "tensorboard"),
+              "--metrics-file": str(logs / "metrics.jsonl")}
+    if gpu:
+        wanted["--ds-config"] = str(REPO / "ds_configs" / "single-gpu.json")
+    else:
+        wanted.update({"--ds-config": str(REPO / "ds_configs" / "cpu-debug.json"), "--seq-length": "128",
+                       "--save-interval": "50", "--eval-interval": "50"})
+        if not given(argv, "--train-tokens"):
+            wanted["--train-iters"] = "200"
+    return [item for flag, value in wanted.items() if not given(argv, flag) for item in (flag, value)]
+
+
+def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) -> dict[str, str]:
+    """Variables to set for the ranks of one node (only those ``env`` lacks or has to change).
+
+    On CPU: DeepSpeed's CPU accelerator, and one BLAS thread pool per rank of the node (oversubscribed cores make
+    ZeRO-3 steps ten times slower); everywhere: the repository on PYTHONPATH and a JIT-extension cache in it.
+    """
+    paths = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
+    updates = {}
+    if str(REPO) not in paths:
+        updates["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
+    if "TORCH_EXTENSIONS_DIR" not in env:
+        updates["TORCH_EXTENSIONS_DIR"] = str(REPO / ".torch_extensions")
+    if not gpu:
+        updates["DS_ACCELERATOR"] = "cpu"
+        if "OMP_NUM_THREADS" not in env:
+            updates["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // local_processes))
+    return updates
+
+
+def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
+    """``bash launchers/pretrain.sh`` arguments -> ({deepspeed flag name: value}, trainer arguments)."""
+    launcher: dict[str, str | None] = {}
+    trainer: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        name = launcher_flag(arg)
+        if name is None:
+            trainer.append(arg)
+        elif LAUNCHER_FLAGS[name] is None:
+            launcher[name] = None
+        elif "=" in arg:
+            launcher[name] = arg.split("=", 1)[1]
+        else:
+            value = next(args, None)
+            if value is None:
+                raise LaunchError(f"{arg} needs a value ({arg} {LAUNCHER_FLAGS[name]})")
+            launcher[name] = value
+    return launcher, trainer
+
+
+def deepspeed_command(launcher: Mapping[str, str | None], trainer: Sequence[str], gpu: bool,
+                      env: Mapping[str, str]) -> list[str]:
+    """The ``deepspeed`` command of ``bash launchers/pretrain.sh``: ``--node_rank`` starts this node only (no
+    ssh); on CPU one process unless ``--num_gpus`` or ``--include/--exclude`` says otherwise."""
+    flags = {"master_port": env.get("MASTER_PORT", DEFAULT_MASTER_PORT), **launcher}
+    if "node_rank" in flags:
+        flags["no_ssh"] = None
+    if not gpu and not {"num_gpus", "include", "exclude"} & flags.keys():
+        flags["num_gpus"] = "1"
+    cmd = ["deepspeed"]
+    for name, value in flags.items():
+        cmd += [f"--{name}"] if value is None else [f"--{name}", value]
+    return [*cmd, "--module", TRAINER, *trainer]
+
+
+def refuse_launcher_flags(argv: Sequence[str]) -> None:
+    """Raise :class:`LaunchError` for the first launcher flag in a rank's arguments: the processes exist already."""
+    for arg in argv:
+        name = launcher_flag(arg)
+        if name is None:
+            continue
+        flag = arg.split("=", 1)[0]
+        usage = " ".join(filter(None, [f"--{name}", LAUNCHER_FLAGS[name]]))
+        where = (f"a flag of `bash {SCRIPT}`; under `deepspeed` use --{name}" if flag != f"--{name}"
+                 else "a flag of `deepspeed`, not of the trainer: give it")
+        raise LaunchError(f"{flag} is {where} before the script: deepspeed {usage} {SCRIPT} ...")
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_rank(argv: Sequence[str]) -> int:
+    """One rank of a launched job: check the flags, apply the defaults, train in this process."""
+    refuse_launcher_flags(argv)
+    gpu = has_gpu()
+    local = os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or "1"
+    os.environ.update(rank_environment(os.environ, gpu, int(local)))
+    if not gpu:  # torch is imported already: its thread pool follows OMP_NUM_THREADS only from here on
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    from megamythos.training.pretrain import main as train
+
+    return train([*trainer_defaults(argv, gpu, os.environ), *argv])
+
+
+def launch(argv: Sequence[str]) -> NoReturn:
+    """``bash launchers/pretrain.sh``: exec the ``deepspeed`` launcher on the trainer with the defaults applied."""
+    launcher, trainer = split_launcher_flags(argv)
+    gpu = has_gpu()
+    processes = int(launcher.get("num_gpus") or 1)
+    os.environ.update(rank_environment(os.environ, gpu, processes))
+    cmd = deepspeed_command(launcher, [*trainer_defaults(trainer, gpu, os.environ), *trainer], gpu, os.environ)
+    log.info("%s", shlex.join(cmd))
+    os.execvp(cmd[0], cmd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``launchers/pretrain.sh``; a rank when ``LOCAL_RANK`` is set, else the outer launcher."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if "LOCAL_RANK" in os.environ:
+            return run_rank(argv)
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        launch(argv)
+    except LaunchError as err:
+        if os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2

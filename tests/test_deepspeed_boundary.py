@@ -1,0 +1,106 @@
+"""The DeepSpeed boundary: the model imports nothing DeepSpeed-shaped, and ``megamythos.parallel`` supplies what
+AutoTP / AutoEP need from outside (the real multi-process runs are in test_distributed_train.py)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import small_config
+import megamythos.moe as moe_module
+from megamythos.attention import MLA
+from megamythos.moe import MoE, MoEOutput, expert_bias_state, expert_counts_frozen, register_moe_layer
+from megamythos.parallel import autoep_to_model_names, tensor_parallel
+from megamythos.parallel.expert_parallel import _BalanceLossHooks, _autoep_expert_load
+
+MODEL_FILES = ["model", "attention", "moe", "recurrent", "layers", "config"]
+FORBIDDEN_IMPORTS = ("deepspeed", "megamythos.parallel", "megamythos.training")
+
+
+def imported_modules(tree: ast.Module) -> list[str]:
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
+@pytest.mark.parametrize("name", MODEL_FILES)
+def test_model_files_import_nothing_deepspeed_shaped(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "megamythos" / f"{name}.py"
+    source = path.read_text()
+    bad = [m for m in imported_modules(ast.parse(source))
+           if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_IMPORTS)]
+    assert not bad, f"{path.name} imports {bad}"
+    assert "AutoEP" not in source, f"{path.name} refers to AutoEP"
+
+
+def test_rope_key_gradient_is_summed_over_the_group_only_for_the_k_pe_columns(monkeypatch) -> None:
+    """The hook on wkv_a touches only the last rope-dim output columns' gradient (here a fake 'sum' that doubles)."""
+    cfg = small_config()
+    grads = []
+    for hooked in (False, True):
+        torch.manual_seed(0)
+        mla = MLA(cfg)
+        if hooked:
+            monkeypatch.setattr(tensor_parallel.dist, "all_reduce", lambda t, op=None, group=None: t.mul_(2))
+            assert tensor_parallel.sum_rope_key_grad(mla, tp_group=object()) == 1
+        x = torch.randn(2, 6, cfg.dim)
+        mla(x, torch.arange(6)).square().sum().backward()
+        grads.append(mla.wkv_a.weight.grad)
+    plain, summed = grads
+    r = cfg.kv_lora_rank
+    assert torch.equal(summed[:r], plain[:r]) and torch.allclose(summed[r:], 2 * plain[r:])
+
+
+class FakeAutoEPLayer(nn.Module):
+    """AutoEP's replacement as the adapter sees it: ``router.gate``, ``router.e_score_correction_bias``,
+    ``tokens_per_expert``, forward [B, S, H] -> [B, S, H] only (here computed by our MoE's weights)."""
+
+    def __init__(self, moe: MoE) -> None:
+        super().__init__()
+        self.moe = moe
+        self.router = nn.Module()
+        self.router.gate = moe.gate
+        self.router.register_buffer("e_score_correction_bias", moe.gate.e_score_correction_bias)
+        self.register_buffer("tokens_per_expert", moe.tokens_per_expert)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.moe(hidden_states).hidden
+
+
+def test_autoep_adapter_gives_the_replacement_our_moe_contract(monkeypatch) -> None:
+    cfg = small_config(seq_aux_loss_coef=0.01, router_z_loss_coef=0.001)
+    moe = MoE(cfg).train()
+    with torch.no_grad():
+        for param in moe.parameters():
+            param.normal_(std=0.1)
+        moe.gate.e_score_correction_bias.uniform_(-0.1, 0.1)
+    layer = FakeAutoEPLayer(moe)
+    _BalanceLossHooks(layer, moe.balance_loss)
+    monkeypatch.setattr(moe_module, "_EXPERT_LOAD_READERS", dict(moe_module._EXPERT_LOAD_READERS))
+    register_moe_layer(FakeAutoEPLayer, _autoep_expert_load)
+    x = torch.randn(2, 5, cfg.dim)
+    got, want = layer(x), moe(x)
+    assert isinstance(got, MoEOutput) and torch.equal(got.hidden, want.hidden)
+    assert torch.equal(got.aux_loss, want.aux_loss)
+    model = nn.Sequential(layer)
+    assert torch.equal(expert_bias_state(model)["0"], moe.gate.e_score_correction_bias)
+    with expert_counts_frozen(model):
+        layer(x)
+    assert float(layer.tokens_per_expert.sum()) == 2 * 2 * 5 * cfg.num_experts_per_tok  # two counted forwards
+
+
+def test_autoep_checkpoint_names_map_back_to_the_model() -> None:
+    e, f, h = 4, 3, 5
+    w1, w2, w3, gate = torch.randn(e, f, h), torch.randn(e, h, f), torch.randn(e, f, h), torch.randn(e, h)
+    out = autoep_to_model_names({"m.experts.w1": w1, "m.experts.w2": w2, "m.experts.w3": w3,
+                                 "m.router.gate.weight": gate, "m.shared_experts.w_up.weight": gate})
+    assert set(out) == {"m.experts.gate_up_proj", "m.experts.down_proj", "m.gate.weight",
+                        "m.shared_experts.w_up.weight"}
+    assert torch.equal(out["m.experts.gate_up_proj"], torch.cat([w1, w3], dim=1)) and out["m.experts.down_proj"] is w2

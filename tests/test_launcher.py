@@ -1,0 +1,170 @@
+"""`launchers/pretrain.sh` in its three forms: `deepspeed [flags] launchers/pretrain.sh` (the design's),
+`bash launchers/pretrain.sh` and `deepspeed --no_python ... launchers/pretrain.sh`.
+
+The launches train the tiny model for two iterations with the launcher's own defaults (checkpoints, logs and
+metrics under $RUN_DIR, the CPU debug config); the forms must hand the trainer the same arguments and give the
+same losses. One launch per form (module fixtures), one at a time; the two simulated nodes run concurrently.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megamythos.training.launch import (REPO, LaunchError, deepspeed_command, rank_environment, refuse_launcher_flags,
+                                        split_launcher_flags, trainer_defaults)
+from train_utils import LAUNCHER, build_corpus, finish, free_port, launch_env, losses, spawn, tiny_args
+from train_utils import deepspeed_command as design_form
+
+ITERS = 2
+LAYOUT = ["--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2"]  # accumulation 2 on 1 rank, dp 2 on 2
+TOL = 2e-5  # 1 rank vs 2 ranks: reduction order only (see test_distributed_train.py)
+
+
+# ------------------------------------------------------------------------------------------- no processes
+def test_script_is_valid_bash_and_python():
+    assert subprocess.run(["bash", "-n", str(LAUNCHER)], capture_output=True).returncode == 0
+    compile(LAUNCHER.read_text(), str(LAUNCHER), "exec")
+
+
+def test_defaults_fill_only_what_is_missing_and_apply_once():
+    argv = ["--save", "runs/a/ckpt", "--train-tokens", "1000"]
+    defaults = trainer_defaults(argv, gpu=False, env={})
+    assert defaults[:8] == ["--load", "runs/a/ckpt", "--tensorboard-dir", "runs/a/tensorboard", "--metrics-file",
+                            "runs/a/metrics.jsonl", "--ds-config", str(REPO / "ds_configs" / "cpu-debug.json")]
+    assert "--train-iters" not in defaults  # --train-tokens sets the length
+    assert trainer_defaults([*defaults, *argv], gpu=False, env={}) == []
+    assert trainer_defaults(["--ds-config=x.json"], gpu=True, env={"RUN_DIR": "/r"}) == [
+        "--save", "/r/checkpoints", "--load", "/r/checkpoints", "--tensorboard-dir", "/r/tensorboard",
+        "--metrics-file", "/r/metrics.jsonl"]
+    assert "single-gpu.json" in trainer_defaults([], gpu=True, env={})[-1]
+
+
+def test_rank_environment_keeps_what_is_set():
+    cpu = rank_environment({}, gpu=False, local_processes=10 ** 6)
+    assert cpu["DS_ACCELERATOR"] == "cpu" and cpu["OMP_NUM_THREADS"] == "1" and cpu["PYTHONPATH"] == str(REPO)
+    assert rank_environment({**cpu, "TORCH_EXTENSIONS_DIR": "/x"}, gpu=False, local_processes=1) == {
+        "DS_ACCELERATOR": "cpu"}
+    assert rank_environment({}, gpu=True, local_processes=1).keys() == {"PYTHONPATH", "TORCH_EXTENSIONS_DIR"}
+
+
+def test_bash_form_takes_the_launcher_flags_in_either_spelling():
+    launcher, trainer = split_launcher_flags(["--num-gpus", "2", "--lr", "1", "--master_port=7", "--hostfile", "h",
+                                              "--node-rank", "1", "--seed", "3"])
+    assert trainer == ["--lr", "1", "--seed", "3"]
+    assert deepspeed_command(launcher, trainer, gpu=False, env={}) == [
+        "deepspeed", "--master_port", "7", "--num_gpus", "2", "--hostfile", "h", "--node_rank", "1", "--no_ssh",
+        "--module", "megamythos.training.pretrain", "--lr", "1", "--seed", "3"]
+    include = split_launcher_flags(["--include", "localhost:0"])[0]  # deepspeed refuses --num_gpus with it
+    assert deepspeed_command(include, [], gpu=False, env={"MASTER_PORT": "9"})[:5] == [
+        "deepspeed", "--master_port", "9", "--include", "localhost:0"]
+    with pytest.raises(LaunchError, match=r"--num_gpus needs a value \(--num_gpus N\)"):
+        split_launcher_flags(["--num_gpus"])
+
+
+def test_a_rank_refuses_launcher_flags_naming_the_form_that_takes_them():
+    refuse_launcher_flags(["--local_rank=0", "--lr", "1", "--num-experts", "4"])
+    with pytest.raises(LaunchError) as err:
+        refuse_launcher_flags(["--lr", "1", "--master-port=29500"])
+    assert str(err.value) == ("--master-port is a flag of `bash launchers/pretrain.sh`; under `deepspeed` use "
+                              "--master_port before the script: deepspeed --master_port PORT launchers/pretrain.sh ...")
+    with pytest.raises(LaunchError, match=r"^--no_ssh is a flag of `deepspeed`, not of the trainer: give it before "
+                                          r"the script: deepspeed --no_ssh launchers/pretrain.sh \.\.\.$"):
+        refuse_launcher_flags(["--no_ssh"])
+
+
+# ------------------------------------------------------------------------------------------- real launches
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def trainer_args(corpus: Path) -> list[str]:
+    return [*tiny_args(corpus, ITERS), *LAYOUT]
+
+
+def launch(cmd: list[str], run_dir: Path, log_name: str = "log.txt") -> subprocess.Popen:
+    """Start ``cmd`` with the launcher's defaults pointing into ``run_dir``."""
+    return spawn(cmd, run_dir / log_name, {**launch_env(), "RUN_DIR": str(run_dir)})
+
+
+def train(cmd: list[str], run_dir: Path) -> Path:
+    proc = launch(cmd, run_dir)
+    text = finish(proc, run_dir / "log.txt")
+    assert proc.returncode == 0, text[-6000:]
+    return run_dir
+
+
+def first_losses(run_dir: Path) -> dict[int, float]:
+    got = losses(run_dir / "metrics.jsonl")
+    assert sorted(got) == list(range(1, ITERS + 1))
+    return got
+
+
+def trainer_record(run_dir: Path) -> dict:
+    """The trainer's arguments as the checkpoint records them, with this run's folder written as RUN_DIR."""
+    text = (run_dir / "checkpoints" / f"iter_{ITERS:07d}" / "train_args.json").read_text()
+    return json.loads(text.replace(str(run_dir), "RUN_DIR"))["args"]
+
+
+@pytest.fixture(scope="module")
+def bash1(tmp_path_factory, corpus) -> Path:
+    cmd = ["bash", str(LAUNCHER), "--num-gpus", "1", "--master-port", str(free_port()), *trainer_args(corpus)]
+    return train(cmd, tmp_path_factory.mktemp("bash1"))
+
+
+@pytest.mark.distributed
+def test_deepspeed_form_is_the_bash_form(bash1, tmp_path, corpus):
+    design = train(design_form(["--num_gpus", "1", "--master_port", str(free_port())], trainer_args(corpus)), tmp_path)
+    rank = f"spawned with command: ['{sys.executable}', '-u', '{LAUNCHER}'"  # Python runs the script itself
+    assert rank in (design / "log.txt").read_text()
+    assert trainer_record(design) == trainer_record(bash1)
+    assert trainer_record(design)["ds_config"] == str(REPO / "ds_configs" / "cpu-debug.json")  # the CPU default
+    assert first_losses(design) == first_losses(bash1)  # same process, same arguments: bitwise
+
+
+@pytest.fixture(scope="module")
+def no_python2(tmp_path_factory, corpus) -> Path:
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--no_python", str(LAUNCHER),
+           *trainer_args(corpus)]
+    return train(cmd, tmp_path_factory.mktemp("no_python2"))
+
+
+@pytest.mark.distributed
+def test_no_python_form_on_two_processes_matches(bash1, no_python2):
+    assert "world 2" in (no_python2 / "log.txt").read_text()
+    assert trainer_record(no_python2) == trainer_record(bash1)
+    got, want = first_losses(no_python2), first_losses(bash1)
+    assert max(abs(got[i] - want[i]) for i in want) <= TOL, (got, want)
+
+
+@pytest.mark.distributed
+def test_deepspeed_form_on_two_nodes_through_a_hostfile(no_python2, tmp_path, corpus):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    procs = [launch(design_form(["--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(r), "--master_addr",
+                                 "127.0.0.1", "--master_port", port], trainer_args(corpus)), tmp_path, f"node{r}.txt")
+             for r in (0, 1)]
+    for r, proc in enumerate(procs):
+        text = finish(proc, tmp_path / f"node{r}.txt")
+        assert proc.returncode == 0, text[-4000:]
+    assert "world 2" in (tmp_path / "node0.txt").read_text()
+    got, want = first_losses(tmp_path), first_losses(no_python2)
+    assert max(abs(got[i] - want[i]) for i in want) <= 1e-6, (got, want)
+
+
+@pytest.mark.distributed
+def test_bash_flag_under_deepspeed_is_refused_in_one_line(tmp_path, corpus):
+    cmd = design_form(["--num_gpus", "2", "--master_port", str(free_port())],
+                      ["--num-gpus", "2", *trainer_args(corpus)])
+    proc = launch(cmd, tmp_path)
+    text = finish(proc, tmp_path / "log.txt")
+    assert proc.returncode == 2, text[-4000:]
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --num-gpus is a flag of `bash launchers/pretrain.sh`; under `deepspeed` use --num_gpus "
+                      "before the script: deepspeed --num_gpus N launchers/pretrain.sh ..."]  # rank 0 only
+    assert "Traceback" not in text and not (tmp_path / "metrics.jsonl").exists()
