@@ -33,7 +33,7 @@ from torch import nn
 
 from megamythos.config import ModelConfig, get_preset
 from megamythos.model import MythosLM
-from megamythos.moe import MoE, update_expert_bias
+from megamythos.moe import MoE, MoEOutput, update_expert_bias
 from megamythos.params import count, parts
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token
 
@@ -238,7 +238,8 @@ def fwd_bwd_step(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> 
     def step() -> None:
         x.grad = None
         module.zero_grad(set_to_none=True)
-        module(x).backward(grad_out)
+        out = module(x)
+        (out.hidden if isinstance(out, MoEOutput) else out).backward(grad_out)  # ours also returns its balance loss
 
     return step
 
