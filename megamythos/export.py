@@ -23,7 +23,11 @@ from pathlib import Path
 
 import torch
 
+from megamythos.checkpoint_files import MODEL_CONFIG_FILE, read_latest, read_tokenizer_files, write_tokenizer_files
 from megamythos.config import ModelConfig
+from megamythos.errors import UserError, run_cli
+from megamythos.model import MythosLM
+from megamythos.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +35,12 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported."""
 
 
 def resolve_tag_dir(path: str | Path) -> Path:
     """A checkpoint tag directory, or the newest complete one of a --save directory."""
-    from megamythos.training.checkpointing import MODEL_CONFIG_FILE, read_latest
-
     path = Path(path)
     if (path / MODEL_CONFIG_FILE).is_file():
         return path
@@ -91,8 +93,6 @@ def to_model_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(model config, full state dict incl. expert biases) of one checkpoint tag."""
-    from megamythos.training.checkpointing import MODEL_CONFIG_FILE
-
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     client = _client_state(tag_dir)
     if any(tag_dir.glob("*optim_states.pt")):
@@ -106,10 +106,8 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     return config, state
 
 
-def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where: Path) -> "torch.nn.Module":
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where: Path) -> MythosLM:
     """:class:`MythosLM` holding ``state`` (as :func:`load_checkpoint_weights` returns it) of checkpoint ``where``."""
-    from megamythos.model import MythosLM
-
     model = MythosLM(config)
     targets = model.state_dict()
     for name, tensor in state.items():  # ZeRO-3 universal tensors are flat
@@ -128,9 +126,6 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write ``out_dir/model.safetensors``, ``out_dir/config.json`` and, when the checkpoint carries its
     tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json``; returns the safetensors path."""
     from safetensors.torch import save_model
-
-    from megamythos.tokenizer import Tokenizer
-    from megamythos.training.checkpointing import read_tokenizer_files, write_tokenizer_files
 
     tag_dir = resolve_tag_dir(checkpoint)
     out_dir = Path(out_dir)
@@ -155,11 +150,9 @@ def is_export_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_exported(out_dir: str | Path) -> "torch.nn.Module":
+def load_exported(out_dir: str | Path) -> MythosLM:
     """:class:`MythosLM` from an export directory: JSON and safetensors only, nothing is unpickled."""
     from safetensors.torch import load_model
-
-    from megamythos.model import MythosLM
 
     out_dir = Path(out_dir)
     missing = [str(out_dir / name) for name in (CONFIG_FILE, MODEL_FILE) if not (out_dir / name).is_file()]
@@ -172,8 +165,6 @@ def load_exported(out_dir: str | Path) -> "torch.nn.Module":
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megamythos.loading import run_cli
-
     p = argparse.ArgumentParser(prog="python -m megamythos.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from megamythos.checkpoint_files import CheckpointError, read_latest, write_atomic
 from megamythos.config import get_preset
 from megamythos.training.arguments import ArgumentError, parse_args
-from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_model_config, read_latest,
-                                               write_atomic)
+from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import (MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, build_ds_config,
                                            load_template, resolve_layout)
 from megamythos.training.layout import LayoutError, ParallelLayout

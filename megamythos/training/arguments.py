@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
+from megamythos.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "default"
@@ -20,7 +23,7 @@ LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200
 
 
-class ArgumentError(ValueError):
+class ArgumentError(UserError, ValueError):
     """A training argument is missing, malformed or inconsistent with another one."""
 
 
@@ -55,10 +58,10 @@ class TrainArgs:
     backprop_loops: int | None = None
     checkpoint_loops: bool = True
     loop_checkpoint_segment: int | None = None  # None -> the preset's (1: per-iteration checkpoints only)
-    # data
+    # data (the fields of megamythos.data.pretraining.DataRecipe keep its defaults)
     data_path: list[str] = field(default_factory=list)  # empty -> embedded default corpus
-    split: str = "969,30,1"
-    seq_length: int = 256
+    split: str = DEFAULT_SPLIT
+    seq_length: int = DataRecipe.seq_length
     data_cache_dir: str | None = None
     default_data_dir: str = str(DEFAULT_DATA_DIR)
     default_data_max_files: int | None = None
@@ -83,13 +86,13 @@ class TrainArgs:
     load: str | None = None
     save_interval: int = 0  # 0 -> only at the end and on a signal
     keep_last: int = 3
-    eval_interval: int = 0  # 0 -> no evaluation
-    eval_iters: int = 2
+    eval_interval: int = DataRecipe.eval_interval  # 0 -> no evaluation
+    eval_iters: int = DataRecipe.eval_iters
     tensorboard_dir: str | None = None
     metrics_file: str | None = None  # JSON lines, one per iteration (rank 0)
     log_interval: int = 1
     peak_tflops: float | None = None  # per process; None -> measured by a short matmul benchmark
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
     max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
     exit_interval: int = 0  # stop (with a checkpoint) after this iteration; 0 -> run to the end
     # parallelism and precision (None -> keep the ds_config value)
@@ -140,6 +143,10 @@ class TrainArgs:
         if self.loop_checkpoint_segment is not None:
             out["loop_checkpoint_segment"] = self.loop_checkpoint_segment
         return out
+
+    def data_recipe(self) -> DataRecipe:
+        """The settings that decide which samples this run reads (recorded with its checkpoints)."""
+        return DataRecipe(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataRecipe)})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

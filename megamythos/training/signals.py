@@ -13,6 +13,8 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from megamythos.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,7 @@ class GracefulExit:
             signal.signal(s, handler)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced too many consecutive non-finite losses to continue."""
 
 
