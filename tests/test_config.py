@@ -1,0 +1,34 @@
+"""The named presets."""
+from __future__ import annotations
+
+import pytest
+
+from megamythos.config import PRESETS, ConfigError, get_preset
+from megamythos.params import count
+
+# The presets as they were when they were still 17 positional numbers per scale (commit 8d5a96f): parameter
+# count (which fixes every shape) and the fields that change no shape. A change here is a change of the model.
+FROZEN = {  # name: (parameters, max_seq_len, mean_loops, rope_theta)
+    "tiny": (7_132_769, 512, 4, 1e4),
+    "small": (113_372_417, 2048, 8, 1e4),
+    "1b": (1_056_706_561, 4096, 16, 1e4),
+    "3b": (2_966_230_913, 4096, 16, 1e4),
+    "10b": (9_835_585_793, 8192, 24, 1e4),
+    "50b": (49_128_546_305, 8192, 32, 1e4),
+    "100b": (92_364_564_993, 1_000_000, 32, 1e6),
+    "500b": (455_117_586_433, 1_000_000, 48, 1e6),
+    "1t": (917_097_251_841, 1_000_000, 64, 2e6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_unchanged(name):
+    config = get_preset(name)
+    assert (count(config).total, config.max_seq_len, config.mean_loops, config.rope_theta) == FROZEN[name]
+
+
+def test_unknown_preset_and_field_are_refused():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        get_preset("huge")
+    with pytest.raises(ConfigError, match=r"no field\(s\) \['dims'\]"):
+        get_preset("tiny", dims=64)
