@@ -259,6 +259,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` -> (field, value); VALUE becomes a bool (true/false), int, float or stays a string.
+
+    The one parser of model-field overrides on every command line (the trainer's ``--override``, the
+    benchmarks' ``--set``); :meth:`ModelConfig.from_dict` then checks the field name and the value.
+    """
+    key, sep, raw = text.partition("=")
+    if not (sep and key):
+        raise ConfigError(f"expected FIELD=VALUE, got {text!r}")
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
+
+
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
     """The named preset as a validated :class:`ModelConfig`, with ``overrides`` applied."""
     if name not in PRESETS:

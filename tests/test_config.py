@@ -1,9 +1,9 @@
-"""The named presets."""
+"""The named presets and the one parser of FIELD=VALUE model overrides."""
 from __future__ import annotations
 
 import pytest
 
-from megamythos.config import PRESETS, ConfigError, get_preset
+from megamythos.config import PRESETS, ConfigError, get_preset, parse_override
 from megamythos.params import count
 
 # The presets as they were when they were still 17 positional numbers per scale (commit 8d5a96f): parameter
@@ -32,3 +32,18 @@ def test_unknown_preset_and_field_are_refused():
         get_preset("huge")
     with pytest.raises(ConfigError, match=r"no field\(s\) \['dims'\]"):
         get_preset("tiny", dims=64)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("dim=64", ("dim", 64)), ("init_std=1e-3", ("init_std", 1e-3)), ("act=False", ("act", False)),
+    ("act=true", ("act", True)), ("score_func=sigmoid", ("score_func", "sigmoid")),
+])
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+    assert type(parse_override(text)[1]) is type(expected[1])
+
+
+@pytest.mark.parametrize("text", ["dim", "=64"])
+def test_parse_override_needs_field_and_value(text):
+    with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
+        parse_override(text)

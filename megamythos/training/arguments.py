@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from megamythos.config import ConfigError, parse_override
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
 from megamythos.errors import UserError
 
@@ -30,21 +31,6 @@ class ArgumentError(UserError, ValueError):
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ArgumentError(message)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> (key, value); VALUE is parsed as int, float, bool or left a string."""
-    key, sep, raw = text.partition("=")
-    _check(bool(sep) and bool(key), f"--override expects KEY=VALUE, got {text!r}")
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return key, lowered == "true"
-    for cast in (int, float):
-        try:
-            return key, cast(raw)
-        except ValueError:
-            pass
-    return key, raw
 
 
 @dataclass
@@ -167,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=d["preset"].default, help="name in megamythos.config.PRESETS")
-    g.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--override", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a ModelConfig field on top of the preset (repeatable)")
     add("--mean-loops", type=int)
     add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations")
@@ -211,5 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     """Parse ``argv`` into validated :class:`TrainArgs`; a bad flag raises :class:`ArgumentError`."""
     ns = vars(build_parser().parse_args(argv))
-    ns["overrides"] = dict(parse_override(item) for item in ns["overrides"])
+    try:
+        ns["overrides"] = dict(parse_override(item) for item in ns["overrides"])
+    except ConfigError as err:
+        raise ArgumentError(f"--override: {err}") from err
     return TrainArgs(**ns)
