@@ -3,6 +3,12 @@
 Flags use Megatron-LM spellings (``--micro-batch-size``, ``--global-batch-size``, ``--train-iters``, ...).
 Parallel sizes, ZeRO stage, bf16 and batch sizes default to ``None``: then the value in the ds_config JSON is
 kept, so a JSON written for a cluster stays authoritative unless the command line says otherwise.
+
+One source per model setting: the model is ``--preset``, then :data:`TRAINING_MODEL_DEFAULTS` (what training
+changes from the library's defaults: activation checkpointing of the loops), then ``--override FIELD=VALUE``.
+``--mean-loops``, ``--backprop-loops``, ``--[no-]checkpoint-loops`` and ``--loop-checkpoint-segment`` are
+aliases of ``--override`` for those fields: they write the field only when given, and giving both spellings
+with different values is an error. ``--seq-length`` must fit the model's ``max_seq_len``.
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from megamythos.config import ConfigError, parse_override
+from megamythos.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
 from megamythos.errors import UserError
 
@@ -22,6 +28,12 @@ DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "default"
 LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200
+# ModelConfig fields whose training default differs from the library's: checkpoint every recurrent iteration so
+# that activation memory does not grow with the sampled loop count (the library default, False, suits inference
+# and the unit tests). --no-checkpoint-loops or --override checkpoint_loops=false turns it off.
+TRAINING_MODEL_DEFAULTS: dict[str, Any] = {"checkpoint_loops": True}
+# flag aliases of `--override FIELD=VALUE` (the TrainArgs field has the ModelConfig field's name)
+MODEL_FIELD_FLAGS = ("mean_loops", "backprop_loops", "checkpoint_loops", "loop_checkpoint_segment")
 
 
 class ArgumentError(UserError, ValueError):
@@ -40,10 +52,11 @@ class TrainArgs:
     # model
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"dim": 64}
+    # aliases of overrides (None: not given, the preset's or TRAINING_MODEL_DEFAULTS' value stays)
     mean_loops: int | None = None
     backprop_loops: int | None = None
-    checkpoint_loops: bool = True
-    loop_checkpoint_segment: int | None = None  # None -> the preset's (1: per-iteration checkpoints only)
+    checkpoint_loops: bool | None = None
+    loop_checkpoint_segment: int | None = None
     # data (the fields of megamythos.data.pretraining.DataRecipe keep its defaults)
     data_path: list[str] = field(default_factory=list)  # empty -> embedded default corpus
     split: str = DEFAULT_SPLIT
@@ -111,6 +124,11 @@ class TrainArgs:
                and sum(float(p) for p in parts) > 0,
                f"--split must be three non-negative weights like 969,30,1, got {self.split!r}")
         _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} does not exist")
+        for name in MODEL_FIELD_FLAGS:
+            flag, override = getattr(self, name), self.overrides.get(name)
+            _check(flag is None or name not in self.overrides or flag == override,
+                   f"--{name.replace('_', '-')} {flag} and --override {name}={override} set the same field "
+                   "to different values; give one")
 
     def total_iters(self, global_batch_size: int) -> int:
         """Optimizer steps: --train-iters, --train-tokens rounded up to whole global batches, or the default."""
@@ -119,16 +137,19 @@ class TrainArgs:
         return math.ceil(self.train_tokens / (global_batch_size * self.seq_length))
 
     def model_overrides(self) -> dict[str, Any]:
-        """ModelConfig fields this run sets on top of the preset."""
-        out = dict(self.overrides)
-        if self.mean_loops is not None:
-            out["mean_loops"] = self.mean_loops
-        if self.backprop_loops is not None:
-            out["backprop_loops"] = self.backprop_loops
-        out["checkpoint_loops"] = self.checkpoint_loops
-        if self.loop_checkpoint_segment is not None:
-            out["loop_checkpoint_segment"] = self.loop_checkpoint_segment
-        return out
+        """ModelConfig fields this run sets on top of the preset: the training defaults, then ``--override``
+        and the flags that alias it."""
+        given = {name: getattr(self, name) for name in MODEL_FIELD_FLAGS if getattr(self, name) is not None}
+        return {**TRAINING_MODEL_DEFAULTS, **self.overrides, **given}
+
+    def model_config(self) -> ModelConfig:
+        """The validated model of this run; raises :class:`ArgumentError` when ``--seq-length`` exceeds its
+        ``max_seq_len`` (``ConfigError`` for a bad preset or override)."""
+        config = get_preset(self.preset, **self.model_overrides())
+        _check(self.seq_length <= config.max_seq_len,
+               f"--seq-length {self.seq_length} exceeds the model's max_seq_len={config.max_seq_len} (preset "
+               f"{self.preset!r}); pass --override max_seq_len={self.seq_length} or a shorter --seq-length")
+        return config
 
     def data_recipe(self) -> DataRecipe:
         """The settings that decide which samples this run reads (recorded with its checkpoints)."""
@@ -154,11 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=d["preset"].default, help="name in megamythos.config.PRESETS")
     g.add_argument("--override", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set a ModelConfig field on top of the preset (repeatable)")
-    add("--mean-loops", type=int)
-    add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations")
-    g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false",
-                   help="keep activations of every recurrent iteration (memory grows with the loop count)")
+                   help="set a ModelConfig field on top of the preset (repeatable); the four flags below are "
+                        "aliases for their fields")
+    add("--mean-loops", type=int, help="trained mean loop count (= --override mean_loops=N)")
+    add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations "
+                                           "(= --override backprop_loops=k)")
+    g.add_argument("--checkpoint-loops", dest="checkpoint_loops", action="store_true", default=None,
+                   help="checkpoint every recurrent iteration (the training default; = --override "
+                        "checkpoint_loops=true)")
+    g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false", default=None,
+                   help="keep activations of every recurrent iteration (memory grows with the loop count; "
+                        "= --override checkpoint_loops=false)")
     add("--loop-checkpoint-segment", type=int,
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient): "
              "O(sqrt T) saved states instead of O(T) for one extra forward of the loops")

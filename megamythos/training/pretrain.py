@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.config import get_preset
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, resolve_data
 from megamythos.errors import UserError, run_cli
@@ -94,13 +93,11 @@ class Trainer:
         import deepspeed
 
         self.args = args
+        self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
         self.rank, self.world = init_distributed()
         setup_logging(self.rank)
         template = load_template(args.ds_config)
         self.layout = resolve_layout(template, args, self.world)
-        base = get_preset(args.preset)
-        self.config = get_preset(args.preset, **{"max_seq_len": max(base.max_seq_len, args.seq_length),
-                                                 **args.model_overrides()})
         self.layout.check_model(self.config)
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
