@@ -29,7 +29,7 @@ from megamythos.errors import UserError, run_cli
 from megamythos.model import MythosLM
 from megamythos.tokenizer import Tokenizer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -138,10 +138,10 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     config.to_json(out_dir / CONFIG_FILE)
     record = read_tokenizer_files(tag_dir)
     if record is None:
-        log.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
+        logger.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
     else:
         write_tokenizer_files(out_dir, Tokenizer(record["tokenizer_model"]))
-    log.info("exported %s -> %s", tag_dir, path)
+    logger.info("exported %s -> %s", tag_dir, path)
     return path
 
 

@@ -22,7 +22,7 @@ from megamythos.export import is_export_dir, load_checkpoint_weights, load_expor
 from megamythos.model import MythosLM
 from megamythos.tokenizer import Tokenizer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class LoadError(UserError, ValueError):
@@ -70,7 +70,7 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
         record_file = source / TRAIN_RECORD
         train_record = json.loads(record_file.read_text()) if record_file.is_file() else None
     tokenizer, record = resolve_tokenizer(source, read_tokenizer_files(source), tokenizer_path, model.config)
-    log.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
+    logger.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
              tokenizer.model_path)
     return LoadedModel(model.to(device).eval(), tokenizer, record, source, train_record)
 
@@ -88,7 +88,7 @@ def resolve_tokenizer(source: Path, record: dict[str, Any] | None, override: str
     tokenizer = Tokenizer(override or record["tokenizer_model"])
     found = {"vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint}
     if record is None:
-        log.warning("%s records no tokenizer: %s cannot be checked against the model", source, tokenizer.model_path)
+        logger.warning("%s records no tokenizer: %s cannot be checked against the model", source, tokenizer.model_path)
     check_same_vocabulary(f"model {source}", record, f"tokenizer {tokenizer.model_path}", found,
                           remedy=f"use the tokenizer the model was trained with ({source / 'tokenizer.model'}) "
                                  "or leave out --tokenizer")

@@ -22,7 +22,7 @@ from megamythos.checkpoint_files import (LATEST, MODEL_CONFIG_FILE, TAG_RE, TRAI
 from megamythos.config import ModelConfig
 from megamythos.tokenizer import Tokenizer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -88,7 +88,7 @@ class CheckpointManager:
         if _rank() == 0:
             write_atomic(self.save_dir / LATEST, tag)
             self._prune(keep=tag)
-            log.info("saved checkpoint %s", tag_dir)
+            logger.info("saved checkpoint %s", tag_dir)
         _barrier()
         return tag_dir
 
@@ -106,7 +106,7 @@ class CheckpointManager:
         """
         tag = read_latest(load_dir)
         if tag is None:
-            log.info("no checkpoint in %s; starting from scratch", load_dir)
+            logger.info("no checkpoint in %s; starting from scratch", load_dir)
             return None
         tag_dir = Path(load_dir) / tag
         config_file = tag_dir / MODEL_CONFIG_FILE
@@ -120,6 +120,6 @@ class CheckpointManager:
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
         else:
-            log.warning("%s missing (different world size?): RNG not restored", rng_file.name)
-        log.info("loaded checkpoint %s (iteration %s)", tag_dir, client_state.get("iteration"))
+            logger.warning("%s missing (different world size?): RNG not restored", rng_file.name)
+        logger.info("loaded checkpoint %s (iteration %s)", tag_dir, client_state.get("iteration"))
         return client_state

@@ -38,7 +38,7 @@ from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.schedules import LRSchedule, build_scheduler
 from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank
 
-log = logging.getLogger("megamythos.pretrain")
+logger = logging.getLogger(__name__)
 
 
 def setup_logging(rank: int) -> None:
@@ -136,11 +136,11 @@ class Trainer:
         if args.load:
             self._load(args.load)
         autoep = sum(type(m).__name__ == "AutoEPMoELayer" for m in self.engine.module.modules())
-        log.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
+        logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
                  "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
                  self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
                  self.layout.global_batch_size, autoep, self.total_iters)
-        log.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
+        logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
 
     # ---------------------------------------------------------------------------------------- state
     def client_state(self) -> dict[str, Any]:
@@ -272,13 +272,13 @@ class Trainer:
                                          self.iteration, self.consumed)
                     self.monitor.record({"iteration": self.iteration, "lm loss validation": val,
                                          "lm loss validation ppl": ppl})
-                    log.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration, val, ppl)
+                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration, val, ppl)
                 stop = signals.should_exit() or self.iteration == self.args.exit_interval
                 if stop or (self.args.save_interval and self.iteration % self.args.save_interval == 0):
                     self.save()
                     saved_at = self.iteration
                 if stop:
-                    log.info("stopping at iteration %d (checkpoint saved)", self.iteration)
+                    logger.info("stopping at iteration %d (checkpoint saved)", self.iteration)
                     return 0
             if saved_at != self.iteration:
                 self.save()
@@ -294,7 +294,7 @@ class Trainer:
         for what, where in (("checkpoints", self.args.save), ("TensorBoard logs", self.args.tensorboard_dir),
                             ("metrics", self.args.metrics_file)):
             if where:
-                log.info("%s: %s", what, Path(where).resolve())
+                logger.info("%s: %s", what, Path(where).resolve())
 
 
 def train(argv: Sequence[str] | None = None) -> int:
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """:func:`train`; user errors end the process with a one-line message and exit code 2."""
     try:
         # LayoutError (training/layout.py) does not derive from UserError yet
-        return run_cli(lambda: train(argv), log_format=None, logger=log, user_errors=(UserError, LayoutError))
+        return run_cli(lambda: train(argv), log_format=None, logger=logger, user_errors=(UserError, LayoutError))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

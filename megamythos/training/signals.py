@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from megamythos.errors import UserError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def any_rank(flag: bool) -> bool:
@@ -37,7 +37,7 @@ class GracefulExit:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
-            log.warning("received %s: will save a checkpoint and exit after this iteration",
+            logger.warning("received %s: will save a checkpoint and exit after this iteration",
                         signal.Signals(signum).name)
         self.received = signum
 
@@ -74,7 +74,7 @@ class NonFiniteGuard:
             return False
         self.consecutive += 1
         self.skipped += 1
-        log.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d in total)",
+        logger.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d in total)",
                     iteration, what, self.consecutive, self.skipped)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
