@@ -71,7 +71,7 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
         train_record = json.loads(record_file.read_text()) if record_file.is_file() else None
     tokenizer, record = resolve_tokenizer(source, read_tokenizer_files(source), tokenizer_path, model.config)
     logger.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
-             tokenizer.model_path)
+                tokenizer.model_path)
     return LoadedModel(model.to(device).eval(), tokenizer, record, source, train_record)
 
 

@@ -137,9 +137,9 @@ class Trainer:
             self._load(args.load)
         autoep = sum(type(m).__name__ == "AutoEPMoELayer" for m in self.engine.module.modules())
         logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
-                 "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
-                 self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
-                 self.layout.global_batch_size, autoep, self.total_iters)
+                    "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
+                    self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
+                    self.layout.global_batch_size, autoep, self.total_iters)
         logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
 
     # ---------------------------------------------------------------------------------------- state
@@ -272,7 +272,8 @@ class Trainer:
                                          self.iteration, self.consumed)
                     self.monitor.record({"iteration": self.iteration, "lm loss validation": val,
                                          "lm loss validation ppl": ppl})
-                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration, val, ppl)
+                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration,
+                                val, ppl)
                 stop = signals.should_exit() or self.iteration == self.args.exit_interval
                 if stop or (self.args.save_interval and self.iteration % self.args.save_interval == 0):
                     self.save()

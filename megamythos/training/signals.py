@@ -38,7 +38,7 @@ class GracefulExit:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
             logger.warning("received %s: will save a checkpoint and exit after this iteration",
-                        signal.Signals(signum).name)
+                           signal.Signals(signum).name)
         self.received = signum
 
     def should_exit(self) -> bool:
@@ -75,7 +75,7 @@ class NonFiniteGuard:
         self.consecutive += 1
         self.skipped += 1
         logger.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d in total)",
-                    iteration, what, self.consecutive, self.skipped)
+                       iteration, what, self.consecutive, self.skipped)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
                 f"{self.consecutive} consecutive steps had a non-finite loss or gradient (last at iteration "
