@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         if "default" not in kw and "action" not in kw:
             f = d[name]
             kw["default"] = f.default if f.default is not dataclasses.MISSING else None
-        p.add_argument(flag, dest=name, **kw)
+        g.add_argument(flag, dest=name, **kw)  # into the group being filled
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=d["preset"].default, help="name in megamythos.config.PRESETS")
