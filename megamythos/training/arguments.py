@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=d["preset"].default, help="name in megamythos.config.PRESETS")
     g.add_argument("--override", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set a ModelConfig field on top of the preset (repeatable); the four flags below are "
-                        "aliases for their fields")
+                   help="set a ModelConfig field on top of the preset (repeatable); the flags below alias their "
+                        "fields and change nothing when not given")
     add("--mean-loops", type=int, help="trained mean loop count (= --override mean_loops=N)")
     add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations "
                                            "(= --override backprop_loops=k)")
