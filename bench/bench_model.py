@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megamythos.config import ModelConfig, get_preset
+from megamythos.config import ModelConfig, get_preset, parse_override
 from megamythos.model import MythosLM
 from megamythos.moe import MoE, MoEOutput, update_expert_bias
 from megamythos.params import count, parts
@@ -324,15 +324,6 @@ def params_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def parse_override(item: str) -> tuple[str, Any]:
-    """'field=value' with a JSON value (bare words stay strings)."""
-    key, _, value = item.partition("=")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def environment(threads: int) -> dict[str, Any]:
     return {"torch": torch.__version__, "open_mythos": getattr(om, "__version__", "0.5.0"),
             "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),

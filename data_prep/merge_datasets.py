@@ -2,24 +2,28 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.merge import merge_datasets  # noqa: E402
+from megamythos.errors import run_cli  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (without .bin/.idx), in order")
     parser.add_argument("--output-prefix", required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    merged = merge_datasets(args.input, args.output_prefix)
-    print(f"wrote {args.output_prefix}: {len(merged)} sequences, {merged.num_tokens} tokens")
+
+    def merge() -> int:
+        merged = merge_datasets(args.input, args.output_prefix)
+        print(f"wrote {args.output_prefix}: {len(merged)} sequences, {merged.num_tokens} tokens")
+        return 0
+
+    return run_cli(merge)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,16 +7,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_argument_group("input")
     src.add_argument("--input", nargs="+", default=[],
@@ -40,17 +40,21 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--log-interval", type=int, default=10_000, help="documents between rate reports")
     run.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stats = preprocess(PreprocessConfig(
-        inputs=args.input, output_prefix=args.output_prefix, tokenizer_model=args.tokenizer_model,
-        json_keys=tuple(args.json_keys), workers=args.workers, partitions=args.partitions,
-        append_eod=args.append_eod, strict=args.strict, blank_line_documents=args.txt_blank_line_documents,
-        hf_dataset=args.hf_dataset, hf_config=args.hf_config, hf_split=args.hf_split, streaming=args.streaming,
-        log_interval=args.log_interval, overwrite=args.overwrite, progress=not args.no_progress,
-    ))
-    print(f"wrote {', '.join(stats.outputs)}")
-    print(stats.summary())
+
+    def run() -> int:
+        stats = preprocess(PreprocessConfig(
+            inputs=args.input, output_prefix=args.output_prefix, tokenizer_model=args.tokenizer_model,
+            json_keys=tuple(args.json_keys), workers=args.workers, partitions=args.partitions,
+            append_eod=args.append_eod, strict=args.strict, blank_line_documents=args.txt_blank_line_documents,
+            hf_dataset=args.hf_dataset, hf_config=args.hf_config, hf_split=args.hf_split, streaming=args.streaming,
+            log_interval=args.log_interval, overwrite=args.overwrite, progress=not args.no_progress,
+        ))
+        print(f"wrote {', '.join(stats.outputs)}")
+        print(stats.summary())
+        return 0
+
+    return run_cli(run, log_format=TIMED_CLI_LOG_FORMAT)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

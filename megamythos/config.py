@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megamythos.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration field holds a value the model cannot use."""
 
 
@@ -207,14 +209,9 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _scale_preset(dim: int, heads: int, kv_heads: int, ctx: int, loops: int, prelude: int, coda: int,
-                  kv_rank: int, q_rank: int, rope: int, nope: int, v: int, experts: int, shared: int, top_k: int,
-                  expert_dim: int, lora: int, vocab: int = 32000, theta: float = 10000.0) -> dict[str, Any]:
-    return dict(vocab_size=vocab, dim=dim, n_heads=heads, n_kv_heads=kv_heads, max_seq_len=ctx, mean_loops=loops,
-                prelude_layers=prelude, coda_layers=coda, kv_lora_rank=kv_rank, q_lora_rank=q_rank,
-                qk_rope_head_dim=rope, qk_nope_head_dim=nope, v_head_dim=v, n_experts=experts,
-                n_shared_experts=shared, num_experts_per_tok=top_k, expert_dim=expert_dim, lora_rank=lora,
-                rope_theta=theta)
+def _scaled(**fields: Any) -> dict[str, Any]:
+    """A GPU-scale preset: a 32k vocabulary and RoPE base 1e4 unless ``fields`` say otherwise."""
+    return {"vocab_size": 32000, "rope_theta": 10000.0, **fields}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -223,19 +220,60 @@ PRESETS: dict[str, dict[str, Any]] = {
                  prelude_layers=1, coda_layers=1, kv_lora_rank=64, q_lora_rank=128, qk_rope_head_dim=16,
                  qk_nope_head_dim=32, v_head_dim=32, n_experts=16, n_shared_experts=1, num_experts_per_tok=2,
                  expert_dim=256, lora_rank=4),
-    # One GPU: ~150M parameters.
-    "small": _scale_preset(768, 12, 4, 2048, 8, 2, 2, 256, 384, 32, 64, 64, 32, 2, 4, 768, 8),
-    "1b": _scale_preset(2048, 16, 4, 4096, 16, 2, 2, 256, 512, 32, 64, 64, 64, 2, 4, 2048, 8),
-    "3b": _scale_preset(3072, 24, 6, 4096, 16, 2, 2, 384, 768, 32, 96, 96, 64, 2, 4, 4096, 8),
-    "10b": _scale_preset(4096, 32, 8, 8192, 24, 2, 2, 512, 1024, 64, 128, 128, 128, 2, 4, 5632, 16),
-    "50b": _scale_preset(6144, 48, 8, 8192, 32, 3, 3, 512, 1536, 64, 128, 128, 256, 4, 4, 9728, 32),
-    "100b": _scale_preset(8192, 64, 8, 1000000, 32, 4, 4, 512, 2048, 64, 128, 128, 256, 4, 8, 13568, 64,
-                          theta=1e6),
-    "500b": _scale_preset(12288, 96, 16, 1000000, 48, 4, 4, 1024, 3072, 64, 128, 128, 512, 8, 8, 23040, 128,
-                          vocab=100000, theta=1e6),
-    "1t": _scale_preset(16384, 128, 16, 1000000, 64, 6, 6, 1024, 4096, 64, 128, 128, 512, 8, 8, 34560, 256,
-                        vocab=100000, theta=2e6),
+    # One GPU: ~110M parameters.
+    "small": _scaled(dim=768, n_heads=12, n_kv_heads=4, max_seq_len=2048, mean_loops=8,
+                     prelude_layers=2, coda_layers=2, kv_lora_rank=256, q_lora_rank=384, qk_rope_head_dim=32,
+                     qk_nope_head_dim=64, v_head_dim=64, n_experts=32, n_shared_experts=2, num_experts_per_tok=4,
+                     expert_dim=768, lora_rank=8),
+    "1b": _scaled(dim=2048, n_heads=16, n_kv_heads=4, max_seq_len=4096, mean_loops=16,
+                  prelude_layers=2, coda_layers=2, kv_lora_rank=256, q_lora_rank=512, qk_rope_head_dim=32,
+                  qk_nope_head_dim=64, v_head_dim=64, n_experts=64, n_shared_experts=2, num_experts_per_tok=4,
+                  expert_dim=2048, lora_rank=8),
+    "3b": _scaled(dim=3072, n_heads=24, n_kv_heads=6, max_seq_len=4096, mean_loops=16,
+                  prelude_layers=2, coda_layers=2, kv_lora_rank=384, q_lora_rank=768, qk_rope_head_dim=32,
+                  qk_nope_head_dim=96, v_head_dim=96, n_experts=64, n_shared_experts=2, num_experts_per_tok=4,
+                  expert_dim=4096, lora_rank=8),
+    "10b": _scaled(dim=4096, n_heads=32, n_kv_heads=8, max_seq_len=8192, mean_loops=24,
+                   prelude_layers=2, coda_layers=2, kv_lora_rank=512, q_lora_rank=1024, qk_rope_head_dim=64,
+                   qk_nope_head_dim=128, v_head_dim=128, n_experts=128, n_shared_experts=2, num_experts_per_tok=4,
+                   expert_dim=5632, lora_rank=16),
+    "50b": _scaled(dim=6144, n_heads=48, n_kv_heads=8, max_seq_len=8192, mean_loops=32,
+                   prelude_layers=3, coda_layers=3, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
+                   qk_nope_head_dim=128, v_head_dim=128, n_experts=256, n_shared_experts=4, num_experts_per_tok=4,
+                   expert_dim=9728, lora_rank=32),
+    "100b": _scaled(dim=8192, n_heads=64, n_kv_heads=8, max_seq_len=1000000, mean_loops=32,
+                    prelude_layers=4, coda_layers=4, kv_lora_rank=512, q_lora_rank=2048, qk_rope_head_dim=64,
+                    qk_nope_head_dim=128, v_head_dim=128, n_experts=256, n_shared_experts=4, num_experts_per_tok=8,
+                    expert_dim=13568, lora_rank=64, rope_theta=1e6),
+    "500b": _scaled(dim=12288, n_heads=96, n_kv_heads=16, max_seq_len=1000000, mean_loops=48,
+                    prelude_layers=4, coda_layers=4, kv_lora_rank=1024, q_lora_rank=3072, qk_rope_head_dim=64,
+                    qk_nope_head_dim=128, v_head_dim=128, n_experts=512, n_shared_experts=8, num_experts_per_tok=8,
+                    expert_dim=23040, lora_rank=128, vocab_size=100000, rope_theta=1e6),
+    "1t": _scaled(dim=16384, n_heads=128, n_kv_heads=16, max_seq_len=1000000, mean_loops=64,
+                  prelude_layers=6, coda_layers=6, kv_lora_rank=1024, q_lora_rank=4096, qk_rope_head_dim=64,
+                  qk_nope_head_dim=128, v_head_dim=128, n_experts=512, n_shared_experts=8, num_experts_per_tok=8,
+                  expert_dim=34560, lora_rank=256, vocab_size=100000, rope_theta=2e6),
 }
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` -> (field, value); VALUE becomes a bool (true/false), int, float or stays a string.
+
+    The one parser of model-field overrides on every command line (the trainer's ``--override``, the
+    benchmarks' ``--set``); :meth:`ModelConfig.from_dict` then checks the field name and the value.
+    """
+    key, sep, raw = text.partition("=")
+    if not (sep and key):
+        raise ConfigError(f"expected FIELD=VALUE, got {text!r}")
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    for cast in (int, float):
+        try:
+            return key, cast(raw)
+        except ValueError:
+            pass
+    return key, raw
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:

@@ -5,10 +5,10 @@
 
 The held-out data is the validation split of the training run: ``--data-path``, ``--split``, ``--seed`` and
 ``--seq-length`` default to the values the checkpoint recorded (``train_args.json``) and the samples come from
-the trainer's own dataset builder and batch order. An export records no run, so it needs ``--data-path``; split
-and seed then default to the trainer's defaults and the sequence length to the model's ``max_seq_len``. The
-dataset's tokenizer record must match the model's (a dataset without one is accepted with a warning if its
-token ids fit the vocabulary).
+the dataset builder and batch order the trainer uses (:mod:`megamythos.data.pretraining`). An export records
+no run, so it needs ``--data-path``; split and seed then default to the trainer's defaults and the sequence
+length to the model's ``max_seq_len``. The dataset's tokenizer record must match the model's (a dataset without
+one is accepted with a warning if its token ids fit the vocabulary).
 
 Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`` samples; each threshold of
 ``--exit-threshold`` adds a row per loop count in which a token stops iterating once its state's relative change
@@ -37,7 +37,11 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from megamythos.loading import LoadError, LoadedModel, load_model, run_cli
+from megamythos.data.gpt_dataset import parse_data_path
+from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
+from megamythos.data.pretraining import DataError, DataRecipe, batches, build_datasets, resolve_data
+from megamythos.errors import run_cli
+from megamythos.loading import LoadError, LoadedModel, load_model
 from megamythos.model import MythosLM
 from megamythos.recurrent import exit_distribution
 
@@ -187,18 +191,12 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     Checks the datasets' tokenizer records against the model's before reading any sample, and the token ids
     against the vocabulary after.
     """
-    from megamythos.data.gpt_dataset import parse_data_path
-    from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
-    from megamythos.training.arguments import TrainArgs
-    from megamythos.training.pretrain import DataError, batches, build_datasets, resolve_data
-
     record = loaded.train_record or {}
-    recorded = record.get("args", {})
-    fields = {k: recorded[k] for k in ("split", "seed", "seq_length", "eval_interval", "eval_iters", "data_cache_dir")
-              if k in recorded}
-    fields.update({k: v for k, v in (("split", cfg.split), ("seed", cfg.seed), ("seq_length", cfg.seq_length))
-                   if v is not None})
-    fields.setdefault("seq_length", loaded.config.max_seq_len)
+    recorded = dict(record.get("args", {}))
+    recorded.setdefault("seq_length", loaded.config.max_seq_len)
+    recorded.update({k: v for k, v in (("split", cfg.split), ("seed", cfg.seed), ("seq_length", cfg.seq_length))
+                     if v is not None})
+    recipe = DataRecipe.from_record(recorded)
     data_path = cfg.data_path or record.get("data_path")
     if not data_path:
         raise LoadError(f"{loaded.source} records no training data (exports do not); pass --data-path PREFIX")
@@ -206,11 +204,10 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
         check_same_vocabulary(f"dataset {prefix}", read_dataset_metadata(prefix), f"model {loaded.source}",
                               loaded.tokenizer_record,
                               remedy="evaluate on data tokenised with the model's tokenizer")
-    args = TrainArgs(data_path=list(data_path), **fields)
-    setup = resolve_data(args, loaded.config, rank=0)
+    setup = resolve_data(list(data_path), loaded.config.vocab_size)
     needed = cfg.eval_iters * cfg.micro_batch_size
-    _, valid = build_datasets(args, setup.data_path, record.get("total_iters", 0), record.get("global_batch_size", 0),
-                              min_valid_samples=needed)
+    _, valid = build_datasets(recipe, setup.data_path, record.get("total_iters", 0),
+                              record.get("global_batch_size", 0), min_valid_samples=needed)
     it = batches(valid, 0, cfg.micro_batch_size, 0, 1)
     out = [tuple(t.to(cfg.device) for t in next(it)) for _ in range(cfg.eval_iters)]
     top = max(int(max(inputs.max(), labels.max())) for inputs, labels in out)
@@ -218,7 +215,7 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
         raise DataError(f"{' '.join(setup.data_path)} holds token id {top} but the model's vocabulary has "
                         f"{loaded.config.vocab_size} ids; evaluate on data tokenised with the model's tokenizer")
     logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d tokens", " ".join(setup.data_path),
-                args.split, args.seed, cfg.eval_iters, cfg.micro_batch_size, args.seq_length)
+                recipe.split, recipe.seed, cfg.eval_iters, cfg.micro_batch_size, recipe.seq_length)
     return out
 
 

@@ -23,23 +23,25 @@ from pathlib import Path
 
 import torch
 
+from megamythos.checkpoint_files import MODEL_CONFIG_FILE, read_latest, read_tokenizer_files, write_tokenizer_files
 from megamythos.config import ModelConfig
+from megamythos.errors import UserError, run_cli
+from megamythos.model import MythosLM
 from megamythos.parallel import autoep_to_model_names
+from megamythos.tokenizer import Tokenizer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported."""
 
 
 def resolve_tag_dir(path: str | Path) -> Path:
     """A checkpoint tag directory, or the newest complete one of a --save directory."""
-    from megamythos.training.checkpointing import MODEL_CONFIG_FILE, read_latest
-
     path = Path(path)
     if (path / MODEL_CONFIG_FILE).is_file():
         return path
@@ -76,8 +78,6 @@ def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tenso
 
 def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(model config, full state dict incl. expert biases) of one checkpoint tag."""
-    from megamythos.training.checkpointing import MODEL_CONFIG_FILE
-
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     client = _client_state(tag_dir)
     if any(tag_dir.glob("*optim_states.pt")):
@@ -91,10 +91,8 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     return config, state
 
 
-def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where: Path) -> "torch.nn.Module":
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where: Path) -> MythosLM:
     """:class:`MythosLM` holding ``state`` (as :func:`load_checkpoint_weights` returns it) of checkpoint ``where``."""
-    from megamythos.model import MythosLM
-
     model = MythosLM(config)
     targets = model.state_dict()
     for name, tensor in state.items():  # ZeRO-3 universal tensors are flat
@@ -114,9 +112,6 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json``; returns the safetensors path."""
     from safetensors.torch import save_model
 
-    from megamythos.tokenizer import Tokenizer
-    from megamythos.training.checkpointing import read_tokenizer_files, write_tokenizer_files
-
     tag_dir = resolve_tag_dir(checkpoint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,10 +123,10 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     config.to_json(out_dir / CONFIG_FILE)
     record = read_tokenizer_files(tag_dir)
     if record is None:
-        log.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
+        logger.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
     else:
         write_tokenizer_files(out_dir, Tokenizer(record["tokenizer_model"]))
-    log.info("exported %s -> %s", tag_dir, path)
+    logger.info("exported %s -> %s", tag_dir, path)
     return path
 
 
@@ -140,11 +135,9 @@ def is_export_dir(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
-def load_exported(out_dir: str | Path) -> "torch.nn.Module":
+def load_exported(out_dir: str | Path) -> MythosLM:
     """:class:`MythosLM` from an export directory: JSON and safetensors only, nothing is unpickled."""
     from safetensors.torch import load_model
-
-    from megamythos.model import MythosLM
 
     out_dir = Path(out_dir)
     missing = [str(out_dir / name) for name in (CONFIG_FILE, MODEL_FILE) if not (out_dir / name).is_file()]
@@ -157,8 +150,6 @@ def load_exported(out_dir: str | Path) -> "torch.nn.Module":
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megamythos.loading import run_cli
-
     p = argparse.ArgumentParser(prog="python -m megamythos.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")

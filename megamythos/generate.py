@@ -19,6 +19,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from megamythos.errors import run_cli
+from megamythos.loading import LoadError, load_model
 from megamythos.model import ModelKVCache, MythosLM
 
 
@@ -161,8 +163,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Stream the prompt and its continuation to stdout; returns the generation statistics."""
-    from megamythos.loading import LoadError, load_model
-
     loaded = load_model(args.load, args.tokenizer, args.device)
     prompt_ids = loaded.tokenizer.encode_one(args.prompt)
     if not prompt_ids:
@@ -194,8 +194,6 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, generate, report statistics on stderr; user errors exit 2 with one line on stderr."""
-    from megamythos.loading import run_cli
-
     def go() -> int:
         print(json.dumps(run(parse_args(argv))), file=sys.stderr, flush=True)
         return 0

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from megamythos.checkpoint_files import TRAIN_RECORD, read_tokenizer_files
 from megamythos.config import ModelConfig
-from megamythos.export import (ExportError, is_export_dir, load_checkpoint_weights, load_exported, model_from_state,
-                               resolve_tag_dir)
+from megamythos.data.metadata import check_same_vocabulary
+from megamythos.errors import UserError
+from megamythos.export import is_export_dir, load_checkpoint_weights, load_exported, model_from_state, resolve_tag_dir
 from megamythos.model import MythosLM
 from megamythos.tokenizer import Tokenizer
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
-class LoadError(ValueError):
+class LoadError(UserError, ValueError):
     """The model, its tokenizer or an option of the evaluation/generation command line is unusable."""
 
 
@@ -49,8 +50,6 @@ class LoadedModel:
 
 def load_model(path: str | Path, tokenizer_path: str | None = None, device: str = "cpu") -> LoadedModel:
     """Load the model at ``path`` (tag dir, ``--save`` dir or export dir) and its checked tokenizer."""
-    from megamythos.training.checkpointing import TRAIN_RECORD, read_tokenizer_files
-
     path = Path(path)
     if not path.exists():
         raise LoadError(f"{path} does not exist; give a checkpoint directory (--save or one iter_* tag) or an "
@@ -66,8 +65,8 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
         record_file = source / TRAIN_RECORD
         train_record = json.loads(record_file.read_text()) if record_file.is_file() else None
     tokenizer, record = resolve_tokenizer(source, read_tokenizer_files(source), tokenizer_path, model.config)
-    log.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
-             tokenizer.model_path)
+    logger.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
+                tokenizer.model_path)
     return LoadedModel(model.to(device).eval(), tokenizer, record, source, train_record)
 
 
@@ -78,15 +77,13 @@ def resolve_tokenizer(source: Path, record: dict[str, Any] | None, override: str
     Raises :class:`LoadError` without any tokenizer, ``DatasetMismatchError`` naming both fingerprints when
     ``override`` is not the recorded tokenizer, and :class:`LoadError` when its ids do not fit the model.
     """
-    from megamythos.data.metadata import check_same_vocabulary
-
     if override is None and record is None:
         raise LoadError(f"{source} carries no tokenizer (tokenizer.json); pass --tokenizer PATH with the .model "
                         "the model was trained with")
     tokenizer = Tokenizer(override or record["tokenizer_model"])
     found = {"vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint}
     if record is None:
-        log.warning("%s records no tokenizer: %s cannot be checked against the model", source, tokenizer.model_path)
+        logger.warning("%s records no tokenizer: %s cannot be checked against the model", source, tokenizer.model_path)
     check_same_vocabulary(f"model {source}", record, f"tokenizer {tokenizer.model_path}", found,
                           remedy=f"use the tokenizer the model was trained with ({source / 'tokenizer.model'}) "
                                  "or leave out --tokenizer")
@@ -95,15 +92,3 @@ def resolve_tokenizer(source: Path, record: dict[str, Any] | None, override: str
                         f"only {config.vocab_size}; pass the tokenizer the model was trained with")
     return tokenizer, record or found
 
-
-def run_cli(main: Callable[[], int]) -> int:
-    """Run a command-line ``main`` with INFO logging to stderr; a user error (bad path, mismatched tokenizer,
-    bad option) ends it with ``error: ...`` on stderr and exit code 2, without a traceback."""
-    from megamythos.training.pretrain import user_errors
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return main()
-    except (*user_errors(), LoadError, ExportError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2

@@ -31,6 +31,8 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from megamythos.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -43,7 +45,7 @@ _BPE = 2  # TrainerSpec.ModelType.BPE
 MAX_CACHED_TOKENS = 50_000_000
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """The tokenizer model is missing, unreadable, or a training option is invalid."""
 
 

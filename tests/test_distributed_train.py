@@ -213,8 +213,8 @@ def test_export_round_trip(ref, ep2, tmp_path, corpus):
     from megamythos.config import ModelConfig
     from megamythos.export import load_exported, main as export_main
     from megamythos.model import MythosLM
+    from megamythos.data.pretraining import build_datasets, collate
     from megamythos.training.arguments import parse_args
-    from megamythos.training.pretrain import build_datasets, collate
 
     assert export_main([str(ep2 / "ckpt"), str(tmp_path / "ep2")]) == 0
     assert export_main([str(ref / "ckpt"), str(tmp_path / "ref")]) == 0
@@ -223,7 +223,7 @@ def test_export_round_trip(ref, ep2, tmp_path, corpus):
 
     args = parse_args([*tiny_args(corpus, ITERS), *EP2_ARGS])
     prefix = next((corpus).glob("*_text_document.bin")).with_suffix("")
-    _, valid = build_datasets(args, [str(prefix)], ITERS, global_batch=2)
+    _, valid = build_datasets(args.data_recipe(), [str(prefix)], ITERS, global_batch=2)
     tokens, labels = collate([valid[0], valid[1]])  # the two ranks' first validation micro-batches
     with torch.no_grad():
         per_rank = [exported(tokens[i:i + 1], labels=labels[i:i + 1], n_loops=exported.config.mean_loops).loss

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from megamythos.checkpoint_files import CheckpointError, read_latest, write_atomic
 from megamythos.config import get_preset
 from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
 from megamythos.training.arguments import ArgumentError, parse_args
-from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_model_config, read_latest,
-                                               write_atomic)
+from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.layout import LayoutError, ParallelLayout
 from megamythos.training.schedules import LRSchedule
@@ -35,6 +35,29 @@ def test_arguments_parse_overrides_and_reject_bad_values():
                 ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"]):
         with pytest.raises(ArgumentError):
             parse_args(bad)
+
+
+def test_model_flags_are_aliases_of_overrides_with_one_training_default():
+    default = parse_args([]).model_config()
+    assert default.checkpoint_loops is True  # the training default (TRAINING_MODEL_DEFAULTS), not the library's
+    assert default == get_preset("tiny", checkpoint_loops=True)
+    for flags in (["--no-checkpoint-loops"], ["--override", "checkpoint_loops=false"]):
+        assert parse_args(flags).model_config().checkpoint_loops is False
+    aliased = parse_args(["--mean-loops", "3", "--backprop-loops", "2", "--loop-checkpoint-segment", "0"])
+    spelled = parse_args(["--override", "mean_loops=3", "--override", "backprop_loops=2",
+                          "--override", "loop_checkpoint_segment=0"])
+    assert aliased.model_config() == spelled.model_config()
+    assert parse_args(["--mean-loops", "3", "--override", "mean_loops=3"]).model_config().mean_loops == 3
+    with pytest.raises(ArgumentError, match="--mean-loops 3 and --override mean_loops=5 set the same field"):
+        parse_args(["--mean-loops", "3", "--override", "mean_loops=5"])
+
+
+def test_seq_length_beyond_max_seq_len_is_an_error_naming_the_fix():
+    assert parse_args(["--seq-length", "512"]).model_config().max_seq_len == 512  # tiny's own
+    with pytest.raises(ArgumentError, match=r"--seq-length 1024 exceeds the model's max_seq_len=512 .*"
+                                            r"--override max_seq_len=1024"):
+        parse_args(["--seq-length", "1024"]).model_config()
+    assert parse_args(["--seq-length", "1024", "--override", "max_seq_len=1024"]).model_config().max_seq_len == 1024
 
 
 # --------------------------------------------------------------------------------------------------- layout

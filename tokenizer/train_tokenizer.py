@@ -6,17 +6,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.sources import FORMATS, expand_inputs, iter_texts  # noqa: E402
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
 from megamythos.tokenizer import MODEL_TYPES, TokenizerTrainConfig, train_tokenizer  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="files or globs")
     parser.add_argument("--vocab-size", type=int, required=True)
@@ -28,14 +28,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="size of the uniform sample of line chunks trained on")
     parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = TokenizerTrainConfig(vocab_size=args.vocab_size, model_prefix=args.model_prefix,
-                                  model_type=args.model_type, max_sentences=args.max_sentences,
-                                  num_threads=args.num_threads)
-    tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format), config)
-    print(f"wrote {tokenizer.model_path}: vocab_size={tokenizer.vocab_size} pad={tokenizer.pad_id} "
-          f"bos={tokenizer.bos_id} eos={tokenizer.eos_id} unk={tokenizer.unk_id} sha256={tokenizer.fingerprint}")
+
+    def train() -> int:
+        config = TokenizerTrainConfig(vocab_size=args.vocab_size, model_prefix=args.model_prefix,
+                                      model_type=args.model_type, max_sentences=args.max_sentences,
+                                      num_threads=args.num_threads)
+        tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format), config)
+        print(f"wrote {tokenizer.model_path}: vocab_size={tokenizer.vocab_size} pad={tokenizer.pad_id} "
+              f"bos={tokenizer.bos_id} eos={tokenizer.eos_id} unk={tokenizer.unk_id} sha256={tokenizer.fingerprint}")
+        return 0
+
+    return run_cli(train, log_format=TIMED_CLI_LOG_FORMAT)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

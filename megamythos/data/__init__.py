@@ -1,9 +1,10 @@
 """Data pipeline: Megatron-compatible indexed datasets, offline preprocessing, GPT sample construction.
 
 Modules: :mod:`indexed_dataset` (MMIDIDX reader/writer), :mod:`metadata` (tokenizer record next to a dataset),
-:mod:`sources` (input formats), :mod:`preprocess` (multiprocess tokenisation), :mod:`merge`, :mod:`inspect`,
+:mod:`sources` (input formats), :mod:`preprocess` (multiprocess tokenisation), :mod:`merge`, :mod:`inspection`,
 :mod:`gpt_dataset` (samples, splits, blending), :mod:`sampler` (resumable batch sampler),
-:mod:`default_corpus` (the stdlib corpus the default run trains on).
+:mod:`default_corpus` (the stdlib corpus the default run trains on), :mod:`pretraining` (a run's checked datasets
+and micro-batches from its recorded settings, shared by the trainer and evaluation).
 """
 from megamythos.data.metadata import read_dataset_metadata
 

@@ -11,11 +11,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from megamythos.data.index_cache import MappedArraysPickle, load_or_build
+from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class BlendError(ValueError):
+class BlendError(UserError, ValueError):
     """The blend asks a component for more samples than it has."""
 
 

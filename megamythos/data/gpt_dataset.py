@@ -24,6 +24,7 @@ import numpy as np
 from megamythos.data.blended_dataset import BlendedDataset
 from megamythos.data.index_cache import MappedArraysPickle, load_or_build
 from megamythos.data.indexed_dataset import IndexedDataset, idx_path
+from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
 INDEX_FORMAT_VERSION = 1
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError, ValueError):
     """A data path, split string or sample request cannot be satisfied."""
 
 

@@ -17,11 +17,12 @@ from typing import Any, Callable
 import numpy as np
 
 from megamythos.data.atomic import atomic_open
+from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class IndexCacheError(RuntimeError):
+class IndexCacheError(UserError, RuntimeError):
     """The cache cannot be written, or an entry another rank should have built is missing."""
 
 

@@ -30,6 +30,7 @@ from typing import Iterable
 import numpy as np
 
 from megamythos.data.atomic import temp_name
+from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ DTYPE_CODES: dict[int, type[np.number]] = {
 _CODE_OF_DTYPE = {np.dtype(t): c for c, t in DTYPE_CODES.items()}
 
 
-class IndexedDatasetError(RuntimeError):
+class IndexedDatasetError(UserError, RuntimeError):
     """A ``.bin``/``.idx`` pair is missing, truncated, corrupt, or cannot hold the data given to it."""
 
 

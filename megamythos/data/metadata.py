@@ -21,10 +21,11 @@ import shutil
 from typing import Any
 
 from megamythos.data.atomic import atomic_open
+from megamythos.errors import UserError
 from megamythos.tokenizer import Tokenizer
 
 
-class DatasetMismatchError(ValueError):
+class DatasetMismatchError(UserError, ValueError):
     """Two datasets (or a dataset and a tokenizer) were made with different vocabularies."""
 
 

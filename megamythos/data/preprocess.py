@@ -30,6 +30,7 @@ from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadat
 from megamythos.data.sources import (
     RawRecord, expand_inputs, iter_file_records, iter_hub_records, parse_record,
 )
+from megamythos.errors import UserError
 from megamythos.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 MAX_LOGGED_BAD_RECORDS = 20
 
 
-class BadInputError(ValueError):
+class BadInputError(UserError, ValueError):
     """A bad record was met with ``strict`` set."""
 
 

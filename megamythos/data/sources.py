@@ -18,10 +18,12 @@ from typing import Any, BinaryIO, Iterator
 
 import zstandard
 
+from megamythos.errors import UserError
+
 TEXT, JSON, ROW = "text", "json", "row"
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input path or pattern cannot be read."""
 
 

@@ -3,6 +3,12 @@
 Flags use Megatron-LM spellings (``--micro-batch-size``, ``--global-batch-size``, ``--train-iters``, ...).
 Parallel sizes, ZeRO stage, bf16 and batch sizes default to ``None``: then the value in the ds_config JSON is
 kept, so a JSON written for a cluster stays authoritative unless the command line says otherwise.
+
+One source per model setting: the model is ``--preset``, then :data:`TRAINING_MODEL_DEFAULTS` (what training
+changes from the library's defaults: activation checkpointing of the loops), then ``--override FIELD=VALUE``.
+``--mean-loops``, ``--backprop-loops``, ``--[no-]checkpoint-loops`` and ``--loop-checkpoint-segment`` are
+aliases of ``--override`` for those fields: they write the field only when given, and giving both spellings
+with different values is an error. ``--seq-length`` must fit the model's ``max_seq_len``.
 """
 from __future__ import annotations
 
@@ -13,35 +19,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from megamythos.config import ConfigError, ModelConfig, get_preset, parse_override
+from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
+from megamythos.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "default"
 LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200
+# ModelConfig fields whose training default differs from the library's: checkpoint every recurrent iteration so
+# that activation memory does not grow with the sampled loop count (the library default, False, suits inference
+# and the unit tests). --no-checkpoint-loops or --override checkpoint_loops=false turns it off.
+TRAINING_MODEL_DEFAULTS: dict[str, Any] = {"checkpoint_loops": True}
+# flag aliases of `--override FIELD=VALUE` (the TrainArgs field has the ModelConfig field's name)
+MODEL_FIELD_FLAGS = ("mean_loops", "backprop_loops", "checkpoint_loops", "loop_checkpoint_segment")
 
 
-class ArgumentError(ValueError):
+class ArgumentError(UserError, ValueError):
     """A training argument is missing, malformed or inconsistent with another one."""
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ArgumentError(message)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` -> (key, value); VALUE is parsed as int, float, bool or left a string."""
-    key, sep, raw = text.partition("=")
-    _check(bool(sep) and bool(key), f"--override expects KEY=VALUE, got {text!r}")
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return key, lowered == "true"
-    for cast in (int, float):
-        try:
-            return key, cast(raw)
-        except ValueError:
-            pass
-    return key, raw
 
 
 @dataclass
@@ -51,14 +52,15 @@ class TrainArgs:
     # model
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"dim": 64}
+    # aliases of overrides (None: not given, the preset's or TRAINING_MODEL_DEFAULTS' value stays)
     mean_loops: int | None = None
     backprop_loops: int | None = None
-    checkpoint_loops: bool = True
-    loop_checkpoint_segment: int | None = None  # None -> the preset's (1: per-iteration checkpoints only)
-    # data
+    checkpoint_loops: bool | None = None
+    loop_checkpoint_segment: int | None = None
+    # data (the fields of megamythos.data.pretraining.DataRecipe keep its defaults)
     data_path: list[str] = field(default_factory=list)  # empty -> embedded default corpus
-    split: str = "969,30,1"
-    seq_length: int = 256
+    split: str = DEFAULT_SPLIT
+    seq_length: int = DataRecipe.seq_length
     data_cache_dir: str | None = None
     default_data_dir: str = str(DEFAULT_DATA_DIR)
     default_data_max_files: int | None = None
@@ -83,13 +85,13 @@ class TrainArgs:
     load: str | None = None
     save_interval: int = 0  # 0 -> only at the end and on a signal
     keep_last: int = 3
-    eval_interval: int = 0  # 0 -> no evaluation
-    eval_iters: int = 2
+    eval_interval: int = DataRecipe.eval_interval  # 0 -> no evaluation
+    eval_iters: int = DataRecipe.eval_iters
     tensorboard_dir: str | None = None
     metrics_file: str | None = None  # JSON lines, one per iteration (rank 0)
     log_interval: int = 1
     peak_tflops: float | None = None  # per process; None -> measured by a short matmul benchmark
-    seed: int = 1234
+    seed: int = DEFAULT_SEED
     max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
     exit_interval: int = 0  # stop (with a checkpoint) after this iteration; 0 -> run to the end
     # parallelism and precision (None -> keep the ds_config value)
@@ -122,6 +124,11 @@ class TrainArgs:
                and sum(float(p) for p in parts) > 0,
                f"--split must be three non-negative weights like 969,30,1, got {self.split!r}")
         _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} does not exist")
+        for name in MODEL_FIELD_FLAGS:
+            flag, override = getattr(self, name), self.overrides.get(name)
+            _check(flag is None or name not in self.overrides or flag == override,
+                   f"--{name.replace('_', '-')} {flag} and --override {name}={override} set the same field "
+                   "to different values; give one")
 
     def total_iters(self, global_batch_size: int) -> int:
         """Optimizer steps: --train-iters, --train-tokens rounded up to whole global batches, or the default."""
@@ -130,16 +137,23 @@ class TrainArgs:
         return math.ceil(self.train_tokens / (global_batch_size * self.seq_length))
 
     def model_overrides(self) -> dict[str, Any]:
-        """ModelConfig fields this run sets on top of the preset."""
-        out = dict(self.overrides)
-        if self.mean_loops is not None:
-            out["mean_loops"] = self.mean_loops
-        if self.backprop_loops is not None:
-            out["backprop_loops"] = self.backprop_loops
-        out["checkpoint_loops"] = self.checkpoint_loops
-        if self.loop_checkpoint_segment is not None:
-            out["loop_checkpoint_segment"] = self.loop_checkpoint_segment
-        return out
+        """ModelConfig fields this run sets on top of the preset: the training defaults, then ``--override``
+        and the flags that alias it."""
+        given = {name: getattr(self, name) for name in MODEL_FIELD_FLAGS if getattr(self, name) is not None}
+        return {**TRAINING_MODEL_DEFAULTS, **self.overrides, **given}
+
+    def model_config(self) -> ModelConfig:
+        """The validated model of this run; raises :class:`ArgumentError` when ``--seq-length`` exceeds its
+        ``max_seq_len`` (``ConfigError`` for a bad preset or override)."""
+        config = get_preset(self.preset, **self.model_overrides())
+        _check(self.seq_length <= config.max_seq_len,
+               f"--seq-length {self.seq_length} exceeds the model's max_seq_len={config.max_seq_len} (preset "
+               f"{self.preset!r}); pass --override max_seq_len={self.seq_length} or a shorter --seq-length")
+        return config
+
+    def data_recipe(self) -> DataRecipe:
+        """The settings that decide which samples this run reads (recorded with its checkpoints)."""
+        return DataRecipe(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataRecipe)})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,16 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
         if "default" not in kw and "action" not in kw:
             f = d[name]
             kw["default"] = f.default if f.default is not dataclasses.MISSING else None
-        p.add_argument(flag, dest=name, **kw)
+        g.add_argument(flag, dest=name, **kw)  # into the group being filled
 
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=d["preset"].default, help="name in megamythos.config.PRESETS")
-    g.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a ModelConfig field on top of the preset (repeatable)")
-    add("--mean-loops", type=int)
-    add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations")
-    g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false",
-                   help="keep activations of every recurrent iteration (memory grows with the loop count)")
+    g.add_argument("--override", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a ModelConfig field on top of the preset (repeatable); the flags below alias their "
+                        "fields and change nothing when not given")
+    add("--mean-loops", type=int, help="trained mean loop count (= --override mean_loops=N)")
+    add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations "
+                                           "(= --override backprop_loops=k)")
+    g.add_argument("--checkpoint-loops", dest="checkpoint_loops", action="store_true", default=None,
+                   help="checkpoint every recurrent iteration (the training default; = --override "
+                        "checkpoint_loops=true)")
+    g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false", default=None,
+                   help="keep activations of every recurrent iteration (memory grows with the loop count; "
+                        "= --override checkpoint_loops=false)")
     add("--loop-checkpoint-segment", type=int,
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient): "
              "O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
@@ -204,5 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     """Parse ``argv`` into validated :class:`TrainArgs`; a bad flag raises :class:`ArgumentError`."""
     ns = vars(build_parser().parse_args(argv))
-    ns["overrides"] = dict(parse_override(item) for item in ns["overrides"])
+    try:
+        ns["overrides"] = dict(parse_override(item) for item in ns["overrides"])
+    except ConfigError as err:
+        raise ArgumentError(f"--override: {err}") from err
     return TrainArgs(**ns)

@@ -1,24 +1,14 @@
 """Checkpoints: DeepSpeed save/load plus our client state, keep-last-K, and an atomic ``latest`` pointer.
 
-Layout of ``--save DIR``::
-
-    DIR/iter_0000100/          DeepSpeed's files for that tag (ZeRO shards, model states, client state)
-    DIR/iter_0000100/rng_rank{r}.pt   python/numpy/torch RNG of every rank (client_state is only saved once)
-    DIR/iter_0000100/model_config.json
-    DIR/iter_0000100/tokenizer.json, tokenizer.model   the tokenizer the run trained with (its record and a copy)
-    DIR/iter_0000100/train_args.json   the run's arguments, data path, iterations and global batch size
-    DIR/latest                 the tag of the newest COMPLETE checkpoint, replaced atomically after all ranks
-                               finished writing; older tags beyond ``keep_last`` are deleted only after that.
-
-A run killed during a save therefore resumes from the previous complete checkpoint.
+The directory layout is described in :mod:`megamythos.checkpoint_files`, which also reads it without DeepSpeed.
+A run killed during a save resumes from the previous complete checkpoint: ``latest`` moves only after every rank
+finished writing, and older tags are pruned only after that.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,57 +17,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megamythos.checkpoint_files import (LATEST, MODEL_CONFIG_FILE, TAG_RE, TRAIN_RECORD, CheckpointError,
+                                         read_latest, tag_for, write_atomic, write_tokenizer_files)
 from megamythos.config import ModelConfig
-from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
 from megamythos.tokenizer import Tokenizer
 
-log = logging.getLogger(__name__)
-
-LATEST = "latest"
-TAG_RE = re.compile(r"^iter_(\d{7,})$")
-MODEL_CONFIG_FILE = "model_config.json"
-TOKENIZER_RECORD = "tokenizer.json"
-TOKENIZER_COPY = "tokenizer.model"
-TRAIN_RECORD = "train_args.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or belongs to a different model."""
-
-
-def tag_for(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
-
-
-def read_latest(directory: str | Path) -> str | None:
-    """Tag named by ``DIR/latest``, or None when the directory holds no complete checkpoint."""
-    path = Path(directory) / LATEST
-    if not path.is_file():
-        return None
-    tag = path.read_text().strip()
-    if not (Path(directory) / tag).is_dir():
-        raise CheckpointError(f"{path} names {tag!r}, which does not exist in {directory}")
-    return tag
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see either the old or the new content, never a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:
-    """``directory/tokenizer.model`` (a copy) and ``directory/tokenizer.json`` (its fingerprint and vocab size)."""
-    return write_tokenizer_record(directory / TOKENIZER_RECORD, directory / TOKENIZER_COPY, tokenizer)
-
-
-def read_tokenizer_files(directory: Path) -> dict[str, Any] | None:
-    """The record :func:`write_tokenizer_files` wrote in ``directory`` (None if there is none)."""
-    return read_tokenizer_record(directory / TOKENIZER_RECORD)
+logger = logging.getLogger(__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -143,7 +88,7 @@ class CheckpointManager:
         if _rank() == 0:
             write_atomic(self.save_dir / LATEST, tag)
             self._prune(keep=tag)
-            log.info("saved checkpoint %s", tag_dir)
+            logger.info("saved checkpoint %s", tag_dir)
         _barrier()
         return tag_dir
 
@@ -161,7 +106,7 @@ class CheckpointManager:
         """
         tag = read_latest(load_dir)
         if tag is None:
-            log.info("no checkpoint in %s; starting from scratch", load_dir)
+            logger.info("no checkpoint in %s; starting from scratch", load_dir)
             return None
         tag_dir = Path(load_dir) / tag
         config_file = tag_dir / MODEL_CONFIG_FILE
@@ -175,6 +120,6 @@ class CheckpointManager:
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
         else:
-            log.warning("%s missing (different world size?): RNG not restored", rng_file.name)
-        log.info("loaded checkpoint %s (iteration %s)", tag_dir, client_state.get("iteration"))
+            logger.warning("%s missing (different world size?): RNG not restored", rng_file.name)
+        logger.info("loaded checkpoint %s (iteration %s)", tag_dir, client_state.get("iteration"))
         return client_state

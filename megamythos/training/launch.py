@@ -24,7 +24,9 @@ import sys
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
-log = logging.getLogger(__name__)
+from megamythos.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = "launchers/pretrain.sh"
@@ -39,7 +41,7 @@ LAUNCHER_FLAGS: dict[str, str | None] = {
 }
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError, ValueError):
     """A flag given to the wrong form of the launcher (reported in one line, exit code 2)."""
 
 
@@ -185,7 +187,7 @@ def launch(argv: Sequence[str]) -> NoReturn:
     processes = int(launcher.get("num_gpus") or 1)
     os.environ.update(rank_environment(os.environ, gpu, processes))
     cmd = deepspeed_command(launcher, [*trainer_defaults(trainer, gpu, os.environ), *trainer], gpu, os.environ)
-    log.info("%s", shlex.join(cmd))
+    logger.info("%s", shlex.join(cmd))
     os.execvp(cmd[0], cmd)
 
 

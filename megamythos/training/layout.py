@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from megamythos.config import ModelConfig, get_preset
-from megamythos.params import count
+from megamythos.errors import UserError
+from megamythos.params import count, memory_plan
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """The parallel layout cannot run this model on this many processes."""
 
 
@@ -77,17 +78,6 @@ class ParallelLayout:
 GIB_PER_GB = 1e9 / 2 ** 30
 
 
-def memory_plan_or_none(config: ModelConfig, layout: ParallelLayout, seq_length: int) -> dict[str, Any] | None:
-    """``megamythos.params.memory_plan`` (GiB per GPU) for this layout, or None when that module is missing."""
-    try:
-        from megamythos.params import memory_plan
-    except ImportError:
-        log.warning("megamythos.params is not available: the plan has no memory figures")
-        return None
-    return asdict(memory_plan(config, gpus=layout.world_size, tp=layout.tp, ep=layout.ep, zero=layout.zero,
-                              micro_batch=layout.micro_batch_size, seq_len=seq_length))
-
-
 def parameter_summary(config: ModelConfig) -> dict[str, int]:
     """Total, routed-expert and per-token-active parameters (:func:`megamythos.params.count`, analytic)."""
     report = count(config)
@@ -133,7 +123,8 @@ def dry_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "layout": {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
                    "experts_per_ep_rank": config.n_experts // layout.ep, "heads_per_tp_rank": config.n_heads // layout.tp},
         "parameters": parameter_summary(config),
-        "memory": memory_plan_or_none(config, layout, args.seq_length),
+        "memory": asdict(memory_plan(config, gpus=layout.world_size, tp=layout.tp, ep=layout.ep, zero=layout.zero,
+                                     micro_batch=layout.micro_batch_size, seq_len=args.seq_length)),
         "command": shlex.join(launch_command(args, layout)),
     }
     if plan["memory"] is not None:

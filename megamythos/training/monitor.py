@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Scalars written with a "<tag> vs samples" twin, as Megatron-LM does.
 SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "lm loss validation", "lm loss validation ppl",
@@ -72,7 +72,7 @@ class TrainingMonitor:
                 parts.append(f"{key}: {value:.6g}")
             else:
                 parts.append(f"{key}: {value}")
-        log.info(" | ".join(parts))
+        logger.info(" | ".join(parts))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -22,22 +22,23 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.config import ConfigError, ModelConfig, get_preset
+from megamythos.data.default_corpus import ensure_default_dataset
+from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, resolve_data
+from megamythos.errors import UserError, run_cli
+from megamythos.model import MythosLM, weight_decay_param_groups
+from megamythos.moe import expert_bias_state, load_expert_bias_state, update_expert_bias
+from megamythos.parallel import adapt_engine_module
+from megamythos.params import count
 from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.tokenizer import Tokenizer
-from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
+from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
-from megamythos.training.layout import LayoutError
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.schedules import LRSchedule, build_scheduler
-from megamythos.training.signals import GracefulExit, NonFiniteGuard, NonFiniteLossError, any_rank
+from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank
 
-log = logging.getLogger("megamythos.pretrain")
-
-
-class DataError(ValueError):
-    """The dataset or tokenizer is missing or does not fit the model."""
+logger = logging.getLogger(__name__)
 
 
 def setup_logging(rank: int) -> None:
@@ -59,41 +60,21 @@ def init_distributed() -> tuple[int, int]:
 
 def seed_everything(seed: int) -> None:
     """Same initial weights on every rank (ZeRO/TP then shard them), deterministic CPU kernels."""
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------------------ data
-@dataclass
-class DataSetup:
-    data_path: list[str]
-    tokenizer_model: str | None
-    tokenizer_fingerprint: str | None
-
-
-def resolve_data(args: TrainArgs, config: ModelConfig, rank: int) -> DataSetup:
-    """Dataset prefixes with their tokenizer; builds the default corpus (rank 0 first) when none is given.
-
-    Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's, and
-    ``DatasetMismatchError`` for datasets built with different tokenizers, before any engine exists. A dataset
-    without a metadata record (made by Megatron's tools) cannot be checked and is accepted with a warning.
-    """
-    from megamythos.data import read_dataset_metadata
-    from megamythos.data.gpt_dataset import parse_data_path
-    from megamythos.data.metadata import check_same_vocabulary
-
+def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> DataSetup:
+    """The run's checked datasets: ``--data-path``, or the default corpus, which rank 0 builds first."""
     data_path = list(args.data_path)
     if not data_path:
-        from megamythos.data.default_corpus import ensure_default_dataset
-
         failure: Exception | None = None
         for turn in (0, 1):  # rank 0 builds, the others wait and then find it built
             if (rank == 0) == (turn == 0):
                 try:
-                    prefix, _ = ensure_default_dataset(args.default_data_dir, vocab_size=config.vocab_size,
+                    prefix, _ = ensure_default_dataset(args.default_data_dir, vocab_size=vocab_size,
                                                        max_files=args.default_data_max_files)
                 except Exception as err:  # re-raised below, after telling the other ranks
                     failure = err
@@ -101,60 +82,7 @@ def resolve_data(args: TrainArgs, config: ModelConfig, rank: int) -> DataSetup:
                 raise DataError(f"building the default corpus in {args.default_data_dir} failed: "
                                 f"{failure or 'see rank 0'}") from failure
         data_path = [prefix]
-    prefixes, _ = parse_data_path(data_path)
-    records = {}
-    for prefix in prefixes:
-        missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
-        if missing:
-            raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}")
-        meta = read_dataset_metadata(prefix)
-        if meta is None:
-            log.warning("dataset %s has no metadata record: its tokenizer cannot be checked against the model", prefix)
-        elif int(meta["vocab_size"]) != config.vocab_size:
-            raise DataError(f"dataset {prefix!r} was tokenized with a {meta['vocab_size']}-token vocabulary but the "
-                            f"model has vocab_size={config.vocab_size}; pass --override vocab_size="
-                            f"{meta['vocab_size']} or use a dataset built with the model's tokenizer")
-        for other, record in records.items():
-            check_same_vocabulary(other, record, prefix, meta)
-        records[prefix] = meta
-    known = [r for r in records.values() if r is not None]
-    return DataSetup(data_path, known[0]["tokenizer_model"] if known else None,
-                     known[0]["tokenizer_fingerprint"] if known else None)
-
-
-def build_datasets(args: TrainArgs, data_path: list[str], total_iters: int, global_batch: int,
-                   min_valid_samples: int = 0) -> tuple[Any, Any]:
-    """(train, valid) datasets sized for the run: every training step and every evaluation.
-
-    ``min_valid_samples`` lets a later evaluation ask for more held-out samples than the run drew; the split's
-    documents and the seed stay those of the run, and so does the sample order while both requests fit in one
-    epoch of the split.
-    """
-    from megamythos.data.gpt_dataset import build_train_valid_test_datasets
-
-    evals = (total_iters // args.eval_interval + 1) * args.eval_iters if args.eval_interval else 0
-    train, valid, _ = build_train_valid_test_datasets(
-        data_path=data_path, split=args.split, seq_length=args.seq_length, seed=args.seed,
-        train_valid_test_num_samples=(total_iters * global_batch,
-                                      max(max(evals, 1) * global_batch, min_valid_samples), 0),
-        cache_dir=args.data_cache_dir)
-    return train, valid
-
-
-def collate(samples: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Megatron-style shift: tokens = sample[:-1], labels = sample[1:]."""
-    batch = torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64))
-    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-
-
-def batches(dataset: Any, consumed: int, micro_batch: int, dp_rank: int, dp_size: int) -> Iterator:
-    """Micro-batches of this data-parallel rank, starting after ``consumed`` global samples."""
-    from megamythos.data.sampler import PretrainingSampler
-
-    sampler = PretrainingSampler(total_samples=len(dataset), consumed_samples=consumed,
-                                 micro_batch_size=micro_batch, data_parallel_rank=dp_rank,
-                                 data_parallel_size=dp_size)
-    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0))
+    return resolve_data(data_path, vocab_size)
 
 
 # ----------------------------------------------------------------------------------------------- the trainer
@@ -163,19 +91,15 @@ class Trainer:
 
     def __init__(self, args: TrainArgs) -> None:
         import deepspeed
-        from megamythos.model import MythosLM, weight_decay_param_groups
-        from megamythos.parallel import adapt_engine_module
 
         self.args = args
+        self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
         self.rank, self.world = init_distributed()
         setup_logging(self.rank)
         template = load_template(args.ds_config)
         self.layout = resolve_layout(template, args, self.world)
-        base = get_preset(args.preset)
-        self.config = get_preset(args.preset, **{"max_seq_len": max(base.max_seq_len, args.seq_length),
-                                                 **args.model_overrides()})
         self.layout.check_model(self.config)
-        self.data = resolve_data(args, self.config, self.rank)
+        self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
@@ -212,23 +136,19 @@ class Trainer:
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if args.load:
             self._load(args.load)
-        log.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
-                 "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
-                 self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
-                 self.layout.global_batch_size, autoep_layers, self.total_iters)
-        log.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
+        logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
+                    "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
+                    self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
+                    self.layout.global_batch_size, autoep_layers, self.total_iters)
+        logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
 
     # ---------------------------------------------------------------------------------------- state
     def client_state(self) -> dict[str, Any]:
-        from megamythos.moe import expert_bias_state
-
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "layout": {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}}
 
     def _load(self, load_dir: str) -> None:
-        from megamythos.moe import load_expert_bias_state
-
         state = self.checkpoints.load(self.engine, load_dir, self.config)
         if state is None:
             return
@@ -252,7 +172,8 @@ class Trainer:
         return (t / self.world).tolist()
 
     def datasets(self) -> tuple[Any, Any]:
-        return build_datasets(self.args, self.data.data_path, self.total_iters, self.layout.global_batch_size)
+        return build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters,
+                              self.layout.global_batch_size)
 
     def evaluate(self, valid: Any) -> float:
         """Mean validation loss over ``eval_iters`` global batches at the mean loop count."""
@@ -269,8 +190,6 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- the loop
     def train_step(self, data: Iterator) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; non-finite micro-batches are skipped."""
-        from megamythos.moe import update_expert_bias
-
         cfg = self.config
         n_loops = sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, self.args.seed,
                                     self.iteration)
@@ -302,8 +221,6 @@ class Trainer:
         return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe}
 
     def log_step(self, step: dict[str, Any], seconds: float) -> None:
-        from megamythos.params import count
-
         tokens_per_sec = self.layout.global_batch_size * self.args.seq_length / seconds
         flops = count(self.config, self.args.seq_length, step["n_loops"]).train_flops_per_token
         tflops = flops * tokens_per_sec / self.world / 1e12
@@ -359,13 +276,14 @@ class Trainer:
                                          self.iteration, self.consumed)
                     self.monitor.record({"iteration": self.iteration, "lm loss validation": val,
                                          "lm loss validation ppl": ppl})
-                    log.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration, val, ppl)
+                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration,
+                                val, ppl)
                 stop = signals.should_exit() or self.iteration == self.args.exit_interval
                 if stop or (self.args.save_interval and self.iteration % self.args.save_interval == 0):
                     self.save()
                     saved_at = self.iteration
                 if stop:
-                    log.info("stopping at iteration %d (checkpoint saved)", self.iteration)
+                    logger.info("stopping at iteration %d (checkpoint saved)", self.iteration)
                     return 0
             if saved_at != self.iteration:
                 self.save()
@@ -381,32 +299,21 @@ class Trainer:
         for what, where in (("checkpoints", self.args.save), ("TensorBoard logs", self.args.tensorboard_dir),
                             ("metrics", self.args.metrics_file)):
             if where:
-                log.info("%s: %s", what, Path(where).resolve())
+                logger.info("%s: %s", what, Path(where).resolve())
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that describe a bad input rather than a bug: reported in one line, no traceback."""
-    from megamythos.data.gpt_dataset import DataConfigError
-    from megamythos.data.indexed_dataset import IndexedDatasetError
-    from megamythos.data.metadata import DatasetMismatchError
-    from megamythos.tokenizer import TokenizerError
-
-    return (ArgumentError, ConfigError, LayoutError, DataError, CheckpointError, NonFiniteLossError,
-            DataConfigError, DatasetMismatchError, IndexedDatasetError, TokenizerError)
+def train(argv: Sequence[str] | None = None) -> int:
+    """Parse, train, report; returns the process exit code."""
+    trainer = Trainer(parse_args(argv))
+    code = trainer.run()
+    trainer.report()
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, train, report; user errors end the process with a one-line message and exit code 2."""
+    """:func:`train`; user errors end the process with a one-line message and exit code 2."""
     try:
-        args = parse_args(argv)
-        trainer = Trainer(args)
-        code = trainer.run()
-        trainer.report()
-        return code
-    except user_errors() as err:
-        logging.getLogger("megamythos.pretrain").error("%s: %s", type(err).__name__, err)
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return run_cli(lambda: train(argv), log_format=None, logger=logger)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

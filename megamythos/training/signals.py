@@ -13,7 +13,9 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
-log = logging.getLogger(__name__)
+from megamythos.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 def any_rank(flag: bool) -> bool:
@@ -35,8 +37,8 @@ class GracefulExit:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
-            log.warning("received %s: will save a checkpoint and exit after this iteration",
-                        signal.Signals(signum).name)
+            logger.warning("received %s: will save a checkpoint and exit after this iteration",
+                           signal.Signals(signum).name)
         self.received = signum
 
     def should_exit(self) -> bool:
@@ -48,7 +50,7 @@ class GracefulExit:
             signal.signal(s, handler)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced too many consecutive non-finite losses to continue."""
 
 
@@ -72,8 +74,8 @@ class NonFiniteGuard:
             return False
         self.consecutive += 1
         self.skipped += 1
-        log.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d in total)",
-                    iteration, what, self.consecutive, self.skipped)
+        logger.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d in total)",
+                       iteration, what, self.consecutive, self.skipped)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
                 f"{self.consecutive} consecutive steps had a non-finite loss or gradient (last at iteration "

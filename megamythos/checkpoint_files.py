@@ -1,0 +1,70 @@
+"""The files of a checkpoint directory, readable without DeepSpeed: names, the ``latest`` pointer, the tokenizer.
+
+Layout of ``--save DIR``::
+
+    DIR/iter_0000100/          DeepSpeed's files for that tag (ZeRO shards, model states, client state)
+    DIR/iter_0000100/rng_rank{r}.pt   python/numpy/torch RNG of every rank (client_state is only saved once)
+    DIR/iter_0000100/model_config.json
+    DIR/iter_0000100/tokenizer.json, tokenizer.model   the tokenizer the run trained with (its record and a copy)
+    DIR/iter_0000100/train_args.json   the run's arguments, data path, iterations and global batch size
+    DIR/latest                 the tag of the newest COMPLETE checkpoint, replaced atomically after all ranks
+                               finished writing; older tags beyond ``keep_last`` are deleted only after that.
+
+:mod:`megamythos.training.checkpointing` writes these files; evaluation, generation and export read them.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
+from megamythos.errors import UserError
+from megamythos.tokenizer import Tokenizer
+
+LATEST = "latest"
+TAG_RE = re.compile(r"^iter_(\d{7,})$")
+MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_RECORD = "tokenizer.json"
+TOKENIZER_COPY = "tokenizer.model"
+TRAIN_RECORD = "train_args.json"
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint is missing, incomplete or belongs to a different model."""
+
+
+def tag_for(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def read_latest(directory: str | Path) -> str | None:
+    """Tag named by ``DIR/latest``, or None when the directory holds no complete checkpoint."""
+    path = Path(directory) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    if not (Path(directory) / tag).is_dir():
+        raise CheckpointError(f"{path} names {tag!r}, which does not exist in {directory}")
+    return tag
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that readers see either the old or the new content, never a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:
+    """``directory/tokenizer.model`` (a copy) and ``directory/tokenizer.json`` (its fingerprint and vocab size)."""
+    return write_tokenizer_record(directory / TOKENIZER_RECORD, directory / TOKENIZER_COPY, tokenizer)
+
+
+def read_tokenizer_files(directory: Path) -> dict[str, Any] | None:
+    """The record :func:`write_tokenizer_files` wrote in ``directory`` (None if there is none)."""
+    return read_tokenizer_record(directory / TOKENIZER_RECORD)

@@ -1,0 +1,121 @@
+"""The samples of a pretraining run, rebuilt from its recorded settings: checked datasets, splits, micro-batches.
+
+The trainer draws its training and validation samples through these functions; evaluation calls the same ones
+with the settings a checkpoint recorded (``train_args.json``), so it reads exactly the validation batches the run
+read, without importing the trainer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from megamythos.data.gpt_dataset import build_train_valid_test_datasets, parse_data_path
+from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
+from megamythos.data.sampler import PretrainingSampler
+from megamythos.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SPLIT = "969,30,1"
+DEFAULT_SEED = 1234
+
+
+class DataError(UserError, ValueError):
+    """The dataset or tokenizer is missing or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class DataRecipe:
+    """The settings of a run that decide which sample it reads when: the train/valid/test ``split`` weights,
+    ``seq_length`` tokens per sample (+1 for the shifted labels), the shuffling ``seed``, how many validation
+    samples the evaluation schedule needs (``eval_interval``, ``eval_iters``) and where index files are cached."""
+
+    split: str = DEFAULT_SPLIT
+    seq_length: int = 256
+    seed: int = DEFAULT_SEED
+    eval_interval: int = 0  # 0 -> no evaluation during training
+    eval_iters: int = 2
+    data_cache_dir: str | None = None
+
+    @classmethod
+    def from_record(cls, recorded: dict[str, Any]) -> "DataRecipe":
+        """The recipe in a run's recorded arguments (``train_args.json`` "args"); other keys are ignored."""
+        return cls(**{f.name: recorded[f.name] for f in dataclasses.fields(cls) if f.name in recorded})
+
+
+@dataclass
+class DataSetup:
+    """Checked dataset prefixes (optionally weight/prefix pairs) and the tokenizer they were built with (None
+    when no dataset carries a metadata record)."""
+
+    data_path: list[str]
+    tokenizer_model: str | None
+    tokenizer_fingerprint: str | None
+
+
+def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
+    """Check that every dataset of ``data_path`` exists and was tokenised with one ``vocab_size`` tokenizer.
+
+    Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's, and
+    ``DatasetMismatchError`` for datasets built with different tokenizers, before any sample is read. A dataset
+    without a metadata record (made by Megatron's tools) cannot be checked and is accepted with a warning.
+    """
+    prefixes, _ = parse_data_path(data_path)
+    records = {}
+    for prefix in prefixes:
+        missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
+        if missing:
+            raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}")
+        meta = read_dataset_metadata(prefix)
+        if meta is None:
+            logger.warning("dataset %s has no metadata record: its tokenizer cannot be checked against the model",
+                           prefix)
+        elif int(meta["vocab_size"]) != vocab_size:
+            raise DataError(f"dataset {prefix!r} was tokenized with a {meta['vocab_size']}-token vocabulary but the "
+                            f"model has vocab_size={vocab_size}; pass --override vocab_size="
+                            f"{meta['vocab_size']} or use a dataset built with the model's tokenizer")
+        for other, record in records.items():
+            check_same_vocabulary(other, record, prefix, meta)
+        records[prefix] = meta
+    known = [r for r in records.values() if r is not None]
+    return DataSetup(list(data_path), known[0]["tokenizer_model"] if known else None,
+                     known[0]["tokenizer_fingerprint"] if known else None)
+
+
+def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, global_batch: int,
+                   min_valid_samples: int = 0) -> tuple[Any, Any]:
+    """(train, valid) datasets sized for the run: every training step and every evaluation.
+
+    ``min_valid_samples`` lets a later evaluation ask for more held-out samples than the run drew; the split's
+    documents and the seed stay those of the run, and so does the sample order while both requests fit in one
+    epoch of the split.
+    """
+    evals = (total_iters // recipe.eval_interval + 1) * recipe.eval_iters if recipe.eval_interval else 0
+    train, valid, _ = build_train_valid_test_datasets(
+        data_path=data_path, split=recipe.split, seq_length=recipe.seq_length, seed=recipe.seed,
+        train_valid_test_num_samples=(total_iters * global_batch,
+                                      max(max(evals, 1) * global_batch, min_valid_samples), 0),
+        cache_dir=recipe.data_cache_dir)
+    return train, valid
+
+
+def collate(samples: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Megatron-style shift of B samples of S + 1 tokens: (tokens [B, S] = sample[:-1], labels [B, S] = sample[1:])."""
+    batch = torch.from_numpy(np.stack([s["tokens"] for s in samples]).astype(np.int64))
+    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+
+
+def batches(dataset: Any, consumed: int, micro_batch: int, dp_rank: int,
+            dp_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(tokens, labels) micro-batches [micro_batch, S] of this data-parallel rank, starting after ``consumed``
+    global samples."""
+    sampler = PretrainingSampler(total_samples=len(dataset), consumed_samples=consumed,
+                                 micro_batch_size=micro_batch, data_parallel_rank=dp_rank,
+                                 data_parallel_size=dp_size)
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0))
