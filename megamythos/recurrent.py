@@ -232,6 +232,19 @@ def relative_change(h_next: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (h_next - h).norm(dim=-1) / h_next.norm(dim=-1).clamp_min(1e-12)
 
 
+def advance(state: LoopState, h_next: torch.Tensor, aux: torch.Tensor, rho: torch.Tensor | None,
+            change: torch.Tensor, exit_threshold: float) -> LoopState:
+    """The state after one iteration that produced h_next [B, S, H] with relative change [B, S]: every token takes
+    h_next; under early exit only the active ones do (and count the step), and they stay active while their
+    change is >= exit_threshold. Exited tokens keep their frozen state."""
+    rho = state.rho if rho is None else rho
+    if state.active is None:
+        return LoopState(h_next, None, state.steps + 1.0, state.aux + aux, rho)
+    return LoopState(h=torch.where(state.active.unsqueeze(-1), h_next, state.h),
+                     active=state.active & (change >= exit_threshold),
+                     steps=state.steps + state.active.float(), aux=state.aux + aux, rho=rho)
+
+
 def exit_steps(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:
     """Iterations each token would run under the exit rule, from the relative changes [T, B, S] of a run of
     all T iterations -> [B, S] fp32: the first t with change < threshold, plus one (T when it never happens)."""
@@ -317,16 +330,10 @@ class RecurrentCore(nn.Module):
             args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb)
             h_next, aux, rho = self._checkpointed(self.step, *args) if checkpoint_each else self.step(*args)
             change = relative_change(h_next, state.h)
-            active = state.active
-            if active is not None:  # exited tokens keep their frozen state; the others run one more step
-                h_next = torch.where(active.unsqueeze(-1), h_next, state.h)
-                state = state._replace(steps=state.steps + active.float(), active=active & (change >= exit_threshold))
-            else:
-                state = state._replace(steps=state.steps + 1.0)
-            state = state._replace(h=h_next, aux=state.aux + aux, rho=state.rho if rho is None else rho)
-            norms.append(h_next.detach().norm(dim=-1).mean())
+            state = advance(state, h_next, aux, rho, change, exit_threshold)
+            norms.append(state.h.detach().norm(dim=-1).mean())
             changes.append(change)
-            if active is not None and not bool(state.active.any()):
+            if state.active is not None and not bool(state.active.any()):
                 break
         return state, torch.stack(norms), torch.stack(changes)
 
