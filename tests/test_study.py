@@ -66,3 +66,20 @@ def test_library_does_not_import_research() -> None:
     probe = "import sys, megamythos.research.study; print('deepspeed' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_short_training_on_text_keeps_tokens_iterating(tmp_path) -> None:
+    """No collapse: after a short training of the study model on real text (~30 s), the early-exit rule still
+    runs tokens for more than one loop. Measured 2026-12-01: 3.15 mean loops at threshold 0.05 and 1.64 at 0.1
+    (Graves ACT, before this rule, ended at exactly 1: every token halted after the first loop)."""
+    from megamythos.data.default_corpus import ensure_default_dataset
+    from megamythos.research.study import token_batches
+
+    prefix, _ = ensure_default_dataset(str(tmp_path), vocab_size=384, max_files=30)
+    settings = StudySettings(steps=80, batch_size=4, seq_len=64, warmup=5, eval_batches=2, scale=0.5)
+    batch_at, valid, vocab = token_batches(prefix, settings)
+    result = train_run(EXPERIMENTS["depth"][1], base_config(vocab, settings), settings, batch_at, valid)
+    mean_steps = {e["exit_threshold"]: e["mean_steps"] for e in result["eval_exit"] if e["loops"] == 4}
+    assert mean_steps[0.05] > 2.5 and mean_steps[0.1] > 1.3, mean_steps
+    full_depth = {e["loops"]: e["perplexity"] for e in result["eval"]}
+    assert full_depth[4] < full_depth[1]  # and the loops it runs pay
