@@ -25,6 +25,7 @@ import torch.distributed as dist
 from megamythos.config import ConfigError, ModelConfig, get_preset
 from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.tokenizer import Tokenizer
+from megamythos.training import comm_stats
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
@@ -164,9 +165,10 @@ class Trainer:
     def __init__(self, args: TrainArgs) -> None:
         import deepspeed
         from megamythos.model import MythosLM, weight_decay_param_groups
-        from megamythos.parallel import adapt_engine_module
+        from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
 
         self.args = args
+        self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed()
         setup_logging(self.rank)
         template = load_template(args.ds_config)
@@ -199,6 +201,8 @@ class Trainer:
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
+        if args.recurrent_zero == 2:
+            replicate_recurrent_core(self.engine)
         self.iteration = 0
         self.consumed = 0
         self.guard = NonFiniteGuard(args.max_nonfinite)
@@ -272,6 +276,7 @@ class Trainer:
         from megamythos.moe import update_expert_bias
 
         cfg = self.config
+        self.comm.reset()
         n_loops = sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, self.args.seed,
                                     self.iteration)
         lm, aux, stats = [], [], {}
@@ -299,7 +304,8 @@ class Trainer:
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
         lm_loss, aux_loss = self.world_mean([sum(lm) / len(lm), sum(aux) / len(aux)])
-        return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe}
+        return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe,
+                "comm": self.comm.scalars()}
 
     def log_step(self, step: dict[str, Any], seconds: float) -> None:
         from megamythos.params import count
@@ -328,6 +334,7 @@ class Trainer:
         for i, norm in enumerate(stats.get("state_norm", torch.empty(0)).flatten().tolist()):
             values[f"recurrent/state-norm/loop-{i:02d}"] = norm
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
+        values.update(step["comm"])
         self.monitor.scalars(values, self.iteration, self.consumed)
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
                              **{k: v for k, v in values.items() if "/state-norm/" not in k and "/exit-share/" not in k},
