@@ -14,7 +14,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-LAYOUT=(--preset 1t --nodes "${NODES:-128}" --gpus-per-node "${GPUS_PER_NODE:-8}" --tp "${TP:-8}" --ep "${EP:-128}"
+LAYOUT=(--preset 1t --nodes "${NODES:-128}" --gpus-per-node "${GPUS_PER_NODE:-8}" --tp "${TP:-8}" --ep "${EP:-512}"
         --zero 3 --micro-batch-size "${MICRO:-1}" --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}"
         --ds-config "$REPO/ds_configs/1t.json" --hostfile "${HOSTFILE:-hostfile}")
 if [[ "${1:-}" == "--dry-run" ]]; then

@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from megamythos.config import PRESETS, ModelConfig, get_preset
+from megamythos.step_model import Cluster, Layout, format_plan, step_plan
 
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -206,12 +207,13 @@ def checkpointed_loop_states(c: ModelConfig, loops: int) -> int:
 
 
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
-                seq_len: int | None = None, dtype: str = "bf16") -> MemoryPlan:
+                seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False) -> MemoryPlan:
     """Estimate per-GPU memory. Dense and attention matrices are split by ``tp``; routed experts by ``ep``;
     ZeRO stage 1/2/3 shards optimizer states / + gradients / + weights over the data-parallel group (experts
     over the expert-data-parallel group gpus / ep). Activations assume loop checkpointing at the config's
     ``max_loops`` (:func:`checkpointed_loop_states` fp32 states, + 2) plus one block's full activations
-    (Megatron's ~34 s b h bytes per layer) and logits."""
+    (Megatron's ~34 s b h bytes per layer) and logits. ``replicated_core`` (ZeRO-3 only): the recurrent core's
+    weights stay gathered (:mod:`megamythos.parallel.zero`); its gradients and optimizer states stay sharded."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
     seq = seq_len or min(c.max_seq_len, 4096)
@@ -223,12 +225,19 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     shard_dense = dp if zero >= 3 else 1
     shard_expert = edp if zero >= 3 else 1
     weight_params = dense_local / shard_dense + expert_local / shard_expert
+    if zero >= 3 and replicated_core:  # the core's local share held whole (shared experts are not TP-split)
+        from megamythos.step_model import Layout, local_params
+
+        core_dense = local_params(c, Layout(gpus=gpus, tp=tp, ep=ep))["core-dense"]
+        weight_params += core_dense * (1 - 1 / dp) + expert_local * (1 - 1 / edp)
     w_bytes = BYTES[dtype]
     gib = 1024 ** 3
     grads_params = dense_local / (dp if zero >= 2 else 1) + expert_local / (edp if zero >= 2 else 1)
     opt_params = dense_local / (dp if zero >= 1 else 1) + expert_local / (edp if zero >= 1 else 1)
     # ZeRO-3 gathers one module at a time: the recurrent block's local experts dominate
     largest_module = (c.n_experts // ep) * expert_params(c) + attention_params(c) / tp if zero >= 3 else 0
+    if zero >= 3 and replicated_core:  # then the largest gathered module lies outside the core
+        largest_module = max(embedding_params(c) / (1 if c.tie_embeddings else 2), dense_block_params(c) / tp)
     tokens = micro_batch * seq
     loops = c.resolved_max_loops
     acts = tokens * c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + 34 * tokens * c.dim * w_bytes / tp + tokens * c.vocab_size * 4 / tp
@@ -257,13 +266,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ep", type=int, default=1)
     parser.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3])
     parser.add_argument("--micro-batch-size", type=int, default=1)
+    parser.add_argument("--loop-checkpoint-segment", type=int, default=None,
+                        help="override the config's (0: two-level checkpointing with sqrt-sized segments)")
     parser.add_argument("--json", action="store_true")
+    step = parser.add_argument_group("step model (--plan, with --gpus)")
+    step.add_argument("--plan", action="store_true", help="also predict compute, collectives and step time")
+    step.add_argument("--grad-accum", type=int, default=1, help="micro-batches per rank and step")
+    step.add_argument("--recurrent-zero", type=int, default=2, choices=[2, 3],
+                      help="under ZeRO-3: 2 = recurrent core replicated (the trainer's default), 3 = partitioned")
+    step.add_argument("--mfu", type=float, default=Cluster.mfu, help="achieved fraction of peak in the matmuls")
+    step.add_argument("--peak-tflops", type=float, default=Cluster.peak_tflops, help="per GPU")
+    step.add_argument("--gpus-per-node", type=int, default=Cluster.gpus_per_node)
+    step.add_argument("--nvlink-gbs", type=float, default=Cluster.nvlink_gbs, help="GB/s per GPU")
+    step.add_argument("--ib-gbs", type=float, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
+    step.add_argument("--hpz", type=int, default=1, help="ZeRO++ zero_hpz_partition_size")
+    step.add_argument("--qwz", action="store_true", help="ZeRO++ zero_quantized_weights")
+    step.add_argument("--qgz", action="store_true", help="ZeRO++ zero_quantized_gradients")
     args = parser.parse_args(argv)
     config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
+    if args.plan:  # as the trainer runs it: per-iteration activation checkpointing (its default)
+        config = config.replace(checkpoint_loops=True)
+    if args.loop_checkpoint_segment is not None:
+        config = config.replace(loop_checkpoint_segment=args.loop_checkpoint_segment)
     report = asdict(count(config, args.seq_length, args.loops))
     if args.gpus:
         report["memory_plan"] = asdict(memory_plan(config, args.gpus, args.tp, args.ep, args.zero,
-                                                   args.micro_batch_size, args.seq_length))
+                                                   args.micro_batch_size, args.seq_length,
+                                                   replicated_core=args.recurrent_zero == 2))
+    prediction = None
+    if args.gpus and args.plan:
+        layout = Layout(gpus=args.gpus, tp=args.tp, ep=args.ep, zero=args.zero, micro_batch=args.micro_batch_size,
+                        grad_accum=args.grad_accum, seq_len=args.seq_length or min(config.max_seq_len, 4096),
+                        recurrent_zero=args.recurrent_zero, hpz=args.hpz, qwz=args.qwz, qgz=args.qgz)
+        cluster = Cluster(gpus_per_node=args.gpus_per_node, nvlink_gbs=args.nvlink_gbs, ib_gbs=args.ib_gbs,
+                          peak_tflops=args.peak_tflops, mfu=args.mfu)
+        prediction = step_plan(config, layout, cluster, args.loops)
+        report["step_plan"] = asdict(prediction)
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
@@ -284,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
               f"weights {plan['weights_gib']:.1f}, grads {plan['grads_gib']:.1f}, "
               f"optimizer {plan['optimizer_gib']:.1f}, gathered {plan['gathered_working_gib']:.1f}, "
               f"activations {plan['activations_gib']:.1f}")
+    if prediction is not None:
+        print(format_plan(prediction))
     return 0
 
 

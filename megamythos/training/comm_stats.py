@@ -3,7 +3,8 @@ all-to-all and all-reduce.
 
 Every collective DeepSpeed (ZeRO, AutoEP, AutoTP) and the trainer run ends in a ``torch.distributed`` function;
 :func:`install` wraps those functions, in both namespaces they are looked up from (``torch.distributed`` and
-``torch.distributed.distributed_c10d``, which DeepSpeed's coalesced all-gather calls), so the counts are exact.
+``torch.distributed.distributed_c10d``, which DeepSpeed's coalesced all-gather calls), under their old and new
+names (torch 2.13 renames ``all_gather_into_tensor`` to ``all_gather_single``), so the counts are exact.
 Install before ``deepspeed.init_distributed()``: DeepSpeed keeps references to the all-gather and
 reduce-scatter functions from then on.
 
@@ -47,9 +48,11 @@ def _arg(args: tuple, kwargs: dict, index: int, *names: str) -> Any:
 _COUNTED: dict[str, tuple[str, Callable[[tuple, dict], int]]] = {
     "all_gather_into_tensor": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "output_tensor"))),
     "_all_gather_base": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "output_tensor"))),
+    "all_gather_single": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "output_tensor"))),
     "all_gather": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "tensor_list"))),
     "reduce_scatter_tensor": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input"))),
     "_reduce_scatter_base": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input"))),
+    "reduce_scatter_single": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input"))),
     "reduce_scatter": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input_list"))),
     "all_reduce": ("all-reduce", lambda a, k: _nbytes(_arg(a, k, 0, "tensor"))),
     "all_reduce_coalesced": ("all-reduce", lambda a, k: _nbytes(_arg(a, k, 0, "tensors"))),
