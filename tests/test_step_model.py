@@ -81,7 +81,7 @@ def test_replicated_core_is_gathered_once_per_step_and_partitioned_core_per_use(
 
 
 def test_tp_collectives_stay_inside_a_node_and_ep_crosses_nodes():
-    plan = step_plan(get_preset("1t").replace(checkpoint_loops=True), Layout(gpus=1024, tp=8, ep=512, grad_accum=8))
+    plan = step_plan(get_preset("1t").replace(checkpoint_loops=True), Layout(gpus=1024, tp=8, ep=128, grad_accum=8))
     links = {c.group: c.link for c in plan.collectives}
     assert links["tp (activations)"] == "nvlink"
     assert links["ep (tokens)"] == "nvlink+infiniband" and links["dp (rest)"] == "infiniband"
@@ -89,13 +89,13 @@ def test_tp_collectives_stay_inside_a_node_and_ep_crosses_nodes():
 
 
 def test_faster_infiniband_shortens_the_predicted_step():
-    config, layout = get_preset("1t").replace(checkpoint_loops=True), Layout(gpus=1024, tp=8, ep=512, grad_accum=8)
+    config, layout = get_preset("1t").replace(checkpoint_loops=True), Layout(gpus=1024, tp=8, ep=128, grad_accum=8)
     slow, fast = (step_plan(config, layout, Cluster(ib_gbs=bw)).step_seconds for bw in (25.0, 100.0))
     assert fast < slow
 
 
 def test_params_cli_plan_prints_collectives_step_time_and_memory(capsys):
-    assert params_main(["--preset", "1t", "--gpus", "1024", "--tp", "8", "--ep", "512", "--grad-accum", "8",
+    assert params_main(["--preset", "1t", "--gpus", "1024", "--tp", "8", "--ep", "128", "--grad-accum", "8",
                         "--plan", "--ib-gbs", "50", "--nvlink-gbs", "450"]) == 0
     out = capsys.readouterr().out
     for text in ("memory per GPU", "compute", "all-gather", "reduce-scatter", "all-to-all", "all-reduce",

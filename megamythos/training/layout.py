@@ -5,7 +5,7 @@ size (tp2 x ep2 runs on 2 ranks), the data-parallel size is world / tp, and the 
 micro x accumulation x dp. Everything is checked here, before any process group or tensor exists, so a bad
 layout is a clear error instead of a hang inside a collective.
 
-``python -m megamythos.training.layout --preset 1t --nodes 128 --gpus-per-node 8 --tp 8 --ep 512 --dry-run``
+``python -m megamythos.training.layout --preset 1t --nodes 128 --gpus-per-node 8 --tp 8 --ep 128 --dry-run``
 counts the parameters analytically, validates the layout, prints the memory plan, the step-time model
 (:mod:`megamythos.step_model`: compute, bytes and time of every collective per link class, step time, tokens/s,
 MFU, and the figures it rests on) and the exact launch command.
@@ -148,7 +148,7 @@ def dry_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--nodes", type=int, default=128)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--tp", type=int, default=8)
-    p.add_argument("--ep", type=int, default=512)
+    p.add_argument("--ep", type=int, default=128)
     p.add_argument("--zero", type=int, default=3)
     p.add_argument("--micro-batch-size", type=int, default=1)
     p.add_argument("--global-batch-size", type=int, default=1024)
