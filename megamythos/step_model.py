@@ -29,8 +29,9 @@ Time on the wire: a ring all-gather / reduce-scatter of B bytes over n ranks mov
 all-reduce twice that, an all-to-all B (n - 1) / n; a group inside one node runs at the NVLink bandwidth, a
 group spanning nodes at the InfiniBand bandwidth per GPU (ZeRO++ hpZ keeps a secondary weight copy inside the
 node, so backward gathers use NVLink; qwZ halves gathered bytes, qgZ quarters reduced gradient bytes).
-Exposed time: TP and EP collectives (they sit between dependent matmuls) and ZeRO gathers fetched on demand
-(no prefetch after a change of T); gradient reduce-scatters overlap with backward compute (``overlap_comm``).
+Exposed time: TP and EP collectives (they sit between dependent matmuls) and weight all-gathers (fetched on
+demand: no prefetch after a change of T; the replicated core's after the optimizer step); gradient reductions
+overlap with backward compute (``overlap_comm``).
 Step time = compute + exposed + max(0, overlapped - compute).
 """
 from __future__ import annotations
@@ -224,17 +225,14 @@ def step_plan(c: ModelConfig, layout: Layout, cluster: Cluster = Cluster(), n_lo
                     compute_seconds=compute)
 
     for kind, group, nbytes, n in zero_bytes(c, layout, loops):
-        # dp groups: one rank per TP group (ranks tp apart); expert-dp groups: ranks ep apart
-        link, bw = _link(n, layout.ep if group.startswith("expert") else layout.tp, cluster)
+        # dp groups: one rank per TP group (ranks tp apart); expert-dp groups under AutoEP: ranks ep apart
+        link, bw = _link(n, layout.ep if group.startswith("expert") and layout.ep > 1 else layout.tp, cluster)
         wire = nbytes * (0.5 if kind == "all-gather" and layout.qwz else 1.0)
         wire *= 0.25 if kind == "reduce-scatter" and layout.qgz else 1.0
         seconds = _wire_seconds(kind, wire, n, bw)
         if kind == "all-gather" and layout.hpz > 1 and layout.zero >= 3:  # backward half from the node's copy
             seconds = 0.5 * seconds + 0.5 * _wire_seconds(kind, wire, min(n, layout.hpz), cluster.nvlink_gbs * 1e9)
-        plan.collectives.append(Collective(kind, group, nbytes, n, link, seconds, exposed=kind == "all-gather"
-                                           and "rest" in group))
-        if kind == "all-gather" and "core" in group and layout.zero >= 3 and layout.recurrent_zero == 3:
-            plan.collectives[-1].exposed = True
+        plan.collectives.append(Collective(kind, group, nbytes, n, link, seconds, exposed=kind == "all-gather"))
     if layout.tp > 1:
         nbytes = layout.grad_accum * tokens_micro * tp_allreduce_elements_per_token(c, loops) * layout.act_bytes
         link, bw = _link(layout.tp, 1, cluster)
