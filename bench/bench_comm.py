@@ -6,10 +6,11 @@ Runs the real trainer (``megamythos.training.pretrain``, tiny preset, default co
 1 per rank, fp32) under the ``deepspeed`` launcher on 2 processes, once per variant: ZeRO-3 with the recurrent
 block partitioned and gathered per use (``--recurrent-zero 3``, DeepSpeed's default, "before"), ZeRO-3 with the
 recurrent core replicated (``--recurrent-zero 2``, the trainer's default, "after"), and ZeRO-2 (the whole model
-replicated) for reference. The sampled loop count is replaced by a fixed schedule in which T alternates between 1, 4 and 8, so
-every step but the repeats at the end runs a T different from the previous step's. Calls and bytes of every
-collective per step come from the trainer's own accounting (``comm/...`` in its metrics file, rank 0); the
-report gives the median per T over the steps after the first (which records DeepSpeed's trace).
+replicated) for reference. The sampled loop count is replaced by a fixed schedule in which T alternates
+between 1, 4 and 8, so every step but the repeat at the end runs a T different from the previous step's.
+Calls and bytes of every collective per step come from the trainer's own accounting (``comm/...`` in its
+metrics file, rank 0); the report gives the median per T over the steps after the first (which records
+DeepSpeed's trace).
 """
 from __future__ import annotations
 

@@ -32,19 +32,21 @@ def trainer_config(corpus: Path):
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))
-def measured(request, tmp_path_factory, corpus) -> tuple[str, list[dict]]:
+def measured(request, tmp_path_factory, corpus) -> tuple[str, list[dict], Path]:
+    """(layout name, metrics records of its steps, TensorBoard directory) of one 2-rank launch."""
     name = request.param
     out = tmp_path_factory.mktemp(name)
     run(2, [*tiny_args(corpus, ITERS), *LAYOUTS[name][0], "--micro-batch-size", "1", "--global-batch-size", "2",
-            "--metrics-file", str(out / "metrics.jsonl"), "--save", str(out / "ckpt")], out / "log.txt")
-    return name, [m for m in metrics(out / "metrics.jsonl") if "comm/all-gather-bytes" in m]
+            "--metrics-file", str(out / "metrics.jsonl"), "--save", str(out / "ckpt"),
+            "--tensorboard-dir", str(out / "tb")], out / "log.txt")
+    return name, [m for m in metrics(out / "metrics.jsonl") if "comm/all-gather-bytes" in m], out / "tb"
 
 
 @pytest.mark.distributed
 def test_predicted_bytes_match_measured_within_10_percent(measured, corpus):
     """Summed over the steps after the first (each runs a T other than its predecessor's), per collective kind
     that carries at least 1% of the traffic."""
-    name, steps = measured
+    name, steps, _ = measured
     assert [int(s["iteration"]) for s in steps] == list(range(1, ITERS + 1))
     loops = [int(s["recurrent/loop-count"]) for s in steps]
     assert all(a != b for a, b in zip(loops, loops[1:])), loops  # every step after the first changed T
@@ -63,12 +65,27 @@ def test_predicted_bytes_match_measured_within_10_percent(measured, corpus):
 def test_zero3_gathers_of_the_recurrent_block_do_not_grow_with_loops(measured):
     """Replicated core: all-gather bytes of a step after a change of T do not depend on T (issue goal: the
     largest T within 1.5x of T = 1). DeepSpeed's default gathers the block for every use: ~3T times."""
-    name, steps = measured
+    name, steps, _ = measured
     if name == "tp2":
         pytest.skip("dp = 1: ZeRO gathers nothing")
     by_loops = {int(s["recurrent/loop-count"]): s["comm/all-gather-bytes"] for s in steps[1:]}
     assert max(by_loops) >= 4 and 1 in by_loops, by_loops
     assert by_loops[max(by_loops)] <= 1.5 * by_loops[1], by_loops
+
+
+@pytest.mark.distributed
+def test_comm_scalars_reach_tensorboard_every_step(measured):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, steps, tb = measured
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    for kind in KINDS:
+        for unit in ("bytes", "calls"):
+            events = acc.Scalars(f"comm/{kind}-{unit}")
+            assert [e.step for e in events] == list(range(1, ITERS + 1))
+            logged = [s[f"comm/{kind}-{unit}"] for s in steps]
+            assert [e.value for e in events] == pytest.approx(logged, rel=1e-6)
 
 
 def test_replicated_core_is_gathered_once_per_step_and_partitioned_core_per_use():
