@@ -1,6 +1,7 @@
 """Analytic parameter counts, FLOPs, KV-cache size and per-GPU memory plan of a configuration.
 
-``python -m megamythos.params --preset 1t [--json] [--gpus 1024 --tp 8 --ep 64 --zero 3]``
+The command line is ``python -m megamythos.plan`` (counts, memory plan and the step-time model of
+:mod:`megamythos.step_model`).
 
 Conventions: "active" counts the parameters one token touches in one pass with the recurrent block once and
 K of E routed experts; "effective" counts the recurrent block once per loop. FLOPs are 2 per multiply-add,
@@ -9,13 +10,10 @@ the recurrent block, reported separately); attention scores/values use the causa
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from megamythos.config import PRESETS, ModelConfig, get_preset
+from megamythos.config import ModelConfig
 
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -205,13 +203,30 @@ def checkpointed_loop_states(c: ModelConfig, loops: int) -> int:
     return math.ceil(k / segment) + segment
 
 
+def tp_sharded_attention(c: ModelConfig) -> int:
+    """Attention weights AutoTP splits (megamythos.parallel.tensor_parallel patterns)."""
+    if c.attn_type == "gqa":
+        hd = c.resolved_head_dim
+        return 2 * c.dim * c.n_heads * hd + 2 * c.dim * c.n_kv_heads * hd
+    q = (c.q_lora_rank if c.q_lora_rank else c.dim) * c.n_heads * c.qk_head_dim
+    return q + c.kv_lora_rank * c.n_heads * (c.qk_nope_head_dim + c.v_head_dim) + c.n_heads * c.v_head_dim * c.dim
+
+
+def core_dense_local_params(c: ModelConfig, tp: int) -> float:
+    """Parameters of the recurrent core outside the routed experts that one rank holds under tensor parallelism
+    ``tp`` (AutoTP splits its attention; shared experts, router, norms and injection stay whole)."""
+    p = parts(c)
+    return p.recurrent - p.routed_experts - tp_sharded_attention(c) * (1 - 1 / tp)
+
+
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
-                seq_len: int | None = None, dtype: str = "bf16") -> MemoryPlan:
+                seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False) -> MemoryPlan:
     """Estimate per-GPU memory. Dense and attention matrices are split by ``tp``; routed experts by ``ep``;
     ZeRO stage 1/2/3 shards optimizer states / + gradients / + weights over the data-parallel group (experts
     over the expert-data-parallel group gpus / ep). Activations assume loop checkpointing at the config's
     ``max_loops`` (:func:`checkpointed_loop_states` fp32 states, + 2) plus one block's full activations
-    (Megatron's ~34 s b h bytes per layer) and logits."""
+    (Megatron's ~34 s b h bytes per layer) and logits. ``replicated_core`` (ZeRO-3 only): the recurrent core's
+    weights stay gathered (:mod:`megamythos.parallel.zero`); its gradients and optimizer states stay sharded."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
     seq = seq_len or min(c.max_seq_len, 4096)
@@ -223,12 +238,17 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     shard_dense = dp if zero >= 3 else 1
     shard_expert = edp if zero >= 3 else 1
     weight_params = dense_local / shard_dense + expert_local / shard_expert
+    if zero >= 3 and replicated_core:  # the core's local share held whole (shared experts are not TP-split)
+        core_dense = core_dense_local_params(c, tp)
+        weight_params += core_dense * (1 - 1 / dp) + expert_local * (1 - 1 / edp)
     w_bytes = BYTES[dtype]
     gib = 1024 ** 3
     grads_params = dense_local / (dp if zero >= 2 else 1) + expert_local / (edp if zero >= 2 else 1)
     opt_params = dense_local / (dp if zero >= 1 else 1) + expert_local / (edp if zero >= 1 else 1)
     # ZeRO-3 gathers one module at a time: the recurrent block's local experts dominate
     largest_module = (c.n_experts // ep) * expert_params(c) + attention_params(c) / tp if zero >= 3 else 0
+    if zero >= 3 and replicated_core:  # then the largest gathered module lies outside the core
+        largest_module = max(embedding_params(c) / (1 if c.tie_embeddings else 2), dense_block_params(c) / tp)
     tokens = micro_batch * seq
     loops = c.resolved_max_loops
     acts = tokens * c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + 34 * tokens * c.dim * w_bytes / tp + tokens * c.vocab_size * 4 / tp
@@ -237,55 +257,3 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
                 activations_gib=acts / gib)
     return MemoryPlan(gpus=gpus, tp=tp, ep=ep, zero=zero, dp=dp, params_per_gpu=weight_params,
                       total_gib=sum(plan.values()), **plan)
-
-
-def _fmt(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--config", help="model config JSON (overrides --preset)")
-    parser.add_argument("--seq-length", type=int, default=None)
-    parser.add_argument("--loops", type=int, default=None, help="loop count for effective params / FLOPs")
-    parser.add_argument("--gpus", type=int, default=None, help="also print the per-GPU memory plan")
-    parser.add_argument("--tp", type=int, default=1)
-    parser.add_argument("--ep", type=int, default=1)
-    parser.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3])
-    parser.add_argument("--micro-batch-size", type=int, default=1)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
-    report = asdict(count(config, args.seq_length, args.loops))
-    if args.gpus:
-        report["memory_plan"] = asdict(memory_plan(config, args.gpus, args.tp, args.ep, args.zero,
-                                                   args.micro_batch_size, args.seq_length))
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
-        return 0
-    name = args.config or args.preset
-    print(f"{name}: total {_fmt(report['total'])} params "
-          f"(embeddings {_fmt(report['embedding'])}, prelude+coda {_fmt(report['prelude_coda'])}, "
-          f"recurrent {_fmt(report['recurrent'])} of which routed experts {_fmt(report['routed_experts'])})")
-    print(f"  active per token      {_fmt(report['active_per_token'])}")
-    print(f"  effective per token   {_fmt(report['effective_per_token'])}  (recurrent block x loops)")
-    print(f"  training FLOPs/token  {_fmt(report['train_flops_per_token'])}  "
-          f"(+{_fmt(report['recompute_flops_per_token'])} recompute with per-loop checkpointing)")
-    print(f"  KV cache per token    {report['kv_cache_bytes_per_token']} bytes (bf16)")
-    if args.gpus:
-        plan = report["memory_plan"]
-        print(f"  memory per GPU        {plan['total_gib']:.1f} GiB on {plan['gpus']} GPUs "
-              f"(tp {plan['tp']}, ep {plan['ep']}, dp {plan['dp']}, ZeRO-{plan['zero']}): "
-              f"weights {plan['weights_gib']:.1f}, grads {plan['grads_gib']:.1f}, "
-              f"optimizer {plan['optimizer_gib']:.1f}, gathered {plan['gathered_working_gib']:.1f}, "
-              f"activations {plan['activations_gib']:.1f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

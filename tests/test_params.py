@@ -11,7 +11,8 @@ import torch
 from conftest import small_config
 from megamythos.config import PRESETS, get_preset
 from megamythos.model import MythosLM
-from megamythos.params import PartCounts, checkpointed_loop_states, count, main, memory_plan, parts
+from megamythos.params import PartCounts, checkpointed_loop_states, count, memory_plan, parts
+from megamythos.plan import main
 
 # parameter names of MythosLM (re.fullmatch) that make up each PartCounts field
 PART_NAMES = {

@@ -8,7 +8,9 @@ package holds everything that depends on DeepSpeed's contract:
   ds_config sections, written from the model config (a mismatch there silently changes the maths);
 - after it: :func:`adapt_engine_module` completes what AutoTP and AutoEP did to the model (see
   :mod:`.tensor_parallel` and :mod:`.expert_parallel`);
-- at export: :func:`autoep_to_model_names` maps AutoEP's checkpoint names back to the model's.
+- at export: :func:`autoep_to_model_names` maps AutoEP's checkpoint names back to the model's;
+- under ZeRO-3, after it: :func:`replicate_recurrent_core` bounds how often the shared recurrent block is
+  gathered per step (see :mod:`.zero`).
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from megamythos.config import ModelConfig
 from megamythos.parallel.expert_parallel import (MOE_LAYER_PATTERN, adapt_autoep_layers, autoep_section,
                                                  autoep_to_model_names)
 from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, autotp_section, sum_rope_key_grad
+from megamythos.parallel.zero import replicate_recurrent_core
 
 __all__ = ["MOE_LAYER_PATTERN", "TP_COLUMN_PATTERNS", "TP_ROW_PATTERNS", "adapt_engine_module",
-           "autoep_to_model_names", "ds_config_sections"]
+           "autoep_to_model_names", "ds_config_sections", "replicate_recurrent_core"]
 
 
 def ds_config_sections(config: ModelConfig, tp: int, ep: int, ep_template: Mapping[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,7 @@ class TrainArgs:
     ep: int | None = None
     zero: int | None = None
     bf16: bool | None = None
+    recurrent_zero: int = 2  # under ZeRO-3: 2 keeps the recurrent core's weights gathered (megamythos.parallel.zero)
     local_rank: int = -1  # set by the deepspeed launcher
 
     def __post_init__(self) -> None:
@@ -110,6 +111,7 @@ class TrainArgs:
             value = getattr(self, name)
             _check(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         _check(self.zero is None or self.zero in (0, 1, 2, 3), f"--zero must be 0, 1, 2 or 3, got {self.zero}")
+        _check(self.recurrent_zero in (2, 3), f"--recurrent-zero must be 2 or 3, got {self.recurrent_zero}")
         _check(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}")
         _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
         _check(0.0 < self.wsd_decay_fraction <= 1.0, "--wsd-decay-fraction must lie in (0, 1]")
@@ -217,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--zero", type=int, help="ZeRO stage")
     g.add_argument("--bf16", dest="bf16", action="store_true", default=None)
     g.add_argument("--no-bf16", dest="bf16", action="store_false")
+    add("--recurrent-zero", type=int, choices=(2, 3),
+        help="under ZeRO-3, the stage of the recurrent core's parameters: 2 = weights replicated, gathered once "
+             "per step whatever the loop count; 3 = partitioned, gathered for every use of the block")
     p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 

@@ -27,10 +27,11 @@ from megamythos.data.pretraining import DataError, DataSetup, batches, build_dat
 from megamythos.errors import UserError, run_cli
 from megamythos.model import MythosLM, weight_decay_param_groups
 from megamythos.moe import expert_bias_state, load_expert_bias_state, update_expert_bias
-from megamythos.parallel import adapt_engine_module
+from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
 from megamythos.params import count
 from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.tokenizer import Tokenizer
+from megamythos.training import comm_stats
 from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
@@ -94,6 +95,7 @@ class Trainer:
 
         self.args = args
         self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
+        self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed()
         setup_logging(self.rank)
         template = load_template(args.ds_config)
@@ -123,6 +125,8 @@ class Trainer:
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
+        if args.recurrent_zero == 2:
+            replicate_recurrent_core(self.engine)
         self.iteration = 0
         self.consumed = 0
         self.guard = NonFiniteGuard(args.max_nonfinite)
@@ -191,6 +195,7 @@ class Trainer:
     def train_step(self, data: Iterator) -> dict[str, Any]:
         """One optimizer step over ``grad_accum`` micro-batches; non-finite micro-batches are skipped."""
         cfg = self.config
+        self.comm.reset()
         n_loops = sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, self.args.seed,
                                     self.iteration)
         lm, aux, stats = [], [], {}
@@ -218,7 +223,8 @@ class Trainer:
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
         lm_loss, aux_loss = self.world_mean([sum(lm) / len(lm), sum(aux) / len(aux)])
-        return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe}
+        return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe,
+                "comm": self.comm.scalars()}
 
     def log_step(self, step: dict[str, Any], seconds: float) -> None:
         tokens_per_sec = self.layout.global_batch_size * self.args.seq_length / seconds
@@ -245,6 +251,7 @@ class Trainer:
         for i, norm in enumerate(stats.get("state_norm", torch.empty(0)).flatten().tolist()):
             values[f"recurrent/state-norm/loop-{i:02d}"] = norm
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
+        values.update(step["comm"])
         self.monitor.scalars(values, self.iteration, self.consumed)
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
                              **{k: v for k, v in values.items() if "/state-norm/" not in k and "/exit-share/" not in k},
