@@ -98,6 +98,7 @@ class TrainArgs:
     ep: int | None = None
     zero: int | None = None
     bf16: bool | None = None
+    compile: bool = False  # torch.compile each prelude/coda block and the shared recurrent block
     local_rank: int = -1  # set by the deepspeed launcher
 
     def __post_init__(self) -> None:
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--zero", type=int, help="ZeRO stage")
     g.add_argument("--bf16", dest="bf16", action="store_true", default=None)
     g.add_argument("--no-bf16", dest="bf16", action="store_false")
+    add("--compile", action="store_true", help="torch.compile each prelude/coda block and the recurrent block")
     p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 

@@ -53,6 +53,8 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
+    log.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
+             "unless `make install` prebuilt it)")
     deepspeed.init_distributed()
     return dist.get_rank(), dist.get_world_size()
 
@@ -163,12 +165,13 @@ class Trainer:
 
     def __init__(self, args: TrainArgs) -> None:
         import deepspeed
-        from megamythos.model import MythosLM, weight_decay_param_groups
+        from megamythos.model import DenseBlock, MythosLM, compile_blocks, weight_decay_param_groups
+        from megamythos.recurrent import RecurrentBlock
         from megamythos.parallel import adapt_engine_module
 
         self.args = args
+        setup_logging(int(os.environ.get("RANK", "0")))
         self.rank, self.world = init_distributed()
-        setup_logging(self.rank)
         template = load_template(args.ds_config)
         self.layout = resolve_layout(template, args, self.world)
         base = get_preset(args.preset)
@@ -183,6 +186,9 @@ class Trainer:
 
         seed_everything(args.seed)
         model = MythosLM(self.config)
+        if args.compile:  # ZeRO-3 fetches a block's parameters at the block, so no hook runs inside its graph
+            from deepspeed.utils import set_z3_leaf_modules
+            set_z3_leaf_modules(model, [DenseBlock, RecurrentBlock])
         # Named groups: DeepSpeed splits each into expert / non-expert groups by name under AutoEP, and moves
         # the expert weights AutoEP replaces into the group of the weights they replace.
         param_groups = [{**group, "name": f"params-{i}"}
@@ -199,6 +205,8 @@ class Trainer:
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
+        if args.compile:
+            log.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))
         self.iteration = 0
         self.consumed = 0
         self.guard = NonFiniteGuard(args.max_nonfinite)
@@ -208,6 +216,8 @@ class Trainer:
             train_record={"args": args.to_dict(), "data_path": self.data.data_path, "total_iters": self.total_iters,
                           "global_batch_size": self.layout.global_batch_size})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
+        if not args.peak_tflops:
+            log.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if args.load:
