@@ -160,8 +160,8 @@ def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dic
 def compile_blocks(model: nn.Module, **options: object) -> list[str]:
     """torch.compile the forward of every prelude/coda block and of the shared recurrent block, in place.
 
-    Only each block's ``forward`` is compiled, not its ``__call__``: module hooks (ZeRO-3's parameter fetches)
-    stay eager around the graph. The recurrent block is compiled once and reused at every loop index: the loop
+    Only each block's ``forward`` is compiled, not its ``__call__``: hooks on the block stay eager around the
+    graph (hooks on its submodules, as ZeRO-3 registers them, would break it into pieces). The recurrent block is compiled once and reused at every loop index: the loop
     index t, the loop count and the per-loop LoRA / loop-index signal live in :class:`RecurrentCore`, outside
     the block, so they never specialise its graph. ``options`` go to ``torch.compile``. Returns the module names.
     """

@@ -165,8 +165,7 @@ class Trainer:
 
     def __init__(self, args: TrainArgs) -> None:
         import deepspeed
-        from megamythos.model import DenseBlock, MythosLM, compile_blocks, weight_decay_param_groups
-        from megamythos.recurrent import RecurrentBlock
+        from megamythos.model import MythosLM, compile_blocks, weight_decay_param_groups
         from megamythos.parallel import adapt_engine_module
 
         self.args = args
@@ -178,6 +177,9 @@ class Trainer:
         self.config = get_preset(args.preset, **{"max_seq_len": max(base.max_seq_len, args.seq_length),
                                                  **args.model_overrides()})
         self.layout.check_model(self.config)
+        if args.compile and self.layout.zero == 3:
+            raise ArgumentError("--compile needs ZeRO stage 0-2 (--zero 2): ZeRO-3 fetches parameters in a hook of "
+                                "every submodule, which breaks each compiled block into many graphs")
         self.data = resolve_data(args, self.config, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
@@ -186,9 +188,6 @@ class Trainer:
 
         seed_everything(args.seed)
         model = MythosLM(self.config)
-        if args.compile:  # ZeRO-3 fetches a block's parameters at the block, so no hook runs inside its graph
-            from deepspeed.utils import set_z3_leaf_modules
-            set_z3_leaf_modules(model, [DenseBlock, RecurrentBlock])
         # Named groups: DeepSpeed splits each into expert / non-expert groups by name under AutoEP, and moves
         # the expert weights AutoEP replaces into the group of the weights they replace.
         param_groups = [{**group, "name": f"params-{i}"}
