@@ -171,3 +171,30 @@ def test_gpu_check_numerics_pass_on_cpu_and_catch_a_wrong_kernel() -> None:
     errors = gpu_check.compare(lambda *t: attend(*t, None, False, 0.25),
                                lambda *t: gpu_check.reference_attention(*t, 0.25), [q, k, v], torch.bfloat16)
     assert errors["output"] > gpu_check.TOL
+
+
+# ------------------------------------------------------------------------------------------------ bf16 training
+# |bf16 - fp32| lm loss per step and its mean over the run, on losses 5.9 -> 4.5; measured 2026-12-01:
+# max 0.023 (one step), mean 0.004
+BF16_LOSS_TOL, BF16_MEAN_TOL = 0.05, 0.01
+
+
+@pytest.mark.distributed
+def test_bf16_training_tracks_fp32(tmp_path) -> None:
+    """DeepSpeed's bf16 section (bf16 weights and activations, fp32 master weights and Adam state, fp32 LTI
+    state) against fp32: 12 steps of the tiny test model at lr 1e-2, 1 process, ZeRO-3, same data and seed.
+    The per-step lm loss differs by at most BF16_LOSS_TOL, and by BF16_MEAN_TOL on average."""
+    from train_utils import build_corpus, losses, run, tiny_args
+
+    corpus = build_corpus(tmp_path / "corpus")
+    runs = {}
+    for name, flag in (("fp32", "--no-bf16"), ("bf16", "--bf16")):
+        out = tmp_path / name
+        run(1, [*tiny_args(corpus, 12), "--zero", "3", flag, "--save", str(out / "ckpt"), "--save-interval", "0",
+                "--metrics-file", str(out / "metrics.jsonl")], out / "log.txt")
+        runs[name] = losses(out / "metrics.jsonl")
+    assert sorted(runs["bf16"]) == sorted(runs["fp32"]) == list(range(1, 13))
+    diffs = {i: abs(runs["bf16"][i] - runs["fp32"][i]) for i in runs["fp32"]}
+    assert max(diffs.values()) <= BF16_LOSS_TOL, diffs
+    assert sum(diffs.values()) / len(diffs) <= BF16_MEAN_TOL, diffs
+    assert runs["bf16"][12] < runs["bf16"][1] - 0.5  # and it learns
