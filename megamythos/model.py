@@ -161,9 +161,10 @@ def compile_blocks(model: nn.Module, **options: object) -> list[str]:
     """torch.compile the forward of every prelude/coda block and of the shared recurrent block, in place.
 
     Only each block's ``forward`` is compiled, not its ``__call__``: hooks on the block stay eager around the
-    graph (hooks on its submodules, as ZeRO-3 registers them, would break it into pieces). The recurrent block is compiled once and reused at every loop index: the loop
-    index t, the loop count and the per-loop LoRA / loop-index signal live in :class:`RecurrentCore`, outside
-    the block, so they never specialise its graph. ``options`` go to ``torch.compile``. Returns the module names.
+    graph (hooks on its submodules, as ZeRO-3 registers them, would break it into pieces). The recurrent block
+    is compiled once and reused at every loop index: the loop index t, the loop count and the per-loop LoRA /
+    loop-index signal live in :class:`RecurrentCore`, outside the block, so they never specialise its graph
+    (truncated BPTT adds one no-grad graph). ``options`` go to ``torch.compile``. Returns the module names.
     """
     names = []
     for name, module in model.named_modules():
