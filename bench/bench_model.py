@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megamythos.config import ModelConfig, get_preset, parse_override
-from megamythos.model import MythosLM
+from megamythos.model import MythosLM, compile_blocks
 from megamythos.moe import MoE, MoEOutput, update_expert_bias
 from megamythos.params import count, parts
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token
@@ -43,7 +43,10 @@ except ImportError as err:  # the reference lives only in the bench environment
     raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, see bench/README.md")
 
 Step = Callable[[], None]
-GOALS = {"train_step_vs_reference": 3.0, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5}
+GOALS = {"train_step_vs_reference": 3.0, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5,
+         "share_of_bf16_matmul_ceiling": 0.25}
+TRAIN_MODES = ["ours_matched", "ours_bf16", "ours_bf16_compiled", "reference", "reference_bf16_autocast",
+               "ours_preset", "dense_gpt"]
 PRESET_NAMES = ["1b", "3b", "10b", "50b", "100b", "500b", "1t"]
 
 
@@ -72,10 +75,18 @@ def summarise(seconds: list[float], tokens: int, flops_per_token: float) -> dict
             "gflops_per_s": flops_per_token * tokens / median / 1e9, "samples_s": seconds}
 
 
-def matmul_step(n: int) -> Step:
-    """An n x n x n fp32 matmul: the compute ceiling of this core under the same load, for reference."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_step(n: int, dtype: torch.dtype = torch.float32) -> Step:
+    """An n x n x n matmul: the compute ceiling of this core in ``dtype`` under the same load, for reference."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return lambda: torch.mm(a, b)
+
+
+def aten_ops_per_call(step: Step) -> int:
+    """ATen ops (nested calls included) one call of ``step`` dispatches, counted with the profiler, which
+    unlike a dispatch mode leaves compiled code on its compiled path."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(1 for event in prof.events() if event.name.startswith("aten::"))
 
 
 class CallCounter:
@@ -155,7 +166,9 @@ def dense_gpt_config(ours: ModelConfig, seq: int, loops: int) -> tuple[ModelConf
 
 # ------------------------------------------------------------------------------------------------ benchmarks
 def ours_step(model: MythosLM, ids: torch.Tensor, labels: torch.Tensor, loops: int) -> Step:
-    """Our training step: CE + aux loss (MoE balance), AdamW, aux-loss-free expert-bias update."""
+    """Our training step: CE + aux loss (MoE balance), AdamW, aux-loss-free expert-bias update. A model in
+    bf16 trains as under DeepSpeed's bf16 section: bf16 weights and activations (the optimizer here updates
+    the bf16 weights; DeepSpeed's fp32 master copy adds one cast per step, not timed), fp32 LTI state."""
     def loss_of() -> torch.Tensor:
         out = model(ids, labels=labels, n_loops=loops)
         return out.loss + out.aux_loss
@@ -163,55 +176,89 @@ def ours_step(model: MythosLM, ids: torch.Tensor, labels: torch.Tensor, loops: i
     return train_step(model, loss_of, lambda: update_expert_bias(model, model.config.expert_bias_update_rate))
 
 
-def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, loops: int) -> Step:
-    """Reference training step. Passing a (fresh, empty) kv_cache is the reference's own switch that disables
-    its ACT early exit, so every one of the ``loops`` iterations runs; the cache only stores detached latents."""
+def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, loops: int,
+                   autocast: bool = False) -> Step:
+    """Reference training step (with ``autocast``: under bf16 autocast, its best mode). Passing a (fresh,
+    empty) kv_cache is the reference's own switch that disables its ACT early exit, so every one of the
+    ``loops`` iterations runs; the cache only stores detached latents."""
     def loss_of() -> torch.Tensor:
-        logits = model(ids, n_loops=loops, kv_cache={})
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(ids, n_loops=loops, kv_cache={})
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
 
     return train_step(model, loss_of)
 
 
-def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int) -> dict[str, Any]:
-    """Train-step tokens/s: ours vs the reference (matched widths), and our preset vs a FLOP-matched dense GPT."""
+def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int,
+                modes: list[str]) -> dict[str, Any]:
+    """Train-step tokens/s of the ``modes`` (names below): ours vs the reference (matched widths) in fp32,
+    bf16 and bf16 compiled (ours) / bf16 autocast (reference), our preset vs a FLOP-matched dense GPT, and the
+    fp32 and bf16 1024^3 matmul ceilings of the core in the same rounds."""
     torch.manual_seed(0)
     ours_cfg, ref_cfg = matched_configs(preset, seq, loops)
     preset_cfg = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
     dense_cfg, dense_layers = dense_gpt_config(preset_cfg, seq, loops)
     ids = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
     labels = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
-    models = {"ours_matched": MythosLM(ours_cfg).train(), "reference": om.OpenMythos(ref_cfg).train(),
-              "ours_preset": MythosLM(preset_cfg).train(), "dense_gpt": DenseLM(dense_cfg, dense_layers).train()}
-    counters = {name: CallCounter(models[name].recurrent.block)
-                for name in ("ours_matched", "reference", "ours_preset")}
-    steps = {"ours_matched": ours_step(models["ours_matched"], ids, labels, loops),
-             "reference": reference_step(models["reference"], ids, labels, loops),
-             "ours_preset": ours_step(models["ours_preset"], ids, labels, loops),
-             "dense_gpt": train_step(models["dense_gpt"], lambda: models["dense_gpt"](ids, labels).loss),
-             "matmul_1024": matmul_step(1024)}
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "ours_matched": lambda: MythosLM(ours_cfg),
+        "ours_bf16": lambda: MythosLM(ours_cfg).bfloat16(),
+        "ours_bf16_compiled": lambda: MythosLM(ours_cfg).bfloat16(),
+        "reference": lambda: om.OpenMythos(ref_cfg),
+        "reference_bf16_autocast": lambda: om.OpenMythos(ref_cfg),
+        "ours_preset": lambda: MythosLM(preset_cfg),
+        "dense_gpt": lambda: DenseLM(dense_cfg, dense_layers)}
+    models = {name: builders[name]().train() for name in modes if name in builders}
+    if "ours_bf16_compiled" in models:
+        compile_blocks(models["ours_bf16_compiled"])
+    counters = {name: CallCounter(model.recurrent.block) for name, model in models.items() if name != "dense_gpt"}
+    steps: dict[str, Step] = {}
+    for name, model in models.items():
+        if name.startswith("ours"):
+            steps[name] = ours_step(model, ids, labels, loops)
+        elif name.startswith("reference"):
+            steps[name] = reference_step(model, ids, labels, loops, autocast=name.endswith("autocast"))
+        else:
+            steps[name] = train_step(model, lambda: models["dense_gpt"](ids, labels).loss)
+    steps["matmul_1024"], steps["matmul_1024_bf16"] = matmul_step(1024), matmul_step(1024, torch.bfloat16)
     seconds = time_interleaved(steps, rounds, warmup)
     for name, counter in counters.items():  # exactly `loops` block calls per step, no early exit, no recompute
         assert counter.calls == loops * (rounds + warmup), f"{name}: {counter.calls} block calls"
     matched_flops = count(ours_cfg, seq_len=seq, n_loops=loops).train_flops_per_token
-    flops = {"ours_matched": matched_flops, "reference": matched_flops,  # identical widths, identical matmuls
-             "ours_preset": count(preset_cfg, seq_len=seq, n_loops=loops).train_flops_per_token,
-             "dense_gpt": dense_train_flops_per_token(dense_cfg, dense_layers, seq)}
-    params = {"ours_matched": count(ours_cfg).total, "reference": reference_params(models["reference"]),
-              "ours_preset": count(preset_cfg).total, "dense_gpt": dense_params(dense_cfg, dense_layers)}
-    results = {name: {**summarise(seconds[name], batch * seq, flops[name]), "params": params[name],
+    preset_flops = count(preset_cfg, seq_len=seq, n_loops=loops).train_flops_per_token
+    flops = {name: preset_flops if name == "ours_preset" else matched_flops for name in models}
+    if "dense_gpt" in models:
+        flops["dense_gpt"] = dense_train_flops_per_token(dense_cfg, dense_layers, seq)
+    params = {"ours_matched": count(ours_cfg).total, "ours_preset": count(preset_cfg).total,
+              "dense_gpt": dense_params(dense_cfg, dense_layers)}
+    results = {name: {**summarise(seconds[name], batch * seq, flops[name]),
+                      "params": params.get(name, params["ours_matched"]) if name.startswith(("ours", "dense"))
+                      else reference_params(models[name]),
                       "train_flops_per_token": flops[name]} for name in models}
-    matmul_s = statistics.median(seconds["matmul_1024"])
-    results["matmul_1024"] = {"median_s": matmul_s, "gflops_per_s": 2.0 * 1024 ** 3 / matmul_s / 1e9}
-    return {
+    for name in ("matmul_1024", "matmul_1024_bf16"):
+        matmul_s = statistics.median(seconds[name])
+        results[name] = {"median_s": matmul_s, "gflops_per_s": 2.0 * 1024 ** 3 / matmul_s / 1e9}
+    out: dict[str, Any] = {
         "shape": {"batch": batch, "seq": seq, "loops": loops, "executed_loops_per_step": loops},
-        "configs": {"ours_matched": ours_cfg.to_dict(), "reference": vars(ref_cfg), "ours_preset": preset_cfg.to_dict(),
+        "configs": {"ours": ours_cfg.to_dict(), "reference": vars(ref_cfg), "ours_preset": preset_cfg.to_dict(),
                     "dense_gpt": {**dense_cfg.to_dict(), "n_layers": dense_layers}},
         "results": results,
-        "train_step_vs_reference": ratio(results["ours_matched"], results["reference"], "train_step_vs_reference"),
-        "vs_dense_equal_flops": {**ratio(results["ours_preset"], results["dense_gpt"], "vs_dense_equal_flops"),
-                                 "flops_ratio": flops["ours_preset"] / flops["dense_gpt"]},
+        "aten_ops_per_step": {name: aten_ops_per_call(steps[name]) for name in models if name.startswith("ours")},
     }
+    ours = [name for name in models if name.startswith("ours_") and name != "ours_preset"]
+    refs = [name for name in models if name.startswith("reference")]
+    if ours and refs:
+        best_ours = max(ours, key=lambda name: results[name]["tokens_per_s"])
+        best_ref = max(refs, key=lambda name: results[name]["tokens_per_s"])
+        out["train_step_vs_reference"] = {"ours": best_ours, "reference": best_ref,
+                                          **ratio(results[best_ours], results[best_ref], "train_step_vs_reference")}
+        out["share_of_bf16_matmul_ceiling"] = {
+            "ours": best_ours, "share": results[best_ours]["gflops_per_s"] / results["matmul_1024_bf16"]["gflops_per_s"],
+            "goal": GOALS["share_of_bf16_matmul_ceiling"]}
+    if {"ours_preset", "dense_gpt"} <= set(models):
+        out["vs_dense_equal_flops"] = {**ratio(results["ours_preset"], results["dense_gpt"], "vs_dense_equal_flops"),
+                                       "flops_ratio": flops["ours_preset"] / flops["dense_gpt"]}
+    return out
 
 
 def moe_pair(dim: int, expert_dim: int, n_experts: int, top_k: int, ref_shared: int) -> tuple[nn.Module, nn.Module]:
@@ -336,9 +383,9 @@ def summary(train: dict[str, Any], moe: list[dict[str, Any]]) -> dict[str, Any]:
         return {name: {key: round(r[key], 2) for key in ("tokens_per_s", "gflops_per_s") if key in r}
                 for name, r in part["results"].items()}
 
-    out: dict[str, Any] = {"train": figures(train),
-                           "train_step_vs_reference": train["train_step_vs_reference"],
-                           "vs_dense_equal_flops": train["vs_dense_equal_flops"]}
+    out: dict[str, Any] = {"train": figures(train), "aten_ops_per_step": train["aten_ops_per_step"],
+                           **{key: train[key] for key in ("train_step_vs_reference", "share_of_bf16_matmul_ceiling",
+                                                          "vs_dense_equal_flops") if key in train}}
     for part in moe:
         out[f"moe_F{part['shape']['expert_dim']}"] = {**figures(part), "vs_reference": part["moe_vs_reference"],
                                                       "routed_only_vs_reference": part["moe_routed_only_vs_reference"]}
@@ -366,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="comma-separated expert widths, '' for none; the first is the headline (tiny: 256)")
     speed.add_argument("--moe-rounds", type=int, default=9)
     speed.add_argument("--warmup", type=int, default=1)
+    speed.add_argument("--modes", default=",".join(TRAIN_MODES), help="comma-separated train-step modes")
     speed.add_argument("--threads", type=int, default=1)
     speed.add_argument("--out", default="bench/results/model.json")
     params = sub.add_parser("params", help="parameter counts of the presets against the reference")
@@ -381,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     base = get_preset(args.preset, **dict(parse_override(item) for item in args.set))
     moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup)
            for f in args.moe_expert_dims.split(",") if f]
-    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup)
+    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup, args.modes.split(","))
     env["load_avg_end"] = os.getloadavg()
     payload = {"command": shlex.join(["bench/bench_model.py", *(argv if argv is not None else sys.argv[1:])]),
                "environment": env, "train": train, "moe": moe}

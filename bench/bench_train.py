@@ -11,8 +11,8 @@ process: build the model, run a 1-loop warm-up step (allocates gradients), retur
 ``VmHWM - RSS before the step``: the activations kept for backward plus the transient peak of the backward pass.
 
 ``throughput``: tokens/s of the default run (``launchers/pretrain.sh`` defaults: tiny preset, default corpus,
-seq 128, micro batch 4 per process, ZeRO-3) with 1 and 2 processes, median over iterations after a warm-up.
-Results are merged into the JSON file given by ``--out``.
+seq 128, micro batch 4 per process, ZeRO-3) with 1 and 2 processes, median over iterations after a warm-up,
+for each ``--variant NAME=FLAGS`` (default: fp32, bf16, bf16 with ZeRO-2, and that with --compile). Results are merged into the JSON file given by ``--out``.
 """
 from __future__ import annotations
 
@@ -97,27 +97,36 @@ def memory(batch: int, seq: int) -> dict[str, Any]:
             "goal_ratio_with_checkpointing": 1.15}
 
 
-def throughput(iters: int, warmup: int) -> dict[str, Any]:
-    results = {}
+# --compile needs ZeRO 0-2 (ZeRO-3's per-submodule fetch hooks break the compiled blocks), hence ZeRO-2 there
+VARIANTS = {"fp32": "--no-bf16", "bf16": "--bf16", "bf16_zero2": "--bf16 --zero 2",
+            "bf16_zero2_compile": "--bf16 --zero 2 --compile"}
+
+
+def throughput(iters: int, warmup: int, variants: dict[str, str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))}
     env.pop("OMP_NUM_THREADS", None)  # the launcher's default: cores / processes
     for nproc in (1, 2):
-        with tempfile.TemporaryDirectory() as tmp:
-            metrics = Path(tmp) / "metrics.jsonl"
-            cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc), "--master-port",
-                   str(29700 + nproc), "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval", "0",
-                   "--eval-interval", "0", "--metrics-file", str(metrics)]
-            subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            records = [json.loads(line) for line in metrics.read_text().splitlines()]
-            steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
-            results[f"{nproc}_process"] = {
-                "tokens_per_sec_median": statistics.median(r["tokens-per-sec"] for r in steady),
-                "iteration_seconds_median": statistics.median(r["iteration-time"] for r in steady),
-                "global_batch": records[-1]["consumed_samples"] // records[-1]["iteration"],
-                "tflops_per_process_median": statistics.median(r["tflops"] for r in steady),
-                "iterations": iters, "warmup_excluded": warmup, "command": " ".join(cmd)}
-            print(nproc, results[f"{nproc}_process"], flush=True)
+        for name, flags in variants.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                metrics = Path(tmp) / "metrics.jsonl"
+                cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc), "--master-port",
+                       str(29700 + nproc), "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval",
+                       "0", "--eval-interval", "0", "--metrics-file", str(metrics), *flags.split()]
+                subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                records = [json.loads(line) for line in metrics.read_text().splitlines()]
+                steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
+                key = f"{nproc}_process" + ("" if name == "default" else f"_{name}")
+                results[key] = {
+                    "tokens_per_sec_median": statistics.median(r["tokens-per-sec"] for r in steady),
+                    "iteration_seconds_median": statistics.median(r["iteration-time"] for r in steady),
+                    "global_batch": records[-1]["consumed_samples"] // records[-1]["iteration"],
+                    "tflops_per_process_median": statistics.median(r["tflops"] for r in steady),
+                    "mfu_median": statistics.median(r["mfu"] for r in steady),
+                    "lm_loss_last": records[-1].get("lm loss"),
+                    "iterations": iters, "warmup_excluded": warmup, "command": " ".join(cmd)}
+                print(key, results[key], flush=True)
     return results
 
 
@@ -138,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("throughput")
     t.add_argument("--iters", type=int, default=40)
     t.add_argument("--warmup", type=int, default=5)
+    t.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="trainer flags of one variant (repeatable); default: " + ", ".join(VARIANTS))
     for s in (m, t):
         s.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
     c = sub.add_parser("_memory_child")
@@ -149,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "_memory_child":
         print(json.dumps(memory_child(args.loops, args.mode, args.batch, args.seq)))
         return 0
-    result = memory(args.batch, args.seq) if args.cmd == "memory" else throughput(args.iters, args.warmup)
+    if args.cmd == "memory":
+        result = memory(args.batch, args.seq)
+    else:
+        result = throughput(args.iters, args.warmup,
+                            dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS)
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {}
     data[args.cmd] = {**result, "environment": environment()}

@@ -59,20 +59,48 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
     return flash_attn_func
 
 
+# Up to this many scores per (batch, head) the explicit-matmul path is used for bf16 on CPU (its fp32 score
+# matrix is S x L: 16 MiB at 2048 x 2048); longer sequences take SDPA's flash kernel, which never materialises it.
+_MATMUL_ATTENTION_MAX_SCORES = 2048 * 2048
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                     scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v with two batched matmuls and an fp32 softmax, for [B, S, h, d] inputs.
+
+    On CPU in bf16 this beats SDPA's flash kernel at head widths of 32-64 (the matmuls run on AMX tiles; the
+    flash kernel's blocked loop does not), and needs no padding of v. Causal: query i (at position L - S + i)
+    attends to keys 0..L - S + i.
+    """
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale
+    if causal:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - q.shape[2])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v).transpose(1, 2)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
            scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v for q [B, S, h, dq], k [B, L, h, dq], v [B, L, h, dv] -> [B, S, h, dv].
 
-    Uses flash-attn on CUDA in half precision when it is installed, else PyTorch SDPA. A value width below
-    the query width (MLA: v_head_dim < nope + rope) is zero-padded and the output sliced back, since the
-    fused kernels (flash-attn, SDPA's flash path with causal skipping) need equal widths; the math is unchanged.
+    Kernel by device and dtype: flash-attn on CUDA in half precision when it is installed; on CPU in bf16
+    :func:`matmul_attention` (up to ``_MATMUL_ATTENTION_MAX_SCORES`` scores per head); else PyTorch SDPA. For
+    the fused kernels a value width below the query width (MLA: v_head_dim < nope + rope) is zero-padded and
+    the output sliced back, since they (flash-attn, SDPA's flash path with causal skipping) need equal widths;
+    the math is unchanged.
     """
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and q.shape[1] * k.shape[1] <= _MATMUL_ATTENTION_MAX_SCORES):
+        return matmul_attention(q, k, v, mask, causal, scale)
     dv = v.shape[-1]
     if dv < q.shape[-1]:
         v = F.pad(v, (0, q.shape[-1] - dv))
-    flash = _flash_attn_func()
-    if flash is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
-        return flash(q, k, v, softmax_scale=scale, causal=causal)[..., :dv]
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
+        flash = _flash_attn_func()
+        if flash is not None:
+            return flash(q, k, v, softmax_scale=scale, causal=causal)[..., :dv]
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                          attn_mask=mask, is_causal=causal and mask is None, scale=scale)
     return out.transpose(1, 2)[..., :dv]

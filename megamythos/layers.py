@@ -1,13 +1,30 @@
 """Building blocks shared by every part of the model: RMSNorm, SwiGLU, rotary embeddings."""
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+@functools.lru_cache(maxsize=1)
+def _apex_rms_norm() -> Callable[..., torch.Tensor] | None:
+    """NVIDIA apex's fused ``fused_rms_norm_affine(x, weight, shape, eps)`` when apex is built with its CUDA
+    extensions, else None (lazy import; the PyPI package named ``apex`` is another project and fails here)."""
+    try:
+        from apex.normalization.fused_layer_norm import fused_rms_norm_affine  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+    return fused_rms_norm_affine
+
+
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and returned in the input dtype."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and returned in the input dtype.
+
+    On CUDA with apex installed and x, weight of one dtype, apex's fused kernel computes the same (fp32 inside).
+    """
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -15,6 +32,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and x.dtype == self.weight.dtype:
+            fused = _apex_rms_norm()
+            if fused is not None:
+                return fused(x, self.weight, self.weight.shape, self.eps)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(x.dtype)

@@ -12,9 +12,9 @@ from megamythos.attention import LayerKVCache, build_attention
 from megamythos.config import ModelConfig
 from megamythos.layers import RMSNorm, SwiGLU
 from megamythos.params import forward_flops_per_token
-from megamythos.recurrent import RecurrentCore, sample_loop_count
+from megamythos.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
 
-__all__ = ["DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "sample_loop_count",
+__all__ = ["DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "compile_blocks", "sample_loop_count",
            "weight_decay_param_groups"]
 
 
@@ -155,3 +155,20 @@ def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dic
         if param.requires_grad:
             (no_decay if _no_decay(name, param) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def compile_blocks(model: nn.Module, **options: object) -> list[str]:
+    """torch.compile the forward of every prelude/coda block and of the shared recurrent block, in place.
+
+    Only each block's ``forward`` is compiled, not its ``__call__``: hooks on the block stay eager around the
+    graph (hooks on its submodules, as ZeRO-3 registers them, would break it into pieces). The recurrent block
+    is compiled once and reused at every loop index: the loop index t, the loop count and the per-loop LoRA /
+    loop-index signal live in :class:`RecurrentCore`, outside the block, so they never specialise its graph
+    (truncated BPTT adds one no-grad graph). ``options`` go to ``torch.compile``. Returns the module names.
+    """
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, (DenseBlock, RecurrentBlock)):
+            module.forward = torch.compile(module.forward, **options)
+            names.append(name)
+    return names

@@ -52,15 +52,54 @@ def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     return all((d * x.element_size()) % 16 == 0 for d in (x.shape[-1], w.shape[-1], w.shape[-2]))
 
 
+@torch.library.custom_op("megamythos::grouped_mm", mutates_args=())
+def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """torch._grouped_mm(a, b, offs=offsets) as an op that torch.compile does not look into.
+
+    a [N, in] x b [G, in, out] -> [N, out] (rows of a grouped by offsets), or a [in, N] x b [N, out] ->
+    [G, in, out] (the weight gradient: the shared dim N grouped). Wrapped because the fake-tensor rule of
+    aten._grouped_mm accepts only bf16, while the CPU kernel also runs fp32.
+    """
+    return torch._grouped_mm(a, b, offs=offsets)
+
+
+@_grouped_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    if b.dim() == 3:
+        return a.new_empty(a.shape[0], b.shape[-1])
+    return a.new_empty(offsets.shape[0], a.shape[0], b.shape[-1])
+
+
+def _grouped_mm_setup(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """y = a b_g per group: da = dy b_g^T (rows grouped), db_g = a_g^T dy_g (the shared dim grouped)."""
+    a, b, offsets = ctx.saved_tensors
+    return _grouped_mm(grad, b.transpose(-2, -1), offsets), _grouped_mm(a.t(), grad, offsets), None
+
+
+_grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of x runs in: autocast's for x's device when autocast is on, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Rows of x [N, in] sorted by group (group g owns counts[g] consecutive rows) times weight[g]^T.
 
-    weight [G, out, in] -> [N, out]. Uses torch._grouped_mm when it applies, else one padded batched matmul
-    (a single host sync for the capacity, independent of G).
+    weight [G, out, in] -> [N, out] in :func:`matmul_dtype` (bf16 under bf16 autocast, which does not cover
+    aten._grouped_mm by itself). Uses torch._grouped_mm when it applies (no host sync), else one padded batched
+    matmul (a single host sync for the capacity, independent of G).
     """
+    dtype = matmul_dtype(x)
+    x, weight = x.to(dtype), weight.to(dtype)
     if _grouped_mm_ok(x, weight):
-        offsets = counts.cumsum(0).to(torch.int32)
-        return torch._grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
+        return _grouped_mm(x, weight.transpose(-2, -1), counts.cumsum(0).to(torch.int32))
     groups, n_rows = weight.shape[0], x.shape[0]
     starts = counts.cumsum(0) - counts
     group_of_row = torch.repeat_interleave(torch.arange(groups, device=x.device), counts, output_size=n_rows)
@@ -169,7 +208,8 @@ class MoE(nn.Module):
         weights, expert_ids, _ = route(logits, expert_bias, self.top_k, self.score_func, self.route_norm)
         flat_ids = expert_ids.reshape(-1)
         order = flat_ids.argsort(stable=True)
-        counts = torch.bincount(flat_ids, minlength=self.gate.out_features)
+        counts = torch.zeros(self.gate.out_features, dtype=torch.int64, device=x.device).scatter_add_(
+            0, flat_ids, torch.ones_like(flat_ids))  # bincount with a static shape, for torch.compile
         if self.training:  # activation-checkpoint recomputes undo their counts (expert_counts_frozen)
             with torch.no_grad():
                 self.tokens_per_expert.add_(counts.to(self.tokens_per_expert.dtype))

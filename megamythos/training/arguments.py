@@ -101,6 +101,7 @@ class TrainArgs:
     zero: int | None = None
     bf16: bool | None = None
     recurrent_zero: int = 2  # under ZeRO-3: 2 keeps the recurrent core's weights gathered (megamythos.parallel.zero)
+    compile: bool = False  # torch.compile each prelude/coda block and the shared recurrent block
     local_rank: int = -1  # set by the deepspeed launcher
 
     def __post_init__(self) -> None:
@@ -222,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--recurrent-zero", type=int, choices=(2, 3),
         help="under ZeRO-3, the stage of the recurrent core's parameters: 2 = weights replicated, gathered once "
              "per step whatever the loop count; 3 = partitioned, gathered for every use of the block")
+    add("--compile", action="store_true", help="torch.compile each prelude/coda block and the recurrent block")
     p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 

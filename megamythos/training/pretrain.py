@@ -25,14 +25,14 @@ import torch.distributed as dist
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, resolve_data
 from megamythos.errors import UserError, run_cli
-from megamythos.model import MythosLM, weight_decay_param_groups
+from megamythos.model import MythosLM, compile_blocks, weight_decay_param_groups
 from megamythos.moe import expert_bias_state, load_expert_bias_state, update_expert_bias
 from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
 from megamythos.params import count
 from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.tokenizer import Tokenizer
 from megamythos.training import comm_stats
-from megamythos.training.arguments import TrainArgs, parse_args
+from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
@@ -55,6 +55,8 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
+    logger.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
+                "unless `make install` prebuilt it)")
     deepspeed.init_distributed()
     return dist.get_rank(), dist.get_world_size()
 
@@ -95,12 +97,15 @@ class Trainer:
 
         self.args = args
         self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
+        setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed()
-        setup_logging(self.rank)
         template = load_template(args.ds_config)
         self.layout = resolve_layout(template, args, self.world)
         self.layout.check_model(self.config)
+        if args.compile and self.layout.zero == 3:
+            raise ArgumentError("--compile needs ZeRO stage 0-2 (--zero 2): ZeRO-3 fetches parameters in a hook of "
+                                "every submodule, which breaks each compiled block into many graphs")
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
@@ -127,6 +132,8 @@ class Trainer:
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
         if args.recurrent_zero == 2:
             replicate_recurrent_core(self.engine)
+        if args.compile:
+            logger.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))
         self.iteration = 0
         self.consumed = 0
         self.guard = NonFiniteGuard(args.max_nonfinite)
@@ -136,6 +143,8 @@ class Trainer:
             train_record={"args": args.to_dict(), "data_path": self.data.data_path, "total_iters": self.total_iters,
                           "global_batch_size": self.layout.global_batch_size})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
+        if not args.peak_tflops:
+            logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if args.load:
