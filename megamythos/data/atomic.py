@@ -5,6 +5,7 @@ Temporary names end in ``.tmp.<pid>``; those of a process that is no longer aliv
 """
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -12,6 +13,30 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+from megamythos.errors import UserError
+
+
+class OutputError(UserError, OSError):
+    """An output cannot be written: its directory cannot be made or written, or the disk is full."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """``FILE: reason`` of a failed read or write, saying so when the disk is full."""
+    where = f"{err.filename}: " if err.filename else ""
+    reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return f"{where}{reason}"
+
+
+def writable_parent(path: str | os.PathLike, flag: str) -> None:
+    """Create the directory of output ``path`` (given as ``flag``) or raise :class:`OutputError` naming it."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{flag} {path}: cannot create {parent} ({describe_os_error(err)})") from err
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{flag} {path}: {parent} is not writable; choose another {flag}")
 
 
 _TEMP_RE = re.compile(r"\.tmp\.(\d+)$")

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from megamythos.data.atomic import remove_stale_temps, temp_name
+from megamythos.data.atomic import OutputError, describe_os_error, remove_stale_temps, temp_name, writable_parent
 from megamythos.data.indexed_dataset import (
     IndexedDataset, IndexedDatasetBuilder, dataset_exists, idx_path, optimal_dtype,
 )
@@ -300,7 +300,18 @@ def _check_existing_outputs(config: PreprocessConfig, tokenizer: Tokenizer) -> N
 
 
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
-    """Run the whole preprocessing; returns the statistics (also logged)."""
+    """Run the whole preprocessing; returns the statistics (also logged). A file that cannot be read or written
+    (disk full included) raises :class:`OutputError` naming it."""
+    writable_parent(config.output_prefix, "--output-prefix")
+    try:
+        return _preprocess(config)
+    except OSError as err:
+        if isinstance(err, UserError):
+            raise
+        raise OutputError(f"preprocessing into {config.output_prefix} failed: {describe_os_error(err)}") from err
+
+
+def _preprocess(config: PreprocessConfig) -> PreprocessStats:
     tokenizer = Tokenizer(config.tokenizer_model)
     _check_existing_outputs(config, tokenizer)
     for removed in remove_stale_temps(config.output_prefix):

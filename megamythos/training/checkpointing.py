@@ -2,24 +2,37 @@
 
 The directory layout is described in :mod:`megamythos.checkpoint_files`, which also reads it without DeepSpeed.
 A run killed during a save resumes from the previous complete checkpoint: ``latest`` moves only after every rank
-finished writing, and older tags are pruned only after that.
+finished writing, and older tags are pruned only after that. A save that fails (disk full, unwritable) removes its
+partial tag and leaves ``latest`` where it was.
+
+Nothing is lost to a mistake on the command line: :func:`check_run_dirs` refuses a ``--load`` that does not exist
+and a ``--save`` that holds another run's checkpoints, and :func:`writer_lock` allows one run per ``--save``.
+A checkpoint written on another layout (world size, ``--tp``, ``--ep``) is resumed through DeepSpeed's universal
+checkpoint (:func:`universal_tag`), converted on the first such resume.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import random
 import shutil
+import socket
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint_files import (LATEST, MODEL_CONFIG_FILE, TAG_RE, TRAIN_RECORD, CheckpointError,
-                                         read_latest, tag_for, write_atomic, write_tokenizer_files)
+from megamythos.checkpoint_files import (LATEST, MODEL_CONFIG_FILE, TAG_RE, TRAIN_RECORD, UNIVERSAL_SUFFIX,
+                                         WRITER_LOCK, CheckpointError, check_tag_files, read_latest, saved_layout,
+                                         tag_for, write_atomic, write_tokenizer_files)
 from megamythos.config import ModelConfig
+from megamythos.data.atomic import pid_alive
 from megamythos.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,6 +69,88 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
                               "use the same --preset/--override as the run that wrote it")
 
 
+def check_run_dirs(save: str | None, load: str | None) -> None:
+    """Refuse command lines that would lose checkpoints: a ``--load`` that does not exist (a typo would start from
+    scratch), and a ``--save`` holding checkpoints that this run does not resume (they would be overwritten and
+    ``latest`` moved back). ``--load`` equal to ``--save`` and still empty is a fresh run."""
+    same = bool(save and load) and Path(save).resolve() == Path(load).resolve()
+    if load and not same and not Path(load).is_dir():
+        raise CheckpointError(f"--load {load} does not exist; fix the path, or drop --load to start from scratch")
+    if load:
+        tag = read_latest(load)
+        if tag is not None:
+            check_tag_files(Path(load) / tag)
+    if save and not same and Path(save).is_dir() and read_latest(save) is not None:
+        raise CheckpointError(f"--save {save} already holds checkpoints (latest {read_latest(save)}); resume them "
+                              f"with --load {save}, or start fresh with another --save (or delete {save})")
+
+
+@contextmanager
+def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
+    """One run per ``--save`` directory: the ``holder`` (rank 0) creates ``DIR/writer.lock`` naming its host and
+    pid, or refuses to start while another live process holds it. A lock left by a killed run (its pid is gone
+    on this host) is taken over; one held on another host must be removed by hand once that run is gone."""
+    if not (save and holder):
+        yield
+        return
+    path = Path(save) / WRITER_LOCK
+    mine = f"{socket.gethostname()} {os.getpid()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = path.read_text().strip().partition(" ")
+                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+                    logger.warning("removing %s left by process %s, which is gone", path, pid)
+                    path.unlink(missing_ok=True)
+                    continue
+                raise CheckpointError(f"--save {save} is being written by another run (process {pid} on {host}, "
+                                      f"{path}); use another --save, or delete {path} if that run is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(mine + "\n")
+            break
+    except OSError as err:
+        raise CheckpointError(f"--save {save} is not writable: {err}") from err
+    try:
+        yield
+    finally:
+        if path.is_file() and path.read_text().strip() == mine:
+            path.unlink()
+
+
+def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int) -> str | None:
+    """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another
+    layout than ``layout`` (None: same layout, or nothing to load). Rank 0 converts it once, into
+    ``TAG_universal`` next to it (through a temporary directory, so a killed conversion leaves no valid-looking
+    one); the other ranks only name it, and load after the barrier that follows (``deepspeed.initialize``)."""
+    tag = read_latest(load_dir)
+    saved = saved_layout(Path(load_dir) / tag) if tag else None
+    if saved is None or saved == layout:
+        return None
+    target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}"
+    logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
+                Path(load_dir) / tag, saved, layout)
+    if rank == 0 and not target.is_dir():
+        from megamythos.export import convert_to_universal
+
+        with tempfile.TemporaryDirectory(dir=load_dir, prefix=f".{target.name}.") as tmp:
+            os.replace(convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag), target)
+        (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
+    return target.name
+
+
+def _disk_full(err: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of space (torch reports ENOSPC only as ``basic_ios::clear``)."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(directory).free < (1 << 20)
+    except OSError:
+        return False
+
+
 class CheckpointManager:
     """Saves and restores one run's checkpoints under ``save_dir``; keeps the newest ``keep_last``.
 
@@ -76,14 +171,24 @@ class CheckpointManager:
             return None
         tag = tag_for(iteration)
         tag_dir = self.save_dir / tag
-        engine.save_checkpoint(str(self.save_dir), tag=tag, client_state=client_state, save_latest=False)
-        torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
-        if _rank() == 0:
-            config.to_json(tag_dir / MODEL_CONFIG_FILE)
-            if self.tokenizer is not None:
-                write_tokenizer_files(tag_dir, self.tokenizer)
-            if self.train_record is not None:
-                write_atomic(tag_dir / TRAIN_RECORD, json.dumps(self.train_record, indent=2) + "\n")
+        try:
+            engine.save_checkpoint(str(self.save_dir), tag=tag, client_state=client_state, save_latest=False)
+            torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
+            if _rank() == 0:
+                config.to_json(tag_dir / MODEL_CONFIG_FILE)
+                if self.tokenizer is not None:
+                    write_tokenizer_files(tag_dir, self.tokenizer)
+                if self.train_record is not None:
+                    write_atomic(tag_dir / TRAIN_RECORD, json.dumps(self.train_record, indent=2) + "\n")
+        except (OSError, RuntimeError) as err:
+            full = _disk_full(err, self.save_dir)
+            if not (full or isinstance(err, OSError)):
+                raise
+            shutil.rmtree(tag_dir, ignore_errors=True)
+            latest = read_latest(self.save_dir)
+            raise CheckpointError(f"{'disk full' if full else 'write failed'} while saving {tag_dir} ({err}); "
+                                  f"removed the partial {tag}, {self.save_dir / LATEST} still names "
+                                  f"{latest or 'nothing'}; free space (or use another --save) and resume") from err
         _barrier()  # every rank's shards and RNG are on disk before `latest` moves
         if _rank() == 0:
             write_atomic(self.save_dir / LATEST, tag)
@@ -97,12 +202,16 @@ class CheckpointManager:
         for old in tags[:-self.keep_last]:
             if old != keep:
                 shutil.rmtree(self.save_dir / old, ignore_errors=True)
+                shutil.rmtree(self.save_dir / f"{old}{UNIVERSAL_SUFFIX}", ignore_errors=True)
 
     @staticmethod
-    def load(engine: Any, load_dir: str | Path, config: ModelConfig) -> dict[str, Any] | None:
+    def load(engine: Any, load_dir: str | Path, config: ModelConfig,
+             universal: str | None = None) -> dict[str, Any] | None:
         """Restore engine, optimizer, scheduler and RNG from ``load_dir/latest``; return the client state.
 
-        Returns None when ``load_dir`` has no checkpoint yet (a fresh run with --load == --save).
+        ``universal``: the universal form of that tag to read the weights and optimizer from instead (the engine
+        was configured with ``load_universal``; see :func:`universal_tag`). Returns None when ``load_dir`` has
+        no checkpoint yet (a fresh run with --load == --save).
         """
         tag = read_latest(load_dir)
         if tag is None:
@@ -113,7 +222,10 @@ class CheckpointManager:
         if not config_file.is_file():
             raise CheckpointError(f"{tag_dir} has no {MODEL_CONFIG_FILE}; it was not written by megamythos")
         check_model_config(json.loads(config_file.read_text()), config, str(tag_dir))
-        path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
+        try:
+            path, client_state = engine.load_checkpoint(str(load_dir), tag=universal or tag)
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+            raise CheckpointError(f"could not load checkpoint {tag_dir}: {type(err).__name__}: {err}") from err
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {tag_dir}")
         rng_file = tag_dir / f"rng_rank{_rank()}.pt"

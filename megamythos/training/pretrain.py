@@ -32,7 +32,8 @@ from megamythos.params import count
 from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.tokenizer import Tokenizer
 from megamythos.training.arguments import TrainArgs, parse_args
-from megamythos.training.checkpointing import CheckpointError, CheckpointManager
+from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_run_dirs, universal_tag,
+                                               writer_lock)
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.schedules import LRSchedule, build_scheduler
@@ -85,6 +86,19 @@ def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> DataSetup:
     return resolve_data(data_path, vocab_size)
 
 
+def absolute_data_path(data_path: Sequence[str]) -> list[str]:
+    """``--data-path`` with every prefix made absolute and the weights kept, so that the record written with the
+    checkpoints (read by ``evaluate``) finds the data from any working directory."""
+    def absolute(item: str) -> str:
+        try:
+            float(item)
+            return item
+        except ValueError:
+            return os.path.abspath(item)
+
+    return [absolute(item) for item in data_path]
+
+
 # ----------------------------------------------------------------------------------------------- the trainer
 class Trainer:
     """One pretraining run: engine, data, schedule, checkpoints, telemetry."""
@@ -102,6 +116,10 @@ class Trainer:
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
+        # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
+        self.universal = universal_tag(args.load, self.layout_record(), self.rank) if args.load else None
+        if self.universal:
+            self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
                                    args.wsd_decay_fraction)
 
@@ -129,8 +147,8 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             args.save, args.keep_last,
             tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
-            train_record={"args": args.to_dict(), "data_path": self.data.data_path, "total_iters": self.total_iters,
-                          "global_batch_size": self.layout.global_batch_size})
+            train_record={"args": args.to_dict(), "data_path": absolute_data_path(self.data.data_path), "total_iters": self.total_iters,
+                          "global_batch_size": self.layout.global_batch_size, "layout": self.layout_record()})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
@@ -143,13 +161,17 @@ class Trainer:
         logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
 
     # ---------------------------------------------------------------------------------------- state
+    def layout_record(self) -> dict[str, int]:
+        """What a checkpoint's shards depend on; resuming on another one goes through a universal checkpoint."""
+        return {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}
+
     def client_state(self) -> dict[str, Any]:
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
-                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "layout": {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}}
+                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "layout": self.layout_record()}
 
     def _load(self, load_dir: str) -> None:
-        state = self.checkpoints.load(self.engine, load_dir, self.config)
+        state = self.checkpoints.load(self.engine, load_dir, self.config, self.universal)
         if state is None:
             return
         if state.get("tokenizer_fingerprint") != self.data.tokenizer_fingerprint:
@@ -303,16 +325,32 @@ class Trainer:
 
 
 def train(argv: Sequence[str] | None = None) -> int:
-    """Parse, train, report; returns the process exit code."""
-    trainer = Trainer(parse_args(argv))
-    code = trainer.run()
-    trainer.report()
+    """Parse, check the run's directories, train, report; returns the process exit code.
+
+    Arguments and checkpoint directories are checked before any process group or DeepSpeed start-up; rank 0
+    holds the ``--save`` directory's writer lock for the whole run."""
+    args = parse_args(argv)
+    check_run_dirs(args.save, args.load)
+    with writer_lock(args.save, holder=os.environ.get("RANK", "0") == "0"):
+        trainer = Trainer(args)
+        code = trainer.run()
+        trainer.report()
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """:func:`train`; user errors end the process with a one-line message and exit code 2."""
+def _quiet(argv: Sequence[str] | None) -> int:
+    """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it."""
     try:
+        return train(argv)
+    except UserError:
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """:func:`train`; user errors end the process with a one-line message (from rank 0) and exit code 2."""
+    try:
+        if os.environ.get("RANK", "0") != "0":
+            return _quiet(argv)
         return run_cli(lambda: train(argv), log_format=None, logger=logger)
     finally:
         if dist.is_initialized():
