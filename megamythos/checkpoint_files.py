@@ -9,8 +9,9 @@ Layout of ``--save DIR``::
     DIR/iter_0000100/train_args.json   the run's arguments, data path, iterations and global batch size
     DIR/latest                 the tag of the newest COMPLETE checkpoint, replaced atomically after all ranks
                                finished writing; older tags beyond ``keep_last`` are deleted only after that.
-    DIR/iter_0000100_universal/   DeepSpeed's universal form of that tag, made when a run resumes it on
-                               another layout (world size, --tp, --ep); pruned with its tag.
+    DIR/iter_0000100_universal_{model|autoep}/   DeepSpeed's universal form of that tag, with the MoE tensors
+                               named as the model (ep 1) or AutoEP (ep > 1) names them; made when a run resumes
+                               the tag on another layout (world size, --tp, --ep); pruned with its tag.
     DIR/writer.lock            "host pid" of the run writing DIR (one writer per directory); removed at its end.
 
 :mod:`megamythos.training.checkpointing` writes these files; evaluation, generation and export read them.

@@ -20,6 +20,7 @@ import random
 import shutil
 import socket
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -120,25 +121,77 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
             path.unlink()
 
 
-def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int) -> str | None:
+def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int, config: ModelConfig) -> str | None:
     """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another
     layout than ``layout`` (None: same layout, or nothing to load). Rank 0 converts it once, into
-    ``TAG_universal`` next to it (through a temporary directory, so a killed conversion leaves no valid-looking
-    one); the other ranks only name it, and load after the barrier that follows (``deepspeed.initialize``)."""
+    ``TAG_universal_ep{1|N}`` next to it (through a temporary directory, so a killed conversion leaves no
+    valid-looking one); the other ranks only name it, and load after the barrier that follows
+    (``deepspeed.initialize``)."""
     tag = read_latest(load_dir)
     saved = saved_layout(Path(load_dir) / tag) if tag else None
     if saved is None or saved == layout:
         return None
-    target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}"
+    autoep = layout["ep"] > 1  # AutoEP replaces the MoE layers only when ep > 1: other parameter names
+    target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
                 Path(load_dir) / tag, saved, layout)
     if rank == 0 and not target.is_dir():
         from megamythos.export import convert_to_universal
 
         with tempfile.TemporaryDirectory(dir=load_dir, prefix=f".{target.name}.") as tmp:
-            os.replace(convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag), target)
+            converted = convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag)
+            if (saved["ep"] > 1) != autoep:
+                rename_expert_tensors(converted / "zero", autoep, config)
+            os.replace(converted, target)
         (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
     return target.name
+
+
+UNIVERSAL_STATES = ("fp32", "exp_avg", "exp_avg_sq")
+
+
+def rename_expert_tensors(zero_dir: Path, to_autoep: bool, config: ModelConfig) -> None:
+    """Rewrite a universal checkpoint's MoE tensors between the model's names (``gate``, fused
+    ``experts.gate_up_proj`` [E, 2F, H], ``experts.down_proj`` [E, H, F]; flat, as ZeRO-3 stores them) and
+    AutoEP's (``router.gate``, ``experts.w1``/``w3`` [E, F, H], ``experts.w2`` [E, H, F]; expert entries)."""
+    from megamythos.parallel import autoep_to_model_names
+
+    E, H, F = config.n_experts, config.dim, config.expert_dim
+
+    def expert(t: torch.Tensor) -> dict[str, Any]:
+        return {"param": t.contiguous(), "cat_dim": 0, "is_expert_param": True, "ep_num_experts": E}
+
+    sources = [d.name for d in zero_dir.iterdir()
+               if d.is_dir() and (".experts." in d.name or ".gate." in d.name) and "shared_experts" not in d.name]
+    for key in UNIVERSAL_STATES:
+        load = {name: torch.load(zero_dir / name / f"{key}.pt", weights_only=False) for name in sources}
+        state = {name: (v["param"] if isinstance(v, dict) else v) for name, v in load.items()}
+        if to_autoep:
+            out = {}
+            for name, t in state.items():
+                if name.endswith(".experts.gate_up_proj"):
+                    base, t = name[: -len("gate_up_proj")], t.view(E, 2 * F, H)
+                    out[base + "w1"], out[base + "w3"] = expert(t[:, :F]), expert(t[:, F:])
+                elif name.endswith(".experts.down_proj"):
+                    out[name[: -len("down_proj")] + "w2"] = expert(t.view(E, H, F))
+                else:
+                    out[name.replace(".gate.", ".router.gate.")] = t
+        else:
+            out = {name: t.flatten() for name, t in autoep_to_model_names(state).items()}
+        for name, value in out.items():
+            (zero_dir / name).mkdir(exist_ok=True)
+            torch.save(value, zero_dir / name / f"{key}.pt")
+    for name in sources:
+        shutil.rmtree(zero_dir / name)
+
+
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, iteration: int) -> None:
+    """Put a freshly built scheduler where it is after ``iteration`` optimizer steps (its LR is a function of the
+    step alone), setting the LR of every parameter group of the new layout."""
+    scheduler.last_epoch = iteration - 1
+    with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer did step, in the old run
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
 
 
 def _disk_full(err: BaseException, directory: Path) -> bool:
@@ -202,7 +255,8 @@ class CheckpointManager:
         for old in tags[:-self.keep_last]:
             if old != keep:
                 shutil.rmtree(self.save_dir / old, ignore_errors=True)
-                shutil.rmtree(self.save_dir / f"{old}{UNIVERSAL_SUFFIX}", ignore_errors=True)
+                for universal in self.save_dir.glob(f"{old}{UNIVERSAL_SUFFIX}*"):
+                    shutil.rmtree(universal, ignore_errors=True)
 
     @staticmethod
     def load(engine: Any, load_dir: str | Path, config: ModelConfig,
@@ -222,12 +276,18 @@ class CheckpointManager:
         if not config_file.is_file():
             raise CheckpointError(f"{tag_dir} has no {MODEL_CONFIG_FILE}; it was not written by megamythos")
         check_model_config(json.loads(config_file.read_text()), config, str(tag_dir))
-        try:
-            path, client_state = engine.load_checkpoint(str(load_dir), tag=universal or tag)
-        except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+        try:  # the LR scheduler's state is per parameter group, and their number depends on the layout
+            path, client_state = engine.load_checkpoint(str(load_dir), tag=universal or tag,
+                                                        load_lr_scheduler_states=universal is None)
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
             raise CheckpointError(f"could not load checkpoint {tag_dir}: {type(err).__name__}: {err}") from err
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {tag_dir}")
+        if universal is not None:  # DeepSpeed copies the first group's settings (weight decay!) into every group
+            for group, settings in zip(engine.optimizer.param_groups, groups):
+                group.update(settings)
+            resume_schedule(engine.lr_scheduler, client_state["iteration"])
         rng_file = tag_dir / f"rng_rank{_rank()}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))

@@ -117,7 +117,7 @@ class Trainer:
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
         # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
-        self.universal = universal_tag(args.load, self.layout_record(), self.rank) if args.load else None
+        self.universal = universal_tag(args.load, self.layout_record(), self.rank, self.config) if args.load else None
         if self.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
@@ -197,8 +197,14 @@ class Trainer:
         return build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters,
                               self.layout.global_batch_size)
 
+    def validation_tokens(self) -> int:
+        """Tokens one validation predicts: ``eval_iters`` global batches (the first ``eval_iters x global batch``
+        validation samples, what ``evaluate --eval-iters eval_iters x global / B --micro-batch-size B`` reads)."""
+        return self.args.eval_iters * self.layout.global_batch_size * self.args.seq_length
+
     def evaluate(self, valid: Any) -> float:
-        """Mean validation loss over ``eval_iters`` global batches at the mean loop count."""
+        """Mean validation loss over ``eval_iters`` global batches at the mean loop count (equal-sized micro-batches,
+        so the mean of their means is the mean over tokens, as ``evaluate`` computes it)."""
         self.engine.eval()
         losses = []
         it = batches(valid, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
@@ -297,9 +303,11 @@ class Trainer:
                     self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl},
                                          self.iteration, self.consumed)
                     self.monitor.record({"iteration": self.iteration, "lm loss validation": val,
-                                         "lm loss validation ppl": ppl})
-                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration,
-                                val, ppl)
+                                         "lm loss validation ppl": ppl, "validation tokens": self.validation_tokens()})
+                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g | %d tokens (%d "
+                                "batches of %d x %d) at %d loops", self.iteration, val, ppl, self.validation_tokens(),
+                                self.args.eval_iters, self.layout.global_batch_size, self.args.seq_length,
+                                self.config.mean_loops)
                 stop = signals.should_exit() or self.iteration == self.args.exit_interval
                 if stop or (self.args.save_interval and self.iteration % self.args.save_interval == 0):
                     self.save()
