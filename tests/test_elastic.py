@@ -4,9 +4,11 @@ through DeepSpeed's universal checkpoint, converted automatically when the recor
 Each direction trains a reference 8 iterations without a stop (checkpoint at 4), then resumes a copy of its
 iteration-4 checkpoint on the other layout and compares iterations 5-8. The global batch (2 samples) is the same
 on both layouts, so the data position (consumed samples), LR schedule and step count carry over unchanged.
-Tolerance: the reference layouts themselves differ by up to 2e-4 per loss (expert parallelism regroups routed
-tokens; see test_distributed_train.py); a resume that lost the optimizer state, schedule, expert biases or data
-position moves the losses by 1e-2 or more at lr 1e-2.
+Tolerance 2e-4, as between layouts in test_distributed_train.py (expert parallelism regroups routed tokens; a
+near-tie top-k flip moved a loss by 5e-5); measured: 2e-7 between the two reference layouts, and the resumed
+losses equal to the uninterrupted ones. Losing the optimizer state, the schedule, the expert biases or the data
+position, or DeepSpeed's universal load sharing one Adam step counter between parameter groups (fixed in
+megamythos.training.checkpointing), moved them by 5e-3 to 1e-2 at lr 1e-2.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from train_utils import build_corpus, losses, metrics, run, tiny_args
 pytestmark = pytest.mark.distributed
 
 ITERS, STOP = 8, 4
-TOL = 1e-3
+TOL = 2e-4
 ONE_RANK = ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2")
 TWO_RANKS_EP2 = ("--zero", "3", "--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2")
 

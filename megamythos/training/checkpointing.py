@@ -185,6 +185,17 @@ def rename_expert_tensors(zero_dir: Path, to_autoep: bool, config: ModelConfig) 
         shutil.rmtree(zero_dir / name)
 
 
+def repair_universal_optimizer(optimizer: Any, groups: list[dict[str, Any]]) -> None:
+    """Undo two side effects of DeepSpeed's universal load: every parameter group gets the first group's settings
+    (so the no-decay group decays; ``groups`` are the settings to put back), and every parameter's Adam step count
+    is one shared tensor, which ``torch.optim.AdamW`` then increments once per parameter group and step."""
+    for group, settings in zip(optimizer.param_groups, groups):
+        group.update(settings)
+    for state in getattr(optimizer, "optimizer", optimizer).state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
 def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, iteration: int) -> None:
     """Put a freshly built scheduler where it is after ``iteration`` optimizer steps (its LR is a function of the
     step alone), setting the LR of every parameter group of the new layout."""
@@ -284,9 +295,8 @@ class CheckpointManager:
             raise CheckpointError(f"could not load checkpoint {tag_dir}: {type(err).__name__}: {err}") from err
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {tag_dir}")
-        if universal is not None:  # DeepSpeed copies the first group's settings (weight decay!) into every group
-            for group, settings in zip(engine.optimizer.param_groups, groups):
-                group.update(settings)
+        if universal is not None:
+            repair_universal_optimizer(engine.optimizer, groups)
             resume_schedule(engine.lr_scheduler, client_state["iteration"])
         rng_file = tag_dir / f"rng_rank{_rank()}.pt"
         if rng_file.is_file():
