@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from data_prep.preprocess_data import main as preprocess_main
@@ -23,7 +25,7 @@ from megamythos.data.metadata import metadata_path, read_dataset_metadata
 from megamythos.tokenizer import Tokenizer
 from megamythos.training.checkpointing import writer_lock
 from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
-from train_utils import REPO, build_corpus, metrics, run, run_single, start, tiny_args, wait_for
+from train_utils import REPO, build_corpus, finish, metrics, run, run_single, start, tiny_args, wait_for
 
 DOCS = synthetic_documents(20, seed=5)
 
@@ -261,3 +263,23 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
     tags = sorted(p.name for p in save.iterdir() if p.name.startswith("iter_"))
     assert tags[-1] == latest, f"partial checkpoint left behind: {tags}, latest {latest}"
     assert not (save / WRITER_LOCK).exists()
+
+
+@pytest.mark.parametrize("target", ["launcher", "process group"])
+def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: Path, tmp_path: Path) -> None:
+    """``bash launchers/pretrain.sh`` (2 ranks) gets SIGTERM alone or with its whole process group: every rank
+    stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left."""
+    save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
+    proc = start(2, [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file),
+                     "--eval-interval", "0"], log)
+    wait_for(lambda: bool(metrics(metrics_file)), proc, "the first iteration")
+    if target == "launcher":
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+    text = finish(proc, log)
+    assert proc.returncode == 0, text[-4000:]
+    assert text.count("saved checkpoint") == 1 and "stopping at iteration" in text
+    assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(save) in " ".join(p.info["cmdline"] or [])]
+    assert not left, f"orphaned processes: {left}"

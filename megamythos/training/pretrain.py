@@ -108,11 +108,11 @@ class Trainer:
 
         self.args = args
         self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
+        template = load_template(args.ds_config)  # and so does a layout that does not fit the world or the model
+        self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
+        self.layout.check_model(self.config)
         self.rank, self.world = init_distributed()
         setup_logging(self.rank)
-        template = load_template(args.ds_config)
-        self.layout = resolve_layout(template, args, self.world)
-        self.layout.check_model(self.config)
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
@@ -147,8 +147,9 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             args.save, args.keep_last,
             tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
-            train_record={"args": args.to_dict(), "data_path": absolute_data_path(self.data.data_path), "total_iters": self.total_iters,
-                          "global_batch_size": self.layout.global_batch_size, "layout": self.layout_record()})
+            train_record={"args": args.to_dict(), "data_path": absolute_data_path(self.data.data_path),
+                          "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
+                          "layout": self.layout_record()})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
