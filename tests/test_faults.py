@@ -25,7 +25,8 @@ from megamythos.data.metadata import metadata_path, read_dataset_metadata
 from megamythos.tokenizer import Tokenizer
 from megamythos.training.checkpointing import writer_lock
 from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
-from train_utils import REPO, build_corpus, finish, metrics, run, run_single, start, tiny_args, wait_for
+from train_utils import (REPO, build_corpus, finish, launch_env, metrics, run, run_single, start, tiny_args,
+                         wait_for)
 
 DOCS = synthetic_documents(20, seed=5)
 
@@ -218,10 +219,12 @@ def test_corrupt_checkpoint_file_is_named(trained: Path, corpus: Path, tmp_path:
     assert str(shard) in line and "corrupt" in line
 
 
-def test_user_error_is_printed_once_by_two_ranks(trained: Path, corpus: Path, tmp_path: Path) -> None:
-    log = tmp_path / "log.txt"
-    text = run(2, [*tiny_args(corpus, 4), "--save", str(trained / "ckpt")], log, expect_rc=2)
-    assert text.count("already holds checkpoints") == 1, text[-3000:]
+def test_user_error_is_printed_once_by_two_ranks(corpus: Path, tmp_path: Path) -> None:
+    text = run(2, [*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(tmp_path / "typo")],
+               tmp_path / "log.txt", expect_rc=2)
+    assert [line for line in text.splitlines() if line.startswith("error: ")] == [
+        f"error: --load {tmp_path / 'typo'} does not exist; fix the path, or drop --load to start from scratch"]
+    assert "Traceback" not in text
 
 
 @pytest.fixture
@@ -283,3 +286,15 @@ def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: 
     assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
     left = [p for p in psutil.process_iter(["cmdline"]) if str(save) in " ".join(p.info["cmdline"] or [])]
     assert not left, f"orphaned processes: {left}"
+
+
+def test_master_port_in_use_is_one_line(corpus: Path, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "megamythos.training.pretrain", *tiny_args(corpus, 2)],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                                env={**launch_env(), "MASTER_PORT": str(port)})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"--master-port {port} is in use" in one_error_line(result.stderr)

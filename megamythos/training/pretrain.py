@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -55,8 +56,22 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
+    if os.environ["RANK"] == "0":
+        check_master_port(int(os.environ["MASTER_PORT"]))
     deepspeed.init_distributed()
     return dist.get_rank(), dist.get_world_size()
+
+
+def check_master_port(port: int) -> None:
+    """Rank 0 hosts the rendezvous on ``port``: refuse one that another program listens on (else: a traceback
+    after the DeepSpeed start-up, or a wait on someone else's store)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as err:
+            raise UserError(f"--master-port {port} is in use ({err.strerror}); pass another --master-port to the "
+                            "launcher") from err
 
 
 def seed_everything(seed: int) -> None:
