@@ -9,13 +9,19 @@ Layout of ``--save DIR``::
     DIR/iter_0000100/train_args.json   the run's arguments, data path, iterations and global batch size
     DIR/latest                 the tag of the newest COMPLETE checkpoint, replaced atomically after all ranks
                                finished writing; older tags beyond ``keep_last`` are deleted only after that.
+    DIR/iter_0000100_universal_{model|autoep}/   DeepSpeed's universal form of that tag, with the MoE tensors
+                               named as the model (ep 1) or AutoEP (ep > 1) names them; made when a run resumes
+                               the tag on another layout (world size, --tp, --ep); pruned with its tag.
+    DIR/writer.lock            "host pid" of the run writing DIR (one writer per directory); removed at its end.
 
 :mod:`megamythos.training.checkpointing` writes these files; evaluation, generation and export read them.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,8 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_RECORD = "tokenizer.json"
 TOKENIZER_COPY = "tokenizer.model"
 TRAIN_RECORD = "train_args.json"
+WRITER_LOCK = "writer.lock"
+UNIVERSAL_SUFFIX = "_universal"
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -48,6 +56,20 @@ def read_latest(directory: str | Path) -> str | None:
     if not (Path(directory) / tag).is_dir():
         raise CheckpointError(f"{path} names {tag!r}, which does not exist in {directory}")
     return tag
+
+
+def check_tag_files(tag_dir: Path) -> None:
+    """Refuse a tag whose torch files are truncated or overwritten (each must be a complete zip archive)."""
+    for path in sorted(tag_dir.glob("*.pt")):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path} is corrupt (not a complete torch file); point {tag_dir.parent / LATEST} "
+                                  "at an earlier tag, or resume from another copy of the checkpoint")
+
+
+def saved_layout(tag_dir: Path) -> dict[str, int] | None:
+    """``{"world_size", "tp", "ep"}`` of the run that wrote ``tag_dir`` (None if it did not record one)."""
+    path = tag_dir / TRAIN_RECORD
+    return json.loads(path.read_text()).get("layout") if path.is_file() else None
 
 
 def write_atomic(path: Path, text: str) -> None:

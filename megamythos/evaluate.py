@@ -214,8 +214,9 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     if top >= loaded.config.vocab_size:
         raise DataError(f"{' '.join(setup.data_path)} holds token id {top} but the model's vocabulary has "
                         f"{loaded.config.vocab_size} ids; evaluate on data tokenised with the model's tokenizer")
-    logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d tokens", " ".join(setup.data_path),
-                recipe.split, recipe.seed, cfg.eval_iters, cfg.micro_batch_size, recipe.seq_length)
+    logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d = %d tokens", " ".join(setup.data_path),
+                recipe.split, recipe.seed, cfg.eval_iters, cfg.micro_batch_size, recipe.seq_length,
+                needed * recipe.seq_length)
     return out
 
 

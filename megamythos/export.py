@@ -59,14 +59,19 @@ def _client_state(tag_dir: Path) -> dict:
     return torch.load(files[0], map_location="cpu", weights_only=False)
 
 
-def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 parameters, named as in the training-time module, via ``ds_to_universal``."""
-    out = workdir / "universal"
+def convert_to_universal(tag_dir: Path, out: Path) -> Path:
+    """Write DeepSpeed's universal checkpoint of ``tag_dir`` (full tensors, any layout) into ``out``."""
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
            "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise ExportError(f"ds_to_universal failed on {tag_dir}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return out
+
+
+def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 parameters, named as in the training-time module, via ``ds_to_universal``."""
+    out = convert_to_universal(tag_dir, workdir / "universal")
     state = {}
     for param_dir in sorted((out / "zero").iterdir()):
         if not param_dir.is_dir():

@@ -273,13 +273,19 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
 
     The documents are consumed once; at most ``config.max_sentences`` line chunks are held in memory.
     """
+    out_dir = Path(config.model_prefix).parent
+    try:  # before reading any input
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TokenizerError(f"--model-prefix {config.model_prefix}: cannot create {out_dir} ({err.strerror})") from err
+    if not os.access(out_dir, os.W_OK):
+        raise TokenizerError(f"--model-prefix {config.model_prefix}: {out_dir} is not writable")
     chunks = (c for doc in documents for c in line_chunks(doc, config.max_chunk_bytes) if c.strip())
     sample, total = reservoir_sample(chunks, config.max_sentences, config.seed)
     if not sample:
         raise TokenizerError("no non-empty text to train the tokenizer on")
     logger.info("training %s tokenizer (vocab %d) on %d of %d chunks", config.model_type, config.vocab_size,
                 len(sample), total)
-    Path(config.model_prefix).parent.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.Train(
         sentence_iterator=iter(sample),
         model_prefix=config.model_prefix,

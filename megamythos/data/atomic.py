@@ -1,15 +1,76 @@
-"""Atomic file writes: write to a temporary name in the same directory, then ``os.replace`` into place."""
+"""Atomic file writes: write to a temporary name in the same directory, then ``os.replace`` into place.
+
+Temporary names end in ``.tmp.<pid>``; those of a process that is no longer alive (a killed run) are removed by
+:func:`remove_stale_temps`.
+"""
 from __future__ import annotations
 
+import errno
+import glob
 import os
+import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
+from megamythos.errors import UserError
+
+
+class OutputError(UserError, OSError):
+    """An output cannot be written: its directory cannot be made or written, or the disk is full."""
+
+
+def describe_os_error(err: OSError) -> str:
+    """``FILE: reason`` of a failed read or write, saying so when the disk is full."""
+    where = f"{err.filename}: " if err.filename else ""
+    reason = "the disk is full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return f"{where}{reason}"
+
+
+def writable_parent(path: str | os.PathLike, flag: str) -> None:
+    """Create the directory of output ``path`` (given as ``flag``) or raise :class:`OutputError` naming it."""
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{flag} {path}: cannot create {parent} ({describe_os_error(err)})") from err
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{flag} {path}: {parent} is not writable; choose another {flag}")
+
+
+_TEMP_RE = re.compile(r"\.tmp\.(\d+)$")
 
 
 def temp_name(path: str | os.PathLike) -> str:
     """A temporary sibling name unique to this process (``PATH.tmp.<pid>``)."""
     return f"{os.fspath(path)}.tmp.{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(prefix: str | os.PathLike) -> list[str]:
+    """Delete files and directories ``PREFIX*.tmp.<pid>`` whose process is gone; returns the paths removed."""
+    removed = []
+    for path in glob.glob(glob.escape(os.fspath(prefix)) + "*.tmp.*"):
+        match = _TEMP_RE.search(path)
+        if match is None or pid_alive(int(match.group(1))):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+        removed.append(path)
+    return removed
 
 
 @contextmanager

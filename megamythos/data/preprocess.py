@@ -6,7 +6,13 @@ output does not depend on ``workers`` (and, since partitions are merged in order
 At most ``2 * workers`` batches are in flight, so memory stays bounded on any input size.
 
 Bad records (non-UTF-8 bytes, malformed JSON, a missing key, an empty document) are counted and logged with
-file and line and skipped, or raise :class:`BadInputError` with ``strict``.
+file and line and skipped, or raise :class:`BadInputError` with ``strict``; an input that yields no document at
+all raises it too (nothing is written).
+
+Crash safety: a dataset becomes visible (``dataset_exists``: ``.bin`` and ``.idx``) only complete and with its
+tokenizer record: the record is written, and an existing ``.idx`` of the same prefix removed, before the ``.idx``
+is renamed into place last. Temporary files of runs that were killed (``*.tmp.<pid>`` of a dead pid) are removed
+when the next run on the same output prefix starts.
 """
 from __future__ import annotations
 
@@ -23,8 +29,10 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from megamythos.data.atomic import temp_name
-from megamythos.data.indexed_dataset import IndexedDatasetBuilder, dataset_exists, optimal_dtype
+from megamythos.data.atomic import OutputError, describe_os_error, remove_stale_temps, temp_name, writable_parent
+from megamythos.data.indexed_dataset import (
+    IndexedDataset, IndexedDatasetBuilder, dataset_exists, idx_path, optimal_dtype,
+)
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata, write_dataset_metadata
 from megamythos.data.sources import (
@@ -39,7 +47,25 @@ MAX_LOGGED_BAD_RECORDS = 20
 
 
 class BadInputError(UserError, ValueError):
-    """A bad record was met with ``strict`` set."""
+    """A bad record was met with ``strict`` set, or the input held no usable document."""
+
+
+def _check_not_empty(config: PreprocessConfig, stats: PreprocessStats) -> None:
+    """Refuse to write a dataset without documents (typically: the text is under another JSON key)."""
+    if stats.documents:
+        return
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(stats.skipped_by_reason.items())) or "no records"
+    source = config.hf_dataset or " ".join(config.inputs)
+    raise BadInputError(f"{source} gave no documents ({reasons}); if the text is under another key, pass "
+                        f"--json-keys KEY (now {' '.join(config.json_keys)}); nothing was written")
+
+
+def _announce(prefix: str, tokenizer: Tokenizer, **fields: object) -> None:
+    """Before ``prefix.{bin,idx}`` are renamed into place: hide any old dataset there (remove its ``.idx``) and
+    write the new tokenizer record, so that no reader ever sees these tokens without it or with another one."""
+    if os.path.exists(idx_path(prefix)):
+        os.remove(idx_path(prefix))
+    write_dataset_metadata(prefix, tokenizer, **fields)
 
 
 @dataclass
@@ -212,8 +238,9 @@ def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict:
 
 
 def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str],
-                 report_path: str) -> PreprocessStats:
-    """Tokenise ``paths`` (or the hub dataset) into the datasets ``prefixes`` (key -> prefix)."""
+                 report_path: str, final: bool = True) -> PreprocessStats:
+    """Tokenise ``paths`` (or the hub dataset) into the datasets ``prefixes`` (key -> prefix); ``final``: these
+    are the outputs (not partitions to merge), which must not be empty."""
     tokenizer = Tokenizer(config.tokenizer_model)
     dtype = optimal_dtype(tokenizer.vocab_size)
     stats = PreprocessStats()
@@ -239,11 +266,13 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
                                  MB_s=f"{stats.bytes / elapsed / 1e6:.2f}")
                     bar.set_postfix(rates, refresh=False)
                     logger.info("%d documents, %s", stats.documents, rates)
+        if final:
+            _check_not_empty(config, stats)
         for key, builder in zip(config.json_keys, builders):
+            _announce(prefixes[key], tokenizer, dtype=dtype.name, append_eod=config.append_eod,
+                      eod_id=tokenizer.eos_id, json_key=key, num_documents=stats.documents,
+                      num_tokens=builder.num_tokens)
             builder.finalize()
-            write_dataset_metadata(prefixes[key], tokenizer, dtype=dtype.name, append_eod=config.append_eod,
-                                   eod_id=tokenizer.eos_id, json_key=key, num_documents=stats.documents,
-                                   num_tokens=builder.num_tokens)
     except BaseException:
         for builder in builders:
             builder.abort()
@@ -271,9 +300,22 @@ def _check_existing_outputs(config: PreprocessConfig, tokenizer: Tokenizer) -> N
 
 
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
-    """Run the whole preprocessing; returns the statistics (also logged)."""
+    """Run the whole preprocessing; returns the statistics (also logged). A file that cannot be read or written
+    (disk full included) raises :class:`OutputError` naming it."""
+    writable_parent(config.output_prefix, "--output-prefix")
+    try:
+        return _preprocess(config)
+    except OSError as err:
+        if isinstance(err, UserError):
+            raise
+        raise OutputError(f"preprocessing into {config.output_prefix} failed: {describe_os_error(err)}") from err
+
+
+def _preprocess(config: PreprocessConfig) -> PreprocessStats:
     tokenizer = Tokenizer(config.tokenizer_model)
     _check_existing_outputs(config, tokenizer)
+    for removed in remove_stale_temps(config.output_prefix):
+        logger.info("removed %s, left by a killed run", removed)
     paths = expand_inputs(config.inputs) if config.inputs else []
     groups = _partition_paths(paths, config.partitions) if config.partitions > 1 and len(paths) > 1 else [paths]
     if config.partitions > len(groups):
@@ -305,11 +347,17 @@ def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_pa
     stats = PreprocessStats()
     try:
         with ProcessPoolExecutor(len(groups), mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(_tokenize_to, config, g, p, r) for g, p, r in zip(groups, parts, reports)]
+            futures = [pool.submit(_tokenize_to, config, g, p, r, False) for g, p, r in zip(groups, parts, reports)]
             for future in futures:
                 stats.add(future.result())
+        _check_not_empty(config, stats)
+        tokenizer = Tokenizer(config.tokenizer_model)
         for key, prefix in config.output_prefixes().items():
-            merge_datasets([p[key] for p in parts], prefix)
+            record = read_dataset_metadata(parts[0][key]) or {}
+            _announce(prefix, tokenizer, **{k: record[k] for k in ("dtype", "append_eod", "eod_id", "json_key")},
+                      num_documents=stats.documents,
+                      num_tokens=sum(IndexedDataset(p[key]).num_tokens for p in parts))
+            merge_datasets([p[key] for p in parts], prefix)  # rewrites the same record after its rename
         for report in (r for r in reports if os.path.exists(r)):
             with open(report, "rb") as src, open(report_path, "ab") as dst:
                 shutil.copyfileobj(src, dst)

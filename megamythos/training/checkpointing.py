@@ -2,24 +2,38 @@
 
 The directory layout is described in :mod:`megamythos.checkpoint_files`, which also reads it without DeepSpeed.
 A run killed during a save resumes from the previous complete checkpoint: ``latest`` moves only after every rank
-finished writing, and older tags are pruned only after that.
+finished writing, and older tags are pruned only after that. A save that fails (disk full, unwritable) removes its
+partial tag and leaves ``latest`` where it was.
+
+Nothing is lost to a mistake on the command line: :func:`check_run_dirs` refuses a ``--load`` that does not exist
+and a ``--save`` that holds another run's checkpoints, and :func:`writer_lock` allows one run per ``--save``.
+A checkpoint written on another layout (world size, ``--tp``, ``--ep``) is resumed through DeepSpeed's universal
+checkpoint (:func:`universal_tag`), converted on the first such resume.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import random
 import shutil
+import socket
+import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint_files import (LATEST, MODEL_CONFIG_FILE, TAG_RE, TRAIN_RECORD, CheckpointError,
-                                         read_latest, tag_for, write_atomic, write_tokenizer_files)
+from megamythos.checkpoint_files import (LATEST, MODEL_CONFIG_FILE, TAG_RE, TRAIN_RECORD, UNIVERSAL_SUFFIX,
+                                         WRITER_LOCK, CheckpointError, check_tag_files, read_latest, saved_layout,
+                                         tag_for, write_atomic, write_tokenizer_files)
 from megamythos.config import ModelConfig
+from megamythos.data.atomic import pid_alive
 from megamythos.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,6 +70,151 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
                               "use the same --preset/--override as the run that wrote it")
 
 
+def check_run_dirs(save: str | None, load: str | None) -> None:
+    """Refuse command lines that would lose checkpoints: a ``--load`` that does not exist (a typo would start from
+    scratch), and a ``--save`` holding checkpoints that this run does not resume (they would be overwritten and
+    ``latest`` moved back). ``--load`` equal to ``--save`` and still empty is a fresh run."""
+    same = bool(save and load) and Path(save).resolve() == Path(load).resolve()
+    if load and not same and not Path(load).is_dir():
+        raise CheckpointError(f"--load {load} does not exist; fix the path, or drop --load to start from scratch")
+    if load:
+        tag = read_latest(load)
+        if tag is not None:
+            check_tag_files(Path(load) / tag)
+    if save and not same and Path(save).is_dir() and read_latest(save) is not None:
+        raise CheckpointError(f"--save {save} already holds checkpoints (latest {read_latest(save)}); resume them "
+                              f"with --load {save}, or start fresh with another --save (or delete {save})")
+
+
+@contextmanager
+def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
+    """One run per ``--save`` directory: the ``holder`` (rank 0) creates ``DIR/writer.lock`` naming its host and
+    pid, or refuses to start while another live process holds it. A lock left by a killed run (its pid is gone
+    on this host) is taken over; one held on another host must be removed by hand once that run is gone."""
+    if not (save and holder):
+        yield
+        return
+    path = Path(save) / WRITER_LOCK
+    mine = f"{socket.gethostname()} {os.getpid()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                host, _, pid = path.read_text().strip().partition(" ")
+                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+                    logger.warning("removing %s left by process %s, which is gone", path, pid)
+                    path.unlink(missing_ok=True)
+                    continue
+                raise CheckpointError(f"--save {save} is being written by another run (process {pid} on {host}, "
+                                      f"{path}); use another --save, or delete {path} if that run is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(mine + "\n")
+            break
+    except OSError as err:
+        raise CheckpointError(f"--save {save} is not writable: {err}") from err
+    try:
+        yield
+    finally:
+        if path.is_file() and path.read_text().strip() == mine:
+            path.unlink()
+
+
+def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int, config: ModelConfig) -> str | None:
+    """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another
+    layout than ``layout`` (None: same layout, or nothing to load). Rank 0 converts it once, into
+    ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed conversion leaves no
+    valid-looking one); the other ranks only name it, and load after the barrier that follows
+    (``deepspeed.initialize``)."""
+    tag = read_latest(load_dir)
+    saved = saved_layout(Path(load_dir) / tag) if tag else None
+    if saved is None or saved == layout:
+        return None
+    autoep = layout["ep"] > 1  # AutoEP replaces the MoE layers only when ep > 1: other parameter names
+    target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
+    logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
+                Path(load_dir) / tag, saved, layout)
+    if rank == 0 and not target.is_dir():
+        from megamythos.export import convert_to_universal
+
+        with tempfile.TemporaryDirectory(dir=load_dir, prefix=f".{target.name}.") as tmp:
+            converted = convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag)
+            if (saved["ep"] > 1) != autoep:
+                rename_expert_tensors(converted / "zero", autoep, config)
+            os.replace(converted, target)
+        (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
+    return target.name
+
+
+UNIVERSAL_STATES = ("fp32", "exp_avg", "exp_avg_sq")
+
+
+def rename_expert_tensors(zero_dir: Path, to_autoep: bool, config: ModelConfig) -> None:
+    """Rewrite a universal checkpoint's MoE tensors between the model's names (``gate``, fused
+    ``experts.gate_up_proj`` [E, 2F, H], ``experts.down_proj`` [E, H, F]; flat, as ZeRO-3 stores them) and
+    AutoEP's (``router.gate``, ``experts.w1``/``w3`` [E, F, H], ``experts.w2`` [E, H, F]; expert entries)."""
+    from megamythos.parallel import autoep_to_model_names
+
+    E, H, F = config.n_experts, config.dim, config.expert_dim
+
+    def expert(t: torch.Tensor) -> dict[str, Any]:
+        return {"param": t.contiguous(), "cat_dim": 0, "is_expert_param": True, "ep_num_experts": E}
+
+    sources = [d.name for d in zero_dir.iterdir()
+               if d.is_dir() and (".experts." in d.name or ".gate." in d.name) and "shared_experts" not in d.name]
+    for key in UNIVERSAL_STATES:
+        load = {name: torch.load(zero_dir / name / f"{key}.pt", weights_only=False) for name in sources}
+        state = {name: (v["param"] if isinstance(v, dict) else v) for name, v in load.items()}
+        if to_autoep:
+            out = {}
+            for name, t in state.items():
+                if name.endswith(".experts.gate_up_proj"):
+                    base, t = name[: -len("gate_up_proj")], t.view(E, 2 * F, H)
+                    out[base + "w1"], out[base + "w3"] = expert(t[:, :F]), expert(t[:, F:])
+                elif name.endswith(".experts.down_proj"):
+                    out[name[: -len("down_proj")] + "w2"] = expert(t.view(E, H, F))
+                else:
+                    out[name.replace(".gate.", ".router.gate.")] = t
+        else:
+            out = {name: t.flatten() for name, t in autoep_to_model_names(state).items()}
+        for name, value in out.items():
+            (zero_dir / name).mkdir(exist_ok=True)
+            torch.save(value, zero_dir / name / f"{key}.pt")
+    for name in sources:
+        shutil.rmtree(zero_dir / name)
+
+
+def repair_universal_optimizer(optimizer: Any, groups: list[dict[str, Any]]) -> None:
+    """Undo two side effects of DeepSpeed's universal load: every parameter group gets the first group's settings
+    (so the no-decay group decays; ``groups`` are the settings to put back), and every parameter's Adam step count
+    is one shared tensor, which ``torch.optim.AdamW`` then increments once per parameter group and step."""
+    for group, settings in zip(optimizer.param_groups, groups):
+        group.update(settings)
+    for state in getattr(optimizer, "optimizer", optimizer).state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()
+
+
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, iteration: int) -> None:
+    """Put a freshly built scheduler where it is after ``iteration`` optimizer steps (its LR is a function of the
+    step alone), setting the LR of every parameter group of the new layout."""
+    scheduler.last_epoch = iteration - 1
+    with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer did step, in the old run
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+
+
+def _disk_full(err: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of space (torch reports ENOSPC only as ``basic_ios::clear``)."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(directory).free < (1 << 20)
+    except OSError:
+        return False
+
+
 class CheckpointManager:
     """Saves and restores one run's checkpoints under ``save_dir``; keeps the newest ``keep_last``.
 
@@ -76,14 +235,24 @@ class CheckpointManager:
             return None
         tag = tag_for(iteration)
         tag_dir = self.save_dir / tag
-        engine.save_checkpoint(str(self.save_dir), tag=tag, client_state=client_state, save_latest=False)
-        torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
-        if _rank() == 0:
-            config.to_json(tag_dir / MODEL_CONFIG_FILE)
-            if self.tokenizer is not None:
-                write_tokenizer_files(tag_dir, self.tokenizer)
-            if self.train_record is not None:
-                write_atomic(tag_dir / TRAIN_RECORD, json.dumps(self.train_record, indent=2) + "\n")
+        try:
+            engine.save_checkpoint(str(self.save_dir), tag=tag, client_state=client_state, save_latest=False)
+            torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
+            if _rank() == 0:
+                config.to_json(tag_dir / MODEL_CONFIG_FILE)
+                if self.tokenizer is not None:
+                    write_tokenizer_files(tag_dir, self.tokenizer)
+                if self.train_record is not None:
+                    write_atomic(tag_dir / TRAIN_RECORD, json.dumps(self.train_record, indent=2) + "\n")
+        except (OSError, RuntimeError) as err:
+            full = _disk_full(err, self.save_dir)
+            if not (full or isinstance(err, OSError)):
+                raise
+            shutil.rmtree(tag_dir, ignore_errors=True)
+            latest = read_latest(self.save_dir)
+            raise CheckpointError(f"{'disk full' if full else 'write failed'} while saving {tag_dir} ({err}); "
+                                  f"removed the partial {tag}, {self.save_dir / LATEST} still names "
+                                  f"{latest or 'nothing'}; free space (or use another --save) and resume") from err
         _barrier()  # every rank's shards and RNG are on disk before `latest` moves
         if _rank() == 0:
             write_atomic(self.save_dir / LATEST, tag)
@@ -97,12 +266,17 @@ class CheckpointManager:
         for old in tags[:-self.keep_last]:
             if old != keep:
                 shutil.rmtree(self.save_dir / old, ignore_errors=True)
+                for universal in self.save_dir.glob(f"{old}{UNIVERSAL_SUFFIX}*"):
+                    shutil.rmtree(universal, ignore_errors=True)
 
     @staticmethod
-    def load(engine: Any, load_dir: str | Path, config: ModelConfig) -> dict[str, Any] | None:
+    def load(engine: Any, load_dir: str | Path, config: ModelConfig,
+             universal: str | None = None) -> dict[str, Any] | None:
         """Restore engine, optimizer, scheduler and RNG from ``load_dir/latest``; return the client state.
 
-        Returns None when ``load_dir`` has no checkpoint yet (a fresh run with --load == --save).
+        ``universal``: the universal form of that tag to read the weights and optimizer from instead (the engine
+        was configured with ``load_universal``; see :func:`universal_tag`). Returns None when ``load_dir`` has
+        no checkpoint yet (a fresh run with --load == --save).
         """
         tag = read_latest(load_dir)
         if tag is None:
@@ -113,9 +287,17 @@ class CheckpointManager:
         if not config_file.is_file():
             raise CheckpointError(f"{tag_dir} has no {MODEL_CONFIG_FILE}; it was not written by megamythos")
         check_model_config(json.loads(config_file.read_text()), config, str(tag_dir))
-        path, client_state = engine.load_checkpoint(str(load_dir), tag=tag)
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+        try:  # the LR scheduler's state is per parameter group, and their number depends on the layout
+            path, client_state = engine.load_checkpoint(str(load_dir), tag=universal or tag,
+                                                        load_lr_scheduler_states=universal is None)
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+            raise CheckpointError(f"could not load checkpoint {tag_dir}: {type(err).__name__}: {err}") from err
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {tag_dir}")
+        if universal is not None:
+            repair_universal_optimizer(engine.optimizer, groups)
+            resume_schedule(engine.lr_scheduler, client_state["iteration"])
         rng_file = tag_dir / f"rng_rank{_rank()}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))

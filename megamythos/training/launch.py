@@ -8,7 +8,16 @@ bash, its first line runs the file with Python. :func:`main` tells the forms apa
 * ``deepspeed --no_python ... launchers/pretrain.sh ...`` (or ``srun``/``torchrun`` setting ``LOCAL_RANK``): bash
   on every rank, then the same :func:`run_rank`;
 * ``bash launchers/pretrain.sh [--num-gpus N --hostfile F ...] [trainer flags]``: no ``LOCAL_RANK``, so
-  :func:`launch` translates the launcher flags and execs ``deepspeed ... --module megamythos.training.pretrain``.
+  :func:`launch` translates the launcher flags and runs ``deepspeed ... --module megamythos.training.pretrain``
+  under :func:`supervise`, which turns SIGTERM/SIGINT/SIGHUP into one checkpoint and exit code 0.
+
+Signals (DeepSpeed 0.19.8): the single-node ``deepspeed`` runner has no handler, so a SIGTERM to it alone ends it
+at once and leaves its ``launch.py`` and the ranks running; ``launch.py`` terminates the ranks on SIGTERM/SIGINT
+but kills them after 30 s and exits 1 either way. The supervisor therefore signals the ranks themselves (every
+rank then agrees to stop, saves once and exits 0; see :mod:`megamythos.training.signals`) and waits for them
+even when the runner died from the same signal (a signal to the whole process group). Multi-node through pdsh:
+the ranks are not its descendants, so the signal goes to the runner, whose pdsh handler ``pkill``s the remote
+ranks with SIGTERM (the same checkpoint path; not tested here, there is no pdsh).
 
 All three give the trainer the same arguments and environment: the defaults of :func:`trainer_defaults` (where
 checkpoints and logs go, the CPU debug run) and of :func:`rank_environment` (``DS_ACCELERATOR``,
@@ -20,9 +29,12 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Mapping, NoReturn, Sequence
+from typing import Mapping, Sequence
 
 from megamythos.errors import UserError
 
@@ -180,15 +192,85 @@ def run_rank(argv: Sequence[str]) -> int:
     return train([*trainer_defaults(argv, gpu, os.environ), *argv])
 
 
-def launch(argv: Sequence[str]) -> NoReturn:
-    """``bash launchers/pretrain.sh``: exec the ``deepspeed`` launcher on the trainer with the defaults applied."""
+def launch(argv: Sequence[str]) -> int:
+    """``bash launchers/pretrain.sh``: run the ``deepspeed`` launcher on the trainer with the defaults applied."""
     launcher, trainer = split_launcher_flags(argv)
     gpu = has_gpu()
     processes = int(launcher.get("num_gpus") or 1)
     os.environ.update(rank_environment(os.environ, gpu, processes))
-    cmd = deepspeed_command(launcher, [*trainer_defaults(trainer, gpu, os.environ), *trainer], gpu, os.environ)
+    trainer = [*trainer_defaults(trainer, gpu, os.environ), *trainer]
+    cmd = deepspeed_command(launcher, trainer, gpu, os.environ)
     logger.info("%s", shlex.join(cmd))
-    os.execvp(cmd[0], cmd)
+    return supervise(cmd, Path(flag_value(trainer, "--save")) / "latest")
+
+
+def training_ranks() -> list:
+    """The trainer processes (``python -u -m megamythos.training.pretrain``) among this process's descendants."""
+    import psutil
+
+    def is_rank(p: psutil.Process) -> bool:
+        try:
+            args = p.cmdline()
+        except psutil.Error:
+            return False
+        return "-m" in args and args.index("-m") + 1 < len(args) and args[args.index("-m") + 1] == TRAINER
+
+    return [p for p in psutil.Process().children(recursive=True) if is_rank(p)]
+
+
+def adopt_orphans() -> None:
+    """Become the parent of descendants whose parent dies (Linux ``PR_SET_CHILD_SUBREAPER``), so that the ranks
+    stay visible and can be waited for when the deepspeed runner dies of a signal first."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        logger.warning("cannot adopt orphaned ranks on this system; a group signal may return before they save")
+
+
+def supervise(cmd: list[str], latest: Path) -> int:
+    """Run ``cmd`` (the deepspeed launcher) and return its exit code. On SIGTERM, SIGINT or SIGHUP, send SIGTERM
+    to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
+    and return 0 if a checkpoint was completed after the signal (``latest`` rewritten), else 1."""
+    import psutil
+
+    adopt_orphans()
+    proc = subprocess.Popen(cmd)
+    signalled: list[float] = []
+    ranks: list = []
+
+    def forward(signum: int, frame: object) -> None:
+        if not signalled:
+            logger.info("received %s: asking the ranks to save a checkpoint and stop", signal.Signals(signum).name)
+            signalled.append(time.time())
+        local = training_ranks()
+        ranks.extend(local)
+        for target in local or ([psutil.Process(proc.pid)] if proc.poll() is None else []):
+            try:
+                target.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    code = proc.wait()
+    if not signalled:
+        return code
+    # the runner may have died of the same signal (a signal to the process group): its launch.py and ranks are
+    # adopted now; ranks that were still starting (not signalled yet) are stopped too, and all are waited for
+    left = psutil.Process().children(recursive=True)
+    for p in left:
+        if p not in ranks:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+    psutil.wait_procs(left + ranks)
+    saved = latest.is_file() and latest.stat().st_mtime >= signalled[0]
+    logger.info("ranks finished; %s", f"checkpoint {latest.read_text().strip()} saved" if saved else
+                "no checkpoint was saved after the signal")
+    return 0 if saved else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -198,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "LOCAL_RANK" in os.environ:
             return run_rank(argv)
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-        launch(argv)
+        return launch(argv)
     except LaunchError as err:
         if os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
             print(f"error: {err}", file=sys.stderr, flush=True)

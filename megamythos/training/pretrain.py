@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,8 @@ from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_coun
 from megamythos.tokenizer import Tokenizer
 from megamythos.training import comm_stats
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
-from megamythos.training.checkpointing import CheckpointError, CheckpointManager
+from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_run_dirs, universal_tag,
+                                               writer_lock)
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.schedules import LRSchedule, build_scheduler
@@ -55,10 +57,24 @@ def init_distributed() -> tuple[int, int]:
     if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
+    if os.environ["RANK"] == "0":
+        check_master_port(int(os.environ["MASTER_PORT"]))
     logger.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
                 "unless `make install` prebuilt it)")
     deepspeed.init_distributed()
     return dist.get_rank(), dist.get_world_size()
+
+
+def check_master_port(port: int) -> None:
+    """Rank 0 hosts the rendezvous on ``port``: refuse one that another program listens on (else: a traceback
+    after the DeepSpeed start-up, or a wait on someone else's store)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as err:
+            raise UserError(f"--master-port {port} is in use ({err.strerror}); pass another --master-port to the "
+                            "launcher") from err
 
 
 def seed_everything(seed: int) -> None:
@@ -88,6 +104,19 @@ def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> DataSetup:
     return resolve_data(data_path, vocab_size)
 
 
+def absolute_data_path(data_path: Sequence[str]) -> list[str]:
+    """``--data-path`` with every prefix made absolute and the weights kept, so that the record written with the
+    checkpoints (read by ``evaluate``) finds the data from any working directory."""
+    def absolute(item: str) -> str:
+        try:
+            float(item)
+            return item
+        except ValueError:
+            return os.path.abspath(item)
+
+    return [absolute(item) for item in data_path]
+
+
 # ----------------------------------------------------------------------------------------------- the trainer
 class Trainer:
     """One pretraining run: engine, data, schedule, checkpoints, telemetry."""
@@ -97,18 +126,22 @@ class Trainer:
 
         self.args = args
         self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
-        setup_logging(int(os.environ.get("RANK", "0")))
-        self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
-        self.rank, self.world = init_distributed()
-        template = load_template(args.ds_config)
-        self.layout = resolve_layout(template, args, self.world)
+        template = load_template(args.ds_config)  # and so does a layout that does not fit the world or the model
+        self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
         self.layout.check_model(self.config)
         if args.compile and self.layout.zero == 3:
             raise ArgumentError("--compile needs ZeRO stage 0-2 (--zero 2): ZeRO-3 fetches parameters in a hook of "
                                 "every submodule, which breaks each compiled block into many graphs")
+        setup_logging(int(os.environ.get("RANK", "0")))
+        self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
+        self.rank, self.world = init_distributed()
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
+        # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
+        self.universal = universal_tag(args.load, self.layout_record(), self.rank, self.config) if args.load else None
+        if self.universal:
+            self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
                                    args.wsd_decay_fraction)
 
@@ -140,8 +173,9 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             args.save, args.keep_last,
             tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
-            train_record={"args": args.to_dict(), "data_path": self.data.data_path, "total_iters": self.total_iters,
-                          "global_batch_size": self.layout.global_batch_size})
+            train_record={"args": args.to_dict(), "data_path": absolute_data_path(self.data.data_path),
+                          "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
+                          "layout": self.layout_record()})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
         if not args.peak_tflops:
             logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
@@ -156,13 +190,17 @@ class Trainer:
         logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
 
     # ---------------------------------------------------------------------------------------- state
+    def layout_record(self) -> dict[str, int]:
+        """What a checkpoint's shards depend on; resuming on another one goes through a universal checkpoint."""
+        return {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}
+
     def client_state(self) -> dict[str, Any]:
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
-                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "layout": {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}}
+                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "layout": self.layout_record()}
 
     def _load(self, load_dir: str) -> None:
-        state = self.checkpoints.load(self.engine, load_dir, self.config)
+        state = self.checkpoints.load(self.engine, load_dir, self.config, self.universal)
         if state is None:
             return
         if state.get("tokenizer_fingerprint") != self.data.tokenizer_fingerprint:
@@ -188,8 +226,14 @@ class Trainer:
         return build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters,
                               self.layout.global_batch_size)
 
+    def validation_tokens(self) -> int:
+        """Tokens one validation predicts: ``eval_iters`` global batches (the first ``eval_iters x global batch``
+        validation samples, what ``evaluate --eval-iters eval_iters x global / B --micro-batch-size B`` reads)."""
+        return self.args.eval_iters * self.layout.global_batch_size * self.args.seq_length
+
     def evaluate(self, valid: Any) -> float:
-        """Mean validation loss over ``eval_iters`` global batches at the mean loop count."""
+        """Mean validation loss over ``eval_iters`` global batches at the mean loop count (equal-sized micro-batches,
+        so the mean of their means is the mean over tokens, as ``evaluate`` computes it)."""
         self.engine.eval()
         losses = []
         it = batches(valid, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
@@ -291,9 +335,11 @@ class Trainer:
                     self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl},
                                          self.iteration, self.consumed)
                     self.monitor.record({"iteration": self.iteration, "lm loss validation": val,
-                                         "lm loss validation ppl": ppl})
-                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g", self.iteration,
-                                val, ppl)
+                                         "lm loss validation ppl": ppl, "validation tokens": self.validation_tokens()})
+                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g | %d tokens (%d "
+                                "batches of %d x %d) at %d loops", self.iteration, val, ppl, self.validation_tokens(),
+                                self.args.eval_iters, self.layout.global_batch_size, self.args.seq_length,
+                                self.config.mean_loops)
                 stop = signals.should_exit() or self.iteration == self.args.exit_interval
                 if stop or (self.args.save_interval and self.iteration % self.args.save_interval == 0):
                     self.save()
@@ -319,16 +365,32 @@ class Trainer:
 
 
 def train(argv: Sequence[str] | None = None) -> int:
-    """Parse, train, report; returns the process exit code."""
-    trainer = Trainer(parse_args(argv))
-    code = trainer.run()
-    trainer.report()
+    """Parse, check the run's directories, train, report; returns the process exit code.
+
+    Arguments and checkpoint directories are checked before any process group or DeepSpeed start-up; rank 0
+    holds the ``--save`` directory's writer lock for the whole run."""
+    args = parse_args(argv)
+    check_run_dirs(args.save, args.load)
+    with writer_lock(args.save, holder=os.environ.get("RANK", "0") == "0"):
+        trainer = Trainer(args)
+        code = trainer.run()
+        trainer.report()
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """:func:`train`; user errors end the process with a one-line message and exit code 2."""
+def _quiet(argv: Sequence[str] | None) -> int:
+    """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it."""
     try:
+        return train(argv)
+    except UserError:
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """:func:`train`; user errors end the process with a one-line message (from rank 0) and exit code 2."""
+    try:
+        if os.environ.get("RANK", "0") != "0":
+            return _quiet(argv)
         return run_cli(lambda: train(argv), log_format=None, logger=logger)
     finally:
         if dist.is_initialized():

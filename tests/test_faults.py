@@ -1,0 +1,300 @@
+"""Faults and bad input: every case ends in one line ``error: ...`` and exit code 2, or recovers; nothing is lost.
+
+Each test backs one row of the "Faults and recovery" table in README.md. Trainer cases that are refused before
+any process group starts run the trainer in one process (seconds); the others use real `deepspeed` launches.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from data_prep.preprocess_data import main as preprocess_main
+from megamythos.checkpoint_files import WRITER_LOCK, read_latest
+from megamythos.data.indexed_dataset import dataset_exists
+from megamythos.data.metadata import metadata_path, read_dataset_metadata
+from megamythos.tokenizer import Tokenizer
+from megamythos.training.checkpointing import writer_lock
+from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
+from train_utils import (REPO, build_corpus, finish, launch_env, metrics, run, run_single, start, tiny_args,
+                         wait_for)
+
+DOCS = synthetic_documents(20, seed=5)
+
+
+def one_error_line(output: str) -> str:
+    """The single ``error:`` line of a failed command (no traceback)."""
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, f"expected one error line:\n{output[-3000:]}"
+    return lines[0]
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ------------------------------------------------------------------------------------------------- data
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing input", "missing tokenizer", "empty tokenizer", "empty corpus",
+                                  "strict", "unwritable output", "other json key"])
+def test_preprocess_errors_are_one_line(case: str, tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    write_jsonl(tmp_path / "content.jsonl", DOCS, key="content")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "zero.model").write_bytes(b"")
+    tok = tiny_tokenizer.model_path
+    args = {"missing input": ["--input", "nothing*.jsonl", "--tokenizer-model", tok],
+            "missing tokenizer": ["--input", "a.jsonl", "--tokenizer-model", "missing.model"],
+            "empty tokenizer": ["--input", "a.jsonl", "--tokenizer-model", "zero.model"],
+            "empty corpus": ["--input", "empty.jsonl", "--tokenizer-model", tok],
+            "strict": ["--input", "bad.jsonl", "--tokenizer-model", tok, "--strict"],
+            "unwritable output": ["--input", "a.jsonl", "--tokenizer-model", tok, "--output-prefix", "/proc/no/out"],
+            "other json key": ["--input", "content.jsonl", "--tokenizer-model", tok]}[case]
+    if "--output-prefix" not in args:
+        args += ["--output-prefix", "out"]
+    result = cli([str(REPO / "data_prep" / "preprocess_data.py"), "--no-progress", *args], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr)
+    expected = {"missing input": "nothing*.jsonl", "missing tokenizer": "missing.model",
+                "empty tokenizer": "zero.model", "empty corpus": "no documents", "strict": "bad.jsonl:2",
+                "unwritable output": "--output-prefix", "other json key": "--json-keys"}[case]
+    assert expected in line
+    assert not dataset_exists(str(tmp_path / "out_text_document")), "a failed run left a dataset"
+
+
+@pytest.mark.parametrize("case", ["missing input", "empty corpus", "unwritable output"])
+def test_tokenizer_training_errors_are_one_line(case: str, tmp_path: Path) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    inputs, prefix = {"missing input": ("nothing*", "tok"), "empty corpus": ("empty.jsonl", "tok"),
+                      "unwritable output": ("a.jsonl", "/proc/no/tok")}[case]
+    result = cli([str(REPO / "tokenizer" / "train_tokenizer.py"), "--input", inputs, "--vocab-size", "300",
+                  "--model-prefix", prefix], tmp_path)
+    assert result.returncode == 2
+    one_error_line(result.stderr)
+
+
+def test_dataset_is_never_visible_without_its_tokenizer_record(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the moment the ``.idx`` (which makes the dataset exist) is renamed into place, the record is there;
+    a run killed at that rename leaves no dataset, and the old dataset being overwritten is hidden first."""
+    prefix = str(tmp_path / "out_text_document")
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    assert preprocess_main(["--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
+                            "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress"]) == 0
+    real_replace = os.replace
+    seen = []
+
+    def killed_at_idx_rename(src: str, dst: str) -> None:
+        if str(dst).endswith(".idx"):
+            seen.append(os.path.isfile(metadata_path(prefix)) and not os.path.exists(dst))
+            raise KeyboardInterrupt  # the process dies here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_idx_rename)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_main(["--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
+                         "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress", "--overwrite"])
+    assert seen == [True], "the .idx was renamed before the record was written or the old .idx removed"
+    assert not dataset_exists(prefix)
+
+
+def test_temporary_files_of_killed_runs_are_removed(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    dead, alive = dead_pid(), os.getppid()  # not our own pid: preprocessing runs in this process
+    stale_file = tmp_path / f"out_text_document.bin.tmp.{dead}"
+    stale_dir = tmp_path / f"out.parts.tmp.{dead}"
+    live_file = tmp_path / f"out_text_document.bin.tmp.{alive}"  # another run still writing: kept
+    stale_file.write_bytes(b"x" * 100)
+    stale_dir.mkdir()
+    live_file.write_bytes(b"y")
+    assert preprocess_main(["--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
+                            "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress"]) == 0
+    assert not stale_file.exists() and not stale_dir.exists() and live_file.exists()
+    assert read_dataset_metadata(str(tmp_path / "out_text_document"))["num_documents"] == len(DOCS)
+
+
+def test_export_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
+    result = cli(["-m", "megamythos.export", str(tmp_path), str(tmp_path / "out")], tmp_path)
+    assert result.returncode == 2
+    assert str(tmp_path) in one_error_line(result.stderr)
+
+
+# ------------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
+    """A 1-rank run of 2 iterations (global batch 4) with a checkpoint each and a validation of 2 global batches
+    at the end, started on a lock left by a killed run."""
+    out = tmp_path_factory.mktemp("trained")
+    (out / "ckpt").mkdir()
+    (out / "ckpt" / WRITER_LOCK).write_text(f"{socket.gethostname()} {dead_pid()}\n")
+    log = run(1, [*tiny_args(corpus, 2), "--save", str(out / "ckpt"), "--save-interval", "1", "--eval-interval",
+                  "2", "--eval-iters", "2", "--metrics-file", str(out / "metrics.jsonl")], out / "log.txt")
+    assert "which is gone" in log
+    return out
+
+
+def test_stale_lock_is_taken_over_and_released(trained: Path) -> None:
+    assert read_latest(trained / "ckpt") == "iter_0000002"
+    assert not (trained / "ckpt" / WRITER_LOCK).exists()
+
+
+def test_trainer_validation_and_evaluate_agree(trained: Path, tmp_path: Path) -> None:
+    """The same checkpoint, samples and loop count give the same loss; both report the tokens they used."""
+    val = [m for m in metrics(trained / "metrics.jsonl") if "lm loss validation" in m][-1]
+    result = cli(["-m", "megamythos.evaluate", "--load", str(trained / "ckpt"), "--loops", "3",
+                  "--micro-batch-size", "4", "--eval-iters", "2", "--out", str(tmp_path / "eval")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads(result.stdout.splitlines()[-1])["results"][0]
+    assert row["tokens"] == val["validation tokens"] == 2 * 4 * 32
+    assert f"= {row['tokens']} tokens" in result.stderr
+    assert abs(row["loss"] - val["lm loss validation"]) <= 1e-4, (row["loss"], val["lm loss validation"])
+
+
+def refused(args: list[str], cwd: Path) -> str:
+    """Run the trainer (one process) and return its single error line; it must stop before DeepSpeed starts."""
+    result = run_single(args, cwd)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Initializing TorchBackend" not in result.stderr, "refused only after the process group started"
+    return one_error_line(result.stderr)
+
+
+def test_load_typo_is_refused(trained: Path, corpus: Path, tmp_path: Path) -> None:
+    line = refused([*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(trained / "ckpt-typo")],
+                   tmp_path)
+    assert "--load" in line and "ckpt-typo" in line and "does not exist" in line
+
+
+def test_save_over_another_run_is_refused(trained: Path, corpus: Path, tmp_path: Path) -> None:
+    before = sorted(p.name for p in (trained / "ckpt").iterdir())
+    line = refused([*tiny_args(corpus, 4), "--save", str(trained / "ckpt")], tmp_path)
+    assert "already holds checkpoints" in line and f"--load {trained / 'ckpt'}" in line
+    assert sorted(p.name for p in (trained / "ckpt").iterdir()) == before
+
+
+def test_second_writer_is_refused(corpus: Path, tmp_path: Path) -> None:
+    save = tmp_path / "ckpt"
+    save.mkdir()
+    (save / WRITER_LOCK).write_text(f"{socket.gethostname()} {os.getpid()}\n")  # a live run holds it
+    line = refused([*tiny_args(corpus, 4), "--save", str(save), "--load", str(save)], tmp_path)
+    assert "being written by another run" in line and str(os.getpid()) in line
+    assert (save / WRITER_LOCK).exists(), "another run's lock was removed"
+
+
+def test_writer_lock_is_exclusive_in_process(tmp_path: Path) -> None:
+    with writer_lock(str(tmp_path), holder=True):
+        assert (tmp_path / WRITER_LOCK).read_text().split() == [socket.gethostname(), str(os.getpid())]
+    assert not (tmp_path / WRITER_LOCK).exists()
+
+
+def test_corrupt_checkpoint_file_is_named(trained: Path, corpus: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained / "ckpt", ckpt)
+    shard = sorted((ckpt / "iter_0000002").glob("*optim_states.pt"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    line = refused([*tiny_args(corpus, 4), "--save", str(ckpt), "--load", str(ckpt)], tmp_path)
+    assert str(shard) in line and "corrupt" in line
+
+
+def test_user_error_is_printed_once_by_two_ranks(corpus: Path, tmp_path: Path) -> None:
+    text = run(2, [*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(tmp_path / "typo")],
+               tmp_path / "log.txt", expect_rc=2)
+    assert [line for line in text.splitlines() if line.startswith("error: ")] == [
+        f"error: --load {tmp_path / 'typo'} does not exist; fix the path, or drop --load to start from scratch"]
+    assert "Traceback" not in text
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 4 MiB tmpfs (needs root); unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs", str(mount)]).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -> None:
+    """The disk fills up after the first checkpoint: the run stops with one line saying so, the partial tag is
+    removed and ``latest`` still names a complete checkpoint."""
+    save = small_disk / "ckpt"
+    log = tmp_path / "log.txt"
+    proc = start(1, [*tiny_args(corpus, 200), "--save", str(save), "--save-interval", "1", "--keep-last", "100",
+                     "--eval-interval", "0"], log)
+    wait_for(lambda: (save / "latest").is_file(), proc, "the first checkpoint")
+    with open(small_disk / "filler", "wb") as filler:  # take every free byte
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    try:
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    text = log.read_text()
+    assert proc.returncode == 2, text[-4000:]
+    line = one_error_line(text)
+    assert "disk full" in line and "still names" in line
+    latest = read_latest(save)
+    tags = sorted(p.name for p in save.iterdir() if p.name.startswith("iter_"))
+    assert tags[-1] == latest, f"partial checkpoint left behind: {tags}, latest {latest}"
+    assert not (save / WRITER_LOCK).exists()
+
+
+@pytest.mark.parametrize("target", ["launcher", "process group"])
+def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: Path, tmp_path: Path) -> None:
+    """``bash launchers/pretrain.sh`` (2 ranks) gets SIGTERM alone or with its whole process group: every rank
+    stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left."""
+    save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
+    proc = start(2, [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file),
+                     "--eval-interval", "0"], log)
+    wait_for(lambda: bool(metrics(metrics_file)), proc, "the first iteration")
+    if target == "launcher":
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+    text = finish(proc, log)
+    assert proc.returncode == 0, text[-4000:]
+    assert text.count("saved checkpoint") == 1 and "stopping at iteration" in text
+    assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(save) in " ".join(p.info["cmdline"] or [])]
+    assert not left, f"orphaned processes: {left}"
+
+
+def test_master_port_in_use_is_one_line(corpus: Path, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "megamythos.training.pretrain", *tiny_args(corpus, 2)],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                                env={**launch_env(), "MASTER_PORT": str(port)})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"--master-port {port} is in use" in one_error_line(result.stderr)
