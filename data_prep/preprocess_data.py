@@ -13,11 +13,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
+from megamythos.errors import ArgumentParser, TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_argument_group("input")
     src.add_argument("--input", nargs="+", default=[],
                      help=".txt .jsonl .jsonl.gz .jsonl.zst .parquet files, globs, or save_to_disk directories")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from megamythos.data.gpt_dataset import parse_data_path
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import DataError, DataRecipe, batches, build_datasets, resolve_data
-from megamythos.errors import run_cli
+from megamythos.errors import ArgumentParser, run_cli
 from megamythos.loading import LoadError, LoadedModel, load_model
 from megamythos.model import MythosLM
 from megamythos.recurrent import exit_distribution
@@ -241,7 +241,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     """The command line of ``python -m megamythos.evaluate`` as a validated :class:`EvalConfig`."""
-    p = argparse.ArgumentParser(prog="python -m megamythos.evaluate", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from megamythos.errors import run_cli
+from megamythos.errors import ArgumentParser, run_cli
 from megamythos.loading import LoadError, load_model
 from megamythos.model import ModelKVCache, MythosLM
 
@@ -143,7 +143,7 @@ class TextStreamer:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m megamythos.generate", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--prompt", required=True)

@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from megamythos.config import PRESETS, ModelConfig, get_preset
+from megamythos.errors import ArgumentParser
 
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -247,7 +248,7 @@ def _fmt(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--config", help="model config JSON (overrides --preset)")
     parser.add_argument("--seq-length", type=int, default=None)

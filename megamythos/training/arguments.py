@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from megamythos.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
-from megamythos.errors import UserError
+from megamythos.errors import ArgumentParser, UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
@@ -161,7 +161,7 @@ class TrainArgs:
 
 def build_parser() -> argparse.ArgumentParser:
     """The pretraining command line; every flag maps onto one :class:`TrainArgs` field."""
-    p = argparse.ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = TrainArgs.__dataclass_fields__
 
