@@ -18,9 +18,9 @@ from megamythos.errors import ArgumentParser, TIMED_CLI_LOG_FORMAT, run_cli  # n
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary (the tiny preset: 8192)")
     parser.add_argument("--max-files", type=int, default=None, help="use only the first N files (sorted)")
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: min(2, cores))")
     args = parser.parse_args(argv)
 
     def build() -> int:

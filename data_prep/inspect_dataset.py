@@ -20,9 +20,9 @@ from megamythos.errors import ArgumentParser, run_cli  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
-    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=3, help="documents to print")
     parser.add_argument("--tokenizer-model", help="decode with this model instead of the recorded one")
-    parser.add_argument("--max-sample-tokens", type=int, default=200)
+    parser.add_argument("--max-sample-tokens", type=int, default=200, help="tokens printed per document")
     args = parser.parse_args(argv)
 
     def inspect() -> int:

@@ -248,7 +248,7 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--split", help="train,valid,test weights (default: the training run's)")
     p.add_argument("--seed", type=int, help="data seed (default: the training run's)")
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
-    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--micro-batch-size", type=int, default=4, help="samples per batch")
     p.add_argument("--eval-iters", type=int, default=8, help="batches evaluated at every loop count")
     p.add_argument("--loops", default=DEFAULT_LOOPS, help="comma-separated loop counts")
     p.add_argument("--exit-threshold", dest="exit_thresholds", default="",
@@ -258,7 +258,7 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--out", help="results directory (default: eval/ in the checkpoint or export directory)")
     p.add_argument("--tensorboard-dir", help="default: OUT/tensorboard")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ns = vars(p.parse_args(argv))
     try:
         ns["loops"] = [int(x) for x in ns["loops"].split(",")]

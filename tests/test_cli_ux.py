@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import runpy
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ import pytest
 from megamythos.config import PRESETS
 from megamythos.data import default_corpus
 from megamythos.data.indexed_dataset import IndexedDatasetBuilder
+from megamythos import errors
 from megamythos.data.pretraining import DataError, resolve_data
 from megamythos.evaluate import parse_args as evaluate_args
 from megamythos.export import main as export_main
@@ -57,6 +59,31 @@ def test_trainer_help_describes_every_flag_and_lists_presets_with_sizes():
         assert f"\n  {name} " in text
     assert "7.1M total" in text and "917.10B total" in text  # tiny and 1t, as megamythos.params counts them
     assert all(a.help != argparse.SUPPRESS for a in parser._actions if a.dest != "local_rank")
+
+
+CLIS = ["megamythos.training.pretrain", "megamythos.evaluate", "megamythos.generate", "megamythos.export",
+        "megamythos.hf.lm_eval_data", "data_prep/build_default_corpus.py", "data_prep/inspect_dataset.py",
+        "data_prep/merge_datasets.py", "data_prep/preprocess_data.py", "tokenizer/train_tokenizer.py"]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy re-running an imported module
+def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypatch):
+    seen = []
+
+    def inspect(parser, args=None, namespace=None):  # instead of parsing: record the parser, stop the CLI
+        seen.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(errors.ArgumentParser, "parse_args", inspect)
+    monkeypatch.setattr(sys, "argv", [cli])
+    with pytest.raises(SystemExit):
+        if cli.endswith(".py"):
+            runpy.run_path(str(REPO / cli), run_name="__main__")
+        else:
+            runpy.run_module(cli, run_name="__main__")
+    (parser,) = seen
+    assert [a.dest for a in parser._actions if not a.help] == []
 
 
 def test_prefix_without_text_document_gets_a_hint(tmp_path):
