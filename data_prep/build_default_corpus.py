@@ -12,15 +12,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.default_corpus import ensure_default_dataset  # noqa: E402
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
+from megamythos.errors import ArgumentParser, TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary (the tiny preset: 8192)")
     parser.add_argument("--max-files", type=int, default=None, help="use only the first N files (sorted)")
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: min(2, cores))")
     args = parser.parse_args(argv)
 
     def build() -> int:

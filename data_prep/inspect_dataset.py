@@ -14,15 +14,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.indexed_dataset import IndexedDatasetError  # noqa: E402
 from megamythos.data.inspection import inspect_dataset  # noqa: E402
-from megamythos.errors import run_cli  # noqa: E402
+from megamythos.errors import ArgumentParser, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
-    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--samples", type=int, default=3, help="documents to print")
     parser.add_argument("--tokenizer-model", help="decode with this model instead of the recorded one")
-    parser.add_argument("--max-sample-tokens", type=int, default=200)
+    parser.add_argument("--max-sample-tokens", type=int, default=200, help="tokens printed per document")
     args = parser.parse_args(argv)
 
     def inspect() -> int:

@@ -8,13 +8,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.merge import merge_datasets  # noqa: E402
-from megamythos.errors import run_cli  # noqa: E402
+from megamythos.errors import ArgumentParser, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (without .bin/.idx), in order")
-    parser.add_argument("--output-prefix", required=True)
+    parser.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx}")
     args = parser.parse_args(argv)
 
     def merge() -> int:

@@ -6,9 +6,11 @@ deriving from ``ValueError`` or ``RuntimeError`` as before; :func:`run_cli` catc
 """
 from __future__ import annotations
 
+import argparse
+import difflib
 import logging
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 CLI_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 TIMED_CLI_LOG_FORMAT = f"%(asctime)s {CLI_LOG_FORMAT}"  # for the long-running data and tokenizer tools
@@ -16,6 +18,42 @@ TIMED_CLI_LOG_FORMAT = f"%(asctime)s {CLI_LOG_FORMAT}"  # for the long-running d
 
 class UserError(Exception):
     """A missing file, bad flag or inconsistent input: reported in one line, exit code 2, no traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every command line: a bad command line is one ``error: ...`` line on stderr and exit code 2
+    (not the usage block), and an unknown flag names the closest known one::
+
+        error: unrecognized argument --trian-iters (did you mean --train-iters?)
+    """
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            message = self._unrecognized(message[len(prefix):].split())
+        else:  # argparse reports missing required flags first; a mistyped one is the likelier cause
+            known = self._known_flags()
+            typos = [a for a in getattr(self, "_argv", []) if a.startswith("--")
+                     and not any(k.startswith(a.split("=", 1)[0]) for k in known)]
+            message = f"{self._unrecognized(typos)}; {message}" if typos else message
+        self.exit(2, f"error: {message}\n")
+
+    def _known_flags(self) -> list[str]:
+        return [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+
+    def _unrecognized(self, args: list[str]) -> str:
+        """``unrecognized argument --x (did you mean --y?)`` for the flags among ``args`` (their values aside)."""
+        flags = [a for a in args if a.startswith("-")] or args
+        known = self._known_flags()
+        parts = []
+        for flag in flags:
+            close = difflib.get_close_matches(flag.split("=", 1)[0], known, n=1, cutoff=0.6)
+            parts.append(flag + (f" (did you mean {close[0]}?)" if close else ""))
+        return f"unrecognized argument{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
 def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT, logger: logging.Logger | None = None,

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from megamythos.data.gpt_dataset import parse_data_path
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import DataError, DataRecipe, batches, build_datasets, resolve_data
-from megamythos.errors import run_cli
+from megamythos.errors import ArgumentParser, run_cli
 from megamythos.loading import LoadError, LoadedModel, load_model
 from megamythos.model import MythosLM
 from megamythos.recurrent import exit_distribution
@@ -242,14 +242,14 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     """The command line of ``python -m megamythos.evaluate`` as a validated :class:`EvalConfig`."""
-    p = argparse.ArgumentParser(prog="python -m megamythos.evaluate", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")
     p.add_argument("--split", help="train,valid,test weights (default: the training run's)")
     p.add_argument("--seed", type=int, help="data seed (default: the training run's)")
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
-    p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--micro-batch-size", type=int, default=4, help="samples per batch")
     p.add_argument("--eval-iters", type=int, default=8, help="batches evaluated at every loop count")
     p.add_argument("--loops", default=DEFAULT_LOOPS, help="comma-separated loop counts")
     p.add_argument("--exit-threshold", dest="exit_thresholds", default="",
@@ -259,7 +259,7 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--out", help="results directory (default: eval/ in the checkpoint or export directory)")
     p.add_argument("--tensorboard-dir", help="default: OUT/tensorboard")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ns = vars(p.parse_args(argv))
     try:
         ns["loops"] = [int(x) for x in ns["loops"].split(",")]

@@ -3,6 +3,12 @@ the run trained with (``tokenizer.model`` and its record ``tokenizer.json``: fin
 
     python -m megamythos.export runs/tiny/checkpoints exported/tiny      # newest complete checkpoint
     python -m megamythos.export runs/tiny/checkpoints/iter_0000060 exported/tiny
+    python -m megamythos.export runs/tiny/checkpoints exported/tiny-hf --format hf   # Hugging Face directory
+
+``--format native`` (default) is what ``megamythos.generate``/``evaluate --load`` read. ``--format hf`` writes a
+directory that ``transformers.AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` and
+``AutoTokenizer.from_pretrained(DIR)`` load, modeling code included (:mod:`megamythos.hf.export`; needs the
+``hf`` extra).
 
 ZeRO (1-3) checkpoints, with or without AutoEP/AutoTP, go through DeepSpeed's universal checkpoint
 (``deepspeed.checkpoint.ds_to_universal``), which merges ZeRO, TP and EP shards into full tensors;
@@ -25,7 +31,7 @@ import torch
 
 from megamythos.checkpoint_files import MODEL_CONFIG_FILE, read_latest, read_tokenizer_files, write_tokenizer_files
 from megamythos.config import ModelConfig
-from megamythos.errors import UserError, run_cli
+from megamythos.errors import ArgumentParser, UserError, run_cli
 from megamythos.model import MythosLM
 from megamythos.parallel import autoep_to_model_names
 from megamythos.tokenizer import Tokenizer
@@ -112,6 +118,14 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where:
     return model
 
 
+def _checkpoint_model(tag_dir: Path, out_dir: Path) -> MythosLM:
+    """The full model of checkpoint ``tag_dir`` (scratch files of the universal conversion go under ``out_dir``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
+    return model_from_state(config, state, tag_dir)
+
+
 def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """Write ``out_dir/model.safetensors``, ``out_dir/config.json`` and, when the checkpoint carries its
     tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json``; returns the safetensors path."""
@@ -119,13 +133,10 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
 
     tag_dir = resolve_tag_dir(checkpoint)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
-    model = model_from_state(config, state, tag_dir)
+    model = _checkpoint_model(tag_dir, out_dir)
     path = out_dir / MODEL_FILE
     save_model(model, str(path))
-    config.to_json(out_dir / CONFIG_FILE)
+    model.config.to_json(out_dir / CONFIG_FILE)
     record = read_tokenizer_files(tag_dir)
     if record is None:
         logger.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
@@ -133,6 +144,18 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
         write_tokenizer_files(out_dir, Tokenizer(record["tokenizer_model"]))
     logger.info("exported %s -> %s", tag_dir, path)
     return path
+
+
+def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write checkpoint ``checkpoint`` as a Hugging Face directory ``out_dir`` (see the module docstring)."""
+    from megamythos.hf.export import export_hf
+
+    tag_dir = resolve_tag_dir(checkpoint)
+    record = read_tokenizer_files(tag_dir)
+    if record is None:
+        raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
+    model = _checkpoint_model(tag_dir, Path(out_dir))
+    return export_hf(model, Tokenizer(record["tokenizer_model"]), out_dir)
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -155,13 +178,19 @@ def load_exported(out_dir: str | Path) -> MythosLM:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m megamythos.export", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")
     p.add_argument("out", help="output directory for model.safetensors, config.json and the tokenizer")
+    p.add_argument("--format", choices=("native", "hf"), default="native",
+                   help="native: what megamythos.generate/evaluate --load read (default); hf: a Hugging Face "
+                        "directory with its modeling code (transformers, trust_remote_code=True)")
     args = p.parse_args(argv)
 
     def run() -> int:
+        if args.format == "hf":
+            print(json.dumps({"hf_dir": str(export_hf_checkpoint(args.checkpoint, args.out))}))
+            return 0
         path = export(args.checkpoint, args.out)
         print(json.dumps({"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}))
         return 0

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from megamythos.errors import run_cli
+from megamythos.errors import ArgumentParser, run_cli
 from megamythos.loading import LoadError, load_model
 from megamythos.model import ModelKVCache, MythosLM
 
@@ -143,21 +143,21 @@ class TextStreamer:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m megamythos.generate", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--loops", type=int, help="recurrent iterations per token (default: the trained mean)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many tokens (or at eos)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
     p.add_argument("--exit-threshold", type=float, default=0.0,
                    help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this "
                         "(0 = run every loop; the model's recommended value is its config's exit_threshold)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     return p.parse_args(argv)
 
 

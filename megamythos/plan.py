@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict
 
 from megamythos.config import PRESETS, ModelConfig, get_preset
+from megamythos.errors import ArgumentParser
 from megamythos.params import count, memory_plan
 from megamythos.step_model import Cluster, Layout, format_plan, step_plan
 
@@ -25,7 +26,7 @@ def _fmt(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--config", help="model config JSON (overrides --preset)")
     parser.add_argument("--seq-length", type=int, default=None)

@@ -12,21 +12,21 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.sources import FORMATS, expand_inputs, iter_texts  # noqa: E402
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
+from megamythos.errors import ArgumentParser, TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
 from megamythos.tokenizer import MODEL_TYPES, TokenizerTrainConfig, train_tokenizer  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="files or globs")
-    parser.add_argument("--vocab-size", type=int, required=True)
+    parser.add_argument("--vocab-size", type=int, required=True, help="pieces, >= 300")
     parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
-    parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
+    parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe", help="SentencePiece model type")
     parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
-    parser.add_argument("--json-key", default="text")
+    parser.add_argument("--json-key", default="text", help="JSON field holding the text")
     parser.add_argument("--max-sentences", type=int, default=200_000,
                         help="size of the uniform sample of line chunks trained on")
-    parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1, help="trainer threads")
     args = parser.parse_args(argv)
 
     def train() -> int:

@@ -57,6 +57,13 @@ def _is_complete(manifest_path: str, manifest: dict[str, Any], data_prefix: str,
         return False
 
 
+class _DropSkipWarnings(logging.Filter):
+    """Drops preprocess's per-record "skipped FILE:LINE: reason" warnings; its summary line counts them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("skipped ")
+
+
 def ensure_default_dataset(out_dir: str, vocab_size: int = 8192, max_files: int | None = None,
                            workers: int | None = None) -> tuple[str, str]:
     """Build (or reuse) the stdlib dataset; returns ``(data_prefix, tokenizer_model_path)``.
@@ -81,9 +88,14 @@ def ensure_default_dataset(out_dir: str, vocab_size: int = 8192, max_files: int 
         train_tokenizer(iter_texts(files), TokenizerTrainConfig(
             vocab_size=vocab_size, model_prefix=f"{base}_tokenizer", max_sentences=TOKENIZER_SAMPLE_CHUNKS,
             num_threads=os.cpu_count() or 1))
-        stats = preprocess(PreprocessConfig(
-            inputs=files, output_prefix=base, tokenizer_model=model_path, append_eod=True, overwrite=True,
-            workers=workers or min(2, os.cpu_count() or 1)))
+        skip_lines = _DropSkipWarnings()  # the stdlib's empty files (__init__.py, ...) are skipped by design
+        logging.getLogger(preprocess.__module__).addFilter(skip_lines)
+        try:
+            stats = preprocess(PreprocessConfig(
+                inputs=files, output_prefix=base, tokenizer_model=model_path, append_eod=True, overwrite=True,
+                workers=workers or min(2, os.cpu_count() or 1)))
+        finally:
+            logging.getLogger(preprocess.__module__).removeFilter(skip_lines)
         logger.info("default corpus: %s", stats.summary())
         with atomic_open(manifest_path, "w") as handle:
             json.dump(manifest, handle, indent=2, sort_keys=True)

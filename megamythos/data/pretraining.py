@@ -71,7 +71,9 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
     for prefix in prefixes:
         missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
         if missing:
-            raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}")
+            hint = (f"; did you mean {prefix}_text_document? (preprocess_data.py --output-prefix {prefix} writes "
+                    f"{prefix}_text_document.bin/.idx)" if Path(f"{prefix}_text_document.bin").is_file() else "")
+            raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}{hint}")
         meta = read_dataset_metadata(prefix)
         if meta is None:
             logger.warning("dataset %s has no metadata record: its tokenizer cannot be checked against the model",

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from megamythos.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
-from megamythos.errors import UserError
+from megamythos.errors import ArgumentParser, UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
@@ -162,21 +162,62 @@ class TrainArgs:
         return dataclasses.asdict(self)
 
 
+FLAG_HELP = {  # flags added in loops below; the others carry their help where they are added
+    "split": "train,valid,test weights of the document split (Megatron's rule)",
+    "seq_length": "tokens per training sample", "data_cache_dir": "index cache directory (default: next to the data)",
+    "default_data_dir": "where the default stdlib corpus is built when no --data-path is given",
+    "micro_batch_size": "samples per rank per forward (default: the ds_config's)",
+    "global_batch_size": "samples per optimizer step over all ranks (default: the ds_config's)",
+    "train_iters": f"optimizer steps (default {DEFAULT_TRAIN_ITERS})", "train_tokens": "or: tokens to train on",
+    "warmup": "linear warmup steps", "lr": "peak learning rate", "min_lr": "final learning rate",
+    "wsd_decay_fraction": "WSD: share of the steps spent decaying", "weight_decay": "AdamW weight decay",
+    "adam_beta1": "AdamW beta1", "adam_beta2": "AdamW beta2", "adam_eps": "AdamW epsilon",
+    "clip_grad": "gradient-norm clipping (0: off)", "lr_schedule": "warmup then cosine decay, or WSD",
+    "save": "checkpoint directory", "load": "resume from this checkpoint directory (its `latest`)",
+    "tensorboard_dir": "TensorBoard log directory (rank 0)", "metrics_file": "JSON lines, one per iteration (rank 0)",
+    "save_interval": "checkpoint every N steps (0: at the end and on a signal)",
+    "keep_last": "checkpoints kept", "eval_interval": "validation every N steps (0: never)",
+    "eval_iters": "validation batches", "log_interval": "console line every N steps", "seed": "data and init seed",
+    "max_nonfinite": "abort after this many consecutive non-finite losses",
+    "exit_interval": "stop with a checkpoint after this step (0: run to the end)",
+    "ds_config": "DeepSpeed JSON (ds_configs/); the flags below override its values",
+}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each flag's help; description and preset table as written."""
+
+
+def presets_epilog() -> str:
+    """The preset table of ``--help``: sizes as ``python -m megamythos.params`` counts them."""
+    from megamythos.config import PRESETS
+    from megamythos.params import count
+
+    def size(n: float) -> str:
+        return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+    rows = [f"  {name:6} {size(r.total):>8} total {size(r.active_per_token):>8} active/token  "
+            f"dim {PRESETS[name]['dim']}, {PRESETS[name]['n_experts']} experts, {PRESETS[name]['mean_loops']} loops"
+            for name, r in ((name, count(get_preset(name))) for name in PRESETS)]
+    return "presets (--preset NAME; python -m megamythos.plan --preset NAME for memory plans):\n" + "\n".join(rows)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The pretraining command line; every flag maps onto one :class:`TrainArgs` field."""
-    p = argparse.ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__,
+                       formatter_class=_HelpFormatter, epilog=presets_epilog())
     d = TrainArgs.__dataclass_fields__
 
     def add(flag: str, **kw: Any) -> None:
         name = flag.lstrip("-").replace("-", "_")
+        kw.setdefault("help", FLAG_HELP.get(name))
         if "default" not in kw and "action" not in kw:
             f = d[name]
             kw["default"] = f.default if f.default is not dataclasses.MISSING else None
         g.add_argument(flag, dest=name, **kw)  # into the group being filled
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default=d["preset"].default, help="name in megamythos.config.PRESETS")
+    g.add_argument("--preset", default=d["preset"].default, help="model size: one of the presets listed below")
     g.add_argument("--override", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a ModelConfig field on top of the preset (repeatable); the flags below alias their "
                         "fields and change nothing when not given")
@@ -218,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tp", type=int, help="tensor-parallel size (AutoTP)")
     add("--ep", type=int, help="expert-parallel size (AutoEP)")
     add("--zero", type=int, help="ZeRO stage")
-    g.add_argument("--bf16", dest="bf16", action="store_true", default=None)
-    g.add_argument("--no-bf16", dest="bf16", action="store_false")
+    g.add_argument("--bf16", dest="bf16", action="store_true", default=None,
+                   help="bf16 mixed precision (None: the ds_config decides)")
+    g.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="fp32")
     add("--recurrent-zero", type=int, choices=(2, 3),
         help="under ZeRO-3, the stage of the recurrent core's parameters: 2 = weights replicated, gathered once "
              "per step whatever the loop count; 3 = partitioned, gathered for every use of the block")

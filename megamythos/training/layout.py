@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from megamythos.config import ModelConfig, get_preset
-from megamythos.errors import UserError
+from megamythos.errors import ArgumentParser, UserError
 from megamythos.params import count, memory_plan
 
 logger = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def launch_command(args: argparse.Namespace, layout: ParallelLayout) -> list[str
 
 def dry_run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Validate a cluster layout for a preset without any accelerator; print and return the plan."""
-    p = argparse.ArgumentParser(prog="python -m megamythos.training.layout", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.training.layout", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="1t")
     p.add_argument("--nodes", type=int, default=128)

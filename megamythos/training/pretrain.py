@@ -16,6 +16,7 @@ import random
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -319,6 +320,10 @@ class Trainer:
 
     def run(self) -> int:
         """Train to the end (or to a signal / --exit-interval); returns the process exit code."""
+        if self.iteration >= self.total_iters:
+            logger.info("run already finished at iteration %d of %d; nothing to do (raise --train-iters to continue)",
+                        self.iteration, self.total_iters)
+            return 0
         train, valid = self.datasets()
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         signals = GracefulExit()
@@ -388,6 +393,10 @@ def _quiet(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """:func:`train`; user errors end the process with a one-line message (from rank 0) and exit code 2."""
+    # DeepSpeed's ZeRO calls these two collectives, which torch 2.13 deprecates (FutureWarning on every run);
+    # the calls are not ours to change, so exactly these two messages are silenced.
+    deprecated = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
+    warnings.filterwarnings("ignore", message=deprecated, category=FutureWarning)
     try:
         if os.environ.get("RANK", "0") != "0":
             return _quiet(argv)

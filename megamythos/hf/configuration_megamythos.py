@@ -1,0 +1,38 @@
+"""The Hugging Face config of an exported MythosLM: every :class:`ModelConfig` field, flat, plus the generation
+settings ``n_loops`` (recurrent iterations per token; None -> the trained ``mean_loops``) and ``exit_threshold``
+(a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below it; 0 runs every loop), which the model
+reads on every call unless the call passes its own.
+
+Shipped inside an export directory (``from megamythos.x import`` becomes ``from .x import``), so loading it needs
+only ``transformers`` and ``torch``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from megamythos.config import ModelConfig
+
+
+class MegamythosConfig(PretrainedConfig):
+    """Flat ModelConfig fields (``dim``, ``n_heads``, ``mean_loops``, ...) + ``n_loops``; the usual Hugging Face
+    names (``hidden_size``, ``max_position_embeddings``, ...) are aliases of ours."""
+
+    model_type = "megamythos"
+    attribute_map = {"hidden_size": "dim", "num_attention_heads": "n_heads", "max_position_embeddings": "max_seq_len"}
+
+    def __init__(self, n_loops: int | None = None, **kwargs: Any) -> None:
+        for name, default in ModelConfig().to_dict().items():
+            setattr(self, name, kwargs.pop(name, default))
+        self.n_loops = n_loops
+        kwargs.setdefault("tie_word_embeddings", self.tie_embeddings)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> "MegamythosConfig":
+        return cls(**config.to_dict(), **kwargs)
+
+    def model_config(self) -> ModelConfig:
+        """The validated :class:`ModelConfig` these fields describe."""
+        return ModelConfig.from_dict({name: getattr(self, name) for name in ModelConfig().to_dict()})

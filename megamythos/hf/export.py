@@ -1,0 +1,120 @@
+"""Write a trained :class:`MythosLM` as a Hugging Face directory that loads without megamythos installed.
+
+    python -m megamythos.export runs/tiny/checkpoints exported/tiny-hf --format hf
+
+Directory: ``config.json`` (:class:`MegamythosConfig` with ``auto_map``), ``model.safetensors``,
+``generation_config.json``, ``tokenizer.json`` + ``tokenizer_config.json`` (the SentencePiece model converted to a
+``tokenizers`` BPE that gives the same ids), and the modeling code: the two wrapper modules of this package and,
+found by following their ``from megamythos.X import`` lines, every library module they need, with those imports
+rewritten to ``from .X import`` (transformers' dynamic-module loader follows relative imports of files in the
+same directory). The code is generated from the library at export time, never kept as a second copy.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import logging
+import re
+from pathlib import Path
+
+from megamythos.errors import UserError
+from megamythos.model import MythosLM
+from megamythos.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+ENTRY_MODULES = ("megamythos.hf.configuration_megamythos", "megamythos.hf.modeling_megamythos")
+AUTO_MAP = {"AutoConfig": "configuration_megamythos.MegamythosConfig",
+            "AutoModelForCausalLM": "modeling_megamythos.MythosForCausalLM"}
+_LIBRARY_IMPORT = re.compile(r"^(\s*)from megamythos\.(?:hf\.)?(\w+) import", flags=re.MULTILINE)
+
+
+class HFExportError(UserError, RuntimeError):
+    """The model code cannot be shipped as a self-contained directory."""
+
+
+def _library_imports(module: str, source: str) -> list[str]:
+    """The ``megamythos.*`` modules ``source`` imports; anything but ``from megamythos.x import`` is refused."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("megamythos")):
+            if node.level or node.module.count(".") != (2 if node.module.startswith("megamythos.hf.") else 1):
+                raise HFExportError(f"{module} imports {'.' * node.level}{node.module}: shipped modules may only "
+                                    "use `from megamythos.<module> import ...`")
+            found.append(node.module)
+        elif isinstance(node, ast.Import) and any(a.name.startswith("megamythos") for a in node.names):
+            raise HFExportError(f"{module} uses `import megamythos...`; write `from megamythos.<module> import`")
+    return found
+
+
+def shipped_sources() -> dict[str, str]:
+    """{file name: source with relative imports} of the wrapper modules and every library module they reach."""
+    sources: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    pending = list(ENTRY_MODULES)
+    while pending:
+        module = pending.pop()
+        name = module.rsplit(".", 1)[1] + ".py"
+        if name in sources:
+            if owners[name] != module:
+                raise HFExportError(f"{module} and {owners[name]} would both ship as {name}")
+            continue
+        text = Path(importlib.util.find_spec(module).origin).read_text()
+        pending += _library_imports(module, text)
+        sources[name], owners[name] = _LIBRARY_IMPORT.sub(r"\1from .\2 import", text), module
+    return sources
+
+
+def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformers.PreTrainedTokenizerFast
+    """Our SentencePiece model as a transformers fast tokenizer giving the same ids (no bos/eos added).
+
+    transformers' converter follows the model's normaliser and ranks BPE merges by piece score; two
+    pre-tokenisers add what SentencePiece does implicitly: digits stay single pieces (``split_digits``), and,
+    where our tokenizer proved no piece crosses the start of a space run (its segment cache), text is cut there
+    first, which keeps encoding linear in the text length.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SpmConverter
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(tokenizer.model_path).read_bytes())
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    splits = []
+    if tokenizer.segment_cache_enabled:
+        splits.append(pre_tokenizers.Split(Regex("\u2581*[^\u2581]+|\u2581+"), behavior="isolated"))
+    if proto.trainer_spec.split_digits:
+        splits.append(pre_tokenizers.Digits(individual_digits=True))
+    if backend.pre_tokenizer is not None:
+        splits.insert(0, backend.pre_tokenizer)
+    if splits:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    piece = proto.pieces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=model_max_length, clean_up_tokenization_spaces=False,
+        split_special_tokens=True,
+        bos_token=None, eos_token=piece[tokenizer.eos_id].piece,  # training documents start after an eos, never a bos
+        unk_token=piece[tokenizer.unk_id].piece, pad_token=piece[tokenizer.pad_id].piece)
+
+
+def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face directory ``out_dir``; returns ``out_dir``."""
+    from megamythos.hf.configuration_megamythos import MegamythosConfig
+    from megamythos.hf.modeling_megamythos import MythosForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = MegamythosConfig.from_model_config(model.config, auto_map=AUTO_MAP, bos_token_id=None,
+                                                eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+    wrapped = MythosForCausalLM(config)
+    wrapped.model.load_state_dict(model.state_dict())
+    wrapped.generation_config.eos_token_id = tokenizer.eos_id
+    wrapped.generation_config.pad_token_id = tokenizer.pad_id
+    wrapped.save_pretrained(out)
+    for name, text in shipped_sources().items():
+        (out / name).write_text(text)
+    hf_tokenizer(tokenizer, model.config.max_seq_len).save_pretrained(out)
+    logger.info("wrote a Hugging Face directory to %s (load with trust_remote_code=True)", out)
+    return out

@@ -1,0 +1,88 @@
+"""MythosLM as a Hugging Face causal LM: ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``.
+
+The wrapper holds the library's own :class:`MythosLM` (``self.model``; the export ships ``model.py`` and what it
+imports next to this file), so the weights, logits and decode cache are ours: ``generate()`` keeps one
+:class:`ModelKVCache` (one latent cache per prelude layer, per loop index, per coda layer) in the ``cache`` slot
+between steps and decodes through MLA's absorbed path, as ``megamythos.generate`` does.
+
+Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``mean_loops``) and
+``config.exit_threshold``, overridable per call, e.g. ``model.generate(ids, n_loops=8, exit_threshold=0.1)`` or
+``model(ids, n_loops=16)``. Padding is not supported (every sequence of a batch is attended in full).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from megamythos.hf.configuration_megamythos import MegamythosConfig
+from megamythos.model import ModelKVCache, MythosLM
+from megamythos.moe import MoE
+
+
+class MythosCache:
+    """The ``cache`` transformers' ``generate`` carries between forwards: our :class:`ModelKVCache`, whose loop
+    count is fixed when it is made (every token is cached at every loop index)."""
+
+    is_linear = (False,)
+    is_compileable = False
+
+    def __init__(self, kv: ModelKVCache) -> None:
+        self.kv = kv
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.kv.length
+
+
+class MythosForCausalLM(PreTrainedModel, GenerationMixin):
+    """``forward(input_ids [B, S], labels=None, cache=None, use_cache=None, n_loops=None, exit_threshold=None)``
+    -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)``; ``labels`` as in transformers (the inputs;
+    shifted here, -100 ignored)."""
+
+    config_class = MegamythosConfig
+    base_model_prefix = "model"
+    _tied_weights_keys = {"model.lm_head.weight": "model.tok_embeddings.weight"}
+
+    def __init__(self, config: MegamythosConfig) -> None:
+        super().__init__(config)
+        self.model = MythosLM(config.model_config())
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """MythosLM initialises its own parameters; only the MoE's non-persistent load counter needs a value
+        when transformers materialises the model from the meta device."""
+        if isinstance(module, MoE):
+            module.tokens_per_expert.zero_()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # generate must not hand us a DynamicCache: forward makes a MythosCache on first use
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.tok_embeddings
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.model.lm_head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: MythosCache | None = None, labels: torch.Tensor | None = None, use_cache: bool | None = None,
+                n_loops: int | None = None, exit_threshold: float | None = None,
+                **kwargs: Any) -> CausalLMOutputWithPast:
+        if attention_mask is not None and not bool(attention_mask.all()):
+            raise ValueError("megamythos has no padding mask: pass sequences of equal length (or batch size 1)")
+        n_loops = n_loops or self.config.n_loops or self.config.mean_loops
+        exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
+        exit_threshold = 0.0 if self.training else exit_threshold  # training runs every loop on every token
+        if cache is None and use_cache:
+            cache = MythosCache(ModelKVCache(self.model.config, n_loops))
+        out = self.model(input_ids, n_loops=n_loops, cache=cache.kv if cache is not None else None,
+                         absorb=cache is not None, exit_threshold=exit_threshold)
+        loss = None
+        if labels is not None:
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=cache)

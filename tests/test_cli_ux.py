@@ -1,0 +1,124 @@
+"""What a new user meets on the command line: one-line errors with a close match for a mistyped flag on every
+CLI, --help that describes every flag and lists the presets, a hint for a dataset prefix without
+``_text_document``, one summary line for the default corpus's skipped files, and a finished run that says there
+is nothing to do (without torch FutureWarnings)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from megamythos.config import PRESETS
+from megamythos.data import default_corpus
+from megamythos.data.indexed_dataset import IndexedDatasetBuilder
+from megamythos import errors
+from megamythos.data.pretraining import DataError, resolve_data
+from megamythos.evaluate import parse_args as evaluate_args
+from megamythos.export import main as export_main
+from megamythos.generate import parse_args as generate_args
+from megamythos.hf.lm_eval_data import main as lm_eval_data_main
+from megamythos.training.arguments import build_parser, parse_args as train_args
+from train_utils import REPO, launch_env, run_single, tiny_args
+
+
+@pytest.mark.parametrize("parse, argv, typo, known", [
+    (train_args, ["--trian-iters", "5"], "--trian-iters", "--train-iters"),
+    (evaluate_args, ["--load", "x", "--loosp", "1"], "--loosp", "--loops"),
+    (generate_args, ["--load", "x", "--prompt", "a", "--temprature", "0"], "--temprature", "--temperature"),
+    (export_main, ["a", "b", "--fromat", "hf"], "--fromat", "--format"),
+    (lm_eval_data_main, ["--data-path", "x", "--max-dcos", "3"], "--max-dcos", "--max-docs"),
+])
+def test_a_mistyped_flag_is_one_line_with_a_close_match(parse, argv, typo, known, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: unrecognized argument")
+    assert f"{typo} (did you mean {known}?)" in err
+
+
+def test_scripts_share_the_one_line_error():
+    """The typo comes first, before the required flags argparse would name instead."""
+    out = subprocess.run([sys.executable, "data_prep/preprocess_data.py", "--inptu", "x"], capture_output=True,
+                         text=True, cwd=REPO, env=launch_env(), timeout=120)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("error: unrecognized argument --inptu (did you mean --input?); "), out.stderr
+
+
+def test_trainer_help_describes_every_flag_and_lists_presets_with_sizes():
+    parser = build_parser()
+    undocumented = [a.option_strings for a in parser._actions if not a.help and a.option_strings]
+    assert not undocumented
+    text = parser.format_help()
+    for name in PRESETS:
+        assert f"\n  {name} " in text
+    assert "7.1M total" in text and "917.10B total" in text  # tiny and 1t, as megamythos.params counts them
+    assert all(a.help != argparse.SUPPRESS for a in parser._actions if a.dest != "local_rank")
+
+
+CLIS = ["megamythos.training.pretrain", "megamythos.evaluate", "megamythos.generate", "megamythos.export",
+        "megamythos.hf.lm_eval_data", "data_prep/build_default_corpus.py", "data_prep/inspect_dataset.py",
+        "data_prep/merge_datasets.py", "data_prep/preprocess_data.py", "tokenizer/train_tokenizer.py"]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy re-running an imported module
+def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypatch):
+    seen = []
+
+    def inspect(parser, args=None, namespace=None):  # instead of parsing: record the parser, stop the CLI
+        seen.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(errors.ArgumentParser, "parse_args", inspect)
+    monkeypatch.setattr(sys, "argv", [cli])
+    with pytest.raises(SystemExit):
+        if cli.endswith(".py"):
+            runpy.run_path(str(REPO / cli), run_name="__main__")
+        else:
+            runpy.run_module(cli, run_name="__main__")
+    (parser,) = seen
+    assert [a.dest for a in parser._actions if not a.help] == []
+
+
+def test_prefix_without_text_document_gets_a_hint(tmp_path):
+    with IndexedDatasetBuilder(str(tmp_path / "docs_text_document"), np.int32) as builder:
+        builder.add_document(np.arange(10))
+        builder.finalize()
+    with pytest.raises(DataError, match=r"did you mean .*docs_text_document\?"):
+        resolve_data([str(tmp_path / "docs")], 384)
+    with pytest.raises(DataError) as err:
+        resolve_data([str(tmp_path / "other")], 384)
+    assert "did you mean" not in str(err.value)
+
+
+def test_default_corpus_summarises_skipped_files(tmp_path, monkeypatch, caplog):
+    empties = [tmp_path / "src" / f"empty{i}.py" for i in range(3)]
+    for path in empties:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("")
+    real = default_corpus.stdlib_sources(12)
+    monkeypatch.setattr(default_corpus, "stdlib_sources", lambda max_files=None: real + [str(p) for p in empties])
+    with caplog.at_level(logging.INFO):
+        default_corpus.ensure_default_dataset(str(tmp_path / "out"), vocab_size=384, max_files=15)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("default corpus:")]
+    assert len(summary) == 1 and "skipped=3" in summary[0]
+
+
+def test_finished_run_says_there_is_nothing_to_do(tmp_path):
+    args = [*tiny_args(tmp_path / "corpus", 2), "--zero", "3", "--micro-batch-size", "2", "--global-batch-size", "2",
+            "--save", str(tmp_path / "ckpt"), "--load", str(tmp_path / "ckpt")]
+    first = run_single(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "FutureWarning" not in first.stderr + first.stdout
+    again = run_single(args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "run already finished at iteration 2 of 2; nothing to do (raise --train-iters to continue)" in \
+        again.stderr + again.stdout
+    assert "iteration        1/" not in again.stderr + again.stdout

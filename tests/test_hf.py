@@ -1,0 +1,172 @@
+"""The Hugging Face export and lm-evaluation-harness on one tiny trained checkpoint, with the real transformers
+and lm-eval packages, offline: the directory loads without megamythos, its tokenizer and logits equal ours,
+generate() with its cache equals uncached greedy decoding and megamythos.generate, and lm-eval's held-out
+perplexity equals megamythos.evaluate's on the same documents."""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from megamythos.evaluate import evaluate_loops
+from megamythos.export import main as export_main
+from megamythos.generate import SamplingConfig, generate
+from megamythos.hf.export import shipped_sources
+from megamythos.hf.lm_eval_data import main as lm_eval_data_main
+from megamythos.loading import load_model
+from train_utils import REPO, launch_env, run_single, tiny_args
+
+pytest.importorskip("transformers")
+ITERS = 8
+SAMPLES = ["def main(argv):\n    return 0\n", "x = [1, 22, 333]  # digits\t\n", "héllo wörld 日本語 🙂 </s> <s>",
+           "  leading and trailing  ", "\u2581 literal space symbol"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint --save dir, corpus dir) of one tiny ZeRO-0 run."""
+    corpus, run = tmp_path_factory.mktemp("corpus"), tmp_path_factory.mktemp("run")
+    out = run_single([*tiny_args(corpus, ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size",
+                      "2", "--save", str(run / "ckpt")], run)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run / "ckpt", corpus
+
+
+@pytest.fixture(scope="module")
+def hf_dir(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "tiny-hf"
+    assert export_main([str(trained[0]), str(out), "--format", "hf"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ours(trained):
+    return load_model(trained[0])
+
+
+def test_shipped_code_is_the_library_with_relative_imports():
+    sources = shipped_sources()
+    assert {"modeling_megamythos.py", "configuration_megamythos.py", "model.py", "recurrent.py", "moe.py",
+            "attention.py", "layers.py", "config.py"} <= set(sources)
+    for name, text in sources.items():
+        modules = [n.module for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ImportFrom) and n.module]
+        assert not [m for m in modules if m.startswith(("megamythos", "deepspeed"))], name
+    library = (REPO / "megamythos" / "model.py").read_text()
+    assert sources["model.py"] == library.replace("from megamythos.", "from .")  # generated, never a second copy
+
+
+def test_directory_loads_without_megamythos_and_matches_our_logits(hf_dir, ours, tmp_path):
+    """A fresh interpreter in which `import megamythos` fails loads model and tokenizer from the directory (the
+    tokenizer without trust_remote_code: transformers then reads the config without its code)."""
+    script = f"""
+import importlib.abc, json, sys, torch
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "megamythos":
+            raise ImportError("megamythos must not be needed")
+sys.meta_path.insert(0, Block())
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained({str(hf_dir)!r}, trust_remote_code=True)
+tok = AutoTokenizer.from_pretrained({str(hf_dir)!r})
+ids = [tok(t)["input_ids"] for t in {SAMPLES!r}]
+with torch.no_grad():
+    logits = model(torch.tensor([ids[0]])).logits
+torch.save({{"ids": ids, "logits": logits}}, {str(tmp_path / "out.pt")!r})
+print("MODULES=" + json.dumps([m for m in sys.modules if m.startswith("megamythos")]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         env={**launch_env(), "PYTHONPATH": ""}, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.split("MODULES=")[-1]) == []  # after transformers' trust prompt, if any
+    got = torch.load(tmp_path / "out.pt")
+    assert got["ids"] == [ours.tokenizer.encode_one(t) for t in SAMPLES]
+    with torch.no_grad():
+        expected = ours.model(torch.tensor([got["ids"][0]]), exit_threshold=ours.config.exit_threshold).logits
+    assert (got["logits"] - expected).abs().max().item() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def hf_model(hf_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True),
+            AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True))
+
+
+def test_tokenizer_gives_our_ids_and_decodes_as_ours(hf_model, ours):
+    _, tok = hf_model
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    texts = SAMPLES + [(lib / name).read_text()[:3000] for name in ("argparse.py", "difflib.py", "json/encoder.py")]
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        assert ids == ours.tokenizer.encode_one(text)
+        assert tok.decode(ids) == ours.tokenizer.decode(ids)
+    assert tok.eos_token_id == ours.tokenizer.eos_id and tok.bos_token_id is None  # training never saw a bos
+
+
+def test_loops_and_exit_rule_are_settings_read_per_call(hf_model, ours):
+    model, tok = hf_model
+    ids = torch.tensor([tok(SAMPLES[0])["input_ids"]])
+    assert model.config.n_loops is None and model.config.exit_threshold == ours.config.exit_threshold
+    with torch.no_grad():
+        for loops, threshold in ((1, 0.0), (5, 0.0), (5, 0.3)):
+            got = model(ids, n_loops=loops, exit_threshold=threshold).logits
+            assert torch.allclose(got, ours.model(ids, n_loops=loops, exit_threshold=threshold).logits, atol=1e-5)
+        assert not torch.allclose(model(ids, n_loops=1).logits, model(ids, n_loops=5).logits, atol=1e-3)
+        model.config.n_loops = 5
+        try:
+            assert torch.equal(model(ids, exit_threshold=0.0).logits, model(ids, n_loops=5, exit_threshold=0.0).logits)
+        finally:
+            model.config.n_loops = None
+
+
+def test_generate_with_cache_equals_uncached_and_our_generate(hf_model, ours):
+    model, tok = hf_model
+    ids = torch.tensor([tok("def main(")["input_ids"]])
+    for loops, threshold in ((None, 0.0), (6, 0.3)):
+        kw = dict(max_new_tokens=10, do_sample=False, n_loops=loops, exit_threshold=threshold)
+        cached = model.generate(ids, **kw)
+        uncached = model.generate(ids, use_cache=False, **kw)
+        mine, _ = generate(ours.model, ids, SamplingConfig(max_new_tokens=10, temperature=0, n_loops=loops,
+                                                           exit_threshold=threshold, eos_id=ours.tokenizer.eos_id))
+        assert cached.shape[1] > ids.shape[1]
+        assert torch.equal(cached, uncached) and torch.equal(cached, mine), (cached, uncached, mine)
+
+
+def test_lm_eval_perplexity_equals_megamythos_evaluate(trained, hf_dir, ours, tmp_path):
+    """lm-eval's rolling log-likelihood of the held-out documents (token_perplexity) against evaluate_loops on
+    the same documents, each scored after an eos as lm-eval does; and the multiple-choice task runs."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _, corpus = trained
+    prefix = str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
+    data = tmp_path / "data"
+    assert lm_eval_data_main(["--data-path", prefix, "--split", "90,10,0", "--out", str(data), "--max-docs", "3",
+                              "--max-chars", "400"]) == 0
+    docs = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
+    assert len(docs) == 3 and (data / "continuation.jsonl").read_text().strip()
+    loops, threshold = 2, 0.0
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={hf_dir},trust_remote_code=True,n_loops={loops},exit_threshold={threshold}",
+        tasks=["megamythos_heldout", "megamythos_continuation"], device="cpu", batch_size=1,
+        task_manager=TaskManager(include_path=str(REPO / "lm_eval_tasks"), metadata={"data_dir": str(data)}))
+    heldout = results["results"]["megamythos_heldout"]
+    assert 0.0 <= results["results"]["megamythos_continuation"]["acc,none"] <= 1.0
+
+    eos = ours.tokenizer.eos_id
+    batches = []
+    for doc in docs:
+        ids = ours.tokenizer.encode_one(doc["text"])
+        assert len(ids) == doc["n_tokens"] < ours.config.max_seq_len  # one lm-eval window per document
+        batches.append((torch.tensor([[eos] + ids[:-1]]), torch.tensor([ids])))
+    (reference,) = evaluate_loops(ours.model, batches, [loops], threshold)
+    assert reference.tokens == sum(d["n_tokens"] for d in docs)
+    assert math.isclose(heldout["token_perplexity,none"], reference.perplexity, rel_tol=1e-3), (heldout, reference)
