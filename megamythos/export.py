@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from megamythos.checkpoint_files import MODEL_CONFIG_FILE, read_latest, read_tokenizer_files, write_tokenizer_files
+from megamythos.checkpoint_files import (MODEL_CONFIG_FILE, check_tag_files, read_latest, read_tokenizer_files,
+                                         write_tokenizer_files)
 from megamythos.config import ModelConfig
 from megamythos.errors import ArgumentParser, UserError, run_cli
 from megamythos.model import MythosLM
@@ -88,7 +89,9 @@ def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tenso
 
 
 def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(model config, full state dict incl. expert biases) of one checkpoint tag."""
+    """(model config, full state dict incl. expert biases) of one checkpoint tag; a truncated or overwritten
+    torch file is refused by name (:class:`CheckpointError`) before anything is unpickled."""
+    check_tag_files(tag_dir)
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     client = _client_state(tag_dir)
     if any(tag_dir.glob("*optim_states.pt")):

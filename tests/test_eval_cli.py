@@ -221,3 +221,12 @@ def test_generate_runs_as_a_module(trained):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("def main(")
     assert json.loads(out.stderr.strip().splitlines()[-1])["mean_loops"] == 1  # every token exits after one loop
+
+
+def test_generate_names_a_corrupt_checkpoint_file(trained, tmp_path, capsys):
+    tag = tmp_path / "iter_0000008"
+    shutil.copytree(trained[0] / "iter_0000008", tag)
+    shard = sorted(tag.glob("*model_states.pt"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated, as by a full disk or an interrupted copy
+    code, _, err = cli(generate_main, ["--load", str(tag), *GEN], capsys)
+    assert code == 2 and f"{shard} is corrupt" in err and "Traceback" not in err
