@@ -3,6 +3,7 @@ bookkeeping, AutoTP patterns against the real model, the 1t dry run, and bad inp
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -252,3 +253,26 @@ def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(small_cor
     assert "iteration 1: non-finite gradient, step skipped (1 in a row, 1 in total)" in out.stderr
     assert "2 consecutive steps had a non-finite loss or gradient (last at iteration 2)" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_release_shm_buffer_unlinks_this_ranks_deepspeed_buffer(monkeypatch, tmp_path):
+    """DeepSpeed's CPU shm allreduce never removes its 66 MB /dev/shm buffer; the trainer unlinks its rank's."""
+    from megamythos.training.pretrain import release_shm_buffer
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")  # a port no real run uses
+    monkeypatch.setenv("RANK", "7")
+    monkeypatch.setenv("LOCAL_RANK", "7")
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    mine = shm / f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_7"
+    other = shm / f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_6"
+    mine.write_bytes(b"x")
+    other.write_bytes(b"x")
+    try:
+        release_shm_buffer()
+        assert not mine.exists() and other.exists()
+    finally:
+        mine.unlink(missing_ok=True)
+        other.unlink(missing_ok=True)

@@ -383,6 +383,16 @@ def train(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def release_shm_buffer() -> None:
+    """Unlink this rank's ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (66 MB): DeepSpeed's
+    CPU shared-memory allreduce creates it and never removes it, so every launch would leave one per rank in
+    memory-backed /dev/shm. Called after the process group is gone; other ranks keep their own mappings."""
+    env = os.environ
+    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}"
+    for rank in {env.get("RANK"), env.get("LOCAL_RANK")} - {None}:
+        (Path("/dev/shm") / f"{prefix}_{rank}").unlink(missing_ok=True)
+
+
 def _quiet(argv: Sequence[str] | None) -> int:
     """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it."""
     try:
@@ -404,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        release_shm_buffer()
 
 
 if __name__ == "__main__":
