@@ -20,6 +20,7 @@ setup(
         "zstandard>=0.22",
         "pyarrow>=14",
         "protobuf>=3.20",
+        "psutil>=5.9",
     ],
     extras_require={
         # Hugging Face export (transformers) and lm-evaluation-harness; lm-eval's hf model imports accelerate

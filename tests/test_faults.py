@@ -25,8 +25,8 @@ from megamythos.data.metadata import metadata_path, read_dataset_metadata
 from megamythos.tokenizer import Tokenizer
 from megamythos.training.checkpointing import writer_lock
 from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
-from train_utils import (REPO, build_corpus, finish, launch_env, metrics, run, run_single, start, tiny_args,
-                         wait_for)
+from train_utils import (REPO, build_corpus, deepspeed_command, finish, free_port, launch_env, metrics, run,
+                         run_single, spawn, start, tiny_args, wait_for)
 
 DOCS = synthetic_documents(20, seed=5)
 
@@ -286,6 +286,42 @@ def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: 
     assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
     left = [p for p in psutil.process_iter(["cmdline"]) if str(save) in " ".join(p.info["cmdline"] or [])]
     assert not left, f"orphaned processes: {left}"
+
+
+def ranks_of(save: Path) -> list[psutil.Process]:
+    """Live processes (launchers or ranks) of the run that saves to ``save``."""
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if str(save) in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(p)
+    return found
+
+
+@pytest.mark.parametrize("case", ["SIGTERM to the deepspeed runner", "kill -9 of the bash launcher"])
+def test_ranks_that_lose_their_launcher_save_once_and_exit(case: str, corpus: Path, tmp_path: Path) -> None:
+    """``deepspeed --num_gpus 2 launchers/pretrain.sh``: DeepSpeed's runner dies of a SIGTERM at once, without
+    telling its ranks; ``bash launchers/pretrain.sh`` killed with kill -9 cannot tell them. Either way every rank
+    notices that its launcher ended, saves one checkpoint at the same iteration and exits; nothing is left."""
+    save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
+    args = [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file), "--eval-interval", "0"]
+    if case.startswith("SIGTERM"):
+        proc = spawn(deepspeed_command(["--num_gpus", "2", "--master_port", str(free_port())], args), log)
+    else:
+        proc = start(1, args, log)
+    wait_for(lambda: bool(metrics(metrics_file)), proc, "the first iteration")
+    os.kill(proc.pid, signal.SIGTERM if case.startswith("SIGTERM") else signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 300
+    while ranks_of(save) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = ranks_of(save)
+    for p in left:
+        p.kill()
+    text = log.read_text()
+    assert not left, f"processes left running: {left}\n{text[-4000:]}"
+    assert text.count("saved checkpoint") == 1 and "stopping at iteration" in text, text[-4000:]
+    assert "launcher process" in text and "ended: will save a checkpoint" in text
+    assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
 
 
 def test_master_port_in_use_is_one_line(corpus: Path, tmp_path: Path) -> None:

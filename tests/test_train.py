@@ -6,8 +6,11 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -19,7 +22,7 @@ from megamythos.training.checkpointing import CheckpointManager, check_model_con
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.layout import LayoutError, ParallelLayout
 from megamythos.training.schedules import LRSchedule
-from megamythos.training.signals import NonFiniteGuard, NonFiniteLossError
+from megamythos.training.signals import LAUNCHER_MARKERS, NonFiniteGuard, NonFiniteLossError
 from train_utils import CORPUS_FILES, REPO, TINY_OVERRIDES, VOCAB, launch_env, run_single, tiny_args
 
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
@@ -171,6 +174,49 @@ def test_nonfinite_guard_skips_counts_and_aborts():
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files
+WATCHING_RANK = """
+import sys, time
+from pathlib import Path
+from megamythos.training.signals import LauncherWatch
+watch = LauncherWatch(lambda reason: Path(sys.argv[1]).write_text(reason), interval=0.1)
+Path(sys.argv[1] + ".ready").write_text(" ".join(str(p.pid) for p in watch.watched))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("marker", ["deepspeed/launcher/launch.py", "nohup"])
+def test_launcher_watch_reports_the_end_of_a_launcher_only(marker, tmp_path):
+    """A rank whose launcher (by command line) is killed with kill -9 is told within a second; the end of an
+    ancestor that is not a launcher (the user's shell, nohup) says nothing."""
+    assert (marker in " ".join(LAUNCHER_MARKERS)) == (marker != "nohup")
+    launcher = tmp_path / marker
+    launcher.parent.mkdir(parents=True, exist_ok=True)
+    rank = tmp_path / "rank.py"
+    rank.write_text(WATCHING_RANK)
+    launcher.write_text(f"import subprocess, sys\nsubprocess.run([sys.executable, {str(rank)!r}, sys.argv[1]])\n")
+    report = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, str(launcher), str(report)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"{report}.ready").exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        watched = Path(f"{report}.ready").read_text().split()
+        assert watched == ([str(proc.pid)] if marker != "nohup" else [])
+        proc.kill()
+        proc.wait()
+        time.sleep(1.0)
+        assert report.exists() == (marker != "nohup")
+        if report.exists():
+            assert report.read_text() == f"launcher process {proc.pid} ended"
+    finally:
+        proc.kill()
+        for child in psutil.process_iter(["cmdline"]):
+            if str(rank) in " ".join(child.info["cmdline"] or []):
+                child.kill()
+
+
 def test_latest_pointer_is_atomic_and_validated(tmp_path):
     assert read_latest(tmp_path) is None
     write_atomic(tmp_path / "latest", "iter_0000002")

@@ -1,6 +1,7 @@
-"""Stop and skip conditions that every rank must agree on: termination signals and non-finite losses.
+"""Stop and skip conditions that every rank must agree on: termination signals, the end of the process that
+launched the rank, and non-finite losses.
 
-Both are decided by one all-reduce of a flag over all ranks, so a signal delivered to a single rank, or a NaN
+Each is decided by one all-reduce of a flag over all ranks, so a signal delivered to a single rank, or a NaN
 on one data-parallel shard, makes every rank take the same branch; a rank that diverged would otherwise hang in
 the next collective.
 """
@@ -8,7 +9,11 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from types import FrameType
+from typing import Callable
+
+import psutil
 
 import torch
 import torch.distributed as dist
@@ -26,26 +31,90 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+# Command-line fragments of the processes that start ranks: DeepSpeed's runner and per-node launch.py,
+# torchrun, and `bash launchers/pretrain.sh` (whose Python part supervises the deepspeed runner).
+LAUNCHER_MARKERS = ("bin/deepspeed", "deepspeed.launcher.runner", "deepspeed/launcher/runner.py",
+                    "deepspeed.launcher.launch", "deepspeed/launcher/launch.py", "bin/torchrun",
+                    "torch.distributed.run", "launchers/pretrain.sh")
+
+
+def launcher_ancestors(process: psutil.Process | None = None) -> list[psutil.Process]:
+    """The ancestors of ``process`` (default: this one) whose command line is a launcher's (LAUNCHER_MARKERS).
+
+    Other ancestors (the user's shell, nohup, srun's step daemon) are left out: their end must not stop a run.
+    """
+    found = []
+    for parent in (process or psutil.Process()).parents():
+        try:
+            cmdline = " ".join(parent.cmdline())
+        except psutil.Error:
+            continue
+        if any(marker in cmdline for marker in LAUNCHER_MARKERS):
+            found.append(parent)
+    return found
+
+
+def ended(process: psutil.Process) -> bool:
+    """Whether ``process`` has exited (a zombie not yet reaped by its parent counts as exited)."""
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+class LauncherWatch:
+    """Calls ``on_end(description)`` once, from a daemon thread, when a process that launched this rank ends.
+
+    DeepSpeed 0.19.8's single-node runner has no signal handler: a SIGTERM to ``deepspeed`` alone ends it and
+    leaves launch.py and the ranks running, and a ``kill -9`` of any launcher orphans the ranks. Watching the
+    launchers turns both into the same stop as a SIGTERM to the rank: every rank saves once and exits 0.
+    """
+
+    def __init__(self, on_end: Callable[[str], None], interval: float = 1.0) -> None:
+        self.watched = launcher_ancestors()
+        self._on_end = on_end
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="launcher-watch", daemon=True)
+        if self.watched:
+            self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._interval):
+            gone = next((p for p in self.watched if ended(p)), None)
+            if gone is not None:
+                self._on_end(f"launcher process {gone.pid} ended")
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class GracefulExit:
-    """Records SIGTERM/SIGINT instead of dying, so the loop can save a checkpoint and exit 0."""
+    """Records SIGTERM/SIGINT, or the end of a launcher of this rank (:class:`LauncherWatch`), instead of
+    dying, so the loop can save a checkpoint and exit 0."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.received: int | None = None
+        self.reason: str | None = None
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self._watch = LauncherWatch(self._stop_for)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received is None:
-            logger.warning("received %s: will save a checkpoint and exit after this iteration",
-                           signal.Signals(signum).name)
-        self.received = signum
+        self._stop_for(f"received {signal.Signals(signum).name}")
+
+    def _stop_for(self, reason: str) -> None:
+        if self.reason is None:
+            logger.warning("%s: will save a checkpoint and exit after this iteration", reason)
+            self.reason = reason
 
     def should_exit(self) -> bool:
-        """Collective: true on every rank once any rank received a signal."""
-        return any_rank(self.received is not None)
+        """Collective: true on every rank once any rank received a signal or lost its launcher."""
+        return any_rank(self.reason is not None)
 
     def restore(self) -> None:
+        self._watch.stop()
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
