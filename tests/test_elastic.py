@@ -1,5 +1,8 @@
-"""Elastic resume: a checkpoint written on one layout continues on another (world size, data-parallel size, --ep)
-through DeepSpeed's universal checkpoint, converted automatically when the recorded layout differs.
+"""Elastic resume: a checkpoint written on one layout continues on another (world size, data-parallel size, --ep,
+--tp to 1) through DeepSpeed's universal checkpoint, converted automatically when the recorded layout differs.
+Onto --tp > 1 it is refused before start-up: DeepSpeed 0.19.8's ZeRO-3 universal load narrows the flattened full
+tensor by the partition offsets and never cuts it into tensor-parallel slices (measured: 1 rank -> tp2 failed
+with "start + length exceeds dimension size").
 
 Each direction trains a reference 8 iterations without a stop (checkpoint at 4), then resumes a copy of its
 iteration-4 checkpoint on the other layout and compares iterations 5-8. The global batch (2 samples) is the same
@@ -26,6 +29,7 @@ ITERS, STOP = 8, 4
 TOL = 2e-4
 ONE_RANK = ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2")
 TWO_RANKS_EP2 = ("--zero", "3", "--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2")
+TWO_RANKS_TP2 = ("--zero", "3", "--tp", "2", "--micro-batch-size", "2", "--global-batch-size", "2")
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +79,24 @@ def test_one_rank_resume_on_two_ranks_ep2(tmp_path: Path, corpus: Path) -> None:
     log = resume_elsewhere(ref, tmp_path / "resumed", corpus, 2, TWO_RANKS_EP2)
     check_continues(ref, tmp_path / "resumed", log, {"world_size": 1, "tp": 1, "ep": 1},
                     {"world_size": 2, "tp": 1, "ep": 2})
+
+
+def test_two_ranks_tp2_resume_on_one_rank(tmp_path: Path, corpus: Path) -> None:
+    ref = tmp_path / "ref"
+    train(ref, corpus, 2, TWO_RANKS_TP2, "--save-interval", str(STOP))
+    log = resume_elsewhere(ref, tmp_path / "resumed", corpus, 1, ONE_RANK)
+    check_continues(ref, tmp_path / "resumed", log, {"world_size": 2, "tp": 2, "ep": 1},
+                    {"world_size": 1, "tp": 1, "ep": 1})
+
+
+def test_resume_onto_tensor_parallel_layout_is_refused_in_one_line(tmp_path: Path, corpus: Path) -> None:
+    ref = tmp_path / "ref"
+    train(ref, corpus, 1, ONE_RANK, "--train-iters", str(STOP))
+    out = tmp_path / "resumed"
+    shutil.copytree(ref / "ckpt", out / "ckpt")
+    text = run(2, [*tiny_args(corpus, ITERS), *TWO_RANKS_TP2, "--save", str(out / "ckpt"), "--load",
+                   str(out / "ckpt"), "--eval-interval", "0"], out / "log.txt", expect_rc=2)
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cannot cut saved tensors into --tp slices" in errors[0], text[-3000:]
+    assert errors[0].endswith("resume it with --tp 1 (any number of processes)")
+    assert sorted(p.name for p in (out / "ckpt").iterdir()) == sorted(p.name for p in (ref / "ckpt").iterdir())

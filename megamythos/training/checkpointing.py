@@ -123,7 +123,7 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
 
 def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int, config: ModelConfig) -> str | None:
     """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another
-    layout than ``layout`` (None: same layout, or nothing to load). Rank 0 converts it once, into
+    layout than ``layout`` (None: same layout, or nothing to load); refused when this run uses tensor parallelism. Rank 0 converts it once, into
     ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed conversion leaves no
     valid-looking one); the other ranks only name it, and load after the barrier that follows
     (``deepspeed.initialize``)."""
@@ -131,6 +131,12 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int, confi
     saved = saved_layout(Path(load_dir) / tag) if tag else None
     if saved is None or saved == layout:
         return None
+    if layout["tp"] > 1:
+        same = f"--tp {saved['tp']} on {saved['world_size']} processes, or " if saved["tp"] > 1 else ""
+        raise CheckpointError(
+            f"checkpoint {Path(load_dir) / tag} was written on layout {saved}; this run is {layout}, and "
+            f"DeepSpeed 0.19.8's ZeRO-3 universal load cannot cut saved tensors into --tp slices: resume it with "
+            f"{same}--tp 1 (any number of processes)")
     autoep = layout["ep"] > 1  # AutoEP replaces the MoE layers only when ep > 1: other parameter names
     target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
