@@ -28,7 +28,8 @@ def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
         args += ["--override", f"{key}={value}"]
     return args + ["--mean-loops", "3", "--seq-length", "32", "--default-data-dir", str(data_dir),
                    "--default-data-max-files", str(CORPUS_FILES), "--split", "90,10,0", "--train-iters", str(iters),
-                   "--lr", str(lr), "--min-lr", str(lr / 10), "--warmup", "1", "--peak-tflops", "1", "--seed", "7"]
+                   "--lr", str(lr), "--min-lr", str(lr / 10), "--warmup", "1", "--peak-tflops", "1", "--seed", "7",
+                   "--no-bf16"]
 
 
 def free_port() -> int:

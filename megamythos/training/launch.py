@@ -87,7 +87,7 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
 
     Checkpoints go to ``$RUN_DIR/checkpoints`` (default ``runs/tiny``) and the run resumes from where it saves;
     TensorBoard and the metrics file sit next to the checkpoints. Without a GPU the default is the CPU debug run
-    (``ds_configs/cpu-debug.json``, 200 iterations of 128 tokens, a checkpoint and a validation every 50).
+    (``ds_configs/cpu-debug.json``: bf16, 400 iterations of 4 x 128 tokens, a checkpoint and a validation every 100).
     Applying it to its own output adds nothing, so every form of the launcher may call it.
     """
     save = flag_value(argv, "--save") or str(Path(env.get("RUN_DIR", REPO / "runs" / "tiny")) / "checkpoints")
@@ -98,9 +98,9 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
         wanted["--ds-config"] = str(REPO / "ds_configs" / "single-gpu.json")
     else:
         wanted.update({"--ds-config": str(REPO / "ds_configs" / "cpu-debug.json"), "--seq-length": "128",
-                       "--save-interval": "50", "--eval-interval": "50"})
+                       "--save-interval": "100", "--eval-interval": "100"})
         if not given(argv, "--train-tokens"):
-            wanted["--train-iters"] = "200"
+            wanted["--train-iters"] = "400"
     return [item for flag, value in wanted.items() if not given(argv, flag) for item in (flag, value)]
 
 
