@@ -3,6 +3,7 @@
     python -m megamythos.research.study depth      # fixed vs sampled depth + truncated backprop, eval 1..2x depth
     python -m megamythos.research.study injection  # LTI vs additive vs concat injection at a high learning rate
     python -m megamythos.research.study dense      # dense baselines: 2x the looped model's unique params / equal FLOPs
+    python -m megamythos.research.study ponder     # PonderNet's learned halting vs the stack's recipe + exit rule
 
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
@@ -31,6 +32,7 @@ from megamythos.moe import update_expert_bias
 from megamythos.params import count
 from megamythos.recurrent import sample_loop_count
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
+from megamythos.research.ponder import BETA, PonderLM, evaluate_halting, ponder_train_flops_per_token
 from megamythos.training.schedules import LRSchedule
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class RunSpec:
     backprop_loops: int = 0
     lr: float | None = None
     dense_match: str | None = None  # "params", "2params" or "flops" (see baselines.matching_dense_layers)
+    ponder_loops: int = 0  # > 0: PonderNet training at this fixed depth (see research.ponder)
 
 
 def base_config(vocab_size: int, settings: StudySettings) -> ModelConfig:
@@ -84,6 +87,9 @@ EXPERIMENTS: dict[str, list[RunSpec]] = {
                   for lr in (2e-3, 8e-3) for kind in ("lti", "additive", "concat")],
     # the looped model these compare with is the depth study's run at the same budget
     "dense": [RunSpec("dense_2x_params", dense_match="2params"), RunSpec("dense_same_flops", dense_match="flops")],
+    # PonderNet at the study model's max depth (its prior mean is the trained mean depth 4) vs the stack's recipe
+    "ponder": [RunSpec("pondernet_n8", ponder_loops=8),
+               RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2)],
 }
 EVAL_LOOPS = [1, 2, 3, 4, 6, 8]
 EXIT_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3]  # early-exit rows at the trained depth and at twice it
@@ -100,7 +106,25 @@ def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> 
     report = count(cfg, seq_len=settings.seq_len)
     info = {"kind": "looped", "params": report.total, "active_params": report.active_per_token,
             "train_flops_per_token": report.train_flops_per_token}
+    if spec.ponder_loops:
+        model = PonderLM(cfg, spec.ponder_loops)
+        info.update(kind="ponder", params=sum(p.numel() for p in model.parameters()), beta=BETA,
+                    halting_prior=model.prior.tolist(),
+                    train_flops_per_token=ponder_train_flops_per_token(cfg, settings.seq_len, spec.ponder_loops))
+        return model, info
     return MythosLM(cfg), info
+
+
+def training_loss(model: nn.Module, spec: RunSpec, batch: torch.Tensor,
+                  loops: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to minimise incl. aux terms, the next-token CE to report) for one batch [B, S + 1]; PonderNet's CE
+    is its expected loss under the halting distribution."""
+    inputs, labels = batch[:, :-1], batch[:, 1:]
+    if spec.ponder_loops:
+        out = model.ponder_loss(inputs, labels)
+        return out.loss + out.aux_loss, out.task_loss
+    out = model(inputs, labels=labels, n_loops=loops, backprop_loops=spec.backprop_loops)
+    return out.loss + out.aux_loss, out.loss
 
 
 def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch_at: Callable[[int], torch.Tensor],
@@ -123,8 +147,7 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
         batch = batch_at(step).to(settings.device)
         loops = (sample_loop_count(config.mean_loops, config.loop_sigma, config.resolved_max_loops, settings.seed, step)
                  if spec.sampled_depth else config.mean_loops)
-        out = model(batch[:, :-1], labels=batch[:, 1:], n_loops=loops, backprop_loops=spec.backprop_loops)
-        loss = out.loss + out.aux_loss
+        loss, ce = training_loss(model, spec, batch, loops)
         if not torch.isfinite(loss) or (losses and loss.item() > 3 * losses[0]):
             diverged_at = step
             break
@@ -133,7 +156,7 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         update_expert_bias(model, config.expert_bias_update_rate)
-        losses.append(out.loss.item())
+        losses.append(ce.item())
     result = {"name": spec.name, **info, "lr": peak, "sampled_depth": spec.sampled_depth,
               "backprop_loops": spec.backprop_loops, "overrides": spec.overrides, "diverged_at": diverged_at,
               "train_loss_curve": losses[:: max(1, len(losses) // 50)], "seconds": time.time() - start,
@@ -146,6 +169,9 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
             depths = [config.mean_loops, 2 * config.mean_loops]
             result["eval_exit"] = [asdict(r) for threshold in EXIT_THRESHOLDS
                                    for r in evaluate_loops(model, valid, depths, exit_threshold=threshold)]
+        if spec.ponder_loops:
+            halting, p_mean = evaluate_halting(model, valid)
+            result["eval_ponder"], result["ponder_mean_halting_p"] = asdict(halting), p_mean
     logger.info("%s: final train loss %.3f, diverged at %s, %.0fs", spec.name, result["final_train_loss"],
                 diverged_at, result["seconds"])
     return result
@@ -208,7 +234,8 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
 
 
 def plot_experiment(report: dict, path: Path) -> None:
-    """Left: training loss curves; right: held-out perplexity vs loops (dense runs as horizontal lines)."""
+    """Left: training loss curves; right: held-out perplexity vs loops (dense runs as horizontal lines), with the
+    exit rule's rows at the deepest evaluated depth (x) and PonderNet's halting (*) placed at their mean loops."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,6 +254,13 @@ def plot_experiment(report: dict, path: Path) -> None:
         else:
             right.plot([e["loops"] for e in run["eval"]], ppl, marker="o", label=run["name"],
                        color=left.lines[-1].get_color())
+        deepest = [e for e in run.get("eval_exit", []) if e["loops"] == max(x["loops"] for x in run["eval_exit"])]
+        right.scatter([e["mean_steps"] for e in deepest], [e["perplexity"] for e in deepest], marker="x",
+                      color=left.lines[-1].get_color(), label=f"{run['name']}: exit rule (mean loops)")
+        if "eval_ponder" in run:
+            halting = run["eval_ponder"]
+            right.scatter([halting["mean_steps"]], [halting["perplexity"]], marker="*", s=120,
+                          color=left.lines[-1].get_color(), label=f"{run['name']}: halting p > 0.5 (mean loops)")
     right.axvline(report["base_config"]["mean_loops"], color="grey", linestyle="--", label="trained mean depth")
     left.set(xlabel="step", ylabel="train loss", title=f"{report['experiment']}: training")
     right.set(xlabel="loops at inference", ylabel="held-out perplexity", yscale="log", title="depth extrapolation")
