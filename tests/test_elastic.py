@@ -1,8 +1,9 @@
 """Elastic resume: a checkpoint written on one layout continues on another (world size, data-parallel size, --ep,
 --tp to 1) through DeepSpeed's universal checkpoint, converted automatically when the recorded layout differs.
-Onto --tp > 1 it is refused before start-up: DeepSpeed 0.19.8's ZeRO-3 universal load narrows the flattened full
-tensor by the partition offsets and never cuts it into tensor-parallel slices (measured: 1 rank -> tp2 failed
-with "start + length exceeds dimension size").
+Onto --tp > 1 it is refused before start-up: DeepSpeed 0.19.8's ZeRO-3 universal load cuts a saved tensor into
+tensor-parallel slices only for parameters that carry AutoTP's restore metadata, and none of the parameters that
+our partition_config layer specs shard carries it (measured: every parameter reported none, and 1 rank -> tp2
+failed with "start + length exceeds dimension size").
 
 Each direction trains a reference 8 iterations without a stop (checkpoint at 4), then resumes a copy of its
 iteration-4 checkpoint on the other layout and compares iterations 5-8. The global batch (2 samples) is the same
