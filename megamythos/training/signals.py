@@ -87,7 +87,10 @@ class LauncherWatch:
                 return
 
     def stop(self) -> None:
+        """End the polling thread and wait for it, so that no thread of ours is left at interpreter exit."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5 * self._interval)
 
 
 class GracefulExit:
