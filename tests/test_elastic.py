@@ -66,28 +66,21 @@ def check_continues(ref: Path, resumed: Path, log: str, saved: dict, now: dict) 
     assert record["layout"] == now
 
 
-def test_two_ranks_ep2_resume_on_one_rank(tmp_path: Path, corpus: Path) -> None:
+# (name, processes and flags that save, processes and flags that resume), with the layout each records
+LAYOUTS = {"1 rank": (1, ONE_RANK, {"world_size": 1, "tp": 1, "ep": 1}),
+           "2 ranks ep2": (2, TWO_RANKS_EP2, {"world_size": 2, "tp": 1, "ep": 2}),
+           "2 ranks tp2": (2, TWO_RANKS_TP2, {"world_size": 2, "tp": 2, "ep": 1})}
+
+
+@pytest.mark.parametrize("saved, resumed", [("2 ranks ep2", "1 rank"), ("1 rank", "2 ranks ep2"),
+                                            ("2 ranks tp2", "1 rank")])
+def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, tmp_path: Path,
+                                                    corpus: Path) -> None:
+    (saved_procs, saved_flags, saved_layout), (procs, flags, layout) = LAYOUTS[saved], LAYOUTS[resumed]
     ref = tmp_path / "ref"
-    train(ref, corpus, 2, TWO_RANKS_EP2, "--save-interval", str(STOP))
-    log = resume_elsewhere(ref, tmp_path / "resumed", corpus, 1, ONE_RANK)
-    check_continues(ref, tmp_path / "resumed", log, {"world_size": 2, "tp": 1, "ep": 2},
-                    {"world_size": 1, "tp": 1, "ep": 1})
-
-
-def test_one_rank_resume_on_two_ranks_ep2(tmp_path: Path, corpus: Path) -> None:
-    ref = tmp_path / "ref"
-    train(ref, corpus, 1, ONE_RANK, "--save-interval", str(STOP))
-    log = resume_elsewhere(ref, tmp_path / "resumed", corpus, 2, TWO_RANKS_EP2)
-    check_continues(ref, tmp_path / "resumed", log, {"world_size": 1, "tp": 1, "ep": 1},
-                    {"world_size": 2, "tp": 1, "ep": 2})
-
-
-def test_two_ranks_tp2_resume_on_one_rank(tmp_path: Path, corpus: Path) -> None:
-    ref = tmp_path / "ref"
-    train(ref, corpus, 2, TWO_RANKS_TP2, "--save-interval", str(STOP))
-    log = resume_elsewhere(ref, tmp_path / "resumed", corpus, 1, ONE_RANK)
-    check_continues(ref, tmp_path / "resumed", log, {"world_size": 2, "tp": 2, "ep": 1},
-                    {"world_size": 1, "tp": 1, "ep": 1})
+    train(ref, corpus, saved_procs, saved_flags, "--save-interval", str(STOP))
+    log = resume_elsewhere(ref, tmp_path / "resumed", corpus, procs, flags)
+    check_continues(ref, tmp_path / "resumed", log, saved_layout, layout)
 
 
 def test_resume_onto_tensor_parallel_layout_is_refused_in_one_line(tmp_path: Path, corpus: Path) -> None:
