@@ -122,10 +122,10 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
 
 
 def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int, config: ModelConfig) -> str | None:
-    """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another
-    layout than ``layout`` (None: same layout, or nothing to load); refused when this run uses tensor parallelism. Rank 0 converts it once, into
-    ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed conversion leaves no
-    valid-looking one); the other ranks only name it, and load after the barrier that follows
+    """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another layout
+    than ``layout`` (None: same layout, or nothing to load); refused when this run uses tensor parallelism. Rank 0
+    converts it once, into ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed
+    conversion leaves no valid-looking one); the other ranks only name it, and load after the barrier that follows
     (``deepspeed.initialize``)."""
     tag = read_latest(load_dir)
     saved = saved_layout(Path(load_dir) / tag) if tag else None

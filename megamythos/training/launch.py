@@ -12,13 +12,13 @@ bash, its first line runs the file with Python. :func:`main` tells the forms apa
   under :func:`supervise`, which turns SIGTERM/SIGINT/SIGHUP into one checkpoint and exit code 0.
 
 Signals (DeepSpeed 0.19.8): the single-node ``deepspeed`` runner has no handler, so a SIGTERM to it alone ends it
-at once and leaves its ``launch.py`` and the ranks running (each rank then notices that a launcher above it
-ended, see :class:`megamythos.training.signals.LauncherWatch`, and stops as on SIGTERM); ``launch.py``
-terminates the ranks on SIGTERM/SIGINT but kills them after 30 s and exits 1 either way. The supervisor therefore signals the ranks themselves (every
-rank then agrees to stop, saves once and exits 0; see :mod:`megamythos.training.signals`) and waits for them
-even when the runner died from the same signal (a signal to the whole process group). Multi-node through pdsh:
-the ranks are not its descendants, so the signal goes to the runner, whose pdsh handler ``pkill``s the remote
-ranks with SIGTERM (the same checkpoint path; not tested here, there is no pdsh).
+at once and leaves its ``launch.py`` and the ranks running (each rank then notices that a launcher above it ended,
+see :class:`megamythos.training.signals.LauncherWatch`, and stops as on SIGTERM); ``launch.py`` terminates the
+ranks on SIGTERM/SIGINT but kills them after 30 s and exits 1 either way. The supervisor therefore signals the
+ranks themselves (every rank then agrees to stop, saves once and exits 0; see :mod:`megamythos.training.signals`)
+and waits for them even when the runner died from the same signal (a signal to the whole process group). Multi-node
+through pdsh: the ranks are not its descendants, so the signal goes to the runner, whose pdsh handler ``pkill``s
+the remote ranks with SIGTERM (the same checkpoint path; not tested here, there is no pdsh).
 
 All three give the trainer the same arguments and environment: the defaults of :func:`trainer_defaults` (where
 checkpoints and logs go, the CPU debug run) and of :func:`rank_environment` (``DS_ACCELERATOR``,

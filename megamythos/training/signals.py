@@ -38,13 +38,13 @@ LAUNCHER_MARKERS = ("bin/deepspeed", "deepspeed.launcher.runner", "deepspeed/lau
                     "torch.distributed.run", "launchers/pretrain.sh")
 
 
-def launcher_ancestors(process: psutil.Process | None = None) -> list[psutil.Process]:
-    """The ancestors of ``process`` (default: this one) whose command line is a launcher's (LAUNCHER_MARKERS).
+def launcher_ancestors() -> list[psutil.Process]:
+    """The ancestors of this process whose command line is a launcher's (LAUNCHER_MARKERS).
 
     Other ancestors (the user's shell, nohup, srun's step daemon) are left out: their end must not stop a run.
     """
     found = []
-    for parent in (process or psutil.Process()).parents():
+    for parent in psutil.Process().parents():
         try:
             cmdline = " ".join(parent.cmdline())
         except psutil.Error:
