@@ -92,21 +92,35 @@ class PonderLM(MythosLM):
         nn.init.constant_(self.halt.bias, math.log(prior_lambda / (1 - prior_lambda)))
         self.register_buffer("prior", truncated_geometric(prior_lambda, n_loops), persistent=False)
 
+    def _prelude(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [B, S] -> (e = RMSNorm(prelude output) [B, S, H], positions [S])."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.tok_embeddings(input_ids)
+        for block in self.prelude:
+            x = block(x, positions)
+        return self.recurrent.input_norm(x), positions
+
+    def _coda_logits(self, h: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """States [..., S, H] -> logits [..., S, V] through the coda, final norm and head."""
+        x = h.to(dtype)
+        for block in self.coda:
+            x = block(x, positions)
+        return self.lm_head(self.norm(x))
+
     def _halting_logits(self, h: torch.Tensor) -> torch.Tensor:
         """z = w . RMSNorm(h) + b: [..., H] -> [...] fp32."""
         return self.halt(self.halt_norm(h.to(self.halt.weight.dtype))).squeeze(-1).float()
 
     def ponder_loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> PonderOutput:
         """input_ids and labels [B, S] -> PonderOutput over ``n_loops`` loops, every loop under gradient."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        e = self.prelude_states(input_ids, positions)
+        e, positions = self._prelude(input_ids)
         h, aux, states = self.recurrent.initial_state(e), e.new_zeros((), dtype=torch.float32), []
         for t in range(self.n_loops):
             h, step_aux, _ = self.recurrent.step(h, e, t, positions, None, False)
             states.append(h)
             aux = aux + step_aux
         stacked = torch.stack(states)  # [N, B, S, H]; one coda pass over the loops folded into the batch
-        logits = self.coda_logits(stacked.flatten(0, 1).to(e.dtype), positions).unflatten(0, stacked.shape[:2])
+        logits = self._coda_logits(stacked.flatten(0, 1), positions, e.dtype).unflatten(0, stacked.shape[:2])
         loop_loss = F.cross_entropy(logits.float().flatten(0, 2), labels.repeat(self.n_loops, 1).flatten(),
                                     ignore_index=-100, reduction="none").view(self.n_loops, *labels.shape)
         p = halting_distribution(self._halting_logits(stacked))
@@ -121,8 +135,7 @@ class PonderLM(MythosLM):
         """Inference with PonderNet's halting: input_ids [B, S] -> (logits [B, S, V], executed loops [B, S]).
         A token runs loops until its survival S_n = prod_{j<=n} (1 - lambda_j) < 1 - ``threshold`` (S_N = 0),
         then keeps its state frozen."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        e = self.prelude_states(input_ids, positions)
+        e, positions = self._prelude(input_ids)
         zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
         state = LoopState(self.recurrent.initial_state(e), ~zeros.bool(), zeros, zeros.new_zeros(()),
                           zeros.new_zeros(()))
@@ -135,7 +148,7 @@ class PonderLM(MythosLM):
             state = advance(state, h_next, aux, None, log_survival.exp(), 1 - threshold)
             if not bool(state.active.any()):
                 break
-        return self.coda_logits(state.h.to(e.dtype), positions), state.steps
+        return self._coda_logits(state.h, positions, e.dtype), state.steps
 
 
 @torch.no_grad()
