@@ -66,10 +66,12 @@ def check_tag_files(tag_dir: Path) -> None:
                                   "at an earlier tag, or resume from another copy of the checkpoint")
 
 
-def saved_layout(tag_dir: Path) -> dict[str, int] | None:
-    """``{"world_size", "tp", "ep"}`` of the run that wrote ``tag_dir`` (None if it did not record one)."""
+def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
+    """(``{"world_size", "tp", "ep"}``, ZeRO stage) of the run that wrote ``tag_dir``; None for what it did not
+    record (checkpoints before 2026-12-01 lack the stage)."""
     path = tag_dir / TRAIN_RECORD
-    return json.loads(path.read_text()).get("layout") if path.is_file() else None
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    return record.get("layout"), record.get("zero_stage")
 
 
 def write_atomic(path: Path, text: str) -> None:

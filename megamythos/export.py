@@ -69,7 +69,8 @@ def _client_state(tag_dir: Path) -> dict:
 def convert_to_universal(tag_dir: Path, out: Path) -> Path:
     """Write DeepSpeed's universal checkpoint of ``tag_dir`` (full tensors, any layout) into ``out``."""
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-           "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+           "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1",
+           "--inject_missing_state"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise ExportError(f"ds_to_universal failed on {tag_dir}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")

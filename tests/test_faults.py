@@ -271,7 +271,8 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
 @pytest.mark.parametrize("target", ["launcher", "process group"])
 def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: Path, tmp_path: Path) -> None:
     """``bash launchers/pretrain.sh`` (2 ranks) gets SIGTERM alone or with its whole process group: every rank
-    stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left."""
+    stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left.
+    DeepSpeed's launch.py is never signalled (it would kill ranks that are still saving 30 s later)."""
     save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
     proc = start(2, [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file),
                      "--eval-interval", "0"], log)
@@ -283,6 +284,7 @@ def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: 
     text = finish(proc, log)
     assert proc.returncode == 0, text[-4000:]
     assert text.count("saved checkpoint") == 1 and "stopping at iteration" in text
+    assert "Killing subprocess" not in text, "DeepSpeed's launch.py got the signal"
     assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
     left = [p for p in psutil.process_iter(["cmdline"]) if str(save) in " ".join(p.info["cmdline"] or [])]
     assert not left, f"orphaned processes: {left}"

@@ -121,22 +121,25 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
             path.unlink()
 
 
-def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int, config: ModelConfig) -> str | None:
+def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int, rank: int,
+                  config: ModelConfig) -> str | None:
     """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another layout
-    than ``layout`` (None: same layout, or nothing to load); refused when this run uses tensor parallelism. Rank 0
-    converts it once, into ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed
-    conversion leaves no valid-looking one); the other ranks only name it, and load after the barrier that follows
+    than ``layout`` (None: same layout, or nothing to load). Refused unless both runs use ZeRO-3: from ZeRO-1/2
+    checkpoints DeepSpeed 0.19.8's universal load loses Adam step counts and expert-bias state, and fails on
+    AutoTP (measured with the layout pairs of tests/test_elastic.py). Rank 0 converts it once, into
+    ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed conversion leaves no
+    valid-looking one); the other ranks only name it, and load after the barrier that follows
     (``deepspeed.initialize``)."""
     tag = read_latest(load_dir)
-    saved = saved_layout(Path(load_dir) / tag) if tag else None
+    saved, saved_stage = saved_layout(Path(load_dir) / tag) if tag else (None, None)
     if saved is None or saved == layout:
         return None
-    if layout["tp"] > 1:
-        same = f"--tp {saved['tp']} on {saved['world_size']} processes, or " if saved["tp"] > 1 else ""
+    if zero_stage != 3 or saved_stage not in (3, None):
+        stage = f" with ZeRO-{saved_stage}" if saved_stage else ""
         raise CheckpointError(
-            f"checkpoint {Path(load_dir) / tag} was written on layout {saved}; this run is {layout}, and "
-            f"DeepSpeed 0.19.8's ZeRO-3 universal load cannot cut saved tensors into --tp slices: resume it with "
-            f"{same}--tp 1 (any number of processes)")
+            f"checkpoint {Path(load_dir) / tag} was written on layout {saved}{stage}; this run is {layout} with "
+            f"ZeRO-{zero_stage}, and resuming on another layout works only between ZeRO-3 runs: resume it on its "
+            f"own layout (same number of processes, --tp and --ep), or train with --zero 3")
     autoep = layout["ep"] > 1  # AutoEP replaces the MoE layers only when ep > 1: other parameter names
     target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
@@ -148,6 +151,7 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], rank: int, confi
             converted = convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag)
             if (saved["ep"] > 1) != autoep:
                 rename_expert_tensors(converted / "zero", autoep, config)
+            as_param_records(converted / "zero")
             os.replace(converted, target)
         (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
     return target.name
@@ -189,6 +193,20 @@ def rename_expert_tensors(zero_dir: Path, to_autoep: bool, config: ModelConfig) 
             torch.save(value, zero_dir / name / f"{key}.pt")
     for name in sources:
         shutil.rmtree(zero_dir / name)
+
+
+def as_param_records(zero_dir: Path) -> None:
+    """Store every state tensor of a universal checkpoint as a record ``{"param": tensor}``.
+
+    ``ds_to_universal`` writes a bare tensor for a parameter that no tensor-parallel rank cut (any checkpoint
+    saved with ``--tp 1``), and DeepSpeed 0.19.8's ZeRO-3 universal load cuts AutoTP's slice out of the full
+    tensor only when it finds a record: a bare tensor is loaded whole, and a ``--tp`` > 1 run then fails with
+    "start + length exceeds dimension size". A record loads the same on any layout."""
+    for path in zero_dir.glob("*/*.pt"):
+        if path.stem in UNIVERSAL_STATES:
+            state = torch.load(path, weights_only=False)
+            if not isinstance(state, dict):
+                torch.save({"param": state}, path)
 
 
 def repair_universal_optimizer(optimizer: Any, groups: list[dict[str, Any]]) -> None:

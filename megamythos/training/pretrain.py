@@ -38,6 +38,7 @@ from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_run_dirs, universal_tag,
                                                writer_lock)
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
+from megamythos.training.launch import join_supervisor_group
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.schedules import LRSchedule, build_scheduler
 from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank
@@ -140,7 +141,8 @@ class Trainer:
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config)
         # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
-        self.universal = universal_tag(args.load, self.layout_record(), self.rank, self.config) if args.load else None
+        self.universal = universal_tag(args.load, self.layout_record(), self.layout.zero, self.rank,
+                                       self.config) if args.load else None
         if self.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
@@ -176,7 +178,7 @@ class Trainer:
             tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
             train_record={"args": args.to_dict(), "data_path": absolute_data_path(self.data.data_path),
                           "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
-                          "layout": self.layout_record()})
+                          "layout": self.layout_record(), "zero_stage": self.layout.zero})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
         if not args.peak_tflops:
             logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
@@ -403,6 +405,7 @@ def _quiet(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """:func:`train`; user errors end the process with a one-line message (from rank 0) and exit code 2."""
+    join_supervisor_group()
     # DeepSpeed's ZeRO calls these two collectives, which torch 2.13 deprecates (FutureWarning on every run);
     # the calls are not ours to change, so exactly these two messages are silenced.
     deprecated = r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated"
