@@ -5,7 +5,8 @@
 #
 # 1. bench/gpu_check.py numerics: flash-attn (or SDPA) attention, the grouped-mm MoE and (apex) RMSNorm in bf16
 #    against fp32 references, forward and backward (~30 s).
-# 2. the small preset, 50 steps, bf16, --compile, ZeRO-2 single GPU (ds_configs/single-gpu.json), seq 1024,
+# 2. the small preset, 50 steps, bf16, --compile, ZeRO-2 single GPU (ds_configs/single-gpu.json; apex FusedAdam
+#    when apex imports, else DeepSpeed's fused Adam: the log names it), seq 1024,
 #    micro batch 8, on the default corpus (built on first use, ~1-2 min: BPE on the stdlib sources); compilation
 #    is in the first steps, which the summary leaves out. Capped at 6 minutes.
 # 3. bench/gpu_check.py summarize: median tokens/s, TFLOP/s and MFU against PEAK_TFLOPS (default 989, the bf16

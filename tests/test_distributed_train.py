@@ -15,8 +15,8 @@ import psutil
 import pytest
 import torch
 
-from train_utils import (CORPUS_FILES, VOCAB, finish, free_port, losses, metrics, run, run_single, start,
-                         tiny_args, wait_for)
+from train_utils import (CORPUS_FILES, REPO, VOCAB, finish, free_port, launch_env, losses, metrics, run, run_single,
+                         start, tiny_args, wait_for)
 
 pytestmark = pytest.mark.distributed
 
@@ -258,3 +258,34 @@ def test_export_of_a_zero2_checkpoint_equals_the_zero0_one(ref, tmp_path_factory
     assert got.keys() == want.keys()
     diffs = {name: float((got[name] - want[name]).abs().max()) for name in want}
     assert max(diffs.values()) < 1e-5, diffs  # measured 5e-7
+
+
+STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor over torch's AdamW maths, on CPU."""
+import torch
+
+
+class FusedAdam(torch.optim.AdamW):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, adam_w_mode=True):
+        assert adam_w_mode, "AdamW wanted"
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+'''
+
+
+def test_apex_adam_is_handed_to_deepspeed_with_expert_groups(ep2, corpus, tmp_path):
+    """``--adam-impl apex`` under ZeRO-3 + AutoEP: DeepSpeed steps the client FusedAdam over the groups our factory
+    built (expert parameters split off, per-group weight decay kept) and trains exactly as with its own AdamW.
+    apex needs CUDA, so a stand-in with apex's constructor and torch's AdamW maths is put on the path."""
+    (tmp_path / "apex" / "optimizers").mkdir(parents=True)
+    (tmp_path / "apex" / "__init__.py").write_text("")
+    (tmp_path / "apex" / "optimizers" / "__init__.py").write_text(STAND_IN_APEX)
+    env = {**launch_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
+    args = [*tiny_args(corpus, ITERS), "--zero", "3", *EP2_ARGS, "--adam-impl", "apex", "--save",
+            str(tmp_path / "ckpt"), "--metrics-file", str(tmp_path / "metrics.jsonl")]
+    proc = start(2, args, tmp_path / "log.txt", env=env)
+    text = finish(proc, tmp_path / "log.txt")
+    assert proc.returncode == 0, text[-4000:]
+    # decay and no-decay dense parameters, and the experts (no norms or biases among them: all decay)
+    assert "optimizer: apex FusedAdam (AdamW mode) over 3 parameter groups" in text
+    assert "optimizer: FusedAdam (--adam-impl apex)" in text and "optimizer: AdamW (--adam-impl auto)" in (
+        ep2 / "log.txt").read_text()
+    assert losses(tmp_path / "metrics.jsonl") == losses(ep2 / "metrics.jsonl")

@@ -17,7 +17,7 @@ import torch
 from megamythos.checkpoint_files import CheckpointError, read_latest, write_atomic
 from megamythos.config import get_preset
 from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
-from megamythos.training.arguments import ArgumentError, parse_args
+from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.layout import LayoutError, ParallelLayout
@@ -125,6 +125,31 @@ def test_ds_config_command_line_wins_and_model_owns_parallel_sections():
     plain = build_ds_config(template, parse_args(["--ep", "1", "--tp", "1"]), resolve_layout(
         template, parse_args(["--ep", "1", "--tp", "1"]), 8), config)
     assert "expert_parallel" not in plain and "tensor_parallel" not in plain
+
+
+def test_adam_implementation_choice(monkeypatch, tmp_path):
+    """auto = apex only on CUDA and only when apex.optimizers imports; an explicit apex that does not import is a
+    one-line user error; a client optimizer leaves the ds_config without an optimizer section."""
+    from megamythos.errors import UserError
+    from megamythos.training.optimizers import resolve_adam_impl
+
+    monkeypatch.setitem(sys.modules, "apex", None)  # not importable, whatever this machine has
+    assert resolve_adam_impl("auto", cuda=True) == resolve_adam_impl("auto", cuda=False) == "deepspeed"
+    with pytest.raises(UserError, match="--adam-impl apex: apex.optimizers.FusedAdam does not import"):
+        resolve_adam_impl("apex", cuda=True)
+    (tmp_path / "apex" / "optimizers").mkdir(parents=True)
+    (tmp_path / "apex" / "__init__.py").write_text("")
+    (tmp_path / "apex" / "optimizers" / "__init__.py").write_text("FusedAdam = object\n")
+    monkeypatch.delitem(sys.modules, "apex")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_adam_impl("auto", cuda=True) == resolve_adam_impl("apex", cuda=False) == "apex"
+    assert resolve_adam_impl("auto", cuda=False) == resolve_adam_impl("deepspeed", cuda=True) == "deepspeed"
+    with pytest.raises(ArgumentError, match="--adam-impl must be one of"):
+        TrainArgs(adam_impl="fused")
+    template = load_template(REPO / "ds_configs" / "cpu-debug.json")
+    args = parse_args([])
+    ds = build_ds_config(template, args, resolve_layout(template, args, 1), get_preset("tiny"), client_optimizer=True)
+    assert "optimizer" not in ds and ds["zero_allow_untested_optimizer"] is True
 
 
 def test_tensor_parallel_patterns_match_exactly_the_intended_weights():

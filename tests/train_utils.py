@@ -47,11 +47,12 @@ def launch_env() -> dict[str, str]:
     return env
 
 
-def start(nproc: int, args: list[str], log: Path, launcher_args: list[str] | None = None) -> subprocess.Popen:
+def start(nproc: int, args: list[str], log: Path, launcher_args: list[str] | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``launchers/pretrain.sh`` (the deepspeed launcher) in its own process group."""
     cmd = ["bash", str(LAUNCHER), "--num-gpus", str(nproc), *(launcher_args or ["--master-port", str(free_port())]),
            *args]
-    return spawn(cmd, log)
+    return spawn(cmd, log, env)
 
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

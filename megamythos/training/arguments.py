@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from megamythos.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
 from megamythos.errors import ArgumentParser, UserError
+from megamythos.training.optimizers import ADAM_IMPLS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
@@ -102,6 +103,7 @@ class TrainArgs:
     bf16: bool | None = None
     recurrent_zero: int = 2  # under ZeRO-3: 2 keeps the recurrent core's weights gathered (megamythos.parallel.zero)
     compile: bool = False  # torch.compile each prelude/coda block and the shared recurrent block
+    adam_impl: str = "auto"  # megamythos.training.optimizers: auto (apex on CUDA if installed), deepspeed, apex
     local_rank: int = -1  # set by the deepspeed launcher
 
     def __post_init__(self) -> None:
@@ -114,6 +116,7 @@ class TrainArgs:
         _check(self.zero is None or self.zero in (0, 1, 2, 3), f"--zero must be 0, 1, 2 or 3, got {self.zero}")
         _check(self.recurrent_zero in (2, 3), f"--recurrent-zero must be 2 or 3, got {self.recurrent_zero}")
         _check(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}")
+        _check(self.adam_impl in ADAM_IMPLS, f"--adam-impl must be one of {ADAM_IMPLS}, got {self.adam_impl!r}")
         _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
         _check(0.0 < self.wsd_decay_fraction <= 1.0, "--wsd-decay-fraction must lie in (0, 1]")
         for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "clip_grad", "weight_decay"):
@@ -247,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "--adam-eps", "--clip-grad"):
         add(flag, type=float)
     add("--lr-schedule", choices=LR_SCHEDULES)
+    add("--adam-impl", choices=ADAM_IMPLS, help="AdamW implementation: DeepSpeed's (from the ds_config), NVIDIA "
+                                                "apex's FusedAdam, or auto = apex on CUDA when it imports")
     g = p.add_argument_group("checkpoints and logging")
     for flag in ("--save", "--load", "--tensorboard-dir", "--metrics-file"):
         add(flag, type=str)

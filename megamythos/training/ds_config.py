@@ -38,9 +38,10 @@ def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -
                           global_batch_size=global_batch)
 
 
-def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout,
-                    config: ModelConfig) -> dict[str, Any]:
-    """The ds_config dict DeepSpeed gets for this run."""
+def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout, config: ModelConfig,
+                    client_optimizer: bool = False) -> dict[str, Any]:
+    """The ds_config dict DeepSpeed gets for this run; ``client_optimizer``: the optimizer is handed to
+    ``deepspeed.initialize`` (see :mod:`megamythos.training.optimizers`), so the config names none."""
     ds = copy.deepcopy(template)
     ds["train_micro_batch_size_per_gpu"] = layout.micro_batch_size
     ds["gradient_accumulation_steps"] = layout.grad_accum
@@ -54,6 +55,9 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
     ds["optimizer"] = {"type": "AdamW", "params": {
         **template.get("optimizer", {}).get("params", {}), "lr": args.lr, "betas": [args.adam_beta1, args.adam_beta2],
         "eps": args.adam_eps, "weight_decay": args.weight_decay}}
+    if client_optimizer:
+        del ds["optimizer"]
+        ds["zero_allow_untested_optimizer"] = True  # ZeRO's list of tested optimizers knows DeepSpeed's own only
     ds.pop("scheduler", None)  # the schedule is ours (warmup + cosine/WSD, see schedules.py)
     ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": layout.zero}
     bf16 = args.bf16 if args.bf16 is not None else ds.get("bf16", {}).get("enabled", False)

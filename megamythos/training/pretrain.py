@@ -40,6 +40,7 @@ from megamythos.training.checkpointing import (CheckpointError, CheckpointManage
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.launch import join_supervisor_group
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
+from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.schedules import LRSchedule, build_scheduler
 from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank
 
@@ -131,6 +132,7 @@ class Trainer:
         template = load_template(args.ds_config)  # and so does a layout that does not fit the world or the model
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
         self.layout.check_model(self.config)
+        self.adam_impl = resolve_adam_impl(args.adam_impl, torch.cuda.is_available())
         if args.compile and self.layout.zero == 3:
             raise ArgumentError("--compile needs ZeRO stage 0-2 (--zero 2): ZeRO-3 fetches parameters in a hook of "
                                 "every submodule, which breaks each compiled block into many graphs")
@@ -139,7 +141,8 @@ class Trainer:
         self.rank, self.world = init_distributed()
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
-        self.ds_config = build_ds_config(template, args, self.layout, self.config)
+        self.ds_config = build_ds_config(template, args, self.layout, self.config,
+                                         client_optimizer=self.adam_impl != "deepspeed")
         # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
         self.universal = universal_tag(args.load, self.layout_record(), self.layout.zero, self.rank,
                                        self.config) if args.load else None
@@ -154,8 +157,10 @@ class Trainer:
         # the expert weights AutoEP replaces into the group of the weights they replace.
         param_groups = [{**group, "name": f"params-{i}"}
                         for i, group in enumerate(weight_decay_param_groups(model, args.weight_decay))]
+        optimizer = client_adam(self.adam_impl, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps,
+                                args.weight_decay)
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=param_groups,
+            model=model, model_parameters=param_groups, optimizer=optimizer,
             config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
         tp_group = None
         if self.layout.tp > 1:
@@ -191,6 +196,7 @@ class Trainer:
                     self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
                     self.layout.global_batch_size, autoep_layers, self.total_iters)
         logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
+        logger.info("optimizer: %s (--adam-impl %s)", type(self.engine.basic_optimizer).__name__, args.adam_impl)
 
     # ---------------------------------------------------------------------------------------- state
     def layout_record(self) -> dict[str, int]:

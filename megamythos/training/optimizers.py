@@ -1,0 +1,67 @@
+"""Which AdamW implementation steps the parameters (``--adam-impl``).
+
+* ``deepspeed``: the ds_config's ``optimizer`` section; DeepSpeed builds AdamW itself (its fused CUDA Adam on a
+  GPU, ``torch.optim.AdamW`` on CPU with the template's ``"torch_adam": true``).
+* ``apex``: NVIDIA apex's ``FusedAdam`` in AdamW mode, Megatron-LM's default on CUDA, handed to DeepSpeed as a
+  client optimizer. DeepSpeed calls :func:`client_adam`'s factory with the parameter groups after AutoEP and AutoTP
+  replaced their layers; the factory splits expert from non-expert parameters as DeepSpeed does for its own
+  optimizer (expert-data-parallel gradients and ZeRO partitions need that split).
+* ``auto`` (default): ``apex`` on a CUDA machine where apex's CUDA extensions import, else ``deepspeed``.
+
+The PyPI package named ``apex`` is another project: only ``apex.optimizers.FusedAdam`` counts as installed.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from megamythos.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+ADAM_IMPLS = ("auto", "deepspeed", "apex")
+
+
+def apex_fused_adam() -> type | None:
+    """``apex.optimizers.FusedAdam`` when NVIDIA apex is importable, else None (lazy import)."""
+    try:
+        from apex.optimizers import FusedAdam  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+    return FusedAdam
+
+
+def resolve_adam_impl(requested: str, cuda: bool) -> str:
+    """``deepspeed`` or ``apex`` for ``--adam-impl requested``; an explicit ``apex`` that does not import is a
+    :class:`UserError` naming the fix."""
+    available = apex_fused_adam() is not None
+    if requested == "apex" and not available:
+        raise UserError("--adam-impl apex: apex.optimizers.FusedAdam does not import; install NVIDIA apex with its "
+                        "CUDA extensions (github.com/NVIDIA/apex, not the PyPI package named apex), or use "
+                        "--adam-impl deepspeed")
+    if requested == "auto":
+        return "apex" if cuda and available else "deepspeed"
+    return requested
+
+
+def client_adam(impl: str, lr: float, betas: tuple[float, float], eps: float,
+                weight_decay: float) -> Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None:
+    """The factory to pass as ``deepspeed.initialize(optimizer=...)`` for ``impl`` (None: DeepSpeed builds it
+    from the config). Per-group ``weight_decay`` (no decay for norms and biases) overrides the default."""
+    if impl != "apex":
+        return None
+    fused_adam = apex_fused_adam()
+
+    def build(param_groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        from deepspeed.moe.utils import configure_moe_param_groups, is_moe_param
+
+        groups = list(param_groups)
+        if any(is_moe_param(p) for group in groups for p in group["params"]):  # as DeepSpeed's own path does
+            groups = configure_moe_param_groups(groups)
+        logger.info("optimizer: apex FusedAdam (AdamW mode) over %d parameter groups", len(groups))
+        return fused_adam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adam_w_mode=True)
+
+    return build
