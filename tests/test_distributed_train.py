@@ -92,6 +92,21 @@ def test_expert_parallel_matches_no_expert_parallel(ref, ep2):
     assert_same_losses(ep2, ref, tol=EP_TOL)
 
 
+def test_validation_leaves_the_expert_counts_alone(ep2, tmp_path_factory, corpus):
+    """AutoEP's layer counts the tokens it routes in every forward, validation included; the trainer's validation
+    must not move the aux-loss-free bias update: with a validation every 2 steps, the expert loads the updates
+    used (``moe/mean-load``, ``moe/max-load``) equal those of the run that validates only at the end."""
+    frequent = two_rank(tmp_path_factory, corpus, "ep2_eval2", *EP2_ARGS[:-4], "--eval-interval", "2",
+                        "--eval-iters", "2")
+    assert sum("lm loss validation" in m for m in metrics(frequent / "metrics.jsonl")) == ITERS // 2
+
+    def loads(run_dir: Path) -> dict[int, tuple[float, float]]:
+        return {m["iteration"]: (m["moe/mean-load"], m["moe/max-load"]) for m in metrics(run_dir / "metrics.jsonl")
+                if "moe/mean-load" in m}
+
+    assert loads(frequent) == loads(ep2) and len(loads(ep2)) == ITERS
+
+
 def test_tensor_parallel_matches_no_tensor_parallel(ref, tmp_path_factory, corpus):
     # both TP ranks see the same micro-batches: dp = 1, so a batch of 2 takes 2 accumulated micro-batches of 1
     tp2 = two_rank(tmp_path_factory, corpus, "tp2", "--tp", "2", "--micro-batch-size", "1", "--global-batch-size", "2")

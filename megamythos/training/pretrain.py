@@ -28,7 +28,7 @@ from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, resolve_data
 from megamythos.errors import UserError, run_cli
 from megamythos.model import MythosLM, compile_blocks, weight_decay_param_groups
-from megamythos.moe import expert_bias_state, load_expert_bias_state, update_expert_bias
+from megamythos.moe import expert_bias_state, expert_counts_frozen, load_expert_bias_state, update_expert_bias
 from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
 from megamythos.params import count
 from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
@@ -242,11 +242,12 @@ class Trainer:
 
     def evaluate(self, valid: Any) -> float:
         """Mean validation loss over ``eval_iters`` global batches at the mean loop count (equal-sized micro-batches,
-        so the mean of their means is the mean over tokens, as ``evaluate`` computes it)."""
+        so the mean of their means is the mean over tokens, as ``evaluate`` computes it). The expert token counts
+        of the bias update are left as they were (AutoEP's layer counts in eval mode too)."""
         self.engine.eval()
         losses = []
         it = batches(valid, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
-        with torch.no_grad():
+        with torch.no_grad(), expert_counts_frozen(self.engine.module):
             for _ in range(self.args.eval_iters * self.layout.grad_accum):
                 tokens, labels = next(it)
                 losses.append(self.engine(tokens, labels=labels, n_loops=self.config.mean_loops).loss.item())
