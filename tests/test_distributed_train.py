@@ -275,7 +275,7 @@ def test_export_of_a_zero2_checkpoint_equals_the_zero0_one(ref, tmp_path_factory
     assert max(diffs.values()) < 1e-5, diffs  # measured 5e-7
 
 
-STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor over torch's AdamW maths, on CPU."""
+STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor, torch's AdamW maths, on CPU."""
 import torch
 
 
