@@ -130,8 +130,7 @@ class MythosLM(nn.Module):
         x = self.tok_embeddings(input_ids)
         for i, block in enumerate(self.prelude):
             x = block(x, positions, cache.prelude[i] if cache else None, absorb)
-        e = self.recurrent.input_norm(x)
-        result = self.recurrent(e, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
+        result = self.recurrent(x, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
                                 exit_threshold)
         x = result.state.to(x.dtype)
         for i, block in enumerate(self.coda):

@@ -260,7 +260,7 @@ def exit_distribution(steps: torch.Tensor, n_loops: int) -> torch.Tensor:
 
 
 class RecurrentCore(nn.Module):
-    """Runs the shared block ``n_loops`` times from the prelude output e [B, S, H].
+    """Runs the shared block ``n_loops`` times from the normalised prelude output e [B, S, H].
 
     Activation checkpointing (``checkpoint_loops``, training only): each iteration with gradient is a
     non-reentrant checkpoint that keeps only its input state, so the forward keeps O(k) states for k
@@ -337,10 +337,13 @@ class RecurrentCore(nn.Module):
                 break
         return state, torch.stack(norms), torch.stack(changes)
 
-    def forward(self, e: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
                 caches: list[LayerKVCache] | None = None, absorb: bool = False,
                 exit_threshold: float = 0.0) -> RecurrenceResult:
-        """e [B, S, H] (already normalised) -> RecurrenceResult with the state after (at most) ``n_loops``.
+        """Prelude output x [B, S, H] -> RecurrenceResult with the state after (at most) ``n_loops``; the
+        injected input is e = input_norm(x). Every parameter of the core is used inside this call, so ZeRO-3
+        can treat the core as one leaf module (one gather per forward and per backward, see
+        :mod:`megamythos.parallel.zero`).
 
         backprop_loops k > 0 runs the first n_loops - k iterations without autograd (truncated BPTT).
         ``caches`` holds one LayerKVCache per loop index (decode). ``exit_threshold`` > 0 (inference only)
@@ -350,6 +353,7 @@ class RecurrentCore(nn.Module):
         if exit_threshold > 0 and self.training:
             raise RuntimeError("early exit is inference-only: in training every rank must run every loop")
         checkpointing = self.config.checkpoint_loops and self.training
+        e = self.input_norm(x)
         zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
         state = LoopState(h=self.initial_state(e), active=zeros.bool().logical_not() if exit_threshold > 0 else None,
                           steps=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))

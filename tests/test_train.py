@@ -127,6 +127,25 @@ def test_ds_config_command_line_wins_and_model_owns_parallel_sections():
     assert "expert_parallel" not in plain and "tensor_parallel" not in plain
 
 
+def test_compile_settings_are_checked_and_make_zero3_leaves():
+    """--compile under ZeRO-3 asks DeepSpeed for the core and the dense blocks as leaf modules (one graph per
+    compiled block); --compile with AutoEP in fp32 is refused before start-up (Dynamo cannot trace it)."""
+    from megamythos.training.ds_config import bf16_enabled, check_compile
+
+    template = load_template(REPO / "ds_configs" / "cpu-debug.json")
+    leaves = {"classes": ["megamythos.recurrent.RecurrentCore", "megamythos.model.DenseBlock"]}
+    for argv, want in ((["--compile"], leaves), (["--compile", "--zero", "2"], None), ([], None)):
+        args = parse_args(argv)  # cpu-debug.json: ZeRO-3
+        ds = build_ds_config(template, args, resolve_layout(template, args, 1), get_preset("tiny"))
+        assert ds["zero_optimization"].get("leaf_module") == want, argv
+    args = parse_args(["--compile", "--ep", "2", "--no-bf16"])
+    layout = resolve_layout(template, args, 2)
+    with pytest.raises(ArgumentError, match="--compile with --ep > 1 needs --bf16"):
+        check_compile(args, layout, bf16_enabled(template, args))
+    check_compile(parse_args(["--compile", "--ep", "2"]), layout, bf16_enabled(template, parse_args([])))
+    check_compile(parse_args(["--compile", "--no-bf16"]), resolve_layout(template, parse_args([]), 2), False)
+
+
 def test_adam_implementation_choice(monkeypatch, tmp_path):
     """auto = apex only on CUDA and only when apex.optimizers imports; an explicit apex that does not import is a
     one-line user error; a client optimizer leaves the ds_config without an optimizer section."""

@@ -78,9 +78,9 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
     return log.read_text()
 
 
-def run(nproc: int, args: list[str], log: Path, expect_rc: int = 0) -> str:
+def run(nproc: int, args: list[str], log: Path, expect_rc: int = 0, env: dict[str, str] | None = None) -> str:
     """Launch, wait, check the exit code; returns the log."""
-    proc = start(nproc, args, log)
+    proc = start(nproc, args, log, env=env)
     text = finish(proc, log)
     assert proc.returncode == expect_rc, f"exit code {proc.returncode}, expected {expect_rc}:\n{text[-6000:]}"
     return text

@@ -17,11 +17,11 @@ T and any number of micro-batches, and no gather inside the loop at all. The pri
 share (attention / tp, local experts, shared experts) is held whole instead of 1/dp of it, about what a
 per-use gather of its largest module needs anyway while the loop runs (``megamythos.step_model`` budgets it).
 
-Why not a ZeRO-3 leaf module (``zero_optimization.leaf_module``, one gather per forward and one per backward):
-the leaf must own only parameters used inside its forward, and ``RecurrentCore.input_norm`` runs in
-``MythosLM.forward``, before the core: its gradient arrives after the leaf's backward hook reduced the leaf's
-gradients and is never reduced (measured: a different gradient norm and a leftover gradient at the next
-``zero_grad``).
+Why not a ZeRO-3 leaf module for the core (``zero_optimization.leaf_module``, one gather per forward and one
+per backward) by default: it was measured wrong while ``RecurrentCore.input_norm`` ran in ``MythosLM.forward``,
+before the core (its gradient arrived after the leaf's backward hook reduced the leaf's gradients and was never
+reduced). The core now applies its input norm itself, so the leaf is correct, and ``--compile`` under ZeRO-3
+uses it (:func:`compile_leaf_section`); as the default it is unmeasured against the persistent core.
 """
 from __future__ import annotations
 
@@ -30,6 +30,20 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 RECURRENT_CORE = "recurrent"  # MythosLM.recurrent: RecurrentCore, the module that runs the T iterations
+# ZeRO-3 leaf modules under --compile: each compiled block must run without ZeRO hooks inside it
+COMPILE_LEAF_MODULES = ["megamythos.recurrent.RecurrentCore", "megamythos.model.DenseBlock"]
+
+
+def compile_leaf_section() -> dict[str, Any]:
+    """The ``zero_optimization.leaf_module`` section for ``--compile`` under ZeRO-3.
+
+    ZeRO-3 fetches parameters in a hook on every submodule, and Dynamo breaks a compiled block at every hook.
+    As leaves, the recurrent core and each prelude/coda block are fetched whole by one hook before their forward
+    (and before their backward) and have no hooks inside, so :func:`megamythos.model.compile_blocks` gets one
+    graph per block. The core may be a leaf because every parameter it owns is used inside its forward (the input
+    norm included); the shared block alone may not, since ZeRO-3 would reduce its gradients once per call.
+    """
+    return {"classes": list(COMPILE_LEAF_MODULES)}
 
 
 def replicate_recurrent_core(engine: Any) -> int:

@@ -14,7 +14,8 @@ from typing import Any
 
 from megamythos.config import ModelConfig
 from megamythos.parallel import ds_config_sections
-from megamythos.training.arguments import TrainArgs
+from megamythos.parallel.zero import compile_leaf_section
+from megamythos.training.arguments import ArgumentError, TrainArgs
 from megamythos.training.layout import ParallelLayout
 
 
@@ -36,6 +37,19 @@ def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -
                     or micro * template.get("gradient_accumulation_steps", 1) * dp)
     return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
                           global_batch_size=global_batch)
+
+
+def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
+    """``--bf16``/``--no-bf16`` if given, else the template's ``bf16.enabled``."""
+    return bool(args.bf16 if args.bf16 is not None else template.get("bf16", {}).get("enabled", False))
+
+
+def check_compile(args: TrainArgs, layout: ParallelLayout, bf16: bool) -> None:
+    """Refuse, before start-up, a ``--compile`` run that Dynamo cannot trace: AutoEP's expert matmul
+    (``torch._grouped_mm``, used when ``--ep`` > 1) accepts only bf16 inputs under fake tensors."""
+    if args.compile and layout.ep > 1 and not bf16:
+        raise ArgumentError("--compile with --ep > 1 needs --bf16: AutoEP's expert matmul (torch._grouped_mm) "
+                            "takes only bf16 under torch.compile; add --bf16, or drop --compile or --ep")
 
 
 def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout, config: ModelConfig,
@@ -60,8 +74,9 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
         ds["zero_allow_untested_optimizer"] = True  # ZeRO's list of tested optimizers knows DeepSpeed's own only
     ds.pop("scheduler", None)  # the schedule is ours (warmup + cosine/WSD, see schedules.py)
     ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": layout.zero}
-    bf16 = args.bf16 if args.bf16 is not None else ds.get("bf16", {}).get("enabled", False)
-    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bool(bf16)}
+    if args.compile and layout.zero == 3:
+        ds["zero_optimization"]["leaf_module"] = compile_leaf_section()
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16_enabled(template, args)}
     ds.pop("fp16", None)
     ds.pop("tensor_parallel", None)
     ds.update(ds_config_sections(config, layout.tp, layout.ep, ep_template=ds.pop("expert_parallel", {})))

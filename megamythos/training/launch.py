@@ -18,7 +18,7 @@ ranks on SIGTERM/SIGINT but kills them after 30 s and exits 1 either way. The su
 ranks themselves (every rank then agrees to stop, saves once and exits 0; see :mod:`megamythos.training.signals`)
 and keeps the runner and ``launch.py`` out of reach of a signal to its process group (Ctrl-C, ``kill -- -PGID``):
 the runner starts in a process group of its own, and each local rank moves back into the supervisor's
-(:func:`join_supervisor_group`), so such a signal reaches the supervisor and the ranks, never ``launch.py``, whose
+(:func:`megamythos.training.signals.join_supervisor_group`), so such a signal reaches the supervisor and the ranks, never ``launch.py``, whose
 30-s kill cannot cut a long save short; ``launch.py`` then sees the ranks exit 0 and exits 0. Multi-node through
 pdsh: the ranks are not its descendants, so the signal goes to the runner, whose pdsh handler ``pkill``s
 the remote ranks with SIGTERM (the same checkpoint path; not tested here, there is no pdsh).
@@ -48,7 +48,6 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = "launchers/pretrain.sh"
 TRAINER = "megamythos.training.pretrain"
 DEFAULT_MASTER_PORT = "29500"
-SUPERVISOR_GROUP_ENV = "MEGAMYTHOS_SUPERVISOR_PGID"  # set for the ranks by supervise(): see join_supervisor_group()
 
 # Flags of the `deepspeed` launcher that `bash launchers/pretrain.sh` takes too, spelt with `-` or `_`:
 # deepspeed name -> metavar (None: the flag takes no value).
@@ -234,23 +233,13 @@ def adopt_orphans() -> None:
         logger.warning("cannot adopt orphaned ranks on this system; a group signal may return before they save")
 
 
-def join_supervisor_group() -> None:
-    """Called first by every rank: move into the process group of the supervisor that started this job (named by
-    ``SUPERVISOR_GROUP_ENV``; absent when started otherwise, or on another node, where nothing changes)."""
-    group = os.environ.get(SUPERVISOR_GROUP_ENV)
-    if group:
-        try:
-            os.setpgid(0, int(group))
-        except OSError as err:  # the supervisor's group is gone (it was killed) or lives in another session
-            logger.warning("could not join the launcher's process group %s (%s): a signal to that group reaches "
-                           "this rank only through the launcher", group, err)
-
-
 def supervise(cmd: list[str], latest: Path) -> int:
     """Run ``cmd`` (the deepspeed launcher) and return its exit code. On SIGTERM, SIGINT or SIGHUP, send SIGTERM
     to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
     and return 0 if a checkpoint was completed after the signal (``latest`` rewritten), else 1."""
     import psutil
+
+    from megamythos.training.signals import SUPERVISOR_GROUP_ENV
 
     adopt_orphans()
     proc = subprocess.Popen(cmd, process_group=0, env={**os.environ, SUPERVISOR_GROUP_ENV: str(os.getpgrp())})

@@ -34,15 +34,15 @@ from megamythos.params import count
 from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.tokenizer import Tokenizer
 from megamythos.training import comm_stats
-from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
+from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_run_dirs, universal_tag,
                                                writer_lock)
-from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
-from megamythos.training.launch import join_supervisor_group
+from megamythos.training.ds_config import (bf16_enabled, build_ds_config, check_compile, load_template,
+                                            resolve_layout)
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.schedules import LRSchedule, build_scheduler
-from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank
+from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank, join_supervisor_group
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +132,8 @@ class Trainer:
         template = load_template(args.ds_config)  # and so does a layout that does not fit the world or the model
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
         self.layout.check_model(self.config)
+        check_compile(args, self.layout, bf16_enabled(template, args))
         self.adam_impl = resolve_adam_impl(args.adam_impl, torch.cuda.is_available())
-        if args.compile and self.layout.zero == 3:
-            raise ArgumentError("--compile needs ZeRO stage 0-2 (--zero 2): ZeRO-3 fetches parameters in a hook of "
-                                "every submodule, which breaks each compiled block into many graphs")
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed()
@@ -171,7 +169,7 @@ class Trainer:
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
-        if args.recurrent_zero == 2:
+        if args.recurrent_zero == 2 and not args.compile:  # compiled, the core is a ZeRO-3 leaf instead
             replicate_recurrent_core(self.engine)
         if args.compile:
             logger.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))

@@ -8,6 +8,7 @@ the next collective.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -36,6 +37,23 @@ def any_rank(flag: bool) -> bool:
 LAUNCHER_MARKERS = ("bin/deepspeed", "deepspeed.launcher.runner", "deepspeed/launcher/runner.py",
                     "deepspeed.launcher.launch", "deepspeed/launcher/launch.py", "bin/torchrun",
                     "torch.distributed.run", "launchers/pretrain.sh")
+
+
+SUPERVISOR_GROUP_ENV = "MEGAMYTHOS_SUPERVISOR_PGID"  # set for the ranks by megamythos.training.launch.supervise
+
+
+def join_supervisor_group() -> None:
+    """Called first by every rank: move into the process group of ``bash launchers/pretrain.sh``'s supervisor
+    (named by ``SUPERVISOR_GROUP_ENV``; absent when started otherwise, or on another node, where nothing changes),
+    so that a signal to that group reaches the ranks but not DeepSpeed's runner and ``launch.py``, which run in a
+    group of their own (see :mod:`megamythos.training.launch`)."""
+    group = os.environ.get(SUPERVISOR_GROUP_ENV)
+    if group:
+        try:
+            os.setpgid(0, int(group))
+        except OSError as err:  # the supervisor's group is gone (it was killed) or lives in another session
+            logger.warning("could not join the launcher's process group %s (%s): a signal to that group reaches "
+                           "this rank only through the launcher", group, err)
 
 
 def launcher_ancestors() -> list[psutil.Process]:
