@@ -18,10 +18,11 @@ ranks on SIGTERM/SIGINT but kills them after 30 s and exits 1 either way. The su
 ranks themselves (every rank then agrees to stop, saves once and exits 0; see :mod:`megamythos.training.signals`)
 and keeps the runner and ``launch.py`` out of reach of a signal to its process group (Ctrl-C, ``kill -- -PGID``):
 the runner starts in a process group of its own, and each local rank moves back into the supervisor's
-(:func:`megamythos.training.signals.join_supervisor_group`), so such a signal reaches the supervisor and the ranks, never ``launch.py``, whose
-30-s kill cannot cut a long save short; ``launch.py`` then sees the ranks exit 0 and exits 0. Multi-node through
-pdsh: the ranks are not its descendants, so the signal goes to the runner, whose pdsh handler ``pkill``s
-the remote ranks with SIGTERM (the same checkpoint path; not tested here, there is no pdsh).
+(:func:`megamythos.training.signals.join_supervisor_group`), so such a signal reaches the supervisor and the
+ranks, never ``launch.py``, whose 30-s kill cannot cut a long save short; ``launch.py`` then sees the ranks exit 0
+and exits 0. Multi-node through pdsh: the ranks are not its descendants, so the signal goes to the runner, whose
+pdsh handler ``pkill``s the remote ranks with SIGTERM (the same checkpoint path; not tested here, there is no
+pdsh).
 
 All three give the trainer the same arguments and environment: the defaults of :func:`trainer_defaults` (where
 checkpoints and logs go, the CPU debug run) and of :func:`rank_environment` (``DS_ACCELERATOR``,
