@@ -80,6 +80,30 @@ def ep2(tmp_path_factory, corpus) -> Path:
     return two_rank(tmp_path_factory, corpus, "ep2", *EP2_ARGS)
 
 
+STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor, torch's AdamW maths, on CPU."""
+import torch
+
+
+class FusedAdam(torch.optim.AdamW):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, adam_w_mode=True):
+        assert adam_w_mode, "AdamW wanted"
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+'''
+
+
+@pytest.fixture(scope="module")
+def ep2_apex_eval2(tmp_path_factory, corpus) -> Path:
+    """``ep2`` with two changes that must not change its training: ``--adam-impl apex`` (apex needs CUDA, so a
+    stand-in with apex's constructor and torch's AdamW maths is put on the path) and a validation every 2 steps."""
+    out = tmp_path_factory.mktemp("ep2_apex_eval2")
+    (out / "apex" / "optimizers").mkdir(parents=True)
+    (out / "apex" / "__init__.py").write_text("")
+    (out / "apex" / "optimizers" / "__init__.py").write_text(STAND_IN_APEX)
+    env = {**launch_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{out}"}
+    return train(out, corpus, 2, "--zero", "3", *EP2_ARGS[:-4], "--eval-interval", "2", "--eval-iters", "2",
+                 "--adam-impl", "apex", env=env)
+
+
 def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):
     """Also: ZeRO-3 sees every tensor the model returns (NamedTuple outputs, no unknown output types) and
     fetches every parameter the model uses within a module call (none is read outside its forward)."""
@@ -93,19 +117,28 @@ def test_expert_parallel_matches_no_expert_parallel(ref, ep2):
     assert_same_losses(ep2, ref, tol=EP_TOL)
 
 
-def test_validation_leaves_the_expert_counts_alone(ep2, tmp_path_factory, corpus):
+def test_apex_adam_is_handed_to_deepspeed_with_expert_groups(ep2, ep2_apex_eval2):
+    """``--adam-impl apex`` under ZeRO-3 + AutoEP: DeepSpeed steps the client FusedAdam over the groups our factory
+    built (expert parameters split off, per-group weight decay kept) and trains exactly as with its own AdamW."""
+    text = (ep2_apex_eval2 / "log.txt").read_text()
+    # decay and no-decay dense parameters, and the experts (no norms or biases among them: all decay)
+    assert "optimizer: apex FusedAdam (AdamW mode) over 3 parameter groups" in text
+    assert "optimizer: FusedAdam (--adam-impl apex)" in text
+    assert "optimizer: AdamW (--adam-impl auto)" in (ep2 / "log.txt").read_text()
+    assert losses(ep2_apex_eval2 / "metrics.jsonl") == losses(ep2 / "metrics.jsonl")
+
+
+def test_validation_leaves_the_expert_counts_alone(ep2, ep2_apex_eval2):
     """AutoEP's layer counts the tokens it routes in every forward, validation included; the trainer's validation
     must not move the aux-loss-free bias update: with a validation every 2 steps, the expert loads the updates
     used (``moe/mean-load``, ``moe/max-load``) equal those of the run that validates only at the end."""
-    frequent = two_rank(tmp_path_factory, corpus, "ep2_eval2", *EP2_ARGS[:-4], "--eval-interval", "2",
-                        "--eval-iters", "2")
-    assert sum("lm loss validation" in m for m in metrics(frequent / "metrics.jsonl")) == ITERS // 2
+    assert sum("lm loss validation" in m for m in metrics(ep2_apex_eval2 / "metrics.jsonl")) == ITERS // 2
 
     def loads(run_dir: Path) -> dict[int, tuple[float, float]]:
         return {m["iteration"]: (m["moe/mean-load"], m["moe/max-load"]) for m in metrics(run_dir / "metrics.jsonl")
                 if "moe/mean-load" in m}
 
-    assert loads(frequent) == loads(ep2) and len(loads(ep2)) == ITERS
+    assert loads(ep2_apex_eval2) == loads(ep2) and len(loads(ep2)) == ITERS
 
 
 def test_tensor_parallel_matches_no_tensor_parallel(ref, tmp_path_factory, corpus):
@@ -293,34 +326,3 @@ def test_export_of_a_zero2_checkpoint_equals_the_zero0_one(ref, tmp_path_factory
     assert got.keys() == want.keys()
     diffs = {name: float((got[name] - want[name]).abs().max()) for name in want}
     assert max(diffs.values()) < 1e-5, diffs  # measured 5e-7
-
-
-STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor, torch's AdamW maths, on CPU."""
-import torch
-
-
-class FusedAdam(torch.optim.AdamW):
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, adam_w_mode=True):
-        assert adam_w_mode, "AdamW wanted"
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-'''
-
-
-def test_apex_adam_is_handed_to_deepspeed_with_expert_groups(ep2, corpus, tmp_path):
-    """``--adam-impl apex`` under ZeRO-3 + AutoEP: DeepSpeed steps the client FusedAdam over the groups our factory
-    built (expert parameters split off, per-group weight decay kept) and trains exactly as with its own AdamW.
-    apex needs CUDA, so a stand-in with apex's constructor and torch's AdamW maths is put on the path."""
-    (tmp_path / "apex" / "optimizers").mkdir(parents=True)
-    (tmp_path / "apex" / "__init__.py").write_text("")
-    (tmp_path / "apex" / "optimizers" / "__init__.py").write_text(STAND_IN_APEX)
-    env = {**launch_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}
-    args = [*tiny_args(corpus, ITERS), "--zero", "3", *EP2_ARGS, "--adam-impl", "apex", "--save",
-            str(tmp_path / "ckpt"), "--metrics-file", str(tmp_path / "metrics.jsonl")]
-    proc = start(2, args, tmp_path / "log.txt", env=env)
-    text = finish(proc, tmp_path / "log.txt")
-    assert proc.returncode == 0, text[-4000:]
-    # decay and no-decay dense parameters, and the experts (no norms or biases among them: all decay)
-    assert "optimizer: apex FusedAdam (AdamW mode) over 3 parameter groups" in text
-    assert "optimizer: FusedAdam (--adam-impl apex)" in text and "optimizer: AdamW (--adam-impl auto)" in (
-        ep2 / "log.txt").read_text()
-    assert losses(tmp_path / "metrics.jsonl") == losses(ep2 / "metrics.jsonl")

@@ -4,9 +4,10 @@ Onto --tp > 1 DeepSpeed 0.19.8 cuts a full universal tensor into the rank's Auto
 a record ``{"param": tensor}``; ds_to_universal stores a bare tensor for anything saved with --tp 1, which then
 failed with "start + length exceeds dimension size" (megamythos.training.checkpointing.as_param_records).
 
-Each direction trains a reference 8 iterations without a stop (checkpoint at 4), then resumes a copy of its
-iteration-4 checkpoint on the other layout and compares iterations 5-8. The global batch (2 samples) is the same
-on both layouts, so the data position (consumed samples), LR schedule and step count carry over unchanged.
+Each saved layout trains a reference 8 iterations without a stop (checkpoint at 4), once; each direction
+resumes a copy of its iteration-4 checkpoint on the other layout and compares iterations 5-8. The global batch
+(2 samples) is the same on both layouts, so the data position (consumed samples), LR schedule and step count
+carry over unchanged.
 Tolerance 2e-4, as between layouts in test_distributed_train.py (expert parallelism regroups routed tokens; a
 near-tie top-k flip moved a loss by 5e-5); measured: 2e-7 between the two reference layouts, and the resumed
 losses equal to the uninterrupted ones. Losing the optimizer state, the schedule, the expert biases or the data
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -74,14 +76,28 @@ LAYOUTS = {"1 rank": (1, ONE_RANK, {"world_size": 1, "tp": 1, "ep": 1}),
            "2 ranks tp2": (2, TWO_RANKS_TP2, {"world_size": 2, "tp": 2, "ep": 1})}
 
 
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Callable[[str], Path]:
+    """Layout name -> its uninterrupted reference run (checkpoint at iteration 4), trained once per module."""
+    runs: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in runs:
+            procs, flags, _ = LAYOUTS[name]
+            runs[name] = tmp_path_factory.mktemp("ref")
+            train(runs[name], corpus, procs, flags, "--save-interval", str(STOP))
+        return runs[name]
+
+    return get
+
+
 @pytest.mark.parametrize("saved, resumed", [("2 ranks ep2", "1 rank"), ("1 rank", "2 ranks ep2"),
                                             ("2 ranks tp2", "1 rank"), ("1 rank", "2 ranks tp2"),
                                             ("2 ranks ep2", "2 ranks tp2")])
-def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, tmp_path: Path,
-                                                    corpus: Path) -> None:
-    (saved_procs, saved_flags, saved_layout), (procs, flags, layout) = LAYOUTS[saved], LAYOUTS[resumed]
-    ref = tmp_path / "ref"
-    train(ref, corpus, saved_procs, saved_flags, "--save-interval", str(STOP))
+def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, tmp_path: Path, corpus: Path,
+                                                    reference_run: Callable[[str], Path]) -> None:
+    (_, _, saved_layout), (procs, flags, layout) = LAYOUTS[saved], LAYOUTS[resumed]
+    ref = reference_run(saved)
     log = resume_elsewhere(ref, tmp_path / "resumed", corpus, procs, flags)
     check_continues(ref, tmp_path / "resumed", log, saved_layout, layout)
 
