@@ -107,6 +107,24 @@ class MythosLM(nn.Module):
         directly; under ZeRO-3 (partitioned parameters) use a forward's ``stats["rho"]``."""
         return self.recurrent.injection.spectral_radius()
 
+    def prelude_states(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: ModelKVCache | None = None,
+                       absorb: bool = False) -> torch.Tensor:
+        """input_ids [B, S] -> x [B, S, H]: token embeddings through the prelude blocks (the recurrent core's
+        input, which the core normalises itself)."""
+        x = self.tok_embeddings(input_ids)
+        for i, block in enumerate(self.prelude):
+            x = block(x, positions, cache.prelude[i] if cache else None, absorb)
+        return x
+
+    def coda_logits(self, h: torch.Tensor, positions: torch.Tensor, cache: ModelKVCache | None = None,
+                    absorb: bool = False) -> torch.Tensor:
+        """Final recurrent states [..., S, H] (in the model's dtype) -> logits [..., S, V] through the coda
+        blocks, the final norm and the LM head."""
+        x = h
+        for i, block in enumerate(self.coda):
+            x = block(x, positions, cache.coda[i] if cache else None, absorb)
+        return self.lm_head(self.norm(x))
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,
                 exit_threshold: float = 0.0) -> MythosOutput:
@@ -127,15 +145,10 @@ class MythosLM(nn.Module):
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
 
-        x = self.tok_embeddings(input_ids)
-        for i, block in enumerate(self.prelude):
-            x = block(x, positions, cache.prelude[i] if cache else None, absorb)
+        x = self.prelude_states(input_ids, positions, cache, absorb)
         result = self.recurrent(x, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
                                 exit_threshold)
-        x = result.state.to(x.dtype)
-        for i, block in enumerate(self.coda):
-            x = block(x, positions, cache.coda[i] if cache else None, absorb)
-        logits = self.lm_head(self.norm(x))
+        logits = self.coda_logits(result.state.to(x.dtype), positions, cache, absorb)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)

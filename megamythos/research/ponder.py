@@ -95,17 +95,7 @@ class PonderLM(MythosLM):
     def _prelude(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, S] -> (e = RMSNorm(prelude output) [B, S, H], positions [S])."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.tok_embeddings(input_ids)
-        for block in self.prelude:
-            x = block(x, positions)
-        return self.recurrent.input_norm(x), positions
-
-    def _coda_logits(self, h: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """States [..., S, H] -> logits [..., S, V] through the coda, final norm and head."""
-        x = h.to(dtype)
-        for block in self.coda:
-            x = block(x, positions)
-        return self.lm_head(self.norm(x))
+        return self.recurrent.input_norm(self.prelude_states(input_ids, positions)), positions
 
     def _halting_logits(self, h: torch.Tensor) -> torch.Tensor:
         """z = w . RMSNorm(h) + b: [..., H] -> [...] fp32."""
@@ -120,7 +110,7 @@ class PonderLM(MythosLM):
             states.append(h)
             aux = aux + step_aux
         stacked = torch.stack(states)  # [N, B, S, H]; one coda pass over the loops folded into the batch
-        logits = self._coda_logits(stacked.flatten(0, 1), positions, e.dtype).unflatten(0, stacked.shape[:2])
+        logits = self.coda_logits(stacked.flatten(0, 1).to(e.dtype), positions).unflatten(0, stacked.shape[:2])
         loop_loss = F.cross_entropy(logits.float().flatten(0, 2), labels.repeat(self.n_loops, 1).flatten(),
                                     ignore_index=-100, reduction="none").view(self.n_loops, *labels.shape)
         p = halting_distribution(self._halting_logits(stacked))
@@ -148,7 +138,7 @@ class PonderLM(MythosLM):
             state = advance(state, h_next, aux, None, log_survival.exp(), 1 - threshold)
             if not bool(state.active.any()):
                 break
-        return self._coda_logits(state.h, positions, e.dtype), state.steps
+        return self.coda_logits(state.h.to(e.dtype), positions), state.steps
 
 
 @torch.no_grad()
