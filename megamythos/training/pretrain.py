@@ -169,7 +169,8 @@ class Trainer:
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
-        if args.recurrent_zero == 2 and not args.compile:  # compiled, the core is a ZeRO-3 leaf instead
+        core_is_leaf = "leaf_module" in self.ds_config["zero_optimization"]  # --compile under ZeRO-3
+        if args.recurrent_zero == 2 and not core_is_leaf:
             replicate_recurrent_core(self.engine)
         if args.compile:
             logger.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))
