@@ -131,8 +131,9 @@ class ParamReport:
     routed_experts: int
     active_per_token: int
     effective_per_token: int
-    train_flops_per_token: float
-    recompute_flops_per_token: float
+    fwd_flops_per_token: float  # one forward at n_loops
+    train_flops_per_token: float  # forward + backward (2x forward where gradients flow; model FLOPs, no recompute)
+    recompute_flops_per_token: float  # what activation checkpointing of the loops with gradients adds
     kv_cache_bytes_per_token: int
 
 
@@ -157,13 +158,17 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
               + (p.injection if c.injection == "concat" else 0) + 2 * c.dim * c.lora_rank)
     head_mm = c.vocab_size * c.dim
     attn_fwd = attention_fwd_flops_per_token(c, seq)
-    fwd = 2 * (dense_mm + loops * rec_mm + head_mm) + n_attn_layers * attn_fwd
-    recompute = loops * (2 * rec_mm + attn_fwd)
+    loop_fwd = 2 * rec_mm + attn_fwd
+    fwd = 2 * (dense_mm + head_mm) + (c.prelude_layers + c.coda_layers) * attn_fwd + loops * loop_fwd
+    # backward (2x forward) only where gradients flow: truncated BPTT runs the first loops - k without them
+    with_grad = min(c.backprop_loops or loops, loops)
+    train = 3 * fwd - 2 * (loops - with_grad) * loop_fwd
+    recompute = with_grad * loop_fwd
     per_layer_kv = (c.kv_lora_rank + c.qk_rope_head_dim if c.attn_type == "mla"
                     else 2 * c.n_kv_heads * c.resolved_head_dim)
     return ParamReport(total=p.total, embedding=p.embedding, prelude_coda=p.prelude_coda, recurrent=p.recurrent,
                        routed_experts=p.routed_experts, active_per_token=active, effective_per_token=effective,
-                       train_flops_per_token=3 * fwd, recompute_flops_per_token=recompute,
+                       fwd_flops_per_token=fwd, train_flops_per_token=train, recompute_flops_per_token=recompute,
                        kv_cache_bytes_per_token=per_layer_kv * n_attn_layers * BYTES[kv_dtype])
 
 
@@ -188,7 +193,7 @@ class MemoryPlan:
 def forward_flops_per_token(c: ModelConfig, seq_len: int, loops: float) -> float:
     """Inference forward FLOPs per token when tokens run ``loops`` recurrent iterations on average (a mean
     over tokens, e.g. under early exit): linear in the loop count, one third of the training figure."""
-    one, two = (count(c, seq_len, n).train_flops_per_token / 3 for n in (1, 2))
+    one, two = (count(c, seq_len, n).fwd_flops_per_token for n in (1, 2))
     return one + (loops - 1) * (two - one)
 
 

@@ -97,3 +97,33 @@ def test_checkpointed_loop_states_follow_the_checkpointing_scheme() -> None:
     big = get_preset("1t")
     assert (memory_plan(big.replace(loop_checkpoint_segment=0), 1024, tp=8, ep=128).activations_gib
             < memory_plan(big, 1024, tp=8, ep=128).activations_gib / 2)
+
+
+def counted_matmul_flops_per_token(config, seq_len: int, n_loops: int) -> float:
+    """Matmul FLOPs per token of one real training step (forward + backward), counted op by op with
+    FlopCounterMode; our expert op (megamythos::grouped_mm, 2 * a.numel() * out) is taught to it. Attention's
+    SDPA CPU kernels have no FLOP rule and stay uncounted: keep seq_len small so that they are negligible."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def grouped_mm_flops(a_shape, b_shape, *_, **__) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
+
+    torch.manual_seed(0)
+    model = MythosLM(config)
+    ids = torch.randint(0, config.vocab_size, (2, seq_len))
+    mapping = {torch.ops.megamythos.grouped_mm: grouped_mm_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model(ids, labels=ids, n_loops=n_loops).loss.backward()
+    return counter.get_total_flops() / ids.numel()
+
+
+@pytest.mark.parametrize("backprop_loops", [0, 2])
+def test_train_flops_equal_a_counted_training_step(backprop_loops: int) -> None:
+    """count(): forward + 2x forward for backward where gradients flow; truncated BPTT's first loops have none."""
+    config = get_preset("tiny").replace(backprop_loops=backprop_loops, checkpoint_loops=False)
+    seq_len, n_loops = 8, 4
+    report = count(config, seq_len=seq_len, n_loops=n_loops)
+    measured = counted_matmul_flops_per_token(config, seq_len, n_loops)
+    assert measured == pytest.approx(report.train_flops_per_token, rel=0.01)
+    if backprop_loops:
+        assert report.train_flops_per_token < count(config.replace(backprop_loops=0), seq_len, n_loops).train_flops_per_token
