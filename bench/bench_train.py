@@ -134,8 +134,10 @@ def environment() -> dict[str, Any]:
     import deepspeed
     import torch
 
+    from megamythos.training.monitor import cpu_model
+
     return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-            "cpus": os.cpu_count(), "machine": platform.machine(), "load_average": os.getloadavg()}
+            "cpus": os.cpu_count(), "machine": platform.machine(), "cpu": cpu_model(), "load_average": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,18 +59,19 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
     return flash_attn_func
 
 
-# Up to this many scores per (batch, head) the explicit-matmul path is used for bf16 on CPU (its fp32 score
-# matrix is S x L: 16 MiB at 2048 x 2048); longer sequences take SDPA's flash kernel, which never materialises it.
-_MATMUL_ATTENTION_MAX_SCORES = 2048 * 2048
+# Up to this many scores per (batch, head) the explicit-matmul path is used for bf16 on CPU; beyond, SDPA's flash
+# kernel, which never materialises the fp32 S x L scores. bench/bench_attention.py (fwd + bwd, causal, AVX-512
+# bf16 core): matmul takes 0.62-0.77x SDPA's time at S = 128, 1.05-1.36x at 256, 1.5-2.4x at 512, 2.4-5.4x beyond.
+_MATMUL_ATTENTION_MAX_SCORES = 192 * 192
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                      scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with two batched matmuls and an fp32 softmax, for [B, S, h, d] inputs.
 
-    On CPU in bf16 this beats SDPA's flash kernel at head widths of 32-64 (the matmuls run on AMX tiles; the
-    flash kernel's blocked loop does not), and needs no padding of v. Causal: query i (at position L - S + i)
-    attends to keys 0..L - S + i.
+    On CPU in bf16 this beats SDPA's flash kernel on short sequences (~128-192: one matmul per head instead of
+    the flash kernel's blocked loop), and needs no padding of v; longer ones are bound by the fp32 score
+    matrix's memory traffic. Causal: query i (at position L - S + i) attends to keys 0..L - S + i.
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale

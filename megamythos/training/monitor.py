@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,21 @@ def measure_peak_tflops(dtype: torch.dtype = torch.float32, size: int = 512, rep
     for _ in range(repeats):
         a @ b
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU's model name and its bf16 matmul instructions (from /proc/cpuinfo on Linux), which decide the
+    bf16 ceiling: AMX tiles (``amx_bf16``) reach roughly 4x what AVX-512 ``avx512_bf16`` does per core."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return {"model_name": platform.processor() or platform.machine()}
+    flags = set(info.get("flags", "").split())
+    return {"model_name": info.get("model name", platform.machine()),
+            "bf16_isa": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx_vnni"})}
 
 
 class TrainingMonitor:
