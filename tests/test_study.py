@@ -26,6 +26,8 @@ def test_study_runs_train_and_evaluate(tmp_path) -> None:
     assert [len(r["eval"]) for r in runs] == [len(EVAL_LOOPS), 1]
     assert runs[1]["kind"] == "dense" and runs[0]["kind"] == "looped"
     assert runs[1]["params"] > 1.5 * runs[0]["params"]  # the dense baseline has twice the unique parameters
+    truncated = count(config.replace(backprop_loops=2), seq_len=16).train_flops_per_token  # no backward for loops 1-2
+    assert runs[0]["train_flops_per_token"] == truncated < count(config, seq_len=16).train_flops_per_token
     exits = runs[0]["eval_exit"]
     assert len(exits) == 2 * len(EXIT_THRESHOLDS) and all(1 <= e["mean_steps"] <= e["loops"] for e in exits)
     report = {"experiment": "smoke", "settings": {"steps": 4}, "base_config": config.to_dict(), "runs": runs}

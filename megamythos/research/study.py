@@ -103,7 +103,7 @@ def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> 
                 "train_flops_per_token": dense_train_flops_per_token(config, layers, settings.seq_len)}
         return DenseLM(config, layers), info
     cfg = config.replace(**spec.overrides)
-    report = count(cfg, seq_len=settings.seq_len)
+    report = count(cfg.replace(backprop_loops=spec.backprop_loops), seq_len=settings.seq_len)  # what training spends
     info = {"kind": "looped", "params": report.total, "active_params": report.active_per_token,
             "train_flops_per_token": report.train_flops_per_token}
     if spec.ponder_loops:
