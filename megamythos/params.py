@@ -192,7 +192,7 @@ class MemoryPlan:
 
 def forward_flops_per_token(c: ModelConfig, seq_len: int, loops: float) -> float:
     """Inference forward FLOPs per token when tokens run ``loops`` recurrent iterations on average (a mean
-    over tokens, e.g. under early exit): linear in the loop count, one third of the training figure."""
+    over tokens, e.g. under early exit): linear in the loop count (``fwd_flops_per_token`` interpolated)."""
     one, two = (count(c, seq_len, n).fwd_flops_per_token for n in (1, 2))
     return one + (loops - 1) * (two - one)
 
