@@ -4,8 +4,8 @@ between, timed side by side per shape, to place its switch ``_MATMUL_ATTENTION_M
     PYTHONPATH=. python bench/bench_attention.py --out bench/results/attention_cpu_bf16.json
 
 * ``matmul``: :func:`megamythos.attention.matmul_attention` (two batched matmuls, fp32 scores and softmax);
-* ``sdpa``: PyTorch's ``scaled_dot_product_attention`` as ``attend`` calls it (v zero-padded to the query width,
-  causal), which on CPU runs the blocked flash kernel and never materialises the S x S scores.
+* ``sdpa``: :func:`megamythos.attention.sdpa_attention`, PyTorch's ``scaled_dot_product_attention`` as ``attend``
+  calls it (causal), which on CPU runs the blocked flash kernel and never materialises the S x S scores.
 
 Shapes: the tiny (8 heads, q/k 48, v 32), small (12 x 64) and a 128-wide head layout, batch x sequence = 2048
 tokens, sequence 128..2048. Each cell: 2 untimed calls, then the median of ``--reps`` (the two kernels alternate).
@@ -22,23 +22,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from megamythos.attention import matmul_attention
+from megamythos.attention import matmul_attention, sdpa_attention
 from megamythos.training.monitor import cpu_model
 
 HEADS = [(8, 48, 32), (12, 64, 64), (16, 128, 128)]  # (heads, q/k width, v width)
 SEQ_LENS = [128, 256, 512, 1024, 2048]
 TOKENS = 2048
-
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Causal SDPA on [B, S, h, d] inputs as ``attend`` calls it for unequal q/v widths."""
-    dv = v.shape[-1]
-    v = F.pad(v, (0, q.shape[-1] - dv)) if dv < q.shape[-1] else v
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
-                                         scale=scale)
-    return out.transpose(1, 2)[..., :dv]
 
 
 def fwd_bwd_ms(kernels: dict[str, Callable[[], torch.Tensor]], reps: int) -> dict[str, float]:
@@ -69,7 +59,7 @@ def main() -> int:
                        for d in (qk_dim, qk_dim, v_dim))
             scale = qk_dim ** -0.5
             ms = fwd_bwd_ms({"matmul": lambda: matmul_attention(q, k, v, None, True, scale),
-                             "sdpa": lambda: sdpa_attention(q, k, v, scale)}, args.reps)
+                             "sdpa": lambda: sdpa_attention(q, k, v, None, True, scale)}, args.reps)
             rows.append({"heads": heads, "qk_dim": qk_dim, "v_dim": v_dim, "batch": TOKENS // seq, "seq": seq,
                          **{f"{name}_ms": round(value, 2) for name, value in ms.items()},
                          "matmul_over_sdpa": round(ms["matmul"] / ms["sdpa"], 3)})

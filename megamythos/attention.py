@@ -95,16 +95,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if (q.device.type == "cpu" and q.dtype == torch.bfloat16
             and q.shape[1] * k.shape[1] <= _MATMUL_ATTENTION_MAX_SCORES):
         return matmul_attention(q, k, v, mask, causal, scale)
-    dv = v.shape[-1]
-    if dv < q.shape[-1]:
-        v = F.pad(v, (0, q.shape[-1] - dv))
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
         flash = _flash_attn_func()
         if flash is not None:
-            return flash(q, k, v, softmax_scale=scale, causal=causal)[..., :dv]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            dv = v.shape[-1]
+            return flash(q, k, _pad_to_query_width(v, q), softmax_scale=scale, causal=causal)[..., :dv]
+    return sdpa_attention(q, k, v, mask, causal, scale)
+
+
+def _pad_to_query_width(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """v [..., dv] zero-padded to q's width dq >= dv (the fused kernels need equal widths)."""
+    return F.pad(v, (0, q.shape[-1] - v.shape[-1])) if v.shape[-1] < q.shape[-1] else v
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                   scale: float) -> torch.Tensor:
+    """PyTorch SDPA for [B, S, h, d] inputs (v padded to the query width, the output sliced back)."""
+    padded = _pad_to_query_width(v, q)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), padded.transpose(1, 2),
                                          attn_mask=mask, is_causal=causal and mask is None, scale=scale)
-    return out.transpose(1, 2)[..., :dv]
+    return out.transpose(1, 2)[..., :v.shape[-1]]
 
 
 class MLA(nn.Module):

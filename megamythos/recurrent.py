@@ -260,7 +260,7 @@ def exit_distribution(steps: torch.Tensor, n_loops: int) -> torch.Tensor:
 
 
 class RecurrentCore(nn.Module):
-    """Runs the shared block ``n_loops`` times from the normalised prelude output e [B, S, H].
+    """Runs the shared block ``n_loops`` times from the prelude output x [B, S, H], injecting e = input_norm(x).
 
     Activation checkpointing (``checkpoint_loops``, training only): each iteration with gradient is a
     non-reentrant checkpoint that keeps only its input state, so the forward keeps O(k) states for k
