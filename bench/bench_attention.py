@@ -1,10 +1,10 @@
-"""bf16 causal attention on CPU, forward + backward: the two kernels :func:`megamythos.attention.attend` chooses
+"""bf16 causal attention on CPU, forward + backward: the two kernels :func:`megamythos.model.attention.attend` chooses
 between, timed side by side per shape, to place its switch ``_MATMUL_ATTENTION_MAX_SCORES``.
 
     PYTHONPATH=. python bench/bench_attention.py --out bench/results/attention_cpu_bf16.json
 
-* ``matmul``: :func:`megamythos.attention.matmul_attention` (two batched matmuls, fp32 scores and softmax);
-* ``sdpa``: :func:`megamythos.attention.sdpa_attention`, PyTorch's ``scaled_dot_product_attention`` as ``attend``
+* ``matmul``: :func:`megamythos.model.attention.matmul_attention` (two batched matmuls, fp32 scores and softmax);
+* ``sdpa``: :func:`megamythos.model.attention.sdpa_attention`, PyTorch's ``scaled_dot_product_attention`` as ``attend``
   calls it (causal), which on CPU runs the blocked flash kernel and never materialises the S x S scores.
 
 Shapes: the tiny (8 heads, q/k 48, v 32), small (12 x 64) and a 128-wide head layout, batch x sequence = 2048
@@ -18,12 +18,12 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from megamythos.attention import matmul_attention, sdpa_attention
+from megamythos.model.attention import matmul_attention, sdpa_attention
 from megamythos.training.monitor import cpu_model
 
 HEADS = [(8, 48, 32), (12, 64, 64), (16, 128, 128)]  # (heads, q/k width, v width)

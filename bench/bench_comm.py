@@ -4,8 +4,8 @@
 
 Runs the real trainer (``megamythos.training.pretrain``, tiny preset, default corpus, sequence 64, micro batch
 1 per rank, fp32) under the ``deepspeed`` launcher on 2 processes, once per variant: ZeRO-3 with the recurrent
-block partitioned and gathered per use (``--recurrent-zero 3``, DeepSpeed's default, "before"), ZeRO-3 with the
-recurrent core replicated (``--recurrent-zero 2``, the trainer's default, "after"), and ZeRO-2 (the whole model
+block partitioned and gathered per use (``--no-replicate-core``, DeepSpeed's default, "before"), ZeRO-3 with the
+recurrent core replicated (``--replicate-core``, the trainer's default, "after"), and ZeRO-2 (the whole model
 replicated) for reference. The sampled loop count is replaced by a fixed schedule in which T alternates
 between 1, 4 and 8, so every step but the repeat at the end runs a T different from the previous step's.
 Calls and bytes of every collective per step come from the trainer's own accounting (``comm/...`` in its
@@ -22,15 +22,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # T of each step: every change of T occurs for every value; the last two steps repeat T (trace unchanged).
 SCHEDULE = (4, 1, 4, 8, 1, 8, 4, 1, 8, 4, 8, 1, 8, 8)
 VARIANTS = {
-    "zero3-per-use": ["--zero", "3", "--recurrent-zero", "3"],
-    "zero3-replicated-core": ["--zero", "3", "--recurrent-zero", "2"],
+    "zero3-per-use": ["--zero", "3", "--no-replicate-core"],
+    "zero3-replicated-core": ["--zero", "3", "--replicate-core"],
     "zero2": ["--zero", "2"],
 }
 KINDS = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")

@@ -90,7 +90,8 @@ def run_megatron_index_check(spec_path: str) -> dict:
     import numpy
     from megatron.core.datasets import helpers
     from megatron.core.datasets.blended_megatron_dataset_config import (
-        convert_split_vector_to_split_matrix, parse_and_normalize_split,
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
     )
     from megatron.core.datasets.gpt_dataset import GPTDataset
     from megatron.core.datasets.indexed_dataset import IndexedDataset

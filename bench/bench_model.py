@@ -11,7 +11,7 @@ our package is imported from the checkout (``PYTHONPATH=.``), so both models are
     identical widths and exactly T executed loop iterations (counted with forward hooks on both models);
   * the MoE layer fwd+bwd at 64 experts top-4, ours against the reference's ``MoEFFN``;
   * the tiny preset against a dense pre-norm GPT whose training FLOPs per token equal ours.
-``params`` counts the reference presets on the meta device next to ours (analytic, ``megamythos.params``, which
+``params`` counts the reference presets on the meta device next to ours (analytic, ``megamythos.model.params``, which
 tests/test_params.py checks part by part against our meta-device model).
 """
 from __future__ import annotations
@@ -24,17 +24,18 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megamythos.config import ModelConfig, get_preset, parse_override
-from megamythos.model import MythosLM, compile_blocks
-from megamythos.moe import MoE, MoEOutput, update_expert_bias
-from megamythos.params import count, parts
+from megamythos.model.config import ModelConfig, get_preset, parse_override
+from megamythos.model.lm import MythosLM, compile_blocks
+from megamythos.model.moe import MoE, MoEOutput, update_expert_bias
+from megamythos.model.params import count, parts
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token
 from megamythos.training.monitor import cpu_model
 
@@ -324,7 +325,7 @@ def bench_moe(dim: int, expert_dim: int, n_experts: int, top_k: int, tokens: int
 # ------------------------------------------------------------------------------------------------ parameters
 def reference_params(reference: nn.Module, *paths: str) -> int:
     """Parameters of the reference model, or of its sub-modules at the dotted ``paths``: it has no analytic
-    counter, so it is counted as built (on the meta device); ours come from :mod:`megamythos.params`."""
+    counter, so it is counted as built (on the meta device); ours come from :mod:`megamythos.model.params`."""
     modules = [reference.get_submodule(path) for path in paths] or [reference]
     return sum(p.numel() for module in modules for p in module.parameters())
 

@@ -54,8 +54,8 @@ def memory_child(loops: int, mode: str, batch: int, seq: int) -> dict[str, Any]:
 
     import torch
 
-    from megamythos.config import get_preset
-    from megamythos.model import MythosLM
+    from megamythos.model.config import get_preset
+    from megamythos.model.lm import MythosLM
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -18,16 +18,17 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from megamythos.attention import attend
-from megamythos.config import ModelConfig
-from megamythos.layers import RMSNorm
-from megamythos.moe import MoE, route
+from megamythos.model.attention import attend
+from megamythos.model.config import ModelConfig
+from megamythos.model.layers import RMSNorm
+from megamythos.model.moe import MoE, route
 
 TOL = 3e-2  # bf16 has 8 mantissa bits: relative rounding 4e-3 per op, a few ops deep
 

@@ -4,7 +4,6 @@ Usage: ``python data_prep/build_default_corpus.py --out data/default [--vocab-si
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.default_corpus import ensure_default_dataset  # noqa: E402
-from megamythos.errors import ArgumentParser, TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

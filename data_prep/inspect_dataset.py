@@ -5,7 +5,6 @@ dataset is invalid (``INVALID: ...``), 2 for another bad input (``error: ...``, 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

@@ -1,7 +1,6 @@
 """Concatenate indexed datasets: ``python data_prep/merge_datasets.py --input A B C --output-prefix OUT``."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 

@@ -13,7 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.preprocess import PreprocessConfig, preprocess  # noqa: E402
-from megamythos.errors import ArgumentParser, TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

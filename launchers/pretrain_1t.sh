@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The 1t preset on a GPU cluster: 128 nodes x 8 H100 (NVLink 450 GB/s, 400 Gb/s InfiniBand per GPU),
-# ds_configs/1t.json. Layout chosen with the step model (megamythos/step_model.py; the dry run prints it):
-#   - TP 8 (AutoTP) inside a node: its activation all-reduces stay on NVLink (~1 s of a ~270 s step);
+# ds_configs/1t.json. Layout chosen with the step model (megamythos/planning/step_model.py; the dry run prints it):
+#   - TP 8 (AutoTP) inside a node: its activation all-reduces stay on NVLink (~1 s of a ~273 s step);
 #   - EP 128 (AutoEP, 4 of the 512 experts per rank): the token all-to-alls (~82 s, the largest exposed cost)
 #     are the same bytes per rank for any ep; ep 512 saves 9.5 GiB but sends a larger share over InfiniBand;
-#   - ZeRO-3 for embeddings, prelude and coda; the recurrent core replicated (ZeRO-2 for it, --recurrent-zero 2):
+#   - ZeRO-3 for embeddings, prelude and coda; the recurrent core replicated (ZeRO-2 for it, --replicate-core):
 #     gathered once per step instead of ~3T times per micro-batch (T = 64 and changing every step);
 #   - micro batch 1 x accumulation 8 x dp 128 = 1024 sequences of 4096, two-level loop checkpointing
 #     (--loop-checkpoint-segment 0): memory plan ~60 GiB per GPU, which fits 80 GB and 141 GB parts;
 #   - ZeRO++ hpZ 8 (a node-local secondary weight copy: backward gathers on NVLink); quantised weights and
 #     gradients off: they would shave ~1.4 s of exposed gathers and overlapped reduce-scatters at a numerics risk.
-# Predicted at 40% matmul MFU: ~272 s per step, ~15k tokens/s, 16.5% model MFU (T = 64).
+# Predicted at 40% matmul MFU: ~273 s per step, ~15k tokens/s, 16.5% model MFU (T = 64).
 #
-#   bash launchers/pretrain_1t.sh --dry-run                 # no GPU: meta-device build, layout check, plan, command
+#   bash launchers/pretrain_1t.sh --dry-run                 # no GPU: layout check, memory and step plan, command
 #   HOSTFILE=hostfile bash launchers/pretrain_1t.sh --data-path 1.0 /data/a_text_document ...
 #
 # Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ; further flags go to the trainer.
@@ -23,14 +23,15 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-LAYOUT=(--preset 1t --nodes "${NODES:-128}" --gpus-per-node "${GPUS_PER_NODE:-8}" --tp "${TP:-8}" --ep "${EP:-128}"
-        --zero 3 --micro-batch-size "${MICRO:-1}" --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}"
-        --ds-config "$REPO/ds_configs/1t.json" --hostfile "${HOSTFILE:-hostfile}")
+LAYOUT=(--preset 1t --gpus "$(( ${NODES:-128} * ${GPUS_PER_NODE:-8} ))" --gpus-per-node "${GPUS_PER_NODE:-8}"
+        --tp "${TP:-8}" --ep "${EP:-128}" --zero 3 --micro-batch-size "${MICRO:-1}"
+        --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}" --loop-checkpoint-segment 0
+        --ds-config "$REPO/ds_configs/1t.json" --gpu-memory-gb 80 141 --plan --hostfile "${HOSTFILE:-hostfile}")
 if [[ "${1:-}" == "--dry-run" ]]; then
   shift
-  exec python -m megamythos.training.layout "${LAYOUT[@]}" --dry-run -- "$@"
+  exec python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "$@"
 fi
 # Validate first (cheap, no GPU), then run the exact command the dry run prints.
-CMD=$(python -m megamythos.training.layout "${LAYOUT[@]}" -- "$@" | python -c "import json,sys; print(json.load(sys.stdin)['command'])")
+CMD=$(python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "$@" | python -c "import json,sys; print(json.load(sys.stdin)['command'])")
 echo "$CMD"
 eval exec "$CMD"

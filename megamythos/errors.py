@@ -10,7 +10,8 @@ import argparse
 import difflib
 import logging
 import sys
-from typing import Callable, NoReturn
+from collections.abc import Callable
+from typing import NoReturn
 
 CLI_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 TIMED_CLI_LOG_FORMAT = f"%(asctime)s {CLI_LOG_FORMAT}"  # for the long-running data and tokenizer tools

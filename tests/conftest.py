@@ -1,21 +1,63 @@
-"""Shared fixtures: small model configs that run in milliseconds on CPU."""
+"""Shared fixtures. Plain helpers and constants are in helpers.py.
+
+Session-scoped fixtures hold read-only data built once per test session: the small default corpus, a tiny BPE
+tokenizer, and one tiny trained checkpoint. A test that uses a fixture which trains (``LAUNCH_FIXTURES``) starts a
+real launch and must carry the ``launch`` marker (checked at collection).
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
-from megamythos.config import ModelConfig
+from megamythos.data.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
+from tests.helpers import build_corpus, run, synthetic_documents, tiny_args
+
+TINY_RUN_ITERS = 8
+LAUNCH_FIXTURES = {"tiny_run", "tiny_checkpoint"}
 
 
-def small_config(**overrides: object) -> ModelConfig:
-    """A few-hundred-K-parameter config exercising every code path (MLA, MoE, ACT, LoRA)."""
-    base = dict(vocab_size=97, dim=64, max_seq_len=64, n_heads=4, n_kv_heads=2, q_lora_rank=32, kv_lora_rank=16,
-                qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, prelude_layers=1, coda_layers=1,
-                mean_loops=3, n_experts=8, n_shared_experts=1, num_experts_per_tok=2, expert_dim=32, lora_rank=4)
-    base.update(overrides)
-    return ModelConfig(**base)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if LAUNCH_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("launch") is None]
+    if unmarked:
+        raise pytest.UsageError(f"tests using a fixture that trains ({', '.join(sorted(LAUNCH_FIXTURES))}) need "
+                                f"@pytest.mark.launch: {unmarked}")
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default corpus at the size ``tiny_args`` reads (vocab 384, 30 stdlib files), built once."""
+    return build_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    """A 400-piece BPE model trained on synthetic text (about a second)."""
+    prefix = tmp_path_factory.mktemp("tok") / "tiny"
+    return train_tokenizer(synthetic_documents(400, seed=1),
+                           TokenizerTrainConfig(vocab_size=400, model_prefix=str(prefix), num_threads=1))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
+    """One launch of the tiny model, shared by every test that needs a trained checkpoint: 1 process, ZeRO-0,
+    micro batch 2 = global batch 2, 8 iterations, a checkpoint every 2 (the last 4 kept: iter_0000002 ...
+    iter_0000008). Returns the run directory: ckpt/, metrics.jsonl, tb/, log.txt. Read-only for its users."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    run(1, [*tiny_args(corpus, TINY_RUN_ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2",
+            "--save", str(out / "ckpt"), "--save-interval", "2", "--keep-last", "4",
+            "--metrics-file", str(out / "metrics.jsonl"), "--tensorboard-dir", str(out / "tb")], out / "log.txt")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run: Path, corpus: Path) -> tuple[Path, Path]:
+    """(checkpoint --save dir of ``tiny_run``, corpus dir)."""
+    return tiny_run / "ckpt", corpus

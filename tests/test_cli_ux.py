@@ -13,17 +13,18 @@ import sys
 import numpy as np
 import pytest
 
-from megamythos.config import PRESETS
+from megamythos import errors
+from megamythos.checkpoint.export import main as export_main
 from megamythos.data import default_corpus
 from megamythos.data.indexed_dataset import IndexedDatasetBuilder
-from megamythos import errors
 from megamythos.data.pretraining import DataError, resolve_data
-from megamythos.evaluate import parse_args as evaluate_args
-from megamythos.export import main as export_main
-from megamythos.generate import parse_args as generate_args
 from megamythos.hf.lm_eval_data import main as lm_eval_data_main
-from megamythos.training.arguments import build_parser, parse_args as train_args
-from train_utils import REPO, launch_env, run_single, tiny_args
+from megamythos.inference.evaluate import parse_args as evaluate_args
+from megamythos.inference.generate import parse_args as generate_args
+from megamythos.model.config import PRESETS
+from megamythos.training.arguments import build_parser
+from megamythos.training.arguments import parse_args as train_args
+from tests.helpers import REPO, launch_env, run_single, tiny_args
 
 
 @pytest.mark.parametrize("parse, argv, typo, known", [
@@ -57,13 +58,14 @@ def test_trainer_help_describes_every_flag_and_lists_presets_with_sizes():
     text = parser.format_help()
     for name in PRESETS:
         assert f"\n  {name} " in text
-    assert "7.1M total" in text and "917.10B total" in text  # tiny and 1t, as megamythos.params counts them
+    assert "7.1M total" in text and "917.10B total" in text  # tiny and 1t, as megamythos.model.params counts them
     assert all(a.help != argparse.SUPPRESS for a in parser._actions if a.dest != "local_rank")
 
 
-CLIS = ["megamythos.training.pretrain", "megamythos.evaluate", "megamythos.generate", "megamythos.export",
-        "megamythos.hf.lm_eval_data", "data_prep/build_default_corpus.py", "data_prep/inspect_dataset.py",
-        "data_prep/merge_datasets.py", "data_prep/preprocess_data.py", "tokenizer/train_tokenizer.py"]
+CLIS = ["megamythos.training.pretrain", "megamythos.inference.evaluate", "megamythos.inference.generate",
+        "megamythos.checkpoint.export", "megamythos.hf.lm_eval_data", "data_prep/build_default_corpus.py",
+        "data_prep/inspect_dataset.py", "data_prep/merge_datasets.py", "data_prep/preprocess_data.py",
+        "tokenizer/train_tokenizer.py"]
 
 
 @pytest.mark.parametrize("cli", CLIS)
@@ -111,8 +113,9 @@ def test_default_corpus_summarises_skipped_files(tmp_path, monkeypatch, caplog):
     assert len(summary) == 1 and "skipped=3" in summary[0]
 
 
-def test_finished_run_says_there_is_nothing_to_do(tmp_path):
-    args = [*tiny_args(tmp_path / "corpus", 2), "--zero", "3", "--micro-batch-size", "2", "--global-batch-size", "2",
+@pytest.mark.launch
+def test_finished_run_says_there_is_nothing_to_do(corpus, tmp_path):
+    args = [*tiny_args(corpus, 2), "--zero", "3", "--micro-batch-size", "2", "--global-batch-size", "2",
             "--save", str(tmp_path / "ckpt"), "--load", str(tmp_path / "ckpt")]
     first = run_single(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]

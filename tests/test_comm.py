@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 from megamythos.training import comm_stats
-from train_utils import free_port
+from tests.helpers import free_port
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from megamythos.config import PRESETS, ConfigError, get_preset, parse_override
-from megamythos.params import count
+from megamythos.model.config import PRESETS, ConfigError, get_preset, parse_override
+from megamythos.model.params import count
 
 # The presets as they were when they were still 17 positional numbers per scale (commit 8d5a96f): parameter
 # count (which fixes every shape) and the fields that change no shape, less the ACT halting head (dim + 1)

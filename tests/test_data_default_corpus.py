@@ -8,7 +8,7 @@ from megamythos.data.default_corpus import ensure_default_dataset, stdlib_source
 from megamythos.data.gpt_dataset import build_train_valid_test_datasets
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
-from megamythos.tokenizer import Tokenizer
+from megamythos.data.tokenizer import Tokenizer
 
 
 def test_stdlib_sources_exclude_site_packages() -> None:

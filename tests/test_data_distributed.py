@@ -7,7 +7,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from tests.test_data_gpt import make_dataset
+from tests.helpers import make_dataset
 
 
 def _rank_main(rank: int, init_file: str, prefix: str, cache_dir: str, results) -> None:

@@ -9,11 +9,15 @@ import pytest
 from megamythos.data import index_cache
 from megamythos.data.blended_dataset import build_blending_indices
 from megamythos.data.gpt_dataset import (
-    DataConfigError, build_gpt_indices, build_sample_index, build_train_valid_test_datasets, parse_split,
+    DataConfigError,
+    build_gpt_indices,
+    build_sample_index,
+    build_train_valid_test_datasets,
+    parse_split,
     split_bounds,
 )
-from megamythos.data.indexed_dataset import IndexedDatasetBuilder
 from megamythos.data.sampler import PretrainingSampler
+from tests.helpers import make_dataset
 
 
 def megatron_sample_index(sizes, document_index, seq_length, num_samples):
@@ -52,17 +56,6 @@ def test_separate_final_epoch_keeps_last_epoch_samples_at_the_end() -> None:
     # 2 epochs; the final one supplies 3 < 0.8 * 10 samples, so it is shuffled separately
     assert sorted(idx["shuffle_index"][:10].tolist()) == list(range(10))
     assert sorted(idx["document_index"][:10].tolist()) == list(range(10))
-
-
-def make_dataset(path, num_docs: int, seed: int = 0, base: int = 0) -> str:
-    """Documents whose tokens encode their document id: doc d holds ``base + d`` repeated."""
-    rng = np.random.default_rng(seed)
-    prefix = str(path)
-    with IndexedDatasetBuilder(prefix, np.int32) as builder:
-        for d in range(num_docs):
-            builder.add_document(np.full(int(rng.integers(1, 30)), base + d))
-        builder.finalize()
-    return prefix
 
 
 def test_samples_are_seq_length_plus_one_and_pack_across_documents(tmp_path) -> None:

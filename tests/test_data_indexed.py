@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from megamythos.data.indexed_dataset import (
-    IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError, optimal_dtype,
+    IndexedDataset,
+    IndexedDatasetBuilder,
+    IndexedDatasetError,
+    optimal_dtype,
 )
 from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import DatasetMismatchError, read_dataset_metadata, write_dataset_metadata
-from megamythos.tokenizer import Tokenizer
-from tests.test_data_support import tiny_tokenizer  # noqa: F401
+from megamythos.data.tokenizer import Tokenizer
 
 
 def reference_files(docs: list[list[int]], dtype: type, code: int) -> tuple[bytes, bytes]:

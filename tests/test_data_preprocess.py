@@ -16,8 +16,8 @@ from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import DatasetMismatchError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
 from megamythos.data.sources import InputError
-from megamythos.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
-from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
+from megamythos.data.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
+from tests.helpers import synthetic_documents, write_jsonl
 
 DOCS = synthetic_documents(60, seed=3)
 

@@ -9,14 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import small_config
-import megamythos.moe as moe_module
-from megamythos.attention import MLA
-from megamythos.moe import MoE, MoEOutput, expert_bias_state, expert_counts_frozen, register_moe_layer
+import megamythos.model.moe as moe_module
+from megamythos.model.attention import MLA
+from megamythos.model.moe import MoE, MoEOutput, expert_bias_state, expert_counts_frozen, register_moe_layer
 from megamythos.parallel import autoep_to_model_names, tensor_parallel
-from megamythos.parallel.expert_parallel import _BalanceLossHooks, _autoep_expert_load
+from megamythos.parallel.expert_parallel import _autoep_expert_load, _BalanceLossHooks
+from tests.helpers import small_config
 
-MODEL_FILES = ["model", "attention", "moe", "recurrent", "layers", "config"]
+MODEL_DIR = Path(__file__).resolve().parents[1] / "megamythos" / "model"
+MODEL_FILES = sorted(path.stem for path in MODEL_DIR.glob("*.py"))
 FORBIDDEN_IMPORTS = ("deepspeed", "megamythos.parallel", "megamythos.training")
 
 
@@ -32,7 +33,7 @@ def imported_modules(tree: ast.Module) -> list[str]:
 
 @pytest.mark.parametrize("name", MODEL_FILES)
 def test_model_files_import_nothing_deepspeed_shaped(name: str) -> None:
-    path = Path(__file__).resolve().parents[1] / "megamythos" / f"{name}.py"
+    path = MODEL_DIR / f"{name}.py"
     source = path.read_text()
     bad = [m for m in imported_modules(ast.parse(source))
            if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_IMPORTS)]

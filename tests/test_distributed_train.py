@@ -15,24 +15,25 @@ import psutil
 import pytest
 import torch
 
-from train_utils import (CORPUS_FILES, REPO, VOCAB, finish, free_port, launch_env, losses, metrics, run, run_single,
-                         start, tiny_args, wait_for)
+from tests.helpers import (
+    REPO,
+    finish,
+    free_port,
+    launch_env,
+    losses,
+    metrics,
+    run,
+    run_single,
+    start,
+    tiny_args,
+    wait_for,
+)
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.launch]
 
 ITERS = 8
 TOL = 2e-5
 EP_TOL = 2e-4  # expert parallelism regroups the routed tokens: a near-tie top-k flip moved a loss by 5e-5
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default corpus at test size, built once before any launch."""
-    from megamythos.data.default_corpus import ensure_default_dataset
-
-    out = tmp_path_factory.mktemp("corpus")
-    ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
-    return out
 
 
 def train(tmp: Path, corpus: Path, nproc: int, *extra: str, iters: int = ITERS,
@@ -51,10 +52,11 @@ def assert_same_losses(run_dir: Path, ref_dir: Path, tol: float = TOL) -> None:
 
 
 @pytest.fixture(scope="module")
-def ref(tmp_path_factory, corpus) -> Path:
-    """1 process, ZeRO-0, micro batch 2."""
-    return train(tmp_path_factory.mktemp("ref"), corpus, 1, "--zero", "0", "--micro-batch-size", "2",
-                 "--global-batch-size", "2")
+def ref(tiny_run: Path) -> Path:
+    """1 process, ZeRO-0, micro batch 2: conftest's ``tiny_run`` (the same launch as ``train(..., 1, "--zero", "0",
+    "--micro-batch-size", "2", "--global-batch-size", "2")``, plus a checkpoint every 2 iterations), shared with the
+    tests of the evaluation, generation and Hugging Face command lines."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +195,9 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     expected = {"lm loss", "lm loss vs samples", "learning-rate", "learning-rate vs samples", "grad-norm",
                 "grad-norm vs samples", "tokens-per-sec", "tflops", "mfu", "loss-scale", "lm loss validation",
                 "lm loss validation vs samples", "lm loss validation ppl", "lm loss validation ppl vs samples",
-                "recurrent/max-rho", "recurrent/exit-mean-loops", "recurrent/exit-share/loop-01", "recurrent/loop-count",
-                "recurrent/state-norm/loop-00", "moe/max-load", "moe/mean-load", "moe/bias-min", "moe/bias-max"}
+                "recurrent/max-rho", "recurrent/exit-mean-loops", "recurrent/exit-share/loop-01",
+                "recurrent/loop-count", "recurrent/state-norm/loop-00", "moe/max-load", "moe/mean-load", "moe/bias-min",
+                "moe/bias-max"}
     assert expected <= tags, f"missing {sorted(expected - tags)}"
     assert [e.step for e in acc.Scalars("lm loss")] == list(range(1, ITERS + 1))
     assert [e.step for e in acc.Scalars("lm loss vs samples")] == [2 * i for i in range(1, ITERS + 1)]
@@ -278,10 +281,11 @@ def test_two_nodes_through_the_hostfile_path(zero3, tmp_path, corpus):
 def test_export_round_trip(ref, ep2, tmp_path, corpus):
     """Export the AutoEP ZeRO-3 checkpoint: MythosLM with the exported weights reproduces the validation loss the
     engine computed at the last step, and agrees with the export of the ZeRO-0 reference run."""
-    from megamythos.config import ModelConfig
-    from megamythos.export import load_exported, main as export_main
-    from megamythos.model import MythosLM
+    from megamythos.checkpoint.export import load_exported
+    from megamythos.checkpoint.export import main as export_main
     from megamythos.data.pretraining import build_datasets, collate
+    from megamythos.model.config import ModelConfig
+    from megamythos.model.lm import MythosLM
     from megamythos.training.arguments import parse_args
 
     assert export_main([str(ep2 / "ckpt"), str(tmp_path / "ep2")]) == 0
@@ -315,7 +319,8 @@ def test_export_round_trip(ref, ep2, tmp_path, corpus):
 def test_export_of_a_zero2_checkpoint_equals_the_zero0_one(ref, tmp_path_factory, corpus, tmp_path):
     """ZeRO-1/2 checkpoints carry no universal-checkpoint info of their own (DeepSpeed's ds_to_universal asserted
     on it); the export injects the default and reads the same weights as from the ZeRO-0 run's module state."""
-    from megamythos.export import load_exported, main as export_main
+    from megamythos.checkpoint.export import load_exported
+    from megamythos.checkpoint.export import main as export_main
 
     zero2 = train(tmp_path_factory.mktemp("zero2"), corpus, 1, "--zero", "2", "--micro-batch-size", "2",
                   "--global-batch-size", "2")

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from megamythos.config import ModelConfig
-from megamythos.checkpoint_files import CheckpointError
+from megamythos.checkpoint.files import CheckpointError
+from megamythos.model.config import ModelConfig
 from megamythos.training.checkpointing import universal_tag
-from train_utils import build_corpus, losses, metrics, run, tiny_args
+from tests.helpers import losses, metrics, run, tiny_args
 
 pytestmark = pytest.mark.distributed
 
@@ -35,11 +35,6 @@ TOL = 2e-4
 ONE_RANK = ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2")
 TWO_RANKS_EP2 = ("--zero", "3", "--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2")
 TWO_RANKS_TP2 = ("--zero", "3", "--tp", "2", "--micro-batch-size", "2", "--global-batch-size", "2")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def train(run_dir: Path, corpus: Path, nproc: int, layout: tuple[str, ...], *extra: str) -> str:
@@ -91,6 +86,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Cal
     return get
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("saved, resumed", [("2 ranks ep2", "1 rank"), ("1 rank", "2 ranks ep2"),
                                             ("2 ranks tp2", "1 rank"), ("1 rank", "2 ranks tp2"),
                                             ("2 ranks ep2", "2 ranks tp2")])
@@ -100,7 +96,6 @@ def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, tm
     ref = reference_run(saved)
     log = resume_elsewhere(ref, tmp_path / "resumed", corpus, procs, flags)
     check_continues(ref, tmp_path / "resumed", log, saved_layout, layout)
-
 
 
 @pytest.mark.parametrize("saved_stage, stage", [(2, 3), (3, 2), (1, 1)])

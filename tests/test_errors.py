@@ -7,9 +7,10 @@ import importlib
 import logging
 
 import pytest
+from test_imports import MODULES
 
 from megamythos.errors import UserError, run_cli
-from test_imports import MODULES
+
 
 def error_classes() -> list[str]:
     """Dotted names of the ``...Error`` classes defined at the top level of megamythos modules."""
@@ -19,7 +20,7 @@ def error_classes() -> list[str]:
 
 
 def test_error_classes_are_found():
-    assert {"megamythos.config.ConfigError", "megamythos.data.blended_dataset.BlendError",
+    assert {"megamythos.model.config.ConfigError", "megamythos.data.blended_dataset.BlendError",
             "megamythos.data.index_cache.IndexCacheError"} <= set(error_classes())
 
 

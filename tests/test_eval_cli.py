@@ -1,6 +1,6 @@
-"""The evaluation and generation command lines on one tiny trained checkpoint (ZeRO-0, a checkpoint every 2 of 8
-iterations): results files and TensorBoard tags, held-out split reproduction, seeded streaming generation,
-tokenizer checks, clear errors, and export -> generate without unpickling."""
+"""The evaluation and generation command lines on one tiny trained checkpoint (conftest's shared
+``tiny_checkpoint``: ZeRO-0, a checkpoint every 2 of 8 iterations): results files and TensorBoard tags, held-out split
+reproduction, seeded streaming generation, tokenizer checks, clear errors, and export -> generate without unpickling."""
 from __future__ import annotations
 
 import csv
@@ -14,24 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from megamythos.evaluate import EvalConfig, evaluate_loops, heldout_batches, main as evaluate_main
-from megamythos.export import main as export_main
-from megamythos.generate import TextStreamer, main as generate_main
-from megamythos.loading import load_model
-from train_utils import REPO, launch_env, run_single, tiny_args
+from megamythos.checkpoint.export import main as export_main
+from megamythos.inference.evaluate import EvalConfig, heldout_batches
+from megamythos.inference.evaluate import main as evaluate_main
+from megamythos.inference.generate import TextStreamer
+from megamythos.inference.generate import main as generate_main
+from megamythos.inference.loading import load_model
+from tests.helpers import REPO, launch_env, tiny_args
 
-ITERS = 8
+ITERS = 8  # conftest.TINY_RUN_ITERS: the shared tiny_checkpoint (ZeRO-0, a checkpoint every 2, last 4 kept)
 GEN = ["--prompt", "def main(", "--max-new-tokens", "12"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint --save dir with iter_0000002 ... iter_0000008, corpus dir) of one tiny ZeRO-0 run."""
-    corpus, run = tmp_path_factory.mktemp("corpus"), tmp_path_factory.mktemp("run")
-    out = run_single([*tiny_args(corpus, ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size",
-                      "2", "--save", str(run / "ckpt"), "--save-interval", "2", "--keep-last", "4"], run)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run / "ckpt", corpus
 
 
 def cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
@@ -40,8 +32,9 @@ def cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_checkpoint_carries_tokenizer_and_run_record(trained):
-    ckpt, corpus = trained
+@pytest.mark.launch
+def test_checkpoint_carries_tokenizer_and_run_record(tiny_checkpoint):
+    ckpt, corpus = tiny_checkpoint
     tag = ckpt / "iter_0000008"
     record = json.loads((tag / "tokenizer.json").read_text())
     dataset = json.loads(next(corpus.glob("*_text_document.json")).read_text())
@@ -51,10 +44,11 @@ def test_checkpoint_carries_tokenizer_and_run_record(trained):
     assert train["args"]["split"] == "90,10,0" and train["total_iters"] == ITERS and train["global_batch_size"] == 2
 
 
-def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(trained, tmp_path, capsys):
+@pytest.mark.launch
+def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkpoint, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ckpt, _ = trained
+    ckpt, _ = tiny_checkpoint
     args = ["--loops", "1,3,6", "--eval-iters", "2", "--micro-batch-size", "2", "--exit-threshold", "1e9"]
     code, out, err = cli(evaluate_main, ["--load", str(ckpt / "iter_0000002"), "--out", str(tmp_path), *args], capsys)
     assert code == 0, err
@@ -84,11 +78,12 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(trained, tm
     assert [e.step for e in events.Scalars("depth-eval/ppl")] == [1, 3, 6]
 
 
-def test_evaluation_reads_the_validation_batches_the_training_run_used(trained):
+@pytest.mark.launch
+def test_evaluation_reads_the_validation_batches_the_training_run_used(tiny_checkpoint):
     from megamythos.data.pretraining import batches, build_datasets
     from megamythos.training.arguments import parse_args
 
-    ckpt, corpus = trained
+    ckpt, corpus = tiny_checkpoint
     loaded = load_model(ckpt)
     got = heldout_batches(loaded, EvalConfig(load=str(ckpt), loops=[1], data_path=[], micro_batch_size=2,
                                              eval_iters=1))
@@ -99,8 +94,9 @@ def test_evaluation_reads_the_validation_batches_the_training_run_used(trained):
     assert tokens.shape == (2, 32)  # the run's --seq-length, not the model's max_seq_len
 
 
-def test_generate_cli_is_reproducible_per_seed_and_reports_speed(trained, capsys):
-    ckpt, _ = trained
+@pytest.mark.launch
+def test_generate_cli_is_reproducible_per_seed_and_reports_speed(tiny_checkpoint, capsys):
+    ckpt, _ = tiny_checkpoint
     runs = [cli(generate_main, ["--load", str(ckpt), *GEN, "--seed", seed], capsys) for seed in ("3", "3", "4")]
     assert all(code == 0 for code, _, _ in runs), runs[0][2]
     (_, first, err), (_, again, _), (_, other, _) = runs
@@ -124,7 +120,7 @@ def test_text_streamer_holds_back_incomplete_characters():
 @pytest.fixture(scope="module")
 def other_tokenizer(tmp_path_factory) -> Path:
     """A 384-piece tokenizer trained on other text: same vocabulary size, different fingerprint."""
-    from megamythos.tokenizer import TokenizerTrainConfig, train_tokenizer
+    from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     out = tmp_path_factory.mktemp("tok")
     texts = [f"line {i} of some other corpus with words {i * 7} and more words\n" * 20 for i in range(200)]
@@ -132,8 +128,9 @@ def other_tokenizer(tmp_path_factory) -> Path:
     return out / "other.model"
 
 
-def test_tokenizer_mismatch_is_refused_by_both_clis(trained, other_tokenizer, tmp_path, capsys, caplog):
-    ckpt, corpus = trained
+@pytest.mark.launch
+def test_tokenizer_mismatch_is_refused_by_both_clis(tiny_checkpoint, other_tokenizer, tmp_path, capsys, caplog):
+    ckpt, corpus = tiny_checkpoint
     recorded = json.loads((ckpt / "iter_0000008" / "tokenizer.json").read_text())["tokenizer_fingerprint"]
     evaluate = ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1", "--out", str(tmp_path / "e")]
     for main, argv in ((generate_main, ["--load", str(ckpt), *GEN]), (evaluate_main, evaluate)):
@@ -158,7 +155,8 @@ def test_tokenizer_mismatch_is_refused_by_both_clis(trained, other_tokenizer, tm
     assert code == 0 and "has no metadata record" in caplog.text, err
 
 
-def test_dataset_without_record_must_fit_the_vocabulary(trained, tmp_path, capsys):
+@pytest.mark.launch
+def test_dataset_without_record_must_fit_the_vocabulary(tiny_checkpoint, tmp_path, capsys):
     import numpy as np
 
     from megamythos.data.indexed_dataset import IndexedDatasetBuilder
@@ -168,7 +166,7 @@ def test_dataset_without_record_must_fit_the_vocabulary(trained, tmp_path, capsy
         for d in range(40):
             builder.add_document(np.arange(d, d + 460) % 116 + 384)
         builder.finalize()
-    code, _, err = cli(evaluate_main, ["--load", str(trained[0]), "--data-path", prefix, "--loops", "1",
+    code, _, err = cli(evaluate_main, ["--load", str(tiny_checkpoint[0]), "--data-path", prefix, "--loops", "1",
                                        "--eval-iters", "1", "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and "holds token id" in err and "vocabulary has 384 ids" in err, err
 
@@ -179,8 +177,9 @@ def test_dataset_without_record_must_fit_the_vocabulary(trained, tmp_path, capsy
     (["--load", "{ckpt}", "--tokenizer", "/nonexistent/tok.model"], "/nonexistent/tok.model"),
     (["--load", "{empty}"], "nor a directory with `latest`"),
 ])
-def test_bad_paths_are_one_line_errors(argv, message, trained, tmp_path, capsys):
-    argv = [a.replace("{ckpt}", str(trained[0])).replace("{empty}", str(tmp_path)) for a in argv]
+@pytest.mark.launch
+def test_bad_paths_are_one_line_errors(argv, message, tiny_checkpoint, tmp_path, capsys):
+    argv = [a.replace("{ckpt}", str(tiny_checkpoint[0])).replace("{empty}", str(tmp_path)) for a in argv]
     for main, extra in ((evaluate_main, ["--out", str(tmp_path / "e")]), (generate_main, GEN)):
         if main is generate_main and "--data-path" in argv:
             continue
@@ -188,8 +187,9 @@ def test_bad_paths_are_one_line_errors(argv, message, trained, tmp_path, capsys)
         assert code == 2 and message in err and "Traceback" not in err, err
 
 
-def test_export_then_generate_never_unpickles(trained, tmp_path, monkeypatch, capsys):
-    ckpt, _ = trained
+@pytest.mark.launch
+def test_export_then_generate_never_unpickles(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    ckpt, _ = tiny_checkpoint
     export_dir = tmp_path / "export"
     code, out, err = cli(export_main, [str(ckpt), str(export_dir)], capsys)
     assert code == 0, err
@@ -214,18 +214,20 @@ def test_export_then_generate_never_unpickles(trained, tmp_path, monkeypatch, ca
     assert code == 2 and f"{export_dir / 'model.safetensors'} not found" in err
 
 
-def test_generate_runs_as_a_module(trained):
-    out = subprocess.run([sys.executable, "-m", "megamythos.generate", "--load", str(trained[0]), *GEN,
-                          "--temperature", "0", "--exit-threshold", "1e9"], capture_output=True, text=True, cwd=REPO,
-                         env=launch_env(), timeout=300)
+@pytest.mark.launch
+def test_generate_runs_as_a_module(tiny_checkpoint):
+    out = subprocess.run([sys.executable, "-m", "megamythos.inference.generate", "--load", str(tiny_checkpoint[0]),
+                          *GEN, "--temperature", "0", "--exit-threshold", "1e9"], capture_output=True, text=True,
+                         cwd=REPO, env=launch_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("def main(")
     assert json.loads(out.stderr.strip().splitlines()[-1])["mean_loops"] == 1  # every token exits after one loop
 
 
-def test_generate_names_a_corrupt_checkpoint_file(trained, tmp_path, capsys):
+@pytest.mark.launch
+def test_generate_names_a_corrupt_checkpoint_file(tiny_checkpoint, tmp_path, capsys):
     tag = tmp_path / "iter_0000008"
-    shutil.copytree(trained[0] / "iter_0000008", tag)
+    shutil.copytree(tiny_checkpoint[0] / "iter_0000008", tag)
     shard = sorted(tag.glob("*model_states.pt"))[0]
     shard.write_bytes(shard.read_bytes()[:100])  # truncated, as by a full disk or an interrupted copy
     code, _, err = cli(generate_main, ["--load", str(tag), *GEN], capsys)

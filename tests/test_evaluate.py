@@ -6,9 +6,9 @@ import json
 
 import torch
 
-from conftest import small_config
-from megamythos.evaluate import evaluate_loops, write_results
-from megamythos.model import MythosLM
+from megamythos.inference.evaluate import evaluate_loops, write_results
+from megamythos.model.lm import MythosLM
+from tests.helpers import small_config
 
 
 def test_losses_finite_and_improve_with_training_and_files_written(tmp_path) -> None:

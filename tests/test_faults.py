@@ -19,14 +19,27 @@ import psutil
 import pytest
 
 from data_prep.preprocess_data import main as preprocess_main
-from megamythos.checkpoint_files import WRITER_LOCK, read_latest
+from megamythos.checkpoint.files import WRITER_LOCK, read_latest
 from megamythos.data.indexed_dataset import dataset_exists
 from megamythos.data.metadata import metadata_path, read_dataset_metadata
-from megamythos.tokenizer import Tokenizer
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.training.checkpointing import writer_lock
-from tests.test_data_support import synthetic_documents, tiny_tokenizer, write_jsonl  # noqa: F401
-from train_utils import (REPO, build_corpus, deepspeed_command, finish, free_port, launch_env, metrics, run,
-                         run_single, spawn, start, tiny_args, wait_for)
+from tests.helpers import (
+    REPO,
+    deepspeed_command,
+    finish,
+    free_port,
+    launch_env,
+    metrics,
+    run,
+    run_single,
+    spawn,
+    start,
+    synthetic_documents,
+    tiny_args,
+    wait_for,
+    write_jsonl,
+)
 
 DOCS = synthetic_documents(20, seed=5)
 
@@ -133,17 +146,12 @@ def test_temporary_files_of_killed_runs_are_removed(tmp_path: Path, tiny_tokeniz
 
 
 def test_export_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
-    result = cli(["-m", "megamythos.export", str(tmp_path), str(tmp_path / "out")], tmp_path)
+    result = cli(["-m", "megamythos.checkpoint.export", str(tmp_path), str(tmp_path / "out")], tmp_path)
     assert result.returncode == 2
     assert str(tmp_path) in one_error_line(result.stderr)
 
 
 # ------------------------------------------------------------------------------------------------- training
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
     """A 1-rank run of 2 iterations (global batch 4) with a checkpoint each and a validation of 2 global batches
@@ -157,15 +165,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
     return out
 
 
+@pytest.mark.launch
 def test_stale_lock_is_taken_over_and_released(trained: Path) -> None:
     assert read_latest(trained / "ckpt") == "iter_0000002"
     assert not (trained / "ckpt" / WRITER_LOCK).exists()
 
 
+@pytest.mark.launch
 def test_trainer_validation_and_evaluate_agree(trained: Path, tmp_path: Path) -> None:
     """The same checkpoint, samples and loop count give the same loss; both report the tokens they used."""
     val = [m for m in metrics(trained / "metrics.jsonl") if "lm loss validation" in m][-1]
-    result = cli(["-m", "megamythos.evaluate", "--load", str(trained / "ckpt"), "--loops", "3",
+    result = cli(["-m", "megamythos.inference.evaluate", "--load", str(trained / "ckpt"), "--loops", "3",
                   "--micro-batch-size", "4", "--eval-iters", "2", "--out", str(tmp_path / "eval")], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads(result.stdout.splitlines()[-1])["results"][0]
@@ -182,12 +192,14 @@ def refused(args: list[str], cwd: Path) -> str:
     return one_error_line(result.stderr)
 
 
+@pytest.mark.launch
 def test_load_typo_is_refused(trained: Path, corpus: Path, tmp_path: Path) -> None:
     line = refused([*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(trained / "ckpt-typo")],
                    tmp_path)
     assert "--load" in line and "ckpt-typo" in line and "does not exist" in line
 
 
+@pytest.mark.launch
 def test_save_over_another_run_is_refused(trained: Path, corpus: Path, tmp_path: Path) -> None:
     before = sorted(p.name for p in (trained / "ckpt").iterdir())
     line = refused([*tiny_args(corpus, 4), "--save", str(trained / "ckpt")], tmp_path)
@@ -195,6 +207,7 @@ def test_save_over_another_run_is_refused(trained: Path, corpus: Path, tmp_path:
     assert sorted(p.name for p in (trained / "ckpt").iterdir()) == before
 
 
+@pytest.mark.launch
 def test_second_writer_is_refused(corpus: Path, tmp_path: Path) -> None:
     save = tmp_path / "ckpt"
     save.mkdir()
@@ -210,6 +223,7 @@ def test_writer_lock_is_exclusive_in_process(tmp_path: Path) -> None:
     assert not (tmp_path / WRITER_LOCK).exists()
 
 
+@pytest.mark.launch
 def test_corrupt_checkpoint_file_is_named(trained: Path, corpus: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     shutil.copytree(trained / "ckpt", ckpt)
@@ -219,6 +233,7 @@ def test_corrupt_checkpoint_file_is_named(trained: Path, corpus: Path, tmp_path:
     assert str(shard) in line and "corrupt" in line
 
 
+@pytest.mark.launch
 def test_user_error_is_printed_once_by_two_ranks(corpus: Path, tmp_path: Path) -> None:
     text = run(2, [*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(tmp_path / "typo")],
                tmp_path / "log.txt", expect_rc=2)
@@ -238,6 +253,7 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.launch
 def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -> None:
     """The disk fills up after the first checkpoint: the run stops with one line saying so, the partial tag is
     removed and ``latest`` still names a complete checkpoint."""
@@ -269,6 +285,7 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("target", ["launcher", "process group"])
+@pytest.mark.launch
 def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: Path, tmp_path: Path) -> None:
     """``bash launchers/pretrain.sh`` (2 ranks) gets SIGTERM alone or with its whole process group: every rank
     stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left.
@@ -300,6 +317,7 @@ def ranks_of(save: Path) -> list[psutil.Process]:
 
 
 @pytest.mark.parametrize("case", ["SIGTERM to the deepspeed runner", "kill -9 of the bash launcher"])
+@pytest.mark.launch
 def test_ranks_that_lose_their_launcher_save_once_and_exit(case: str, corpus: Path, tmp_path: Path) -> None:
     """``deepspeed --num_gpus 2 launchers/pretrain.sh``: DeepSpeed's runner dies of a SIGTERM at once, without
     telling its ranks; ``bash launchers/pretrain.sh`` killed with kill -9 cannot tell them. Either way every rank
@@ -326,6 +344,7 @@ def test_ranks_that_lose_their_launcher_save_once_and_exit(case: str, corpus: Pa
     assert read_latest(save) == f"iter_{metrics(metrics_file)[-1]['iteration']:07d}"
 
 
+@pytest.mark.launch
 def test_master_port_in_use_is_one_line(corpus: Path, tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
-"""The Hugging Face export and lm-evaluation-harness on one tiny trained checkpoint, with the real transformers
-and lm-eval packages, offline: the directory loads without megamythos, its tokenizer and logits equal ours,
-generate() with its cache equals uncached greedy decoding and megamythos.generate, and lm-eval's held-out
-perplexity equals megamythos.evaluate's on the same documents."""
+"""The Hugging Face export and lm-evaluation-harness on one tiny trained checkpoint (conftest's ``tiny_checkpoint``),
+with the real transformers and lm-eval packages, offline: the directory loads without megamythos, its tokenizer and
+logits equal ours, generate() with its cache equals uncached greedy decoding and megamythos.inference.generate, and
+lm-eval's held-out perplexity equals megamythos.inference.evaluate's on the same documents."""
 from __future__ import annotations
 
 import ast
@@ -15,53 +15,43 @@ from pathlib import Path
 import pytest
 import torch
 
-from megamythos.evaluate import evaluate_loops
-from megamythos.export import main as export_main
-from megamythos.generate import SamplingConfig, generate
+from megamythos.checkpoint.export import main as export_main
 from megamythos.hf.export import shipped_sources
 from megamythos.hf.lm_eval_data import main as lm_eval_data_main
-from megamythos.loading import load_model
-from train_utils import REPO, launch_env, run_single, tiny_args
+from megamythos.inference.evaluate import evaluate_loops
+from megamythos.inference.generate import SamplingConfig, generate
+from megamythos.inference.loading import load_model
+from tests.helpers import REPO, launch_env
 
 pytest.importorskip("transformers")
-ITERS = 8
 SAMPLES = ["def main(argv):\n    return 0\n", "x = [1, 22, 333]  # digits\t\n", "héllo wörld 日本語 🙂 </s> <s>",
            "  leading and trailing  ", "\u2581 literal space symbol"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint --save dir, corpus dir) of one tiny ZeRO-0 run."""
-    corpus, run = tmp_path_factory.mktemp("corpus"), tmp_path_factory.mktemp("run")
-    out = run_single([*tiny_args(corpus, ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size",
-                      "2", "--save", str(run / "ckpt")], run)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run / "ckpt", corpus
-
-
-@pytest.fixture(scope="module")
-def hf_dir(trained, tmp_path_factory) -> Path:
+def hf_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hf") / "tiny-hf"
-    assert export_main([str(trained[0]), str(out), "--format", "hf"]) == 0
+    assert export_main([str(tiny_checkpoint[0]), str(out), "--format", "hf"]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def ours(trained):
-    return load_model(trained[0])
+def ours(tiny_checkpoint):
+    return load_model(tiny_checkpoint[0])
 
 
 def test_shipped_code_is_the_library_with_relative_imports():
     sources = shipped_sources()
-    assert {"modeling_megamythos.py", "configuration_megamythos.py", "model.py", "recurrent.py", "moe.py",
+    assert {"modeling_megamythos.py", "configuration_megamythos.py", "lm.py", "recurrent.py", "moe.py",
             "attention.py", "layers.py", "config.py"} <= set(sources)
     for name, text in sources.items():
         modules = [n.module for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ImportFrom) and n.module]
         assert not [m for m in modules if m.startswith(("megamythos", "deepspeed"))], name
-    library = (REPO / "megamythos" / "model.py").read_text()
-    assert sources["model.py"] == library.replace("from megamythos.", "from .")  # generated, never a second copy
+    library = (REPO / "megamythos" / "model" / "lm.py").read_text()
+    assert sources["lm.py"] == library.replace("from megamythos.model.", "from .")  # generated, never a second copy
 
 
+@pytest.mark.launch
 def test_directory_loads_without_megamythos_and_matches_our_logits(hf_dir, ours, tmp_path):
     """A fresh interpreter in which `import megamythos` fails loads model and tokenizer from the directory (the
     tokenizer without trust_remote_code: transformers then reads the config without its code)."""
@@ -100,6 +90,7 @@ def hf_model(hf_dir):
             AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True))
 
 
+@pytest.mark.launch
 def test_tokenizer_gives_our_ids_and_decodes_as_ours(hf_model, ours):
     _, tok = hf_model
     lib = Path(sysconfig.get_paths()["stdlib"])
@@ -111,6 +102,7 @@ def test_tokenizer_gives_our_ids_and_decodes_as_ours(hf_model, ours):
     assert tok.eos_token_id == ours.tokenizer.eos_id and tok.bos_token_id is None  # training never saw a bos
 
 
+@pytest.mark.launch
 def test_loops_and_exit_rule_are_settings_read_per_call(hf_model, ours):
     model, tok = hf_model
     ids = torch.tensor([tok(SAMPLES[0])["input_ids"]])
@@ -127,6 +119,7 @@ def test_loops_and_exit_rule_are_settings_read_per_call(hf_model, ours):
             model.config.n_loops = None
 
 
+@pytest.mark.launch
 def test_generate_with_cache_equals_uncached_and_our_generate(hf_model, ours):
     model, tok = hf_model
     ids = torch.tensor([tok("def main(")["input_ids"]])
@@ -140,13 +133,14 @@ def test_generate_with_cache_equals_uncached_and_our_generate(hf_model, ours):
         assert torch.equal(cached, uncached) and torch.equal(cached, mine), (cached, uncached, mine)
 
 
-def test_lm_eval_perplexity_equals_megamythos_evaluate(trained, hf_dir, ours, tmp_path):
+@pytest.mark.launch
+def test_lm_eval_perplexity_equals_megamythos_evaluate(tiny_checkpoint, hf_dir, ours, tmp_path):
     """lm-eval's rolling log-likelihood of the held-out documents (token_perplexity) against evaluate_loops on
     the same documents, each scored after an eos as lm-eval does; and the multiple-choice task runs."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    _, corpus = trained
+    _, corpus = tiny_checkpoint
     prefix = str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
     data = tmp_path / "data"
     assert lm_eval_data_main(["--data-path", prefix, "--split", "90,10,0", "--out", str(data), "--max-docs", "3",

@@ -22,14 +22,23 @@ class Rule:
     dotted name is or starts with one of ``forbidden`` (a megamythos package or a third-party one)."""
 
     name: str
-    roots: tuple[str, ...]
+    roots: tuple[str, ...]  # modules or packages
     forbidden: tuple[str, ...]
 
 
+# The layers, bottom to top: each imports only the layers before it (errors is the base of all).
+LAYERS = ("errors", "model", "data", "parallel", "planning", "hf", "checkpoint", "inference", "training",
+          "research")
+# ... except where a lower layer must not reach a layer below it either
 RULES = [
-    Rule("inference is independent of the trainer",
-         roots=("megamythos.evaluate", "megamythos.generate", "megamythos.export", "megamythos.loading"),
-         forbidden=("megamythos.training",)),
+    *(Rule(f"{layer} imports no layer above it", roots=(f"{PACKAGE}.{layer}",),
+           forbidden=tuple(f"{PACKAGE}.{above}" for above in LAYERS[i + 1:]))
+      for i, layer in enumerate(LAYERS)),
+    Rule("the model and data know nothing DeepSpeed-shaped", roots=(f"{PACKAGE}.model", f"{PACKAGE}.data"),
+         forbidden=("deepspeed",)),
+    Rule("data is independent of the model", roots=(f"{PACKAGE}.data",), forbidden=(f"{PACKAGE}.model",)),
+    Rule("inference is independent of the trainer and of planning",
+         roots=(f"{PACKAGE}.inference",), forbidden=(f"{PACKAGE}.training", f"{PACKAGE}.planning")),
 ]
 
 
@@ -68,10 +77,16 @@ def internal(names: set[str]) -> set[str]:
     return {name for name in names if name in MODULES}
 
 
+def under(prefix: str) -> list[str]:
+    """The module ``prefix`` and, when it is a package, every module inside it."""
+    return [m for m in MODULES if m == prefix or m.startswith(prefix + ".")]
+
+
 def closure(roots: tuple[str, ...]) -> set[str]:
-    """``roots`` and every megamythos module they reach, with the packages whose ``__init__`` runs on the way."""
+    """``roots`` (modules or packages) and every megamythos module they reach, with the packages whose
+    ``__init__`` runs on the way."""
     seen: set[str] = set()
-    todo = list(roots)
+    todo = [module for root in roots for module in under(root)]
     while todo:
         module = todo.pop()
         if module in seen:
@@ -106,8 +121,9 @@ def find_cycle() -> list[str] | None:
 
 
 def test_the_import_graph_sees_the_package():
-    assert {"megamythos.evaluate", "megamythos.training.pretrain", "megamythos.data.pretraining"} <= set(MODULES)
-    assert "megamythos.data.pretraining" in GRAPH["megamythos.evaluate"]
+    assert {"megamythos.inference.evaluate", "megamythos.training.pretrain",
+            "megamythos.data.pretraining"} <= set(MODULES)
+    assert "megamythos.data.pretraining" in GRAPH["megamythos.inference.evaluate"]
     assert "megamythos.training.arguments" in GRAPH["megamythos.training.pretrain"]
     assert "deepspeed" in GRAPH["megamythos.training.pretrain"]  # function-level imports count
 
@@ -120,7 +136,16 @@ def test_no_import_cycles():
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.name)
 def test_layering_rule(rule):
     for root in rule.roots:
-        assert root in MODULES, f"rule {rule.name!r} names unknown module {root}"
+        assert under(root), f"rule {rule.name!r} names unknown module {root}"
     violations = sorted(f"{module} imports {name}" for module in closure(rule.roots) for name in GRAPH[module]
                         if any(name == f or name.startswith(f + ".") for f in rule.forbidden))
     assert not violations, f"{rule.name}:\n" + "\n".join(violations)
+
+
+def test_every_module_lives_in_the_folder_of_its_layer():
+    """Outside the package's ``__init__``, only the base module ``errors`` sits at the top; every other module is
+    in one of the layer folders the rules above name."""
+    top = {path.name for path in MODULES.values() if path.parent == ROOT} - {"__init__.py"}
+    assert top == {"errors.py"}, sorted(top)
+    folders = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
+    assert folders <= set(LAYERS), sorted(folders - set(LAYERS))

@@ -14,10 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from megamythos.training.launch import (REPO, LaunchError, deepspeed_command, rank_environment, refuse_launcher_flags,
-                                        split_launcher_flags, trainer_defaults)
-from train_utils import LAUNCHER, build_corpus, finish, free_port, launch_env, losses, spawn, tiny_args
-from train_utils import deepspeed_command as design_form
+from megamythos.training.launch import (
+    REPO,
+    LaunchError,
+    deepspeed_command,
+    rank_environment,
+    refuse_launcher_flags,
+    split_launcher_flags,
+    trainer_defaults,
+)
+from tests.helpers import LAUNCHER, finish, free_port, launch_env, losses, spawn, tiny_args
+from tests.helpers import deepspeed_command as design_form
 
 ITERS = 2
 LAYOUT = ["--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2"]  # accumulation 2 on 1 rank, dp 2 on 2
@@ -77,11 +84,6 @@ def test_a_rank_refuses_launcher_flags_naming_the_form_that_takes_them():
 
 
 # ------------------------------------------------------------------------------------------- real launches
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
-
-
 def trainer_args(corpus: Path) -> list[str]:
     return [*tiny_args(corpus, ITERS), *LAYOUT]
 
@@ -117,6 +119,7 @@ def bash1(tmp_path_factory, corpus) -> Path:
 
 
 @pytest.mark.distributed
+@pytest.mark.launch
 def test_deepspeed_form_is_the_bash_form(bash1, tmp_path, corpus):
     design = train(design_form(["--num_gpus", "1", "--master_port", str(free_port())], trainer_args(corpus)), tmp_path)
     rank = f"spawned with command: ['{sys.executable}', '-u', '{LAUNCHER}'"  # Python runs the script itself
@@ -134,6 +137,7 @@ def no_python2(tmp_path_factory, corpus) -> Path:
 
 
 @pytest.mark.distributed
+@pytest.mark.launch
 def test_no_python_form_on_two_processes_matches(bash1, no_python2):
     assert "world 2" in (no_python2 / "log.txt").read_text()
     assert trainer_record(no_python2) == trainer_record(bash1)
@@ -142,6 +146,7 @@ def test_no_python_form_on_two_processes_matches(bash1, no_python2):
 
 
 @pytest.mark.distributed
+@pytest.mark.launch
 def test_deepspeed_form_on_two_nodes_through_a_hostfile(no_python2, tmp_path, corpus):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
@@ -158,6 +163,7 @@ def test_deepspeed_form_on_two_nodes_through_a_hostfile(no_python2, tmp_path, co
 
 
 @pytest.mark.distributed
+@pytest.mark.launch
 def test_bash_flag_under_deepspeed_is_refused_in_one_line(tmp_path, corpus):
     cmd = design_form(["--num_gpus", "2", "--master_port", str(free_port())],
                       ["--num-gpus", "2", *trainer_args(corpus)])

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import small_config
-from megamythos.config import ConfigError, ModelConfig, get_preset
-from megamythos.generate import SamplingConfig, generate
-from megamythos.model import ModelKVCache, MythosLM, weight_decay_param_groups
-from megamythos.recurrent import sample_loop_count
+from megamythos.inference.generate import SamplingConfig, generate
+from megamythos.model.config import ConfigError, ModelConfig, get_preset
+from megamythos.model.lm import ModelKVCache, MythosLM, weight_decay_param_groups
+from megamythos.model.recurrent import sample_loop_count
+from tests.helpers import small_config
 
 
 @pytest.mark.parametrize("attn_type", ["mla", "gqa"])
@@ -284,7 +284,7 @@ def test_optional_cuda_extras_are_not_imported_eagerly() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, megamythos.model, megamythos.generate, megamythos.params; "
+    code = ("import sys, megamythos.model.lm, megamythos.inference.generate, megamythos.model.params; "
             "print(any(m.split('.')[0] in ('flash_attn', 'apex') for m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import small_config
-from megamythos.moe import (BalanceLoss, MoE, expert_bias_state, load_expert_bias_state, route,
-                            update_expert_bias)
+from megamythos.model.moe import BalanceLoss, MoE, expert_bias_state, load_expert_bias_state, route, update_expert_bias
+from tests.helpers import small_config
 
 
 def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,10 @@ import torch._dynamo
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import small_config
-from megamythos.attention import attend, matmul_attention
-from megamythos.model import MythosLM, compile_blocks
-from megamythos.moe import grouped_matmul
+from megamythos.model.attention import attend, matmul_attention
+from megamythos.model.lm import MythosLM, compile_blocks
+from megamythos.model.moe import grouped_matmul
+from tests.helpers import losses, run, small_config, tiny_args
 
 
 def padded_reference(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class HostSyncCounter(TorchDispatchMode):
         self.counts: Counter[str] = Counter()
         self._functions = _SyncFunctionCounter(self.counts)
 
-    def __enter__(self) -> "HostSyncCounter":
+    def __enter__(self) -> HostSyncCounter:
         self._functions.__enter__()
         return super().__enter__()
 
@@ -174,11 +174,7 @@ def test_padded_fallback_syncs_once_per_misaligned_expert_matmul() -> None:
 # ------------------------------------------------------------------------------------------------ GPU check
 def test_gpu_check_numerics_pass_on_cpu_and_catch_a_wrong_kernel() -> None:
     """bench/gpu_check.sh's numerical part, on the CPU kernels; a non-causal kernel must fail its check."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import gpu_check
+    from bench import gpu_check  # the repository root is on sys.path (pytest.ini: pythonpath = .)
 
     result = gpu_check.numerics(torch.device("cpu"))
     assert result["passed"], result
@@ -195,13 +191,11 @@ BF16_LOSS_TOL, BF16_MEAN_TOL = 0.05, 0.01
 
 
 @pytest.mark.distributed
-def test_bf16_training_tracks_fp32(tmp_path) -> None:
+@pytest.mark.launch
+def test_bf16_training_tracks_fp32(corpus, tmp_path) -> None:
     """DeepSpeed's bf16 section (bf16 weights and activations, fp32 master weights and Adam state, fp32 LTI
     state) against fp32: 12 steps of the tiny test model at lr 1e-2, 1 process, ZeRO-3, same data and seed.
     The per-step lm loss differs by at most BF16_LOSS_TOL, and by BF16_MEAN_TOL on average."""
-    from train_utils import build_corpus, losses, run, tiny_args
-
-    corpus = build_corpus(tmp_path / "corpus")
     runs = {}
     for name, flag in (("fp32", "--no-bf16"), ("bf16", "--bf16")):
         out = tmp_path / name

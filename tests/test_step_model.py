@@ -6,23 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from megamythos.config import get_preset
-from megamythos.plan import main as params_main
-from megamythos.step_model import KINDS, Cluster, Layout, step_plan
+from megamythos.model.config import get_preset
+from megamythos.planning.plan import main as params_main
+from megamythos.planning.layout import ParallelLayout
+from megamythos.planning.step_model import KINDS, Cluster, StepSettings, step_plan
 from megamythos.training.arguments import parse_args
-from train_utils import build_corpus, metrics, run, tiny_args
+from tests.helpers import metrics, run, tiny_args
 
 ITERS = 4
 LAYOUTS = {  # name: (trainer flags, step-model layout for 2 ranks, fp32, seq 32)
-    "zero3": (["--zero", "3"], dict(gpus=2, zero=3, grad_accum=1)),
-    "ep2": (["--zero", "3", "--ep", "2"], dict(gpus=2, ep=2, zero=3, grad_accum=1)),
-    "tp2": (["--zero", "3", "--tp", "2"], dict(gpus=2, tp=2, zero=3, grad_accum=2)),
+    "zero3": (["--zero", "3"], dict(world_size=2, zero=3, global_batch_size=2)),
+    "ep2": (["--zero", "3", "--ep", "2"], dict(world_size=2, ep=2, zero=3, global_batch_size=2)),
+    "tp2": (["--zero", "3", "--tp", "2"], dict(world_size=2, tp=2, zero=3, global_batch_size=2)),
 }
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def trainer_config(corpus: Path):
@@ -43,6 +39,7 @@ def measured(request, tmp_path_factory, corpus) -> tuple[str, list[dict], Path]:
 
 
 @pytest.mark.distributed
+@pytest.mark.launch
 def test_predicted_bytes_match_measured_within_10_percent(measured, corpus):
     """Summed over the steps after the first (each runs a T other than its predecessor's), per collective kind
     that carries at least 1% of the traffic."""
@@ -51,9 +48,10 @@ def test_predicted_bytes_match_measured_within_10_percent(measured, corpus):
     loops = [int(s["recurrent/loop-count"]) for s in steps]
     assert all(a != b for a, b in zip(loops, loops[1:])), loops  # every step after the first changed T
     config = trainer_config(corpus)
-    layout = Layout(micro_batch=1, seq_len=32, weight_bytes=4, act_bytes=4, **LAYOUTS[name][1])
+    layout, settings = ParallelLayout(**LAYOUTS[name][1]), StepSettings(seq_len=32, weight_bytes=4, act_bytes=4)
     got = {k: sum(s[f"comm/{k}-bytes"] for s in steps[1:]) for k in KINDS}
-    want = {k: sum(step_plan(config, layout, n_loops=t).bytes_by_kind()[k] for t in loops[1:]) for k in KINDS}
+    want = {k: sum(step_plan(config, layout, settings, n_loops=t).bytes_by_kind()[k] for t in loops[1:])
+            for k in KINDS}
     total = sum(got.values())
     for kind in KINDS:
         if max(got[kind], want[kind]) < 0.01 * total:
@@ -62,6 +60,7 @@ def test_predicted_bytes_match_measured_within_10_percent(measured, corpus):
 
 
 @pytest.mark.distributed
+@pytest.mark.launch
 def test_zero3_gathers_of_the_recurrent_block_do_not_grow_with_loops(measured):
     """Replicated core: all-gather bytes of a step after a change of T do not depend on T (issue goal: the
     largest T within 1.5x of T = 1). DeepSpeed's default gathers the block for every use: ~3T times."""
@@ -74,6 +73,7 @@ def test_zero3_gathers_of_the_recurrent_block_do_not_grow_with_loops(measured):
 
 
 @pytest.mark.distributed
+@pytest.mark.launch
 def test_comm_scalars_reach_tensorboard_every_step(measured):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -90,15 +90,17 @@ def test_comm_scalars_reach_tensorboard_every_step(measured):
 
 def test_replicated_core_is_gathered_once_per_step_and_partitioned_core_per_use():
     config = get_preset("tiny").replace(checkpoint_loops=True)
-    replicated, partitioned = (Layout(gpus=2, zero=3, seq_len=64, recurrent_zero=z) for z in (2, 3))
-    gathers = {(z.recurrent_zero, t): step_plan(config, z, n_loops=t).bytes_by_kind()["all-gather"]
-               for z in (replicated, partitioned) for t in (1, 8)}
-    assert gathers[(2, 1)] == gathers[(2, 8)]
-    assert gathers[(3, 8)] > 5 * gathers[(3, 1)] / 2  # (1 + r) T + k = 3 T gathers of the block
+    settings = StepSettings(seq_len=64)
+    gathers = {(replicate, t): step_plan(config, ParallelLayout(world_size=2, zero=3, replicate_core=replicate),
+                                         settings, n_loops=t).bytes_by_kind()["all-gather"]
+               for replicate in (True, False) for t in (1, 8)}
+    assert gathers[(True, 1)] == gathers[(True, 8)]
+    assert gathers[(False, 8)] > 5 * gathers[(False, 1)] / 2  # (1 + r) T + k = 3 T gathers of the block
 
 
 def test_tp_collectives_stay_inside_a_node_and_ep_crosses_nodes():
-    plan = step_plan(get_preset("1t").replace(checkpoint_loops=True), Layout(gpus=1024, tp=8, ep=128, grad_accum=8))
+    layout = ParallelLayout(world_size=1024, tp=8, ep=128, global_batch_size=1024)  # accumulation 8
+    plan = step_plan(get_preset("1t").replace(checkpoint_loops=True), layout)
     links = {c.group: c.link for c in plan.collectives}
     assert links["tp (activations)"] == "nvlink"
     assert links["ep (tokens)"] == "nvlink+infiniband" and links["dp (rest)"] == "infiniband"
@@ -106,8 +108,9 @@ def test_tp_collectives_stay_inside_a_node_and_ep_crosses_nodes():
 
 
 def test_faster_infiniband_shortens_the_predicted_step():
-    config, layout = get_preset("1t").replace(checkpoint_loops=True), Layout(gpus=1024, tp=8, ep=128, grad_accum=8)
-    slow, fast = (step_plan(config, layout, Cluster(ib_gbs=bw)).step_seconds for bw in (25.0, 100.0))
+    config = get_preset("1t").replace(checkpoint_loops=True)
+    layout = ParallelLayout(world_size=1024, tp=8, ep=128, global_batch_size=1024)
+    slow, fast = (step_plan(config, layout, cluster=Cluster(ib_gbs=bw)).step_seconds for bw in (25.0, 100.0))
     assert fast < slow
 
 

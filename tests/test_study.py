@@ -8,11 +8,19 @@ from pathlib import Path
 
 import torch
 
-from conftest import small_config
-from megamythos.params import count
+from megamythos.model.params import count
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
-from megamythos.research.study import (EXPERIMENTS, EVAL_LOOPS, EXIT_THRESHOLDS, RunSpec, StudySettings, base_config,
-                                       plot_experiment, train_run)
+from megamythos.research.study import (
+    EVAL_LOOPS,
+    EXIT_THRESHOLDS,
+    EXPERIMENTS,
+    RunSpec,
+    StudySettings,
+    base_config,
+    plot_experiment,
+    train_run,
+)
+from tests.helpers import small_config
 
 LIBRARY = Path(__file__).resolve().parents[1] / "megamythos"
 

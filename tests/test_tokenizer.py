@@ -7,10 +7,14 @@ import json
 import pytest
 import sentencepiece as spm
 
-from megamythos.tokenizer import (
-    Tokenizer, TokenizerError, TokenizerTrainConfig, line_chunks, reservoir_sample,
+from megamythos.data.tokenizer import (
+    Tokenizer,
+    TokenizerError,
+    TokenizerTrainConfig,
+    line_chunks,
+    reservoir_sample,
 )
-from tests.test_data_support import synthetic_documents, tiny_tokenizer  # noqa: F401
+from tests.helpers import synthetic_documents
 from tokenizer.train_tokenizer import main as train_main
 
 

@@ -14,16 +14,16 @@ import psutil
 import pytest
 import torch
 
-from megamythos.checkpoint_files import CheckpointError, read_latest, write_atomic
-from megamythos.config import get_preset
+from megamythos.checkpoint.files import CheckpointError, read_latest, write_atomic
+from megamythos.model.config import get_preset
 from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
+from megamythos.planning.layout import LayoutError, ParallelLayout
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
-from megamythos.training.layout import LayoutError, ParallelLayout
 from megamythos.training.schedules import LRSchedule
 from megamythos.training.signals import LAUNCHER_MARKERS, NonFiniteGuard, NonFiniteLossError
-from train_utils import CORPUS_FILES, REPO, TINY_OVERRIDES, VOCAB, launch_env, run_single, tiny_args
+from tests.helpers import REPO, TINY_OVERRIDES, corpus_prefix, launch_env, run_single, tiny_args
 
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
 
@@ -127,13 +127,27 @@ def test_ds_config_command_line_wins_and_model_owns_parallel_sections():
     assert "expert_parallel" not in plain and "tensor_parallel" not in plain
 
 
+def test_replicate_core_is_one_yes_no_setting_that_compile_under_zero3_turns_off():
+    """--replicate-core is on by default; under --compile with ZeRO-3 the core is a leaf module instead, so the
+    default turns it off there and asking for both is refused before start-up (it was silently ignored)."""
+    from megamythos.training.ds_config import bf16_enabled, check_compile
+
+    template = load_template(REPO / "ds_configs" / "cpu-debug.json")  # ZeRO-3
+    for argv, want in (([], True), (["--no-replicate-core"], False), (["--compile"], False),
+                       (["--compile", "--zero", "2"], True)):
+        assert resolve_layout(template, parse_args(argv), 1).replicate_core is want, argv
+    args = parse_args(["--compile", "--replicate-core"])
+    with pytest.raises(ArgumentError, match="--replicate-core does not apply under --compile with ZeRO-3"):
+        check_compile(args, resolve_layout(template, args, 1), bf16_enabled(template, args))
+
+
 def test_compile_settings_are_checked_and_make_zero3_leaves():
     """--compile under ZeRO-3 asks DeepSpeed for the core and the dense blocks as leaf modules (one graph per
     compiled block); --compile with AutoEP in fp32 is refused before start-up (Dynamo cannot trace it)."""
     from megamythos.training.ds_config import bf16_enabled, check_compile
 
     template = load_template(REPO / "ds_configs" / "cpu-debug.json")
-    leaves = {"classes": ["megamythos.recurrent.RecurrentCore", "megamythos.model.DenseBlock"]}
+    leaves = {"classes": ["megamythos.model.recurrent.RecurrentCore", "megamythos.model.lm.DenseBlock"]}
     for argv, want in ((["--compile"], leaves), (["--compile", "--zero", "2"], None), ([], None)):
         args = parse_args(argv)  # cpu-debug.json: ZeRO-3
         ds = build_ds_config(template, args, resolve_layout(template, args, 1), get_preset("tiny"))
@@ -173,7 +187,7 @@ def test_adam_implementation_choice(monkeypatch, tmp_path):
 
 def test_tensor_parallel_patterns_match_exactly_the_intended_weights():
     """AutoTP patterns against the real module names: attention and dense FFNs, never experts."""
-    from megamythos.model import MythosLM
+    from megamythos.model.lm import MythosLM
 
     for attn_type in ("mla", "gqa"):
         names = [n for n, _ in MythosLM(get_preset("tiny", **TINY_OVERRIDES, attn_type=attn_type,
@@ -294,9 +308,10 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
     plan = json.loads(out.stdout)
     assert plan["layout"]["world_size"] == 1024 and plan["layout"]["dp"] == 128
     assert plan["layout"]["experts_per_ep_rank"] == 4 and plan["layout"]["heads_per_tp_rank"] == 16
-    from megamythos.params import count
-    assert plan["parameters"]["total"] == count(get_preset("1t")).total  # meta-device model == analytic count
-    assert plan["memory"]["total_gib"] < 80e9 / 2**30 and plan["fits"] == {"80 GB": True, "141 GB": True}
+    from megamythos.model.params import count
+    assert plan["total"] == count(get_preset("1t")).total
+    assert plan["memory_plan"]["total_gib"] < 80e9 / 2**30 and plan["fits"] == {"80 GB": True, "141 GB": True}
+    assert plan["step_plan"]["step_seconds"] > plan["step_plan"]["compute_seconds"] > 0
     assert plan["command"].startswith("deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 --module "
                                       "megamythos.training.pretrain --preset 1t")
     assert plan["command"].endswith("--data-path /data/x_text_document")
@@ -309,35 +324,26 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
 
 
 # --------------------------------------------------------------------------------- bad input, before training
-@pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory) -> tuple[Path, str]:
-    """(directory, data prefix) of the default corpus at test size."""
-    from megamythos.data.default_corpus import ensure_default_dataset
-
-    out = tmp_path_factory.mktemp("corpus")
-    prefix, _ = ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
-    return out, prefix
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--data-path", "{prefix}", "--override", "vocab_size=500"],
      "tokenized with a 384-token vocabulary but the model has vocab_size=500"),
     (["--data-path", "/nonexistent/corpus_text_document"], "dataset '/nonexistent/corpus_text_document' not found"),
     (["--ep", "3"], "world size 1 is not divisible by expert-parallel size ep=3"),
 ])
-def test_bad_input_is_a_clear_error_before_training(extra, message, small_corpus, tmp_path):
-    corpus_dir, prefix = small_corpus
-    out = run_single([*tiny_args(corpus_dir, 2), *(a.replace("{prefix}", prefix) for a in extra)], tmp_path)
+@pytest.mark.launch
+def test_bad_input_is_a_clear_error_before_training(extra, message, corpus, tmp_path):
+    prefix = corpus_prefix(corpus)
+    out = run_single([*tiny_args(corpus, 2), *(a.replace("{prefix}", prefix) for a in extra)], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
     assert message in out.stderr
     assert "Traceback" not in out.stderr
 
 
-def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(small_corpus, tmp_path):
+@pytest.mark.launch
+def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(corpus, tmp_path):
     """Weights of scale 1e30: the RMS-normed loss stays finite but every gradient norm overflows; ZeRO-3
     discards each step, the guard counts them and aborts at the second in a row."""
-    corpus_dir, _ = small_corpus
-    out = run_single([*tiny_args(corpus_dir, 5), "--override", "init_std=1e30", "--max-nonfinite", "2",
+    out = run_single([*tiny_args(corpus, 5), "--override", "init_std=1e30", "--max-nonfinite", "2",
                       "--zero", "3"], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "iteration 1: non-finite gradient, step skipped (1 in a row, 1 in total)" in out.stderr

@@ -12,8 +12,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megamythos.data.sources import FORMATS, expand_inputs, iter_texts  # noqa: E402
-from megamythos.errors import ArgumentParser, TIMED_CLI_LOG_FORMAT, run_cli  # noqa: E402
-from megamythos.tokenizer import MODEL_TYPES, TokenizerTrainConfig, train_tokenizer  # noqa: E402
+from megamythos.data.tokenizer import MODEL_TYPES, TokenizerTrainConfig, train_tokenizer  # noqa: E402
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, run_cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,10 @@ import glob
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from megamythos.errors import UserError
 

@@ -6,7 +6,8 @@ Sample ``i`` of the blend comes from the dataset whose count lags its target the
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

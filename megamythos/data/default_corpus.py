@@ -22,7 +22,7 @@ from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.sources import iter_texts
-from megamythos.tokenizer import Tokenizer, TokenizerError, TokenizerTrainConfig, train_tokenizer
+from megamythos.data.tokenizer import Tokenizer, TokenizerError, TokenizerTrainConfig, train_tokenizer
 
 logger = logging.getLogger(__name__)
 

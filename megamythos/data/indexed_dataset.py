@@ -23,9 +23,9 @@ import logging
 import os
 import shutil
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable
 
 import numpy as np
 
@@ -265,7 +265,7 @@ class IndexedDatasetBuilder:
             if os.path.exists(path):
                 os.remove(path)
 
-    def __enter__(self) -> "IndexedDatasetBuilder":
+    def __enter__(self) -> IndexedDatasetBuilder:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

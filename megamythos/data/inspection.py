@@ -8,7 +8,7 @@ import numpy as np
 
 from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
 from megamythos.data.metadata import read_dataset_metadata
-from megamythos.tokenizer import Tokenizer
+from megamythos.data.tokenizer import Tokenizer
 
 
 def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | None = None,

@@ -5,7 +5,7 @@ import logging
 
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata, write_dataset_metadata
-from megamythos.tokenizer import Tokenizer
+from megamythos.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import shutil
 from typing import Any
 
 from megamythos.data.atomic import atomic_open
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
-from megamythos.tokenizer import Tokenizer
 
 
 class DatasetMismatchError(UserError, ValueError):

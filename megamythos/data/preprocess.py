@@ -22,24 +22,32 @@ import os
 import shutil
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from megamythos.data.atomic import OutputError, describe_os_error, remove_stale_temps, temp_name, writable_parent
 from megamythos.data.indexed_dataset import (
-    IndexedDataset, IndexedDatasetBuilder, dataset_exists, idx_path, optimal_dtype,
+    IndexedDataset,
+    IndexedDatasetBuilder,
+    dataset_exists,
+    idx_path,
+    optimal_dtype,
 )
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata, write_dataset_metadata
 from megamythos.data.sources import (
-    RawRecord, expand_inputs, iter_file_records, iter_hub_records, parse_record,
+    RawRecord,
+    expand_inputs,
+    iter_file_records,
+    iter_hub_records,
+    parse_record,
 )
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
-from megamythos.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +134,7 @@ class PreprocessStats:
     outputs: list[str] = field(default_factory=list)
     skipped_report: str | None = None
 
-    def add(self, other: "PreprocessStats") -> None:
+    def add(self, other: PreprocessStats) -> None:
         self.documents += other.documents
         self.tokens += other.tokens
         self.skipped += other.skipped

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class DataRecipe:
     data_cache_dir: str | None = None
 
     @classmethod
-    def from_record(cls, recorded: dict[str, Any]) -> "DataRecipe":
+    def from_record(cls, recorded: dict[str, Any]) -> DataRecipe:
         """The recipe in a run's recorded arguments (``train_args.json`` "args"); other keys are ignored."""
         return cls(**{f.name: recorded[f.name] for f in dataclasses.fields(cls) if f.name in recorded})
 

@@ -1,8 +1,8 @@
 """Resumable pretraining batch sampler with Megatron's ``MegatronPretrainingSampler`` semantics."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from megamythos.config import ModelConfig
+from megamythos.model.config import ModelConfig
 
 
 class MegamythosConfig(PretrainedConfig):
@@ -30,7 +30,7 @@ class MegamythosConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
     @classmethod
-    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> "MegamythosConfig":
+    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> MegamythosConfig:
         return cls(**config.to_dict(), **kwargs)
 
     def model_config(self) -> ModelConfig:

@@ -1,12 +1,12 @@
 """Write a trained :class:`MythosLM` as a Hugging Face directory that loads without megamythos installed.
 
-    python -m megamythos.export runs/tiny/checkpoints exported/tiny-hf --format hf
+    python -m megamythos.checkpoint.export runs/tiny/checkpoints exported/tiny-hf --format hf
 
 Directory: ``config.json`` (:class:`MegamythosConfig` with ``auto_map``), ``model.safetensors``,
 ``generation_config.json``, ``tokenizer.json`` + ``tokenizer_config.json`` (the SentencePiece model converted to a
 ``tokenizers`` BPE that gives the same ids), and the modeling code: the two wrapper modules of this package and,
-found by following their ``from megamythos.X import`` lines, every library module they need, with those imports
-rewritten to ``from .X import`` (transformers' dynamic-module loader follows relative imports of files in the
+found by following their ``from megamythos.<package>.X import`` lines, every library module they need, with those
+imports rewritten to ``from .X import`` (module file names are unique across the package) (transformers' dynamic-module loader follows relative imports of files in the
 same directory). The code is generated from the library at export time, never kept as a second copy.
 """
 from __future__ import annotations
@@ -17,16 +17,16 @@ import logging
 import re
 from pathlib import Path
 
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
-from megamythos.model import MythosLM
-from megamythos.tokenizer import Tokenizer
+from megamythos.model.lm import MythosLM
 
 logger = logging.getLogger(__name__)
 
 ENTRY_MODULES = ("megamythos.hf.configuration_megamythos", "megamythos.hf.modeling_megamythos")
 AUTO_MAP = {"AutoConfig": "configuration_megamythos.MegamythosConfig",
             "AutoModelForCausalLM": "modeling_megamythos.MythosForCausalLM"}
-_LIBRARY_IMPORT = re.compile(r"^(\s*)from megamythos\.(?:hf\.)?(\w+) import", flags=re.MULTILINE)
+_LIBRARY_IMPORT = re.compile(r"^(\s*)from megamythos\.(?:\w+\.)*(\w+) import", flags=re.MULTILINE)
 
 
 class HFExportError(UserError, RuntimeError):
@@ -38,9 +38,9 @@ def _library_imports(module: str, source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("megamythos")):
-            if node.level or node.module.count(".") != (2 if node.module.startswith("megamythos.hf.") else 1):
+            if node.level or importlib.util.find_spec(node.module).submodule_search_locations is not None:
                 raise HFExportError(f"{module} imports {'.' * node.level}{node.module}: shipped modules may only "
-                                    "use `from megamythos.<module> import ...`")
+                                    "use `from megamythos.<package>.<module> import ...` (a module, not a package)")
             found.append(node.module)
         elif isinstance(node, ast.Import) and any(a.name.startswith("megamythos") for a in node.names):
             raise HFExportError(f"{module} uses `import megamythos...`; write `from megamythos.<module> import`")

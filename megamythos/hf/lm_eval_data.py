@@ -8,7 +8,7 @@ run used another), decoded with the dataset's own tokenizer (its ``.tokenizer.mo
 
 * ``heldout.jsonl``: ``{"text", "n_tokens"}`` per document (``n_tokens``: its length in the dataset's tokenizer,
   which the Hugging Face export reproduces id for id) for ``megamythos_heldout`` (rolling log-likelihood;
-  ``token_perplexity`` is exp(total NLL / total tokens), what ``megamythos.evaluate`` reports).
+  ``token_perplexity`` is exp(total NLL / total tokens), what ``megamythos.inference.evaluate`` reports).
 * ``continuation.jsonl``: ``{"context", "choices", "gold"}`` for ``megamythos_continuation``: ``--context-lines``
   lines of a document, then its true next ``--choice-lines`` lines among three snippets of the same length from
   other documents (seeded, so the file is reproducible).
@@ -20,15 +20,15 @@ import json
 import logging
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from megamythos.data.gpt_dataset import parse_split, split_bounds
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, resolve_data
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, run_cli
-from megamythos.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

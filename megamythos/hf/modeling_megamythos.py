@@ -3,7 +3,7 @@
 The wrapper holds the library's own :class:`MythosLM` (``self.model``; the export ships ``model.py`` and what it
 imports next to this file), so the weights, logits and decode cache are ours: ``generate()`` keeps one
 :class:`ModelKVCache` (one latent cache per prelude layer, per loop index, per coda layer) in the ``cache`` slot
-between steps and decodes through MLA's absorbed path, as ``megamythos.generate`` does.
+between steps and decodes through MLA's absorbed path, as ``megamythos.inference.generate`` does.
 
 Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``mean_loops``) and
 ``config.exit_threshold``, overridable per call, e.g. ``model.generate(ids, n_loops=8, exit_threshold=0.1)`` or
@@ -20,8 +20,8 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from megamythos.hf.configuration_megamythos import MegamythosConfig
-from megamythos.model import ModelKVCache, MythosLM
-from megamythos.moe import MoE
+from megamythos.model.lm import ModelKVCache, MythosLM
+from megamythos.model.moe import MoE
 
 
 class MythosCache:

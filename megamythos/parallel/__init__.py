@@ -1,6 +1,6 @@
 """The one boundary between the model and DeepSpeed's AutoTP / AutoEP.
 
-The model (``megamythos.model`` and the modules it is built from) knows nothing of DeepSpeed; it only keeps the
+The model (``megamythos.model.lm`` and the modules it is built from) knows nothing of DeepSpeed; it only keeps the
 layout DeepSpeed relies on (Linear names, fused expert tensors, buffer names, shape-inferred head counts). This
 package holds everything that depends on DeepSpeed's contract:
 
@@ -14,13 +14,18 @@ package holds everything that depends on DeepSpeed's contract:
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 
-from megamythos.config import ModelConfig
-from megamythos.parallel.expert_parallel import (MOE_LAYER_PATTERN, adapt_autoep_layers, autoep_section,
-                                                 autoep_to_model_names)
+from megamythos.model.config import ModelConfig
+from megamythos.parallel.expert_parallel import (
+    MOE_LAYER_PATTERN,
+    adapt_autoep_layers,
+    autoep_section,
+    autoep_to_model_names,
+)
 from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, autotp_section, sum_rope_key_grad
 from megamythos.parallel.zero import replicate_recurrent_core
 

@@ -1,5 +1,5 @@
 """DeepSpeed AutoEP: the ds_config section for this model, the adapter that gives AutoEP's replacement layer the
-contract of our :class:`~megamythos.moe.MoE`, and the map from its checkpoint names back to ours.
+contract of our :class:`~megamythos.model.moe.MoE`, and the map from its checkpoint names back to ours.
 
 What AutoEP takes from the model (deepspeed 0.19.8, ``deepspeed/module_inject/auto_ep.py``): the top-level module's
 ``config.num_experts_per_tok``; every module whose path matches :data:`MOE_LAYER_PATTERN`, with ``gate`` =
@@ -16,24 +16,25 @@ top-k on scores + bias, unbiased weights, renormalised with ``route_norm``), but
 :func:`adapt_autoep_layers` restores our contract on each replacement after ``deepspeed.initialize``:
 
 - output MoEOutput(hidden, aux_loss): a forward hook on ``router.gate`` keeps the logits the call routed with, and
-  a forward hook on the layer returns them scored by the same :class:`~megamythos.moe.BalanceLoss` our MoE uses,
+  a forward hook on the layer returns them scored by the same :class:`~megamythos.model.moe.BalanceLoss` our MoE uses,
   so losses with and without expert parallelism agree. Both hooks run again in an activation-checkpoint
   recompute, and they read only an activation and a buffer (nothing ZeRO-3 partitions). Hooks rather than a
   wrapper module, so parameter names stay AutoEP's: DeepSpeed's AutoEP checkpointing and universal checkpoints
   find the layer by them, and existing checkpoints keep loading.
-- balancing buffers: the layer type is registered with :func:`~megamythos.moe.register_moe_layer`, so
+- balancing buffers: the layer type is registered with :func:`~megamythos.model.moe.register_moe_layer`, so
   ``update_expert_bias``, ``expert_bias_state`` / ``load_expert_bias_state`` and ``expert_counts_frozen`` (the
   recompute context that keeps a recompute from counting tokens twice) treat it like our MoE.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from megamythos.config import ModelConfig
-from megamythos.moe import BalanceLoss, ExpertLoad, MoEOutput, register_moe_layer
+from megamythos.model.config import ModelConfig
+from megamythos.model.moe import BalanceLoss, ExpertLoad, MoEOutput, register_moe_layer
 
 MOE_LAYER_PATTERN = r"recurrent\.block\.moe"
 # Implementation choices a ds_config template may make; everything that describes the model comes from its config.

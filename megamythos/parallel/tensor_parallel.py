@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from megamythos.attention import MLA
+from megamythos.model.attention import MLA
 
 # Attention projections and the dense SwiGLU of prelude/coda; the shared experts stay replicated.
 TP_COLUMN_PATTERNS = [r".*attn\.(wq_b|wq|wkv_b|wk|wv)\.weight", r".*(prelude|coda)\.\d+\.ffn\.(w_gate|w_up)\.weight"]

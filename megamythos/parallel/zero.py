@@ -15,7 +15,7 @@ for the rest. The optimizer step ends with one all-gather of the updated persist
 (``DeepSpeedZeroOptimizer_Stage3._post_step``), so the block costs one gather of its own size per step, for any
 T and any number of micro-batches, and no gather inside the loop at all. The price is memory: the core's local
 share (attention / tp, local experts, shared experts) is held whole instead of 1/dp of it, about what a
-per-use gather of its largest module needs anyway while the loop runs (``megamythos.step_model`` budgets it).
+per-use gather of its largest module needs anyway while the loop runs (``megamythos.planning.step_model`` budgets it).
 
 Why not a ZeRO-3 leaf module for the core (``zero_optimization.leaf_module``, one gather per forward and one
 per backward) by default: it was measured wrong while ``RecurrentCore.input_norm`` ran in ``MythosLM.forward``,
@@ -28,10 +28,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from megamythos.model.lm import DenseBlock
+from megamythos.model.recurrent import RecurrentCore
+
 log = logging.getLogger(__name__)
 RECURRENT_CORE = "recurrent"  # MythosLM.recurrent: RecurrentCore, the module that runs the T iterations
 # ZeRO-3 leaf modules under --compile: each compiled block must run without ZeRO hooks inside it
-COMPILE_LEAF_MODULES = ["megamythos.recurrent.RecurrentCore", "megamythos.model.DenseBlock"]
+COMPILE_LEAF_MODULES = (RecurrentCore, DenseBlock)
 
 
 def compile_leaf_section() -> dict[str, Any]:
@@ -39,11 +42,11 @@ def compile_leaf_section() -> dict[str, Any]:
 
     ZeRO-3 fetches parameters in a hook on every submodule, and Dynamo breaks a compiled block at every hook.
     As leaves, the recurrent core and each prelude/coda block are fetched whole by one hook before their forward
-    (and before their backward) and have no hooks inside, so :func:`megamythos.model.compile_blocks` gets one
+    (and before their backward) and have no hooks inside, so :func:`megamythos.model.lm.compile_blocks` gets one
     graph per block. The core may be a leaf because every parameter it owns is used inside its forward (the input
     norm included); the shared block alone may not, since ZeRO-3 would reduce its gradients once per call.
     """
-    return {"classes": list(COMPILE_LEAF_MODULES)}
+    return {"classes": [f"{cls.__module__}.{cls.__qualname__}" for cls in COMPILE_LEAF_MODULES]}
 
 
 def replicate_recurrent_core(engine: Any) -> int:

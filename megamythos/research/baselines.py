@@ -11,11 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megamythos.config import ModelConfig
-from megamythos.layers import RMSNorm
-from megamythos.model import DenseBlock, MythosOutput
-from megamythos.params import (attention_fwd_flops_per_token, count, dense_block_matmul_params, dense_block_params,
-                               embedding_params)
+from megamythos.model.config import ModelConfig
+from megamythos.model.layers import RMSNorm
+from megamythos.model.lm import DenseBlock, MythosOutput
+from megamythos.model.params import (
+    attention_fwd_flops_per_token,
+    count,
+    dense_block_matmul_params,
+    dense_block_params,
+    embedding_params,
+)
 
 
 class DenseLM(nn.Module):

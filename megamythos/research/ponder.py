@@ -1,6 +1,6 @@
 """PonderNet (Banino et al. 2021) on the study model: a learned halting distribution, study-only.
 
-The stack's adaptive depth is Huginn's convergence exit rule (see :mod:`megamythos.recurrent`); this module is
+The stack's adaptive depth is Huginn's convergence exit rule (see :mod:`megamythos.model.recurrent`); this module is
 the learned-halting anchor it is measured against. Training runs a fixed N loops on every token (as
 distributed training requires) and reads a halting probability after each loop n = 1..N:
 
@@ -12,24 +12,25 @@ distributed training requires) and reads a halting probability after each loop n
 so sum_n p_n = 1 per token. The coda and LM head run on every loop's state: N coda passes per token instead of
 one (:func:`ponder_train_flops_per_token`). At inference a token halts after the first loop n whose cumulative
 halting mass exceeds 0.5, i.e. once its survival S_n = prod_{j<=n} (1 - lambda_j) < 0.5; from then on its
-state is frozen exactly as the convergence rule freezes it (:func:`megamythos.recurrent.advance`), so both
+state is frozen exactly as the convergence rule freezes it (:func:`megamythos.model.recurrent.advance`), so both
 rules are measured with the same frozen-token semantics and one coda pass.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megamythos.config import ModelConfig
-from megamythos.evaluate import LoopEval
-from megamythos.layers import RMSNorm
-from megamythos.model import MythosLM
-from megamythos.params import attention_fwd_flops_per_token, count, dense_block_matmul_params
-from megamythos.recurrent import LoopState, advance, exit_distribution
+from megamythos.inference.evaluate import LoopEval
+from megamythos.model.config import ModelConfig
+from megamythos.model.layers import RMSNorm
+from megamythos.model.lm import MythosLM
+from megamythos.model.params import attention_fwd_flops_per_token, count, dense_block_matmul_params
+from megamythos.model.recurrent import LoopState, advance, exit_distribution
 
 BETA = 0.01  # the paper's KL weight
 PRIOR_LAMBDA = 0.09  # truncated to N = 8 loops: prior mean 4.01 loops, the study model's trained mean depth

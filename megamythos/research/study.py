@@ -17,20 +17,20 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from megamythos.config import ModelConfig
-from megamythos.evaluate import evaluate_loops
-from megamythos.model import MythosLM, weight_decay_param_groups
-from megamythos.moe import update_expert_bias
-from megamythos.params import count
-from megamythos.recurrent import sample_loop_count
+from megamythos.inference.evaluate import evaluate_loops
+from megamythos.model.config import ModelConfig
+from megamythos.model.lm import MythosLM, weight_decay_param_groups
+from megamythos.model.moe import update_expert_bias
+from megamythos.model.params import count
+from megamythos.model.recurrent import sample_loop_count
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
 from megamythos.research.ponder import BETA, PonderLM, evaluate_halting, ponder_train_flops_per_token
 from megamythos.training.schedules import LRSchedule
@@ -184,7 +184,7 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
     if corpus == "stdlib":
         return ensure_default_dataset(work_dir, vocab_size=4096)[0]
     from megamythos.data.preprocess import PreprocessConfig, preprocess
-    from megamythos.tokenizer import TokenizerTrainConfig, train_tokenizer
+    from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     if not wikitext_dir or not os.path.isdir(wikitext_dir):
         raise FileNotFoundError(f"--wikitext-dir {wikitext_dir!r} is not a directory holding valid.txt and test.txt")

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from megamythos.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
 from megamythos.errors import ArgumentParser, UserError
+from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.training.optimizers import ADAM_IMPLS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ DEFAULT_TRAIN_ITERS = 200
 # that activation memory does not grow with the sampled loop count (the library default, False, suits inference
 # and the unit tests). --no-checkpoint-loops or --override checkpoint_loops=false turns it off.
 TRAINING_MODEL_DEFAULTS: dict[str, Any] = {"checkpoint_loops": True}
-# flag aliases of `--override FIELD=VALUE` (the TrainArgs field has the ModelConfig field's name)
+# flag aliases of `--override FIELD=VALUE`: parse_args writes them into TrainArgs.overrides
 MODEL_FIELD_FLAGS = ("mean_loops", "backprop_loops", "checkpoint_loops", "loop_checkpoint_segment")
 
 
@@ -52,12 +53,7 @@ class TrainArgs:
 
     # model
     preset: str = "tiny"
-    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"dim": 64}
-    # aliases of overrides (None: not given, the preset's or TRAINING_MODEL_DEFAULTS' value stays)
-    mean_loops: int | None = None
-    backprop_loops: int | None = None
-    checkpoint_loops: bool | None = None
-    loop_checkpoint_segment: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"dim": 64}; flag aliases too
     # data (the fields of megamythos.data.pretraining.DataRecipe keep its defaults)
     data_path: list[str] = field(default_factory=list)  # empty -> embedded default corpus
     split: str = DEFAULT_SPLIT
@@ -101,7 +97,7 @@ class TrainArgs:
     ep: int | None = None
     zero: int | None = None
     bf16: bool | None = None
-    recurrent_zero: int = 2  # under ZeRO-3: 2 keeps the recurrent core's weights gathered (megamythos.parallel.zero)
+    replicate_core: bool | None = None  # ZeRO-3: keep the core gathered (None: yes, unless --compile makes it a leaf)
     compile: bool = False  # torch.compile each prelude/coda block and the shared recurrent block
     adam_impl: str = "auto"  # megamythos.training.optimizers: auto (apex on CUDA if installed), deepspeed, apex
     local_rank: int = -1  # set by the deepspeed launcher
@@ -114,7 +110,6 @@ class TrainArgs:
             value = getattr(self, name)
             _check(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         _check(self.zero is None or self.zero in (0, 1, 2, 3), f"--zero must be 0, 1, 2 or 3, got {self.zero}")
-        _check(self.recurrent_zero in (2, 3), f"--recurrent-zero must be 2 or 3, got {self.recurrent_zero}")
         _check(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}")
         _check(self.adam_impl in ADAM_IMPLS, f"--adam-impl must be one of {ADAM_IMPLS}, got {self.adam_impl!r}")
         _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
@@ -123,18 +118,11 @@ class TrainArgs:
             _check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
         for name in ("keep_last", "eval_iters", "log_interval", "max_nonfinite"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
-        _check(self.mean_loops is None or self.mean_loops >= 1, "--mean-loops must be >= 1")
-        _check(self.backprop_loops is None or self.backprop_loops >= 0, "--backprop-loops must be >= 0")
         parts = self.split.split(",")
         _check(len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
                and sum(float(p) for p in parts) > 0,
                f"--split must be three non-negative weights like 969,30,1, got {self.split!r}")
         _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} does not exist")
-        for name in MODEL_FIELD_FLAGS:
-            flag, override = getattr(self, name), self.overrides.get(name)
-            _check(flag is None or name not in self.overrides or flag == override,
-                   f"--{name.replace('_', '-')} {flag} and --override {name}={override} set the same field "
-                   "to different values; give one")
 
     def total_iters(self, global_batch_size: int) -> int:
         """Optimizer steps: --train-iters, --train-tokens rounded up to whole global batches, or the default."""
@@ -145,8 +133,7 @@ class TrainArgs:
     def model_overrides(self) -> dict[str, Any]:
         """ModelConfig fields this run sets on top of the preset: the training defaults, then ``--override``
         and the flags that alias it."""
-        given = {name: getattr(self, name) for name in MODEL_FIELD_FLAGS if getattr(self, name) is not None}
-        return {**TRAINING_MODEL_DEFAULTS, **self.overrides, **given}
+        return {**TRAINING_MODEL_DEFAULTS, **self.overrides}
 
     def model_config(self) -> ModelConfig:
         """The validated model of this run; raises :class:`ArgumentError` when ``--seq-length`` exceeds its
@@ -192,9 +179,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def presets_epilog() -> str:
-    """The preset table of ``--help``: sizes as ``python -m megamythos.params`` counts them."""
-    from megamythos.config import PRESETS
-    from megamythos.params import count
+    """The preset table of ``--help``: sizes as ``python -m megamythos.model.params`` counts them."""
+    from megamythos.model.config import PRESETS
+    from megamythos.model.params import count
 
     def size(n: float) -> str:
         return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
@@ -202,7 +189,7 @@ def presets_epilog() -> str:
     rows = [f"  {name:6} {size(r.total):>8} total {size(r.active_per_token):>8} active/token  "
             f"dim {PRESETS[name]['dim']}, {PRESETS[name]['n_experts']} experts, {PRESETS[name]['mean_loops']} loops"
             for name, r in ((name, count(get_preset(name))) for name in PRESETS)]
-    return "presets (--preset NAME; python -m megamythos.plan --preset NAME for memory plans):\n" + "\n".join(rows)
+    return "presets (--preset NAME; python -m megamythos.planning.plan --preset NAME for memory plans):\n" + "\n".join(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,16 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a ModelConfig field on top of the preset (repeatable); the flags below alias their "
                         "fields and change nothing when not given")
-    add("--mean-loops", type=int, help="trained mean loop count (= --override mean_loops=N)")
-    add("--backprop-loops", type=int, help="truncated BPTT: gradient through the last k iterations "
-                                           "(= --override backprop_loops=k)")
+    add("--mean-loops", type=int, default=None, help="trained mean loop count (= --override mean_loops=N)")
+    add("--backprop-loops", type=int, default=None, help="truncated BPTT: gradient through the last k iterations "
+                                                         "(= --override backprop_loops=k)")
     g.add_argument("--checkpoint-loops", dest="checkpoint_loops", action="store_true", default=None,
                    help="checkpoint every recurrent iteration (the training default; = --override "
                         "checkpoint_loops=true)")
     g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false", default=None,
                    help="keep activations of every recurrent iteration (memory grows with the loop count; "
                         "= --override checkpoint_loops=false)")
-    add("--loop-checkpoint-segment", type=int,
+    add("--loop-checkpoint-segment", type=int, default=None,
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient): "
              "O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
     g = p.add_argument_group("data")
@@ -267,9 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                    help="bf16 mixed precision (None: the ds_config decides)")
     g.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="fp32")
-    add("--recurrent-zero", type=int, choices=(2, 3),
-        help="under ZeRO-3, the stage of the recurrent core's parameters: 2 = weights replicated, gathered once "
-             "per step whatever the loop count; 3 = partitioned, gathered for every use of the block")
+    g.add_argument("--replicate-core", dest="replicate_core", action=argparse.BooleanOptionalAction, default=None,
+                   help="under ZeRO-3, keep the recurrent core's weights gathered: one gather per step whatever the "
+                        "loop count (default, except under --compile, where the core is a ZeRO-3 leaf module); "
+                        "--no-replicate-core partitions it, gathered for every use of the block")
     add("--compile", action="store_true", help="torch.compile each prelude/coda block and the recurrent block")
     p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
@@ -279,7 +267,15 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     """Parse ``argv`` into validated :class:`TrainArgs`; a bad flag raises :class:`ArgumentError`."""
     ns = vars(build_parser().parse_args(argv))
     try:
-        ns["overrides"] = dict(parse_override(item) for item in ns["overrides"])
+        overrides = dict(parse_override(item) for item in ns["overrides"])
     except ConfigError as err:
         raise ArgumentError(f"--override: {err}") from err
+    for name in MODEL_FIELD_FLAGS:  # the aliases write their field only when given
+        flag = ns.pop(name)
+        if flag is None:
+            continue
+        if overrides.setdefault(name, flag) != flag:
+            raise ArgumentError(f"--{name.replace('_', '-')} {flag} and --override {name}={overrides[name]} set the "
+                                "same field to different values; give one")
+    ns["overrides"] = overrides
     return TrainArgs(**ns)

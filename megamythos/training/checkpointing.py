@@ -1,6 +1,6 @@
 """Checkpoints: DeepSpeed save/load plus our client state, keep-last-K, and an atomic ``latest`` pointer.
 
-The directory layout is described in :mod:`megamythos.checkpoint_files`, which also reads it without DeepSpeed.
+The directory layout is described in :mod:`megamythos.checkpoint.files`, which also reads it without DeepSpeed.
 A run killed during a save resumes from the previous complete checkpoint: ``latest`` moves only after every rank
 finished writing, and older tags are pruned only after that. A save that fails (disk full, unwritable) removes its
 partial tag and leaves ``latest`` where it was.
@@ -21,20 +21,33 @@ import shutil
 import socket
 import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint_files import (LATEST, MODEL_CONFIG_FILE, TAG_RE, TRAIN_RECORD, UNIVERSAL_SUFFIX,
-                                         WRITER_LOCK, CheckpointError, check_tag_files, read_latest, saved_layout,
-                                         tag_for, write_atomic, write_tokenizer_files)
-from megamythos.config import ModelConfig
+from megamythos.checkpoint.files import (
+    LATEST,
+    MODEL_CONFIG_FILE,
+    TAG_RE,
+    TRAIN_RECORD,
+    UNIVERSAL_SUFFIX,
+    WRITER_LOCK,
+    CheckpointError,
+    check_tag_files,
+    read_latest,
+    saved_layout,
+    tag_for,
+    write_atomic,
+    write_tokenizer_files,
+)
 from megamythos.data.atomic import pid_alive
-from megamythos.tokenizer import Tokenizer
+from megamythos.data.tokenizer import Tokenizer
+from megamythos.model.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +158,7 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
                 Path(load_dir) / tag, saved, layout)
     if rank == 0 and not target.is_dir():
-        from megamythos.export import convert_to_universal
+        from megamythos.checkpoint.reader import convert_to_universal
 
         with tempfile.TemporaryDirectory(dir=load_dir, prefix=f".{target.name}.") as tmp:
             converted = convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag)

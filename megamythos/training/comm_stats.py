@@ -16,13 +16,14 @@ Bytes are those of the full tensor the collective works on, as seen by this rank
 - all-to-all: the input this rank sends (its own slice included).
 
 The traffic on a link follows from these (a ring moves (n - 1) / n of them per rank); see
-:mod:`megamythos.step_model`, which predicts the same quantities.
+:mod:`megamythos.planning.step_model`, which predicts the same quantities.
 """
 from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

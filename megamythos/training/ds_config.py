@@ -12,11 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from megamythos.config import ModelConfig
+from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
 from megamythos.parallel.zero import compile_leaf_section
 from megamythos.training.arguments import ArgumentError, TrainArgs
-from megamythos.training.layout import ParallelLayout
+from megamythos.planning.layout import ParallelLayout
 
 
 def load_template(path: str | Path) -> dict[str, Any]:
@@ -35,8 +35,14 @@ def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -
     dp = world_size // tp if world_size % tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = (args.global_batch_size or template.get("train_batch_size")
                     or micro * template.get("gradient_accumulation_steps", 1) * dp)
+    zero_options = template.get("zero_optimization", {})
+    # under --compile with ZeRO-3 the core is a ZeRO-3 leaf module instead (check_compile refuses both at once)
+    replicate = args.replicate_core if args.replicate_core is not None else not (args.compile and zero == 3)
     return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
-                          global_batch_size=global_batch)
+                          global_batch_size=global_batch, replicate_core=replicate,
+                          hpz=int(zero_options.get("zero_hpz_partition_size", 1)),
+                          qwz=bool(zero_options.get("zero_quantized_weights")),
+                          qgz=bool(zero_options.get("zero_quantized_gradients")))
 
 
 def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
@@ -45,8 +51,12 @@ def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
 
 
 def check_compile(args: TrainArgs, layout: ParallelLayout, bf16: bool) -> None:
-    """Refuse, before start-up, a ``--compile`` run that Dynamo cannot trace: AutoEP's expert matmul
-    (``torch._grouped_mm``, used when ``--ep`` > 1) accepts only bf16 inputs under fake tensors."""
+    """Refuse, before start-up, a ``--compile`` run that Dynamo cannot trace (AutoEP's expert matmul,
+    ``torch._grouped_mm``, used when ``--ep`` > 1, accepts only bf16 inputs under fake tensors), or that asks for
+    the replicated core where the core is a compile leaf."""
+    if args.compile and layout.zero == 3 and args.replicate_core:
+        raise ArgumentError("--replicate-core does not apply under --compile with ZeRO-3: there the recurrent core "
+                            "is a ZeRO-3 leaf module, gathered once per forward and backward; drop one of them")
     if args.compile and layout.ep > 1 and not bf16:
         raise ArgumentError("--compile with --ep > 1 needs --bf16: AutoEP's expert matmul (torch._grouped_mm) "
                             "takes only bf16 under torch.compile; add --bf16, or drop --compile or --ep")

@@ -1,6 +1,6 @@
 """Training telemetry on rank 0: TensorBoard (Megatron tag names with ``vs samples`` twins), a console line
 per log interval, an optional JSON-lines metrics file, and the peak against which MFU is measured.
-(FLOPs per token come from :func:`megamythos.params.count`.)
+(FLOPs per token come from :func:`megamythos.model.params.count`.)
 """
 from __future__ import annotations
 

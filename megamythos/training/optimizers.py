@@ -13,7 +13,8 @@ The PyPI package named ``apex`` is another project: only ``apex.optimizers.Fused
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from megamythos.errors import UserError
 

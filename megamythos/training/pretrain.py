@@ -17,8 +17,9 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,19 +27,23 @@ import torch.distributed as dist
 
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, resolve_data
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
-from megamythos.model import MythosLM, compile_blocks, weight_decay_param_groups
-from megamythos.moe import expert_bias_state, expert_counts_frozen, load_expert_bias_state, update_expert_bias
+from megamythos.model.lm import MythosLM, compile_blocks, weight_decay_param_groups
+from megamythos.model.moe import expert_bias_state, expert_counts_frozen, load_expert_bias_state, update_expert_bias
+from megamythos.model.params import count
+from megamythos.model.recurrent import exit_distribution, exit_steps, sample_loop_count
 from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
-from megamythos.params import count
-from megamythos.recurrent import exit_distribution, exit_steps, sample_loop_count
-from megamythos.tokenizer import Tokenizer
 from megamythos.training import comm_stats
 from megamythos.training.arguments import TrainArgs, parse_args
-from megamythos.training.checkpointing import (CheckpointError, CheckpointManager, check_run_dirs, universal_tag,
-                                               writer_lock)
-from megamythos.training.ds_config import (bf16_enabled, build_ds_config, check_compile, load_template,
-                                            resolve_layout)
+from megamythos.training.checkpointing import (
+    CheckpointError,
+    CheckpointManager,
+    check_run_dirs,
+    universal_tag,
+    writer_lock,
+)
+from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.schedules import LRSchedule, build_scheduler
@@ -169,8 +174,7 @@ class Trainer:
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
-        core_is_leaf = "leaf_module" in self.ds_config["zero_optimization"]  # --compile under ZeRO-3
-        if args.recurrent_zero == 2 and not core_is_leaf:
+        if self.layout.replicate_core:
             replicate_recurrent_core(self.engine)
         if args.compile:
             logger.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))

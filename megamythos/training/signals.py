@@ -11,11 +11,10 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Callable
 
 import psutil
-
 import torch
 import torch.distributed as dist
 

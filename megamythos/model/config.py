@@ -31,7 +31,7 @@ BF16_MIN_DECAY_MARGIN = 2.0 ** -8
 
 @dataclass
 class ModelConfig:
-    """Hyper-parameters of :class:`megamythos.model.MythosLM`.
+    """Hyper-parameters of :class:`megamythos.model.lm.MythosLM`.
 
     Shapes used in docstrings: B batch, S sequence, H = ``dim``, E = ``n_experts``, K = ``num_experts_per_tok``,
     F = ``expert_dim``, T = loop count.
@@ -134,7 +134,7 @@ class ModelConfig:
         _require(self.backprop_loops <= self.resolved_max_loops, "backprop_loops", self.backprop_loops,
                  f"cannot exceed max_loops={self.resolved_max_loops}")
         _require(BF16_MIN_DECAY_MARGIN <= self.decay_margin < 1.0, "decay_margin", self.decay_margin,
-                 f"must lie in [2**-8, 1): below 2**-8 the bound 1 - delta rounds to 1.0 in bf16")
+                 "must lie in [2**-8, 1): below 2**-8 the bound 1 - delta rounds to 1.0 in bf16")
         _require(0.0 < self.decay_floor < 1.0 - self.decay_margin, "decay_floor", self.decay_floor,
                  "must lie in (0, 1 - decay_margin)")
         for name in ("exit_threshold", "seq_aux_loss_coef", "router_z_loss_coef", "expert_bias_update_rate",
@@ -182,7 +182,7 @@ class ModelConfig:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -190,7 +190,7 @@ class ModelConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, path_or_text: str | Path) -> "ModelConfig":
+    def from_json(cls, path_or_text: str | Path) -> ModelConfig:
         """Load from a JSON file path or a JSON string."""
         text = str(path_or_text)
         if not text.lstrip().startswith("{"):
@@ -204,7 +204,7 @@ class ModelConfig:
             raise ConfigError(f"model config is not valid JSON: {err}") from err
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         """A validated copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 

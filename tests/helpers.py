@@ -1,15 +1,22 @@
-"""Helpers for the training tests: a tiny model, free ports, and real `deepspeed` launches of the trainer."""
+"""Plain helpers and constants shared by the tests (fixtures live in conftest.py): small model configs, synthetic
+documents and datasets, free ports, and real `deepspeed` launches of the trainer."""
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+import numpy as np
+
+from megamythos.data.indexed_dataset import IndexedDatasetBuilder
+from megamythos.model.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launchers" / "pretrain.sh"
@@ -21,6 +28,65 @@ VOCAB = TINY_OVERRIDES["vocab_size"]
 CORPUS_FILES = 30
 
 
+# ------------------------------------------------------------------------------------------- model configs
+def small_config(**overrides: object) -> ModelConfig:
+    """A few-hundred-K-parameter config exercising every code path (MLA, MoE, ACT, LoRA)."""
+    base = dict(vocab_size=97, dim=64, max_seq_len=64, n_heads=4, n_kv_heads=2, q_lora_rank=32, kv_lora_rank=16,
+                qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, prelude_layers=1, coda_layers=1,
+                mean_loops=3, n_experts=8, n_shared_experts=1, num_experts_per_tok=2, expert_dim=32, lora_rank=4)
+    base.update(overrides)
+    return ModelConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------- data
+WORDS = ("def class return import from self lambda yield None True False print data value index token model "
+         "naïve café über straße ünïcödé 東京 数据 привет мир αβγ λ → ≥ ✓").split()
+
+
+def synthetic_documents(n: int, seed: int = 0) -> list[str]:
+    """``n`` varied multi-line documents: prose, code-like indentation, digits, non-Latin scripts."""
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        lines = []
+        for _ in range(rng.randint(1, 6)):
+            indent = " " * (4 * rng.randint(0, 2))
+            words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
+            lines.append(f"{indent}{words} = {rng.randint(0, 10**6)}")
+        docs.append(f"# doc {i}\n" + "\n".join(lines) + "\n")
+    return docs
+
+
+def write_jsonl(path: Path, docs: list[str], key: str = "text") -> Path:
+    path.write_text("".join(json.dumps({key: d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+def make_dataset(path, num_docs: int, seed: int = 0, base: int = 0) -> str:
+    """An indexed dataset whose tokens encode their document id: doc d holds ``base + d`` repeated."""
+    rng = np.random.default_rng(seed)
+    prefix = str(path)
+    with IndexedDatasetBuilder(prefix, np.int32) as builder:
+        for d in range(num_docs):
+            builder.add_document(np.full(int(rng.integers(1, 30)), base + d))
+        builder.finalize()
+    return prefix
+
+
+def build_corpus(out: Path) -> Path:
+    """The default corpus at the size ``tiny_args`` reads, in ``out``."""
+    from megamythos.data.default_corpus import ensure_default_dataset
+
+    ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
+    return out
+
+
+def corpus_prefix(corpus: Path) -> str:
+    """The data prefix (``..._text_document``) of the default corpus in ``corpus``."""
+    return str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
+
+
+# ------------------------------------------------------------------------------------------- trainer launches
 def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
     """Trainer flags of the tiny test model on the small default corpus (lr high enough to expose drift)."""
     args = []
@@ -99,14 +165,6 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str, t
         assert proc.poll() is None, f"run ended before {what}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)
-
-
-def build_corpus(out: Path) -> Path:
-    """The default corpus at the size ``tiny_args`` reads, in ``out``."""
-    from megamythos.data.default_corpus import ensure_default_dataset
-
-    ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
-    return out
 
 
 def metrics(path: Path) -> list[dict]:

@@ -14,13 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megamythos.checkpoint_files import TRAIN_RECORD, read_tokenizer_files
-from megamythos.config import ModelConfig
+from megamythos.checkpoint.files import TRAIN_RECORD, read_tokenizer_files
+from megamythos.checkpoint.reader import (
+    is_export_dir,
+    load_checkpoint_weights,
+    load_exported,
+    model_from_state,
+    resolve_tag_dir,
+)
 from megamythos.data.metadata import check_same_vocabulary
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
-from megamythos.export import is_export_dir, load_checkpoint_weights, load_exported, model_from_state, resolve_tag_dir
-from megamythos.model import MythosLM
-from megamythos.tokenizer import Tokenizer
+from megamythos.model.config import ModelConfig
+from megamythos.model.lm import MythosLM
 
 logger = logging.getLogger(__name__)
 

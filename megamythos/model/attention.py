@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megamythos.config import ModelConfig
-from megamythos.layers import RMSNorm, apply_rope, rope_cos_sin
+from megamythos.model.config import ModelConfig
+from megamythos.model.layers import RMSNorm, apply_rope, rope_cos_sin
 
 
 class LayerKVCache:

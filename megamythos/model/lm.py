@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megamythos.attention import LayerKVCache, build_attention
-from megamythos.config import ModelConfig
-from megamythos.layers import RMSNorm, SwiGLU
-from megamythos.params import forward_flops_per_token
-from megamythos.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
+from megamythos.model.attention import LayerKVCache, build_attention
+from megamythos.model.config import ModelConfig
+from megamythos.model.layers import RMSNorm, SwiGLU
+from megamythos.model.params import forward_flops_per_token
+from megamythos.model.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
 
 __all__ = ["DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "compile_blocks", "sample_loop_count",
            "weight_decay_param_groups"]

@@ -1,7 +1,7 @@
 """Step-time model of a training layout: compute at a stated MFU, the bytes of every collective on every link
 class, and the predicted step time, tokens/s and MFU.
 
-``python -m megamythos.plan --preset 1t --gpus 1024 --tp 8 --ep 128 --zero 3 --plan`` prints it (with the
+``python -m megamythos.planning.plan --preset 1t --gpus 1024 --tp 8 --ep 128 --zero 3 --plan`` prints it (with the
 memory plan); :func:`step_plan` returns it.
 
 Collective bytes follow the trainer's accounting (:mod:`megamythos.training.comm_stats`, tested against it on
@@ -12,7 +12,7 @@ micro-batches per step, T loops (k of them under gradient, r = 1 recompute forwa
 2 with two-level segments):
 
 - ZeRO-3 all-gather (groups of size > 1; DeepSpeed skips size-1 gathers): the recurrent core once per step
-  when it is replicated (``recurrent_zero=2``, :mod:`megamythos.parallel.zero`), else (1 + r) T + k times per
+  when it is replicated (``replicate_core``, :mod:`megamythos.parallel.zero`), else (1 + r) T + k times per
   micro-batch; every other parameter once in forward and once in backward per micro-batch (a change of T
   invalidates DeepSpeed's trace, so parameters are fetched per use; a tied embedding is used twice). ZeRO-1/2:
   the updated parameters once per step.
@@ -39,8 +39,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from megamythos.config import ModelConfig
-from megamythos.params import core_dense_local_params, count, parts, tp_sharded_attention
+from megamythos.model.config import ModelConfig
+from megamythos.model.params import count, parts
+from megamythos.planning.layout import ParallelLayout
+from megamythos.planning.memory import core_dense_local_params, tp_sharded_attention
 
 KINDS = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
 
@@ -57,31 +59,12 @@ class Cluster:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """One run: sizes, batch, precision and the ZeRO options the trainer and ds_config set."""
+class StepSettings:
+    """What a step moves besides the layout: tokens per sample and bytes per weight and activation element."""
 
-    gpus: int
-    tp: int = 1
-    ep: int = 1
-    zero: int = 3
-    micro_batch: int = 1
-    grad_accum: int = 1
     seq_len: int = 4096
     weight_bytes: int = 2  # bf16 weights and gradients (4: fp32)
     act_bytes: int = 2
-    recurrent_zero: int = 2  # under ZeRO-3: 2 = recurrent core replicated (gathered once per step)
-    hpz: int = 1  # ZeRO++ zero_hpz_partition_size (secondary weight partition inside a node)
-    qwz: bool = False  # ZeRO++ zero_quantized_weights (int8 gathers)
-    qgz: bool = False  # ZeRO++ zero_quantized_gradients (int4 gradient reduction)
-
-    @property
-    def dp(self) -> int:
-        return self.gpus // self.tp
-
-    @property
-    def edp(self) -> int:
-        """Ranks holding the same experts (ZeRO partitions experts over them); without AutoEP, dp."""
-        return self.gpus // self.ep if self.ep > 1 else self.dp
 
 
 @dataclass
@@ -115,7 +98,7 @@ class StepPlan:
 
 
 # ----------------------------------------------------------------------------------------- parameter shards
-def local_params(c: ModelConfig, layout: Layout) -> dict[str, float]:
+def local_params(c: ModelConfig, layout: ParallelLayout) -> dict[str, float]:
     """Parameters one rank holds before ZeRO, by ZeRO group: "core-dense", "core-experts" (recurrent core)
     and "rest" (embeddings, prelude, coda, final norm)."""
     p = parts(c)
@@ -135,10 +118,10 @@ def _iterations(c: ModelConfig, n_loops: int) -> tuple[int, int]:
     return k, 2 if c.loop_checkpoint_segment != 1 and k > 1 else 1
 
 
-def zero_bytes(c: ModelConfig, layout: Layout, n_loops: int) -> list[tuple[str, str, float, int]]:
+def zero_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings, n_loops: int) -> list[tuple[str, str, float, int]]:
     """(kind, group, bytes per step, group size) of the ZeRO weight gathers and gradient reductions."""
     shards = local_params(c, layout)
-    w, m = layout.weight_bytes, layout.grad_accum
+    w, m = settings.weight_bytes, layout.grad_accum
     size = {"core-dense": layout.dp, "rest": layout.dp, "core-experts": layout.edp}
     out: list[tuple[str, str, float, int]] = []
     for group, n in shards.items():
@@ -147,7 +130,7 @@ def zero_bytes(c: ModelConfig, layout: Layout, n_loops: int) -> list[tuple[str, 
             if group == "rest":
                 tied = c.vocab_size * c.dim if c.tie_embeddings else 0  # one tensor, two modules
                 gathers = 2 * m * (n + tied)
-            elif layout.recurrent_zero == 2:
+            elif layout.replicate_core:
                 gathers = n
             else:
                 k, r = _iterations(c, n_loops)
@@ -173,11 +156,11 @@ def tp_allreduce_elements_per_token(c: ModelConfig, n_loops: int) -> float:
     return dense + n_loops * c.dim + k * (r * c.dim + col_inputs)
 
 
-def ep_alltoall_bytes(c: ModelConfig, layout: Layout, n_loops: int) -> float:
+def ep_alltoall_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings, n_loops: int) -> float:
     """Bytes one rank sends per step in AutoEP's all-to-alls (balanced routing)."""
     k, r = _iterations(c, n_loops)
-    tokens = layout.micro_batch * layout.seq_len
-    rows = tokens * c.num_experts_per_tok * c.dim * layout.act_bytes
+    tokens = layout.micro_batch_size * settings.seq_len
+    rows = tokens * c.num_experts_per_tok * c.dim * settings.act_bytes
     forwards = n_loops + k * r
     per_micro = 2 * rows * (forwards + k) + forwards * c.n_experts * 4
     return layout.grad_accum * per_micro
@@ -198,21 +181,23 @@ def _wire_seconds(kind: str, nbytes: float, n: int, bandwidth: float) -> float:
     return factor * nbytes * (n - 1) / n / bandwidth
 
 
-def step_plan(c: ModelConfig, layout: Layout, cluster: Cluster = Cluster(), n_loops: int | None = None) -> StepPlan:
+def step_plan(c: ModelConfig, layout: ParallelLayout, settings: StepSettings = StepSettings(),
+              cluster: Cluster = Cluster(), n_loops: int | None = None) -> StepPlan:
     """Predicted compute, collectives and step time of one optimizer step at loop count ``n_loops``
     (default: the config's mean)."""
     loops = n_loops or c.mean_loops
-    tokens_micro = layout.micro_batch * layout.seq_len
+    tokens_micro = layout.micro_batch_size * settings.seq_len
     tokens_step = tokens_micro * layout.grad_accum * layout.dp
-    report = count(c, layout.seq_len, loops)
+    report = count(c, settings.seq_len, loops)
     model_flops = report.train_flops_per_token * tokens_step
     _, recomputes = _iterations(c, loops)  # forwards of the loop repeated by activation checkpointing
     executed = model_flops + recomputes * report.recompute_flops_per_token * tokens_step
-    compute = executed / layout.gpus / (cluster.peak_tflops * 1e12 * cluster.mfu)
-    plan = StepPlan(layout=asdict(layout), cluster=asdict(cluster), n_loops=loops, tokens_per_step=tokens_step,
+    compute = executed / layout.world_size / (cluster.peak_tflops * 1e12 * cluster.mfu)
+    described = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum, **asdict(settings)}
+    plan = StepPlan(layout=described, cluster=asdict(cluster), n_loops=loops, tokens_per_step=tokens_step,
                     compute_seconds=compute)
 
-    for kind, group, nbytes, n in zero_bytes(c, layout, loops):
+    for kind, group, nbytes, n in zero_bytes(c, layout, settings, loops):
         # dp groups: one rank per TP group (ranks tp apart); expert-dp groups under AutoEP: ranks ep apart
         link, bw = _link(n, layout.ep if group.startswith("expert") and layout.ep > 1 else layout.tp, cluster)
         wire = nbytes * (0.5 if kind == "all-gather" and layout.qwz else 1.0)
@@ -222,12 +207,12 @@ def step_plan(c: ModelConfig, layout: Layout, cluster: Cluster = Cluster(), n_lo
             seconds = 0.5 * seconds + 0.5 * _wire_seconds(kind, wire, min(n, layout.hpz), cluster.nvlink_gbs * 1e9)
         plan.collectives.append(Collective(kind, group, nbytes, n, link, seconds, exposed=kind == "all-gather"))
     if layout.tp > 1:
-        nbytes = layout.grad_accum * tokens_micro * tp_allreduce_elements_per_token(c, loops) * layout.act_bytes
+        nbytes = layout.grad_accum * tokens_micro * tp_allreduce_elements_per_token(c, loops) * settings.act_bytes
         link, bw = _link(layout.tp, 1, cluster)
         plan.collectives.append(Collective("all-reduce", "tp (activations)", nbytes, layout.tp, link,
                                            _wire_seconds("all-reduce", nbytes, layout.tp, bw), exposed=True))
     if layout.ep > 1:
-        nbytes = ep_alltoall_bytes(c, layout, loops)
+        nbytes = ep_alltoall_bytes(c, layout, settings, loops)
         local = min(layout.ep, cluster.gpus_per_node) / layout.ep  # share of peers inside the node
         seconds = max(nbytes * (local - 1 / layout.ep) / (cluster.nvlink_gbs * 1e9),
                       nbytes * (1 - local) / (cluster.ib_gbs * 1e9))
@@ -238,7 +223,7 @@ def step_plan(c: ModelConfig, layout: Layout, cluster: Cluster = Cluster(), n_lo
     overlapped = sum(x.seconds for x in plan.collectives if not x.exposed)
     plan.step_seconds = compute + exposed + max(0.0, overlapped - compute)
     plan.tokens_per_second = tokens_step / plan.step_seconds
-    plan.mfu = model_flops / plan.step_seconds / layout.gpus / (cluster.peak_tflops * 1e12)
+    plan.mfu = model_flops / plan.step_seconds / layout.world_size / (cluster.peak_tflops * 1e12)
     return plan
 
 
@@ -247,7 +232,7 @@ def format_plan(plan: StepPlan) -> str:
     cl, lay = plan.cluster, plan.layout
     micro = max(1, lay["grad_accum"])
     lines = [f"  step model at T = {plan.n_loops} loops, {plan.tokens_per_step} tokens/step "
-             f"({lay['grad_accum']} micro-batches of {lay['micro_batch']} x {lay['seq_len']} per rank), "
+             f"({lay['grad_accum']} micro-batches of {lay['micro_batch_size']} x {lay['seq_len']} per rank), "
              f"{cl['peak_tflops']:g} TFLOP/s peak at MFU {cl['mfu']:g}, NVLink {cl['nvlink_gbs']:g} GB/s, "
              f"InfiniBand {cl['ib_gbs']:g} GB/s per GPU",
              f"    compute            {plan.compute_seconds:9.3f} s/step  {plan.compute_seconds / micro:9.4f} s/micro"]

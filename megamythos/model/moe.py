@@ -15,17 +15,18 @@ output), and counts tokens per expert in training for the aux-loss-free bias upd
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from megamythos.config import ModelConfig
-from megamythos.layers import SwiGLU
+from megamythos.model.config import ModelConfig
+from megamythos.model.layers import SwiGLU
 
 
 def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, score_func: str,
@@ -141,7 +142,7 @@ class BalanceLoss:
     z_loss_coef: float
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "BalanceLoss":
+    def from_config(cls, config: ModelConfig) -> BalanceLoss:
         return cls(config.num_experts_per_tok, config.score_func, config.seq_aux_loss_coef, config.router_z_loss_coef)
 
     def __call__(self, logits: torch.Tensor, expert_bias: torch.Tensor | None) -> torch.Tensor:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
-from megamythos.tokenizer import Tokenizer
 
 LATEST = "latest"
 TAG_RE = re.compile(r"^iter_(\d{7,})$")

@@ -1,7 +1,7 @@
 """Held-out loss and perplexity as a function of the loop count (depth extrapolation), with and without early exit.
 
-    python -m megamythos.evaluate --load runs/tiny/checkpoints --loops 1,2,4,8,16,24,32 [--exit-threshold 0.1,0.15]
-    python -m megamythos.evaluate --load exported/tiny --data-path data/x_text_document --split 969,30,1
+    python -m megamythos.inference.evaluate --load runs/tiny/checkpoints --loops 1,2,4,8,16,24,32 [--exit-threshold 0.1,0.15]
+    python -m megamythos.inference.evaluate --load exported/tiny --data-path data/x_text_document --split 969,30,1
 
 The held-out data is the validation split of the training run: ``--data-path``, ``--split``, ``--seed`` and
 ``--seq-length`` default to the values the checkpoint recorded (``train_args.json``) and the samples come from
@@ -30,9 +30,10 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,9 +42,9 @@ from megamythos.data.gpt_dataset import parse_data_path
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import DataError, DataRecipe, batches, build_datasets, resolve_data
 from megamythos.errors import ArgumentParser, run_cli
-from megamythos.loading import LoadError, LoadedModel, load_model
-from megamythos.model import MythosLM
-from megamythos.recurrent import exit_distribution
+from megamythos.inference.loading import LoadedModel, LoadError, load_model
+from megamythos.model.lm import MythosLM
+from megamythos.model.recurrent import exit_distribution
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +242,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
-    """The command line of ``python -m megamythos.evaluate`` as a validated :class:`EvalConfig`."""
-    p = ArgumentParser(prog="python -m megamythos.evaluate", description=__doc__,
+    """The command line of ``python -m megamythos.inference.evaluate`` as a validated :class:`EvalConfig`."""
+    p = ArgumentParser(prog="python -m megamythos.inference.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")

@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from megamythos.attention import LayerKVCache, build_attention
-from megamythos.config import ModelConfig
-from megamythos.layers import RMSNorm
-from megamythos.moe import MoE, expert_counts_frozen
+from megamythos.model.attention import LayerKVCache, build_attention
+from megamythos.model.config import ModelConfig
+from megamythos.model.layers import RMSNorm
+from megamythos.model.moe import MoE, expert_counts_frozen
 
 _LOG_DT_RANGE = (-8.0, 2.0)  # B_bar's step size exp(log_dt) stays in [3e-4, 7.4]
 

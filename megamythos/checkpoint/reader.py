@@ -1,27 +1,15 @@
-"""Export a training checkpoint to one consolidated ``model.safetensors`` + ``config.json``, with the tokenizer
-the run trained with (``tokenizer.model`` and its record ``tokenizer.json``: fingerprint and vocab size).
-
-    python -m megamythos.export runs/tiny/checkpoints exported/tiny      # newest complete checkpoint
-    python -m megamythos.export runs/tiny/checkpoints/iter_0000060 exported/tiny
-    python -m megamythos.export runs/tiny/checkpoints exported/tiny-hf --format hf   # Hugging Face directory
-
-``--format native`` (default) is what ``megamythos.generate``/``evaluate --load`` read. ``--format hf`` writes a
-directory that ``transformers.AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` and
-``AutoTokenizer.from_pretrained(DIR)`` load, modeling code included (:mod:`megamythos.hf.export`; needs the
-``hf`` extra).
+"""Read a training checkpoint tag or an export directory into a :class:`MythosLM`, and convert a tag to
+DeepSpeed's universal checkpoint.
 
 ZeRO (1-3) checkpoints, with or without AutoEP/AutoTP, go through DeepSpeed's universal checkpoint
 (``deepspeed.checkpoint.ds_to_universal``), which merges ZeRO, TP and EP shards into full tensors;
 ``zero_to_fp32`` refuses AutoEP checkpoints. AutoEP's expert layout (``experts.w1/w2/w3``, ``router.gate``) is
 mapped back to the model's (``experts.gate_up_proj/down_proj``, ``gate``), and the aux-loss-free expert biases,
 which universal checkpoints do not carry, come from our client state. A ZeRO-0 checkpoint without TP already
-holds the full module state and is read directly.
+holds the full module state and is read directly. Export directories are read from JSON and safetensors only.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import subprocess
 import sys
 import tempfile
@@ -29,22 +17,13 @@ from pathlib import Path
 
 import torch
 
-from megamythos.checkpoint_files import (MODEL_CONFIG_FILE, check_tag_files, read_latest, read_tokenizer_files,
-                                         write_tokenizer_files)
-from megamythos.config import ModelConfig
-from megamythos.errors import ArgumentParser, UserError, run_cli
-from megamythos.model import MythosLM
+from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, check_tag_files, read_latest
+from megamythos.model.config import ModelConfig
+from megamythos.model.lm import MythosLM
 from megamythos.parallel import autoep_to_model_names
-from megamythos.tokenizer import Tokenizer
-
-logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-
-
-class ExportError(UserError, RuntimeError):
-    """The checkpoint cannot be exported."""
 
 
 def resolve_tag_dir(path: str | Path) -> Path:
@@ -54,7 +33,7 @@ def resolve_tag_dir(path: str | Path) -> Path:
         return path
     tag = read_latest(path) if path.is_dir() else None
     if tag is None:
-        raise ExportError(f"{path} is neither a checkpoint (no {MODEL_CONFIG_FILE}) nor a directory with `latest`")
+        raise CheckpointError(f"{path} is neither a checkpoint (no {MODEL_CONFIG_FILE}) nor a directory with `latest`")
     return path / tag
 
 
@@ -62,7 +41,7 @@ def _client_state(tag_dir: Path) -> dict:
     """Rank 0's model-states file: DeepSpeed's metadata plus our client state."""
     files = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
     if not files:
-        raise ExportError(f"{tag_dir} has no DeepSpeed model-states file")
+        raise CheckpointError(f"{tag_dir} has no DeepSpeed model-states file")
     return torch.load(files[0], map_location="cpu", weights_only=False)
 
 
@@ -73,7 +52,7 @@ def convert_to_universal(tag_dir: Path, out: Path) -> Path:
            "--inject_missing_state"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise ExportError(f"ds_to_universal failed on {tag_dir}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        raise CheckpointError(f"ds_to_universal failed on {tag_dir}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return out
 
 
@@ -100,7 +79,7 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     elif len(list(tag_dir.glob("mp_rank_*_model_states.pt"))) == 1:
         state = {k: v.float() for k, v in client["module"].items()}
     else:
-        raise ExportError(f"{tag_dir} is a ZeRO-0 tensor-parallel checkpoint; train with ZeRO >= 1 to export it")
+        raise CheckpointError(f"{tag_dir} is a ZeRO-0 tensor-parallel checkpoint; train with ZeRO >= 1 to export it")
     for module_name, bias in client.get("expert_bias", {}).items():
         state[f"{module_name}.gate.e_score_correction_bias"] = bias.float()
     return config, state
@@ -117,49 +96,17 @@ def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where:
     tied = {"lm_head.weight"} if config.tie_embeddings else set()  # shares tok_embeddings.weight
     missing = sorted(set(missing) - tied)
     if missing or unexpected:
-        raise ExportError(f"{where} does not match MythosLM({config.to_dict()}): missing {missing}, "
+        raise CheckpointError(f"{where} does not match MythosLM({config.to_dict()}): missing {missing}, "
                           f"unexpected {sorted(unexpected)}")
     return model
 
 
-def _checkpoint_model(tag_dir: Path, out_dir: Path) -> MythosLM:
+def checkpoint_model(tag_dir: Path, out_dir: Path) -> MythosLM:
     """The full model of checkpoint ``tag_dir`` (scratch files of the universal conversion go under ``out_dir``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         config, state = load_checkpoint_weights(tag_dir, Path(tmp))
     return model_from_state(config, state, tag_dir)
-
-
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors``, ``out_dir/config.json`` and, when the checkpoint carries its
-    tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json``; returns the safetensors path."""
-    from safetensors.torch import save_model
-
-    tag_dir = resolve_tag_dir(checkpoint)
-    out_dir = Path(out_dir)
-    model = _checkpoint_model(tag_dir, out_dir)
-    path = out_dir / MODEL_FILE
-    save_model(model, str(path))
-    model.config.to_json(out_dir / CONFIG_FILE)
-    record = read_tokenizer_files(tag_dir)
-    if record is None:
-        logger.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
-    else:
-        write_tokenizer_files(out_dir, Tokenizer(record["tokenizer_model"]))
-    logger.info("exported %s -> %s", tag_dir, path)
-    return path
-
-
-def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write checkpoint ``checkpoint`` as a Hugging Face directory ``out_dir`` (see the module docstring)."""
-    from megamythos.hf.export import export_hf
-
-    tag_dir = resolve_tag_dir(checkpoint)
-    record = read_tokenizer_files(tag_dir)
-    if record is None:
-        raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
-    model = _checkpoint_model(tag_dir, Path(out_dir))
-    return export_hf(model, Tokenizer(record["tokenizer_model"]), out_dir)
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -174,33 +121,8 @@ def load_exported(out_dir: str | Path) -> MythosLM:
     out_dir = Path(out_dir)
     missing = [str(out_dir / name) for name in (CONFIG_FILE, MODEL_FILE) if not (out_dir / name).is_file()]
     if missing:
-        raise ExportError(f"{', '.join(missing)} not found; export a checkpoint with "
-                          f"`python -m megamythos.export CHECKPOINT {out_dir}`")
+        raise CheckpointError(f"{', '.join(missing)} not found; export a checkpoint with "
+                          f"`python -m megamythos.checkpoint.export CHECKPOINT {out_dir}`")
     model = MythosLM(ModelConfig.from_json(out_dir / CONFIG_FILE))
     load_model(model, str(out_dir / MODEL_FILE))
     return model
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m megamythos.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")
-    p.add_argument("out", help="output directory for model.safetensors, config.json and the tokenizer")
-    p.add_argument("--format", choices=("native", "hf"), default="native",
-                   help="native: what megamythos.generate/evaluate --load read (default); hf: a Hugging Face "
-                        "directory with its modeling code (transformers, trust_remote_code=True)")
-    args = p.parse_args(argv)
-
-    def run() -> int:
-        if args.format == "hf":
-            print(json.dumps({"hf_dir": str(export_hf_checkpoint(args.checkpoint, args.out))}))
-            return 0
-        path = export(args.checkpoint, args.out)
-        print(json.dumps({"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}))
-        return 0
-
-    return run_cli(run)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

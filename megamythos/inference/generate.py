@@ -1,6 +1,6 @@
 """Autoregressive generation with a KV cache, free loop count and optional ACT early exit.
 
-    python -m megamythos.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \
+    python -m megamythos.inference.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \
         [--loops N] [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--seed 0] [--exit-threshold 0.1] [--tokenizer PATH]
 
 ``--load`` takes a checkpoint tag directory, a ``--save`` directory (its ``latest`` tag) or an export directory.
@@ -14,14 +14,14 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 
 from megamythos.errors import ArgumentParser, run_cli
-from megamythos.loading import LoadError, load_model
-from megamythos.model import ModelKVCache, MythosLM
+from megamythos.inference.loading import LoadError, load_model
+from megamythos.model.lm import ModelKVCache, MythosLM
 
 
 @dataclass
@@ -143,7 +143,7 @@ class TextStreamer:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m megamythos.generate", description=__doc__,
+    p = ArgumentParser(prog="python -m megamythos.inference.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--prompt", required=True, help="text to continue")

@@ -22,10 +22,10 @@ import logging
 import os
 import random
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm

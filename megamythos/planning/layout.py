@@ -1,0 +1,82 @@
+"""The parallel layout of one run (world size, TP, EP, ZeRO and its options, batch sizes): one dataclass that the
+trainer builds from its flags and ds_config, and that the memory plan and step-time model read.
+
+DeepSpeed folds AutoEP onto the data-parallel x tensor-parallel ranks: tp and ep each have to divide the world
+size (tp2 x ep2 runs on 2 ranks), the data-parallel size is world / tp, experts are replicated over
+world / ep ranks, and the global batch is micro x accumulation x dp. Everything is checked at construction,
+before any process group or tensor exists, so a bad layout is a clear error instead of a hang in a collective.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megamythos.errors import UserError
+from megamythos.model.config import ModelConfig
+
+
+class LayoutError(UserError, ValueError):
+    """The parallel layout cannot run this model on this many processes."""
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """Sizes and ZeRO options of one run; ``dp``, ``edp`` and ``grad_accum`` are derived.
+
+    ``global_batch_size`` None means one micro-batch per rank and step (micro x dp). ``replicate_core``: under
+    ZeRO-3 the recurrent core's weights stay gathered (:mod:`megamythos.parallel.zero`). ``hpz``, ``qwz``,
+    ``qgz``: ZeRO++ hierarchical partition size, quantised weights, quantised gradients (ds_config options).
+    """
+
+    world_size: int
+    tp: int = 1
+    ep: int = 1
+    zero: int = 3
+    micro_batch_size: int = 1
+    global_batch_size: int | None = None
+    replicate_core: bool = True
+    hpz: int = 1
+    qwz: bool = False
+    qgz: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("world_size", "tp", "ep", "micro_batch_size", "hpz"):
+            if getattr(self, name) < 1:
+                raise LayoutError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.zero not in (0, 1, 2, 3):
+            raise LayoutError(f"ZeRO stage {self.zero} does not exist; choose 0, 1, 2 or 3")
+        if self.world_size % self.tp:
+            raise LayoutError(f"world size {self.world_size} is not divisible by tensor-parallel size tp={self.tp}")
+        if self.world_size % self.ep:
+            raise LayoutError(f"world size {self.world_size} is not divisible by expert-parallel size ep={self.ep} "
+                              "(AutoEP folds expert groups onto the data x tensor parallel ranks)")
+        if self.global_batch_size is None:
+            object.__setattr__(self, "global_batch_size", self.micro_batch_size * self.dp)
+        if self.global_batch_size < 1 or self.global_batch_size % (self.micro_batch_size * self.dp):
+            raise LayoutError(f"global batch {self.global_batch_size} is not divisible by micro batch "
+                              f"{self.micro_batch_size} x data-parallel size {self.dp}")
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel size: ranks that see different samples."""
+        return self.world_size // self.tp
+
+    @property
+    def edp(self) -> int:
+        """Ranks holding the same experts (ZeRO partitions experts over them); without AutoEP, dp."""
+        return self.world_size // self.ep if self.ep > 1 else self.dp
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per rank and optimizer step."""
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+    def check_model(self, config: ModelConfig) -> None:
+        """Raise :class:`LayoutError` if ``config`` cannot be split this way."""
+        if config.n_experts % self.ep:
+            raise LayoutError(f"n_experts={config.n_experts} is not divisible by expert-parallel size ep={self.ep}")
+        if config.n_heads % self.tp:
+            raise LayoutError(f"n_heads={config.n_heads} is not divisible by tensor-parallel size tp={self.tp}")
+        if config.resolved_ffn_dim % self.tp:
+            raise LayoutError(f"dense ffn_dim={config.resolved_ffn_dim} is not divisible by tp={self.tp}")
+        if config.attn_type == "gqa" and config.n_kv_heads % self.tp:
+            raise LayoutError(f"n_kv_heads={config.n_kv_heads} is not divisible by tensor-parallel size tp={self.tp}")

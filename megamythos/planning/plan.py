@@ -1,0 +1,187 @@
+"""Plan a run before renting it: parameter counts, FLOPs and KV cache of a configuration; with ``--gpus`` the
+per-GPU memory plan of a layout (checked against the model and against ``--gpu-memory-gb``); with ``--plan``
+the step-time model (compute, collectives per link class, step time, tokens/s, MFU); with ``--hostfile`` the
+exact multi-node launch command.
+
+    python -m megamythos.planning.plan --preset 1t [--json]
+    python -m megamythos.planning.plan --preset 1t --gpus 1024 --tp 8 --ep 128 --zero 3 --grad-accum 8 --plan
+    python -m megamythos.planning.plan --preset 1t --gpus 1024 --tp 8 --ep 128 --global-batch-size 1024 \\
+        --ds-config ds_configs/1t.json --plan --hostfile hostfile -- --data-path 1.0 /data/a_text_document
+
+Counting lives in :mod:`megamythos.model.params`, memory in :mod:`megamythos.planning.memory`, the layout in
+:mod:`megamythos.planning.layout`, the step-time model in :mod:`megamythos.planning.step_model`.
+``launchers/pretrain_1t.sh --dry-run`` runs this for the 1t layout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from megamythos.errors import ArgumentParser, run_cli
+from megamythos.model.config import PRESETS, ModelConfig, get_preset
+from megamythos.model.params import count
+from megamythos.planning.layout import LayoutError, ParallelLayout
+from megamythos.planning.memory import memory_plan
+from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
+
+GIB_PER_GB = 1e9 / 2**30
+TRAINER = "megamythos.training.pretrain"
+
+
+def _fmt(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m megamythos.planning.plan", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--config", help="model config JSON (overrides --preset)")
+    parser.add_argument("--seq-length", type=int, default=None, help="default: min(max_seq_len, 4096)")
+    parser.add_argument("--loops", type=int, default=None, help="loop count for effective params / FLOPs")
+    parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    lay = parser.add_argument_group("layout (with --gpus)")
+    lay.add_argument("--gpus", type=int, default=None, help="world size; also prints the per-GPU memory plan")
+    lay.add_argument("--tp", type=int, default=1)
+    lay.add_argument("--ep", type=int, default=1)
+    lay.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3])
+    lay.add_argument("--micro-batch-size", type=int, default=1)
+    batch = lay.add_mutually_exclusive_group()
+    batch.add_argument("--grad-accum", type=int, default=None, help="micro-batches per rank and step (default 1)")
+    batch.add_argument("--global-batch-size", type=int, default=None, help="or: samples per optimizer step")
+    lay.add_argument("--no-replicate-core", dest="replicate_core", action="store_false",
+                     help="under ZeRO-3: partition the recurrent core too (the trainer's --no-replicate-core)")
+    lay.add_argument("--loop-checkpoint-segment", type=int, default=None,
+                     help="override the config's (0: two-level checkpointing with sqrt-sized segments)")
+    lay.add_argument("--ds-config", help="read ZeRO++ options (hpz, qwz, qgz) from this DeepSpeed JSON")
+    lay.add_argument("--hpz", type=int, default=None, help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
+    lay.add_argument("--qwz", action="store_true", default=None, help="ZeRO++ zero_quantized_weights")
+    lay.add_argument("--qgz", action="store_true", default=None, help="ZeRO++ zero_quantized_gradients")
+    lay.add_argument("--gpu-memory-gb", type=float, nargs="*", default=[],
+                     help="exit 2 when the memory plan does not fit each of these GPU sizes")
+    step = parser.add_argument_group("step model (--plan, with --gpus)")
+    step.add_argument("--plan", action="store_true", help="also predict compute, collectives and step time")
+    step.add_argument("--mfu", type=float, default=Cluster.mfu, help="achieved fraction of peak in the matmuls")
+    step.add_argument("--peak-tflops", type=float, default=Cluster.peak_tflops, help="per GPU")
+    step.add_argument("--gpus-per-node", type=int, default=Cluster.gpus_per_node)
+    step.add_argument("--nvlink-gbs", type=float, default=Cluster.nvlink_gbs, help="GB/s per GPU")
+    step.add_argument("--ib-gbs", type=float, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
+    run = parser.add_argument_group("launch command (with --gpus)")
+    run.add_argument("--hostfile", help="print the exact multi-node deepspeed command for this layout")
+    run.add_argument("train_args", nargs=argparse.REMAINDER, help="further trainer flags after --")
+    return parser
+
+
+def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
+    """The layout of ``--gpus`` and friends; ZeRO++ options from the flags, then ``--ds-config``, then off."""
+    zero = {}
+    if args.ds_config:
+        with open(args.ds_config) as f:
+            zero = json.load(f).get("zero_optimization", {})
+    dp = args.gpus // args.tp if args.gpus % args.tp == 0 else 1  # ParallelLayout reports the divisibility error
+    global_batch = args.global_batch_size or args.micro_batch_size * (args.grad_accum or 1) * dp
+    return ParallelLayout(
+        world_size=args.gpus, tp=args.tp, ep=args.ep, zero=args.zero, micro_batch_size=args.micro_batch_size,
+        global_batch_size=global_batch, replicate_core=args.replicate_core,
+        hpz=args.hpz if args.hpz is not None else int(zero.get("zero_hpz_partition_size", 1)),
+        qwz=args.qwz if args.qwz is not None else bool(zero.get("zero_quantized_weights")),
+        qgz=args.qgz if args.qgz is not None else bool(zero.get("zero_quantized_gradients")))
+
+
+def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: int) -> str:
+    """The deepspeed command line that trains ``args.preset`` on this layout."""
+    nodes = max(1, layout.world_size // args.gpus_per_node)
+    cmd = ["deepspeed", "--hostfile", args.hostfile, "--num_nodes", str(nodes), "--num_gpus",
+           str(min(args.gpus_per_node, layout.world_size)), "--module", TRAINER, "--preset", args.preset,
+           *(["--ds-config", args.ds_config] if args.ds_config else []), "--tp", str(layout.tp), "--ep",
+           str(layout.ep), "--zero", str(layout.zero), "--micro-batch-size", str(layout.micro_batch_size),
+           "--global-batch-size", str(layout.global_batch_size), "--seq-length", str(seq_len),
+           *([] if layout.replicate_core else ["--no-replicate-core"]),
+           *(["--loop-checkpoint-segment", str(args.loop_checkpoint_segment)]
+             if args.loop_checkpoint_segment is not None else []),
+           "--bf16", *[a for a in args.train_args if a != "--"]]
+    return shlex.join(cmd)
+
+
+def plan(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, print the report and return it; a layout that does not fit raises :class:`LayoutError`."""
+    args = build_parser().parse_args(argv)
+    config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
+    seq_len = args.seq_length or min(config.max_seq_len, 4096)
+    if args.plan or args.hostfile:  # as the trainer runs it: per-iteration activation checkpointing (its default)
+        config = config.replace(checkpoint_loops=True, max_seq_len=max(config.max_seq_len, seq_len))
+    if args.loop_checkpoint_segment is not None:
+        config = config.replace(loop_checkpoint_segment=args.loop_checkpoint_segment)
+    report: dict[str, Any] = asdict(count(config, seq_len, args.loops))
+    prediction = None
+    if args.gpus:
+        layout = resolve_layout(args)
+        layout.check_model(config)
+        report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
+                            "experts_per_ep_rank": config.n_experts // layout.ep,
+                            "heads_per_tp_rank": config.n_heads // layout.tp}
+        report["memory_plan"] = asdict(memory_plan(config, layout.world_size, layout.tp, layout.ep, layout.zero,
+                                                   layout.micro_batch_size, seq_len,
+                                                   replicated_core=layout.replicate_core))
+        report["fits"] = {f"{gb:g} GB": report["memory_plan"]["total_gib"] <= gb * GIB_PER_GB
+                          for gb in args.gpu_memory_gb}
+        if args.plan:
+            cluster = Cluster(gpus_per_node=args.gpus_per_node, nvlink_gbs=args.nvlink_gbs, ib_gbs=args.ib_gbs,
+                              peak_tflops=args.peak_tflops, mfu=args.mfu)
+            prediction = step_plan(config, layout, StepSettings(seq_len=seq_len), cluster, args.loops)
+            report["step_plan"] = asdict(prediction)
+        if args.hostfile:
+            report["command"] = launch_command(args, layout, seq_len)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print_report(args.config or args.preset, report, prediction)
+    too_small = [size for size, ok in report.get("fits", {}).items() if not ok]
+    if too_small:
+        raise LayoutError(f"the plan needs {report['memory_plan']['total_gib']:.1f} GiB per GPU: does not fit "
+                          f"{too_small}; raise --ep/--tp or add GPUs")
+    return report
+
+
+def print_report(name: str, report: dict[str, Any], prediction: Any) -> None:
+    print(f"{name}: total {_fmt(report['total'])} params "
+          f"(embeddings {_fmt(report['embedding'])}, prelude+coda {_fmt(report['prelude_coda'])}, "
+          f"recurrent {_fmt(report['recurrent'])} of which routed experts {_fmt(report['routed_experts'])})")
+    print(f"  active per token      {_fmt(report['active_per_token'])}")
+    print(f"  effective per token   {_fmt(report['effective_per_token'])}  (recurrent block x loops)")
+    print(f"  training FLOPs/token  {_fmt(report['train_flops_per_token'])}  "
+          f"(+{_fmt(report['recompute_flops_per_token'])} recompute with per-loop checkpointing)")
+    print(f"  KV cache per token    {report['kv_cache_bytes_per_token']} bytes (bf16)")
+    if "memory_plan" in report:
+        mem = report["memory_plan"]
+        print(f"  memory per GPU        {mem['total_gib']:.1f} GiB on {mem['gpus']} GPUs "
+              f"(tp {mem['tp']}, ep {mem['ep']}, dp {mem['dp']}, ZeRO-{mem['zero']}): "
+              f"weights {mem['weights_gib']:.1f}, grads {mem['grads_gib']:.1f}, "
+              f"optimizer {mem['optimizer_gib']:.1f}, gathered {mem['gathered_working_gib']:.1f}, "
+              f"activations {mem['activations_gib']:.1f}")
+        for size, ok in report["fits"].items():
+            print(f"  fits {size:<16} {'yes' if ok else 'NO'}")
+    if prediction is not None:
+        print(format_plan(prediction))
+    if "command" in report:
+        print(f"  command: {report['command']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run() -> int:
+        plan(argv)
+        return 0
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
