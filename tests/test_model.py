@@ -69,7 +69,7 @@ def test_spectral_radius_is_the_decay_forward_uses() -> None:
     model = MythosLM(small_config())
     inj = model.recurrent.injection
     h = torch.ones(1, 1, 64)
-    applied, rho = inj(h, torch.zeros_like(h), h, torch.zeros_like(h), report_rho=True)  # A_bar * 1 + 0 + 0
+    applied, rho = inj(h, torch.zeros_like(h), h, report_rho=True)  # A_bar * 1 + B_bar * 0
     assert torch.equal(applied.max(), model.spectral_radius()) and torch.equal(rho, model.spectral_radius())
     ids = torch.randint(0, 97, (1, 4))
     assert torch.equal(model(ids).stats["rho"], model.spectral_radius())  # what TensorBoard logs

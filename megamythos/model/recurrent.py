@@ -55,10 +55,10 @@ def sample_loop_count(mean_loops: int, sigma: float, max_loops: int, seed: int, 
 
 
 # ------------------------------------------------------------------------------------------------ injections
-# Every variant answers two questions: the block input u_t = block_input(h_t, e), and the next state
-# h_{t+1} = forward(h_t, e, u_t, Block(u_t)) with, on request, the detached max rho of its state transition.
+# Every variant answers two questions: the block input u_t = combine(h_t, e), and the carried term of the next
+# state, forward(h_t, e, u_t) = h_{t+1} - Block(u_t), with on request the detached max rho of its transition.
 class LTIInjection(nn.Module):
-    """Per-channel parameters of the stable linear recurrence h <- A_bar h + B_bar e + delta."""
+    """Per-channel parameters of the stable linear recurrence h <- A_bar h + B_bar e + Block(u)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -76,7 +76,7 @@ class LTIInjection(nn.Module):
             self.log_A.zero_()
             self.B.fill_(1.0)
 
-    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def combine(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """u = h + e (fp32)."""
         return h + e.float()
 
@@ -93,33 +93,33 @@ class LTIInjection(nn.Module):
         """B_bar [H] in fp32."""
         return torch.exp(self.log_dt.float().clamp(*_LOG_DT_RANGE)) * self.B.float()
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
                 report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """h [B, S, H] fp32, e, u and delta [B, S, H] -> (A_bar h + B_bar e + delta in fp32, with ``report_rho``
-        the detached max rho(A_bar) of this very A_bar — read inside the module call, for ZeRO-3 — else None)."""
+        """h [B, S, H] fp32, e and u [B, S, H] -> (A_bar h + B_bar e in fp32, with ``report_rho`` the detached
+        max rho(A_bar) of this very A_bar — read inside the module call, for ZeRO-3 — else None)."""
         decay = self.decay()
-        return decay * h + self.input_gain() * e.float() + delta.float(), decay.detach().max() if report_rho else None
+        return decay * h + self.input_gain() * e.float(), decay.detach().max() if report_rho else None
 
 
 class AdditiveInjection(nn.Module):
-    """Baseline: h <- (h + e) + delta; the state transition is the identity (rho = 1, no decay)."""
+    """Baseline: h <- (h + e) + Block(u); the state transition is the identity (rho = 1, no decay)."""
 
     def reset_parameters(self) -> None:
         pass
 
-    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def combine(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return h + e.float()
 
     def spectral_radius(self) -> torch.Tensor:
         return torch.ones(())
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
                 report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return u + delta.float(), self.spectral_radius() if report_rho else None
+        return u, self.spectral_radius() if report_rho else None
 
 
 class ConcatInjection(nn.Module):
-    """Baseline (Huginn adapter): u = W [h; e] with W [H, 2H] initialised to [I | I]; h <- u + delta."""
+    """Baseline (Huginn adapter): u = W [h; e] with W [H, 2H] initialised to [I | I]; h <- u + Block(u)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -131,7 +131,7 @@ class ConcatInjection(nn.Module):
             eye = torch.eye(self.adapter.out_features)
             self.adapter.weight.copy_(torch.cat((eye, eye), dim=1))
 
-    def block_input(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def combine(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         return self.adapter(torch.cat((h, e.float()), dim=-1).to(self.adapter.weight.dtype)).float()
 
     def spectral_radius(self) -> torch.Tensor:
@@ -139,9 +139,9 @@ class ConcatInjection(nn.Module):
         w_h = self.adapter.weight[:, : self.adapter.out_features].detach().float()
         return torch.linalg.eigvals(w_h).abs().max()
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor, delta: torch.Tensor,
+    def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
                 report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return u + delta.float(), self.spectral_radius() if report_rho else None
+        return u, self.spectral_radius() if report_rho else None
 
 
 def build_injection(config: ModelConfig) -> nn.Module:
@@ -208,17 +208,17 @@ class RecurrenceResult(NamedTuple):
 
 class LoopState(NamedTuple):
     """What one iteration hands to the next: state h [B, S, H] fp32; ``active`` [B, S] bool, the tokens still
-    iterating (None when no token may exit); per-token executed iterations [B, S] fp32; the summed aux loss and
-    max rho(A_bar) reported by the first iteration (scalars)."""
+    iterating (None when no token may exit); ``depth`` [B, S] fp32, the iterations each token executed; the
+    summed aux loss and max rho(A_bar) reported by the first iteration (scalars)."""
 
     h: torch.Tensor
     active: torch.Tensor | None
-    steps: torch.Tensor
+    depth: torch.Tensor
     aux: torch.Tensor
     rho: torch.Tensor
 
 
-class Segment(NamedTuple):
+class LoopGroup(NamedTuple):
     """Iterations ``loops`` run together: with autograd or not, and as one more activation checkpoint or not."""
 
     loops: range
@@ -239,10 +239,10 @@ def advance(state: LoopState, h_next: torch.Tensor, aux: torch.Tensor, rho: torc
     change is >= exit_threshold. Exited tokens keep their frozen state."""
     rho = state.rho if rho is None else rho
     if state.active is None:
-        return LoopState(h_next, None, state.steps + 1.0, state.aux + aux, rho)
+        return LoopState(h_next, None, state.depth + 1.0, state.aux + aux, rho)
     return LoopState(h=torch.where(state.active.unsqueeze(-1), h_next, state.h),
                      active=state.active & (change >= exit_threshold),
-                     steps=state.steps + state.active.float(), aux=state.aux + aux, rho=rho)
+                     depth=state.depth + state.active.float(), aux=state.aux + aux, rho=rho)
 
 
 def exit_steps(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -281,62 +281,6 @@ class RecurrentCore(nn.Module):
     def reset_parameters(self) -> None:
         self.injection.reset_parameters()
 
-    # --------------------------------------------------------------------------------- one iteration
-    def block_input(self, u_state: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
-        """u_t [B, S, H] in ``dtype``: the injection's block input u_state plus the optional loop-index signal."""
-        u = u_state.to(dtype)
-        if self.config.loop_embedding:
-            u = u + loop_index_signal(t, self.config.resolved_loop_embedding_dim, self.config.dim, u.device, u.dtype)
-        return u
-
-    def step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor, cache: LayerKVCache | None,
-             absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """h_{t+1} = A_bar h_t + B_bar e + Block(u_t) -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0)."""
-        u_state = self.injection.block_input(h, e)
-        u = self.block_input(u_state, t, e.dtype)
-        delta, aux = self.block(u, positions, cache, absorb)
-        if self.lora is not None:
-            delta = delta + self.lora(u, t)
-        h_next, rho = self.injection(h, e, u_state, delta, report_rho=t == 0)
-        return h_next, aux, rho
-
-    # --------------------------------------------------------------------------------- the schedule
-    def segments(self, n_loops: int, backprop_loops: int, checkpointing: bool) -> list[Segment]:
-        """Truncated BPTT runs the first n_loops - k iterations without autograd; with checkpointing the k
-        iterations under gradient are cut into segments of ``loop_checkpoint_segment`` (0: ceil(sqrt(k)))."""
-        grad = torch.is_grad_enabled()
-        first_grad = n_loops - backprop_loops if 0 < backprop_loops < n_loops else 0
-        head = [Segment(range(0, first_grad), False, False)] if first_grad else []
-        if not (checkpointing and grad):
-            return head + [Segment(range(first_grad, n_loops), grad, False)]
-        length = self.config.loop_checkpoint_segment or math.ceil(math.sqrt(n_loops - first_grad))
-        return head + [Segment(range(start, min(start + length, n_loops)), True, length > 1)
-                       for start in range(first_grad, n_loops, length)]
-
-    def _checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
-        """(forward, recompute) contexts of every checkpoint: a recompute does not count expert load again."""
-        return nullcontext(), expert_counts_frozen(self.block)
-
-    def _checkpointed(self, fn, *args: object):  # noqa: ANN001, ANN202 - same signature as ``fn``
-        return checkpoint(fn, *args, use_reentrant=False, context_fn=self._checkpoint_contexts)
-
-    def run_segment(self, state: LoopState, e: torch.Tensor, loops: range, positions: torch.Tensor,
-                    caches: list[LayerKVCache] | None, absorb: bool, exit_threshold: float,
-                    checkpoint_each: bool) -> tuple[LoopState, torch.Tensor, torch.Tensor]:
-        """Iterations ``loops`` from ``state`` -> (state after them, mean state norm per iteration [n],
-        relative change per iteration and token [n, B, S])."""
-        norms, changes = [], []
-        for t in loops:
-            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb)
-            h_next, aux, rho = self._checkpointed(self.step, *args) if checkpoint_each else self.step(*args)
-            change = relative_change(h_next, state.h)
-            state = advance(state, h_next, aux, rho, change, exit_threshold)
-            norms.append(state.h.detach().norm(dim=-1).mean())
-            changes.append(change)
-            if state.active is not None and not bool(state.active.any()):
-                break
-        return state, torch.stack(norms), torch.stack(changes)
-
     def forward(self, x: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
                 caches: list[LayerKVCache] | None = None, absorb: bool = False,
                 exit_threshold: float = 0.0) -> RecurrenceResult:
@@ -352,29 +296,88 @@ class RecurrentCore(nn.Module):
         """
         if exit_threshold > 0 and self.training:
             raise RuntimeError("early exit is inference-only: in training every rank must run every loop")
-        checkpointing = self.config.checkpoint_loops and self.training
+        checkpoint_each = self.config.checkpoint_loops and self.training
         e = self.input_norm(x)
         zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
         state = LoopState(h=self.initial_state(e), active=zeros.bool().logical_not() if exit_threshold > 0 else None,
-                          steps=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))
+                          depth=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))
         norms, changes = [], []
-        for segment in self.segments(n_loops, backprop_loops, checkpointing):
-            run_args = (state, e, segment.loops, positions, caches, absorb, exit_threshold, checkpointing and segment.grad)
-            with torch.set_grad_enabled(segment.grad):
-                state, seg_norms, seg_changes = (self._checkpointed(self.run_segment, *run_args) if segment.checkpoint
-                                                 else self.run_segment(*run_args))
-            norms.append(seg_norms)
-            changes.append(seg_changes)
+        for group in self.schedule(n_loops, backprop_loops, checkpoint_each):  # no-grad loops, then grad loops
+            run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold, checkpoint_each and group.grad)
+            with torch.set_grad_enabled(group.grad):
+                state, group_norms, group_changes = (self._checkpointed(self.run_loops, *run_args) if group.checkpoint
+                                                     else self.run_loops(*run_args))
+            norms.append(group_norms)
+            changes.append(group_changes)
             if state.active is not None and not bool(state.active.any()):
                 break
-        steps_run = sum(len(n) for n in norms)
+        loops_run = sum(len(n) for n in norms)
         if caches is not None:
-            for t in range(steps_run, n_loops):  # every token exited: deeper loops cache the frozen states
-                u = self.block_input(self.injection.block_input(state.h, e), t, e.dtype)
+            for t in range(loops_run, n_loops):  # every token exited: deeper loops cache the frozen states
+                u = self.with_loop_signal(self.injection.combine(state.h, e), t, e.dtype)
                 self.block.extend_cache(u, positions, caches[t])
-        stats = {"n_loops": torch.tensor(float(steps_run)), "state_norm": torch.cat(norms), "rho": state.rho,
-                 "mean_steps": state.steps.mean(), "steps": state.steps, "relative_change": torch.cat(changes)}
-        return RecurrenceResult(state.h, state.aux / steps_run, stats)
+        stats = {"n_loops": torch.tensor(float(loops_run)), "state_norm": torch.cat(norms), "rho": state.rho,
+                 "mean_steps": state.depth.mean(), "steps": state.depth, "relative_change": torch.cat(changes)}
+        return RecurrenceResult(state.h, state.aux / loops_run, stats)
+
+    def run_loops(self, state: LoopState, e: torch.Tensor, loops: range, positions: torch.Tensor,
+                  caches: list[LayerKVCache] | None, absorb: bool, exit_threshold: float,
+                  checkpoint_each: bool) -> tuple[LoopState, torch.Tensor, torch.Tensor]:
+        """Iterations ``loops`` from ``state`` -> (state after them, mean state norm per iteration [n],
+        relative change per iteration and token [n, B, S])."""
+        norms, changes = [], []
+        for t in loops:
+            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb)
+            h_next, aux, rho = self._checkpointed(self.iteration, *args) if checkpoint_each else self.iteration(*args)
+            change = relative_change(h_next, state.h)
+            state = advance(state, h_next, aux, rho, change, exit_threshold)
+            norms.append(state.h.detach().norm(dim=-1).mean())
+            changes.append(change)
+            if state.active is not None and not bool(state.active.any()):
+                break
+        return state, torch.stack(norms), torch.stack(changes)
+
+    def iteration(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
+                  cache: LayerKVCache | None, absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Iteration t of the recurrence, h_t [B, S, H] fp32 -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0):
+
+            u_t     = h_t + e  (+ loop-index signal)                          (concat baseline: W [h_t; e])
+            h_{t+1} = A_bar * h_t + B_bar * e  +  Block(u_t) (+ LoRA_t(u_t))  (baselines: u_t + Block(u_t))
+        """
+        u_mix = self.injection.combine(h, e)
+        u = self.with_loop_signal(u_mix, t, e.dtype)
+        update, aux = self.block(u, positions, cache, absorb)
+        if self.lora is not None:
+            update = update + self.lora(u, t)
+        carried, rho = self.injection(h, e, u_mix, report_rho=t == 0)  # A_bar * h_t + B_bar * e
+        return carried + update.float(), aux, rho
+
+    def with_loop_signal(self, u: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
+        """u [B, S, H] in ``dtype``, plus the sinusoidal loop-index signal when ``loop_embedding`` is on."""
+        u = u.to(dtype)
+        if self.config.loop_embedding:
+            u = u + loop_index_signal(t, self.config.resolved_loop_embedding_dim, self.config.dim, u.device, u.dtype)
+        return u
+
+    def schedule(self, n_loops: int, backprop_loops: int, checkpoint_each: bool) -> list[LoopGroup]:
+        """Huginn's schedule: truncated BPTT runs the first n_loops - k iterations without autograd, then the
+        k under gradient; with checkpointing those are cut into groups of ``loop_checkpoint_segment``
+        (0: ceil(sqrt(k))), each one more checkpoint (two-level)."""
+        grad = torch.is_grad_enabled()
+        first_grad = n_loops - backprop_loops if 0 < backprop_loops < n_loops else 0
+        head = [LoopGroup(range(0, first_grad), False, False)] if first_grad else []
+        if not (checkpoint_each and grad):
+            return head + [LoopGroup(range(first_grad, n_loops), grad, False)]
+        length = self.config.loop_checkpoint_segment or math.ceil(math.sqrt(n_loops - first_grad))
+        return head + [LoopGroup(range(start, min(start + length, n_loops)), True, length > 1)
+                       for start in range(first_grad, n_loops, length)]
+
+    def _checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """(forward, recompute) contexts of every checkpoint: a recompute does not count expert load again."""
+        return nullcontext(), expert_counts_frozen(self.block)
+
+    def _checkpointed(self, fn, *args: object):  # noqa: ANN001, ANN202 - same signature as ``fn``
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=self._checkpoint_contexts)
 
     def initial_state(self, e: torch.Tensor) -> torch.Tensor:
         """h_0 [B, S, H] fp32: e (or Huginn's noise)."""
