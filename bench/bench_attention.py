@@ -19,6 +19,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -58,8 +59,8 @@ def main() -> int:
             q, k, v = (torch.randn(TOKENS // seq, seq, heads, d, dtype=torch.bfloat16, requires_grad=True)
                        for d in (qk_dim, qk_dim, v_dim))
             scale = qk_dim ** -0.5
-            ms = fwd_bwd_ms({"matmul": lambda: matmul_attention(q, k, v, None, True, scale),
-                             "sdpa": lambda: sdpa_attention(q, k, v, None, True, scale)}, args.reps)
+            ms = fwd_bwd_ms({"matmul": partial(matmul_attention, q, k, v, None, True, scale),
+                             "sdpa": partial(sdpa_attention, q, k, v, None, True, scale)}, args.reps)
             rows.append({"heads": heads, "qk_dim": qk_dim, "v_dim": v_dim, "batch": TOKENS // seq, "seq": seq,
                          **{f"{name}_ms": round(value, 2) for name, value in ms.items()},
                          "matmul_over_sdpa": round(ms["matmul"] / ms["sdpa"], 3)})

@@ -110,7 +110,8 @@ def run_megatron_index_check(spec_path: str) -> dict:
         config = SimpleNamespace(defer_npy_index_mmap=False, fast_cache_load=False, path_to_cache=None, mock=True,
                                  sequence_length=spec["seq_length"], add_extra_token_to_sequence=1,
                                  random_seed=spec["seed"], drop_last_partial_validation_sequence=True)
-        fake = SimpleNamespace(config=config, dataset=SimpleNamespace(sequence_lengths=sizes, path_prefix=spec["prefix"]),
+        dataset = SimpleNamespace(sequence_lengths=sizes, path_prefix=spec["prefix"])
+        fake = SimpleNamespace(config=config, dataset=dataset,
                                indices=numpy.arange(beg, end, dtype=numpy.int32), num_samples=case["num_samples"],
                                index_split=split, unique_description_hash="bench")
         fake._get_num_tokens_per_epoch = lambda f=fake: GPTDataset._get_num_tokens_per_epoch(f)

@@ -42,7 +42,7 @@ from megamythos.training.monitor import cpu_model
 try:
     import open_mythos as om
 except ImportError as err:  # the reference lives only in the bench environment
-    raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, see bench/README.md")
+    raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, see bench/README.md") from err
 
 Step = Callable[[], None]
 GOALS = {"train_step_vs_reference": 3.0, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5,
@@ -259,7 +259,8 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
             **ratio(results[best_ours], results[best_ref], "train_step_vs_reference"),
             "bound_at_bf16_ceiling": results["matmul_1024_bf16"]["gflops_per_s"] / results[best_ref]["gflops_per_s"]}
         out["share_of_bf16_matmul_ceiling"] = {
-            "ours": best_ours, "share": results[best_ours]["gflops_per_s"] / results["matmul_1024_bf16"]["gflops_per_s"],
+            "ours": best_ours,
+            "share": results[best_ours]["gflops_per_s"] / results["matmul_1024_bf16"]["gflops_per_s"],
             "goal": GOALS["share_of_bf16_matmul_ceiling"]}
     if {"ours_preset", "dense_gpt"} <= set(models):
         out["vs_dense_equal_flops"] = {**ratio(results["ours_preset"], results["dense_gpt"], "vs_dense_equal_flops"),

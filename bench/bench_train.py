@@ -5,9 +5,10 @@
 
 ``memory``: peak memory increase of one training step (forward + loss + backward) of the tiny preset at loop
 counts 4, 8, 16, 32, with per-iteration activation checkpointing, with two-level checkpointing (segments of
-sqrt(T) iterations checkpointed again) and without; the step's wall time is recorded too. Each measurement runs in a fresh
-process: build the model, run a 1-loop warm-up step (allocates gradients), return freed heap to the OS
-(``malloc_trim``; ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB), reset the kernel's peak-RSS counter (``/proc/self/clear_refs``), run the step, and report
+sqrt(T) iterations checkpointed again) and without; the step's wall time is recorded too. Each measurement runs in
+a fresh process: build the model, run a 1-loop warm-up step (allocates gradients), return freed heap to the OS
+(``malloc_trim``; ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB), reset the kernel's peak-RSS counter
+(``/proc/self/clear_refs``), run the step, and report
 ``VmHWM - RSS before the step``: the activations kept for backward plus the transient peak of the backward pass.
 
 ``throughput``: tokens/s of the default run (``launchers/pretrain.sh`` defaults: tiny preset, default corpus,

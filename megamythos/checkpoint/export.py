@@ -5,8 +5,8 @@ the run trained with (``tokenizer.model`` and its record ``tokenizer.json``: fin
     python -m megamythos.checkpoint.export runs/tiny/checkpoints/iter_0000060 exported/tiny
     python -m megamythos.checkpoint.export runs/tiny/checkpoints exported/tiny-hf --format hf   # Hugging Face directory
 
-``--format native`` (default) is what ``megamythos.inference.generate``/``evaluate --load`` read. ``--format hf`` writes a
-directory that ``transformers.AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` and
+``--format native`` (default) is what ``megamythos.inference.generate``/``evaluate --load`` read. ``--format hf``
+writes a directory that ``transformers.AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` and
 ``AutoTokenizer.from_pretrained(DIR)`` load, modeling code included (:mod:`megamythos.hf.export`; needs the
 ``hf`` extra).
 

@@ -7,8 +7,9 @@ For a dataset prefix ``P`` (e.g. ``out/corpus_text_document``) preprocessing wri
   "eod_id", "json_key"}``;
 * ``P.tokenizer.model``: a copy of the SentencePiece model that produced the tokens.
 
-Both are written before the ``.idx`` is renamed into place (a dataset is never visible without them). Megatron ignores both files, and datasets made by Megatron simply have no record (:func:`read_dataset_metadata`
-returns None for them).
+Both are written before the ``.idx`` is renamed into place (a dataset is never visible without them). Megatron
+ignores both files, and datasets made by Megatron simply have no record (:func:`read_dataset_metadata` returns
+None for them).
 
 Checkpoint tag directories and export directories carry the same kind of record (:func:`write_tokenizer_record`):
 ``tokenizer.json`` (``vocab_size``, ``tokenizer_fingerprint``, ``tokenizer_model``) next to ``tokenizer.model``.

@@ -222,7 +222,8 @@ class TokenizerTrainConfig:
             raise TokenizerError(f"model_type={self.model_type!r} is invalid: use one of {MODEL_TYPES}")
         # 4 special ids + 256 byte-fallback pieces must fit with room for learned pieces.
         if self.vocab_size < 300:
-            raise TokenizerError(f"vocab_size={self.vocab_size} is invalid: need >= 300 (4 specials + 256 bytes + pieces)")
+            raise TokenizerError(f"vocab_size={self.vocab_size} is invalid: "
+                                 "need >= 300 (4 specials + 256 bytes + pieces)")
         for name in ("max_sentences", "max_chunk_bytes", "num_threads"):
             if getattr(self, name) < 1:
                 raise TokenizerError(f"{name}={getattr(self, name)} is invalid: must be >= 1")

@@ -6,8 +6,9 @@ Directory: ``config.json`` (:class:`MegamythosConfig` with ``auto_map``), ``mode
 ``generation_config.json``, ``tokenizer.json`` + ``tokenizer_config.json`` (the SentencePiece model converted to a
 ``tokenizers`` BPE that gives the same ids), and the modeling code: the two wrapper modules of this package and,
 found by following their ``from megamythos.<package>.X import`` lines, every library module they need, with those
-imports rewritten to ``from .X import`` (module file names are unique across the package) (transformers' dynamic-module loader follows relative imports of files in the
-same directory). The code is generated from the library at export time, never kept as a second copy.
+imports rewritten to ``from .X import`` (module file names are unique across the package; transformers'
+dynamic-module loader follows relative imports of files in the same directory). The code is generated from the
+library at export time, never kept as a second copy.
 """
 from __future__ import annotations
 

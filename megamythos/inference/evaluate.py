@@ -1,6 +1,6 @@
 """Held-out loss and perplexity as a function of the loop count (depth extrapolation), with and without early exit.
 
-    python -m megamythos.inference.evaluate --load runs/tiny/checkpoints --loops 1,2,4,8,16,24,32 [--exit-threshold 0.1,0.15]
+    python -m megamythos.inference.evaluate --load runs/tiny/checkpoints --loops 1,2,4,8,16,32 [--exit-threshold 0.1]
     python -m megamythos.inference.evaluate --load exported/tiny --data-path data/x_text_document --split 969,30,1
 
 The held-out data is the validation split of the training run: ``--data-path``, ``--split``, ``--seed`` and

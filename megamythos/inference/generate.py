@@ -5,8 +5,9 @@
 
 ``--load`` takes a checkpoint tag directory, a ``--save`` directory (its ``latest`` tag) or an export directory.
 The prompt and then the continuation are streamed to stdout as tokens arrive; generation stops at
-``--max-new-tokens`` or the tokenizer's eos. A JSON line with tokens/s, the mean loop count executed per token and the forward
-FLOPs per token that implies goes to stderr. The same model, prompt, options and ``--seed`` give the same text.
+``--max-new-tokens`` or the tokenizer's eos. A JSON line with tokens/s, the mean loop count executed per token and
+the forward FLOPs per token that implies goes to stderr. The same model, prompt, options and ``--seed`` give the
+same text.
 """
 from __future__ import annotations
 

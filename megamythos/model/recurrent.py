@@ -303,7 +303,8 @@ class RecurrentCore(nn.Module):
                           depth=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))
         norms, changes = [], []
         for group in self.schedule(n_loops, backprop_loops, checkpoint_each):  # no-grad loops, then grad loops
-            run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold, checkpoint_each and group.grad)
+            run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold,
+                        checkpoint_each and group.grad)
             with torch.set_grad_enabled(group.grad):
                 state, group_norms, group_changes = (self._checkpointed(self.run_loops, *run_args) if group.checkpoint
                                                      else self.run_loops(*run_args))

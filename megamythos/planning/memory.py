@@ -94,7 +94,8 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
         largest_module = max(embedding_params(c) / (1 if c.tie_embeddings else 2), dense_block_params(c) / tp)
     tokens = micro_batch * seq
     loops = c.resolved_max_loops
-    acts = tokens * c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + 34 * tokens * c.dim * w_bytes / tp + tokens * c.vocab_size * 4 / tp
+    acts = (tokens * c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + 34 * tokens * c.dim * w_bytes / tp
+            + tokens * c.vocab_size * 4 / tp)
     plan = dict(weights_gib=weight_params * w_bytes / gib, grads_gib=grads_params * w_bytes / gib,
                 optimizer_gib=opt_params * 12 / gib, gathered_working_gib=largest_module * w_bytes / gib,
                 activations_gib=acts / gib)

@@ -118,7 +118,8 @@ def _iterations(c: ModelConfig, n_loops: int) -> tuple[int, int]:
     return k, 2 if c.loop_checkpoint_segment != 1 and k > 1 else 1
 
 
-def zero_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings, n_loops: int) -> list[tuple[str, str, float, int]]:
+def zero_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings,
+               n_loops: int) -> list[tuple[str, str, float, int]]:
     """(kind, group, bytes per step, group size) of the ZeRO weight gathers and gradient reductions."""
     shards = local_params(c, layout)
     w, m = settings.weight_bytes, layout.grad_accum

@@ -38,7 +38,8 @@ class DenseLM(nn.Module):
         out_std = config.init_std / math.sqrt(2 * n_layers)
         for name, param in self.named_parameters():
             if param.ndim >= 2:
-                nn.init.normal_(param, std=out_std if name.endswith(("wo.weight", "w_down.weight")) else config.init_std)
+                is_output = name.endswith(("wo.weight", "w_down.weight"))
+                nn.init.normal_(param, std=out_std if is_output else config.init_std)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_: object) -> MythosOutput:
         """Same call and output as :class:`MythosLM` (loop arguments are ignored: depth is fixed)."""

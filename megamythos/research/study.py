@@ -284,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    settings = StudySettings(steps=args.steps or int(StudySettings.steps * args.scale), scale=args.scale, device=args.device,
-                             seed=args.seed)
+    settings = StudySettings(steps=args.steps or int(StudySettings.steps * args.scale), scale=args.scale,
+                             device=args.device, seed=args.seed)
     data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
     report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus))
     for run in report["runs"]:

@@ -189,7 +189,8 @@ def presets_epilog() -> str:
     rows = [f"  {name:6} {size(r.total):>8} total {size(r.active_per_token):>8} active/token  "
             f"dim {PRESETS[name]['dim']}, {PRESETS[name]['n_experts']} experts, {PRESETS[name]['mean_loops']} loops"
             for name, r in ((name, count(get_preset(name))) for name in PRESETS)]
-    return "presets (--preset NAME; python -m megamythos.planning.plan --preset NAME for memory plans):\n" + "\n".join(rows)
+    header = "presets (--preset NAME; python -m megamythos.planning.plan --preset NAME --gpus N for memory plans):"
+    return header + "\n" + "\n".join(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:

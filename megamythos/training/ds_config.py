@@ -15,8 +15,8 @@ from typing import Any
 from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
 from megamythos.parallel.zero import compile_leaf_section
-from megamythos.training.arguments import ArgumentError, TrainArgs
 from megamythos.planning.layout import ParallelLayout
+from megamythos.training.arguments import ArgumentError, TrainArgs
 
 
 def load_template(path: str | Path) -> dict[str, Any]:
