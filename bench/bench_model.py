@@ -42,7 +42,8 @@ from megamythos.training.monitor import cpu_model
 try:
     import open_mythos as om
 except ImportError as err:  # the reference lives only in the bench environment
-    raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, see bench/README.md") from err
+    raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, "
+                     "see bench/README.md") from err
 
 Step = Callable[[], None]
 GOALS = {"train_step_vs_reference": 3.0, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5,
