@@ -1,7 +1,7 @@
 """The base class of every error that describes a bad input rather than a bug, and how command lines report it.
 
 Each module keeps its own subclass (``ConfigError``, ``DataError``, ``CheckpointError``, ...), usually also
-deriving from ``ValueError`` or ``RuntimeError`` as before; :func:`run_cli` catches them all through
+deriving from ``ValueError`` or ``RuntimeError``; :func:`run_cli` catches them all through
 :class:`UserError`, so a new error class cannot be forgotten by one command line and remembered by another.
 """
 from __future__ import annotations

@@ -68,7 +68,7 @@ def check_tag_files(tag_dir: Path) -> None:
 
 def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
     """(``{"world_size", "tp", "ep"}``, ZeRO stage) of the run that wrote ``tag_dir``; None for what it did not
-    record (checkpoints before 2026-12-01 lack the stage)."""
+    record (older checkpoints lack the stage)."""
     path = tag_dir / TRAIN_RECORD
     record = json.loads(path.read_text()) if path.is_file() else {}
     return record.get("layout"), record.get("zero_stage")

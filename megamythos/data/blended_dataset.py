@@ -25,7 +25,7 @@ def build_blending_indices(weights: Sequence[float], size: int) -> dict[str, np.
     """``dataset_index`` int16 ``(size,)`` (which dataset) and ``dataset_sample_index`` int64 ``(size,)`` (which of
     its samples) under Megatron's greedy largest-error rule.
 
-    The rule is sequential, so the choices are one pass of scalar Python (about 0.5 s per million samples);
+    The rule is sequential, so the choices are one pass of scalar Python (timed in bench/README.md, "Data pipeline");
     the per-dataset sample numbers are then numbered with numpy. The caller caches the result.
     """
     w = [float(x) for x in weights]

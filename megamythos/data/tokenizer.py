@@ -10,7 +10,7 @@ Encoding fast path: for models where no piece contains a non-space symbol follow
 (true of every BPE model trained here: SentencePiece never merges across the start of a word), BPE merges
 never cross the point before a space that follows a non-space character. Texts are therefore cut at those
 points and each distinct segment is encoded once and cached; the result equals a whole-text ``Encode``
-exactly (tested), while repetitive text such as source code encodes several times faster.
+exactly (tested), while repetitive text such as source code encodes faster (bench/README.md, "Data pipeline").
 
 Training input is streamed: documents are cut into chunks of whole lines (at most ``max_chunk_bytes``) and a
 uniform reservoir sample of ``max_sentences`` chunks is kept, so a corpus of any size trains in bounded memory.

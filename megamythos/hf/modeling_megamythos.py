@@ -1,6 +1,6 @@
 """MythosLM as a Hugging Face causal LM: ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``.
 
-The wrapper holds the library's own :class:`MythosLM` (``self.model``; the export ships ``model.py`` and what it
+The wrapper holds the library's own :class:`MythosLM` (``self.model``; the export ships ``lm.py`` and what it
 imports next to this file), so the weights, logits and decode cache are ours: ``generate()`` keeps one
 :class:`ModelKVCache` (one latent cache per prelude layer, per loop index, per coda layer) in the ``cache`` slot
 between steps and decodes through MLA's absorbed path, as ``megamythos.inference.generate`` does.

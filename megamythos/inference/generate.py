@@ -1,4 +1,4 @@
-"""Autoregressive generation with a KV cache, free loop count and optional ACT early exit.
+"""Autoregressive generation with a KV cache, free loop count and optional per-token early exit (state convergence).
 
     python -m megamythos.inference.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \
         [--loops N] [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--seed 0] [--exit-threshold 0.1] [--tokenizer PATH]

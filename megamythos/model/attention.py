@@ -60,8 +60,8 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
 
 
 # Up to this many scores per (batch, head) the explicit-matmul path is used for bf16 on CPU; beyond, SDPA's flash
-# kernel, which never materialises the fp32 S x L scores. bench/bench_attention.py (fwd + bwd, causal, AVX-512
-# bf16 core): matmul takes 0.62-0.77x SDPA's time at S = 128, 1.05-1.36x at 256, 1.5-2.4x at 512, 2.4-5.4x beyond.
+# kernel, which never materialises the fp32 S x L scores; the crossover is measured by bench/bench_attention.py
+# (bench/README.md).
 _MATMUL_ATTENTION_MAX_SCORES = 192 * 192
 
 

@@ -77,7 +77,7 @@ class ModelConfig:
     decay_floor: float = 1e-4  # epsilon: A-bar >= epsilon
 
     # adaptive depth at inference: a token exits once ||h_{t+1} - h_t|| / ||h_{t+1}|| < exit_threshold
-    exit_threshold: float = 0.2  # the recommended rule (README Results); training logs where it would exit
+    exit_threshold: float = 0.2  # the recommended rule (docs/results.md); training logs where it would exit
 
     # mixture of experts in the recurrent block
     n_experts: int = 16
@@ -216,7 +216,7 @@ def _scaled(**fields: Any) -> dict[str, Any]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU default: ~8M parameters, trains in minutes on two cores. Truncated backprop through the last 2 loops:
-    # the default run's measured recipe (README Results: depth then pays >= 2% and 2x depth is no worse).
+    # the default run's measured recipe (docs/results.md: depth then pays >= 2% and 2x depth is no worse).
     "tiny": dict(vocab_size=8192, dim=256, n_heads=8, n_kv_heads=2, max_seq_len=512, mean_loops=4,
                  prelude_layers=1, coda_layers=1, kv_lora_rank=64, q_lora_rank=128, qk_rope_head_dim=16,
                  qk_nope_head_dim=32, v_head_dim=32, n_experts=16, n_shared_experts=1, num_experts_per_tok=2,

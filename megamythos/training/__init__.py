@@ -1,1 +1,1 @@
-"""DeepSpeed pretraining: arguments, ds_config, layout, schedules, checkpoints, telemetry, signals, the loop."""
+"""DeepSpeed pretraining: arguments, ds_config, schedules, checkpoints, telemetry, signals, the loop."""
