@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine with only python3 + pip:
 #   make pretrain   trains the tiny preset on CPU on the embedded stdlib corpus
-#   make test       runs the test suite
+#   make test       runs the test suite (make test-fast: the unit-level part, without trainer launches)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,20 +9,31 @@ TORCH_SPEC ?= torch==2.13.0
 # Where torch caches JIT-built extensions; launchers/pretrain.sh (megamythos/training/launch.py) uses the same.
 TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
+# Every step says what it does before it starts (pip prints a line per package it collects).
 $(BIN)/.installed: setup.py
+	@command -v c++ >/dev/null || { echo "error: no C++ compiler (c++) on PATH: DeepSpeed builds its CPU comm op \
+	with it; install one (Debian/Ubuntu: apt-get install g++) and run make again" >&2; exit 2; }
+	@echo "[1/4] creating $(VENV)"
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(MAKE) prebuild-ops
+	@echo "[2/4] installing $(TORCH_SPEC) (CPU wheel)"
+	$(BIN)/python -m pip install --progress-bar off --upgrade pip | grep -v '^Requirement already' || true
+	$(BIN)/python -m pip install --progress-bar off "$(TORCH_SPEC)" | grep -E '^(Collecting|Successfully)' || true
+	@echo "[3/4] installing megamythos with its dev extras (about 2 minutes)"
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]" | grep -E '^(Collecting|Successfully)' || true
+	$(BIN)/python -c "import megamythos, deepspeed, torch"
+	@echo "[4/4] prebuilding DeepSpeed's CPU comm op"
+	$(MAKE) --no-print-directory prebuild-ops
 	touch $@
 
 # deepspeed.init_distributed() JIT-builds DeepSpeed's shared-memory comm op on CPU at first use (~30 s, ~1.6 GB
-# peak): build it here, once, so that the first `make pretrain` starts at once. No-op where the accelerator
-# has no such op (CUDA).
+# peak): build it here, once, so that the first `make pretrain` starts at once. The build runs with the venv
+# first on PATH, as `make pretrain` and `make test` do: the same ninja (the venv's, a DeepSpeed dependency) and
+# compiler, so the first launch finds the op built and builds nothing. No-op where the accelerator has no such
+# op (CUDA).
 prebuild-ops:
 	@echo "building DeepSpeed's CPU comm op into $(TORCH_EXTENSIONS_DIR) (once, ~30 s)..."
-	TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(BIN)/python -c \
+	"from deepspeed.accelerator import get_accelerator; \
 	builder = get_accelerator().create_op_builder('ShareMemCommBuilder'); builder and builder.load(verbose=False)"
 
 install: $(BIN)/.installed
@@ -33,4 +44,8 @@ pretrain: $(BIN)/.installed
 test: $(BIN)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-.PHONY: install prebuild-ops pretrain test
+# The unit-level set (< 3 min on 2 CPU cores): every test but those marked `launch` (real trainer launches).
+test-fast: $(BIN)/.installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not launch" $(PYTEST_ARGS)
+
+.PHONY: install prebuild-ops pretrain test test-fast

@@ -7,7 +7,9 @@ same losses. One launch per form (module fixtures), one at a time; the two simul
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,8 @@ from megamythos.training.launch import (
     split_launcher_flags,
     trainer_defaults,
 )
-from tests.helpers import LAUNCHER, finish, free_port, launch_env, losses, spawn, tiny_args
+from megamythos.training.rendezvous import port_free
+from tests.helpers import LAUNCHER, finish, free_port, launch_env, losses, spawn, tiny_args, trains
 from tests.helpers import deepspeed_command as design_form
 
 ITERS = 2
@@ -40,8 +43,9 @@ def test_script_is_valid_bash_and_python():
 def test_defaults_fill_only_what_is_missing_and_apply_once():
     argv = ["--save", "runs/a/ckpt", "--train-tokens", "1000"]
     defaults = trainer_defaults(argv, gpu=False, env={})
-    assert defaults[:8] == ["--load", "runs/a/ckpt", "--tensorboard-dir", "runs/a/tensorboard", "--metrics-file",
-                            "runs/a/metrics.jsonl", "--ds-config", str(REPO / "ds_configs" / "cpu-debug.json")]
+    # --save names the run folder: its logs go inside it, never beside it (two runs side by side share nothing)
+    assert defaults[:8] == ["--load", "runs/a/ckpt", "--tensorboard-dir", "runs/a/ckpt/tensorboard", "--metrics-file",
+                            "runs/a/ckpt/metrics.jsonl", "--ds-config", str(REPO / "ds_configs" / "cpu-debug.json")]
     assert "--train-iters" not in defaults  # --train-tokens sets the length
     assert trainer_defaults([*defaults, *argv], gpu=False, env={}) == []
     assert trainer_defaults(["--ds-config=x.json"], gpu=True, env={"RUN_DIR": "/r"}) == [
@@ -65,6 +69,9 @@ def test_bash_form_takes_the_launcher_flags_in_either_spelling():
     assert deepspeed_command(launcher, trainer, gpu=False, env={}) == [
         "deepspeed", "--master_port", "7", "--num_gpus", "2", "--hostfile", "h", "--node_rank", "1", "--no_ssh",
         "--module", "megamythos.training.pretrain", "--lr", "1", "--seed", "3"]
+    single = deepspeed_command({}, [], gpu=False, env={})  # one node, no port given: a free one, not 29500
+    assert single[1] == "--master_port" and port_free(int(single[2]))
+    assert deepspeed_command({"hostfile": "h"}, [], gpu=False, env={})[1:3] == ["--master_port", "29500"]
     include = split_launcher_flags(["--include", "localhost:0"])[0]  # deepspeed refuses --num_gpus with it
     assert deepspeed_command(include, [], gpu=False, env={"MASTER_PORT": "9"})[:5] == [
         "deepspeed", "--master_port", "9", "--include", "localhost:0"]
@@ -113,9 +120,17 @@ def trainer_record(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
+@trains
 def bash1(tmp_path_factory, corpus) -> Path:
-    cmd = ["bash", str(LAUNCHER), "--num-gpus", "1", "--master-port", str(free_port()), *trainer_args(corpus)]
-    return train(cmd, tmp_path_factory.mktemp("bash1"))
+    """The bash form without --master-port while another program holds deepspeed's default port 29500 (as
+    another job's store would: IPv6, dual stack): a single-node launch picks a free port itself."""
+    cmd = ["bash", str(LAUNCHER), "--num-gpus", "1", *trainer_args(corpus)]
+    with contextlib.ExitStack() as stack:
+        if port_free(29500):
+            busy = stack.enter_context(socket.socket(socket.AF_INET6))
+            busy.bind(("", 29500))
+            busy.listen()
+        return train(cmd, tmp_path_factory.mktemp("bash1"))
 
 
 @pytest.mark.distributed
@@ -130,6 +145,7 @@ def test_deepspeed_form_is_the_bash_form(bash1, tmp_path, corpus):
 
 
 @pytest.fixture(scope="module")
+@trains
 def no_python2(tmp_path_factory, corpus) -> Path:
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "--no_python", str(LAUNCHER),
            *trainer_args(corpus)]
@@ -174,3 +190,13 @@ def test_bash_flag_under_deepspeed_is_refused_in_one_line(tmp_path, corpus):
     assert errors == ["error: --num-gpus is a flag of `bash launchers/pretrain.sh`; under `deepspeed` use --num_gpus "
                       "before the script: deepspeed --num_gpus N launchers/pretrain.sh ..."]  # rank 0 only
     assert "Traceback" not in text and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_port_held_in_either_address_family_is_not_free():
+    """torch's store listens dual-stack on IPv6: an IPv4-only probe took such a port for free (the EADDRINUSE
+    traceback after a minute of start-up)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with socket.socket(family) as busy:
+            busy.bind(("", 0))
+            busy.listen()
+            assert not port_free(busy.getsockname()[1]), family

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from megamythos.errors import UserError
+from megamythos.training.rendezvous import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +90,19 @@ def given(argv: Sequence[str], *flags: str) -> bool:
 def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> list[str]:
     """Trainer flags that ``argv`` leaves out, to put before it.
 
-    Checkpoints go to ``$RUN_DIR/checkpoints`` (default ``runs/tiny``) and the run resumes from where it saves;
-    TensorBoard and the metrics file sit next to the checkpoints. Without a GPU the default is the CPU debug run
+    Everything a run writes stays in its run folder: without ``--save``, ``$RUN_DIR`` (default ``runs/tiny``)
+    holds ``checkpoints/``, ``tensorboard/`` and ``metrics.jsonl``; with ``--save DIR``, DIR is the run folder
+    and the logs go inside it (``DIR/tensorboard``, ``DIR/metrics.jsonl``), so two runs never share a log. The
+    run resumes from where it saves. Without a GPU the default is the CPU debug run
     (``ds_configs/cpu-debug.json``: bf16, 400 iterations of 4 x 128 tokens, a checkpoint and a validation every 100).
     Applying it to its own output adds nothing, so every form of the launcher may call it.
     """
-    save = flag_value(argv, "--save") or str(Path(env.get("RUN_DIR", REPO / "runs" / "tiny")) / "checkpoints")
-    logs = Path(save).parent
+    save = flag_value(argv, "--save")
+    if save is None:
+        logs = Path(env.get("RUN_DIR", REPO / "runs" / "tiny"))
+        save = str(logs / "checkpoints")
+    else:
+        logs = Path(save)
     wanted = {"--save": save, "--load": save, "--tensorboard-dir": str(logs / "tensorboard"),
               "--metrics-file": str(logs / "metrics.jsonl")}
     if gpu:
@@ -148,11 +155,18 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
     return launcher, trainer
 
 
+def multi_node(launcher: Mapping[str, str | None]) -> bool:
+    """Whether the launcher flags start (or join) a job on more than this node."""
+    return bool({"hostfile", "node_rank", "master_addr"} & launcher.keys()) or int(launcher.get("num_nodes") or 1) > 1
+
+
 def deepspeed_command(launcher: Mapping[str, str | None], trainer: Sequence[str], gpu: bool,
                       env: Mapping[str, str]) -> list[str]:
     """The ``deepspeed`` command of ``bash launchers/pretrain.sh``: ``--node_rank`` starts this node only (no
-    ssh); on CPU one process unless ``--num_gpus`` or ``--include/--exclude`` says otherwise."""
-    flags = {"master_port": env.get("MASTER_PORT", DEFAULT_MASTER_PORT), **launcher}
+    ssh); on CPU one process unless ``--num_gpus`` or ``--include/--exclude`` says otherwise. A single-node job
+    without ``--master_port`` (or ``MASTER_PORT``) rendezvouses on a free port; a multi-node one on 29500."""
+    port = env.get("MASTER_PORT") or (DEFAULT_MASTER_PORT if multi_node(launcher) else str(free_port()))
+    flags = {"master_port": port, **launcher}
     if "node_rank" in flags:
         flags["no_ssh"] = None
     if not gpu and not {"num_gpus", "include", "exclude"} & flags.keys():

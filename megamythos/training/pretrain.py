@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import random
-import socket
 import sys
 import time
 import warnings
@@ -46,6 +45,7 @@ from megamythos.training.checkpointing import (
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
+from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import LRSchedule, build_scheduler
 from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank, join_supervisor_group
 
@@ -64,25 +64,13 @@ def init_distributed() -> tuple[int, int]:
 
     if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if os.environ["RANK"] == "0":
         check_master_port(int(os.environ["MASTER_PORT"]))
     logger.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
                 "unless `make install` prebuilt it)")
     deepspeed.init_distributed()
     return dist.get_rank(), dist.get_world_size()
-
-
-def check_master_port(port: int) -> None:
-    """Rank 0 hosts the rendezvous on ``port``: refuse one that another program listens on (else: a traceback
-    after the DeepSpeed start-up, or a wait on someone else's store)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError as err:
-            raise UserError(f"--master-port {port} is in use ({err.strerror}); pass another --master-port to the "
-                            "launcher") from err
 
 
 def seed_everything(seed: int) -> None:
