@@ -17,7 +17,7 @@
 #
 # Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ; further flags go to the trainer.
 # It runs `deepspeed --hostfile ... --module megamythos.training.pretrain <layout flags> ...` (the dry run prints it).
-# The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load and logs next to --save):
+# The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load, and logs inside --save):
 #   deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 launchers/pretrain.sh --preset 1t \
 #     --ds-config ds_configs/1t.json --tp 8 --ep 128 --zero 3 --bf16 ... --save ckpt/1t
 set -euo pipefail
@@ -27,6 +27,11 @@ LAYOUT=(--preset 1t --gpus "$(( ${NODES:-128} * ${GPUS_PER_NODE:-8} ))" --gpus-p
         --tp "${TP:-8}" --ep "${EP:-128}" --zero 3 --micro-batch-size "${MICRO:-1}"
         --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}" --loop-checkpoint-segment 0
         --ds-config "$REPO/ds_configs/1t.json" --gpu-memory-gb 80 141 --plan --hostfile "${HOSTFILE:-hostfile}")
+if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
+  sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
+  echo "Trainer flags: python -m megamythos.training.pretrain --help; layout flags: python -m megamythos.planning.plan --help"
+  exit 0
+fi
 if [[ "${1:-}" == "--dry-run" ]]; then
   shift
   exec python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "$@"

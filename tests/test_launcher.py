@@ -200,3 +200,14 @@ def test_a_port_held_in_either_address_family_is_not_free():
             busy.bind(("", 0))
             busy.listen()
             assert not port_free(busy.getsockname()[1]), family
+
+
+def test_help_of_both_launchers_lists_the_launcher_flags_without_starting_deepspeed():
+    env = launch_env()
+    bash = subprocess.run(["bash", str(LAUNCHER), "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert bash.returncode == 0, bash.stderr
+    assert "--num-gpus N" in bash.stdout and "--hostfile FILE" in bash.stdout and "--train-iters" in bash.stdout
+    assert "deepspeed" not in bash.stderr.lower()  # answered before any runner or rank starts
+    big = subprocess.run(["bash", str(LAUNCHER.parent / "pretrain_1t.sh"), "--help"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert big.returncode == 0 and "--dry-run" in big.stdout and "NODES" in big.stdout, big.stderr

@@ -294,10 +294,29 @@ def supervise(cmd: list[str], latest: Path) -> int:
     return 0 if saved else 1
 
 
+def usage() -> str:
+    """``bash launchers/pretrain.sh --help``: the launcher's own flags, then every trainer flag."""
+    from megamythos.training.arguments import build_parser
+
+    flags = "\n".join(f"  --{name.replace('_', '-')}{' ' + metavar if metavar else ''}"
+                      for name, metavar in LAUNCHER_FLAGS.items())
+    return (f"usage: bash {SCRIPT} [launcher flags] [trainer flags]\n"
+            f"       deepspeed [deepspeed flags] {SCRIPT} [trainer flags]\n\n"
+            "launcher flags (bash form; `-` or `_`; under `deepspeed` give them to deepspeed before the script):\n"
+            f"{flags}\n  (single node without --master-port: a free port; CPU: one process unless --num-gpus)\n\n"
+            "defaults for what you leave out: the run folder $RUN_DIR (runs/tiny) holds checkpoints/ (--save and\n"
+            "--load), tensorboard/ and metrics.jsonl (with --save DIR: inside DIR); on CPU ds_configs/cpu-debug.json,\n"
+            "--seq-length 128, --train-iters 400, a checkpoint and a validation every 100 steps\n\n"
+            + build_parser().format_help())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``launchers/pretrain.sh``; a rank when ``LOCAL_RANK`` is set, else the outer launcher."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if "LOCAL_RANK" not in os.environ and {"-h", "--help"} & set(argv):
+            print(usage())
+            return 0
         if "LOCAL_RANK" in os.environ:
             return run_rank(argv)
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
