@@ -351,24 +351,29 @@ def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(corpus, t
     assert "Traceback" not in out.stderr
 
 
-def test_release_shm_buffer_unlinks_this_ranks_deepspeed_buffer(monkeypatch, tmp_path):
-    """DeepSpeed's CPU shm allreduce never removes its 66 MB /dev/shm buffer; the trainer unlinks its rank's."""
-    from megamythos.training.pretrain import release_shm_buffer
+def test_shm_buffers_own_released_and_those_of_dead_runs_removed(monkeypatch, tmp_path):
+    """DeepSpeed's CPU shm allreduce never removes its 66 MB /dev/shm buffer: the trainer unlinks its rank's at
+    exit, and a launch removes this user's buffers that no live process maps (ranks killed with -9)."""
+    import mmap
+
+    from megamythos.training.shm import SHM, release_own_buffer, remove_stale_buffers
 
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "1")  # a port no real run uses
     monkeypatch.setenv("RANK", "7")
     monkeypatch.setenv("LOCAL_RANK", "7")
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
+    if not SHM.is_dir():
         pytest.skip("no /dev/shm")
-    mine = shm / f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_7"
-    other = shm / f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_6"
-    mine.write_bytes(b"x")
-    other.write_bytes(b"x")
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_"
+    mine, live, dead = (SHM / f"{name}{rank}" for rank in (7, 6, 5))
+    for path in (mine, live, dead):
+        path.write_bytes(b"x" * 4096)
     try:
-        release_shm_buffer()
-        assert not mine.exists() and other.exists()
+        release_own_buffer()
+        assert not mine.exists() and live.exists()
+        with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096):  # a live rank maps its buffer
+            assert dead.name in remove_stale_buffers()
+            assert live.exists() and not dead.exists()
     finally:
-        mine.unlink(missing_ok=True)
-        other.unlink(missing_ok=True)
+        for path in (mine, live, dead):
+            path.unlink(missing_ok=True)

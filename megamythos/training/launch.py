@@ -251,7 +251,8 @@ def adopt_orphans() -> None:
 def supervise(cmd: list[str], latest: Path) -> int:
     """Run ``cmd`` (the deepspeed launcher) and return its exit code. On SIGTERM, SIGINT or SIGHUP, send SIGTERM
     to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
-    and return 0 if a checkpoint was completed after the signal (``latest`` rewritten), else 1."""
+    and return 0 if a checkpoint was completed after the signal (``latest`` rewritten), else 1. The same when
+    the runner alone is killed by a signal: its ranks notice, save and stop, and are waited for."""
     import psutil
 
     from megamythos.training.signals import SUPERVISOR_GROUP_ENV
@@ -276,6 +277,10 @@ def supervise(cmd: list[str], latest: Path) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
     code = proc.wait()
+    if code < 0 and not signalled:  # the runner alone died of a signal: its ranks (adopted) save and stop
+        logger.info("the deepspeed runner ended by %s; waiting for the ranks to save", signal.Signals(-code).name)
+        signalled.append(time.time())
+        ranks.extend(training_ranks())
     if not signalled:
         return code
     # the runner may have died of the same signal (a signal to the process group): its launch.py and ranks are

@@ -47,6 +47,7 @@ from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import LRSchedule, build_scheduler
+from megamythos.training.shm import release_own_buffer, remove_stale_buffers
 from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank, join_supervisor_group
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def init_distributed() -> tuple[int, int]:
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if os.environ["RANK"] == "0":
         check_master_port(int(os.environ["MASTER_PORT"]))
+        remove_stale_buffers()
     logger.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
                 "unless `make install` prebuilt it)")
     deepspeed.init_distributed()
@@ -383,16 +385,6 @@ def train(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def release_shm_buffer() -> None:
-    """Unlink this rank's ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (66 MB): DeepSpeed's
-    CPU shared-memory allreduce creates it and never removes it, so every launch would leave one per rank in
-    memory-backed /dev/shm. Called after the process group is gone; other ranks keep their own mappings."""
-    env = os.environ
-    prefix = f"deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}"
-    for rank in {env.get("RANK"), env.get("LOCAL_RANK")} - {None}:
-        (Path("/dev/shm") / f"{prefix}_{rank}").unlink(missing_ok=True)
-
-
 def _quiet(argv: Sequence[str] | None) -> int:
     """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it."""
     try:
@@ -415,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-        release_shm_buffer()
+        release_own_buffer()
 
 
 if __name__ == "__main__":
