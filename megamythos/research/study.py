@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
     parser.add_argument("--wikitext-dir", default=None)
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
-    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--out", default="bench/results/study", help="results go to OUT/CORPUS/")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies width and steps")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--device", default="cpu")
