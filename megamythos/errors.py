@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 CLI_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 TIMED_CLI_LOG_FORMAT = f"%(asctime)s {CLI_LOG_FORMAT}"  # for the long-running data and tokenizer tools
@@ -19,6 +21,28 @@ TIMED_CLI_LOG_FORMAT = f"%(asctime)s {CLI_LOG_FORMAT}"  # for the long-running d
 
 class UserError(Exception):
     """A missing file, bad flag or inconsistent input: reported in one line, exit code 2, no traceback."""
+
+
+def read_json_object(path: str | os.PathLike, error: type[UserError], remedy: str) -> dict[str, Any]:
+    """The JSON object stored in ``path`` (a record a run wrote, a config a user gave).
+
+    An empty file, invalid JSON, a value other than an object, or a file that cannot be read raises ``error``
+    with one line naming the file, what is wrong with it and ``remedy``.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path} cannot be read ({err}); {remedy}") from err
+    if not text.strip():
+        raise error(f"{path} is empty; {remedy}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path} is not valid JSON ({err}); {remedy}") from err
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not an object; {remedy}")
+    return data
 
 
 class ArgumentParser(argparse.ArgumentParser):

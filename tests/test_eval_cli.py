@@ -20,7 +20,7 @@ from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import TextStreamer
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
-from tests.helpers import REPO, launch_env, tiny_args
+from tests.helpers import REPO, launch_env, synthetic_documents, tiny_args
 
 ITERS = 8  # conftest.TINY_RUN_ITERS: the shared tiny_checkpoint (ZeRO-0, a checkpoint every 2, last 4 kept)
 GEN = ["--prompt", "def main(", "--max-new-tokens", "12"]
@@ -123,8 +123,8 @@ def other_tokenizer(tmp_path_factory) -> Path:
     from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     out = tmp_path_factory.mktemp("tok")
-    texts = [f"line {i} of some other corpus with words {i * 7} and more words\n" * 20 for i in range(200)]
-    train_tokenizer(texts, TokenizerTrainConfig(vocab_size=384, model_prefix=str(out / "other")))
+    train_tokenizer(synthetic_documents(300, seed=4),
+                    TokenizerTrainConfig(vocab_size=384, model_prefix=str(out / "other"), num_threads=1))
     return out / "other.model"
 
 

@@ -42,6 +42,7 @@ DTYPE_CODES: dict[int, type[np.number]] = {
     1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
 }
 _CODE_OF_DTYPE = {np.dtype(t): c for c, t in DTYPE_CODES.items()}
+TOKEN_SCAN_CHUNK = 1 << 24  # tokens per step of IndexedDataset.check_token_ids (32 MiB of uint16)
 
 
 class IndexedDatasetError(UserError, RuntimeError):
@@ -161,6 +162,25 @@ class IndexedDataset:
             raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: negative sequence length; the index is corrupt")
         if np.any(np.diff(self.document_indices) < 0):
             raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: document indices decrease; the index is corrupt")
+
+    def check_token_ids(self, vocab_size: int, remedy: str) -> None:
+        """Raise :class:`IndexedDatasetError` naming the ``.bin``, the offending id and ``remedy`` if a token id
+        lies outside ``[0, vocab_size)`` (an embedding lookup of it would fail mid-run).
+
+        One vectorised pass (max, and min for signed dtypes) over the mapped tokens, ``TOKEN_SCAN_CHUNK`` at a
+        time, so memory stays bounded whatever the dataset's size.
+        """
+        signed = self.dtype.kind == "i"
+        for start in range(0, self._bin.size, TOKEN_SCAN_CHUNK):
+            chunk = self._bin[start:start + TOKEN_SCAN_CHUNK]
+            bad = int(chunk.max())
+            if bad < vocab_size and signed:
+                bad = min(bad, int(chunk.min()))
+            if bad >= vocab_size or bad < 0:
+                raise IndexedDatasetError(
+                    f"{bin_path(self.path_prefix)} holds token id {bad} but the vocabulary has {vocab_size} "
+                    f"ids (0..{vocab_size - 1}); {remedy}"
+                )
 
     def __len__(self) -> int:
         return len(self.sizes)

@@ -13,7 +13,8 @@ from megamythos.data.tokenizer import Tokenizer
 
 def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | None = None,
                     max_sample_tokens: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`), then report on it.
+    """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`), then report on it. The token ids
+    are checked against the vocabulary too when it is known: ``tokenizer_model``'s, else the recorded one.
 
     Returns ``{"prefix", "dtype", "sequences", "documents", "tokens", "bin_bytes", "idx_bytes", "length_min",
     "length_mean", "length_max", "metadata", "samples"}`` where ``samples`` maps a document index to its first
@@ -22,6 +23,12 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     dataset = IndexedDataset(prefix)
     dataset.validate()
     metadata = read_dataset_metadata(prefix)
+    model = tokenizer_model or (metadata or {}).get("tokenizer_model")
+    tokenizer = Tokenizer(model) if model else None
+    vocab_size = tokenizer.vocab_size if tokenizer else (metadata or {}).get("vocab_size")
+    if vocab_size is not None:
+        dataset.check_token_ids(int(vocab_size), "the dataset was not tokenised with this tokenizer, or its .bin is "
+                                                 "corrupt; rebuild it with data_prep/preprocess_data.py")
     sizes = dataset.sizes
     report: dict[str, Any] = {
         "prefix": prefix,
@@ -37,9 +44,7 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
         "metadata": metadata,
         "samples": {},
     }
-    model = tokenizer_model or (metadata or {}).get("tokenizer_model")
-    if model and len(dataset):
-        tokenizer = Tokenizer(model)
+    if tokenizer is not None and len(dataset):
         picks = np.random.default_rng(seed).choice(len(dataset), size=min(num_samples, len(dataset)), replace=False)
         for i in sorted(int(p) for p in picks):
             report["samples"][i] = tokenizer.decode(dataset.get(i, 0, min(int(sizes[i]), max_sample_tokens)))

@@ -23,11 +23,19 @@ from typing import Any
 
 from megamythos.data.atomic import atomic_open
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import UserError
+from megamythos.errors import UserError, read_json_object
+
+RECORD_KEYS = ("vocab_size", "tokenizer_fingerprint", "tokenizer_model")
+RECORD_REMEDY = ("rebuild the dataset with data_prep/preprocess_data.py, or restore the checkpoint's tokenizer.json "
+                 "(or use another checkpoint tag)")
 
 
 class DatasetMismatchError(UserError, ValueError):
     """Two datasets (or a dataset and a tokenizer) were made with different vocabularies."""
+
+
+class MetadataError(UserError, ValueError):
+    """A tokenizer record (a dataset's ``P.json``, a checkpoint's ``tokenizer.json``) is empty or invalid."""
 
 
 def metadata_path(prefix: str) -> str:
@@ -62,11 +70,14 @@ def write_tokenizer_record(record_path: str | os.PathLike, copy_path: str | os.P
 
 def read_tokenizer_record(record_path: str | os.PathLike) -> dict[str, Any] | None:
     """A record written by :func:`write_tokenizer_record`, ``tokenizer_model`` resolved to an absolute path;
-    None if there is no such file."""
+    None if there is no such file. An empty or invalid file, or one without the tokenizer fields, raises
+    :class:`MetadataError` naming it."""
     if not os.path.isfile(record_path):
         return None
-    with open(record_path) as handle:
-        record = json.load(handle)
+    record = read_json_object(record_path, MetadataError, RECORD_REMEDY)
+    missing = [key for key in RECORD_KEYS if key not in record]
+    if missing:
+        raise MetadataError(f"{record_path} lacks {', '.join(missing)}; {RECORD_REMEDY}")
     record["tokenizer_model"] = os.path.join(os.path.dirname(os.path.abspath(record_path)), record["tokenizer_model"])
     return record
 

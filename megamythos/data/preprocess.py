@@ -5,9 +5,9 @@ Pipeline: the main process of each partition reads records (:mod:`megamythos.dat
 output does not depend on ``workers`` (and, since partitions are merged in order, not on ``partitions``).
 At most ``2 * workers`` batches are in flight, so memory stays bounded on any input size.
 
-Bad records (non-UTF-8 bytes, malformed JSON, a missing key, an empty document) are counted and logged with
-file and line and skipped, or raise :class:`BadInputError` with ``strict``; an input that yields no document at
-all raises it too (nothing is written).
+Bad records (non-UTF-8 bytes, malformed JSON, a missing key, a non-string value, an empty document) are counted
+and logged with file and line and skipped, or raise :class:`BadInputError` with ``strict``; an input that yields
+no document at all raises it too (nothing is written).
 
 Crash safety: a dataset becomes visible (``dataset_exists``: ``.bin`` and ``.idx``) only complete and with its
 tokenizer record: the record is written, and an existing ``.idx`` of the same prefix removed, before the ``.idx``
@@ -40,6 +40,7 @@ from megamythos.data.indexed_dataset import (
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata, write_dataset_metadata
 from megamythos.data.sources import (
+    MISSING_KEY,
     RawRecord,
     expand_inputs,
     iter_file_records,
@@ -59,13 +60,15 @@ class BadInputError(UserError, ValueError):
 
 
 def _check_not_empty(config: PreprocessConfig, stats: PreprocessStats) -> None:
-    """Refuse to write a dataset without documents (typically: the text is under another JSON key)."""
+    """Refuse to write a dataset without documents; the ``--json-keys`` hint only when some records were objects
+    without the key (the text may be under another one), not for binary, non-UTF-8 or malformed input."""
     if stats.documents:
         return
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(stats.skipped_by_reason.items())) or "no records"
     source = config.hf_dataset or " ".join(config.inputs)
-    raise BadInputError(f"{source} gave no documents ({reasons}); if the text is under another key, pass "
-                        f"--json-keys KEY (now {' '.join(config.json_keys)}); nothing was written")
+    hint = (f"; if the text is under another key, pass --json-keys KEY (now {' '.join(config.json_keys)})"
+            if any(r.startswith(MISSING_KEY) for r in stats.skipped_by_reason) else "")
+    raise BadInputError(f"{source} gave no documents ({reasons}){hint}; nothing was written")
 
 
 def _announce(prefix: str, tokenizer: Tokenizer, **fields: object) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from megamythos.data.gpt_dataset import build_train_valid_test_datasets, parse_data_path
+from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.sampler import PretrainingSampler
 from megamythos.errors import UserError
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SPLIT = "969,30,1"
 DEFAULT_SEED = 1234
+OUT_OF_VOCABULARY_REMEDY = ("use data tokenised with the model's tokenizer (data_prep/preprocess_data.py), or rebuild "
+                            "the dataset if its .bin is corrupt")
 
 
 class DataError(UserError, ValueError):
@@ -61,11 +64,14 @@ class DataSetup:
 
 
 def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
-    """Check that every dataset of ``data_path`` exists and was tokenised with one ``vocab_size`` tokenizer.
+    """Check that every dataset of ``data_path`` exists, was tokenised with one ``vocab_size`` tokenizer and holds
+    only token ids below ``vocab_size``.
 
-    Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's, and
-    ``DatasetMismatchError`` for datasets built with different tokenizers, before any sample is read. A dataset
-    without a metadata record (made by Megatron's tools) cannot be checked and is accepted with a warning.
+    Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's,
+    ``DatasetMismatchError`` for datasets built with different tokenizers, and ``IndexedDatasetError`` for a
+    corrupt dataset or a token id outside the vocabulary (one vectorised pass over each ``.bin``), before any
+    sample is read. A dataset without a metadata record (made by Megatron's tools) is accepted with a warning if
+    its token ids fit.
     """
     prefixes, _ = parse_data_path(data_path)
     records = {}
@@ -86,14 +92,16 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
         for other, record in records.items():
             check_same_vocabulary(other, record, prefix, meta)
         records[prefix] = meta
+        IndexedDataset(prefix).check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY)
     known = [r for r in records.values() if r is not None]
     return DataSetup(list(data_path), known[0]["tokenizer_model"] if known else None,
                      known[0]["tokenizer_fingerprint"] if known else None)
 
 
 def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, global_batch: int,
-                   min_valid_samples: int = 0) -> tuple[Any, Any]:
-    """(train, valid) datasets sized for the run: every training step and every evaluation.
+                   min_valid_samples: int = 0, extra_train_samples: int = 0) -> tuple[Any, Any]:
+    """(train, valid) datasets sized for the run: every training step and every evaluation, plus
+    ``extra_train_samples`` training samples (those the trainer's rollbacks may skip).
 
     ``min_valid_samples`` lets a later evaluation ask for more held-out samples than the run drew; the split's
     documents and the seed stay those of the run, and so does the sample order while both requests fit in one
@@ -102,7 +110,7 @@ def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, g
     evals = (total_iters // recipe.eval_interval + 1) * recipe.eval_iters if recipe.eval_interval else 0
     train, valid, _ = build_train_valid_test_datasets(
         data_path=data_path, split=recipe.split, seq_length=recipe.seq_length, seed=recipe.seed,
-        train_valid_test_num_samples=(total_iters * global_batch,
+        train_valid_test_num_samples=(total_iters * global_batch + extra_train_samples,
                                       max(max(evals, 1) * global_batch, min_valid_samples), 0),
         cache_dir=recipe.data_cache_dir)
     return train, valid

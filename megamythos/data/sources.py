@@ -22,6 +22,7 @@ import zstandard
 from megamythos.errors import UserError
 
 TEXT, JSON, ROW = "text", "json", "row"
+MISSING_KEY = "missing key"  # the skip reason of an object without the key: the text may be under another one
 
 
 class InputError(UserError, ValueError):
@@ -90,15 +91,23 @@ def _text_documents(path: str, blank_line_separated: bool) -> Iterator[RawRecord
 
 
 def _parquet_rows(path: str, keys: tuple[str, ...]) -> Iterator[RawRecord]:
+    """Rows of a Parquet file; a file pyarrow cannot read (not Parquet, truncated, corrupt) raises
+    :class:`InputError` naming it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
-    columns = [k for k in keys if k in parquet.schema_arrow.names]
     number = 0
-    for batch in parquet.iter_batches(columns=columns or None, batch_size=1024):
-        for row in batch.to_pylist():
-            number += 1
-            yield RawRecord(path, number, ROW, row)
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = [k for k in keys if k in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(columns=columns or None, batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield RawRecord(path, number, ROW, row)
+    except pa.ArrowException as err:
+        where = f" after row {number}" if number else ""
+        raise InputError(f"{path} is not a readable Parquet file{where} ({' '.join(str(err).split())}); re-download "
+                         "or re-export it, or rename it if it holds another format (read by suffix)") from err
 
 
 def _dataset_rows(dataset: Any, source: str) -> Iterator[RawRecord]:
@@ -158,7 +167,8 @@ def iter_hub_records(name: str, config: str | None, split: str, streaming: bool)
 def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | None, str | None]:
     """The texts of ``keys`` in ``record``, or ``(None, reason)`` if the record must be skipped.
 
-    Reasons: ``non-UTF-8 bytes``, ``malformed JSON``, ``missing key 'K'``, ``empty document``.
+    Reasons: ``non-UTF-8 bytes``, ``malformed JSON``, ``missing key 'K'`` (the record is an object without
+    ``K``), ``non-string value of key 'K'`` (e.g. ``{"text": 5}``), ``empty document``.
     """
     data = record.data
     if record.kind in (TEXT, JSON):
@@ -181,9 +191,11 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | 
                 return None, "malformed JSON (not an object)"
         texts = []
         for key in keys:
-            value = data.get(key)
+            if key not in data:
+                return None, f"{MISSING_KEY} {key!r}"
+            value = data[key]
             if not isinstance(value, str):
-                return None, f"missing key {key!r}"
+                return None, f"non-string value of key {key!r} ({type(value).__name__})"
             texts.append(value)
     if any(not t.strip() for t in texts):
         return None, "empty document"

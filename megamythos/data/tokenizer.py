@@ -43,6 +43,8 @@ SPACE_SYMBOL = "\u2581"
 _SEGMENT = re.compile(r" *[^ ]*")
 _BPE = 2  # TrainerSpec.ModelType.BPE
 MAX_CACHED_TOKENS = 50_000_000
+# SentencePiece's error when the text yields fewer pieces than asked ("... Please set it to a value <= 3731.")
+_VOCAB_TOO_HIGH = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)")
 
 
 class TokenizerError(UserError, ValueError):
@@ -272,7 +274,8 @@ def reservoir_sample(items: Iterable[str], k: int, seed: int) -> tuple[list[str]
 def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> Tokenizer:
     """Train a SentencePiece model on a stream of documents and return it (written to ``PREFIX.model``/``.vocab``).
 
-    The documents are consumed once; at most ``config.max_sentences`` line chunks are held in memory.
+    The documents are consumed once; at most ``config.max_sentences`` line chunks are held in memory. A text that
+    yields fewer than ``config.vocab_size`` pieces raises :class:`TokenizerError` naming the size it reached.
     """
     out_dir = Path(config.model_prefix).parent
     try:  # before reading any input
@@ -287,6 +290,22 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
         raise TokenizerError("no non-empty text to train the tokenizer on")
     logger.info("training %s tokenizer (vocab %d) on %d of %d chunks", config.model_type, config.vocab_size,
                 len(sample), total)
+    try:
+        _train_sentencepiece(sample, config)
+    except RuntimeError as err:  # SentencePiece's own error; its hard vocabulary limit names the size reached
+        reached = _VOCAB_TOO_HIGH.search(str(err))
+        if reached is None:
+            raise
+        raise TokenizerError(f"--vocab-size {config.vocab_size} is more than this text yields: SentencePiece "
+                             f"reached {reached.group(1)} pieces; pass --vocab-size {reached.group(1)} or less, or "
+                             "train on more text") from err
+    return Tokenizer(config.model_prefix + ".model")
+
+
+def _train_sentencepiece(sample: list[str], config: TokenizerTrainConfig) -> None:
+    """SentencePiece's trainer on ``sample`` with this module's fixed options (see the module docstring). The
+    vocabulary limit is hard, as SentencePiece's default: a text too small for ``config.vocab_size`` pieces fails
+    instead of writing a smaller model."""
     spm.SentencePieceTrainer.Train(
         sentence_iterator=iter(sample),
         model_prefix=config.model_prefix,
@@ -306,7 +325,6 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
         bos_id=BOS_ID,
         eos_id=EOS_ID,
         unk_id=UNK_ID,
-        hard_vocab_limit=False,
+        hard_vocab_limit=True,
         minloglevel=2,
     )
-    return Tokenizer(config.model_prefix + ".model")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from megamythos.data.gpt_dataset import parse_data_path
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
-from megamythos.data.pretraining import DataError, DataRecipe, batches, build_datasets, resolve_data
+from megamythos.data.pretraining import DataRecipe, batches, build_datasets, resolve_data
 from megamythos.errors import ArgumentParser, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.lm import MythosLM
@@ -189,8 +189,8 @@ def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path) -> None:
 def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``cfg.eval_iters`` (inputs [B, S], targets [B, S]) batches of the validation split the training run used.
 
-    Checks the datasets' tokenizer records against the model's before reading any sample, and the token ids
-    against the vocabulary after.
+    Checks the datasets' tokenizer records and token ids against the model's before reading any sample (the
+    trainer's checks, :func:`megamythos.data.pretraining.resolve_data`).
     """
     record = loaded.train_record or {}
     recorded = dict(record.get("args", {}))
@@ -211,10 +211,6 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
                               record.get("global_batch_size", 0), min_valid_samples=needed)
     it = batches(valid, 0, cfg.micro_batch_size, 0, 1)
     out = [tuple(t.to(cfg.device) for t in next(it)) for _ in range(cfg.eval_iters)]
-    top = max(int(max(inputs.max(), labels.max())) for inputs, labels in out)
-    if top >= loaded.config.vocab_size:
-        raise DataError(f"{' '.join(setup.data_path)} holds token id {top} but the model's vocabulary has "
-                        f"{loaded.config.vocab_size} ids; evaluate on data tokenised with the model's tokenizer")
     logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d = %d tokens", " ".join(setup.data_path),
                 recipe.split, recipe.seed, cfg.eval_iters, cfg.micro_batch_size, recipe.seq_length,
                 needed * recipe.seq_length)

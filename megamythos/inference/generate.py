@@ -5,14 +5,17 @@
 
 ``--load`` takes a checkpoint tag directory, a ``--save`` directory (its ``latest`` tag) or an export directory.
 The prompt and then the continuation are streamed to stdout as tokens arrive; generation stops at
-``--max-new-tokens`` or the tokenizer's eos. A JSON line with tokens/s, the mean loop count executed per token and
-the forward FLOPs per token that implies goes to stderr. The same model, prompt, options and ``--seed`` give the
-same text.
+``--max-new-tokens``, the tokenizer's eos, or the model's context (``max_seq_len`` positions, prompt included:
+the model never saw a position past it in training, so a longer ``--max-new-tokens`` stops there with one warning
+line, and a prompt longer than the context is refused). A JSON line with tokens/s, the mean loop count executed
+per token and the forward FLOPs per token that implies goes to stderr. The same model, prompt, options and
+``--seed`` give the same text.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +26,8 @@ import torch
 from megamythos.errors import ArgumentParser, run_cli
 from megamythos.inference.loading import LoadError, load_model
 from megamythos.model.lm import ModelKVCache, MythosLM
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,22 +81,33 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
+def new_token_limit(max_seq_len: int, prompt_tokens: int, max_new_tokens: int) -> int:
+    """How many of ``max_new_tokens`` fit the context: prompt plus new tokens stay within ``max_seq_len``
+    positions. A prompt longer than the context raises :class:`LoadError`."""
+    if prompt_tokens > max_seq_len:
+        raise LoadError(f"--prompt is {prompt_tokens} tokens but the model's context is {max_seq_len} positions "
+                        "(max_seq_len); shorten the prompt")
+    return min(max_new_tokens, max_seq_len - prompt_tokens)
+
+
 @torch.no_grad()
 def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConfig,
                     generator: torch.Generator | None = None,
                     stats: GenerationStats | None = None) -> Iterator[torch.Tensor]:
-    """Yield next-token ids [B] one step at a time for prompt_ids [B, S].
+    """Yield next-token ids [B] one step at a time for prompt_ids [B, S]: at most ``cfg.max_new_tokens``, and no
+    more than fit the model's context (:func:`new_token_limit`).
 
     The prompt is prefilled in one forward; each new token then runs one cached forward. With MLA the cache
     holds the kv latent and the shared RoPE key only, and ``absorb`` decodes in latent space.
     """
+    steps = new_token_limit(model.config.max_seq_len, prompt_ids.shape[1], cfg.max_new_tokens)
     was_training = model.training
     model.eval()
     try:
         n_loops = cfg.n_loops or model.config.mean_loops
         cache = ModelKVCache(model.config, n_loops)
         out = model(prompt_ids, cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
-        for _ in range(cfg.max_new_tokens):
+        for _ in range(steps):
             if stats is not None:
                 stats.loops_per_token.append(float(out.stats["steps"][:, -1].mean()))  # the newest token's loops
             token = sample_next(out.logits[:, -1], cfg, generator)
@@ -149,7 +165,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--loops", type=int, help="recurrent iterations per token (default: the trained mean)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many tokens (or at eos)")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="stop after this many tokens, at eos, or when prompt + new tokens fill the model's context "
+                        "(max_seq_len; a warning says when that cut --max-new-tokens short)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -176,6 +194,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                              eos_id=loaded.tokenizer.eos_id)
     except ValueError as err:
         raise LoadError(f"bad sampling option: {err}") from err
+    max_seq_len = loaded.config.max_seq_len
+    fits = new_token_limit(max_seq_len, len(prompt_ids), cfg.max_new_tokens)
+    if fits < cfg.max_new_tokens:
+        logger.warning("--max-new-tokens %d runs past the model's context of %d positions (prompt %d tokens): "
+                       "stopping after %d new tokens", cfg.max_new_tokens, max_seq_len, len(prompt_ids), fits)
     generator = torch.Generator(args.device).manual_seed(args.seed)
     streamer, stats = TextStreamer(loaded.tokenizer.decode, prompt_ids), GenerationStats()
     sys.stdout.write(streamer.shown)

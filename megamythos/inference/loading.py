@@ -7,7 +7,6 @@ with a warning. Export directories are read from JSON and safetensors only (noth
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -24,11 +23,14 @@ from megamythos.checkpoint.reader import (
 )
 from megamythos.data.metadata import check_same_vocabulary
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import UserError
+from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
 
 logger = logging.getLogger(__name__)
+
+# what to do about a broken train_args.json in a checkpoint tag (it records the run's data and settings)
+TRAIN_RECORD_REMEDY = "restore it from a copy of the run, or use another checkpoint tag"
 
 
 class LoadError(UserError, ValueError):
@@ -69,7 +71,7 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
             config, state = load_checkpoint_weights(source, Path(tmp))
         model = model_from_state(config, state, source)
         record_file = source / TRAIN_RECORD
-        train_record = json.loads(record_file.read_text()) if record_file.is_file() else None
+        train_record = read_json_object(record_file, LoadError, TRAIN_RECORD_REMEDY) if record_file.is_file() else None
     tokenizer, record = resolve_tokenizer(source, read_tokenizer_files(source), tokenizer_path, model.config)
     logger.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
                 tokenizer.model_path)

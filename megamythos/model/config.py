@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megamythos.errors import UserError
+from megamythos.errors import UserError, read_json_object
 
 
 class ConfigError(UserError, ValueError):
     """A configuration field holds a value the model cannot use."""
+
+
+# what to do about a broken model config file (a checkpoint tag's model_config.json included)
+CONFIG_FILE_REMEDY = ("it must hold the ModelConfig fields as one JSON object (ModelConfig.to_json writes one); "
+                      "restore it, or use another checkpoint tag")
 
 
 def _require(ok: bool, field_name: str, value: Any, what: str) -> None:
@@ -191,18 +196,22 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> ModelConfig:
-        """Load from a JSON file path or a JSON string."""
+        """Load from a JSON string (text starting with ``{``) or a JSON file path; a missing, empty or invalid
+        file, or one whose fields the model cannot use, raises :class:`ConfigError` naming it."""
         text = str(path_or_text)
-        if not text.lstrip().startswith("{"):
-            path = Path(path_or_text)
-            if not path.is_file():
-                raise ConfigError(f"model config file {path} does not exist")
-            text = path.read_text()
+        if text.lstrip().startswith("{"):
+            try:
+                return cls.from_dict(json.loads(text))
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"model config is not valid JSON: {err}") from err
+        path = Path(path_or_text)
+        if not path.is_file():
+            raise ConfigError(f"model config file {path} does not exist")
+        data = read_json_object(path, ConfigError, CONFIG_FILE_REMEDY)
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"model config is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except (ConfigError, TypeError) as err:  # TypeError: a value of the wrong JSON type, e.g. "dim": "64"
+            raise ConfigError(f"{path}: {err}") from err
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A validated copy with ``changes`` applied."""

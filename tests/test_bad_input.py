@@ -1,0 +1,248 @@
+"""Bad input of issue 22's fault matrix: each case is one ``error: ...`` line naming the file or flag and what to
+do, exit code 2 and no traceback (``inspect_dataset.py``: its ``INVALID: ...`` verdict, exit code 1), or, where
+the old behaviour was silently wrong, a clear message.
+
+Command lines run in a subprocess; the one trainer case runs the trainer in one process (it is refused before
+any sample is read).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from megamythos.data import indexed_dataset
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
+from megamythos.data.metadata import MetadataError, read_dataset_metadata
+from megamythos.data.preprocess import PreprocessConfig, preprocess
+from megamythos.data.pretraining import resolve_data
+from megamythos.data.sources import RawRecord, parse_record
+from megamythos.data.tokenizer import Tokenizer
+from megamythos.inference import generate as generate_module
+from megamythos.inference import loading
+from megamythos.inference.generate import SamplingConfig, generate, new_token_limit
+from megamythos.inference.loading import LoadedModel, LoadError
+from megamythos.model.config import ConfigError, ModelConfig
+from megamythos.model.lm import MythosLM
+from megamythos.training.arguments import ArgumentError, parse_args
+from megamythos.training.checkpointing import CheckpointError, CheckpointManager
+from tests.helpers import (
+    REPO,
+    corpus_prefix,
+    launch_env,
+    make_dataset,
+    run_single,
+    small_config,
+    synthetic_documents,
+    tiny_args,
+    write_jsonl,
+)
+from tests.test_faults import one_error_line
+
+
+def refusal(args: list[str], cwd: Path, code: int = 2) -> str:
+    """Run ``python ARGS``; it must exit with ``code`` without a traceback. Returns its last stderr line."""
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+                            env=launch_env())
+    assert result.returncode == code, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def random_tokens_copy(prefix: str, out: Path) -> str:
+    """A copy in ``out`` of the dataset ``prefix`` (index, record, tokenizer) whose ``.bin`` is random bytes of
+    its size."""
+    out.mkdir(exist_ok=True)
+    copy = str(out / Path(prefix).name)
+    for ext in (".idx", ".json", ".tokenizer.model"):
+        shutil.copy(prefix + ext, copy + ext)
+    size = Path(prefix + ".bin").stat().st_size
+    Path(copy + ".bin").write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
+    return copy
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path, tiny_tokenizer: Tokenizer) -> str:
+    """A dataset of 40 synthetic documents tokenised with ``tiny_tokenizer`` (400 ids, uint16)."""
+    write_jsonl(tmp_path / "docs.jsonl", synthetic_documents(40, seed=3))
+    preprocess(PreprocessConfig(inputs=[str(tmp_path / "docs.jsonl")], output_prefix=str(tmp_path / "tiny"),
+                                tokenizer_model=tiny_tokenizer.model_path))
+    return str(tmp_path / "tiny_text_document")
+
+
+# ------------------------------------------------------------------ 1. token ids outside the vocabulary
+@pytest.mark.parametrize("chunk", [7, 1 << 24])
+def test_token_ids_are_checked_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(indexed_dataset, "TOKEN_SCAN_CHUNK", chunk)
+    prefix = make_dataset(tmp_path / "d", num_docs=20, base=0)  # int32, ids 0..19
+    IndexedDataset(prefix).check_token_ids(20, "unused")
+    with pytest.raises(IndexedDatasetError, match=r"d\.bin holds token id 19 but the vocabulary has 19 ids.*do X"):
+        IndexedDataset(prefix).check_token_ids(19, "do X")
+    tokens = np.memmap(prefix + ".bin", dtype=np.int32, mode="r+")
+    tokens[-1] = -1  # the builder refuses negative ids; a corrupt file need not
+    tokens.flush()
+    with pytest.raises(IndexedDatasetError, match="holds token id -1"):
+        IndexedDataset(prefix).check_token_ids(100, "do X")
+
+
+def test_datasets_of_a_run_are_checked_for_token_ids(tiny_dataset: str, tmp_path: Path) -> None:
+    """What the trainer and ``evaluate`` both call before reading a sample."""
+    copy = random_tokens_copy(tiny_dataset, tmp_path / "copy")
+    resolve_data([tiny_dataset], 400)
+    with pytest.raises(IndexedDatasetError, match=re.escape(f"{copy}.bin holds token id ") + ".* has 400 ids"):
+        resolve_data([copy], 400)
+
+
+def test_inspect_dataset_reports_out_of_vocabulary_tokens(tiny_dataset: str, tmp_path: Path) -> None:
+    copy = random_tokens_copy(tiny_dataset, tmp_path / "copy")
+    line = refusal([str(REPO / "data_prep" / "inspect_dataset.py"), copy], tmp_path, code=1)
+    assert line.startswith(f"INVALID: {copy}.bin holds token id") and "preprocess_data.py" in line, line
+
+
+@pytest.mark.launch
+def test_training_refuses_out_of_vocabulary_tokens(corpus: Path, tmp_path: Path) -> None:
+    copy = random_tokens_copy(corpus_prefix(corpus), tmp_path / "copy")
+    result = run_single([*tiny_args(corpus, 2), "--data-path", copy], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result.stderr)
+    assert f"{copy}.bin holds token id" in line and "vocabulary has 384 ids" in line, line
+
+
+# ------------------------------------------------------------------ 2. optimiser flags out of range
+@pytest.mark.parametrize("flag, value", [("--adam-beta1", "2.0"), ("--adam-beta1", "-0.1"), ("--adam-beta2", "1.0"),
+                                         ("--adam-beta2", "nan"), ("--adam-eps", "0"), ("--adam-eps", "-1e-8")])
+def test_optimizer_flags_out_of_range_are_refused(flag: str, value: str) -> None:
+    with pytest.raises(ArgumentError, match=f"^{flag} must"):
+        parse_args([f"{flag}={value}"])
+
+
+# ------------------------------------------------------------------ 3. empty or invalid JSON records
+BROKEN_JSON = {"empty": "", "invalid": '{"dim": 64,', "not an object": "[1, 2]"}
+
+
+@pytest.mark.parametrize("case", BROKEN_JSON)
+def test_model_config_file_errors_name_the_file(case: str, tmp_path: Path) -> None:
+    path = tmp_path / "model_config.json"
+    path.write_text(BROKEN_JSON[case])
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))} (is empty|is not valid JSON|holds a JSON list)"):
+        ModelConfig.from_json(path)
+    line = refusal(["-m", "megamythos.planning.plan", "--config", str(path)], tmp_path)
+    assert line.startswith(f"error: {path} ") and "\n" not in line, line
+
+
+def test_model_config_file_with_a_bad_value_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "model_config.json"
+    path.write_text(json.dumps({"dim": "64"}))
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: "):
+        ModelConfig.from_json(path)
+
+
+@pytest.mark.parametrize("case", BROKEN_JSON)
+def test_resume_from_a_tag_with_broken_model_config(case: str, tmp_path: Path) -> None:
+    (tmp_path / "iter_0000002").mkdir()
+    (tmp_path / "latest").write_text("iter_0000002")
+    (tmp_path / "iter_0000002" / "model_config.json").write_text(BROKEN_JSON[case])
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(tmp_path / 'iter_0000002' / 'model_config.json'))} "):
+        CheckpointManager.load(None, tmp_path, small_config())
+
+
+@pytest.mark.parametrize("case", BROKEN_JSON)
+def test_evaluate_of_a_tag_with_broken_train_args(case: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_model`` (evaluate, generate) reads the tag's train_args.json after its weights."""
+    config = small_config()
+    monkeypatch.setattr(loading, "resolve_tag_dir", lambda path: path)
+    monkeypatch.setattr(loading, "load_checkpoint_weights", lambda source, tmp: (config, None))
+    monkeypatch.setattr(loading, "model_from_state", lambda cfg, state, source: MythosLM(cfg))
+    (tmp_path / "train_args.json").write_text(BROKEN_JSON[case])
+    with pytest.raises(LoadError, match=f"^{re.escape(str(tmp_path / 'train_args.json'))} .*another checkpoint tag"):
+        loading.load_model(tmp_path)
+
+
+def test_empty_dataset_record_is_named(tiny_dataset: str) -> None:
+    Path(tiny_dataset + ".json").write_text("")
+    with pytest.raises(MetadataError, match=f"^{re.escape(tiny_dataset)}.json is empty; rebuild the dataset"):
+        read_dataset_metadata(tiny_dataset)
+    Path(tiny_dataset + ".json").write_text("{}")
+    with pytest.raises(MetadataError, match="lacks vocab_size, tokenizer_fingerprint, tokenizer_model"):
+        resolve_data([tiny_dataset], 400)
+
+
+# ------------------------------------------------------------------ 4. a .parquet that is not Parquet
+def test_random_bytes_parquet_is_one_line(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    bad = tmp_path / "data.parquet"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    line = refusal([str(REPO / "data_prep" / "preprocess_data.py"), "--input", str(bad), "--output-prefix",
+                    str(tmp_path / "out"), "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress"], tmp_path)
+    assert line.startswith(f"error: {bad} is not a readable Parquet file"), line
+
+
+# ------------------------------------------------------------------ 5. a vocabulary larger than the text yields
+def test_tokenizer_vocab_larger_than_the_text_yields_is_refused(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "small.jsonl", synthetic_documents(50, seed=2))
+    line = refusal([str(REPO / "tokenizer" / "train_tokenizer.py"), "--input", str(tmp_path / "small.jsonl"),
+                    "--vocab-size", "70000", "--model-prefix", str(tmp_path / "tok"), "--num-threads", "1"], tmp_path)
+    assert line.startswith("error: --vocab-size 70000 is more than this text yields: SentencePiece reached "), line
+    reached = int(line.split("reached ")[1].split()[0])
+    assert 300 <= reached < 70000 and f"pass --vocab-size {reached} or less" in line, line
+
+
+# ------------------------------------------------------------------ 6. generation past the context
+def test_generation_stops_at_the_context() -> None:
+    model = MythosLM(small_config(max_seq_len=16)).eval()
+    out, stats = generate(model, torch.randint(0, 97, (1, 5)), SamplingConfig(max_new_tokens=100, temperature=0))
+    assert out.shape == (1, 16) and len(stats.loops_per_token) == 11
+    assert new_token_limit(16, 5, 3) == 3
+    with pytest.raises(LoadError, match="--prompt is 17 tokens but the model's context is 16 positions"):
+        new_token_limit(16, 17, 1)
+
+
+def test_generate_cli_warns_once_when_the_context_cuts_it_short(tiny_tokenizer: Tokenizer, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=24)).eval()
+    loaded = LoadedModel(model, tiny_tokenizer, {}, tmp_path, None)
+    monkeypatch.setattr(generate_module, "load_model", lambda path, tokenizer, device: loaded)
+    prompt_tokens = len(tiny_tokenizer.encode_one("def main("))
+    with caplog.at_level(logging.WARNING):
+        code = generate_module.main(["--load", str(tmp_path), "--prompt", "def main(", "--max-new-tokens", "600",
+                                     "--temperature", "0", "--device", "cpu"])
+    assert code == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"--max-new-tokens 600 runs past the model's context of 24 positions (prompt "
+                        f"{prompt_tokens} tokens): stopping after {24 - prompt_tokens} new tokens"], warnings
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert summary["prompt_tokens"] + summary["new_tokens"] <= 24
+
+
+# ------------------------------------------------------------------ 7, 8. JSONL records without a text
+def test_non_string_value_is_not_a_missing_key() -> None:
+    record = RawRecord("a.jsonl", 1, "json", json.dumps({"text": 5}).encode())
+    assert parse_record(record, ("text",)) == (None, "non-string value of key 'text' (int)")
+    assert parse_record(RawRecord("a.jsonl", 2, "json", b'{"body": "x"}'), ("text",)) == (None, "missing key 'text'")
+
+
+@pytest.mark.parametrize("case", ["non-string", "binary", "non-UTF-8", "other key"])
+def test_json_keys_hint_only_for_objects_without_the_key(case: str, tmp_path: Path,
+                                                          tiny_tokenizer: Tokenizer) -> None:
+    data = {"non-string": json.dumps({"text": 5}).encode() + b"\n",
+            "binary": np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+            "non-UTF-8": b'{"text": "caf\xe9"}\n',
+            "other key": b'{"body": "x"}\n'}[case]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    line = refusal([str(REPO / "data_prep" / "preprocess_data.py"), "--input", str(path), "--output-prefix",
+                    str(tmp_path / "out"), "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress"], tmp_path)
+    assert line.startswith(f"error: {path} gave no documents ("), line
+    assert ("--json-keys" in line) == (case == "other key"), line
+    if case == "non-string":
+        assert "1 non-string value of key 'text'" in line and "missing key" not in line, line
