@@ -22,6 +22,22 @@ setup(
         "protobuf>=3.20",
         "psutil>=5.9",
     ],
+    # the command lines; `python -m megamythos.<package>.<module>` and the scripts in data_prep/, tokenizer/ and
+    # launchers/ run the same functions
+    entry_points={"console_scripts": [
+        "megamythos-pretrain = megamythos.training.pretrain:main",
+        "megamythos-plan = megamythos.planning.plan:main",
+        "megamythos-evaluate = megamythos.inference.evaluate:main",
+        "megamythos-generate = megamythos.inference.generate:main",
+        "megamythos-export = megamythos.checkpoint.export:main",
+        "megamythos-lm-eval-data = megamythos.hf.lm_eval_data:main",
+        "megamythos-study = megamythos.research.study:main",
+        "megamythos-train-tokenizer = megamythos.data.cli:train_tokenizer_main",
+        "megamythos-preprocess = megamythos.data.cli:preprocess_main",
+        "megamythos-inspect-dataset = megamythos.data.cli:inspect_main",
+        "megamythos-merge-datasets = megamythos.data.cli:merge_main",
+        "megamythos-build-default-corpus = megamythos.data.cli:default_corpus_main",
+    ]},
     extras_require={
         # Hugging Face export (transformers) and lm-evaluation-harness; lm-eval's hf model imports accelerate
         "hf": ["transformers>=5.0,<6", "lm-eval>=0.4.9", "accelerate>=1.0"],

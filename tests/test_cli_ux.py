@@ -5,7 +5,9 @@ is nothing to do (without torch FutureWarnings)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import re
 import runpy
 import subprocess
 import sys
@@ -63,9 +65,32 @@ def test_trainer_help_describes_every_flag_and_lists_presets_with_sizes():
 
 
 CLIS = ["megamythos.training.pretrain", "megamythos.inference.evaluate", "megamythos.inference.generate",
-        "megamythos.checkpoint.export", "megamythos.hf.lm_eval_data", "data_prep/build_default_corpus.py",
-        "data_prep/inspect_dataset.py", "data_prep/merge_datasets.py", "data_prep/preprocess_data.py",
-        "tokenizer/train_tokenizer.py"]
+        "megamythos.checkpoint.export", "megamythos.hf.lm_eval_data", "megamythos.planning.plan",
+        "data_prep/build_default_corpus.py", "data_prep/inspect_dataset.py", "data_prep/merge_datasets.py",
+        "data_prep/preprocess_data.py", "tokenizer/train_tokenizer.py"]
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.py's console scripts: {name: "module:function"}."""
+    text = (REPO / "setup.py").read_text()
+    return dict(re.findall(r'"(megamythos-[\w-]+) = ([\w.]+:\w+)"', text))
+
+
+def test_every_command_line_is_a_console_script_and_scripts_need_no_path_hacks():
+    """Each documented command line has a console script calling the same function (the scripts outside the
+    package just import it: no ``sys.path.insert``)."""
+    scripts = console_scripts()
+    assert len(scripts) >= 12
+    targets = set()
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+        targets.add(module)
+    assert {cli for cli in CLIS if not cli.endswith(".py")} <= targets
+    for script in [cli for cli in CLIS if cli.endswith(".py")]:
+        text = (REPO / script).read_text()
+        assert "sys.path.insert" not in text, script
+        assert "from megamythos.data.cli import" in text, script
 
 
 @pytest.mark.parametrize("cli", CLIS)
@@ -122,6 +147,6 @@ def test_finished_run_says_there_is_nothing_to_do(corpus, tmp_path):
     assert "FutureWarning" not in first.stderr + first.stdout
     again = run_single(args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "run already finished at iteration 2 of 2; nothing to do (raise --train-iters to continue)" in \
-        again.stderr + again.stdout
+    assert (f"the run in {tmp_path / 'ckpt'} already finished at iteration 2 of 2: nothing to do. Raise "
+            "--train-iters to continue it, or start another run in a new folder") in again.stderr + again.stdout
     assert "iteration        1/" not in again.stderr + again.stdout

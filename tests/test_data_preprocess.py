@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.inspect_dataset import main as inspect_main
-from data_prep.merge_datasets import main as merge_main
-from data_prep.preprocess_data import main as preprocess_main
+from megamythos.data.cli import inspect_main, merge_main, preprocess_main
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import DatasetMismatchError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess

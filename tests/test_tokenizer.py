@@ -7,6 +7,7 @@ import json
 import pytest
 import sentencepiece as spm
 
+from megamythos.data.cli import train_tokenizer_main as train_main
 from megamythos.data.tokenizer import (
     Tokenizer,
     TokenizerError,
@@ -15,7 +16,6 @@ from megamythos.data.tokenizer import (
     reservoir_sample,
 )
 from tests.helpers import synthetic_documents
-from tokenizer.train_tokenizer import main as train_main
 
 
 def test_special_ids_and_vocab(tiny_tokenizer: Tokenizer) -> None:

@@ -323,8 +323,9 @@ class Trainer:
     def run(self) -> int:
         """Train to the end (or to a signal / --exit-interval); returns the process exit code."""
         if self.iteration >= self.total_iters:
-            logger.info("run already finished at iteration %d of %d; nothing to do (raise --train-iters to continue)",
-                        self.iteration, self.total_iters)
+            logger.warning("the run in %s already finished at iteration %d of %d: nothing to do. Raise "
+                           "--train-iters to continue it, or start another run in a new folder (RUN_DIR=runs/NAME "
+                           "make pretrain ARGS=..., or --save DIR)", self.args.save, self.iteration, self.total_iters)
             return 0
         train, valid = self.datasets()
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
