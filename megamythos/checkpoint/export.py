@@ -10,18 +10,29 @@ writes a directory that ``transformers.AutoModelForCausalLM.from_pretrained(DIR,
 ``AutoTokenizer.from_pretrained(DIR)`` load, modeling code included (:mod:`megamythos.hf.export`; needs the
 ``hf`` extra).
 
-Checkpoints are read by :mod:`megamythos.checkpoint.reader`.
+An export never overwrites: an existing file or non-empty directory as OUT is refused unless ``--overwrite``. The
+export is written into ``OUT.tmp.<pid>`` beside OUT, gets its ``checksums.json``
+(:mod:`megamythos.checkpoint.checksums`, verified when ``megamythos`` loads it), and is then renamed to OUT; an
+OUT it replaces is renamed aside first and removed only once the new one is in place.
+
+Checkpoints are read (and their checksums verified) by :mod:`megamythos.checkpoint.reader`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from megamythos.checkpoint.checksums import write_checksums
 from megamythos.checkpoint.files import read_tokenizer_files, write_tokenizer_files
 from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_model, resolve_tag_dir
+from megamythos.data.atomic import remove_stale_temps, temp_name, writable_parent
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, UserError, run_cli
 
@@ -32,36 +43,73 @@ class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported."""
 
 
-def export(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write ``out_dir/model.safetensors``, ``out_dir/config.json`` and, when the checkpoint carries its
-    tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json``; returns the safetensors path."""
+@contextmanager
+def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
+    """An empty directory ``OUT.tmp.<pid>`` beside ``out`` to write an export into. When the block succeeds, its
+    checksums are written and it is renamed to ``out`` (an existing ``out`` is renamed aside first and removed
+    once the new one is in place); when it fails, it is removed and ``out`` is left as it was.
+
+    Raises :class:`ExportError` when ``out`` is a file or a non-empty directory and ``overwrite`` is off.
+    Temporaries of killed exports beside ``out`` are removed first."""
+    if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
+        what = "an existing file" if out.is_file() else "a directory that is not empty"
+        raise ExportError(f"{out} is {what}; export into a new directory, or pass --overwrite to replace it")
+    writable_parent(out, "OUT")
+    remove_stale_temps(out)
+    stage = Path(temp_name(out))
+    stage.mkdir()
+    try:
+        yield stage
+        write_checksums(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old, replaced = Path(temp_name(f"{out}.old")), out.exists() or out.is_symlink()
+    if replaced:
+        os.rename(out, old)
+    os.rename(stage, out)
+    if replaced and old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old)
+    elif replaced:
+        old.unlink()
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write ``out_dir/model.safetensors``, ``out_dir/config.json``, ``out_dir/checksums.json`` and, when the
+    checkpoint carries its tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json`` (through
+    :func:`staged_export`); returns the safetensors path."""
     from safetensors.torch import save_model
 
     tag_dir = resolve_tag_dir(checkpoint)
     out_dir = Path(out_dir)
-    model = checkpoint_model(tag_dir, out_dir)
+    with staged_export(out_dir, overwrite) as stage:
+        model = checkpoint_model(tag_dir, stage)
+        save_model(model, str(stage / MODEL_FILE))
+        model.config.to_json(stage / CONFIG_FILE)
+        record = read_tokenizer_files(tag_dir)
+        if record is None:
+            logger.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir,
+                           out_dir)
+        else:
+            write_tokenizer_files(stage, Tokenizer(record["tokenizer_model"]))
     path = out_dir / MODEL_FILE
-    save_model(model, str(path))
-    model.config.to_json(out_dir / CONFIG_FILE)
-    record = read_tokenizer_files(tag_dir)
-    if record is None:
-        logger.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir, out_dir)
-    else:
-        write_tokenizer_files(out_dir, Tokenizer(record["tokenizer_model"]))
     logger.info("exported %s -> %s", tag_dir, path)
     return path
 
 
-def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write checkpoint ``checkpoint`` as a Hugging Face directory ``out_dir`` (see the module docstring)."""
+def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write checkpoint ``checkpoint`` as a Hugging Face directory ``out_dir`` (see the module docstring), with
+    its ``checksums.json``, through :func:`staged_export`; returns ``out_dir``."""
     from megamythos.hf.export import export_hf
 
     tag_dir = resolve_tag_dir(checkpoint)
     record = read_tokenizer_files(tag_dir)
     if record is None:
         raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
-    model = checkpoint_model(tag_dir, Path(out_dir))
-    return export_hf(model, Tokenizer(record["tokenizer_model"]), out_dir)
+    out_dir = Path(out_dir)
+    with staged_export(out_dir, overwrite) as stage:
+        export_hf(checkpoint_model(tag_dir, stage), Tokenizer(record["tokenizer_model"]), stage)
+    return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,13 +120,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("native", "hf"), default="native",
                    help="native: what megamythos.inference.generate/evaluate --load read (default); hf: a Hugging Face "
                         "directory with its modeling code (transformers, trust_remote_code=True)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT (file or non-empty directory; it is refused without this flag); "
+                        "the old one is removed only once the new export is complete")
     args = p.parse_args(argv)
 
     def run() -> int:
         if args.format == "hf":
-            print(json.dumps({"hf_dir": str(export_hf_checkpoint(args.checkpoint, args.out))}))
+            print(json.dumps({"hf_dir": str(export_hf_checkpoint(args.checkpoint, args.out, args.overwrite))}))
             return 0
-        path = export(args.checkpoint, args.out)
+        path = export(args.checkpoint, args.out, args.overwrite)
         print(json.dumps({"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}))
         return 0
 

@@ -7,11 +7,14 @@ Layout of ``--save DIR``::
     DIR/iter_0000100/model_config.json
     DIR/iter_0000100/tokenizer.json, tokenizer.model   the tokenizer the run trained with (its record and a copy)
     DIR/iter_0000100/train_args.json   the run's arguments, data path, iterations and global batch size
+    DIR/iter_0000100/checksums.json    size and sha256 of every file above, written once they are all complete
+                               (:mod:`megamythos.checkpoint.checksums`); every reader verifies them
     DIR/latest                 the tag of the newest COMPLETE checkpoint, replaced atomically after all ranks
                                finished writing; older tags beyond ``keep_last`` are deleted only after that.
     DIR/iter_0000100_universal_{model|autoep}/   DeepSpeed's universal form of that tag, with the MoE tensors
                                named as the model (ep 1) or AutoEP (ep > 1) names them; made when a run resumes
-                               the tag on another layout (world size, --tp, --ep); pruned with its tag.
+                               the tag on another layout (world size, --tp, --ep); pruned with its tag. It has
+                               its own checksums.json; one that does not verify is converted again.
     DIR/writer.lock            "host pid" of the run writing DIR (one writer per directory); removed at its end.
 
 :mod:`megamythos.training.checkpointing` writes these files; evaluation, generation and export read them.

@@ -10,6 +10,7 @@ holds the full module state and is read directly. Export directories are read fr
 """
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import tempfile
@@ -17,10 +18,13 @@ from pathlib import Path
 
 import torch
 
-from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, check_tag_files, read_latest
+from megamythos.checkpoint.checksums import CHECKSUMS_FILE, ChecksumError, verify_checksums, verify_tag
+from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, read_latest
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.parallel import autoep_to_model_names
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -69,9 +73,10 @@ def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tenso
 
 
 def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(model config, full state dict incl. expert biases) of one checkpoint tag; a truncated or overwritten
-    torch file is refused by name (:class:`CheckpointError`) before anything is unpickled."""
-    check_tag_files(tag_dir)
+    """(model config, full state dict incl. expert biases) of one checkpoint tag; a file that differs from the
+    tag's checksums is refused by name (:class:`CheckpointError`, see :func:`verify_tag`) before anything is
+    unpickled."""
+    verify_tag(tag_dir)
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     client = _client_state(tag_dir)
     if any(tag_dir.glob("*optim_states.pt")):
@@ -115,7 +120,8 @@ def is_export_dir(path: str | Path) -> bool:
 
 
 def load_exported(out_dir: str | Path) -> MythosLM:
-    """:class:`MythosLM` from an export directory: JSON and safetensors only, nothing is unpickled."""
+    """:class:`MythosLM` from an export directory: JSON and safetensors only, nothing is unpickled. Its files are
+    verified against its ``checksums.json`` first (an export without one is read with a warning)."""
     from safetensors.torch import load_model
 
     out_dir = Path(out_dir)
@@ -123,6 +129,12 @@ def load_exported(out_dir: str | Path) -> MythosLM:
     if missing:
         raise CheckpointError(f"{', '.join(missing)} not found; export a checkpoint with "
                           f"`python -m megamythos.checkpoint.export CHECKPOINT {out_dir}`")
+    try:
+        if not verify_checksums(out_dir):
+            logger.warning("%s has no %s (exported before exports carried checksums): its files are not verified",
+                           out_dir, CHECKSUMS_FILE)
+    except ChecksumError as err:
+        raise CheckpointError(f"{err}; export the checkpoint again (--overwrite)") from err
     model = MythosLM(ModelConfig.from_json(out_dir / CONFIG_FILE))
     load_model(model, str(out_dir / MODEL_FILE))
     return model

@@ -24,12 +24,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from megamythos.checkpoint.checksums import verified, verify_tag, write_checksums
 from megamythos.checkpoint.files import (
     LATEST,
     MODEL_CONFIG_FILE,
@@ -38,7 +39,6 @@ from megamythos.checkpoint.files import (
     UNIVERSAL_SUFFIX,
     WRITER_LOCK,
     CheckpointError,
-    check_tag_files,
     read_latest,
     saved_layout,
     tag_for,
@@ -47,7 +47,8 @@ from megamythos.checkpoint.files import (
 )
 from megamythos.data.atomic import pid_alive
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.model.config import ModelConfig
+from megamythos.errors import read_json_object
+from megamythos.model.config import CONFIG_FILE_REMEDY, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +84,20 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
                               "use the same --preset/--override as the run that wrote it")
 
 
-def check_run_dirs(save: str | None, load: str | None) -> None:
+def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> None:
     """Refuse command lines that would lose checkpoints: a ``--load`` that does not exist (a typo would start from
     scratch), and a ``--save`` holding checkpoints that this run does not resume (they would be overwritten and
-    ``latest`` moved back). ``--load`` equal to ``--save`` and still empty is a fresh run."""
+    ``latest`` moved back). ``--load`` equal to ``--save`` and still empty is a fresh run.
+
+    ``verify``: also check the files of ``--load``'s latest tag against its checksums (:func:`verify_tag`); the
+    trainer asks rank 0 alone, whose refusal ends the launch, so the checkpoint is read once, not once per rank."""
     same = bool(save and load) and Path(save).resolve() == Path(load).resolve()
     if load and not same and not Path(load).is_dir():
         raise CheckpointError(f"--load {load} does not exist; fix the path, or drop --load to start from scratch")
     if load:
         tag = read_latest(load)
-        if tag is not None:
-            check_tag_files(Path(load) / tag)
+        if tag is not None and verify:
+            verify_tag(Path(load) / tag)
     if save and not same and Path(save).is_dir() and read_latest(save) is not None:
         raise CheckpointError(f"--save {save} already holds checkpoints (latest {read_latest(save)}); resume them "
                               f"with --load {save}, or start fresh with another --save (or delete {save})")
@@ -141,8 +145,9 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     checkpoints DeepSpeed 0.19.8's universal load loses Adam step counts and expert-bias state, and fails on
     AutoTP (measured with the layout pairs of tests/test_elastic.py). Rank 0 converts it once, into
     ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed conversion leaves no
-    valid-looking one); the other ranks only name it, and load after the barrier that follows
-    (``deepspeed.initialize``)."""
+    valid-looking one) with its own checksums; a universal directory whose checksums do not verify (or that has
+    none) is derived data and converted again from the tag, which :func:`check_run_dirs` verified. The other ranks
+    only name it, and load after the barrier that follows (``deepspeed.initialize``)."""
     tag = read_latest(load_dir)
     saved, saved_stage = saved_layout(Path(load_dir) / tag) if tag else (None, None)
     if saved is None or saved == layout:
@@ -157,14 +162,19 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
                 Path(load_dir) / tag, saved, layout)
-    if rank == 0 and not target.is_dir():
+    if rank == 0 and not (target.is_dir() and verified(target)):
         from megamythos.checkpoint.reader import convert_to_universal
 
+        if target.is_dir():
+            logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
+                           tag)
+            shutil.rmtree(target)
         with tempfile.TemporaryDirectory(dir=load_dir, prefix=f".{target.name}.") as tmp:
             converted = convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag)
             if (saved["ep"] > 1) != autoep:
                 rename_expert_tensors(converted / "zero", autoep, config)
             as_param_records(converted / "zero")
+            write_checksums(converted)
             os.replace(converted, target)
         (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
     return target.name
@@ -282,21 +292,30 @@ class CheckpointManager:
                 if self.train_record is not None:
                     write_atomic(tag_dir / TRAIN_RECORD, json.dumps(self.train_record, indent=2) + "\n")
         except (OSError, RuntimeError) as err:
-            full = _disk_full(err, self.save_dir)
-            if not (full or isinstance(err, OSError)):
-                raise
-            shutil.rmtree(tag_dir, ignore_errors=True)
-            latest = read_latest(self.save_dir)
-            raise CheckpointError(f"{'disk full' if full else 'write failed'} while saving {tag_dir} ({err}); "
-                                  f"removed the partial {tag}, {self.save_dir / LATEST} still names "
-                                  f"{latest or 'nothing'}; free space (or use another --save) and resume") from err
-        _barrier()  # every rank's shards and RNG are on disk before `latest` moves
+            self._save_failed(err, tag_dir)
+        _barrier()  # every rank's shards and RNG are on disk before their checksums are taken and `latest` moves
         if _rank() == 0:
+            try:
+                write_checksums(tag_dir)
+            except OSError as err:
+                self._save_failed(err, tag_dir)
             write_atomic(self.save_dir / LATEST, tag)
             self._prune(keep=tag)
             logger.info("saved checkpoint %s", tag_dir)
         _barrier()
         return tag_dir
+
+    def _save_failed(self, err: OSError | RuntimeError, tag_dir: Path) -> NoReturn:
+        """Remove the partial ``tag_dir`` of a failed write and raise :class:`CheckpointError` saying where
+        ``latest`` stays; re-raise ``err`` when it is a RuntimeError other than a full disk."""
+        full = _disk_full(err, self.save_dir)
+        if not (full or isinstance(err, OSError)):
+            raise err
+        shutil.rmtree(tag_dir, ignore_errors=True)
+        latest = read_latest(self.save_dir)
+        raise CheckpointError(f"{'disk full' if full else 'write failed'} while saving {tag_dir} ({err}); "
+                              f"removed the partial {tag_dir.name}, {self.save_dir / LATEST} still names "
+                              f"{latest or 'nothing'}; free space (or use another --save) and resume") from err
 
     def _prune(self, keep: str) -> None:
         tags = sorted(p.name for p in self.save_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name))
@@ -323,7 +342,7 @@ class CheckpointManager:
         config_file = tag_dir / MODEL_CONFIG_FILE
         if not config_file.is_file():
             raise CheckpointError(f"{tag_dir} has no {MODEL_CONFIG_FILE}; it was not written by megamythos")
-        check_model_config(json.loads(config_file.read_text()), config, str(tag_dir))
+        check_model_config(read_json_object(config_file, CheckpointError, CONFIG_FILE_REMEDY), config, str(tag_dir))
         groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
         try:  # the LR scheduler's state is per parameter group, and their number depends on the layout
             path, client_state = engine.load_checkpoint(str(load_dir), tag=universal or tag,

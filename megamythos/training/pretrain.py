@@ -376,10 +376,12 @@ def train(argv: Sequence[str] | None = None) -> int:
     """Parse, check the run's directories, train, report; returns the process exit code.
 
     Arguments and checkpoint directories are checked before any process group or DeepSpeed start-up; rank 0
-    holds the ``--save`` directory's writer lock for the whole run."""
+    verifies the checksums of the checkpoint to resume and holds the ``--save`` directory's writer lock for the
+    whole run."""
     args = parse_args(argv)
-    check_run_dirs(args.save, args.load)
-    with writer_lock(args.save, holder=os.environ.get("RANK", "0") == "0"):
+    rank0 = os.environ.get("RANK", "0") == "0"
+    check_run_dirs(args.save, args.load, verify=rank0)
+    with writer_lock(args.save, holder=rank0):
         trainer = Trainer(args)
         code = trainer.run()
         trainer.report()

@@ -1,0 +1,209 @@
+"""Integrity: every checkpoint tag and export carries ``checksums.json``; every reader (resume, evaluate, generate,
+export, the universal conversion of an elastic resume, ``load_exported``) verifies it and refuses a changed file
+in one line naming the file and the newest tag that still verifies (exit code 2). Exports never overwrite.
+
+One launch trains the checkpoint every test copies: 2 iterations with the default ZeRO-3, a tag each, so a tag
+holds a model-states file and an optimizer-states file (fp32 master weights and Adam moments). Corruption is 4 KiB
+inverted in the middle of a file: its size is unchanged and it stays a complete zip archive for torch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from megamythos.checkpoint.checksums import CHECKSUMS_FILE, verify_checksums
+from megamythos.checkpoint.export import main as export_main
+from megamythos.checkpoint.files import CheckpointError, read_latest
+from megamythos.checkpoint.reader import load_exported
+from megamythos.inference.evaluate import main as evaluate_main
+from megamythos.inference.generate import main as generate_main
+from megamythos.inference.loading import load_model
+from megamythos.model.config import ModelConfig
+from megamythos.training.checkpointing import check_run_dirs, universal_tag
+from tests.helpers import run, run_single, tiny_args, trains
+
+GOOD, LATEST_TAG = "iter_0000001", "iter_0000002"
+FILES = {"model states": "*model_states.pt", "optimizer states": "*optim_states.pt"}
+
+
+@pytest.fixture(scope="module")
+@trains
+def saved(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
+    """The ``--save`` directory of a 1-rank, 2-iteration run (tags iter_0000001 and iter_0000002). Read-only."""
+    out = tmp_path_factory.mktemp("integrity")
+    run(1, [*tiny_args(corpus, 2), "--save", str(out / "ckpt"), "--save-interval", "1"], out / "log.txt")
+    return out / "ckpt"
+
+
+def copy_of(saved: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(saved, tmp_path / "ckpt"))
+
+
+def corrupt(path: Path) -> Path:
+    """Invert 4 KiB in the middle of ``path`` (size unchanged); returns ``path``."""
+    data = bytearray(path.read_bytes())
+    start = max(0, len(data) // 2 - 2048)
+    data[start:start + 4096] = bytes(b ^ 0xFF for b in data[start:start + 4096])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def corrupt_one(ckpt: Path, which: str, tag: str = LATEST_TAG) -> Path:
+    return corrupt(next((ckpt / tag).glob(FILES[which])))
+
+
+def error_line(code: int, stderr: str) -> str:
+    """The one ``error:`` line of a command that exited 2 without a traceback."""
+    assert code == 2, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.launch
+def test_every_tag_lists_every_file_it_holds(saved: Path) -> None:
+    assert read_latest(saved) == LATEST_TAG
+    for tag in (GOOD, LATEST_TAG):
+        manifest = json.loads((saved / tag / CHECKSUMS_FILE).read_text())
+        on_disk = {p.name: p.stat().st_size for p in (saved / tag).iterdir() if p.name != CHECKSUMS_FILE}
+        assert manifest["algorithm"] == "sha256"
+        assert {name: entry["size"] for name, entry in manifest["files"].items()} == on_disk
+        assert {"model_config.json", "train_args.json", "rng_rank0.pt"} <= set(on_disk)
+        assert all(any(Path(name).match(pattern) for name in on_disk) for pattern in FILES.values())
+        assert verify_checksums(saved / tag)
+
+
+@pytest.mark.parametrize("which", FILES)
+@pytest.mark.parametrize("reader", ["evaluate", "generate", "export"])
+@pytest.mark.launch
+def test_readers_refuse_a_corrupt_file_naming_it_and_the_last_good_tag(reader: str, which: str, saved: Path,
+                                                                        tmp_path: Path, capsys) -> None:
+    ckpt = copy_of(saved, tmp_path)
+    bad = corrupt_one(ckpt, which)
+    argv = {"evaluate": (evaluate_main, ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1"]),
+            "generate": (generate_main, ["--load", str(ckpt), "--prompt", "def", "--max-new-tokens", "2"]),
+            "export": (export_main, [str(ckpt), str(tmp_path / "out")])}
+    main, args = argv[reader]
+    code = main(args)
+    line = error_line(code, capsys.readouterr().err)
+    assert f"{bad} is corrupt" in line and f"newest tag that verifies is {GOOD}" in line, line
+    assert not (tmp_path / "out").exists(), "a refused export left its directory"
+
+
+@pytest.mark.launch
+def test_export_says_when_no_tag_verifies(saved: Path, tmp_path: Path, capsys) -> None:
+    ckpt = copy_of(saved, tmp_path)
+    corrupt_one(ckpt, "optimizer states")
+    corrupt_one(ckpt, "model states", tag=GOOD)
+    line = error_line(export_main([str(ckpt), str(tmp_path / "out")]), capsys.readouterr().err)
+    assert "optim_states.pt is corrupt" in line and f"no other tag of {ckpt} verifies" in line, line
+
+
+@pytest.mark.parametrize("which", FILES)
+@pytest.mark.launch
+def test_resume_refuses_a_corrupt_file_before_start_up(which: str, saved: Path, corpus: Path,
+                                                       tmp_path: Path) -> None:
+    """Model states: a 2-rank launch, where rank 0 alone verifies and its refusal ends the launch. Optimizer
+    states: the trainer in one process, refused before the process group starts."""
+    ckpt = copy_of(saved, tmp_path)
+    bad = corrupt_one(ckpt, which)
+    args = [*tiny_args(corpus, 4), "--save", str(ckpt), "--load", str(ckpt)]
+    if which == "model states":
+        line = error_line(2, run(2, args, tmp_path / "log.txt", expect_rc=2))
+    else:
+        result = run_single(args, tmp_path)
+        line = error_line(result.returncode, result.stderr)
+        assert "Initializing TorchBackend" not in result.stderr, "refused only after the process group started"
+    assert f"{bad} is corrupt" in line and f"newest tag that verifies is {GOOD}" in line, line
+    assert read_latest(ckpt) == LATEST_TAG and not list(ckpt.glob("iter_0000003*"))
+
+
+@pytest.mark.launch
+def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
+    """Tags saved before checksums existed: resume's check, evaluate/generate's loading and export accept them."""
+    ckpt = copy_of(saved, tmp_path)
+    (ckpt / LATEST_TAG / CHECKSUMS_FILE).unlink()
+    with caplog.at_level(logging.WARNING):
+        check_run_dirs(str(ckpt), str(ckpt))
+        assert load_model(ckpt).source == ckpt / LATEST_TAG
+        assert export_main([str(ckpt), str(tmp_path / "out")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if CHECKSUMS_FILE in r.getMessage()]
+    assert len(warnings) == 3 and all("not verified" in w for w in warnings), warnings
+    assert verify_checksums(tmp_path / "out")
+
+
+@pytest.mark.launch
+def test_export_never_overwrites_unless_asked(saved: Path, tmp_path: Path, capsys) -> None:
+    taken, file = tmp_path / "taken", tmp_path / "file"
+    taken.mkdir()
+    (taken / "keep").write_text("x")
+    file.write_text("y")
+    for target, what in ((taken, "a directory that is not empty"), (file, "an existing file")):
+        line = error_line(export_main([str(saved), str(target)]), capsys.readouterr().err)
+        assert f"{target} is {what}" in line and "--overwrite" in line, line
+    assert (taken / "keep").read_text() == "x" and file.read_text() == "y"
+    (tmp_path / "empty").mkdir()
+    assert export_main([str(saved), str(tmp_path / "empty")]) == 0  # an empty directory is no loss
+    for target in (taken, file):
+        assert export_main([str(saved), str(target), "--overwrite"]) == 0
+        assert not (target / "keep").exists() and verify_checksums(target)
+        load_exported(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "taken"], "temporaries left beside"
+
+
+@pytest.mark.launch
+def test_failed_overwrite_keeps_the_old_export(saved: Path, tmp_path: Path, capsys) -> None:
+    """The new export is staged beside the old one: a failure (here a corrupt checkpoint) leaves the old export
+    whole and nothing beside it."""
+    out = tmp_path / "out"
+    assert export_main([str(saved), str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    ckpt = copy_of(saved, tmp_path)
+    corrupt_one(ckpt, "model states")
+    error_line(export_main([str(ckpt), str(out), "--overwrite"]), capsys.readouterr().err)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
+
+
+@pytest.mark.parametrize("fmt", ["native", "hf"])
+@pytest.mark.launch
+def test_a_corrupt_export_is_refused(fmt: str, saved: Path, tmp_path: Path, capsys) -> None:
+    """Both formats carry checksums; ``load_exported`` (evaluate/generate of an export) verifies them."""
+    if fmt == "hf":
+        pytest.importorskip("transformers")
+    out = tmp_path / "out"
+    assert export_main([str(saved), str(out), "--format", fmt]) == 0
+    manifest = json.loads((out / CHECKSUMS_FILE).read_text())["files"]
+    assert set(manifest) == {p.name for p in out.iterdir()} - {CHECKSUMS_FILE}
+    bad = corrupt(out / "model.safetensors")
+    if fmt == "hf":
+        with pytest.raises(CheckpointError, match="model.safetensors is corrupt"):
+            verify_checksums(out)
+        return
+    with pytest.raises(CheckpointError, match=f"{bad} is corrupt.*export the checkpoint again"):
+        load_exported(out)
+    line = error_line(generate_main(["--load", str(out), "--prompt", "def"]), capsys.readouterr().err)
+    assert f"{bad} is corrupt" in line
+
+
+@pytest.mark.launch
+def test_universal_checkpoint_is_checksummed_and_rebuilt_when_it_does_not_verify(saved: Path, tmp_path: Path,
+                                                                                   caplog) -> None:
+    """Elastic resume: rank 0 converts the tag into ``TAG_universal_model`` with its own checksums; one that no
+    longer verifies is derived data and converted again from the (verified) tag."""
+    ckpt = copy_of(saved, tmp_path)
+    config = ModelConfig.from_json(ckpt / LATEST_TAG / "model_config.json")
+    layout = {"world_size": 2, "tp": 1, "ep": 1}
+    name = universal_tag(ckpt, layout, 3, 0, config)
+    assert verify_checksums(ckpt / name)
+    fp32 = sorted((ckpt / name).rglob("fp32.pt"))[0]
+    corrupt(fp32)
+    with caplog.at_level(logging.WARNING):
+        assert universal_tag(ckpt, layout, 3, 0, config) == name
+    assert any("converting" in r.getMessage() for r in caplog.records)
+    assert verify_checksums(ckpt / name)
