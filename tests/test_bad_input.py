@@ -39,13 +39,13 @@ from tests.helpers import (
     corpus_prefix,
     launch_env,
     make_dataset,
+    one_error_line,
     run_single,
     small_config,
     synthetic_documents,
     tiny_args,
     write_jsonl,
 )
-from tests.test_faults import one_error_line
 
 
 def refusal(args: list[str], cwd: Path, code: int = 2) -> str:
@@ -246,3 +246,23 @@ def test_json_keys_hint_only_for_objects_without_the_key(case: str, tmp_path: Pa
     assert ("--json-keys" in line) == (case == "other key"), line
     if case == "non-string":
         assert "1 non-string value of key 'text'" in line and "missing key" not in line, line
+
+
+def test_broken_train_record_and_latest_pointer_are_one_line(tmp_path: Path) -> None:
+    """A resume reads the tag's train_args.json for its layout and the save directory's `latest`: an empty or
+    invalid one names the file (a traceback, and an empty `latest` read as the directory itself, before)."""
+    from megamythos.checkpoint.files import read_latest, saved_layout
+
+    tag = tmp_path / "iter_0000002"
+    tag.mkdir()
+    (tag / "train_args.json").write_text("")
+    with pytest.raises(CheckpointError, match=r"train_args\.json is empty"):
+        saved_layout(tag)
+    (tag / "train_args.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"train_args\.json is not valid JSON"):
+        saved_layout(tag)
+    (tmp_path / "latest").write_text("")
+    with pytest.raises(CheckpointError, match=r"latest holds '', not a checkpoint tag"):
+        read_latest(tmp_path)
+    (tmp_path / "latest").write_text("iter_0000002\n")
+    assert read_latest(tmp_path) == "iter_0000002"

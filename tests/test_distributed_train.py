@@ -1,9 +1,10 @@
 """Real multi-process DeepSpeed training over gloo on CPU: the tiny MythosLM on the small default corpus.
 
-One launch per configuration, shared by the tests that check it (module-scoped fixtures). Losses are compared
-with a tolerance of 2e-5 (2e-4 under expert parallelism): reduction order differs between layouts (observed
-differences ~1e-6, 5e-5 with EP), while the bugs these tests exist for (AutoEP dropping the shared experts, the
-MLA k_pe gradient under TP) move the losses by 1e-3 or more within these 8 steps at lr 1e-2.
+One launch per configuration, shared by the tests that check it (module-scoped fixtures; started together, two at
+a time, by ``runs``). Losses are compared with a tolerance of 2e-5 (2e-4 under expert parallelism): reduction order
+differs between layouts (observed differences ~1e-6, 5e-5 with EP), while the bugs these tests exist for (AutoEP
+dropping the shared experts, the MLA k_pe gradient under TP) move the losses by 1e-3 or more within these 8 steps at
+lr 1e-2.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from tests.helpers import (
     REPO,
+    LaunchPool,
     finish,
     free_port,
     launch_env,
@@ -26,6 +28,7 @@ from tests.helpers import (
     run_single,
     start,
     tiny_args,
+    trains,
     wait_for,
 )
 
@@ -51,37 +54,6 @@ def assert_same_losses(run_dir: Path, ref_dir: Path, tol: float = TOL) -> None:
     assert max(diffs.values()) <= tol, f"loss differences per iteration: {diffs}"
 
 
-@pytest.fixture(scope="module")
-def ref(tiny_run: Path) -> Path:
-    """1 process, ZeRO-0, micro batch 2: conftest's ``tiny_run`` (the same launch as ``train(..., 1, "--zero", "0",
-    "--micro-batch-size", "2", "--global-batch-size", "2")``, plus a checkpoint every 2 iterations), shared with the
-    tests of the evaluation, generation and Hugging Face command lines."""
-    return tiny_run
-
-
-@pytest.fixture(scope="module")
-def zero3(tmp_path_factory, corpus) -> Path:
-    """2 processes, ZeRO-3, micro batch 1 each; checkpoints every 2 iterations (keep 2), validation every 4;
-    two-level loop checkpointing (segments of 2 iterations) against the reference's per-iteration one."""
-    return train(tmp_path_factory.mktemp("zero3"), corpus, 2, "--zero", "3", "--micro-batch-size", "1",
-                 "--global-batch-size", "2", "--save-interval", "2", "--keep-last", "2", "--eval-interval", "4",
-                 "--eval-iters", "1", "--loop-checkpoint-segment", "2")
-
-
-def two_rank(tmp_path_factory, corpus, name: str, *layout: str) -> Path:
-    return train(tmp_path_factory.mktemp(name), corpus, 2, "--zero", "3", *layout)
-
-
-EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
-            "--eval-iters", "1")
-
-
-@pytest.fixture(scope="module")
-def ep2(tmp_path_factory, corpus) -> Path:
-    """2 processes, ZeRO-3, AutoEP 2; one validation at the end (checked against the exported model)."""
-    return two_rank(tmp_path_factory, corpus, "ep2", *EP2_ARGS)
-
-
 STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor, torch's AdamW maths, on CPU."""
 import torch
 
@@ -92,18 +64,100 @@ class FusedAdam(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 '''
 
+EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
+            "--eval-iters", "1")
+# The module's training runs, name -> (processes, trainer flags, extra environment), all started by ``runs`` in this
+# order (the order the tests read them) and each awaited by the fixture of its name below.
+RUNS = {
+    "zero3": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--save-interval", "2",
+                  "--keep-last", "2", "--eval-interval", "4", "--eval-iters", "1", "--loop-checkpoint-segment", "2"),
+              {}),
+    "ep2": (2, ("--zero", "3", *EP2_ARGS), {}),
+    "ep2_apex_eval2": (2, ("--zero", "3", *EP2_ARGS[:-4], "--eval-interval", "2", "--eval-iters", "2", "--adam-impl",
+                           "apex"), {}),  # PYTHONPATH: the stand-in apex, written by ``runs``
+    # both TP ranks see the same micro-batches: dp = 1, so a batch of 2 takes 2 accumulated micro-batches of 1
+    "tp2": (2, ("--zero", "3", "--tp", "2", "--micro-batch-size", "1", "--global-batch-size", "2"), {}),
+    "tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size", "2"), {}),
+    "compiled": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--compile"),
+                 {"TORCH_LOGS": "graph_breaks,recompiles"}),
+    "zero2": (1, ("--zero", "2", "--micro-batch-size", "2", "--global-batch-size", "2"), {}),
+}
+
 
 @pytest.fixture(scope="module")
-def ep2_apex_eval2(tmp_path_factory, corpus) -> Path:
+@trains
+def runs(tiny_run_started, launches: LaunchPool, tmp_path_factory, corpus) -> dict[str, Path]:
+    """Starts every run of ``RUNS`` at once in conftest's ``launches`` (two at a time, behind the shared
+    ``tiny_run``); returns {name: run directory}, finished or not."""
+    dirs = {}
+    for name, (nproc, flags, extra_env) in RUNS.items():
+        out = dirs[name] = tmp_path_factory.mktemp(name)
+        env = {**launch_env(), **extra_env} if extra_env else None
+        if name == "ep2_apex_eval2":
+            (out / "apex" / "optimizers").mkdir(parents=True)
+            (out / "apex" / "__init__.py").write_text("")
+            (out / "apex" / "optimizers" / "__init__.py").write_text(STAND_IN_APEX)
+            env = {**launch_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{out}"}
+        launches.submit(f"distributed_train/{name}", train, out, corpus, nproc, *flags, env=env)
+    return dirs
+
+
+def finished(runs: dict[str, Path], launches: LaunchPool, name: str) -> Path:
+    """The directory of run ``name`` once it has finished (re-raises its failure)."""
+    launches.result(f"distributed_train/{name}")
+    return runs[name]
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_run: Path) -> Path:
+    """1 process, ZeRO-0, micro batch 2: conftest's ``tiny_run`` (the same launch as ``train(..., 1, "--zero", "0",
+    "--micro-batch-size", "2", "--global-batch-size", "2")``, plus a checkpoint every 2 iterations), shared with the
+    tests of the evaluation, generation and Hugging Face command lines."""
+    return tiny_run
+
+
+@pytest.fixture(scope="module")
+def zero3(runs, launches) -> Path:
+    """2 processes, ZeRO-3, micro batch 1 each; checkpoints every 2 iterations (keep 2), validation every 4;
+    two-level loop checkpointing (segments of 2 iterations) against the reference's per-iteration one."""
+    return finished(runs, launches, "zero3")
+
+
+@pytest.fixture(scope="module")
+def ep2(runs, launches) -> Path:
+    """2 processes, ZeRO-3, AutoEP 2; one validation at the end (checked against the exported model)."""
+    return finished(runs, launches, "ep2")
+
+
+@pytest.fixture(scope="module")
+def ep2_apex_eval2(runs, launches) -> Path:
     """``ep2`` with two changes that must not change its training: ``--adam-impl apex`` (apex needs CUDA, so a
     stand-in with apex's constructor and torch's AdamW maths is put on the path) and a validation every 2 steps."""
-    out = tmp_path_factory.mktemp("ep2_apex_eval2")
-    (out / "apex" / "optimizers").mkdir(parents=True)
-    (out / "apex" / "__init__.py").write_text("")
-    (out / "apex" / "optimizers" / "__init__.py").write_text(STAND_IN_APEX)
-    env = {**launch_env(), "PYTHONPATH": f"{REPO}{os.pathsep}{out}"}
-    return train(out, corpus, 2, "--zero", "3", *EP2_ARGS[:-4], "--eval-interval", "2", "--eval-iters", "2",
-                 "--adam-impl", "apex", env=env)
+    return finished(runs, launches, "ep2_apex_eval2")
+
+
+@pytest.fixture(scope="module")
+def tp2(runs, launches) -> Path:
+    """2 processes, ZeRO-3, TP 2 (dp 1: micro batch 1 x accumulation 2)."""
+    return finished(runs, launches, "tp2")
+
+
+@pytest.fixture(scope="module")
+def tpep(runs, launches) -> Path:
+    """2 processes, ZeRO-3, TP 2 and EP 2 folded onto the same two ranks, micro batch 2."""
+    return finished(runs, launches, "tpep")
+
+
+@pytest.fixture(scope="module")
+def compiled(runs, launches) -> Path:
+    """2 processes, ZeRO-3, ``--compile``, with Dynamo's graph-break and recompile logs."""
+    return finished(runs, launches, "compiled")
+
+
+@pytest.fixture(scope="module")
+def zero2(runs, launches) -> Path:
+    """1 process, ZeRO-2, micro batch 2 (as ``ref``, but a ZeRO-2 checkpoint)."""
+    return finished(runs, launches, "zero2")
 
 
 def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):
@@ -143,29 +197,22 @@ def test_validation_leaves_the_expert_counts_alone(ep2, ep2_apex_eval2):
     assert loads(ep2_apex_eval2) == loads(ep2) and len(loads(ep2)) == ITERS
 
 
-def test_tensor_parallel_matches_no_tensor_parallel(ref, tmp_path_factory, corpus):
-    # both TP ranks see the same micro-batches: dp = 1, so a batch of 2 takes 2 accumulated micro-batches of 1
-    tp2 = two_rank(tmp_path_factory, corpus, "tp2", "--tp", "2", "--micro-batch-size", "1", "--global-batch-size", "2")
+def test_tensor_parallel_matches_no_tensor_parallel(ref, tp2):
     assert "tp 2, ep 1, dp 1, ZeRO-3, micro 1 x accum 2" in (tp2 / "log.txt").read_text()
     assert_same_losses(tp2, ref)
 
 
-def test_tensor_and_expert_parallel_folded_matches(ref, tmp_path_factory, corpus):
-    tpep = two_rank(tmp_path_factory, corpus, "tpep", "--tp", "2", "--ep", "2", "--micro-batch-size", "2",
-                    "--global-batch-size", "2")
+def test_tensor_and_expert_parallel_folded_matches(ref, tpep):
     assert "tp 2, ep 2, dp 1" in (tpep / "log.txt").read_text()
     assert "1 AutoEP layer(s)" in (tpep / "log.txt").read_text()
     assert_same_losses(tpep, ref, tol=EP_TOL)
 
 
-def test_compile_under_zero3_matches_eager_without_graph_breaks(ref, corpus, tmp_path):
+def test_compile_under_zero3_matches_eager_without_graph_breaks(ref, compiled):
     """``--compile`` under ZeRO-3: the recurrent core and each prelude/coda block are ZeRO-3 leaves (fetched whole,
     no hooks inside), so Dynamo logs no graph break, and the only recompile is the recurrent block's no-grad graph
     of truncated BPTT (grad mode is part of a graph's guards), never one for another loop index or loop count
     (every step here samples another). The losses equal the eager 1-process reference (measured: 7e-7)."""
-    env = {**launch_env(), "TORCH_LOGS": "graph_breaks,recompiles"}
-    compiled = train(tmp_path, corpus, 2, "--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2",
-                     "--compile", env=env)
     text = (compiled / "log.txt").read_text()
     assert "compiling blocks ['prelude.0', 'recurrent.block', 'coda.0']" in text
     assert "Graph break" not in text, text[-4000:]
@@ -281,8 +328,8 @@ def test_two_nodes_through_the_hostfile_path(zero3, tmp_path, corpus):
 def test_export_round_trip(ref, ep2, tmp_path, corpus):
     """Export the AutoEP ZeRO-3 checkpoint: MythosLM with the exported weights reproduces the validation loss the
     engine computed at the last step, and agrees with the export of the ZeRO-0 reference run."""
-    from megamythos.checkpoint.export import load_exported
     from megamythos.checkpoint.export import main as export_main
+    from megamythos.checkpoint.reader import load_exported
     from megamythos.data.pretraining import build_datasets, collate
     from megamythos.model.config import ModelConfig
     from megamythos.model.lm import MythosLM
@@ -316,14 +363,12 @@ def test_export_round_trip(ref, ep2, tmp_path, corpus):
     assert got["recurrent.block.moe.gate.e_score_correction_bias"].abs().max() > 0  # biases from client state
 
 
-def test_export_of_a_zero2_checkpoint_equals_the_zero0_one(ref, tmp_path_factory, corpus, tmp_path):
+def test_export_of_a_zero2_checkpoint_equals_the_zero0_one(ref, zero2, tmp_path):
     """ZeRO-1/2 checkpoints carry no universal-checkpoint info of their own (DeepSpeed's ds_to_universal asserted
     on it); the export injects the default and reads the same weights as from the ZeRO-0 run's module state."""
-    from megamythos.checkpoint.export import load_exported
     from megamythos.checkpoint.export import main as export_main
+    from megamythos.checkpoint.reader import load_exported
 
-    zero2 = train(tmp_path_factory.mktemp("zero2"), corpus, 1, "--zero", "2", "--micro-batch-size", "2",
-                  "--global-batch-size", "2")
     assert_same_losses(zero2, ref)
     assert export_main([str(zero2 / "ckpt"), str(tmp_path / "zero2")]) == 0
     assert export_main([str(ref / "ckpt"), str(tmp_path / "ref")]) == 0

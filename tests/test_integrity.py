@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,7 @@ from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
 from megamythos.model.config import ModelConfig
 from megamythos.training.checkpointing import check_run_dirs, universal_tag
-from tests.helpers import run, run_single, tiny_args, trains
+from tests.helpers import launch_env, run, run_single, tiny_args, trains
 
 GOOD, LATEST_TAG = "iter_0000001", "iter_0000002"
 FILES = {"model states": "*model_states.pt", "optimizer states": "*optim_states.pt"}
@@ -207,3 +210,18 @@ def test_universal_checkpoint_is_checksummed_and_rebuilt_when_it_does_not_verify
         assert universal_tag(ckpt, layout, 3, 0, config) == name
     assert any("converting" in r.getMessage() for r in caplog.records)
     assert verify_checksums(ckpt / name)
+
+
+@pytest.mark.launch
+def test_export_prints_only_its_json_on_stdout_and_files_follow_the_umask(saved: Path, tmp_path: Path) -> None:
+    """What scripts parse: stdout is the one JSON line (DeepSpeed's import-time WARNING went there before it);
+    the files are readable as a plain ``open`` would make them (safetensors wrote model.safetensors 0600)."""
+    for fmt in ("native", "hf"):
+        out = tmp_path / fmt
+        result = subprocess.run([sys.executable, "-m", "megamythos.checkpoint.export", str(saved), str(out),
+                                 "--format", fmt], capture_output=True, text=True, env=launch_env(), timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(result.stdout.splitlines()) == 1 and json.loads(result.stdout), result.stdout
+        umask = os.umask(0)
+        os.umask(umask)
+        assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

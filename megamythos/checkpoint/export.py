@@ -20,6 +20,7 @@ Checkpoints are read (and their checksums verified) by :mod:`megamythos.checkpoi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -60,6 +61,7 @@ def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
+        readable_as_umask(stage)
         write_checksums(stage)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -72,6 +74,16 @@ def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(old)
     elif replaced:
         old.unlink()
+
+
+def readable_as_umask(directory: Path) -> None:
+    """Give every file in ``directory`` the mode a plain ``open`` would (0666 less the umask): safetensors writes
+    0600, which other users of a shared export could not read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -126,11 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def run() -> int:
-        if args.format == "hf":
-            print(json.dumps({"hf_dir": str(export_hf_checkpoint(args.checkpoint, args.out, args.overwrite))}))
-            return 0
-        path = export(args.checkpoint, args.out, args.overwrite)
-        print(json.dumps({"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON line (DeepSpeed logs to it)
+            if args.format == "hf":
+                result = {"hf_dir": str(export_hf_checkpoint(args.checkpoint, args.out, args.overwrite))}
+            else:
+                path = export(args.checkpoint, args.out, args.overwrite)
+                result = {"model": str(path), "config": str(Path(args.out) / CONFIG_FILE)}
+        print(json.dumps(result))
         return 0
 
     return run_cli(run)

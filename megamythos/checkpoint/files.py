@@ -21,7 +21,6 @@ Layout of ``--save DIR``::
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import zipfile
@@ -30,7 +29,7 @@ from typing import Any
 
 from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import UserError
+from megamythos.errors import UserError, read_json_object
 
 LATEST = "latest"
 TAG_RE = re.compile(r"^iter_(\d{7,})$")
@@ -38,6 +37,8 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_RECORD = "tokenizer.json"
 TOKENIZER_COPY = "tokenizer.model"
 TRAIN_RECORD = "train_args.json"
+# what to do about a broken train_args.json in a checkpoint tag (it records the run's data and settings)
+TRAIN_RECORD_REMEDY = "restore it from a copy of the run, or use another checkpoint tag"
 WRITER_LOCK = "writer.lock"
 UNIVERSAL_SUFFIX = "_universal"
 
@@ -56,6 +57,9 @@ def read_latest(directory: str | Path) -> str | None:
     if not path.is_file():
         return None
     tag = path.read_text().strip()
+    if not TAG_RE.match(tag):
+        raise CheckpointError(f"{path} holds {tag!r}, not a checkpoint tag (iter_NNNNNNN); write the tag of the "
+                              "checkpoint to resume into it, or remove it to start afresh")
     if not (Path(directory) / tag).is_dir():
         raise CheckpointError(f"{path} names {tag!r}, which does not exist in {directory}")
     return tag
@@ -73,7 +77,7 @@ def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
     """(``{"world_size", "tp", "ep"}``, ZeRO stage) of the run that wrote ``tag_dir``; None for what it did not
     record (older checkpoints lack the stage)."""
     path = tag_dir / TRAIN_RECORD
-    record = json.loads(path.read_text()) if path.is_file() else {}
+    record = read_json_object(path, CheckpointError, TRAIN_RECORD_REMEDY) if path.is_file() else {}
     return record.get("layout"), record.get("zero_stage")
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megamythos.checkpoint.files import TRAIN_RECORD, read_tokenizer_files
+from megamythos.checkpoint.files import TRAIN_RECORD, TRAIN_RECORD_REMEDY, read_tokenizer_files
 from megamythos.checkpoint.reader import (
     is_export_dir,
     load_checkpoint_weights,
@@ -28,9 +28,6 @@ from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
 
 logger = logging.getLogger(__name__)
-
-# what to do about a broken train_args.json in a checkpoint tag (it records the run's data and settings)
-TRAIN_RECORD_REMEDY = "restore it from a copy of the run, or use another checkpoint tag"
 
 
 class LoadError(UserError, ValueError):
