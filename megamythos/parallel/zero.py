@@ -17,11 +17,10 @@ T and any number of micro-batches, and no gather inside the loop at all. The pri
 share (attention / tp, local experts, shared experts) is held whole instead of 1/dp of it, about what a
 per-use gather of its largest module needs anyway while the loop runs (``megamythos.planning.step_model`` budgets it).
 
-Why not a ZeRO-3 leaf module for the core (``zero_optimization.leaf_module``, one gather per forward and one
-per backward) by default: it was measured wrong while ``RecurrentCore.input_norm`` ran in ``MythosLM.forward``,
-before the core (its gradient arrived after the leaf's backward hook reduced the leaf's gradients and was never
-reduced). The core now applies its input norm itself, so the leaf is correct, and ``--compile`` under ZeRO-3
-uses it (:func:`compile_leaf_section`); as the default it is unmeasured against the persistent core.
+The core may instead be a ZeRO-3 leaf module (``zero_optimization.leaf_module``: one gather per forward and one
+per backward), which is correct because every parameter it owns, its input norm included, is used inside its own
+forward; ``--compile`` under ZeRO-3 does that (:func:`compile_leaf_section`). The persistent core stays the
+default: the leaf has not been measured against it.
 """
 from __future__ import annotations
 
