@@ -23,6 +23,7 @@ from typing import Any
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
 from megamythos.errors import ArgumentParser, UserError
 from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
+from megamythos.training.divergence import ON_DIVERGENCE
 from megamythos.training.optimizers import ADAM_IMPLS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,13 @@ class TrainArgs:
     seed: int = DEFAULT_SEED
     max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
     exit_interval: int = 0  # stop (with a checkpoint) after this iteration; 0 -> run to the end
+    # divergence guard (megamythos.training.divergence); defaults measured on the default run, 2026-12-04
+    divergence_factor: float = 2.0  # stop when lm loss > this x ln(vocab); 0 -> off
+    spike_factor: float = 1.5  # a spike: lm loss > this x the median of the last spike_window good losses; 0 -> off
+    spike_window: int = 50
+    spike_patience: int = 3  # spike steps in a row that count as a divergence
+    on_divergence: str = "stop"  # or "rollback": reload the last good checkpoint, skip the data read since
+    max_rollbacks: int = 3
     # parallelism and precision (None -> keep the ds_config value)
     ds_config: str = str(DEFAULT_DS_CONFIG)
     tp: int | None = None
@@ -114,9 +122,19 @@ class TrainArgs:
         _check(self.adam_impl in ADAM_IMPLS, f"--adam-impl must be one of {ADAM_IMPLS}, got {self.adam_impl!r}")
         _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
         _check(0.0 < self.wsd_decay_fraction <= 1.0, "--wsd-decay-fraction must lie in (0, 1]")
+        for name in ("adam_beta1", "adam_beta2"):  # AdamW's moment decay rates; 1 would never forget a gradient
+            _check(0.0 <= getattr(self, name) < 1.0,
+                   f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)} (typical: 0.9 and 0.95)")
+        _check(self.adam_eps > 0, f"--adam-eps must be positive, got {self.adam_eps} (typical: 1e-8)")
         for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "clip_grad", "weight_decay"):
             _check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
-        for name in ("keep_last", "eval_iters", "log_interval", "max_nonfinite"):
+        for name in ("divergence_factor", "spike_factor"):  # 1 x ln(vocab) / x the median: any loss at all
+            value = getattr(self, name)
+            _check(value == 0 or value > 1, f"--{name.replace('_', '-')} must be 0 (off) or above 1, got {value}")
+        _check(self.on_divergence in ON_DIVERGENCE,
+               f"--on-divergence must be one of {ON_DIVERGENCE}, got {self.on_divergence!r}")
+        for name in ("keep_last", "eval_iters", "log_interval", "max_nonfinite", "spike_window", "spike_patience",
+                     "max_rollbacks"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
         parts = self.split.split(",")
         _check(len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
@@ -170,6 +188,14 @@ FLAG_HELP = {  # flags added in loops below; the others carry their help where t
     "eval_iters": "validation batches", "log_interval": "console line every N steps", "seed": "data and init seed",
     "max_nonfinite": "abort after this many consecutive non-finite losses",
     "exit_interval": "stop with a checkpoint after this step (0: run to the end)",
+    "divergence_factor": "stop when the lm loss exceeds this x ln(vocab size), the loss of a uniform guess (0: off)",
+    "spike_factor": "a loss spike: lm loss above this x the median of the last --spike-window good losses (0: off)",
+    "spike_window": "good losses whose median a spike is measured against",
+    "spike_patience": "spike steps in a row that stop the run (no checkpoint is written while a spike lasts)",
+    "on_divergence": "stop with one line naming the last good checkpoint, or roll back to it and skip the samples "
+                     "read since (the training data is then sized for the samples rollbacks may skip, which can "
+                     "change the sample order: keep this setting across resumes)",
+    "max_rollbacks": "rollbacks per run before a divergence stops it",
     "ds_config": "DeepSpeed JSON (ds_configs/); the flags below override its values",
 }
 
@@ -247,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "--max-nonfinite", "--exit-interval"):
         add(flag, type=int)
     add("--peak-tflops", type=float, help="peak TFLOP/s per process for MFU; default: measured")
+    g = p.add_argument_group("divergence guard")
+    for flag in ("--divergence-factor", "--spike-factor"):
+        add(flag, type=float)
+    for flag in ("--spike-window", "--spike-patience", "--max-rollbacks"):
+        add(flag, type=int)
+    add("--on-divergence", choices=ON_DIVERGENCE)
     g = p.add_argument_group("parallelism and precision")
     add("--ds-config", type=str)
     add("--tp", type=int, help="tensor-parallel size (AutoTP)")

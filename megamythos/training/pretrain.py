@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megamythos.checkpoint.files import read_latest
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, resolve_data
 from megamythos.data.tokenizer import Tokenizer
@@ -42,6 +43,7 @@ from megamythos.training.checkpointing import (
     universal_tag,
     writer_lock,
 )
+from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
@@ -171,6 +173,9 @@ class Trainer:
         self.iteration = 0
         self.consumed = 0
         self.guard = NonFiniteGuard(args.max_nonfinite)
+        self.divergence = DivergenceGuard(self.config.vocab_size, args.divergence_factor, args.spike_factor,
+                                          args.spike_window, args.spike_patience)
+        self.rollbacks = 0
         self.checkpoints = CheckpointManager(
             args.save, args.keep_last,
             tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
@@ -183,7 +188,9 @@ class Trainer:
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if args.load:
-            self._load(args.load)
+            self._load(args.load, self.universal)
+        latest = read_latest(args.save) if args.save else None
+        self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
         logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
                     "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
                     self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
@@ -199,10 +206,11 @@ class Trainer:
     def client_state(self) -> dict[str, Any]:
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
-                "tokenizer_fingerprint": self.data.tokenizer_fingerprint, "layout": self.layout_record()}
+                "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
+                "layout": self.layout_record()}
 
-    def _load(self, load_dir: str) -> None:
-        state = self.checkpoints.load(self.engine, load_dir, self.config, self.universal)
+    def _load(self, load_dir: str, universal: str | None) -> None:
+        state = self.checkpoints.load(self.engine, load_dir, self.config, universal)
         if state is None:
             return
         if state.get("tokenizer_fingerprint") != self.data.tokenizer_fingerprint:
@@ -212,10 +220,51 @@ class Trainer:
         self.iteration = state["iteration"]
         self.consumed = state["consumed_train_samples"]
         self.guard.skipped = state.get("skipped_steps", 0)
+        self.rollbacks = state.get("rollbacks", 0)
         load_expert_bias_state(self.engine.module, state["expert_bias"])
 
     def save(self) -> None:
-        self.checkpoints.save(self.engine, self.iteration, self.client_state(), self.config)
+        self.last_good = self.checkpoints.save(self.engine, self.iteration, self.client_state(), self.config)
+
+    def save_unless_spiking(self) -> bool:
+        """Save, unless a loss spike is open (the divergence guard's streak): then `latest` stays on the checkpoint
+        from before it. Returns whether it saved."""
+        if self.divergence.spiking:
+            logger.warning("iteration %d: checkpoint withheld during a loss spike; latest stays on %s",
+                           self.iteration, self.last_good or "none")
+            return False
+        self.save()
+        return True
+
+    def on_divergence(self, diverged: Divergence) -> None:
+        """Point ``latest`` at the last good checkpoint (:func:`step_back`), then raise :class:`DivergenceError`, or
+        under ``--on-divergence rollback`` (at most ``--max-rollbacks`` times, and only with a checkpoint to go back
+        to) reload that checkpoint and move the data position past every sample read since it: the steps from the
+        checkpoint on are retrained on the samples that follow the spike (the PaLM recipe). The rollback is logged,
+        to TensorBoard (``rollbacks``) and the metrics file."""
+        if self.args.save:
+            self.last_good = step_back(Path(self.args.save), diverged.since)
+        exhausted = self.rollbacks >= self.args.max_rollbacks
+        if self.args.on_divergence == "stop" or self.last_good is None or exhausted:
+            after = f" after {self.rollbacks} rollback{'s' * (self.rollbacks != 1)} (--max-rollbacks " \
+                    f"{self.args.max_rollbacks})" \
+                if self.args.on_divergence == "rollback" and exhausted else ""
+            good = f"{self.last_good} (`latest`); resume from it" if self.last_good else "none saved; start again"
+            raise DivergenceError(f"training diverged at {diverged.describe()}{after}; last good checkpoint: {good} "
+                                  "with a lower --lr or a longer --warmup")
+        read_to, rollbacks = self.consumed, self.rollbacks + 1
+        self._load(self.args.save, None)
+        self.rollbacks = rollbacks
+        skipped, self.consumed = read_to - self.consumed, read_to
+        self.divergence.restart()
+        logger.warning("training diverged at %s; rollback %d of %d: reloaded %s (iteration %d); the data resumes at "
+                       "sample %d, %d past the checkpoint's", diverged.describe(), self.rollbacks,
+                       self.args.max_rollbacks, self.last_good, self.iteration, self.consumed, skipped)
+        self.monitor.scalars({"rollbacks": float(self.rollbacks)}, diverged.iteration, read_to)
+        self.monitor.record({"iteration": diverged.iteration, "rollback": self.rollbacks,
+                             "diverged_loss": diverged.loss, "threshold": diverged.threshold,
+                             "checkpoint": str(self.last_good), "resumed_iteration": self.iteration,
+                             "skipped_samples": skipped, "consumed_samples": self.consumed})
 
     # ---------------------------------------------------------------------------------------- helpers
     def world_mean(self, values: list[float]) -> list[float]:
@@ -224,9 +273,23 @@ class Trainer:
         dist.all_reduce(t)
         return (t / self.world).tolist()
 
+    def rollback_headroom(self) -> int:
+        """Training steps that ``--max-rollbacks`` rollbacks may skip (0 unless ``--on-divergence rollback``).
+
+        A rollback skips the steps from its checkpoint to the divergence. Saves are ``--save-interval`` I apart,
+        or up to ``--spike-patience`` K - 1 later when a spike streak withholds one; the newest save is dropped
+        when its weights gave the first bad loss, so one rollback skips at most I + 2K steps (without periodic
+        saves: the whole run)."""
+        if self.args.on_divergence != "rollback":
+            return 0
+        interval, patience = self.args.save_interval, self.args.spike_patience
+        span = min(self.total_iters, interval + 2 * patience) if interval else self.total_iters
+        return self.args.max_rollbacks * span
+
     def datasets(self) -> tuple[Any, Any]:
-        return build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters,
-                              self.layout.global_batch_size)
+        gbs = self.layout.global_batch_size
+        return build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters, gbs,
+                              extra_train_samples=self.rollback_headroom() * gbs)
 
     def validation_tokens(self) -> int:
         """Tokens one validation predicts: ``eval_iters`` global batches (the first ``eval_iters x global batch``
@@ -260,7 +323,8 @@ class Trainer:
             tokens, labels = next(data, (None, None))
             if tokens is None:
                 raise DataError(f"training data ran out at iteration {self.iteration} after {self.consumed} samples "
-                                f"({self.guard.skipped} skipped micro-batches consumed extra data)")
+                                f"({self.guard.skipped} skipped micro-batches and {self.rollbacks} rollbacks consumed "
+                                "extra data)")
             self.consumed += self.layout.micro_batch_size * self.dp_size
             out = self.engine(tokens, labels=labels, n_loops=n_loops)
             loss = out.loss + out.aux_loss
@@ -331,12 +395,20 @@ class Trainer:
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         signals = GracefulExit()
         self.engine.train()
-        saved_at = self.iteration
+        saved_at, save_due = self.iteration, False
         try:
             while self.iteration < self.total_iters:
                 start = time.perf_counter()
                 step = self.train_step(data)
                 self.log_step(step, time.perf_counter() - start)
+                # a step ZeRO discarded (non-finite gradient; the streak of the NonFiniteGuard) changed no weights
+                diverged = self.divergence.observe(step["lm_loss"], self.iteration) \
+                    if self.guard.consecutive == 0 else None
+                if diverged:
+                    self.on_divergence(diverged)
+                    data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
+                    saved_at, save_due = self.iteration, False
+                    continue
                 if self.args.eval_interval and self.iteration % self.args.eval_interval == 0:
                     val = self.evaluate(valid)
                     ppl = math.exp(min(val, 20.0))
@@ -349,14 +421,15 @@ class Trainer:
                                 self.args.eval_iters, self.layout.global_batch_size, self.args.seq_length,
                                 self.config.mean_loops)
                 stop = signals.should_exit() or self.iteration == self.args.exit_interval
-                if stop or (self.args.save_interval and self.iteration % self.args.save_interval == 0):
-                    self.save()
-                    saved_at = self.iteration
+                save_due = save_due or bool(self.args.save_interval and self.iteration % self.args.save_interval == 0)
+                if (stop or save_due) and self.save_unless_spiking():
+                    saved_at, save_due = self.iteration, False
                 if stop:
-                    logger.info("stopping at iteration %d (checkpoint saved)", self.iteration)
+                    logger.info("stopping at iteration %d (latest checkpoint: %s)", self.iteration,
+                                self.last_good or "none")
                     return 0
             if saved_at != self.iteration:
-                self.save()
+                self.save_unless_spiking()
             return 0
         finally:
             signals.restore()
