@@ -50,7 +50,14 @@ from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import LRSchedule, build_scheduler
 from megamythos.training.shm import release_own_buffer, remove_stale_buffers
-from megamythos.training.signals import GracefulExit, NonFiniteGuard, any_rank, join_supervisor_group
+from megamythos.training.signals import (
+    GracefulExit,
+    NonFiniteGuard,
+    any_rank,
+    join_supervisor_group,
+    lost_peer,
+    peer_loss_message,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -480,6 +487,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") != "0":
             return _quiet(argv)
         return run_cli(lambda: train(argv), log_format=None, logger=logger)
+    except RuntimeError as err:  # a peer rank died: every survivor says so in one line, whatever its rank
+        if not lost_peer(err):
+            raise
+        save = parse_args(argv).save
+        print(f"error: {peer_loss_message(save, read_latest(save) if save else None)}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,5 +1,5 @@
 """Stop and skip conditions that every rank must agree on: termination signals, the end of the process that
-launched the rank, and non-finite losses.
+launched the rank, and non-finite losses; and how a rank reports a peer that died (nothing to agree on then).
 
 Each is decided by one all-reduce of a flag over all ranks, so a signal delivered to a single rank, or a NaN
 on one data-parallel shard, makes every rank take the same branch; a rank that diverged would otherwise hang in
@@ -176,3 +176,38 @@ class NonFiniteGuard:
         A finite loss says nothing yet about the step (its gradient may still overflow): no reset here."""
         bad = any_rank(not bool(torch.isfinite(loss.detach()).all()))
         return self.record(True, iteration, "loss") if bad else False
+
+
+# What gloo (and NCCL's socket transport) raise in a collective whose peer process is gone.
+PEER_LOSS_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another rank's process ended."""
+    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in PEER_LOSS_MARKERS)
+
+
+def dead_local_ranks() -> list[int]:
+    """Global ranks of this node whose processes are gone: the launcher's children that run a rank (they carry
+    ``RANK`` in their environment) are the living ones; ranks are numbered node by node."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+    first = int(os.environ.get("RANK", "0")) - int(os.environ.get("LOCAL_RANK", "0"))
+    alive = set()
+    parent = psutil.Process().parent()
+    for child in parent.children() if parent else []:
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "RANK" in (env := child.environ()):
+                alive.add(int(env["RANK"]))
+        except (psutil.Error, ValueError):
+            continue
+    return sorted(set(range(first, first + local)) - alive)
+
+
+def peer_loss_message(save: str | None, latest: str | None) -> str:
+    """The one line a surviving rank prints: which rank died, and the checkpoint the job resumes from."""
+    dead = dead_local_ranks()
+    who = ", ".join(f"rank {r}" for r in dead) if dead else "a rank of this job (on another node)"
+    where = (f"--load {save} resumes from {latest}" if latest
+             else "no checkpoint was saved yet: it starts afresh" if save else "it ran without --save")
+    return (f"rank {os.environ.get('RANK', '0')}: {who} ended during a collective; the job cannot continue. "
+            f"Run the same command again ({where})")
