@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -365,15 +366,24 @@ def test_shm_buffers_own_released_and_those_of_dead_runs_removed(monkeypatch, tm
     if not SHM.is_dir():
         pytest.skip("no /dev/shm")
     name = f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_1_"
-    mine, live, dead = (SHM / f"{name}{rank}" for rank in (7, 6, 5))
-    for path in (mine, live, dead):
-        path.write_bytes(b"x" * 4096)
-    try:
-        release_own_buffer()
-        assert not mine.exists() and live.exists()
-        with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096):  # a live rank maps its buffer
-            assert dead.name in remove_stale_buffers()
-            assert live.exists() and not dead.exists()
-    finally:
-        for path in (mine, live, dead):
-            path.unlink(missing_ok=True)
+    mine, live, dead, fresh = (SHM / f"{name}{rank}" for rank in (7, 6, 5, 4))
+    with socket.socket() as store:  # a live job's rank 0 listens on the port its buffers' names carry
+        store.bind(("127.0.0.1", 0))
+        store.listen()
+        starting = SHM / f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{store.getsockname()[1]}_1"
+        paths = (mine, live, dead, fresh, starting)
+        for path in paths:
+            path.write_bytes(b"x" * 4096)
+        old = time.time() - 3600
+        for path in (mine, live, dead, starting):
+            os.utime(path, (old, old))
+        try:
+            release_own_buffer()
+            assert not mine.exists() and live.exists()
+            with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096):  # a live rank maps its buffer
+                # a buffer being written (not mapped yet) is young, and one of a job whose store listens is kept
+                assert remove_stale_buffers() == [dead.name]
+                assert live.exists() and fresh.exists() and starting.exists() and not dead.exists()
+        finally:
+            for path in paths:
+                path.unlink(missing_ok=True)

@@ -3,19 +3,23 @@ dead runs removed at the next launch.
 
 DeepSpeed's CPU comm op creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (66 MB per
 rank, in memory) and never removes it. A rank unlinks its own after the process group is gone
-(:func:`release_own_buffer`); a rank killed with ``kill -9`` cannot, so every launch first removes the buffers
-of this user that no live process maps (:func:`remove_stale_buffers`).
+(:func:`release_own_buffer`); a rank killed with ``kill -9`` cannot, so every launch first removes this user's
+buffers of dead jobs (:func:`remove_stale_buffers`).
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
+
+from megamythos.training.rendezvous import port_free
 
 logger = logging.getLogger(__name__)
 
 SHM = Path("/dev/shm")
 PREFIX = "deepspeed_allreduce_buffer_"
+MIN_AGE_S = 60.0
 
 
 def release_own_buffer() -> None:
@@ -40,17 +44,32 @@ def mapped_shm_files() -> set[str]:
     return names
 
 
+def stale(path: Path, mapped: set[str]) -> bool:
+    """Whether buffer ``path`` belongs to a dead job: no process maps it, nobody listens on the rendezvous port its
+    name carries (a live job's rank 0 holds it from before the buffers exist to the end), and it is older than
+    ``MIN_AGE_S`` (a rank writes its 66 MB buffer before it maps it; a peer still waits for it by name)."""
+    if path.name in mapped:
+        return False
+    port = path.name.rsplit("_", 2)[-2]
+    if port.isdigit() and not port_free(int(port)):
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > MIN_AGE_S
+    except FileNotFoundError:
+        return False
+
+
 def remove_stale_buffers() -> list[str]:
-    """Remove this user's buffers that no live process maps (their ranks died); returns the names removed."""
+    """Remove this user's buffers of dead jobs (see :func:`stale`); returns the names removed."""
     if not SHM.is_dir():
         return []
     mine = sorted(SHM.glob(f"{PREFIX}{os.getuid()}_*"))
     if not mine:
         return []
-    live = mapped_shm_files()
+    mapped = mapped_shm_files()
     removed = []
     for path in mine:
-        if path.name not in live:
+        if stale(path, mapped):
             path.unlink(missing_ok=True)
             removed.append(path.name)
     if removed:
