@@ -41,11 +41,12 @@ install: $(BIN)/.installed
 pretrain: $(BIN)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash launchers/pretrain.sh $(ARGS)
 
+# pytest's default output: each test file's name, then a dot per test as it passes (progress per file)
 test: $(BIN)/.installed
-	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
 
 # The unit-level set (< 3 min on 2 CPU cores): every test but those marked `launch` (real trainer launches).
 test-fast: $(BIN)/.installed
-	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not launch" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not launch" $(PYTEST_ARGS)
 
 .PHONY: install prebuild-ops pretrain test test-fast

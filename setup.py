@@ -4,7 +4,8 @@ from setuptools import find_packages, setup
 setup(
     name="megamythos",
     version="0.1.0",
-    description="DeepSpeed/Megatron-style pretraining for recurrent-depth MoE transformers (Prelude -> looped block -> Coda)",
+    description="DeepSpeed/Megatron-style pretraining for recurrent-depth MoE transformers "
+                "(Prelude -> looped block -> Coda)",
     packages=find_packages(include=["megamythos", "megamythos.*"]),
     python_requires=">=3.10",
     install_requires=[

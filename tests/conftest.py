@@ -2,23 +2,25 @@
 
 Session-scoped fixtures hold read-only data built once per test session: the small default corpus, a tiny BPE
 tokenizer, and one tiny trained checkpoint. A test that uses a fixture which trains (``LAUNCH_FIXTURES``) starts a
-real launch and must carry the ``launch`` marker (checked at collection).
+real launch and must carry the ``launch`` marker (checked at collection; such fixtures are registered with
+``helpers.trains``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from megamythos.data.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
-from tests.helpers import build_corpus, run, synthetic_documents, tiny_args
+from tests.helpers import LAUNCH_FIXTURES, LaunchPool, build_corpus, run, synthetic_documents, tiny_args, trains
 
 TINY_RUN_ITERS = 8
-LAUNCH_FIXTURES = {"tiny_run", "tiny_checkpoint"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses a fixture registered with ``helpers.trains`` carries the ``launch`` marker."""
     unmarked = [item.nodeid for item in items if LAUNCH_FIXTURES & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("launch") is None]
     if unmarked:
@@ -46,15 +48,34 @@ def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
+def launches() -> Iterator[LaunchPool]:
+    """Background trainer launches, two at a time (helpers.LaunchPool): a module submits its independent runs at
+    once and each fixture waits for its own."""
+    pool = LaunchPool(slots=2)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="session")
+@trains
+def tiny_run_started(tmp_path_factory: pytest.TempPathFactory, corpus: Path, launches: LaunchPool) -> Path:
+    """Queues ``tiny_run`` in ``launches`` (a module that also starts runs of its own asks for this first, so the
+    shared run goes first); returns its directory, finished or not."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    launches.submit("tiny_run", run, 1, [
+        *tiny_args(corpus, TINY_RUN_ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2",
+        "--save", str(out / "ckpt"), "--save-interval", "2", "--keep-last", "4",
+        "--metrics-file", str(out / "metrics.jsonl"), "--tensorboard-dir", str(out / "tb")], out / "log.txt")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_started: Path, launches: LaunchPool) -> Path:
     """One launch of the tiny model, shared by every test that needs a trained checkpoint: 1 process, ZeRO-0,
     micro batch 2 = global batch 2, 8 iterations, a checkpoint every 2 (the last 4 kept: iter_0000002 ...
     iter_0000008). Returns the run directory: ckpt/, metrics.jsonl, tb/, log.txt. Read-only for its users."""
-    out = tmp_path_factory.mktemp("tiny_run")
-    run(1, [*tiny_args(corpus, TINY_RUN_ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2",
-            "--save", str(out / "ckpt"), "--save-interval", "2", "--keep-last", "4",
-            "--metrics-file", str(out / "metrics.jsonl"), "--tensorboard-dir", str(out / "tb")], out / "log.txt")
-    return out
+    launches.result("tiny_run")
+    return tiny_run_started
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,25 @@ def corpus_prefix(corpus: Path) -> str:
     return str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
 
 
+def one_error_line(output: str) -> str:
+    """The single ``error:`` line of a failed command (no traceback)."""
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, f"expected one error line:\n{output[-3000:]}"
+    return lines[0]
+
+
 # ------------------------------------------------------------------------------------------- trainer launches
+LAUNCH_FIXTURES: set[str] = set()
+
+
+def trains(fixture: Callable) -> Callable:
+    """Registers a fixture that launches the trainer: conftest.py refuses, at collection, a test that uses one
+    (directly or through another fixture) without the ``launch`` marker. Put it under ``@pytest.fixture``."""
+    LAUNCH_FIXTURES.add(fixture.__name__)
+    return fixture
+
+
 def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
     """Trainer flags of the tiny test model on the small default corpus (lr high enough to expose drift)."""
     args = []
@@ -98,10 +117,18 @@ def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
                    "--no-bf16"]
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port, never one this session handed out before (launches run side by side: see LaunchPool)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def launch_env() -> dict[str, str]:
@@ -165,6 +192,30 @@ def wait_for(predicate: Callable[[], bool], proc: subprocess.Popen, what: str, t
         assert proc.poll() is None, f"run ended before {what}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.05)
+
+
+class LaunchPool:
+    """Runs jobs (trainer launches, which mostly wait on their subprocesses) in background threads, at most ``slots``
+    at a time, in the order submitted, so that the independent launches of a module overlap: the launch chain leaves
+    a core idle much of the time (two 2-rank launches side by side took 1.2x one alone on 2 cores). ``result`` waits
+    for a job and re-raises its failure in the test that asks for it."""
+
+    def __init__(self, slots: int = 2) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="launch")
+        self._jobs: dict[str, Future] = {}
+
+    def submit(self, key: str, fn: Callable, *args, **kwargs) -> None:
+        """Queue ``fn(*args, **kwargs)`` under ``key``; a key already queued is left alone. A job may wait for the
+        result of a job submitted before it (FIFO: that one has a slot first)."""
+        if key not in self._jobs:
+            self._jobs[key] = self._executor.submit(fn, *args, **kwargs)
+
+    def result(self, key: str):
+        return self._jobs[key].result()
+
+    def close(self) -> None:
+        """Drop the jobs not started; wait for those running (each launch is killed after its own timeout)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 def metrics(path: Path) -> list[dict]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from megamythos.checkpoint.files import CheckpointError
 from megamythos.model.config import ModelConfig
 from megamythos.training.checkpointing import universal_tag
-from tests.helpers import losses, metrics, run, tiny_args
+from tests.helpers import LaunchPool, losses, metrics, run, tiny_args, trains
 
 pytestmark = pytest.mark.distributed
 
@@ -71,31 +70,44 @@ LAYOUTS = {"1 rank": (1, ONE_RANK, {"world_size": 1, "tp": 1, "ep": 1}),
            "2 ranks tp2": (2, TWO_RANKS_TP2, {"world_size": 2, "tp": 2, "ep": 1})}
 
 
+# (layout that saves, layout that resumes), one test each
+PAIRS = [("2 ranks ep2", "1 rank"), ("1 rank", "2 ranks ep2"), ("2 ranks tp2", "1 rank"), ("1 rank", "2 ranks tp2"),
+         ("2 ranks ep2", "2 ranks tp2")]
+
+
+def resume_when_saved(launches: LaunchPool, ref: Path, out: Path, corpus: Path, nproc: int,
+                      layout: tuple[str, ...], saved: str) -> str:
+    launches.result(f"elastic/{saved}")  # the reference run has written its iteration-4 checkpoint
+    return resume_elsewhere(ref, out, corpus, nproc, layout)
+
+
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Callable[[str], Path]:
-    """Layout name -> its uninterrupted reference run (checkpoint at iteration 4), trained once per module."""
-    runs: dict[str, Path] = {}
-
-    def get(name: str) -> Path:
-        if name not in runs:
-            procs, flags, _ = LAYOUTS[name]
-            runs[name] = tmp_path_factory.mktemp("ref")
-            train(runs[name], corpus, procs, flags, "--save-interval", str(STOP))
-        return runs[name]
-
-    return get
+@trains
+def runs(launches: LaunchPool, tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> dict:
+    """Starts, in conftest's ``launches`` (two at a time, in this order), each saved layout's uninterrupted reference
+    run (checkpoint at iteration 4), then every resume of ``PAIRS`` (each waits for its reference). Returns
+    {layout name: reference run, (saved, resumed): resumed run}; ``launches.result`` of ``elastic/<saved> ->
+    <resumed>`` is the resume's log."""
+    dirs: dict = {}
+    for name in dict.fromkeys(saved for saved, _ in PAIRS):
+        procs, flags, _ = LAYOUTS[name]
+        dirs[name] = tmp_path_factory.mktemp("ref")
+        launches.submit(f"elastic/{name}", train, dirs[name], corpus, procs, flags, "--save-interval", str(STOP))
+    for saved, resumed in PAIRS:
+        procs, flags, _ = LAYOUTS[resumed]
+        out = dirs[saved, resumed] = tmp_path_factory.mktemp("resumed") / "resumed"
+        launches.submit(f"elastic/{saved} -> {resumed}", resume_when_saved, launches, dirs[saved], out, corpus, procs,
+                        flags, saved)
+    return dirs
 
 
 @pytest.mark.launch
-@pytest.mark.parametrize("saved, resumed", [("2 ranks ep2", "1 rank"), ("1 rank", "2 ranks ep2"),
-                                            ("2 ranks tp2", "1 rank"), ("1 rank", "2 ranks tp2"),
-                                            ("2 ranks ep2", "2 ranks tp2")])
-def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, tmp_path: Path, corpus: Path,
-                                                    reference_run: Callable[[str], Path]) -> None:
-    (_, _, saved_layout), (procs, flags, layout) = LAYOUTS[saved], LAYOUTS[resumed]
-    ref = reference_run(saved)
-    log = resume_elsewhere(ref, tmp_path / "resumed", corpus, procs, flags)
-    check_continues(ref, tmp_path / "resumed", log, saved_layout, layout)
+@pytest.mark.parametrize("saved, resumed", PAIRS)
+def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, runs: dict,
+                                                    launches: LaunchPool) -> None:
+    (_, _, saved_layout), (_, _, layout) = LAYOUTS[saved], LAYOUTS[resumed]
+    log = launches.result(f"elastic/{saved} -> {resumed}")
+    check_continues(runs[saved], runs[saved, resumed], log, saved_layout, layout)
 
 
 @pytest.mark.parametrize("saved_stage, stage", [(2, 3), (3, 2), (1, 1)])

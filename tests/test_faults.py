@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from data_prep.preprocess_data import main as preprocess_main
 from megamythos.checkpoint.files import WRITER_LOCK, read_latest
+from megamythos.data.cli import preprocess_main
 from megamythos.data.indexed_dataset import dataset_exists
 from megamythos.data.metadata import metadata_path, read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
@@ -31,6 +31,7 @@ from tests.helpers import (
     free_port,
     launch_env,
     metrics,
+    one_error_line,
     run,
     run_single,
     spawn,
@@ -43,14 +44,6 @@ from tests.helpers import (
 )
 
 DOCS = synthetic_documents(20, seed=5)
-
-
-def one_error_line(output: str) -> str:
-    """The single ``error:`` line of a failed command (no traceback)."""
-    assert "Traceback" not in output, output[-3000:]
-    lines = [line for line in output.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, f"expected one error line:\n{output[-3000:]}"
-    return lines[0]
 
 
 def dead_pid() -> int:
@@ -366,3 +359,25 @@ def test_master_port_in_use_is_one_line(corpus: Path, tmp_path: Path) -> None:
                                 env={**launch_env(), "MASTER_PORT": str(port)})
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"--master-port {port} is in use" in one_error_line(result.stderr)
+
+
+@pytest.mark.launch
+@pytest.mark.distributed
+def test_a_rank_killed_with_sigkill_is_named_by_the_survivor_in_one_line(corpus: Path, tmp_path: Path) -> None:
+    """``kill -9`` of rank 1 of 2: rank 0's next collective fails (gloo: connection closed by peer); it prints one
+    line naming the dead rank and the checkpoint the job resumes from, not gloo's traceback."""
+    save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
+    args = [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file), "--eval-interval", "0",
+            "--save-interval", "2"]
+    proc = start(2, args, log)
+    wait_for(lambda: read_latest(save) is not None if save.is_dir() else False, proc, "the first checkpoint")
+    rank1 = next(p for p in ranks_of(save) if p.environ().get("RANK") == "1" and "pretrain" in " ".join(p.cmdline()))
+    latest = read_latest(save)
+    rank1.kill()
+    text = finish(proc, log)
+    assert proc.returncode != 0
+    lines = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0: rank 1 ended during a collective"), text[-4000:]
+    tag = read_latest(save)
+    assert f"--load {save} resumes from " in lines[0] and tag >= latest and tag in lines[0]
+    assert "Traceback" not in text, text[-4000:]

@@ -192,16 +192,19 @@ BF16_LOSS_TOL, BF16_MEAN_TOL = 0.05, 0.01
 
 @pytest.mark.distributed
 @pytest.mark.launch
-def test_bf16_training_tracks_fp32(corpus, tmp_path) -> None:
+def test_bf16_training_tracks_fp32(corpus, launches, tmp_path) -> None:
     """DeepSpeed's bf16 section (bf16 weights and activations, fp32 master weights and Adam state, fp32 LTI
     state) against fp32: 12 steps of the tiny test model at lr 1e-2, 1 process, ZeRO-3, same data and seed.
     The per-step lm loss differs by at most BF16_LOSS_TOL, and by BF16_MEAN_TOL on average."""
     runs = {}
-    for name, flag in (("fp32", "--no-bf16"), ("bf16", "--bf16")):
+    for name, flag in (("fp32", "--no-bf16"), ("bf16", "--bf16")):  # side by side (conftest's ``launches``)
         out = tmp_path / name
-        run(1, [*tiny_args(corpus, 12), "--zero", "3", flag, "--save", str(out / "ckpt"), "--save-interval", "0",
-                "--metrics-file", str(out / "metrics.jsonl")], out / "log.txt")
-        runs[name] = losses(out / "metrics.jsonl")
+        launches.submit(f"bf16/{name}", run, 1, [*tiny_args(corpus, 12), "--zero", "3", flag, "--save",
+                                                 str(out / "ckpt"), "--save-interval", "0", "--metrics-file",
+                                                 str(out / "metrics.jsonl")], out / "log.txt")
+    for name in ("fp32", "bf16"):
+        launches.result(f"bf16/{name}")
+        runs[name] = losses(tmp_path / name / "metrics.jsonl")
     assert sorted(runs["bf16"]) == sorted(runs["fp32"]) == list(range(1, 13))
     diffs = {i: abs(runs["bf16"][i] - runs["fp32"][i]) for i in runs["fp32"]}
     assert max(diffs.values()) <= BF16_LOSS_TOL, diffs

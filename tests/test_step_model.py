@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from megamythos.model.config import get_preset
-from megamythos.planning.plan import main as params_main
 from megamythos.planning.layout import ParallelLayout
+from megamythos.planning.plan import main as params_main
 from megamythos.planning.step_model import KINDS, Cluster, StepSettings, step_plan
 from megamythos.training.arguments import parse_args
-from tests.helpers import metrics, run, tiny_args
+from tests.helpers import LaunchPool, metrics, run, tiny_args, trains
 
 ITERS = 4
 LAYOUTS = {  # name: (trainer flags, step-model layout for 2 ranks, fp32, seq 32)
@@ -27,14 +27,30 @@ def trainer_config(corpus: Path):
     return get_preset(args.preset, **{"max_seq_len": args.seq_length, **args.model_overrides()})
 
 
-@pytest.fixture(scope="module", params=list(LAYOUTS))
-def measured(request, tmp_path_factory, corpus) -> tuple[str, list[dict], Path]:
-    """(layout name, metrics records of its steps, TensorBoard directory) of one 2-rank launch."""
-    name = request.param
-    out = tmp_path_factory.mktemp(name)
+def train(out: Path, corpus: Path, name: str) -> None:
     run(2, [*tiny_args(corpus, ITERS), *LAYOUTS[name][0], "--micro-batch-size", "1", "--global-batch-size", "2",
             "--metrics-file", str(out / "metrics.jsonl"), "--save", str(out / "ckpt"),
             "--tensorboard-dir", str(out / "tb")], out / "log.txt")
+
+
+@pytest.fixture(scope="module")
+@trains
+def runs(launches: LaunchPool, tmp_path_factory, corpus) -> dict[str, Path]:
+    """Starts the 2-rank launch of every layout at once in conftest's ``launches`` (two at a time); returns
+    {layout name: run directory}, finished or not."""
+    dirs = {}
+    for name in LAYOUTS:
+        dirs[name] = tmp_path_factory.mktemp(name)
+        launches.submit(f"step_model/{name}", train, dirs[name], corpus, name)
+    return dirs
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def measured(request, runs, launches: LaunchPool) -> tuple[str, list[dict], Path]:
+    """(layout name, metrics records of its steps, TensorBoard directory) of one 2-rank launch."""
+    name = request.param
+    launches.result(f"step_model/{name}")
+    out = runs[name]
     return name, [m for m in metrics(out / "metrics.jsonl") if "comm/all-gather-bytes" in m], out / "tb"
 
 

@@ -20,7 +20,7 @@ from megamythos.research.study import (
     plot_experiment,
     train_run,
 )
-from tests.helpers import small_config
+from tests.helpers import corpus_prefix, small_config
 
 LIBRARY = Path(__file__).resolve().parents[1] / "megamythos"
 
@@ -78,14 +78,13 @@ def test_library_does_not_import_research() -> None:
                           check=True).stdout.strip() == "False"
 
 
-def test_short_training_on_text_keeps_tokens_iterating(tmp_path) -> None:
+def test_short_training_on_text_keeps_tokens_iterating(corpus) -> None:
     """No collapse: after a short training of the study model on real text (~30 s), the early-exit rule still
     runs tokens for more than one loop. Measured 2026-12-01: 3.15 mean loops at threshold 0.05 and 1.64 at 0.1
     (Graves ACT, before this rule, ended at exactly 1: every token halted after the first loop)."""
-    from megamythos.data.default_corpus import ensure_default_dataset
     from megamythos.research.study import token_batches
 
-    prefix, _ = ensure_default_dataset(str(tmp_path), vocab_size=384, max_files=30)
+    prefix = corpus_prefix(corpus)  # the default corpus at vocab 384, 30 files
     settings = StudySettings(steps=80, batch_size=4, seq_len=64, warmup=5, eval_batches=2, scale=0.5)
     batch_at, valid, vocab = token_batches(prefix, settings)
     result = train_run(EXPERIMENTS["depth"][1], base_config(vocab, settings), settings, batch_at, valid)
@@ -109,17 +108,16 @@ def test_pondernet_halting_is_a_distribution_with_finite_kl() -> None:
     assert torch.isclose(kl_to_prior(prior.view(8, 1, 1).expand(8, 3, 5), prior), torch.tensor(0.0), atol=1e-6)
 
 
-def test_short_pondernet_training_does_not_halt_everything_at_loop_one(tmp_path) -> None:
+def test_short_pondernet_training_does_not_halt_everything_at_loop_one(corpus) -> None:
     """PonderNet (N = 8, beta = 0.01) after a short training on real text (~25 s): the halting mass and the
     halting step are not collapsed onto loop 1. Measured 2026-12-01 at these settings: mean p_1 = 0.23 (0.22 after
     400 steps; the prior's is 0.17) and 3.14 loops under halting by cumulative p > 0.5 (3.36 after 400 steps; the
     1000-step study run ends at p_1 = 0.15, 4.59 loops). A halting unit forced to lambda = 1 (the collapse: p_1 = 1,
     1 loop) fails the same bounds, so the test can fail."""
-    from megamythos.data.default_corpus import ensure_default_dataset
     from megamythos.research.ponder import PonderLM, evaluate_halting
     from megamythos.research.study import token_batches
 
-    prefix, _ = ensure_default_dataset(str(tmp_path), vocab_size=384, max_files=30)
+    prefix = corpus_prefix(corpus)  # the default corpus at vocab 384, 30 files
     settings = StudySettings(steps=200, batch_size=4, seq_len=64, warmup=5, eval_batches=2, scale=0.5)
     batch_at, valid, vocab = token_batches(prefix, settings)
     spec = EXPERIMENTS["ponder"][0]
