@@ -61,7 +61,7 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkp
     assert sorted(rows) == [(1, 0), (1, 1e9), (3, 0), (3, 1e9), (6, 0), (6, 1e9)]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in late["results"])
     assert rows[(3, 0)]["loss"] < [r["loss"] for r in early["results"] if r["loops"] == 3][0] - 0.05
-    assert rows[(6, 0)]["mean_steps"] == 6 and rows[(6, 1e9)]["mean_steps"] == 1  # any change is below 1e9
+    assert rows[(6, 0)]["mean_depth"] == 6 and rows[(6, 1e9)]["mean_depth"] == 1  # any change is below 1e9
     assert rows[(6, 1e9)]["exit_share"] == [1.0] + [0.0] * 5
     assert rows[(6, 1e9)]["forward_flops_per_token"] < rows[(6, 0)]["forward_flops_per_token"]
 
@@ -73,7 +73,7 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkp
     events = EventAccumulator(str(out_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"depth-eval/loss", "depth-eval/ppl", "depth-eval/mean-steps", "depth-eval-exit-1e+09/ppl",
+    assert {"depth-eval/loss", "depth-eval/ppl", "depth-eval/mean-depth", "depth-eval-exit-1e+09/ppl",
             "depth-eval-exit-1e+09/exit-share/loop-01"} <= tags
     assert [e.step for e in events.Scalars("depth-eval/ppl")] == [1, 3, 6]
 

@@ -26,8 +26,8 @@ def test_losses_finite_and_improve_with_training_and_files_written(tmp_path) -> 
     assert all(torch.isfinite(torch.tensor(r.loss)) for r in after)
     assert after[1].loss < before[1].loss - 0.5
     assert evaluate_loops(model, batches, [3])[0].loss == after[1].loss  # deterministic
-    assert after[-1].mean_steps == 1 and after[-1].exit_share == [1.0] + [0.0] * 5  # every token exits at once
-    assert after[2].mean_steps == 6 and after[2].exit_share[-1] == 1.0
+    assert after[-1].mean_depth == 1 and after[-1].exit_share == [1.0] + [0.0] * 5  # every token exits at once
+    assert after[2].mean_depth == 6 and after[2].exit_share[-1] == 1.0
     assert after[-1].forward_flops_per_token == after[0].forward_flops_per_token < after[2].forward_flops_per_token
     paths = write_results(after, tmp_path, trained_loops=3)
     rows = list(csv.DictReader(paths["csv"].open()))

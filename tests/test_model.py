@@ -96,7 +96,7 @@ def test_exit_threshold_zero_reproduces_full_depth() -> None:
         full = model(ids, n_loops=6)
         gated = model(ids, n_loops=6, exit_threshold=0.0)
     assert torch.equal(full.logits, gated.logits)
-    assert torch.equal(gated.stats["steps"], torch.full((2, 10), 6.0))
+    assert torch.equal(gated.stats["depth"], torch.full((2, 10), 6.0))
 
 
 def test_exit_gives_each_token_one_exit_step_and_fewer_loops() -> None:
@@ -105,10 +105,10 @@ def test_exit_gives_each_token_one_exit_step_and_fewer_loops() -> None:
     threshold = _threshold_between_changes(model, ids, 6)
     with torch.no_grad():
         out = model(ids, n_loops=6, exit_threshold=threshold)
-    steps = out.stats["steps"]
+    steps = out.stats["depth"]
     # the halting weight is one-hot at a token's exit step: every token exits exactly once, within [1, T]
     assert steps.min() >= 1 and steps.max() <= 6 and torch.equal(steps, steps.round())
-    assert steps.min() < steps.max() and out.stats["mean_steps"] < 6
+    assert steps.min() < steps.max() and out.stats["mean_depth"] < 6
     with pytest.raises(RuntimeError, match="inference-only"):
         model.train()(ids, exit_threshold=threshold)
 
@@ -124,7 +124,7 @@ def test_per_token_exit_in_cached_decode_equals_uncached_forward(attn_type: str,
         cache = ModelKVCache(cfg, 6)
         parts = [model(ids[:, :4], cache=cache, absorb=absorb, exit_threshold=threshold)]
         parts += [model(ids[:, i:i + 1], cache=cache, absorb=absorb, exit_threshold=threshold) for i in range(4, 12)]
-    assert torch.equal(torch.cat([p.stats["steps"] for p in parts], dim=1), full.stats["steps"])
+    assert torch.equal(torch.cat([p.stats["depth"] for p in parts], dim=1), full.stats["depth"])
     assert torch.allclose(torch.cat([p.logits for p in parts], dim=1), full.logits, atol=1e-4)
     assert any(p.stats["n_loops"].item() < 6 for p in parts)  # some decode steps stopped early
     assert all(layer.length == 12 for layer in cache.loops)

@@ -37,7 +37,7 @@ def test_study_runs_train_and_evaluate(tmp_path) -> None:
     truncated = count(config.replace(backprop_loops=2), seq_len=16).train_flops_per_token  # no backward for loops 1-2
     assert runs[0]["train_flops_per_token"] == truncated < count(config, seq_len=16).train_flops_per_token
     exits = runs[0]["eval_exit"]
-    assert len(exits) == 2 * len(EXIT_THRESHOLDS) and all(1 <= e["mean_steps"] <= e["loops"] for e in exits)
+    assert len(exits) == 2 * len(EXIT_THRESHOLDS) and all(1 <= e["mean_depth"] <= e["loops"] for e in exits)
     report = {"experiment": "smoke", "settings": {"steps": 4}, "base_config": config.to_dict(), "runs": runs}
     plot_experiment(report, tmp_path / "smoke.png")
     assert (tmp_path / "smoke.png").stat().st_size > 0
@@ -88,8 +88,8 @@ def test_short_training_on_text_keeps_tokens_iterating(corpus) -> None:
     settings = StudySettings(steps=80, batch_size=4, seq_len=64, warmup=5, eval_batches=2, scale=0.5)
     batch_at, valid, vocab = token_batches(prefix, settings)
     result = train_run(EXPERIMENTS["depth"][1], base_config(vocab, settings), settings, batch_at, valid)
-    mean_steps = {e["exit_threshold"]: e["mean_steps"] for e in result["eval_exit"] if e["loops"] == 4}
-    assert mean_steps[0.05] > 2.5 and mean_steps[0.1] > 1.3, mean_steps
+    mean_depth = {e["exit_threshold"]: e["mean_depth"] for e in result["eval_exit"] if e["loops"] == 4}
+    assert mean_depth[0.05] > 2.5 and mean_depth[0.1] > 1.3, mean_depth
     full_depth = {e["loops"]: e["perplexity"] for e in result["eval"]}
     assert full_depth[4] < full_depth[1]  # and the loops it runs pay
 
@@ -125,10 +125,10 @@ def test_short_pondernet_training_does_not_halt_everything_at_loop_one(corpus) -
     result = train_run(spec, base_config(vocab, settings), settings, batch_at, valid)
     halting, p_mean = result["eval_ponder"], result["ponder_mean_halting_p"]
     assert abs(sum(p_mean) - 1) < 1e-4 and abs(sum(halting["exit_share"]) - 1) < 1e-4
-    assert p_mean[0] < 0.4 and halting["mean_steps"] > 2.0, (p_mean, halting)
+    assert p_mean[0] < 0.4 and halting["mean_depth"] > 2.0, (p_mean, halting)
 
     collapsed = PonderLM(base_config(vocab, settings), 8)
     torch.nn.init.constant_(collapsed.halt.bias, 30.0)
     pairs = [(b[:, :-1], b[:, 1:]) for b in valid]
     halting, p_mean = evaluate_halting(collapsed, pairs)
-    assert p_mean[0] > 0.99 and halting.mean_steps == 1.0
+    assert p_mean[0] > 0.99 and halting.mean_depth == 1.0

@@ -12,11 +12,11 @@ one is accepted with a warning if its token ids fit the vocabulary).
 
 Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`` samples; each threshold of
 ``--exit-threshold`` adds a row per loop count in which a token stops iterating once its state's relative change
-falls below the threshold (``mean_steps`` = iterations a token executed, ``exit_share`` = share of tokens stopping
+falls below the threshold (``mean_depth`` = iterations a token executed, ``exit_share`` = share of tokens stopping
 after each iteration, ``forward_flops_per_token`` = what that costs). Results go to ``depth_eval.{csv,json,png}``
 in ``--out`` (default ``eval/`` inside the checkpoint tag or export directory) and to TensorBoard in
 ``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count under the tags ``depth-eval/{loss,ppl,
-mean-steps,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...`` (exit at threshold T, with
+mean-depth,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...`` (exit at threshold T, with
 ``exit-share/loop-NN``). A summary JSON line goes to stdout.
 
 Library part: :func:`evaluate_loops` runs a fixed list of token batches through the model at each loop count;
@@ -84,7 +84,7 @@ class EvalConfig:
 @dataclass
 class LoopEval:
     """Mean next-token loss over ``tokens`` predicted tokens at ``loops`` iterations, with the early-exit rule at
-    ``exit_threshold`` (0 = every token runs every loop): ``mean_steps`` iterations a token executed on average,
+    ``exit_threshold`` (0 = every token runs every loop): ``mean_depth`` iterations a token executed on average,
     ``exit_share[t]`` the share of tokens that stopped after iteration t + 1, ``forward_flops_per_token`` what
     the executed iterations cost (``model.forward_flops_per_token``)."""
 
@@ -92,7 +92,7 @@ class LoopEval:
     exit_threshold: float
     loss: float
     perplexity: float
-    mean_steps: float
+    mean_depth: float
     exit_share: list[float]
     forward_flops_per_token: float
     tokens: int
@@ -116,18 +116,18 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
                 out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold)
                 total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                               reduction="sum").item()
-                exits += exit_distribution(out.stats["steps"], n_loops) * targets.numel()
+                exits += exit_distribution(out.stats["depth"], n_loops) * targets.numel()
                 total_tokens += targets.numel()
                 if progress is not None:
                     progress()
             loss, share = total_loss / total_tokens, exits / total_tokens
-            mean_steps = float((share * torch.arange(1, n_loops + 1)).sum())
-            flops = model.forward_flops_per_token(inputs.shape[1], mean_steps)
-            results.append(LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_steps,
+            mean_depth = float((share * torch.arange(1, n_loops + 1)).sum())
+            flops = model.forward_flops_per_token(inputs.shape[1], mean_depth)
+            results.append(LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_depth,
                                     share.tolist(), flops, total_tokens))
             logger.info("loops %d%s: loss %.4f ppl %.2f, %.2f loops/token", n_loops,
                         f" (exit < {exit_threshold:g})" if exit_threshold else "", loss, results[-1].perplexity,
-                        mean_steps)
+                        mean_depth)
     finally:
         model.train(was_training)
     return results
@@ -171,7 +171,7 @@ def _plot(results: Sequence[LoopEval], trained_loops: int, path: Path) -> None:
 
 
 def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path) -> None:
-    """Scalars ``depth-eval[-exit-T]/{loss,ppl,mean-steps,flops-per-token}`` with step = loop count, and with
+    """Scalars ``depth-eval[-exit-T]/{loss,ppl,mean-depth,flops-per-token}`` with step = loop count, and with
     early exit the share of tokens stopping after each iteration, ``.../exit-share/loop-NN``."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -180,7 +180,7 @@ def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path) -> None:
             prefix = f"depth-eval-exit-{r.exit_threshold:g}" if r.exit_threshold else "depth-eval"
             writer.add_scalar(f"{prefix}/loss", r.loss, r.loops)
             writer.add_scalar(f"{prefix}/ppl", r.perplexity, r.loops)
-            writer.add_scalar(f"{prefix}/mean-steps", r.mean_steps, r.loops)
+            writer.add_scalar(f"{prefix}/mean-depth", r.mean_depth, r.loops)
             writer.add_scalar(f"{prefix}/flops-per-token", r.forward_flops_per_token, r.loops)
             for i, share in enumerate(r.exit_share if r.exit_threshold else []):
                 writer.add_scalar(f"{prefix}/exit-share/loop-{i + 1:02d}", share, r.loops)

@@ -109,7 +109,7 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
         out = model(prompt_ids, cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
         for _ in range(steps):
             if stats is not None:
-                stats.loops_per_token.append(float(out.stats["steps"][:, -1].mean()))  # the newest token's loops
+                stats.loops_per_token.append(float(out.stats["depth"][:, -1].mean()))  # the newest token's loops
             token = sample_next(out.logits[:, -1], cfg, generator)
             yield token
             if cfg.eos_id is not None and bool((token == cfg.eos_id).all()):

@@ -54,7 +54,7 @@ class ModelKVCache:
 class MythosOutput(NamedTuple):
     """logits [B, S, V]; loss: mean next-token CE (None without labels); aux_loss: weighted MoE balance terms;
     stats: detached diagnostics (n_loops run, state_norm [T], rho — max rho(A_bar) as this forward computed it,
-    steps [B, S] and mean_steps — iterations each token executed, relative_change [T, B, S] — the exit signal).
+    depth [B, S] and mean_depth — iterations each token executed, relative_change [T, B, S] — the exit signal).
     A NamedTuple, so ZeRO-3's module hooks see the tensors inside it."""
 
     logits: torch.Tensor

@@ -245,7 +245,7 @@ def advance(state: LoopState, h_next: torch.Tensor, aux: torch.Tensor, rho: torc
                      depth=state.depth + state.active.float(), aux=state.aux + aux, rho=rho)
 
 
-def exit_steps(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:
+def exit_depths(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:
     """Iterations each token would run under the exit rule, from the relative changes [T, B, S] of a run of
     all T iterations -> [B, S] fp32: the first t with change < threshold, plus one (T when it never happens)."""
     below = relative_change < threshold
@@ -253,10 +253,10 @@ def exit_steps(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(below.any(dim=0), below.long().argmax(dim=0) + 1, never).float()
 
 
-def exit_distribution(steps: torch.Tensor, n_loops: int) -> torch.Tensor:
-    """Share of tokens exiting after each iteration 1..n_loops, from per-token step counts -> [n_loops]."""
-    counts = torch.bincount(steps.detach().long().flatten() - 1, minlength=n_loops)[:n_loops]
-    return counts.float() / max(steps.numel(), 1)
+def exit_distribution(depth: torch.Tensor, n_loops: int) -> torch.Tensor:
+    """Share of tokens exiting after each iteration 1..n_loops, from per-token depths (iterations run) -> [n_loops]."""
+    counts = torch.bincount(depth.detach().long().flatten() - 1, minlength=n_loops)[:n_loops]
+    return counts.float() / max(depth.numel(), 1)
 
 
 class RecurrentCore(nn.Module):
@@ -318,7 +318,7 @@ class RecurrentCore(nn.Module):
                 u = self.with_loop_signal(self.injection.combine(state.h, e), t, e.dtype)
                 self.block.extend_cache(u, positions, caches[t])
         stats = {"n_loops": torch.tensor(float(loops_run)), "state_norm": torch.cat(norms), "rho": state.rho,
-                 "mean_steps": state.depth.mean(), "steps": state.depth, "relative_change": torch.cat(changes)}
+                 "mean_depth": state.depth.mean(), "depth": state.depth, "relative_change": torch.cat(changes)}
         return RecurrenceResult(state.h, state.aux / loops_run, stats)
 
     def run_loops(self, state: LoopState, e: torch.Tensor, loops: range, positions: torch.Tensor,

@@ -52,7 +52,7 @@ class DenseLM(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         return MythosOutput(logits, loss, logits.new_zeros((), dtype=torch.float32),
-                            {"n_loops": torch.tensor(1.0), "steps": torch.ones(input_ids.shape)})
+                            {"n_loops": torch.tensor(1.0), "depth": torch.ones(input_ids.shape)})
 
     def forward_flops_per_token(self, seq_len: int, loops: float = 1.0) -> float:
         """Forward FLOPs per token (``loops`` is ignored: depth is fixed)."""

@@ -162,7 +162,7 @@ def evaluate_halting(model: PonderLM, batches: Sequence[tuple[torch.Tensor, torc
     finally:
         model.train(was_training)
     loss, share = total_loss / total_tokens, exits / total_tokens
-    mean_steps = float((share * torch.arange(1, model.n_loops + 1)).sum())
-    result = LoopEval(model.n_loops, threshold, loss, math.exp(min(loss, 50.0)), mean_steps, share.tolist(),
-                      model.forward_flops_per_token(inputs.shape[1], mean_steps), total_tokens)
+    mean_depth = float((share * torch.arange(1, model.n_loops + 1)).sum())
+    result = LoopEval(model.n_loops, threshold, loss, math.exp(min(loss, 50.0)), mean_depth, share.tolist(),
+                      model.forward_flops_per_token(inputs.shape[1], mean_depth), total_tokens)
     return result, (p_mean / total_tokens).tolist()

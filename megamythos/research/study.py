@@ -255,11 +255,11 @@ def plot_experiment(report: dict, path: Path) -> None:
             right.plot([e["loops"] for e in run["eval"]], ppl, marker="o", label=run["name"],
                        color=left.lines[-1].get_color())
         deepest = [e for e in run.get("eval_exit", []) if e["loops"] == max(x["loops"] for x in run["eval_exit"])]
-        right.scatter([e["mean_steps"] for e in deepest], [e["perplexity"] for e in deepest], marker="x",
+        right.scatter([e["mean_depth"] for e in deepest], [e["perplexity"] for e in deepest], marker="x",
                       color=left.lines[-1].get_color(), label=f"{run['name']}: exit rule (mean loops)")
         if "eval_ponder" in run:
             halting = run["eval_ponder"]
-            right.scatter([halting["mean_steps"]], [halting["perplexity"]], marker="*", s=120,
+            right.scatter([halting["mean_depth"]], [halting["perplexity"]], marker="*", s=120,
                           color=left.lines[-1].get_color(), label=f"{run['name']}: halting p > 0.5 (mean loops)")
     right.axvline(report["base_config"]["mean_loops"], color="grey", linestyle="--", label="trained mean depth")
     left.set(xlabel="step", ylabel="train loss", title=f"{report['experiment']}: training")

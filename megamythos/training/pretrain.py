@@ -32,7 +32,7 @@ from megamythos.errors import UserError, run_cli
 from megamythos.model.lm import MythosLM, compile_blocks, weight_decay_param_groups
 from megamythos.model.moe import expert_bias_state, expert_counts_frozen, load_expert_bias_state, update_expert_bias
 from megamythos.model.params import count
-from megamythos.model.recurrent import exit_distribution, exit_steps, sample_loop_count
+from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
 from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
 from megamythos.training import comm_stats
 from megamythos.training.arguments import TrainArgs, parse_args
@@ -371,9 +371,9 @@ class Trainer:
         if "rho" in stats:
             values["recurrent/max-rho"] = float(stats["rho"])
         if "relative_change" in stats:  # where the inference exit rule would stop each token at this depth
-            steps = exit_steps(stats["relative_change"], self.config.exit_threshold)
-            values["recurrent/exit-mean-loops"] = float(steps.mean())
-            for i, share in enumerate(exit_distribution(steps, step["n_loops"]).tolist()):
+            depths = exit_depths(stats["relative_change"], self.config.exit_threshold)
+            values["recurrent/exit-mean-loops"] = float(depths.mean())
+            for i, share in enumerate(exit_distribution(depths, step["n_loops"]).tolist()):
                 values[f"recurrent/exit-share/loop-{i + 1:02d}"] = share
         for i, norm in enumerate(stats.get("state_norm", torch.empty(0)).flatten().tolist()):
             values[f"recurrent/state-norm/loop-{i:02d}"] = norm
