@@ -9,18 +9,20 @@ TORCH_SPEC ?= torch==2.13.0
 # Where torch caches JIT-built extensions; launchers/pretrain.sh (megamythos/training/launch.py) uses the same.
 TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
-# Every step says what it does before it starts (pip prints a line per package it collects).
+# Every step says what it does before it starts; pip shows the packages it collects and installs, and
+# launchers/heartbeat.py adds a line whenever a step has been silent for 10 s.
+HEARTBEAT = $(PY) launchers/heartbeat.py --only '^(Collecting|Installing|Successfully|ERROR|error)'
+PIP_FLAGS = --progress-bar off --disable-pip-version-check
 $(BIN)/.installed: setup.py
 	@command -v c++ >/dev/null || { echo "error: no C++ compiler (c++) on PATH: DeepSpeed builds its CPU comm op \
 	with it; install one (Debian/Ubuntu: apt-get install g++) and run make again" >&2; exit 2; }
 	@echo "[1/4] creating $(VENV)"
 	$(PY) -m venv $(VENV)
 	@echo "[2/4] installing $(TORCH_SPEC) (CPU wheel)"
-	$(BIN)/python -m pip install --progress-bar off --upgrade pip | grep -v '^Requirement already' || true
-	$(BIN)/python -m pip install --progress-bar off "$(TORCH_SPEC)" | grep -E '^(Collecting|Successfully)' || true
+	$(HEARTBEAT) --what "upgrading pip" -- $(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
+	$(HEARTBEAT) --what "installing torch" -- $(BIN)/python -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
 	@echo "[3/4] installing megamythos with its dev extras (about 2 minutes)"
-	$(BIN)/python -m pip install --progress-bar off -e ".[dev]" | grep -E '^(Collecting|Successfully)' || true
-	$(BIN)/python -c "import megamythos, deepspeed, torch"
+	$(HEARTBEAT) --what "installing the dependencies" -- $(BIN)/python -m pip install $(PIP_FLAGS) -e ".[dev]"
 	@echo "[4/4] prebuilding DeepSpeed's CPU comm op"
 	$(MAKE) --no-print-directory prebuild-ops
 	touch $@
@@ -32,8 +34,8 @@ $(BIN)/.installed: setup.py
 # op (CUDA).
 prebuild-ops:
 	@echo "building DeepSpeed's CPU comm op into $(TORCH_EXTENSIONS_DIR) (once, ~30 s)..."
-	PATH="$(CURDIR)/$(BIN):$$PATH" TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(BIN)/python -c \
-	"from deepspeed.accelerator import get_accelerator; \
+	PATH="$(CURDIR)/$(BIN):$$PATH" TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) launchers/heartbeat.py \
+	--what "compiling the op" -- $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
 	builder = get_accelerator().create_op_builder('ShareMemCommBuilder'); builder and builder.load(verbose=False)"
 
 install: $(BIN)/.installed

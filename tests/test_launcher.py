@@ -211,3 +211,18 @@ def test_help_of_both_launchers_lists_the_launcher_flags_without_starting_deepsp
     big = subprocess.run(["bash", str(LAUNCHER.parent / "pretrain_1t.sh"), "--help"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert big.returncode == 0 and "--dry-run" in big.stdout and "NODES" in big.stdout, big.stderr
+
+
+def test_heartbeat_speaks_up_in_silence_and_keeps_the_exit_code():
+    """make install wraps its long steps in launchers/heartbeat.py: a line after each silent stretch, only the
+    chosen lines shown, everything shown when the command fails, and the command's exit code."""
+    script = str(LAUNCHER.parent / "heartbeat.py")
+    quiet = subprocess.run([sys.executable, script, "--every", "1", "--what", "waiting", "--only", "^keep", "--",
+                            "bash", "-c", "echo keep 1; echo drop; sleep 2.5; echo keep 2"],
+                           capture_output=True, text=True, timeout=60)
+    lines = quiet.stdout.splitlines()
+    assert quiet.returncode == 0 and lines[0] == "keep 1" and lines[-1] == "keep 2" and "drop" not in quiet.stdout
+    assert any(line.startswith("  ... still waiting (") for line in lines[1:-1]), lines
+    failed = subprocess.run([sys.executable, script, "--only", "^keep", "--", "bash", "-c", "echo why; exit 3"],
+                            capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 3 and "why" in failed.stdout

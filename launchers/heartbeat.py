@@ -1,0 +1,61 @@
+"""Run a command and pass its output through; when it has printed nothing for ``--every`` seconds, print one
+line saying it is still working, so no step a newcomer waits on is silent for long (``make install`` wraps its
+pip and op-build steps in it). Standard library only: it runs before the venv exists.
+
+    python3 launchers/heartbeat.py [--every 10] [--what TEXT] [--only REGEX] -- COMMAND [ARG ...]
+
+``--only``: pass through only the lines matching REGEX (the others neither show nor count as output; when the
+command fails, the last 200 of them follow, to show what went wrong). Exits with the command's exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import sys
+import threading
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--every", type=float, default=10.0, help="seconds of silence before a line is printed")
+    parser.add_argument("--what", default="working", help="what the line says is going on")
+    parser.add_argument("--only", default=None, help="show only the output lines matching this regex")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+    start = last = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+    done = threading.Event()
+
+    def tick() -> None:
+        nonlocal last
+        while not done.wait(1.0):
+            if time.monotonic() - last >= args.every:
+                print(f"  ... still {args.what} ({time.monotonic() - start:.0f} s)", flush=True)
+                last = time.monotonic()
+
+    threading.Thread(target=tick, daemon=True).start()
+    shown = re.compile(args.only.encode()) if args.only else None
+    hidden: collections.deque[bytes] = collections.deque(maxlen=200)
+    for line in iter(proc.stdout.readline, b""):
+        if shown is not None and not shown.search(line):
+            hidden.append(line)
+            continue
+        last = time.monotonic()
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+    code = proc.wait()
+    done.set()
+    if code and hidden:
+        sys.stdout.buffer.write(b"".join(hidden))
+        sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
