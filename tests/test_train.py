@@ -387,3 +387,17 @@ def test_shm_buffers_own_released_and_those_of_dead_runs_removed(monkeypatch, tm
         finally:
             for path in paths:
                 path.unlink(missing_ok=True)
+
+
+def test_a_long_first_step_says_what_it_is_doing(caplog):
+    """Under --compile the first step compiles for about a minute: the trainer logs a line every 10 s of it."""
+    from megamythos.training.monitor import still_working
+
+    caplog.set_level("INFO", logger="megamythos.training.monitor")
+    with still_working("compiling the first step", every=0.05):
+        time.sleep(0.3)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("still compiling the first step")]
+    assert len(lines) >= 3, lines
+    caplog.clear()
+    time.sleep(0.15)
+    assert not caplog.records  # it stops with the block

@@ -8,7 +8,10 @@ import json
 import logging
 import math
 import platform
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +99,23 @@ class TrainingMonitor:
             self.writer.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+@contextmanager
+def still_working(what: str, every: float = 10.0) -> Iterator[None]:
+    """Log ``still <what> (N s)`` every ``every`` seconds while the block runs (a long silent stretch, such as the
+    first step's compilation under ``--compile``, says what it is doing)."""
+    done = threading.Event()
+    start = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(every):
+            logger.info("still %s (%.0f s)", what, time.monotonic() - start)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

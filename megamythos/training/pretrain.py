@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from megamythos.training.checkpointing import (
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
-from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops
+from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, still_working
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import LRSchedule, build_scheduler
@@ -406,7 +407,9 @@ class Trainer:
         try:
             while self.iteration < self.total_iters:
                 start = time.perf_counter()
-                step = self.train_step(data)
+                first_compiled = self.args.compile and self.iteration == saved_at
+                with still_working("compiling the first step") if first_compiled else nullcontext():
+                    step = self.train_step(data)
                 self.log_step(step, time.perf_counter() - start)
                 # a step ZeRO discarded (non-finite gradient; the streak of the NonFiniteGuard) changed no weights
                 diverged = self.divergence.observe(step["lm_loss"], self.iteration) \
