@@ -25,6 +25,7 @@ from megamythos.data.metadata import metadata_path, read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.training.checkpointing import writer_lock
 from tests.helpers import (
+    LAUNCHER,
     REPO,
     deepspeed_command,
     finish,
@@ -230,11 +231,31 @@ def test_corrupt_checkpoint_file_is_named(trained: Path, corpus: Path, tmp_path:
 
 @pytest.mark.launch
 def test_user_error_is_printed_once_by_two_ranks(corpus: Path, tmp_path: Path) -> None:
-    text = run(2, [*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(tmp_path / "typo")],
-               tmp_path / "log.txt", expect_rc=2)
+    """``deepspeed --num_gpus 2 launchers/pretrain.sh``: both ranks find the error, rank 0 alone prints it."""
+    args = [*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(tmp_path / "typo")]
+    log = tmp_path / "log.txt"
+    proc = spawn(deepspeed_command(["--num_gpus", "2", "--master_port", str(free_port())], args), log)
+    text = finish(proc, log)
+    assert proc.returncode == 2, text[-4000:]
     assert [line for line in text.splitlines() if line.startswith("error: ")] == [
         f"error: --load {tmp_path / 'typo'} does not exist; fix the path, or drop --load to start from scratch"]
     assert "Traceback" not in text
+
+
+def test_the_bash_launcher_refuses_a_bad_command_line_before_deepspeed_starts(corpus: Path, tmp_path: Path) -> None:
+    """``bash launchers/pretrain.sh`` checks the trainer's flags, model, checkpoint directories and layout before it
+    starts DeepSpeed: one line, exit 2, and none of DeepSpeed's lines (its launcher repeats the whole command
+    after a rank's error)."""
+    cases = {"--load typo": (["--load", str(tmp_path / "typo")], f"--load {tmp_path / 'typo'} does not exist"),
+             "bad flag": (["--adam-beta1", "2.0"], "--adam-beta1 must lie in [0, 1)"),
+             "layout": (["--num-gpus", "2", "--tp", "3"], "is not divisible by tensor-parallel size tp=3")}
+    for name, (extra, message) in cases.items():
+        cmd = ["bash", str(LAUNCHER), *tiny_args(corpus, 2), "--save", str(tmp_path / "run"), *extra]
+        result = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), timeout=300)
+        assert result.returncode == 2, (name, result.stderr[-3000:])
+        assert message in one_error_line(result.stderr), name
+        assert "exits with return code" not in result.stdout + result.stderr, name
+        assert "deepspeed --master_port" not in result.stderr, name  # the runner never started
 
 
 @pytest.fixture

@@ -211,6 +211,28 @@ def run_rank(argv: Sequence[str]) -> int:
     return train([*trainer_defaults(argv, gpu, os.environ), *argv])
 
 
+def preflight(trainer: Sequence[str], world_size: int | None) -> None:
+    """The trainer's checks that need no process group, run before DeepSpeed starts: flags and the model config;
+    on one node (``world_size`` known) also the checkpoint directories, ``--data-path`` datasets (vocabulary and
+    token ids) and the parallel layout. A mistake is then one line in a few seconds, instead of a rank's
+    line after DeepSpeed's start-up followed by DeepSpeed's own ``exits with return code`` line repeating the
+    command. The ranks check all of it again; the checkpoint's checksums and the default corpus, which rank 0
+    builds, are left to them."""
+    from megamythos.data.pretraining import resolve_data
+    from megamythos.training.arguments import parse_args
+    from megamythos.training.checkpointing import check_run_dirs
+    from megamythos.training.ds_config import load_template, resolve_layout
+
+    args = parse_args(trainer)
+    config = args.model_config()
+    if world_size is None:  # several nodes (paths may be theirs alone) or an uncounted GPU node: left to the ranks
+        return
+    check_run_dirs(args.save, args.load, verify=False)  # rank 0 verifies the checksums once, at start-up
+    if args.data_path:
+        resolve_data(list(args.data_path), config.vocab_size)
+    resolve_layout(load_template(args.ds_config), args, world_size).check_model(config)
+
+
 def launch(argv: Sequence[str]) -> int:
     """``bash launchers/pretrain.sh``: run the ``deepspeed`` launcher on the trainer with the defaults applied."""
     launcher, trainer = split_launcher_flags(argv)
@@ -218,6 +240,8 @@ def launch(argv: Sequence[str]) -> int:
     processes = int(launcher.get("num_gpus") or 1)
     os.environ.update(rank_environment(os.environ, gpu, processes))
     trainer = [*trainer_defaults(trainer, gpu, os.environ), *trainer]
+    one_node = not multi_node(launcher) and not {"include", "exclude"} & launcher.keys()
+    preflight(trainer, processes if one_node and not gpu else None)
     cmd = deepspeed_command(launcher, trainer, gpu, os.environ)
     logger.info("%s", shlex.join(cmd))
     return supervise(cmd, Path(flag_value(trainer, "--save")) / "latest")
@@ -326,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_rank(argv)
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
         return launch(argv)
-    except LaunchError as err:
+    except UserError as err:
         if os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
             print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
