@@ -8,7 +8,9 @@ before any process group or tensor exists, so a bad layout is a clear error inst
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from megamythos.errors import UserError
 from megamythos.model.config import ModelConfig
@@ -80,3 +82,11 @@ class ParallelLayout:
             raise LayoutError(f"dense ffn_dim={config.resolved_ffn_dim} is not divisible by tp={self.tp}")
         if config.attn_type == "gqa" and config.n_kv_heads % self.tp:
             raise LayoutError(f"n_kv_heads={config.n_kv_heads} is not divisible by tensor-parallel size tp={self.tp}")
+
+
+def zeropp_options(zero_optimization: Mapping[str, Any]) -> dict[str, Any]:
+    """The ZeRO++ fields of :class:`ParallelLayout` (``hpz``, ``qwz``, ``qgz``) from a ds_config's
+    ``zero_optimization`` section (absent: off)."""
+    return {"hpz": int(zero_optimization.get("zero_hpz_partition_size", 1)),
+            "qwz": bool(zero_optimization.get("zero_quantized_weights")),
+            "qgz": bool(zero_optimization.get("zero_quantized_gradients"))}

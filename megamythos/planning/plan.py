@@ -24,7 +24,7 @@ from typing import Any
 from megamythos.errors import ArgumentParser, run_cli
 from megamythos.model.config import PRESETS, ModelConfig, get_preset
 from megamythos.model.params import count
-from megamythos.planning.layout import LayoutError, ParallelLayout
+from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
 from megamythos.planning.memory import memory_plan
 from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
 
@@ -87,12 +87,11 @@ def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
             zero = json.load(f).get("zero_optimization", {})
     dp = args.gpus // args.tp if args.gpus % args.tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = args.global_batch_size or args.micro_batch_size * (args.grad_accum or 1) * dp
+    zeropp = {**zeropp_options(zero), **{k: getattr(args, k) for k in ("hpz", "qwz", "qgz")
+                                          if getattr(args, k) is not None}}
     return ParallelLayout(
         world_size=args.gpus, tp=args.tp, ep=args.ep, zero=args.zero, micro_batch_size=args.micro_batch_size,
-        global_batch_size=global_batch, replicate_core=args.replicate_core,
-        hpz=args.hpz if args.hpz is not None else int(zero.get("zero_hpz_partition_size", 1)),
-        qwz=args.qwz if args.qwz is not None else bool(zero.get("zero_quantized_weights")),
-        qgz=args.qgz if args.qgz is not None else bool(zero.get("zero_quantized_gradients")))
+        global_batch_size=global_batch, replicate_core=args.replicate_core, **zeropp)
 
 
 def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: int) -> str:

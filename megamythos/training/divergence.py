@@ -27,7 +27,6 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from megamythos.checkpoint.checksums import CHECKSUMS_FILE, verified
@@ -57,14 +56,6 @@ class Divergence:
         streak = f" for {self.iteration - self.since + 1} steps in a row since iteration {self.since}" \
             if self.since != self.iteration else ""
         return f"iteration {self.iteration}: lm loss {self.loss:.6g} > {self.threshold:.6g} = {self.rule}{streak}"
-
-
-def _any_rank(flags: list[bool]) -> list[bool]:
-    """Element-wise OR of ``flags`` over all ranks (one all-reduce when torch.distributed is initialised)."""
-    t = torch.tensor([1.0 if f else 0.0 for f in flags])
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v > 0) for v in t.tolist()]
 
 
 class DivergenceGuard:
@@ -100,9 +91,10 @@ class DivergenceGuard:
         return self.spike_factor * statistics.median(self.window)
 
     def observe(self, loss: float, iteration: int) -> Divergence | None:
-        """Collective: judge the (rank-averaged) loss of the step that ended at ``iteration``."""
+        """Judge the loss of the step that ended at ``iteration``. ``loss`` must be the all-reduced mean over the
+        ranks, the same value on each: every rank then takes the same decision without another collective."""
         spike_threshold = self.spike_threshold()
-        above, spike = _any_rank([loss > self.ceiling, loss > spike_threshold])
+        above, spike = loss > self.ceiling, loss > spike_threshold
         if above:
             return Divergence(iteration, loss, self.ceiling, f"{self.divergence_factor:g} x ln(vocab "
                               f"{round(math.exp(self.uniform_loss))}) (--divergence-factor)", iteration)

@@ -15,7 +15,7 @@ from typing import Any
 from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
 from megamythos.parallel.zero import compile_leaf_section
-from megamythos.planning.layout import ParallelLayout
+from megamythos.planning.layout import ParallelLayout, zeropp_options
 from megamythos.training.arguments import ArgumentError, TrainArgs
 
 
@@ -35,14 +35,11 @@ def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -
     dp = world_size // tp if world_size % tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = (args.global_batch_size or template.get("train_batch_size")
                     or micro * template.get("gradient_accumulation_steps", 1) * dp)
-    zero_options = template.get("zero_optimization", {})
     # under --compile with ZeRO-3 the core is a ZeRO-3 leaf module instead (check_compile refuses both at once)
     replicate = args.replicate_core if args.replicate_core is not None else not (args.compile and zero == 3)
     return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
                           global_batch_size=global_batch, replicate_core=replicate,
-                          hpz=int(zero_options.get("zero_hpz_partition_size", 1)),
-                          qwz=bool(zero_options.get("zero_quantized_weights")),
-                          qgz=bool(zero_options.get("zero_quantized_gradients")))
+                          **zeropp_options(template.get("zero_optimization", {})))
 
 
 def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
