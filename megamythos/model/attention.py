@@ -16,6 +16,7 @@ from torch import nn
 
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, apply_rope, rope_cos_sin
+from megamythos.model.token_subset import TokenSubset
 
 
 class LayerKVCache:
@@ -47,6 +48,17 @@ def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor |
         return None
     q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
     return torch.arange(kv_len, device=device)[None, :] <= q_pos
+
+
+def attention_layout(positions: torch.Tensor, kv_len: int, cached: bool,
+                     queries: TokenSubset | None) -> tuple[torch.Tensor | None, bool]:
+    """(mask, causal) for queries at ``positions`` [S] against ``kv_len`` keys: every token of the batch with no
+    cache (the kernel's own causal flag), after a cache (an explicit [S, kv_len] mask), or only the ``queries``
+    subset (its padded [B, 1, W, kv_len] mask). None for one position, which sees every key."""
+    seq = positions.shape[0]
+    if queries is not None and seq > 1:
+        return queries.attention_mask(positions, kv_len), False
+    return (causal_mask(seq, kv_len, positions.device), False) if cached else (None, seq > 1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -160,16 +172,21 @@ class MLA(nn.Module):
         cache.append(*self._latent(x, *rope_cos_sin(positions, self.rope_dim, self.rope_theta)))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
-                absorb: bool = False) -> torch.Tensor:
+                absorb: bool = False, queries: TokenSubset | None = None) -> torch.Tensor:
+        """x [B, S, H] at ``positions`` [S] -> [B, S, H]; with ``queries`` only those tokens attend -> [1, N, H]
+        (keys/values still come from every token of x and the cache)."""
         bsz, seq, _ = x.shape
         cos, sin = rope_cos_sin(positions, self.rope_dim, self.rope_theta)
-        q_nope, q_pe = self._query(x).split([self.nope_dim, self.rope_dim], dim=-1)
-        q_pe = apply_rope(q_pe, cos, sin)
         c_kv, k_pe = self._latent(x, cos, sin)
         if cache is not None:
             c_kv, k_pe = cache.append(c_kv, k_pe)
-        mask = causal_mask(seq, c_kv.shape[1], x.device) if cache is not None else None
-        causal = cache is None and seq > 1
+        mask, causal = attention_layout(positions, c_kv.shape[1], cache is not None, queries)
+        if queries is not None:
+            x, cos, sin = queries.gather(x), cos[queries.col], sin[queries.col]
+        q_nope, q_pe = self._query(x).split([self.nope_dim, self.rope_dim], dim=-1)
+        q_pe = apply_rope(q_pe, cos, sin)
+        if queries is not None:
+            q_nope, q_pe = queries.pad(q_nope), queries.pad(q_pe)
         if absorb:
             out = self._absorbed_attention(q_nope, q_pe, c_kv, k_pe, mask, causal)
         else:
@@ -178,7 +195,9 @@ class MLA(nn.Module):
             k = torch.cat((k_nope, k_pe.unsqueeze(2).expand(-1, -1, k_nope.shape[2], -1)), dim=-1)
             q = torch.cat((q_nope, q_pe), dim=-1)
             out = attend(q, k, v, mask, causal, self.scale)
-        return self.wo(out.reshape(bsz, seq, -1))
+        if queries is not None:
+            out = queries.unpad(out)
+        return self.wo(out.flatten(-2))
 
     def _absorbed_attention(self, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor,
                             k_pe: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
@@ -220,19 +239,26 @@ class GQA(nn.Module):
         cache.append(*self._keys_values(x, *rope_cos_sin(positions, self.head_dim, self.rope_theta)))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
-                absorb: bool = False) -> torch.Tensor:
+                absorb: bool = False, queries: TokenSubset | None = None) -> torch.Tensor:
+        """x [B, S, H] at ``positions`` [S] -> [B, S, H]; with ``queries`` only those tokens attend -> [1, N, H]
+        (keys/values still come from every token of x and the cache)."""
         del absorb  # only meaningful for MLA
-        bsz, seq, _ = x.shape
         cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
-        q = apply_rope(self.wq(x).view(bsz, seq, -1, self.head_dim), cos, sin)
         k, v = self._keys_values(x, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
+        mask, causal = attention_layout(positions, k.shape[1], cache is not None, queries)
+        if queries is not None:
+            x, cos, sin = queries.gather(x), cos[queries.col], sin[queries.col]
+        q = apply_rope(self.wq(x).view(x.shape[0], x.shape[1], -1, self.head_dim), cos, sin)
+        if queries is not None:
+            q = queries.pad(q)
         groups = q.shape[2] // k.shape[2]
         k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
-        mask = causal_mask(seq, k.shape[1], x.device) if cache is not None else None
-        out = attend(q, k, v, mask, cache is None and seq > 1, 1.0 / math.sqrt(self.head_dim))
-        return self.wo(out.reshape(bsz, seq, -1))
+        out = attend(q, k, v, mask, causal, 1.0 / math.sqrt(self.head_dim))
+        if queries is not None:
+            out = queries.unpad(out)
+        return self.wo(out.flatten(-2))
 
 
 def build_attention(config: ModelConfig) -> nn.Module:

@@ -37,6 +37,7 @@ from megamythos.model.attention import LayerKVCache, build_attention
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm
 from megamythos.model.moe import MoE, expert_counts_frozen
+from megamythos.model.token_subset import TokenSubset
 
 _LOG_DT_RANGE = (-8.0, 2.0)  # B_bar's step size exp(log_dt) stays in [3e-4, 7.4]
 
@@ -184,9 +185,13 @@ class RecurrentBlock(nn.Module):
         self.moe_norm = RMSNorm(config.dim, config.norm_eps)
         self.moe = MoE(config)
 
-    def forward(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None,
-                absorb: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        attn_out = self.attn(self.attn_norm(u), positions, cache, absorb)
+    def forward(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None, absorb: bool,
+                queries: TokenSubset | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """u [B, S, H] -> (update [B, S, H], aux); with ``queries`` the update of those tokens only, [1, N, H]:
+        they attend to the keys/values of every token of u, and only they go through the MoE."""
+        attn_out = self.attn(self.attn_norm(u), positions, cache, absorb, queries)
+        if queries is not None:
+            u = queries.gather(u)
         moe_out, aux = self.moe(self.moe_norm(u + attn_out))
         return attn_out + moe_out, aux
 
@@ -243,6 +248,14 @@ def advance(state: LoopState, h_next: torch.Tensor, aux: torch.Tensor, rho: torc
     return LoopState(h=torch.where(state.active.unsqueeze(-1), h_next, state.h),
                      active=state.active & (change >= exit_threshold),
                      depth=state.depth + state.active.float(), aux=state.aux + aux, rho=rho)
+
+
+def still_active(active: torch.Tensor | None) -> TokenSubset | None:
+    """The tokens to compute in the next iteration: None (all of them) when no token may exit or none has
+    exited yet, else the still-active subset of ``active`` [B, S] (compaction)."""
+    if active is None or bool(active.all()):
+        return None
+    return TokenSubset.of(active)
 
 
 def exit_depths(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -328,9 +341,14 @@ class RecurrentCore(nn.Module):
         relative change per iteration and token [n, B, S])."""
         norms, changes = [], []
         for t in loops:
-            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb)
+            active = still_active(state.active)
+            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb, active)
             h_next, aux, rho = self._checkpointed(self.iteration, *args) if checkpoint_each else self.iteration(*args)
-            change = relative_change(h_next, state.h)
+            if active is None:
+                change = relative_change(h_next, state.h)
+            else:  # the active tokens' new states into the frozen ones; an exited token's change reads 0
+                change = active.scatter(torch.zeros_like(state.depth), relative_change(h_next, active.gather(state.h)))
+                h_next = active.scatter(state.h, h_next)
             state = advance(state, h_next, aux, rho, change, exit_threshold)
             norms.append(state.h.detach().norm(dim=-1).mean())
             changes.append(change)
@@ -339,15 +357,22 @@ class RecurrentCore(nn.Module):
         return state, torch.stack(norms), torch.stack(changes)
 
     def iteration(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
-                  cache: LayerKVCache | None, absorb: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  cache: LayerKVCache | None, absorb: bool, active: TokenSubset | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Iteration t of the recurrence, h_t [B, S, H] fp32 -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0):
 
             u_t     = h_t + e  (+ loop-index signal)                          (concat baseline: W [h_t; e])
             h_{t+1} = A_bar * h_t + B_bar * e  +  Block(u_t) (+ LoRA_t(u_t))  (baselines: u_t + Block(u_t))
+
+        With ``active`` (compaction) only those tokens are updated, h_{t+1} is theirs, [1, N, H]: they attend to
+        the keys/values of every token's u_t (an exited token's from its frozen state at this loop index, as the
+        full batch computes them), and only they go through the block's projections, the MoE and the LoRA.
         """
         u_mix = self.injection.combine(h, e)
         u = self.with_loop_signal(u_mix, t, e.dtype)
-        update, aux = self.block(u, positions, cache, absorb)
+        update, aux = self.block(u, positions, cache, absorb, active)
+        if active is not None:
+            h, e, u_mix, u = (active.gather(x) for x in (h, e, u_mix, u))
         if self.lora is not None:
             update = update + self.lora(u, t)
         carried, rho = self.injection(h, e, u_mix, report_rho=t == 0)  # A_bar * h_t + B_bar * e

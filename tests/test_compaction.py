@@ -1,0 +1,89 @@
+"""Compaction at inference: only the tokens still iterating go through the block, with the same numbers as
+running every token and freezing the exited ones (the masked path)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import megamythos.model.recurrent as recurrent
+from megamythos.model.lm import ModelKVCache, MythosLM
+from megamythos.model.token_subset import TokenSubset
+from tests.helpers import small_config
+
+
+def _threshold_between_changes(model: MythosLM, ids: torch.Tensor, n_loops: int, iteration: int) -> float:
+    """Halfway between the two middle relative changes at ``iteration``: half the tokens exit there."""
+    with torch.no_grad():
+        changes = model(ids, n_loops=n_loops, exit_threshold=0.0).stats["relative_change"][iteration]
+    changes = changes.flatten().sort().values
+    mid = len(changes) // 2
+    return float(changes[mid - 1] + changes[mid]) / 2
+
+
+def _run(model: MythosLM, ids: torch.Tensor, threshold: float, cached: bool,
+         absorb: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, per-token depths) of a forward, or of a prefill of 4 tokens and 1-token decode steps."""
+    with torch.no_grad():
+        if not cached:
+            out = model(ids, n_loops=6, exit_threshold=threshold)
+            return out.logits.float(), out.stats["depth"]
+        cache = ModelKVCache(model.config, 6)
+        parts = [model(ids[:, :4], cache=cache, absorb=absorb, exit_threshold=threshold)]
+        parts += [model(ids[:, i:i + 1], cache=cache, absorb=absorb, exit_threshold=threshold)
+                  for i in range(4, ids.shape[1])]
+        return (torch.cat([p.logits.float() for p in parts], dim=1),
+                torch.cat([p.stats["depth"] for p in parts], dim=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize("attn_type,absorb", [("mla", False), ("mla", True), ("gqa", False)])
+def test_compaction_equals_masked_path(monkeypatch: pytest.MonkeyPatch, attn_type: str, absorb: bool, cached: bool,
+                                       dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = MythosLM(small_config(attn_type=attn_type)).to(dtype).eval()
+    ids = torch.randint(0, 97, (3, 12))
+    threshold = _threshold_between_changes(model, ids, 6, iteration=1)
+    tokens_in_moe = []
+    moe = model.recurrent.block.moe
+    moe.register_forward_hook(lambda m, args, out: tokens_in_moe.append(args[0].shape[:-1].numel()))
+    logits, depth = _run(model, ids, threshold, cached, absorb)
+    computed = sum(tokens_in_moe)
+    tokens_in_moe.clear()
+    with monkeypatch.context() as patch:  # the masked path: every token through the block at every iteration
+        patch.setattr(recurrent, "still_active", lambda active: None)
+        masked_logits, masked_depth = _run(model, ids, threshold, cached, absorb)
+    assert torch.equal(depth, masked_depth) and depth.min() < depth.max()
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(logits, masked_logits, atol=tolerance, rtol=tolerance)
+    # the MoE saw each token once per iteration it ran, where the masked path sends whole rows each time
+    assert computed == int(depth.sum()) < sum(tokens_in_moe)
+
+
+@pytest.mark.parametrize("attn_type", ["mla", "gqa"])
+def test_block_on_every_token_as_a_subset_equals_the_full_block(attn_type: str) -> None:
+    torch.manual_seed(0)
+    model = MythosLM(small_config(attn_type=attn_type)).eval()
+    block, u = model.recurrent.block, torch.randn(2, 9, 64)
+    positions = torch.arange(9)
+    with torch.no_grad():
+        full, _ = block(u, positions, None, False)
+        every = TokenSubset.of(torch.ones(2, 9, dtype=torch.bool))
+        subset, _ = block(u, positions, None, False, every)
+    assert torch.allclose(every.scatter(torch.zeros_like(full), subset), full, atol=1e-5)
+
+
+def test_token_subset_layouts() -> None:
+    chosen = torch.tensor([[True, False, True, True], [False, False, True, False]])
+    subset = TokenSubset.of(chosen)
+    assert subset.width == 3 and subset.index.tolist() == [0, 2, 3, 6] and subset.slot.tolist() == [0, 1, 2, 0]
+    x = torch.arange(8.0).view(2, 4, 1)
+    flat = subset.gather(x)
+    assert flat.flatten().tolist() == [0.0, 2.0, 3.0, 6.0]
+    assert subset.pad(flat, fill=-1).squeeze(-1).tolist() == [[0.0, 2.0, 3.0], [6.0, -1.0, -1.0]]
+    assert torch.equal(subset.unpad(subset.pad(flat)), flat)
+    assert torch.equal(subset.scatter(torch.zeros_like(x), flat), x * chosen.unsqueeze(-1))
+    mask = subset.attention_mask(torch.arange(4), 4)  # query at position p sees keys 0..p; padding sees all
+    assert mask.shape == (2, 1, 3, 4)
+    assert mask[0, 0].tolist() == [[True, False, False, False], [True, True, True, False], [True] * 4]
+    assert mask[1, 0].tolist() == [[True, True, True, False], [True] * 4, [True] * 4]
