@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.pretraining import resolve_data
 from megamythos.data.sources import RawRecord, parse_record
 from megamythos.data.tokenizer import Tokenizer
+from megamythos.inference import evaluate as evaluate_module
 from megamythos.inference import generate as generate_module
 from megamythos.inference import loading
 from megamythos.inference.generate import SamplingConfig, generate, new_token_limit
@@ -266,3 +268,15 @@ def test_broken_train_record_and_latest_pointer_are_one_line(tmp_path: Path) -> 
         read_latest(tmp_path)
     (tmp_path / "latest").write_text("iter_0000002\n")
     assert read_latest(tmp_path) == "iter_0000002"
+
+
+# ------------------------------------------------------------------ 9. a negative exit threshold
+@pytest.mark.parametrize("command", [generate_module.main, evaluate_module.main])
+def test_negative_exit_threshold_is_one_line_naming_the_flag(command: Callable[[list[str]], int],
+                                                             capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(command(["--load", "nowhere", "--prompt", "x", "--exit-threshold", "-0.1"]
+                         if command is generate_module.main else ["--load", "nowhere", "--exit-threshold", "-0.1"]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "--exit-threshold must" in lines[0]
+    assert ">= 0 (0 = every loop)" in lines[0], lines

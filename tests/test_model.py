@@ -84,19 +84,23 @@ def _threshold_between_changes(model: MythosLM, ids: torch.Tensor, n_loops: int)
     """An exit threshold halfway between two observed relative changes at the second iteration, so that some
     tokens exit there and others run on (and no token sits on the threshold)."""
     with torch.no_grad():
-        changes = model(ids, n_loops=n_loops).stats["relative_change"][1].flatten().sort().values
+        changes = model(ids, n_loops=n_loops, exit_threshold=0.0).stats["relative_change"][1].flatten().sort().values
     mid = len(changes) // 2
     return float(changes[mid - 1] + changes[mid]) / 2
 
 
-def test_exit_threshold_zero_reproduces_full_depth() -> None:
+def test_exit_threshold_defaults_to_the_config_and_zero_runs_every_loop() -> None:
     model = MythosLM(small_config()).eval()
     ids = torch.randint(0, 97, (2, 10))
     with torch.no_grad():
-        full = model(ids, n_loops=6)
-        gated = model(ids, n_loops=6, exit_threshold=0.0)
-    assert torch.equal(full.logits, gated.logits)
-    assert torch.equal(gated.stats["depth"], torch.full((2, 10), 6.0))
+        default = model(ids, n_loops=6)
+        configured = model(ids, n_loops=6, exit_threshold=model.config.exit_threshold)
+        every = model(ids, n_loops=6, exit_threshold=0.0)
+        trained = model.train()(ids, n_loops=6)  # training: every loop, whatever the config says
+    assert model.config.exit_threshold == 0.2
+    assert torch.equal(default.logits, configured.logits) and default.stats["mean_depth"] < 6
+    assert torch.equal(every.stats["depth"], torch.full((2, 10), 6.0))
+    assert torch.equal(trained.stats["depth"], torch.full((2, 10), 6.0))
 
 
 def test_exit_gives_each_token_one_exit_step_and_fewer_loops() -> None:
@@ -132,7 +136,8 @@ def test_per_token_exit_in_cached_decode_equals_uncached_forward(attn_type: str,
 
 def test_exit_in_generation_uses_fewer_loops() -> None:
     model = MythosLM(small_config()).eval()
-    _, full = generate(model, torch.randint(0, 97, (1, 4)), SamplingConfig(max_new_tokens=5, temperature=0, n_loops=6))
+    _, full = generate(model, torch.randint(0, 97, (1, 4)),
+                       SamplingConfig(max_new_tokens=5, temperature=0, n_loops=6, exit_threshold=0.0))
     _, early = generate(model, torch.randint(0, 97, (1, 4)),
                         SamplingConfig(max_new_tokens=5, temperature=0, n_loops=6, exit_threshold=1e9))
     assert full.mean_loops == 6 and early.mean_loops == 1  # any change is below 1e9: every token exits at once

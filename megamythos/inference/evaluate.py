@@ -31,7 +31,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class EvalConfig:
     seq_length: int | None = None
     micro_batch_size: int = 4
     eval_iters: int = 8
-    exit_thresholds: list[float] = field(default_factory=list)
+    exit_thresholds: list[float] | None = None  # None: the model config's exit_threshold
     tokenizer: str | None = None
     out: str | None = None
     tensorboard_dir: str | None = None
@@ -73,8 +73,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.loops or min(self.loops) < 1:
             raise LoadError(f"--loops must list loop counts >= 1, got {self.loops}")
-        if any(t <= 0 for t in self.exit_thresholds):
-            raise LoadError(f"--exit-threshold must list thresholds > 0, got {self.exit_thresholds}")
+        if self.exit_thresholds is not None and any(t < 0 for t in self.exit_thresholds):
+            raise LoadError(f"--exit-threshold must list thresholds >= 0 (0 = every loop), got {self.exit_thresholds}")
         for name in ("micro_batch_size", "eval_iters", "seq_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -223,7 +223,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
     loaded = load_model(cfg.load, cfg.tokenizer, cfg.device)
     data = heldout_batches(loaded, cfg)
-    passes = [0.0] + cfg.exit_thresholds
+    thresholds = [loaded.config.exit_threshold] if cfg.exit_thresholds is None else cfg.exit_thresholds
+    passes = sorted({0.0, *thresholds})
     with tqdm(total=len(passes) * len(cfg.loops) * len(data), desc="depth eval", unit="batch",
               file=sys.stderr) as bar:
         results = [r for threshold in passes
@@ -249,10 +250,11 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--micro-batch-size", type=int, default=4, help="samples per batch")
     p.add_argument("--eval-iters", type=int, default=8, help="batches evaluated at every loop count")
     p.add_argument("--loops", default=DEFAULT_LOOPS, help="comma-separated loop counts")
-    p.add_argument("--exit-threshold", dest="exit_thresholds", default="",
+    p.add_argument("--exit-threshold", dest="exit_thresholds",
                    help="comma-separated early-exit thresholds: each adds a row per loop count in which a token "
-                        "stops once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below it (the model's recommended value "
-                        "is its config's exit_threshold)")
+                        "stops once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below it, next to the every-loop rows "
+                        "(default: the checkpoint config's exit_threshold, 0.2 unless trained with --override "
+                        "exit_threshold=...; 0: the every-loop rows only)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--out", help="results directory (default: eval/ in the checkpoint or export directory)")
     p.add_argument("--tensorboard-dir", help="default: OUT/tensorboard")
@@ -263,7 +265,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     except ValueError:
         p.error(f"--loops expects comma-separated integers such as {DEFAULT_LOOPS}, got {ns['loops']!r}")
     try:
-        ns["exit_thresholds"] = [float(x) for x in ns["exit_thresholds"].split(",") if x]
+        if ns["exit_thresholds"] is not None:
+            ns["exit_thresholds"] = [float(x) for x in ns["exit_thresholds"].split(",") if x]
     except ValueError:
         p.error(f"--exit-threshold expects comma-separated numbers such as 0.1,0.15, got {ns['exit_thresholds']!r}")
     return EvalConfig(**ns)

@@ -39,7 +39,8 @@ class SamplingConfig:
     top_k: int = 0
     top_p: float = 1.0
     n_loops: int | None = None
-    exit_threshold: float = 0.0  # > 0: a token stops iterating once its relative state change falls below it
+    exit_threshold: float | None = None  # > 0: a token exits once its state's relative change falls below it;
+    # 0: every loop; None: the model config's exit_threshold
     absorb: bool = True
     eos_id: int | None = None
 
@@ -50,7 +51,7 @@ class SamplingConfig:
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
-        if self.exit_threshold < 0:
+        if self.exit_threshold is not None and self.exit_threshold < 0:
             raise ValueError(f"exit_threshold={self.exit_threshold} must be >= 0")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0")
@@ -172,12 +173,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
-    p.add_argument("--exit-threshold", type=float, default=0.0,
-                   help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this "
-                        "(0 = run every loop; the model's recommended value is its config's exit_threshold)")
+    p.add_argument("--exit-threshold", type=float,
+                   help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this; "
+                        "0 = run every loop (default: the checkpoint config's exit_threshold, 0.2 unless trained "
+                        "with --override exit_threshold=...)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.exit_threshold is not None and args.exit_threshold < 0:
+        p.error(f"--exit-threshold must be >= 0 (0 = every loop), got {args.exit_threshold:g}")
+    return args
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
@@ -212,7 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     n = len(stats.loops_per_token)
     return {"prompt_tokens": len(prompt_ids), "new_tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
             "mean_loops": stats.mean_loops, "loops": cfg.n_loops or loaded.config.mean_loops,
-            "exit_threshold": cfg.exit_threshold,
+            "exit_threshold": loaded.config.exit_threshold if cfg.exit_threshold is None else cfg.exit_threshold,
             "forward_flops_per_token": loaded.model.forward_flops_per_token(len(prompt_ids) + n, stats.mean_loops)}
 
 

@@ -82,7 +82,9 @@ class ModelConfig:
     decay_floor: float = 1e-4  # epsilon: A-bar >= epsilon
 
     # adaptive depth at inference: a token exits once ||h_{t+1} - h_t|| / ||h_{t+1}|| < exit_threshold
-    exit_threshold: float = 0.2  # the recommended rule (docs/results.md); training logs where it would exit
+    # the default of every inference path (forward in eval mode, generate, evaluate, the Hugging Face wrapper and
+    # lm-eval), each overridable per call; 0 = every loop. Training runs every loop and logs where it would exit.
+    exit_threshold: float = 0.2
 
     # mixture of experts in the recurrent block
     n_experts: int = 16

@@ -128,15 +128,18 @@ class MythosLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,
-                exit_threshold: float = 0.0) -> MythosOutput:
+                exit_threshold: float | None = None) -> MythosOutput:
         """input_ids [B, S] -> MythosOutput.
 
         labels [B, S] are the next tokens aligned with input positions (-100 = ignored). n_loops defaults to
         ``mean_loops`` (or the cache's count), backprop_loops to the config's. With ``cache`` the tokens
         continue the cached sequence; ``absorb`` selects MLA's absorbed decode path. ``exit_threshold`` > 0
-        (inference) lets each token stop iterating once its state's relative change falls below it.
+        (inference only) lets each token stop iterating once its state's relative change falls below it; 0 runs
+        every loop; None is the config's ``exit_threshold`` in eval mode and 0 in training mode.
         """
         cfg = self.config
+        if exit_threshold is None:
+            exit_threshold = 0.0 if self.training else cfg.exit_threshold
         if cache is not None:
             if n_loops is not None and n_loops != cache.n_loops:
                 raise ValueError(f"n_loops={n_loops} differs from the cache's {cache.n_loops}")

@@ -314,7 +314,9 @@ class Trainer:
         with torch.no_grad(), expert_counts_frozen(self.engine.module):
             for _ in range(self.args.eval_iters * self.layout.grad_accum):
                 tokens, labels = next(it)
-                losses.append(self.engine(tokens, labels=labels, n_loops=self.config.mean_loops).loss.item())
+                # every loop on every rank: an exit would let data decide how many iterations a rank runs
+                out = self.engine(tokens, labels=labels, n_loops=self.config.mean_loops, exit_threshold=0.0)
+                losses.append(out.loss.item())
         self.engine.train()
         return self.world_mean([sum(losses) / len(losses)])[0]
 
