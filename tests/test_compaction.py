@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import megamythos.model.recurrent as recurrent
+from megamythos.model.config import ConfigError
 from megamythos.model.lm import ModelKVCache, MythosLM
+from megamythos.model.params import count
 from megamythos.model.token_subset import TokenSubset
 from tests.helpers import small_config
 
@@ -87,3 +89,62 @@ def test_token_subset_layouts() -> None:
     assert mask.shape == (2, 1, 3, 4)
     assert mask[0, 0].tolist() == [[True, False, False, False], [True, True, True, False], [True] * 4]
     assert mask[1, 0].tolist() == [[True, True, True, False], [True] * 4, [True] * 4]
+
+
+# ------------------------------------------------------------------------------------- loop capacity (training)
+SCHEDULE = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
+
+
+def test_loop_capacity_trains_only_the_scheduled_tokens_with_gradients_everywhere() -> None:
+    torch.manual_seed(0)
+    model = MythosLM(small_config(mean_loops=3, loop_capacity=SCHEDULE, backprop_loops=2,
+                                  checkpoint_loops=True)).train()
+    ids = torch.randint(0, 97, (2, 16))
+    tokens_in_moe = []
+    moe = model.recurrent.block.moe
+    moe.register_forward_hook(lambda m, args, out: tokens_in_moe.append(args[0].shape[:-1].numel()))
+    out = model(ids, labels=ids, n_loops=6)
+    (out.loss + out.aux_loss).backward()
+    # forward: 32 tokens at the full loops, 16 and 8 after; checkpointed loops run their forward once more
+    assert tokens_in_moe[:6] == [32, 32, 16, 16, 8, 8] and tokens_in_moe[6:] == [8, 8]
+    assert out.stats["active_share"].tolist() == list(SCHEDULE) and float(out.stats["mean_depth"]) == 3.5
+    depth = out.stats["depth"]
+    assert torch.equal((depth == 6).sum(dim=1), torch.tensor([4, 4]))  # ceil(0.25 * 16) per sequence
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["recurrent.block.moe.experts.gate_up_proj"].abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(model.eval()(ids, n_loops=6, exit_threshold=0.0).stats["depth"], torch.full((2, 16), 6.0))
+    with pytest.raises(ValueError, match="n_loops=7 exceeds the 6 loops of loop_capacity"):
+        model.train()(ids, n_loops=7)
+
+
+def test_loop_capacity_keeps_the_tokens_whose_state_moved_most() -> None:
+    torch.manual_seed(0)
+    model = MythosLM(small_config(mean_loops=3, loop_capacity=SCHEDULE)).train()
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        out = model(ids, n_loops=3)
+    change, depth = out.stats["relative_change"][1], out.stats["depth"]  # loop 2 keeps the top half of loop 1
+    kept = depth == 3
+    assert torch.equal(kept.sum(dim=1), torch.tensor([8, 8]))
+    assert all(change[b][kept[b]].min() >= change[b][~kept[b]].max() for b in range(2))
+
+
+def test_capacity_counts_only_the_computed_tokens() -> None:
+    config = small_config(mean_loops=3, loop_capacity=SCHEDULE)
+    full = count(config.replace(loop_capacity=()), 16, 6)
+    ones = count(config.replace(loop_capacity=(1.0,) * 6), 16, 6)
+    half = count(config, 16, 6)
+    assert ones.train_flops_per_token == full.train_flops_per_token
+    assert half.train_flops_per_token < full.train_flops_per_token
+    assert half.fwd_flops_per_token == full.fwd_flops_per_token  # inference runs the exit rule, not the schedule
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ((1.0, 0.5, 0.75, 0.5, 0.5, 0.5), "non-increasing"), ((0.5,) * 6, "starting at 1"), ((1.0, 1.0, 0.0) * 2, "(0, 1]"),
+    ((1.0, 0.5), "one entry per loop up to max_loops=6"), ("1,x", "give numbers")])
+def test_bad_capacity_schedule_is_one_error_naming_the_field(schedule: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"loop_capacity") as err:
+        small_config(mean_loops=3, loop_capacity=schedule)
+    assert message in str(err.value)

@@ -16,6 +16,8 @@ import psutil
 import pytest
 import torch
 
+from megamythos.model.config import ModelConfig
+from megamythos.model.params import count
 from tests.helpers import (
     REPO,
     LaunchPool,
@@ -64,6 +66,8 @@ class FusedAdam(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 '''
 
+CAPACITY_SCHEDULE = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
+CAPACITY = ("--override", "loop_capacity=" + ",".join(map(str, CAPACITY_SCHEDULE)), "--backprop-loops", "2")
 EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
             "--eval-iters", "1")
 # The module's training runs, name -> (processes, trainer flags, extra environment), all started by ``runs`` in this
@@ -81,6 +85,11 @@ RUNS = {
     "compiled": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--compile"),
                  {"TORCH_LOGS": "graph_breaks,recompiles"}),
     "zero2": (1, ("--zero", "2", "--micro-batch-size", "2", "--global-batch-size", "2"), {}),
+    # loop capacity (6 loops cover the sampled counts at mean 3) with backprop through the last 2 loops and
+    # per-iteration checkpointing, alone and under ZeRO-3 + TP 2 + AutoEP 2 folded onto two ranks
+    "capacity_ref": (1, ("--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2", *CAPACITY), {}),
+    "capacity_tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size",
+                          "2", *CAPACITY), {}),
 }
 
 
@@ -158,6 +167,24 @@ def compiled(runs, launches) -> Path:
 def zero2(runs, launches) -> Path:
     """1 process, ZeRO-2, micro batch 2 (as ``ref``, but a ZeRO-2 checkpoint)."""
     return finished(runs, launches, "zero2")
+
+
+def test_loop_capacity_computes_the_scheduled_tokens_alike_under_zero3_tp_and_ep(ref, runs, launches) -> None:
+    capacity, spread = finished(runs, launches, "capacity_ref"), finished(runs, launches, "capacity_tpep")
+    assert_same_losses(spread, capacity, EP_TOL)
+    config = ModelConfig.from_json(next((capacity / "ckpt").glob("iter_*/model_config.json")))
+    assert config.loop_capacity == CAPACITY_SCHEDULE and config.backprop_loops == 2
+    steps = [r for r in metrics(capacity / "metrics.jsonl") if "recurrent/loop-count" in r]
+    assert len(steps) == ITERS and len({r["recurrent/loop-count"] for r in steps}) > 1
+    for record in steps:
+        loops = int(record["recurrent/loop-count"])
+        assert record["recurrent/active-share"] == list(CAPACITY_SCHEDULE[:loops])  # 32 tokens: exact shares
+        assert record["recurrent/mean-depth"] == pytest.approx(sum(CAPACITY_SCHEDULE[:loops]))
+        # the FLOPs behind TFLOP/s and MFU count only the tokens computed
+        flops_per_token = record["tflops"] * 1e12 / record["tokens-per-sec"]
+        assert flops_per_token == pytest.approx(count(config, 32, loops).train_flops_per_token, rel=1e-6)
+        if loops > 2:
+            assert flops_per_token < count(config.replace(loop_capacity=()), 32, loops).train_flops_per_token
 
 
 def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):

@@ -24,6 +24,15 @@ CONFIG_FILE_REMEDY = ("it must hold the ModelConfig fields as one JSON object (M
                       "restore it, or use another checkpoint tag")
 
 
+def _capacity_schedule(value: Any) -> tuple[float, ...]:
+    """``loop_capacity`` as given (a tuple, a JSON list or an override's "1,1,0.5") -> a tuple of floats."""
+    items = value.split(",") if isinstance(value, str) else (value,) if isinstance(value, (int, float)) else value
+    try:
+        return tuple(float(x) for x in items if not (isinstance(x, str) and not x.strip()))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"ModelConfig.loop_capacity={value!r} is invalid: give numbers such as 1,1,0.5") from err
+
+
 def _require(ok: bool, field_name: str, value: Any, what: str) -> None:
     if not ok:
         raise ConfigError(f"ModelConfig.{field_name}={value!r} is invalid: {what}")
@@ -70,6 +79,11 @@ class ModelConfig:
     max_loops: int = 0  # cap on sampled depth and size of per-loop tables; 0 -> 2 * mean_loops
     loop_sigma: float = 0.5  # log-normal sigma of the sampled depth
     backprop_loops: int = 0  # truncated BPTT: gradient through the last k iterations; 0 -> all
+    # training-time adaptive depth (Mixture-of-Recursions-style, expert-choice): at loop t only the ceil(c_t * S)
+    # tokens of each sequence whose state changed most at loop t - 1 (among those still running) are computed,
+    # the rest stay frozen; fixed per-loop token counts, so every rank runs the same shapes. c_0 = 1, non-increasing
+    # in (0, 1], one entry per loop up to max_loops; e.g. "1,1,0.5,0.5,0.5,0.5,0.25,0.25". Empty: off.
+    loop_capacity: tuple[float, ...] = ()
 
     # recurrence options
     injection: str = "lti"  # "lti" (stable, default); "additive" and "concat" are study baselines
@@ -138,6 +152,16 @@ class ModelConfig:
         _require(self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim", self.qk_rope_head_dim, "RoPE needs an even width")
         _require(self.max_loops == 0 or self.max_loops >= self.mean_loops, "max_loops", self.max_loops,
                  f"must be 0 or >= mean_loops={self.mean_loops}")
+        self.loop_capacity = _capacity_schedule(self.loop_capacity)
+        capacity = self.loop_capacity
+        _require(not capacity or (capacity[0] == 1.0 and all(0 < c <= 1 for c in capacity)
+                                  and all(a >= b for a, b in zip(capacity, capacity[1:]))),
+                 "loop_capacity", self.loop_capacity,
+                 "must be non-increasing numbers in (0, 1] starting at 1 (a token's state change, which ranks "
+                 "the tokens, exists only after its first loop), e.g. 1,1,0.5,0.25; empty: off")
+        _require(not capacity or len(capacity) >= self.resolved_max_loops, "loop_capacity", self.loop_capacity,
+                 f"needs one entry per loop up to max_loops={self.resolved_max_loops} (the most loops a training "
+                 "step samples)")
         _require(self.backprop_loops <= self.resolved_max_loops, "backprop_loops", self.backprop_loops,
                  f"cannot exceed max_loops={self.resolved_max_loops}")
         _require(BF16_MIN_DECAY_MARGIN <= self.decay_margin < 1.0, "decay_margin", self.decay_margin,

@@ -28,6 +28,15 @@ def attention_params(c: ModelConfig) -> int:
     return q + kv + c.n_heads * c.v_head_dim * c.dim
 
 
+def key_value_matmul_params(c: ModelConfig) -> int:
+    """Weights of one attention module that make its keys and values (MLA: W_kva and W_kvb; GQA: W_k, W_v):
+    the part every token computes even when only some tokens attend (compaction, loop capacity)."""
+    if c.attn_type == "gqa":
+        return 2 * c.dim * c.n_kv_heads * c.resolved_head_dim
+    return (c.dim * (c.kv_lora_rank + c.qk_rope_head_dim)
+            + c.kv_lora_rank * c.n_heads * (c.qk_nope_head_dim + c.v_head_dim))
+
+
 def attention_norm_params(c: ModelConfig) -> int:
     """The part of :func:`attention_params` that is vectors (latent RMSNorm weights): no matmul FLOPs."""
     return 0 if c.attn_type == "gqa" else c.kv_lora_rank + c.q_lora_rank
@@ -130,7 +139,8 @@ class ParamReport:
     active_per_token: int
     effective_per_token: int
     fwd_flops_per_token: float  # one forward at n_loops
-    train_flops_per_token: float  # forward + backward (2x forward where gradients flow; model FLOPs, no recompute)
+    train_flops_per_token: float  # forward + backward (2x forward where gradients flow; model FLOPs, no recompute;
+    # with loop_capacity only the tokens computed)
     recompute_flops_per_token: float  # what activation checkpointing of the loops with gradients adds
     kv_cache_bytes_per_token: int
 
@@ -157,11 +167,16 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     head_mm = c.vocab_size * c.dim
     attn_fwd = attention_fwd_flops_per_token(c, seq)
     loop_fwd = 2 * rec_mm + attn_fwd
-    fwd = 2 * (dense_mm + head_mm) + (c.prelude_layers + c.coda_layers) * attn_fwd + loops * loop_fwd
+    outside_loops = 2 * (dense_mm + head_mm) + (c.prelude_layers + c.coda_layers) * attn_fwd
+    fwd = outside_loops + loops * loop_fwd
+    # training with loop_capacity c_t computes c_t of the tokens at loop t, and keys/values for every token
+    kv_fwd = 2 * key_value_matmul_params(c)
+    capacity = c.loop_capacity or (1.0,) * loops
+    trained_loops = [capacity[t] * (loop_fwd - kv_fwd) + kv_fwd for t in range(loops)]
     # backward (2x forward) only where gradients flow: truncated BPTT runs the first loops - k without them
     with_grad = min(c.backprop_loops or loops, loops)
-    train = 3 * fwd - 2 * (loops - with_grad) * loop_fwd
-    recompute = with_grad * loop_fwd
+    train = 3 * (outside_loops + sum(trained_loops)) - 2 * sum(trained_loops[:loops - with_grad])
+    recompute = sum(trained_loops[loops - with_grad:])
     per_layer_kv = (c.kv_lora_rank + c.qk_rope_head_dim if c.attn_type == "mla"
                     else 2 * c.n_kv_heads * c.resolved_head_dim)
     return ParamReport(total=p.total, embedding=p.embedding, prelude_coda=p.prelude_coda, recurrent=p.recurrent,

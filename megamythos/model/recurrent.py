@@ -13,14 +13,17 @@ delta >= 2**-8 (validated in the config) keeps the bound below 1 after rounding 
 Two baselines for studies (``config.injection``): "additive", h_{t+1} = u_t + Block(u_t) with u_t = h_t + e
 (identity state transition, rho = 1), and "concat", Huginn's adapter u_t = W [h_t; e], h_{t+1} = u_t + Block(u_t).
 
-Adaptive depth (Huginn's rule, no halting unit to collapse): training runs every iteration on every token and
-every rank; at inference a token *exits* after iteration t once its state stopped moving,
+Adaptive depth (Huginn's rule, no halting unit to collapse): every rank runs the same iterations; at inference a
+token *exits* after iteration t once its state stopped moving,
 
     r_t = ||h_{t+1} - h_t|| / ||h_{t+1}||  <  exit_threshold,
 
 and its state is frozen from then on (its halting weight is 1 at its exit step, 0 elsewhere). A frozen token
 still offers keys/values to later tokens at deeper loop indices: those of its frozen state, which a decode step
 computes with the attention's cache projection only. Threshold 0 never exits, so it reproduces the full depth.
+In training, ``loop_capacity`` c_t keeps the ceil(c_t * S) tokens of each sequence with the largest r_{t-1} (a
+fixed count: static shapes on every rank). Either way only the still-running tokens are computed (compaction,
+:class:`~megamythos.model.token_subset.TokenSubset`).
 """
 from __future__ import annotations
 
@@ -213,14 +216,16 @@ class RecurrenceResult(NamedTuple):
 
 class LoopState(NamedTuple):
     """What one iteration hands to the next: state h [B, S, H] fp32; ``active`` [B, S] bool, the tokens still
-    iterating (None when no token may exit); ``depth`` [B, S] fp32, the iterations each token executed; the
-    summed aux loss and max rho(A_bar) reported by the first iteration (scalars)."""
+    iterating (None when no token may exit or be left out); ``depth`` [B, S] fp32, the iterations each token
+    executed; the summed aux loss and max rho(A_bar) reported by the first iteration (scalars); ``change`` [B, S]
+    fp32, each token's relative change in the last iteration (0 where it was not computed)."""
 
     h: torch.Tensor
     active: torch.Tensor | None
     depth: torch.Tensor
     aux: torch.Tensor
     rho: torch.Tensor
+    change: torch.Tensor
 
 
 class LoopGroup(NamedTuple):
@@ -244,10 +249,19 @@ def advance(state: LoopState, h_next: torch.Tensor, aux: torch.Tensor, rho: torc
     change is >= exit_threshold. Exited tokens keep their frozen state."""
     rho = state.rho if rho is None else rho
     if state.active is None:
-        return LoopState(h_next, None, state.depth + 1.0, state.aux + aux, rho)
+        return LoopState(h_next, None, state.depth + 1.0, state.aux + aux, rho, change)
     return LoopState(h=torch.where(state.active.unsqueeze(-1), h_next, state.h),
                      active=state.active & (change >= exit_threshold),
-                     depth=state.depth + state.active.float(), aux=state.aux + aux, rho=rho)
+                     depth=state.depth + state.active.float(), aux=state.aux + aux, rho=rho, change=change)
+
+
+def capacity_subset(state: LoopState, capacity: float) -> tuple[LoopState, TokenSubset]:
+    """Expert-choice depth: of each sequence's still-running tokens, the ceil(capacity * S) whose state changed
+    most in the last iteration run the next one; the others leave for good (static shapes, no host sync)."""
+    seq = state.change.shape[1]
+    ranking = torch.where(state.active, state.change, -1.0)
+    chosen = TokenSubset.top(ranking, math.ceil(capacity * seq))
+    return state._replace(active=chosen.mask(seq)), chosen
 
 
 def still_active(active: torch.Tensor | None) -> TokenSubset | None:
@@ -305,25 +319,31 @@ class RecurrentCore(nn.Module):
         backprop_loops k > 0 runs the first n_loops - k iterations without autograd (truncated BPTT).
         ``caches`` holds one LayerKVCache per loop index (decode). ``exit_threshold`` > 0 (inference only)
         freezes each token once its relative state change falls below it and stops when every token exited;
-        deeper caches then get the frozen tokens' keys/values.
+        deeper caches then get the frozen tokens' keys/values. In training, the config's ``loop_capacity``
+        c_t computes only ceil(c_t * S) tokens of each sequence at loop t (:func:`capacity_subset`).
         """
         if exit_threshold > 0 and self.training:
             raise RuntimeError("early exit is inference-only: in training every rank must run every loop")
+        capacity = self.config.loop_capacity if self.training else ()
+        if n_loops > len(capacity) > 0:
+            raise ValueError(f"n_loops={n_loops} exceeds the {len(capacity)} loops of loop_capacity")
         checkpoint_each = self.config.checkpoint_loops and self.training
         e = self.input_norm(x)
         zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
-        state = LoopState(h=self.initial_state(e), active=zeros.bool().logical_not() if exit_threshold > 0 else None,
-                          depth=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()))
-        norms, changes = [], []
+        state = LoopState(h=self.initial_state(e),
+                          active=zeros.bool().logical_not() if exit_threshold > 0 or capacity else None,
+                          depth=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()), change=zeros)
+        norms, changes, shares = [], [], []
         for group in self.schedule(n_loops, backprop_loops, checkpoint_each):  # no-grad loops, then grad loops
-            run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold,
+            run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold, capacity,
                         checkpoint_each and group.grad)
             with torch.set_grad_enabled(group.grad):
-                state, group_norms, group_changes = (self._checkpointed(self.run_loops, *run_args) if group.checkpoint
-                                                     else self.run_loops(*run_args))
+                state, group_norms, group_changes, group_shares = (
+                    self._checkpointed(self.run_loops, *run_args) if group.checkpoint else self.run_loops(*run_args))
             norms.append(group_norms)
             changes.append(group_changes)
-            if state.active is not None and not bool(state.active.any()):
+            shares.append(group_shares)
+            if exit_threshold > 0 and not bool(state.active.any()):
                 break
         loops_run = sum(len(n) for n in norms)
         if caches is not None:
@@ -331,17 +351,23 @@ class RecurrentCore(nn.Module):
                 u = self.with_loop_signal(self.injection.combine(state.h, e), t, e.dtype)
                 self.block.extend_cache(u, positions, caches[t])
         stats = {"n_loops": torch.tensor(float(loops_run)), "state_norm": torch.cat(norms), "rho": state.rho,
-                 "mean_depth": state.depth.mean(), "depth": state.depth, "relative_change": torch.cat(changes)}
+                 "mean_depth": state.depth.mean(), "depth": state.depth, "relative_change": torch.cat(changes),
+                 "active_share": torch.cat(shares)}
         return RecurrenceResult(state.h, state.aux / loops_run, stats)
 
     def run_loops(self, state: LoopState, e: torch.Tensor, loops: range, positions: torch.Tensor,
                   caches: list[LayerKVCache] | None, absorb: bool, exit_threshold: float,
-                  checkpoint_each: bool) -> tuple[LoopState, torch.Tensor, torch.Tensor]:
+                  capacity: tuple[float, ...], checkpoint_each: bool
+                  ) -> tuple[LoopState, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Iterations ``loops`` from ``state`` -> (state after them, mean state norm per iteration [n],
-        relative change per iteration and token [n, B, S])."""
-        norms, changes = [], []
+        relative change per iteration and token [n, B, S], share of the tokens computed per iteration [n])."""
+        norms, changes, shares = [], [], []
         for t in loops:
-            active = still_active(state.active)
+            if capacity:  # training: the schedule decides, without a host sync
+                state, active = capacity_subset(state, capacity[t]) if capacity[t] < 1.0 else (state, None)
+            else:
+                active = still_active(state.active)
+            shares.append(state.depth.new_ones(()) if state.active is None else state.active.float().mean())
             args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb, active)
             h_next, aux, rho = self._checkpointed(self.iteration, *args) if checkpoint_each else self.iteration(*args)
             if active is None:
@@ -352,9 +378,9 @@ class RecurrentCore(nn.Module):
             state = advance(state, h_next, aux, rho, change, exit_threshold)
             norms.append(state.h.detach().norm(dim=-1).mean())
             changes.append(change)
-            if state.active is not None and not bool(state.active.any()):
+            if exit_threshold > 0 and not bool(state.active.any()):
                 break
-        return state, torch.stack(norms), torch.stack(changes)
+        return state, torch.stack(norms), torch.stack(changes), torch.stack(shares)
 
     def iteration(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
                   cache: LayerKVCache | None, absorb: bool, active: TokenSubset | None = None

@@ -28,13 +28,27 @@ class TokenSubset(NamedTuple):
 
     @classmethod
     def of(cls, chosen: torch.Tensor) -> TokenSubset:
-        """The tokens where ``chosen`` [B, S] bool is True (two host syncs: the count and W)."""
+        """The tokens where ``chosen`` [B, S] bool is True (ragged rows; two host syncs: the count and W)."""
         batch, seq = chosen.shape
         index = chosen.flatten().nonzero().squeeze(1)
         row, col = index // seq, index % seq
         per_row = chosen.sum(dim=1)
         slot = torch.arange(index.numel(), device=index.device) - (per_row.cumsum(0) - per_row)[row]
         return cls(index, row, col, slot, int(per_row.max()), batch)
+
+    @classmethod
+    def top(cls, score: torch.Tensor, k: int) -> TokenSubset:
+        """The k tokens of each row with the highest ``score`` [B, S] (static shapes, no host sync): W = k."""
+        batch, seq = score.shape
+        col = score.topk(k, dim=1, sorted=False).indices.sort(dim=1).values.flatten()
+        row = torch.arange(batch, device=score.device).repeat_interleave(k)
+        slot = torch.arange(k, device=score.device).repeat(batch)
+        return cls(row * seq + col, row, col, slot, k, batch)
+
+    def mask(self, seq: int) -> torch.Tensor:
+        """[B, S] bool, True at the chosen tokens."""
+        chosen = torch.zeros(self.batch * seq, dtype=torch.bool, device=self.index.device)
+        return chosen.index_fill(0, self.index, True).view(self.batch, seq)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, S, ...] -> the chosen tokens' rows [1, N, ...]."""
@@ -44,7 +58,7 @@ class TokenSubset(NamedTuple):
         """A copy of x [B, S, ...] with the chosen tokens' rows replaced by ``values`` [1, N, ...]."""
         return x.flatten(0, 1).index_copy(0, self.index, values.squeeze(0).to(x.dtype)).view_as(x)
 
-    def pad(self, values: torch.Tensor, fill: float = 0) -> torch.Tensor:
+    def pad(self, values: torch.Tensor, fill: float | int = 0) -> torch.Tensor:
         """Flat [1, N, ...] -> padded [B, W, ...]; padding slots hold ``fill``."""
         padded = values.new_full((self.batch, self.width, *values.shape[2:]), fill)
         padded[self.row, self.slot] = values.squeeze(0)
@@ -59,7 +73,6 @@ class TokenSubset(NamedTuple):
         absolute positions) against keys at the ``kv_len`` positions that end where the batch ends (the batch's
         own tokens, after any cached ones). Padding queries see every key, so their (discarded) rows stay finite.
         """
-        last = positions[-1]
-        query_pos = self.pad(positions[self.col].unsqueeze(0), fill=int(last))  # [B, W]
-        key_pos = torch.arange(kv_len, device=positions.device) + (last + 1 - kv_len)
+        query_pos = self.pad(positions[self.col].unsqueeze(0), fill=torch.iinfo(positions.dtype).max)  # [B, W]
+        key_pos = torch.arange(kv_len, device=positions.device) + (positions[-1] + 1 - kv_len)
         return key_pos[None, None, None, :] <= query_pos[:, None, :, None]

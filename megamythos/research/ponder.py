@@ -129,7 +129,7 @@ class PonderLM(MythosLM):
         e, positions = self._prelude(input_ids)
         zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
         state = LoopState(self.recurrent.initial_state(e), ~zeros.bool(), zeros, zeros.new_zeros(()),
-                          zeros.new_zeros(()))
+                          zeros.new_zeros(()), zeros)
         log_survival = zeros
         for t in range(self.n_loops):
             h_next, aux, _ = self.recurrent.iteration(state.h, e, t, positions, None, False)

@@ -74,9 +74,9 @@ def _barrier() -> None:
 
 def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) -> None:
     """Refuse a checkpoint whose model differs in any field that shapes or changes the network."""
-    cur = current.to_dict()
+    cur = json.loads(current.to_json())  # as saved: tuples are JSON lists
     ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "mean_loops", "max_loops", "loop_sigma",
-               "backprop_loops"}
+               "backprop_loops", "loop_capacity"}  # how the loops are trained, not what the network is
     diffs = {k: (saved.get(k), cur[k]) for k in cur if k not in ignored and saved.get(k) != cur[k]}
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in sorted(diffs.items()))

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -380,12 +381,18 @@ class Trainer:
                 values[f"recurrent/exit-share/loop-{i + 1:02d}"] = share
         for i, norm in enumerate(stats.get("state_norm", torch.empty(0)).flatten().tolist()):
             values[f"recurrent/state-norm/loop-{i:02d}"] = norm
+        if self.config.loop_capacity:  # share of the tokens computed at each loop (the capacity schedule)
+            for i, share in enumerate(stats["active_share"].tolist()):
+                values[f"recurrent/active-share/loop-{i:02d}"] = share
+            values["recurrent/mean-depth"] = float(stats["mean_depth"])
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
         values.update(step["comm"])
         self.monitor.scalars(values, self.iteration, self.consumed)
+        per_loop = re.compile("/(state-norm|exit-share|active-share)/")  # one list per kind in the record
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
-                             **{k: v for k, v in values.items() if "/state-norm/" not in k and "/exit-share/" not in k},
-                             "recurrent/exit-share": [v for k, v in values.items() if "/exit-share/" in k]})
+                             **{k: v for k, v in values.items() if not per_loop.search(k)},
+                             **{f"recurrent/{kind}": [v for k, v in values.items() if f"/{kind}/" in k]
+                                for kind in ("exit-share", "active-share")}})
         if self.iteration % self.args.log_interval == 0:
             self.monitor.console(self.iteration, self.total_iters, {
                 "consumed samples": self.consumed, "elapsed time per iteration (ms)": seconds * 1e3,
