@@ -43,6 +43,7 @@ def _run(model: MythosLM, ids: torch.Tensor, threshold: float, cached: bool,
 def test_compaction_equals_masked_path(monkeypatch: pytest.MonkeyPatch, attn_type: str, absorb: bool, cached: bool,
                                        dtype: torch.dtype) -> None:
     torch.manual_seed(0)
+    monkeypatch.setattr(recurrent, "COMPACTION_MIN_TOKENS", 1)  # compact the small cached steps too
     model = MythosLM(small_config(attn_type=attn_type)).to(dtype).eval()
     ids = torch.randint(0, 97, (3, 12))
     threshold = _threshold_between_changes(model, ids, 6, iteration=1)
@@ -60,6 +61,25 @@ def test_compaction_equals_masked_path(monkeypatch: pytest.MonkeyPatch, attn_typ
     assert torch.allclose(logits, masked_logits, atol=tolerance, rtol=tolerance)
     # the MoE saw each token once per iteration it ran, where the masked path sends whole rows each time
     assert computed == int(depth.sum()) < sum(tokens_in_moe)
+
+
+def test_small_batches_mask_instead_of_compacting() -> None:
+    """Cached decode at batch 8 (8 tokens a step) runs every row through the block, exited ones masked."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config()).eval()
+    ids = torch.randint(0, 97, (8, 12))
+    threshold = _threshold_between_changes(model, ids, 6, iteration=1)
+    tokens_in_moe = []
+    model.recurrent.block.moe.register_forward_hook(lambda m, args, out: tokens_in_moe.append(args[0].shape[:2]))
+    with torch.no_grad():
+        cache = ModelKVCache(model.config, 6)
+        model(ids[:, :8], cache=cache, exit_threshold=threshold)  # 64 tokens: compacted once some exited
+        prefill = list(tokens_in_moe)
+        tokens_in_moe.clear()
+        step = model(ids[:, 8:9], cache=cache, exit_threshold=threshold)
+    assert any(shape[0] == 1 for shape in prefill)  # the flat row of the still-active tokens
+    assert step.stats["depth"].min() < step.stats["n_loops"] and set(tokens_in_moe) == {(8, 1)}
+    assert recurrent.COMPACTION_MIN_TOKENS == 32
 
 
 @pytest.mark.parametrize("attn_type", ["mla", "gqa"])

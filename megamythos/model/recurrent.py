@@ -264,10 +264,18 @@ def capacity_subset(state: LoopState, capacity: float) -> tuple[LoopState, Token
     return state._replace(active=chosen.mask(seq)), chosen
 
 
+# Below this many tokens in a batch (cached decode: one per sequence) every token goes through the block and the
+# exited ones are masked: the matmuls are bound by reading the weights, not by rows, so compaction saves nothing
+# and costs its gathers (decode at batch 8: the masked path 1.0-1.1x as fast; a forward of 8 x 128 tokens:
+# compaction 1.1-1.25x as fast as masking; bench/README.md, "Adaptive depth at inference").
+COMPACTION_MIN_TOKENS = 32
+
+
 def still_active(active: torch.Tensor | None) -> TokenSubset | None:
-    """The tokens to compute in the next iteration: None (all of them) when no token may exit or none has
-    exited yet, else the still-active subset of ``active`` [B, S] (compaction)."""
-    if active is None or bool(active.all()):
+    """The tokens to compute in the next iteration: None (all of them) when no token may exit, none has
+    exited yet or the batch is smaller than ``COMPACTION_MIN_TOKENS``, else the still-active subset of
+    ``active`` [B, S] (compaction)."""
+    if active is None or active.numel() < COMPACTION_MIN_TOKENS or bool(active.all()):
         return None
     return TokenSubset.of(active)
 

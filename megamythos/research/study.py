@@ -4,6 +4,7 @@
     python -m megamythos.research.study injection  # LTI vs additive vs concat injection at a high learning rate
     python -m megamythos.research.study dense      # dense baselines: 2x the looped model's unique params / equal FLOPs
     python -m megamythos.research.study ponder     # PonderNet's learned halting vs the stack's recipe + exit rule
+    python -m megamythos.research.study capacity   # loop capacity vs the default recipe vs fixed depth, equal FLOPs
 
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
@@ -13,6 +14,7 @@ same study runs bigger on a GPU (``--device cuda``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -69,6 +71,7 @@ class RunSpec:
     lr: float | None = None
     dense_match: str | None = None  # "params", "2params" or "flops" (see baselines.matching_dense_layers)
     ponder_loops: int = 0  # > 0: PonderNet training at this fixed depth (see research.ponder)
+    equal_flops: bool = False  # steps scaled so the run spends the training FLOPs of the default recipe's budget
 
 
 def base_config(vocab_size: int, settings: StudySettings) -> ModelConfig:
@@ -80,6 +83,7 @@ def base_config(vocab_size: int, settings: StudySettings) -> ModelConfig:
                        num_experts_per_tok=2, expert_dim=dim, lora_rank=0, seq_aux_loss_coef=1e-4)
 
 
+CAPACITY_6_LOOPS = {"mean_loops": 6, "max_loops": 6, "loop_capacity": (1.0, 1.0, 1.0, 0.5, 0.25, 0.25)}
 EXPERIMENTS: dict[str, list[RunSpec]] = {
     "depth": [RunSpec("fixed_depth"),
               RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2)],
@@ -90,9 +94,32 @@ EXPERIMENTS: dict[str, list[RunSpec]] = {
     # PonderNet at the study model's max depth (its prior mean is the trained mean depth 4) vs the stack's recipe
     "ponder": [RunSpec("pondernet_n8", ponder_loops=8),
                RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2)],
+    # at the default recipe's training FLOPs: loop capacity (6 loops, mean depth 4) with the default's truncation
+    # to the last 2 loops and with full backprop (MoR's), and fixed depth 4 with full backprop (fewer steps)
+    "capacity": [RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2),
+                 RunSpec("capacity_6loops_tbptt", CAPACITY_6_LOOPS, backprop_loops=2, equal_flops=True),
+                 RunSpec("fixed_depth", equal_flops=True),
+                 RunSpec("capacity_6loops_full_backprop", CAPACITY_6_LOOPS, equal_flops=True)],
 }
+DEFAULT_RECIPE = EXPERIMENTS["depth"][1]  # what the trainer does: sampled depth, backprop through the last 2 loops
 EVAL_LOOPS = [1, 2, 3, 4, 6, 8]
 EXIT_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3]  # early-exit rows at the trained depth and at twice it
+
+
+def train_flops_per_token(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> float:
+    """Mean training FLOPs per token of a looped run over its ``settings.steps`` loop counts."""
+    cfg = config.replace(**spec.overrides, backprop_loops=spec.backprop_loops)
+    loops = [sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, settings.seed, step)
+             if spec.sampled_depth else cfg.mean_loops for step in range(settings.steps)]
+    return float(np.mean([count(cfg, settings.seq_len, n).train_flops_per_token for n in loops]))
+
+
+def run_steps(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> int:
+    """``settings.steps``, or with ``equal_flops`` the steps that spend what the default recipe spends in them."""
+    if not spec.equal_flops:
+        return settings.steps
+    budget = train_flops_per_token(DEFAULT_RECIPE, config, settings) * settings.steps
+    return round(budget / train_flops_per_token(spec, config, dataclasses.replace(settings, steps=1)))
 
 
 def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> tuple[nn.Module, dict]:
@@ -127,37 +154,46 @@ def training_loss(model: nn.Module, spec: RunSpec, batch: torch.Tensor,
     return out.loss + out.aux_loss, out.loss
 
 
-def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch_at: Callable[[int], torch.Tensor],
-              valid: Sequence[torch.Tensor]) -> dict:
-    """Train one run for ``settings.steps`` steps and evaluate it; divergence (non-finite or 3x the first loss)
-    stops the run early and is reported."""
-    torch.manual_seed(settings.seed)
-    model, info = build_model(spec, config, settings)
-    model.to(settings.device).train()
+def train_steps(model: nn.Module, spec: RunSpec, config: ModelConfig, settings: StudySettings,
+                batch_at: Callable[[int], torch.Tensor]) -> tuple[list[float], int | None]:
+    """Train ``model`` for ``settings.steps`` steps -> (training CE per step, the step it diverged at or None):
+    divergence (non-finite or 3x the first loss) stops it early."""
     peak = spec.lr or settings.lr
     schedule = LRSchedule(lr=peak, min_lr=settings.min_lr_fraction * peak, warmup=settings.warmup,
                           total=settings.steps)  # the trainer's warmup + cosine
     optimizer = torch.optim.AdamW(weight_decay_param_groups(model, 0.1), lr=peak, betas=(0.9, 0.95))
+    run_config = config.replace(**spec.overrides)
     losses: list[float] = []
-    diverged_at = None
-    start = time.time()
     for step in range(settings.steps):
         for group in optimizer.param_groups:
             group["lr"] = schedule.learning_rate(step)
         batch = batch_at(step).to(settings.device)
-        loops = (sample_loop_count(config.mean_loops, config.loop_sigma, config.resolved_max_loops, settings.seed, step)
-                 if spec.sampled_depth else config.mean_loops)
+        loops = (sample_loop_count(run_config.mean_loops, run_config.loop_sigma, run_config.resolved_max_loops,
+                                   settings.seed, step) if spec.sampled_depth else run_config.mean_loops)
         loss, ce = training_loss(model, spec, batch, loops)
         if not torch.isfinite(loss) or (losses and loss.item() > 3 * losses[0]):
-            diverged_at = step
-            break
+            return losses, step
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         update_expert_bias(model, config.expert_bias_update_rate)
         losses.append(ce.item())
-    result = {"name": spec.name, **info, "lr": peak, "sampled_depth": spec.sampled_depth,
+    return losses, None
+
+
+def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch_at: Callable[[int], torch.Tensor],
+              valid: Sequence[torch.Tensor]) -> dict:
+    """Train one run (:func:`train_steps`) and evaluate it; a diverged run is reported, not evaluated."""
+    torch.manual_seed(settings.seed)
+    model, info = build_model(spec, config, settings)
+    model.to(settings.device).train()
+    peak = spec.lr or settings.lr
+    steps = run_steps(spec, config, settings)
+    start = time.time()
+    losses, diverged_at = train_steps(model, spec, config, dataclasses.replace(settings, steps=steps), batch_at)
+    result = {"name": spec.name, **info, "lr": peak, "sampled_depth": spec.sampled_depth, "steps": steps,
+              "tokens": steps * settings.batch_size * settings.seq_len,
               "backprop_loops": spec.backprop_loops, "overrides": spec.overrides, "diverged_at": diverged_at,
               "train_loss_curve": losses[:: max(1, len(losses) // 50)], "seconds": time.time() - start,
               "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan")}
@@ -221,14 +257,18 @@ def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[
 
 
 def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str) -> dict:
-    batch_at, valid, vocab = token_batches(data_prefix, settings)
-    config = base_config(vocab, settings)
-    runs = [train_run(spec, config, settings, batch_at, valid) for spec in EXPERIMENTS[name]]
+    from megamythos.data import read_dataset_metadata
+
+    config = base_config(int(read_dataset_metadata(data_prefix)["vocab_size"]), settings)
+    most_steps = max(run_steps(spec, config, settings) for spec in EXPERIMENTS[name])
+    batch_at, valid, _ = token_batches(data_prefix, dataclasses.replace(settings, steps=most_steps))
     report = {"experiment": name, "settings": asdict(settings), "tokens_per_run": settings.tokens,
-              "data_prefix": data_prefix, "base_config": config.to_dict(), "runs": runs}
+              "data_prefix": data_prefix, "base_config": config.to_dict(), "runs": []}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"study_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    for spec in EXPERIMENTS[name]:  # the report is rewritten after every run: a long study shows its progress
+        report["runs"].append(train_run(spec, config, settings, batch_at, valid))
+        (out / f"study_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_experiment(report, out / f"study_{name}.png")
     return report
 
