@@ -1,8 +1,10 @@
-"""Building blocks shared by every part of the model: RMSNorm, SwiGLU, rotary embeddings."""
+"""Building blocks shared by every part of the model: RMSNorm, SwiGLU, rotary embeddings, the weight-cast cache."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -74,3 +76,57 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x32.chunk(2, dim=-1)
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------- weight-cast cache
+class _CastCache(threading.local):
+    """The open cache of this thread: {(id(weight), dtype): (weight, weight._version, cast)}, or None."""
+
+    entries: dict[tuple[int, torch.dtype], tuple[torch.Tensor, int, torch.Tensor]] | None = None
+
+
+_CAST_CACHE = _CastCache()
+
+
+@contextmanager
+def weights_cast_once() -> Iterator[None]:
+    """Inside this context :func:`cast_weight` casts each leaf weight to a dtype once, not once per call.
+
+    Meant around one forward of a module whose weights are used several times (the shared recurrent block,
+    T loops): each weight w is cast to w_c = w.to(dtype) at its first use and w_c is reused afterwards, so
+    the forward holds one cast per weight and the backward one ToCopyBackward per weight, into which autograd
+    first sums the T uses' gradients (in the compute dtype, as autocast's own weight cache does for
+    ``nn.Linear``). Gradients still reach the fp32 parameter through the cast. A cast made under
+    ``torch.no_grad`` (truncated backprop's no-grad loops) is replaced by a tracked one at the first use with
+    gradient; an in-place change of the weight (its version counter) invalidates its entry. Nested opens keep
+    the outer cache; the cache is emptied when the outermost context exits, so it never outlives the forward
+    (an activation-checkpoint recompute in backward casts afresh). Under ZeRO-3 the first use happens inside
+    the module call, where the weight is gathered; the cached cast stays valid after the release.
+    """
+    if _CAST_CACHE.entries is not None:
+        yield
+        return
+    _CAST_CACHE.entries = {}
+    try:
+        yield
+    finally:
+        _CAST_CACHE.entries = None
+
+
+def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """weight.to(dtype), taken from the cache of :func:`weights_cast_once` when one is open and weight is a leaf.
+
+    Outside the context, for non-leaf tensors, when no cast is needed and while ``torch.compile`` traces
+    (inductor schedules casts itself; a Python dict is not traceable), it is a plain ``weight.to(dtype)``.
+    """
+    entries = _CAST_CACHE.entries
+    if weight.dtype == dtype or entries is None or not weight.is_leaf or torch.compiler.is_compiling():
+        return weight.to(dtype)
+    key = (id(weight), dtype)
+    cached = entries.get(key)
+    if (cached is not None and cached[1] == weight._version
+            and (cached[2].requires_grad or not (torch.is_grad_enabled() and weight.requires_grad))):
+        return cached[2]
+    cast = weight.to(dtype)
+    entries[key] = (weight, weight._version, cast)
+    return cast

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megamythos.model.config import ModelConfig
-from megamythos.model.layers import SwiGLU
+from megamythos.model.layers import SwiGLU, cast_weight
 
 
 def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, score_func: str,
@@ -76,9 +76,14 @@ def _grouped_mm_setup(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.
 
 
 def _grouped_mm_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-    """y = a b_g per group: da = dy b_g^T (rows grouped), db_g = a_g^T dy_g (the shared dim grouped)."""
+    """y = a b_g per group: da = dy b_g^T (rows grouped), db_g = a_g^T dy_g (the shared dim grouped).
+
+    db is computed as (dy_g^T a_g)^T: b is the transposed view of a weight [G, out, in], so this gradient has
+    the weight's own strides and reaches its ``.grad`` without a layout copy.
+    """
     a, b, offsets = ctx.saved_tensors
-    return _grouped_mm(grad, b.transpose(-2, -1), offsets), _grouped_mm(a.t(), grad, offsets), None
+    grad_b = _grouped_mm(grad.t(), a, offsets).transpose(-2, -1)
+    return _grouped_mm(grad, b.transpose(-2, -1), offsets), grad_b, None
 
 
 _grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
@@ -94,11 +99,13 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) 
     """Rows of x [N, in] sorted by group (group g owns counts[g] consecutive rows) times weight[g]^T.
 
     weight [G, out, in] -> [N, out] in :func:`matmul_dtype` (bf16 under bf16 autocast, which does not cover
-    aten._grouped_mm by itself). Uses torch._grouped_mm when it applies (no host sync), else one padded batched
-    matmul (a single host sync for the capacity, independent of G).
+    aten._grouped_mm by itself); the weight is cast by :func:`~megamythos.model.layers.cast_weight`, i.e. once
+    per forward inside :func:`~megamythos.model.layers.weights_cast_once`. Uses torch._grouped_mm when it
+    applies (no host sync), else one padded batched matmul (a single host sync for the capacity, independent
+    of G).
     """
     dtype = matmul_dtype(x)
-    x, weight = x.to(dtype), weight.to(dtype)
+    x, weight = x.to(dtype), cast_weight(weight, dtype)
     if _grouped_mm_ok(x, weight):
         return _grouped_mm(x, weight.transpose(-2, -1), counts.cumsum(0).to(torch.int32))
     groups, n_rows = weight.shape[0], x.shape[0]

@@ -27,6 +27,7 @@ fixed count: static shapes on every rank). Either way only the still-running tok
 """
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import AbstractContextManager, nullcontext
 from typing import NamedTuple
@@ -38,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from megamythos.model.attention import LayerKVCache, build_attention
 from megamythos.model.config import ModelConfig
-from megamythos.model.layers import RMSNorm
+from megamythos.model.layers import RMSNorm, weights_cast_once
 from megamythos.model.moe import MoE, expert_counts_frozen
 from megamythos.model.token_subset import TokenSubset
 
@@ -342,17 +343,18 @@ class RecurrentCore(nn.Module):
                           active=zeros.bool().logical_not() if exit_threshold > 0 or capacity else None,
                           depth=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()), change=zeros)
         norms, changes, shares = [], [], []
-        for group in self.schedule(n_loops, backprop_loops, checkpoint_each):  # no-grad loops, then grad loops
-            run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold, capacity,
-                        checkpoint_each and group.grad)
-            with torch.set_grad_enabled(group.grad):
-                state, group_norms, group_changes, group_shares = (
-                    self._checkpointed(self.run_loops, *run_args) if group.checkpoint else self.run_loops(*run_args))
-            norms.append(group_norms)
-            changes.append(group_changes)
-            shares.append(group_shares)
-            if exit_threshold > 0 and not bool(state.active.any()):
-                break
+        with weights_cast_once():  # the shared block's weights are cast to the compute dtype once, not per loop
+            for group in self.schedule(n_loops, backprop_loops, checkpoint_each):  # no-grad loops, then grad loops
+                run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold, capacity,
+                            checkpoint_each and group.grad)
+                with torch.set_grad_enabled(group.grad):
+                    run = functools.partial(self._checkpointed, self.run_loops) if group.checkpoint else self.run_loops
+                    state, group_norms, group_changes, group_shares = run(*run_args)
+                norms.append(group_norms)
+                changes.append(group_changes)
+                shares.append(group_shares)
+                if exit_threshold > 0 and not bool(state.active.any()):
+                    break
         loops_run = sum(len(n) for n in norms)
         if caches is not None:
             for t in range(loops_run, n_loops):  # every token exited: deeper loops cache the frozen states
