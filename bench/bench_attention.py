@@ -1,18 +1,24 @@
-"""bf16 causal attention on CPU, forward + backward: the two kernels :func:`megamythos.model.attention.attend` chooses
-between, timed side by side per shape, to place its switch ``_MATMUL_ATTENTION_MAX_SCORES``.
+"""Causal attention on CPU: the two kernels :func:`megamythos.model.attention.attend` chooses between, timed side
+by side per shape and dtype, to place its switch ``_MATMUL_ATTENTION_MAX_SCORES``.
 
-    PYTHONPATH=. python bench/bench_attention.py --out bench/results/attention_cpu_bf16.json
+    OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_attention.py --out bench/results/attention_cpu.json
 
 * ``matmul``: :func:`megamythos.model.attention.matmul_attention` (two batched matmuls, fp32 scores and softmax);
 * ``sdpa``: :func:`megamythos.model.attention.sdpa_attention`, PyTorch's ``scaled_dot_product_attention`` as ``attend``
-  calls it (causal), which on CPU runs the blocked flash kernel and never materialises the S x S scores.
+  calls it (v zero-padded to the q/k width), which on CPU runs the blocked flash kernel and never materialises the
+  S x S scores.
 
-Shapes: the tiny (8 heads, q/k 48, v 32), small (12 x 64) and a 128-wide head layout, batch x sequence = 2048
-tokens, sequence 128..2048. Each cell: 2 untimed calls, then the median of ``--reps`` (the two kernels alternate).
+Shapes: the heads of the presets' MLA as ``attend`` sees them (tiny: 8 heads, q/k 48 = nope 32 + rope 16, v 32;
+small: 12 heads, q/k 96, v 64) in bf16 and fp32. Training: forward + backward of a causal sequence, batch x
+sequence = 2048 tokens, sequence 128..2048 (the default run trains at 4 x 128, the model benchmark at 1 x 512).
+Decode: forward of one query against L cached keys, batch 1, without gradient (the non-absorbed cached path).
+Each cell: 2 untimed calls, then the median of ``--reps`` (training) or ``--decode-reps`` (decode) calls, the two
+kernels alternating.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -27,46 +33,79 @@ import torch
 from megamythos.model.attention import matmul_attention, sdpa_attention
 from megamythos.training.monitor import cpu_model
 
-HEADS = [(8, 48, 32), (12, 64, 64), (16, 128, 128)]  # (heads, q/k width, v width)
+PRESET_HEADS = {"tiny": (8, 48, 32), "small": (12, 96, 64)}  # (heads, q/k width, v width)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 SEQ_LENS = [128, 256, 512, 1024, 2048]
+DECODE_LENS = [128, 512, 2048]
 TOKENS = 2048
 
 
-def fwd_bwd_ms(kernels: dict[str, Callable[[], torch.Tensor]], reps: int) -> dict[str, float]:
-    """Median milliseconds of forward + backward (of the output's sum) per kernel, the kernels alternating."""
+def median_ms(kernels: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Median milliseconds of a call per kernel: 2 untimed calls each, then ``reps`` rounds, kernels alternating."""
     for kernel in kernels.values():
         for _ in range(2):
-            kernel().sum().backward()
+            kernel()
     seconds: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(reps):
         for name, kernel in kernels.items():
             start = time.perf_counter()
-            kernel().sum().backward()
+            kernel()
             seconds[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) * 1e3 for name, s in seconds.items()}
+
+
+def row(preset: str, dtype: str, phase: str, batch: int, q_len: int, kv_len: int, ms: dict[str, float]) -> dict:
+    heads, qk_dim, v_dim = PRESET_HEADS[preset]
+    return {"preset": preset, "dtype": dtype, "phase": phase, "heads": heads, "qk_dim": qk_dim, "v_dim": v_dim,
+            "batch": batch, "q_len": q_len, "kv_len": kv_len, **{f"{k}_ms": round(v, 4) for k, v in ms.items()},
+            "matmul_over_sdpa": round(ms["matmul"] / ms["sdpa"], 3)}
+
+
+def fwd_bwd(kernel: Callable[..., torch.Tensor], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            scale: float) -> None:
+    """Causal ``kernel`` on q, k [B, S, h, dq], v [B, S, h, dv], then backward of the output's sum."""
+    kernel(q, k, v, None, True, scale).sum().backward()
+
+
+def training_row(preset: str, dtype: str, seq: int, reps: int) -> dict:
+    """Forward + backward (of the output's sum) of causal attention over TOKENS // seq sequences of ``seq``."""
+    heads, qk_dim, v_dim = PRESET_HEADS[preset]
+    q, k, v = (torch.randn(TOKENS // seq, seq, heads, d, dtype=DTYPES[dtype], requires_grad=True)
+               for d in (qk_dim, qk_dim, v_dim))
+    kernels = {name: partial(fwd_bwd, fn, q, k, v, qk_dim ** -0.5)
+               for name, fn in (("matmul", matmul_attention), ("sdpa", sdpa_attention))}
+    return row(preset, dtype, "train_fwd_bwd", TOKENS // seq, seq, seq, median_ms(kernels, reps))
+
+
+@torch.no_grad()
+def decode_row(preset: str, dtype: str, kv_len: int, reps: int) -> dict:
+    """Forward of one query [1, 1, h, dq] against ``kv_len`` cached keys/values (no mask: every key is past)."""
+    heads, qk_dim, v_dim = PRESET_HEADS[preset]
+    q, k, v = (torch.randn(1, length, heads, d, dtype=DTYPES[dtype])
+               for length, d in ((1, qk_dim), (kv_len, qk_dim), (kv_len, v_dim)))
+    kernels = {name: partial(fn, q, k, v, None, False, qk_dim ** -0.5)
+               for name, fn in (("matmul", matmul_attention), ("sdpa", sdpa_attention))}
+    return row(preset, dtype, "decode", 1, 1, kv_len, median_ms(kernels, reps))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--decode-reps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="bench/results/attention_cpu_bf16.json")
+    parser.add_argument("--out", default="bench/results/attention_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for heads, qk_dim, v_dim in HEADS:
-        for seq in SEQ_LENS:
-            q, k, v = (torch.randn(TOKENS // seq, seq, heads, d, dtype=torch.bfloat16, requires_grad=True)
-                       for d in (qk_dim, qk_dim, v_dim))
-            scale = qk_dim ** -0.5
-            ms = fwd_bwd_ms({"matmul": partial(matmul_attention, q, k, v, None, True, scale),
-                             "sdpa": partial(sdpa_attention, q, k, v, None, True, scale)}, args.reps)
-            rows.append({"heads": heads, "qk_dim": qk_dim, "v_dim": v_dim, "batch": TOKENS // seq, "seq": seq,
-                         **{f"{name}_ms": round(value, 2) for name, value in ms.items()},
-                         "matmul_over_sdpa": round(ms["matmul"] / ms["sdpa"], 3)})
-            print(json.dumps(rows[-1]), flush=True)
+    for preset in PRESET_HEADS:
+        for dtype in DTYPES:
+            rows += [training_row(preset, dtype, seq, args.reps) for seq in SEQ_LENS]
+            rows += [decode_row(preset, dtype, kv_len, args.decode_reps) for kv_len in DECODE_LENS]
+            for r in rows[-len(SEQ_LENS) - len(DECODE_LENS):]:
+                print(json.dumps(r), flush=True)
     environment = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
-                   "threads": args.threads, "load_avg": os.getloadavg()}
+                   "threads": args.threads, "load_avg": os.getloadavg(),
+                   "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     Path(args.out).write_text(json.dumps({"environment": environment, "rows": rows}, indent=1) + "\n")
     return 0
 

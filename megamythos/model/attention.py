@@ -72,8 +72,10 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
 
 
 # Up to this many scores per (batch, head) the explicit-matmul path is used for bf16 on CPU; beyond, SDPA's flash
-# kernel, which never materialises the fp32 S x L scores; the crossover is measured by bench/bench_attention.py
-# (bench/README.md).
+# kernel, which never materialises the S x L scores. A single query (decode) takes the matmul path in bf16 and fp32
+# at any cache length. Measured by bench/bench_attention.py at the tiny and small presets' head shapes
+# (bench/README.md, 2026-12-04): bf16 training crosses over between S = 128 and 256 (fp32: SDPA from S = 128 on);
+# decode at L = 128..2048 runs 0.24-1.02x SDPA's time.
 _MATMUL_ATTENTION_MAX_SCORES = 192 * 192
 
 
@@ -81,9 +83,10 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                      scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with two batched matmuls and an fp32 softmax, for [B, S, h, d] inputs.
 
-    On CPU in bf16 this beats SDPA's flash kernel on short sequences (~128-192: one matmul per head instead of
-    the flash kernel's blocked loop), and needs no padding of v; longer ones are bound by the fp32 score
-    matrix's memory traffic. Causal: query i (at position L - S + i) attends to keys 0..L - S + i.
+    On CPU this beats SDPA's flash kernel on short sequences (one matmul per head instead of the flash kernel's
+    blocked loop; in bf16 up to ~192 tokens, and for a single query in bf16 and fp32), and needs no padding of v;
+    longer ones are bound by the fp32 score matrix's memory traffic. Causal: query i (at position L - S + i)
+    attends to keys 0..L - S + i.
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale
@@ -98,14 +101,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
            scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v for q [B, S, h, dq], k [B, L, h, dq], v [B, L, h, dv] -> [B, S, h, dv].
 
-    Kernel by device and dtype: flash-attn on CUDA in half precision when it is installed; on CPU in bf16
-    :func:`matmul_attention` (up to ``_MATMUL_ATTENTION_MAX_SCORES`` scores per head); else PyTorch SDPA. For
+    Kernel by device, dtype and shape: flash-attn on CUDA in half precision when it is installed; on CPU
+    :func:`matmul_attention` for one query (decode) in any dtype and in bf16 up to
+    ``_MATMUL_ATTENTION_MAX_SCORES`` scores per head; else PyTorch SDPA. For
     the fused kernels a value width below the query width (MLA: v_head_dim < nope + rope) is zero-padded and
     the output sliced back, since they (flash-attn, SDPA's flash path with causal skipping) need equal widths;
     the math is unchanged.
     """
-    if (q.device.type == "cpu" and q.dtype == torch.bfloat16
-            and q.shape[1] * k.shape[1] <= _MATMUL_ATTENTION_MAX_SCORES):
+    if q.device.type == "cpu" and (q.shape[1] == 1 or (
+            q.dtype == torch.bfloat16 and q.shape[1] * k.shape[1] <= _MATMUL_ATTENTION_MAX_SCORES)):
         return matmul_attention(q, k, v, mask, causal, scale)
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
         flash = _flash_attn_func()
