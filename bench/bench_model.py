@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megamythos.model.config import ModelConfig, get_preset, parse_override
+from megamythos.model.layers import weights_cast_once
 from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import MoE, MoEOutput, update_expert_bias
 from megamythos.model.params import count, parts
@@ -48,8 +49,8 @@ except ImportError as err:  # the reference lives only in the bench environment
 Step = Callable[[], None]
 GOALS = {"train_step_vs_reference": 3.0, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5,
          "share_of_bf16_matmul_ceiling": 0.25}
-TRAIN_MODES = ["ours_matched", "ours_bf16", "ours_bf16_compiled", "reference", "reference_bf16_autocast",
-               "ours_preset", "dense_gpt"]
+TRAIN_MODES = ["ours_matched", "ours_bf16", "ours_bf16_autocast", "ours_bf16_compiled", "reference",
+               "reference_bf16_autocast", "ours_preset", "dense_gpt"]
 PRESET_NAMES = ["1b", "3b", "10b", "50b", "100b", "500b", "1t"]
 
 
@@ -168,12 +169,15 @@ def dense_gpt_config(ours: ModelConfig, seq: int, loops: int) -> tuple[ModelConf
 
 
 # ------------------------------------------------------------------------------------------------ benchmarks
-def ours_step(model: MythosLM, ids: torch.Tensor, labels: torch.Tensor, loops: int) -> Step:
+def ours_step(model: MythosLM, ids: torch.Tensor, labels: torch.Tensor, loops: int, autocast: bool = False) -> Step:
     """Our training step: CE + aux loss (MoE balance), AdamW, aux-loss-free expert-bias update. A model in
     bf16 trains as under DeepSpeed's bf16 section: bf16 weights and activations (the optimizer here updates
-    the bf16 weights; DeepSpeed's fp32 master copy adds one cast per step, not timed), fp32 LTI state."""
+    the bf16 weights; DeepSpeed's fp32 master copy adds one cast per step, not timed), fp32 LTI state. With
+    ``autocast``: fp32 weights, the forward under bf16 autocast with each weight cast once per forward
+    (``weights_cast_once``), as a user of the model class runs it."""
     def loss_of() -> torch.Tensor:
-        out = model(ids, labels=labels, n_loops=loops)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), weights_cast_once():
+            out = model(ids, labels=labels, n_loops=loops)
         return out.loss + out.aux_loss
 
     return train_step(model, loss_of, lambda: update_expert_bias(model, model.config.expert_bias_update_rate))
@@ -195,8 +199,8 @@ def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, lo
 def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int,
                 modes: list[str]) -> dict[str, Any]:
     """Train-step tokens/s of the ``modes`` (names below): ours vs the reference (matched widths) in fp32,
-    bf16 and bf16 compiled (ours) / bf16 autocast (reference), our preset vs a FLOP-matched dense GPT, and the
-    fp32 and bf16 1024^3 matmul ceilings of the core in the same rounds."""
+    bf16, bf16 autocast and bf16 compiled (ours) / bf16 autocast (reference), our preset vs a FLOP-matched dense
+    GPT, and the fp32 and bf16 1024^3 matmul ceilings of the core in the same rounds."""
     torch.manual_seed(0)
     ours_cfg, ref_cfg = matched_configs(preset, seq, loops)
     preset_cfg = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
@@ -206,6 +210,7 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
     builders: dict[str, Callable[[], nn.Module]] = {
         "ours_matched": lambda: MythosLM(ours_cfg),
         "ours_bf16": lambda: MythosLM(ours_cfg).bfloat16(),
+        "ours_bf16_autocast": lambda: MythosLM(ours_cfg),
         "ours_bf16_compiled": lambda: MythosLM(ours_cfg).bfloat16(),
         "reference": lambda: om.OpenMythos(ref_cfg),
         "reference_bf16_autocast": lambda: om.OpenMythos(ref_cfg),
@@ -218,7 +223,7 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
     steps: dict[str, Step] = {}
     for name, model in models.items():
         if name.startswith("ours"):
-            steps[name] = ours_step(model, ids, labels, loops)
+            steps[name] = ours_step(model, ids, labels, loops, autocast=name.endswith("autocast"))
         elif name.startswith("reference"):
             steps[name] = reference_step(model, ids, labels, loops, autocast=name.endswith("autocast"))
         else:

@@ -103,31 +103,49 @@ VARIANTS = {"fp32": "--no-bf16", "bf16": "--bf16", "bf16_compile": "--bf16 --com
             "bf16_zero2": "--bf16 --zero 2", "bf16_zero2_compile": "--bf16 --zero 2 --compile"}
 
 
-def throughput(iters: int, warmup: int, variants: dict[str, str]) -> dict[str, Any]:
+def launch_throughput(nproc: int, flags: str, iters: int, warmup: int, env: dict[str, str]) -> dict[str, Any]:
+    """One launch of the default run with ``flags``: medians over the iterations after ``warmup``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = Path(tmp) / "metrics.jsonl"
+        cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc), "--master-port",
+               str(29700 + nproc), "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval",
+               "0", "--eval-interval", "0", "--metrics-file", str(metrics), *flags.split()]
+        subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
+    return {"tokens_per_sec_median": statistics.median(r["tokens-per-sec"] for r in steady),
+            "iteration_seconds_median": statistics.median(r["iteration-time"] for r in steady),
+            "global_batch": records[-1]["consumed_samples"] // records[-1]["iteration"],
+            "tflops_per_process_median": statistics.median(r["tflops"] for r in steady),
+            "mfu_median": statistics.median(r["mfu"] for r in steady),
+            "lm_loss_last": records[-1].get("lm loss"),
+            "iterations": iters, "warmup_excluded": warmup, "command": " ".join(cmd)}
+
+
+def throughput(iters: int, warmup: int, variants: dict[str, str], repeats: int = 1,
+               threads: int | None = None) -> dict[str, Any]:
+    """Every variant launched ``repeats`` times at 1 and at 2 processes, the variants alternating within each
+    repeat (so slow drifts of the machine's load reach all of them); with repeats > 1 a variant's figures are the
+    medians over its launches, each launch's own in ``launches``. ``threads``: OMP_NUM_THREADS of every rank
+    (default: the launcher's, cores / processes; 1 keeps a shared machine from stalling OpenMP barriers)."""
     results: dict[str, Any] = {}
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(REPO / ".torch_extensions"))}
     env.pop("OMP_NUM_THREADS", None)  # the launcher's default: cores / processes
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     for nproc in (1, 2):
-        for name, flags in variants.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                metrics = Path(tmp) / "metrics.jsonl"
-                cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc), "--master-port",
-                       str(29700 + nproc), "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval",
-                       "0", "--eval-interval", "0", "--metrics-file", str(metrics), *flags.split()]
-                subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-                records = [json.loads(line) for line in metrics.read_text().splitlines()]
-                steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
-                key = f"{nproc}_process" + ("" if name == "default" else f"_{name}")
-                results[key] = {
-                    "tokens_per_sec_median": statistics.median(r["tokens-per-sec"] for r in steady),
-                    "iteration_seconds_median": statistics.median(r["iteration-time"] for r in steady),
-                    "global_batch": records[-1]["consumed_samples"] // records[-1]["iteration"],
-                    "tflops_per_process_median": statistics.median(r["tflops"] for r in steady),
-                    "mfu_median": statistics.median(r["mfu"] for r in steady),
-                    "lm_loss_last": records[-1].get("lm loss"),
-                    "iterations": iters, "warmup_excluded": warmup, "command": " ".join(cmd)}
-                print(key, results[key], flush=True)
+        launches: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, flags in variants.items():
+                launches[name].append(launch_throughput(nproc, flags, iters, warmup, env))
+                print(nproc, name, launches[name][-1], flush=True)
+        for name, runs in launches.items():
+            key = f"{nproc}_process" + ("" if name == "default" else f"_{name}")
+            results[key] = runs[0] if repeats == 1 else {
+                **{k: statistics.median(r[k] for r in runs) for k in ("tokens_per_sec_median",
+                                                                       "iteration_seconds_median")},
+                "launches": runs}
     return results
 
 
@@ -150,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("throughput")
     t.add_argument("--iters", type=int, default=40)
     t.add_argument("--warmup", type=int, default=5)
+    t.add_argument("--repeats", type=int, default=1, help="launches per variant, the variants alternating")
+    t.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per rank (default: the launcher's)")
     t.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="trainer flags of one variant (repeatable); default: " + ", ".join(VARIANTS))
     for s in (m, t):
@@ -167,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         result = memory(args.batch, args.seq)
     else:
         result = throughput(args.iters, args.warmup,
-                            dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS)
+                            dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS, args.repeats,
+                            args.threads)
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {}
     data[args.cmd] = {**result, "environment": environment()}
