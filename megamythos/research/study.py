@@ -115,11 +115,12 @@ def train_flops_per_token(spec: RunSpec, config: ModelConfig, settings: StudySet
 
 
 def run_steps(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> int:
-    """``settings.steps``, or with ``equal_flops`` the steps that spend what the default recipe spends in them."""
+    """``settings.steps``, or with ``equal_flops`` the steps that spend what the default recipe spends in them
+    (each recipe's FLOPs per token averaged over the loop counts of ``settings.steps`` steps)."""
     if not spec.equal_flops:
         return settings.steps
-    budget = train_flops_per_token(DEFAULT_RECIPE, config, settings) * settings.steps
-    return round(budget / train_flops_per_token(spec, config, dataclasses.replace(settings, steps=1)))
+    ratio = train_flops_per_token(DEFAULT_RECIPE, config, settings) / train_flops_per_token(spec, config, settings)
+    return round(settings.steps * ratio)
 
 
 def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> tuple[nn.Module, dict]:
