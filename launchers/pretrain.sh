@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's megamythos
 from megamythos.training.launch import main  # noqa: E402
+from megamythos.training.process_exit import end_process  # noqa: E402
 
-sys.exit(main())
+end_process(main())
 #

@@ -90,6 +90,25 @@ def test_a_rank_refuses_launcher_flags_naming_the_form_that_takes_them():
         refuse_launcher_flags(["--no_ssh"])
 
 
+def test_a_finished_process_runs_its_exit_handlers_and_skips_the_teardown():
+    """end_process: exit handlers run and buffered output is flushed, but nothing is destroyed in the teardown
+    (where gloo's late destruction can abort a finished rank)."""
+    script = ("import atexit, sys\n"
+              "from megamythos.training.process_exit import end_process\n"
+              "class Torn:\n"
+              "    def __del__(self):\n"
+              "        sys.__stderr__.write('torn down\\n')\n"
+              "kept = Torn()\n"
+              "atexit.register(lambda: sys.stderr.write('exit handler\\n'))\n"
+              "sys.stdout.write('buffered')\n"
+              "end_process(3)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (3, "buffered", "exit handler\n")
+    torn = subprocess.run([sys.executable, "-c", script.replace("end_process(3)", "sys.exit(3)")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "torn down" in torn.stderr  # what the same script does on a normal exit
+
+
 # ------------------------------------------------------------------------------------------- real launches
 def trainer_args(corpus: Path) -> list[str]:
     return [*tiny_args(corpus, ITERS), *LAYOUT]

@@ -49,6 +49,7 @@ from megamythos.training.divergence import Divergence, DivergenceError, Divergen
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, still_working
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
+from megamythos.training.process_exit import end_process
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import LRSchedule, build_scheduler
 from megamythos.training.shm import release_own_buffer, remove_stale_buffers
@@ -512,4 +513,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())
