@@ -20,6 +20,7 @@ from megamythos.training.launch import (
     REPO,
     LaunchError,
     deepspeed_command,
+    failed_run,
     rank_environment,
     refuse_launcher_flags,
     split_launcher_flags,
@@ -68,7 +69,7 @@ def test_bash_form_takes_the_launcher_flags_in_either_spelling():
     assert trainer == ["--lr", "1", "--seed", "3"]
     assert deepspeed_command(launcher, trainer, gpu=False, env={}) == [
         "deepspeed", "--master_port", "7", "--num_gpus", "2", "--hostfile", "h", "--node_rank", "1", "--no_ssh",
-        "--module", "megamythos.training.pretrain", "--lr", "1", "--seed", "3"]
+        "--log_level", "critical", "--module", "megamythos.training.pretrain", "--lr", "1", "--seed", "3"]
     single = deepspeed_command({}, [], gpu=False, env={})  # one node, no port given: a free one, not 29500
     assert single[1] == "--master_port" and port_free(int(single[2]))
     assert deepspeed_command({"hostfile": "h"}, [], gpu=False, env={})[1:3] == ["--master_port", "29500"]
@@ -88,6 +89,15 @@ def test_a_rank_refuses_launcher_flags_naming_the_form_that_takes_them():
     with pytest.raises(LaunchError, match=r"^--no_ssh is a flag of `deepspeed`, not of the trainer: give it before "
                                           r"the script: deepspeed --no_ssh launchers/pretrain.sh \.\.\.$"):
         refuse_launcher_flags(["--no_ssh"])
+
+
+def test_a_failed_launch_is_one_line_naming_the_signal_and_the_checkpoint(tmp_path):
+    latest = tmp_path / "latest"
+    assert failed_run(1, latest) == "deepspeed exited with code 1; no checkpoint was saved"
+    latest.write_text("iter_0000004\n")
+    assert failed_run(250, latest) == ("deepspeed exited with code 250 (a rank ended by SIGABRT; DeepSpeed stopped the "
+                                       "others); the last checkpoint, iter_0000004, resumes with the same command")
+    assert "(a rank" not in failed_run(200, latest)  # 256 - 200 = 56 is no signal
 
 
 def test_a_finished_process_runs_its_exit_handlers_and_skips_the_teardown():

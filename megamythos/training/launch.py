@@ -24,6 +24,11 @@ and exits 0. Multi-node through pdsh: the ranks are not its descendants, so the 
 pdsh handler ``pkill``s the remote ranks with SIGTERM (the same checkpoint path; not tested here, there is no
 pdsh).
 
+The bash form runs DeepSpeed with ``--log_level critical``: its runner's and ``launch.py``'s lines (the commands
+they run; after a rank's one-line error, ``launch.py``'s line repeating the whole command) stay out of the
+output, and :func:`supervise` says in one line what they would have told (the runner's exit code; the signal a
+rank died of).
+
 All three give the trainer the same arguments and environment: the defaults of :func:`trainer_defaults` (where
 checkpoints and logs go, the CPU debug run) and of :func:`rank_environment` (``DS_ACCELERATOR``,
 ``OMP_NUM_THREADS``, ``TORCH_EXTENSIONS_DIR``, ``PYTHONPATH``). A launcher flag that reaches a rank, where it
@@ -174,7 +179,9 @@ def deepspeed_command(launcher: Mapping[str, str | None], trainer: Sequence[str]
     cmd = ["deepspeed"]
     for name, value in flags.items():
         cmd += [f"--{name}"] if value is None else [f"--{name}", value]
-    return [*cmd, "--module", TRAINER, *trainer]
+    # DeepSpeed's own log lines (its command lines; after a rank's one-line error, launch.py's line repeating the
+    # whole command) stay out of the output: supervise() says what they would have said
+    return [*cmd, "--log_level", "critical", "--module", TRAINER, *trainer]
 
 
 def refuse_launcher_flags(argv: Sequence[str]) -> None:
@@ -215,9 +222,8 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     """The trainer's checks that need no process group, run before DeepSpeed starts: flags and the model config;
     on one node (``world_size`` known) also the checkpoint directories, ``--data-path`` datasets (vocabulary and
     token ids) and the parallel layout. A mistake is then one line in a few seconds, instead of a rank's
-    line after DeepSpeed's start-up followed by DeepSpeed's own ``exits with return code`` line repeating the
-    command. The ranks check all of it again; the checkpoint's checksums and the default corpus, which rank 0
-    builds, are left to them."""
+    line after DeepSpeed's start-up. The ranks check all of it again; the checkpoint's checksums and the default
+    corpus, which rank 0 builds, are left to them."""
     from megamythos.data.pretraining import resolve_data
     from megamythos.training.arguments import parse_args
     from megamythos.training.checkpointing import check_run_dirs
@@ -306,6 +312,8 @@ def supervise(cmd: list[str], latest: Path) -> int:
         signalled.append(time.time())
         ranks.extend(training_ranks())
     if not signalled:
+        if code not in (0, 2):  # 2: a rank printed its one-line user error, and that is all the user sees
+            logger.error("%s", failed_run(code, latest))
         return code
     # the runner may have died of the same signal (a signal to the process group): its launch.py and ranks are
     # adopted now; ranks that were still starting (not signalled yet) are stopped too, and all are waited for
@@ -318,9 +326,20 @@ def supervise(cmd: list[str], latest: Path) -> int:
                 pass
     psutil.wait_procs(left + ranks)
     saved = latest.is_file() and latest.stat().st_mtime >= signalled[0]
-    logger.info("ranks finished; %s", f"checkpoint {latest.read_text().strip()} saved" if saved else
-                "no checkpoint was saved after the signal")
+    outcome = f"checkpoint {latest.read_text().strip()} saved" if saved else "no checkpoint was saved after the signal"
+    logger.info("ranks finished (deepspeed exited with code %d); %s", proc.returncode, outcome)
     return 0 if saved else 1
+
+
+def failed_run(code: int, latest: Path) -> str:
+    """The launcher's line when the deepspeed launcher fails with ``code`` (not 2), in place of ``launch.py``'s own
+    line repeating the command. A rank that died of signal N makes ``launch.py`` exit with -N, seen as 256 − N."""
+    ended = ""
+    if code > 128 and 256 - code in {int(s) for s in signal.Signals}:
+        ended = f" (a rank ended by {signal.Signals(256 - code).name}; DeepSpeed stopped the others)"
+    where = (f"the last checkpoint, {latest.read_text().strip()}, resumes with the same command" if latest.is_file()
+             else "no checkpoint was saved")
+    return f"deepspeed exited with code {code}{ended}; {where}"
 
 
 def usage() -> str:
