@@ -27,7 +27,7 @@ from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
 from megamythos.model.config import ModelConfig
 from megamythos.training.checkpointing import check_run_dirs, universal_tag
-from tests.helpers import launch_env, run, run_single, tiny_args, trains
+from tests.helpers import launch_env, one_error_line, run, run_single, tiny_args, trains
 
 GOOD, LATEST_TAG = "iter_0000001", "iter_0000002"
 FILES = {"model states": "*model_states.pt", "optimizer states": "*optim_states.pt"}
@@ -62,10 +62,7 @@ def corrupt_one(ckpt: Path, which: str, tag: str = LATEST_TAG) -> Path:
 def error_line(code: int, stderr: str) -> str:
     """The one ``error:`` line of a command that exited 2 without a traceback."""
     assert code == 2, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
+    return one_error_line(stderr)
 
 
 @pytest.mark.launch
