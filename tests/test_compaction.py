@@ -159,6 +159,9 @@ def test_capacity_counts_only_the_computed_tokens() -> None:
     assert ones.train_flops_per_token == full.train_flops_per_token
     assert half.train_flops_per_token < full.train_flops_per_token
     assert half.fwd_flops_per_token == full.fwd_flops_per_token  # inference runs the exit rule, not the schedule
+    deeper = count(config, 16, 12)  # deeper than the schedule (an inference depth): counted, its last entry holds
+    assert deeper.fwd_flops_per_token == count(config.replace(loop_capacity=()), 16, 12).fwd_flops_per_token
+    assert deeper.train_flops_per_token > half.train_flops_per_token
 
 
 @pytest.mark.parametrize("schedule, message", [

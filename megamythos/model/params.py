@@ -169,9 +169,10 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     loop_fwd = 2 * rec_mm + attn_fwd
     outside_loops = 2 * (dense_mm + head_mm) + (c.prelude_layers + c.coda_layers) * attn_fwd
     fwd = outside_loops + loops * loop_fwd
-    # training with loop_capacity c_t computes c_t of the tokens at loop t, and keys/values for every token
+    # training with loop_capacity c_t computes c_t of the tokens at loop t, and keys/values for every token;
+    # past the schedule (deeper than training runs, e.g. an inference depth) its last entry holds
     kv_fwd = 2 * key_value_matmul_params(c)
-    capacity = c.loop_capacity or (1.0,) * loops
+    capacity = (c.loop_capacity + c.loop_capacity[-1:] * loops) if c.loop_capacity else (1.0,) * loops
     trained_loops = [capacity[t] * (loop_fwd - kv_fwd) + kv_fwd for t in range(loops)]
     # backward (2x forward) only where gradients flow: truncated BPTT runs the first loops - k without them
     with_grad = min(c.backprop_loops or loops, loops)
