@@ -106,12 +106,18 @@ EVAL_LOOPS = [1, 2, 3, 4, 6, 8]
 EXIT_THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3]  # early-exit rows at the trained depth and at twice it
 
 
+def loop_count(spec: RunSpec, run_config: ModelConfig, seed: int, step: int) -> int:
+    """The loops a run trains at ``step``: sampled as the trainer samples them, or its fixed mean depth."""
+    if not spec.sampled_depth:
+        return run_config.mean_loops
+    return sample_loop_count(run_config.mean_loops, run_config.loop_sigma, run_config.resolved_max_loops, seed, step)
+
+
 def train_flops_per_token(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> float:
     """Mean training FLOPs per token of a looped run over its ``settings.steps`` loop counts."""
     cfg = config.replace(**spec.overrides, backprop_loops=spec.backprop_loops)
-    loops = [sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, settings.seed, step)
-             if spec.sampled_depth else cfg.mean_loops for step in range(settings.steps)]
-    return float(np.mean([count(cfg, settings.seq_len, n).train_flops_per_token for n in loops]))
+    return float(np.mean([count(cfg, settings.seq_len, loop_count(spec, cfg, settings.seed, step)).train_flops_per_token
+                          for step in range(settings.steps)]))
 
 
 def run_steps(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> int:
@@ -169,9 +175,7 @@ def train_steps(model: nn.Module, spec: RunSpec, config: ModelConfig, settings: 
         for group in optimizer.param_groups:
             group["lr"] = schedule.learning_rate(step)
         batch = batch_at(step).to(settings.device)
-        loops = (sample_loop_count(run_config.mean_loops, run_config.loop_sigma, run_config.resolved_max_loops,
-                                   settings.seed, step) if spec.sampled_depth else run_config.mean_loops)
-        loss, ce = training_loss(model, spec, batch, loops)
+        loss, ce = training_loss(model, spec, batch, loop_count(spec, run_config, settings.seed, step))
         if not torch.isfinite(loss) or (losses and loss.item() > 3 * losses[0]):
             return losses, step
         loss.backward()
