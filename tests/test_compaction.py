@@ -39,12 +39,13 @@ def _run(model: MythosLM, ids: torch.Tensor, threshold: float, cached: bool,
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cached", [False, True])
-@pytest.mark.parametrize("attn_type,absorb", [("mla", False), ("mla", True), ("gqa", False)])
-def test_compaction_equals_masked_path(monkeypatch: pytest.MonkeyPatch, attn_type: str, absorb: bool, cached: bool,
-                                       dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("attn_type,absorb,router", [("mla", False, "change"), ("mla", True, "change"),
+                                                     ("gqa", False, "change"), ("mla", True, "learned")])
+def test_compaction_equals_masked_path(monkeypatch: pytest.MonkeyPatch, attn_type: str, absorb: bool, router: str,
+                                       cached: bool, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
     monkeypatch.setattr(recurrent, "COMPACTION_MIN_TOKENS", 1)  # compact the small cached steps too
-    model = MythosLM(small_config(attn_type=attn_type)).to(dtype).eval()
+    model = MythosLM(small_config(attn_type=attn_type, capacity_router=router)).to(dtype).eval()
     ids = torch.randint(0, 97, (3, 12))
     threshold = _threshold_between_changes(model, ids, 6, iteration=1)
     tokens_in_moe = []
@@ -151,6 +152,46 @@ def test_loop_capacity_keeps_the_tokens_whose_state_moved_most() -> None:
     assert all(change[b][kept[b]].min() >= change[b][~kept[b]].max() for b in range(2))
 
 
+def _router_calls(model: MythosLM) -> list[torch.Tensor]:
+    """The learned router's logits of every call, in call order (ranking calls see all B x S tokens)."""
+    calls = []
+    model.recurrent.router.register_forward_hook(lambda m, args, out: calls.append(out.detach()))
+    return calls
+
+
+def test_learned_router_ranks_the_tokens_and_learns_through_its_gate() -> None:
+    torch.manual_seed(0)
+    model = MythosLM(small_config(mean_loops=3, loop_capacity=SCHEDULE, capacity_router="learned",
+                                  backprop_loops=2)).train()
+    ids = torch.randint(0, 97, (2, 16))
+    calls = _router_calls(model)
+    out = model(ids, labels=ids, n_loops=6)
+    out.loss.backward()
+    # per loop one gate on the computed tokens, and before each loop with c_t < 1 a ranking of all of them
+    assert [tuple(z.shape) for z in calls] == [(2, 16), (2, 16), (2, 16), (1, 16), (2, 16), (1, 16), (2, 16),
+                                               (1, 8), (2, 16), (1, 8)]
+    ranking, depth = calls[2], out.stats["depth"]  # before loop 2 (capacity 1/2): the top half by logit continue
+    kept = depth >= 3
+    assert torch.equal(kept.sum(dim=1), torch.tensor([8, 8]))
+    assert all(ranking[b][kept[b]].min() >= ranking[b][~kept[b]].max() for b in range(2))
+    # the router learns from the loss through its gate, in the loops under gradient (the last 2) only
+    per_loop = model.recurrent.router.weight.grad.abs().sum(dim=1)
+    assert (per_loop[4:] > 0).all() and (per_loop[:4] == 0).all()
+
+
+def test_learned_router_at_zero_is_the_ungated_recurrence() -> None:
+    torch.manual_seed(0)
+    plain = MythosLM(small_config(mean_loops=3, loop_capacity=SCHEDULE)).eval()
+    gated = MythosLM(small_config(mean_loops=3, loop_capacity=SCHEDULE, capacity_router="learned")).eval()
+    gated.load_state_dict(plain.state_dict(), strict=False)
+    ids = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        gated.recurrent.router.weight.fill_(1.0)
+        assert not torch.allclose(gated(ids, n_loops=4).logits, plain(ids, n_loops=4).logits, atol=1e-3)
+        gated.recurrent.router.weight.zero_()  # gate 2 sigmoid(0) = 1
+        assert torch.allclose(gated(ids, n_loops=4).logits, plain(ids, n_loops=4).logits, atol=1e-5)
+
+
 def test_capacity_counts_only_the_computed_tokens() -> None:
     config = small_config(mean_loops=3, loop_capacity=SCHEDULE)
     full = count(config.replace(loop_capacity=()), 16, 6)
@@ -162,6 +203,14 @@ def test_capacity_counts_only_the_computed_tokens() -> None:
     deeper = count(config, 16, 12)  # deeper than the schedule (an inference depth): counted, its last entry holds
     assert deeper.fwd_flops_per_token == count(config.replace(loop_capacity=()), 16, 12).fwd_flops_per_token
     assert deeper.train_flops_per_token > half.train_flops_per_token
+    # the learned router: its row of the loop for each computed token, and its ranking of every token where c_t < 1
+    learned = config.replace(capacity_router="learned")
+    dim = config.dim
+    assert count(learned, 16, 6).fwd_flops_per_token - half.fwd_flops_per_token == 6 * 2 * dim
+    forward_gates = sum(SCHEDULE) * 2 * dim
+    rankings = sum(c < 1 for c in SCHEDULE) * 2 * dim
+    assert count(learned, 16, 6).train_flops_per_token - half.train_flops_per_token == pytest.approx(
+        3 * (forward_gates + rankings))
 
 
 @pytest.mark.parametrize("schedule, message", [
@@ -171,3 +220,5 @@ def test_bad_capacity_schedule_is_one_error_naming_the_field(schedule: object, m
     with pytest.raises(ConfigError, match=r"loop_capacity") as err:
         small_config(mean_loops=3, loop_capacity=schedule)
     assert message in str(err.value)
+    with pytest.raises(ConfigError, match=r"capacity_router='state' is invalid: choose 'change' .* or 'learned'"):
+        small_config(capacity_router="state")

@@ -67,7 +67,8 @@ class FusedAdam(torch.optim.AdamW):
 '''
 
 CAPACITY_SCHEDULE = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
-CAPACITY = ("--override", "loop_capacity=" + ",".join(map(str, CAPACITY_SCHEDULE)), "--backprop-loops", "2")
+CAPACITY = ("--override", "loop_capacity=" + ",".join(map(str, CAPACITY_SCHEDULE)), "--override",
+            "capacity_router=learned", "--backprop-loops", "2")
 EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
             "--eval-iters", "1")
 # The module's training runs, name -> (processes, trainer flags, extra environment), all started by ``runs`` in this
@@ -85,8 +86,9 @@ RUNS = {
     "compiled": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--compile"),
                  {"TORCH_LOGS": "graph_breaks,recompiles"}),
     "zero2": (1, ("--zero", "2", "--micro-batch-size", "2", "--global-batch-size", "2"), {}),
-    # loop capacity (6 loops cover the sampled counts at mean 3) with backprop through the last 2 loops and
-    # per-iteration checkpointing, alone and under ZeRO-3 + TP 2 + AutoEP 2 folded onto two ranks
+    # loop capacity (6 loops cover the sampled counts at mean 3) ranked by the learned router, with backprop
+    # through the last 2 loops and per-iteration checkpointing, alone and under ZeRO-3 + TP 2 + AutoEP 2 folded
+    # onto two ranks
     "capacity_ref": (1, ("--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2", *CAPACITY), {}),
     "capacity_tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size",
                           "2", *CAPACITY), {}),
@@ -174,6 +176,7 @@ def test_loop_capacity_computes_the_scheduled_tokens_alike_under_zero3_tp_and_ep
     assert_same_losses(spread, capacity, EP_TOL)
     config = ModelConfig.from_json(next((capacity / "ckpt").glob("iter_*/model_config.json")))
     assert config.loop_capacity == CAPACITY_SCHEDULE and config.backprop_loops == 2
+    assert config.capacity_router == "learned"
     steps = [r for r in metrics(capacity / "metrics.jsonl") if "recurrent/loop-count" in r]
     assert len(steps) == ITERS and len({r["recurrent/loop-count"] for r in steps}) > 1
     for record in steps:

@@ -28,6 +28,7 @@ PART_NAMES = {
     "recurrent_norms": r"recurrent\.(input_norm|block\.attn_norm|block\.moe_norm)\..*",
     "injection": r"recurrent\.injection\..*",
     "lora": r"recurrent\.lora\..*",
+    "depth_router": r"recurrent\.router\..*",
     "final_norm": r"norm\..*",
 }
 
@@ -59,6 +60,7 @@ def test_preset_counts_equal_model_on_meta_device(name: str) -> None:
 @pytest.mark.parametrize("variant", [dict(attn_type="gqa"), dict(lora_rank=0, loop_embedding=True),
                                      dict(tie_embeddings=False), dict(q_lora_rank=0, n_shared_experts=0),
                                      dict(injection="concat"), dict(injection="additive"),
+                                     dict(capacity_router="learned", max_loops=6),
                                      dict(attn_type="gqa", tie_embeddings=False, lora_rank=8, max_loops=12),
                                      dict(loop_embedding=True, injection="concat", lora_rank=0, tie_embeddings=False)])
 def test_variant_counts_equal_model(variant: dict) -> None:

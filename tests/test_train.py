@@ -299,6 +299,10 @@ def test_checkpoint_of_another_preset_is_refused():
     check_model_config(small.to_dict(), small.replace(mean_loops=16, checkpoint_loops=True), "x")  # run-time knobs
     with pytest.raises(CheckpointError, match=r"different model \(.*dim: checkpoint 768 vs run 2048"):
         check_model_config(small.to_dict(), get_preset("1b"), "ckpt/iter_0000010")
+    written_before = {k: v for k, v in small.to_dict().items() if k != "capacity_router"}  # a field added later
+    check_model_config(written_before, small, "x")  # its default is what the network did then
+    with pytest.raises(CheckpointError, match="capacity_router: checkpoint 'change' vs run 'learned'"):
+        check_model_config(written_before, small.replace(capacity_router="learned"), "x")
 
 
 # ------------------------------------------------------------------------------------------------ dry run

@@ -80,10 +80,14 @@ class ModelConfig:
     loop_sigma: float = 0.5  # log-normal sigma of the sampled depth
     backprop_loops: int = 0  # truncated BPTT: gradient through the last k iterations; 0 -> all
     # training-time adaptive depth (Mixture-of-Recursions-style, expert-choice): at loop t only the ceil(c_t * S)
-    # tokens of each sequence whose state changed most at loop t - 1 (among those still running) are computed,
+    # tokens of each sequence that rank highest by capacity_router (among those still running) are computed,
     # the rest stay frozen; fixed per-loop token counts, so every rank runs the same shapes. c_0 = 1, non-increasing
     # in (0, 1], one entry per loop up to max_loops; e.g. "1,1,0.5,0.5,0.5,0.5,0.25,0.25". Empty: off.
     loop_capacity: tuple[float, ...] = ()
+    # what ranks them: "change", the state change at loop t - 1 (no parameters); "learned", MoR's router, a
+    # per-loop linear score of the state whose gate 2 sigmoid(score) scales every token's state update (in
+    # training and at inference, with or without loop_capacity), so the router learns from the loss
+    capacity_router: str = "change"
 
     # recurrence options
     injection: str = "lti"  # "lti" (stable, default); "additive" and "concat" are study baselines
@@ -162,6 +166,8 @@ class ModelConfig:
         _require(not capacity or len(capacity) >= self.resolved_max_loops, "loop_capacity", self.loop_capacity,
                  f"needs one entry per loop up to max_loops={self.resolved_max_loops} (the most loops a training "
                  "step samples)")
+        _require(self.capacity_router in ("change", "learned"), "capacity_router", self.capacity_router,
+                 "choose 'change' (the state change ranks the tokens) or 'learned' (a learned router)")
         _require(self.backprop_loops <= self.resolved_max_loops, "backprop_loops", self.backprop_loops,
                  f"cannot exceed max_loops={self.resolved_max_loops}")
         _require(BF16_MIN_DECAY_MARGIN <= self.decay_margin < 1.0, "decay_margin", self.decay_margin,

@@ -100,6 +100,7 @@ class PartCounts:
     recurrent_norms: int  # input_norm, attn_norm, moe_norm
     injection: int
     lora: int  # per-loop LoRA down, up and scale table
+    depth_router: int  # the learned capacity router's [max_loops, dim] table (capacity_router="learned")
     final_norm: int
 
     @property
@@ -109,7 +110,7 @@ class PartCounts:
     @property
     def recurrent(self) -> int:
         return (self.recurrent_attention + self.router + self.routed_experts + self.shared_experts
-                + self.recurrent_norms + self.injection + self.lora)
+                + self.recurrent_norms + self.injection + self.lora + self.depth_router)
 
     @property
     def total(self) -> int:
@@ -126,7 +127,8 @@ def parts(c: ModelConfig) -> PartCounts:
         routed_experts=c.n_experts * expert_params(c),
         shared_experts=swiglu_params(c.dim, c.n_shared_experts * c.expert_dim),
         recurrent_norms=3 * c.dim, injection=injection_params(c),
-        lora=(2 * c.dim + c.resolved_max_loops) * c.lora_rank, final_norm=c.dim)
+        lora=(2 * c.dim + c.resolved_max_loops) * c.lora_rank,
+        depth_router=c.resolved_max_loops * c.dim if c.capacity_router == "learned" else 0, final_norm=c.dim)
 
 
 @dataclass
@@ -158,22 +160,26 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     effective = p.total - p.recurrent + loops * rec_active
 
     # matmul weights touched per token (norm vectors, LTI vectors and the LoRA scale table
-    # excluded; the LM head is a matmul)
+    # excluded; the LM head is a matmul; the depth router's row of the loop)
     n_attn_layers = c.prelude_layers + c.coda_layers + loops
     dense_mm = (c.prelude_layers + c.coda_layers) * dense_block_matmul_params(c)
     rec_mm = (p.recurrent_attention - attention_norm_params(c) + p.router
               + c.num_experts_per_tok * expert_params(c) + p.shared_experts
-              + (p.injection if c.injection == "concat" else 0) + 2 * c.dim * c.lora_rank)
+              + (p.injection if c.injection == "concat" else 0) + 2 * c.dim * c.lora_rank
+              + (c.dim if p.depth_router else 0))
     head_mm = c.vocab_size * c.dim
     attn_fwd = attention_fwd_flops_per_token(c, seq)
     loop_fwd = 2 * rec_mm + attn_fwd
     outside_loops = 2 * (dense_mm + head_mm) + (c.prelude_layers + c.coda_layers) * attn_fwd
     fwd = outside_loops + loops * loop_fwd
-    # training with loop_capacity c_t computes c_t of the tokens at loop t, and keys/values for every token;
-    # past the schedule (deeper than training runs, e.g. an inference depth) its last entry holds
+    # training with loop_capacity c_t computes c_t of the tokens at loop t, and keys/values for every token (and
+    # the learned router's ranking score for every token where c_t < 1); past the schedule (deeper than training
+    # runs, e.g. an inference depth) its last entry holds
     kv_fwd = 2 * key_value_matmul_params(c)
+    ranking = 2 * c.dim if p.depth_router else 0
     capacity = (c.loop_capacity + c.loop_capacity[-1:] * loops) if c.loop_capacity else (1.0,) * loops
-    trained_loops = [capacity[t] * (loop_fwd - kv_fwd) + kv_fwd for t in range(loops)]
+    trained_loops = [capacity[t] * (loop_fwd - kv_fwd) + kv_fwd + (ranking if capacity[t] < 1 else 0)
+                     for t in range(loops)]
     # backward (2x forward) only where gradients flow: truncated BPTT runs the first loops - k without them
     with_grad = min(c.backprop_loops or loops, loops)
     train = 3 * (outside_loops + sum(trained_loops)) - 2 * sum(trained_loops[:loops - with_grad])

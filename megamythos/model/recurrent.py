@@ -24,6 +24,15 @@ computes with the attention's cache projection only. Threshold 0 never exits, so
 In training, ``loop_capacity`` c_t keeps the ceil(c_t * S) tokens of each sequence with the largest r_{t-1} (a
 fixed count: static shapes on every rank). Either way only the still-running tokens are computed (compaction,
 :class:`~megamythos.model.token_subset.TokenSubset`).
+
+``capacity_router = "learned"`` (Mixture-of-Recursions' expert-choice router) ranks by a learned score instead:
+z_t = w_t . h_t per token and loop, and the router learns from the loss through a gate on the state update,
+
+    h_{t+1} <- h_t + g_t * (h_{t+1} - h_t),    g_t = 2 sigmoid(z_t) in (0, 2)
+
+(g = 1 at z = 0: the ungated recurrence). The gated transition h -> (1 - g (1 - A_bar)) h keeps its
+magnitude below 1 for g < 2, so the contraction bound holds. The gate applies at every loop, in training and at
+inference (it is part of the network); a token with a small gate moves little, so the exit rule stops it early.
 """
 from __future__ import annotations
 
@@ -204,6 +213,29 @@ class RecurrentBlock(nn.Module):
         self.attn.extend_cache(self.attn_norm(u), positions, cache)
 
 
+class DepthRouter(nn.Module):
+    """Per-loop linear router on the state: z_t = w_t . h_t, one weight row per loop (t clamped to the table,
+    for depth extrapolation), in fp32; the gate on the state update is 2 sigmoid(z_t)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.init_std = config.init_std
+        self.weight = nn.Parameter(torch.empty(config.resolved_max_loops, config.dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=self.init_std)
+
+    def forward(self, h: torch.Tensor, t: int) -> torch.Tensor:
+        """h [..., H] -> router logits z_t [...] fp32."""
+        return h.float() @ self.weight[min(t, self.weight.shape[0] - 1)].float()
+
+    @staticmethod
+    def gate(logits: torch.Tensor) -> torch.Tensor:
+        """z [...] -> g = 2 sigmoid(z) [..., 1], the factor on a token's state update."""
+        return 2.0 * torch.sigmoid(logits).unsqueeze(-1)
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 class RecurrenceResult(NamedTuple):
     """Output of :class:`RecurrentCore`: final state [B, S, H] fp32, aux loss and detached statistics.
@@ -256,11 +288,12 @@ def advance(state: LoopState, h_next: torch.Tensor, aux: torch.Tensor, rho: torc
                      depth=state.depth + state.active.float(), aux=state.aux + aux, rho=rho, change=change)
 
 
-def capacity_subset(state: LoopState, capacity: float) -> tuple[LoopState, TokenSubset]:
-    """Expert-choice depth: of each sequence's still-running tokens, the ceil(capacity * S) whose state changed
-    most in the last iteration run the next one; the others leave for good (static shapes, no host sync)."""
-    seq = state.change.shape[1]
-    ranking = torch.where(state.active, state.change, -1.0)
+def capacity_subset(state: LoopState, capacity: float, score: torch.Tensor) -> tuple[LoopState, TokenSubset]:
+    """Expert-choice depth: of each sequence's still-running tokens, the ceil(capacity * S) with the highest
+    ``score`` [B, S] (the state change of the last iteration, or the learned router's logits) run the next one;
+    the others leave for good (static shapes, no host sync)."""
+    seq = score.shape[1]
+    ranking = torch.where(state.active, score.float(), torch.finfo(torch.float32).min)
     chosen = TokenSubset.top(ranking, math.ceil(capacity * seq))
     return state._replace(active=chosen.mask(seq)), chosen
 
@@ -313,9 +346,12 @@ class RecurrentCore(nn.Module):
         self.injection = build_injection(config)
         self.block = RecurrentBlock(config)
         self.lora = LoopLoRA(config) if config.lora_rank > 0 else None
+        self.router = DepthRouter(config) if config.capacity_router == "learned" else None
 
     def reset_parameters(self) -> None:
         self.injection.reset_parameters()
+        if self.router is not None:
+            self.router.reset_parameters()
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
                 caches: list[LayerKVCache] | None = None, absorb: bool = False,
@@ -374,7 +410,8 @@ class RecurrentCore(nn.Module):
         norms, changes, shares = [], [], []
         for t in loops:
             if capacity:  # training: the schedule decides, without a host sync
-                state, active = capacity_subset(state, capacity[t]) if capacity[t] < 1.0 else (state, None)
+                state, active = ((state, None) if capacity[t] >= 1.0 else
+                                 capacity_subset(state, capacity[t], self.ranking_score(state, t)))
             else:
                 active = still_active(state.active)
             shares.append(state.depth.new_ones(()) if state.active is None else state.active.float().mean())
@@ -392,6 +429,14 @@ class RecurrentCore(nn.Module):
                 break
         return state, torch.stack(norms), torch.stack(changes), torch.stack(shares)
 
+    def ranking_score(self, state: LoopState, t: int) -> torch.Tensor:
+        """What ``loop_capacity`` ranks the tokens by before loop t, [B, S] (detached): the learned router's
+        logits on h_t, or the state change of loop t - 1."""
+        if self.router is None:
+            return state.change
+        with torch.no_grad():
+            return self.router(state.h, t)
+
     def iteration(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
                   cache: LayerKVCache | None, absorb: bool, active: TokenSubset | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -399,6 +444,7 @@ class RecurrentCore(nn.Module):
 
             u_t     = h_t + e  (+ loop-index signal)                          (concat baseline: W [h_t; e])
             h_{t+1} = A_bar * h_t + B_bar * e  +  Block(u_t) (+ LoRA_t(u_t))  (baselines: u_t + Block(u_t))
+            h_{t+1} <- h_t + 2 sigmoid(w_t . h_t) * (h_{t+1} - h_t)            (with the learned depth router)
 
         With ``active`` (compaction) only those tokens are updated, h_{t+1} is theirs, [1, N, H]: they attend to
         the keys/values of every token's u_t (an exited token's from its frozen state at this loop index, as the
@@ -412,7 +458,10 @@ class RecurrentCore(nn.Module):
         if self.lora is not None:
             update = update + self.lora(u, t)
         carried, rho = self.injection(h, e, u_mix, report_rho=t == 0)  # A_bar * h_t + B_bar * e
-        return carried + update.float(), aux, rho
+        h_next = carried + update.float()
+        if self.router is not None:
+            h_next = h + self.router.gate(self.router(h, t)) * (h_next - h)
+        return h_next, aux, rho
 
     def with_loop_signal(self, u: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
         """u [B, S, H] in ``dtype``, plus the sinusoidal loop-index signal when ``loop_embedding`` is on."""

@@ -77,7 +77,10 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
     cur = json.loads(current.to_json())  # as saved: tuples are JSON lists
     ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "mean_loops", "max_loops", "loop_sigma",
                "backprop_loops", "loop_capacity"}  # how the loops are trained, not what the network is
-    diffs = {k: (saved.get(k), cur[k]) for k in cur if k not in ignored and saved.get(k) != cur[k]}
+    # a field the checkpoint lacks was added after it was written, when the network behaved as its default says
+    defaults = json.loads(ModelConfig().to_json())
+    diffs = {k: (saved.get(k, defaults[k]), cur[k]) for k in cur
+             if k not in ignored and saved.get(k, defaults[k]) != cur[k]}
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in sorted(diffs.items()))
         raise CheckpointError(f"checkpoint {where} was written for a different model ({detail}); "
