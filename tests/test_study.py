@@ -2,10 +2,13 @@
 dense baseline matches the looped model; the library stays independent of the research package."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from megamythos.model.params import count
@@ -15,9 +18,11 @@ from megamythos.research.study import (
     EXIT_THRESHOLDS,
     EXPERIMENTS,
     RunSpec,
+    StudyError,
     StudySettings,
     base_config,
     plot_experiment,
+    run_experiment,
     train_run,
 )
 from tests.helpers import corpus_prefix, small_config
@@ -132,3 +137,25 @@ def test_short_pondernet_training_does_not_halt_everything_at_loop_one(corpus) -
     pairs = [(b[:, :-1], b[:, 1:]) for b in valid]
     halting, p_mean = evaluate_halting(collapsed, pairs)
     assert p_mean[0] > 0.99 and halting.mean_depth == 1.0
+
+
+def test_a_study_of_some_runs_keeps_the_reports_other_runs(corpus, tmp_path) -> None:
+    """--runs trains only the named runs (on the batches of the whole experiment) and keeps the other runs of the
+    report in --out; a report of other settings is refused, not overwritten, and so is an unknown run."""
+    prefix = corpus_prefix(corpus)
+    settings = StudySettings(steps=3, batch_size=2, seq_len=16, warmup=1, eval_batches=1, scale=0.5)
+    first, learned = "sampled_depth_tbptt", "capacity_6loops_learned_router_full_backprop"
+    run_experiment("capacity", settings, prefix, str(tmp_path), [first])
+    path = tmp_path / "study_capacity.json"
+    before = json.loads(path.read_text())["runs"]
+    assert [r["name"] for r in before] == [first]
+    report = run_experiment("capacity", settings, prefix, str(tmp_path), [learned])
+    assert [r["name"] for r in report["runs"]] == [first, learned]
+    written = json.loads(path.read_text())["runs"]
+    assert written[0] == before[0] and written[1]["name"] == learned and "eval" in written[1]
+    assert written[1]["overrides"]["capacity_router"] == "learned"
+    with pytest.raises(StudyError, match="--runs fixed: not a run of capacity; choose from sampled_depth_tbptt"):
+        run_experiment("capacity", settings, prefix, str(tmp_path), ["fixed"])
+    with pytest.raises(StudyError, match="holds a study of other settings, data or model; --runs would replace"):
+        run_experiment("capacity", dataclasses.replace(settings, seed=7), prefix, str(tmp_path), [first])
+    assert json.loads(path.read_text())["runs"] == written

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from megamythos.checkpoint.files import write_atomic
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, UserError, read_json_object, run_cli
 from megamythos.inference.evaluate import evaluate_loops
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM, weight_decay_param_groups
@@ -84,6 +86,7 @@ def base_config(vocab_size: int, settings: StudySettings) -> ModelConfig:
 
 
 CAPACITY_6_LOOPS = {"mean_loops": 6, "max_loops": 6, "loop_capacity": (1.0, 1.0, 1.0, 0.5, 0.25, 0.25)}
+CAPACITY_LEARNED = {**CAPACITY_6_LOOPS, "capacity_router": "learned"}
 EXPERIMENTS: dict[str, list[RunSpec]] = {
     "depth": [RunSpec("fixed_depth"),
               RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2)],
@@ -95,11 +98,13 @@ EXPERIMENTS: dict[str, list[RunSpec]] = {
     "ponder": [RunSpec("pondernet_n8", ponder_loops=8),
                RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2)],
     # at the default recipe's training FLOPs: loop capacity (6 loops, mean depth 4) with the default's truncation
-    # to the last 2 loops and with full backprop (MoR's), and fixed depth 4 with full backprop (fewer steps)
+    # to the last 2 loops and with full backprop (MoR's), ranked by state change or by MoR's learned router, and
+    # fixed depth 4 with full backprop (fewer steps)
     "capacity": [RunSpec("sampled_depth_tbptt", sampled_depth=True, backprop_loops=2),
                  RunSpec("capacity_6loops_tbptt", CAPACITY_6_LOOPS, backprop_loops=2, equal_flops=True),
                  RunSpec("fixed_depth", equal_flops=True),
-                 RunSpec("capacity_6loops_full_backprop", CAPACITY_6_LOOPS, equal_flops=True)],
+                 RunSpec("capacity_6loops_full_backprop", CAPACITY_6_LOOPS, equal_flops=True),
+                 RunSpec("capacity_6loops_learned_router_full_backprop", CAPACITY_LEARNED, equal_flops=True)],
 }
 DEFAULT_RECIPE = EXPERIMENTS["depth"][1]  # what the trainer does: sampled depth, backprop through the last 2 loops
 EVAL_LOOPS = [1, 2, 3, 4, 6, 8]
@@ -261,19 +266,50 @@ def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[
     return (lambda step: stack(train, step * settings.batch_size)), valid_batches, vocab
 
 
-def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str) -> dict:
+class StudyError(UserError, ValueError):
+    """A study command line that names an unknown run or would overwrite another study's report."""
+
+
+def kept_runs(path: Path, report: dict, names: Sequence[str]) -> dict[str, dict]:
+    """The runs of the earlier report at ``path`` that a study of only the runs ``names`` keeps: the others, when
+    that report is of the same experiment, settings, data and base config (else a :class:`StudyError`)."""
+    if not path.exists():
+        return {}
+    earlier = read_json_object(path, StudyError, "restore it or pass another --out")
+    same = (all(earlier.get(k) == report[k] for k in ("experiment", "settings", "data_prefix"))
+            and ModelConfig.from_dict(earlier.get("base_config", {})) == ModelConfig.from_dict(report["base_config"]))
+    if not same:
+        raise StudyError(f"{path} holds a study of other settings, data or model; --runs would replace it with a "
+                         "partial report: pass another --out, or run every run without --runs")
+    return {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in names}
+
+
+def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str,
+                   runs: Sequence[str] = ()) -> dict:
+    """Train and evaluate the runs of experiment ``name`` (only ``runs``, when given: the report in ``out_dir``
+    keeps its other runs) and write ``study_<name>.{json,png}``. Every run sees the same batches."""
     from megamythos.data import read_dataset_metadata
 
+    specs = EXPERIMENTS[name]
+    unknown = sorted(set(runs) - {spec.name for spec in specs})
+    if unknown:
+        raise StudyError(f"--runs {','.join(unknown)}: not a run of {name}; choose from "
+                         f"{', '.join(spec.name for spec in specs)}")
     config = base_config(int(read_dataset_metadata(data_prefix)["vocab_size"]), settings)
-    most_steps = max(run_steps(spec, config, settings) for spec in EXPERIMENTS[name])
+    most_steps = max(run_steps(spec, config, settings) for spec in specs)  # of every run: the same batches
     batch_at, valid, _ = token_batches(data_prefix, dataclasses.replace(settings, steps=most_steps))
     report = {"experiment": name, "settings": asdict(settings), "tokens_per_run": settings.tokens,
               "data_prefix": data_prefix, "base_config": config.to_dict(), "runs": []}
     out = Path(out_dir)
+    path = out / f"study_{name}.json"
+    kept = kept_runs(path, report, runs) if runs else {}
     out.mkdir(parents=True, exist_ok=True)
-    for spec in EXPERIMENTS[name]:  # the report is rewritten after every run: a long study shows its progress
-        report["runs"].append(train_run(spec, config, settings, batch_at, valid))
-        (out / f"study_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    results: dict[str, dict] = {}
+    for spec in specs:  # the report is rewritten after every run: a long study shows its progress
+        if not runs or spec.name in runs:
+            results[spec.name] = train_run(spec, config, settings, batch_at, valid)
+        report["runs"] = [results.get(s.name) or kept[s.name] for s in specs if s.name in results or s.name in kept]
+        write_atomic(path, json.dumps(report, indent=2) + "\n")
     plot_experiment(report, out / f"study_{name}.png")
     return report
 
@@ -317,7 +353,7 @@ def plot_experiment(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
     parser.add_argument("--wikitext-dir", default=None)
@@ -327,16 +363,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--runs", default="", help="only these runs of the experiment (comma-separated names); the "
+                        "report in --out keeps its other runs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    settings = StudySettings(steps=args.steps or int(StudySettings.steps * args.scale), scale=args.scale,
-                             device=args.device, seed=args.seed)
-    data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
-    report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus))
-    for run in report["runs"]:
-        evals = ", ".join(f"{e['loops']}:{e['perplexity']:.1f}" for e in run.get("eval", []))
-        print(f"{run['name']:<28} train {run['final_train_loss']:.3f}  diverged {run['diverged_at']}  ppl[{evals}]")
-    return 0
+
+    def study() -> int:
+        settings = StudySettings(steps=args.steps or int(StudySettings.steps * args.scale), scale=args.scale,
+                                 device=args.device, seed=args.seed)
+        data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
+        runs = [name for name in args.runs.split(",") if name]
+        report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus), runs)
+        for run in report["runs"]:
+            evals = ", ".join(f"{e['loops']}:{e['perplexity']:.1f}" for e in run.get("eval", []))
+            print(f"{run['name']:<28} train {run['final_train_loss']:.3f}  diverged {run['diverged_at']}  "
+                  f"ppl[{evals}]")
+        return 0
+
+    return run_cli(study, TIMED_CLI_LOG_FORMAT)
 
 
 if __name__ == "__main__":
