@@ -147,10 +147,13 @@ def test_a_study_of_some_runs_keeps_the_reports_other_runs(corpus, tmp_path) -> 
     first, learned = "sampled_depth_tbptt", "capacity_6loops_learned_router_full_backprop"
     run_experiment("capacity", settings, prefix, str(tmp_path), [first])
     path = tmp_path / "study_capacity.json"
-    before = json.loads(path.read_text())["runs"]
+    annotated = {**json.loads(path.read_text()), "note": "how the first run was made"}
+    path.write_text(json.dumps(annotated))
+    before = annotated["runs"]
     assert [r["name"] for r in before] == [first]
     report = run_experiment("capacity", settings, prefix, str(tmp_path), [learned])
     assert [r["name"] for r in report["runs"]] == [first, learned]
+    assert json.loads(path.read_text())["note"] == "how the first run was made"
     written = json.loads(path.read_text())["runs"]
     assert written[0] == before[0] and written[1]["name"] == learned and "eval" in written[1]
     assert written[1]["overrides"]["capacity_router"] == "learned"

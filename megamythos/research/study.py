@@ -270,9 +270,9 @@ class StudyError(UserError, ValueError):
     """A study command line that names an unknown run or would overwrite another study's report."""
 
 
-def kept_runs(path: Path, report: dict, names: Sequence[str]) -> dict[str, dict]:
-    """The runs of the earlier report at ``path`` that a study of only the runs ``names`` keeps: the others, when
-    that report is of the same experiment, settings, data and base config (else a :class:`StudyError`)."""
+def earlier_report(path: Path, report: dict) -> dict:
+    """The report at ``path`` that a study of some runs adds to: {} when there is none, else it must be of the
+    same experiment, settings, data and base config as ``report`` (else a :class:`StudyError`)."""
     if not path.exists():
         return {}
     earlier = read_json_object(path, StudyError, "restore it or pass another --out")
@@ -281,7 +281,7 @@ def kept_runs(path: Path, report: dict, names: Sequence[str]) -> dict[str, dict]
     if not same:
         raise StudyError(f"{path} holds a study of other settings, data or model; --runs would replace it with a "
                          "partial report: pass another --out, or run every run without --runs")
-    return {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in names}
+    return earlier
 
 
 def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str,
@@ -302,7 +302,9 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
               "data_prefix": data_prefix, "base_config": config.to_dict(), "runs": []}
     out = Path(out_dir)
     path = out / f"study_{name}.json"
-    kept = kept_runs(path, report, runs) if runs else {}
+    earlier = earlier_report(path, report) if runs else {}
+    kept = {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in runs}
+    report = {**earlier, **report}  # and what else the earlier report recorded (a note)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for spec in specs:  # the report is rewritten after every run: a long study shows its progress
