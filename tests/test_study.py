@@ -21,6 +21,7 @@ from megamythos.research.study import (
     StudyError,
     StudySettings,
     base_config,
+    main,
     plot_experiment,
     run_experiment,
     train_run,
@@ -162,3 +163,11 @@ def test_a_study_of_some_runs_keeps_the_reports_other_runs(corpus, tmp_path) -> 
     with pytest.raises(StudyError, match="holds a study of other settings, data or model; --runs would replace"):
         run_experiment("capacity", dataclasses.replace(settings, seed=7), prefix, str(tmp_path), [first])
     assert json.loads(path.read_text())["runs"] == written
+
+
+def test_a_missing_wikitext_folder_is_one_error_line(tmp_path, capsys) -> None:
+    assert main(["depth", "--corpus", "wikitext2", "--wikitext-dir", str(tmp_path / "nope"),
+                 "--work-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --wikitext-dir '{tmp_path / 'nope'}' is not a directory holding wikitext-2's valid.txt and "
+        "test.txt: pass the folder that holds them"]

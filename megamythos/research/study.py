@@ -42,6 +42,11 @@ from megamythos.training.schedules import LRSchedule
 logger = logging.getLogger(__name__)
 
 
+class StudyError(UserError, ValueError):
+    """A study command line that names a missing corpus or an unknown run, or would overwrite another study's
+    report."""
+
+
 @dataclass
 class StudySettings:
     """Budget shared by every run of a study (equal tokens per run)."""
@@ -233,7 +238,8 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
     from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     if not wikitext_dir or not os.path.isdir(wikitext_dir):
-        raise FileNotFoundError(f"--wikitext-dir {wikitext_dir!r} is not a directory holding valid.txt and test.txt")
+        raise StudyError(f"--wikitext-dir {wikitext_dir!r} is not a directory holding wikitext-2's valid.txt and "
+                         "test.txt: pass the folder that holds them")
     files = [os.path.join(wikitext_dir, name) for name in ("valid.txt", "test.txt")]
     prefix = os.path.join(work_dir, "wikitext2")
     model_path = prefix + "_tokenizer.model"
@@ -264,10 +270,6 @@ def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[
 
     valid_batches = [stack(valid, i * settings.batch_size) for i in range(settings.eval_batches)]
     return (lambda step: stack(train, step * settings.batch_size)), valid_batches, vocab
-
-
-class StudyError(UserError, ValueError):
-    """A study command line that names an unknown run or would overwrite another study's report."""
 
 
 def earlier_report(path: Path, report: dict) -> dict:
