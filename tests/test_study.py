@@ -165,9 +165,13 @@ def test_a_study_of_some_runs_keeps_the_reports_other_runs(corpus, tmp_path) -> 
     assert json.loads(path.read_text())["runs"] == written
 
 
-def test_a_missing_wikitext_folder_is_one_error_line(tmp_path, capsys) -> None:
+def test_a_missing_wikitext_folder_or_unknown_run_is_one_error_line(tmp_path, capsys) -> None:
     assert main(["depth", "--corpus", "wikitext2", "--wikitext-dir", str(tmp_path / "nope"),
                  "--work-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"error: --wikitext-dir '{tmp_path / 'nope'}' is not a directory holding wikitext-2's valid.txt and "
         "test.txt: pass the folder that holds them"]
+    assert main(["depth", "--runs", "fixed", "--work-dir", str(tmp_path / "corpus")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --runs fixed: not a run of depth; choose from fixed_depth, sampled_depth_tbptt"]
+    assert not (tmp_path / "corpus").exists()  # refused before the corpus is built

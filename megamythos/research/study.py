@@ -286,6 +286,15 @@ def earlier_report(path: Path, report: dict) -> dict:
     return earlier
 
 
+def check_runs(name: str, runs: Sequence[str]) -> None:
+    """Every name in ``runs`` must be a run of experiment ``name`` (else a :class:`StudyError`)."""
+    specs = EXPERIMENTS[name]
+    unknown = sorted(set(runs) - {spec.name for spec in specs})
+    if unknown:
+        raise StudyError(f"--runs {','.join(unknown)}: not a run of {name}; choose from "
+                         f"{', '.join(spec.name for spec in specs)}")
+
+
 def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str,
                    runs: Sequence[str] = ()) -> dict:
     """Train and evaluate the runs of experiment ``name`` (only ``runs``, when given: the report in ``out_dir``
@@ -293,10 +302,7 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     from megamythos.data import read_dataset_metadata
 
     specs = EXPERIMENTS[name]
-    unknown = sorted(set(runs) - {spec.name for spec in specs})
-    if unknown:
-        raise StudyError(f"--runs {','.join(unknown)}: not a run of {name}; choose from "
-                         f"{', '.join(spec.name for spec in specs)}")
+    check_runs(name, runs)
     config = base_config(int(read_dataset_metadata(data_prefix)["vocab_size"]), settings)
     most_steps = max(run_steps(spec, config, settings) for spec in specs)  # of every run: the same batches
     batch_at, valid, _ = token_batches(data_prefix, dataclasses.replace(settings, steps=most_steps))
@@ -374,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     def study() -> int:
         settings = StudySettings(steps=args.steps or int(StudySettings.steps * args.scale), scale=args.scale,
                                  device=args.device, seed=args.seed)
-        data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
         runs = [name for name in args.runs.split(",") if name]
+        check_runs(args.experiment, runs)  # before the corpus is built
+        data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
         report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus), runs)
         for run in report["runs"]:
             evals = ", ".join(f"{e['loops']}:{e['perplexity']:.1f}" for e in run.get("eval", []))
