@@ -314,11 +314,11 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     kept = {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in runs}
     report = {**earlier, **report}  # and what else the earlier report recorded (a note)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
+    done = dict(kept)
     for spec in specs:  # the report is rewritten after every run: a long study shows its progress
         if not runs or spec.name in runs:
-            results[spec.name] = train_run(spec, config, settings, batch_at, valid)
-        report["runs"] = [results.get(s.name) or kept[s.name] for s in specs if s.name in results or s.name in kept]
+            done[spec.name] = train_run(spec, config, settings, batch_at, valid)
+        report["runs"] = [done[s.name] for s in specs if s.name in done]
         write_atomic(path, json.dumps(report, indent=2) + "\n")
     plot_experiment(report, out / f"study_{name}.png")
     return report
