@@ -106,6 +106,14 @@ def trains(fixture: Callable) -> Callable:
     return fixture
 
 
+def plain_zero3_template() -> dict:
+    """``ds_configs/cpu-debug.json`` without its leaf modules: ZeRO-3 with DeepSpeed's hook on every submodule and
+    the recurrent core replicated, the path the large layouts run and the step model counts."""
+    template = json.loads((REPO / "ds_configs" / "cpu-debug.json").read_text())
+    del template["zero_optimization"]["leaf_module"]
+    return template
+
+
 def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
     """Trainer flags of the tiny test model on the small default corpus (lr high enough to expose drift)."""
     args = []

@@ -56,14 +56,14 @@ def assert_same_losses(run_dir: Path, ref_dir: Path, tol: float = TOL) -> None:
     assert max(diffs.values()) <= tol, f"loss differences per iteration: {diffs}"
 
 
-STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor, torch's AdamW maths, on CPU."""
+STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor, torch's fused AdamW on CPU."""
 import torch
 
 
 class FusedAdam(torch.optim.AdamW):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, adam_w_mode=True):
         assert adam_w_mode, "AdamW wanted"
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
 '''
 
 CAPACITY_SCHEDULE = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)

@@ -1,7 +1,9 @@
 """The step model's predicted collective bytes against the trainer's measured ones (2 CPU ranks, ZeRO-3, EP 2,
-TP 2), the ZeRO-3 gathers of the recurrent block bounded in T, and the analytic properties of the model."""
+TP 2, the CPU template's leaf blocks), the ZeRO-3 gathers of the recurrent block bounded in T, and the analytic
+properties of the model."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,13 +13,15 @@ from megamythos.planning.layout import ParallelLayout
 from megamythos.planning.plan import main as params_main
 from megamythos.planning.step_model import KINDS, Cluster, StepSettings, step_plan
 from megamythos.training.arguments import parse_args
-from tests.helpers import LaunchPool, metrics, run, tiny_args, trains
+from tests.helpers import REPO, LaunchPool, metrics, plain_zero3_template, run, tiny_args, trains
 
 ITERS = 4
 LAYOUTS = {  # name: (trainer flags, step-model layout for 2 ranks, fp32, seq 32)
     "zero3": (["--zero", "3"], dict(world_size=2, zero=3, global_batch_size=2)),
     "ep2": (["--zero", "3", "--ep", "2"], dict(world_size=2, ep=2, zero=3, global_batch_size=2)),
     "tp2": (["--zero", "3", "--tp", "2"], dict(world_size=2, tp=2, zero=3, global_batch_size=2)),
+    "zero3-leaf": (["--zero", "3"], dict(world_size=2, zero=3, global_batch_size=2, replicate_core=False,
+                                         leaf_blocks=True)),
 }
 
 
@@ -28,8 +32,14 @@ def trainer_config(corpus: Path):
 
 
 def train(out: Path, corpus: Path, name: str) -> None:
-    run(2, [*tiny_args(corpus, ITERS), *LAYOUTS[name][0], "--micro-batch-size", "1", "--global-batch-size", "2",
-            "--metrics-file", str(out / "metrics.jsonl"), "--save", str(out / "ckpt"),
+    """A 2-rank run of layout ``name``: the CPU template (leaf blocks) or, for the others, that template without
+    its leaf modules (DeepSpeed's hook on every submodule, the path the large layouts run)."""
+    template = REPO / "ds_configs" / "cpu-debug.json"
+    if not LAYOUTS[name][1].get("leaf_blocks"):
+        template = out / "ds_config.json"
+        template.write_text(json.dumps(plain_zero3_template()))
+    run(2, [*tiny_args(corpus, ITERS), *LAYOUTS[name][0], "--ds-config", str(template), "--micro-batch-size", "1",
+            "--global-batch-size", "2", "--metrics-file", str(out / "metrics.jsonl"), "--save", str(out / "ckpt"),
             "--tensorboard-dir", str(out / "tb")], out / "log.txt")
 
 
@@ -78,8 +88,8 @@ def test_predicted_bytes_match_measured_within_10_percent(measured, corpus):
 @pytest.mark.distributed
 @pytest.mark.launch
 def test_zero3_gathers_of_the_recurrent_block_do_not_grow_with_loops(measured):
-    """Replicated core: all-gather bytes of a step after a change of T do not depend on T (issue goal: the
-    largest T within 1.5x of T = 1). DeepSpeed's default gathers the block for every use: ~3T times."""
+    """Replicated core or leaf blocks: all-gather bytes of a step after a change of T do not depend on T (issue
+    goal: the largest T within 1.5x of T = 1). DeepSpeed's default gathers the block for every use: ~3T times."""
     name, steps, _ = measured
     if name == "tp2":
         pytest.skip("dp = 1: ZeRO gathers nothing")
@@ -112,6 +122,14 @@ def test_replicated_core_is_gathered_once_per_step_and_partitioned_core_per_use(
                for replicate in (True, False) for t in (1, 8)}
     assert gathers[(True, 1)] == gathers[(True, 8)]
     assert gathers[(False, 8)] > 5 * gathers[(False, 1)] / 2  # (1 + r) T + k = 3 T gathers of the block
+
+
+def test_leaf_blocks_gather_the_model_once_per_step_whatever_the_loops():
+    config = get_preset("tiny").replace(checkpoint_loops=True)
+    layout = ParallelLayout(world_size=2, zero=3, replicate_core=False, leaf_blocks=True)
+    plans = [step_plan(config, layout, StepSettings(seq_len=64, weight_bytes=4), n_loops=t).bytes_by_kind()
+             for t in (1, 8)]
+    assert plans[0]["all-gather"] == plans[1]["all-gather"] == plans[0]["reduce-scatter"]  # every weight once
 
 
 def test_tp_collectives_stay_inside_a_node_and_ep_crosses_nodes():

@@ -24,7 +24,7 @@ from megamythos.training.checkpointing import CheckpointManager, check_model_con
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.schedules import LRSchedule
 from megamythos.training.signals import LAUNCHER_MARKERS, NonFiniteGuard, NonFiniteLossError
-from tests.helpers import REPO, TINY_OVERRIDES, corpus_prefix, launch_env, run_single, tiny_args
+from tests.helpers import REPO, TINY_OVERRIDES, corpus_prefix, launch_env, plain_zero3_template, run_single, tiny_args
 
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
 
@@ -128,31 +128,43 @@ def test_ds_config_command_line_wins_and_model_owns_parallel_sections():
     assert "expert_parallel" not in plain and "tensor_parallel" not in plain
 
 
-def test_replicate_core_is_one_yes_no_setting_that_compile_under_zero3_turns_off():
-    """--replicate-core is on by default; under --compile with ZeRO-3 the core is a leaf module instead, so the
-    default turns it off there and asking for both is refused before start-up (it was silently ignored)."""
-    from megamythos.training.ds_config import bf16_enabled, check_compile
+def test_replicate_core_is_one_yes_no_setting_that_leaf_blocks_turn_off():
+    """--replicate-core is on by default; where the core is a ZeRO-3 leaf module (under --compile, or the CPU
+    template's leaf_module) the default turns it off, and asking for both is refused before start-up."""
+    cpu, plain = load_template(REPO / "ds_configs" / "cpu-debug.json"), plain_zero3_template()
+    for template, argv, replicate, leaf in (
+            (plain, [], True, False), (plain, ["--no-replicate-core"], False, False),
+            (plain, ["--compile"], False, True), (plain, ["--compile", "--zero", "2"], True, False),
+            (cpu, [], False, True), (cpu, ["--zero", "2"], True, False), (cpu, ["--no-replicate-core"], False, True)):
+        layout = resolve_layout(template, parse_args(argv), 1)
+        assert (layout.replicate_core, layout.leaf_blocks) == (replicate, leaf), (argv, template is cpu)
+    with pytest.raises(ArgumentError, match="--replicate-core does not apply under --compile under ZeRO-3"):
+        resolve_layout(plain, parse_args(["--compile", "--replicate-core"]), 1)
+    with pytest.raises(ArgumentError, match="--replicate-core does not apply with this ds_config's "
+                                            "zero_optimization.leaf_module under ZeRO-3"):
+        resolve_layout(cpu, parse_args(["--replicate-core"]), 1)
 
-    template = load_template(REPO / "ds_configs" / "cpu-debug.json")  # ZeRO-3
-    for argv, want in (([], True), (["--no-replicate-core"], False), (["--compile"], False),
-                       (["--compile", "--zero", "2"], True)):
-        assert resolve_layout(template, parse_args(argv), 1).replicate_core is want, argv
-    args = parse_args(["--compile", "--replicate-core"])
-    with pytest.raises(ArgumentError, match="--replicate-core does not apply under --compile with ZeRO-3"):
-        check_compile(args, resolve_layout(template, args, 1), bf16_enabled(template, args))
+
+def test_leaf_blocks_are_asked_of_deepspeed_under_zero3_only():
+    """The CPU template and --compile under ZeRO-3 ask DeepSpeed for the core and the dense blocks as leaf modules
+    (one hook, one compiled graph per block); ZeRO-2 and a template without them get none. The template spells
+    the section leaf_blocks_section() writes."""
+    cpu, plain = load_template(REPO / "ds_configs" / "cpu-debug.json"), plain_zero3_template()
+    leaves = {"classes": ["megamythos.model.recurrent.RecurrentCore", "megamythos.model.lm.DenseBlock"]}
+    assert cpu["zero_optimization"]["leaf_module"] == leaves
+    for template, argv, want in ((cpu, [], leaves), (cpu, ["--compile"], leaves), (cpu, ["--zero", "2"], None),
+                                 (plain, [], None), (plain, ["--compile"], leaves),
+                                 (plain, ["--compile", "--zero", "2"], None)):
+        args = parse_args(argv)
+        ds = build_ds_config(template, args, resolve_layout(template, args, 1), get_preset("tiny"))
+        assert ds["zero_optimization"].get("leaf_module") == want, (argv, template is cpu)
 
 
-def test_compile_settings_are_checked_and_make_zero3_leaves():
-    """--compile under ZeRO-3 asks DeepSpeed for the core and the dense blocks as leaf modules (one graph per
-    compiled block); --compile with AutoEP in fp32 is refused before start-up (Dynamo cannot trace it)."""
+def test_compile_with_autoep_in_fp32_is_refused():
+    """--compile with AutoEP in fp32 is refused before start-up (Dynamo cannot trace it)."""
     from megamythos.training.ds_config import bf16_enabled, check_compile
 
     template = load_template(REPO / "ds_configs" / "cpu-debug.json")
-    leaves = {"classes": ["megamythos.model.recurrent.RecurrentCore", "megamythos.model.lm.DenseBlock"]}
-    for argv, want in ((["--compile"], leaves), (["--compile", "--zero", "2"], None), ([], None)):
-        args = parse_args(argv)  # cpu-debug.json: ZeRO-3
-        ds = build_ds_config(template, args, resolve_layout(template, args, 1), get_preset("tiny"))
-        assert ds["zero_optimization"].get("leaf_module") == want, argv
     args = parse_args(["--compile", "--ep", "2", "--no-bf16"])
     layout = resolve_layout(template, args, 2)
     with pytest.raises(ArgumentError, match="--compile with --ep > 1 needs --bf16"):

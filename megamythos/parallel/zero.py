@@ -19,8 +19,10 @@ per-use gather of its largest module needs anyway while the loop runs (``megamyt
 
 The core may instead be a ZeRO-3 leaf module (``zero_optimization.leaf_module``: one gather per forward and one
 per backward), which is correct because every parameter it owns, its input norm included, is used inside its own
-forward; ``--compile`` under ZeRO-3 does that (:func:`compile_leaf_section`). The persistent core stays the
-default: the leaf has not been measured against it.
+forward, and the prelude/coda blocks with it (:func:`leaf_blocks_section`). ``--compile`` under ZeRO-3 needs that
+(no hook inside a compiled block); the CPU template (``ds_configs/cpu-debug.json``) asks for it eagerly too, where
+it skips DeepSpeed's per-submodule hooks (measured in ``bench/README.md``). Elsewhere the persistent core is the
+default.
 """
 from __future__ import annotations
 
@@ -32,20 +34,21 @@ from megamythos.model.recurrent import RecurrentCore
 
 log = logging.getLogger(__name__)
 RECURRENT_CORE = "recurrent"  # MythosLM.recurrent: RecurrentCore, the module that runs the T iterations
-# ZeRO-3 leaf modules under --compile: each compiled block must run without ZeRO hooks inside it
-COMPILE_LEAF_MODULES = (RecurrentCore, DenseBlock)
+# ZeRO-3 leaf modules: the blocks gathered whole by one hook each (under --compile: one graph per block)
+LEAF_BLOCKS = (RecurrentCore, DenseBlock)
 
 
-def compile_leaf_section() -> dict[str, Any]:
-    """The ``zero_optimization.leaf_module`` section for ``--compile`` under ZeRO-3.
+def leaf_blocks_section() -> dict[str, Any]:
+    """The ``zero_optimization.leaf_module`` section that makes the recurrent core and each prelude/coda block a
+    ZeRO-3 leaf module.
 
-    ZeRO-3 fetches parameters in a hook on every submodule, and Dynamo breaks a compiled block at every hook.
-    As leaves, the recurrent core and each prelude/coda block are fetched whole by one hook before their forward
+    ZeRO-3 fetches parameters in a hook on every submodule (and Dynamo breaks a compiled block at every hook). As
+    leaves, the recurrent core and each prelude/coda block are fetched whole by one hook before their forward
     (and before their backward) and have no hooks inside, so :func:`megamythos.model.lm.compile_blocks` gets one
     graph per block. The core may be a leaf because every parameter it owns is used inside its forward (the input
     norm included); the shared block alone may not, since ZeRO-3 would reduce its gradients once per call.
     """
-    return {"classes": [f"{cls.__module__}.{cls.__qualname__}" for cls in COMPILE_LEAF_MODULES]}
+    return {"classes": [f"{cls.__module__}.{cls.__qualname__}" for cls in LEAF_BLOCKS]}
 
 
 def replicate_recurrent_core(engine: Any) -> int:

@@ -25,7 +25,9 @@ class ParallelLayout:
     """Sizes and ZeRO options of one run; ``dp``, ``edp`` and ``grad_accum`` are derived.
 
     ``global_batch_size`` None means one micro-batch per rank and step (micro x dp). ``replicate_core``: under
-    ZeRO-3 the recurrent core's weights stay gathered (:mod:`megamythos.parallel.zero`). ``hpz``, ``qwz``,
+    ZeRO-3 the recurrent core's weights stay gathered; ``leaf_blocks``: under ZeRO-3 the core and the prelude/coda
+    blocks are leaf modules instead, each gathered whole once per forward and backward (both:
+    :mod:`megamythos.parallel.zero`). ``hpz``, ``qwz``,
     ``qgz``: ZeRO++ hierarchical partition size, quantised weights, quantised gradients (ds_config options).
     """
 
@@ -36,6 +38,7 @@ class ParallelLayout:
     micro_batch_size: int = 1
     global_batch_size: int | None = None
     replicate_core: bool = True
+    leaf_blocks: bool = False
     hpz: int = 1
     qwz: bool = False
     qgz: bool = False

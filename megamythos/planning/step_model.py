@@ -15,7 +15,11 @@ micro-batches per step, T loops (k of them under gradient, r = 1 recompute forwa
   when it is replicated (``replicate_core``, :mod:`megamythos.parallel.zero`), else (1 + r) T + k times per
   micro-batch; every other parameter once in forward and once in backward per micro-batch (a change of T
   invalidates DeepSpeed's trace, so parameters are fetched per use; a tied embedding is used twice). ZeRO-1/2:
-  the updated parameters once per step.
+  the updated parameters once per step. With leaf blocks (``leaf_blocks``, the CPU template's layout) the
+  module sequence DeepSpeed traces no longer depends on T, so its trace stays valid and every parameter is
+  gathered once per step and kept until the optimizer step, as long as the local model fits DeepSpeed's live
+  and reuse-distance limits (``stage3_max_live_parameters``, ``stage3_max_reuse_distance``: 10^9 elements by
+  default, the CPU case; measured at one micro-batch per step).
 - reduce-scatter (ZeRO-3) / all-reduce (ZeRO-0/1/2) of the gradients: the local (TP/EP-sharded) parameters,
   per micro-batch under ZeRO-2/3, once per step under ZeRO-0/1.
 - TP all-reduce of activations [t, width] (AutoTP): forward of every row-parallel layer (``wo``, dense
@@ -128,7 +132,9 @@ def zero_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings,
     for group, n in shards.items():
         g = "expert-dp" if group == "core-experts" else "dp"
         if layout.zero >= 3:
-            if group == "rest":
+            if layout.leaf_blocks:
+                gathers = n
+            elif group == "rest":
                 tied = c.vocab_size * c.dim if c.tie_embeddings else 0  # one tensor, two modules
                 gathers = 2 * m * (n + tied)
             elif layout.replicate_core:

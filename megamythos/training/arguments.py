@@ -105,7 +105,7 @@ class TrainArgs:
     ep: int | None = None
     zero: int | None = None
     bf16: bool | None = None
-    replicate_core: bool | None = None  # ZeRO-3: keep the core gathered (None: yes, unless --compile makes it a leaf)
+    replicate_core: bool | None = None  # ZeRO-3: keep the core gathered (None: yes, unless it is a leaf module)
     compile: bool = False  # torch.compile each prelude/coda block and the shared recurrent block
     adam_impl: str = "auto"  # megamythos.training.optimizers: auto (apex on CUDA if installed), deepspeed, apex
     local_rank: int = -1  # set by the deepspeed launcher
@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="fp32")
     g.add_argument("--replicate-core", dest="replicate_core", action=argparse.BooleanOptionalAction, default=None,
                    help="under ZeRO-3, keep the recurrent core's weights gathered: one gather per step whatever the "
-                        "loop count (default, except under --compile, where the core is a ZeRO-3 leaf module); "
+                        "loop count (default, except under --compile or a ds_config with zero_optimization."
+                        "leaf_module, as the CPU one, where the core is a ZeRO-3 leaf module); "
                         "--no-replicate-core partitions it, gathered for every use of the block")
     add("--compile", action="store_true", help="torch.compile each prelude/coda block and the recurrent block")
     p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)

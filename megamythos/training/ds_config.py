@@ -14,7 +14,7 @@ from typing import Any
 
 from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
-from megamythos.parallel.zero import compile_leaf_section
+from megamythos.parallel.zero import leaf_blocks_section
 from megamythos.planning.layout import ParallelLayout, zeropp_options
 from megamythos.training.arguments import ArgumentError, TrainArgs
 
@@ -35,10 +35,16 @@ def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -
     dp = world_size // tp if world_size % tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = (args.global_batch_size or template.get("train_batch_size")
                     or micro * template.get("gradient_accumulation_steps", 1) * dp)
-    # under --compile with ZeRO-3 the core is a ZeRO-3 leaf module instead (check_compile refuses both at once)
-    replicate = args.replicate_core if args.replicate_core is not None else not (args.compile and zero == 3)
+    # under ZeRO-3 the core and the dense blocks are leaf modules with --compile or where the template asks for
+    # them (its zero_optimization.leaf_module); the core is then gathered per forward and backward, not replicated
+    leaf = zero == 3 and (args.compile or "leaf_module" in template.get("zero_optimization", {}))
+    if leaf and args.replicate_core:
+        why = "under --compile" if args.compile else "with this ds_config's zero_optimization.leaf_module"
+        raise ArgumentError(f"--replicate-core does not apply {why} under ZeRO-3: there the recurrent core is a "
+                            "ZeRO-3 leaf module, gathered once per forward and backward; drop one of them")
+    replicate = args.replicate_core if args.replicate_core is not None else not leaf
     return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
-                          global_batch_size=global_batch, replicate_core=replicate,
+                          global_batch_size=global_batch, replicate_core=replicate, leaf_blocks=leaf,
                           **zeropp_options(template.get("zero_optimization", {})))
 
 
@@ -49,11 +55,7 @@ def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
 
 def check_compile(args: TrainArgs, layout: ParallelLayout, bf16: bool) -> None:
     """Refuse, before start-up, a ``--compile`` run that Dynamo cannot trace (AutoEP's expert matmul,
-    ``torch._grouped_mm``, used when ``--ep`` > 1, accepts only bf16 inputs under fake tensors), or that asks for
-    the replicated core where the core is a compile leaf."""
-    if args.compile and layout.zero == 3 and args.replicate_core:
-        raise ArgumentError("--replicate-core does not apply under --compile with ZeRO-3: there the recurrent core "
-                            "is a ZeRO-3 leaf module, gathered once per forward and backward; drop one of them")
+    ``torch._grouped_mm``, used when ``--ep`` > 1, accepts only bf16 inputs under fake tensors)."""
     if args.compile and layout.ep > 1 and not bf16:
         raise ArgumentError("--compile with --ep > 1 needs --bf16: AutoEP's expert matmul (torch._grouped_mm) "
                             "takes only bf16 under torch.compile; add --bf16, or drop --compile or --ep")
@@ -81,8 +83,9 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
         ds["zero_allow_untested_optimizer"] = True  # ZeRO's list of tested optimizers knows DeepSpeed's own only
     ds.pop("scheduler", None)  # the schedule is ours (warmup + cosine/WSD, see schedules.py)
     ds["zero_optimization"] = {**ds.get("zero_optimization", {}), "stage": layout.zero}
-    if args.compile and layout.zero == 3:
-        ds["zero_optimization"]["leaf_module"] = compile_leaf_section()
+    ds["zero_optimization"].pop("leaf_module", None)
+    if layout.leaf_blocks:
+        ds["zero_optimization"]["leaf_module"] = leaf_blocks_section()
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16_enabled(template, args)}
     ds.pop("fp16", None)
     ds.pop("tensor_parallel", None)
