@@ -40,7 +40,7 @@ def first_divergence(guard: DivergenceGuard, losses: list[float]) -> Divergence 
 
 # ---------------------------------------------------------------------------------------------- the guard
 def test_defaults_never_fire_on_the_default_run_or_the_study():
-    """The 400 losses of the default run (2026-12-04) and every training curve of the study (every steps/50-th
+    """The 400 losses of the default run (2026-12-05) and every training curve of the study (every steps/50-th
     loss) pass the defaults, with the margins the defaults were chosen by."""
     run_record = json.loads(RECORD.read_text())["default_run"]
     losses = run_record["lm_loss"]
