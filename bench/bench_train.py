@@ -13,7 +13,8 @@ a fresh process: build the model, run a 1-loop warm-up step (allocates gradients
 
 ``throughput``: tokens/s of the default run (``launchers/pretrain.sh`` defaults: tiny preset, default corpus,
 seq 128, micro batch 4 per process, ZeRO-3) with 1 and 2 processes, median over iterations after a warm-up,
-for each ``--variant NAME=FLAGS`` (default: fp32, bf16, bf16 with --compile, and both of those with ZeRO-2).
+for each ``--variant NAME=FLAGS`` (default: fp32, bf16, bf16 with --compile, and both of those with ZeRO-2; FLAGS
+may start with ``VAR=value`` words, the launch's environment).
 Results are merged into the JSON file given by ``--out``.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import ctypes
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -99,17 +101,23 @@ def memory(batch: int, seq: int) -> dict[str, Any]:
             "goal_ratio_with_checkpointing": 1.15}
 
 
+ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")  # a leading environment assignment in a variant's flags
 VARIANTS = {"fp32": "--no-bf16", "bf16": "--bf16", "bf16_compile": "--bf16 --compile",
             "bf16_zero2": "--bf16 --zero 2", "bf16_zero2_compile": "--bf16 --zero 2 --compile"}
 
 
 def launch_throughput(nproc: int, flags: str, iters: int, warmup: int, env: dict[str, str]) -> dict[str, Any]:
-    """One launch of the default run with ``flags``: medians over the iterations after ``warmup``."""
+    """One launch of the default run with ``flags``: medians over the iterations after ``warmup``. Leading
+    ``VAR=value`` words of ``flags`` set the launch's environment, as in a shell."""
+    words = flags.split()
+    n_env = next((i for i, word in enumerate(words) if not ENV_WORD.match(word)), len(words))
+    assignments, trainer_flags = words[:n_env], words[n_env:]
+    env = {**env, **dict(word.split("=", 1) for word in assignments)}
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "metrics.jsonl"
         cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc), "--master-port",
                str(29700 + nproc), "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval",
-               "0", "--eval-interval", "0", "--metrics-file", str(metrics), *flags.split()]
+               "0", "--eval-interval", "0", "--metrics-file", str(metrics), *trainer_flags]
         subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
     steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
@@ -119,7 +127,7 @@ def launch_throughput(nproc: int, flags: str, iters: int, warmup: int, env: dict
             "tflops_per_process_median": statistics.median(r["tflops"] for r in steady),
             "mfu_median": statistics.median(r["mfu"] for r in steady),
             "lm_loss_last": records[-1].get("lm loss"),
-            "iterations": iters, "warmup_excluded": warmup, "command": " ".join(cmd)}
+            "iterations": iters, "warmup_excluded": warmup, "command": " ".join([*assignments, *cmd])}
 
 
 def throughput(iters: int, warmup: int, variants: dict[str, str], repeats: int = 1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -61,6 +62,16 @@ def test_rank_environment_keeps_what_is_set():
     assert rank_environment({**cpu, "TORCH_EXTENSIONS_DIR": "/x"}, gpu=False, local_processes=1) == {
         "DS_ACCELERATOR": "cpu"}
     assert rank_environment({}, gpu=True, local_processes=1).keys() == {"PYTHONPATH", "TORCH_EXTENSIONS_DIR"}
+
+
+def test_rank_thread_pools_spin_only_where_the_ranks_own_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    env = rank_environment({}, gpu=False, local_processes=2)
+    assert (env["OMP_NUM_THREADS"], env["OMP_WAIT_POLICY"]) == ("4", "ACTIVE")
+    assert "OMP_WAIT_POLICY" not in rank_environment({}, gpu=False, local_processes=8)  # one thread: no pool
+    for given in ({"OMP_NUM_THREADS": "4"}, {"OMP_WAIT_POLICY": "PASSIVE"}):  # the caller's choice stands
+        assert "OMP_WAIT_POLICY" not in rank_environment(given, gpu=False, local_processes=2), given
+    assert "OMP_WAIT_POLICY" not in rank_environment({}, gpu=True, local_processes=1)
 
 
 def test_bash_form_takes_the_launcher_flags_in_either_spelling():

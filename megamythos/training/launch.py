@@ -124,7 +124,13 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
     """Variables to set for the ranks of one node (only those ``env`` lacks or has to change).
 
     On CPU: DeepSpeed's CPU accelerator, and one BLAS thread pool per rank of the node (oversubscribed cores make
-    ZeRO-3 steps ten times slower); everywhere: the repository on PYTHONPATH and a JIT-extension cache in it.
+    ZeRO-3 steps ten times slower). Where that pool has more than one thread, its threads spin between operations
+    (``OMP_WAIT_POLICY=ACTIVE``): ZeRO-3's Python work between two operations outlasts OpenMP's default spin, so
+    the pool falls asleep and every parallel operation pays a wake-up (the default run at one process is 1.2x
+    faster spinning, bench/README.md). Only where this function chose the thread count, so the ranks own the cores
+    (under another process's load spinning costs about 16%); a set ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` wins.
+    Both reach the ranks only when set before they start (:func:`launch`): OpenMP reads them once, at load.
+    Everywhere: the repository on PYTHONPATH and a JIT-extension cache in it.
     """
     paths = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
     updates = {}
@@ -135,7 +141,10 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
     if not gpu:
         updates["DS_ACCELERATOR"] = "cpu"
         if "OMP_NUM_THREADS" not in env:
-            updates["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // local_processes))
+            threads = max(1, len(os.sched_getaffinity(0)) // local_processes)
+            updates["OMP_NUM_THREADS"] = str(threads)
+            if threads > 1 and "OMP_WAIT_POLICY" not in env:
+                updates["OMP_WAIT_POLICY"] = "ACTIVE"
     return updates
 
 
