@@ -184,6 +184,22 @@ def test_deepspeed_form_is_the_bash_form(bash1, tmp_path, corpus):
     assert first_losses(design) == first_losses(bash1)  # same process, same arguments: bitwise
 
 
+@pytest.mark.distributed
+@pytest.mark.launch
+def test_a_rank_given_the_cores_by_the_deepspeed_form_spins_its_threads(tmp_path, corpus):
+    """Without OMP_NUM_THREADS the rank takes the cores and OMP_WAIT_POLICY=ACTIVE; OpenMP read its settings when
+    torch loaded, so the rank starts itself again with them: the policy is in its start-up environment."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: one thread per rank, no pool to spin")
+    env = {k: v for k, v in launch_env().items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    cmd = design_form(["--num_gpus", "1", "--master_port", str(free_port())], trainer_args(corpus))
+    proc = spawn(cmd, tmp_path / "log.txt", {**env, "RUN_DIR": str(tmp_path)})
+    text = finish(proc, tmp_path / "log.txt")
+    assert proc.returncode == 0, text[-6000:]
+    assert f"CPU threads per rank: {cores} (OMP_WAIT_POLICY ACTIVE)" in text, text[-6000:]
+
+
 @pytest.fixture(scope="module")
 @trains
 def no_python2(tmp_path_factory, corpus) -> Path:

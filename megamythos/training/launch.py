@@ -129,8 +129,9 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
     the pool falls asleep and every parallel operation pays a wake-up (the default run at one process is 1.2x
     faster spinning, bench/README.md). Only where this function chose the thread count, so the ranks own the cores
     (under another process's load spinning costs about 16%); a set ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` wins.
-    Both reach the ranks only when set before they start (:func:`launch`): OpenMP reads them once, at load.
-    Everywhere: the repository on PYTHONPATH and a JIT-extension cache in it.
+    OpenMP reads its settings once, when torch loads it: :func:`launch` sets them before the ranks start, and a
+    rank started without them (``deepspeed launchers/pretrain.sh``) starts itself again with them
+    (:func:`run_rank`). Everywhere: the repository on PYTHONPATH and a JIT-extension cache in it.
     """
     paths = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
     updates = {}
@@ -146,6 +147,17 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
             if threads > 1 and "OMP_WAIT_POLICY" not in env:
                 updates["OMP_WAIT_POLICY"] = "ACTIVE"
     return updates
+
+
+def openmp_wait_policy() -> str:
+    """``OMP_WAIT_POLICY`` as this process started with it, which is what OpenMP read when torch loaded it (Linux:
+    ``/proc/self/environ``; elsewhere the current value); "unset" if none."""
+    try:
+        start = dict(item.split("=", 1) for item in Path("/proc/self/environ").read_bytes().decode(
+            errors="replace").split("\0") if "=" in item)
+    except OSError:
+        start = dict(os.environ)
+    return start.get("OMP_WAIT_POLICY") or "unset"
 
 
 def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
@@ -217,7 +229,10 @@ def run_rank(argv: Sequence[str]) -> int:
     refuse_launcher_flags(argv)
     gpu = has_gpu()
     local = os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or "1"
-    os.environ.update(rank_environment(os.environ, gpu, int(local)))
+    updates = rank_environment(os.environ, gpu, int(local))
+    os.environ.update(updates)
+    if "OMP_WAIT_POLICY" in updates:  # OpenMP read its settings when torch loaded it: start this rank again
+        os.execv(sys.executable, sys.orig_argv)
     if not gpu:  # torch is imported already: its thread pool follows OMP_NUM_THREADS only from here on
         import torch
 

@@ -47,6 +47,7 @@ from megamythos.training.checkpointing import (
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
+from megamythos.training.launch import openmp_wait_policy
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, still_working
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.process_exit import end_process
@@ -207,6 +208,9 @@ class Trainer:
                     self.layout.global_batch_size, autoep_layers, self.total_iters)
         logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
         logger.info("optimizer: %s (--adam-impl %s)", type(self.engine.basic_optimizer).__name__, args.adam_impl)
+        if not torch.cuda.is_available():
+            logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s)", torch.get_num_threads(),
+                        openmp_wait_policy())
 
     # ---------------------------------------------------------------------------------------- state
     def layout_record(self) -> dict[str, int]:
