@@ -26,8 +26,8 @@ class ParallelLayout:
 
     ``global_batch_size`` None means one micro-batch per rank and step (micro x dp). ``replicate_core``: under
     ZeRO-3 the recurrent core's weights stay gathered; ``leaf_blocks``: under ZeRO-3 the core and the prelude/coda
-    blocks are leaf modules instead, each gathered whole once per forward and backward (both:
-    :mod:`megamythos.parallel.zero`). ``hpz``, ``qwz``,
+    blocks are leaf modules instead, each fetched whole by one hook per forward and backward (both:
+    :mod:`megamythos.parallel.zero`; what that gathers: :mod:`megamythos.planning.step_model`). ``hpz``, ``qwz``,
     ``qgz``: ZeRO++ hierarchical partition size, quantised weights, quantised gradients (ds_config options).
     """
 

@@ -126,8 +126,8 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
     On CPU: DeepSpeed's CPU accelerator, and one BLAS thread pool per rank of the node (oversubscribed cores make
     ZeRO-3 steps ten times slower). Where that pool has more than one thread, its threads spin between operations
     (``OMP_WAIT_POLICY=ACTIVE``): ZeRO-3's Python work between two operations outlasts OpenMP's default spin, so
-    the pool falls asleep and every parallel operation pays a wake-up (the default run at one process is 1.2x
-    faster spinning, bench/README.md). Only where this function chose the thread count, so the ranks own the cores
+    the pool falls asleep and every parallel operation pays a wake-up (the default run at one process trains 1.4x
+    as fast spinning, bench/README.md). Only where this function chose the thread count, so the ranks own the cores
     (under another process's load spinning costs about 16%); a set ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` wins.
     OpenMP reads its settings once, when torch loads it: :func:`launch` sets them before the ranks start, and a
     rank started without them (``deepspeed launchers/pretrain.sh``) starts itself again with them
