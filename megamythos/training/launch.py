@@ -149,17 +149,6 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
     return updates
 
 
-def openmp_wait_policy() -> str:
-    """``OMP_WAIT_POLICY`` as this process started with it, which is what OpenMP read when torch loaded it (Linux:
-    ``/proc/self/environ``; elsewhere the current value); "unset" if none."""
-    try:
-        start = dict(item.split("=", 1) for item in Path("/proc/self/environ").read_bytes().decode(
-            errors="replace").split("\0") if "=" in item)
-    except OSError:
-        start = dict(os.environ)
-    return start.get("OMP_WAIT_POLICY") or "unset"
-
-
 def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
     """``bash launchers/pretrain.sh`` arguments -> ({deepspeed flag name: value}, trainer arguments)."""
     launcher: dict[str, str | None] = {}

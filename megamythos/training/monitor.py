@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import threading
 import time
@@ -33,6 +34,17 @@ def measure_peak_tflops(dtype: torch.dtype = torch.float32, size: int = 512, rep
     for _ in range(repeats):
         a @ b
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def openmp_wait_policy() -> str:
+    """``OMP_WAIT_POLICY`` as this process started with it, which is what OpenMP read when torch loaded it (Linux:
+    ``/proc/self/environ``; elsewhere the current value); "unset" if none."""
+    try:
+        start = dict(item.split("=", 1) for item in Path("/proc/self/environ").read_bytes().decode(
+            errors="replace").split("\0") if "=" in item)
+    except OSError:
+        start = dict(os.environ)
+    return start.get("OMP_WAIT_POLICY") or "unset"
 
 
 def cpu_model() -> dict[str, Any]:

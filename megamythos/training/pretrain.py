@@ -47,8 +47,7 @@ from megamythos.training.checkpointing import (
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
-from megamythos.training.launch import openmp_wait_policy
-from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, still_working
+from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, openmp_wait_policy, still_working
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.process_exit import end_process
 from megamythos.training.rendezvous import check_master_port, free_port
