@@ -61,6 +61,24 @@ def attention_layout(positions: torch.Tensor, kv_len: int, cached: bool,
     return (causal_mask(seq, kv_len, positions.device), False) if cached else (None, seq > 1)
 
 
+def masked_scores(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float) -> torch.Tensor:
+    """Raw scores q k^T [..., S, L] (any float dtype) -> fp32 ``scores * scale`` with -inf where a query may not
+    attend (``mask`` False, or a key after the query when ``causal``; queries are the last S of L positions).
+
+    One pass, ``bias + scale * scores`` with an fp32 0 / -inf bias [S, L] (or the mask's shape) broadcast over the
+    batch and heads: the same values as casting, scaling and ``masked_fill`` (0 + x and -inf + x are exact), and
+    the same gradient (softmax gives masked scores zero gradient), in one elementwise pass instead of three.
+    """
+    q_len, kv_len = scores.shape[-2:]
+    if causal:
+        bias = torch.full((q_len, kv_len), float("-inf"), device=scores.device).triu(kv_len - q_len + 1)
+    elif mask is not None:
+        bias = torch.zeros(mask.shape, device=scores.device).masked_fill_(~mask, float("-inf"))
+    else:
+        return scores.float() * scale
+    return torch.add(bias, scores, alpha=scale)
+
+
 @functools.lru_cache(maxsize=1)
 def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
     """flash-attn's ``flash_attn_func`` when the optional CUDA extra is installed, else None (lazy import)."""
@@ -89,11 +107,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     attends to keys 0..L - S + i.
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale
-    if causal:
-        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(k.shape[2] - q.shape[2])
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    scores = masked_scores(torch.matmul(q, k.transpose(-2, -1)), mask, causal, scale)
     return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v).transpose(1, 2)
 
 
@@ -209,13 +223,8 @@ class MLA(nn.Module):
         w = self.wkv_b.weight.view(-1, self.nope_dim + self.v_dim, self.kv_lora_rank)  # [h, nope+v, r]
         w_uk, w_uv = w.split([self.nope_dim, self.v_dim], dim=1)
         q_lat = torch.einsum("bshn,hnr->bshr", q_nope, w_uk)
-        scores = (torch.einsum("bshr,blr->bhsl", q_lat, c_kv)
-                  + torch.einsum("bshp,blp->bhsl", q_pe, k_pe)).float() * self.scale
-        if causal:
-            mask = causal_mask(q_nope.shape[1], c_kv.shape[1], c_kv.device)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = scores.softmax(dim=-1).to(c_kv.dtype)
+        scores = torch.einsum("bshr,blr->bhsl", q_lat, c_kv) + torch.einsum("bshp,blp->bhsl", q_pe, k_pe)
+        probs = masked_scores(scores, mask, causal, self.scale).softmax(dim=-1).to(c_kv.dtype)
         out_lat = torch.einsum("bhsl,blr->bshr", probs, c_kv)
         return torch.einsum("bshr,hvr->bshv", out_lat, w_uv)
 
