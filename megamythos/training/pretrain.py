@@ -47,6 +47,7 @@ from megamythos.training.checkpointing import (
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
+from megamythos.training.host_memory import keep_freed_memory
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, openmp_wait_policy, still_working
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.process_exit import end_process
@@ -156,6 +157,7 @@ class Trainer:
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
                                    args.wsd_decay_fraction)
 
+        host_memory = None if torch.cuda.is_available() else keep_freed_memory()  # before the first tensors
         seed_everything(args.seed)
         model = MythosLM(self.config)
         # Named groups: DeepSpeed splits each into expert / non-expert groups by name under AutoEP, and moves
@@ -207,9 +209,9 @@ class Trainer:
                     self.layout.global_batch_size, autoep_layers, self.total_iters)
         logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
         logger.info("optimizer: %s (--adam-impl %s)", type(self.engine.basic_optimizer).__name__, args.adam_impl)
-        if not torch.cuda.is_available():
-            logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s)", torch.get_num_threads(),
-                        openmp_wait_policy())
+        if host_memory:
+            logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s); host memory: %s", torch.get_num_threads(),
+                        openmp_wait_policy(), host_memory)
 
     # ---------------------------------------------------------------------------------------- state
     def layout_record(self) -> dict[str, int]:
