@@ -66,24 +66,30 @@ class FusedAdam(torch.optim.AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
 '''
 
+# Per-iteration activation checkpointing, which the test model (truncated backprop) does not do by default: the
+# ZeRO-3, TP, TP + AutoEP, compiled and capacity runs recompute their loops in backward, as the presets with
+# backprop through every loop train; the reference (conftest's tiny_run), the AutoEP runs (whose exported config
+# is compared with the reference's) and the ZeRO-2 run keep their activations.
+CHECKPOINT = ("--checkpoint-loops",)
 CAPACITY_SCHEDULE = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
 CAPACITY = ("--override", "loop_capacity=" + ",".join(map(str, CAPACITY_SCHEDULE)), "--override",
-            "capacity_router=learned", "--backprop-loops", "2")
+            "capacity_router=learned", "--backprop-loops", "2", *CHECKPOINT)
 EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
             "--eval-iters", "1")
 # The module's training runs, name -> (processes, trainer flags, extra environment), all started by ``runs`` in this
 # order (the order the tests read them) and each awaited by the fixture of its name below.
 RUNS = {
     "zero3": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--save-interval", "2",
-                  "--keep-last", "2", "--eval-interval", "4", "--eval-iters", "1", "--loop-checkpoint-segment", "2"),
-              {}),
+                  "--keep-last", "2", "--eval-interval", "4", "--eval-iters", "1", *CHECKPOINT,
+                  "--loop-checkpoint-segment", "2"), {}),
     "ep2": (2, ("--zero", "3", *EP2_ARGS), {}),
     "ep2_apex_eval2": (2, ("--zero", "3", *EP2_ARGS[:-4], "--eval-interval", "2", "--eval-iters", "2", "--adam-impl",
                            "apex"), {}),  # PYTHONPATH: the stand-in apex, written by ``runs``
     # both TP ranks see the same micro-batches: dp = 1, so a batch of 2 takes 2 accumulated micro-batches of 1
-    "tp2": (2, ("--zero", "3", "--tp", "2", "--micro-batch-size", "1", "--global-batch-size", "2"), {}),
-    "tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size", "2"), {}),
-    "compiled": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--compile"),
+    "tp2": (2, ("--zero", "3", "--tp", "2", "--micro-batch-size", "1", "--global-batch-size", "2", *CHECKPOINT), {}),
+    "tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size", "2",
+                 *CHECKPOINT), {}),
+    "compiled": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--compile", *CHECKPOINT),
                  {"TORCH_LOGS": "graph_breaks,recompiles"}),
     "zero2": (1, ("--zero", "2", "--micro-batch-size", "2", "--global-batch-size", "2"), {}),
     # loop capacity (6 loops cover the sampled counts at mean 3) ranked by the learned router, with backprop
@@ -130,7 +136,7 @@ def ref(tiny_run: Path) -> Path:
 @pytest.fixture(scope="module")
 def zero3(runs, launches) -> Path:
     """2 processes, ZeRO-3, micro batch 1 each; checkpoints every 2 iterations (keep 2), validation every 4;
-    two-level loop checkpointing (segments of 2 iterations) against the reference's per-iteration one."""
+    two-level loop checkpointing (segments of 2 iterations) against the reference's kept activations."""
     return finished(runs, launches, "zero3")
 
 

@@ -43,10 +43,17 @@ def test_arguments_parse_overrides_and_reject_bad_values():
 
 
 def test_model_flags_are_aliases_of_overrides_with_one_training_default():
+    """Training checkpoints the loops where backprop runs through all of them (memory grows with the sampled
+    depth), not with truncated backprop (the tiny preset's 2 loops); a flag or override wins either way."""
     default = parse_args([]).model_config()
-    assert default.checkpoint_loops is True  # the training default (TRAINING_MODEL_DEFAULTS), not the library's
-    assert default == get_preset("tiny", checkpoint_loops=True)
-    for flags in (["--no-checkpoint-loops"], ["--override", "checkpoint_loops=false"]):
+    assert default.backprop_loops == 2 and default.checkpoint_loops is False
+    assert default == get_preset("tiny")
+    for flags in (["--backprop-loops", "0"], ["--override", "backprop_loops=0"], ["--preset", "small"]):
+        assert parse_args(flags).model_config().checkpoint_loops is True, flags
+    for flags in (["--checkpoint-loops"], ["--override", "checkpoint_loops=true"]):
+        assert parse_args(flags).model_config().checkpoint_loops is True
+    for flags in (["--no-checkpoint-loops", "--backprop-loops", "0"], ["--override", "checkpoint_loops=false",
+                                                                      "--preset", "small"]):
         assert parse_args(flags).model_config().checkpoint_loops is False
     aliased = parse_args(["--mean-loops", "3", "--backprop-loops", "2", "--loop-checkpoint-segment", "0"])
     spelled = parse_args(["--override", "mean_loops=3", "--override", "backprop_loops=2",

@@ -103,8 +103,8 @@ def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: in
            str(layout.ep), "--zero", str(layout.zero), "--micro-batch-size", str(layout.micro_batch_size),
            "--global-batch-size", str(layout.global_batch_size), "--seq-length", str(seq_len),
            *([] if layout.replicate_core else ["--no-replicate-core"]),
-           *(["--loop-checkpoint-segment", str(args.loop_checkpoint_segment)]
-             if args.loop_checkpoint_segment is not None else []),
+           "--checkpoint-loops", *(["--loop-checkpoint-segment", str(args.loop_checkpoint_segment)]
+                                   if args.loop_checkpoint_segment is not None else []),
            "--bf16", *[a for a in args.train_args if a != "--"]]
     return shlex.join(cmd)
 
@@ -114,7 +114,7 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
     seq_len = args.seq_length or min(config.max_seq_len, 4096)
-    if args.plan or args.hostfile:  # as the trainer runs it: per-iteration activation checkpointing (its default)
+    if args.plan or args.hostfile:  # per-iteration activation checkpointing, which the launch command asks for
         config = config.replace(checkpoint_loops=True, max_seq_len=max(config.max_seq_len, seq_len))
     if args.loop_checkpoint_segment is not None:
         config = config.replace(loop_checkpoint_segment=args.loop_checkpoint_segment)

@@ -4,8 +4,9 @@ Flags use Megatron-LM spellings (``--micro-batch-size``, ``--global-batch-size``
 Parallel sizes, ZeRO stage, bf16 and batch sizes default to ``None``: then the value in the ds_config JSON is
 kept, so a JSON written for a cluster stays authoritative unless the command line says otherwise.
 
-One source per model setting: the model is ``--preset``, then :data:`TRAINING_MODEL_DEFAULTS` (what training
-changes from the library's defaults: activation checkpointing of the loops), then ``--override FIELD=VALUE``.
+One source per model setting: the model is ``--preset``, then ``--override FIELD=VALUE``, then the one setting
+training decides differently from the library: activation checkpointing of the loops where the run backpropagates
+through every loop (:meth:`TrainArgs.model_overrides`).
 ``--mean-loops``, ``--backprop-loops``, ``--[no-]checkpoint-loops`` and ``--loop-checkpoint-segment`` are
 aliases of ``--override`` for those fields: they write the field only when given, and giving both spellings
 with different values is an error. ``--seq-length`` must fit the model's ``max_seq_len``.
@@ -31,10 +32,6 @@ DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "default"
 LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200
-# ModelConfig fields whose training default differs from the library's: checkpoint every recurrent iteration so
-# that activation memory does not grow with the sampled loop count (the library default, False, suits inference
-# and the unit tests). --no-checkpoint-loops or --override checkpoint_loops=false turns it off.
-TRAINING_MODEL_DEFAULTS: dict[str, Any] = {"checkpoint_loops": True}
 # flag aliases of `--override FIELD=VALUE`: parse_args writes them into TrainArgs.overrides
 MODEL_FIELD_FLAGS = ("mean_loops", "backprop_loops", "checkpoint_loops", "loop_checkpoint_segment")
 
@@ -149,9 +146,19 @@ class TrainArgs:
         return math.ceil(self.train_tokens / (global_batch_size * self.seq_length))
 
     def model_overrides(self) -> dict[str, Any]:
-        """ModelConfig fields this run sets on top of the preset: the training defaults, then ``--override``
-        and the flags that alias it."""
-        return {**TRAINING_MODEL_DEFAULTS, **self.overrides}
+        """ModelConfig fields this run sets on top of the preset: ``--override`` and the flags that alias it, and
+        ``checkpoint_loops`` where neither sets it.
+
+        Training checkpoints every recurrent iteration by default where gradients flow through every loop
+        (``backprop_loops`` 0): activation memory would grow with the sampled loop count. With truncated backprop
+        through the last k loops it is bounded by k iterations whatever the depth, so nothing is recomputed:
+        the recomputation took 1.26x / 1.12x of the default run's step at 1 / 2 CPU processes (bench/README.md).
+        """
+        overrides = dict(self.overrides)
+        if "checkpoint_loops" not in overrides:
+            backprop_loops = overrides.get("backprop_loops", get_preset(self.preset).backprop_loops)
+            overrides["checkpoint_loops"] = backprop_loops == 0
+        return overrides
 
     def model_config(self) -> ModelConfig:
         """The validated model of this run; raises :class:`ArgumentError` when ``--seq-length`` exceeds its
@@ -242,11 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--backprop-loops", type=int, default=None, help="truncated BPTT: gradient through the last k iterations "
                                                          "(= --override backprop_loops=k)")
     g.add_argument("--checkpoint-loops", dest="checkpoint_loops", action="store_true", default=None,
-                   help="checkpoint every recurrent iteration (the training default; = --override "
-                        "checkpoint_loops=true)")
+                   help="checkpoint every recurrent iteration under gradient (the default where backprop runs "
+                        "through every loop, --backprop-loops 0; = --override checkpoint_loops=true)")
     g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false", default=None,
-                   help="keep activations of every recurrent iteration (memory grows with the loop count; "
-                        "= --override checkpoint_loops=false)")
+                   help="keep the activations of the iterations under gradient (the default with truncated "
+                        "backprop, whose k iterations bound them; = --override checkpoint_loops=false)")
     add("--loop-checkpoint-segment", type=int, default=None,
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient): "
              "O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
