@@ -174,6 +174,9 @@ def test_learned_router_ranks_the_tokens_and_learns_through_its_gate() -> None:
     kept = depth >= 3
     assert torch.equal(kept.sum(dim=1), torch.tensor([8, 8]))
     assert all(ranking[b][kept[b]].min() >= ranking[b][~kept[b]].max() for b in range(2))
+    # the statistic behind recurrent/router-gate: per loop the mean gate 2 sigmoid(z_t) of the computed tokens
+    gate_calls = [calls[i] for i in (0, 1, 3, 5, 7, 9)]
+    assert torch.allclose(out.stats["router_gate"], torch.stack([2 * torch.sigmoid(z).mean() for z in gate_calls]))
     # the router learns from the loss through its gate, in the loops under gradient (the last 2) only
     per_loop = model.recurrent.router.weight.grad.abs().sum(dim=1)
     assert (per_loop[4:] > 0).all() and (per_loop[:4] == 0).all()
@@ -189,7 +192,10 @@ def test_learned_router_at_zero_is_the_ungated_recurrence() -> None:
         gated.recurrent.router.weight.fill_(1.0)
         assert not torch.allclose(gated(ids, n_loops=4).logits, plain(ids, n_loops=4).logits, atol=1e-3)
         gated.recurrent.router.weight.zero_()  # gate 2 sigmoid(0) = 1
-        assert torch.allclose(gated(ids, n_loops=4).logits, plain(ids, n_loops=4).logits, atol=1e-5)
+        out = gated(ids, n_loops=4)
+        assert torch.allclose(out.logits, plain(ids, n_loops=4).logits, atol=1e-5)
+        assert torch.equal(out.stats["router_gate"], torch.ones(int(out.stats["n_loops"])))  # one per loop run
+        assert "router_gate" not in plain(ids, n_loops=4).stats
 
 
 def test_capacity_counts_only_the_computed_tokens() -> None:

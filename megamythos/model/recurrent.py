@@ -378,17 +378,18 @@ class RecurrentCore(nn.Module):
         state = LoopState(h=self.initial_state(e),
                           active=zeros.bool().logical_not() if exit_threshold > 0 or capacity else None,
                           depth=zeros, aux=zeros.new_zeros(()), rho=zeros.new_zeros(()), change=zeros)
-        norms, changes, shares = [], [], []
+        norms, changes, shares, gates = [], [], [], []
         with weights_cast_once():  # the shared block's weights are cast to the compute dtype once, not per loop
             for group in self.schedule(n_loops, backprop_loops, checkpoint_each):  # no-grad loops, then grad loops
                 run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold, capacity,
                             checkpoint_each and group.grad)
                 with torch.set_grad_enabled(group.grad):
                     run = functools.partial(self._checkpointed, self.run_loops) if group.checkpoint else self.run_loops
-                    state, group_norms, group_changes, group_shares = run(*run_args)
+                    state, group_norms, group_changes, group_shares, group_gates = run(*run_args)
                 norms.append(group_norms)
                 changes.append(group_changes)
                 shares.append(group_shares)
+                gates.append(group_gates)
                 if exit_threshold > 0 and not bool(state.active.any()):
                     break
         loops_run = sum(len(n) for n in norms)
@@ -399,15 +400,18 @@ class RecurrentCore(nn.Module):
         stats = {"n_loops": torch.tensor(float(loops_run)), "state_norm": torch.cat(norms), "rho": state.rho,
                  "mean_depth": state.depth.mean(), "depth": state.depth, "relative_change": torch.cat(changes),
                  "active_share": torch.cat(shares)}
+        if self.router is not None:
+            stats["router_gate"] = torch.cat(gates)
         return RecurrenceResult(state.h, state.aux / loops_run, stats)
 
     def run_loops(self, state: LoopState, e: torch.Tensor, loops: range, positions: torch.Tensor,
                   caches: list[LayerKVCache] | None, absorb: bool, exit_threshold: float,
                   capacity: tuple[float, ...], checkpoint_each: bool
-                  ) -> tuple[LoopState, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[LoopState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Iterations ``loops`` from ``state`` -> (state after them, mean state norm per iteration [n],
-        relative change per iteration and token [n, B, S], share of the tokens computed per iteration [n])."""
-        norms, changes, shares = [], [], []
+        relative change per iteration and token [n, B, S], share of the tokens computed per iteration [n], mean
+        learned-router gate of the computed tokens per iteration [n] (empty without the router))."""
+        norms, changes, shares, gates = [], [], [], []
         for t in loops:
             if capacity:  # training: the schedule decides, without a host sync
                 state, active = ((state, None) if capacity[t] >= 1.0 else
@@ -416,7 +420,8 @@ class RecurrentCore(nn.Module):
                 active = still_active(state.active)
             shares.append(state.depth.new_ones(()) if state.active is None else state.active.float().mean())
             args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb, active)
-            h_next, aux, rho = self._checkpointed(self.iteration, *args) if checkpoint_each else self.iteration(*args)
+            h_next, aux, rho, gate = (self._checkpointed(self.iteration, *args) if checkpoint_each
+                                      else self.iteration(*args))
             if active is None:
                 change = relative_change(h_next, state.h)
             else:  # the active tokens' new states into the frozen ones; an exited token's change reads 0
@@ -425,9 +430,12 @@ class RecurrentCore(nn.Module):
             state = advance(state, h_next, aux, rho, change, exit_threshold)
             norms.append(state.h.detach().norm(dim=-1).mean())
             changes.append(change)
+            if gate is not None:
+                gates.append(gate)
             if exit_threshold > 0 and not bool(state.active.any()):
                 break
-        return state, torch.stack(norms), torch.stack(changes), torch.stack(shares)
+        return (state, torch.stack(norms), torch.stack(changes), torch.stack(shares),
+                torch.stack(gates) if gates else state.depth.new_zeros(0))
 
     def ranking_score(self, state: LoopState, t: int) -> torch.Tensor:
         """What ``loop_capacity`` ranks the tokens by before loop t, [B, S] (detached): the learned router's
@@ -439,8 +447,9 @@ class RecurrentCore(nn.Module):
 
     def iteration(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
                   cache: LayerKVCache | None, absorb: bool, active: TokenSubset | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Iteration t of the recurrence, h_t [B, S, H] fp32 -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0):
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Iteration t of the recurrence, h_t [B, S, H] fp32 -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0,
+        mean gate g_t of the computed tokens, detached, with the learned depth router):
 
             u_t     = h_t + e  (+ loop-index signal)                          (concat baseline: W [h_t; e])
             h_{t+1} = A_bar * h_t + B_bar * e  +  Block(u_t) (+ LoRA_t(u_t))  (baselines: u_t + Block(u_t))
@@ -459,9 +468,10 @@ class RecurrentCore(nn.Module):
             update = update + self.lora(u, t)
         carried, rho = self.injection(h, e, u_mix, report_rho=t == 0)  # A_bar * h_t + B_bar * e
         h_next = carried + update.float()
-        if self.router is not None:
-            h_next = h + self.router.gate(self.router(h, t)) * (h_next - h)
-        return h_next, aux, rho
+        if self.router is None:
+            return h_next, aux, rho, None
+        gate = self.router.gate(self.router(h, t))
+        return h + gate * (h_next - h), aux, rho, gate.detach().mean()
 
     def with_loop_signal(self, u: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
         """u [B, S, H] in ``dtype``, plus the sinusoidal loop-index signal when ``loop_embedding`` is on."""

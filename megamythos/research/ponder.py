@@ -107,7 +107,7 @@ class PonderLM(MythosLM):
         e, positions = self._prelude(input_ids)
         h, aux, states = self.recurrent.initial_state(e), e.new_zeros((), dtype=torch.float32), []
         for t in range(self.n_loops):
-            h, step_aux, _ = self.recurrent.iteration(h, e, t, positions, None, False)
+            h, step_aux, *_ = self.recurrent.iteration(h, e, t, positions, None, False)
             states.append(h)
             aux = aux + step_aux
         stacked = torch.stack(states)  # [N, B, S, H]; one coda pass over the loops folded into the batch
@@ -132,7 +132,7 @@ class PonderLM(MythosLM):
                           zeros.new_zeros(()), zeros)
         log_survival = zeros
         for t in range(self.n_loops):
-            h_next, aux, _ = self.recurrent.iteration(state.h, e, t, positions, None, False)
+            h_next, aux, *_ = self.recurrent.iteration(state.h, e, t, positions, None, False)
             last = t == self.n_loops - 1
             log_survival = log_survival + (F.logsigmoid(-self._halting_logits(h_next)) if not last
                                            else torch.full_like(zeros, -math.inf))

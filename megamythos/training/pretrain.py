@@ -391,14 +391,16 @@ class Trainer:
             for i, share in enumerate(stats["active_share"].tolist()):
                 values[f"recurrent/active-share/loop-{i:02d}"] = share
             values["recurrent/mean-depth"] = float(stats["mean_depth"])
+        for i, gate in enumerate(stats.get("router_gate", torch.empty(0)).tolist()):  # learned router: 2 sigmoid(z_t)
+            values[f"recurrent/router-gate/loop-{i:02d}"] = gate
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
         values.update(step["comm"])
         self.monitor.scalars(values, self.iteration, self.consumed)
-        per_loop = re.compile("/(state-norm|exit-share|active-share)/")  # one list per kind in the record
+        per_loop = re.compile("/(state-norm|exit-share|active-share|router-gate)/")  # one list per kind in the record
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
                              **{k: v for k, v in values.items() if not per_loop.search(k)},
                              **{f"recurrent/{kind}": [v for k, v in values.items() if f"/{kind}/" in k]
-                                for kind in ("exit-share", "active-share")}})
+                                for kind in ("exit-share", "active-share", "router-gate")}})
         if self.iteration % self.args.log_interval == 0:
             self.monitor.console(self.iteration, self.total_iters, {
                 "consumed samples": self.consumed, "elapsed time per iteration (ms)": seconds * 1e3,
