@@ -11,7 +11,7 @@ from megamythos.model.attention import attend, causal_mask, masked_scores, matmu
 
 @pytest.mark.parametrize("dtype,kv_len", [(torch.float32, 64), (torch.float32, 4096), (torch.bfloat16, 40000)])
 def test_decode_takes_the_matmul_kernel_at_any_cache_length(dtype: torch.dtype, kv_len: int) -> None:
-    """40000 keys is beyond the bf16 score budget of several queries (192 x 192), where one query stays on matmul."""
+    """40000 keys is beyond the bf16 score budget of several queries (256 x 256), where one query stays on matmul."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, length, 4, d, dtype=dtype) for length, d in ((1, 24), (kv_len, 24), (kv_len, 16)))
     out = attend(q, k, v, None, False, 0.2)

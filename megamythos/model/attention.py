@@ -92,9 +92,9 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
 # Up to this many scores per (batch, head) the explicit-matmul path is used for bf16 on CPU; beyond, SDPA's flash
 # kernel, which never materialises the S x L scores. A single query (decode) takes the matmul path in bf16 and fp32
 # at any cache length. Measured by bench/bench_attention.py at the tiny and small presets' head shapes
-# (bench/README.md, 2026-12-04): bf16 training crosses over between S = 128 and 256 (fp32: SDPA from S = 128 on);
-# decode at L = 128..2048 runs 0.24-1.02x SDPA's time.
-_MATMUL_ATTENTION_MAX_SCORES = 192 * 192
+# (bench/README.md, 2026-12-05): bf16 training crosses over between S = 256 and 320 at tiny's heads and beyond 384
+# at small's (fp32: SDPA from S = 128 on); decode at L = 128..2048 runs 0.56-1.02x SDPA's time.
+_MATMUL_ATTENTION_MAX_SCORES = 256 * 256
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
@@ -102,7 +102,7 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """softmax(q k^T * scale + mask) v with two batched matmuls and an fp32 softmax, for [B, S, h, d] inputs.
 
     On CPU this beats SDPA's flash kernel on short sequences (one matmul per head instead of the flash kernel's
-    blocked loop; in bf16 up to ~192 tokens, and for a single query in bf16 and fp32), and needs no padding of v;
+    blocked loop; in bf16 up to ~256 tokens, and for a single query in bf16 and fp32), and needs no padding of v;
     longer ones are bound by the fp32 score matrix's memory traffic. Causal: query i (at position L - S + i)
     attends to keys 0..L - S + i.
     """
