@@ -21,10 +21,10 @@ the FLOP-ideal speedup is F(loops) / F(mean executed loops) with F = :func:`mega
 forward_flops_per_token`, and ``share_of_ideal`` = speedup / ideal.
 
 ``training``: one training step (forward, loss, backward, AdamW) of the tiny preset in bf16 weights on 4 x 128
-tokens with per-iteration activation checkpointing and backprop through the last 2 loops (the default run's
-settings), for the default recipe at its mean depth (4 loops) against loop capacity at the same mean depth (6
-loops, capacities 1, 1, 1, 0.5, 0.25, 0.25), alternating; tokens/s over all repetitions, and the training FLOPs
-per token of :func:`megamythos.model.params.count`.
+tokens with the trainer's model settings (``parse_args([]).model_config()``: backprop through the last 2 loops,
+no recomputation of them), for the default recipe at its mean depth (4 loops) against loop capacity at the same
+mean depth (6 loops, capacities 1, 1, 1, 0.5, 0.25, 0.25), alternating; tokens/s over all repetitions, and the
+training FLOPs per token of :func:`megamythos.model.params.count`.
 """
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ import torch
 import megamythos.model.recurrent as recurrent
 from megamythos.inference.generate import SamplingConfig, generate
 from megamythos.inference.loading import load_model
-from megamythos.model.config import get_preset
 from megamythos.model.lm import MythosLM
 from megamythos.model.params import count, forward_flops_per_token
+from megamythos.training.arguments import parse_args
 from megamythos.training.monitor import cpu_model
 
 CAPACITY = (1.0, 1.0, 1.0, 0.5, 0.25, 0.25)
@@ -113,7 +113,7 @@ def bench_model(model: MythosLM, ids: torch.Tensor, reps: int) -> list[dict]:
 
 def bench_training(reps: int) -> dict:
     """Training tokens/s and FLOPs per token: the default recipe against loop capacity at mean depth 4."""
-    base = get_preset("tiny").replace(checkpoint_loops=True, backprop_loops=2)
+    base = parse_args([]).model_config()  # the default run's model, as the trainer configures it
     recipes = {"default": (base, [base.mean_loops] * (reps + 1)),
                "capacity": (base.replace(mean_loops=6, max_loops=6, loop_capacity=CAPACITY), [6] * (reps + 1))}
     ids = torch.randint(0, base.vocab_size, (4, 129))
