@@ -50,8 +50,8 @@ def test_model_flags_are_aliases_of_overrides_with_one_training_default():
     assert default == get_preset("tiny")
     for flags in (["--backprop-loops", "0"], ["--override", "backprop_loops=0"], ["--preset", "small"]):
         assert parse_args(flags).model_config().checkpoint_loops is True, flags
-    for flags in (["--checkpoint-loops"], ["--override", "checkpoint_loops=true"]):
-        assert parse_args(flags).model_config().checkpoint_loops is True
+    for flags in (["--checkpoint-loops"], ["--override", "checkpoint_loops=true"], ["--loop-checkpoint-segment", "0"]):
+        assert parse_args(flags).model_config().checkpoint_loops is True, flags
     for flags in (["--no-checkpoint-loops", "--backprop-loops", "0"], ["--override", "checkpoint_loops=false",
                                                                       "--preset", "small"]):
         assert parse_args(flags).model_config().checkpoint_loops is False

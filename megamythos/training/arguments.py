@@ -151,13 +151,14 @@ class TrainArgs:
 
         Training checkpoints every recurrent iteration by default where gradients flow through every loop
         (``backprop_loops`` 0): activation memory would grow with the sampled loop count. With truncated backprop
-        through the last k loops it is bounded by k iterations whatever the depth, so nothing is recomputed:
-        the recomputation took 1.26x / 1.12x of the default run's step at 1 / 2 CPU processes (bench/README.md).
+        through the last k loops it is bounded by k iterations whatever the depth, so nothing is recomputed
+        (recomputing cost the default run 1.26x / 1.12x of its step at 1 / 2 CPU processes, bench/README.md)
+        unless ``loop_checkpoint_segment`` is given, which asks for checkpointing.
         """
         overrides = dict(self.overrides)
         if "checkpoint_loops" not in overrides:
             backprop_loops = overrides.get("backprop_loops", get_preset(self.preset).backprop_loops)
-            overrides["checkpoint_loops"] = backprop_loops == 0
+            overrides["checkpoint_loops"] = backprop_loops == 0 or "loop_checkpoint_segment" in overrides
         return overrides
 
     def model_config(self) -> ModelConfig:
@@ -255,8 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the activations of the iterations under gradient (the default with truncated "
                         "backprop, whose k iterations bound them; = --override checkpoint_loops=false)")
     add("--loop-checkpoint-segment", type=int, default=None,
-        help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient): "
-             "O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
+        help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient; implies "
+             "--checkpoint-loops): O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
     g = p.add_argument_group("data")
     add("--data-path", nargs="*", default=[], help="dataset prefixes (optionally weight prefix pairs)")
     add("--split", type=str)
