@@ -105,8 +105,9 @@ class CallCounter:
 
 
 def train_step(model: nn.Module, loss_of: Callable[[], torch.Tensor], after: Step | None = None) -> Step:
-    """One optimizer step: loss_of() -> backward -> AdamW -> zero grads, then ``after`` (e.g. a bias update)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    """One optimizer step: loss_of() -> backward -> AdamW -> zero grads, then ``after`` (e.g. a bias update).
+    Every model gets torch's fused AdamW, the CPU trainer's optimizer (``ds_configs/cpu-debug.json``)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step() -> None:
         loss_of().backward()
