@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from megamythos.training.host_memory import keep_freed_memory
-
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
 # Training steps of the tiny preset (bf16 weights, 4 x 128 tokens, 4 loops), as a CPU rank runs them: with glibc's
@@ -58,7 +56,3 @@ def test_a_malloc_setting_of_the_users_wins() -> None:
     kept, said = _minor_faults("kept", {**_clean_env(), "MALLOC_TOP_PAD_": "0"})
     assert said == "glibc malloc as the environment sets it"
     assert kept > 2000, kept
-
-
-def test_keep_freed_memory_says_what_it_did() -> None:
-    assert keep_freed_memory().startswith(("freed memory kept", "glibc malloc as the environment sets it"))

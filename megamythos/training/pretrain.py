@@ -64,6 +64,10 @@ from megamythos.training.signals import (
 )
 
 logger = logging.getLogger(__name__)
+# Per-loop scalars ("recurrent/<kind>/loop-NN"): TensorBoard gets each; the metrics record gets one list per kind
+# of these (state norms only go to TensorBoard).
+RECORDED_PER_LOOP = ("exit-share", "active-share", "router-gate")
+PER_LOOP = re.compile(f"/({'|'.join(('state-norm', *RECORDED_PER_LOOP))})/")
 
 
 def setup_logging(rank: int) -> None:
@@ -157,7 +161,8 @@ class Trainer:
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
                                    args.wsd_decay_fraction)
 
-        host_memory = None if torch.cuda.is_available() else keep_freed_memory()  # before the first tensors
+        on_cpu = not torch.cuda.is_available()
+        host_memory = keep_freed_memory() if on_cpu else None  # before the first tensors
         seed_everything(args.seed)
         model = MythosLM(self.config)
         # Named groups: DeepSpeed splits each into expert / non-expert groups by name under AutoEP, and moves
@@ -209,7 +214,7 @@ class Trainer:
                     self.layout.global_batch_size, autoep_layers, self.total_iters)
         logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
         logger.info("optimizer: %s (--adam-impl %s)", type(self.engine.basic_optimizer).__name__, args.adam_impl)
-        if host_memory:
+        if on_cpu:
             logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s); host memory: %s", torch.get_num_threads(),
                         openmp_wait_policy(), host_memory)
 
@@ -396,11 +401,10 @@ class Trainer:
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
         values.update(step["comm"])
         self.monitor.scalars(values, self.iteration, self.consumed)
-        per_loop = re.compile("/(state-norm|exit-share|active-share|router-gate)/")  # one list per kind in the record
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
-                             **{k: v for k, v in values.items() if not per_loop.search(k)},
+                             **{k: v for k, v in values.items() if not PER_LOOP.search(k)},
                              **{f"recurrent/{kind}": [v for k, v in values.items() if f"/{kind}/" in k]
-                                for kind in ("exit-share", "active-share", "router-gate")}})
+                                for kind in RECORDED_PER_LOOP}})
         if self.iteration % self.args.log_interval == 0:
             self.monitor.console(self.iteration, self.total_iters, {
                 "consumed samples": self.consumed, "elapsed time per iteration (ms)": seconds * 1e3,
