@@ -1,9 +1,10 @@
 """Causal attention on CPU: the two kernels :func:`megamythos.model.attention.attend` chooses between, timed side
-by side per shape and dtype, to place its switch ``_MATMUL_ATTENTION_MAX_SCORES``.
+by side per shape and dtype, to place its switches ``_CAUSAL_MATMUL_MAX_SCORES`` and ``_MATMUL_ATTENTION_MAX_SCORES``.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_attention.py --out bench/results/attention_cpu.json
 
-* ``matmul``: :func:`megamythos.model.attention.matmul_attention` (two batched matmuls, fp32 scores and softmax);
+* ``matmul``: :func:`megamythos.model.attention.matmul_attention` (two batched matmuls, fp32 scores and softmax;
+  causal, in query blocks of ``_CAUSAL_QUERY_BLOCK`` from S = 512 on);
 * ``sdpa``: :func:`megamythos.model.attention.sdpa_attention`, PyTorch's ``scaled_dot_product_attention`` as ``attend``
   calls it (v zero-padded to the q/k width), which on CPU runs the blocked flash kernel and never materialises the
   S x S scores.
@@ -13,7 +14,8 @@ small: 12 heads, q/k 96, v 64) in bf16 and fp32. Training: forward + backward of
 sequence = 2048 tokens, sequence 128..2048 (the default run trains at 4 x 128, the model benchmark at 1 x 512).
 Decode: forward of one query against L cached keys, batch 1, without gradient (the non-absorbed cached path).
 Each cell: 2 untimed calls, then the median of ``--reps`` (training) or ``--decode-reps`` (decode) calls, the two
-kernels alternating.
+kernels alternating. The process keeps freed memory as the CPU trainer does
+(:func:`megamythos.training.host_memory.keep_freed_memory`; ``--glibc-defaults`` to leave glibc's settings).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from pathlib import Path
 import torch
 
 from megamythos.model.attention import matmul_attention, sdpa_attention
+from megamythos.training.host_memory import keep_freed_memory
 from megamythos.training.monitor import cpu_model
 
 PRESET_HEADS = {"tiny": (8, 48, 32), "small": (12, 96, 64)}  # (heads, q/k width, v width)
@@ -93,9 +96,11 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--decode-reps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--glibc-defaults", action="store_true", help="leave glibc malloc's settings as they are")
     parser.add_argument("--out", default="bench/results/attention_cpu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    host_memory = "glibc defaults" if args.glibc_defaults else keep_freed_memory()
     rows = []
     for preset in PRESET_HEADS:
         for dtype in DTYPES:
@@ -104,7 +109,7 @@ def main() -> int:
             for r in rows[-len(SEQ_LENS) - len(DECODE_LENS):]:
                 print(json.dumps(r), flush=True)
     environment = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
-                   "threads": args.threads, "load_avg": os.getloadavg(),
+                   "threads": args.threads, "host_memory": host_memory, "load_avg": os.getloadavg(),
                    "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     Path(args.out).write_text(json.dumps({"environment": environment, "rows": rows}, indent=1) + "\n")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import Counter
 
 import pytest
@@ -61,20 +62,65 @@ def test_matmul_attention_matches_sdpa(q_len: int, causal: bool) -> None:
     assert torch.equal(attend(*bf, mask, causal, 0.2), out)  # the kernel attend picks for bf16 on CPU
 
 
-@pytest.mark.parametrize("seq,kernel", [(256, "matmul"), (264, "sdpa")])
-def test_bf16_cpu_attention_switches_to_sdpa_beyond_short_sequences(seq: int, kernel: str) -> None:
-    """attend() in bf16 on CPU: the explicit matmuls up to 256 x 256 scores per head, SDPA's flash kernel beyond
-    (bench/bench_attention.py, 2026-12-05: the matmul path is 0.55-0.97x SDPA's time at 256 and 1.3-1.8x at tiny's
-    heads from 320 on)."""
+@pytest.mark.parametrize("seq,masked,kernel", [(1024, False, "matmul"), (1032, False, "sdpa"),
+                                               (256, True, "matmul"), (264, True, "sdpa")])
+def test_bf16_cpu_attention_switches_to_sdpa_beyond_its_score_budget(seq: int, masked: bool, kernel: str) -> None:
+    """attend() in bf16 on CPU: the explicit matmuls up to 1024 x 1024 scores per head for causal self-attention
+    (in query blocks) and up to 256 x 256 with a mask, SDPA's flash kernel beyond (bench/bench_attention.py,
+    2026-12-05: the blocked path runs 0.5-0.7x SDPA's time from 512 to 1024 tokens)."""
     q, k, v = (torch.randn(1, seq, 2, d).bfloat16() for d in (16, 16, 8))
-    expected = (matmul_attention(q, k, v, None, True, 0.25) if kernel == "matmul" else
+    mask = torch.ones(seq, seq, dtype=torch.bool).tril() if masked else None
+    expected = (matmul_attention(q, k, v, mask, not masked, 0.25) if kernel == "matmul" else
                 torch.nn.functional.scaled_dot_product_attention(
                     q.transpose(1, 2), k.transpose(1, 2), torch.nn.functional.pad(v, (0, 8)).transpose(1, 2),
-                    is_causal=True, scale=0.25).transpose(1, 2)[..., :8])
-    other = (matmul_attention(q, k, v, None, True, 0.25) if kernel == "sdpa" else None)
-    out = attend(q, k, v, None, True, 0.25)
+                    attn_mask=mask, is_causal=not masked, scale=0.25).transpose(1, 2)[..., :8])
+    other = (matmul_attention(q, k, v, mask, not masked, 0.25) if kernel == "sdpa" else None)
+    out = attend(q, k, v, mask, not masked, 0.25)
     assert torch.equal(out, expected)
     assert other is None or not torch.equal(out, other)
+
+
+class MatmulShapes(TorchDispatchMode):
+    """Records the output shape of every (batched) matmul dispatched inside the mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.bmm.default, torch.ops.aten.mm.default):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("q_len,kv_len", [(600, 600), (512, 512), (300, 700)])
+def test_causal_matmul_attention_in_query_blocks_equals_one_pass(monkeypatch: pytest.MonkeyPatch,
+                                                                  dtype: torch.dtype, q_len: int, kv_len: int) -> None:
+    """Causal attention over more than 256 queries runs per query block against the keys up to the block's end:
+    the same values and gradients as one pass over every score, with only the scores on and below the diagonal
+    blocks computed (queries are the last q_len of kv_len positions)."""
+    import megamythos.model.attention as attention
+
+    torch.manual_seed(0)
+    leaves = [torch.randn(2, length, 4, d, dtype=dtype) for length, d in ((q_len, 24), (kv_len, 24), (kv_len, 16))]
+    grad_out = torch.randn(2, q_len, 4, 16, dtype=dtype)
+    results, score_counts = [], []
+    for block in (256, 4096):  # the library's block, then one block holding every query
+        monkeypatch.setattr(attention, "_CAUSAL_QUERY_BLOCK", block)
+        q, k, v = (t.clone().requires_grad_() for t in leaves)
+        with MatmulShapes() as shapes:
+            out = matmul_attention(q, k, v, None, True, 0.2)
+        out.backward(grad_out)
+        results.append([out, q.grad, k.grad, v.grad])
+        score_counts.append(sum(math.prod(s) for s in shapes.shapes if s[-1] != 16))  # q k^T, not P v
+    tol = 1e-5 if dtype == torch.float32 else 0.02
+    for blocked, one_pass in zip(*results):
+        assert (blocked.float() - one_pass.float()).abs().max() <= tol * one_pass.float().abs().max()
+    past = kv_len - q_len
+    expected = sum(min(256, q_len - s) * (past + min(s + 256, q_len)) for s in range(0, q_len, 256)) * 2 * 4
+    assert score_counts == [expected, q_len * kv_len * 2 * 4]
 
 
 # ------------------------------------------------------------------------------------------------ torch.compile

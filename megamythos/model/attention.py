@@ -90,11 +90,25 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
 
 
 # Up to this many scores per (batch, head) the explicit-matmul path is used for bf16 on CPU; beyond, SDPA's flash
-# kernel, which never materialises the S x L scores. A single query (decode) takes the matmul path in bf16 and fp32
-# at any cache length. Measured by bench/bench_attention.py at the tiny and small presets' head shapes
-# (bench/README.md, 2026-12-05): bf16 training crosses over between S = 256 and 320 at tiny's heads and beyond 384
-# at small's (fp32: SDPA from S = 128 on); decode at L = 128..2048 runs 0.56-1.02x SDPA's time.
+# kernel, which never materialises the S x L scores. Causal self-attention (the training forward, prefill without a
+# cache) runs the matmul path in query blocks and keeps it up to _CAUSAL_MATMUL_MAX_SCORES; a mask (cached prefill,
+# token subsets) up to _MATMUL_ATTENTION_MAX_SCORES. A single query (decode) takes the matmul path in bf16 and fp32
+# at any cache length. Measured by bench/bench_attention.py at the tiny and small presets' head shapes with the
+# trainer's host-memory setting (bench/README.md, 2026-12-05): bf16 causal training in query blocks runs 0.5-0.7x
+# SDPA's time from S = 512 to 1024, about 0.9x at 2048, where the kept fp32 + bf16 probabilities (6 bytes a
+# score, about half of S x S) grow past what SDPA keeps (O(S)); fp32 takes SDPA from S = 128 on; decode at
+# L = 128..2048 runs 0.56-1.02x SDPA's time.
 _MATMUL_ATTENTION_MAX_SCORES = 256 * 256
+_CAUSAL_MATMUL_MAX_SCORES = 1024 * 1024
+# Causal attention over more queries than this runs in blocks of this many queries.
+_CAUSAL_QUERY_BLOCK = 256
+
+
+def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                       scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v for [B, h, S, d] inputs: two batched matmuls, fp32 scores and softmax."""
+    scores = masked_scores(torch.matmul(q, k.transpose(-2, -1)), mask, causal, scale)
+    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
 def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
@@ -102,13 +116,21 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """softmax(q k^T * scale + mask) v with two batched matmuls and an fp32 softmax, for [B, S, h, d] inputs.
 
     On CPU this beats SDPA's flash kernel on short sequences (one matmul per head instead of the flash kernel's
-    blocked loop; in bf16 up to ~256 tokens, and for a single query in bf16 and fp32), and needs no padding of v;
-    longer ones are bound by the fp32 score matrix's memory traffic. Causal: query i (at position L - S + i)
-    attends to keys 0..L - S + i.
+    blocked loop), for a single query in bf16 and fp32, and for causal bf16 attention up to ~1024 tokens; it
+    needs no padding of v. Causal: query i (at position L - S + i) attends to keys 0..L - S + i. Over more than
+    ``_CAUSAL_QUERY_BLOCK`` = b causal queries it runs per query block: the block [s, s + b) attends to keys
+    0..L - S + s + b - 1 only, so of the S x L scores only the blocks on and below the diagonal are computed and
+    kept for backward ((n + 1) / 2n of them for S = L = n b), each block's fp32 scores stay small, and every row
+    sees the same keys as in one pass (the keys it skips are the ones the causal mask gives weight 0).
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    scores = masked_scores(torch.matmul(q, k.transpose(-2, -1)), mask, causal, scale)
-    return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v).transpose(1, 2)
+    q_len, kv_len = q.shape[2], k.shape[2]
+    if not causal or q_len <= _CAUSAL_QUERY_BLOCK:
+        return _softmax_attention(q, k, v, mask, causal, scale).transpose(1, 2)
+    block, past = _CAUSAL_QUERY_BLOCK, kv_len - q_len
+    outs = [_softmax_attention(q[:, :, s:s + block], k[:, :, :past + s + block], v[:, :, :past + s + block],
+                               None, True, scale) for s in range(0, q_len, block)]
+    return torch.cat(outs, dim=2).transpose(1, 2)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
@@ -117,13 +139,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
     Kernel by device, dtype and shape: flash-attn on CUDA in half precision when it is installed; on CPU
     :func:`matmul_attention` for one query (decode) in any dtype and in bf16 up to
-    ``_MATMUL_ATTENTION_MAX_SCORES`` scores per head; else PyTorch SDPA. For
+    ``_CAUSAL_MATMUL_MAX_SCORES`` scores per head for causal self-attention, ``_MATMUL_ATTENTION_MAX_SCORES``
+    with a mask; else PyTorch SDPA. For
     the fused kernels a value width below the query width (MLA: v_head_dim < nope + rope) is zero-padded and
     the output sliced back, since they (flash-attn, SDPA's flash path with causal skipping) need equal widths;
     the math is unchanged.
     """
+    max_scores = _CAUSAL_MATMUL_MAX_SCORES if causal and mask is None else _MATMUL_ATTENTION_MAX_SCORES
     if q.device.type == "cpu" and (q.shape[1] == 1 or (
-            q.dtype == torch.bfloat16 and q.shape[1] * k.shape[1] <= _MATMUL_ATTENTION_MAX_SCORES)):
+            q.dtype == torch.bfloat16 and q.shape[1] * k.shape[1] <= max_scores)):
         return matmul_attention(q, k, v, mask, causal, scale)
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
         flash = _flash_attn_func()
