@@ -63,6 +63,16 @@ class MythosOutput(NamedTuple):
     stats: dict[str, torch.Tensor]
 
 
+class TokenCrossEntropy(nn.Module):
+    """Mean next-token cross-entropy in fp32: logits [..., V] (any float dtype), labels [...] (-100 = ignored) -> [].
+
+    A module of its own so that :func:`compile_blocks` compiles it: fused, the fp32 upcast, log-softmax and its
+    backward run as single passes over the [N, V] logits instead of materialising fp32 copies of them."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
 class MythosLM(nn.Module):
     """Recurrent-depth MoE language model; see the package docstring for the data flow."""
 
@@ -75,6 +85,7 @@ class MythosLM(nn.Module):
         self.coda = nn.ModuleList(DenseBlock(config) for _ in range(config.coda_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.token_loss = TokenCrossEntropy()
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_embeddings.weight
         self.apply(self._init_weights)
@@ -153,9 +164,7 @@ class MythosLM(nn.Module):
         result = self.recurrent(x, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
                                 exit_threshold)
         logits = self.coda_logits(result.state.to(x.dtype), positions, cache, absorb)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        loss = self.token_loss(logits, labels) if labels is not None else None
         return MythosOutput(logits=logits, loss=loss, aux_loss=result.aux_loss, stats=result.stats)
 
 
@@ -174,7 +183,8 @@ def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dic
 
 
 def compile_blocks(model: nn.Module, **options: object) -> list[str]:
-    """torch.compile the forward of every prelude/coda block and of the shared recurrent block, in place.
+    """torch.compile the forward of every prelude/coda block, of the shared recurrent block and of the token loss,
+    in place.
 
     Only each block's ``forward`` is compiled, not its ``__call__``: hooks on the block stay eager around the
     graph (hooks on its submodules, as ZeRO-3 registers them, would break it into pieces). The recurrent block
@@ -184,7 +194,7 @@ def compile_blocks(model: nn.Module, **options: object) -> list[str]:
     """
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, (DenseBlock, RecurrentBlock)):
+        if isinstance(module, (DenseBlock, RecurrentBlock, TokenCrossEntropy)):
             module.forward = torch.compile(module.forward, **options)
             names.append(name)
     return names
