@@ -11,6 +11,9 @@ our package is imported from the checkout (``PYTHONPATH=.``), so both models are
     identical widths and exactly T executed loop iterations (counted with forward hooks on both models);
   * the MoE layer fwd+bwd at 64 experts top-4, ours against the reference's ``MoEFFN``;
   * the tiny preset against a dense pre-norm GPT whose training FLOPs per token equal ours.
+Both models share the process's allocator, which keeps freed memory as the CPU trainer does
+(:func:`megamythos.training.host_memory.keep_freed_memory`; ``--glibc-defaults`` leaves glibc's dynamic mmap
+threshold, under which each model's speed depends on what the other freed before it).
 ``params`` counts the reference presets on the meta device next to ours (analytic, ``megamythos.model.params``, which
 tests/test_params.py checks part by part against our meta-device model).
 """
@@ -38,6 +41,7 @@ from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import MoE, MoEOutput, update_expert_bias
 from megamythos.model.params import count, parts
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token
+from megamythos.training.host_memory import keep_freed_memory
 from megamythos.training.monitor import cpu_model
 
 try:
@@ -429,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--warmup", type=int, default=1)
     speed.add_argument("--modes", default=",".join(TRAIN_MODES), help="comma-separated train-step modes")
     speed.add_argument("--threads", type=int, default=1)
+    speed.add_argument("--glibc-defaults", action="store_true", help="leave glibc malloc's settings as they are")
     speed.add_argument("--out", default="bench/results/model.json")
     params = sub.add_parser("params", help="parameter counts of the presets against the reference")
     params.add_argument("--out", default="bench/results/params.json")
@@ -440,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     env = environment(args.threads)
+    env["host_memory"] = "glibc defaults" if args.glibc_defaults else keep_freed_memory()
     base = get_preset(args.preset, **dict(parse_override(item) for item in args.set))
     moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup)
            for f in args.moe_expert_dims.split(",") if f]
