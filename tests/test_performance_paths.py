@@ -67,7 +67,7 @@ def test_matmul_attention_matches_sdpa(q_len: int, causal: bool) -> None:
 def test_bf16_cpu_attention_switches_to_sdpa_beyond_its_score_budget(seq: int, masked: bool, kernel: str) -> None:
     """attend() in bf16 on CPU: the explicit matmuls up to 1024 x 1024 scores per head for causal self-attention
     (in query blocks) and up to 256 x 256 with a mask, SDPA's flash kernel beyond (bench/bench_attention.py,
-    2026-12-05: the blocked path runs 0.5-0.7x SDPA's time from 512 to 1024 tokens)."""
+    2026-12-05: the blocked path runs 0.5-0.8x SDPA's time from 512 to 1024 tokens)."""
     q, k, v = (torch.randn(1, seq, 2, d).bfloat16() for d in (16, 16, 8))
     mask = torch.ones(seq, seq, dtype=torch.bool).tril() if masked else None
     expected = (matmul_attention(q, k, v, mask, not masked, 0.25) if kernel == "matmul" else
