@@ -4,10 +4,11 @@ A training step allocates and frees the same tensors every step. glibc's malloc 
 threshold (128 KiB, raised at run time to the largest block freed so far) with a fresh ``mmap`` and returns them
 at ``free``, and gives the heap's free top back above the trim threshold (twice the mmap threshold), so every
 step page-faults its activations in again: the default run's model took 17,000 minor faults and 29 ms of kernel
-time per 0.21-s step (bench/README.md). :func:`keep_freed_memory` sets the mmap threshold to glibc's upper bound
-(32 MiB on 64-bit) and the trim threshold to 2 GiB, so those blocks come from the heap and stay there, as a GPU
-caching allocator keeps them; the process keeps its peak step memory resident (it needs it again at the next step).
-Blocks above 32 MiB are still mapped per allocation.
+time per 0.21-s step (bench/README.md). :func:`keep_freed_memory` turns malloc's ``mmap`` off (``M_MMAP_MAX`` 0:
+glibc would map every block above 32 MiB per allocation even at its highest threshold, such as the small preset's
+expert-weight gradients) and sets the trim threshold to 2 GiB, so every block comes from the heap and stays there,
+as a GPU caching allocator keeps it. The process keeps its peak step memory resident (it needs it again at the next
+step); what it frees is reused, not returned to the kernel, unless more than 2 GiB is free at the heap's top.
 """
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ logger = logging.getLogger(__name__)
 
 # mallopt(3) parameters (glibc's malloc.h) and the values set.
 M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 32 << 20  # glibc refuses more: HEAP_MAX_SIZE / 2 on 64-bit
+M_MMAP_MAX = -4
+MMAP_MAX = 0  # blocks mapped at a time: none (the main heap serves them; a thread's arena still maps what it must)
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int
 # Settings of the user's that this leaves alone (glibc reads them at start-up).
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
 def keep_freed_memory() -> str:
-    """Set glibc's mmap and trim thresholds for this process; returns what was done, for the log.
+    """Turn glibc's per-block mmap off and raise its trim threshold for this process; returns what was done, for
+    the log.
 
     Nothing changes where the C library is not glibc, or where the environment sets malloc's thresholds itself
     (``MALLOC_*_`` variables, or ``glibc.malloc`` tunables in ``GLIBC_TUNABLES``).
@@ -38,7 +40,7 @@ def keep_freed_memory() -> str:
     if any(name in os.environ for name in USER_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return "glibc malloc as the environment sets it"
     mallopt = ctypes.CDLL(None).mallopt
-    if not (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
-        logger.warning("glibc refused the malloc thresholds: freed memory goes back to the kernel every step")
+    if not (mallopt(M_MMAP_MAX, MMAP_MAX) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
+        logger.warning("glibc refused the malloc settings: freed memory goes back to the kernel every step")
         return "glibc malloc's default (mallopt refused)"
-    return f"freed memory kept (glibc malloc: mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold 2 GiB)"
+    return "freed memory kept (glibc malloc: no per-block mmap, trim threshold 2 GiB)"
