@@ -15,7 +15,7 @@ sequence = 2048 tokens, sequence 128..2048 (the default run trains at 4 x 128, t
 Decode: forward of one query against L cached keys, batch 1, without gradient (the non-absorbed cached path).
 Each cell: 2 untimed calls, then the median of ``--reps`` (training) or ``--decode-reps`` (decode) calls, the two
 kernels alternating. The process keeps freed memory as the CPU trainer does
-(:func:`megamythos.training.host_memory.keep_freed_memory`; ``--glibc-defaults`` to leave glibc's settings).
+(:func:`megamythos.runtime.host_memory.keep_freed_memory`; ``--glibc-defaults`` to leave glibc's settings).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from megamythos.model.attention import matmul_attention, sdpa_attention
-from megamythos.training.host_memory import keep_freed_memory
+from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training.monitor import cpu_model
 
 PRESET_HEADS = {"tiny": (8, 48, 32), "small": (12, 96, 64)}  # (heads, q/k width, v width)

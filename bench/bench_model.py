@@ -12,7 +12,7 @@ our package is imported from the checkout (``PYTHONPATH=.``), so both models are
   * the MoE layer fwd+bwd at 64 experts top-4, ours against the reference's ``MoEFFN``;
   * the tiny preset against a dense pre-norm GPT whose training FLOPs per token equal ours.
 Both models share the process's allocator, which keeps freed memory as the CPU trainer does
-(:func:`megamythos.training.host_memory.keep_freed_memory`; ``--glibc-defaults`` leaves glibc's dynamic mmap
+(:func:`megamythos.runtime.host_memory.keep_freed_memory`; ``--glibc-defaults`` leaves glibc's dynamic mmap
 threshold, under which each model's speed depends on what the other freed before it).
 ``params`` counts the reference presets on the meta device next to ours (analytic, ``megamythos.model.params``, which
 tests/test_params.py checks part by part against our meta-device model).
@@ -41,7 +41,7 @@ from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import MoE, MoEOutput, update_expert_bias
 from megamythos.model.params import count, parts
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token
-from megamythos.training.host_memory import keep_freed_memory
+from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training.monitor import cpu_model
 
 try:

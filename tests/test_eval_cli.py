@@ -222,6 +222,7 @@ def test_generate_runs_as_a_module(tiny_checkpoint):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("def main(")
     assert json.loads(out.stderr.strip().splitlines()[-1])["mean_loops"] == 1  # every token exits after one loop
+    assert "host memory: " in out.stderr  # on CPU the command line keeps freed memory, as the trainer does
 
 
 @pytest.mark.launch

@@ -16,7 +16,7 @@ STEPS = """
 import resource, sys, torch
 from megamythos.model.config import get_preset
 from megamythos.model.lm import MythosLM
-from megamythos.training.host_memory import keep_freed_memory
+from megamythos.runtime.host_memory import keep_freed_memory
 print(keep_freed_memory() if sys.argv[1] == "kept" else "default", file=sys.stderr)
 torch.manual_seed(0)
 torch.set_num_threads(1)
@@ -40,7 +40,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
 # too (7 rounds on 2026-12-05, then none; the process's resident memory stays at that high-water mark).
 LARGE_BLOCKS = """
 import resource, sys, torch
-from megamythos.training.host_memory import keep_freed_memory
+from megamythos.runtime.host_memory import keep_freed_memory
 print(keep_freed_memory(), file=sys.stderr)
 def block():
     torch.empty(72 << 20, dtype=torch.uint8).fill_(1)

@@ -26,8 +26,9 @@ class Rule:
     forbidden: tuple[str, ...]
 
 
-# The layers, bottom to top: each imports only the layers before it (errors is the base of all).
-LAYERS = ("errors", "model", "data", "parallel", "planning", "hf", "checkpoint", "inference", "training",
+# The layers, bottom to top: each imports only the layers before it (errors is the base of all; runtime, the
+# process's settings, serves the trainer and the inference command lines alike).
+LAYERS = ("errors", "runtime", "model", "data", "parallel", "planning", "hf", "checkpoint", "inference", "training",
           "research")
 # ... except where a lower layer must not reach a layer below it either
 RULES = [

@@ -36,6 +36,7 @@ from megamythos.model.moe import expert_bias_state, expert_counts_frozen, load_e
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
 from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
+from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training import comm_stats
 from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import (
@@ -47,7 +48,6 @@ from megamythos.training.checkpointing import (
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
-from megamythos.training.host_memory import keep_freed_memory
 from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, openmp_wait_policy, still_working
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.process_exit import end_process

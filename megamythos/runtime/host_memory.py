@@ -1,14 +1,15 @@
-"""The host allocator of a CPU training process: freed tensor memory is kept for the next step.
+"""The host allocator of a CPU process that runs the model over and over: freed tensor memory is kept for reuse.
 
-A training step allocates and frees the same tensors every step. glibc's malloc serves blocks above its mmap
-threshold (128 KiB, raised at run time to the largest block freed so far) with a fresh ``mmap`` and returns them
-at ``free``, and gives the heap's free top back above the trim threshold (twice the mmap threshold), so every
-step page-faults its activations in again: the default run's model took 17,000 minor faults and 29 ms of kernel
-time per 0.21-s step (bench/README.md). :func:`keep_freed_memory` turns malloc's ``mmap`` off (``M_MMAP_MAX`` 0:
-glibc would map every block above 32 MiB per allocation even at its highest threshold, such as the small preset's
-expert-weight gradients) and sets the trim threshold to 2 GiB, so every block comes from the heap and stays there,
-as a GPU caching allocator keeps it. The process keeps its peak step memory resident (it needs it again at the next
-step); what it frees is reused, not returned to the kernel, unless more than 2 GiB is free at the heap's top.
+A training step, or an evaluation batch, allocates and frees the same tensors as the one before. glibc's malloc
+serves blocks above its mmap threshold (128 KiB, raised at run time to the largest block freed so far) with a fresh
+``mmap`` and returns them at ``free``, and gives the heap's free top back above the trim threshold (twice the mmap
+threshold), so every step page-faults its activations in again: the default run's model took 17,000 minor faults
+and 29 ms of kernel time per 0.21-s step (bench/README.md). :func:`keep_freed_memory` turns malloc's ``mmap``
+off (``M_MMAP_MAX`` 0: glibc would map every block above 32 MiB per allocation even at its highest threshold, such
+as the small preset's expert-weight gradients) and sets the trim threshold to 2 GiB, so every block comes from the
+heap and stays there, as a GPU caching allocator keeps it. The process keeps its peak memory resident (it needs it
+again at the next step); what it frees is reused, not returned to the kernel, unless more than 2 GiB is free at the
+heap's top. The trainer and the inference command lines call it on CPU; a library user's process is left alone.
 """
 from __future__ import annotations
 
