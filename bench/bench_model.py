@@ -51,8 +51,10 @@ except ImportError as err:  # the reference lives only in the bench environment
                      "see bench/README.md") from err
 
 Step = Callable[[], None]
-GOALS = {"train_step_vs_reference": 3.0, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5,
-         "share_of_bf16_matmul_ceiling": 0.25}
+# Issue 26's goals for the train step (ours' best mode against the reference's, and small's share of the ceiling);
+# the MoE layer's and the dense comparison's are their own issues'.
+GOALS = {"train_step_vs_reference": 1.5, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5,
+         "share_of_bf16_matmul_ceiling": 0.6}
 TRAIN_MODES = ["ours_matched", "ours_bf16", "ours_bf16_autocast", "ours_bf16_compiled", "reference",
                "reference_bf16_autocast", "ours_preset", "dense_gpt"]
 PRESET_NAMES = ["1b", "3b", "10b", "50b", "100b", "500b", "1t"]
