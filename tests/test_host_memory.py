@@ -10,47 +10,45 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
-# Training steps of the tiny preset (bf16 weights, 4 x 128 tokens, 4 loops), as a CPU rank runs them: with glibc's
-# defaults every step maps its larger activations afresh (17,000 minor faults per step on 2026-12-05).
-STEPS = """
+def fault_counter(setup: str, warmup: int, measured: int) -> str:
+    """A Python program: with the allocator setting (argv[1] == "kept") or without, run ``setup`` (which defines
+    ``work()``), call work() ``warmup`` times, then print the minor page faults per call of ``measured`` more."""
+    return f"""
 import resource, sys, torch
-from megamythos.model.config import get_preset
-from megamythos.model.lm import MythosLM
 from megamythos.runtime.host_memory import keep_freed_memory
 print(keep_freed_memory() if sys.argv[1] == "kept" else "default", file=sys.stderr)
+{setup}
+for _ in range({warmup}):
+    work()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range({measured}):
+    work()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // {measured})
+"""
+
+
+# Training steps of the tiny preset (bf16 weights, 4 x 128 tokens, 4 loops), as a CPU rank runs them: with glibc's
+# defaults every step maps its larger activations afresh (17,000 minor faults per step on 2026-12-05).
+STEPS = fault_counter("""
+from megamythos.model.config import get_preset
+from megamythos.model.lm import MythosLM
 torch.manual_seed(0)
 torch.set_num_threads(1)
 model = MythosLM(get_preset("tiny")).to(torch.bfloat16)
 tokens = torch.randint(0, model.config.vocab_size, (4, 129))
-def step():
+def work():
     out = model(tokens[:, :-1], labels=tokens[:, 1:], n_loops=4)
     (out.loss + out.aux_loss).backward()
-for _ in range(3):
-    step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    step()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
-"""
-
+""", warmup=3, measured=3)
 
 # A block above glibc's highest mmap threshold (32 MiB), such as the small preset's expert-weight gradient
 # (32 x 1536 x 768 bf16 = 72 MiB), allocated, written and freed round after round. From the heap, the first rounds
 # still grow it: the block is aligned (posix_memalign), so a freed block is reused only once its neighbours are free
 # too (7 rounds on 2026-12-05, then none; the process's resident memory stays at that high-water mark).
-LARGE_BLOCKS = """
-import resource, sys, torch
-from megamythos.runtime.host_memory import keep_freed_memory
-print(keep_freed_memory(), file=sys.stderr)
-def block():
+LARGE_BLOCKS = fault_counter("""
+def work():
     torch.empty(72 << 20, dtype=torch.uint8).fill_(1)
-for _ in range(12):
-    block()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    block()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 4)
-"""
+""", warmup=12, measured=4)
 
 
 def _minor_faults(mode: str, env: dict[str, str], script: str = STEPS) -> tuple[int, str]:
