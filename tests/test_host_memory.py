@@ -10,6 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
+
 def fault_counter(setup: str, warmup: int, measured: int) -> str:
     """A Python program: with the allocator setting (argv[1] == "kept") or without, run ``setup`` (which defines
     ``work()``), call work() ``warmup`` times, then print the minor page faults per call of ``measured`` more."""
