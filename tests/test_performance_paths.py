@@ -94,21 +94,22 @@ class MatmulShapes(TorchDispatchMode):
         return out
 
 
+@pytest.mark.parametrize("block", [128, 256])  # compiled, eager
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("q_len,kv_len", [(600, 600), (512, 512), (300, 700)])
-def test_causal_matmul_attention_in_query_blocks_equals_one_pass(monkeypatch: pytest.MonkeyPatch,
+def test_causal_matmul_attention_in_query_blocks_equals_one_pass(monkeypatch: pytest.MonkeyPatch, block: int,
                                                                   dtype: torch.dtype, q_len: int, kv_len: int) -> None:
-    """Causal attention over more than 256 queries runs per query block against the keys up to the block's end:
-    the same values and gradients as one pass over every score, with only the scores on and below the diagonal
-    blocks computed (queries are the last q_len of kv_len positions)."""
+    """Causal attention over more queries than a block runs per query block against the keys up to the block's
+    end: the same values and gradients as one pass over every score, with only the scores on and below the
+    diagonal blocks computed (queries are the last q_len of kv_len positions)."""
     import megamythos.model.attention as attention
 
     torch.manual_seed(0)
     leaves = [torch.randn(2, length, 4, d, dtype=dtype) for length, d in ((q_len, 24), (kv_len, 24), (kv_len, 16))]
     grad_out = torch.randn(2, q_len, 4, 16, dtype=dtype)
     results, score_counts = [], []
-    for block in (256, 4096):  # the library's block, then one block holding every query
-        monkeypatch.setattr(attention, "_CAUSAL_QUERY_BLOCK", block)
+    for size in (block, 4096):  # the library's block, then one block holding every query
+        monkeypatch.setattr(attention, "_CAUSAL_QUERY_BLOCK", size)
         q, k, v = (t.clone().requires_grad_() for t in leaves)
         with MatmulShapes() as shapes:
             out = matmul_attention(q, k, v, None, True, 0.2)
@@ -119,8 +120,17 @@ def test_causal_matmul_attention_in_query_blocks_equals_one_pass(monkeypatch: py
     for blocked, one_pass in zip(*results):
         assert (blocked.float() - one_pass.float()).abs().max() <= tol * one_pass.float().abs().max()
     past = kv_len - q_len
-    expected = sum(min(256, q_len - s) * (past + min(s + 256, q_len)) for s in range(0, q_len, 256)) * 2 * 4
+    expected = sum(min(block, q_len - s) * (past + min(s + block, q_len)) for s in range(0, q_len, block)) * 2 * 4
     assert score_counts == [expected, q_len * kv_len * 2 * 4]
+
+
+def test_causal_query_block_is_smaller_under_compile() -> None:
+    """Eager causal attention runs 256-query blocks, compiled 128 (measured per mode, bench/README.md)."""
+    import megamythos.model.attention as attention
+
+    traced = torch.compile(lambda x: x + attention.causal_query_block(), backend="eager", fullgraph=True)
+    assert attention.causal_query_block() == 256
+    assert traced(torch.zeros(())).item() == 128
 
 
 # ------------------------------------------------------------------------------------------------ torch.compile

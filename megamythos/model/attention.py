@@ -100,8 +100,16 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
 # L = 128..2048 runs 0.56-1.02x SDPA's time.
 _MATMUL_ATTENTION_MAX_SCORES = 256 * 256
 _CAUSAL_MATMUL_MAX_SCORES = 1024 * 1024
-# Causal attention over more queries than this runs in blocks of this many queries.
+# Causal attention over more queries than this runs in blocks of this many queries; under torch.compile in
+# blocks of _COMPILED_CAUSAL_QUERY_BLOCK: fused by inductor, smaller blocks win by skipping more masked scores
+# (tiny preset train step 2-4% faster, small's unchanged), while eager pays per-block dispatch (3% slower at 128).
 _CAUSAL_QUERY_BLOCK = 256
+_COMPILED_CAUSAL_QUERY_BLOCK = 128
+
+
+def causal_query_block() -> int:
+    """Queries per block of causal :func:`matmul_attention`: smaller when torch.compile traces the call."""
+    return _COMPILED_CAUSAL_QUERY_BLOCK if torch.compiler.is_compiling() else _CAUSAL_QUERY_BLOCK
 
 
 def _softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
@@ -118,16 +126,16 @@ def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     On CPU this beats SDPA's flash kernel on short sequences (one matmul per head instead of the flash kernel's
     blocked loop), for a single query in bf16 and fp32, and for causal bf16 attention up to ~1024 tokens; it
     needs no padding of v. Causal: query i (at position L - S + i) attends to keys 0..L - S + i. Over more than
-    ``_CAUSAL_QUERY_BLOCK`` = b causal queries it runs per query block: the block [s, s + b) attends to keys
+    :func:`causal_query_block` = b causal queries it runs per query block: the block [s, s + b) attends to keys
     0..L - S + s + b - 1 only, so of the S x L scores only the blocks on and below the diagonal are computed and
     kept for backward ((n + 1) / 2n of them for S = L = n b), each block's fp32 scores stay small, and every row
     sees the same keys as in one pass (the keys it skips are the ones the causal mask gives weight 0).
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    q_len, kv_len = q.shape[2], k.shape[2]
-    if not causal or q_len <= _CAUSAL_QUERY_BLOCK:
+    q_len, kv_len, block = q.shape[2], k.shape[2], causal_query_block()
+    if not causal or q_len <= block:
         return _softmax_attention(q, k, v, mask, causal, scale).transpose(1, 2)
-    block, past = _CAUSAL_QUERY_BLOCK, kv_len - q_len
+    past = kv_len - q_len
     outs = [_softmax_attention(q[:, :, s:s + block], k[:, :, :past + s + block], v[:, :, :past + s + block],
                                None, True, scale) for s in range(0, q_len, block)]
     return torch.cat(outs, dim=2).transpose(1, 2)
