@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -28,6 +29,8 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,8 @@ except ImportError as err:  # the reference lives only in the bench environment
     raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, "
                      "see bench/README.md") from err
 
-Step = Callable[[], None]
+# A timed call: returns None (timed by the caller) or the seconds it measured itself (a worker process's step).
+Step = Callable[[], Any]
 # Issue 26's goals for the train step (ours' best mode against the reference's, and small's share of the ceiling);
 # the MoE layer's and the dense comparison's are their own issues'.
 GOALS = {"train_step_vs_reference": 1.5, "moe_vs_reference": 5.0, "vs_dense_equal_flops": 0.5,
@@ -63,7 +67,8 @@ PRESET_NAMES = ["1b", "3b", "10b", "50b", "100b", "500b", "1t"]
 # ------------------------------------------------------------------------------------------------ timing
 def time_interleaved(steps: dict[str, Step], rounds: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per call of every step: ``warmup`` untimed calls each, then ``rounds`` rounds that call each step
-    once, the order rotated by one every round so that no step always runs after the same neighbour."""
+    once, the order rotated by one every round so that no step always runs after the same neighbour. A step that
+    returns a float reports its own seconds (a step in another process: without the round trip)."""
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -73,8 +78,9 @@ def time_interleaved(steps: dict[str, Step], rounds: int, warmup: int) -> dict[s
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            steps[name]()
-            seconds[name].append(time.perf_counter() - start)
+            measured = steps[name]()
+            elapsed = time.perf_counter() - start
+            seconds[name].append(measured if isinstance(measured, float) else elapsed)
     return seconds
 
 
@@ -203,65 +209,160 @@ def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, lo
     return train_step(model, loss_of)
 
 
-def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int,
-                modes: list[str]) -> dict[str, Any]:
-    """Train-step tokens/s of the ``modes`` (names below): ours vs the reference (matched widths) in fp32,
-    bf16, bf16 autocast and bf16 compiled (ours) / bf16 autocast (reference), our preset vs a FLOP-matched dense
-    GPT, and the fp32 and bf16 1024^3 matmul ceilings of the core in the same rounds."""
+@dataclass(frozen=True)
+class TrainSetup:
+    """What every train-step mode is built from: the configs, the batch shape and the loop count."""
+    ours: ModelConfig
+    reference: Any
+    preset: ModelConfig
+    dense: ModelConfig
+    dense_layers: int
+    batch: int
+    seq: int
+    loops: int
+
+    @classmethod
+    def of(cls, preset: ModelConfig, batch: int, seq: int, loops: int) -> TrainSetup:
+        ours, reference = matched_configs(preset, seq, loops)
+        preset = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
+        dense, dense_layers = dense_gpt_config(preset, seq, loops)
+        return cls(ours, reference, preset, dense, dense_layers, batch, seq, loops)
+
+
+def build_train_modes(setup: TrainSetup, modes: list[str]) -> tuple[dict[str, nn.Module], dict[str, Step]]:
+    """The models of ``modes`` (names in ``TRAIN_MODES``) and their train steps, all on one fixed random batch
+    (seed 0, so every process that builds a mode trains it on the same tokens). Each model but the dense GPT
+    carries a :class:`CallCounter` on its recurrent block as ``model.block_calls``."""
     torch.manual_seed(0)
-    ours_cfg, ref_cfg = matched_configs(preset, seq, loops)
-    preset_cfg = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
-    dense_cfg, dense_layers = dense_gpt_config(preset_cfg, seq, loops)
-    ids = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
-    labels = torch.randint(0, ours_cfg.vocab_size, (batch, seq))
+    ids = torch.randint(0, setup.ours.vocab_size, (setup.batch, setup.seq))
+    labels = torch.randint(0, setup.ours.vocab_size, (setup.batch, setup.seq))
     builders: dict[str, Callable[[], nn.Module]] = {
-        "ours_matched": lambda: MythosLM(ours_cfg),
-        "ours_bf16": lambda: MythosLM(ours_cfg).bfloat16(),
-        "ours_bf16_autocast": lambda: MythosLM(ours_cfg),
-        "ours_bf16_compiled": lambda: MythosLM(ours_cfg).bfloat16(),
-        "reference": lambda: om.OpenMythos(ref_cfg),
-        "reference_bf16_autocast": lambda: om.OpenMythos(ref_cfg),
-        "ours_preset": lambda: MythosLM(preset_cfg),
-        "dense_gpt": lambda: DenseLM(dense_cfg, dense_layers)}
+        "ours_matched": lambda: MythosLM(setup.ours),
+        "ours_bf16": lambda: MythosLM(setup.ours).bfloat16(),
+        "ours_bf16_autocast": lambda: MythosLM(setup.ours),
+        "ours_bf16_compiled": lambda: MythosLM(setup.ours).bfloat16(),
+        "reference": lambda: om.OpenMythos(setup.reference),
+        "reference_bf16_autocast": lambda: om.OpenMythos(setup.reference),
+        "ours_preset": lambda: MythosLM(setup.preset),
+        "dense_gpt": lambda: DenseLM(setup.dense, setup.dense_layers)}
     models = {name: builders[name]().train() for name in modes if name in builders}
     if "ours_bf16_compiled" in models:
         compile_blocks(models["ours_bf16_compiled"])
-    counters = {name: CallCounter(model.recurrent.block) for name, model in models.items() if name != "dense_gpt"}
     steps: dict[str, Step] = {}
     for name, model in models.items():
+        if name != "dense_gpt":
+            model.block_calls = CallCounter(model.recurrent.block)
         if name.startswith("ours"):
-            steps[name] = ours_step(model, ids, labels, loops, autocast=name.endswith("autocast"))
+            steps[name] = ours_step(model, ids, labels, setup.loops, autocast=name.endswith("autocast"))
         elif name.startswith("reference"):
-            steps[name] = reference_step(model, ids, labels, loops, autocast=name.endswith("autocast"))
+            steps[name] = reference_step(model, ids, labels, setup.loops, autocast=name.endswith("autocast"))
         else:
-            steps[name] = train_step(model, lambda: models["dense_gpt"](ids, labels).loss)
+            steps[name] = train_step(model, lambda model=model: model(ids, labels).loss)
+    return models, steps
+
+
+def mode_report(name: str, model: nn.Module, step: Step) -> dict[str, Any]:
+    """After the timed rounds: the recurrent block's forward calls so far, the reference's parameters as built
+    (ours are counted analytically) and, for ours, the ATen ops one step dispatches (one more step)."""
+    return {"block_calls": model.block_calls.calls if name != "dense_gpt" else None,
+            "params": reference_params(model) if name.startswith("reference") else None,
+            "aten_ops_per_step": aten_ops_per_call(step) if name.startswith("ours") else None}
+
+
+def _serve_mode(conn: Connection, name: str, setup: TrainSetup, threads: int, glibc_defaults: bool) -> None:
+    """Worker process of :class:`IsolatedStep`: builds one mode, then answers "step" with the seconds one train
+    step took here and "report" with :func:`mode_report`, after which it exits."""
+    torch.set_num_threads(threads)
+    if not glibc_defaults:
+        keep_freed_memory()
+    models, steps = build_train_modes(setup, [name])
+    conn.send("ready")
+    while conn.recv() == "step":
+        start = time.perf_counter()
+        steps[name]()
+        conn.send(time.perf_counter() - start)
+    conn.send(mode_report(name, models[name], steps[name]))
+    conn.close()
+
+
+class IsolatedStep:
+    """One train-step mode in a process of its own, as a user trains one model per process: its allocator,
+    caches and compiled code are not shared with the other modes. Calling it runs one step there and returns
+    the seconds the step took there (without the pipe's round trip)."""
+
+    def __init__(self, name: str, setup: TrainSetup, threads: int, glibc_defaults: bool) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve_mode, args=(child, name, setup, threads, glibc_defaults),
+                                       daemon=True)
+        self.process.start()
+        child.close()
+
+    def wait_ready(self) -> None:
+        if self.conn.recv() != "ready":
+            raise RuntimeError("a benchmark worker did not start")
+
+    def __call__(self) -> float:
+        self.conn.send("step")
+        return self.conn.recv()
+
+    def report(self) -> dict[str, Any]:
+        self.conn.send("report")
+        report = self.conn.recv()
+        self.process.join()
+        return report
+
+
+def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int,
+                modes: list[str], isolate: bool = False, threads: int = 1,
+                glibc_defaults: bool = False) -> dict[str, Any]:
+    """Train-step tokens/s of the ``modes`` (names below): ours vs the reference (matched widths) in fp32,
+    bf16, bf16 autocast and bf16 compiled (ours) / bf16 autocast (reference), our preset vs a FLOP-matched dense
+    GPT, and the fp32 and bf16 1024^3 matmul ceilings of the core in the same rounds. With ``isolate`` every
+    mode runs in a process of its own (:class:`IsolatedStep`), the rounds still interleaved; else all share
+    this process."""
+    setup = TrainSetup.of(preset, batch, seq, loops)
+    modes = [name for name in modes if name in TRAIN_MODES]
+    steps: dict[str, Step]
+    if isolate:
+        workers = {name: IsolatedStep(name, setup, threads, glibc_defaults) for name in modes}
+        for worker in workers.values():
+            worker.wait_ready()
+        steps = dict(workers)
+    else:
+        models, steps = build_train_modes(setup, modes)
     steps["matmul_1024"], steps["matmul_1024_bf16"] = matmul_step(1024), matmul_step(1024, torch.bfloat16)
     seconds = time_interleaved(steps, rounds, warmup)
-    for name, counter in counters.items():  # exactly `loops` block calls per step, no early exit, no recompute
-        assert counter.calls == loops * (rounds + warmup), f"{name}: {counter.calls} block calls"
-    matched_flops = count(ours_cfg, seq_len=seq, n_loops=loops).train_flops_per_token
-    preset_flops = count(preset_cfg, seq_len=seq, n_loops=loops).train_flops_per_token
-    flops = {name: preset_flops if name == "ours_preset" else matched_flops for name in models}
-    if "dense_gpt" in models:
-        flops["dense_gpt"] = dense_train_flops_per_token(dense_cfg, dense_layers, seq)
-    params = {"ours_matched": count(ours_cfg).total, "ours_preset": count(preset_cfg).total,
-              "dense_gpt": dense_params(dense_cfg, dense_layers)}
+    reports = {name: workers[name].report() if isolate else mode_report(name, models[name], steps[name])
+               for name in modes}
+    for name, report in reports.items():  # exactly `loops` block calls per step, no early exit, no recompute
+        calls = report["block_calls"]
+        assert calls is None or calls == loops * (rounds + warmup), f"{name}: {calls} block calls"
+    matched_flops = count(setup.ours, seq_len=seq, n_loops=loops).train_flops_per_token
+    preset_flops = count(setup.preset, seq_len=seq, n_loops=loops).train_flops_per_token
+    flops = {name: preset_flops if name == "ours_preset" else matched_flops for name in modes}
+    if "dense_gpt" in modes:
+        flops["dense_gpt"] = dense_train_flops_per_token(setup.dense, setup.dense_layers, seq)
+    params = {"ours_matched": count(setup.ours).total, "ours_preset": count(setup.preset).total,
+              "dense_gpt": dense_params(setup.dense, setup.dense_layers)}
     results = {name: {**summarise(seconds[name], batch * seq, flops[name]),
-                      "params": params.get(name, params["ours_matched"]) if name.startswith(("ours", "dense"))
-                      else reference_params(models[name]),
-                      "train_flops_per_token": flops[name]} for name in models}
+                      "params": reports[name]["params"] or params.get(name, params["ours_matched"]),
+                      "train_flops_per_token": flops[name]} for name in modes}
     for name in ("matmul_1024", "matmul_1024_bf16"):
         matmul_s = statistics.median(seconds[name])
         results[name] = {"median_s": matmul_s, "gflops_per_s": 2.0 * 1024 ** 3 / matmul_s / 1e9}
     out: dict[str, Any] = {
         "shape": {"batch": batch, "seq": seq, "loops": loops, "executed_loops_per_step": loops},
-        "configs": {"ours": ours_cfg.to_dict(), "reference": vars(ref_cfg), "ours_preset": preset_cfg.to_dict(),
-                    "dense_gpt": {**dense_cfg.to_dict(), "n_layers": dense_layers}},
+        "processes": "one per mode" if isolate else "one for all modes",
+        "configs": {"ours": setup.ours.to_dict(), "reference": vars(setup.reference),
+                    "ours_preset": setup.preset.to_dict(),
+                    "dense_gpt": {**setup.dense.to_dict(), "n_layers": setup.dense_layers}},
         "results": results,
-        "aten_ops_per_step": {name: aten_ops_per_call(steps[name]) for name in models if name.startswith("ours")},
+        "aten_ops_per_step": {name: report["aten_ops_per_step"] for name, report in reports.items()
+                              if name.startswith("ours")},
     }
-    ours = [name for name in models if name.startswith("ours_") and name != "ours_preset"]
-    refs = [name for name in models if name.startswith("reference")]
+    ours = [name for name in modes if name.startswith("ours_") and name != "ours_preset"]
+    refs = [name for name in modes if name.startswith("reference")]
     if ours and refs:
         best_ours = max(ours, key=lambda name: results[name]["tokens_per_s"])
         best_ref = max(refs, key=lambda name: results[name]["tokens_per_s"])
@@ -275,7 +376,7 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
             "ours": best_ours,
             "share": results[best_ours]["gflops_per_s"] / results["matmul_1024_bf16"]["gflops_per_s"],
             "goal": GOALS["share_of_bf16_matmul_ceiling"]}
-    if {"ours_preset", "dense_gpt"} <= set(models):
+    if {"ours_preset", "dense_gpt"} <= set(modes):
         out["vs_dense_equal_flops"] = {**ratio(results["ours_preset"], results["dense_gpt"], "vs_dense_equal_flops"),
                                        "flops_ratio": flops["ours_preset"] / flops["dense_gpt"]}
     return out
@@ -436,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--modes", default=",".join(TRAIN_MODES), help="comma-separated train-step modes")
     speed.add_argument("--threads", type=int, default=1)
     speed.add_argument("--glibc-defaults", action="store_true", help="leave glibc malloc's settings as they are")
+    speed.add_argument("--isolate", action="store_true",
+                       help="run every train-step mode in a process of its own (rounds still interleaved), as a "
+                            "user trains one model per process; by default all modes share this process")
     speed.add_argument("--out", default="bench/results/model.json")
     params = sub.add_parser("params", help="parameter counts of the presets against the reference")
     params.add_argument("--out", default="bench/results/params.json")
@@ -451,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     base = get_preset(args.preset, **dict(parse_override(item) for item in args.set))
     moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup)
            for f in args.moe_expert_dims.split(",") if f]
-    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup, args.modes.split(","))
+    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup, args.modes.split(","),
+                        isolate=args.isolate, threads=args.threads, glibc_defaults=args.glibc_defaults)
     env["load_avg_end"] = os.getloadavg()
     payload = {"command": shlex.join(["bench/bench_model.py", *(argv if argv is not None else sys.argv[1:])]),
                "environment": env, "train": train, "moe": moe}
