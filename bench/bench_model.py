@@ -1,7 +1,7 @@
 """Model benchmarks on CPU: megamythos against the OpenMythos 0.5.0 reference and a FLOP-matched dense GPT.
 
 Runs in a bench environment that holds torch 2.13 (CPU), ``open-mythos==0.5.0 --no-deps`` and ``transformers``;
-our package is imported from the checkout (``PYTHONPATH=.``), so both models are timed in one process:
+our package is imported from the checkout (``PYTHONPATH=.``), so both models are timed in one run:
 
     PYTHONPATH=. python bench/bench_model.py speed  --out bench/results/model.json
     PYTHONPATH=. python bench/bench_model.py params --out bench/results/params.json
@@ -11,9 +11,10 @@ our package is imported from the checkout (``PYTHONPATH=.``), so both models are
     identical widths and exactly T executed loop iterations (counted with forward hooks on both models);
   * the MoE layer fwd+bwd at 64 experts top-4, ours against the reference's ``MoEFFN``;
   * the tiny preset against a dense pre-norm GPT whose training FLOPs per token equal ours.
-Both models share the process's allocator, which keeps freed memory as the CPU trainer does
+By default the models share this process, whose allocator keeps freed memory as the CPU trainer does
 (:func:`megamythos.runtime.host_memory.keep_freed_memory`; ``--glibc-defaults`` leaves glibc's dynamic mmap
-threshold, under which each model's speed depends on what the other freed before it).
+threshold, under which each model's speed depends on what the other freed before it); ``--isolate`` runs each
+train-step mode in a worker process of its own, under the same setting, the rounds still interleaved.
 ``params`` counts the reference presets on the meta device next to ours (analytic, ``megamythos.model.params``, which
 tests/test_params.py checks part by part against our meta-device model).
 """
