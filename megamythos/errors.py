@@ -87,7 +87,8 @@ def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT, lo
     stderr and exit code 2.
 
     ``log_format``: INFO logging to stderr in this format (None: the caller configured logging itself).
-    ``logger``: also record the error there (the trainer's rank-prefixed log). ``user_errors``: what counts as a
+    ``logger``: also record the error there (the trainer's rank-prefixed log) once that log has a handler; before,
+    Python's last-resort handler would print the message a second time, bare. ``user_errors``: what counts as a
     user error; only widened for a class that does not derive from :class:`UserError` yet.
     """
     if log_format is not None:
@@ -95,7 +96,7 @@ def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT, lo
     try:
         return main()
     except user_errors as err:
-        if logger is not None:
+        if logger is not None and logger.hasHandlers():
             logger.error("%s: %s", type(err).__name__, err)
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2

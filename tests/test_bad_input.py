@@ -126,6 +126,17 @@ def test_optimizer_flags_out_of_range_are_refused(flag: str, value: str) -> None
         parse_args([f"{flag}={value}"])
 
 
+def test_a_bad_override_is_said_once_before_the_log_exists(tmp_path: Path) -> None:
+    """An override the model refuses stops the trainer before its log is set up: the message comes once, as
+    the ``error:`` line (not a second time, bare, from Python's last-resort log handler)."""
+    result = subprocess.run([sys.executable, "-m", "megamythos.training.pretrain", "--override",
+                             "loop_capacity=1,0.5,1"], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env=launch_env())
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "non-increasing" in one_error_line(result.stderr)
+    assert result.stderr.count("non-increasing") == 1, result.stderr[-3000:]
+
+
 # ------------------------------------------------------------------ 3. empty or invalid JSON records
 BROKEN_JSON = {"empty": "", "invalid": '{"dim": 64,', "not an object": "[1, 2]"}
 
