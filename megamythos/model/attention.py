@@ -101,8 +101,8 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
 _MATMUL_ATTENTION_MAX_SCORES = 256 * 256
 _CAUSAL_MATMUL_MAX_SCORES = 1024 * 1024
 # Causal attention over more queries than this runs in blocks of this many queries; under torch.compile in
-# blocks of _COMPILED_CAUSAL_QUERY_BLOCK: fused by inductor, smaller blocks win by skipping more masked scores
-# (tiny preset train step 2-4% faster, small's unchanged), while eager pays per-block dispatch (3% slower at 128).
+# blocks of _COMPILED_CAUSAL_QUERY_BLOCK: fused by inductor, smaller blocks win by skipping more masked scores,
+# while eager pays a dispatch per block (measured per mode in bench/README.md, "Attention kernel per shape").
 _CAUSAL_QUERY_BLOCK = 256
 _COMPILED_CAUSAL_QUERY_BLOCK = 128
 
