@@ -45,6 +45,32 @@ def read_json_object(path: str | os.PathLike, error: type[UserError], remedy: st
     return data
 
 
+def number(kind: type[int] | type[float], low: float, high: float | None = None, *,
+           low_open: bool = False) -> Callable[[str], int | float]:
+    """An argparse ``type`` for a flag's value: a ``kind`` in [low, high] (``(low, high]`` with ``low_open``;
+    ``high`` None: no upper bound). Anything else, NaN included, is argparse's one error line naming the flag::
+
+        error: argument --workers: must be >= 1, got 0
+    """
+    if high is None:
+        requirement = f"be > {low:g}" if low_open else f"be >= {low:g}"
+    else:
+        requirement = f"lie in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; it must {requirement}") from None
+        if not ((value > low if low_open else value >= low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"must {requirement}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every command line: a bad command line is one ``error: ...`` line on stderr and exit code 2
     (not the usage block), and an unknown flag names the closest known one::
@@ -62,8 +88,10 @@ class ArgumentParser(argparse.ArgumentParser):
             message = self._unrecognized(message[len(prefix):].split())
         else:  # argparse reports missing required flags first; a mistyped one is the likelier cause
             known = self._known_flags()
-            typos = [a for a in getattr(self, "_argv", []) if a.startswith("--")
-                     and not any(k.startswith(a.split("=", 1)[0]) for k in known)]
+            argv = getattr(self, "_argv", [])
+            flags = argv[:argv.index("--")] if "--" in argv else argv  # what follows "--" is not this parser's
+            typos = [a for a in flags
+                     if a.startswith("--") and not any(k.startswith(a.split("=", 1)[0]) for k in known)]
             message = f"{self._unrecognized(typos)}; {message}" if typos else message
         self.exit(2, f"error: {message}\n")
 

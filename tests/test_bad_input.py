@@ -7,6 +7,7 @@ any sample is read).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
@@ -23,7 +24,7 @@ import torch
 from megamythos.data import indexed_dataset
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
 from megamythos.data.metadata import MetadataError, read_dataset_metadata
-from megamythos.data.preprocess import PreprocessConfig, preprocess
+from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
 from megamythos.data.pretraining import resolve_data
 from megamythos.data.sources import RawRecord, parse_record
 from megamythos.data.tokenizer import Tokenizer
@@ -291,3 +292,56 @@ def test_negative_exit_threshold_is_one_line_naming_the_flag(command: Callable[[
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and "--exit-threshold must" in lines[0]
     assert ">= 0 (0 = every loop)" in lines[0], lines
+
+
+# ------------------------------------------------------------------ 10. numbers out of range, flags without a layout
+NUMBER_CASES = [
+    ("megamythos.planning.plan:main", ["--gpus", "0"], "argument --gpus: must be >= 1, got 0"),
+    ("megamythos.planning.plan:main", ["--seq-length", "-5"], "argument --seq-length: must be >= 1, got -5"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--mfu", "1.5"], "argument --mfu: must lie in (0, 1], got 1.5"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--grad-accum", "0"], "argument --grad-accum: must be >= 1"),
+    ("megamythos.planning.plan:main", ["--preset", "1t", "--tp", "8", "--plan"],
+     "--tp, --plan: only with a layout; add --gpus N"),
+    ("megamythos.planning.plan:main", ["--", "--lr", "1"], "error: trainer flags after --: only with a layout"),
+    ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",
+                                             "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",
+                                             "--log-interval", "x"], "argument --log-interval: 'x' is not an integer"),
+    ("megamythos.data.cli:inspect_main", ["prefix", "--samples", "-1"], "argument --samples: must be >= 0, got -1"),
+    ("megamythos.data.cli:default_corpus_main", ["--out", "o", "--max-files", "0"], "argument --max-files: must be"),
+    ("megamythos.hf.lm_eval_data:main", ["--data-path", "d", "--max-docs", "0"], "argument --max-docs: must be >= 1"),
+    # --runs names no run: a study that accepted the number would stop there instead of training for minutes
+    ("megamythos.research.study:main", ["depth", "--steps", "0", "--runs", "none"], "argument --steps: must be >= 1"),
+    ("megamythos.research.study:main", ["depth", "--scale", "0", "--runs", "none"], "argument --scale: must be > 0"),
+]
+
+
+@pytest.mark.parametrize("entry, argv, message", NUMBER_CASES, ids=[" ".join(c[1]) for c in NUMBER_CASES])
+def test_numbers_out_of_range_are_one_line_naming_the_flag(entry: str, argv: list[str], message: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Before, these ran on with a default in their place (``--gpus 0``, ``--steps 0``: a whole study), a
+    negative count (``--seq-length -5``), silently without a layout (``--tp 8 --plan``) or ended in a traceback
+    (``--workers 0``, ``--samples -1``). Run in ``tmp_path``: what a command that accepts the number writes
+    stays there."""
+    monkeypatch.chdir(tmp_path)
+    module, function = entry.split(":")
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(getattr(importlib.import_module(module), function)(argv))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert message in lines[0], lines
+
+
+@pytest.mark.parametrize("flag", ["--peak-tflops", "--default-data-max-files"])
+def test_trainer_counts_that_must_be_positive(flag: str) -> None:
+    """``--peak-tflops -1`` trained on with a negative MFU; ``--default-data-max-files -1`` built a corpus of
+    all files but one."""
+    with pytest.raises(ArgumentError, match=f"^{flag} must be positive, got -1"):
+        parse_args([flag, "-1"])
+
+
+def test_preprocess_settings_that_cannot_run_are_user_errors() -> None:
+    """A library caller gets the same one-line error class as the command line (a ValueError traceback before)."""
+    with pytest.raises(BadInputError, match="partitions=0 is invalid: must be >= 1"):
+        PreprocessConfig(inputs=["x"], output_prefix="o", tokenizer_model="t", partitions=0)

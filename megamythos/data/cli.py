@@ -19,7 +19,7 @@ from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.sources import FORMATS, expand_inputs, iter_texts
 from megamythos.data.tokenizer import MODEL_TYPES, TokenizerTrainConfig, train_tokenizer
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, run_cli
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, number, run_cli
 
 
 def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
@@ -36,9 +36,9 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe", help="SentencePiece model type")
     parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
     parser.add_argument("--json-key", default="text", help="JSON field holding the text")
-    parser.add_argument("--max-sentences", type=int, default=200_000,
+    parser.add_argument("--max-sentences", type=number(int, 1), default=200_000,
                         help="size of the uniform sample of line chunks trained on")
-    parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1, help="trainer threads")
+    parser.add_argument("--num-threads", type=number(int, 1), default=os.cpu_count() or 1, help="trainer threads")
     args = parser.parse_args(argv)
 
     def train() -> int:
@@ -77,10 +77,10 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("--append-eod", action="store_true", help="end every document with the eos id")
     out.add_argument("--overwrite", action="store_true", help="replace an existing dataset made by another tokenizer")
     run = parser.add_argument_group("run")
-    run.add_argument("--workers", type=int, default=1, help="tokenizer processes per partition")
-    run.add_argument("--partitions", type=int, default=1, help="input file groups processed concurrently")
+    run.add_argument("--workers", type=number(int, 1), default=1, help="tokenizer processes per partition")
+    run.add_argument("--partitions", type=number(int, 1), default=1, help="input file groups processed concurrently")
     run.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
-    run.add_argument("--log-interval", type=int, default=10_000, help="documents between rate reports")
+    run.add_argument("--log-interval", type=number(int, 1), default=10_000, help="documents between rate reports")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -107,9 +107,9 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = ArgumentParser(description=inspect_main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
-    parser.add_argument("--samples", type=int, default=3, help="documents to print")
+    parser.add_argument("--samples", type=number(int, 0), default=3, help="documents to print")
     parser.add_argument("--tokenizer-model", help="decode with this model instead of the recorded one")
-    parser.add_argument("--max-sample-tokens", type=int, default=200, help="tokens printed per document")
+    parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
     args = parser.parse_args(argv)
 
     def inspect() -> int:
@@ -153,8 +153,9 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary (the tiny preset: 8192)")
-    parser.add_argument("--max-files", type=int, default=None, help="use only the first N files (sorted)")
-    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: min(2, cores))")
+    parser.add_argument("--max-files", type=number(int, 1), default=None, help="use only the first N files (sorted)")
+    parser.add_argument("--workers", type=number(int, 1), default=None,
+                        help="tokenizer processes (default: min(2, cores))")
     args = parser.parse_args(argv)
 
     def build() -> int:

@@ -56,7 +56,7 @@ MAX_LOGGED_BAD_RECORDS = 20
 
 
 class BadInputError(UserError, ValueError):
-    """A bad record was met with ``strict`` set, or the input held no usable document."""
+    """A bad record met with ``strict`` set, an input that held no usable document, or settings that cannot run."""
 
 
 def _check_not_empty(config: PreprocessConfig, stats: PreprocessStats) -> None:
@@ -105,14 +105,14 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         self.json_keys = tuple(self.json_keys)
         if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
-            raise ValueError(f"json_keys={self.json_keys!r} is invalid: need distinct keys")
+            raise BadInputError(f"json_keys={self.json_keys!r} is invalid: need distinct keys")
         if bool(self.inputs) == bool(self.hf_dataset):
-            raise ValueError("give either inputs (paths/globs) or hf_dataset, not both and not neither")
+            raise BadInputError("give either inputs (paths/globs) or hf_dataset, not both and not neither")
         for name in ("workers", "partitions", "batch_bytes", "batch_documents", "log_interval"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is invalid: must be >= 1")
+                raise BadInputError(f"{name}={getattr(self, name)} is invalid: must be >= 1")
         if self.hf_dataset and self.partitions > 1:
-            raise ValueError("partitions > 1 splits input files; it cannot be used with hf_dataset")
+            raise BadInputError("partitions > 1 splits input files; it cannot be used with hf_dataset")
 
     def output_prefixes(self) -> dict[str, str]:
         """Dataset prefix of each key: ``{output_prefix}_{key}_document``."""

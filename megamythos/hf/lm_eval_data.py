@@ -28,7 +28,7 @@ from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, resolve_data
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import ArgumentParser, run_cli
+from megamythos.errors import ArgumentParser, number, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-path", required=True, help="dataset prefix (PREFIX_text_document, with its .json record)")
     p.add_argument("--split", default=DEFAULT_SPLIT, help=f"train,valid,test weights (default {DEFAULT_SPLIT})")
     p.add_argument("--out", default="lm_eval_tasks/data", help="directory of the two .jsonl files")
-    p.add_argument("--max-docs", type=int, default=64, help="at most this many validation documents")
-    p.add_argument("--max-chars", type=int, default=4000, help="cut each document at a line end before this")
-    p.add_argument("--context-lines", type=int, default=8, help="lines of context of a multiple-choice item")
-    p.add_argument("--choice-lines", type=int, default=2, help="lines of each of the 4 candidate continuations")
+    count = number(int, 1)  # an argparse type: a value below 1 is one error line naming the flag
+    p.add_argument("--max-docs", type=count, default=64, help="at most this many validation documents")
+    p.add_argument("--max-chars", type=count, default=4000, help="cut each document at a line end before this")
+    p.add_argument("--context-lines", type=count, default=8, help="lines of context of a multiple-choice item")
+    p.add_argument("--choice-lines", type=count, default=2, help="lines of each of the 4 candidate continuations")
     p.add_argument("--seed", type=int, default=1234, help="seed of the multiple-choice snippets and order")
     args = p.parse_args(argv)
 

@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from megamythos.errors import ArgumentParser, run_cli
+from megamythos.errors import ArgumentParser, number, run_cli
 from megamythos.model.config import PRESETS, ModelConfig, get_preset
 from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
@@ -39,44 +39,63 @@ def _fmt(n: float) -> str:
     return f"{n:.0f}"
 
 
+# The argument groups whose flags act only with --gpus.
+WITH_GPUS = ("layout (with --gpus)", "step model (--plan, with --gpus)", "launch command (with --gpus)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m megamythos.planning.plan", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    count, positive = number(int, 1), number(float, 0, low_open=True)  # argparse types: one error line
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
     parser.add_argument("--config", help="model config JSON (overrides --preset)")
-    parser.add_argument("--seq-length", type=int, default=None, help="default: min(max_seq_len, 4096)")
-    parser.add_argument("--loops", type=int, default=None, help="loop count for effective params / FLOPs")
+    parser.add_argument("--seq-length", type=count, default=None, help="default: min(max_seq_len, 4096)")
+    parser.add_argument("--loops", type=count, default=None, help="loop count for effective params / FLOPs")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
-    lay = parser.add_argument_group("layout (with --gpus)")
-    lay.add_argument("--gpus", type=int, default=None, help="world size; also prints the per-GPU memory plan")
-    lay.add_argument("--tp", type=int, default=1, help="tensor-parallel size (AutoTP)")
-    lay.add_argument("--ep", type=int, default=1, help="expert-parallel size (AutoEP)")
+    lay = parser.add_argument_group(WITH_GPUS[0])
+    lay.add_argument("--gpus", type=count, default=None, help="world size; also prints the per-GPU memory plan")
+    lay.add_argument("--tp", type=count, default=1, help="tensor-parallel size (AutoTP)")
+    lay.add_argument("--ep", type=count, default=1, help="expert-parallel size (AutoEP)")
     lay.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3], help="ZeRO stage")
-    lay.add_argument("--micro-batch-size", type=int, default=1, help="sequences per rank and forward")
+    lay.add_argument("--micro-batch-size", type=count, default=1, help="sequences per rank and forward")
     batch = lay.add_mutually_exclusive_group()
-    batch.add_argument("--grad-accum", type=int, default=None, help="micro-batches per rank and step (default 1)")
-    batch.add_argument("--global-batch-size", type=int, default=None, help="or: samples per optimizer step")
+    batch.add_argument("--grad-accum", type=count, default=None, help="micro-batches per rank and step (default 1)")
+    batch.add_argument("--global-batch-size", type=count, default=None, help="or: samples per optimizer step")
     lay.add_argument("--no-replicate-core", dest="replicate_core", action="store_false",
                      help="under ZeRO-3: partition the recurrent core too (the trainer's --no-replicate-core)")
-    lay.add_argument("--loop-checkpoint-segment", type=int, default=None,
+    lay.add_argument("--loop-checkpoint-segment", type=number(int, 0), default=None,
                      help="override the config's (0: two-level checkpointing with sqrt-sized segments)")
     lay.add_argument("--ds-config", help="read ZeRO++ options (hpz, qwz, qgz) from this DeepSpeed JSON")
-    lay.add_argument("--hpz", type=int, default=None, help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
+    lay.add_argument("--hpz", type=count, default=None, help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
     lay.add_argument("--qwz", action="store_true", default=None, help="ZeRO++ zero_quantized_weights")
     lay.add_argument("--qgz", action="store_true", default=None, help="ZeRO++ zero_quantized_gradients")
-    lay.add_argument("--gpu-memory-gb", type=float, nargs="*", default=[],
+    lay.add_argument("--gpu-memory-gb", type=positive, nargs="*", default=[],
                      help="exit 2 when the memory plan does not fit each of these GPU sizes")
-    step = parser.add_argument_group("step model (--plan, with --gpus)")
+    step = parser.add_argument_group(WITH_GPUS[1])
     step.add_argument("--plan", action="store_true", help="also predict compute, collectives and step time")
-    step.add_argument("--mfu", type=float, default=Cluster.mfu, help="achieved fraction of peak in the matmuls")
-    step.add_argument("--peak-tflops", type=float, default=Cluster.peak_tflops, help="per GPU")
-    step.add_argument("--gpus-per-node", type=int, default=Cluster.gpus_per_node, help="GPUs sharing NVLink")
-    step.add_argument("--nvlink-gbs", type=float, default=Cluster.nvlink_gbs, help="GB/s per GPU")
-    step.add_argument("--ib-gbs", type=float, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
-    run = parser.add_argument_group("launch command (with --gpus)")
+    step.add_argument("--mfu", type=number(float, 0, 1, low_open=True), default=Cluster.mfu,
+                      help="achieved fraction of peak in the matmuls")
+    step.add_argument("--peak-tflops", type=positive, default=Cluster.peak_tflops, help="per GPU")
+    step.add_argument("--gpus-per-node", type=count, default=Cluster.gpus_per_node, help="GPUs sharing NVLink")
+    step.add_argument("--nvlink-gbs", type=positive, default=Cluster.nvlink_gbs, help="GB/s per GPU")
+    step.add_argument("--ib-gbs", type=positive, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
+    run = parser.add_argument_group(WITH_GPUS[2])
     run.add_argument("--hostfile", help="print the exact multi-node deepspeed command for this layout")
     run.add_argument("train_args", nargs=argparse.REMAINDER, help="further trainer flags after --")
     return parser
+
+
+def flags_needing_gpus(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The flags of the :data:`WITH_GPUS` groups that ``args`` gives a value other than their default."""
+    given = []
+    for group in parser._action_groups:
+        if group.title not in WITH_GPUS:
+            continue
+        for action in group._group_actions:
+            value = getattr(args, action.dest)
+            if action.dest != "gpus" and value != action.default and value != []:  # train_args: [] when absent
+                given.append(action.option_strings[0] if action.option_strings else "trainer flags after --")
+    return given
 
 
 def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
@@ -111,7 +130,11 @@ def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: in
 
 def plan(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, print the report and return it; a layout that does not fit raises :class:`LayoutError`."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    stray = flags_needing_gpus(parser, args) if args.gpus is None else []
+    if stray:
+        parser.error(f"{', '.join(stray)}: only with a layout; add --gpus N (the world size)")
     config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
     seq_len = args.seq_length or min(config.max_seq_len, 4096)
     if args.plan or args.hostfile:  # per-iteration activation checkpointing, which the launch command asks for

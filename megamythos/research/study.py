@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from megamythos.checkpoint.files import write_atomic
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, UserError, read_json_object, run_cli
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, UserError, number, read_json_object, run_cli
 from megamythos.inference.evaluate import evaluate_loops
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM, weight_decay_param_groups
@@ -369,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wikitext-dir", default=None)
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
     parser.add_argument("--out", default="bench/results/study", help="results go to OUT/CORPUS/")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiplies width and steps")
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--scale", type=number(float, 0, low_open=True), default=1.0,
+                        help="multiplies width and steps")
+    parser.add_argument("--steps", type=number(int, 1), default=None,
+                        help=f"training steps per run (default {StudySettings.steps} x --scale)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--runs", default="", help="only these runs of the experiment (comma-separated names); the "
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def study() -> int:
-        settings = StudySettings(steps=args.steps or int(StudySettings.steps * args.scale), scale=args.scale,
+        settings = StudySettings(steps=args.steps or max(1, int(StudySettings.steps * args.scale)), scale=args.scale,
                                  device=args.device, seed=args.seed)
         runs = [name for name in args.runs.split(",") if name]
         check_runs(args.experiment, runs)  # before the corpus is built

@@ -111,7 +111,8 @@ class TrainArgs:
         _check(self.seq_length > 0, f"--seq-length must be positive, got {self.seq_length}")
         _check(self.train_iters is None or self.train_tokens is None,
                "give at most one of --train-iters and --train-tokens")
-        for name in ("train_iters", "train_tokens", "micro_batch_size", "global_batch_size", "tp", "ep"):
+        for name in ("train_iters", "train_tokens", "micro_batch_size", "global_batch_size", "tp", "ep",
+                     "default_data_max_files", "peak_tflops"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         _check(self.zero is None or self.zero in (0, 1, 2, 3), f"--zero must be 0, 1, 2 or 3, got {self.zero}")

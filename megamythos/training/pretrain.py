@@ -200,7 +200,7 @@ class Trainer:
                           "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
                           "layout": self.layout_record(), "zero_stage": self.layout.zero})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
-        if not args.peak_tflops:
+        if args.peak_tflops is None:
             logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
