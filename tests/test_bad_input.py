@@ -16,16 +16,18 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from megamythos.data import indexed_dataset
+from megamythos.data.atomic import OutputError
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
 from megamythos.data.metadata import MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
-from megamythos.data.pretraining import resolve_data
+from megamythos.data.pretraining import DataError, resolve_data
 from megamythos.data.sources import RawRecord, parse_record
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.inference import evaluate as evaluate_module
@@ -37,6 +39,7 @@ from megamythos.model.config import ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.training.arguments import ArgumentError, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
+from megamythos.training.launch import preflight
 from tests.helpers import (
     REPO,
     corpus_prefix,
@@ -294,6 +297,17 @@ def test_negative_exit_threshold_is_one_line_naming_the_flag(command: Callable[[
     assert ">= 0 (0 = every loop)" in lines[0], lines
 
 
+def one_line_exit_2(entry: str, argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run the command line ``entry`` ("module:function") on ``argv`` in this process; it must end with exit code
+    2 and a single ``error: ...`` line on stderr, which is returned."""
+    module, function = entry.split(":")
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(getattr(importlib.import_module(module), function)(argv))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
 # ------------------------------------------------------------------ 10. numbers out of range, flags without a layout
 NUMBER_CASES = [
     ("megamythos.planning.plan:main", ["--gpus", "0"], "argument --gpus: must be >= 1, got 0"),
@@ -325,12 +339,7 @@ def test_numbers_out_of_range_are_one_line_naming_the_flag(entry: str, argv: lis
     (``--workers 0``, ``--samples -1``). Run in ``tmp_path``: what a command that accepts the number writes
     stays there."""
     monkeypatch.chdir(tmp_path)
-    module, function = entry.split(":")
-    with pytest.raises(SystemExit) as exit_info:
-        sys.exit(getattr(importlib.import_module(module), function)(argv))
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert message in lines[0], lines
+    assert message in one_line_exit_2(entry, argv, capsys)
 
 
 @pytest.mark.parametrize("flag", ["--peak-tflops", "--default-data-max-files"])
@@ -345,3 +354,55 @@ def test_preprocess_settings_that_cannot_run_are_user_errors() -> None:
     """A library caller gets the same one-line error class as the command line (a ValueError traceback before)."""
     with pytest.raises(BadInputError, match="partitions=0 is invalid: must be >= 1"):
         PreprocessConfig(inputs=["x"], output_prefix="o", tokenizer_model="t", partitions=0)
+
+
+# ------------------------------------------------------------------ 11. a file where an output goes, unreadable inputs
+OUTPUT_CASES = [
+    ("megamythos.hf.lm_eval_data:main", ["--data-path", "d", "--out", "afile"], "--out afile: cannot create afile"),
+    ("megamythos.data.cli:default_corpus_main", ["--out", "afile"], "--out afile: cannot create afile"),
+    ("megamythos.data.cli:merge_main", ["--input", "d", "--output-prefix", "afile/m"],
+     "--output-prefix afile/m: cannot create afile"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--ds-config", "afile"], "afile is empty; give --ds-config"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--ds-config", "missing.json"], "missing.json cannot be read"),
+    ("megamythos.research.study:main", ["depth", "--corpus", "wikitext2", "--wikitext-dir", ".", "--runs",
+                                        "fixed_depth"], "--wikitext-dir '.' is not a directory holding"),
+]
+
+
+@pytest.mark.parametrize("entry, argv, message", OUTPUT_CASES, ids=[" ".join(c[1]) for c in OUTPUT_CASES])
+def test_a_file_in_the_way_or_a_missing_input_is_one_line(entry: str, argv: list[str], message: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """Each was a traceback (FileExistsError, FileNotFoundError, JSONDecodeError)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    assert message in one_line_exit_2(entry, argv, capsys)
+
+
+def test_evaluate_checks_its_output_directories_before_evaluating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """``--out`` onto a file failed with a traceback after the whole evaluation had run."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(evaluate_module, "load_model", lambda *args: SimpleNamespace(source=tmp_path))
+    monkeypatch.setattr(evaluate_module, "heldout_batches", lambda *args: pytest.fail("evaluated first"))
+    for flag in ("--out", "--tensorboard-dir"):
+        line = one_line_exit_2("megamythos.inference.evaluate:main", ["--load", ".", flag, "afile"], capsys)
+        assert f"{flag} afile: cannot create afile" in line
+
+
+@pytest.mark.parametrize("flags, message", [(["--tensorboard-dir", "afile"], "--tensorboard-dir afile: cannot create"),
+                                            (["--metrics-file", "."], "--metrics-file . is a directory"),
+                                            (["--metrics-file", "afile/m.jsonl"], "--metrics-file afile/m.jsonl:")])
+def test_trainer_outputs_in_the_way_are_refused_before_start_up(flags: list[str], message: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked by the bash launcher's preflight and by rank 0 before DeepSpeed starts (a traceback after it)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(OutputError, match=re.escape(message)):
+        preflight(["--save", str(tmp_path / "run"), *flags], world_size=1)
+
+
+def test_a_data_path_given_with_its_extension_gets_the_prefix_named(tiny_dataset: str) -> None:
+    with pytest.raises(DataError, match=re.escape(f"pass the prefix without .bin/.idx: {tiny_dataset}")):
+        resolve_data([tiny_dataset + ".bin"], 400)

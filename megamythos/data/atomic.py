@@ -29,15 +29,21 @@ def describe_os_error(err: OSError) -> str:
     return f"{where}{reason}"
 
 
+def writable_directory(directory: str | os.PathLike, flag: str, given: str | os.PathLike | None = None) -> None:
+    """Create the output directory ``directory`` or raise :class:`OutputError` naming ``flag`` and its value
+    ``given`` (default: ``directory`` itself; an output file's path when ``directory`` is its parent)."""
+    given = directory if given is None else given
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # also a file in its place: FileExistsError
+        raise OutputError(f"{flag} {given}: cannot create {directory} ({describe_os_error(err)})") from err
+    if not os.access(directory, os.W_OK):
+        raise OutputError(f"{flag} {given}: {directory} is not writable; choose another {flag}")
+
+
 def writable_parent(path: str | os.PathLike, flag: str) -> None:
     """Create the directory of output ``path`` (given as ``flag``) or raise :class:`OutputError` naming it."""
-    parent = Path(path).parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{flag} {path}: cannot create {parent} ({describe_os_error(err)})") from err
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{flag} {path}: {parent} is not writable; choose another {flag}")
+    writable_directory(Path(path).parent, flag, path)
 
 
 _TEMP_RE = re.compile(r"\.tmp\.(\d+)$")

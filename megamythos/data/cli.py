@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from megamythos.data.atomic import writable_directory, writable_parent
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.indexed_dataset import IndexedDatasetError
 from megamythos.data.inspection import inspect_dataset
@@ -137,6 +138,7 @@ def merge_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def merge() -> int:
+        writable_parent(args.output_prefix, "--output-prefix")
         merged = merge_datasets(args.input, args.output_prefix)
         print(f"wrote {args.output_prefix}: {len(merged)} sequences, {merged.num_tokens} tokens")
         return 0
@@ -160,6 +162,7 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
 
     def build() -> int:
         start = time.perf_counter()
+        writable_directory(args.out, "--out")
         prefix, model = ensure_default_dataset(args.out, args.vocab_size, args.max_files, args.workers)
         print(f"data prefix: {prefix}\ntokenizer:   {model}\nseconds:     {time.perf_counter() - start:.1f}")
         return 0

@@ -78,8 +78,14 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
     for prefix in prefixes:
         missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
         if missing:
-            hint = (f"; did you mean {prefix}_text_document? (preprocess_data.py --output-prefix {prefix} writes "
-                    f"{prefix}_text_document.bin/.idx)" if Path(f"{prefix}_text_document.bin").is_file() else "")
+            stem = prefix.removesuffix(".bin").removesuffix(".idx")
+            if stem != prefix and Path(f"{stem}.bin").is_file():
+                hint = f"; pass the prefix without .bin/.idx: {stem}"
+            elif Path(f"{prefix}_text_document.bin").is_file():
+                hint = (f"; did you mean {prefix}_text_document? (preprocess_data.py --output-prefix {prefix} "
+                        f"writes {prefix}_text_document.bin/.idx)")
+            else:
+                hint = ""
             raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}{hint}")
         meta = read_dataset_metadata(prefix)
         if meta is None:

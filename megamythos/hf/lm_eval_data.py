@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_split, split_bounds
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
@@ -92,7 +93,6 @@ def continuation_items(texts: Sequence[str], context_lines: int, choice_lines: i
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
@@ -111,9 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def run() -> int:
+        out = Path(args.out)
+        writable_directory(out, "--out")
         texts, tokenizer = validation_texts(args.data_path, args.split, args.max_chars)
         texts = texts[: args.max_docs]
-        out = Path(args.out)
         write_jsonl(out / "heldout.jsonl", [{"text": t, "n_tokens": len(ids)}
                                              for t, ids in zip(texts, tokenizer.encode(texts))])
         items = continuation_items(texts, args.context_lines, args.choice_lines, args.seed)

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_data_path
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import DataRecipe, batches, build_datasets, resolve_data
@@ -225,6 +226,10 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if torch.device(cfg.device).type == "cpu":  # before the first tensors
         logger.info("host memory: %s", keep_freed_memory())
     loaded = load_model(cfg.load, cfg.tokenizer, cfg.device)
+    out_dir = Path(cfg.out) if cfg.out else loaded.source / "eval"
+    tb_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else out_dir / "tensorboard"
+    writable_directory(out_dir, "--out")  # before the evaluation, not after it
+    writable_directory(tb_dir, "--tensorboard-dir")
     data = heldout_batches(loaded, cfg)
     thresholds = [loaded.config.exit_threshold] if cfg.exit_thresholds is None else cfg.exit_thresholds
     passes = sorted({0.0, *thresholds})
@@ -232,9 +237,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
               file=sys.stderr) as bar:
         results = [r for threshold in passes
                    for r in evaluate_loops(loaded.model, data, cfg.loops, threshold, bar.update)]
-    out_dir = Path(cfg.out) if cfg.out else loaded.source / "eval"
     paths = write_results(results, out_dir, trained_loops=loaded.config.mean_loops)
-    tb_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else out_dir / "tensorboard"
     write_tensorboard(results, tb_dir)
     return {"model": str(loaded.source), "trained_loops": loaded.config.mean_loops,
             "files": {k: str(v) for k, v in paths.items()}, "tensorboard": str(tb_dir),

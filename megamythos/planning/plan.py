@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from megamythos.errors import ArgumentParser, number, run_cli
+from megamythos.errors import ArgumentParser, number, read_json_object, run_cli
 from megamythos.model.config import PRESETS, ModelConfig, get_preset
 from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
@@ -102,8 +102,9 @@ def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
     """The layout of ``--gpus`` and friends; ZeRO++ options from the flags, then ``--ds-config``, then off."""
     zero = {}
     if args.ds_config:
-        with open(args.ds_config) as f:
-            zero = json.load(f).get("zero_optimization", {})
+        ds_config = read_json_object(args.ds_config, LayoutError,
+                                     "give --ds-config a DeepSpeed JSON file (ds_configs/)")
+        zero = ds_config.get("zero_optimization", {})
     dp = args.gpus // args.tp if args.gpus % args.tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = args.global_batch_size or args.micro_batch_size * (args.grad_accum or 1) * dp
     zeropp = {**zeropp_options(zero), **{k: getattr(args, k) for k in ("hpz", "qwz", "qgz")

@@ -233,20 +233,22 @@ def run_rank(argv: Sequence[str]) -> int:
 
 def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     """The trainer's checks that need no process group, run before DeepSpeed starts: flags and the model config;
-    on one node (``world_size`` known) also the checkpoint directories, ``--data-path`` datasets (vocabulary and
-    token ids) and the parallel layout. A mistake is then one line in a few seconds, instead of a rank's
-    line after DeepSpeed's start-up. The ranks check all of it again; the checkpoint's checksums and the default
-    corpus, which rank 0 builds, are left to them."""
+    on one node (``world_size`` known) also the checkpoint, TensorBoard and metrics paths, ``--data-path``
+    datasets (vocabulary and token ids) and the parallel layout. A mistake is then one line in a few seconds,
+    instead of a rank's line after DeepSpeed's start-up. The ranks check all of it again; the checkpoint's
+    checksums and the default corpus, which rank 0 builds, are left to them."""
     from megamythos.data.pretraining import resolve_data
     from megamythos.training.arguments import parse_args
     from megamythos.training.checkpointing import check_run_dirs
     from megamythos.training.ds_config import load_template, resolve_layout
+    from megamythos.training.monitor import check_outputs
 
     args = parse_args(trainer)
     config = args.model_config()
     if world_size is None:  # several nodes (paths may be theirs alone) or an uncounted GPU node: left to the ranks
         return
     check_run_dirs(args.save, args.load, verify=False)  # rank 0 verifies the checksums once, at start-up
+    check_outputs(args.tensorboard_dir, args.metrics_file)
     if args.data_path:
         resolve_data(list(args.data_path), config.vocab_size)
     resolve_layout(load_template(args.ds_config), args, world_size).check_model(config)

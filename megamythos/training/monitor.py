@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from megamythos.data.atomic import OutputError, writable_directory, writable_parent
+
 logger = logging.getLogger(__name__)
 
 # Scalars written with a "<tag> vs samples" twin, as Megatron-LM does.
@@ -60,6 +62,18 @@ def cpu_model() -> dict[str, Any]:
     flags = set(info.get("flags", "").split())
     return {"model_name": info.get("model name", platform.machine()),
             "bf16_isa": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx_vnni"})}
+
+
+def check_outputs(tensorboard_dir: str | None, metrics_file: str | None) -> None:
+    """Create the TensorBoard directory and the metrics file's directory, or raise :class:`OutputError` naming
+    the flag: before start-up, where a file in the way would otherwise be a traceback after it."""
+    if tensorboard_dir:
+        writable_directory(tensorboard_dir, "--tensorboard-dir")
+    if metrics_file:
+        if Path(metrics_file).is_dir():
+            raise OutputError(f"--metrics-file {metrics_file} is a directory; give a file path such as "
+                              "RUN/metrics.jsonl")
+        writable_parent(metrics_file, "--metrics-file")
 
 
 class TrainingMonitor:

@@ -48,7 +48,13 @@ from megamythos.training.checkpointing import (
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
-from megamythos.training.monitor import TrainingMonitor, measure_peak_tflops, openmp_wait_policy, still_working
+from megamythos.training.monitor import (
+    TrainingMonitor,
+    check_outputs,
+    measure_peak_tflops,
+    openmp_wait_policy,
+    still_working,
+)
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.process_exit import end_process
 from megamythos.training.rendezvous import check_master_port, free_port
@@ -485,6 +491,8 @@ def train(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rank0 = os.environ.get("RANK", "0") == "0"
     check_run_dirs(args.save, args.load, verify=rank0)
+    if rank0:
+        check_outputs(args.tensorboard_dir, args.metrics_file)
     with writer_lock(args.save, holder=rank0):
         trainer = Trainer(args)
         code = trainer.run()
