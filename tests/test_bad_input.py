@@ -37,6 +37,7 @@ from megamythos.inference.generate import SamplingConfig, generate, new_token_li
 from megamythos.inference.loading import LoadedModel, LoadError
 from megamythos.model.config import ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
+from megamythos.runtime.device import DeviceError, resolve_device
 from megamythos.training.arguments import ArgumentError, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.launch import preflight
@@ -406,3 +407,26 @@ def test_trainer_outputs_in_the_way_are_refused_before_start_up(flags: list[str]
 def test_a_data_path_given_with_its_extension_gets_the_prefix_named(tiny_dataset: str) -> None:
     with pytest.raises(DataError, match=re.escape(f"pass the prefix without .bin/.idx: {tiny_dataset}")):
         resolve_data([tiny_dataset + ".bin"], 400)
+
+
+@pytest.mark.launch
+@pytest.mark.parametrize("split, flags, message", [
+    ("90,0,10", ["--eval-interval", "1"], "--split 90,0,10 leaves no validation documents in"),
+    ("0,90,10", [], "--split 0,90,10 leaves no training documents in")])
+def test_a_split_without_documents_for_its_use_is_refused_before_the_first_step(
+        corpus: Path, tmp_path: Path, split: str, flags: list[str], message: str) -> None:
+    """The first validation (or the first step) ended in a TypeError traceback, after the steps before it."""
+    result = run_single([*tiny_args(corpus, 2), "--split", split, *flags], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert message in one_error_line(result.stderr)
+
+
+def test_device_names_this_machine_lacks_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    """``--device cuda`` on a CPU-only torch was an AssertionError traceback (evaluate, generate, study)."""
+    for name, message in [("tpu", "--device 'tpu' is not a device name; use cpu or cuda"),
+                          ("meta", "--device meta: these command lines run on cpu or cuda"),
+                          *([] if torch.cuda.is_available() else [("cuda", "--device cuda: this machine's torch")])]:
+        with pytest.raises(DeviceError, match=re.escape(message)):
+            resolve_device(name)
+    line = one_line_exit_2("megamythos.inference.evaluate:main", ["--load", ".", "--device", "tpu"], capsys)
+    assert "--device 'tpu' is not a device name" in line

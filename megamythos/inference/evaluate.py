@@ -46,6 +46,7 @@ from megamythos.errors import ArgumentParser, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.lm import MythosLM
 from megamythos.model.recurrent import exit_distribution
+from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate, write the files and TensorBoard scalars; returns the summary printed by :func:`main`."""
     from tqdm import tqdm
 
-    if torch.device(cfg.device).type == "cpu":  # before the first tensors
+    if resolve_device(cfg.device).type == "cpu":  # before the first tensors
         logger.info("host memory: %s", keep_freed_memory())
     loaded = load_model(cfg.load, cfg.tokenizer, cfg.device)
     out_dir = Path(cfg.out) if cfg.out else loaded.source / "eval"

@@ -26,6 +26,7 @@ import torch
 from megamythos.errors import ArgumentParser, run_cli
 from megamythos.inference.loading import LoadError, load_model
 from megamythos.model.lm import ModelKVCache, MythosLM
+from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     """Stream the prompt and its continuation to stdout; returns the generation statistics."""
-    if torch.device(args.device).type == "cpu":  # before the first tensors
+    if resolve_device(args.device).type == "cpu":  # before the first tensors
         logger.info("host memory: %s", keep_freed_memory())
     loaded = load_model(args.load, args.tokenizer, args.device)
     prompt_ids = loaded.tokenizer.encode_one(args.prompt)

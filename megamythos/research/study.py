@@ -37,6 +37,7 @@ from megamythos.model.params import count
 from megamythos.model.recurrent import sample_loop_count
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
 from megamythos.research.ponder import BETA, PonderLM, evaluate_halting, ponder_train_flops_per_token
+from megamythos.runtime.device import resolve_device
 from megamythos.training.schedules import LRSchedule
 
 logger = logging.getLogger(__name__)
@@ -373,13 +374,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="multiplies width and steps")
     parser.add_argument("--steps", type=number(int, 1), default=None,
                         help=f"training steps per run (default {StudySettings.steps} x --scale)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--runs", default="", help="only these runs of the experiment (comma-separated names); the "
                         "report in --out keeps its other runs")
     args = parser.parse_args(argv)
 
     def study() -> int:
+        resolve_device(args.device)  # before the corpus is built
         settings = StudySettings(steps=args.steps or max(1, int(StudySettings.steps * args.scale)), scale=args.scale,
                                  device=args.device, seed=args.seed)
         runs = [name for name in args.runs.split(",") if name]

@@ -313,9 +313,18 @@ class Trainer:
         return self.args.max_rollbacks * span
 
     def datasets(self) -> tuple[Any, Any]:
+        """(train, valid) of the run; a split that leaves no documents to train on, or none to validate on while
+        ``--eval-interval`` asks for validations, is refused before the first step."""
         gbs = self.layout.global_batch_size
-        return build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters, gbs,
-                              extra_train_samples=self.rollback_headroom() * gbs)
+        train, valid = build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters, gbs,
+                                      extra_train_samples=self.rollback_headroom() * gbs)
+        where = f"--split {self.args.split} leaves no {{}} documents in {' '.join(self.data.data_path)}"
+        if train is None:
+            raise DataError(f"{where.format('training')}; give the split a larger first weight (e.g. 969,30,1)")
+        if valid is None and self.args.eval_interval:
+            raise DataError(f"{where.format('validation')}, which --eval-interval {self.args.eval_interval} reads; "
+                            "give the split a larger second weight (e.g. 969,30,1), or pass --eval-interval 0")
+        return train, valid
 
     def validation_tokens(self) -> int:
         """Tokens one validation predicts: ``eval_iters`` global batches (the first ``eval_iters x global batch``

@@ -1,0 +1,30 @@
+"""The device a command line runs its model on: ``--device`` checked before anything is built or loaded."""
+from __future__ import annotations
+
+import torch
+
+from megamythos.errors import UserError
+
+
+class DeviceError(UserError, ValueError):
+    """``--device`` names no device this machine has."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:N``) as a device this machine has; anything else raises
+    :class:`DeviceError` in one line saying what to pass."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise DeviceError(f"--device {name!r} is not a device name; use cpu or cuda") from err
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceError(f"--device {name}: these command lines run on cpu or cuda")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        why = "sees no CUDA device" if torch.backends.cuda.is_built() else "is a CPU-only build"
+        raise DeviceError(f"--device {name}: this machine's torch {why}; use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise DeviceError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
