@@ -430,3 +430,14 @@ def test_device_names_this_machine_lacks_are_one_line(capsys: pytest.CaptureFixt
             resolve_device(name)
     line = one_line_exit_2("megamythos.inference.evaluate:main", ["--load", ".", "--device", "tpu"], capsys)
     assert "--device 'tpu' is not a device name" in line
+
+
+@pytest.mark.parametrize("kwargs, message", [({"n_loops": 0}, "n_loops=0 must be >= 1"),
+                                             ({"n_loops": -2}, "n_loops=-2 must be >= 1"),
+                                             ({"exit_threshold": -0.1}, "exit_threshold=-0.1 must be >= 0")])
+def test_model_forward_refuses_a_loop_count_below_1_and_a_negative_threshold(kwargs: dict, message: str) -> None:
+    """``n_loops=0`` ran the config's mean_loops and a negative threshold ran as 0, silently (the Hugging Face
+    wrapper's ``generate(..., n_loops=0)`` too)."""
+    model = MythosLM(small_config()).eval()
+    with pytest.raises(ValueError, match=f"^{message}"):
+        model(torch.zeros(1, 4, dtype=torch.long), **kwargs)

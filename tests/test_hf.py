@@ -117,6 +117,11 @@ def test_loops_and_exit_rule_are_settings_read_per_call(hf_model, ours):
             assert torch.equal(model(ids, exit_threshold=0.0).logits, model(ids, n_loops=5, exit_threshold=0.0).logits)
         finally:
             model.config.n_loops = None
+        # n_loops=0 ran the default depth, and a negative threshold ran as 0, without a word
+        with pytest.raises(ValueError, match=r"^n_loops=0 must be >= 1"):
+            model(ids, n_loops=0)
+        with pytest.raises(ValueError, match=r"^exit_threshold=-0.1 must be >= 0"):
+            model(ids, exit_threshold=-0.1)
 
 
 @pytest.mark.launch

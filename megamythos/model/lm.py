@@ -149,8 +149,12 @@ class MythosLM(nn.Module):
         every loop; None is the config's ``exit_threshold`` in eval mode and 0 in training mode.
         """
         cfg = self.config
+        if n_loops is not None and n_loops < 1:
+            raise ValueError(f"n_loops={n_loops} must be >= 1 (None: the config's mean_loops)")
         if exit_threshold is None:
             exit_threshold = 0.0 if self.training else cfg.exit_threshold
+        if exit_threshold < 0:
+            raise ValueError(f"exit_threshold={exit_threshold} must be >= 0 (0 = every loop)")
         if cache is not None:
             if n_loops is not None and n_loops != cache.n_loops:
                 raise ValueError(f"n_loops={n_loops} differs from the cache's {cache.n_loops}")
