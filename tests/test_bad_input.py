@@ -40,7 +40,7 @@ from megamythos.model.lm import MythosLM
 from megamythos.runtime.device import DeviceError, resolve_device
 from megamythos.training.arguments import ArgumentError, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
-from megamythos.training.launch import preflight
+from megamythos.training.launch import LaunchError, preflight, split_launcher_flags
 from tests.helpers import (
     REPO,
     corpus_prefix,
@@ -441,3 +441,13 @@ def test_model_forward_refuses_a_loop_count_below_1_and_a_negative_threshold(kwa
     model = MythosLM(small_config()).eval()
     with pytest.raises(ValueError, match=f"^{message}"):
         model(torch.zeros(1, 4, dtype=torch.long), **kwargs)
+
+
+@pytest.mark.parametrize("argv, message", [(["--num_gpus", "0"], "--num_gpus 0: give a whole number >= 1"),
+                                           (["--num-gpus=abc"], "--num_gpus abc: give a whole number >= 1"),
+                                           (["--node_rank", "-1"], "--node_rank -1: give a whole number >= 0")])
+def test_launcher_counts_are_checked(argv: list[str], message: str) -> None:
+    """``bash launchers/pretrain.sh --num_gpus abc`` was a ValueError traceback; ``--num_gpus 0`` said
+    ``world_size=0``, not the flag."""
+    with pytest.raises(LaunchError, match=f"^{re.escape(message)}$"):
+        split_launcher_flags([*argv, "--train-iters", "2"])

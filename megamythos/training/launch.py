@@ -63,6 +63,9 @@ LAUNCHER_FLAGS: dict[str, str | None] = {
     "master_addr": "ADDR", "master_port": "PORT", "node_rank": "R", "no_ssh": None,
 }
 
+# Launcher flags holding a count, and the least value each takes.
+LAUNCHER_COUNTS = {"num_gpus": 1, "num_nodes": 1, "node_rank": 0}
+
 
 class LaunchError(UserError, ValueError):
     """A flag given to the wrong form of the launcher (reported in one line, exit code 2)."""
@@ -167,6 +170,10 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
             if value is None:
                 raise LaunchError(f"{arg} needs a value ({arg} {LAUNCHER_FLAGS[name]})")
             launcher[name] = value
+    for name, low in LAUNCHER_COUNTS.items():
+        value = launcher.get(name)
+        if value is not None and not (value.isdigit() and int(value) >= low):
+            raise LaunchError(f"--{name} {value}: give a whole number >= {low}")
     return launcher, trainer
 
 
