@@ -21,12 +21,14 @@ import pytest
 from megamythos.checkpoint.files import WRITER_LOCK, read_latest
 from megamythos.data.cli import preprocess_main
 from megamythos.data.indexed_dataset import dataset_exists
+from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import metadata_path, read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.training.checkpointing import writer_lock
 from tests.helpers import (
     LAUNCHER,
     REPO,
+    corpus_prefix,
     deepspeed_command,
     finish,
     free_port,
@@ -404,3 +406,22 @@ def test_a_rank_killed_with_sigkill_is_named_by_the_survivor_in_one_line(corpus:
     assert f"--load {save} resumes from " in lines[0] and tag >= latest and tag in lines[0]
     assert "Traceback" not in text, text[-4000:]
     assert "deepspeed exited with code" in text and "exits with return code" not in text, text[-4000:]
+
+
+@pytest.mark.launch
+def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_path: Path) -> None:
+    """A dataset rebuilt from other text under the same prefix was resumed on without a word, the samples after
+    the checkpoint no longer those the run would have read; the checkpoint now records each dataset's shape."""
+    source = corpus_prefix(corpus)
+    data = str(tmp_path / "data" / "corpus_text_document")
+    documents = len(merge_datasets([source], data).document_indices) - 1  # a copy the test may rebuild
+    run = ["--data-path", data, "--save", str(tmp_path / "run"), "--save-interval", "2"]
+    first = run_single([*tiny_args(corpus, 2), *run], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_single([*tiny_args(corpus, 3), *run, "--load", str(tmp_path / "run")], tmp_path)
+    assert again.returncode == 0 and "the data changed" not in again.stderr, again.stderr[-3000:]
+    merge_datasets([source, source], data)  # rebuilt under the same prefix: twice the documents
+    rebuilt = run_single([*tiny_args(corpus, 4), *run, "--load", str(tmp_path / "run")], tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert f"the data changed since {tmp_path / 'run'} was saved: {os.path.realpath(data)} (" in rebuilt.stderr
+    assert f"documents {documents} -> {2 * documents}" in rebuilt.stderr

@@ -202,6 +202,12 @@ class IndexedDataset:
     def num_tokens(self) -> int:
         return int(self.sizes.sum(dtype=np.int64))
 
+    def shape(self) -> dict[str, int]:
+        """{sequences, documents, tokens}: what a run records of its data to tell, on resume, that a dataset
+        was rebuilt from other text under the same prefix."""
+        return {"sequences": len(self), "documents": max(len(self.document_indices) - 1, 0),
+                "tokens": self.num_tokens}
+
 
 class IndexedDatasetBuilder:
     """Writes ``prefix.bin``/``prefix.idx`` under temporary names; :meth:`finalize` renames them into place.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ class DataSetup:
     data_path: list[str]
     tokenizer_model: str | None
     tokenizer_fingerprint: str | None
+    shapes: dict[str, dict[str, int]] = field(default_factory=dict)  # realpath(prefix) -> IndexedDataset.shape()
 
 
 def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
@@ -75,6 +77,7 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
     """
     prefixes, _ = parse_data_path(data_path)
     records = {}
+    shapes: dict[str, dict[str, int]] = {}
     for prefix in prefixes:
         missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
         if missing:
@@ -98,10 +101,24 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
         for other, record in records.items():
             check_same_vocabulary(other, record, prefix, meta)
         records[prefix] = meta
-        IndexedDataset(prefix).check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY)
+        dataset = IndexedDataset(prefix)
+        dataset.check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY)
+        shapes[os.path.realpath(prefix)] = dataset.shape()
     known = [r for r in records.values() if r is not None]
     return DataSetup(list(data_path), known[0]["tokenizer_model"] if known else None,
-                     known[0]["tokenizer_fingerprint"] if known else None)
+                     known[0]["tokenizer_fingerprint"] if known else None, shapes)
+
+
+def changed_datasets(recorded: dict[str, dict[str, int]], current: dict[str, dict[str, int]]) -> list[str]:
+    """``prefix (documents a -> b, tokens c -> d)`` for each dataset in both records whose shape differs."""
+    changes = []
+    for prefix in sorted(recorded.keys() & current.keys()):
+        before, now = recorded[prefix], current[prefix]
+        if before != now:
+            diffs = ", ".join(f"{key} {before.get(key)} -> {value}" for key, value in now.items()
+                              if before.get(key) != value)
+            changes.append(f"{prefix} ({diffs})")
+    return changes
 
 
 def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, global_batch: int,

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from megamythos.checkpoint.files import read_latest
 from megamythos.data.default_corpus import ensure_default_dataset
-from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, resolve_data
+from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, changed_datasets, resolve_data
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
 from megamythos.model.lm import MythosLM, compile_blocks, weight_decay_param_groups
@@ -233,7 +233,7 @@ class Trainer:
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
-                "layout": self.layout_record()}
+                "layout": self.layout_record(), "dataset_shapes": self.data.shapes}
 
     def _load(self, load_dir: str, universal: str | None) -> None:
         state = self.checkpoints.load(self.engine, load_dir, self.config, universal)
@@ -243,6 +243,10 @@ class Trainer:
             raise CheckpointError(f"checkpoint in {load_dir} was trained with tokenizer "
                                   f"{state.get('tokenizer_fingerprint')} but the data uses "
                                   f"{self.data.tokenizer_fingerprint}")
+        changed = changed_datasets(state.get("dataset_shapes", {}), self.data.shapes)
+        if changed and self.rank == 0:
+            logger.warning("the data changed since %s was saved: %s. The run goes on with what the datasets hold now; "
+                           "its samples from here on are not those it would have read", load_dir, "; ".join(changed))
         self.iteration = state["iteration"]
         self.consumed = state["consumed_train_samples"]
         self.guard.skipped = state.get("skipped_steps", 0)
