@@ -410,8 +410,9 @@ def test_a_rank_killed_with_sigkill_is_named_by_the_survivor_in_one_line(corpus:
 
 @pytest.mark.launch
 def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_path: Path) -> None:
-    """A dataset rebuilt from other text under the same prefix was resumed on without a word, the samples after
-    the checkpoint no longer those the run would have read; the checkpoint now records each dataset's shape."""
+    """A dataset rebuilt from other text under the same prefix was resumed on (and evaluated on) without a word,
+    the samples after the checkpoint no longer those the run would have read; each tag's train_args.json now
+    records every dataset's shape next to its data path."""
     source = corpus_prefix(corpus)
     data = str(tmp_path / "data" / "corpus_text_document")
     documents = len(merge_datasets([source], data).document_indices) - 1  # a copy the test may rebuild
@@ -421,7 +422,12 @@ def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_
     again = run_single([*tiny_args(corpus, 3), *run, "--load", str(tmp_path / "run")], tmp_path)
     assert again.returncode == 0 and "the data changed" not in again.stderr, again.stderr[-3000:]
     merge_datasets([source, source], data)  # rebuilt under the same prefix: twice the documents
+    change = f"{os.path.realpath(data)} (sequences {documents} -> {2 * documents}, documents {documents} -> "
+    tag = tmp_path / "run" / "iter_0000003"
+    evaluated = cli(["-m", "megamythos.inference.evaluate", "--load", str(tag), "--loops", "1", "--eval-iters", "1",
+                     "--micro-batch-size", "1", "--exit-threshold", "0"], tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"the data changed since {tag} was saved: {change}" in evaluated.stderr
     rebuilt = run_single([*tiny_args(corpus, 4), *run, "--load", str(tmp_path / "run")], tmp_path)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
-    assert f"the data changed since {tmp_path / 'run'} was saved: {os.path.realpath(data)} (" in rebuilt.stderr
-    assert f"documents {documents} -> {2 * documents}" in rebuilt.stderr
+    assert f"the data changed since {tmp_path / 'run'} was saved: {change}" in rebuilt.stderr

@@ -73,11 +73,17 @@ def check_tag_files(tag_dir: Path) -> None:
                                   "at an earlier tag, or resume from another copy of the checkpoint")
 
 
+def read_train_record(tag_dir: Path) -> dict[str, Any]:
+    """The ``train_args.json`` of ``tag_dir`` ({} when the tag has none); a broken one raises
+    :class:`CheckpointError` naming it."""
+    path = tag_dir / TRAIN_RECORD
+    return read_json_object(path, CheckpointError, TRAIN_RECORD_REMEDY) if path.is_file() else {}
+
+
 def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
     """(``{"world_size", "tp", "ep"}``, ZeRO stage) of the run that wrote ``tag_dir``; None for what it did not
     record (older checkpoints lack the stage)."""
-    path = tag_dir / TRAIN_RECORD
-    record = read_json_object(path, CheckpointError, TRAIN_RECORD_REMEDY) if path.is_file() else {}
+    record = read_train_record(tag_dir)
     return record.get("layout"), record.get("zero_stage")
 
 

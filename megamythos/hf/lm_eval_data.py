@@ -102,11 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-path", required=True, help="dataset prefix (PREFIX_text_document, with its .json record)")
     p.add_argument("--split", default=DEFAULT_SPLIT, help=f"train,valid,test weights (default {DEFAULT_SPLIT})")
     p.add_argument("--out", default="lm_eval_tasks/data", help="directory of the two .jsonl files")
-    count = number(int, 1)  # an argparse type: a value below 1 is one error line naming the flag
-    p.add_argument("--max-docs", type=count, default=64, help="at most this many validation documents")
-    p.add_argument("--max-chars", type=count, default=4000, help="cut each document at a line end before this")
-    p.add_argument("--context-lines", type=count, default=8, help="lines of context of a multiple-choice item")
-    p.add_argument("--choice-lines", type=count, default=2, help="lines of each of the 4 candidate continuations")
+    positive_int = number(int, 1)  # an argparse type: a value below 1 is one error line naming the flag
+    p.add_argument("--max-docs", type=positive_int, default=64, help="at most this many validation documents")
+    p.add_argument("--max-chars", type=positive_int, default=4000, help="cut each document at a line end before this")
+    p.add_argument("--context-lines", type=positive_int, default=8, help="lines of context of a multiple-choice item")
+    p.add_argument("--choice-lines", type=positive_int, default=2,
+                   help="lines of each of the 4 candidate continuations")
     p.add_argument("--seed", type=int, default=1234, help="seed of the multiple-choice snippets and order")
     args = p.parse_args(argv)
 

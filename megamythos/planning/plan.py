@@ -46,39 +46,41 @@ WITH_GPUS = ("layout (with --gpus)", "step model (--plan, with --gpus)", "launch
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m megamythos.planning.plan", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    count, positive = number(int, 1), number(float, 0, low_open=True)  # argparse types: one error line
+    positive_int, positive_float = number(int, 1), number(float, 0, low_open=True)  # one error line
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
     parser.add_argument("--config", help="model config JSON (overrides --preset)")
-    parser.add_argument("--seq-length", type=count, default=None, help="default: min(max_seq_len, 4096)")
-    parser.add_argument("--loops", type=count, default=None, help="loop count for effective params / FLOPs")
+    parser.add_argument("--seq-length", type=positive_int, default=None, help="default: min(max_seq_len, 4096)")
+    parser.add_argument("--loops", type=positive_int, default=None, help="loop count for effective params / FLOPs")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     lay = parser.add_argument_group(WITH_GPUS[0])
-    lay.add_argument("--gpus", type=count, default=None, help="world size; also prints the per-GPU memory plan")
-    lay.add_argument("--tp", type=count, default=1, help="tensor-parallel size (AutoTP)")
-    lay.add_argument("--ep", type=count, default=1, help="expert-parallel size (AutoEP)")
+    lay.add_argument("--gpus", type=positive_int, default=None, help="world size; also prints the per-GPU memory plan")
+    lay.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel size (AutoTP)")
+    lay.add_argument("--ep", type=positive_int, default=1, help="expert-parallel size (AutoEP)")
     lay.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3], help="ZeRO stage")
-    lay.add_argument("--micro-batch-size", type=count, default=1, help="sequences per rank and forward")
+    lay.add_argument("--micro-batch-size", type=positive_int, default=1, help="sequences per rank and forward")
     batch = lay.add_mutually_exclusive_group()
-    batch.add_argument("--grad-accum", type=count, default=None, help="micro-batches per rank and step (default 1)")
-    batch.add_argument("--global-batch-size", type=count, default=None, help="or: samples per optimizer step")
+    batch.add_argument("--grad-accum", type=positive_int, default=None,
+                       help="micro-batches per rank and step (default 1)")
+    batch.add_argument("--global-batch-size", type=positive_int, default=None, help="or: samples per optimizer step")
     lay.add_argument("--no-replicate-core", dest="replicate_core", action="store_false",
                      help="under ZeRO-3: partition the recurrent core too (the trainer's --no-replicate-core)")
     lay.add_argument("--loop-checkpoint-segment", type=number(int, 0), default=None,
                      help="override the config's (0: two-level checkpointing with sqrt-sized segments)")
     lay.add_argument("--ds-config", help="read ZeRO++ options (hpz, qwz, qgz) from this DeepSpeed JSON")
-    lay.add_argument("--hpz", type=count, default=None, help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
+    lay.add_argument("--hpz", type=positive_int, default=None,
+                     help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
     lay.add_argument("--qwz", action="store_true", default=None, help="ZeRO++ zero_quantized_weights")
     lay.add_argument("--qgz", action="store_true", default=None, help="ZeRO++ zero_quantized_gradients")
-    lay.add_argument("--gpu-memory-gb", type=positive, nargs="*", default=[],
+    lay.add_argument("--gpu-memory-gb", type=positive_float, nargs="*", default=[],
                      help="exit 2 when the memory plan does not fit each of these GPU sizes")
     step = parser.add_argument_group(WITH_GPUS[1])
     step.add_argument("--plan", action="store_true", help="also predict compute, collectives and step time")
     step.add_argument("--mfu", type=number(float, 0, 1, low_open=True), default=Cluster.mfu,
                       help="achieved fraction of peak in the matmuls")
-    step.add_argument("--peak-tflops", type=positive, default=Cluster.peak_tflops, help="per GPU")
-    step.add_argument("--gpus-per-node", type=count, default=Cluster.gpus_per_node, help="GPUs sharing NVLink")
-    step.add_argument("--nvlink-gbs", type=positive, default=Cluster.nvlink_gbs, help="GB/s per GPU")
-    step.add_argument("--ib-gbs", type=positive, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
+    step.add_argument("--peak-tflops", type=positive_float, default=Cluster.peak_tflops, help="per GPU")
+    step.add_argument("--gpus-per-node", type=positive_int, default=Cluster.gpus_per_node, help="GPUs sharing NVLink")
+    step.add_argument("--nvlink-gbs", type=positive_float, default=Cluster.nvlink_gbs, help="GB/s per GPU")
+    step.add_argument("--ib-gbs", type=positive_float, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
     run = parser.add_argument_group(WITH_GPUS[2])
     run.add_argument("--hostfile", help="print the exact multi-node deepspeed command for this layout")
     run.add_argument("train_args", nargs=argparse.REMAINDER, help="further trainer flags after --")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint.files import read_latest
+from megamythos.checkpoint.files import read_latest, read_train_record
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, changed_datasets, resolve_data
 from megamythos.data.tokenizer import Tokenizer
@@ -203,6 +203,7 @@ class Trainer:
             args.save, args.keep_last,
             tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
             train_record={"args": args.to_dict(), "data_path": absolute_data_path(self.data.data_path),
+                          "dataset_shapes": self.data.shapes,
                           "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
                           "layout": self.layout_record(), "zero_stage": self.layout.zero})
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
@@ -233,7 +234,7 @@ class Trainer:
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
-                "layout": self.layout_record(), "dataset_shapes": self.data.shapes}
+                "layout": self.layout_record()}
 
     def _load(self, load_dir: str, universal: str | None) -> None:
         state = self.checkpoints.load(self.engine, load_dir, self.config, universal)
@@ -243,7 +244,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint in {load_dir} was trained with tokenizer "
                                   f"{state.get('tokenizer_fingerprint')} but the data uses "
                                   f"{self.data.tokenizer_fingerprint}")
-        changed = changed_datasets(state.get("dataset_shapes", {}), self.data.shapes)
+        record = read_train_record(Path(load_dir) / read_latest(load_dir))
+        changed = changed_datasets(record.get("dataset_shapes", {}), self.data.shapes)
         if changed and self.rank == 0:
             logger.warning("the data changed since %s was saved: %s. The run goes on with what the datasets hold now; "
                            "its samples from here on are not those it would have read", load_dir, "; ".join(changed))
