@@ -451,3 +451,13 @@ def test_launcher_counts_are_checked(argv: list[str], message: str) -> None:
     ``world_size=0``, not the flag."""
     with pytest.raises(LaunchError, match=f"^{re.escape(message)}$"):
         split_launcher_flags([*argv, "--train-iters", "2"])
+
+
+def test_evaluate_refuses_sequences_longer_than_the_model_context() -> None:
+    """``evaluate --seq-length 100000`` on a 512-position model ran on for minutes (generate already stopped at
+    the context)."""
+    config = small_config()
+    loaded = SimpleNamespace(train_record=None, config=config, source=Path("export"))
+    too_long = evaluate_module.parse_args(["--load", "export", "--seq-length", str(config.max_seq_len + 1)])
+    with pytest.raises(LoadError, match=f"exceeds the model's context, max_seq_len={config.max_seq_len}; pass at"):
+        evaluate_module.heldout_batches(loaded, too_long)

@@ -201,6 +201,9 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     recorded.update({k: v for k, v in (("split", cfg.split), ("seed", cfg.seed), ("seq_length", cfg.seq_length))
                      if v is not None})
     recipe = DataRecipe.from_record(recorded)
+    if recipe.seq_length > loaded.config.max_seq_len:
+        raise LoadError(f"--seq-length {recipe.seq_length} exceeds the model's context, max_seq_len="
+                        f"{loaded.config.max_seq_len}; pass at most {loaded.config.max_seq_len}")
     data_path = cfg.data_path or record.get("data_path")
     if not data_path:
         raise LoadError(f"{loaded.source} records no training data (exports do not); pass --data-path PREFIX")
