@@ -28,7 +28,7 @@ from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
 from megamythos.data.metadata import MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
 from megamythos.data.pretraining import DataError, resolve_data
-from megamythos.data.sources import RawRecord, parse_record
+from megamythos.data.sources import InputError, RawRecord, iter_hub_records, parse_record
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.inference import evaluate as evaluate_module
 from megamythos.inference import generate as generate_module
@@ -461,3 +461,12 @@ def test_evaluate_refuses_sequences_longer_than_the_model_context() -> None:
     too_long = evaluate_module.parse_args(["--load", "export", "--seq-length", str(config.max_seq_len + 1)])
     with pytest.raises(LoadError, match=f"exceeds the model's context, max_seq_len={config.max_seq_len}; pass at"):
         evaluate_module.heldout_batches(loaded, too_long)
+
+
+def test_a_folder_datasets_cannot_read_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``preprocess --hf-dataset DIR`` on a folder that is no dataset (here a broken zip) was a BadZipFile
+    traceback from inside ``datasets``."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    (tmp_path / "data.zip").write_bytes(np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError, match=f"^--hf-dataset {re.escape(str(tmp_path))}: datasets.load_dataset cannot"):
+        list(iter_hub_records(str(tmp_path), None, "train", streaming=False))

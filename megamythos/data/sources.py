@@ -160,7 +160,13 @@ def iter_hub_records(name: str, config: str | None, split: str, streaming: bool)
     """Rows of a ``datasets.load_dataset`` dataset (a hub name such as ``HuggingFaceFW/fineweb-edu``)."""
     import datasets
 
-    dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    try:
+        dataset = datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except OSError:
+        raise  # unreachable hub, unreadable file: preprocess names the output and the cause
+    except Exception as err:  # whatever datasets raises for a directory or name it cannot read as a dataset
+        raise InputError(f"--hf-dataset {name}: datasets.load_dataset cannot read it ({type(err).__name__}: {err}); "
+                         "give a hub dataset name, a folder of data files or a save_to_disk directory") from err
     yield from _dataset_rows(dataset, f"{name}[{split}]")
 
 
