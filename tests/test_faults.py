@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ from megamythos.data.indexed_dataset import dataset_exists
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import metadata_path, read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.training.checkpointing import writer_lock
+from megamythos.training.checkpointing import CheckpointError, check_run_dirs, writer_lock
 from tests.helpers import (
     LAUNCHER,
     REPO,
@@ -196,6 +197,29 @@ def test_load_typo_is_refused(trained: Path, corpus: Path, tmp_path: Path) -> No
     line = refused([*tiny_args(corpus, 4), "--save", str(tmp_path / "new"), "--load", str(trained / "ckpt-typo")],
                    tmp_path)
     assert "--load" in line and "ckpt-typo" in line and "does not exist" in line
+
+
+def test_load_of_a_tag_an_export_or_an_empty_directory_is_refused(tmp_path: Path) -> None:
+    """Each started from scratch with one INFO line ("no checkpoint in ...; starting from scratch")."""
+    run = tmp_path / "run"
+    for tag in ("iter_0000002", "iter_0000004"):
+        (run / tag).mkdir(parents=True)
+        (run / tag / "model_config.json").write_text("{}")
+    (run / "latest").write_text("iter_0000004\n")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    cases = {run / "iter_0000004": f"is one checkpoint tag; pass the run directory above it, --load {run}, which "
+                                   "resumes from its latest tag, iter_0000004",
+             run / "iter_0000002": f"latest tag, iter_0000004; to resume from iter_0000002 instead, write that name "
+                                   f"into {run / 'latest'}",
+             tmp_path / "export": "is an export (weights only, no optimizer or data position)",
+             tmp_path / "empty": "holds no checkpoint (no `latest`)"}
+    for load, message in cases.items():
+        with pytest.raises(CheckpointError, match=re.escape(f"--load {load} ")) as refusal:
+            check_run_dirs(str(tmp_path / "new"), str(load), verify=False)
+        assert message in str(refusal.value)
+    check_run_dirs(str(tmp_path / "empty"), str(tmp_path / "empty"), verify=False)  # --load = --save: a fresh run
 
 
 @pytest.mark.launch

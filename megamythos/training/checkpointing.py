@@ -87,10 +87,26 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
                               "use the same --preset/--override as the run that wrote it")
 
 
+def not_a_run_directory(load: Path) -> str:
+    """Why ``--load`` ``load``, a directory without ``latest``, cannot be resumed, and what to pass instead."""
+    if (load / MODEL_CONFIG_FILE).is_file() and TAG_RE.match(load.name):
+        latest = read_latest(load.parent)
+        other = "" if latest == load.name else (f"; to resume from {load.name} instead, write that name into "
+                                                 f"{load.parent / 'latest'}")
+        return (f"--load {load} is one checkpoint tag; pass the run directory above it, --load {load.parent}, which "
+                f"resumes from its latest tag, {latest}{other}")
+    if (load / "model.safetensors").is_file():
+        return (f"--load {load} is an export (weights only, no optimizer or data position); the trainer resumes "
+                "from the --save directory of a run")
+    return (f"--load {load} holds no checkpoint (no `latest`); pass the --save directory of the run to resume, or "
+            "drop --load to start from scratch")
+
+
 def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> None:
-    """Refuse command lines that would lose checkpoints: a ``--load`` that does not exist (a typo would start from
-    scratch), and a ``--save`` holding checkpoints that this run does not resume (they would be overwritten and
-    ``latest`` moved back). ``--load`` equal to ``--save`` and still empty is a fresh run.
+    """Refuse command lines that would lose checkpoints or a run: a ``--load`` that does not exist or holds no
+    ``latest`` (a typo, one tag, an export: each would start from scratch), and a ``--save`` holding checkpoints
+    that this run does not resume (they would be overwritten and ``latest`` moved back). ``--load`` equal to
+    ``--save`` and still empty is a fresh run.
 
     ``verify``: also check the files of ``--load``'s latest tag against its checksums (:func:`verify_tag`); the
     trainer asks rank 0 alone, whose refusal ends the launch, so the checkpoint is read once, not once per rank."""
@@ -99,6 +115,8 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
         raise CheckpointError(f"--load {load} does not exist; fix the path, or drop --load to start from scratch")
     if load:
         tag = read_latest(load)
+        if tag is None and not same:
+            raise CheckpointError(not_a_run_directory(Path(load)))
         if tag is not None and verify:
             verify_tag(Path(load) / tag)
     if save and not same and Path(save).is_dir() and read_latest(save) is not None:
