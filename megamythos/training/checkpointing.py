@@ -89,13 +89,15 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
 
 def not_a_run_directory(load: Path) -> str:
     """Why ``--load`` ``load``, a directory without ``latest``, cannot be resumed, and what to pass instead."""
+    from megamythos.checkpoint.reader import MODEL_FILE  # an export's weights
+
     if (load / MODEL_CONFIG_FILE).is_file() and TAG_RE.match(load.name):
         latest = read_latest(load.parent)
         other = "" if latest == load.name else (f"; to resume from {load.name} instead, write that name into "
                                                  f"{load.parent / 'latest'}")
         return (f"--load {load} is one checkpoint tag; pass the run directory above it, --load {load.parent}, which "
                 f"resumes from its latest tag, {latest}{other}")
-    if (load / "model.safetensors").is_file():
+    if (load / MODEL_FILE).is_file():
         return (f"--load {load} is an export (weights only, no optimizer or data position); the trainer resumes "
                 "from the --save directory of a run")
     return (f"--load {load} holds no checkpoint (no `latest`); pass the --save directory of the run to resume, or "
