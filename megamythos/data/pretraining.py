@@ -109,8 +109,9 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
                      known[0]["tokenizer_fingerprint"] if known else None, shapes)
 
 
-def changed_datasets(recorded: dict[str, dict[str, int]], current: dict[str, dict[str, int]]) -> list[str]:
-    """``prefix (documents a -> b, tokens c -> d)`` for each dataset in both records whose shape differs."""
+def data_change(recorded: dict[str, dict[str, int]], current: dict[str, dict[str, int]], saved: str) -> str | None:
+    """``the data changed since SAVED was saved: PREFIX (documents a -> b, ...)`` for the datasets in both records
+    whose shape differs, or None when none does."""
     changes = []
     for prefix in sorted(recorded.keys() & current.keys()):
         before, now = recorded[prefix], current[prefix]
@@ -118,7 +119,7 @@ def changed_datasets(recorded: dict[str, dict[str, int]], current: dict[str, dic
             diffs = ", ".join(f"{key} {before.get(key)} -> {value}" for key, value in now.items()
                               if before.get(key) != value)
             changes.append(f"{prefix} ({diffs})")
-    return changes
+    return f"the data changed since {saved} was saved: {'; '.join(changes)}" if changes else None
 
 
 def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, global_batch: int,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_data_path
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
-from megamythos.data.pretraining import DataRecipe, batches, build_datasets, changed_datasets, resolve_data
+from megamythos.data.pretraining import DataRecipe, batches, build_datasets, data_change, resolve_data
 from megamythos.errors import ArgumentParser, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.lm import MythosLM
@@ -212,10 +212,10 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
                               loaded.tokenizer_record,
                               remedy="evaluate on data tokenised with the model's tokenizer")
     setup = resolve_data(list(data_path), loaded.config.vocab_size)
-    changed = changed_datasets(record.get("dataset_shapes", {}), setup.shapes)
-    if changed:
-        logger.warning("the data changed since %s was saved: %s. The held-out samples are drawn from what the "
-                       "datasets hold now, not those the run validated on", loaded.source, "; ".join(changed))
+    change = data_change(record.get("dataset_shapes", {}), setup.shapes, str(loaded.source))
+    if change:
+        logger.warning("%s. The held-out samples are drawn from what the datasets hold now, not those the run "
+                       "validated on", change)
     needed = cfg.eval_iters * cfg.micro_batch_size
     _, valid = build_datasets(recipe, setup.data_path, record.get("total_iters", 0),
                               record.get("global_batch_size", 0), min_valid_samples=needed)

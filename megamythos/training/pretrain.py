@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from megamythos.checkpoint.files import read_latest, read_train_record
 from megamythos.data.default_corpus import ensure_default_dataset
-from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, changed_datasets, resolve_data
+from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, data_change, resolve_data
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
 from megamythos.model.lm import MythosLM, compile_blocks, weight_decay_param_groups
@@ -245,10 +245,10 @@ class Trainer:
                                   f"{state.get('tokenizer_fingerprint')} but the data uses "
                                   f"{self.data.tokenizer_fingerprint}")
         record = read_train_record(Path(load_dir) / read_latest(load_dir))
-        changed = changed_datasets(record.get("dataset_shapes", {}), self.data.shapes)
-        if changed and self.rank == 0:
-            logger.warning("the data changed since %s was saved: %s. The run goes on with what the datasets hold now; "
-                           "its samples from here on are not those it would have read", load_dir, "; ".join(changed))
+        change = data_change(record.get("dataset_shapes", {}), self.data.shapes, load_dir)
+        if change and self.rank == 0:
+            logger.warning("%s. The run goes on with what the datasets hold now; its samples from here on are not "
+                           "those it would have read", change)
         self.iteration = state["iteration"]
         self.consumed = state["consumed_train_samples"]
         self.guard.skipped = state.get("skipped_steps", 0)
