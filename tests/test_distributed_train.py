@@ -16,6 +16,7 @@ import psutil
 import pytest
 import torch
 
+from megamythos.checkpoint.files import read_latest
 from megamythos.model.config import ModelConfig
 from megamythos.model.params import count
 from tests.helpers import (
@@ -343,6 +344,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path, corpus):
     assert last < 500
     assert (tmp_path / "ckpt" / "latest").read_text() == f"iter_{last:07d}"
     assert "stopping at iteration" in text
+
+
+def test_sigterm_to_one_rank_during_a_long_validation_saves_at_once(tmp_path, corpus):
+    """A SIGTERM to rank 1 alone while both ranks validate (``--eval-iters`` large enough to take an hour):
+    the validation is abandoned on both ranks within a micro-batch, the step before it is saved, exit code 0."""
+    log, metrics_file, save = tmp_path / "log.txt", tmp_path / "metrics.jsonl", tmp_path / "ckpt"
+    proc = start(2, [*tiny_args(corpus, 4), "--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2",
+                     "--eval-interval", "2", "--eval-iters", "100000", "--save", str(save),
+                     "--metrics-file", str(metrics_file)], log)
+    wait_for(lambda: max(losses(metrics_file), default=0) >= 2, proc, "iteration 2")  # then its validation starts
+    ranks = sorted((p for p in psutil.Process(proc.pid).children(recursive=True)
+                    if " -m megamythos.training.pretrain" in " ".join(p.cmdline())), key=lambda p: p.pid)
+    assert len(ranks) == 2
+    rank1 = next(p for p in ranks if p.environ().get("RANK") == "1")
+    rank1.send_signal(signal.SIGTERM)
+    text = finish(proc, log, timeout=120)
+    assert proc.returncode == 0, text[-4000:]
+    assert "validation at iteration 2 abandoned after" in text
+    assert read_latest(save) == "iter_0000002"
+    assert not any("lm loss validation" in m for m in metrics(metrics_file))
 
 
 def test_two_nodes_through_the_hostfile_path(zero3, tmp_path, corpus):

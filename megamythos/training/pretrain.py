@@ -337,21 +337,44 @@ class Trainer:
         validation samples, what ``evaluate --eval-iters eval_iters x global / B --micro-batch-size B`` reads)."""
         return self.args.eval_iters * self.layout.global_batch_size * self.args.seq_length
 
-    def evaluate(self, valid: Any) -> float:
+    def evaluate(self, valid: Any, signals: GracefulExit) -> float | None:
         """Mean validation loss over ``eval_iters`` global batches at the mean loop count (equal-sized micro-batches,
         so the mean of their means is the mean over tokens, as ``evaluate`` computes it). The expert token counts
-        of the bias update are left as they were (AutoEP's layer counts in eval mode too)."""
+        of the bias update are left as they were (AutoEP's layer counts in eval mode too).
+
+        ``None`` on every rank when a signal arrives during it: ``signals`` is checked (collectively) before each
+        micro-batch, so a preemption's grace period is spent saving, not validating."""
         self.engine.eval()
         losses = []
         it = batches(valid, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
+        micro_batches = self.args.eval_iters * self.layout.grad_accum
         with torch.no_grad(), expert_counts_frozen(self.engine.module):
-            for _ in range(self.args.eval_iters * self.layout.grad_accum):
+            for done in range(micro_batches):
+                if signals.should_exit():
+                    logger.warning("validation at iteration %d abandoned after %d of %d micro-batches",
+                                   self.iteration, done, micro_batches)
+                    self.engine.train()
+                    return None
                 tokens, labels = next(it)
                 # every loop on every rank: an exit would let data decide how many iterations a rank runs
                 out = self.engine(tokens, labels=labels, n_loops=self.config.mean_loops, exit_threshold=0.0)
                 losses.append(out.loss.item())
         self.engine.train()
         return self.world_mean([sum(losses) / len(losses)])[0]
+
+    def validate(self, valid: Any, signals: GracefulExit) -> None:
+        """:meth:`evaluate`, then its loss and perplexity to TensorBoard, the metrics file and the log (nothing
+        when a signal cut it short)."""
+        val = self.evaluate(valid, signals)
+        if val is None:
+            return
+        ppl = math.exp(min(val, 20.0))
+        self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl}, self.iteration, self.consumed)
+        self.monitor.record({"iteration": self.iteration, "lm loss validation": val, "lm loss validation ppl": ppl,
+                             "validation tokens": self.validation_tokens()})
+        logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g | %d tokens (%d batches of %d x "
+                    "%d) at %d loops", self.iteration, val, ppl, self.validation_tokens(), self.args.eval_iters,
+                    self.layout.global_batch_size, self.args.seq_length, self.config.mean_loops)
 
     # ---------------------------------------------------------------------------------------- the loop
     def train_step(self, data: Iterator) -> dict[str, Any]:
@@ -462,16 +485,7 @@ class Trainer:
                     saved_at, save_due = self.iteration, False
                     continue
                 if self.args.eval_interval and self.iteration % self.args.eval_interval == 0:
-                    val = self.evaluate(valid)
-                    ppl = math.exp(min(val, 20.0))
-                    self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl},
-                                         self.iteration, self.consumed)
-                    self.monitor.record({"iteration": self.iteration, "lm loss validation": val,
-                                         "lm loss validation ppl": ppl, "validation tokens": self.validation_tokens()})
-                    logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g | %d tokens (%d "
-                                "batches of %d x %d) at %d loops", self.iteration, val, ppl, self.validation_tokens(),
-                                self.args.eval_iters, self.layout.global_batch_size, self.args.seq_length,
-                                self.config.mean_loops)
+                    self.validate(valid, signals)
                 stop = signals.should_exit() or self.iteration == self.args.exit_interval
                 save_due = save_due or bool(self.args.save_interval and self.iteration % self.args.save_interval == 0)
                 if (stop or save_due) and self.save_unless_spiking():
