@@ -23,7 +23,7 @@ from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.schedules import LRSchedule
-from megamythos.training.signals import LAUNCHER_MARKERS, NonFiniteGuard, NonFiniteLossError
+from megamythos.training.signals import LAUNCHER_MARKERS, GracefulExit, NonFiniteGuard, NonFiniteLossError
 from tests.helpers import REPO, TINY_OVERRIDES, corpus_prefix, launch_env, plain_zero3_template, run_single, tiny_args
 
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
@@ -37,7 +37,8 @@ def test_arguments_parse_overrides_and_reject_bad_values():
     assert args.total_iters(global_batch_size=4) == 32  # 4096 tokens / (4 x 32)
     assert args.tp == 2 and args.zero is None and args.bf16 is None  # None: keep the ds_config value
     for bad in (["--train-iters", "5", "--train-tokens", "9"], ["--override", "dim"], ["--zero", "4"],
-                ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"]):
+                ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"],
+                ["--exit-duration-in-mins", "-1"]):
         with pytest.raises(ArgumentError):
             parse_args(bad)
 
@@ -249,6 +250,29 @@ def test_nonfinite_guard_skips_counts_and_aborts():
     guard.skip(torch.tensor(float("nan")), 4)
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss or gradient"):
         guard.record(True, 4, "gradient")
+
+
+def test_exit_duration_counts_from_the_process_start():
+    """``--exit-duration-in-mins``: past once this process has run that long (start-up included), never at 0."""
+    for minutes, past in ((0.0, False), (1e-6, True), (600.0, False)):
+        signals = GracefulExit(minutes)
+        try:
+            assert signals.should_exit() == past
+            assert (signals.reason or "").startswith(f"--exit-duration-in-mins {minutes:g} reached") == past
+        finally:
+            signals.restore()
+
+
+@pytest.mark.launch
+def test_exit_duration_stops_a_long_run_with_a_checkpoint(corpus, tmp_path):
+    """A run of 100,000 steps given 0.3 minutes saves the step it reached and exits 0."""
+    save = tmp_path / "ckpt"
+    out = run_single([*tiny_args(corpus, 100_000), "--exit-duration-in-mins", "0.3", "--eval-interval", "0",
+                      "--save", str(save)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "--exit-duration-in-mins 0.3 reached" in out.stderr
+    reached = int(re.search(r"stopping at iteration (\d+)", out.stderr).group(1))
+    assert 0 < reached < 100_000 and read_latest(save) == f"iter_{reached:07d}"
 
 
 # ------------------------------------------------------------------------------------------ checkpoint files

@@ -89,6 +89,7 @@ class TrainArgs:
     seed: int = DEFAULT_SEED
     max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
     exit_interval: int = 0  # stop (with a checkpoint) after this iteration; 0 -> run to the end
+    exit_duration_in_mins: float = 0.0  # stop (with a checkpoint) this long after the process started; 0 -> off
     # divergence guard (megamythos.training.divergence); defaults measured on the default run, 2026-12-04
     divergence_factor: float = 2.0  # stop when lm loss > this x ln(vocab); 0 -> off
     spike_factor: float = 1.5  # a spike: lm loss > this x the median of the last spike_window good losses; 0 -> off
@@ -124,7 +125,8 @@ class TrainArgs:
             _check(0.0 <= getattr(self, name) < 1.0,
                    f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)} (typical: 0.9 and 0.95)")
         _check(self.adam_eps > 0, f"--adam-eps must be positive, got {self.adam_eps} (typical: 1e-8)")
-        for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "clip_grad", "weight_decay"):
+        for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "exit_duration_in_mins", "clip_grad",
+                     "weight_decay"):
             _check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
         for name in ("divergence_factor", "spike_factor"):  # 1 x ln(vocab) / x the median: any loss at all
             value = getattr(self, name)
@@ -197,6 +199,8 @@ FLAG_HELP = {  # flags added in loops below; the others carry their help where t
     "eval_iters": "validation batches", "log_interval": "console line every N steps", "seed": "data and init seed",
     "max_nonfinite": "abort after this many consecutive non-finite losses",
     "exit_interval": "stop with a checkpoint after this step (0: run to the end)",
+    "exit_duration_in_mins": "stop with a checkpoint after the step during which this many minutes have passed since "
+                             "the process started: a job's time limit less the time a save takes (0: no limit)",
     "divergence_factor": "stop when the lm loss exceeds this x ln(vocab size), the loss of a uniform guess (0: off)",
     "spike_factor": "a loss spike: lm loss above this x the median of the last --spike-window good losses (0: off)",
     "spike_window": "good losses whose median a spike is measured against",
@@ -281,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--save-interval", "--keep-last", "--eval-interval", "--eval-iters", "--log-interval", "--seed",
                  "--max-nonfinite", "--exit-interval"):
         add(flag, type=int)
+    add("--exit-duration-in-mins", type=float)
     add("--peak-tflops", type=float, help="peak TFLOP/s per process for MFU; default: measured")
     g = p.add_argument_group("divergence guard")
     for flag in ("--divergence-factor", "--spike-factor"):

@@ -458,7 +458,8 @@ class Trainer:
                 "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped})
 
     def run(self) -> int:
-        """Train to the end (or to a signal / --exit-interval); returns the process exit code."""
+        """Train to the end (or to a signal / --exit-interval / --exit-duration-in-mins); returns the process exit
+        code."""
         if self.iteration >= self.total_iters:
             logger.warning("the run in %s already finished at iteration %d of %d: nothing to do. Raise "
                            "--train-iters to continue it, or start another run in a new folder (RUN_DIR=runs/NAME "
@@ -466,7 +467,7 @@ class Trainer:
             return 0
         train, valid = self.datasets()
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
-        signals = GracefulExit()
+        signals = GracefulExit(self.args.exit_duration_in_mins)
         self.engine.train()
         saved_at, save_due = self.iteration, False
         try:

@@ -1,5 +1,6 @@
 """Stop and skip conditions that every rank must agree on: termination signals, the end of the process that
-launched the rank, and non-finite losses; and how a rank reports a peer that died (nothing to agree on then).
+launched the rank, a wall-clock limit, and non-finite losses; and how a rank reports a peer that died (nothing to
+agree on then).
 
 Each is decided by one all-reduce of a flag over all ranks, so a signal delivered to a single rank, or a NaN
 on one data-parallel shard, makes every rank take the same branch; a rank that diverged would otherwise hang in
@@ -11,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -110,14 +112,26 @@ class LauncherWatch:
             self._thread.join(timeout=5 * self._interval)
 
 
+def seconds_since_start() -> float:
+    """Wall-clock seconds since this process started."""
+    return time.time() - psutil.Process().create_time()
+
+
 class GracefulExit:
-    """Records SIGTERM/SIGINT, or the end of a launcher of this rank (:class:`LauncherWatch`), instead of
-    dying, so the loop can save a checkpoint and exit 0."""
+    """Records SIGTERM/SIGINT, the end of a launcher of this rank (:class:`LauncherWatch`), or the passing of
+    ``exit_duration_in_mins`` since the process started, instead of dying, so the loop can save a checkpoint and
+    exit 0.
+
+    The duration counts from the process start, as Megatron's ``--exit-duration-in-mins`` does, so start-up,
+    compilation and validations count against a job's time limit; 0 is no limit."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, exit_duration_in_mins: float = 0.0) -> None:
         self.reason: str | None = None
+        self.exit_duration_in_mins = exit_duration_in_mins
+        self._deadline = time.monotonic() + exit_duration_in_mins * 60 - seconds_since_start() \
+            if exit_duration_in_mins else None
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         self._watch = LauncherWatch(self._stop_for)
 
@@ -130,7 +144,11 @@ class GracefulExit:
             self.reason = reason
 
     def should_exit(self) -> bool:
-        """Collective: true on every rank once any rank received a signal or lost its launcher."""
+        """Collective: true on every rank once any rank received a signal, lost its launcher or passed the
+        duration limit (each rank reads its own clock; the first one past it decides for all)."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self._stop_for(f"--exit-duration-in-mins {self.exit_duration_in_mins:g} reached "
+                           f"({seconds_since_start() / 60:.2f} minutes since this process started)")
         return any_rank(self.reason is not None)
 
     def restore(self) -> None:
