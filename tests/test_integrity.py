@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from megamythos.checkpoint.checksums import CHECKSUMS_FILE, verify_checksums
+from megamythos.checkpoint.checksums import CHECKSUMS_FILE, shares, verify_checksums
 from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest
 from megamythos.checkpoint.reader import load_exported
@@ -27,7 +27,7 @@ from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
 from megamythos.model.config import ModelConfig
 from megamythos.training.checkpointing import check_run_dirs, universal_tag
-from tests.helpers import launch_env, one_error_line, run, run_single, tiny_args, trains
+from tests.helpers import free_port, launch_env, one_error_line, run, run_single, tiny_args, trains
 
 GOOD, LATEST_TAG = "iter_0000001", "iter_0000002"
 FILES = {"model states": "*model_states.pt", "optimizer states": "*optim_states.pt"}
@@ -104,12 +104,80 @@ def test_export_says_when_no_tag_verifies(saved: Path, tmp_path: Path, capsys) -
     assert "optim_states.pt is corrupt" in line and f"no other tag of {ckpt} verifies" in line, line
 
 
+def test_shares_give_each_file_to_one_rank_and_balance_the_bytes() -> None:
+    sizes = {f"f{i}": size for i, size in enumerate([900, 10, 500, 500, 7, 300, 300, 1, 0])}
+    parts = shares(sizes, 3)
+    assert sorted(name for part in parts for name in part) == sorted(sizes)
+    loads = [sum(sizes[name] for name in part) for part in parts]
+    assert max(loads) <= sum(sizes.values()) / 3 + max(sizes.values()) and loads == [900, 810, 808]
+    assert shares(sizes, 1) == [sorted(sizes, key=lambda n: (-sizes[n], n))]
+    assert shares({"a": 5}, 4) == [["a"], [], [], []]
+
+
+TEAM_RANK = """
+import json, sys
+from pathlib import Path
+import torch.distributed as dist
+from megamythos.checkpoint import checksums
+from megamythos.training.checkpointing import team
+
+dist.init_process_group("gloo")
+hashed = []
+sha256 = checksums.file_sha256
+checksums.file_sha256 = lambda path: hashed.append(path.name) or sha256(path)
+directory, report = Path(sys.argv[1]), Path(sys.argv[2])
+checksums.write_checksums(directory, team())
+dist.barrier()
+written = list(hashed)
+listed = json.loads((directory / checksums.CHECKSUMS_FILE).read_text())["files"]
+target = directory / checksums.shares({n: e["size"] for n, e in listed.items()}, 2)[1][0]
+if dist.get_rank() == 0:  # flip 4 KiB of the largest file rank 1 hashes: only rank 1 can find it
+    data = bytearray(target.read_bytes())
+    data[100:4196] = bytes(b ^ 0xFF for b in data[100:4196])
+    target.write_bytes(bytes(data))
+dist.barrier()
+try:
+    checksums.verify_checksums(directory, team())
+    refusal = None
+except checksums.ChecksumError as err:
+    refusal = str(err)
+report.write_text(json.dumps({"written": written, "refusal": refusal, "target": str(target)}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.launch
+def test_ranks_hash_their_own_share_of_a_checkpoint(saved: Path, tmp_path: Path) -> None:
+    """Two ranks (torch.distributed on gloo) write a tag's checksums together: each hashes its share, the
+    manifest equals one process's, and a file changed afterwards in rank 1's share is refused on both ranks
+    alike."""
+    tag = Path(shutil.copytree(saved / LATEST_TAG, tmp_path / "tag"))
+    alone = json.loads((tag / CHECKSUMS_FILE).read_text())
+    (tag / CHECKSUMS_FILE).unlink()
+    script = tmp_path / "rank.py"
+    script.write_text(TEAM_RANK)
+    env = {**launch_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tag), str(tmp_path / f"rank{r}.json")],
+                              env={**env, "RANK": str(r)}) for r in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert json.loads((tag / CHECKSUMS_FILE).read_text()) == alone
+    written = [set(r["written"]) for r in reports]
+    assert all(written) and not written[0] & written[1]
+    assert written[0] | written[1] == set(alone["files"])
+    target = Path(reports[0]["target"])
+    assert target.name in written[1]
+    assert reports[0]["refusal"] == reports[1]["refusal"] == f"{target} is corrupt: its sha256 differs from " \
+        f"{tag / CHECKSUMS_FILE}"
+
+
 @pytest.mark.parametrize("which", FILES)
 @pytest.mark.launch
 def test_resume_refuses_a_corrupt_file_before_start_up(which: str, saved: Path, corpus: Path,
                                                        tmp_path: Path) -> None:
-    """Model states: a 2-rank launch, where rank 0 alone verifies and its refusal, the only line the user sees,
-    ends the launch. Optimizer states: the trainer in one process, refused before the process group starts."""
+    """Model states: a 2-rank launch, where the ranks verify the tag together once torch.distributed runs, each
+    hashing its share, and rank 0's refusal is the only line the user sees. Optimizer states: the trainer in one
+    process, refused before the process group starts."""
     ckpt = copy_of(saved, tmp_path)
     bad = corrupt_one(ckpt, which)
     args = [*tiny_args(corpus, 4), "--save", str(ckpt), "--load", str(ckpt)]

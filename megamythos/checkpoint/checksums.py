@@ -6,13 +6,16 @@ It lists every regular file under the directory (relative POSIX paths) when it i
 written last, once the directory is complete. A listed file that is missing, or has another size or sha256, is
 refused by name (:class:`ChecksumError`); files added later (``eval/`` of ``megamythos.inference.evaluate``) are
 not checked. sha256 (about 1 GB/s on one core with SHA extensions; measured in bench/README.md) is computed in
-1 MiB chunks, one file after the other.
+1 MiB chunks, one file after the other; a :class:`Team` of ranks shares the files out, each hashing its own.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,67 +50,168 @@ def _listed_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != CHECKSUMS_FILE)
 
 
-def write_checksums(directory: Path) -> dict[str, Any]:
-    """Hash every file under ``directory`` and write ``directory/checksums.json`` atomically; returns it."""
-    manifest = {"algorithm": ALGORITHM, "files": {
-        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, ALGORITHM: file_sha256(p)}
-        for p in _listed_files(directory)}}
+def _alone(value: Any) -> list[Any]:
+    return [value]
+
+
+@dataclass(frozen=True)
+class Team:
+    """The processes that share the hashing of one directory: this one is ``rank`` of ``size``, and ``gather`` is
+    a collective that returns every rank's value in rank order. Each rank hashes its share (:func:`shares`), so a
+    checkpoint of B bytes costs B / size per rank instead of B on rank 0 (a 1T-parameter ZeRO checkpoint holds
+    about 14 TB). The default is one process alone; every rank of a team must make the same calls."""
+
+    rank: int = 0
+    size: int = 1
+    gather: Callable[[Any], list[Any]] = _alone
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (only rank 0 reads the directory: on a network file system another
+        node's view of a listing may lag behind, and every rank must see the same files)."""
+        return self.gather(value if self.rank == 0 else None)[0]
+
+
+ALONE = Team()
+
+
+def shares(sizes: dict[str, int], size: int) -> list[list[str]]:
+    """The files (name -> bytes) each of ``size`` ranks hashes: largest first, each to the rank with the fewest
+    bytes so far (ties: the lowest rank), so no rank holds more than total / size + the largest file. Every rank
+    computes the same lists from the same sizes."""
+    loads = [(0, rank) for rank in range(size)]
+    out: list[list[str]] = [[] for _ in range(size)]
+    for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
+        load, rank = heapq.heappop(loads)
+        out[rank].append(name)
+        heapq.heappush(loads, (load + sizes[name], rank))
+    return out
+
+
+def _raise_any(parts: list[Any]) -> None:
+    """Raise the first OSError a rank returned instead of its part (on every rank alike)."""
+    failed = next((part for part in parts if isinstance(part, OSError)), None)
+    if failed is not None:
+        raise failed
+
+
+def write_checksums(directory: Path, team: Team = ALONE) -> dict[str, Any] | None:
+    """Hash every file under ``directory`` and write ``directory/checksums.json`` atomically.
+
+    Collective over ``team``: rank 0 lists the files, each rank hashes its share, rank 0 writes the manifest and
+    returns it (the other ranks return None). An OSError on any rank is raised on every rank."""
+    try:
+        listing = {p.relative_to(directory).as_posix(): p.stat().st_size for p in _listed_files(directory)} \
+            if team.rank == 0 else None
+    except OSError as err:
+        listing = err
+    sizes = team.share(listing)
+    _raise_any([sizes])
+    try:
+        part: dict[str, str] | OSError = {name: file_sha256(directory / name)
+                                          for name in shares(sizes, team.size)[team.rank]}
+    except OSError as err:
+        part = err
+    parts = team.gather(part)
+    _raise_any(parts)
+    if team.rank != 0:
+        return None
+    digests = {name: digest for part in parts for name, digest in part.items()}
+    manifest = {"algorithm": ALGORITHM,
+                "files": {name: {"size": sizes[name], ALGORITHM: digests[name]} for name in sorted(sizes)}}
     write_atomic(directory / CHECKSUMS_FILE, json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
-def verify_checksums(directory: Path) -> bool:
-    """Check every file ``directory/checksums.json`` lists (sizes first, then hashes); False when there is no
-    manifest. Raises :class:`ChecksumError` for the first file, in path order, that is missing or differs."""
-    path = directory / CHECKSUMS_FILE
+def _read_manifest(path: Path) -> dict[str, Any] | str | None:
+    """The files ``path`` lists (name -> {"size", ALGORITHM}), None when there is no manifest, or what is wrong
+    with it (plain data: it travels between ranks)."""
     if not path.is_file():
-        return False
+        return None
     try:
         manifest = json.loads(path.read_text())
-        listed = {directory / name: entry for name, entry in manifest["files"].items()}
         if manifest["algorithm"] != ALGORITHM:
             raise ValueError(f"algorithm {manifest['algorithm']!r}")
+        return {name: {"size": int(entry["size"]), ALGORITHM: str(entry[ALGORITHM])}
+                for name, entry in manifest["files"].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ChecksumError(path, f"is corrupt ({err})") from err
-    for file, entry in listed.items():
-        if not file.is_file():
-            raise ChecksumError(file, f"is missing (listed in {path})")
-        if file.stat().st_size != entry["size"]:
-            raise ChecksumError(file, f"is corrupt: {file.stat().st_size} bytes, {entry['size']} when saved")
-    for file, entry in listed.items():
-        if file_sha256(file) != entry[ALGORITHM]:
-            raise ChecksumError(file, f"is corrupt: its {ALGORITHM} differs from {path}")
+        return f"is corrupt ({err})"
+
+
+def _first_problem(directory: Path, names: list[str], listed: dict[str, Any], hashes: bool) -> tuple[str, str] | None:
+    """(name, problem) of the first of ``names``, in path order, that is missing or has another size (``hashes``:
+    another sha256) than ``listed`` says."""
+    manifest = directory / CHECKSUMS_FILE
+    for name in sorted(names):
+        file, entry = directory / name, listed[name]
+        if not hashes and not file.is_file():
+            return name, f"is missing (listed in {manifest})"
+        if not hashes and file.stat().st_size != entry["size"]:
+            return name, f"is corrupt: {file.stat().st_size} bytes, {entry['size']} when saved"
+        if hashes and file_sha256(file) != entry[ALGORITHM]:
+            return name, f"is corrupt: its {ALGORITHM} differs from {manifest}"
+    return None
+
+
+def verify_checksums(directory: Path, team: Team = ALONE) -> bool:
+    """Check every file ``directory/checksums.json`` lists (sizes first, then hashes); False when there is no
+    manifest. Raises :class:`ChecksumError` for the first file, in path order, that is missing or differs.
+
+    Collective over ``team``: rank 0 reads the manifest, each rank checks its share, every rank returns or raises
+    alike."""
+    path = directory / CHECKSUMS_FILE
+    listed = team.share(_read_manifest(path))
+    if listed is None:
+        return False
+    if isinstance(listed, str):
+        raise ChecksumError(path, listed)
+    mine = shares({name: entry["size"] for name, entry in listed.items()}, team.size)[team.rank]
+    for hashes in (False, True):
+        problems = [p for p in team.gather(_first_problem(directory, mine, listed, hashes)) if p is not None]
+        if problems:
+            name, problem = min(problems)
+            raise ChecksumError(directory / name, problem)
     return True
 
 
-def verified(directory: Path) -> bool:
-    """Whether ``directory`` has a manifest and every file it lists matches."""
+def verified(directory: Path, team: Team = ALONE) -> bool:
+    """Whether ``directory`` has a manifest and every file it lists matches (collective over ``team``)."""
     try:
-        return verify_checksums(directory)
+        return verify_checksums(directory, team)
     except ChecksumError:
         return False
 
 
-def newest_verified_tag(save_dir: Path, exclude: str) -> str | None:
-    """The newest ``iter_*`` tag of ``save_dir`` other than ``exclude`` whose checksums verify (None: none does)."""
-    tags = sorted((p.name for p in save_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name) and p.name != exclude),
-                  key=lambda name: int(TAG_RE.match(name).group(1)), reverse=True)
-    return next((tag for tag in tags if verified(save_dir / tag)), None)
+def newest_verified_tag(save_dir: Path, exclude: str, team: Team = ALONE) -> str | None:
+    """The newest ``iter_*`` tag of ``save_dir`` other than ``exclude`` whose checksums verify (None: none does);
+    collective over ``team``."""
+    tags = team.share(sorted((p.name for p in save_dir.iterdir()
+                              if p.is_dir() and TAG_RE.match(p.name) and p.name != exclude),
+                             key=lambda name: int(TAG_RE.match(name).group(1)), reverse=True))
+    return next((tag for tag in tags if verified(save_dir / tag, team)), None)
 
 
-def verify_tag(tag_dir: Path) -> None:
+def verify_tag(tag_dir: Path, team: Team = ALONE) -> None:
     """Refuse a checkpoint tag whose files differ from its checksums, in one line naming the file and the newest
-    other tag of its directory that verifies. A tag saved before checksums existed has no manifest: it is
-    accepted with a warning once its torch files are complete archives (:func:`check_tag_files`)."""
+    other tag of its directory that verifies (collective over ``team``: every rank raises alike). A tag saved
+    before checksums existed has no manifest: it is accepted with a warning once its torch files are complete
+    archives (:func:`check_tag_files`, on rank 0)."""
     try:
-        if verify_checksums(tag_dir):
+        if verify_checksums(tag_dir, team):
             return
     except ChecksumError as err:
-        good = newest_verified_tag(tag_dir.parent, exclude=tag_dir.name)
+        good = newest_verified_tag(tag_dir.parent, tag_dir.name, team)
         remedy = (f"the newest tag that verifies is {good} ({tag_dir.parent / good}; to resume it, write {good} "
                   f"into {tag_dir.parent / LATEST})" if good else f"no other tag of {tag_dir.parent} verifies")
         raise CheckpointError(f"{err}; {remedy}, or restore {err.path.name} from another copy of the "
                               "checkpoint") from err
-    logger.warning("%s has no %s (saved before checkpoints carried checksums): its files are not verified",
-                   tag_dir, CHECKSUMS_FILE)
-    check_tag_files(tag_dir)
+    problem = None
+    if team.rank == 0:
+        logger.warning("%s has no %s (saved before checkpoints carried checksums): its files are not verified",
+                       tag_dir, CHECKSUMS_FILE)
+        try:
+            check_tag_files(tag_dir)
+        except CheckpointError as err:
+            problem = str(err)
+    problem = team.share(problem)
+    if problem is not None:
+        raise CheckpointError(problem)

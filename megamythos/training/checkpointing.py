@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint.checksums import verified, verify_tag, write_checksums
+from megamythos.checkpoint.checksums import ALONE, Team, verified, verify_tag, write_checksums
 from megamythos.checkpoint.files import (
     LATEST,
     MODEL_CONFIG_FILE,
@@ -72,6 +72,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _all_gather(value: Any) -> list[Any]:
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def team() -> Team:
+    """Every rank of the job as one :class:`~megamythos.checkpoint.checksums.Team` (one process alone before
+    torch.distributed starts)."""
+    return Team(dist.get_rank(), dist.get_world_size(), _all_gather) if dist.is_initialized() else ALONE
+
+
 def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) -> None:
     """Refuse a checkpoint whose model differs in any field that shapes or changes the network."""
     cur = json.loads(current.to_json())  # as saved: tuples are JSON lists
@@ -110,8 +122,9 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
     that this run does not resume (they would be overwritten and ``latest`` moved back). ``--load`` equal to
     ``--save`` and still empty is a fresh run.
 
-    ``verify``: also check the files of ``--load``'s latest tag against its checksums (:func:`verify_tag`); the
-    trainer asks rank 0 alone, whose refusal ends the launch, so the checkpoint is read once, not once per rank."""
+    ``verify``: also check the files of ``--load``'s latest tag against its checksums (:func:`verify_tag`), here
+    in this process alone; the trainer asks it of a world of one, before start-up, and has a larger world verify
+    the tag together once torch.distributed runs (:func:`verify_resume`): each rank hashes its share."""
     same = bool(save and load) and Path(save).resolve() == Path(load).resolve()
     if load and not same and not Path(load).is_dir():
         raise CheckpointError(f"--load {load} does not exist; fix the path, or drop --load to start from scratch")
@@ -124,6 +137,14 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
     if save and not same and Path(save).is_dir() and read_latest(save) is not None:
         raise CheckpointError(f"--save {save} already holds checkpoints (latest {read_latest(save)}); resume them "
                               f"with --load {save}, or start fresh with another --save (or delete {save})")
+
+
+def verify_resume(load: str) -> None:
+    """Collective: refuse ``load``'s latest tag when its files differ from its checksums, every rank hashing its
+    share (:func:`check_run_dirs` checked the directory itself)."""
+    tag = read_latest(load)
+    if tag is not None:
+        verify_tag(Path(load) / tag, team())
 
 
 @contextmanager
@@ -169,7 +190,7 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     AutoTP (measured with the layout pairs of tests/test_elastic.py). Rank 0 converts it once, into
     ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed conversion leaves no
     valid-looking one) with its own checksums; a universal directory whose checksums do not verify (or that has
-    none) is derived data and converted again from the tag, which :func:`check_run_dirs` verified. The other ranks
+    none) is derived data and converted again from the tag, which the resume verified. The other ranks
     only name it, and load after the barrier that follows (``deepspeed.initialize``)."""
     tag = read_latest(load_dir)
     saved, saved_stage = saved_layout(Path(load_dir) / tag) if tag else (None, None)
@@ -317,11 +338,11 @@ class CheckpointManager:
         except (OSError, RuntimeError) as err:
             self._save_failed(err, tag_dir)
         _barrier()  # every rank's shards and RNG are on disk before their checksums are taken and `latest` moves
+        try:
+            write_checksums(tag_dir, team())  # each rank hashes its share of the files
+        except OSError as err:
+            self._save_failed(err, tag_dir)
         if _rank() == 0:
-            try:
-                write_checksums(tag_dir)
-            except OSError as err:
-                self._save_failed(err, tag_dir)
             write_atomic(self.save_dir / LATEST, tag)
             self._prune(keep=tag)
             logger.info("saved checkpoint %s", tag_dir)

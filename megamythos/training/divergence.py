@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from megamythos.checkpoint.checksums import CHECKSUMS_FILE, verified
+from megamythos.checkpoint.checksums import ALONE, ChecksumError, Team, verify_checksums
 from megamythos.checkpoint.files import LATEST, TAG_RE, UNIVERSAL_SUFFIX, read_latest, write_atomic
 from megamythos.errors import UserError
+from megamythos.training.checkpointing import team
 
 logger = logging.getLogger(__name__)
 
@@ -117,29 +118,38 @@ class DivergenceGuard:
         self.streak = 0
 
 
-def usable(tag_dir: Path) -> bool:
-    """Whether a tag may be resumed: its checksums verify (a tag saved before checksums has none to check)."""
-    return not (tag_dir / CHECKSUMS_FILE).is_file() or verified(tag_dir)
+def usable(tag_dir: Path, ranks: Team = ALONE) -> bool:
+    """Whether a tag may be resumed: its checksums verify (a tag saved before checksums has none to check);
+    collective over ``ranks``."""
+    try:
+        verify_checksums(tag_dir, ranks)
+    except ChecksumError:
+        return False
+    return True
 
 
 def step_back(save_dir: Path, first_bad: int) -> Path | None:
     """Collective: make ``save_dir/latest`` name the newest complete checkpoint saved before iteration
     ``first_bad - 1`` whose checksums verify, and move the newer tags aside to ``TAG.diverged`` (kept for a post
     mortem, invisible to resume and export; their derived universal forms are deleted): the one saved at
-    ``first_bad - 1`` holds the weights whose loss at ``first_bad`` was the first bad one. Rank 0 changes the files
-    (``latest`` first); every rank returns the tag directory ``latest`` then names, or None when no checkpoint is
-    left (``latest`` is removed)."""
-    chosen: list[str | None] = [None]
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        latest = read_latest(save_dir)
-        tags = sorted((int(m.group(1)), p.name) for p in (save_dir.iterdir() if save_dir.is_dir() else ())
-                      if p.is_dir() and (m := TAG_RE.match(p.name)))
-        newest = next((it for it, tag in tags if tag == latest), -1)  # newer tags are partial saves
-        good = [tag for it, tag in tags if it < first_bad - 1 and it <= newest and usable(save_dir / tag)]
-        chosen = [good[-1] if good else None]
-        if chosen[0] != latest:
-            if chosen[0]:
-                write_atomic(save_dir / LATEST, chosen[0])
+    ``first_bad - 1`` holds the weights whose loss at ``first_bad`` was the first bad one. Candidates are verified
+    newest first by every rank together (:func:`usable`), older ones only while newer ones fail; rank 0 lists the
+    tags and changes the files (``latest`` first); every rank returns the tag directory ``latest`` then names, or
+    None when no checkpoint is left (``latest`` is removed)."""
+    ranks = team()
+    listing = None
+    if ranks.rank == 0:
+        listing = (read_latest(save_dir), sorted((int(m.group(1)), p.name) for p in
+                                                 (save_dir.iterdir() if save_dir.is_dir() else ())
+                                                 if p.is_dir() and (m := TAG_RE.match(p.name))))
+    latest, tags = ranks.share(listing)
+    newest = next((it for it, tag in tags if tag == latest), -1)  # newer tags are partial saves
+    candidates = [tag for it, tag in reversed(tags) if it < first_bad - 1 and it <= newest]
+    chosen = next((tag for tag in candidates if usable(save_dir / tag, ranks)), None)
+    if ranks.rank == 0:
+        if chosen != latest:
+            if chosen:
+                write_atomic(save_dir / LATEST, chosen)
             else:
                 (save_dir / LATEST).unlink(missing_ok=True)
         for it, tag in tags:
@@ -154,5 +164,5 @@ def step_back(save_dir: Path, first_bad: int) -> Path | None:
                 for universal in save_dir.glob(f"{tag}{UNIVERSAL_SUFFIX}*"):
                     shutil.rmtree(universal, ignore_errors=True)
     if dist.is_initialized():
-        dist.broadcast_object_list(chosen, src=0)
-    return save_dir / chosen[0] if chosen[0] else None
+        dist.barrier()  # the files are changed before any rank reads them
+    return save_dir / chosen if chosen else None

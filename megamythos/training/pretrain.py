@@ -44,6 +44,7 @@ from megamythos.training.checkpointing import (
     CheckpointManager,
     check_run_dirs,
     universal_tag,
+    verify_resume,
     writer_lock,
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
@@ -155,6 +156,8 @@ class Trainer:
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed()
+        if args.load and self.world > 1:
+            verify_resume(args.load)
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config,
@@ -515,12 +518,13 @@ class Trainer:
 def train(argv: Sequence[str] | None = None) -> int:
     """Parse, check the run's directories, train, report; returns the process exit code.
 
-    Arguments and checkpoint directories are checked before any process group or DeepSpeed start-up; rank 0
-    verifies the checksums of the checkpoint to resume and holds the ``--save`` directory's writer lock for the
-    whole run."""
+    Arguments and checkpoint directories are checked before any process group or DeepSpeed start-up, and so are
+    the checksums of the checkpoint to resume in a world of one; a larger world verifies them together once
+    torch.distributed runs, each rank hashing its share. Rank 0 holds the ``--save`` directory's writer lock for
+    the whole run."""
     args = parse_args(argv)
     rank0 = os.environ.get("RANK", "0") == "0"
-    check_run_dirs(args.save, args.load, verify=rank0)
+    check_run_dirs(args.save, args.load, verify=os.environ.get("WORLD_SIZE", "1") == "1")
     if rank0:
         check_outputs(args.tensorboard_dir, args.metrics_file)
     with writer_lock(args.save, holder=rank0):
