@@ -433,6 +433,32 @@ def test_a_rank_killed_with_sigkill_is_named_by_the_survivor_in_one_line(corpus:
 
 
 @pytest.mark.launch
+@pytest.mark.distributed
+def test_a_stuck_rank_is_reported_after_the_distributed_timeout(corpus: Path, tmp_path: Path) -> None:
+    """Rank 1 of 2 stops (SIGSTOP: a hung rank, as a stuck file system or driver leaves it): rank 0's next
+    collective gives up after ``--distributed-timeout-minutes`` (here 0.2) and prints one line saying so and where
+    the job resumes, not gloo's traceback; without the flag DeepSpeed's default is 10 minutes."""
+    save, log = tmp_path / "ckpt", tmp_path / "log.txt"
+    args = [*tiny_args(corpus, 500), "--save", str(save), "--eval-interval", "0", "--save-interval", "2",
+            "--distributed-timeout-minutes", "0.2"]
+    proc = start(2, args, log)
+    wait_for(lambda: read_latest(save) is not None if save.is_dir() else False, proc, "the first checkpoint")
+    rank1 = next(p for p in ranks_of(save) if p.environ().get("RANK") == "1" and "pretrain" in " ".join(p.cmdline()))
+    rank1.suspend()
+    try:
+        text = finish(proc, log, timeout=180)
+    finally:
+        if rank1.is_running():
+            rank1.kill()
+    assert proc.returncode not in (0, None, -9), text[-4000:]
+    lines = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: rank 0: a collective waited 0.2 minutes (--distributed-timeout-minutes) for another rank"), text[-4000:]
+    assert f"--load {save} resumes from {read_latest(save)}" in lines[0]
+    assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.mark.launch
 def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_path: Path) -> None:
     """A dataset rebuilt from other text under the same prefix was resumed on (and evaluated on) without a word,
     the samples after the checkpoint no longer those the run would have read; each tag's train_args.json now

@@ -103,6 +103,7 @@ class TrainArgs:
     ep: int | None = None
     zero: int | None = None
     bf16: bool | None = None
+    distributed_timeout_minutes: float = 10.0  # how long a collective waits for the other ranks (DeepSpeed's default)
     replicate_core: bool | None = None  # ZeRO-3: keep the core gathered (None: yes, unless it is a leaf module)
     compile: bool = False  # torch.compile each prelude/coda block and the shared recurrent block
     adam_impl: str = "auto"  # megamythos.training.optimizers: auto (apex on CUDA if installed), deepspeed, apex
@@ -113,7 +114,7 @@ class TrainArgs:
         _check(self.train_iters is None or self.train_tokens is None,
                "give at most one of --train-iters and --train-tokens")
         for name in ("train_iters", "train_tokens", "micro_batch_size", "global_batch_size", "tp", "ep",
-                     "default_data_max_files", "peak_tflops"):
+                     "default_data_max_files", "peak_tflops", "distributed_timeout_minutes"):
             value = getattr(self, name)
             _check(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         _check(self.zero is None or self.zero in (0, 1, 2, 3), f"--zero must be 0, 1, 2 or 3, got {self.zero}")
@@ -298,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tp", type=int, help="tensor-parallel size (AutoTP)")
     add("--ep", type=int, help="expert-parallel size (AutoEP)")
     add("--zero", type=int, help="ZeRO stage")
+    add("--distributed-timeout-minutes", type=float,
+        help="how long a collective waits for the other ranks before the job fails (Megatron's flag): a stuck or "
+             "much slower rank is reported after this long; raise it when a rank works alone for longer, e.g. rank 0 "
+             "converting a large checkpoint for a resume on another layout")
     g.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                    help="bf16 mixed precision (None: the ds_config decides)")
     g.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="fp32")

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,8 @@ from megamythos.training.signals import (
     GracefulExit,
     NonFiniteGuard,
     any_rank,
+    collective_failure,
     join_supervisor_group,
-    lost_peer,
-    peer_loss_message,
 )
 
 logger = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ def setup_logging(rank: int) -> None:
                         format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s", force=True)
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU); returns (rank, world size)."""
+def init_distributed(timeout_minutes: float) -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU), its collectives failing after
+    ``timeout_minutes`` of waiting; returns (rank, world size)."""
     import deepspeed
 
     if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
@@ -95,7 +96,7 @@ def init_distributed() -> tuple[int, int]:
         remove_stale_buffers()
     logger.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
                 "unless `make install` prebuilt it)")
-    deepspeed.init_distributed()
+    deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -155,7 +156,7 @@ class Trainer:
         self.adam_impl = resolve_adam_impl(args.adam_impl, torch.cuda.is_available())
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
-        self.rank, self.world = init_distributed()
+        self.rank, self.world = init_distributed(args.distributed_timeout_minutes)
         if args.load and self.world > 1:
             verify_resume(args.load)
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
@@ -553,11 +554,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") != "0":
             return _quiet(argv)
         return run_cli(lambda: train(argv), log_format=None, logger=logger)
-    except RuntimeError as err:  # a peer rank died: every survivor says so in one line, whatever its rank
-        if not lost_peer(err):
+    except RuntimeError as err:  # a peer rank died or hangs: every survivor says so in one line, whatever its rank
+        args = parse_args(argv)
+        line = collective_failure(err, args.save, read_latest(args.save) if args.save else None,
+                                  args.distributed_timeout_minutes)
+        if line is None:
             raise
-        save = parse_args(argv).save
-        print(f"error: {peer_loss_message(save, read_latest(save) if save else None)}", file=sys.stderr, flush=True)
+        print(f"error: {line}", file=sys.stderr, flush=True)
         return 1
     finally:
         if dist.is_initialized():

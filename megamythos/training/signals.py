@@ -221,11 +221,26 @@ def dead_local_ranks() -> list[int]:
     return sorted(set(range(first, first + local)) - alive)
 
 
-def peer_loss_message(save: str | None, latest: str | None) -> str:
-    """The one line a surviving rank prints: which rank died, and the checkpoint the job resumes from."""
-    dead = dead_local_ranks()
-    who = ", ".join(f"rank {r}" for r in dead) if dead else "a rank of this job (on another node)"
+# What gloo raises in a collective that waited --distributed-timeout-minutes for a peer that did not answer.
+TIMEOUT_MARKERS = ("Timed out waiting",)
+
+
+def collective_failure(err: BaseException, save: str | None, latest: str | None,
+                       timeout_minutes: float) -> str | None:
+    """The one line a rank prints when a collective failed because another rank ended, or stopped answering for
+    ``timeout_minutes`` (stuck, stopped, or far slower than the others); None for any other error."""
+    if not isinstance(err, RuntimeError):
+        return None
+    if lost_peer(err):
+        dead = dead_local_ranks()
+        who = ", ".join(f"rank {r}" for r in dead) if dead else "a rank of this job (on another node)"
+        what = f"{who} ended during a collective"
+    elif any(marker in str(err) for marker in TIMEOUT_MARKERS):
+        what = (f"a collective waited {timeout_minutes:g} minutes (--distributed-timeout-minutes) for another rank, "
+                "which is stuck or far slower than this one")
+    else:
+        return None
     where = (f"--load {save} resumes from {latest}" if latest
              else "no checkpoint was saved yet: it starts afresh" if save else "it ran without --save")
-    return (f"rank {os.environ.get('RANK', '0')}: {who} ended during a collective; the job cannot continue. "
-            f"Run the same command again ({where})")
+    return (f"rank {os.environ.get('RANK', '0')}: {what}; the job cannot continue. Run the same command again "
+            f"({where})")
