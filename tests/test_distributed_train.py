@@ -282,7 +282,7 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
                 "lm loss validation vs samples", "lm loss validation ppl", "lm loss validation ppl vs samples",
                 "recurrent/max-rho", "recurrent/exit-mean-loops", "recurrent/exit-share/loop-01",
                 "recurrent/loop-count", "recurrent/state-norm/loop-00", "moe/max-load", "moe/mean-load", "moe/bias-min",
-                "moe/bias-max"}
+                "moe/bias-max", "memory/rss-GiB", "memory/max-rss-GiB"}
     assert expected <= tags, f"missing {sorted(expected - tags)}"
     assert [e.step for e in acc.Scalars("lm loss")] == list(range(1, ITERS + 1))
     assert [e.step for e in acc.Scalars("lm loss vs samples")] == [2 * i for i in range(1, ITERS + 1)]
@@ -294,8 +294,10 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     shares = [r["recurrent/exit-share"] for r in metrics(zero3 / "metrics.jsonl") if "recurrent/exit-share" in r]
     assert len(shares) == ITERS and all(abs(sum(s) - 1) < 1e-6 for s in shares)  # a distribution per step
     assert all(0 < e.value < 1 for e in acc.Scalars("recurrent/max-rho"))
+    rss, peak = ([e.value for e in acc.Scalars(f"memory/{tag}-GiB")] for tag in ("rss", "max-rss"))
+    assert all(0.05 < r < 64 and 0.9 * r < p for r, p in zip(rss, peak, strict=True)), (rss, peak)  # GiB per rank
     log = (zero3 / "log.txt").read_text()
-    assert f"iteration {ITERS:8d}/{ITERS:8d}" in log and "checkpoints: " in log
+    assert f"iteration {ITERS:8d}/{ITERS:8d}" in log and "checkpoints: " in log and "memory (GiB): " in log
 
 
 def test_checkpoint_of_another_model_is_refused_at_start(zero3, corpus, tmp_path):

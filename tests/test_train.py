@@ -22,6 +22,7 @@ from megamythos.planning.layout import LayoutError, ParallelLayout
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
+from megamythos.training.monitor import memory_usage
 from megamythos.training.schedules import LRSchedule
 from megamythos.training.signals import LAUNCHER_MARKERS, GracefulExit, NonFiniteGuard, NonFiniteLossError
 from tests.helpers import REPO, TINY_OVERRIDES, corpus_prefix, launch_env, plain_zero3_template, run_single, tiny_args
@@ -250,6 +251,15 @@ def test_nonfinite_guard_skips_counts_and_aborts():
     guard.skip(torch.tensor(float("nan")), 4)
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss or gradient"):
         guard.record(True, 4, "gradient")
+
+
+def test_memory_usage_on_cpu_follows_the_resident_set():
+    """A 512 MiB tensor, touched, raises the resident set by about that much, and the peak with it."""
+    before = memory_usage(torch.device("cpu"))
+    block = torch.ones(1 << 27)  # 128 Mi float32 = 0.5 GiB
+    after = memory_usage(torch.device("cpu"))
+    assert 0.4 < after["memory/rss-GiB"] - before["memory/rss-GiB"] < 0.6, (before, after)
+    assert after["memory/max-rss-GiB"] > before["memory/rss-GiB"] + 0.4 and float(block[-1]) == 1.0
 
 
 def test_exit_duration_counts_from_the_process_start():

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from megamythos.data.atomic import OutputError, writable_directory, writable_parent
@@ -25,6 +27,24 @@ logger = logging.getLogger(__name__)
 # Scalars written with a "<tag> vs samples" twin, as Megatron-LM does.
 SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "lm loss validation", "lm loss validation ppl",
                 "tokens-per-sec", "loss-scale")
+
+
+GIB = float(1 << 30)
+
+
+def memory_usage(device: torch.device) -> dict[str, float]:
+    """This process's memory, in GiB. CUDA: the peak allocated and reserved since the last call (the peaks are
+    then reset, so each call covers one step) and the caching allocator's retries so far (a count that rises is
+    fragmentation near the limit, before an out-of-memory error). CPU: the resident set now and its peak since
+    the process started."""
+    if device.type == "cuda":
+        usage = {"memory/max-allocated-GiB": torch.cuda.max_memory_allocated(device) / GIB,
+                 "memory/max-reserved-GiB": torch.cuda.max_memory_reserved(device) / GIB,
+                 "memory/alloc-retries": float(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))}
+        torch.cuda.reset_peak_memory_stats(device)
+        return usage
+    return {"memory/rss-GiB": psutil.Process().memory_info().rss / GIB,
+            "memory/max-rss-GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}  # Linux: KiB
 
 
 def measure_peak_tflops(dtype: torch.dtype = torch.float32, size: int = 512, repeats: int = 8) -> float:

@@ -54,6 +54,7 @@ from megamythos.training.monitor import (
     TrainingMonitor,
     check_outputs,
     measure_peak_tflops,
+    memory_usage,
     openmp_wait_policy,
     still_working,
 )
@@ -303,6 +304,12 @@ class Trainer:
                              "skipped_samples": skipped, "consumed_samples": self.consumed})
 
     # ---------------------------------------------------------------------------------------- helpers
+    def world_max(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value's maximum over all ranks (every rank passes the same keys)."""
+        t = torch.tensor(list(values.values()), dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return dict(zip(values, t.tolist(), strict=True))
+
     def world_mean(self, values: list[float]) -> list[float]:
         """Mean over all ranks (TP ranks hold equal values, so this is the data-parallel mean)."""
         t = torch.tensor(values, dtype=torch.float64)
@@ -448,6 +455,8 @@ class Trainer:
             values[f"recurrent/router-gate/loop-{i:02d}"] = gate
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
         values.update(step["comm"])
+        memory = self.world_max(memory_usage(torch.device(self.engine.device)))  # the rank nearest its limit
+        values.update(memory)
         self.monitor.scalars(values, self.iteration, self.consumed)
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
                              **{k: v for k, v in values.items() if not PER_LOOP.search(k)},
@@ -459,7 +468,8 @@ class Trainer:
                 "learning rate": values["learning-rate"], "lm loss": values["lm loss"],
                 "aux loss": values["aux loss"], "grad norm": grad_norm, "loops": step["n_loops"],
                 "tokens/s": tokens_per_sec, "TFLOP/s": tflops, "MFU": values["mfu"],
-                "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped})
+                "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped,
+                "memory (GiB)": memory.get("memory/max-allocated-GiB", memory.get("memory/rss-GiB"))})
 
     def run(self) -> int:
         """Train to the end (or to a signal / --exit-interval / --exit-duration-in-mins); returns the process exit
