@@ -148,5 +148,7 @@ def test_finished_run_says_there_is_nothing_to_do(corpus, tmp_path):
     again = run_single(args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (f"the run in {tmp_path / 'ckpt'} already finished at iteration 2 of 2: nothing to do. Raise "
-            "--train-iters to continue it, or start another run in a new folder") in again.stderr + again.stdout
+            "--train-iters to continue it (with --use-checkpoint-lr-schedule to stay at --min-lr, or "
+            "--override-lr-schedule for a schedule over the new length), or start another run in a new folder"
+            ) in again.stderr + again.stdout
     assert "iteration        1/" not in again.stderr + again.stdout

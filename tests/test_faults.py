@@ -469,7 +469,8 @@ def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_
     run = ["--data-path", data, "--save", str(tmp_path / "run"), "--save-interval", "2"]
     first = run_single([*tiny_args(corpus, 2), *run], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    again = run_single([*tiny_args(corpus, 3), *run, "--load", str(tmp_path / "run")], tmp_path)
+    extend = ["--load", str(tmp_path / "run"), "--use-checkpoint-lr-schedule"]  # a longer run, the same LR curve
+    again = run_single([*tiny_args(corpus, 3), *run, *extend], tmp_path)
     assert again.returncode == 0 and "the data changed" not in again.stderr, again.stderr[-3000:]
     merge_datasets([source, source], data)  # rebuilt under the same prefix: twice the documents
     change = f"{os.path.realpath(data)} (sequences {documents} -> {2 * documents}, documents {documents} -> "
@@ -478,6 +479,6 @@ def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_
                      "--micro-batch-size", "1", "--exit-threshold", "0"], tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"the data changed since {tag} was saved: {change}" in evaluated.stderr
-    rebuilt = run_single([*tiny_args(corpus, 4), *run, "--load", str(tmp_path / "run")], tmp_path)
+    rebuilt = run_single([*tiny_args(corpus, 4), *run, *extend], tmp_path)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     assert f"the data changed since {tmp_path / 'run'} was saved: {change}" in rebuilt.stderr

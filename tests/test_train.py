@@ -2,9 +2,11 @@
 bookkeeping, AutoTP patterns against the real model, the 1t dry run, and bad inputs rejected before training."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,9 +25,18 @@ from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import memory_usage
-from megamythos.training.schedules import LRSchedule
+from megamythos.training.schedules import LRSchedule, ScheduleChangeError, resumed_schedule, schedule_changes
 from megamythos.training.signals import LAUNCHER_MARKERS, GracefulExit, NonFiniteGuard, NonFiniteLossError
-from tests.helpers import REPO, TINY_OVERRIDES, corpus_prefix, launch_env, plain_zero3_template, run_single, tiny_args
+from tests.helpers import (
+    REPO,
+    TINY_OVERRIDES,
+    corpus_prefix,
+    launch_env,
+    one_error_line,
+    plain_zero3_template,
+    run_single,
+    tiny_args,
+)
 
 DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
 
@@ -237,6 +248,55 @@ def test_lr_schedules():
     assert cos(60) == pytest.approx(cos.learning_rate(60) / cos.lr)
     with pytest.raises(ValueError):
         LRSchedule(lr=1.0, min_lr=2.0, warmup=0, total=10)
+
+
+def test_a_resumed_run_follows_one_schedule_and_is_told_which():
+    """Megatron's rule: a command line whose schedule differs from the checkpoint's is refused unless it says
+    which one wins; a WSD-only setting does not count for cosine schedules."""
+    saved = LRSchedule(lr=1e-2, min_lr=1e-3, warmup=1, total=4)
+    wanted = LRSchedule(lr=2e-3, min_lr=1e-3, warmup=1, total=8)
+    record = dataclasses.asdict(saved)
+    with pytest.raises(ScheduleChangeError) as refused:
+        resumed_schedule(record, wanted, "check", "ckpt/iter_0000004", 4)
+    assert str(refused.value) == (
+        "the command line changes the LR schedule saved in ckpt/iter_0000004 (--lr 0.01 -> 0.002, steps 4 -> 8): "
+        "pass --use-checkpoint-lr-schedule to keep the saved one (LR 0.001 at step 5), or --override-lr-schedule "
+        "to follow the new one from here (LR 0.001611)")
+    assert resumed_schedule(record, wanted, "checkpoint", "x", 4) == saved
+    assert resumed_schedule(record, wanted, "override", "x", 4) == wanted
+    assert resumed_schedule(None, wanted, "check", "x", 4) == wanted  # saved before checkpoints recorded it
+    same = dataclasses.replace(saved, decay_fraction=0.5)  # not a cosine schedule's setting
+    assert resumed_schedule(record, same, "check", "x", 4) == saved
+    assert schedule_changes(saved, dataclasses.replace(same, kind="wsd")) == [
+        "--lr-schedule cosine -> wsd", "--wsd-decay-fraction 0.2 -> 0.5"]
+
+
+@pytest.mark.launch
+def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(corpus, tmp_path):
+    """A run of 4 steps resumed to 8 with another --lr: refused in one line; with --use-checkpoint-lr-schedule the
+    saved schedule goes on (its floor, 0.001); with --override-lr-schedule the new cosine from step 5. Before,
+    the checkpoint's schedule won without a word."""
+    save = tmp_path / "ckpt"
+    base = ["--save", str(save), "--eval-interval", "0"]
+    first = run_single([*tiny_args(corpus, 4), *base], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    shutil.copytree(save, tmp_path / "saved")
+    resumed = {}
+    for choice in ("", "--use-checkpoint-lr-schedule", "--override-lr-schedule"):
+        shutil.rmtree(save)
+        shutil.copytree(tmp_path / "saved", save)
+        extra = ["--load", str(save), "--lr", "0.002", *([choice] if choice else [])]
+        out = run_single([*tiny_args(corpus, 8), *base, *extra], tmp_path)
+        resumed[choice] = (out.returncode, [float(lr) for lr in re.findall(r"learning rate: ([0-9.e-]+)", out.stderr)],
+                           out.stderr)
+    code, lrs, stderr = resumed[""]
+    assert code == 2 and not lrs and one_error_line(stderr).startswith(
+        f"error: the command line changes the LR schedule saved in {save / 'iter_0000004'} (--lr 0.01 -> 0.002, "
+        "steps 4 -> 8)"), stderr[-3000:]
+    assert resumed["--use-checkpoint-lr-schedule"][:2] == (0, [0.001] * 4)
+    code, lrs, _ = resumed["--override-lr-schedule"]
+    new = LRSchedule(lr=0.002, min_lr=0.001, warmup=1, total=8)
+    assert code == 0 and lrs == pytest.approx([new.learning_rate(step) for step in range(4, 8)], rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- guards

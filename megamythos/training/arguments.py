@@ -26,6 +26,7 @@ from megamythos.errors import ArgumentParser, UserError
 from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.training.divergence import ON_DIVERGENCE
 from megamythos.training.optimizers import ADAM_IMPLS
+from megamythos.training.schedules import ON_RESUME
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
@@ -69,6 +70,7 @@ class TrainArgs:
     min_lr: float = 1e-4
     warmup: int = 10
     lr_schedule: str = "cosine"
+    lr_schedule_on_resume: str = "check"  # a resumed run whose schedule differs: refuse, or keep / override it
     wsd_decay_fraction: float = 0.2
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
@@ -119,6 +121,8 @@ class TrainArgs:
             _check(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         _check(self.zero is None or self.zero in (0, 1, 2, 3), f"--zero must be 0, 1, 2 or 3, got {self.zero}")
         _check(self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {LR_SCHEDULES}")
+        _check(self.lr_schedule_on_resume in ON_RESUME,
+               f"lr_schedule_on_resume must be one of {ON_RESUME}, got {self.lr_schedule_on_resume!r}")
         _check(self.adam_impl in ADAM_IMPLS, f"--adam-impl must be one of {ADAM_IMPLS}, got {self.adam_impl!r}")
         _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
         _check(0.0 < self.wsd_decay_fraction <= 1.0, "--wsd-decay-fraction must lie in (0, 1]")
@@ -278,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
                  "--adam-eps", "--clip-grad"):
         add(flag, type=float)
     add("--lr-schedule", choices=LR_SCHEDULES)
+    resume = g.add_mutually_exclusive_group()
+    resume.add_argument("--use-checkpoint-lr-schedule", dest="lr_schedule_on_resume", action="store_const",
+                        const="checkpoint", default=d["lr_schedule_on_resume"].default,
+                        help="on resume, follow the LR schedule saved in the checkpoint, whatever --lr, --min-lr, "
+                             "--warmup, --lr-schedule and --train-iters say (Megatron's "
+                             "--use-checkpoint-opt_param-scheduler); without either flag a difference is refused")
+    resume.add_argument("--override-lr-schedule", dest="lr_schedule_on_resume", action="store_const",
+                        const="override", help="on resume, follow the command line's LR schedule from the "
+                                               "checkpoint's step on (Megatron's --override-opt_param-scheduler)")
     add("--adam-impl", choices=ADAM_IMPLS, help="AdamW implementation: DeepSpeed's (from the ds_config), NVIDIA "
                                                 "apex's FusedAdam, or auto = apex on CUDA when it imports")
     g = p.add_argument_group("checkpoints and logging")

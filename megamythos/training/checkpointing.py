@@ -20,7 +20,6 @@ import random
 import shutil
 import socket
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +48,7 @@ from megamythos.data.atomic import pid_alive
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import read_json_object
 from megamythos.model.config import CONFIG_FILE_REMEDY, ModelConfig
+from megamythos.training.schedules import resume_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -285,15 +285,6 @@ def repair_universal_optimizer(optimizer: Any, groups: list[dict[str, Any]]) -> 
     for state in getattr(optimizer, "optimizer", optimizer).state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
-
-
-def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, iteration: int) -> None:
-    """Put a freshly built scheduler where it is after ``iteration`` optimizer steps (its LR is a function of the
-    step alone), setting the LR of every parameter group of the new layout."""
-    scheduler.last_epoch = iteration - 1
-    with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer did step, in the old run
-        warnings.simplefilter("ignore", UserWarning)
-        scheduler.step()
 
 
 def _disk_full(err: BaseException, directory: Path) -> bool:

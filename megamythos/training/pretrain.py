@@ -9,6 +9,7 @@ selection biases from all-reduced expert counts; log; evaluate; checkpoint; reac
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -61,7 +62,14 @@ from megamythos.training.monitor import (
 from megamythos.training.optimizers import client_adam, resolve_adam_impl
 from megamythos.training.process_exit import end_process
 from megamythos.training.rendezvous import check_master_port, free_port
-from megamythos.training.schedules import LRSchedule, build_scheduler
+from megamythos.training.schedules import (
+    LRSchedule,
+    build_scheduler,
+    resume_schedule,
+    resumed_schedule,
+    schedule_changes,
+    set_schedule,
+)
 from megamythos.training.shm import release_own_buffer, remove_stale_buffers
 from megamythos.training.signals import (
     GracefulExit,
@@ -239,9 +247,10 @@ class Trainer:
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
-                "layout": self.layout_record()}
+                "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule)}
 
     def _load(self, load_dir: str, universal: str | None) -> None:
+        wanted = dataclasses.replace(self.schedule)  # loading a tag of the same layout overwrites self.schedule
         state = self.checkpoints.load(self.engine, load_dir, self.config, universal)
         if state is None:
             return
@@ -259,6 +268,16 @@ class Trainer:
         self.guard.skipped = state.get("skipped_steps", 0)
         self.rollbacks = state.get("rollbacks", 0)
         load_expert_bias_state(self.engine.module, state["expert_bias"])
+        # the schedule the checkpoint ran: recorded since 2026-12-05; before, what its scheduler state restored
+        saved = state.get("lr_schedule") or (dataclasses.asdict(self.schedule) if universal is None else None)
+        schedule = resumed_schedule(saved, wanted, self.args.lr_schedule_on_resume,
+                                    str(Path(load_dir) / read_latest(load_dir)), state["iteration"])
+        changes = schedule_changes(self.schedule, schedule)  # against what the scheduler holds now
+        if changes:
+            logger.info("following the LR schedule %s from iteration %d: %s", "of the command line"
+                        if schedule == wanted else "saved in the checkpoint", state["iteration"], ", ".join(changes))
+            set_schedule(self.engine.lr_scheduler, schedule)
+            resume_schedule(self.engine.lr_scheduler, state["iteration"])
 
     def save(self) -> None:
         self.last_good = self.checkpoints.save(self.engine, self.iteration, self.client_state(), self.config)
@@ -476,8 +495,10 @@ class Trainer:
         code."""
         if self.iteration >= self.total_iters:
             logger.warning("the run in %s already finished at iteration %d of %d: nothing to do. Raise "
-                           "--train-iters to continue it, or start another run in a new folder (RUN_DIR=runs/NAME "
-                           "make pretrain ARGS=..., or --save DIR)", self.args.save, self.iteration, self.total_iters)
+                           "--train-iters to continue it (with --use-checkpoint-lr-schedule to stay at --min-lr, or "
+                           "--override-lr-schedule for a schedule over the new length), or start another run in a "
+                           "new folder (RUN_DIR=runs/NAME make pretrain ARGS=..., or --save DIR)", self.args.save,
+                           self.iteration, self.total_iters)
             return 0
         train, valid = self.datasets()
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)

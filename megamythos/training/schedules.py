@@ -1,14 +1,24 @@
 """Learning-rate schedules: linear warmup, then cosine decay or warmup-stable-decay (WSD), to a floor.
 
 :class:`LRSchedule` is a picklable callable giving the multiplier of the peak LR at an optimizer step, so it
-plugs into ``torch.optim.lr_scheduler.LambdaLR`` and its state rides along in DeepSpeed checkpoints.
+plugs into ``torch.optim.lr_scheduler.LambdaLR`` and its state rides along in DeepSpeed checkpoints. A resumed run
+whose command line asks for another schedule than its checkpoint's is refused unless told which one to follow
+(:func:`resumed_schedule`, Megatron's rule).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from megamythos.errors import UserError
+
+# What a resumed run does when its command line's schedule differs from its checkpoint's.
+ON_RESUME = ("check", "checkpoint", "override")
 
 
 @dataclass
@@ -59,3 +69,66 @@ def build_scheduler(schedule: LRSchedule):
     def make(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return make
+
+
+# Each schedule field and the flag that sets it.
+SCHEDULE_FLAGS = {"lr": "--lr", "min_lr": "--min-lr", "warmup": "--warmup", "total": "--train-iters/--train-tokens",
+                  "kind": "--lr-schedule", "decay_fraction": "--wsd-decay-fraction"}
+
+
+class ScheduleChangeError(UserError, ValueError):
+    """A resumed run's command line asks for another LR schedule than its checkpoint's, without saying which
+    one to follow."""
+
+
+def schedule_changes(saved: LRSchedule, wanted: LRSchedule) -> list[str]:
+    """``--flag saved -> wanted`` for each field that differs (the WSD decay share only where it applies)."""
+    changes = []
+    for field, flag in SCHEDULE_FLAGS.items():
+        if field == "decay_fraction" and "wsd" not in (saved.kind, wanted.kind):
+            continue
+        before, after = getattr(saved, field), getattr(wanted, field)
+        if before != after:
+            changes.append(f"{'steps' if field == 'total' else flag} {before:g} -> {after:g}"
+                           if not isinstance(before, str) else f"{flag} {before} -> {after}")
+    return changes
+
+
+def resumed_schedule(saved: dict[str, Any] | None, wanted: LRSchedule, on_resume: str, where: str,
+                     iteration: int) -> LRSchedule:
+    """The schedule a run resumed at ``iteration`` from ``where`` follows: the checkpoint's ``saved`` one (None:
+    saved before checkpoints recorded it) and the command line's ``wanted`` one agree, or ``on_resume`` says which
+    wins ("checkpoint" or "override"); "check" refuses a difference in one line naming it, both choices and the
+    LR each gives at ``iteration``."""
+    if saved is None:
+        return wanted
+    kept = LRSchedule(**saved)
+    changes = schedule_changes(kept, wanted)
+    if not changes or on_resume == "checkpoint":
+        return kept
+    if on_resume == "override":
+        return wanted
+    raise ScheduleChangeError(
+        f"the command line changes the LR schedule saved in {where} ({', '.join(changes)}): pass "
+        f"--use-checkpoint-lr-schedule to keep the saved one (LR {kept.learning_rate(iteration):.4g} at step "
+        f"{iteration + 1}), or --override-lr-schedule to follow the new one from here (LR "
+        f"{wanted.learning_rate(iteration):.4g})")
+
+
+def set_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, schedule: LRSchedule) -> None:
+    """Make ``scheduler`` follow ``schedule`` (its peak LR the base of every parameter group); the caller then
+    puts it at its step (:func:`resume_schedule`)."""
+    for fn in scheduler.lr_lambdas:
+        fn.__dict__.update(dataclasses.asdict(schedule))
+    scheduler.base_lrs = [schedule.lr] * len(scheduler.base_lrs)
+    for group in scheduler.optimizer.param_groups:
+        group["initial_lr"] = schedule.lr
+
+
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, iteration: int) -> None:
+    """Put a freshly built scheduler where it is after ``iteration`` optimizer steps (its LR is a function of the
+    step alone), setting the LR of every parameter group of the new layout."""
+    scheduler.last_epoch = iteration - 1
+    with warnings.catch_warnings():  # "step() before optimizer.step()": the optimizer did step, in the old run
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
