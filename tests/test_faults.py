@@ -213,7 +213,9 @@ def test_load_of_a_tag_an_export_or_an_empty_directory_is_refused(tmp_path: Path
                                    "resumes from its latest tag, iter_0000004",
              run / "iter_0000002": f"latest tag, iter_0000004; to resume from iter_0000002 instead, write that name "
                                    f"into {run / 'latest'}",
-             tmp_path / "export": "is an export (weights only, no optimizer or data position)",
+             tmp_path / "export": "is an export (weights only, no optimizer or data position); the trainer resumes "
+                                  "from the --save directory of a run, or starts a new run from these weights with "
+                                  "--finetune",
              tmp_path / "empty": "holds no checkpoint (no `latest`)"}
     for load, message in cases.items():
         with pytest.raises(CheckpointError, match=re.escape(f"--load {load} ")) as refusal:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from megamythos.checkpoint.files import CheckpointError, read_latest, write_atomic
+from megamythos.checkpoint.reader import load_checkpoint_weights
 from megamythos.model.config import get_preset
 from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
 from megamythos.planning.layout import LayoutError, ParallelLayout
@@ -34,6 +35,7 @@ from tests.helpers import (
     launch_env,
     one_error_line,
     plain_zero3_template,
+    run,
     run_single,
     tiny_args,
 )
@@ -50,7 +52,7 @@ def test_arguments_parse_overrides_and_reject_bad_values():
     assert args.tp == 2 and args.zero is None and args.bf16 is None  # None: keep the ds_config value
     for bad in (["--train-iters", "5", "--train-tokens", "9"], ["--override", "dim"], ["--zero", "4"],
                 ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"],
-                ["--exit-duration-in-mins", "-1"]):
+                ["--exit-duration-in-mins", "-1"], ["--finetune"]):
         with pytest.raises(ArgumentError):
             parse_args(bad)
 
@@ -297,6 +299,35 @@ def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(co
     code, lrs, _ = resumed["--override-lr-schedule"]
     new = LRSchedule(lr=0.002, min_lr=0.001, warmup=1, total=8)
     assert code == 0 and lrs == pytest.approx([new.learning_rate(step) for step in range(4, 8)], rel=1e-5)
+
+
+@pytest.mark.launch
+def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(corpus, tmp_path):
+    """--finetune --load RUN: a 2-rank ZeRO-3 AutoEP run starts at iteration 1 from the 1-rank run's weights
+    (unchanged by a step at LR 1e-9 but for the expert biases' own update), with a loss far below a scratch
+    start; the same command relaunched resumes the fine-tuning run; a model of other shape is refused."""
+    source, tuned = tmp_path / "source", tmp_path / "tuned"
+    first = run_single([*tiny_args(corpus, 6), "--save", str(source), "--eval-interval", "0"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    losses = [float(x) for x in re.findall(r"lm loss: ([0-9.e-]+)", first.stderr)]
+    finetune = ["--zero", "3", "--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--save", str(tuned),
+                "--load", str(source), "--finetune", "--eval-interval", "0", "--lr", "1e-9", "--min-lr", "1e-10"]
+    text = run(2, [*tiny_args(corpus, 1), *finetune], tmp_path / "tuned.txt")
+    assert f"--finetune: starting from the weights of {source / 'iter_0000006'}" in text
+    assert float(re.findall(r"lm loss: ([0-9.e-]+)", text)[0]) < losses[0] - 0.5  # a scratch start: ~ln(384)
+    _, before = load_checkpoint_weights(source / "iter_0000006", tmp_path / "w0")
+    _, after = load_checkpoint_weights(tuned / "iter_0000001", tmp_path / "w1")
+    assert set(before) == set(after)
+    for name, weight in before.items():
+        bound = 2e-3 if "e_score_correction_bias" in name else 1e-6  # the bias moves by its update rate (1e-3)
+        assert (weight - after[name].view(weight.shape)).abs().max() <= bound, name
+    again = run(2, [*tiny_args(corpus, 2), *finetune, "--use-checkpoint-lr-schedule"], tmp_path / "again.txt")
+    assert f"loaded checkpoint {tuned / 'iter_0000001'}" in again and "--finetune: starting from" not in again
+    assert read_latest(tuned) == "iter_0000002"
+    other = run_single([*tiny_args(corpus, 1), "--save", str(tmp_path / "other"), "--load", str(source),
+                        "--finetune", "--override", "n_experts=8"], tmp_path)
+    assert other.returncode == 2 and "different model (n_experts: checkpoint 4 vs run 8)" in one_error_line(
+        other.stderr), other.stderr[-3000:]
 
 
 # ----------------------------------------------------------------------------------------------- guards

@@ -92,7 +92,13 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
 
 def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor], where: Path) -> MythosLM:
     """:class:`MythosLM` holding ``state`` (as :func:`load_checkpoint_weights` returns it) of checkpoint ``where``."""
-    model = MythosLM(config)
+    return load_state(MythosLM(config), state, where)
+
+
+def load_state(model: MythosLM, state: dict[str, torch.Tensor], where: Path) -> MythosLM:
+    """``model`` with ``state`` (as :func:`load_checkpoint_weights` returns it) of checkpoint ``where`` loaded;
+    refused by name when a weight is missing or left over."""
+    config = model.config
     targets = model.state_dict()
     for name, tensor in state.items():  # ZeRO-3 universal tensors are flat
         if name in targets and tensor.shape != targets[name].shape and tensor.numel() == targets[name].numel():
@@ -117,6 +123,18 @@ def checkpoint_model(tag_dir: Path, out_dir: Path) -> MythosLM:
 def is_export_dir(path: str | Path) -> bool:
     """Whether ``path`` looks like an export directory (it has ``config.json``)."""
     return (Path(path) / CONFIG_FILE).is_file()
+
+
+def pretrained_weights(path: Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
+    """(the directory read, its model config, its full state dict incl. expert biases) of ``path``: a checkpoint
+    tag, the newest tag of a --save directory, or an export; verified against its checksums first."""
+    if is_export_dir(path):
+        model = load_exported(path)
+        return path, model.config, model.state_dict()
+    tag_dir = resolve_tag_dir(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
+    return tag_dir, config, state
 
 
 def load_exported(out_dir: str | Path) -> MythosLM:

@@ -80,6 +80,7 @@ class TrainArgs:
     # checkpoints, evaluation, logging
     save: str | None = None
     load: str | None = None
+    finetune: bool = False  # --load's weights only: a new run (iteration 0, fresh optimizer, schedule, data)
     save_interval: int = 0  # 0 -> only at the end and on a signal
     keep_last: int = 3
     eval_interval: int = DataRecipe.eval_interval  # 0 -> no evaluation
@@ -113,6 +114,8 @@ class TrainArgs:
 
     def __post_init__(self) -> None:
         _check(self.seq_length > 0, f"--seq-length must be positive, got {self.seq_length}")
+        _check(not self.finetune or bool(self.load), "--finetune starts from the weights of --load PATH (a run "
+               "directory, one checkpoint tag or an export); give --load")
         _check(self.train_iters is None or self.train_tokens is None,
                "give at most one of --train-iters and --train-tokens")
         for name in ("train_iters", "train_tokens", "micro_batch_size", "global_batch_size", "tp", "ep",
@@ -300,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
                  "--max-nonfinite", "--exit-interval"):
         add(flag, type=int)
     add("--exit-duration-in-mins", type=float)
+    g.add_argument("--finetune", action="store_true", default=False,
+                   help="start a new run from the weights (and expert biases) of --load, a run directory's latest "
+                        "tag, one tag or an export: iteration 0, a fresh optimizer, LR schedule and data order "
+                        "(Megatron's --finetune); once --save holds a checkpoint of this run, the same command "
+                        "resumes it instead")
     add("--peak-tflops", type=float, help="peak TFLOP/s per process for MFU; default: measured")
     g = p.add_argument_group("divergence guard")
     for flag in ("--divergence-factor", "--spike-factor"):

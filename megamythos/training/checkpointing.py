@@ -39,6 +39,7 @@ from megamythos.checkpoint.files import (
     WRITER_LOCK,
     CheckpointError,
     read_latest,
+    read_tokenizer_files,
     saved_layout,
     tag_for,
     write_atomic,
@@ -46,7 +47,7 @@ from megamythos.checkpoint.files import (
 )
 from megamythos.data.atomic import pid_alive
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import read_json_object
+from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import CONFIG_FILE_REMEDY, ModelConfig
 from megamythos.training.schedules import resume_schedule
 
@@ -99,6 +100,54 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
                               "use the same --preset/--override as the run that wrote it")
 
 
+def run_sources(save: str | None, load: str | None, finetune: bool) -> tuple[str | None, str | None]:
+    """(the directory this run resumes, the checkpoint whose weights it starts from): ``(load, None)`` without
+    ``finetune``; with it ``(save, None)`` once ``save`` holds a checkpoint of this run (a relaunch resumes the
+    fine-tuning run), else ``(None, load)``."""
+    if not finetune:
+        return load, None
+    return (save, None) if save and read_latest(save) is not None else (None, load)
+
+
+def check_pretrained(source: str) -> None:
+    """Refuse a ``--finetune --load`` that is not a run directory with ``latest``, a checkpoint tag or an export
+    (its files are verified when rank 0 reads it)."""
+    from megamythos.checkpoint.reader import is_export_dir
+
+    path = Path(source)
+    if not (is_export_dir(path) or (path / MODEL_CONFIG_FILE).is_file() or (path.is_dir() and read_latest(path))):
+        raise CheckpointError(f"--finetune --load {source} is neither a run directory with `latest`, a checkpoint "
+                              "tag (iter_*) nor an export; fix the path")
+
+
+def pretrained_state(source: str, config: ModelConfig, tokenizer_fingerprint: str | None) -> dict[str, torch.Tensor]:
+    """Collective: the weights and expert biases of ``source`` (``--finetune --load``), read and checked by rank
+    0 and broadcast; refused on every rank alike when its model differs from ``config`` in a field that shapes
+    the network, or its tokenizer from the data's (``tokenizer_fingerprint``; None: data without a record)."""
+    from megamythos.checkpoint.reader import pretrained_weights
+
+    payload: list[Any] = [None]
+    if _rank() == 0:
+        try:
+            where, saved, state = pretrained_weights(Path(source))
+            check_model_config(json.loads(saved.to_json()), config, str(where))
+            record = read_tokenizer_files(where)
+            trained = (record or {}).get("tokenizer_fingerprint")
+            if trained and tokenizer_fingerprint and trained != tokenizer_fingerprint:
+                raise CheckpointError(f"--finetune --load {source}: {where} was trained with tokenizer {trained} but "
+                                      f"the data uses {tokenizer_fingerprint}; prepare the data with the checkpoint's "
+                                      "tokenizer.model")
+            logger.info("--finetune: starting from the weights of %s", where)
+            payload = [state]
+        except (UserError, OSError) as err:
+            payload = [f"{err}" if isinstance(err, UserError) else f"--finetune --load {source}: {err}"]
+    if dist.is_initialized():
+        dist.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], str):
+        raise CheckpointError(payload[0])
+    return payload[0]
+
+
 def not_a_run_directory(load: Path) -> str:
     """Why ``--load`` ``load``, a directory without ``latest``, cannot be resumed, and what to pass instead."""
     from megamythos.checkpoint.reader import MODEL_FILE  # an export's weights
@@ -111,7 +160,7 @@ def not_a_run_directory(load: Path) -> str:
                 f"resumes from its latest tag, {latest}{other}")
     if (load / MODEL_FILE).is_file():
         return (f"--load {load} is an export (weights only, no optimizer or data position); the trainer resumes "
-                "from the --save directory of a run")
+                "from the --save directory of a run, or starts a new run from these weights with --finetune")
     return (f"--load {load} holds no checkpoint (no `latest`); pass the --save directory of the run to resume, or "
             "drop --load to start from scratch")
 

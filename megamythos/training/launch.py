@@ -246,7 +246,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     checksums and the default corpus, which rank 0 builds, are left to them."""
     from megamythos.data.pretraining import resolve_data
     from megamythos.training.arguments import parse_args
-    from megamythos.training.checkpointing import check_run_dirs
+    from megamythos.training.checkpointing import check_pretrained, check_run_dirs, run_sources
     from megamythos.training.ds_config import load_template, resolve_layout
     from megamythos.training.monitor import check_outputs
 
@@ -254,7 +254,10 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     config = args.model_config()
     if world_size is None:  # several nodes (paths may be theirs alone) or an uncounted GPU node: left to the ranks
         return
-    check_run_dirs(args.save, args.load, verify=False)  # rank 0 verifies the checksums once, at start-up
+    resume_from, finetune_from = run_sources(args.save, args.load, args.finetune)
+    check_run_dirs(args.save, resume_from, verify=False)  # the ranks verify the checksums at start-up
+    if finetune_from:
+        check_pretrained(finetune_from)
     check_outputs(args.tensorboard_dir, args.metrics_file)
     if args.data_path:
         resolve_data(list(args.data_path), config.vocab_size)

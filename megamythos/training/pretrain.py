@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from megamythos.checkpoint.files import read_latest, read_train_record
+from megamythos.checkpoint.reader import load_state
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, data_change, resolve_data
 from megamythos.data.tokenizer import Tokenizer
@@ -44,7 +45,10 @@ from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import (
     CheckpointError,
     CheckpointManager,
+    check_pretrained,
     check_run_dirs,
+    pretrained_state,
+    run_sources,
     universal_tag,
     verify_resume,
     writer_lock,
@@ -166,15 +170,16 @@ class Trainer:
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed(args.distributed_timeout_minutes)
-        if args.load and self.world > 1:
-            verify_resume(args.load)
+        self.resume_from, self.finetune_from = run_sources(args.save, args.load, args.finetune)
+        if self.resume_from and self.world > 1:
+            verify_resume(self.resume_from)
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config,
                                          client_optimizer=self.adam_impl != "deepspeed")
         # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
-        self.universal = universal_tag(args.load, self.layout_record(), self.layout.zero, self.rank,
-                                       self.config) if args.load else None
+        self.universal = universal_tag(self.resume_from, self.layout_record(), self.layout.zero, self.rank,
+                                       self.config) if self.resume_from else None
         if self.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
@@ -184,6 +189,9 @@ class Trainer:
         host_memory = keep_freed_memory() if on_cpu else None  # before the first tensors
         seed_everything(args.seed)
         model = MythosLM(self.config)
+        if self.finetune_from:
+            load_state(model, pretrained_state(self.finetune_from, self.config, self.data.tokenizer_fingerprint),
+                       Path(self.finetune_from))
         # Named groups: DeepSpeed splits each into expert / non-expert groups by name under AutoEP, and moves
         # the expert weights AutoEP replaces into the group of the weights they replace.
         param_groups = [{**group, "name": f"params-{i}"}
@@ -224,8 +232,8 @@ class Trainer:
             logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
-        if args.load:
-            self._load(args.load, self.universal)
+        if self.resume_from:
+            self._load(self.resume_from, self.universal)
         latest = read_latest(args.save) if args.save else None
         self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
         logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
@@ -556,7 +564,10 @@ def train(argv: Sequence[str] | None = None) -> int:
     the whole run."""
     args = parse_args(argv)
     rank0 = os.environ.get("RANK", "0") == "0"
-    check_run_dirs(args.save, args.load, verify=os.environ.get("WORLD_SIZE", "1") == "1")
+    resume_from, finetune_from = run_sources(args.save, args.load, args.finetune)
+    check_run_dirs(args.save, resume_from, verify=os.environ.get("WORLD_SIZE", "1") == "1")
+    if finetune_from:
+        check_pretrained(finetune_from)
     if rank0:
         check_outputs(args.tensorboard_dir, args.metrics_file)
     with writer_lock(args.save, holder=rank0):
