@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,10 @@ def error_line(code: int, stderr: str) -> str:
 
 @pytest.mark.launch
 def test_every_tag_lists_every_file_it_holds(saved: Path) -> None:
+    """Each tag's checksums list every file in it, and the save's log line gives its time and size (what
+    --exit-duration-in-mins and --save-interval are chosen from)."""
     assert read_latest(saved) == LATEST_TAG
+    log = (saved.parent / "log.txt").read_text()
     for tag in (GOOD, LATEST_TAG):
         manifest = json.loads((saved / tag / CHECKSUMS_FILE).read_text())
         on_disk = {p.name: p.stat().st_size for p in (saved / tag).iterdir() if p.name != CHECKSUMS_FILE}
@@ -76,6 +80,9 @@ def test_every_tag_lists_every_file_it_holds(saved: Path) -> None:
         assert {"model_config.json", "train_args.json", "rng_rank0.pt"} <= set(on_disk)
         assert all(any(Path(name).match(pattern) for name in on_disk) for pattern in FILES.values())
         assert verify_checksums(saved / tag)
+        megabytes = sum(on_disk.values()) / 1e6
+        assert re.search(rf"saved checkpoint {re.escape(str(saved / tag))} in [0-9.]+ s \({megabytes:.1f} MB; "
+                         r"checksums [0-9.]+ s\)", log), log[-2000:]
 
 
 @pytest.mark.parametrize("which", FILES)

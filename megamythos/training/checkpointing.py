@@ -20,6 +20,7 @@ import random
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -366,6 +367,7 @@ class CheckpointManager:
             return None
         tag = tag_for(iteration)
         tag_dir = self.save_dir / tag
+        start = time.perf_counter()
         try:
             engine.save_checkpoint(str(self.save_dir), tag=tag, client_state=client_state, save_latest=False)
             torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
@@ -378,14 +380,18 @@ class CheckpointManager:
         except (OSError, RuntimeError) as err:
             self._save_failed(err, tag_dir)
         _barrier()  # every rank's shards and RNG are on disk before their checksums are taken and `latest` moves
+        written = time.perf_counter()
         try:
-            write_checksums(tag_dir, team())  # each rank hashes its share of the files
+            manifest = write_checksums(tag_dir, team())  # each rank hashes its share of the files
         except OSError as err:
             self._save_failed(err, tag_dir)
+        hashed = time.perf_counter()
         if _rank() == 0:
             write_atomic(self.save_dir / LATEST, tag)
             self._prune(keep=tag)
-            logger.info("saved checkpoint %s", tag_dir)
+            size = sum(entry["size"] for entry in manifest["files"].values())
+            logger.info("saved checkpoint %s in %.2f s (%.1f MB; checksums %.2f s)", tag_dir,
+                        time.perf_counter() - start, size / 1e6, hashed - written)
         _barrier()
         return tag_dir
 
