@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from megamythos.checkpoint.export import ExportError, staged_export
 from megamythos.data import indexed_dataset
 from megamythos.data.atomic import OutputError
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
@@ -466,3 +467,12 @@ def test_a_folder_datasets_cannot_read_is_one_line(tmp_path: Path, monkeypatch: 
     (tmp_path / "data.zip").write_bytes(np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes())
     with pytest.raises(InputError, match=f"^--hf-dataset {re.escape(str(tmp_path))}: datasets.load_dataset cannot"):
         list(iter_hub_records(str(tmp_path), None, "train", streaming=False))
+
+
+# ------------------------------------------------------------------ 12. an export beside which nothing can be created
+def test_an_export_where_no_directory_can_be_created_is_one_line() -> None:
+    """/proc passes the parent checks (it exists and is a directory) but takes no new directory: that was a
+    FileNotFoundError traceback from the staging directory."""
+    with pytest.raises(ExportError, match=r"cannot create /proc/x\.tmp\.\d+ beside OUT /proc/x: .*writable"):
+        with staged_export(Path("/proc/x"), overwrite=False):
+            pass

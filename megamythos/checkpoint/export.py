@@ -58,7 +58,11 @@ def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
     writable_parent(out, "OUT")
     remove_stale_temps(out)
     stage = Path(temp_name(out))
-    stage.mkdir()
+    try:
+        stage.mkdir()
+    except OSError as err:  # a parent that passes the checks but takes no new directory (/proc, a read-only mount)
+        raise ExportError(f"cannot create {stage} beside OUT {out}: {err.strerror}; export into a writable "
+                          "directory") from err
     try:
         yield stage
         readable_as_umask(stage)
