@@ -447,11 +447,11 @@ def test_a_stuck_rank_is_reported_after_the_distributed_timeout(corpus: Path, tm
     wait_for(lambda: read_latest(save) is not None if save.is_dir() else False, proc, "the first checkpoint")
     rank1 = next(p for p in ranks_of(save) if p.environ().get("RANK") == "1" and "pretrain" in " ".join(p.cmdline()))
     rank1.suspend()
-    try:
-        text = finish(proc, log, timeout=180)
+    try:  # once rank 0 has said it, the stopped rank goes (DeepSpeed's SIGTERM would wait for it to run again)
+        wait_for(lambda: "error: " in log.read_text(), proc, "rank 0's line", timeout=180)
     finally:
-        if rank1.is_running():
-            rank1.kill()
+        rank1.kill()
+    text = finish(proc, log, timeout=180)
     assert proc.returncode not in (0, None, -9), text[-4000:]
     lines = [line for line in text.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and lines[0].startswith(
