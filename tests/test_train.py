@@ -26,6 +26,7 @@ from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import CheckpointManager, check_model_config
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import memory_usage
+from megamythos.training.optimizers import kept_optimizer_settings
 from megamythos.training.schedules import LRSchedule, ScheduleChangeError, resumed_schedule, schedule_changes
 from megamythos.training.signals import LAUNCHER_MARKERS, GracefulExit, NonFiniteGuard, NonFiniteLossError
 from tests.helpers import (
@@ -273,11 +274,20 @@ def test_a_resumed_run_follows_one_schedule_and_is_told_which():
         "--lr-schedule cosine -> wsd", "--wsd-decay-fraction 0.2 -> 0.5"]
 
 
+def test_optimizer_settings_a_resume_keeps_are_named():
+    groups = [{"weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}, {"weight_decay": 0.0, "betas": (0.9, 0.95),
+                                                                         "eps": 1e-8}]
+    assert kept_optimizer_settings(groups, 0.1, (0.9, 0.95), 1e-8) == []
+    assert kept_optimizer_settings(groups, 0.5, (0.9, 0.99), 1e-8) == [
+        "--weight-decay 0.1 (command line 0.5)", "--adam-beta2 0.95 (command line 0.99)"]
+
+
 @pytest.mark.launch
 def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(corpus, tmp_path):
     """A run of 4 steps resumed to 8 with another --lr: refused in one line; with --use-checkpoint-lr-schedule the
     saved schedule goes on (its floor, 0.001); with --override-lr-schedule the new cosine from step 5. Before,
-    the checkpoint's schedule won without a word."""
+    the checkpoint's schedule won without a word. Another --weight-decay is kept from the checkpoint, with a
+    warning."""
     save = tmp_path / "ckpt"
     base = ["--save", str(save), "--eval-interval", "0"]
     first = run_single([*tiny_args(corpus, 4), *base], tmp_path)
@@ -287,7 +297,7 @@ def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(co
     for choice in ("", "--use-checkpoint-lr-schedule", "--override-lr-schedule"):
         shutil.rmtree(save)
         shutil.copytree(tmp_path / "saved", save)
-        extra = ["--load", str(save), "--lr", "0.002", *([choice] if choice else [])]
+        extra = ["--load", str(save), "--lr", "0.002", *([choice] if choice else []), "--weight-decay", "0.5"]
         out = run_single([*tiny_args(corpus, 8), *base, *extra], tmp_path)
         resumed[choice] = (out.returncode, [float(lr) for lr in re.findall(r"learning rate: ([0-9.e-]+)", out.stderr)],
                            out.stderr)
@@ -296,6 +306,9 @@ def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(co
         f"error: the command line changes the LR schedule saved in {save / 'iter_0000004'} (--lr 0.01 -> 0.002, "
         "steps 4 -> 8)"), stderr[-3000:]
     assert resumed["--use-checkpoint-lr-schedule"][:2] == (0, [0.001] * 4)
+    # weight decay, betas and eps come back with the optimizer state: kept, and said so
+    assert "resuming with the checkpoint's optimizer settings, restored with its state: --weight-decay 0.1 " \
+           "(command line 0.5)" in resumed["--use-checkpoint-lr-schedule"][2]
     code, lrs, _ = resumed["--override-lr-schedule"]
     new = LRSchedule(lr=0.002, min_lr=0.001, warmup=1, total=8)
     assert code == 0 and lrs == pytest.approx([new.learning_rate(step) for step in range(4, 8)], rel=1e-5)

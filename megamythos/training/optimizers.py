@@ -66,3 +66,15 @@ def client_adam(impl: str, lr: float, betas: tuple[float, float], eps: float,
         return fused_adam(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adam_w_mode=True)
 
     return build
+
+
+def kept_optimizer_settings(groups: list[dict[str, Any]], weight_decay: float, betas: tuple[float, float],
+                            eps: float) -> list[str]:
+    """``--flag saved (command line X)`` for each AdamW setting that a resumed optimizer's ``groups`` (restored
+    by DeepSpeed with the optimizer state) hold other than the command line: weight decay (the largest of the
+    groups': norms and biases have none), beta1, beta2, eps."""
+    first = groups[0]
+    saved = {"--weight-decay": max(g.get("weight_decay", 0.0) for g in groups), "--adam-beta1": first["betas"][0],
+             "--adam-beta2": first["betas"][1], "--adam-eps": first["eps"]}
+    asked = {"--weight-decay": weight_decay, "--adam-beta1": betas[0], "--adam-beta2": betas[1], "--adam-eps": eps}
+    return [f"{flag} {saved[flag]:g} (command line {asked[flag]:g})" for flag in saved if saved[flag] != asked[flag]]

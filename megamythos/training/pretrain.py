@@ -63,7 +63,7 @@ from megamythos.training.monitor import (
     openmp_wait_policy,
     still_working,
 )
-from megamythos.training.optimizers import client_adam, resolve_adam_impl
+from megamythos.training.optimizers import client_adam, kept_optimizer_settings, resolve_adam_impl
 from megamythos.training.process_exit import end_process
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import (
@@ -276,6 +276,11 @@ class Trainer:
         self.guard.skipped = state.get("skipped_steps", 0)
         self.rollbacks = state.get("rollbacks", 0)
         load_expert_bias_state(self.engine.module, state["expert_bias"])
+        kept = kept_optimizer_settings(self.engine.optimizer.param_groups, self.args.weight_decay,
+                                       (self.args.adam_beta1, self.args.adam_beta2), self.args.adam_eps)
+        if kept and self.rank == 0:
+            logger.warning("resuming with the checkpoint's optimizer settings, restored with its state: %s; to train "
+                           "with others, start a new run from these weights (--finetune)", ", ".join(kept))
         # the schedule the checkpoint ran: recorded since 2026-12-05; before, what its scheduler state restored
         saved = state.get("lr_schedule") or (dataclasses.asdict(self.schedule) if universal is None else None)
         schedule = resumed_schedule(saved, wanted, self.args.lr_schedule_on_resume,
