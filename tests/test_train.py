@@ -53,7 +53,8 @@ def test_arguments_parse_overrides_and_reject_bad_values():
     assert args.tp == 2 and args.zero is None and args.bf16 is None  # None: keep the ds_config value
     for bad in (["--train-iters", "5", "--train-tokens", "9"], ["--override", "dim"], ["--zero", "4"],
                 ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"],
-                ["--exit-duration-in-mins", "-1"], ["--finetune"]):
+                ["--exit-duration-in-mins", "-1"], ["--finetune"],
+                ["--profile-step-start", "5", "--profile-step-end", "4"]):
         with pytest.raises(ArgumentError):
             parse_args(bad)
 
@@ -375,6 +376,19 @@ def test_exit_duration_counts_from_the_process_start():
             assert (signals.reason or "").startswith(f"--exit-duration-in-mins {minutes:g} reached") == past
         finally:
             signals.restore()
+
+
+@pytest.mark.launch
+def test_profile_dir_holds_a_trace_and_an_op_table_of_the_steps_asked_for(corpus, tmp_path):
+    profiles = tmp_path / "profile"
+    out = run_single([*tiny_args(corpus, 3), "--eval-interval", "0", "--profile-dir", str(profiles),
+                      "--profile-step-start", "2", "--profile-step-end", "3"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in profiles.iterdir()) == ["steps_2-3_rank_0.json", "steps_2-3_rank_0.txt"]
+    trace = json.loads((profiles / "steps_2-3_rank_0.json").read_text())
+    assert any(event.get("name") == "aten::mm" for event in trace["traceEvents"])
+    assert "aten::mm" in (profiles / "steps_2-3_rank_0.txt").read_text()
+    assert f"profile of steps 2-3: {profiles / 'steps_2-3_rank_0'}.json" in out.stderr
 
 
 @pytest.mark.launch

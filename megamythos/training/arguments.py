@@ -87,6 +87,9 @@ class TrainArgs:
     eval_iters: int = 8  # global batches per validation: the default run's 8 x 4 x 128 tokens = evaluate's default
     tensorboard_dir: str | None = None
     metrics_file: str | None = None  # JSON lines, one per iteration (rank 0)
+    profile_dir: str | None = None  # torch.profiler trace and op table of the profiled steps (rank 0)
+    profile_step_start: int = 10
+    profile_step_end: int = 12
     log_interval: int = 1
     peak_tflops: float | None = None  # per process; None -> measured by a short matmul benchmark
     seed: int = DEFAULT_SEED
@@ -141,6 +144,8 @@ class TrainArgs:
             _check(value == 0 or value > 1, f"--{name.replace('_', '-')} must be 0 (off) or above 1, got {value}")
         _check(self.on_divergence in ON_DIVERGENCE,
                f"--on-divergence must be one of {ON_DIVERGENCE}, got {self.on_divergence!r}")
+        _check(1 <= self.profile_step_start <= self.profile_step_end, "--profile-step-start and --profile-step-end "
+               f"must satisfy 1 <= start <= end, got {self.profile_step_start} and {self.profile_step_end}")
         for name in ("keep_last", "eval_iters", "log_interval", "max_nonfinite", "spike_window", "spike_patience",
                      "max_rollbacks"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
@@ -202,6 +207,9 @@ FLAG_HELP = {  # flags added in loops below; the others carry their help where t
     "clip_grad": "gradient-norm clipping (0: off)", "lr_schedule": "warmup then cosine decay, or WSD",
     "save": "checkpoint directory", "load": "resume from this checkpoint directory (its `latest`)",
     "tensorboard_dir": "TensorBoard log directory (rank 0)", "metrics_file": "JSON lines, one per iteration (rank 0)",
+    "profile_dir": "profile steps --profile-step-start..--profile-step-end on rank 0 into this directory: a Chrome "
+                   "trace (https://ui.perfetto.dev) and the ops by self time (Megatron's --profile)",
+    "profile_step_start": "first profiled step (1-based)", "profile_step_end": "last profiled step",
     "save_interval": "checkpoint every N steps (0: at the end and on a signal)",
     "keep_last": "checkpoints kept", "eval_interval": "validation every N steps (0: never)",
     "eval_iters": "validation batches", "log_interval": "console line every N steps", "seed": "data and init seed",
@@ -297,8 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--adam-impl", choices=ADAM_IMPLS, help="AdamW implementation: DeepSpeed's (from the ds_config), NVIDIA "
                                                 "apex's FusedAdam, or auto = apex on CUDA when it imports")
     g = p.add_argument_group("checkpoints and logging")
-    for flag in ("--save", "--load", "--tensorboard-dir", "--metrics-file"):
+    for flag in ("--save", "--load", "--tensorboard-dir", "--metrics-file", "--profile-dir"):
         add(flag, type=str)
+    for flag in ("--profile-step-start", "--profile-step-end"):
+        add(flag, type=int)
     for flag in ("--save-interval", "--keep-last", "--eval-interval", "--eval-iters", "--log-interval", "--seed",
                  "--max-nonfinite", "--exit-interval"):
         add(flag, type=int)

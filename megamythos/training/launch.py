@@ -258,7 +258,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     check_run_dirs(args.save, resume_from, verify=False)  # the ranks verify the checksums at start-up
     if finetune_from:
         check_pretrained(finetune_from)
-    check_outputs(args.tensorboard_dir, args.metrics_file)
+    check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
     if args.data_path:
         resolve_data(list(args.data_path), config.vocab_size)
     resolve_layout(load_template(args.ds_config), args, world_size).check_model(config)

@@ -84,16 +84,59 @@ def cpu_model() -> dict[str, Any]:
             "bf16_isa": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx_vnni"})}
 
 
-def check_outputs(tensorboard_dir: str | None, metrics_file: str | None) -> None:
-    """Create the TensorBoard directory and the metrics file's directory, or raise :class:`OutputError` naming
-    the flag: before start-up, where a file in the way would otherwise be a traceback after it."""
+def check_outputs(tensorboard_dir: str | None, metrics_file: str | None, profile_dir: str | None = None) -> None:
+    """Create the TensorBoard and profile directories and the metrics file's directory, or raise
+    :class:`OutputError` naming the flag: before start-up, where a file in the way would otherwise be a
+    traceback after it."""
     if tensorboard_dir:
         writable_directory(tensorboard_dir, "--tensorboard-dir")
+    if profile_dir:
+        writable_directory(profile_dir, "--profile-dir")
     if metrics_file:
         if Path(metrics_file).is_dir():
             raise OutputError(f"--metrics-file {metrics_file} is a directory; give a file path such as "
                               "RUN/metrics.jsonl")
         writable_parent(metrics_file, "--metrics-file")
+
+
+class StepProfiler:
+    """torch.profiler over optimizer steps ``start``..``end`` (1-based, inclusive) of this rank, written into
+    ``directory`` when the last one ends (or the run stops first): ``steps_A-B_rank_R.json``, a Chrome trace (open
+    it in https://ui.perfetto.dev), and ``steps_A-B_rank_R.txt``, the ops by self time. Both are one rank's view;
+    CUDA kernels are recorded when a GPU runs them."""
+
+    def __init__(self, directory: str, start: int, end: int, rank: int) -> None:
+        self.directory, self.start, self.end, self.rank = Path(directory), start, end, rank
+        self._profile: torch.profiler.profile | None = None
+        self._last = 0
+
+    def before_step(self, step: int) -> None:
+        """Call before optimizer step ``step`` (1-based)."""
+        if step == self.start and self._profile is None:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if torch.cuda.is_available():
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self._profile = torch.profiler.profile(activities=activities, record_shapes=True)
+            self._profile.__enter__()
+
+    def after_step(self, step: int) -> None:
+        """Call after optimizer step ``step``; writes the files after step ``end``."""
+        self._last = step
+        if step >= self.end:
+            self.close()
+
+    def close(self) -> None:
+        """Stop profiling and write the files (nothing when no profiled step ran)."""
+        if self._profile is None:
+            return
+        profile, self._profile = self._profile, None
+        profile.__exit__(None, None, None)
+        stem = self.directory / f"steps_{self.start}-{self._last}_rank_{self.rank}"
+        profile.export_chrome_trace(f"{stem}.json")
+        sort_by = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        Path(f"{stem}.txt").write_text(profile.key_averages().table(sort_by=sort_by, row_limit=40) + "\n")
+        logger.info("profile of steps %d-%d: %s.json (Chrome trace: https://ui.perfetto.dev) and %s.txt (ops by "
+                    "self time)", self.start, self._last, stem, stem)
 
 
 class TrainingMonitor:

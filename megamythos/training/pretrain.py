@@ -56,6 +56,7 @@ from megamythos.training.checkpointing import (
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
 from megamythos.training.monitor import (
+    StepProfiler,
     TrainingMonitor,
     check_outputs,
     measure_peak_tflops,
@@ -518,12 +519,18 @@ class Trainer:
         signals = GracefulExit(self.args.exit_duration_in_mins)
         self.engine.train()
         saved_at, save_due = self.iteration, False
+        profiler = StepProfiler(self.args.profile_dir, self.args.profile_step_start, self.args.profile_step_end,
+                                self.rank) if self.args.profile_dir and self.rank == 0 else None
         try:
             while self.iteration < self.total_iters:
                 start = time.perf_counter()
                 first_compiled = self.args.compile and self.iteration == saved_at
+                if profiler:
+                    profiler.before_step(self.iteration + 1)
                 with still_working("compiling the first step") if first_compiled else nullcontext():
                     step = self.train_step(data)
+                if profiler:
+                    profiler.after_step(self.iteration)
                 self.log_step(step, time.perf_counter() - start)
                 # a step ZeRO discarded (non-finite gradient; the streak of the NonFiniteGuard) changed no weights
                 diverged = self.divergence.observe(step["lm_loss"], self.iteration) \
@@ -547,6 +554,8 @@ class Trainer:
                 self.save_unless_spiking()
             return 0
         finally:
+            if profiler:
+                profiler.close()
             signals.restore()
             self.monitor.close()
 
@@ -555,7 +564,7 @@ class Trainer:
         if self.rank != 0:
             return
         for what, where in (("checkpoints", self.args.save), ("TensorBoard logs", self.args.tensorboard_dir),
-                            ("metrics", self.args.metrics_file)):
+                            ("metrics", self.args.metrics_file), ("profiles", self.args.profile_dir)):
             if where:
                 logger.info("%s: %s", what, Path(where).resolve())
 
@@ -574,7 +583,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     if finetune_from:
         check_pretrained(finetune_from)
     if rank0:
-        check_outputs(args.tensorboard_dir, args.metrics_file)
+        check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
     with writer_lock(args.save, holder=rank0):
         trainer = Trainer(args)
         code = trainer.run()
