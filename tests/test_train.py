@@ -17,6 +17,7 @@ import psutil
 import pytest
 import torch
 
+from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest, write_atomic
 from megamythos.checkpoint.reader import load_checkpoint_weights
 from megamythos.model.config import get_preset
@@ -319,7 +320,8 @@ def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(co
 def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(corpus, tmp_path):
     """--finetune --load RUN: a 2-rank ZeRO-3 AutoEP run starts at iteration 1 from the 1-rank run's weights
     (unchanged by a step at LR 1e-9 but for the expert biases' own update), with a loss far below a scratch
-    start; the same command relaunched resumes the fine-tuning run; a model of other shape is refused."""
+    start; the same command relaunched resumes the fine-tuning run; an export serves as a source too; a model of
+    other shape is refused."""
     source, tuned = tmp_path / "source", tmp_path / "tuned"
     first = run_single([*tiny_args(corpus, 6), "--save", str(source), "--eval-interval", "0"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -338,6 +340,12 @@ def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(co
     again = run(2, [*tiny_args(corpus, 2), *finetune, "--use-checkpoint-lr-schedule"], tmp_path / "again.txt")
     assert f"loaded checkpoint {tuned / 'iter_0000001'}" in again and "--finetune: starting from" not in again
     assert read_latest(tuned) == "iter_0000002"
+    assert export_main([str(source), str(tmp_path / "export")]) == 0  # an export's weights serve as well
+    exported = run_single([*tiny_args(corpus, 1), "--save", str(tmp_path / "from-export"), "--load",
+                           str(tmp_path / "export"), "--finetune", "--eval-interval", "0"], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert f"--finetune: starting from the weights of {tmp_path / 'export'}" in exported.stderr
+    assert float(re.findall(r"lm loss: ([0-9.e-]+)", exported.stderr)[0]) < losses[0] - 0.5
     other = run_single([*tiny_args(corpus, 1), "--save", str(tmp_path / "other"), "--load", str(source),
                         "--finetune", "--override", "n_experts=8"], tmp_path)
     assert other.returncode == 2 and "different model (n_experts: checkpoint 4 vs run 8)" in one_error_line(
