@@ -65,10 +65,19 @@ class Team:
     size: int = 1
     gather: Callable[[Any], list[Any]] = _alone
 
-    def share(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (only rank 0 reads the directory: on a network file system another
-        node's view of a listing may lag behind, and every rank must see the same files)."""
-        return self.gather(value if self.rank == 0 else None)[0]
+    def share(self, read: Callable[[], Any]) -> Any:
+        """``read()`` on rank 0, its value on every rank, and an OSError it raises raised on every rank. Only rank
+        0 reads the directory: on a network file system another node's view of a listing may lag behind, and
+        every rank must see the same files."""
+        value = None
+        if self.rank == 0:
+            try:
+                value = read()
+            except OSError as err:
+                value = err
+        value = self.gather(value)[0]
+        _raise_any([value])
+        return value
 
 
 ALONE = Team()
@@ -99,13 +108,8 @@ def write_checksums(directory: Path, team: Team = ALONE) -> dict[str, Any] | Non
 
     Collective over ``team``: rank 0 lists the files, each rank hashes its share, rank 0 writes the manifest and
     returns it (the other ranks return None). An OSError on any rank is raised on every rank."""
-    try:
-        listing = {p.relative_to(directory).as_posix(): p.stat().st_size for p in _listed_files(directory)} \
-            if team.rank == 0 else None
-    except OSError as err:
-        listing = err
-    sizes = team.share(listing)
-    _raise_any([sizes])
+    sizes = team.share(lambda: {p.relative_to(directory).as_posix(): p.stat().st_size
+                                for p in _listed_files(directory)})
     try:
         part: dict[str, str] | OSError = {name: file_sha256(directory / name)
                                           for name in shares(sizes, team.size)[team.rank]}
@@ -159,7 +163,7 @@ def verify_checksums(directory: Path, team: Team = ALONE) -> bool:
     Collective over ``team``: rank 0 reads the manifest, each rank checks its share, every rank returns or raises
     alike."""
     path = directory / CHECKSUMS_FILE
-    listed = team.share(_read_manifest(path))
+    listed = team.share(lambda: _read_manifest(path))
     if listed is None:
         return False
     if isinstance(listed, str):
@@ -184,9 +188,9 @@ def verified(directory: Path, team: Team = ALONE) -> bool:
 def newest_verified_tag(save_dir: Path, exclude: str, team: Team = ALONE) -> str | None:
     """The newest ``iter_*`` tag of ``save_dir`` other than ``exclude`` whose checksums verify (None: none does);
     collective over ``team``."""
-    tags = team.share(sorted((p.name for p in save_dir.iterdir()
-                              if p.is_dir() and TAG_RE.match(p.name) and p.name != exclude),
-                             key=lambda name: int(TAG_RE.match(name).group(1)), reverse=True))
+    tags = team.share(lambda: sorted((p.name for p in save_dir.iterdir()
+                                      if p.is_dir() and TAG_RE.match(p.name) and p.name != exclude),
+                                     key=lambda name: int(TAG_RE.match(name).group(1)), reverse=True))
     return next((tag for tag in tags if verified(save_dir / tag, team)), None)
 
 
@@ -204,14 +208,18 @@ def verify_tag(tag_dir: Path, team: Team = ALONE) -> None:
                   f"into {tag_dir.parent / LATEST})" if good else f"no other tag of {tag_dir.parent} verifies")
         raise CheckpointError(f"{err}; {remedy}, or restore {err.path.name} from another copy of the "
                               "checkpoint") from err
-    problem = None
-    if team.rank == 0:
-        logger.warning("%s has no %s (saved before checkpoints carried checksums): its files are not verified",
-                       tag_dir, CHECKSUMS_FILE)
-        try:
-            check_tag_files(tag_dir)
-        except CheckpointError as err:
-            problem = str(err)
-    problem = team.share(problem)
+    problem = team.share(lambda: _unverified_tag_problem(tag_dir))
     if problem is not None:
         raise CheckpointError(problem)
+
+
+def _unverified_tag_problem(tag_dir: Path) -> str | None:
+    """Warn that ``tag_dir`` (saved before checksums existed) is not verified; what :func:`check_tag_files` finds
+    wrong with its torch files, or None."""
+    logger.warning("%s has no %s (saved before checkpoints carried checksums): its files are not verified",
+                   tag_dir, CHECKSUMS_FILE)
+    try:
+        check_tag_files(tag_dir)
+    except CheckpointError as err:
+        return str(err)
+    return None

@@ -137,12 +137,9 @@ def step_back(save_dir: Path, first_bad: int) -> Path | None:
     tags and changes the files (``latest`` first); every rank returns the tag directory ``latest`` then names, or
     None when no checkpoint is left (``latest`` is removed)."""
     ranks = team()
-    listing = None
-    if ranks.rank == 0:
-        listing = (read_latest(save_dir), sorted((int(m.group(1)), p.name) for p in
-                                                 (save_dir.iterdir() if save_dir.is_dir() else ())
-                                                 if p.is_dir() and (m := TAG_RE.match(p.name))))
-    latest, tags = ranks.share(listing)
+    latest, tags = ranks.share(lambda: (read_latest(save_dir), sorted(
+        (int(m.group(1)), p.name) for p in (save_dir.iterdir() if save_dir.is_dir() else ())
+        if p.is_dir() and (m := TAG_RE.match(p.name)))))
     newest = next((it for it, tag in tags if tag == latest), -1)  # newer tags are partial saves
     candidates = [tag for it, tag in reversed(tags) if it < first_bad - 1 and it <= newest]
     chosen = next((tag for tag in candidates if usable(save_dir / tag, ranks)), None)
