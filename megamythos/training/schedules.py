@@ -71,9 +71,9 @@ def build_scheduler(schedule: LRSchedule):
     return make
 
 
-# Each schedule field and the flag that sets it.
-SCHEDULE_FLAGS = {"lr": "--lr", "min_lr": "--min-lr", "warmup": "--warmup", "total": "--train-iters/--train-tokens",
-                  "kind": "--lr-schedule", "decay_fraction": "--wsd-decay-fraction"}
+# Each schedule field and how a change of it is named: its flag, or "steps" (set by --train-iters/--train-tokens).
+SCHEDULE_FLAGS = {"lr": "--lr", "min_lr": "--min-lr", "warmup": "--warmup", "total": "steps", "kind": "--lr-schedule",
+                  "decay_fraction": "--wsd-decay-fraction"}
 
 
 class ScheduleChangeError(UserError, ValueError):
@@ -89,8 +89,8 @@ def schedule_changes(saved: LRSchedule, wanted: LRSchedule) -> list[str]:
             continue
         before, after = getattr(saved, field), getattr(wanted, field)
         if before != after:
-            changes.append(f"{'steps' if field == 'total' else flag} {before:g} -> {after:g}"
-                           if not isinstance(before, str) else f"{flag} {before} -> {after}")
+            changes.append(f"{flag} {before} -> {after}" if isinstance(before, str) else
+                           f"{flag} {before:g} -> {after:g}")
     return changes
 
 
