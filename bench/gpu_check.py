@@ -127,8 +127,10 @@ def summarize(metrics: Path, warmup: int) -> dict[str, Any]:
     if not steady:
         raise SystemExit(f"no training steps after iteration {warmup} in {metrics}")
     keys = {"tokens_per_sec": "tokens-per-sec", "tflops": "tflops", "mfu": "mfu", "iteration_s": "iteration-time"}
+    memory = [r[key] for r in records for key in ("memory/max-allocated-GiB", "memory/max-rss-GiB") if key in r]
     return {"steps": len(records), "warmup_excluded": warmup, "lm_loss_last": records[-1].get("lm loss"),
-            **{f"{name}_median": statistics.median(r[key] for r in steady) for name, key in keys.items()}}
+            **{f"{name}_median": statistics.median(r[key] for r in steady) for name, key in keys.items()},
+            "peak_memory_gib": max(memory, default=None)}
 
 
 def merge(out: Path, key: str, value: dict[str, Any]) -> None:

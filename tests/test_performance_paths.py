@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections import Counter
 
@@ -279,3 +280,15 @@ def test_bf16_training_tracks_fp32(corpus, launches, tmp_path) -> None:
     assert max(diffs.values()) <= BF16_LOSS_TOL, diffs
     assert sum(diffs.values()) / len(diffs) <= BF16_MEAN_TOL, diffs
     assert runs["bf16"][12] < runs["bf16"][1] - 0.5  # and it learns
+
+
+def test_gpu_check_summary_takes_the_steady_steps_and_the_peak_memory(tmp_path) -> None:
+    from bench import gpu_check
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"iteration": i, "tokens-per-sec": 100.0 * i, "tflops": 1.0, "mfu": 0.5,
+                                           "iteration-time": 0.1, "lm loss": 9.0 - i,
+                                           "memory/max-allocated-GiB": 10.0 + (i == 3)}) + "\n" for i in range(1, 8)))
+    summary = gpu_check.summarize(metrics, warmup=4)
+    assert summary["tokens_per_sec_median"] == 600.0 and summary["steps"] == 7 and summary["lm_loss_last"] == 2.0
+    assert summary["peak_memory_gib"] == 11.0
