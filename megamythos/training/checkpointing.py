@@ -189,6 +189,15 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
                               f"with --load {save}, or start fresh with another --save (or delete {save})")
 
 
+def check_sources(save: str | None, load: str | None, finetune: bool, verify: bool) -> None:
+    """The start-up checks of what a run reads: :func:`check_run_dirs` on the directory it resumes
+    (:func:`run_sources`) and :func:`check_pretrained` on the one ``--finetune`` starts from."""
+    resume_from, finetune_from = run_sources(save, load, finetune)
+    check_run_dirs(save, resume_from, verify)
+    if finetune_from:
+        check_pretrained(finetune_from)
+
+
 def verify_resume(load: str) -> None:
     """Collective: refuse ``load``'s latest tag when its files differ from its checksums, every rank hashing its
     share (:func:`check_run_dirs` checked the directory itself)."""

@@ -246,7 +246,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     checksums and the default corpus, which rank 0 builds, are left to them."""
     from megamythos.data.pretraining import resolve_data
     from megamythos.training.arguments import parse_args
-    from megamythos.training.checkpointing import check_pretrained, check_run_dirs, run_sources
+    from megamythos.training.checkpointing import check_sources
     from megamythos.training.ds_config import load_template, resolve_layout
     from megamythos.training.monitor import check_outputs
 
@@ -254,10 +254,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     config = args.model_config()
     if world_size is None:  # several nodes (paths may be theirs alone) or an uncounted GPU node: left to the ranks
         return
-    resume_from, finetune_from = run_sources(args.save, args.load, args.finetune)
-    check_run_dirs(args.save, resume_from, verify=False)  # the ranks verify the checksums at start-up
-    if finetune_from:
-        check_pretrained(finetune_from)
+    check_sources(args.save, args.load, args.finetune, verify=False)  # the ranks verify the checksums at start-up
     check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
     if args.data_path:
         resolve_data(list(args.data_path), config.vocab_size)

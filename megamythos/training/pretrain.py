@@ -45,8 +45,7 @@ from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import (
     CheckpointError,
     CheckpointManager,
-    check_pretrained,
-    check_run_dirs,
+    check_sources,
     pretrained_state,
     run_sources,
     universal_tag,
@@ -267,7 +266,8 @@ class Trainer:
             raise CheckpointError(f"checkpoint in {load_dir} was trained with tokenizer "
                                   f"{state.get('tokenizer_fingerprint')} but the data uses "
                                   f"{self.data.tokenizer_fingerprint}")
-        record = read_train_record(Path(load_dir) / read_latest(load_dir))
+        tag_dir = Path(load_dir) / read_latest(load_dir)
+        record = read_train_record(tag_dir)
         change = data_change(record.get("dataset_shapes", {}), self.data.shapes, load_dir)
         if change and self.rank == 0:
             logger.warning("%s. The run goes on with what the datasets hold now; its samples from here on are not "
@@ -284,8 +284,7 @@ class Trainer:
                            "with others, start a new run from these weights (--finetune)", ", ".join(kept))
         # the schedule the checkpoint ran: recorded since 2026-12-05; before, what its scheduler state restored
         saved = state.get("lr_schedule") or (dataclasses.asdict(self.schedule) if universal is None else None)
-        schedule = resumed_schedule(saved, wanted, self.args.lr_schedule_on_resume,
-                                    str(Path(load_dir) / read_latest(load_dir)), state["iteration"])
+        schedule = resumed_schedule(saved, wanted, self.args.lr_schedule_on_resume, str(tag_dir), state["iteration"])
         changes = schedule_changes(self.schedule, schedule)  # against what the scheduler holds now
         if changes:
             logger.info("following the LR schedule %s from iteration %d: %s", "of the command line"
@@ -578,10 +577,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     the whole run."""
     args = parse_args(argv)
     rank0 = os.environ.get("RANK", "0") == "0"
-    resume_from, finetune_from = run_sources(args.save, args.load, args.finetune)
-    check_run_dirs(args.save, resume_from, verify=os.environ.get("WORLD_SIZE", "1") == "1")
-    if finetune_from:
-        check_pretrained(finetune_from)
+    check_sources(args.save, args.load, args.finetune, verify=os.environ.get("WORLD_SIZE", "1") == "1")
     if rank0:
         check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
     with writer_lock(args.save, holder=rank0):
