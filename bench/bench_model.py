@@ -4,6 +4,7 @@ Runs in a bench environment that holds torch 2.13 (CPU), ``open-mythos==0.5.0 --
 our package is imported from the checkout (``PYTHONPATH=.``), so both models are timed in one run:
 
     PYTHONPATH=. python bench/bench_model.py speed  --out bench/results/model.json
+    PYTHONPATH=. python bench/bench_model.py speed  --device cuda --modes ... --out ...   # on a GPU (gpu_session.sh)
     PYTHONPATH=. python bench/bench_model.py params --out bench/results/params.json
 
 ``speed`` times, with interleaved repetitions (the order rotates every round) and medians:
@@ -92,10 +93,29 @@ def summarise(seconds: list[float], tokens: int, flops_per_token: float) -> dict
             "gflops_per_s": flops_per_token * tokens / median / 1e9, "samples_s": seconds}
 
 
-def matmul_step(n: int, dtype: torch.dtype = torch.float32) -> Step:
-    """An n x n x n matmul: the compute ceiling of this core in ``dtype`` under the same load, for reference."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return lambda: torch.mm(a, b)
+def synchronized(step: Step, device: str) -> Step:
+    """``step`` followed by a wait for the device's queued work, so that a host clock around it times the work
+    (a no-op on the CPU)."""
+    if torch.device(device).type != "cuda":
+        return step
+
+    def run() -> Any:
+        measured = step()
+        torch.cuda.synchronize(device)
+        return measured
+
+    return run
+
+
+def ceiling_size(device: str) -> int:
+    """Side of the square matmul that measures the compute ceiling: 1024 on a CPU core, 8192 to fill a GPU."""
+    return 8192 if torch.device(device).type == "cuda" else 1024
+
+
+def matmul_step(n: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Step:
+    """An n x n x n matmul on random data: the compute ceiling of the device in ``dtype`` under the same load."""
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    return synchronized(lambda: torch.mm(a, b), device)
 
 
 def aten_ops_per_call(step: Step) -> int:
@@ -190,7 +210,7 @@ def ours_step(model: MythosLM, ids: torch.Tensor, labels: torch.Tensor, loops: i
     ``autocast``: fp32 weights, the forward under bf16 autocast with each weight cast once per forward
     (``weights_cast_once``), as a user of the model class runs it."""
     def loss_of() -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), weights_cast_once():
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast), weights_cast_once():
             out = model(ids, labels=labels, n_loops=loops)
         return out.loss + out.aux_loss
 
@@ -203,7 +223,7 @@ def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, lo
     empty) kv_cache is the reference's own switch that disables its ACT early exit, so every one of the
     ``loops`` iterations runs; the cache only stores detached latents."""
     def loss_of() -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(ids, n_loops=loops, kv_cache={})
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
 
@@ -221,22 +241,25 @@ class TrainSetup:
     batch: int
     seq: int
     loops: int
+    device: str = "cpu"
 
     @classmethod
-    def of(cls, preset: ModelConfig, batch: int, seq: int, loops: int) -> TrainSetup:
+    def of(cls, preset: ModelConfig, batch: int, seq: int, loops: int, device: str = "cpu") -> TrainSetup:
         ours, reference = matched_configs(preset, seq, loops)
         preset = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
         dense, dense_layers = dense_gpt_config(preset, seq, loops)
-        return cls(ours, reference, preset, dense, dense_layers, batch, seq, loops)
+        return cls(ours, reference, preset, dense, dense_layers, batch, seq, loops, device)
 
 
 def build_train_modes(setup: TrainSetup, modes: list[str]) -> tuple[dict[str, nn.Module], dict[str, Step]]:
     """The models of ``modes`` (names in ``TRAIN_MODES``) and their train steps, all on one fixed random batch
-    (seed 0, so every process that builds a mode trains it on the same tokens). Each model but the dense GPT
-    carries a :class:`CallCounter` on its recurrent block as ``model.block_calls``."""
+    (seed 0, so every process that builds a mode trains it on the same tokens), on ``setup.device``; a step
+    returns once the device has finished it. Each model but the dense GPT carries a :class:`CallCounter` on its
+    recurrent block as ``model.block_calls``."""
+    device = torch.device(setup.device)
     torch.manual_seed(0)
-    ids = torch.randint(0, setup.ours.vocab_size, (setup.batch, setup.seq))
-    labels = torch.randint(0, setup.ours.vocab_size, (setup.batch, setup.seq))
+    ids = torch.randint(0, setup.ours.vocab_size, (setup.batch, setup.seq)).to(device)
+    labels = torch.randint(0, setup.ours.vocab_size, (setup.batch, setup.seq)).to(device)
     builders: dict[str, Callable[[], nn.Module]] = {
         "ours_matched": lambda: MythosLM(setup.ours),
         "ours_bf16": lambda: MythosLM(setup.ours).bfloat16(),
@@ -246,7 +269,7 @@ def build_train_modes(setup: TrainSetup, modes: list[str]) -> tuple[dict[str, nn
         "reference_bf16_autocast": lambda: om.OpenMythos(setup.reference),
         "ours_preset": lambda: MythosLM(setup.preset),
         "dense_gpt": lambda: DenseLM(setup.dense, setup.dense_layers)}
-    models = {name: builders[name]().train() for name in modes if name in builders}
+    models = {name: builders[name]().to(device).train() for name in modes if name in builders}
     if "ours_bf16_compiled" in models:
         compile_blocks(models["ours_bf16_compiled"])
     steps: dict[str, Step] = {}
@@ -259,7 +282,7 @@ def build_train_modes(setup: TrainSetup, modes: list[str]) -> tuple[dict[str, nn
             steps[name] = reference_step(model, ids, labels, setup.loops, autocast=name.endswith("autocast"))
         else:
             steps[name] = train_step(model, lambda model=model: model(ids, labels).loss)
-    return models, steps
+    return models, {name: synchronized(step, setup.device) for name, step in steps.items()}
 
 
 def mode_report(name: str, model: nn.Module, step: Step) -> dict[str, Any]:
@@ -316,13 +339,13 @@ class IsolatedStep:
 
 def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: int, warmup: int,
                 modes: list[str], isolate: bool = False, threads: int = 1,
-                glibc_defaults: bool = False) -> dict[str, Any]:
+                glibc_defaults: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Train-step tokens/s of the ``modes`` (names below): ours vs the reference (matched widths) in fp32,
     bf16, bf16 autocast and bf16 compiled (ours) / bf16 autocast (reference), our preset vs a FLOP-matched dense
-    GPT, and the fp32 and bf16 1024^3 matmul ceilings of the core in the same rounds. With ``isolate`` every
-    mode runs in a process of its own (:class:`IsolatedStep`), the rounds still interleaved; else all share
-    this process."""
-    setup = TrainSetup.of(preset, batch, seq, loops)
+    GPT, and the fp32 and bf16 matmul ceilings of the device (:func:`ceiling_size`) in the same rounds. With
+    ``isolate`` every mode runs in a process of its own (:class:`IsolatedStep`), the rounds still interleaved;
+    else all share this process."""
+    setup = TrainSetup.of(preset, batch, seq, loops, device)
     modes = [name for name in modes if name in TRAIN_MODES]
     steps: dict[str, Step]
     if isolate:
@@ -332,7 +355,10 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
         steps = dict(workers)
     else:
         models, steps = build_train_modes(setup, modes)
-    steps["matmul_1024"], steps["matmul_1024_bf16"] = matmul_step(1024), matmul_step(1024, torch.bfloat16)
+    n = ceiling_size(device)
+    fp32_ceiling, bf16_ceiling = f"matmul_{n}", f"matmul_{n}_bf16"
+    steps[fp32_ceiling] = matmul_step(n, device=device)
+    steps[bf16_ceiling] = matmul_step(n, torch.bfloat16, device)
     seconds = time_interleaved(steps, rounds, warmup)
     reports = {name: workers[name].report() if isolate else mode_report(name, models[name], steps[name])
                for name in modes}
@@ -349,9 +375,9 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
     results = {name: {**summarise(seconds[name], batch * seq, flops[name]),
                       "params": reports[name]["params"] or params.get(name, params["ours_matched"]),
                       "train_flops_per_token": flops[name]} for name in modes}
-    for name in ("matmul_1024", "matmul_1024_bf16"):
+    for name in (fp32_ceiling, bf16_ceiling):
         matmul_s = statistics.median(seconds[name])
-        results[name] = {"median_s": matmul_s, "gflops_per_s": 2.0 * 1024 ** 3 / matmul_s / 1e9}
+        results[name] = {"median_s": matmul_s, "gflops_per_s": 2.0 * n ** 3 / matmul_s / 1e9}
     out: dict[str, Any] = {
         "shape": {"batch": batch, "seq": seq, "loops": loops, "executed_loops_per_step": loops},
         "processes": "one per mode" if isolate else "one for all modes",
@@ -372,10 +398,10 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
         out["train_step_vs_reference"] = {
             "ours": best_ours, "reference": best_ref,
             **ratio(results[best_ours], results[best_ref], "train_step_vs_reference"),
-            "bound_at_bf16_ceiling": results["matmul_1024_bf16"]["gflops_per_s"] / results[best_ref]["gflops_per_s"]}
+            "bound_at_bf16_ceiling": results[bf16_ceiling]["gflops_per_s"] / results[best_ref]["gflops_per_s"]}
         out["share_of_bf16_matmul_ceiling"] = {
             "ours": best_ours,
-            "share": results[best_ours]["gflops_per_s"] / results["matmul_1024_bf16"]["gflops_per_s"],
+            "share": results[best_ours]["gflops_per_s"] / results[bf16_ceiling]["gflops_per_s"],
             "goal": GOALS["share_of_bf16_matmul_ceiling"]}
     if {"ours_preset", "dense_gpt"} <= set(modes):
         out["vs_dense_equal_flops"] = {**ratio(results["ours_preset"], results["dense_gpt"], "vs_dense_equal_flops"),
@@ -414,17 +440,18 @@ def fwd_bwd_step(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor) -> 
 
 
 def bench_moe(dim: int, expert_dim: int, n_experts: int, top_k: int, tokens: int, rounds: int,
-              warmup: int) -> dict[str, Any]:
-    """MoE layer fwd+bwd tokens/s, with one reference shared expert (K*F wide) and routed experts only."""
+              warmup: int, device: str = "cpu") -> dict[str, Any]:
+    """MoE layer fwd+bwd tokens/s (fp32, on ``device``), with one reference shared expert (K*F wide) and
+    routed experts only."""
     torch.manual_seed(0)
-    x = torch.randn(1, tokens, dim, requires_grad=True)
-    grad_out = torch.randn(1, tokens, dim)
+    x = torch.randn(1, tokens, dim, device=device, requires_grad=True)
+    grad_out = torch.randn(1, tokens, dim, device=device)
     steps: dict[str, Step] = {}
     flops: dict[str, float] = {}
     for ref_shared in (1, 0):
         ours, reference = moe_pair(dim, expert_dim, n_experts, top_k, ref_shared)
         for name, module in ((f"ours_shared{ref_shared}", ours), (f"reference_shared{ref_shared}", reference)):
-            steps[name] = fwd_bwd_step(module, x, grad_out)
+            steps[name] = synchronized(fwd_bwd_step(module.to(device), x, grad_out), device)
             flops[name] = moe_train_flops(dim, expert_dim, n_experts, top_k, bool(ref_shared))
     seconds = time_interleaved(steps, rounds, warmup)
     results = {name: summarise(s, tokens, flops[name]) for name, s in seconds.items()}
@@ -493,9 +520,10 @@ def params_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def environment(threads: int) -> dict[str, Any]:
+def environment(threads: int, device: str) -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
     return {"torch": torch.__version__, "open_mythos": getattr(om, "__version__", "0.5.0"),
-            "python": platform.python_version(), "cpu": cpu_model(),
+            "python": platform.python_version(), "cpu": cpu_model(), "gpu": gpu,
             "cpu_count": os.cpu_count(), "threads": threads, "load_avg_start": os.getloadavg()}
 
 
@@ -537,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--warmup", type=int, default=1)
     speed.add_argument("--modes", default=",".join(TRAIN_MODES), help="comma-separated train-step modes")
     speed.add_argument("--threads", type=int, default=1)
+    speed.add_argument("--device", default="cpu", help="where the models run: cpu (default) or cuda")
     speed.add_argument("--glibc-defaults", action="store_true", help="leave glibc malloc's settings as they are")
     speed.add_argument("--isolate", action="store_true",
                        help="run every train-step mode in a process of its own (rounds still interleaved), as a "
@@ -551,13 +580,14 @@ def main(argv: list[str] | None = None) -> int:
         print(params_table(rows))
         return 0
     torch.set_num_threads(args.threads)
-    env = environment(args.threads)
+    env = environment(args.threads, args.device)
     env["host_memory"] = "glibc defaults" if args.glibc_defaults else keep_freed_memory()
     base = get_preset(args.preset, **dict(parse_override(item) for item in args.set))
-    moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup)
+    moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup, args.device)
            for f in args.moe_expert_dims.split(",") if f]
     train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup, args.modes.split(","),
-                        isolate=args.isolate, threads=args.threads, glibc_defaults=args.glibc_defaults)
+                        isolate=args.isolate, threads=args.threads, glibc_defaults=args.glibc_defaults,
+                        device=args.device)
     env["load_avg_end"] = os.getloadavg()
     payload = {"command": shlex.join(["bench/bench_model.py", *(argv if argv is not None else sys.argv[1:])]),
                "environment": env, "train": train, "moe": moe}
