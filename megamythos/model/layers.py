@@ -119,8 +119,10 @@ def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     Outside the context, for non-leaf tensors, when no cast is needed and while ``torch.compile`` traces
     (inductor schedules casts itself; a Python dict is not traceable), it is a plain ``weight.to(dtype)``.
     """
+    if torch.compiler.is_compiling() or weight.dtype == dtype or not weight.is_leaf:
+        return weight.to(dtype)  # tracing first: Dynamo must not read (and guard on) the cache dict
     entries = _CAST_CACHE.entries
-    if weight.dtype == dtype or entries is None or not weight.is_leaf or torch.compiler.is_compiling():
+    if entries is None:
         return weight.to(dtype)
     key = (id(weight), dtype)
     cached = entries.get(key)
