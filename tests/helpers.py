@@ -15,9 +15,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from megamythos.data.indexed_dataset import IndexedDatasetBuilder
 from megamythos.model.config import ModelConfig
+from megamythos.model.moe import GROUPED_MM_KERNEL
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launchers" / "pretrain.sh"
@@ -26,6 +28,9 @@ LAUNCHER = REPO / "launchers" / "pretrain.sh"
 TINY_OVERRIDES = dict(vocab_size=384, dim=64, n_heads=4, n_experts=4, expert_dim=64, q_lora_rank=32,
                       kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, ffn_dim=128)
 VOCAB = TINY_OVERRIDES["vocab_size"]
+# Tests of the MoE's fast path (no host sync, one graph, its FLOPs): before torch 2.9 the experts take the padded
+# batched matmul, which syncs once per expert matmul (megamythos.model.moe.GROUPED_MM_KERNEL).
+requires_grouped_mm = pytest.mark.skipif(not GROUPED_MM_KERNEL, reason="torch < 2.9 has no torch._grouped_mm kernel")
 CORPUS_FILES = 30
 
 

@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import cast_weight, weights_cast_once
 from megamythos.model.moe import MoE, grouped_matmul
+from tests.helpers import requires_grouped_mm
 
 COUNTS = torch.tensor([5, 0, 7, 4])
 
@@ -106,6 +107,7 @@ def test_moe_under_bf16_autocast_gradients_match_per_call_casts() -> None:
         assert (cached[name] - grad).norm() <= 0.02 * grad.norm(), name
 
 
+@requires_grouped_mm
 def test_cached_cast_under_torch_compile_matches_eager() -> None:
     """While Dynamo traces, cast_weight is a plain cast (no graph break): the compiled loop gives eager's
     output and gradients (fp32 compute on an fp64 weight)."""

@@ -13,7 +13,7 @@ from megamythos.model.lm import MythosLM
 from megamythos.model.params import PartCounts, count, parts
 from megamythos.planning.memory import checkpointed_loop_states, memory_plan
 from megamythos.planning.plan import main
-from tests.helpers import small_config
+from tests.helpers import requires_grouped_mm, small_config
 
 # parameter names of MythosLM (re.fullmatch) that make up each PartCounts field
 PART_NAMES = {
@@ -120,6 +120,7 @@ def counted_matmul_flops_per_token(config, seq_len: int, n_loops: int) -> float:
     return counter.get_total_flops() / ids.numel()
 
 
+@requires_grouped_mm
 @pytest.mark.parametrize("backprop_loops", [0, 2])
 def test_train_flops_equal_a_counted_training_step(backprop_loops: int) -> None:
     """count(): forward + 2x forward for backward where gradients flow; truncated BPTT's first loops have none."""

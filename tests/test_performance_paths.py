@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from megamythos.model.attention import attend, matmul_attention
 from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import grouped_matmul
-from tests.helpers import losses, run, small_config, tiny_args
+from tests.helpers import losses, requires_grouped_mm, run, small_config, tiny_args
 
 
 def padded_reference(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -155,6 +155,7 @@ def loss_and_grads(model: MythosLM, ids: torch.Tensor, n_loops: int,
     return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
+@requires_grouped_mm
 def test_compiled_blocks_match_eager_without_graph_breaks_or_recompiles() -> None:
     """Every block compiles to one graph (fullgraph; the recurrent block one more for the no-grad loops of
     truncated BPTT), is not recompiled for another loop index, loop count, truncation or checkpoint recompute,
@@ -228,11 +229,13 @@ def train_step_syncs(expert_dim: int, n_loops: int, dtype: torch.dtype) -> Count
     return counter.counts
 
 
+@requires_grouped_mm
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_training_step_has_no_host_syncs(dtype: torch.dtype) -> None:
     assert train_step_syncs(expert_dim=32, n_loops=4, dtype=dtype) == Counter()
 
 
+@requires_grouped_mm
 def test_padded_fallback_syncs_once_per_misaligned_expert_matmul() -> None:
     """Expert width 30: the down projection's fp32 rows of 120 bytes are not 16-byte aligned, so it takes the
     padded bmm fallback, which reads the largest group size once: 1 per MoE call, 4 loops, each loop run again

@@ -44,9 +44,14 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, sc
     return weights, expert_ids, scores
 
 
+# torch._grouped_mm has a CPU kernel, and on CUDA a fallback below sm90, from torch 2.9; torch 2.8 has the op with
+# neither (it raises), torch 2.6-2.7 lack it: there the MoE takes the padded batched matmul of grouped_matmul.
+GROUPED_MM_KERNEL = hasattr(torch, "_grouped_mm") and torch.__version__ >= (2, 9)
+
+
 def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """torch._grouped_mm needs 16-byte aligned strides and, on CUDA, bf16."""
-    if not hasattr(torch, "_grouped_mm"):
+    """torch._grouped_mm needs torch >= 2.9, 16-byte aligned strides and, on CUDA, bf16."""
+    if not GROUPED_MM_KERNEL:
         return False
     if x.is_cuda and x.dtype != torch.bfloat16:
         return False
