@@ -34,21 +34,21 @@ $(BIN)/.installed: setup.py
 # op (CUDA).
 prebuild-ops:
 	@echo "building DeepSpeed's CPU comm op into $(TORCH_EXTENSIONS_DIR) (once, ~30 s)..."
-	PATH="$(CURDIR)/$(BIN):$$PATH" TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) launchers/heartbeat.py \
+	PATH="$(abspath $(BIN)):$$PATH" TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) launchers/heartbeat.py \
 	--what "compiling the op" -- $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
 	builder = get_accelerator().create_op_builder('ShareMemCommBuilder'); builder and builder.load(verbose=False)"
 
 install: $(BIN)/.installed
 
 pretrain: $(BIN)/.installed
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash launchers/pretrain.sh $(ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" bash launchers/pretrain.sh $(ARGS)
 
 # pytest's default output: each test file's name, then a dot per test as it passes (progress per file)
 test: $(BIN)/.installed
-	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
 
 # The unit-level set (< 3 min on 2 CPU cores): every test but those marked `launch` (real trainer launches).
 test-fast: $(BIN)/.installed
-	PATH="$(CURDIR)/$(BIN):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not launch" $(PYTEST_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not launch" $(PYTEST_ARGS)
 
 .PHONY: install prebuild-ops pretrain test test-fast
