@@ -27,6 +27,7 @@ from tests.helpers import (
     launch_env,
     losses,
     metrics,
+    requires_grouped_mm,
     run,
     run_single,
     start,
@@ -246,6 +247,7 @@ def test_tensor_and_expert_parallel_folded_matches(ref, tpep):
     assert_same_losses(tpep, ref, tol=EP_TOL)
 
 
+@requires_grouped_mm
 def test_compile_under_zero3_matches_eager_without_graph_breaks(ref, compiled):
     """``--compile`` under ZeRO-3: the recurrent core and each prelude/coda block are ZeRO-3 leaves (fetched whole,
     no hooks inside), so Dynamo logs no graph break, and the only recompile is the recurrent block's no-grad graph

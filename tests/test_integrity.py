@@ -149,6 +149,7 @@ try:
 except checksums.ChecksumError as err:
     refusal = str(err)
 report.write_text(json.dumps({"written": written, "refusal": refusal, "target": str(target)}))
+dist.barrier()  # without it, torch 2.6's gloo hung in destroy_process_group on both ranks
 dist.destroy_process_group()
 """
 

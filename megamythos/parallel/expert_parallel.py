@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from megamythos.model.config import ModelConfig
-from megamythos.model.moe import BalanceLoss, ExpertLoad, MoEOutput, register_moe_layer
+from megamythos.model.moe import GROUPED_MM_KERNEL, BalanceLoss, ExpertLoad, MoEOutput, register_moe_layer
 
 MOE_LAYER_PATTERN = r"recurrent\.block\.moe"
 # Implementation choices a ds_config template may make; everything that describes the model comes from its config.
@@ -43,8 +43,13 @@ TEMPLATE_OPTIONS = ("use_grouped_mm", "combine_impl")
 
 def autoep_section(config: ModelConfig, ep: int, template: Mapping[str, Any]) -> dict[str, Any]:
     """The ds_config ``expert_parallel`` section for expert-parallel size ``ep``; of ``template`` (the template's
-    section) only :data:`TEMPLATE_OPTIONS` are kept."""
-    section = {**{k: v for k, v in template.items() if k in TEMPLATE_OPTIONS}, "enabled": True, "autoep_size": ep,
+    section) only :data:`TEMPLATE_OPTIONS` are kept. Where torch has no ``torch._grouped_mm`` kernel (before 2.9,
+    :data:`~megamythos.model.moe.GROUPED_MM_KERNEL`) ``use_grouped_mm`` is off: AutoEP's experts then run its
+    per-expert loop, where its grouped mm would refuse to build (2.6-2.7) or raise at the first forward (2.8)."""
+    options = {k: v for k, v in template.items() if k in TEMPLATE_OPTIONS}
+    if not GROUPED_MM_KERNEL:
+        options["use_grouped_mm"] = False
+    section = {**options, "enabled": True, "autoep_size": ep,
                "moe_layer_pattern": MOE_LAYER_PATTERN, "score_func": config.score_func,
                "route_norm": config.route_norm, "route_scale": 1.0, "top_k": config.num_experts_per_tok}
     if config.n_shared_experts:  # without this AutoEP silently drops the shared experts
