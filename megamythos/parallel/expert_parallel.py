@@ -45,7 +45,7 @@ def autoep_section(config: ModelConfig, ep: int, template: Mapping[str, Any]) ->
     """The ds_config ``expert_parallel`` section for expert-parallel size ``ep``; of ``template`` (the template's
     section) only :data:`TEMPLATE_OPTIONS` are kept. Where torch has no ``torch._grouped_mm`` kernel (before 2.9,
     :data:`~megamythos.model.moe.GROUPED_MM_KERNEL`) ``use_grouped_mm`` is off: AutoEP's experts then run its
-    per-expert loop, where its grouped mm would refuse to build (2.6-2.7) or raise at the first forward (2.8)."""
+    per-expert loop, where its grouped mm would refuse to build (2.6-2.7) or find no CPU kernel (2.8)."""
     options = {k: v for k, v in template.items() if k in TEMPLATE_OPTIONS}
     if not GROUPED_MM_KERNEL:
         options["use_grouped_mm"] = False
