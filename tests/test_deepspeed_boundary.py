@@ -12,8 +12,8 @@ from torch import nn
 import megamythos.model.moe as moe_module
 from megamythos.model.attention import MLA
 from megamythos.model.moe import MoE, MoEOutput, expert_bias_state, expert_counts_frozen, register_moe_layer
-from megamythos.parallel import autoep_to_model_names, tensor_parallel
-from megamythos.parallel.expert_parallel import _autoep_expert_load, _BalanceLossHooks
+from megamythos.parallel import autoep_to_model_names, expert_parallel, tensor_parallel
+from megamythos.parallel.expert_parallel import _autoep_expert_load, _BalanceLossHooks, autoep_section
 from tests.helpers import small_config
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "megamythos" / "model"
@@ -95,6 +95,15 @@ def test_autoep_adapter_gives_the_replacement_our_moe_contract(monkeypatch) -> N
     with expert_counts_frozen(model):
         layer(x)
     assert float(layer.tokens_per_expert.sum()) == 2 * 2 * 5 * cfg.num_experts_per_tok  # two counted forwards
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_autoep_uses_grouped_mm_only_where_torch_has_the_kernel(kernel: bool, monkeypatch) -> None:
+    """The template's use_grouped_mm stands where torch has a grouped-mm kernel; before torch 2.9 it is off,
+    since DeepSpeed refuses to build grouped experts without torch._grouped_mm (2.6-2.7)."""
+    monkeypatch.setattr(expert_parallel, "GROUPED_MM_KERNEL", kernel)
+    section = autoep_section(small_config(), 2, {"use_grouped_mm": True, "combine_impl": "weighted_sum"})
+    assert section["use_grouped_mm"] is kernel and section["combine_impl"] == "weighted_sum"
 
 
 def test_autoep_checkpoint_names_map_back_to_the_model() -> None:

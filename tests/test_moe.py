@@ -5,7 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megamythos.model.moe import BalanceLoss, MoE, expert_bias_state, load_expert_bias_state, route, update_expert_bias
+import megamythos.model.moe as moe_module
+from megamythos.model.moe import (
+    BalanceLoss,
+    MoE,
+    expert_bias_state,
+    grouped_matmul,
+    load_expert_bias_state,
+    route,
+    update_expert_bias,
+)
 from tests.helpers import small_config
 
 
@@ -47,6 +56,23 @@ def test_sorted_dispatch_matches_per_expert_reference_with_grads(dim: int, exper
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_without_the_grouped_mm_kernel_the_experts_take_the_padded_matmul(monkeypatch) -> None:
+    """Before torch 2.9 (GROUPED_MM_KERNEL false: 2.8's op has no CPU kernel and raises) grouped_matmul never
+    calls torch._grouped_mm, even on aligned shapes, and gives the kernel's result."""
+    x, weight = torch.randn(12, 64), torch.randn(3, 32, 64)
+    counts = torch.tensor([5, 0, 7])
+    with_kernel = grouped_matmul(x, weight, counts)
+
+    def no_kernel(*_: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("Could not run 'aten::_grouped_mm' with arguments from the 'CPU' backend")
+
+    monkeypatch.setattr(moe_module, "_grouped_mm", no_kernel)
+    with pytest.raises(NotImplementedError):
+        grouped_matmul(x, weight, counts)
+    monkeypatch.setattr(moe_module, "GROUPED_MM_KERNEL", False)
+    torch.testing.assert_close(grouped_matmul(x, weight, counts), with_kernel)
 
 
 def test_bias_selects_but_does_not_weight() -> None:

@@ -45,7 +45,8 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, sc
 
 
 # torch._grouped_mm has a CPU kernel, and on CUDA a fallback below sm90, from torch 2.9; torch 2.8 has the op with
-# neither (it raises), torch 2.6-2.7 lack it: there the MoE takes the padded batched matmul of grouped_matmul.
+# neither (it raises; its sm90 kernel goes unused here), torch 2.6-2.7 lack it: there the MoE takes the padded
+# batched matmul of grouped_matmul.
 GROUPED_MM_KERNEL = hasattr(torch, "_grouped_mm") and torch.__version__ >= (2, 9)
 
 
