@@ -167,7 +167,11 @@ def test_ranks_hash_their_own_share_of_a_checkpoint(saved: Path, tmp_path: Path)
     env = {**launch_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     procs = [subprocess.Popen([sys.executable, str(script), str(tag), str(tmp_path / f"rank{r}.json")],
                               env={**env, "RANK": str(r)}) for r in (0, 1)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    finally:  # a rank that hangs is not left running after the test
+        for p in procs:
+            p.kill()
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert json.loads((tag / CHECKSUMS_FILE).read_text()) == alone
     written = [set(r["written"]) for r in reports]
