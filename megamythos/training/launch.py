@@ -310,7 +310,9 @@ def supervise(cmd: list[str], latest: Path) -> int:
     from megamythos.training.signals import SUPERVISOR_GROUP_ENV
 
     adopt_orphans()
-    proc = subprocess.Popen(cmd, process_group=0, env={**os.environ, SUPERVISOR_GROUP_ENV: str(os.getpgrp())})
+    # the runner leads a process group of its own (setpgid(0, 0)); Popen's process_group needs Python 3.11
+    own_group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+    proc = subprocess.Popen(cmd, env={**os.environ, SUPERVISOR_GROUP_ENV: str(os.getpgrp())}, **own_group)
     signalled: list[float] = []
     ranks: list = []
 
