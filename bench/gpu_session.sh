@@ -4,13 +4,13 @@
 #   DEST=$OUT bash .device/run.sh bash bench/gpu_session.sh     # on the device machine (../shared/gpu kit)
 #
 # 0. in the background, on half the cores: DeepSpeed's FusedAdam JIT build and the small preset's default corpus,
-#    which stage 3's training needs (the benches of stages 1-2 run pinned to the other half);
-# 1. bench/gpu_check.py numerics: the fused paths against fp32 references;
-# 2. ours against the OpenMythos 0.5.0 reference (wheel carried in .device/whl) at equal settings, eager, fp32
+#    which stage 2's training needs (the benches of stage 1 run pinned to the other half);
+# 1. ours against the OpenMythos 0.5.0 reference (wheel carried in .device/whl) at equal settings, eager, fp32
 #    and bf16 autocast each (ours also with bf16 weights), tiny and small, batch 8 x 1024, 4 loops;
-# 3. bench/gpu_check.sh: the small preset trained under DeepSpeed, bf16, --compile (MFU, profile, memory);
+# 2. bench/gpu_check.sh: bench/gpu_check.py numerics (the fused paths against fp32 references), then the small
+#    preset trained under DeepSpeed, bf16, --compile (MFU, profile, memory);
 #    if it fails, the same run eager for 30 steps, to tell a compile failure from an engine failure;
-# 4. the small preset compiled (ours_bf16_compiled) against the reference's best mode, if time is left.
+# 3. the small preset compiled (ours_bf16_compiled) against the reference's best mode, if time is left.
 # Files in $DEST (8 at most come back): session.log (this script's output), prebuild.log, model_tiny.json,
 # model_small.json, gpu_check.json, gpu_check_profile.txt, model_small_compiled.json.
 set -u
@@ -42,12 +42,9 @@ fused_adam=$!
     >> "$DEST/prebuild.log" 2>&1; echo "corpus build rc=$? at $(( $(date +%s) - T0 ))s" >> "$DEST/prebuild.log" ) &
 corpus=$!
 
-stage "1. numerics"
-timeout 120 python bench/gpu_check.py numerics --device cuda --out "$DEST/gpu_check.json"
-echo "numerics rc=$?"
 
 for preset in tiny small; do
-  stage "2. ours vs reference, $preset, eager"
+  stage "1. ours vs reference, $preset, eager"
   on_cores "$benches" timeout 150 python bench/bench_model.py speed --device cuda --preset "$preset" \
       --batch 8 --seq 1024 --loops 4 --rounds 5 --warmup 2 --moe-expert-dims '' \
       --modes ours_matched,ours_bf16,ours_bf16_autocast,reference,reference_bf16_autocast \
@@ -55,18 +52,18 @@ for preset in tiny small; do
   echo "bench $preset rc=${PIPESTATUS[0]}"
 done
 
-stage "3. gpu_check.sh (waits for the background builds)"
+stage "2. gpu_check.sh (waits for the background builds)"
 wait "$fused_adam" "$corpus"  # not a bare wait: that would also wait for the tee above
 tail -5 "$DEST/prebuild.log"
 if ! OUT="$DEST/gpu_check.json" timeout 420 bash bench/gpu_check.sh; then
-  stage "3b. gpu_check.sh failed: the same run eager, 30 steps"
+  stage "2b. gpu_check.sh failed: the same run eager, 30 steps"
   timeout 180 bash launchers/pretrain.sh --num-gpus 1 --preset small --train-iters 30 --bf16 \
       --ds-config ds_configs/single-gpu.json --seq-length 1024 --micro-batch-size 8 --global-batch-size 8 \
       --eval-interval 0 --save-interval 0 --log-interval 5 --save "$(mktemp -d)/checkpoints"
   echo "eager fallback rc=$?"
 fi
 
-stage "4. ours compiled vs the reference's best mode, small"
+stage "3. ours compiled vs the reference's best mode, small"
 on_cores "$benches" timeout 200 python bench/bench_model.py speed --device cuda --preset small \
     --batch 8 --seq 1024 --loops 4 --rounds 5 --warmup 2 --moe-expert-dims '' \
     --modes ours_bf16_compiled,reference_bf16_autocast --out "$DEST/model_small_compiled.json" | tail -25
