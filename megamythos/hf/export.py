@@ -66,10 +66,20 @@ def shipped_sources() -> dict[str, str]:
     return sources
 
 
+def spm_merges(proto) -> list[tuple[str, str]]:  # proto: sentencepiece_model_pb2.ModelProto
+    """The BPE merges of a SentencePiece model, in the order SentencePiece prefers them: every split of a normal
+    piece (type 1) into two normal pieces, ranked by the merged piece's score (higher first), then by its id."""
+    normal = {piece.piece: (-piece.score, i) for i, piece in enumerate(proto.pieces) if piece.type == piece.NORMAL}
+    ranked = sorted((rank, token[:cut], token[cut:]) for token, rank in normal.items()
+                    for cut in range(1, len(token)) if token[:cut] in normal and token[cut:] in normal)
+    return [(left, right) for _, left, right in ranked]
+
+
 def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformers.PreTrainedTokenizerFast
     """Our SentencePiece model as a transformers fast tokenizer giving the same ids (no bos/eos added).
 
-    transformers' converter follows the model's normaliser and ranks BPE merges by piece score; two
+    transformers' converter follows the model's normaliser; the BPE merges are given to it ranked as SentencePiece
+    applies them (:func:`spm_merges`), since converters before transformers 5.24 made none from a vocabulary. Two
     pre-tokenisers add what SentencePiece does implicitly: digits stay single pieces (``split_digits``), and,
     where our tokenizer proved no piece crosses the start of a space run (its segment cache), text is cut there
     first, which keeps encoding linear in the text length.
@@ -82,7 +92,7 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformer
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(tokenizer.model_path).read_bytes())
     vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, spm_merges(proto))
     splits = []
     if tokenizer.segment_cache_enabled:
         splits.append(pre_tokenizers.Split(Regex("\u2581*[^\u2581]+|\u2581+"), behavior="isolated"))

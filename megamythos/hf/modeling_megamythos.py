@@ -2,8 +2,9 @@
 
 The wrapper holds the library's own :class:`MythosLM` (``self.model``; the export ships ``lm.py`` and what it
 imports next to this file), so the weights, logits and decode cache are ours: ``generate()`` keeps one
-:class:`ModelKVCache` (one latent cache per prelude layer, per loop index, per coda layer) in the ``cache`` slot
-between steps and decodes through MLA's absorbed path, as ``megamythos.inference.generate`` does.
+:class:`ModelKVCache` (one latent cache per prelude layer, per loop index, per coda layer) in the cache slot
+between steps and decodes through MLA's absorbed path, as ``megamythos.inference.generate`` does. The slot is
+``cache`` from transformers 5.24 and ``past_key_values`` before (:data:`CACHE_SLOT`); ``forward`` takes both.
 
 Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``mean_loops``) and
 ``config.exit_threshold``, overridable per call, e.g. ``model.generate(ids, n_loops=8, exit_threshold=0.1)`` or
@@ -23,9 +24,11 @@ from megamythos.hf.configuration_megamythos import MegamythosConfig
 from megamythos.model.lm import ModelKVCache, MythosLM
 from megamythos.model.moe import MoE
 
+CACHE_SLOT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class MythosCache:
-    """The ``cache`` transformers' ``generate`` carries between forwards: our :class:`ModelKVCache`, whose loop
+    """The cache transformers' ``generate`` carries between forwards: our :class:`ModelKVCache`, whose loop
     count is fixed when it is made (every token is cached at every loop index)."""
 
     is_linear = (False,)
@@ -41,7 +44,8 @@ class MythosCache:
 class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     """``forward(input_ids [B, S], labels=None, cache=None, use_cache=None, n_loops=None, exit_threshold=None)``
     -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)``; ``labels`` as in transformers (the inputs;
-    shifted here, -100 ignored)."""
+    shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
+    the output holds the cache under :data:`CACHE_SLOT`."""
 
     config_class = MegamythosConfig
     base_model_prefix = "model"
@@ -71,12 +75,13 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 cache: MythosCache | None = None, labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 n_loops: int | None = None, exit_threshold: float | None = None,
-                **kwargs: Any) -> CausalLMOutputWithPast:
+                past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("megamythos has no padding mask: pass sequences of equal length (or batch size 1)")
         n_loops = (self.config.n_loops or self.config.mean_loops) if n_loops is None else n_loops
         exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
         exit_threshold = 0.0 if self.training else exit_threshold  # training runs every loop on every token
+        cache = past_key_values if cache is None else cache
         if cache is None and use_cache:
             cache = MythosCache(ModelKVCache(self.model.config, n_loops))
         out = self.model(input_ids, n_loops=n_loops, cache=cache.kv if cache is not None else None,
@@ -85,4 +90,4 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=out.logits, cache=cache)
+        return CausalLMOutputWithPast(loss=loss, logits=out.logits, **{CACHE_SLOT: cache})
