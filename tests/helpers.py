@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,8 @@ VOCAB = TINY_OVERRIDES["vocab_size"]
 # Tests of the MoE's fast path (no host sync, one graph, its FLOPs): before torch 2.9 the experts take the padded
 # batched matmul, which syncs once per expert matmul (megamythos.model.moe.GROUPED_MM_KERNEL).
 requires_grouped_mm = pytest.mark.skipif(not GROUPED_MM_KERNEL, reason="torch < 2.9 has no torch._grouped_mm kernel")
-CORPUS_FILES = 30
+# The tests' corpus: the first 30 stdlib files of CPython 3.11.7 (data/README.md), the same under every Python.
+CORPUS_ARCHIVE = REPO / "tests" / "data" / "stdlib-corpus.tar.xz"
 
 
 # ------------------------------------------------------------------------------------------- model configs
@@ -80,15 +82,19 @@ def make_dataset(path, num_docs: int, seed: int = 0, base: int = 0) -> str:
 
 
 def build_corpus(out: Path) -> Path:
-    """The default corpus at the size ``tiny_args`` reads, in ``out``."""
-    from megamythos.data.default_corpus import ensure_default_dataset
+    """The tests' corpus (``CORPUS_ARCHIVE``) built in ``out`` as the default corpus is (vocab ``VOCAB``, one
+    document per file); returns ``out``."""
+    from megamythos.data.default_corpus import ensure_source_dataset
 
-    ensure_default_dataset(str(out), vocab_size=VOCAB, max_files=CORPUS_FILES)
+    with tarfile.open(CORPUS_ARCHIVE) as archive:
+        archive.extractall(out / "sources", filter="data")
+    files = sorted(str(p) for p in (out / "sources").rglob("*.py"))
+    ensure_source_dataset(files, str(out / f"stdlib_v{VOCAB}_n{len(files)}"), VOCAB)
     return out
 
 
 def corpus_prefix(corpus: Path) -> str:
-    """The data prefix (``..._text_document``) of the default corpus in ``corpus``."""
+    """The data prefix (``..._text_document``) of the tests' corpus in ``corpus``."""
     return str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
 
 
@@ -120,12 +126,13 @@ def plain_zero3_template() -> dict:
 
 
 def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
-    """Trainer flags of the tiny test model on the small default corpus (lr high enough to expose drift)."""
+    """Trainer flags of the tiny test model on the tests' corpus built in ``data_dir`` (lr high enough to expose
+    drift)."""
     args = []
     for key, value in TINY_OVERRIDES.items():
         args += ["--override", f"{key}={value}"]
-    return args + ["--mean-loops", "3", "--seq-length", "32", "--default-data-dir", str(data_dir),
-                   "--default-data-max-files", str(CORPUS_FILES), "--split", "90,10,0", "--train-iters", str(iters),
+    return args + ["--mean-loops", "3", "--seq-length", "32", "--data-path", corpus_prefix(data_dir),
+                   "--split", "90,10,0", "--train-iters", str(iters),
                    "--lr", str(lr), "--min-lr", str(lr / 10), "--warmup", "1", "--peak-tflops", "1", "--seed", "7",
                    "--no-bf16"]
 

@@ -134,7 +134,7 @@ def test_default_corpus_summarises_skipped_files(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO):
         default_corpus.ensure_default_dataset(str(tmp_path / "out"), vocab_size=384, max_files=15)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("default corpus:")]
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("corpus ")]
     assert len(summary) == 1 and "skipped=3" in summary[0]
 
 

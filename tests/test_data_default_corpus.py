@@ -28,7 +28,7 @@ def test_concurrent_callers_build_once_and_share_the_result(tmp_path, caplog) ->
     for thread in threads:
         thread.join()
     assert len(results) == 2 and results[0] == results[1]
-    assert caplog.text.count("building default corpus") == 1
+    assert caplog.text.count("building corpus") == 1
     prefix, model = results[0]
     tokenizer = Tokenizer(model)
     dataset = IndexedDataset(prefix)

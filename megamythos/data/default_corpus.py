@@ -3,6 +3,7 @@
 ``ensure_default_dataset(out_dir)`` trains a SentencePiece tokenizer on a sample of the stdlib ``*.py`` files
 (``sysconfig.get_paths()['stdlib']``, site-/dist-packages excluded; about 30 MB on CPython 3.11) and
 preprocesses every file as one document (eos appended) into ``{out_dir}/stdlib_v{vocab}[_n{max_files}]``.
+``ensure_source_dataset(files, base)`` does the same for any list of text files (the tests' fixed corpus).
 A manifest written last marks a complete build; concurrent callers serialise on a file lock and later callers
 reuse the result.
 """
@@ -71,20 +72,26 @@ def ensure_default_dataset(out_dir: str, vocab_size: int = 8192, max_files: int 
     ``data_prefix`` is the ``IndexedDataset`` prefix (``..._text_document``). ``workers`` defaults to
     ``min(2, cpu_count)`` tokenizer processes.
     """
-    os.makedirs(out_dir, exist_ok=True)
     name = f"stdlib_v{vocab_size}" + (f"_n{max_files}" if max_files else "")
-    base = os.path.join(out_dir, name)
+    return ensure_source_dataset(stdlib_sources(max_files), os.path.join(out_dir, name), vocab_size, workers)
+
+
+def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
+                          workers: int | None = None) -> tuple[str, str]:
+    """Build (or reuse) the dataset of ``files``, one document each, at ``base``: a tokenizer trained on them
+    (``{base}_tokenizer.model``) and the data prefix ``{base}_text_document``; returns both, as
+    :func:`ensure_default_dataset`."""
+    os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     model_path = f"{base}_tokenizer.model"
     data_prefix = f"{base}_text_document"
     manifest_path = f"{base}.manifest.json"
-    files = stdlib_sources(max_files)
     manifest = _manifest(files, vocab_size)
     with open(f"{base}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _is_complete(manifest_path, manifest, data_prefix, model_path):
-            logger.info("reusing default corpus %s", data_prefix)
+            logger.info("reusing corpus %s", data_prefix)
             return data_prefix, model_path
-        logger.info("building default corpus from %d stdlib files into %s", len(files), out_dir)
+        logger.info("building corpus %s from %d files", base, len(files))
         train_tokenizer(iter_texts(files), TokenizerTrainConfig(
             vocab_size=vocab_size, model_prefix=f"{base}_tokenizer", max_sentences=TOKENIZER_SAMPLE_CHUNKS,
             num_threads=os.cpu_count() or 1))
@@ -96,7 +103,7 @@ def ensure_default_dataset(out_dir: str, vocab_size: int = 8192, max_files: int 
                 workers=workers or min(2, os.cpu_count() or 1)))
         finally:
             logging.getLogger(preprocess.__module__).removeFilter(skip_lines)
-        logger.info("default corpus: %s", stats.summary())
+        logger.info("corpus %s: %s", base, stats.summary())
         with atomic_open(manifest_path, "w") as handle:
             json.dump(manifest, handle, indent=2, sort_keys=True)
     return data_prefix, model_path
