@@ -35,7 +35,7 @@ def _seed() -> None:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default corpus at the size ``tiny_args`` reads (vocab 384, 30 stdlib files), built once."""
+    """The tests' corpus (``helpers.CORPUS_ARCHIVE``: 30 stdlib files, vocab 384) for ``tiny_args``, built once."""
     return build_corpus(tmp_path_factory.mktemp("corpus"))
 
 

@@ -90,7 +90,7 @@ def test_short_training_on_text_keeps_tokens_iterating(corpus) -> None:
     (Graves ACT, before this rule, ended at exactly 1: every token halted after the first loop)."""
     from megamythos.research.study import token_batches
 
-    prefix = corpus_prefix(corpus)  # the default corpus at vocab 384, 30 files
+    prefix = corpus_prefix(corpus)  # the tests' corpus at vocab 384, 30 files
     settings = StudySettings(steps=80, batch_size=4, seq_len=64, warmup=5, eval_batches=2, scale=0.5)
     batch_at, valid, vocab = token_batches(prefix, settings)
     result = train_run(EXPERIMENTS["depth"][1], base_config(vocab, settings), settings, batch_at, valid)
@@ -123,7 +123,7 @@ def test_short_pondernet_training_does_not_halt_everything_at_loop_one(corpus) -
     from megamythos.research.ponder import PonderLM, evaluate_halting
     from megamythos.research.study import token_batches
 
-    prefix = corpus_prefix(corpus)  # the default corpus at vocab 384, 30 files
+    prefix = corpus_prefix(corpus)  # the tests' corpus at vocab 384, 30 files
     settings = StudySettings(steps=200, batch_size=4, seq_len=64, warmup=5, eval_batches=2, scale=0.5)
     batch_at, valid, vocab = token_batches(prefix, settings)
     spec = EXPERIMENTS["ponder"][0]
