@@ -10,18 +10,20 @@ import math
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from megamythos.checkpoint.export import main as export_main
-from megamythos.hf.export import shipped_sources
+from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
+from megamythos.hf.export import hf_tokenizer, shipped_sources
 from megamythos.hf.lm_eval_data import main as lm_eval_data_main
 from megamythos.inference.evaluate import evaluate_loops
 from megamythos.inference.generate import SamplingConfig, generate
 from megamythos.inference.loading import load_model
-from tests.helpers import REPO, launch_env
+from tests.helpers import CORPUS_ARCHIVE, REPO, launch_env, synthetic_documents
 
 pytest.importorskip("transformers")
 SAMPLES = ["def main(argv):\n    return 0\n", "x = [1, 22, 333]  # digits\t\n", "héllo wörld 日本語 🙂 </s> <s>",
@@ -169,3 +171,33 @@ def test_lm_eval_perplexity_equals_megamythos_evaluate(tiny_checkpoint, hf_dir, 
     (reference,) = evaluate_loops(ours.model, batches, [loops], threshold)
     assert reference.tokens == sum(d["n_tokens"] for d in docs)
     assert math.isclose(heldout["token_perplexity,none"], reference.perplexity, rel_tol=1e-3), (heldout, reference)
+
+
+def corpus_texts() -> list[str]:
+    """The texts of the tests' corpus (``helpers.CORPUS_ARCHIVE``), in their order."""
+    with tarfile.open(CORPUS_ARCHIVE) as archive:
+        members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
+        return [archive.extractfile(m).read().decode() for m in members]
+
+
+@pytest.mark.parametrize("text", ["synthetic", "stdlib"])
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_exported_tokenizer_gives_our_ids_for_either_model_type(model_type, text, tmp_path):
+    """``hf_tokenizer`` of a BPE and of a unigram model (``--model-type``) encodes and decodes as ours, on held-out
+    text and where the text spells a control or byte piece, which SentencePiece never matches (the synthetic
+    text's model has no piece ``<``). Before 2026-12-05 a unigram model was exported as a BPE one: other ids."""
+    from transformers import AutoTokenizer
+
+    if text == "synthetic":
+        train, held_out, vocab = synthetic_documents(400, seed=1), synthetic_documents(5, seed=2), 320
+    else:
+        texts = corpus_texts()
+        train, held_out, vocab = texts[:20], [t[:3000] for t in texts[20:]], 1000
+    ours = train_tokenizer(train, TokenizerTrainConfig(vocab_size=vocab, model_prefix=str(tmp_path / model_type),
+                                                       model_type=model_type, num_threads=1))
+    hf_tokenizer(ours, 4096).save_pretrained(tmp_path / "hf")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf")  # as the export's directory loads it
+    for sample in [*SAMPLES, "<pad><unk><0x41> <0x0A>", *held_out]:
+        ids = tok(sample)["input_ids"]
+        assert ids == ours.encode_one(sample), sample
+        assert tok.decode(ids) == ours.decode(ids)

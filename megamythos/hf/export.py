@@ -4,9 +4,9 @@
 
 Directory: ``config.json`` (:class:`MegamythosConfig` with ``auto_map``), ``model.safetensors``,
 ``generation_config.json``, ``tokenizer.json`` + ``tokenizer_config.json`` (the SentencePiece model converted to a
-``tokenizers`` BPE that gives the same ids), and the modeling code: the two wrapper modules of this package and,
-found by following their ``from megamythos.<package>.X import`` lines, every library module they need, with those
-imports rewritten to ``from .X import`` (module file names are unique across the package; transformers'
+``tokenizers`` BPE or Unigram that gives the same ids), and the modeling code: the two wrapper modules of this
+package and, found by following their ``from megamythos.<package>.X import`` lines, every library module they
+need, with those imports rewritten to ``from .X import`` (module file names are unique across the package; transformers'
 dynamic-module loader follows relative imports of files in the same directory). The code is generated from the
 library at export time, never kept as a second copy.
 """
@@ -75,11 +75,35 @@ def spm_merges(proto) -> list[tuple[str, str]]:  # proto: sentencepiece_model_pb
     return [(left, right) for _, left, right in ranked]
 
 
+def spm_unigram_vocab(proto) -> list[tuple[str, float]]:  # proto: sentencepiece_model_pb2.ModelProto
+    """A SentencePiece unigram model's ``(piece, score)`` list as tokenizers' ``Unigram`` takes it. SentencePiece
+    never matches a control, unknown, byte or unused piece against text (byte fallback finds byte pieces by
+    name); ``Unigram`` would, at their score 0, wherever the text spells one (``</s>``, ``<0x41>``). Each gets
+    ``len(piece)`` x the lowest normal score - 10 instead: below every path of normal pieces over its characters
+    (each covers at least one character at no less than the lowest score), so it never wins one. Where a character
+    is no piece (:func:`spm_unknown_char`), ``Unigram``'s unknown node scores lower still; ``hf_tokenizer`` cuts
+    the text around such characters, as SentencePiece's lattice does."""
+    lowest = min(piece.score for piece in proto.pieces if piece.type == piece.NORMAL)
+    never_matched = {proto.SentencePiece.CONTROL, proto.SentencePiece.UNKNOWN, proto.SentencePiece.BYTE,
+                     proto.SentencePiece.UNUSED}
+    return [(piece.piece, len(piece.piece) * lowest - 10.0 if piece.type in never_matched else piece.score)
+            for piece in proto.pieces]
+
+
+def spm_unknown_char(proto) -> str:  # proto: sentencepiece_model_pb2.ModelProto
+    """A regex matching one character that is not itself a normal piece of ``proto`` (SentencePiece encodes it
+    by byte fallback or as unknown, never inside a longer piece)."""
+    known = "".join(f"\\x{{{ord(piece.piece):X}}}" for piece in proto.pieces
+                    if piece.type == piece.NORMAL and len(piece.piece) == 1)
+    return f"[^{known}]"
+
+
 def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformers.PreTrainedTokenizerFast
     """Our SentencePiece model as a transformers fast tokenizer giving the same ids (no bos/eos added).
 
-    transformers' converter follows the model's normaliser; the BPE merges are given to it ranked as SentencePiece
-    applies them (:func:`spm_merges`), since converters before transformers 5.24 made none from a vocabulary. Two
+    transformers' converter follows the model's normaliser and builds a ``tokenizers`` BPE or Unigram model as
+    ours is: a BPE gets its merges ranked as SentencePiece applies them (:func:`spm_merges`; converters before
+    transformers 5.24 made none from a vocabulary), a Unigram its scores (:func:`spm_unigram_vocab`). Two
     pre-tokenisers add what SentencePiece does implicitly: digits stay single pieces (``split_digits``), and,
     where our tokenizer proved no piece crosses the start of a space run (its segment cache), text is cut there
     first, which keeps encoding linear in the text length.
@@ -91,9 +115,14 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformer
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(tokenizer.model_path).read_bytes())
-    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
-    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, spm_merges(proto))
+    if proto.trainer_spec.model_type == proto.trainer_spec.UNIGRAM:
+        backend = SpmConverter.build_tokenizer_from_spm_proto(proto, spm_unigram_vocab(proto))
+    else:
+        vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+        backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, spm_merges(proto))
     splits = []
+    if proto.trainer_spec.model_type == proto.trainer_spec.UNIGRAM:
+        splits.append(pre_tokenizers.Split(Regex(spm_unknown_char(proto)), behavior="isolated"))
     if tokenizer.segment_cache_enabled:
         splits.append(pre_tokenizers.Split(Regex("\u2581*[^\u2581]+|\u2581+"), behavior="isolated"))
     if proto.trainer_spec.split_digits:
