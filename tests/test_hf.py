@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from megamythos.checkpoint.export import main as export_main
-from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
-from megamythos.hf.export import hf_tokenizer, shipped_sources
+from megamythos.data.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
+from megamythos.hf.export import HFExportError, checked_hf_tokenizer, hf_tokenizer, shipped_sources
 from megamythos.hf.lm_eval_data import main as lm_eval_data_main
 from megamythos.inference.evaluate import evaluate_loops
 from megamythos.inference.generate import SamplingConfig, generate
 from megamythos.inference.loading import load_model
-from tests.helpers import CORPUS_ARCHIVE, REPO, launch_env, synthetic_documents
+from megamythos.model.lm import MythosLM
+from tests.helpers import CORPUS_ARCHIVE, REPO, launch_env, small_config, synthetic_documents
 
 pytest.importorskip("transformers")
 SAMPLES = ["def main(argv):\n    return 0\n", "x = [1, 22, 333]  # digits\t\n", "héllo wörld 日本語 🙂 </s> <s>",
@@ -201,3 +202,38 @@ def test_exported_tokenizer_gives_our_ids_for_either_model_type(model_type, text
         ids = tok(sample)["input_ids"]
         assert ids == ours.encode_one(sample), sample
         assert tok.decode(ids) == ours.decode(ids)
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_a_foreign_normaliser_exports_where_transformers_follows_it_and_is_refused_where_not(model_type, tmp_path):
+    """A SentencePiece model trained outside megamythos with SentencePiece's default normaliser (NFKC, a dummy
+    prefix, extra spaces removed): transformers >= 5.24 converts it to the same ids; an older one ignores those
+    settings, and the export refuses it in one line instead of writing a tokenizer with other ids."""
+    import sentencepiece as spm
+    import transformers
+
+    lines = [line for doc in synthetic_documents(400, seed=1) for line in doc.splitlines()]
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "foreign"),
+                                   model_type=model_type, vocab_size=330, hard_vocab_limit=False, byte_fallback=True,
+                                   pad_id=0, bos_id=1, eos_id=2, unk_id=3, minloglevel=2)
+    ours = Tokenizer(tmp_path / "foreign.model")
+    if tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (5, 24):
+        with pytest.raises(HFExportError, match="upgrade transformers to >= 5.24"):
+            checked_hf_tokenizer(ours, 4096)
+        return
+    tok = checked_hf_tokenizer(ours, 4096)
+    for sample in [*SAMPLES, *synthetic_documents(5, seed=2)]:
+        assert tok(sample)["input_ids"] == ours.encode_one(sample), sample
+
+
+def test_export_refuses_a_tokenizer_converted_to_other_ids_and_writes_nothing(tmp_path, monkeypatch):
+    """A conversion that loses the BPE merges (as transformers < 5.24 made none) is refused before anything is
+    written: one error naming the tokenizer and what to do."""
+    import megamythos.hf.export as hf_export
+
+    config = TokenizerTrainConfig(vocab_size=1000, model_prefix=str(tmp_path / "tok"), num_threads=1)
+    ours = train_tokenizer(corpus_texts()[:20], config)
+    monkeypatch.setattr(hf_export, "spm_merges", lambda proto: [])
+    with pytest.raises(HFExportError, match=f"converts {tmp_path / 'tok.model'} into a tokenizer that encodes"):
+        hf_export.export_hf(MythosLM(small_config(vocab_size=1000)), ours, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

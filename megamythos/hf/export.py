@@ -30,8 +30,14 @@ AUTO_MAP = {"AutoConfig": "configuration_megamythos.MegamythosConfig",
 _LIBRARY_IMPORT = re.compile(r"^(\s*)from megamythos\.(?:\w+\.)*(\w+) import", flags=re.MULTILINE)
 
 
+# Texts the exported tokenizer must encode as ours does: code, spaces in runs and at the ends, digits, characters
+# outside a small vocabulary, and spellings of special and byte pieces.
+TOKENIZER_PROBES = ("x", "def main(argv):\n    return 0\n", "x = [1, 22, 333]  # digits\t\n", "  two  spaces  ",
+                    "héllo wörld 日本語 🙂", "</s> <s> <unk> <0x41>")
+
+
 class HFExportError(UserError, RuntimeError):
-    """The model code cannot be shipped as a self-contained directory."""
+    """The model code cannot be shipped as a self-contained directory, or the tokenizer not converted."""
 
 
 def _library_imports(module: str, source: str) -> list[str]:
@@ -139,11 +145,28 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformer
         unk_token=piece[tokenizer.unk_id].piece, pad_token=piece[tokenizer.pad_id].piece)
 
 
+def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> PreTrainedTokenizerFast
+    """:func:`hf_tokenizer`, refused (:class:`HFExportError`) if it encodes one of ``TOKENIZER_PROBES`` otherwise
+    than ``tokenizer``: before 5.24 transformers' converter ignores SentencePiece's normaliser settings (a dummy
+    prefix, extra-space removal), which a tokenizer not trained by megamythos may use."""
+    import transformers
+
+    converted = hf_tokenizer(tokenizer, model_max_length)
+    for text in TOKENIZER_PROBES:
+        if converted(text)["input_ids"] != tokenizer.encode_one(text):
+            raise HFExportError(f"transformers {transformers.__version__} converts {tokenizer.model_path} into a "
+                                f"tokenizer that encodes {text!r} otherwise than it does; upgrade transformers to "
+                                ">= 5.24, or export without --format hf")
+    return converted
+
+
 def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` as a Hugging Face directory ``out_dir``; returns ``out_dir``."""
+    """Write ``model`` and ``tokenizer`` as a Hugging Face directory ``out_dir``; returns ``out_dir``. The
+    tokenizer is converted and checked (:func:`checked_hf_tokenizer`) before anything is written."""
     from megamythos.hf.configuration_megamythos import MegamythosConfig
     from megamythos.hf.modeling_megamythos import MythosForCausalLM
 
+    converted = checked_hf_tokenizer(tokenizer, model.config.max_seq_len)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = MegamythosConfig.from_model_config(model.config, auto_map=AUTO_MAP, bos_token_id=None,
@@ -155,6 +178,6 @@ def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Pat
     wrapped.save_pretrained(out)
     for name, text in shipped_sources().items():
         (out / name).write_text(text)
-    hf_tokenizer(tokenizer, model.config.max_seq_len).save_pretrained(out)
+    converted.save_pretrained(out)
     logger.info("wrote a Hugging Face directory to %s (load with trust_remote_code=True)", out)
     return out
