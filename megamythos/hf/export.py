@@ -109,10 +109,11 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformer
 
     transformers' converter follows the model's normaliser and builds a ``tokenizers`` BPE or Unigram model as
     ours is: a BPE gets its merges ranked as SentencePiece applies them (:func:`spm_merges`; converters before
-    transformers 5.24 made none from a vocabulary), a Unigram its scores (:func:`spm_unigram_vocab`). Two
-    pre-tokenisers add what SentencePiece does implicitly: digits stay single pieces (``split_digits``), and,
-    where our tokenizer proved no piece crosses the start of a space run (its segment cache), text is cut there
-    first, which keeps encoding linear in the text length.
+    transformers 5.24 made none from a vocabulary), a Unigram its scores (:func:`spm_unigram_vocab`). Pre-tokenisers
+    add what SentencePiece does implicitly: a Unigram's text is cut around characters that are no piece
+    (:func:`spm_unknown_char`); digits stay single pieces (``split_digits``); and, where our tokenizer proved no
+    piece crosses the start of a space run (its segment cache), text is cut there first, which keeps encoding
+    linear in the text length.
     """
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import Regex, pre_tokenizers
@@ -121,14 +122,13 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformer
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(tokenizer.model_path).read_bytes())
+    splits = []
     if proto.trainer_spec.model_type == proto.trainer_spec.UNIGRAM:
         backend = SpmConverter.build_tokenizer_from_spm_proto(proto, spm_unigram_vocab(proto))
+        splits.append(pre_tokenizers.Split(Regex(spm_unknown_char(proto)), behavior="isolated"))
     else:
         vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
         backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, spm_merges(proto))
-    splits = []
-    if proto.trainer_spec.model_type == proto.trainer_spec.UNIGRAM:
-        splits.append(pre_tokenizers.Split(Regex(spm_unknown_char(proto)), behavior="isolated"))
     if tokenizer.segment_cache_enabled:
         splits.append(pre_tokenizers.Split(Regex("\u2581*[^\u2581]+|\u2581+"), behavior="isolated"))
     if proto.trainer_spec.split_digits:
