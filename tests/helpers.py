@@ -93,6 +93,13 @@ def build_corpus(out: Path) -> Path:
     return out
 
 
+def corpus_texts() -> list[str]:
+    """The texts of the tests' corpus (``CORPUS_ARCHIVE``), in the order ``build_corpus`` reads them."""
+    with tarfile.open(CORPUS_ARCHIVE) as archive:
+        members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
+        return [archive.extractfile(m).read().decode() for m in members]
+
+
 def corpus_prefix(corpus: Path) -> str:
     """The data prefix (``..._text_document``) of the tests' corpus in ``corpus``."""
     return str(next(corpus.glob("*_text_document.bin")).with_suffix(""))

@@ -10,7 +10,6 @@ import math
 import subprocess
 import sys
 import sysconfig
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from megamythos.inference.evaluate import evaluate_loops
 from megamythos.inference.generate import SamplingConfig, generate
 from megamythos.inference.loading import load_model
 from megamythos.model.lm import MythosLM
-from tests.helpers import CORPUS_ARCHIVE, REPO, launch_env, small_config, synthetic_documents
+from tests.helpers import REPO, corpus_texts, launch_env, small_config, synthetic_documents
 
 pytest.importorskip("transformers")
 SAMPLES = ["def main(argv):\n    return 0\n", "x = [1, 22, 333]  # digits\t\n", "héllo wörld 日本語 🙂 </s> <s>",
@@ -172,13 +171,6 @@ def test_lm_eval_perplexity_equals_megamythos_evaluate(tiny_checkpoint, hf_dir, 
     (reference,) = evaluate_loops(ours.model, batches, [loops], threshold)
     assert reference.tokens == sum(d["n_tokens"] for d in docs)
     assert math.isclose(heldout["token_perplexity,none"], reference.perplexity, rel_tol=1e-3), (heldout, reference)
-
-
-def corpus_texts() -> list[str]:
-    """The texts of the tests' corpus (``helpers.CORPUS_ARCHIVE``), in their order."""
-    with tarfile.open(CORPUS_ARCHIVE) as archive:
-        members = sorted((m for m in archive.getmembers() if m.isfile()), key=lambda m: m.name)
-        return [archive.extractfile(m).read().decode() for m in members]
 
 
 @pytest.mark.parametrize("text", ["synthetic", "stdlib"])
