@@ -42,7 +42,6 @@ fused_adam=$!
     >> "$DEST/prebuild.log" 2>&1; echo "corpus build rc=$? at $(( $(date +%s) - T0 ))s" >> "$DEST/prebuild.log" ) &
 corpus=$!
 
-
 for preset in tiny small; do
   stage "1. ours vs reference, $preset, eager"
   on_cores "$benches" timeout 150 python bench/bench_model.py speed --device cuda --preset "$preset" \
