@@ -4,8 +4,12 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch 2.13.0 is installed first so pip never resolves a multi-GB CUDA build.
+# The CPU wheel of torch 2.13.0 is installed first so pip never resolves a multi-GB CUDA build: on Linux, PyPI's
+# torch==2.13.0 is the CUDA build (~3 GB with its nvidia-* wheels), so PyTorch's CPU index is added, whose
+# 2.13.0+cpu pip ranks above it. The index is added only when it answers within 5 s (an offline mirror that holds
+# the +cpu wheel resolves it alone); `make install TORCH_INDEX=` leaves pip's configured indexes alone (a GPU box).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Where torch caches JIT-built extensions; launchers/pretrain.sh (megamythos/training/launch.py) uses the same.
 TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
@@ -20,7 +24,14 @@ $(BIN)/.installed: setup.py
 	$(PY) -m venv $(VENV)
 	@echo "[2/4] installing $(TORCH_SPEC) (CPU wheel)"
 	$(HEARTBEAT) --what "upgrading pip" -- $(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(HEARTBEAT) --what "installing torch" -- $(BIN)/python -m pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	@index=""; if [ -n "$(TORCH_INDEX)" ]; then \
+	  if $(PY) -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" \
+	    "$(TORCH_INDEX)/torch/" 2>/dev/null; then index="--extra-index-url $(TORCH_INDEX)"; \
+	  else echo "note: $(TORCH_INDEX) did not answer within 5 s; torch comes from pip's configured indexes"; fi; \
+	fi; set -x; $(HEARTBEAT) --what "installing torch" -- $(BIN)/python -m pip install $(PIP_FLAGS) $$index \
+	  "$(TORCH_SPEC)"
+	@$(BIN)/python -c "import torch; print('installed torch', torch.__version__, \
+	  '(CUDA ' + torch.version.cuda + ' build)' if torch.version.cuda else '(CPU build)')"
 	@echo "[3/4] installing megamythos with its dev extras (about 2 minutes)"
 	$(HEARTBEAT) --what "installing the dependencies" -- $(BIN)/python -m pip install $(PIP_FLAGS) -e ".[dev]"
 	@echo "[4/4] prebuilding DeepSpeed's CPU comm op"
