@@ -4,14 +4,16 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from megamythos.data.cli import inspect_main, merge_main, preprocess_main
-from megamythos.data.indexed_dataset import IndexedDataset
-from megamythos.data.metadata import DatasetMismatchError, read_dataset_metadata
+from megamythos.data.indexed_dataset import DatasetExistsError, IndexedDataset
+from megamythos.data.merge import merge_datasets
+from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
 from megamythos.data.sources import InputError
 from megamythos.data.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
@@ -161,16 +163,40 @@ def test_text_input_with_several_keys_is_rejected(tmp_path, tiny_tokenizer: Toke
                                     tokenizer_model=tiny_tokenizer.model_path, json_keys=("text", "title")))
 
 
-def test_existing_dataset_of_another_tokenizer_is_an_error_naming_both(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+def test_an_existing_dataset_is_replaced_only_with_overwrite(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    """Whatever made it: the same tokenizer, another one, or Megatron (no record); its files stay as they were."""
     path = str(write_jsonl(tmp_path / "a.jsonl", DOCS))
     run(tiny_tokenizer, [path], tmp_path / "o")
     other = train_tokenizer(synthetic_documents(300, seed=9),
                             TokenizerTrainConfig(vocab_size=350, model_prefix=str(tmp_path / "other"), num_threads=1))
-    with pytest.raises(DatasetMismatchError, match=r"existing dataset .*o_text_document has vocab_size=400 "
-                                                   r"but tokenizer .*other.model has vocab_size=350"):
+    files = {p: p.read_bytes() for p in tmp_path.glob("o_text_document.*")}
+    for tokenizer in (tiny_tokenizer, other):
+        with pytest.raises(DatasetExistsError, match=r"o_text_document.bin and .idx already hold a dataset; pass "
+                                                     r"--overwrite to replace it"):
+            run(tokenizer, [path], tmp_path / "o")
+    os.remove(tmp_path / "o_text_document.json")  # as a Megatron-made dataset
+    with pytest.raises(DatasetExistsError):
         run(other, [path], tmp_path / "o")
+    assert all(p.read_bytes() == data for p, data in files.items() if p.exists())
     ds, _ = run(other, [path], tmp_path / "o", overwrite=True)
     assert decoded(other, ds) == DOCS
+
+
+def test_merge_replaces_an_existing_dataset_only_with_overwrite_and_never_keeps_a_stale_record(
+        tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    path = str(write_jsonl(tmp_path / "a.jsonl", DOCS))
+    run(tiny_tokenizer, [path], tmp_path / "a")
+    a = str(tmp_path / "a_text_document")
+    merge_datasets([a, a], str(tmp_path / "ab"))
+    with pytest.raises(DatasetExistsError, match="--overwrite"):
+        merge_datasets([a], str(tmp_path / "ab"))
+    assert len(IndexedDataset(str(tmp_path / "ab"))) == 2 * len(DOCS)
+    bare = str(tmp_path / "bare")  # a dataset without a record (Megatron's)
+    for suffix in (".bin", ".idx"):
+        shutil.copy(a + suffix, bare + suffix)
+    merge_datasets([bare], str(tmp_path / "ab"), overwrite=True)
+    assert len(IndexedDataset(str(tmp_path / "ab"))) == len(DOCS)
+    assert read_dataset_metadata(str(tmp_path / "ab")) is None, "the replaced dataset's record was left"
 
 
 def test_command_line_tools(tmp_path, tiny_tokenizer: Tokenizer, capsys) -> None:

@@ -121,25 +121,29 @@ def test_dataset_is_never_visible_without_its_tokenizer_record(tmp_path: Path, t
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", killed_at_idx_rename)
-    with pytest.raises(KeyboardInterrupt):
-        preprocess_main(["--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
-                         "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress", "--overwrite"])
+    assert preprocess_main(["--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
+                            "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress", "--overwrite"]) == 130
     assert seen == [True], "the .idx was renamed before the record was written or the old .idx removed"
     assert not dataset_exists(prefix)
 
 
 def test_temporary_files_of_killed_runs_are_removed(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Only this output's temporaries of a dead process of this host: not a live process's, not another host's
+    (a shared filesystem), not those of another output whose name starts with this one's (out, out_2)."""
     write_jsonl(tmp_path / "a.jsonl", DOCS)
     dead, alive = dead_pid(), os.getppid()  # not our own pid: preprocessing runs in this process
-    stale_file = tmp_path / f"out_text_document.bin.tmp.{dead}"
-    stale_dir = tmp_path / f"out.parts.tmp.{dead}"
-    live_file = tmp_path / f"out_text_document.bin.tmp.{alive}"  # another run still writing: kept
-    stale_file.write_bytes(b"x" * 100)
+    host = socket.gethostname()
+    stale = [tmp_path / f"out_text_document.bin.tmp.{host}.{dead}", tmp_path / f"out.skipped.tsv.tmp.{host}.{dead}"]
+    stale_dir = tmp_path / f"out.parts.tmp.{host}.{dead}"
+    kept = [tmp_path / f"out_text_document.bin.tmp.{host}.{alive}",  # another run still writing
+            tmp_path / f"out_text_document.bin.tmp.other-host.{dead}",  # its pid means nothing here
+            tmp_path / f"out_2_text_document.bin.tmp.{host}.{dead}"]  # another output's
+    for path in stale + kept:
+        path.write_bytes(b"x" * 100)
     stale_dir.mkdir()
-    live_file.write_bytes(b"y")
     assert preprocess_main(["--input", str(tmp_path / "a.jsonl"), "--output-prefix", str(tmp_path / "out"),
                             "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress"]) == 0
-    assert not stale_file.exists() and not stale_dir.exists() and live_file.exists()
+    assert not any(p.exists() for p in [*stale, stale_dir]) and all(p.exists() for p in kept)
     assert read_dataset_metadata(str(tmp_path / "out_text_document"))["num_documents"] == len(DOCS)
 
 
@@ -474,7 +478,7 @@ def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_
     extend = ["--load", str(tmp_path / "run"), "--use-checkpoint-lr-schedule"]  # a longer run, the same LR curve
     again = run_single([*tiny_args(corpus, 3), *run, *extend], tmp_path)
     assert again.returncode == 0 and "the data changed" not in again.stderr, again.stderr[-3000:]
-    merge_datasets([source, source], data)  # rebuilt under the same prefix: twice the documents
+    merge_datasets([source, source], data, overwrite=True)  # rebuilt under the same prefix: twice the documents
     change = f"{os.path.realpath(data)} (sequences {documents} -> {2 * documents}, documents {documents} -> "
     tag = tmp_path / "run" / "iter_0000003"
     evaluated = cli(["-m", "megamythos.inference.evaluate", "--load", str(tag), "--loops", "1", "--eval-iters", "1",

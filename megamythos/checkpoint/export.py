@@ -11,7 +11,7 @@ writes a directory that ``transformers.AutoModelForCausalLM.from_pretrained(DIR,
 ``hf`` extra).
 
 An export never overwrites: an existing file or non-empty directory as OUT is refused unless ``--overwrite``. The
-export is written into ``OUT.tmp.<pid>`` beside OUT, gets its ``checksums.json``
+export is written into ``OUT.tmp.<host>.<pid>`` beside OUT, gets its ``checksums.json``
 (:mod:`megamythos.checkpoint.checksums`, verified when ``megamythos`` loads it), and is then renamed to OUT; an
 OUT it replaces is renamed aside first and removed only once the new one is in place.
 
@@ -46,8 +46,8 @@ class ExportError(UserError, RuntimeError):
 
 @contextmanager
 def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
-    """An empty directory ``OUT.tmp.<pid>`` beside ``out`` to write an export into. When the block succeeds, its
-    checksums are written and it is renamed to ``out`` (an existing ``out`` is renamed aside first and removed
+    """An empty directory ``OUT.tmp.<host>.<pid>`` beside ``out`` to write an export into. When the block succeeds,
+    its checksums are written and it is renamed to ``out`` (an existing ``out`` is renamed aside first and removed
     once the new one is in place); when it fails, it is removed and ``out`` is left as it was.
 
     Raises :class:`ExportError` when ``out`` is a file or a non-empty directory and ``overwrite`` is off.
@@ -56,7 +56,7 @@ def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
         what = "an existing file" if out.is_file() else "a directory that is not empty"
         raise ExportError(f"{out} is {what}; export into a new directory, or pass --overwrite to replace it")
     writable_parent(out, "OUT")
-    remove_stale_temps(out)
+    remove_stale_temps([out, f"{out}.old"])
     stage = Path(temp_name(out))
     try:
         stage.mkdir()

@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary name in the same directory, then ``os.replace`` into place.
 
-Temporary names end in ``.tmp.<pid>``; those of a process that is no longer alive (a killed run) are removed by
-:func:`remove_stale_temps`.
+Temporary names end in ``.tmp.<host>.<pid>``; those of a process of this host that is no longer alive (a killed
+run) are removed by :func:`remove_stale_temps`. A temporary of another host (a shared filesystem) is never removed:
+whether its process lives cannot be known here.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -46,12 +48,12 @@ def writable_parent(path: str | os.PathLike, flag: str) -> None:
     writable_directory(Path(path).parent, flag, path)
 
 
-_TEMP_RE = re.compile(r"\.tmp\.(\d+)$")
+_TEMP_SUFFIX = re.compile(r"(?P<host>.+)\.(?P<pid>\d+)")  # what follows PATH.tmp.
 
 
 def temp_name(path: str | os.PathLike) -> str:
-    """A temporary sibling name unique to this process (``PATH.tmp.<pid>``)."""
-    return f"{os.fspath(path)}.tmp.{os.getpid()}"
+    """A temporary sibling name unique to this process (``PATH.tmp.<host>.<pid>``)."""
+    return f"{os.fspath(path)}.tmp.{socket.gethostname()}.{os.getpid()}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -65,18 +67,23 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(prefix: str | os.PathLike) -> list[str]:
-    """Delete files and directories ``PREFIX*.tmp.<pid>`` whose process is gone; returns the paths removed."""
+def remove_stale_temps(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Delete the temporaries ``PATH.tmp.<host>.<pid>`` of each of ``paths`` (files or directories) whose process,
+    of this host, is gone; returns the paths removed. Only those exact names: the temporaries of another output
+    whose name starts with PATH (``shard_1`` and ``shard_10``) are not this run's to judge."""
     removed = []
-    for path in glob.glob(glob.escape(os.fspath(prefix)) + "*.tmp.*"):
-        match = _TEMP_RE.search(path)
-        if match is None or pid_alive(int(match.group(1))):
-            continue
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.remove(path)
-        removed.append(path)
+    host = socket.gethostname()
+    for target in paths:
+        stem = os.fspath(target) + ".tmp."
+        for path in glob.glob(glob.escape(stem) + "*"):
+            match = _TEMP_SUFFIX.fullmatch(path[len(stem):])
+            if match is None or match["host"] != host or pid_alive(int(match["pid"])):
+                continue
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+            removed.append(path)
     return removed
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from megamythos.data.atomic import writable_directory, writable_parent
@@ -18,8 +20,8 @@ from megamythos.data.indexed_dataset import IndexedDatasetError
 from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
-from megamythos.data.sources import FORMATS, expand_inputs, iter_texts
-from megamythos.data.tokenizer import MODEL_TYPES, TokenizerTrainConfig, train_tokenizer
+from megamythos.data.sources import FORMATS, MISSING_KEY, expand_inputs, iter_texts
+from megamythos.data.tokenizer import MIN_VOCAB_SIZE, MODEL_TYPES, NoTextError, TokenizerTrainConfig, train_tokenizer
 from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, number, run_cli
 
 
@@ -32,8 +34,10 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=train_tokenizer_main.__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="files or globs")
-    parser.add_argument("--vocab-size", type=int, required=True, help="pieces, >= 300")
+    parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), required=True,
+                        help=f"pieces, >= {MIN_VOCAB_SIZE}")
     parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.model")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe", help="SentencePiece model type")
     parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
     parser.add_argument("--json-key", default="text", help="JSON field holding the text")
@@ -45,8 +49,19 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     def train() -> int:
         config = TokenizerTrainConfig(vocab_size=args.vocab_size, model_prefix=args.model_prefix,
                                       model_type=args.model_type, max_sentences=args.max_sentences,
-                                      num_threads=args.num_threads)
-        tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format), config)
+                                      num_threads=args.num_threads, overwrite=args.overwrite)
+        skipped: Counter = Counter()
+        try:
+            tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format,
+                                                   skipped), config)
+        except NoTextError as err:
+            reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "no records"
+            hint = (f"; if the text is under another key, pass --json-key KEY (now {args.json_key!r})"
+                    if any(r.startswith(MISSING_KEY) for r in skipped) else "")
+            raise NoTextError(f"{' '.join(args.input)} gave no text to train on ({reasons}){hint}") from err
+        if skipped:
+            logging.getLogger(__name__).warning("skipped %d bad records (%s)", sum(skipped.values()),
+                                                ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())))
         print(f"wrote {tokenizer.model_path}: vocab_size={tokenizer.vocab_size} pad={tokenizer.pad_id} "
               f"bos={tokenizer.bos_id} eos={tokenizer.eos_id} unk={tokenizer.unk_id} sha256={tokenizer.fingerprint}")
         return 0
@@ -76,7 +91,7 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx} (+ .json record)")
     out.add_argument("--tokenizer-model", required=True, help="SentencePiece .model")
     out.add_argument("--append-eod", action="store_true", help="end every document with the eos id")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing dataset made by another tokenizer")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=number(int, 1), default=1, help="tokenizer processes per partition")
     run.add_argument("--partitions", type=number(int, 1), default=1, help="input file groups processed concurrently")
@@ -134,12 +149,13 @@ def merge_main(argv: Sequence[str] | None = None) -> int:
     """Concatenate indexed datasets: ``python data_prep/merge_datasets.py --input A B C --output-prefix OUT``."""
     parser = ArgumentParser(description=merge_main.__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (without .bin/.idx), in order")
-    parser.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx}")
+    parser.add_argument("--output-prefix", required=True, help="writes PREFIX.{bin,idx} (+ .json record)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
     args = parser.parse_args(argv)
 
     def merge() -> int:
         writable_parent(args.output_prefix, "--output-prefix")
-        merged = merge_datasets(args.input, args.output_prefix)
+        merged = merge_datasets(args.input, args.output_prefix, args.overwrite)
         print(f"wrote {args.output_prefix}: {len(merged)} sequences, {merged.num_tokens} tokens")
         return 0
 

@@ -94,7 +94,7 @@ def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
         logger.info("building corpus %s from %d files", base, len(files))
         train_tokenizer(iter_texts(files), TokenizerTrainConfig(
             vocab_size=vocab_size, model_prefix=f"{base}_tokenizer", max_sentences=TOKENIZER_SAMPLE_CHUNKS,
-            num_threads=os.cpu_count() or 1))
+            num_threads=os.cpu_count() or 1, overwrite=True))  # rebuilt: its files no longer match their manifest
         skip_lines = _DropSkipWarnings()  # the stdlib's empty files (__init__.py, ...) are skipped by design
         logging.getLogger(preprocess.__module__).addFilter(skip_lines)
         try:

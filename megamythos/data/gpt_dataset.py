@@ -71,9 +71,11 @@ def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None
         weights = [float(w) for w in data_path[0::2]]
     except ValueError as err:
         raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be numbers ({err})") from err
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be >= 0 with a positive sum")
-    return list(data_path[1::2]), [w / sum(weights) for w in weights]
+    total = sum(weights)
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < total < math.inf:
+        raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be finite numbers >= 0 with a "
+                              "positive, finite sum")
+    return list(data_path[1::2]), [w / total for w in weights]
 
 
 def num_epochs_for(tokens_per_epoch: int, num_samples: int, seq_length: int) -> int:

@@ -49,6 +49,10 @@ class IndexedDatasetError(UserError, RuntimeError):
     """A ``.bin``/``.idx`` pair is missing, truncated, corrupt, or cannot hold the data given to it."""
 
 
+class DatasetExistsError(UserError, FileExistsError):
+    """An output prefix already holds a dataset, and replacing it was not asked for."""
+
+
 def optimal_dtype(vocab_size: int) -> np.dtype:
     """Megatron's rule: uint16 when the vocabulary has fewer than 65500 ids, else int32."""
     return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
@@ -65,6 +69,14 @@ def idx_path(prefix: str) -> str:
 def dataset_exists(prefix: str) -> bool:
     """True if both ``prefix.bin`` and ``prefix.idx`` exist."""
     return os.path.isfile(bin_path(prefix)) and os.path.isfile(idx_path(prefix))
+
+
+def refuse_to_replace(prefix: str, overwrite: bool) -> None:
+    """Raise :class:`DatasetExistsError` when ``prefix`` holds a dataset and ``overwrite`` is off: a saved
+    dataset is replaced only when asked, whatever made it."""
+    if not overwrite and dataset_exists(prefix):
+        raise DatasetExistsError(f"{prefix}.bin and .idx already hold a dataset; pass --overwrite to replace it, or "
+                                 "choose another --output-prefix")
 
 
 def encode_index(dtype: np.dtype, sizes: np.ndarray, document_indices: np.ndarray) -> bytes:
@@ -212,8 +224,8 @@ class IndexedDataset:
 class IndexedDatasetBuilder:
     """Writes ``prefix.bin``/``prefix.idx`` under temporary names; :meth:`finalize` renames them into place.
 
-    Until ``finalize`` returns, only ``prefix.bin.tmp.<pid>``/``prefix.idx.tmp.<pid>`` exist, so an interrupted
-    run never leaves a valid-looking ``.idx``. The ``.idx`` is renamed last. Used as a context manager, an
+    Until ``finalize`` returns, only ``prefix.bin.tmp.<host>.<pid>``/``prefix.idx.tmp.<host>.<pid>`` exist, so an
+    interrupted run never leaves a valid-looking ``.idx``. The ``.idx`` is renamed last. Used as a context manager, an
     exception discards the temporary files.
     """
 

@@ -22,6 +22,7 @@ import shutil
 from typing import Any
 
 from megamythos.data.atomic import atomic_open
+from megamythos.data.indexed_dataset import idx_path
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
 
@@ -86,6 +87,20 @@ def write_dataset_metadata(prefix: str, tokenizer: Tokenizer, **fields: Any) -> 
     """Copy the tokenizer next to ``prefix`` and write ``prefix.json``; returns the record written."""
     return write_tokenizer_record(metadata_path(prefix), tokenizer_copy_path(prefix), tokenizer, format="MMIDIDX",
                                   **fields)
+
+
+def announce_dataset(prefix: str, tokenizer: Tokenizer | None, **fields: Any) -> None:
+    """Before new ``prefix.{bin,idx}`` are renamed into place: hide any old dataset there (remove its ``.idx``) and
+    write the new tokens' record, or remove the old record where the tokens have none (a merge of Megatron-made
+    datasets), so that no reader ever sees the new tokens with another tokenizer's record or without theirs."""
+    if os.path.exists(idx_path(prefix)):
+        os.remove(idx_path(prefix))
+    if tokenizer is not None:
+        write_dataset_metadata(prefix, tokenizer, **fields)
+        return
+    for path in (metadata_path(prefix), tokenizer_copy_path(prefix)):
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:

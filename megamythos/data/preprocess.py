@@ -11,15 +11,20 @@ no document at all raises it too (nothing is written).
 
 Crash safety: a dataset becomes visible (``dataset_exists``: ``.bin`` and ``.idx``) only complete and with its
 tokenizer record: the record is written, and an existing ``.idx`` of the same prefix removed, before the ``.idx``
-is renamed into place last. Temporary files of runs that were killed (``*.tmp.<pid>`` of a dead pid) are removed
-when the next run on the same output prefix starts.
+is renamed into place last; an existing dataset is replaced only with ``overwrite``. The skipped-record report is
+written under a temporary name and renamed beside the dataset it describes, so a failed run leaves the old one.
+Temporary files of this run's outputs left by a killed run (``*.tmp.<host>.<pid>`` of a dead pid of this host)
+are removed when the next run on the same output prefix starts.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -30,15 +35,9 @@ import numpy as np
 from tqdm import tqdm
 
 from megamythos.data.atomic import OutputError, describe_os_error, remove_stale_temps, temp_name, writable_parent
-from megamythos.data.indexed_dataset import (
-    IndexedDataset,
-    IndexedDatasetBuilder,
-    dataset_exists,
-    idx_path,
-    optimal_dtype,
-)
+from megamythos.data.indexed_dataset import IndexedDatasetBuilder, bin_path, idx_path, optimal_dtype, refuse_to_replace
 from megamythos.data.merge import merge_datasets
-from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata, write_dataset_metadata
+from megamythos.data.metadata import announce_dataset, metadata_path, tokenizer_copy_path
 from megamythos.data.sources import (
     MISSING_KEY,
     RawRecord,
@@ -69,14 +68,6 @@ def _check_not_empty(config: PreprocessConfig, stats: PreprocessStats) -> None:
     hint = (f"; if the text is under another key, pass --json-keys KEY (now {' '.join(config.json_keys)})"
             if any(r.startswith(MISSING_KEY) for r in stats.skipped_by_reason) else "")
     raise BadInputError(f"{source} gave no documents ({reasons}){hint}; nothing was written")
-
-
-def _announce(prefix: str, tokenizer: Tokenizer, **fields: object) -> None:
-    """Before ``prefix.{bin,idx}`` are renamed into place: hide any old dataset there (remove its ``.idx``) and
-    write the new tokenizer record, so that no reader ever sees these tokens without it or with another one."""
-    if os.path.exists(idx_path(prefix)):
-        os.remove(idx_path(prefix))
-    write_dataset_metadata(prefix, tokenizer, **fields)
 
 
 @dataclass
@@ -245,7 +236,6 @@ def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict:
             if len(stats.bad_examples) < MAX_LOGGED_BAD_RECORDS:
                 stats.bad_examples.append(f"{source}:{line}: {reason}")
                 logger.warning("skipped %s", stats.bad_examples[-1])
-    stats.skipped_report = report_path
 
 
 def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str],
@@ -280,7 +270,7 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
         if final:
             _check_not_empty(config, stats)
         for key, builder in zip(config.json_keys, builders):
-            _announce(prefixes[key], tokenizer, dtype=dtype.name, append_eod=config.append_eod,
+            announce_dataset(prefixes[key], tokenizer, dtype=dtype.name, append_eod=config.append_eod,
                       eod_id=tokenizer.eos_id, json_key=key, num_documents=stats.documents,
                       num_tokens=builder.num_tokens)
             builder.finalize()
@@ -301,13 +291,21 @@ def _partition_paths(paths: list[str], parts: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def _check_existing_outputs(config: PreprocessConfig, tokenizer: Tokenizer) -> None:
-    for prefix in config.output_prefixes().values():
-        if config.overwrite or not dataset_exists(prefix):
-            continue
-        existing = read_dataset_metadata(prefix)
-        check_same_vocabulary(f"existing dataset {prefix}", existing, f"tokenizer {tokenizer.model_path}",
-                              {"vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint})
+def _own_paths(config: PreprocessConfig) -> list[str]:
+    """Every file or directory a run on ``config.output_prefix`` writes (whose temporaries it may judge stale)."""
+    files = [f(p) for p in config.output_prefixes().values()
+             for f in (bin_path, idx_path, metadata_path, tokenizer_copy_path)]
+    return [*files, config.output_prefix + ".parts", config.skipped_report_path()]
+
+
+def _publish_report(written: str, report: str, stats: PreprocessStats) -> None:
+    """Move the run's skipped-record report ``written`` (absent if nothing was skipped) to ``report``, beside the
+    dataset just put in place; an old run's report there is removed when this run skipped nothing."""
+    if os.path.exists(written):
+        os.replace(written, report)
+        stats.skipped_report = report
+    elif os.path.exists(report):
+        os.remove(report)
 
 
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
@@ -324,8 +322,12 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
 
 def _preprocess(config: PreprocessConfig) -> PreprocessStats:
     tokenizer = Tokenizer(config.tokenizer_model)
-    _check_existing_outputs(config, tokenizer)
-    for removed in remove_stale_temps(config.output_prefix):
+    if config.append_eod and tokenizer.eos_id < 0:
+        raise BadInputError(f"--append-eod: tokenizer {config.tokenizer_model} has no end-of-document piece (eos id "
+                            "-1); drop --append-eod, or use a tokenizer trained with an eos piece")
+    for prefix in config.output_prefixes().values():
+        refuse_to_replace(prefix, config.overwrite)
+    for removed in remove_stale_temps(_own_paths(config)):
         logger.info("removed %s, left by a killed run", removed)
     paths = expand_inputs(config.inputs) if config.inputs else []
     groups = _partition_paths(paths, config.partitions) if config.partitions > 1 and len(paths) > 1 else [paths]
@@ -333,16 +335,29 @@ def _preprocess(config: PreprocessConfig) -> PreprocessStats:
         logger.warning("partitions split input files: %d input file(s) give %d partition(s), not %d",
                        len(paths), len(groups), config.partitions)
     start = time.perf_counter()
-    report = config.skipped_report_path()
-    if os.path.exists(report):
-        os.remove(report)
-    if len(groups) == 1:
-        stats = _tokenize_to(config, paths, config.output_prefixes(), report)
-    else:
-        stats = _run_partitions(config, groups, report)
+    written = temp_name(config.skipped_report_path())
+    try:
+        if len(groups) == 1:
+            stats = _tokenize_to(config, paths, config.output_prefixes(), written)
+        else:
+            stats = _run_partitions(config, groups, written)
+        _publish_report(written, config.skipped_report_path(), stats)
+    finally:
+        if os.path.exists(written):
+            os.remove(written)
     stats.seconds = time.perf_counter() - start
     logger.info("preprocessing done: %s", stats.summary())
     return stats
+
+
+def _end_with_parent(parent: int) -> None:
+    """In a partition process: end when the preprocessing process ends, even by a signal to it alone (Linux's
+    parent-death signal). Otherwise the partition processes would wait for work forever: each holds the work
+    queue's write end, so its read never ends."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent ended before the signal was armed
+        os._exit(1)
 
 
 def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_path: str) -> PreprocessStats:
@@ -357,22 +372,17 @@ def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_pa
     reports = [os.path.join(workdir, f"{i:03d}.skipped.tsv") for i in range(len(groups))]
     stats = PreprocessStats()
     try:
-        with ProcessPoolExecutor(len(groups), mp_context=mp.get_context("fork")) as pool:
+        with ProcessPoolExecutor(len(groups), mp_context=mp.get_context("fork"),
+                                 initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_tokenize_to, config, g, p, r, False) for g, p, r in zip(groups, parts, reports)]
             for future in futures:
                 stats.add(future.result())
         _check_not_empty(config, stats)
-        tokenizer = Tokenizer(config.tokenizer_model)
-        for key, prefix in config.output_prefixes().items():
-            record = read_dataset_metadata(parts[0][key]) or {}
-            _announce(prefix, tokenizer, **{k: record[k] for k in ("dtype", "append_eod", "eod_id", "json_key")},
-                      num_documents=stats.documents,
-                      num_tokens=sum(IndexedDataset(p[key]).num_tokens for p in parts))
-            merge_datasets([p[key] for p in parts], prefix)  # rewrites the same record after its rename
+        for key, prefix in config.output_prefixes().items():  # the parts' record, with the merged counts
+            merge_datasets([p[key] for p in parts], prefix, overwrite=True)  # refused at the start unless asked
         for report in (r for r in reports if os.path.exists(r)):
             with open(report, "rb") as src, open(report_path, "ab") as dst:
                 shutil.copyfileobj(src, dst)
-            stats.skipped_report = report_path
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     stats.outputs = list(config.output_prefixes().values())

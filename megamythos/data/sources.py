@@ -13,6 +13,8 @@ import gzip
 import io
 import json
 import os
+import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -56,19 +58,66 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     return paths
 
 
+class _ZstdReader(io.RawIOBase):
+    """The decompressed bytes of a ``.zst`` file, frame after frame. A file that ends inside a frame (a cut
+    download) raises :class:`InputError` naming it, where zstandard's stream reader would end quietly."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._path = path
+        self._file = open(path, "rb")
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._frame: Any = None  # the decompressobj of the frame being read
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._file.read(1 << 20)
+            if not chunk:
+                if self._frame is not None and not self._frame.eof:
+                    raise InputError(f"{self._path} ends inside a zstd frame (a truncated file); re-download or "
+                                     "re-compress it")
+                return 0
+            out = []
+            while chunk:
+                if self._frame is None or self._frame.eof:
+                    self._frame = self._decompressor.decompressobj()
+                out.append(self._frame.decompress(chunk))
+                chunk = self._frame.unused_data if self._frame.eof else b""
+            self._pending = memoryview(b"".join(out))
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 def _open_binary(path: str) -> BinaryIO:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".zst"):
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        return io.BufferedReader(_ZstdReader(path), 1 << 20)
     return open(path, "rb")
 
 
 def _json_lines(path: str) -> Iterator[RawRecord]:
-    with _open_binary(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if line.strip():
-                yield RawRecord(path, number, JSON, line)
+    """The non-blank lines of a JSONL file, compressed or not; a compressed file that is cut short or not in its
+    suffix's format raises :class:`InputError` naming it (the lines before are yielded)."""
+    try:
+        with _open_binary(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield RawRecord(path, number, JSON, line)
+    except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as err:
+        kind = "gzip" if path.endswith(".gz") else "zstd"
+        raise InputError(f"{path} is not a complete {kind} file ({err}); re-download or re-compress it, or rename it "
+                         "if it holds another format (read by suffix)") from err
 
 
 def _text_documents(path: str, blank_line_separated: bool) -> Iterator[RawRecord]:
@@ -118,7 +167,11 @@ def _dataset_rows(dataset: Any, source: str) -> Iterator[RawRecord]:
 def _load_from_disk(path: str, split: str) -> Any:
     import datasets
 
-    loaded = datasets.load_from_disk(path)
+    try:
+        loaded = datasets.load_from_disk(path)
+    except FileNotFoundError as err:  # datasets' word for a folder that save_to_disk did not write
+        raise InputError(f"{path} is a folder but not a save_to_disk dataset; to read the files in it, pass a glob "
+                         f"such as '{os.path.join(path, '*.jsonl')}'") from err
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise InputError(f"{path} has splits {list(loaded)}; choose one with --hf-split")
@@ -147,13 +200,17 @@ def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bo
         yield from _text_documents(path, blank_line_separated)
 
 
-def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None) -> Iterator[str]:
-    """The text of every well-formed document in ``paths`` (bad records are skipped silently)."""
+def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
+               skipped: Counter | None = None) -> Iterator[str]:
+    """The text of every well-formed document in ``paths``; bad records are skipped, counted by reason (the
+    part of :func:`parse_record`'s reason before its details) in ``skipped`` when given."""
     for path in paths:
         for record in iter_file_records(path, (key,), fmt=fmt):
-            texts, _ = parse_record(record, (key,))
+            texts, reason = parse_record(record, (key,))
             if texts is not None:
                 yield texts[0]
+            elif skipped is not None:
+                skipped[(reason or "").split(" (")[0]] += 1
 
 
 def iter_hub_records(name: str, config: str | None, split: str, streaming: bool) -> Iterator[RawRecord]:
@@ -166,7 +223,8 @@ def iter_hub_records(name: str, config: str | None, split: str, streaming: bool)
         raise  # unreachable hub, unreadable file: preprocess names the output and the cause
     except Exception as err:  # whatever datasets raises for a directory or name it cannot read as a dataset
         raise InputError(f"--hf-dataset {name}: datasets.load_dataset cannot read it ({type(err).__name__}: {err}); "
-                         "give a hub dataset name, a folder of data files or a save_to_disk directory") from err
+                         "give a hub dataset name or a folder of data files (a save_to_disk directory goes to "
+                         "--input)") from err
     yield from _dataset_rows(dataset, f"{name}[{split}]")
 
 
@@ -174,7 +232,8 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | 
     """The texts of ``keys`` in ``record``, or ``(None, reason)`` if the record must be skipped.
 
     Reasons: ``non-UTF-8 bytes``, ``malformed JSON``, ``missing key 'K'`` (the record is an object without
-    ``K``), ``non-string value of key 'K'`` (e.g. ``{"text": 5}``), ``empty document``.
+    ``K``), ``non-string value of key 'K'`` (e.g. ``{"text": 5}``), ``empty document``, ``lone surrogate`` (a
+    JSON escape such as ``\\ud800`` that no UTF-8 text can hold).
     """
     data = record.data
     if record.kind in (TEXT, JSON):
@@ -182,6 +241,7 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | 
             data = data.decode("utf-8")
         except UnicodeDecodeError as err:
             return None, f"non-UTF-8 bytes ({err.reason} at byte {err.start})"
+    escaped_surrogate = record.kind == JSON and (b"\\ud" in record.data or b"\\uD" in record.data)
     if record.kind == TEXT:
         if len(keys) != 1:
             raise InputError(f"{record.source}: a text file holds one text per document, so it needs exactly one "
@@ -205,4 +265,10 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | 
             texts.append(value)
     if any(not t.strip() for t in texts):
         return None, "empty document"
+    if escaped_surrogate:  # JSON can spell a lone surrogate (\ud800), which no UTF-8 text holds
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                return None, f"lone surrogate (\\u{ord(text[err.start]):04x} at character {err.start})"
     return texts, None

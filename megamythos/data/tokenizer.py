@@ -2,7 +2,8 @@
 
 Every model trained here uses byte fallback (no text is ever mapped to ``unk``), identity normalisation and
 no dummy prefix or whitespace folding, so ``decode(encode(text)) == text`` for any valid Unicode text,
-including source code whose indentation and newlines matter. Special ids are fixed:
+including source code whose indentation and newlines matter, except one character: ``▁`` (U+2581), SentencePiece's
+own space symbol, which comes back as a space. Special ids are fixed:
 
     pad = 0, bos = 1, eos = 2, unk = 3
 
@@ -31,6 +32,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
+from megamythos.data.atomic import temp_name
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -45,10 +47,17 @@ _BPE = 2  # TrainerSpec.ModelType.BPE
 MAX_CACHED_TOKENS = 50_000_000
 # SentencePiece's error when the text yields fewer pieces than asked ("... Please set it to a value <= 3731.")
 _VOCAB_TOO_HIGH = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)")
+# ... and when the text has more distinct characters than pieces asked ("... required_chars. 300 vs 350.")
+_VOCAB_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)")
+MIN_VOCAB_SIZE = 300  # 4 specials + 256 byte-fallback pieces, with room for learned pieces
 
 
 class TokenizerError(UserError, ValueError):
     """The tokenizer model is missing, unreadable, or a training option is invalid."""
+
+
+class NoTextError(TokenizerError):
+    """The documents given to :func:`train_tokenizer` hold no non-empty text."""
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -207,7 +216,8 @@ class TokenizerTrainConfig:
     """Options of :func:`train_tokenizer`.
 
     ``max_sentences`` bounds the reservoir sample of training chunks; ``max_chunk_bytes`` bounds one chunk
-    (SentencePiece drops longer sentences). ``num_threads`` is SentencePiece's trainer thread count.
+    (SentencePiece drops longer sentences). ``num_threads`` is SentencePiece's trainer thread count. An existing
+    ``{model_prefix}.model`` is replaced only with ``overwrite``.
     """
 
     vocab_size: int
@@ -218,14 +228,17 @@ class TokenizerTrainConfig:
     character_coverage: float = 0.9995
     num_threads: int = 2
     seed: int = 1234
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise TokenizerError(f"model_type={self.model_type!r} is invalid: use one of {MODEL_TYPES}")
-        # 4 special ids + 256 byte-fallback pieces must fit with room for learned pieces.
-        if self.vocab_size < 300:
+        if self.vocab_size < MIN_VOCAB_SIZE:
             raise TokenizerError(f"vocab_size={self.vocab_size} is invalid: "
-                                 "need >= 300 (4 specials + 256 bytes + pieces)")
+                                 f"need >= {MIN_VOCAB_SIZE} (4 specials + 256 bytes + pieces)")
+        if not Path(self.model_prefix).name or self.model_prefix.endswith(os.sep):
+            raise TokenizerError(f"--model-prefix {self.model_prefix} names a folder; give a file prefix such as "
+                                 f"{os.path.join(self.model_prefix, 'tokenizer')}")
         for name in ("max_sentences", "max_chunk_bytes", "num_threads"):
             if getattr(self, name) < 1:
                 raise TokenizerError(f"{name}={getattr(self, name)} is invalid: must be >= 1")
@@ -278,7 +291,11 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
     yields fewer than ``config.vocab_size`` pieces raises :class:`TokenizerError` naming the size it reached.
     """
     out_dir = Path(config.model_prefix).parent
-    try:  # before reading any input
+    model_path = config.model_prefix + ".model"
+    if os.path.exists(model_path) and not config.overwrite:  # before reading any input
+        raise TokenizerError(f"{model_path} exists; pass --overwrite to replace it (datasets tokenised with it keep "
+                             "their own copy), or choose another --model-prefix")
+    try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise TokenizerError(f"--model-prefix {config.model_prefix}: cannot create {out_dir} ({err.strerror})") from err
@@ -287,28 +304,47 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
     chunks = (c for doc in documents for c in line_chunks(doc, config.max_chunk_bytes) if c.strip())
     sample, total = reservoir_sample(chunks, config.max_sentences, config.seed)
     if not sample:
-        raise TokenizerError("no non-empty text to train the tokenizer on")
+        raise NoTextError("no non-empty text to train the tokenizer on")
     logger.info("training %s tokenizer (vocab %d) on %d of %d chunks", config.model_type, config.vocab_size,
                 len(sample), total)
+    staged = temp_name(config.model_prefix)  # SentencePiece writes in place: a kill must not leave half a model
     try:
-        _train_sentencepiece(sample, config)
-    except RuntimeError as err:  # SentencePiece's own error; its hard vocabulary limit names the size reached
-        reached = _VOCAB_TOO_HIGH.search(str(err))
-        if reached is None:
-            raise
-        raise TokenizerError(f"--vocab-size {config.vocab_size} is more than this text yields: SentencePiece "
-                             f"reached {reached.group(1)} pieces; pass --vocab-size {reached.group(1)} or less, or "
-                             "train on more text") from err
-    return Tokenizer(config.model_prefix + ".model")
+        _train_sentencepiece(sample, config, staged)
+        os.replace(staged + ".vocab", config.model_prefix + ".vocab")
+        os.replace(staged + ".model", model_path)
+    except RuntimeError as err:  # SentencePiece's own error; its vocabulary checks name the size that would do
+        raise _vocabulary_error(err, config.vocab_size) from err
+    finally:
+        for suffix in (".model", ".vocab"):
+            if os.path.exists(staged + suffix):
+                os.remove(staged + suffix)
+    return Tokenizer(model_path)
 
 
-def _train_sentencepiece(sample: list[str], config: TokenizerTrainConfig) -> None:
-    """SentencePiece's trainer on ``sample`` with this module's fixed options (see the module docstring). The
-    vocabulary limit is hard, as SentencePiece's default: a text too small for ``config.vocab_size`` pieces fails
-    instead of writing a smaller model."""
+def _vocabulary_error(err: RuntimeError, vocab_size: int) -> Exception:
+    """SentencePiece's error ``err`` as one line naming ``--vocab-size`` and the size to pass, where it is a
+    vocabulary size the text cannot give; else ``err`` itself."""
+    if (low := _VOCAB_TOO_LOW.search(str(err))) is not None:
+        return TokenizerError(f"--vocab-size {vocab_size} is fewer pieces than this text needs: it has characters "
+                              f"that need {low.group(1)} pieces with the specials; pass --vocab-size {low.group(1)} "
+                              "or more")
+    if (high := _VOCAB_TOO_HIGH.search(str(err))) is None:
+        return err
+    reached = int(high.group(1))
+    if reached < MIN_VOCAB_SIZE:
+        return TokenizerError(f"--vocab-size {vocab_size}: this text yields only {reached} pieces, fewer than the "
+                              f"{MIN_VOCAB_SIZE} a tokenizer needs; train on more text")
+    return TokenizerError(f"--vocab-size {vocab_size} is more than this text yields: SentencePiece reached {reached} "
+                          f"pieces; pass --vocab-size {reached} or less, or train on more text")
+
+
+def _train_sentencepiece(sample: list[str], config: TokenizerTrainConfig, model_prefix: str) -> None:
+    """SentencePiece's trainer on ``sample`` with this module's fixed options (see the module docstring), writing
+    ``model_prefix.{model,vocab}``. The vocabulary limit is hard, as SentencePiece's default: a text too small
+    for ``config.vocab_size`` pieces fails instead of writing a smaller model."""
     spm.SentencePieceTrainer.Train(
         sentence_iterator=iter(sample),
-        model_prefix=config.model_prefix,
+        model_prefix=model_prefix,
         model_type=config.model_type,
         vocab_size=config.vocab_size,
         character_coverage=config.character_coverage,

@@ -1,0 +1,172 @@
+"""Faults of the data tools found by trying them as a new user would (2026-12-06): damaged compressed inputs,
+JSON that spells a lone surrogate, a folder given as an input, the skipped-record report of a failed run, a
+tokenizer without an eos piece, the tokenizer trainer's refusals, blend weights that are not finite, and partition
+processes outliving a preprocessing run killed alone. Replacing existing outputs: ``test_data_preprocess.py``."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+import sentencepiece as spm
+import zstandard
+
+from megamythos.data.cli import preprocess_main, train_tokenizer_main
+from megamythos.data.gpt_dataset import DataConfigError, parse_data_path
+from megamythos.data.indexed_dataset import IndexedDataset, dataset_exists
+from megamythos.data.preprocess import PreprocessConfig, preprocess
+from megamythos.data.sources import iter_texts
+from megamythos.data.tokenizer import Tokenizer
+from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, write_jsonl
+
+DOCS = synthetic_documents(30, seed=3)
+
+
+def error_of(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """The one ``error:`` line of a command line that must refuse ``argv`` with exit code 2 (argparse's refusals
+    exit)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    return one_error_line(capsys.readouterr().err)
+
+
+def preprocess_args(inputs: list[Path], out: Path, tokenizer: Tokenizer, *extra: str) -> list[str]:
+    return ["--input", *map(str, inputs), "--output-prefix", str(out), "--tokenizer-model", tokenizer.model_path,
+            "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("damage", ["truncated zst", "truncated gz", "not zst", "not gz"])
+def test_a_damaged_compressed_input_is_one_line_naming_it(damage: str, tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """A cut download was read up to the cut and the run ended with exit code 0 (zstd), or a traceback (gzip)."""
+    data = "".join(json.dumps({"text": d}) + "\n" for d in DOCS * 20).encode()
+    suffix = ".jsonl.zst" if "zst" in damage else ".jsonl.gz"
+    packed = zstandard.ZstdCompressor().compress(data) if "zst" in damage else gzip.compress(data)
+    path = tmp_path / f"in{suffix}"
+    path.write_bytes(packed[: len(packed) // 2] if damage.startswith("truncated") else b"no compressed data here")
+    for main, argv in ((preprocess_main, preprocess_args([path], tmp_path / "o", tiny_tokenizer)),
+                       (train_tokenizer_main, ["--input", str(path), "--vocab-size", "300", "--model-prefix",
+                                               str(tmp_path / "tok"), "--num-threads", "1"])):
+        line = error_of(main, argv, capsys)
+        assert str(path) in line and "re-download" in line, line
+    assert not dataset_exists(str(tmp_path / "o_text_document")) and not (tmp_path / "tok.model").exists()
+
+
+def test_a_whole_multi_frame_zst_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl.zst"
+    path.write_bytes(b"".join(zstandard.ZstdCompressor().compress(json.dumps({"text": d}).encode() + b"\n")
+                              for d in DOCS))
+    assert list(iter_texts([str(path)])) == DOCS
+
+
+def test_a_json_lone_surrogate_is_a_skipped_record(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """``"\\ud800"`` is valid JSON but no UTF-8 text: it crashed preprocessing and tokenizer training."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "lone \\ud800 x"}\n{"text": "pair \\ud83d\\ude00 ok"}\n')
+    stats = preprocess(PreprocessConfig(inputs=[str(path)], output_prefix=str(tmp_path / "o"),
+                                        tokenizer_model=tiny_tokenizer.model_path))
+    dataset = IndexedDataset(str(tmp_path / "o_text_document"))
+    assert [tiny_tokenizer.decode(dataset[i].tolist()) for i in range(len(dataset))] == ["fine", "pair \U0001F600 ok"]
+    assert dict(stats.skipped_by_reason) == {"lone surrogate": 1}
+    assert list(iter_texts([str(path)])) == ["fine", "pair \U0001F600 ok"]
+
+
+def test_a_folder_that_is_no_dataset_gets_a_glob_hint(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    write_jsonl((tmp_path / "corpus").mkdir() or tmp_path / "corpus" / "a.jsonl", DOCS)
+    line = error_of(preprocess_main, preprocess_args([tmp_path / "corpus"], tmp_path / "o", tiny_tokenizer), capsys)
+    assert "is a folder but not a save_to_disk dataset" in line and f"{tmp_path / 'corpus'}/*.jsonl" in line, line
+
+
+def test_a_failed_run_leaves_the_report_of_the_dataset_it_did_not_replace(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """The report was removed up front and rewritten as the run went: a failed run left its own bad records listed
+    beside the old dataset (or, after ``--strict``, none). A clean run removes the old report."""
+    messy, bad, clean = tmp_path / "messy.jsonl", tmp_path / "bad.jsonl", tmp_path / "clean.jsonl"
+    messy.write_text(json.dumps({"text": DOCS[0]}) + "\nnot json\n")
+    bad.write_text("not json\n")
+    write_jsonl(clean, DOCS)
+    report = tmp_path / "o.skipped.tsv"
+    assert preprocess_main(preprocess_args([messy], tmp_path / "o", tiny_tokenizer)) == 0
+    listed = report.read_text()
+    assert listed == f"{messy}\t2\tmalformed JSON (Expecting value)\n"
+    for extra in ([], ["--strict"]):
+        error_of(preprocess_main, preprocess_args([bad], tmp_path / "o", tiny_tokenizer, "--overwrite", *extra),
+                 capsys)
+        assert report.read_text() == listed
+    assert preprocess_main(preprocess_args([clean], tmp_path / "o", tiny_tokenizer, "--overwrite")) == 0
+    assert not report.exists() and not list(tmp_path.glob("*.tmp.*"))
+
+
+def test_append_eod_with_a_tokenizer_without_eos_is_refused_up_front(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(DOCS), model_prefix=str(tmp_path / "noeos"),
+                                   vocab_size=200, hard_vocab_limit=False, eos_id=-1, minloglevel=2)
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    line = error_of(preprocess_main, preprocess_args([tmp_path / "a.jsonl"], tmp_path / "o",
+                                                     Tokenizer(str(tmp_path / "noeos.model")), "--append-eod"), capsys)
+    assert "--append-eod" in line and "no end-of-document piece" in line, line
+
+
+def test_tokenizer_training_refusals_name_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+    write_jsonl(tmp_path / "content.jsonl", DOCS, key="content")
+    (tmp_path / "tiny.txt").write_text("ab ab")
+
+    def refused(inputs: str, vocab: int, prefix: str) -> str:
+        return error_of(train_tokenizer_main, ["--input", str(tmp_path / inputs), "--vocab-size", str(vocab),
+                                               "--model-prefix", prefix, "--num-threads", "1"], capsys)
+
+    assert train_tokenizer_main(["--input", str(tmp_path / "a.jsonl"), "--vocab-size", "400", "--model-prefix",
+                                 str(tmp_path / "tok"), "--num-threads", "1"]) == 0
+    model = (tmp_path / "tok.model").read_bytes()
+    assert f"{tmp_path / 'tok.model'} exists; pass --overwrite" in refused("a.jsonl", 500, str(tmp_path / "tok"))
+    assert (tmp_path / "tok.model").read_bytes() == model and not list(tmp_path.glob("*.tmp.*"))
+    assert "argument --vocab-size: must be >= 300, got 299" in refused("a.jsonl", 299, str(tmp_path / "t1"))
+    assert "names a folder" in refused("a.jsonl", 400, f"{tmp_path}/")
+    line = refused("content.jsonl", 400, str(tmp_path / "t2"))
+    assert "30 missing key" in line and "pass --json-key KEY (now 'text')" in line, line
+    line = refused("a.jsonl", 300, str(tmp_path / "t3"))  # more distinct characters than 300 - 260 pieces
+    assert "--vocab-size 300 is fewer pieces than this text needs" in line and "or more" in line, line
+    assert "yields only" in refused("tiny.txt", 400, str(tmp_path / "t4")), "advised a size it refuses"
+
+
+@pytest.mark.parametrize("weights", [("nan", "1"), ("inf", "1"), ("1e308", "1e308")])
+def test_blend_weights_must_be_finite(weights: tuple[str, str]) -> None:
+    """NaN or infinite weights passed the preflight and failed inside every rank with a traceback."""
+    with pytest.raises(DataConfigError, match="finite numbers >= 0"):
+        parse_data_path([weights[0], "A", weights[1], "B"])
+
+
+def test_partition_processes_end_when_preprocessing_is_killed_alone(tmp_path: Path,
+                                                                    tiny_tokenizer: Tokenizer) -> None:
+    """A SIGTERM to the main process only (not its group) left every partition process waiting for work, for ever:
+    each holds the work queue's write end, so its read never ends."""
+    docs = synthetic_documents(400, seed=4) * 60
+    inputs = [write_jsonl(tmp_path / f"{i}.jsonl", docs) for i in range(2)]
+    proc = subprocess.Popen([sys.executable, str(REPO / "data_prep" / "preprocess_data.py"),
+                             *preprocess_args(inputs, tmp_path / "o", tiny_tokenizer, "--partitions", "2")],
+                            env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(children := psutil.Process(proc.pid).children()) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the partition processes never started"
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: give it more input"
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(children, timeout=20)
+    for child in alive:
+        child.kill()
+    assert not alive, f"{len(alive)} partition process(es) outlived the run"
+    assert not dataset_exists(str(tmp_path / "o_text_document"))
