@@ -474,5 +474,5 @@ def test_an_export_where_no_directory_can_be_created_is_one_line() -> None:
     """/proc passes the parent checks (it exists and is a directory) but takes no new directory: that was a
     FileNotFoundError traceback from the staging directory."""
     with pytest.raises(ExportError, match=r"cannot create /proc/x\.tmp\.\S+\.\d+ beside OUT /proc/x: .*writable"):
-        with staged_export(Path("/proc/x"), overwrite=False):
+        with staged_export(Path("/proc/x"), Path("/nonexistent/ckpt"), overwrite=False):
             pass

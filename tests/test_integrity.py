@@ -221,21 +221,49 @@ def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_pat
 
 @pytest.mark.launch
 def test_export_never_overwrites_unless_asked(saved: Path, tmp_path: Path, capsys) -> None:
-    taken, file = tmp_path / "taken", tmp_path / "file"
+    """Without --overwrite nothing is replaced; with it, only an earlier export (before 2026-12-06 any file or
+    folder was)."""
+    taken, file, earlier = tmp_path / "taken", tmp_path / "file", tmp_path / "earlier"
     taken.mkdir()
     (taken / "keep").write_text("x")
     file.write_text("y")
-    for target, what in ((taken, "a directory that is not empty"), (file, "an existing file")):
+    assert export_main([str(saved), str(earlier)]) == 0
+    for target, what in ((taken, "a directory that is not empty"), (file, "an existing file"),
+                         (earlier, "a directory that is not empty")):
         line = error_line(export_main([str(saved), str(target)]), capsys.readouterr().err)
-        assert f"{target} is {what}" in line and "--overwrite" in line, line
+        assert f"{target} is {what}; export into a new directory, or pass --overwrite" in line, line
+    for target in (taken, file):
+        line = error_line(export_main([str(saved), str(target), "--overwrite"]), capsys.readouterr().err)
+        assert "but not an export" in line and "--overwrite replaces only an earlier export" in line, line
     assert (taken / "keep").read_text() == "x" and file.read_text() == "y"
     (tmp_path / "empty").mkdir()
     assert export_main([str(saved), str(tmp_path / "empty")]) == 0  # an empty directory is no loss
-    for target in (taken, file):
-        assert export_main([str(saved), str(target), "--overwrite"]) == 0
-        assert not (target / "keep").exists() and verify_checksums(target)
-        load_exported(target)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "taken"], "temporaries left beside"
+    (earlier / "stray").write_text("z")
+    assert export_main([str(saved), str(earlier), "--overwrite"]) == 0
+    assert not (earlier / "stray").exists() and verify_checksums(earlier)
+    load_exported(earlier)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "empty", "file", "taken"], "temporaries left"
+
+
+@pytest.mark.launch
+def test_export_never_replaces_its_checkpoint_or_the_working_directory(saved: Path, tmp_path: Path, capsys,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``export RUN RUN --overwrite`` (or a folder holding RUN) deleted the whole run, optimizer states included,
+    and ``export CKPT . --overwrite`` left a complete export beside a traceback (found 2026-12-06)."""
+    ckpt = copy_of(saved, tmp_path)
+    (ckpt / CHECKSUMS_FILE).write_text("{}")  # even if it looked like an export
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    tag = ckpt / LATEST_TAG
+    for source, target in [*((ckpt, t) for t in (ckpt, tmp_path, tag, ckpt / "exported")),
+                           *((tag, t) for t in (tag, ckpt, tmp_path, tag / "exported"))]:
+        line = error_line(export_main([str(source), str(target), "--overwrite"]), capsys.readouterr().err)
+        assert "overlaps the checkpoint" in line, line
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for target in (".", "", ".."):
+        line = error_line(export_main([str(ckpt), target, "--overwrite"]), capsys.readouterr().err)
+        assert "overlaps the checkpoint" in line or "is the working directory or holds it" in line, line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [*before, Path("elsewhere")]
 
 
 @pytest.mark.launch

@@ -10,8 +10,9 @@ writes a directory that ``transformers.AutoModelForCausalLM.from_pretrained(DIR,
 ``AutoTokenizer.from_pretrained(DIR)`` load, modeling code included (:mod:`megamythos.hf.export`; needs the
 ``hf`` extra).
 
-An export never overwrites: an existing file or non-empty directory as OUT is refused unless ``--overwrite``. The
-export is written into ``OUT.tmp.<host>.<pid>`` beside OUT, gets its ``checksums.json``
+An export never overwrites: an existing file or non-empty directory as OUT is refused unless ``--overwrite``, and
+even then unless it is an earlier export; an OUT that overlaps the checkpoint is always refused. The export is
+written into ``OUT.tmp.<host>.<pid>`` beside OUT, gets its ``checksums.json``
 (:mod:`megamythos.checkpoint.checksums`, verified when ``megamythos`` loads it), and is then renamed to OUT; an
 OUT it replaces is renamed aside first and removed only once the new one is in place.
 
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from megamythos.checkpoint.checksums import write_checksums
+from megamythos.checkpoint.checksums import CHECKSUMS_FILE, write_checksums
 from megamythos.checkpoint.files import read_tokenizer_files, write_tokenizer_files
 from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_model, resolve_tag_dir
 from megamythos.data.atomic import remove_stale_temps, temp_name, writable_parent
@@ -44,17 +45,36 @@ class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported."""
 
 
-@contextmanager
-def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
-    """An empty directory ``OUT.tmp.<host>.<pid>`` beside ``out`` to write an export into. When the block succeeds,
-    its checksums are written and it is renamed to ``out`` (an existing ``out`` is renamed aside first and removed
-    once the new one is in place); when it fails, it is removed and ``out`` is left as it was.
-
-    Raises :class:`ExportError` when ``out`` is a file or a non-empty directory and ``overwrite`` is off.
-    Temporaries of killed exports beside ``out`` are removed first."""
-    if not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
-        what = "an existing file" if out.is_file() else "a directory that is not empty"
+def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
+    """Raise :class:`ExportError` unless ``out`` may take an export of ``checkpoint``: it must not overlap the
+    checkpoint (be it, hold it or lie inside it) nor hold the working directory, and, when it exists (a file or a
+    non-empty directory), ``overwrite`` must be on and it must be an earlier export (it has ``checksums.json``):
+    ``--overwrite`` replaces an export, never a run or another folder."""
+    target, source, cwd = out.resolve(), checkpoint.resolve(), Path.cwd().resolve()
+    if target == source or target in source.parents or source in target.parents:
+        raise ExportError(f"OUT {out} overlaps the checkpoint {checkpoint} (the same directory, one that holds it, "
+                          "or one inside it); export into a directory outside the run")
+    if target == cwd or target in cwd.parents:
+        raise ExportError(f"OUT {out} is the working directory or holds it; export into a new directory")
+    if not (out.is_file() or out.is_symlink() or (out.is_dir() and any(out.iterdir()))):
+        return
+    what = "an existing file" if not out.is_dir() else "a directory that is not empty"
+    if not overwrite:
         raise ExportError(f"{out} is {what}; export into a new directory, or pass --overwrite to replace it")
+    if not (out.is_dir() and (out / CHECKSUMS_FILE).is_file()):
+        raise ExportError(f"{out} is {what} but not an export (no {CHECKSUMS_FILE}): --overwrite replaces only an "
+                          "earlier export; export into a new directory, or remove it yourself")
+
+
+@contextmanager
+def staged_export(out: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path]:
+    """An empty directory ``OUT.tmp.<host>.<pid>`` beside ``out`` to write an export of ``checkpoint`` into. When
+    the block succeeds, its checksums are written and it is renamed to ``out`` (an existing ``out`` is renamed aside
+    first and removed once the new one is in place); when it fails, it is removed and ``out`` is left as it was.
+
+    Raises :class:`ExportError` where :func:`check_target` refuses ``out``. Temporaries of killed exports beside
+    ``out`` are removed first."""
+    check_target(out, checkpoint, overwrite)
     writable_parent(out, "OUT")
     remove_stale_temps([out, f"{out}.old"])
     stage = Path(temp_name(out))
@@ -63,17 +83,25 @@ def staged_export(out: Path, overwrite: bool) -> Iterator[Path]:
     except OSError as err:  # a parent that passes the checks but takes no new directory (/proc, a read-only mount)
         raise ExportError(f"cannot create {stage} beside OUT {out}: {err.strerror}; export into a writable "
                           "directory") from err
+    old, replaced = Path(temp_name(f"{out}.old")), out.exists() or out.is_symlink()
     try:
         yield stage
         readable_as_umask(stage)
         write_checksums(stage)
-    except BaseException:
+        if replaced:
+            os.rename(out, old)
+        try:
+            os.rename(stage, out)
+        except OSError:
+            if replaced:
+                os.rename(old, out)
+            raise
+    except BaseException as err:
         shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, UserError):
+            raise ExportError(f"cannot put the export in place at OUT {out} ({err.strerror or err}); it was not "
+                              "written, and OUT is as it was") from err
         raise
-    old, replaced = Path(temp_name(f"{out}.old")), out.exists() or out.is_symlink()
-    if replaced:
-        os.rename(out, old)
-    os.rename(stage, out)
     if replaced and old.is_dir() and not old.is_symlink():
         shutil.rmtree(old)
     elif replaced:
@@ -98,7 +126,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
 
     tag_dir = resolve_tag_dir(checkpoint)
     out_dir = Path(out_dir)
-    with staged_export(out_dir, overwrite) as stage:
+    with staged_export(out_dir, Path(checkpoint), overwrite) as stage:
         model = checkpoint_model(tag_dir, stage)
         save_model(model, str(stage / MODEL_FILE))
         model.config.to_json(stage / CONFIG_FILE)
@@ -123,7 +151,7 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
     if record is None:
         raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
     out_dir = Path(out_dir)
-    with staged_export(out_dir, overwrite) as stage:
+    with staged_export(out_dir, Path(checkpoint), overwrite) as stage:
         export_hf(checkpoint_model(tag_dir, stage), Tokenizer(record["tokenizer_model"]), stage)
     return out_dir
 
@@ -137,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="native: what megamythos.inference.generate/evaluate --load read (default); hf: a Hugging Face "
                         "directory with its modeling code (transformers, trust_remote_code=True)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing OUT (file or non-empty directory; it is refused without this flag); "
-                        "the old one is removed only once the new export is complete")
+                   help="replace an earlier export at OUT (an existing OUT is refused without this flag, and any "
+                        "other file or folder even with it); the old one is removed only once the new one is complete")
     args = p.parse_args(argv)
 
     def run() -> int:
