@@ -298,12 +298,24 @@ def one_line_exit_2(entry: str, argv: list[str], capsys: pytest.CaptureFixture) 
 
 
 # ------------------------------------------------------------------ 9. a negative exit threshold
+@pytest.mark.parametrize("value", ["-0.1", "nan"])  # NaN passed the `< 0` check and meant "never exit"
 @pytest.mark.parametrize("entry, argv", [("megamythos.inference.generate:main", ["--prompt", "x"]),
                                          ("megamythos.inference.evaluate:main", [])])
-def test_negative_exit_threshold_is_one_line_naming_the_flag(entry: str, argv: list[str],
+def test_negative_exit_threshold_is_one_line_naming_the_flag(entry: str, argv: list[str], value: str,
                                                              capsys: pytest.CaptureFixture) -> None:
-    line = one_line_exit_2(entry, ["--load", "nowhere", *argv, "--exit-threshold", "-0.1"], capsys)
+    line = one_line_exit_2(entry, ["--load", "nowhere", *argv, "--exit-threshold", value], capsys)
     assert "--exit-threshold must" in line and ">= 0 (0 = every loop)" in line, line
+
+
+@pytest.mark.parametrize("entry, argv, flag", [
+    ("megamythos.inference.generate:main", ["--prompt", "x", "--temperature", "nan"], "--temperature"),
+    ("megamythos.inference.generate:main", ["--prompt", "x", "--seed", str(2**64)], "--seed"),
+    ("megamythos.inference.evaluate:main", ["--seed", "-1"], "--seed"),
+    ("megamythos.inference.evaluate:main", ["--seed", str(2**32)], "--seed")])
+def test_sampling_numbers_torch_or_numpy_cannot_take_are_one_line(entry: str, argv: list[str], flag: str,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-06: tracebacks from torch.multinomial, torch.Generator.manual_seed and numpy's seeding."""
+    assert f"argument {flag}: must" in one_line_exit_2(entry, ["--load", "nowhere", *argv], capsys)
 
 
 # ------------------------------------------------------------------ 10. numbers out of range, flags without a layout

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from megamythos.checkpoint.export import main as export_main
-from megamythos.inference.evaluate import EvalConfig, heldout_batches
+from megamythos.inference.evaluate import EvalConfig, heldout_batches, parse_args
 from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import TextStreamer
 from megamythos.inference.generate import main as generate_main
@@ -169,6 +169,20 @@ def test_dataset_without_record_must_fit_the_vocabulary(tiny_checkpoint, tmp_pat
     code, _, err = cli(evaluate_main, ["--load", str(tiny_checkpoint[0]), "--data-path", prefix, "--loops", "1",
                                        "--eval-iters", "1", "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and "holds token id" in err and "vocabulary has 384 ids" in err, err
+
+
+@pytest.mark.launch
+def test_a_split_without_a_validation_share_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    """Found 2026-12-06: ``TypeError: object of type 'NoneType' has no len()``."""
+    code, _, err = cli(evaluate_main, ["--load", str(tiny_checkpoint[0]), "--split", "1,0,0", "--loops", "1",
+                                       "--eval-iters", "1", "--out", str(tmp_path / "e")], capsys)
+    assert code == 2 and "--split 1,0,0 gives the validation split no share" in err and "Traceback" not in err, err
+
+
+def test_repeated_loop_counts_and_thresholds_are_evaluated_once():
+    """``--loops 2,2`` wrote the same rows twice to the CSV and to TensorBoard."""
+    cfg = parse_args(["--load", "x", "--data-path", "d", "--loops", "2,2,1", "--exit-threshold", "0.1,0,0.1"])
+    assert cfg.loops == [2, 1] and cfg.exit_thresholds == [0.1, 0.0]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from megamythos.checkpoint.export import main as export_main
+from megamythos.checkpoint.files import CheckpointError
 from megamythos.data.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
 from megamythos.hf.export import HFExportError, checked_hf_tokenizer, hf_tokenizer, shipped_sources
 from megamythos.hf.lm_eval_data import main as lm_eval_data_main
@@ -40,6 +41,13 @@ def hf_dir(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ours(tiny_checkpoint):
     return load_model(tiny_checkpoint[0])
+
+
+@pytest.mark.launch
+def test_load_of_a_hugging_face_export_points_to_transformers(hf_dir):
+    """``--load`` of a ``--format hf`` directory listed the unknown config fields in a very long line."""
+    with pytest.raises(CheckpointError, match=r"is a Hugging Face export \(--format hf\): load it with transformers"):
+        load_model(hf_dir)
 
 
 def test_shipped_code_is_the_library_with_relative_imports():

@@ -20,6 +20,7 @@ import torch
 
 from megamythos.checkpoint.checksums import CHECKSUMS_FILE, ChecksumError, verify_checksums, verify_tag
 from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, read_latest
+from megamythos.errors import read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.parallel import autoep_to_model_names
@@ -153,6 +154,9 @@ def load_exported(out_dir: str | Path) -> MythosLM:
                            out_dir, CHECKSUMS_FILE)
     except ChecksumError as err:
         raise CheckpointError(f"{err}; export the checkpoint again (--overwrite)") from err
+    if "auto_map" in read_json_object(out_dir / CONFIG_FILE, CheckpointError, "export the checkpoint again"):
+        raise CheckpointError(f"{out_dir} is a Hugging Face export (--format hf): load it with transformers "
+                              "(docs/inference.md), or export the checkpoint without --format hf for --load")
     model = MythosLM(ModelConfig.from_json(out_dir / CONFIG_FILE))
     load_model(model, str(out_dir / MODEL_FILE))
     return model

@@ -42,7 +42,7 @@ from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_data_path
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import DataRecipe, batches, build_datasets, data_change, resolve_data
-from megamythos.errors import ArgumentParser, run_cli
+from megamythos.errors import ArgumentParser, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.lm import MythosLM
 from megamythos.model.recurrent import exit_distribution
@@ -76,7 +76,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.loops or min(self.loops) < 1:
             raise LoadError(f"--loops must list loop counts >= 1, got {self.loops}")
-        if self.exit_thresholds is not None and any(t < 0 for t in self.exit_thresholds):
+        if self.exit_thresholds is not None and not all(t >= 0 for t in self.exit_thresholds):  # NaN too
             raise LoadError(f"--exit-threshold must list thresholds >= 0 (0 = every loop), got {self.exit_thresholds}")
         for name in ("micro_batch_size", "eval_iters", "seq_length"):
             value = getattr(self, name)
@@ -219,6 +219,9 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     needed = cfg.eval_iters * cfg.micro_batch_size
     _, valid = build_datasets(recipe, setup.data_path, record.get("total_iters", 0),
                               record.get("global_batch_size", 0), min_valid_samples=needed)
+    if valid is None:
+        raise LoadError(f"--split {recipe.split} gives the validation split no share: pass train,valid,test weights "
+                        "with a positive second one, such as 969,30,1")
     it = batches(valid, 0, cfg.micro_batch_size, 0, 1)
     out = [tuple(t.to(cfg.device) for t in next(it)) for _ in range(cfg.eval_iters)]
     logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d = %d tokens", " ".join(setup.data_path),
@@ -259,7 +262,7 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")
     p.add_argument("--split", help="train,valid,test weights (default: the training run's)")
-    p.add_argument("--seed", type=int, help="data seed (default: the training run's)")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), help="data seed (default: the training run's)")
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
     p.add_argument("--micro-batch-size", type=int, default=4, help="samples per batch")
     p.add_argument("--eval-iters", type=int, default=8, help="batches evaluated at every loop count")
@@ -275,12 +278,12 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ns = vars(p.parse_args(argv))
     try:
-        ns["loops"] = [int(x) for x in ns["loops"].split(",")]
+        ns["loops"] = list(dict.fromkeys(int(x) for x in ns["loops"].split(",")))  # each count once
     except ValueError:
         p.error(f"--loops expects comma-separated integers such as {DEFAULT_LOOPS}, got {ns['loops']!r}")
     try:
         if ns["exit_thresholds"] is not None:
-            ns["exit_thresholds"] = [float(x) for x in ns["exit_thresholds"].split(",") if x]
+            ns["exit_thresholds"] = list(dict.fromkeys(float(x) for x in ns["exit_thresholds"].split(",") if x))
     except ValueError:
         p.error(f"--exit-threshold expects comma-separated numbers such as 0.1,0.15, got {ns['exit_thresholds']!r}")
     return EvalConfig(**ns)

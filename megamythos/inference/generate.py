@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from megamythos.errors import ArgumentParser, run_cli
+from megamythos.errors import ArgumentParser, number, run_cli
 from megamythos.inference.loading import LoadError, load_model
 from megamythos.model.lm import ModelKVCache, MythosLM
 from megamythos.runtime.device import resolve_device
@@ -49,11 +49,11 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN too
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
-        if self.exit_threshold is not None and self.exit_threshold < 0:
+        if self.exit_threshold is not None and not self.exit_threshold >= 0:
             raise ValueError(f"exit_threshold={self.exit_threshold} must be >= 0")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k} must be >= 0")
@@ -171,10 +171,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=64,
                    help="stop after this many tokens, at eos, or when prompt + new tokens fill the model's context "
                         "(max_seq_len; a warning says when that cut --max-new-tokens short)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--temperature", type=number(float, 0), default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
+    p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="sampling seed (same seed, same text)")
     p.add_argument("--exit-threshold", type=float,
                    help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this; "
                         "0 = run every loop (default: the checkpoint config's exit_threshold, 0.2 unless trained "
@@ -182,7 +182,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     args = p.parse_args(argv)
-    if args.exit_threshold is not None and args.exit_threshold < 0:
+    if args.exit_threshold is not None and not args.exit_threshold >= 0:  # NaN too
         p.error(f"--exit-threshold must be >= 0 (0 = every loop), got {args.exit_threshold:g}")
     return args
 
