@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import sentencepiece as spm
 import zstandard
 
-from megamythos.data.cli import preprocess_main, train_tokenizer_main
+from megamythos.data.cli import inspect_main, preprocess_main, train_tokenizer_main
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path
 from megamythos.data.indexed_dataset import IndexedDataset, dataset_exists
 from megamythos.data.preprocess import PreprocessConfig, preprocess
@@ -140,6 +141,20 @@ def test_tokenizer_training_refusals_name_the_flag(tmp_path: Path, capsys: pytes
     line = refused("a.jsonl", 300, str(tmp_path / "t3"))  # more distinct characters than 300 - 260 pieces
     assert "--vocab-size 300 is fewer pieces than this text needs" in line and "or more" in line, line
     assert "yields only" in refused("tiny.txt", 400, str(tmp_path / "t4")), "advised a size it refuses"
+
+
+def test_inspect_finds_a_record_that_belongs_to_other_data(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """A record left beside other tokens (an old merge, files copied over) was reported valid."""
+    for name, docs in (("a", DOCS), ("b", DOCS[:3])):
+        assert preprocess_main(preprocess_args([write_jsonl(tmp_path / f"{name}.jsonl", docs)], tmp_path / name,
+                                               tiny_tokenizer)) == 0
+    for suffix in (".bin", ".idx"):
+        shutil.copy(tmp_path / f"b_text_document{suffix}", tmp_path / f"a_text_document{suffix}")
+    with pytest.raises(SystemExit) as exit_info:
+        inspect_main([str(tmp_path / "a_text_document")])
+    assert exit_info.value.code == 1
+    assert "records num_documents=30 but the dataset holds 3 documents" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("weights", [("nan", "1"), ("inf", "1"), ("1e308", "1e308")])

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, bin_path, idx_path
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
 
@@ -14,7 +14,8 @@ from megamythos.data.tokenizer import Tokenizer
 def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | None = None,
                     max_sample_tokens: int = 200, seed: int = 0) -> dict[str, Any]:
     """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`), then report on it. The token ids
-    are checked against the vocabulary too when it is known: ``tokenizer_model``'s, else the recorded one.
+    are checked against the vocabulary too when it is known: ``tokenizer_model``'s, else the recorded one, and the
+    recorded document and token counts against the data.
 
     Returns ``{"prefix", "dtype", "sequences", "documents", "tokens", "bin_bytes", "idx_bytes", "length_min",
     "length_mean", "length_max", "metadata", "samples"}`` where ``samples`` maps a document index to its first
@@ -23,6 +24,12 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     dataset = IndexedDataset(prefix)
     dataset.validate()
     metadata = read_dataset_metadata(prefix)
+    shape = dataset.shape()
+    for field, key in (("num_documents", "documents"), ("num_tokens", "tokens")):
+        if metadata is not None and field in metadata and metadata[field] != shape[key]:
+            raise IndexedDatasetError(f"{prefix}.json records {field}={metadata[field]} but the dataset holds "
+                                      f"{shape[key]} {key}: the record belongs to other data; rebuild the dataset "
+                                      "with data_prep/preprocess_data.py")
     model = tokenizer_model or (metadata or {}).get("tokenizer_model")
     tokenizer = Tokenizer(model) if model else None
     vocab_size = tokenizer.vocab_size if tokenizer else (metadata or {}).get("vocab_size")
