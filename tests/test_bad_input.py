@@ -360,6 +360,41 @@ def test_trainer_counts_that_must_be_positive(flag: str) -> None:
         parse_args([flag, "-1"])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], r"--seed must lie in \[0, 2\*\*32\), got -1"),
+    (["--seed", str(2**32)], r"--seed must lie in \[0, 2\*\*32\)"),
+    (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
+    (["--lr", "-1"], "--lr must be a finite number >= 0, got -1.0")])
+def test_trainer_numbers_numpy_or_the_schedule_cannot_take(argv: list[str], message: str) -> None:
+    """Found 2026-12-06: ``--seed -1`` passed the checks and ended in numpy's traceback after start-up; ``--lr inf``
+    trained; ``--lr -1`` was blamed on --min-lr."""
+    with pytest.raises(ArgumentError, match=message):
+        parse_args(argv)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("# not json", "is not valid JSON"), ("[]", "object"),
+    ('{"train_micro_batch_size_per_gpu": "four"}', "train_micro_batch_size_per_gpu must be a positive integer"),
+    ('{"zero_optimization": 3}', "zero_optimization must be an object")])
+def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str, tmp_path: Path) -> None:
+    """Found 2026-12-06: a JSONDecodeError, AttributeError or TypeError traceback from the launcher's preflight."""
+    from megamythos.training.ds_config import load_template
+
+    (tmp_path / "ds.json").write_text(text)
+    with pytest.raises(ArgumentError, match=message):
+        load_template(tmp_path / "ds.json")
+
+
+def test_finetune_from_the_run_it_saves_into_is_refused(tmp_path: Path) -> None:
+    """``--finetune --load RUN --save RUN`` resumed RUN, its old optimizer state and all (found 2026-12-06)."""
+    from megamythos.training.checkpointing import run_sources
+
+    for load in (tmp_path, tmp_path / "iter_0000010"):
+        with pytest.raises(CheckpointError, match="lies in this run's own --save"):
+            run_sources(str(tmp_path), str(load), finetune=True)
+    assert run_sources(str(tmp_path / "ft"), str(tmp_path), finetune=True) == (None, str(tmp_path))
+
+
 def test_preprocess_settings_that_cannot_run_are_user_errors() -> None:
     """A library caller gets the same one-line error class as the command line (a ValueError traceback before)."""
     with pytest.raises(BadInputError, match="partitions=0 is invalid: must be >= 1"):

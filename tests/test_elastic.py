@@ -120,9 +120,16 @@ def test_resume_on_another_layout_outside_zero3_is_refused_before_start_up(saved
     (tmp_path / "ckpt" / "latest").write_text(tag.name)
     (tag / "train_args.json").write_text(json.dumps({"layout": LAYOUTS["1 rank"][2], "zero_stage": saved_stage}))
     before = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    with pytest.raises(CheckpointError, match=f"written on layout .* with ZeRO-{saved_stage}; this run is .* with "
-                                              f"ZeRO-{stage}, and resuming on another layout works only between "
-                                              "ZeRO-3 runs"):
+    other_layout = (f"written with ZeRO-{saved_stage}; this run uses ZeRO-{stage}: resume it with --zero "
+                    f"{saved_stage} on its own layout") if saved_stage not in (3, stage) else (
+        f"written on layout .* with ZeRO-{saved_stage}; this run is .* with ZeRO-{stage}, and resuming on another "
+        f"layout works only between ZeRO-3 runs: resume it on its own layout .* with --zero {saved_stage}")
+    with pytest.raises(CheckpointError, match=other_layout):
         universal_tag(tmp_path / "ckpt", LAYOUTS["2 ranks ep2"][2], stage, 0, ModelConfig())
-    assert universal_tag(tmp_path / "ckpt", LAYOUTS["1 rank"][2], stage, 0, ModelConfig()) is None  # same layout
+    if saved_stage == stage:
+        assert universal_tag(tmp_path / "ckpt", LAYOUTS["1 rank"][2], stage, 0, ModelConfig()) is None  # same layout
+    else:  # the same layout under another stage: DeepSpeed's load failed in an assertion (found 2026-12-06)
+        with pytest.raises(CheckpointError, match=f"written with ZeRO-{saved_stage}; this run uses ZeRO-{stage}: "
+                                                  f"resume it with --zero {saved_stage}$"):
+            universal_tag(tmp_path / "ckpt", LAYOUTS["1 rank"][2], stage, 0, ModelConfig())
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == before

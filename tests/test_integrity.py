@@ -27,7 +27,7 @@ from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
 from megamythos.model.config import ModelConfig
-from megamythos.training.checkpointing import check_run_dirs, universal_tag
+from megamythos.training.checkpointing import CheckpointManager, check_run_dirs, universal_tag
 from tests.helpers import free_port, launch_env, one_error_line, run, run_single, tiny_args, trains
 
 GOOD, LATEST_TAG = "iter_0000001", "iter_0000002"
@@ -217,6 +217,34 @@ def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_pat
     warnings = [r.getMessage() for r in caplog.records if CHECKSUMS_FILE in r.getMessage()]
     assert len(warnings) == 3 and all("not verified" in w for w in warnings), warnings
     assert verify_checksums(tmp_path / "out")
+
+
+@pytest.mark.launch
+def test_a_save_never_keeps_files_of_an_unfinished_save_of_its_tag(saved: Path, corpus: Path, tmp_path: Path) -> None:
+    """A killed 2-rank save left iter_N with rank 1's shards; a 1-rank resume saved iter_N into that folder and its
+    checksums covered the stale shards, so evaluate, export and a 2-rank resume read mixed weights without a word
+    (found 2026-12-06). A stale universal conversion of the tag would have been reused likewise."""
+    ckpt = copy_of(saved, tmp_path)
+    (ckpt / "latest").write_text(GOOD)  # the save of LATEST_TAG did not finish
+    stray = ckpt / LATEST_TAG / "zero_pp_rank_1_mp_rank_00_model_states.pt"
+    stray.write_bytes(b"a shard of the killed run")
+    (ckpt / f"{LATEST_TAG}_universal_model").mkdir()
+    log = run(1, [*tiny_args(corpus, 2), "--save", str(ckpt), "--load", str(ckpt), "--save-interval", "1"],
+              tmp_path / "log.txt")
+    assert f"removing {ckpt / LATEST_TAG}, left by a save that did not finish" in log
+    assert read_latest(ckpt) == LATEST_TAG and not stray.exists()
+    assert not (ckpt / f"{LATEST_TAG}_universal_model").exists() and verify_checksums(ckpt / LATEST_TAG)
+
+
+def test_a_save_of_the_tag_latest_names_keeps_it(tmp_path: Path) -> None:
+    """Saving at the iteration a run resumed from keeps that checkpoint; any other folder of the tag goes."""
+    manager = CheckpointManager(tmp_path)
+    for tag in (GOOD, LATEST_TAG):
+        (tmp_path / tag).mkdir()
+        (tmp_path / tag / "shard.pt").write_bytes(b"x")
+    (tmp_path / "latest").write_text(GOOD)
+    assert manager._clear_tag(GOOD) == "saved" and (tmp_path / GOOD / "shard.pt").exists()
+    assert manager._clear_tag(LATEST_TAG) is None and not (tmp_path / LATEST_TAG).exists()
 
 
 @pytest.mark.launch

@@ -475,7 +475,13 @@ def test_keep_last_k_prunes_oldest_and_never_the_current(tmp_path):
 
 def test_checkpoint_of_another_preset_is_refused():
     small = get_preset("small")
-    check_model_config(small.to_dict(), small.replace(mean_loops=16, checkpoint_loops=True), "x")  # run-time knobs
+    trained = small.replace(max_loops=32)
+    check_model_config(trained.to_dict(), trained.replace(mean_loops=16, checkpoint_loops=True), "x")  # run-time
+    # max_loops 0 means 2 x mean_loops: the rows of the per-loop tables, a shape (found 2026-12-06: a size mismatch)
+    with pytest.raises(CheckpointError, match=r"max_loops \(default 2 x --mean-loops\): checkpoint 8 vs run 12\); .*"
+                                              r"to change --mean-loops, pass --override max_loops=8 too"):
+        check_model_config(small.replace(mean_loops=4).to_dict(), small.replace(mean_loops=6), "x")
+    check_model_config(small.replace(mean_loops=4).to_dict(), small.replace(mean_loops=6, max_loops=8), "x")
     with pytest.raises(CheckpointError, match=r"different model \(.*dim: checkpoint 768 vs run 2048"):
         check_model_config(small.to_dict(), get_preset("1b"), "ckpt/iter_0000010")
     written_before = {k: v for k, v in small.to_dict().items() if k != "capacity_router"}  # a field added later
@@ -526,13 +532,16 @@ def test_bad_input_is_a_clear_error_before_training(extra, message, corpus, tmp_
 @pytest.mark.launch
 def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(corpus, tmp_path):
     """Weights of scale 1e30: the RMS-normed loss stays finite but every gradient norm overflows; ZeRO-3
-    discards each step, the guard counts them and aborts at the second in a row."""
-    out = run_single([*tiny_args(corpus, 5), "--override", "init_std=1e30", "--max-nonfinite", "2",
-                      "--zero", "3"], tmp_path)
+    discards each step, the guard counts them and aborts at the third in a row. No checkpoint is taken inside the
+    streak: before 2026-12-06 every save went on, and pruned the good checkpoints from before the streak."""
+    out = run_single([*tiny_args(corpus, 5), "--override", "init_std=1e30", "--max-nonfinite", "3",
+                      "--zero", "3", "--save", str(tmp_path / "ckpt"), "--save-interval", "1"], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "iteration 1: non-finite gradient, step skipped (1 in a row, 1 in total)" in out.stderr
-    assert "2 consecutive steps had a non-finite loss or gradient (last at iteration 2)" in out.stderr
+    assert "iteration 2: checkpoint withheld during a run of non-finite steps; latest stays on none" in out.stderr
+    assert "3 consecutive steps had a non-finite loss or gradient (last at iteration 3)" in out.stderr
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "ckpt" / "latest").exists()
 
 
 def test_shm_buffers_own_released_and_those_of_dead_runs_removed(monkeypatch, tmp_path):
@@ -584,3 +593,30 @@ def test_a_long_first_step_says_what_it_is_doing(caplog):
     caplog.clear()
     time.sleep(0.15)
     assert not caplog.records  # it stops with the block
+
+
+def test_a_resumed_run_logs_each_iteration_once(tmp_path):
+    """A launch killed after its last checkpoint had logged iterations the resumed run logs again: metrics.jsonl
+    held them twice and TensorBoard overlapped (found 2026-12-06). Records after the resume point are dropped
+    (a cut last line too) and TensorBoard purges them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megamythos.training.monitor import TrainingMonitor
+
+    metrics_file, tb = tmp_path / "metrics.jsonl", tmp_path / "tb"
+    first = TrainingMonitor(True, str(tb), str(metrics_file))
+    for iteration in range(1, 6):
+        first.scalars({"lm loss": 10.0 - iteration}, iteration, iteration * 4)
+        first.record({"iteration": iteration, "lm loss": 10.0 - iteration})
+    first.close()
+    with open(metrics_file, "a") as handle:
+        handle.write('{"iteration": 6, "lm lo')  # killed mid-line
+    resumed = TrainingMonitor(True, str(tb), str(metrics_file), start_iteration=3)
+    resumed.scalars({"lm loss": 0.5}, 4, 16)
+    resumed.record({"iteration": 4, "lm loss": 0.5})
+    resumed.close()
+    lines = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [1, 2, 3, 4] and lines[-1]["lm loss"] == 0.5
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 0.5)]

@@ -130,7 +130,9 @@ class TrainArgs:
         _check(self.lr_schedule_on_resume in ON_RESUME,
                f"lr_schedule_on_resume must be one of {ON_RESUME}, got {self.lr_schedule_on_resume!r}")
         _check(self.adam_impl in ADAM_IMPLS, f"--adam-impl must be one of {ADAM_IMPLS}, got {self.adam_impl!r}")
+        _check(0 <= self.lr < math.inf, f"--lr must be a finite number >= 0, got {self.lr} (typical: 3e-4)")
         _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
+        _check(0 <= self.seed < 2**32, f"--seed must lie in [0, 2**32), got {self.seed} (numpy's seed range)")
         _check(0.0 < self.wsd_decay_fraction <= 1.0, "--wsd-decay-fraction must lie in (0, 1]")
         for name in ("adam_beta1", "adam_beta2"):  # AdamW's moment decay rates; 1 would never forget a gradient
             _check(0.0 <= getattr(self, name) < 1.0,

@@ -80,6 +80,11 @@ def _all_gather(value: Any) -> list[Any]:
     return out
 
 
+def _from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (collective)."""
+    return _all_gather(value)[0] if dist.is_initialized() else value
+
+
 def team() -> Team:
     """Every rank of the job as one :class:`~megamythos.checkpoint.checksums.Team` (one process alone before
     torch.distributed starts)."""
@@ -95,10 +100,15 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
     defaults = json.loads(ModelConfig().to_json())
     diffs = {k: (saved.get(k, defaults[k]), cur[k]) for k in cur
              if k not in ignored and saved.get(k, defaults[k]) != cur[k]}
+    saved_max_loops = (saved.get("max_loops", defaults["max_loops"])
+                       or 2 * saved.get("mean_loops", defaults["mean_loops"]))
+    remedy = "use the same --preset/--override as the run that wrote it"
+    if saved_max_loops != current.resolved_max_loops:  # the rows of the per-loop embeddings
+        diffs["max_loops (default 2 x --mean-loops)"] = (saved_max_loops, current.resolved_max_loops)
+        remedy += f"; to change --mean-loops, pass --override max_loops={saved_max_loops} too"
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in sorted(diffs.items()))
-        raise CheckpointError(f"checkpoint {where} was written for a different model ({detail}); "
-                              "use the same --preset/--override as the run that wrote it")
+        raise CheckpointError(f"checkpoint {where} was written for a different model ({detail}); {remedy}")
 
 
 def run_sources(save: str | None, load: str | None, finetune: bool) -> tuple[str | None, str | None]:
@@ -107,6 +117,11 @@ def run_sources(save: str | None, load: str | None, finetune: bool) -> tuple[str
     fine-tuning run), else ``(None, load)``."""
     if not finetune:
         return load, None
+    if save and load and (Path(load).resolve() == Path(save).resolve() or Path(save).resolve() in
+                          Path(load).resolve().parents):
+        raise CheckpointError(f"--finetune --load {load} lies in this run's own --save {save}: a fine-tuning run "
+                              "starts in a folder of its own; give another --save (RUN_DIR=runs/NAME), or drop "
+                              "--finetune to resume the run")
     return (save, None) if save and read_latest(save) is not None else (None, load)
 
 
@@ -253,14 +268,21 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     only name it, and load after the barrier that follows (``deepspeed.initialize``)."""
     tag = read_latest(load_dir)
     saved, saved_stage = saved_layout(Path(load_dir) / tag) if tag else (None, None)
-    if saved is None or saved == layout:
+    if saved is None:
+        return None
+    where = Path(load_dir) / tag
+    if saved_stage is not None and saved_stage != zero_stage and (saved == layout or saved_stage != 3):
+        on_layout = "" if saved == layout else " on its own layout (same number of processes, --tp and --ep)"
+        raise CheckpointError(f"checkpoint {where} was written with ZeRO-{saved_stage}; this run uses "
+                              f"ZeRO-{zero_stage}: resume it with --zero {saved_stage}{on_layout}")
+    if saved == layout:
         return None
     if zero_stage != 3 or saved_stage not in (3, None):
         stage = f" with ZeRO-{saved_stage}" if saved_stage else ""
         raise CheckpointError(
-            f"checkpoint {Path(load_dir) / tag} was written on layout {saved}{stage}; this run is {layout} with "
+            f"checkpoint {where} was written on layout {saved}{stage}; this run is {layout} with "
             f"ZeRO-{zero_stage}, and resuming on another layout works only between ZeRO-3 runs: resume it on its "
-            f"own layout (same number of processes, --tp and --ep), or train with --zero 3")
+            f"own layout (same number of processes, --tp and --ep) with --zero {saved_stage or zero_stage}")
     autoep = layout["ep"] > 1  # AutoEP replaces the MoE layers only when ep > 1: other parameter names
     target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
@@ -377,6 +399,9 @@ class CheckpointManager:
         tag = tag_for(iteration)
         tag_dir = self.save_dir / tag
         start = time.perf_counter()
+        if _from_rank0(self._clear_tag(tag) if _rank() == 0 else None) == "saved":
+            logger.info("checkpoint %s is already saved and named by latest; not saving it again", tag_dir)
+            return tag_dir
         try:
             engine.save_checkpoint(str(self.save_dir), tag=tag, client_state=client_state, save_latest=False)
             torch.save(rng_state(), tag_dir / f"rng_rank{_rank()}.pt")
@@ -403,6 +428,21 @@ class CheckpointManager:
                         time.perf_counter() - start, size / 1e6, hashed - written)
         _barrier()
         return tag_dir
+
+    def _clear_tag(self, tag: str) -> str | None:
+        """Rank 0, before saving ``tag``: ``"saved"`` when ``latest`` already names that tag (a save at the
+        iteration a run resumed from: the same state, kept as it is); else an existing folder of that tag (the
+        partial save of a killed run, whose leftover shards of other ranks the new save would keep and its
+        checksums cover) is removed, with the universal conversions of any older folder of the tag."""
+        tag_dir, latest = self.save_dir / tag, self.save_dir / LATEST
+        if tag_dir.is_dir() and latest.is_file() and latest.read_text().strip() == tag:
+            return "saved"
+        for universal in self.save_dir.glob(f"{tag}{UNIVERSAL_SUFFIX}*"):
+            shutil.rmtree(universal, ignore_errors=True)
+        if tag_dir.exists():
+            logger.warning("removing %s, left by a save that did not finish, before saving it again", tag_dir)
+            shutil.rmtree(tag_dir)
+        return None
 
     def _save_failed(self, err: OSError | RuntimeError, tag_dir: Path) -> NoReturn:
         """Remove the partial ``tag_dir`` of a failed write and raise :class:`CheckpointError` saying where

@@ -8,21 +8,33 @@ written from the model config, never trusted from a template, because a mismatch
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
+from megamythos.errors import read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
 from megamythos.parallel.zero import leaf_blocks_section
 from megamythos.planning.layout import ParallelLayout, zeropp_options
 from megamythos.training.arguments import ArgumentError, TrainArgs
 
+TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
+
 
 def load_template(path: str | Path) -> dict[str, Any]:
-    """Read a ds_config JSON file."""
-    with open(path) as f:
-        return json.load(f)
+    """Read a ds_config JSON file: an object whose batch sizes, where given, are positive integers, and whose
+    sections the trainer reads (``zero_optimization``, ``tensor_parallel``, ``expert_parallel``) are objects;
+    anything else raises :class:`ArgumentError` naming the file and the key."""
+    template = read_json_object(path, ArgumentError, "pass a DeepSpeed config JSON object, e.g. "
+                                                     "ds_configs/cpu-debug.json")
+    for key in TEMPLATE_COUNTS:
+        value = template.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ArgumentError(f"--ds-config {path}: {key} must be a positive integer, got {value!r}")
+    for key in ("zero_optimization", "tensor_parallel", "expert_parallel"):
+        if not isinstance(template.get(key, {}), dict):
+            raise ArgumentError(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
+    return template
 
 
 def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -> ParallelLayout:

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import torch
 
-from megamythos.data.atomic import OutputError, writable_directory, writable_parent
+from megamythos.data.atomic import OutputError, atomic_open, writable_directory, writable_parent
 
 logger = logging.getLogger(__name__)
 
@@ -139,18 +139,51 @@ class StepProfiler:
                     "self time)", self.start, self._last, stem, stem)
 
 
-class TrainingMonitor:
-    """Writes scalars from rank 0 only; other ranks hold a no-op instance."""
+def drop_records_after(metrics_file: str | Path, iteration: int) -> int:
+    """Remove the records of iterations after ``iteration`` from the JSON-lines ``metrics_file`` (rewritten
+    atomically, and only when there are any); returns how many were removed. A line that is not a JSON object
+    with an ``iteration`` (a cut last line of a killed run) goes too."""
+    path = Path(metrics_file)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            keep = int(json.loads(line)["iteration"]) <= iteration
+        except (ValueError, TypeError, KeyError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        with atomic_open(path, "w") as handle:
+            handle.write("".join(kept))
+        logger.info("%s: dropped %d record(s) after iteration %d, logged by a launch that ended after its last "
+                    "checkpoint", path, dropped, iteration)
+    return dropped
 
-    def __init__(self, enabled: bool, tensorboard_dir: str | None, metrics_file: str | None) -> None:
+
+class TrainingMonitor:
+    """Writes scalars from rank 0 only; other ranks hold a no-op instance.
+
+    ``start_iteration``: the iteration the run starts from (resumes at). What an earlier launch logged after it
+    (steps a killed run took after its last checkpoint, which this run takes again) is dropped from the metrics
+    file and, on a resume, purged from TensorBoard, so each iteration is logged once.
+    """
+
+    def __init__(self, enabled: bool, tensorboard_dir: str | None, metrics_file: str | None,
+                 start_iteration: int = 0) -> None:
         self.enabled = enabled
         self.writer = None
         self.metrics = None
         if enabled and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=50)
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=50,
+                                        purge_step=start_iteration + 1 if start_iteration else None)
         if enabled and metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+            drop_records_after(metrics_file, start_iteration)
             self.metrics = open(metrics_file, "a")
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
@@ -183,11 +216,15 @@ class TrainingMonitor:
         logger.info(" | ".join(parts))
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-        if self.metrics is not None:
-            self.metrics.close()
+        """Flush and close the outputs. A write that fails here (a full disk) is logged, not raised: it must not
+        turn the one-line error that ended the run into a traceback."""
+        for name, output in (("TensorBoard", self.writer), ("the metrics file", self.metrics)):
+            if output is None:
+                continue
+            try:
+                output.close()  # SummaryWriter.close flushes first
+            except OSError as err:
+                logger.warning("%s could not be written to the end: %s", name, err)
 
 
 @contextmanager

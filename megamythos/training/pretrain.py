@@ -227,13 +227,13 @@ class Trainer:
                           "dataset_shapes": self.data.shapes,
                           "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
                           "layout": self.layout_record(), "zero_stage": self.layout.zero})
-        self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file)
         if args.peak_tflops is None:
             logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if self.resume_from:
             self._load(self.resume_from, self.universal)
+        self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration)
         latest = read_latest(args.save) if args.save else None
         self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
         logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
@@ -296,11 +296,14 @@ class Trainer:
         self.last_good = self.checkpoints.save(self.engine, self.iteration, self.client_state(), self.config)
 
     def save_unless_spiking(self) -> bool:
-        """Save, unless a loss spike is open (the divergence guard's streak): then `latest` stays on the checkpoint
-        from before it. Returns whether it saved."""
-        if self.divergence.spiking:
-            logger.warning("iteration %d: checkpoint withheld during a loss spike; latest stays on %s",
-                           self.iteration, self.last_good or "none")
+        """Save, unless a loss spike is open (the divergence guard's streak) or the last steps were non-finite (the
+        non-finite guard's streak, which may end in its abort): then `latest` stays on the checkpoint from before
+        it, and no older checkpoint is pruned for one taken inside the streak. Returns whether it saved."""
+        streak = "a loss spike" if self.divergence.spiking else \
+            "a run of non-finite steps" if self.guard.consecutive else None
+        if streak:
+            logger.warning("iteration %d: checkpoint withheld during %s; latest stays on %s",
+                           self.iteration, streak, self.last_good or "none")
             return False
         self.save()
         return True
