@@ -620,3 +620,18 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path):
     events = EventAccumulator(str(tb))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 0.5)]
+
+
+def test_a_resume_that_changes_the_sample_order_is_named():
+    """A resume with another --seed, --split, --seq-length or data path reads another sample order at the same
+    consumed-sample count; it trained on without a word (found 2026-12-06)."""
+    from megamythos.data.pretraining import DataRecipe, recipe_change
+
+    saved = {"split": "969,30,1", "seq_length": 256, "seed": 1234, "eval_interval": 0}
+    same = DataRecipe(split="969,30,1", seq_length=256, seed=1234, eval_interval=100)  # not an order setting
+    assert recipe_change(saved, ["/d/a"], same, ["/d/a"], "ckpt") is None
+    other = DataRecipe(split="900,90,10", seq_length=64, seed=7)
+    assert recipe_change(saved, ["/d/a"], other, ["0.5", "/d/a", "0.5", "/d/b"], "ckpt") == (
+        "the data settings differ from ckpt's: split 969,30,1 -> 900,90,10, seq_length 256 -> 64, seed 1234 -> 7, "
+        "data path /d/a -> 0.5 /d/a 0.5 /d/b")
+    assert recipe_change({}, None, other, ["/d/a"], "ckpt") is None  # a record from before these were kept

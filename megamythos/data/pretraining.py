@@ -122,6 +122,19 @@ def data_change(recorded: dict[str, dict[str, int]], current: dict[str, dict[str
     return f"the data changed since {saved} was saved: {'; '.join(changes)}" if changes else None
 
 
+def recipe_change(recorded_args: dict[str, Any], recorded_path: list[str] | None, recipe: DataRecipe,
+                  data_path: list[str], saved: str) -> str | None:
+    """``the data settings differ from SAVED's: seed 1234 -> 7, ...`` for the settings that decide the sample
+    order (the datasets and weights, ``split``, ``seq_length``, ``seed``) that a resumed run changed, or None. The
+    consumed-sample position then points into another sample order."""
+    before = DataRecipe.from_record(recorded_args)
+    diffs = [f"{name} {getattr(before, name)} -> {getattr(recipe, name)}" for name in ("split", "seq_length", "seed")
+             if name in recorded_args and getattr(before, name) != getattr(recipe, name)]
+    if recorded_path is not None and list(recorded_path) != list(data_path):
+        diffs.append(f"data path {' '.join(recorded_path)} -> {' '.join(data_path)}")
+    return f"the data settings differ from {saved}'s: {', '.join(diffs)}" if diffs else None
+
+
 def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, global_batch: int,
                    min_valid_samples: int = 0, extra_train_samples: int = 0) -> tuple[Any, Any]:
     """(train, valid) datasets sized for the run: every training step and every evaluation, plus

@@ -31,7 +31,15 @@ import torch.distributed as dist
 from megamythos.checkpoint.files import read_latest, read_train_record
 from megamythos.checkpoint.reader import load_state
 from megamythos.data.default_corpus import ensure_default_dataset
-from megamythos.data.pretraining import DataError, DataSetup, batches, build_datasets, data_change, resolve_data
+from megamythos.data.pretraining import (
+    DataError,
+    DataSetup,
+    batches,
+    build_datasets,
+    data_change,
+    recipe_change,
+    resolve_data,
+)
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
 from megamythos.model.lm import MythosLM, compile_blocks, weight_decay_param_groups
@@ -272,6 +280,12 @@ class Trainer:
         if change and self.rank == 0:
             logger.warning("%s. The run goes on with what the datasets hold now; its samples from here on are not "
                            "those it would have read", change)
+        settings = recipe_change(record.get("args", {}), record.get("data_path"), self.args.data_recipe(),
+                                 absolute_data_path(self.data.data_path), load_dir)
+        if settings and self.rank == 0:
+            logger.warning("%s. The run reads another sample order from iteration %d on (its consumed-sample count "
+                           "points into it); resume with the saved settings to read the samples it would have",
+                           settings, state["iteration"])
         self.iteration = state["iteration"]
         self.consumed = state["consumed_train_samples"]
         self.guard.skipped = state.get("skipped_steps", 0)
