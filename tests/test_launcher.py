@@ -56,6 +56,13 @@ def test_defaults_fill_only_what_is_missing_and_apply_once():
     assert "single-gpu.json" in trainer_defaults([], gpu=True, env={})[-1]
 
 
+def test_run_dir_that_is_a_file_is_named(tmp_path):
+    """It was reported as a --tensorboard-dir problem, a flag the user never gave (found 2026-12-06)."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LaunchError, match=r"RUN_DIR=.*afile is a file, not a run folder"):
+        trainer_defaults([], gpu=False, env={"RUN_DIR": str(tmp_path / "afile")})
+
+
 def test_rank_environment_keeps_what_is_set():
     cpu = rank_environment({}, gpu=False, local_processes=10 ** 6)
     assert cpu["DS_ACCELERATOR"] == "cpu" and cpu["OMP_NUM_THREADS"] == "1" and cpu["PYTHONPATH"] == str(REPO)

@@ -108,6 +108,9 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
     save = flag_value(argv, "--save")
     if save is None:
         logs = Path(env.get("RUN_DIR", REPO / "runs" / "tiny"))
+        if logs.exists() and not logs.is_dir():
+            raise LaunchError(f"RUN_DIR={logs} is a file, not a run folder; set RUN_DIR to a directory (a new one "
+                              "starts a run, an existing run folder resumes it)")
         save = str(logs / "checkpoints")
     else:
         logs = Path(save)
