@@ -151,6 +151,22 @@ def test_generation_is_reproducible_with_seed() -> None:
     assert torch.equal(runs[0], runs[1])
 
 
+def test_a_row_that_ends_yields_eos_while_the_others_go_on() -> None:
+    """In a batch, a row that sampled eos went on generating until every row did (found 2026-12-06)."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config()).eval()
+    prompts = torch.randint(0, 97, (2, 4))
+    free, _ = generate(model, prompts, SamplingConfig(max_new_tokens=6), torch.Generator().manual_seed(1))
+    new = free[:, 4:]
+    eos = int(new[0, 0])  # the first token of row 0 ends it
+    stop = next((i for i, t in enumerate(new[1].tolist()) if t == eos), new.shape[1] - 1)
+    assert stop > 0 and set(new[0, 1:stop + 1].tolist()) != {eos}, "pick another generator seed"
+    ended, _ = generate(model, prompts, SamplingConfig(max_new_tokens=6, eos_id=eos), torch.Generator().manual_seed(1))
+    assert ended.shape[1] == 4 + stop + 1  # until row 1 ends too, or the limit
+    assert ended[0, 4:].tolist() == [eos] * (stop + 1)
+    assert torch.equal(ended[1, 4:], new[1, :stop + 1])  # the same draws: the finished row is masked after them
+
+
 def test_sampled_loop_count_same_on_every_rank_and_centred() -> None:
     draws = [sample_loop_count(8, 0.5, 32, seed=3, step=s) for s in range(2000)]
     assert draws[:50] == [sample_loop_count(8, 0.5, 32, seed=3, step=s) for s in range(50)]

@@ -98,7 +98,8 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
                     generator: torch.Generator | None = None,
                     stats: GenerationStats | None = None) -> Iterator[torch.Tensor]:
     """Yield next-token ids [B] one step at a time for prompt_ids [B, S]: at most ``cfg.max_new_tokens``, and no
-    more than fit the model's context (:func:`new_token_limit`).
+    more than fit the model's context (:func:`new_token_limit`). A row that has sampled ``cfg.eos_id`` yields
+    ``eos_id`` from then on (as transformers pads a finished row); the stream ends when every row has.
 
     The prompt is prefilled in one forward; each new token then runs one cached forward. With MLA the cache
     holds the kv latent and the shared RoPE key only, and ``absorb`` decodes in latent space.
@@ -110,12 +111,16 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
         n_loops = cfg.n_loops or model.config.mean_loops
         cache = ModelKVCache(model.config, n_loops)
         out = model(prompt_ids, cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
+        finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         for _ in range(steps):
             if stats is not None:
                 stats.loops_per_token.append(float(out.stats["depth"][:, -1].mean()))  # the newest token's loops
             token = sample_next(out.logits[:, -1], cfg, generator)
+            if cfg.eos_id is not None:
+                token = token.masked_fill(finished, cfg.eos_id)
+                finished |= token == cfg.eos_id
             yield token
-            if cfg.eos_id is not None and bool((token == cfg.eos_id).all()):
+            if bool(finished.all()):
                 return
             out = model(token[:, None], cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
     finally:
