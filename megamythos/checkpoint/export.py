@@ -83,11 +83,15 @@ def staged_export(out: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path
     except OSError as err:  # a parent that passes the checks but takes no new directory (/proc, a read-only mount)
         raise ExportError(f"cannot create {stage} beside OUT {out}: {err.strerror}; export into a writable "
                           "directory") from err
-    old, replaced = Path(temp_name(f"{out}.old")), out.exists() or out.is_symlink()
     try:
         yield stage
         readable_as_umask(stage)
         write_checksums(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old, replaced = Path(temp_name(f"{out}.old")), out.exists() or out.is_symlink()
+    try:
         if replaced:
             os.rename(out, old)
         try:
@@ -96,12 +100,10 @@ def staged_export(out: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path
             if replaced:
                 os.rename(old, out)
             raise
-    except BaseException as err:
+    except OSError as err:
         shutil.rmtree(stage, ignore_errors=True)
-        if isinstance(err, OSError) and not isinstance(err, UserError):
-            raise ExportError(f"cannot put the export in place at OUT {out} ({err.strerror or err}); it was not "
-                              "written, and OUT is as it was") from err
-        raise
+        raise ExportError(f"cannot put the export in place at OUT {out} ({err.strerror or err}); it was not "
+                          "written, and OUT is as it was") from err
     if replaced and old.is_dir() and not old.is_symlink():
         shutil.rmtree(old)
     elif replaced:

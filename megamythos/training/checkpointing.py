@@ -399,7 +399,17 @@ class CheckpointManager:
         tag = tag_for(iteration)
         tag_dir = self.save_dir / tag
         start = time.perf_counter()
-        if _from_rank0(self._clear_tag(tag) if _rank() == 0 else None) == "saved":
+        cleared: tuple[str | None, str | None] = (None, None)  # rank 0's (what it found, why it failed)
+        if _rank() == 0:
+            try:
+                cleared = (self._clear_tag(tag), None)
+            except OSError as err:  # told to every rank, which would otherwise wait for rank 0 for ever
+                cleared = (None, str(err))
+        found, failed = _from_rank0(cleared)
+        if failed:
+            raise CheckpointError(f"cannot remove the unfinished {tag_dir} before saving it again ({failed}); remove "
+                                  "it by hand and resume")
+        if found == "saved":
             logger.info("checkpoint %s is already saved and named by latest; not saving it again", tag_dir)
             return tag_dir
         try:

@@ -140,28 +140,28 @@ class StepProfiler:
 
 
 def drop_records_after(metrics_file: str | Path, iteration: int) -> int:
-    """Remove the records of iterations after ``iteration`` from the JSON-lines ``metrics_file`` (rewritten
-    atomically, and only when there are any); returns how many were removed. A line that is not a JSON object
-    with an ``iteration`` (a cut last line of a killed run) goes too."""
+    """Remove the trailing records of iterations after ``iteration`` from the JSON-lines ``metrics_file``: what the
+    launch before logged past its last checkpoint (a cut last line too). Earlier records stay, also those past
+    ``iteration`` that a rollback left behind it. Rewritten atomically, only when there is something to drop;
+    returns how many records were dropped."""
     path = Path(metrics_file)
     if not path.is_file():
         return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines(keepends=True):
+    lines = path.read_text().splitlines(keepends=True)
+    kept = len(lines)
+    while kept:
         try:
-            keep = int(json.loads(line)["iteration"]) <= iteration
+            if int(json.loads(lines[kept - 1])["iteration"]) <= iteration:
+                break
         except (ValueError, TypeError, KeyError):
-            keep = False
-        if keep:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
+            pass
+        kept -= 1
+    if kept < len(lines):
         with atomic_open(path, "w") as handle:
-            handle.write("".join(kept))
+            handle.write("".join(lines[:kept]))
         logger.info("%s: dropped %d record(s) after iteration %d, logged by a launch that ended after its last "
-                    "checkpoint", path, dropped, iteration)
-    return dropped
+                    "checkpoint", path, len(lines) - kept, iteration)
+    return len(lines) - kept
 
 
 class TrainingMonitor:
