@@ -15,6 +15,9 @@
 #   bash launchers/pretrain_1t.sh --dry-run                 # no GPU: layout check, memory and step plan, command
 #   HOSTFILE=hostfile bash launchers/pretrain_1t.sh --data-path 1.0 /data/a_text_document ...
 #
+# The run folder is $RUN_DIR (runs/1t): checkpoints/ (--save and --load: a relaunch resumes), tensorboard/ and
+# metrics.jsonl, unless --save is given.
+#
 # Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ; further flags go to the trainer.
 # It runs `deepspeed --hostfile ... --module megamythos.training.pretrain <layout flags> ...` (the dry run prints it).
 # The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load, and logs inside --save):
@@ -32,11 +35,22 @@ if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
   echo "Trainer flags: python -m megamythos.training.pretrain --help; layout flags: python -m megamythos.planning.plan --help"
   exit 0
 fi
-if [[ "${1:-}" == "--dry-run" ]]; then
-  shift
-  exec python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "$@"
+DRY_RUN=0
+TRAINER=()  # the flags for the trainer: every argument but --dry-run, wherever it stands
+for arg in "$@"; do
+  if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else TRAINER+=("$arg"); fi
+done
+# Checkpoints, TensorBoard and metrics in the run folder ($RUN_DIR, default runs/1t), resumed from it on relaunch,
+# unless the trainer flags say where.
+RUN_DIR="${RUN_DIR:-$REPO/runs/1t}"
+[[ " ${TRAINER[*]:-} " == *" --save "* || " ${TRAINER[*]:-} " == *" --save="* ]] || TRAINER+=(--save "$RUN_DIR/checkpoints" --load "$RUN_DIR/checkpoints"
+  --tensorboard-dir "$RUN_DIR/tensorboard" --metrics-file "$RUN_DIR/metrics.jsonl")
+if (( DRY_RUN )); then
+  exec python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "${TRAINER[@]}"
 fi
-# Validate first (cheap, no GPU), then run the exact command the dry run prints.
-CMD=$(python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "$@" | python -c "import json,sys; print(json.load(sys.stdin)['command'])")
+# Validate first (cheap, no GPU; a refusal is its one line and exit code), then run the exact command the dry run
+# prints.
+PLAN=$(python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "${TRAINER[@]}")
+CMD=$(python -c "import json,sys; print(json.load(sys.stdin)['command'])" <<< "$PLAN")
 echo "$CMD"
 eval exec "$CMD"

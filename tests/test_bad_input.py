@@ -337,6 +337,8 @@ NUMBER_CASES = [
     # --runs names no run: a study that accepted the number would stop there instead of training for minutes
     ("megamythos.research.study:main", ["depth", "--steps", "0", "--runs", "none"], "argument --steps: must be >= 1"),
     ("megamythos.research.study:main", ["depth", "--scale", "0", "--runs", "none"], "argument --scale: must be > 0"),
+    # numpy's seed range: a traceback after the corpus was built (found 2026-12-06)
+    ("megamythos.research.study:main", ["depth", "--seed", "-1", "--runs", "none"], "argument --seed: must lie in"),
 ]
 
 
@@ -375,7 +377,8 @@ def test_trainer_numbers_numpy_or_the_schedule_cannot_take(argv: list[str], mess
 @pytest.mark.parametrize("text, message", [
     ("# not json", "is not valid JSON"), ("[]", "object"),
     ('{"train_micro_batch_size_per_gpu": "four"}', "train_micro_batch_size_per_gpu must be a positive integer"),
-    ('{"zero_optimization": 3}', "zero_optimization must be an object")])
+    ('{"zero_optimization": 3}', "zero_optimization must be an object"),
+    ('{"tensor_parallel": {"autotp_size": "2"}}', "tensor_parallel.autotp_size must be a positive integer")])
 def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str, tmp_path: Path) -> None:
     """Found 2026-12-06: a JSONDecodeError, AttributeError or TypeError traceback from the launcher's preflight."""
     from megamythos.training.ds_config import load_template
@@ -383,6 +386,58 @@ def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str
     (tmp_path / "ds.json").write_text(text)
     with pytest.raises(ArgumentError, match=message):
         load_template(tmp_path / "ds.json")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "{config}"], "--hostfile with --config: the printed command trains a --preset"),
+    (["--hpz", "8", "--ds-config", "{ds}"], "--hpz with --hostfile: the trainer reads ZeRO++ from its ds_config"),
+    ([], "--hostfile needs --ds-config"),
+    (["--gpus", "12", "--ds-config", "{ds}"], "--gpus 12 is not a multiple of --gpus-per-node 8")])
+def test_a_planned_command_that_would_train_something_else_is_refused(argv: list[str], message: str, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-06: the printed command dropped --hpz/--qwz/--qgz and --config (training --preset tiny), ran
+    the CPU template without --ds-config, and started 8 processes for a 12-GPU plan."""
+    (tmp_path / "c.json").write_text(json.dumps(ModelConfig().to_dict()))
+    argv = [a.format(config=tmp_path / "c.json", ds=REPO / "ds_configs" / "multi-node.json") for a in argv]
+    gpus = [] if "--gpus" in argv else ["--gpus", "16"]
+    line = one_line_exit_2("megamythos.planning.plan:main", [*gpus, *argv, "--hostfile", "h"], capsys)
+    assert message in line, line
+
+
+def test_a_planned_command_carries_a_longer_context(capsys: pytest.CaptureFixture) -> None:
+    """The plan raised max_seq_len for --seq-length 4096 but its command did not: the trainer refused it."""
+    from megamythos.planning.plan import plan
+
+    report = plan(["--preset", "small", "--gpus", "16", "--seq-length", "4096", "--ds-config",
+                   str(REPO / "ds_configs" / "multi-node.json"), "--hostfile", "h", "--json"])
+    assert "--override max_seq_len=4096" in report["command"]
+
+
+@pytest.mark.parametrize("zero, message", [
+    ({"zero_hpz_partition_size": "x"}, "zero_hpz_partition_size must be a positive integer, got 'x'"),
+    ({"zero_hpz_partition_size": None}, "zero_hpz_partition_size must be a positive integer, got None"),
+    ({"zero_quantized_weights": "yes"}, "zero_quantized_weights must be true or false")])
+def test_malformed_zero_plus_plus_fields_are_one_line(zero: dict, message: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-06: ValueError/TypeError tracebacks in the planner and the trainer alike."""
+    from megamythos.planning.layout import LayoutError, zeropp_options
+
+    with pytest.raises(LayoutError, match=message):
+        zeropp_options(zero)
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": zero}))
+    line = one_line_exit_2("megamythos.planning.plan:main", ["--gpus", "8", "--ds-config", str(tmp_path / "ds.json")],
+                           capsys)
+    assert message in line, line
+
+
+def test_lm_eval_data_that_gives_no_continuation_item_is_refused(tiny_dataset: str, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """``--max-docs 1`` wrote an empty continuation.jsonl with exit 0, and lm-eval then failed on it with an
+    IndexError (found 2026-12-06)."""
+    line = one_line_exit_2("megamythos.hf.lm_eval_data:main", ["--data-path", tiny_dataset, "--split", "1,1,0",
+                                                               "--max-docs", "1", "--out", str(tmp_path / "t")], capsys)
+    assert "gives a continuation item" in line and "raise --max-docs" in line, line
+    assert not (tmp_path / "t" / "heldout.jsonl").exists()
 
 
 def test_finetune_from_the_run_it_saves_into_is_refused(tmp_path: Path) -> None:

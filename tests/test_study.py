@@ -175,3 +175,14 @@ def test_a_missing_wikitext_folder_or_unknown_run_is_one_error_line(tmp_path, ca
     assert capsys.readouterr().err.splitlines() == [
         "error: --runs fixed: not a run of depth; choose from fixed_depth, sampled_depth_tbptt"]
     assert not (tmp_path / "corpus").exists()  # refused before the corpus is built
+
+
+def test_each_run_s_loss_curve_is_plotted_at_its_own_steps() -> None:
+    """The plot used the report's step count for every run: runs at equal FLOPs (1670, 2253 steps) were drawn
+    on the 2000-step axis (found 2026-12-06)."""
+    from megamythos.research.study import loss_curve_steps
+
+    assert loss_curve_steps({"steps": 2253, "train_loss_curve": [0.0] * 51}, 2000)[-1] == 2250
+    assert loss_curve_steps({"steps": 1670, "train_loss_curve": [0.0] * 51, "train_loss_curve_stride": 33},
+                            2000)[-1] == 1650
+    assert loss_curve_steps({"train_loss_curve": [0.0] * 51}, 2000)[-1] == 2000  # a report before runs kept steps

@@ -29,7 +29,7 @@ from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, resolve_data
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import ArgumentParser, number, run_cli
+from megamythos.errors import ArgumentParser, UserError, number, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ def validation_texts(prefix: str, split: str, max_chars: int) -> tuple[list[str]
     if not texts:
         raise DataError(f"the {split} split of {prefix!r} has no validation document ({len(indexed)} documents)")
     return texts, tokenizer
+
+
+class LMEvalDataError(UserError, ValueError):
+    """The validation documents cannot give the task files asked for."""
 
 
 def continuation_items(texts: Sequence[str], context_lines: int, choice_lines: int,
@@ -108,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--context-lines", type=positive_int, default=8, help="lines of context of a multiple-choice item")
     p.add_argument("--choice-lines", type=positive_int, default=2,
                    help="lines of each of the 4 candidate continuations")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the multiple-choice snippets and order")
+    p.add_argument("--seed", type=number(int, 0), default=1234, help="seed of the multiple-choice snippets and order")
     args = p.parse_args(argv)
 
     def run() -> int:
@@ -116,9 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         writable_directory(out, "--out")
         texts, tokenizer = validation_texts(args.data_path, args.split, args.max_chars)
         texts = texts[: args.max_docs]
+        items = continuation_items(texts, args.context_lines, args.choice_lines, args.seed)
+        if not items:  # lm-eval fails on an empty task file with an IndexError
+            raise LMEvalDataError(
+                f"none of the {len(texts)} validation documents gives a continuation item (--context-lines "
+                f"{args.context_lines} + --choice-lines {args.choice_lines} lines, and 3 other documents to draw "
+                "wrong choices from); raise --max-docs or --max-chars, or lower --context-lines/--choice-lines")
         write_jsonl(out / "heldout.jsonl", [{"text": t, "n_tokens": len(ids)}
                                              for t, ids in zip(texts, tokenizer.encode(texts))])
-        items = continuation_items(texts, args.context_lines, args.choice_lines, args.seed)
         write_jsonl(out / "continuation.jsonl", items)
         print(json.dumps({"heldout": len(texts), "continuation": len(items), "out": str(out)}))
         return 0

@@ -90,6 +90,13 @@ class ParallelLayout:
 def zeropp_options(zero_optimization: Mapping[str, Any]) -> dict[str, Any]:
     """The ZeRO++ fields of :class:`ParallelLayout` (``hpz``, ``qwz``, ``qgz``) from a ds_config's
     ``zero_optimization`` section (absent: off)."""
-    return {"hpz": int(zero_optimization.get("zero_hpz_partition_size", 1)),
-            "qwz": bool(zero_optimization.get("zero_quantized_weights")),
-            "qgz": bool(zero_optimization.get("zero_quantized_gradients"))}
+    hpz = zero_optimization.get("zero_hpz_partition_size", 1)
+    if isinstance(hpz, bool) or not isinstance(hpz, int) or hpz < 1:
+        raise LayoutError(f"zero_optimization.zero_hpz_partition_size must be a positive integer, got {hpz!r}")
+    flags = {key: zero_optimization.get(f"zero_quantized_{name}", False)
+             for key, name in (("qwz", "weights"), ("qgz", "gradients"))}
+    bad = [f"zero_quantized_{'weights' if k == 'qwz' else 'gradients'}" for k, v in flags.items()
+           if not isinstance(v, bool)]
+    if bad:
+        raise LayoutError(f"zero_optimization.{bad[0]} must be true or false, got {zero_optimization[bad[0]]!r}")
+    return {"hpz": hpz, **flags}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from dataclasses import asdict
@@ -27,6 +28,8 @@ from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
 from megamythos.planning.memory import memory_plan
 from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
+
+logger = logging.getLogger(__name__)
 
 GIB_PER_GB = 1e9 / 2**30
 TRAINER = "megamythos.training.pretrain"
@@ -107,6 +110,8 @@ def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
         ds_config = read_json_object(args.ds_config, LayoutError,
                                      "give --ds-config a DeepSpeed JSON file (ds_configs/)")
         zero = ds_config.get("zero_optimization", {})
+        if not isinstance(zero, dict):
+            raise LayoutError(f"--ds-config {args.ds_config}: zero_optimization must be an object, got {zero!r}")
     dp = args.gpus // args.tp if args.gpus % args.tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = args.global_batch_size or args.micro_batch_size * (args.grad_accum or 1) * dp
     zeropp = {**zeropp_options(zero), **{k: getattr(args, k) for k in ("hpz", "qwz", "qgz")
@@ -116,12 +121,34 @@ def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
         global_batch_size=global_batch, replicate_core=args.replicate_core, **zeropp)
 
 
+def check_launchable(args: argparse.Namespace) -> None:
+    """Refuse a ``--hostfile`` plan whose printed command would train another model or layout than the plan: the
+    trainer takes a ``--preset`` (not ``--config``), reads ZeRO++ from its ds_config (not ``--hpz/--qwz/--qgz``)
+    and, run directly, defaults to the CPU template; ``deepspeed --num_gpus`` is per node."""
+    if args.config:
+        raise LayoutError("--hostfile with --config: the printed command trains a --preset; plan a --preset and "
+                          "pass the config's changes as trainer flags after -- (--override KEY=VALUE)")
+    given = [f"--{k}" for k in ("hpz", "qwz", "qgz") if getattr(args, k) is not None]
+    if given:
+        raise LayoutError(f"{', '.join(given)} with --hostfile: the trainer reads ZeRO++ from its ds_config; put "
+                          "the setting in the --ds-config file instead (as ds_configs/1t.json does)")
+    if not args.ds_config:
+        raise LayoutError("--hostfile needs --ds-config (ds_configs/multi-node.json, or ds_configs/1t.json for the "
+                          "1t layout): the printed command and this plan must read the same template")
+    if args.gpus > args.gpus_per_node and args.gpus % args.gpus_per_node:
+        raise LayoutError(f"--gpus {args.gpus} is not a multiple of --gpus-per-node {args.gpus_per_node}: deepspeed "
+                          "starts the same number of processes on every node")
+
+
 def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: int) -> str:
-    """The deepspeed command line that trains ``args.preset`` on this layout."""
+    """The deepspeed command line that trains ``args.preset`` on this layout (:func:`check_launchable` first),
+    with ``--override max_seq_len`` where ``seq_len`` is longer than the preset's."""
     nodes = max(1, layout.world_size // args.gpus_per_node)
+    longer = seq_len > get_preset(args.preset).max_seq_len
     cmd = ["deepspeed", "--hostfile", args.hostfile, "--num_nodes", str(nodes), "--num_gpus",
            str(min(args.gpus_per_node, layout.world_size)), "--module", TRAINER, "--preset", args.preset,
-           *(["--ds-config", args.ds_config] if args.ds_config else []), "--tp", str(layout.tp), "--ep",
+           *(["--override", f"max_seq_len={seq_len}"] if longer else []),
+           "--ds-config", args.ds_config, "--tp", str(layout.tp), "--ep",
            str(layout.ep), "--zero", str(layout.zero), "--micro-batch-size", str(layout.micro_batch_size),
            "--global-batch-size", str(layout.global_batch_size), "--seq-length", str(seq_len),
            *([] if layout.replicate_core else ["--no-replicate-core"]),
@@ -138,10 +165,16 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     stray = flags_needing_gpus(parser, args) if args.gpus is None else []
     if stray:
         parser.error(f"{', '.join(stray)}: only with a layout; add --gpus N (the world size)")
+    if args.hostfile:
+        check_launchable(args)
     config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
     seq_len = args.seq_length or min(config.max_seq_len, 4096)
+    if seq_len > config.max_seq_len:
+        logger.warning("--seq-length %d is longer than the model's max_seq_len %d: planned with max_seq_len %d "
+                       "(the trainer needs --override max_seq_len=%d)", seq_len, config.max_seq_len, seq_len, seq_len)
+        config = config.replace(max_seq_len=seq_len)
     if args.plan or args.hostfile:  # per-iteration activation checkpointing, which the launch command asks for
-        config = config.replace(checkpoint_loops=True, max_seq_len=max(config.max_seq_len, seq_len))
+        config = config.replace(checkpoint_loops=True)
     if args.loop_checkpoint_segment is not None:
         config = config.replace(loop_checkpoint_segment=args.loop_checkpoint_segment)
     report: dict[str, Any] = asdict(count(config, seq_len, args.loops))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,7 +212,8 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
     result = {"name": spec.name, **info, "lr": peak, "sampled_depth": spec.sampled_depth, "steps": steps,
               "tokens": steps * settings.batch_size * settings.seq_len,
               "backprop_loops": spec.backprop_loops, "overrides": spec.overrides, "diverged_at": diverged_at,
-              "train_loss_curve": losses[:: max(1, len(losses) // 50)], "seconds": time.time() - start,
+              "train_loss_curve": losses[:: max(1, len(losses) // 50)], "train_loss_curve_stride":
+                  max(1, len(losses) // 50), "seconds": time.time() - start,
               "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan")}
     if diverged_at is None:
         valid = [(b[:, :-1].to(settings.device), b[:, 1:].to(settings.device)) for b in valid]  # (inputs, targets)
@@ -325,6 +327,14 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     return report
 
 
+def loss_curve_steps(run: dict[str, Any], report_steps: int) -> list[int]:
+    """The step of each point of ``run``'s thinned training-loss curve: its own stride, since runs at equal
+    FLOPs (or a diverged one) have step counts of their own (a report from before the stride was kept: the
+    stride of the run's step count, or of the report's ``report_steps`` before runs kept theirs)."""
+    stride = run.get("train_loss_curve_stride", max(1, run.get("steps", report_steps) // 50))
+    return [i * stride for i in range(len(run["train_loss_curve"]))]
+
+
 def plot_experiment(report: dict, path: Path) -> None:
     """Left: training loss curves; right: held-out perplexity vs loops (dense runs as horizontal lines), with the
     exit rule's rows at the deepest evaluated depth (x) and PonderNet's halting (*) placed at their mean loops."""
@@ -336,8 +346,7 @@ def plot_experiment(report: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for run in report["runs"]:
         curve = run["train_loss_curve"]
-        stride = max(1, report["settings"]["steps"] // 50)
-        left.plot([i * stride for i in range(len(curve))], curve, label=run["name"])
+        left.plot(loss_curve_steps(run, report["settings"]["steps"]), curve, label=run["name"])
         if "eval" not in run:
             continue
         ppl = [e["perplexity"] for e in run["eval"]]
@@ -375,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=number(int, 1), default=None,
                         help=f"training steps per run (default {StudySettings.steps} x --scale)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=1234, help="data and initialisation seed")
     parser.add_argument("--runs", default="", help="only these runs of the experiment (comma-separated names); the "
                         "report in --out keeps its other runs")
     args = parser.parse_args(argv)

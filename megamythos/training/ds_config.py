@@ -34,6 +34,10 @@ def load_template(path: str | Path) -> dict[str, Any]:
     for key in ("zero_optimization", "tensor_parallel", "expert_parallel"):
         if not isinstance(template.get(key, {}), dict):
             raise ArgumentError(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
+    for section, key in (("tensor_parallel", "autotp_size"), ("expert_parallel", "autoep_size")):
+        value = template.get(section, {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ArgumentError(f"--ds-config {path}: {section}.{key} must be a positive integer, got {value!r}")
     return template
 
 
