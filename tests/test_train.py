@@ -492,8 +492,8 @@ def test_checkpoint_of_another_preset_is_refused():
 
 # ------------------------------------------------------------------------------------------------ dry run
 def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
-    cmd = ["bash", str(REPO / "launchers" / "pretrain_1t.sh"), "--dry-run", "--data-path", "/data/x_text_document"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), cwd=REPO)
+    cmd = ["bash", str(REPO / "launchers" / "pretrain_1t.sh"), "--data-path", "/data/x_text_document", "--dry-run"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), cwd=REPO)  # --dry-run anywhere
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     assert plan["layout"]["world_size"] == 1024 and plan["layout"]["dp"] == 128
@@ -504,11 +504,15 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
     assert plan["step_plan"]["step_seconds"] > plan["step_plan"]["compute_seconds"] > 0
     assert plan["command"].startswith("deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 --module "
                                       "megamythos.training.pretrain --preset 1t")
-    assert plan["command"].endswith("--data-path /data/x_text_document")
-    bad = subprocess.run([*cmd[:3]], capture_output=True, text=True, cwd=REPO,
-                         env={**launch_env(), "EP": "3"})
-    assert bad.returncode != 0 and "not divisible by expert-parallel size ep=3" in bad.stderr
-    tight = subprocess.run([*cmd[:3]], capture_output=True, text=True, cwd=REPO,
+    run_dir = REPO / "runs" / "1t"  # the run keeps and resumes its checkpoints there unless --save is given
+    assert plan["command"].endswith(f"--data-path /data/x_text_document --save {run_dir}/checkpoints --load "
+                                    f"{run_dir}/checkpoints --tensorboard-dir {run_dir}/tensorboard --metrics-file "
+                                    f"{run_dir}/metrics.jsonl")
+    for args in (cmd[:2] + ["--dry-run"], cmd[:4]):  # without --dry-run the refusal comes before any launch
+        bad = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**launch_env(), "EP": "3"})
+        assert bad.returncode == 2 and "not divisible by expert-parallel size ep=3" in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+    tight = subprocess.run(cmd[:2] + ["--dry-run"], capture_output=True, text=True, cwd=REPO,
                            env={**launch_env(), "EP": "8", "TP": "1"})
     assert tight.returncode != 0 and "does not fit" in tight.stderr
 
