@@ -66,8 +66,10 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     default, _ = _minor_faults("default", _clean_env())
     kept, said = _minor_faults("kept", _clean_env())
     assert said.startswith("freed memory kept"), said
-    assert default > 2000, default  # per step
-    assert kept < default / 3, (kept, default)  # idle: ~500 against ~14,000; under load ~1,000 against ~9,000
+    # idle: ~500 against ~14,000 per step; under load ~1,000 against ~9,000. Once (a CI run of 2026-12-06, not
+    # reproduced in 5 runs alone or after the unit tests) glibc's defaults took 1 fault per step themselves:
+    # then there is nothing to compare, and the setting must still leave next to none.
+    assert kept < default / 3 or kept < 100, (kept, default)
 
 
 def test_blocks_above_the_mmap_threshold_are_kept_too() -> None:
