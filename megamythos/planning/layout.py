@@ -93,10 +93,9 @@ def zeropp_options(zero_optimization: Mapping[str, Any]) -> dict[str, Any]:
     hpz = zero_optimization.get("zero_hpz_partition_size", 1)
     if isinstance(hpz, bool) or not isinstance(hpz, int) or hpz < 1:
         raise LayoutError(f"zero_optimization.zero_hpz_partition_size must be a positive integer, got {hpz!r}")
-    flags = {key: zero_optimization.get(f"zero_quantized_{name}", False)
-             for key, name in (("qwz", "weights"), ("qgz", "gradients"))}
-    bad = [f"zero_quantized_{'weights' if k == 'qwz' else 'gradients'}" for k, v in flags.items()
-           if not isinstance(v, bool)]
-    if bad:
-        raise LayoutError(f"zero_optimization.{bad[0]} must be true or false, got {zero_optimization[bad[0]]!r}")
+    names = {"qwz": "zero_quantized_weights", "qgz": "zero_quantized_gradients"}
+    flags = {key: zero_optimization.get(name, False) for key, name in names.items()}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise LayoutError(f"zero_optimization.{names[key]} must be true or false, got {value!r}")
     return {"hpz": hpz, **flags}

@@ -209,11 +209,11 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
     steps = run_steps(spec, config, settings)
     start = time.time()
     losses, diverged_at = train_steps(model, spec, config, dataclasses.replace(settings, steps=steps), batch_at)
+    stride = max(1, len(losses) // 50)  # about 50 points of the loss curve
     result = {"name": spec.name, **info, "lr": peak, "sampled_depth": spec.sampled_depth, "steps": steps,
               "tokens": steps * settings.batch_size * settings.seq_len,
               "backprop_loops": spec.backprop_loops, "overrides": spec.overrides, "diverged_at": diverged_at,
-              "train_loss_curve": losses[:: max(1, len(losses) // 50)], "train_loss_curve_stride":
-                  max(1, len(losses) // 50), "seconds": time.time() - start,
+              "train_loss_curve": losses[::stride], "train_loss_curve_stride": stride, "seconds": time.time() - start,
               "final_train_loss": float(np.mean(losses[-20:])) if losses else float("nan")}
     if diverged_at is None:
         valid = [(b[:, :-1].to(settings.device), b[:, 1:].to(settings.device)) for b in valid]  # (inputs, targets)

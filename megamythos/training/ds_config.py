@@ -27,17 +27,15 @@ def load_template(path: str | Path) -> dict[str, Any]:
     anything else raises :class:`ArgumentError` naming the file and the key."""
     template = read_json_object(path, ArgumentError, "pass a DeepSpeed config JSON object, e.g. "
                                                      "ds_configs/cpu-debug.json")
-    for key in TEMPLATE_COUNTS:
-        value = template.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ArgumentError(f"--ds-config {path}: {key} must be a positive integer, got {value!r}")
     for key in ("zero_optimization", "tensor_parallel", "expert_parallel"):
         if not isinstance(template.get(key, {}), dict):
             raise ArgumentError(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
-    for section, key in (("tensor_parallel", "autotp_size"), ("expert_parallel", "autoep_size")):
-        value = template.get(section, {}).get(key)
+    counts = {key: template.get(key) for key in TEMPLATE_COUNTS}
+    counts.update({f"{section}.{key}": template.get(section, {}).get(key)
+                   for section, key in (("tensor_parallel", "autotp_size"), ("expert_parallel", "autoep_size"))})
+    for key, value in counts.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ArgumentError(f"--ds-config {path}: {section}.{key} must be a positive integer, got {value!r}")
+            raise ArgumentError(f"--ds-config {path}: {key} must be a positive integer, got {value!r}")
     return template
 
 
