@@ -403,6 +403,25 @@ def test_ranks_that_lose_their_launcher_save_once_and_exit(case: str, corpus: Pa
 
 
 @pytest.mark.launch
+def test_ranks_killed_with_their_launch_py_are_not_a_finished_run(corpus: Path, tmp_path: Path) -> None:
+    """``kill -9`` of DeepSpeed's launch.py and its rank together (as the OOM killer or a node agent may do): the
+    runner exits 0 for a launch.py killed by a signal, so ``bash launchers/pretrain.sh`` exited 0 without a line.
+    The rank's exit record is missing: the launcher says so in one line and exits 1."""
+    save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
+    args = [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file), "--eval-interval", "0",
+            "--save-interval", "2"]
+    proc = start(1, args, log)
+    wait_for(lambda: read_latest(save) is not None if save.is_dir() else False, proc, "the first checkpoint")
+    runner = next(c for c in psutil.Process(proc.pid).children() if "deepspeed" in " ".join(c.cmdline()))
+    for p in runner.children(recursive=True):  # launch.py and the rank
+        p.kill()
+    text = finish(proc, log)
+    assert proc.returncode == 1, text[-4000:]
+    line = next(line for line in text.splitlines() if "deepspeed exited with code 0" in line)
+    assert "rank 0 ended without finishing" in line and "resumes with the same command" in line, line
+
+
+@pytest.mark.launch
 def test_master_port_in_use_is_one_line(corpus: Path, tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -42,11 +42,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from megamythos.errors import UserError
+from megamythos.training.process_exit import EXIT_RECORDS_ENV
 from megamythos.training.rendezvous import free_port
 
 logger = logging.getLogger(__name__)
@@ -307,7 +309,31 @@ def supervise(cmd: list[str], latest: Path) -> int:
     """Run ``cmd`` (the deepspeed launcher) and return its exit code. On SIGTERM, SIGINT or SIGHUP, send SIGTERM
     to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
     and return 0 if a checkpoint was completed after the signal (``latest`` rewritten), else 1. The same when
-    the runner alone is killed by a signal: its ranks notice, save and stop, and are waited for."""
+    the runner alone is killed by a signal: its ranks notice, save and stop, and are waited for. When the runner
+    exits 0, the local ranks' exit records must say they finished with 0 (the runner also exits 0 when its
+    ``launch.py`` is killed, ranks and all); otherwise it returns 1 with a line naming the ranks."""
+    with tempfile.TemporaryDirectory(prefix="megamythos-ranks-") as records:
+        return _supervise(cmd, latest, Path(records))
+
+
+def unfinished_ranks(records: Path) -> list[str]:
+    """The local ranks whose exit records (:mod:`megamythos.training.process_exit`) show no clean end, each as
+    ``rank R ended without finishing`` (a start record only: killed) or ``rank R exited with code C``."""
+    found = []
+    for start in sorted(records.iterdir(), key=lambda p: p.name):
+        if start.suffix:  # "<pid>.exit"
+            continue
+        end = start.with_name(f"{start.name}.exit")
+        rank = start.read_text()
+        if not end.is_file():
+            found.append(f"rank {rank} ended without finishing")
+        elif end.read_text() != "0":
+            found.append(f"rank {rank} exited with code {end.read_text()}")
+    return found
+
+
+def _supervise(cmd: list[str], latest: Path, records: Path) -> int:
+    """:func:`supervise` with the ranks writing their exit records into ``records``."""
     import psutil
 
     from megamythos.training.signals import SUPERVISOR_GROUP_ENV
@@ -315,7 +341,8 @@ def supervise(cmd: list[str], latest: Path) -> int:
     adopt_orphans()
     # the runner leads a process group of its own (setpgid(0, 0)); Popen's process_group needs Python 3.11
     own_group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
-    proc = subprocess.Popen(cmd, env={**os.environ, SUPERVISOR_GROUP_ENV: str(os.getpgrp())}, **own_group)
+    env = {**os.environ, SUPERVISOR_GROUP_ENV: str(os.getpgrp()), EXIT_RECORDS_ENV: str(records)}
+    proc = subprocess.Popen(cmd, env=env, **own_group)
     signalled: list[float] = []
     ranks: list = []
 
@@ -339,7 +366,13 @@ def supervise(cmd: list[str], latest: Path) -> int:
         signalled.append(time.time())
         ranks.extend(training_ranks())
     if not signalled:
-        if code not in (0, 2):  # 2: a rank printed its one-line user error, and that is all the user sees
+        if code == 0:  # launch.py killed (alone: its adopted ranks save and stop; or with them) exits 0 too
+            psutil.wait_procs(psutil.Process().children(recursive=True))
+            lost = unfinished_ranks(records)
+            if lost:
+                logger.error("%s", failed_run(code, latest, lost))
+                return 1
+        elif code != 2:  # 2: a rank printed its one-line user error, and that is all the user sees
             logger.error("%s", failed_run(code, latest))
         return code
     # the runner may have died of the same signal (a signal to the process group): its launch.py and ranks are
@@ -358,11 +391,14 @@ def supervise(cmd: list[str], latest: Path) -> int:
     return 0 if saved else 1
 
 
-def failed_run(code: int, latest: Path) -> str:
+def failed_run(code: int, latest: Path, lost: Sequence[str] = ()) -> str:
     """The launcher's line when the deepspeed launcher fails with ``code`` (not 2), in place of ``launch.py``'s own
-    line repeating the command. A rank that died of signal N makes ``launch.py`` exit with -N, seen as 256 − N."""
+    line repeating the command, or exits 0 while ranks did not finish (``lost``, from :func:`unfinished_ranks`). A
+    rank that died of signal N makes ``launch.py`` exit with -N, seen as 256 − N."""
     ended = ""
-    if code > 128 and 256 - code in {int(s) for s in signal.Signals}:
+    if lost:
+        ended = f", but {', '.join(lost)} (killed with DeepSpeed's launch.py?)"
+    elif code > 128 and 256 - code in {int(s) for s in signal.Signals}:
         ended = f" (a rank ended by {signal.Signals(256 - code).name}; DeepSpeed stopped the others)"
     where = (f"the last checkpoint, {latest.read_text().strip()}, resumes with the same command" if latest.is_file()
              else "no checkpoint was saved")

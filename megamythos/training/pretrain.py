@@ -72,7 +72,7 @@ from megamythos.training.monitor import (
     still_working,
 )
 from megamythos.training.optimizers import client_adam, kept_optimizer_settings, resolve_adam_impl
-from megamythos.training.process_exit import end_process
+from megamythos.training.process_exit import end_process, record_start
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import (
     LRSchedule,
@@ -614,6 +614,7 @@ def _quiet(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """:func:`train`; user errors end the process with a one-line message (from rank 0) and exit code 2."""
+    record_start()
     join_supervisor_group()
     # DeepSpeed's ZeRO calls these two collectives, which torch 2.13 deprecates (FutureWarning on every run);
     # the calls are not ours to change, so exactly these two messages are silenced.
