@@ -10,6 +10,7 @@ import argparse
 import difflib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -47,8 +48,9 @@ def read_json_object(path: str | os.PathLike, error: type[UserError], remedy: st
 
 def number(kind: type[int] | type[float], low: float, high: float | None = None, *,
            low_open: bool = False) -> Callable[[str], int | float]:
-    """An argparse ``type`` for a flag's value: a ``kind`` in [low, high] (``(low, high]`` with ``low_open``;
-    ``high`` None: no upper bound). Anything else, NaN included, is argparse's one error line naming the flag::
+    """An argparse ``type`` for a flag's value: a finite ``kind`` in [low, high] (``(low, high]`` with ``low_open``;
+    ``high`` None: no upper bound). Anything else, NaN and infinity included, is argparse's one error line naming
+    the flag::
 
         error: argument --workers: must be >= 1, got 0
     """
@@ -65,6 +67,8 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
             raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; it must {requirement}") from None
         if not ((value > low if low_open else value >= low) and (high is None or value <= high)):
             raise argparse.ArgumentTypeError(f"must {requirement}, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages

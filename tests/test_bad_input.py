@@ -327,6 +327,17 @@ NUMBER_CASES = [
     ("megamythos.planning.plan:main", ["--preset", "1t", "--tp", "8", "--plan"],
      "--tp, --plan: only with a layout; add --gpus N"),
     ("megamythos.planning.plan:main", ["--", "--lr", "1"], "error: trainer flags after --: only with a layout"),
+    # found 2026-12-06: infinite rates planned a step of 0 s, a bare --gpu-memory-gb checked nothing, and hpz was
+    # taken for any world size (DeepSpeed asserts) or node size (timed on NVLink across nodes)
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--plan", "--peak-tflops", "inf"],
+     "argument --peak-tflops: must be finite, got inf"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--plan", "--ib-gbs", "inf"],
+     "argument --ib-gbs: must be finite"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--gpu-memory-gb"],
+     "argument --gpu-memory-gb: expected at least one argument"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--hpz", "3"], "world size 8 is not divisible by ZeRO++"),
+    ("megamythos.planning.plan:main", ["--gpus", "16", "--hpz", "16", "--plan"],
+     "ZeRO++ hpz=16 is larger than --gpus-per-node 8"),
     ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",
                                              "--workers", "0"], "argument --workers: must be >= 1, got 0"),
     ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",

@@ -51,6 +51,9 @@ class ParallelLayout:
             raise LayoutError(f"ZeRO stage {self.zero} does not exist; choose 0, 1, 2 or 3")
         if self.world_size % self.tp:
             raise LayoutError(f"world size {self.world_size} is not divisible by tensor-parallel size tp={self.tp}")
+        if self.world_size % min(self.hpz, self.world_size):
+            raise LayoutError(f"world size {self.world_size} is not divisible by ZeRO++ zero_hpz_partition_size "
+                              f"hpz={self.hpz} (DeepSpeed groups the ranks in blocks of min(hpz, world size))")
         if self.world_size % self.ep:
             raise LayoutError(f"world size {self.world_size} is not divisible by expert-parallel size ep={self.ep} "
                               "(AutoEP folds expert groups onto the data x tensor parallel ranks)")

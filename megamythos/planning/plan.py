@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
     lay.add_argument("--qwz", action="store_true", default=None, help="ZeRO++ zero_quantized_weights")
     lay.add_argument("--qgz", action="store_true", default=None, help="ZeRO++ zero_quantized_gradients")
-    lay.add_argument("--gpu-memory-gb", type=positive_float, nargs="*", default=[],
+    lay.add_argument("--gpu-memory-gb", type=positive_float, nargs="+", default=[],
                      help="exit 2 when the memory plan does not fit each of these GPU sizes")
     step = parser.add_argument_group(WITH_GPUS[1])
     step.add_argument("--plan", action="store_true", help="also predict compute, collectives and step time")
@@ -191,6 +191,10 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         report["fits"] = {f"{gb:g} GB": report["memory_plan"]["total_gib"] <= gb * GIB_PER_GB
                           for gb in args.gpu_memory_gb}
         if args.plan:
+            if layout.hpz > args.gpus_per_node:
+                raise LayoutError(f"ZeRO++ hpz={layout.hpz} is larger than --gpus-per-node {args.gpus_per_node}: "
+                                  "the step model times hpZ's secondary copy on NVLink, within a node; use an hpz "
+                                  "of at most the node size (usually the node size itself)")
             cluster = Cluster(gpus_per_node=args.gpus_per_node, nvlink_gbs=args.nvlink_gbs, ib_gbs=args.ib_gbs,
                               peak_tflops=args.peak_tflops, mfu=args.mfu)
             prediction = step_plan(config, layout, StepSettings(seq_len=seq_len), cluster, args.loops)
