@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The 1t preset on a GPU cluster: 128 nodes x 8 H100 (NVLink 450 GB/s, 400 Gb/s InfiniBand per GPU),
 # ds_configs/1t.json. Layout chosen with the step model (megamythos/planning/step_model.py; the dry run prints it):
-#   - TP 8 (AutoTP) inside a node: its activation all-reduces stay on NVLink (~1 s of a ~273 s step);
-#   - EP 128 (AutoEP, 4 of the 512 experts per rank): the token all-to-alls (~82 s, the largest exposed cost)
-#     are the same bytes per rank for any ep; ep 512 saves 9.5 GiB but sends a larger share over InfiniBand;
+#   - no tensor parallelism: AutoTP shards attention and the dense blocks only, so each TP rank would run the MoE
+#     and the LM head (97% of the step's FLOPs) for its group's tokens again: TP 2 / 4 / 8 predict 390 / 773 /
+#     1538 s per step;
+#   - EP 256 (AutoEP, 2 of the 512 experts per rank): the token all-to-alls (~10.7 s exposed, the largest
+#     communication cost) cost about the same for ep 64-512; ep 128 is 0.3 s faster but needs 67.6 GiB of an
+#     80 GB part, ep 64 does not fit;
 #   - ZeRO-3 for embeddings, prelude and coda; the recurrent core replicated (ZeRO-2 for it, --replicate-core):
 #     gathered once per step instead of ~3T times per micro-batch (T = 64 and changing every step);
-#   - micro batch 1 x accumulation 8 x dp 128 = 1024 sequences of 4096, two-level loop checkpointing
-#     (--loop-checkpoint-segment 0): memory plan ~60 GiB per GPU, which fits 80 GB and 141 GB parts;
+#   - micro batch 1 x dp 1024 = 1024 sequences of 4096 (no accumulation), two-level loop checkpointing
+#     (--loop-checkpoint-segment 0): memory plan ~61 GiB per GPU, which fits 80 GB and 141 GB parts;
 #   - ZeRO++ hpZ 8 (a node-local secondary weight copy: backward gathers on NVLink); quantised weights and
-#     gradients off: they would shave ~1.4 s of exposed gathers and overlapped reduce-scatters at a numerics risk.
-# Predicted at 40% matmul MFU: ~273 s per step, ~15k tokens/s, 16.5% model MFU (T = 64).
+#     gradients off: they would shave ~1 s of gathers and reduce-scatters at a numerics risk.
+# Predicted at 40% matmul MFU: ~199 s per step, ~21k tokens/s, 22.7% model MFU (T = 64).
 #
 #   bash launchers/pretrain_1t.sh --dry-run                 # no GPU: layout check, memory and step plan, command
 #   HOSTFILE=hostfile bash launchers/pretrain_1t.sh --data-path 1.0 /data/a_text_document ...
@@ -22,12 +25,12 @@
 # It runs `deepspeed --hostfile ... --module megamythos.training.pretrain <layout flags> ...` (the dry run prints it).
 # The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load, and logs inside --save):
 #   deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 launchers/pretrain.sh --preset 1t \
-#     --ds-config ds_configs/1t.json --tp 8 --ep 128 --zero 3 --bf16 ... --save ckpt/1t
+#     --ds-config ds_configs/1t.json --tp 1 --ep 256 --zero 3 --bf16 ... --save ckpt/1t
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 LAYOUT=(--preset 1t --gpus "$(( ${NODES:-128} * ${GPUS_PER_NODE:-8} ))" --gpus-per-node "${GPUS_PER_NODE:-8}"
-        --tp "${TP:-8}" --ep "${EP:-128}" --zero 3 --micro-batch-size "${MICRO:-1}"
+        --tp "${TP:-1}" --ep "${EP:-256}" --zero 3 --micro-batch-size "${MICRO:-1}"
         --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}" --loop-checkpoint-segment 0
         --ds-config "$REPO/ds_configs/1t.json" --gpu-memory-gb 80 141 --plan --hostfile "${HOSTFILE:-hostfile}")
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then

@@ -4,12 +4,15 @@ properties of the model."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from megamythos.model.config import get_preset
+from megamythos.model.params import count
 from megamythos.planning.layout import ParallelLayout
+from megamythos.planning.memory import memory_plan
 from megamythos.planning.plan import main as params_main
 from megamythos.planning.step_model import KINDS, Cluster, StepSettings, step_plan
 from megamythos.training.arguments import parse_args
@@ -146,6 +149,41 @@ def test_faster_infiniband_shortens_the_predicted_step():
     layout = ParallelLayout(world_size=1024, tp=8, ep=128, global_batch_size=1024)
     slow, fast = (step_plan(config, layout, cluster=Cluster(ib_gbs=bw)).step_seconds for bw in (25.0, 100.0))
     assert fast < slow
+
+
+def test_tp_ranks_each_run_the_compute_autotp_does_not_shard():
+    """AutoTP shards attention and the dense SwiGLU only: the experts and the LM head run on every TP rank. What the
+    model charges for them moves exactly with the FLOPs ``params.count`` gives the expert width and the vocabulary
+    (so nothing AutoTP shards is counted as replicated, and nothing replicated is left out)."""
+    base = get_preset("tiny").replace(checkpoint_loops=True, loop_checkpoint_segment=1)  # 1 recompute forward
+    layouts = [ParallelLayout(world_size=8, tp=tp, global_batch_size=8) for tp in (1, 2)]
+    seconds_per_flop_per_gpu = 1 / (Cluster().peak_tflops * 1e12 * Cluster().mfu) / 8
+
+    def tp2_extra_and_executed(c) -> tuple[float, float]:
+        one, two = (step_plan(c, layout, StepSettings(seq_len=128)) for layout in layouts)
+        report = count(c, 128)
+        executed = (report.train_flops_per_token + report.recompute_flops_per_token) * one.tokens_per_step
+        return two.compute_seconds - one.compute_seconds, executed * seconds_per_flop_per_gpu
+
+    for changed in (base.replace(expert_dim=2 * base.expert_dim), base.replace(vocab_size=2 * base.vocab_size)):
+        (extra0, executed0), (extra1, executed1) = map(tp2_extra_and_executed, (base, changed))
+        assert extra0 > 0 and extra1 - extra0 == pytest.approx(executed1 - executed0, rel=1e-9)
+
+
+def test_the_1t_launcher_runs_the_fastest_layout_that_fits_with_a_margin():
+    """``launchers/pretrain_1t.sh`` says its layout was chosen with the step model: among TP 1-8 and EP 64-512 on
+    1024 GPUs, those whose memory plan leaves 10% of an 80 GB part, it is within 0.5% of the fastest."""
+    config = get_preset("1t").replace(checkpoint_loops=True, loop_checkpoint_segment=0)
+    step, fits = {}, {}
+    for tp in (1, 2, 4, 8):
+        for ep in (64, 128, 256, 512):
+            layout = ParallelLayout(world_size=1024, tp=tp, ep=ep, global_batch_size=1024, hpz=8)
+            plan = memory_plan(config, 1024, tp, ep, 3, 1, 4096, replicated_core=True)
+            fits[tp, ep] = plan.total_gib <= 0.9 * 80e9 / 2**30
+            step[tp, ep] = step_plan(config, layout).step_seconds
+    text = (REPO / "launchers" / "pretrain_1t.sh").read_text()
+    chosen = (int(re.search(r'--tp "\$\{TP:-(\d+)\}"', text)[1]), int(re.search(r'--ep "\$\{EP:-(\d+)\}"', text)[1]))
+    assert fits[chosen] and step[chosen] <= 1.005 * min(t for key, t in step.items() if fits[key]), (chosen, step)
 
 
 def test_params_cli_plan_prints_collectives_step_time_and_memory(capsys):

@@ -496,8 +496,8 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
     out = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), cwd=REPO)  # --dry-run anywhere
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
-    assert plan["layout"]["world_size"] == 1024 and plan["layout"]["dp"] == 128
-    assert plan["layout"]["experts_per_ep_rank"] == 4 and plan["layout"]["heads_per_tp_rank"] == 16
+    assert plan["layout"]["world_size"] == 1024 and plan["layout"]["dp"] == 1024 and plan["layout"]["tp"] == 1
+    assert plan["layout"]["experts_per_ep_rank"] == 2 and plan["layout"]["hpz"] == 8  # hpZ from ds_configs/1t.json
     from megamythos.model.params import count
     assert plan["total"] == count(get_preset("1t")).total
     assert plan["memory_plan"]["total_gib"] < 80e9 / 2**30 and plan["fits"] == {"80 GB": True, "141 GB": True}

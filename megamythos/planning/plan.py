@@ -4,8 +4,8 @@ the step-time model (compute, collectives per link class, step time, tokens/s, M
 exact multi-node launch command.
 
     python -m megamythos.planning.plan --preset 1t [--json]
-    python -m megamythos.planning.plan --preset 1t --gpus 1024 --tp 8 --ep 128 --zero 3 --grad-accum 8 --plan
-    python -m megamythos.planning.plan --preset 1t --gpus 1024 --tp 8 --ep 128 --global-batch-size 1024 \\
+    python -m megamythos.planning.plan --preset 1t --gpus 1024 --ep 256 --zero 3 --global-batch-size 1024 --plan
+    python -m megamythos.planning.plan --preset 1t --gpus 1024 --ep 256 --global-batch-size 1024 \\
         --ds-config ds_configs/1t.json --plan --hostfile hostfile -- --data-path 1.0 /data/a_text_document
 
 Counting lives in :mod:`megamythos.model.params`, memory in :mod:`megamythos.planning.memory`, the layout in

@@ -1,7 +1,7 @@
 """Step-time model of a training layout: compute at a stated MFU, the bytes of every collective on every link
 class, and the predicted step time, tokens/s and MFU.
 
-``python -m megamythos.planning.plan --preset 1t --gpus 1024 --tp 8 --ep 128 --zero 3 --plan`` prints it (with the
+``python -m megamythos.planning.plan --preset 1t --gpus 1024 --ep 256 --zero 3 --plan`` prints it (with the
 memory plan); :func:`step_plan` returns it.
 
 Collective bytes follow the trainer's accounting (:mod:`megamythos.training.comm_stats`, tested against it on
@@ -37,6 +37,11 @@ Exposed time: TP and EP collectives (they sit between dependent matmuls) and wei
 demand: no prefetch after a change of T; the replicated core's after the optimizer step); gradient reductions
 overlap with backward compute (``overlap_comm``).
 Step time = compute + exposed + max(0, overlapped - compute).
+
+Compute per GPU: the executed FLOPs (model FLOPs plus recompute) over the world size, plus what AutoTP leaves
+replicated run once more on every other rank of a TP group: its patterns (:mod:`megamythos.parallel.tensor_parallel`)
+shard attention and the dense blocks' SwiGLU only, so the recurrent block's MoE (router, routed and shared
+experts), its LoRA and the LM head run on every TP rank for the group's tokens (:func:`tp_replicated_flops_per_token`).
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from megamythos.model.config import ModelConfig
-from megamythos.model.params import count, parts
+from megamythos.model.params import count, expert_params, parts
 from megamythos.planning.layout import ParallelLayout
 from megamythos.planning.memory import core_dense_local_params, tp_sharded_attention
 
@@ -163,6 +168,18 @@ def tp_allreduce_elements_per_token(c: ModelConfig, n_loops: int) -> float:
     return dense + n_loops * c.dim + k * (r * c.dim + col_inputs)
 
 
+def tp_replicated_flops_per_token(c: ModelConfig, n_loops: int) -> float:
+    """Executed training FLOPs per token (forward, backward and recompute) of the matmuls AutoTP leaves replicated:
+    the LM head, and per loop the router, the k routed experts, the shared experts and the LoRA, each loop
+    weighted by its ``loop_capacity`` share (1 forward without gradients; 3 + recompute forwards with them)."""
+    k, r = _iterations(c, n_loops)
+    p = parts(c)
+    per_loop = 2 * (p.router + c.num_experts_per_tok * expert_params(c) + p.shared_experts + 2 * c.dim * c.lora_rank)
+    capacity = (c.loop_capacity + c.loop_capacity[-1:] * n_loops) if c.loop_capacity else (1.0,) * n_loops
+    weights = [1] * (n_loops - k) + [3 + r] * k
+    return 3 * 2 * c.vocab_size * c.dim + per_loop * sum(w * share for w, share in zip(weights, capacity))
+
+
 def ep_alltoall_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings, n_loops: int) -> float:
     """Bytes one rank sends per step in AutoEP's all-to-alls (balanced routing)."""
     k, r = _iterations(c, n_loops)
@@ -199,6 +216,7 @@ def step_plan(c: ModelConfig, layout: ParallelLayout, settings: StepSettings = S
     model_flops = report.train_flops_per_token * tokens_step
     _, recomputes = _iterations(c, loops)  # forwards of the loop repeated by activation checkpointing
     executed = model_flops + recomputes * report.recompute_flops_per_token * tokens_step
+    executed += (layout.tp - 1) * tp_replicated_flops_per_token(c, loops) * tokens_step  # once per TP rank
     compute = executed / layout.world_size / (cluster.peak_tflops * 1e12 * cluster.mfu)
     described = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum, **asdict(settings)}
     plan = StepPlan(layout=described, cluster=asdict(cluster), n_loops=loops, tokens_per_step=tokens_step,
