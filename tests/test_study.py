@@ -14,6 +14,7 @@ import torch
 from megamythos.model.params import count
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token, matching_dense_layers
 from megamythos.research.study import (
+    DEFAULT_RECIPE,
     EVAL_LOOPS,
     EXIT_THRESHOLDS,
     EXPERIMENTS,
@@ -21,9 +22,12 @@ from megamythos.research.study import (
     StudyError,
     StudySettings,
     base_config,
+    build_model,
+    loop_count,
     main,
     plot_experiment,
     run_experiment,
+    run_steps,
     train_run,
 )
 from tests.helpers import corpus_prefix, small_config
@@ -40,13 +44,29 @@ def test_study_runs_train_and_evaluate(tmp_path) -> None:
     assert [len(r["eval"]) for r in runs] == [len(EVAL_LOOPS), 1]
     assert runs[1]["kind"] == "dense" and runs[0]["kind"] == "looped"
     assert runs[1]["params"] > 1.5 * runs[0]["params"]  # the dense baseline has twice the unique parameters
-    truncated = count(config.replace(backprop_loops=2), seq_len=16).train_flops_per_token  # no backward for loops 1-2
-    assert runs[0]["train_flops_per_token"] == truncated < count(config, seq_len=16).train_flops_per_token
+    sampled = [loop_count(EXPERIMENTS["depth"][1], config, settings.seed, step) for step in range(4)]
+    truncated = [count(config.replace(backprop_loops=2), 16, n).train_flops_per_token for n in sampled]  # loops 1..n-2
+    assert runs[0]["train_flops_per_token"] == pytest.approx(sum(truncated) / 4)  # over the loop counts it trained
+    assert runs[0]["train_flops_per_token"] < count(config, 16, max(sampled)).train_flops_per_token
     exits = runs[0]["eval_exit"]
     assert len(exits) == 2 * len(EXIT_THRESHOLDS) and all(1 <= e["mean_depth"] <= e["loops"] for e in exits)
     report = {"experiment": "smoke", "settings": {"steps": 4}, "base_config": config.to_dict(), "runs": runs}
     plot_experiment(report, tmp_path / "smoke.png")
     assert (tmp_path / "smoke.png").stat().st_size > 0
+
+
+def test_equal_flops_runs_record_and_spend_the_default_recipe_s_training_flops() -> None:
+    """Found 2026-12-06: runs recorded their FLOPs per token at exactly the mean depth while the matching used the
+    mean over the sampled loop counts (1.3% apart)."""
+    settings = StudySettings(steps=40, batch_size=2, seq_len=16, warmup=1, eval_batches=1)
+    config = base_config(300, settings)
+    default = build_model(DEFAULT_RECIPE, config, settings)[1]["train_flops_per_token"] * settings.steps
+    matched = [spec for spec in EXPERIMENTS["capacity"] if spec.equal_flops]
+    assert matched
+    for spec in matched:
+        steps = run_steps(spec, config, settings)
+        per_token = build_model(spec, config, dataclasses.replace(settings, steps=steps))[1]["train_flops_per_token"]
+        assert abs(per_token * steps - default) <= per_token, spec.name  # within the rounding to whole steps
 
 
 def test_divergence_is_detected_and_reported() -> None:

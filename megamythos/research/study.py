@@ -142,16 +142,17 @@ def run_steps(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> in
 
 
 def build_model(spec: RunSpec, config: ModelConfig, settings: StudySettings) -> tuple[nn.Module, dict]:
-    """The run's model and a description (params, FLOPs per token)."""
+    """The run's model and a description (params, training FLOPs per token: a looped run's averaged over the loop
+    counts of its ``settings.steps`` steps, as the equal-FLOPs matching counts them)."""
     if spec.dense_match:
         layers = matching_dense_layers(config, spec.dense_match, settings.seq_len)
         info = {"kind": "dense", "layers": layers, "params": dense_params(config, layers),
                 "train_flops_per_token": dense_train_flops_per_token(config, layers, settings.seq_len)}
         return DenseLM(config, layers), info
     cfg = config.replace(**spec.overrides)
-    report = count(cfg.replace(backprop_loops=spec.backprop_loops), seq_len=settings.seq_len)  # what training spends
+    report = count(cfg, seq_len=settings.seq_len)
     info = {"kind": "looped", "params": report.total, "active_params": report.active_per_token,
-            "train_flops_per_token": report.train_flops_per_token}
+            "train_flops_per_token": train_flops_per_token(spec, config, settings)}
     if spec.ponder_loops:
         model = PonderLM(cfg, spec.ponder_loops)
         info.update(kind="ponder", params=sum(p.numel() for p in model.parameters()), beta=BETA,
@@ -203,10 +204,10 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
               valid: Sequence[torch.Tensor]) -> dict:
     """Train one run (:func:`train_steps`) and evaluate it; a diverged run is reported, not evaluated."""
     torch.manual_seed(settings.seed)
-    model, info = build_model(spec, config, settings)
+    steps = run_steps(spec, config, settings)
+    model, info = build_model(spec, config, dataclasses.replace(settings, steps=steps))
     model.to(settings.device).train()
     peak = spec.lr or settings.lr
-    steps = run_steps(spec, config, settings)
     start = time.time()
     losses, diverged_at = train_steps(model, spec, config, dataclasses.replace(settings, steps=steps), batch_at)
     stride = max(1, len(losses) // 50)  # about 50 points of the loss curve
@@ -309,8 +310,10 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     config = base_config(int(read_dataset_metadata(data_prefix)["vocab_size"]), settings)
     most_steps = max(run_steps(spec, config, settings) for spec in specs)  # of every run: the same batches
     batch_at, valid, _ = token_batches(data_prefix, dataclasses.replace(settings, steps=most_steps))
-    report = {"experiment": name, "settings": asdict(settings), "tokens_per_run": settings.tokens,
-              "data_prefix": data_prefix, "base_config": config.to_dict(), "runs": []}
+    report = {"experiment": name, "settings": asdict(settings), "data_prefix": data_prefix,
+              "base_config": config.to_dict(), "runs": []}
+    if not any(spec.equal_flops for spec in specs):  # else each run's "tokens" says what it trained on
+        report["tokens_per_run"] = settings.tokens
     out = Path(out_dir)
     path = out / f"study_{name}.json"
     earlier = earlier_report(path, report) if runs else {}
