@@ -8,8 +8,8 @@
 
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
-``study_<name>.json`` and ``study_<name>.png`` into ``--out``. ``--scale`` multiplies width and steps so the
-same study runs bigger on a GPU (``--device cuda``).
+``study_<name>.json`` and ``study_<name>.png`` into ``--out``. ``--scale`` multiplies the steps and (in steps
+of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
 """
 from __future__ import annotations
 
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
     parser.add_argument("--out", default="bench/results/study", help="results go to OUT/CORPUS/")
     parser.add_argument("--scale", type=number(float, 0, low_open=True), default=1.0,
-                        help="multiplies width and steps")
+                        help="multiplies the steps; the width is 64 x round(2 x SCALE), at least 64 (128 at 1)")
     parser.add_argument("--steps", type=number(int, 1), default=None,
                         help=f"training steps per run (default {StudySettings.steps} x --scale)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
