@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from megamythos.checkpoint.checksums import CHECKSUMS_FILE, shares, verify_checksums
+from megamythos.checkpoint.checksums import CHECKSUMMED_KEY, CHECKSUMS_FILE, shares, verify_checksums
 from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest
 from megamythos.checkpoint.reader import load_exported
@@ -207,9 +207,14 @@ def test_resume_refuses_a_corrupt_file_before_start_up(which: str, saved: Path, 
 
 @pytest.mark.launch
 def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
-    """Tags saved before checksums existed: resume's check, evaluate/generate's loading and export accept them."""
+    """Tags saved before checksums existed (no manifest, and no mark of one in their train record): resume's
+    check, evaluate/generate's loading and export accept them."""
     ckpt = copy_of(saved, tmp_path)
     (ckpt / LATEST_TAG / CHECKSUMS_FILE).unlink()
+    record_file = ckpt / LATEST_TAG / "train_args.json"
+    record = json.loads(record_file.read_text())
+    del record[CHECKSUMMED_KEY]
+    record_file.write_text(json.dumps(record))
     with caplog.at_level(logging.WARNING):
         check_run_dirs(str(ckpt), str(ckpt))
         assert load_model(ckpt).source == ckpt / LATEST_TAG
@@ -217,6 +222,26 @@ def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_pat
     warnings = [r.getMessage() for r in caplog.records if CHECKSUMS_FILE in r.getMessage()]
     assert len(warnings) == 3 and all("not verified" in w for w in warnings), warnings
     assert verify_checksums(tmp_path / "out")
+
+
+@pytest.mark.launch
+@pytest.mark.parametrize("reader", ["resume", "evaluate", "export"])
+def test_a_tag_whose_checksums_were_lost_is_refused(reader: str, saved: Path, tmp_path: Path, capsys) -> None:
+    """Found 2026-12-06: a deleted ``checksums.json`` made a tag pass for one saved before checksums existed, so a
+    flipped byte beside it loaded with a warning. A tag saved with a manifest says so in its train record."""
+    ckpt = copy_of(saved, tmp_path)
+    (ckpt / LATEST_TAG / CHECKSUMS_FILE).unlink()
+    corrupt_one(ckpt, "optimizer states")
+    if reader == "resume":
+        with pytest.raises(CheckpointError) as err:
+            check_run_dirs(str(ckpt), str(ckpt))
+        line = str(err.value)
+    else:
+        main, args = {"evaluate": (evaluate_main, ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1"]),
+                      "export": (export_main, [str(ckpt), str(tmp_path / "out")])}[reader]
+        line = error_line(main(args), capsys.readouterr().err)
+    assert f"{ckpt / LATEST_TAG / CHECKSUMS_FILE} is missing" in line, line
+    assert f"newest tag that verifies is {GOOD}" in line, line
 
 
 @pytest.mark.launch

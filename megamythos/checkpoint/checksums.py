@@ -19,11 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megamythos.checkpoint.files import LATEST, TAG_RE, CheckpointError, check_tag_files, write_atomic
+from megamythos.checkpoint.files import (
+    LATEST,
+    TAG_RE,
+    TRAIN_RECORD,
+    CheckpointError,
+    check_tag_files,
+    read_train_record,
+    write_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
 CHECKSUMS_FILE = "checksums.json"
+CHECKSUMMED_KEY = "checksummed"  # true in the train record of every tag saved with a manifest
 ALGORITHM = "sha256"
 _CHUNK = 1 << 20
 
@@ -196,26 +205,41 @@ def newest_verified_tag(save_dir: Path, exclude: str, team: Team = ALONE) -> str
 
 def verify_tag(tag_dir: Path, team: Team = ALONE) -> None:
     """Refuse a checkpoint tag whose files differ from its checksums, in one line naming the file and the newest
-    other tag of its directory that verifies (collective over ``team``: every rank raises alike). A tag saved
-    before checksums existed has no manifest: it is accepted with a warning once its torch files are complete
-    archives (:func:`check_tag_files`, on rank 0)."""
+    other tag of its directory that verifies (collective over ``team``: every rank raises alike). A tag without a
+    manifest is refused the same way when its ``train_args.json`` says it was saved with one
+    (:data:`CHECKSUMMED_KEY`); one saved before checksums existed is accepted with a warning once its torch files
+    are complete archives (:func:`check_tag_files`, on rank 0)."""
     try:
         if verify_checksums(tag_dir, team):
             return
     except ChecksumError as err:
-        good = newest_verified_tag(tag_dir.parent, tag_dir.name, team)
-        remedy = (f"the newest tag that verifies is {good} ({tag_dir.parent / good}; to resume it, write {good} "
-                  f"into {tag_dir.parent / LATEST})" if good else f"no other tag of {tag_dir.parent} verifies")
-        raise CheckpointError(f"{err}; {remedy}, or restore {err.path.name} from another copy of the "
-                              "checkpoint") from err
+        raise CheckpointError(f"{err}; {_remedy(tag_dir, team)}, or restore {err.path.name} from another copy of "
+                              "the checkpoint") from err
     problem = team.share(lambda: _unverified_tag_problem(tag_dir))
+    if problem == CHECKSUMMED_KEY:
+        raise CheckpointError(f"{tag_dir / CHECKSUMS_FILE} is missing, though {tag_dir.name} was saved with it "
+                              f"({TRAIN_RECORD}: {CHECKSUMMED_KEY}), so its files cannot be verified; "
+                              f"{_remedy(tag_dir, team)}, or restore the tag from another copy of the checkpoint")
     if problem is not None:
         raise CheckpointError(problem)
 
 
+def _remedy(tag_dir: Path, team: Team) -> str:
+    """Where to resume instead of ``tag_dir``: the newest other tag of its directory that verifies."""
+    good = newest_verified_tag(tag_dir.parent, tag_dir.name, team)
+    return (f"the newest tag that verifies is {good} ({tag_dir.parent / good}; to resume it, write {good} into "
+            f"{tag_dir.parent / LATEST})" if good else f"no other tag of {tag_dir.parent} verifies")
+
+
 def _unverified_tag_problem(tag_dir: Path) -> str | None:
-    """Warn that ``tag_dir`` (saved before checksums existed) is not verified; what :func:`check_tag_files` finds
-    wrong with its torch files, or None."""
+    """For ``tag_dir`` without a manifest: :data:`CHECKSUMMED_KEY` if its train record says it had one; else warn
+    that it (saved before checksums existed) is not verified and return what :func:`check_tag_files` finds wrong
+    with its torch files, or None."""
+    try:
+        if read_train_record(tag_dir).get(CHECKSUMMED_KEY):
+            return CHECKSUMMED_KEY
+    except CheckpointError as err:
+        return str(err)
     logger.warning("%s has no %s (saved before checkpoints carried checksums): its files are not verified",
                    tag_dir, CHECKSUMS_FILE)
     try:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint.checksums import ALONE, Team, verified, verify_tag, write_checksums
+from megamythos.checkpoint.checksums import ALONE, CHECKSUMMED_KEY, Team, verified, verify_tag, write_checksums
 from megamythos.checkpoint.files import (
     LATEST,
     MODEL_CONFIG_FILE,
@@ -419,8 +419,9 @@ class CheckpointManager:
                 config.to_json(tag_dir / MODEL_CONFIG_FILE)
                 if self.tokenizer is not None:
                     write_tokenizer_files(tag_dir, self.tokenizer)
-                if self.train_record is not None:
-                    write_atomic(tag_dir / TRAIN_RECORD, json.dumps(self.train_record, indent=2) + "\n")
+                if self.train_record is not None:  # marked, so that a tag whose manifest is lost is refused
+                    record = {**self.train_record, CHECKSUMMED_KEY: True}
+                    write_atomic(tag_dir / TRAIN_RECORD, json.dumps(record, indent=2) + "\n")
         except (OSError, RuntimeError) as err:
             self._save_failed(err, tag_dir)
         _barrier()  # every rank's shards and RNG are on disk before their checksums are taken and `latest` moves
