@@ -95,6 +95,22 @@ def test_evaluation_reads_the_validation_batches_the_training_run_used(tiny_chec
 
 
 @pytest.mark.launch
+def test_evaluation_builds_its_index_cache_where_it_is_told(tiny_checkpoint, tmp_path):
+    """``--data-cache-dir`` (the trainer's flag): data on a read-only or shared filesystem can be evaluated; the
+    cache elsewhere gives the same batches. Found 2026-12-06: evaluate could only write beside the data."""
+    ckpt, corpus = tiny_checkpoint
+    loaded = load_model(ckpt)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    settings = dict(load=str(ckpt), loops=[1], data_path=[], micro_batch_size=2, eval_iters=1)
+    moved = heldout_batches(loaded, EvalConfig(**settings, data_cache_dir=str(cache)))
+    assert list(cache.glob("*-description.json")), "no index cache in --data-cache-dir"
+    beside = heldout_batches(loaded, EvalConfig(**settings))
+    assert all(torch.equal(a, b) for a, b in zip(moved[0], beside[0]))
+    assert parse_args(["--load", str(ckpt), "--data-cache-dir", str(cache)]).data_cache_dir == str(cache)
+
+
+@pytest.mark.launch
 def test_generate_cli_is_reproducible_per_seed_and_reports_speed(tiny_checkpoint, capsys):
     ckpt, _ = tiny_checkpoint
     runs = [cli(generate_main, ["--load", str(ckpt), *GEN, "--seed", seed], capsys) for seed in ("3", "3", "4")]

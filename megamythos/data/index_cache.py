@@ -65,7 +65,7 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
                 json.dump({**description, "arrays": sorted(arrays)}, handle, indent=2, sort_keys=True)
         except OSError as err:
             raise IndexCacheError(f"cannot write the index cache in {cache_dir} ({err}); pass a writable "
-                                  "cache_dir that every rank can read") from err
+                                  "--data-cache-dir that every rank can read") from err
     if rank is not None:
         _barrier()
     if not os.path.isfile(desc_path):

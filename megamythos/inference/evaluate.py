@@ -65,6 +65,7 @@ class EvalConfig:
     split: str | None = None
     seed: int | None = None
     seq_length: int | None = None
+    data_cache_dir: str | None = None
     micro_batch_size: int = 4
     eval_iters: int = 8
     exit_thresholds: list[float] | None = None  # None: the model config's exit_threshold
@@ -198,8 +199,8 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     record = loaded.train_record or {}
     recorded = dict(record.get("args", {}))
     recorded.setdefault("seq_length", loaded.config.max_seq_len)
-    recorded.update({k: v for k, v in (("split", cfg.split), ("seed", cfg.seed), ("seq_length", cfg.seq_length))
-                     if v is not None})
+    recorded.update({k: v for k, v in (("split", cfg.split), ("seed", cfg.seed), ("seq_length", cfg.seq_length),
+                                       ("data_cache_dir", cfg.data_cache_dir)) if v is not None})
     recipe = DataRecipe.from_record(recorded)
     if recipe.seq_length > loaded.config.max_seq_len:
         raise LoadError(f"--seq-length {recipe.seq_length} exceeds the model's context, max_seq_len="
@@ -264,6 +265,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--split", help="train,valid,test weights (default: the training run's)")
     p.add_argument("--seed", type=number(int, 0, 2**32 - 1), help="data seed (default: the training run's)")
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
+    p.add_argument("--data-cache-dir", help="where the held-out split's index cache goes (default: the training "
+                   "run's --data-cache-dir, else beside the data)")
     p.add_argument("--micro-batch-size", type=int, default=4, help="samples per batch")
     p.add_argument("--eval-iters", type=int, default=8, help="batches evaluated at every loop count")
     p.add_argument("--loops", default=DEFAULT_LOOPS, help="comma-separated loop counts")
