@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,33 @@ def test_parallel_output_equals_single_worker_byte_for_byte(tmp_path, tiny_token
     for name in ("_text_document.bin", "_text_document.idx", ".skipped.tsv"):
         assert (tmp_path / f"multi{name}").read_bytes() == (tmp_path / f"single{name}").read_bytes()
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name or ".tmp." in p.name]
+
+
+_THREADS_AT_FORK: list[int] | None = None  # os.register_at_fork cannot be undone: the hook records only when set
+
+
+def _record_threads_at_fork() -> None:
+    if _THREADS_AT_FORK is not None:
+        _THREADS_AT_FORK.append(threading.active_count())
+
+
+os.register_at_fork(before=_record_threads_at_fork)
+
+
+def test_workers_are_forked_before_the_progress_bar_starts_a_thread(tmp_path, tiny_tokenizer: Tokenizer) -> None:
+    """A fork copies only the forking thread, with any lock another thread held: tqdm's monitor thread ran while
+    the encoding pool forked (found 2026-12-06 by Python 3.12's warning "multi-threaded, use of fork() may lead to
+    deadlocks"). The pool now forks first."""
+    global _THREADS_AT_FORK
+    inputs = [str(write_jsonl(tmp_path / "a.jsonl", synthetic_documents(40, seed=1)))]
+    before = threading.active_count()
+    _THREADS_AT_FORK = []
+    try:
+        run(tiny_tokenizer, inputs, tmp_path / "o", workers=2, progress=True, batch_documents=4)
+        forks = _THREADS_AT_FORK
+    finally:
+        _THREADS_AT_FORK = None
+    assert len(forks) >= 2 and set(forks) == {before}, forks
 
 
 def test_several_json_keys_write_one_dataset_each(tmp_path, tiny_tokenizer: Tokenizer) -> None:

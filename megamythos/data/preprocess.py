@@ -18,6 +18,7 @@ are removed when the next run on the same output prefix starts.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing as mp
@@ -30,6 +31,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 
 import numpy as np
 from tqdm import tqdm
@@ -195,23 +197,30 @@ def _batches(records: Iterable[RawRecord], max_docs: int, max_bytes: int) -> Ite
         yield batch
 
 
-def _ordered_results(config: PreprocessConfig, batches: Iterator[list[RawRecord]]) -> Iterator[_BatchResult]:
-    """Batch results in input order; a pool of ``workers`` processes with at most 2 x workers batches queued."""
-    args = (config.json_keys, config.append_eod)
+def _worker_pool(config: PreprocessConfig) -> contextlib.AbstractContextManager[Pool | None]:
+    """The pool of ``workers`` forked encoding processes (None for one worker: this process encodes). Forked
+    before any thread starts here (the progress bar's monitor), so no child inherits a lock a thread held."""
     if config.workers == 1:
         _init_worker(config.tokenizer_model)
+        return contextlib.nullcontext(None)
+    return mp.get_context("fork").Pool(config.workers, initializer=_init_worker, initargs=(config.tokenizer_model,))
+
+
+def _ordered_results(config: PreprocessConfig, pool: Pool | None,
+                     batches: Iterator[list[RawRecord]]) -> Iterator[_BatchResult]:
+    """Batch results in input order, from ``pool`` (:func:`_worker_pool`) with at most 2 x workers batches queued."""
+    args = (config.json_keys, config.append_eod)
+    if pool is None:
         for batch in batches:
             yield _encode_batch(batch, *args)
         return
-    ctx = mp.get_context("fork")
-    with ctx.Pool(config.workers, initializer=_init_worker, initargs=(config.tokenizer_model,)) as pool:
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_encode_batch, (batch, *args)))
-            if len(pending) >= 2 * config.workers:
-                yield pending.popleft().get()
-        while pending:
+    pending: deque = deque()
+    for batch in batches:
+        pending.append(pool.apply_async(_encode_batch, (batch, *args)))
+        if len(pending) >= 2 * config.workers:
             yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
@@ -248,10 +257,10 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
     start = time.perf_counter()
     builders = [IndexedDatasetBuilder(prefixes[k], dtype) for k in config.json_keys]
     try:
-        with tqdm(unit="doc", disable=not config.progress, dynamic_ncols=True) as bar:
+        with _worker_pool(config) as pool, tqdm(unit="doc", disable=not config.progress, dynamic_ncols=True) as bar:
             next_log = config.log_interval
             batches = _batches(_records(config, paths), config.batch_documents, config.batch_bytes)
-            for result in _ordered_results(config, batches):
+            for result in _ordered_results(config, pool, batches):
                 _report_bad(stats, result.bad, config.strict, report_path)
                 for builder, tokens, lengths in zip(builders, result.tokens, result.lengths):
                     builder.add_documents(tokens, lengths)
