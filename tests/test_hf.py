@@ -149,6 +149,19 @@ def test_generate_with_cache_equals_uncached_and_our_generate(hf_model, ours):
 
 
 @pytest.mark.launch
+def test_beam_search_with_cache_equals_beam_search_without(hf_model):
+    """Found 2026-12-06: ``num_beams > 1`` failed in transformers ("cannot use beam search with a cache"); the
+    cache now reorders its rows as the beams do."""
+    model, tok = hf_model
+    ids = torch.tensor([tok(text)["input_ids"][:3] for text in ("def main(): pass", "import os, sys")])
+    kw = dict(max_new_tokens=8, do_sample=False, num_beams=3, num_return_sequences=2, n_loops=3,
+              exit_threshold=0.0, early_stopping=True)
+    cached = model.generate(ids, **kw)
+    assert torch.equal(cached, model.generate(ids, use_cache=False, **kw)), cached
+    assert cached.shape[0] == 2 * ids.shape[0] and cached.shape[1] > ids.shape[1]
+
+
+@pytest.mark.launch
 def test_lm_eval_perplexity_equals_megamythos_evaluate(tiny_checkpoint, hf_dir, ours, tmp_path):
     """lm-eval's rolling log-likelihood of the held-out documents (token_perplexity) against evaluate_loops on
     the same documents, each scored after an eos as lm-eval does; and the multiple-choice task runs."""

@@ -40,6 +40,10 @@ class MythosCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.kv.length
 
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: row i of the batch continues the sequence of row ``beam_idx[i]``."""
+        self.kv.select_rows(beam_idx)
+
 
 class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     """``forward(input_ids [B, S], labels=None, cache=None, use_cache=None, n_loops=None, exit_threshold=None)``

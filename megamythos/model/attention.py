@@ -33,6 +33,11 @@ class LayerKVCache:
     def length(self) -> int:
         return 0 if self.tensors is None else self.tensors[0].shape[1]
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep batch rows ``rows`` [B'] of the cached tensors, in that order."""
+        if self.tensors is not None:
+            self.tensors = tuple(t.index_select(0, rows.to(t.device)) for t in self.tensors)
+
     def append(self, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Append ``new`` along the sequence dim and return the full cached tensors."""
         if self.tensors is None:

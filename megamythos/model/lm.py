@@ -50,6 +50,11 @@ class ModelKVCache:
     def length(self) -> int:
         return self.loops[0].length
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep batch rows ``rows`` [B'] of every layer's cache, in that order (repeats allowed: beam search)."""
+        for layer in (*self.prelude, *self.loops, *self.coda):
+            layer.select_rows(rows)
+
 
 class MythosOutput(NamedTuple):
     """logits [B, S, V]; loss: mean next-token CE (None without labels); aux_loss: weighted MoE balance terms;
