@@ -54,6 +54,10 @@ fi
 # Validate first (cheap, no GPU; a refusal is its one line and exit code), then run the exact command the dry run
 # prints.
 PLAN=$(python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "${TRAINER[@]}")
+if [[ ! -f "${HOSTFILE:-hostfile}" ]]; then
+  echo "error: hostfile ${HOSTFILE:-hostfile} not found: set HOSTFILE to DeepSpeed's hostfile (a line 'HOST slots=8' per node), or add --dry-run to plan only" >&2
+  exit 2
+fi
 CMD=$(python -c "import json,sys; print(json.load(sys.stdin)['command'])" <<< "$PLAN")
 echo "$CMD"
 eval exec "$CMD"

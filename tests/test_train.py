@@ -512,6 +512,9 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
         bad = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**launch_env(), "EP": "3"})
         assert bad.returncode == 2 and "not divisible by expert-parallel size ep=3" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
+    nowhere = subprocess.run(cmd[:4], capture_output=True, text=True, cwd=REPO,
+                             env={**launch_env(), "HOSTFILE": str(REPO / "no-such-hostfile")})
+    assert nowhere.returncode == 2 and nowhere.stderr.startswith("error: hostfile "), nowhere.stderr  # not DeepSpeed's
     tight = subprocess.run(cmd[:2] + ["--dry-run"], capture_output=True, text=True, cwd=REPO,
                            env={**launch_env(), "EP": "8", "TP": "1"})
     assert tight.returncode != 0 and "does not fit" in tight.stderr
