@@ -181,6 +181,8 @@ class Trainer:
         self.resume_from, self.finetune_from = run_sources(args.save, args.load, args.finetune)
         if self.resume_from and self.world > 1:
             verify_resume(self.resume_from)
+        self._keep_resumed_global_batch(template)
+        args = self.args
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         self.total_iters = args.total_iters(self.layout.global_batch_size)
         self.ds_config = build_ds_config(template, args, self.layout, self.config,
@@ -253,6 +255,32 @@ class Trainer:
         if on_cpu:
             logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s); host memory: %s", torch.get_num_threads(),
                         openmp_wait_policy(), host_memory)
+
+    def _keep_resumed_global_batch(self, template: dict[str, Any]) -> None:
+        """A resume keeps the global batch its checkpoint trained with, the accumulation adapting to this run's
+        micro-batch x data-parallel size, unless ``--global-batch-size`` or the template's ``train_batch_size``
+        sets one: the default (micro x accumulation x dp) would change the optimisation on another world size
+        without a word. Where micro x dp does not divide the saved batch, the run says so and keeps its default."""
+        if not self.resume_from or self.args.global_batch_size or template.get("train_batch_size"):
+            return
+        latest = read_latest(self.resume_from)
+        saved = read_train_record(Path(self.resume_from) / latest).get("global_batch_size") if latest else None
+        if not saved or saved == self.layout.global_batch_size:
+            return
+        per_step = self.layout.micro_batch_size * self.layout.dp
+        if saved % per_step:
+            if self.rank == 0:
+                logger.warning("%s trained with a global batch of %d samples, which micro-batch %d x data-parallel "
+                               "%d does not divide: this run's is %d; pass --global-batch-size to choose another",
+                               self.resume_from, saved, self.layout.micro_batch_size, self.layout.dp,
+                               self.layout.global_batch_size)
+            return
+        self.args = dataclasses.replace(self.args, global_batch_size=saved)
+        self.layout = resolve_layout(template, self.args, self.world)
+        if self.rank == 0:
+            logger.info("keeping the global batch of %s: %d samples (micro-batch %d x data-parallel %d x "
+                        "accumulation %d); --global-batch-size sets another", self.resume_from, saved,
+                        self.layout.micro_batch_size, self.layout.dp, self.layout.grad_accum)
 
     # ---------------------------------------------------------------------------------------- state
     def layout_record(self) -> dict[str, int]:
