@@ -333,12 +333,13 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
     assert not (save / WRITER_LOCK).exists()
 
 
-@pytest.mark.parametrize("target", ["launcher", "process group"])
+@pytest.mark.parametrize("target", ["launcher", "process group", "process group, SIGHUP"])
 @pytest.mark.launch
 def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: Path, tmp_path: Path) -> None:
-    """``bash launchers/pretrain.sh`` (2 ranks) gets SIGTERM alone or with its whole process group: every rank
-    stops at the same iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left.
-    DeepSpeed's launch.py is never signalled (it would kill ranks that are still saving 30 s later)."""
+    """``bash launchers/pretrain.sh`` (2 ranks) gets SIGTERM alone or with its whole process group, or the group
+    gets SIGHUP (a closed terminal; found 2026-12-06: it killed the ranks unsaved): every rank stops at the same
+    iteration, one checkpoint is saved, the launcher waits for it and exits 0, no rank is left. DeepSpeed's
+    launch.py is never signalled (it would kill ranks that are still saving 30 s later)."""
     save, log, metrics_file = tmp_path / "ckpt", tmp_path / "log.txt", tmp_path / "metrics.jsonl"
     proc = start(2, [*tiny_args(corpus, 500), "--save", str(save), "--metrics-file", str(metrics_file),
                      "--eval-interval", "0"], log)
@@ -346,7 +347,7 @@ def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: 
     if target == "launcher":
         os.kill(proc.pid, signal.SIGTERM)
     else:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGHUP if target.endswith("SIGHUP") else signal.SIGTERM)
     text = finish(proc, log)
     assert proc.returncode == 0, text[-4000:]
     assert text.count("saved checkpoint") == 1 and "stopping at iteration" in text
