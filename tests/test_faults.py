@@ -237,6 +237,23 @@ def test_save_over_another_run_is_refused(trained: Path, corpus: Path, tmp_path:
 
 
 @pytest.mark.launch
+def test_a_run_whose_latest_was_lost_is_not_restarted_over_its_checkpoints(trained: Path, corpus: Path,
+                                                                            tmp_path: Path) -> None:
+    """``latest`` deleted beside complete tags: the launcher's ``--load`` = ``--save`` took it for a fresh run,
+    deleted its checkpoints as unfinished saves and dropped its metrics (found 2026-12-06). A killed first save
+    (a tag without checksums) still starts fresh."""
+    ckpt = Path(shutil.copytree(trained / "ckpt", tmp_path / "ckpt"))
+    (ckpt / "latest").unlink()
+    before = sorted(p.name for p in ckpt.iterdir())
+    line = refused([*tiny_args(corpus, 4), "--save", str(ckpt), "--load", str(ckpt)], tmp_path)
+    assert "holds the complete checkpoint iter_0000002 but no `latest`" in line and "write iter_0000002 into" in line
+    assert sorted(p.name for p in ckpt.iterdir()) == before
+    for tag in ("iter_0000001", "iter_0000002"):
+        (ckpt / tag / "checksums.json").unlink()  # as a save killed before its checksums leaves it
+    check_run_dirs(str(ckpt), str(ckpt), verify=False)
+
+
+@pytest.mark.launch
 def test_second_writer_is_refused(corpus: Path, tmp_path: Path) -> None:
     save = tmp_path / "ckpt"
     save.mkdir()

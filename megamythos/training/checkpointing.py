@@ -30,7 +30,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint.checksums import ALONE, CHECKSUMMED_KEY, Team, verified, verify_tag, write_checksums
+from megamythos.checkpoint.checksums import (
+    ALONE,
+    CHECKSUMMED_KEY,
+    CHECKSUMS_FILE,
+    Team,
+    verified,
+    verify_tag,
+    write_checksums,
+)
 from megamythos.checkpoint.files import (
     LATEST,
     MODEL_CONFIG_FILE,
@@ -202,6 +210,20 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
     if save and not same and Path(save).is_dir() and read_latest(save) is not None:
         raise CheckpointError(f"--save {save} already holds checkpoints (latest {read_latest(save)}); resume them "
                               f"with --load {save}, or start fresh with another --save (or delete {save})")
+    orphan = newest_complete_tag(Path(save)) if save and read_latest(save) is None else None
+    if orphan:
+        raise CheckpointError(f"--save {save} holds the complete checkpoint {orphan} but no `{LATEST}` (deleted or "
+                              f"lost?): a fresh run there would delete it; write {orphan} into {Path(save) / LATEST} "
+                              "to resume it, or start fresh with another --save")
+
+
+def newest_complete_tag(save_dir: Path) -> str | None:
+    """The newest ``iter_*`` folder of ``save_dir`` that a save completed (it holds ``checksums.json``, written
+    before ``latest`` moves), or None; partial tags of a save that was killed do not count."""
+    if not save_dir.is_dir():
+        return None
+    tags = [p.name for p in save_dir.iterdir() if TAG_RE.match(p.name) and (p / CHECKSUMS_FILE).is_file()]
+    return max(tags, key=lambda name: int(TAG_RE.match(name).group(1)), default=None)
 
 
 def check_sources(save: str | None, load: str | None, finetune: bool, verify: bool) -> None:

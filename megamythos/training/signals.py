@@ -118,9 +118,9 @@ def seconds_since_start() -> float:
 
 
 class GracefulExit:
-    """Records SIGTERM/SIGINT/SIGHUP (a closed terminal or ssh session), the end of a launcher of this rank (:class:`LauncherWatch`), or the passing of
-    ``exit_duration_in_mins`` since the process started, instead of dying, so the loop can save a checkpoint and
-    exit 0.
+    """Records SIGTERM/SIGINT/SIGHUP (a closed terminal or ssh session), the end of a launcher of this rank
+    (:class:`LauncherWatch`), or the passing of ``exit_duration_in_mins`` since the process started, instead of
+    dying, so the loop can save a checkpoint and exit 0.
 
     The duration counts from the process start, as Megatron's ``--exit-duration-in-mins`` does, so start-up,
     compilation and validations count against a job's time limit; 0 is no limit."""
