@@ -473,6 +473,15 @@ def test_keep_last_k_prunes_oldest_and_never_the_current(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000006", "iter_0000008", "unrelated"]
 
 
+def test_keep_last_counts_no_tag_newer_than_the_one_saved(tmp_path):
+    """A run resumed from iter_20 (iter_40 was bad) saves 35 and 37: iter_40 counted among the newest 2 and the good
+    iter_35 was pruned (found 2026-12-06). Tags past the one just saved are left alone and not counted."""
+    for i in (20, 35, 37, 40):
+        (tmp_path / f"iter_{i:07d}").mkdir()
+    CheckpointManager(tmp_path, keep_last=2)._prune(keep="iter_0000037")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000035", "iter_0000037", "iter_0000040"]
+
+
 def test_checkpoint_of_another_preset_is_refused():
     small = get_preset("small")
     trained = small.replace(max_loops=32)

@@ -490,8 +490,12 @@ class CheckpointManager:
                               f"{latest or 'nothing'}; free space (or use another --save) and resume") from err
 
     def _prune(self, keep: str) -> None:
-        tags = sorted(p.name for p in self.save_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name))
-        for old in tags[:-self.keep_last]:
+        """Remove all but the newest ``keep_last`` tags up to ``keep`` (just saved); tags newer than it, left by a
+        run resumed from an earlier tag, are neither counted nor removed."""
+        iteration = int(TAG_RE.match(keep).group(1))
+        tags = sorted((int(m.group(1)), p.name) for p in self.save_dir.iterdir()
+                      if p.is_dir() and (m := TAG_RE.match(p.name)) and int(m.group(1)) <= iteration)
+        for _, old in tags[:-self.keep_last]:
             if old != keep:
                 shutil.rmtree(self.save_dir / old, ignore_errors=True)
                 for universal in self.save_dir.glob(f"{old}{UNIVERSAL_SUFFIX}*"):
