@@ -555,10 +555,17 @@ def test_model_forward_refuses_a_loop_count_below_1_and_a_negative_threshold(kwa
 
 @pytest.mark.parametrize("argv, message", [(["--num_gpus", "0"], "--num_gpus 0: give a whole number >= 1"),
                                            (["--num-gpus=abc"], "--num_gpus abc: give a whole number >= 1"),
-                                           (["--node_rank", "-1"], "--node_rank -1: give a whole number >= 0")])
+                                           (["--node_rank", "-1"], "--node_rank -1: give a whole number >= 0"),
+                                           (["--master-port", "99999"],
+                                            "--master_port 99999: give a whole number from 1 to 65535"),
+                                           (["--hostfile", "/no/such/hostfile"],
+                                            "--hostfile /no/such/hostfile does not exist; give DeepSpeed's hostfile "
+                                            "(a line 'HOST slots=N' per node), or drop --hostfile to train on this "
+                                            "machine")])
 def test_launcher_counts_are_checked(argv: list[str], message: str) -> None:
     """``bash launchers/pretrain.sh --num_gpus abc`` was a ValueError traceback; ``--num_gpus 0`` said
-    ``world_size=0``, not the flag."""
+    ``world_size=0``, not the flag. Found 2026-12-06: ``--master-port 99999`` was two tracebacks, and a missing
+    ``--hostfile`` trained one local process, exit 0 (DeepSpeed's warning hidden by ``--log_level critical``)."""
     with pytest.raises(LaunchError, match=f"^{re.escape(message)}$"):
         split_launcher_flags([*argv, "--train-iters", "2"])
 

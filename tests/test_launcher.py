@@ -81,12 +81,15 @@ def test_rank_thread_pools_spin_only_where_the_ranks_own_the_cores(monkeypatch):
     assert "OMP_WAIT_POLICY" not in rank_environment({}, gpu=True, local_processes=1)
 
 
-def test_bash_form_takes_the_launcher_flags_in_either_spelling():
-    launcher, trainer = split_launcher_flags(["--num-gpus", "2", "--lr", "1", "--master_port=7", "--hostfile", "h",
-                                              "--node-rank", "1", "--seed", "3"])
+def test_bash_form_takes_the_launcher_flags_in_either_spelling(tmp_path):
+    hostfile = tmp_path / "h"
+    hostfile.write_text("localhost slots=2\n")
+    launcher, trainer = split_launcher_flags(["--num-gpus", "2", "--lr", "1", "--master_port=7", "--hostfile",
+                                              str(hostfile), "--node-rank", "1", "--seed", "3"])
     assert trainer == ["--lr", "1", "--seed", "3"]
     assert deepspeed_command(launcher, trainer, gpu=False, env={}) == [
-        "deepspeed", "--master_port", "7", "--num_gpus", "2", "--hostfile", "h", "--node_rank", "1", "--no_ssh",
+        "deepspeed", "--master_port", "7", "--num_gpus", "2", "--hostfile", str(hostfile), "--node_rank", "1",
+        "--no_ssh",
         "--log_level", "critical", "--module", "megamythos.training.pretrain", "--lr", "1", "--seed", "3"]
     single = deepspeed_command({}, [], gpu=False, env={})  # one node, no port given: a free one, not 29500
     assert single[1] == "--master_port" and port_free(int(single[2]))

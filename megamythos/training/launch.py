@@ -65,8 +65,8 @@ LAUNCHER_FLAGS: dict[str, str | None] = {
     "master_addr": "ADDR", "master_port": "PORT", "node_rank": "R", "no_ssh": None,
 }
 
-# Launcher flags holding a count, and the least value each takes.
-LAUNCHER_COUNTS = {"num_gpus": 1, "num_nodes": 1, "node_rank": 0}
+# Launcher flags holding a whole number, and the range each takes.
+LAUNCHER_COUNTS = {"num_gpus": (1, None), "num_nodes": (1, None), "node_rank": (0, None), "master_port": (1, 65535)}
 
 
 class LaunchError(UserError, ValueError):
@@ -175,10 +175,15 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
             if value is None:
                 raise LaunchError(f"{arg} needs a value ({arg} {LAUNCHER_FLAGS[name]})")
             launcher[name] = value
-    for name, low in LAUNCHER_COUNTS.items():
+    for name, (low, high) in LAUNCHER_COUNTS.items():
         value = launcher.get(name)
-        if value is not None and not (value.isdigit() and int(value) >= low):
-            raise LaunchError(f"--{name} {value}: give a whole number >= {low}")
+        if value is not None and not (value.isdigit() and low <= int(value) <= (high or int(value))):
+            allowed = f"from {low} to {high}" if high else f">= {low}"
+            raise LaunchError(f"--{name} {value}: give a whole number {allowed}")
+    hostfile = launcher.get("hostfile")
+    if hostfile is not None and not Path(hostfile).is_file():
+        raise LaunchError(f"--hostfile {hostfile} does not exist; give DeepSpeed's hostfile (a line 'HOST slots=N' "
+                          "per node), or drop --hostfile to train on this machine")
     return launcher, trainer
 
 
