@@ -276,18 +276,20 @@ def test_checkpoints_keep_last_k_and_latest(zero3):
 def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(zero3 / "tb"))
+    acc, twins = EventAccumulator(str(zero3 / "tb")), EventAccumulator(str(zero3 / "tb" / "samples"))
     acc.Reload()
+    twins.Reload()
+    assert set(twins.Tags()["scalars"]) == {"lm loss vs samples", "learning-rate vs samples", "grad-norm vs samples",
+                                            "tokens-per-sec vs samples", "loss-scale vs samples",
+                                            "lm loss validation vs samples", "lm loss validation ppl vs samples"}
     tags = set(acc.Tags()["scalars"])
-    expected = {"lm loss", "lm loss vs samples", "learning-rate", "learning-rate vs samples", "grad-norm",
-                "grad-norm vs samples", "tokens-per-sec", "tflops", "mfu", "loss-scale", "lm loss validation",
-                "lm loss validation vs samples", "lm loss validation ppl", "lm loss validation ppl vs samples",
-                "recurrent/max-rho", "recurrent/exit-mean-loops", "recurrent/exit-share/loop-01",
-                "recurrent/loop-count", "recurrent/state-norm/loop-00", "moe/max-load", "moe/mean-load", "moe/bias-min",
-                "moe/bias-max", "memory/rss-GiB", "memory/max-rss-GiB"}
+    expected = {"lm loss", "learning-rate", "grad-norm", "tokens-per-sec", "tflops", "mfu", "loss-scale",
+                "lm loss validation", "lm loss validation ppl", "recurrent/max-rho", "recurrent/exit-mean-loops",
+                "recurrent/exit-share/loop-01", "recurrent/loop-count", "recurrent/state-norm/loop-00", "moe/max-load",
+                "moe/mean-load", "moe/bias-min", "moe/bias-max", "memory/rss-GiB", "memory/max-rss-GiB"}
     assert expected <= tags, f"missing {sorted(expected - tags)}"
     assert [e.step for e in acc.Scalars("lm loss")] == list(range(1, ITERS + 1))
-    assert [e.step for e in acc.Scalars("lm loss vs samples")] == [2 * i for i in range(1, ITERS + 1)]
+    assert [e.step for e in twins.Scalars("lm loss vs samples")] == [2 * i for i in range(1, ITERS + 1)]
     assert [e.step for e in acc.Scalars("lm loss validation")] == [4, 8]
     loops = [e.value for e in acc.Scalars("recurrent/loop-count")]
     assert all(1 <= n <= 6 for n in loops) and len(set(loops)) > 1, loops  # sampled per step, capped at max_loops

@@ -615,7 +615,7 @@ def test_a_long_first_step_says_what_it_is_doing(caplog):
 def test_a_resumed_run_logs_each_iteration_once(tmp_path):
     """A launch killed after its last checkpoint had logged iterations the resumed run logs again: metrics.jsonl
     held them twice and TensorBoard overlapped (found 2026-12-06). Records after the resume point are dropped
-    (a cut last line too) and TensorBoard purges them."""
+    (a cut last line too) and TensorBoard purges them, on the iteration and the samples axis each."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from megamythos.training.monitor import TrainingMonitor
@@ -629,7 +629,7 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path):
     first.close()
     with open(metrics_file, "a") as handle:
         handle.write('{"iteration": 6, "lm lo')  # killed mid-line
-    resumed = TrainingMonitor(True, str(tb), str(metrics_file), start_iteration=3)
+    resumed = TrainingMonitor(True, str(tb), str(metrics_file), start_iteration=3, start_samples=12)
     resumed.scalars({"lm loss": 0.5}, 4, 16)
     resumed.record({"iteration": 4, "lm loss": 0.5})
     resumed.close()
@@ -638,6 +638,12 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path):
     events = EventAccumulator(str(tb))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 0.5)]
+    # the twins on the samples axis keep every point up to the resume (found 2026-12-06: the iteration purge
+    # removed those past sample 4, here all but the first)
+    samples = EventAccumulator(str(tb / "samples"))
+    samples.Reload()
+    assert [(e.step, e.value) for e in samples.Scalars("lm loss vs samples")] == [(4, 9.0), (8, 8.0), (12, 7.0),
+                                                                                   (16, 0.5)]
 
 
 def test_a_resume_that_changes_the_sample_order_is_named():

@@ -1,5 +1,6 @@
-"""Training telemetry on rank 0: TensorBoard (Megatron tag names with ``vs samples`` twins), a console line
-per log interval, an optional JSON-lines metrics file, and the peak against which MFU is measured.
+"""Training telemetry on rank 0: TensorBoard (Megatron tag names with ``vs samples`` twins, in the run
+``samples/`` below the TensorBoard directory), a console line per log interval, an optional JSON-lines metrics
+file, and the peak against which MFU is measured.
 (FLOPs per token come from :func:`megamythos.model.params.count`.)
 """
 from __future__ import annotations
@@ -24,7 +25,9 @@ from megamythos.data.atomic import OutputError, atomic_open, writable_directory,
 
 logger = logging.getLogger(__name__)
 
-# Scalars written with a "<tag> vs samples" twin, as Megatron-LM does.
+# Scalars written with a "<tag> vs samples" twin, as Megatron-LM does, into a run of their own (SAMPLES_RUN): a
+# resume purges each run's steps after its resume point, iterations in one and consumed samples in the other.
+SAMPLES_RUN = "samples"
 SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "lm loss validation", "lm loss validation ppl",
                 "tokens-per-sec", "loss-scale")
 
@@ -167,20 +170,23 @@ def drop_records_after(metrics_file: str | Path, iteration: int) -> int:
 class TrainingMonitor:
     """Writes scalars from rank 0 only; other ranks hold a no-op instance.
 
-    ``start_iteration``: the iteration the run starts from (resumes at). What an earlier launch logged after it
-    (steps a killed run took after its last checkpoint, which this run takes again) is dropped from the metrics
-    file and, on a resume, purged from TensorBoard, so each iteration is logged once.
+    ``start_iteration``, ``start_samples``: the iteration the run starts from (resumes at) and the samples
+    consumed by then. What an earlier launch logged after it (steps a killed run took after its last checkpoint,
+    which this run takes again) is dropped from the metrics file and, on a resume, purged from TensorBoard (the
+    ``vs samples`` twins after ``start_samples``), so each iteration is logged once.
     """
 
     def __init__(self, enabled: bool, tensorboard_dir: str | None, metrics_file: str | None,
-                 start_iteration: int = 0) -> None:
+                 start_iteration: int = 0, start_samples: int = 0) -> None:
         self.enabled = enabled
-        self.writer = None
+        self.writer = self.samples_writer = None
         self.metrics = None
         if enabled and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=50,
                                         purge_step=start_iteration + 1 if start_iteration else None)
+            self.samples_writer = SummaryWriter(log_dir=os.path.join(tensorboard_dir, SAMPLES_RUN), max_queue=50,
+                                                purge_step=start_samples + 1 if start_iteration else None)
         if enabled and metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
             drop_records_after(metrics_file, start_iteration)
@@ -195,7 +201,7 @@ class TrainingMonitor:
                 continue
             self.writer.add_scalar(tag, value, iteration)
             if tag in SAMPLE_TWINS:
-                self.writer.add_scalar(f"{tag} vs samples", value, samples)
+                self.samples_writer.add_scalar(f"{tag} vs samples", value, samples)
 
     def record(self, record: dict[str, Any]) -> None:
         """One JSON line (iteration, losses, ...) for scripts and tests."""
@@ -218,7 +224,8 @@ class TrainingMonitor:
     def close(self) -> None:
         """Flush and close the outputs. A write that fails here (a full disk) is logged, not raised: it must not
         turn the one-line error that ended the run into a traceback."""
-        for name, output in (("TensorBoard", self.writer), ("the metrics file", self.metrics)):
+        for name, output in (("TensorBoard", self.writer), ("TensorBoard", self.samples_writer),
+                             ("the metrics file", self.metrics)):
             if output is None:
                 continue
             try:

@@ -243,7 +243,8 @@ class Trainer:
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
         if self.resume_from:
             self._load(self.resume_from, self.universal)
-        self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration)
+        self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration,
+                                       self.consumed)
         latest = read_latest(args.save) if args.save else None
         self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
         logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
