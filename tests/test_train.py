@@ -646,6 +646,20 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path):
                                                                                    (16, 0.5)]
 
 
+def test_telemetry_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    """A full disk under the metrics file was an OSError traceback on rank 0 and, on the other ranks, a line that
+    only said rank 0 ended (found 2026-12-06)."""
+    from megamythos.data.atomic import OutputError
+    from megamythos.training.monitor import TrainingMonitor
+
+    monitor = TrainingMonitor(True, None, str(tmp_path / "metrics.jsonl"))
+    monitor.metrics.close()
+    monitor.metrics = open("/dev/full", "w")  # every flush fails with ENOSPC
+    with pytest.raises(OutputError, match=r"^cannot write the metrics file /dev/full \(the disk is full\); free"):
+        monitor.record({"iteration": 1})
+    monitor.close()  # logs, does not raise
+
+
 def test_a_resume_that_changes_the_sample_order_is_named():
     """A resume with another --seed, --split, --seq-length or data path reads another sample order at the same
     consumed-sample count; it trained on without a word (found 2026-12-06)."""

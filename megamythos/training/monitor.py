@@ -21,7 +21,13 @@ from typing import Any
 import psutil
 import torch
 
-from megamythos.data.atomic import OutputError, atomic_open, writable_directory, writable_parent
+from megamythos.data.atomic import (
+    OutputError,
+    atomic_open,
+    describe_os_error,
+    writable_directory,
+    writable_parent,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -196,18 +202,31 @@ class TrainingMonitor:
         """TensorBoard scalars at ``iteration``, plus ``vs samples`` twins for the Megatron tags."""
         if self.writer is None:
             return
-        for tag, value in values.items():
-            if value is None or not math.isfinite(value):
-                continue
-            self.writer.add_scalar(tag, value, iteration)
-            if tag in SAMPLE_TWINS:
-                self.samples_writer.add_scalar(f"{tag} vs samples", value, samples)
+        try:
+            for tag, value in values.items():
+                if value is None or not math.isfinite(value):
+                    continue
+                self.writer.add_scalar(tag, value, iteration)
+                if tag in SAMPLE_TWINS:
+                    self.samples_writer.add_scalar(f"{tag} vs samples", value, samples)
+        except OSError as err:  # TensorBoard's writer thread failed (a full disk), raised on a later write
+            raise self._write_failed("TensorBoard", err) from err
 
     def record(self, record: dict[str, Any]) -> None:
         """One JSON line (iteration, losses, ...) for scripts and tests."""
         if self.metrics is not None:
-            self.metrics.write(json.dumps(record) + "\n")
-            self.metrics.flush()
+            try:
+                self.metrics.write(json.dumps(record) + "\n")
+                self.metrics.flush()
+            except OSError as err:
+                raise self._write_failed(f"the metrics file {self.metrics.name}", err) from err
+
+    @staticmethod
+    def _write_failed(what: str, err: OSError) -> OutputError:
+        """The one-line error of telemetry that cannot be written: the run stops (its steps would go unlogged)."""
+        return OutputError(f"cannot write {what} ({describe_os_error(err)}); free space there (or move "
+                           "--tensorboard-dir / --metrics-file) and run the same command again: it resumes from the "
+                           "last checkpoint")
 
     def console(self, iteration: int, total: int, values: dict[str, Any]) -> None:
         """Megatron-style one-line summary."""
