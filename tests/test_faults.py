@@ -350,6 +350,32 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
     assert not (save / WRITER_LOCK).exists()
 
 
+@pytest.mark.launch
+def test_save_folder_made_read_only_during_the_run(small_disk: Path, corpus: Path, tmp_path: Path) -> None:
+    """The checkpoint folder turns read-only after the first checkpoint (a remount after I/O errors): one line
+    saying the folder is not writable and which checkpoint ``latest`` still names, exit 2. Found 2026-12-06:
+    torch's ``Parent directory ... does not exist`` tracebacks (DeepSpeed only logs its failed makedirs) and an
+    OSError traceback from removing the writer lock."""
+    save = small_disk / "ckpt"
+    log = tmp_path / "log.txt"
+    proc = start(1, [*tiny_args(corpus, 200), "--save", str(save), "--save-interval", "2", "--eval-interval", "0",
+                     "--tensorboard-dir", str(tmp_path / "tb"), "--metrics-file", str(tmp_path / "metrics.jsonl")], log)
+    wait_for(lambda: (save / "latest").is_file(), proc, "the first checkpoint")
+    subprocess.run(["mount", "--bind", str(save), str(save)], check=True)  # the open files stay writable
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(save)], check=True)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        subprocess.run(["umount", "-l", str(save)], check=False)
+    text = log.read_text()
+    assert proc.returncode == 2, text[-4000:]
+    line = one_error_line(text)
+    assert f"{save} not writable while saving" in line and f"still names {read_latest(save)}" in line, line
+    assert "Traceback" not in text, text[-4000:]
+
+
 @pytest.mark.parametrize("target", ["launcher", "process group", "process group, SIGHUP"])
 @pytest.mark.launch
 def test_sigterm_to_the_launcher_saves_once_and_exits_zero(target: str, corpus: Path, tmp_path: Path) -> None:

@@ -274,8 +274,11 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        if path.is_file() and path.read_text().strip() == mine:
-            path.unlink()
+        try:
+            if path.is_file() and path.read_text().strip() == mine:
+                path.unlink()
+        except OSError as err:  # the folder became read-only: the next run on this host takes the lock over
+            logger.warning("could not remove %s (%s)", path, err)
 
 
 def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int, rank: int,
@@ -479,15 +482,19 @@ class CheckpointManager:
 
     def _save_failed(self, err: OSError | RuntimeError, tag_dir: Path) -> NoReturn:
         """Remove the partial ``tag_dir`` of a failed write and raise :class:`CheckpointError` saying where
-        ``latest`` stays; re-raise ``err`` when it is a RuntimeError other than a full disk."""
+        ``latest`` stays; re-raise ``err`` when it is a RuntimeError other than a full disk or a folder that cannot
+        be written (DeepSpeed only logs a failed ``makedirs``; torch then cannot open the file)."""
         full = _disk_full(err, self.save_dir)
-        if not (full or isinstance(err, OSError)):
+        unwritable = not os.access(self.save_dir, os.W_OK)
+        if not (full or unwritable or isinstance(err, OSError)):
             raise err
         shutil.rmtree(tag_dir, ignore_errors=True)
         latest = read_latest(self.save_dir)
-        raise CheckpointError(f"{'disk full' if full else 'write failed'} while saving {tag_dir} ({err}); "
-                              f"removed the partial {tag_dir.name}, {self.save_dir / LATEST} still names "
-                              f"{latest or 'nothing'}; free space (or use another --save) and resume") from err
+        what = "disk full" if full else f"{self.save_dir} not writable" if unwritable else "write failed"
+        removed = "" if tag_dir.exists() else f"removed the partial {tag_dir.name}, "
+        raise CheckpointError(f"{what} while saving {tag_dir} ({err}); {removed}{self.save_dir / LATEST} still names "
+                              f"{latest or 'nothing'}; free space or make it writable (or use another --save) and "
+                              "resume") from err
 
     def _prune(self, keep: str) -> None:
         """Remove all but the newest ``keep_last`` tags up to ``keep`` (just saved); tags newer than it, left by a
