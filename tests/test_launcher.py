@@ -23,9 +23,11 @@ from megamythos.training.launch import (
     deepspeed_command,
     failed_run,
     rank_environment,
+    rank_errors,
     refuse_launcher_flags,
     split_launcher_flags,
     trainer_defaults,
+    unfinished_ranks,
 )
 from megamythos.training.rendezvous import port_free
 from tests.helpers import LAUNCHER, finish, free_port, launch_env, losses, spawn, tiny_args, trains
@@ -119,6 +121,27 @@ def test_a_failed_launch_is_one_line_naming_the_signal_and_the_checkpoint(tmp_pa
     assert failed_run(250, latest) == ("deepspeed exited with code 250 (a rank ended by SIGABRT; DeepSpeed stopped the "
                                        "others); the last checkpoint, iter_0000004, resumes with the same command")
     assert "(a rank" not in failed_run(200, latest)  # 256 - 200 = 56 is no signal
+
+
+def test_exit_records_name_killed_ranks_and_errors_only_another_rank_met(tmp_path):
+    """The launcher's reading of the ranks' exit records. Found 2026-12-06: a user error only rank 1 met (its shard
+    of a save on a full disk) was never printed: rank 1 stayed quiet, as for errors every rank meets, and rank 0
+    only said rank 1 had ended."""
+    def ended(pid: int, rank: int, code: int | None, error: str | None = None) -> None:
+        (tmp_path / str(pid)).write_text(str(rank))
+        if code is not None:
+            (tmp_path / f"{pid}.exit").write_text(str(code))
+        if error is not None:
+            (tmp_path / f"{pid}.error").write_text(error)
+
+    ended(11, 0, 1)
+    ended(12, 1, 2, "disk full while saving ckpt/iter_0000004 (...)")
+    ended(13, 2, None)
+    assert rank_errors(tmp_path) == ["rank 1: disk full while saving ckpt/iter_0000004 (...)"]
+    assert unfinished_ranks(tmp_path) == ["rank 0 exited with code 1", "rank 1 exited with code 2",
+                                          "rank 2 ended without finishing"]
+    ended(11, 0, 2)  # rank 0 printed its own user error: the others met the same one
+    assert rank_errors(tmp_path) == []
 
 
 def test_a_finished_process_runs_its_exit_handlers_and_skips_the_teardown():

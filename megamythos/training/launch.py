@@ -321,20 +321,36 @@ def supervise(cmd: list[str], latest: Path) -> int:
         return _supervise(cmd, latest, Path(records))
 
 
+def _rank_records(records: Path) -> dict[str, dict[str, str]]:
+    """{rank: {"exit": code, "error": message}} of the exit records (:mod:`megamythos.training.process_exit`) in
+    ``records``; a rank that was killed has neither key."""
+    found: dict[str, dict[str, str]] = {}
+    for start in records.iterdir():
+        if not start.suffix:  # "<pid>" names the rank; "<pid>.exit" and "<pid>.error" follow it
+            kinds = {kind: start.with_name(f"{start.name}.{kind}") for kind in ("exit", "error")}
+            found[start.read_text()] = {kind: path.read_text() for kind, path in kinds.items() if path.is_file()}
+    return dict(sorted(found.items(), key=lambda item: int(item[0]) if item[0].isdigit() else -1))
+
+
 def unfinished_ranks(records: Path) -> list[str]:
-    """The local ranks whose exit records (:mod:`megamythos.training.process_exit`) show no clean end, each as
-    ``rank R ended without finishing`` (a start record only: killed) or ``rank R exited with code C``."""
+    """The local ranks whose exit records show no clean end, each as ``rank R ended without finishing`` (a start
+    record only: killed) or ``rank R exited with code C``."""
     found = []
-    for start in sorted(records.iterdir(), key=lambda p: p.name):
-        if start.suffix:  # "<pid>.exit"
-            continue
-        end = start.with_name(f"{start.name}.exit")
-        rank = start.read_text()
-        if not end.is_file():
+    for rank, ended in _rank_records(records).items():
+        if "exit" not in ended:
             found.append(f"rank {rank} ended without finishing")
-        elif end.read_text() != "0":
-            found.append(f"rank {rank} exited with code {end.read_text()}")
+        elif ended["exit"] != "0":
+            found.append(f"rank {rank} exited with code {ended['exit']}")
     return found
+
+
+def rank_errors(records: Path) -> list[str]:
+    """``rank R: MESSAGE`` for the user errors that ranks other than 0 met on their own (none when rank 0 ended
+    with a user error: it printed it, and the others met the same)."""
+    ranks = _rank_records(records)
+    if ranks.get("0", {}).get("exit") == "2":
+        return []
+    return [f"rank {rank}: {ended['error']}" for rank, ended in ranks.items() if "error" in ended]
 
 
 def _supervise(cmd: list[str], latest: Path, records: Path) -> int:
@@ -381,8 +397,11 @@ def _supervise(cmd: list[str], latest: Path, records: Path) -> int:
             if lost:
                 logger.error("%s", failed_run(code, latest, lost))
                 return 1
-        elif code != 2:  # 2: a rank printed its one-line user error, and that is all the user sees
-            logger.error("%s", failed_run(code, latest))
+        else:
+            for line in rank_errors(records):  # what only another rank met, which rank 0 could not print
+                print(f"error: {line}", file=sys.stderr, flush=True)
+            if code != 2:  # 2: a rank printed its one-line user error, and that is all the user sees
+                logger.error("%s", failed_run(code, latest))
         return code
     # the runner may have died of the same signal (a signal to the process group): its launch.py and ranks are
     # adopted now; ranks that were still starting (not signalled yet) are stopped too, and all are waited for

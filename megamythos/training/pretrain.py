@@ -72,7 +72,7 @@ from megamythos.training.monitor import (
     still_working,
 )
 from megamythos.training.optimizers import client_adam, kept_optimizer_settings, resolve_adam_impl
-from megamythos.training.process_exit import end_process, record_start
+from megamythos.training.process_exit import end_process, record_start, write_exit_record
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import (
     LRSchedule,
@@ -634,10 +634,13 @@ def train(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet(argv: Sequence[str] | None) -> int:
-    """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it."""
+    """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it; one
+    that only this rank met (its shard of a save on a full disk) goes into its exit record, which the launcher
+    reports when rank 0 did not end with a user error of its own."""
     try:
         return train(argv)
-    except UserError:
+    except UserError as err:
+        write_exit_record(".error", str(err))
         return 2
 
 

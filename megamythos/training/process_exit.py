@@ -8,7 +8,8 @@ failed. Ending the process as a forked ``multiprocessing`` child does (its exit 
 leaves nothing for that teardown to do.
 
 Exit records: under ``bash launchers/pretrain.sh`` each local rank writes ``<pid>`` (its rank) into the folder
-named by ``EXIT_RECORDS_ENV`` when it starts and ``<pid>.exit`` (its exit code) when it ends here. DeepSpeed's
+named by ``EXIT_RECORDS_ENV`` when it starts, ``<pid>.exit`` (its exit code) when it ends here, and a rank other
+than 0 ``<pid>.error`` (its one-line user error, which only rank 0 prints). DeepSpeed's
 runner exits 0 when its ``launch.py`` dies of a signal, whatever became of the ranks; the records let the
 supervisor tell a finished run from ranks that were killed with it (see :mod:`megamythos.training.launch`).
 """
