@@ -155,6 +155,7 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
     out_dir = Path(out_dir)
     with staged_export(out_dir, Path(checkpoint), overwrite) as stage:
         export_hf(checkpoint_model(tag_dir, stage), Tokenizer(record["tokenizer_model"]), stage)
+    logger.info("wrote a Hugging Face directory to %s (load with trust_remote_code=True)", out_dir)
     return out_dir
 
 

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import logging
 import re
 from pathlib import Path
 
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
 from megamythos.model.lm import MythosLM
-
-logger = logging.getLogger(__name__)
 
 ENTRY_MODULES = ("megamythos.hf.configuration_megamythos", "megamythos.hf.modeling_megamythos")
 AUTO_MAP = {"AutoConfig": "configuration_megamythos.MegamythosConfig",
@@ -179,5 +176,4 @@ def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Pat
     for name, text in shipped_sources().items():
         (out / name).write_text(text)
     converted.save_pretrained(out)
-    logger.info("wrote a Hugging Face directory to %s (load with trust_remote_code=True)", out)
     return out
