@@ -32,7 +32,7 @@ $(BIN)/.installed: setup.py
 	  "$(TORCH_SPEC)"
 	@$(BIN)/python -c "import torch; print('installed torch', torch.__version__, \
 	  '(CUDA ' + torch.version.cuda + ' build)' if torch.version.cuda else '(CPU build)')"
-	@echo "[3/4] installing megamythos with its dev extras (about 2 minutes)"
+	@echo "[3/4] installing megamythos with its dev extras (most of the install: a minute or two)"
 	$(HEARTBEAT) --what "installing the dependencies" -- $(BIN)/python -m pip install $(PIP_FLAGS) -e ".[dev]"
 	@echo "[4/4] prebuilding DeepSpeed's CPU comm op"
 	$(MAKE) --no-print-directory prebuild-ops
