@@ -381,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
     parser.add_argument("--wikitext-dir", default=None)
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
-    parser.add_argument("--out", default="bench/results/study", help="results go to OUT/CORPUS/")
+    parser.add_argument("--out", default="runs/study", help="results go to OUT/CORPUS/ (default runs/study; the "
+                        "figures of docs/results.md: bench/results/study)")
     parser.add_argument("--scale", type=number(float, 0, low_open=True), default=1.0,
                         help="multiplies the steps; the width is 64 x round(2 x SCALE), at least 64 (128 at 1)")
     parser.add_argument("--steps", type=number(int, 1), default=None,
