@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -75,12 +76,34 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
     return parse
 
 
+def plain_text(docstring: str) -> str:
+    """A docstring as ``--help`` shows it: Sphinx roles (``:func:`x```) and inline literals (````x````) as plain
+    ``x``."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", docstring).replace("``", "")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` of every command line: the description as written, and each flag's default after its help where
+    it has one the help does not state already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        unset = action.default is None or action.default is False or (isinstance(action.default, list)
+                                                                         and not action.default)
+        if unset or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """The parser of every command line: a bad command line is one ``error: ...`` line on stderr and exit code 2
     (not the usage block), and an unknown flag names the closest known one::
 
         error: unrecognized argument --trian-iters (did you mean --train-iters?)
     """
+
+    def __init__(self, *args: Any, description: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, description=plain_text(description) if description else description, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
         self._argv = list(sys.argv[1:] if args is None else args)

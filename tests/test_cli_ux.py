@@ -111,6 +111,11 @@ def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypa
             runpy.run_module(cli, run_name="__main__")
     (parser,) = seen
     assert [a.dest for a in parser._actions if not a.help] == []
+    # found 2026-12-06: Sphinx roles from docstrings, "(default: None)" after every optional flag, and the
+    # generate example's line continuation eaten by the docstring
+    text = parser.format_help()
+    assert not re.search(r":[a-z]+:`|``|\(default: (None|\[\])\)", text), text
+    assert not re.search(r"\S {8,}\[--", text), "an example command lost its line break"
 
 
 def test_prefix_without_text_document_gets_a_hint(tmp_path):

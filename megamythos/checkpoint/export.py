@@ -20,7 +20,6 @@ Checkpoints are read (and their checksums verified) by :mod:`megamythos.checkpoi
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -160,8 +159,7 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m megamythos.checkpoint.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m megamythos.checkpoint.export", description=__doc__)
     p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")
     p.add_argument("out", help="output directory for model.safetensors, config.json and the tokenizer")
     p.add_argument("--format", choices=("native", "hf"), default="native",

@@ -5,7 +5,6 @@ corpus. ``data_prep/*.py`` and ``tokenizer/train_tokenizer.py`` run these, and s
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -31,8 +30,7 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     Example:
         python tokenizer/train_tokenizer.py --input 'corpus/*.jsonl' --vocab-size 32000 --model-prefix out/tok
     """
-    parser = ArgumentParser(description=train_tokenizer_main.__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=train_tokenizer_main.__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="files or globs")
     parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), required=True,
                         help=f"pieces, >= {MIN_VOCAB_SIZE}")
@@ -76,7 +74,7 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
         python data_prep/preprocess_data.py --input 'corpus/*.jsonl.zst' --output-prefix data/corpus \\
             --tokenizer-model tok.model --workers 2 --append-eod
     """
-    parser = ArgumentParser(description=preprocess_main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=preprocess_main.__doc__)
     src = parser.add_argument_group("input")
     src.add_argument("--input", nargs="+", default=[],
                      help=".txt .jsonl .jsonl.gz .jsonl.zst .parquet files, globs, or save_to_disk directories")
@@ -121,7 +119,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     Usage: ``python data_prep/inspect_dataset.py PREFIX [--samples 3] [--tokenizer-model M]``; exits 1 if the
     dataset is invalid (``INVALID: ...``), 2 for another bad input (``error: ...``, e.g. a missing tokenizer).
     """
-    parser = ArgumentParser(description=inspect_main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
     parser.add_argument("--samples", type=number(int, 0), default=3, help="documents to print")
     parser.add_argument("--tokenizer-model", help="decode with this model instead of the recorded one")
@@ -167,8 +165,7 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
 
     Usage: ``python data_prep/build_default_corpus.py --out data/default [--vocab-size 8192] [--max-files N]``
     """
-    parser = ArgumentParser(description=default_corpus_main.__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=default_corpus_main.__doc__)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary (the tiny preset: 8192)")
     parser.add_argument("--max-files", type=number(int, 1), default=None, help="use only the first N files (sorted)")

@@ -15,7 +15,6 @@ run used another), decoded with the dataset's own tokenizer (its ``.tokenizer.mo
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -101,8 +100,7 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m megamythos.hf.lm_eval_data", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m megamythos.hf.lm_eval_data", description=__doc__)
     p.add_argument("--data-path", required=True, help="dataset prefix (PREFIX_text_document, with its .json record)")
     p.add_argument("--split", default=DEFAULT_SPLIT, help=f"train,valid,test weights (default {DEFAULT_SPLIT})")
     p.add_argument("--out", default="lm_eval_tasks/data", help="directory of the two .jsonl files")

@@ -24,7 +24,6 @@ Library part: :func:`evaluate_loops` runs a fixed list of token batches through 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -258,8 +257,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     """The command line of ``python -m megamythos.inference.evaluate`` as a validated :class:`EvalConfig`."""
-    p = ArgumentParser(prog="python -m megamythos.inference.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m megamythos.inference.evaluate", description=__doc__)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")
     p.add_argument("--split", help="train,valid,test weights (default: the training run's)")

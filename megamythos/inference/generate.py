@@ -1,6 +1,6 @@
 """Autoregressive generation with a KV cache, free loop count and optional per-token early exit (state convergence).
 
-    python -m megamythos.inference.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \
+    python -m megamythos.inference.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \\
         [--loops N] [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--seed 0] [--exit-threshold 0.1] [--tokenizer PATH]
 
 ``--load`` takes a checkpoint tag directory, a ``--save`` directory (its ``latest`` tag) or an export directory.
@@ -168,8 +168,7 @@ class TextStreamer:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="python -m megamythos.inference.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m megamythos.inference.generate", description=__doc__)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--loops", type=int, help="recurrent iterations per token (default: the trained mean)")

@@ -47,8 +47,7 @@ WITH_GPUS = ("layout (with --gpus)", "step model (--plan, with --gpus)", "launch
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m megamythos.planning.plan", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m megamythos.planning.plan", description=__doc__)
     positive_int, positive_float = number(int, 1), number(float, 0, low_open=True)  # one error line
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
     parser.add_argument("--config", help="model config JSON (overrides --preset)")

@@ -13,7 +13,6 @@ of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -376,7 +375,7 @@ def plot_experiment(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
     parser.add_argument("--wikitext-dir", default=None)

@@ -231,10 +231,6 @@ FLAG_HELP = {  # flags added in loops below; the others carry their help where t
 }
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after each flag's help; description and preset table as written."""
-
-
 def presets_epilog() -> str:
     """The preset table of ``--help``: sizes as ``python -m megamythos.model.params`` counts them."""
     from megamythos.model.config import PRESETS
@@ -252,8 +248,7 @@ def presets_epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The pretraining command line; every flag maps onto one :class:`TrainArgs` field."""
-    p = ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__,
-                       formatter_class=_HelpFormatter, epilog=presets_epilog())
+    p = ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__, epilog=presets_epilog())
     d = TrainArgs.__dataclass_fields__
 
     def add(flag: str, **kw: Any) -> None:
