@@ -30,7 +30,7 @@ $(BIN)/.installed: setup.py
 	  else echo "note: $(TORCH_INDEX) did not answer within 5 s; torch comes from pip's configured indexes"; fi; \
 	fi; set -x; $(HEARTBEAT) --what "installing torch" -- $(BIN)/python -m pip install $(PIP_FLAGS) $$index \
 	  "$(TORCH_SPEC)"
-	@$(BIN)/python -c "import torch; print('installed torch', torch.__version__, \
+	@$(BIN)/python -W ignore -c "import torch; print('installed torch', torch.__version__, \
 	  '(CUDA ' + torch.version.cuda + ' build)' if torch.version.cuda else '(CPU build)')"
 	@echo "[3/4] installing megamythos with its dev extras (most of the install: a minute or two)"
 	$(HEARTBEAT) --what "installing the dependencies" -- $(BIN)/python -m pip install $(PIP_FLAGS) -e ".[dev]"
