@@ -147,6 +147,13 @@ def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
 _PORTS_GIVEN: set[int] = set()
 
 
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def free_port() -> int:
     """A free TCP port, never one this session handed out before (launches run side by side: see LaunchPool)."""
     while True:

@@ -30,6 +30,7 @@ from tests.helpers import (
     LAUNCHER,
     REPO,
     corpus_prefix,
+    dead_pid,
     deepspeed_command,
     finish,
     free_port,
@@ -48,13 +49,6 @@ from tests.helpers import (
 )
 
 DOCS = synthetic_documents(20, seed=5)
-
-
-def dead_pid() -> int:
-    """The id of a process that has exited (and been reaped)."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 # ------------------------------------------------------------------------------------------------- data

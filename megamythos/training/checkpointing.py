@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,7 +53,7 @@ from megamythos.checkpoint.files import (
     write_atomic,
     write_tokenizer_files,
 )
-from megamythos.data.atomic import pid_alive
+from megamythos.data.atomic import pid_alive, remove_stale_temps, temp_name
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import CONFIG_FILE_REMEDY, ModelConfig
@@ -287,10 +286,11 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     than ``layout`` (None: same layout, or nothing to load). Refused unless both runs use ZeRO-3: from ZeRO-1/2
     checkpoints DeepSpeed 0.19.8's universal load loses Adam step counts and expert-bias state, and fails on
     AutoTP (measured with the layout pairs of tests/test_elastic.py). Rank 0 converts it once, into
-    ``TAG_universal_{model|autoep}`` next to it (through a temporary directory, so a killed conversion leaves no
-    valid-looking one) with its own checksums; a universal directory whose checksums do not verify (or that has
-    none) is derived data and converted again from the tag, which the resume verified. The other ranks
-    only name it, and load after the barrier that follows (``deepspeed.initialize``)."""
+    ``TAG_universal_{model|autoep}`` next to it (through ``TARGET.tmp.<host>.<pid>``, so a killed conversion
+    leaves no valid-looking one, and the next conversion removes it) with its own checksums; a universal
+    directory whose checksums do not verify (or that has none) is derived data and converted again from the tag,
+    which the resume verified. The other ranks only name it, and load after the barrier that follows
+    (``deepspeed.initialize``)."""
     tag = read_latest(load_dir)
     saved, saved_stage = saved_layout(Path(load_dir) / tag) if tag else (None, None)
     if saved is None:
@@ -319,13 +319,18 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
             logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
                            tag)
             shutil.rmtree(target)
-        with tempfile.TemporaryDirectory(dir=load_dir, prefix=f".{target.name}.") as tmp:
-            converted = convert_to_universal(Path(load_dir) / tag, Path(tmp) / tag)
+        remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
+        tmp = Path(temp_name(target))
+        tmp.mkdir()
+        try:
+            converted = convert_to_universal(Path(load_dir) / tag, tmp / tag)
             if (saved["ep"] > 1) != autoep:
                 rename_expert_tensors(converted / "zero", autoep, config)
             as_param_records(converted / "zero")
             write_checksums(converted)
             os.replace(converted, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
     return target.name
 
