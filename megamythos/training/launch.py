@@ -388,10 +388,10 @@ def _supervise(cmd: list[str], latest: Path, records: Path) -> int:
         ranks.extend(training_ranks())
     if not signalled:
         if code == 0:  # launch.py killed (alone: its adopted ranks save and stop; or with them) exits 0 too
-            left = psutil.Process().children(recursive=True)
+            left = training_ranks()  # adopted: not other descendants, such as a compile worker that lingers
             if left:
-                logger.info("the deepspeed runner exited while %d of its processes run on (its launch.py ended?); "
-                            "waiting for the ranks to save and stop", len(left))
+                logger.info("the deepspeed runner exited while %d of its ranks run on (its launch.py ended?); "
+                            "waiting for them to save and stop", len(left))
             psutil.wait_procs(left)
             lost = unfinished_ranks(records)
             if lost:
