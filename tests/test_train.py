@@ -317,6 +317,20 @@ def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(co
 
 
 @pytest.mark.launch
+def test_exit_interval_stops_at_every_multiple_as_megatron_does(corpus, tmp_path):
+    """``--exit-interval 3`` chunks a job: each launch of the same command stops at the next multiple of 3. Found
+    2026-12-06: it stopped only at iteration 3 itself, so a resumed launch trained to the end, past its job's time
+    limit, without a word."""
+    save = tmp_path / "ckpt"
+    args = [*tiny_args(corpus, 8), "--save", str(save), "--load", str(save), "--exit-interval", "3",
+            "--eval-interval", "0"]
+    for stop in (3, 6):
+        result = run_single(args, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert read_latest(save) == f"iter_{stop:07d}", result.stderr[-3000:]
+
+
+@pytest.mark.launch
 def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(corpus, tmp_path):
     """--finetune --load RUN: a 2-rank ZeRO-3 AutoEP run starts at iteration 1 from the 1-rank run's weights
     (unchanged by a step at LR 1e-9 but for the expert biases' own update), with a loss far below a scratch

@@ -94,7 +94,7 @@ class TrainArgs:
     peak_tflops: float | None = None  # per process; None -> measured by a short matmul benchmark
     seed: int = DEFAULT_SEED
     max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
-    exit_interval: int = 0  # stop (with a checkpoint) after this iteration; 0 -> run to the end
+    exit_interval: int = 0  # stop (with a checkpoint) at the first iteration that is a multiple; 0 -> to the end
     exit_duration_in_mins: float = 0.0  # stop (with a checkpoint) this long after the process started; 0 -> off
     # divergence guard (megamythos.training.divergence); defaults measured on the default run, 2026-12-04
     divergence_factor: float = 2.0  # stop when lm loss > this x ln(vocab); 0 -> off
@@ -216,7 +216,8 @@ FLAG_HELP = {  # flags added in loops below; the others carry their help where t
     "keep_last": "checkpoints kept", "eval_interval": "validation every N steps (0: never)",
     "eval_iters": "validation batches", "log_interval": "console line every N steps", "seed": "data and init seed",
     "max_nonfinite": "abort after this many consecutive non-finite losses",
-    "exit_interval": "stop with a checkpoint after this step (0: run to the end)",
+    "exit_interval": "stop with a checkpoint at the first step that is a multiple of this, as Megatron does (a "
+                     "resume past it stops at the next multiple; 0: run to the end)",
     "exit_duration_in_mins": "stop with a checkpoint after the step during which this many minutes have passed since "
                              "the process started: a job's time limit less the time a save takes (0: no limit)",
     "divergence_factor": "stop when the lm loss exceeds this x ln(vocab size), the loss of a uniform guess (0: off)",

@@ -587,7 +587,8 @@ class Trainer:
                     continue
                 if self.args.eval_interval and self.iteration % self.args.eval_interval == 0:
                     self.validate(valid, signals)
-                stop = signals.should_exit() or self.iteration == self.args.exit_interval
+                stop = signals.should_exit() or bool(self.args.exit_interval
+                                                     and self.iteration % self.args.exit_interval == 0)
                 save_due = save_due or bool(self.args.save_interval and self.iteration % self.args.save_interval == 0)
                 if (stop or save_due) and self.save_unless_spiking():
                     saved_at, save_due = self.iteration, False
