@@ -24,7 +24,7 @@ from megamythos.model.config import get_preset
 from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
 from megamythos.planning.layout import LayoutError, ParallelLayout
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
-from megamythos.training.checkpointing import CheckpointManager, check_model_config
+from megamythos.training.checkpointing import CheckpointManager, check_model_config, check_saved_precision
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import memory_usage
 from megamythos.training.optimizers import kept_optimizer_settings
@@ -485,6 +485,22 @@ def test_keep_last_k_prunes_oldest_and_never_the_current(tmp_path):
     (tmp_path / "unrelated").mkdir()
     CheckpointManager(tmp_path, keep_last=2)._prune(keep="iter_0000008")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000006", "iter_0000008", "unrelated"]
+
+
+def test_a_resume_in_another_precision_names_the_flag(tmp_path):
+    """``--no-bf16`` on the resume of a bf16 run: DeepSpeed looked for fp32 shard names and the run stopped with
+    "could not load checkpoint ...: FileNotFoundError", as if the checkpoint were damaged (found 2026-12-06)."""
+    tag = tmp_path / "iter_0000020"
+    tag.mkdir()
+    write_atomic(tmp_path / "latest", tag.name)
+    (tag / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"")
+    check_saved_precision(tmp_path, bf16=True)
+    with pytest.raises(CheckpointError, match=r"written with bf16 weights; this run uses fp32: resume it with --bf16,"):
+        check_saved_precision(tmp_path, bf16=False)
+    (tag / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").rename(tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    check_saved_precision(tmp_path, bf16=False)
+    with pytest.raises(CheckpointError, match=r"written with fp32 weights; this run uses bf16: resume it with --no-bf"):
+        check_saved_precision(tmp_path, bf16=True)
 
 
 def test_keep_last_counts_no_tag_newer_than_the_one_saved(tmp_path):

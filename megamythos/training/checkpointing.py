@@ -225,6 +225,21 @@ def newest_complete_tag(save_dir: Path) -> str | None:
     return max(tags, key=lambda name: int(TAG_RE.match(name).group(1)), default=None)
 
 
+def check_saved_precision(load_dir: str | Path, bf16: bool) -> None:
+    """Refuse a resume on the same layout in another precision: DeepSpeed names the optimizer shards of a bf16 run
+    ``bf16_zero_pp_rank_*`` and looks only for the names of the run's own precision (a missing-file error)."""
+    tag = read_latest(load_dir)
+    shards = [p.name for p in (Path(load_dir) / tag).glob("*optim_states.pt")] if tag else []
+    if not shards:
+        return
+    saved = any(name.startswith("bf16_") for name in shards)
+    if saved != bf16:
+        flag, other = ("--bf16", "--no-bf16") if saved else ("--no-bf16", "--bf16")
+        raise CheckpointError(f"checkpoint {Path(load_dir) / tag} was written with {'bf16' if saved else 'fp32'} "
+                              f"weights; this run uses {'bf16' if bf16 else 'fp32'}: resume it with {flag}, or start "
+                              f"a new run from its weights with {other} --finetune")
+
+
 def check_sources(save: str | None, load: str | None, finetune: bool, verify: bool) -> None:
     """The start-up checks of what a run reads: :func:`check_run_dirs` on the directory it resumes
     (:func:`run_sources`) and :func:`check_pretrained` on the one ``--finetune`` starts from."""

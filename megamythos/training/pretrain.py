@@ -53,6 +53,7 @@ from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import (
     CheckpointError,
     CheckpointManager,
+    check_saved_precision,
     check_sources,
     pretrained_state,
     run_sources,
@@ -192,6 +193,8 @@ class Trainer:
                                        self.config) if self.resume_from else None
         if self.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
+        elif self.resume_from:
+            check_saved_precision(self.resume_from, self.ds_config["bf16"]["enabled"])
         self.schedule = LRSchedule(args.lr, args.min_lr, args.warmup, self.total_iters, args.lr_schedule,
                                    args.wsd_decay_fraction)
 
