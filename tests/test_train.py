@@ -331,6 +331,22 @@ def test_exit_interval_stops_at_every_multiple_as_megatron_does(corpus, tmp_path
 
 
 @pytest.mark.launch
+def test_a_resume_with_a_smaller_global_batch_on_a_small_training_set_trains_on(corpus, tmp_path):
+    """The training set was sized for total steps x the new global batch, fewer samples than the run had already
+    consumed: a ValueError traceback from the sampler, and the launcher said the same command would resume (found
+    2026-12-06). It now holds the consumed samples and those of the steps left."""
+    save = tmp_path / "ckpt"
+    small = ["--split", "5,100,0", "--save", str(save), "--load", str(save), "--eval-interval", "0"]  # 1 document
+    first = run_single([*tiny_args(corpus, 12), *small, "--micro-batch-size", "16", "--global-batch-size", "16"],
+                       tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_single([*tiny_args(corpus, 14), *small, "--micro-batch-size", "2", "--global-batch-size", "2",
+                         "--override-lr-schedule"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert read_latest(save) == "iter_0000014"
+
+
+@pytest.mark.launch
 def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(corpus, tmp_path):
     """--finetune --load RUN: a 2-rank ZeRO-3 AutoEP run starts at iteration 1 from the 1-rank run's weights
     (unchanged by a step at LR 1e-9 but for the expert biases' own update), with a loss far below a scratch

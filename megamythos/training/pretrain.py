@@ -412,10 +412,13 @@ class Trainer:
 
     def datasets(self) -> tuple[Any, Any]:
         """(train, valid) of the run; a split that leaves no documents to train on, or none to validate on while
-        ``--eval-interval`` asks for validations, is refused before the first step."""
+        ``--eval-interval`` asks for validations, is refused before the first step. The training set holds the
+        samples consumed so far and those of the steps left (more than total steps x global batch when a resume
+        shrank the global batch), plus the rollbacks' headroom."""
         gbs = self.layout.global_batch_size
+        beyond = max(0, self.consumed + (self.total_iters - self.iteration) * gbs - self.total_iters * gbs)
         train, valid = build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters, gbs,
-                                      extra_train_samples=self.rollback_headroom() * gbs)
+                                      extra_train_samples=self.rollback_headroom() * gbs + beyond)
         where = f"--split {self.args.split} leaves no {{}} documents in {' '.join(self.data.data_path)}"
         if train is None:
             raise DataError(f"{where.format('training')}; give the split a larger first weight (e.g. 969,30,1)")
@@ -556,11 +559,12 @@ class Trainer:
         """Train to the end (or to a signal / --exit-interval / --exit-duration-in-mins); returns the process exit
         code."""
         if self.iteration >= self.total_iters:
-            logger.warning("the run in %s already finished at iteration %d of %d: nothing to do. Raise "
-                           "--train-iters to continue it (with --use-checkpoint-lr-schedule to stay at --min-lr, or "
+            logger.warning("the run in %s already finished at iteration %d of %d: nothing to do. Raise %s to "
+                           "continue it (with --use-checkpoint-lr-schedule to stay at --min-lr, or "
                            "--override-lr-schedule for a schedule over the new length), or start another run in a "
                            "new folder (RUN_DIR=runs/NAME make pretrain ARGS=..., or --save DIR)", self.args.save,
-                           self.iteration, self.total_iters)
+                           self.iteration, self.total_iters,
+                           "--train-tokens" if self.args.train_tokens else "--train-iters")
             return 0
         train, valid = self.datasets()
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
