@@ -347,6 +347,24 @@ def test_a_resume_with_a_smaller_global_batch_on_a_small_training_set_trains_on(
 
 
 @pytest.mark.launch
+def test_a_resume_that_rebuilds_the_training_order_says_so(corpus, tmp_path):
+    """A longer --train-iters (or another global batch) rebuilds the training set over another number of epochs,
+    each shuffled anew (Megatron's rule): the consumed-sample count then points into another order. Found
+    2026-12-06: no word, while a changed seed or split was named. A resume on the same settings stays quiet."""
+    small = ["--split", "10,100,0", "--eval-interval", "0", "--micro-batch-size", "16", "--global-batch-size", "16"]
+    same, longer = tmp_path / "same", tmp_path / "longer"  # 2 documents: 126 samples of 32 tokens an epoch
+    for launch in ([*tiny_args(corpus, 4), "--exit-interval", "2"], tiny_args(corpus, 4)):  # 64 samples: 1 epoch
+        result = run_single([*launch, *small, "--save", str(same), "--load", str(same)], tmp_path)
+        assert result.returncode == 0 and "another sample order" not in result.stderr, result.stderr[-3000:]
+    shutil.copytree(same, longer)
+    result = run_single([*tiny_args(corpus, 8), *small, "--save", str(longer), "--load", str(longer),
+                         "--override-lr-schedule"], tmp_path)  # 128 samples: 2 epochs
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the training set was built again for 8 steps of 16 samples and reads another sample order from " \
+           "iteration 4 on" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.launch
 def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(corpus, tmp_path):
     """--finetune --load RUN: a 2-rank ZeRO-3 AutoEP run starts at iteration 1 from the 1-rank run's weights
     (unchanged by a step at LR 1e-9 but for the expert biases' own update), with a loss far below a scratch

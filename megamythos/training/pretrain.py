@@ -37,6 +37,7 @@ from megamythos.data.pretraining import (
     batches,
     build_datasets,
     data_change,
+    order_fingerprint,
     recipe_change,
     resolve_data,
 )
@@ -229,6 +230,8 @@ class Trainer:
             logger.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))
         self.iteration = 0
         self.consumed = 0
+        self.train_set: Any = None  # built by run(); its sample order at `consumed` goes into each checkpoint
+        self.saved_order: str | None = None  # that of the checkpoint resumed
         self.guard = NonFiniteGuard(args.max_nonfinite)
         self.divergence = DivergenceGuard(self.config.vocab_size, args.divergence_factor, args.spike_factor,
                                           args.spike_window, args.spike_patience)
@@ -292,10 +295,12 @@ class Trainer:
         return {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}
 
     def client_state(self) -> dict[str, Any]:
+        order = order_fingerprint(self.train_set, self.consumed) if self.train_set is not None else None
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
-                "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule)}
+                "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
+                "next_samples": order}
 
     def _load(self, load_dir: str, universal: str | None) -> None:
         wanted = dataclasses.replace(self.schedule)  # loading a tag of the same layout overwrites self.schedule
@@ -320,6 +325,7 @@ class Trainer:
                            settings, state["iteration"])
         self.iteration = state["iteration"]
         self.consumed = state["consumed_train_samples"]
+        self.saved_order = None if change or settings else state.get("next_samples")  # those warned already
         self.guard.skipped = state.get("skipped_steps", 0)
         self.rollbacks = state.get("rollbacks", 0)
         load_expert_bias_state(self.engine.module, state["expert_bias"])
@@ -567,6 +573,13 @@ class Trainer:
                            "--train-tokens" if self.args.train_tokens else "--train-iters")
             return 0
         train, valid = self.datasets()
+        self.train_set = train
+        if self.saved_order and order_fingerprint(train, self.consumed) != self.saved_order and self.rank == 0:
+            logger.warning("the training set was built again for %d steps of %d samples and reads another sample "
+                           "order from iteration %d on (it spans another number of epochs, each shuffled anew, as "
+                           "Megatron's does): some samples come again and others not at all; resume with the saved "
+                           "--train-iters and --global-batch-size to read the samples it would have",
+                           self.total_iters, self.layout.global_batch_size, self.iteration)
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         signals = GracefulExit(self.args.exit_duration_in_mins)
         self.engine.train()
