@@ -724,6 +724,24 @@ def test_telemetry_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     monitor.close()  # logs, does not raise
 
 
+def test_the_validation_samples_do_not_depend_on_the_run_length_or_interval(corpus):
+    """Every validation reads the first eval_iters global batches of the validation set; the set was sized for
+    every validation of the run, so a longer --train-iters or another --eval-interval on resume rebuilt it over
+    more epochs and the validation curve jumped to other samples (found 2026-12-06: 0 of 32 samples the same)."""
+    from megamythos.data.pretraining import batches, build_datasets
+    from megamythos.training.arguments import parse_args
+
+    def first_validation(iters: int, interval: int) -> torch.Tensor:
+        args = parse_args([*tiny_args(corpus, iters), "--split", "100,3,0", "--eval-interval", str(interval),
+                           "--eval-iters", "4"])
+        _, valid = build_datasets(args.data_recipe(), [corpus_prefix(corpus)], iters, 8)
+        return torch.cat([next(it)[0] for it in [batches(valid, 0, 8, 0, 1)] for _ in range(4)])
+
+    reference = first_validation(400, 100)
+    for iters, interval in ((20000, 100), (400, 5)):
+        assert torch.equal(first_validation(iters, interval), reference), (iters, interval)
+
+
 def test_a_resume_that_changes_the_sample_order_is_named():
     """A resume with another --seed, --split, --seq-length or data path reads another sample order at the same
     consumed-sample count; it trained on without a word (found 2026-12-06)."""
