@@ -51,6 +51,7 @@ def test_arguments_parse_overrides_and_reject_bad_values():
                        "--train-tokens", "4096", "--global-batch-size", "4", "--seq-length", "32", "--tp", "2"])
     assert args.overrides == {"dim": 64, "loop_embedding": False, "score_func": "sigmoid"}
     assert args.total_iters(global_batch_size=4) == 32  # 4096 tokens / (4 x 32)
+    assert args.total_iters(global_batch_size=8, done=(20, 2560)) == 26  # resumed: 1536 tokens left / (8 x 32)
     assert args.tp == 2 and args.zero is None and args.bf16 is None  # None: keep the ds_config value
     for bad in (["--train-iters", "5", "--train-tokens", "9"], ["--override", "dim"], ["--zero", "4"],
                 ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"],
@@ -362,6 +363,26 @@ def test_a_resume_that_rebuilds_the_training_order_says_so(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the training set was built again for 8 steps of 16 samples and reads another sample order from " \
            "iteration 4 on" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.launch
+def test_train_tokens_counts_the_tokens_a_resumed_run_consumed(corpus, tmp_path):
+    """``--train-tokens`` on a resume with another global batch: the length came from the new batch alone, so a run
+    that had trained half its tokens stopped as "already finished" (found 2026-12-06). It now trains the tokens
+    left, recorded in each checkpoint's train_args.json."""
+    save = tmp_path / "ckpt"
+    args = tiny_args(corpus, 1)
+    del args[args.index("--train-iters"):args.index("--train-iters") + 2]
+    common = [*args, "--train-tokens", "1024", "--save", str(save), "--load", str(save), "--eval-interval", "0"]
+    first = run_single([*common, "--micro-batch-size", "4", "--global-batch-size", "4", "--exit-interval", "4"],
+                       tmp_path)  # 8 steps of 4 x 32 tokens; stops after 4 (512 tokens)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = json.loads((save / "iter_0000004" / "train_args.json").read_text())
+    assert (record["iteration"], record["consumed_train_samples"], record["consumed_tokens"]) == (4, 16, 512)
+    second = run_single([*common, "--micro-batch-size", "8", "--global-batch-size", "8", "--override-lr-schedule"],
+                        tmp_path)  # 512 tokens left: 2 steps of 8 x 32
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert read_latest(save) == "iter_0000006", second.stderr[-3000:]
 
 
 @pytest.mark.launch

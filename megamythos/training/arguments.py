@@ -157,11 +157,14 @@ class TrainArgs:
                f"--split must be three non-negative weights like 969,30,1, got {self.split!r}")
         _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} does not exist")
 
-    def total_iters(self, global_batch_size: int) -> int:
-        """Optimizer steps: --train-iters, --train-tokens rounded up to whole global batches, or the default."""
+    def total_iters(self, global_batch_size: int, done: tuple[int, int] = (0, 0)) -> int:
+        """Optimizer steps: --train-iters, or the default; with --train-tokens the steps ``done`` = (iteration,
+        tokens consumed) of a resumed run plus its remaining tokens in whole global batches of this run (the
+        batch or --seq-length may have changed since)."""
         if self.train_tokens is None:
             return self.train_iters or DEFAULT_TRAIN_ITERS
-        return math.ceil(self.train_tokens / (global_batch_size * self.seq_length))
+        iteration, tokens = done
+        return iteration + math.ceil(max(0, self.train_tokens - tokens) / (global_batch_size * self.seq_length))
 
     def model_overrides(self) -> dict[str, Any]:
         """ModelConfig fields this run sets on top of the preset: ``--override`` and the flags that alias it, and

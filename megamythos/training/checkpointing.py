@@ -48,6 +48,7 @@ from megamythos.checkpoint.files import (
     CheckpointError,
     read_latest,
     read_tokenizer_files,
+    read_train_record,
     saved_layout,
     tag_for,
     write_atomic,
@@ -223,6 +224,21 @@ def newest_complete_tag(save_dir: Path) -> str | None:
         return None
     tags = [p.name for p in save_dir.iterdir() if TAG_RE.match(p.name) and (p / CHECKSUMS_FILE).is_file()]
     return max(tags, key=lambda name: int(TAG_RE.match(name).group(1)), default=None)
+
+
+# Where a run stood at a checkpoint, copied from the client state into its train record (train_args.json), which
+# is read before start-up without unpickling anything.
+PROGRESS_KEYS = ("iteration", "consumed_train_samples", "consumed_tokens")
+
+
+def saved_progress(load_dir: str | Path) -> tuple[int, int] | None:
+    """(iteration, tokens consumed) of ``load_dir``'s latest checkpoint from its train record; None for a fresh run
+    or a checkpoint saved before the record carried them."""
+    tag = read_latest(load_dir)
+    record = read_train_record(Path(load_dir) / tag) if tag else {}
+    if "consumed_tokens" not in record:
+        return None
+    return int(record["iteration"]), int(record["consumed_tokens"])
 
 
 def check_saved_precision(load_dir: str | Path, bf16: bool) -> None:
@@ -465,7 +481,8 @@ class CheckpointManager:
                 if self.tokenizer is not None:
                     write_tokenizer_files(tag_dir, self.tokenizer)
                 if self.train_record is not None:  # marked, so that a tag whose manifest is lost is refused
-                    record = {**self.train_record, CHECKSUMMED_KEY: True}
+                    progress = {k: client_state[k] for k in PROGRESS_KEYS if k in client_state}
+                    record = {**self.train_record, **progress, CHECKSUMMED_KEY: True}
                     write_atomic(tag_dir / TRAIN_RECORD, json.dumps(record, indent=2) + "\n")
         except (OSError, RuntimeError) as err:
             self._save_failed(err, tag_dir)

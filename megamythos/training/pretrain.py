@@ -58,6 +58,7 @@ from megamythos.training.checkpointing import (
     check_sources,
     pretrained_state,
     run_sources,
+    saved_progress,
     universal_tag,
     verify_resume,
     writer_lock,
@@ -186,7 +187,8 @@ class Trainer:
         self._keep_resumed_global_batch(template)
         args = self.args
         self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
-        self.total_iters = args.total_iters(self.layout.global_batch_size)
+        done = (saved_progress(self.resume_from) if self.resume_from else None) or (0, 0)
+        self.total_iters = args.total_iters(self.layout.global_batch_size, done)
         self.ds_config = build_ds_config(template, args, self.layout, self.config,
                                          client_optimizer=self.adam_impl != "deepspeed")
         # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
@@ -230,6 +232,7 @@ class Trainer:
             logger.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))
         self.iteration = 0
         self.consumed = 0
+        self.consumed_at_resume = self.tokens_at_resume = 0  # tokens consumed = those + (consumed - at resume) x S
         self.train_set: Any = None  # built by run(); its sample order at `consumed` goes into each checkpoint
         self.saved_order: str | None = None  # that of the checkpoint resumed
         self.guard = NonFiniteGuard(args.max_nonfinite)
@@ -296,7 +299,8 @@ class Trainer:
 
     def client_state(self) -> dict[str, Any]:
         order = order_fingerprint(self.train_set, self.consumed) if self.train_set is not None else None
-        return {"iteration": self.iteration, "consumed_train_samples": self.consumed,
+        tokens = self.tokens_at_resume + (self.consumed - self.consumed_at_resume) * self.args.seq_length
+        return {"iteration": self.iteration, "consumed_train_samples": self.consumed, "consumed_tokens": tokens,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
@@ -324,7 +328,8 @@ class Trainer:
                            "points into it); resume with the saved settings to read the samples it would have",
                            settings, state["iteration"])
         self.iteration = state["iteration"]
-        self.consumed = state["consumed_train_samples"]
+        self.consumed = self.consumed_at_resume = state["consumed_train_samples"]
+        self.tokens_at_resume = state.get("consumed_tokens", self.consumed * self.args.seq_length)  # before: S fixed
         self.saved_order = None if change or settings else state.get("next_samples")  # those warned already
         self.guard.skipped = state.get("skipped_steps", 0)
         self.rollbacks = state.get("rollbacks", 0)
