@@ -21,11 +21,11 @@ from typing import Any
 
 from megamythos.checkpoint.files import (
     LATEST,
-    TAG_RE,
     TRAIN_RECORD,
     CheckpointError,
     check_tag_files,
     read_train_record,
+    tags_by_iteration,
     write_atomic,
 )
 
@@ -197,9 +197,7 @@ def verified(directory: Path, team: Team = ALONE) -> bool:
 def newest_verified_tag(save_dir: Path, exclude: str, team: Team = ALONE) -> str | None:
     """The newest ``iter_*`` tag of ``save_dir`` other than ``exclude`` whose checksums verify (None: none does);
     collective over ``team``."""
-    tags = team.share(lambda: sorted((p.name for p in save_dir.iterdir()
-                                      if p.is_dir() and TAG_RE.match(p.name) and p.name != exclude),
-                                     key=lambda name: int(TAG_RE.match(name).group(1)), reverse=True))
+    tags = team.share(lambda: [name for _, name in reversed(tags_by_iteration(save_dir)) if name != exclude])
     return next((tag for tag in tags if verified(save_dir / tag, team)), None)
 
 

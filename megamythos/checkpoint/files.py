@@ -51,6 +51,14 @@ def tag_for(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
+def tags_by_iteration(directory: str | Path) -> list[tuple[int, str]]:
+    """(iteration, name) of the ``iter_*`` folders of ``directory``, oldest first ([] when it does not exist)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted((int(m.group(1)), p.name) for p in directory.iterdir() if p.is_dir() and (m := TAG_RE.match(p.name)))
+
+
 def read_latest(directory: str | Path) -> str | None:
     """Tag named by ``DIR/latest``, or None when the directory holds no complete checkpoint."""
     path = Path(directory) / LATEST

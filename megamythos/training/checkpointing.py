@@ -51,6 +51,7 @@ from megamythos.checkpoint.files import (
     read_train_record,
     saved_layout,
     tag_for,
+    tags_by_iteration,
     write_atomic,
     write_tokenizer_files,
 )
@@ -220,10 +221,8 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
 def newest_complete_tag(save_dir: Path) -> str | None:
     """The newest ``iter_*`` folder of ``save_dir`` that a save completed (it holds ``checksums.json``, written
     before ``latest`` moves), or None; partial tags of a save that was killed do not count."""
-    if not save_dir.is_dir():
-        return None
-    tags = [p.name for p in save_dir.iterdir() if TAG_RE.match(p.name) and (p / CHECKSUMS_FILE).is_file()]
-    return max(tags, key=lambda name: int(TAG_RE.match(name).group(1)), default=None)
+    complete = [name for _, name in tags_by_iteration(save_dir) if (save_dir / name / CHECKSUMS_FILE).is_file()]
+    return complete[-1] if complete else None
 
 
 # Where a run stood at a checkpoint, copied from the client state into its train record (train_args.json), which
@@ -537,8 +536,7 @@ class CheckpointManager:
         """Remove all but the newest ``keep_last`` tags up to ``keep`` (just saved); tags newer than it, left by a
         run resumed from an earlier tag, are neither counted nor removed."""
         iteration = int(TAG_RE.match(keep).group(1))
-        tags = sorted((int(m.group(1)), p.name) for p in self.save_dir.iterdir()
-                      if p.is_dir() and (m := TAG_RE.match(p.name)) and int(m.group(1)) <= iteration)
+        tags = [(i, name) for i, name in tags_by_iteration(self.save_dir) if i <= iteration]
         for _, old in tags[:-self.keep_last]:
             if old != keep:
                 shutil.rmtree(self.save_dir / old, ignore_errors=True)
