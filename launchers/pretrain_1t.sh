@@ -10,10 +10,15 @@
 #   - ZeRO-3 for embeddings, prelude and coda; the recurrent core replicated (ZeRO-2 for it, --replicate-core):
 #     gathered once per step instead of ~3T times per micro-batch (T = 64 and changing every step);
 #   - micro batch 1 x dp 1024 = 1024 sequences of 4096 (no accumulation), two-level loop checkpointing
-#     (--loop-checkpoint-segment 0): memory plan ~61 GiB per GPU, which fits 80 GB and 141 GB parts;
+#     (--loop-checkpoint-segment 0): memory plan ~61 GiB per GPU once ZeRO has partitioned the model;
 #   - ZeRO++ hpZ 8 (a node-local secondary weight copy: backward gathers on NVLink); quantised weights and
 #     gradients off: they would shave ~1 s of gathers and reduce-scatters at a numerics risk.
 # Predicted at 40% matmul MFU: ~199 s per step, ~21k tokens/s, 22.7% model MFU (T = 64).
+#
+# It cannot start yet: the trainer builds the whole model in fp32 on every rank before DeepSpeed shards it
+# (3.3 TiB per rank, 27 TiB per node of 8), and moves each rank's share to the GPU whole before ZeRO-3 partitions
+# it (94.6 GiB with EP 256). The plan refuses that until the model is built sharded (deepspeed.zero.Init,
+# expert-parallel construction); the dry run prints the plan, then the refusal (exit 2).
 #
 #   bash launchers/pretrain_1t.sh --dry-run                 # no GPU: layout check, memory and step plan, command
 #   HOSTFILE=hostfile bash launchers/pretrain_1t.sh --data-path 1.0 /data/a_text_document ...
@@ -21,7 +26,9 @@
 # The run folder is $RUN_DIR (runs/1t): checkpoints/ (--save and --load: a relaunch resumes), tensorboard/ and
 # metrics.jsonl, unless --save is given.
 #
-# Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ; further flags go to the trainer.
+# Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ, and the machines' with GPU_MEMORY_GB
+# (GPU sizes the plan must fit, default "80 141") and HOST_MEMORY_GB (per node, default 2048); further flags go to
+# the trainer.
 # It runs `deepspeed --hostfile ... --module megamythos.training.pretrain <layout flags> ...` (the dry run prints it).
 # The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load, and logs inside --save):
 #   deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 launchers/pretrain.sh --preset 1t \
@@ -32,7 +39,8 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 LAYOUT=(--preset 1t --gpus "$(( ${NODES:-128} * ${GPUS_PER_NODE:-8} ))" --gpus-per-node "${GPUS_PER_NODE:-8}"
         --tp "${TP:-1}" --ep "${EP:-256}" --zero 3 --micro-batch-size "${MICRO:-1}"
         --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}" --loop-checkpoint-segment 0
-        --ds-config "$REPO/ds_configs/1t.json" --gpu-memory-gb 80 141 --plan --hostfile "${HOSTFILE:-hostfile}")
+        --ds-config "$REPO/ds_configs/1t.json" --gpu-memory-gb ${GPU_MEMORY_GB:-80 141}
+        --host-memory-gb "${HOST_MEMORY_GB:-2048}" --plan --hostfile "${HOSTFILE:-hostfile}")
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
   sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"
   echo "Trainer flags: python -m megamythos.training.pretrain --help; layout flags: python -m megamythos.planning.plan --help"

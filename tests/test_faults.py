@@ -223,6 +223,15 @@ def test_load_of_a_tag_an_export_or_an_empty_directory_is_refused(tmp_path: Path
 
 
 @pytest.mark.launch
+def test_a_model_this_host_cannot_build_is_refused_before_start_up(corpus: Path, tmp_path: Path) -> None:
+    """Each rank builds the whole model in fp32 before DeepSpeed shards it: experts 400M wide make ~1.4 TiB.
+    Before (found 2026-12-06) nothing checked it: the 1t launcher's ranks would each allocate 3.3 TiB."""
+    line = refused([*tiny_args(corpus, 4), "--override", "expert_dim=400000000"], tmp_path)
+    assert "is built whole in fp32 on every rank before DeepSpeed shards it" in line
+    assert "for the 1 rank(s) of this host" in line
+
+
+@pytest.mark.launch
 def test_save_over_another_run_is_refused(trained: Path, corpus: Path, tmp_path: Path) -> None:
     before = sorted(p.name for p in (trained / "ckpt").iterdir())
     line = refused([*tiny_args(corpus, 4), "--save", str(trained / "ckpt")], tmp_path)

@@ -11,7 +11,13 @@ import torch
 from megamythos.model.config import PRESETS, get_preset
 from megamythos.model.lm import MythosLM
 from megamythos.model.params import PartCounts, count, parts
-from megamythos.planning.memory import checkpointed_loop_states, memory_plan
+from megamythos.planning.memory import (
+    StartupMemoryError,
+    check_startup_memory,
+    checkpointed_loop_states,
+    memory_plan,
+    startup_memory,
+)
 from megamythos.planning.plan import main
 from tests.helpers import requires_grouped_mm, small_config
 
@@ -86,6 +92,34 @@ def test_cli_json_and_memory_plan(capsys) -> None:
     assert more_ep.weights_gib <= memory_plan(get_preset("1t"), 1024, tp=8, ep=64).weights_gib
     with pytest.raises(ValueError, match="divisible"):
         memory_plan(get_preset("1t"), 100, tp=8)
+
+
+def test_startup_memory_is_the_whole_model_on_the_host_and_the_rank_share_on_the_gpu() -> None:
+    """The trainer builds MythosLM whole in fp32 on every rank (its bytes, counted on a real tiny model), and
+    DeepSpeed moves the rank's share (its experts after AutoEP) to the GPU in bf16 before ZeRO-3 partitions it."""
+    tiny = get_preset("tiny")
+    built = sum(p.numel() * p.element_size() for p in MythosLM(tiny).parameters())
+    experts = count(tiny).routed_experts
+    assert startup_memory(tiny).host_gib == pytest.approx(built / 2**30)
+    assert startup_memory(tiny, ep=4).device_gib == pytest.approx((built / 4 - experts * 3 / 4) * 2 / 2**30)
+    need = startup_memory(tiny, ep=4)
+    check_startup_memory(tiny, 1, 4, 2, int(2 * need.host_gib * 2**30) + 1, int(need.device_gib * 2**30) + 1)
+    with pytest.raises(StartupMemoryError, match=r"built whole in fp32 on every rank .* 2 rank\(s\) of this host"):
+        check_startup_memory(tiny, 1, 4, 2, int(2 * need.host_gib * 2**30) - 1, None)
+    with pytest.raises(StartupMemoryError, match="goes to the GPU whole .* in bf16"):
+        check_startup_memory(tiny, 1, 4, 2, 2**40, int(need.device_gib * 2**30) - 1)
+
+
+def test_the_plan_refuses_a_start_the_node_or_the_gpu_cannot_hold(capsys) -> None:
+    """1t with EP 256: 61 GiB per GPU once partitioned, but 94.6 GiB at start-up, and 3.3 TiB per rank on the
+    host; the plan prints both and refuses each in one line."""
+    layout = ["--preset", "1t", "--gpus", "1024", "--ep", "256", "--global-batch-size", "1024"]
+    assert main([*layout, "--gpu-memory-gb", "141", "--host-memory-gb", "30000"]) == 0
+    assert "start-up per rank     3416.5 GiB in host memory" in capsys.readouterr().out
+    assert main([*layout, "--gpu-memory-gb", "80"]) == 2
+    assert "94.6 GiB per GPU at start-up" in capsys.readouterr().err
+    assert main([*layout, "--host-memory-gb", "2048"]) == 2
+    assert "of a node (--host-memory-gb 2048), which has 1907.3 GiB" in capsys.readouterr().err
 
 
 def test_checkpointed_loop_states_follow_the_checkpointing_scheme() -> None:

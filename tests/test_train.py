@@ -586,15 +586,23 @@ def test_checkpoint_of_another_preset_is_refused():
 
 # ------------------------------------------------------------------------------------------------ dry run
 def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
+    """The plan, then the refusal: the trainer builds the whole model on every rank (3.3 TiB each in fp32) and
+    moves each rank's share to the GPU whole (94.6 GiB) before ZeRO-3 partitions it."""
     cmd = ["bash", str(REPO / "launchers" / "pretrain_1t.sh"), "--data-path", "/data/x_text_document", "--dry-run"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), cwd=REPO)  # --dry-run anywhere
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 2
+    assert "8 rank(s) of a node (--host-memory-gb 2048)" in one_error_line(out.stderr)
+    larger = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                            env={**launch_env(), "HOST_MEMORY_GB": "30000", "GPU_MEMORY_GB": "141"})
+    assert larger.returncode == 0, larger.stderr
+    assert json.loads(larger.stdout) == {**json.loads(out.stdout), "fits": {"141 GB": True}}
     plan = json.loads(out.stdout)
     assert plan["layout"]["world_size"] == 1024 and plan["layout"]["dp"] == 1024 and plan["layout"]["tp"] == 1
     assert plan["layout"]["experts_per_ep_rank"] == 2 and plan["layout"]["hpz"] == 8  # hpZ from ds_configs/1t.json
     from megamythos.model.params import count
     assert plan["total"] == count(get_preset("1t")).total
-    assert plan["memory_plan"]["total_gib"] < 80e9 / 2**30 and plan["fits"] == {"80 GB": True, "141 GB": True}
+    assert plan["memory_plan"]["total_gib"] < 80e9 / 2**30 < plan["memory_plan"]["startup_device_gib"] < 141e9 / 2**30
+    assert plan["fits"] == {"80 GB": False, "141 GB": True}
     assert plan["step_plan"]["step_seconds"] > plan["step_plan"]["compute_seconds"] > 0
     assert plan["command"].startswith("deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 --module "
                                       "megamythos.training.pretrain --preset 1t")
@@ -607,10 +615,11 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
         assert bad.returncode == 2 and "not divisible by expert-parallel size ep=3" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
     nowhere = subprocess.run(cmd[:4], capture_output=True, text=True, cwd=REPO,
-                             env={**launch_env(), "HOSTFILE": str(REPO / "no-such-hostfile")})
+                             env={**launch_env(), "HOSTFILE": str(REPO / "no-such-hostfile"),
+                                  "HOST_MEMORY_GB": "30000", "GPU_MEMORY_GB": "141"})
     assert nowhere.returncode == 2 and nowhere.stderr.startswith("error: hostfile "), nowhere.stderr  # not DeepSpeed's
     tight = subprocess.run(cmd[:2] + ["--dry-run"], capture_output=True, text=True, cwd=REPO,
-                           env={**launch_env(), "EP": "8", "TP": "1"})
+                           env={**launch_env(), "EP": "8", "TP": "1", "HOST_MEMORY_GB": "30000"})
     assert tight.returncode != 0 and "does not fit" in tight.stderr
 
 

@@ -1,5 +1,6 @@
 """Per-GPU memory plan of a ZeRO + TP + EP layout: weights, gradients, optimizer states, the largest gathered
-module and activations, from the analytic counts of :mod:`megamythos.model.params`."""
+module and activations, from the analytic counts of :mod:`megamythos.model.params`; and what one rank holds
+while the trainer starts, before ZeRO partitions anything (:func:`startup_memory`)."""
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from megamythos.model.params import (
     expert_params,
     parts,
 )
+from megamythos.planning.layout import LayoutError
 
 
 @dataclass
@@ -33,6 +35,58 @@ class MemoryPlan:
     gathered_working_gib: float
     activations_gib: float
     total_gib: float
+    startup_device_gib: float  # the rank's share of the model on the GPU whole, before ZeRO partitions it
+
+
+GIB = 1024 ** 3
+
+
+class StartupMemoryError(LayoutError):
+    """The trainer cannot build the model on this host or device."""
+
+
+@dataclass(frozen=True)
+class StartupMemory:
+    """What one rank holds while the trainer starts, in GiB. ``MythosLM`` is built whole, in fp32, in host memory
+    on every rank (``host_gib``); inside ``deepspeed.initialize`` AutoEP keeps the rank's ``E / ep`` experts and
+    AutoTP its shards, and DeepSpeed casts the rest to the weights' dtype and moves it to the device whole
+    (``device_gib``) before ZeRO-3 partitions it. The trainer does not build a model sharded
+    (``deepspeed.zero.Init``, expert-parallel construction), so these bound the presets a host can start."""
+
+    host_gib: float
+    device_gib: float
+
+
+def startup_memory(c: ModelConfig, tp: int = 1, ep: int = 1, dtype: str = "bf16") -> StartupMemory:
+    """:class:`StartupMemory` of one rank of a ``tp`` x ``ep`` layout with weights in ``dtype``; dense weights
+    split by ``tp`` as in :func:`memory_plan`."""
+    report = count(c)
+    experts = report.routed_experts
+    dense = report.total - experts
+    return StartupMemory(host_gib=report.total * BYTES["fp32"] / GIB,
+                         device_gib=(dense / tp + experts / ep) * BYTES[dtype] / GIB)
+
+
+def check_startup_memory(c: ModelConfig, tp: int, ep: int, ranks_on_host: int, host_bytes: int,
+                         device_bytes: int | None, dtype: str = "bf16", host: str = "this host") -> None:
+    """Refuse (:class:`StartupMemoryError`) a start the host or the device cannot hold: ``ranks_on_host`` ranks
+    each building the whole model in ``host_bytes`` of host memory (the host named ``host`` in the message), or
+    one rank's share moved whole to a device of ``device_bytes`` (None: no device other than the host)."""
+    need = startup_memory(c, tp, ep, dtype)
+    total = f"{count(c).total / 1e9:.3g}B"
+    sharded = ("the trainer does not build a model sharded yet (deepspeed.zero.Init, expert-parallel "
+               "construction)")
+    if ranks_on_host * need.host_gib * GIB > host_bytes:
+        raise StartupMemoryError(
+            f"the model ({total} parameters) is built whole in fp32 on every rank before DeepSpeed shards it: "
+            f"{need.host_gib:.1f} GiB per rank, {ranks_on_host * need.host_gib:.1f} GiB for the {ranks_on_host} "
+            f"rank(s) of {host}, which has {host_bytes / GIB:.1f} GiB; {sharded}: train a smaller model or run "
+            "fewer ranks per host")
+    if device_bytes is not None and need.device_gib * GIB > device_bytes:
+        raise StartupMemoryError(
+            f"the model ({total} parameters) goes to the GPU whole (this rank's experts and tensor-parallel "
+            f"shards) before ZeRO-3 partitions it: {need.device_gib:.1f} GiB in {dtype}, on a GPU of "
+            f"{device_bytes / GIB:.1f} GiB; {sharded}: raise --ep or --tp, or train a smaller model")
 
 
 def checkpointed_loop_states(c: ModelConfig, loops: int) -> int:
@@ -85,7 +139,6 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
         core_dense = core_dense_local_params(c, tp)
         weight_params += core_dense * (1 - 1 / dp) + expert_local * (1 - 1 / edp)
     w_bytes = BYTES[dtype]
-    gib = 1024 ** 3
     grads_params = dense_local / (dp if zero >= 2 else 1) + expert_local / (edp if zero >= 2 else 1)
     opt_params = dense_local / (dp if zero >= 1 else 1) + expert_local / (edp if zero >= 1 else 1)
     # ZeRO-3 gathers one module at a time: the recurrent block's local experts dominate
@@ -96,8 +149,9 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     loops = c.resolved_max_loops
     acts = (tokens * c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + 34 * tokens * c.dim * w_bytes / tp
             + tokens * c.vocab_size * 4 / tp)
-    plan = dict(weights_gib=weight_params * w_bytes / gib, grads_gib=grads_params * w_bytes / gib,
-                optimizer_gib=opt_params * 12 / gib, gathered_working_gib=largest_module * w_bytes / gib,
-                activations_gib=acts / gib)
+    plan = dict(weights_gib=weight_params * w_bytes / GIB, grads_gib=grads_params * w_bytes / GIB,
+                optimizer_gib=opt_params * 12 / GIB, gathered_working_gib=largest_module * w_bytes / GIB,
+                activations_gib=acts / GIB)
     return MemoryPlan(gpus=gpus, tp=tp, ep=ep, zero=zero, dp=dp, params_per_gpu=weight_params,
-                      total_gib=sum(plan.values()), **plan)
+                      total_gib=sum(plan.values()), startup_device_gib=startup_memory(c, tp, ep, dtype).device_gib,
+                      **plan)

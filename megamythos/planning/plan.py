@@ -26,7 +26,7 @@ from megamythos.errors import ArgumentParser, number, read_json_object, run_cli
 from megamythos.model.config import PRESETS, ModelConfig, get_preset
 from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
-from megamythos.planning.memory import memory_plan
+from megamythos.planning.memory import check_startup_memory, memory_plan, startup_memory
 from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     lay.add_argument("--qwz", action="store_true", default=None, help="ZeRO++ zero_quantized_weights")
     lay.add_argument("--qgz", action="store_true", default=None, help="ZeRO++ zero_quantized_gradients")
     lay.add_argument("--gpu-memory-gb", type=positive_float, nargs="+", default=[],
-                     help="exit 2 when the memory plan does not fit each of these GPU sizes")
+                     help="exit 2 when the memory plan, or a rank's share of the model at start-up (moved to the "
+                          "GPU whole before ZeRO partitions it), does not fit each of these GPU sizes")
+    lay.add_argument("--host-memory-gb", type=positive_float, default=None,
+                     help="host memory per node: exit 2 when --gpus-per-node ranks, each building the whole model "
+                          "in fp32 at start-up, do not fit it")
     step = parser.add_argument_group(WITH_GPUS[1])
     step.add_argument("--plan", action="store_true", help="also predict compute, collectives and step time")
     step.add_argument("--mfu", type=number(float, 0, 1, low_open=True), default=Cluster.mfu,
@@ -187,8 +191,10 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         report["memory_plan"] = asdict(memory_plan(config, layout.world_size, layout.tp, layout.ep, layout.zero,
                                                    layout.micro_batch_size, seq_len,
                                                    replicated_core=layout.replicate_core))
-        report["fits"] = {f"{gb:g} GB": report["memory_plan"]["total_gib"] <= gb * GIB_PER_GB
-                          for gb in args.gpu_memory_gb}
+        peak_gib = max(report["memory_plan"]["total_gib"], report["memory_plan"]["startup_device_gib"])
+        report["fits"] = {f"{gb:g} GB": peak_gib <= gb * GIB_PER_GB for gb in args.gpu_memory_gb}
+        ranks_on_host = min(args.gpus_per_node, layout.world_size)
+        report["startup"] = {**asdict(startup_memory(config, layout.tp, layout.ep)), "ranks_per_node": ranks_on_host}
         if args.plan:
             if layout.hpz > args.gpus_per_node:
                 raise LayoutError(f"ZeRO++ hpz={layout.hpz} is larger than --gpus-per-node {args.gpus_per_node}: "
@@ -205,10 +211,21 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         print()
     else:
         print_report(args.config or args.preset, report, prediction)
+    if args.host_memory_gb is not None:  # the model is built on the host before anything reaches a GPU
+        check_startup_memory(config, layout.tp, layout.ep, report["startup"]["ranks_per_node"],
+                             int(args.host_memory_gb * 1e9), None,
+                             host=f"a node (--host-memory-gb {args.host_memory_gb:g})")
     too_small = [size for size, ok in report.get("fits", {}).items() if not ok]
     if too_small:
-        raise LayoutError(f"the plan needs {report['memory_plan']['total_gib']:.1f} GiB per GPU: does not fit "
-                          f"{too_small}; raise --ep/--tp or add GPUs")
+        mem = report["memory_plan"]
+        if mem["startup_device_gib"] > mem["total_gib"]:
+            raise LayoutError(f"the plan needs {mem['startup_device_gib']:.1f} GiB per GPU at start-up (each rank's "
+                              "share of the model moved to the GPU whole, before ZeRO partitions it; "
+                              f"{mem['total_gib']:.1f} GiB once partitioned): does not fit {too_small}; the trainer "
+                              "does not build a model sharded yet (deepspeed.zero.Init, expert-parallel "
+                              "construction): raise --ep/--tp or train a smaller model")
+        raise LayoutError(f"the plan needs {mem['total_gib']:.1f} GiB per GPU: does not fit {too_small}; raise "
+                          "--ep/--tp or add GPUs")
     return report
 
 
@@ -228,6 +245,10 @@ def print_report(name: str, report: dict[str, Any], prediction: Any) -> None:
               f"weights {mem['weights_gib']:.1f}, grads {mem['grads_gib']:.1f}, "
               f"optimizer {mem['optimizer_gib']:.1f}, gathered {mem['gathered_working_gib']:.1f}, "
               f"activations {mem['activations_gib']:.1f}")
+        start = report["startup"]
+        print(f"  start-up per rank     {start['host_gib']:.1f} GiB in host memory (the whole model in fp32; "
+              f"{start['ranks_per_node']} ranks per node: {start['ranks_per_node'] * start['host_gib']:.1f} GiB), "
+              f"{start['device_gib']:.1f} GiB on the GPU before ZeRO partitions it")
         for size, ok in report["fits"].items():
             print(f"  fits {size:<16} {'yes' if ok else 'NO'}")
     if prediction is not None:

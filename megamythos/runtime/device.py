@@ -1,5 +1,8 @@
-"""The device a command line runs its model on: ``--device`` checked before anything is built or loaded."""
+"""The device a command line runs its model on: ``--device`` checked before anything is built or loaded; the
+processes and memory a launched rank shares its host and device with."""
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -28,3 +31,15 @@ def resolve_device(name: str) -> torch.device:
     if device.index is not None and device.index >= count:
         raise DeviceError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return device
+
+
+def local_world_size() -> int:
+    """Ranks on this host: DeepSpeed's launcher sets ``LOCAL_SIZE``, torchrun ``LOCAL_WORLD_SIZE``; 1 alone."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+
+
+def device_memory_bytes() -> int | None:
+    """Memory of this rank's CUDA device (``LOCAL_RANK``), None without CUDA (the model then lives on the host)."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory

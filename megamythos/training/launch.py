@@ -232,10 +232,11 @@ def has_gpu() -> bool:
 
 def run_rank(argv: Sequence[str]) -> int:
     """One rank of a launched job: check the flags, apply the defaults, train in this process."""
+    from megamythos.runtime.device import local_world_size
+
     refuse_launcher_flags(argv)
     gpu = has_gpu()
-    local = os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or "1"
-    updates = rank_environment(os.environ, gpu, int(local))
+    updates = rank_environment(os.environ, gpu, local_world_size())
     os.environ.update(updates)
     if "OMP_WAIT_POLICY" in updates:  # OpenMP read its settings when torch loaded it: start this rank again
         os.execv(sys.executable, sys.orig_argv)

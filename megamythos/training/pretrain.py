@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -48,6 +49,8 @@ from megamythos.model.moe import expert_bias_state, expert_counts_frozen, load_e
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
 from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
+from megamythos.planning.memory import check_startup_memory
+from megamythos.runtime.device import device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training import comm_stats
 from megamythos.training.arguments import TrainArgs, parse_args
@@ -177,6 +180,9 @@ class Trainer:
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
         self.layout.check_model(self.config)
         check_compile(args, self.layout, bf16_enabled(template, args))
+        check_startup_memory(self.config, self.layout.tp, self.layout.ep, local_world_size(),
+                             psutil.virtual_memory().total, device_memory_bytes(),
+                             "bf16" if bf16_enabled(template, args) else "fp32")
         self.adam_impl = resolve_adam_impl(args.adam_impl, torch.cuda.is_available())
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from megamythos.errors import UserError
+from megamythos.runtime.device import local_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def lost_peer(err: BaseException) -> bool:
 def dead_local_ranks() -> list[int]:
     """Global ranks of this node whose processes are gone: the launcher's children that run a rank (they carry
     ``RANK`` in their environment) are the living ones; ranks are numbered node by node."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+    local = local_world_size()
     first = int(os.environ.get("RANK", "0")) - int(os.environ.get("LOCAL_RANK", "0"))
     alive = set()
     parent = psutil.Process().parent()
