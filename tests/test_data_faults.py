@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import sentencepiece as spm
@@ -22,8 +23,12 @@ import zstandard
 
 from megamythos.data.cli import inspect_main, preprocess_main, train_tokenizer_main
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path
-from megamythos.data.indexed_dataset import IndexedDataset, dataset_exists
+from megamythos.data.index_cache import IndexCacheError, load_or_build
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, dataset_exists
+from megamythos.data.merge import merge_datasets
+from megamythos.data.metadata import DatasetMismatchError, MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import PreprocessConfig, preprocess
+from megamythos.data.pretraining import resolve_data
 from megamythos.data.sources import iter_texts
 from megamythos.data.tokenizer import Tokenizer
 from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, write_jsonl
@@ -185,3 +190,69 @@ def test_partition_processes_end_when_preprocessing_is_killed_alone(tmp_path: Pa
         child.kill()
     assert not alive, f"{len(alive)} partition process(es) outlived the run"
     assert not dataset_exists(str(tmp_path / "o_text_document"))
+
+
+# ------------------------------------------------------------ datasets a run reads (found 2026-12-06, a Megatron user)
+def _dataset(tmp_path: Path, name: str, docs: list[str], tokenizer: Tokenizer) -> str:
+    assert preprocess_main(preprocess_args([write_jsonl(tmp_path / f"{name}.jsonl", docs)], tmp_path / name,
+                                           tokenizer, "--append-eod")) == 0
+    return str(tmp_path / f"{name}_text_document")
+
+
+def test_a_run_refuses_tokens_rebuilt_beside_an_old_record(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Megatron's preprocessing into the same prefix leaves our record (and tokenizer copy) beside other tokens:
+    inspect refused it, while the trainer and evaluate trained and evaluated on it."""
+    prefix, other = _dataset(tmp_path, "a", DOCS, tiny_tokenizer), _dataset(tmp_path, "b", DOCS[:3], tiny_tokenizer)
+    for suffix in (".bin", ".idx"):
+        shutil.copy(other + suffix, prefix + suffix)
+    with pytest.raises(IndexedDatasetError, match="a_text_document.json records num_documents=30 but the dataset "
+                                                  "holds 3 documents: the record belongs to other data"):
+        resolve_data([prefix], tiny_tokenizer.vocab_size)
+
+
+def test_a_run_refuses_a_corrupt_index(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """One flipped bit in a sequence length: the run read the next sequences' tokens again, exit 0."""
+    prefix = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    index = bytearray(Path(prefix + ".idx").read_bytes())
+    index[34 + 4 * 10 + 1] ^= 1  # header 34 bytes, then int32 sizes: sequence 10's length + 256
+    Path(prefix + ".idx").write_bytes(bytes(index))
+    with pytest.raises(IndexedDatasetError, match=r"a_text_document\.idx: pointer of sequence 11 .* corrupt"):
+        resolve_data([prefix], tiny_tokenizer.vocab_size)
+
+
+def test_a_renamed_dataset_reads_its_own_tokenizer_copy(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """The record names the copy by its old prefix: the error said to train a tokenizer."""
+    prefix = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    renamed = str(tmp_path / "renamed")
+    for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
+        shutil.copy(prefix + suffix, renamed + suffix)
+    os.remove(prefix + ".tokenizer.model")
+    assert resolve_data([renamed], tiny_tokenizer.vocab_size).tokenizer_model == renamed + ".tokenizer.model"
+    os.remove(renamed + ".tokenizer.model")
+    with pytest.raises(MetadataError, match=r"renamed\.json names the tokenizer copy .*a_text_document\.tokenizer"
+                                            r"\.model, which does not exist .* at .*renamed\.tokenizer\.model"):
+        resolve_data([renamed], tiny_tokenizer.vocab_size)
+
+
+def test_merge_refuses_a_dataset_without_a_record_among_recorded_ones(tmp_path: Path,
+                                                                      tiny_tokenizer: Tokenizer) -> None:
+    """A record-less first input let every other record go unchecked against each other, and the merged record
+    claimed all tokens for one tokenizer."""
+    recorded = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    bare = str(tmp_path / "bare")
+    for suffix in (".bin", ".idx"):
+        shutil.copy(recorded + suffix, bare + suffix)
+    with pytest.raises(DatasetMismatchError, match=r"bare has no tokenizer record"):
+        merge_datasets([bare, recorded], str(tmp_path / "merged"))
+    plain = str(tmp_path / "plain")
+    assert preprocess_main(preprocess_args([write_jsonl(tmp_path / "p.jsonl", DOCS)], tmp_path / "plain",
+                                           tiny_tokenizer)) == 0
+    merge_datasets([recorded, plain + "_text_document"], str(tmp_path / "both"))
+    assert read_dataset_metadata(str(tmp_path / "both"))["append_eod"] is False  # was the first input's: True
+
+
+def test_a_damaged_index_cache_entry_is_one_line(tmp_path: Path) -> None:
+    arrays = load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
+    os.truncate(arrays["x"].filename, 200)
+    with pytest.raises(IndexCacheError, match="is damaged .* remove its files and run again"):
+        load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})

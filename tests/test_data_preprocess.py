@@ -1,6 +1,7 @@
 """Preprocessing: every input format, bad-input handling, determinism across workers/partitions, CLIs."""
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import os
@@ -62,8 +63,22 @@ def _inputs_of_every_format(root: Path) -> dict[str, list[str]]:
     for i, d in enumerate(DOCS):
         (txt_dir / f"{i:03d}.txt").write_text(d)
     datasets.Dataset.from_dict({"text": DOCS}).save_to_disk(str(root / "hf_disk"))
-    return {"gz": [str(root / "a.jsonl.gz")], "zst": [str(root / "a.jsonl.zst")],
-            "parquet": [str(root / "a.parquet")], "txt": [str(txt_dir / "*.txt")], "disk": [str(root / "hf_disk")]}
+    inputs = {"gz": [str(root / "a.jsonl.gz")], "zst": [str(root / "a.jsonl.zst")],
+              "parquet": [str(root / "a.parquet")], "txt": [str(txt_dir / "*.txt")], "disk": [str(root / "hf_disk")]}
+    # JSON lines under the other usual suffixes, in any case, and after a byte-order mark (found 2026-12-06: read
+    # as one text document, JSON syntax and all; the BOM made the first record malformed)
+    for name in ("a.ndjson", "a.jsonlines", "A.JSONL"):
+        (root / name).write_bytes(lines)
+        inputs[name] = [str(root / name)]
+    (root / "bom.jsonl").write_bytes(codecs.BOM_UTF8 + lines)
+    inputs["bom.jsonl"] = [str(root / "bom.jsonl")]
+    # text with Windows line ends and a byte-order mark (found 2026-12-06: <0x0D> and <0xEF><0xBB><0xBF> tokens)
+    crlf_dir = root / "crlf"
+    crlf_dir.mkdir()
+    for i, d in enumerate(DOCS):
+        (crlf_dir / f"{i:03d}.txt").write_bytes((codecs.BOM_UTF8 if i == 0 else b"") + d.replace("\n", "\r\n").encode())
+    inputs["crlf"] = [str(crlf_dir / "*.txt")]
+    return inputs
 
 
 def test_every_input_format_gives_the_same_dataset(tmp_path, tiny_tokenizer: Tokenizer) -> None:
@@ -72,6 +87,42 @@ def test_every_input_format_gives_the_same_dataset(tmp_path, tiny_tokenizer: Tok
         ds, _ = run(tiny_tokenizer, inputs, tmp_path / name)
         assert ds.sizes.tolist() == reference.sizes.tolist(), name
         assert np.array_equal(ds._bin, reference._bin), name
+
+
+def test_json_lines_the_suffix_reads_as_text_are_refused_or_read_by_input_format(tmp_path,
+                                                                                  tiny_tokenizer: Tokenizer) -> None:
+    """Found 2026-12-06: ``corpus.data`` holding JSON lines became one text document of JSON syntax, exit 0."""
+    data = write_jsonl(tmp_path / "corpus.data", DOCS)
+    with pytest.raises(InputError, match=r"corpus\.data holds JSON lines .* pass --input-format jsonl"):
+        run(tiny_tokenizer, [str(data)], tmp_path / "refused")
+    ds, _ = run(tiny_tokenizer, [str(data)], tmp_path / "jsonl", input_format="jsonl")
+    assert decoded(tiny_tokenizer, ds) == DOCS
+    ds, _ = run(tiny_tokenizer, [str(data)], tmp_path / "txt", input_format="txt")  # asked for: one text
+    assert len(ds) == 1 and decoded(tiny_tokenizer, ds)[0].startswith('{"text": ')
+    (tmp_path / "a.jsonl.xz").write_bytes(b"\xfd7zXZ\x00")
+    with pytest.raises(InputError, match=r"compressed inputs must be JSON lines in \.gz or \.zst \(xz is not read\)"):
+        run(tiny_tokenizer, [str(tmp_path / "a.jsonl.xz")], tmp_path / "xz")
+
+
+def test_a_file_named_twice_is_read_once(tmp_path, tiny_tokenizer: Tokenizer, caplog) -> None:
+    """Found 2026-12-06: overlapping globs (and a link to a file also given) wrote its documents once per name."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS[:10])
+    write_jsonl(tmp_path / "b.jsonl", DOCS[10:20])
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "a.jsonl")
+    ds, _ = run(tiny_tokenizer, [str(tmp_path / "*.jsonl"), str(tmp_path / "a.jsonl")], tmp_path / "o")
+    assert decoded(tiny_tokenizer, ds) == DOCS[:20]
+    assert f"input {tmp_path / 'link.jsonl'} is {tmp_path / 'a.jsonl'} again: read once" in caplog.text
+
+
+def test_a_dataset_dict_names_the_split_it_reads_and_those_it_does_not(tmp_path, tiny_tokenizer: Tokenizer,
+                                                                      caplog) -> None:
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:5]}),
+                          "validation": datasets.Dataset.from_dict({"text": DOCS[5:8]})}).save_to_disk(
+        str(tmp_path / "dict"))
+    ds, _ = run(tiny_tokenizer, [str(tmp_path / "dict")], tmp_path / "o")
+    assert len(ds) == 5 and "reading its split 'train' (5 rows) only, not 'validation' (3 rows)" in caplog.text
 
 
 def test_hf_dataset_by_name_with_streaming(tmp_path, tiny_tokenizer: Tokenizer, monkeypatch) -> None:

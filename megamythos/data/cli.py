@@ -39,6 +39,7 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe", help="SentencePiece model type")
     parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
     parser.add_argument("--json-key", default="text", help="JSON field holding the text")
+    parser.add_argument("--hf-split", default="train", help="split of a save_to_disk DatasetDict in --input")
     parser.add_argument("--max-sentences", type=number(int, 1), default=200_000,
                         help="size of the uniform sample of line chunks trained on")
     parser.add_argument("--num-threads", type=number(int, 1), default=os.cpu_count() or 1, help="trainer threads")
@@ -51,7 +52,7 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
         skipped: Counter = Counter()
         try:
             tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format,
-                                                   skipped), config)
+                                                   skipped, args.hf_split), config)
         except NoTextError as err:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "no records"
             hint = (f"; if the text is under another key, pass --json-key KEY (now {args.json_key!r})"
@@ -77,13 +78,16 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=preprocess_main.__doc__)
     src = parser.add_argument_group("input")
     src.add_argument("--input", nargs="+", default=[],
-                     help=".txt .jsonl .jsonl.gz .jsonl.zst .parquet files, globs, or save_to_disk directories")
+                     help=".jsonl (.json .ndjson .jsonlines; .gz .zst), .parquet or text files, globs, or save_to_disk "
+                          "directories")
+    src.add_argument("--input-format", choices=FORMATS, default=None,
+                     help="read every --input file as this format (default: by file suffix)")
     src.add_argument("--json-keys", nargs="+", default=["text"], help="JSON fields holding the text")
     src.add_argument("--txt-blank-line-documents", action="store_true",
                      help="in .txt inputs, documents are separated by blank lines (default: one per file)")
     src.add_argument("--hf-dataset", help="datasets.load_dataset name or local data directory")
     src.add_argument("--hf-config", help="configuration name of --hf-dataset")
-    src.add_argument("--hf-split", default="train", help="split of --hf-dataset")
+    src.add_argument("--hf-split", default="train", help="split of --hf-dataset, or of a save_to_disk DatasetDict")
     src.add_argument("--streaming", action="store_true", help="stream --hf-dataset instead of downloading")
     out = parser.add_argument_group("output")
     out.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx} (+ .json record)")
@@ -103,7 +107,8 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
             inputs=args.input, output_prefix=args.output_prefix, tokenizer_model=args.tokenizer_model,
             json_keys=tuple(args.json_keys), workers=args.workers, partitions=args.partitions,
             append_eod=args.append_eod, strict=args.strict, blank_line_documents=args.txt_blank_line_documents,
-            hf_dataset=args.hf_dataset, hf_config=args.hf_config, hf_split=args.hf_split, streaming=args.streaming,
+            hf_dataset=args.hf_dataset, hf_config=args.hf_config, hf_split=args.hf_split,
+            input_format=args.input_format, streaming=args.streaming,
             log_interval=args.log_interval, overwrite=args.overwrite, progress=not args.no_progress,
         ))
         print(f"wrote {', '.join(stats.outputs)}")

@@ -73,9 +73,13 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
             f"index cache {desc_path} is missing on rank {rank}: rank 0 builds it, so cache_dir must be a directory "
             "every rank can see (a shared filesystem); pass a shared cache_dir or build the cache once beforehand"
         )
-    with open(desc_path) as handle:
-        names = json.load(handle)["arrays"]
-    return {name: np.load(os.path.join(cache_dir, f"{key}-{name}.npy"), mmap_mode="r") for name in names}
+    try:
+        with open(desc_path) as handle:
+            names = json.load(handle)["arrays"]
+        return {name: np.load(os.path.join(cache_dir, f"{key}-{name}.npy"), mmap_mode="r") for name in names}
+    except (OSError, ValueError, KeyError, TypeError) as err:  # truncated or overwritten after it was written
+        raise IndexCacheError(f"index cache entry {os.path.join(cache_dir, key)}-* is damaged ({err}); remove its "
+                              "files and run again (they are rebuilt)") from err
 
 
 class MappedArraysPickle:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, bin_path, idx_path
-from megamythos.data.metadata import read_dataset_metadata
+from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
+from megamythos.data.metadata import check_record_counts, read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
 
 
@@ -24,12 +24,7 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     dataset = IndexedDataset(prefix)
     dataset.validate()
     metadata = read_dataset_metadata(prefix)
-    shape = dataset.shape()
-    for field, key in (("num_documents", "documents"), ("num_tokens", "tokens")):
-        if metadata is not None and field in metadata and metadata[field] != shape[key]:
-            raise IndexedDatasetError(f"{prefix}.json records {field}={metadata[field]} but the dataset holds "
-                                      f"{shape[key]} {key}: the record belongs to other data; rebuild the dataset "
-                                      "with data_prep/preprocess_data.py")
+    check_record_counts(prefix, metadata, dataset.shape())
     model = tokenizer_model or (metadata or {}).get("tokenizer_model")
     tokenizer = Tokenizer(model) if model else None
     vocab_size = tokenizer.vocab_size if tokenizer else (metadata or {}).get("vocab_size")

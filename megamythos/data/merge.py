@@ -9,7 +9,12 @@ from megamythos.data.indexed_dataset import (
     IndexedDatasetError,
     refuse_to_replace,
 )
-from megamythos.data.metadata import announce_dataset, check_same_vocabulary, read_dataset_metadata
+from megamythos.data.metadata import (
+    DatasetMismatchError,
+    announce_dataset,
+    check_same_vocabulary,
+    read_dataset_metadata,
+)
 from megamythos.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -18,23 +23,29 @@ logger = logging.getLogger(__name__)
 def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = False) -> IndexedDataset:
     """Write ``output_prefix.{bin,idx}`` holding every document of ``prefixes`` in order; returns it opened.
 
-    All inputs must share a dtype and, where they carry a tokenizer record, the same tokenizer; the record of
-    the first input that has one is carried over with updated counts, and is in place before the ``.idx`` is
-    (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at ``output_prefix`` is replaced
-    only with ``overwrite``.
+    All inputs must share a dtype and either all carry a tokenizer record, of one tokenizer, or none does (a
+    record-less input among recorded ones would be claimed by their tokenizer). The first record is carried
+    over with updated counts (``append_eod`` only if every input ended its documents with eos), and is in place
+    before the ``.idx`` is (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at
+    ``output_prefix`` is replaced only with ``overwrite``.
     """
     if not prefixes:
         raise ValueError("merge_datasets needs at least one input prefix")
     refuse_to_replace(output_prefix, overwrite)
     datasets = [IndexedDataset(p) for p in prefixes]
     records = [read_dataset_metadata(p) for p in prefixes]
-    for prefix, dataset, record in zip(prefixes[1:], datasets[1:], records[1:]):
+    recorded, first = next(((p, r) for p, r in zip(prefixes, records) if r is not None), (None, None))
+    for prefix, dataset, record in zip(prefixes, datasets, records):
         if dataset.dtype != datasets[0].dtype:
             raise IndexedDatasetError(
                 f"dtype mismatch: {prefixes[0]} stores {datasets[0].dtype} but {prefix} stores {dataset.dtype}"
             )
-        check_same_vocabulary(prefixes[0], records[0], prefix, record)
-    first = next((r for r in records if r is not None), None)
+        if record is None and recorded is not None:
+            raise DatasetMismatchError(
+                f"{prefix} has no tokenizer record ({prefix}.json) but {recorded} has one: the merged record would "
+                f"claim {prefix}'s tokens for {recorded}'s tokenizer unchecked; tokenise its text again with "
+                "data_prep/preprocess_data.py and that tokenizer, or merge only datasets without records")
+        check_same_vocabulary(str(recorded), first, prefix, record)
     with IndexedDatasetBuilder(output_prefix, datasets[0].dtype) as builder:
         for prefix in prefixes:
             builder.add_index(prefix)
@@ -44,7 +55,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
             fields = {k: v for k, v in first.items()
                       if k not in ("format", "vocab_size", "tokenizer_fingerprint", "tokenizer_model")}
             fields.update(num_documents=sum(len(d.document_indices) - 1 for d in datasets),
-                          num_tokens=builder.num_tokens)
+                          num_tokens=builder.num_tokens,
+                          append_eod=all(bool(r.get("append_eod")) for r in records if r is not None))
             announce_dataset(output_prefix, Tokenizer(first["tokenizer_model"]), **fields)
         builder.finalize()
     logger.info("merged %d datasets into %s", len(prefixes), output_prefix)

@@ -22,8 +22,8 @@ import shutil
 from typing import Any
 
 from megamythos.data.atomic import atomic_open
-from megamythos.data.indexed_dataset import idx_path
-from megamythos.data.tokenizer import Tokenizer
+from megamythos.data.indexed_dataset import IndexedDatasetError, idx_path
+from megamythos.data.tokenizer import Tokenizer, file_sha256
 from megamythos.errors import UserError, read_json_object
 
 RECORD_KEYS = ("vocab_size", "tokenizer_fingerprint", "tokenizer_model")
@@ -104,8 +104,36 @@ def announce_dataset(prefix: str, tokenizer: Tokenizer | None, **fields: Any) ->
 
 
 def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:
-    """The record of ``prefix`` with ``tokenizer_model`` resolved to an absolute path, or None if there is none."""
-    return read_tokenizer_record(metadata_path(prefix))
+    """The record of ``prefix`` with ``tokenizer_model`` resolved to an absolute path, or None if there is none.
+
+    A dataset renamed or copied to another prefix keeps a record naming its old copy: ``prefix``'s own copy
+    (``prefix.tokenizer.model``) is read instead when its sha256 is the recorded fingerprint; without either,
+    :class:`MetadataError` says where to put the tokenizer."""
+    record = read_tokenizer_record(metadata_path(prefix))
+    if record is None or os.path.isfile(record["tokenizer_model"]):
+        return record
+    own = os.path.abspath(tokenizer_copy_path(prefix))
+    if os.path.isfile(own) and file_sha256(own) == record["tokenizer_fingerprint"]:
+        record["tokenizer_model"] = own
+        return record
+    found = (f"{own} is another tokenizer (sha256 {file_sha256(own)[:12]}...)" if os.path.isfile(own)
+             else f"neither is {own}")
+    raise MetadataError(f"{metadata_path(prefix)} names the tokenizer copy {record['tokenizer_model']}, which does "
+                        f"not exist (the dataset was renamed or copied without it?), and {found}; put the tokenizer "
+                        f"the dataset was built with (sha256 {record['tokenizer_fingerprint'][:12]}...) at {own}")
+
+
+def check_record_counts(prefix: str, record: dict[str, Any] | None, shape: dict[str, int]) -> None:
+    """Raise :class:`~megamythos.data.indexed_dataset.IndexedDatasetError` if ``prefix``'s record counts other
+    documents or tokens than its data holds (``shape``: ``IndexedDataset.shape()``): the ``.bin``/``.idx`` were
+    rebuilt beside an old record (Megatron's preprocessing into the same prefix, a copy), so its tokenizer may
+    not be theirs."""
+    for field, key in (("num_documents", "documents"), ("num_tokens", "tokens")):
+        if record is not None and field in record and record[field] != shape[key]:
+            raise IndexedDatasetError(f"{prefix}.json records {field}={record[field]} but the dataset holds "
+                                      f"{shape[key]} {key}: the record belongs to other data; rebuild the dataset "
+                                      "with data_prep/preprocess_data.py (or remove the stale record "
+                                      f"{prefix}.json and {prefix}.tokenizer.model if the tokens are Megatron's)")
 
 
 def check_same_vocabulary(name_a: str, record_a: dict[str, Any] | None, name_b: str,

@@ -88,6 +88,7 @@ class PreprocessConfig:
     hf_dataset: str | None = None
     hf_config: str | None = None
     hf_split: str = "train"
+    input_format: str | None = None  # txt, jsonl or parquet for every input; None: by suffix
     streaming: bool = False
     batch_bytes: int = 1 << 20
     batch_documents: int = 1024
@@ -227,7 +228,8 @@ def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
     if config.hf_dataset:
         yield from iter_hub_records(config.hf_dataset, config.hf_config, config.hf_split, config.streaming)
     for path in paths:
-        yield from iter_file_records(path, config.json_keys, config.blank_line_documents, config.hf_split)
+        yield from iter_file_records(path, config.json_keys, config.blank_line_documents, config.hf_split,
+                                     config.input_format)
 
 
 def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict: bool, report_path: str) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from megamythos.data.gpt_dataset import build_train_valid_test_datasets, parse_data_path
 from megamythos.data.indexed_dataset import IndexedDataset
-from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
+from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
 from megamythos.data.sampler import PretrainingSampler
 from megamythos.errors import UserError
 
@@ -72,9 +72,10 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
 
     Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's,
     ``DatasetMismatchError`` for datasets built with different tokenizers, and ``IndexedDatasetError`` for a
-    corrupt dataset or a token id outside the vocabulary (one vectorised pass over each ``.bin``), before any
-    sample is read. A dataset without a metadata record (made by Megatron's tools) is accepted with a warning if
-    its token ids fit.
+    corrupt dataset (every pointer checked against the sizes), a record that counts other documents or tokens
+    than the data holds (tokens rebuilt beside an old record), or a token id outside the vocabulary (one
+    vectorised pass over each ``.bin``), before any sample is read. A dataset without a metadata record (made by
+    Megatron's tools) is accepted with a warning if its token ids fit.
     """
     prefixes, _ = parse_data_path(data_path)
     records = {}
@@ -103,8 +104,10 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
             check_same_vocabulary(other, record, prefix, meta)
         records[prefix] = meta
         dataset = IndexedDataset(prefix)
-        dataset.check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY)
+        dataset.validate()
         shapes[os.path.realpath(prefix)] = dataset.shape()
+        check_record_counts(prefix, meta, shapes[os.path.realpath(prefix)])
+        dataset.check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY)
     known = [r for r in records.values() if r is not None]
     return DataSetup(list(data_path), known[0]["tokenizer_model"] if known else None,
                      known[0]["tokenizer_fingerprint"] if known else None, shapes)

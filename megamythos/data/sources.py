@@ -1,17 +1,21 @@
 """Input documents for preprocessing, read lazily with their provenance (file and line).
 
-Supported inputs: ``.jsonl``/``.json`` (one JSON object per line), the same compressed as ``.gz`` or ``.zst``,
-``.parquet``, ``.txt`` (one document per file, or documents separated by blank lines), a local HuggingFace
-``datasets`` directory (``save_to_disk`` output) and a ``datasets`` hub name or local data directory
-(``load_dataset``). Records are yielded unparsed where possible so that decoding and JSON parsing run in the
-tokenizer workers; :func:`parse_record` turns a record into texts or a reason to skip it.
+Supported inputs: JSON lines (``.jsonl``, ``.json``, ``.ndjson``, ``.jsonlines``: one JSON object per line), the
+same compressed as ``.gz`` or ``.zst``, ``.parquet``, text (one document per file, or documents separated by blank
+lines; any other suffix), a local HuggingFace ``datasets`` directory (``save_to_disk`` output) and a ``datasets``
+hub name or local data directory (``load_dataset``). Suffixes are matched in any case; a file read as text whose
+first line is a JSON object is refused (JSON lines under another suffix), as is another compression. Records are
+yielded unparsed where possible so that decoding and JSON parsing run in the tokenizer workers; :func:`parse_record`
+turns a record into texts or a reason to skip it.
 """
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import io
 import json
+import logging
 import os
 import zlib
 from collections import Counter
@@ -22,6 +26,8 @@ from typing import Any, BinaryIO
 import zstandard
 
 from megamythos.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 TEXT, JSON, ROW = "text", "json", "row"
 MISSING_KEY = "missing key"  # the skip reason of an object without the key: the text may be under another one
@@ -47,14 +53,22 @@ class RawRecord:
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files and directories matching each path or glob, in argument order and sorted within a glob."""
+    """Files and directories matching each path or glob, in argument order and sorted within a glob; a file that
+    two patterns (or a link and its target) both name is read once, with a warning naming it."""
     paths: list[str] = []
+    seen: dict[str, str] = {}
     for pattern in patterns:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.exists(m)]
         if not matches:
             raise InputError(f"input {pattern!r} matches no file or directory")
-        paths.extend(matches)
+        for match in matches:
+            real = os.path.realpath(match)
+            if real in seen:
+                logger.warning("input %s is %s again: read once", match, seen[real])
+                continue
+            seen[real] = match
+            paths.append(match)
     return paths
 
 
@@ -107,11 +121,14 @@ def _open_binary(path: str) -> BinaryIO:
 
 
 def _json_lines(path: str) -> Iterator[RawRecord]:
-    """The non-blank lines of a JSONL file, compressed or not; a compressed file that is cut short or not in its
-    suffix's format raises :class:`InputError` naming it (the lines before are yielded)."""
+    """The non-blank lines of a JSONL file, compressed or not (a UTF-8 byte-order mark before the first is
+    dropped); a compressed file that is cut short or not in its suffix's format raises :class:`InputError` naming
+    it (the lines before are yielded)."""
     try:
         with _open_binary(path) as handle:
             for number, line in enumerate(handle, start=1):
+                if number == 1:
+                    line = line.removeprefix(codecs.BOM_UTF8)
                 if line.strip():
                     yield RawRecord(path, number, JSON, line)
     except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as err:
@@ -121,9 +138,17 @@ def _json_lines(path: str) -> Iterator[RawRecord]:
 
 
 def _text_documents(path: str, blank_line_separated: bool) -> Iterator[RawRecord]:
+    """The documents of a text file: the whole file, or its runs of non-blank lines. Windows line ends
+    (``\\r\\n``) are read as ``\\n`` and a UTF-8 byte-order mark at the start is dropped, so neither becomes
+    tokens."""
+    def document(data: bytes) -> bytes:
+        return data.replace(b"\r\n", b"\n")
+
     with open(path, "rb") as handle:
+        if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            handle.seek(0)
         if not blank_line_separated:
-            yield RawRecord(path, 1, TEXT, handle.read())
+            yield RawRecord(path, 1, TEXT, document(handle.read()))
             return
         lines: list[bytes] = []
         start = 1
@@ -133,10 +158,22 @@ def _text_documents(path: str, blank_line_separated: bool) -> Iterator[RawRecord
                     start = number
                 lines.append(line)
             elif lines:
-                yield RawRecord(path, start, TEXT, b"".join(lines))
+                yield RawRecord(path, start, TEXT, document(b"".join(lines)))
                 lines = []
         if lines:
-            yield RawRecord(path, start, TEXT, b"".join(lines))
+            yield RawRecord(path, start, TEXT, document(b"".join(lines)))
+
+
+def _looks_like_json_lines(path: str) -> bool:
+    """Whether the first non-blank line of ``path`` (within its first 1 MiB) is a JSON object."""
+    with open(path, "rb") as handle:
+        for line in handle.read(1 << 20).removeprefix(codecs.BOM_UTF8).splitlines():
+            if line.strip():
+                try:
+                    return isinstance(json.loads(line), dict)
+                except (ValueError, UnicodeDecodeError):
+                    return False
+    return False
 
 
 def _parquet_rows(path: str, keys: tuple[str, ...]) -> Iterator[RawRecord]:
@@ -175,11 +212,18 @@ def _load_from_disk(path: str, split: str) -> Any:
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise InputError(f"{path} has splits {list(loaded)}; choose one with --hf-split")
+        others = [name for name in loaded if name != split]
+        if others:
+            logger.warning("%s: reading its split %r (%d rows) only, not %s; choose another with --hf-split", path,
+                           split, len(loaded[split]), ", ".join(f"{n!r} ({len(loaded[n])} rows)" for n in others))
         loaded = loaded[split]
     return loaded
 
 
 FORMATS = ("txt", "jsonl", "parquet")
+JSON_LINES_SUFFIXES = tuple(f"{name}{packed}" for name in (".jsonl", ".json", ".ndjson", ".jsonlines")
+                            for packed in ("", ".gz", ".zst"))
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".xz", ".bz2", ".lz4", ".zip", ".7z", ".tar")
 
 
 def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bool = False,
@@ -187,25 +231,30 @@ def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bo
     """Records of one input path, by ``fmt`` if given, else by suffix (a directory is a ``save_to_disk`` dataset)."""
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"input format {fmt!r} is invalid: use one of {FORMATS}")
+    name = path.lower()
     if os.path.isdir(path):
         yield from _dataset_rows(_load_from_disk(path, hf_split), path)
-    elif fmt == "jsonl" or (fmt is None and path.endswith(
-            (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst"))):
+    elif fmt == "jsonl" or (fmt is None and name.endswith(JSON_LINES_SUFFIXES)):
         yield from _json_lines(path)
-    elif fmt == "parquet" or (fmt is None and path.endswith(".parquet")):
+    elif fmt == "parquet" or (fmt is None and name.endswith(".parquet")):
         yield from _parquet_rows(path, keys)
-    elif fmt is None and path.endswith((".gz", ".zst")):
-        raise InputError(f"{path}: compressed inputs must be .jsonl.gz or .jsonl.zst")
+    elif fmt is None and name.endswith(COMPRESSED_SUFFIXES):
+        raise InputError(f"{path}: compressed inputs must be JSON lines in .gz or .zst ({name.rsplit('.', 1)[-1]} "
+                         "is not read); decompress it, or re-compress it with gzip or zstd and name it .jsonl.gz / "
+                         ".jsonl.zst")
+    elif fmt is None and _looks_like_json_lines(path):
+        raise InputError(f"{path} holds JSON lines (its first line is a JSON object) but its suffix reads it as "
+                         "text: name it .jsonl, or pass --input-format jsonl (--input-format txt to read it as text)")
     else:
         yield from _text_documents(path, blank_line_separated)
 
 
 def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
-               skipped: Counter | None = None) -> Iterator[str]:
+               skipped: Counter | None = None, hf_split: str = "train") -> Iterator[str]:
     """The text of every well-formed document in ``paths``; bad records are skipped, counted by reason (the
     part of :func:`parse_record`'s reason before its details) in ``skipped`` when given."""
     for path in paths:
-        for record in iter_file_records(path, (key,), fmt=fmt):
+        for record in iter_file_records(path, (key,), hf_split=hf_split, fmt=fmt):
             texts, reason = parse_record(record, (key,))
             if texts is not None:
                 yield texts[0]
