@@ -158,7 +158,7 @@ def test_tokenizer_mismatch_is_refused_by_both_clis(tiny_checkpoint, other_token
     prefix = next(corpus.glob("*_text_document.bin")).with_suffix("")
     copy = tmp_path / "data" / prefix.name
     copy.parent.mkdir()
-    for ext in (".bin", ".idx"):
+    for ext in (".bin", ".idx", ".tokenizer.model"):
         shutil.copy(f"{prefix}{ext}", f"{copy}{ext}")
     record = json.loads(Path(f"{prefix}.json").read_text())
     Path(f"{copy}.json").write_text(json.dumps({**record, "tokenizer_fingerprint": "0" * 64}))

@@ -226,6 +226,39 @@ def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_pat
 
 
 @pytest.mark.launch
+def test_a_reader_whose_tag_a_running_trainer_prunes_reads_the_newest_again(saved: Path, tmp_path: Path,
+                                                                             monkeypatch, caplog, capsys) -> None:
+    """evaluate, generate and export of a run that saves with --keep-last: the tag they read can go while they
+    read it (found 2026-12-06: a FileNotFoundError traceback from the hashing, or DeepSpeed's ds_to_universal
+    traceback). The trainer's side is played here: a newer tag saved, ``latest`` moved, the tag read removed."""
+    import megamythos.checkpoint.reader as reader
+
+    ckpt = copy_of(saved, tmp_path)
+    verify, prunes = reader.verify_tag, [2]
+
+    def trainer_saves_and_prunes(tag_dir: Path, *args) -> None:
+        if prunes[0] and read_latest(tag_dir.parent) == tag_dir.name:
+            prunes[0] -= 1
+            newer = f"iter_{int(tag_dir.name.split('_')[1]) + 1:07d}"
+            shutil.copytree(tag_dir, tag_dir.parent / newer)
+            (tag_dir.parent / "latest").write_text(newer)
+            shutil.rmtree(tag_dir)
+        verify(tag_dir, *args)
+
+    monkeypatch.setattr(reader, "verify_tag", trainer_saves_and_prunes)
+    with caplog.at_level(logging.WARNING):
+        assert load_model(ckpt).source == ckpt / "iter_0000004"  # iter 2 and then iter 3 were pruned as read
+    assert caplog.text.count("was removed while it was read (its run's --keep-last); reading the newest") == 2
+    prunes[0] = 1
+    with pytest.raises(CheckpointError, match=r"iter_0000004 was removed while it was read .* pass a tag the run "
+                                              r"keeps, or the run directory"):
+        load_model(ckpt / "iter_0000004")
+    prunes[0] = 3
+    assert export_main([str(ckpt), str(tmp_path / "out")]) == 2  # pruned at every read: one line
+    assert "was removed while it was read, 3 times" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.launch
 @pytest.mark.parametrize("reader", ["resume", "evaluate", "export"])
 def test_a_tag_whose_checksums_were_lost_is_refused(reader: str, saved: Path, tmp_path: Path, capsys) -> None:
     """Found 2026-12-06: a deleted ``checksums.json`` made a tag pass for one saved before checksums existed, so a

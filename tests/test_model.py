@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megamythos.inference.generate import SamplingConfig, generate
+from megamythos.inference.generate import SamplingConfig, generate, sample_next
 from megamythos.model.config import ConfigError, ModelConfig, get_preset
 from megamythos.model.lm import ModelKVCache, MythosLM, weight_decay_param_groups
 from megamythos.model.recurrent import sample_loop_count
@@ -149,6 +149,14 @@ def test_generation_is_reproducible_with_seed() -> None:
     cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9)
     runs = [generate(model, prompt, cfg, torch.Generator().manual_seed(7))[0] for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
+
+
+def test_a_temperature_near_zero_samples_the_greedy_token() -> None:
+    """``--temperature 1e-40`` overflowed the scaled logits to inf: a multinomial traceback (found 2026-12-06)."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, -1.0, 4.0]])
+    for temperature in (1e-40, 1e-300):
+        cfg = SamplingConfig(max_new_tokens=1, temperature=temperature)
+        assert sample_next(logits, cfg, torch.Generator().manual_seed(0)).tolist() == [1, 0]
 
 
 def test_a_row_that_ends_yields_eos_while_the_others_go_on() -> None:

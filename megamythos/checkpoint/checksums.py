@@ -150,6 +150,12 @@ def _read_manifest(path: Path) -> dict[str, Any] | str | None:
         return f"is corrupt ({err})"
 
 
+def incomplete(directory: Path) -> bool:
+    """Whether ``directory`` lacks its manifest or a file the manifest lists (a tag being removed, for one)."""
+    listed = _read_manifest(directory / CHECKSUMS_FILE)
+    return not isinstance(listed, dict) or any(not (directory / name).is_file() for name in listed)
+
+
 def _first_problem(directory: Path, names: list[str], listed: dict[str, Any], hashes: bool) -> tuple[str, str] | None:
     """(name, problem) of the first of ``names``, in path order, that is missing or has another size (``hashes``:
     another sha256) than ``listed`` says."""
@@ -207,6 +213,8 @@ def verify_tag(tag_dir: Path, team: Team = ALONE) -> None:
     manifest is refused the same way when its ``train_args.json`` says it was saved with one
     (:data:`CHECKSUMMED_KEY`); one saved before checksums existed is accepted with a warning once its torch files
     are complete archives (:func:`check_tag_files`, on rank 0)."""
+    if not tag_dir.is_dir():
+        raise CheckpointError(f"{tag_dir} does not exist")
     try:
         if verify_checksums(tag_dir, team):
             return

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from megamythos.checkpoint.checksums import CHECKSUMS_FILE, write_checksums
 from megamythos.checkpoint.files import read_tokenizer_files, write_tokenizer_files
-from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_model, resolve_tag_dir
+from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_model
 from megamythos.data.atomic import remove_stale_temps, temp_name, writable_parent
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, UserError, run_cli
@@ -125,10 +125,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
     :func:`staged_export`); returns the safetensors path."""
     from safetensors.torch import save_model
 
-    tag_dir = resolve_tag_dir(checkpoint)
     out_dir = Path(out_dir)
     with staged_export(out_dir, Path(checkpoint), overwrite) as stage:
-        model = checkpoint_model(tag_dir, stage)
+        tag_dir, model = checkpoint_model(checkpoint, stage)
         save_model(model, str(stage / MODEL_FILE))
         model.config.to_json(stage / CONFIG_FILE)
         record = read_tokenizer_files(tag_dir)
@@ -147,13 +146,13 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
     its ``checksums.json``, through :func:`staged_export`; returns ``out_dir``."""
     from megamythos.hf.export import export_hf
 
-    tag_dir = resolve_tag_dir(checkpoint)
-    record = read_tokenizer_files(tag_dir)
-    if record is None:
-        raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
     out_dir = Path(out_dir)
     with staged_export(out_dir, Path(checkpoint), overwrite) as stage:
-        export_hf(checkpoint_model(tag_dir, stage), Tokenizer(record["tokenizer_model"]), stage)
+        tag_dir, model = checkpoint_model(checkpoint, stage)
+        record = read_tokenizer_files(tag_dir)
+        if record is None:
+            raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
+        export_hf(model, Tokenizer(record["tokenizer_model"]), stage)
     logger.info("wrote a Hugging Face directory to %s (load with trust_remote_code=True)", out_dir)
     return out_dir
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from megamythos.checkpoint.checksums import CHECKSUMS_FILE, ChecksumError, verify_checksums, verify_tag
+from megamythos.checkpoint.checksums import CHECKSUMS_FILE, ChecksumError, incomplete, verify_checksums, verify_tag
 from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, read_latest
-from megamythos.errors import read_json_object
+from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.parallel import autoep_to_model_names
@@ -113,12 +113,49 @@ def load_state(model: MythosLM, state: dict[str, torch.Tensor], where: Path) -> 
     return model
 
 
-def checkpoint_model(tag_dir: Path, out_dir: Path) -> MythosLM:
-    """The full model of checkpoint ``tag_dir`` (scratch files of the universal conversion go under ``out_dir``)."""
+# Reads of the newest tag that a running trainer's --keep-last may remove meanwhile, before giving up.
+PRUNED_READS = 3
+
+
+def _removed_while_read(tag_dir: Path) -> bool:
+    """Whether ``tag_dir`` is being removed by its run's ``--keep-last``: ``latest`` names another tag (a trainer
+    removes only older ones) and the tag has lost its config, its manifest or a file the manifest lists."""
+    return (read_latest(tag_dir.parent) != tag_dir.name
+            and (not (tag_dir / MODEL_CONFIG_FILE).is_file() or incomplete(tag_dir)))
+
+
+def read_checkpoint(path: str | Path, workdir: Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
+    """(tag directory, model config, full state dict) of ``path``: one checkpoint tag, or the newest tag of a
+    ``--save`` directory (:func:`load_checkpoint_weights`). A running trainer's ``--keep-last`` may remove the
+    newest tag while it is read: the newest one is then read again (:data:`PRUNED_READS` reads in all); a tag
+    named by the caller that is removed meanwhile is one :class:`CheckpointError`, as is a run that keeps
+    removing them."""
+    path = Path(path)
+    for _ in range(PRUNED_READS):
+        tag_dir = resolve_tag_dir(path)
+        try:
+            return (tag_dir, *load_checkpoint_weights(tag_dir, workdir))
+        except (OSError, UserError):  # a file gone, a config gone, DeepSpeed's conversion failing on a shard gone
+            if not _removed_while_read(tag_dir):
+                raise
+            if tag_dir == path:
+                raise CheckpointError(f"{tag_dir} was removed while it was read (by its run's --keep-last?); pass "
+                                      f"a tag the run keeps, or the run directory {tag_dir.parent} to read its "
+                                      "newest") from None
+            logger.warning("%s was removed while it was read (its run's --keep-last); reading the newest tag again",
+                           tag_dir)
+    raise CheckpointError(f"the newest tag of {path} was removed while it was read, {PRUNED_READS} times (a running "
+                          "trainer saving often with --keep-last); read it once the run has stopped, or copy a tag "
+                          "first")
+
+
+def checkpoint_model(path: str | Path, out_dir: Path) -> tuple[Path, MythosLM]:
+    """(tag directory, full model) of ``path`` as :func:`read_checkpoint` reads it (scratch files of the
+    universal conversion go under ``out_dir``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
-    return model_from_state(config, state, tag_dir)
+        tag_dir, config, state = read_checkpoint(path, Path(tmp))
+    return tag_dir, model_from_state(config, state, tag_dir)
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -132,10 +169,8 @@ def pretrained_weights(path: Path) -> tuple[Path, ModelConfig, dict[str, torch.T
     if is_export_dir(path):
         model = load_exported(path)
         return path, model.config, model.state_dict()
-    tag_dir = resolve_tag_dir(path)
     with tempfile.TemporaryDirectory() as tmp:
-        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
-    return tag_dir, config, state
+        return read_checkpoint(path, Path(tmp))
 
 
 def load_exported(out_dir: str | Path) -> MythosLM:

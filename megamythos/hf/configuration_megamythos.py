@@ -25,6 +25,8 @@ class MegamythosConfig(PretrainedConfig):
     def __init__(self, n_loops: int | None = None, **kwargs: Any) -> None:
         for name, default in ModelConfig().to_dict().items():
             setattr(self, name, kwargs.pop(name, default))
+        if n_loops is not None and not n_loops >= 1:  # 0 read as "unset" ran the trained depth unsaid
+            raise ValueError(f"n_loops={n_loops} must be >= 1 (None: the trained mean_loops)")
         self.n_loops = n_loops
         kwargs.setdefault("tie_word_embeddings", self.tie_embeddings)
         super().__init__(**kwargs)

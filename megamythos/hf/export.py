@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import logging
 import re
 from pathlib import Path
 
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
 from megamythos.model.lm import MythosLM
+
+logger = logging.getLogger(__name__)
 
 ENTRY_MODULES = ("megamythos.hf.configuration_megamythos", "megamythos.hf.modeling_megamythos")
 AUTO_MAP = {"AutoConfig": "configuration_megamythos.MegamythosConfig",
@@ -31,6 +34,11 @@ _LIBRARY_IMPORT = re.compile(r"^(\s*)from megamythos\.(?:\w+\.)*(\w+) import", f
 # outside a small vocabulary, and spellings of special and byte pieces.
 TOKENIZER_PROBES = ("x", "def main(argv):\n    return 0\n", "x = [1, 22, 333]  # digits\t\n", "  two  spaces  ",
                     "héllo wörld 日本語 🙂", "</s> <s> <unk> <0x41>")
+
+
+# Whitespace runs where a unigram lattice holds splits of equal score (the same pieces in another order), whose
+# ties transformers' Unigram breaks otherwise than SentencePiece.
+WHITESPACE_RUNS = tuple(f"{run * n}x" for run in (" ", "\t") for n in range(1, 97))
 
 
 class HFExportError(UserError, RuntimeError):
@@ -145,7 +153,8 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformer
 def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> PreTrainedTokenizerFast
     """:func:`hf_tokenizer`, refused (:class:`HFExportError`) if it encodes one of ``TOKENIZER_PROBES`` otherwise
     than ``tokenizer``: before 5.24 transformers' converter ignores SentencePiece's normaliser settings (a dummy
-    prefix, extra-space removal), which a tokenizer not trained by megamythos may use."""
+    prefix, extra-space removal), which a tokenizer not trained by megamythos may use. A warning names the
+    ``WHITESPACE_RUNS`` it splits otherwise (a unigram model's ties)."""
     import transformers
 
     converted = hf_tokenizer(tokenizer, model_max_length)
@@ -154,6 +163,14 @@ def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> Pre
             raise HFExportError(f"transformers {transformers.__version__} converts {tokenizer.model_path} into a "
                                 f"tokenizer that encodes {text!r} otherwise than it does; upgrade transformers to "
                                 ">= 5.24, or export without --format hf")
+    ties = [text for text in WHITESPACE_RUNS if converted(text)["input_ids"] != tokenizer.encode_one(text)]
+    if ties:
+        logger.warning("the Hugging Face tokenizer splits %d of %d runs of spaces or tabs otherwise than %s (e.g. "
+                       "%r: %s, ours %s): its unigram model scores both splits alike, and transformers breaks the "
+                       "tie otherwise than SentencePiece; scores through transformers (lm-eval) differ slightly "
+                       "where such runs occur. A BPE tokenizer (train_tokenizer.py's default) converts exactly",
+                       len(ties), len(WHITESPACE_RUNS), tokenizer.model_path, ties[0],
+                       converted(ties[0])["input_ids"], tokenizer.encode_one(ties[0]))
     return converted
 
 

@@ -1,6 +1,6 @@
 """Local data of the lm-evaluation-harness tasks in ``lm_eval_tasks/``, from the validation documents of a dataset.
 
-    python -m megamythos.hf.lm_eval_data --data-path data/default/stdlib_v8192_text_document --out lm_eval_tasks/data
+    python -m megamythos.hf.lm_eval_data --data-path data/default/stdlib_v8192_text_document
 
 The validation documents are those of Megatron's document split (``--split``, the trainer's default unless the
 run used another), decoded with the dataset's own tokenizer (its ``.tokenizer.model`` copy) and cut to at most
@@ -33,6 +33,10 @@ from megamythos.errors import ArgumentParser, UserError, number, run_cli
 logger = logging.getLogger(__name__)
 
 N_CHOICES = 4
+# Where lm_eval_tasks/utils.py reads its data by default: next to it in the checkout (relative when the package is
+# installed without one).
+_CHECKOUT_TASKS = Path(__file__).resolve().parents[2] / "lm_eval_tasks"
+TASKS_DATA_DIR = _CHECKOUT_TASKS / "data" if (_CHECKOUT_TASKS / "utils.py").is_file() else Path("lm_eval_tasks/data")
 
 
 def validation_texts(prefix: str, split: str, max_chars: int) -> tuple[list[str], Tokenizer]:
@@ -45,6 +49,8 @@ def validation_texts(prefix: str, split: str, max_chars: int) -> tuple[list[str]
     tokenizer = Tokenizer(meta["tokenizer_model"])
     indexed = IndexedDataset(prefix)
     _, start, end, _ = split_bounds(parse_split(split), len(indexed))
+    logger.info("validation documents of split %s: %d to %d of %d (the run's own --split gives its held-out ones)",
+                split, start, end - 1, len(indexed))
     texts = []
     for i in range(start, end):
         ids = indexed[i].tolist()
@@ -102,8 +108,12 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m megamythos.hf.lm_eval_data", description=__doc__)
     p.add_argument("--data-path", required=True, help="dataset prefix (PREFIX_text_document, with its .json record)")
-    p.add_argument("--split", default=DEFAULT_SPLIT, help=f"train,valid,test weights (default {DEFAULT_SPLIT})")
-    p.add_argument("--out", default="lm_eval_tasks/data", help="directory of the two .jsonl files")
+    p.add_argument("--split", default=DEFAULT_SPLIT,
+                   help=f"train,valid,test weights: the training run's --split (default {DEFAULT_SPLIT}, the "
+                        "trainer's); another split's validation documents may be documents the run trained on")
+    p.add_argument("--out", default=str(TASKS_DATA_DIR),
+                   help="directory of the two .jsonl files (default: the data directory the tasks in "
+                        "lm_eval_tasks/ read)")
     positive_int = number(int, 1)  # an argparse type: a value below 1 is one error line naming the flag
     p.add_argument("--max-docs", type=positive_int, default=64, help="at most this many validation documents")
     p.add_argument("--max-chars", type=positive_int, default=4000, help="cut each document at a line end before this")

@@ -82,7 +82,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
                 past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("megamythos has no padding mask: pass sequences of equal length (or batch size 1)")
-        n_loops = (self.config.n_loops or self.config.mean_loops) if n_loops is None else n_loops
+        if n_loops is None:
+            n_loops = self.config.mean_loops if self.config.n_loops is None else self.config.n_loops
         exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
         exit_threshold = 0.0 if self.training else exit_threshold  # training runs every loop on every token
         cache = past_key_values if cache is None else cache

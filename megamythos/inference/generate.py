@@ -69,10 +69,14 @@ class GenerationStats:
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B] with temperature, top-k and nucleus (top-p) filtering."""
+    """logits [B, V] -> next token ids [B] with temperature, top-k and nucleus (top-p) filtering. The logits are
+    shifted by their maximum before the division (softmax is shift-invariant) and divided by at least fp32's
+    smallest normal number, so that a temperature near 0 samples the greedy token instead of overflowing."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
+    logits = logits.float()
+    temperature = max(cfg.temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if cfg.top_k:
         kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

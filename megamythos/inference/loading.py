@@ -14,13 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.checkpoint.files import TRAIN_RECORD, TRAIN_RECORD_REMEDY, read_tokenizer_files
-from megamythos.checkpoint.reader import (
-    is_export_dir,
-    load_checkpoint_weights,
-    load_exported,
-    model_from_state,
-    resolve_tag_dir,
-)
+from megamythos.checkpoint.reader import is_export_dir, load_exported, model_from_state, read_checkpoint
 from megamythos.data.metadata import check_same_vocabulary
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
@@ -63,9 +57,8 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
     if exported:
         source, model, train_record = path, load_exported(path), None
     else:
-        source = resolve_tag_dir(path)
         with tempfile.TemporaryDirectory() as tmp:
-            config, state = load_checkpoint_weights(source, Path(tmp))
+            source, config, state = read_checkpoint(path, Path(tmp))
         model = model_from_state(config, state, source)
         record_file = source / TRAIN_RECORD
         train_record = read_json_object(record_file, LoadError, TRAIN_RECORD_REMEDY) if record_file.is_file() else None

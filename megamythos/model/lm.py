@@ -158,7 +158,7 @@ class MythosLM(nn.Module):
             raise ValueError(f"n_loops={n_loops} must be >= 1 (None: the config's mean_loops)")
         if exit_threshold is None:
             exit_threshold = 0.0 if self.training else cfg.exit_threshold
-        if exit_threshold < 0:
+        if not exit_threshold >= 0:  # NaN too: it compares false, so it would run every loop unsaid
             raise ValueError(f"exit_threshold={exit_threshold} must be >= 0 (0 = every loop)")
         if cache is not None:
             if n_loops is not None and n_loops != cache.n_loops:
