@@ -135,6 +135,8 @@ def test_loops_and_exit_rule_are_settings_read_per_call(hf_model, ours):
         # a NaN threshold ran every loop, and n_loops=0 in the config the trained depth (found 2026-12-06)
         with pytest.raises(ValueError, match=r"^exit_threshold=nan must be >= 0"):
             model(ids, exit_threshold=float("nan"))
+        with pytest.raises(ValueError, match="does not return output_hidden_states"):  # it returned None
+            model(ids, output_hidden_states=True)
     from megamythos.hf.configuration_megamythos import MegamythosConfig
 
     with pytest.raises(ValueError, match=r"^n_loops=0 must be >= 1 \(None: the trained mean_loops\)"):

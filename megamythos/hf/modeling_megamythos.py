@@ -82,6 +82,10 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
                 past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
         if attention_mask is not None and not bool(attention_mask.all()):
             raise ValueError("megamythos has no padding mask: pass sequences of equal length (or batch size 1)")
+        asked = [name for name in ("output_hidden_states", "output_attentions") if kwargs.get(name)]
+        if asked:  # silently None before
+            raise ValueError(f"megamythos does not return {' or '.join(asked)}: its layers loop, so there is no "
+                             "per-layer output to give")
         if n_loops is None:
             n_loops = self.config.mean_loops if self.config.n_loops is None else self.config.n_loops
         exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
