@@ -126,7 +126,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = ArgumentParser(description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
-    parser.add_argument("--samples", type=number(int, 0), default=3, help="documents to print")
+    parser.add_argument("--samples", type=number(int, 0), default=3, help="sequences (documents) to print")
     parser.add_argument("--tokenizer-model", help="decode with this model instead of the recorded one")
     parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
     args = parser.parse_args(argv)
@@ -141,7 +141,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(report, indent=2, default=str))
         print("valid: sizes, pointers and document indices agree with the .bin size")
         for index, text in samples.items():
-            print(f"--- document {index} (first {args.max_sample_tokens} tokens) ---")
+            print(f"--- sequence {index} (first {args.max_sample_tokens} tokens) ---")
             print(text)
         return 0
 

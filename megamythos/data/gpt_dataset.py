@@ -143,7 +143,7 @@ def build_gpt_indices(sizes: np.ndarray, documents: np.ndarray, num_samples: int
     sample_index = build_sample_index(sizes, document_index, seq_length, total)
     shuffled = before_final if separate_final_epoch else total
     shuffle_index = build_shuffle_index(shuffled, total, rng)
-    logger.info("GPT indices: %d documents, %d tokens/epoch, %d epochs, %d samples (separate final epoch: %s)",
+    logger.info("GPT indices: %d sequences, %d tokens/epoch, %d epochs, %d samples (separate final epoch: %s)",
                 len(documents), tokens_per_epoch, num_epochs, total, separate_final_epoch)
     return {"document_index": document_index, "sample_index": sample_index, "shuffle_index": shuffle_index}
 
