@@ -24,9 +24,14 @@ from megamythos.model.config import get_preset
 from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
 from megamythos.planning.layout import LayoutError, ParallelLayout
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
-from megamythos.training.checkpointing import CheckpointManager, check_model_config, check_saved_precision
+from megamythos.training.checkpointing import (
+    CheckpointManager,
+    check_model_config,
+    check_saved_precision,
+    saved_progress,
+)
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
-from megamythos.training.monitor import memory_usage
+from megamythos.training.monitor import measure_peak_tflops, memory_usage
 from megamythos.training.optimizers import kept_optimizer_settings
 from megamythos.training.schedules import LRSchedule, ScheduleChangeError, resumed_schedule, schedule_changes
 from megamythos.training.signals import LAUNCHER_MARKERS, GracefulExit, NonFiniteGuard, NonFiniteLossError
@@ -46,6 +51,15 @@ DS_CONFIGS = sorted((REPO / "ds_configs").glob("*.json"))
 
 
 # ------------------------------------------------------------------------------------------------ arguments
+def test_the_mfu_peak_is_measured_on_the_run_device_leaving_the_global_rng_alone():
+    """The peak was a CPU matmul whatever the device (a GPU run's MFU far above 1), drawn from the global RNG that
+    a run's noise initialisation reads (found 2026-12-06)."""
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    assert measure_peak_tflops(torch.float32, torch.device("cpu"), size=64, repeats=2) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_arguments_parse_overrides_and_reject_bad_values():
     args = parse_args(["--override", "dim=64", "--override", "loop_embedding=false", "--override", "score_func=sigmoid",
                        "--train-tokens", "4096", "--global-batch-size", "4", "--seq-length", "32", "--tp", "2"])
@@ -378,11 +392,29 @@ def test_train_tokens_counts_the_tokens_a_resumed_run_consumed(corpus, tmp_path)
                        tmp_path)  # 8 steps of 4 x 32 tokens; stops after 4 (512 tokens)
     assert first.returncode == 0, first.stderr[-3000:]
     record = json.loads((save / "iter_0000004" / "train_args.json").read_text())
-    assert (record["iteration"], record["consumed_train_samples"], record["consumed_tokens"]) == (4, 16, 512)
+    assert (record["iteration"], record["consumed_train_samples"], record["consumed_tokens"],
+            record["trained_tokens"]) == (4, 16, 512, 512)
     second = run_single([*common, "--micro-batch-size", "8", "--global-batch-size", "8", "--override-lr-schedule"],
                         tmp_path)  # 512 tokens left: 2 steps of 8 x 32
     assert second.returncode == 0, second.stderr[-3000:]
     assert read_latest(save) == "iter_0000006", second.stderr[-3000:]
+
+
+def test_train_tokens_counts_the_tokens_trained_not_the_samples_skipped(tmp_path):
+    """A rollback or the non-finite guard skips samples: the data position (consumed tokens) runs ahead of the
+    tokens trained. The length came from the data position, so the same command relaunched found a shorter run
+    than its saved schedule and was refused (found 2026-12-06: 1000 steps -> 995 after 40 skipped samples)."""
+    tag = tmp_path / "iter_0000600"
+    tag.mkdir()
+    (tmp_path / "latest").write_text(tag.name)
+    samples, seq = 8, 32
+    record = {"iteration": 600, "consumed_train_samples": 600 * samples + 40,
+              "consumed_tokens": (600 * samples + 40) * seq}
+    (tag / "train_args.json").write_text(json.dumps({**record, "trained_tokens": 600 * samples * seq}))
+    args = parse_args(["--train-tokens", str(1000 * samples * seq), "--seq-length", str(seq)])
+    assert args.total_iters(samples, saved_progress(tmp_path)) == 1000
+    (tag / "train_args.json").write_text(json.dumps(record))  # a tag saved before it recorded the tokens trained
+    assert args.total_iters(samples, saved_progress(tmp_path)) == 995
 
 
 @pytest.mark.launch

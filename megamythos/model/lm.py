@@ -183,7 +183,8 @@ def _no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def weight_decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on matrices; none on norms, biases, embeddings and the LTI parameters."""
+    """AdamW groups: decay on matrices; none on 1-D parameters (norms, biases, the LTI vectors), the embedding, an
+    untied ``lm_head`` and the state injection (the concat baseline's [I | I]-initialised adapter)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:

@@ -227,17 +227,19 @@ def newest_complete_tag(save_dir: Path) -> str | None:
 
 # Where a run stood at a checkpoint, copied from the client state into its train record (train_args.json), which
 # is read before start-up without unpickling anything.
-PROGRESS_KEYS = ("iteration", "consumed_train_samples", "consumed_tokens")
+PROGRESS_KEYS = ("iteration", "consumed_train_samples", "consumed_tokens", "trained_tokens")
 
 
 def saved_progress(load_dir: str | Path) -> tuple[int, int] | None:
-    """(iteration, tokens consumed) of ``load_dir``'s latest checkpoint from its train record; None for a fresh run
-    or a checkpoint saved before the record carried them."""
+    """(iteration, tokens trained: global batch x sequence length summed over the optimizer steps) of
+    ``load_dir``'s latest checkpoint from its train record; None for a fresh run or a checkpoint saved before the
+    record carried them. Tags saved before it recorded the tokens trained give the tokens consumed, the data
+    position, which also counts samples a rollback or the non-finite guard skipped."""
     tag = read_latest(load_dir)
     record = read_train_record(Path(load_dir) / tag) if tag else {}
     if "consumed_tokens" not in record:
         return None
-    return int(record["iteration"]), int(record["consumed_tokens"])
+    return int(record["iteration"]), int(record.get("trained_tokens", record["consumed_tokens"]))
 
 
 def check_saved_precision(load_dir: str | Path, bf16: bool) -> None:

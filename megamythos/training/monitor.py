@@ -56,14 +56,24 @@ def memory_usage(device: torch.device) -> dict[str, float]:
             "memory/max-rss-GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}  # Linux: KiB
 
 
-def measure_peak_tflops(dtype: torch.dtype = torch.float32, size: int = 512, repeats: int = 8) -> float:
-    """Achievable dense matmul TFLOP/s of this process (a stand-in for a datasheet peak on CPU)."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+def measure_peak_tflops(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                        size: int | None = None, repeats: int = 8) -> float:
+    """Achievable dense matmul TFLOP/s of one process on ``device``, a stand-in for the datasheet peak: square
+    matmuls of ``size`` (default 512 on CPU, 8192 on a GPU, where small ones are launch-bound), timed after a
+    warm-up and, on a GPU, up to the device's completion. The operands come from a generator of their own, so the
+    global RNG a run draws from is left alone."""
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 512)
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, dtype=dtype, device=device, generator=generator)
+    b = torch.randn(size, size, dtype=dtype, device=device, generator=generator)
+    wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a @ b  # warm up
+    wait()
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    wait()
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e12
 
 

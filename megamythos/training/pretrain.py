@@ -238,7 +238,9 @@ class Trainer:
             logger.info("compiling blocks %s (first step pays the compilation)", compile_blocks(self.engine.module))
         self.iteration = 0
         self.consumed = 0
-        self.consumed_at_resume = self.tokens_at_resume = 0  # tokens consumed = those + (consumed - at resume) x S
+        # tokens consumed = those + (consumed - at resume) x S (the data position, skipped samples included);
+        # tokens trained = those + (iteration - at resume) x global batch x S (what --train-tokens counts)
+        self.consumed_at_resume = self.tokens_at_resume = self.iteration_at_resume = self.trained_at_resume = 0
         self.train_set: Any = None  # built by run(); its sample order at `consumed` goes into each checkpoint
         self.saved_order: str | None = None  # that of the checkpoint resumed
         self.guard = NonFiniteGuard(args.max_nonfinite)
@@ -255,7 +257,7 @@ class Trainer:
         if args.peak_tflops is None:
             logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
         self.peak_tflops = args.peak_tflops or measure_peak_tflops(
-            torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32)
+            torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32, self.engine.device)
         if self.resume_from:
             self._load(self.resume_from, self.universal)
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration,
@@ -306,7 +308,10 @@ class Trainer:
     def client_state(self) -> dict[str, Any]:
         order = order_fingerprint(self.train_set, self.consumed) if self.train_set is not None else None
         tokens = self.tokens_at_resume + (self.consumed - self.consumed_at_resume) * self.args.seq_length
+        trained = self.trained_at_resume + ((self.iteration - self.iteration_at_resume)
+                                            * self.layout.global_batch_size * self.args.seq_length)
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed, "consumed_tokens": tokens,
+                "trained_tokens": trained,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
@@ -336,6 +341,8 @@ class Trainer:
         self.iteration = state["iteration"]
         self.consumed = self.consumed_at_resume = state["consumed_train_samples"]
         self.tokens_at_resume = state.get("consumed_tokens", self.consumed * self.args.seq_length)  # before: S fixed
+        self.iteration_at_resume = self.iteration
+        self.trained_at_resume = state.get("trained_tokens", self.tokens_at_resume)  # before: the data position
         self.saved_order = None if change or settings else state.get("next_samples")  # those warned already
         self.guard.skipped = state.get("skipped_steps", 0)
         self.rollbacks = state.get("rollbacks", 0)
