@@ -11,7 +11,14 @@ from torch import nn
 
 import megamythos.model.moe as moe_module
 from megamythos.model.attention import MLA
-from megamythos.model.moe import MoE, MoEOutput, expert_bias_state, expert_counts_frozen, register_moe_layer
+from megamythos.model.moe import (
+    MoE,
+    MoEOutput,
+    expert_bias_state,
+    expert_counts_frozen,
+    expert_counts_saved,
+    register_moe_layer,
+)
 from megamythos.parallel import autoep_to_model_names, expert_parallel, tensor_parallel
 from megamythos.parallel.expert_parallel import _autoep_expert_load, _BalanceLossHooks, autoep_section
 from tests.helpers import small_config
@@ -95,6 +102,10 @@ def test_autoep_adapter_gives_the_replacement_our_moe_contract(monkeypatch) -> N
     with expert_counts_frozen(model):
         layer(x)
     assert float(layer.tokens_per_expert.sum()) == 2 * 2 * 5 * cfg.num_experts_per_tok  # two counted forwards
+    restore = expert_counts_saved(model)  # the trainer's skip of a micro-batch whose loss is not finite
+    layer(x)
+    restore()
+    assert float(layer.tokens_per_expert.sum()) == 2 * 2 * 5 * cfg.num_experts_per_tok
 
 
 @pytest.mark.parametrize("kernel", [True, False])

@@ -256,6 +256,18 @@ def expert_loads(model: nn.Module) -> dict[str, ExpertLoad]:
             if (read := _EXPERT_LOAD_READERS.get(type(module))) is not None}
 
 
+def expert_counts_saved(model: nn.Module) -> Callable[[], None]:
+    """Save the token counts of every MoE layer in ``model``; returns the function that puts them back (a
+    forward whose tokens must not count: a recompute, a micro-batch skipped for its non-finite loss)."""
+    saved = [(load.tokens_per_expert, load.tokens_per_expert.clone()) for load in expert_loads(model).values()]
+
+    def restore() -> None:
+        for counts, before in saved:
+            counts.copy_(before)
+
+    return restore
+
+
 @contextmanager
 def expert_counts_frozen(model: nn.Module) -> Iterator[None]:
     """Undo the token counting of every MoE layer in ``model`` on exit.
@@ -263,12 +275,11 @@ def expert_counts_frozen(model: nn.Module) -> Iterator[None]:
     Used as the recompute context of activation checkpointing: a recomputed forward routes the same tokens
     again, and only the original forward may count towards the aux-loss-free bias update.
     """
-    saved = [(load.tokens_per_expert, load.tokens_per_expert.clone()) for load in expert_loads(model).values()]
+    restore = expert_counts_saved(model)
     try:
         yield
     finally:
-        for counts, before in saved:
-            counts.copy_(before)
+        restore()
 
 
 @torch.no_grad()

@@ -45,7 +45,13 @@ from megamythos.data.pretraining import (
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
 from megamythos.model.lm import MythosLM, compile_blocks, weight_decay_param_groups
-from megamythos.model.moe import expert_bias_state, expert_counts_frozen, load_expert_bias_state, update_expert_bias
+from megamythos.model.moe import (
+    expert_bias_state,
+    expert_counts_frozen,
+    expert_counts_saved,
+    load_expert_bias_state,
+    update_expert_bias,
+)
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
 from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
@@ -511,9 +517,11 @@ class Trainer:
                                 f"({self.guard.skipped} skipped micro-batches and {self.rollbacks} rollbacks consumed "
                                 "extra data)")
             self.consumed += self.layout.micro_batch_size * self.dp_size
+            restore_counts = expert_counts_saved(self.engine.module)
             out = self.engine(tokens, labels=labels, n_loops=n_loops)
             loss = out.loss + out.aux_loss
             if self.guard.skip(loss, self.iteration + 1):
+                restore_counts()  # its routed tokens train nothing: they must not move the expert biases
                 continue
             boundary = self.engine.is_gradient_accumulation_boundary()
             discarded = self.engine.skipped_steps
