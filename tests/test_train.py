@@ -388,9 +388,11 @@ def test_train_tokens_counts_the_tokens_a_resumed_run_consumed(corpus, tmp_path)
     args = tiny_args(corpus, 1)
     del args[args.index("--train-iters"):args.index("--train-iters") + 2]
     common = [*args, "--train-tokens", "1024", "--save", str(save), "--load", str(save), "--eval-interval", "0"]
-    first = run_single([*common, "--micro-batch-size", "4", "--global-batch-size", "4", "--exit-interval", "4"],
+    first = run_single([*common, "--micro-batch-size", "4", "--global-batch-size", "4", "--exit-interval", "4",
+                        "--override", "sample_depth=false"],
                        tmp_path)  # 8 steps of 4 x 32 tokens; stops after 4 (512 tokens)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert re.findall(r"loops: (\d+)", first.stderr) == ["3"] * 4  # fixed depth: --mean-loops every step
     record = json.loads((save / "iter_0000004" / "train_args.json").read_text())
     assert (record["iteration"], record["consumed_train_samples"], record["consumed_tokens"],
             record["trained_tokens"]) == (4, 16, 512, 512)

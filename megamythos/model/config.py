@@ -75,9 +75,10 @@ class ModelConfig:
     prelude_layers: int = 1
     coda_layers: int = 1
     ffn_dim: int = 0  # dense SwiGLU width of prelude/coda; 0 -> 8/3 * dim rounded up to 64
-    mean_loops: int = 4  # trained mean recurrence depth
+    mean_loops: int = 4  # trained mean recurrence depth (before sampled counts are clipped at max_loops)
     max_loops: int = 0  # cap on sampled depth and size of per-loop tables; 0 -> 2 * mean_loops
     loop_sigma: float = 0.5  # log-normal sigma of the sampled depth
+    sample_depth: bool = True  # training samples each step's loop count; False: every step runs mean_loops
     backprop_loops: int = 0  # truncated BPTT: gradient through the last k iterations; 0 -> all
     # training-time adaptive depth (Mixture-of-Recursions-style, expert-choice): at loop t only the ceil(c_t * S)
     # tokens of each sequence that rank highest by capacity_router (among those still running) are computed,

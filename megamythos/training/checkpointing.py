@@ -104,7 +104,7 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) 
     """Refuse a checkpoint whose model differs in any field that shapes or changes the network."""
     cur = json.loads(current.to_json())  # as saved: tuples are JSON lists
     ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "mean_loops", "max_loops", "loop_sigma",
-               "backprop_loops", "loop_capacity"}  # how the loops are trained, not what the network is
+               "sample_depth", "backprop_loops", "loop_capacity"}  # how the loops are trained, not the network
     # a field the checkpoint lacks was added after it was written, when the network behaved as its default says
     defaults = json.loads(ModelConfig().to_json())
     diffs = {k: (saved.get(k, defaults[k]), cur[k]) for k in cur

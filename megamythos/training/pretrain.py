@@ -507,7 +507,7 @@ class Trainer:
         cfg = self.config
         self.comm.reset()
         n_loops = sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, self.args.seed,
-                                    self.iteration)
+                                    self.iteration) if cfg.sample_depth else cfg.mean_loops
         lm, aux, stats = [], [], {}
         lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside engine.step())
         while True:
@@ -556,7 +556,9 @@ class Trainer:
         }
         if "rho" in stats:
             values["recurrent/max-rho"] = float(stats["rho"])
-        if "relative_change" in stats:  # where the inference exit rule would stop each token at this depth
+        # where the inference exit rule would stop each token at this depth; under loop capacity the tokens left
+        # out of a loop show no change, which would read as exits one loop late
+        if "relative_change" in stats and not self.config.loop_capacity:
             depths = exit_depths(stats["relative_change"], self.config.exit_threshold)
             values["recurrent/exit-mean-loops"] = float(depths.mean())
             for i, share in enumerate(exit_distribution(depths, step["n_loops"]).tolist()):
