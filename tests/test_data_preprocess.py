@@ -17,7 +17,7 @@ from megamythos.data.indexed_dataset import DatasetExistsError, IndexedDataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
-from megamythos.data.sources import InputError
+from megamythos.data.sources import InputError, iter_texts
 from megamythos.data.tokenizer import Tokenizer, TokenizerTrainConfig, train_tokenizer
 from tests.helpers import synthetic_documents, write_jsonl
 
@@ -102,6 +102,14 @@ def test_json_lines_the_suffix_reads_as_text_are_refused_or_read_by_input_format
     (tmp_path / "a.jsonl.xz").write_bytes(b"\xfd7zXZ\x00")
     with pytest.raises(InputError, match=r"compressed inputs must be JSON lines in \.gz or \.zst \(xz is not read\)"):
         run(tiny_tokenizer, [str(tmp_path / "a.jsonl.xz")], tmp_path / "xz")
+
+
+def test_the_default_corpus_reads_its_source_files_byte_for_byte(tmp_path) -> None:
+    """Text inputs drop a byte-order mark and read CRLF as LF; the default corpus keeps its files as they are (the
+    stdlib holds a few CRLF and BOM test files: the default run's data stays what it was)."""
+    (tmp_path / "crlf.py").write_bytes(codecs.BOM_UTF8 + b"a = 1\r\nb = 2\r\n")
+    assert list(iter_texts([str(tmp_path / "crlf.py")])) == ["a = 1\nb = 2\n"]
+    assert list(iter_texts([str(tmp_path / "crlf.py")], verbatim=True)) == ["\ufeffa = 1\r\nb = 2\r\n"]
 
 
 def test_a_file_named_twice_is_read_once(tmp_path, tiny_tokenizer: Tokenizer, caplog) -> None:

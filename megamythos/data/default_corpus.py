@@ -78,8 +78,8 @@ def ensure_default_dataset(out_dir: str, vocab_size: int = 8192, max_files: int 
 
 def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
                           workers: int | None = None) -> tuple[str, str]:
-    """Build (or reuse) the dataset of ``files``, one document each, at ``base``: a tokenizer trained on them
-    (``{base}_tokenizer.model``) and the data prefix ``{base}_text_document``; returns both, as
+    """Build (or reuse) the dataset of ``files``, one document each, byte for byte, at ``base``: a tokenizer
+    trained on them (``{base}_tokenizer.model``) and the data prefix ``{base}_text_document``; returns both, as
     :func:`ensure_default_dataset`."""
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     model_path = f"{base}_tokenizer.model"
@@ -92,7 +92,7 @@ def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
             logger.info("reusing corpus %s", data_prefix)
             return data_prefix, model_path
         logger.info("building corpus %s from %d files", base, len(files))
-        train_tokenizer(iter_texts(files), TokenizerTrainConfig(
+        train_tokenizer(iter_texts(files, verbatim=True), TokenizerTrainConfig(
             vocab_size=vocab_size, model_prefix=f"{base}_tokenizer", max_sentences=TOKENIZER_SAMPLE_CHUNKS,
             num_threads=os.cpu_count() or 1, overwrite=True))  # rebuilt: its files no longer match their manifest
         skip_lines = _DropSkipWarnings()  # the stdlib's empty files (__init__.py, ...) are skipped by design
@@ -100,6 +100,7 @@ def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
         try:
             stats = preprocess(PreprocessConfig(
                 inputs=files, output_prefix=base, tokenizer_model=model_path, append_eod=True, overwrite=True,
+                text_verbatim=True,
                 workers=workers or min(2, os.cpu_count() or 1)))
         finally:
             logging.getLogger(preprocess.__module__).removeFilter(skip_lines)

@@ -89,6 +89,7 @@ class PreprocessConfig:
     hf_config: str | None = None
     hf_split: str = "train"
     input_format: str | None = None  # txt, jsonl or parquet for every input; None: by suffix
+    text_verbatim: bool = False  # text files byte for byte: CRLF and a byte-order mark kept
     streaming: bool = False
     batch_bytes: int = 1 << 20
     batch_documents: int = 1024
@@ -229,7 +230,7 @@ def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
         yield from iter_hub_records(config.hf_dataset, config.hf_config, config.hf_split, config.streaming)
     for path in paths:
         yield from iter_file_records(path, config.json_keys, config.blank_line_documents, config.hf_split,
-                                     config.input_format)
+                                     config.input_format, config.text_verbatim)
 
 
 def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict: bool, report_path: str) -> None:

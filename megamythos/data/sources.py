@@ -137,15 +137,15 @@ def _json_lines(path: str) -> Iterator[RawRecord]:
                          "if it holds another format (read by suffix)") from err
 
 
-def _text_documents(path: str, blank_line_separated: bool) -> Iterator[RawRecord]:
+def _text_documents(path: str, blank_line_separated: bool, verbatim: bool = False) -> Iterator[RawRecord]:
     """The documents of a text file: the whole file, or its runs of non-blank lines. Windows line ends
     (``\\r\\n``) are read as ``\\n`` and a UTF-8 byte-order mark at the start is dropped, so neither becomes
-    tokens."""
+    tokens; ``verbatim`` keeps every byte (the default corpus: source files as they are)."""
     def document(data: bytes) -> bytes:
-        return data.replace(b"\r\n", b"\n")
+        return data if verbatim else data.replace(b"\r\n", b"\n")
 
     with open(path, "rb") as handle:
-        if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        if verbatim or handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
             handle.seek(0)
         if not blank_line_separated:
             yield RawRecord(path, 1, TEXT, document(handle.read()))
@@ -227,8 +227,9 @@ COMPRESSED_SUFFIXES = (".gz", ".zst", ".xz", ".bz2", ".lz4", ".zip", ".7z", ".ta
 
 
 def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bool = False,
-                      hf_split: str = "train", fmt: str | None = None) -> Iterator[RawRecord]:
-    """Records of one input path, by ``fmt`` if given, else by suffix (a directory is a ``save_to_disk`` dataset)."""
+                      hf_split: str = "train", fmt: str | None = None, verbatim: bool = False) -> Iterator[RawRecord]:
+    """Records of one input path, by ``fmt`` if given, else by suffix (a directory is a ``save_to_disk`` dataset);
+    ``verbatim``: text files byte for byte (:func:`_text_documents`)."""
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"input format {fmt!r} is invalid: use one of {FORMATS}")
     name = path.lower()
@@ -246,15 +247,15 @@ def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bo
         raise InputError(f"{path} holds JSON lines (its first line is a JSON object) but its suffix reads it as "
                          "text: name it .jsonl, or pass --input-format jsonl (--input-format txt to read it as text)")
     else:
-        yield from _text_documents(path, blank_line_separated)
+        yield from _text_documents(path, blank_line_separated, verbatim)
 
 
 def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
-               skipped: Counter | None = None, hf_split: str = "train") -> Iterator[str]:
+               skipped: Counter | None = None, hf_split: str = "train", verbatim: bool = False) -> Iterator[str]:
     """The text of every well-formed document in ``paths``; bad records are skipped, counted by reason (the
     part of :func:`parse_record`'s reason before its details) in ``skipped`` when given."""
     for path in paths:
-        for record in iter_file_records(path, (key,), hf_split=hf_split, fmt=fmt):
+        for record in iter_file_records(path, (key,), hf_split=hf_split, fmt=fmt, verbatim=verbatim):
             texts, reason = parse_record(record, (key,))
             if texts is not None:
                 yield texts[0]
