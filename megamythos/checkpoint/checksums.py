@@ -150,10 +150,18 @@ def _read_manifest(path: Path) -> dict[str, Any] | str | None:
         return f"is corrupt ({err})"
 
 
-def incomplete(directory: Path) -> bool:
-    """Whether ``directory`` lacks its manifest or a file the manifest lists (a tag being removed, for one)."""
-    listed = _read_manifest(directory / CHECKSUMS_FILE)
-    return not isinstance(listed, dict) or any(not (directory / name).is_file() for name in listed)
+def incomplete(tag_dir: Path) -> bool:
+    """Whether checkpoint tag ``tag_dir`` has lost files it was saved with (a tag being removed, for one): the tag
+    itself, a file its manifest lists, or the manifest where its train record says it had one."""
+    if not tag_dir.is_dir():
+        return True
+    listed = _read_manifest(tag_dir / CHECKSUMS_FILE)
+    if isinstance(listed, dict):
+        return any(not (tag_dir / name).is_file() for name in listed)
+    try:
+        return listed is None and bool(read_train_record(tag_dir).get(CHECKSUMMED_KEY))
+    except CheckpointError:  # a damaged train record
+        return True
 
 
 def _first_problem(directory: Path, names: list[str], listed: dict[str, Any], hashes: bool) -> tuple[str, str] | None:
