@@ -109,6 +109,21 @@ def test_validate_detects_inconsistent_pointer(tmp_path) -> None:
         inspect_dataset(prefix)
 
 
+def test_validate_checks_in_chunks_across_their_boundaries(tmp_path, monkeypatch) -> None:
+    """The run validates every index before it reads (one pass, bounded memory: chunks of sequences)."""
+    import megamythos.data.indexed_dataset as indexed
+
+    monkeypatch.setattr(indexed, "INDEX_SCAN_CHUNK", 2)
+    prefix = str(tmp_path / "ds")
+    write(prefix, [[1, 2], [3, 4], [5], [6, 7, 8], [9]], np.uint16)
+    IndexedDataset(prefix).validate()
+    with open(prefix + ".idx", "r+b") as handle:  # pointer of sequence 3 (the second chunk's second): 10 -> 12
+        handle.seek(34 + 5 * 4 + 3 * 8)
+        handle.write(struct.pack("<q", 12))
+    with pytest.raises(IndexedDatasetError, match="pointer of sequence 3 is 12, expected 10"):
+        IndexedDataset(prefix).validate()
+
+
 def test_merge_concatenates_and_keeps_record(tmp_path, tiny_tokenizer: Tokenizer) -> None:
     a, b, out = (str(tmp_path / n) for n in ("a", "b", "out"))
     write(a, [[1, 2], [3]], np.uint16)

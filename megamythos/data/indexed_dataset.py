@@ -43,6 +43,7 @@ DTYPE_CODES: dict[int, type[np.number]] = {
 }
 _CODE_OF_DTYPE = {np.dtype(t): c for c, t in DTYPE_CODES.items()}
 TOKEN_SCAN_CHUNK = 1 << 24  # tokens per step of IndexedDataset.check_token_ids (32 MiB of uint16)
+INDEX_SCAN_CHUNK = 1 << 22  # sequences per step of IndexedDataset.validate (a few 32 MiB int64 arrays)
 
 
 class IndexedDatasetError(UserError, RuntimeError):
@@ -160,20 +161,30 @@ class IndexedDataset:
         return np.dtype(DTYPE_CODES[code]), count, doc_count
 
     def validate(self) -> None:
-        """Check every pointer against the sizes and every document index (O(N)); raise on the first problem."""
-        expected = np.zeros(len(self.sizes), dtype=np.int64)
-        np.cumsum(self.sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=expected[1:])
-        bad = np.flatnonzero(expected != self.pointers)
-        if bad.size:
-            i = int(bad[0])
-            raise IndexedDatasetError(
-                f"{idx_path(self.path_prefix)}: pointer of sequence {i} is {self.pointers[i]}, expected "
-                f"{expected[i]} from the sizes; the index is corrupt"
-            )
-        if (self.sizes < 0).any():
-            raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: negative sequence length; the index is corrupt")
-        if np.any(np.diff(self.document_indices) < 0):
-            raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: document indices decrease; the index is corrupt")
+        """Check every pointer against the sizes and every document index (O(N), ``INDEX_SCAN_CHUNK`` sequences
+        at a time, so memory stays bounded whatever the corpus); raise on the first problem."""
+        offset = 0  # bytes before the chunk's first sequence
+        for start in range(0, len(self.sizes), INDEX_SCAN_CHUNK):
+            sizes = self.sizes[start:start + INDEX_SCAN_CHUNK].astype(np.int64)
+            if (sizes < 0).any():
+                raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: negative sequence length; the index is "
+                                          "corrupt")
+            ends = offset + np.cumsum(sizes * self.dtype.itemsize)
+            expected = np.concatenate(([offset], ends[:-1]))
+            bad = np.flatnonzero(expected != self.pointers[start:start + INDEX_SCAN_CHUNK])
+            if bad.size:
+                i = start + int(bad[0])
+                raise IndexedDatasetError(
+                    f"{idx_path(self.path_prefix)}: pointer of sequence {i} is {self.pointers[i]}, expected "
+                    f"{expected[bad[0]]} from the sizes; the index is corrupt"
+                )
+            offset = int(ends[-1])
+        docs = self.document_indices
+        for start in range(0, max(len(docs) - 1, 0), INDEX_SCAN_CHUNK):
+            stop = min(start + INDEX_SCAN_CHUNK, len(docs) - 1)
+            if np.any(docs[start + 1:stop + 1] < docs[start:stop]):
+                raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: document indices decrease; the index is "
+                                          "corrupt")
 
     def check_token_ids(self, vocab_size: int, remedy: str) -> None:
         """Raise :class:`IndexedDatasetError` naming the ``.bin``, the offending id and ``remedy`` if a token id
