@@ -24,6 +24,8 @@ half=$(( $(nproc) / 2 ))
 builds="0-$(( half - 1 ))" benches="$half-$(( $(nproc) - 1 ))"
 on_cores() { if command -v taskset > /dev/null; then taskset -c "$@"; else shift; "$@"; fi; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# the JIT cache the trainer's ranks use (launch.rank_environment), so stage 0's FusedAdam build is the one they load
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}"
 
 stage "environment"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv,noheader

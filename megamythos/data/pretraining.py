@@ -182,4 +182,5 @@ def batches(dataset: Any, consumed: int, micro_batch: int, dp_rank: int,
     sampler = PretrainingSampler(total_samples=len(dataset), consumed_samples=consumed,
                                  micro_batch_size=micro_batch, data_parallel_rank=dp_rank,
                                  data_parallel_size=dp_size)
-    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0))
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=0,
+                                            pin_memory=torch.cuda.is_available()))

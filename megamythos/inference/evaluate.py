@@ -119,7 +119,7 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
                 out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold)
                 total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                               reduction="sum").item()
-                exits += exit_distribution(out.stats["depth"], n_loops) * targets.numel()
+                exits += exit_distribution(out.stats["depth"], n_loops).cpu() * targets.numel()  # from --device
                 total_tokens += targets.numel()
                 if progress is not None:
                     progress()

@@ -162,7 +162,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if q.device.type == "cpu" and (q.shape[1] == 1 or (
             q.dtype == torch.bfloat16 and q.shape[1] * k.shape[1] <= max_scores)):
         return matmul_attention(q, k, v, mask, causal, scale)
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
+    # not under torch.compile, which traces the cached import attempt as a graph break (SDPA's flash path instead)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None and not torch.compiler.is_compiling():
         flash = _flash_attn_func()
         if flash is not None:
             dv = v.shape[-1]

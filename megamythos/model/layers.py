@@ -34,7 +34,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda and x.dtype == self.weight.dtype:
+        # torch.compile traces the cached import attempt as a graph break, and fuses the norm itself anyway
+        if x.is_cuda and x.dtype == self.weight.dtype and not torch.compiler.is_compiling():
             fused = _apex_rms_norm()
             if fused is not None:
                 return fused(x, self.weight, self.weight.shape, self.eps)

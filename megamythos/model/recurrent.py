@@ -175,7 +175,9 @@ class LoopLoRA(nn.Module):
         self.scale = nn.Embedding(config.resolved_max_loops, config.lora_rank)
 
     def forward(self, u: torch.Tensor, t: int) -> torch.Tensor:
-        index = torch.tensor(min(t, self.scale.num_embeddings - 1), device=u.device)
+        # filled on the device (torch.tensor of a Python int would copy it from the host: a stream sync per loop);
+        # read through the Embedding's own call, which is where ZeRO-3 gathers its weight
+        index = torch.full((), min(t, self.scale.num_embeddings - 1), dtype=torch.long, device=u.device)
         return self.up(self.down(u) * self.scale(index).to(u.dtype))
 
 

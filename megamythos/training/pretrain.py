@@ -99,6 +99,7 @@ from megamythos.training.signals import (
     GracefulExit,
     NonFiniteGuard,
     any_rank,
+    collective_device,
     collective_failure,
     join_supervisor_group,
 )
@@ -125,8 +126,11 @@ def init_distributed(timeout_minutes: float) -> tuple[int, int]:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     if os.environ["RANK"] == "0":
-        check_master_port(int(os.environ["MASTER_PORT"]))
+        if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun's agent holds the rendezvous store on that port
+            check_master_port(int(os.environ["MASTER_PORT"]))
         remove_stale_buffers()
+    if torch.cuda.is_available():  # before any collective: NCCL and the object collectives use the current device
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     logger.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
                 "unless `make install` prebuilt it)")
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
@@ -415,15 +419,19 @@ class Trainer:
                              "skipped_samples": skipped, "consumed_samples": self.consumed})
 
     # ---------------------------------------------------------------------------------------- helpers
+    def on_device(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (tokens, labels) micro-batch on the engine's device (DeepSpeed's forward does not move inputs)."""
+        return batch[0].to(self.engine.device, non_blocking=True), batch[1].to(self.engine.device, non_blocking=True)
+
     def world_max(self, values: dict[str, float]) -> dict[str, float]:
         """Each value's maximum over all ranks (every rank passes the same keys)."""
-        t = torch.tensor(list(values.values()), dtype=torch.float64)
+        t = torch.tensor(list(values.values()), dtype=torch.float64, device=collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return dict(zip(values, t.tolist(), strict=True))
 
     def world_mean(self, values: list[float]) -> list[float]:
         """Mean over all ranks (TP ranks hold equal values, so this is the data-parallel mean)."""
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=collective_device())
         dist.all_reduce(t)
         return (t / self.world).tolist()
 
@@ -480,7 +488,7 @@ class Trainer:
                                    self.iteration, done, micro_batches)
                     self.engine.train()
                     return None
-                tokens, labels = next(it)
+                tokens, labels = self.on_device(next(it))
                 # every loop on every rank: an exit would let data decide how many iterations a rank runs
                 out = self.engine(tokens, labels=labels, n_loops=self.config.mean_loops, exit_threshold=0.0)
                 losses.append(out.loss.item())
@@ -516,6 +524,7 @@ class Trainer:
                 raise DataError(f"training data ran out at iteration {self.iteration} after {self.consumed} samples "
                                 f"({self.guard.skipped} skipped micro-batches and {self.rollbacks} rollbacks consumed "
                                 "extra data)")
+            tokens, labels = self.on_device((tokens, labels))
             self.consumed += self.layout.micro_batch_size * self.dp_size
             restore_counts = expert_counts_saved(self.engine.module)
             out = self.engine(tokens, labels=labels, n_loops=n_loops)

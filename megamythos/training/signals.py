@@ -26,9 +26,17 @@ from megamythos.runtime.device import local_world_size
 logger = logging.getLogger(__name__)
 
 
+def collective_device() -> torch.device:
+    """Where a tensor of one of the trainer's own collectives lives: this rank's CUDA device under NCCL, which
+    serves CUDA tensors only, else the CPU (gloo)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def any_rank(flag: bool) -> bool:
     """True if ``flag`` is true on any rank (a collective when torch.distributed is initialised)."""
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=collective_device())
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
