@@ -232,9 +232,9 @@ def has_gpu() -> bool:
 
 def run_rank(argv: Sequence[str]) -> int:
     """One rank of a launched job: check the flags, apply the defaults, train in this process."""
+    refuse_launcher_flags(argv)  # first: every rank refuses at once, before the imports below take their time
     from megamythos.runtime.device import local_world_size
 
-    refuse_launcher_flags(argv)
     gpu = has_gpu()
     updates = rank_environment(os.environ, gpu, local_world_size())
     os.environ.update(updates)
