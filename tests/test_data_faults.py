@@ -256,3 +256,39 @@ def test_a_damaged_index_cache_entry_is_one_line(tmp_path: Path) -> None:
     os.truncate(arrays["x"].filename, 200)
     with pytest.raises(IndexCacheError, match="is damaged .* remove its files and run again"):
         load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
+
+
+def test_the_data_scan_is_cached_and_redone_when_the_data_changes(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every start, on every rank, read every byte of every dataset (2 TB per rank for a 1T-token corpus)."""
+    prefix, vocab, cache = _dataset(tmp_path, "a", DOCS, tiny_tokenizer), tiny_tokenizer.vocab_size, tmp_path / "c"
+    bare = str(tmp_path / "bare")  # without a record (Megatron's tools): only the token ids tell the vocabulary
+    for suffix in (".bin", ".idx"):
+        shutil.copy(prefix + suffix, bare + suffix)
+    scanned = resolve_data([prefix], vocab, str(cache))
+    resolve_data([bare], vocab, str(cache))
+    assert len(list(cache.glob("*-scan.json"))) == 2
+    largest = IndexedDataset(bare).token_range()[1]
+
+    def no_scan(self: IndexedDataset) -> None:
+        raise AssertionError(f"{self.path_prefix} scanned again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(IndexedDataset, "validate", no_scan)
+        patch.setattr(IndexedDataset, "token_range", no_scan)
+        assert resolve_data([prefix], vocab, str(cache)).shapes == scanned.shapes
+        with pytest.raises(IndexedDatasetError, match=f"holds token id {largest} but the vocabulary has {largest} "):
+            resolve_data([bare], largest, str(cache))  # checked against the cached range
+    for damaged in cache.glob("*-scan.json"):
+        damaged.write_text("{")
+    assert resolve_data([prefix], vocab, str(cache)).shapes == scanned.shapes  # scanned again
+    tokens = np.memmap(prefix + ".bin", dtype=IndexedDataset(prefix).dtype, mode="r+")
+    tokens[5] = vocab
+    tokens.flush()
+    del tokens
+    with pytest.raises(IndexedDatasetError, match=f"holds token id {vocab} but"):
+        resolve_data([prefix], vocab, str(cache))
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(IndexedDatasetError, match=f"holds token id {vocab} but"):  # no cache: scanned all the same
+        resolve_data([prefix], vocab, str(not_a_folder))

@@ -199,6 +199,11 @@ class GPTDataset(MappedArraysPickle):
         return {"tokens": np.concatenate(parts).astype(np.int64)}
 
 
+def index_cache_dir(prefix: str, cache_dir: str | None) -> str:
+    """Where ``prefix``'s cached files go: ``cache_dir`` (``--data-cache-dir``), else ``index-cache/`` beside it."""
+    return cache_dir or os.path.join(os.path.dirname(os.path.abspath(prefix)), "index-cache")
+
+
 def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_length: int, seed: int,
                     cache_dir: str | None) -> list[GPTDataset | None]:
     indexed = IndexedDataset(prefix)
@@ -212,8 +217,7 @@ def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_le
             raise DataConfigError(f"{prefix} has {len(indexed)} documents, none of which fall in the {name} split "
                                   f"(fraction {fractions[i]:.4f}); use a larger dataset or change --split")
         documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
-        out.append(GPTDataset(indexed, documents, nums[i], seq_length, seed, name,
-                              cache_dir or os.path.join(os.path.dirname(os.path.abspath(prefix)), "index-cache")))
+        out.append(GPTDataset(indexed, documents, nums[i], seq_length, seed, name, index_cache_dir(prefix, cache_dir)))
     return out
 
 

@@ -42,7 +42,7 @@ DTYPE_CODES: dict[int, type[np.number]] = {
     1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
 }
 _CODE_OF_DTYPE = {np.dtype(t): c for c, t in DTYPE_CODES.items()}
-TOKEN_SCAN_CHUNK = 1 << 24  # tokens per step of IndexedDataset.check_token_ids (32 MiB of uint16)
+TOKEN_SCAN_CHUNK = 1 << 24  # tokens per step of IndexedDataset.token_range (32 MiB of uint16)
 INDEX_SCAN_CHUNK = 1 << 22  # sequences per step of IndexedDataset.validate (a few 32 MiB int64 arrays)
 
 
@@ -186,24 +186,32 @@ class IndexedDataset:
                 raise IndexedDatasetError(f"{idx_path(self.path_prefix)}: document indices decrease; the index is "
                                           "corrupt")
 
-    def check_token_ids(self, vocab_size: int, remedy: str) -> None:
-        """Raise :class:`IndexedDatasetError` naming the ``.bin``, the offending id and ``remedy`` if a token id
-        lies outside ``[0, vocab_size)`` (an embedding lookup of it would fail mid-run).
-
-        One vectorised pass (max, and min for signed dtypes) over the mapped tokens, ``TOKEN_SCAN_CHUNK`` at a
-        time, so memory stays bounded whatever the dataset's size.
-        """
-        signed = self.dtype.kind == "i"
+    def token_range(self) -> tuple[int, int] | None:
+        """(smallest, largest) token id in the ``.bin`` (None when it holds no token): one vectorised pass over the
+        mapped tokens, ``TOKEN_SCAN_CHUNK`` at a time, so memory stays bounded whatever the dataset's size."""
+        if self._bin.size == 0:
+            return None
+        low, high = None, None
         for start in range(0, self._bin.size, TOKEN_SCAN_CHUNK):
             chunk = self._bin[start:start + TOKEN_SCAN_CHUNK]
-            bad = int(chunk.max())
-            if bad < vocab_size and signed:
-                bad = min(bad, int(chunk.min()))
-            if bad >= vocab_size or bad < 0:
-                raise IndexedDatasetError(
-                    f"{bin_path(self.path_prefix)} holds token id {bad} but the vocabulary has {vocab_size} "
-                    f"ids (0..{vocab_size - 1}); {remedy}"
-                )
+            chunk_low, chunk_high = int(chunk.min()), int(chunk.max())
+            low = chunk_low if low is None else min(low, chunk_low)
+            high = chunk_high if high is None else max(high, chunk_high)
+        return low, high
+
+    def check_token_ids(self, vocab_size: int, remedy: str, token_range: tuple[int, int] | None = None) -> None:
+        """Raise :class:`IndexedDatasetError` naming the ``.bin``, the offending id and ``remedy`` if a token id
+        lies outside ``[0, vocab_size)`` (an embedding lookup of it would fail mid-run). ``token_range`` is
+        :meth:`token_range`'s answer when the caller has it (a cached scan); otherwise the ``.bin`` is scanned."""
+        token_range = self.token_range() if token_range is None else token_range
+        if token_range is None:
+            return
+        bad = token_range[1] if token_range[1] >= vocab_size else token_range[0]
+        if bad >= vocab_size or bad < 0:
+            raise IndexedDatasetError(
+                f"{bin_path(self.path_prefix)} holds token id {bad} but the vocabulary has {vocab_size} "
+                f"ids (0..{vocab_size - 1}); {remedy}"
+            )
 
     def __len__(self) -> int:
         return len(self.sizes)

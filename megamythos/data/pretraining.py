@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from megamythos.data.gpt_dataset import build_train_valid_test_datasets, parse_data_path
+from megamythos.data.atomic import atomic_open
+from megamythos.data.gpt_dataset import build_train_valid_test_datasets, index_cache_dir, parse_data_path
+from megamythos.data.index_cache import description_key
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
 from megamythos.data.sampler import PretrainingSampler
@@ -66,9 +69,47 @@ class DataSetup:
     shapes: dict[str, dict[str, int]] = field(default_factory=dict)  # realpath(prefix) -> IndexedDataset.shape()
 
 
-def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
+def scan_dataset(dataset: IndexedDataset, cache_dir: str | None) -> tuple[dict[str, int], tuple[int, int] | None]:
+    """``dataset``'s shape (:meth:`IndexedDataset.shape`) and token-id range (:meth:`IndexedDataset.token_range`),
+    after checking every pointer of its index (:meth:`IndexedDataset.validate`).
+
+    The scan reads every byte of the ``.bin`` and ``.idx`` (2 TB for a 1T-token corpus), so its answer is kept in
+    the index cache (``cache_dir``, default ``index-cache/`` beside the dataset) as ``{key}-scan.json``, keyed by the
+    files' real path, size, inode and modification time: a later start, another rank or ``evaluate`` reads it
+    instead of the files. A dataset rebuilt or changed in place gets a new key and is scanned again. A cache that
+    cannot be written costs only the next start's scan.
+    """
+    prefix = dataset.path_prefix
+    description: dict[str, Any] = {"class": "DatasetScan", "path": os.path.realpath(f"{prefix}.bin")}
+    for ext in ("bin", "idx"):
+        stat = os.stat(f"{prefix}.{ext}")
+        description.update({f"{ext}_bytes": stat.st_size, f"{ext}_inode": stat.st_ino,
+                            f"{ext}_mtime_ns": stat.st_mtime_ns})
+    path = os.path.join(index_cache_dir(prefix, cache_dir), f"{description_key(description)}-scan.json")
+    try:
+        with open(path) as handle:
+            cached = json.load(handle)
+        if cached["description"] == description:
+            token_range = cached["token_range"]
+            return {key: int(value) for key, value in cached["shape"].items()}, (
+                (int(token_range[0]), int(token_range[1])) if token_range else None)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # none yet, or damaged: scanned again
+        pass
+    dataset.validate()
+    shape, token_range = dataset.shape(), dataset.token_range()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_open(path, "w") as handle:
+            json.dump({"description": description, "shape": shape, "token_range": token_range}, handle, indent=2)
+    except OSError as err:
+        logger.info("cannot cache the scan of %s in %s (%s); the next start scans it again", prefix,
+                    os.path.dirname(path), err)
+    return shape, token_range
+
+
+def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = None) -> DataSetup:
     """Check that every dataset of ``data_path`` exists, was tokenised with one ``vocab_size`` tokenizer and holds
-    only token ids below ``vocab_size``.
+    only token ids below ``vocab_size``; the scans of the data are cached in ``cache_dir`` (:func:`scan_dataset`).
 
     Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's,
     ``DatasetMismatchError`` for datasets built with different tokenizers, and ``IndexedDatasetError`` for a
@@ -104,10 +145,10 @@ def resolve_data(data_path: list[str], vocab_size: int) -> DataSetup:
             check_same_vocabulary(other, record, prefix, meta)
         records[prefix] = meta
         dataset = IndexedDataset(prefix)
-        dataset.validate()
-        shapes[os.path.realpath(prefix)] = dataset.shape()
-        check_record_counts(prefix, meta, shapes[os.path.realpath(prefix)])
-        dataset.check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY)
+        shape, token_range = scan_dataset(dataset, cache_dir)
+        shapes[os.path.realpath(prefix)] = shape
+        check_record_counts(prefix, meta, shape)
+        dataset.check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY, token_range)
     known = [r for r in records.values() if r is not None]
     return DataSetup(list(data_path), known[0]["tokenizer_model"] if known else None,
                      known[0]["tokenizer_fingerprint"] if known else None, shapes)

@@ -211,7 +211,7 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
         check_same_vocabulary(f"dataset {prefix}", read_dataset_metadata(prefix), f"model {loaded.source}",
                               loaded.tokenizer_record,
                               remedy="evaluate on data tokenised with the model's tokenizer")
-    setup = resolve_data(list(data_path), loaded.config.vocab_size)
+    setup = resolve_data(list(data_path), loaded.config.vocab_size, recipe.data_cache_dir)
     change = data_change(record.get("dataset_shapes", {}), setup.shapes, str(loaded.source))
     if change:
         logger.warning("%s. The held-out samples are drawn from what the datasets hold now, not those the run "

@@ -268,7 +268,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     check_sources(args.save, args.load, args.finetune, verify=False)  # the ranks verify the checksums at start-up
     check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
     if args.data_path:
-        resolve_data(list(args.data_path), config.vocab_size)
+        resolve_data(list(args.data_path), config.vocab_size, args.data_cache_dir)
     resolve_layout(load_template(args.ds_config), args, world_size).check_model(config)
 
 

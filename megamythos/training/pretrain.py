@@ -146,10 +146,12 @@ def seed_everything(seed: int) -> None:
 
 # ------------------------------------------------------------------------------------------------------ data
 def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> DataSetup:
-    """The run's checked datasets: ``--data-path``, or the default corpus, which rank 0 builds first."""
+    """The run's checked datasets: ``--data-path``, or the default corpus, which rank 0 builds first. Rank 0 checks
+    the data before the others, which then read its cached scans (:func:`~megamythos.data.pretraining.scan_dataset`)
+    instead of every byte of the data; a rank that cannot see the cache (node-local copies) scans its own."""
     data_path = list(args.data_path)
+    failure: Exception | None = None
     if not data_path:
-        failure: Exception | None = None
         for turn in (0, 1):  # rank 0 builds, the others wait and then find it built
             if (rank == 0) == (turn == 0):
                 try:
@@ -161,7 +163,16 @@ def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> DataSetup:
                 raise DataError(f"building the default corpus in {args.default_data_dir} failed: "
                                 f"{failure or 'see rank 0'}") from failure
         data_path = [prefix]
-    return resolve_data(data_path, vocab_size)
+    if rank == 0:  # rank 0 scans the data first and caches the scans, which the others then read
+        try:
+            setup = resolve_data(data_path, vocab_size, args.data_cache_dir)
+        except Exception as err:  # re-raised below, after telling the other ranks
+            failure = err
+    if any_rank(failure is not None):
+        if failure is not None:
+            raise failure
+        raise DataError("the data check failed on rank 0; see its message")
+    return setup if rank == 0 else resolve_data(data_path, vocab_size, args.data_cache_dir)
 
 
 def absolute_data_path(data_path: Sequence[str]) -> list[str]:
