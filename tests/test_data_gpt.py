@@ -13,9 +13,11 @@ from megamythos.data.gpt_dataset import (
     build_gpt_indices,
     build_sample_index,
     build_train_valid_test_datasets,
+    parse_data_path,
     parse_split,
     split_bounds,
 )
+from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.sampler import PretrainingSampler
 from tests.helpers import make_dataset
 
@@ -125,6 +127,19 @@ def test_blend_proportions_within_one_percent_over_10k_samples(tmp_path) -> None
     again, _, _ = build_train_valid_test_datasets(["0.7", a, "0.3", b], "1", 8, 5, (10_000, 0, 0),
                                                   str(tmp_path / "c2"))
     assert all(np.array_equal(train[i]["tokens"], again[i]["tokens"]) for i in range(0, 10_000, 97))
+
+
+def test_unweighted_prefixes_blend_by_size_as_megatron_does(tmp_path) -> None:
+    """Megatron's ``--data-path A B`` was refused as "weights must be numbers"."""
+    a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
+    b = make_dataset(tmp_path / "b", 100, seed=2, base=10_000)
+    train, _, _ = build_train_valid_test_datasets([a, b], "1", 8, 5, (10_000, 0, 0), str(tmp_path / "c"))
+    share_b = IndexedDataset(b).num_tokens / (IndexedDataset(a).num_tokens + IndexedDataset(b).num_tokens)
+    from_b = sum(int(train[i]["tokens"][0] >= 10_000) for i in range(len(train)))
+    assert len(train) == 10_000 and abs(from_b / 10_000 - share_b) < 0.01
+    for mixed in (["0.7", a, b], ["0.7", a, b, "0.3"], [a, "0.7", b, "0.3"]):
+        with pytest.raises(DataConfigError, match="give prefixes, or 'weight prefix' pairs"):
+            parse_data_path(mixed)
 
 
 def test_index_cache_is_reused_and_keyed_by_parameters(tmp_path) -> None:

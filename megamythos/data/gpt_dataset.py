@@ -62,11 +62,19 @@ def split_bounds(fractions: list[float], num_documents: int) -> list[int]:
 
 
 def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None]:
-    """``["P"]`` -> (["P"], None); ``["0.7", "A", "0.3", "B"]`` -> (["A", "B"], [0.7, 0.3] normalised)."""
-    if len(data_path) == 1:
+    """``["P"]`` -> (["P"], None); ``["A", "B"]`` -> (["A", "B"], None), Megatron's unweighted form, blended in
+    proportion to the datasets' sizes; ``["0.7", "A", "0.3", "B"]`` -> (["A", "B"], [0.7, 0.3] normalised)."""
+    def is_number(item: str) -> bool:
+        try:
+            float(item)
+        except ValueError:
+            return False
+        return True
+
+    if len(data_path) == 1 or not any(map(is_number, data_path)):
         return list(data_path), None
-    if len(data_path) % 2 != 0:
-        raise DataConfigError(f"data_path {data_path!r} is invalid: give one prefix or 'weight prefix' pairs")
+    if len(data_path) % 2 != 0 or any(map(is_number, data_path[1::2])):
+        raise DataConfigError(f"data_path {data_path!r} is invalid: give prefixes, or 'weight prefix' pairs")
     try:
         weights = [float(w) for w in data_path[0::2]]
     except ValueError as err:
@@ -227,8 +235,9 @@ def build_train_valid_test_datasets(
 ) -> tuple[Any, Any, Any]:
     """Train/valid/test datasets with at least the requested sample counts (None where a split is empty or 0 asked).
 
-    ``data_path`` is ``["PREFIX"]`` or ``["w1", "P1", "w2", "P2", ...]``; with weights each split is a
-    :class:`BlendedDataset` of exactly the requested size over per-prefix :class:`GPTDataset` splits.
+    ``data_path`` is ``["PREFIX"]``, ``["P1", "P2", ...]`` (weights in proportion to the datasets' tokens) or
+    ``["w1", "P1", "w2", "P2", ...]``; with several prefixes each split is a :class:`BlendedDataset` of exactly the
+    requested size over per-prefix :class:`GPTDataset` splits.
     Index arrays are cached in ``cache_dir`` (default: ``index-cache/`` next to each dataset).
     """
     if seq_length < 1:
@@ -238,8 +247,13 @@ def build_train_valid_test_datasets(
     prefixes, weights = parse_data_path(data_path)
     fractions = parse_split(split)
     nums = list(train_valid_test_num_samples)
-    if weights is None:
+    if len(prefixes) == 1:
         return tuple(_split_datasets(prefixes[0], fractions, nums, seq_length, seed, cache_dir))  # type: ignore
+    if weights is None:  # Megatron's unweighted blend: each dataset in proportion to its size
+        tokens = [IndexedDataset(p).num_tokens for p in prefixes]
+        weights = [t / sum(tokens) for t in tokens]
+        logger.info("unweighted --data-path: blending by size, weights %s",
+                    ", ".join(f"{w:.4f} {p}" for w, p in zip(weights, prefixes)))
     per_dataset = [[math.ceil(math.ceil(n * w) * (1 + BLEND_SURPLUS)) for n in nums] for w in weights]
     components = [_split_datasets(p, fractions, n, seq_length, seed, cache_dir)
                   for p, n in zip(prefixes, per_dataset)]

@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient; implies "
              "--checkpoint-loops): O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
     g = p.add_argument_group("data")
-    add("--data-path", nargs="*", default=[], help="dataset prefixes (optionally weight prefix pairs)")
+    add("--data-path", nargs="*", default=[], help="dataset prefixes: P, or P1 P2 ... (blended in proportion to "
+        "their tokens, as Megatron does), or weight prefix pairs W1 P1 W2 P2 ...")
     add("--split", type=str)
     add("--seq-length", type=int)
     add("--data-cache-dir", type=str)
