@@ -241,6 +241,19 @@ def test_generate_cli_warns_once_when_the_context_cuts_it_short(tiny_tokenizer: 
     assert summary["prompt_tokens"] + summary["new_tokens"] <= 24
 
 
+def test_generate_of_no_new_token_reports_no_loops(tiny_tokenizer: Tokenizer, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """``--max-new-tokens 0`` reported 0 mean loops and the FLOPs of a 0-loop forward."""
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)).eval()
+    monkeypatch.setattr(generate_module, "load_model",
+                        lambda path, tokenizer, device: LoadedModel(model, tiny_tokenizer, {}, tmp_path, None))
+    assert generate_module.main(["--load", str(tmp_path), "--prompt", "def", "--max-new-tokens", "0"]) == 0
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert summary["new_tokens"] == 0 and summary["mean_loops"] is None
+    assert summary["forward_flops_per_token"] is None
+
+
 # ------------------------------------------------------------------ 7, 8. JSONL records without a text
 def test_non_string_value_is_not_a_missing_key() -> None:
     record = RawRecord("a.jsonl", 1, "json", json.dumps({"text": 5}).encode())

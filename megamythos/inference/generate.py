@@ -228,9 +228,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     seconds = time.perf_counter() - start
     n = len(stats.loops_per_token)
     return {"prompt_tokens": len(prompt_ids), "new_tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
-            "mean_loops": stats.mean_loops, "loops": cfg.n_loops or loaded.config.mean_loops,
+            "mean_loops": stats.mean_loops if n else None, "loops": cfg.n_loops or loaded.config.mean_loops,
             "exit_threshold": loaded.config.exit_threshold if cfg.exit_threshold is None else cfg.exit_threshold,
-            "forward_flops_per_token": loaded.model.forward_flops_per_token(len(prompt_ids) + n, stats.mean_loops)}
+            "forward_flops_per_token": (loaded.model.forward_flops_per_token(len(prompt_ids) + n, stats.mean_loops)
+                                        if n else None)}  # no token generated: no loops run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
