@@ -28,7 +28,7 @@ from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError,
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import DatasetMismatchError, MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import PreprocessConfig, preprocess
-from megamythos.data.pretraining import resolve_data
+from megamythos.data.pretraining import DataError, resolve_data
 from megamythos.data.sources import iter_texts
 from megamythos.data.tokenizer import Tokenizer
 from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, write_jsonl
@@ -292,3 +292,15 @@ def test_the_data_scan_is_cached_and_redone_when_the_data_changes(tmp_path: Path
     not_a_folder.write_text("")
     with pytest.raises(IndexedDatasetError, match=f"holds token id {vocab} but"):  # no cache: scanned all the same
         resolve_data([prefix], vocab, str(not_a_folder))
+
+
+def test_a_padded_vocabulary_reads_a_dataset_of_a_smaller_tokenizer(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A model vocabulary padded past the tokenizer's (Megatron's --make-vocab-size-divisible-by) was refused."""
+    prefix = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    with caplog.at_level("INFO"):
+        resolve_data([prefix], 512)
+    assert "a 400-token vocabulary in a model of vocab_size=512, padded" in caplog.text
+    with pytest.raises(DataError, match="400-token vocabulary but the model has vocab_size=399; pass --override "
+                                        r"vocab_size=400 \(or more: a padded vocabulary\)"):
+        resolve_data([prefix], 399)

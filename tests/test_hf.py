@@ -275,3 +275,25 @@ def test_export_refuses_a_tokenizer_converted_to_other_ids_and_writes_nothing(tm
     with pytest.raises(HFExportError, match=f"converts {tmp_path / 'tok.model'} into a tokenizer that encodes"):
         hf_export.export_hf(MythosLM(small_config(vocab_size=1000)), ours, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_padded_vocabulary_never_samples_the_ids_past_the_tokenizer(tiny_tokenizer, tmp_path):
+    """A model padded past its tokenizer (Megatron's --make-vocab-size-divisible-by) was refused by the trainer;
+    sampling one would pick ids the tokenizer cannot decode, through our generate or transformers'."""
+    from transformers import AutoModelForCausalLM
+
+    from megamythos.hf.export import export_hf
+
+    model = MythosLM(small_config(vocab_size=448)).eval()
+    with torch.no_grad():
+        model.lm_head.weight[400:424], model.lm_head.weight[424:] = 100.0, -100.0  # the padded ids' logits win
+    ids = torch.tensor([tiny_tokenizer.encode_one("def main(")])
+    cfg = SamplingConfig(max_new_tokens=6, vocab_limit=tiny_tokenizer.vocab_size)
+    sampled, _ = generate(model, ids, cfg, torch.Generator().manual_seed(0))
+    assert int(sampled.max()) < tiny_tokenizer.vocab_size
+    unlimited, _ = generate(model, ids, SamplingConfig(max_new_tokens=6), torch.Generator().manual_seed(0))
+    assert int(unlimited[:, ids.shape[1]:].min()) >= tiny_tokenizer.vocab_size  # what the limit prevents
+    hf = AutoModelForCausalLM.from_pretrained(export_hf(model, tiny_tokenizer, tmp_path / "hf"),
+                                              trust_remote_code=True)
+    assert hf.generation_config.suppress_tokens == list(range(tiny_tokenizer.vocab_size, 448))
+    assert int(hf.generate(ids, do_sample=True, max_new_tokens=6).max()) < tiny_tokenizer.vocab_size

@@ -659,8 +659,9 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
 
 # --------------------------------------------------------------------------------- bad input, before training
 @pytest.mark.parametrize("extra, message", [
-    (["--data-path", "{prefix}", "--override", "vocab_size=500"],
-     "tokenized with a 384-token vocabulary but the model has vocab_size=500"),
+    (["--data-path", "{prefix}", "--override", "vocab_size=300"],
+     "tokenized with a 384-token vocabulary but the model has vocab_size=300; pass --override vocab_size=384 (or "
+     "more: a padded vocabulary)"),
     (["--data-path", "/nonexistent/corpus_text_document"], "dataset '/nonexistent/corpus_text_document' not found"),
     (["--ep", "3"], "world size 1 is not divisible by expert-parallel size ep=3"),
 ])

@@ -108,8 +108,9 @@ def scan_dataset(dataset: IndexedDataset, cache_dir: str | None) -> tuple[dict[s
 
 
 def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = None) -> DataSetup:
-    """Check that every dataset of ``data_path`` exists, was tokenised with one ``vocab_size`` tokenizer and holds
-    only token ids below ``vocab_size``; the scans of the data are cached in ``cache_dir`` (:func:`scan_dataset`).
+    """Check that every dataset of ``data_path`` exists, was tokenised with one tokenizer of at most ``vocab_size``
+    ids (fewer: a padded vocabulary, as Megatron's ``--make-vocab-size-divisible-by``) and holds only token ids
+    below ``vocab_size``; the scans of the data are cached in ``cache_dir`` (:func:`scan_dataset`).
 
     Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's,
     ``DatasetMismatchError`` for datasets built with different tokenizers, and ``IndexedDatasetError`` for a
@@ -137,10 +138,15 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
         if meta is None:
             logger.warning("dataset %s has no metadata record: its tokenizer cannot be checked against the model",
                            prefix)
-        elif int(meta["vocab_size"]) != vocab_size:
+        elif int(meta["vocab_size"]) > vocab_size:
             raise DataError(f"dataset {prefix!r} was tokenized with a {meta['vocab_size']}-token vocabulary but the "
                             f"model has vocab_size={vocab_size}; pass --override vocab_size="
-                            f"{meta['vocab_size']} or use a dataset built with the model's tokenizer")
+                            f"{meta['vocab_size']} (or more: a padded vocabulary) or use a dataset built with the "
+                            "model's tokenizer")
+        elif int(meta["vocab_size"]) < vocab_size:
+            logger.info("dataset %s: a %s-token vocabulary in a model of vocab_size=%d, padded as Megatron's "
+                        "--make-vocab-size-divisible-by pads (ids from %s on are never read)", prefix,
+                        meta["vocab_size"], vocab_size, meta["vocab_size"])
         for other, record in records.items():
             check_same_vocabulary(other, record, prefix, meta)
         records[prefix] = meta

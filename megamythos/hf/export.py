@@ -189,6 +189,8 @@ def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Pat
     wrapped.model.load_state_dict(model.state_dict())
     wrapped.generation_config.eos_token_id = tokenizer.eos_id
     wrapped.generation_config.pad_token_id = tokenizer.pad_id
+    if tokenizer.vocab_size < model.config.vocab_size:  # a padded vocabulary: its ids past the tokenizer's decode
+        wrapped.generation_config.suppress_tokens = list(range(tokenizer.vocab_size, model.config.vocab_size))
     wrapped.save_pretrained(out)
     for name, text in shipped_sources().items():
         (out / name).write_text(text)

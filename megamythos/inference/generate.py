@@ -45,6 +45,7 @@ class SamplingConfig:
     # 0: every loop; None: the model config's exit_threshold
     absorb: bool = True
     eos_id: int | None = None
+    vocab_limit: int | None = None  # ids from here on are never sampled: a padded vocabulary's, past the tokenizer's
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -71,7 +72,9 @@ class GenerationStats:
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """logits [B, V] -> next token ids [B] with temperature, top-k and nucleus (top-p) filtering. The logits are
     shifted by their maximum before the division (softmax is shift-invariant) and divided by at least fp32's
-    smallest normal number, so that a temperature near 0 samples the greedy token instead of overflowing."""
+    smallest normal number, so that a temperature near 0 samples the greedy token instead of overflowing. Only the
+    first ``cfg.vocab_limit`` ids are candidates."""
+    logits = logits[:, :cfg.vocab_limit]
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float()
@@ -208,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     try:
         cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, n_loops=args.loops, exit_threshold=args.exit_threshold,
-                             eos_id=loaded.tokenizer.eos_id)
+                             eos_id=loaded.tokenizer.eos_id, vocab_limit=loaded.tokenizer.vocab_size)
     except ValueError as err:
         raise LoadError(f"bad sampling option: {err}") from err
     max_seq_len = loaded.config.max_seq_len
