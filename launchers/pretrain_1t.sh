@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# The 1t preset on a GPU cluster: 128 nodes x 8 H100 (NVLink 450 GB/s, 400 Gb/s InfiniBand per GPU),
-# ds_configs/1t.json. Layout chosen with the step model (megamythos/planning/step_model.py; the dry run prints it):
+# The 1t preset on a GPU cluster: 128 nodes x 8 H200 (141 GB; NVLink 450 GB/s, 400 Gb/s InfiniBand per GPU),
+# ds_configs/1t.json. No layout fits an 80 GB part: the recurrent core's gradient is whole on each rank while the
+# loops' backward runs (32.6 GiB in bf16 with EP 256), whatever ZeRO shards. Layout chosen with the step model
+# (megamythos/planning/step_model.py; the dry run prints it):
 #   - no tensor parallelism: AutoTP shards attention and the dense blocks only, so each TP rank would run the MoE
-#     and the LM head (97% of the step's FLOPs) for its group's tokens again: TP 2 / 4 / 8 predict 390 / 773 /
-#     1538 s per step;
+#     and the LM head (97% of the step's FLOPs) for its group's tokens again: TP 2 / 4 / 8 predict 392 / 775 /
+#     1541 s per step;
 #   - EP 256 (AutoEP, 2 of the 512 experts per rank): the token all-to-alls (~10.7 s exposed, the largest
-#     communication cost) cost about the same for ep 64-512; ep 128 is 0.3 s faster but needs 67.6 GiB of an
-#     80 GB part, ep 64 does not fit;
+#     communication cost) cost about the same for ep 64-512; ep 64 and 128 are up to 0.6 s faster but need
+#     154 / 129 GiB, more than 90% of a 141 GB part;
 #   - ZeRO-3 for embeddings, prelude and coda; the recurrent core replicated (ZeRO-2 for it, --replicate-core):
 #     gathered once per step instead of ~3T times per micro-batch (T = 64 and changing every step);
 #   - micro batch 1 x dp 1024 = 1024 sequences of 4096 (no accumulation), two-level loop checkpointing
-#     (--loop-checkpoint-segment 0): memory plan ~61 GiB per GPU once ZeRO has partitioned the model;
-#   - ZeRO++ hpZ 8 (a node-local secondary weight copy: backward gathers on NVLink); quantised weights and
-#     gradients off: they would shave ~1 s of gathers and reduce-scatters at a numerics risk.
-# Predicted at 40% matmul MFU: ~199 s per step, ~21k tokens/s, 22.7% model MFU (T = 64).
+#     (--loop-checkpoint-segment 0) and checkpointed prelude/coda blocks: memory plan 116 GiB per GPU once ZeRO has
+#     partitioned the model;
+#   - no ZeRO++: DeepSpeed's AutoEP refuses hpZ and quantised gradients under ZeRO-3 (deepspeed 0.19).
+# Predicted at 40% matmul MFU: ~201 s per step, ~20.9k tokens/s, 22.4% model MFU (T = 64).
 #
 # It cannot start yet: the trainer builds the whole model in fp32 on every rank before DeepSpeed shards it
 # (3.3 TiB per rank, 27 TiB per node of 8), and moves each rank's share to the GPU whole before ZeRO-3 partitions
-# it (94.6 GiB with EP 256). The plan refuses that until the model is built sharded (deepspeed.zero.Init,
-# expert-parallel construction); the dry run prints the plan, then the refusal (exit 2).
+# it (94.6 GiB with EP 256, which a 141 GB part holds). The plan refuses the host memory until the model is built
+# sharded (deepspeed.zero.Init, expert-parallel construction); the dry run prints the plan, then the refusal
+# (exit 2).
 #
 #   bash launchers/pretrain_1t.sh --dry-run                 # no GPU: layout check, memory and step plan, command
 #   HOSTFILE=hostfile bash launchers/pretrain_1t.sh --data-path 1.0 /data/a_text_document ...
@@ -27,7 +30,7 @@
 # metrics.jsonl, unless --save is given.
 #
 # Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ, and the machines' with GPU_MEMORY_GB
-# (GPU sizes the plan must fit, default "80 141") and HOST_MEMORY_GB (per node, default 2048); further flags go to
+# (GPU sizes the plan must fit, default 141) and HOST_MEMORY_GB (per node, default 2048); further flags go to
 # the trainer.
 # It runs `deepspeed --hostfile ... --module megamythos.training.pretrain <layout flags> ...` (the dry run prints it).
 # The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load, and logs inside --save):
@@ -39,7 +42,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 LAYOUT=(--preset 1t --gpus "$(( ${NODES:-128} * ${GPUS_PER_NODE:-8} ))" --gpus-per-node "${GPUS_PER_NODE:-8}"
         --tp "${TP:-1}" --ep "${EP:-256}" --zero 3 --micro-batch-size "${MICRO:-1}"
         --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}" --loop-checkpoint-segment 0
-        --ds-config "$REPO/ds_configs/1t.json" --gpu-memory-gb ${GPU_MEMORY_GB:-80 141}
+        --ds-config "$REPO/ds_configs/1t.json" --gpu-memory-gb ${GPU_MEMORY_GB:-141}
         --host-memory-gb "${HOST_MEMORY_GB:-2048}" --plan --hostfile "${HOSTFILE:-hostfile}")
 if [[ "${1:-}" == "--help" || "${1:-}" == "-h" ]]; then
   sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"

@@ -350,6 +350,11 @@ NUMBER_CASES = [
     ("megamythos.planning.plan:main", ["--gpus", "8", "--hpz", "3"], "world size 8 is not divisible by ZeRO++"),
     ("megamythos.planning.plan:main", ["--gpus", "16", "--hpz", "16", "--plan"],
      "ZeRO++ hpz=16 is larger than --gpus-per-node 8"),
+    # found 2026-12-06: DeepSpeed's AutoEP asserts on hpZ and qgZ under ZeRO-3 after the whole start-up
+    ("megamythos.planning.plan:main", ["--gpus", "16", "--ep", "2", "--hpz", "8"],
+     "ZeRO++ zero_hpz_partition_size=8 with expert parallelism (ep=2) under ZeRO-3"),
+    ("megamythos.planning.plan:main", ["--gpus", "16", "--ep", "2", "--qgz"],
+     "ZeRO++ zero_quantized_gradients with expert parallelism (ep=2) under ZeRO-3"),
     ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",
                                              "--workers", "0"], "argument --workers: must be >= 1, got 0"),
     ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",
@@ -415,7 +420,11 @@ def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str
     (["--config", "{config}"], "--hostfile with --config: the printed command trains a --preset"),
     (["--hpz", "8", "--ds-config", "{ds}"], "--hpz with --hostfile: the trainer reads ZeRO++ from its ds_config"),
     ([], "--hostfile needs --ds-config"),
-    (["--gpus", "12", "--ds-config", "{ds}"], "--gpus 12 is not a multiple of --gpus-per-node 8")])
+    (["--gpus", "12", "--ds-config", "{ds}"], "--gpus 12 is not a multiple of --gpus-per-node 8"),
+    # found 2026-12-06: the trainer flags after -- came last in the command, so they trained what the plan never
+    # checked (another preset, batch, context or parallel sizes)
+    (["--ds-config", "{ds}", "--", "--seq-length", "8192", "--ep=2", "--override", "max_seq_len=9000"],
+     "trainer flags after -- (--seq-length, --ep=2, max_seq_len=9000) would change what this plan checked")])
 def test_a_planned_command_that_would_train_something_else_is_refused(argv: list[str], message: str, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     """Found 2026-12-06: the printed command dropped --hpz/--qwz/--qgz and --config (training --preset tiny), ran
@@ -423,7 +432,7 @@ def test_a_planned_command_that_would_train_something_else_is_refused(argv: list
     (tmp_path / "c.json").write_text(json.dumps(ModelConfig().to_dict()))
     argv = [a.format(config=tmp_path / "c.json", ds=REPO / "ds_configs" / "multi-node.json") for a in argv]
     gpus = [] if "--gpus" in argv else ["--gpus", "16"]
-    line = one_line_exit_2("megamythos.planning.plan:main", [*gpus, *argv, "--hostfile", "h"], capsys)
+    line = one_line_exit_2("megamythos.planning.plan:main", [*gpus, "--hostfile", "h", *argv], capsys)
     assert message in line, line
 
 

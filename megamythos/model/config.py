@@ -121,6 +121,7 @@ class ModelConfig:
     # with checkpoint_loops, also checkpoint runs of this many iterations (two-level: O(sqrt k) saved states
     # instead of O(k), for one extra forward of the k iterations under gradient); 0 -> ceil(sqrt(k)), 1 -> off
     loop_checkpoint_segment: int = 1
+    checkpoint_dense_blocks: bool = False  # the same for each prelude/coda block in training: keeps its input only
 
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried through JSON
 

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megamythos.model.attention import LayerKVCache, build_attention
 from megamythos.model.config import ModelConfig
@@ -130,7 +131,7 @@ class MythosLM(nn.Module):
         input, which the core normalises itself)."""
         x = self.tok_embeddings(input_ids)
         for i, block in enumerate(self.prelude):
-            x = block(x, positions, cache.prelude[i] if cache else None, absorb)
+            x = self.run_dense_block(block, x, positions, cache.prelude[i] if cache else None, absorb)
         return x
 
     def coda_logits(self, h: torch.Tensor, positions: torch.Tensor, cache: ModelKVCache | None = None,
@@ -139,8 +140,16 @@ class MythosLM(nn.Module):
         blocks, the final norm and the LM head."""
         x = h
         for i, block in enumerate(self.coda):
-            x = block(x, positions, cache.coda[i] if cache else None, absorb)
+            x = self.run_dense_block(block, x, positions, cache.coda[i] if cache else None, absorb)
         return self.lm_head(self.norm(x))
+
+    def run_dense_block(self, block: nn.Module, x: torch.Tensor, positions: torch.Tensor,
+                        cache: LayerKVCache | None, absorb: bool) -> torch.Tensor:
+        """One prelude/coda block on x [B, S, H]; with ``checkpoint_dense_blocks`` in training a non-reentrant
+        activation checkpoint (its input kept, the block recomputed in backward)."""
+        if self.config.checkpoint_dense_blocks and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, positions, cache, absorb, use_reentrant=False)
+        return block(x, positions, cache, absorb)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,

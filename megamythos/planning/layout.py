@@ -54,6 +54,11 @@ class ParallelLayout:
         if self.world_size % min(self.hpz, self.world_size):
             raise LayoutError(f"world size {self.world_size} is not divisible by ZeRO++ zero_hpz_partition_size "
                               f"hpz={self.hpz} (DeepSpeed groups the ranks in blocks of min(hpz, world size))")
+        if self.zero == 3 and self.ep > 1 and (self.hpz > 1 or self.qgz):
+            option = (f"zero_hpz_partition_size={self.hpz}" if self.hpz > 1 else "zero_quantized_gradients")
+            raise LayoutError(f"ZeRO++ {option} with expert parallelism (ep={self.ep}) under ZeRO-3: DeepSpeed's "
+                              "AutoEP refuses hpZ and qgZ under ZeRO-3 (deepspeed 0.19); drop the option, or "
+                              "use ep=1")
         if self.world_size % self.ep:
             raise LayoutError(f"world size {self.world_size} is not divisible by expert-parallel size ep={self.ep} "
                               "(AutoEP folds expert groups onto the data x tensor parallel ranks)")

@@ -100,6 +100,42 @@ def checkpointed_loop_states(c: ModelConfig, loops: int) -> int:
     return math.ceil(k / segment) + segment
 
 
+def attention_activation_bytes(c: ModelConfig, tp: int, w_bytes: int) -> float:
+    """Bytes per token one attention layer keeps for its backward with a flash/memory-efficient kernel (no
+    S x S term): its input; under MLA the q and kv latents (``w_bytes``) and their fp32 RMSNorms' inputs and
+    outputs; queries, keys, values and output (2 (qk + v) per head, heads split by ``tp``)."""
+    if c.attn_type == "gqa":
+        hd = c.resolved_head_dim
+        return w_bytes * (c.dim + 2 * (c.n_heads + c.n_kv_heads) * hd / tp)
+    latents = (c.q_lora_rank or 0) + c.kv_lora_rank
+    return w_bytes * (c.dim + latents + 2 * c.n_heads * (c.qk_head_dim + c.v_head_dim) / tp) + 2 * 4 * latents
+
+
+def block_activation_bytes(c: ModelConfig, tp: int, w_bytes: int) -> float:
+    """Bytes per token one recurrent block keeps for its backward: two fp32 RMSNorms (input and output,
+    16 dim), the attention (:func:`attention_activation_bytes`), the router's input and fp32 logits, and per
+    routed assignment (top-k of them) the expert's input, gate and up outputs, activation, product and output
+    before and after weighting (3 dim + 4 F), and the shared experts' 4 S F. AutoTP leaves the MoE whole, so
+    every tensor-parallel rank keeps all of it."""
+    moe = (w_bytes * c.dim + 4 * c.n_experts + c.num_experts_per_tok * w_bytes * (3 * c.dim + 4 * c.expert_dim)
+           + 4 * w_bytes * c.n_shared_experts * c.expert_dim)
+    return 16 * c.dim + attention_activation_bytes(c, tp, w_bytes) + moe
+
+
+def iteration_activation_bytes(c: ModelConfig, tp: int, w_bytes: int) -> float:
+    """Bytes per token one recurrent iteration keeps for its backward: its block
+    (:func:`block_activation_bytes`), the fp32 input RMSNorm's input and output and the injection's fp32 state
+    and input (16 dim), and the LoopLoRA's input."""
+    return block_activation_bytes(c, tp, w_bytes) + 16 * c.dim + w_bytes * c.dim
+
+
+def dense_block_activation_bytes(c: ModelConfig, tp: int, w_bytes: int) -> float:
+    """Bytes per token one prelude/coda block keeps for its backward: two fp32 RMSNorms, the attention, and the
+    dense SwiGLU's input, gate and up outputs, activation and product (4 ffn_dim, split by ``tp``)."""
+    return (16 * c.dim + attention_activation_bytes(c, tp, w_bytes) + w_bytes * c.dim
+            + 4 * w_bytes * c.resolved_ffn_dim / tp)
+
+
 def tp_sharded_attention(c: ModelConfig) -> int:
     """Attention weights AutoTP splits (megamythos.parallel.tensor_parallel patterns)."""
     if c.attn_type == "gqa":
@@ -120,10 +156,14 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
                 seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False) -> MemoryPlan:
     """Estimate per-GPU memory. Dense and attention matrices are split by ``tp``; routed experts by ``ep``;
     ZeRO stage 1/2/3 shards optimizer states / + gradients / + weights over the data-parallel group (experts
-    over the expert-data-parallel group gpus / ep). Activations assume loop checkpointing at the config's
-    ``max_loops`` (:func:`checkpointed_loop_states` fp32 states, + 2) plus one block's full activations
-    (Megatron's ~34 s b h bytes per layer) and logits. ``replicated_core`` (ZeRO-3 only): the recurrent core's
-    weights stay gathered (:mod:`megamythos.parallel.zero`); its gradients and optimizer states stay sharded."""
+    over the expert-data-parallel group gpus / ep); the recurrent core's gradient is whole while the loops'
+    backward runs (its weights serve every loop). Activations at the config's ``max_loops``: with
+    ``checkpoint_loops`` the :func:`checkpointed_loop_states` fp32 states (+ 2) and one iteration recomputed
+    (:func:`iteration_activation_bytes`), without it every iteration under gradient; the prelude and coda blocks
+    (:func:`dense_block_activation_bytes`; with ``checkpoint_dense_blocks`` their inputs and one block) and fp32
+    logits. ``replicated_core`` (ZeRO-3 only):
+    the recurrent core's weights stay gathered (:mod:`megamythos.parallel.zero`); its optimizer states stay
+    sharded."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
     seq = seq_len or min(c.max_seq_len, 4096)
@@ -140,6 +180,9 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
         weight_params += core_dense * (1 - 1 / dp) + expert_local * (1 - 1 / edp)
     w_bytes = BYTES[dtype]
     grads_params = dense_local / (dp if zero >= 2 else 1) + expert_local / (edp if zero >= 2 else 1)
+    if zero >= 2:  # the core's weights serve every loop: autograd sums their gradient whole, on this rank, from
+        # the last loop's backward to the first's, before ZeRO's hook reduce-scatters it once
+        grads_params += core_dense_local_params(c, tp) * (1 - 1 / dp) + expert_local * (1 - 1 / edp)
     opt_params = dense_local / (dp if zero >= 1 else 1) + expert_local / (edp if zero >= 1 else 1)
     # ZeRO-3 gathers one module at a time: the recurrent block's local experts dominate
     largest_module = (c.n_experts // ep) * expert_params(c) + attention_params(c) / tp if zero >= 3 else 0
@@ -147,8 +190,17 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
         largest_module = max(embedding_params(c) / (1 if c.tie_embeddings else 2), dense_block_params(c) / tp)
     tokens = micro_batch * seq
     loops = c.resolved_max_loops
-    acts = (tokens * c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + 34 * tokens * c.dim * w_bytes / tp
-            + tokens * c.vocab_size * 4 / tp)
+    iteration = iteration_activation_bytes(c, tp, w_bytes)
+    if c.checkpoint_loops:  # the checkpointed fp32 states, and one iteration recomputed during backward
+        loop_bytes = c.dim * 4 * (checkpointed_loop_states(c, loops) + 2) + iteration
+    else:  # every iteration under gradient keeps its activations
+        loop_bytes = min(c.backprop_loops or loops, loops) * iteration + c.dim * 4 * 2
+    n_dense = c.prelude_layers + c.coda_layers
+    if c.checkpoint_dense_blocks:  # each block's input, and one block recomputed during backward
+        dense = n_dense * c.dim * w_bytes + (dense_block_activation_bytes(c, tp, w_bytes) if n_dense else 0)
+    else:
+        dense = n_dense * dense_block_activation_bytes(c, tp, w_bytes)
+    acts = tokens * (loop_bytes + dense + c.vocab_size * 4 / tp)
     plan = dict(weights_gib=weight_params * w_bytes / GIB, grads_gib=grads_params * w_bytes / GIB,
                 optimizer_gib=opt_params * 12 / GIB, gathered_working_gib=largest_module * w_bytes / GIB,
                 activations_gib=acts / GIB)

@@ -138,6 +138,14 @@ def check_launchable(args: argparse.Namespace) -> None:
     if not args.ds_config:
         raise LayoutError("--hostfile needs --ds-config (ds_configs/multi-node.json, or ds_configs/1t.json for the "
                           "1t layout): the printed command and this plan must read the same template")
+    planned = {"--preset", "--config", "--ds-config", "--tp", "--ep", "--zero", "--micro-batch-size",
+               "--global-batch-size", "--seq-length", "--replicate-core", "--no-replicate-core", "--checkpoint-loops",
+               "--no-checkpoint-loops", "--loop-checkpoint-segment", "--bf16", "--no-bf16"}
+    overridden = [a for a in args.train_args if a.split("=")[0] in planned]
+    overridden += [a for a in args.train_args if a.split("=")[0] in {"max_seq_len", "checkpoint_dense_blocks"}]
+    if overridden:
+        raise LayoutError(f"trainer flags after -- ({', '.join(overridden)}) would change what this plan checked: "
+                          "give the layout, batch and sequence settings as the planner's own flags")
     if args.gpus > args.gpus_per_node and args.gpus % args.gpus_per_node:
         raise LayoutError(f"--gpus {args.gpus} is not a multiple of --gpus-per-node {args.gpus_per_node}: deepspeed "
                           "starts the same number of processes on every node")
@@ -176,8 +184,10 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         logger.warning("--seq-length %d is longer than the model's max_seq_len %d: planned with max_seq_len %d "
                        "(the trainer needs --override max_seq_len=%d)", seq_len, config.max_seq_len, seq_len, seq_len)
         config = config.replace(max_seq_len=seq_len)
-    if args.plan or args.hostfile:  # per-iteration activation checkpointing, which the launch command asks for
-        config = config.replace(checkpoint_loops=True)
+    # activation checkpointing of every iteration and prelude/coda block, as the printed command asks and as the
+    # trainer does by default where gradients flow through every loop (TrainArgs.model_overrides)
+    if args.plan or args.hostfile or config.backprop_loops == 0 or args.loop_checkpoint_segment is not None:
+        config = config.replace(checkpoint_loops=True, checkpoint_dense_blocks=True)
     if args.loop_checkpoint_segment is not None:
         config = config.replace(loop_checkpoint_segment=args.loop_checkpoint_segment)
     report: dict[str, Any] = asdict(count(config, seq_len, args.loops))

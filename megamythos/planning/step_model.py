@@ -49,7 +49,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from megamythos.model.config import ModelConfig
-from megamythos.model.params import count, expert_params, parts
+from megamythos.model.params import (
+    attention_fwd_flops_per_token,
+    count,
+    dense_block_matmul_params,
+    expert_params,
+    parts,
+)
 from megamythos.planning.layout import ParallelLayout
 from megamythos.planning.memory import core_dense_local_params, tp_sharded_attention
 
@@ -216,6 +222,9 @@ def step_plan(c: ModelConfig, layout: ParallelLayout, settings: StepSettings = S
     model_flops = report.train_flops_per_token * tokens_step
     _, recomputes = _iterations(c, loops)  # forwards of the loop repeated by activation checkpointing
     executed = model_flops + recomputes * report.recompute_flops_per_token * tokens_step
+    if c.checkpoint_dense_blocks:  # each prelude/coda block's forward once more in backward
+        executed += ((c.prelude_layers + c.coda_layers) * tokens_step
+                     * (2 * dense_block_matmul_params(c) + attention_fwd_flops_per_token(c, settings.seq_len)))
     executed += (layout.tp - 1) * tp_replicated_flops_per_token(c, loops) * tokens_step  # once per TP rank
     compute = executed / layout.world_size / (cluster.peak_tflops * 1e12 * cluster.mfu)
     described = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum, **asdict(settings)}

@@ -168,7 +168,8 @@ class TrainArgs:
 
     def model_overrides(self) -> dict[str, Any]:
         """ModelConfig fields this run sets on top of the preset: ``--override`` and the flags that alias it, and
-        ``checkpoint_loops`` where neither sets it.
+        ``checkpoint_loops`` where neither sets it, ``checkpoint_dense_blocks`` (the prelude and coda blocks) as
+        ``checkpoint_loops`` unless overridden.
 
         Training checkpoints every recurrent iteration by default where gradients flow through every loop
         (``backprop_loops`` 0): activation memory would grow with the sampled loop count. With truncated backprop
@@ -180,6 +181,7 @@ class TrainArgs:
         if "checkpoint_loops" not in overrides:
             backprop_loops = overrides.get("backprop_loops", get_preset(self.preset).backprop_loops)
             overrides["checkpoint_loops"] = backprop_loops == 0 or "loop_checkpoint_segment" in overrides
+        overrides.setdefault("checkpoint_dense_blocks", overrides["checkpoint_loops"])
         return overrides
 
     def model_config(self) -> ModelConfig:

@@ -103,8 +103,9 @@ def team() -> Team:
 def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) -> None:
     """Refuse a checkpoint whose model differs in any field that shapes or changes the network."""
     cur = json.loads(current.to_json())  # as saved: tuples are JSON lists
-    ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "mean_loops", "max_loops", "loop_sigma",
-               "sample_depth", "backprop_loops", "loop_capacity"}  # how the loops are trained, not the network
+    ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "checkpoint_dense_blocks", "mean_loops",
+               "max_loops", "loop_sigma", "sample_depth", "backprop_loops",
+               "loop_capacity"}  # how the model is trained, not the network
     # a field the checkpoint lacks was added after it was written, when the network behaved as its default says
     defaults = json.loads(ModelConfig().to_json())
     diffs = {k: (saved.get(k, defaults[k]), cur[k]) for k in cur
