@@ -591,6 +591,25 @@ def test_launcher_counts_are_checked(argv: list[str], message: str) -> None:
         split_launcher_flags([*argv, "--train-iters", "2"])
 
 
+def test_a_job_on_several_nodes_does_not_take_its_run_folder_or_defaults_from_one_node(tmp_path: Path) -> None:
+    """Found 2026-12-06: RUN_DIR set where a multi-node job was launched did not reach the other nodes' ranks
+    (DeepSpeed's runner exports a few variable families only), which saved into their own runs/tiny; and the bash
+    form on a node without a GPU gave a GPU cluster the CPU debug run's defaults."""
+    from megamythos.training.launch import check_run_folder_reaches_every_node, launch
+
+    with pytest.raises(LaunchError, match="^a job on several nodes needs --save DIR, a folder every node sees"):
+        check_run_folder_reaches_every_node(["--lr", "1"], {"WORLD_SIZE": "16"}, 8)
+    check_run_folder_reaches_every_node(["--save", "d"], {"WORLD_SIZE": "16"}, 8)
+    check_run_folder_reaches_every_node([], {"WORLD_SIZE": "16", "RUN_DIR": "d"}, 8)  # exported (.deepspeed_env)
+    check_run_folder_reaches_every_node([], {"WORLD_SIZE": "8"}, 8)  # one node
+    if torch.cuda.is_available():
+        return
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("a slots=8\nb slots=8\n")
+    with pytest.raises(LaunchError, match="^this node has no GPU, so `bash launchers/pretrain.sh --hostfile"):
+        launch(["--hostfile", str(hostfile), "--train-iters", "2"])
+
+
 def test_evaluate_refuses_sequences_longer_than_the_model_context() -> None:
     """``evaluate --seq-length 100000`` on a 512-position model ran on for minutes (generate already stopped at
     the context)."""

@@ -316,3 +316,31 @@ def test_heartbeat_speaks_up_in_silence_and_keeps_the_exit_code():
     failed = subprocess.run([sys.executable, script, "--only", "^keep", "--", "bash", "-c", "echo why; exit 3"],
                             capture_output=True, text=True, timeout=60)
     assert failed.returncode == 3 and "why" in failed.stdout
+
+
+@pytest.mark.parametrize("mode", ["srun", "pdsh"])
+def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode, tmp_path):
+    """Found 2026-12-06 (read, no cluster here): MODE=srun inherited the batch step's one task of 64 CPUs per node,
+    so srun started one rank per node (or asked for 8 x 64 CPUs); in pdsh mode RUN_DIR and the NCCL settings never
+    reached the other nodes. The script runs here with stand-ins for scontrol, srun and deepspeed that print what
+    they were given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'n1\\nn2\\n'\n")
+    for name in ("srun", "deepspeed"):
+        (bin_dir / name).write_text(f'#!/bin/sh\necho {name} "$@"\n[ -n "$DS_ENV_FILE" ] && cat "$DS_ENV_FILE"\n'
+                                    "exit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {**launch_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "MODE": mode, "SLURM_SUBMIT_DIR": str(tmp_path),
+           "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
+           "SLURM_CPUS_PER_TASK": "64", "SLURM_NTASKS": "2", "RUN_DIR": "/shared/runs/x"}
+    out = subprocess.run(["bash", str(REPO / "launchers" / "slurm.sbatch"), "--preset", "10b"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if mode == "srun":
+        assert out.stdout.startswith("srun --nodes=2 --ntasks=16 --ntasks-per-node=8 --cpus-per-task=8 "), out.stdout
+    else:
+        assert out.stdout.startswith("deepspeed --hostfile logs/hostfile-7 --master_addr n1 "), out.stdout
+        assert "RUN_DIR=/shared/runs/x" in out.stdout and "NCCL_DEBUG=WARN" in out.stdout
+        assert (tmp_path / "logs" / "hostfile-7").read_text() == "n1 slots=8\nn2 slots=8\n"

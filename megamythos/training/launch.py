@@ -235,6 +235,7 @@ def run_rank(argv: Sequence[str]) -> int:
     refuse_launcher_flags(argv)  # first: every rank refuses at once, before the imports below take their time
     from megamythos.runtime.device import local_world_size
 
+    check_run_folder_reaches_every_node(argv, os.environ, local_world_size())
     gpu = has_gpu()
     updates = rank_environment(os.environ, gpu, local_world_size())
     os.environ.update(updates)
@@ -272,10 +273,27 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     resolve_layout(load_template(args.ds_config), args, world_size).check_model(config)
 
 
+def check_run_folder_reaches_every_node(argv: Sequence[str], env: Mapping[str, str], local_ranks: int) -> None:
+    """Refuse (:class:`LaunchError`) a rank of a job on several nodes (``WORLD_SIZE`` above this node's
+    ``local_ranks``) that would take its run folder by default: ``RUN_DIR`` set where the job was launched reaches
+    another node's ranks only through DeepSpeed's ``.deepspeed_env`` (its runner exports a few variable families
+    alone), so each node would save into its own ``runs/tiny``."""
+    if int(env.get("WORLD_SIZE", "1")) > local_ranks and not given(argv, "--save") and "RUN_DIR" not in env:
+        raise LaunchError("a job on several nodes needs --save DIR, a folder every node sees: RUN_DIR set where "
+                          "the job was launched does not reach the other nodes' ranks (unless DeepSpeed's "
+                          ".deepspeed_env lists it), and each node would save into its own runs/tiny")
+
+
 def launch(argv: Sequence[str]) -> int:
     """``bash launchers/pretrain.sh``: run the ``deepspeed`` launcher on the trainer with the defaults applied."""
     launcher, trainer = split_launcher_flags(argv)
     gpu = has_gpu()
+    if multi_node(launcher) and "node_rank" not in launcher and not gpu:  # pdsh starts the other nodes from here
+        raise LaunchError("this node has no GPU, so `bash launchers/pretrain.sh --hostfile ...` would give every "
+                          "node the CPU debug run's defaults (one process per node, 128-token sequences); launch "
+                          "from a GPU node of the job, run it on each node with --node_rank R, or use the design's "
+                          "form (deepspeed --hostfile FILE launchers/pretrain.sh ...), whose ranks choose their "
+                          "defaults on their own node")
     processes = int(launcher.get("num_gpus") or 1)
     os.environ.update(rank_environment(os.environ, gpu, processes))
     trainer = [*trainer_defaults(trainer, gpu, os.environ), *trainer]
