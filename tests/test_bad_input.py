@@ -436,6 +436,24 @@ def test_a_planned_command_that_would_train_something_else_is_refused(argv: list
     assert message in line, line
 
 
+def test_a_hostfile_with_fewer_hosts_than_planned_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-06: deepspeed takes the first --num_nodes hosts of the hostfile, so one listing fewer started
+    a smaller world, whose ranks then accumulated more micro-batches for the same global batch, exit 0."""
+    hostfile = tmp_path / "hostfile"
+    layout = ["--preset", "10b", "--gpus", "32", "--ep", "8", "--ds-config",
+              str(REPO / "ds_configs" / "multi-node.json"), "--hostfile", str(hostfile), "--json"]
+    hostfile.write_text("# the job's nodes\na slots=8\nb slots=8\n")
+    line = one_line_exit_2("megamythos.planning.plan:main", layout, capsys)
+    assert "lists 2 host(s) with slots [8, 8], but the plan needs 4 host(s) of 8 slots" in line, line
+    hostfile.write_text("a slots=8\nb slots=8\nc slots=8\nd slots=8  # last\n")
+    from megamythos.planning.plan import main as plan_main
+
+    assert plan_main(layout) == 0
+    capsys.readouterr()
+    hostfile.write_text("a b c d\n")
+    assert "'a b c d' is not 'HOST slots=N'" in one_line_exit_2("megamythos.planning.plan:main", layout, capsys)
+
+
 def test_a_planned_command_carries_a_longer_context(capsys: pytest.CaptureFixture) -> None:
     """The plan raised max_seq_len for --seq-length 4096 but its command did not: the trainer refused it."""
     from megamythos.planning.plan import plan

@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shlex
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from megamythos.errors import ArgumentParser, number, read_json_object, run_cli
@@ -124,6 +126,26 @@ def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
         global_batch_size=global_batch, replicate_core=args.replicate_core, **zeropp)
 
 
+def hostfile_slots(path: str) -> list[int] | None:
+    """The slots of each host of DeepSpeed hostfile ``path`` (``HOST slots=N`` per line, # comments), None when
+    it does not exist (yet: a dry run plans before the hostfile is written)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise LayoutError(f"--hostfile {path}: cannot read it ({err})") from err
+    slots = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            match = re.fullmatch(r"\S+\s+slots=(\d+)", line)  # as DeepSpeed parses it
+            if match is None:
+                raise LayoutError(f"--hostfile {path}: {line!r} is not 'HOST slots=N'")
+            slots.append(int(match[1]))
+    return slots
+
+
 def check_launchable(args: argparse.Namespace) -> None:
     """Refuse a ``--hostfile`` plan whose printed command would train another model or layout than the plan: the
     trainer takes a ``--preset`` (not ``--config``), reads ZeRO++ from its ds_config (not ``--hpz/--qwz/--qgz``)
@@ -146,6 +168,12 @@ def check_launchable(args: argparse.Namespace) -> None:
     if overridden:
         raise LayoutError(f"trainer flags after -- ({', '.join(overridden)}) would change what this plan checked: "
                           "give the layout, batch and sequence settings as the planner's own flags")
+    hosts = hostfile_slots(args.hostfile)
+    nodes = max(1, args.gpus // args.gpus_per_node)
+    if hosts is not None and (len(hosts) < nodes or min(hosts[:nodes]) < min(args.gpus, args.gpus_per_node)):
+        raise LayoutError(f"--hostfile {args.hostfile} lists {len(hosts)} host(s) with slots {hosts}, but the plan "
+                          f"needs {nodes} host(s) of {min(args.gpus, args.gpus_per_node)} slots: deepspeed would start "
+                          "other ranks than planned (a smaller world, more accumulation); fix the hostfile or --gpus")
     if args.gpus > args.gpus_per_node and args.gpus % args.gpus_per_node:
         raise LayoutError(f"--gpus {args.gpus} is not a multiple of --gpus-per-node {args.gpus_per_node}: deepspeed "
                           "starts the same number of processes on every node")
