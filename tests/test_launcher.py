@@ -52,10 +52,14 @@ def test_defaults_fill_only_what_is_missing_and_apply_once():
                             "runs/a/ckpt/metrics.jsonl", "--ds-config", str(REPO / "ds_configs" / "cpu-debug.json")]
     assert "--train-iters" not in defaults  # --train-tokens sets the length
     assert trainer_defaults([*defaults, *argv], gpu=False, env={}) == []
-    assert trainer_defaults(["--ds-config=x.json"], gpu=True, env={"RUN_DIR": "/r"}) == [
+    assert trainer_defaults(["--ds-config=x.json", "--seq-length", "64"], gpu=True, env={"RUN_DIR": "/r"}) == [
         "--save", "/r/checkpoints", "--load", "/r/checkpoints", "--tensorboard-dir", "/r/tensorboard",
         "--metrics-file", "/r/metrics.jsonl"]
-    assert "single-gpu.json" in trainer_defaults([], gpu=True, env={})[-1]
+    assert "single-gpu.json" in trainer_defaults([], gpu=True, env={})[-3]
+    # on a GPU the model's training length (the planner's), not the trainer's CPU-sized 256 (found 2026-12-06)
+    for argv, length in ((["--preset", "small"], "2048"), (["--preset", "1t"], "4096"),
+                         (["--preset", "small", "--override", "max_seq_len=1024"], "1024")):
+        assert trainer_defaults(argv, gpu=True, env={})[-2:] == ["--seq-length", length]
 
 
 def test_run_dir_that_is_a_file_is_named(tmp_path):

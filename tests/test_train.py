@@ -350,6 +350,19 @@ def test_exit_interval_stops_at_every_multiple_as_megatron_does(corpus, tmp_path
 
 
 @pytest.mark.launch
+def test_a_long_run_without_periodic_checkpoints_is_told_what_a_crash_costs(corpus, tmp_path):
+    """Found 2026-12-06: a GPU launch saves only at the end and on a signal by default, without a word; a crash at
+    hour 40 lost every step."""
+    save = tmp_path / "ckpt"
+    result = run_single([*tiny_args(corpus, 1001), "--save", str(save), "--exit-interval", "1", "--eval-interval",
+                         "0"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("1001 steps to go without --save-interval: checkpoints only at the end and on a signal, so a crash or a "
+            "hang loses every step since the start; pass --save-interval N") in result.stderr
+    assert read_latest(save) == "iter_0000001"
+
+
+@pytest.mark.launch
 def test_a_resume_with_a_smaller_global_batch_on_a_small_training_set_trains_on(corpus, tmp_path):
     """The training set was sized for total steps x the new global batch, fewer samples than the run had already
     consumed: a ValueError traceback from the sampler, and the launcher said the same command would resume (found

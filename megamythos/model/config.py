@@ -199,6 +199,12 @@ class ModelConfig:
         return self.ffn_dim or 64 * math.ceil(8 * self.dim / 3 / 64)
 
     @property
+    def training_seq_len(self) -> int:
+        """The training length where none is given (the planner, FLOP counts, GPU launches): ``max_seq_len``
+        capped at 4096, so the 1M-context presets train and are planned at 4096."""
+        return min(self.max_seq_len, 4096)
+
+    @property
     def resolved_max_loops(self) -> int:
         return self.max_loops or 2 * self.mean_loops
 

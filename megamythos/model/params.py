@@ -152,7 +152,7 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     """Analytic counts for config ``c`` at sequence length ``seq_len`` (default max_seq_len, capped at 4096
     for FLOPs so the 1M-context presets report a training-length figure) and ``n_loops`` (default mean)."""
     loops = n_loops or c.mean_loops
-    seq = seq_len or min(c.max_seq_len, 4096)
+    seq = seq_len or c.training_seq_len
     p = parts(c)
     inactive = (c.n_experts - c.num_experts_per_tok) * expert_params(c)
     active = p.total - inactive

@@ -166,7 +166,7 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     sharded."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
-    seq = seq_len or min(c.max_seq_len, 4096)
+    seq = seq_len or c.training_seq_len
     report = count(c, seq)
     dp, edp = gpus // tp, gpus // ep
     expert_total = report.routed_experts

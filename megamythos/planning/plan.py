@@ -207,7 +207,7 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     if args.hostfile:
         check_launchable(args)
     config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
-    seq_len = args.seq_length or min(config.max_seq_len, 4096)
+    seq_len = args.seq_length or config.training_seq_len
     if seq_len > config.max_seq_len:
         logger.warning("--seq-length %d is longer than the model's max_seq_len %d: planned with max_seq_len %d "
                        "(the trainer needs --override max_seq_len=%d)", seq_len, config.max_seq_len, seq_len, seq_len)

@@ -103,8 +103,9 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
     Everything a run writes stays in its run folder: without ``--save``, ``$RUN_DIR`` (default ``runs/tiny``)
     holds ``checkpoints/``, ``tensorboard/`` and ``metrics.jsonl``; with ``--save DIR``, DIR is the run folder
     and the logs go inside it (``DIR/tensorboard``, ``DIR/metrics.jsonl``), so two runs never share a log. The
-    run resumes from where it saves. Without a GPU the default is the CPU debug run
-    (``ds_configs/cpu-debug.json``: bf16, 400 iterations of 4 x 128 tokens, a checkpoint and a validation every 100).
+    run resumes from where it saves. With a GPU, ``ds_configs/single-gpu.json`` and sequences of the model's
+    training length (``max_seq_len`` up to 4096); without one the CPU debug run (``ds_configs/cpu-debug.json``:
+    bf16, 400 iterations of 4 x 128 tokens, a checkpoint and a validation every 100).
     Applying it to its own output adds nothing, so every form of the launcher may call it.
     """
     save = flag_value(argv, "--save")
@@ -120,6 +121,12 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
               "--metrics-file": str(logs / "metrics.jsonl")}
     if gpu:
         wanted["--ds-config"] = str(REPO / "ds_configs" / "single-gpu.json")
+        if not given(argv, "--seq-length"):  # the model's training length, as the planner assumes (the trainer's
+            from megamythos.model.config import get_preset  # own default is a CPU length)
+            from megamythos.training.arguments import parse_args
+
+            args = parse_args(argv)
+            wanted["--seq-length"] = str(get_preset(args.preset, **args.model_overrides()).training_seq_len)
     else:
         wanted.update({"--ds-config": str(REPO / "ds_configs" / "cpu-debug.json"), "--seq-length": "128",
                        "--save-interval": "100", "--eval-interval": "100"})

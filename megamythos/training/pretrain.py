@@ -105,6 +105,7 @@ from megamythos.training.signals import (
 )
 
 logger = logging.getLogger(__name__)
+UNSAVED_STEPS_WARNED = 1000  # a run of more steps without --save-interval is told what a crash would cost
 # Per-loop scalars ("recurrent/<kind>/loop-NN"): TensorBoard gets each; the metrics record gets one list per kind
 # of these (state norms only go to TensorBoard).
 RECORDED_PER_LOOP = ("exit-share", "active-share", "router-gate")
@@ -629,6 +630,10 @@ class Trainer:
                            "--train-iters and --global-batch-size to read the samples it would have",
                            self.total_iters, self.layout.global_batch_size, self.iteration)
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
+        if self.args.save_interval == 0 and self.total_iters - self.iteration > UNSAVED_STEPS_WARNED and self.rank == 0:
+            logger.warning("%d steps to go without --save-interval: checkpoints only at the end and on a signal, so a "
+                           "crash or a hang loses every step since the start; pass --save-interval N",
+                           self.total_iters - self.iteration)
         signals = GracefulExit(self.args.exit_duration_in_mins)
         self.engine.train()
         saved_at, save_due = self.iteration, False
