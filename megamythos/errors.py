@@ -76,6 +76,20 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
     return parse
 
 
+def checked_by(check: Callable[[str], Any]) -> Callable[[str], str]:
+    """An argparse ``type`` that keeps a flag's text after ``check`` accepts it; a :class:`UserError` from ``check``
+    becomes argparse's one error line naming the flag."""
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    parse.__name__ = "value"
+    return parse
+
+
 def plain_text(docstring: str) -> str:
     """A docstring as ``--help`` shows it: Sphinx roles (``:func:`x```) and inline literals (````x````) as plain
     ``x``."""

@@ -367,6 +367,11 @@ NUMBER_CASES = [
     ("megamythos.research.study:main", ["depth", "--scale", "0", "--runs", "none"], "argument --scale: must be > 0"),
     # numpy's seed range: a traceback after the corpus was built (found 2026-12-06)
     ("megamythos.research.study:main", ["depth", "--seed", "-1", "--runs", "none"], "argument --seed: must lie in"),
+    # found 2026-12-06: '1.2.3' was a ValueError traceback, 'nan,1,1' was read as 1,1 and 'x9,1' as 9,1
+    ("megamythos.inference.evaluate:main", ["--load", "x", "--split", "1.2.3,1,1"],
+     "argument --split: '1.2.3,1,1' is not 1-3 finite non-negative train,valid,test weights"),
+    ("megamythos.hf.lm_eval_data:main", ["--data-path", "x", "--split", "nan,1,1"],
+     "argument --split: 'nan,1,1' is not"),
 ]
 
 
@@ -394,7 +399,20 @@ def test_trainer_counts_that_must_be_positive(flag: str) -> None:
     (["--seed", "-1"], r"--seed must lie in \[0, 2\*\*32\), got -1"),
     (["--seed", str(2**32)], r"--seed must lie in \[0, 2\*\*32\)"),
     (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
-    (["--lr", "-1"], "--lr must be a finite number >= 0, got -1.0")])
+    (["--lr", "-1"], "--lr must be a finite number >= 0, got -1.0"),
+    # found 2026-12-06: --adam-eps inf trained nothing with exit 0 (m / (sqrt v + inf)), --weight-decay inf diverged
+    # with advice on --lr, --distributed-timeout-minutes inf or 1e-12 were tracebacks, --save '' trained and kept
+    # nothing (the logs went into the working directory), and --split accepted what it misread
+    (["--adam-eps", "inf"], "--adam-eps must be a finite number > 0, got inf"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0"),
+    (["--peak-tflops", "inf"], "--peak-tflops must be finite"),
+    (["--distributed-timeout-minutes", "inf"], "--distributed-timeout-minutes must be a finite number of at least 0.1"),
+    (["--distributed-timeout-minutes", "1e-12"], "--distributed-timeout-minutes must be a finite number of at least"),
+    (["--save", ""], "--save is empty: give a path, or leave the flag out"),
+    (["--metrics-file", ""], "--metrics-file is empty: give a path, or leave the flag out"),
+    (["--split", "nan,1,1"], "--split 'nan,1,1' is not 1-3 finite non-negative train,valid,test weights"),
+    (["--split=-969,30,1"], "--split '-969,30,1' is not 1-3 finite"),
+    (["--split", "²,1,1"], "--split '²,1,1' is not 1-3 finite")])
 def test_trainer_numbers_numpy_or_the_schedule_cannot_take(argv: list[str], message: str) -> None:
     """Found 2026-12-06: ``--seed -1`` passed the checks and ended in numpy's traceback after start-up; ``--lr inf``
     trained; ``--lr -1`` was blamed on --min-lr."""
@@ -654,3 +672,22 @@ def test_an_export_where_no_directory_can_be_created_is_one_line() -> None:
     with pytest.raises(ExportError, match=r"cannot create /proc/x\.tmp\.\S+\.\d+ beside OUT /proc/x: .*writable"):
         with staged_export(Path("/proc/x"), Path("/nonexistent/ckpt"), overwrite=False):
             pass
+
+
+def test_a_metrics_file_that_is_no_metrics_log_is_refused_not_rewritten(tmp_path: Path) -> None:
+    """Found 2026-12-06: the trainer cut every trailing line that was no record of its iterations from whatever
+    file --metrics-file named: a README copy lost 15 KiB, a dataset's record (PREFIX.json) was emptied, and a
+    .bin was a UnicodeDecodeError traceback."""
+    from megamythos.training.monitor import check_outputs
+
+    cases = {"README.md": (REPO / "README.md").read_bytes(), "data.json": b'{"vocab_size": 400}\n',
+             "tokens.bin": bytes(range(256)) * 64, "long.bin": b"x" * (3 << 20)}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(OutputError, match=f"--metrics-file .*{re.escape(name)} is not a metrics log"):
+            check_outputs(None, str(tmp_path / name))
+        assert (tmp_path / name).read_bytes() == content
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"iteration": 1, "lm loss": 5.0}\n{"iteration": 2, "lm lo')  # a killed writer's cut line
+    check_outputs(None, str(log))
+    check_outputs(None, str(tmp_path / "new.jsonl"))

@@ -87,8 +87,10 @@ def test_split_parsing_rules() -> None:
     assert parse_split("98,2") == [0.98, 0.02, 0.0]
     # megatron-core book-ends: round(0), round(1.5) = 2, round(2.25) = 2, round(3)
     assert split_bounds([0.5, 0.25, 0.25], 3) == [0, 2, 2, 3]
-    with pytest.raises(DataConfigError, match="split"):
-        parse_split("")
+    assert parse_split("969/30/1") == parse_split("969,30,1")  # Megatron's two spellings
+    for bad in ("", "1.2.3", "nan,1,1", "-1,2", "1,1,1,1", "0,0,0", "1e400"):
+        with pytest.raises(DataConfigError, match="is not 1-3 finite non-negative train,valid,test weights"):
+            parse_split(bad)
 
 
 def megatron_blending(weights, size):

@@ -41,10 +41,15 @@ class DataConfigError(UserError, ValueError):
 
 
 def parse_split(split: str) -> list[float]:
-    """``"969,30,1"`` -> normalised train/valid/test fractions (missing parts are 0)."""
-    parts = [float(p) for p in re.findall(r"[.0-9]+", split)]
-    if not 1 <= len(parts) <= 3 or sum(parts) <= 0:
-        raise DataConfigError(f"split {split!r} is invalid: give 1-3 non-negative weights such as '969,30,1'")
+    """``"969,30,1"`` (or ``969/30/1``, Megatron's two spellings) -> normalised train/valid/test fractions
+    (missing parts are 0)."""
+    invalid = f"{split!r} is not 1-3 finite non-negative train,valid,test weights such as '969,30,1'"
+    try:
+        parts = [float(p) for p in re.split(r"[,/]", split)]
+    except ValueError as err:
+        raise DataConfigError(invalid) from err
+    if not 1 <= len(parts) <= 3 or not all(0 <= p < math.inf for p in parts) or not 0 < sum(parts) < math.inf:
+        raise DataConfigError(invalid)
     parts += [0.0] * (3 - len(parts))
     return (np.array(parts, dtype=np.float64) / np.sum(parts)).tolist()
 

@@ -28,7 +28,7 @@ from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, resolve_data
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import ArgumentParser, UserError, number, run_cli
+from megamythos.errors import ArgumentParser, UserError, checked_by, number, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m megamythos.hf.lm_eval_data", description=__doc__)
     p.add_argument("--data-path", required=True, help="dataset prefix (PREFIX_text_document, with its .json record)")
-    p.add_argument("--split", default=DEFAULT_SPLIT,
+    p.add_argument("--split", default=DEFAULT_SPLIT, type=checked_by(parse_split),
                    help=f"train,valid,test weights: the training run's --split (default {DEFAULT_SPLIT}, the "
                         "trainer's); another split's validation documents may be documents the run trained on")
     p.add_argument("--out", default=str(TASKS_DATA_DIR),

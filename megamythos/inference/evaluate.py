@@ -38,10 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from megamythos.data.atomic import writable_directory
-from megamythos.data.gpt_dataset import parse_data_path
+from megamythos.data.gpt_dataset import parse_data_path, parse_split
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import DataRecipe, batches, build_datasets, data_change, resolve_data
-from megamythos.errors import ArgumentParser, number, run_cli
+from megamythos.errors import ArgumentParser, checked_by, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.lm import MythosLM
 from megamythos.model.recurrent import exit_distribution
@@ -260,7 +260,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p = ArgumentParser(prog="python -m megamythos.inference.evaluate", description=__doc__)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")
-    p.add_argument("--split", help="train,valid,test weights (default: the training run's)")
+    p.add_argument("--split", type=checked_by(parse_split), help="train,valid,test weights (default: the training "
+                   "run's)")
     p.add_argument("--seed", type=number(int, 0, 2**32 - 1), help="data seed (default: the training run's)")
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
     p.add_argument("--data-cache-dir", help="where the held-out split's index cache goes (default: the training "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megamythos.data.gpt_dataset import DataConfigError, parse_split
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
 from megamythos.errors import ArgumentParser, UserError
 from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
@@ -137,10 +138,18 @@ class TrainArgs:
         for name in ("adam_beta1", "adam_beta2"):  # AdamW's moment decay rates; 1 would never forget a gradient
             _check(0.0 <= getattr(self, name) < 1.0,
                    f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)} (typical: 0.9 and 0.95)")
-        _check(self.adam_eps > 0, f"--adam-eps must be positive, got {self.adam_eps} (typical: 1e-8)")
+        _check(0 < self.adam_eps < math.inf, f"--adam-eps must be a finite number > 0, got {self.adam_eps} (typical: "
+               "1e-8)")
         for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "exit_duration_in_mins", "clip_grad",
                      "weight_decay"):
-            _check(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
+            _check(0 <= getattr(self, name) < math.inf, f"--{name.replace('_', '-')} must be a finite number >= 0")
+        _check(self.peak_tflops is None or self.peak_tflops < math.inf, "--peak-tflops must be finite")
+        _check(0.1 <= self.distributed_timeout_minutes < math.inf, "--distributed-timeout-minutes must be a finite "
+               f"number of at least 0.1 (6 s; DeepSpeed's default is 10), got {self.distributed_timeout_minutes}")
+        for name in ("save", "load", "tensorboard_dir", "metrics_file", "profile_dir", "data_cache_dir",
+                     "default_data_dir"):  # '' would mean the working directory to some and "off" to others
+            _check(getattr(self, name) != "", f"--{name.replace('_', '-')} is empty: give a path, or leave the flag "
+                                              "out")
         for name in ("divergence_factor", "spike_factor"):  # 1 x ln(vocab) / x the median: any loss at all
             value = getattr(self, name)
             _check(value == 0 or value > 1, f"--{name.replace('_', '-')} must be 0 (off) or above 1, got {value}")
@@ -151,10 +160,10 @@ class TrainArgs:
         for name in ("keep_last", "eval_iters", "log_interval", "max_nonfinite", "spike_window", "spike_patience",
                      "max_rollbacks"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
-        parts = self.split.split(",")
-        _check(len(parts) == 3 and all(p.strip().replace(".", "", 1).isdigit() for p in parts)
-               and sum(float(p) for p in parts) > 0,
-               f"--split must be three non-negative weights like 969,30,1, got {self.split!r}")
+        try:
+            parse_split(self.split)
+        except DataConfigError as err:
+            raise ArgumentError(f"--split {err}") from err
         _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} does not exist")
 
     def total_iters(self, global_batch_size: int, done: tuple[int, int] = (0, 0)) -> int:

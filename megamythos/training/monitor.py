@@ -116,6 +116,34 @@ def check_outputs(tensorboard_dir: str | None, metrics_file: str | None, profile
             raise OutputError(f"--metrics-file {metrics_file} is a directory; give a file path such as "
                               "RUN/metrics.jsonl")
         writable_parent(metrics_file, "--metrics-file")
+        check_metrics_log(metrics_file)
+
+
+METRICS_LINE_LIMIT = 1 << 20  # bytes: a metrics record is a few KiB; a longer line is another kind of file
+
+
+def check_metrics_log(metrics_file: str | Path) -> None:
+    """Raise :class:`OutputError` if ``metrics_file`` exists and is not a metrics log (JSON lines, each an object
+    with an ``iteration``; the last one may be cut by a killed writer): a resumed run rewrites the file, so any
+    other file given by mistake (a dataset's record, a README) would be lost."""
+    path = Path(metrics_file)
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        number = 0
+        while raw := handle.readline(METRICS_LINE_LIMIT):
+            number += 1
+            cut = not raw.endswith(b"\n") and not handle.read(1)  # the file's last line, without its end
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if isinstance(record, dict) and "iteration" in record:
+                    continue
+            except (UnicodeDecodeError, ValueError):
+                if cut:
+                    return
+            raise OutputError(f"--metrics-file {metrics_file} is not a metrics log (line {number} is no JSON record "
+                              "with an iteration), and the run would rewrite it; give a new file or the run's own "
+                              "metrics.jsonl")
 
 
 class StepProfiler:
