@@ -615,6 +615,15 @@ def test_model_forward_refuses_a_loop_count_below_1_and_a_negative_threshold(kwa
                                            (["--node_rank", "-1"], "--node_rank -1: give a whole number >= 0"),
                                            (["--master-port", "99999"],
                                             "--master_port 99999: give a whole number from 1 to 65535"),
+                                           # found 2026-12-06: each was DeepSpeed's traceback, exit 1
+                                           (["--num-nodes", "2"], "--num_nodes 2 needs --hostfile FILE listing the "
+                                            "nodes (a line 'HOST slots=N' per node)"),
+                                           (["--no-ssh"], "--no_ssh starts this node only: give its --node_rank R "
+                                            "(and run the same command on every node)"),
+                                           (["--num-gpus", "2", "--num_gpus=3"],
+                                            "--num_gpus is given twice; give it once"),
+                                           (["--master-addr", ""], "--master_addr is empty: give the first node's "
+                                            "address"),
                                            (["--hostfile", "/no/such/hostfile"],
                                             "--hostfile /no/such/hostfile does not exist; give DeepSpeed's hostfile "
                                             "(a line 'HOST slots=N' per node), or drop --hostfile to train on this "

@@ -173,7 +173,10 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
         name = launcher_flag(arg)
         if name is None:
             trainer.append(arg)
-        elif LAUNCHER_FLAGS[name] is None:
+            continue
+        if name in launcher:
+            raise LaunchError(f"--{name} is given twice; give it once")
+        if LAUNCHER_FLAGS[name] is None:
             launcher[name] = None
         elif "=" in arg:
             launcher[name] = arg.split("=", 1)[1]
@@ -191,6 +194,18 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
     if hostfile is not None and not Path(hostfile).is_file():
         raise LaunchError(f"--hostfile {hostfile} does not exist; give DeepSpeed's hostfile (a line 'HOST slots=N' "
                           "per node), or drop --hostfile to train on this machine")
+    if int(launcher.get("num_nodes") or 1) > 1 and hostfile is None:
+        raise LaunchError(f"--num_nodes {launcher['num_nodes']} needs --hostfile FILE listing the nodes (a line "
+                          "'HOST slots=N' per node)")
+    if launcher.get("num_nodes") and launcher.get("node_rank") and int(launcher["node_rank"]) >= int(
+            launcher["num_nodes"]):
+        raise LaunchError(f"--node_rank {launcher['node_rank']} is not below --num_nodes {launcher['num_nodes']}: "
+                          "nodes are ranked 0 to N-1")
+    if "no_ssh" in launcher and "node_rank" not in launcher:
+        raise LaunchError("--no_ssh starts this node only: give its --node_rank R (and run the same command on "
+                          "every node)")
+    if launcher.get("master_addr") == "":
+        raise LaunchError("--master_addr is empty: give the first node's address")
     return launcher, trainer
 
 
