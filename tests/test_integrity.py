@@ -333,6 +333,34 @@ def test_export_never_overwrites_unless_asked(saved: Path, tmp_path: Path, capsy
 
 
 @pytest.mark.launch
+def test_export_never_replaces_another_checkpoint_or_what_appeared_meanwhile(saved: Path, tmp_path: Path, capsys,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-06: ``--overwrite`` took any folder with checksums.json for an earlier export, so an export
+    replaced another run's checkpoint tag (optimizer states and all) or the tag its own run's latest names; and
+    an OUT that appeared while an export ran (another export, the user's notes) was replaced without --overwrite."""
+    other = copy_of(saved, tmp_path)
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    for target, marker in ((other / LATEST_TAG, "train_args.json"), (other, "latest")):
+        line = error_line(export_main([str(saved), str(target), "--overwrite"]), capsys.readouterr().err)
+        assert f"{target} is a run folder or one of its checkpoints (it holds {marker}), which an export never" in line
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+    import megamythos.checkpoint.export as export_module
+
+    out, write = tmp_path / "out", export_module.write_checksums
+
+    def meanwhile(stage: Path) -> None:  # the user makes OUT while the export writes
+        write(stage)
+        out.mkdir()
+        (out / "NOTES.txt").write_text("mine")
+
+    monkeypatch.setattr(export_module, "write_checksums", meanwhile)
+    line = error_line(export_main([str(saved), str(out)]), capsys.readouterr().err)
+    assert f"{out} is a directory that is not empty; export into a new directory" in line, line
+    assert (out / "NOTES.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["NOTES.txt"]
+    assert not list(tmp_path.glob("out.tmp.*")), "the staged export was left behind"
+
+
+@pytest.mark.launch
 def test_export_never_replaces_its_checkpoint_or_the_working_directory(saved: Path, tmp_path: Path, capsys,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """``export RUN RUN --overwrite`` (or a folder holding RUN) deleted the whole run, optimizer states included,

@@ -44,6 +44,10 @@ class ExportError(UserError, RuntimeError):
     """The checkpoint cannot be exported."""
 
 
+# what a run folder or a checkpoint tag holds and an export never does: such a directory is never replaced
+TRAINING_MARKERS = ("latest", "train_args.json", "model_config.json")
+
+
 def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
     """Raise :class:`ExportError` unless ``out`` may take an export of ``checkpoint``: it must not overlap the
     checkpoint (be it, hold it or lie inside it) nor hold the working directory, and, when it exists (a file or a
@@ -57,6 +61,10 @@ def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
         raise ExportError(f"OUT {out} is the working directory or holds it; export into a new directory")
     if not (out.is_file() or out.is_symlink() or (out.is_dir() and any(out.iterdir()))):
         return
+    if out.is_dir() and any((out / name).exists() for name in TRAINING_MARKERS):
+        raise ExportError(f"{out} is a run folder or one of its checkpoints (it holds "
+                          f"{next(n for n in TRAINING_MARKERS if (out / n).exists())}), which an export never "
+                          "replaces; export into a new directory")
     what = "an existing file" if not out.is_dir() else "a directory that is not empty"
     if not overwrite:
         raise ExportError(f"{out} is {what}; export into a new directory, or pass --overwrite to replace it")
@@ -87,6 +95,11 @@ def staged_export(out: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path
         readable_as_umask(stage)
         write_checksums(stage)
     except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    try:  # OUT again: another export or the user may have put something there since the start
+        check_target(out, checkpoint, overwrite)
+    except ExportError:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     old, replaced = Path(temp_name(f"{out}.old")), out.exists() or out.is_symlink()
