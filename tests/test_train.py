@@ -792,6 +792,29 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path):
                                                                                    (16, 0.5)]
 
 
+def test_a_run_from_scratch_keeps_the_records_it_finds_and_a_run_folder_is_not_saved_over(tmp_path):
+    """Found 2026-12-06: ``--save x`` where x is another run's run folder (x/checkpoints/latest) trained on, shared
+    its TensorBoard folder and cut its metrics.jsonl to nothing, "logged by a launch that ended after its last
+    checkpoint" (a run from scratch dropped every record it found)."""
+    from megamythos.training.checkpointing import check_run_dirs
+    from megamythos.training.monitor import TrainingMonitor
+
+    metrics_file = tmp_path / "metrics.jsonl"
+    metrics_file.write_text('{"iteration": 1, "lm loss": 9.0}\n{"iteration": 2, "lm loss": 8.0}\n')
+    fresh = TrainingMonitor(True, None, str(metrics_file))
+    fresh.record({"iteration": 1, "lm loss": 7.0})
+    fresh.close()
+    assert [json.loads(line)["lm loss"] for line in metrics_file.read_text().splitlines()] == [7.0]
+    kept = list(tmp_path.glob("metrics.jsonl.before-*"))
+    assert len(kept) == 1 and kept[0].read_text().count("iteration") == 2
+    (tmp_path / "checkpoints" / "iter_0000004").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("iter_0000004")
+    with pytest.raises(CheckpointError, match=f"--save {tmp_path} is the run folder of another run, whose "
+                                              "checkpoints are in .*checkpoints \\(latest iter_0000004\\)"):
+        check_run_dirs(str(tmp_path), str(tmp_path), verify=False)
+    check_run_dirs(str(tmp_path / "checkpoints"), str(tmp_path / "checkpoints"), verify=False)  # resuming it
+
+
 def test_telemetry_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     """A full disk under the metrics file was an OSError traceback on rank 0 and, on the other ranks, a line that
     only said rank 0 ended (found 2026-12-06)."""

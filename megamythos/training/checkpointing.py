@@ -212,6 +212,11 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
     if save and not same and Path(save).is_dir() and read_latest(save) is not None:
         raise CheckpointError(f"--save {save} already holds checkpoints (latest {read_latest(save)}); resume them "
                               f"with --load {save}, or start fresh with another --save (or delete {save})")
+    inner = Path(save) / "checkpoints" if save else None
+    if inner and read_latest(inner) is not None and not (load and Path(load).resolve() == inner.resolve()):
+        raise CheckpointError(f"--save {save} is the run folder of another run, whose checkpoints are in {inner} "
+                              f"(latest {read_latest(inner)}), and its logs would be shared: resume that run with "
+                              f"RUN_DIR={save} (or --save {inner} --load {inner}), or save elsewhere")
     orphan = newest_complete_tag(Path(save)) if save and read_latest(save) is None else None
     if orphan:
         raise CheckpointError(f"--save {save} holds the complete checkpoint {orphan} but no `{LATEST}` (deleted or "

@@ -211,6 +211,20 @@ def drop_records_after(metrics_file: str | Path, iteration: int) -> int:
     return len(lines) - kept
 
 
+def keep_earlier_log(metrics_file: str | Path) -> Path | None:
+    """A run starting at iteration 0 finds records in ``metrics_file`` (another run's, or a launch that ended
+    before its first checkpoint): rename the file aside to ``NAME.before-<UTC time>`` and return that path (None
+    when there is nothing to keep), so the new run's log holds its own records and nothing logged is lost."""
+    path = Path(metrics_file)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    kept = path.with_name(f"{path.name}.before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.rename(path, kept)
+    logger.warning("%s held the records of an earlier run (or a launch that saved no checkpoint); kept as %s",
+                   path, kept)
+    return kept
+
+
 class TrainingMonitor:
     """Writes scalars from rank 0 only; other ranks hold a no-op instance.
 
@@ -233,7 +247,10 @@ class TrainingMonitor:
                                                 purge_step=start_samples + 1 if start_iteration else None)
         if enabled and metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
-            drop_records_after(metrics_file, start_iteration)
+            if start_iteration:
+                drop_records_after(metrics_file, start_iteration)
+            else:
+                keep_earlier_log(metrics_file)
             self.metrics = open(metrics_file, "a")
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
