@@ -354,6 +354,28 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
 
 
 @pytest.mark.launch
+def test_a_file_size_limit_during_save_is_one_line(corpus: Path, tmp_path: Path) -> None:
+    """A quota or file-size limit reaches torch's serializer as ``RuntimeError: ... unexpected pos``: found
+    2026-12-06 it was a 40-line traceback with exit 1, the partial tag stayed, and the launcher advised the same
+    command again."""
+    import resource
+
+    save, log = tmp_path / "ckpt", tmp_path / "log.txt"
+    proc = start(1, [*tiny_args(corpus, 200), "--save", str(save), "--save-interval", "1", "--keep-last", "100",
+                     "--eval-interval", "0"], log)
+    wait_for(lambda: (save / "latest").is_file(), proc, "the first checkpoint")
+    rank = next(p for p in psutil.Process(proc.pid).children(recursive=True)
+                if " -m megamythos.training.pretrain" in " ".join(p.cmdline()))
+    resource.prlimit(rank.pid, resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))  # its log and metrics stay below
+    text = finish(proc, log)
+    assert proc.returncode == 2, text[-4000:]
+    line = one_error_line(text)
+    assert "write failed (a disk quota or file-size limit?) while saving" in line and "still names" in line, line
+    tags = sorted(p.name for p in save.iterdir() if p.name.startswith("iter_"))
+    assert tags[-1] == read_latest(save), f"partial checkpoint left behind: {tags}"
+
+
+@pytest.mark.launch
 def test_save_folder_made_read_only_during_the_run(small_disk: Path, corpus: Path, tmp_path: Path) -> None:
     """The checkpoint folder turns read-only after the first checkpoint (a remount after I/O errors): one line
     saying the folder is not writable and which checkpoint ``latest`` still names, exit 2. Found 2026-12-06:

@@ -446,6 +446,10 @@ def _disk_full(err: BaseException, directory: Path) -> bool:
         return False
 
 
+# torch's serializer reports a failed write (a quota, a file-size limit, a full disk) as a RuntimeError with these
+TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "basic_ios::clear")
+
+
 class CheckpointManager:
     """Saves and restores one run's checkpoints under ``save_dir``; keeps the newest ``keep_last``.
 
@@ -526,15 +530,18 @@ class CheckpointManager:
 
     def _save_failed(self, err: OSError | RuntimeError, tag_dir: Path) -> NoReturn:
         """Remove the partial ``tag_dir`` of a failed write and raise :class:`CheckpointError` saying where
-        ``latest`` stays; re-raise ``err`` when it is a RuntimeError other than a full disk or a folder that cannot
-        be written (DeepSpeed only logs a failed ``makedirs``; torch then cannot open the file)."""
+        ``latest`` stays; re-raise ``err`` when it is a RuntimeError other than a failed write
+        (:data:`TORCH_WRITE_FAILURES`), a full disk or a folder that cannot be written (DeepSpeed only logs a
+        failed ``makedirs``; torch then cannot open the file)."""
         full = _disk_full(err, self.save_dir)
         unwritable = not os.access(self.save_dir, os.W_OK)
-        if not (full or unwritable or isinstance(err, OSError)):
+        failed_write = isinstance(err, OSError) or any(text in str(err) for text in TORCH_WRITE_FAILURES)
+        if not (full or unwritable or failed_write):
             raise err
         shutil.rmtree(tag_dir, ignore_errors=True)
         latest = read_latest(self.save_dir)
-        what = "disk full" if full else f"{self.save_dir} not writable" if unwritable else "write failed"
+        what = ("disk full" if full else f"{self.save_dir} not writable" if unwritable
+                else "write failed (a disk quota or file-size limit?)")
         removed = "" if tag_dir.exists() else f"removed the partial {tag_dir.name}, "
         raise CheckpointError(f"{what} while saving {tag_dir} ({err}); {removed}{self.save_dir / LATEST} still names "
                               f"{latest or 'nothing'}; free space or make it writable (or use another --save) and "
