@@ -306,6 +306,26 @@ def test_a_save_of_the_tag_latest_names_keeps_it(tmp_path: Path) -> None:
     assert manager._clear_tag(LATEST_TAG) is None and not (tmp_path / LATEST_TAG).exists()
 
 
+def test_going_back_to_an_earlier_tag_keeps_the_newer_complete_ones(tmp_path: Path, caplog) -> None:
+    """``latest`` written back to an earlier tag (what the tools advise to go back): found 2026-12-06, each newer
+    complete tag the run reached again was removed as "left by a save that did not finish"."""
+    manager = CheckpointManager(tmp_path)
+    for tag in (GOOD, LATEST_TAG):
+        (tmp_path / tag).mkdir()
+        (tmp_path / tag / "shard.pt").write_bytes(b"x")
+        (tmp_path / tag / CHECKSUMS_FILE).write_text("{}")
+    (tmp_path / "latest").write_text(GOOD)
+    with caplog.at_level("WARNING"):
+        assert manager._clear_tag(LATEST_TAG) is None
+    assert not (tmp_path / LATEST_TAG).exists()
+    assert (tmp_path / f"{LATEST_TAG}.superseded" / "shard.pt").read_bytes() == b"x"
+    assert f"kept the complete checkpoint {tmp_path / LATEST_TAG} of a continuation past {GOOD}" in caplog.text
+    (tmp_path / LATEST_TAG).mkdir()
+    (tmp_path / LATEST_TAG / CHECKSUMS_FILE).write_text("{}")
+    manager._clear_tag(LATEST_TAG)
+    assert (tmp_path / f"{LATEST_TAG}.superseded1").is_dir()
+
+
 @pytest.mark.launch
 def test_export_never_overwrites_unless_asked(saved: Path, tmp_path: Path, capsys) -> None:
     """Without --overwrite nothing is replaced; with it, only an earlier export (before 2026-12-06 any file or

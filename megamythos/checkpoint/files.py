@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,18 @@ def tags_by_iteration(directory: str | Path) -> list[tuple[int, str]]:
     if not directory.is_dir():
         return []
     return sorted((int(m.group(1)), p.name) for p in directory.iterdir() if p.is_dir() and (m := TAG_RE.match(p.name)))
+
+
+def move_tag_aside(save_dir: Path, tag: str, label: str) -> Path:
+    """Rename checkpoint ``tag`` of ``save_dir`` to ``TAG.label`` (``TAG.labelN``, the first N free), out of the
+    tags a run counts, resumes or prunes, and remove the universal conversions of it; returns the new path."""
+    aside, number = save_dir / f"{tag}.{label}", 1
+    while aside.exists():
+        aside, number = save_dir / f"{tag}.{label}{number}", number + 1
+    os.rename(save_dir / tag, aside)
+    for universal in save_dir.glob(f"{tag}{UNIVERSAL_SUFFIX}*"):
+        shutil.rmtree(universal, ignore_errors=True)
+    return aside
 
 
 def read_latest(directory: str | Path) -> str | None:

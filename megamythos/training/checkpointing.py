@@ -46,6 +46,7 @@ from megamythos.checkpoint.files import (
     UNIVERSAL_SUFFIX,
     WRITER_LOCK,
     CheckpointError,
+    move_tag_aside,
     read_latest,
     read_tokenizer_files,
     read_train_record,
@@ -515,12 +516,18 @@ class CheckpointManager:
 
     def _clear_tag(self, tag: str) -> str | None:
         """Rank 0, before saving ``tag``: ``"saved"`` when ``latest`` already names that tag (a save at the
-        iteration a run resumed from: the same state, kept as it is); else an existing folder of that tag (the
-        partial save of a killed run, whose leftover shards of other ranks the new save would keep and its
+        iteration a run resumed from: the same state, kept as it is); else an existing complete folder of that tag
+        (a continuation past ``latest`` that the run abandoned) is moved aside to ``TAG.superseded``, and a
+        partial one (a killed save, whose leftover shards of other ranks the new save would keep and its
         checksums cover) is removed, with the universal conversions of any older folder of the tag."""
         tag_dir, latest = self.save_dir / tag, self.save_dir / LATEST
         if tag_dir.is_dir() and latest.is_file() and latest.read_text().strip() == tag:
             return "saved"
+        if (tag_dir / CHECKSUMS_FILE).is_file():  # complete: a continuation past `latest` that this run abandoned
+            aside = move_tag_aside(self.save_dir, tag, "superseded")
+            logger.warning("kept the complete checkpoint %s of a continuation past %s (which `latest` names) as %s, "
+                           "before saving %s again", tag_dir, read_latest(self.save_dir), aside.name, tag)
+            return None
         for universal in self.save_dir.glob(f"{tag}{UNIVERSAL_SUFFIX}*"):
             shutil.rmtree(universal, ignore_errors=True)
         if tag_dir.exists():

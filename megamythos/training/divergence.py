@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from megamythos.checkpoint.checksums import ALONE, ChecksumError, Team, verify_checksums
-from megamythos.checkpoint.files import LATEST, TAG_RE, UNIVERSAL_SUFFIX, read_latest, write_atomic
+from megamythos.checkpoint.files import LATEST, TAG_RE, move_tag_aside, read_latest, write_atomic
 from megamythos.errors import UserError
 from megamythos.training.checkpointing import team
 
@@ -151,15 +149,9 @@ def step_back(save_dir: Path, first_bad: int) -> Path | None:
                 (save_dir / LATEST).unlink(missing_ok=True)
         for it, tag in tags:
             if it >= first_bad - 1:
-                aside = save_dir / f"{tag}.diverged"
-                suffix = 1
-                while aside.exists():
-                    aside, suffix = save_dir / f"{tag}.diverged{suffix}", suffix + 1
-                logger.warning("moving checkpoint %s to %s: its weights gave the first diverging loss (iteration %d) "
+                aside = move_tag_aside(save_dir, tag, "diverged")
+                logger.warning("moved checkpoint %s to %s: its weights gave the first diverging loss (iteration %d) "
                                "or came after it", save_dir / tag, aside.name, first_bad)
-                os.rename(save_dir / tag, aside)
-                for universal in save_dir.glob(f"{tag}{UNIVERSAL_SUFFIX}*"):
-                    shutil.rmtree(universal, ignore_errors=True)
     if dist.is_initialized():
         dist.barrier()  # the files are changed before any rank reads them
     return save_dir / chosen if chosen else None
