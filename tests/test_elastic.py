@@ -117,6 +117,26 @@ def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, ru
         assert "keeping the global batch of" in log and "x accumulation 2)" in log, log[-3000:]
 
 
+@pytest.mark.launch
+def test_resuming_another_runs_folder_on_another_layout_writes_nothing_there(runs: dict, launches: LaunchPool,
+                                                                              corpus: Path, tmp_path: Path) -> None:
+    """``--load A --save B`` on another layout: found 2026-12-06, the universal conversion (twice the tag's size)
+    went into A, another run's folder (and A's --keep-last would prune it, a read-only A refuse it). It is made
+    in B and removed once every rank has loaded it."""
+    launches.result("elastic/1 rank")  # its iteration-4 checkpoint exists
+    other = tmp_path / "A"
+    shutil.copytree(runs["1 rank"] / "ckpt" / f"iter_{STOP:07d}", other / f"iter_{STOP:07d}")
+    (other / "latest").write_text(f"iter_{STOP:07d}")
+    before = sorted(p.relative_to(other) for p in other.rglob("*"))
+    procs, flags, _ = LAYOUTS["2 ranks ep2"]
+    log = run(procs, [*tiny_args(corpus, ITERS), *flags, "--load", str(other), "--save", str(tmp_path / "B"),
+                      "--eval-interval", "0", "--use-checkpoint-lr-schedule"], tmp_path / "log.txt")
+    assert "resuming it as a universal checkpoint" in log
+    assert sorted(p.relative_to(other) for p in other.rglob("*")) == before
+    assert sorted(p.name for p in (tmp_path / "B").iterdir() if "universal" in p.name) == []
+    assert (tmp_path / "B" / f"iter_{ITERS:07d}").is_dir()
+
+
 @pytest.mark.parametrize("saved_stage, stage", [(2, 3), (3, 2), (1, 1)])
 def test_resume_on_another_layout_outside_zero3_is_refused_before_start_up(saved_stage: int, stage: int,
                                                                            tmp_path: Path) -> None:

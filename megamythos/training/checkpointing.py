@@ -320,12 +320,13 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
 
 
 def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int, rank: int,
-                  config: ModelConfig) -> str | None:
-    """The tag to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was written on another layout
-    than ``layout`` (None: same layout, or nothing to load). Refused unless both runs use ZeRO-3: from ZeRO-1/2
-    checkpoints DeepSpeed 0.19.8's universal load loses Adam step counts and expert-bias state, and fails on
-    AutoTP (measured with the layout pairs of tests/test_elastic.py). Rank 0 converts it once, into
-    ``TAG_universal_{model|autoep}`` next to it (through ``TARGET.tmp.<host>.<pid>``, so a killed conversion
+                  config: ModelConfig, into: str | Path | None = None) -> Path | None:
+    """The universal checkpoint folder to load with ``"load_universal"`` when ``load_dir``'s latest checkpoint was
+    written on another layout than ``layout`` (None: same layout, or nothing to load), made in ``into`` (the
+    run's own ``--save``: never in another run's folder; default ``load_dir``). Refused unless both runs use
+    ZeRO-3: from ZeRO-1/2 checkpoints DeepSpeed 0.19.8's universal load loses Adam step counts and expert-bias
+    state, and fails on AutoTP (measured with the layout pairs of tests/test_elastic.py). Rank 0 converts it once, into
+    ``TAG_universal_{model|autoep}`` (through ``TARGET.tmp.<host>.<pid>``, so a killed conversion
     leaves no valid-looking one, and the next conversion removes it) with its own checksums; a universal
     directory whose checksums do not verify (or that has none) is derived data and converted again from the tag,
     which the resume verified. The other ranks only name it, and load after the barrier that follows
@@ -348,7 +349,7 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
             f"ZeRO-{zero_stage}, and resuming on another layout works only between ZeRO-3 runs: resume it on its "
             f"own layout (same number of processes, --tp and --ep) with --zero {saved_stage or zero_stage}")
     autoep = layout["ep"] > 1  # AutoEP replaces the MoE layers only when ep > 1: other parameter names
-    target = Path(load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
+    target = Path(into or load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
                 Path(load_dir) / tag, saved, layout)
     if rank == 0 and not (target.is_dir() and verified(target)):
@@ -360,7 +361,7 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
             shutil.rmtree(target)
         remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
         tmp = Path(temp_name(target))
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         try:
             converted = convert_to_universal(Path(load_dir) / tag, tmp / tag)
             if (saved["ep"] > 1) != autoep:
@@ -371,7 +372,7 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
-    return target.name
+    return target
 
 
 UNIVERSAL_STATES = ("fp32", "exp_avg", "exp_avg_sq")
@@ -567,7 +568,7 @@ class CheckpointManager:
 
     @staticmethod
     def load(engine: Any, load_dir: str | Path, config: ModelConfig,
-             universal: str | None = None) -> dict[str, Any] | None:
+             universal: Path | None = None) -> dict[str, Any] | None:
         """Restore engine, optimizer, scheduler and RNG from ``load_dir/latest``; return the client state.
 
         ``universal``: the universal form of that tag to read the weights and optimizer from instead (the engine
@@ -585,7 +586,8 @@ class CheckpointManager:
         check_model_config(read_json_object(config_file, CheckpointError, CONFIG_FILE_REMEDY), config, str(tag_dir))
         groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
         try:  # the LR scheduler's state is per parameter group, and their number depends on the layout
-            path, client_state = engine.load_checkpoint(str(load_dir), tag=universal or tag,
+            path, client_state = engine.load_checkpoint(str(universal.parent if universal else load_dir),
+                                                        tag=universal.name if universal else tag,
                                                         load_lr_scheduler_states=universal is None)
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
             raise CheckpointError(f"could not load checkpoint {tag_dir}: {type(err).__name__}: {err}") from err

@@ -15,6 +15,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -221,7 +222,7 @@ class Trainer:
                                          client_optimizer=self.adam_impl != "deepspeed")
         # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
         self.universal = universal_tag(self.resume_from, self.layout_record(), self.layout.zero, self.rank,
-                                       self.config) if self.resume_from else None
+                                       self.config, into=args.save) if self.resume_from else None
         if self.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         elif self.resume_from:
@@ -282,6 +283,10 @@ class Trainer:
             torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32, self.engine.device)
         if self.resume_from:
             self._load(self.resume_from, self.universal)
+            if self.universal and self.universal.parent.resolve() != Path(self.resume_from).resolve():
+                any_rank(False)  # every rank has read it: a conversion of another run's tag is not kept here
+                if self.rank == 0:
+                    shutil.rmtree(self.universal, ignore_errors=True)
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration,
                                        self.consumed)
         latest = read_latest(args.save) if args.save else None
@@ -339,7 +344,7 @@ class Trainer:
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
                 "next_samples": order}
 
-    def _load(self, load_dir: str, universal: str | None) -> None:
+    def _load(self, load_dir: str, universal: Path | None) -> None:
         wanted = dataclasses.replace(self.schedule)  # loading a tag of the same layout overwrites self.schedule
         state = self.checkpoints.load(self.engine, load_dir, self.config, universal)
         if state is None:
