@@ -177,8 +177,9 @@ def test_evaluate_of_a_tag_with_broken_train_args(case: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """``load_model`` (evaluate, generate) reads the tag's train_args.json after its weights."""
     config = small_config()
-    monkeypatch.setattr(loading, "read_checkpoint", lambda path, tmp: (path, config, None))
+    monkeypatch.setattr(loading, "load_checkpoint_weights", lambda tag_dir, tmp: (config, None))
     monkeypatch.setattr(loading, "model_from_state", lambda cfg, state, source: MythosLM(cfg))
+    config.to_json(tmp_path / "model_config.json")
     (tmp_path / "train_args.json").write_text(BROKEN_JSON[case])
     with pytest.raises(LoadError, match=f"^{re.escape(str(tmp_path / 'train_args.json'))} .*another checkpoint tag"):
         loading.load_model(tmp_path)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from megamythos.checkpoint.checksums import CHECKSUMMED_KEY, CHECKSUMS_FILE, shares, verify_checksums
+from megamythos.checkpoint.checksums import CHECKSUMMED_KEY, CHECKSUMS_FILE, shares, verify_checksums, write_checksums
 from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest
 from megamythos.checkpoint.reader import load_exported
@@ -259,6 +259,36 @@ def test_a_reader_whose_tag_a_running_trainer_prunes_reads_the_newest_again(save
 
 
 @pytest.mark.launch
+def test_a_tag_pruned_after_its_weights_were_read_is_read_again_whole(saved: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """Found 2026-12-06: only the weights were read again; the tokenizer and records, read after them, were gone:
+    evaluate said the tag "carries no tokenizer", and export wrote one without it, exit 0."""
+    import megamythos.checkpoint.export as export_module
+    import megamythos.inference.loading as loading
+
+    ckpt = copy_of(saved, tmp_path)
+
+    def pruned_after(read):  # the trainer saves a newer tag and prunes this one right after its weights are read
+        def wrapped(tag_dir: Path, *args):
+            result = read(tag_dir, *args)
+            if read_latest(tag_dir.parent) == tag_dir.name and tag_dir.name != "iter_0000004":
+                newer = f"iter_{int(tag_dir.name.split('_')[1]) + 1:07d}"
+                shutil.copytree(tag_dir, tag_dir.parent / newer)
+                (tag_dir.parent / "latest").write_text(newer)
+                shutil.rmtree(tag_dir)
+            return result
+        return wrapped
+
+    monkeypatch.setattr(loading, "load_checkpoint_weights", pruned_after(loading.load_checkpoint_weights))
+    loaded = load_model(ckpt)
+    assert loaded.source == ckpt / "iter_0000004" and loaded.tokenizer.vocab_size > 0
+    ckpt = copy_of(saved, tmp_path / "again")
+    monkeypatch.setattr(export_module, "checkpoint_model", pruned_after(export_module.checkpoint_model))
+    assert export_main([str(ckpt), str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "tokenizer.model").is_file() and verify_checksums(tmp_path / "out")
+
+
+@pytest.mark.launch
 @pytest.mark.parametrize("reader", ["resume", "evaluate", "export"])
 def test_a_tag_whose_checksums_were_lost_is_refused(reader: str, saved: Path, tmp_path: Path, capsys) -> None:
     """Found 2026-12-06: a deleted ``checksums.json`` made a tag pass for one saved before checksums existed, so a
@@ -313,7 +343,7 @@ def test_going_back_to_an_earlier_tag_keeps_the_newer_complete_ones(tmp_path: Pa
     for tag in (GOOD, LATEST_TAG):
         (tmp_path / tag).mkdir()
         (tmp_path / tag / "shard.pt").write_bytes(b"x")
-        (tmp_path / tag / CHECKSUMS_FILE).write_text("{}")
+        write_checksums(tmp_path / tag)
     (tmp_path / "latest").write_text(GOOD)
     with caplog.at_level("WARNING"):
         assert manager._clear_tag(LATEST_TAG) is None
@@ -321,9 +351,13 @@ def test_going_back_to_an_earlier_tag_keeps_the_newer_complete_ones(tmp_path: Pa
     assert (tmp_path / f"{LATEST_TAG}.superseded" / "shard.pt").read_bytes() == b"x"
     assert f"kept the complete checkpoint {tmp_path / LATEST_TAG} of a continuation past {GOOD}" in caplog.text
     (tmp_path / LATEST_TAG).mkdir()
-    (tmp_path / LATEST_TAG / CHECKSUMS_FILE).write_text("{}")
+    write_checksums(tmp_path / LATEST_TAG)
     manager._clear_tag(LATEST_TAG)
     assert (tmp_path / f"{LATEST_TAG}.superseded1").is_dir()
+    (tmp_path / LATEST_TAG).mkdir()  # a killed save: no manifest, or a shard the manifest does not list
+    (tmp_path / LATEST_TAG / "shard.pt").write_bytes(b"y")
+    manager._clear_tag(LATEST_TAG)
+    assert not (tmp_path / LATEST_TAG).exists() and not (tmp_path / f"{LATEST_TAG}.superseded2").exists()
 
 
 @pytest.mark.launch

@@ -150,6 +150,15 @@ def _read_manifest(path: Path) -> dict[str, Any] | str | None:
         return f"is corrupt ({err})"
 
 
+def finished_save(tag_dir: Path) -> bool:
+    """Whether checkpoint tag ``tag_dir`` is what a save that finished left: its manifest lists every shard
+    (``*.pt``) it holds and every file it lists is there (a killed save has no manifest, or stray shards of
+    another run's ranks)."""
+    listed = _read_manifest(tag_dir / CHECKSUMS_FILE)
+    return (isinstance(listed, dict) and all((tag_dir / name).is_file() for name in listed)
+            and {p.name for p in tag_dir.glob("*.pt")} <= set(listed))
+
+
 def incomplete(tag_dir: Path) -> bool:
     """Whether checkpoint tag ``tag_dir`` has lost files it was saved with (a tag being removed, for one): the tag
     itself, a file its manifest lists, or the manifest where its train record says it had one."""
@@ -160,8 +169,8 @@ def incomplete(tag_dir: Path) -> bool:
         return any(not (tag_dir / name).is_file() for name in listed)
     try:
         return listed is None and bool(read_train_record(tag_dir).get(CHECKSUMMED_KEY))
-    except CheckpointError:  # a damaged train record
-        return True
+    except CheckpointError:  # a damaged train record: damage, which its reader reports, not a removal
+        return False
 
 
 def _first_problem(directory: Path, names: list[str], listed: dict[str, Any], hashes: bool) -> tuple[str, str] | None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from megamythos.checkpoint.checksums import CHECKSUMS_FILE, write_checksums
 from megamythos.checkpoint.files import read_tokenizer_files, write_tokenizer_files
-from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_model
+from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_model, read_newest
 from megamythos.data.atomic import remove_stale_temps, temp_name, writable_parent
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, UserError, run_cli
@@ -139,8 +139,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
     from safetensors.torch import save_model
 
     out_dir = Path(out_dir)
-    with staged_export(out_dir, Path(checkpoint), overwrite) as stage:
-        tag_dir, model = checkpoint_model(checkpoint, stage)
+
+    def write(tag_dir: Path, stage: Path) -> Path:
+        model = checkpoint_model(tag_dir, stage)
         save_model(model, str(stage / MODEL_FILE))
         model.config.to_json(stage / CONFIG_FILE)
         record = read_tokenizer_files(tag_dir)
@@ -149,6 +150,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
                            out_dir)
         else:
             write_tokenizer_files(stage, Tokenizer(record["tokenizer_model"]))
+        return tag_dir
+
+    with staged_export(out_dir, Path(checkpoint), overwrite) as stage:  # a tag --keep-last removes is read again
+        tag_dir = read_newest(checkpoint, lambda tag: write(tag, stage))
     path = out_dir / MODEL_FILE
     logger.info("exported %s -> %s", tag_dir, path)
     return path
@@ -160,12 +165,16 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
     from megamythos.hf.export import export_hf
 
     out_dir = Path(out_dir)
-    with staged_export(out_dir, Path(checkpoint), overwrite) as stage:
-        tag_dir, model = checkpoint_model(checkpoint, stage)
+
+    def write(tag_dir: Path, stage: Path) -> None:
+        model = checkpoint_model(tag_dir, stage)
         record = read_tokenizer_files(tag_dir)
         if record is None:
             raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
         export_hf(model, Tokenizer(record["tokenizer_model"]), stage)
+
+    with staged_export(out_dir, Path(checkpoint), overwrite) as stage:  # a tag --keep-last removes is read again
+        read_newest(checkpoint, lambda tag: write(tag, stage))
     logger.info("wrote a Hugging Face directory to %s (load with trust_remote_code=True)", out_dir)
     return out_dir
 

@@ -14,7 +14,9 @@ import logging
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -24,6 +26,8 @@ from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.parallel import autoep_to_model_names
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -124,38 +128,47 @@ def _removed_while_read(tag_dir: Path) -> bool:
             and (not (tag_dir / MODEL_CONFIG_FILE).is_file() or incomplete(tag_dir)))
 
 
-def read_checkpoint(path: str | Path, workdir: Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
-    """(tag directory, model config, full state dict) of ``path``: one checkpoint tag, or the newest tag of a
-    ``--save`` directory (:func:`load_checkpoint_weights`). A running trainer's ``--keep-last`` may remove the
-    newest tag while it is read: the newest one is then read again (:data:`PRUNED_READS` reads in all); a tag
-    named by the caller that is removed meanwhile is one :class:`CheckpointError`, as is a run that keeps
-    removing them."""
+def read_newest(path: str | Path, read: Callable[[Path], T]) -> T:
+    """``read(tag_dir)`` of ``path``: one checkpoint tag, or the newest tag of a ``--save`` directory. A running
+    trainer's ``--keep-last`` may remove the newest tag while it is read (its weights, its tokenizer or its
+    records): the newest one is then read again (:data:`PRUNED_READS` reads in all), also when ``read`` returned
+    (a file it looked for may have gone meanwhile); a tag named by the caller that is removed meanwhile is one
+    :class:`CheckpointError`, as is a run that keeps removing them."""
     path = Path(path)
     for _ in range(PRUNED_READS):
         tag_dir = resolve_tag_dir(path)
         try:
-            return (tag_dir, *load_checkpoint_weights(tag_dir, workdir))
+            result = read(tag_dir)
         except (OSError, UserError):  # a file gone, a config gone, DeepSpeed's conversion failing on a shard gone
             if not _removed_while_read(tag_dir):
                 raise
-            if tag_dir == path:
-                raise CheckpointError(f"{tag_dir} was removed while it was read (by its run's --keep-last?); pass "
-                                      f"a tag the run keeps, or the run directory {tag_dir.parent} to read its "
-                                      "newest") from None
-            logger.warning("%s was removed while it was read (its run's --keep-last); reading the newest tag again",
-                           tag_dir)
+        else:
+            if not _removed_while_read(tag_dir):
+                return result
+        if tag_dir == path:
+            raise CheckpointError(f"{tag_dir} was removed while it was read (by its run's --keep-last?); pass "
+                                  f"a tag the run keeps, or the run directory {tag_dir.parent} to read its "
+                                  "newest") from None
+        logger.warning("%s was removed while it was read (its run's --keep-last); reading the newest tag again",
+                       tag_dir)
     raise CheckpointError(f"the newest tag of {path} was removed while it was read, {PRUNED_READS} times (a running "
                           "trainer saving often with --keep-last); read it once the run has stopped, or copy a tag "
                           "first")
 
 
-def checkpoint_model(path: str | Path, out_dir: Path) -> tuple[Path, MythosLM]:
-    """(tag directory, full model) of ``path`` as :func:`read_checkpoint` reads it (scratch files of the
+def read_checkpoint(path: str | Path, workdir: Path) -> tuple[Path, ModelConfig, dict[str, torch.Tensor]]:
+    """(tag directory, model config, full state dict) of ``path`` (:func:`read_newest`,
+    :func:`load_checkpoint_weights`)."""
+    return read_newest(path, lambda tag_dir: (tag_dir, *load_checkpoint_weights(tag_dir, workdir)))
+
+
+def checkpoint_model(tag_dir: Path, out_dir: Path) -> MythosLM:
+    """The full model of checkpoint tag ``tag_dir`` (:func:`load_checkpoint_weights`; scratch files of the
     universal conversion go under ``out_dir``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        tag_dir, config, state = read_checkpoint(path, Path(tmp))
-    return tag_dir, model_from_state(config, state, tag_dir)
+        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
+    return model_from_state(config, state, tag_dir)
 
 
 def is_export_dir(path: str | Path) -> bool:

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.checkpoint.files import TRAIN_RECORD, TRAIN_RECORD_REMEDY, read_tokenizer_files
-from megamythos.checkpoint.reader import is_export_dir, load_exported, model_from_state, read_checkpoint
+from megamythos.checkpoint.reader import (
+    is_export_dir,
+    load_checkpoint_weights,
+    load_exported,
+    model_from_state,
+    read_newest,
+)
 from megamythos.data.metadata import check_same_vocabulary
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
@@ -55,17 +61,27 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
                         "export directory")
     exported = is_export_dir(path)
     if exported:
-        source, model, train_record = path, load_exported(path), None
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            source, config, state = read_checkpoint(path, Path(tmp))
-        model = model_from_state(config, state, source)
-        record_file = source / TRAIN_RECORD
-        train_record = read_json_object(record_file, LoadError, TRAIN_RECORD_REMEDY) if record_file.is_file() else None
-    tokenizer, record = resolve_tokenizer(source, read_tokenizer_files(source), tokenizer_path, model.config)
+        model = load_exported(path)
+        source, train_record = path, None
+        tokenizer, record = resolve_tokenizer(path, read_tokenizer_files(path), tokenizer_path, model.config)
+    else:  # the weights, the records and the tokenizer of one tag, which its run's --keep-last may remove meanwhile
+        source, model, train_record, (tokenizer, record) = read_newest(path, lambda tag_dir: read_tag(
+            tag_dir, tokenizer_path))
     logger.info("loaded %s (%s) with tokenizer %s", source, "export" if exported else "checkpoint",
                 tokenizer.model_path)
     return LoadedModel(model.to(device).eval(), tokenizer, record, source, train_record)
+
+
+def read_tag(tag_dir: Path, tokenizer_path: str | None) -> tuple[Path, MythosLM, dict[str, Any] | None,
+                                                                   tuple[Tokenizer, dict[str, Any]]]:
+    """(tag_dir, its model, its train record or None, (tokenizer, its record)) of checkpoint tag ``tag_dir``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
+    model = model_from_state(config, state, tag_dir)
+    record_file = tag_dir / TRAIN_RECORD
+    train_record = read_json_object(record_file, LoadError, TRAIN_RECORD_REMEDY) if record_file.is_file() else None
+    return tag_dir, model, train_record, resolve_tokenizer(tag_dir, read_tokenizer_files(tag_dir), tokenizer_path,
+                                                           model.config)
 
 
 def resolve_tokenizer(source: Path, record: dict[str, Any] | None, override: str | None,

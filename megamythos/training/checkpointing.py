@@ -34,6 +34,7 @@ from megamythos.checkpoint.checksums import (
     CHECKSUMMED_KEY,
     CHECKSUMS_FILE,
     Team,
+    finished_save,
     verified,
     verify_tag,
     write_checksums,
@@ -524,7 +525,7 @@ class CheckpointManager:
         tag_dir, latest = self.save_dir / tag, self.save_dir / LATEST
         if tag_dir.is_dir() and latest.is_file() and latest.read_text().strip() == tag:
             return "saved"
-        if (tag_dir / CHECKSUMS_FILE).is_file():  # complete: a continuation past `latest` that this run abandoned
+        if finished_save(tag_dir):  # a continuation past `latest` that this run abandoned
             aside = move_tag_aside(self.save_dir, tag, "superseded")
             logger.warning("kept the complete checkpoint %s of a continuation past %s (which `latest` names) as %s, "
                            "before saving %s again", tag_dir, read_latest(self.save_dir), aside.name, tag)
