@@ -65,7 +65,7 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkp
     assert rows[(6, 1e9)]["exit_share"] == [1.0] + [0.0] * 5
     assert rows[(6, 1e9)]["forward_flops_per_token"] < rows[(6, 0)]["forward_flops_per_token"]
 
-    out_dir = ckpt / "iter_0000008" / "eval"
+    out_dir = ckpt / "eval" / "iter_0000008"  # found 2026-12-06: inside the tag, which --keep-last prunes
     assert late["files"]["csv"] == str(out_dir / "depth_eval.csv")
     assert len(list(csv.DictReader((out_dir / "depth_eval.csv").open()))) == 6
     assert json.loads((out_dir / "depth_eval.json").read_text())["trained_loops"] == 3

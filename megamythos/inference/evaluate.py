@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from megamythos.checkpoint.reader import is_export_dir
 from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_data_path, parse_split
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
@@ -134,6 +135,12 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
     finally:
         model.train(was_training)
     return results
+
+
+def default_results_dir(source: Path) -> Path:
+    """Where results go without ``--out``: ``RUN/eval/TAG`` for checkpoint tag ``source`` (outside the tags its
+    run's ``--keep-last`` prunes), ``EXPORT/eval`` for an export."""
+    return source / "eval" if is_export_dir(source) else source.parent / "eval" / source.name
 
 
 def write_results(results: Sequence[LoopEval], out_dir: str | Path, trained_loops: int,
@@ -237,7 +244,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     if resolve_device(cfg.device).type == "cpu":  # before the first tensors
         logger.info("host memory: %s", keep_freed_memory())
     loaded = load_model(cfg.load, cfg.tokenizer, cfg.device)
-    out_dir = Path(cfg.out) if cfg.out else loaded.source / "eval"
+    out_dir = Path(cfg.out) if cfg.out else default_results_dir(loaded.source)
     tb_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else out_dir / "tensorboard"
     writable_directory(out_dir, "--out")  # before the evaluation, not after it
     writable_directory(tb_dir, "--tensorboard-dir")
@@ -275,7 +282,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
                         "(default: the checkpoint config's exit_threshold, 0.2 unless trained with --override "
                         "exit_threshold=...; 0: the every-loop rows only)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
-    p.add_argument("--out", help="results directory (default: eval/ in the checkpoint or export directory)")
+    p.add_argument("--out", help="results directory (default: RUN/eval/TAG for a checkpoint, outside the tags "
+                   "--keep-last prunes; eval/ in an export)")
     p.add_argument("--tensorboard-dir", help="default: OUT/tensorboard")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ns = vars(p.parse_args(argv))
