@@ -297,6 +297,11 @@ def test_broken_train_record_and_latest_pointer_are_one_line(tmp_path: Path) -> 
         read_latest(tmp_path)
     (tmp_path / "latest").write_text("iter_0000002\n")
     assert read_latest(tmp_path) == "iter_0000002"
+    (tmp_path / "latest").write_text("iter_0000004")  # found 2026-12-06: the tag deleted by hand, no remedy given
+    with pytest.raises(CheckpointError, match=r"latest names 'iter_0000004', which does not exist in .* "
+                                              r"\(deleted\?\); the newest tag there is iter_0000002: write it into "
+                                              r".*latest to use it"):
+        read_latest(tmp_path)
 
 
 def one_line_exit_2(entry: str, argv: list[str], capsys: pytest.CaptureFixture) -> str:

@@ -82,7 +82,10 @@ def read_latest(directory: str | Path) -> str | None:
         raise CheckpointError(f"{path} holds {tag!r}, not a checkpoint tag (iter_NNNNNNN); write the tag of the "
                               "checkpoint to resume into it, or remove it to start afresh")
     if not (Path(directory) / tag).is_dir():
-        raise CheckpointError(f"{path} names {tag!r}, which does not exist in {directory}")
+        others = tags_by_iteration(directory)
+        remedy = (f"the newest tag there is {others[-1][1]}: write it into {path} to use it" if others
+                  else "no tag is left there: remove it to start afresh")
+        raise CheckpointError(f"{path} names {tag!r}, which does not exist in {directory} (deleted?); {remedy}")
     return tag
 
 
