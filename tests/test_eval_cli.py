@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -193,6 +195,23 @@ def test_a_split_without_a_validation_share_is_one_line(tiny_checkpoint, tmp_pat
     code, _, err = cli(evaluate_main, ["--load", str(tiny_checkpoint[0]), "--split", "1,0,0", "--loops", "1",
                                        "--eval-iters", "1", "--out", str(tmp_path / "e")], capsys)
     assert code == 2 and "--split 1,0,0 gives the validation split no share" in err and "Traceback" not in err, err
+
+
+@pytest.mark.launch
+def test_more_batches_than_the_held_out_split_holds_are_named(tiny_checkpoint, tmp_path, capsys, caplog):
+    """Found 2026-12-06: ``--eval-iters 1000`` read the held-out samples 3 times over, said only in an INFO line
+    of the index build, and reported the perplexity of the repeats."""
+    argv = ["--load", str(tiny_checkpoint[0]), "--loops", "1", "--micro-batch-size", "8", "--out", str(tmp_path / "e")]
+    with caplog.at_level(logging.WARNING):
+        assert cli(evaluate_main, [*argv, "--eval-iters", "400"], capsys)[0] == 0
+    warning = re.search(r"--eval-iters 400 x --micro-batch-size 8 = 3200 samples, but the held-out split holds "
+                        r"(\d+) samples of \d+ tokens: some are read more than once; pass --eval-iters (\d+) or "
+                        r"fewer", caplog.text)
+    assert warning and int(warning[2]) == int(warning[1]) // 8, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert cli(evaluate_main, [*argv, "--eval-iters", warning[2]], capsys)[0] == 0
+    assert "more than once" not in caplog.text
 
 
 def test_repeated_loop_counts_and_thresholds_are_evaluated_once():

@@ -217,6 +217,15 @@ def index_cache_dir(prefix: str, cache_dir: str | None) -> str:
     return cache_dir or os.path.join(os.path.dirname(os.path.abspath(prefix)), "index-cache")
 
 
+def samples_per_epoch(dataset: Any) -> int | None:
+    """Samples one pass over a :class:`GPTDataset`'s documents holds ((tokens - 1) // seq_length); None for a
+    blend (its components' epochs differ)."""
+    if not isinstance(dataset, GPTDataset):
+        return None
+    tokens = int(dataset.indexed.sizes[dataset.documents].sum(dtype=np.int64))
+    return (tokens - 1) // dataset.seq_length
+
+
 def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_length: int, seed: int,
                     cache_dir: str | None) -> list[GPTDataset | None]:
     indexed = IndexedDataset(prefix)

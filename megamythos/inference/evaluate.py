@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from megamythos.checkpoint.reader import is_export_dir
 from megamythos.data.atomic import writable_directory
-from megamythos.data.gpt_dataset import parse_data_path, parse_split
+from megamythos.data.gpt_dataset import parse_data_path, parse_split, samples_per_epoch
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import DataRecipe, batches, build_datasets, data_change, resolve_data
 from megamythos.errors import ArgumentParser, checked_by, number, run_cli
@@ -229,6 +229,12 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     if valid is None:
         raise LoadError(f"--split {recipe.split} gives the validation split no share: pass train,valid,test weights "
                         "with a positive second one, such as 969,30,1")
+    held_out = samples_per_epoch(valid)
+    if held_out is not None and needed > held_out:
+        logger.warning("--eval-iters %d x --micro-batch-size %d = %d samples, but the held-out split holds %d samples "
+                       "of %d tokens: some are read more than once; pass --eval-iters %d or fewer to read each once",
+                       cfg.eval_iters, cfg.micro_batch_size, needed, held_out, recipe.seq_length,
+                       max(1, held_out // cfg.micro_batch_size))
     it = batches(valid, 0, cfg.micro_batch_size, 0, 1)
     out = [tuple(t.to(cfg.device) for t in next(it)) for _ in range(cfg.eval_iters)]
     logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d = %d tokens", " ".join(setup.data_path),
