@@ -304,3 +304,34 @@ def test_a_padded_vocabulary_reads_a_dataset_of_a_smaller_tokenizer(tmp_path: Pa
     with pytest.raises(DataError, match="400-token vocabulary but the model has vocab_size=399; pass --override "
                                         r"vocab_size=400 \(or more: a padded vocabulary\)"):
         resolve_data([prefix], 399)
+
+
+def test_output_prefixes_that_name_no_file_or_an_input_are_refused(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-06: ``--output-prefix ''`` wrote hidden ``.bin``/``.idx``/``.json`` files into the working
+    directory (the repository root, for the merge) and ``DIR/`` wrote ``DIR/_text_document.*`` (the merge: a
+    traceback); an existing ``PREFIX_text_document.json`` was replaced without --overwrite, even when it was the
+    input; a merge into one of its inputs was accepted with --overwrite."""
+    from megamythos.data.cli import merge_main
+
+    monkeypatch.chdir(tmp_path)
+    source = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    (tmp_path / "folder").mkdir()
+    for prefix in ("", "folder/", str(tmp_path / "folder") + os.sep):
+        line = error_of(preprocess_main, preprocess_args([source], prefix, tiny_tokenizer), capsys)
+        assert f"--output-prefix {prefix!r} names a directory, not a file prefix" in line, line
+    record = tmp_path / "q_text_document.json"
+    record.write_text('{"mine": 1}\n')
+    line = error_of(preprocess_main, preprocess_args([source], tmp_path / "q", tiny_tokenizer), capsys)
+    assert f"{record} already exists (the record of a dataset" in line and "pass --overwrite" in line, line
+    line = error_of(preprocess_main, preprocess_args([record], tmp_path / "q", tiny_tokenizer, "--overwrite"), capsys)
+    assert f"--input {record} is a file this run writes" in line, line
+    assert record.read_text() == '{"mine": 1}\n'
+    dataset = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    for prefix in ("", "folder/"):
+        line = error_of(merge_main, ["--input", dataset, "--output-prefix", prefix], capsys)
+        assert "names a directory, not a file prefix" in line, line
+    line = error_of(merge_main, ["--input", dataset, "--output-prefix", dataset, "--overwrite"], capsys)
+    assert f"--output-prefix {dataset} is one of the inputs" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -48,6 +48,15 @@ def writable_parent(path: str | os.PathLike, flag: str) -> None:
     writable_directory(Path(path).parent, flag, path)
 
 
+def check_output_prefix(prefix: str, flag: str = "--output-prefix") -> None:
+    """Raise :class:`OutputError` when ``prefix`` names no file of its own: empty or ending in a path separator (its
+    files would be ``DIR/.bin`` or ``DIR/_text_document.bin``, hidden or nameless). A prefix that is also a directory
+    (``data/corpus`` beside ``data/corpus/``) is fine: its files are siblings of it."""
+    if not prefix or prefix.endswith(("/", os.sep)):
+        raise OutputError(f"{flag} {prefix!r} names a directory, not a file prefix: give one such as data/corpus "
+                          "(files data/corpus*.bin, .idx, .json)")
+
+
 _TEMP_SUFFIX = re.compile(r"(?P<host>.+)\.(?P<pid>\d+)")  # what follows PATH.tmp.
 
 

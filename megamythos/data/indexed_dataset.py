@@ -72,14 +72,6 @@ def dataset_exists(prefix: str) -> bool:
     return os.path.isfile(bin_path(prefix)) and os.path.isfile(idx_path(prefix))
 
 
-def refuse_to_replace(prefix: str, overwrite: bool) -> None:
-    """Raise :class:`DatasetExistsError` when ``prefix`` holds a dataset and ``overwrite`` is off: a saved
-    dataset is replaced only when asked, whatever made it."""
-    if not overwrite and dataset_exists(prefix):
-        raise DatasetExistsError(f"{prefix}.bin and .idx already hold a dataset; pass --overwrite to replace it, or "
-                                 "choose another --output-prefix")
-
-
 def encode_index(dtype: np.dtype, sizes: np.ndarray, document_indices: np.ndarray) -> bytes:
     """The full ``.idx`` file contents for sequences of ``sizes`` tokens (pointers derived from the sizes)."""
     dtype = np.dtype(dtype)

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import logging
+import os
 
-from megamythos.data.indexed_dataset import (
-    IndexedDataset,
-    IndexedDatasetBuilder,
-    IndexedDatasetError,
-    refuse_to_replace,
-)
+from megamythos.data.atomic import check_output_prefix
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError
 from megamythos.data.metadata import (
     DatasetMismatchError,
     announce_dataset,
     check_same_vocabulary,
     read_dataset_metadata,
+    refuse_to_replace,
 )
 from megamythos.data.tokenizer import Tokenizer
 
@@ -31,6 +29,10 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     """
     if not prefixes:
         raise ValueError("merge_datasets needs at least one input prefix")
+    check_output_prefix(output_prefix)
+    if os.path.realpath(output_prefix) in {os.path.realpath(p) for p in prefixes}:
+        raise IndexedDatasetError(f"--output-prefix {output_prefix} is one of the inputs, which the merge reads while "
+                                  "it writes; choose another --output-prefix (--overwrite does not allow this)")
     refuse_to_replace(output_prefix, overwrite)
     datasets = [IndexedDataset(p) for p in prefixes]
     records = [read_dataset_metadata(p) for p in prefixes]

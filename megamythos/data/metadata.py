@@ -22,7 +22,7 @@ import shutil
 from typing import Any
 
 from megamythos.data.atomic import atomic_open
-from megamythos.data.indexed_dataset import IndexedDatasetError, idx_path
+from megamythos.data.indexed_dataset import DatasetExistsError, IndexedDatasetError, dataset_exists, idx_path
 from megamythos.data.tokenizer import Tokenizer, file_sha256
 from megamythos.errors import UserError, read_json_object
 
@@ -81,6 +81,21 @@ def read_tokenizer_record(record_path: str | os.PathLike) -> dict[str, Any] | No
         raise MetadataError(f"{record_path} lacks {', '.join(missing)}; {RECORD_REMEDY}")
     record["tokenizer_model"] = os.path.join(os.path.dirname(os.path.abspath(record_path)), record["tokenizer_model"])
     return record
+
+
+def refuse_to_replace(prefix: str, overwrite: bool) -> None:
+    """Raise :class:`~megamythos.data.indexed_dataset.DatasetExistsError` when ``prefix`` holds a dataset, or
+    the record or tokenizer copy of one, and ``overwrite`` is off: a saved dataset is replaced only when asked,
+    whatever made it."""
+    if overwrite:
+        return
+    if dataset_exists(prefix):
+        raise DatasetExistsError(f"{prefix}.bin and .idx already hold a dataset; pass --overwrite to replace it, or "
+                                 "choose another --output-prefix")
+    taken = [path for path in (metadata_path(prefix), tokenizer_copy_path(prefix)) if os.path.exists(path)]
+    if taken:
+        raise DatasetExistsError(f"{taken[0]} already exists (the record of a dataset at {prefix}, or a file of "
+                                 "yours); pass --overwrite to replace it, or choose another --output-prefix")
 
 
 def write_dataset_metadata(prefix: str, tokenizer: Tokenizer, **fields: Any) -> dict[str, Any]:

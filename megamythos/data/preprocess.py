@@ -36,10 +36,17 @@ from multiprocessing.pool import Pool
 import numpy as np
 from tqdm import tqdm
 
-from megamythos.data.atomic import OutputError, describe_os_error, remove_stale_temps, temp_name, writable_parent
-from megamythos.data.indexed_dataset import IndexedDatasetBuilder, bin_path, idx_path, optimal_dtype, refuse_to_replace
+from megamythos.data.atomic import (
+    OutputError,
+    check_output_prefix,
+    describe_os_error,
+    remove_stale_temps,
+    temp_name,
+    writable_parent,
+)
+from megamythos.data.indexed_dataset import IndexedDatasetBuilder, bin_path, idx_path, optimal_dtype
 from megamythos.data.merge import merge_datasets
-from megamythos.data.metadata import announce_dataset, metadata_path, tokenizer_copy_path
+from megamythos.data.metadata import announce_dataset, metadata_path, refuse_to_replace, tokenizer_copy_path
 from megamythos.data.sources import (
     MISSING_KEY,
     RawRecord,
@@ -323,6 +330,7 @@ def _publish_report(written: str, report: str, stats: PreprocessStats) -> None:
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
     """Run the whole preprocessing; returns the statistics (also logged). A file that cannot be read or written
     (disk full included) raises :class:`OutputError` naming it."""
+    check_output_prefix(config.output_prefix)
     writable_parent(config.output_prefix, "--output-prefix")
     try:
         return _preprocess(config)
@@ -342,6 +350,12 @@ def _preprocess(config: PreprocessConfig) -> PreprocessStats:
     for removed in remove_stale_temps(_own_paths(config)):
         logger.info("removed %s, left by a killed run", removed)
     paths = expand_inputs(config.inputs) if config.inputs else []
+    outputs = {os.path.realpath(p) for p in _own_paths(config)}
+    overlap = [p for p in paths if os.path.realpath(p) in outputs]
+    if overlap:
+        raise BadInputError(f"--input {overlap[0]} is a file this run writes (--output-prefix "
+                            f"{config.output_prefix}); choose another --output-prefix (--overwrite does not allow "
+                            "this)")
     groups = _partition_paths(paths, config.partitions) if config.partitions > 1 and len(paths) > 1 else [paths]
     if config.partitions > len(groups):
         logger.warning("partitions split input files: %d input file(s) give %d partition(s), not %d",
