@@ -328,6 +328,11 @@ def test_negative_exit_threshold_is_one_line_naming_the_flag(entry: str, argv: l
 @pytest.mark.parametrize("entry, argv, flag", [
     ("megamythos.inference.generate:main", ["--prompt", "x", "--temperature", "nan"], "--temperature"),
     ("megamythos.inference.generate:main", ["--prompt", "x", "--seed", str(2**64)], "--seed"),
+    # found 2026-12-06: checked only after the model loaded, naming the field (max_new_tokens=-1), not the flag
+    ("megamythos.inference.generate:main", ["--prompt", "x", "--max-new-tokens", "-1"], "--max-new-tokens"),
+    ("megamythos.inference.generate:main", ["--prompt", "x", "--top-k", "-1"], "--top-k"),
+    ("megamythos.inference.generate:main", ["--prompt", "x", "--top-p", "0"], "--top-p"),
+    ("megamythos.inference.generate:main", ["--prompt", "x", "--loops", "0"], "--loops"),
     ("megamythos.inference.evaluate:main", ["--seed", "-1"], "--seed"),
     ("megamythos.inference.evaluate:main", ["--seed", str(2**32)], "--seed")])
 def test_sampling_numbers_torch_or_numpy_cannot_take_are_one_line(entry: str, argv: list[str], flag: str,
@@ -415,6 +420,7 @@ def test_trainer_counts_that_must_be_positive(flag: str) -> None:
     (["--distributed-timeout-minutes", "inf"], "--distributed-timeout-minutes must be a finite number of at least 0.1"),
     (["--distributed-timeout-minutes", "1e-12"], "--distributed-timeout-minutes must be a finite number of at least"),
     (["--save", ""], "--save is empty: give a path, or leave the flag out"),
+    (["--ds-config", str(REPO / "ds_configs")], "ds_configs is a directory; give a DeepSpeed JSON file"),
     (["--metrics-file", ""], "--metrics-file is empty: give a path, or leave the flag out"),
     (["--split", "nan,1,1"], "--split 'nan,1,1' is not 1-3 finite non-negative train,valid,test weights"),
     (["--split=-969,30,1"], "--split '-969,30,1' is not 1-3 finite"),
@@ -706,3 +712,12 @@ def test_a_metrics_file_that_is_no_metrics_log_is_refused_not_rewritten(tmp_path
     log.write_text('{"iteration": 1, "lm loss": 5.0}\n{"iteration": 2, "lm lo')  # a killed writer's cut line
     check_outputs(None, str(log))
     check_outputs(None, str(tmp_path / "new.jsonl"))
+
+
+def test_a_load_path_that_is_a_file_is_named_so(tmp_path: Path) -> None:
+    """Found 2026-12-06: ``--load FILE`` was reported as a path that does not exist."""
+    from megamythos.training.checkpointing import check_run_dirs
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a run directory or checkpoint tag; fix the path"):
+        check_run_dirs(None, str(tmp_path / "afile"))

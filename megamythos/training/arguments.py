@@ -164,7 +164,9 @@ class TrainArgs:
             parse_split(self.split)
         except DataConfigError as err:
             raise ArgumentError(f"--split {err}") from err
-        _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} does not exist")
+        _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} "
+               f"{'is a directory' if Path(self.ds_config).is_dir() else 'does not exist'}; give a DeepSpeed JSON file "
+               "such as ds_configs/cpu-debug.json")
 
     def total_iters(self, global_batch_size: int, done: tuple[int, int] = (0, 0)) -> int:
         """Optimizer steps: --train-iters, or the default; with --train-tokens the steps ``done`` = (iteration,

@@ -204,7 +204,8 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
     the tag together once torch.distributed runs (:func:`verify_resume`): each rank hashes its share."""
     same = bool(save and load) and Path(save).resolve() == Path(load).resolve()
     if load and not same and not Path(load).is_dir():
-        raise CheckpointError(f"--load {load} does not exist; fix the path, or drop --load to start from scratch")
+        what = "is a file, not a run directory or checkpoint tag" if Path(load).exists() else "does not exist"
+        raise CheckpointError(f"--load {load} {what}; fix the path, or drop --load to start from scratch")
     if load:
         tag = read_latest(load)
         if tag is None and not same:
