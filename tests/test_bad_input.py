@@ -375,9 +375,15 @@ NUMBER_CASES = [
     ("megamythos.hf.lm_eval_data:main", ["--data-path", "d", "--max-docs", "0"], "argument --max-docs: must be >= 1"),
     # --runs names no run: a study that accepted the number would stop there instead of training for minutes
     ("megamythos.research.study:main", ["depth", "--steps", "0", "--runs", "none"], "argument --steps: must be >= 1"),
-    ("megamythos.research.study:main", ["depth", "--scale", "0", "--runs", "none"], "argument --scale: must be > 0"),
+    ("megamythos.research.study:main", ["depth", "--scale", "0", "--runs", "none"],
+     "argument --scale: must lie in (0, 64]"),
     # numpy's seed range: a traceback after the corpus was built (found 2026-12-06)
     ("megamythos.research.study:main", ["depth", "--seed", "-1", "--runs", "none"], "argument --seed: must lie in"),
+    # found 2026-12-06: a RuntimeError after 18 s of corpus building (2 PB asked for), and a FileExistsError
+    ("megamythos.research.study:main", ["depth", "--scale", "1e9", "--runs", "none"],
+     "argument --scale: must lie in (0, 64], got 1e9"),
+    ("megamythos.research.study:main", ["depth", "--work-dir", "/dev/null", "--runs", "none"],
+     "--work-dir /dev/null: cannot create /dev/null"),
     # found 2026-12-06: '1.2.3' was a ValueError traceback, 'nan,1,1' was read as 1,1 and 'x9,1' as 9,1
     ("megamythos.inference.evaluate:main", ["--load", "x", "--split", "1.2.3,1,1"],
      "argument --split: '1.2.3,1,1' is not 1-3 finite non-negative train,valid,test weights"),

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from megamythos.checkpoint.files import write_atomic
+from megamythos.data.atomic import writable_directory
 from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, UserError, number, read_json_object, run_cli
 from megamythos.inference.evaluate import evaluate_loops
 from megamythos.model.config import ModelConfig
@@ -382,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
     parser.add_argument("--out", default="runs/study", help="results go to OUT/CORPUS/ (default runs/study; the "
                         "figures of docs/results.md: bench/results/study)")
-    parser.add_argument("--scale", type=number(float, 0, low_open=True), default=1.0,
-                        help="multiplies the steps; the width is 64 x round(2 x SCALE), at least 64 (128 at 1)")
+    parser.add_argument("--scale", type=number(float, 0, 64, low_open=True), default=1.0,
+                        help="multiplies the steps; the width is 64 x round(2 x SCALE), at least 64 (128 at 1; "
+                             "at most 64: width 8192)")
     parser.add_argument("--steps", type=number(int, 1), default=None,
                         help=f"training steps per run (default {StudySettings.steps} x --scale)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -394,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def study() -> int:
         resolve_device(args.device)  # before the corpus is built
+        writable_directory(args.work_dir, "--work-dir")
+        writable_directory(args.out, "--out")
         settings = StudySettings(steps=args.steps or max(1, int(StudySettings.steps * args.scale)), scale=args.scale,
                                  device=args.device, seed=args.seed)
         runs = [name for name in args.runs.split(",") if name]
