@@ -372,6 +372,9 @@ NUMBER_CASES = [
                                              "--log-interval", "x"], "argument --log-interval: 'x' is not an integer"),
     ("megamythos.data.cli:inspect_main", ["prefix", "--samples", "-1"], "argument --samples: must be >= 0, got -1"),
     ("megamythos.data.cli:default_corpus_main", ["--out", "o", "--max-files", "0"], "argument --max-files: must be"),
+    # found 2026-12-06: the build started, said vocab_size=0 without the flag, and left its lock behind
+    ("megamythos.data.cli:default_corpus_main", ["--out", "o", "--vocab-size", "0"],
+     "argument --vocab-size: must be >= 300, got 0"),
     ("megamythos.hf.lm_eval_data:main", ["--data-path", "d", "--max-docs", "0"], "argument --max-docs: must be >= 1"),
     # --runs names no run: a study that accepted the number would stop there instead of training for minutes
     ("megamythos.research.study:main", ["depth", "--steps", "0", "--runs", "none"], "argument --steps: must be >= 1"),

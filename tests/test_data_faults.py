@@ -335,3 +335,14 @@ def test_output_prefixes_that_name_no_file_or_an_input_are_refused(tmp_path: Pat
     line = error_of(merge_main, ["--input", dataset, "--output-prefix", dataset, "--overwrite"], capsys)
     assert f"--output-prefix {dataset} is one of the inputs" in line, line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_more_workers_than_cpus_is_said(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Found 2026-12-06: ``--workers 1000`` forked 1000 tokenizer processes on 2 cores without a word."""
+    too_many = len(os.sched_getaffinity(0)) + 1
+    with caplog.at_level("WARNING"):
+        preprocess(PreprocessConfig(inputs=[str(write_jsonl(tmp_path / "d.jsonl", DOCS))],
+                                    output_prefix=str(tmp_path / "o"), tokenizer_model=tiny_tokenizer.model_path,
+                                    workers=too_many))
+    assert f"--workers {too_many} x --partitions 1 is more than the {too_many - 1} CPUs" in caplog.text

@@ -355,10 +355,14 @@ def test_a_long_run_without_periodic_checkpoints_is_told_what_a_crash_costs(corp
     hour 40 lost every step."""
     save = tmp_path / "ckpt"
     result = run_single([*tiny_args(corpus, 1001), "--save", str(save), "--exit-interval", "1", "--eval-interval",
-                         "0"], tmp_path)
+                         "0", "--warmup", "1001", "--profile-dir", str(tmp_path / "prof"), "--profile-step-start",
+                         "2000", "--profile-step-end", "2001"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("1001 steps to go without --save-interval: checkpoints only at the end and on a signal, so a crash or a "
             "hang loses every step since the start; pass --save-interval N") in result.stderr
+    # settings that could not take effect passed silently (found 2026-12-06)
+    assert "--warmup 1001 is not below the run's 1001 steps: the LR never reaches --lr" in result.stderr
+    assert "--profile-step-start 2000 is past the run's 1001 steps: nothing will be profiled" in result.stderr
     assert read_latest(save) == "iter_0000001"
 
 

@@ -172,7 +172,8 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = ArgumentParser(description=default_corpus_main.__doc__)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary (the tiny preset: 8192)")
+    parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), default=8192,
+                        help="tokenizer vocabulary (the tiny preset: 8192)")
     parser.add_argument("--max-files", type=number(int, 1), default=None, help="use only the first N files (sorted)")
     parser.add_argument("--workers", type=number(int, 1), default=None,
                         help="tokenizer processes (default: min(2, cores))")

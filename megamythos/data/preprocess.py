@@ -332,6 +332,10 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
     (disk full included) raises :class:`OutputError` naming it."""
     check_output_prefix(config.output_prefix)
     writable_parent(config.output_prefix, "--output-prefix")
+    cpus = len(os.sched_getaffinity(0))
+    if config.workers * config.partitions > cpus:
+        logger.warning("--workers %d x --partitions %d is more than the %d CPUs this process may use: the extra "
+                       "processes only compete for them", config.workers, config.partitions, cpus)
     try:
         return _preprocess(config)
     except OSError as err:

@@ -241,8 +241,11 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
     from megamythos.data.preprocess import PreprocessConfig, preprocess
     from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
 
-    files = [os.path.join(wikitext_dir or "", name) for name in ("valid.txt", "test.txt")]
-    if not wikitext_dir or not all(os.path.isfile(f) for f in files):
+    if not wikitext_dir:
+        raise StudyError("--corpus wikitext2 needs --wikitext-dir DIR, a folder holding wikitext-2's valid.txt and "
+                         "test.txt")
+    files = [os.path.join(wikitext_dir, name) for name in ("valid.txt", "test.txt")]
+    if not all(os.path.isfile(f) for f in files):
         raise StudyError(f"--wikitext-dir {wikitext_dir!r} is not a directory holding wikitext-2's valid.txt and "
                          "test.txt: pass the folder that holds them")
     prefix = os.path.join(work_dir, "wikitext2")

@@ -635,6 +635,12 @@ class Trainer:
                            "--train-iters and --global-batch-size to read the samples it would have",
                            self.total_iters, self.layout.global_batch_size, self.iteration)
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
+        if self.args.warmup >= self.total_iters and self.rank == 0:
+            logger.warning("--warmup %d is not below the run's %d steps: the LR never reaches --lr %g",
+                           self.args.warmup, self.total_iters, self.args.lr)
+        if self.args.profile_dir and self.args.profile_step_start > self.total_iters and self.rank == 0:
+            logger.warning("--profile-step-start %d is past the run's %d steps: nothing will be profiled",
+                           self.args.profile_step_start, self.total_iters)
         if self.args.save_interval == 0 and self.total_iters - self.iteration > UNSAVED_STEPS_WARNED and self.rank == 0:
             logger.warning("%d steps to go without --save-interval: checkpoints only at the end and on a signal, so a "
                            "crash or a hang loses every step since the start; pass --save-interval N",
