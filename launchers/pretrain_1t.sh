@@ -39,6 +39,12 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+for var in NODES GPUS_PER_NODE TP EP MICRO GLOBAL SEQ; do  # bash arithmetic would read a word as a variable name
+  if [[ -n "${!var:-}" && ! "${!var}" =~ ^[0-9]+$ ]]; then
+    echo "error: $var=${!var}: give a whole number" >&2
+    exit 2
+  fi
+done
 LAYOUT=(--preset 1t --gpus "$(( ${NODES:-128} * ${GPUS_PER_NODE:-8} ))" --gpus-per-node "${GPUS_PER_NODE:-8}"
         --tp "${TP:-1}" --ep "${EP:-256}" --zero 3 --micro-batch-size "${MICRO:-1}"
         --global-batch-size "${GLOBAL:-1024}" --seq-length "${SEQ:-4096}" --loop-checkpoint-segment 0

@@ -669,6 +669,9 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
         bad = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**launch_env(), "EP": "3"})
         assert bad.returncode == 2 and "not divisible by expert-parallel size ep=3" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
+    word = subprocess.run(cmd[:2] + ["--dry-run"], capture_output=True, text=True, cwd=REPO,
+                          env={**launch_env(), "NODES": "abc"})  # found 2026-12-06: bash's "abc: unbound variable"
+    assert word.returncode == 2 and word.stderr == "error: NODES=abc: give a whole number\n", word.stderr
     nowhere = subprocess.run(cmd[:4], capture_output=True, text=True, cwd=REPO,
                              env={**launch_env(), "HOSTFILE": str(REPO / "no-such-hostfile"),
                                   "HOST_MEMORY_GB": "30000", "GPU_MEMORY_GB": "141"})
