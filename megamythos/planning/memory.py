@@ -161,9 +161,8 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     ``checkpoint_loops`` the :func:`checkpointed_loop_states` fp32 states (+ 2) and one iteration recomputed
     (:func:`iteration_activation_bytes`), without it every iteration under gradient; the prelude and coda blocks
     (:func:`dense_block_activation_bytes`; with ``checkpoint_dense_blocks`` their inputs and one block) and fp32
-    logits. ``replicated_core`` (ZeRO-3 only):
-    the recurrent core's weights stay gathered (:mod:`megamythos.parallel.zero`); its optimizer states stay
-    sharded."""
+    logits. ``replicated_core`` (ZeRO-3 only): the recurrent core's weights stay gathered
+    (:mod:`megamythos.parallel.zero`); its optimizer states stay sharded."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
     seq = seq_len or c.training_seq_len
