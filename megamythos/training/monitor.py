@@ -120,18 +120,20 @@ def check_outputs(tensorboard_dir: str | None, metrics_file: str | None, profile
 
 
 METRICS_LINE_LIMIT = 1 << 20  # bytes: a metrics record is a few KiB; a longer line is another kind of file
+METRICS_LINES_CHECKED = 100  # a long run's log holds millions; another kind of file shows in its first lines
 
 
 def check_metrics_log(metrics_file: str | Path) -> None:
     """Raise :class:`OutputError` if ``metrics_file`` exists and is not a metrics log (JSON lines, each an object
-    with an ``iteration``; the last one may be cut by a killed writer): a resumed run rewrites the file, so any
-    other file given by mistake (a dataset's record, a README) would be lost."""
+    with an ``iteration``; the last one may be cut by a killed writer), judged by its first
+    :data:`METRICS_LINES_CHECKED` lines: a resumed run rewrites the file, so any other file given by mistake (a
+    dataset's record, a README) would be lost."""
     path = Path(metrics_file)
     if not path.is_file():
         return
     with path.open("rb") as handle:
         number = 0
-        while raw := handle.readline(METRICS_LINE_LIMIT):
+        while number < METRICS_LINES_CHECKED and (raw := handle.readline(METRICS_LINE_LIMIT)):
             number += 1
             cut = not raw.endswith(b"\n") and not handle.read(1)  # the file's last line, without its end
             try:
