@@ -168,9 +168,6 @@ def check_launchable(args: argparse.Namespace) -> None:
     if overridden:
         raise LayoutError(f"trainer flags after -- ({', '.join(overridden)}) would change what this plan checked: "
                           "give the layout, batch and sequence settings as the planner's own flags")
-    from megamythos.training.arguments import parse_args  # the trainer's own checks of the rest, as it will run them
-
-    parse_args([a for a in args.train_args if a != "--"])
     hosts = hostfile_slots(args.hostfile)
     nodes = max(1, args.gpus // args.gpus_per_node)
     if hosts is not None and (len(hosts) < nodes or min(hosts[:nodes]) < min(args.gpus, args.gpus_per_node)):
