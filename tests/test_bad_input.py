@@ -385,7 +385,7 @@ NUMBER_CASES = [
     # found 2026-12-06: a RuntimeError after 18 s of corpus building (2 PB asked for), and a FileExistsError
     ("megamythos.research.study:main", ["depth", "--scale", "1e9", "--runs", "none"],
      "argument --scale: must lie in (0, 64], got 1e9"),
-    ("megamythos.research.study:main", ["depth", "--work-dir", "/dev/null", "--runs", "none"],
+    ("megamythos.research.study:main", ["depth", "--work-dir", "/dev/null", "--runs", "fixed_depth"],
      "--work-dir /dev/null: cannot create /dev/null"),
     # found 2026-12-06: '1.2.3' was a ValueError traceback, 'nan,1,1' was read as 1,1 and 'x9,1' as 9,1
     ("megamythos.inference.evaluate:main", ["--load", "x", "--split", "1.2.3,1,1"],

@@ -68,7 +68,7 @@ def test_arguments_parse_overrides_and_reject_bad_values():
     assert args.total_iters(global_batch_size=8, done=(20, 2560)) == 26  # resumed: 1536 tokens left / (8 x 32)
     assert args.tp == 2 and args.zero is None and args.bf16 is None  # None: keep the ds_config value
     for bad in (["--train-iters", "5", "--train-tokens", "9"], ["--override", "dim"], ["--zero", "4"],
-                ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10"], ["--ds-config", "/nonexistent.json"],
+                ["--min-lr", "1", "--lr", "0.1"], ["--split", "90,10,1,1"], ["--ds-config", "/nonexistent.json"],
                 ["--exit-duration-in-mins", "-1"], ["--finetune"],
                 ["--profile-step-start", "5", "--profile-step-end", "4"]):
         with pytest.raises(ArgumentError):

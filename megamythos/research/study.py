@@ -399,12 +399,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def study() -> int:
         resolve_device(args.device)  # before the corpus is built
-        writable_directory(args.work_dir, "--work-dir")
-        writable_directory(args.out, "--out")
         settings = StudySettings(steps=args.steps or max(1, int(StudySettings.steps * args.scale)), scale=args.scale,
                                  device=args.device, seed=args.seed)
         runs = [name for name in args.runs.split(",") if name]
         check_runs(args.experiment, runs)  # before the corpus is built
+        writable_directory(args.work_dir, "--work-dir")
+        writable_directory(args.out, "--out")
         data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
         report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus), runs)
         for run in report["runs"]:
