@@ -84,9 +84,10 @@ def test_model_flags_are_aliases_of_overrides_with_one_training_default():
     assert default.checkpoint_dense_blocks is False
     for flags in (["--backprop-loops", "0"], ["--override", "backprop_loops=0"], ["--preset", "small"]):
         assert parse_args(flags).model_config().checkpoint_loops is True, flags
-        assert parse_args(flags).model_config().checkpoint_dense_blocks is True, flags  # the blocks with them
+        assert parse_args(flags).model_config().checkpoint_dense_blocks is True, flags  # the blocks too
     assert parse_args(["--preset", "small", "--override", "checkpoint_dense_blocks=false"]).model_config() == \
         get_preset("small").replace(checkpoint_loops=True)
+    assert parse_args(["--checkpoint-loops"]).model_config().checkpoint_dense_blocks is False  # truncated backprop
     for flags in (["--checkpoint-loops"], ["--override", "checkpoint_loops=true"], ["--loop-checkpoint-segment", "0"]):
         assert parse_args(flags).model_config().checkpoint_loops is True, flags
     for flags in (["--no-checkpoint-loops", "--backprop-loops", "0"], ["--override", "checkpoint_loops=false",

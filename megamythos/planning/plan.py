@@ -193,6 +193,7 @@ def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: in
            *([] if layout.replicate_core else ["--no-replicate-core"]),
            "--checkpoint-loops", *(["--loop-checkpoint-segment", str(args.loop_checkpoint_segment)]
                                    if args.loop_checkpoint_segment is not None else []),
+           "--override", "checkpoint_dense_blocks=true",
            "--bf16", *[a for a in args.train_args if a != "--"]]
     return shlex.join(cmd)
 
@@ -212,7 +213,7 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         logger.warning("--seq-length %d is longer than the model's max_seq_len %d: planned with max_seq_len %d "
                        "(the trainer needs --override max_seq_len=%d)", seq_len, config.max_seq_len, seq_len, seq_len)
         config = config.replace(max_seq_len=seq_len)
-    # activation checkpointing of every iteration and prelude/coda block, as the printed command asks and as the
+    # activation checkpointing of every iteration and prelude/coda block, as the printed command asks, and as the
     # trainer does by default where gradients flow through every loop (TrainArgs.model_overrides)
     if args.plan or args.hostfile or config.backprop_loops == 0 or args.loop_checkpoint_segment is not None:
         config = config.replace(checkpoint_loops=True, checkpoint_dense_blocks=True)

@@ -179,20 +179,20 @@ class TrainArgs:
 
     def model_overrides(self) -> dict[str, Any]:
         """ModelConfig fields this run sets on top of the preset: ``--override`` and the flags that alias it, and
-        ``checkpoint_loops`` where neither sets it, ``checkpoint_dense_blocks`` (the prelude and coda blocks) as
-        ``checkpoint_loops`` unless overridden.
+        ``checkpoint_loops`` and ``checkpoint_dense_blocks`` where neither sets them.
 
-        Training checkpoints every recurrent iteration by default where gradients flow through every loop
-        (``backprop_loops`` 0): activation memory would grow with the sampled loop count. With truncated backprop
+        Training checkpoints every recurrent iteration, and the prelude and coda blocks, by default where gradients
+        flow through every loop (``backprop_loops`` 0, the GPU presets): activation memory would grow with the
+        sampled loop count, and the blocks' activations then matter (39 GiB per GPU at 1t). With truncated backprop
         through the last k loops it is bounded by k iterations whatever the depth, so nothing is recomputed
         (recomputing cost the default run 1.26x / 1.12x of its step at 1 / 2 CPU processes, bench/README.md)
         unless ``loop_checkpoint_segment`` is given, which asks for checkpointing.
         """
         overrides = dict(self.overrides)
+        backprop_loops = overrides.get("backprop_loops", get_preset(self.preset).backprop_loops)
         if "checkpoint_loops" not in overrides:
-            backprop_loops = overrides.get("backprop_loops", get_preset(self.preset).backprop_loops)
             overrides["checkpoint_loops"] = backprop_loops == 0 or "loop_checkpoint_segment" in overrides
-        overrides.setdefault("checkpoint_dense_blocks", overrides["checkpoint_loops"])
+        overrides.setdefault("checkpoint_dense_blocks", backprop_loops == 0)
         return overrides
 
     def model_config(self) -> ModelConfig:
