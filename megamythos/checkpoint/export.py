@@ -61,10 +61,10 @@ def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
         raise ExportError(f"OUT {out} is the working directory or holds it; export into a new directory")
     if not (out.is_file() or out.is_symlink() or (out.is_dir() and any(out.iterdir()))):
         return
-    if out.is_dir() and any((out / name).exists() for name in TRAINING_MARKERS):
-        raise ExportError(f"{out} is a run folder or one of its checkpoints (it holds "
-                          f"{next(n for n in TRAINING_MARKERS if (out / n).exists())}), which an export never "
-                          "replaces; export into a new directory")
+    marker = next((name for name in TRAINING_MARKERS if (out / name).exists()), None) if out.is_dir() else None
+    if marker:
+        raise ExportError(f"{out} is a run folder or one of its checkpoints (it holds {marker}), which an export "
+                          "never replaces; export into a new directory")
     what = "an existing file" if not out.is_dir() else "a directory that is not empty"
     if not overwrite:
         raise ExportError(f"{out} is {what}; export into a new directory, or pass --overwrite to replace it")
