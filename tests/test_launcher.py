@@ -28,6 +28,7 @@ from megamythos.training.launch import (
     split_launcher_flags,
     trainer_defaults,
     unfinished_ranks,
+    wait_for_runner,
 )
 from megamythos.training.rendezvous import port_free
 from tests.helpers import LAUNCHER, finish, free_port, launch_env, losses, spawn, tiny_args, trains
@@ -165,6 +166,40 @@ def test_a_finished_process_runs_its_exit_handlers_and_skips_the_teardown():
     torn = subprocess.run([sys.executable, "-c", script.replace("end_process(3)", "sys.exit(3)")],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "torn down" in torn.stderr  # what the same script does on a normal exit
+
+
+def test_the_job_ends_once_every_rank_finished_cleanly_without_waiting_for_the_runner(tmp_path):
+    """DeepSpeed's launch.py noticed a finished rank up to 2 s late and its teardown and the runner's took another
+    second: the supervisor now ends the job once every local rank recorded exit code 0 and ended. Stand-in
+    runners: one that would sleep for a minute (ended at once, by SIGKILL), and one that exits 0 after half a
+    second, which is waited for where a rank is not recorded, failed or still runs, or the job spans nodes."""
+    def record(pid: int, code: str | None) -> None:
+        for old in tmp_path.iterdir():
+            old.unlink()
+        (tmp_path / str(pid)).write_text("0")
+        if code is not None:
+            (tmp_path / f"{pid}.exit").write_text(code)
+
+    def waited(seconds: str, local_ranks: int | None) -> int | None:
+        """The stand-in runner's own exit code, or None where the supervisor ended it."""
+        runner = subprocess.Popen(["sleep", seconds], start_new_session=True)
+        assert wait_for_runner(runner, tmp_path, local_ranks) == 0
+        return None if runner.returncode == -9 else runner.returncode
+
+    rank = subprocess.Popen(["true"])
+    rank.wait()
+    record(rank.pid, "0")
+    assert waited("60", local_ranks=1) is None
+    assert waited("0.5", local_ranks=2) == 0  # the second rank has not started
+    assert waited("0.5", local_ranks=None) == 0  # ranks on other nodes
+    record(rank.pid, "1")  # launch.py stops the others and says so
+    assert waited("0.5", local_ranks=1) == 0
+    record(rank.pid, None)  # killed, or still running
+    assert waited("0.5", local_ranks=1) == 0
+    with subprocess.Popen(["sleep", "60"]) as running:  # exit record written, process not ended yet
+        record(running.pid, "0")
+        assert waited("0.5", local_ranks=1) == 0
+        running.kill()
 
 
 # ------------------------------------------------------------------------------------------- real launches

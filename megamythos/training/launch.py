@@ -323,7 +323,8 @@ def launch(argv: Sequence[str]) -> int:
     preflight(trainer, processes if one_node and not gpu else None)
     cmd = deepspeed_command(launcher, trainer, gpu, os.environ)
     logger.info("%s", shlex.join(cmd))
-    return supervise(cmd, Path(flag_value(trainer, "--save")) / "latest")
+    local_ranks = processes if one_node and (not gpu or "num_gpus" in launcher) else None
+    return supervise(cmd, Path(flag_value(trainer, "--save")) / "latest", local_ranks)
 
 
 def training_ranks() -> list:
@@ -351,15 +352,19 @@ def adopt_orphans() -> None:
         logger.warning("cannot adopt orphaned ranks on this system; a group signal may return before they save")
 
 
-def supervise(cmd: list[str], latest: Path) -> int:
+def supervise(cmd: list[str], latest: Path, local_ranks: int | None = None) -> int:
     """Run ``cmd`` (the deepspeed launcher) and return its exit code. On SIGTERM, SIGINT or SIGHUP, send SIGTERM
     to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
     and return 0 if a checkpoint was completed after the signal (``latest`` rewritten), else 1. The same when
     the runner alone is killed by a signal: its ranks notice, save and stop, and are waited for. When the runner
     exits 0, the local ranks' exit records must say they finished with 0 (the runner also exits 0 when its
-    ``launch.py`` is killed, ranks and all); otherwise it returns 1 with a line naming the ranks."""
+    ``launch.py`` is killed, ranks and all); otherwise it returns 1 with a line naming the ranks.
+
+    ``local_ranks``: the job's rank count where all of them run here (a single-node job); once each of them has
+    recorded exit code 0 and ended, the job is over, and :func:`wait_for_runner` ends the runner instead of
+    waiting for it."""
     with tempfile.TemporaryDirectory(prefix="megamythos-ranks-") as records:
-        return _supervise(cmd, latest, Path(records))
+        return _supervise(cmd, latest, Path(records), local_ranks)
 
 
 def _rank_records(records: Path) -> dict[str, dict[str, str]]:
@@ -394,7 +399,44 @@ def rank_errors(records: Path) -> list[str]:
     return [f"rank {rank}: {ended['error']}" for rank, ended in ranks.items() if "error" in ended]
 
 
-def _supervise(cmd: list[str], latest: Path, records: Path) -> int:
+def finished_cleanly(records: Path, local_ranks: int) -> bool:
+    """Whether ``local_ranks`` ranks recorded exit code 0 in ``records`` and their processes have ended (gone, or
+    zombies that ``launch.py`` has not reaped yet)."""
+    import psutil
+
+    pids = [start.name for start in records.iterdir() if not start.suffix]
+    if len(pids) < local_ranks:
+        return False
+    for pid in pids:
+        exit_record = records / f"{pid}.exit"
+        if not exit_record.is_file() or exit_record.read_text() != "0":
+            return False
+        try:
+            if psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            pass
+    return True
+
+
+def wait_for_runner(proc: subprocess.Popen, records: Path, local_ranks: int | None,
+                    signalled: Sequence[float] = ()) -> int:
+    """The runner's exit code; or 0 as soon as ``local_ranks`` ranks have finished cleanly
+    (:func:`finished_cleanly`), after ending the runner and its ``launch.py`` with SIGKILL: ``launch.py`` polls its
+    ranks once a second and sleeps once more after the last has ended, then it and the runner tear torch down,
+    2.5-3.5 s after the job is over. Their process group holds nothing else (each rank joined the supervisor's).
+    Not after a signal (``signalled`` not empty): the runner's own code then tells whether it stayed out of reach."""
+    while True:
+        try:
+            return proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            if local_ranks and not signalled and finished_cleanly(records, local_ranks):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return 0
+
+
+def _supervise(cmd: list[str], latest: Path, records: Path, local_ranks: int | None) -> int:
     """:func:`supervise` with the ranks writing their exit records into ``records``."""
     import psutil
 
@@ -422,7 +464,7 @@ def _supervise(cmd: list[str], latest: Path, records: Path) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    code = proc.wait()
+    code = wait_for_runner(proc, records, local_ranks, signalled)
     if code < 0 and not signalled:  # the runner alone died of a signal: its ranks (adopted) save and stop
         logger.info("the deepspeed runner ended by %s; waiting for the ranks to save", signal.Signals(-code).name)
         signalled.append(time.time())

@@ -44,7 +44,7 @@ def end_process(code: int) -> NoReturn:
     """Run the exit handlers (logging's flush and close, torch's compile-worker shutdown), flush stdout and
     stderr, write this rank's exit record and end the process with ``code``."""
     atexit._run_exitfuncs()
-    write_exit_record(".exit", str(code))
     sys.stdout.flush()
     sys.stderr.flush()
+    write_exit_record(".exit", str(code))  # last: the supervisor may end the job once every rank has one
     os._exit(code)
