@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -21,6 +20,7 @@ import pytest
 from megamythos.data.indexed_dataset import IndexedDatasetBuilder
 from megamythos.model.config import ModelConfig
 from megamythos.model.moe import GROUPED_MM_KERNEL
+from megamythos.training.rendezvous import port_free
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launchers" / "pretrain.sh"
@@ -155,14 +155,17 @@ def dead_pid() -> int:
 
 
 def free_port() -> int:
-    """A free TCP port, never one this session handed out before (launches run side by side: see LaunchPool)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _PORTS_GIVEN:
+    """A free TCP port for a launch's rendezvous, never one this session handed out before (launches run side by
+    side: see LaunchPool), from a block of 1000 of this pytest-xdist worker's own, below Linux's ephemeral range
+    (32768-60999) where ``bind(0)`` and gloo's connections take theirs: no two launches of the session, in one
+    worker or across workers, rendezvous on one port."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    first = 20000 + 1000 * worker
+    for port in range(first, first + 1000):
+        if port not in _PORTS_GIVEN and port != 29500 and port_free(port):
             _PORTS_GIVEN.add(port)
             return port
+    raise RuntimeError(f"no free port left in {first}-{first + 999}")
 
 
 def launch_env() -> dict[str, str]:
