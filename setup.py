@@ -42,7 +42,8 @@ setup(
     extras_require={
         # Hugging Face export (transformers) and lm-evaluation-harness; lm-eval's hf model imports accelerate
         "hf": ["transformers>=5.20,<6", "lm-eval>=0.4.9", "accelerate>=1.0"],
-        "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.6", "transformers>=5.20,<6", "lm-eval>=0.4.9", "accelerate>=1.0"],
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.6", "transformers>=5.20,<6", "lm-eval>=0.4.9",
+                "accelerate>=1.0"],
         "cuda": ["flash-attn>=2.5"],
     },
 )
