@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -145,6 +146,7 @@ def tiny_args(data_dir: Path, iters: int, lr: float = 1e-2) -> list[str]:
 
 
 _PORTS_GIVEN: set[int] = set()
+_PORTS_LOCK = threading.Lock()
 
 
 def dead_pid() -> int:
@@ -161,10 +163,11 @@ def free_port() -> int:
     worker or across workers, rendezvous on one port."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     first = 20000 + 1000 * worker
-    for port in range(first, first + 1000):
-        if port not in _PORTS_GIVEN and port != 29500 and port_free(port):
-            _PORTS_GIVEN.add(port)
-            return port
+    with _PORTS_LOCK:  # LaunchPool's threads ask at the same time
+        for port in range(first, first + 1000):
+            if port not in _PORTS_GIVEN and port != 29500 and port_free(port):
+                _PORTS_GIVEN.add(port)
+                return port
     raise RuntimeError(f"no free port left in {first}-{first + 999}")
 
 
