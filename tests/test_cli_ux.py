@@ -64,6 +64,16 @@ def test_trainer_help_describes_every_flag_and_lists_presets_with_sizes():
     assert all(a.help != argparse.SUPPRESS for a in parser._actions if a.dest != "local_rank")
 
 
+def test_help_shows_defaults_but_not_the_true_a_no_flag_turns_off():
+    """Found 2026-12-06: the planner's --help said "--no-replicate-core ... (default: True)", which reads as
+    "partitioned by default", the opposite of what it means."""
+    parser = errors.ArgumentParser(formatter_class=errors.HelpFormatter)
+    parser.add_argument("--no-replicate-core", dest="replicate_core", action="store_false", help="partition it")
+    parser.add_argument("--steps", type=int, default=4, help="how many")
+    text = " ".join(parser.format_help().split())
+    assert "partition it --steps" in text and "how many (default: 4)" in text, text
+
+
 CLIS = ["megamythos.training.pretrain", "megamythos.inference.evaluate", "megamythos.inference.generate",
         "megamythos.checkpoint.export", "megamythos.hf.lm_eval_data", "megamythos.planning.plan",
         "data_prep/build_default_corpus.py", "data_prep/inspect_dataset.py", "data_prep/merge_datasets.py",
