@@ -14,10 +14,10 @@ Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`
 ``--exit-threshold`` adds a row per loop count in which a token stops iterating once its state's relative change
 falls below the threshold (``mean_depth`` = iterations a token executed, ``exit_share`` = share of tokens stopping
 after each iteration, ``forward_flops_per_token`` = what that costs). Results go to ``depth_eval.{csv,json,png}``
-in ``--out`` (default ``eval/`` inside the checkpoint tag or export directory) and to TensorBoard in
-``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count under the tags ``depth-eval/{loss,ppl,
-mean-depth,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...`` (exit at threshold T, with
-``exit-share/loop-NN``). A summary JSON line goes to stdout.
+in ``--out`` (default ``RUN/eval/TAG`` for a checkpoint, outside the tags ``--keep-last`` prunes; ``eval/`` in an
+export directory) and to TensorBoard in ``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count
+under the tags ``depth-eval/{loss,ppl,mean-depth,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...``
+(exit at threshold T, with ``exit-share/loop-NN``). A summary JSON line goes to stdout.
 
 Library part: :func:`evaluate_loops` runs a fixed list of token batches through the model at each loop count;
 :func:`write_results` stores a CSV, a JSON and a PNG plot (perplexity vs loops, trained depth marked).
