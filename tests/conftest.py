@@ -19,13 +19,23 @@ from tests.helpers import LAUNCH_FIXTURES, LaunchPool, build_corpus, run, synthe
 TINY_RUN_ITERS = 8
 
 
+# The longest files, longest first (`make test`, 2026-12-06: 100-270 s each in two workers; the next is under
+# 50 s): pytest-xdist hands whole files to its workers in collection order, so these go first and the short ones
+# fill the gaps; in alphabetical order test_train.py ran last, alone.
+LONGEST_FILES = ("test_faults.py", "test_distributed_train.py", "test_train.py", "test_integrity.py",
+                 "test_elastic.py", "test_launcher.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that uses a fixture registered with ``helpers.trains`` carries the ``launch`` marker."""
+    """Every test that uses a fixture registered with ``helpers.trains`` carries the ``launch`` marker; the
+    ``LONGEST_FILES`` come first (a stable sort: each file's tests stay together, in their order)."""
     unmarked = [item.nodeid for item in items if LAUNCH_FIXTURES & set(getattr(item, "fixturenames", ()))
                 and item.get_closest_marker("launch") is None]
     if unmarked:
         raise pytest.UsageError(f"tests using a fixture that trains ({', '.join(sorted(LAUNCH_FIXTURES))}) need "
                                 f"@pytest.mark.launch: {unmarked}")
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
 
 
 @pytest.fixture(autouse=True)
