@@ -49,7 +49,7 @@ class DataRecipe:
     seq_length: int = 256
     seed: int = DEFAULT_SEED
     eval_interval: int = 0  # 0 -> no evaluation during training
-    eval_iters: int = 2
+    eval_iters: int = 8  # global batches per validation: the default run's 8 x 4 x 128 tokens = evaluate's default
     data_cache_dir: str | None = None
 
     @classmethod

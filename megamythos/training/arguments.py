@@ -85,7 +85,7 @@ class TrainArgs:
     save_interval: int = 0  # 0 -> only at the end and on a signal
     keep_last: int = 3
     eval_interval: int = DataRecipe.eval_interval  # 0 -> no evaluation
-    eval_iters: int = 8  # global batches per validation: the default run's 8 x 4 x 128 tokens = evaluate's default
+    eval_iters: int = DataRecipe.eval_iters
     tensorboard_dir: str | None = None
     metrics_file: str | None = None  # JSON lines, one per iteration (rank 0)
     profile_dir: str | None = None  # torch.profiler trace and op table of the profiled steps (rank 0)
