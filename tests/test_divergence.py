@@ -17,10 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from megamythos.checkpoint.files import LATEST, TAG_RE, read_latest, tag_for
+from megamythos.checkpoint.files import LATEST, TAG_RE, CheckpointError, read_latest, tag_for
 from megamythos.data.indexed_dataset import IndexedDatasetBuilder
 from megamythos.errors import run_cli
 from megamythos.training.arguments import TrainArgs, parse_args
+from megamythos.training.checkpointing import check_run_dirs
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.pretrain import Trainer
 from tests.helpers import REPO, VOCAB, corpus_prefix, metrics, run, tiny_args
@@ -111,6 +112,27 @@ def test_step_back_drops_the_checkpoint_whose_weights_gave_the_first_bad_loss(tm
     assert step_back(tmp_path, first_bad=9) == tmp_path / tag_for(2)  # iter 3 fails its checksums (x.pt missing)
     assert step_back(tmp_path, first_bad=3) is None  # no checkpoint before iteration 2: none is left
     assert not any(TAG_RE.match(p.name) for p in tmp_path.iterdir()) and not (tmp_path / LATEST).exists()
+
+
+def test_a_spike_right_after_a_rollback_keeps_the_tag_it_reloaded(tmp_path):
+    """Found 2026-12-06: after a rollback to iteration 3, a spike at iteration 4 blamed the weights of iteration 3,
+    which had given good losses before, and moved that tag aside too; a few such spikes emptied the folder."""
+    make_tags(tmp_path, [2, 3, 4], latest=4)
+    assert step_back(tmp_path, first_bad=5) == tmp_path / tag_for(3)  # the first divergence: 4 goes
+    assert step_back(tmp_path, first_bad=4, reloaded=3) == tmp_path / tag_for(3)  # right after the rollback to 3
+    assert read_latest(tmp_path) == tag_for(3) and (tmp_path / tag_for(3)).is_dir()
+    assert step_back(tmp_path, first_bad=4) == tmp_path / tag_for(2)  # what it did before
+
+
+def test_a_folder_holding_only_tags_moved_aside_is_not_started_over(tmp_path):
+    """Found 2026-12-06: a divergence before any checkpoint it could go back to moved every tag aside and removed
+    `latest`; the same command then started the run over from iteration 1 in the same folder, without a word."""
+    (tmp_path / f"{tag_for(25)}.diverged").mkdir()
+    check_run_dirs(str(tmp_path), str(tmp_path), verify=False)  # a partial tag (no checksums.json) holds nothing
+    (tmp_path / f"{tag_for(25)}.diverged" / "checksums.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"holds no `latest`, only checkpoints moved aside \(iter_0000025"
+                                              r"\.diverged; a divergence"):
+        check_run_dirs(str(tmp_path), str(tmp_path), verify=False)
 
 
 def test_the_stop_line_names_the_last_good_checkpoint_or_none():

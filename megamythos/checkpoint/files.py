@@ -34,6 +34,7 @@ from megamythos.errors import UserError, read_json_object
 
 LATEST = "latest"
 TAG_RE = re.compile(r"^iter_(\d{7,})$")
+ASIDE_RE = re.compile(r"^iter_\d{7,}\.(diverged|superseded)\d*$")  # move_tag_aside's names
 MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_RECORD = "tokenizer.json"
 TOKENIZER_COPY = "tokenizer.model"

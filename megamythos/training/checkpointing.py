@@ -40,6 +40,7 @@ from megamythos.checkpoint.checksums import (
     write_checksums,
 )
 from megamythos.checkpoint.files import (
+    ASIDE_RE,
     LATEST,
     MODEL_CONFIG_FILE,
     TAG_RE,
@@ -196,7 +197,8 @@ def not_a_run_directory(load: Path) -> str:
 def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> None:
     """Refuse command lines that would lose checkpoints or a run: a ``--load`` that does not exist or holds no
     ``latest`` (a typo, one tag, an export: each would start from scratch), and a ``--save`` holding checkpoints
-    that this run does not resume (they would be overwritten and ``latest`` moved back). ``--load`` equal to
+    that this run does not resume (they would be overwritten and ``latest`` moved back), or only tags moved aside
+    (:func:`tags_aside`: a run that diverged before any checkpoint it could go back to). ``--load`` equal to
     ``--save`` and still empty is a fresh run.
 
     ``verify``: also check the files of ``--load``'s latest tag against its checksums (:func:`verify_tag`), here
@@ -225,6 +227,39 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
         raise CheckpointError(f"--save {save} holds the complete checkpoint {orphan} but no `{LATEST}` (deleted or "
                               f"lost?): a fresh run there would delete it; write {orphan} into {Path(save) / LATEST} "
                               "to resume it, or start fresh with another --save")
+    aside = tags_aside(save) if save and read_latest(save) is None else []
+    if aside:  # a divergence moved every tag aside: the same command must not quietly start the run over
+        raise CheckpointError(f"--save {save} holds no `{LATEST}`, only checkpoints moved aside ({', '.join(aside)}; "
+                              "a divergence or a step back to an earlier tag moved them): a fresh run there would "
+                              "train over the run they come from; start fresh with another --save, or rename one "
+                              f"back to its iter_N name and write that into {Path(save) / LATEST} to resume it")
+
+
+def tags_aside(save_dir: str | Path) -> list[str]:
+    """The complete checkpoint tags of ``save_dir`` that :func:`megamythos.checkpoint.files.move_tag_aside` moved
+    out of a run's view (``iter_N.diverged``, ``iter_N.superseded``, numbered when repeated), oldest first."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    return sorted(p.name for p in save_dir.iterdir()
+                  if p.is_dir() and ASIDE_RE.match(p.name) and (p / CHECKSUMS_FILE).is_file())
+
+
+def warn_of_tags_aside(save_dir: str | Path) -> None:
+    """Say which complete tags of ``save_dir`` were moved aside (:func:`tags_aside`) and the bytes they hold, as
+    their ``checksums.json`` lists them: ``--keep-last`` never prunes them, and each is a whole checkpoint."""
+    aside = tags_aside(save_dir)
+    if aside:
+        size = 0
+        for tag in aside:
+            try:
+                record = read_json_object(Path(save_dir, tag, CHECKSUMS_FILE), CheckpointError, "")
+                size += sum(int(entry["size"]) for entry in record["files"].values())
+            except (UserError, KeyError, TypeError, ValueError, AttributeError):  # unreadable: counted as 0
+                pass
+        logger.warning("%s holds %d checkpoint(s) moved aside after a divergence or a step back, %.1f GB in all, "
+                       "which --keep-last does not prune: %s; delete them once they are no longer needed",
+                       save_dir, len(aside), size / 1e9, ", ".join(aside))
 
 
 def newest_complete_tag(save_dir: Path) -> str | None:

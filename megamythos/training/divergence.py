@@ -126,20 +126,27 @@ def usable(tag_dir: Path, ranks: Team = ALONE) -> bool:
     return True
 
 
-def step_back(save_dir: Path, first_bad: int) -> Path | None:
+def step_back(save_dir: Path, first_bad: int, reloaded: int | None = None) -> Path | None:
     """Collective: make ``save_dir/latest`` name the newest complete checkpoint saved before iteration
     ``first_bad - 1`` whose checksums verify, and move the newer tags aside to ``TAG.diverged`` (kept for a post
     mortem, invisible to resume and export; their derived universal forms are deleted): the one saved at
     ``first_bad - 1`` holds the weights whose loss at ``first_bad`` was the first bad one. Candidates are verified
     newest first by every rank together (:func:`usable`), older ones only while newer ones fail; rank 0 lists the
     tags and changes the files (``latest`` first); every rank returns the tag directory ``latest`` then names, or
-    None when no checkpoint is left (``latest`` is removed)."""
+    None when no checkpoint is left (``latest`` is removed).
+
+    ``reloaded``: the iteration of the tag a rollback has just reloaded, which stays: its weights gave good losses
+    before the rollback, and a spike right after it comes from the samples read since (before, each such spike
+    moved it aside too, and a few of them in a row emptied the run's folder)."""
     ranks = team()
     latest, tags = ranks.share(lambda: (read_latest(save_dir), sorted(
         (int(m.group(1)), p.name) for p in (save_dir.iterdir() if save_dir.is_dir() else ())
         if p.is_dir() and (m := TAG_RE.match(p.name)))))
     newest = next((it for it, tag in tags if tag == latest), -1)  # newer tags are partial saves
-    candidates = [tag for it, tag in reversed(tags) if it < first_bad - 1 and it <= newest]
+    def blamed(it: int) -> bool:
+        return it >= first_bad - 1 and it != reloaded
+
+    candidates = [tag for it, tag in reversed(tags) if not blamed(it) and it <= newest]
     chosen = next((tag for tag in candidates if usable(save_dir / tag, ranks)), None)
     if ranks.rank == 0:
         if chosen != latest:
@@ -148,7 +155,7 @@ def step_back(save_dir: Path, first_bad: int) -> Path | None:
             else:
                 (save_dir / LATEST).unlink(missing_ok=True)
         for it, tag in tags:
-            if it >= first_bad - 1:
+            if blamed(it):
                 aside = move_tag_aside(save_dir, tag, "diverged")
                 logger.warning("moved checkpoint %s to %s: its weights gave the first diverging loss (iteration %d) "
                                "or came after it", save_dir / tag, aside.name, first_bad)

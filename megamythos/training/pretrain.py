@@ -71,6 +71,7 @@ from megamythos.training.checkpointing import (
     saved_progress,
     universal_tag,
     verify_resume,
+    warn_of_tags_aside,
     writer_lock,
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
@@ -291,6 +292,9 @@ class Trainer:
                                        self.consumed)
         latest = read_latest(args.save) if args.save else None
         self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
+        self.reloaded: int | None = None  # the iteration of the tag the last rollback reloaded (see step_back)
+        if args.save and self.rank == 0:
+            warn_of_tags_aside(args.save)
         logger.info("layout: world %d, tp %d, ep %d, dp %d, ZeRO-%d, micro %d x accum %d x dp = global %d; "
                     "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
                     self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
@@ -412,18 +416,19 @@ class Trainer:
         checkpoint on are retrained on the samples that follow the spike (the PaLM recipe). The rollback is logged,
         to TensorBoard (``rollbacks``) and the metrics file."""
         if self.args.save:
-            self.last_good = step_back(Path(self.args.save), diverged.since)
+            self.last_good = step_back(Path(self.args.save), diverged.since, self.reloaded)
         exhausted = self.rollbacks >= self.args.max_rollbacks
         if self.args.on_divergence == "stop" or self.last_good is None or exhausted:
             after = f" after {self.rollbacks} rollback{'s' * (self.rollbacks != 1)} (--max-rollbacks " \
                     f"{self.args.max_rollbacks})" \
                 if self.args.on_divergence == "rollback" and exhausted else ""
-            good = f"{self.last_good} (`latest`); resume from it" if self.last_good else "none saved; start again"
+            good = f"{self.last_good} (`latest`); resume from it" if self.last_good else \
+                "none saved; start again" + (" in another --save folder" if self.args.save else "")
             raise DivergenceError(f"training diverged at {diverged.describe()}{after}; last good checkpoint: {good} "
                                   "with a lower --lr or a longer --warmup")
         read_to, rollbacks = self.consumed, self.rollbacks + 1
         self._load(self.args.save, None)
-        self.rollbacks = rollbacks
+        self.rollbacks, self.reloaded = rollbacks, self.iteration
         skipped, self.consumed = read_to - self.consumed, read_to
         self.divergence.restart()
         logger.warning("training diverged at %s; rollback %d of %d: reloaded %s (iteration %d); the data resumes at "
