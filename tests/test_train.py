@@ -800,6 +800,31 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path):
                                                                                    (16, 0.5)]
 
 
+def test_tensorboard_shows_each_step_once_after_a_fresh_start_or_a_rollback(tmp_path):
+    """Found 2026-12-06: a fresh run in a folder where an earlier launch had logged (and saved nothing) showed
+    both curves over the same steps, and a rollback's retrained steps were drawn backwards over the ones it
+    undid. A fresh start purges what TensorBoard holds there; a rollback, the steps after the tag it reloaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megamythos.training.monitor import TrainingMonitor
+
+    tb = tmp_path / "tb"
+    earlier = TrainingMonitor(True, str(tb), None)
+    for iteration in range(1, 6):
+        earlier.scalars({"lm loss": 20.0}, iteration, iteration)
+    earlier.close()
+    fresh = TrainingMonitor(True, str(tb), None)
+    for iteration in range(1, 5):
+        fresh.scalars({"lm loss": 10.0 - iteration}, iteration, iteration)
+    fresh.rolled_back(2)  # the checkpoint of iteration 2 reloaded; 3 and 4 taken again
+    for iteration in range(3, 5):
+        fresh.scalars({"lm loss": 1.0}, iteration, iteration + 2)
+    fresh.close()
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0)]
+
+
 def test_a_run_from_scratch_keeps_the_records_it_finds_and_a_run_folder_is_not_saved_over(tmp_path):
     """Found 2026-12-06: ``--save x`` where x is another run's run folder (x/checkpoints/latest) trained on, shared
     its TensorBoard folder and cut its metrics.jsonl to nothing, "logged by a launch that ended after its last

@@ -232,8 +232,10 @@ class TrainingMonitor:
 
     ``start_iteration``, ``start_samples``: the iteration the run starts from (resumes at) and the samples
     consumed by then. What an earlier launch logged after it (steps a killed run took after its last checkpoint,
-    which this run takes again) is dropped from the metrics file and, on a resume, purged from TensorBoard (the
-    ``vs samples`` twins after ``start_samples``), so each iteration is logged once.
+    which this run takes again) is dropped from the metrics file and purged from TensorBoard (the ``vs samples``
+    twins after ``start_samples``), so each iteration is logged once; a fresh start (iteration 0) renames the
+    metrics file aside and purges every step TensorBoard holds there. :meth:`rolled_back` does the same for the
+    steps a rollback takes again.
     """
 
     def __init__(self, enabled: bool, tensorboard_dir: str | None, metrics_file: str | None,
@@ -241,12 +243,12 @@ class TrainingMonitor:
         self.enabled = enabled
         self.writer = self.samples_writer = None
         self.metrics = None
+        self.tensorboard_dir = tensorboard_dir
         if enabled and tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=50,
-                                        purge_step=start_iteration + 1 if start_iteration else None)
+            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=50, purge_step=start_iteration + 1)
             self.samples_writer = SummaryWriter(log_dir=os.path.join(tensorboard_dir, SAMPLES_RUN), max_queue=50,
-                                                purge_step=start_samples + 1 if start_iteration else None)
+                                                purge_step=start_samples + 1)
         if enabled and metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
             if start_iteration:
@@ -254,6 +256,15 @@ class TrainingMonitor:
             else:
                 keep_earlier_log(metrics_file)
             self.metrics = open(metrics_file, "a")
+
+    def rolled_back(self, iteration: int) -> None:
+        """A rollback reloaded the checkpoint of ``iteration``: TensorBoard drops the steps after it, which the run
+        takes again (the ``vs samples`` twins stay: the data moved on past the samples they were logged at)."""
+        if self.writer is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer.close()
+            self.writer = SummaryWriter(log_dir=self.tensorboard_dir, max_queue=50, purge_step=iteration + 1)
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
         """TensorBoard scalars at ``iteration``, plus ``vs samples`` twins for the Megatron tags."""

@@ -429,6 +429,7 @@ class Trainer:
         read_to, rollbacks = self.consumed, self.rollbacks + 1
         self._load(self.args.save, None)
         self.rollbacks, self.reloaded = rollbacks, self.iteration
+        self.monitor.rolled_back(self.iteration)
         skipped, self.consumed = read_to - self.consumed, read_to
         self.divergence.restart()
         logger.warning("training diverged at %s; rollback %d of %d: reloaded %s (iteration %d); the data resumes at "
