@@ -405,10 +405,12 @@ def test_a_resume_that_rebuilds_the_training_order_says_so(corpus, tmp_path):
 def test_train_tokens_counts_the_tokens_a_resumed_run_consumed(corpus, tmp_path):
     """``--train-tokens`` on a resume with another global batch: the length came from the new batch alone, so a run
     that had trained half its tokens stopped as "already finished" (found 2026-12-06). It now trains the tokens
-    left, recorded in each checkpoint's train_args.json."""
+    left, recorded in each checkpoint's train_args.json. Without --peak-tflops, the resume divides MFU by the peak
+    the first launch measured (found 2026-12-06: measured again at each launch, MFU stepped at every resume)."""
     save = tmp_path / "ckpt"
     args = tiny_args(corpus, 1)
     del args[args.index("--train-iters"):args.index("--train-iters") + 2]
+    del args[args.index("--peak-tflops"):args.index("--peak-tflops") + 2]
     common = [*args, "--train-tokens", "1024", "--save", str(save), "--load", str(save), "--eval-interval", "0"]
     first = run_single([*common, "--micro-batch-size", "4", "--global-batch-size", "4", "--exit-interval", "4",
                         "--override", "sample_depth=false"],
@@ -422,6 +424,10 @@ def test_train_tokens_counts_the_tokens_a_resumed_run_consumed(corpus, tmp_path)
                         tmp_path)  # 512 tokens left: 2 steps of 8 x 32
     assert second.returncode == 0, second.stderr[-3000:]
     assert read_latest(save) == "iter_0000006", second.stderr[-3000:]
+    measured = re.findall(r"peak matmul rate for MFU: (\S+) TFLOP/s \(([^)]*)\), measured now", first.stderr)
+    assert len(measured) == 1 and "threads, torch.float32" in measured[0][1], first.stderr[-3000:]
+    assert f"peak matmul rate this run measured at its start: {measured[0][0]} TFLOP/s ({measured[0][1]})" in \
+        second.stderr and "measured now" not in second.stderr, second.stderr[-3000:]
 
 
 def test_train_tokens_counts_the_tokens_trained_not_the_samples_skipped(tmp_path):

@@ -77,6 +77,13 @@ def measure_peak_tflops(dtype: torch.dtype = torch.float32, device: torch.device
     return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e12
 
 
+def peak_key(dtype: torch.dtype, device: torch.device) -> str:
+    """What :func:`measure_peak_tflops` depends on: the device model, the dtype and, on CPU, the threads."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, {dtype}"
+    return f"{cpu_model()['model_name']}, {torch.get_num_threads()} threads, {dtype}"
+
+
 def openmp_wait_policy() -> str:
     """``OMP_WAIT_POLICY`` as this process started with it, which is what OpenMP read when torch loaded it (Linux:
     ``/proc/self/environ``; elsewhere the current value); "unset" if none."""

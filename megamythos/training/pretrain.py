@@ -83,6 +83,7 @@ from megamythos.training.monitor import (
     measure_peak_tflops,
     memory_usage,
     openmp_wait_policy,
+    peak_key,
     still_working,
 )
 from megamythos.training.optimizers import client_adam, kept_optimizer_settings, resolve_adam_impl
@@ -278,16 +279,14 @@ class Trainer:
                           "dataset_shapes": self.data.shapes,
                           "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
                           "layout": self.layout_record(), "zero_stage": self.layout.zero})
-        if args.peak_tflops is None:
-            logger.info("measuring peak matmul rate for MFU (pass --peak-tflops to skip)")
-        self.peak_tflops = args.peak_tflops or measure_peak_tflops(
-            torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32, self.engine.device)
+        self.saved_peak: dict[str, Any] = {}
         if self.resume_from:
             self._load(self.resume_from, self.universal)
             if self.universal and self.universal.parent.resolve() != Path(self.resume_from).resolve():
                 any_rank(False)  # every rank has read it: a conversion of another run's tag is not kept here
                 if self.rank == 0:
                     shutil.rmtree(self.universal, ignore_errors=True)
+        self.peak = self.mfu_peak()
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration,
                                        self.consumed)
         latest = read_latest(args.save) if args.save else None
@@ -336,6 +335,23 @@ class Trainer:
         """What a checkpoint's shards depend on; resuming on another one goes through a universal checkpoint."""
         return {"world_size": self.world, "tp": self.layout.tp, "ep": self.layout.ep}
 
+    def mfu_peak(self) -> dict[str, Any]:
+        """{"key", "tflops"}: the TFLOP/s MFU divides by, from ``--peak-tflops``, else the one a checkpoint of this
+        run measured on the same kind of device (:func:`peak_key`), else measured now (:func:`measure_peak_tflops`):
+        measured at each launch, MFU stepped at every resume with the machine's state."""
+        dtype = torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32
+        key = peak_key(dtype, self.engine.device)
+        if self.args.peak_tflops:
+            return {"key": key, "tflops": self.args.peak_tflops}
+        if self.saved_peak.get("key") == key:
+            logger.info("MFU against the peak matmul rate this run measured at its start: %.4g TFLOP/s (%s)",
+                        self.saved_peak["tflops"], key)
+            return self.saved_peak
+        tflops = measure_peak_tflops(dtype, self.engine.device)
+        logger.info("peak matmul rate for MFU: %.4g TFLOP/s (%s), measured now and kept in the checkpoints for "
+                    "resumes on this kind of device (--peak-tflops sets it)", tflops, key)
+        return {"key": key, "tflops": tflops}
+
     def client_state(self) -> dict[str, Any]:
         order = order_fingerprint(self.train_set, self.consumed) if self.train_set is not None else None
         tokens = self.tokens_at_resume + (self.consumed - self.consumed_at_resume) * self.args.seq_length
@@ -346,7 +362,7 @@ class Trainer:
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
-                "next_samples": order}
+                "next_samples": order, "mfu_peak": self.peak}
 
     def _load(self, load_dir: str, universal: Path | None) -> None:
         wanted = dataclasses.replace(self.schedule)  # loading a tag of the same layout overwrites self.schedule
@@ -377,6 +393,7 @@ class Trainer:
         self.saved_order = None if change or settings else state.get("next_samples")  # those warned already
         self.guard.skipped = state.get("skipped_steps", 0)
         self.rollbacks = state.get("rollbacks", 0)
+        self.saved_peak = state.get("mfu_peak") or {}
         load_expert_bias_state(self.engine.module, state["expert_bias"])
         kept = kept_optimizer_settings(self.engine.optimizer.param_groups, self.args.weight_decay,
                                        (self.args.adam_beta1, self.args.adam_beta2), self.args.adam_eps)
@@ -582,7 +599,7 @@ class Trainer:
             "lm loss": step["lm_loss"], "aux loss": step["aux_loss"],
             "learning-rate": step["lr"], "grad-norm": grad_norm,
             "loss-scale": float(getattr(self.engine.optimizer, "loss_scale", 1.0) or 1.0),
-            "tokens-per-sec": tokens_per_sec, "tflops": tflops, "mfu": tflops / self.peak_tflops,
+            "tokens-per-sec": tokens_per_sec, "tflops": tflops, "mfu": tflops / self.peak["tflops"],
             "iteration-time": seconds, "skipped-steps": float(self.guard.skipped),
             "recurrent/loop-count": float(step["n_loops"]),
         }
