@@ -806,6 +806,20 @@ def test_a_resumed_run_logs_each_iteration_once(tmp_path):
                                                                                    (16, 0.5)]
 
 
+def test_records_after_the_resume_point_are_cut_from_the_end_of_a_long_metrics_file(tmp_path):
+    """Found 2026-12-06: every resume read the whole metrics file into memory and wrote it again (1.7 s and 600 MB
+    for 200k records). It is now read from its end, a growing tail at a time, and truncated: here the records to
+    drop fill more than the first 1 MiB tail, and the bytes kept are the same bytes."""
+    from megamythos.training.monitor import drop_records_after
+
+    path = tmp_path / "metrics.jsonl"
+    text = "".join(json.dumps({"iteration": i, "lm loss": 1.0 / i}) + "\n" for i in range(1, 40001))
+    path.write_text(text + '{"iteration": 40001, "lm')
+    kept = text[:text.index('{"iteration": 10001,')]
+    assert drop_records_after(path, 10000) == 30001 and path.read_text() == kept
+    assert drop_records_after(path, 10000) == 0 and path.read_text() == kept
+
+
 def test_tensorboard_shows_each_step_once_after_a_fresh_start_or_a_rollback(tmp_path):
     """Found 2026-12-06: a fresh run in a folder where an earlier launch had logged (and saved nothing) showed
     both curves over the same steps, and a rollback's retrained steps were drawn backwards over the ones it

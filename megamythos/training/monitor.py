@@ -23,7 +23,6 @@ import torch
 
 from megamythos.data.atomic import (
     OutputError,
-    atomic_open,
     describe_os_error,
     writable_directory,
     writable_parent,
@@ -198,26 +197,43 @@ class StepProfiler:
 def drop_records_after(metrics_file: str | Path, iteration: int) -> int:
     """Remove the trailing records of iterations after ``iteration`` from the JSON-lines ``metrics_file``: what the
     launch before logged past its last checkpoint (a cut last line too). Earlier records stay, also those past
-    ``iteration`` that a rollback left behind it. Rewritten atomically, only when there is something to drop;
-    returns how many records were dropped."""
+    ``iteration`` that a rollback left behind it. Reads the file from its end, a growing tail at a time (a long
+    run's file holds a record per step), and truncates it where the dropped records start (the kept part is never
+    rewritten); returns how many records were dropped."""
     path = Path(metrics_file)
     if not path.is_file():
         return 0
-    lines = path.read_text().splitlines(keepends=True)
-    kept = len(lines)
-    while kept:
-        try:
-            if int(json.loads(lines[kept - 1])["iteration"]) <= iteration:
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        chunk = 1 << 20
+        while True:
+            start = max(0, size - chunk)
+            handle.seek(start)
+            lines = handle.read(size - start).splitlines(keepends=True)
+            offset = start
+            if start:  # the first line may begin before the tail: left to a longer tail
+                offset += len(lines.pop(0)) if lines else 0
+            offsets = [offset]
+            for line in lines:
+                offsets.append(offsets[-1] + len(line))
+            keep, dropped, found = size, 0, False
+            for line_start, line in zip(reversed(offsets[:-1]), reversed(lines), strict=True):
+                try:
+                    if int(json.loads(line)["iteration"]) <= iteration:
+                        found = True
+                        break
+                except (ValueError, TypeError, KeyError):
+                    pass
+                keep, dropped = line_start, dropped + 1
+            if found or not start:
                 break
-        except (ValueError, TypeError, KeyError):
-            pass
-        kept -= 1
-    if kept < len(lines):
-        with atomic_open(path, "w") as handle:
-            handle.write("".join(lines[:kept]))
+            chunk *= 4
+        if dropped:
+            handle.truncate(keep)
+    if dropped:
         logger.info("%s: dropped %d record(s) after iteration %d, logged by a launch that ended after its last "
-                    "checkpoint", path, len(lines) - kept, iteration)
-    return len(lines) - kept
+                    "checkpoint", path, dropped, iteration)
+    return dropped
 
 
 def keep_earlier_log(metrics_file: str | Path) -> Path | None:
