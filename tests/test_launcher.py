@@ -22,6 +22,7 @@ from megamythos.training.launch import (
     LaunchError,
     deepspeed_command,
     failed_run,
+    file_identity,
     rank_environment,
     rank_errors,
     refuse_launcher_flags,
@@ -166,6 +167,22 @@ def test_a_finished_process_runs_its_exit_handlers_and_skips_the_teardown():
     torn = subprocess.run([sys.executable, "-c", script.replace("end_process(3)", "sys.exit(3)")],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "torn down" in torn.stderr  # what the same script does on a normal exit
+
+
+def test_a_save_after_the_signal_is_told_by_latest_being_replaced_not_by_clocks(tmp_path):
+    """The supervisor judged "saved after the signal" by latest's mtime against this host's time: a file server
+    whose clock lags said no checkpoint was saved (exit 1) after one was. It now compares the file's identity,
+    which a save's rename changes."""
+    from megamythos.checkpoint.files import write_atomic
+
+    latest = tmp_path / "latest"
+    assert file_identity(latest) is None
+    write_atomic(latest, "iter_0000002")
+    before = file_identity(latest)
+    assert file_identity(latest) == before  # nothing saved
+    write_atomic(latest, "iter_0000004")
+    os.utime(latest, ns=(before[1] - 10**9, before[1] - 10**9))  # the server's clock a second behind
+    assert file_identity(latest) != before
 
 
 def test_the_job_ends_once_every_rank_finished_cleanly_without_waiting_for_the_runner(tmp_path):

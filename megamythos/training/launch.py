@@ -43,7 +43,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -419,8 +418,19 @@ def finished_cleanly(records: Path, local_ranks: int) -> bool:
     return True
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(inode, modification time in ns) of ``path``, None when it does not exist: ``latest`` is written to a temporary
+    file renamed over it, so a save after a signal shows as another identity, whatever the clocks of the file
+    server and this host say (a comparison of its mtime with this host's time was off by their skew)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def wait_for_runner(proc: subprocess.Popen, records: Path, local_ranks: int | None,
-                    signalled: Sequence[float] = ()) -> int:
+                    signalled: Sequence[object] = ()) -> int:
     """The runner's exit code; or 0 as soon as ``local_ranks`` ranks have finished cleanly
     (:func:`finished_cleanly`), after ending the runner and its ``launch.py`` with SIGKILL: ``launch.py`` polls its
     ranks once a second and sleeps once more after the last has ended, then it and the runner tear torch down,
@@ -447,13 +457,13 @@ def _supervise(cmd: list[str], latest: Path, records: Path, local_ranks: int | N
     own_group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     env = {**os.environ, SUPERVISOR_GROUP_ENV: str(os.getpgrp()), EXIT_RECORDS_ENV: str(records)}
     proc = subprocess.Popen(cmd, env=env, **own_group)
-    signalled: list[float] = []
+    signalled: list[tuple[int, int] | None] = []  # `latest` when the signal came (file_identity)
     ranks: list = []
 
     def forward(signum: int, frame: object) -> None:
         if not signalled:
             logger.info("received %s: asking the ranks to save a checkpoint and stop", signal.Signals(signum).name)
-            signalled.append(time.time())
+            signalled.append(file_identity(latest))
         local = training_ranks()
         ranks.extend(local)
         for target in local or ([psutil.Process(proc.pid)] if proc.poll() is None else []):
@@ -467,7 +477,7 @@ def _supervise(cmd: list[str], latest: Path, records: Path, local_ranks: int | N
     code = wait_for_runner(proc, records, local_ranks, signalled)
     if code < 0 and not signalled:  # the runner alone died of a signal: its ranks (adopted) save and stop
         logger.info("the deepspeed runner ended by %s; waiting for the ranks to save", signal.Signals(-code).name)
-        signalled.append(time.time())
+        signalled.append(file_identity(latest))
         ranks.extend(training_ranks())
     if not signalled:
         if code == 0:  # launch.py killed (alone: its adopted ranks save and stop; or with them) exits 0 too
@@ -496,7 +506,7 @@ def _supervise(cmd: list[str], latest: Path, records: Path, local_ranks: int | N
             except psutil.NoSuchProcess:
                 pass
     psutil.wait_procs(left + ranks)
-    saved = latest.is_file() and latest.stat().st_mtime >= signalled[0]
+    saved = latest.is_file() and file_identity(latest) != signalled[0]  # rewritten (a new file) since the signal
     outcome = f"checkpoint {latest.read_text().strip()} saved" if saved else "no checkpoint was saved after the signal"
     logger.info("ranks finished (deepspeed exited with code %d); %s", proc.returncode, outcome)
     return 0 if saved else 1
