@@ -292,6 +292,11 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     assert [e.step for e in acc.Scalars("lm loss")] == list(range(1, ITERS + 1))
     assert [e.step for e in twins.Scalars("lm loss vs samples")] == [2 * i for i in range(1, ITERS + 1)]
     assert [e.step for e in acc.Scalars("lm loss validation")] == [4, 8]
+    # Megatron's batch-size and world-size, and the tokens --train-tokens counts (seq 32, global batch 2)
+    assert {(e.step, e.value) for e in acc.Scalars("batch-size")} == {(i, 2.0) for i in range(1, ITERS + 1)}
+    assert {e.value for e in acc.Scalars("world-size")} == {2.0}
+    assert [e.value for e in acc.Scalars("trained-tokens")] == [64.0 * i for i in range(1, ITERS + 1)]
+    assert [e.value for e in acc.Scalars("consumed-tokens")] == [64.0 * i for i in range(1, ITERS + 1)]
     loops = [e.value for e in acc.Scalars("recurrent/loop-count")]
     assert all(1 <= n <= 6 for n in loops) and len(set(loops)) > 1, loops  # sampled per step, capped at max_loops
     exit_loops = [e.value for e in acc.Scalars("recurrent/exit-mean-loops")]

@@ -352,11 +352,18 @@ class Trainer:
                     "resumes on this kind of device (--peak-tflops sets it)", tflops, key)
         return {"key": key, "tflops": tflops}
 
-    def client_state(self) -> dict[str, Any]:
-        order = order_fingerprint(self.train_set, self.consumed) if self.train_set is not None else None
-        tokens = self.tokens_at_resume + (self.consumed - self.consumed_at_resume) * self.args.seq_length
+    def tokens(self) -> tuple[int, int]:
+        """(consumed, trained) tokens of the run so far: the data position (which also counts the samples a
+        rollback or the non-finite guard skipped), and the tokens of the steps taken; each launch adds its own
+        steps' sequence length and global batch to what the checkpoint it resumed recorded."""
+        consumed = self.tokens_at_resume + (self.consumed - self.consumed_at_resume) * self.args.seq_length
         trained = self.trained_at_resume + ((self.iteration - self.iteration_at_resume)
                                             * self.layout.global_batch_size * self.args.seq_length)
+        return consumed, trained
+
+    def client_state(self) -> dict[str, Any]:
+        order = order_fingerprint(self.train_set, self.consumed) if self.train_set is not None else None
+        tokens, trained = self.tokens()
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed, "consumed_tokens": tokens,
                 "trained_tokens": trained,
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
@@ -601,6 +608,8 @@ class Trainer:
             "loss-scale": float(getattr(self.engine.optimizer, "loss_scale", 1.0) or 1.0),
             "tokens-per-sec": tokens_per_sec, "tflops": tflops, "mfu": tflops / self.peak["tflops"],
             "iteration-time": seconds, "skipped-steps": float(self.guard.skipped),
+            "batch-size": float(self.layout.global_batch_size), "world-size": float(self.world),
+            "consumed-tokens": float(self.tokens()[0]), "trained-tokens": float(self.tokens()[1]),
             "recurrent/loop-count": float(step["n_loops"]),
         }
         if "rho" in stats:
