@@ -155,6 +155,13 @@ def test_index_cache_is_reused_and_keyed_by_parameters(tmp_path) -> None:
     assert np.array_equal(first.shuffle_index, second.shuffle_index)
     build_train_valid_test_datasets([prefix], "1", 8, 2, (50, 0, 0), str(cache))  # new seed -> new key
     assert len(list(cache.iterdir())) == 2 * len(files)
+    # a few more samples of the same epochs (a resume after skipped samples) reuse the entry: found 2026-12-06,
+    # each such resume built and stored the same index again; more epochs are a new entry
+    assert 60 < len(first)  # the one epoch holds 60 samples too
+    build_train_valid_test_datasets([prefix], "1", 8, 1, (60, 0, 0), str(cache))
+    assert len(list(cache.iterdir())) == 2 * len(files)
+    more = build_train_valid_test_datasets([prefix], "1", 8, 1, (len(first) + 1, 0, 0), str(cache))[0]
+    assert len(list(cache.iterdir())) == 3 * len(files) and len(more) > len(first)
 
 
 def test_non_zero_ranks_only_load_the_cache(tmp_path, monkeypatch) -> None:

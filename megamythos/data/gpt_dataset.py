@@ -96,6 +96,18 @@ def num_epochs_for(tokens_per_epoch: int, num_samples: int, seq_length: int) -> 
     return max(1, math.ceil((num_samples * seq_length + 1) / tokens_per_epoch))
 
 
+def epoch_plan(tokens_per_epoch: int, num_samples: int, seq_length: int) -> tuple[int, bool]:
+    """(epochs, whether the last one is shuffled apart) of ``num_samples`` samples, Megatron's rule: the fewest
+    epochs holding them; the last one separate when the run takes less than ``SEPARATE_FINAL_EPOCH_THRESHOLD`` of
+    it. The indices depend on ``num_samples`` only through these two."""
+    num_epochs = num_epochs_for(tokens_per_epoch, num_samples, seq_length)
+    if num_epochs == 1:
+        return 1, False
+    before_final = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
+    per_epoch = (tokens_per_epoch - 1) // seq_length
+    return num_epochs, num_samples - before_final < int(SEPARATE_FINAL_EPOCH_THRESHOLD * per_epoch)
+
+
 def build_document_index(documents: np.ndarray, num_epochs: int, rng: np.random.RandomState,
                          separate_final_epoch: bool) -> np.ndarray:
     """int32 ``(num_epochs * len(documents),)``: document ids, each epoch's copy shuffled (Megatron's rule)."""
@@ -144,17 +156,12 @@ def build_gpt_indices(sizes: np.ndarray, documents: np.ndarray, num_samples: int
             f"the split has {tokens_per_epoch} tokens, not enough for one sample of {seq_length + 1}; use more "
             "data, a smaller seq_length, or a larger share in --split"
         )
-    num_epochs = num_epochs_for(tokens_per_epoch, num_samples, seq_length)
-    per_epoch = (tokens_per_epoch - 1) // seq_length
-    separate_final_epoch = False
-    if num_epochs > 1:
-        before_final = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
-        separate_final_epoch = num_samples - before_final < int(SEPARATE_FINAL_EPOCH_THRESHOLD * per_epoch)
+    num_epochs, separate_final_epoch = epoch_plan(tokens_per_epoch, num_samples, seq_length)
     rng = np.random.RandomState(seed)
     document_index = build_document_index(documents, num_epochs, rng, separate_final_epoch)
     total = (num_epochs * tokens_per_epoch - 1) // seq_length
     sample_index = build_sample_index(sizes, document_index, seq_length, total)
-    shuffled = before_final if separate_final_epoch else total
+    shuffled = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length if separate_final_epoch else total
     shuffle_index = build_shuffle_index(shuffled, total, rng)
     logger.info("GPT indices: %d sequences, %d tokens/epoch, %d epochs, %d samples (separate final epoch: %s)",
                 len(documents), tokens_per_epoch, num_epochs, total, separate_final_epoch)
@@ -184,10 +191,15 @@ class GPTDataset(MappedArraysPickle):
     cache_dir: str
 
     def __post_init__(self) -> None:
+        # keyed by the epochs, not the sample count: a resume after skipped samples (a rollback, the non-finite
+        # guard) asks for a few more samples of the same epochs, which once built and stored the same index again
+        first, end = int(self.documents[0]), int(self.documents[-1]) + 1  # a split is a range of documents
+        tokens_per_epoch = int(self.indexed.sizes[first:end].sum(dtype=np.int64))
+        epochs = epoch_plan(tokens_per_epoch, self.num_samples, self.seq_length) if tokens_per_epoch else (1, False)
         self.description = {
             "class": "GPTDataset", "version": INDEX_FORMAT_VERSION, **dataset_identity(self.indexed.path_prefix),
-            "split": self.split_name, "documents": [int(self.documents[0]), int(self.documents[-1]) + 1],
-            "num_samples": self.num_samples, "seq_length": self.seq_length, "seed": self.seed,
+            "split": self.split_name, "documents": [first, end], "epochs": epochs[0],
+            "separate_final_epoch": epochs[1], "seq_length": self.seq_length, "seed": self.seed,
         }
         arrays = load_or_build(self.cache_dir, self.description, lambda: build_gpt_indices(
             self.indexed.sizes, self.documents, self.num_samples, self.seq_length, self.seed))
