@@ -322,6 +322,19 @@ def small_disk(tmp_path: Path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def test_a_save_warns_when_the_next_one_cannot_fit(tmp_path, monkeypatch, caplog):
+    """Found 2026-12-06 (long-run audit): a filling disk was found only when a save failed; each save now says when
+    the room left is less than a checkpoint takes."""
+    import shutil
+
+    from megamythos.training.checkpointing import warn_if_the_next_save_cannot_fit
+
+    assert not warn_if_the_next_save_cannot_fit(tmp_path, 1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**10, 10**10 - 500, 500))
+    assert warn_if_the_next_save_cannot_fit(tmp_path, 1000)
+    assert "0.0 GB free, less than a checkpoint takes" in caplog.text
+
+
 @pytest.mark.launch
 def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -> None:
     """The disk fills up after the first checkpoint: the run stops with one line saying so, the partial tag is

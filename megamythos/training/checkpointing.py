@@ -262,6 +262,18 @@ def warn_of_tags_aside(save_dir: str | Path) -> None:
                        save_dir, len(aside), size / 1e9, ", ".join(aside))
 
 
+def warn_if_the_next_save_cannot_fit(save_dir: Path, size: int) -> bool:
+    """Warn (and return True) when ``save_dir``'s file system has less room than a checkpoint of ``size`` bytes
+    takes: the next save writes a whole tag before ``--keep-last`` prunes an old one, so it would fail there."""
+    free = shutil.disk_usage(save_dir).free
+    if free >= size:
+        return False
+    logger.warning("%s has %.1f GB free, less than a checkpoint takes (%.1f GB): the next save will fail unless "
+                   "space is freed (--keep-last removes old tags only after a save completes)", save_dir, free / 1e9,
+                   size / 1e9)
+    return True
+
+
 def newest_complete_tag(save_dir: Path) -> str | None:
     """The newest ``iter_*`` folder of ``save_dir`` that a save completed (it holds ``checksums.json``, written
     before ``latest`` moves), or None; partial tags of a save that was killed do not count."""
@@ -549,6 +561,7 @@ class CheckpointManager:
             size = sum(entry["size"] for entry in manifest["files"].values())
             logger.info("saved checkpoint %s in %.2f s (%.1f MB; checksums %.2f s)", tag_dir,
                         time.perf_counter() - start, size / 1e6, hashed - written)
+            warn_if_the_next_save_cannot_fit(self.save_dir, size)
         _barrier()
         return tag_dir
 
