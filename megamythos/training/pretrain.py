@@ -337,8 +337,8 @@ class Trainer:
 
     def mfu_peak(self) -> dict[str, Any]:
         """{"key", "tflops"}: the TFLOP/s MFU divides by, from ``--peak-tflops``, else the one a checkpoint of this
-        run measured on the same kind of device (:func:`peak_key`), else measured now (:func:`measure_peak_tflops`):
-        measured at each launch, MFU stepped at every resume with the machine's state."""
+        run measured on the same kind of device (:func:`peak_key`), else measured now (:func:`measure_peak_tflops`;
+        measured again at every launch, MFU would step at each resume with the machine's state)."""
         dtype = torch.bfloat16 if self.ds_config["bf16"]["enabled"] else torch.float32
         key = peak_key(dtype, self.engine.device)
         if self.args.peak_tflops:
@@ -609,7 +609,7 @@ class Trainer:
             "tokens-per-sec": tokens_per_sec, "tflops": tflops, "mfu": tflops / self.peak["tflops"],
             "iteration-time": seconds, "skipped-steps": float(self.guard.skipped),
             "batch-size": float(self.layout.global_batch_size), "world-size": float(self.world),
-            "consumed-tokens": float(self.tokens()[0]), "trained-tokens": float(self.tokens()[1]),
+            **dict(zip(("consumed-tokens", "trained-tokens"), map(float, self.tokens()), strict=True)),
             "recurrent/loop-count": float(step["n_loops"]),
         }
         if "rho" in stats:
