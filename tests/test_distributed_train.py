@@ -297,6 +297,10 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     assert {e.value for e in acc.Scalars("world-size")} == {2.0}
     assert [e.value for e in acc.Scalars("trained-tokens")] == [64.0 * i for i in range(1, ITERS + 1)]
     assert [e.value for e in acc.Scalars("consumed-tokens")] == [64.0 * i for i in range(1, ITERS + 1)]
+    # the seconds of each save (every 2 iterations) and validation (every 4), as Megatron's timers log them
+    assert [e.step for e in acc.Scalars("save-checkpoint-time")] == [2, 4, 6, 8]
+    assert [e.step for e in acc.Scalars("eval-time")] == [4, 8]
+    assert all(e.value > 0 for e in acc.Scalars("save-checkpoint-time") + acc.Scalars("eval-time"))
     loops = [e.value for e in acc.Scalars("recurrent/loop-count")]
     assert all(1 <= n <= 6 for n in loops) and len(set(loops)) > 1, loops  # sampled per step, capped at max_loops
     exit_loops = [e.value for e in acc.Scalars("recurrent/exit-mean-loops")]

@@ -418,7 +418,12 @@ class Trainer:
             resume_schedule(self.engine.lr_scheduler, state["iteration"])
 
     def save(self) -> None:
+        """Save a checkpoint (collective) and log its seconds as Megatron's ``save-checkpoint-time``: saves that
+        slow down over a long run (a filling or failing file system) show before they fail."""
+        start = time.perf_counter()
         self.last_good = self.checkpoints.save(self.engine, self.iteration, self.client_state(), self.config)
+        if self.args.save:
+            self.monitor.scalars({"save-checkpoint-time": time.perf_counter() - start}, self.iteration, self.consumed)
 
     def save_unless_spiking(self) -> bool:
         """Save, unless a loss spike is open (the divergence guard's streak) or the last steps were non-finite (the
@@ -545,11 +550,13 @@ class Trainer:
     def validate(self, valid: Any, signals: GracefulExit) -> None:
         """:meth:`evaluate`, then its loss and perplexity to TensorBoard, the metrics file and the log (nothing
         when a signal cut it short)."""
+        start = time.perf_counter()
         val = self.evaluate(valid, signals)
         if val is None:
             return
         ppl = math.exp(min(val, 20.0))
-        self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl}, self.iteration, self.consumed)
+        self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl,
+                              "eval-time": time.perf_counter() - start}, self.iteration, self.consumed)
         self.monitor.record({"iteration": self.iteration, "lm loss validation": val, "lm loss validation ppl": ppl,
                              "validation tokens": self.validation_tokens()})
         logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g | %d tokens (%d batches of %d x "
