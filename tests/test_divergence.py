@@ -135,6 +135,19 @@ def test_a_folder_holding_only_tags_moved_aside_is_not_started_over(tmp_path):
         check_run_dirs(str(tmp_path), str(tmp_path), verify=False)
 
 
+def test_a_start_says_which_tags_were_moved_aside_and_their_bytes(tmp_path, caplog):
+    """--keep-last never prunes tags moved aside, each a whole checkpoint: every start names them and their size."""
+    from megamythos.training.checkpointing import warn_of_tags_aside
+
+    aside = tmp_path / f"{tag_for(25)}.diverged"
+    aside.mkdir()
+    (aside / "checksums.json").write_text(json.dumps(
+        {"algorithm": "sha256", "files": {"mp_rank_00_model_states.pt": {"size": 2 * 10**9, "sha256": "0"}}}))
+    warn_of_tags_aside(tmp_path)
+    assert "holds 1 checkpoint(s) moved aside after a divergence or a step back, 2.0 GB in all" in caplog.text
+    assert caplog.text.rstrip().endswith("iter_0000025.diverged; delete them once they are no longer needed")
+
+
 def test_the_stop_line_names_the_last_good_checkpoint_or_none():
     diverged = Divergence(7, 25.0, 18.0, "2 x ln(vocab 8192) (--divergence-factor)", 7)
     trainer = SimpleNamespace(args=SimpleNamespace(save=None, on_divergence="rollback", max_rollbacks=3),

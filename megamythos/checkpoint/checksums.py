@@ -159,6 +159,12 @@ def finished_save(tag_dir: Path) -> bool:
             and {p.name for p in tag_dir.glob("*.pt")} <= set(listed))
 
 
+def manifest_bytes(tag_dir: Path) -> int:
+    """The bytes of the files ``tag_dir``'s manifest lists (0 without a readable one)."""
+    listed = _read_manifest(tag_dir / CHECKSUMS_FILE)
+    return sum(entry["size"] for entry in listed.values()) if isinstance(listed, dict) else 0
+
+
 def incomplete(tag_dir: Path) -> bool:
     """Whether checkpoint tag ``tag_dir`` has lost files it was saved with (a tag being removed, for one): the tag
     itself, a file its manifest lists, or the manifest where its train record says it had one."""

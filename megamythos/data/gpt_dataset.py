@@ -96,6 +96,11 @@ def num_epochs_for(tokens_per_epoch: int, num_samples: int, seq_length: int) -> 
     return max(1, math.ceil((num_samples * seq_length + 1) / tokens_per_epoch))
 
 
+def samples_before_final_epoch(tokens_per_epoch: int, num_epochs: int, seq_length: int) -> int:
+    """Samples the epochs before the last one hold."""
+    return ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
+
+
 def epoch_plan(tokens_per_epoch: int, num_samples: int, seq_length: int) -> tuple[int, bool]:
     """(epochs, whether the last one is shuffled apart) of ``num_samples`` samples, Megatron's rule: the fewest
     epochs holding them; the last one separate when the run takes less than ``SEPARATE_FINAL_EPOCH_THRESHOLD`` of
@@ -103,7 +108,7 @@ def epoch_plan(tokens_per_epoch: int, num_samples: int, seq_length: int) -> tupl
     num_epochs = num_epochs_for(tokens_per_epoch, num_samples, seq_length)
     if num_epochs == 1:
         return 1, False
-    before_final = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
+    before_final = samples_before_final_epoch(tokens_per_epoch, num_epochs, seq_length)
     per_epoch = (tokens_per_epoch - 1) // seq_length
     return num_epochs, num_samples - before_final < int(SEPARATE_FINAL_EPOCH_THRESHOLD * per_epoch)
 
@@ -161,7 +166,7 @@ def build_gpt_indices(sizes: np.ndarray, documents: np.ndarray, num_samples: int
     document_index = build_document_index(documents, num_epochs, rng, separate_final_epoch)
     total = (num_epochs * tokens_per_epoch - 1) // seq_length
     sample_index = build_sample_index(sizes, document_index, seq_length, total)
-    shuffled = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length if separate_final_epoch else total
+    shuffled = samples_before_final_epoch(tokens_per_epoch, num_epochs, seq_length) if separate_final_epoch else total
     shuffle_index = build_shuffle_index(shuffled, total, rng)
     logger.info("GPT indices: %d sequences, %d tokens/epoch, %d epochs, %d samples (separate final epoch: %s)",
                 len(documents), tokens_per_epoch, num_epochs, total, separate_final_epoch)

@@ -35,6 +35,7 @@ from megamythos.checkpoint.checksums import (
     CHECKSUMS_FILE,
     Team,
     finished_save,
+    manifest_bytes,
     verified,
     verify_tag,
     write_checksums,
@@ -250,13 +251,7 @@ def warn_of_tags_aside(save_dir: str | Path) -> None:
     their ``checksums.json`` lists them: ``--keep-last`` never prunes them, and each is a whole checkpoint."""
     aside = tags_aside(save_dir)
     if aside:
-        size = 0
-        for tag in aside:
-            try:
-                record = read_json_object(Path(save_dir, tag, CHECKSUMS_FILE), CheckpointError, "")
-                size += sum(int(entry["size"]) for entry in record["files"].values())
-            except (UserError, KeyError, TypeError, ValueError, AttributeError):  # unreadable: counted as 0
-                pass
+        size = sum(manifest_bytes(Path(save_dir, tag)) for tag in aside)
         logger.warning("%s holds %d checkpoint(s) moved aside after a divergence or a step back, %.1f GB in all, "
                        "which --keep-last does not prune: %s; delete them once they are no longer needed",
                        save_dir, len(aside), size / 1e9, ", ".join(aside))

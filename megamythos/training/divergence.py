@@ -136,8 +136,8 @@ def step_back(save_dir: Path, first_bad: int, reloaded: int | None = None) -> Pa
     None when no checkpoint is left (``latest`` is removed).
 
     ``reloaded``: the iteration of the tag a rollback has just reloaded, which stays: its weights gave good losses
-    before the rollback, and a spike right after it comes from the samples read since (before, each such spike
-    moved it aside too, and a few of them in a row emptied the run's folder)."""
+    before the rollback, and a spike right after it comes from the samples read since (moving it aside too, a few
+    such spikes in a row would empty the run's folder)."""
     ranks = team()
     latest, tags = ranks.share(lambda: (read_latest(save_dir), sorted(
         (int(m.group(1)), p.name) for p in (save_dir.iterdir() if save_dir.is_dir() else ())

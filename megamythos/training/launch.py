@@ -421,7 +421,7 @@ def finished_cleanly(records: Path, local_ranks: int) -> bool:
 def file_identity(path: Path) -> tuple[int, int] | None:
     """(inode, modification time in ns) of ``path``, None when it does not exist: ``latest`` is written to a temporary
     file renamed over it, so a save after a signal shows as another identity, whatever the clocks of the file
-    server and this host say (a comparison of its mtime with this host's time was off by their skew)."""
+    server and this host say."""
     try:
         stat = path.stat()
     except OSError:
@@ -433,8 +433,8 @@ def wait_for_runner(proc: subprocess.Popen, records: Path, local_ranks: int | No
                     signalled: Sequence[object] = ()) -> int:
     """The runner's exit code; or 0 as soon as ``local_ranks`` ranks have finished cleanly
     (:func:`finished_cleanly`), after ending the runner and its ``launch.py`` with SIGKILL: ``launch.py`` polls its
-    ranks once a second and sleeps once more after the last has ended, then it and the runner tear torch down,
-    2.5-3.5 s after the job is over. Their process group holds nothing else (each rank joined the supervisor's).
+    ranks once a second and sleeps once more after the last has ended, then it and the runner tear torch down:
+    seconds after the job is over. Their process group holds nothing else (each rank joined the supervisor's).
     Not after a signal (``signalled`` not empty): the runner's own code then tells whether it stayed out of reach."""
     while True:
         try:

@@ -210,21 +210,17 @@ def drop_records_after(metrics_file: str | Path, iteration: int) -> int:
             start = max(0, size - chunk)
             handle.seek(start)
             lines = handle.read(size - start).splitlines(keepends=True)
-            offset = start
             if start:  # the first line may begin before the tail: left to a longer tail
-                offset += len(lines.pop(0)) if lines else 0
-            offsets = [offset]
-            for line in lines:
-                offsets.append(offsets[-1] + len(line))
+                lines = lines[1:]
             keep, dropped, found = size, 0, False
-            for line_start, line in zip(reversed(offsets[:-1]), reversed(lines), strict=True):
+            for line in reversed(lines):
                 try:
                     if int(json.loads(line)["iteration"]) <= iteration:
                         found = True
                         break
                 except (ValueError, TypeError, KeyError):
                     pass
-                keep, dropped = line_start, dropped + 1
+                keep, dropped = keep - len(line), dropped + 1
             if found or not start:
                 break
             chunk *= 4
@@ -268,10 +264,8 @@ class TrainingMonitor:
         self.metrics = None
         self.tensorboard_dir = tensorboard_dir
         if enabled and tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(log_dir=tensorboard_dir, max_queue=50, purge_step=start_iteration + 1)
-            self.samples_writer = SummaryWriter(log_dir=os.path.join(tensorboard_dir, SAMPLES_RUN), max_queue=50,
-                                                purge_step=start_samples + 1)
+            self.writer = self._writer(tensorboard_dir, purge_step=start_iteration + 1)
+            self.samples_writer = self._writer(os.path.join(tensorboard_dir, SAMPLES_RUN), purge_step=start_samples + 1)
         if enabled and metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
             if start_iteration:
@@ -284,10 +278,16 @@ class TrainingMonitor:
         """A rollback reloaded the checkpoint of ``iteration``: TensorBoard drops the steps after it, which the run
         takes again (the ``vs samples`` twins stay: the data moved on past the samples they were logged at)."""
         if self.writer is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.writer.close()
-            self.writer = SummaryWriter(log_dir=self.tensorboard_dir, max_queue=50, purge_step=iteration + 1)
+            self.writer = self._writer(self.tensorboard_dir, purge_step=iteration + 1)
+
+    @staticmethod
+    def _writer(log_dir: str, purge_step: int) -> Any:
+        """A TensorBoard writer of ``log_dir`` that hides the events an earlier writer logged at ``purge_step`` or
+        later."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=log_dir, max_queue=50, purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
         """TensorBoard scalars at ``iteration``, plus ``vs samples`` twins for the Megatron tags."""
