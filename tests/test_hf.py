@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -297,3 +298,54 @@ def test_a_padded_vocabulary_never_samples_the_ids_past_the_tokenizer(tiny_token
                                               trust_remote_code=True)
     assert hf.generation_config.suppress_tokens == list(range(tiny_tokenizer.vocab_size, 448))
     assert int(hf.generate(ids, do_sample=True, max_new_tokens=6).max()) < tiny_tokenizer.vocab_size
+
+
+def test_generate_stops_at_the_context_and_a_longer_forward_is_refused(tiny_tokenizer, tmp_path, caplog):
+    """Found 2026-12-06: ``generate(max_new_tokens=...)`` ran past ``max_position_embeddings`` (RoPE extrapolated
+    to positions training never showed) with only transformers' generic "friendly reminder", where our
+    ``generate`` stops at the context with one warning. lm-eval rolls windows of the context, so it never gets
+    there."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megamythos.hf.export import export_hf
+    from megamythos.hf.modeling_megamythos import CACHE_SLOT
+
+    torch.manual_seed(0)
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=24)).eval()
+    hf_dir = export_hf(model, tiny_tokenizer, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
+    ids = torch.tensor([tiny_tokenizer.encode_one("def main(")])
+    caplog.clear()  # the export's tokenizer probes warn of long texts
+    with caplog.at_level(logging.WARNING):
+        out = hf.generate(ids, max_new_tokens=100, do_sample=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"max_length {ids.shape[1] + 100} (prompt {ids.shape[1]} tokens + new tokens) runs past the "
+                        f"model's context of 24 positions (max_position_embeddings): stopping after "
+                        f"{24 - ids.shape[1]} new tokens"], warnings
+    mine, _ = generate(model, ids, SamplingConfig(max_new_tokens=100, temperature=0, eos_id=tiny_tokenizer.eos_id))
+    assert out.shape == (1, 24) and torch.equal(out, mine), (out, mine)  # the rule and the tokens of ours
+    beams = hf.generate(ids, max_new_tokens=100, do_sample=False, num_beams=2)
+    assert beams.shape == (1, 24)
+
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"^25 positions \(0 cached \+ 25 new\) run past the model's context "
+                                             r"of 24 positions \(max_position_embeddings\)"):
+            hf(torch.zeros(1, 25, dtype=torch.long))
+        full = hf(out, use_cache=True)
+        with pytest.raises(ValueError, match=r"^25 positions \(24 cached \+ 1 new\)"):
+            hf(out[:, -1:], past_key_values=getattr(full, CACHE_SLOT))
+        with pytest.raises(ValueError, match="the prompt is 24 tokens but the model's context is 24 positions"):
+            hf.generate(out, max_new_tokens=1)
+        hf.config.max_position_embeddings = 32  # the way past it, on purpose
+        assert hf(torch.zeros(1, 25, dtype=torch.long)).logits.shape == (1, 25, tiny_tokenizer.vocab_size)
+        hf.config.max_position_embeddings = 24
+
+    lm = HFLM(pretrained=hf, tokenizer=AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True), batch_size=1,
+              device="cpu")
+    assert lm.max_length == 24  # read from max_position_embeddings, not lm-eval's 2048 default
+    text = " ".join(synthetic_documents(3, seed=2))[:600]
+    assert len(tiny_tokenizer.encode_one(text)) > 24
+    (score,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    assert math.isfinite(score)  # windows of the context: no forward past it

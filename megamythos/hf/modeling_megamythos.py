@@ -9,9 +9,16 @@ between steps and decodes through MLA's absorbed path, as ``megamythos.inference
 Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``mean_loops``) and
 ``config.exit_threshold``, overridable per call, e.g. ``model.generate(ids, n_loops=8, exit_threshold=0.1)`` or
 ``model(ids, n_loops=16)``. Padding is not supported (every sequence of a batch is attended in full).
+
+The context is ``config.max_position_embeddings`` (our ``max_seq_len``), as in ``megamythos.inference.generate``:
+RoPE is computed from the positions on the fly, so the model would run past it, at positions training never
+showed it. A forward past the context raises ``ValueError``; ``generate()`` stops there with one warning when
+``max_new_tokens`` (or ``max_length``) asks for more, and refuses a prompt that leaves no room. Raise
+``config.max_position_embeddings`` to run past it anyway.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -23,6 +30,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from megamythos.hf.configuration_megamythos import MegamythosConfig
 from megamythos.model.lm import ModelKVCache, MythosLM
 from megamythos.model.moe import MoE
+
+logger = logging.getLogger(__name__)
 
 CACHE_SLOT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
@@ -49,7 +58,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     """``forward(input_ids [B, S], labels=None, cache=None, use_cache=None, n_loops=None, exit_threshold=None)``
     -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)``; ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
-    the output holds the cache under :data:`CACHE_SLOT`."""
+    the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
+    ``config.max_position_embeddings`` raise ``ValueError``."""
 
     config_class = MegamythosConfig
     base_model_prefix = "model"
@@ -69,6 +79,23 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # generate must not hand us a DynamicCache: forward makes a MythosCache on first use
+
+    def _prepare_generated_length(self, generation_config: Any, input_ids_length: int, **kwargs: Any) -> Any:
+        """transformers' length resolution (``max_new_tokens`` -> ``max_length``), then capped at the context as
+        our ``generate`` caps it: one warning when the cap cuts the request short; a prompt that fills the
+        context is refused (transformers would generate nothing but an error about ``max_length``)."""
+        generation_config = super()._prepare_generated_length(generation_config, input_ids_length=input_ids_length,
+                                                              **kwargs)
+        context = self.config.max_position_embeddings
+        if input_ids_length >= context:
+            raise ValueError(f"the prompt is {input_ids_length} tokens but the model's context is {context} "
+                             "positions (max_position_embeddings): no room for a new token; shorten the prompt")
+        if generation_config.max_length > context:
+            logger.warning("max_length %d (prompt %d tokens + new tokens) runs past the model's context of %d "
+                           "positions (max_position_embeddings): stopping after %d new tokens",
+                           generation_config.max_length, input_ids_length, context, context - input_ids_length)
+            generation_config.max_length = context
+        return generation_config
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.tok_embeddings
@@ -91,6 +118,12 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
         exit_threshold = 0.0 if self.training else exit_threshold  # training runs every loop on every token
         cache = past_key_values if cache is None else cache
+        past = cache.get_seq_length() if cache is not None else 0
+        context = self.config.max_position_embeddings
+        if past + input_ids.shape[1] > context:  # RoPE would rotate by angles training never used
+            raise ValueError(f"{past + input_ids.shape[1]} positions ({past} cached + {input_ids.shape[1]} new) run "
+                             f"past the model's context of {context} positions (max_position_embeddings): pass at "
+                             "most that many, or raise config.max_position_embeddings to run past it anyway")
         if cache is None and use_cache:
             cache = MythosCache(ModelKVCache(self.model.config, n_loops))
         out = self.model(input_ids, n_loops=n_loops, cache=cache.kv if cache is not None else None,
