@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -880,6 +881,30 @@ def test_telemetry_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     with pytest.raises(OutputError, match=r"^cannot write the metrics file /dev/full \(the disk is full\); free"):
         monitor.record({"iteration": 1})
     monitor.close()  # logs, does not raise
+
+
+def test_a_tensorboard_write_that_fails_is_one_line_without_a_thread_traceback(tmp_path, monkeypatch):
+    """TensorBoard writes from a thread of its own, which printed its traceback of a failed write (a full disk, a
+    folder turned read-only) before the run's one-line error (found 2026-12-05)."""
+    import threading
+
+    from megamythos.data.atomic import OutputError
+    from megamythos.training.monitor import TrainingMonitor
+
+    reached_the_hook = []
+    monkeypatch.setattr(threading, "excepthook", reached_the_hook.append)
+    monitor = TrainingMonitor(True, str(tmp_path / "tb"), None)
+    events = monitor.writer.file_writer.event_writer._async_writer
+    events._writer._writer = open("/dev/full", "wb", buffering=0)  # every write of the event file: ENOSPC
+    monitor.writer.add_scalar("lm loss", 1.0, 1)
+    events._worker.join(timeout=30)  # the writer thread fails on it, and ends
+    assert not events._worker.is_alive()
+    with pytest.raises(OutputError, match=r"^cannot write TensorBoard \(the disk is full\); free"):
+        monitor.scalars({"lm loss": 1.0}, 2, 2)
+    assert reached_the_hook == []
+    threading.excepthook(types.SimpleNamespace(exc_value=ValueError("x"), thread=threading.current_thread()))
+    assert len(reached_the_hook) == 1  # other threads' errors still reach the hook installed before
+    monitor.close()
 
 
 def test_the_validation_samples_do_not_depend_on_the_run_length_or_interval(corpus):

@@ -246,6 +246,25 @@ def keep_earlier_log(metrics_file: str | Path) -> Path | None:
     return kept
 
 
+def quiet_tensorboard_write_errors() -> None:
+    """Keep a failed TensorBoard write (a full disk, a folder turned read-only) from printing a thread traceback.
+
+    TensorBoard writes its event files from a thread of its own (``_AsyncWriterThread``), which re-raises a failed
+    write into :func:`threading.excepthook`, whose default prints a traceback. The writer raises the same error on
+    the next scalar the run logs, which :meth:`TrainingMonitor.scalars` turns into one line; so that thread's
+    ``OSError`` is left to it. Every other thread's exception goes to the hook installed before. Idempotent."""
+    previous = threading.excepthook
+    if getattr(previous, "leaves_tensorboard_errors", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook.leaves_tensorboard_errors = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class TrainingMonitor:
     """Writes scalars from rank 0 only; other ranks hold a no-op instance.
 
@@ -287,6 +306,7 @@ class TrainingMonitor:
         later."""
         from torch.utils.tensorboard import SummaryWriter
 
+        quiet_tensorboard_write_errors()
         return SummaryWriter(log_dir=log_dir, max_queue=50, purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
