@@ -95,7 +95,8 @@ def test_expert_bias_update_moves_load_toward_uniform() -> None:
     def imbalance() -> float:
         moe(x)
         stats = update_expert_bias(moe, rate=0.02)
-        return stats["max_load"] / stats["mean_load"]
+        assert stats["load_imbalance"] == stats["max_load"] / stats["mean_load"]
+        return stats["load_imbalance"]
 
     start = imbalance()
     history = [imbalance() for _ in range(100)]

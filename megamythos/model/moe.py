@@ -288,7 +288,10 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
 
     For every MoE layer: c = tokens_per_expert summed over ``group`` (all ranks by default, when
     torch.distributed is initialised); b <- b + rate * sign(mean(c) - c); counts reset to 0.
-    Returns load statistics of the last layer: max/mean tokens per expert and the bias range.
+    Returns load statistics of the last layer: max/mean tokens per expert (counted over the step: every
+    micro-batch, every loop of a shared block and every rank, so a tensor-parallel group counts its tokens once
+    per rank), their ratio max/mean (1 = balanced, comparable across loops, batches and layouts) and the bias
+    range.
     """
     stats: dict[str, float] = {}
     for load in expert_loads(model).values():
@@ -300,6 +303,7 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
         bias.add_((rate * torch.sign(mean - counts)).to(bias.dtype))
         load.tokens_per_expert.zero_()
         stats = {"max_load": float(counts.max()), "mean_load": float(mean),
+                 "load_imbalance": float(counts.max() / mean) if mean > 0 else 1.0,
                  "bias_min": float(bias.min()), "bias_max": float(bias.max())}
     return stats
 
