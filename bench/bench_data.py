@@ -169,12 +169,14 @@ def save_our_indices(prefix: str, work_dir: str, seq_length: int, seed: int) -> 
 def write_corpus_jsonl(path: str) -> int:
     """The stdlib sources that decode as UTF-8 and are not blank, one JSON document per line; returns bytes."""
     from megamythos.data.default_corpus import stdlib_sources
-    from megamythos.data.sources import iter_texts
+    from megamythos.data.sources import iter_file_records, parse_record
 
     with open(path, "w", encoding="utf-8") as out:
-        for text in iter_texts(stdlib_sources()):
-            if text.strip():
-                out.write(json.dumps({"text": text}) + "\n")
+        for source in stdlib_sources():
+            for record in iter_file_records(source, ("text",)):
+                parsed = parse_record(record, ("text",))
+                if parsed.texts is not None and not parsed.replaced:  # no U+FFFD for invalid bytes
+                    out.write(json.dumps({"text": parsed.texts[0]}) + "\n")
     return os.path.getsize(path)
 
 

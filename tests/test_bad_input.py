@@ -258,8 +258,8 @@ def test_generate_of_no_new_token_reports_no_loops(tiny_tokenizer: Tokenizer, tm
 # ------------------------------------------------------------------ 7, 8. JSONL records without a text
 def test_non_string_value_is_not_a_missing_key() -> None:
     record = RawRecord("a.jsonl", 1, "json", json.dumps({"text": 5}).encode())
-    assert parse_record(record, ("text",)) == (None, "non-string value of key 'text' (int)")
-    assert parse_record(RawRecord("a.jsonl", 2, "json", b'{"body": "x"}'), ("text",)) == (None, "missing key 'text'")
+    assert parse_record(record, ("text",)).reason == "non-string value of key 'text' (int)"
+    assert parse_record(RawRecord("a.jsonl", 2, "json", b'{"body": "x"}'), ("text",)).reason == "missing key 'text'"
 
 
 @pytest.mark.parametrize("case", ["non-string", "binary", "non-UTF-8", "other key"])

@@ -1,17 +1,20 @@
 """Faults of the data tools found by trying them as a new user would (2026-12-06): damaged compressed inputs,
-JSON that spells a lone surrogate, a folder given as an input, the skipped-record report of a failed run, a
-tokenizer without an eos piece, the tokenizer trainer's refusals, blend weights that are not finite, and partition
-processes outliving a preprocessing run killed alone. Replacing existing outputs: ``test_data_preprocess.py``."""
+JSON that spells a lone surrogate, a text file with a byte that is not UTF-8, a folder given as an input, the
+skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals, blend
+weights that are not finite, and partition processes outliving a preprocessing run killed alone. Replacing
+existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,9 +30,16 @@ from megamythos.data.index_cache import IndexCacheError, load_or_build
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, dataset_exists
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import DatasetMismatchError, MetadataError, read_dataset_metadata
-from megamythos.data.preprocess import PreprocessConfig, preprocess
+from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
 from megamythos.data.pretraining import DataError, resolve_data
-from megamythos.data.sources import iter_texts
+from megamythos.data.sources import (
+    ParsedRecord,
+    Replacements,
+    decode_replacing,
+    iter_file_records,
+    iter_texts,
+    parse_record,
+)
 from megamythos.data.tokenizer import Tokenizer
 from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, write_jsonl
 
@@ -86,6 +96,61 @@ def test_a_json_lone_surrogate_is_a_skipped_record(tmp_path: Path, tiny_tokenize
     assert [tiny_tokenizer.decode(dataset[i].tolist()) for i in range(len(dataset))] == ["fine", "pair \U0001F600 ok"]
     assert dict(stats.skipped_by_reason) == {"lone surrogate": 1}
     assert list(iter_texts([str(path)])) == ["fine", "pair \U0001F600 ok"]
+
+
+def test_a_text_file_with_a_byte_that_is_not_utf8_is_kept_and_the_bytes_counted(
+        tmp_path: Path, tiny_tokenizer: Tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    """A .txt file is one document: one Latin-1 byte skipped the whole file, counted as one skipped record without
+    its size. Now the byte becomes U+FFFD, the rest is kept, and a warning counts the bytes and names the first;
+    a JSON line with such a byte is still skipped (its size told), ``--strict`` refuses, the default corpus's
+    verbatim reading still skips the file (its data unchanged)."""
+    book = tmp_path / "book.txt"
+    book.write_bytes("Chapter 1\n\nIt was a fine day.\nThe caf\xe9 opened.\nThe end.\n".encode("latin-1"))
+    kept = "Chapter 1\n\nIt was a fine day.\nThe caf\ufffd opened.\nThe end.\n"
+    bad_json = b'{"text": "caf\xe9"}\n'
+    (tmp_path / "lines.jsonl").write_bytes(json.dumps({"text": DOCS[0]}).encode() + b"\n" + bad_json)
+    with caplog.at_level(logging.WARNING):
+        stats = preprocess(PreprocessConfig(inputs=[str(book), str(tmp_path / "lines.jsonl")],
+                                            output_prefix=str(tmp_path / "o"),
+                                            tokenizer_model=tiny_tokenizer.model_path))
+    dataset = IndexedDataset(str(tmp_path / "o_text_document"))
+    assert [tiny_tokenizer.decode(dataset[i].tolist()) for i in range(len(dataset))] == [kept, DOCS[0]]
+    assert stats.replaced == Replacements(1, 1, f"{book} line 4")
+    told = f"1 invalid UTF-8 bytes replaced by U+FFFD in 1 text documents (first: {book} line 4)"
+    assert [r.levelno for r in caplog.records if told in r.getMessage()] == [logging.WARNING], caplog.text
+    assert dict(stats.skipped_by_reason) == {"non-UTF-8 bytes": 1}
+    assert f"skipped=1 (1 non-UTF-8 bytes ({len(bad_json)} bytes)" in stats.summary()
+    assert f"replaced={told}" in stats.summary()
+    with pytest.raises(BadInputError, match=f"{book} line 4: invalid UTF-8 bytes in a text document"):
+        preprocess(PreprocessConfig(inputs=[str(book)], output_prefix=str(tmp_path / "s"), strict=True,
+                                    tokenizer_model=tiny_tokenizer.model_path))
+    replaced, skipped = Replacements(), Counter()
+    assert list(iter_texts([str(book)], replaced=replaced)) == [kept] and replaced == stats.replaced
+    assert list(iter_texts([str(book)], skipped=skipped, verbatim=True)) == [] and skipped == {"non-UTF-8 bytes": 1}
+
+
+def test_invalid_utf8_is_counted_per_byte_and_document_in_input_order(tmp_path: Path,
+                                                                      tiny_tokenizer: Tokenizer) -> None:
+    """Blank-line separated documents: each names the line of its first invalid byte; the count and the first
+    place do not depend on the workers, nor do the dataset's files."""
+    book = tmp_path / "book.txt"
+    book.write_bytes(b"Chapter 1\n\nIt was a fine day.\nThe caf\xe9 opened.\n")
+    docs = tmp_path / "docs.txt"  # blank-line separated; an encoded U+FFFD is valid UTF-8, kept and not counted
+    docs.write_bytes(b"one\n\ntwo \xff\xfe\n\nthree \xe2\x82 \xef\xbf\xbd\n")
+    parsed = [parse_record(r, ("text",)) for r in iter_file_records(str(docs), ("text",), blank_line_separated=True)]
+    assert parsed == [ParsedRecord(["one\n"]), ParsedRecord(["two \ufffd\ufffd\n"], None, 2, 3),
+                      ParsedRecord(["three \ufffd \ufffd\n"], None, 2, 5)]
+    assert decode_replacing(b"a\xe2\x82b\xff") == ("a\ufffdb\ufffd", 3, 1)
+    runs = [preprocess(PreprocessConfig(inputs=[str(docs), str(book)], output_prefix=str(tmp_path / name),
+                                        tokenizer_model=tiny_tokenizer.model_path, blank_line_documents=True,
+                                        batch_documents=1, **options))
+            for name, options in (("one", {}), ("two", {"workers": 2}))]
+    assert runs[0].replaced == runs[1].replaced == Replacements(5, 3, f"{docs} line 3")
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"two_text_document{suffix}").read_bytes() == \
+            (tmp_path / f"one_text_document{suffix}").read_bytes()
+    records = [json.loads((tmp_path / f"{name}_text_document.json").read_text()) for name in ("one", "two")]
+    assert records[1] == {**records[0], "tokenizer_model": "two_text_document.tokenizer.model"}
 
 
 def test_a_folder_that_is_no_dataset_gets_a_glob_hint(tmp_path: Path, tiny_tokenizer: Tokenizer,

@@ -19,7 +19,7 @@ from megamythos.data.indexed_dataset import IndexedDatasetError
 from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
-from megamythos.data.sources import FORMATS, MISSING_KEY, expand_inputs, iter_texts
+from megamythos.data.sources import FORMATS, MISSING_KEY, Replacements, expand_inputs, iter_texts
 from megamythos.data.tokenizer import MIN_VOCAB_SIZE, MODEL_TYPES, NoTextError, TokenizerTrainConfig, train_tokenizer
 from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, number, run_cli
 
@@ -50,9 +50,10 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
                                       model_type=args.model_type, max_sentences=args.max_sentences,
                                       num_threads=args.num_threads, overwrite=args.overwrite)
         skipped: Counter = Counter()
+        replaced = Replacements()
         try:
             tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format,
-                                                   skipped, args.hf_split), config)
+                                                   skipped, args.hf_split, replaced=replaced), config)
         except NoTextError as err:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "no records"
             hint = (f"; if the text is under another key, pass --json-key KEY (now {args.json_key!r})"
@@ -61,6 +62,8 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
         if skipped:
             logging.getLogger(__name__).warning("skipped %d bad records (%s)", sum(skipped.values()),
                                                 ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())))
+        if replaced.invalid_bytes:
+            logging.getLogger(__name__).warning("%s: the tokenizer saw U+FFFD in their place", replaced.describe())
         print(f"wrote {tokenizer.model_path}: vocab_size={tokenizer.vocab_size} pad={tokenizer.pad_id} "
               f"bos={tokenizer.bos_id} eos={tokenizer.eos_id} unk={tokenizer.unk_id} sha256={tokenizer.fingerprint}")
         return 0
@@ -97,7 +100,9 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=number(int, 1), default=1, help="tokenizer processes per partition")
     run.add_argument("--partitions", type=number(int, 1), default=1, help="input file groups processed concurrently")
-    run.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    run.add_argument("--strict", action="store_true",
+                     help="stop at the first bad record instead of skipping it, and at invalid UTF-8 in a text file "
+                          "instead of replacing it by U+FFFD")
     run.add_argument("--log-interval", type=number(int, 1), default=10_000, help="documents between rate reports")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

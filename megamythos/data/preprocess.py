@@ -5,9 +5,11 @@ Pipeline: the main process of each partition reads records (:mod:`megamythos.dat
 output does not depend on ``workers`` (and, since partitions are merged in order, not on ``partitions``).
 At most ``2 * workers`` batches are in flight, so memory stays bounded on any input size.
 
-Bad records (non-UTF-8 bytes, malformed JSON, a missing key, a non-string value, an empty document) are counted
-and logged with file and line and skipped, or raise :class:`BadInputError` with ``strict``; an input that yields
-no document at all raises it too (nothing is written).
+Bad records (non-UTF-8 bytes in a JSON line, malformed JSON, a missing key, a non-string value, an empty document)
+are counted with their size in bytes, logged with file and line and skipped, or raise :class:`BadInputError` with
+``strict``; an input that yields no document at all raises it too (nothing is written). A text document is never
+skipped for a bad byte (one would lose a whole file read as one document): invalid UTF-8 becomes U+FFFD and the run
+ends with a warning that counts the bytes replaced and names the first (``strict`` refuses it instead).
 
 Crash safety: a dataset becomes visible (``dataset_exists``: ``.bin`` and ``.idx``) only complete and with its
 tokenizer record: the record is written, and an existing ``.idx`` of the same prefix removed, before the ``.idx``
@@ -50,6 +52,7 @@ from megamythos.data.metadata import announce_dataset, metadata_path, refuse_to_
 from megamythos.data.sources import (
     MISSING_KEY,
     RawRecord,
+    Replacements,
     expand_inputs,
     iter_file_records,
     iter_hub_records,
@@ -72,7 +75,7 @@ def _check_not_empty(config: PreprocessConfig, stats: PreprocessStats) -> None:
     without the key (the text may be under another one), not for binary, non-UTF-8 or malformed input."""
     if stats.documents:
         return
-    reasons = ", ".join(f"{n} {r}" for r, n in sorted(stats.skipped_by_reason.items())) or "no records"
+    reasons = stats.skipped_reasons() or "no records"
     source = config.hf_dataset or " ".join(config.inputs)
     hint = (f"; if the text is under another key, pass --json-keys KEY (now {' '.join(config.json_keys)})"
             if any(r.startswith(MISSING_KEY) for r in stats.skipped_by_reason) else "")
@@ -127,7 +130,9 @@ class PreprocessConfig:
 
 @dataclass
 class PreprocessStats:
-    """What a run did. ``skipped_by_reason`` maps a reason to its count; ``bad_examples`` are ``file:line: reason``."""
+    """What a run did. ``skipped_by_reason`` maps a reason to its count, ``skipped_bytes_by_reason`` to the size of
+    those records; ``bad_examples`` are ``file:line: reason``; ``replaced`` counts the invalid UTF-8 bytes of text
+    documents replaced by U+FFFD."""
 
     documents: int = 0
     tokens: int = 0
@@ -135,6 +140,8 @@ class PreprocessStats:
     bytes: int = 0
     seconds: float = 0.0
     skipped_by_reason: Counter = field(default_factory=Counter)
+    skipped_bytes_by_reason: Counter = field(default_factory=Counter)
+    replaced: Replacements = field(default_factory=Replacements)
     bad_examples: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     skipped_report: str | None = None
@@ -145,23 +152,32 @@ class PreprocessStats:
         self.skipped += other.skipped
         self.bytes += other.bytes
         self.skipped_by_reason.update(other.skipped_by_reason)
+        self.skipped_bytes_by_reason.update(other.skipped_bytes_by_reason)
+        self.replaced.add(other.replaced)
         self.bad_examples.extend(other.bad_examples[: MAX_LOGGED_BAD_RECORDS - len(self.bad_examples)])
+
+    def skipped_reasons(self) -> str:
+        """``N reason (B bytes)`` for each reason a record was skipped, or ``""`` if none was."""
+        return ", ".join(f"{n} {r} ({self.skipped_bytes_by_reason[r]} bytes)"
+                         for r, n in sorted(self.skipped_by_reason.items()))
 
     def summary(self) -> str:
         rate = self.tokens / self.seconds if self.seconds else 0.0
-        reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped_by_reason.items())) or "none"
         listed = f", listed in {self.skipped_report}" if self.skipped_report else ""
-        return (f"documents={self.documents} tokens={self.tokens} skipped={self.skipped} ({reasons}{listed}) "
-                f"bytes={self.bytes} seconds={self.seconds:.2f} tokens/s={rate:,.0f}")
+        replaced = f" replaced={self.replaced.describe()}" if self.replaced.invalid_bytes else ""
+        return (f"documents={self.documents} tokens={self.tokens} skipped={self.skipped} "
+                f"({self.skipped_reasons() or 'none'}{listed}){replaced} bytes={self.bytes} "
+                f"seconds={self.seconds:.2f} tokens/s={rate:,.0f}")
 
 
 @dataclass
 class _BatchResult:
     tokens: list[np.ndarray]   # per key: int32 (sum(lengths),)
     lengths: list[np.ndarray]  # per key: int32 (documents,)
-    bad: list[tuple[str, int, str]]
+    bad: list[tuple[str, int, str, int]]  # source, line, reason, size in bytes
     documents: int
     nbytes: int
+    replaced: Replacements
 
 
 _WORKER_TOKENIZER: Tokenizer | None = None
@@ -177,20 +193,22 @@ def _encode_batch(records: list[RawRecord], keys: tuple[str, ...], append_eod: b
     tok = _WORKER_TOKENIZER
     assert tok is not None, "worker not initialised"
     texts: list[list[str]] = [[] for _ in keys]
-    bad: list[tuple[str, int, str]] = []
+    bad: list[tuple[str, int, str, int]] = []
+    replaced = Replacements()
     nbytes = 0
     for record in records:
-        parsed, reason = parse_record(record, keys)
-        if parsed is None:
-            bad.append((record.source, record.line, reason or "unknown"))
+        parsed = parse_record(record, keys)
+        if parsed.texts is None:
+            bad.append((record.source, record.line, parsed.reason or "unknown", record.size()))
             continue
-        for column, text in zip(texts, parsed):
+        replaced.note(record.source, parsed)
+        for column, text in zip(texts, parsed.texts):
             column.append(text)
             nbytes += len(text.encode("utf-8"))
     eod = tok.eos_id if append_eod else None
     encoded = [tok.encode_flat(column, append_id=eod) for column in texts]
     tokens, lengths = [e[0] for e in encoded], [e[1] for e in encoded]
-    return _BatchResult(tokens, lengths, bad, len(texts[0]), nbytes)
+    return _BatchResult(tokens, lengths, bad, len(texts[0]), nbytes, replaced)
 
 
 def _batches(records: Iterable[RawRecord], max_docs: int, max_bytes: int) -> Iterator[list[RawRecord]]:
@@ -240,21 +258,33 @@ def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
                                      config.input_format, config.text_verbatim)
 
 
-def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str]], strict: bool, report_path: str) -> None:
-    """Count ``bad`` records in ``stats``, log the first few, list all in ``report_path`` (or raise if strict)."""
+def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str, int]], strict: bool,
+                report_path: str) -> None:
+    """Count ``bad`` records and their bytes in ``stats``, log the first few, list all in ``report_path`` (or raise
+    if strict)."""
     if not bad:
         return
     if strict:
-        source, line, reason = bad[0]
+        source, line, reason, _ = bad[0]
         raise BadInputError(f"{source}:{line}: {reason} (strict mode; drop --strict to skip and count bad records)")
     with open(report_path, "a", encoding="utf-8") as report:
-        for source, line, reason in bad:
+        for source, line, reason, size in bad:
             report.write(f"{source}\t{line}\t{reason}\n")
             stats.skipped += 1
-            stats.skipped_by_reason[reason.split(" (")[0]] += 1
+            kind = reason.split(" (")[0]
+            stats.skipped_by_reason[kind] += 1
+            stats.skipped_bytes_by_reason[kind] += size
             if len(stats.bad_examples) < MAX_LOGGED_BAD_RECORDS:
                 stats.bad_examples.append(f"{source}:{line}: {reason}")
                 logger.warning("skipped %s", stats.bad_examples[-1])
+
+
+def _count_replaced(stats: PreprocessStats, replaced: Replacements, strict: bool) -> None:
+    """Add a batch's ``replaced`` invalid UTF-8 bytes to ``stats``; strict mode refuses them."""
+    if replaced.invalid_bytes and strict:
+        raise BadInputError(f"{replaced.first}: invalid UTF-8 bytes in a text document (strict mode; drop --strict "
+                            "to replace them by U+FFFD, or re-encode the file as UTF-8)")
+    stats.replaced.add(replaced)
 
 
 def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str],
@@ -272,6 +302,7 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
             batches = _batches(_records(config, paths), config.batch_documents, config.batch_bytes)
             for result in _ordered_results(config, pool, batches):
                 _report_bad(stats, result.bad, config.strict, report_path)
+                _count_replaced(stats, result.replaced, config.strict)
                 for builder, tokens, lengths in zip(builders, result.tokens, result.lengths):
                     builder.add_documents(tokens, lengths)
                 stats.documents += result.documents
@@ -376,6 +407,9 @@ def _preprocess(config: PreprocessConfig) -> PreprocessStats:
         if os.path.exists(written):
             os.remove(written)
     stats.seconds = time.perf_counter() - start
+    if stats.replaced.invalid_bytes:
+        logger.warning("%s; the rest of those documents is kept: re-encode the input as UTF-8 to keep the "
+                       "characters", stats.replaced.describe())
     logger.info("preprocessing done: %s", stats.summary())
     return stats
 

@@ -6,7 +6,9 @@ lines; any other suffix), a local HuggingFace ``datasets`` directory (``save_to_
 hub name or local data directory (``load_dataset``). Suffixes are matched in any case; a file read as text whose
 first line is a JSON object is refused (JSON lines under another suffix), as is another compression. Records are
 yielded unparsed where possible so that decoding and JSON parsing run in the tokenizer workers; :func:`parse_record`
-turns a record into texts or a reason to skip it.
+turns a record into texts or a reason to skip it. Invalid UTF-8 in a text document becomes U+FFFD (the rest of the
+document is kept, the bytes replaced are counted: :class:`Replacements`); in a JSON line, or a text file read
+verbatim, it skips the record.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-TEXT, JSON, ROW = "text", "json", "row"
+TEXT, VERBATIM, JSON, ROW = "text", "verbatim", "json", "row"
 MISSING_KEY = "missing key"  # the skip reason of an object without the key: the text may be under another one
+_ENCODED_REPLACEMENT = "\ufffd".encode()
 
 
 class InputError(UserError, ValueError):
@@ -42,14 +45,72 @@ class RawRecord:
     """One input document before parsing.
 
     ``kind`` is ``"json"`` (``data`` = the raw bytes of a JSON line), ``"text"`` (``data`` = the raw bytes of a
-    text document) or ``"row"`` (``data`` = an already parsed dict). ``line`` is the 1-based line (or row) where
-    the document starts in ``source``.
+    text document), ``"verbatim"`` (the same, read byte for byte: no byte may change, so invalid UTF-8 skips it)
+    or ``"row"`` (``data`` = an already parsed dict). ``line`` is the 1-based line (or row) where the document
+    starts in ``source``.
     """
 
     source: str
     line: int
     kind: str
     data: Any
+
+    def size(self) -> int:
+        """The record's size in bytes: its raw bytes, or for a row the UTF-8 bytes of its string values."""
+        if isinstance(self.data, bytes):
+            return len(self.data)
+        values = self.data.values() if isinstance(self.data, dict) else ()
+        return sum(len(v.encode("utf-8", "surrogatepass")) for v in values if isinstance(v, str))
+
+
+@dataclass(frozen=True)
+class ParsedRecord:
+    """What :func:`parse_record` made of a record: its ``texts`` (one per key), or ``None`` and the ``reason`` it
+    is skipped. ``replaced``: invalid UTF-8 bytes of a text document that became U+FFFD, the first of them on line
+    ``replaced_line`` of the source."""
+
+    texts: list[str] | None
+    reason: str | None = None
+    replaced: int = 0
+    replaced_line: int = 0
+
+
+@dataclass
+class Replacements:
+    """The invalid UTF-8 bytes replaced by U+FFFD in text documents of a run: ``invalid_bytes`` in ``documents``
+    documents, the first at ``first`` (``FILE line L``, in input order)."""
+
+    invalid_bytes: int = 0
+    documents: int = 0
+    first: str = ""
+
+    def note(self, source: str, parsed: ParsedRecord) -> None:
+        """Count the replacements of ``parsed``, a record of ``source``."""
+        if parsed.replaced:
+            self.add(Replacements(parsed.replaced, 1, f"{source} line {parsed.replaced_line}"))
+
+    def add(self, other: Replacements) -> None:
+        """Count ``other``'s replacements after these (its first is the first only if these have none)."""
+        self.invalid_bytes += other.invalid_bytes
+        self.documents += other.documents
+        self.first = self.first or other.first
+
+    def describe(self) -> str:
+        """``N invalid UTF-8 bytes replaced by U+FFFD in M text documents (first: FILE line L)``."""
+        return (f"{self.invalid_bytes} invalid UTF-8 bytes replaced by U+FFFD in {self.documents} text documents "
+                f"(first: {self.first})")
+
+
+def decode_replacing(data: bytes) -> tuple[str, int, int]:
+    """``data`` decoded as UTF-8 with ``errors="replace"`` (each invalid byte sequence becomes U+FFFD, the rest is
+    kept), the number of invalid bytes and the offset of the first (-1 if none)."""
+    try:
+        return data.decode("utf-8"), 0, -1
+    except UnicodeDecodeError as err:
+        first = err.start
+    text = data.decode("utf-8", errors="replace")
+    inserted = text.count("\ufffd") - data.count(_ENCODED_REPLACEMENT)  # an encoded U+FFFD in data is valid
+    return text, len(data) - (len(text.encode("utf-8")) - 3 * inserted), first
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
@@ -140,7 +201,9 @@ def _json_lines(path: str) -> Iterator[RawRecord]:
 def _text_documents(path: str, blank_line_separated: bool, verbatim: bool = False) -> Iterator[RawRecord]:
     """The documents of a text file: the whole file, or its runs of non-blank lines. Windows line ends
     (``\\r\\n``) are read as ``\\n`` and a UTF-8 byte-order mark at the start is dropped, so neither becomes
-    tokens; ``verbatim`` keeps every byte (the default corpus: source files as they are)."""
+    tokens; ``verbatim`` keeps every byte (the default corpus: source files as they are; kind ``verbatim``)."""
+    kind = VERBATIM if verbatim else TEXT
+
     def document(data: bytes) -> bytes:
         return data if verbatim else data.replace(b"\r\n", b"\n")
 
@@ -148,7 +211,7 @@ def _text_documents(path: str, blank_line_separated: bool, verbatim: bool = Fals
         if verbatim or handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
             handle.seek(0)
         if not blank_line_separated:
-            yield RawRecord(path, 1, TEXT, document(handle.read()))
+            yield RawRecord(path, 1, kind, document(handle.read()))
             return
         lines: list[bytes] = []
         start = 1
@@ -158,10 +221,10 @@ def _text_documents(path: str, blank_line_separated: bool, verbatim: bool = Fals
                     start = number
                 lines.append(line)
             elif lines:
-                yield RawRecord(path, start, TEXT, document(b"".join(lines)))
+                yield RawRecord(path, start, kind, document(b"".join(lines)))
                 lines = []
         if lines:
-            yield RawRecord(path, start, TEXT, document(b"".join(lines)))
+            yield RawRecord(path, start, kind, document(b"".join(lines)))
 
 
 def _looks_like_json_lines(path: str) -> bool:
@@ -251,16 +314,20 @@ def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bo
 
 
 def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
-               skipped: Counter | None = None, hf_split: str = "train", verbatim: bool = False) -> Iterator[str]:
+               skipped: Counter | None = None, hf_split: str = "train", verbatim: bool = False,
+               replaced: Replacements | None = None) -> Iterator[str]:
     """The text of every well-formed document in ``paths``; bad records are skipped, counted by reason (the
-    part of :func:`parse_record`'s reason before its details) in ``skipped`` when given."""
+    part of :func:`parse_record`'s reason before its details) in ``skipped`` when given; invalid UTF-8 bytes of
+    text documents replaced by U+FFFD are counted in ``replaced`` when given."""
     for path in paths:
         for record in iter_file_records(path, (key,), hf_split=hf_split, fmt=fmt, verbatim=verbatim):
-            texts, reason = parse_record(record, (key,))
-            if texts is not None:
-                yield texts[0]
+            parsed = parse_record(record, (key,))
+            if parsed.texts is not None:
+                if replaced is not None:
+                    replaced.note(record.source, parsed)
+                yield parsed.texts[0]
             elif skipped is not None:
-                skipped[(reason or "").split(" (")[0]] += 1
+                skipped[(parsed.reason or "").split(" (")[0]] += 1
 
 
 def iter_hub_records(name: str, config: str | None, split: str, streaming: bool) -> Iterator[RawRecord]:
@@ -278,21 +345,26 @@ def iter_hub_records(name: str, config: str | None, split: str, streaming: bool)
     yield from _dataset_rows(dataset, f"{name}[{split}]")
 
 
-def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | None, str | None]:
-    """The texts of ``keys`` in ``record``, or ``(None, reason)`` if the record must be skipped.
+def parse_record(record: RawRecord, keys: tuple[str, ...]) -> ParsedRecord:
+    """The texts of ``keys`` in ``record``, or no texts and the reason the record must be skipped.
 
-    Reasons: ``non-UTF-8 bytes``, ``malformed JSON``, ``missing key 'K'`` (the record is an object without
-    ``K``), ``non-string value of key 'K'`` (e.g. ``{"text": 5}``), ``empty document``, ``lone surrogate`` (a
-    JSON escape such as ``\\ud800`` that no UTF-8 text can hold).
+    Reasons: ``non-UTF-8 bytes`` (a JSON line, or a text document read verbatim), ``malformed JSON``, ``missing
+    key 'K'`` (the record is an object without ``K``), ``non-string value of key 'K'`` (e.g. ``{"text": 5}``),
+    ``empty document``, ``lone surrogate`` (a JSON escape such as ``\\ud800`` that no UTF-8 text can hold). A text
+    document is kept whatever its bytes: invalid UTF-8 becomes U+FFFD, counted in ``replaced``.
     """
     data = record.data
-    if record.kind in (TEXT, JSON):
+    replaced = replaced_line = 0
+    if record.kind == TEXT:
+        data, replaced, first = decode_replacing(data)
+        replaced_line = record.line + record.data.count(b"\n", 0, first) if replaced else 0
+    elif record.kind in (VERBATIM, JSON):
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            return None, f"non-UTF-8 bytes ({err.reason} at byte {err.start})"
+            return ParsedRecord(None, f"non-UTF-8 bytes ({err.reason} at byte {err.start})")
     escaped_surrogate = record.kind == JSON and (b"\\ud" in record.data or b"\\uD" in record.data)
-    if record.kind == TEXT:
+    if record.kind in (TEXT, VERBATIM):
         if len(keys) != 1:
             raise InputError(f"{record.source}: a text file holds one text per document, so it needs exactly one "
                              f"key (got {keys}); use JSONL or Parquet for several fields")
@@ -302,23 +374,23 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> tuple[list[str] | 
             try:
                 data = json.loads(data)
             except json.JSONDecodeError as err:
-                return None, f"malformed JSON ({err.msg})"
+                return ParsedRecord(None, f"malformed JSON ({err.msg})")
             if not isinstance(data, dict):
-                return None, "malformed JSON (not an object)"
+                return ParsedRecord(None, "malformed JSON (not an object)")
         texts = []
         for key in keys:
             if key not in data:
-                return None, f"{MISSING_KEY} {key!r}"
+                return ParsedRecord(None, f"{MISSING_KEY} {key!r}")
             value = data[key]
             if not isinstance(value, str):
-                return None, f"non-string value of key {key!r} ({type(value).__name__})"
+                return ParsedRecord(None, f"non-string value of key {key!r} ({type(value).__name__})")
             texts.append(value)
     if any(not t.strip() for t in texts):
-        return None, "empty document"
+        return ParsedRecord(None, "empty document")
     if escaped_surrogate:  # JSON can spell a lone surrogate (\ud800), which no UTF-8 text holds
         for text in texts:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError as err:
-                return None, f"lone surrogate (\\u{ord(text[err.start]):04x} at character {err.start})"
-    return texts, None
+                return ParsedRecord(None, f"lone surrogate (\\u{ord(text[err.start]):04x} at character {err.start})")
+    return ParsedRecord(texts, None, replaced, replaced_line)
