@@ -127,6 +127,11 @@ def test_a_text_file_with_a_byte_that_is_not_utf8_is_kept_and_the_bytes_counted(
     replaced, skipped = Replacements(), Counter()
     assert list(iter_texts([str(book)], replaced=replaced)) == [kept] and replaced == stats.replaced
     assert list(iter_texts([str(book)], skipped=skipped, verbatim=True)) == [] and skipped == {"non-UTF-8 bytes": 1}
+    image = tmp_path / "picture.txt"  # binary data under a text name: skipped, not read as U+FFFD
+    image.write_bytes(bytes(range(256)) * 4)
+    (record,) = iter_file_records(str(image), ("text",))
+    assert parse_record(record, ("text",)).reason == ("non-UTF-8 bytes (512 of 1024 invalid: binary, or text in "
+                                                      "another encoding; re-encode it as UTF-8)")
 
 
 def test_invalid_utf8_is_counted_per_byte_and_document_in_input_order(tmp_path: Path,

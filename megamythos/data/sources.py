@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 TEXT, VERBATIM, JSON, ROW = "text", "verbatim", "json", "row"
 MISSING_KEY = "missing key"  # the skip reason of an object without the key: the text may be under another one
 _ENCODED_REPLACEMENT = "\ufffd".encode()
+# A text document whose invalid UTF-8 bytes number at least NOT_TEXT_MIN_BYTES and more than NOT_TEXT_SHARE of its
+# bytes is no UTF-8 text (binary data: about half its bytes are invalid; Latin-1 prose: a few percent) and is
+# skipped; fewer are replaced by U+FFFD.
+NOT_TEXT_MIN_BYTES, NOT_TEXT_SHARE = 64, 0.1
 
 
 class InputError(UserError, ValueError):
@@ -351,12 +355,16 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> ParsedRecord:
     Reasons: ``non-UTF-8 bytes`` (a JSON line, or a text document read verbatim), ``malformed JSON``, ``missing
     key 'K'`` (the record is an object without ``K``), ``non-string value of key 'K'`` (e.g. ``{"text": 5}``),
     ``empty document``, ``lone surrogate`` (a JSON escape such as ``\\ud800`` that no UTF-8 text can hold). A text
-    document is kept whatever its bytes: invalid UTF-8 becomes U+FFFD, counted in ``replaced``.
+    document keeps its text with invalid UTF-8 replaced by U+FFFD, counted in ``replaced``, unless those bytes are
+    too many for text (:data:`NOT_TEXT_SHARE`): then it is skipped for ``non-UTF-8 bytes`` too.
     """
     data = record.data
     replaced = replaced_line = 0
     if record.kind == TEXT:
         data, replaced, first = decode_replacing(data)
+        if replaced >= NOT_TEXT_MIN_BYTES and replaced > NOT_TEXT_SHARE * len(record.data):
+            return ParsedRecord(None, f"non-UTF-8 bytes ({replaced} of {len(record.data)} invalid: binary, or text "
+                                      "in another encoding; re-encode it as UTF-8)")
         replaced_line = record.line + record.data.count(b"\n", 0, first) if replaced else 0
     elif record.kind in (VERBATIM, JSON):
         try:
