@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from megamythos.data import index_cache
-from megamythos.data.blended_dataset import build_blending_indices
+from megamythos.data.blended_dataset import build_blending_indices, cached_blend_size
 from megamythos.data.gpt_dataset import (
     DataConfigError,
     build_gpt_indices,
@@ -129,6 +129,32 @@ def test_blend_proportions_within_one_percent_over_10k_samples(tmp_path) -> None
     again, _, _ = build_train_valid_test_datasets(["0.7", a, "0.3", b], "1", 8, 5, (10_000, 0, 0),
                                                   str(tmp_path / "c2"))
     assert all(np.array_equal(train[i]["tokens"], again[i]["tokens"]) for i in range(0, 10_000, 97))
+
+
+def test_a_blend_a_little_longer_or_shorter_reuses_the_cached_indices(tmp_path) -> None:
+    """A resume after skipped samples asks for a blend of another length; each such resume built and stored the
+    whole blend index again (found 2026-12-06). The first n greedy choices do not depend on the length, so one
+    cached entry of a rounded-up length serves them all."""
+    a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
+    b = make_dataset(tmp_path / "b", 300, seed=2, base=10_000)
+    cache = tmp_path / "c"
+
+    def blend(size: int):
+        return build_train_valid_test_datasets(["0.7", a, "0.3", b], "1", 8, 5, (size, 0, 0), str(cache))[0]
+
+    def blend_entries() -> int:
+        return sum('"BlendedDataset"' in p.read_text() for p in cache.glob("*-description.json"))
+
+    first = blend(1000)  # cached as 1024
+    assert blend_entries() == 1
+    for size in (1010, 1024, 990):  # the last one past a rounding boundary: cached as 992, a second entry
+        again = blend(size)
+        exact = build_blending_indices(again.weights, size)
+        assert len(again) == size and np.array_equal(again.dataset_index, exact["dataset_index"])
+        assert np.array_equal(again.dataset_sample_index, exact["dataset_sample_index"])
+        assert np.array_equal(again.dataset_index[:990], first.dataset_index[:990])
+        assert blend_entries() == 1 + (size == 990)
+    assert [cached_blend_size(n) for n in (1, 31, 32, 33, 1000, 1024, 1025)] == [1, 31, 32, 34, 1024, 1024, 1088]
 
 
 def test_unweighted_prefixes_blend_by_size_as_megatron_does(tmp_path) -> None:

@@ -48,6 +48,15 @@ def build_blending_indices(weights: Sequence[float], size: int) -> dict[str, np.
     return {"dataset_index": dataset_index, "dataset_sample_index": dataset_sample_index}
 
 
+def cached_blend_size(size: int) -> int:
+    """The length of the blend cached for ``size`` samples: ``size`` rounded up to m * 2^e with 16 <= m < 32, at
+    most 1/16 more. The greedy rule's first n choices do not depend on the length, so a blend of ``size`` is the
+    first ``size`` entries of the cached one, and a resume whose length moved a little (skipped samples) reuses
+    the entry instead of building and storing the whole index again."""
+    shift = max(size.bit_length() - 5, 0)
+    return -(-size >> shift) << shift
+
+
 class BlendedDataset(MappedArraysPickle):
     """``size`` samples drawn from ``datasets`` in proportion to ``weights``; ``ds[i]`` is a component's sample."""
 
@@ -59,13 +68,14 @@ class BlendedDataset(MappedArraysPickle):
         self.datasets = datasets
         self.weights = [w / total for w in weights]
         self.size = size
+        cached = cached_blend_size(size)
         self.description = {
-            "class": "BlendedDataset", "split": split_name, "size": size, "weights": self.weights,
+            "class": "BlendedDataset", "split": split_name, "size": cached, "weights": self.weights,
             "datasets": [d.description for d in datasets],
         }
-        arrays = load_or_build(cache_dir, self.description, lambda: build_blending_indices(self.weights, size))
-        self.dataset_index = arrays["dataset_index"]
-        self.dataset_sample_index = arrays["dataset_sample_index"]
+        arrays = load_or_build(cache_dir, self.description, lambda: build_blending_indices(self.weights, cached))
+        self.dataset_index = arrays["dataset_index"][:size]
+        self.dataset_sample_index = arrays["dataset_sample_index"][:size]
         for d, dataset in enumerate(datasets):
             used = int(np.count_nonzero(self.dataset_index == d))
             if used > len(dataset):
