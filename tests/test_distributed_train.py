@@ -8,6 +8,7 @@ lr 1e-2.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -177,6 +178,18 @@ def compiled(runs, launches) -> Path:
 def zero2(runs, launches) -> Path:
     """1 process, ZeRO-2, micro batch 2 (as ``ref``, but a ZeRO-2 checkpoint)."""
     return finished(runs, launches, "zero2")
+
+
+def test_grad_norm_at_zero0_in_fp32_is_the_one_zero2_reports(ref, zero2):
+    """DeepSpeed's plain optimizer of ZeRO-0 in fp32 computes no gradient norm (its ZeRO, bf16 and fp16 ones do), so
+    the trainer computes it: every step logs the norm DeepSpeed reports for the same run under ZeRO-2. Found
+    2026-12-06: grad-norm was NaN in TensorBoard, metrics.jsonl and the console line of every ZeRO-0 fp32 run."""
+    got, want = ({m["iteration"]: m["grad-norm"] for m in metrics(run_dir / "metrics.jsonl") if "grad-norm" in m}
+                 for run_dir in (ref, zero2))
+    assert sorted(got) == sorted(want) == list(range(1, ITERS + 1))
+    assert all(math.isfinite(norm) and norm > 0 for norm in got.values()), got
+    assert got == pytest.approx(want, rel=1e-4), (got, want)
+    assert "grad norm: nan" not in (ref / "log.txt").read_text()
 
 
 def test_loop_capacity_computes_the_scheduled_tokens_alike_under_zero3_tp_and_ep(ref, runs, launches) -> None:

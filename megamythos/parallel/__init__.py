@@ -10,13 +10,17 @@ package holds everything that depends on DeepSpeed's contract:
   :mod:`.tensor_parallel` and :mod:`.expert_parallel`);
 - at export: :func:`autoep_to_model_names` maps AutoEP's checkpoint names back to the model's;
 - under ZeRO-3, after it: :func:`replicate_recurrent_core` bounds how often the shared recurrent block is
-  gathered per step (see :mod:`.zero`).
+  gathered per step (see :mod:`.zero`);
+- at each step where DeepSpeed computes no gradient norm (ZeRO-0 in fp32): :func:`global_grad_norm`, which counts
+  each AutoTP shard and AutoEP expert once.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
 from megamythos.model.config import ModelConfig
@@ -30,7 +34,7 @@ from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTE
 from megamythos.parallel.zero import replicate_recurrent_core
 
 __all__ = ["MOE_LAYER_PATTERN", "TP_COLUMN_PATTERNS", "TP_ROW_PATTERNS", "adapt_engine_module",
-           "autoep_to_model_names", "ds_config_sections", "replicate_recurrent_core"]
+           "autoep_to_model_names", "ds_config_sections", "global_grad_norm", "replicate_recurrent_core"]
 
 
 def ds_config_sections(config: ModelConfig, tp: int, ep: int, ep_template: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,3 +54,26 @@ def adapt_engine_module(module: nn.Module, config: ModelConfig, tp_group: Any | 
     if tp_group is not None:
         sum_rope_key_grad(module, tp_group)
     return adapt_autoep_layers(module, config)
+
+
+def global_grad_norm(params: Iterable[nn.Parameter], world: int, tp: int, ep: int) -> float:
+    """The L2 norm of the whole model's gradient, the norm DeepSpeed's ZeRO and bf16 optimizers report (before
+    clipping), from the ``.grad`` of this rank's ``params``. Call it at the accumulation boundary after backward,
+    when the data-parallel gradients are reduced, and before ``engine.step()`` clips and zeroes them.
+
+    ||g||^2 is the sum of ||g_p||^2 over the model's distinct gradient tensors. The ranks that hold a tensor hold the
+    same gradient for it: a replicated parameter is held by all ``world`` ranks, each shard of an AutoTP-split
+    weight by world / tp of them, each AutoEP expert's weights by world / ep. Without TP and EP every rank holds
+    the whole gradient, so its local norm is the norm; with them, ||g||^2 = sum over the ranks of
+    sum_p ||g_p||^2 / copies(p), one all-reduce of a scalar."""
+    from deepspeed.moe.utils import is_moe_param
+    from deepspeed.runtime.utils import is_model_parallel_parameter
+
+    trained = [p for p in params if p.grad is not None]
+    if tp == 1 and ep == 1:
+        return float(torch.nn.utils.get_total_norm([p.grad for p in trained]))
+    squares = torch.stack([torch.linalg.vector_norm(p.grad).double() ** 2
+                           / (world // ep if is_moe_param(p) else world // tp if is_model_parallel_parameter(p)
+                              else world) for p in trained]).sum()
+    dist.all_reduce(squares)
+    return float(squares.sqrt())

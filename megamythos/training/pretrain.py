@@ -55,7 +55,7 @@ from megamythos.model.moe import (
 )
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
-from megamythos.parallel import adapt_engine_module, replicate_recurrent_core
+from megamythos.parallel import adapt_engine_module, global_grad_norm, replicate_recurrent_core
 from megamythos.planning.memory import check_startup_memory
 from megamythos.runtime.device import device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
@@ -257,6 +257,9 @@ class Trainer:
         else:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
+        # DeepSpeed's get_global_grad_norm() passes on its optimizer's norm: its ZeRO, bf16 and fp16 wrappers compute
+        # one, the plain optimizer of ZeRO-0 in fp32 none (not even when it clips), so there the trainer computes it
+        self.own_grad_norm = not hasattr(self.engine.optimizer, "_global_grad_norm")
         if self.layout.replicate_core:
             replicate_recurrent_core(self.engine)
         if args.compile:
@@ -570,7 +573,7 @@ class Trainer:
         self.comm.reset()
         n_loops = sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, self.args.seed,
                                     self.iteration) if cfg.sample_depth else cfg.mean_loops
-        lm, aux, stats = [], [], {}
+        lm, aux, stats, grad_norm = [], [], {}, None
         lr = self.engine.get_lr()[0]  # the LR this step uses (the scheduler advances inside engine.step())
         while True:
             tokens, labels = next(data, (None, None))
@@ -589,6 +592,9 @@ class Trainer:
             boundary = self.engine.is_gradient_accumulation_boundary()
             discarded = self.engine.skipped_steps
             self.engine.backward(loss)
+            if boundary and self.own_grad_norm:  # the reduced gradients, before step() clips and zeroes them
+                grad_norm = global_grad_norm(self.engine.module.parameters(), self.world, self.layout.tp,
+                                             self.layout.ep)
             self.engine.step()
             lm.append(out.loss.item())
             aux.append(out.aux_loss.item())
@@ -600,13 +606,13 @@ class Trainer:
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
         lm_loss, aux_loss = self.world_mean([sum(lm) / len(lm), sum(aux) / len(aux)])
         return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe,
-                "comm": self.comm.scalars()}
+                "comm": self.comm.scalars(), "grad_norm": grad_norm}
 
     def log_step(self, step: dict[str, Any], seconds: float) -> None:
         tokens_per_sec = self.layout.global_batch_size * self.args.seq_length / seconds
         flops = count(self.config, self.args.seq_length, step["n_loops"]).train_flops_per_token
         tflops = flops * tokens_per_sec / self.world / 1e12
-        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = step["grad_norm"] if self.own_grad_norm else self.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         stats = step["stats"]
         values = {
