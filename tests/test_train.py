@@ -707,12 +707,15 @@ def test_bad_input_is_a_clear_error_before_training(extra, message, corpus, tmp_
 
 
 @pytest.mark.launch
-def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(corpus, tmp_path):
+@pytest.mark.parametrize("precision", [["--zero", "3"], ["--zero", "0", "--no-bf16"]], ids=["zero3", "zero0-fp32"])
+def test_diverged_run_skips_nonfinite_steps_then_aborts_with_a_message(corpus, tmp_path, precision):
     """Weights of scale 1e30: the RMS-normed loss stays finite but every gradient norm overflows; ZeRO-3
     discards each step, the guard counts them and aborts at the third in a row. No checkpoint is taken inside the
-    streak: before 2026-12-06 every save went on, and pruned the good checkpoints from before the streak."""
-    out = run_single([*tiny_args(corpus, 5), "--override", "init_std=1e30", "--max-nonfinite", "3",
-                      "--zero", "3", "--save", str(tmp_path / "ckpt"), "--save-interval", "1"], tmp_path)
+    streak: before 2026-12-06 every save went on, and pruned the good checkpoints from before the streak. ZeRO-0
+    in fp32 has no such discard in DeepSpeed (its plain optimizer applied the non-finite gradient, found
+    2026-12-06): the trainer discards the step itself."""
+    out = run_single([*tiny_args(corpus, 5), "--override", "init_std=1e30", "--max-nonfinite", "3", *precision,
+                      "--save", str(tmp_path / "ckpt"), "--save-interval", "1"], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
     assert "iteration 1: non-finite gradient, step skipped (1 in a row, 1 in total)" in out.stderr
     assert "iteration 2: checkpoint withheld during a run of non-finite steps; latest stays on none" in out.stderr

@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,21 @@ def absolute_data_path(data_path: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- the trainer
+@contextmanager
+def optimizer_update_left_out(optimizer: torch.optim.Optimizer, left_out: bool) -> Iterator[None]:
+    """With ``left_out``, ``optimizer.step()`` does nothing inside the block, so ``engine.step()`` discards the
+    step's gradient (and zeroes it) and keeps its own bookkeeping, as DeepSpeed's ZeRO optimizers do for a
+    non-finite gradient norm; the weights and the optimizer's moments stay as they were."""
+    if not left_out:
+        yield
+        return
+    optimizer.step = lambda *args, **kwargs: None  # an instance attribute: hides the class's step
+    try:
+        yield
+    finally:
+        del optimizer.step
+
+
 class Trainer:
     """One pretraining run: engine, data, schedule, checkpoints, telemetry."""
 
@@ -592,15 +607,19 @@ class Trainer:
             boundary = self.engine.is_gradient_accumulation_boundary()
             discarded = self.engine.skipped_steps
             self.engine.backward(loss)
+            own_discard = False
             if boundary and self.own_grad_norm:  # the reduced gradients, before step() clips and zeroes them
                 grad_norm = global_grad_norm(self.engine.module.parameters(), self.world, self.layout.tp,
                                              self.layout.ep)
-            self.engine.step()
+                own_discard = not math.isfinite(grad_norm)  # ZeRO's optimizers discard such a step, this one not
+            with optimizer_update_left_out(self.engine.optimizer, own_discard):
+                self.engine.step()
             lm.append(out.loss.item())
             aux.append(out.aux_loss.item())
             stats = out.stats
             if boundary:  # ZeRO discards a step whose gradient norm is non-finite; count it like a bad loss
-                self.guard.record(self.engine.skipped_steps > discarded, self.iteration + 1, "gradient")
+                self.guard.record(own_discard or self.engine.skipped_steps > discarded, self.iteration + 1,
+                                  "gradient")
                 break
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
