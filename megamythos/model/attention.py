@@ -98,11 +98,10 @@ def _flash_attn_func() -> Callable[..., torch.Tensor] | None:
 # kernel, which never materialises the S x L scores. Causal self-attention (the training forward, prefill without a
 # cache) runs the matmul path in query blocks and keeps it up to _CAUSAL_MATMUL_MAX_SCORES; a mask (cached prefill,
 # token subsets) up to _MATMUL_ATTENTION_MAX_SCORES. A single query (decode) takes the matmul path in bf16 and fp32
-# at any cache length. Measured by bench/bench_attention.py at the tiny and small presets' head shapes with the
-# trainer's host-memory setting (bench/README.md, 2026-12-05): bf16 causal training in query blocks runs 0.5-0.8x
-# SDPA's time from S = 512 to 1024, 0.8-0.95x at 2048, where the kept fp32 + bf16 probabilities (6 bytes a
-# score, about half of S x S) grow past what SDPA keeps (O(S)); fp32 takes SDPA from S = 128 on; decode at
-# L = 128..2048 runs 0.56-1.02x SDPA's time.
+# at any cache length; fp32 with several queries takes SDPA. Beyond the causal switch the matmul path's kept fp32 +
+# bf16 probabilities (6 bytes a score, about half of S x S) grow past what SDPA keeps (O(S)). The switch points are
+# the crossovers bench/bench_attention.py finds at the tiny and small presets' head shapes (bench/README.md,
+# "Attention kernel per shape").
 _MATMUL_ATTENTION_MAX_SCORES = 256 * 256
 _CAUSAL_MATMUL_MAX_SCORES = 1024 * 1024
 # Causal attention over more queries than this runs in blocks of this many queries; under torch.compile in

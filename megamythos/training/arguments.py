@@ -97,7 +97,7 @@ class TrainArgs:
     max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
     exit_interval: int = 0  # stop (with a checkpoint) at the first iteration that is a multiple; 0 -> to the end
     exit_duration_in_mins: float = 0.0  # stop (with a checkpoint) this long after the process started; 0 -> off
-    # divergence guard (megamythos.training.divergence); defaults measured on the default run, 2026-12-04
+    # divergence guard (megamythos.training.divergence); how the defaults were chosen: bench/README.md
     divergence_factor: float = 2.0  # stop when lm loss > this x ln(vocab); 0 -> off
     spike_factor: float = 1.5  # a spike: lm loss > this x the median of the last spike_window good losses; 0 -> off
     spike_window: int = 50

@@ -425,7 +425,7 @@ class Trainer:
         if kept and self.rank == 0:
             logger.warning("resuming with the checkpoint's optimizer settings, restored with its state: %s; to train "
                            "with others, start a new run from these weights (--finetune)", ", ".join(kept))
-        # the schedule the checkpoint ran: recorded since 2026-12-05; before, what its scheduler state restored
+        # the schedule the checkpoint ran; a checkpoint without that record: what its scheduler state restored
         saved = state.get("lr_schedule") or (dataclasses.asdict(self.schedule) if universal is None else None)
         schedule = resumed_schedule(saved, wanted, self.args.lr_schedule_on_resume, str(tag_dir), state["iteration"])
         changes = schedule_changes(self.schedule, schedule)  # against what the scheduler holds now
