@@ -17,10 +17,15 @@ import importlib.util
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
 from megamythos.model.lm import MythosLM
+
+if TYPE_CHECKING:
+    from sentencepiece.sentencepiece_model_pb2 import ModelProto
+    from transformers import PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ def shipped_sources() -> dict[str, str]:
     return sources
 
 
-def spm_merges(proto) -> list[tuple[str, str]]:  # proto: sentencepiece_model_pb2.ModelProto
+def spm_merges(proto: ModelProto) -> list[tuple[str, str]]:
     """The BPE merges of a SentencePiece model, in the order SentencePiece prefers them: every split of a normal
     piece (type 1) into two normal pieces, ranked by the merged piece's score (higher first), then by its id."""
     normal = {piece.piece: (-piece.score, i) for i, piece in enumerate(proto.pieces) if piece.type == piece.NORMAL}
@@ -86,7 +91,7 @@ def spm_merges(proto) -> list[tuple[str, str]]:  # proto: sentencepiece_model_pb
     return [(left, right) for _, left, right in ranked]
 
 
-def spm_unigram_vocab(proto) -> list[tuple[str, float]]:  # proto: sentencepiece_model_pb2.ModelProto
+def spm_unigram_vocab(proto: ModelProto) -> list[tuple[str, float]]:
     """A SentencePiece unigram model's ``(piece, score)`` list as tokenizers' ``Unigram`` takes it. SentencePiece
     never matches a control, unknown, byte or unused piece against text (byte fallback finds byte pieces by
     name); ``Unigram`` would, at their score 0, wherever the text spells one (``</s>``, ``<0x41>``). Each gets
@@ -101,7 +106,7 @@ def spm_unigram_vocab(proto) -> list[tuple[str, float]]:  # proto: sentencepiece
             for piece in proto.pieces]
 
 
-def spm_unknown_char(proto) -> str:  # proto: sentencepiece_model_pb2.ModelProto
+def spm_unknown_char(proto: ModelProto) -> str:
     """A regex matching one character that is not itself a normal piece of ``proto`` (SentencePiece encodes it
     by byte fallback or as unknown, never inside a longer piece)."""
     known = "".join(f"\\x{{{ord(piece.piece):X}}}" for piece in proto.pieces
@@ -109,7 +114,7 @@ def spm_unknown_char(proto) -> str:  # proto: sentencepiece_model_pb2.ModelProto
     return f"[^{known}]"
 
 
-def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformers.PreTrainedTokenizerFast
+def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
     """Our SentencePiece model as a transformers fast tokenizer giving the same ids (no bos/eos added).
 
     transformers' converter follows the model's normaliser and builds a ``tokenizers`` BPE or Unigram model as
@@ -150,7 +155,7 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> transformer
         unk_token=piece[tokenizer.unk_id].piece, pad_token=piece[tokenizer.pad_id].piece)
 
 
-def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int):  # -> PreTrainedTokenizerFast
+def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
     """:func:`hf_tokenizer`, refused (:class:`HFExportError`) if it encodes one of ``TOKENIZER_PROBES`` otherwise
     than ``tokenizer``: before 5.24 transformers' converter ignores SentencePiece's normaliser settings (a dummy
     prefix, extra-space removal), which a tokenizer not trained by megamythos may use. A warning names the

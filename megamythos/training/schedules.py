@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ class LRSchedule:
         return self.learning_rate(step) / self.lr
 
 
-def build_scheduler(schedule: LRSchedule):
+def build_scheduler(schedule: LRSchedule) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
     """A ``deepspeed.initialize(lr_scheduler=...)`` callable: the optimizer only exists after initialisation."""
     def make(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
