@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from megamythos.data.atomic import writable_directory, writable_parent
-from megamythos.data.default_corpus import ensure_default_dataset
+from megamythos.data.default_corpus import DEFAULT_VOCAB_SIZE, ensure_default_dataset
 from megamythos.data.indexed_dataset import IndexedDatasetError
 from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
@@ -36,11 +36,12 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
                         help=f"pieces, >= {MIN_VOCAB_SIZE}")
     parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.model")
-    parser.add_argument("--model-type", choices=MODEL_TYPES, default="bpe", help="SentencePiece model type")
+    parser.add_argument("--model-type", choices=MODEL_TYPES, default=TokenizerTrainConfig.model_type,
+                        help="SentencePiece model type")
     parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
     parser.add_argument("--json-key", default="text", help="JSON field holding the text")
     parser.add_argument("--hf-split", default="train", help="split of a save_to_disk DatasetDict in --input")
-    parser.add_argument("--max-sentences", type=number(int, 1), default=200_000,
+    parser.add_argument("--max-sentences", type=number(int, 1), default=TokenizerTrainConfig.max_sentences,
                         help="size of the uniform sample of line chunks trained on")
     parser.add_argument("--num-threads", type=number(int, 1), default=os.cpu_count() or 1, help="trainer threads")
     args = parser.parse_args(argv)
@@ -85,12 +86,14 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
                           "directories")
     src.add_argument("--input-format", choices=FORMATS, default=None,
                      help="read every --input file as this format (default: by file suffix)")
-    src.add_argument("--json-keys", nargs="+", default=["text"], help="JSON fields holding the text")
+    src.add_argument("--json-keys", nargs="+", default=list(PreprocessConfig.json_keys),
+                     help="JSON fields holding the text")
     src.add_argument("--txt-blank-line-documents", action="store_true",
                      help="in .txt inputs, documents are separated by blank lines (default: one per file)")
     src.add_argument("--hf-dataset", help="datasets.load_dataset name or local data directory")
     src.add_argument("--hf-config", help="configuration name of --hf-dataset")
-    src.add_argument("--hf-split", default="train", help="split of --hf-dataset, or of a save_to_disk DatasetDict")
+    src.add_argument("--hf-split", default=PreprocessConfig.hf_split,
+                     help="split of --hf-dataset, or of a save_to_disk DatasetDict")
     src.add_argument("--streaming", action="store_true", help="stream --hf-dataset instead of downloading")
     out = parser.add_argument_group("output")
     out.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx} (+ .json record)")
@@ -98,12 +101,15 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("--append-eod", action="store_true", help="end every document with the eos id")
     out.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
     run = parser.add_argument_group("run")
-    run.add_argument("--workers", type=number(int, 1), default=1, help="tokenizer processes per partition")
-    run.add_argument("--partitions", type=number(int, 1), default=1, help="input file groups processed concurrently")
+    run.add_argument("--workers", type=number(int, 1), default=PreprocessConfig.workers,
+                     help="tokenizer processes per partition")
+    run.add_argument("--partitions", type=number(int, 1), default=PreprocessConfig.partitions,
+                     help="input file groups processed concurrently")
     run.add_argument("--strict", action="store_true",
                      help="stop at the first bad record instead of skipping it, and at invalid UTF-8 in a text file "
                           "instead of replacing it by U+FFFD")
-    run.add_argument("--log-interval", type=number(int, 1), default=10_000, help="documents between rate reports")
+    run.add_argument("--log-interval", type=number(int, 1), default=PreprocessConfig.log_interval,
+                     help="documents between rate reports")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -177,8 +183,8 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = ArgumentParser(description=default_corpus_main.__doc__)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), default=8192,
-                        help="tokenizer vocabulary (the tiny preset: 8192)")
+    parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), default=DEFAULT_VOCAB_SIZE,
+                        help=f"tokenizer vocabulary (the tiny preset: {DEFAULT_VOCAB_SIZE})")
     parser.add_argument("--max-files", type=number(int, 1), default=None, help="use only the first N files (sorted)")
     parser.add_argument("--workers", type=number(int, 1), default=None,
                         help="tokenizer processes (default: min(2, cores))")

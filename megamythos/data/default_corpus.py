@@ -28,6 +28,7 @@ from megamythos.data.tokenizer import Tokenizer, TokenizerError, TokenizerTrainC
 logger = logging.getLogger(__name__)
 
 EXCLUDED_DIRS = ("site-packages", "dist-packages")
+DEFAULT_VOCAB_SIZE = 8192  # the tiny preset's vocabulary
 TOKENIZER_SAMPLE_CHUNKS = 50_000
 
 
@@ -65,7 +66,7 @@ class _DropSkipWarnings(logging.Filter):
         return not record.getMessage().startswith("skipped ")
 
 
-def ensure_default_dataset(out_dir: str, vocab_size: int = 8192, max_files: int | None = None,
+def ensure_default_dataset(out_dir: str, vocab_size: int = DEFAULT_VOCAB_SIZE, max_files: int | None = None,
                            workers: int | None = None) -> tuple[str, str]:
     """Build (or reuse) the stdlib dataset; returns ``(data_prefix, tokenizer_model_path)``.
 

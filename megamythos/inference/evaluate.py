@@ -67,7 +67,7 @@ class EvalConfig:
     seq_length: int | None = None
     data_cache_dir: str | None = None
     micro_batch_size: int = 4
-    eval_iters: int = 8
+    eval_iters: int = DataRecipe.eval_iters  # the trainer's validation batches
     exit_thresholds: list[float] | None = None  # None: the model config's exit_threshold
     tokenizer: str | None = None
     out: str | None = None
@@ -279,8 +279,9 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
     p.add_argument("--data-cache-dir", help="where the held-out split's index cache goes (default: the training "
                    "run's --data-cache-dir, else beside the data)")
-    p.add_argument("--micro-batch-size", type=int, default=4, help="samples per batch")
-    p.add_argument("--eval-iters", type=int, default=8, help="batches evaluated at every loop count")
+    p.add_argument("--micro-batch-size", type=int, default=EvalConfig.micro_batch_size, help="samples per batch")
+    p.add_argument("--eval-iters", type=int, default=EvalConfig.eval_iters,
+                   help="batches evaluated at every loop count")
     p.add_argument("--loops", default=DEFAULT_LOOPS, help="comma-separated loop counts")
     p.add_argument("--exit-threshold", dest="exit_thresholds",
                    help="comma-separated early-exit thresholds: each adds a row per loop count in which a token "

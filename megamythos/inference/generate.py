@@ -179,12 +179,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--loops", type=number(int, 1), help="recurrent iterations per token (default: the trained mean)")
-    p.add_argument("--max-new-tokens", type=number(int, 0), default=64,
+    p.add_argument("--max-new-tokens", type=number(int, 0), default=SamplingConfig.max_new_tokens,
                    help="stop after this many tokens, at eos, or when prompt + new tokens fill the model's context "
                         "(max_seq_len; a warning says when that cut --max-new-tokens short)")
-    p.add_argument("--temperature", type=number(float, 0), default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=number(int, 0), default=0, help="0 = off")
-    p.add_argument("--top-p", type=number(float, 0, 1, low_open=True), default=1.0, help="1 = off")
+    p.add_argument("--temperature", type=number(float, 0), default=SamplingConfig.temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=number(int, 0), default=SamplingConfig.top_k, help="0 = off")
+    p.add_argument("--top-p", type=number(float, 0, 1, low_open=True), default=SamplingConfig.top_p, help="1 = off")
     p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="sampling seed (same seed, same text)")
     p.add_argument("--exit-threshold", type=float,
                    help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this; "

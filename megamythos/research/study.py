@@ -386,13 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
     parser.add_argument("--out", default="runs/study", help="results go to OUT/CORPUS/ (default runs/study; the "
                         "figures of docs/results.md: bench/results/study)")
-    parser.add_argument("--scale", type=number(float, 0, 64, low_open=True), default=1.0,
+    parser.add_argument("--scale", type=number(float, 0, 64, low_open=True), default=StudySettings.scale,
                         help="multiplies the steps; the width is 64 x round(2 x SCALE), at least 64 (128 at 1; "
                              "at most 64: width 8192)")
     parser.add_argument("--steps", type=number(int, 1), default=None,
                         help=f"training steps per run (default {StudySettings.steps} x --scale)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=1234, help="data and initialisation seed")
+    parser.add_argument("--device", default=StudySettings.device, help="cpu or cuda")
+    parser.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=StudySettings.seed,
+                        help="data and initialisation seed")
     parser.add_argument("--runs", default="", help="only these runs of the experiment (comma-separated names); the "
                         "report in --out keeps its other runs")
     args = parser.parse_args(argv)
