@@ -44,6 +44,7 @@ from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadat
 from megamythos.data.pretraining import DataRecipe, batches, build_datasets, data_change, resolve_data
 from megamythos.errors import ArgumentParser, checked_by, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
+from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.model.recurrent import exit_distribution
 from megamythos.runtime.device import resolve_device
@@ -286,8 +287,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--exit-threshold", dest="exit_thresholds",
                    help="comma-separated early-exit thresholds: each adds a row per loop count in which a token "
                         "stops once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below it, next to the every-loop rows "
-                        "(default: the checkpoint config's exit_threshold, 0.2 unless trained with --override "
-                        "exit_threshold=...; 0: the every-loop rows only)")
+                        f"(default: the checkpoint config's exit_threshold, {ModelConfig.exit_threshold:g} unless "
+                        "trained with --override exit_threshold=...; 0: the every-loop rows only)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--out", help="results directory (default: RUN/eval/TAG for a checkpoint, outside the tags "
                    "--keep-last prunes; eval/ in an export)")

@@ -25,6 +25,7 @@ import torch
 
 from megamythos.errors import ArgumentParser, number, run_cli
 from megamythos.inference.loading import LoadError, load_model
+from megamythos.model.config import ModelConfig
 from megamythos.model.lm import ModelKVCache, MythosLM
 from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
@@ -188,8 +189,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="sampling seed (same seed, same text)")
     p.add_argument("--exit-threshold", type=float,
                    help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this; "
-                        "0 = run every loop (default: the checkpoint config's exit_threshold, 0.2 unless trained "
-                        "with --override exit_threshold=...)")
+                        "0 = run every loop (default: the checkpoint config's exit_threshold, "
+                        f"{ModelConfig.exit_threshold:g} unless trained with --override exit_threshold=...)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     args = p.parse_args(argv)
