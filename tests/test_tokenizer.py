@@ -6,6 +6,7 @@ import json
 
 import pytest
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from megamythos.data.cli import train_tokenizer_main as train_main
 from megamythos.data.tokenizer import (
@@ -14,6 +15,7 @@ from megamythos.data.tokenizer import (
     TokenizerTrainConfig,
     line_chunks,
     reservoir_sample,
+    train_tokenizer,
 )
 from tests.helpers import synthetic_documents
 
@@ -102,3 +104,18 @@ def test_segment_cache_is_off_for_models_that_merge_across_spaces(tmp_path) -> N
     tok = Tokenizer(tmp_path / "d.model")  # default normalisation, dummy prefix, unigram: not provably local
     assert not tok.segment_cache_enabled
     assert tok.encode(TRICKY) == tok._sp.Encode(TRICKY, out_type=int)
+
+
+@pytest.mark.parametrize("model_type,threads", [("bpe", (1, 2)), ("unigram", (1, 1))])
+def test_retraining_gives_the_same_model_bytes_in_any_prefix(tmp_path, model_type: str,
+                                                              threads: tuple[int, int]) -> None:
+    """Same documents and options, another prefix (and for BPE another thread count): the same fingerprint, so
+    data tokenised with a rebuilt tokenizer (the default corpus on another machine) still matches checkpoints."""
+    docs = synthetic_documents(150, seed=3)
+    first, second = (train_tokenizer(docs, TokenizerTrainConfig(vocab_size=330, model_prefix=str(tmp_path / name),
+                                                                 model_type=model_type, num_threads=n))
+                     for name, n in (("a/tok", threads[0]), ("elsewhere/other", threads[1])))
+    assert first.fingerprint == second.fingerprint
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((tmp_path / "a" / "tok.model").read_bytes())
+    assert str(tmp_path) not in str(proto) and "tmp" not in proto.trainer_spec.model_prefix

@@ -15,6 +15,9 @@ exactly (tested), while repetitive text such as source code encodes faster (benc
 
 Training input is streamed: documents are cut into chunks of whole lines (at most ``max_chunk_bytes``) and a
 uniform reservoir sample of ``max_sentences`` chunks is kept, so a corpus of any size trains in bounded memory.
+The ``.model`` written records no path and no thread count (:data:`UNRECORDED_TRAINER_FIELDS`), so the same
+documents and options give the same bytes, hence the same fingerprint, wherever and into whatever prefix they
+are trained (BPE with any thread count; unigram's scores depend on its thread count in their last digits).
 """
 from __future__ import annotations
 
@@ -50,6 +53,9 @@ _VOCAB_TOO_HIGH = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it 
 # ... and when the text has more distinct characters than pieces asked ("... required_chars. 300 vs 350.")
 _VOCAB_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)")
 MIN_VOCAB_SIZE = 300  # 4 specials + 256 byte-fallback pieces, with room for learned pieces
+# TrainerSpec fields SentencePiece copies into the .model that say where and how fast it trained, not what it
+# learned: the output prefix (a temporary name with host and process id) and the trainer's thread count.
+UNRECORDED_TRAINER_FIELDS = ("model_prefix", "num_threads")
 
 
 class TokenizerError(UserError, ValueError):
@@ -129,7 +135,8 @@ class Tokenizer:
         model_path: absolute path of the ``.model`` file.
         vocab_size: number of ids; every id is in ``[0, vocab_size)``.
         pad_id, bos_id, eos_id, unk_id: the special ids (0, 1, 2, 3 for models trained here).
-        fingerprint: sha256 of the ``.model`` bytes; equal fingerprints mean identical tokenisation.
+        fingerprint: sha256 of the ``.model`` bytes; equal fingerprints mean identical tokenisation (and a model
+            trained here again from the same documents and options has the same fingerprint).
         segment_cache_enabled: whether the exact segment-cached fast path is used (see the module docstring).
 
     Not thread-safe (the segment cache is shared state); give each thread or process its own instance.
@@ -310,6 +317,7 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
     staged = temp_name(config.model_prefix)  # SentencePiece writes in place: a kill must not leave half a model
     try:
         _train_sentencepiece(sample, config, staged)
+        _drop_unrecorded_fields(staged + ".model")
         os.replace(staged + ".vocab", config.model_prefix + ".vocab")
         os.replace(staged + ".model", model_path)
     except RuntimeError as err:  # SentencePiece's own error; its vocabulary checks name the size that would do
@@ -319,6 +327,18 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
             if os.path.exists(staged + suffix):
                 os.remove(staged + suffix)
     return Tokenizer(model_path)
+
+
+def _drop_unrecorded_fields(model_path: str) -> None:
+    """Rewrite the SentencePiece model at ``model_path`` without :data:`UNRECORDED_TRAINER_FIELDS`: its bytes (and
+    fingerprint) then depend only on what was learned, not on the prefix, host, process or thread count."""
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_path, "rb") as handle:
+        proto.ParseFromString(handle.read())
+    for field in UNRECORDED_TRAINER_FIELDS:
+        proto.trainer_spec.ClearField(field)
+    with open(model_path, "wb") as handle:
+        handle.write(proto.SerializeToString())
 
 
 def _vocabulary_error(err: RuntimeError, vocab_size: int) -> Exception:
