@@ -211,6 +211,14 @@ def test_tokenizer_training_refusals_name_the_flag(tmp_path: Path, capsys: pytes
     assert (tmp_path / "tok.model").read_bytes() == model and not list(tmp_path.glob("*.tmp.*"))
     assert "argument --vocab-size: must be >= 300, got 299" in refused("a.jsonl", 299, str(tmp_path / "t1"))
     assert "names a folder" in refused("a.jsonl", 400, f"{tmp_path}/")
+    for suffix in (".model", ".vocab"):  # a folder in the model's place: a traceback after training, before
+        (tmp_path / f"dir{suffix}").mkdir()
+        for extra in ([], ["--overwrite"]):
+            line = error_of(train_tokenizer_main, ["--input", str(tmp_path / "a.jsonl"), "--vocab-size", "400",
+                                                   "--model-prefix", str(tmp_path / "dir"), *extra], capsys)
+            assert f"{tmp_path / 'dir'}{suffix} is a folder" in line, line
+        (tmp_path / f"dir{suffix}").rmdir()
+    assert not list(tmp_path.glob("*.tmp.*"))
     line = refused("content.jsonl", 400, str(tmp_path / "t2"))
     assert "30 missing key" in line and "pass --json-key KEY (now 'text')" in line, line
     line = refused("a.jsonl", 300, str(tmp_path / "t3"))  # more distinct characters than 300 - 260 pieces

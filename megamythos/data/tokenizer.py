@@ -299,7 +299,11 @@ def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> T
     """
     out_dir = Path(config.model_prefix).parent
     model_path = config.model_prefix + ".model"
-    if os.path.exists(model_path) and not config.overwrite:  # before reading any input
+    folders = [path for path in (model_path, config.model_prefix + ".vocab") if os.path.isdir(path)]
+    if folders:  # before reading any input: a folder cannot be replaced by the model, with --overwrite or without
+        raise TokenizerError(f"--model-prefix {config.model_prefix}: {folders[0]} is a folder, not a file the "
+                             "tokenizer can be written to; choose another --model-prefix")
+    if os.path.exists(model_path) and not config.overwrite:
         raise TokenizerError(f"{model_path} exists; pass --overwrite to replace it (datasets tokenised with it keep "
                              "their own copy), or choose another --model-prefix")
     try:
