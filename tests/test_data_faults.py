@@ -1,6 +1,7 @@
 """Faults of the data tools found by trying them as a new user would (2026-12-06): damaged compressed inputs,
 JSON that spells a lone surrogate, a text file with a byte that is not UTF-8, a folder given as an input, the
-skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals, blend
+skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals and its
+reading of a large text file, blend
 weights that are not finite, and partition processes outliving a preprocessing run killed alone. Replacing
 existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 import sentencepiece as spm
 import zstandard
 
+from megamythos.data import sources
 from megamythos.data.cli import inspect_main, preprocess_main, train_tokenizer_main
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path
 from megamythos.data.index_cache import IndexCacheError, load_or_build
@@ -38,9 +41,10 @@ from megamythos.data.sources import (
     decode_replacing,
     iter_file_records,
     iter_texts,
+    iter_training_texts,
     parse_record,
 )
-from megamythos.data.tokenizer import Tokenizer
+from megamythos.data.tokenizer import Tokenizer, line_chunks
 from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, write_jsonl
 
 DOCS = synthetic_documents(30, seed=3)
@@ -72,7 +76,7 @@ def test_a_damaged_compressed_input_is_one_line_naming_it(damage: str, tmp_path:
     path = tmp_path / f"in{suffix}"
     path.write_bytes(packed[: len(packed) // 2] if damage.startswith("truncated") else b"no compressed data here")
     for main, argv in ((preprocess_main, preprocess_args([path], tmp_path / "o", tiny_tokenizer)),
-                       (train_tokenizer_main, ["--input", str(path), "--vocab-size", "300", "--model-prefix",
+                       (train_tokenizer_main, ["--input", str(path), "--vocab-size", "400", "--model-prefix",
                                                str(tmp_path / "tok"), "--num-threads", "1"])):
         line = error_of(main, argv, capsys)
         assert str(path) in line and "re-download" in line, line
@@ -224,6 +228,56 @@ def test_tokenizer_training_refusals_name_the_flag(tmp_path: Path, capsys: pytes
     line = refused("a.jsonl", 300, str(tmp_path / "t3"))  # more distinct characters than 300 - 260 pieces
     assert "--vocab-size 300 is fewer pieces than this text needs" in line and "or more" in line, line
     assert "yields only" in refused("tiny.txt", 400, str(tmp_path / "t4")), "advised a size it refuses"
+
+
+def test_tokenizer_training_reads_a_large_text_file_in_bounded_memory(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .txt input (one document per file, spm_train's usual one big corpus file) was read whole, then decoded
+    and split into lines: about 5x its size in memory (a 17 MB file: 127 MB peak RSS), whatever --max-sentences.
+    Now it is read in blocks of whole lines: a file 4x larger takes no more of the Python heap."""
+    monkeypatch.setattr(sources, "STREAM_BLOCK_BYTES", 1 << 16, raising=False)
+    text = "".join(synthetic_documents(300, seed=5)) * 40
+
+    def peak_bytes(copies: int) -> tuple[int, int]:
+        corpus = tmp_path / f"corpus{copies}.txt"
+        corpus.write_text(text * copies)
+        tracemalloc.start()
+        try:
+            assert train_tokenizer_main(["--input", str(corpus), "--vocab-size", "400", "--model-prefix",
+                                         str(tmp_path / f"tok{copies}"), "--max-sentences", "20",
+                                         "--num-threads", "1"]) == 0
+            return tracemalloc.get_traced_memory()[1], corpus.stat().st_size
+        finally:
+            tracemalloc.stop()
+
+    (small, size), (large, _) = peak_bytes(1), peak_bytes(4)
+    assert size > 2_000_000
+    assert large < small + size / 2, f"peak {small} bytes for {size} bytes of text, {large} for 4x as much"
+
+
+def test_a_text_file_streamed_for_tokenizer_training_gives_what_reading_it_whole_gives(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines, skips and U+FFFD counts of a text file read in blocks (any block size) are those of the file read
+    whole: BOM, CRLF, other line breaks, invalid and cut UTF-8, binary and blank files, a line longer than a block."""
+    bodies = {"mixed": (b"\xef\xbb\xbfa b\r\nc\xff d\re\xe2\x80\xa8f\x0bg\xc2\x85" + b"x" * 40
+                        + b"\xe4\xb8\n\n\xe4\xb8\xad\r\n"),
+              "tail": b"no final newline \xe4", "binary": bytes(range(256)) * 2, "blank": b" \n\t\r\n",
+              "json.txt": b"[1, 2]\n"}
+    paths = []
+    for name, body in bodies.items():
+        (tmp_path / name).write_bytes(body)
+        paths.append(str(tmp_path / name))
+    whole, whole_skipped, whole_replaced = [], Counter(), Replacements()
+    for text in iter_texts(paths, skipped=whole_skipped, replaced=whole_replaced):
+        whole.append(list(line_chunks(text, 8)))
+    assert whole_skipped == {"non-UTF-8 bytes": 1, "empty document": 1} and whole_replaced.invalid_bytes == 4
+    for block in (1, 2, 3, 7, 1 << 20):
+        monkeypatch.setattr(sources, "STREAM_BLOCK_BYTES", block)
+        streamed, skipped, replaced = [], Counter(), Replacements()
+        for text in iter_training_texts(paths, skipped=skipped, replaced=replaced):
+            assert not isinstance(text, str)
+            streamed.append(list(line_chunks(text, 8)))
+        assert (streamed, skipped, replaced) == (whole, whole_skipped, whole_replaced), block
 
 
 def test_inspect_finds_a_record_that_belongs_to_other_data(tmp_path: Path, tiny_tokenizer: Tokenizer,

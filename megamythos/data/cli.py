@@ -19,7 +19,7 @@ from megamythos.data.indexed_dataset import IndexedDatasetError
 from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
-from megamythos.data.sources import FORMATS, MISSING_KEY, Replacements, expand_inputs, iter_texts
+from megamythos.data.sources import FORMATS, MISSING_KEY, Replacements, expand_inputs, iter_training_texts
 from megamythos.data.tokenizer import MIN_VOCAB_SIZE, MODEL_TYPES, NoTextError, TokenizerTrainConfig, train_tokenizer
 from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, number, run_cli
 
@@ -42,7 +42,8 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json-key", default="text", help="JSON field holding the text")
     parser.add_argument("--hf-split", default="train", help="split of a save_to_disk DatasetDict in --input")
     parser.add_argument("--max-sentences", type=number(int, 1), default=TokenizerTrainConfig.max_sentences,
-                        help="size of the uniform sample of line chunks trained on")
+                        help="size of the uniform sample of line chunks trained on (each at most 2 KiB of whole "
+                             "lines: the sample's memory)")
     parser.add_argument("--num-threads", type=number(int, 1), default=os.cpu_count() or 1, help="trainer threads")
     args = parser.parse_args(argv)
 
@@ -53,8 +54,9 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
         skipped: Counter = Counter()
         replaced = Replacements()
         try:
-            tokenizer = train_tokenizer(iter_texts(expand_inputs(args.input), args.json_key, args.input_format,
-                                                   skipped, args.hf_split, replaced=replaced), config)
+            tokenizer = train_tokenizer(iter_training_texts(expand_inputs(args.input), args.json_key,
+                                                            args.input_format, skipped, args.hf_split, replaced),
+                                        config)
         except NoTextError as err:
             reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "no records"
             hint = (f"; if the text is under another key, pass --json-key KEY (now {args.json_key!r})"

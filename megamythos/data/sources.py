@@ -8,7 +8,7 @@ first line is a JSON object is refused (JSON lines under another suffix), as is 
 yielded unparsed where possible so that decoding and JSON parsing run in the tokenizer workers; :func:`parse_record`
 turns a record into texts or a reason to skip it. Invalid UTF-8 in a text document becomes U+FFFD (the rest of the
 document is kept, the bytes replaced are counted: :class:`Replacements`); in a JSON line, or a text file read
-verbatim, it skips the record.
+verbatim, it skips the record. Tokenizer training reads a text file line by line (:func:`iter_training_texts`).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ _ENCODED_REPLACEMENT = "\ufffd".encode()
 # bytes is no UTF-8 text (binary data: about half its bytes are invalid; Latin-1 prose: a few percent) and is
 # skipped; fewer are replaced by U+FFFD.
 NOT_TEXT_MIN_BYTES, NOT_TEXT_SHARE = 64, 0.1
+STREAM_BLOCK_BYTES = 1 << 20  # what iter_training_texts reads of a text file at a time (then up to a line end)
 
 
 class InputError(UserError, ValueError):
@@ -115,6 +116,15 @@ def decode_replacing(data: bytes) -> tuple[str, int, int]:
     text = data.decode("utf-8", errors="replace")
     inserted = text.count("\ufffd") - data.count(_ENCODED_REPLACEMENT)  # an encoded U+FFFD in data is valid
     return text, len(data) - (len(text.encode("utf-8")) - 3 * inserted), first
+
+
+def _not_text(invalid: int, size: int) -> str | None:
+    """The skip reason of a text document of ``size`` bytes, ``invalid`` of them not UTF-8, that is no UTF-8 text
+    (:data:`NOT_TEXT_MIN_BYTES`, :data:`NOT_TEXT_SHARE`); None for text."""
+    if invalid >= NOT_TEXT_MIN_BYTES and invalid > NOT_TEXT_SHARE * size:
+        return (f"non-UTF-8 bytes ({invalid} of {size} invalid: binary, or text in another encoding; re-encode it "
+                "as UTF-8)")
+    return None
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
@@ -293,26 +303,40 @@ JSON_LINES_SUFFIXES = tuple(f"{name}{packed}" for name in (".jsonl", ".json", ".
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".xz", ".bz2", ".lz4", ".zip", ".7z", ".tar")
 
 
-def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bool = False,
-                      hf_split: str = "train", fmt: str | None = None, verbatim: bool = False) -> Iterator[RawRecord]:
-    """Records of one input path, by ``fmt`` if given, else by suffix (a directory is a ``save_to_disk`` dataset);
-    ``verbatim``: text files byte for byte (:func:`_text_documents`)."""
+def input_format(path: str, fmt: str | None = None) -> str:
+    """How the input ``path`` is read: ``"dataset"`` (a directory: a ``save_to_disk`` dataset), else ``fmt`` if
+    given, else by suffix: ``"jsonl"``, ``"parquet"`` or ``"txt"``. Raises :class:`InputError` for an invalid
+    ``fmt``, another compression, or JSON lines under a suffix read as text."""
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"input format {fmt!r} is invalid: use one of {FORMATS}")
     name = path.lower()
     if os.path.isdir(path):
-        yield from _dataset_rows(_load_from_disk(path, hf_split), path)
-    elif fmt == "jsonl" or (fmt is None and name.endswith(JSON_LINES_SUFFIXES)):
-        yield from _json_lines(path)
-    elif fmt == "parquet" or (fmt is None and name.endswith(".parquet")):
-        yield from _parquet_rows(path, keys)
-    elif fmt is None and name.endswith(COMPRESSED_SUFFIXES):
+        return "dataset"
+    if fmt == "jsonl" or (fmt is None and name.endswith(JSON_LINES_SUFFIXES)):
+        return "jsonl"
+    if fmt == "parquet" or (fmt is None and name.endswith(".parquet")):
+        return "parquet"
+    if fmt is None and name.endswith(COMPRESSED_SUFFIXES):
         raise InputError(f"{path}: compressed inputs must be JSON lines in .gz or .zst ({name.rsplit('.', 1)[-1]} "
                          "is not read); decompress it, or re-compress it with gzip or zstd and name it .jsonl.gz / "
                          ".jsonl.zst")
-    elif fmt is None and _looks_like_json_lines(path):
+    if fmt is None and _looks_like_json_lines(path):
         raise InputError(f"{path} holds JSON lines (its first line is a JSON object) but its suffix reads it as "
                          "text: name it .jsonl, or pass --input-format jsonl (--input-format txt to read it as text)")
+    return "txt"
+
+
+def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bool = False,
+                      hf_split: str = "train", fmt: str | None = None, verbatim: bool = False) -> Iterator[RawRecord]:
+    """Records of one input path, read as :func:`input_format` says; ``verbatim``: text files byte for byte
+    (:func:`_text_documents`)."""
+    read_as = input_format(path, fmt)
+    if read_as == "dataset":
+        yield from _dataset_rows(_load_from_disk(path, hf_split), path)
+    elif read_as == "jsonl":
+        yield from _json_lines(path)
+    elif read_as == "parquet":
+        yield from _parquet_rows(path, keys)
     else:
         yield from _text_documents(path, blank_line_separated, verbatim)
 
@@ -324,14 +348,91 @@ def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
     part of :func:`parse_record`'s reason before its details) in ``skipped`` when given; invalid UTF-8 bytes of
     text documents replaced by U+FFFD are counted in ``replaced`` when given."""
     for path in paths:
-        for record in iter_file_records(path, (key,), hf_split=hf_split, fmt=fmt, verbatim=verbatim):
-            parsed = parse_record(record, (key,))
-            if parsed.texts is not None:
-                if replaced is not None:
-                    replaced.note(record.source, parsed)
-                yield parsed.texts[0]
-            elif skipped is not None:
+        yield from _file_texts(path, key, fmt, skipped, hf_split, verbatim, replaced)
+
+
+def iter_training_texts(paths: list[str], key: str = "text", fmt: str | None = None,
+                        skipped: Counter | None = None, hf_split: str = "train",
+                        replaced: Replacements | None = None) -> Iterator[str | Iterator[str]]:
+    """:func:`iter_texts` for tokenizer training, where a document is only ever cut into lines: a text file (one
+    document) is given as an iterator of its lines (``str.splitlines(keepends=True)`` of its text), read in blocks
+    of whole lines (:data:`STREAM_BLOCK_BYTES`) instead of whole, so a text file of any size takes memory for one
+    block. The lines, the skips and the counts are those of the file read whole; the file is read twice: once to
+    decide whether it is skipped (:func:`scan_text_file`), once for its lines."""
+    for path in paths:
+        if input_format(path, fmt) != "txt":
+            yield from _file_texts(path, key, fmt, skipped, hf_split, False, replaced)
+            continue
+        parsed = scan_text_file(path)
+        if parsed.texts is None:
+            if skipped is not None:
                 skipped[(parsed.reason or "").split(" (")[0]] += 1
+            continue
+        if replaced is not None:
+            replaced.note(path, parsed)
+        yield text_file_lines(path)
+
+
+def _file_texts(path: str, key: str, fmt: str | None, skipped: Counter | None, hf_split: str, verbatim: bool,
+                replaced: Replacements | None) -> Iterator[str]:
+    """:func:`iter_texts` of one path."""
+    for record in iter_file_records(path, (key,), hf_split=hf_split, fmt=fmt, verbatim=verbatim):
+        parsed = parse_record(record, (key,))
+        if parsed.texts is not None:
+            if replaced is not None:
+                replaced.note(record.source, parsed)
+            yield parsed.texts[0]
+        elif skipped is not None:
+            skipped[(parsed.reason or "").split(" (")[0]] += 1
+
+
+def _line_blocks(path: str) -> Iterator[tuple[int, bytes]]:
+    """The text file ``path`` as consecutive blocks of whole lines, each about :data:`STREAM_BLOCK_BYTES` (a longer
+    line is read whole), with the number of its first line; read as :func:`_text_documents` reads a file: a UTF-8
+    byte-order mark at the start dropped, ``\\r\\n`` read as ``\\n``. Blocks end after a ``\\n`` (the last at the
+    end of the file), so no line break, ``\\r\\n`` or UTF-8 sequence (valid or not) spans two of them."""
+    with open(path, "rb") as handle:
+        if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            handle.seek(0)
+        line, pending = 1, []
+        while block := handle.read(STREAM_BLOCK_BYTES):
+            cut = block.rfind(b"\n") + 1
+            if not cut:
+                pending.append(block)
+                continue
+            data = b"".join([*pending, block[:cut]])
+            pending = [block[cut:]]
+            yield line, data.replace(b"\r\n", b"\n")
+            line += data.count(b"\n")
+        rest = b"".join(pending)
+        if rest:
+            yield line, rest.replace(b"\r\n", b"\n")
+
+
+def scan_text_file(path: str) -> ParsedRecord:
+    """What :func:`parse_record` makes of the text file ``path`` as one document, found reading it in blocks:
+    the reason it is skipped, or ``texts`` empty (the text itself is :func:`text_file_lines`) with the invalid
+    UTF-8 bytes that become U+FFFD and the line of the first."""
+    size = replaced = replaced_line = 0
+    has_text = False
+    for line, data in _line_blocks(path):
+        text, invalid, first = decode_replacing(data)
+        if invalid and not replaced:
+            replaced_line = line + data.count(b"\n", 0, first)
+        size, replaced = size + len(data), replaced + invalid
+        has_text = has_text or bool(text.strip())
+    if (reason := _not_text(replaced, size)) is not None:
+        return ParsedRecord(None, reason)
+    if not has_text:
+        return ParsedRecord(None, "empty document")
+    return ParsedRecord([], None, replaced, replaced_line)
+
+
+def text_file_lines(path: str) -> Iterator[str]:
+    """The lines of the text file ``path`` (``str.splitlines(keepends=True)`` of the text :func:`parse_record`
+    makes of it as one document), read in blocks of whole lines."""
+    for _, data in _line_blocks(path):
+        yield from data.decode("utf-8", errors="replace").splitlines(keepends=True)
 
 
 def iter_hub_records(name: str, config: str | None, split: str, streaming: bool) -> Iterator[RawRecord]:
@@ -362,9 +463,8 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> ParsedRecord:
     replaced = replaced_line = 0
     if record.kind == TEXT:
         data, replaced, first = decode_replacing(data)
-        if replaced >= NOT_TEXT_MIN_BYTES and replaced > NOT_TEXT_SHARE * len(record.data):
-            return ParsedRecord(None, f"non-UTF-8 bytes ({replaced} of {len(record.data)} invalid: binary, or text "
-                                      "in another encoding; re-encode it as UTF-8)")
+        if (reason := _not_text(replaced, len(record.data))) is not None:
+            return ParsedRecord(None, reason)
         replaced_line = record.line + record.data.count(b"\n", 0, first) if replaced else 0
     elif record.kind in (VERBATIM, JSON):
         try:

@@ -14,7 +14,8 @@ points and each distinct segment is encoded once and cached; the result equals a
 exactly (tested), while repetitive text such as source code encodes faster (bench/README.md, "Data pipeline").
 
 Training input is streamed: documents are cut into chunks of whole lines (at most ``max_chunk_bytes``) and a
-uniform reservoir sample of ``max_sentences`` chunks is kept, so a corpus of any size trains in bounded memory.
+uniform reservoir sample of ``max_sentences`` chunks is kept (at most ``max_sentences x max_chunk_bytes`` bytes of
+text), so a corpus of any size trains in bounded memory; ``train_tokenizer.py`` reads a text file line by line.
 The ``.model`` written records no path and no thread count (:data:`UNRECORDED_TRAINER_FIELDS`), so the same
 documents and options give the same bytes, hence the same fingerprint, wherever and into whatever prefix they
 are trained (BPE with any thread count; unigram's scores depend on its thread count in their last digits).
@@ -253,14 +254,16 @@ class TokenizerTrainConfig:
             raise TokenizerError(f"character_coverage={self.character_coverage} is invalid: must be in (0, 1]")
 
 
-def line_chunks(text: str, max_chunk_bytes: int) -> Iterator[str]:
+def line_chunks(text: str | Iterator[str], max_chunk_bytes: int) -> Iterator[str]:
     """Cut ``text`` into runs of whole lines (newlines kept) of at most ``max_chunk_bytes`` UTF-8 bytes.
 
-    A single line longer than the limit is cut at the character whose UTF-8 encoding passes the limit.
+    ``text`` is a string, or an iterator of its lines as ``str.splitlines(keepends=True)`` gives them (a file too
+    large to hold whole, :func:`megamythos.data.sources.iter_training_texts`): the chunks are the same. A single
+    line longer than the limit is cut at the character whose UTF-8 encoding passes the limit.
     """
     chunk: list[str] = []
     size = 0
-    for line in text.splitlines(keepends=True):
+    for line in text.splitlines(keepends=True) if isinstance(text, str) else text:
         nbytes = len(line.encode("utf-8"))
         if chunk and size + nbytes > max_chunk_bytes:
             yield "".join(chunk)
@@ -291,10 +294,11 @@ def reservoir_sample(items: Iterable[str], k: int, seed: int) -> tuple[list[str]
     return sample, seen
 
 
-def train_tokenizer(documents: Iterable[str], config: TokenizerTrainConfig) -> Tokenizer:
+def train_tokenizer(documents: Iterable[str | Iterator[str]], config: TokenizerTrainConfig) -> Tokenizer:
     """Train a SentencePiece model on a stream of documents and return it (written to ``PREFIX.model``/``.vocab``).
 
-    The documents are consumed once; at most ``config.max_sentences`` line chunks are held in memory. A text that
+    A document is a string or an iterator of its lines (:func:`line_chunks`). The documents are consumed once; at
+    most ``config.max_sentences`` line chunks are held in memory, besides the document being read. A text that
     yields fewer than ``config.vocab_size`` pieces raises :class:`TokenizerError` naming the size it reached.
     """
     out_dir = Path(config.model_prefix).parent
