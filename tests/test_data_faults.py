@@ -294,6 +294,27 @@ def test_inspect_finds_a_record_that_belongs_to_other_data(tmp_path: Path, tiny_
     assert "records num_documents=30 but the dataset holds 3 documents" in capsys.readouterr().err
 
 
+def test_inspect_refuses_a_tokenizer_model_that_is_not_the_recorded_one(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """``inspect_dataset.py --tokenizer-model`` of another tokenizer decoded the samples to other text under
+    ``valid: ...`` (exit 0), or, with fewer ids than the data uses, said ``INVALID: ... the .bin is corrupt``
+    (exit 1) of a sound dataset. Now it is refused, as evaluate's and generate's ``--tokenizer`` are."""
+    assert preprocess_main(preprocess_args([write_jsonl(tmp_path / "a.jsonl", DOCS)], tmp_path / "a",
+                                           tiny_tokenizer)) == 0
+    prefix = str(tmp_path / "a_text_document")
+    small = train_tokenizer_main(["--input", str(tmp_path / "a.jsonl"), "--vocab-size", "320", "--model-prefix",
+                                  str(tmp_path / "small"), "--num-threads", "1"])
+    other = train_tokenizer_main(["--input", str(tmp_path / "a.jsonl"), "--vocab-size", "400", "--model-prefix",
+                                  str(tmp_path / "other"), "--num-threads", "1", "--max-sentences", "5"])
+    assert (small, other) == (0, 0) and Tokenizer(tmp_path / "other.model").fingerprint != tiny_tokenizer.fingerprint
+    capsys.readouterr()
+    for model in ("small.model", "other.model"):
+        line = error_of(inspect_main, [prefix, "--tokenizer-model", str(tmp_path / model)], capsys)
+        assert "vocabulary mismatch" in line and "leave out --tokenizer-model" in line, line
+    assert inspect_main([prefix, "--samples", "1", "--tokenizer-model", tiny_tokenizer.model_path]) == 0
+    assert "valid: sizes" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("weights", [("nan", "1"), ("inf", "1"), ("1e308", "1e308")])
 def test_blend_weights_must_be_finite(weights: tuple[str, str]) -> None:
     """NaN or infinite weights passed the preflight and failed inside every rank with a traceback."""

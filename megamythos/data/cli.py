@@ -140,7 +140,9 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
     parser.add_argument("--samples", type=number(int, 0), default=3, help="sequences (documents) to print")
-    parser.add_argument("--tokenizer-model", help="decode with this model instead of the recorded one")
+    parser.add_argument("--tokenizer-model",
+                        help="decode with this model: for a dataset without a record (made by Megatron); with a "
+                             "record, it must be the recorded tokenizer (by sha256)")
     parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
     args = parser.parse_args(argv)
 

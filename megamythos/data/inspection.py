@@ -7,15 +7,26 @@ from typing import Any
 import numpy as np
 
 from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
-from megamythos.data.metadata import check_record_counts, read_dataset_metadata
+from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
+
+
+def check_given_tokenizer(prefix: str, metadata: dict[str, Any] | None, tokenizer: Tokenizer) -> None:
+    """Raise :class:`~megamythos.data.metadata.DatasetMismatchError` if ``prefix``'s record names another tokenizer
+    than ``tokenizer`` (given as ``--tokenizer-model``): its samples would decode to another text and its token ids
+    be judged against another vocabulary. A dataset without a record (made by Megatron) cannot be checked."""
+    check_same_vocabulary(f"dataset {prefix}", metadata, f"--tokenizer-model {tokenizer.model_path}",
+                          {"vocab_size": tokenizer.vocab_size, "tokenizer_fingerprint": tokenizer.fingerprint},
+                          remedy="leave out --tokenizer-model: the dataset's record names the tokenizer it was built "
+                                 "with")
 
 
 def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | None = None,
                     max_sample_tokens: int = 200, seed: int = 0) -> dict[str, Any]:
     """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`), then report on it. The token ids
     are checked against the vocabulary too when it is known: ``tokenizer_model``'s, else the recorded one, and the
-    recorded document and token counts against the data.
+    recorded document and token counts against the data. A ``tokenizer_model`` that is not the recorded one raises
+    :class:`~megamythos.data.metadata.DatasetMismatchError` (:func:`check_given_tokenizer`).
 
     Returns ``{"prefix", "dtype", "sequences", "documents", "tokens", "bin_bytes", "idx_bytes", "length_min",
     "length_mean", "length_max", "metadata", "samples"}`` where ``samples`` maps a document index to its first
@@ -27,6 +38,8 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     check_record_counts(prefix, metadata, dataset.shape())
     model = tokenizer_model or (metadata or {}).get("tokenizer_model")
     tokenizer = Tokenizer(model) if model else None
+    if tokenizer_model is not None and tokenizer is not None:
+        check_given_tokenizer(prefix, metadata, tokenizer)
     vocab_size = tokenizer.vocab_size if tokenizer else (metadata or {}).get("vocab_size")
     if vocab_size is not None:
         dataset.check_token_ids(int(vocab_size), "the dataset was not tokenised with this tokenizer, or its .bin is "
