@@ -101,6 +101,12 @@ def test_exit_threshold_defaults_to_the_config_and_zero_runs_every_loop() -> Non
     assert torch.equal(default.logits, configured.logits) and default.stats["mean_depth"] < 6
     assert torch.equal(every.stats["depth"], torch.full((2, 10), 6.0))
     assert torch.equal(trained.stats["depth"], torch.full((2, 10), 6.0))
+    # a config of another threshold is its own default (here the library's 0.2 stops every token after one loop)
+    other = MythosLM(small_config(exit_threshold=0.01)).eval()
+    with torch.no_grad():
+        own = other(ids, n_loops=6)
+        assert torch.equal(own.logits, other(ids, n_loops=6, exit_threshold=0.01).logits)
+        assert not torch.equal(own.stats["depth"], other(ids, n_loops=6, exit_threshold=0.2).stats["depth"])
 
 
 def test_exit_gives_each_token_one_exit_step_and_fewer_loops() -> None:
