@@ -71,14 +71,18 @@ def test_reservoir_sample_is_bounded_and_uniformish() -> None:
     assert 2_000 < sum(int(s) for s in sample) / 100 < 8_000  # not just the head of the stream
 
 
-def test_cli_trains_from_jsonl_with_sentence_cap(tmp_path, capsys) -> None:
+def test_cli_trains_from_jsonl_with_sentence_cap(tmp_path, capsys, caplog) -> None:
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps({"body": d}) + "\n" for d in synthetic_documents(200)))
-    train_main(["--input", str(tmp_path / "*.jsonl"), "--vocab-size", "320", "--model-prefix",
-                str(tmp_path / "cli"), "--json-key", "body", "--max-sentences", "150", "--num-threads", "1"])
+    with caplog.at_level("INFO", logger="megamythos.data.tokenizer"):
+        assert train_main(["--input", str(tmp_path / "*.jsonl"), "--vocab-size", "320", "--model-prefix",
+                           str(tmp_path / "cli"), "--json-key", "body", "--max-sentences", "150",
+                           "--num-threads", "1"]) == 0
     tok = Tokenizer(tmp_path / "cli.model")
     assert tok.vocab_size == 320
     assert "vocab_size=320" in capsys.readouterr().out
+    # a sample of 150 of the 200 documents (each short enough to be one chunk), not all of them
+    assert "training bpe tokenizer (vocab 320) on 150 of 200 chunks" in caplog.text
 
 
 TRICKY = ["", " ", "   ", "a", " a", "a ", "a  b   c", "\tx = 1\n    return  y\n\n  ", "x\u2581 y", "\u2581\u2581 a",
