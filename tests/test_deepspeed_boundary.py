@@ -68,11 +68,13 @@ def test_rope_key_gradient_is_summed_over_the_group_only_for_the_k_pe_columns(mo
 
 class FakeAutoEPLayer(nn.Module):
     """AutoEP's replacement as the adapter sees it: ``router.gate``, ``router.e_score_correction_bias``,
-    ``tokens_per_expert``, forward [B, S, H] -> [B, S, H] only (here computed by our MoE's weights)."""
+    ``tokens_per_expert``, forward [B, S, H] -> [B, S, H] only (here computed by our MoE's weights). The MoE is
+    kept out of the module tree, as AutoEP leaves none: the layer's counts and bias reach the helpers through its
+    registered reader alone."""
 
     def __init__(self, moe: MoE) -> None:
         super().__init__()
-        self.moe = moe
+        object.__setattr__(self, "moe", moe)  # not a submodule
         self.router = nn.Module()
         self.router.gate = moe.gate
         self.router.register_buffer("e_score_correction_bias", moe.gate.e_score_correction_bias)
@@ -98,6 +100,7 @@ def test_autoep_adapter_gives_the_replacement_our_moe_contract(monkeypatch) -> N
     assert isinstance(got, MoEOutput) and torch.equal(got.hidden, want.hidden)
     assert torch.equal(got.aux_loss, want.aux_loss)
     model = nn.Sequential(layer)
+    assert list(expert_bias_state(model)) == ["0"]  # the layer, through its reader
     assert torch.equal(expert_bias_state(model)["0"], moe.gate.e_score_correction_bias)
     with expert_counts_frozen(model):
         layer(x)
