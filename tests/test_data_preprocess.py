@@ -238,8 +238,9 @@ def test_several_json_keys_write_one_dataset_each(tmp_path, tiny_tokenizer: Toke
     path.write_text("".join(json.dumps({"text": d, "title": d[:10]}) + "\n" for d in DOCS[:5]))
     stats = preprocess(PreprocessConfig(inputs=[str(path)], output_prefix=str(tmp_path / "o"),
                                         tokenizer_model=tiny_tokenizer.model_path, json_keys=("text", "title")))
-    titles = IndexedDataset(str(tmp_path / "o_title_document"))
-    assert stats.outputs[1].endswith("o_title_document")
+    texts, titles = (IndexedDataset(str(tmp_path / f"o_{key}_document")) for key in ("text", "title"))
+    assert stats.outputs == [str(tmp_path / "o_text_document"), str(tmp_path / "o_title_document")]
+    assert decoded(tiny_tokenizer, texts) == DOCS[:5]
     assert decoded(tiny_tokenizer, titles) == [d[:10] for d in DOCS[:5]]
 
 
