@@ -273,7 +273,8 @@ def test_compile_under_zero3_matches_eager_without_graph_breaks(ref, compiled):
     recompiles = [line for line in text.splitlines() if "Recompiling function" in line]
     reasons = [line.split("[__recompiles]")[1].strip() for line in text.splitlines()
                if "[__recompiles]     - " in line]
-    assert len(recompiles) <= 2 and all("recurrent.py" in line for line in recompiles), recompiles  # one per rank
+    # one per rank (at least one: the log reaches the ranks, so "no graph break" above says something)
+    assert 1 <= len(recompiles) <= 2 and all("recurrent.py" in line for line in recompiles), recompiles
     assert len(reasons) >= len(recompiles) and all(r.endswith("GLOBAL_STATE changed: grad_mode") for r in reasons)
     assert_same_losses(compiled, ref)
 
