@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 import sentencepiece as spm
@@ -123,3 +124,28 @@ def test_retraining_gives_the_same_model_bytes_in_any_prefix(tmp_path, model_typ
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString((tmp_path / "a" / "tok.model").read_bytes())
     assert str(tmp_path) not in str(proto) and "tmp" not in proto.trainer_spec.model_prefix
+
+
+def test_a_killed_training_leaves_no_model_and_the_next_one_removes_its_files(tmp_path, monkeypatch) -> None:
+    """SentencePiece writes PREFIX.tmp.<host>.<pid>.model in place, so a SIGKILL during its write left that file
+    for good (found 2026-12-06: the stale-temporary cleanup matches PREFIX.tmp.<host>.<pid> only). It now writes
+    into a folder of that name, which the next training of the prefix removes once its process is gone."""
+    import socket
+
+    import megamythos.data.tokenizer as tokenizer_module
+
+    prefix = tmp_path / "tok"
+    stale = tmp_path / f"tok.tmp.{socket.gethostname()}.{2**22 + 1}"  # above pid_max: a process that is gone
+    stale.mkdir()
+    (stale / "tokenizer.model").write_bytes(b"half a model")
+    written = []
+    train = tokenizer_module._train_sentencepiece
+
+    def watched(sample, config, model_prefix):
+        written.append(model_prefix)
+        train(sample, config, model_prefix)
+
+    monkeypatch.setattr(tokenizer_module, "_train_sentencepiece", watched)
+    train_tokenizer(synthetic_documents(150, seed=3), TokenizerTrainConfig(vocab_size=330, model_prefix=str(prefix)))
+    assert written == [f"{prefix}.tmp.{socket.gethostname()}.{os.getpid()}/tokenizer"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.model", "tok.vocab"]

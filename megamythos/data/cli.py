@@ -44,7 +44,8 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-sentences", type=number(int, 1), default=TokenizerTrainConfig.max_sentences,
                         help="size of the uniform sample of line chunks trained on (each at most 2 KiB of whole "
                              "lines: the sample's memory)")
-    parser.add_argument("--num-threads", type=number(int, 1), default=os.cpu_count() or 1, help="trainer threads")
+    parser.add_argument("--num-threads", type=number(int, 1), default=len(os.sched_getaffinity(0)),
+                        help="trainer threads (default: the CPUs this process may use)")
     args = parser.parse_args(argv)
 
     def train() -> int:

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
@@ -36,7 +37,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from megamythos.data.atomic import temp_name
+from megamythos.data.atomic import remove_stale_temps, temp_name
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -322,7 +323,12 @@ def train_tokenizer(documents: Iterable[str | Iterator[str]], config: TokenizerT
         raise NoTextError("no non-empty text to train the tokenizer on")
     logger.info("training %s tokenizer (vocab %d) on %d of %d chunks", config.model_type, config.vocab_size,
                 len(sample), total)
-    staged = temp_name(config.model_prefix)  # SentencePiece writes in place: a kill must not leave half a model
+    # SentencePiece writes in place, so it writes into a folder of this process (PREFIX.tmp.<host>.<pid>): a kill
+    # leaves no half model at PREFIX, and the next training removes the folder of a process that is gone
+    remove_stale_temps([config.model_prefix])
+    staging = temp_name(config.model_prefix)
+    os.mkdir(staging)
+    staged = os.path.join(staging, "tokenizer")
     try:
         _train_sentencepiece(sample, config, staged)
         _drop_unrecorded_fields(staged + ".model")
@@ -331,9 +337,7 @@ def train_tokenizer(documents: Iterable[str | Iterator[str]], config: TokenizerT
     except RuntimeError as err:  # SentencePiece's own error; its vocabulary checks name the size that would do
         raise _vocabulary_error(err, config.vocab_size) from err
     finally:
-        for suffix in (".model", ".vocab"):
-            if os.path.exists(staged + suffix):
-                os.remove(staged + suffix)
+        shutil.rmtree(staging, ignore_errors=True)
     return Tokenizer(model_path)
 
 
