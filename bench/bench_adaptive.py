@@ -17,8 +17,11 @@ Each task runs in three modes: ``every`` (threshold 0, every token runs every lo
 without compaction: exited tokens are frozen but still computed, a patch of
 :func:`megamythos.model.recurrent.still_active`) and ``compact`` (the library: only active tokens computed).
 Modes alternate within each repetition (order rotating); figures are medians. Speedups are against ``every``;
-the FLOP-ideal speedup is F(loops) / F(mean executed loops) with F = :func:`megamythos.model.params.
-forward_flops_per_token`, and ``share_of_ideal`` = speedup / ideal.
+the FLOP-ideal speedup is F(loops) / F(mean executed loops, mean frozen loops) with F = :func:`megamythos.model.
+params.forward_flops_per_token`, and ``share_of_ideal`` = speedup / ideal. Frozen loops (``frozen_loops``) are the
+iterations an exited token spends while its batch runs on, in each of which compaction still computes its
+keys/values; they are counted for the forward, while decode's ideal counts the executed loops alone (its cache
+entries at the loop indices a token skipped are left out).
 
 ``training``: one training step (forward, loss, backward, AdamW) of the tiny preset in bf16 weights on 4 x 128
 tokens with the trainer's model settings (``parse_args([]).model_config()``: backprop through the last 2 loops,
@@ -65,8 +68,9 @@ def held_out_ids(encode: Callable[[str], list[int]], n_tokens: int) -> torch.Ten
 
 
 def run_task(model: MythosLM, task: str, ids: torch.Tensor, loops: int, threshold: float,
-             mode: str) -> tuple[float, float]:
-    """(seconds, mean executed loops per token) of one task in one mode."""
+             mode: str) -> tuple[float, float, float]:
+    """(seconds, mean executed loops per token, mean frozen loops per token under compaction) of one task in one
+    mode; frozen loops (:func:`megamythos.model.recurrent.computed_iterations`) are counted for the forward only."""
     exit_threshold = 0.0 if mode == "every" else threshold
     patch = (mock.patch.object(recurrent, "still_active", lambda active: None) if mode == "masked"
              else mock.patch.object(recurrent, "still_active", recurrent.still_active))
@@ -75,13 +79,14 @@ def run_task(model: MythosLM, task: str, ids: torch.Tensor, loops: int, threshol
         if task == "forward":
             out = model(ids[:8 * 128].view(8, 128), n_loops=loops, exit_threshold=exit_threshold)
             depth = float(out.stats["mean_depth"])
+            frozen = float(recurrent.computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))[1].mean())
         else:
             batch = 8 if task == "decode8" else 1
             prompt = ids[:batch * 16].view(batch, 16)
             _, stats = generate(model, prompt, SamplingConfig(max_new_tokens=32, temperature=0, n_loops=loops,
                                                              exit_threshold=exit_threshold))
-            depth = stats.mean_loops
-        return time.perf_counter() - start, depth
+            depth, frozen = stats.mean_loops, 0.0
+        return time.perf_counter() - start, depth, frozen
 
 
 def bench_model(model: MythosLM, ids: torch.Tensor, reps: int) -> list[dict]:
@@ -89,18 +94,21 @@ def bench_model(model: MythosLM, ids: torch.Tensor, reps: int) -> list[dict]:
     for threshold, loops in ROWS:
         for task in ("forward", "decode8", "decode1"):
             seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
-            depth: dict[str, float] = {}
+            depth: dict[str, tuple[float, float]] = {}
             for mode in MODES:  # warm-up
                 run_task(model, task, ids, loops, threshold, mode)
             for rep in range(reps):
                 for mode in MODES[rep % 3:] + MODES[:rep % 3]:
-                    elapsed, depth[mode] = run_task(model, task, ids, loops, threshold, mode)
+                    elapsed, executed, frozen = run_task(model, task, ids, loops, threshold, mode)
                     seconds[mode].append(elapsed)
+                    depth[mode] = (executed, frozen)
             median = {mode: statistics.median(s) for mode, s in seconds.items()}
             seq = 128 if task == "forward" else 48
+            executed, frozen = depth["compact"]
             ideal = (forward_flops_per_token(model.config, seq, loops)
-                     / forward_flops_per_token(model.config, seq, depth["compact"]))
-            row = {"exit_threshold": threshold, "loops": loops, "task": task, "mean_loops": round(depth["compact"], 3),
+                     / forward_flops_per_token(model.config, seq, executed, frozen))
+            row = {"exit_threshold": threshold, "loops": loops, "task": task, "mean_loops": round(executed, 3),
+                   "frozen_loops": round(frozen, 3),
                    **{f"{mode}_ms": round(1e3 * median[mode], 1) for mode in MODES},
                    "masked_speedup": round(median["every"] / median["masked"], 3),
                    "compact_speedup": round(median["every"] / median["compact"], 3),

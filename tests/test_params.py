@@ -3,14 +3,25 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, fields
+from typing import TypeVar
 
 import pytest
 import torch
 
+from megamythos.inference.evaluate import evaluate_loops
 from megamythos.model.config import PRESETS, get_preset
 from megamythos.model.lm import MythosLM
-from megamythos.model.params import PartCounts, count, parts
+from megamythos.model.params import (
+    PartCounts,
+    attention_fwd_flops_per_token,
+    count,
+    forward_flops_per_token,
+    frozen_token_matmul_params,
+    parts,
+)
+from megamythos.model.recurrent import COMPACTION_MIN_TOKENS
 from megamythos.planning.memory import (
     StartupMemoryError,
     check_startup_memory,
@@ -23,6 +34,8 @@ from megamythos.planning.memory import (
 )
 from megamythos.planning.plan import main
 from tests.helpers import requires_grouped_mm, small_config
+
+T = TypeVar("T")
 
 # parameter names of MythosLM (re.fullmatch) that make up each PartCounts field
 PART_NAMES = {
@@ -148,22 +161,28 @@ def test_checkpointed_loop_states_follow_the_checkpointing_scheme() -> None:
                 saved_states * 4096 * big.dim * 4 / 2**30)
 
 
-def counted_matmul_flops_per_token(config, seq_len: int, n_loops: int) -> float:
-    """Matmul FLOPs per token of one real training step (forward + backward), counted op by op with
-    FlopCounterMode; our expert op (megamythos::grouped_mm, 2 * a.numel() * out) is taught to it. Attention's
-    SDPA CPU kernels have no FLOP rule and stay uncounted: keep seq_len small so that they are negligible."""
+def counted_matmul_flops(run: Callable[[], T]) -> tuple[int, T]:
+    """(matmul FLOPs of ``run()``, its result), counted op by op with FlopCounterMode; our expert op
+    (megamythos::grouped_mm, 2 * a.numel() * out) is taught to it. Attention's SDPA CPU kernels have no FLOP rule
+    and stay uncounted."""
     from torch.utils.flop_counter import FlopCounterMode
 
     def grouped_mm_flops(a_shape, b_shape, *_, **__) -> int:
         return 2 * a_shape[0] * a_shape[1] * b_shape[-1]
 
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.megamythos.grouped_mm: grouped_mm_flops}) as counter:
+        result = run()
+    return counter.get_total_flops(), result
+
+
+def counted_matmul_flops_per_token(config, seq_len: int, n_loops: int) -> float:
+    """Matmul FLOPs per token of one real training step (forward + backward), :func:`counted_matmul_flops`:
+    keep seq_len small so that the uncounted attention scores are negligible."""
     torch.manual_seed(0)
     model = MythosLM(config)
     ids = torch.randint(0, config.vocab_size, (2, seq_len))
-    mapping = {torch.ops.megamythos.grouped_mm: grouped_mm_flops}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(ids, labels=ids, n_loops=n_loops).loss.backward()
-    return counter.get_total_flops() / ids.numel()
+    flops, _ = counted_matmul_flops(lambda: model(ids, labels=ids, n_loops=n_loops).loss.backward())
+    return flops / ids.numel()
 
 
 @requires_grouped_mm
@@ -178,6 +197,45 @@ def test_train_flops_equal_a_counted_training_step(backprop_loops: int) -> None:
     if backprop_loops:
         full = count(config.replace(backprop_loops=0), seq_len, n_loops)
         assert report.train_flops_per_token < full.train_flops_per_token
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(attn_type="gqa"), dict(injection="concat")])
+def test_a_frozen_iteration_costs_the_key_value_and_concat_matmuls(variant: dict) -> None:
+    """An exited token's iteration while its batch runs on: its keys/values (MLA W_kva and W_kvb, GQA W_k and W_v)
+    and the concat baseline's adapter, 2 FLOPs per weight, the real model's modules."""
+    config = small_config(**variant)
+    with torch.device("meta"):
+        core = MythosLM(config).recurrent
+    attn = core.block.attn
+    kv = [attn.wk, attn.wv] if config.attn_type == "gqa" else [attn.wkv_a, attn.wkv_b]
+    adapter = [core.injection.adapter] if config.injection == "concat" else []
+    weights = sum(m.weight.numel() for m in kv + adapter)
+    assert frozen_token_matmul_params(config) == weights
+    added = forward_flops_per_token(config, 16, 2.5, 1.5) - forward_flops_per_token(config, 16, 2.5)
+    assert added == pytest.approx(1.5 * 2 * weights)
+
+
+@requires_grouped_mm
+@pytest.mark.parametrize("variant", [dict(), dict(attn_type="gqa"), dict(injection="concat")])
+@pytest.mark.parametrize("batch", [4, 1])  # 64 tokens: compaction; 16 (< COMPACTION_MIN_TOKENS): masked
+def test_early_exit_flops_of_evaluate_equal_a_counted_forward(variant: dict, batch: int) -> None:
+    """``evaluate``'s forward FLOPs per token under early exit equal the matmul FLOPs of the forward, counted op by
+    op, once the analytic attention scores (uncounted SDPA) are taken off: the executed iterations, plus the keys/
+    values (and concat adapter) of each exited token at every later iteration its batch runs; a batch below
+    COMPACTION_MIN_TOKENS computes its exited tokens whole."""
+    config = small_config(**variant)
+    torch.manual_seed(0)
+    model = MythosLM(config).eval()
+    ids = torch.randint(0, config.vocab_size, (batch, 16))
+    with torch.no_grad():  # a threshold at which about half the tokens exit after loop 3
+        threshold = float(model(ids, n_loops=6, exit_threshold=0.0).stats["relative_change"][2].median())
+        flops, out = counted_matmul_flops(lambda: model(ids, n_loops=6, exit_threshold=threshold))
+    (result,) = evaluate_loops(model, [(ids, ids)], [6], threshold)
+    loops_run = float(out.stats["n_loops"])
+    assert result.mean_depth < loops_run and result.exit_share[-1] < 1.0  # tokens exited while others ran on
+    attended = result.mean_depth if ids.numel() >= COMPACTION_MIN_TOKENS else loops_run
+    scores = (config.prelude_layers + config.coda_layers + attended) * attention_fwd_flops_per_token(config, 16)
+    assert result.forward_flops_per_token - scores == pytest.approx(flops / ids.numel(), rel=1e-9)
 
 
 def saved_activation_bytes(model: MythosLM, tokens: torch.Tensor, n_loops: int) -> int:

@@ -13,11 +13,12 @@ one is accepted with a warning if its token ids fit the vocabulary).
 Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`` samples; each threshold of
 ``--exit-threshold`` adds a row per loop count in which a token stops iterating once its state's relative change
 falls below the threshold (``mean_depth`` = iterations a token executed, ``exit_share`` = share of tokens stopping
-after each iteration, ``forward_flops_per_token`` = what that costs). Results go to ``depth_eval.{csv,json,png}``
-in ``--out`` (default ``RUN/eval/TAG`` for a checkpoint, outside the tags ``--keep-last`` prunes; ``eval/`` in an
-export directory) and to TensorBoard in ``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count
-under the tags ``depth-eval/{loss,ppl,mean-depth,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...``
-(exit at threshold T, with ``exit-share/loop-NN``). A summary JSON line goes to stdout.
+after each iteration, ``forward_flops_per_token`` = what that costs, the exited tokens' keys/values recomputed at
+later iterations included). Results go to ``depth_eval.{csv,json,png}`` in ``--out`` (default ``RUN/eval/TAG``
+for a checkpoint, outside the tags ``--keep-last`` prunes; ``eval/`` in an export directory) and to TensorBoard in
+``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count under the tags
+``depth-eval/{loss,ppl,mean-depth,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...`` (exit at threshold
+T, with ``exit-share/loop-NN``). A summary JSON line goes to stdout.
 
 Library part: :func:`evaluate_loops` runs a fixed list of token batches through the model at each loop count;
 :func:`write_results` stores a CSV, a JSON and a PNG plot (perplexity vs loops, trained depth marked).
@@ -46,7 +47,7 @@ from megamythos.errors import ArgumentParser, checked_by, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
-from megamythos.model.recurrent import exit_distribution
+from megamythos.model.recurrent import computed_iterations, exit_distribution
 from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
 
@@ -91,7 +92,8 @@ class LoopEval:
     """Mean next-token loss over ``tokens`` predicted tokens at ``loops`` iterations, with the early-exit rule at
     ``exit_threshold`` (0 = every token runs every loop): ``mean_depth`` iterations a token executed on average,
     ``exit_share[t]`` the share of tokens that stopped after iteration t + 1, ``forward_flops_per_token`` what
-    the executed iterations cost (``model.forward_flops_per_token``)."""
+    the forward computed (``model.forward_flops_per_token``: the executed iterations, and the keys/values of
+    exited tokens at the later iterations of their batch, :func:`~megamythos.model.recurrent.computed_iterations`)."""
 
     loops: int
     exit_threshold: float
@@ -117,17 +119,20 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
     try:
         for n_loops in loops:
             total_loss, total_tokens, exits = 0.0, 0, torch.zeros(n_loops)
+            whole, frozen = 0.0, 0.0  # iterations computed whole / frozen (keys/values only), summed over tokens
             for inputs, targets in batches:
                 out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold)
                 total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                               reduction="sum").item()
                 exits += exit_distribution(out.stats["depth"], n_loops).cpu() * targets.numel()  # from --device
+                batch_whole, batch_frozen = computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))
+                whole, frozen = whole + float(batch_whole.sum()), frozen + float(batch_frozen.sum())
                 total_tokens += targets.numel()
                 if progress is not None:
                     progress()
             loss, share = total_loss / total_tokens, exits / total_tokens
             mean_depth = float((share * torch.arange(1, n_loops + 1)).sum())
-            flops = model.forward_flops_per_token(inputs.shape[1], mean_depth)
+            flops = model.forward_flops_per_token(inputs.shape[1], whole / total_tokens, frozen / total_tokens)
             results.append(LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_depth,
                                     share.tolist(), flops, total_tokens))
             logger.info("loops %d%s: loss %.4f ppl %.2f, %.2f loops/token", n_loops,

@@ -115,9 +115,10 @@ class MythosLM(nn.Module):
             if isinstance(child, nn.Linear):
                 nn.init.normal_(child.weight, std=out_std)
 
-    def forward_flops_per_token(self, seq_len: int, loops: float) -> float:
-        """Inference forward FLOPs per token at ``loops`` executed iterations per token on average."""
-        return forward_flops_per_token(self.config, seq_len, loops)
+    def forward_flops_per_token(self, seq_len: int, loops: float, frozen_loops: float = 0.0) -> float:
+        """Inference forward FLOPs per token at ``loops`` executed and ``frozen_loops`` frozen iterations per token
+        on average (:func:`~megamythos.model.params.forward_flops_per_token`)."""
+        return forward_flops_per_token(self.config, seq_len, loops, frozen_loops)
 
     def spectral_radius(self) -> torch.Tensor:
         """max rho(A_bar) in fp32 as forward computes it: A_bar is diagonal and positive, so its largest entry

@@ -37,6 +37,14 @@ def key_value_matmul_params(c: ModelConfig) -> int:
             + c.kv_lora_rank * c.n_heads * (c.qk_nope_head_dim + c.v_head_dim))
 
 
+def frozen_token_matmul_params(c: ModelConfig) -> int:
+    """Weights of one iteration that a token which is not iterating (exited under early exit, left out by
+    ``loop_capacity``) still multiplies while the other tokens of its batch iterate (compaction): its block input
+    (the concat baseline's adapter W [h; e], [dim, 2 dim]; the other injections are elementwise) and its keys and
+    values (:func:`key_value_matmul_params`), so the iterating tokens can attend to it."""
+    return key_value_matmul_params(c) + (injection_params(c) if c.injection == "concat" else 0)
+
+
 def attention_norm_params(c: ModelConfig) -> int:
     """The part of :func:`attention_params` that is vectors (latent RMSNorm weights): no matmul FLOPs."""
     return 0 if c.attn_type == "gqa" else c.kv_lora_rank + c.q_lora_rank
@@ -172,10 +180,10 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     loop_fwd = 2 * rec_mm + attn_fwd
     outside_loops = 2 * (dense_mm + head_mm) + (c.prelude_layers + c.coda_layers) * attn_fwd
     fwd = outside_loops + loops * loop_fwd
-    # training with loop_capacity c_t computes c_t of the tokens at loop t, and keys/values for every token (and
-    # the learned router's ranking score for every token where c_t < 1); past the schedule (deeper than training
-    # runs, e.g. an inference depth) its last entry holds
-    kv_fwd = 2 * key_value_matmul_params(c)
+    # training with loop_capacity c_t computes c_t of the tokens at loop t, and keys/values (with the concat
+    # adapter) for every token (and the learned router's ranking score for every token where c_t < 1); past the
+    # schedule (deeper than training runs, e.g. an inference depth) its last entry holds
+    kv_fwd = 2 * frozen_token_matmul_params(c)
     ranking = 2 * c.dim if p.depth_router else 0
     capacity = (c.loop_capacity + c.loop_capacity[-1:] * loops) if c.loop_capacity else (1.0,) * loops
     trained_loops = [capacity[t] * (loop_fwd - kv_fwd) + kv_fwd + (ranking if capacity[t] < 1 else 0)
@@ -192,8 +200,14 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
                        kv_cache_bytes_per_token=per_layer_kv * n_attn_layers * BYTES[kv_dtype])
 
 
-def forward_flops_per_token(c: ModelConfig, seq_len: int, loops: float) -> float:
+def forward_flops_per_token(c: ModelConfig, seq_len: int, loops: float, frozen_loops: float = 0.0) -> float:
     """Inference forward FLOPs per token when tokens run ``loops`` recurrent iterations on average (a mean
-    over tokens, e.g. under early exit): linear in the loop count (``fwd_flops_per_token`` interpolated)."""
+    over tokens, e.g. under early exit) and sit ``frozen_loops`` iterations on average exited while their batch
+    iterates on (:func:`megamythos.model.recurrent.computed_iterations`):
+
+        F = F_1 + (loops - 1) (F_2 - F_1) + frozen_loops * 2 * frozen_token_matmul_params
+
+    with F_n = ``count(c, seq_len, n).fwd_flops_per_token``: linear in the loop count, plus the keys/values (and
+    the concat adapter) an exited token's frozen state is multiplied through at each such iteration."""
     one, two = (count(c, seq_len, n).fwd_flops_per_token for n in (1, 2))
-    return one + (loops - 1) * (two - one)
+    return one + (loops - 1) * (two - one) + frozen_loops * 2 * frozen_token_matmul_params(c)

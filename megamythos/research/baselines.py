@@ -54,8 +54,8 @@ class DenseLM(nn.Module):
         return MythosOutput(logits, loss, logits.new_zeros((), dtype=torch.float32),
                             {"n_loops": torch.tensor(1.0), "depth": torch.ones(input_ids.shape)})
 
-    def forward_flops_per_token(self, seq_len: int, loops: float = 1.0) -> float:
-        """Forward FLOPs per token (``loops`` is ignored: depth is fixed)."""
+    def forward_flops_per_token(self, seq_len: int, loops: float = 1.0, frozen_loops: float = 0.0) -> float:
+        """Forward FLOPs per token (``loops`` and ``frozen_loops`` are ignored: depth is fixed)."""
         return dense_train_flops_per_token(self.config, len(self.layers), seq_len) / 3
 
 
