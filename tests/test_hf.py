@@ -300,6 +300,24 @@ def test_a_padded_vocabulary_never_samples_the_ids_past_the_tokenizer(tiny_token
     assert int(hf.generate(ids, do_sample=True, max_new_tokens=6).max()) < tiny_tokenizer.vocab_size
 
 
+def test_an_export_loaded_beside_the_library_leaves_the_library_s_expert_op_alone(tiny_tokenizer, tmp_path):
+    """The export's copy of moe.py defines its expert op (torch.library) in a namespace of its own: defining
+    ``megamythos::grouped_mm`` again would destroy the library's definition, and our MoE would go on calling the
+    freed handle (std::bad_alloc, or not, as memory happens to lie)."""
+    from transformers import AutoModelForCausalLM
+
+    from megamythos.hf.export import export_hf
+    from megamythos.model import moe
+
+    torch.manual_seed(0)
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)).eval()
+    hf = AutoModelForCausalLM.from_pretrained(export_hf(model, tiny_tokenizer, tmp_path / "hf"), trust_remote_code=True)
+    assert moe._grouped_mm._opoverload is torch.ops.megamythos.grouped_mm.default  # the live definition
+    ids = torch.tensor([tiny_tokenizer.encode_one("def main(argv):")])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, hf(ids).logits, atol=1e-5)
+
+
 def test_generate_stops_at_the_context_and_a_longer_forward_is_refused(tiny_tokenizer, tmp_path, caplog):
     """Found 2026-12-06: ``generate(max_new_tokens=...)`` ran past ``max_position_embeddings`` (RoPE extrapolated
     to positions training never showed) with only transformers' generic "friendly reminder", where our

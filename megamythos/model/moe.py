@@ -15,6 +15,7 @@ output), and counts tokens per expert in training for the aux-loss-free bias upd
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,7 +60,13 @@ def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     return all((d * x.element_size()) % 16 == 0 for d in (x.shape[-1], w.shape[-1], w.shape[-2]))
 
 
-@torch.library.custom_op("megamythos::grouped_mm", mutates_args=())
+# The op's namespace: "megamythos" for the library, the module's own name for a copy of this file shipped in a
+# Hugging Face export (transformers_modules.<dir>.<hash>.moe). torch lets a name be defined again and destroys the
+# first definition, so an export loaded next to the library would leave the library's op calling a freed handle.
+OP_NAMESPACE = "megamythos" if __name__ == "megamythos.model.moe" else re.sub(r"\W", "_", __name__)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::grouped_mm", mutates_args=())
 def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """torch._grouped_mm(a, b, offs=offsets) as an op that torch.compile does not look into.
 
