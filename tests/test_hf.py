@@ -225,6 +225,7 @@ def test_exported_tokenizer_gives_our_ids_for_either_model_type(model_type, text
         ids = tok(sample)["input_ids"]
         assert ids == ours.encode_one(sample), sample
         assert tok.decode(ids) == ours.decode(ids)
+        assert tok.decode([ours.bos_id, *ids, ours.eos_id], skip_special_tokens=True) == ours.decode(ids)
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])
@@ -263,6 +264,28 @@ def test_an_export_names_the_whitespace_runs_its_tokenizer_splits_otherwise(mode
         assert not differ and "splits" not in caplog.text
     else:
         assert differ and f"splits {len(differ)} of 192 runs of spaces or tabs otherwise" in caplog.text
+
+
+def test_the_exported_tokenizer_skips_the_special_ids_ours_decodes_to_nothing(tiny_tokenizer, tmp_path):
+    """``decode(ids, skip_special_tokens=True)`` of the export's tokenizer drops bos, eos and pad, which ours (the
+    SentencePiece control pieces) decodes to nothing; unk is the one difference: transformers drops it, as Llama's
+    tokenizers do, ours writes SentencePiece's " \u2047 ". Without skip_special_tokens each is written as spelled;
+    no bos is named (none is added), and text spelling ``<s>`` still encodes as ours."""
+    from transformers import AutoTokenizer
+
+    from megamythos.hf.export import export_hf
+
+    out = export_hf(MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)), tiny_tokenizer, tmp_path / "hf")
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    ours, text = tiny_tokenizer, "def main(argv):"
+    ids = [ours.bos_id, *ours.encode_one(text), ours.eos_id, ours.pad_id, ours.bos_id]
+    assert tok.decode(ids, skip_special_tokens=True) == ours.decode(ids) == text
+    assert tok.decode(ids) == f"<s>{text}</s><pad><s>"
+    with_unk = [*ours.encode_one(text), ours.unk_id, *ours.encode_one(text)]
+    assert ours.decode(with_unk) == f"{text} \u2047 {text}"
+    assert tok.decode(with_unk, skip_special_tokens=True) == text + text
+    assert tok.decode(with_unk) == f"{text}<unk>{text}"
+    assert tok.bos_token_id is None and tok("<s>x")["input_ids"] == ours.encode_one("<s>x")
 
 
 def test_export_refuses_a_tokenizer_converted_to_other_ids_and_writes_nothing(tmp_path, monkeypatch):

@@ -209,7 +209,7 @@ class Tokenizer:
         return self.encode([text])[0]
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of one id sequence; special ids (pad/bos/eos) decode to nothing."""
+        """Text of one id sequence; the control ids (pad/bos/eos) decode to nothing, unk to " \u2047 "."""
         return self._sp.Decode([int(i) for i in ids])
 
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:

@@ -114,6 +114,12 @@ def spm_unknown_char(proto: ModelProto) -> str:
     return f"[^{known}]"
 
 
+def spm_control_pieces(proto: ModelProto) -> list[str]:
+    """The control pieces of a SentencePiece model (ours: ``<pad>``, ``<s>``, ``</s>``): its decoder renders
+    them as nothing."""
+    return [piece.piece for piece in proto.pieces if piece.type == piece.CONTROL]
+
+
 def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
     """Our SentencePiece model as a transformers fast tokenizer giving the same ids (no bos/eos added).
 
@@ -124,6 +130,12 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedToken
     (:func:`spm_unknown_char`); digits stay single pieces (``split_digits``); and, where our tokenizer proved no
     piece crosses the start of a space run (its segment cache), text is cut there first, which keeps encoding
     linear in the text length.
+
+    Special tokens: eos, pad and unk are named; bos is not (no bos is added, training never saw one), and every
+    other control piece (:func:`spm_control_pieces`: ``<s>``) is an extra special token. So
+    ``decode(ids, skip_special_tokens=True)`` equals our :meth:`Tokenizer.decode` but for unk, which it drops as
+    Llama's tokenizers do where ours writes SentencePiece's " \u2047 "; without it every special piece is written
+    as spelled. Text that spells a special piece is encoded as ours does (``split_special_tokens``).
     """
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import Regex, pre_tokenizers
@@ -148,11 +160,13 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedToken
     if splits:
         backend.pre_tokenizer = pre_tokenizers.Sequence(splits)
     piece = proto.pieces
+    named = {"eos_token": piece[tokenizer.eos_id].piece, "unk_token": piece[tokenizer.unk_id].piece,
+             "pad_token": piece[tokenizer.pad_id].piece}
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=model_max_length, clean_up_tokenization_spaces=False,
         split_special_tokens=True,
-        bos_token=None, eos_token=piece[tokenizer.eos_id].piece,  # training documents start after an eos, never a bos
-        unk_token=piece[tokenizer.unk_id].piece, pad_token=piece[tokenizer.pad_id].piece)
+        bos_token=None, **named,  # training documents start after an eos, never a bos
+        extra_special_tokens=[p for p in spm_control_pieces(proto) if p not in named.values()])
 
 
 def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
