@@ -138,9 +138,15 @@ def test_hf_dataset_by_name_with_streaming(tmp_path, tiny_tokenizer: Tokenizer, 
     data_dir = tmp_path / "local_hub_dataset"
     data_dir.mkdir()
     write_jsonl(data_dir / "train.jsonl", DOCS)
+    import datasets
+
+    streamed, load_dataset = [], datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: streamed.append(k.get("streaming")) or
+                        load_dataset(*a, **k))
     stats = preprocess(PreprocessConfig(inputs=[], hf_dataset=str(data_dir), hf_split="train", streaming=True,
                                         output_prefix=str(tmp_path / "hub"), tokenizer_model=tiny_tokenizer.model_path))
     assert decoded(tiny_tokenizer, IndexedDataset(stats.outputs[0])) == DOCS
+    assert streamed == [True]  # the rows came from a streamed dataset, not one downloaded whole
 
 
 def test_blank_line_separated_text(tmp_path, tiny_tokenizer: Tokenizer) -> None:

@@ -153,8 +153,9 @@ def test_generation_is_reproducible_with_seed() -> None:
     model = MythosLM(small_config()).eval()
     prompt = torch.randint(0, 97, (1, 3))
     cfg = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=20, top_p=0.9)
-    runs = [generate(model, prompt, cfg, torch.Generator().manual_seed(7))[0] for _ in range(2)]
+    runs = [generate(model, prompt, cfg, torch.Generator().manual_seed(seed))[0] for seed in (7, 7, 8)]
     assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])  # it samples from the generator (greedy decoding would pass the above)
 
 
 def test_a_temperature_near_zero_samples_the_greedy_token() -> None:
