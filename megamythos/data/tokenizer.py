@@ -28,7 +28,10 @@ import os
 import random
 import re
 import shutil
+import signal
+import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -330,7 +333,8 @@ def train_tokenizer(documents: Iterable[str | Iterator[str]], config: TokenizerT
     os.mkdir(staging)
     staged = os.path.join(staging, "tokenizer")
     try:
-        _train_sentencepiece(sample, config, staged)
+        with ctrl_c_ends_the_process():
+            _train_sentencepiece(sample, config, staged)
         _drop_unrecorded_fields(staged + ".model")
         os.replace(staged + ".vocab", config.model_prefix + ".vocab")
         os.replace(staged + ".model", model_path)
@@ -339,6 +343,22 @@ def train_tokenizer(documents: Iterable[str | Iterator[str]], config: TokenizerT
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Tokenizer(model_path)
+
+
+@contextmanager
+def ctrl_c_ends_the_process() -> Iterator[None]:
+    """Inside, Ctrl-C (SIGINT) ends the process at once, its default action. SentencePiece's trainer runs in C++
+    without returning to Python, so Python's own handler (KeyboardInterrupt) waits until it has finished, up to an
+    hour on a large sample; what it staged is removed by the next training of the prefix. Off the main thread,
+    where no handler can be set, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _drop_unrecorded_fields(model_path: str) -> None:
