@@ -77,10 +77,10 @@ def test_cli_trains_from_jsonl_with_sentence_cap(tmp_path, capsys, caplog) -> No
     corpus.write_text("".join(json.dumps({"body": d}) + "\n" for d in synthetic_documents(200)))
     with caplog.at_level("INFO", logger="megamythos.data.tokenizer"):
         assert train_main(["--input", str(tmp_path / "*.jsonl"), "--vocab-size", "320", "--model-prefix",
-                           str(tmp_path / "cli"), "--json-key", "body", "--max-sentences", "150",
+                           str(tmp_path / "cli.model"), "--json-key", "body", "--max-sentences", "150",
                            "--num-threads", "1"]) == 0
-    tok = Tokenizer(tmp_path / "cli.model")
-    assert tok.vocab_size == 320
+    tok = Tokenizer(tmp_path / "cli.model")  # a prefix ending in .model is read without it (not cli.model.model)
+    assert tok.vocab_size == 320 and not (tmp_path / "cli.model.model").exists()
     assert "vocab_size=320" in capsys.readouterr().out
     # a sample of 150 of the 200 documents (each short enough to be one chunk), not all of them
     assert "training bpe tokenizer (vocab 320) on 150 of 200 chunks" in caplog.text

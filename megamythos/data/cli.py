@@ -34,7 +34,8 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input", nargs="+", required=True, help="files or globs")
     parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), required=True,
                         help=f"pieces, >= {MIN_VOCAB_SIZE}")
-    parser.add_argument("--model-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    parser.add_argument("--model-prefix", required=True,
+                        help="writes PREFIX.model and PREFIX.vocab (a PREFIX ending in .model is read without it)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.model")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default=TokenizerTrainConfig.model_type,
                         help="SentencePiece model type")
@@ -49,7 +50,7 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def train() -> int:
-        config = TokenizerTrainConfig(vocab_size=args.vocab_size, model_prefix=args.model_prefix,
+        config = TokenizerTrainConfig(vocab_size=args.vocab_size, model_prefix=args.model_prefix.removesuffix(".model"),
                                       model_type=args.model_type, max_sentences=args.max_sentences,
                                       num_threads=args.num_threads, overwrite=args.overwrite)
         skipped: Counter = Counter()
@@ -59,13 +60,13 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
                                                             args.input_format, skipped, args.hf_split, replaced),
                                         config)
         except NoTextError as err:
-            reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())) or "no records"
             hint = (f"; if the text is under another key, pass --json-key KEY (now {args.json_key!r})"
                     if any(r.startswith(MISSING_KEY) for r in skipped) else "")
-            raise NoTextError(f"{' '.join(args.input)} gave no text to train on ({reasons}){hint}") from err
+            raise NoTextError(f"{' '.join(args.input)} gave no text to train on "
+                              f"({_reasons(skipped) or 'no records'}){hint}") from err
         if skipped:
             logging.getLogger(__name__).warning("skipped %d bad records (%s)", sum(skipped.values()),
-                                                ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())))
+                                                _reasons(skipped))
         if replaced.invalid_bytes:
             logging.getLogger(__name__).warning("%s: the tokenizer saw U+FFFD in their place", replaced.describe())
         print(f"wrote {tokenizer.model_path}: vocab_size={tokenizer.vocab_size} pad={tokenizer.pad_id} "
@@ -73,6 +74,11 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_cli(train, log_format=TIMED_CLI_LOG_FORMAT)
+
+
+def _reasons(skipped: Counter) -> str:
+    """``N reason, ...`` of the records skipped, by reason."""
+    return ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
 
 
 def preprocess_main(argv: Sequence[str] | None = None) -> int:
