@@ -35,6 +35,7 @@ from tests.helpers import (
     finish,
     free_port,
     launch_env,
+    make_dataset,
     metrics,
     one_error_line,
     run,
@@ -139,6 +140,19 @@ def test_temporary_files_of_killed_runs_are_removed(tmp_path: Path, tiny_tokeniz
                             "--tokenizer-model", tiny_tokenizer.model_path, "--no-progress"]) == 0
     assert not any(p.exists() for p in [*stale, stale_dir]) and all(p.exists() for p in kept)
     assert read_dataset_metadata(str(tmp_path / "out_text_document"))["num_documents"] == len(DOCS)
+
+
+def test_temporary_files_of_a_killed_merge_are_removed(tmp_path: Path) -> None:
+    """A merge killed while copying (a corpus of terabytes) left its ``OUT.bin.tmp.<host>.<pid>`` for good: the
+    next merge into OUT removed nothing, as preprocessing does. A live process's temporaries stay."""
+    inputs = [make_dataset(tmp_path / "a", 5), make_dataset(tmp_path / "b", 7, base=5)]
+    dead, alive, host = dead_pid(), os.getppid(), socket.gethostname()
+    stale = [tmp_path / f"out.{ext}.tmp.{host}.{dead}" for ext in ("bin", "idx", "json", "tokenizer.model")]
+    kept = tmp_path / f"out.bin.tmp.{host}.{alive}"
+    for path in [*stale, kept]:
+        path.write_bytes(b"x" * 100)
+    assert len(merge_datasets(inputs, str(tmp_path / "out"))) == 12
+    assert not any(p.exists() for p in stale) and kept.exists()
 
 
 def test_export_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import logging
 import os
 
-from megamythos.data.atomic import check_output_prefix
+from megamythos.data.atomic import check_output_prefix, remove_stale_temps
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError
 from megamythos.data.metadata import (
     DatasetMismatchError,
     announce_dataset,
     check_same_vocabulary,
+    dataset_files,
     read_dataset_metadata,
     refuse_to_replace,
 )
@@ -25,7 +26,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     record-less input among recorded ones would be claimed by their tokenizer). The first record is carried
     over with updated counts (``append_eod`` only if every input ended its documents with eos), and is in place
     before the ``.idx`` is (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at
-    ``output_prefix`` is replaced only with ``overwrite``.
+    ``output_prefix`` is replaced only with ``overwrite``; the temporaries of a merge into it that was killed
+    (``*.tmp.<host>.<pid>`` of a dead process of this host) are removed first.
     """
     if not prefixes:
         raise ValueError("merge_datasets needs at least one input prefix")
@@ -33,6 +35,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     if os.path.realpath(output_prefix) in {os.path.realpath(p) for p in prefixes}:
         raise IndexedDatasetError(f"--output-prefix {output_prefix} is one of the inputs, which the merge reads while "
                                   "it writes; choose another --output-prefix (--overwrite does not allow this)")
+    for removed in remove_stale_temps(dataset_files(output_prefix)):
+        logger.info("removed %s, left by a killed run", removed)
     refuse_to_replace(output_prefix, overwrite)
     datasets = [IndexedDataset(p) for p in prefixes]
     records = [read_dataset_metadata(p) for p in prefixes]

@@ -22,7 +22,13 @@ import shutil
 from typing import Any
 
 from megamythos.data.atomic import atomic_open
-from megamythos.data.indexed_dataset import DatasetExistsError, IndexedDatasetError, dataset_exists, idx_path
+from megamythos.data.indexed_dataset import (
+    DatasetExistsError,
+    IndexedDatasetError,
+    bin_path,
+    dataset_exists,
+    idx_path,
+)
 from megamythos.data.tokenizer import Tokenizer, file_sha256
 from megamythos.errors import UserError, read_json_object
 
@@ -45,6 +51,12 @@ def metadata_path(prefix: str) -> str:
 
 def tokenizer_copy_path(prefix: str) -> str:
     return prefix + ".tokenizer.model"
+
+
+def dataset_files(prefix: str) -> list[str]:
+    """The files of the dataset at ``prefix``: ``.bin``, ``.idx``, the record and its tokenizer copy (those whose
+    temporaries a run writing ``prefix`` may judge stale)."""
+    return [bin_path(prefix), idx_path(prefix), metadata_path(prefix), tokenizer_copy_path(prefix)]
 
 
 def write_tokenizer_record(record_path: str | os.PathLike, copy_path: str | os.PathLike, tokenizer: Tokenizer,

@@ -46,9 +46,9 @@ from megamythos.data.atomic import (
     temp_name,
     writable_parent,
 )
-from megamythos.data.indexed_dataset import IndexedDatasetBuilder, bin_path, idx_path, optimal_dtype
+from megamythos.data.indexed_dataset import IndexedDatasetBuilder, optimal_dtype
 from megamythos.data.merge import merge_datasets
-from megamythos.data.metadata import announce_dataset, metadata_path, refuse_to_replace, tokenizer_copy_path
+from megamythos.data.metadata import announce_dataset, dataset_files, refuse_to_replace
 from megamythos.data.sources import (
     MISSING_KEY,
     RawRecord,
@@ -343,8 +343,7 @@ def _partition_paths(paths: list[str], parts: int) -> list[list[str]]:
 
 def _own_paths(config: PreprocessConfig) -> list[str]:
     """Every file or directory a run on ``config.output_prefix`` writes (whose temporaries it may judge stale)."""
-    files = [f(p) for p in config.output_prefixes().values()
-             for f in (bin_path, idx_path, metadata_path, tokenizer_copy_path)]
+    files = [path for prefix in config.output_prefixes().values() for path in dataset_files(prefix)]
     return [*files, config.output_prefix + ".parts", config.skipped_report_path()]
 
 
