@@ -404,6 +404,31 @@ def test_merge_refuses_a_dataset_without_a_record_among_recorded_ones(tmp_path: 
     assert read_dataset_metadata(str(tmp_path / "both"))["append_eod"] is False  # was the first input's: True
 
 
+def test_merge_refuses_an_input_inspect_calls_invalid(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """The merge recomputes pointers and counts, so an input with a record left beside other tokens (Megatron's
+    preprocessing into the same prefix) or a corrupt index came out as a dataset every check passed: the stale
+    record then claimed the other tokens for its tokenizer."""
+    good, stale = _dataset(tmp_path, "a", DOCS, tiny_tokenizer), _dataset(tmp_path, "b", DOCS, tiny_tokenizer)
+    other = _dataset(tmp_path, "c", DOCS[:3], tiny_tokenizer)
+    for suffix in (".bin", ".idx"):
+        shutil.copy(other + suffix, stale + suffix)
+    with pytest.raises(IndexedDatasetError, match="b_text_document.json records num_documents=30 but the dataset "
+                                                  "holds 3 documents"):
+        merge_datasets([good, stale], str(tmp_path / "merged"))
+    corrupt = str(tmp_path / "corrupt")
+    for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
+        shutil.copy(good + suffix, corrupt + suffix)
+    index = bytearray(Path(corrupt + ".idx").read_bytes())
+    sizes = np.frombuffer(index, np.int32, len(DOCS), 34).copy()
+    sizes[4:6] += (1, -1)  # a token moved from document 5 to 4: the .bin size still agrees
+    index[34:34 + 4 * len(DOCS)] = sizes.tobytes()
+    Path(corrupt + ".idx").write_bytes(bytes(index))
+    with pytest.raises(IndexedDatasetError, match=r"corrupt\.idx: pointer of sequence 5 .* the index is corrupt"):
+        merge_datasets([good, corrupt], str(tmp_path / "merged"))
+    assert not dataset_exists(str(tmp_path / "merged"))
+    assert len(merge_datasets([good, other], str(tmp_path / "merged"))) == len(DOCS) + 3
+
+
 def test_a_damaged_index_cache_entry_is_one_line(tmp_path: Path) -> None:
     arrays = load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
     os.truncate(arrays["x"].filename, 200)

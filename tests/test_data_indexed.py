@@ -128,8 +128,8 @@ def test_merge_concatenates_and_keeps_record(tmp_path, tiny_tokenizer: Tokenizer
     a, b, out = (str(tmp_path / n) for n in ("a", "b", "out"))
     write(a, [[1, 2], [3]], np.uint16)
     write(b, [[4, 5, 6]], np.uint16)
-    for p in (a, b):
-        write_dataset_metadata(p, tiny_tokenizer, num_documents=0)
+    for p, documents in ((a, 2), (b, 1)):  # the counts preprocessing records: the merge checks them
+        write_dataset_metadata(p, tiny_tokenizer, num_documents=documents)
     merged = merge_datasets([a, b], out)
     assert [merged[i].tolist() for i in range(len(merged))] == [[1, 2], [3], [4, 5, 6]]
     record = read_dataset_metadata(out)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
-from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
+from megamythos.data.metadata import check_dataset, check_same_vocabulary, read_dataset_metadata
 from megamythos.data.tokenizer import Tokenizer
 
 
@@ -33,9 +33,8 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     ``max_sample_tokens`` tokens decoded (with the recorded tokenizer, or ``tokenizer_model`` if given).
     """
     dataset = IndexedDataset(prefix)
-    dataset.validate()
     metadata = read_dataset_metadata(prefix)
-    check_record_counts(prefix, metadata, dataset.shape())
+    check_dataset(dataset, metadata)
     model = tokenizer_model or (metadata or {}).get("tokenizer_model")
     tokenizer = Tokenizer(model) if model else None
     if tokenizer_model is not None and tokenizer is not None:

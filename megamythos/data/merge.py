@@ -9,6 +9,7 @@ from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilde
 from megamythos.data.metadata import (
     DatasetMismatchError,
     announce_dataset,
+    check_dataset,
     check_same_vocabulary,
     dataset_files,
     read_dataset_metadata,
@@ -22,12 +23,15 @@ logger = logging.getLogger(__name__)
 def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = False) -> IndexedDataset:
     """Write ``output_prefix.{bin,idx}`` holding every document of ``prefixes`` in order; returns it opened.
 
-    All inputs must share a dtype and either all carry a tokenizer record, of one tokenizer, or none does (a
-    record-less input among recorded ones would be claimed by their tokenizer). The first record is carried
-    over with updated counts (``append_eod`` only if every input ended its documents with eos), and is in place
-    before the ``.idx`` is (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at
-    ``output_prefix`` is replaced only with ``overwrite``; the temporaries of a merge into it that was killed
-    (``*.tmp.<host>.<pid>`` of a dead process of this host) are removed first.
+    Every input is checked as ``inspect_dataset.py`` checks it, short of its token ids
+    (:func:`~megamythos.data.metadata.check_dataset`): the merge recomputes the pointers and counts, so a corrupt
+    index or a record left beside other tokens would pass every later check once merged. All inputs must share a
+    dtype and either all carry a tokenizer record, of one tokenizer, or none does (a record-less input among
+    recorded ones would be claimed by their tokenizer). The first record is carried over with updated counts
+    (``append_eod`` only if every input ended its documents with eos), and is in place before the ``.idx`` is
+    (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at ``output_prefix`` is replaced
+    only with ``overwrite``; the temporaries of a merge into it that was killed (``*.tmp.<host>.<pid>`` of a dead
+    process of this host) are removed first.
     """
     if not prefixes:
         raise ValueError("merge_datasets needs at least one input prefix")
@@ -42,6 +46,7 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     records = [read_dataset_metadata(p) for p in prefixes]
     recorded, first = next(((p, r) for p, r in zip(prefixes, records) if r is not None), (None, None))
     for prefix, dataset, record in zip(prefixes, datasets, records):
+        check_dataset(dataset, record)
         if dataset.dtype != datasets[0].dtype:
             raise IndexedDatasetError(
                 f"dtype mismatch: {prefixes[0]} stores {datasets[0].dtype} but {prefix} stores {dataset.dtype}"

@@ -24,6 +24,7 @@ from typing import Any
 from megamythos.data.atomic import atomic_open
 from megamythos.data.indexed_dataset import (
     DatasetExistsError,
+    IndexedDataset,
     IndexedDatasetError,
     bin_path,
     dataset_exists,
@@ -161,6 +162,15 @@ def check_record_counts(prefix: str, record: dict[str, Any] | None, shape: dict[
                                       f"{shape[key]} {key}: the record belongs to other data; rebuild the dataset "
                                       "with data_prep/preprocess_data.py (or remove the stale record "
                                       f"{prefix}.json and {prefix}.tokenizer.model if the tokens are Megatron's)")
+
+
+def check_dataset(dataset: IndexedDataset, record: dict[str, Any] | None) -> None:
+    """Raise :class:`~megamythos.data.indexed_dataset.IndexedDatasetError` if ``dataset``'s index is corrupt (every
+    pointer checked against the sizes: :meth:`IndexedDataset.validate`) or its ``record`` counts other documents
+    or tokens than it holds (:func:`check_record_counts`): what ``inspect_dataset.py`` calls INVALID short of the
+    token ids. O(sequences): the ``.bin`` is not read."""
+    dataset.validate()
+    check_record_counts(dataset.path_prefix, record, dataset.shape())
 
 
 def check_same_vocabulary(name_a: str, record_a: dict[str, Any] | None, name_b: str,
