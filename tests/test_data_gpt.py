@@ -170,6 +170,22 @@ def test_unweighted_prefixes_blend_by_size_as_megatron_does(tmp_path) -> None:
             parse_data_path(mixed)
 
 
+def test_a_dataset_named_twice_is_blended_once_with_the_summed_weight(tmp_path, caplog) -> None:
+    """``--data-path A A`` (or ``0.3 A 0.4 B 0.3 ./A``) made two components with the same indices, so the blend
+    read each sample of A twice in a row (found 2026-12-06: 10 distinct samples of the first 20)."""
+    a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
+    b = make_dataset(tmp_path / "b", 300, seed=2, base=10_000)
+    alone, _, _ = build_train_valid_test_datasets([a], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
+    twice, _, _ = build_train_valid_test_datasets([a, a], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
+    assert all(np.array_equal(twice[i]["tokens"], alone[i]["tokens"]) for i in range(200))
+    assert "names a dataset more than once" in caplog.text
+    spelled = str(tmp_path / "." / "a")
+    blend, _, _ = build_train_valid_test_datasets(["0.3", a, "0.4", b, "0.3", spelled], "1", 8, 5, (200, 0, 0),
+                                                  str(tmp_path / "c"))
+    once, _, _ = build_train_valid_test_datasets(["0.6", a, "0.4", b], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
+    assert all(np.array_equal(blend[i]["tokens"], once[i]["tokens"]) for i in range(200))
+
+
 def test_index_cache_is_reused_and_keyed_by_parameters(tmp_path) -> None:
     prefix = make_dataset(tmp_path / "ds", 100)
     cache = tmp_path / "cache"

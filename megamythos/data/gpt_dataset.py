@@ -23,7 +23,7 @@ import numpy as np
 
 from megamythos.data.blended_dataset import BlendedDataset
 from megamythos.data.index_cache import MappedArraysPickle, load_or_build
-from megamythos.data.indexed_dataset import IndexedDataset, idx_path
+from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,23 @@ def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None
         raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be finite numbers >= 0 with a "
                               "positive, finite sum")
     return list(data_path[1::2]), [w / total for w in weights]
+
+
+def combine_repeated(prefixes: list[str], weights: list[float]) -> tuple[list[str], list[float]]:
+    """``prefixes`` with each dataset named more than once (the same file by any path) kept once, at its first
+    place, with the sum of its weights (a warning says so). Two components of one dataset build the same indices
+    (same documents, same seed), so a blend of both read every sample twice in a row; one component with the
+    summed weight draws as many samples from it, each once per epoch."""
+    combined: dict[str, tuple[str, float]] = {}
+    for prefix, weight in zip(prefixes, weights):
+        key = os.path.realpath(bin_path(prefix))
+        first, total = combined.get(key, (prefix, 0.0))
+        combined[key] = (first, total + weight)
+    if len(combined) < len(prefixes):
+        logger.warning("--data-path names a dataset more than once: blended once with the sum of its weights (%s), "
+                       "not as copies that would read each sample twice in a row",
+                       ", ".join(f"{w:.4f} {p}" for p, w in combined.values()))
+    return [p for p, _ in combined.values()], [w for _, w in combined.values()]
 
 
 def num_epochs_for(tokens_per_epoch: int, num_samples: int, seq_length: int) -> int:
@@ -268,8 +285,9 @@ def build_train_valid_test_datasets(
 
     ``data_path`` is ``["PREFIX"]``, ``["P1", "P2", ...]`` (weights in proportion to the datasets' tokens) or
     ``["w1", "P1", "w2", "P2", ...]``; with several prefixes each split is a :class:`BlendedDataset` of exactly the
-    requested size over per-prefix :class:`GPTDataset` splits.
-    Index arrays are cached in ``cache_dir`` (default: ``index-cache/`` next to each dataset).
+    requested size over per-prefix :class:`GPTDataset` splits; a dataset named more than once is one component with
+    the sum of its weights (:func:`combine_repeated`). Index arrays are cached in ``cache_dir`` (default:
+    ``index-cache/`` next to each dataset).
     """
     if seq_length < 1:
         raise DataConfigError(f"seq_length={seq_length} is invalid: must be >= 1")
@@ -278,13 +296,15 @@ def build_train_valid_test_datasets(
     prefixes, weights = parse_data_path(data_path)
     fractions = parse_split(split)
     nums = list(train_valid_test_num_samples)
+    if len(prefixes) > 1:
+        if weights is None:  # Megatron's unweighted blend: each dataset in proportion to its size
+            tokens = [IndexedDataset(p).num_tokens for p in prefixes]
+            weights = [t / sum(tokens) for t in tokens]
+            logger.info("unweighted --data-path: blending by size, weights %s",
+                        ", ".join(f"{w:.4f} {p}" for w, p in zip(weights, prefixes)))
+        prefixes, weights = combine_repeated(prefixes, weights)
     if len(prefixes) == 1:
         return tuple(_split_datasets(prefixes[0], fractions, nums, seq_length, seed, cache_dir))  # type: ignore
-    if weights is None:  # Megatron's unweighted blend: each dataset in proportion to its size
-        tokens = [IndexedDataset(p).num_tokens for p in prefixes]
-        weights = [t / sum(tokens) for t in tokens]
-        logger.info("unweighted --data-path: blending by size, weights %s",
-                    ", ".join(f"{w:.4f} {p}" for w, p in zip(weights, prefixes)))
     per_dataset = [[math.ceil(math.ceil(n * w) * (1 + BLEND_SURPLUS)) for n in nums] for w in weights]
     components = [_split_datasets(p, fractions, n, seq_length, seed, cache_dir)
                   for p, n in zip(prefixes, per_dataset)]
