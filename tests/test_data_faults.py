@@ -482,6 +482,13 @@ def test_a_padded_vocabulary_reads_a_dataset_of_a_smaller_tokenizer(tmp_path: Pa
     with pytest.raises(DataError, match="400-token vocabulary but the model has vocab_size=399; pass --override "
                                         r"vocab_size=400 \(or more: a padded vocabulary\)"):
         resolve_data([prefix], 399)
+    tokens = np.memmap(prefix + ".bin", dtype=np.uint16, mode="r+")
+    tokens[7] = 450  # past the tokenizer's 400 ids, inside the padded 512: no tokenizer made it
+    tokens.flush()
+    del tokens
+    with pytest.raises(IndexedDatasetError, match=r"a_text_document\.bin holds token id 450 but the vocabulary has "
+                                                  "400 ids"):
+        resolve_data([prefix], 512, str(tmp_path / "c"))  # found 2026-12-06: trained on; inspect said INVALID
 
 
 def test_output_prefixes_that_name_no_file_or_an_input_are_refused(tmp_path: Path, tiny_tokenizer: Tokenizer,

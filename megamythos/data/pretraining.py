@@ -107,10 +107,18 @@ def scan_dataset(dataset: IndexedDataset, cache_dir: str | None) -> tuple[dict[s
     return shape, token_range
 
 
+def token_bound(record: dict[str, Any] | None, vocab_size: int) -> int:
+    """The ids a dataset may hold: those of the tokenizer its ``record`` names (at most the model's ``vocab_size``,
+    which :func:`resolve_data` checks first), else the model's. An id past the tokenizer's, in a padded
+    vocabulary, no tokenizer made: the ``.bin`` is corrupt or was rebuilt with another tokenizer."""
+    return min(int(record["vocab_size"]), vocab_size) if record is not None else vocab_size
+
+
 def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = None) -> DataSetup:
     """Check that every dataset of ``data_path`` exists, was tokenised with one tokenizer of at most ``vocab_size``
     ids (fewer: a padded vocabulary, as Megatron's ``--make-vocab-size-divisible-by``) and holds only token ids
-    below ``vocab_size``; the scans of the data are cached in ``cache_dir`` (:func:`scan_dataset`).
+    of that tokenizer (:func:`token_bound`: below ``vocab_size`` for a dataset without a record); the scans of the
+    data are cached in ``cache_dir`` (:func:`scan_dataset`).
 
     Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's,
     ``DatasetMismatchError`` for datasets built with different tokenizers, and ``IndexedDatasetError`` for a
@@ -154,7 +162,7 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
         shape, token_range = scan_dataset(dataset, cache_dir)
         shapes[os.path.realpath(prefix)] = shape
         check_record_counts(prefix, meta, shape)
-        dataset.check_token_ids(vocab_size, OUT_OF_VOCABULARY_REMEDY, token_range)
+        dataset.check_token_ids(token_bound(meta, vocab_size), OUT_OF_VOCABULARY_REMEDY, token_range)
     known = [r for r in records.values() if r is not None]
     return DataSetup(list(data_path), known[0]["tokenizer_model"] if known else None,
                      known[0]["tokenizer_fingerprint"] if known else None, shapes)
