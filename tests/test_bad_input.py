@@ -610,6 +610,32 @@ def test_a_split_without_documents_for_its_use_is_refused_before_the_first_step(
     assert message in one_error_line(result.stderr)
 
 
+@pytest.mark.parametrize("eval_interval", [0, 5])
+def test_a_corpus_without_validation_documents_trains_when_no_validation_runs(tmp_path: Path,
+                                                                            eval_interval: int) -> None:
+    """A one-document corpus (a text file preprocessed without --txt-blank-line-documents) was refused with
+    ``none of which fall in the valid split ... change --split`` under ``--eval-interval 0`` too, though such a run
+    reads no validation sample (found 2026-12-06); with validations on, the refusal stands."""
+    from megamythos.data.gpt_dataset import DataConfigError
+    from megamythos.data.indexed_dataset import IndexedDatasetBuilder
+    from megamythos.training.pretrain import Trainer
+
+    prefix = str(tmp_path / "one")
+    with IndexedDatasetBuilder(prefix, np.uint16) as builder:
+        builder.add_document(np.arange(100) % 50)
+        builder.finalize()
+    args = parse_args(["--data-path", prefix, "--seq-length", "8", "--eval-interval", str(eval_interval),
+                       "--data-cache-dir", str(tmp_path / "cache")])
+    trainer = SimpleNamespace(args=args, layout=SimpleNamespace(global_batch_size=4), consumed=0, iteration=0,
+                              total_iters=10, data=SimpleNamespace(data_path=[prefix]), rollback_headroom=lambda: 0)
+    if eval_interval:
+        with pytest.raises(DataConfigError, match="has 1 documents, none of which fall in the valid split"):
+            Trainer.datasets(trainer)
+        return
+    train, valid = Trainer.datasets(trainer)
+    assert valid is None and len(train) >= 40
+
+
 def test_device_names_this_machine_lacks_are_one_line(capsys: pytest.CaptureFixture) -> None:
     """``--device cuda`` on a CPU-only torch was an AssertionError traceback (evaluate, generate, study)."""
     for name, message in [("tpu", "--device 'tpu' is not a device name; use cpu or cuda"),

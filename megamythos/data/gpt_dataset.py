@@ -271,7 +271,9 @@ def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_le
             continue
         if bounds[i + 1] <= bounds[i]:
             raise DataConfigError(f"{prefix} has {len(indexed)} documents, none of which fall in the {name} split "
-                                  f"(fraction {fractions[i]:.4f}); use a larger dataset or change --split")
+                                  f"(fraction {fractions[i]:.4f}; splits take whole documents); use a dataset of "
+                                  "more documents (a text file is one unless preprocessed with "
+                                  "--txt-blank-line-documents) or change --split")
         documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
         out.append(GPTDataset(indexed, documents, nums[i], seq_length, seed, name, index_cache_dir(prefix, cache_dir)))
     return out

@@ -195,7 +195,8 @@ def recipe_change(recorded_args: dict[str, Any], recorded_path: list[str] | None
 
 
 def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, global_batch: int,
-                   min_valid_samples: int = 0, extra_train_samples: int = 0) -> tuple[Any, Any]:
+                   min_valid_samples: int = 0, extra_train_samples: int = 0,
+                   with_valid: bool = True) -> tuple[Any, Any]:
     """(train, valid) datasets sized for the run: every training step plus ``extra_train_samples`` training
     samples (those the trainer's rollbacks may skip), and the ``eval_iters`` global batches that every validation
     reads (the same ones each time), so the validation samples do not depend on ``total_iters`` or
@@ -203,13 +204,14 @@ def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, g
 
     ``min_valid_samples`` lets a later evaluation ask for more held-out samples than the run drew; the split's
     documents and the seed stay those of the run, and so does the sample order while both requests fit in one
-    epoch of the split.
+    epoch of the split. ``with_valid=False`` (a run without validations) builds no validation set (None), so a
+    split whose validation share holds no document (a corpus of one document) is no obstacle.
     """
     evals = recipe.eval_iters if recipe.eval_interval else 1
+    valid_samples = max(evals * global_batch, min_valid_samples) if with_valid else 0
     train, valid, _ = build_train_valid_test_datasets(
         data_path=data_path, split=recipe.split, seq_length=recipe.seq_length, seed=recipe.seed,
-        train_valid_test_num_samples=(total_iters * global_batch + extra_train_samples,
-                                      max(evals * global_batch, min_valid_samples), 0),
+        train_valid_test_num_samples=(total_iters * global_batch + extra_train_samples, valid_samples, 0),
         cache_dir=recipe.data_cache_dir)
     return train, valid
 

@@ -519,14 +519,15 @@ class Trainer:
         return self.args.max_rollbacks * span
 
     def datasets(self) -> tuple[Any, Any]:
-        """(train, valid) of the run; a split that leaves no documents to train on, or none to validate on while
-        ``--eval-interval`` asks for validations, is refused before the first step. The training set holds the
-        samples consumed so far and those of the steps left (more than total steps x global batch when a resume
-        shrank the global batch), plus the rollbacks' headroom."""
+        """(train, valid) of the run (valid None without ``--eval-interval``); a split that leaves no documents to
+        train on, or none to validate on while ``--eval-interval`` asks for validations, is refused before the first
+        step. The training set holds the samples consumed so far and those of the steps left (more than total steps
+        x global batch when a resume shrank the global batch), plus the rollbacks' headroom."""
         gbs = self.layout.global_batch_size
         beyond = max(0, self.consumed + (self.total_iters - self.iteration) * gbs - self.total_iters * gbs)
         train, valid = build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters, gbs,
-                                      extra_train_samples=self.rollback_headroom() * gbs + beyond)
+                                      extra_train_samples=self.rollback_headroom() * gbs + beyond,
+                                      with_valid=bool(self.args.eval_interval))
         where = f"--split {self.args.split} leaves no {{}} documents in {' '.join(self.data.data_path)}"
         if train is None:
             raise DataError(f"{where.format('training')}; give the split a larger first weight (e.g. 969,30,1)")
