@@ -155,7 +155,8 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT, logger: logging.Logger | None = None,
             user_errors: tuple[type[BaseException], ...] = (UserError,)) -> int:
     """Run a command line's ``main`` and return its exit code; a user error ends it with ``error: MESSAGE`` on
-    stderr and exit code 2, Ctrl-C with ``error: interrupted`` and 130 (the shell's code for SIGINT).
+    stderr and exit code 2, Ctrl-C with ``error: interrupted`` and 130 (the shell's code for SIGINT), a closed
+    stdout (``| head``) quietly with 141 (SIGPIPE's).
 
     ``log_format``: INFO logging to stderr in this format (None: the caller configured logging itself).
     ``logger``: also record the error there (the trainer's rank-prefixed log) once that log has a handler; before,
@@ -174,3 +175,6 @@ def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT, lo
     except KeyboardInterrupt:  # Ctrl-C: the user knows why; what was being written is cleaned up on the way out
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:  # stdout's reader left (`| head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
+        return 141  # the shell's code for SIGPIPE

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ast
 import importlib
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 from test_imports import MODULES
@@ -43,3 +46,17 @@ def test_run_cli_reports_user_errors_in_one_line_and_lets_bugs_through(capsys, m
     assert run_cli(lambda: 0, log_format=None) == 0
     with pytest.raises(ZeroDivisionError):
         run_cli(lambda: 1 // 0, log_format=None)
+
+
+def test_a_reader_that_leaves_early_ends_a_command_quietly():
+    """``inspect_dataset.py ... | head`` ended in a BrokenPipeError traceback (found 2026-12-06): a closed stdout
+    now ends the command quietly with 141, as cat does."""
+    script = ("import sys\nfrom megamythos.errors import run_cli\n"
+              "def main():\n    for i in range(1000000):\n        print(i)\n    return 0\n"
+              "sys.exit(run_cli(main))")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert child.stdout.readline() == b"0\n"
+    child.stdout.close()  # the reader leaves, as head does
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 141 and stderr == "", stderr
