@@ -29,7 +29,7 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     :class:`~megamythos.data.metadata.DatasetMismatchError` (:func:`check_given_tokenizer`).
 
     Returns ``{"prefix", "dtype", "sequences", "documents", "tokens", "bin_bytes", "idx_bytes", "length_min",
-    "length_mean", "length_max", "metadata", "samples"}`` where ``samples`` maps a document index to its first
+    "length_mean", "length_max", "metadata", "samples"}`` where ``samples`` maps a sequence index to its first
     ``max_sample_tokens`` tokens decoded (with the recorded tokenizer, or ``tokenizer_model`` if given).
     """
     dataset = IndexedDataset(prefix)
