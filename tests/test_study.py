@@ -206,3 +206,23 @@ def test_each_run_s_loss_curve_is_plotted_at_its_own_steps() -> None:
     assert loss_curve_steps({"steps": 1670, "train_loss_curve": [0.0] * 51, "train_loss_curve_stride": 33},
                             2000)[-1] == 1650
     assert loss_curve_steps({"train_loss_curve": [0.0] * 51}, 2000)[-1] == 2000  # a report before runs kept steps
+
+
+def test_an_out_folder_that_cannot_hold_the_report_is_refused_before_anything_runs(corpus, tmp_path, capsys,
+                                                                                  monkeypatch) -> None:
+    """Found 2026-12-06: ``--out X`` with a file X/stdlib was a FileExistsError traceback, and a folder
+    X/stdlib/study_depth.json an IsADirectoryError traceback once the first run had trained."""
+    from megamythos.research import study
+
+    monkeypatch.setattr(study, "prepare_corpus", lambda *_: pytest.fail("the corpus was built"))
+    monkeypatch.setattr(study, "train_run", lambda *_: pytest.fail("a run was trained"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stdlib").write_text("")
+    assert main(["depth", "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --out {tmp_path / 'out'}: cannot create {tmp_path / 'out' / 'stdlib'} "
+        f"({tmp_path / 'out' / 'stdlib'}: File exists)"]
+    (tmp_path / "report" / "study_depth.json").mkdir(parents=True)
+    settings = StudySettings(steps=2, batch_size=2, seq_len=16, warmup=1, eval_batches=1, scale=0.5)
+    with pytest.raises(StudyError, match=r"study_depth.json is a folder, where the study writes its report"):
+        run_experiment("depth", settings, corpus_prefix(corpus), str(tmp_path / "report"))

@@ -293,6 +293,20 @@ def earlier_report(path: Path, report: dict) -> dict:
     return earlier
 
 
+def report_paths(out_dir: str | os.PathLike, name: str, given: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Create ``out_dir`` and return where experiment ``name``'s report goes in it: (``study_<name>.json``,
+    ``study_<name>.png``). A :class:`StudyError` naming ``--out`` (its value ``given``, default ``out_dir``) when
+    ``out_dir`` cannot be made a writable folder or a report path is a folder, before anything is trained."""
+    given = out_dir if given is None else given
+    writable_directory(out_dir, "--out", given)
+    paths = Path(out_dir) / f"study_{name}.json", Path(out_dir) / f"study_{name}.png"
+    for path in paths:
+        if path.is_dir():
+            raise StudyError(f"--out {given}: {path} is a folder, where the study writes its report; move it "
+                             "away or pass another --out")
+    return paths
+
+
 def check_runs(name: str, runs: Sequence[str]) -> None:
     """Every name in ``runs`` must be a run of experiment ``name`` (else a :class:`StudyError`)."""
     specs = EXPERIMENTS[name]
@@ -310,6 +324,7 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
 
     specs = EXPERIMENTS[name]
     check_runs(name, runs)
+    path, plot_path = report_paths(out_dir, name)  # before the batches are built and the runs trained
     config = base_config(int(read_dataset_metadata(data_prefix)["vocab_size"]), settings)
     most_steps = max(run_steps(spec, config, settings) for spec in specs)  # of every run: the same batches
     batch_at, valid, _ = token_batches(data_prefix, dataclasses.replace(settings, steps=most_steps))
@@ -317,19 +332,16 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
               "base_config": config.to_dict(), "runs": []}
     if not any(spec.equal_flops for spec in specs):  # else each run's "tokens" says what it trained on
         report["tokens_per_run"] = settings.tokens
-    out = Path(out_dir)
-    path = out / f"study_{name}.json"
     earlier = earlier_report(path, report) if runs else {}
     kept = {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in runs}
     report = {**earlier, **report}  # and what else the earlier report recorded (a note)
-    out.mkdir(parents=True, exist_ok=True)
     done = dict(kept)
     for spec in specs:  # the report is rewritten after every run: a long study shows its progress
         if not runs or spec.name in runs:
             done[spec.name] = train_run(spec, config, settings, batch_at, valid)
         report["runs"] = [done[s.name] for s in specs if s.name in done]
         write_atomic(path, json.dumps(report, indent=2) + "\n")
-    plot_experiment(report, out / f"study_{name}.png")
+    plot_experiment(report, plot_path)
     return report
 
 
@@ -406,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         check_runs(args.experiment, runs)  # before the corpus is built
         writable_directory(args.work_dir, "--work-dir")
         writable_directory(args.out, "--out")
+        report_paths(os.path.join(args.out, args.corpus), args.experiment, args.out)  # before the corpus is built
         data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
         report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus), runs)
         for run in report["runs"]:
