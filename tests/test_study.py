@@ -226,3 +226,28 @@ def test_an_out_folder_that_cannot_hold_the_report_is_refused_before_anything_ru
     settings = StudySettings(steps=2, batch_size=2, seq_len=16, warmup=1, eval_batches=1, scale=0.5)
     with pytest.raises(StudyError, match=r"study_depth.json is a folder, where the study writes its report"):
         run_experiment("depth", settings, corpus_prefix(corpus), str(tmp_path / "report"))
+
+
+def fake_run(spec: RunSpec, *_: object) -> dict:
+    """What :func:`train_run` returns, less the evaluation: a report's run without training."""
+    return {"name": spec.name, "train_loss_curve": [2.0, 1.0], "train_loss_curve_stride": 1, "steps": 2,
+            "final_train_loss": 1.0, "diverged_at": None}
+
+
+def test_a_study_does_not_replace_a_report_of_other_settings(corpus, tmp_path, monkeypatch) -> None:
+    """Found 2026-12-06: without --runs, a study replaced the report in --out run by run whatever it held, so
+    ``--out bench/results/study --steps 20`` (the docs' command, scaled down) overwrote the published 2M-token
+    results. A rerun of the same study still replaces its report."""
+    from megamythos.research import study
+
+    monkeypatch.setattr(study, "train_run", fake_run)
+    prefix = corpus_prefix(corpus)
+    settings = StudySettings(steps=3, batch_size=2, seq_len=16, warmup=1, eval_batches=1, scale=0.5)
+    run_experiment("depth", settings, prefix, str(tmp_path))
+    path = tmp_path / "study_depth.json"
+    before = path.read_text()
+    with pytest.raises(StudyError, match="holds a study of other settings, data or model; this study would "
+                                         "replace it: pass another --out, or move that report away first"):
+        run_experiment("depth", dataclasses.replace(settings, steps=2), prefix, str(tmp_path))
+    assert path.read_text() == before
+    assert len(run_experiment("depth", settings, prefix, str(tmp_path))["runs"]) == 2  # a rerun replaces it

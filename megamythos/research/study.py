@@ -8,7 +8,8 @@
 
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
-``study_<name>.json`` and ``study_<name>.png`` into ``--out``. ``--scale`` multiplies the steps and (in steps
+``study_<name>.json`` and ``study_<name>.png`` into ``--out`` (a report of other settings there is refused, not
+replaced). ``--scale`` multiplies the steps and (in steps
 of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
 """
 from __future__ import annotations
@@ -279,17 +280,20 @@ def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[
     return (lambda step: stack(train, step * settings.batch_size)), valid_batches, vocab
 
 
-def earlier_report(path: Path, report: dict) -> dict:
-    """The report at ``path`` that a study of some runs adds to: {} when there is none, else it must be of the
-    same experiment, settings, data and base config as ``report`` (else a :class:`StudyError`)."""
+def earlier_report(path: Path, report: dict, partial: bool) -> dict:
+    """The report at ``path`` that a study adds to (``partial``: of some runs, ``--runs``) or replaces: {} when
+    there is none, else it must be of the same experiment, settings, data and base config as ``report`` (else a
+    :class:`StudyError`: a study never replaces another study's report, e.g. the published one in
+    ``bench/results/study``, with runs of other settings)."""
     if not path.exists():
         return {}
     earlier = read_json_object(path, StudyError, "restore it or pass another --out")
     same = (all(earlier.get(k) == report[k] for k in ("experiment", "settings", "data_prefix"))
             and ModelConfig.from_dict(earlier.get("base_config", {})) == ModelConfig.from_dict(report["base_config"]))
     if not same:
-        raise StudyError(f"{path} holds a study of other settings, data or model; --runs would replace it with a "
-                         "partial report: pass another --out, or run every run without --runs")
+        what = "--runs would replace it with a partial report" if partial else "this study would replace it"
+        raise StudyError(f"{path} holds a study of other settings, data or model; {what}: pass another --out, or "
+                         "move that report away first")
     return earlier
 
 
@@ -319,7 +323,8 @@ def check_runs(name: str, runs: Sequence[str]) -> None:
 def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str,
                    runs: Sequence[str] = ()) -> dict:
     """Train and evaluate the runs of experiment ``name`` (only ``runs``, when given: the report in ``out_dir``
-    keeps its other runs) and write ``study_<name>.{json,png}``. Every run sees the same batches."""
+    keeps its other runs) and write ``study_<name>.{json,png}``. Every run sees the same batches. A report of
+    other settings, data or model in ``out_dir`` is refused before anything is trained (:func:`earlier_report`)."""
     from megamythos.data import read_dataset_metadata
 
     specs = EXPERIMENTS[name]
@@ -332,9 +337,10 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
               "base_config": config.to_dict(), "runs": []}
     if not any(spec.equal_flops for spec in specs):  # else each run's "tokens" says what it trained on
         report["tokens_per_run"] = settings.tokens
-    earlier = earlier_report(path, report) if runs else {}
-    kept = {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in runs}
-    report = {**earlier, **report}  # and what else the earlier report recorded (a note)
+    earlier = earlier_report(path, report, partial=bool(runs))
+    kept = {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in runs} if runs else {}
+    if runs:
+        report = {**earlier, **report}  # and what else the earlier report recorded (a note)
     done = dict(kept)
     for spec in specs:  # the report is rewritten after every run: a long study shows its progress
         if not runs or spec.name in runs:
