@@ -251,3 +251,35 @@ def test_a_study_does_not_replace_a_report_of_other_settings(corpus, tmp_path, m
         run_experiment("depth", dataclasses.replace(settings, steps=2), prefix, str(tmp_path))
     assert path.read_text() == before
     assert len(run_experiment("depth", settings, prefix, str(tmp_path))["runs"]) == 2  # a rerun replaces it
+
+
+def test_a_killed_study_leaves_a_report_that_names_its_missing_runs(corpus, tmp_path, monkeypatch) -> None:
+    """Found 2026-12-06: a study killed during its second run left a JSON of its first run only, with nothing to
+    tell it from a complete report, beside the plot of the study before it in --out (the plot was drawn at the
+    end only). Now the report and its plot are rewritten together before the first run and after each, and
+    ``runs_pending`` names the runs the report lacks; ``--runs`` of those completes it."""
+    from megamythos.research import study
+
+    plotted: list[list[str]] = []
+    draw = study.plot_experiment
+    monkeypatch.setattr(study, "plot_experiment",
+                        lambda report, path: (plotted.append([r["name"] for r in report["runs"]]), draw(report, path)))
+
+    def killed_at_the_second_run(spec: RunSpec, *args: object) -> dict:
+        if spec.name == "sampled_depth_tbptt":
+            raise KeyboardInterrupt
+        return fake_run(spec)
+
+    monkeypatch.setattr(study, "train_run", killed_at_the_second_run)
+    prefix = corpus_prefix(corpus)
+    settings = StudySettings(steps=3, batch_size=2, seq_len=16, warmup=1, eval_batches=1, scale=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("depth", settings, prefix, str(tmp_path))
+    report = json.loads((tmp_path / "study_depth.json").read_text())
+    assert [r["name"] for r in report["runs"]] == plotted[-1] == ["fixed_depth"]
+    assert report["runs_pending"] == ["sampled_depth_tbptt"]
+    monkeypatch.setattr(study, "train_run", fake_run)
+    report = run_experiment("depth", settings, prefix, str(tmp_path), report["runs_pending"])
+    assert [r["name"] for r in report["runs"]] == plotted[-1] == ["fixed_depth", "sampled_depth_tbptt"]
+    assert json.loads((tmp_path / "study_depth.json").read_text())["runs_pending"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study_depth.json", "study_depth.png"]

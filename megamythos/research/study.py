@@ -9,7 +9,8 @@
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
 ``study_<name>.json`` and ``study_<name>.png`` into ``--out`` (a report of other settings there is refused, not
-replaced). ``--scale`` multiplies the steps and (in steps
+replaced), both rewritten after every run: ``runs_pending`` in the report names the runs it lacks (a killed study's
+are added with ``--runs``). ``--scale`` multiplies the steps and (in steps
 of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
 """
 from __future__ import annotations
@@ -323,7 +324,8 @@ def check_runs(name: str, runs: Sequence[str]) -> None:
 def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str,
                    runs: Sequence[str] = ()) -> dict:
     """Train and evaluate the runs of experiment ``name`` (only ``runs``, when given: the report in ``out_dir``
-    keeps its other runs) and write ``study_<name>.{json,png}``. Every run sees the same batches. A report of
+    keeps its other runs) and write ``study_<name>.{json,png}``, whose ``runs_pending`` lists the experiment's runs
+    the report does not hold yet ([] once complete). Every run sees the same batches. A report of
     other settings, data or model in ``out_dir`` is refused before anything is trained (:func:`earlier_report`)."""
     from megamythos.data import read_dataset_metadata
 
@@ -342,12 +344,20 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     if runs:
         report = {**earlier, **report}  # and what else the earlier report recorded (a note)
     done = dict(kept)
-    for spec in specs:  # the report is rewritten after every run: a long study shows its progress
+
+    def write_report() -> None:
+        report["runs"] = [done[s.name] for s in specs if s.name in done]
+        report["runs_pending"] = [s.name for s in specs if s.name not in done]
+        write_atomic(path, json.dumps(report, indent=2) + "\n")
+        plot_experiment(report, plot_path)
+
+    # the report and its plot are written before the first run and after each: a long study shows its progress,
+    # and one that is killed leaves a report whose runs_pending names what it lacks (``--runs`` adds them)
+    write_report()
+    for spec in specs:
         if not runs or spec.name in runs:
             done[spec.name] = train_run(spec, config, settings, batch_at, valid)
-        report["runs"] = [done[s.name] for s in specs if s.name in done]
-        write_atomic(path, json.dumps(report, indent=2) + "\n")
-    plot_experiment(report, plot_path)
+            write_report()
     return report
 
 
@@ -361,7 +371,8 @@ def loss_curve_steps(run: dict[str, Any], report_steps: int) -> list[int]:
 
 def plot_experiment(report: dict, path: Path) -> None:
     """Left: training loss curves; right: held-out perplexity vs loops (dense runs as horizontal lines), with the
-    exit rule's rows at the deepest evaluated depth (x) and PonderNet's halting (*) placed at their mean loops."""
+    exit rule's rows at the deepest evaluated depth (x) and PonderNet's halting (*) placed at their mean loops.
+    The title of a report with ``runs_pending`` says how many of the runs it holds. Written whole or not at all."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -387,13 +398,18 @@ def plot_experiment(report: dict, path: Path) -> None:
             right.scatter([halting["mean_depth"]], [halting["perplexity"]], marker="*", s=120,
                           color=left.lines[-1].get_color(), label=f"{run['name']}: halting p > 0.5 (mean loops)")
     right.axvline(report["base_config"]["mean_loops"], color="grey", linestyle="--", label="trained mean depth")
-    left.set(xlabel="step", ylabel="train loss", title=f"{report['experiment']}: training")
+    pending = report.get("runs_pending", [])
+    held = f" ({len(report['runs'])} of {len(report['runs']) + len(pending)} runs)" if pending else ""
+    left.set(xlabel="step", ylabel="train loss", title=f"{report['experiment']}: training{held}")
     right.set(xlabel="loops at inference", ylabel="held-out perplexity", yscale="log", title="depth extrapolation")
-    left.legend(fontsize=7)
+    if report["runs"]:
+        left.legend(fontsize=7)
     right.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
             evals = ", ".join(f"{e['loops']}:{e['perplexity']:.1f}" for e in run.get("eval", []))
             print(f"{run['name']:<28} train {run['final_train_loss']:.3f}  diverged {run['diverged_at']}  "
                   f"ppl[{evals}]")
+        if report["runs_pending"]:
+            print(f"not in the report yet: {', '.join(report['runs_pending'])} "
+                  f"(--runs {','.join(report['runs_pending'])} adds them)")
         return 0
 
     return run_cli(study, TIMED_CLI_LOG_FORMAT)
