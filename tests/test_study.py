@@ -283,3 +283,11 @@ def test_a_killed_study_leaves_a_report_that_names_its_missing_runs(corpus, tmp_
     assert [r["name"] for r in report["runs"]] == plotted[-1] == ["fixed_depth", "sampled_depth_tbptt"]
     assert json.loads((tmp_path / "study_depth.json").read_text())["runs_pending"] == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study_depth.json", "study_depth.png"]
+
+
+def test_help_names_the_command_to_type(capsys) -> None:
+    """Found 2026-12-06: ``--help`` began ``usage: study.py``, a file no one runs, as no other command line does."""
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m megamythos.research.study [-h]")

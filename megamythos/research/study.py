@@ -413,7 +413,7 @@ def plot_experiment(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(description=__doc__)
+    parser = ArgumentParser(prog="python -m megamythos.research.study", description=__doc__)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
     parser.add_argument("--wikitext-dir", default=None)
