@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -291,3 +292,44 @@ def test_help_names_the_command_to_type(capsys) -> None:
         main(["--help"])
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith("usage: python -m megamythos.research.study [-h]")
+
+
+def test_a_wikitext_corpus_built_from_other_files_is_refused_not_reused(tmp_path, monkeypatch, caplog) -> None:
+    """Found 2026-12-06: the wikitext-2 corpus in --work-dir was reused whatever --wikitext-dir said (only the
+    tokenizer's and the index's existence were checked), so a study of another folder's valid.txt and test.txt
+    trained and evaluated on the first folder's text without a word."""
+    from megamythos.data import preprocess, tokenizer
+    from megamythos.research.study import prepare_corpus
+
+    built: list[str] = []
+
+    def fake_build(name: str, path: str) -> None:
+        built.append(name)
+        Path(path).write_text("")
+
+    monkeypatch.setattr(tokenizer, "train_tokenizer", lambda texts, config: fake_build("tokenizer",
+                                                                                        config.model_prefix + ".model"))
+    monkeypatch.setattr(preprocess, "preprocess",
+                        lambda config: fake_build("data", config.output_prefix + "_text_document.idx"))
+    folders = {}
+    for name, text in (("a", "one text"), ("b", "another text")):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for split in ("valid.txt", "test.txt"):
+            (folders[name] / split).write_text(f"{text} ({split})\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    prefix = prepare_corpus("wikitext2", str(work), str(folders["a"]))
+    assert built == ["tokenizer", "data"]
+    with pytest.raises(StudyError, match=f"--work-dir {work} holds a wikitext2 corpus built from other files than "
+                                         f"{folders['b'] / 'valid.txt'}, {folders['b'] / 'test.txt'}; pass another "
+                                         f"--work-dir, or remove {work / 'wikitext2'}\\* to build it again"):
+        prepare_corpus("wikitext2", str(work), str(folders["b"]))
+    shutil.copytree(folders["a"], tmp_path / "moved")
+    assert prepare_corpus("wikitext2", str(work), str(tmp_path / "moved")) == prefix  # the same text, reused
+    assert built == ["tokenizer", "data"]
+    (work / "wikitext2.sources.json").unlink()  # a corpus built before the record was kept
+    assert prepare_corpus("wikitext2", str(work), str(folders["b"])) == prefix
+    assert "was built before its source files were recorded; taking it to be built from" in caplog.text
+    with pytest.raises(StudyError, match="built from other files"):
+        prepare_corpus("wikitext2", str(work), str(folders["a"]))

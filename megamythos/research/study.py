@@ -16,6 +16,7 @@ of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -235,7 +236,8 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
 
 
 def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
-    """Build (once) the study dataset; returns its IndexedDataset prefix."""
+    """Build (once) the study dataset; returns its IndexedDataset prefix. wikitext-2's is built again only in
+    another ``work_dir``: one built from other files than ``wikitext_dir``'s is refused (:func:`check_sources`)."""
     from megamythos.data.default_corpus import ensure_default_dataset
 
     if corpus == "stdlib":
@@ -252,6 +254,7 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
                          "test.txt: pass the folder that holds them")
     prefix = os.path.join(work_dir, "wikitext2")
     model_path = prefix + "_tokenizer.model"
+    check_sources(prefix, files, built=[model_path, prefix + "_text_document.idx"])
     if not os.path.exists(model_path):
         texts = [Path(f).read_text() for f in files]
         train_tokenizer(texts, TokenizerTrainConfig(vocab_size=4096, model_prefix=prefix + "_tokenizer"))
@@ -260,6 +263,39 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
         preprocess(PreprocessConfig(inputs=files, output_prefix=prefix, tokenizer_model=model_path,
                                     blank_line_documents=True, append_eod=True))
     return data_prefix
+
+
+def source_digests(files: Sequence[str]) -> dict[str, str]:
+    """{file name: sha256 of its bytes} of a corpus's source files (their folder left out: a moved copy is the
+    same corpus)."""
+    digests = {}
+    for path in files:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digests[os.path.basename(path)] = digest.hexdigest()
+    return digests
+
+
+def check_sources(prefix: str, files: Sequence[str], built: Sequence[str]) -> None:
+    """Record in ``{prefix}.sources.json`` which ``files`` the corpus at ``prefix`` is built from, before it is
+    built, and refuse (a :class:`StudyError`) a corpus in the work folder built from other files, which would
+    otherwise be reused as it stands. A corpus of ``built`` files from before the record was kept is taken to be
+    of ``files``, with a warning."""
+    record = prefix + ".sources.json"
+    sources = {"sources": source_digests(files)}
+    if os.path.exists(record):
+        if read_json_object(record, StudyError, f"remove {prefix}* to build it again") != sources:
+            raise StudyError(f"--work-dir {os.path.dirname(prefix) or '.'} holds a {os.path.basename(prefix)} corpus "
+                             f"built from other files than {', '.join(files)}; pass another --work-dir, or remove "
+                             f"{prefix}* to build it again")
+        return
+    if any(os.path.exists(path) for path in built):
+        logger.warning("%s was built before its source files were recorded; taking it to be built from %s (remove "
+                       "%s* to build it again)", prefix, ", ".join(files), prefix)
+    Path(record).parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(record), json.dumps(sources, indent=2) + "\n")
 
 
 def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[int], torch.Tensor],
