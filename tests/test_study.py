@@ -333,3 +333,24 @@ def test_a_wikitext_corpus_built_from_other_files_is_refused_not_reused(tmp_path
     assert "was built before its source files were recorded; taking it to be built from" in caplog.text
     with pytest.raises(StudyError, match="built from other files"):
         prepare_corpus("wikitext2", str(work), str(folders["a"]))
+
+
+def test_studies_of_other_runs_into_one_report_keep_each_other_s_runs(corpus, tmp_path, monkeypatch) -> None:
+    """Found 2026-12-06: two studies of ``--runs A`` and ``--runs B`` at once into one --out (as the seed-1235
+    capacity runs were made) each wrote the runs it had read at its start plus its own, so the one that ended
+    last dropped the other's run (those reports were merged by hand). Now each write reads the report again."""
+    from megamythos.research import study
+
+    prefix = corpus_prefix(corpus)
+    settings = StudySettings(steps=3, batch_size=2, seq_len=16, warmup=1, eval_batches=1, scale=0.5)
+
+    def meanwhile_another_study(spec: RunSpec, *_: object) -> dict:
+        if spec.name == "fixed_depth":  # the other study starts and ends while this run trains
+            monkeypatch.setattr(study, "train_run", fake_run)
+            run_experiment("depth", settings, prefix, str(tmp_path), ["sampled_depth_tbptt"])
+        return fake_run(spec)
+
+    monkeypatch.setattr(study, "train_run", meanwhile_another_study)
+    report = run_experiment("depth", settings, prefix, str(tmp_path), ["fixed_depth"])
+    assert [r["name"] for r in report["runs"]] == ["fixed_depth", "sampled_depth_tbptt"]
+    assert json.loads((tmp_path / "study_depth.json").read_text())["runs_pending"] == []

@@ -16,12 +16,14 @@ of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,6 +350,17 @@ def report_paths(out_dir: str | os.PathLike, name: str, given: str | os.PathLike
     return paths
 
 
+@contextmanager
+def locked_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` for the block (released when the process ends, killed or not)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
+
+
 def check_runs(name: str, runs: Sequence[str]) -> None:
     """Every name in ``runs`` must be a run of experiment ``name`` (else a :class:`StudyError`)."""
     specs = EXPERIMENTS[name]
@@ -360,9 +373,10 @@ def check_runs(name: str, runs: Sequence[str]) -> None:
 def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir: str,
                    runs: Sequence[str] = ()) -> dict:
     """Train and evaluate the runs of experiment ``name`` (only ``runs``, when given: the report in ``out_dir``
-    keeps its other runs) and write ``study_<name>.{json,png}``, whose ``runs_pending`` lists the experiment's runs
-    the report does not hold yet ([] once complete). Every run sees the same batches. A report of
-    other settings, data or model in ``out_dir`` is refused before anything is trained (:func:`earlier_report`)."""
+    keeps its other runs, those that studies of other ``runs`` add to it meanwhile included) and write
+    ``study_<name>.{json,png}``, whose ``runs_pending`` lists the experiment's runs the report does not hold yet
+    ([] once complete). Every run sees the same batches. A report of other settings, data or model in ``out_dir``
+    is refused before anything is trained (:func:`earlier_report`)."""
     from megamythos.data import read_dataset_metadata
 
     specs = EXPERIMENTS[name]
@@ -376,23 +390,28 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     if not any(spec.equal_flops for spec in specs):  # else each run's "tokens" says what it trained on
         report["tokens_per_run"] = settings.tokens
     earlier = earlier_report(path, report, partial=bool(runs))
-    kept = {run["name"]: run for run in earlier.get("runs", []) if run["name"] not in runs} if runs else {}
     if runs:
         report = {**earlier, **report}  # and what else the earlier report recorded (a note)
-    done = dict(kept)
+    trained: dict[str, dict] = {}
 
     def write_report() -> None:
-        report["runs"] = [done[s.name] for s in specs if s.name in done]
-        report["runs_pending"] = [s.name for s in specs if s.name not in done]
-        write_atomic(path, json.dumps(report, indent=2) + "\n")
-        plot_experiment(report, plot_path)
+        with locked_folder(path.parent):  # studies of other --runs into the same report take turns
+            others = {}
+            if runs:  # read again: another study of --runs may have added its runs since
+                others = {run["name"]: run for run in earlier_report(path, report, partial=True).get("runs", [])
+                          if run["name"] not in runs}
+            held = {**others, **trained}
+            report["runs"] = [held[s.name] for s in specs if s.name in held]
+            report["runs_pending"] = [s.name for s in specs if s.name not in held]
+            write_atomic(path, json.dumps(report, indent=2) + "\n")
+            plot_experiment(report, plot_path)
 
     # the report and its plot are written before the first run and after each: a long study shows its progress,
     # and one that is killed leaves a report whose runs_pending names what it lacks (``--runs`` adds them)
     write_report()
     for spec in specs:
         if not runs or spec.name in runs:
-            done[spec.name] = train_run(spec, config, settings, batch_at, valid)
+            trained[spec.name] = train_run(spec, config, settings, batch_at, valid)
             write_report()
     return report
 
