@@ -354,3 +354,20 @@ def test_studies_of_other_runs_into_one_report_keep_each_other_s_runs(corpus, tm
     report = run_experiment("depth", settings, prefix, str(tmp_path), ["fixed_depth"])
     assert [r["name"] for r in report["runs"]] == ["fixed_depth", "sampled_depth_tbptt"]
     assert json.loads((tmp_path / "study_depth.json").read_text())["runs_pending"] == []
+
+
+def test_pondernet_halting_flops_count_the_halted_tokens_keys_and_values() -> None:
+    """Found 2026-12-06: PonderNet's halting row gave the forward FLOPs of its mean loops alone, leaving out the
+    keys/values of halted tokens at the later loops of their batch, which the exit rule's rows count (evaluate)."""
+    from megamythos.research.ponder import PonderLM, evaluate_halting
+
+    torch.manual_seed(0)
+    model = PonderLM(base_config(300, StudySettings(seq_len=32, scale=0.5)), 8)
+    torch.nn.init.normal_(model.halt.weight, std=3.0)  # tokens halt at different loops
+    inputs, targets = torch.randint(0, 300, (2, 2, 32)).unbind(0)
+    _, depth = model.halting_forward(inputs)
+    frozen = float((depth.max() - depth).mean())
+    assert frozen > 0.5
+    halting, _ = evaluate_halting(model, [(inputs, targets)])
+    assert halting.forward_flops_per_token == pytest.approx(model.forward_flops_per_token(32, halting.mean_depth,
+                                                                                          frozen))

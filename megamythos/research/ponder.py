@@ -30,7 +30,7 @@ from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm
 from megamythos.model.lm import MythosLM
 from megamythos.model.params import attention_fwd_flops_per_token, count, dense_block_matmul_params
-from megamythos.model.recurrent import LoopState, advance, exit_distribution
+from megamythos.model.recurrent import LoopState, advance, computed_iterations, exit_distribution
 
 BETA = 0.01  # the paper's KL weight
 PRIOR_LAMBDA = 0.09  # truncated to N = 8 loops: prior mean 4.01 loops, the study model's trained mean depth
@@ -147,22 +147,28 @@ def evaluate_halting(model: PonderLM, batches: Sequence[tuple[torch.Tensor, torc
                      threshold: float = HALT_THRESHOLD) -> tuple[LoopEval, list[float]]:
     """Held-out loss under PonderNet halting over (inputs [B, S], targets [B, S]) batches -> (a LoopEval at
     ``loops`` = N with ``exit_threshold`` = the cumulative-probability threshold, and the mean halting
-    distribution p [N] of the training objective: all N loops, no freezing)."""
+    distribution p [N] of the training objective: all N loops, no freezing). Its forward FLOPs count the halted
+    tokens' keys/values at each later loop their batch runs, as :func:`~megamythos.inference.evaluate.evaluate_loops`
+    counts the exit rule's (:func:`~megamythos.model.recurrent.computed_iterations`)."""
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
     exits, p_mean = torch.zeros(model.n_loops), torch.zeros(model.n_loops)
+    whole, frozen = 0.0, 0.0  # iterations computed whole / frozen (keys/values only), summed over tokens
     try:
         for inputs, targets in batches:
             logits, steps = model.halting_forward(inputs, threshold)
             total_loss += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
             exits += exit_distribution(steps, model.n_loops) * targets.numel()
+            batch_whole, batch_frozen = computed_iterations(steps, int(steps.max()))  # the batch runs to its last halt
+            whole, frozen = whole + float(batch_whole.sum()), frozen + float(batch_frozen.sum())
             p_mean += model.ponder_loss(inputs, targets).halting.sum(dim=(1, 2)).cpu()
             total_tokens += targets.numel()
     finally:
         model.train(was_training)
     loss, share = total_loss / total_tokens, exits / total_tokens
     mean_depth = float((share * torch.arange(1, model.n_loops + 1)).sum())
-    result = LoopEval(model.n_loops, threshold, loss, math.exp(min(loss, 50.0)), mean_depth, share.tolist(),
-                      model.forward_flops_per_token(inputs.shape[1], mean_depth), total_tokens)
+    flops = model.forward_flops_per_token(inputs.shape[1], whole / total_tokens, frozen / total_tokens)
+    result = LoopEval(model.n_loops, threshold, loss, math.exp(min(loss, 50.0)), mean_depth, share.tolist(), flops,
+                      total_tokens)
     return result, (p_mean / total_tokens).tolist()
