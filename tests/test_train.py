@@ -1,5 +1,6 @@
 """Training pieces that need no process group: arguments, layout, ds_config, schedules, guards, checkpoint
-bookkeeping, AutoTP patterns against the real model, the 1t dry run, and bad inputs rejected before training."""
+bookkeeping, AutoTP patterns against the real model, the 1t dry run, and bad inputs rejected before training; one
+DeepSpeed engine in a gloo group of one (the step the trainer discards)."""
 from __future__ import annotations
 
 import dataclasses
@@ -496,6 +497,43 @@ def test_nonfinite_guard_skips_counts_and_aborts():
     guard.skip(torch.tensor(float("nan")), 4)
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss or gradient"):
         guard.record(True, 4, "gradient")
+
+
+def test_a_step_the_trainer_discards_leaves_the_lr_schedule_where_zero_leaves_it(monkeypatch):
+    """ZeRO-0 in fp32 (DeepSpeed's plain optimizer) has no discard of its own: the trainer leaves the update out.
+    Before 2026-12-06 the LR scheduler still stepped there, so `--zero 0 --no-bf16` moved its warmup on through
+    every discarded step while ZeRO's and Megatron's stay (LR 0.002, 0.004, 0.006 ... against 0.002, 0.002 ...)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from megamythos.training.pretrain import optimizer_update_left_out
+    from megamythos.training.schedules import build_scheduler
+    from tests.helpers import free_port
+
+    for name, value in {**launch_env(), "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(4, 1)
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), optimizer=torch.optim.AdamW(model.parameters(), lr=1.0),
+            config={"train_batch_size": 1, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0},
+            lr_scheduler=build_scheduler(LRSchedule(1.0, 0.1, warmup=5, total=10)))
+        assert not hasattr(engine.optimizer, "_global_grad_norm")  # the case the trainer discards itself
+        for scale in (1.0, float("inf"), 1.0):
+            lr, skipped, weight = engine.get_lr()[0], engine.skipped_steps, model.weight.detach().clone()
+            engine.backward(model(torch.ones(1, 4)).sum() * scale)
+            with optimizer_update_left_out(engine.optimizer, left_out=scale != 1.0):
+                engine.step()
+            if scale != 1.0:  # as ZeRO's discard: no update, no scheduler step, counted as skipped
+                assert engine.get_lr()[0] == lr and engine.skipped_steps == skipped + 1
+                assert torch.equal(model.weight, weight) and not hasattr(engine.optimizer, "overflow")
+            else:
+                assert engine.get_lr()[0] == pytest.approx(lr + 0.2) and not torch.equal(model.weight, weight)
+        assert hasattr(engine.optimizer.step, "_wrapped_by_lr_sched")  # the scheduler's wrapper is back
+    finally:
+        dist.destroy_process_group()
 
 
 def test_memory_usage_on_cpu_follows_the_resident_set():

@@ -195,17 +195,23 @@ def absolute_data_path(data_path: Sequence[str]) -> list[str]:
 # ----------------------------------------------------------------------------------------------- the trainer
 @contextmanager
 def optimizer_update_left_out(optimizer: torch.optim.Optimizer, left_out: bool) -> Iterator[None]:
-    """With ``left_out``, ``optimizer.step()`` does nothing inside the block, so ``engine.step()`` discards the
-    step's gradient (and zeroes it) and keeps its own bookkeeping, as DeepSpeed's ZeRO optimizers do for a
-    non-finite gradient norm; the weights and the optimizer's moments stay as they were."""
+    """With ``left_out``, ``optimizer.step()`` does nothing inside the block and the optimizer reports an overflow,
+    so ``engine.step()`` discards the step's gradient (and zeroes it), counts it in ``engine.skipped_steps`` and
+    leaves the LR scheduler where it was, as DeepSpeed does for its ZeRO, bf16 and fp16 optimizers' non-finite
+    gradient norm (and Megatron for a skipped step); the weights and the optimizer's moments stay as they were."""
     if not left_out:
         yield
         return
-    optimizer.step = lambda *args, **kwargs: None  # an instance attribute: hides the class's step
+    own = vars(optimizer)
+    kept = {name: own[name] for name in ("step", "overflow") if name in own}  # the LR scheduler's step wrapper
+    optimizer.step = lambda *args, **kwargs: None  # instance attributes: hide the class's step (and overflow)
+    optimizer.overflow = True  # DeepSpeed's engine reads it after step(): no scheduler step, skipped_steps + 1
     try:
         yield
     finally:
-        del optimizer.step
+        del optimizer.step, optimizer.overflow
+        for name, value in kept.items():
+            setattr(optimizer, name, value)
 
 
 class Trainer:
