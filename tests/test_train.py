@@ -687,6 +687,35 @@ def test_checkpoint_of_another_preset_is_refused():
         check_model_config(written_before, small.replace(capacity_router="learned"), "x")
 
 
+
+def test_finetune_may_set_the_context_and_how_it_trains_anew_but_no_shape(tmp_path):
+    """``--finetune`` starts a new run from the weights: a long-context phase (longer ``max_seq_len``, another RoPE
+    base) or other balance-loss coefficients are its own settings. Before 2026-12-06 they were refused as "a
+    different model" (`--finetune ... --seq-length 1024 --override max_seq_len=1024` could not start); a resume
+    still refuses them, and a fine-tuning run any field that shapes a weight."""
+    from safetensors.torch import save_model
+
+    from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, load_state
+    from megamythos.model.lm import MythosLM
+    from megamythos.training.checkpointing import pretrained_state
+    from tests.helpers import small_config
+
+    trained = small_config()
+    source = tmp_path / "export"
+    source.mkdir()
+    original = MythosLM(trained)
+    save_model(original, str(source / MODEL_FILE))
+    trained.to_json(source / CONFIG_FILE)
+    new_run = trained.replace(max_seq_len=1024, rope_theta=5e5, expert_bias_update_rate=0.0, seq_aux_loss_coef=0.0,
+                              router_z_loss_coef=1e-3, init_std=0.01, exit_threshold=0.1)
+    model = load_state(MythosLM(new_run), pretrained_state(str(source), new_run, None), source)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), original.state_dict().values()))
+    with pytest.raises(CheckpointError, match=r"max_seq_len: checkpoint 64 vs run 1024"):
+        check_model_config(trained.to_dict(), new_run, "x")  # a resume continues the run it names
+    for shape in (dict(n_experts=4), dict(capacity_router="learned"), dict(attn_type="gqa"), dict(lora_rank=2)):
+        with pytest.raises(CheckpointError, match=f"{next(iter(shape))}: checkpoint"):
+            pretrained_state(str(source), trained.replace(**shape), None)
+
 # ------------------------------------------------------------------------------------------------ dry run
 def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
     """The plan, then the refusal: the trainer builds the whole model on every rank (3.3 TiB each in fp32) and

@@ -104,12 +104,23 @@ def team() -> Team:
     return Team(dist.get_rank(), dist.get_world_size(), _all_gather) if dist.is_initialized() else ALONE
 
 
-def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str) -> None:
-    """Refuse a checkpoint whose model differs in any field that shapes or changes the network."""
+# What a new run from a checkpoint's weights (--finetune) may set anew: no weight's shape depends on it. The context
+# and its RoPE base (a long-context phase: a longer --seq-length, often with a larger base), the initialisation
+# (the weights are loaded), the inference exit default, and the coefficients of the auxiliary losses and the bias
+# update (how the new run trains).
+FINETUNE_SETTINGS = frozenset({"max_seq_len", "rope_theta", "init_std", "exit_threshold", "seq_aux_loss_coef",
+                               "router_z_loss_coef", "expert_bias_update_rate"})
+
+
+def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str, finetune: bool = False) -> None:
+    """Refuse a checkpoint whose model differs in any field that shapes or changes the network; with
+    ``finetune`` (a new run from its weights) the fields of :data:`FINETUNE_SETTINGS` may differ too."""
     cur = json.loads(current.to_json())  # as saved: tuples are JSON lists
     ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "checkpoint_dense_blocks", "mean_loops",
                "max_loops", "loop_sigma", "sample_depth", "backprop_loops",
                "loop_capacity"}  # how the model is trained, not the network
+    if finetune:
+        ignored |= FINETUNE_SETTINGS
     # a field the checkpoint lacks was added after it was written, when the network behaved as its default says
     defaults = json.loads(ModelConfig().to_json())
     diffs = {k: (saved.get(k, defaults[k]), cur[k]) for k in cur
@@ -160,7 +171,12 @@ def pretrained_state(source: str, config: ModelConfig, tokenizer_fingerprint: st
     if _rank() == 0:
         try:
             where, saved, state = pretrained_weights(Path(source))
-            check_model_config(json.loads(saved.to_json()), config, str(where))
+            check_model_config(json.loads(saved.to_json()), config, str(where), finetune=True)
+            changed = {k: (getattr(saved, k), getattr(config, k)) for k in sorted(FINETUNE_SETTINGS)
+                       if getattr(saved, k) != getattr(config, k)}
+            if changed:
+                logger.info("--finetune: this run changes %s of %s", ", ".join(
+                    f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()), where)
             record = read_tokenizer_files(where)
             trained = (record or {}).get("tokenizer_fingerprint")
             if trained and tokenizer_fingerprint and trained != tokenizer_fingerprint:
