@@ -275,6 +275,11 @@ def test_lr_schedules():
     assert cos(60) == pytest.approx(cos.learning_rate(60) / cos.lr)
     with pytest.raises(ValueError):
         LRSchedule(lr=1.0, min_lr=2.0, warmup=0, total=10)
+    # --lr 0 --min-lr 0, which the arguments allow (as Megatron's): before 2026-12-06 a ValueError traceback
+    frozen = LRSchedule(**{**dataclasses.asdict(cos), "lr": 0.0, "min_lr": 0.0})
+    assert [frozen(i) for i in (0, 9, 60, 120)] == [0.0] * 4 and frozen.learning_rate(60) == 0.0
+    args = parse_args(["--lr", "0", "--min-lr", "0", "--lr-schedule", "wsd"])
+    assert LRSchedule(args.lr, args.min_lr, args.warmup, 100, args.lr_schedule, args.wsd_decay_fraction)(90) == 0.0
 
 
 def test_a_resumed_run_follows_one_schedule_and_is_told_which():

@@ -40,8 +40,8 @@ class LRSchedule:
     def __post_init__(self) -> None:
         if self.kind not in ("cosine", "wsd"):
             raise ValueError(f"unknown LR schedule {self.kind!r}; choose cosine or wsd")
-        if self.lr <= 0 or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"need 0 < lr and 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
+        if not 0 <= self.min_lr <= self.lr:  # lr 0 (Megatron's too): every step at LR 0
+            raise ValueError(f"need 0 <= min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
         if self.total < 1 or self.warmup < 0:
             raise ValueError(f"need total >= 1 and warmup >= 0, got total={self.total} warmup={self.warmup}")
 
@@ -61,8 +61,8 @@ class LRSchedule:
         return self.lr - (self.lr - self.min_lr) * progress
 
     def __call__(self, step: int) -> float:
-        """Multiplier of the peak LR, as ``LambdaLR`` wants it."""
-        return self.learning_rate(step) / self.lr
+        """Multiplier of the peak LR, as ``LambdaLR`` wants it (0 where the peak is 0)."""
+        return self.learning_rate(step) / self.lr if self.lr else 0.0
 
 
 def build_scheduler(schedule: LRSchedule) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
