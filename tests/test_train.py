@@ -504,41 +504,75 @@ def test_nonfinite_guard_skips_counts_and_aborts():
         guard.record(True, 4, "gradient")
 
 
-def test_a_step_the_trainer_discards_leaves_the_lr_schedule_where_zero_leaves_it(monkeypatch):
+@pytest.fixture(scope="module")
+def gloo_group_of_one():
+    """A torch.distributed group of this process alone, with the environment ``deepspeed.initialize`` reads; one
+    for the module, since DeepSpeed keeps the groups of its first engine for every later one."""
+    import torch.distributed as dist
+
+    from tests.helpers import free_port
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name, value in {**launch_env(), "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
+                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+            monkeypatch.setenv(name, value)
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        yield
+        dist.destroy_process_group()
+
+
+def test_a_step_the_trainer_discards_leaves_the_lr_schedule_where_zero_leaves_it(gloo_group_of_one):
     """ZeRO-0 in fp32 (DeepSpeed's plain optimizer) has no discard of its own: the trainer leaves the update out.
     Before 2026-12-06 the LR scheduler still stepped there, so `--zero 0 --no-bf16` moved its warmup on through
     every discarded step while ZeRO's and Megatron's stay (LR 0.002, 0.004, 0.006 ... against 0.002, 0.002 ...)."""
     import deepspeed
-    import torch.distributed as dist
 
     from megamythos.training.pretrain import optimizer_update_left_out
     from megamythos.training.schedules import build_scheduler
-    from tests.helpers import free_port
 
-    for name, value in {**launch_env(), "LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "1",
-                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
-        monkeypatch.setenv(name, value)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        model = torch.nn.Linear(4, 1)
+    model = torch.nn.Linear(4, 1)
+    engine, *_ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), optimizer=torch.optim.AdamW(model.parameters(), lr=1.0),
+        config={"train_batch_size": 1, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0},
+        lr_scheduler=build_scheduler(LRSchedule(1.0, 0.1, warmup=5, total=10)))
+    assert not hasattr(engine.optimizer, "_global_grad_norm")  # the case the trainer discards itself
+    for scale in (1.0, float("inf"), 1.0):
+        lr, skipped, weight = engine.get_lr()[0], engine.skipped_steps, model.weight.detach().clone()
+        engine.backward(model(torch.ones(1, 4)).sum() * scale)
+        with optimizer_update_left_out(engine.optimizer, left_out=scale != 1.0):
+            engine.step()
+        if scale != 1.0:  # as ZeRO's discard: no update, no scheduler step, counted as skipped
+            assert engine.get_lr()[0] == lr and engine.skipped_steps == skipped + 1
+            assert torch.equal(model.weight, weight) and not hasattr(engine.optimizer, "overflow")
+        else:
+            assert engine.get_lr()[0] == pytest.approx(lr + 0.2) and not torch.equal(model.weight, weight)
+    assert hasattr(engine.optimizer.step, "_wrapped_by_lr_sched")  # the scheduler's wrapper is back
+
+
+def test_zero0_in_bf16_takes_the_steps_zero1_takes(gloo_group_of_one):
+    """DeepSpeed's ZeRO-0 bf16 optimizer steps AdamW once on zero gradients while it is built. Before 2026-12-06
+    that step stayed: Adam's bias correction ran one step behind (the first update 0.73x of ZeRO-1's) and the
+    fp32 masters were decayed once, so `--zero 0` trained other losses than `--zero 1/2/3` (5.8247 against 5.8041
+    at the second step of the test model)."""
+    import deepspeed
+
+    from megamythos.training.optimizers import undo_state_initialising_step
+
+    weights = {}
+    for stage in (0, 1):
+        model = torch.nn.Linear(8, 1, bias=False)
+        with torch.no_grad():
+            model.weight.copy_(torch.linspace(-1, 1, 8))
         engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), optimizer=torch.optim.AdamW(model.parameters(), lr=1.0),
-            config={"train_batch_size": 1, "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0},
-            lr_scheduler=build_scheduler(LRSchedule(1.0, 0.1, warmup=5, total=10)))
-        assert not hasattr(engine.optimizer, "_global_grad_norm")  # the case the trainer discards itself
-        for scale in (1.0, float("inf"), 1.0):
-            lr, skipped, weight = engine.get_lr()[0], engine.skipped_steps, model.weight.detach().clone()
-            engine.backward(model(torch.ones(1, 4)).sum() * scale)
-            with optimizer_update_left_out(engine.optimizer, left_out=scale != 1.0):
-                engine.step()
-            if scale != 1.0:  # as ZeRO's discard: no update, no scheduler step, counted as skipped
-                assert engine.get_lr()[0] == lr and engine.skipped_steps == skipped + 1
-                assert torch.equal(model.weight, weight) and not hasattr(engine.optimizer, "overflow")
-            else:
-                assert engine.get_lr()[0] == pytest.approx(lr + 0.2) and not torch.equal(model.weight, weight)
-        assert hasattr(engine.optimizer.step, "_wrapped_by_lr_sched")  # the scheduler's wrapper is back
-    finally:
-        dist.destroy_process_group()
+            model=model, model_parameters=model.parameters(),
+            optimizer=torch.optim.AdamW(model.parameters(), lr=0.01, betas=(0.9, 0.95), weight_decay=0.1),
+            config={"train_batch_size": 1, "zero_optimization": {"stage": stage}, "bf16": {"enabled": True}})
+        assert undo_state_initialising_step(engine.optimizer) == (stage == 0)
+        for x in torch.linspace(0.5, 2.0, 16).to(torch.bfloat16).view(2, 1, 8):
+            engine.backward(engine(x).float().sum())
+            engine.step()
+        weights[stage] = [p.detach().float().clone() for p in engine.optimizer.optimizer.param_groups[0]["params"]]
+    assert torch.allclose(weights[0][0].flatten(), weights[1][0].flatten(), rtol=0, atol=1e-6), weights
 
 
 def test_memory_usage_on_cpu_follows_the_resident_set():

@@ -9,6 +9,9 @@
 * ``auto`` (default): ``apex`` on a CUDA machine where apex's CUDA extensions import, else ``deepspeed``.
 
 The PyPI package named ``apex`` is another project: only ``apex.optimizers.FusedAdam`` counts as installed.
+
+Whichever it is, :func:`undo_state_initialising_step` takes back the step on zero gradients that DeepSpeed's
+fp16/bf16 optimizers of ZeRO-0 take while they are built.
 """
 from __future__ import annotations
 
@@ -78,3 +81,30 @@ def kept_optimizer_settings(groups: list[dict[str, Any]], weight_decay: float, b
              "--adam-beta2": first["betas"][1], "--adam-eps": first["eps"]}
     asked = {"--weight-decay": weight_decay, "--adam-beta1": betas[0], "--adam-beta2": betas[1], "--adam-eps": eps}
     return [f"{flag} {saved[flag]:g} (command line {asked[flag]:g})" for flag in saved if saved[flag] != asked[flag]]
+
+
+def undo_state_initialising_step(optimizer: Any) -> bool:
+    """Take back the optimizer step that DeepSpeed 0.19's mixed-precision optimizers outside ZeRO (``--zero 0``
+    with bf16 or fp16: ``FP16_UnfusedOptimizer``, ``FP16_Optimizer``) run on zero gradients while they are built,
+    to create the optimizer state. AdamW counts that step and decays the fp32 master weights once: every later
+    bias correction is one step behind (the first update 0.73x of ZeRO-1/2/3's at beta2 0.95) and the masters no
+    longer equal the model's weights. Afterwards the state is empty, as ZeRO-1/2/3 leave it (built at the first
+    real step), and each master equals its weight again. Returns whether ``optimizer`` (the engine's) was one."""
+    import torch
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if isinstance(optimizer, FP16_UnfusedOptimizer):
+        pairs = [pair for masters, weights in zip(optimizer.fp32_groups, optimizer.fp16_groups, strict=True)
+                 for pair in zip(masters, weights, strict=True)]
+    elif isinstance(optimizer, FP16_Optimizer):
+        pairs = list(zip(optimizer.fp32_groups_flat, optimizer.fp16_groups_flat, strict=True))
+    else:
+        return False
+    with torch.no_grad():
+        for master, weight in pairs:
+            master.copy_(weight)
+    optimizer.optimizer.state.clear()
+    for group in optimizer.optimizer.param_groups:  # apex's and DeepSpeed's FusedAdam count steps per group
+        group.pop("step", None)
+    return True

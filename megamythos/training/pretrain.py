@@ -86,7 +86,12 @@ from megamythos.training.monitor import (
     peak_key,
     still_working,
 )
-from megamythos.training.optimizers import client_adam, kept_optimizer_settings, resolve_adam_impl
+from megamythos.training.optimizers import (
+    client_adam,
+    kept_optimizer_settings,
+    resolve_adam_impl,
+    undo_state_initialising_step,
+)
 from megamythos.training.process_exit import end_process, record_start, write_exit_record
 from megamythos.training.rendezvous import check_master_port, free_port
 from megamythos.training.schedules import (
@@ -269,6 +274,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=param_groups, optimizer=optimizer,
             config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
+        undo_state_initialising_step(self.engine.optimizer)  # ZeRO-0 in bf16: trains as ZeRO-1/2/3 do
         tp_group = None
         if self.layout.tp > 1:
             from deepspeed.utils import groups
