@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 CLI_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -117,9 +117,13 @@ class ArgumentParser(argparse.ArgumentParser):
         error: unrecognized argument --trian-iters (did you mean --train-iters?)
     """
 
-    def __init__(self, *args: Any, description: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, description: str | None = None, elsewhere: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        """``elsewhere``: flags of other commands that users bring here, each with what to do instead; such a flag
+        is refused with that, not with the closest known flag (which may do something else entirely)."""
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, description=plain_text(description) if description else description, **kwargs)
+        self.elsewhere = dict(elsewhere or {})
 
     def parse_known_args(self, args=None, namespace=None):  # noqa: ANN001, ANN201 - argparse's signature
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -147,7 +151,11 @@ class ArgumentParser(argparse.ArgumentParser):
         known = self._known_flags()
         parts = []
         for flag in flags:
-            close = difflib.get_close_matches(flag.split("=", 1)[0], known, n=1, cutoff=0.6)
+            name = flag.split("=", 1)[0]
+            if name in self.elsewhere:
+                parts.append(f"{flag} ({self.elsewhere[name]})")
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             parts.append(flag + (f" (did you mean {close[0]}?)" if close else ""))
         return f"unrecognized argument{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 

@@ -45,6 +45,17 @@ def test_a_mistyped_flag_is_one_line_with_a_close_match(parse, argv, typo, known
     assert f"{typo} (did you mean {known}?)" in err
 
 
+def test_an_inference_flag_given_to_the_trainer_says_where_it_belongs(capsys):
+    """Before 2026-12-06 `--exit-threshold 0.2` was answered `did you mean --exit-interval?`, a flag that stops the
+    run with a checkpoint at every multiple of its value."""
+    with pytest.raises(SystemExit) as exit_:
+        train_args(["--exit-threshold", "0.2", "--trian-iters", "5"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "--exit-interval" not in err, err
+    assert "--exit-threshold (early exit is evaluate's and generate's flag; training runs every loop: --override " \
+           "exit_threshold=T sets" in err and "--trian-iters (did you mean --train-iters?)" in err
+
+
 def test_scripts_share_the_one_line_error():
     """The typo comes first, before the required flags argparse would name instead."""
     out = subprocess.run([sys.executable, "data_prep/preprocess_data.py", "--inptu", "x"], capture_output=True,

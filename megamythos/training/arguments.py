@@ -34,6 +34,12 @@ DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "default"
 LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200
+# flags of evaluate/generate that a training command line may be given: what to do instead (not the closest flag:
+# --exit-interval would stop the run)
+INFERENCE_FLAGS = {
+    "--exit-threshold": "early exit is evaluate's and generate's flag; training runs every loop: "
+                        "--override exit_threshold=T sets the threshold its checkpoints keep for inference",
+}
 # flag aliases of `--override FIELD=VALUE`: parse_args writes them into TrainArgs.overrides
 MODEL_FIELD_FLAGS = ("mean_loops", "backprop_loops", "checkpoint_loops", "loop_checkpoint_segment")
 
@@ -265,7 +271,8 @@ def presets_epilog() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The pretraining command line; every flag maps onto one :class:`TrainArgs` field."""
-    p = ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__, epilog=presets_epilog())
+    p = ArgumentParser(prog="python -m megamythos.training.pretrain", description=__doc__, epilog=presets_epilog(),
+                       elsewhere=INFERENCE_FLAGS)
     d = TrainArgs.__dataclass_fields__
 
     def add(flag: str, **kw: Any) -> None:
