@@ -75,6 +75,18 @@ def check_compile(args: TrainArgs, layout: ParallelLayout, bf16: bool) -> None:
                             "takes only bf16 under torch.compile; add --bf16, or drop --compile or --ep")
 
 
+def check_precision(layout: ParallelLayout, bf16: bool) -> None:
+    """Refuse, before start-up, ZeRO-0 in bf16 with tensor parallelism. DeepSpeed 0.19's optimizer there
+    (``FP16_UnfusedOptimizer``) takes the gradient norm of a flattened copy of each group, which no longer says which
+    weights AutoTP sharded: tensor-parallel rank 0's gradients stand for the whole group, so clipping, the logged
+    grad-norm and the non-finite check leave out the other ranks' shards (TP 2: 1.007 where ZeRO-1 and one process
+    give 1.020). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count every shard once."""
+    if bf16 and layout.zero == 0 and layout.tp > 1:
+        raise ArgumentError(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
+                            "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its "
+                            "non-finite check miss the other ranks'; use --zero 1 (or 2, 3), or --no-bf16")
+
+
 def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout, config: ModelConfig,
                     client_optimizer: bool = False) -> dict[str, Any]:
     """The ds_config dict DeepSpeed gets for this run; ``client_optimizer``: the optimizer is handed to

@@ -75,7 +75,14 @@ from megamythos.training.checkpointing import (
     writer_lock,
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
-from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_compile, load_template, resolve_layout
+from megamythos.training.ds_config import (
+    bf16_enabled,
+    build_ds_config,
+    check_compile,
+    check_precision,
+    load_template,
+    resolve_layout,
+)
 from megamythos.training.monitor import (
     StepProfiler,
     TrainingMonitor,
@@ -231,6 +238,7 @@ class Trainer:
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
         self.layout.check_model(self.config)
         check_compile(args, self.layout, bf16_enabled(template, args))
+        check_precision(self.layout, bf16_enabled(template, args))
         check_startup_memory(self.config, self.layout.tp, self.layout.ep, local_world_size(),
                              psutil.virtual_memory().total, device_memory_bytes(),
                              "bf16" if bf16_enabled(template, args) else "fp32")
