@@ -464,7 +464,10 @@ def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str
     # found 2026-12-06: the trainer flags after -- came last in the command, so they trained what the plan never
     # checked (another preset, batch, context or parallel sizes)
     (["--ds-config", "{ds}", "--", "--seq-length", "8192", "--ep=2", "--override", "max_seq_len=9000"],
-     "trainer flags after -- (--seq-length, --ep=2, max_seq_len=9000) would change what this plan checked"),])
+     "trainer flags after -- (--seq-length, --ep=2, max_seq_len=9000) would change what this plan checked"),
+    # found 2026-12-06: the trainer now refuses ZeRO-0 with tensor parallelism in bf16, the command's precision
+    (["--zero", "0", "--tp", "2", "--ds-config", "{ds}"], "--zero 0 with --tp 2: the printed command trains in bf16"),
+])
 def test_a_planned_command_that_would_train_something_else_is_refused(argv: list[str], message: str, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     """Found 2026-12-06: the printed command dropped --hpz/--qwz/--qgz and --config (training --preset tiny), ran

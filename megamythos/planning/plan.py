@@ -182,6 +182,10 @@ def check_launchable(args: argparse.Namespace) -> None:
 def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: int) -> str:
     """The deepspeed command line that trains ``args.preset`` on this layout (:func:`check_launchable` first),
     with ``--override max_seq_len`` where ``seq_len`` is longer than the preset's."""
+    if layout.zero == 0 and layout.tp > 1:  # megamythos.training.ds_config.check_precision
+        raise LayoutError(f"--zero 0 with --tp {layout.tp}: the printed command trains in bf16, where the trainer "
+                          "refuses ZeRO-0 with tensor parallelism (DeepSpeed's optimizer there clips with one "
+                          "tensor-parallel rank's share of the gradient norm); plan --zero 1 (or 2, 3)")
     nodes = max(1, layout.world_size // args.gpus_per_node)
     longer = seq_len > get_preset(args.preset).max_seq_len
     cmd = ["deepspeed", "--hostfile", args.hostfile, "--num_nodes", str(nodes), "--num_gpus",
