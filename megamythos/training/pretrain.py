@@ -628,19 +628,18 @@ class Trainer:
             boundary = self.engine.is_gradient_accumulation_boundary()
             discarded = self.engine.skipped_steps
             self.engine.backward(loss)
-            own_discard = False
+            left_out = False
             if boundary and self.own_grad_norm:  # the reduced gradients, before step() clips and zeroes them
                 grad_norm = global_grad_norm(self.engine.module.parameters(), self.world, self.layout.tp,
                                              self.layout.ep)
-                own_discard = not math.isfinite(grad_norm)  # ZeRO's optimizers discard such a step, this one not
-            with optimizer_update_left_out(self.engine.optimizer, own_discard):
+                left_out = not math.isfinite(grad_norm)  # ZeRO's optimizers discard such a step, this one not
+            with optimizer_update_left_out(self.engine.optimizer, left_out):
                 self.engine.step()
             lm.append(out.loss.item())
             aux.append(out.aux_loss.item())
             stats = out.stats
-            if boundary:  # ZeRO discards a step whose gradient norm is non-finite; count it like a bad loss
-                self.guard.record(own_discard or self.engine.skipped_steps > discarded, self.iteration + 1,
-                                  "gradient")
+            if boundary:  # a step discarded for its non-finite gradient norm counts like a bad loss
+                self.guard.record(self.engine.skipped_steps > discarded, self.iteration + 1, "gradient")
                 break
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
