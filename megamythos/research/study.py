@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from megamythos.checkpoint.files import write_atomic
-from megamythos.data.atomic import writable_directory
+from megamythos.data.atomic import atomic_open, writable_directory
 from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, UserError, number, read_json_object, run_cli
 from megamythos.inference.evaluate import evaluate_loops
 from megamythos.model.config import ModelConfig
@@ -461,10 +461,9 @@ def plot_experiment(report: dict, path: Path) -> None:
         left.legend(fontsize=7)
     right.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=100, format="png")
+    with atomic_open(path) as handle:
+        fig.savefig(handle, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
