@@ -514,10 +514,15 @@ def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(co
 
 
 # ----------------------------------------------------------------------------------------------- guards
-def test_nonfinite_guard_skips_counts_and_aborts():
+def test_nonfinite_guard_skips_counts_and_aborts(caplog):
+    """A non-finite loss costs its micro-batch (the next one takes its place), a non-finite gradient the step; the
+    log said "step skipped" for both (found 2026-12-06)."""
     guard = NonFiniteGuard(max_consecutive=3)
     assert not guard.skip(torch.tensor(2.0), 1)
     assert guard.skip(torch.tensor(float("nan")), 2) and guard.record(True, 2, "gradient")
+    assert [r.getMessage() for r in caplog.records] == [
+        "iteration 2: non-finite loss, micro-batch skipped, the next takes its place (1 in a row, 1 in total)",
+        "iteration 2: non-finite gradient, step skipped (2 in a row, 2 in total)"]
     assert not guard.skip(torch.tensor(1.0), 3) and guard.consecutive == 2  # finite loss: step not done yet
     assert not guard.record(False, 3, "gradient")  # a completed good step ends the streak
     assert guard.skipped == 2 and guard.consecutive == 0

@@ -182,16 +182,16 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.skipped = 0
 
-    def record(self, bad: bool, iteration: int, what: str) -> bool:
-        """Count one completed optimizer step (``bad`` must agree on all ranks); a good one ends the streak.
-        Returns ``bad``; raises after too many bad ones in a row."""
+    def record(self, bad: bool, iteration: int, what: str, lost: str = "step skipped") -> bool:
+        """Count one completed optimizer step (``bad`` must agree on all ranks; ``lost``: what a bad one cost); a
+        good one ends the streak. Returns ``bad``; raises after too many bad ones in a row."""
         if not bad:
             self.consecutive = 0
             return False
         self.consecutive += 1
         self.skipped += 1
-        logger.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d in total)",
-                       iteration, what, self.consecutive, self.skipped)
+        logger.warning("iteration %d: non-finite %s, %s (%d in a row, %d in total)",
+                       iteration, what, lost, self.consecutive, self.skipped)
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteLossError(
                 f"{self.consecutive} consecutive steps had a non-finite loss or gradient (last at iteration "
@@ -199,10 +199,11 @@ class NonFiniteGuard:
         return True
 
     def skip(self, loss: torch.Tensor, iteration: int) -> bool:
-        """Collective: True (on all ranks) when ``loss`` is non-finite on any rank and the step must be skipped.
-        A finite loss says nothing yet about the step (its gradient may still overflow): no reset here."""
+        """Collective: True (on all ranks) when ``loss`` is non-finite on any rank: its micro-batch gets no
+        backward, and the step reads the next micro-batch in its place. A finite loss says nothing yet about the
+        step (its gradient may still overflow): no reset here."""
         bad = any_rank(not bool(torch.isfinite(loss.detach()).all()))
-        return self.record(True, iteration, "loss") if bad else False
+        return self.record(True, iteration, "loss", "micro-batch skipped, the next takes its place") if bad else False
 
 
 # What gloo (and NCCL's socket transport) raise in a collective whose peer process is gone.
