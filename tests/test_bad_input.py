@@ -430,6 +430,8 @@ def test_trainer_counts_that_must_be_positive(flag: str) -> None:
     (["--distributed-timeout-minutes", "inf"], "--distributed-timeout-minutes must be a finite number of at least 0.1"),
     (["--distributed-timeout-minutes", "1e-12"], "--distributed-timeout-minutes must be a finite number of at least"),
     (["--save", ""], "--save is empty: give a path, or leave the flag out"),
+    # Megatron reads --eval-iters 0 as "no validation"; here that is --eval-interval 0, which the line now says
+    (["--eval-iters", "0"], r"--eval-iters must be >= 1 \(--eval-interval 0 runs no validation\)"),
     (["--ds-config", str(REPO / "ds_configs")], "ds_configs is a directory; give a DeepSpeed JSON file"),
     (["--metrics-file", ""], "--metrics-file is empty: give a path, or leave the flag out"),
     (["--split", "nan,1,1"], "--split 'nan,1,1' is not 1-3 finite non-negative train,valid,test weights"),

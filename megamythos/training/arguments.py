@@ -163,8 +163,8 @@ class TrainArgs:
                f"--on-divergence must be one of {ON_DIVERGENCE}, got {self.on_divergence!r}")
         _check(1 <= self.profile_step_start <= self.profile_step_end, "--profile-step-start and --profile-step-end "
                f"must satisfy 1 <= start <= end, got {self.profile_step_start} and {self.profile_step_end}")
-        for name in ("keep_last", "eval_iters", "log_interval", "max_nonfinite", "spike_window", "spike_patience",
-                     "max_rollbacks"):
+        _check(self.eval_iters >= 1, "--eval-iters must be >= 1 (--eval-interval 0 runs no validation)")
+        for name in ("keep_last", "log_interval", "max_nonfinite", "spike_window", "spike_patience", "max_rollbacks"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
         try:
             parse_split(self.split)
