@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -270,14 +269,9 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
 def source_digests(files: Sequence[str]) -> dict[str, str]:
     """{file name: sha256 of its bytes} of a corpus's source files (their folder left out: a moved copy is the
     same corpus)."""
-    digests = {}
-    for path in files:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digests[os.path.basename(path)] = digest.hexdigest()
-    return digests
+    from megamythos.data.tokenizer import file_sha256
+
+    return {os.path.basename(path): file_sha256(path) for path in files}
 
 
 def check_sources(prefix: str, files: Sequence[str], built: Sequence[str]) -> None:
