@@ -57,6 +57,7 @@ from megamythos.data.sources import (
     iter_file_records,
     iter_hub_records,
     parse_record,
+    skip_kind,
 )
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
@@ -271,7 +272,7 @@ def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str, int]], st
         for source, line, reason, size in bad:
             report.write(f"{source}\t{line}\t{reason}\n")
             stats.skipped += 1
-            kind = reason.split(" (")[0]
+            kind = skip_kind(reason)
             stats.skipped_by_reason[kind] += 1
             stats.skipped_bytes_by_reason[kind] += size
             if len(stats.bad_examples) < MAX_LOGGED_BAD_RECORDS:

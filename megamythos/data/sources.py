@@ -41,6 +41,12 @@ NOT_TEXT_MIN_BYTES, NOT_TEXT_SHARE = 64, 0.1
 STREAM_BLOCK_BYTES = 1 << 20  # what iter_training_texts reads of a text file at a time (then up to a line end)
 
 
+def skip_kind(reason: str) -> str:
+    """The kind of a :func:`parse_record` skip reason, what runs count skips by: the reason before its details
+    (``malformed JSON (Expecting value)`` -> ``malformed JSON``)."""
+    return reason.split(" (")[0]
+
+
 class InputError(UserError, ValueError):
     """An input path or pattern cannot be read."""
 
@@ -344,9 +350,9 @@ def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bo
 def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
                skipped: Counter | None = None, hf_split: str = "train", verbatim: bool = False,
                replaced: Replacements | None = None) -> Iterator[str]:
-    """The text of every well-formed document in ``paths``; bad records are skipped, counted by reason (the
-    part of :func:`parse_record`'s reason before its details) in ``skipped`` when given; invalid UTF-8 bytes of
-    text documents replaced by U+FFFD are counted in ``replaced`` when given."""
+    """The text of every well-formed document in ``paths``; bad records are skipped, counted by reason
+    (:func:`skip_kind`) in ``skipped`` when given; invalid UTF-8 bytes of text documents replaced by U+FFFD are
+    counted in ``replaced`` when given."""
     for path in paths:
         yield from _file_texts(path, key, fmt, skipped, hf_split, verbatim, replaced)
 
@@ -363,14 +369,8 @@ def iter_training_texts(paths: list[str], key: str = "text", fmt: str | None = N
         if input_format(path, fmt) != "txt":
             yield from _file_texts(path, key, fmt, skipped, hf_split, False, replaced)
             continue
-        parsed = scan_text_file(path)
-        if parsed.texts is None:
-            if skipped is not None:
-                skipped[(parsed.reason or "").split(" (")[0]] += 1
-            continue
-        if replaced is not None:
-            replaced.note(path, parsed)
-        yield text_file_lines(path)
+        if _tally(scan_text_file(path), path, skipped, replaced):
+            yield text_file_lines(path)
 
 
 def _file_texts(path: str, key: str, fmt: str | None, skipped: Counter | None, hf_split: str, verbatim: bool,
@@ -378,12 +378,20 @@ def _file_texts(path: str, key: str, fmt: str | None, skipped: Counter | None, h
     """:func:`iter_texts` of one path."""
     for record in iter_file_records(path, (key,), hf_split=hf_split, fmt=fmt, verbatim=verbatim):
         parsed = parse_record(record, (key,))
-        if parsed.texts is not None:
-            if replaced is not None:
-                replaced.note(record.source, parsed)
+        if _tally(parsed, record.source, skipped, replaced):
             yield parsed.texts[0]
-        elif skipped is not None:
-            skipped[(parsed.reason or "").split(" (")[0]] += 1
+
+
+def _tally(parsed: ParsedRecord, source: str, skipped: Counter | None, replaced: Replacements | None) -> bool:
+    """Whether the document ``parsed`` (of ``source``) is kept; a skipped one is counted in ``skipped`` by
+    :func:`skip_kind`, a kept one's U+FFFD replacements in ``replaced`` (each when given)."""
+    if parsed.texts is None:
+        if skipped is not None:
+            skipped[skip_kind(parsed.reason or "")] += 1
+        return False
+    if replaced is not None:
+        replaced.note(source, parsed)
+    return True
 
 
 def _line_blocks(path: str) -> Iterator[tuple[int, bytes]]:
