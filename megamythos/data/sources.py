@@ -218,6 +218,17 @@ def _json_lines(path: str) -> Iterator[RawRecord]:
                          "if it holds another format (read by suffix)") from err
 
 
+def _skip_bom(handle: BinaryIO) -> None:
+    """Move ``handle``, a file opened at its start, past a UTF-8 byte-order mark if the file starts with one."""
+    if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+        handle.seek(0)
+
+
+def _unix_line_ends(data: bytes) -> bytes:
+    """``data`` with Windows line ends (``\\r\\n``) read as ``\\n``."""
+    return data.replace(b"\r\n", b"\n")
+
+
 def _text_documents(path: str, blank_line_separated: bool, verbatim: bool = False) -> Iterator[RawRecord]:
     """The documents of a text file: the whole file, or its runs of non-blank lines. Windows line ends
     (``\\r\\n``) are read as ``\\n`` and a UTF-8 byte-order mark at the start is dropped, so neither becomes
@@ -225,11 +236,11 @@ def _text_documents(path: str, blank_line_separated: bool, verbatim: bool = Fals
     kind = VERBATIM if verbatim else TEXT
 
     def document(data: bytes) -> bytes:
-        return data if verbatim else data.replace(b"\r\n", b"\n")
+        return data if verbatim else _unix_line_ends(data)
 
     with open(path, "rb") as handle:
-        if verbatim or handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
-            handle.seek(0)
+        if not verbatim:
+            _skip_bom(handle)
         if not blank_line_separated:
             yield RawRecord(path, 1, kind, document(handle.read()))
             return
@@ -400,8 +411,7 @@ def _line_blocks(path: str) -> Iterator[tuple[int, bytes]]:
     byte-order mark at the start dropped, ``\\r\\n`` read as ``\\n``. Blocks end after a ``\\n`` (the last at the
     end of the file), so no line break, ``\\r\\n`` or UTF-8 sequence (valid or not) spans two of them."""
     with open(path, "rb") as handle:
-        if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
-            handle.seek(0)
+        _skip_bom(handle)
         line, pending = 1, []
         while block := handle.read(STREAM_BLOCK_BYTES):
             cut = block.rfind(b"\n") + 1
@@ -410,11 +420,11 @@ def _line_blocks(path: str) -> Iterator[tuple[int, bytes]]:
                 continue
             data = b"".join([*pending, block[:cut]])
             pending = [block[cut:]]
-            yield line, data.replace(b"\r\n", b"\n")
+            yield line, _unix_line_ends(data)
             line += data.count(b"\n")
         rest = b"".join(pending)
         if rest:
-            yield line, rest.replace(b"\r\n", b"\n")
+            yield line, _unix_line_ends(rest)
 
 
 def scan_text_file(path: str) -> ParsedRecord:
