@@ -16,6 +16,7 @@ package holds everything that depends on DeepSpeed's contract:
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -72,8 +73,11 @@ def global_grad_norm(params: Iterable[nn.Parameter], world: int, tp: int, ep: in
     trained = [p for p in params if p.grad is not None]
     if tp == 1 and ep == 1:
         return float(torch.nn.utils.get_total_norm([p.grad for p in trained]))
-    squares = torch.stack([torch.linalg.vector_norm(p.grad).double() ** 2
-                           / (world // ep if is_moe_param(p) else world // tp if is_model_parallel_parameter(p)
-                              else world) for p in trained]).sum()
+    by_copies: dict[int, list[torch.Tensor]] = defaultdict(list)  # one fused norm per copy count, not per tensor
+    for p in trained:
+        by_copies[world // ep if is_moe_param(p) else world // tp if is_model_parallel_parameter(p)
+                  else world].append(p.grad)
+    squares = torch.stack([torch.nn.utils.get_total_norm(grads).double() ** 2 / copies
+                           for copies, grads in by_copies.items()]).sum()
     dist.all_reduce(squares)
     return float(squares.sqrt())
