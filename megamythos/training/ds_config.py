@@ -87,6 +87,15 @@ def check_precision(layout: ParallelLayout, bf16: bool) -> None:
                             "non-finite check miss the other ranks'; use --zero 1 (or 2, 3), or --no-bf16")
 
 
+def check_layout(args: TrainArgs, layout: ParallelLayout, config: ModelConfig, bf16: bool) -> None:
+    """Every check of a run's layout that needs no process group, as the launcher's preflight and each rank's
+    start-up make them: the model fits the layout (:meth:`ParallelLayout.check_model`), :func:`check_compile` and
+    :func:`check_precision`."""
+    layout.check_model(config)
+    check_compile(args, layout, bf16)
+    check_precision(layout, bf16)
+
+
 def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout, config: ModelConfig,
                     client_optimizer: bool = False) -> dict[str, Any]:
     """The ds_config dict DeepSpeed gets for this run; ``client_optimizer``: the optimizer is handed to

@@ -280,13 +280,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     from megamythos.data.pretraining import resolve_data
     from megamythos.training.arguments import parse_args
     from megamythos.training.checkpointing import check_sources
-    from megamythos.training.ds_config import (
-        bf16_enabled,
-        check_compile,
-        check_precision,
-        load_template,
-        resolve_layout,
-    )
+    from megamythos.training.ds_config import bf16_enabled, check_layout, load_template, resolve_layout
     from megamythos.training.monitor import check_outputs
 
     args = parse_args(trainer)
@@ -298,10 +292,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     if args.data_path:
         resolve_data(list(args.data_path), config.vocab_size, args.data_cache_dir)
     template = load_template(args.ds_config)
-    layout = resolve_layout(template, args, world_size)
-    layout.check_model(config)
-    check_compile(args, layout, bf16_enabled(template, args))
-    check_precision(layout, bf16_enabled(template, args))
+    check_layout(args, resolve_layout(template, args, world_size), config, bf16_enabled(template, args))
 
 
 def check_run_folder_reaches_every_node(argv: Sequence[str], env: Mapping[str, str], local_ranks: int) -> None:

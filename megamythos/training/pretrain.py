@@ -75,14 +75,7 @@ from megamythos.training.checkpointing import (
     writer_lock,
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
-from megamythos.training.ds_config import (
-    bf16_enabled,
-    build_ds_config,
-    check_compile,
-    check_precision,
-    load_template,
-    resolve_layout,
-)
+from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_layout, load_template, resolve_layout
 from megamythos.training.monitor import (
     StepProfiler,
     TrainingMonitor,
@@ -236,12 +229,10 @@ class Trainer:
         self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
         template = load_template(args.ds_config)  # and so does a layout that does not fit the world or the model
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
-        self.layout.check_model(self.config)
-        check_compile(args, self.layout, bf16_enabled(template, args))
-        check_precision(self.layout, bf16_enabled(template, args))
+        bf16 = bf16_enabled(template, args)
+        check_layout(args, self.layout, self.config, bf16)
         check_startup_memory(self.config, self.layout.tp, self.layout.ep, local_world_size(),
-                             psutil.virtual_memory().total, device_memory_bytes(),
-                             "bf16" if bf16_enabled(template, args) else "fp32")
+                             psutil.virtual_memory().total, device_memory_bytes(), "bf16" if bf16 else "fp32")
         self.adam_impl = resolve_adam_impl(args.adam_impl, torch.cuda.is_available())
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
