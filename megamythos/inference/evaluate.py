@@ -126,7 +126,7 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
                                               reduction="sum").item()
                 exits += exit_distribution(out.stats["depth"], n_loops).cpu() * targets.numel()  # from --device
                 batch_whole, batch_frozen = computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))
-                whole, frozen = whole + float(batch_whole.sum()), frozen + float(batch_frozen.sum())
+                whole, frozen = whole + batch_whole, frozen + batch_frozen
                 total_tokens += targets.numel()
                 if progress is not None:
                     progress()

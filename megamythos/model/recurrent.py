@@ -316,18 +316,20 @@ def still_active(active: torch.Tensor | None) -> TokenSubset | None:
     return TokenSubset.of(active)
 
 
-def computed_iterations(depth: torch.Tensor, loops_run: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """What one forward without a cache computed per token, from the iterations each token executed ``depth``
-    [B, S] and the ``loops_run`` its batch ran (``stats["n_loops"]``) -> (whole iterations [B, S], frozen
-    iterations [B, S]), fp32.
+def computed_iterations(depth: torch.Tensor, loops_run: int) -> tuple[float, float]:
+    """What one forward without a cache computed, from the iterations each token executed ``depth`` [B, S] and the
+    ``loops_run`` its batch ran (``stats["n_loops"]``) -> (whole iterations, frozen iterations), each summed over
+    the B x S tokens.
 
     With compaction an exited token is frozen for the loops_run - depth iterations after its exit and only its
     keys/values (and concat block input) are computed in each (``params.frozen_token_matmul_params``); a batch
     below ``COMPACTION_MIN_TOKENS`` tokens computes every token whole at each of the loops_run iterations
     (masked, :func:`still_active`)."""
+    every_loop = float(loops_run * depth.numel())
     if depth.numel() < COMPACTION_MIN_TOKENS:
-        return torch.full_like(depth, float(loops_run)), torch.zeros_like(depth)
-    return depth.float(), loops_run - depth.float()
+        return every_loop, 0.0
+    executed = float(depth.float().sum())
+    return executed, every_loop - executed
 
 
 def exit_depths(relative_change: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -161,7 +161,7 @@ def evaluate_halting(model: PonderLM, batches: Sequence[tuple[torch.Tensor, torc
             total_loss += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
             exits += exit_distribution(steps, model.n_loops) * targets.numel()
             batch_whole, batch_frozen = computed_iterations(steps, int(steps.max()))  # the batch runs to its last halt
-            whole, frozen = whole + float(batch_whole.sum()), frozen + float(batch_frozen.sum())
+            whole, frozen = whole + batch_whole, frozen + batch_frozen
             p_mean += model.ponder_loss(inputs, targets).halting.sum(dim=(1, 2)).cpu()
             total_tokens += targets.numel()
     finally:
