@@ -11,12 +11,14 @@
 The PyPI package named ``apex`` is another project: only ``apex.optimizers.FusedAdam`` counts as installed.
 
 Whichever it is, :func:`undo_state_initialising_step` takes back the step on zero gradients that DeepSpeed's
-fp16/bf16 optimizers of ZeRO-0 take while they are built.
+fp16/bf16 optimizers of ZeRO-0 take while they are built, and :func:`optimizer_update_left_out` discards a step
+as DeepSpeed discards one whose gradient norm is not finite (ZeRO-0 in fp32 computes no norm to discard it by).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from megamythos.errors import UserError
@@ -108,3 +110,24 @@ def undo_state_initialising_step(optimizer: Any) -> bool:
     for group in optimizer.optimizer.param_groups:  # apex's and DeepSpeed's FusedAdam count steps per group
         group.pop("step", None)
     return True
+
+
+@contextmanager
+def optimizer_update_left_out(optimizer: torch.optim.Optimizer, left_out: bool) -> Iterator[None]:
+    """With ``left_out``, ``optimizer.step()`` does nothing inside the block and the optimizer reports an overflow,
+    so ``engine.step()`` discards the step's gradient (and zeroes it), counts it in ``engine.skipped_steps`` and
+    leaves the LR scheduler where it was, as DeepSpeed does for its ZeRO, bf16 and fp16 optimizers' non-finite
+    gradient norm (and Megatron for a skipped step); the weights and the optimizer's moments stay as they were."""
+    if not left_out:
+        yield
+        return
+    own = vars(optimizer)
+    kept = {name: own[name] for name in ("step", "overflow") if name in own}  # the LR scheduler's step wrapper
+    optimizer.step = lambda *args, **kwargs: None  # instance attributes: hide the class's step (and overflow)
+    optimizer.overflow = True  # DeepSpeed's engine reads it after step(): no scheduler step, skipped_steps + 1
+    try:
+        yield
+    finally:
+        del optimizer.step, optimizer.overflow
+        for name, value in kept.items():
+            setattr(optimizer, name, value)

@@ -20,7 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ from megamythos.training.monitor import (
 from megamythos.training.optimizers import (
     client_adam,
     kept_optimizer_settings,
+    optimizer_update_left_out,
     resolve_adam_impl,
     undo_state_initialising_step,
 )
@@ -198,27 +199,6 @@ def absolute_data_path(data_path: Sequence[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- the trainer
-@contextmanager
-def optimizer_update_left_out(optimizer: torch.optim.Optimizer, left_out: bool) -> Iterator[None]:
-    """With ``left_out``, ``optimizer.step()`` does nothing inside the block and the optimizer reports an overflow,
-    so ``engine.step()`` discards the step's gradient (and zeroes it), counts it in ``engine.skipped_steps`` and
-    leaves the LR scheduler where it was, as DeepSpeed does for its ZeRO, bf16 and fp16 optimizers' non-finite
-    gradient norm (and Megatron for a skipped step); the weights and the optimizer's moments stay as they were."""
-    if not left_out:
-        yield
-        return
-    own = vars(optimizer)
-    kept = {name: own[name] for name in ("step", "overflow") if name in own}  # the LR scheduler's step wrapper
-    optimizer.step = lambda *args, **kwargs: None  # instance attributes: hide the class's step (and overflow)
-    optimizer.overflow = True  # DeepSpeed's engine reads it after step(): no scheduler step, skipped_steps + 1
-    try:
-        yield
-    finally:
-        del optimizer.step, optimizer.overflow
-        for name, value in kept.items():
-            setattr(optimizer, name, value)
-
-
 class Trainer:
     """One pretraining run: engine, data, schedule, checkpoints, telemetry."""
 
