@@ -309,8 +309,9 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
         mean = counts.mean()
         bias.add_((rate * torch.sign(mean - counts)).to(bias.dtype))
         load.tokens_per_expert.zero_()
-        stats = {"max_load": float(counts.max()), "mean_load": float(mean),
-                 "load_imbalance": float(counts.max() / mean) if mean > 0 else 1.0,
+        max_load, mean_load = float(counts.max()), float(mean)
+        stats = {"max_load": max_load, "mean_load": mean_load,
+                 "load_imbalance": max_load / mean_load if mean_load > 0 else 1.0,
                  "bias_min": float(bias.min()), "bias_max": float(bias.max())}
     return stats
 
