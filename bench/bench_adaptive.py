@@ -79,7 +79,8 @@ def run_task(model: MythosLM, task: str, ids: torch.Tensor, loops: int, threshol
         if task == "forward":
             out = model(ids[:8 * 128].view(8, 128), n_loops=loops, exit_threshold=exit_threshold)
             depth = float(out.stats["mean_depth"])
-            frozen = float(recurrent.computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))[1].mean())
+            tokens = out.stats["depth"]
+            frozen = recurrent.computed_iterations(tokens, int(out.stats["n_loops"]))[1] / tokens.numel()
         else:
             batch = 8 if task == "decode8" else 1
             prompt = ids[:batch * 16].view(batch, 16)
