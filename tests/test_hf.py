@@ -390,3 +390,29 @@ def test_generate_stops_at_the_context_and_a_longer_forward_is_refused(tiny_toke
     assert len(tiny_tokenizer.encode_one(text)) > 24
     (score,) = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
     assert math.isfinite(score)  # windows of the context: no forward past it
+
+
+def test_an_export_of_a_tokenizer_without_a_pad_piece_names_no_pad(tmp_path):
+    """SentencePiece's own trainer makes no pad (``pad_id() == -1``). The export names none: the config's
+    ``pad_token_id`` is None and no piece is the pad token. Before (found 2026-12-06) the config said -1 and the
+    tokenizer named the vocabulary's last piece, a normal one, its pad token, so ``skip_special_tokens`` dropped it
+    from decoded text."""
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from megamythos.hf.export import export_hf
+
+    lines = [line for doc in synthetic_documents(400, seed=1) for line in doc.splitlines()]
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "foreign"),
+                                   vocab_size=330, hard_vocab_limit=False, byte_fallback=True, minloglevel=2,
+                                   add_dummy_prefix=False, normalization_rule_name="identity")
+    ours = Tokenizer(tmp_path / "foreign.model")
+    assert ours.pad_id == -1
+    out = export_hf(MythosLM(small_config(vocab_size=ours.vocab_size)), ours, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["pad_token_id"] is None
+    assert json.loads((out / "generation_config.json").read_text()).get("pad_token_id") is None
+    tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    last = ours.vocab_size - 1
+    assert tok.pad_token is None and tok.decode([last], skip_special_tokens=True) == ours.decode([last]) != ""

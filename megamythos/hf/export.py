@@ -131,8 +131,9 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedToken
     piece crosses the start of a space run (its segment cache), text is cut there first, which keeps encoding
     linear in the text length.
 
-    Special tokens: eos, pad and unk are named; bos is not (no bos is added, training never saw one), and every
-    other control piece (:func:`spm_control_pieces`: ``<s>``) is an extra special token. So
+    Special tokens: eos, pad and unk are named where the model has them (SentencePiece's own trainer makes no
+    pad); bos is not (no bos is added, training never saw one), and every other control piece
+    (:func:`spm_control_pieces`: ``<s>``) is an extra special token. So
     ``decode(ids, skip_special_tokens=True)`` equals our :meth:`Tokenizer.decode` but for unk, which it drops as
     Llama's tokenizers do where ours writes SentencePiece's " \u2047 "; without it every special piece is written
     as spelled. Text that spells a special piece is encoded as ours does (``split_special_tokens``).
@@ -159,9 +160,9 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedToken
         splits.insert(0, backend.pre_tokenizer)
     if splits:
         backend.pre_tokenizer = pre_tokenizers.Sequence(splits)
-    piece = proto.pieces
-    named = {"eos_token": piece[tokenizer.eos_id].piece, "unk_token": piece[tokenizer.unk_id].piece,
-             "pad_token": piece[tokenizer.pad_id].piece}
+    named = {name: proto.pieces[token_id].piece for name, token_id in
+             (("eos_token", tokenizer.eos_id), ("unk_token", tokenizer.unk_id), ("pad_token", tokenizer.pad_id))
+             if token_id >= 0}  # SentencePiece's -1: no such piece (its default trainer makes no pad)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=model_max_length, clean_up_tokenization_spaces=False,
         split_special_tokens=True,
@@ -202,12 +203,13 @@ def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Pat
     converted = checked_hf_tokenizer(tokenizer, model.config.max_seq_len)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    eos_id, pad_id = (token_id if token_id >= 0 else None for token_id in (tokenizer.eos_id, tokenizer.pad_id))
     config = MegamythosConfig.from_model_config(model.config, auto_map=AUTO_MAP, bos_token_id=None,
-                                                eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+                                                eos_token_id=eos_id, pad_token_id=pad_id)
     wrapped = MythosForCausalLM(config)
     wrapped.model.load_state_dict(model.state_dict())
-    wrapped.generation_config.eos_token_id = tokenizer.eos_id
-    wrapped.generation_config.pad_token_id = tokenizer.pad_id
+    wrapped.generation_config.eos_token_id = eos_id
+    wrapped.generation_config.pad_token_id = pad_id
     if tokenizer.vocab_size < model.config.vocab_size:  # a padded vocabulary: its ids past the tokenizer's decode
         wrapped.generation_config.suppress_tokens = list(range(tokenizer.vocab_size, model.config.vocab_size))
     wrapped.save_pretrained(out)
