@@ -46,6 +46,31 @@ def test_script_is_valid_bash_and_python():
     compile(LAUNCHER.read_text(), str(LAUNCHER), "exec")
 
 
+def test_a_python_without_the_dependencies_is_one_line_naming_what_to_run(tmp_path):
+    """bash runs the launcher with the ``python`` first on PATH: outside the environment megamythos is installed
+    in (here the same interpreter without its site-packages), ``--help`` and a run each say so in one line, exit 2.
+    Before (found 2026-12-06): a ModuleNotFoundError traceback from deep inside the imports."""
+    (tmp_path / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    (tmp_path / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    for flags in (["--help"], ["--train-iters", "1"]):
+        result = subprocess.run(["bash", str(LAUNCHER), *flags], capture_output=True, text=True, env=env,
+                                cwd=tmp_path, timeout=60)
+        assert result.returncode == 2 and result.stdout == "", result
+        assert result.stderr.startswith(f"error: {sys.executable} cannot import '"), result.stderr
+        assert result.stderr.count("\n") == 1 and "source .venv/bin/activate" in result.stderr
+
+
+def test_help_into_a_closed_pipe_ends_quietly():
+    """``bash launchers/pretrain.sh --help | head -1``: the reader has gone before the text is written; the
+    launcher ends quietly with 141 (SIGPIPE's code), as cat does. Before (found 2026-12-06): a BrokenPipeError
+    traceback."""
+    proc = subprocess.Popen(["bash", str(LAUNCHER), "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    proc.stdout.close()  # before the launcher has imported what its help needs
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""
+
+
 def test_defaults_fill_only_what_is_missing_and_apply_once():
     argv = ["--save", "runs/a/ckpt", "--train-tokens", "1000"]
     defaults = trainer_defaults(argv, gpu=False, env={})

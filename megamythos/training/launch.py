@@ -527,6 +527,13 @@ def failed_run(code: int, latest: Path, lost: Sequence[str] = ()) -> str:
     return f"deepspeed exited with code {code}{ended}; {where}"
 
 
+def missing_dependency(err: ModuleNotFoundError) -> str:
+    """The one line for a launch whose ``python`` (the first on PATH, as bash runs this file) lacks a package
+    megamythos needs: another environment than the one it was installed into."""
+    return (f"{sys.executable} cannot import {err.name!r}, which megamythos needs: run this with the environment "
+            "megamythos is installed in first on PATH (`make install`, then `source .venv/bin/activate`)")
+
+
 def usage() -> str:
     """``bash launchers/pretrain.sh --help``: the launcher's own flags, then every trainer flag."""
     from megamythos.training.arguments import build_parser
@@ -548,13 +555,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if "LOCAL_RANK" not in os.environ and {"-h", "--help"} & set(argv):
-            print(usage())
+            print(usage(), flush=True)
             return 0
         if "LOCAL_RANK" in os.environ:
             return run_rank(argv)
         logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
         return launch(argv)
-    except UserError as err:
+    except (UserError, ModuleNotFoundError) as err:
         if os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
-            print(f"error: {err}", file=sys.stderr, flush=True)
+            print(f"error: {missing_dependency(err) if isinstance(err, ModuleNotFoundError) else err}",
+                  file=sys.stderr, flush=True)
         return 2
+    except BrokenPipeError:  # `--help | head`: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
