@@ -36,14 +36,19 @@ def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
     return out.view_as(x) + moe.shared_experts(x)
 
 
-@pytest.mark.parametrize("dim,expert_dim,score_func", [(64, 32, "softmax"), (60, 30, "sigmoid")])
-def test_sorted_dispatch_matches_per_expert_reference_with_grads(dim: int, expert_dim: int, score_func: str) -> None:
-    # (64, 32) takes torch._grouped_mm; (60, 30) is not 16-byte aligned and takes the padded bmm path.
+@pytest.mark.parametrize("dim,expert_dim,score_func,dtype", [(64, 32, "softmax", torch.float32),
+                                                             (60, 30, "sigmoid", torch.float32),
+                                                             (64, 32, "sigmoid", torch.float64)])
+def test_sorted_dispatch_matches_per_expert_reference_with_grads(dim: int, expert_dim: int, score_func: str,
+                                                                 dtype: torch.dtype) -> None:
+    # fp32 (64, 32) takes torch._grouped_mm; (60, 30) is not 16-byte aligned and takes the padded bmm path, as does
+    # fp64 (the kernel has no fp64: a float64 model, e.g. for a numerical check, raised in the MoE before)
     cfg = small_config(dim=dim, expert_dim=expert_dim, score_func=score_func, n_experts=8, num_experts_per_tok=3)
-    moe = MoE(cfg)
+    moe = MoE(cfg).to(dtype)
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.1)
-    x = torch.randn(2, 9, dim, requires_grad=True)
+    x = torch.randn(2, 9, dim, dtype=dtype, requires_grad=True)
+    atol = 1e-5 if dtype == torch.float32 else 1e-12
     grads = []
     outs = []
     for fn in (lambda t: moe(t).hidden, lambda t: naive_moe(moe, t)):
@@ -53,9 +58,9 @@ def test_sorted_dispatch_matches_per_expert_reference_with_grads(dim: int, exper
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         outs.append(out.detach())
         grads.append([x.grad.clone()] + [p.grad.clone() for p in moe.parameters()])
-    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(outs[0], outs[1], atol=atol)
     for a, b in zip(*grads):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert torch.allclose(a, b, atol=atol)
 
 
 def test_without_the_grouped_mm_kernel_the_experts_take_the_padded_matmul(monkeypatch) -> None:

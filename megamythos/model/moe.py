@@ -52,8 +52,9 @@ GROUPED_MM_KERNEL = hasattr(torch, "_grouped_mm") and torch.__version__ >= (2, 9
 
 
 def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """torch._grouped_mm needs torch >= 2.9, 16-byte aligned strides and, on CUDA, bf16."""
-    if not GROUPED_MM_KERNEL:
+    """torch._grouped_mm needs torch >= 2.9, 16-byte aligned strides, fp32/bf16/fp16 (no fp64 kernel) and, on
+    CUDA, bf16."""
+    if not GROUPED_MM_KERNEL or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return False
     if x.is_cuda and x.dtype != torch.bfloat16:
         return False
