@@ -116,7 +116,7 @@ def test_exit_gives_each_token_one_exit_step_and_fewer_loops() -> None:
     with torch.no_grad():
         out = model(ids, n_loops=6, exit_threshold=threshold)
     steps = out.stats["depth"]
-    # the halting weight is one-hot at a token's exit step: every token exits exactly once, within [1, T]
+    # every token exits exactly once, after a whole number of iterations within [1, T]
     assert steps.min() >= 1 and steps.max() <= 6 and torch.equal(steps, steps.round())
     assert steps.min() < steps.max() and out.stats["mean_depth"] < 6
     with pytest.raises(RuntimeError, match="inference-only"):

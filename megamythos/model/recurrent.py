@@ -18,7 +18,7 @@ token *exits* after iteration t once its state stopped moving,
 
     r_t = ||h_{t+1} - h_t|| / ||h_{t+1}||  <  exit_threshold,
 
-and its state is frozen from then on (its halting weight is 1 at its exit step, 0 elsewhere). A frozen token
+and that state h_{t+1} is frozen from then on: the coda reads it (no halting weights mix steps). A frozen token
 still offers keys/values to later tokens at deeper loop indices: those of its frozen state, which a decode step
 computes with the attention's cache projection only. Threshold 0 never exits, so it reproduces the full depth.
 In training, ``loop_capacity`` c_t keeps the ceil(c_t * S) tokens of each sequence with the largest r_{t-1} (a
