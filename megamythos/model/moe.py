@@ -152,7 +152,8 @@ class Experts(nn.Module):
 class BalanceLoss:
     """Weighted balance losses of router logits [B, S, E] given the expert bias [E] (or None) -> fp32 scalar.
 
-    Sequence-wise aux loss (DeepSeek-V3): per sequence, f_i = E/(K S) * #tokens routed to i,
+    Sequence-wise aux loss (DeepSeek-V3): per sequence, f_i = E/(K S) * #tokens routed to i (the top-k of s + b,
+    as routed; V3's eq. 18 and Megatron count the top-k of s alone, see docs/model.md),
     P_i = mean_t s'_{t,i} with s' the scores normalised over experts; L_seq = coef * mean_b sum_i f_i P_i.
     Router z-loss: coef * mean_t logsumexp(logits_t)^2.
     """
