@@ -356,3 +356,99 @@ def test_baseline_injections_run_and_report_unit_radius_at_init(injection: str) 
     (out.loss + out.aux_loss).backward()
     assert torch.isfinite(out.loss)
     assert model.spectral_radius().item() == pytest.approx(1.0)
+
+
+def _rope_by_hand(v: torch.Tensor, pos: int, theta: float) -> torch.Tensor:
+    """Rotate-half RoPE of one vector v [d] at position pos, in fp64: pairs (i, i + d/2) by pos * theta^(-2i/d)."""
+    half = v.shape[-1] // 2
+    angle = pos * theta ** (-torch.arange(half, dtype=torch.float64) * 2 / v.shape[-1])
+    a, b = v[:half], v[half:]
+    return torch.cat((a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()))
+
+
+def test_mla_is_the_deepseek_v2_equations_written_out() -> None:
+    """Per token and head: q = W_qb RMSNorm(W_qa x), [c_kv | k_pe] = W_kva x, [k_nope | v] = W_kvb RMSNorm(c_kv),
+    k = [k_nope | rope(k_pe)] with ONE k_pe for every head, causal softmax(q.k / sqrt(nope + rope)) v, then W_o;
+    the absorbed path (latent-space scores) gives the same in fp64."""
+    from megamythos.model.attention import MLA
+
+    torch.manual_seed(0)
+    cfg = small_config(dim=24, n_heads=3, q_lora_rank=10, kv_lora_rank=8, qk_rope_head_dim=6, qk_nope_head_dim=4,
+                       v_head_dim=5)
+    mla = MLA(cfg).double()
+    for p in mla.parameters():
+        torch.nn.init.normal_(p, std=0.4)
+    x = torch.randn(2, 6, 24, dtype=torch.float64)
+    with torch.no_grad():
+        out, absorbed = mla(x, torch.arange(6)), mla(x, torch.arange(6), absorb=True)
+
+    def rms(v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return v / (v.pow(2).mean(-1, keepdim=True) + cfg.norm_eps).sqrt() * w
+
+    heads, nope, rope, vd, rank = 3, 4, 6, 5, 8
+    expected = torch.zeros_like(out)
+    with torch.no_grad():
+        for b in range(2):
+            q = (rms(x[b] @ mla.wq_a.weight.T, mla.q_norm.weight) @ mla.wq_b.weight.T).view(6, heads, nope + rope)
+            latent = x[b] @ mla.wkv_a.weight.T
+            kv = (rms(latent[:, :rank], mla.kv_norm.weight) @ mla.wkv_b.weight.T).view(6, heads, nope + vd)
+            for t in range(6):
+                o = []
+                for h in range(heads):
+                    qt = torch.cat((q[t, h, :nope], _rope_by_hand(q[t, h, nope:], t, cfg.rope_theta)))
+                    keys = [torch.cat((kv[s, h, :nope], _rope_by_hand(latent[s, rank:], s, cfg.rope_theta)))
+                            for s in range(t + 1)]
+                    p = torch.stack([qt @ k / (nope + rope) ** 0.5 for k in keys]).softmax(0)
+                    o.append(sum(p[s] * kv[s, h, nope:] for s in range(t + 1)))
+                expected[b, t] = torch.cat(o) @ mla.wo.weight.T
+    # RoPE's cos/sin tables are fp32 (as in training), the rest fp64
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(absorbed, out, atol=1e-12)
+
+
+@pytest.mark.parametrize("attn_type", ["mla", "gqa"])
+def test_attention_depends_only_on_position_differences(attn_type: str) -> None:
+    """RoPE makes attention translation-invariant: the same tokens at positions p..p+S-1 give the same output for
+    every offset p (cached decode and prefill share these tables)."""
+    from megamythos.model.attention import build_attention
+
+    torch.manual_seed(0)
+    attn = build_attention(small_config(attn_type=attn_type)).double()
+    x = torch.randn(1, 7, 64, dtype=torch.float64)
+    with torch.no_grad():
+        outs = [attn(x, torch.arange(offset, offset + 7)) for offset in (0, 5, 1000)]
+    assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(outs[0], outs[2], atol=1e-4)
+
+
+def test_truncated_backprop_gradient_equals_detaching_the_state_by_hand() -> None:
+    """backprop_loops=k: every parameter's gradient equals that of running the first n - k iterations under no_grad
+    and detaching the state (Huginn's truncated BPTT), and differs from full backprop."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config(seq_aux_loss_coef=0.01)).train()
+    ids, labels = torch.randint(0, 97, (2, 9)), torch.randint(0, 97, (2, 9))
+    n, k = 5, 2
+
+    def grads(loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    def by_hand() -> torch.Tensor:
+        core, pos = model.recurrent, torch.arange(9)
+        x = model.prelude_states(ids, pos)
+        e = core.input_norm(x)
+        h, aux = core.initial_state(e), 0.0
+        for t in range(n):
+            with torch.set_grad_enabled(t >= n - k):
+                h, step_aux, _, _ = core.iteration(h if t >= n - k else h.detach(), e, t, pos, None, False)
+            aux = aux + step_aux
+        return model.token_loss(model.coda_logits(h.to(x.dtype), pos), labels) + aux / n
+
+    out = model(ids, labels=labels, n_loops=n, backprop_loops=k)
+    truncated, expected = grads(out.loss + out.aux_loss), grads(by_hand())
+    assert truncated.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(truncated[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
+    full = model(ids, labels=labels, n_loops=n, backprop_loops=0)
+    assert not torch.allclose(grads(full.loss + full.aux_loss)["recurrent.injection.log_A"],
+                              expected["recurrent.injection.log_A"])

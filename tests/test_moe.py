@@ -149,3 +149,25 @@ def test_moe_returns_the_balance_loss_of_the_logits_it_routed_with() -> None:
     logits = moe.gate(x.reshape(-1, cfg.dim)).view(2, 5, -1)
     want = BalanceLoss.from_config(cfg)(logits, moe.gate.e_score_correction_bias)
     assert out.hidden.shape == x.shape and out.aux_loss > 0 and torch.equal(out.aux_loss, want)
+
+
+@pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
+def test_sequence_aux_loss_is_the_deepseek_v3_formula_written_out(score_func: str) -> None:
+    """L = coef * mean_b sum_i f_i P_i with f_i = E / (K S) * #tokens of the sequence routed to expert i (the top-k of
+    scores + bias, as routed) and P_i = mean_t s_{t,i} / sum_j s_{t,j}, by per-token loops."""
+    torch.manual_seed(0)
+    n_experts, top_k, bsz, seq, coef = 6, 2, 3, 5, 0.3
+    logits = torch.randn(bsz, seq, n_experts, dtype=torch.float64)
+    bias = torch.randn(n_experts) * 0.5
+    loss = BalanceLoss(top_k=top_k, score_func=score_func, seq_aux_coef=coef, z_loss_coef=0.0)(logits, bias)
+    expected = 0.0
+    for b in range(bsz):
+        f, p = [0.0] * n_experts, [0.0] * n_experts
+        for t in range(seq):
+            s = logits[b, t].softmax(-1) if score_func == "softmax" else logits[b, t].sigmoid()
+            for i in torch.topk(s + bias, top_k).indices.tolist():
+                f[i] += n_experts / (top_k * seq)
+            for i in range(n_experts):
+                p[i] += float(s[i] / s.sum()) / seq
+        expected += coef * sum(fi * pi for fi, pi in zip(f, p)) / bsz
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
