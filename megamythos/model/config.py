@@ -38,8 +38,9 @@ def _require(ok: bool, field_name: str, value: Any, what: str) -> None:
         raise ConfigError(f"ModelConfig.{field_name}={value!r} is invalid: {what}")
 
 
-# bf16 has 8 significant bits: the largest bf16 value below 1.0 is 1 - 2**-8. A decay margin smaller than
-# this would round the clamped A-bar to exactly 1.0 in bf16 and void the contraction guarantee.
+# bf16 has 8 significant bits: the largest bf16 value below 1.0 is 1 - 2**-8. A decay margin of at least this
+# keeps the clamped A-bar below 1.0 after rounding to bf16 (a margin of 2**-9 or less rounds it to exactly 1.0
+# and voids the contraction guarantee; those in between round to 1 - 2**-8, so the bound is conservative).
 BF16_MIN_DECAY_MARGIN = 2.0 ** -8
 
 
@@ -173,7 +174,7 @@ class ModelConfig:
         _require(self.backprop_loops <= self.resolved_max_loops, "backprop_loops", self.backprop_loops,
                  f"cannot exceed max_loops={self.resolved_max_loops}")
         _require(BF16_MIN_DECAY_MARGIN <= self.decay_margin < 1.0, "decay_margin", self.decay_margin,
-                 "must lie in [2**-8, 1): below 2**-8 the bound 1 - delta rounds to 1.0 in bf16")
+                 "must lie in [2**-8, 1): the bound 1 - delta may not exceed 1 - 2**-8, the largest bf16 below 1")
         _require(0.0 < self.decay_floor < 1.0 - self.decay_margin, "decay_floor", self.decay_floor,
                  "must lie in (0, 1 - decay_margin)")
         for name in ("exit_threshold", "seq_aux_loss_coef", "router_z_loss_coef", "expert_bias_update_rate",
