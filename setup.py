@@ -6,7 +6,11 @@ setup(
     version="0.1.0",
     description="DeepSpeed/Megatron-style pretraining for recurrent-depth MoE transformers "
                 "(Prelude -> looped block -> Coda)",
-    packages=find_packages(include=["megamythos", "megamythos.*"]),
+    # ds_configs/ at the repository root is also the package's megamythos/ds_configs: the trainer's and the
+    # launcher's default templates (megamythos.runtime.locations), which an installed package has no checkout for
+    packages=[*find_packages(include=["megamythos", "megamythos.*"]), "megamythos.ds_configs"],
+    package_dir={"megamythos.ds_configs": "ds_configs"},
+    package_data={"megamythos": ["py.typed"], "megamythos.ds_configs": ["*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.6",

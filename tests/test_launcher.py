@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from megamythos.training.launch import (
-    REPO,
     LaunchError,
     deepspeed_command,
     failed_run,
@@ -32,7 +31,7 @@ from megamythos.training.launch import (
     wait_for_runner,
 )
 from megamythos.training.rendezvous import port_free
-from tests.helpers import LAUNCHER, finish, free_port, launch_env, losses, spawn, tiny_args, trains
+from tests.helpers import LAUNCHER, REPO, finish, free_port, launch_env, losses, spawn, tiny_args, trains
 from tests.helpers import deepspeed_command as design_form
 
 ITERS = 2

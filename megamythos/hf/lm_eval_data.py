@@ -29,14 +29,14 @@ from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, resolve_data
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, UserError, checked_by, number, run_cli
+from megamythos.runtime.locations import WORKSPACE
 
 logger = logging.getLogger(__name__)
 
 N_CHOICES = 4
 # Where lm_eval_tasks/utils.py reads its data by default: next to it in the checkout (relative when the package is
 # installed without one).
-_CHECKOUT_TASKS = Path(__file__).resolve().parents[2] / "lm_eval_tasks"
-TASKS_DATA_DIR = _CHECKOUT_TASKS / "data" if (_CHECKOUT_TASKS / "utils.py").is_file() else Path("lm_eval_tasks/data")
+TASKS_DATA_DIR = WORKSPACE / "lm_eval_tasks" / "data"
 
 
 def validation_texts(prefix: str, split: str, max_chars: int) -> tuple[list[str], Tokenizer]:

@@ -25,13 +25,13 @@ from megamythos.data.gpt_dataset import DataConfigError, parse_split
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
 from megamythos.errors import ArgumentParser, UserError
 from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
+from megamythos.runtime.locations import DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
 from megamythos.training.optimizers import ADAM_IMPLS
 from megamythos.training.schedules import ON_RESUME
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DS_CONFIG = REPO_ROOT / "ds_configs" / "cpu-debug.json"
-DEFAULT_DATA_DIR = REPO_ROOT / "data" / "default"
+DEFAULT_DS_CONFIG = DS_CONFIGS / "cpu-debug.json"
+DEFAULT_DATA_DIR = WORKSPACE / "data" / "default"
 LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200
 # flags of evaluate/generate that a training command line may be given: what to do instead (not the closest flag:

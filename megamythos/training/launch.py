@@ -47,12 +47,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from megamythos.errors import UserError
+from megamythos.runtime.locations import CHECKOUT, DS_CONFIGS, WORKSPACE
 from megamythos.training.process_exit import EXIT_RECORDS_ENV
 from megamythos.training.rendezvous import free_port
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = "launchers/pretrain.sh"
 TRAINER = "megamythos.training.pretrain"
 DEFAULT_MASTER_PORT = "29500"
@@ -109,7 +109,7 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
     """
     save = flag_value(argv, "--save")
     if save is None:
-        logs = Path(env.get("RUN_DIR", REPO / "runs" / "tiny"))
+        logs = Path(env.get("RUN_DIR", WORKSPACE / "runs" / "tiny"))
         if logs.exists() and not logs.is_dir():
             raise LaunchError(f"RUN_DIR={logs} is a file, not a run folder; set RUN_DIR to a directory (a new one "
                               "starts a run, an existing run folder resumes it)")
@@ -119,7 +119,7 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
     wanted = {"--save": save, "--load": save, "--tensorboard-dir": str(logs / "tensorboard"),
               "--metrics-file": str(logs / "metrics.jsonl")}
     if gpu:
-        wanted["--ds-config"] = str(REPO / "ds_configs" / "single-gpu.json")
+        wanted["--ds-config"] = str(DS_CONFIGS / "single-gpu.json")
         if not given(argv, "--seq-length"):  # the model's training length, as the planner assumes (the trainer's
             from megamythos.model.config import get_preset  # own default is a CPU length)
             from megamythos.training.arguments import parse_args
@@ -127,7 +127,7 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
             args = parse_args(argv)
             wanted["--seq-length"] = str(get_preset(args.preset, **args.model_overrides()).training_seq_len)
     else:
-        wanted.update({"--ds-config": str(REPO / "ds_configs" / "cpu-debug.json"), "--seq-length": "128",
+        wanted.update({"--ds-config": str(DS_CONFIGS / "cpu-debug.json"), "--seq-length": "128",
                        "--save-interval": "100", "--eval-interval": "100"})
         if not given(argv, "--train-tokens"):
             wanted["--train-iters"] = "400"
@@ -145,14 +145,15 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
     (under another process's load spinning costs about 16%); a set ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` wins.
     OpenMP reads its settings once, when torch loads it: :func:`launch` sets them before the ranks start, and a
     rank started without them (``deepspeed launchers/pretrain.sh``) starts itself again with them
-    (:func:`run_rank`). Everywhere: the repository on PYTHONPATH and a JIT-extension cache in it.
+    (:func:`run_rank`). From a checkout: the repository on PYTHONPATH and a JIT-extension cache in it (an installed
+    package is importable already, and its ops go to torch's own cache).
     """
     paths = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
     updates = {}
-    if str(REPO) not in paths:
-        updates["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
-    if "TORCH_EXTENSIONS_DIR" not in env:
-        updates["TORCH_EXTENSIONS_DIR"] = str(REPO / ".torch_extensions")
+    if CHECKOUT is not None and str(CHECKOUT) not in paths:
+        updates["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT), *paths])
+    if CHECKOUT is not None and "TORCH_EXTENSIONS_DIR" not in env:
+        updates["TORCH_EXTENSIONS_DIR"] = str(CHECKOUT / ".torch_extensions")
     if not gpu:
         updates["DS_ACCELERATOR"] = "cpu"
         if "OMP_NUM_THREADS" not in env:
