@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port, launch_env, tiny_args
 
 # What a build reads: setup.py, the package and the folder its ds_configs/ package data comes from.
 BUILD_INPUTS = ("setup.py", "megamythos", "ds_configs")
@@ -47,9 +47,15 @@ def test_wheel_holds_every_file_the_library_reads(wheel):
     assert templates | {"megamythos/py.typed"} <= names
 
 
-def test_installed_defaults_are_the_packaged_templates_and_the_working_directory(wheel, tmp_path):
-    site = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(site)  # what pip does with a pure-Python wheel
+@pytest.fixture(scope="module")
+def site(wheel: Path) -> Path:
+    """The wheel installed (unpacked, as pip installs a pure-Python wheel) into a folder outside the repository."""
+    site = wheel.parent.parent / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    return site
+
+
+def test_installed_defaults_are_the_packaged_templates_and_the_working_directory(site, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     probe = """if True:
@@ -75,3 +81,19 @@ def test_installed_defaults_are_the_packaged_templates_and_the_working_directory
         assert json.loads(Path(flags["--ds-config"]).read_text()) == json.loads(
             (REPO / "ds_configs" / Path(flags["--ds-config"]).name).read_text())
     assert found["env"] == {"DS_ACCELERATOR": "cpu"}  # no PYTHONPATH or JIT cache pointing into the package
+
+
+@pytest.mark.launch
+def test_installed_launcher_trains_with_its_defaults_outside_the_checkout(site, corpus, tmp_path):
+    """``python -m megamythos.training.launch`` is ``bash launchers/pretrain.sh`` for an installed package: its
+    defaults (the packaged CPU template, the run folder runs/tiny) work from any directory and write nothing into
+    the package."""
+    before = sorted(p for p in site.rglob("*"))
+    env = {**launch_env(), "PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-m", "megamythos.training.launch", "--num-gpus", "1", "--master-port",
+                          str(free_port()), *tiny_args(corpus, 1)], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / "latest").read_text().strip() == "iter_0000001"
+    assert (tmp_path / "runs" / "tiny" / "metrics.jsonl").is_file()
+    assert sorted(p for p in site.rglob("*")) == before

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from megamythos.errors import UserError
 from megamythos.runtime.locations import CHECKOUT, DS_CONFIGS, WORKSPACE
-from megamythos.training.process_exit import EXIT_RECORDS_ENV
+from megamythos.training.process_exit import EXIT_RECORDS_ENV, end_process
 from megamythos.training.rendezvous import free_port
 
 logger = logging.getLogger(__name__)
@@ -542,7 +542,9 @@ def usage() -> str:
     flags = "\n".join(f"  --{name.replace('_', '-')}{' ' + metavar if metavar else ''}"
                       for name, metavar in LAUNCHER_FLAGS.items())
     return (f"usage: bash {SCRIPT} [launcher flags] [trainer flags]\n"
-            f"       deepspeed [deepspeed flags] {SCRIPT} [trainer flags]\n\n"
+            f"       deepspeed [deepspeed flags] {SCRIPT} [trainer flags]\n"
+            "       python -m megamythos.training.launch [launcher flags] [trainer flags]  (the bash form, from an\n"
+            "       installed package without a checkout)\n\n"
             "launcher flags (bash form; `-` or `_`; under `deepspeed` give them to deepspeed before the script):\n"
             f"{flags}\n  (single node without --master-port: a free port; CPU: one process unless --num-gpus)\n\n"
             "defaults for what you leave out: the run folder $RUN_DIR (runs/tiny) holds checkpoints/ (--save and\n"
@@ -570,3 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `--help | head`: stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+if __name__ == "__main__":  # python -m megamythos.training.launch: launchers/pretrain.sh without a checkout
+    end_process(main())
