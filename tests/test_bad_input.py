@@ -551,6 +551,17 @@ def test_preprocess_settings_that_cannot_run_are_user_errors() -> None:
         PreprocessConfig(inputs=["x"], output_prefix="o", tokenizer_model="t", partitions=0)
 
 
+def test_hf_export_without_transformers_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """transformers is the ``hf`` extra, not a dependency: found 2026-12-06, ``--format hf`` without it was a
+    ModuleNotFoundError traceback from megamythos/hf/configuration_megamythos.py, after the checkpoint was read."""
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    line = one_line_exit_2("megamythos.checkpoint.export:main", [str(tmp_path / "run"), str(tmp_path / "hf"),
+                                                                 "--format", "hf"], capsys)
+    assert "megamythos[hf]" in line and "without --format hf" in line, line
+    assert not (tmp_path / "hf").exists()
+
+
 # ------------------------------------------------------------------ 11. a file where an output goes, unreadable inputs
 OUTPUT_CASES = [
     ("megamythos.hf.lm_eval_data:main", ["--data-path", "d", "--out", "afile"], "--out afile: cannot create afile"),

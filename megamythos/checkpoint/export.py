@@ -161,7 +161,13 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
 
 def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write checkpoint ``checkpoint`` as a Hugging Face directory ``out_dir`` (see the module docstring), with
-    its ``checksums.json``, through :func:`staged_export`; returns ``out_dir``."""
+    its ``checksums.json``, through :func:`staged_export`; returns ``out_dir``. Without transformers (the ``hf``
+    extra) it raises :class:`ExportError` before anything is read."""
+    try:
+        import transformers  # noqa: F401 - what megamythos.hf needs, checked before any work
+    except ImportError as err:
+        raise ExportError("--format hf needs transformers, the hf extra: pip install 'megamythos[hf]' (in a "
+                          "checkout: pip install -e '.[hf]'), or export without --format hf") from err
     from megamythos.hf.export import export_hf
 
     out_dir = Path(out_dir)
