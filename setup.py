@@ -1,6 +1,9 @@
 """megamythos: DeepSpeed pretraining of a recurrent-depth Mixture-of-Experts transformer."""
 from setuptools import find_packages, setup
 
+# Hugging Face export (transformers) and lm-evaluation-harness; lm-eval's hf model imports accelerate
+HF = ["transformers>=5.20,<6", "lm-eval>=0.4.9", "accelerate>=1.0"]
+
 setup(
     name="megamythos",
     version="0.1.0",
@@ -44,10 +47,8 @@ setup(
         "megamythos-build-default-corpus = megamythos.data.cli:default_corpus_main",
     ]},
     extras_require={
-        # Hugging Face export (transformers) and lm-evaluation-harness; lm-eval's hf model imports accelerate
-        "hf": ["transformers>=5.20,<6", "lm-eval>=0.4.9", "accelerate>=1.0"],
-        "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.6", "transformers>=5.20,<6", "lm-eval>=0.4.9",
-                "accelerate>=1.0"],
+        "hf": HF,
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.5", "ruff>=0.6", *HF],  # the tests cover the hf export
         "cuda": ["flash-attn>=2.5"],
     },
 )
