@@ -132,6 +132,10 @@ def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypa
             runpy.run_module(cli, run_name="__main__")
     (parser,) = seen
     assert [a.dest for a in parser._actions if not a.help] == []
+    # found 2026-12-06: the data_prep/ and tokenizer/ scripts began `usage: preprocess_data.py`, a file that does
+    # not run from where the docs run it; every usage line names the command to type
+    command = f"python {cli}" if cli.endswith(".py") else f"python -m {cli}"
+    assert parser.format_usage().startswith(f"usage: {command} [-h]"), parser.format_usage()
     # found 2026-12-06: Sphinx roles from docstrings, "(default: None)" after every optional flag, and the
     # generate example's line continuation eaten by the docstring
     text = parser.format_help()

@@ -30,7 +30,7 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     Example:
         python tokenizer/train_tokenizer.py --input 'corpus/*.jsonl' --vocab-size 32000 --model-prefix out/tok
     """
-    parser = ArgumentParser(description=train_tokenizer_main.__doc__)
+    parser = ArgumentParser(prog="python tokenizer/train_tokenizer.py", description=train_tokenizer_main.__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="files or globs")
     parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), required=True,
                         help=f"pieces, >= {MIN_VOCAB_SIZE}")
@@ -88,7 +88,7 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
         python data_prep/preprocess_data.py --input 'corpus/*.jsonl.zst' --output-prefix data/corpus \\
             --tokenizer-model tok.model --workers 2 --append-eod
     """
-    parser = ArgumentParser(description=preprocess_main.__doc__)
+    parser = ArgumentParser(prog="python data_prep/preprocess_data.py", description=preprocess_main.__doc__)
     src = parser.add_argument_group("input")
     src.add_argument("--input", nargs="+", default=[],
                      help=".jsonl (.json .ndjson .jsonlines; .gz .zst), .parquet or text files, globs, or save_to_disk "
@@ -144,7 +144,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     Usage: ``python data_prep/inspect_dataset.py PREFIX [--samples 3] [--tokenizer-model M]``; exits 1 if the
     dataset is invalid (``INVALID: ...``), 2 for another bad input (``error: ...``, e.g. a missing tokenizer).
     """
-    parser = ArgumentParser(description=inspect_main.__doc__)
+    parser = ArgumentParser(prog="python data_prep/inspect_dataset.py", description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
     parser.add_argument("--samples", type=number(int, 0), default=3, help="sequences (documents) to print")
     parser.add_argument("--tokenizer-model",
@@ -172,7 +172,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
 
 def merge_main(argv: Sequence[str] | None = None) -> int:
     """Concatenate indexed datasets: ``python data_prep/merge_datasets.py --input A B C --output-prefix OUT``."""
-    parser = ArgumentParser(description=merge_main.__doc__)
+    parser = ArgumentParser(prog="python data_prep/merge_datasets.py", description=merge_main.__doc__)
     parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (without .bin/.idx), in order")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX.{bin,idx} (+ .json record)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
@@ -192,7 +192,7 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
 
     Usage: ``python data_prep/build_default_corpus.py --out data/default [--vocab-size 8192] [--max-files N]``
     """
-    parser = ArgumentParser(description=default_corpus_main.__doc__)
+    parser = ArgumentParser(prog="python data_prep/build_default_corpus.py", description=default_corpus_main.__doc__)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), default=DEFAULT_VOCAB_SIZE,
                         help=f"tokenizer vocabulary (the tiny preset: {DEFAULT_VOCAB_SIZE})")
