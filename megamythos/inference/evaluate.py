@@ -14,7 +14,7 @@ Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`
 ``--exit-threshold`` adds a row per loop count in which a token stops iterating once its state's relative change
 falls below the threshold (``mean_depth`` = iterations a token executed, ``exit_share`` = share of tokens stopping
 after each iteration, ``forward_flops_per_token`` = what that costs, the exited tokens' keys/values recomputed at
-later iterations included). Results go to ``depth_eval.{csv,json,png}`` in ``--out`` (default ``RUN/eval/TAG``
+later iterations included). Results go to ``depth_eval.{csv,json,png}`` in ``--out`` (default ``LOAD/eval/TAG``
 for a checkpoint, outside the tags ``--keep-last`` prunes; ``eval/`` in an export directory) and to TensorBoard in
 ``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count under the tags
 ``depth-eval/{loss,ppl,mean-depth,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...`` (exit at threshold
@@ -144,7 +144,7 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
 
 
 def default_results_dir(source: Path) -> Path:
-    """Where results go without ``--out``: ``RUN/eval/TAG`` for checkpoint tag ``source`` (outside the tags its
+    """Where results go without ``--out``: ``LOAD/eval/TAG`` for checkpoint tag ``source`` (outside the tags its
     run's ``--keep-last`` prunes), ``EXPORT/eval`` for an export."""
     return source / "eval" if is_export_dir(source) else source.parent / "eval" / source.name
 
@@ -295,8 +295,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
                         f"(default: the checkpoint config's exit_threshold, {ModelConfig.exit_threshold:g} unless "
                         "trained with --override exit_threshold=...; 0: the every-loop rows only)")
     p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
-    p.add_argument("--out", help="results directory (default: RUN/eval/TAG for a checkpoint, outside the tags "
-                   "--keep-last prunes; eval/ in an export)")
+    p.add_argument("--out", help="results directory (default: LOAD/eval/TAG for a checkpoint: beside the "
+                   "tags in the --load directory, out of --keep-last's reach; eval/ in an export)")
     p.add_argument("--tensorboard-dir", help="default: OUT/tensorboard")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ns = vars(p.parse_args(argv))
