@@ -294,6 +294,19 @@ def test_help_names_the_command_to_type(capsys) -> None:
     assert capsys.readouterr().out.startswith("usage: python -m megamythos.research.study [-h]")
 
 
+def test_a_wikitext_study_without_its_text_is_refused_before_any_folder_is_made(tmp_path, capsys) -> None:
+    """Found 2026-12-06: ``study capacity --corpus wikitext2`` without ``--wikitext-dir`` (as results.md's
+    ``--corpus {stdlib,wikitext2}`` reads) was refused only after it had made --work-dir and an empty
+    ``--out``/wikitext2 folder."""
+    for flags, says in [([], "needs --wikitext-dir DIR"),
+                        (["--wikitext-dir", str(tmp_path)], "is not a directory holding wikitext-2's valid.txt")]:
+        assert main(["capacity", "--corpus", "wikitext2", "--work-dir", str(tmp_path / "work"),
+                     "--out", str(tmp_path / "out"), *flags]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert says in line
+        assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_wikitext_corpus_built_from_other_files_is_refused_not_reused(tmp_path, monkeypatch, caplog) -> None:
     """Found 2026-12-06: the wikitext-2 corpus in --work-dir was reused whatever --wikitext-dir said (only the
     tokenizer's and the index's existence were checked), so a study of another folder's valid.txt and test.txt

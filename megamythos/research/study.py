@@ -236,6 +236,19 @@ def train_run(spec: RunSpec, config: ModelConfig, settings: StudySettings, batch
     return result
 
 
+def wikitext_files(wikitext_dir: str | None) -> list[str]:
+    """wikitext-2's ``valid.txt`` and ``test.txt`` in ``wikitext_dir`` (``--wikitext-dir``), the text the
+    wikitext2 corpus is built from; a :class:`StudyError` when the flag is missing or the folder lacks either."""
+    if not wikitext_dir:
+        raise StudyError("--corpus wikitext2 needs --wikitext-dir DIR, a folder holding wikitext-2's valid.txt and "
+                         "test.txt")
+    files = [os.path.join(wikitext_dir, name) for name in ("valid.txt", "test.txt")]
+    if not all(os.path.isfile(f) for f in files):
+        raise StudyError(f"--wikitext-dir {wikitext_dir!r} is not a directory holding wikitext-2's valid.txt and "
+                         "test.txt: pass the folder that holds them")
+    return files
+
+
 def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
     """Build (once) the study dataset; returns its IndexedDataset prefix. wikitext-2's is built again only in
     another ``work_dir``: one built from other files than ``wikitext_dir``'s is refused (:func:`check_sources`)."""
@@ -246,13 +259,7 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
     from megamythos.data.preprocess import PreprocessConfig, preprocess
     from megamythos.data.tokenizer import TokenizerTrainConfig, train_tokenizer
 
-    if not wikitext_dir:
-        raise StudyError("--corpus wikitext2 needs --wikitext-dir DIR, a folder holding wikitext-2's valid.txt and "
-                         "test.txt")
-    files = [os.path.join(wikitext_dir, name) for name in ("valid.txt", "test.txt")]
-    if not all(os.path.isfile(f) for f in files):
-        raise StudyError(f"--wikitext-dir {wikitext_dir!r} is not a directory holding wikitext-2's valid.txt and "
-                         "test.txt: pass the folder that holds them")
+    files = wikitext_files(wikitext_dir)
     prefix = os.path.join(work_dir, "wikitext2")
     model_path = prefix + "_tokenizer.model"
     check_sources(prefix, files, built=[model_path, prefix + "_text_document.idx"])
@@ -486,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                                  device=args.device, seed=args.seed)
         runs = [name for name in args.runs.split(",") if name]
         check_runs(args.experiment, runs)  # before the corpus is built
+        if args.corpus == "wikitext2":
+            wikitext_files(args.wikitext_dir)  # before --work-dir and --out are made
         writable_directory(args.work_dir, "--work-dir")
         writable_directory(args.out, "--out")
         report_paths(os.path.join(args.out, args.corpus), args.experiment, args.out)  # before the corpus is built
