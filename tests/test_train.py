@@ -305,6 +305,19 @@ def test_lr_schedules():
     assert LRSchedule(args.lr, args.min_lr, args.warmup, 100, args.lr_schedule, args.wsd_decay_fraction)(90) == 0.0
 
 
+def test_a_warmup_as_long_as_the_run_is_described_as_it_runs():
+    """Found 2026-12-06: a 10-step run with the default --warmup 10 warned "the LR never reaches --lr 0.001" and
+    then logged learning rate 0.001 at step 10; the warning now gives the LR of the last step."""
+    assert LRSchedule(1e-3, 1e-4, 9, 10).warmup_warning() is None
+    assert LRSchedule(1e-3, 1e-4, 10, 10).learning_rate(9) == pytest.approx(1e-3)
+    assert LRSchedule(1e-3, 1e-4, 10, 10).warmup_warning() == (
+        "--warmup 10 is not below the run's 10 steps: the LR rises for the whole run (reaching --lr 0.001 only at "
+        "its last step) and never decays to --min-lr 0.0001")
+    assert LRSchedule(1e-3, 1e-4, 20, 10, "wsd").warmup_warning() == (
+        "--warmup 20 is not below the run's 10 steps: the LR rises for the whole run (to 0.0005 at its last step, "
+        "never to --lr 0.001) and never decays to --min-lr 0.0001")
+
+
 def test_a_resumed_run_follows_one_schedule_and_is_told_which():
     """Megatron's rule: a command line whose schedule differs from the checkpoint's is refused unless it says
     which one wins; a WSD-only setting does not count for cosine schedules."""
@@ -392,7 +405,7 @@ def test_a_long_run_without_periodic_checkpoints_is_told_what_a_crash_costs(corp
     assert ("1001 steps to go without --save-interval: checkpoints only at the end and on a signal, so a crash or a "
             "hang loses every step since the start; pass --save-interval N") in result.stderr
     # settings that could not take effect passed silently (found 2026-12-06)
-    assert "--warmup 1001 is not below the run's 1001 steps: the LR never reaches --lr" in result.stderr
+    assert "--warmup 1001 is not below the run's 1001 steps: the LR rises for the whole run" in result.stderr
     assert "--profile-step-start 2000 is past the run's 1001 steps: nothing will be profiled" in result.stderr
     assert read_latest(save) == "iter_0000001"
 

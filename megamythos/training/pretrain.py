@@ -690,9 +690,9 @@ class Trainer:
                            "--train-iters and --global-batch-size to read the samples it would have",
                            self.total_iters, self.layout.global_batch_size, self.iteration)
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
-        if self.args.warmup >= self.total_iters and self.rank == 0:
-            logger.warning("--warmup %d is not below the run's %d steps: the LR never reaches --lr %g",
-                           self.args.warmup, self.total_iters, self.args.lr)
+        warmup_warning = self.schedule.warmup_warning()
+        if warmup_warning and self.rank == 0:
+            logger.warning("%s", warmup_warning)
         if self.args.profile_dir and self.args.profile_step_start > self.total_iters and self.rank == 0:
             logger.warning("--profile-step-start %d is past the run's %d steps: nothing will be profiled",
                            self.args.profile_step_start, self.total_iters)

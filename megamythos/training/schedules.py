@@ -64,6 +64,18 @@ class LRSchedule:
         """Multiplier of the peak LR, as ``LambdaLR`` wants it (0 where the peak is 0)."""
         return self.learning_rate(step) / self.lr if self.lr else 0.0
 
+    def warmup_warning(self) -> str | None:
+        """What a warmup of at least ``total`` steps does to the run, or None when warmup ends before it: the LR
+        rises for the whole run, to ``lr · total / warmup`` at its last step (the peak only when warmup == total),
+        and never decays to ``min_lr``."""
+        if self.warmup < self.total:
+            return None
+        last = self.learning_rate(self.total - 1)
+        reached = (f"reaching --lr {self.lr:g} only at its last step" if self.warmup == self.total
+                   else f"to {last:g} at its last step, never to --lr {self.lr:g}")
+        return (f"--warmup {self.warmup} is not below the run's {self.total} steps: the LR rises for the whole run "
+                f"({reached}) and never decays to --min-lr {self.min_lr:g}")
+
 
 def build_scheduler(schedule: LRSchedule) -> Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LambdaLR]:
     """A ``deepspeed.initialize(lr_scheduler=...)`` callable: the optimizer only exists after initialisation."""
