@@ -160,24 +160,22 @@ class ArgumentParser(argparse.ArgumentParser):
         return f"unrecognized argument{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
-def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT, logger: logging.Logger | None = None,
+def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT,
             user_errors: tuple[type[BaseException], ...] = (UserError,)) -> int:
     """Run a command line's ``main`` and return its exit code; a user error ends it with ``error: MESSAGE`` on
     stderr and exit code 2, Ctrl-C with ``error: interrupted`` and 130 (the shell's code for SIGINT), a closed
     stdout (``| head``) quietly with 141 (SIGPIPE's).
 
     ``log_format``: INFO logging to stderr in this format (None: the caller configured logging itself).
-    ``logger``: also record the error there (the trainer's rank-prefixed log) once that log has a handler; before,
-    Python's last-resort handler would print the message a second time, bare. ``user_errors``: what counts as a
-    user error; only widened for a class that does not derive from :class:`UserError` yet.
+    The error is not logged besides: the log writes to the same stderr, where it would say it a second time.
+    ``user_errors``: what counts as a user error; only widened for a class that does not derive from
+    :class:`UserError` yet.
     """
     if log_format is not None:
         logging.basicConfig(level=logging.INFO, format=log_format, stream=sys.stderr)
     try:
         return main()
     except user_errors as err:
-        if logger is not None and logger.hasHandlers():
-            logger.error("%s: %s", type(err).__name__, err)
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the user knows why; what was being written is cleaned up on the way out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import logging
 import os
 import subprocess
 import sys
@@ -33,15 +32,13 @@ def test_every_error_is_a_user_error(name):
     assert issubclass(getattr(importlib.import_module(module), cls), UserError)
 
 
-def test_run_cli_reports_user_errors_in_one_line_and_lets_bugs_through(capsys, monkeypatch):
+def test_run_cli_reports_user_errors_in_one_line_and_lets_bugs_through(capsys):
     from megamythos.data.blended_dataset import BlendError
 
     def bad_input() -> int:
         raise BlendError("weights must be positive")
 
-    logger = logging.getLogger("test_errors")
-    monkeypatch.setattr(logger, "propagate", False)  # a log without a handler: Python's last resort would print it
-    assert run_cli(bad_input, log_format=None, logger=logger) == 2
+    assert run_cli(bad_input, log_format=None) == 2
     assert capsys.readouterr().err.splitlines() == ["error: weights must be positive"]
     assert run_cli(lambda: 0, log_format=None) == 0
     with pytest.raises(ZeroDivisionError):

@@ -370,6 +370,7 @@ def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(co
     assert code == 2 and not lrs and one_error_line(stderr).startswith(
         f"error: the command line changes the LR schedule saved in {save / 'iter_0000004'} (--lr 0.01 -> 0.002, "
         "steps 4 -> 8)"), stderr[-3000:]
+    assert stderr.count("changes the LR schedule saved in") == 1, stderr[-3000:]  # not logged a second time
     assert resumed["--use-checkpoint-lr-schedule"][:2] == (0, [0.001] * 4)
     # weight decay, betas and eps come back with the optimizer state: kept, and said so
     assert "resuming with the checkpoint's optimizer settings, restored with its state: --weight-decay 0.1 " \

@@ -795,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if os.environ.get("RANK", "0") != "0":
             return _quiet(argv)
-        return run_cli(lambda: train(argv), log_format=None, logger=logger)
+        return run_cli(lambda: train(argv), log_format=None)
     except RuntimeError as err:  # a peer rank died or hangs: every survivor says so in one line, whatever its rank
         args = parse_args(argv)
         line = collective_failure(err, args.save, read_latest(args.save) if args.save else None,
