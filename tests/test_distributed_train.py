@@ -322,6 +322,7 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     assert all(1 <= m <= n for m, n in zip(exit_loops, loops)), (exit_loops, loops)
     shares = [r["recurrent/exit-share"] for r in metrics(zero3 / "metrics.jsonl") if "recurrent/exit-share" in r]
     assert len(shares) == ITERS and all(abs(sum(s) - 1) < 1e-6 for s in shares)  # a distribution per step
+    assert not any("recurrent/active-share" in r for r in metrics(zero3 / "metrics.jsonl"))  # no loop capacity
     assert all(0 < e.value < 1 for e in acc.Scalars("recurrent/max-rho"))
     rss, peak = ([e.value for e in acc.Scalars(f"memory/{tag}-GiB")] for tag in ("rss", "max-rss"))
     assert all(0.05 < r < 64 and 0.9 * r < p for r, p in zip(rss, peak, strict=True)), (rss, peak)  # GiB per rank

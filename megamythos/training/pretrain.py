@@ -141,8 +141,8 @@ def init_distributed(timeout_minutes: float) -> tuple[int, int]:
         remove_stale_buffers()
     if torch.cuda.is_available():  # before any collective: NCCL and the object collectives use the current device
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    logger.info("initialising torch.distributed through DeepSpeed (on CPU it builds its shm comm op once, ~30 s, "
-                "unless `make install` prebuilt it)")
+    logger.info("initialising torch.distributed through DeepSpeed (on CPU it loads its shm comm op, built once, ~30 s "
+                "the first time unless `make install` prebuilt it)")
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
 
@@ -659,8 +659,8 @@ class Trainer:
         self.monitor.scalars(values, self.iteration, self.consumed)
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
                              **{k: v for k, v in values.items() if not PER_LOOP.search(k)},
-                             **{f"recurrent/{kind}": [v for k, v in values.items() if f"/{kind}/" in k]
-                                for kind in RECORDED_PER_LOOP}})
+                             **{f"recurrent/{kind}": per_loop for kind in RECORDED_PER_LOOP
+                                if (per_loop := [v for k, v in values.items() if f"/{kind}/" in k])}})
         if self.iteration % self.args.log_interval == 0:
             self.monitor.console(self.iteration, self.total_iters, {
                 "consumed samples": self.consumed, "elapsed time per iteration (ms)": seconds * 1e3,
