@@ -50,8 +50,8 @@ from megamythos.inference.generate import SamplingConfig, generate
 from megamythos.inference.loading import load_model
 from megamythos.model.lm import MythosLM
 from megamythos.model.params import count, forward_flops_per_token
+from megamythos.runtime.device import cpu_model
 from megamythos.training.arguments import parse_args
-from megamythos.training.monitor import cpu_model
 
 CAPACITY = (1.0, 1.0, 1.0, 0.5, 0.25, 0.25)
 ROWS = [(0.2, 4), (0.2, 8), (0.1, 8), (0.05, 8)]  # (exit threshold, loops)

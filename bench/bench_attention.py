@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from megamythos.model.attention import matmul_attention, sdpa_attention
+from megamythos.runtime.device import cpu_model
 from megamythos.runtime.host_memory import keep_freed_memory
-from megamythos.training.monitor import cpu_model
 
 PRESET_HEADS = {"tiny": (8, 48, 32), "small": (12, 96, 64)}  # (heads, q/k width, v width)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}

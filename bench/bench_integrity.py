@@ -23,7 +23,7 @@ import numpy as np
 
 from megamythos.checkpoint.checksums import verify_checksums, write_checksums
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
-from megamythos.training.monitor import cpu_model
+from megamythos.runtime.device import cpu_model
 
 
 def best_seconds(fn, repeats: int = 3) -> float:  # noqa: ANN001 - any callable without arguments

@@ -1,7 +1,9 @@
 """Model benchmarks on CPU: megamythos against the OpenMythos 0.5.0 reference and a FLOP-matched dense GPT.
 
 Runs in a bench environment that holds torch 2.13 (CPU), ``open-mythos==0.5.0 --no-deps`` and ``transformers``;
-our package is imported from the checkout (``PYTHONPATH=.``), so both models are timed in one run:
+our package is imported from the checkout (``PYTHONPATH=.``), so both models are timed in one run. Without the
+reference (the project's own environment) only the modes that leave it out run (``--modes`` without
+``reference*``, ``--moe-expert-dims ''``); anything else is refused in one line, exit 2:
 
     PYTHONPATH=. python bench/bench_model.py speed  --out bench/results/model.json
     PYTHONPATH=. python bench/bench_model.py speed  --device cuda --modes ... --out ...   # on a GPU (gpu_session.sh)
@@ -34,26 +36,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megamythos.errors import UserError, run_cli
 from megamythos.model.config import ModelConfig, get_preset, parse_override
 from megamythos.model.layers import weights_cast_once
 from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import MoE, MoEOutput, update_expert_bias
 from megamythos.model.params import count, parts
 from megamythos.research.baselines import DenseLM, dense_params, dense_train_flops_per_token
+from megamythos.runtime.device import cpu_model, resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
-from megamythos.training.monitor import cpu_model
 
+om: ModuleType | None  # the reference, which lives only in the bench environment (bench/README.md, "Commands")
 try:
     import open_mythos as om
-except ImportError as err:  # the reference lives only in the bench environment
-    raise SystemExit(f"open_mythos is not importable ({err}); run in the bench environment, "
-                     "see bench/README.md") from err
+except ImportError as err:
+    om, REFERENCE_IMPORT_ERROR = None, str(err)
 
 # A timed call: returns None (timed by the caller) or the seconds it measured itself (a worker process's step).
 Step = Callable[[], Any]
@@ -64,6 +68,15 @@ GOALS = {"train_step_vs_reference": 1.5, "moe_vs_reference": 5.0, "vs_dense_equa
 TRAIN_MODES = ["ours_matched", "ours_bf16", "ours_bf16_autocast", "ours_bf16_compiled", "reference",
                "reference_bf16_autocast", "ours_preset", "dense_gpt"]
 PRESET_NAMES = ["1b", "3b", "10b", "50b", "100b", "500b", "1t"]
+
+
+class BenchArgumentError(UserError):
+    """A mode that does not exist, or one that needs the reference package where it is not importable."""
+
+
+def is_reference(mode: str) -> bool:
+    """Whether train-step ``mode`` runs the reference model."""
+    return mode.startswith("reference")
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -166,8 +179,9 @@ def reference_shared_experts(config: ModelConfig) -> int:
     return -(-config.n_shared_experts // config.num_experts_per_tok)
 
 
-def matched_configs(base: ModelConfig, seq: int, loops: int) -> tuple[ModelConfig, Any]:
-    """Our preset and an OpenMythos config with identical layer widths and loop count.
+def matched_configs(base: ModelConfig, seq: int, loops: int, with_reference: bool) -> tuple[ModelConfig, Any]:
+    """Our preset and an OpenMythos config with identical layer widths and loop count (None without
+    ``with_reference``: the reference package is needed only to build it).
 
     The reference hard-codes two widths that ours configures, so ours takes the reference's values: the dense
     prelude/coda SwiGLU is dim*4//3 wide, and each shared expert is K*expert_dim wide (ours: one SwiGLU of
@@ -180,6 +194,8 @@ def matched_configs(base: ModelConfig, seq: int, loops: int) -> tuple[ModelConfi
                         backprop_loops=0, checkpoint_loops=False, loop_embedding=True,
                         loop_embedding_dim=base.dim // 8, ffn_dim=base.dim * 4 // 3,
                         n_shared_experts=ref_shared * base.num_experts_per_tok)
+    if not with_reference:
+        return ours, None
     reference = om.MythosConfig(
         vocab_size=ours.vocab_size, dim=ours.dim, n_heads=ours.n_heads, n_kv_heads=ours.n_kv_heads,
         max_seq_len=ours.max_seq_len, max_loop_iters=loops, prelude_layers=ours.prelude_layers,
@@ -232,7 +248,8 @@ def reference_step(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, lo
 
 @dataclass(frozen=True)
 class TrainSetup:
-    """What every train-step mode is built from: the configs, the batch shape and the loop count."""
+    """What every train-step mode is built from: the configs (``reference`` None when no reference mode is
+    benchmarked), the batch shape and the loop count."""
     ours: ModelConfig
     reference: Any
     preset: ModelConfig
@@ -244,8 +261,8 @@ class TrainSetup:
     device: str = "cpu"
 
     @classmethod
-    def of(cls, preset: ModelConfig, batch: int, seq: int, loops: int, device: str = "cpu") -> TrainSetup:
-        ours, reference = matched_configs(preset, seq, loops)
+    def of(cls, preset: ModelConfig, batch: int, seq: int, loops: int, device: str, modes: list[str]) -> TrainSetup:
+        ours, reference = matched_configs(preset, seq, loops, with_reference=any(map(is_reference, modes)))
         preset = preset.replace(max_seq_len=max(seq, preset.max_seq_len))
         dense, dense_layers = dense_gpt_config(preset, seq, loops)
         return cls(ours, reference, preset, dense, dense_layers, batch, seq, loops, device)
@@ -278,7 +295,7 @@ def build_train_modes(setup: TrainSetup, modes: list[str]) -> tuple[dict[str, nn
             model.block_calls = CallCounter(model.recurrent.block)
         if name.startswith("ours"):
             steps[name] = ours_step(model, ids, labels, setup.loops, autocast=name.endswith("autocast"))
-        elif name.startswith("reference"):
+        elif is_reference(name):
             steps[name] = reference_step(model, ids, labels, setup.loops, autocast=name.endswith("autocast"))
         else:
             steps[name] = train_step(model, lambda model=model: model(ids, labels).loss)
@@ -289,7 +306,7 @@ def mode_report(name: str, model: nn.Module, step: Step) -> dict[str, Any]:
     """After the timed rounds: the recurrent block's forward calls so far, the reference's parameters as built
     (ours are counted analytically) and, for ours, the ATen ops one step dispatches (one more step)."""
     return {"block_calls": model.block_calls.calls if name != "dense_gpt" else None,
-            "params": reference_params(model) if name.startswith("reference") else None,
+            "params": reference_params(model) if is_reference(name) else None,
             "aten_ops_per_step": aten_ops_per_call(step) if name.startswith("ours") else None}
 
 
@@ -345,8 +362,7 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
     GPT, and the fp32 and bf16 matmul ceilings of the device (:func:`ceiling_size`) in the same rounds. With
     ``isolate`` every mode runs in a process of its own (:class:`IsolatedStep`), the rounds still interleaved;
     else all share this process."""
-    setup = TrainSetup.of(preset, batch, seq, loops, device)
-    modes = [name for name in modes if name in TRAIN_MODES]
+    setup = TrainSetup.of(preset, batch, seq, loops, device, modes)
     steps: dict[str, Step]
     if isolate:
         workers = {name: IsolatedStep(name, setup, threads, glibc_defaults) for name in modes}
@@ -381,7 +397,8 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
     out: dict[str, Any] = {
         "shape": {"batch": batch, "seq": seq, "loops": loops, "executed_loops_per_step": loops},
         "processes": "one per mode" if isolate else "one for all modes",
-        "configs": {"ours": setup.ours.to_dict(), "reference": vars(setup.reference),
+        "configs": {"ours": setup.ours.to_dict(),
+                    **({"reference": vars(setup.reference)} if setup.reference is not None else {}),
                     "ours_preset": setup.preset.to_dict(),
                     "dense_gpt": {**setup.dense.to_dict(), "n_layers": setup.dense_layers}},
         "results": results,
@@ -389,7 +406,7 @@ def bench_train(preset: ModelConfig, batch: int, seq: int, loops: int, rounds: i
                               if name.startswith("ours")},
     }
     ours = [name for name in modes if name.startswith("ours_") and name != "ours_preset"]
-    refs = [name for name in modes if name.startswith("reference")]
+    refs = [name for name in modes if is_reference(name)]
     if ours and refs:
         best_ours = max(ours, key=lambda name: results[name]["tokens_per_s"])
         best_ref = max(refs, key=lambda name: results[name]["tokens_per_s"])
@@ -522,7 +539,7 @@ def params_table(rows: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------------ CLI
 def environment(threads: int, device: str) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
-    return {"torch": torch.__version__, "open_mythos": getattr(om, "__version__", "0.5.0"),
+    return {"torch": torch.__version__, "open_mythos": om and getattr(om, "__version__", "0.5.0"),
             "python": platform.python_version(), "cpu": cpu_model(), "gpu": gpu,
             "cpu_count": os.cpu_count(), "threads": threads, "load_avg_start": os.getloadavg()}
 
@@ -545,6 +562,31 @@ def summary(train: dict[str, Any], moe: list[dict[str, Any]]) -> dict[str, Any]:
 def write_json(path: str, payload: dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Before anything is built: ``--modes`` split into a list of known modes, ``--device`` one this machine has,
+    and the reference package importable where the command benchmarks the reference (else a
+    :class:`BenchArgumentError` naming the flags that need it)."""
+    needs_reference = ["params (it counts the reference's presets)"] if args.command == "params" else []
+    if args.command == "speed":
+        args.modes = args.modes.split(",")
+        unknown = [mode for mode in args.modes if mode not in TRAIN_MODES]
+        if unknown:
+            raise BenchArgumentError(f"--modes: no mode {', '.join(map(repr, unknown))}; choose from "
+                                     f"{','.join(TRAIN_MODES)}")
+        args.device = str(resolve_device(args.device))
+        references = [mode for mode in args.modes if is_reference(mode)]
+        needs_reference += [f"--modes {','.join(references)}"] if references else []
+        if any(args.moe_expert_dims.split(",")):
+            needs_reference.append(f"--moe-expert-dims {args.moe_expert_dims} (the MoE layer against the reference's)")
+    if needs_reference and om is None:
+        remedy = ("" if args.command == "params" else
+                  "; or leave the reference out: --modes without reference* and --moe-expert-dims ''")
+        raise BenchArgumentError(f"{' and '.join(needs_reference)} need{'s' if len(needs_reference) == 1 else ''} "
+                                 "the reference package open_mythos, which "
+                                 f"is not importable here ({REFERENCE_IMPORT_ERROR}): run in the bench environment "
+                                 f"(bench/README.md, \"Commands\"){remedy}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -574,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     params = sub.add_parser("params", help="parameter counts of the presets against the reference")
     params.add_argument("--out", default="bench/results/params.json")
     args = parser.parse_args(argv)
+    check_args(args)
     if args.command == "params":
         rows = [compare_preset_params(name) for name in PRESET_NAMES]
         write_json(args.out, {"presets": rows})
@@ -585,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     base = get_preset(args.preset, **dict(parse_override(item) for item in args.set))
     moe = [bench_moe(base.dim, int(f), 64, 4, args.moe_tokens, args.moe_rounds, args.warmup, args.device)
            for f in args.moe_expert_dims.split(",") if f]
-    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup, args.modes.split(","),
+    train = bench_train(base, args.batch, args.seq, args.loops, args.rounds, args.warmup, args.modes,
                         isolate=args.isolate, threads=args.threads, glibc_defaults=args.glibc_defaults,
                         device=args.device)
     env["load_avg_end"] = os.getloadavg()
@@ -597,4 +640,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main, log_format=None))

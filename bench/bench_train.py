@@ -161,7 +161,7 @@ def environment() -> dict[str, Any]:
     import deepspeed
     import torch
 
-    from megamythos.training.monitor import cpu_model
+    from megamythos.runtime.device import cpu_model
 
     return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
             "cpus": os.cpu_count(), "machine": platform.machine(), "cpu": cpu_model(), "load_average": os.getloadavg()}

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import platform
 import resource
 import threading
 import time
@@ -27,6 +26,7 @@ from megamythos.data.atomic import (
     writable_directory,
     writable_parent,
 )
+from megamythos.runtime.device import cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +92,6 @@ def openmp_wait_policy() -> str:
     except OSError:
         start = dict(os.environ)
     return start.get("OMP_WAIT_POLICY") or "unset"
-
-
-def cpu_model() -> dict[str, Any]:
-    """The CPU's model name and its bf16 matmul instructions (from /proc/cpuinfo on Linux), which decide the
-    bf16 ceiling: AMX tiles (``amx_bf16``) reach roughly 4x what AVX-512 ``avx512_bf16`` does per core."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        return {"model_name": platform.processor() or platform.machine()}
-    flags = set(info.get("flags", "").split())
-    return {"model_name": info.get("model name", platform.machine()),
-            "bf16_isa": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx_vnni"})}
 
 
 def check_outputs(tensorboard_dir: str | None, metrics_file: str | None, profile_dir: str | None = None) -> None:

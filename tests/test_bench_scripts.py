@@ -1,0 +1,91 @@
+"""The benchmark scripts of bench/ at their smallest settings, each in a subprocess as bench/README.md runs it: it
+must finish and write the results keys the README cites, so a library change that breaks a script fails here
+(nothing is timed). What needs a machine CI lacks is checked up to that point: bench_model.py's reference modes
+say in one line that the reference is missing."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from megamythos.errors import run_cli
+from tests.helpers import REPO, launch_env, one_error_line
+
+# What the reference's bench environment lacks of ours (it holds torch, numpy, transformers and open-mythos:
+# bench/README.md, "Commands"); bench_model.py must run there.
+NOT_IN_REFERENCE_ENV = ("psutil", "sentencepiece", "deepspeed", "datasets", "tensorboard", "matplotlib",
+                        "zstandard", "pyarrow")
+# bench_model.py's train-step modes that leave the reference out (ours_bf16 is ours_matched in bf16 weights;
+# ours_bf16_compiled compiles for a minute), on a tiny preset shrunk further
+OURS = "ours_matched,ours_bf16_autocast,ours_preset,dense_gpt"
+SMALLER = ("--set", "vocab_size=512", "--set", "dim=64", "--set", "n_experts=4", "--set", "expert_dim=32")
+
+
+def bench(script: str, *args: str, blocked: tuple[str, ...] = (), timeout: float = 300) -> \
+        subprocess.CompletedProcess:
+    """``python bench/SCRIPT ARGS`` in the repository root, one thread, with the modules ``blocked`` unimportable
+    (as in an environment without them)."""
+    path = str(REPO / "bench" / script)
+    code = (f"import runpy, sys\nsys.modules.update(dict.fromkeys({blocked!r}))\n"
+            f"sys.argv = {[path, *args]!r}\nrunpy.run_path({path!r}, run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env=launch_env(), timeout=timeout)
+
+
+def results(proc: subprocess.CompletedProcess, out: Path) -> dict[str, Any]:
+    """The results file of a run that succeeded."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(out.read_text())
+
+
+def test_bench_model_times_ours_without_the_reference_in_its_environment(tmp_path):
+    out = tmp_path / "model.json"
+    data = results(bench("bench_model.py", "speed", "--modes", OURS, "--moe-expert-dims", "", *SMALLER,
+                         "--batch", "1", "--seq", "32", "--loops", "2", "--rounds", "1", "--warmup", "1",
+                         "--out", str(out), blocked=("open_mythos", *NOT_IN_REFERENCE_ENV)), out)
+    assert data["environment"]["cpu"]["model_name"] and data["environment"]["open_mythos"] is None
+    train = data["train"]
+    assert train["shape"]["executed_loops_per_step"] == 2 and "reference" not in train["configs"]
+    for mode in OURS.split(","):
+        assert train["results"][mode]["tokens_per_s"] > 0 and train["results"][mode]["gflops_per_s"] > 0
+    assert {"matmul_1024", "matmul_1024_bf16"} <= set(train["results"])
+    assert set(train["aten_ops_per_step"]) == {"ours_matched", "ours_bf16_autocast", "ours_preset"}
+    assert {"ratio", "paired_ratio", "goal", "met"} <= set(train["vs_dense_equal_flops"])
+    assert abs(train["vs_dense_equal_flops"]["flops_ratio"] - 1) < 0.01
+    assert data["moe"] == []
+
+
+def load_script(script: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench/SCRIPT imported as a module (not run), in ``sys.modules`` for the test."""
+    spec = importlib.util.spec_from_file_location(f"bench_{Path(script).stem}", REPO / "bench" / script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_model_says_in_one_line_that_the_reference_is_missing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "model.json"
+    proc = bench("bench_model.py", "speed", "--out", str(out), blocked=("open_mythos",))  # the default modes
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_error_line(proc.stderr)
+    assert "--modes reference,reference_bf16_autocast and --moe-expert-dims 256,128,64" in line, line
+    assert "open_mythos" in line and "bench/README.md" in line, line
+    bench_model = load_script("bench_model.py", monkeypatch)
+    monkeypatch.setattr(bench_model, "om", None)
+    monkeypatch.setattr(bench_model, "REFERENCE_IMPORT_ERROR", "No module named 'open_mythos'", raising=False)
+    for args, error in ((["params"], "params (it counts the reference's presets) needs the reference package"),
+                        (["speed", "--modes", "ours_matched,reference", "--moe-expert-dims", ""],
+                         "--modes reference needs the reference package open_mythos"),
+                        (["speed", "--modes", "ours_matched,ours_bf61"], "--modes: no mode 'ours_bf61'"),
+                        (["speed", "--modes", "ours_matched", "--moe-expert-dims", "", "--device", "cuda:99"],
+                         "--device cuda:99")):
+        assert run_cli(lambda args=args: bench_model.main([*args, "--out", str(out)]), log_format=None) == 2
+        assert error in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
