@@ -183,6 +183,7 @@ def main() -> int:
     parser.add_argument("--train-reps", type=int, default=16)
     parser.add_argument("--out", default="bench/results/adaptive.json")
     args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     torch.set_num_threads(1)
     loaded = load_model(args.load)
     models = {"default_run": (loaded.model.eval(), loaded.tokenizer.encode_one)}

@@ -99,6 +99,7 @@ def main() -> int:
     parser.add_argument("--glibc-defaults", action="store_true", help="leave glibc malloc's settings as they are")
     parser.add_argument("--out", default="bench/results/attention_cpu.json")
     args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     torch.set_num_threads(args.threads)
     host_memory = "glibc defaults" if args.glibc_defaults else keep_freed_memory()
     rows = []

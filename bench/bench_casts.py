@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--modes", default="uncached,cached")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     torch.manual_seed(0)
     config = get_preset(args.preset).replace(backprop_loops=0, checkpoint_loops=False, mean_loops=args.loops,
                                              max_loops=args.loops, max_seq_len=max(args.seq, 2048))

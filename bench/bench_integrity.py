@@ -48,6 +48,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=float, default=1e9, help="dataset size for the token-id check")
     parser.add_argument("--out", default="bench/results/integrity.json")
     args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     results: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "environment": {"cpu": cpu_model(), "python": platform.python_version(),
                                      "load_avg": os.getloadavg()}}

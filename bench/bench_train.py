@@ -191,13 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "_memory_child":
         print(json.dumps(memory_child(args.loops, args.mode, args.batch, args.seq)))
         return 0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     if args.cmd == "memory":
         result = memory(args.batch, args.seq)
     else:
         result = throughput(args.iters, args.warmup,
                             dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS, args.repeats,
                             args.threads)
-    out = Path(args.out)
     data = json.loads(out.read_text()) if out.is_file() else {}
     data[args.cmd] = {**result, "environment": environment()}
     out.write_text(json.dumps(data, indent=2) + "\n")

@@ -89,3 +89,10 @@ def test_bench_model_says_in_one_line_that_the_reference_is_missing(tmp_path, mo
         assert run_cli(lambda args=args: bench_model.main([*args, "--out", str(out)]), log_format=None) == 2
         assert error in one_error_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_bench_integrity(tmp_path):
+    out = tmp_path / "results" / "integrity.json"
+    data = results(bench("bench_integrity.py", "--gib", "0.001", "--tokens", "1e5", "--out", str(out)), out)
+    assert {"gb", "read_s", "write_s", "verify_s", "verify_gb_per_s"} <= set(data["checksums"])
+    assert data["token_id_check"]["tokens"] == 100_000 and data["token_id_check"]["tokens_per_s"] > 0
