@@ -10,8 +10,8 @@ threshold, loops) row, three tasks are timed on held-out text of the model's own
 Python's ``argparse`` and ``inspect`` modules):
 
 * ``forward``: one batched forward of 8 x 128 tokens (prefill, ``evaluate``, lm-eval scoring);
-* ``decode8`` / ``decode1``: greedy generation of 32 tokens after a 16-token prompt at batch 8 and 1 (cached,
-  MLA absorbed decode).
+* ``decode8`` / ``decode1``: greedy generation of 32 tokens (``--decode-tokens``) after a 16-token prompt at batch
+  8 and 1 (cached, MLA absorbed decode).
 
 Each task runs in three modes: ``every`` (threshold 0, every token runs every loop), ``masked`` (the exit rule
 without compaction: exited tokens are frozen but still computed, a patch of
@@ -67,8 +67,8 @@ def held_out_ids(encode: Callable[[str], list[int]], n_tokens: int) -> torch.Ten
     return torch.tensor(ids[:n_tokens])
 
 
-def run_task(model: MythosLM, task: str, ids: torch.Tensor, loops: int, threshold: float,
-             mode: str) -> tuple[float, float, float]:
+def run_task(model: MythosLM, task: str, ids: torch.Tensor, loops: int, threshold: float, mode: str,
+             decode_tokens: int) -> tuple[float, float, float]:
     """(seconds, mean executed loops per token, mean frozen loops per token under compaction) of one task in one
     mode; frozen loops (:func:`megamythos.model.recurrent.computed_iterations`) are counted for the forward only."""
     exit_threshold = 0.0 if mode == "every" else threshold
@@ -84,27 +84,28 @@ def run_task(model: MythosLM, task: str, ids: torch.Tensor, loops: int, threshol
         else:
             batch = 8 if task == "decode8" else 1
             prompt = ids[:batch * 16].view(batch, 16)
-            _, stats = generate(model, prompt, SamplingConfig(max_new_tokens=32, temperature=0, n_loops=loops,
-                                                             exit_threshold=exit_threshold))
+            _, stats = generate(model, prompt, SamplingConfig(max_new_tokens=decode_tokens, temperature=0,
+                                                             n_loops=loops, exit_threshold=exit_threshold))
             depth, frozen = stats.mean_loops, 0.0
         return time.perf_counter() - start, depth, frozen
 
 
-def bench_model(model: MythosLM, ids: torch.Tensor, reps: int) -> list[dict]:
+def bench_model(model: MythosLM, ids: torch.Tensor, reps: int, decode_tokens: int) -> list[dict]:
     rows = []
     for threshold, loops in ROWS:
         for task in ("forward", "decode8", "decode1"):
             seconds: dict[str, list[float]] = {mode: [] for mode in MODES}
             depth: dict[str, tuple[float, float]] = {}
             for mode in MODES:  # warm-up
-                run_task(model, task, ids, loops, threshold, mode)
+                run_task(model, task, ids, loops, threshold, mode, decode_tokens)
             for rep in range(reps):
                 for mode in MODES[rep % 3:] + MODES[:rep % 3]:
-                    elapsed, executed, frozen = run_task(model, task, ids, loops, threshold, mode)
+                    elapsed, executed, frozen = run_task(model, task, ids, loops, threshold, mode,
+                                                       decode_tokens)
                     seconds[mode].append(elapsed)
                     depth[mode] = (executed, frozen)
             median = {mode: statistics.median(s) for mode, s in seconds.items()}
-            seq = 128 if task == "forward" else 48
+            seq = 128 if task == "forward" else 16 + decode_tokens
             executed, frozen = depth["compact"]
             ideal = (forward_flops_per_token(model.config, seq, loops)
                      / forward_flops_per_token(model.config, seq, executed, frozen))
@@ -181,6 +182,7 @@ def main() -> int:
     parser.add_argument("--fixed-depth-steps", type=int, default=0, help="also bench a fixed-depth study model")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--train-reps", type=int, default=16)
+    parser.add_argument("--decode-tokens", type=int, default=32, help="tokens each decode task generates")
     parser.add_argument("--out", default="bench/results/adaptive.json")
     args = parser.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
@@ -192,11 +194,12 @@ def main() -> int:
     results = {}
     for name, (model, encode) in models.items():
         print(f"# {name}", flush=True)
-        results[name] = bench_model(model, held_out_ids(encode, 8 * 128), args.reps)
+        results[name] = bench_model(model, held_out_ids(encode, 8 * 128), args.reps, args.decode_tokens)
     training = bench_training(args.train_reps)
     environment = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "torch": torch.__version__,
                    "python": platform.python_version(), "cpu": cpu_model(), "threads": 1,
-                   "load_avg": os.getloadavg(), "load": args.load, "fixed_depth_steps": args.fixed_depth_steps}
+                   "load_avg": os.getloadavg(), "load": args.load, "fixed_depth_steps": args.fixed_depth_steps,
+                   "decode_tokens": args.decode_tokens}
     Path(args.out).write_text(json.dumps({"environment": environment, "models": results, "training": training},
                                          indent=1) + "\n")
     return 0

@@ -14,8 +14,12 @@ from typing import Any
 
 import pytest
 
+from megamythos.checkpoint.files import write_tokenizer_files
+from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import run_cli
-from tests.helpers import REPO, launch_env, one_error_line
+from megamythos.model.lm import MythosLM
+from tests.helpers import REPO, launch_env, one_error_line, small_config
 
 # What the reference's bench environment lacks of ours (it holds torch, numpy, transformers and open-mythos:
 # bench/README.md, "Commands"); bench_model.py must run there.
@@ -89,6 +93,39 @@ def test_bench_model_says_in_one_line_that_the_reference_is_missing(tmp_path, mo
         assert run_cli(lambda args=args: bench_model.main([*args, "--out", str(out)]), log_format=None) == 2
         assert error in one_error_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Tokenizer) -> Path:
+    """An export directory (untrained weights, a few hundred K parameters, 128 positions) with its tokenizer, as
+    ``megamythos.checkpoint.export`` writes one: what ``--load`` of generate, evaluate and the benchmarks reads."""
+    from safetensors.torch import save_model
+
+    out = tmp_path_factory.mktemp("export")
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=128))
+    save_model(model, str(out / MODEL_FILE))
+    model.config.to_json(out / CONFIG_FILE)
+    write_tokenizer_files(out, tiny_tokenizer)
+    return out
+
+
+def test_bench_adaptive(tmp_path, exported_model):
+    out = tmp_path / "results" / "adaptive.json"  # a folder the script makes
+    data = results(bench("bench_adaptive.py", "--load", str(exported_model), "--reps", "1", "--train-reps", "1",
+                         "--decode-tokens", "2", "--out", str(out)), out)
+    rows = data["models"]["default_run"]
+    assert [(r["exit_threshold"], r["loops"], r["task"]) for r in rows] == [
+        (threshold, loops, task) for threshold, loops in ((0.2, 4), (0.2, 8), (0.1, 8), (0.05, 8))
+        for task in ("forward", "decode8", "decode1")]
+    for row in rows:  # the README's columns: mean loops (+ frozen), masked -> compact, ideal, share
+        assert {"mean_loops", "frozen_loops", "every_ms", "masked_ms", "compact_ms", "masked_speedup",
+                "compact_speedup", "flop_ideal", "share_of_ideal"} <= set(row)
+        assert 0 <= row["frozen_loops"] <= row["loops"] - row["mean_loops"] + 1e-3
+    training = data["training"]
+    assert {"tokens_per_s", "mean_depth", "train_flops_per_token"} <= set(training["default"])
+    assert training["capacity"]["loop_capacity"] == [1.0, 1.0, 1.0, 0.5, 0.25, 0.25]
+    assert set(training["capacity_over_default"]) == {"tokens_per_s", "train_flops_per_token"}
+    assert data["environment"]["cpu"]["model_name"]
 
 
 def test_bench_integrity(tmp_path):
