@@ -2,14 +2,16 @@
 
 A preset (``small`` by default) at batch 1 x 512 tokens, 4 loops, every loop under gradient and no activation
 checkpointing, forward + loss + backward under ``torch.autocast("cpu", bfloat16)`` on fp32 weights (what a user
-of the model class switches on). ``uncached``: the plain forward; ``cached``: the forward inside
-``megamythos.model.layers.weights_cast_once`` (each weight cast once per forward). Step times are interleaved
+of the model class switches on). ``cached``: the plain forward, whose recurrent core opens
+``megamythos.model.layers.weights_cast_once`` (each weight cast once per forward); ``uncached``: the same with
+that cache switched off (``megamythos.model.recurrent.weights_cast_once`` patched to a no-op: each loop casts
+again). Step times are interleaved
 repetitions in one process (medians); ``aten::copy_`` calls and time come from ``torch.profiler`` on one more
 step of each mode, with the costliest copies by input shape:
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python bench/bench_casts.py --out bench/results/casts_small.json
 
-``--modes uncached`` also runs on a checkout that predates the cache (the "before" figures).
+``--modes uncached`` also runs on a checkout that predates the cache (the "before" figures; nothing to patch there).
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
+import megamythos.model.recurrent as recurrent
 from megamythos.model.config import get_preset
 from megamythos.model.lm import MythosLM
 
@@ -33,13 +37,11 @@ Step = Callable[[], None]
 
 
 def make_step(model: MythosLM, ids: torch.Tensor, loops: int, cached: bool) -> Step:
-    """One forward + backward under bf16 autocast, the cast cache open around the forward when ``cached``."""
+    """One forward + backward under bf16 autocast; without ``cached`` the recurrent core's cast cache is off
+    (``create``: checkouts before the cache have none to patch)."""
     def step() -> None:
-        if cached:
-            from megamythos.model.layers import weights_cast_once  # absent from checkouts before the cache
-            cache: contextlib.AbstractContextManager = weights_cast_once()
-        else:
-            cache = contextlib.nullcontext()
+        cache = (contextlib.nullcontext() if cached else
+                 mock.patch.object(recurrent, "weights_cast_once", contextlib.nullcontext, create=True))
         with torch.autocast("cpu", dtype=torch.bfloat16), cache:
             out = model(ids, labels=ids, n_loops=loops)
         (out.loss + out.aux_loss).backward()

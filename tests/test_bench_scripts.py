@@ -128,6 +128,17 @@ def test_bench_adaptive(tmp_path, exported_model):
     assert data["environment"]["cpu"]["model_name"]
 
 
+def test_bench_casts(tmp_path):
+    out = tmp_path / "results" / "casts.json"
+    data = results(bench("bench_casts.py", "--preset", "tiny", "--seq", "32", "--loops", "2", "--rounds", "1",
+                         "--out", str(out)), out)
+    for mode in ("uncached", "cached"):
+        assert {"median_s", "samples_s", "copy_calls", "copy_ms", "top_copies"} <= set(data["results"][mode])
+    # the README's point: without the cache each loop casts the expert weights again
+    assert data["results"]["cached"]["copy_calls"] < data["results"]["uncached"]["copy_calls"]
+    assert data["paired_speedup"] > 0
+
+
 def test_bench_integrity(tmp_path):
     out = tmp_path / "results" / "integrity.json"
     data = results(bench("bench_integrity.py", "--gib", "0.001", "--tokens", "1e5", "--out", str(out)), out)
