@@ -11,8 +11,9 @@ by side per shape and dtype, to place its switches ``_CAUSAL_MATMUL_MAX_SCORES``
 
 Shapes: the heads of the presets' MLA as ``attend`` sees them (tiny: 8 heads, q/k 48 = nope 32 + rope 16, v 32;
 small: 12 heads, q/k 96, v 64) in bf16 and fp32. Training: forward + backward of a causal sequence, batch x
-sequence = 2048 tokens, sequence 128..2048 (the default run trains at 4 x 128, the model benchmark at 1 x 512).
-Decode: forward of one query against L cached keys, batch 1, without gradient (the non-absorbed cached path).
+sequence = 2048 tokens, sequence 128..2048 (``--seq-lens``; the default run trains at 4 x 128, the model benchmark
+at 1 x 512). Decode: forward of one query against L = 128, 512, 2048 cached keys (``--decode-lens``), batch 1,
+without gradient (the non-absorbed cached path).
 Each cell: 2 untimed calls, then the median of ``--reps`` (training) or ``--decode-reps`` (decode) calls, the two
 kernels alternating. The process keeps freed memory as the CPU trainer does
 (:func:`megamythos.runtime.host_memory.keep_freed_memory`; ``--glibc-defaults`` to leave glibc's settings).
@@ -96,6 +97,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--decode-reps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=SEQ_LENS, help="training sequence lengths")
+    parser.add_argument("--decode-lens", type=int, nargs="+", default=DECODE_LENS, help="decode cache lengths")
     parser.add_argument("--glibc-defaults", action="store_true", help="leave glibc malloc's settings as they are")
     parser.add_argument("--out", default="bench/results/attention_cpu.json")
     args = parser.parse_args()
@@ -105,9 +108,9 @@ def main() -> int:
     rows = []
     for preset in PRESET_HEADS:
         for dtype in DTYPES:
-            rows += [training_row(preset, dtype, seq, args.reps) for seq in SEQ_LENS]
-            rows += [decode_row(preset, dtype, kv_len, args.decode_reps) for kv_len in DECODE_LENS]
-            for r in rows[-len(SEQ_LENS) - len(DECODE_LENS):]:
+            rows += [training_row(preset, dtype, seq, args.reps) for seq in args.seq_lens]
+            rows += [decode_row(preset, dtype, kv_len, args.decode_reps) for kv_len in args.decode_lens]
+            for r in rows[-len(args.seq_lens) - len(args.decode_lens):]:
                 print(json.dumps(r), flush=True)
     environment = {"torch": torch.__version__, "python": platform.python_version(), "cpu": cpu_model(),
                    "threads": args.threads, "host_memory": host_memory, "load_avg": os.getloadavg(),

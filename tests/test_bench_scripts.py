@@ -128,6 +128,18 @@ def test_bench_adaptive(tmp_path, exported_model):
     assert data["environment"]["cpu"]["model_name"]
 
 
+def test_bench_attention(tmp_path):
+    out = tmp_path / "results" / "attention.json"
+    data = results(bench("bench_attention.py", "--seq-lens", "128", "512", "--decode-lens", "128", "--reps", "1",
+                         "--decode-reps", "1", "--out", str(out)), out)
+    cells = [(r["preset"], r["dtype"], r["phase"], r["q_len"], r["kv_len"]) for r in data["rows"]]
+    assert cells == [(preset, dtype, phase, q_len, kv_len) for preset in ("tiny", "small") for dtype in ("bf16", "fp32")
+                     for phase, q_len, kv_len in (("train_fwd_bwd", 128, 128), ("train_fwd_bwd", 512, 512),
+                                                  ("decode", 1, 128))]
+    assert all(r["matmul_ms"] > 0 and r["sdpa_ms"] > 0 and r["matmul_over_sdpa"] > 0 for r in data["rows"])
+    assert data["environment"]["host_memory"] and data["environment"]["cpu"]["model_name"]
+
+
 def test_bench_casts(tmp_path):
     out = tmp_path / "results" / "casts.json"
     data = results(bench("bench_casts.py", "--preset", "tiny", "--seq", "32", "--loops", "2", "--rounds", "1",
