@@ -4,17 +4,19 @@
     PYTHONPATH=. python bench/bench_train.py throughput --out bench/results/train.json
 
 ``memory``: peak memory increase of one training step (forward + loss + backward) of the tiny preset at loop
-counts 4, 8, 16, 32, with per-iteration activation checkpointing, with two-level checkpointing (segments of
-sqrt(T) iterations checkpointed again) and without; the step's wall time is recorded too. Each measurement runs in
-a fresh process: build the model, run a 1-loop warm-up step (allocates gradients), return freed heap to the OS
-(``malloc_trim``; ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB), reset the kernel's peak-RSS counter
-(``/proc/self/clear_refs``), run the step, and report
-``VmHWM - RSS before the step``: the activations kept for backward plus the transient peak of the backward pass.
+counts 4, 8, 16, 32 (``--loops``), with per-iteration activation checkpointing, with two-level checkpointing
+(segments of sqrt(T) iterations checkpointed again) and without (``--modes``); the step's wall time is recorded
+too, and each mode's peak at the most loops over its peak at the fewest (``ratio_T32_over_T4`` by default). Each
+measurement runs in a fresh process: build the model, run a 1-loop warm-up step (allocates gradients), return
+freed heap to the OS (``malloc_trim``; ``MALLOC_MMAP_THRESHOLD_`` fixed at 64 KiB), reset the kernel's peak-RSS
+counter (``/proc/self/clear_refs``), run the step, and report ``VmHWM - RSS before the step``: the activations kept
+for backward plus the transient peak of the backward pass.
 
 ``throughput``: tokens/s of the default run (``launchers/pretrain.sh`` defaults: tiny preset, default corpus,
-seq 128, micro batch 4 per process, ZeRO-3) with 1 and 2 processes, median over iterations after a warm-up,
-for each ``--variant NAME=FLAGS`` (default: fp32, bf16, bf16 with --compile, and both of those with ZeRO-2; FLAGS
-may start with ``VAR=value`` words, the launch's environment).
+seq 128, micro batch 4 per process, ZeRO-3) with 1 and 2 processes (``--processes``), median over iterations
+after a warm-up, for each ``--variant NAME=FLAGS`` (default: fp32, bf16, bf16 with --compile, and both of those
+with ZeRO-2; FLAGS may start with ``VAR=value`` words, the launch's environment, and may name the data and the
+model: ``--data-path``, ``--override``).
 Results are merged into the JSON file given by ``--out``.
 """
 from __future__ import annotations
@@ -62,7 +64,7 @@ def memory_child(loops: int, mode: str, batch: int, seq: int) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    config = get_preset("tiny", max_loops=max(LOOPS), max_seq_len=seq, **MODES[mode])
+    config = get_preset("tiny", max_loops=max(*LOOPS, loops), max_seq_len=seq, **MODES[mode])
     model = MythosLM(config).train()
     tokens = torch.randint(0, config.vocab_size, (batch, seq + 1))
 
@@ -81,10 +83,10 @@ def memory_child(loops: int, mode: str, batch: int, seq: int) -> dict[str, Any]:
     return {"loops": loops, "mode": mode, "peak_step_mib": (peak - before) / 1024, "step_s": seconds}
 
 
-def memory(batch: int, seq: int) -> dict[str, Any]:
+def memory(batch: int, seq: int, loop_counts: list[int], modes: list[str]) -> dict[str, Any]:
     rows = []
-    for mode in MODES:
-        for loops in LOOPS:
+    for mode in modes:
+        for loops in loop_counts:
             cmd = [sys.executable, __file__, "_memory_child", "--loops", str(loops), "--mode", mode,
                    "--batch", str(batch), "--seq", str(seq)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO,
@@ -96,8 +98,9 @@ def memory(batch: int, seq: int) -> dict[str, Any]:
     def peak(mode: str, loops: int) -> float:
         return next(r["peak_step_mib"] for r in rows if r["loops"] == loops and r["mode"] == mode)
 
+    most, fewest = max(loop_counts), min(loop_counts)
     return {"preset": "tiny", "batch": batch, "seq_length": seq, "rows": rows,
-            "ratio_T32_over_T4": {mode: peak(mode, 32) / peak(mode, 4) for mode in MODES},
+            f"ratio_T{most}_over_T{fewest}": {mode: peak(mode, most) / peak(mode, fewest) for mode in modes},
             "goal_ratio_with_checkpointing": 1.15}
 
 
@@ -115,9 +118,9 @@ def launch_throughput(nproc: int, flags: str, iters: int, warmup: int, env: dict
     env = {**env, **dict(word.split("=", 1) for word in assignments)}
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "metrics.jsonl"
-        cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc), "--master-port",
-               str(29700 + nproc), "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval",
-               "0", "--eval-interval", "0", "--metrics-file", str(metrics), *trainer_flags]
+        cmd = ["bash", str(REPO / "launchers" / "pretrain.sh"), "--num-gpus", str(nproc),  # a free port
+               "--train-iters", str(iters), "--save", f"{tmp}/ckpt", "--save-interval", "0", "--eval-interval", "0",
+               "--metrics-file", str(metrics), *trainer_flags]
         subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
     steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
@@ -131,8 +134,8 @@ def launch_throughput(nproc: int, flags: str, iters: int, warmup: int, env: dict
 
 
 def throughput(iters: int, warmup: int, variants: dict[str, str], repeats: int = 1,
-               threads: int | None = None) -> dict[str, Any]:
-    """Every variant launched ``repeats`` times at 1 and at 2 processes, the variants alternating within each
+               threads: int | None = None, processes: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """Every variant launched ``repeats`` times at each count of ``processes``, the variants alternating within each
     repeat (so slow drifts of the machine's load reach all of them); with repeats > 1 a variant's figures are the
     medians over its launches, each launch's own in ``launches``. ``threads``: OMP_NUM_THREADS of every rank
     (default: the launcher's, cores / processes; 1 keeps a shared machine from stalling OpenMP barriers)."""
@@ -142,7 +145,7 @@ def throughput(iters: int, warmup: int, variants: dict[str, str], repeats: int =
     env.pop("OMP_NUM_THREADS", None)  # the launcher's default: cores / processes
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    for nproc in (1, 2):
+    for nproc in processes:
         launches: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         for _ in range(repeats):
             for name, flags in variants.items():
@@ -173,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("memory")
     m.add_argument("--batch", type=int, default=4)
     m.add_argument("--seq", type=int, default=256)
+    m.add_argument("--loops", type=int, nargs="+", default=list(LOOPS), help="loop counts")
+    m.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="checkpointing modes")
     t = sub.add_parser("throughput")
     t.add_argument("--iters", type=int, default=40)
     t.add_argument("--warmup", type=int, default=5)
     t.add_argument("--repeats", type=int, default=1, help="launches per variant, the variants alternating")
     t.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per rank (default: the launcher's)")
+    t.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="launch at each of these process counts")
     t.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="trainer flags of one variant (repeatable); default: " + ", ".join(VARIANTS))
     for s in (m, t):
@@ -194,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     if args.cmd == "memory":
-        result = memory(args.batch, args.seq)
+        result = memory(args.batch, args.seq, args.loops, args.modes)
     else:
         result = throughput(args.iters, args.warmup,
                             dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS, args.repeats,
-                            args.threads)
+                            args.threads, tuple(args.processes))
     data = json.loads(out.read_text()) if out.is_file() else {}
     data[args.cmd] = {**result, "environment": environment()}
     out.write_text(json.dumps(data, indent=2) + "\n")

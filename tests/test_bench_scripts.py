@@ -19,7 +19,7 @@ from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import run_cli
 from megamythos.model.lm import MythosLM
-from tests.helpers import REPO, launch_env, one_error_line, small_config
+from tests.helpers import REPO, launch_env, one_error_line, small_config, tiny_args
 
 # What the reference's bench environment lacks of ours (it holds torch, numpy, transformers and open-mythos:
 # bench/README.md, "Commands"); bench_model.py must run there.
@@ -156,3 +156,27 @@ def test_bench_integrity(tmp_path):
     data = results(bench("bench_integrity.py", "--gib", "0.001", "--tokens", "1e5", "--out", str(out)), out)
     assert {"gb", "read_s", "write_s", "verify_s", "verify_gb_per_s"} <= set(data["checksums"])
     assert data["token_id_check"]["tokens"] == 100_000 and data["token_id_check"]["tokens_per_s"] > 0
+
+
+def test_bench_train_memory(tmp_path):
+    out = tmp_path / "results" / "train.json"
+    data = results(bench("bench_train.py", "memory", "--loops", "1", "2", "--modes", "two-level", "--batch", "1",
+                         "--seq", "16", "--out", str(out)), out)["memory"]
+    assert [(r["loops"], r["mode"]) for r in data["rows"]] == [(1, "two-level"), (2, "two-level")]
+    assert all(r["peak_step_mib"] > 0 and r["step_s"] > 0 for r in data["rows"])
+    assert data["ratio_T2_over_T1"]["two-level"] > 0 and data["environment"]["deepspeed"]
+
+
+@pytest.mark.launch
+def test_bench_train_throughput(tmp_path, corpus):
+    out = tmp_path / "results" / "train.json"
+    trainer = tiny_args(corpus, 2)
+    at = trainer.index("--train-iters")
+    del trainer[at:at + 2]  # the script's own --iters
+    data = results(bench("bench_train.py", "throughput", "--iters", "2", "--warmup", "0", "--threads", "1",
+                         "--processes", "2", "--variant", "fp32=" + " ".join(trainer), "--out", str(out)),
+                   out)["throughput"]
+    run = data["2_process_fp32"]
+    assert {"tokens_per_sec_median", "iteration_seconds_median", "tflops_per_process_median", "mfu_median"} <= set(run)
+    assert run["global_batch"] == 8 and run["iterations"] == 2 and run["lm_loss_last"] > 0
+    assert "1_process_fp32" not in data and data["environment"]["cpu"]["model_name"]
