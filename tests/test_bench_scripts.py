@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,8 @@ from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import run_cli
 from megamythos.model.lm import MythosLM
+from megamythos.training.arguments import parse_args
+from megamythos.training.launch import split_launcher_flags
 from tests.helpers import REPO, launch_env, one_error_line, small_config, tiny_args
 
 # What the reference's bench environment lacks of ours (it holds torch, numpy, transformers and open-mythos:
@@ -180,3 +184,49 @@ def test_bench_train_throughput(tmp_path, corpus):
     assert {"tokens_per_sec_median", "iteration_seconds_median", "tflops_per_process_median", "mfu_median"} <= set(run)
     assert run["global_batch"] == 8 and run["iterations"] == 2 and run["lm_loss_last"] > 0
     assert "1_process_fp32" not in data and data["environment"]["cpu"]["model_name"]
+
+
+def test_gpu_check_numerics_on_cpu(tmp_path):
+    out = tmp_path / "results" / "gpu_check.json"
+    data = results(bench("gpu_check.py", "numerics", "--device", "cpu", "--out", str(out)), out)["numerics"]
+    assert data["device"] == "cpu" and data["dtype"] == "bfloat16" and data["passed"]
+    assert set(data["errors"]) == {"attention", "moe", "rms_norm"}
+    assert all(0 <= error <= data["tolerance"] for errors in data["errors"].values() for error in errors.values())
+
+
+@pytest.mark.launch
+def test_gpu_check_summarize_reads_a_trainer_metrics_file(tmp_path, tiny_run):
+    out = tmp_path / "results" / "gpu_check.json"
+    out.parent.mkdir()
+    out.write_text(json.dumps({"numerics": {"passed": True}}))  # gpu_check.sh's first step wrote its part
+    data = results(bench("gpu_check.py", "summarize", "--metrics", str(tiny_run / "metrics.jsonl"), "--warmup", "2",
+                         "--out", str(out)), out)
+    summary = data["train_small_bf16_compile"]
+    assert data["numerics"] == {"passed": True} and summary["steps"] == 8 and summary["warmup_excluded"] == 2
+    for key in ("tokens_per_sec_median", "tflops_median", "mfu_median", "iteration_s_median", "peak_memory_gib",
+                "lm_loss_last"):
+        assert summary[key] > 0, key
+
+
+def shell_commands(script: Path, program: str) -> list[list[str]]:
+    """The words of each call of ``program`` in shell ``script`` (continuation lines joined; ``${VAR:-default}``
+    as its default, any other expansion as a path in a temporary folder)."""
+    text = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", script.read_text().replace("\\\n", " "))
+    text = re.sub(r"\$(\(mktemp -d\)|\w+)", "/tmp/x", text)
+    return [shlex.split(line.split(program, 1)[1].split("|")[0]) for line in text.splitlines() if program in line]
+
+
+def test_gpu_shell_scripts_parse_and_give_the_trainer_flags_it_has():
+    """Neither needs a GPU to be read: bash parses them, and the trainer parses what they pass it (a renamed
+    trainer flag would otherwise surface only on a lent GPU)."""
+    for script in ("gpu_check.sh", "gpu_session.sh"):
+        proc = subprocess.run(["bash", "-n", str(REPO / "bench" / script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    commands = [words for script in ("gpu_check.sh", "gpu_session.sh")
+                for words in shell_commands(REPO / "bench" / script, "launchers/pretrain.sh")]
+    assert len(commands) == 2
+    for words in commands:
+        launcher, trainer = split_launcher_flags(words)
+        assert launcher == {"num_gpus": "1"}
+        args = parse_args(trainer)
+        assert args.bf16 and args.preset == "small"
