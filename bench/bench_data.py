@@ -15,7 +15,9 @@ Run from the repository root (the megatron-core baseline runs in a separate virt
 5. Index builds without C++: blending indices for 1M samples; ``build_train_valid_test_datasets`` on our
    output (cache emptied first), then uniformly random ``ds[i]`` reads.
 
-Results go to ``bench/results/data.json``.
+Results go to ``bench/results/data.json``. ``--no-megatron`` times ours alone (steps 3 and 5 without Megatron's
+side, where no megatron-core venv is at hand); ``--max-files N`` and ``--vocab-size V`` make the corpus the first N
+stdlib files with a V-piece tokenizer.
 """
 from __future__ import annotations
 
@@ -166,13 +168,14 @@ def save_our_indices(prefix: str, work_dir: str, seq_length: int, seed: int) -> 
 
 
 # ---------------------------------------------------------------- ours
-def write_corpus_jsonl(path: str) -> int:
-    """The stdlib sources that decode as UTF-8 and are not blank, one JSON document per line; returns bytes."""
+def write_corpus_jsonl(path: str, max_files: int | None) -> int:
+    """The stdlib sources (the first ``max_files`` if given) that decode as UTF-8 and are not blank, one JSON
+    document per line; returns bytes."""
     from megamythos.data.default_corpus import stdlib_sources
     from megamythos.data.sources import iter_file_records, parse_record
 
     with open(path, "w", encoding="utf-8") as out:
-        for source in stdlib_sources():
+        for source in stdlib_sources(max_files):
             for record in iter_file_records(source, ("text",)):
                 parsed = parse_record(record, ("text",))
                 if parsed.texts is not None and not parsed.replaced:  # no U+FFFD for invalid bytes
@@ -211,7 +214,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megatron-python", default="/work/bench-venv-data/bin/python",
                         help="python of a virtualenv with megatron-core installed")
+    parser.add_argument("--no-megatron", action="store_true", help="time ours alone, without Megatron's side")
     parser.add_argument("--work-dir", default="/tmp/megamythos-bench-data")
+    parser.add_argument("--max-files", type=int, default=None, help="the first N stdlib files (default: all)")
+    parser.add_argument("--vocab-size", type=int, default=8192, help="pieces of the corpus's tokenizer")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "data.json"))
@@ -226,6 +232,11 @@ def main() -> None:
         print(json.dumps(run_megatron_index_check(args.run_megatron_index_check)))
         return
 
+    megatron = not args.no_megatron
+    if megatron and not os.access(args.megatron_python, os.X_OK):
+        print(f"error: --megatron-python {args.megatron_python} is no executable python; make the megatron-core "
+              "venv (bench/README.md, \"Data pipeline\") or pass --no-megatron to time ours alone", file=sys.stderr)
+        sys.exit(2)
     sys.path.insert(0, ROOT)
     import logging
 
@@ -233,15 +244,18 @@ def main() -> None:
 
     logging.basicConfig(level=logging.ERROR)
     os.makedirs(args.work_dir, exist_ok=True)
-    _, model = ensure_default_dataset(os.path.join(args.work_dir, "default"))
+    _, model = ensure_default_dataset(os.path.join(args.work_dir, "default"), args.vocab_size, args.max_files)
     corpus = os.path.join(args.work_dir, "stdlib.jsonl")
-    corpus_bytes = write_corpus_jsonl(corpus)
+    corpus_bytes = write_corpus_jsonl(corpus, args.max_files)
     ours_prefix = os.path.join(args.work_dir, "ours")
     megatron_prefix = os.path.join(args.work_dir, "megatron_text_document")
-    runs: dict[str, list[dict]] = {"megatron_1_worker": [], "ours_1_worker": [], f"ours_{args.workers}_workers": []}
+    runs: dict[str, list[dict]] = {**({"megatron_1_worker": []} if megatron else {}), "ours_1_worker": [],
+                                   f"ours_{args.workers}_workers": []}
     for _ in range(args.repeats):
         runs["ours_1_worker"].append(time_ours(corpus, model, ours_prefix, 1))
         runs[f"ours_{args.workers}_workers"].append(time_ours(corpus, model, ours_prefix, args.workers))
+        if not megatron:
+            continue
         cmd = [args.megatron_python, os.path.abspath(__file__), "--run-megatron-baseline", corpus, model,
                megatron_prefix, ours_prefix + "_text_document"]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ,
@@ -253,33 +267,33 @@ def main() -> None:
     from megamythos.data.blended_dataset import build_blending_indices
     from megamythos.data.indexed_dataset import IndexedDataset
 
-    ours_reads_megatron = len(IndexedDataset(megatron_prefix)) == best["ours_1_worker"]["documents"]
     start = time.perf_counter()
     build_blending_indices([0.7, 0.3], 1_000_000)
     blend_seconds = time.perf_counter() - start
-    spec = save_our_indices(ours_prefix + "_text_document", args.work_dir, 1024, 1234)
-    done = subprocess.run([args.megatron_python, os.path.abspath(__file__), "--run-megatron-index-check", spec],
-                          check=True, capture_output=True, text=True)
-    index_check = json.loads(done.stdout.strip().splitlines()[-1])
-    shutil.rmtree(os.path.join(args.work_dir, "cache"), ignore_errors=True)  # time the index build, not a hit
-    identical = all(open(ours_prefix + "_text_document" + ext, "rb").read() ==
-                    open(megatron_prefix + ext, "rb").read() for ext in (".bin", ".idx"))
-    baseline = best["megatron_1_worker"]["tokens_per_s"]
     results = {
         "corpus": {"jsonl_bytes": corpus_bytes, "documents": best["ours_1_worker"]["documents"],
                    "tokens": best["ours_1_worker"]["tokens"], "tokenizer": os.path.basename(model)},
         "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(),
-        "preprocess": best, "all_runs": runs,
-        "speedup_vs_megatron": {name: r["tokens_per_s"] / baseline for name, r in best.items()},
-        "bin_idx_byte_identical_to_megatron": identical,
-        "megatron_reads_ours_equal": best["megatron_1_worker"]["megatron_reads_ours_equal"],
-        "ours_reads_megatron": ours_reads_megatron,
-        "indices_equal_megatron_core": index_check,
+        "preprocess": best, "all_runs": runs}
+    if megatron:
+        spec = save_our_indices(ours_prefix + "_text_document", args.work_dir, 1024, 1234)
+        done = subprocess.run([args.megatron_python, os.path.abspath(__file__), "--run-megatron-index-check", spec],
+                              check=True, capture_output=True, text=True)
+        baseline = best["megatron_1_worker"]["tokens_per_s"]
+        results.update({
+            "speedup_vs_megatron": {name: r["tokens_per_s"] / baseline for name, r in best.items()},
+            "bin_idx_byte_identical_to_megatron": all(
+                open(ours_prefix + "_text_document" + ext, "rb").read() == open(megatron_prefix + ext, "rb").read()
+                for ext in (".bin", ".idx")),
+            "megatron_reads_ours_equal": best["megatron_1_worker"]["megatron_reads_ours_equal"],
+            "ours_reads_megatron": len(IndexedDataset(megatron_prefix)) == best["ours_1_worker"]["documents"],
+            "indices_equal_megatron_core": json.loads(done.stdout.strip().splitlines()[-1])})
+    shutil.rmtree(os.path.join(args.work_dir, "cache"), ignore_errors=True)  # time the index build, not a hit
+    results.update({
         "blend_index_build_seconds_1M_samples_2_datasets": blend_seconds,
         "random_reads": [bench_random_reads(ours_prefix + "_text_document", s, n, 20_000,
                                             os.path.join(args.work_dir, "cache"))
-                         for s, n in ((1024, 50_000), (4096, 10_000))],
-    }
+                         for s, n in ((1024, 50_000), (4096, 10_000))]})
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=2)

@@ -230,3 +230,19 @@ def test_gpu_shell_scripts_parse_and_give_the_trainer_flags_it_has():
         assert launcher == {"num_gpus": "1"}
         args = parse_args(trainer)
         assert args.bf16 and args.preset == "small"
+
+
+def test_bench_data_without_megatron(tmp_path):
+    out = tmp_path / "results" / "data.json"
+    common = ("--max-files", "30", "--vocab-size", "384", "--repeats", "1", "--work-dir", str(tmp_path / "work"),
+              "--out", str(out))
+    proc = bench("bench_data.py", "--megatron-python", str(tmp_path / "no-venv" / "python"), *common)
+    assert proc.returncode == 2 and "--no-megatron" in one_error_line(proc.stderr) and not out.exists()
+    data = results(bench("bench_data.py", "--no-megatron", *common), out)
+    assert set(data["preprocess"]) == set(data["all_runs"]) == {"ours_1_worker", "ours_2_workers"}
+    assert data["corpus"]["documents"] == 30 and data["corpus"]["tokenizer"] == "stdlib_v384_n30_tokenizer.model"
+    for best in data["preprocess"].values():
+        assert best["tokens"] == data["corpus"]["tokens"] and best["tokens_per_s"] > 0
+    assert [r["seq_length"] for r in data["random_reads"]] == [1024, 4096]
+    assert all(r["reads_per_s"] > 0 and r["index_build_seconds"] >= 0 for r in data["random_reads"])
+    assert data["blend_index_build_seconds_1M_samples_2_datasets"] > 0
