@@ -5,12 +5,14 @@
 Runs the real trainer (``megamythos.training.pretrain``, tiny preset, default corpus, sequence 64, micro batch
 1 per rank, fp32) under the ``deepspeed`` launcher on 2 processes, once per variant: ZeRO-3 with the recurrent
 block partitioned and gathered per use (``--no-replicate-core``, DeepSpeed's default, "before"), ZeRO-3 with the
-recurrent core replicated (``--replicate-core``, the trainer's default, "after"), and ZeRO-2 (the whole model
-replicated) for reference. The sampled loop count is replaced by a fixed schedule in which T alternates
+recurrent core replicated (``--replicate-core``, "after"), both on the default ds_config without its leaf modules
+(DeepSpeed's hooks on every submodule); ZeRO-3 on the default ds_config, whose leaf modules gather the recurrent
+core and the dense blocks once per forward and backward (what ``make pretrain`` runs since 2026-12-05); and ZeRO-2
+(the whole model replicated) for reference. The sampled loop count is replaced by a fixed schedule in which T alternates
 between 1, 4 and 8, so every step but the repeat at the end runs a T different from the previous step's.
 Calls and bytes of every collective per step come from the trainer's own accounting (``comm/...`` in its
 metrics file, rank 0); the report gives the median per T over the steps after the first (which records
-DeepSpeed's trace).
+DeepSpeed's trace). Trainer flags after ``--`` go to every run (e.g. ``-- --override dim=128 --data-path PREFIX``).
 """
 from __future__ import annotations
 
@@ -26,13 +28,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from megamythos.training.arguments import DEFAULT_DS_CONFIG
+
 REPO = Path(__file__).resolve().parents[1]
 # T of each step: every change of T occurs for every value; the last two steps repeat T (trace unchanged).
 SCHEDULE = (4, 1, 4, 8, 1, 8, 4, 1, 8, 4, 8, 1, 8, 8)
+# name: (trainer flags, whether the ds_config drops its leaf modules)
 VARIANTS = {
-    "zero3-per-use": ["--zero", "3", "--no-replicate-core"],
-    "zero3-replicated-core": ["--zero", "3", "--replicate-core"],
-    "zero2": ["--zero", "2"],
+    "zero3-per-use": (["--zero", "3", "--no-replicate-core"], True),
+    "zero3-replicated-core": (["--zero", "3", "--replicate-core"], True),
+    "zero3-leaf-modules": (["--zero", "3"], False),
+    "zero2": (["--zero", "2"], False),
 }
 KINDS = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
 
@@ -49,15 +55,26 @@ def worker(argv: Sequence[str]) -> int:
     return pretrain.main(rest)
 
 
-def launch(variant: list[str], data_dir: Path, out: Path, port: int) -> list[dict[str, Any]]:
-    """2-rank run of one variant; returns its metrics records (one per step)."""
+def without_leaf_modules(out: Path) -> Path:
+    """The default ds_config without ``zero_optimization.leaf_module``, written into ``out``; returns its path."""
+    config = json.loads(DEFAULT_DS_CONFIG.read_text())
+    del config["zero_optimization"]["leaf_module"]
+    path = out / "ds_config_without_leaf_modules.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def launch(name: str, data_dir: Path, out: Path, port: int, trainer: list[str]) -> list[dict[str, Any]]:
+    """2-rank run of variant ``name``, ``trainer`` flags added; returns its metrics records (one per step)."""
+    flags, plain = VARIANTS[name]
+    variant = [*flags, "--ds-config", str(without_leaf_modules(out))] if plain else flags
     metrics = out / "metrics.jsonl"
     cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(port), str(Path(__file__).resolve()), "--worker",
            "--loops", ",".join(map(str, SCHEDULE)), "--preset", "tiny", "--seq-length", "64",
            "--micro-batch-size", "1", "--global-batch-size", "2", "--train-iters", str(len(SCHEDULE)),
            "--mean-loops", "4", "--override", "max_loops=8", "--default-data-dir", str(data_dir),
            "--default-data-max-files", "30", "--split", "90,10,0", "--peak-tflops", "1", "--no-bf16",
-           "--save", str(out / "ckpt"), "--metrics-file", str(metrics), *variant]
+           "--save", str(out / "ckpt"), "--metrics-file", str(metrics), *trainer, *variant]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     log = out / "log.txt"
@@ -89,12 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", default=str(REPO / "data" / "default"))
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--port", type=int, default=29631)
+    p.add_argument("trainer", nargs="*", help="trainer flags for every run, after --")
     args = p.parse_args(argv)
-    results: dict[str, Any] = {"schedule": list(SCHEDULE), "environment": {
+    results: dict[str, Any] = {"schedule": list(SCHEDULE), "trainer_flags": args.trainer, "environment": {
         "python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()}}
     for i, name in enumerate(args.variants):
         with tempfile.TemporaryDirectory() as tmp:
-            records = launch(VARIANTS[name], Path(args.data_dir), Path(tmp), args.port + i)
+            records = launch(name, Path(args.data_dir), Path(tmp), args.port + i, args.trainer)
         results[name] = {"per_T": summarise(records), "steps": [
             {k: v for k, v in r.items() if k.startswith("comm/") or k in ("iteration", "recurrent/loop-count",
                                                                            "iteration-time")} for r in records]}

@@ -23,7 +23,16 @@ from megamythos.errors import run_cli
 from megamythos.model.lm import MythosLM
 from megamythos.training.arguments import parse_args
 from megamythos.training.launch import split_launcher_flags
-from tests.helpers import REPO, launch_env, one_error_line, small_config, tiny_args
+from tests.helpers import (
+    REPO,
+    TINY_OVERRIDES,
+    corpus_prefix,
+    free_port,
+    launch_env,
+    one_error_line,
+    small_config,
+    tiny_args,
+)
 
 # What the reference's bench environment lacks of ours (it holds torch, numpy, transformers and open-mythos:
 # bench/README.md, "Commands"); bench_model.py must run there.
@@ -246,3 +255,22 @@ def test_bench_data_without_megatron(tmp_path):
     assert [r["seq_length"] for r in data["random_reads"]] == [1024, 4096]
     assert all(r["reads_per_s"] > 0 and r["index_build_seconds"] >= 0 for r in data["random_reads"])
     assert data["blend_index_build_seconds_1M_samples_2_datasets"] > 0
+
+
+@pytest.mark.launch
+def test_bench_comm(tmp_path, corpus):
+    out = tmp_path / "results" / "comm.json"
+    model = [word for key, value in TINY_OVERRIDES.items() for word in ("--override", f"{key}={value}")]
+    data = results(bench("bench_comm.py", "--variants", "zero3-replicated-core", "--port", str(free_port()),
+                         "--data-dir", str(tmp_path / "no-default-corpus"), "--out", str(out), "--", *model,
+                         "--data-path", corpus_prefix(corpus)), out)
+    variant = data["zero3-replicated-core"]
+    assert len(variant["steps"]) == len(data["schedule"]) == 14
+    assert [step["recurrent/loop-count"] for step in variant["steps"]] == data["schedule"]
+    per_t = variant["per_T"]  # the README's table: calls / MiB of each collective, by T, after a change of T
+    assert set(per_t) == {"T=1 changed", "T=4 changed", "T=8 changed", "T=8 unchanged"}
+    for row in per_t.values():
+        assert {f"{kind} {unit}" for kind in ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
+                for unit in ("calls", "MiB")} <= set(row)
+    assert per_t["T=8 changed"]["all-gather MiB"] == per_t["T=4 changed"]["all-gather MiB"] > 0  # core replicated
+    assert not (tmp_path / "no-default-corpus").exists()
