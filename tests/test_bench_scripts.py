@@ -1,15 +1,20 @@
 """The benchmark scripts of bench/ at their smallest settings, each in a subprocess as bench/README.md runs it: it
 must finish and write the results keys the README cites, so a library change that breaks a script fails here
 (nothing is timed). What needs a machine CI lacks is checked up to that point: bench_model.py's reference modes
-say in one line that the reference is missing."""
+say in one line that the reference is missing, gpu_check.py's numerics run on CPU, the GPU shell scripts are
+parsed. The runs start together when the module's first test asks for them, two at a time (and the trainer
+launches two at a time beside them); each test waits for its own."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,12 +31,14 @@ from megamythos.training.launch import split_launcher_flags
 from tests.helpers import (
     REPO,
     TINY_OVERRIDES,
+    LaunchPool,
     corpus_prefix,
     free_port,
     launch_env,
     one_error_line,
     small_config,
     tiny_args,
+    trains,
 )
 
 # What the reference's bench environment lacks of ours (it holds torch, numpy, transformers and open-mythos:
@@ -44,15 +51,21 @@ OURS = "ours_matched,ours_bf16_autocast,ours_preset,dense_gpt"
 SMALLER = ("--set", "vocab_size=512", "--set", "dim=64", "--set", "n_experts=4", "--set", "expert_dim=32")
 
 
-def bench(script: str, *args: str, blocked: tuple[str, ...] = (), timeout: float = 300) -> \
+def bench(script: str, *args: str, blocked: tuple[str, ...] = (), timeout: float = 600) -> \
         subprocess.CompletedProcess:
     """``python bench/SCRIPT ARGS`` in the repository root, one thread, with the modules ``blocked`` unimportable
-    (as in an environment without them)."""
+    (as in an environment without them); killed with its children after ``timeout`` seconds (never hangs CI)."""
     path = str(REPO / "bench" / script)
     code = (f"import runpy, sys\nsys.modules.update(dict.fromkeys({blocked!r}))\n"
             f"sys.argv = {[path, *args]!r}\nrunpy.run_path({path!r}, run_name='__main__')")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env=launch_env(), timeout=timeout)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env=launch_env(), start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def results(proc: subprocess.CompletedProcess, out: Path) -> dict[str, Any]:
@@ -61,11 +74,154 @@ def results(proc: subprocess.CompletedProcess, out: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def test_bench_model_times_ours_without_the_reference_in_its_environment(tmp_path):
-    out = tmp_path / "model.json"
-    data = results(bench("bench_model.py", "speed", "--modes", OURS, "--moe-expert-dims", "", *SMALLER,
-                         "--batch", "1", "--seq", "32", "--loops", "2", "--rounds", "1", "--warmup", "1",
-                         "--out", str(out), blocked=("open_mythos", *NOT_IN_REFERENCE_ENV)), out)
+@pytest.fixture(scope="module")
+def exported_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Tokenizer) -> Path:
+    """An export directory (untrained weights, a few hundred K parameters, 128 positions) with its tokenizer, as
+    ``megamythos.checkpoint.export`` writes one: what ``--load`` of generate, evaluate and the benchmarks reads."""
+    from safetensors.torch import save_model
+
+    out = tmp_path_factory.mktemp("export")
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=128))
+    save_model(model, str(out / MODEL_FILE))
+    model.config.to_json(out / CONFIG_FILE)
+    write_tokenizer_files(out, tiny_tokenizer)
+    return out
+
+
+class Runs:
+    """Benchmark runs in the background (``pool``), each writing into a folder of its own under ``root`` that the
+    script has to make (``out``)."""
+
+    def __init__(self, pool: LaunchPool, root: Path) -> None:
+        self.pool, self.root = pool, root
+
+    def out(self, name: str) -> Path:
+        return self.root / name / "results.json"
+
+    def submit(self, name: str, script: str, *args: str, blocked: tuple[str, ...] = (),
+               trainer: tuple[str, ...] = ()) -> None:
+        """Queue ``bench(script, *args, --out ..., -- *trainer)``."""
+        self.pool.submit(name, bench, script, *args, "--out", str(self.out(name)),
+                         *(("--", *trainer) if trainer else ()), blocked=blocked)
+
+    def results(self, name: str) -> dict[str, Any]:
+        return results(self.pool.result(name), self.out(name))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, exported_model: Path) -> Iterator[Runs]:
+    """Every run below that launches no trainer, queued at once (the longest first), two at a time: each is a
+    process or a few that keep a core busy."""
+    pool = LaunchPool(slots=2)
+    queue = Runs(pool, tmp_path_factory.mktemp("bench"))
+    queue.submit("train_memory", "bench_train.py", "memory", "--loops", "1", "2", "--modes", "two-level",
+                 "--batch", "1", "--seq", "16")
+    queue.submit("casts", "bench_casts.py", "--preset", "tiny", "--seq", "32", "--loops", "2", "--rounds", "1")
+    queue.submit("adaptive", "bench_adaptive.py", "--load", str(exported_model), "--reps", "1", "--train-reps", "1",
+                 "--decode-tokens", "2")
+    queue.submit("attention", "bench_attention.py", "--seq-lens", "128", "512", "--decode-lens", "128", "--reps",
+                 "1", "--decode-reps", "1")
+    queue.submit("model", "bench_model.py", "speed", "--modes", OURS, "--moe-expert-dims", "", *SMALLER,
+                 "--batch", "1", "--seq", "32", "--loops", "2", "--rounds", "1", "--warmup", "1",
+                 blocked=("open_mythos", *NOT_IN_REFERENCE_ENV))
+    queue.submit("numerics", "gpu_check.py", "numerics", "--device", "cpu")
+    data = ("--max-files", "30", "--vocab-size", "384", "--repeats", "1", "--work-dir", str(queue.root / "work"))
+    queue.submit("data", "bench_data.py", "--no-megatron", *data)
+    queue.submit("data_without_venv", "bench_data.py", "--megatron-python", str(queue.root / "no-venv/python"), *data)
+    queue.submit("model_without_reference", "bench_model.py", "speed", blocked=("open_mythos",))  # default modes
+    queue.submit("integrity", "bench_integrity.py", "--gib", "0.001", "--tokens", "1e5")
+    yield queue
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+@trains
+def launched(tmp_path_factory: pytest.TempPathFactory, corpus: Path, launches: LaunchPool, tiny_run_started: Path,
+             runs: Runs) -> Runs:
+    """The runs that launch the trainer, queued in ``launches`` after the shared tiny run (whose metrics file
+    gpu_check.py summarizes), with ``runs`` under way beside them: the tests' tiny model on their corpus."""
+    queue = Runs(launches, tmp_path_factory.mktemp("bench_launches"))
+    model = [word for key, value in TINY_OVERRIDES.items() for word in ("--override", f"{key}={value}")]
+    queue.submit("comm", "bench_comm.py", "--variants", "zero3-replicated-core", "--port", str(free_port()),
+                 "--data-dir", str(queue.root / "no-default-corpus"),
+                 trainer=(*model, "--data-path", corpus_prefix(corpus)))
+    trainer = tiny_args(corpus, 2)
+    at = trainer.index("--train-iters")
+    del trainer[at:at + 2]  # the script's own --iters
+    queue.submit("train_throughput", "bench_train.py", "throughput", "--iters", "2", "--warmup", "0", "--threads",
+                 "1", "--processes", "2", "--variant", "fp32=" + " ".join(trainer))
+    return queue
+
+
+@pytest.mark.launch
+def test_bench_comm(launched):
+    data = launched.results("comm")
+    variant = data["zero3-replicated-core"]
+    assert len(variant["steps"]) == len(data["schedule"]) == 14
+    assert [step["recurrent/loop-count"] for step in variant["steps"]] == data["schedule"]
+    per_t = variant["per_T"]  # the README's table: calls / MiB of each collective, by T, after a change of T
+    assert set(per_t) == {"T=1 changed", "T=4 changed", "T=8 changed", "T=8 unchanged"}
+    for row in per_t.values():
+        assert {f"{kind} {unit}" for kind in ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
+                for unit in ("calls", "MiB")} <= set(row)
+    assert per_t["T=8 changed"]["all-gather MiB"] == per_t["T=4 changed"]["all-gather MiB"] > 0  # core replicated
+    assert not (launched.root / "no-default-corpus").exists()
+
+
+@pytest.mark.launch
+def test_bench_train_throughput(launched):
+    data = launched.results("train_throughput")["throughput"]
+    run = data["2_process_fp32"]
+    assert {"tokens_per_sec_median", "iteration_seconds_median", "tflops_per_process_median", "mfu_median"} <= set(run)
+    assert run["global_batch"] == 8 and run["iterations"] == 2 and run["lm_loss_last"] > 0
+    assert "1_process_fp32" not in data and data["environment"]["cpu"]["model_name"]
+
+
+def test_bench_train_memory(runs):
+    data = runs.results("train_memory")["memory"]
+    assert [(r["loops"], r["mode"]) for r in data["rows"]] == [(1, "two-level"), (2, "two-level")]
+    assert all(r["peak_step_mib"] > 0 and r["step_s"] > 0 for r in data["rows"])
+    assert data["ratio_T2_over_T1"]["two-level"] > 0 and data["environment"]["deepspeed"]
+
+
+def test_bench_casts(runs):
+    data = runs.results("casts")
+    for mode in ("uncached", "cached"):
+        assert {"median_s", "samples_s", "copy_calls", "copy_ms", "top_copies"} <= set(data["results"][mode])
+    # the README's point: without the cache each loop casts the expert weights again
+    assert data["results"]["cached"]["copy_calls"] < data["results"]["uncached"]["copy_calls"]
+    assert data["paired_speedup"] > 0
+
+
+def test_bench_adaptive(runs):
+    data = runs.results("adaptive")
+    rows = data["models"]["default_run"]
+    assert [(r["exit_threshold"], r["loops"], r["task"]) for r in rows] == [
+        (threshold, loops, task) for threshold, loops in ((0.2, 4), (0.2, 8), (0.1, 8), (0.05, 8))
+        for task in ("forward", "decode8", "decode1")]
+    for row in rows:  # the README's columns: mean loops (+ frozen), masked -> compact, ideal, share
+        assert {"mean_loops", "frozen_loops", "every_ms", "masked_ms", "compact_ms", "masked_speedup",
+                "compact_speedup", "flop_ideal", "share_of_ideal"} <= set(row)
+        assert 0 <= row["frozen_loops"] <= row["loops"] - row["mean_loops"] + 1e-3  # a mean per token
+    training = data["training"]
+    assert {"tokens_per_s", "mean_depth", "train_flops_per_token"} <= set(training["default"])
+    assert training["capacity"]["loop_capacity"] == [1.0, 1.0, 1.0, 0.5, 0.25, 0.25]
+    assert set(training["capacity_over_default"]) == {"tokens_per_s", "train_flops_per_token"}
+    assert data["environment"]["cpu"]["model_name"]
+
+
+def test_bench_attention(runs):
+    data = runs.results("attention")
+    cells = [(r["preset"], r["dtype"], r["phase"], r["q_len"], r["kv_len"]) for r in data["rows"]]
+    assert cells == [(preset, dtype, phase, q_len, kv_len) for preset in ("tiny", "small") for dtype in ("bf16", "fp32")
+                     for phase, q_len, kv_len in (("train_fwd_bwd", 128, 128), ("train_fwd_bwd", 512, 512),
+                                                  ("decode", 1, 128))]
+    assert all(r["matmul_ms"] > 0 and r["sdpa_ms"] > 0 and r["matmul_over_sdpa"] > 0 for r in data["rows"])
+    assert data["environment"]["host_memory"] and data["environment"]["cpu"]["model_name"]
+
+
+def test_bench_model_times_ours_without_the_reference_in_its_environment(runs):
+    data = runs.results("model")
     assert data["environment"]["cpu"]["model_name"] and data["environment"]["open_mythos"] is None
     train = data["train"]
     assert train["shape"]["executed_loops_per_step"] == 2 and "reference" not in train["configs"]
@@ -87,16 +243,17 @@ def load_script(script: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def test_bench_model_says_in_one_line_that_the_reference_is_missing(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "model.json"
-    proc = bench("bench_model.py", "speed", "--out", str(out), blocked=("open_mythos",))  # the default modes
+def test_bench_model_says_in_one_line_that_the_reference_is_missing(runs, tmp_path, monkeypatch, capsys):
+    proc = runs.pool.result("model_without_reference")
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = one_error_line(proc.stderr)
     assert "--modes reference,reference_bf16_autocast and --moe-expert-dims 256,128,64" in line, line
     assert "open_mythos" in line and "bench/README.md" in line, line
+    assert not runs.out("model_without_reference").exists()
     bench_model = load_script("bench_model.py", monkeypatch)
     monkeypatch.setattr(bench_model, "om", None)
     monkeypatch.setattr(bench_model, "REFERENCE_IMPORT_ERROR", "No module named 'open_mythos'", raising=False)
+    out = tmp_path / "model.json"
     for args, error in ((["params"], "params (it counts the reference's presets) needs the reference package"),
                         (["speed", "--modes", "ours_matched,reference", "--moe-expert-dims", ""],
                          "--modes reference needs the reference package open_mythos"),
@@ -108,96 +265,8 @@ def test_bench_model_says_in_one_line_that_the_reference_is_missing(tmp_path, mo
     assert not out.exists()
 
 
-@pytest.fixture(scope="module")
-def exported_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Tokenizer) -> Path:
-    """An export directory (untrained weights, a few hundred K parameters, 128 positions) with its tokenizer, as
-    ``megamythos.checkpoint.export`` writes one: what ``--load`` of generate, evaluate and the benchmarks reads."""
-    from safetensors.torch import save_model
-
-    out = tmp_path_factory.mktemp("export")
-    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, max_seq_len=128))
-    save_model(model, str(out / MODEL_FILE))
-    model.config.to_json(out / CONFIG_FILE)
-    write_tokenizer_files(out, tiny_tokenizer)
-    return out
-
-
-def test_bench_adaptive(tmp_path, exported_model):
-    out = tmp_path / "results" / "adaptive.json"  # a folder the script makes
-    data = results(bench("bench_adaptive.py", "--load", str(exported_model), "--reps", "1", "--train-reps", "1",
-                         "--decode-tokens", "2", "--out", str(out)), out)
-    rows = data["models"]["default_run"]
-    assert [(r["exit_threshold"], r["loops"], r["task"]) for r in rows] == [
-        (threshold, loops, task) for threshold, loops in ((0.2, 4), (0.2, 8), (0.1, 8), (0.05, 8))
-        for task in ("forward", "decode8", "decode1")]
-    for row in rows:  # the README's columns: mean loops (+ frozen), masked -> compact, ideal, share
-        assert {"mean_loops", "frozen_loops", "every_ms", "masked_ms", "compact_ms", "masked_speedup",
-                "compact_speedup", "flop_ideal", "share_of_ideal"} <= set(row)
-        assert 0 <= row["frozen_loops"] <= row["loops"] - row["mean_loops"] + 1e-3
-    training = data["training"]
-    assert {"tokens_per_s", "mean_depth", "train_flops_per_token"} <= set(training["default"])
-    assert training["capacity"]["loop_capacity"] == [1.0, 1.0, 1.0, 0.5, 0.25, 0.25]
-    assert set(training["capacity_over_default"]) == {"tokens_per_s", "train_flops_per_token"}
-    assert data["environment"]["cpu"]["model_name"]
-
-
-def test_bench_attention(tmp_path):
-    out = tmp_path / "results" / "attention.json"
-    data = results(bench("bench_attention.py", "--seq-lens", "128", "512", "--decode-lens", "128", "--reps", "1",
-                         "--decode-reps", "1", "--out", str(out)), out)
-    cells = [(r["preset"], r["dtype"], r["phase"], r["q_len"], r["kv_len"]) for r in data["rows"]]
-    assert cells == [(preset, dtype, phase, q_len, kv_len) for preset in ("tiny", "small") for dtype in ("bf16", "fp32")
-                     for phase, q_len, kv_len in (("train_fwd_bwd", 128, 128), ("train_fwd_bwd", 512, 512),
-                                                  ("decode", 1, 128))]
-    assert all(r["matmul_ms"] > 0 and r["sdpa_ms"] > 0 and r["matmul_over_sdpa"] > 0 for r in data["rows"])
-    assert data["environment"]["host_memory"] and data["environment"]["cpu"]["model_name"]
-
-
-def test_bench_casts(tmp_path):
-    out = tmp_path / "results" / "casts.json"
-    data = results(bench("bench_casts.py", "--preset", "tiny", "--seq", "32", "--loops", "2", "--rounds", "1",
-                         "--out", str(out)), out)
-    for mode in ("uncached", "cached"):
-        assert {"median_s", "samples_s", "copy_calls", "copy_ms", "top_copies"} <= set(data["results"][mode])
-    # the README's point: without the cache each loop casts the expert weights again
-    assert data["results"]["cached"]["copy_calls"] < data["results"]["uncached"]["copy_calls"]
-    assert data["paired_speedup"] > 0
-
-
-def test_bench_integrity(tmp_path):
-    out = tmp_path / "results" / "integrity.json"
-    data = results(bench("bench_integrity.py", "--gib", "0.001", "--tokens", "1e5", "--out", str(out)), out)
-    assert {"gb", "read_s", "write_s", "verify_s", "verify_gb_per_s"} <= set(data["checksums"])
-    assert data["token_id_check"]["tokens"] == 100_000 and data["token_id_check"]["tokens_per_s"] > 0
-
-
-def test_bench_train_memory(tmp_path):
-    out = tmp_path / "results" / "train.json"
-    data = results(bench("bench_train.py", "memory", "--loops", "1", "2", "--modes", "two-level", "--batch", "1",
-                         "--seq", "16", "--out", str(out)), out)["memory"]
-    assert [(r["loops"], r["mode"]) for r in data["rows"]] == [(1, "two-level"), (2, "two-level")]
-    assert all(r["peak_step_mib"] > 0 and r["step_s"] > 0 for r in data["rows"])
-    assert data["ratio_T2_over_T1"]["two-level"] > 0 and data["environment"]["deepspeed"]
-
-
-@pytest.mark.launch
-def test_bench_train_throughput(tmp_path, corpus):
-    out = tmp_path / "results" / "train.json"
-    trainer = tiny_args(corpus, 2)
-    at = trainer.index("--train-iters")
-    del trainer[at:at + 2]  # the script's own --iters
-    data = results(bench("bench_train.py", "throughput", "--iters", "2", "--warmup", "0", "--threads", "1",
-                         "--processes", "2", "--variant", "fp32=" + " ".join(trainer), "--out", str(out)),
-                   out)["throughput"]
-    run = data["2_process_fp32"]
-    assert {"tokens_per_sec_median", "iteration_seconds_median", "tflops_per_process_median", "mfu_median"} <= set(run)
-    assert run["global_batch"] == 8 and run["iterations"] == 2 and run["lm_loss_last"] > 0
-    assert "1_process_fp32" not in data and data["environment"]["cpu"]["model_name"]
-
-
-def test_gpu_check_numerics_on_cpu(tmp_path):
-    out = tmp_path / "results" / "gpu_check.json"
-    data = results(bench("gpu_check.py", "numerics", "--device", "cpu", "--out", str(out)), out)["numerics"]
+def test_gpu_check_numerics_on_cpu(runs):
+    data = runs.results("numerics")["numerics"]
     assert data["device"] == "cpu" and data["dtype"] == "bfloat16" and data["passed"]
     assert set(data["errors"]) == {"attention", "moe", "rms_norm"}
     assert all(0 <= error <= data["tolerance"] for errors in data["errors"].values() for error in errors.values())
@@ -241,13 +310,11 @@ def test_gpu_shell_scripts_parse_and_give_the_trainer_flags_it_has():
         assert args.bf16 and args.preset == "small"
 
 
-def test_bench_data_without_megatron(tmp_path):
-    out = tmp_path / "results" / "data.json"
-    common = ("--max-files", "30", "--vocab-size", "384", "--repeats", "1", "--work-dir", str(tmp_path / "work"),
-              "--out", str(out))
-    proc = bench("bench_data.py", "--megatron-python", str(tmp_path / "no-venv" / "python"), *common)
-    assert proc.returncode == 2 and "--no-megatron" in one_error_line(proc.stderr) and not out.exists()
-    data = results(bench("bench_data.py", "--no-megatron", *common), out)
+def test_bench_data_without_megatron(runs):
+    proc = runs.pool.result("data_without_venv")
+    assert proc.returncode == 2 and "--no-megatron" in one_error_line(proc.stderr)
+    assert not runs.out("data_without_venv").exists()
+    data = runs.results("data")
     assert set(data["preprocess"]) == set(data["all_runs"]) == {"ours_1_worker", "ours_2_workers"}
     assert data["corpus"]["documents"] == 30 and data["corpus"]["tokenizer"] == "stdlib_v384_n30_tokenizer.model"
     for best in data["preprocess"].values():
@@ -257,20 +324,7 @@ def test_bench_data_without_megatron(tmp_path):
     assert data["blend_index_build_seconds_1M_samples_2_datasets"] > 0
 
 
-@pytest.mark.launch
-def test_bench_comm(tmp_path, corpus):
-    out = tmp_path / "results" / "comm.json"
-    model = [word for key, value in TINY_OVERRIDES.items() for word in ("--override", f"{key}={value}")]
-    data = results(bench("bench_comm.py", "--variants", "zero3-replicated-core", "--port", str(free_port()),
-                         "--data-dir", str(tmp_path / "no-default-corpus"), "--out", str(out), "--", *model,
-                         "--data-path", corpus_prefix(corpus)), out)
-    variant = data["zero3-replicated-core"]
-    assert len(variant["steps"]) == len(data["schedule"]) == 14
-    assert [step["recurrent/loop-count"] for step in variant["steps"]] == data["schedule"]
-    per_t = variant["per_T"]  # the README's table: calls / MiB of each collective, by T, after a change of T
-    assert set(per_t) == {"T=1 changed", "T=4 changed", "T=8 changed", "T=8 unchanged"}
-    for row in per_t.values():
-        assert {f"{kind} {unit}" for kind in ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
-                for unit in ("calls", "MiB")} <= set(row)
-    assert per_t["T=8 changed"]["all-gather MiB"] == per_t["T=4 changed"]["all-gather MiB"] > 0  # core replicated
-    assert not (tmp_path / "no-default-corpus").exists()
+def test_bench_integrity(runs):
+    data = runs.results("integrity")
+    assert {"gb", "read_s", "write_s", "verify_s", "verify_gb_per_s"} <= set(data["checksums"])
+    assert data["token_id_check"]["tokens"] == 100_000 and data["token_id_check"]["tokens_per_s"] > 0
