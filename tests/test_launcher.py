@@ -22,6 +22,7 @@ from megamythos.training.launch import (
     deepspeed_command,
     failed_run,
     file_identity,
+    main,
     rank_environment,
     rank_errors,
     refuse_launcher_flags,
@@ -58,6 +59,23 @@ def test_a_python_without_the_dependencies_is_one_line_naming_what_to_run(tmp_pa
         assert result.returncode == 2 and result.stdout == "", result
         assert result.stderr.startswith(f"error: {sys.executable} cannot import '"), result.stderr
         assert result.stderr.count("\n") == 1 and "source .venv/bin/activate" in result.stderr
+
+
+def test_a_module_the_training_misses_is_its_traceback_not_the_missing_environment_line(monkeypatch):
+    """A rank (``LOCAL_RANK`` set) says that its python lacks megamythos's dependencies only while it starts; a
+    ModuleNotFoundError that the trainer meets while it trains (an optional module) is the trainer's traceback.
+    Before (found 2026-12-06): the launcher's catch spanned the whole training, so rank 0 said `cannot import
+    'flash_attn', which megamythos needs: ... make install` and the other ranks exited 2 without a word."""
+    import megamythos.training.pretrain as pretrain
+
+    def trainer(argv: list[str]) -> int:
+        raise ModuleNotFoundError("No module named 'flash_attn'", name="flash_attn")
+
+    monkeypatch.setattr(pretrain, "main", trainer)
+    monkeypatch.setattr(os, "environ", {**os.environ, "LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2",
+                                        "LOCAL_SIZE": "2", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+    with pytest.raises(ModuleNotFoundError, match="flash_attn"):
+        main(["--train-iters", "1"])
 
 
 def test_help_into_a_closed_pipe_ends_quietly():

@@ -4,9 +4,10 @@
 bash, its first line runs the file with Python. :func:`main` tells the forms apart by ``LOCAL_RANK``:
 
 * ``deepspeed [launcher flags] launchers/pretrain.sh [trainer flags]`` (the design's form): the DeepSpeed launcher
-  runs ``python -u launchers/pretrain.sh`` on every rank, with ``LOCAL_RANK`` set: :func:`run_rank` trains;
+  runs ``python -u launchers/pretrain.sh`` on every rank, with ``LOCAL_RANK`` set: :func:`rank_arguments`, then
+  the trainer in the same process;
 * ``deepspeed --no_python ... launchers/pretrain.sh ...`` (or ``srun``/``torchrun`` setting ``LOCAL_RANK``): bash
-  on every rank, then the same :func:`run_rank`;
+  on every rank, then the same;
 * ``bash launchers/pretrain.sh [--num-gpus N --hostfile F ...] [trainer flags]``: no ``LOCAL_RANK``, so
   :func:`launch` translates the launcher flags and runs ``deepspeed ... --module megamythos.training.pretrain``
   under :func:`supervise`, which turns SIGTERM/SIGINT/SIGHUP into one checkpoint and exit code 0.
@@ -145,8 +146,8 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
     (under another process's load spinning costs about 16%); a set ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` wins.
     OpenMP reads its settings once, when torch loads it: :func:`launch` sets them before the ranks start, and a
     rank started without them (``deepspeed launchers/pretrain.sh``) starts itself again with them
-    (:func:`run_rank`). From a checkout: the repository on PYTHONPATH and a JIT-extension cache in it (an installed
-    package is importable already, and its ops go to torch's own cache).
+    (:func:`rank_arguments`). From a checkout: the repository on PYTHONPATH and a JIT-extension cache in it (an
+    installed package is importable already, and its ops go to torch's own cache).
     """
     paths = env.get("PYTHONPATH", "").split(os.pathsep) if env.get("PYTHONPATH") else []
     updates = {}
@@ -252,8 +253,10 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def run_rank(argv: Sequence[str]) -> int:
-    """One rank of a launched job: check the flags, apply the defaults, train in this process."""
+def rank_arguments(argv: Sequence[str]) -> list[str]:
+    """The start-up of one rank of a launched job: check the flags, set the rank's environment (starting the rank
+    again where OpenMP has to see it) and return the trainer's arguments, the defaults applied; :func:`main` then
+    trains in this process."""
     refuse_launcher_flags(argv)  # first: every rank refuses at once, before the imports below take their time
     from megamythos.runtime.device import local_world_size
 
@@ -267,9 +270,7 @@ def run_rank(argv: Sequence[str]) -> int:
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    from megamythos.training.pretrain import main as train
-
-    return train([*trainer_defaults(argv, gpu, os.environ), *argv])
+    return [*trainer_defaults(argv, gpu, os.environ), *argv]
 
 
 def preflight(trainer: Sequence[str], world_size: int | None) -> None:
@@ -560,10 +561,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "LOCAL_RANK" not in os.environ and {"-h", "--help"} & set(argv):
             print(usage(), flush=True)
             return 0
-        if "LOCAL_RANK" in os.environ:
-            return run_rank(argv)
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-        return launch(argv)
+        if "LOCAL_RANK" not in os.environ:
+            logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+            return launch(argv)
+        trainer = rank_arguments(argv)
+        from megamythos.training.pretrain import main as train  # torch, DeepSpeed: where they are missing
     except (UserError, ModuleNotFoundError) as err:
         if os.environ.get("RANK", "0") == "0":  # once per job, not once per rank
             print(f"error: {missing_dependency(err) if isinstance(err, ModuleNotFoundError) else err}",
@@ -572,6 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `--help | head`: stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    # outside the try: the trainer reports its own errors, and a module it misses while it trains (an optional
+    # one) is its traceback, not the line about a python without megamythos's dependencies
+    return train(trainer)
 
 
 if __name__ == "__main__":  # python -m megamythos.training.launch: launchers/pretrain.sh without a checkout
