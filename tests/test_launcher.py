@@ -32,7 +32,18 @@ from megamythos.training.launch import (
     wait_for_runner,
 )
 from megamythos.training.rendezvous import port_free
-from tests.helpers import LAUNCHER, REPO, finish, free_port, launch_env, losses, spawn, tiny_args, trains
+from tests.helpers import (
+    LAUNCHER,
+    REPO,
+    finish,
+    free_port,
+    launch_env,
+    losses,
+    one_error_line,
+    spawn,
+    tiny_args,
+    trains,
+)
 from tests.helpers import deepspeed_command as design_form
 
 ITERS = 2
@@ -76,6 +87,18 @@ def test_a_module_the_training_misses_is_its_traceback_not_the_missing_environme
                                         "LOCAL_SIZE": "2", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"})
     with pytest.raises(ModuleNotFoundError, match="flash_attn"):
         main(["--train-iters", "1"])
+
+
+def test_a_launch_without_deepspeed_on_path_is_one_line_naming_the_environment(tmp_path, monkeypatch, capsys):
+    """``/ENV/bin/python -m megamythos.training.launch`` without ENV activated: the launcher imports megamythos,
+    but the ``deepspeed`` runner it starts is looked up on PATH. Before (found 2026-12-06): a FileNotFoundError
+    traceback from subprocess, after the preflight."""
+    env = {name: value for name, value in os.environ.items() if name != "LOCAL_RANK"}
+    monkeypatch.setattr(os, "environ", {**env, "PATH": str(tmp_path / "bin"), "RUN_DIR": str(tmp_path / "run")})
+    assert main(["--train-iters", "1"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "`deepspeed` is not on PATH" in line and f"export PATH={Path(sys.executable).parent}:$PATH" in line, line
+    assert not (tmp_path / "run").exists()  # said before the preflight makes the run folder
 
 
 def test_help_into_a_closed_pipe_ends_quietly():

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -310,6 +311,10 @@ def check_run_folder_reaches_every_node(argv: Sequence[str], env: Mapping[str, s
 
 def launch(argv: Sequence[str]) -> int:
     """``bash launchers/pretrain.sh``: run the ``deepspeed`` launcher on the trainer with the defaults applied."""
+    if shutil.which("deepspeed") is None:  # `python -m megamythos.training.launch` of an environment not activated
+        raise LaunchError(f"`deepspeed` is not on PATH, so the ranks cannot be started: put the environment "
+                          f"megamythos is installed in first on PATH (export PATH={Path(sys.executable).parent}:$PATH, "
+                          "or activate it)")
     launcher, trainer = split_launcher_flags(argv)
     gpu = has_gpu()
     if multi_node(launcher) and "node_rank" not in launcher and not gpu:  # pdsh starts the other nodes from here
