@@ -6,6 +6,7 @@ parsed. The runs start together when the module's first test asks for them, two 
 launches two at a time beside them); each test waits for its own."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -14,6 +15,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -51,15 +53,47 @@ OURS = "ours_matched,ours_bf16_autocast,ours_preset,dense_gpt"
 SMALLER = ("--set", "vocab_size=512", "--set", "dim=64", "--set", "n_experts=4", "--set", "expert_dim=32")
 
 
-def bench(script: str, *args: str, blocked: tuple[str, ...] = (), timeout: float = 600) -> \
-        subprocess.CompletedProcess:
+class Started:
+    """The background runs' processes, each leading a process group of its own (which Ctrl-C in the terminal
+    never reaches). :meth:`end`, at the module's end, kills those still running, with their children, and starts
+    no more: the runs that no test asked for (under ``-k``) or that none waits for any more (after a failure or
+    Ctrl-C) neither hold the teardown up to their timeout nor go on in the background."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: list[subprocess.Popen] = []
+        self.ended = False
+
+    def popen(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen | None:
+        """``subprocess.Popen(cmd, **kwargs)`` in a session of its own; None once :meth:`end` was called."""
+        with self._lock:
+            if self.ended:
+                return None
+            self._procs.append(subprocess.Popen(cmd, start_new_session=True, **kwargs))
+            return self._procs[-1]
+
+    def end(self) -> None:
+        with self._lock:
+            self.ended = True
+            for proc in self._procs:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):  # it ended since
+                        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def bench(script: str, *args: str, blocked: tuple[str, ...] = (), timeout: float = 600,
+          started: Started | None = None) -> subprocess.CompletedProcess:
     """``python bench/SCRIPT ARGS`` in the repository root, one thread, with the modules ``blocked`` unimportable
-    (as in an environment without them); killed with its children after ``timeout`` seconds (never hangs CI)."""
+    (as in an environment without them); killed with its children after ``timeout`` seconds (never hangs CI), or
+    by ``started`` (then a run it no longer starts returns -SIGKILL at once)."""
     path = str(REPO / "bench" / script)
     code = (f"import runpy, sys\nsys.modules.update(dict.fromkeys({blocked!r}))\n"
             f"sys.argv = {[path, *args]!r}\nrunpy.run_path({path!r}, run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, env=launch_env(), start_new_session=True)
+    cmd = [sys.executable, "-c", code]
+    proc = (started or Started()).popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                        env=launch_env())
+    if proc is None:
+        return subprocess.CompletedProcess(cmd, -signal.SIGKILL, "", "not started: the module's tests had ended")
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -90,10 +124,10 @@ def exported_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Tok
 
 class Runs:
     """Benchmark runs in the background (``pool``), each writing into a folder of its own under ``root`` that the
-    script has to make (``out``)."""
+    script has to make (``out``), their processes in ``started``."""
 
-    def __init__(self, pool: LaunchPool, root: Path) -> None:
-        self.pool, self.root = pool, root
+    def __init__(self, pool: LaunchPool, root: Path, started: Started) -> None:
+        self.pool, self.root, self.started = pool, root, started
 
     def out(self, name: str) -> Path:
         return self.root / name / "results.json"
@@ -102,7 +136,7 @@ class Runs:
                trainer: tuple[str, ...] = ()) -> None:
         """Queue ``bench(script, *args, --out ..., -- *trainer)``."""
         self.pool.submit(name, bench, script, *args, "--out", str(self.out(name)),
-                         *(("--", *trainer) if trainer else ()), blocked=blocked)
+                         *(("--", *trainer) if trainer else ()), blocked=blocked, started=self.started)
 
     def results(self, name: str) -> dict[str, Any]:
         return results(self.pool.result(name), self.out(name))
@@ -111,9 +145,10 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, exported_model: Path) -> Iterator[Runs]:
     """Every run below that launches no trainer, queued at once (the longest first), two at a time: each is a
-    process or a few that keep a core busy."""
+    process or a few that keep a core busy. When the module ends, what still runs is killed (``launched``'s runs
+    too) and nothing more starts."""
     pool = LaunchPool(slots=2)
-    queue = Runs(pool, tmp_path_factory.mktemp("bench"))
+    queue = Runs(pool, tmp_path_factory.mktemp("bench"), Started())
     queue.submit("train_memory", "bench_train.py", "memory", "--loops", "1", "2", "--modes", "two-level",
                  "--batch", "1", "--seq", "16")
     queue.submit("casts", "bench_casts.py", "--preset", "tiny", "--seq", "32", "--loops", "2", "--rounds", "1")
@@ -131,6 +166,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, exported_model: Path) -> Iter
     queue.submit("model_without_reference", "bench_model.py", "speed", blocked=("open_mythos",))  # default modes
     queue.submit("integrity", "bench_integrity.py", "--gib", "0.001", "--tokens", "1e5")
     yield queue
+    queue.started.end()
     pool.close()
 
 
@@ -140,7 +176,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory, corpus: Path, launches: L
              runs: Runs) -> Runs:
     """The runs that launch the trainer, queued in ``launches`` after the shared tiny run (whose metrics file
     gpu_check.py summarizes), with ``runs`` under way beside them: the tests' tiny model on their corpus."""
-    queue = Runs(launches, tmp_path_factory.mktemp("bench_launches"))
+    queue = Runs(launches, tmp_path_factory.mktemp("bench_launches"), runs.started)
     model = [word for key, value in TINY_OVERRIDES.items() for word in ("--override", f"{key}={value}")]
     queue.submit("comm", "bench_comm.py", "--variants", "zero3-replicated-core", "--port", str(free_port()),
                  "--data-dir", str(queue.root / "no-default-corpus"),
