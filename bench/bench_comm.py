@@ -7,8 +7,8 @@ Runs the real trainer (``megamythos.training.pretrain``, tiny preset, default co
 block partitioned and gathered per use (``--no-replicate-core``, DeepSpeed's default, "before"), ZeRO-3 with the
 recurrent core replicated (``--replicate-core``, "after"), both on the default ds_config without its leaf modules
 (DeepSpeed's hooks on every submodule); ZeRO-3 on the default ds_config, whose leaf modules gather the recurrent
-core and the dense blocks once per forward and backward (what ``make pretrain`` runs since 2026-12-05); and ZeRO-2
-(the whole model replicated) for reference. The sampled loop count is replaced by a fixed schedule in which T alternates
+core and the dense blocks once per forward and backward (what ``make pretrain`` runs); and ZeRO-2 (the whole
+model replicated) for reference. The sampled loop count is replaced by a fixed schedule in which T alternates
 between 1, 4 and 8, so every step but the repeat at the end runs a T different from the previous step's.
 Calls and bytes of every collective per step come from the trainer's own accounting (``comm/...`` in its
 metrics file, rank 0); the report gives the median per T over the steps after the first (which records
