@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 CLI_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+CONSOLE_SCRIPT_PREFIX = "megamythos-"  # of every console script setup.py installs
 TIMED_CLI_LOG_FORMAT = f"%(asctime)s {CLI_LOG_FORMAT}"  # for the long-running data and tokenizer tools
 
 
@@ -120,7 +121,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, description: str | None = None, elsewhere: Mapping[str, str] | None = None,
                  **kwargs: Any) -> None:
         """``elsewhere``: flags of other commands that users bring here, each with what to do instead; such a flag
-        is refused with that, not with the closest known flag (which may do something else entirely)."""
+        is refused with that, not with the closest known flag (which may do something else entirely). ``prog``
+        (the documented command: ``python -m megamythos...``, ``python data_prep/...``) gives way to the console
+        script's name when one runs the command (setup.py's ``megamythos-*``): an installed package has those, not
+        the scripts outside the package."""
+        console_script = os.path.basename(sys.argv[0]) if sys.argv else ""
+        if console_script.startswith(CONSOLE_SCRIPT_PREFIX):
+            kwargs["prog"] = console_script
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, description=plain_text(description) if description else description, **kwargs)
         self.elsewhere = dict(elsewhere or {})

@@ -114,6 +114,25 @@ def test_every_command_line_is_a_console_script_and_scripts_need_no_path_hacks()
         assert "from megamythos.data.cli import" in text, script
 
 
+@pytest.mark.parametrize("name", sorted(console_scripts()))
+def test_a_console_script_s_usage_names_the_console_script(name, monkeypatch):
+    """An installed package has the console scripts, not data_prep/ and tokenizer/. Found 2026-12-06:
+    ``megamythos-preprocess --help`` began ``usage: python data_prep/preprocess_data.py``, a file it lacks (and
+    ``megamythos-pretrain --help`` ``usage: python -m megamythos.training.pretrain``)."""
+    module, function = console_scripts()[name].split(":")
+    seen = []
+
+    def inspect(parser, args=None, namespace=None):  # instead of parsing: record the parser, stop the CLI
+        seen.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(errors.ArgumentParser, "parse_args", inspect)
+    monkeypatch.setattr(sys, "argv", [f"/env/bin/{name}"])
+    with pytest.raises(SystemExit):
+        getattr(importlib.import_module(module), function)()
+    assert seen[0].format_usage().startswith(f"usage: {name} [-h]"), seen[0].format_usage()
+
+
 @pytest.mark.parametrize("cli", CLIS)
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy re-running an imported module
 def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypatch):
