@@ -8,7 +8,8 @@ bash, its first line runs the file with Python. :func:`main` tells the forms apa
   the trainer in the same process;
 * ``deepspeed --no_python ... launchers/pretrain.sh ...`` (or ``srun``/``torchrun`` setting ``LOCAL_RANK``): bash
   on every rank, then the same;
-* ``bash launchers/pretrain.sh [--num-gpus N --hostfile F ...] [trainer flags]``: no ``LOCAL_RANK``, so
+* ``bash launchers/pretrain.sh [--num-gpus N --hostfile F ...] [trainer flags]`` (``python -m
+  megamythos.training.launch ...`` where an installed package has no launchers/): no ``LOCAL_RANK``, so
   :func:`launch` translates the launcher flags and runs ``deepspeed ... --module megamythos.training.pretrain``
   under :func:`supervise`, which turns SIGTERM/SIGINT/SIGHUP into one checkpoint and exit code 0.
 
