@@ -143,7 +143,7 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, exported_model: Path) -> Iterator[Runs]:
+def bench_runs(tmp_path_factory: pytest.TempPathFactory, exported_model: Path) -> Iterator[Runs]:
     """Every run below that launches no trainer, queued at once (the longest first), two at a time: each is a
     process or a few that keep a core busy. When the module ends, what still runs is killed (``launched``'s runs
     too) and nothing more starts."""
@@ -173,10 +173,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory, exported_model: Path) -> Iter
 @pytest.fixture(scope="module")
 @trains
 def launched(tmp_path_factory: pytest.TempPathFactory, corpus: Path, launches: LaunchPool, tiny_run_started: Path,
-             runs: Runs) -> Runs:
+             bench_runs: Runs) -> Runs:
     """The runs that launch the trainer, queued in ``launches`` after the shared tiny run (whose metrics file
-    gpu_check.py summarizes), with ``runs`` under way beside them: the tests' tiny model on their corpus."""
-    queue = Runs(launches, tmp_path_factory.mktemp("bench_launches"), runs.started)
+    gpu_check.py summarizes), with ``bench_runs`` under way beside them: the tests' tiny model on their corpus."""
+    queue = Runs(launches, tmp_path_factory.mktemp("bench_launches"), bench_runs.started)
     model = [word for key, value in TINY_OVERRIDES.items() for word in ("--override", f"{key}={value}")]
     queue.submit("comm", "bench_comm.py", "--variants", "zero3-replicated-core", "--port", str(free_port()),
                  "--data-dir", str(queue.root / "no-default-corpus"),
@@ -213,15 +213,15 @@ def test_bench_train_throughput(launched):
     assert "1_process_fp32" not in data and data["environment"]["cpu"]["model_name"]
 
 
-def test_bench_train_memory(runs):
-    data = runs.results("train_memory")["memory"]
+def test_bench_train_memory(bench_runs):
+    data = bench_runs.results("train_memory")["memory"]
     assert [(r["loops"], r["mode"]) for r in data["rows"]] == [(1, "two-level"), (2, "two-level")]
     assert all(r["peak_step_mib"] > 0 and r["step_s"] > 0 for r in data["rows"])
     assert data["ratio_T2_over_T1"]["two-level"] > 0 and data["environment"]["deepspeed"]
 
 
-def test_bench_casts(runs):
-    data = runs.results("casts")
+def test_bench_casts(bench_runs):
+    data = bench_runs.results("casts")
     for mode in ("uncached", "cached"):
         assert {"median_s", "samples_s", "copy_calls", "copy_ms", "top_copies"} <= set(data["results"][mode])
     # the README's point: without the cache each loop casts the expert weights again
@@ -229,8 +229,8 @@ def test_bench_casts(runs):
     assert data["paired_speedup"] > 0
 
 
-def test_bench_adaptive(runs):
-    data = runs.results("adaptive")
+def test_bench_adaptive(bench_runs):
+    data = bench_runs.results("adaptive")
     rows = data["models"]["default_run"]
     assert [(r["exit_threshold"], r["loops"], r["task"]) for r in rows] == [
         (threshold, loops, task) for threshold, loops in ((0.2, 4), (0.2, 8), (0.1, 8), (0.05, 8))
@@ -246,8 +246,8 @@ def test_bench_adaptive(runs):
     assert data["environment"]["cpu"]["model_name"]
 
 
-def test_bench_attention(runs):
-    data = runs.results("attention")
+def test_bench_attention(bench_runs):
+    data = bench_runs.results("attention")
     cells = [(r["preset"], r["dtype"], r["phase"], r["q_len"], r["kv_len"]) for r in data["rows"]]
     assert cells == [(preset, dtype, phase, q_len, kv_len) for preset in ("tiny", "small") for dtype in ("bf16", "fp32")
                      for phase, q_len, kv_len in (("train_fwd_bwd", 128, 128), ("train_fwd_bwd", 512, 512),
@@ -256,8 +256,8 @@ def test_bench_attention(runs):
     assert data["environment"]["host_memory"] and data["environment"]["cpu"]["model_name"]
 
 
-def test_bench_model_times_ours_without_the_reference_in_its_environment(runs):
-    data = runs.results("model")
+def test_bench_model_times_ours_without_the_reference_in_its_environment(bench_runs):
+    data = bench_runs.results("model")
     assert data["environment"]["cpu"]["model_name"] and data["environment"]["open_mythos"] is None
     train = data["train"]
     assert train["shape"]["executed_loops_per_step"] == 2 and "reference" not in train["configs"]
@@ -279,13 +279,13 @@ def load_script(script: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
-def test_bench_model_says_in_one_line_that_the_reference_is_missing(runs, tmp_path, monkeypatch, capsys):
-    proc = runs.pool.result("model_without_reference")
+def test_bench_model_says_in_one_line_that_the_reference_is_missing(bench_runs, tmp_path, monkeypatch, capsys):
+    proc = bench_runs.pool.result("model_without_reference")
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = one_error_line(proc.stderr)
     assert "--modes reference,reference_bf16_autocast and --moe-expert-dims 256,128,64" in line, line
     assert "open_mythos" in line and "bench/README.md" in line, line
-    assert not runs.out("model_without_reference").exists()
+    assert not bench_runs.out("model_without_reference").exists()
     bench_model = load_script("bench_model.py", monkeypatch)
     monkeypatch.setattr(bench_model, "om", None)
     monkeypatch.setattr(bench_model, "REFERENCE_IMPORT_ERROR", "No module named 'open_mythos'", raising=False)
@@ -301,8 +301,8 @@ def test_bench_model_says_in_one_line_that_the_reference_is_missing(runs, tmp_pa
     assert not out.exists()
 
 
-def test_gpu_check_numerics_on_cpu(runs):
-    data = runs.results("numerics")["numerics"]
+def test_gpu_check_numerics_on_cpu(bench_runs):
+    data = bench_runs.results("numerics")["numerics"]
     assert data["device"] == "cpu" and data["dtype"] == "bfloat16" and data["passed"]
     assert set(data["errors"]) == {"attention", "moe", "rms_norm"}
     assert all(0 <= error <= data["tolerance"] for errors in data["errors"].values() for error in errors.values())
@@ -346,11 +346,11 @@ def test_gpu_shell_scripts_parse_and_give_the_trainer_flags_it_has():
         assert args.bf16 and args.preset == "small"
 
 
-def test_bench_data_without_megatron(runs):
-    proc = runs.pool.result("data_without_venv")
+def test_bench_data_without_megatron(bench_runs):
+    proc = bench_runs.pool.result("data_without_venv")
     assert proc.returncode == 2 and "--no-megatron" in one_error_line(proc.stderr)
-    assert not runs.out("data_without_venv").exists()
-    data = runs.results("data")
+    assert not bench_runs.out("data_without_venv").exists()
+    data = bench_runs.results("data")
     assert set(data["preprocess"]) == set(data["all_runs"]) == {"ours_1_worker", "ours_2_workers"}
     assert data["corpus"]["documents"] == 30 and data["corpus"]["tokenizer"] == "stdlib_v384_n30_tokenizer.model"
     for best in data["preprocess"].values():
@@ -360,7 +360,7 @@ def test_bench_data_without_megatron(runs):
     assert data["blend_index_build_seconds_1M_samples_2_datasets"] > 0
 
 
-def test_bench_integrity(runs):
-    data = runs.results("integrity")
+def test_bench_integrity(bench_runs):
+    data = bench_runs.results("integrity")
     assert {"gb", "read_s", "write_s", "verify_s", "verify_gb_per_s"} <= set(data["checksums"])
     assert data["token_id_check"]["tokens"] == 100_000 and data["token_id_check"]["tokens_per_s"] > 0
