@@ -346,7 +346,7 @@ def test_a_save_warns_when_the_next_one_cannot_fit(tmp_path, monkeypatch, caplog
     assert not warn_if_the_next_save_cannot_fit(tmp_path, 1000)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**10, 10**10 - 500, 500))
     assert warn_if_the_next_save_cannot_fit(tmp_path, 1000)
-    assert "0.0 GB free, less than a checkpoint takes" in caplog.text
+    assert "0.0005 MB free, less than a checkpoint takes (0.001 MB)" in caplog.text
 
 
 @pytest.mark.launch
@@ -378,6 +378,30 @@ def test_disk_full_during_save(small_disk: Path, corpus: Path, tmp_path: Path) -
     tags = sorted(p.name for p in save.iterdir() if p.name.startswith("iter_"))
     assert tags[-1] == latest, f"partial checkpoint left behind: {tags}, latest {latest}"
     assert not (save / WRITER_LOCK).exists()
+
+
+@pytest.mark.launch
+def test_a_resume_without_room_for_its_next_save_stops_before_training(small_disk: Path, corpus: Path,
+                                                                       tmp_path: Path) -> None:
+    """Found 2026-12-06 (long-run audit): a run restarted on a disk that a failed save had left with less room than a
+    checkpoint (a job requeued after `disk full while saving`) trained to its next save and failed there again,
+    every restart. It now stops before its first step, naming the room left; nothing is touched."""
+    save, logs = small_disk / "ckpt", tmp_path / "logs"
+    args = [*tiny_args(corpus, 2), "--save", str(save), "--load", str(save), "--save-interval", "2",
+            "--eval-interval", "0", "--metrics-file", str(logs / "metrics.jsonl"), "--tensorboard-dir", str(logs)]
+    first = run_single(args, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    tag = save / read_latest(save)
+    size = sum(p.stat().st_size for p in tag.iterdir())
+    with open(small_disk / "filler", "wb") as filler:  # leave half a checkpoint free
+        filler.write(b"\0" * (shutil.disk_usage(small_disk).free - size // 2))
+    before = {p.name: p.read_bytes() for p in tag.iterdir()}
+    again = run_single([*args, "--train-iters", "4", "--use-checkpoint-lr-schedule"], tmp_path)
+    assert again.returncode == 2, again.stderr[-3000:]
+    line = one_error_line(again.stderr)
+    assert "less than a checkpoint takes" in line and "nothing was trained" in line, line
+    assert [r["iteration"] for r in metrics(logs / "metrics.jsonl")] == [1, 2]  # no step taken
+    assert read_latest(save) == tag.name and {p.name: p.read_bytes() for p in tag.iterdir()} == before
 
 
 @pytest.mark.launch

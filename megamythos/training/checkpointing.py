@@ -273,16 +273,44 @@ def warn_of_tags_aside(save_dir: str | Path) -> None:
                        save_dir, len(aside), size / 1e9, ", ".join(aside))
 
 
-def warn_if_the_next_save_cannot_fit(save_dir: Path, size: int) -> bool:
-    """Warn (and return True) when ``save_dir``'s file system has less room than a checkpoint of ``size`` bytes
-    takes: the next save writes a whole tag before ``--keep-last`` prunes an old one, so it would fail there."""
+def disk_size(n: float) -> str:
+    """``n`` bytes in TB, GB or MB, to three significant digits (``67.1 MB``: a tiny model's checkpoint is not
+    ``0.1 GB`` beside ``0.1 GB`` free)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 1e6:.3g} MB"
+
+
+def room_short(save_dir: Path, size: int) -> str | None:
+    """``"DIR has 67.1 MB free, less than a checkpoint takes (85.8 MB)"`` when ``save_dir``'s file system has less room
+    than a checkpoint of ``size`` bytes takes, else None: a save writes a whole tag before ``--keep-last`` prunes an
+    old one, so the next save would fail there."""
     free = shutil.disk_usage(save_dir).free
     if free >= size:
-        return False
-    logger.warning("%s has %.1f GB free, less than a checkpoint takes (%.1f GB): the next save will fail unless "
-                   "space is freed (--keep-last removes old tags only after a save completes)", save_dir, free / 1e9,
-                   size / 1e9)
-    return True
+        return None
+    return f"{save_dir} has {disk_size(free)} free, less than a checkpoint takes ({disk_size(size)})"
+
+
+def warn_if_the_next_save_cannot_fit(save_dir: Path, size: int) -> bool:
+    """Warn (and return True) when the next save of a checkpoint of ``size`` bytes cannot fit (:func:`room_short`)."""
+    short = room_short(save_dir, size)
+    if short:
+        logger.warning("%s: the next save will fail unless space is freed (--keep-last removes old tags only after a "
+                       "save completes)", short)
+    return short is not None
+
+
+def check_room_to_resume(save_dir: Path, resumed_tag: Path, iteration: int, save_interval: int) -> None:
+    """Raise :class:`CheckpointError` when ``save_dir`` has less room than ``resumed_tag`` (a checkpoint of this model)
+    takes: the run would train to its next save and fail there, and a job restarted on that disk would do so again
+    at every restart. Rank 0 (the caller shares the outcome)."""
+    short = room_short(save_dir, manifest_bytes(resumed_tag))
+    if short:
+        due = f"at iteration {(iteration // save_interval + 1) * save_interval}" if save_interval else "at its end"
+        raise CheckpointError(f"{short}: this run would train to its next save ({due}) and fail there; free space "
+                              "there (or move the run to a disk with room) and run the same command again (nothing "
+                              f"was trained, {resumed_tag.name} is untouched)")
 
 
 def newest_complete_tag(save_dir: Path) -> str | None:

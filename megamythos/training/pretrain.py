@@ -64,6 +64,7 @@ from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import (
     CheckpointError,
     CheckpointManager,
+    check_room_to_resume,
     check_saved_precision,
     check_sources,
     pretrained_state,
@@ -295,6 +296,7 @@ class Trainer:
                 any_rank(False)  # every rank has read it: a conversion of another run's tag is not kept here
                 if self.rank == 0:
                     shutil.rmtree(self.universal, ignore_errors=True)
+            self._check_room_to_save()
         self.peak = self.mfu_peak()
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration,
                                        self.consumed)
@@ -312,6 +314,22 @@ class Trainer:
         if on_cpu:
             logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s); host memory: %s", torch.get_num_threads(),
                         openmp_wait_policy(), host_memory)
+
+    def _check_room_to_save(self) -> None:
+        """A resumed run that has steps to train stops here, before any, when ``--save`` has less room than the
+        checkpoint it resumed takes (:func:`check_room_to_resume`); every rank raises, rank 0 says why."""
+        latest = read_latest(self.resume_from)
+        if not self.args.save or latest is None or self.iteration >= self.total_iters:
+            return
+        failure = None
+        if self.rank == 0:
+            try:
+                check_room_to_resume(Path(self.args.save), Path(self.resume_from) / latest, self.iteration,
+                                     self.args.save_interval)
+            except CheckpointError as err:
+                failure = err
+        if any_rank(failure is not None):
+            raise failure or CheckpointError("no room for the next checkpoint; see rank 0")
 
     def _keep_resumed_global_batch(self, template: dict[str, Any]) -> None:
         """A resume keeps the global batch its checkpoint trained with, the accumulation adapting to this run's
