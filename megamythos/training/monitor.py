@@ -40,19 +40,39 @@ SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "lm loss validation", "
 GIB = float(1 << 30)
 
 
+def anonymous_resident_bytes() -> int | None:
+    """This process's resident anonymous memory (``RssAnon`` of ``/proc/self/status``, Linux; None elsewhere): what
+    it allocated (tensors, Python objects, the allocator's cache), without the pages of memory-mapped files."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024  # kB
+    return None
+
+
 def memory_usage(device: torch.device) -> dict[str, float]:
     """This process's memory, in GiB. CUDA: the peak allocated and reserved since the last call (the peaks are
     then reset, so each call covers one step) and the caching allocator's retries so far (a count that rises is
-    fragmentation near the limit, before an out-of-memory error). CPU: the resident set now and its peak since
-    the process started."""
+    fragmentation near the limit, before an out-of-memory error). CPU: the resident set now, its peak since the
+    process started and, on Linux, its anonymous part (``memory/anon-GiB``, :func:`anonymous_resident_bytes`): the
+    resident set also holds the pages of the memory-mapped dataset and index files the run has read, which grow with
+    the steps up to those files' sizes (the kernel drops them under memory pressure), so a leak shows in the
+    anonymous part alone."""
     if device.type == "cuda":
         usage = {"memory/max-allocated-GiB": torch.cuda.max_memory_allocated(device) / GIB,
                  "memory/max-reserved-GiB": torch.cuda.max_memory_reserved(device) / GIB,
                  "memory/alloc-retries": float(torch.cuda.memory_stats(device).get("num_alloc_retries", 0))}
         torch.cuda.reset_peak_memory_stats(device)
         return usage
-    return {"memory/rss-GiB": psutil.Process().memory_info().rss / GIB,
-            "memory/max-rss-GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}  # Linux: KiB
+    usage = {"memory/rss-GiB": psutil.Process().memory_info().rss / GIB,
+             "memory/max-rss-GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}  # Linux: KiB
+    anonymous = anonymous_resident_bytes()
+    if anonymous is not None:
+        usage["memory/anon-GiB"] = anonymous / GIB
+    return usage
 
 
 def measure_peak_tflops(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",

@@ -120,6 +120,8 @@ UNSAVED_STEPS_WARNED = 1000  # a run of more steps without --save-interval is to
 # of these (state norms only go to TensorBoard).
 RECORDED_PER_LOOP = ("exit-share", "active-share", "router-gate")
 PER_LOOP = re.compile(f"/({'|'.join(('state-norm', *RECORDED_PER_LOOP))})/")
+# The memory of the console line: what the process allocated (a leak grows it), else the resident set.
+CONSOLE_MEMORY = ("memory/max-allocated-GiB", "memory/anon-GiB", "memory/rss-GiB")
 
 
 def setup_logging(rank: int) -> None:
@@ -686,7 +688,7 @@ class Trainer:
                 "aux loss": values["aux loss"], "grad norm": grad_norm, "loops": step["n_loops"],
                 "tokens/s": tokens_per_sec, "TFLOP/s": tflops, "MFU": values["mfu"],
                 "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped,
-                "memory (GiB)": memory.get("memory/max-allocated-GiB", memory.get("memory/rss-GiB"))})
+                "memory (GiB)": next(memory[key] for key in CONSOLE_MEMORY if key in memory)})
 
     def run(self) -> int:
         """Train to the end (or to a signal / --exit-interval / --exit-duration-in-mins); returns the process exit
