@@ -35,6 +35,7 @@ from megamythos.training.rendezvous import port_free
 from tests.helpers import (
     LAUNCHER,
     REPO,
+    dead_pid,
     finish,
     free_port,
     launch_env,
@@ -282,6 +283,25 @@ def test_the_job_ends_once_every_rank_finished_cleanly_without_waiting_for_the_r
         record(running.pid, "0")
         assert waited("0.5", local_ranks=1) == 0
         running.kill()
+
+
+def test_a_launch_removes_the_exit_records_a_killed_launcher_left(tmp_path):
+    """Found 2026-12-06 (long-run audit): each launcher killed with kill -9 (with its job, by the out-of-memory killer
+    or a scheduler after its grace period) left its folder of exit records in the temporary directory for good (65
+    of them in this machine's /tmp). The next launch on the host removes those whose launcher is gone; a live
+    launcher's and another host's stay, and the launch's own goes when it ends."""
+    host = socket.gethostname()
+    killed = tmp_path / f"megamythos-ranks-{host}.{dead_pid()}-k1lled"
+    running = tmp_path / f"megamythos-ranks-{host}.{os.getpid()}-running"
+    elsewhere = tmp_path / f"megamythos-ranks-another-host.{dead_pid()}-unknown"
+    for folder in (killed, running, elsewhere):
+        folder.mkdir()
+        (folder / "4242").write_text("0")
+    code = ("import sys; from pathlib import Path; from megamythos.training.launch import supervise; "
+            "sys.exit(supervise(['true'], Path(sys.argv[1])))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "latest")], cwd=REPO, check=True, timeout=60,
+                   env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, elsewhere.name])
 
 
 # ------------------------------------------------------------------------------------------- real launches

@@ -38,11 +38,13 @@ cannot act any more, ends the job with a one-line :class:`LaunchError` naming th
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 SCRIPT = "launchers/pretrain.sh"
 TRAINER = "megamythos.training.pretrain"
+RECORDS_PREFIX = "megamythos-ranks-"  # the supervisor's exit-record folders in the temporary directory
 DEFAULT_MASTER_PORT = "29500"
 
 # Flags of the `deepspeed` launcher that `bash launchers/pretrain.sh` takes too, spelt with `-` or `_`:
@@ -360,6 +363,28 @@ def adopt_orphans() -> None:
         logger.warning("cannot adopt orphaned ranks on this system; a group signal may return before they save")
 
 
+def records_prefix(pid: int) -> str:
+    """The name with which the exit-record folder of launcher ``pid`` of this host starts (a random part follows)."""
+    return f"{RECORDS_PREFIX}{socket.gethostname()}.{pid}-"
+
+
+def remove_stale_records() -> list[Path]:
+    """Remove the exit-record folders that launchers of this host left when they were killed (``kill -9``, the
+    out-of-memory killer, a scheduler's kill after its grace period: no ``TemporaryDirectory`` clean-up runs), one
+    per killed launch; returns those removed. A folder is stale when its launcher's process is gone; those of other
+    hosts (a shared temporary directory) and of live launchers are left alone."""
+    from megamythos.data.atomic import pid_alive  # not at import: `--help` runs without the dependencies
+
+    host = f"{RECORDS_PREFIX}{socket.gethostname()}."
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(glob.escape(host) + "*-*"):
+        pid = path.name[len(host):].partition("-")[0]
+        if pid.isdigit() and path.is_dir() and path.stat().st_uid == os.getuid() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def supervise(cmd: list[str], latest: Path, local_ranks: int | None = None) -> int:
     """Run ``cmd`` (the deepspeed launcher) and return its exit code. On SIGTERM, SIGINT or SIGHUP, send SIGTERM
     to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
@@ -371,7 +396,8 @@ def supervise(cmd: list[str], latest: Path, local_ranks: int | None = None) -> i
     ``local_ranks``: the job's rank count where all of them run here (a single-node job); once each of them has
     recorded exit code 0 and ended, the job is over, and :func:`wait_for_runner` ends the runner instead of
     waiting for it."""
-    with tempfile.TemporaryDirectory(prefix="megamythos-ranks-") as records:
+    remove_stale_records()
+    with tempfile.TemporaryDirectory(prefix=records_prefix(os.getpid())) as records:
         return _supervise(cmd, latest, Path(records), local_ranks)
 
 
