@@ -405,6 +405,27 @@ def test_a_resume_without_room_for_its_next_save_stops_before_training(small_dis
 
 
 @pytest.mark.launch
+def test_a_resume_on_another_layout_without_room_for_the_conversion_is_one_line(small_disk: Path, corpus: Path,
+                                                                                tmp_path: Path) -> None:
+    """Found 2026-12-06 (long-run audit): resuming on another number of ranks converts the checkpoint into a universal
+    one beside it; on a disk without room for it the user got `error: ds_to_universal failed on ...:` followed by the
+    converter's tracebacks (`basic_ios::clear`), and the other rank's DistNetworkError traceback (167 lines, no word
+    of a full disk). Now one line from rank 0 (the others are told its outcome); the temporary folder is removed."""
+    save, logs = small_disk / "ckpt", tmp_path / "logs"
+    args = [*tiny_args(corpus, 2), "--save", str(save), "--save-interval", "2", "--eval-interval", "0",
+            "--metrics-file", str(logs / "metrics.jsonl"), "--tensorboard-dir", str(logs)]
+    run(1, args, tmp_path / "first.txt")
+    tag = save / read_latest(save)
+    size = sum(p.stat().st_size for p in tag.iterdir())
+    with open(small_disk / "filler", "wb") as filler:  # room for half the checkpoint, not for its conversion
+        filler.write(b"\0" * (shutil.disk_usage(small_disk).free - size // 2))
+    text = run(2, [*args, "--train-iters", "4", "--use-checkpoint-lr-schedule"], tmp_path / "again.txt", expect_rc=2)
+    line = one_error_line(text)
+    assert f"disk full while converting {tag} to a universal checkpoint in {save}" in line, line
+    assert sorted(p.name for p in save.iterdir() if "universal" in p.name) == [], "the conversion's folder stayed"
+
+
+@pytest.mark.launch
 def test_a_file_size_limit_during_save_is_one_line(corpus: Path, tmp_path: Path) -> None:
     """A quota or file-size limit reaches torch's serializer as ``RuntimeError: ... unexpected pos``: found
     2026-12-06 it was a 40-line traceback with exit 1, the partial tag stayed, and the launcher advised the same

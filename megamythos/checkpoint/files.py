@@ -112,6 +112,24 @@ def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
     return record.get("layout"), record.get("zero_stage")
 
 
+def disk_size(n: float) -> str:
+    """``n`` bytes in TB, GB or MB, to three significant digits (``67.1 MB``: a tiny model's checkpoint is not
+    ``0.1 GB`` beside ``0.1 GB`` free)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n / 1e6:.3g} MB"
+
+
+def disk_full(directory: Path) -> bool:
+    """Whether ``directory``'s file system has less than 1 MiB free (what a write that failed there ran into; torch
+    reports ENOSPC only as ``basic_ios::clear`` or ``unexpected pos``)."""
+    try:
+        return shutil.disk_usage(directory).free < (1 << 20)
+    except OSError:
+        return False
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` so that readers see either the old or the new content, never a partial file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -20,8 +20,15 @@ from typing import TypeVar
 
 import torch
 
-from megamythos.checkpoint.checksums import CHECKSUMS_FILE, ChecksumError, incomplete, verify_checksums, verify_tag
-from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, read_latest
+from megamythos.checkpoint.checksums import (
+    CHECKSUMS_FILE,
+    ChecksumError,
+    incomplete,
+    manifest_bytes,
+    verify_checksums,
+    verify_tag,
+)
+from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, disk_full, disk_size, read_latest
 from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
@@ -54,12 +61,21 @@ def _client_state(tag_dir: Path) -> dict:
     return torch.load(files[0], map_location="cpu", weights_only=False)
 
 
+def conversion_disk_full(tag_dir: Path, where: Path) -> CheckpointError:
+    """The one-line error of a universal conversion of ``tag_dir`` that ran out of room in ``where``."""
+    return CheckpointError(f"disk full while converting {tag_dir} to a universal checkpoint in {where} (about the "
+                           f"size of the checkpoint, {disk_size(manifest_bytes(tag_dir))}); free space there and run "
+                           "again")
+
+
 def convert_to_universal(tag_dir: Path, out: Path) -> Path:
     """Write DeepSpeed's universal checkpoint of ``tag_dir`` (full tensors, any layout) into ``out``."""
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
            "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1",
            "--inject_missing_state"]
     result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 and disk_full(out.parent):
+        raise conversion_disk_full(tag_dir, out.parent)
     if result.returncode != 0:
         raise CheckpointError(f"ds_to_universal failed on {tag_dir}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     return out

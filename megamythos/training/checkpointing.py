@@ -49,6 +49,8 @@ from megamythos.checkpoint.files import (
     UNIVERSAL_SUFFIX,
     WRITER_LOCK,
     CheckpointError,
+    disk_full,
+    disk_size,
     move_tag_aside,
     read_latest,
     read_tokenizer_files,
@@ -273,15 +275,6 @@ def warn_of_tags_aside(save_dir: str | Path) -> None:
                        save_dir, len(aside), size / 1e9, ", ".join(aside))
 
 
-def disk_size(n: float) -> str:
-    """``n`` bytes in TB, GB or MB, to three significant digits (``67.1 MB``: a tiny model's checkpoint is not
-    ``0.1 GB`` beside ``0.1 GB`` free)."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n / 1e6:.3g} MB"
-
-
 def room_short(save_dir: Path, size: int) -> str | None:
     """``"DIR has 67.1 MB free, less than a checkpoint takes (85.8 MB)"`` when ``save_dir``'s file system has less room
     than a checkpoint of ``size`` bytes takes, else None: a save writes a whole tag before ``--keep-last`` prunes an
@@ -440,27 +433,44 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     target = Path(into or load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
                 Path(load_dir) / tag, saved, layout)
+    failure = None  # rank 0's, told to every rank: the others would wait for it inside deepspeed.initialize
     if rank == 0 and not (target.is_dir() and verified(target)):
-        from megamythos.checkpoint.reader import convert_to_universal
-
-        if target.is_dir():
-            logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
-                           tag)
-            shutil.rmtree(target)
-        remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
-        tmp = Path(temp_name(target))
-        tmp.mkdir(parents=True)
         try:
-            converted = convert_to_universal(Path(load_dir) / tag, tmp / tag)
-            if (saved["ep"] > 1) != autoep:
-                rename_expert_tensors(converted / "zero", autoep, config)
-            as_param_records(converted / "zero")
-            write_checksums(converted)
-            os.replace(converted, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        (Path(load_dir) / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
+            _convert(Path(load_dir) / tag, target, (saved["ep"] > 1) != autoep, autoep, config)
+        except CheckpointError as err:
+            failure = str(err)
+    failure = _from_rank0(failure)
+    if failure:
+        raise CheckpointError(failure)
     return target
+
+
+def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: ModelConfig) -> None:
+    """Rank 0 of :func:`universal_tag`: convert ``tag_dir`` into ``target`` through a temporary folder; a conversion
+    that runs out of room raises the one-line :func:`~megamythos.checkpoint.reader.conversion_disk_full`."""
+    from megamythos.checkpoint.reader import conversion_disk_full, convert_to_universal
+
+    if target.is_dir():
+        logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
+                       tag_dir.name)
+        shutil.rmtree(target)
+    remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
+    tmp = Path(temp_name(target))
+    tmp.mkdir(parents=True)
+    try:
+        converted = convert_to_universal(tag_dir, tmp / tag_dir.name)
+        if rename:
+            rename_expert_tensors(converted / "zero", autoep, config)
+        as_param_records(converted / "zero")
+        write_checksums(converted)
+        os.replace(converted, target)
+    except (OSError, RuntimeError) as err:  # torch's writer reports ENOSPC as a RuntimeError
+        if not disk_full(target.parent):
+            raise
+        raise conversion_disk_full(tag_dir, target.parent) from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
 
 
 UNIVERSAL_STATES = ("fp32", "exp_avg", "exp_avg_sq")
@@ -527,13 +537,8 @@ def repair_universal_optimizer(optimizer: Any, groups: list[dict[str, Any]]) -> 
 
 
 def _disk_full(err: BaseException, directory: Path) -> bool:
-    """Whether a failed write ran out of space (torch reports ENOSPC only as ``basic_ios::clear``)."""
-    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return True
-    try:
-        return shutil.disk_usage(directory).free < (1 << 20)
-    except OSError:
-        return False
+    """Whether a failed write ran out of space (ENOSPC, or no room left: :func:`disk_full`)."""
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or disk_full(directory)
 
 
 # torch's serializer reports a failed write (a quota, a file-size limit, a full disk) as a RuntimeError with these
