@@ -8,6 +8,7 @@ inverted in the middle of a file: its size is unchanged and it stays a complete 
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -334,6 +335,31 @@ def test_a_save_of_the_tag_latest_names_keeps_it(tmp_path: Path) -> None:
     (tmp_path / "latest").write_text(GOOD)
     assert manager._clear_tag(GOOD) == "saved" and (tmp_path / GOOD / "shard.pt").exists()
     assert manager._clear_tag(LATEST_TAG) is None and not (tmp_path / LATEST_TAG).exists()
+
+
+def test_a_save_whose_latest_cannot_be_written_is_one_line_and_leaves_no_temporary(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """Found 2026-12-06 (long-run audit): ``latest`` was written outside the save's error handling, so a disk that
+    filled after the checksums (another job, the TensorBoard writer) was an OSError traceback, and the hidden
+    ``.latest.tmp<pid>`` stayed. Now the save's one line, the new tag removed, ``latest`` as it was."""
+    class Engine:  # DeepSpeed's part of a save: the shards
+        def save_checkpoint(self, save_dir: str, tag: str, client_state: dict, save_latest: bool) -> None:
+            (Path(save_dir) / tag).mkdir(parents=True)
+            (Path(save_dir) / tag / "shard.pt").write_bytes(b"x")
+
+    (tmp_path / GOOD).mkdir()
+    (tmp_path / "latest").write_text(GOOD)
+    replace = os.replace
+
+    def full_for_latest(src: str, dst: str) -> None:
+        if Path(dst).name == "latest":
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_for_latest)
+    with pytest.raises(CheckpointError, match=f"disk full while saving .*{LATEST_TAG}.*latest still names {GOOD}"):
+        CheckpointManager(tmp_path).save(Engine(), int(LATEST_TAG[5:]), {}, ModelConfig())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [GOOD, "latest"] and (tmp_path / "latest").read_text() == GOOD
 
 
 def test_going_back_to_an_earlier_tag_keeps_the_newer_complete_ones(tmp_path: Path, caplog) -> None:

@@ -133,11 +133,15 @@ def disk_full(directory: Path) -> bool:
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` so that readers see either the old or the new content, never a partial file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no hidden temporary left beside the file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:

@@ -600,7 +600,10 @@ class CheckpointManager:
             self._save_failed(err, tag_dir)
         hashed = time.perf_counter()
         if _rank() == 0:
-            write_atomic(self.save_dir / LATEST, tag)
+            try:
+                write_atomic(self.save_dir / LATEST, tag)
+            except OSError as err:  # the disk filled after the checksums (another job, the TensorBoard writer)
+                self._save_failed(err, tag_dir)
             self._prune(keep=tag)
             size = sum(entry["size"] for entry in manifest["files"].values())
             logger.info("saved checkpoint %s in %.2f s (%.1f MB; checksums %.2f s)", tag_dir,
