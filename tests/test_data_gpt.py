@@ -17,7 +17,7 @@ from megamythos.data.gpt_dataset import (
     parse_split,
     split_bounds,
 )
-from megamythos.data.indexed_dataset import IndexedDataset
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 from megamythos.data.sampler import PretrainingSampler
 from tests.helpers import make_dataset
 
@@ -232,6 +232,25 @@ def test_too_small_split_is_a_clear_error(tmp_path) -> None:
     prefix = make_dataset(tmp_path / "ds", 3)
     with pytest.raises(DataConfigError, match="none of which fall in the valid split"):
         build_train_valid_test_datasets([prefix], "98,1,1", 8, 1, (10, 10, 0), str(tmp_path / "c"))
+
+
+def test_a_split_too_short_for_one_sample_is_named_on_every_rank(tmp_path, monkeypatch) -> None:
+    """Documents in the valid split but fewer tokens than one sample: the error named neither the split nor the
+    dataset (a blend of ten could be any of them), and only rank 0 raised it, inside the cache build, while the
+    other ranks waited at the cache's barrier (found 2026-12-06)."""
+    prefix = str(tmp_path / "tail")
+    with IndexedDatasetBuilder(prefix, np.int32) as builder:
+        for size in [20] * 97 + [5, 3, 2]:
+            builder.add_document(np.ones(size, dtype=np.int32))
+        builder.finalize()
+    barriers = []
+    monkeypatch.setattr(index_cache, "_barrier", lambda: barriers.append(1))
+    for rank in (0, 1):
+        monkeypatch.setattr(index_cache, "_distributed_rank", lambda rank=rank: rank)
+        with pytest.raises(DataConfigError, match=f"the valid split of {prefix} .documents 97-99. has 10 tokens, "
+                                                  "not enough for one sample of 17"):
+            build_train_valid_test_datasets([prefix], "97,3,0", 16, 1, (10, 4, 0), str(tmp_path / "c"))
+    assert barriers == [1, 1]  # each rank's train split; no rank reached the valid split's barrier
 
 
 def stream(sampler: PretrainingSampler) -> list[list[int]]:

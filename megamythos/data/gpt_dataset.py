@@ -169,15 +169,21 @@ def build_shuffle_index(num_samples: int, total_size: int, rng: np.random.Random
     return np.concatenate((first, last))
 
 
+def check_enough_tokens(tokens_per_epoch: int, seq_length: int, where: str = "the split") -> None:
+    """Raise :class:`DataConfigError` naming ``where`` when its ``tokens_per_epoch`` hold no sample of
+    ``seq_length + 1`` tokens."""
+    if tokens_per_epoch <= seq_length:
+        raise DataConfigError(
+            f"{where} has {tokens_per_epoch} tokens, not enough for one sample of {seq_length + 1}; use more "
+            "data, a smaller seq_length, or a larger share in --split"
+        )
+
+
 def build_gpt_indices(sizes: np.ndarray, documents: np.ndarray, num_samples: int, seq_length: int,
                       seed: int) -> dict[str, np.ndarray]:
     """``document_index``, ``sample_index`` and ``shuffle_index`` for ``num_samples`` samples of ``documents``."""
     tokens_per_epoch = int(sizes[documents].sum(dtype=np.int64))
-    if tokens_per_epoch <= seq_length:
-        raise DataConfigError(
-            f"the split has {tokens_per_epoch} tokens, not enough for one sample of {seq_length + 1}; use more "
-            "data, a smaller seq_length, or a larger share in --split"
-        )
+    check_enough_tokens(tokens_per_epoch, seq_length)
     num_epochs, separate_final_epoch = epoch_plan(tokens_per_epoch, num_samples, seq_length)
     rng = np.random.RandomState(seed)
     document_index = build_document_index(documents, num_epochs, rng, separate_final_epoch)
@@ -217,7 +223,10 @@ class GPTDataset(MappedArraysPickle):
         # guard) asks for a few more samples of the same epochs, which once built and stored the same index again
         first, end = int(self.documents[0]), int(self.documents[-1]) + 1  # a split is a range of documents
         tokens_per_epoch = int(self.indexed.sizes[first:end].sum(dtype=np.int64))
-        epochs = epoch_plan(tokens_per_epoch, self.num_samples, self.seq_length) if tokens_per_epoch else (1, False)
+        # on every rank, before the cache's barrier (rank 0 alone would fail in the build, the others wait)
+        check_enough_tokens(tokens_per_epoch, self.seq_length,
+                            f"the {self.split_name} split of {self.indexed.path_prefix} (documents {first}-{end - 1})")
+        epochs = epoch_plan(tokens_per_epoch, self.num_samples, self.seq_length)
         self.description = {
             "class": "GPTDataset", "version": INDEX_FORMAT_VERSION, **dataset_identity(self.indexed.path_prefix),
             "split": self.split_name, "documents": [first, end], "epochs": epochs[0],
