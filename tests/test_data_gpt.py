@@ -52,6 +52,21 @@ def test_sample_index_equals_megatron_loop(seed: int) -> None:
     assert np.array_equal(ours, megatron_sample_index(sizes, document_index, seq_length, num_samples))
 
 
+def test_epochs_are_shuffled_together_as_megatron_does() -> None:
+    """Megatron's ``_build_document_index``: the epochs' copies of the documents in one shuffle, not one per epoch
+    (docs/data.md says so); its ``_build_shuffle_index`` then shuffles all samples at once."""
+    sizes = np.full(50, 11, dtype=np.int32)  # 550 tokens per epoch, 54 samples of 10 (+1) per epoch
+    documents = np.arange(50, dtype=np.int32)
+    idx = build_gpt_indices(sizes, documents, num_samples=100, seq_length=10, seed=3)  # 2 epochs, not separate
+    rng = np.random.RandomState(3)
+    megatron = np.mgrid[0:2, 0:50][1]
+    megatron[:] = documents
+    megatron = megatron.reshape(-1).astype(np.int32)
+    rng.shuffle(megatron)
+    assert np.array_equal(idx["document_index"], megatron)
+    assert np.bincount(idx["document_index"][:50], minlength=50).max() == 2  # the first epoch's share mixes
+
+
 def test_separate_final_epoch_keeps_last_epoch_samples_at_the_end() -> None:
     sizes = np.full(10, 11, dtype=np.int32)  # 110 tokens per epoch, 10 samples of 10 (+1) per epoch
     idx = build_gpt_indices(sizes, np.arange(10, dtype=np.int32), num_samples=12, seq_length=10, seed=0)

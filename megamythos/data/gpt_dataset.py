@@ -1,10 +1,11 @@
 """GPT-style training samples from indexed datasets, following Megatron-LM's ``GPTDataset`` rules.
 
-A split's documents are repeated for as many epochs as the requested sample count needs, shuffled per epoch
-(``document_index``), flattened, and cut into samples of ``seq_length + 1`` tokens that overlap by one token
-(``sample_index``: the (position in document_index, token offset) where each sample starts); the sample order
-is shuffled (``shuffle_index``). When the last epoch would provide fewer than 80% of an epoch's samples it is
-shuffled separately so that it does not dilute the earlier epochs (Megatron's ``separate_final_epoch``).
+A split's documents are repeated for as many epochs as the requested sample count needs, the copies shuffled
+together (``document_index``: one shuffle over all epochs, as Megatron's, not one per epoch), flattened, and cut
+into samples of ``seq_length + 1`` tokens that overlap by one token (``sample_index``: the (position in
+document_index, token offset) where each sample starts); the sample order is shuffled (``shuffle_index``). When the
+last epoch would provide fewer than 80% of an epoch's samples it is shuffled separately so that it does not dilute
+the earlier epochs (Megatron's ``separate_final_epoch``).
 
 The three arrays equal megatron-core's for the same sizes, split and seed (same ``RandomState`` call sequence;
 ``bench/bench_data.py`` compares them with megatron-core 0.16 itself); the sample index is built with
@@ -132,7 +133,9 @@ def epoch_plan(tokens_per_epoch: int, num_samples: int, seq_length: int) -> tupl
 
 def build_document_index(documents: np.ndarray, num_epochs: int, rng: np.random.RandomState,
                          separate_final_epoch: bool) -> np.ndarray:
-    """int32 ``(num_epochs * len(documents),)``: document ids, each epoch's copy shuffled (Megatron's rule)."""
+    """int32 ``(num_epochs * len(documents),)``: ``num_epochs`` copies of the document ids shuffled together
+    (Megatron's rule), the final epoch's copy apart when ``separate_final_epoch``. Epochs mix: the first
+    ``len(documents)`` entries may hold a document twice and miss another."""
     if not separate_final_epoch or num_epochs == 1:
         index = np.tile(np.asarray(documents, dtype=np.int32), num_epochs)
         rng.shuffle(index)
