@@ -413,6 +413,20 @@ def test_a_long_run_without_periodic_checkpoints_is_told_what_a_crash_costs(corp
 
 
 @pytest.mark.launch
+def test_a_validation_that_reads_samples_twice_says_so(corpus, tmp_path):
+    """``--eval-iters`` x global batch beyond the validation split's samples reads some of them more than once at
+    every validation: said once at start-up, with the --eval-iters that reads each once (found 2026-12-06: unsaid
+    by the trainer, where ``evaluate`` said it)."""
+    out = run_single([*tiny_args(corpus, 1), "--split", "29,1,0", "--eval-interval", "1", "--eval-iters", "20",
+                      "--micro-batch-size", "64", "--global-batch-size", "64"], tmp_path)  # 1 validation document
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(line for line in out.stderr.splitlines() if "a validation reads" in line)
+    held_out = int(re.search(r"the validation split holds (\d+) samples of 32 tokens", line)[1])
+    assert 0 < held_out < 1280 and "--eval-iters 20 x global batch 64 = 1280 samples" in line
+    assert f"pass --eval-iters {max(1, held_out // 64)} or fewer" in line
+
+
+@pytest.mark.launch
 def test_a_resume_with_a_smaller_global_batch_on_a_small_training_set_trains_on(corpus, tmp_path):
     """The training set was sized for total steps x the new global batch, fewer samples than the run had already
     consumed: a ValueError traceback from the sampler, and the launcher said the same command would resume (found

@@ -33,6 +33,7 @@ import torch.distributed as dist
 from megamythos.checkpoint.files import read_latest, read_train_record
 from megamythos.checkpoint.reader import load_state
 from megamythos.data.default_corpus import ensure_default_dataset
+from megamythos.data.gpt_dataset import samples_per_epoch
 from megamythos.data.pretraining import (
     DataError,
     DataSetup,
@@ -545,6 +546,13 @@ class Trainer:
         if valid is None and self.args.eval_interval:
             raise DataError(f"{where.format('validation')}, which --eval-interval {self.args.eval_interval} reads; "
                             "give the split a larger second weight (e.g. 969,30,1), or pass --eval-interval 0")
+        held_out, read = samples_per_epoch(valid), self.args.eval_iters * gbs
+        if held_out is not None and read > held_out and self.rank == 0:
+            logger.warning("a validation reads --eval-iters %d x global batch %d = %d samples, but the validation "
+                           "split holds %d samples of %d tokens: some are read more than once (its loss weighs them "
+                           "so); pass --eval-iters %d or fewer to read each once, or give the split a larger second "
+                           "weight",
+                           self.args.eval_iters, gbs, read, held_out, self.args.seq_length, max(1, held_out // gbs))
         return train, valid
 
     def validation_tokens(self) -> int:
