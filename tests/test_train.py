@@ -1030,6 +1030,54 @@ def test_tensorboard_shows_each_step_once_after_a_fresh_start_or_a_rollback(tmp_
     assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0)]
 
 
+def every_logged_step(log_dir: Path, tag: str) -> list[int]:
+    """The steps of ``tag`` in every event file of ``log_dir``, in file order: what TensorBoard's default loader
+    (RustBoard) draws for a tag that is not logged again at a step it already holds, ``purge_step`` or not."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    def written(path: Path) -> tuple[int, int]:  # events.out.tfevents.TIME.HOST.PID.N: N counts a process's writers
+        return int(path.name.split(".")[3]), int(path.name.rsplit(".", 1)[1])
+
+    return [event.step for path in sorted(log_dir.glob("events.out.tfevents.*"), key=written)
+            for event in EventFileLoader(str(path)).Load()
+            if any(value.tag == tag for value in event.summary.value)]
+
+
+def test_tensorboard_files_hold_no_step_past_the_resume_point_or_a_rollback(tmp_path):
+    """Found 2026-12-06: a launch killed at step 27 (checkpoint 20, a validation every 5 steps) resumed with
+    ``--eval-interval 10`` showed the validation at 25 in TensorBoard's default view (``tensorboard --logdir``,
+    RustBoard), which ignores the writer's ``purge_step``: only the Python loader hid it, and the metrics file had
+    dropped it. The event files are now cut past the resume point (each axis) and past a rollback's tag."""
+    from megamythos.training.monitor import TrainingMonitor
+
+    tb = tmp_path / "tb"
+    killed = TrainingMonitor(True, str(tb), None)
+    for iteration in range(1, 8):
+        killed.scalars({"lm loss": 1.0}, iteration, iteration * 4)
+        if iteration % 5 == 0:
+            killed.scalars({"lm loss validation": 1.0}, iteration, iteration * 4)
+    killed.close()
+    resumed = TrainingMonitor(True, str(tb), None, start_iteration=2, start_samples=8)
+    for iteration in range(3, 7):
+        resumed.scalars({"lm loss": 2.0}, iteration, iteration * 4)
+    resumed.rolled_back(4)  # iterations 5 and 6 undone, then logged again
+    resumed.scalars({"rollbacks": 1.0}, 6, 124)  # as the trainer logs it: at the step that diverged
+    for iteration in range(5, 11):
+        resumed.scalars({"lm loss": 3.0}, iteration, 100 + iteration * 4)
+        if iteration % 10 == 0:
+            resumed.scalars({"lm loss validation": 3.0}, iteration, 100 + iteration * 4)
+    resumed.close()
+    again = TrainingMonitor(True, str(tb), None, start_iteration=8, start_samples=132)  # killed after step 10
+    again.scalars({"lm loss": 4.0}, 9, 136)
+    again.close()
+    assert every_logged_step(tb, "rollbacks") == [6]
+    assert every_logged_step(tb, "lm loss") == list(range(1, 10))
+    assert every_logged_step(tb, "lm loss validation") == []
+    assert every_logged_step(tb / "samples", "lm loss validation vs samples") == []
+    assert every_logged_step(tb / "samples", "lm loss vs samples") == [4, 8, 12, 16, 20, 24, 120, 124, 128, 132,
+                                                                        136]
+
+
 def test_a_run_from_scratch_keeps_the_records_it_finds_and_a_run_folder_is_not_saved_over(tmp_path):
     """Found 2026-12-06: ``--save x`` where x is another run's run folder (x/checkpoints/latest) trained on, shared
     its TensorBoard folder and cut its metrics.jsonl to nothing, "logged by a launch that ended after its last

@@ -237,6 +237,39 @@ def drop_records_after(metrics_file: str | Path, iteration: int) -> int:
     return dropped
 
 
+def drop_events_after(log_dir: str | Path, step: int) -> int:
+    """Truncate each TensorBoard event file directly in ``log_dir`` where its first summary of a step after ``step``
+    starts: what a launch logged past the checkpoint the run resumes from (or a rollback reloaded), which this run
+    logs again. A writer's ``purge_step`` only hides those events from TensorBoard's Python loader; its default
+    loader (RustBoard, the ``tensorboard-data-server``) ignores it and drew each such point the run did not log
+    again at the same step (a validation at another ``--eval-interval``). As in :func:`drop_records_after`, only
+    a file's trailing summaries of steps after ``step`` go (a file holds one writer's events: the steps it logged
+    last); an earlier one stays (a rollback's ``rollbacks`` scalar, logged at the diverged step before the steps
+    taken again). A record a killed writer cut goes with the tail, or stays where none is dropped. Returns how
+    many bytes were dropped."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    dropped = 0
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        with open(path, "rb+") as handle:
+            cut: int | None = None  # where the trailing summaries after ``step`` start
+            while len(header := handle.read(12)) == 12:  # TFRecord: u64 length, u32 CRC, data, u32 CRC
+                start = handle.tell() - 12
+                data = handle.read(int.from_bytes(header[:8], "little"))
+                if len(handle.read(4)) != 4:
+                    break
+                event = Event.FromString(data)
+                if event.HasField("summary"):
+                    cut = (start if cut is None else cut) if event.step > step else None
+            if cut is not None:
+                dropped += handle.seek(0, os.SEEK_END) - cut
+                handle.truncate(cut)
+    if dropped:
+        logger.info("%s: dropped %d bytes of TensorBoard events after step %d, logged before the run went back to "
+                    "it", log_dir, dropped, step)
+    return dropped
+
+
 def keep_earlier_log(metrics_file: str | Path) -> Path | None:
     """A run starting at iteration 0 finds records in ``metrics_file`` (another run's, or a launch that ended
     before its first checkpoint): rename the file aside to ``NAME.before-<UTC time>`` and return that path (None
@@ -275,10 +308,10 @@ class TrainingMonitor:
 
     ``start_iteration``, ``start_samples``: the iteration the run starts from (resumes at) and the samples
     consumed by then. What an earlier launch logged after it (steps a killed run took after its last checkpoint,
-    which this run takes again) is dropped from the metrics file and purged from TensorBoard (the ``vs samples``
-    twins after ``start_samples``), so each iteration is logged once; a fresh start (iteration 0) renames the
-    metrics file aside and purges every step TensorBoard holds there. :meth:`rolled_back` does the same for the
-    steps a rollback takes again.
+    which this run takes again) is dropped from the metrics file and cut from the TensorBoard event files (the
+    ``vs samples`` twins after ``start_samples``), so each iteration is logged once; a fresh start (iteration 0)
+    renames the metrics file aside and purges (hides) every step TensorBoard holds there. :meth:`rolled_back` cuts
+    from TensorBoard the steps a rollback takes again.
     """
 
     def __init__(self, enabled: bool, tensorboard_dir: str | None, metrics_file: str | None,
@@ -299,19 +332,22 @@ class TrainingMonitor:
             self.metrics = open(metrics_file, "a")
 
     def rolled_back(self, iteration: int) -> None:
-        """A rollback reloaded the checkpoint of ``iteration``: TensorBoard drops the steps after it, which the run
-        takes again (the ``vs samples`` twins stay: the data moved on past the samples they were logged at)."""
+        """A rollback reloaded the checkpoint of ``iteration``: the TensorBoard event files drop the steps after it,
+        which the run takes again (the ``vs samples`` twins stay: the data moved on past the samples they were
+        logged at)."""
         if self.writer is not None:
             self.writer.close()
             self.writer = self._writer(self.tensorboard_dir, purge_step=iteration + 1)
 
     @staticmethod
     def _writer(log_dir: str, purge_step: int) -> Any:
-        """A TensorBoard writer of ``log_dir`` that hides the events an earlier writer logged at ``purge_step`` or
-        later."""
+        """A TensorBoard writer of ``log_dir`` after the events an earlier writer logged at ``purge_step`` or later
+        are dropped (:func:`drop_events_after`; a fresh start, ``purge_step`` 1, keeps them and only hides them)."""
         from torch.utils.tensorboard import SummaryWriter
 
         quiet_tensorboard_write_errors()
+        if purge_step > 1:
+            drop_events_after(log_dir, purge_step - 1)
         return SummaryWriter(log_dir=log_dir, max_queue=50, purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
