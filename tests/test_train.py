@@ -1030,6 +1030,29 @@ def test_tensorboard_shows_each_step_once_after_a_fresh_start_or_a_rollback(tmp_
     assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0)]
 
 
+def test_a_fresh_start_keeps_the_earlier_events_as_a_run_of_their_own(tmp_path):
+    """Found 2026-12-06: a fresh start only hid an earlier launch's events with ``purge_step``, which TensorBoard's
+    default loader (RustBoard) ignores: a validation the earlier launch logged at step 10 stayed on the new run's
+    curve, where the new run validated at 20 only. They now move into ``before-<UTC time>/``, as the metrics file
+    is renamed aside."""
+    from megamythos.training.monitor import TrainingMonitor
+
+    tb = tmp_path / "tb"
+    earlier = TrainingMonitor(True, str(tb), None)
+    earlier.scalars({"lm loss": 20.0}, 1, 4)
+    earlier.scalars({"lm loss validation": 20.0}, 10, 40)
+    earlier.close()
+    fresh = TrainingMonitor(True, str(tb), None)
+    fresh.scalars({"lm loss validation": 5.0}, 20, 80)
+    fresh.close()
+    assert every_logged_step(tb, "lm loss validation") == [20]
+    assert every_logged_step(tb / "samples", "lm loss validation vs samples") == [80]
+    [kept] = tb.glob("before-*")
+    assert every_logged_step(kept, "lm loss validation") == [10] and every_logged_step(kept, "lm loss") == [1]
+    [kept_twins] = (tb / "samples").glob("before-*")
+    assert every_logged_step(kept_twins, "lm loss validation vs samples") == [40]
+
+
 def every_logged_step(log_dir: Path, tag: str) -> list[int]:
     """The steps of ``tag`` in every event file of ``log_dir``, in file order: what TensorBoard's default loader
     (RustBoard) draws for a tag that is not logged again at a step it already holds, ``purge_step`` or not."""

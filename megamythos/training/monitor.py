@@ -270,6 +270,29 @@ def drop_events_after(log_dir: str | Path, step: int) -> int:
     return dropped
 
 
+def earlier_name() -> str:
+    """``before-<UTC time>``: the name under which a fresh start keeps what an earlier launch logged."""
+    return f"before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+
+
+def keep_earlier_events(log_dir: str | Path) -> Path | None:
+    """A run starting at iteration 0 finds TensorBoard event files directly in ``log_dir`` (another run's, or a
+    launch that ended before its first checkpoint): move them into ``log_dir/before-<UTC time>/``, a TensorBoard
+    run of their own, and return that folder (None when there are none). A writer's ``purge_step`` would only
+    hide them from the Python loader; TensorBoard's default one (RustBoard) drew their points at the steps the new
+    run logs later."""
+    events = sorted(Path(log_dir).glob("events.out.tfevents.*"))
+    if not events:
+        return None
+    kept = Path(log_dir) / earlier_name()
+    kept.mkdir(exist_ok=True)  # a second fresh start in the same second adds its files
+    for path in events:
+        os.rename(path, kept / path.name)
+    logger.warning("%s held the TensorBoard events of an earlier run (or a launch that saved no checkpoint); kept "
+                   "as the run %s", log_dir, kept)
+    return kept
+
+
 def keep_earlier_log(metrics_file: str | Path) -> Path | None:
     """A run starting at iteration 0 finds records in ``metrics_file`` (another run's, or a launch that ended
     before its first checkpoint): rename the file aside to ``NAME.before-<UTC time>`` and return that path (None
@@ -277,7 +300,7 @@ def keep_earlier_log(metrics_file: str | Path) -> Path | None:
     path = Path(metrics_file)
     if not path.is_file() or path.stat().st_size == 0:
         return None
-    kept = path.with_name(f"{path.name}.before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    kept = path.with_name(f"{path.name}.{earlier_name()}")
     os.rename(path, kept)
     logger.warning("%s held the records of an earlier run (or a launch that saved no checkpoint); kept as %s",
                    path, kept)
@@ -310,8 +333,8 @@ class TrainingMonitor:
     consumed by then. What an earlier launch logged after it (steps a killed run took after its last checkpoint,
     which this run takes again) is dropped from the metrics file and cut from the TensorBoard event files (the
     ``vs samples`` twins after ``start_samples``), so each iteration is logged once; a fresh start (iteration 0)
-    renames the metrics file aside and purges (hides) every step TensorBoard holds there. :meth:`rolled_back` cuts
-    from TensorBoard the steps a rollback takes again.
+    renames the metrics file aside and moves the event files it finds into a TensorBoard run of their own.
+    :meth:`rolled_back` cuts from TensorBoard the steps a rollback takes again.
     """
 
     def __init__(self, enabled: bool, tensorboard_dir: str | None, metrics_file: str | None,
@@ -342,12 +365,15 @@ class TrainingMonitor:
     @staticmethod
     def _writer(log_dir: str, purge_step: int) -> Any:
         """A TensorBoard writer of ``log_dir`` after the events an earlier writer logged at ``purge_step`` or later
-        are dropped (:func:`drop_events_after`; a fresh start, ``purge_step`` 1, keeps them and only hides them)."""
+        are dropped (:func:`drop_events_after`); a fresh start (``purge_step`` 1) moves them aside instead
+        (:func:`keep_earlier_events`)."""
         from torch.utils.tensorboard import SummaryWriter
 
         quiet_tensorboard_write_errors()
         if purge_step > 1:
             drop_events_after(log_dir, purge_step - 1)
+        else:
+            keep_earlier_events(log_dir)
         return SummaryWriter(log_dir=log_dir, max_queue=50, purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
