@@ -296,6 +296,7 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     twins.Reload()
     assert set(twins.Tags()["scalars"]) == {"lm loss vs samples", "learning-rate vs samples", "grad-norm vs samples",
                                             "tokens-per-sec vs samples", "loss-scale vs samples",
+                                            "batch-size vs samples", "world-size vs samples",
                                             "lm loss validation vs samples", "lm loss validation ppl vs samples"}
     tags = set(acc.Tags()["scalars"])
     expected = {"lm loss", "learning-rate", "grad-norm", "tokens-per-sec", "tflops", "mfu", "loss-scale",

@@ -1101,6 +1101,21 @@ def test_tensorboard_files_hold_no_step_past_the_resume_point_or_a_rollback(tmp_
                                                                         136]
 
 
+def test_every_megatron_tag_has_its_vs_samples_twin(tmp_path):
+    """Found 2026-12-06: ``batch-size`` and ``world-size`` had no ``vs samples`` twin, which Megatron-LM's
+    training_log writes for both (and docs/training.md promised for each Megatron tag): a batch ramp or an elastic
+    resume could not be read against the data consumed."""
+    from megamythos.training.monitor import TrainingMonitor
+
+    megatron = ("lm loss", "learning-rate", "grad-norm", "loss-scale", "batch-size", "world-size",
+                "lm loss validation", "lm loss validation ppl")
+    monitor = TrainingMonitor(True, str(tmp_path / "tb"), None)
+    monitor.scalars(dict.fromkeys(megatron, 1.0), 1, 8)
+    monitor.close()
+    for tag in megatron:
+        assert every_logged_step(tmp_path / "tb" / "samples", f"{tag} vs samples") == [8], tag
+
+
 def test_a_run_from_scratch_keeps_the_records_it_finds_and_a_run_folder_is_not_saved_over(tmp_path):
     """Found 2026-12-06: ``--save x`` where x is another run's run folder (x/checkpoints/latest) trained on, shared
     its TensorBoard folder and cut its metrics.jsonl to nothing, "logged by a launch that ended after its last
