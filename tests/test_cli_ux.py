@@ -91,6 +91,19 @@ CLIS = ["megamythos.training.pretrain", "megamythos.inference.evaluate", "megamy
         "data_prep/preprocess_data.py", "tokenizer/train_tokenizer.py"]
 
 
+def parsers_built(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The shared ArgumentParsers a command line builds, in order: parsing records the parser and stops the CLI
+    (SystemExit) instead of reading arguments."""
+    seen = []
+
+    def inspect(parser, args=None, namespace=None):
+        seen.append(parser)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(errors.ArgumentParser, "parse_args", inspect)
+    return seen
+
+
 def console_scripts() -> dict[str, str]:
     """setup.py's console scripts: {name: "module:function"}."""
     text = (REPO / "setup.py").read_text()
@@ -120,13 +133,7 @@ def test_a_console_script_s_usage_names_the_console_script(name, monkeypatch):
     ``megamythos-preprocess --help`` began ``usage: python data_prep/preprocess_data.py``, a file it lacks (and
     ``megamythos-pretrain --help`` ``usage: python -m megamythos.training.pretrain``)."""
     module, function = console_scripts()[name].split(":")
-    seen = []
-
-    def inspect(parser, args=None, namespace=None):  # instead of parsing: record the parser, stop the CLI
-        seen.append(parser)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(errors.ArgumentParser, "parse_args", inspect)
+    seen = parsers_built(monkeypatch)
     monkeypatch.setattr(sys, "argv", [f"/env/bin/{name}"])
     with pytest.raises(SystemExit):
         getattr(importlib.import_module(module), function)()
@@ -136,13 +143,7 @@ def test_a_console_script_s_usage_names_the_console_script(name, monkeypatch):
 @pytest.mark.parametrize("cli", CLIS)
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy re-running an imported module
 def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypatch):
-    seen = []
-
-    def inspect(parser, args=None, namespace=None):  # instead of parsing: record the parser, stop the CLI
-        seen.append(parser)
-        raise SystemExit(0)
-
-    monkeypatch.setattr(errors.ArgumentParser, "parse_args", inspect)
+    seen = parsers_built(monkeypatch)
     monkeypatch.setattr(sys, "argv", [cli])
     with pytest.raises(SystemExit):
         if cli.endswith(".py"):
