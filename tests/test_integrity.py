@@ -341,7 +341,7 @@ def test_a_save_whose_latest_cannot_be_written_is_one_line_and_leaves_no_tempora
                                                                                     monkeypatch) -> None:
     """Found 2026-12-06 (long-run audit): ``latest`` was written outside the save's error handling, so a disk that
     filled after the checksums (another job, the TensorBoard writer) was an OSError traceback, and the hidden
-    ``.latest.tmp<pid>`` stayed. Now the save's one line, the new tag removed, ``latest`` as it was."""
+    temporary of ``latest`` stayed. Now the save's one line, the new tag removed, ``latest`` as it was."""
     class Engine:  # DeepSpeed's part of a save: the shards
         def save_checkpoint(self, save_dir: str, tag: str, client_state: dict, save_latest: bool) -> None:
             (Path(save_dir) / tag).mkdir(parents=True)

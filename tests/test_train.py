@@ -42,6 +42,7 @@ from tests.helpers import (
     REPO,
     TINY_OVERRIDES,
     corpus_prefix,
+    dead_pid,
     launch_env,
     one_error_line,
     plain_zero3_template,
@@ -747,6 +748,18 @@ def test_latest_pointer_is_atomic_and_validated(tmp_path):
     (tmp_path / "iter_0000002").mkdir()
     assert read_latest(tmp_path) == "iter_0000002"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000002", "latest"]  # no temp file left
+
+
+def test_a_temporary_of_latest_left_by_a_killed_save_is_removed_by_the_next_write(tmp_path):
+    """A save killed (kill -9, the node lost) during its write of ``latest`` left the hidden temporary for good
+    (found 2026-12-06). The next write of ``latest`` removes those of this host's dead processes; a live
+    process's (a save in progress) stays."""
+    dead = tmp_path / f"latest.tmp.{socket.gethostname()}.{dead_pid()}"
+    live = tmp_path / f"latest.tmp.{socket.gethostname()}.{os.getppid()}"
+    for leftover in (dead, live):
+        leftover.write_text("iter_00")
+    write_atomic(tmp_path / "latest", "iter_0000002")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["latest", live.name])
 
 
 def test_keep_last_k_prunes_oldest_and_never_the_current(tmp_path):

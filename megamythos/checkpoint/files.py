@@ -28,6 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from megamythos.data.atomic import remove_stale_temps, temp_name
 from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
@@ -131,8 +132,11 @@ def disk_full(directory: Path) -> bool:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see either the old or the new content, never a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write ``text`` so that readers see either the old or the new content, never a partial file. The temporary
+    beside it (``PATH.tmp.<host>.<pid>``) is removed if the write fails, and one left by a process killed during
+    an earlier write to ``path`` is removed here."""
+    remove_stale_temps([path])
+    tmp = Path(temp_name(path))
     try:
         with open(tmp, "w") as f:
             f.write(text)
