@@ -201,6 +201,18 @@ def test_a_dataset_named_twice_is_blended_once_with_the_summed_weight(tmp_path, 
     assert all(np.array_equal(blend[i]["tokens"], once[i]["tokens"]) for i in range(200))
 
 
+def test_a_dataset_of_weight_zero_is_left_out_of_the_blend_with_a_warning(tmp_path, caplog) -> None:
+    """``--data-path 0 A 1 B`` left A out without a word (found 2026-12-06; Megatron asserts), and the blend's
+    log then called B "dataset 0". It still reads B alone, the same samples as ``--data-path B``, and says so."""
+    a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
+    b = make_dataset(tmp_path / "b", 300, seed=2, base=10_000)
+    alone, _, _ = build_train_valid_test_datasets([b], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
+    blend, _, _ = build_train_valid_test_datasets(["0", a, "1", b], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
+    assert len(blend) == len(alone) and all(np.array_equal(blend[i]["tokens"], alone[i]["tokens"])
+                                            for i in range(len(alone)))
+    assert f"--data-path gives {a} the weight 0: left out of the blend" in caplog.text
+
+
 def test_index_cache_is_reused_and_keyed_by_parameters(tmp_path) -> None:
     prefix = make_dataset(tmp_path / "ds", 100)
     cache = tmp_path / "cache"

@@ -317,6 +317,10 @@ def build_train_valid_test_datasets(
             logger.info("unweighted --data-path: blending by size, weights %s",
                         ", ".join(f"{w:.4f} {p}" for w, p in zip(weights, prefixes)))
         prefixes, weights = combine_repeated(prefixes, weights)
+        if unread := [p for p, w in zip(prefixes, weights) if w == 0]:  # Megatron asserts; its intent is plain
+            logger.warning("--data-path gives %s the weight 0: left out of the blend", ", ".join(unread))
+            kept = [i for i, w in enumerate(weights) if w > 0]
+            prefixes, weights = [prefixes[i] for i in kept], [weights[i] for i in kept]
     if len(prefixes) == 1:
         return tuple(_split_datasets(prefixes[0], fractions, nums, seq_length, seed, cache_dir))  # type: ignore
     per_dataset = [[math.ceil(math.ceil(n * w) * (1 + BLEND_SURPLUS)) for n in nums] for w in weights]
