@@ -26,14 +26,21 @@ LONGEST_FILES = ("test_faults.py", "test_distributed_train.py", "test_train.py",
                  "test_elastic.py", "test_launcher.py")
 
 
+def uses_a_launch(item: pytest.Item) -> bool:
+    """Whether one of the fixtures ``item`` uses (directly or through others) is registered with ``helpers.trains``:
+    of each name, the definition that serves it (the last of those that override one another)."""
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(defs[-1].func in LAUNCH_FIXTURES for defs in info.name2fixturedefs.values())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that uses a fixture registered with ``helpers.trains`` carries the ``launch`` marker; the
     ``LONGEST_FILES`` come first (a stable sort: each file's tests stay together, in their order)."""
-    unmarked = [item.nodeid for item in items if LAUNCH_FIXTURES & set(getattr(item, "fixturenames", ()))
-                and item.get_closest_marker("launch") is None]
+    unmarked = [item.nodeid for item in items if uses_a_launch(item) and item.get_closest_marker("launch") is None]
     if unmarked:
-        raise pytest.UsageError(f"tests using a fixture that trains ({', '.join(sorted(LAUNCH_FIXTURES))}) need "
-                                f"@pytest.mark.launch: {unmarked}")
+        names = sorted(fixture.__name__ for fixture in LAUNCH_FIXTURES)
+        raise pytest.UsageError(f"tests using a fixture that trains ({', '.join(names)}) need @pytest.mark.launch: "
+                                f"{unmarked}")
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))
 

@@ -115,13 +115,14 @@ def one_error_line(output: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- trainer launches
-LAUNCH_FIXTURES: set[str] = set()
+LAUNCH_FIXTURES: set[Callable] = set()
 
 
 def trains(fixture: Callable) -> Callable:
     """Registers a fixture that launches the trainer: conftest.py refuses, at collection, a test that uses one
-    (directly or through another fixture) without the ``launch`` marker. Put it under ``@pytest.fixture``."""
-    LAUNCH_FIXTURES.add(fixture.__name__)
+    (directly or through another fixture) without the ``launch`` marker. Put it under ``@pytest.fixture``. The
+    registry holds the fixture functions, not their names: a same-named fixture of another file is another one."""
+    LAUNCH_FIXTURES.add(fixture)
     return fixture
 
 
