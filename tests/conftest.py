@@ -82,7 +82,8 @@ def tiny_run_started(tmp_path_factory: pytest.TempPathFactory, corpus: Path, lau
     launches.submit("tiny_run", run, 1, [
         *tiny_args(corpus, TINY_RUN_ITERS), "--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2",
         "--save", str(out / "ckpt"), "--save-interval", "2", "--keep-last", "4",
-        "--metrics-file", str(out / "metrics.jsonl"), "--tensorboard-dir", str(out / "tb")], out / "log.txt")
+        "--metrics-file", str(out / "metrics.jsonl"), "--tensorboard-dir", str(out / "tb"), "--log-params-norm"],
+        out / "log.txt")
     return out
 
 
@@ -90,7 +91,8 @@ def tiny_run_started(tmp_path_factory: pytest.TempPathFactory, corpus: Path, lau
 def tiny_run(tiny_run_started: Path, launches: LaunchPool) -> Path:
     """One launch of the tiny model, shared by every test that needs a trained checkpoint: 1 process, ZeRO-0,
     micro batch 2 = global batch 2, 8 iterations, a checkpoint every 2 (the last 4 kept: iter_0000002 ...
-    iter_0000008). Returns the run directory: ckpt/, metrics.jsonl, tb/, log.txt. Read-only for its users."""
+    iter_0000008), ``--log-params-norm``. Returns the run directory: ckpt/, metrics.jsonl, tb/, log.txt. Read-only
+    for its users."""
     launches.result("tiny_run")
     return tiny_run_started
 

@@ -19,7 +19,7 @@ from megamythos.model.moe import (
     expert_counts_saved,
     register_moe_layer,
 )
-from megamythos.parallel import autoep_to_model_names, expert_parallel, tensor_parallel
+from megamythos.parallel import autoep_to_model_names, distributed_norm, expert_parallel, local_weights, tensor_parallel
 from megamythos.parallel.expert_parallel import _autoep_expert_load, _BalanceLossHooks, autoep_section
 from tests.helpers import small_config
 
@@ -128,3 +128,31 @@ def test_autoep_checkpoint_names_map_back_to_the_model() -> None:
     assert set(out) == {"m.experts.gate_up_proj", "m.experts.down_proj", "m.gate.weight",
                         "m.shared_experts.w_up.weight"}
     assert torch.equal(out["m.experts.gate_up_proj"], torch.cat([w1, w3], dim=1)) and out["m.experts.down_proj"] is w2
+
+
+def zero3_partition(values: list[float], numel: int, rank: int, ranks: int, **marks: bool) -> nn.Parameter:
+    """A parameter as ZeRO-3 leaves it on partition rank ``rank`` of ``ranks``: ``p.data`` empty, ``ds_tensor`` this
+    rank's ``len(values)`` elements of its ``numel`` (past the end: padding); ``marks``: AutoTP's / AutoEP's."""
+    p = nn.Parameter(torch.empty(0))
+    p.ds_tensor = torch.tensor(values)
+    p.ds_tensor.ds_numel = len(values)
+    p.ds_numel, p.ds_zero_partition_rank, p.ds_zero_partition_world_size = numel, rank, ranks
+    for name, value in marks.items():
+        setattr(p, name, value)
+    return p
+
+
+def test_a_zero3_partition_is_read_without_its_padding_and_counted_by_its_holders() -> None:
+    """ZeRO-3 pads each parameter to a multiple of its partition group and leaves the padding uninitialised: the
+    weights norm reads this rank's share only, held by copies(p) / group size ranks (4 ranks, TP 2: a replicated
+    weight is partitioned over the 2 data-parallel ranks of each TP rank, so each part is held twice; an AutoTP
+    shard once; an AutoEP expert, on 2 of the 4 ranks, partitioned over those 2, once)."""
+    weights, copies = local_weights(zero3_partition([3.0, 4.0, 1e30], numel=5, rank=1, ranks=2), 4, 2, 2)
+    assert weights.tolist() == [3.0, 4.0] and copies == 2
+    assert local_weights(zero3_partition([1e30], numel=1, rank=1, ranks=2), 4, 2, 2)[0].numel() == 0  # all padding
+    assert local_weights(zero3_partition([1.0], 2, 0, 2, tensor_model_parallel=True), 4, 2, 2)[1] == 1
+    assert local_weights(zero3_partition([1.0], 2, 0, 2, allreduce=False), 4, 2, 2)[1] == 1
+    # a world of one holds everything: the norm without a collective, each tensor's norm in fp32 (bf16 weights)
+    bf16 = torch.full((1000,), 0.1, dtype=torch.bfloat16)
+    assert distributed_norm([(torch.tensor([3.0]), 1), (None, 1), (torch.tensor([4.0]), 1)], 1) == 5.0
+    assert distributed_norm([(bf16, 1)], 1) == pytest.approx(float(bf16.double().norm()), rel=1e-7)

@@ -84,17 +84,17 @@ EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", 
 RUNS = {
     "zero3": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--save-interval", "2",
                   "--keep-last", "2", "--eval-interval", "4", "--eval-iters", "1", *CHECKPOINT,
-                  "--loop-checkpoint-segment", "2"), {}),
+                  "--loop-checkpoint-segment", "2", "--log-params-norm"), {}),
     "ep2": (2, ("--zero", "3", *EP2_ARGS), {}),
     "ep2_apex_eval2": (2, ("--zero", "3", *EP2_ARGS[:-4], "--eval-interval", "2", "--eval-iters", "2", "--adam-impl",
                            "apex"), {}),  # PYTHONPATH: the stand-in apex, written by ``runs``
     # both TP ranks see the same micro-batches: dp = 1, so a batch of 2 takes 2 accumulated micro-batches of 1
     "tp2": (2, ("--zero", "3", "--tp", "2", "--micro-batch-size", "1", "--global-batch-size", "2", *CHECKPOINT), {}),
     "tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size", "2",
-                 *CHECKPOINT), {}),
+                 *CHECKPOINT, "--log-params-norm"), {}),
     "compiled": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--compile", *CHECKPOINT),
                  {"TORCH_LOGS": "graph_breaks,recompiles"}),
-    "zero2": (1, ("--zero", "2", "--micro-batch-size", "2", "--global-batch-size", "2"), {}),
+    "zero2": (1, ("--zero", "2", "--micro-batch-size", "2", "--global-batch-size", "2", "--log-params-norm"), {}),
     # loop capacity (6 loops cover the sampled counts at mean 3) ranked by the learned router, with backprop
     # through the last 2 loops and per-iteration checkpointing, alone and under ZeRO-3 + TP 2 + AutoEP 2 folded
     # onto two ranks
@@ -131,8 +131,8 @@ def finished(runs: dict[str, Path], launches: LaunchPool, name: str) -> Path:
 @pytest.fixture(scope="module")
 def ref(tiny_run: Path) -> Path:
     """1 process, ZeRO-0, micro batch 2: conftest's ``tiny_run`` (the same launch as ``train(..., 1, "--zero", "0",
-    "--micro-batch-size", "2", "--global-batch-size", "2")``, plus a checkpoint every 2 iterations), shared with the
-    tests of the evaluation, generation and Hugging Face command lines."""
+    "--micro-batch-size", "2", "--global-batch-size", "2", "--log-params-norm")``, plus a checkpoint every 2
+    iterations), shared with the tests of the evaluation, generation and Hugging Face command lines."""
     return tiny_run
 
 
@@ -190,6 +190,43 @@ def test_grad_norm_at_zero0_in_fp32_is_the_one_zero2_reports(ref, zero2):
     assert all(math.isfinite(norm) and norm > 0 for norm in got.values()), got
     assert got == pytest.approx(want, rel=1e-4), (got, want)
     assert "grad norm: nan" not in (ref / "log.txt").read_text()
+
+
+def params_norms(run_dir: Path) -> dict[int, float]:
+    """{iteration: params-norm} of a run's metrics file."""
+    return {m["iteration"]: m["params-norm"] for m in metrics(run_dir / "metrics.jsonl") if "params-norm" in m}
+
+
+def test_params_norm_is_the_norm_of_the_weights_saved_after_the_step(ref, tmp_path):
+    """``--log-params-norm`` (Megatron's flag): each step logs the L2 norm of all the model's weights after its
+    optimizer step, to TensorBoard (``params-norm`` and its ``vs samples`` twin), the metrics file and the console
+    line (``params norm``): at every saved step, the norm of the parameters of the checkpoint saved there."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megamythos.checkpoint.reader import checkpoint_model
+
+    logged = params_norms(ref)
+    assert sorted(logged) == list(range(1, ITERS + 1)) and len(set(logged.values())) == ITERS, logged
+    for iteration in (2, 4, 6, 8):
+        model = checkpoint_model(ref / "ckpt" / f"iter_{iteration:07d}", tmp_path)
+        want = math.sqrt(sum(float(p.detach().double().square().sum()) for p in model.parameters()))
+        assert logged[iteration] == pytest.approx(want, rel=1e-6), (iteration, logged[iteration], want)
+    acc, twins = EventAccumulator(str(ref / "tb")), EventAccumulator(str(ref / "tb" / "samples"))
+    acc.Reload()
+    twins.Reload()
+    assert [e.value for e in acc.Scalars("params-norm")] == pytest.approx([logged[i] for i in sorted(logged)])
+    assert [e.step for e in twins.Scalars("params-norm vs samples")] == [2 * i for i in range(1, ITERS + 1)]
+    assert f"params norm: {logged[ITERS]:.6g} |" in (ref / "log.txt").read_text()
+
+
+def test_params_norm_counts_each_weight_once_under_zero2_zero3_tp_and_ep(ref, zero2, zero3, tpep):
+    """The norm is that of the whole model whatever holds it: under ZeRO-3 each rank holds a partition of each
+    weight, under AutoTP a shard of the split weights (the others whole on every rank), under AutoEP half the
+    experts; the same training on 1 process at ZeRO-0 logs the same norms."""
+    want = params_norms(ref)
+    assert sorted(want) == list(range(1, ITERS + 1))
+    for run_dir, rel in ((zero2, 1e-6), (zero3, 1e-6), (tpep, 1e-5)):
+        assert params_norms(run_dir) == pytest.approx(want, rel=rel), run_dir.name
 
 
 def test_loop_capacity_computes_the_scheduled_tokens_alike_under_zero3_tp_and_ep(ref, runs, launches) -> None:
@@ -295,11 +332,11 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     acc.Reload()
     twins.Reload()
     assert set(twins.Tags()["scalars"]) == {"lm loss vs samples", "learning-rate vs samples", "grad-norm vs samples",
-                                            "tokens-per-sec vs samples", "loss-scale vs samples",
-                                            "batch-size vs samples", "world-size vs samples",
+                                            "params-norm vs samples", "tokens-per-sec vs samples",
+                                            "loss-scale vs samples", "batch-size vs samples", "world-size vs samples",
                                             "lm loss validation vs samples", "lm loss validation ppl vs samples"}
     tags = set(acc.Tags()["scalars"])
-    expected = {"lm loss", "learning-rate", "grad-norm", "tokens-per-sec", "tflops", "mfu", "loss-scale",
+    expected = {"lm loss", "learning-rate", "grad-norm", "params-norm", "tokens-per-sec", "tflops", "mfu", "loss-scale",
                 "lm loss validation", "lm loss validation ppl", "recurrent/max-rho", "recurrent/exit-mean-loops",
                 "recurrent/exit-share/loop-01", "recurrent/loop-count", "recurrent/state-norm/loop-00", "moe/max-load",
                 "moe/mean-load", "moe/load-imbalance", "moe/bias-min", "moe/bias-max", "memory/rss-GiB",

@@ -1120,7 +1120,7 @@ def test_every_megatron_tag_has_its_vs_samples_twin(tmp_path):
     resume could not be read against the data consumed."""
     from megamythos.training.monitor import TrainingMonitor
 
-    megatron = ("lm loss", "learning-rate", "grad-norm", "loss-scale", "batch-size", "world-size",
+    megatron = ("lm loss", "learning-rate", "grad-norm", "params-norm", "loss-scale", "batch-size", "world-size",
                 "lm loss validation", "lm loss validation ppl")
     monitor = TrainingMonitor(True, str(tmp_path / "tb"), None)
     monitor.scalars(dict.fromkeys(megatron, 1.0), 1, 8)

@@ -98,6 +98,7 @@ class TrainArgs:
     profile_step_start: int = 10
     profile_step_end: int = 12
     log_interval: int = 1
+    log_params_norm: bool = False  # the L2 norm of all weights after each step (Megatron's flag; one all-reduce)
     peak_tflops: float | None = None  # per process; None -> measured by a short matmul benchmark
     seed: int = DEFAULT_SEED
     max_nonfinite: int = 5  # abort after this many consecutive steps with a non-finite loss
@@ -278,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add(flag: str, **kw: Any) -> None:
         name = flag.lstrip("-").replace("-", "_")
         kw.setdefault("help", FLAG_HELP.get(name))
-        if "default" not in kw and "action" not in kw:
+        if "default" not in kw:
             f = d[name]
             kw["default"] = f.default if f.default is not dataclasses.MISSING else None
         g.add_argument(flag, dest=name, **kw)  # into the group being filled
@@ -335,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "--max-nonfinite", "--exit-interval"):
         add(flag, type=int)
     add("--exit-duration-in-mins", type=float)
+    add("--log-params-norm", action="store_true",
+        help="log the L2 norm of the model's weights after every step (params-norm; Megatron's flag): one "
+             "all-reduce of a scalar and a read of this rank's weights per step")
     g.add_argument("--finetune", action="store_true", default=False,
                    help="start a new run from the weights (and expert biases) of --load, a run directory's latest "
                         "tag, one tag or an export: iteration 0, a fresh optimizer, LR schedule and data order "

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 # Scalars written with a "<tag> vs samples" twin, as Megatron-LM does, into a run of their own (SAMPLES_RUN): a
 # resume purges each run's steps after its resume point, iterations in one and consumed samples in the other.
 SAMPLES_RUN = "samples"
-SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "lm loss validation", "lm loss validation ppl",
+SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "params-norm", "lm loss validation", "lm loss validation ppl",
                 "tokens-per-sec", "loss-scale", "batch-size", "world-size")
 
 

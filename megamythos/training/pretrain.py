@@ -56,7 +56,7 @@ from megamythos.model.moe import (
 )
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
-from megamythos.parallel import adapt_engine_module, global_grad_norm, replicate_recurrent_core
+from megamythos.parallel import adapt_engine_module, global_grad_norm, params_norm, replicate_recurrent_core
 from megamythos.planning.memory import check_startup_memory
 from megamythos.runtime.device import device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
@@ -643,8 +643,10 @@ class Trainer:
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
         lm_loss, aux_loss = self.world_mean([sum(lm) / len(lm), sum(aux) / len(aux)])
+        weights_norm = params_norm(self.engine.module.parameters(), self.world, self.layout.tp, self.layout.ep) \
+            if self.args.log_params_norm else None  # after the step, as Megatron's calc_params_l2_norm
         return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe,
-                "comm": self.comm.scalars(), "grad_norm": grad_norm}
+                "comm": self.comm.scalars(), "grad_norm": grad_norm, "params_norm": weights_norm}
 
     def log_step(self, step: dict[str, Any], seconds: float) -> None:
         tokens_per_sec = self.layout.global_batch_size * self.args.seq_length / seconds
@@ -663,6 +665,8 @@ class Trainer:
             **dict(zip(("consumed-tokens", "trained-tokens"), map(float, self.tokens()), strict=True)),
             "recurrent/loop-count": float(step["n_loops"]),
         }
+        if step["params_norm"] is not None:
+            values["params-norm"] = step["params_norm"]
         if "rho" in stats:
             values["recurrent/max-rho"] = float(stats["rho"])
         # where the inference exit rule would stop each token at this depth; under loop capacity the tokens left
@@ -693,7 +697,9 @@ class Trainer:
             self.monitor.console(self.iteration, self.total_iters, {
                 "consumed samples": self.consumed, "elapsed time per iteration (ms)": seconds * 1e3,
                 "learning rate": values["learning-rate"], "lm loss": values["lm loss"],
-                "aux loss": values["aux loss"], "grad norm": grad_norm, "loops": step["n_loops"],
+                "aux loss": values["aux loss"], "grad norm": grad_norm,
+                **({"params norm": values["params-norm"]} if "params-norm" in values else {}),
+                "loops": step["n_loops"],
                 "tokens/s": tokens_per_sec, "TFLOP/s": tflops, "MFU": values["mfu"],
                 "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped,
                 "memory (GiB)": next(memory[key] for key in CONSOLE_MEMORY if key in memory)})
