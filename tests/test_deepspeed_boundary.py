@@ -3,6 +3,9 @@ AutoTP / AutoEP need from outside (the real multi-process runs are in test_distr
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from megamythos.model.moe import (
 )
 from megamythos.parallel import autoep_to_model_names, distributed_norm, expert_parallel, local_weights, tensor_parallel
 from megamythos.parallel.expert_parallel import _autoep_expert_load, _BalanceLossHooks, autoep_section
-from tests.helpers import small_config
+from tests.helpers import REPO, small_config
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "megamythos" / "model"
 MODEL_FILES = sorted(path.stem for path in MODEL_DIR.glob("*.py"))
@@ -156,3 +159,25 @@ def test_a_zero3_partition_is_read_without_its_padding_and_counted_by_its_holder
     bf16 = torch.full((1000,), 0.1, dtype=torch.bfloat16)
     assert distributed_norm([(torch.tensor([3.0]), 1), (None, 1), (torch.tensor([4.0]), 1)], 1) == 5.0
     assert distributed_norm([(bf16, 1)], 1) == pytest.approx(float(bf16.double().norm()), rel=1e-7)
+
+
+def test_deepspeeds_muon_module_is_imported_without_importing_inductor() -> None:
+    """``deepspeed.initialize`` imports DeepSpeed's Muon optimizer module at every start, whose kernels are wrapped
+    in ``torch.compile`` at import, which imports torch's inductor: 3-4 s of CPU per rank at each eager launch
+    (found 2026-12-06: process CPU time to the first step 9.5-12.3 s, 6.5-9.0 s without). The trainer imports it
+    first with DeepSpeed's decorator left out; the module is then the one DeepSpeed finds, and the decorator is
+    DeepSpeed's again."""
+    probe = """
+import sys
+import deepspeed.runtime.compiler as compiler
+factory = compiler.compile
+from megamythos.training.optimizers import DEEPSPEED_MUON, import_muon_without_compiling
+import_muon_without_compiling()
+from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam
+assert DEEPSPEED_MUON in sys.modules and compiler.compile is factory
+print("inductor" if "torch._inductor.compile_fx" in sys.modules else "no inductor")
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "no inductor"

@@ -13,10 +13,14 @@ The PyPI package named ``apex`` is another project: only ``apex.optimizers.Fused
 Whichever it is, :func:`undo_state_initialising_step` takes back the step on zero gradients that DeepSpeed's
 fp16/bf16 optimizers of ZeRO-0 take while they are built, and :func:`optimizer_update_left_out` discards a step
 as DeepSpeed discards one whose gradient norm is not finite (ZeRO-0 in fp32 computes no norm to discard it by).
+:func:`import_muon_without_compiling` keeps DeepSpeed's start-up from importing torch's inductor for an optimizer
+the trainer never uses.
 """
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ADAM_IMPLS = ("auto", "deepspeed", "apex")
+DEEPSPEED_MUON = "deepspeed.runtime.zero.muon.muon_optimizer"
 
 
 def apex_fused_adam() -> type | None:
@@ -131,3 +136,28 @@ def optimizer_update_left_out(optimizer: torch.optim.Optimizer, left_out: bool) 
         del optimizer.step, optimizer.overflow
         for name, value in kept.items():
             setattr(optimizer, name, value)
+
+
+def import_muon_without_compiling() -> None:
+    """Import DeepSpeed's Muon optimizer module with its ``@compiler.compile()`` kernels left as plain functions.
+
+    ``deepspeed.initialize`` imports that module at every start (ZeRO's optimizer check and its optimizers ask
+    whether the optimizer is a Muon one), and the module wraps its kernels in ``torch.compile`` at import, which
+    imports torch's inductor: about a second of CPU per rank, on every launch, for an optimizer the trainer never
+    builds (its optimizer is AdamW: :func:`resolve_adam_impl`). Imported here first, DeepSpeed's later imports
+    find it. A DeepSpeed without that module or decorator is left to import what it does."""
+    if DEEPSPEED_MUON in sys.modules:
+        return
+    from deepspeed.runtime import compiler
+
+    decorator_factory = getattr(compiler, "compile", None)
+    identity = getattr(compiler, "dummy_decorator", None)
+    if decorator_factory is None or identity is None:
+        return
+    compiler.compile = lambda: identity
+    try:
+        importlib.import_module(DEEPSPEED_MUON)
+    except ImportError:
+        pass
+    finally:
+        compiler.compile = decorator_factory

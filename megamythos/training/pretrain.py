@@ -90,6 +90,7 @@ from megamythos.training.monitor import (
 )
 from megamythos.training.optimizers import (
     client_adam,
+    import_muon_without_compiling,
     kept_optimizer_settings,
     optimizer_update_left_out,
     resolve_adam_impl,
@@ -254,6 +255,7 @@ class Trainer:
                         for i, group in enumerate(weight_decay_param_groups(model, args.weight_decay))]
         optimizer = client_adam(self.adam_impl, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps,
                                 args.weight_decay)
+        import_muon_without_compiling()
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=param_groups, optimizer=optimizer,
             config=self.ds_config, lr_scheduler=build_scheduler(self.schedule))
