@@ -48,3 +48,46 @@ def test_a_collective_implemented_by_another_counts_once(group):
     stats.reset()
     dist.distributed_c10d._all_gather_base(torch.zeros(6), torch.zeros(6))  # deprecated alias of the same op
     assert stats.scalars()["comm/all-gather-calls"] == 1
+
+
+def _waiting_rank(rank: int, init_file: str, results) -> None:
+    """Rank 1 joins each collective 0.5 s late; rank 0 reports the seconds its stats count for a blocking
+    all-reduce, for issuing an asynchronous one, and for waiting on that one's handle."""
+    import time
+
+    stats = comm_stats.install()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        seconds = []
+        for blocking in (True, False):
+            if rank == 1:
+                time.sleep(0.5)
+            stats.reset()
+            handle = dist.all_reduce(torch.ones(4), async_op=not blocking)
+            seconds.append(stats.seconds)
+            if handle is not None:
+                handle.wait()
+                seconds.append(stats.seconds - seconds[-1])
+        results[rank] = seconds
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_seconds_count_the_wait_for_a_late_rank_in_blocking_and_asynchronous_collectives(tmp_path):
+    """What the trainer's step compute time leaves out: a rank that waits 0.5 s for a late one in a collective counts
+    that wait, whether the collective blocks or its handle's ``wait()`` does (ZeRO-3's all-gathers)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        results = manager.dict()
+        procs = [ctx.Process(target=_waiting_rank, args=(r, str(tmp_path / "init"), results)) for r in range(2)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0, 0]
+        blocking, issued, waited = results[0]
+    assert blocking >= 0.4 and waited >= 0.4, (blocking, issued, waited)
+    assert issued < 0.2, issued  # issuing returns at once: the wait is in the handle

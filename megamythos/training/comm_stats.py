@@ -17,10 +17,16 @@ Bytes are those of the full tensor the collective works on, as seen by this rank
 
 The traffic on a link follows from these (a ring moves (n - 1) / n of them per rank); see
 :mod:`megamythos.planning.step_model`, which predicts the same quantities.
+
+The wrappers also time the calls, and :func:`install` times ``Work.wait`` (the wait on the handle of a collective
+issued with ``async_op=True``, as ZeRO-3's parameter all-gathers are): ``CommStats.seconds`` is the host time this
+rank spent inside collectives, mostly waiting for the slower ranks to join (gloo blocks the caller; NCCL returns
+at once and waits on the device, so on a GPU it holds little).
 """
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -68,6 +74,7 @@ class CommStats:
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
+        self.seconds = 0.0  # host seconds inside collectives and waits on their handles
         self.depth = 0  # > 0 inside a counted call: one collective implemented by another counts once
 
     def add(self, kind: str, nbytes: int) -> None:
@@ -77,6 +84,7 @@ class CommStats:
     def reset(self) -> None:
         self.calls.clear()
         self.bytes.clear()
+        self.seconds = 0.0
 
     def scalars(self) -> dict[str, float]:
         """``comm/<kind>-bytes`` and ``comm/<kind>-calls`` for every kind (zeros included)."""
@@ -90,16 +98,23 @@ class CommStats:
 _STATS: CommStats | None = None
 
 
-def _counting(fn: Callable, kind: str, size: Callable[[tuple, dict], int], stats: CommStats) -> Callable:
+def _counting(fn: Callable, kind: str | None, size: Callable[[tuple, dict], int] | None,
+              stats: CommStats) -> Callable:
+    """``fn`` counted as one collective of ``kind`` (``None``: only timed, as ``Work.wait``) unless it runs inside
+    another counted call."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if stats.depth == 0:
+        outer = stats.depth == 0
+        if outer and kind is not None and size is not None:
             stats.add(kind, size(args, kwargs))
+        start = time.perf_counter()
         stats.depth += 1
         try:
             return fn(*args, **kwargs)
         finally:
             stats.depth -= 1
+            if outer:
+                stats.seconds += time.perf_counter() - start
 
     wrapper.__megamythos_counted__ = True  # type: ignore[attr-defined]
     return wrapper
@@ -119,4 +134,5 @@ def install() -> CommStats:
         for namespace in (dist, distributed_c10d):
             if hasattr(namespace, name):
                 setattr(namespace, name, wrapped)
+    dist.Work.wait = _counting(dist.Work.wait, None, None, _STATS)
     return _STATS
