@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
+import statistics
 from pathlib import Path
 
 import psutil
@@ -20,6 +22,7 @@ import torch
 from megamythos.checkpoint.files import read_latest
 from megamythos.model.config import ModelConfig
 from megamythos.model.params import count
+from megamythos.training.monitor import STRAGGLER_STEPS
 from tests.helpers import (
     REPO,
     LaunchPool,
@@ -77,6 +80,9 @@ CHECKPOINT = ("--checkpoint-loops",)
 CAPACITY_SCHEDULE = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
 CAPACITY = ("--override", "loop_capacity=" + ",".join(map(str, CAPACITY_SCHEDULE)), "--override",
             "capacity_router=learned", "--backprop-loops", "2", *CHECKPOINT)
+# Rank 1 of the straggler run sleeps this long before each forward (tests/slow_rank/sitecustomize.py): a slow host.
+SLOW_SECONDS = 0.5
+STRAGGLER_ITERS = STRAGGLER_STEPS + 2
 EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
             "--eval-iters", "1")
 # The module's training runs, name -> (processes, trainer flags, extra environment), all started by ``runs`` in this
@@ -101,7 +107,12 @@ RUNS = {
     "capacity_ref": (1, ("--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2", *CAPACITY), {}),
     "capacity_tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size",
                           "2", *CAPACITY), {}),
+    "straggler": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--train-iters",
+                      str(STRAGGLER_ITERS)),
+                  {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests' / 'slow_rank'}", "MEGAMYTHOS_TEST_SLOW_RANK": "1",
+                   "MEGAMYTHOS_TEST_SLOW_SECONDS": str(SLOW_SECONDS)}),
 }
+
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +189,12 @@ def compiled(runs, launches) -> Path:
 def zero2(runs, launches) -> Path:
     """1 process, ZeRO-2, micro batch 2 (as ``ref``, but a ZeRO-2 checkpoint)."""
     return finished(runs, launches, "zero2")
+
+
+@pytest.fixture(scope="module")
+def straggler(runs, launches) -> Path:
+    """2 processes, ZeRO-3, STRAGGLER_ITERS steps; rank 1 sleeps SLOW_SECONDS before each forward."""
+    return finished(runs, launches, "straggler")
 
 
 def test_grad_norm_at_zero0_in_fp32_is_the_one_zero2_reports(ref, zero2):
@@ -368,6 +385,17 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     assert f"iteration {ITERS:8d}/{ITERS:8d}" in log and "checkpoints: " in log and "memory (GiB): " in log
 
 
+def test_two_ranks_log_min_and_max_step_compute_time_and_the_slowest_rank(zero3):
+    """Megatron's minmax timers for a world of 2: every step's record (and TensorBoard) holds the min and max over
+    ranks of the step compute time and the rank of the max; the console line shows them."""
+    steps = [r for r in metrics(zero3 / "metrics.jsonl") if "lm loss" in r]
+    assert len(steps) == ITERS
+    for r in steps:
+        assert 0 < r["timers/step-compute-min"] <= r["timers/step-compute-max"] <= r["iteration-time"] * 1.5, r
+        assert r["timers/slowest-rank"] in (0, 1)
+    assert "step compute min/max (ms): " in (zero3 / "log.txt").read_text()
+
+
 def test_checkpoint_of_another_model_is_refused_at_start(zero3, corpus, tmp_path):
     out = run_single([*tiny_args(corpus, ITERS), "--override", "n_experts=8", "--load", str(zero3 / "ckpt")], tmp_path)
     assert out.returncode == 2, out.stderr[-3000:]
@@ -504,3 +532,18 @@ def test_export_of_a_zero2_checkpoint_equals_the_zero0_one(ref, zero2, tmp_path)
     assert got.keys() == want.keys()
     diffs = {name: float((got[name] - want[name]).abs().max()) for name in want}
     assert max(diffs.values()) < 1e-5, diffs  # measured 5e-7
+
+
+def test_a_slow_rank_is_timed_as_the_slowest_and_named_once_with_its_host(straggler):
+    """Rank 1 computes SLOW_SECONDS longer per step: it is the slowest rank of every step, the fastest rank's time
+    leaves out the wait for it in the collectives (so max - min is about SLOW_SECONDS), and one warning names
+    rank 1 and its host."""
+    steps = [r for r in metrics(straggler / "metrics.jsonl") if "lm loss" in r]
+    assert len(steps) == STRAGGLER_ITERS
+    assert [r["timers/slowest-rank"] for r in steps] == [1.0] * STRAGGLER_ITERS
+    gaps = [r["timers/step-compute-max"] - r["timers/step-compute-min"] for r in steps]
+    assert statistics.median(gaps) > 0.7 * SLOW_SECONDS, gaps
+    log = (straggler / "log.txt").read_text()
+    warnings = [line for line in log.splitlines() if "is a straggler" in line]
+    assert len(warnings) == 1 and f"rank 1 on host {socket.gethostname()} is a straggler" in warnings[0], warnings
+    assert "(rank 1)" in log.split(f"iteration {STRAGGLER_ITERS:8d}/")[1].splitlines()[0]

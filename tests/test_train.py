@@ -970,6 +970,29 @@ def test_a_long_first_step_says_what_it_is_doing(caplog):
     assert not caplog.records  # it stops with the block
 
 
+def test_a_persistently_slow_rank_is_named_once_with_its_host(caplog):
+    """Megatron's straggler detector names the slow rank and its host. Min and max over ranks of the step compute
+    time, the rank of the max; a warning once the same rank stays 1.25x the fastest for 10 steps in a row, and
+    only once per rank: a streak broken by a fast step or by another slowest rank starts again."""
+    from megamythos.training.monitor import STRAGGLER_STEPS, StragglerWatch, rank_timers
+
+    assert rank_timers([0.2, 0.5, 0.3]) == {"timers/step-compute-min": 0.2, "timers/step-compute-max": 0.5,
+                                            "timers/slowest-rank": 1.0}
+    caplog.set_level("WARNING", logger="megamythos.training.monitor")
+    watch = StragglerWatch(["node-a", "node-b"])
+    steps = ([[0.1, 0.2]] * (STRAGGLER_STEPS - 1) + [[0.1, 0.11]]  # a step within 1.25x breaks the streak
+             + [[0.1, 0.2]] * (STRAGGLER_STEPS - 1) + [[0.2, 0.1]]  # so does another slowest rank
+             + [[0.1, 0.2]] * (STRAGGLER_STEPS - 1))
+    for iteration, compute in enumerate(steps, 1):
+        watch.observe(rank_timers(compute), iteration)
+    assert not caplog.records
+    for iteration in range(len(steps) + 1, len(steps) + 30):  # a streak, a fast step, then another streak
+        watch.observe(rank_timers([0.1, 0.1 if iteration == len(steps) + 15 else 0.2]), iteration)
+    assert [r.getMessage()[:71] for r in caplog.records] == [
+        "rank 1 on host node-b is a straggler: its step compute time was 1.25x t"]
+    assert f"iteration {len(steps) + 1}: 200.0 ms against 100.0 ms" in caplog.records[0].getMessage()
+
+
 def test_a_resumed_run_logs_each_iteration_once(tmp_path):
     """A launch killed after its last checkpoint had logged iterations the resumed run logs again: metrics.jsonl
     held them twice and TensorBoard overlapped (found 2026-12-06). Records after the resume point are dropped

@@ -38,6 +38,10 @@ SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "params-norm", "lm loss
 
 
 GIB = float(1 << 30)
+# A rank whose step compute time stays STRAGGLER_RATIO times the fastest rank's or more for STRAGGLER_STEPS steps in
+# a row is named in a warning (StragglerWatch).
+STRAGGLER_RATIO = 1.25
+STRAGGLER_STEPS = 10
 
 
 def anonymous_resident_bytes() -> int | None:
@@ -429,6 +433,41 @@ class TrainingMonitor:
                 output.close()  # SummaryWriter.close flushes first
             except OSError as err:
                 logger.warning("%s could not be written to the end: %s", name, err)
+
+
+def rank_timers(compute: list[float]) -> dict[str, float]:
+    """Megatron's min/max timers over ranks (``--timing-log-option minmax``) of the step compute time, the seconds
+    each rank spent in the step outside collectives (``compute[r]`` is rank r's): ``timers/step-compute-min``,
+    ``timers/step-compute-max`` and ``timers/slowest-rank`` (the rank of the max)."""
+    slowest = max(range(len(compute)), key=compute.__getitem__)
+    return {"timers/step-compute-min": min(compute), "timers/step-compute-max": compute[slowest],
+            "timers/slowest-rank": float(slowest)}
+
+
+class StragglerWatch:
+    """Warns, once per rank and run, of a rank whose step compute time stays ``ratio`` times the fastest rank's or
+    more for ``steps`` consecutive steps, naming it and its host as Megatron's straggler detector does: every other
+    rank waits for it at each collective, so one slow host (throttled, shared, a bad NIC) slows the whole run.
+    One slow step is noise; a run of them with the same slowest rank is that rank."""
+
+    def __init__(self, hosts: list[str], ratio: float = STRAGGLER_RATIO, steps: int = STRAGGLER_STEPS) -> None:
+        self.hosts, self.ratio, self.steps = hosts, ratio, steps
+        self.slowest, self.streak = -1, 0
+        self.warned: set[int] = set()
+
+    def observe(self, timers: dict[str, float], iteration: int) -> None:
+        """One step's :func:`rank_timers`."""
+        fastest, slowest = timers["timers/step-compute-min"], int(timers["timers/slowest-rank"])
+        slow = timers["timers/step-compute-max"] >= self.ratio * fastest
+        self.streak = self.streak + 1 if slow and slowest == self.slowest else int(slow)
+        self.slowest = slowest
+        if self.streak == self.steps and slowest not in self.warned:
+            self.warned.add(slowest)
+            logger.warning("rank %d on host %s is a straggler: its step compute time was %gx the fastest rank's or "
+                           "more for %d steps in a row (iteration %d: %.1f ms against %.1f ms), and every rank waits "
+                           "for it at each collective; look at that host (thermal throttling, other processes on its "
+                           "cores, its network)", slowest, self.hosts[slowest], self.ratio, self.steps, iteration,
+                           timers["timers/step-compute-max"] * 1e3, fastest * 1e3)
 
 
 @contextmanager

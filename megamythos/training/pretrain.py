@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import sys
 import time
 import warnings
@@ -80,12 +81,14 @@ from megamythos.training.divergence import Divergence, DivergenceError, Divergen
 from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_layout, load_template, resolve_layout
 from megamythos.training.monitor import (
     StepProfiler,
+    StragglerWatch,
     TrainingMonitor,
     check_outputs,
     measure_peak_tflops,
     memory_usage,
     openmp_wait_policy,
     peak_key,
+    rank_timers,
     still_working,
 )
 from megamythos.training.optimizers import (
@@ -305,6 +308,11 @@ class Trainer:
         self.peak = self.mfu_peak()
         self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration,
                                        self.consumed)
+        self.stragglers: StragglerWatch | None = None  # rank 0 of a larger world: it names a persistently slow rank
+        if self.world > 1:
+            hosts: list[Any] = [None] * self.world
+            dist.all_gather_object(hosts, socket.gethostname())
+            self.stragglers = StragglerWatch(hosts) if self.rank == 0 else None
         latest = read_latest(args.save) if args.save else None
         self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
         self.reloaded: int | None = None  # the iteration of the tag the last rollback reloaded (see step_back)
@@ -507,11 +515,13 @@ class Trainer:
         """A (tokens, labels) micro-batch on the engine's device (DeepSpeed's forward does not move inputs)."""
         return batch[0].to(self.engine.device, non_blocking=True), batch[1].to(self.engine.device, non_blocking=True)
 
-    def world_max(self, values: dict[str, float]) -> dict[str, float]:
-        """Each value's maximum over all ranks (every rank passes the same keys)."""
-        t = torch.tensor(list(values.values()), dtype=torch.float64, device=collective_device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return dict(zip(values, t.tolist(), strict=True))
+    def rank_table(self, values: list[float]) -> torch.Tensor:
+        """Every rank's ``values`` in one all-gather: [world, len(values)] float64 on the CPU, row r rank r's (every
+        rank passes as many)."""
+        mine = torch.tensor(values, dtype=torch.float64, device=collective_device())
+        rows = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(rows, mine)
+        return torch.stack(rows).cpu()
 
     def world_mean(self, values: list[float]) -> list[float]:
         """Mean over all ranks (TP ranks hold equal values, so this is the data-parallel mean)."""
@@ -648,9 +658,15 @@ class Trainer:
         weights_norm = params_norm(self.engine.module.parameters(), self.world, self.layout.tp, self.layout.ep) \
             if self.args.log_params_norm else None  # after the step, as Megatron's calc_params_l2_norm
         return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe,
-                "comm": self.comm.scalars(), "grad_norm": grad_norm, "params_norm": weights_norm}
+                "comm": self.comm.scalars(), "comm_seconds": self.comm.seconds, "grad_norm": grad_norm,
+                "params_norm": weights_norm}
 
     def log_step(self, step: dict[str, Any], seconds: float) -> None:
+        """The step's scalars to TensorBoard and the metrics file, and every ``--log-interval`` the console line.
+        ``seconds``: this rank's wall time of the step; less the time it spent in collectives (``step["comm_seconds"]``)
+        it is the rank's step compute time, whose min and max over ranks, and the rank of the max, a larger world
+        logs (:func:`~megamythos.training.monitor.rank_timers`), with the memory of the rank nearest its limit, from
+        one all-gather per step."""
         tokens_per_sec = self.layout.global_batch_size * self.args.seq_length / seconds
         flops = count(self.config, self.args.seq_length, step["n_loops"]).train_flops_per_token
         tflops = flops * tokens_per_sec / self.world / 1e12
@@ -688,8 +704,14 @@ class Trainer:
             values[f"recurrent/router-gate/loop-{i:02d}"] = gate
         values.update({f"moe/{k.replace('_', '-')}": v for k, v in step["moe"].items()})
         values.update(step["comm"])
-        memory = self.world_max(memory_usage(torch.device(self.engine.device)))  # the rank nearest its limit
+        usage = memory_usage(torch.device(self.engine.device))
+        table = self.rank_table([*usage.values(), seconds - step["comm_seconds"]])
+        memory = dict(zip(usage, table[:, :-1].amax(0).tolist(), strict=True))  # the rank nearest its limit
         values.update(memory)
+        timers = rank_timers(table[:, -1].tolist()) if self.world > 1 else {}
+        values.update(timers)
+        if self.stragglers:
+            self.stragglers.observe(timers, self.iteration)
         self.monitor.scalars(values, self.iteration, self.consumed)
         self.monitor.record({"iteration": self.iteration, "consumed_samples": self.consumed,
                              **{k: v for k, v in values.items() if not PER_LOOP.search(k)},
@@ -704,7 +726,10 @@ class Trainer:
                 "loops": step["n_loops"],
                 "tokens/s": tokens_per_sec, "TFLOP/s": tflops, "MFU": values["mfu"],
                 "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped,
-                "memory (GiB)": next(memory[key] for key in CONSOLE_MEMORY if key in memory)})
+                "memory (GiB)": next(memory[key] for key in CONSOLE_MEMORY if key in memory),
+                **({"step compute min/max (ms)": f"{timers['timers/step-compute-min'] * 1e3:.1f}/"
+                    f"{timers['timers/step-compute-max'] * 1e3:.1f} (rank {timers['timers/slowest-rank']:.0f})"}
+                   if timers else {})})
 
     def run(self) -> int:
         """Train to the end (or to a signal / --exit-interval / --exit-duration-in-mins); returns the process exit
