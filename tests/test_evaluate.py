@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import torch
 
 from megamythos.inference.evaluate import evaluate_loops, write_results
@@ -34,3 +35,22 @@ def test_losses_finite_and_improve_with_training_and_files_written(tmp_path) -> 
     assert [int(r["loops"]) for r in rows] == [1, 3, 6, 6]
     assert json.loads(paths["json"].read_text())["trained_loops"] == 3
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_padded_batch_scores_only_its_real_tokens() -> None:
+    """Sequences of different lengths in one batch, targets right-padded with -100 (MythosLM's label convention):
+    the same loss, token count and depths as each sequence alone. Before, the padding counted as scored tokens
+    (loss 4.35 instead of 7.07 on the default run's checkpoint)."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config())
+    seqs = [torch.randint(0, 97, (n,)) for n in (17, 9, 4)]
+    inputs = torch.nn.utils.rnn.pad_sequence([s[:-1] for s in seqs], batch_first=True, padding_value=5)
+    targets = torch.nn.utils.rnn.pad_sequence([s[1:] for s in seqs], batch_first=True, padding_value=-100)
+    for threshold in (0.0, 0.3):
+        padded = evaluate_loops(model, [(inputs, targets)], [3], threshold)[0]
+        alone = evaluate_loops(model, [(s[None, :-1], s[None, 1:]) for s in seqs], [3], threshold)[0]
+        assert padded.tokens == alone.tokens == 16 + 8 + 3
+        assert abs(padded.loss - alone.loss) < 1e-5
+        assert abs(padded.mean_depth - alone.mean_depth) < 1e-5
+    with pytest.raises(ValueError, match="no token to score"):
+        evaluate_loops(model, [(inputs, torch.full_like(targets, -100))], [1])

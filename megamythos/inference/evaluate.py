@@ -46,7 +46,7 @@ from megamythos.data.pretraining import DataRecipe, batches, build_datasets, dat
 from megamythos.errors import ArgumentParser, checked_by, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.config import ModelConfig
-from megamythos.model.lm import MythosLM
+from megamythos.model.lm import IGNORE_INDEX, MythosLM
 from megamythos.model.recurrent import computed_iterations, exit_distribution
 from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
@@ -89,11 +89,12 @@ class EvalConfig:
 
 @dataclass
 class LoopEval:
-    """Mean next-token loss over ``tokens`` predicted tokens at ``loops`` iterations, with the early-exit rule at
-    ``exit_threshold`` (0 = every token runs every loop): ``mean_depth`` iterations a token executed on average,
-    ``exit_share[t]`` the share of tokens that stopped after iteration t + 1, ``forward_flops_per_token`` what
-    the forward computed (``model.forward_flops_per_token``: the executed iterations, and the keys/values of
-    exited tokens at the later iterations of their batch, :func:`~megamythos.model.recurrent.computed_iterations`)."""
+    """Mean next-token loss over ``tokens`` predicted tokens (the targets other than -100) at ``loops`` iterations,
+    with the early-exit rule at ``exit_threshold`` (0 = every token runs every loop): ``mean_depth`` iterations a
+    predicted token executed on average, ``exit_share[t]`` the share of them that stopped after iteration t + 1,
+    ``forward_flops_per_token`` what the forward computed per position it ran, padding included
+    (``model.forward_flops_per_token``: the executed iterations, and the keys/values of exited tokens at the later
+    iterations of their batch, :func:`~megamythos.model.recurrent.computed_iterations`)."""
 
     loops: int
     exit_threshold: float
@@ -110,29 +111,35 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
                    exit_threshold: float = 0.0, progress: Callable[[], Any] | None = None) -> list[LoopEval]:
     """Evaluate ``batches`` (pairs of inputs [B, S] and next-token targets [B, S]) at each loop count.
 
-    Deterministic for a fixed model and batch list (the model is put in eval mode). ``progress`` is called
-    after every batch.
+    A target of -100 is not scored (``MythosLM``'s label convention): sequences of different lengths go into one
+    batch right-padded, their inputs with any id and their targets with -100 (causal attention keeps the padding
+    out of the scored positions). Deterministic for a fixed model and batch list (the model is put in eval mode).
+    ``progress`` is called after every batch.
     """
     was_training = model.training
     model.eval()
     results = []
     try:
         for n_loops in loops:
-            total_loss, total_tokens, exits = 0.0, 0, torch.zeros(n_loops)
-            whole, frozen = 0.0, 0.0  # iterations computed whole / frozen (keys/values only), summed over tokens
+            total_loss, total_tokens, positions, exits = 0.0, 0, 0, torch.zeros(n_loops)
+            whole, frozen = 0.0, 0.0  # iterations computed whole / frozen (keys/values only), summed over positions
             for inputs, targets in batches:
                 out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold)
                 total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
-                                              reduction="sum").item()
-                exits += exit_distribution(out.stats["depth"], n_loops).cpu() * targets.numel()  # from --device
+                                              ignore_index=IGNORE_INDEX, reduction="sum").item()
+                scored = targets != IGNORE_INDEX
+                tokens = int(scored.sum())
+                exits += exit_distribution(out.stats["depth"][scored], n_loops).cpu() * tokens  # from --device
                 batch_whole, batch_frozen = computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))
                 whole, frozen = whole + batch_whole, frozen + batch_frozen
-                total_tokens += targets.numel()
+                total_tokens, positions = total_tokens + tokens, positions + targets.numel()
                 if progress is not None:
                     progress()
+            if total_tokens == 0:
+                raise ValueError("evaluate_loops: every target is -100, so there is no token to score")
             loss, share = total_loss / total_tokens, exits / total_tokens
             mean_depth = float((share * torch.arange(1, n_loops + 1)).sum())
-            flops = model.forward_flops_per_token(inputs.shape[1], whole / total_tokens, frozen / total_tokens)
+            flops = model.forward_flops_per_token(inputs.shape[1], whole / positions, frozen / positions)
             results.append(LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_depth,
                                     share.tolist(), flops, total_tokens))
             logger.info("loops %d%s: loss %.4f ppl %.2f, %.2f loops/token", n_loops,

@@ -15,8 +15,10 @@ from megamythos.model.layers import RMSNorm, SwiGLU
 from megamythos.model.params import forward_flops_per_token
 from megamythos.model.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
 
-__all__ = ["DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "compile_blocks", "sample_loop_count",
-           "weight_decay_param_groups"]
+IGNORE_INDEX = -100  # a label that is not scored (padding), as in PyTorch's cross-entropy and transformers
+
+__all__ = ["IGNORE_INDEX", "DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "compile_blocks",
+           "sample_loop_count", "weight_decay_param_groups"]
 
 
 class DenseBlock(nn.Module):
@@ -76,7 +78,8 @@ class TokenCrossEntropy(nn.Module):
     backward run as single passes over the [N, V] logits instead of materialising fp32 copies of them."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX)
 
 
 class MythosLM(nn.Module):
