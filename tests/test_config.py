@@ -48,3 +48,17 @@ def test_parse_override(text, expected):
 def test_parse_override_needs_field_and_value(text):
     with pytest.raises(ConfigError, match="expected FIELD=VALUE"):
         parse_override(text)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("tie_embeddings", "false"), ("loop_embedding", "no"), ("route_norm", 2), ("checkpoint_loops", None),
+    ("sample_depth", 0), ("checkpoint_dense_blocks", "true"), ("extra", None), ("decay_margin", "0.1"),
+    ("decay_floor", None), ("norm_eps", True), ("exit_threshold", False),
+])
+def test_a_value_of_the_wrong_type_names_the_field(field, value):
+    """A JSON config's "false" (a truthy string) or a number where a switch goes is refused naming the field, in
+    the model's constructor as in from_json. Before (found 2026-12-06): the switches took any value, so
+    "loop_embedding": "false" turned the loop signal on, and a string decay margin raised a TypeError naming no
+    field."""
+    with pytest.raises(ConfigError, match=rf"ModelConfig\.{field}="):
+        get_preset("tiny", **{field: value})

@@ -33,6 +33,11 @@ def _capacity_schedule(value: Any) -> tuple[float, ...]:
         raise ConfigError(f"ModelConfig.loop_capacity={value!r} is invalid: give numbers such as 1,1,0.5") from err
 
 
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool (True is an int to Python, never a width or a rate here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _require(ok: bool, field_name: str, value: Any, what: str) -> None:
     if not ok:
         raise ConfigError(f"ModelConfig.{field_name}={value!r} is invalid: {what}")
@@ -141,6 +146,11 @@ class ModelConfig:
             value = getattr(self, name)
             _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, value,
                      "must be a non-negative integer")
+        for name in (f.name for f in dataclasses.fields(self) if f.type == "bool"):  # a JSON "false" is truthy
+            _require(isinstance(getattr(self, name), bool), name, getattr(self, name), "must be true or false")
+        _require(isinstance(self.extra, dict), "extra", self.extra, "must be a dict (free-form notes)")
+        for name in ("decay_margin", "decay_floor"):
+            _require(_is_number(getattr(self, name)), name, getattr(self, name), "must be a number")
         _require(self.attn_type in ("mla", "gqa"), "attn_type", self.attn_type, "choose 'mla' or 'gqa'")
         _require(self.injection in ("lti", "additive", "concat"), "injection", self.injection,
                  "choose 'lti', 'additive' or 'concat'")
@@ -180,11 +190,11 @@ class ModelConfig:
         for name in ("exit_threshold", "seq_aux_loss_coef", "router_z_loss_coef", "expert_bias_update_rate",
                      "noise_std", "loop_sigma"):
             value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, name, value,
+            _require(_is_number(value) and math.isfinite(value) and value >= 0, name, value,
                      "must be a finite number >= 0")
         for name in ("norm_eps", "init_std", "rope_theta"):
             value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, name, value,
+            _require(_is_number(value) and math.isfinite(value) and value > 0, name, value,
                      "must be a finite number > 0")
         if self.loop_embedding:
             _require(0 < self.resolved_loop_embedding_dim <= self.dim and self.resolved_loop_embedding_dim % 2 == 0,
