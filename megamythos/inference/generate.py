@@ -51,6 +51,8 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
+        if self.n_loops is not None and self.n_loops < 1:
+            raise ValueError(f"n_loops={self.n_loops} must be >= 1 (None: the model config's mean_loops)")
         if not self.temperature >= 0:  # NaN too
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:

@@ -169,6 +169,9 @@ class MythosLM(nn.Module):
         cfg = self.config
         if n_loops is not None and n_loops < 1:
             raise ValueError(f"n_loops={n_loops} must be >= 1 (None: the config's mean_loops)")
+        if backprop_loops is not None and backprop_loops < 0:
+            raise ValueError(f"backprop_loops={backprop_loops} must be >= 0 (0: through every loop; None: the "
+                             "config's backprop_loops)")
         if exit_threshold is None:
             exit_threshold = 0.0 if self.training else cfg.exit_threshold
         if not exit_threshold >= 0:  # NaN too: it compares false, so it would run every loop unsaid
