@@ -452,3 +452,14 @@ def test_truncated_backprop_gradient_equals_detaching_the_state_by_hand() -> Non
     full = model(ids, labels=labels, n_loops=n, backprop_loops=0)
     assert not torch.allclose(grads(full.loss + full.aux_loss)["recurrent.injection.log_A"],
                               expected["recurrent.injection.log_A"])
+
+
+def test_the_python_api_example_in_docs_model_md_runs(capsys: pytest.CaptureFixture) -> None:
+    """docs/model.md's "Using it from Python" block is the library's front door for a notebook user: it must run as
+    written, and its padded perplexity must score the 39 + 11 real tokens."""
+    text = (REPO / "docs" / "model.md").read_text()
+    section = text[text.index("## Using it from Python"):text.index("## Components")]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/model.md", "exec"), {"__name__": "docs_example"})
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in printed[-3:]] == ["50", "50", "50"]

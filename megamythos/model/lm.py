@@ -60,9 +60,11 @@ class ModelKVCache:
 
 
 class MythosOutput(NamedTuple):
-    """logits [B, S, V]; loss: mean next-token CE (None without labels); aux_loss: weighted MoE balance terms;
-    stats: detached diagnostics (n_loops run, state_norm [T], rho — max rho(A_bar) as this forward computed it,
-    depth [B, S] and mean_depth — iterations each token executed, relative_change [T, B, S] — the exit signal).
+    """logits [B, S, V]; loss: mean next-token CE (None without labels; aux_loss not included); aux_loss: weighted
+    MoE balance terms; stats: detached diagnostics over the T loops run (fewer than asked once every token exited):
+    n_loops (T), state_norm [T], rho — max rho(A_bar) as this forward computed it, depth [B, S] and mean_depth —
+    iterations each token executed, relative_change [T, B, S] — the exit signal, active_share [T] — share of tokens
+    computed per loop, router_gate [T] — mean learned-router gate (only with ``capacity_router="learned"``).
     A NamedTuple, so ZeRO-3's module hooks see the tensors inside it."""
 
     logits: torch.Tensor
