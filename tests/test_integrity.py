@@ -20,8 +20,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from megamythos.checkpoint.checksums import CHECKSUMMED_KEY, CHECKSUMS_FILE, shares, verify_checksums, write_checksums
+from megamythos.checkpoint.export import ExportError, export_model
 from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest
 from megamythos.checkpoint.reader import load_exported
@@ -29,8 +31,19 @@ from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
 from megamythos.model.config import ModelConfig
+from megamythos.model.lm import MythosLM
 from megamythos.training.checkpointing import CheckpointManager, check_run_dirs, universal_tag
-from tests.helpers import dead_pid, free_port, launch_env, one_error_line, run, run_single, tiny_args, trains
+from tests.helpers import (
+    dead_pid,
+    free_port,
+    launch_env,
+    one_error_line,
+    run,
+    run_single,
+    small_config,
+    tiny_args,
+    trains,
+)
 
 GOOD, LATEST_TAG = "iter_0000001", "iter_0000002"
 FILES = {"model states": "*model_states.pt", "optimizer states": "*optim_states.pt"}
@@ -535,3 +548,22 @@ def test_export_prints_only_its_json_on_stdout_and_files_follow_the_umask(saved:
         umask = os.umask(0)
         os.umask(umask)
         assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_model_trained_outside_the_trainer_exports_and_loads(tiny_tokenizer, tmp_path: Path) -> None:
+    """A model from a training loop of one's own becomes an export that load_model (and so generate/evaluate
+    --load, and transformers for the hf form) reads: the same logits, the selection bias included, its tokenizer
+    checked. Before (found 2026-12-06): only the trainer's checkpoints could be exported."""
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)).eval()
+    with torch.no_grad():
+        model.recurrent.block.moe.gate.e_score_correction_bias.uniform_(-0.5, 0.5)
+    out = export_model(model, tmp_path / "mine", tiny_tokenizer)
+    loaded = load_model(out)
+    ids = torch.tensor([tiny_tokenizer.encode_one("def main(argv):")])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, model(ids).logits)
+    assert loaded.tokenizer.fingerprint == tiny_tokenizer.fingerprint and verify_checksums(out)
+    with pytest.raises(ExportError, match="not empty; export into a new directory"):
+        export_model(model, out, tiny_tokenizer)
+    hf = export_model(model, tmp_path / "mine-hf", tiny_tokenizer, hf=True)
+    assert "auto_map" in json.loads((hf / "config.json").read_text()) and verify_checksums(hf)

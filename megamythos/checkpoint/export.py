@@ -16,7 +16,8 @@ written into ``OUT.tmp.<host>.<pid>`` beside OUT, gets its ``checksums.json``
 (:mod:`megamythos.checkpoint.checksums`, verified when ``megamythos`` loads it), and is then renamed to OUT; an
 OUT it replaces is renamed aside first and removed only once the new one is in place.
 
-Checkpoints are read (and their checksums verified) by :mod:`megamythos.checkpoint.reader`.
+A model in memory (a training loop of one's own) is exported the same way by :func:`export_model`. Checkpoints are
+read (and their checksums verified) by :mod:`megamythos.checkpoint.reader`.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_mod
 from megamythos.data.atomic import remove_stale_temps, temp_name, writable_parent
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, UserError, run_cli
+from megamythos.model.lm import MythosLM
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +50,14 @@ class ExportError(UserError, RuntimeError):
 TRAINING_MARKERS = ("latest", "train_args.json", "model_config.json")
 
 
-def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
-    """Raise :class:`ExportError` unless ``out`` may take an export of ``checkpoint``: it must not overlap the
-    checkpoint (be it, hold it or lie inside it) nor hold the working directory, and, when it exists (a file or a
-    non-empty directory), ``overwrite`` must be on and it must be an earlier export (it has ``checksums.json``):
-    ``--overwrite`` replaces an export, never a run or another folder."""
-    target, source, cwd = out.resolve(), checkpoint.resolve(), Path.cwd().resolve()
-    if target == source or target in source.parents or source in target.parents:
+def check_target(out: Path, checkpoint: Path | None, overwrite: bool) -> None:
+    """Raise :class:`ExportError` unless ``out`` may take an export of ``checkpoint`` (None: a model in memory):
+    it must not overlap the checkpoint (be it, hold it or lie inside it) nor hold the working directory, and, when
+    it exists (a file or a non-empty directory), ``overwrite`` must be on and it must be an earlier export (it has
+    ``checksums.json``): ``--overwrite`` replaces an export, never a run or another folder."""
+    target, cwd = out.resolve(), Path.cwd().resolve()
+    source = checkpoint.resolve() if checkpoint is not None else None
+    if source is not None and (target == source or target in source.parents or source in target.parents):
         raise ExportError(f"OUT {out} overlaps the checkpoint {checkpoint} (the same directory, one that holds it, "
                           "or one inside it); export into a directory outside the run")
     if target == cwd or target in cwd.parents:
@@ -74,8 +77,9 @@ def check_target(out: Path, checkpoint: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def staged_export(out: Path, checkpoint: Path, overwrite: bool) -> Iterator[Path]:
-    """An empty directory ``OUT.tmp.<host>.<pid>`` beside ``out`` to write an export of ``checkpoint`` into. When
+def staged_export(out: Path, checkpoint: Path | None, overwrite: bool) -> Iterator[Path]:
+    """An empty directory ``OUT.tmp.<host>.<pid>`` beside ``out`` to write an export of ``checkpoint`` (None: a
+    model in memory) into. When
     the block succeeds, its checksums are written and it is renamed to ``out`` (an existing ``out`` is renamed aside
     first and removed once the new one is in place); when it fails, it is removed and ``out`` is left as it was.
 
@@ -132,24 +136,64 @@ def readable_as_umask(directory: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
+def write_native(model: MythosLM, tokenizer: Tokenizer | None, stage: Path) -> None:
+    """The native export's files of ``model`` into ``stage``: ``model.safetensors``, ``config.json`` and, with a
+    tokenizer, ``tokenizer.model`` + ``tokenizer.json``."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(stage / MODEL_FILE))
+    model.config.to_json(stage / CONFIG_FILE)
+    if tokenizer is not None:
+        write_tokenizer_files(stage, tokenizer)
+
+
+def hf_writer() -> Callable[[MythosLM, Tokenizer, Path], Path]:
+    """:func:`megamythos.hf.export.export_hf`; without transformers (the ``hf`` extra) an :class:`ExportError`,
+    raised before any work."""
+    try:
+        import transformers  # noqa: F401 - what megamythos.hf needs
+    except ImportError as err:
+        raise ExportError("--format hf needs transformers, the hf extra: pip install 'megamythos[hf]' (in a "
+                          "checkout: pip install -e '.[hf]'), or export without --format hf") from err
+    from megamythos.hf.export import export_hf
+
+    return export_hf
+
+
+def export_model(model: MythosLM, out_dir: str | Path, tokenizer: Tokenizer | None = None, hf: bool = False,
+                 overwrite: bool = False) -> Path:
+    """Export a model in memory (trained by a loop of your own, or changed after loading) as the command line
+    exports a checkpoint: the native files (:func:`write_native`), or with ``hf`` a Hugging Face directory (needs
+    ``tokenizer`` and transformers), with ``checksums.json``, written beside ``out_dir`` and renamed into place
+    (:func:`staged_export`; ``overwrite`` replaces an earlier export only). ``load_model``, ``generate --load`` and
+    ``evaluate --load`` read the native form; ``tokenizer`` is the one the model's ids are of (without it they need
+    ``--tokenizer``). Returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    if hf and tokenizer is None:
+        raise ExportError("a Hugging Face export needs the model's tokenizer: pass tokenizer=Tokenizer(PATH)")
+    export_hf = hf_writer() if hf else None
+    with staged_export(out_dir, None, overwrite) as stage:
+        if export_hf is not None:
+            export_hf(model, tokenizer, stage)
+        else:
+            write_native(model, tokenizer, stage)
+    logger.info("exported the model to %s", out_dir)
+    return out_dir
+
+
 def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``out_dir/model.safetensors``, ``out_dir/config.json``, ``out_dir/checksums.json`` and, when the
     checkpoint carries its tokenizer, ``out_dir/tokenizer.model`` + ``out_dir/tokenizer.json`` (through
     :func:`staged_export`); returns the safetensors path."""
-    from safetensors.torch import save_model
-
     out_dir = Path(out_dir)
 
     def write(tag_dir: Path, stage: Path) -> Path:
-        model = checkpoint_model(tag_dir, stage)
-        save_model(model, str(stage / MODEL_FILE))
-        model.config.to_json(stage / CONFIG_FILE)
         record = read_tokenizer_files(tag_dir)
         if record is None:
             logger.warning("%s carries no tokenizer; generate/evaluate from %s will need --tokenizer", tag_dir,
                            out_dir)
-        else:
-            write_tokenizer_files(stage, Tokenizer(record["tokenizer_model"]))
+        write_native(checkpoint_model(tag_dir, stage), Tokenizer(record["tokenizer_model"]) if record else None,
+                     stage)
         return tag_dir
 
     with staged_export(out_dir, Path(checkpoint), overwrite) as stage:  # a tag --keep-last removes is read again
@@ -163,13 +207,7 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
     """Write checkpoint ``checkpoint`` as a Hugging Face directory ``out_dir`` (see the module docstring), with
     its ``checksums.json``, through :func:`staged_export`; returns ``out_dir``. Without transformers (the ``hf``
     extra) it raises :class:`ExportError` before anything is read."""
-    try:
-        import transformers  # noqa: F401 - what megamythos.hf needs, checked before any work
-    except ImportError as err:
-        raise ExportError("--format hf needs transformers, the hf extra: pip install 'megamythos[hf]' (in a "
-                          "checkout: pip install -e '.[hf]'), or export without --format hf") from err
-    from megamythos.hf.export import export_hf
-
+    export_hf = hf_writer()
     out_dir = Path(out_dir)
 
     def write(tag_dir: Path, stage: Path) -> None:
