@@ -676,6 +676,18 @@ def test_model_forward_refuses_a_loop_count_below_1_and_a_negative_threshold(kwa
         model(torch.zeros(1, 4, dtype=torch.long), **kwargs)
 
 
+def test_model_forward_names_input_and_label_shapes_it_cannot_use() -> None:
+    """One sequence without its batch dimension was an IndexError (tuple index out of range), and labels of another
+    shape than the inputs (the whole [B, S + 1] sample) cross-entropy's batch-size mismatch, naming neither
+    (found 2026-12-06)."""
+    model = MythosLM(small_config())
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match=re.escape("input_ids of shape [6] must be [batch, seq] token ids")):
+        model(ids[0])
+    with pytest.raises(ValueError, match=re.escape("labels of shape [2, 7] must have the shape of input_ids [2, 6]")):
+        model(ids, labels=torch.zeros(2, 7, dtype=torch.long))
+
+
 @pytest.mark.parametrize("n_loops", [0, -3])
 def test_library_generation_refuses_a_loop_count_below_1(n_loops: int) -> None:
     """``SamplingConfig(n_loops=0)`` generated at the config's mean_loops, silently (found 2026-12-06); the

@@ -169,6 +169,12 @@ class MythosLM(nn.Module):
         every loop; None is the config's ``exit_threshold`` in eval mode and 0 in training mode.
         """
         cfg = self.config
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids of shape {list(input_ids.shape)} must be [batch, seq] token ids (one "
+                             "sequence: ids[None])")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels of shape {list(labels.shape)} must have the shape of input_ids "
+                             f"{list(input_ids.shape)}: the next token at each input position (-100: not scored)")
         if n_loops is not None and n_loops < 1:
             raise ValueError(f"n_loops={n_loops} must be >= 1 (None: the config's mean_loops)")
         if backprop_loops is not None and backprop_loops < 0:
