@@ -1,10 +1,15 @@
 """The named presets and the one parser of FIELD=VALUE model overrides."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from megamythos.model.config import PRESETS, ConfigError, get_preset, parse_override
 from megamythos.model.params import count
+from tests.helpers import REPO
 
 # The presets as they were when they were still 17 positional numbers per scale (commit 8d5a96f): parameter
 # count (which fixes every shape) and the fields that change no shape, less the ACT halting head (dim + 1)
@@ -62,3 +67,20 @@ def test_a_value_of_the_wrong_type_names_the_field(field, value):
     field."""
     with pytest.raises(ConfigError, match=rf"ModelConfig\.{field}="):
         get_preset("tiny", **{field: value})
+
+
+def test_the_model_names_import_from_the_package_and_config_stays_free_of_torch():
+    """``from megamythos.model import MythosLM`` was an ImportError (found 2026-12-06, a library user's first
+    line); the names load on first use, so the config and the analytic counts still import without torch."""
+    probe = """
+import sys
+import megamythos.model.config, megamythos.model.params
+assert "torch" not in sys.modules, "config/params imported torch"
+from megamythos.model import ModelConfig, MythosLM, compile_blocks, count, get_preset
+model = MythosLM(get_preset("tiny", dim=64, n_heads=2, n_kv_heads=1))
+assert count(model.config).total == sum(p.numel() for p in model.parameters())
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
