@@ -38,6 +38,9 @@ def test_unknown_preset_and_field_are_refused():
         get_preset("huge")
     with pytest.raises(ConfigError, match=r"no field\(s\) \['dims'\]"):
         get_preset("tiny", dims=64)
+    with pytest.raises(ConfigError, match=r"no field\(s\) \['dims'\]"):  # was a TypeError (found 2026-12-06)
+        get_preset("tiny").replace(dims=64)
+    assert get_preset("tiny").replace(dim=64) == get_preset("tiny", dim=64)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -265,8 +265,8 @@ class ModelConfig:
             raise ConfigError(f"{path}: {err}") from err
 
     def replace(self, **changes: Any) -> ModelConfig:
-        """A validated copy with ``changes`` applied."""
-        return dataclasses.replace(self, **changes)
+        """A validated copy with ``changes`` applied (a field it does not have: :class:`ConfigError` naming it)."""
+        return self.from_dict({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes})
 
 
 def _scaled(**fields: Any) -> dict[str, Any]:
