@@ -54,3 +54,17 @@ def test_a_padded_batch_scores_only_its_real_tokens() -> None:
         assert abs(padded.mean_depth - alone.mean_depth) < 1e-5
     with pytest.raises(ValueError, match="no token to score"):
         evaluate_loops(model, [(inputs, torch.full_like(targets, -100))], [1])
+
+
+def test_forward_flops_of_batches_of_different_lengths_are_each_batchs_own() -> None:
+    """The FLOPs per position were computed at the last batch's length for every batch (found 2026-12-06): a long
+    batch then a short one read as if both were short. Each batch counts at its own length, weighted by its
+    positions."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config())
+    long, short = torch.randint(0, 97, (2, 33)), torch.randint(0, 97, (2, 5))
+    for threshold in (0.0, 0.3):
+        each = [evaluate_loops(model, [(b[:, :-1], b[:, 1:])], [3], threshold)[0] for b in (long, short)]
+        both = evaluate_loops(model, [(b[:, :-1], b[:, 1:]) for b in (long, short)], [3], threshold)[0]
+        expected = (each[0].forward_flops_per_token * 64 + each[1].forward_flops_per_token * 8) / 72
+        assert abs(both.forward_flops_per_token - expected) < 1e-6 * expected

@@ -122,7 +122,7 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
     try:
         for n_loops in loops:
             total_loss, total_tokens, positions, exits = 0.0, 0, 0, torch.zeros(n_loops)
-            whole, frozen = 0.0, 0.0  # iterations computed whole / frozen (keys/values only), summed over positions
+            flops = 0.0  # forward FLOPs summed over the positions computed (each batch at its own length)
             for inputs, targets in batches:
                 out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold)
                 total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
@@ -130,8 +130,10 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
                 scored = targets != IGNORE_INDEX
                 tokens = int(scored.sum())
                 exits += exit_distribution(out.stats["depth"][scored], n_loops).cpu() * tokens  # from --device
-                batch_whole, batch_frozen = computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))
-                whole, frozen = whole + batch_whole, frozen + batch_frozen
+                # iterations computed whole / frozen (keys/values only), summed over the batch's positions
+                whole, frozen = computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))
+                flops += model.forward_flops_per_token(inputs.shape[1], whole / targets.numel(),
+                                                       frozen / targets.numel()) * targets.numel()
                 total_tokens, positions = total_tokens + tokens, positions + targets.numel()
                 if progress is not None:
                     progress()
@@ -139,7 +141,7 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
                 raise ValueError("evaluate_loops: every target is -100, so there is no token to score")
             loss, share = total_loss / total_tokens, exits / total_tokens
             mean_depth = float((share * torch.arange(1, n_loops + 1)).sum())
-            flops = model.forward_flops_per_token(inputs.shape[1], whole / positions, frozen / positions)
+            flops /= positions
             results.append(LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_depth,
                                     share.tolist(), flops, total_tokens))
             logger.info("loops %d%s: loss %.4f ppl %.2f, %.2f loops/token", n_loops,
