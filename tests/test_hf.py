@@ -392,6 +392,38 @@ def test_generate_stops_at_the_context_and_a_longer_forward_is_refused(tiny_toke
     assert math.isfinite(score)  # windows of the context: no forward past it
 
 
+def test_lm_eval_scores_a_batch_as_it_scores_one_and_refuses_a_left_padded_generation(tiny_tokenizer, tmp_path):
+    """lm-eval's ``--batch_size N`` right-pads the loglikelihood requests of a batch and passes no attention mask:
+    causal attention keeps each request's scores those of batch size 1 (checked 2026-12-06; the docs' commands use
+    1). Its generation requests are left-padded with an attention mask, which the model cannot honour (no padding
+    mask): refused with that reason, not decoded from the padding."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megamythos.hf.export import export_hf
+
+    torch.manual_seed(0)
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)).eval()
+    hf_dir = export_hf(model, tiny_tokenizer, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
+    docs = synthetic_documents(5, seed=3)
+    requests = [Instance("loglikelihood", {}, (doc[:20 + 13 * i], doc[20 + 13 * i:40 + 17 * i]), i)
+                for i, doc in enumerate(docs)]
+
+    def harness(batch_size: int) -> HFLM:
+        return HFLM(pretrained=hf, tokenizer=AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True),
+                    batch_size=batch_size, device="cpu")
+
+    one, four = harness(1).loglikelihood(requests), harness(4).loglikelihood(requests)
+    assert [score for score, _ in four] == pytest.approx([score for score, _ in one], abs=1e-4)
+    generation = [Instance("generate_until", {}, (doc[:10 + 7 * i], {"until": ["\n\n"], "max_gen_toks": 3}), i)
+                  for i, doc in enumerate(docs[:2])]
+    assert len(harness(1).generate_until(generation)) == 2
+    with pytest.raises(ValueError, match="megamythos has no padding mask"):
+        harness(2).generate_until(generation)
+
+
 def test_an_export_of_a_tokenizer_without_a_pad_piece_names_no_pad(tmp_path):
     """SentencePiece's own trainer makes no pad (``pad_id() == -1``). The export names none: the config's
     ``pad_token_id`` is None and no piece is the pad token. Before (found 2026-12-06) the config said -1 and the
