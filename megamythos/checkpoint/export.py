@@ -167,8 +167,16 @@ def export_model(model: MythosLM, out_dir: str | Path, tokenizer: Tokenizer | No
     ``tokenizer`` and transformers), with ``checksums.json``, written beside ``out_dir`` and renamed into place
     (:func:`staged_export`; ``overwrite`` replaces an earlier export only). ``load_model``, ``generate --load`` and
     ``evaluate --load`` read the native form; ``tokenizer`` is the one the model's ids are of (without it they need
-    ``--tokenizer``). Returns ``out_dir``."""
+    ``--tokenizer``). A ``torch.compile(model)`` is exported as the model it compiles (its own state dict's names
+    carry an ``_orig_mod.`` prefix that no loader reads). Returns ``out_dir``."""
     out_dir = Path(out_dir)
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule wraps the module it compiles
+    if not isinstance(model, MythosLM):
+        raise ExportError(f"export_model exports a MythosLM, not a {type(model).__name__} (a DeepSpeed engine: pass "
+                          "engine.module)")
+    if partitioned := [name for name, p in model.named_parameters() if p.numel() != getattr(p, "ds_numel", p.numel())]:
+        raise ExportError(f"{len(partitioned)} parameters of the model ({partitioned[0]}, ...) are ZeRO-3 partitions, "
+                          "not whole weights: export inside deepspeed.zero.GatheredParameters(model.parameters())")
     if hf and tokenizer is None:
         raise ExportError("a Hugging Face export needs the model's tokenizer: pass tokenizer=Tokenizer(PATH)")
     export_hf = hf_writer() if hf else None
