@@ -569,16 +569,20 @@ def test_a_model_trained_outside_the_trainer_exports_and_loads(tiny_tokenizer, t
     assert "auto_map" in json.loads((hf / "config.json").read_text()) and verify_checksums(hf)
 
 
-def test_export_model_of_a_compiled_model_loads_and_a_zero3_partition_is_refused(tiny_tokenizer, tmp_path) -> None:
+def test_export_model_refuses_what_no_loader_reads_and_exports_a_compiled_model(tiny_tokenizer, tmp_path) -> None:
     """``torch.compile(model)`` (which docs/model.md says runs) exports as the model it compiles: its state dict's
     names carry ``_orig_mod.``, so the export was written, checksummed, and then refused by load_model with a
     RuntimeError listing every weight as missing (found 2026-12-06). Weights ZeRO-3 left partitioned (empty
-    ``p.data``) are refused before anything is written, as is a module that is not a MythosLM."""
+    ``p.data``) are refused before anything is written, as are a module that is not a MythosLM and a tokenizer of
+    more ids than the model's vocabulary (the export was written, and load_model refused it; found 2026-12-06)."""
     model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)).eval()
     out = export_model(torch.compile(model), tmp_path / "compiled", tiny_tokenizer)
     ids = torch.tensor([tiny_tokenizer.encode_one("def main(argv):")])
     with torch.no_grad():
         assert torch.equal(load_model(out).model(ids).logits, model(ids).logits)
+    with pytest.raises(ExportError, match="has 400 ids but the model only 97"):  # load_model refused it after
+        export_model(MythosLM(small_config()), tmp_path / "other-vocab", tiny_tokenizer, hf=True)
+    assert not (tmp_path / "other-vocab").exists()
     with pytest.raises(ExportError, match="not a Linear"):
         export_model(torch.nn.Linear(2, 2), tmp_path / "linear")
     weight = next(model.parameters())

@@ -179,6 +179,9 @@ def export_model(model: MythosLM, out_dir: str | Path, tokenizer: Tokenizer | No
                           "not whole weights: export inside deepspeed.zero.GatheredParameters(model.parameters())")
     if hf and tokenizer is None:
         raise ExportError("a Hugging Face export needs the model's tokenizer: pass tokenizer=Tokenizer(PATH)")
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:  # load_model refuses such a pair
+        raise ExportError(f"tokenizer {tokenizer.model_path} has {tokenizer.vocab_size} ids but the model only "
+                          f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
     export_hf = hf_writer() if hf else None
     with staged_export(out_dir, None, overwrite) as stage:
         if export_hf is not None:
