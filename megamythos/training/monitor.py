@@ -445,7 +445,7 @@ def rank_timers(compute: list[float]) -> dict[str, float]:
 
 
 class StragglerWatch:
-    """Warns, once per rank and run, of a rank whose step compute time stays ``ratio`` times the fastest rank's or
+    """Warns, once per rank and launch, of a rank whose step compute time stays ``ratio`` times the fastest rank's or
     more for ``steps`` consecutive steps, naming it and its host as Megatron's straggler detector does: every other
     rank waits for it at each collective, so one slow host (throttled, shared, a bad NIC) slows the whole run.
     One slow step is noise; a run of them with the same slowest rank is that rank."""

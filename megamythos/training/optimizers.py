@@ -143,9 +143,10 @@ def import_muon_without_compiling() -> None:
 
     ``deepspeed.initialize`` imports that module at every start (ZeRO's optimizer check and its optimizers ask
     whether the optimizer is a Muon one), and the module wraps its kernels in ``torch.compile`` at import, which
-    imports torch's inductor: about a second of CPU per rank, on every launch, for an optimizer the trainer never
-    builds (its optimizer is AdamW: :func:`resolve_adam_impl`). Imported here first, DeepSpeed's later imports
-    find it. A DeepSpeed without that module or decorator is left to import what it does."""
+    imports torch's inductor: 2.3-2.8 s of CPU per rank on every launch (``bench/README.md``, start-up
+    2026-12-06), for an optimizer the trainer never builds (its optimizer is AdamW: :func:`resolve_adam_impl`).
+    Imported here first, DeepSpeed's later imports find it. A DeepSpeed without that module or decorator is left
+    to import what it does."""
     if DEEPSPEED_MUON in sys.modules:
         return
     from deepspeed.runtime import compiler
