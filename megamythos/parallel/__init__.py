@@ -34,6 +34,7 @@ from megamythos.parallel.expert_parallel import (
 )
 from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTERNS, autotp_section, sum_rope_key_grad
 from megamythos.parallel.zero import replicate_recurrent_core
+from megamythos.runtime.device import collective_device
 
 __all__ = ["MOE_LAYER_PATTERN", "TP_COLUMN_PATTERNS", "TP_ROW_PATTERNS", "adapt_engine_module",
            "autoep_to_model_names", "ds_config_sections", "global_grad_norm", "params_norm", "replicate_recurrent_core"]
@@ -84,7 +85,8 @@ def distributed_norm(pieces: Iterable[tuple[torch.Tensor | None, int]], world: i
     squares = [torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32)).double().square().sum()
                / (1 if everywhere else n) for n, tensors in by_copies.items() if tensors]
     total = torch.stack(squares).sum() if squares else torch.zeros((), dtype=torch.float64)
-    if not everywhere:
+    if not everywhere:  # on the backend's device: NCCL takes CUDA tensors only (a rank holding none, offloaded ones)
+        total = total.to(collective_device())
         dist.all_reduce(total)
     return float(total.sqrt())
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from megamythos.errors import UserError
 
@@ -61,3 +62,11 @@ def cpu_model() -> dict[str, Any]:
     flags = set(info.get("flags", "").split())
     return {"model_name": info.get("model name", platform.machine()),
             "bf16_isa": sorted(flags & {"amx_bf16", "amx_tile", "avx512_bf16", "avx_vnni"})}
+
+
+def collective_device() -> torch.device:
+    """Where a tensor of one of our own collectives (the trainer's, the distributed norms') lives: this rank's CUDA
+    device under NCCL, which serves CUDA tensors only, else the CPU (gloo)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -59,7 +59,7 @@ from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
 from megamythos.parallel import adapt_engine_module, global_grad_norm, params_norm, replicate_recurrent_core
 from megamythos.planning.memory import check_startup_memory
-from megamythos.runtime.device import device_memory_bytes, local_world_size
+from megamythos.runtime.device import collective_device, device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training import comm_stats
 from megamythos.training.arguments import TrainArgs, parse_args
@@ -114,7 +114,6 @@ from megamythos.training.signals import (
     GracefulExit,
     NonFiniteGuard,
     any_rank,
-    collective_device,
     collective_failure,
     join_supervisor_group,
 )

@@ -21,17 +21,9 @@ import torch
 import torch.distributed as dist
 
 from megamythos.errors import UserError
-from megamythos.runtime.device import local_world_size
+from megamythos.runtime.device import collective_device, local_world_size
 
 logger = logging.getLogger(__name__)
-
-
-def collective_device() -> torch.device:
-    """Where a tensor of one of the trainer's own collectives lives: this rank's CUDA device under NCCL, which
-    serves CUDA tensors only, else the CPU (gloo)."""
-    if dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def any_rank(flag: bool) -> bool:
