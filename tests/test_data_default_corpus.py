@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sysconfig
 import threading
 
 from megamythos.data.default_corpus import ensure_default_dataset, stdlib_sources
@@ -16,6 +17,21 @@ def test_stdlib_sources_exclude_site_packages() -> None:
     assert len(files) > 100 and files == sorted(files)
     assert not any("site-packages" in f for f in files) and all(f.endswith(".py") for f in files)
     assert stdlib_sources(5) == files[:5]
+
+
+def test_stdlib_sources_never_walk_the_excluded_folders(tmp_path, monkeypatch) -> None:
+    """Every default launch lists the stdlib to check its cached corpus: an interpreter's site-packages under it
+    (51k entries against the stdlib's 8k here) would cost each start-up half a second, so it is never entered."""
+    for rel in ("a.py", "b.txt", "pkg/__init__.py", "pkg/z/c.py", "site-packages/big/d.py",
+                "pkg/dist-packages/e.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    scanned = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path=".": scanned.append(str(path)) or real_scandir(path))
+    assert stdlib_sources() == [str(tmp_path / rel) for rel in ("a.py", "pkg/__init__.py", "pkg/z/c.py")]
+    assert scanned and not any("site-packages" in p or "dist-packages" in p for p in scanned)
 
 
 def test_concurrent_callers_build_once_and_share_the_result(tmp_path, caplog) -> None:

@@ -33,10 +33,19 @@ TOKENIZER_SAMPLE_CHUNKS = 50_000
 
 
 def stdlib_sources(max_files: int | None = None) -> list[str]:
-    """Sorted paths of the stdlib ``*.py`` files (the first ``max_files`` when given)."""
+    """Sorted paths of the stdlib ``*.py`` files (the first ``max_files`` when given).
+
+    Every launch of the default run lists them to check its cached corpus, so the walk never enters the excluded
+    folders: the interpreter's own ``site-packages`` under the stdlib directory can hold tens of thousands of
+    entries (51k here, against the stdlib's 8k; listing it took 0.5 s of each start-up). Symlinked folders are not
+    followed.
+    """
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(str(p) for p in root.rglob("*.py")
-                   if not any(part in EXCLUDED_DIRS for part in p.relative_to(root).parts))
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in EXCLUDED_DIRS]
+        files += [os.path.join(folder, name) for name in names if name.endswith(".py")]
+    files.sort()
     if not files:
         raise FileNotFoundError(f"no *.py files under the stdlib directory {root}")
     return files[:max_files] if max_files else files
