@@ -28,7 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from megamythos.data.atomic import remove_stale_temps, temp_name
+from megamythos.data.atomic import atomic_open, remove_stale_temps
 from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
@@ -132,20 +132,15 @@ def disk_full(directory: Path) -> bool:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that readers see either the old or the new content, never a partial file. The temporary
-    beside it (``PATH.tmp.<host>.<pid>``) is removed if the write fails, and one left by a process killed during
-    an earlier write to ``path`` is removed here."""
+    """Write ``text`` so that readers see either the old or the new content, never a partial file, through
+    :func:`~megamythos.data.atomic.atomic_open` (its temporary ``PATH.tmp.<host>.<pid>`` is removed if the write
+    fails), synced to disk before the rename; one left by a process killed during an earlier write to ``path`` is
+    removed first."""
     remove_stale_temps([path])
-    tmp = Path(temp_name(path))
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no hidden temporary left beside the file
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:
