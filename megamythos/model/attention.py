@@ -1,7 +1,8 @@
 """Causal self-attention: DeepSeek-V2 Multi-head Latent Attention (MLA) and grouped-query attention (GQA).
 
-Both take x [B, S, H] plus the absolute ``positions`` [S] of those tokens and an optional
-:class:`LayerKVCache`; local head counts are always inferred from projection shapes (``view(B, S, -1, d)``),
+Both take x [B, S, H] plus the absolute ``positions`` [S] of those tokens, an optional :class:`LayerKVCache` and,
+for a padded batch at inference, a :class:`~megamythos.model.padding.Padding` (per-row RoPE positions and a key
+mask); local head counts are always inferred from projection shapes (``view(B, S, -1, d)``),
 so tensor parallelism can column-shard the head projections and row-shard ``wo`` without model changes.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, apply_rope, rope_cos_sin
+from megamythos.model.padding import Padding
 from megamythos.model.token_subset import TokenSubset
 
 
@@ -55,15 +57,29 @@ def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor |
     return torch.arange(kv_len, device=device)[None, :] <= q_pos
 
 
-def attention_layout(positions: torch.Tensor, kv_len: int, cached: bool,
-                     queries: TokenSubset | None) -> tuple[torch.Tensor | None, bool]:
+def attention_layout(positions: torch.Tensor, kv_len: int, cached: bool, queries: TokenSubset | None,
+                     padding: Padding | None = None) -> tuple[torch.Tensor | None, bool]:
     """(mask, causal) for queries at ``positions`` [S] against ``kv_len`` keys: every token of the batch with no
     cache (the kernel's own causal flag), after a cache (an explicit [S, kv_len] mask), or only the ``queries``
-    subset (its padded [B, 1, W, kv_len] mask). None for one position, which sees every key."""
+    subset (its padded [B, 1, W, kv_len] mask). None for one position, which sees every key. A padded batch
+    takes its ``padding``'s mask ([B, 1, S or W, kv_len]) in every case."""
+    if padding is not None:
+        return padding.query_mask(queries), False
     seq = positions.shape[0]
     if queries is not None and seq > 1:
         return queries.attention_mask(positions, kv_len), False
     return (causal_mask(seq, kv_len, positions.device), False) if cached else (None, seq > 1)
+
+
+def rope_positions(positions: torch.Tensor, padding: Padding | None) -> torch.Tensor:
+    """What RoPE rotates the new tokens by: the batch's ``positions`` [S], or a padded batch's per row [B, S]."""
+    return positions if padding is None else padding.positions
+
+
+def rope_at(cos: torch.Tensor, sin: torch.Tensor, queries: TokenSubset) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables [S, d/2] (shared by the batch) or [B, S, d/2] (per row) at the ``queries``' tokens -> [N, d/2]."""
+    index = queries.col if cos.dim() == 2 else (queries.row, queries.col)
+    return cos[index], sin[index]
 
 
 def masked_scores(scores: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float) -> torch.Tensor:
@@ -222,22 +238,26 @@ class MLA(nn.Module):
         c_kv, k_pe = self.wkv_a(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
         return self.kv_norm(c_kv), apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)
 
-    def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache) -> None:
+    def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache,
+                     padding: Padding | None = None) -> None:
         """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
-        cache.append(*self._latent(x, *rope_cos_sin(positions, self.rope_dim, self.rope_theta)))
+        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.rope_dim, self.rope_theta)
+        cache.append(*self._latent(x, cos, sin))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
-                absorb: bool = False, queries: TokenSubset | None = None) -> torch.Tensor:
+                absorb: bool = False, queries: TokenSubset | None = None,
+                padding: Padding | None = None) -> torch.Tensor:
         """x [B, S, H] at ``positions`` [S] -> [B, S, H]; with ``queries`` only those tokens attend -> [1, N, H]
-        (keys/values still come from every token of x and the cache)."""
+        (keys/values still come from every token of x and the cache); ``padding``: a padded batch's positions and
+        key mask."""
         bsz, seq, _ = x.shape
-        cos, sin = rope_cos_sin(positions, self.rope_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.rope_dim, self.rope_theta)
         c_kv, k_pe = self._latent(x, cos, sin)
         if cache is not None:
             c_kv, k_pe = cache.append(c_kv, k_pe)
-        mask, causal = attention_layout(positions, c_kv.shape[1], cache is not None, queries)
+        mask, causal = attention_layout(positions, c_kv.shape[1], cache is not None, queries, padding)
         if queries is not None:
-            x, cos, sin = queries.gather(x), cos[queries.col], sin[queries.col]
+            x, (cos, sin) = queries.gather(x), rope_at(cos, sin, queries)
         q_nope, q_pe = self._query(x).split([self.nope_dim, self.rope_dim], dim=-1)
         q_pe = apply_rope(q_pe, cos, sin)
         if queries is not None:
@@ -284,22 +304,26 @@ class GQA(nn.Module):
         k = apply_rope(self.wk(x).view(bsz, seq, -1, self.head_dim), cos, sin)
         return k, self.wv(x).view(bsz, seq, -1, self.head_dim)
 
-    def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache) -> None:
+    def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache,
+                     padding: Padding | None = None) -> None:
         """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
-        cache.append(*self._keys_values(x, *rope_cos_sin(positions, self.head_dim, self.rope_theta)))
+        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.head_dim, self.rope_theta)
+        cache.append(*self._keys_values(x, cos, sin))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
-                absorb: bool = False, queries: TokenSubset | None = None) -> torch.Tensor:
+                absorb: bool = False, queries: TokenSubset | None = None,
+                padding: Padding | None = None) -> torch.Tensor:
         """x [B, S, H] at ``positions`` [S] -> [B, S, H]; with ``queries`` only those tokens attend -> [1, N, H]
-        (keys/values still come from every token of x and the cache)."""
+        (keys/values still come from every token of x and the cache); ``padding``: a padded batch's positions and
+        key mask."""
         del absorb  # only meaningful for MLA
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.head_dim, self.rope_theta)
         k, v = self._keys_values(x, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
-        mask, causal = attention_layout(positions, k.shape[1], cache is not None, queries)
+        mask, causal = attention_layout(positions, k.shape[1], cache is not None, queries, padding)
         if queries is not None:
-            x, cos, sin = queries.gather(x), cos[queries.col], sin[queries.col]
+            x, (cos, sin) = queries.gather(x), rope_at(cos, sin, queries)
         q = apply_rope(self.wq(x).view(x.shape[0], x.shape[1], -1, self.head_dim), cos, sin)
         if queries is not None:
             q = queries.pad(q)

@@ -61,21 +61,23 @@ class SwiGLU(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, rot_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [S, rot_dim/2] in fp32 for integer ``positions`` [S].
+    """cos/sin tables [..., rot_dim/2] in fp32 for integer ``positions`` [...]: [S] shared by the batch, or [B, S]
+    per row (a padded batch).
 
     Built on the fly from the positions (never stored, so never in a checkpoint and never cast to bf16):
-    angle[s, i] = pos[s] * theta^(-2i/rot_dim).
+    angle[..., i] = pos[...] * theta^(-2i/rot_dim).
     """
     inv_freq = theta ** (-torch.arange(0, rot_dim, 2, device=positions.device, dtype=torch.float32) / rot_dim)
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    angles = positions.to(torch.float32)[..., None] * inv_freq
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of the last dim of x [B, S, h, d] by the angles of cos/sin [S, d/2] (fp32 math)."""
+    """Rotate the two halves of the last dim of x [B, S, h, d] by the angles of cos/sin [S, d/2] or [B, S, d/2]
+    (fp32 math)."""
     x32 = x.float()
     x1, x2 = x32.chunk(2, dim=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).to(x.dtype)
 
 

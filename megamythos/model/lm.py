@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from megamythos.model.attention import LayerKVCache, build_attention
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, SwiGLU
+from megamythos.model.padding import Padding
 from megamythos.model.params import forward_flops_per_token
 from megamythos.model.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
 
@@ -32,8 +33,8 @@ class DenseBlock(nn.Module):
         self.ffn = SwiGLU(config.dim, config.resolved_ffn_dim)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
-                absorb: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), positions, cache, absorb)
+                absorb: bool = False, padding: Padding | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, cache, absorb, padding=padding)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -132,34 +133,34 @@ class MythosLM(nn.Module):
         return self.recurrent.injection.spectral_radius()
 
     def prelude_states(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: ModelKVCache | None = None,
-                       absorb: bool = False) -> torch.Tensor:
+                       absorb: bool = False, padding: Padding | None = None) -> torch.Tensor:
         """input_ids [B, S] -> x [B, S, H]: token embeddings through the prelude blocks (the recurrent core's
         input, which the core normalises itself)."""
         x = self.tok_embeddings(input_ids)
         for i, block in enumerate(self.prelude):
-            x = self.run_dense_block(block, x, positions, cache.prelude[i] if cache else None, absorb)
+            x = self.run_dense_block(block, x, positions, cache.prelude[i] if cache else None, absorb, padding)
         return x
 
     def coda_logits(self, h: torch.Tensor, positions: torch.Tensor, cache: ModelKVCache | None = None,
-                    absorb: bool = False) -> torch.Tensor:
+                    absorb: bool = False, padding: Padding | None = None) -> torch.Tensor:
         """Final recurrent states [..., S, H] (in the model's dtype) -> logits [..., S, V] through the coda
         blocks, the final norm and the LM head."""
         x = h
         for i, block in enumerate(self.coda):
-            x = self.run_dense_block(block, x, positions, cache.coda[i] if cache else None, absorb)
+            x = self.run_dense_block(block, x, positions, cache.coda[i] if cache else None, absorb, padding)
         return self.lm_head(self.norm(x))
 
     def run_dense_block(self, block: nn.Module, x: torch.Tensor, positions: torch.Tensor,
-                        cache: LayerKVCache | None, absorb: bool) -> torch.Tensor:
+                        cache: LayerKVCache | None, absorb: bool, padding: Padding | None = None) -> torch.Tensor:
         """One prelude/coda block on x [B, S, H]; with ``checkpoint_dense_blocks`` in training a non-reentrant
         activation checkpoint (its input kept, the block recomputed in backward)."""
         if self.config.checkpoint_dense_blocks and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, positions, cache, absorb, use_reentrant=False)
-        return block(x, positions, cache, absorb)
+            return checkpoint(block, x, positions, cache, absorb, padding, use_reentrant=False)
+        return block(x, positions, cache, absorb, padding)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,
-                exit_threshold: float | None = None) -> MythosOutput:
+                exit_threshold: float | None = None, attention_mask: torch.Tensor | None = None) -> MythosOutput:
         """input_ids [B, S] -> MythosOutput.
 
         labels [B, S] are the next tokens aligned with input positions (-100 = ignored). n_loops defaults to
@@ -167,6 +168,9 @@ class MythosLM(nn.Module):
         continue the cached sequence; ``absorb`` selects MLA's absorbed decode path. ``exit_threshold`` > 0
         (inference only) lets each token stop iterating once its state's relative change falls below it; 0 runs
         every loop; None is the config's ``exit_threshold`` in eval mode and 0 in training mode.
+        ``attention_mask`` [B, L] (inference only; L = cached + new tokens, 1 = real, 0 = padding) computes each
+        row's real tokens as that row alone (:mod:`~megamythos.model.padding`); padding never iterates (depth 0)
+        and its logits are unspecified. None, or all ones, is the unpadded forward.
         """
         cfg = self.config
         if input_ids.dim() != 2:
@@ -192,13 +196,31 @@ class MythosLM(nn.Module):
         backprop_loops = cfg.backprop_loops if backprop_loops is None else backprop_loops
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+        padding = None if attention_mask is None else self.padding_of(attention_mask, input_ids, start)
 
-        x = self.prelude_states(input_ids, positions, cache, absorb)
+        x = self.prelude_states(input_ids, positions, cache, absorb, padding)
         result = self.recurrent(x, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
-                                exit_threshold)
-        logits = self.coda_logits(result.state.to(x.dtype), positions, cache, absorb)
+                                exit_threshold, padding)
+        logits = self.coda_logits(result.state.to(x.dtype), positions, cache, absorb, padding)
         loss = self.token_loss(logits, labels) if labels is not None else None
         return MythosOutput(logits=logits, loss=loss, aux_loss=result.aux_loss, stats=result.stats)
+
+    def padding_of(self, attention_mask: torch.Tensor, input_ids: torch.Tensor, cached: int) -> Padding | None:
+        """The :class:`Padding` of ``attention_mask`` [B, cached + S] for input_ids [B, S]; None when every token is
+        real (the unpadded forward). Checks the shape, and that padding comes at inference only and leaves a new
+        token real (two host syncs)."""
+        batch, seq = input_ids.shape
+        if attention_mask.shape != (batch, cached + seq):
+            raise ValueError(f"attention_mask of shape {list(attention_mask.shape)} must be [batch, cached + new "
+                             f"tokens] = {[batch, cached + seq]}: 1 at real tokens, 0 at padding")
+        if bool(attention_mask.bool().all()):
+            return None
+        if self.training:
+            raise ValueError("an attention_mask with padding is inference-only (model.eval()): in training pad on "
+                             "the right and give the padding the label -100")
+        if not bool(attention_mask[:, cached:].bool().any()):
+            raise ValueError("attention_mask marks every new token as padding: give at least one real token")
+        return Padding.of(attention_mask, seq)
 
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:
