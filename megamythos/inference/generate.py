@@ -103,24 +103,56 @@ def new_token_limit(max_seq_len: int, prompt_tokens: int, max_new_tokens: int) -
     return min(max_new_tokens, max_seq_len - prompt_tokens)
 
 
+def left_pad(prompts: Sequence[Sequence[int] | torch.Tensor], pad_id: int = 0,
+             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths -> (ids [B, S] left-padded with ``pad_id``, attention_mask [B, S]: 1 at the
+    prompts' tokens, 0 at the padding), S the longest prompt: what :func:`generate` takes for a mixed batch."""
+    rows = [torch.as_tensor(p, dtype=torch.long, device=device).flatten() for p in prompts]
+    if not rows or min(len(r) for r in rows) == 0:
+        raise ValueError("left_pad needs at least one prompt, each of at least one token")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    return ids, mask
+
+
+def check_left_padded(prompt_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """Generation continues each row from its last token: ``attention_mask`` must have the prompts' shape and
+    mark every row's last token real (left padding). One host sync."""
+    if attention_mask.shape != prompt_ids.shape:
+        raise ValueError(f"attention_mask of shape {list(attention_mask.shape)} must have the prompts' shape "
+                         f"{list(prompt_ids.shape)}")
+    if not bool(attention_mask[:, -1].bool().all()):
+        raise ValueError("attention_mask marks a prompt's last token as padding: pad the prompts on the left "
+                         "(left_pad), so that each row continues from its own last token")
+
+
 @torch.no_grad()
 def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConfig,
-                    generator: torch.Generator | None = None,
-                    stats: GenerationStats | None = None) -> Iterator[torch.Tensor]:
+                    generator: torch.Generator | None = None, stats: GenerationStats | None = None,
+                    attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield next-token ids [B] one step at a time for prompt_ids [B, S]: at most ``cfg.max_new_tokens``, and no
     more than fit the model's context (:func:`new_token_limit`). A row that has sampled ``cfg.eos_id`` yields
     ``eos_id`` from then on (as transformers pads a finished row); the stream ends when every row has.
+
+    Prompts of different lengths come left-padded with their ``attention_mask`` [B, S] (1 = real, 0 = padding;
+    :func:`left_pad`): each row then generates what it would alone. The mask grows by a real column per step.
 
     The prompt is prefilled in one forward; each new token then runs one cached forward. With MLA the cache
     holds the kv latent and the shared RoPE key only, and ``absorb`` decodes in latent space.
     """
     steps = new_token_limit(model.config.max_seq_len, prompt_ids.shape[1], cfg.max_new_tokens)
+    if attention_mask is not None:
+        check_left_padded(prompt_ids, attention_mask)
     was_training = model.training
     model.eval()
     try:
         n_loops = cfg.n_loops or model.config.mean_loops
         cache = ModelKVCache(model.config, n_loops)
-        out = model(prompt_ids, cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
+        out = model(prompt_ids, cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold,
+                    attention_mask=attention_mask)
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         for _ in range(steps):
             if stats is not None:
@@ -132,16 +164,21 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
             yield token
             if bool(finished.all()):
                 return
-            out = model(token[:, None], cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold)
+            if attention_mask is not None:
+                attention_mask = torch.cat((attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)), 1)
+            out = model(token[:, None], cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold,
+                        attention_mask=attention_mask)
     finally:
         model.train(was_training)
 
 
 def generate(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConfig,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, GenerationStats]:
-    """prompt_ids [B, S] -> (prompt followed by the generated ids [B, S + n], stats)."""
+             generator: torch.Generator | None = None,
+             attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GenerationStats]:
+    """prompt_ids [B, S] -> (prompt followed by the generated ids [B, S + n], stats); prompts of different
+    lengths left-padded with their ``attention_mask`` (:func:`left_pad`), the padding kept in the result."""
     stats = GenerationStats()
-    new = list(generate_stream(model, prompt_ids, cfg, generator, stats))
+    new = list(generate_stream(model, prompt_ids, cfg, generator, stats, attention_mask))
     if not new:
         return prompt_ids, stats
     return torch.cat((prompt_ids, torch.stack(new, dim=1)), dim=1), stats
