@@ -392,21 +392,54 @@ def test_generate_stops_at_the_context_and_a_longer_forward_is_refused(tiny_toke
     assert math.isfinite(score)  # windows of the context: no forward past it
 
 
-def test_lm_eval_scores_a_batch_as_it_scores_one_and_refuses_a_left_padded_generation(tiny_tokenizer, tmp_path):
-    """lm-eval's ``--batch_size N`` right-pads the loglikelihood requests of a batch and passes no attention mask:
-    causal attention keeps each request's scores those of batch size 1 (checked 2026-12-06; the docs' commands use
-    1). Its generation requests are left-padded with an attention mask, which the model cannot honour (no padding
-    mask): refused with that reason, not decoded from the padding."""
-    from lm_eval.api.instance import Instance
-    from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@pytest.fixture(scope="module")
+def small_hf(tiny_tokenizer, tmp_path_factory):
+    """(export dir, transformers model) of a random small model: wide weights, so greedy decoding varies."""
+    from transformers import AutoModelForCausalLM
 
     from megamythos.hf.export import export_hf
 
     torch.manual_seed(0)
-    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)).eval()
-    hf_dir = export_hf(model, tiny_tokenizer, tmp_path / "hf")
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, init_std=0.3)).eval()
+    hf_dir = export_hf(model, tiny_tokenizer, tmp_path_factory.mktemp("small") / "hf")
+    return hf_dir, AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_of_a_left_padded_batch_equals_each_prompt_alone(small_hf, num_beams):
+    """transformers passes the tokenizer's attention mask into every forward, grown by a column per step (and
+    reorders the cache for beam search): each row of a left-padded batch continues as its prompt alone. Before
+    2026-12-06 a mask with padding was refused."""
+    from transformers import AutoTokenizer
+
+    hf_dir, hf = small_hf
+    tok = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True)
+    tok.padding_side = "left"
+    texts = ["def main(argv):", "x = 1", "import os, sys\nprint(os)"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    assert not batch["attention_mask"].all()
+    kw = dict(max_new_tokens=8, do_sample=False, num_beams=num_beams, n_loops=4, exit_threshold=0.05)
+    out = hf.generate(**batch, **kw)
+    width = batch["input_ids"].shape[1]
+    alone = []
+    for i, text in enumerate(texts):
+        ids = tok(text, return_tensors="pt").input_ids
+        alone.append(hf.generate(ids, **kw)[0, ids.shape[1]:])
+        assert torch.equal(out[i, width:width + len(alone[-1])], alone[-1]), (i, out[i], alone[-1])
+    assert len({tuple(a.tolist()) for a in alone}) == len(texts)  # the rows continue differently
+
+
+def test_lm_eval_scores_and_generates_a_batch_as_it_does_one(small_hf, tiny_tokenizer):
+    """lm-eval's ``--batch_size N`` right-pads the loglikelihood requests of a batch and passes no attention mask:
+    causal attention keeps each request's scores those of batch size 1 (checked 2026-12-06; the docs' commands use
+    1). Its generation requests (``generate_until``) are left-padded with an attention mask, which the model
+    honours: the continuations of batch size 2 are those of batch size 1 (before 2026-12-06 such a batch was
+    refused)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
+
+    hf_dir, hf = small_hf
     docs = synthetic_documents(5, seed=3)
     requests = [Instance("loglikelihood", {}, (doc[:20 + 13 * i], doc[20 + 13 * i:40 + 17 * i]), i)
                 for i, doc in enumerate(docs)]
@@ -417,11 +450,12 @@ def test_lm_eval_scores_a_batch_as_it_scores_one_and_refuses_a_left_padded_gener
 
     one, four = harness(1).loglikelihood(requests), harness(4).loglikelihood(requests)
     assert [score for score, _ in four] == pytest.approx([score for score, _ in one], abs=1e-4)
-    generation = [Instance("generate_until", {}, (doc[:10 + 7 * i], {"until": ["\n\n"], "max_gen_toks": 3}), i)
-                  for i, doc in enumerate(docs[:2])]
-    assert len(harness(1).generate_until(generation)) == 2
-    with pytest.raises(ValueError, match="megamythos has no padding mask"):
-        harness(2).generate_until(generation)
+    generation = [Instance("generate_until", {}, (doc[:10 + 7 * i], {"until": ["\n\n"], "max_gen_toks": 6}), i)
+                  for i, doc in enumerate(docs[:4])]
+    assert len({len(tiny_tokenizer.encode_one(r.args[0])) for r in generation}) == 4  # every batch is padded
+    singly = harness(1).generate_until(generation)
+    assert len(set(singly)) == 4 and all(singly)
+    assert harness(2).generate_until(generation) == singly
 
 
 def test_an_export_of_a_tokenizer_without_a_pad_piece_names_no_pad(tmp_path):

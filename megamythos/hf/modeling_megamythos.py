@@ -8,7 +8,10 @@ between steps and decodes through MLA's absorbed path, as ``megamythos.inference
 
 Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``mean_loops``) and
 ``config.exit_threshold``, overridable per call, e.g. ``model.generate(ids, n_loops=8, exit_threshold=0.1)`` or
-``model(ids, n_loops=16)``. Padding is not supported (every sequence of a batch is attended in full).
+``model(ids, n_loops=16)``. ``attention_mask`` (1 = real, 0 = padding) is honoured at inference, as transformers'
+causal LMs honour it: a left-padded batch (``tokenizer.padding_side = "left"``) gives each row the logits and
+the ``generate()`` output of that row alone; positions count the real tokens before each one, so ``position_ids``
+are not needed (and not read).
 
 The context is ``config.max_position_embeddings`` (our ``max_seq_len``), as in ``megamythos.inference.generate``:
 RoPE is computed from the positions on the fly, so the model would run past it, at positions training never
@@ -55,8 +58,9 @@ class MythosCache:
 
 
 class MythosForCausalLM(PreTrainedModel, GenerationMixin):
-    """``forward(input_ids [B, S], labels=None, cache=None, use_cache=None, n_loops=None, exit_threshold=None)``
-    -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)``; ``labels`` as in transformers (the inputs;
+    """``forward(input_ids [B, S], attention_mask=None, labels=None, cache=None, use_cache=None, n_loops=None,
+    exit_threshold=None)`` -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)``; ``attention_mask``
+    [B, cached + S] (1 = real, 0 = padding; padding at inference only); ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
     the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
     ``config.max_position_embeddings`` raise ``ValueError``."""
@@ -107,8 +111,6 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
                 cache: MythosCache | None = None, labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 n_loops: int | None = None, exit_threshold: float | None = None,
                 past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("megamythos has no padding mask: pass sequences of equal length (or batch size 1)")
         asked = [name for name in ("output_hidden_states", "output_attentions") if kwargs.get(name)]
         if asked:  # silently None before
             raise ValueError(f"megamythos does not return {' or '.join(asked)}: its layers loop, so there is no "
@@ -127,7 +129,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is None and use_cache:
             cache = MythosCache(ModelKVCache(self.model.config, n_loops))
         out = self.model(input_ids, n_loops=n_loops, cache=cache.kv if cache is not None else None,
-                         absorb=cache is not None, exit_threshold=exit_threshold)
+                         absorb=cache is not None, exit_threshold=exit_threshold, attention_mask=attention_mask)
         loss = None
         if labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
