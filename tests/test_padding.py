@@ -2,14 +2,16 @@
 tokens of that row alone (MythosLM.forward, the cache, the exit rule and compaction, megamythos.inference.generate)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from megamythos.inference.generate import SamplingConfig, generate, left_pad
-from megamythos.model.lm import ModelKVCache, MythosLM
+from megamythos.model.lm import ModelKVCache, MythosLM, compile_blocks
 from megamythos.model.padding import Padding
 from megamythos.model.token_subset import TokenSubset
-from tests.helpers import small_config
+from tests.helpers import requires_grouped_mm, small_config
 
 LENGTHS = (12, 7, 4)  # prompt lengths of one batch: 36 tokens, so the exit rule compacts its prefill
 DECODE = 3  # cached decode steps after the prompt
@@ -159,3 +161,29 @@ def test_generate_continues_prompts_of_different_lengths_as_each_alone(exit_thre
     assert set(ended[1, ids.shape[1] + 2:].tolist()) <= {eos}
     with pytest.raises(ValueError, match="marks a prompt's last token as padding: pad the prompts on the left"):
         generate(model, ids, cfg, attention_mask=mask.flip(1))
+
+
+@requires_grouped_mm
+def test_compiled_blocks_take_a_padded_batch_in_one_graph_each() -> None:
+    """compile_blocks (fullgraph, aot_eager: Dynamo and AOTAutograd as inductor would see them) on a padded prefill
+    with the exit rule (compaction) and a padded cached decode step: the eager numbers, no graph break."""
+    torch.manual_seed(0)
+    eager = MythosLM(small_config()).eval()
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    compile_blocks(compiled, backend="aot_eager", fullgraph=True)
+    ids, mask = left_pad([torch.randint(0, 97, (n,)) for n in LENGTHS])
+    step_mask = torch.cat((mask, torch.ones(len(LENGTHS), 1, dtype=mask.dtype)), dim=1)
+    torch._dynamo.utils.counters.clear()
+    outs = []
+    with torch.no_grad():
+        for model in (eager, compiled):
+            cache = ModelKVCache(model.config, LOOPS)
+            prefill = model(ids, cache=cache, absorb=True, exit_threshold=0.05, attention_mask=mask)
+            step = model(ids[:, -1:], cache=cache, absorb=True, exit_threshold=0.05, attention_mask=step_mask)
+            outs.append((prefill, step))
+    for want, got in zip(*outs):
+        assert torch.allclose(got.logits, want.logits, atol=1e-5)
+        assert torch.equal(got.stats["depth"], want.stats["depth"])
+    assert outs[0][0].stats["depth"][mask.bool()].min() < LOOPS  # the exit rule compacted the prefill
+    assert not torch._dynamo.utils.counters["graph_break"]
