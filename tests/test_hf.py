@@ -409,12 +409,12 @@ def small_hf(tiny_tokenizer, tmp_path_factory):
 def test_generate_of_a_left_padded_batch_equals_each_prompt_alone(small_hf, num_beams):
     """transformers passes the tokenizer's attention mask into every forward, grown by a column per step (and
     reorders the cache for beam search): each row of a left-padded batch continues as its prompt alone. Before
-    2026-12-06 a mask with padding was refused."""
+    2026-12-06 a mask with padding was refused, and the exported tokenizer padded on the right."""
     from transformers import AutoTokenizer
 
     hf_dir, hf = small_hf
     tok = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True)
-    tok.padding_side = "left"
+    assert tok.padding_side == "left"  # the export's default, as a causal LM's tokenizer (Llama's) pads
     texts = ["def main(argv):", "x = 1", "import os, sys\nprint(os)"]
     batch = tok(texts, padding=True, return_tensors="pt")
     assert not batch["attention_mask"].all()

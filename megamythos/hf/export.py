@@ -165,7 +165,7 @@ def hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrainedToken
              if token_id >= 0}  # SentencePiece's -1: no such piece (its default trainer makes no pad)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=model_max_length, clean_up_tokenization_spaces=False,
-        split_special_tokens=True,
+        split_special_tokens=True, padding_side="left",  # a causal LM's batches continue from their last token
         bos_token=None, **named,  # training documents start after an eos, never a bos
         extra_special_tokens=[p for p in spm_control_pieces(proto) if p not in named.values()])
 

@@ -9,7 +9,7 @@ between steps and decodes through MLA's absorbed path, as ``megamythos.inference
 Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``mean_loops``) and
 ``config.exit_threshold``, overridable per call, e.g. ``model.generate(ids, n_loops=8, exit_threshold=0.1)`` or
 ``model(ids, n_loops=16)``. ``attention_mask`` (1 = real, 0 = padding) is honoured at inference, as transformers'
-causal LMs honour it: a left-padded batch (``tokenizer.padding_side = "left"``) gives each row the logits and
+causal LMs honour it: a left-padded batch (the exported tokenizer pads on the left) gives each row the logits and
 the ``generate()`` output of that row alone; positions count the real tokens before each one, so ``position_ids``
 are not needed (and not read).
 
