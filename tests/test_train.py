@@ -702,7 +702,8 @@ import sys, time
 from pathlib import Path
 from megamythos.training.signals import LauncherWatch
 watch = LauncherWatch(lambda reason: Path(sys.argv[1]).write_text(reason), interval=0.1)
-Path(sys.argv[1] + ".ready").write_text(" ".join(str(p.pid) for p in watch.watched))
+Path(sys.argv[1] + ".part").write_text(" ".join(str(p.pid) for p in watch.watched))
+Path(sys.argv[1] + ".part").rename(sys.argv[1] + ".ready")  # whole: the test reads it as soon as it exists
 time.sleep(60)
 """
 
