@@ -27,7 +27,7 @@ from megamythos.data.atomic import OutputError
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
 from megamythos.data.metadata import MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
-from megamythos.data.pretraining import DataError, resolve_data
+from megamythos.data.pretraining import DataError, DataSources, resolve_data
 from megamythos.data.sources import InputError, RawRecord, iter_hub_records, parse_record
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.inference import evaluate as evaluate_module
@@ -643,13 +643,13 @@ def test_a_corpus_without_validation_documents_trains_when_no_validation_runs(tm
     args = parse_args(["--data-path", prefix, "--seq-length", "8", "--eval-interval", str(eval_interval),
                        "--data-cache-dir", str(tmp_path / "cache")])
     trainer = SimpleNamespace(args=args, layout=SimpleNamespace(global_batch_size=4), consumed=0, iteration=0,
-                              total_iters=10, data=SimpleNamespace(data_path=[prefix]), rollback_headroom=lambda: 0)
+                              total_iters=10, sources=DataSources([prefix]), rollback_headroom=lambda: 0)
     if eval_interval:
         with pytest.raises(DataConfigError, match="has 1 documents, none of which fall in the valid split"):
             Trainer.datasets(trainer)
         return
-    train, valid = Trainer.datasets(trainer)
-    assert valid is None and len(train) >= 40
+    train, valid, test = Trainer.datasets(trainer)
+    assert valid is None and test is None and len(train) >= 40
 
 
 def test_device_names_this_machine_lacks_are_one_line(capsys: pytest.CaptureFixture) -> None:
@@ -795,3 +795,65 @@ def test_a_load_path_that_is_a_file_is_named_so(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(CheckpointError, match="is a file, not a run directory or checkpoint tag; fix the path"):
         check_run_dirs(None, str(tmp_path / "afile"))
+
+
+# ------------------------------------------------------------------ per-split data paths (Megatron's blend_per_split)
+@pytest.mark.parametrize("argv, message", [
+    (["--data-path", "A", "--train-data-path", "B"], "^--data-path and --train-data-path both name the data"),
+    (["--train-data-path", "A", "--eval-interval", "0", "--split", "969,30,1"],
+     "^--split divides --data-path's documents, but --train-data-path give each split its own data"),
+    (["--valid-data-path", "V", "--test-data-path", "T"],
+     "^--valid-data-path/--test-data-path need --train-data-path"),
+    (["--train-data-path", "A", "--test-data-path", "T", "--eval-interval", "5"],
+     r"^--eval-interval 5 validates on --valid-data-path, which is not given: give it, or pass --eval-interval 0"),
+    (["--train-data-path", "A", "--valid-data-path", "0.5", "V", "W"], r"^--valid-data-path: data_path \["),
+])
+def test_per_split_data_paths_follow_megatrons_rules(argv: list[str], message: str) -> None:
+    """``--train-data-path``/``--valid-data-path``/``--test-data-path`` name each split's data, read whole: not
+    beside ``--data-path`` or ``--split``, training data required, validation data where validations run."""
+    with pytest.raises(ArgumentError, match=message) as err:
+        parse_args(argv)
+    assert "\n" not in str(err.value)
+
+
+def test_per_split_data_paths_are_recorded_and_records_without_them_read_as_before() -> None:
+    """The per-split blends go into the run's record (``train_args.json``), which ``evaluate`` and a resume read
+    back; a record written before them (``data_path`` alone, ``split`` given) reads as the same data and recipe, so
+    an old checkpoint resumes without a data-settings warning."""
+    from megamythos.data.pretraining import DataRecipe, recipe_change
+
+    args = parse_args(["--train-data-path", "0.3", "a", "0.7", "b", "--valid-data-path", "v", "--test-data-path",
+                       "t", "--eval-interval", "5"])
+    sources = args.data_sources()
+    assert sources.per_split == [["0.3", "a", "0.7", "b"], ["v"], ["t"]] and sources.prefixes() == ["a", "b", "v", "t"]
+    record = {"args": args.to_dict(), **sources.absolute().record()}
+    assert record["train_data_path"] == ["0.3", str(Path("a").resolve()), "0.7", str(Path("b").resolve())]
+    assert DataSources.from_record(json.loads(json.dumps(record))) == sources.absolute()
+    assert DataRecipe.from_record(record["args"]).split == "969,30,1"  # --split not given: recorded as None
+    assert parse_args(["--train-data-path", "a", "--eval-interval", "0"]).data_sources().blend("test") == []
+
+    old = {"args": {"split": "969,30,1", "seq_length": 256, "seed": 1234}, "data_path": ["/d/p"]}  # before
+    now = parse_args(["--data-path", "/d/p"])
+    assert DataSources.from_record(old) == now.data_sources()
+    assert recipe_change(old["args"], DataSources.from_record(old), now.data_recipe(), now.data_sources().absolute(),
+                         "ckpt") is None
+    moved = recipe_change(old["args"], DataSources.from_record(old), args.data_recipe(), sources, "ckpt")
+    assert moved == "the data settings differ from ckpt's: data path /d/p -> train: 0.3 a 0.7 b; valid: v; test: t"
+    tested_elsewhere = DataSources(per_split=[["0.3", "a", "0.7", "b"], ["v"], ["t2"]])  # the training order stays
+    assert recipe_change(args.to_dict(), sources, args.data_recipe(), tested_elsewhere, "ckpt") is None
+    retrained = DataSources(per_split=[["a"], ["v"], ["t"]])
+    assert recipe_change(args.to_dict(), sources, args.data_recipe(), retrained, "ckpt").endswith("-> train: a; "
+                                                                                                  "valid: v; test: t")
+
+
+def test_evaluate_reads_the_split_a_per_split_run_was_given() -> None:
+    """``evaluate --test-set`` on a run that had no ``--test-data-path`` says so and what to pass; ``--split`` on a
+    run of per-split data, which has no split to weigh, is refused rather than applied to another data set."""
+    config = small_config()
+    record = {"args": {"seq_length": 16}, "train_data_path": ["/d/train"], "valid_data_path": ["/d/valid"],
+              "test_data_path": []}
+    loaded = SimpleNamespace(train_record=record, config=config, source=Path("ckpt"))
+    with pytest.raises(LoadError, match=r"^the run of ckpt was given no --test-data-path: pass --data-path PREFIX"):
+        evaluate_module.heldout_batches(loaded, evaluate_module.parse_args(["--load", "ckpt", "--test-set"]))
+    with pytest.raises(LoadError, match="^--split divides --data-path's documents, but the run of ckpt read each"):
+        evaluate_module.heldout_batches(loaded, evaluate_module.parse_args(["--load", "ckpt", "--split", "1,1,1"]))

@@ -1,6 +1,7 @@
 """GPT sample construction, splits, blending, index caching and the resumable sampler."""
 from __future__ import annotations
 
+import logging
 import pickle
 
 import numpy as np
@@ -18,6 +19,7 @@ from megamythos.data.gpt_dataset import (
     split_bounds,
 )
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from megamythos.data.pretraining import DataRecipe, DataSources, build_datasets
 from megamythos.data.sampler import PretrainingSampler
 from tests.helpers import make_dataset
 
@@ -338,3 +340,55 @@ def test_datasets_pickle_by_reference_for_dataloader_workers(tmp_path) -> None:
         assert len(blob) < 20_000  # file names, not the index arrays or the tokens
         clone = pickle.loads(blob)
         assert all(np.array_equal(clone[i]["tokens"], train[i]["tokens"]) for i in range(0, len(train), 50))
+
+
+def dataset_tokens(dataset) -> set[int]:
+    return {int(t) for i in range(len(dataset)) for t in dataset[i]["tokens"]}
+
+
+def test_per_split_paths_read_each_splits_own_data_whole(tmp_path) -> None:
+    """Megatron's blend_per_split: each split reads every document of its own blend (no --split), a weighted blend
+    included; the training set is Megatron's sample order over all of its dataset's documents; the test set (the
+    same batches each time) is none without test data."""
+    train = make_dataset(tmp_path / "train", 40, seed=1)  # a document's tokens are its id: 0..39
+    valid = make_dataset(tmp_path / "valid", 10, seed=2, base=100)
+    test_a = make_dataset(tmp_path / "test_a", 10, seed=3, base=200)
+    test_b = make_dataset(tmp_path / "test_b", 10, seed=4, base=300)
+    recipe = DataRecipe(seq_length=8, seed=5, eval_interval=1, eval_iters=2)
+    sources = DataSources(per_split=[[train], [valid], ["0.5", test_a, "0.5", test_b]])
+    tr, va, te = build_datasets(recipe, sources, total_iters=10, global_batch=4)
+    assert dataset_tokens(tr) == set(range(40))
+    assert dataset_tokens(va) == set(range(100, 110))
+    test_tokens = dataset_tokens(te)
+    assert test_tokens <= set(range(200, 210)) | set(range(300, 310))
+    assert test_tokens & set(range(200, 210)) and test_tokens & set(range(300, 310)) and len(te) == 2 * 4
+    indexed = IndexedDataset(train)
+    whole = build_gpt_indices(indexed.sizes, np.arange(len(indexed), dtype=np.int32), 40, 8, 5)
+    assert np.array_equal(tr.shuffle_index, whole["shuffle_index"])
+    assert np.array_equal(tr.document_index, whole["document_index"])
+    again = build_datasets(recipe, sources, total_iters=10, global_batch=4)[2]
+    assert all(np.array_equal(te[i]["tokens"], again[i]["tokens"]) for i in range(len(te)))
+    untested = DataSources(per_split=[[train], [valid], []])
+    assert build_datasets(recipe, untested, total_iters=10, global_batch=4)[2] is None
+
+
+def test_a_test_split_leaves_the_train_and_valid_samples_alone(tmp_path, caplog) -> None:
+    """The test set is built apart: with --data-path the training and validation samples are those built before it
+    existed (a checkpoint written then resumes on the same samples); a test share without documents (a small
+    corpus under 969,30,1) gives no test set and one info line, never an error."""
+    prefix = make_dataset(tmp_path / "corpus", 60, seed=6)
+    recipe = DataRecipe(split="80,10,10", seq_length=8, seed=5, eval_interval=1, eval_iters=2)
+    train, valid, test = build_datasets(recipe, DataSources([prefix]), total_iters=10, global_batch=4)
+    before = build_train_valid_test_datasets([prefix], "80,10,10", 8, 5, (40, 8, 0))
+    for built, old in ((train, before[0]), (valid, before[1])):
+        assert len(built) == len(old)
+        assert all(np.array_equal(built[i]["tokens"], old[i]["tokens"]) for i in range(len(old)))
+    assert dataset_tokens(test) <= set(range(54, 60)) and len(test) >= 8  # documents 54..59
+    small = make_dataset(tmp_path / "small", 30, seed=7)  # 969,30,1 of 30 documents: none in the test split
+    with caplog.at_level(logging.INFO, logger="megamythos.data.pretraining"):
+        *_, none = build_datasets(DataRecipe(seq_length=8), DataSources([small]), total_iters=2, global_batch=4)
+    assert none is None
+    assert [r.getMessage() for r in caplog.records if r.name == "megamythos.data.pretraining"] == [
+        f"no test set: {small} has 30 documents, none of which fall in the test split (fraction 0.0010; splits take "
+        "whole documents); use a dataset of more documents (a text file is one unless preprocessed with "
+        "--txt-blank-line-documents) or change --split"]

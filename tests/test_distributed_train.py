@@ -486,7 +486,7 @@ def test_export_round_trip(ref, ep2, tmp_path, corpus):
     engine computed at the last step, and agrees with the export of the ZeRO-0 reference run."""
     from megamythos.checkpoint.export import main as export_main
     from megamythos.checkpoint.reader import load_exported
-    from megamythos.data.pretraining import build_datasets, collate
+    from megamythos.data.pretraining import DataSources, build_datasets, collate
     from megamythos.model.config import ModelConfig
     from megamythos.model.lm import MythosLM
     from megamythos.training.arguments import parse_args
@@ -498,7 +498,7 @@ def test_export_round_trip(ref, ep2, tmp_path, corpus):
 
     args = parse_args([*tiny_args(corpus, ITERS), *EP2_ARGS])
     prefix = next((corpus).glob("*_text_document.bin")).with_suffix("")
-    _, valid = build_datasets(args.data_recipe(), [str(prefix)], ITERS, global_batch=2)
+    _, valid, _ = build_datasets(args.data_recipe(), DataSources([str(prefix)]), ITERS, global_batch=2)
     tokens, labels = collate([valid[0], valid[1]])  # the two ranks' first validation micro-batches
     with torch.no_grad():
         per_rank = [exported(tokens[i:i + 1], labels=labels[i:i + 1], n_loops=exported.config.mean_loops).loss

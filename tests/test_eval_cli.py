@@ -82,7 +82,7 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkp
 
 @pytest.mark.launch
 def test_evaluation_reads_the_validation_batches_the_training_run_used(tiny_checkpoint):
-    from megamythos.data.pretraining import batches, build_datasets
+    from megamythos.data.pretraining import DataSources, batches, build_datasets
     from megamythos.training.arguments import parse_args
 
     ckpt, corpus = tiny_checkpoint
@@ -90,7 +90,8 @@ def test_evaluation_reads_the_validation_batches_the_training_run_used(tiny_chec
     got = heldout_batches(loaded, EvalConfig(load=str(ckpt), loops=[1], data_path=[], micro_batch_size=2,
                                              eval_iters=1))
     prefix = str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
-    _, valid = build_datasets(parse_args(tiny_args(corpus, ITERS)).data_recipe(), [prefix], ITERS, global_batch=2)
+    _, valid, _ = build_datasets(parse_args(tiny_args(corpus, ITERS)).data_recipe(), DataSources([prefix]), ITERS,
+                                 global_batch=2)
     tokens, labels = next(batches(valid, 0, 2, 0, 1))  # what Trainer.evaluate reads first
     assert torch.equal(got[0][0], tokens) and torch.equal(got[0][1], labels)
     assert tokens.shape == (2, 32)  # the run's --seq-length, not the model's max_seq_len

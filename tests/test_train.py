@@ -1218,13 +1218,13 @@ def test_the_validation_samples_do_not_depend_on_the_run_length_or_interval(corp
     """Every validation reads the first eval_iters global batches of the validation set; the set was sized for
     every validation of the run, so a longer --train-iters or another --eval-interval on resume rebuilt it over
     more epochs and the validation curve jumped to other samples (found 2026-12-06: 0 of 32 samples the same)."""
-    from megamythos.data.pretraining import batches, build_datasets
+    from megamythos.data.pretraining import DataSources, batches, build_datasets
     from megamythos.training.arguments import parse_args
 
     def first_validation(iters: int, interval: int) -> torch.Tensor:
         args = parse_args([*tiny_args(corpus, iters), "--split", "100,3,0", "--eval-interval", str(interval),
                            "--eval-iters", "4"])
-        _, valid = build_datasets(args.data_recipe(), [corpus_prefix(corpus)], iters, 8)
+        _, valid, _ = build_datasets(args.data_recipe(), DataSources([corpus_prefix(corpus)]), iters, 8)
         return torch.cat([next(it)[0] for it in [batches(valid, 0, 8, 0, 1)] for _ in range(4)])
 
     reference = first_validation(400, 100)
@@ -1235,13 +1235,14 @@ def test_the_validation_samples_do_not_depend_on_the_run_length_or_interval(corp
 def test_a_resume_that_changes_the_sample_order_is_named():
     """A resume with another --seed, --split, --seq-length or data path reads another sample order at the same
     consumed-sample count; it trained on without a word (found 2026-12-06)."""
-    from megamythos.data.pretraining import DataRecipe, recipe_change
+    from megamythos.data.pretraining import DataRecipe, DataSources, recipe_change
 
     saved = {"split": "969,30,1", "seq_length": 256, "seed": 1234, "eval_interval": 0}
     same = DataRecipe(split="969,30,1", seq_length=256, seed=1234, eval_interval=100)  # not an order setting
-    assert recipe_change(saved, ["/d/a"], same, ["/d/a"], "ckpt") is None
+    assert recipe_change(saved, DataSources(["/d/a"]), same, DataSources(["/d/a"]), "ckpt") is None
     other = DataRecipe(split="900,90,10", seq_length=64, seed=7)
-    assert recipe_change(saved, ["/d/a"], other, ["0.5", "/d/a", "0.5", "/d/b"], "ckpt") == (
+    assert recipe_change(saved, DataSources(["/d/a"]), other, DataSources(["0.5", "/d/a", "0.5", "/d/b"]),
+                         "ckpt") == (
         "the data settings differ from ckpt's: split 969,30,1 -> 900,90,10, seq_length 256 -> 64, seed 1234 -> 7, "
         "data path /d/a -> 0.5 /d/a 0.5 /d/b")
-    assert recipe_change({}, None, other, ["/d/a"], "ckpt") is None  # a record from before these were kept
+    assert recipe_change({}, None, other, DataSources(["/d/a"]), "ckpt") is None  # a record from before these were kept

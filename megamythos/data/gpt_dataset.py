@@ -336,3 +336,22 @@ def build_train_valid_test_datasets(
         blended.append(BlendedDataset([p for p, _ in kept], [w for _, w in kept], nums[i], name,
                                       cache_dir or kept[0][0].cache_dir))
     return tuple(blended)  # type: ignore[return-value]
+
+
+def build_per_split_datasets(
+    blends: list[list[str]], seq_length: int, seed: int, train_valid_test_num_samples: tuple[int, int, int],
+    cache_dir: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """Megatron's ``blend_per_split``: split ``i`` reads the whole of ``blends[i]`` (every document; no ``--split``),
+    each blend in ``--data-path``'s forms, built as :func:`build_train_valid_test_datasets` builds that split from a
+    split string giving it everything, so its indices are those Megatron builds for the split. None where the blend
+    is empty or 0 samples are asked."""
+    out = []
+    for i, (blend, num) in enumerate(zip(blends, train_valid_test_num_samples, strict=True)):
+        if not blend or num == 0:
+            out.append(None)
+            continue
+        whole = ",".join("1" if j == i else "0" for j in range(len(SPLIT_NAMES)))
+        nums = tuple(num if j == i else 0 for j in range(len(SPLIT_NAMES)))
+        out.append(build_train_valid_test_datasets(blend, whole, seq_length, seed, nums, cache_dir)[i])  # type: ignore
+    return tuple(out)  # type: ignore[return-value]

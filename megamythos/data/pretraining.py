@@ -1,17 +1,18 @@
 """The samples of a pretraining run, rebuilt from its recorded settings: checked datasets, splits, micro-batches.
 
-The trainer draws its training and validation samples through these functions; evaluation calls the same ones
-with the settings a checkpoint recorded (``train_args.json``), so it reads exactly the validation batches the run
-read, without importing the trainer.
+The trainer draws its training, validation and test samples through these functions; evaluation calls the same
+ones with the settings a checkpoint recorded (``train_args.json``), so it reads exactly the validation (or test)
+batches the run read, without importing the trainer.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ import numpy as np
 import torch
 
 from megamythos.data.atomic import atomic_open
-from megamythos.data.gpt_dataset import build_train_valid_test_datasets, index_cache_dir, parse_data_path
+from megamythos.data.gpt_dataset import (
+    SPLIT_NAMES,
+    DataConfigError,
+    build_per_split_datasets,
+    build_train_valid_test_datasets,
+    index_cache_dir,
+    parse_data_path,
+)
 from megamythos.data.index_cache import description_key
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
@@ -30,6 +38,8 @@ from megamythos.errors import UserError
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLIT = "969,30,1"
+# the flags (TrainArgs fields, train-record keys) of Megatron's per-split data, in SPLIT_NAMES order
+SPLIT_PATH_FIELDS = ("train_data_path", "valid_data_path", "test_data_path")
 DEFAULT_SEED = 1234
 OUT_OF_VOCABULARY_REMEDY = ("use data tokenised with the model's tokenizer (data_prep/preprocess_data.py), or rebuild "
                             "the dataset if its .bin is corrupt")
@@ -41,9 +51,10 @@ class DataError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class DataRecipe:
-    """The settings of a run that decide which sample it reads when: the train/valid/test ``split`` weights,
-    ``seq_length`` tokens per sample (+1 for the shifted labels), the shuffling ``seed``, how many validation
-    samples the evaluation schedule needs (``eval_interval``, ``eval_iters``) and where index files are cached."""
+    """The settings of a run that decide which sample it reads when: the train/valid/test ``split`` weights (of a
+    ``--data-path`` blend; per-split data ignores them), ``seq_length`` tokens per sample (+1 for the shifted
+    labels), the shuffling ``seed``, how many validation samples the evaluation schedule needs (``eval_interval``,
+    ``eval_iters``; a test evaluation reads ``eval_iters`` batches too) and where index files are cached."""
 
     split: str = DEFAULT_SPLIT
     seq_length: int = 256
@@ -54,16 +65,74 @@ class DataRecipe:
 
     @classmethod
     def from_record(cls, recorded: dict[str, Any]) -> DataRecipe:
-        """The recipe in a run's recorded arguments (``train_args.json`` "args"); other keys are ignored."""
-        return cls(**{f.name: recorded[f.name] for f in dataclasses.fields(cls) if f.name in recorded})
+        """The recipe in a run's recorded arguments (``train_args.json`` "args"); other keys are ignored, and so are
+        settings recorded as None (``--split`` not given: the default)."""
+        return cls(**{f.name: recorded[f.name] for f in dataclasses.fields(cls) if recorded.get(f.name) is not None})
+
+
+@dataclass(frozen=True)
+class DataSources:
+    """Where a run's samples come from, in Megatron's two forms: ``data_path`` (``--data-path``), one blend whose
+    documents ``--split`` divides into train/valid/test; or ``per_split``, the (train, valid, test) blends of
+    ``--train-data-path``, ``--valid-data-path`` and ``--test-data-path``, each split reading its blend whole
+    (Megatron's ``blend_per_split``; an empty blend: no such split). A blend is what ``--data-path`` takes: prefixes,
+    or weight prefix pairs."""
+
+    data_path: list[str] = field(default_factory=list)
+    per_split: list[list[str]] | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> DataSources | None:
+        """The sources of ``record``'s ``data_path`` / ``*_data_path`` entries (a run's arguments, or the
+        ``train_args.json`` of its checkpoints, whose paths are absolute); None when it names none (a record older
+        than the data paths; a checkpoint from before per-split data records ``data_path`` alone)."""
+        per_split = [list(record.get(name) or []) for name in SPLIT_PATH_FIELDS]
+        if any(per_split):
+            return cls(per_split=per_split)
+        return cls(list(record["data_path"] or [])) if "data_path" in record else None
+
+    def record(self) -> dict[str, list[str]]:
+        """The entries :meth:`from_record` reads back: ``{"data_path": ...}`` or the three per-split ones."""
+        if self.per_split is None:
+            return {"data_path": list(self.data_path)}
+        return {name: list(blend) for name, blend in zip(SPLIT_PATH_FIELDS, self.per_split, strict=True)}
+
+    def training_data(self) -> dict[str, list[str]]:
+        """The entries of :meth:`record` that decide the training samples (with the recipe): ``data_path``, which
+        ``--split`` divides, or the training blend alone (held-out data of its own leaves them alone)."""
+        return self.record() if self.per_split is None else {"train_data_path": list(self.per_split[0])}
+
+    def blend(self, split: str) -> list[str]:
+        """What ``split`` ("train", "valid" or "test") reads from: its own blend, or ``data_path``."""
+        return list(self.data_path) if self.per_split is None else list(self.per_split[SPLIT_NAMES.index(split)])
+
+    def prefixes(self) -> list[str]:
+        """Every dataset named, once (weights left out): what :func:`resolve_data` checks."""
+        blends = [self.data_path] if self.per_split is None else self.per_split
+        return list(dict.fromkeys(p for blend in blends if blend for p in parse_data_path(blend)[0]))
+
+    def absolute(self) -> DataSources:
+        """These sources with every prefix made absolute and the weights kept, so that the record written with the
+        checkpoints (read by ``evaluate``) finds the data from any working directory."""
+        def absolute(blend: list[str]) -> list[str]:
+            _, weights = parse_data_path(blend) if blend else ([], None)
+            return [item if weights is not None and i % 2 == 0 else os.path.abspath(item)
+                    for i, item in enumerate(blend)]
+
+        if self.per_split is None:
+            return DataSources(absolute(self.data_path))
+        return DataSources(per_split=[absolute(blend) for blend in self.per_split])
+
+    def __str__(self) -> str:
+        if self.per_split is None:
+            return " ".join(self.data_path)
+        return "; ".join(f"{name}: {' '.join(blend)}" for name, blend in zip(SPLIT_NAMES, self.per_split) if blend)
 
 
 @dataclass
 class DataSetup:
-    """Checked dataset prefixes (optionally weight/prefix pairs) and the tokenizer they were built with (None
-    when no dataset carries a metadata record)."""
+    """The tokenizer of checked datasets (None when no dataset carries a metadata record) and their shapes."""
 
-    data_path: list[str]
     tokenizer_model: str | None
     tokenizer_fingerprint: str | None
     shapes: dict[str, dict[str, int]] = field(default_factory=dict)  # realpath(prefix) -> IndexedDataset.shape()
@@ -164,7 +233,7 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
         check_record_counts(prefix, meta, shape)
         dataset.check_token_ids(token_bound(meta, vocab_size), OUT_OF_VOCABULARY_REMEDY, token_range)
     known = [r for r in records.values() if r is not None]
-    return DataSetup(list(data_path), known[0]["tokenizer_model"] if known else None,
+    return DataSetup(known[0]["tokenizer_model"] if known else None,
                      known[0]["tokenizer_fingerprint"] if known else None, shapes)
 
 
@@ -181,39 +250,52 @@ def data_change(recorded: dict[str, dict[str, int]], current: dict[str, dict[str
     return f"the data changed since {saved} was saved: {'; '.join(changes)}" if changes else None
 
 
-def recipe_change(recorded_args: dict[str, Any], recorded_path: list[str] | None, recipe: DataRecipe,
-                  data_path: list[str], saved: str) -> str | None:
-    """``the data settings differ from SAVED's: seed 1234 -> 7, ...`` for the settings that decide the sample
-    order (the datasets and weights, ``split``, ``seq_length``, ``seed``) that a resumed run changed, or None. The
-    consumed-sample position then points into another sample order."""
+def recipe_change(recorded_args: dict[str, Any], recorded_sources: DataSources | None, recipe: DataRecipe,
+                  sources: DataSources, saved: str) -> str | None:
+    """``the data settings differ from SAVED's: seed 1234 -> 7, ...`` for the settings that decide the training
+    sample order (the training datasets and weights, ``split`` where it divides them, ``seq_length``, ``seed``)
+    that a resumed run changed, or None. The consumed-sample position then points into another sample order."""
     before = DataRecipe.from_record(recorded_args)
-    diffs = [f"{name} {getattr(before, name)} -> {getattr(recipe, name)}" for name in ("split", "seq_length", "seed")
+    names = ("seq_length", "seed") if sources.per_split is not None else ("split", "seq_length", "seed")
+    diffs = [f"{name} {getattr(before, name)} -> {getattr(recipe, name)}" for name in names
              if name in recorded_args and getattr(before, name) != getattr(recipe, name)]
-    if recorded_path is not None and list(recorded_path) != list(data_path):
-        diffs.append(f"data path {' '.join(recorded_path)} -> {' '.join(data_path)}")
+    if recorded_sources is not None and recorded_sources.training_data() != sources.training_data():
+        diffs.append(f"data path {recorded_sources} -> {sources}")
     return f"the data settings differ from {saved}'s: {', '.join(diffs)}" if diffs else None
 
 
-def build_datasets(recipe: DataRecipe, data_path: list[str], total_iters: int, global_batch: int,
-                   min_valid_samples: int = 0, extra_train_samples: int = 0,
-                   with_valid: bool = True) -> tuple[Any, Any]:
-    """(train, valid) datasets sized for the run: every training step plus ``extra_train_samples`` training
+def build_datasets(recipe: DataRecipe, sources: DataSources, total_iters: int, global_batch: int,
+                   min_held_out_samples: int = 0, extra_train_samples: int = 0, with_valid: bool = True,
+                   with_test: bool = True) -> tuple[Any, Any, Any]:
+    """(train, valid, test) datasets sized for the run: every training step plus ``extra_train_samples`` training
     samples (those the trainer's rollbacks may skip), and the ``eval_iters`` global batches that every validation
     reads (the same ones each time), so the validation samples do not depend on ``total_iters`` or
-    ``eval_interval``.
+    ``eval_interval``; as many test samples, the batches of the test evaluation at the end of training (Megatron's
+    ``eval_iters`` x global batch).
 
-    ``min_valid_samples`` lets a later evaluation ask for more held-out samples than the run drew; the split's
+    ``min_held_out_samples`` lets a later evaluation ask for more held-out samples than the run drew; the split's
     documents and the seed stay those of the run, and so does the sample order while both requests fit in one
     epoch of the split. ``with_valid=False`` (a run without validations) builds no validation set (None), so a
-    split whose validation share holds no document (a corpus of one document) is no obstacle.
+    split whose validation share holds no document (a corpus of one document) is no obstacle; ``with_test=False``
+    no test set. The test set is None without a test split (no ``--test-data-path``, a 0 test weight), and also
+    where ``--split``'s test share of ``data_path`` holds no sample (a small corpus: one info line says so).
     """
     evals = recipe.eval_iters if recipe.eval_interval else 1
-    valid_samples = max(evals * global_batch, min_valid_samples) if with_valid else 0
-    train, valid, _ = build_train_valid_test_datasets(
-        data_path=data_path, split=recipe.split, seq_length=recipe.seq_length, seed=recipe.seed,
-        train_valid_test_num_samples=(total_iters * global_batch + extra_train_samples, valid_samples, 0),
-        cache_dir=recipe.data_cache_dir)
-    return train, valid
+    valid_samples = max(evals * global_batch, min_held_out_samples) if with_valid else 0
+    test_samples = max(recipe.eval_iters * global_batch, min_held_out_samples) if with_test else 0
+    train_samples = total_iters * global_batch + extra_train_samples
+    if sources.per_split is not None:
+        return build_per_split_datasets(sources.per_split, recipe.seq_length, recipe.seed,
+                                        (train_samples, valid_samples, test_samples), recipe.data_cache_dir)
+    build = functools.partial(build_train_valid_test_datasets, data_path=sources.data_path, split=recipe.split,
+                              seq_length=recipe.seq_length, seed=recipe.seed, cache_dir=recipe.data_cache_dir)
+    train, valid, _ = build(train_valid_test_num_samples=(train_samples, valid_samples, 0))
+    try:  # a corpus too small for --split's test share: no test set, which a run does without
+        test = build(train_valid_test_num_samples=(0, 0, test_samples))[2] if test_samples else None
+    except DataConfigError as err:
+        logger.info("no test set: %s", err)
+        test = None
+    return train, valid, test
 
 
 def order_fingerprint(dataset: Any, start: int, count: int = 8) -> str:

@@ -2,13 +2,16 @@
 
     python -m megamythos.inference.evaluate --load runs/tiny/checkpoints --loops 1,2,4,8,16,32 [--exit-threshold 0.1]
     python -m megamythos.inference.evaluate --load exported/tiny --data-path data/x_text_document --split 969,30,1
+    python -m megamythos.inference.evaluate --load runs/tiny/checkpoints --test-set
 
-The held-out data is the validation split of the training run: ``--data-path``, ``--split``, ``--seed`` and
-``--seq-length`` default to the values the checkpoint recorded (``train_args.json``) and the samples come from
-the dataset builder and batch order the trainer uses (:mod:`megamythos.data.pretraining`). An export records
-no run, so it needs ``--data-path``; split and seed then default to the trainer's defaults and the sequence
-length to the model's ``max_seq_len``. The dataset's tokenizer record must match the model's (a dataset without
-one is accepted with a warning if its token ids fit the vocabulary).
+The held-out data is the validation split of the training run, or with ``--test-set`` its test split:
+``--data-path``, ``--split``, ``--seed`` and ``--seq-length`` default to the values the checkpoint recorded
+(``train_args.json``; a run given ``--train-data-path``/``--valid-data-path``/``--test-data-path`` is read from
+the split's own data, whole) and the samples come from the dataset builder and batch order the trainer uses
+(:mod:`megamythos.data.pretraining`). An export records no run, so it needs ``--data-path``; split and seed then
+default to the trainer's defaults and the sequence length to the model's ``max_seq_len``. The dataset's tokenizer
+record must match the model's (a dataset without one is accepted with a warning if its token ids fit the
+vocabulary).
 
 Every loop count runs the same ``--eval-iters`` batches of ``--micro-batch-size`` samples; each threshold of
 ``--exit-threshold`` adds a row per loop count in which a token stops iterating once its state's relative change
@@ -42,7 +45,7 @@ from megamythos.checkpoint.reader import is_export_dir
 from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_data_path, parse_split, samples_per_epoch
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
-from megamythos.data.pretraining import DataRecipe, batches, build_datasets, data_change, resolve_data
+from megamythos.data.pretraining import DataRecipe, DataSources, batches, build_datasets, data_change, resolve_data
 from megamythos.errors import ArgumentParser, checked_by, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.config import ModelConfig
@@ -68,6 +71,7 @@ class EvalConfig:
     seed: int | None = None
     seq_length: int | None = None
     data_cache_dir: str | None = None
+    test_set: bool = False  # the test split instead of the validation split
     micro_batch_size: int = 4
     eval_iters: int = DataRecipe.eval_iters  # the trainer's validation batches
     exit_thresholds: list[float] | None = None  # None: the model config's exit_threshold
@@ -212,7 +216,8 @@ def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path) -> None:
 
 
 def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``cfg.eval_iters`` (inputs [B, S], targets [B, S]) batches of the validation split the training run used.
+    """``cfg.eval_iters`` (inputs [B, S], targets [B, S]) batches of the validation split the training run used
+    (its test split with ``cfg.test_set``): the first samples of the split's dataset, as the trainer reads them.
 
     Checks the datasets' tokenizer records and token ids against the model's before reading any sample (the
     trainer's checks, :func:`megamythos.data.pretraining.resolve_data`).
@@ -226,35 +231,47 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     if recipe.seq_length > loaded.config.max_seq_len:
         raise LoadError(f"--seq-length {recipe.seq_length} exceeds the model's context, max_seq_len="
                         f"{loaded.config.max_seq_len}; pass at most {loaded.config.max_seq_len}")
-    data_path = cfg.data_path or record.get("data_path")
-    if not data_path:
+    sources = DataSources(list(cfg.data_path)) if cfg.data_path else DataSources.from_record(record)
+    if sources is None or not sources.prefixes():
         raise LoadError(f"{loaded.source} records no training data (exports do not); pass --data-path PREFIX")
-    for prefix in parse_data_path(data_path)[0]:
+    split = "test" if cfg.test_set else "valid"
+    if sources.per_split is not None:
+        if cfg.split is not None:
+            raise LoadError(f"--split divides --data-path's documents, but the run of {loaded.source} read each split "
+                            "from its own data (--train-data-path ...): leave --split out, or pass --data-path too")
+        if not sources.blend(split):
+            raise LoadError(f"the run of {loaded.source} was given no --{split}-data-path: pass --data-path PREFIX "
+                            f"to evaluate on (its {'validation' if split == 'valid' else 'test'} split)")
+    blend = sources.blend(split)
+    for prefix in parse_data_path(blend)[0]:
         check_same_vocabulary(f"dataset {prefix}", read_dataset_metadata(prefix), f"model {loaded.source}",
                               loaded.tokenizer_record,
                               remedy="evaluate on data tokenised with the model's tokenizer")
-    setup = resolve_data(list(data_path), loaded.config.vocab_size, recipe.data_cache_dir)
+    setup = resolve_data(blend, loaded.config.vocab_size, recipe.data_cache_dir)
     change = data_change(record.get("dataset_shapes", {}), setup.shapes, str(loaded.source))
     if change:
         logger.warning("%s. The held-out samples are drawn from what the datasets hold now, not those the run "
                        "validated on", change)
     needed = cfg.eval_iters * cfg.micro_batch_size
-    _, valid = build_datasets(recipe, setup.data_path, record.get("total_iters", 0),
-                              record.get("global_batch_size", 0), min_valid_samples=needed)
-    if valid is None:
-        raise LoadError(f"--split {recipe.split} gives the validation split no share: pass train,valid,test weights "
-                        "with a positive second one, such as 969,30,1")
-    held_out = samples_per_epoch(valid)
+    _, valid, test = build_datasets(recipe, sources, record.get("total_iters", 0), record.get("global_batch_size", 0),
+                                    min_held_out_samples=needed, with_valid=not cfg.test_set, with_test=cfg.test_set)
+    dataset = test if cfg.test_set else valid
+    if dataset is None:
+        raise LoadError(f"--split {recipe.split} leaves the {'test' if cfg.test_set else 'validation'} split no "
+                        f"sample of {' '.join(blend)}: pass train,valid,test weights with a positive "
+                        f"{'third' if cfg.test_set else 'second'} one, such as 969,30,1 (the test split of a small "
+                        "corpus may hold no document)")
+    held_out = samples_per_epoch(dataset)
     if held_out is not None and needed > held_out:
         logger.warning("--eval-iters %d x --micro-batch-size %d = %d samples, but the held-out split holds %d samples "
                        "of %d tokens: some are read more than once; pass --eval-iters %d or fewer to read each once",
                        cfg.eval_iters, cfg.micro_batch_size, needed, held_out, recipe.seq_length,
                        max(1, held_out // cfg.micro_batch_size))
-    it = batches(valid, 0, cfg.micro_batch_size, 0, 1)
+    it = batches(dataset, 0, cfg.micro_batch_size, 0, 1)
     out = [tuple(t.to(cfg.device) for t in next(it)) for _ in range(cfg.eval_iters)]
-    logger.info("held-out data: %s, split %s, seed %d, %d batches of %d x %d = %d tokens", " ".join(setup.data_path),
-                recipe.split, recipe.seed, cfg.eval_iters, cfg.micro_batch_size, recipe.seq_length,
-                needed * recipe.seq_length)
+    logger.info("held-out data: the %s split of %s (%s), seed %d, %d batches of %d x %d = %d tokens", split,
+                " ".join(blend), "read whole" if sources.per_split is not None else f"--split {recipe.split}",
+                recipe.seed, cfg.eval_iters, cfg.micro_batch_size, recipe.seq_length, needed * recipe.seq_length)
     return out
 
 
@@ -294,6 +311,9 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
     p.add_argument("--data-cache-dir", help="where the held-out split's index cache goes (default: the training "
                    "run's --data-cache-dir, else beside the data)")
+    p.add_argument("--test-set", action="store_true",
+                   help="evaluate the run's test split (of --split, or its --test-data-path) instead of its "
+                        "validation split, as Megatron's test set at the end of training")
     p.add_argument("--micro-batch-size", type=int, default=EvalConfig.micro_batch_size, help="samples per batch")
     p.add_argument("--eval-iters", type=int, default=EvalConfig.eval_iters,
                    help="batches evaluated at every loop count")

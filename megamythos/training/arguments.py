@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megamythos.data.gpt_dataset import DataConfigError, parse_split
-from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, DataRecipe
+from megamythos.data.gpt_dataset import DataConfigError, parse_data_path, parse_split
+from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, SPLIT_PATH_FIELDS, DataRecipe, DataSources
 from megamythos.errors import ArgumentParser, UserError
 from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.runtime.locations import DS_CONFIGS, WORKSPACE
@@ -61,8 +61,11 @@ class TrainArgs:
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"dim": 64}; flag aliases too
     # data (the fields of megamythos.data.pretraining.DataRecipe keep its defaults)
-    data_path: list[str] = field(default_factory=list)  # empty -> embedded default corpus
-    split: str = DEFAULT_SPLIT
+    data_path: list[str] = field(default_factory=list)  # empty (and no per-split paths) -> embedded default corpus
+    split: str | None = None  # None -> DEFAULT_SPLIT for --data-path; per-split paths take none
+    train_data_path: list[str] = field(default_factory=list)  # per-split blends (Megatron's blend_per_split)
+    valid_data_path: list[str] = field(default_factory=list)
+    test_data_path: list[str] = field(default_factory=list)
     seq_length: int = DataRecipe.seq_length
     data_cache_dir: str | None = None
     default_data_dir: str = str(DEFAULT_DATA_DIR)
@@ -168,12 +171,39 @@ class TrainArgs:
         for name in ("keep_last", "log_interval", "max_nonfinite", "spike_window", "spike_patience", "max_rollbacks"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
         try:
-            parse_split(self.split)
+            parse_split(DEFAULT_SPLIT if self.split is None else self.split)
         except DataConfigError as err:
             raise ArgumentError(f"--split {err}") from err
+        self._check_split_paths()
         _check(Path(self.ds_config).is_file(), f"--ds-config {self.ds_config} "
                f"{'is a directory' if Path(self.ds_config).is_dir() else 'does not exist'}; give a DeepSpeed JSON file "
                "such as ds_configs/cpu-debug.json")
+
+    def _check_split_paths(self) -> None:
+        """Megatron's rules for ``--train-data-path``, ``--valid-data-path`` and ``--test-data-path``: each a blend
+        as ``--data-path`` takes it, not beside ``--data-path`` or ``--split``; training data, and validation data
+        where ``--eval-interval`` asks for validations."""
+        given = [f"--{name.replace('_', '-')}" for name in SPLIT_PATH_FIELDS if getattr(self, name)]
+        if not given:
+            return
+        for name in SPLIT_PATH_FIELDS:
+            try:
+                parse_data_path(getattr(self, name))
+            except DataConfigError as err:
+                raise ArgumentError(f"--{name.replace('_', '-')}: {err}") from err
+        _check(not self.data_path, f"--data-path and {'/'.join(given)} both name the data: give --data-path (split "
+                                   "by --split) or the per-split paths, not both")
+        _check(self.split is None, f"--split divides --data-path's documents, but {'/'.join(given)} give each split "
+                                   "its own data, read whole: leave --split out")
+        _check(bool(self.train_data_path), f"{'/'.join(given)} need --train-data-path: the data to train on")
+        _check(bool(self.valid_data_path) or not self.eval_interval, f"--eval-interval {self.eval_interval} "
+               "validates on --valid-data-path, which is not given: give it, or pass --eval-interval 0")
+
+    def data_sources(self) -> DataSources:
+        """``--data-path`` or the per-split paths (both empty: the default corpus, which the trainer builds)."""
+        sources = DataSources.from_record(self.to_dict())
+        assert sources is not None  # the record of a TrainArgs names data_path
+        return sources
 
     def total_iters(self, global_batch_size: int, done: tuple[int, int] = (0, 0)) -> int:
         """Optimizer steps: --train-iters, or the default; with --train-tokens the steps ``done`` = (iteration,
@@ -213,14 +243,14 @@ class TrainArgs:
 
     def data_recipe(self) -> DataRecipe:
         """The settings that decide which samples this run reads (recorded with its checkpoints)."""
-        return DataRecipe(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataRecipe)})
+        return DataRecipe.from_record(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 FLAG_HELP = {  # flags added in loops below; the others carry their help where they are added
-    "split": "train,valid,test weights of the document split (Megatron's rule)",
+    "split": f"train,valid,test weights of --data-path's document split (Megatron's rule; default {DEFAULT_SPLIT})",
     "seq_length": "tokens per training sample", "data_cache_dir": "index cache directory (default: next to the data)",
     "default_data_dir": "where the default stdlib corpus is built when no --data-path is given",
     "micro_batch_size": "samples per rank per forward (default: the ds_config's)",
@@ -237,7 +267,8 @@ FLAG_HELP = {  # flags added in loops below; the others carry their help where t
     "profile_step_start": "first profiled step (1-based)", "profile_step_end": "last profiled step",
     "save_interval": "checkpoint every N steps (0: at the end and on a signal)",
     "keep_last": "checkpoints kept", "eval_interval": "validation every N steps (0: never)",
-    "eval_iters": "validation batches", "log_interval": "console line every N steps", "seed": "data and init seed",
+    "eval_iters": "global batches of each validation and of the test evaluation at the end",
+    "log_interval": "console line every N steps", "seed": "data and init seed",
     "max_nonfinite": "abort after this many consecutive non-finite losses",
     "exit_interval": "stop with a checkpoint at the first step that is a multiple of this, as Megatron does (a "
                      "resume past it stops at the next multiple; 0: run to the end)",
@@ -304,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     add("--data-path", nargs="*", default=[], help="dataset prefixes: P, or P1 P2 ... (blended in proportion to "
         "their tokens, as Megatron does), or weight prefix pairs W1 P1 W2 P2 ...")
+    add("--train-data-path", nargs="*", default=[], help="the training data, read whole, in --data-path's forms "
+        "(Megatron's per-split paths, instead of --data-path and --split)")
+    add("--valid-data-path", nargs="*", default=[], help="the validation data, read whole (with --train-data-path; "
+        "required where --eval-interval asks for validations)")
+    add("--test-data-path", nargs="*", default=[], help="the test data, read whole, evaluated on --eval-iters batches "
+        "when the run completes its iterations (with --train-data-path)")
     add("--split", type=str)
     add("--seq-length", type=int)
     add("--data-cache-dir", type=str)

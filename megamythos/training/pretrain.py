@@ -38,6 +38,7 @@ from megamythos.data.gpt_dataset import samples_per_epoch
 from megamythos.data.pretraining import (
     DataError,
     DataSetup,
+    DataSources,
     batches,
     build_datasets,
     data_change,
@@ -162,13 +163,14 @@ def seed_everything(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> DataSetup:
-    """The run's checked datasets: ``--data-path``, or the default corpus, which rank 0 builds first. Rank 0 checks
-    the data before the others, which then read its cached scans (:func:`~megamythos.data.pretraining.scan_dataset`)
-    instead of every byte of the data; a rank that cannot see the cache (node-local copies) scans its own."""
-    data_path = list(args.data_path)
+def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> tuple[DataSources, DataSetup]:
+    """The run's data and its check: ``--data-path``, the per-split paths, or the default corpus, which rank 0 builds
+    first. Rank 0 checks the data before the others, which then read its cached scans
+    (:func:`~megamythos.data.pretraining.scan_dataset`) instead of every byte of the data; a rank that cannot see the
+    cache (node-local copies) scans its own."""
+    sources = args.data_sources()
     failure: Exception | None = None
-    if not data_path:
+    if not sources.prefixes():
         for turn in (0, 1):  # rank 0 builds, the others wait and then find it built
             if (rank == 0) == (turn == 0):
                 try:
@@ -179,30 +181,17 @@ def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> DataSetup:
             if any_rank(failure is not None):
                 raise DataError(f"building the default corpus in {args.default_data_dir} failed: "
                                 f"{failure or 'see rank 0'}") from failure
-        data_path = [prefix]
+        sources = DataSources([prefix])
     if rank == 0:  # rank 0 scans the data first and caches the scans, which the others then read
         try:
-            setup = resolve_data(data_path, vocab_size, args.data_cache_dir)
+            setup = resolve_data(sources.prefixes(), vocab_size, args.data_cache_dir)
         except Exception as err:  # re-raised below, after telling the other ranks
             failure = err
     if any_rank(failure is not None):
         if failure is not None:
             raise failure
         raise DataError("the data check failed on rank 0; see its message")
-    return setup if rank == 0 else resolve_data(data_path, vocab_size, args.data_cache_dir)
-
-
-def absolute_data_path(data_path: Sequence[str]) -> list[str]:
-    """``--data-path`` with every prefix made absolute and the weights kept, so that the record written with the
-    checkpoints (read by ``evaluate``) finds the data from any working directory."""
-    def absolute(item: str) -> str:
-        try:
-            float(item)
-            return item
-        except ValueError:
-            return os.path.abspath(item)
-
-    return [absolute(item) for item in data_path]
+    return sources, (setup if rank == 0 else resolve_data(sources.prefixes(), vocab_size, args.data_cache_dir))
 
 
 # ----------------------------------------------------------------------------------------------- the trainer
@@ -229,7 +218,7 @@ class Trainer:
             verify_resume(self.resume_from)
         self._keep_resumed_global_batch(template)
         args = self.args
-        self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
+        self.sources, self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         done = (saved_progress(self.resume_from) if self.resume_from else None) or (0, 0)
         self.total_iters = args.total_iters(self.layout.global_batch_size, done)
         self.ds_config = build_ds_config(template, args, self.layout, self.config,
@@ -292,7 +281,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             args.save, args.keep_last,
             tokenizer=Tokenizer(self.data.tokenizer_model) if self.data.tokenizer_model else None,
-            train_record={"args": args.to_dict(), "data_path": absolute_data_path(self.data.data_path),
+            train_record={"args": args.to_dict(), **self.sources.absolute().record(),
                           "dataset_shapes": self.data.shapes,
                           "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
                           "layout": self.layout_record(), "zero_stage": self.layout.zero})
@@ -321,7 +310,7 @@ class Trainer:
                     "%d AutoEP layer(s); %d iterations", self.world, self.layout.tp, self.layout.ep, self.dp_size,
                     self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
                     self.layout.global_batch_size, autoep_layers, self.total_iters)
-        logger.info("data: %s (tokenizer %s)", " ".join(self.data.data_path), self.data.tokenizer_model)
+        logger.info("data: %s (tokenizer %s)", self.sources, self.data.tokenizer_model)
         logger.info("optimizer: %s (--adam-impl %s)", type(self.engine.basic_optimizer).__name__, args.adam_impl)
         if on_cpu:
             logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s); host memory: %s", torch.get_num_threads(),
@@ -425,8 +414,8 @@ class Trainer:
         if change and self.rank == 0:
             logger.warning("%s. The run goes on with what the datasets hold now; its samples from here on are not "
                            "those it would have read", change)
-        settings = recipe_change(record.get("args", {}), record.get("data_path"), self.args.data_recipe(),
-                                 absolute_data_path(self.data.data_path), load_dir)
+        settings = recipe_change(record.get("args", {}), DataSources.from_record(record), self.args.data_recipe(),
+                                 self.sources.absolute(), load_dir)
         if settings and self.rank == 0:
             logger.warning("%s. The run reads another sample order from iteration %d on (its consumed-sample count "
                            "points into it); resume with the saved settings to read the samples it would have",
@@ -541,17 +530,19 @@ class Trainer:
         span = min(self.total_iters, interval + 2 * patience) if interval else self.total_iters
         return self.args.max_rollbacks * span
 
-    def datasets(self) -> tuple[Any, Any]:
-        """(train, valid) of the run (valid None without ``--eval-interval``); a split that leaves no documents to
-        train on, or none to validate on while ``--eval-interval`` asks for validations, is refused before the first
-        step. The training set holds the samples consumed so far and those of the steps left (more than total steps
-        x global batch when a resume shrank the global batch), plus the rollbacks' headroom."""
+    def datasets(self) -> tuple[Any, Any, Any]:
+        """(train, valid, test) of the run (valid None without ``--eval-interval``, test None without a test split);
+        a split that leaves no documents to train on, or none to validate on while ``--eval-interval`` asks for
+        validations, is refused before the first step. The training set holds the samples consumed so far and those
+        of the steps left (more than total steps x global batch when a resume shrank the global batch), plus the
+        rollbacks' headroom."""
         gbs = self.layout.global_batch_size
         beyond = max(0, self.consumed + (self.total_iters - self.iteration) * gbs - self.total_iters * gbs)
-        train, valid = build_datasets(self.args.data_recipe(), self.data.data_path, self.total_iters, gbs,
-                                      extra_train_samples=self.rollback_headroom() * gbs + beyond,
-                                      with_valid=bool(self.args.eval_interval))
-        where = f"--split {self.args.split} leaves no {{}} documents in {' '.join(self.data.data_path)}"
+        recipe = self.args.data_recipe()
+        train, valid, test = build_datasets(recipe, self.sources, self.total_iters, gbs,
+                                            extra_train_samples=self.rollback_headroom() * gbs + beyond,
+                                            with_valid=bool(self.args.eval_interval))
+        where = f"--split {recipe.split} leaves no {{}} documents in {self.sources}"
         if train is None:
             raise DataError(f"{where.format('training')}; give the split a larger first weight (e.g. 969,30,1)")
         if valid is None and self.args.eval_interval:
@@ -564,7 +555,7 @@ class Trainer:
                            "so); pass --eval-iters %d or fewer to read each once, or give the split a larger second "
                            "weight",
                            self.args.eval_iters, gbs, read, held_out, self.args.seq_length, max(1, held_out // gbs))
-        return train, valid
+        return train, valid, test
 
     def validation_tokens(self) -> int:
         """Tokens one validation predicts: ``eval_iters`` global batches (the first ``eval_iters x global batch``
@@ -741,7 +732,7 @@ class Trainer:
                            self.iteration, self.total_iters,
                            "--train-tokens" if self.args.train_tokens else "--train-iters")
             return 0
-        train, valid = self.datasets()
+        train, valid, _ = self.datasets()
         self.train_set = train
         if self.saved_order and order_fingerprint(train, self.consumed) != self.saved_order and self.rank == 0:
             logger.warning("the training set was built again for %d steps of %d samples and reads another sample "
