@@ -6,6 +6,7 @@ any process group starts run the trainer in one process (seconds); the others us
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -21,9 +22,9 @@ import pytest
 
 from megamythos.checkpoint.files import WRITER_LOCK, read_latest
 from megamythos.data.cli import preprocess_main
-from megamythos.data.indexed_dataset import dataset_exists
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dataset_exists
 from megamythos.data.merge import merge_datasets
-from megamythos.data.metadata import metadata_path, read_dataset_metadata
+from megamythos.data.metadata import metadata_path, read_dataset_metadata, tokenizer_copy_path
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.training.checkpointing import CheckpointError, check_run_dirs, writer_lock
 from tests.helpers import (
@@ -162,16 +163,38 @@ def test_export_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- training
+def reversed_corpus(prefix: str, out: Path) -> str:
+    """``prefix``'s documents in reverse order, with its tokenizer record, as ``out/reversed_text_document``: data
+    of the same tokenizer whose samples differ."""
+    source = IndexedDataset(prefix)
+    copy = str(out / "reversed_text_document")
+    with IndexedDatasetBuilder(copy, source.dtype) as builder:
+        for d in reversed(range(len(source))):
+            builder.add_document(source.get(d))
+        builder.finalize()
+    for path in (metadata_path, tokenizer_copy_path):
+        shutil.copy(path(prefix), path(copy))
+    return copy
+
+
 @pytest.fixture(scope="module")
 @trains
 def trained(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
     """A 1-rank run of 2 iterations (global batch 4) with a checkpoint each and a validation of 2 global batches
-    at the end, started on a lock left by a killed run."""
+    at the end, started on a lock left by a killed run. Its data are per split (Megatron's --train-data-path ...):
+    it trains and validates on the corpus and is tested, once at the end, on the corpus in reverse document
+    order."""
     out = tmp_path_factory.mktemp("trained")
     (out / "ckpt").mkdir()
     (out / "ckpt" / WRITER_LOCK).write_text(f"{socket.gethostname()} {dead_pid()}\n")
-    log = run(1, [*tiny_args(corpus, 2), "--save", str(out / "ckpt"), "--save-interval", "1", "--eval-interval",
-                  "2", "--eval-iters", "2", "--metrics-file", str(out / "metrics.jsonl")], out / "log.txt")
+    args = tiny_args(corpus, 2)
+    at = args.index("--data-path")
+    del args[at:at + 4]  # --data-path PREFIX --split 90,10,0: the per-split paths instead
+    prefix = corpus_prefix(corpus)
+    log = run(1, [*args, "--train-data-path", prefix, "--valid-data-path", prefix, "--test-data-path",
+                  reversed_corpus(prefix, out), "--save", str(out / "ckpt"), "--save-interval", "1",
+                  "--eval-interval", "2", "--eval-iters", "2", "--metrics-file", str(out / "metrics.jsonl"),
+                  "--tensorboard-dir", str(out / "tb")], out / "log.txt")
     assert "which is gone" in log
     return out
 
@@ -194,6 +217,37 @@ def test_trainer_validation_and_evaluate_agree(trained: Path, tmp_path: Path) ->
     assert f"= {row['tokens']} tokens" in result.stderr
     assert "host memory: " in result.stderr  # on CPU the command line keeps freed memory, as the trainer does
     assert abs(row["loss"] - val["lm loss validation"]) <= 1e-4, (row["loss"], val["lm loss validation"])
+
+
+@pytest.mark.launch
+def test_a_finished_run_is_tested_once_at_the_end_as_evaluate_test_set_reads(trained: Path, tmp_path: Path) -> None:
+    """Megatron's end of pretrain: the last iteration validated already, so only the test data is evaluated, once,
+    on --eval-iters global batches, as ``lm loss test`` and ``lm loss test ppl`` (metrics, TensorBoard, console);
+    ``evaluate --test-set`` reads the run's recorded --test-data-path and the same batches, to the same loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records = metrics(trained / "metrics.jsonl")
+    assert [m["iteration"] for m in records if "lm loss validation" in m] == [2]
+    tested = [m for m in records if "lm loss test" in m]
+    assert [m["iteration"] for m in tested] == [2] and tested[0]["test tokens"] == 2 * 4 * 32
+    loss = tested[0]["lm loss test"]
+    assert tested[0]["lm loss test ppl"] == pytest.approx(math.exp(loss))
+    assert re.search(r"test at iteration 2 \| lm loss: [0-9.]+ \| lm loss PPL: ", (trained / "log.txt").read_text())
+    events = EventAccumulator(str(trained / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("lm loss test")] == [(2, pytest.approx(loss, rel=1e-6))]
+    assert [e.step for e in events.Scalars("lm loss test ppl")] == [2]
+    result = cli(["-m", "megamythos.inference.evaluate", "--load", str(trained / "ckpt"), "--test-set", "--loops",
+                  "3", "--exit-threshold", "0", "--micro-batch-size", "4", "--eval-iters", "2", "--out",
+                  str(tmp_path / "eval")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held-out data: the test split of " in result.stderr and "reversed_text_document (read whole)" in \
+        result.stderr
+    row = json.loads(result.stdout.splitlines()[-1])["results"][0]
+    assert row["tokens"] == tested[0]["test tokens"]
+    assert abs(row["loss"] - loss) <= 1e-4, (row["loss"], loss)
+    validation = next(m["lm loss validation"] for m in records if "lm loss validation" in m)
+    assert abs(validation - loss) > 1e-3  # the test data is other data
 
 
 def refused(args: list[str], cwd: Path) -> str:

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # resume purges each run's steps after its resume point, iterations in one and consumed samples in the other.
 SAMPLES_RUN = "samples"
 SAMPLE_TWINS = ("lm loss", "learning-rate", "grad-norm", "params-norm", "lm loss validation", "lm loss validation ppl",
-                "tokens-per-sec", "loss-scale", "batch-size", "world-size")
+                "lm loss test", "lm loss test ppl", "tokens-per-sec", "loss-scale", "batch-size", "world-size")
 
 
 GIB = float(1 << 30)

@@ -5,7 +5,9 @@
 One process per GPU (per CPU slot on a CPU machine). Steps of an iteration: sample the loop count from
 (seed, iteration) so all ranks agree; forward/backward/step through the DeepSpeed engine (ZeRO, AutoEP, AutoTP
 as configured) on the micro-batches of this data-parallel rank; after the optimizer step update the MoE
-selection biases from all-reduced expert counts; log; evaluate; checkpoint; react to signals.
+selection biases from all-reduced expert counts; log; evaluate; checkpoint; react to signals. A run that completes
+its iterations then validates once more (unless its last iteration just did) and evaluates its test split, as
+Megatron's ``pretrain`` does; a run stopped early (signal, --exit-interval, --exit-duration-in-mins) does neither.
 """
 from __future__ import annotations
 
@@ -548,35 +550,38 @@ class Trainer:
         if valid is None and self.args.eval_interval:
             raise DataError(f"{where.format('validation')}, which --eval-interval {self.args.eval_interval} reads; "
                             "give the split a larger second weight (e.g. 969,30,1), or pass --eval-interval 0")
-        held_out, read = samples_per_epoch(valid), self.args.eval_iters * gbs
-        if held_out is not None and read > held_out and self.rank == 0:
-            logger.warning("a validation reads --eval-iters %d x global batch %d = %d samples, but the validation "
-                           "split holds %d samples of %d tokens: some are read more than once (its loss weighs them "
-                           "so); pass --eval-iters %d or fewer to read each once, or give the split a larger second "
-                           "weight",
-                           self.args.eval_iters, gbs, read, held_out, self.args.seq_length, max(1, held_out // gbs))
+        for dataset, split in ((valid, "validation"), (test, "test")):
+            held_out, read = samples_per_epoch(dataset), self.args.eval_iters * gbs
+            if held_out is not None and read > held_out and self.rank == 0:
+                logger.warning("a %s reads --eval-iters %d x global batch %d = %d samples, but the %s split holds "
+                               "%d samples of %d tokens: some are read more than once (its loss weighs them so); "
+                               "pass --eval-iters %d or fewer to read each once, or give the split more data",
+                               "validation" if split == "validation" else "test evaluation", self.args.eval_iters,
+                               gbs, read, split, held_out, self.args.seq_length, max(1, held_out // gbs))
         return train, valid, test
 
     def validation_tokens(self) -> int:
-        """Tokens one validation predicts: ``eval_iters`` global batches (the first ``eval_iters x global batch``
-        validation samples, what ``evaluate --eval-iters eval_iters x global / B --micro-batch-size B`` reads)."""
+        """Tokens one validation (or the test evaluation) predicts: ``eval_iters`` global batches (the first
+        ``eval_iters x global batch`` samples of the split, what ``evaluate --eval-iters eval_iters x global / B
+        --micro-batch-size B`` reads)."""
         return self.args.eval_iters * self.layout.global_batch_size * self.args.seq_length
 
-    def evaluate(self, valid: Any, signals: GracefulExit) -> float | None:
-        """Mean validation loss over ``eval_iters`` global batches at the mean loop count (equal-sized micro-batches,
-        so the mean of their means is the mean over tokens, as ``evaluate`` computes it). The expert token counts
-        of the bias update are left as they were (AutoEP's layer counts in eval mode too).
+    def evaluate(self, held_out: Any, signals: GracefulExit, split: str = "validation") -> float | None:
+        """Mean loss over the first ``eval_iters`` global batches of ``held_out`` (the validation or test set) at the
+        mean loop count (equal-sized micro-batches, so the mean of their means is the mean over tokens, as
+        ``evaluate`` computes it). The expert token counts of the bias update are left as they were (AutoEP's layer
+        counts in eval mode too).
 
         ``None`` on every rank when a signal arrives during it: ``signals`` is checked (collectively) before each
         micro-batch, so a preemption's grace period is spent saving, not validating."""
         self.engine.eval()
         losses = []
-        it = batches(valid, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
+        it = batches(held_out, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         micro_batches = self.args.eval_iters * self.layout.grad_accum
         with torch.no_grad(), expert_counts_frozen(self.engine.module):
             for done in range(micro_batches):
                 if signals.should_exit():
-                    logger.warning("validation at iteration %d abandoned after %d of %d micro-batches",
+                    logger.warning("%s at iteration %d abandoned after %d of %d micro-batches", split,
                                    self.iteration, done, micro_batches)
                     self.engine.train()
                     return None
@@ -587,21 +592,29 @@ class Trainer:
         self.engine.train()
         return self.world_mean([sum(losses) / len(losses)])[0]
 
-    def validate(self, valid: Any, signals: GracefulExit) -> None:
-        """:meth:`evaluate`, then its loss and perplexity to TensorBoard, the metrics file and the log (nothing
-        when a signal cut it short)."""
+    def validate(self, held_out: Any, signals: GracefulExit, split: str = "validation") -> None:
+        """:meth:`evaluate`, then its loss and perplexity to TensorBoard, the metrics file and the log as ``lm loss
+        SPLIT`` and ``lm loss SPLIT ppl`` (``split``: "validation" or "test"; nothing when a signal cut it short)."""
         start = time.perf_counter()
-        val = self.evaluate(valid, signals)
-        if val is None:
+        loss = self.evaluate(held_out, signals, split)
+        if loss is None:
             return
-        ppl = math.exp(min(val, 20.0))
-        self.monitor.scalars({"lm loss validation": val, "lm loss validation ppl": ppl,
-                              "eval-time": time.perf_counter() - start}, self.iteration, self.consumed)
-        self.monitor.record({"iteration": self.iteration, "lm loss validation": val, "lm loss validation ppl": ppl,
-                             "validation tokens": self.validation_tokens()})
-        logger.info("validation at iteration %d | lm loss: %.6g | lm loss PPL: %.6g | %d tokens (%d batches of %d x "
-                    "%d) at %d loops", self.iteration, val, ppl, self.validation_tokens(), self.args.eval_iters,
+        ppl = math.exp(min(loss, 20.0))
+        scalars = {f"lm loss {split}": loss, f"lm loss {split} ppl": ppl}
+        seconds = {"eval-time": time.perf_counter() - start} if split == "validation" else {}  # Megatron's timer
+        self.monitor.scalars({**scalars, **seconds}, self.iteration, self.consumed)
+        self.monitor.record({"iteration": self.iteration, **scalars, f"{split} tokens": self.validation_tokens()})
+        logger.info("%s at iteration %d | lm loss: %.6g | lm loss PPL: %.6g | %d tokens (%d batches of %d x %d) at %d "
+                    "loops", split, self.iteration, loss, ppl, self.validation_tokens(), self.args.eval_iters,
                     self.layout.global_batch_size, self.args.seq_length, self.config.mean_loops)
+
+    def evaluate_at_end(self, valid: Any, test: Any, signals: GracefulExit) -> None:
+        """After the last iteration (Megatron's ``evaluate_and_print_results`` in ``pretrain``): the validation set
+        once more unless that iteration just validated, then the test set (none: nothing to do)."""
+        if valid is not None and self.iteration % self.args.eval_interval != 0:
+            self.validate(valid, signals)
+        if test is not None:
+            self.validate(test, signals, "test")
 
     # ---------------------------------------------------------------------------------------- the loop
     def train_step(self, data: Iterator) -> dict[str, Any]:
@@ -732,7 +745,7 @@ class Trainer:
                            self.iteration, self.total_iters,
                            "--train-tokens" if self.args.train_tokens else "--train-iters")
             return 0
-        train, valid, _ = self.datasets()
+        train, valid, test = self.datasets()
         self.train_set = train
         if self.saved_order and order_fingerprint(train, self.consumed) != self.saved_order and self.rank == 0:
             logger.warning("the training set was built again for %d steps of %d samples and reads another sample "
@@ -788,6 +801,7 @@ class Trainer:
                     return 0
             if saved_at != self.iteration:
                 self.save_unless_spiking()
+            self.evaluate_at_end(valid, test, signals)
             return 0
         finally:
             if profiler:
