@@ -643,7 +643,8 @@ def test_a_corpus_without_validation_documents_trains_when_no_validation_runs(tm
     args = parse_args(["--data-path", prefix, "--seq-length", "8", "--eval-interval", str(eval_interval),
                        "--data-cache-dir", str(tmp_path / "cache")])
     trainer = SimpleNamespace(args=args, layout=SimpleNamespace(global_batch_size=4), consumed=0, iteration=0,
-                              total_iters=10, sources=DataSources([prefix]), rollback_headroom=lambda: 0)
+                              total_iters=10, sources=DataSources([prefix]), rollback_headroom=lambda: 0, rank=0)
+    trainer.warn_of_rereads = lambda *held_out: Trainer.warn_of_rereads(trainer, *held_out)
     if eval_interval:
         with pytest.raises(DataConfigError, match="has 1 documents, none of which fall in the valid split"):
             Trainer.datasets(trainer)
@@ -801,9 +802,9 @@ def test_a_load_path_that_is_a_file_is_named_so(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv, message", [
     (["--data-path", "A", "--train-data-path", "B"], "^--data-path and --train-data-path both name the data"),
     (["--train-data-path", "A", "--eval-interval", "0", "--split", "969,30,1"],
-     "^--split divides --data-path's documents, but --train-data-path give each split its own data"),
+     "^--split divides --data-path's documents; with --train-data-path each split reads its own data whole"),
     (["--valid-data-path", "V", "--test-data-path", "T"],
-     "^--valid-data-path/--test-data-path need --train-data-path"),
+     "^--valid-data-path/--test-data-path given without --train-data-path: name the data to train on with it"),
     (["--train-data-path", "A", "--test-data-path", "T", "--eval-interval", "5"],
      r"^--eval-interval 5 validates on --valid-data-path, which is not given: give it, or pass --eval-interval 0"),
     (["--train-data-path", "A", "--valid-data-path", "0.5", "V", "W"], r"^--valid-data-path: data_path \["),

@@ -193,9 +193,10 @@ class TrainArgs:
                 raise ArgumentError(f"--{name.replace('_', '-')}: {err}") from err
         _check(not self.data_path, f"--data-path and {'/'.join(given)} both name the data: give --data-path (split "
                                    "by --split) or the per-split paths, not both")
-        _check(self.split is None, f"--split divides --data-path's documents, but {'/'.join(given)} give each split "
-                                   "its own data, read whole: leave --split out")
-        _check(bool(self.train_data_path), f"{'/'.join(given)} need --train-data-path: the data to train on")
+        _check(self.split is None, f"--split divides --data-path's documents; with {'/'.join(given)} each split reads "
+                                   "its own data whole: leave --split out")
+        _check(bool(self.train_data_path), f"{'/'.join(given)} given without --train-data-path: name the data to "
+                                           "train on with it")
         _check(bool(self.valid_data_path) or not self.eval_interval, f"--eval-interval {self.eval_interval} "
                "validates on --valid-data-path, which is not given: give it, or pass --eval-interval 0")
 

@@ -550,15 +550,23 @@ class Trainer:
         if valid is None and self.args.eval_interval:
             raise DataError(f"{where.format('validation')}, which --eval-interval {self.args.eval_interval} reads; "
                             "give the split a larger second weight (e.g. 969,30,1), or pass --eval-interval 0")
-        for dataset, split in ((valid, "validation"), (test, "test")):
-            held_out, read = samples_per_epoch(dataset), self.args.eval_iters * gbs
-            if held_out is not None and read > held_out and self.rank == 0:
-                logger.warning("a %s reads --eval-iters %d x global batch %d = %d samples, but the %s split holds "
-                               "%d samples of %d tokens: some are read more than once (its loss weighs them so); "
-                               "pass --eval-iters %d or fewer to read each once, or give the split more data",
-                               "validation" if split == "validation" else "test evaluation", self.args.eval_iters,
-                               gbs, read, split, held_out, self.args.seq_length, max(1, held_out // gbs))
+        per_split = self.sources.per_split is not None
+        self.warn_of_rereads(valid, "a validation", "validation", "give --valid-data-path more data" if per_split
+                             else "give the split a larger second weight")
+        self.warn_of_rereads(test, "the test evaluation", "test", "give --test-data-path more data" if per_split
+                             else "give the split a larger third weight")
         return train, valid, test
+
+    def warn_of_rereads(self, held_out: Any, what: str, split: str, remedy: str) -> None:
+        """Say (rank 0) when ``eval_iters`` global batches are more samples than ``held_out`` holds (a blend: not
+        known), so that ``what`` reads some of them more than once."""
+        gbs = self.layout.global_batch_size
+        samples, read = samples_per_epoch(held_out), self.args.eval_iters * gbs
+        if samples is not None and read > samples and self.rank == 0:
+            logger.warning("%s reads --eval-iters %d x global batch %d = %d samples, but the %s split holds %d "
+                           "samples of %d tokens: some are read more than once (its loss weighs them so); pass "
+                           "--eval-iters %d or fewer to read each once, or %s", what, self.args.eval_iters, gbs, read,
+                           split, samples, self.args.seq_length, max(1, samples // gbs), remedy)
 
     def validation_tokens(self) -> int:
         """Tokens one validation (or the test evaluation) predicts: ``eval_iters`` global batches (the first
