@@ -386,16 +386,20 @@ def test_resume_with_another_schedule_is_refused_or_follows_the_one_asked_for(co
 def test_exit_interval_stops_at_every_multiple_as_megatron_does(corpus, tmp_path):
     """``--exit-interval 3`` chunks a job: each launch of the same command stops at the next multiple of 3. Found
     2026-12-06: it stopped only at iteration 3 itself, so a resumed launch trained to the end, past its job's time
-    limit, without a word. A launch that stops early leaves the test split alone (Megatron exits before its
+    limit, without a word. On per-split data (Megatron's --train-data-path ...) a launch resumes on the samples it
+    would have read, and one that stops early leaves the test data alone (Megatron exits before its
     end-of-training evaluation)."""
     save = tmp_path / "ckpt"
-    args = [*tiny_args(corpus, 8), "--save", str(save), "--load", str(save), "--exit-interval", "3",
-            "--eval-interval", "0", "--split", "80,10,10"]
+    args = tiny_args(corpus, 8)
+    at = args.index("--data-path")
+    args[at:at + 4] = ["--train-data-path", corpus_prefix(corpus), "--test-data-path", "1", corpus_prefix(corpus)]
+    args += ["--save", str(save), "--load", str(save), "--exit-interval", "3", "--eval-interval", "0"]
     for stop in (3, 6):
         result = run_single(args, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert read_latest(save) == f"iter_{stop:07d}", result.stderr[-3000:]
-        assert "no test set" not in result.stderr and "test at iteration" not in result.stderr
+        assert "test at iteration" not in result.stderr
+        assert "sample order" not in result.stderr, result.stderr[-3000:]  # the resume: neither warning
 
 
 @pytest.mark.launch
