@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from megamythos.data.indexed_dataset import IndexedDatasetBuilder
 from megamythos.model.config import ModelConfig
@@ -45,6 +46,16 @@ def small_config(**overrides: object) -> ModelConfig:
                 mean_loops=3, n_experts=8, n_shared_experts=1, num_experts_per_tok=2, expert_dim=32, lora_rank=4)
     base.update(overrides)
     return ModelConfig(**base)
+
+
+def threshold_with_margin(changes: torch.Tensor) -> float:
+    """Midway across the widest gap among the middle half of the sorted relative changes: about half the tokens
+    exit there, and none lies near it (so that float noise between two computations cannot flip an exit)."""
+    values = changes.flatten().sort().values
+    quarter = len(values) // 4
+    middle = values[quarter:len(values) - quarter]
+    gap = int((middle[1:] - middle[:-1]).argmax())
+    return float(middle[gap] + middle[gap + 1]) / 2
 
 
 # ------------------------------------------------------------------------------------------- data

@@ -11,7 +11,7 @@ from megamythos.inference.generate import SamplingConfig, generate, left_pad
 from megamythos.model.lm import ModelKVCache, MythosLM, compile_blocks
 from megamythos.model.padding import Padding
 from megamythos.model.token_subset import TokenSubset
-from tests.helpers import requires_grouped_mm, small_config
+from tests.helpers import requires_grouped_mm, small_config, threshold_with_margin
 
 LENGTHS = (12, 7, 4)  # prompt lengths of one batch: 36 tokens, so the exit rule compacts its prefill
 DECODE = 3  # cached decode steps after the prompt
@@ -34,16 +34,6 @@ def _run(model: MythosLM, ids: torch.Tensor, mask: torch.Tensor | None, threshol
                      for i in range(prompt, ids.shape[1])]
     return (torch.cat([o.logits.float() for o in outs], dim=1), torch.cat([o.stats["depth"] for o in outs], dim=1),
             [float(o.stats["n_loops"]) for o in outs])
-
-
-def _threshold_with_margin(changes: torch.Tensor) -> float:
-    """Midway across the widest gap among the middle half of the sorted relative changes: about half the tokens
-    exit there, and none lies near it (so that float noise between two computations cannot flip an exit)."""
-    values = changes.flatten().sort().values
-    quarter = len(values) // 4
-    middle = values[quarter:len(values) - quarter]
-    gap = int((middle[1:] - middle[:-1]).argmax())
-    return float(middle[gap] + middle[gap + 1]) / 2
 
 
 def test_positions_count_the_real_tokens_before_and_padding_keys_are_hidden() -> None:
@@ -76,7 +66,7 @@ def test_a_left_padded_row_computes_as_that_row_alone(attn_type: str, absorb: bo
     if exit_rule:
         with torch.no_grad():
             changes = [model(r, n_loops=LOOPS, exit_threshold=0.0).stats["relative_change"][1] for r in rows]
-        threshold = _threshold_with_margin(torch.cat([c.flatten() for c in changes]))
+        threshold = threshold_with_margin(torch.cat([c.flatten() for c in changes]))
     alone = [_run(model, r, None, threshold, cached, absorb) for r in rows]
     ids, mask = left_pad([r[0] for r in rows], pad_id=5)
     logits, depth, loops = _run(model, ids, mask, threshold, cached, absorb)
