@@ -35,6 +35,7 @@ from megamythos.inference import generate as generate_module
 from megamythos.inference import loading
 from megamythos.inference.generate import SamplingConfig, generate, new_token_limit
 from megamythos.inference.loading import LoadedModel, LoadError
+from megamythos.inference.prompt_file import plan_batches
 from megamythos.model.config import ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.runtime.device import DeviceError, resolve_device
@@ -254,6 +255,98 @@ def test_generate_of_no_new_token_reports_no_loops(tiny_tokenizer: Tokenizer, tm
     summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert summary["new_tokens"] == 0 and summary["mean_loops"] is None
     assert summary["forward_flops_per_token"] is None
+
+
+def _small_loaded(tokenizer: Tokenizer, where: Path, **overrides: object) -> LoadedModel:
+    torch.manual_seed(0)
+    model = MythosLM(small_config(vocab_size=tokenizer.vocab_size, **overrides)).eval()
+    return LoadedModel(model, tokenizer, {}, where, None)
+
+
+LONG_PROMPT = "def main(data, value): return " * 8  # past a 24-position context
+
+
+@pytest.mark.parametrize("name, text, argv, message", [
+    ("p.txt", "", [], "--prompt-file {file} is empty"),
+    ("p.txt", "def\n\nclass\n", [], "--prompt-file {file} line 2 is an empty prompt"),
+    ("p.jsonl", '{"prompt": "def"}\n{"text": "x"}\n', [], '--prompt-file {file} line 2 has no string "prompt"'),
+    ("p.jsonl", '{"prompt": "def"}\n\n', [], "--prompt-file {file} line 2 is not valid JSON"),
+    ("p.txt", f"def\n{LONG_PROMPT}\n", [], "--prompt-file {file} line 2 is * tokens but the model's context is 24 "
+                                         "positions (max_seq_len)"),
+    ("p.txt", "def\n", ["--prompt", "def"], "argument --prompt: not allowed with argument --prompt-file"),
+    ("p.txt", "def\n", ["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    ("p.txt", "def\n", ["--out", "{file}"], "--out {file} exists; pass --overwrite to replace it"),
+    ("p.txt", "def\n", ["--out", "{dir}"], "--out {dir} is a directory"),
+])
+def test_prompt_file_refusals_are_one_line_naming_the_file_line_or_flag(
+        name: str, text: str, argv: list[str], message: str, tiny_tokenizer: Tokenizer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Each before any generation: an empty file, an empty or unreadable line, a prompt longer than the context
+    (its line named), both prompt flags, a batch size below 1, an existing --out without --overwrite."""
+    loaded = _small_loaded(tiny_tokenizer, tmp_path, max_seq_len=24)
+    monkeypatch.setattr(generate_module, "load_model", lambda path, tokenizer, device: loaded)
+    prompts = tmp_path / name
+    prompts.write_text(text)
+    argv = [a.format(file=prompts, dir=tmp_path) for a in argv]
+    line = one_line_exit_2("megamythos.inference.generate:main",
+                           ["--load", str(tmp_path), "--prompt-file", str(prompts), *argv], capsys)
+    assert all(part in line for part in message.format(file=prompts, dir=tmp_path).split("*")), line
+    assert prompts.read_text() == text  # never written over
+
+
+def test_out_is_only_for_a_prompt_file(capsys: pytest.CaptureFixture) -> None:
+    line = one_line_exit_2("megamythos.inference.generate:main", ["--load", "x", "--prompt", "a", "--out", "o"],
+                           capsys)
+    assert "--out and --overwrite write the results of --prompt-file" in line, line
+
+
+def test_batches_never_cut_a_prompt_short_of_what_it_gets_alone() -> None:
+    assert plan_batches([3, 5, 5, 2], 8, max_seq_len=10, max_new_tokens=4) == [range(0, 4)]  # the context is far
+    assert plan_batches([3, 5, 5, 2], 8, max_seq_len=10, max_new_tokens=6) == [range(0, 1), range(1, 3),
+                                                                                range(3, 4)]
+    assert plan_batches([1] * 5, 2, max_seq_len=10, max_new_tokens=6) == [range(0, 2), range(2, 4), range(4, 5)]
+
+
+def test_a_prompt_file_continues_each_prompt_as_it_would_alone_up_to_the_context(
+        tiny_tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """Prompts of different lengths in batches of 3, where the 24-position context cuts each short of
+    --max-new-tokens at its own length: each record equals that prompt's --prompt run (text, tokens, loops), stops
+    at "context", and --out appears only where asked, replaced only with --overwrite."""
+    loaded = _small_loaded(tiny_tokenizer, tmp_path, max_seq_len=24)
+    monkeypatch.setattr(generate_module, "load_model", lambda path, tokenizer, device: loaded)
+    texts = ["def", "class value(self, data):", "import model", "return None if data else"]
+    (tmp_path / "prompts.txt").write_text("\n".join(texts) + "\n")
+    common = ["--load", str(tmp_path), "--max-new-tokens", "30", "--temperature", "0"]
+    alone = []
+    for text in texts:
+        assert generate_module.main([*common, "--prompt", text]) == 0
+        captured = capsys.readouterr()
+        alone.append((captured.out, json.loads(captured.err.strip().splitlines()[-1])))
+    out = tmp_path / "results.jsonl"
+    batched = [*common, "--prompt-file", str(tmp_path / "prompts.txt"), "--batch-size", "3", "--out", str(out)]
+    assert generate_module.main(batched) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3, 4] and [r["prompt"] for r in records] == texts
+    for record, (stdout, stats) in zip(records, alone):
+        prompt_text = tiny_tokenizer.decode(tiny_tokenizer.encode_one(record["prompt"]))
+        assert stdout == prompt_text + record["completion"] + "\n"
+        assert record["new_tokens"] == stats["new_tokens"] == 24 - stats["prompt_tokens"] < 30
+        assert record["stop"] == "context"
+    run_stats = json.loads(captured.err.strip().splitlines()[-1])
+    assert run_stats["prompts"] == 4 and run_stats["new_tokens"] == sum(s["new_tokens"] for _, s in alone)
+    assert run_stats["mean_loops"] == pytest.approx(
+        sum(s["mean_loops"] * s["new_tokens"] for _, s in alone) / run_stats["new_tokens"])
+    assert run_stats["forward_flops_per_token"] == pytest.approx(
+        sum(s["forward_flops_per_token"] * s["new_tokens"] for _, s in alone) / run_stats["new_tokens"])
+
+    before = out.read_text()
+    assert generate_module.main([*batched, "--max-new-tokens", "2"]) == 2  # exists: refused, untouched
+    assert out.read_text() == before and "pass --overwrite" in capsys.readouterr().err
+    assert generate_module.main([*batched, "--max-new-tokens", "2", "--overwrite"]) == 0
+    assert [json.loads(line)["stop"] for line in out.read_text().splitlines()] == ["max_tokens"] * 4
 
 
 # ------------------------------------------------------------------ 7, 8. JSONL records without a text

@@ -22,7 +22,7 @@ from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import TextStreamer
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
-from tests.helpers import REPO, launch_env, synthetic_documents, tiny_args
+from tests.helpers import REPO, launch_env, synthetic_documents, threshold_with_margin, tiny_args
 
 ITERS = 8  # conftest.TINY_RUN_ITERS: the shared tiny_checkpoint (ZeRO-0, a checkpoint every 2, last 4 kept)
 GEN = ["--prompt", "def main(", "--max-new-tokens", "12"]
@@ -123,6 +123,49 @@ def test_generate_cli_is_reproducible_per_seed_and_reports_speed(tiny_checkpoint
     assert first.startswith("def main(") and len(first) > len("def main(\n")
     stats = json.loads(err.strip().splitlines()[-1])
     assert stats["new_tokens"] == 12 and stats["tokens_per_s"] > 0 and stats["mean_loops"] == 3
+
+
+PROMPTS = ["def main(", "class Model(object):\n    def", "import", "return self.value if data else"]
+
+
+@pytest.mark.launch
+@pytest.mark.parametrize("exit_rule", [False, True])
+def test_a_prompt_file_generates_each_prompt_as_prompt_alone_does(tiny_checkpoint, tmp_path, capsys, exit_rule):
+    """Greedy, in batches of 3 (one mixed batch of 3 lengths, then one of 1), every loop or with the exit rule at a
+    threshold about half the prompt tokens pass at loop 2: each JSON line (file order) holds the text and token
+    count of that prompt's --prompt run, and the run's loops are the token-weighted loops of those runs. Sampling
+    with one seed and batch size gives the same lines again."""
+    ckpt, _ = tiny_checkpoint
+    loaded = load_model(ckpt)
+    tokenizer, depth = loaded.tokenizer, ["--loops", "6", "--exit-threshold", "0"]
+    if exit_rule:
+        with torch.no_grad():
+            changes = [loaded.model(torch.tensor([tokenizer.encode_one(p)]), n_loops=6, exit_threshold=0.0)
+                       .stats["relative_change"][1].flatten() for p in PROMPTS]
+        depth[-1] = str(threshold_with_margin(torch.cat(changes)))
+    prompt_file = tmp_path / "prompts.jsonl"
+    prompt_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    common = ["--load", str(ckpt), "--max-new-tokens", "12", "--temperature", "0", *depth]
+    code, out, err = cli(generate_main, [*common, "--prompt-file", str(prompt_file), "--batch-size", "3"], capsys)
+    assert code == 0, err
+    records, run_stats = [json.loads(line) for line in out.splitlines()], json.loads(err.strip().splitlines()[-1])
+    assert [r["prompt"] for r in records] == PROMPTS and [r["line"] for r in records] == [1, 2, 3, 4]
+    alone = []
+    for record in records:
+        code, single, err = cli(generate_main, [*common, "--prompt", record["prompt"]], capsys)
+        assert code == 0, err
+        alone.append(json.loads(err.strip().splitlines()[-1]))
+        assert single == tokenizer.decode(tokenizer.encode_one(record["prompt"])) + record["completion"] + "\n"
+        assert record["new_tokens"] == alone[-1]["new_tokens"]
+        assert record["stop"] == ("max_tokens" if record["new_tokens"] == 12 else "eos")
+    assert run_stats["prompts"] == 4 and run_stats["new_tokens"] == sum(s["new_tokens"] for s in alone)
+    assert run_stats["mean_loops"] == pytest.approx(
+        sum(s["mean_loops"] * s["new_tokens"] for s in alone) / run_stats["new_tokens"])
+    assert (run_stats["mean_loops"] < 6) == exit_rule  # the exit rule stopped tokens early
+
+    sampled = [*common, "--temperature", "1", "--seed", "3", "--prompt-file", str(prompt_file), "--batch-size", "3"]
+    first, again = (cli(generate_main, sampled, capsys)[1] for _ in range(2))
+    assert first == again and len(first.splitlines()) == 4
 
 
 def test_text_streamer_holds_back_incomplete_characters():

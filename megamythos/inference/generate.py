@@ -2,6 +2,8 @@
 
     python -m megamythos.inference.generate --load runs/tiny/checkpoints --prompt "def main(" --max-new-tokens 64 \\
         [--loops N] [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--seed 0] [--exit-threshold 0.1] [--tokenizer PATH]
+    python -m megamythos.inference.generate --load runs/tiny/checkpoints --prompt-file prompts.jsonl \\
+        [--batch-size 8] [--out results.jsonl [--overwrite]] [the options above]
 
 ``--load`` takes a checkpoint tag directory, a ``--save`` directory (its ``latest`` tag) or an export directory.
 The prompt and then the continuation are streamed to stdout as tokens arrive; generation stops at
@@ -10,6 +12,16 @@ the model never saw a position past it in training, so a longer ``--max-new-toke
 line, and a prompt longer than the context is refused). A JSON line with tokens/s, the mean loop count executed
 per token and the forward FLOPs per token that implies goes to stderr. The same model, prompt, options and
 ``--seed`` give the same text.
+
+``--prompt-file`` continues many prompts, ``--batch-size`` at a time in left-padded batches: one prompt per line,
+or, for a ``.jsonl`` file, one ``{"prompt": "..."}`` per line (a prompt with newlines). Every line is a prompt
+(a blank one is refused, naming its line). Out comes one JSON line per prompt, in file order, to stdout or to
+``--out`` (written under a temporary name and renamed once complete; an existing file is replaced only with
+``--overwrite``): ``{"line", "prompt", "completion", "new_tokens", "stop"}``, ``new_tokens`` counting the eos
+that ended it and ``stop`` one of ``eos``, ``max_tokens``, ``context``. The stderr line covers the whole run.
+Greedy text (``--temperature 0``) equals the prompt's ``--prompt`` text, with or without the exit rule; sampled
+text is reproducible for one file, ``--batch-size`` and ``--seed``, but depends on the batch size (a batch draws
+its rows from one generator), so it differs from ``--prompt``'s.
 """
 from __future__ import annotations
 
@@ -19,12 +31,16 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from megamythos.data.atomic import OutputError, atomic_open, writable_parent
 from megamythos.errors import ArgumentParser, number, run_cli
-from megamythos.inference.loading import LoadError, load_model
+from megamythos.inference.loading import LoadedModel, LoadError, load_model
+from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import ModelKVCache, MythosLM
 from megamythos.runtime.device import resolve_device
@@ -65,11 +81,18 @@ class SamplingConfig:
 
 @dataclass
 class GenerationStats:
-    loops_per_token: list[float] = field(default_factory=list)
+    """``row_loops[t]`` [B]: the loops each row's token of step t executed (a finished row's too)."""
+
+    row_loops: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def loops_per_token(self) -> list[float]:
+        """Per step, the loops executed averaged over the rows."""
+        return [float(loops.mean()) for loops in self.row_loops]
 
     @property
     def mean_loops(self) -> float:
-        return sum(self.loops_per_token) / max(len(self.loops_per_token), 1)
+        return sum(self.loops_per_token) / max(len(self.row_loops), 1)
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -156,7 +179,7 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
         for _ in range(steps):
             if stats is not None:
-                stats.loops_per_token.append(float(out.stats["depth"][:, -1].mean()))  # the newest token's loops
+                stats.row_loops.append(out.stats["depth"][:, -1].float())  # the newest token's loops
             token = sample_next(out.logits[:, -1], cfg, generator)
             if cfg.eos_id is not None:
                 token = token.masked_fill(finished, cfg.eos_id)
@@ -214,10 +237,52 @@ class TextStreamer:
         return self._advance(hold_incomplete=False)
 
 
+def continuation(decode: Callable[[list[int]], str], prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+    """The text ``new_ids`` add to the prompt's: what ``--prompt`` streams after the prompt."""
+    streamer = TextStreamer(decode, prompt_ids)
+    return "".join(streamer.push(token) for token in new_ids) + streamer.flush()
+
+
+@dataclass
+class Completion:
+    """One row of a batch: its new token ids (up to and with its eos), the loops each executed, why it stopped."""
+
+    new_ids: list[int]
+    loops: list[float]
+    stop: str  # "eos", "max_tokens" (--max-new-tokens) or "context" (max_seq_len)
+
+
+def complete_batch(model: MythosLM, prompts: Sequence[Sequence[int]], cfg: SamplingConfig,
+                   generator: torch.Generator | None, device: str) -> list[Completion]:
+    """Continue ``prompts`` (token ids) in one left-padded batch, each row cut after its eos. A row gets what it
+    gets alone as long as the batch's width does not cut it short at the context
+    (:func:`~megamythos.inference.prompt_file.plan_batches` groups prompts so)."""
+    ids, mask = left_pad(prompts, device=device)
+    stats = GenerationStats()
+    steps = list(generate_stream(model, ids, cfg, generator, stats, mask))
+    if not steps:
+        return [Completion([], [], "max_tokens" if cfg.max_new_tokens == 0 else "context") for _ in prompts]
+    new, loops = torch.stack(steps, 1).tolist(), torch.stack(stats.row_loops, 1).tolist()
+    done = []
+    for row, row_loops in zip(new, loops):
+        ended = cfg.eos_id is not None and cfg.eos_id in row
+        n = row.index(cfg.eos_id) + 1 if ended else len(row)
+        stop = "eos" if ended else "max_tokens" if n == cfg.max_new_tokens else "context"
+        done.append(Completion(row[:n], row_loops[:n], stop))
+    return done
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m megamythos.inference.generate", description=__doc__)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
-    p.add_argument("--prompt", required=True, help="text to continue")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text to continue, streamed with its continuation to stdout")
+    source.add_argument("--prompt-file", help="one prompt per line, or a .jsonl file with a \"prompt\" string per "
+                                              "line; one JSON line of results per prompt, in file order")
+    p.add_argument("--batch-size", type=number(int, 1), default=8,
+                   help="--prompt-file: prompts per left-padded batch (sampled text depends on it; greedy does not)")
+    p.add_argument("--out", help="--prompt-file: write the JSON lines to this file (atomically) instead of stdout")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--loops", type=number(int, 1), help="recurrent iterations per token (default: the trained mean)")
     p.add_argument("--max-new-tokens", type=number(int, 0), default=SamplingConfig.max_new_tokens,
                    help="stop after this many tokens, at eos, or when prompt + new tokens fill the model's context "
@@ -235,17 +300,112 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.exit_threshold is not None and not args.exit_threshold >= 0:  # NaN too
         p.error(f"--exit-threshold must be >= 0 (0 = every loop), got {args.exit_threshold:g}")
+    if args.prompt_file is None and (args.out is not None or args.overwrite):
+        p.error("--out and --overwrite write the results of --prompt-file; --prompt streams to stdout")
     return args
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
-    """Stream the prompt and its continuation to stdout; returns the generation statistics."""
-    if resolve_device(args.device).type == "cpu":  # before the first tensors
-        logger.info("host memory: %s", keep_freed_memory())
-    loaded = load_model(args.load, args.tokenizer, args.device)
+def check_out(out: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a directory, or an existing file without ``--overwrite``."""
+    if Path(out).is_dir():
+        raise OutputError(f"--out {out} is a directory; give a file path")
+    if Path(out).exists() and not overwrite:
+        raise OutputError(f"--out {out} exists; pass --overwrite to replace it, or choose another --out")
+    writable_parent(out, "--out")
+
+
+@contextmanager
+def results_sink(out: str | None) -> Iterator[Callable[[str], object]]:
+    """A writer of result lines: to stdout as they come, or to ``out``, which appears whole once all are written."""
+    if out is None:
+        def to_stdout(line: str) -> None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+        yield to_stdout
+        return
+    with atomic_open(out, "wb") as handle:
+        yield lambda line: handle.write(line.encode() + b"\n")
+
+
+def summary(model: MythosLM, rows: Sequence[tuple[int, list[float]]], seconds: float) -> dict[str, float | None]:
+    """Statistics of a run of ``rows`` (prompt tokens, loops executed per new token): tokens/s, the mean loops per
+    new token and the forward FLOPs per token they imply (each prompt's at its length, weighted by its tokens)."""
+    n = sum(len(loops) for _, loops in rows)
+    flops = sum(len(loops) * model.forward_flops_per_token(length + len(loops), sum(loops) / len(loops))
+                for length, loops in rows if loops)
+    return {"prompt_tokens": sum(length for length, _ in rows), "new_tokens": n, "seconds": seconds,
+            "tokens_per_s": n / seconds, "mean_loops": sum(sum(loops) for _, loops in rows) / n if n else None,
+            "forward_flops_per_token": flops / n if n else None}  # no token generated: no loops run
+
+
+def stream_prompt(args: argparse.Namespace, loaded: LoadedModel, cfg: SamplingConfig,
+                  generator: torch.Generator) -> list[tuple[int, list[float]]]:
+    """Stream ``--prompt`` and its continuation to stdout; returns [(prompt tokens, loops per new token)]."""
     prompt_ids = loaded.tokenizer.encode_one(args.prompt)
     if not prompt_ids:
         raise LoadError("--prompt is empty: give at least one character to continue")
+    max_seq_len = loaded.config.max_seq_len
+    fits = new_token_limit(max_seq_len, len(prompt_ids), cfg.max_new_tokens)
+    if fits < cfg.max_new_tokens:
+        logger.warning("--max-new-tokens %d runs past the model's context of %d positions (prompt %d tokens): "
+                       "stopping after %d new tokens", cfg.max_new_tokens, max_seq_len, len(prompt_ids), fits)
+    streamer, stats = TextStreamer(loaded.tokenizer.decode, prompt_ids), GenerationStats()
+    sys.stdout.write(streamer.shown)
+    prompt = torch.tensor([prompt_ids], device=args.device)
+    for token in generate_stream(loaded.model, prompt, cfg, generator, stats):
+        sys.stdout.write(streamer.push(int(token[0])))
+        sys.stdout.flush()
+    sys.stdout.write(streamer.flush() + "\n")
+    return [(len(prompt_ids), [float(loops[0]) for loops in stats.row_loops])]
+
+
+def encode_prompts(path: str, prompts: Sequence[Prompt], loaded: LoadedModel,
+                   max_new_tokens: int) -> list[list[int]]:
+    """The token ids of each prompt of ``--prompt-file``; one that encodes to nothing or is longer than the context
+    raises naming its line. One warning names the prompts the context cuts short of ``max_new_tokens``."""
+    max_seq_len = loaded.config.max_seq_len
+    encoded = [loaded.tokenizer.encode_one(prompt.text) for prompt in prompts]
+    for prompt, ids in zip(prompts, encoded):
+        if not ids:
+            raise LoadError(f"--prompt-file {path} line {prompt.line} encodes to no tokens; give text to continue")
+        if len(ids) > max_seq_len:
+            raise LoadError(f"--prompt-file {path} line {prompt.line} is {len(ids)} tokens but the model's context "
+                            f"is {max_seq_len} positions (max_seq_len); shorten that prompt")
+    cut = [prompt.line for prompt, ids in zip(prompts, encoded) if len(ids) + max_new_tokens > max_seq_len]
+    if cut:
+        logger.warning("--max-new-tokens %d runs past the model's context of %d positions for %d of %d prompts "
+                       "(lines %s): they stop there", max_new_tokens, max_seq_len, len(cut), len(prompts),
+                       ", ".join(map(str, cut[:5])) + (", ..." if len(cut) > 5 else ""))
+    return encoded
+
+
+def complete_file(args: argparse.Namespace, prompts: Sequence[Prompt], loaded: LoadedModel, cfg: SamplingConfig,
+                  generator: torch.Generator) -> list[tuple[int, list[float]]]:
+    """Continue ``prompts`` (those of ``--prompt-file``) in batches of ``--batch-size``; one JSON line per prompt, in
+    file order, to stdout or ``--out``. Returns [(prompt tokens, loops per new token)] per prompt."""
+    encoded = encode_prompts(args.prompt_file, prompts, loaded, cfg.max_new_tokens)
+    rows = []
+    with results_sink(args.out) as write:
+        for batch in plan_batches([len(ids) for ids in encoded], args.batch_size, loaded.config.max_seq_len,
+                                  cfg.max_new_tokens):
+            done = complete_batch(loaded.model, [encoded[i] for i in batch], cfg, generator, args.device)
+            for i, completion in zip(batch, done):
+                text = continuation(loaded.tokenizer.decode, encoded[i], completion.new_ids)
+                write(json.dumps({"line": prompts[i].line, "prompt": prompts[i].text, "completion": text,
+                                  "new_tokens": len(completion.new_ids), "stop": completion.stop}))
+                rows.append((len(encoded[i]), completion.loops))
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, float | None]:
+    """Generate for ``--prompt`` or ``--prompt-file``; returns the statistics of the whole run."""
+    if args.out is not None:
+        check_out(args.out, args.overwrite)  # before loading, not after generating
+    prompts = None if args.prompt_file is None else read_prompts(args.prompt_file)  # before the model loads
+    if resolve_device(args.device).type == "cpu":  # before the first tensors
+        logger.info("host memory: %s", keep_freed_memory())
+    loaded = load_model(args.load, args.tokenizer, args.device)
     if args.loops is not None and args.loops < 1:
         raise LoadError(f"--loops must be >= 1, got {args.loops}")
     try:
@@ -254,27 +414,15 @@ def run(args: argparse.Namespace) -> dict[str, float]:
                              eos_id=loaded.tokenizer.eos_id, vocab_limit=loaded.tokenizer.vocab_size)
     except ValueError as err:
         raise LoadError(f"bad sampling option: {err}") from err
-    max_seq_len = loaded.config.max_seq_len
-    fits = new_token_limit(max_seq_len, len(prompt_ids), cfg.max_new_tokens)
-    if fits < cfg.max_new_tokens:
-        logger.warning("--max-new-tokens %d runs past the model's context of %d positions (prompt %d tokens): "
-                       "stopping after %d new tokens", cfg.max_new_tokens, max_seq_len, len(prompt_ids), fits)
     generator = torch.Generator(args.device).manual_seed(args.seed)
-    streamer, stats = TextStreamer(loaded.tokenizer.decode, prompt_ids), GenerationStats()
-    sys.stdout.write(streamer.shown)
     start = time.perf_counter()
-    prompt = torch.tensor([prompt_ids], device=args.device)
-    for token in generate_stream(loaded.model, prompt, cfg, generator, stats):
-        sys.stdout.write(streamer.push(int(token[0])))
-        sys.stdout.flush()
-    sys.stdout.write(streamer.flush() + "\n")
-    seconds = time.perf_counter() - start
-    n = len(stats.loops_per_token)
-    return {"prompt_tokens": len(prompt_ids), "new_tokens": n, "seconds": seconds, "tokens_per_s": n / seconds,
-            "mean_loops": stats.mean_loops if n else None, "loops": cfg.n_loops or loaded.config.mean_loops,
-            "exit_threshold": loaded.config.exit_threshold if cfg.exit_threshold is None else cfg.exit_threshold,
-            "forward_flops_per_token": (loaded.model.forward_flops_per_token(len(prompt_ids) + n, stats.mean_loops)
-                                        if n else None)}  # no token generated: no loops run
+    if prompts is None:
+        rows = stream_prompt(args, loaded, cfg, generator)
+    else:
+        rows = complete_file(args, prompts, loaded, cfg, generator)
+    stats = summary(loaded.model, rows, time.perf_counter() - start)
+    return {**stats, "prompts": len(rows), "loops": cfg.n_loops or loaded.config.mean_loops,
+            "exit_threshold": loaded.config.exit_threshold if cfg.exit_threshold is None else cfg.exit_threshold}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
