@@ -238,7 +238,8 @@ def test_a_split_without_a_validation_share_is_one_line(tiny_checkpoint, tmp_pat
     """Found 2026-12-06: ``TypeError: object of type 'NoneType' has no len()``."""
     code, _, err = cli(evaluate_main, ["--load", str(tiny_checkpoint[0]), "--split", "1,0,0", "--loops", "1",
                                        "--eval-iters", "1", "--out", str(tmp_path / "e")], capsys)
-    assert code == 2 and "--split 1,0,0 gives the validation split no share" in err and "Traceback" not in err, err
+    assert code == 2 and "--split 1,0,0 leaves the validation split no sample" in err and "Traceback" not in err, err
+    assert "a positive second one" in err, err
 
 
 @pytest.mark.launch
