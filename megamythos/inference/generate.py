@@ -406,8 +406,6 @@ def run(args: argparse.Namespace) -> dict[str, float | None]:
     if resolve_device(args.device).type == "cpu":  # before the first tensors
         logger.info("host memory: %s", keep_freed_memory())
     loaded = load_model(args.load, args.tokenizer, args.device)
-    if args.loops is not None and args.loops < 1:
-        raise LoadError(f"--loops must be >= 1, got {args.loops}")
     try:
         cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, n_loops=args.loops, exit_threshold=args.exit_threshold,
