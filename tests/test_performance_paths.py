@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from megamythos.model.attention import attend, matmul_attention
 from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import grouped_matmul
+from megamythos.model.padding import PackedDocuments
 from tests.helpers import losses, requires_grouped_mm, run, small_config, tiny_args
 
 
@@ -147,19 +148,33 @@ def test_causal_query_block_is_smaller_under_compile() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ torch.compile
-def loss_and_grads(model: MythosLM, ids: torch.Tensor, n_loops: int,
-                   backprop_loops: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+# every packed-document flag, eod = 2: what a test batch with documents() in it trains with
+DOCUMENTS = PackedDocuments(2, eod_mask_loss=True, reset_position_ids=True, reset_attention_mask=True)
+
+
+def documents(ids: torch.Tensor) -> torch.Tensor:
+    """ids [B, S] with an eod (DOCUMENTS.eod) in each row, at a different place in each."""
+    ids = ids.clone()
+    for b in range(ids.shape[0]):
+        ids[b, 3 + 5 * b] = DOCUMENTS.eod
+    return ids
+
+
+def loss_and_grads(model: MythosLM, ids: torch.Tensor, n_loops: int, backprop_loops: int,
+                   packed: PackedDocuments | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    out = model(ids, labels=ids, n_loops=n_loops, backprop_loops=backprop_loops)
+    out = model(ids, labels=ids, n_loops=n_loops, backprop_loops=backprop_loops, documents=packed)
     (out.loss + out.aux_loss).backward()
     return out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
 @requires_grouped_mm
-def test_compiled_blocks_match_eager_without_graph_breaks_or_recompiles() -> None:
+@pytest.mark.parametrize("packed", [None, DOCUMENTS], ids=["plain", "documents"])
+def test_compiled_blocks_match_eager_without_graph_breaks_or_recompiles(packed: PackedDocuments | None) -> None:
     """Every block compiles to one graph (fullgraph; the recurrent block one more for the no-grad loops of
     truncated BPTT), is not recompiled for another loop index, loop count, truncation or checkpoint recompute,
-    and losses/gradients equal eager. aot_eager runs
+    and losses/gradients equal eager; so do samples of packed documents (per-row positions and a block-causal
+    mask). aot_eager runs
     Dynamo and AOTAutograd exactly as inductor would see them, without inductor's C++ build time."""
     cfg = small_config(loop_embedding=True, checkpoint_loops=True, max_loops=8)
     eager = MythosLM(cfg).train()
@@ -167,15 +182,15 @@ def test_compiled_blocks_match_eager_without_graph_breaks_or_recompiles() -> Non
     torch._dynamo.reset()
     names = compile_blocks(compiled, backend="aot_eager", fullgraph=True)
     assert names == ["prelude.0", "recurrent.block", "coda.0", "token_loss"]
-    ids = torch.randint(0, cfg.vocab_size, (2, 16))
+    ids = documents(torch.randint(0, cfg.vocab_size, (2, 16)))
     torch._dynamo.utils.counters.clear()
     # (loop count, backprop loops): the first step also runs loops without autograd (truncated BPTT), which
     # is a second graph of the recurrent block (grad mode is part of a graph's guards), compiled once
     schedule = [(6, 2), (3, 0), (5, 0), (1, 0), (4, 1)]
     for i, (n_loops, backprop) in enumerate(schedule):
         with torch._dynamo.config.patch(error_on_recompile=i > 0):  # the first step compiles each block once
-            got_loss, got_grads = loss_and_grads(compiled, ids, n_loops, backprop)
-        want_loss, want_grads = loss_and_grads(eager, ids, n_loops, backprop)
+            got_loss, got_grads = loss_and_grads(compiled, ids, n_loops, backprop, packed)
+        want_loss, want_grads = loss_and_grads(eager, ids, n_loops, backprop, packed)
         assert torch.allclose(got_loss, want_loss, atol=1e-5)
         assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got_grads, want_grads))
     assert not torch._dynamo.utils.counters["graph_break"]
@@ -220,19 +235,21 @@ class _SyncFunctionCounter(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def train_step_syncs(expert_dim: int, n_loops: int, dtype: torch.dtype) -> Counter[str]:
+def train_step_syncs(expert_dim: int, n_loops: int, dtype: torch.dtype,
+                     packed: PackedDocuments | None = None) -> Counter[str]:
     model = MythosLM(small_config(expert_dim=expert_dim, checkpoint_loops=True)).to(dtype).train()
-    ids = torch.randint(0, 97, (2, 16))
+    ids = documents(torch.randint(0, 97, (2, 16)))
     with HostSyncCounter() as counter:
-        out = model(ids, labels=ids, n_loops=n_loops)
+        out = model(ids, labels=ids, n_loops=n_loops, documents=packed)
         (out.loss + out.aux_loss).backward()
     return counter.counts
 
 
 @requires_grouped_mm
+@pytest.mark.parametrize("packed", [None, DOCUMENTS], ids=["plain", "documents"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_training_step_has_no_host_syncs(dtype: torch.dtype) -> None:
-    assert train_step_syncs(expert_dim=32, n_loops=4, dtype=dtype) == Counter()
+def test_training_step_has_no_host_syncs(dtype: torch.dtype, packed: PackedDocuments | None) -> None:
+    assert train_step_syncs(expert_dim=32, n_loops=4, dtype=dtype, packed=packed) == Counter()
 
 
 @requires_grouped_mm

@@ -61,9 +61,10 @@ def attention_layout(positions: torch.Tensor, kv_len: int, cached: bool, queries
                      padding: Padding | None = None) -> tuple[torch.Tensor | None, bool]:
     """(mask, causal) for queries at ``positions`` [S] against ``kv_len`` keys: every token of the batch with no
     cache (the kernel's own causal flag), after a cache (an explicit [S, kv_len] mask), or only the ``queries``
-    subset (its padded [B, 1, W, kv_len] mask). None for one position, which sees every key. A padded batch
-    takes its ``padding``'s mask ([B, 1, S or W, kv_len]) in every case."""
-    if padding is not None:
+    subset (its padded [B, 1, W, kv_len] mask). None for one position, which sees every key. A padded batch, or
+    packed documents with their own attention, take the ``padding``'s mask ([B, 1, S or W, kv_len]) in every
+    case."""
+    if padding is not None and padding.mask is not None:
         return padding.query_mask(queries), False
     seq = positions.shape[0]
     if queries is not None and seq > 1:
@@ -72,8 +73,9 @@ def attention_layout(positions: torch.Tensor, kv_len: int, cached: bool, queries
 
 
 def rope_positions(positions: torch.Tensor, padding: Padding | None) -> torch.Tensor:
-    """What RoPE rotates the new tokens by: the batch's ``positions`` [S], or a padded batch's per row [B, S]."""
-    return positions if padding is None else padding.positions
+    """What RoPE rotates the new tokens by: the batch's ``positions`` [S], or a padded batch's (packed documents')
+    per row [B, S]."""
+    return positions if padding is None or padding.positions is None else padding.positions
 
 
 def rope_at(cos: torch.Tensor, sin: torch.Tensor, queries: TokenSubset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,11 +12,9 @@ from torch.utils.checkpoint import checkpoint
 from megamythos.model.attention import LayerKVCache, build_attention
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, SwiGLU
-from megamythos.model.padding import Padding
+from megamythos.model.padding import IGNORE_INDEX, PackedDocuments, Padding
 from megamythos.model.params import forward_flops_per_token
 from megamythos.model.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
-
-IGNORE_INDEX = -100  # a label that is not scored (padding), as in PyTorch's cross-entropy and transformers
 
 __all__ = ["IGNORE_INDEX", "DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "compile_blocks",
            "sample_loop_count", "weight_decay_param_groups"]
@@ -160,7 +158,8 @@ class MythosLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,
-                exit_threshold: float | None = None, attention_mask: torch.Tensor | None = None) -> MythosOutput:
+                exit_threshold: float | None = None, attention_mask: torch.Tensor | None = None,
+                documents: PackedDocuments | None = None) -> MythosOutput:
         """input_ids [B, S] -> MythosOutput.
 
         labels [B, S] are the next tokens aligned with input positions (-100 = ignored). n_loops defaults to
@@ -171,6 +170,9 @@ class MythosLM(nn.Module):
         ``attention_mask`` [B, L] (inference only; L = cached + new tokens, 1 = real, 0 = padding) computes each
         row's real tokens as that row alone (:mod:`~megamythos.model.padding`); padding never iterates (depth 0)
         and its logits are unspecified. None, or all ones, is the unpadded forward.
+        ``documents`` (no cache, no attention_mask): samples packing documents ended by its eod id, with
+        Megatron's per-row positions, block-causal attention and eod loss mask as it asks
+        (:class:`~megamythos.model.padding.PackedDocuments`); None is the plain causal forward.
         """
         cfg = self.config
         if input_ids.dim() != 2:
@@ -197,6 +199,11 @@ class MythosLM(nn.Module):
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         padding = None if attention_mask is None else self.padding_of(attention_mask, input_ids, start)
+        if documents is not None:
+            if cache is not None or attention_mask is not None:
+                raise ValueError("documents lays out whole packed samples: give it without a cache or attention_mask")
+            padding = documents.layout(input_ids)
+            labels = None if labels is None else documents.scored(input_ids, labels)
 
         x = self.prelude_states(input_ids, positions, cache, absorb, padding)
         result = self.recurrent(x, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,

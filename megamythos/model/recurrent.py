@@ -401,7 +401,7 @@ class RecurrentCore(nn.Module):
         checkpoint_each = self.config.checkpoint_loops and self.training
         e = self.input_norm(x)
         zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
-        if padding is not None:
+        if padding is not None and padding.real is not None:
             active = padding.real
         else:
             active = zeros.bool().logical_not() if exit_threshold > 0 or capacity else None
