@@ -3,14 +3,37 @@ packed sample, a document computed as that document alone in training, the eod l
 left as it was."""
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from megamythos.data.metadata import read_dataset_metadata
+from megamythos.data.preprocess import PreprocessConfig, preprocess
+from megamythos.data.pretraining import DOCUMENT_FLAGS, DataError, document_change, document_flags, documents_eod
+from megamythos.data.tokenizer import Tokenizer
+from megamythos.inference.evaluate import evaluate_loops, heldout_batches, recorded_documents
+from megamythos.inference.evaluate import main as evaluate_main
+from megamythos.inference.evaluate import parse_args as evaluate_args
+from megamythos.inference.loading import load_model
 from megamythos.model.lm import IGNORE_INDEX, MythosLM
 from megamythos.model.padding import PackedDocuments, Padding
-from tests.helpers import small_config
+from megamythos.training.arguments import parse_args
+from tests.helpers import (
+    corpus_prefix,
+    make_dataset,
+    one_error_line,
+    run_single,
+    small_config,
+    synthetic_documents,
+    tiny_args,
+    trains,
+    write_jsonl,
+)
 
 EOD = 2
 FIRST, SECOND = 7, 9  # document lengths in one packed row; the first ends with EOD
@@ -156,3 +179,80 @@ def test_documents_refuse_a_cache_or_an_attention_mask() -> None:
     ids = torch.randint(0, 97, (1, 5))
     with pytest.raises(ValueError, match="^documents lays out whole packed samples"):
         model(ids, attention_mask=torch.ones_like(ids), documents=PackedDocuments(EOD))
+
+
+# ------------------------------------------------------------------------------------------------ the run's flags
+def test_the_flags_need_data_that_records_its_end_of_document_token(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Megatron's eod is the tokenizer's eos id, recorded with a dataset preprocessed with --append-eod; a dataset
+    without such a record is named, with what to do."""
+    write_jsonl(tmp_path / "docs.jsonl", synthetic_documents(10))
+    for name, append_eod in (("eod", True), ("plain", False)):
+        preprocess(PreprocessConfig(inputs=[str(tmp_path / "docs.jsonl")], output_prefix=str(tmp_path / name),
+                                    tokenizer_model=tiny_tokenizer.model_path, append_eod=append_eod))
+    with_eod, plain = str(tmp_path / "eod_text_document"), str(tmp_path / "plain_text_document")
+    megatron = make_dataset(tmp_path / "megatron", num_docs=5)  # no record at all
+    flags = document_flags(parse_args(["--reset-attention-mask", "--eod-mask-loss"]).to_dict())
+    assert flags == {"eod_mask_loss": True, "reset_position_ids": False, "reset_attention_mask": True}
+    assert documents_eod(flags, [with_eod]) == tiny_tokenizer.eos_id
+    assert documents_eod(document_flags({}), [plain]) is None  # no flag: any data
+    for prefix, why in ((plain, "was preprocessed without --append-eod"), (megatron, "has no record")):
+        with pytest.raises(DataError, match=rf"^--eod-mask-loss --reset-attention-mask needs the documents' end token, "
+                                            rf"but dataset {prefix} {why} .*--append-eod, or leave"):
+            documents_eod(flags, [with_eod, prefix])
+
+
+def test_a_resume_with_other_document_flags_is_named() -> None:
+    recorded = parse_args(["--eod-mask-loss"]).to_dict()
+    assert document_change(recorded, parse_args(["--eod-mask-loss"]).to_dict(), "ckpt") is None
+    assert document_change({}, parse_args([]).to_dict(), "ckpt") is None  # a record from before the flags
+    assert document_change(recorded, parse_args(["--reset-position-ids"]).to_dict(), "ckpt") == (
+        "the document flags differ from ckpt's: eod_mask_loss True -> False, reset_position_ids False -> True")
+
+
+@pytest.fixture(scope="module")
+@trains
+def packed_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
+    """One process, 2 iterations of the tiny model with all three flags on short documents (a two-line function
+    each, so a 32-token sample packs several), validating at the end on one batch; returns the run directory."""
+    out = tmp_path_factory.mktemp("packed_run")
+    write_jsonl(out / "docs.jsonl", [f"def f{i}(x):\n    return x + {i}\n" for i in range(300)])
+    tokenizer = read_dataset_metadata(corpus_prefix(corpus))["tokenizer_model"]
+    preprocess(PreprocessConfig(inputs=[str(out / "docs.jsonl")], output_prefix=str(out / "short"),
+                                tokenizer_model=tokenizer, append_eod=True))
+    result = run_single([*tiny_args(corpus, 2), "--data-path", str(out / "short_text_document"), "--zero", "0",
+                         "--micro-batch-size", "2", "--global-batch-size", "2", "--eval-interval", "2",
+                         "--eval-iters", "1", "--save", str(out / "ckpt"), "--metrics-file", str(out / "m.jsonl"),
+                         "--eod-mask-loss", "--reset-position-ids", "--reset-attention-mask"], out)
+    (out / "log.txt").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stderr[-6000:]
+    return out
+
+
+@pytest.mark.launch
+def test_a_run_with_the_flags_records_them_and_evaluate_validates_as_it_did(packed_run: Path, capsys) -> None:
+    """The flags are recorded with the checkpoint, and evaluate applies them: its loss on the run's validation batch
+    is the run's validation loss, which the same batch without the flags would not give."""
+    record = json.loads((packed_run / "ckpt" / "iter_0000002" / "train_args.json").read_text())["args"]
+    assert document_flags(record) == dict.fromkeys(DOCUMENT_FLAGS, True)
+    assert "packed documents: PackedDocuments(eod=" in (packed_run / "log.txt").read_text()
+    lines = [json.loads(line) for line in (packed_run / "m.jsonl").read_text().splitlines()]
+    validated = [line["lm loss validation"] for line in lines if "lm loss validation" in line]
+    assert len(validated) == 1 and all(math.isfinite(line.get("lm loss", 0.0)) for line in lines)
+
+    argv = ["--load", str(packed_run / "ckpt"), "--loops", "3", "--exit-threshold", "0", "--eval-iters", "1",
+            "--micro-batch-size", "2", "--out", str(packed_run / "eval")]
+    assert evaluate_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["results"][0]["loss"] == pytest.approx(validated[0], rel=1e-5)
+    loaded = load_model(packed_run / "ckpt")
+    cfg = evaluate_args(argv)
+    batch = heldout_batches(loaded, cfg)
+    documents = recorded_documents(loaded, cfg)
+    assert (batch[0][0] == documents.eod).sum() >= 2  # the batch packs documents
+    plain = evaluate_loops(loaded.model, batch, [3])[0].loss
+    assert abs(plain - validated[0]) > 1e-3 * validated[0]
+    megatron = make_dataset(packed_run / "megatron", num_docs=60)  # no record: no known end-of-document token
+    code = evaluate_main([*argv[:-2], "--out", str(packed_run / "eval2"), "--data-path", megatron])
+    err = capsys.readouterr().err
+    assert code == 2 and one_error_line(err).startswith("error: --eod-mask-loss --reset-position-ids "
+                                                        "--reset-attention-mask needs the documents' end token"), err

@@ -41,6 +41,9 @@ DEFAULT_SPLIT = "969,30,1"
 # the flags (TrainArgs fields, train-record keys) of Megatron's per-split data, in SPLIT_NAMES order
 SPLIT_PATH_FIELDS = ("train_data_path", "valid_data_path", "test_data_path")
 DEFAULT_SEED = 1234
+# Megatron's flags for samples that pack documents (TrainArgs fields, train-record keys, and the fields of
+# megamythos.model.padding.PackedDocuments besides its eod id)
+DOCUMENT_FLAGS = ("eod_mask_loss", "reset_position_ids", "reset_attention_mask")
 OUT_OF_VOCABULARY_REMEDY = ("use data tokenised with the model's tokenizer (data_prep/preprocess_data.py), or rebuild "
                             "the dataset if its .bin is corrupt")
 
@@ -262,6 +265,42 @@ def recipe_change(recorded_args: dict[str, Any], recorded_sources: DataSources |
     if recorded_sources is not None and recorded_sources.training_data() != sources.training_data():
         diffs.append(f"data path {recorded_sources} -> {sources}")
     return f"the data settings differ from {saved}'s: {', '.join(diffs)}" if diffs else None
+
+
+def document_flags(recorded_args: Mapping[str, Any]) -> dict[str, bool]:
+    """The ``DOCUMENT_FLAGS`` of a run's arguments (or of the ``train_args.json`` "args" of its checkpoints; a record
+    without them trained with none)."""
+    return {name: bool(recorded_args.get(name)) for name in DOCUMENT_FLAGS}
+
+
+def documents_eod(flags: Mapping[str, bool], prefixes: list[str]) -> int | None:
+    """The token id that ends the documents of the datasets ``prefixes`` (the eos id their records say they were
+    preprocessed with ``--append-eod`` by) where one of the document ``flags`` is on, else None. Raises
+    :class:`DataError` naming a dataset whose record knows no such id."""
+    given = " ".join(f"--{name.replace('_', '-')}" for name, on in flags.items() if on)
+    if not given:
+        return None
+    eods = set()
+    for prefix in prefixes:
+        record = read_dataset_metadata(prefix)
+        if record is None or not record.get("append_eod") or record.get("eod_id", -1) < 0:
+            raise DataError(f"{given} needs the documents' end token, but dataset {prefix} "
+                            f"{'has no record' if record is None else 'was preprocessed without --append-eod'} "
+                            f"({prefix}.json): rebuild it with data_prep/preprocess_data.py --append-eod, or leave "
+                            f"{given} out")
+        eods.add(int(record["eod_id"]))
+    if len(eods) != 1:
+        raise DataError(f"{given}: the datasets {' '.join(prefixes)} end their documents with different token ids "
+                        f"{sorted(eods)}; use data preprocessed with one tokenizer")
+    return eods.pop()
+
+
+def document_change(recorded_args: Mapping[str, Any], args: Mapping[str, Any], saved: str) -> str | None:
+    """``the document flags differ from SAVED's: eod_mask_loss False -> True, ...`` for the ``DOCUMENT_FLAGS`` that
+    a resumed run changed (what its loss scores, its positions and attention), or None."""
+    before, now = document_flags(recorded_args), document_flags(args)
+    diffs = [f"{name} {before[name]} -> {now[name]}" for name in DOCUMENT_FLAGS if before[name] != now[name]]
+    return f"the document flags differ from {saved}'s: {', '.join(diffs)}" if diffs else None
 
 
 def build_datasets(recipe: DataRecipe, sources: DataSources, total_iters: int, global_batch: int,

@@ -45,11 +45,21 @@ from megamythos.checkpoint.reader import is_export_dir
 from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_data_path, parse_split, samples_per_epoch
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
-from megamythos.data.pretraining import DataRecipe, DataSources, batches, build_datasets, data_change, resolve_data
+from megamythos.data.pretraining import (
+    DataRecipe,
+    DataSources,
+    batches,
+    build_datasets,
+    data_change,
+    document_flags,
+    documents_eod,
+    resolve_data,
+)
 from megamythos.errors import ArgumentParser, checked_by, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import IGNORE_INDEX, MythosLM
+from megamythos.model.padding import PackedDocuments
 from megamythos.model.recurrent import computed_iterations, exit_distribution
 from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
@@ -112,13 +122,15 @@ class LoopEval:
 
 @torch.no_grad()
 def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], loops: Sequence[int],
-                   exit_threshold: float = 0.0, progress: Callable[[], Any] | None = None) -> list[LoopEval]:
+                   exit_threshold: float = 0.0, progress: Callable[[], Any] | None = None,
+                   documents: PackedDocuments | None = None) -> list[LoopEval]:
     """Evaluate ``batches`` (pairs of inputs [B, S] and next-token targets [B, S]) at each loop count.
 
     A target of -100 is not scored (``MythosLM``'s label convention): sequences of different lengths go into one
     batch right-padded, their inputs with any id and their targets with -100 (causal attention keeps the padding
     out of the scored positions). Deterministic for a fixed model and batch list (the model is put in eval mode).
-    ``progress`` is called after every batch.
+    ``progress`` is called after every batch. ``documents``: the training run's packed-document flags, applied
+    as its validation applies them (positions, attention, and targets at an end-of-document input not scored).
     """
     was_training = model.training
     model.eval()
@@ -128,7 +140,9 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
             total_loss, total_tokens, positions, exits = 0.0, 0, 0, torch.zeros(n_loops)
             flops = 0.0  # forward FLOPs summed over the positions computed (each batch at its own length)
             for inputs, targets in batches:
-                out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold)
+                out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold, documents=documents)
+                if documents is not None:
+                    targets = documents.scored(inputs, targets)
                 total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
                                               ignore_index=IGNORE_INDEX, reduction="sum").item()
                 scored = targets != IGNORE_INDEX
@@ -275,6 +289,17 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     return out
 
 
+def recorded_documents(loaded: LoadedModel, cfg: EvalConfig) -> PackedDocuments | None:
+    """The packed-document flags the training run recorded (none for an export), with the end-of-document id of
+    the held-out data (``--data-path``, else the run's)."""
+    record = loaded.train_record or {}
+    flags = document_flags(record.get("args", {}))
+    sources = DataSources(list(cfg.data_path)) if cfg.data_path else DataSources.from_record(record)
+    split = "test" if cfg.test_set else "valid"
+    eod = documents_eod(flags, parse_data_path(sources.blend(split))[0]) if sources is not None else None
+    return None if eod is None else PackedDocuments(eod, **flags)
+
+
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate, write the files and TensorBoard scalars; returns the summary printed by :func:`main`."""
     from tqdm import tqdm
@@ -287,12 +312,15 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     writable_directory(out_dir, "--out")  # before the evaluation, not after it
     writable_directory(tb_dir, "--tensorboard-dir")
     data = heldout_batches(loaded, cfg)
+    documents = recorded_documents(loaded, cfg)
+    if documents is not None:
+        logger.info("packed documents as the run trained: %s", documents)
     thresholds = [loaded.config.exit_threshold] if cfg.exit_thresholds is None else cfg.exit_thresholds
     passes = sorted({0.0, *thresholds})
     with tqdm(total=len(passes) * len(cfg.loops) * len(data), desc="depth eval", unit="batch",
               file=sys.stderr) as bar:
         results = [r for threshold in passes
-                   for r in evaluate_loops(loaded.model, data, cfg.loops, threshold, bar.update)]
+                   for r in evaluate_loops(loaded.model, data, cfg.loops, threshold, bar.update, documents)]
     paths = write_results(results, out_dir, trained_loops=loaded.config.mean_loops)
     write_tensorboard(results, tb_dir)
     return {"model": str(loaded.source), "trained_loops": loaded.config.mean_loops,

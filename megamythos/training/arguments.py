@@ -70,6 +70,11 @@ class TrainArgs:
     data_cache_dir: str | None = None
     default_data_dir: str = str(DEFAULT_DATA_DIR)
     default_data_max_files: int | None = None
+    # packed documents (Megatron's flags; megamythos.data.pretraining.DOCUMENT_FLAGS): need data preprocessed with
+    # --append-eod, whose records name the documents' end token
+    eod_mask_loss: bool = False
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
     # batch and length of training
     micro_batch_size: int | None = None
     global_batch_size: int | None = None
@@ -347,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-cache-dir", type=str)
     add("--default-data-dir", type=str)
     add("--default-data-max-files", type=int, help="build a small default corpus (tests)")
+    add("--eod-mask-loss", action="store_true", help="do not score the prediction at an end-of-document token (the "
+        "next document's first token); needs data preprocessed with --append-eod, as every packed-document flag")
+    add("--reset-position-ids", action="store_true", help="restart the positions at 0 after each end-of-document "
+        "token of a sample")
+    add("--reset-attention-mask", action="store_true", help="let a token attend only to the tokens of its own "
+        "document in a sample (block-causal attention)")
     g = p.add_argument_group("batch and schedule")
     for flag in ("--micro-batch-size", "--global-batch-size", "--train-iters", "--train-tokens", "--warmup"):
         add(flag, type=int)

@@ -44,6 +44,9 @@ from megamythos.data.pretraining import (
     batches,
     build_datasets,
     data_change,
+    document_change,
+    document_flags,
+    documents_eod,
     order_fingerprint,
     recipe_change,
     resolve_data,
@@ -58,6 +61,7 @@ from megamythos.model.moe import (
     load_expert_bias_state,
     update_expert_bias,
 )
+from megamythos.model.padding import PackedDocuments
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
 from megamythos.parallel import adapt_engine_module, global_grad_norm, params_norm, replicate_recurrent_core
@@ -221,6 +225,10 @@ class Trainer:
         self._keep_resumed_global_batch(template)
         args = self.args
         self.sources, self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
+        flags = document_flags(args.to_dict())
+        eod = documents_eod(flags, self.sources.prefixes())
+        # what the forward of training, validation and the test evaluation applies; None: plain causal samples
+        self.documents = None if eod is None else PackedDocuments(eod, **flags)
         done = (saved_progress(self.resume_from) if self.resume_from else None) or (0, 0)
         self.total_iters = args.total_iters(self.layout.global_batch_size, done)
         self.ds_config = build_ds_config(template, args, self.layout, self.config,
@@ -313,6 +321,8 @@ class Trainer:
                     self.layout.zero, self.layout.micro_batch_size, self.layout.grad_accum,
                     self.layout.global_batch_size, autoep_layers, self.total_iters)
         logger.info("data: %s (tokenizer %s)", self.sources, self.data.tokenizer_model)
+        if self.documents is not None:
+            logger.info("packed documents: %s", self.documents)
         logger.info("optimizer: %s (--adam-impl %s)", type(self.engine.basic_optimizer).__name__, args.adam_impl)
         if on_cpu:
             logger.info("CPU threads per rank: %d (OMP_WAIT_POLICY %s); host memory: %s", torch.get_num_threads(),
@@ -422,6 +432,10 @@ class Trainer:
             logger.warning("%s. The run reads another sample order from iteration %d on (its consumed-sample count "
                            "points into it); resume with the saved settings to read the samples it would have",
                            settings, state["iteration"])
+        documents = document_change(record.get("args", {}), self.args.to_dict(), load_dir)
+        if documents and self.rank == 0:
+            logger.warning("%s. From iteration %d on the run trains and validates with this command line's; resume "
+                           "with the saved flags to train as it did", documents, state["iteration"])
         self.iteration = state["iteration"]
         self.consumed = self.consumed_at_resume = state["consumed_train_samples"]
         self.tokens_at_resume = state.get("consumed_tokens", self.consumed * self.args.seq_length)  # before: S fixed
@@ -595,7 +609,8 @@ class Trainer:
                     return None
                 tokens, labels = self.on_device(next(it))
                 # every loop on every rank: an exit would let data decide how many iterations a rank runs
-                out = self.engine(tokens, labels=labels, n_loops=self.config.mean_loops, exit_threshold=0.0)
+                out = self.engine(tokens, labels=labels, n_loops=self.config.mean_loops, exit_threshold=0.0,
+                                  documents=self.documents)
                 losses.append(out.loss.item())
         self.engine.train()
         return self.world_mean([sum(losses) / len(losses)])[0]
@@ -642,7 +657,7 @@ class Trainer:
             tokens, labels = self.on_device((tokens, labels))
             self.consumed += self.layout.micro_batch_size * self.dp_size
             restore_counts = expert_counts_saved(self.engine.module)
-            out = self.engine(tokens, labels=labels, n_loops=n_loops)
+            out = self.engine(tokens, labels=labels, n_loops=n_loops, documents=self.documents)
             loss = out.loss + out.aux_loss
             if self.guard.skip(loss, self.iteration + 1):
                 restore_counts()  # its routed tokens train nothing: they must not move the expert biases
