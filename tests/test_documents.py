@@ -23,6 +23,7 @@ from megamythos.inference.loading import load_model
 from megamythos.model.lm import IGNORE_INDEX, MythosLM
 from megamythos.model.padding import PackedDocuments, Padding
 from megamythos.training.arguments import parse_args
+from megamythos.training.launch import preflight
 from tests.helpers import (
     corpus_prefix,
     make_dataset,
@@ -199,6 +200,10 @@ def test_the_flags_need_data_that_records_its_end_of_document_token(tmp_path: Pa
         with pytest.raises(DataError, match=rf"^--eod-mask-loss --reset-attention-mask needs the documents' end token, "
                                             rf"but dataset {prefix} {why} .*--append-eod, or leave"):
             documents_eod(flags, [with_eod, prefix])
+    # the launcher's preflight says so before DeepSpeed starts, in the same words
+    with pytest.raises(DataError, match=rf"^--reset-position-ids needs the documents' end token, but dataset {plain}"):
+        preflight(["--data-path", plain, "--reset-position-ids", "--save", str(tmp_path / "run"),
+                   "--override", f"vocab_size={tiny_tokenizer.vocab_size}"], world_size=1)
 
 
 def test_a_resume_with_other_document_flags_is_named() -> None:

@@ -281,10 +281,11 @@ def rank_arguments(argv: Sequence[str]) -> list[str]:
 def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     """The trainer's checks that need no process group, run before DeepSpeed starts: flags and the model config;
     on one node (``world_size`` known) also the checkpoint, TensorBoard and metrics paths, the datasets of
-    ``--data-path`` or the per-split paths (vocabulary and token ids) and the parallel layout. A mistake is then one
+    ``--data-path`` or the per-split paths (vocabulary and token ids; the documents' end token where a packed-document
+    flag asks for it) and the parallel layout. A mistake is then one
     line in a few seconds, instead of a rank's line after DeepSpeed's start-up. The ranks check all of it again; the
     checkpoint's checksums and the default corpus, which rank 0 builds, are left to them."""
-    from megamythos.data.pretraining import resolve_data
+    from megamythos.data.pretraining import document_flags, documents_eod, resolve_data
     from megamythos.training.arguments import parse_args
     from megamythos.training.checkpointing import check_sources
     from megamythos.training.ds_config import bf16_enabled, check_layout, load_template, resolve_layout
@@ -298,6 +299,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
     if prefixes := args.data_sources().prefixes():
         resolve_data(prefixes, config.vocab_size, args.data_cache_dir)
+        documents_eod(document_flags(args.to_dict()), prefixes)
     template = load_template(args.ds_config)
     check_layout(args, resolve_layout(template, args, world_size), config, bf16_enabled(template, args))
 
