@@ -123,6 +123,7 @@ def launch_throughput(nproc: int, flags: str, iters: int, warmup: int, env: dict
                "--metrics-file", str(metrics), *trainer_flags]
         subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    records = [r for r in records if "lm loss" in r]  # the training steps, not the test evaluation at the end
     steady = [r for r in records if r["iteration"] > warmup and "tokens-per-sec" in r]
     return {"tokens_per_sec_median": statistics.median(r["tokens-per-sec"] for r in steady),
             "iteration_seconds_median": statistics.median(r["iteration-time"] for r in steady),

@@ -132,12 +132,13 @@ def numerics(device: torch.device) -> dict[str, Any]:
 
 def summarize(metrics: Path, warmup: int) -> dict[str, Any]:
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    steady = [r for r in records if r.get("iteration", 0) > warmup and "tokens-per-sec" in r]
+    steps = [r for r in records if "lm loss" in r]  # not the validation and test records
+    steady = [r for r in steps if r.get("iteration", 0) > warmup and "tokens-per-sec" in r]
     if not steady:
         raise SystemExit(f"no training steps after iteration {warmup} in {metrics}")
     keys = {"tokens_per_sec": "tokens-per-sec", "tflops": "tflops", "mfu": "mfu", "iteration_s": "iteration-time"}
     memory = [r[key] for r in records for key in ("memory/max-allocated-GiB", "memory/max-rss-GiB") if key in r]
-    return {"steps": len(records), "warmup_excluded": warmup, "lm_loss_last": records[-1].get("lm loss"),
+    return {"steps": len(steps), "warmup_excluded": warmup, "lm_loss_last": steps[-1]["lm loss"],
             **{f"{name}_median": statistics.median(r[key] for r in steady) for name, key in keys.items()},
             "peak_memory_gib": max(memory, default=None)}
 
