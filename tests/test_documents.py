@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -205,6 +206,18 @@ def test_the_flags_need_data_that_records_its_end_of_document_token(tmp_path: Pa
         preflight(["--data-path", plain, "--reset-position-ids", "--save", str(tmp_path / "run"),
                    "--override", f"vocab_size={tiny_tokenizer.vocab_size}"], world_size=1)
 
+
+def test_evaluate_names_what_to_do_on_data_without_an_end_of_document_token(tmp_path: Path) -> None:
+    """evaluate applies the flags a checkpoint recorded, so its refusal of data without an eod names the run that
+    trained with them and what to pass, not a flag evaluate does not take ("leave --eod-mask-loss out")."""
+    megatron = make_dataset(tmp_path / "megatron", num_docs=5)  # no record: no known end-of-document token
+    loaded = SimpleNamespace(source=tmp_path / "ckpt", train_record={"args": {"eod_mask_loss": True}})
+    with pytest.raises(DataError) as err:
+        recorded_documents(loaded, evaluate_args(["--load", str(tmp_path / "ckpt"), "--data-path", megatron]))
+    message = str(err.value)
+    assert message.startswith(f"--eod-mask-loss needs the documents' end token, but dataset {megatron} has no record")
+    assert "leave" not in message and f"the run of {tmp_path / 'ckpt'} trained with --eod-mask-loss" in message
+    assert "--data-path" in message
 
 def test_a_resume_with_other_document_flags_is_named() -> None:
     recorded = parse_args(["--eod-mask-loss"]).to_dict()

@@ -273,21 +273,23 @@ def document_flags(recorded_args: Mapping[str, Any]) -> dict[str, bool]:
     return {name: bool(recorded_args.get(name)) for name in DOCUMENT_FLAGS}
 
 
-def documents_eod(flags: Mapping[str, bool], prefixes: list[str]) -> int | None:
+def documents_eod(flags: Mapping[str, bool], prefixes: list[str], recorded_by: str | None = None) -> int | None:
     """The token id that ends the documents of the datasets ``prefixes`` (the eos id their records say they were
     preprocessed with ``--append-eod`` by) where one of the document ``flags`` is on, else None. Raises
-    :class:`DataError` naming a dataset whose record knows no such id."""
+    :class:`DataError` naming a dataset whose record knows no such id, and what to do: leave the flags out, or,
+    for flags a checkpoint ``recorded_by`` (which ``evaluate`` applies), evaluate on other data."""
     given = " ".join(f"--{name.replace('_', '-')}" for name, on in flags.items() if on)
     if not given:
         return None
+    remedy = (f"leave {given} out" if recorded_by is None else
+              f"pass --data-path data preprocessed so (the run of {recorded_by} trained with {given})")
     eods = set()
     for prefix in prefixes:
         record = read_dataset_metadata(prefix)
         if record is None or not record.get("append_eod") or record.get("eod_id", -1) < 0:
             raise DataError(f"{given} needs the documents' end token, but dataset {prefix} "
                             f"{'has no record' if record is None else 'was preprocessed without --append-eod'} "
-                            f"({prefix}.json): rebuild it with data_prep/preprocess_data.py --append-eod, or leave "
-                            f"{given} out")
+                            f"({prefix}.json): rebuild it with data_prep/preprocess_data.py --append-eod, or {remedy}")
         eods.add(int(record["eod_id"]))
     if len(eods) != 1:
         raise DataError(f"{given}: the datasets {' '.join(prefixes)} end their documents with different token ids "

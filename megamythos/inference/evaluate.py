@@ -296,7 +296,8 @@ def recorded_documents(loaded: LoadedModel, cfg: EvalConfig) -> PackedDocuments 
     flags = document_flags(record.get("args", {}))
     sources = DataSources(list(cfg.data_path)) if cfg.data_path else DataSources.from_record(record)
     split = "test" if cfg.test_set else "valid"
-    eod = documents_eod(flags, parse_data_path(sources.blend(split))[0]) if sources is not None else None
+    eod = (documents_eod(flags, parse_data_path(sources.blend(split))[0], str(loaded.source))
+           if sources is not None else None)
     return None if eod is None else PackedDocuments(eod, **flags)
 
 
