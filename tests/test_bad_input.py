@@ -35,7 +35,7 @@ from megamythos.inference import generate as generate_module
 from megamythos.inference import loading
 from megamythos.inference.generate import SamplingConfig, generate, new_token_limit
 from megamythos.inference.loading import LoadedModel, LoadError
-from megamythos.inference.prompt_file import plan_batches
+from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
 from megamythos.model.config import ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.runtime.device import DeviceError, resolve_device
@@ -306,6 +306,15 @@ def test_batches_never_cut_a_prompt_short_of_what_it_gets_alone() -> None:
                                                                                 range(3, 4)]
     assert plan_batches([1] * 5, 2, max_seq_len=10, max_new_tokens=6) == [range(0, 2), range(2, 4), range(4, 5)]
 
+
+@pytest.mark.parametrize("name, text", [("p.txt", "def\nclass\n"),
+                                        ("p.jsonl", '{"prompt": "def"}\n{"prompt": "class"}\n')])
+def test_a_prompt_file_with_a_byte_order_mark_reads_as_without_it(name: str, text: str, tmp_path: Path) -> None:
+    """A UTF-8 byte-order mark (Windows editors write one) is no part of the first prompt, as the data tools drop
+    it: it made the text file's first prompt start with U+FEFF, and the .jsonl file's first line "not valid JSON"."""
+    prompts = tmp_path / name
+    prompts.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_prompts(prompts) == [Prompt(1, "def"), Prompt(2, "class")]
 
 def test_a_prompt_file_continues_each_prompt_as_it_would_alone_up_to_the_context(
         tiny_tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

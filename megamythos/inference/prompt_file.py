@@ -43,7 +43,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     empty file, a line that is not a prompt and an empty prompt raise :class:`LoadError` naming the line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")  # \r\n and \r read as \n
+        text = path.read_text(encoding="utf-8-sig")  # \r\n and \r read as \n; a byte-order mark dropped
     except (OSError, UnicodeDecodeError) as err:
         raise LoadError(f"--prompt-file {path} cannot be read ({err}); give a UTF-8 text or .jsonl file") from err
     if not text:
