@@ -590,9 +590,9 @@ class Trainer:
 
     def evaluate(self, held_out: Any, signals: GracefulExit, split: str = "validation") -> float | None:
         """Mean loss over the first ``eval_iters`` global batches of ``held_out`` (the validation or test set) at the
-        mean loop count (equal-sized micro-batches, so the mean of their means is the mean over tokens, as
-        ``evaluate`` computes it). The expert token counts of the bias update are left as they were (AutoEP's layer
-        counts in eval mode too).
+        mean loop count: the mean of the micro-batches' means, which is the mean over tokens that ``evaluate``
+        computes while every micro-batch scores as many tokens (not so under ``--eod-mask-loss``). The expert token
+        counts of the bias update are left as they were (AutoEP's layer counts in eval mode too).
 
         ``None`` on every rank when a signal arrives during it: ``signals`` is checked (collectively) before each
         micro-batch, so a preemption's grace period is spent saving, not validating."""
