@@ -389,9 +389,10 @@ class RecurrentCore(nn.Module):
         freezes each token once its relative state change falls below it and stops when every token exited;
         deeper caches then get the frozen tokens' keys/values. In training, the config's ``loop_capacity``
         c_t computes only ceil(c_t * S) tokens of each sequence at loop t (:func:`capacity_subset`).
-        ``padding`` (a padded batch, inference): its padding tokens count as exited before the first loop (never
-        computed once compaction applies, depth 0), so they never keep the batch iterating; ``mean_depth`` is then
-        the mean over the real tokens.
+        ``padding``: the per-row positions and key mask of every attention, those of a padded batch (inference) or
+        of packed documents (training); a padded batch's padding tokens count as exited before the first loop
+        (never computed once compaction applies, depth 0), so they never keep the batch iterating, and
+        ``mean_depth`` is then the mean over the real tokens.
         """
         if exit_threshold > 0 and self.training:
             raise RuntimeError("early exit is inference-only: in training every rank must run every loop")
