@@ -388,17 +388,18 @@ def test_exit_interval_stops_at_every_multiple_as_megatron_does(corpus, tmp_path
     2026-12-06: it stopped only at iteration 3 itself, so a resumed launch trained to the end, past its job's time
     limit, without a word. On per-split data (Megatron's --train-data-path ...) a launch resumes on the samples it
     would have read, and one that stops early leaves the test data alone (Megatron exits before its
-    end-of-training evaluation)."""
+    end-of-training evaluation). A stop at the last iteration is the run's end: it evaluates the test data (found
+    2026-12-06: a run chunked so never did, and its relaunch had nothing to do)."""
     save = tmp_path / "ckpt"
-    args = tiny_args(corpus, 8)
+    args = tiny_args(corpus, 9)
     at = args.index("--data-path")
     args[at:at + 4] = ["--train-data-path", corpus_prefix(corpus), "--test-data-path", "1", corpus_prefix(corpus)]
     args += ["--save", str(save), "--load", str(save), "--exit-interval", "3", "--eval-interval", "0"]
-    for stop in (3, 6):
+    for stop in (3, 6, 9):
         result = run_single(args, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert read_latest(save) == f"iter_{stop:07d}", result.stderr[-3000:]
-        assert "test at iteration" not in result.stderr
+        assert ("test at iteration 9 |" in result.stderr) == (stop == 9), result.stderr[-3000:]
         assert "sample order" not in result.stderr, result.stderr[-3000:]  # the resume: neither warning
 
 

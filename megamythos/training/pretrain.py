@@ -7,7 +7,8 @@ One process per GPU (per CPU slot on a CPU machine). Steps of an iteration: samp
 as configured) on the micro-batches of this data-parallel rank; after the optimizer step update the MoE
 selection biases from all-reduced expert counts; log; evaluate; checkpoint; react to signals. A run that completes
 its iterations then validates once more (unless its last iteration just did) and evaluates its test split, as
-Megatron's ``pretrain`` does; a run stopped early (signal, --exit-interval, --exit-duration-in-mins) does neither.
+Megatron's ``pretrain`` does (also when --exit-interval stops it at that iteration); a run stopped early (signal,
+--exit-interval, --exit-duration-in-mins) does neither.
 """
 from __future__ import annotations
 
@@ -813,14 +814,16 @@ class Trainer:
                     continue
                 if self.args.eval_interval and self.iteration % self.args.eval_interval == 0:
                     self.validate(valid, signals)
-                stop = signals.should_exit() or bool(self.args.exit_interval
-                                                     and self.iteration % self.args.exit_interval == 0)
+                signalled = signals.should_exit()
+                stop = signalled or bool(self.args.exit_interval and self.iteration % self.args.exit_interval == 0)
                 save_due = save_due or bool(self.args.save_interval and self.iteration % self.args.save_interval == 0)
                 if (stop or save_due) and self.save_unless_spiking():
                     saved_at, save_due = self.iteration, False
                 if stop:
                     logger.info("stopping at iteration %d (latest checkpoint: %s)", self.iteration,
                                 self.last_good or "none")
+                    if not signalled and self.iteration >= self.total_iters:  # --exit-interval at the last step
+                        self.evaluate_at_end(valid, test, signals)  # the run is complete: no relaunch would
                     return 0
             if saved_at != self.iteration:
                 self.save_unless_spiking()
