@@ -294,10 +294,11 @@ def test_prompt_file_refusals_are_one_line_naming_the_file_line_or_flag(
     assert prompts.read_text() == text  # never written over
 
 
-def test_out_is_only_for_a_prompt_file(capsys: pytest.CaptureFixture) -> None:
-    line = one_line_exit_2("megamythos.inference.generate:main", ["--load", "x", "--prompt", "a", "--out", "o"],
-                           capsys)
-    assert "--out and --overwrite write the results of --prompt-file" in line, line
+@pytest.mark.parametrize("flag", [["--out", "o"], ["--overwrite"], ["--batch-size", "4"]])
+def test_out_is_only_for_a_prompt_file(flag: list[str], capsys: pytest.CaptureFixture) -> None:
+    """--batch-size with --prompt was ignored without a word (found 2026-12-06), where --out was refused."""
+    line = one_line_exit_2("megamythos.inference.generate:main", ["--load", "x", "--prompt", "a", *flag], capsys)
+    assert "--out, --overwrite and --batch-size are for the results of --prompt-file" in line, line
 
 
 def test_batches_never_cut_a_prompt_short_of_what_it_gets_alone() -> None:

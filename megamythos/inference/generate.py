@@ -272,6 +272,9 @@ def complete_batch(model: MythosLM, prompts: Sequence[Sequence[int]], cfg: Sampl
     return done
 
 
+PROMPT_FILE_BATCH = 8  # --batch-size's default
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m megamythos.inference.generate", description=__doc__)
     p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
@@ -279,8 +282,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     source.add_argument("--prompt", help="text to continue, streamed with its continuation to stdout")
     source.add_argument("--prompt-file", help="one prompt per line, or a .jsonl file with a \"prompt\" string per "
                                               "line; one JSON line of results per prompt, in file order")
-    p.add_argument("--batch-size", type=number(int, 1), default=8,
-                   help="--prompt-file: prompts per left-padded batch (sampled text depends on it; greedy does not)")
+    p.add_argument("--batch-size", type=number(int, 1),
+                   help=f"--prompt-file: prompts per left-padded batch (default {PROMPT_FILE_BATCH}; sampled text "
+                        "depends on it, greedy does not)")
     p.add_argument("--out", help="--prompt-file: write the JSON lines to this file (atomically) instead of stdout")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--loops", type=number(int, 1), help="recurrent iterations per token (default: the trained mean)")
@@ -300,8 +304,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.exit_threshold is not None and not args.exit_threshold >= 0:  # NaN too
         p.error(f"--exit-threshold must be >= 0 (0 = every loop), got {args.exit_threshold:g}")
-    if args.prompt_file is None and (args.out is not None or args.overwrite):
-        p.error("--out and --overwrite write the results of --prompt-file; --prompt streams to stdout")
+    if args.prompt_file is None and (args.out is not None or args.overwrite or args.batch_size is not None):
+        p.error("--out, --overwrite and --batch-size are for the results of --prompt-file; --prompt streams one "
+                "continuation to stdout")
+    if args.batch_size is None:
+        args.batch_size = PROMPT_FILE_BATCH
     return args
 
 
