@@ -229,6 +229,13 @@ def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path) -> None:
                 writer.add_scalar(f"{prefix}/exit-share/loop-{i + 1:02d}", share, r.loops)
 
 
+def held_out_sources(loaded: LoadedModel, cfg: EvalConfig) -> tuple[DataSources | None, str]:
+    """Where the held-out batches come from: ``--data-path``, else the run's recorded data (None: neither), and
+    the split read, "valid" or with ``--test-set`` "test"."""
+    sources = DataSources(list(cfg.data_path)) if cfg.data_path else DataSources.from_record(loaded.train_record or {})
+    return sources, "test" if cfg.test_set else "valid"
+
+
 def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``cfg.eval_iters`` (inputs [B, S], targets [B, S]) batches of the validation split the training run used
     (its test split with ``cfg.test_set``): the first samples of the split's dataset, as the trainer reads them.
@@ -245,10 +252,9 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     if recipe.seq_length > loaded.config.max_seq_len:
         raise LoadError(f"--seq-length {recipe.seq_length} exceeds the model's context, max_seq_len="
                         f"{loaded.config.max_seq_len}; pass at most {loaded.config.max_seq_len}")
-    sources = DataSources(list(cfg.data_path)) if cfg.data_path else DataSources.from_record(record)
+    sources, split = held_out_sources(loaded, cfg)
     if sources is None or not sources.prefixes():
         raise LoadError(f"{loaded.source} records no training data (exports do not); pass --data-path PREFIX")
-    split = "test" if cfg.test_set else "valid"
     if sources.per_split is not None:
         if cfg.split is not None:
             raise LoadError(f"--split divides --data-path's documents, but the run of {loaded.source} read each split "
@@ -292,10 +298,8 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
 def recorded_documents(loaded: LoadedModel, cfg: EvalConfig) -> PackedDocuments | None:
     """The packed-document flags the training run recorded (none for an export), with the end-of-document id of
     the held-out data (``--data-path``, else the run's)."""
-    record = loaded.train_record or {}
-    flags = document_flags(record.get("args", {}))
-    sources = DataSources(list(cfg.data_path)) if cfg.data_path else DataSources.from_record(record)
-    split = "test" if cfg.test_set else "valid"
+    flags = document_flags((loaded.train_record or {}).get("args", {}))
+    sources, split = held_out_sources(loaded, cfg)
     eod = (documents_eod(flags, parse_data_path(sources.blend(split))[0], str(loaded.source))
            if sources is not None else None)
     return None if eod is None else PackedDocuments(eod, **flags)
