@@ -70,6 +70,11 @@ def _inputs_of_every_format(root: Path) -> dict[str, list[str]]:
     for name in ("a.ndjson", "a.jsonlines", "A.JSONL"):
         (root / name).write_bytes(lines)
         inputs[name] = [str(root / name)]
+    # compressed under an upper-case suffix (found 2026-12-06: read as JSON lines but not decompressed, every
+    # record skipped as non-UTF-8 or malformed: a file dropped beside the others, with a warning per record)
+    (root / "B.JSONL.GZ").write_bytes(gzip.compress(lines))
+    (root / "B.JSONL.ZST").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    inputs["B.JSONL.GZ"], inputs["B.JSONL.ZST"] = [str(root / "B.JSONL.GZ")], [str(root / "B.JSONL.ZST")]
     (root / "bom.jsonl").write_bytes(codecs.BOM_UTF8 + lines)
     inputs["bom.jsonl"] = [str(root / "bom.jsonl")]
     # text with Windows line ends and a byte-order mark (found 2026-12-06: <0x0D> and <0xEF><0xBB><0xBF> tokens)

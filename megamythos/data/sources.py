@@ -194,9 +194,10 @@ class _ZstdReader(io.RawIOBase):
 
 
 def _open_binary(path: str) -> BinaryIO:
-    if path.endswith(".gz"):
+    """``path`` opened for reading its bytes, decompressed by its suffix (``.gz``, ``.zst``, in any case)."""
+    if path.lower().endswith(".gz"):
         return gzip.open(path, "rb")
-    if path.endswith(".zst"):
+    if path.lower().endswith(".zst"):
         return io.BufferedReader(_ZstdReader(path), 1 << 20)
     return open(path, "rb")
 
@@ -213,7 +214,7 @@ def _json_lines(path: str) -> Iterator[RawRecord]:
                 if line.strip():
                     yield RawRecord(path, number, JSON, line)
     except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as err:
-        kind = "gzip" if path.endswith(".gz") else "zstd"
+        kind = "gzip" if path.lower().endswith(".gz") else "zstd"
         raise InputError(f"{path} is not a complete {kind} file ({err}); re-download or re-compress it, or rename it "
                          "if it holds another format (read by suffix)") from err
 
