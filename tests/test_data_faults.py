@@ -134,8 +134,30 @@ def test_a_text_file_with_a_byte_that_is_not_utf8_is_kept_and_the_bytes_counted(
     image = tmp_path / "picture.txt"  # binary data under a text name: skipped, not read as U+FFFD
     image.write_bytes(bytes(range(256)) * 4)
     (record,) = iter_file_records(str(image), ("text",))
-    assert parse_record(record, ("text",)).reason == ("non-UTF-8 bytes (512 of 1024 invalid: binary, or text in "
-                                                      "another encoding; re-encode it as UTF-8)")
+    assert parse_record(record, ("text",)).reason == ("non-UTF-8 bytes (512 of 1024 invalid, 104 control bytes: "
+                                                      "binary, or text in another encoding such as UTF-16; re-encode "
+                                                      "it as UTF-8)")
+
+
+def test_utf16_text_and_files_of_token_ids_are_no_text(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Found 2026-12-06: a UTF-16 text file (a Windows export) was tokenised as NUL-interleaved characters, and
+    ``--input 'data/*'`` took a dataset's .bin and .idx for text documents, each with a warning about a few
+    replaced bytes at most: NUL and the other control bytes are valid UTF-8. A document that many of them make no
+    text is skipped, by preprocessing and by tokenizer training; text with a few (a form feed, a stray NUL) is kept."""
+    prose = "A document of plain prose, saved from a Windows editor.\n" * 20
+    (tmp_path / "utf16.txt").write_bytes(prose.encode("utf-16"))
+    (tmp_path / "ok.txt").write_text(prose + "\f\0\x1b[0m")
+    preprocess(PreprocessConfig(inputs=[str(write_jsonl(tmp_path / "a.jsonl", DOCS))],
+                                output_prefix=str(tmp_path / "data"), tokenizer_model=tiny_tokenizer.model_path))
+    data = str(tmp_path / "data_text_document")
+    inputs = [str(tmp_path / "utf16.txt"), str(tmp_path / "ok.txt"), f"{data}.bin", f"{data}.idx"]
+    stats = preprocess(PreprocessConfig(inputs=inputs, output_prefix=str(tmp_path / "out"),
+                                        tokenizer_model=tiny_tokenizer.model_path))
+    assert (stats.documents, dict(stats.skipped_by_reason)) == (1, {"non-UTF-8 bytes": 3})
+    assert "control bytes: binary, or text in another encoding such as UTF-16" in (
+        tmp_path / "out.skipped.tsv").read_text().splitlines()[0]
+    skipped = Counter()
+    assert len(list(iter_training_texts(inputs, skipped=skipped))) == 1 and skipped == {"non-UTF-8 bytes": 3}
 
 
 def test_invalid_utf8_is_counted_per_byte_and_document_in_input_order(tmp_path: Path,

@@ -34,10 +34,14 @@ logger = logging.getLogger(__name__)
 TEXT, VERBATIM, JSON, ROW = "text", "verbatim", "json", "row"
 MISSING_KEY = "missing key"  # the skip reason of an object without the key: the text may be under another one
 _ENCODED_REPLACEMENT = "\ufffd".encode()
-# A text document whose invalid UTF-8 bytes number at least NOT_TEXT_MIN_BYTES and more than NOT_TEXT_SHARE of its
-# bytes is no UTF-8 text (binary data: about half its bytes are invalid; Latin-1 prose: a few percent) and is
-# skipped; fewer are replaced by U+FFFD.
+# A text document whose invalid UTF-8 bytes and CONTROL_BYTES together number at least NOT_TEXT_MIN_BYTES and more
+# than NOT_TEXT_SHARE of its bytes is no UTF-8 text (binary data: about half its bytes are invalid; UTF-16 text of
+# ASCII characters: half NUL; a .bin of token ids: the high bytes of its ids; Latin-1 prose: a few percent invalid)
+# and is skipped; fewer invalid bytes are replaced by U+FFFD.
 NOT_TEXT_MIN_BYTES, NOT_TEXT_SHARE = 64, 0.1
+# The C0 control bytes (NUL included) that text does not hold: all but tab, the line breaks \n \v \f \r and escape.
+# They are valid UTF-8, so decoding alone takes UTF-16 or a file of token ids for text.
+CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\v\f\r\x1b")
 STREAM_BLOCK_BYTES = 1 << 20  # what iter_training_texts reads of a text file at a time (then up to a line end)
 
 
@@ -124,12 +128,18 @@ def decode_replacing(data: bytes) -> tuple[str, int, int]:
     return text, len(data) - (len(text.encode("utf-8")) - 3 * inserted), first
 
 
-def _not_text(invalid: int, size: int) -> str | None:
-    """The skip reason of a text document of ``size`` bytes, ``invalid`` of them not UTF-8, that is no UTF-8 text
-    (:data:`NOT_TEXT_MIN_BYTES`, :data:`NOT_TEXT_SHARE`); None for text."""
-    if invalid >= NOT_TEXT_MIN_BYTES and invalid > NOT_TEXT_SHARE * size:
-        return (f"non-UTF-8 bytes ({invalid} of {size} invalid: binary, or text in another encoding; re-encode it "
-                "as UTF-8)")
+def _control_bytes(data: bytes) -> int:
+    """How many of ``data``'s bytes are :data:`CONTROL_BYTES`."""
+    return len(data) - len(data.translate(None, CONTROL_BYTES))
+
+
+def _not_text(invalid: int, controls: int, size: int) -> str | None:
+    """The skip reason of a text document of ``size`` bytes, ``invalid`` of them not UTF-8 and ``controls`` of them
+    :data:`CONTROL_BYTES`, that is no UTF-8 text (:data:`NOT_TEXT_MIN_BYTES`, :data:`NOT_TEXT_SHARE`); None for
+    text."""
+    if invalid + controls >= NOT_TEXT_MIN_BYTES and invalid + controls > NOT_TEXT_SHARE * size:
+        return (f"non-UTF-8 bytes ({invalid} of {size} invalid, {controls} control bytes: binary, or text in another "
+                "encoding such as UTF-16; re-encode it as UTF-8)")
     return None
 
 
@@ -432,15 +442,15 @@ def scan_text_file(path: str) -> ParsedRecord:
     """What :func:`parse_record` makes of the text file ``path`` as one document, found reading it in blocks:
     the reason it is skipped, or ``texts`` empty (the text itself is :func:`text_file_lines`) with the invalid
     UTF-8 bytes that become U+FFFD and the line of the first."""
-    size = replaced = replaced_line = 0
+    size = replaced = replaced_line = controls = 0
     has_text = False
     for line, data in _line_blocks(path):
         text, invalid, first = decode_replacing(data)
         if invalid and not replaced:
             replaced_line = line + data.count(b"\n", 0, first)
-        size, replaced = size + len(data), replaced + invalid
+        size, replaced, controls = size + len(data), replaced + invalid, controls + _control_bytes(data)
         has_text = has_text or bool(text.strip())
-    if (reason := _not_text(replaced, size)) is not None:
+    if (reason := _not_text(replaced, controls, size)) is not None:
         return ParsedRecord(None, reason)
     if not has_text:
         return ParsedRecord(None, "empty document")
@@ -475,14 +485,15 @@ def parse_record(record: RawRecord, keys: tuple[str, ...]) -> ParsedRecord:
     Reasons: ``non-UTF-8 bytes`` (a JSON line, or a text document read verbatim), ``malformed JSON``, ``missing
     key 'K'`` (the record is an object without ``K``), ``non-string value of key 'K'`` (e.g. ``{"text": 5}``),
     ``empty document``, ``lone surrogate`` (a JSON escape such as ``\\ud800`` that no UTF-8 text can hold). A text
-    document keeps its text with invalid UTF-8 replaced by U+FFFD, counted in ``replaced``, unless those bytes are
-    too many for text (:data:`NOT_TEXT_SHARE`): then it is skipped for ``non-UTF-8 bytes`` too.
+    document keeps its text with invalid UTF-8 replaced by U+FFFD, counted in ``replaced``, unless those bytes,
+    with its control bytes, are too many for text (:data:`NOT_TEXT_SHARE`): then it is skipped for ``non-UTF-8 bytes``
+    too.
     """
     data = record.data
     replaced = replaced_line = 0
     if record.kind == TEXT:
         data, replaced, first = decode_replacing(data)
-        if (reason := _not_text(replaced, len(record.data))) is not None:
+        if (reason := _not_text(replaced, _control_bytes(record.data), len(record.data))) is not None:
             return ParsedRecord(None, reason)
         replaced_line = record.line + record.data.count(b"\n", 0, first) if replaced else 0
     elif record.kind in (VERBATIM, JSON):
