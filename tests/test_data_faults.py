@@ -6,6 +6,7 @@ weights that are not finite, and partition processes outliving a preprocessing r
 existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import logging
@@ -27,6 +28,7 @@ import sentencepiece as spm
 import zstandard
 
 from megamythos.data import sources
+from megamythos.data import tokenizer as tokenizer_module
 from megamythos.data.cli import inspect_main, preprocess_main, train_tokenizer_main
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path
 from megamythos.data.index_cache import IndexCacheError, load_or_build
@@ -250,6 +252,23 @@ def test_tokenizer_training_refusals_name_the_flag(tmp_path: Path, capsys: pytes
     line = refused("a.jsonl", 300, str(tmp_path / "t3"))  # more distinct characters than 300 - 260 pieces
     assert "--vocab-size 300 is fewer pieces than this text needs" in line and "or more" in line, line
     assert "yields only" in refused("tiny.txt", 400, str(tmp_path / "t4")), "advised a size it refuses"
+
+
+def test_a_tokenizer_that_cannot_be_written_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-06: a full disk or a read-only file system when the trained model was written (after reading
+    the whole sample) was an OSError traceback (``--model-prefix /proc/tok`` as root, a writable-looking folder)."""
+    write_jsonl(tmp_path / "a.jsonl", DOCS)
+
+    def disk_full(path: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(tokenizer_module, "_drop_unrecorded_fields", disk_full)
+    line = error_of(train_tokenizer_main, ["--input", str(tmp_path / "a.jsonl"), "--vocab-size", "400",
+                                           "--model-prefix", str(tmp_path / "tok"), "--num-threads", "1"], capsys)
+    assert f"--model-prefix {tmp_path / 'tok'}: the tokenizer cannot be written (" in line, line
+    assert "the disk is full" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
 
 
 def test_tokenizer_training_reads_a_large_text_file_in_bounded_memory(tmp_path: Path,

@@ -40,7 +40,7 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from megamythos.data.atomic import remove_stale_temps, temp_name
+from megamythos.data.atomic import describe_os_error, remove_stale_temps, temp_name
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -330,9 +330,9 @@ def train_tokenizer(documents: Iterable[str | Iterator[str]], config: TokenizerT
     # leaves no half model at PREFIX, and the next training removes the folder of a process that is gone
     remove_stale_temps([config.model_prefix])
     staging = temp_name(config.model_prefix)
-    os.mkdir(staging)
     staged = os.path.join(staging, "tokenizer")
     try:
+        os.mkdir(staging)
         with ctrl_c_ends_the_process():
             _train_sentencepiece(sample, config, staged)
         _drop_unrecorded_fields(staged + ".model")
@@ -340,6 +340,9 @@ def train_tokenizer(documents: Iterable[str | Iterator[str]], config: TokenizerT
         os.replace(staged + ".model", model_path)
     except RuntimeError as err:  # SentencePiece's own error; its vocabulary checks name the size that would do
         raise _vocabulary_error(err, config.vocab_size) from err
+    except OSError as err:  # a read-only file system, a full disk: after the sample was read, maybe for an hour
+        raise TokenizerError(f"--model-prefix {config.model_prefix}: the tokenizer cannot be written "
+                             f"({describe_os_error(err)}); choose another --model-prefix, or free space") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Tokenizer(model_path)
