@@ -654,6 +654,22 @@ def test_preprocess_settings_that_cannot_run_are_user_errors() -> None:
         PreprocessConfig(inputs=["x"], output_prefix="o", tokenizer_model="t", partitions=0)
 
 
+@pytest.mark.parametrize("argv, message", [
+    ([], "give --input (files, globs or save_to_disk folders) or --hf-dataset NAME, not both and not neither"),
+    (["--input", "x", "--hf-dataset", "d"], "give --input (files, globs or save_to_disk folders) or --hf-dataset"),
+    (["--hf-dataset", "d", "--partitions", "2"], "--partitions 2 splits --input files; it cannot be used with "
+                                                 "--hf-dataset"),
+    (["--input", "x", "--json-keys", "text", "text"], "--json-keys text text is invalid: give one or more distinct"),
+])
+def test_preprocess_flags_that_cannot_go_together_are_named(argv: list[str], message: str,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-06: the command line's refusals named the library's fields (``inputs``, ``hf_dataset``,
+    ``json_keys=('text', 'text')``), not its flags."""
+    line = one_line_exit_2("megamythos.data.cli:preprocess_main",
+                           [*argv, "--output-prefix", "o", "--tokenizer-model", "t"], capsys)
+    assert message in line, line
+
+
 def test_hf_export_without_transformers_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch,
                                                                       capsys: pytest.CaptureFixture) -> None:
     """transformers is the ``hf`` extra, not a dependency: found 2026-12-06, ``--format hf`` without it was a

@@ -111,14 +111,16 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         self.json_keys = tuple(self.json_keys)
         if not self.json_keys or len(set(self.json_keys)) != len(self.json_keys):
-            raise BadInputError(f"json_keys={self.json_keys!r} is invalid: need distinct keys")
+            raise BadInputError(f"--json-keys {' '.join(self.json_keys)} is invalid: give one or more distinct keys")
         if bool(self.inputs) == bool(self.hf_dataset):
-            raise BadInputError("give either inputs (paths/globs) or hf_dataset, not both and not neither")
+            raise BadInputError("give --input (files, globs or save_to_disk folders) or --hf-dataset NAME, not both "
+                                "and not neither")
         for name in ("workers", "partitions", "batch_bytes", "batch_documents", "log_interval"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name}={getattr(self, name)} is invalid: must be >= 1")
         if self.hf_dataset and self.partitions > 1:
-            raise BadInputError("partitions > 1 splits input files; it cannot be used with hf_dataset")
+            raise BadInputError(f"--partitions {self.partitions} splits --input files; it cannot be used with "
+                                "--hf-dataset")
 
     def output_prefixes(self) -> dict[str, str]:
         """Dataset prefix of each key: ``{output_prefix}_{key}_document``."""
