@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megamythos.data.cli import inspect_main, merge_main, preprocess_main
+from megamythos.data.cli import inspect_main, merge_main, preprocess_main, train_tokenizer_main
 from megamythos.data.indexed_dataset import DatasetExistsError, IndexedDataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import read_dataset_metadata
@@ -297,6 +297,27 @@ def test_merge_replaces_an_existing_dataset_only_with_overwrite_and_never_keeps_
     merge_datasets([bare], str(tmp_path / "ab"), overwrite=True)
     assert len(IndexedDataset(str(tmp_path / "ab"))) == len(DOCS)
     assert read_dataset_metadata(str(tmp_path / "ab")) is None, "the replaced dataset's record was left"
+
+
+def test_input_given_twice_reads_both(tmp_path, tiny_tokenizer: Tokenizer, capsys) -> None:
+    """Found 2026-12-06: ``--input a --input b`` (argparse's store) kept the last list alone, so preprocessing,
+    the merge and tokenizer training read b and dropped a without a word. Every --input adds its paths."""
+    for name, docs in (("a", DOCS[:10]), ("b", DOCS[10:15])):
+        write_jsonl(tmp_path / f"{name}.jsonl", docs)
+    for name in ("a", "b"):
+        assert preprocess_main(["--input", str(tmp_path / f"{name}.jsonl"), "--output-prefix", str(tmp_path / name),
+                                "--tokenizer-model", tiny_tokenizer.model_path]) == 0
+    assert preprocess_main(["--input", str(tmp_path / "a.jsonl"), "--input", str(tmp_path / "b.jsonl"),
+                            "--output-prefix", str(tmp_path / "both"), "--tokenizer-model",
+                            tiny_tokenizer.model_path]) == 0
+    assert decoded(tiny_tokenizer, IndexedDataset(str(tmp_path / "both_text_document"))) == DOCS[:15]
+    assert merge_main(["--input", str(tmp_path / "a_text_document"), "--input", str(tmp_path / "b_text_document"),
+                       "--output-prefix", str(tmp_path / "ab")]) == 0
+    assert decoded(tiny_tokenizer, IndexedDataset(str(tmp_path / "ab"))) == DOCS[:15]
+    capsys.readouterr()
+    assert train_tokenizer_main(["--input", str(tmp_path / "missing.jsonl"), "--input", str(tmp_path / "a.jsonl"),
+                                 "--vocab-size", "400", "--model-prefix", str(tmp_path / "tok")]) == 2
+    assert f"input '{tmp_path / 'missing.jsonl'}' matches no file" in capsys.readouterr().err
 
 
 def test_command_line_tools(tmp_path, tiny_tokenizer: Tokenizer, capsys) -> None:

@@ -31,7 +31,8 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
         python tokenizer/train_tokenizer.py --input 'corpus/*.jsonl' --vocab-size 32000 --model-prefix out/tok
     """
     parser = ArgumentParser(prog="python tokenizer/train_tokenizer.py", description=train_tokenizer_main.__doc__)
-    parser.add_argument("--input", nargs="+", required=True, help="files or globs")
+    parser.add_argument("--input", nargs="+", action="extend", required=True,
+                        help="files or globs (--input a --input b reads both)")
     parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), required=True,
                         help=f"pieces, >= {MIN_VOCAB_SIZE}")
     parser.add_argument("--model-prefix", required=True,
@@ -90,9 +91,9 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = ArgumentParser(prog="python data_prep/preprocess_data.py", description=preprocess_main.__doc__)
     src = parser.add_argument_group("input")
-    src.add_argument("--input", nargs="+", default=[],
+    src.add_argument("--input", nargs="+", action="extend", default=[],
                      help=".jsonl (.json .ndjson .jsonlines; .gz .zst), .parquet or text files, globs, or save_to_disk "
-                          "directories")
+                          "directories (--input a --input b reads both)")
     src.add_argument("--input-format", choices=FORMATS, default=None,
                      help="read every --input file as this format (default: by file suffix)")
     src.add_argument("--json-keys", nargs="+", default=list(PreprocessConfig.json_keys),
@@ -173,7 +174,8 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
 def merge_main(argv: Sequence[str] | None = None) -> int:
     """Concatenate indexed datasets: ``python data_prep/merge_datasets.py --input A B C --output-prefix OUT``."""
     parser = ArgumentParser(prog="python data_prep/merge_datasets.py", description=merge_main.__doc__)
-    parser.add_argument("--input", nargs="+", required=True, help="dataset prefixes (without .bin/.idx), in order")
+    parser.add_argument("--input", nargs="+", action="extend", required=True,
+                        help="dataset prefixes (without .bin/.idx), in order (--input a --input b merges both)")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX.{bin,idx} (+ .json record)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
     args = parser.parse_args(argv)
