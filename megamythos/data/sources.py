@@ -7,8 +7,9 @@ hub name or local data directory (``load_dataset``). Suffixes are matched in any
 first line is a JSON object is refused (JSON lines under another suffix), as is another compression. Records are
 yielded unparsed where possible so that decoding and JSON parsing run in the tokenizer workers; :func:`parse_record`
 turns a record into texts or a reason to skip it. Invalid UTF-8 in a text document becomes U+FFFD (the rest of the
-document is kept, the bytes replaced are counted: :class:`Replacements`); in a JSON line, or a text file read
-verbatim, it skips the record. Tokenizer training reads a text file line by line (:func:`iter_training_texts`).
+document is kept, the bytes replaced are counted: :class:`Replacements`), unless such bytes and control bytes are
+too many for text (binary data, UTF-16: :data:`NOT_TEXT_SHARE`); in a JSON line, or a text file read verbatim, it
+skips the record. Tokenizer training reads a text file line by line (:func:`iter_training_texts`).
 """
 from __future__ import annotations
 
