@@ -1,8 +1,11 @@
 """Behaviour of MythosLM: causality, cached decode, stability of the recurrence, early exit, options, training."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
 
 from megamythos.inference.generate import SamplingConfig, generate, sample_next
 from megamythos.model.config import ConfigError, ModelConfig, get_preset
@@ -180,6 +183,30 @@ def test_a_row_that_ends_yields_eos_while_the_others_go_on() -> None:
     assert ended.shape[1] == 4 + stop + 1  # until row 1 ends too, or the limit
     assert ended[0, 4:].tolist() == [eos] * (stop + 1)
     assert torch.equal(ended[1, 4:], new[1, :stop + 1])  # the same draws: the finished row is masked after them
+
+
+class _TwoRowScript(nn.Module):
+    """A stand-in model for a batch of 2 rows: row 0 always picks token 1, row 1 token 2; row i executes i + 1
+    loops per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = small_config()
+
+    def forward(self, input_ids: torch.Tensor, **_: object) -> SimpleNamespace:
+        logits = torch.zeros(*input_ids.shape, self.config.vocab_size)
+        logits[0, :, 1] = logits[1, :, 2] = 1.0
+        depth = torch.tensor([[1.0], [2.0]]).expand(input_ids.shape)
+        return SimpleNamespace(logits=logits, stats={"depth": depth})
+
+
+def test_loop_statistics_leave_out_the_rows_that_already_ended() -> None:
+    """loops_per_token and mean_loops averaged in the eos padding of rows that had ended (found 2026-12-06)."""
+    out, stats = generate(_TwoRowScript(), torch.zeros(2, 3, dtype=torch.long),
+                          SamplingConfig(max_new_tokens=4, temperature=0, eos_id=1))  # row 0 ends at once
+    assert out[:, 3:].tolist() == [[1, 1, 1, 1], [2, 2, 2, 2]]
+    assert stats.loops_per_token == [1.5, 2.0, 2.0, 2.0]  # step 0: both rows; then row 1 alone
+    assert stats.mean_loops == (1 + 4 * 2) / 5  # 5 generated tokens: row 0's eos, row 1's 4
 
 
 def test_sampled_loop_count_same_on_every_rank_and_centred() -> None:

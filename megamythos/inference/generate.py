@@ -81,18 +81,24 @@ class SamplingConfig:
 
 @dataclass
 class GenerationStats:
-    """``row_loops[t]`` [B]: the loops each row's token of step t executed (a finished row's too)."""
+    """Per step t of a batch of B rows: ``row_loops[t]`` [B] the loops each row's token executed (a finished row's
+    too), ``generating[t]`` [B] bool whether the row was still generating: a row that sampled eos at an earlier
+    step yields eos as padding from then on, and its loops are no generated token's."""
 
     row_loops: list[torch.Tensor] = field(default_factory=list)
+    generating: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def loops_per_token(self) -> list[float]:
-        """Per step, the loops executed averaged over the rows."""
-        return [float(loops.mean()) for loops in self.row_loops]
+        """Per step, the loops executed averaged over the rows still generating (every step has one)."""
+        return [float(loops[live].mean()) for loops, live in zip(self.row_loops, self.generating)]
 
     @property
     def mean_loops(self) -> float:
-        return sum(self.loops_per_token) / max(len(self.row_loops), 1)
+        """Loops executed per generated token: sum over the rows' generated tokens (each eos included, the
+        padding after it not) / their number; 0 when none was generated."""
+        tokens = sum(int(live.sum()) for live in self.generating)
+        return sum(float(loops[live].sum()) for loops, live in zip(self.row_loops, self.generating)) / max(tokens, 1)
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -180,6 +186,7 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
         for _ in range(steps):
             if stats is not None:
                 stats.row_loops.append(out.stats["depth"][:, -1].float())  # the newest token's loops
+                stats.generating.append(~finished)
             token = sample_next(out.logits[:, -1], cfg, generator)
             if cfg.eos_id is not None:
                 token = token.masked_fill(finished, cfg.eos_id)
