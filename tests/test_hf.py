@@ -405,6 +405,16 @@ def small_hf(tiny_tokenizer, tmp_path_factory):
     return hf_dir, AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
 
 
+def test_inputs_embeds_is_refused_naming_it(small_hf):
+    """``inputs_embeds`` (to forward or generate, which hands it to forward with ``input_ids=None``) was a TypeError
+    or an AttributeError from inside forward (found 2026-12-06)."""
+    _, hf = small_hf
+    embeds = hf.get_input_embeddings()(torch.tensor([[5, 6, 7]]))
+    for call in (lambda: hf(inputs_embeds=embeds), lambda: hf.generate(inputs_embeds=embeds, max_new_tokens=2)):
+        with pytest.raises(ValueError, match="input_ids, not inputs_embeds"):
+            call()
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_of_a_left_padded_batch_equals_each_prompt_alone(small_hf, num_beams):
     """transformers passes the tokenizer's attention mask into every forward, grown by a column per step (and

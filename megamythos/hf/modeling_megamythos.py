@@ -63,7 +63,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     [B, cached + S] (1 = real, 0 = padding; padding at inference only); ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
     the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
-    ``config.max_position_embeddings`` raise ``ValueError``."""
+    ``config.max_position_embeddings`` raise ``ValueError``, as does ``inputs_embeds`` (token ids only)."""
 
     config_class = MegamythosConfig
     base_model_prefix = "model"
@@ -107,10 +107,13 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.model.lm_head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: MythosCache | None = None, labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 n_loops: int | None = None, exit_threshold: float | None = None,
                 past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
+        if input_ids is None or kwargs.get("inputs_embeds") is not None:  # an AttributeError or TypeError before
+            raise ValueError("megamythos takes input_ids, not inputs_embeds: pass the token ids (its prelude, loop "
+                             "and coda start from its own embedding of them)")
         asked = [name for name in ("output_hidden_states", "output_attentions") if kwargs.get(name)]
         if asked:  # silently None before
             raise ValueError(f"megamythos does not return {' or '.join(asked)}: its layers loop, so there is no "
