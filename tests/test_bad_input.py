@@ -785,12 +785,15 @@ def test_device_names_this_machine_lacks_are_one_line(capsys: pytest.CaptureFixt
 
 @pytest.mark.parametrize("kwargs, message", [({"n_loops": 0}, "n_loops=0 must be >= 1"),
                                              ({"n_loops": -2}, "n_loops=-2 must be >= 1"),
+                                             ({"n_loops": 2.5}, "n_loops=2.5 must be >= 1, a whole number"),
+                                             ({"n_loops": "8"}, "n_loops='8' must be >= 1, a whole number"),
                                              ({"exit_threshold": -0.1}, "exit_threshold=-0.1 must be >= 0"),
                                              ({"backprop_loops": -1}, "backprop_loops=-1 must be >= 0")])
 def test_model_forward_refuses_a_loop_count_below_1_and_a_negative_threshold(kwargs: dict, message: str) -> None:
     """``n_loops=0`` ran the config's mean_loops and a negative threshold ran as 0, silently (the Hugging Face
     wrapper's ``generate(..., n_loops=0)`` too); ``backprop_loops=-1`` backpropagated through every loop
-    (found 2026-12-06)."""
+    (found 2026-12-06). A loop count of 2.5 or "8" (lm-eval's ``--model_args ...,n_loops=2.5``, which
+    ``from_pretrained`` sets on the config unchecked) was a TypeError naming no setting (found 2026-12-06)."""
     model = MythosLM(small_config()).eval()
     with pytest.raises(ValueError, match=f"^{message}"):
         model(torch.zeros(1, 4, dtype=torch.long), **kwargs)
@@ -808,10 +811,11 @@ def test_model_forward_names_input_and_label_shapes_it_cannot_use() -> None:
         model(ids, labels=torch.zeros(2, 7, dtype=torch.long))
 
 
-@pytest.mark.parametrize("n_loops", [0, -3])
+@pytest.mark.parametrize("n_loops", [0, -3, 2.5])
 def test_library_generation_refuses_a_loop_count_below_1(n_loops: int) -> None:
     """``SamplingConfig(n_loops=0)`` generated at the config's mean_loops, silently (found 2026-12-06); the
-    command line's ``--loops 0`` was refused by its parser."""
+    command line's ``--loops 0`` was refused by its parser. ``n_loops=2.5`` was a TypeError from the decode cache
+    (found 2026-12-06)."""
     with pytest.raises(ValueError, match=f"^n_loops={n_loops} must be >= 1"):
         SamplingConfig(n_loops=n_loops)
 

@@ -405,6 +405,20 @@ def small_hf(tiny_tokenizer, tmp_path_factory):
     return hf_dir, AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
 
 
+def test_a_loop_count_that_is_no_whole_number_is_refused_naming_it(small_hf):
+    """``generate(n_loops=2.5)``, or lm-eval's ``--model_args ...,n_loops=2.5`` (``from_pretrained`` sets it on the
+    config unchecked), was a TypeError from the decode cache naming no setting (found 2026-12-06)."""
+    from transformers import AutoModelForCausalLM
+
+    hf_dir, hf = small_hf
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match=r"^n_loops=2\.5 must be >= 1, a whole number"):
+        hf.generate(ids, max_new_tokens=2, n_loops=2.5)
+    configured = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True, n_loops=2.5)
+    with pytest.raises(ValueError, match=r"^n_loops=2\.5 must be >= 1, a whole number"):
+        configured.generate(ids, max_new_tokens=2)
+
+
 def test_inputs_embeds_is_refused_naming_it(small_hf):
     """``inputs_embeds`` (to forward or generate, which hands it to forward with ``input_ids=None``) was a TypeError
     or an AttributeError from inside forward (found 2026-12-06)."""

@@ -42,7 +42,7 @@ from megamythos.errors import ArgumentParser, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
 from megamythos.model.config import ModelConfig
-from megamythos.model.lm import ModelKVCache, MythosLM
+from megamythos.model.lm import ModelKVCache, MythosLM, check_loop_count
 from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
 
@@ -67,8 +67,7 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
-        if self.n_loops is not None and self.n_loops < 1:
-            raise ValueError(f"n_loops={self.n_loops} must be >= 1 (None: the model config's mean_loops)")
+        check_loop_count(self.n_loops)
         if not self.temperature >= 0:  # NaN too
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         if not 0 < self.top_p <= 1:

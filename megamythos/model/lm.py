@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -36,6 +37,13 @@ class DenseBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
+def check_loop_count(n_loops: int | None) -> None:
+    """Raise ``ValueError`` unless ``n_loops`` is None (the config's ``mean_loops``) or a whole number >= 1 (0 must
+    not read as "unset"; 2.5 or "8" were a TypeError naming no setting)."""
+    if n_loops is not None and not (isinstance(n_loops, numbers.Integral) and n_loops >= 1):
+        raise ValueError(f"n_loops={n_loops!r} must be >= 1, a whole number (None: the config's mean_loops)")
+
+
 class ModelKVCache:
     """Decode cache of the whole model: one LayerKVCache per prelude layer, per loop index, per coda layer.
 
@@ -43,6 +51,7 @@ class ModelKVCache:
     """
 
     def __init__(self, config: ModelConfig, n_loops: int) -> None:
+        check_loop_count(n_loops)
         self.n_loops = n_loops
         self.prelude = [LayerKVCache() for _ in range(config.prelude_layers)]
         self.loops = [LayerKVCache() for _ in range(n_loops)]
@@ -181,8 +190,7 @@ class MythosLM(nn.Module):
         if labels is not None and labels.shape != input_ids.shape:
             raise ValueError(f"labels of shape {list(labels.shape)} must have the shape of input_ids "
                              f"{list(input_ids.shape)}: the next token at each input position (-100: not scored)")
-        if n_loops is not None and n_loops < 1:
-            raise ValueError(f"n_loops={n_loops} must be >= 1 (None: the config's mean_loops)")
+        check_loop_count(n_loops)
         if backprop_loops is not None and backprop_loops < 0:
             raise ValueError(f"backprop_loops={backprop_loops} must be >= 0 (0: through every loop; None: the "
                              "config's backprop_loops)")
