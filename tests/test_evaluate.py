@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from megamythos.inference.evaluate import evaluate_loops, write_results
+from megamythos.inference.evaluate import LoopEval, evaluate_loops, write_results
 from megamythos.model.lm import MythosLM
 from tests.helpers import small_config
 
@@ -68,3 +68,15 @@ def test_forward_flops_of_batches_of_different_lengths_are_each_batchs_own() -> 
         both = evaluate_loops(model, [(b[:, :-1], b[:, 1:]) for b in (long, short)], [3], threshold)[0]
         expected = (each[0].forward_flops_per_token * 64 + each[1].forward_flops_per_token * 8) / 72
         assert abs(both.forward_flops_per_token - expected) < 1e-6 * expected
+
+
+def test_the_plot_draws_each_curve_in_loop_order(tmp_path, monkeypatch) -> None:
+    """``--loops 8,1,4`` drew the perplexity line back and forth in the order given (found 2026-12-06)."""
+    import matplotlib.axes
+
+    drawn, plot = [], matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda ax, x, *args, **kwargs: drawn.append(list(x)) or plot(ax, x, *args, **kwargs))
+    results = [LoopEval(n, threshold, 1.0, 2.7, n, [], 1.0, 10) for threshold in (0.0, 0.2) for n in (8, 1, 4)]
+    write_results(results, tmp_path, trained_loops=4)
+    assert drawn == [[1, 4, 8], [1, 4, 8]]

@@ -200,7 +200,7 @@ def _plot(results: Sequence[LoopEval], trained_loops: int, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for threshold in sorted({r.exit_threshold for r in results}):
-        subset = [r for r in results if r.exit_threshold == threshold]
+        subset = sorted((r for r in results if r.exit_threshold == threshold), key=lambda r: r.loops)  # --loops 8,1
         ax.plot([r.loops for r in subset], [r.perplexity for r in subset], marker="o",
                 label=f"early exit < {threshold:g}" if threshold else "all loops")
     ax.axvline(trained_loops, color="grey", linestyle="--", label=f"trained mean depth ({trained_loops})")
