@@ -317,6 +317,13 @@ def test_a_prompt_file_with_a_byte_order_mark_reads_as_without_it(name: str, tex
     prompts.write_bytes(b"\xef\xbb\xbf" + text.encode())
     assert read_prompts(prompts) == [Prompt(1, "def"), Prompt(2, "class")]
 
+def test_a_jsonl_prompt_file_is_read_as_json_whatever_the_case_of_its_suffix(tmp_path: Path) -> None:
+    """``P.JSONL`` was read as a text file: each prompt the literal JSON line (found 2026-12-06)."""
+    prompts = tmp_path / "P.JSONL"
+    prompts.write_text('{"prompt": "def"}\n')
+    assert read_prompts(prompts) == [Prompt(1, "def")]
+
+
 def test_a_prompt_file_continues_each_prompt_as_it_would_alone_up_to_the_context(
         tiny_tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:

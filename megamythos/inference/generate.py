@@ -14,8 +14,8 @@ per token and the forward FLOPs per token that implies goes to stderr. The same 
 ``--seed`` give the same text.
 
 ``--prompt-file`` continues many prompts, ``--batch-size`` at a time in left-padded batches: one prompt per line,
-or, for a ``.jsonl`` file, one ``{"prompt": "..."}`` per line (a prompt with newlines). Every line is a prompt
-(a blank one is refused, naming its line). Out comes one JSON line per prompt, in file order, to stdout or to
+or, for a ``.jsonl`` file (any case), one ``{"prompt": "..."}`` per line (a prompt with newlines). Every line is a
+prompt (a blank one is refused, naming its line). Out comes one JSON line per prompt, in file order, to stdout or to
 ``--out`` (written under a temporary name and renamed once complete; an existing file is replaced only with
 ``--overwrite``): ``{"line", "prompt", "completion", "new_tokens", "stop"}``, ``new_tokens`` counting the eos
 that ended it and ``stop`` one of ``eos``, ``max_tokens``, ``context``. The stderr line covers the whole run.

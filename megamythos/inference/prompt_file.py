@@ -1,9 +1,9 @@
 """The prompts of ``generate --prompt-file FILE`` and the batches they run in.
 
-``FILE`` ending in ``.jsonl`` holds one JSON object per line with the prompt under ``"prompt"`` (a prompt may then
-span lines: ``"def main():\\n    "``); any other file holds one prompt per line, its newline not part of it. Every
-line is a prompt: a blank line, an empty ``"prompt"`` or an empty file is refused (naming the line), so that the
-n-th result always belongs to the n-th line.
+``FILE`` ending in ``.jsonl`` (in any case) holds one JSON object per line with the prompt under ``"prompt"`` (a
+prompt may then span lines: ``"def main():\\n    "``); any other file holds one prompt per line, its newline not
+part of it. Every line is a prompt: a blank line, an empty ``"prompt"`` or an empty file is refused (naming the
+line), so that the n-th result always belongs to the n-th line.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     if not text:
         raise LoadError(f"--prompt-file {path} is empty; give one prompt per line")
     lines = text.removesuffix("\n").split("\n")  # not splitlines: a prompt may hold U+2028 and the like
-    jsonl = path.suffix == ".jsonl"
+    jsonl = path.suffix.lower() == ".jsonl"  # P.JSONL too: its lines were read as literal JSON text
     prompts = [Prompt(n, _jsonl_prompt(path, n, line) if jsonl else line) for n, line in enumerate(lines, 1)]
     for prompt in prompts:
         if not prompt.text:
