@@ -419,6 +419,19 @@ def test_a_loop_count_that_is_no_whole_number_is_refused_naming_it(small_hf):
         configured.generate(ids, max_new_tokens=2)
 
 
+def test_a_transformers_cache_is_refused_naming_it(small_hf):
+    """A ``DynamicCache`` passed to forward or generate (``past_key_values=DynamicCache()``, as for transformers'
+    own models) was an AttributeError ('DynamicCache' object has no attribute 'kv') (found 2026-12-06)."""
+    from transformers import DynamicCache
+
+    _, hf = small_hf
+    ids = torch.tensor([[5, 6, 7]])
+    for call in (lambda: hf(ids, past_key_values=DynamicCache(), use_cache=True),
+                 lambda: hf.generate(ids, max_new_tokens=2, past_key_values=DynamicCache())):
+        with pytest.raises(ValueError, match="its own cache, not a DynamicCache"):
+            call()
+
+
 def test_inputs_embeds_is_refused_naming_it(small_hf):
     """``inputs_embeds`` (to forward or generate, which hands it to forward with ``input_ids=None``) was a TypeError
     or an AttributeError from inside forward (found 2026-12-06)."""

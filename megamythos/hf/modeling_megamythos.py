@@ -63,7 +63,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     [B, cached + S] (1 = real, 0 = padding; padding at inference only); ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
     the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
-    ``config.max_position_embeddings`` raise ``ValueError``, as does ``inputs_embeds`` (token ids only)."""
+    ``config.max_position_embeddings`` raise ``ValueError``, as do ``inputs_embeds`` (token ids only) and a cache
+    of transformers' own (``DynamicCache``, ...)."""
 
     config_class = MegamythosConfig
     base_model_prefix = "model"
@@ -123,6 +124,9 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
         exit_threshold = 0.0 if self.training else exit_threshold  # training runs every loop on every token
         cache = past_key_values if cache is None else cache
+        if cache is not None and not isinstance(cache, MythosCache):  # an AttributeError ('kv') from below before
+            raise ValueError(f"megamythos decodes with its own cache, not a {type(cache).__name__}: pass none (forward "
+                             "makes one with use_cache=True) or the cache of the previous output")
         past = cache.get_seq_length() if cache is not None else 0
         context = self.config.max_position_embeddings
         if past + input_ids.shape[1] > context:  # RoPE would rotate by angles training never used
