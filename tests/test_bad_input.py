@@ -392,7 +392,8 @@ def test_json_keys_hint_only_for_objects_without_the_key(case: str, tmp_path: Pa
 
 def test_broken_train_record_and_latest_pointer_are_one_line(tmp_path: Path) -> None:
     """A resume reads the tag's train_args.json for its layout and the save directory's `latest`: an empty or
-    invalid one names the file (a traceback, and an empty `latest` read as the directory itself, before)."""
+    invalid one names the file (a traceback, and an empty `latest` read as the directory itself, before), as does
+    a `latest` that is not text."""
     from megamythos.checkpoint.files import read_latest, saved_layout
 
     tag = tmp_path / "iter_0000002"
@@ -412,6 +413,9 @@ def test_broken_train_record_and_latest_pointer_are_one_line(tmp_path: Path) -> 
     with pytest.raises(CheckpointError, match=r"latest names 'iter_0000004', which does not exist in .* "
                                               r"\(deleted\?\); the newest tag there is iter_0000002: write it into "
                                               r".*latest to use it"):
+        read_latest(tmp_path)
+    (tmp_path / "latest").write_bytes(b"\xff\xfe")  # found 2026-12-06: a UnicodeDecodeError traceback
+    with pytest.raises(CheckpointError, match=r"latest cannot be read \(.*\); write the tag of the checkpoint"):
         read_latest(tmp_path)
 
 

@@ -79,7 +79,11 @@ def read_latest(directory: str | Path) -> str | None:
     path = Path(directory) / LATEST
     if not path.is_file():
         return None
-    tag = path.read_text().strip()
+    try:
+        tag = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:  # overwritten with binary data, unreadable
+        raise CheckpointError(f"{path} cannot be read ({err}); write the tag of the checkpoint to resume into it "
+                              "(iter_NNNNNNN), or remove it to start afresh") from err
     if not TAG_RE.match(tag):
         raise CheckpointError(f"{path} holds {tag!r}, not a checkpoint tag (iter_NNNNNNN); write the tag of the "
                               "checkpoint to resume into it, or remove it to start afresh")
