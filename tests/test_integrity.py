@@ -590,3 +590,18 @@ def test_export_model_refuses_what_no_loader_reads_and_exports_a_compiled_model(
     with pytest.raises(ExportError, match="ZeRO-3 partitions"):
         export_model(model, tmp_path / "partitioned", tiny_tokenizer)
     assert not (tmp_path / "partitioned").exists()
+
+
+def test_an_export_without_checksums_whose_weights_do_not_load_is_one_line(tmp_path: Path, capsys) -> None:
+    """An export without ``checksums.json`` (written before exports carried one) is read unverified: weights of
+    another model than its ``config.json`` describes, or a ``model.safetensors`` that is no safetensors file,
+    were a RuntimeError / SafetensorError traceback in generate and evaluate (found 2026-12-06)."""
+    out = export_model(MythosLM(small_config()), tmp_path / "export")
+    (out / CHECKSUMS_FILE).unlink()
+    (out / "config.json").write_text(small_config(dim=128).to_json())
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not hold the weights of the model .*config\."
+                                              r"json describes \(.*size mismatch.*\); export the checkpoint again"):
+        load_exported(out)
+    (out / "model.safetensors").write_bytes(b"\xff" * 64)
+    line = error_line(generate_main(["--load", str(out), "--prompt", "def"]), capsys.readouterr().err)
+    assert "model.safetensors does not hold the weights of the model" in line, line

@@ -14,6 +14,7 @@ import logging
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -205,6 +206,7 @@ def pretrained_weights(path: Path) -> tuple[Path, ModelConfig, dict[str, torch.T
 def load_exported(out_dir: str | Path) -> MythosLM:
     """:class:`MythosLM` from an export directory: JSON and safetensors only, nothing is unpickled. Its files are
     verified against its ``checksums.json`` first (an export without one is read with a warning)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     out_dir = Path(out_dir)
@@ -222,5 +224,10 @@ def load_exported(out_dir: str | Path) -> MythosLM:
         raise CheckpointError(f"{out_dir} is a Hugging Face export (--format hf): load it with transformers "
                               "(docs/inference.md), or export the checkpoint without --format hf for --load")
     model = MythosLM(ModelConfig.from_json(out_dir / CONFIG_FILE))
-    load_model(model, str(out_dir / MODEL_FILE))
+    try:  # an export without checksums whose weights are not a safetensors file, or not of its config's model
+        load_model(model, str(out_dir / MODEL_FILE))
+    except (SafetensorError, RuntimeError, OSError) as err:
+        raise CheckpointError(f"{out_dir / MODEL_FILE} does not hold the weights of the model {out_dir / CONFIG_FILE} "
+                              f"describes ({textwrap.shorten(str(err), 300)}); export the checkpoint again "
+                              "(--overwrite)") from err
     return model
