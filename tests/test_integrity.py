@@ -605,3 +605,34 @@ def test_an_export_without_checksums_whose_weights_do_not_load_is_one_line(tmp_p
     (out / "model.safetensors").write_bytes(b"\xff" * 64)
     line = error_line(generate_main(["--load", str(out), "--prompt", "def"]), capsys.readouterr().err)
     assert "model.safetensors does not hold the weights of the model" in line, line
+
+
+
+def test_a_zero0_autoep_checkpoint_is_read_with_its_expert_files(tmp_path: Path) -> None:
+    """A checkpoint of an AutoEP run (``--ep`` > 1) under ZeRO 0-2 holds DeepSpeed's per-expert files
+    ``layer_L_expert_E_mp_rank_00_model_states.pt`` beside ``mp_rank_00_model_states.pt``; under ZeRO-0 its
+    optimizer files are ``expp_rank_*`` and its module state leaves the experts out. Found 2026-12-06: export,
+    evaluate and generate took an expert file for the client state (they sort first), sent ZeRO-0 through
+    ds_to_universal (a multi-line failure), and left the selection bias under AutoEP's name."""
+    from megamythos.checkpoint.reader import load_checkpoint_weights
+
+    config = small_config()
+    model, tag, moe = MythosLM(config), tmp_path / "iter_0000002", "recurrent.block.moe"
+    with torch.no_grad():
+        model.recurrent.block.moe.gate.e_score_correction_bias.uniform_(-0.5, 0.5)
+    want = model.state_dict()
+    tag.mkdir()
+    config.to_json(tag / "model_config.json")
+    module = {k: v for k, v in want.items() if f"{moe}.experts." not in k and f"{moe}.gate." not in k}
+    module |= {f"{moe}.router.gate.weight": want[f"{moe}.gate.weight"],  # as AutoEP names them
+               f"{moe}.router.e_score_correction_bias": want[f"{moe}.gate.e_score_correction_bias"]}
+    torch.save({"module": module, "expert_bias": {moe: want[f"{moe}.gate.e_score_correction_bias"]}},
+               tag / "mp_rank_00_model_states.pt")
+    gate_up, down, f = want[f"{moe}.experts.gate_up_proj"], want[f"{moe}.experts.down_proj"], config.expert_dim
+    for e in range(config.n_experts):
+        torch.save({f"{moe}.experts.w1.{e}": gate_up[e, :f], f"{moe}.experts.w2.{e}": down[e],
+                    f"{moe}.experts.w3.{e}": gate_up[e, f:]}, tag / f"layer_0_expert_{e}_mp_rank_00_model_states.pt")
+    torch.save({}, tag / "expp_rank_0_mp_rank_00_optim_states.pt")
+    write_checksums(tag)
+    _, state = load_checkpoint_weights(tag, tmp_path)
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)

@@ -6,7 +6,8 @@ ZeRO (1-3) checkpoints, with or without AutoEP/AutoTP, go through DeepSpeed's un
 ``zero_to_fp32`` refuses AutoEP checkpoints. AutoEP's expert layout (``experts.w1/w2/w3``, ``router.gate``) is
 mapped back to the model's (``experts.gate_up_proj/down_proj``, ``gate``), and the aux-loss-free expert biases,
 which universal checkpoints do not carry, come from our client state. A ZeRO-0 checkpoint without TP already
-holds the full module state and is read directly. Export directories are read from JSON and safetensors only.
+holds the full module state (with AutoEP: its experts in DeepSpeed's per-expert files) and is read directly.
+Export directories are read from JSON and safetensors only.
 """
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ from megamythos.checkpoint.checksums import (
     verify_checksums,
     verify_tag,
 )
-from megamythos.checkpoint.files import MODEL_CONFIG_FILE, CheckpointError, disk_full, disk_size, read_latest
+from megamythos.checkpoint.files import (
+    MODEL_CONFIG_FILE,
+    ZERO_OPTIM_SHARDS,
+    CheckpointError,
+    disk_full,
+    disk_size,
+    read_latest,
+)
 from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM
@@ -54,9 +62,14 @@ def resolve_tag_dir(path: str | Path) -> Path:
     return path / tag
 
 
+# rank 0's model-states file: ``mp_rank_00_model_states.pt`` (ZeRO 0-2), ``zero_pp_rank_0_...`` (ZeRO-3); not the
+# per-expert ``layer_L_expert_E_mp_rank_00_model_states.pt`` DeepSpeed writes beside it for AutoEP under ZeRO 0-2
+CLIENT_STATE_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
 def _client_state(tag_dir: Path) -> dict:
     """Rank 0's model-states file: DeepSpeed's metadata plus our client state."""
-    files = sorted(tag_dir.glob("*mp_rank_00_model_states.pt"))
+    files = [tag_dir / name for name in CLIENT_STATE_FILES if (tag_dir / name).is_file()]
     if not files:
         raise CheckpointError(f"{tag_dir} has no DeepSpeed model-states file")
     return torch.load(files[0], map_location="cpu", weights_only=False)
@@ -94,6 +107,19 @@ def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tenso
     return state
 
 
+def _zero0_module_state(tag_dir: Path, module: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The full fp32 state of a ZeRO-0 checkpoint without TP: rank 0's ``module``, and for an AutoEP run the experts
+    DeepSpeed keeps out of it, one file per expert (``layer_L_expert_E_mp_rank_00_model_states.pt`` holding
+    ``NAME.w1.E`` [F, H], ...), stacked into ``NAME.w1`` [E, F, H] and named as the model names them."""
+    experts: dict[str, dict[int, torch.Tensor]] = {}
+    for path in tag_dir.glob("layer_*_expert_*_mp_rank_00_model_states.pt"):
+        for name, tensor in torch.load(path, map_location="cpu", weights_only=False).items():
+            base, _, expert = name.rpartition(".")
+            experts.setdefault(base, {})[int(expert)] = tensor
+    state = {**module, **{base: torch.stack([by_id[e] for e in sorted(by_id)]) for base, by_id in experts.items()}}
+    return {k: v.float() for k, v in autoep_to_model_names(state).items()}
+
+
 def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(model config, full state dict incl. expert biases) of one checkpoint tag; a file that differs from the
     tag's checksums is refused by name (:class:`CheckpointError`, see :func:`verify_tag`) before anything is
@@ -101,10 +127,10 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     verify_tag(tag_dir)
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     client = _client_state(tag_dir)
-    if any(tag_dir.glob("*optim_states.pt")):
+    if any(tag_dir.glob(ZERO_OPTIM_SHARDS)):
         state = autoep_to_model_names(_universal_state_dict(tag_dir, workdir))
     elif len(list(tag_dir.glob("mp_rank_*_model_states.pt"))) == 1:
-        state = {k: v.float() for k, v in client["module"].items()}
+        state = _zero0_module_state(tag_dir, client["module"])
     else:
         raise CheckpointError(f"{tag_dir} is a ZeRO-0 tensor-parallel checkpoint; train with ZeRO >= 1 to export it")
     for module_name, bias in client.get("expert_bias", {}).items():

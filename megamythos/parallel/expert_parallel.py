@@ -103,7 +103,9 @@ def autoep_to_model_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
     """Full tensors named as in an AutoEP model (a universal checkpoint) -> named as in :class:`MythosLM`.
 
     ``experts.w1`` [E, F, H] and ``experts.w3`` [E, F, H] -> ``experts.gate_up_proj`` [E, 2F, H] (gate rows first);
-    ``experts.w2`` -> ``experts.down_proj`` [E, H, F]; ``router.gate.*`` -> ``gate.*``; other names pass through.
+    ``experts.w2`` -> ``experts.down_proj`` [E, H, F]; ``router.gate.*`` -> ``gate.*``; the selection bias
+    ``router.e_score_correction_bias`` (a ZeRO-1/2 checkpoint's universal form carries it) ->
+    ``gate.e_score_correction_bias``; other names pass through.
     """
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
@@ -115,5 +117,6 @@ def autoep_to_model_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
         elif name.endswith(".experts.w3"):
             continue  # folded into gate_up_proj above
         else:
-            out[name.replace(".router.gate.", ".gate.")] = tensor
+            out[name.replace(".router.gate.", ".gate.").replace(".router.e_score_correction_bias",
+                                                                ".gate.e_score_correction_bias")] = tensor
     return out
