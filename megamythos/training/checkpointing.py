@@ -48,6 +48,7 @@ from megamythos.checkpoint.files import (
     TRAIN_RECORD,
     UNIVERSAL_SUFFIX,
     WRITER_LOCK,
+    ZERO_OPTIM_SHARDS,
     CheckpointError,
     disk_full,
     disk_size,
@@ -331,10 +332,11 @@ def saved_progress(load_dir: str | Path) -> tuple[int, int] | None:
 
 
 def check_saved_precision(load_dir: str | Path, bf16: bool) -> None:
-    """Refuse a resume on the same layout in another precision: DeepSpeed names the optimizer shards of a bf16 run
-    ``bf16_zero_pp_rank_*`` and looks only for the names of the run's own precision (a missing-file error)."""
+    """Refuse a resume on the same layout in another precision: DeepSpeed names the ZeRO optimizer shards of a bf16
+    run ``bf16_zero_pp_rank_*`` and looks only for the names of the run's own precision (a missing-file error).
+    ZeRO-0's optimizer files (AutoEP's ``expp_rank_*``) carry no precision in their names and are not judged."""
     tag = read_latest(load_dir)
-    shards = [p.name for p in (Path(load_dir) / tag).glob("*optim_states.pt")] if tag else []
+    shards = [p.name for p in (Path(load_dir) / tag).glob(ZERO_OPTIM_SHARDS)] if tag else []
     if not shards:
         return
     saved = any(name.startswith("bf16_") for name in shards)
