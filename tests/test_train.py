@@ -20,6 +20,7 @@ import psutil
 import pytest
 import torch
 
+from megamythos.checkpoint.checksums import CHECKSUMS_FILE
 from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest, write_atomic
 from megamythos.checkpoint.reader import load_checkpoint_weights
@@ -770,12 +771,34 @@ def test_a_temporary_of_latest_left_by_a_killed_save_is_removed_by_the_next_writ
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["latest", live.name])
 
 
+def saved_tags(save_dir: Path, *iterations: int, partial: tuple[int, ...] = ()) -> None:
+    """Tags of ``save_dir`` as saves leave them: complete (with ``checksums.json``), or ``partial`` (a killed save)."""
+    for i in (*iterations, *partial):
+        (save_dir / f"iter_{i:07d}").mkdir()
+        if i not in partial:
+            (save_dir / f"iter_{i:07d}" / CHECKSUMS_FILE).write_text("{}")
+
+
 def test_keep_last_k_prunes_oldest_and_never_the_current(tmp_path):
-    for i in (2, 4, 6, 8):
-        (tmp_path / f"iter_{i:07d}").mkdir()
+    saved_tags(tmp_path, 2, 4, 6, 8)
     (tmp_path / "unrelated").mkdir()
     CheckpointManager(tmp_path, keep_last=2)._prune(keep="iter_0000008")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000006", "iter_0000008", "unrelated"]
+
+
+def test_keep_last_keeps_complete_tags_not_a_killed_save(tmp_path):
+    """A save killed at iteration 37 (at a job's time limit) left a partial iter_37; resumed from 30, the run saves
+    40: iter_37 counted among the newest 3 and the complete iter_20 was pruned, leaving 2 checkpoints to go back
+    to (found 2026-12-06). Only complete tags count; a partial one goes once older than the kept ones."""
+    saved_tags(tmp_path, 20, 30, 40, partial=(37,))
+    CheckpointManager(tmp_path, keep_last=3)._prune(keep="iter_0000040")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"iter_{i:07d}" for i in (20, 30, 37, 40)]
+    saved_tags(tmp_path, 50)
+    CheckpointManager(tmp_path, keep_last=3)._prune(keep="iter_0000050")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"iter_{i:07d}" for i in (30, 37, 40, 50)]
+    saved_tags(tmp_path, 60)
+    CheckpointManager(tmp_path, keep_last=3)._prune(keep="iter_0000060")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"iter_{i:07d}" for i in (40, 50, 60)]
 
 
 def test_a_resume_in_another_precision_names_the_flag(tmp_path):
@@ -801,8 +824,7 @@ def test_a_resume_in_another_precision_names_the_flag(tmp_path):
 def test_keep_last_counts_no_tag_newer_than_the_one_saved(tmp_path):
     """A run resumed from iter_20 (iter_40 was bad) saves 35 and 37: iter_40 counted among the newest 2 and the good
     iter_35 was pruned (found 2026-12-06). Tags past the one just saved are left alone and not counted."""
-    for i in (20, 35, 37, 40):
-        (tmp_path / f"iter_{i:07d}").mkdir()
+    saved_tags(tmp_path, 20, 35, 37, 40)
     CheckpointManager(tmp_path, keep_last=2)._prune(keep="iter_0000037")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_0000035", "iter_0000037", "iter_0000040"]
 

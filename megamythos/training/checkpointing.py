@@ -655,12 +655,18 @@ class CheckpointManager:
                               "resume") from err
 
     def _prune(self, keep: str) -> None:
-        """Remove all but the newest ``keep_last`` tags up to ``keep`` (just saved); tags newer than it, left by a
-        run resumed from an earlier tag, are neither counted nor removed."""
+        """Keep the newest ``keep_last`` complete tags up to ``keep`` (just saved) and remove every tag older than
+        them. Only complete tags (with ``checksums.json``) count: a partial one left by a killed save (a save at
+        the time limit, a lost node) is removed once older than the kept ones, never kept in place of one. Tags
+        newer than ``keep``, left by a run resumed from an earlier tag, are neither counted nor removed."""
         iteration = int(TAG_RE.match(keep).group(1))
         tags = [(i, name) for i, name in tags_by_iteration(self.save_dir) if i <= iteration]
-        for _, old in tags[:-self.keep_last]:
-            if old != keep:
+        complete = [i for i, name in tags if (self.save_dir / name / CHECKSUMS_FILE).is_file()]
+        if len(complete) <= self.keep_last:
+            return
+        oldest_kept = complete[-self.keep_last]
+        for i, old in tags:
+            if i < oldest_kept and old != keep:
                 shutil.rmtree(self.save_dir / old, ignore_errors=True)
                 for universal in self.save_dir.glob(f"{old}{UNIVERSAL_SUFFIX}*"):
                     shutil.rmtree(universal, ignore_errors=True)
