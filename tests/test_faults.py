@@ -290,6 +290,29 @@ def test_load_of_a_tag_an_export_or_an_empty_directory_is_refused(tmp_path: Path
     check_run_dirs(str(tmp_path / "empty"), str(tmp_path / "empty"), verify=False)  # --load = --save: a fresh run
 
 
+def test_save_into_a_tag_or_an_export_is_refused(tmp_path: Path) -> None:
+    """``launchers/pretrain.sh --save RUN/iter_N`` (``--load`` = ``--save``: meaning to resume that tag) trained from
+    scratch inside the tag, its logs and iter_* folders among the tag's files, with one INFO line ("no checkpoint
+    in ...; starting from scratch"), exit 0 (found 2026-12-06); so did a ``--save`` in an export or inside a tag."""
+    run, export = tmp_path / "run", tmp_path / "export"
+    (run / "iter_0000004").mkdir(parents=True)
+    for name in ("model_config.json", "train_args.json"):
+        (run / "iter_0000004" / name).write_text("{}")
+    (run / "latest").write_text("iter_0000004\n")
+    export.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (export / name).write_text("{}")
+    cases = {run / "iter_0000004": ("is a checkpoint tag, not a run folder", f"pass that run's folder ({run})"),
+             run / "iter_0000004" / "sub": (f"lies inside the checkpoint tag {run / 'iter_0000004'}", "--finetune"),
+             export: ("is an export, not a run folder", f"--finetune --load {export} with another --save")}
+    for save, (what, remedy) in cases.items():
+        for load in (save, None):
+            with pytest.raises(CheckpointError, match=re.escape(f"--save {save} {what}")) as refusal:
+                check_run_dirs(str(save), str(load) if load else None, verify=False)
+            assert "would start from scratch inside it" in str(refusal.value) and remedy in str(refusal.value)
+    check_run_dirs(str(tmp_path / "new"), str(run), verify=False)  # a run folder beside them is fine
+
+
 @pytest.mark.launch
 def test_a_model_this_host_cannot_build_is_refused_before_start_up(corpus: Path, tmp_path: Path) -> None:
     """Each rank builds the whole model in fp32 before DeepSpeed shards it: experts 400M wide make ~1.4 TiB.

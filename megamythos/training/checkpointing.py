@@ -214,6 +214,21 @@ def not_a_run_directory(load: Path) -> str:
             "drop --load to start from scratch")
 
 
+def checkpoint_around(path: Path) -> tuple[Path, str] | None:
+    """(the directory, ``"checkpoint tag"`` or ``"export"``) when ``path`` is or lies inside one: a folder holding
+    ``model_config.json`` with a tag's name or records, or ``model.safetensors`` beside ``config.json``; else None."""
+    from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE  # an export's files
+
+    for directory in (path.absolute(), *path.absolute().parents):
+        if (directory / MODEL_CONFIG_FILE).is_file() and (
+                TAG_RE.match(directory.name) or ASIDE_RE.match(directory.name)
+                or any((directory / name).is_file() for name in (CHECKSUMS_FILE, TRAIN_RECORD))):
+            return directory, "checkpoint tag"
+        if (directory / MODEL_FILE).is_file() and (directory / CONFIG_FILE).is_file():
+            return directory, "export"
+    return None
+
+
 def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> None:
     """Refuse command lines that would lose checkpoints or a run: a ``--load`` that does not exist or holds no
     ``latest`` (a typo, one tag, an export: each would start from scratch), and a ``--save`` holding checkpoints
@@ -225,6 +240,16 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
     in this process alone; the trainer asks it of a world of one, before start-up, and has a larger world verify
     the tag together once torch.distributed runs (:func:`verify_resume`): each rank hashes its share."""
     same = bool(save and load) and Path(save).resolve() == Path(load).resolve()
+    around = checkpoint_around(Path(save)) if save else None
+    if around:  # a run there would train from scratch into it (and the tag's own run may prune it)
+        directory, kind = around
+        where = f"is {'a' if kind != 'export' else 'an'} {kind}" if directory == Path(save).absolute() \
+            else f"lies inside the {kind} {directory}"
+        resume = (f"to resume the run it belongs to, pass that run's folder ({directory.parent}); "
+                  if kind != "export" else "")
+        raise CheckpointError(f"--save {save} {where}, not a run folder: a run there would start from scratch "
+                              f"inside it; {resume}to start a new run from its weights, pass --finetune --load "
+                              f"{directory} with another --save")
     if load and not same and not Path(load).is_dir():
         what = "is a file, not a run directory or checkpoint tag" if Path(load).exists() else "does not exist"
         raise CheckpointError(f"--load {load} {what}; fix the path, or drop --load to start from scratch")
