@@ -332,11 +332,16 @@ def check_room_to_resume(save_dir: Path, resumed_tag: Path, iteration: int, save
                               f"was trained, {resumed_tag.name} is untouched)")
 
 
+def complete_tags(save_dir: Path) -> list[tuple[int, str]]:
+    """(iteration, name) of the ``iter_*`` folders of ``save_dir`` that a save completed (they hold
+    ``checksums.json``, written before ``latest`` moves), oldest first; partial tags of a killed save are left out."""
+    return [(i, name) for i, name in tags_by_iteration(save_dir) if (save_dir / name / CHECKSUMS_FILE).is_file()]
+
+
 def newest_complete_tag(save_dir: Path) -> str | None:
-    """The newest ``iter_*`` folder of ``save_dir`` that a save completed (it holds ``checksums.json``, written
-    before ``latest`` moves), or None; partial tags of a save that was killed do not count."""
-    complete = [name for _, name in tags_by_iteration(save_dir) if (save_dir / name / CHECKSUMS_FILE).is_file()]
-    return complete[-1] if complete else None
+    """The newest of :func:`complete_tags`, or None."""
+    complete = complete_tags(save_dir)
+    return complete[-1][1] if complete else None
 
 
 # Where a run stood at a checkpoint, copied from the client state into its train record (train_args.json), which
@@ -686,7 +691,7 @@ class CheckpointManager:
         newer than ``keep``, left by a run resumed from an earlier tag, are neither counted nor removed."""
         iteration = int(TAG_RE.match(keep).group(1))
         tags = [(i, name) for i, name in tags_by_iteration(self.save_dir) if i <= iteration]
-        complete = [i for i, name in tags if (self.save_dir / name / CHECKSUMS_FILE).is_file()]
+        complete = [i for i, _ in complete_tags(self.save_dir) if i <= iteration]
         if len(complete) <= self.keep_last:
             return
         oldest_kept = complete[-self.keep_last]
