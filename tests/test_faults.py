@@ -313,6 +313,17 @@ def test_save_into_a_tag_or_an_export_is_refused(tmp_path: Path) -> None:
     check_run_dirs(str(tmp_path / "new"), str(run), verify=False)  # a run folder beside them is fine
 
 
+def test_save_into_a_megatron_run_is_refused(tmp_path: Path) -> None:
+    """Megatron-LM names its tags iter_NNNNNNN too: ``--save`` of a Megatron run folder started a fresh run there,
+    whose first save removed Megatron's iter_0000002 "left by a save that did not finish" (found 2026-12-06)."""
+    (tmp_path / "iter_0000002" / "mp_rank_00").mkdir(parents=True)
+    (tmp_path / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt").write_bytes(b"")
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("2")
+    for load in (tmp_path, None):
+        with pytest.raises(CheckpointError, match=re.escape(f"--save {tmp_path} holds a Megatron-LM run")):
+            check_run_dirs(str(tmp_path), str(load) if load else None, verify=False)
+
+
 @pytest.mark.launch
 def test_a_model_this_host_cannot_build_is_refused_before_start_up(corpus: Path, tmp_path: Path) -> None:
     """Each rank builds the whole model in fp32 before DeepSpeed shards it: experts 400M wide make ~1.4 TiB.

@@ -43,6 +43,7 @@ TRAIN_RECORD = "train_args.json"
 # what to do about a broken train_args.json in a checkpoint tag (it records the run's data and settings)
 TRAIN_RECORD_REMEDY = "restore it from a copy of the run, or use another checkpoint tag"
 WRITER_LOCK = "writer.lock"
+MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"  # Megatron-LM's `latest`; its tags are named iter_NNNNNNN too
 # ZeRO-1/2/3's optimizer shards (``zero_pp_rank_*``, ``bf16_zero_pp_rank_*`` in bf16); ZeRO-0 keeps its optimizer in
 # the model states, or for AutoEP in ``expp_rank_*_mp_rank_*_optim_states.pt`` (the same name in any precision)
 ZERO_OPTIM_SHARDS = "*zero_pp_rank_*optim_states.pt"

@@ -43,6 +43,7 @@ from megamythos.checkpoint.checksums import (
 from megamythos.checkpoint.files import (
     ASIDE_RE,
     LATEST,
+    MEGATRON_TRACKER,
     MODEL_CONFIG_FILE,
     TAG_RE,
     TRAIN_RECORD,
@@ -233,8 +234,9 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
     """Refuse command lines that would lose checkpoints or a run: a ``--load`` that does not exist or holds no
     ``latest`` (a typo, one tag, an export: each would start from scratch), and a ``--save`` holding checkpoints
     that this run does not resume (they would be overwritten and ``latest`` moved back), or only tags moved aside
-    (:func:`tags_aside`: a run that diverged before any checkpoint it could go back to). ``--load`` equal to
-    ``--save`` and still empty is a fresh run.
+    (:func:`tags_aside`: a run that diverged before any checkpoint it could go back to), a ``--save`` that is or
+    lies in a checkpoint tag or an export (:func:`checkpoint_around`), and one holding a Megatron-LM run.
+    ``--load`` equal to ``--save`` and still empty is a fresh run.
 
     ``verify``: also check the files of ``--load``'s latest tag against its checksums (:func:`verify_tag`), here
     in this process alone; the trainer asks it of a world of one, before start-up, and has a larger world verify
@@ -250,6 +252,10 @@ def check_run_dirs(save: str | None, load: str | None, verify: bool = True) -> N
         raise CheckpointError(f"--save {save} {where}, not a run folder: a run there would start from scratch "
                               f"inside it; {resume}to start a new run from its weights, pass --finetune --load "
                               f"{directory} with another --save")
+    if save and (Path(save) / MEGATRON_TRACKER).is_file():
+        raise CheckpointError(f"--save {save} holds a Megatron-LM run ({MEGATRON_TRACKER}), which megamythos cannot "
+                              "resume; a run there would take its iter_* folders, named as its own, for unfinished "
+                              "saves and delete them: give another --save")
     if load and not same and not Path(load).is_dir():
         what = "is a file, not a run directory or checkpoint tag" if Path(load).exists() else "does not exist"
         raise CheckpointError(f"--load {load} {what}; fix the path, or drop --load to start from scratch")
