@@ -300,7 +300,7 @@ def test_save_into_a_tag_or_an_export_is_refused(tmp_path: Path) -> None:
         (run / "iter_0000004" / name).write_text("{}")
     (run / "latest").write_text("iter_0000004\n")
     export.mkdir()
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "checksums.json"):
         (export / name).write_text("{}")
     cases = {run / "iter_0000004": ("is a checkpoint tag, not a run folder", f"pass that run's folder ({run})"),
              run / "iter_0000004" / "sub": (f"lies inside the checkpoint tag {run / 'iter_0000004'}", "--finetune"),

@@ -217,7 +217,8 @@ def not_a_run_directory(load: Path) -> str:
 
 def checkpoint_around(path: Path) -> tuple[Path, str] | None:
     """(the directory, ``"checkpoint tag"`` or ``"export"``) when ``path`` is or lies inside one: a folder holding
-    ``model_config.json`` with a tag's name or records, or ``model.safetensors`` beside ``config.json``; else None."""
+    ``model_config.json`` with a tag's name or records, or ``model.safetensors``, ``config.json`` and
+    ``checksums.json`` (not any folder of a downloaded model); else None."""
     from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE  # an export's files
 
     for directory in (path.absolute(), *path.absolute().parents):
@@ -225,7 +226,7 @@ def checkpoint_around(path: Path) -> tuple[Path, str] | None:
                 TAG_RE.match(directory.name) or ASIDE_RE.match(directory.name)
                 or any((directory / name).is_file() for name in (CHECKSUMS_FILE, TRAIN_RECORD))):
             return directory, "checkpoint tag"
-        if (directory / MODEL_FILE).is_file() and (directory / CONFIG_FILE).is_file():
+        if all((directory / name).is_file() for name in (MODEL_FILE, CONFIG_FILE, CHECKSUMS_FILE)):
             return directory, "export"
     return None
 
