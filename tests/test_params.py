@@ -22,12 +22,14 @@ from megamythos.model.params import (
     parts,
 )
 from megamythos.model.recurrent import COMPACTION_MIN_TOKENS
+from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
 from megamythos.planning.memory import (
     StartupMemoryError,
     check_startup_memory,
     checkpointed_loop_states,
     core_dense_local_params,
     dense_block_activation_bytes,
+    dense_local_params,
     iteration_activation_bytes,
     memory_plan,
     startup_memory,
@@ -125,6 +127,27 @@ def test_startup_memory_is_the_whole_model_on_the_host_and_the_rank_share_on_the
         check_startup_memory(tiny, 1, 4, 2, int(2 * need.host_gib * 2**30) - 1, None)
     with pytest.raises(StartupMemoryError, match="goes to the GPU whole .* in bf16"):
         check_startup_memory(tiny, 1, 4, 2, 2**40, int(need.device_gib * 2**30) - 1)
+
+
+def test_the_weights_a_tensor_parallel_rank_holds_are_the_autotp_shards_of_the_model() -> None:
+    """AutoTP splits only the Linears its patterns name (attention, the prelude/coda SwiGLUs); the embeddings, LM
+    head and the recurrent core's router, shared experts and LoRA stay whole on every TP rank, and so do the fp32
+    logits. The plan divided every weight outside the routed experts, and the logits, by tp (1t at TP 8, ZeRO-1:
+    23.7 GiB of weights per GPU for 50.3)."""
+    config, tp, ep = get_preset("tiny"), 4, 2
+    with torch.device("meta"):
+        model = MythosLM(config)
+    split = [re.compile(pattern) for pattern in TP_COLUMN_PATTERNS + TP_ROW_PATTERNS]
+    experts = count(config).routed_experts
+    held = sum(p.numel() / (tp if any(r.fullmatch(name) for r in split) else 1)
+               for name, p in model.named_parameters() if p.dim() < 3)  # the routed experts: [E, out, in]
+    assert dense_local_params(config, tp) == pytest.approx(held)
+    plan = memory_plan(config, 8, tp=tp, ep=ep, zero=0)
+    assert plan.weights_gib == pytest.approx((held + experts / ep) * 2 / 2**30)
+    assert startup_memory(config, tp, ep).device_gib == pytest.approx(plan.weights_gib)
+    tokens = config.training_seq_len
+    wider = memory_plan(config.replace(vocab_size=config.vocab_size + 1000), 8, tp=tp, ep=ep, zero=0)
+    assert wider.activations_gib - plan.activations_gib == pytest.approx(tokens * 1000 * 4 / 2**30)
 
 
 def test_the_plan_refuses_a_start_the_node_or_the_gpu_cannot_hold(capsys) -> None:

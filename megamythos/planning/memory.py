@@ -58,13 +58,11 @@ class StartupMemory:
 
 
 def startup_memory(c: ModelConfig, tp: int = 1, ep: int = 1, dtype: str = "bf16") -> StartupMemory:
-    """:class:`StartupMemory` of one rank of a ``tp`` x ``ep`` layout with weights in ``dtype``; dense weights
-    split by ``tp`` as in :func:`memory_plan`."""
+    """:class:`StartupMemory` of one rank of a ``tp`` x ``ep`` layout with weights in ``dtype``; the weights outside
+    the routed experts as AutoTP leaves them on a rank (:func:`dense_local_params`)."""
     report = count(c)
-    experts = report.routed_experts
-    dense = report.total - experts
     return StartupMemory(host_gib=report.total * BYTES["fp32"] / GIB,
-                         device_gib=(dense / tp + experts / ep) * BYTES[dtype] / GIB)
+                         device_gib=(dense_local_params(c, tp) + report.routed_experts / ep) * BYTES[dtype] / GIB)
 
 
 def check_startup_memory(c: ModelConfig, tp: int, ep: int, ranks_on_host: int, host_bytes: int,
@@ -152,9 +150,20 @@ def core_dense_local_params(c: ModelConfig, tp: int) -> float:
     return p.recurrent - p.routed_experts - tp_sharded_attention(c) * (1 - 1 / tp)
 
 
+def dense_local_params(c: ModelConfig, tp: int) -> float:
+    """Parameters outside the routed experts that one rank holds under tensor parallelism ``tp``: AutoTP splits
+    every attention (prelude, coda and the recurrent block's) and the prelude/coda SwiGLUs; the embeddings, LM
+    head, norms and the recurrent core's router, shared experts, LoRA and injection stay whole on every rank."""
+    p = parts(c)
+    split = (c.prelude_layers + c.coda_layers + 1) * tp_sharded_attention(c) + p.dense_ffn
+    return p.total - p.routed_experts - split * (1 - 1 / tp)
+
+
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
                 seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False) -> MemoryPlan:
-    """Estimate per-GPU memory. Dense and attention matrices are split by ``tp``; routed experts by ``ep``;
+    """Estimate per-GPU memory. Attention and the prelude/coda SwiGLUs are split by ``tp``, the rest outside the
+    routed experts is whole on every TP rank (:func:`dense_local_params`, as are the fp32 logits of the
+    unsplit LM head); routed experts are split by ``ep``;
     ZeRO stage 1/2/3 shards optimizer states / + gradients / + weights over the data-parallel group (experts
     over the expert-data-parallel group gpus / ep); the recurrent core's gradient is whole while the loops'
     backward runs (its weights serve every loop). Activations at the config's ``max_loops``: with
@@ -168,9 +177,7 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     seq = seq_len or c.training_seq_len
     report = count(c, seq)
     dp, edp = gpus // tp, gpus // ep
-    expert_total = report.routed_experts
-    dense_total = report.total - expert_total
-    dense_local, expert_local = dense_total / tp, expert_total / ep
+    dense_local, expert_local = dense_local_params(c, tp), report.routed_experts / ep
     shard_dense = dp if zero >= 3 else 1
     shard_expert = edp if zero >= 3 else 1
     weight_params = dense_local / shard_dense + expert_local / shard_expert
@@ -199,7 +206,7 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
         dense = n_dense * c.dim * w_bytes + (dense_block_activation_bytes(c, tp, w_bytes) if n_dense else 0)
     else:
         dense = n_dense * dense_block_activation_bytes(c, tp, w_bytes)
-    acts = tokens * (loop_bytes + dense + c.vocab_size * 4 / tp)
+    acts = tokens * (loop_bytes + dense + c.vocab_size * 4)
     plan = dict(weights_gib=weight_params * w_bytes / GIB, grads_gib=grads_params * w_bytes / GIB,
                 optimizer_gib=opt_params * 12 / GIB, gathered_working_gib=largest_module * w_bytes / GIB,
                 activations_gib=acts / GIB)

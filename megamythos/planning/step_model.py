@@ -57,7 +57,7 @@ from megamythos.model.params import (
     parts,
 )
 from megamythos.planning.layout import ParallelLayout
-from megamythos.planning.memory import core_dense_local_params, tp_sharded_attention
+from megamythos.planning.memory import core_dense_local_params, dense_local_params
 
 KINDS = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
 
@@ -116,12 +116,9 @@ class StepPlan:
 def local_params(c: ModelConfig, layout: ParallelLayout) -> dict[str, float]:
     """Parameters one rank holds before ZeRO, by ZeRO group: "core-dense", "core-experts" (recurrent core)
     and "rest" (embeddings, prelude, coda, final norm)."""
-    p = parts(c)
-    shard = 1 - 1 / layout.tp
-    rest = (p.total - p.recurrent - (c.prelude_layers + c.coda_layers) * tp_sharded_attention(c) * shard
-            - p.dense_ffn * shard)
-    return {"core-dense": core_dense_local_params(c, layout.tp), "core-experts": p.routed_experts / layout.ep,
-            "rest": rest}
+    core_dense = core_dense_local_params(c, layout.tp)
+    return {"core-dense": core_dense, "core-experts": parts(c).routed_experts / layout.ep,
+            "rest": dense_local_params(c, layout.tp) - core_dense}
 
 
 # ----------------------------------------------------------------------------------------- collective bytes
