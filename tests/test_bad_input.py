@@ -36,8 +36,9 @@ from megamythos.inference import loading
 from megamythos.inference.generate import SamplingConfig, generate, new_token_limit
 from megamythos.inference.loading import LoadedModel, LoadError
 from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
-from megamythos.model.config import ConfigError, ModelConfig
+from megamythos.model.config import CONFIG_FILE_REMEDY, ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
+from megamythos.planning.plan import CONFIG_REMEDY
 from megamythos.runtime.device import DeviceError, resolve_device
 from megamythos.training.arguments import ArgumentError, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
@@ -154,8 +155,17 @@ def test_model_config_file_errors_name_the_file(case: str, tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=f"^{re.escape(str(path))} (is empty|is not valid JSON|holds a JSON list)") \
             as err:
         ModelConfig.from_json(path)
+    assert str(err.value).endswith(CONFIG_FILE_REMEDY)  # a checkpoint tag's file: restore it, or another tag
     line = refusal(["-m", "megamythos.planning.plan", "--config", str(path)], tmp_path)
-    assert line == f"error: {err.value}", line  # the whole message on the last line: one line
+    assert line == f"error: {str(err.value).removesuffix(CONFIG_FILE_REMEDY)}{CONFIG_REMEDY}", line  # one line
+
+
+def test_a_planned_config_that_is_no_file_is_named_with_the_flag_to_fix(tmp_path: Path) -> None:
+    """Found 2026-12-07: ``plan --config DIR`` said "model config file DIR does not exist", and a broken --config
+    file was told to "restore it, or use another checkpoint tag", the advice for a checkpoint's own file."""
+    for given, what in ((tmp_path, "is not a file"), (tmp_path / "missing.json", "does not exist")):
+        line = refusal(["-m", "megamythos.planning.plan", "--config", str(given)], tmp_path)
+        assert line == f"error: model config file {given} {what}; {CONFIG_REMEDY}", line
 
 
 def test_model_config_file_with_a_bad_value_names_the_file(tmp_path: Path) -> None:

@@ -246,9 +246,10 @@ class ModelConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, path_or_text: str | Path) -> ModelConfig:
+    def from_json(cls, path_or_text: str | Path, remedy: str = CONFIG_FILE_REMEDY) -> ModelConfig:
         """Load from a JSON string (text starting with ``{``) or a JSON file path; a missing, empty or invalid
-        file, or one whose fields the model cannot use, raises :class:`ConfigError` naming it."""
+        file, or one whose fields the model cannot use, raises :class:`ConfigError` naming it (and, but for the
+        fields, ``remedy``: what to do about it where the file came from)."""
         text = str(path_or_text)
         if text.lstrip().startswith("{"):
             try:
@@ -257,8 +258,9 @@ class ModelConfig:
                 raise ConfigError(f"model config is not valid JSON: {err}") from err
         path = Path(path_or_text)
         if not path.is_file():
-            raise ConfigError(f"model config file {path} does not exist")
-        data = read_json_object(path, ConfigError, CONFIG_FILE_REMEDY)
+            raise ConfigError(f"model config file {path} {'is not a file' if path.exists() else 'does not exist'}; "
+                              f"{remedy}")
+        data = read_json_object(path, ConfigError, remedy)
         try:
             return cls.from_dict(data)
         except (ConfigError, TypeError) as err:  # TypeError: a value of the wrong JSON type, e.g. "dim": "64"

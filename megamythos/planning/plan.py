@@ -34,6 +34,9 @@ from megamythos.planning.step_model import Cluster, StepSettings, format_plan, s
 logger = logging.getLogger(__name__)
 
 GIB_PER_GB = 1e9 / 2**30
+# what to do about a --config file that cannot be planned
+CONFIG_REMEDY = ("give --config a ModelConfig JSON object (ModelConfig.to_json writes one, as a checkpoint tag's "
+                 "model_config.json), or a --preset")
 TRAINER = "megamythos.training.pretrain"
 
 
@@ -211,7 +214,7 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"{', '.join(stray)}: only with a layout; add --gpus N (the world size)")
     if args.hostfile:
         check_launchable(args)
-    config = ModelConfig.from_json(args.config) if args.config else get_preset(args.preset)
+    config = ModelConfig.from_json(args.config, CONFIG_REMEDY) if args.config else get_preset(args.preset)
     seq_len = args.seq_length or config.training_seq_len
     if seq_len > config.max_seq_len:
         logger.warning("--seq-length %d is longer than the model's max_seq_len %d: planned with max_seq_len %d "
