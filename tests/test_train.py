@@ -1171,6 +1171,24 @@ def test_tensorboard_files_hold_no_step_past_the_resume_point_or_a_rollback(tmp_
                                                                         136]
 
 
+def test_a_non_finite_value_is_null_in_the_metrics_file(tmp_path):
+    """Found 2026-12-07: the grad-norm of a step discarded for its non-finite gradient went into metrics.jsonl as a
+    bare ``NaN`` token, which is no JSON: strict readers (JavaScript's JSON.parse, Go, serde_json) refused the
+    line. TensorBoard leaves such values out; the metrics file writes null."""
+    from megamythos.training.monitor import TrainingMonitor
+
+    def strict(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    monitor = TrainingMonitor(True, None, str(tmp_path / "metrics.jsonl"))
+    monitor.record({"iteration": 1, "lm loss": 5.0, "grad-norm": float("nan"), "mfu": float("inf"),
+                    "recurrent/exit-share": [0.5, float("-inf")]})
+    monitor.close()
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line, parse_constant=strict) == {"iteration": 1, "lm loss": 5.0, "grad-norm": None, "mfu": None,
+                                                       "recurrent/exit-share": [0.5, None]}
+
+
 def test_every_megatron_tag_has_its_vs_samples_twin(tmp_path):
     """Found 2026-12-06: ``batch-size`` and ``world-size`` had no ``vs samples`` twin, which Megatron-LM's
     training_log writes for both (and docs/training.md promised for each Megatron tag): a batch ramp or an elastic

@@ -330,6 +330,17 @@ def quiet_tensorboard_write_errors() -> None:
     threading.excepthook = hook
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with each non-finite float in it (a list's items too) as None: JSON has no NaN or Infinity, which
+    Python's ``json`` writes as bare ``NaN`` and ``Infinity`` tokens that strict readers (JavaScript's
+    ``JSON.parse``, Go's ``encoding/json``, Rust's ``serde_json``) refuse, the whole line with them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
 class TrainingMonitor:
     """Writes scalars from rank 0 only; other ranks hold a no-op instance.
 
@@ -395,10 +406,11 @@ class TrainingMonitor:
             raise self._write_failed("TensorBoard", err) from err
 
     def record(self, record: dict[str, Any]) -> None:
-        """One JSON line (iteration, losses, ...) for scripts and tests."""
+        """One JSON line (iteration, losses, ...) for scripts and tests; a non-finite value (the grad-norm of a step
+        discarded for its gradient) is written as null (:func:`finite_or_null`)."""
         if self.metrics is not None:
             try:
-                self.metrics.write(json.dumps(record) + "\n")
+                self.metrics.write(json.dumps({key: finite_or_null(value) for key, value in record.items()}) + "\n")
                 self.metrics.flush()
             except OSError as err:
                 raise self._write_failed(f"the metrics file {self.metrics.name}", err) from err
