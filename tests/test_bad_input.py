@@ -429,6 +429,21 @@ def test_broken_train_record_and_latest_pointer_are_one_line(tmp_path: Path) -> 
         read_latest(tmp_path)
 
 
+def test_a_plain_deepspeed_run_is_not_advised_to_lose_its_latest(tmp_path: Path) -> None:
+    """Found 2026-12-07: a folder of a plain DeepSpeed run (``latest`` naming ``global_stepN``) was refused with
+    "remove it to start afresh", which would cost that run its resume point; it is named as DeepSpeed's run, and
+    another --save or --load is advised, whichever flag named it."""
+    from megamythos.training.checkpointing import check_run_dirs
+
+    (tmp_path / "global_step10").mkdir()
+    (tmp_path / "latest").write_text("global_step10\n")
+    for save, load in ((str(tmp_path), None), (None, str(tmp_path)), (str(tmp_path), str(tmp_path))):
+        with pytest.raises(CheckpointError, match=r"latest holds 'global_step10': .* is a plain DeepSpeed run") as err:
+            check_run_dirs(save, load)
+        assert "another --save" in str(err.value) and "remove it" not in str(err.value), err.value
+    assert (tmp_path / "latest").read_text() == "global_step10\n"
+
+
 def one_line_exit_2(entry: str, argv: list[str], capsys: pytest.CaptureFixture) -> str:
     """Run the command line ``entry`` ("module:function") on ``argv`` in this process; it must end with exit code
     2 and a single ``error: ...`` line on stderr, which is returned."""

@@ -44,6 +44,7 @@ TRAIN_RECORD = "train_args.json"
 TRAIN_RECORD_REMEDY = "restore it from a copy of the run, or use another checkpoint tag"
 WRITER_LOCK = "writer.lock"
 MEGATRON_TRACKER = "latest_checkpointed_iteration.txt"  # Megatron-LM's `latest`; its tags are named iter_NNNNNNN too
+DEEPSPEED_TAG_RE = re.compile(r"^global_step\d+$")  # a plain DeepSpeed run's tags, which its `latest` names
 # ZeRO-1/2/3's optimizer shards (``zero_pp_rank_*``, ``bf16_zero_pp_rank_*`` in bf16); ZeRO-0 keeps its optimizer in
 # the model states, or for AutoEP in ``expp_rank_*_mp_rank_*_optim_states.pt`` (the same name in any precision)
 ZERO_OPTIM_SHARDS = "*zero_pp_rank_*optim_states.pt"
@@ -88,6 +89,10 @@ def read_latest(directory: str | Path) -> str | None:
     except (OSError, UnicodeDecodeError) as err:  # overwritten with binary data, unreadable
         raise CheckpointError(f"{path} cannot be read ({err}); write the tag of the checkpoint to resume into it "
                               "(iter_NNNNNNN), or remove it to start afresh") from err
+    if DEEPSPEED_TAG_RE.match(tag):  # another framework's run: removing its `latest` would damage it
+        raise CheckpointError(f"{path} holds {tag!r}: {directory} is a plain DeepSpeed run (its tags are named "
+                              "global_stepN), which megamythos cannot resume or read; leave it to that run and use "
+                              "another --save (or --load a megamythos run)")
     if not TAG_RE.match(tag):
         raise CheckpointError(f"{path} holds {tag!r}, not a checkpoint tag (iter_NNNNNNN); write the tag of the "
                               "checkpoint to resume into it, or remove it to start afresh")
