@@ -374,6 +374,19 @@ def test_writer_lock_is_exclusive_in_process(tmp_path: Path) -> None:
     assert not (tmp_path / WRITER_LOCK).exists()
 
 
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00\x17", b"garbage\n", b"host pid 12\n"])
+def test_a_corrupt_writer_lock_is_one_line_naming_it(tmp_path: Path, content: bytes) -> None:
+    """Found 2026-12-07: a ``writer.lock`` overwritten with binary bytes was a UnicodeDecodeError traceback, and one
+    holding other text was "being written by another run (process  on garbage, ...)"; both name the file now, and
+    it is left for the user to judge."""
+    (tmp_path / WRITER_LOCK).write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(tmp_path / WRITER_LOCK))} is not a writer lock "
+                                              r"\(it holds .*, not 'host pid'\); delete it if no run is writing"):
+        with writer_lock(str(tmp_path), holder=True):
+            pass
+    assert (tmp_path / WRITER_LOCK).read_bytes() == content
+
+
 @pytest.mark.launch
 def test_corrupt_checkpoint_file_is_named(trained: Path, corpus: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"

@@ -401,6 +401,18 @@ def verify_resume(load: str) -> None:
         verify_tag(Path(load) / tag, team())
 
 
+def lock_holder(path: Path, save: str) -> tuple[str, str]:
+    """(host, pid) that the writer lock ``path`` of ``--save`` ``save`` names (both empty while its writer has
+    created it and not yet written it); a lock holding anything but ``host pid`` (bytes overwritten, another
+    program's file) raises :class:`CheckpointError` naming it."""
+    text = path.read_bytes().decode(errors="replace").strip()
+    host, _, pid = text.partition(" ")
+    if text and not (host and pid.isdigit()):
+        raise CheckpointError(f"{path} is not a writer lock (it holds {text[:40]!r}, not 'host pid'); delete it if no "
+                              f"run is writing --save {save}, and run again")
+    return host, pid
+
+
 @contextmanager
 def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
     """One run per ``--save`` directory: the ``holder`` (rank 0) creates ``DIR/writer.lock`` naming its host and
@@ -417,7 +429,7 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                host, _, pid = path.read_text().strip().partition(" ")
+                host, pid = lock_holder(path, save)
                 if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                     logger.warning("removing %s left by process %s, which is gone", path, pid)
                     path.unlink(missing_ok=True)
