@@ -487,7 +487,8 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     failure = None  # rank 0's, told to every rank: the others would wait for it inside deepspeed.initialize
     if rank == 0 and not (target.is_dir() and verified(target)):
         try:
-            _convert(Path(load_dir) / tag, target, (saved["ep"] > 1) != autoep, autoep, config)
+            _convert(Path(load_dir) / tag, target, (saved["ep"] > 1) != autoep, autoep, config,
+                     "--save" if into else "--load")
         except CheckpointError as err:
             failure = str(err)
     failure = _from_rank0(failure)
@@ -496,18 +497,26 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     return target
 
 
-def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: ModelConfig) -> None:
+def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: ModelConfig, flag: str) -> None:
     """Rank 0 of :func:`universal_tag`: convert ``tag_dir`` into ``target`` through a temporary folder; a conversion
-    that runs out of room raises the one-line :func:`~megamythos.checkpoint.reader.conversion_disk_full`."""
+    that runs out of room raises the one-line :func:`~megamythos.checkpoint.reader.conversion_disk_full`, and one
+    whose folder takes no new file (a read-only ``--load`` of a run without ``--save``) a line naming ``flag``,
+    the option that gave that folder."""
     from megamythos.checkpoint.reader import conversion_disk_full, convert_to_universal
 
-    if target.is_dir():
-        logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
-                       tag_dir.name)
-        shutil.rmtree(target)
-    remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
     tmp = Path(temp_name(target))
-    tmp.mkdir(parents=True)
+    try:
+        if target.is_dir():
+            logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
+                           tag_dir.name)
+            shutil.rmtree(target)
+        remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        remedy = ("give a writable --save DIR, where a run makes the conversion instead (and removes it once every "
+                  "rank loaded it)" if flag == "--load" else "make it writable, or use another --save")
+        raise CheckpointError(f"{flag} {target.parent} is not writable ({err.strerror}), and resuming {tag_dir.name} "
+                              f"on another layout writes its universal conversion there; {remedy}") from err
     try:
         converted = convert_to_universal(tag_dir, tmp / tag_dir.name)
         if rename:
