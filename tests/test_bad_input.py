@@ -116,6 +116,24 @@ def test_inspect_dataset_reports_out_of_vocabulary_tokens(tiny_dataset: str, tmp
     assert line.startswith(f"INVALID: {copy}.bin holds token id") and "preprocess_data.py" in line, line
 
 
+def test_inspect_of_a_prefix_with_no_files_is_bad_input_not_invalid(tmp_path: Path, capsys) -> None:
+    """Found 2026-12-07: a prefix with neither file (a typo, the .bin given) was "INVALID: ...", exit 1, the verdict
+    on a broken dataset; it is one line naming the prefix, exit 2, with the prefix meant where it is plain. A
+    dataset that lost one of its files is still INVALID, exit 1."""
+    from megamythos.data.cli import inspect_main
+
+    line = one_line_exit_2("megamythos.data.cli:inspect_main", [str(tmp_path / "typo")], capsys)
+    assert line == f"error: dataset '{tmp_path / 'typo'}' not found: missing {tmp_path / 'typo'}.bin, " \
+                   f"{tmp_path / 'typo'}.idx", line
+    (tmp_path / "half.bin").write_bytes(b"")
+    line = one_line_exit_2("megamythos.data.cli:inspect_main", [str(tmp_path / "half.bin")], capsys)
+    assert line.endswith(f"; pass the prefix without .bin/.idx: {tmp_path / 'half'}"), line
+    with pytest.raises(SystemExit) as exit_info:
+        inspect_main([str(tmp_path / "half")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith(f"INVALID: {tmp_path / 'half'}.idx does not exist")
+
+
 @pytest.mark.launch
 def test_training_refuses_out_of_vocabulary_tokens(corpus: Path, tmp_path: Path) -> None:
     copy = random_tokens_copy(corpus_prefix(corpus), tmp_path / "copy")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from megamythos.data.atomic import writable_directory, writable_parent
 from megamythos.data.default_corpus import DEFAULT_VOCAB_SIZE, ensure_default_dataset
-from megamythos.data.indexed_dataset import IndexedDatasetError
+from megamythos.data.indexed_dataset import IndexedDatasetError, bin_path, dataset_not_found, idx_path
 from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
@@ -143,7 +143,8 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     """Print statistics of an indexed dataset, validate its files and decode a few documents.
 
     Usage: ``python data_prep/inspect_dataset.py PREFIX [--samples 3] [--tokenizer-model M]``; exits 1 if the
-    dataset is invalid (``INVALID: ...``), 2 for another bad input (``error: ...``, e.g. a missing tokenizer).
+    dataset is invalid (``INVALID: ...``), 2 for another bad input (``error: ...``, e.g. a prefix with neither
+    file, or a missing tokenizer).
     """
     parser = ArgumentParser(prog="python data_prep/inspect_dataset.py", description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
@@ -153,6 +154,8 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
                              "record, it must be the recorded tokenizer (by sha256)")
     parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
     args = parser.parse_args(argv)
+    if not any(os.path.exists(path) for path in (bin_path(args.prefix), idx_path(args.prefix))):
+        parser.error(dataset_not_found(args.prefix))  # bad input; INVALID (exit 1) is for a dataset that exists
 
     def inspect() -> int:
         try:

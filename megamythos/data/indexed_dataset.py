@@ -72,6 +72,24 @@ def dataset_exists(prefix: str) -> bool:
     return os.path.isfile(bin_path(prefix)) and os.path.isfile(idx_path(prefix))
 
 
+def dataset_not_found(prefix: str) -> str | None:
+    """``dataset 'P' not found: missing P.bin, P.idx`` (the files of the two that are missing), with the prefix
+    meant where one is plain (``P`` given with its ``.bin``/``.idx``, or ``P`` for preprocessing's
+    ``P_text_document``); None when both files exist."""
+    missing = [path for path in (bin_path(prefix), idx_path(prefix)) if not os.path.isfile(path)]
+    if not missing:
+        return None
+    stem = prefix.removesuffix(".bin").removesuffix(".idx")
+    if stem != prefix and os.path.isfile(bin_path(stem)):
+        hint = f"; pass the prefix without .bin/.idx: {stem}"
+    elif os.path.isfile(bin_path(f"{prefix}_text_document")):
+        hint = (f"; did you mean {prefix}_text_document? (preprocess_data.py --output-prefix {prefix} writes "
+                f"{prefix}_text_document.bin/.idx)")
+    else:
+        hint = ""
+    return f"dataset {prefix!r} not found: missing {', '.join(missing)}{hint}"
+
+
 def encode_index(dtype: np.dtype, sizes: np.ndarray, document_indices: np.ndarray) -> bytes:
     """The full ``.idx`` file contents for sequences of ``sizes`` tokens (pointers derived from the sizes)."""
     dtype = np.dtype(dtype)

@@ -14,7 +14,6 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from megamythos.data.gpt_dataset import (
     parse_data_path,
 )
 from megamythos.data.index_cache import description_key
-from megamythos.data.indexed_dataset import IndexedDataset
+from megamythos.data.indexed_dataset import IndexedDataset, dataset_not_found
 from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
 from megamythos.data.sampler import PretrainingSampler
 from megamythos.errors import UserError
@@ -203,17 +202,8 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
     records = {}
     shapes: dict[str, dict[str, int]] = {}
     for prefix in prefixes:
-        missing = [f"{prefix}{ext}" for ext in (".bin", ".idx") if not Path(f"{prefix}{ext}").is_file()]
-        if missing:
-            stem = prefix.removesuffix(".bin").removesuffix(".idx")
-            if stem != prefix and Path(f"{stem}.bin").is_file():
-                hint = f"; pass the prefix without .bin/.idx: {stem}"
-            elif Path(f"{prefix}_text_document.bin").is_file():
-                hint = (f"; did you mean {prefix}_text_document? (preprocess_data.py --output-prefix {prefix} "
-                        f"writes {prefix}_text_document.bin/.idx)")
-            else:
-                hint = ""
-            raise DataError(f"dataset {prefix!r} not found: missing {', '.join(missing)}{hint}")
+        if missing := dataset_not_found(prefix):
+            raise DataError(missing)
         meta = read_dataset_metadata(prefix)
         if meta is None:
             logger.warning("dataset %s has no metadata record: its tokenizer cannot be checked against the model",
