@@ -984,7 +984,8 @@ def test_a_load_path_that_is_a_file_is_named_so(tmp_path: Path) -> None:
      "^--valid-data-path/--test-data-path given without --train-data-path: name the data to train on with it"),
     (["--train-data-path", "A", "--test-data-path", "T", "--eval-interval", "5"],
      r"^--eval-interval 5 validates on --valid-data-path, which is not given: give it, or pass --eval-interval 0"),
-    (["--train-data-path", "A", "--valid-data-path", "0.5", "V", "W"], r"^--valid-data-path: data_path \["),
+    # until 2026-12-07 the flag was followed by the field's name: `--valid-data-path: data_path ['0.5', 'V', 'W']`
+    (["--train-data-path", "A", "--valid-data-path", "0.5", "V", "W"], r"^--valid-data-path: '0.5 V W' is invalid"),
 ])
 def test_per_split_data_paths_follow_megatrons_rules(argv: list[str], message: str) -> None:
     """``--train-data-path``/``--valid-data-path``/``--test-data-path`` name each split's data, read whole: not

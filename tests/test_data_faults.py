@@ -36,7 +36,7 @@ from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError,
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import DatasetMismatchError, MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
-from megamythos.data.pretraining import DataError, resolve_data
+from megamythos.data.pretraining import DataError, DataSources, resolve_data
 from megamythos.data.sources import (
     ParsedRecord,
     Replacements,
@@ -361,6 +361,17 @@ def test_blend_weights_must_be_finite(weights: tuple[str, str]) -> None:
     """NaN or infinite weights passed the preflight and failed inside every rank with a traceback."""
     with pytest.raises(DataConfigError, match="finite numbers >= 0"):
         parse_data_path([weights[0], "A", weights[1], "B"])
+
+
+@pytest.mark.parametrize("sources, flag, blend", [
+    (DataSources(["0.5", "A", "x", "B"]), "--data-path", "0.5 A x B"),
+    (DataSources(per_split=[["A"], ["-1", "B", "2", "C"], []]), "--valid-data-path", "-1 B 2 C"),
+    (DataSources(per_split=[["A"], [], ["0.5", "B", "C"]]), "--test-data-path", "0.5 B C")])
+def test_a_malformed_blend_names_the_flag_that_gave_it(sources: DataSources, flag: str, blend: str) -> None:
+    """Found 2026-12-07: ``--data-path 0.5 A x B`` was refused as ``data_path ['0.5', 'A', 'x', 'B'] is invalid``,
+    naming a field where the user gave a flag (and per-split paths read ``--valid-data-path: data_path ...``)."""
+    with pytest.raises(DataConfigError, match=rf"^{flag}: '{blend}' is invalid: "):
+        sources.prefixes()
 
 
 def test_partition_processes_end_when_preprocessing_is_killed_alone(tmp_path: Path,

@@ -69,7 +69,9 @@ def split_bounds(fractions: list[float], num_documents: int) -> list[int]:
 
 def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None]:
     """``["P"]`` -> (["P"], None); ``["A", "B"]`` -> (["A", "B"], None), Megatron's unweighted form, blended in
-    proportion to the datasets' sizes; ``["0.7", "A", "0.3", "B"]`` -> (["A", "B"], [0.7, 0.3] normalised)."""
+    proportion to the datasets' sizes; ``["0.7", "A", "0.3", "B"]`` -> (["A", "B"], [0.7, 0.3] normalised).
+    A malformed blend raises :class:`DataConfigError` quoting it; the caller, which knows the flag that gave it
+    (``--data-path``, ``--train-data-path``, ...), names that flag before it."""
     def is_number(item: str) -> bool:
         try:
             float(item)
@@ -79,16 +81,16 @@ def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None
 
     if len(data_path) == 1 or not any(map(is_number, data_path)):
         return list(data_path), None
+    blend = repr(" ".join(data_path))
     if len(data_path) % 2 != 0 or any(map(is_number, data_path[1::2])):
-        raise DataConfigError(f"data_path {data_path!r} is invalid: give prefixes, or 'weight prefix' pairs")
+        raise DataConfigError(f"{blend} is invalid: give prefixes, or 'weight prefix' pairs")
     try:
         weights = [float(w) for w in data_path[0::2]]
     except ValueError as err:
-        raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be numbers ({err})") from err
+        raise DataConfigError(f"{blend} is invalid: weights must be numbers ({err})") from err
     total = sum(weights)
     if not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < total < math.inf:
-        raise DataConfigError(f"data_path {data_path!r} is invalid: weights must be finite numbers >= 0 with a "
-                              "positive, finite sum")
+        raise DataConfigError(f"{blend} is invalid: weights must be finite numbers >= 0 with a positive, finite sum")
     return list(data_path[1::2]), [w / total for w in weights]
 
 

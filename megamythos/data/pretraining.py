@@ -109,9 +109,17 @@ class DataSources:
         return list(self.data_path) if self.per_split is None else list(self.per_split[SPLIT_NAMES.index(split)])
 
     def prefixes(self) -> list[str]:
-        """Every dataset named, once (weights left out): what :func:`resolve_data` checks."""
-        blends = [self.data_path] if self.per_split is None else self.per_split
-        return list(dict.fromkeys(p for blend in blends if blend for p in parse_data_path(blend)[0]))
+        """Every dataset named, once (weights left out): what :func:`resolve_data` checks. A malformed blend
+        raises :class:`DataConfigError` naming the flag that gave it."""
+        named = ([("--data-path", self.data_path)] if self.per_split is None else
+                 [(f"--{name.replace('_', '-')}", blend) for name, blend in zip(SPLIT_PATH_FIELDS, self.per_split)])
+        prefixes: list[str] = []
+        for flag, blend in named:
+            try:
+                prefixes += parse_data_path(blend)[0] if blend else []
+            except DataConfigError as err:
+                raise DataConfigError(f"{flag}: {err}") from err
+        return list(dict.fromkeys(prefixes))
 
     def absolute(self) -> DataSources:
         """These sources with every prefix made absolute and the weights kept, so that the record written with the
