@@ -12,6 +12,7 @@ from megamythos.data.blended_dataset import build_blending_indices, cached_blend
 from megamythos.data.gpt_dataset import (
     DataConfigError,
     build_gpt_indices,
+    build_per_split_datasets,
     build_sample_index,
     build_train_valid_test_datasets,
     parse_data_path,
@@ -213,6 +214,17 @@ def test_a_dataset_of_weight_zero_is_left_out_of_the_blend_with_a_warning(tmp_pa
     assert len(blend) == len(alone) and all(np.array_equal(blend[i]["tokens"], alone[i]["tokens"])
                                             for i in range(len(alone)))
     assert f"--data-path gives {a} the weight 0: left out of the blend" in caplog.text
+
+
+def test_the_blend_warnings_of_per_split_data_name_its_flag(tmp_path, caplog) -> None:
+    """Found 2026-12-07: a 0 weight (or a dataset named twice) in ``--valid-data-path`` was warned about as
+    "--data-path gives ...", a flag the run was not given; each split's blend names its own flag."""
+    a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
+    b = make_dataset(tmp_path / "b", 300, seed=2, base=10_000)
+    build_per_split_datasets([[a], ["0", a, "1", b], [a, f"{tmp_path}/./a"]], 8, 5, (20, 20, 20), str(tmp_path / "c"))
+    assert f"--valid-data-path gives {a} the weight 0: left out of the blend" in caplog.text
+    assert "--test-data-path names a dataset more than once" in caplog.text
+    assert "--data-path gives" not in caplog.text and "--data-path names" not in caplog.text
 
 
 def test_index_cache_is_reused_and_keyed_by_parameters(tmp_path) -> None:

@@ -94,19 +94,20 @@ def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None
     return list(data_path[1::2]), [w / total for w in weights]
 
 
-def combine_repeated(prefixes: list[str], weights: list[float]) -> tuple[list[str], list[float]]:
+def combine_repeated(prefixes: list[str], weights: list[float],
+                     flag: str = "--data-path") -> tuple[list[str], list[float]]:
     """``prefixes`` with each dataset named more than once (the same file by any path) kept once, at its first
-    place, with the sum of its weights (a warning says so). Two components of one dataset build the same indices
-    (same documents, same seed), so a blend of both read every sample twice in a row; one component with the
-    summed weight draws as many samples from it, each once per epoch."""
+    place, with the sum of its weights (a warning naming ``flag``, the blend's, says so). Two components of one
+    dataset build the same indices (same documents, same seed), so a blend of both read every sample twice in a
+    row; one component with the summed weight draws as many samples from it, each once per epoch."""
     combined: dict[str, tuple[str, float]] = {}
     for prefix, weight in zip(prefixes, weights):
         key = os.path.realpath(bin_path(prefix))
         first, total = combined.get(key, (prefix, 0.0))
         combined[key] = (first, total + weight)
     if len(combined) < len(prefixes):
-        logger.warning("--data-path names a dataset more than once: blended once with the sum of its weights (%s), "
-                       "not as copies that would read each sample twice in a row",
+        logger.warning("%s names a dataset more than once: blended once with the sum of its weights (%s), not as "
+                       "copies that would read each sample twice in a row", flag,
                        ", ".join(f"{w:.4f} {p}" for p, w in combined.values()))
     return [p for p, _ in combined.values()], [w for _, w in combined.values()]
 
@@ -295,7 +296,7 @@ def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_le
 
 def build_train_valid_test_datasets(
     data_path: list[str], split: str, seq_length: int, seed: int,
-    train_valid_test_num_samples: tuple[int, int, int], cache_dir: str | None = None,
+    train_valid_test_num_samples: tuple[int, int, int], cache_dir: str | None = None, flag: str = "--data-path",
 ) -> tuple[Any, Any, Any]:
     """Train/valid/test datasets with at least the requested sample counts (None where a split is empty or 0 asked).
 
@@ -303,7 +304,8 @@ def build_train_valid_test_datasets(
     ``["w1", "P1", "w2", "P2", ...]``; with several prefixes each split is a :class:`BlendedDataset` of exactly the
     requested size over per-prefix :class:`GPTDataset` splits; a dataset named more than once is one component with
     the sum of its weights (:func:`combine_repeated`). Index arrays are cached in ``cache_dir`` (default:
-    ``index-cache/`` next to each dataset).
+    ``index-cache/`` next to each dataset). ``flag``: the flag that gave ``data_path``, named in the log lines
+    about the blend.
     """
     if seq_length < 1:
         raise DataConfigError(f"seq_length={seq_length} is invalid: must be >= 1")
@@ -316,11 +318,11 @@ def build_train_valid_test_datasets(
         if weights is None:  # Megatron's unweighted blend: each dataset in proportion to its size
             tokens = [IndexedDataset(p).num_tokens for p in prefixes]
             weights = [t / sum(tokens) for t in tokens]
-            logger.info("unweighted --data-path: blending by size, weights %s",
+            logger.info("unweighted %s: blending by size, weights %s", flag,
                         ", ".join(f"{w:.4f} {p}" for w, p in zip(weights, prefixes)))
-        prefixes, weights = combine_repeated(prefixes, weights)
+        prefixes, weights = combine_repeated(prefixes, weights, flag)
         if unread := [p for p, w in zip(prefixes, weights) if w == 0]:  # Megatron asserts; its intent is plain
-            logger.warning("--data-path gives %s the weight 0: left out of the blend", ", ".join(unread))
+            logger.warning("%s gives %s the weight 0: left out of the blend", flag, ", ".join(unread))
             kept = [i for i, w in enumerate(weights) if w > 0]
             prefixes, weights = [prefixes[i] for i in kept], [weights[i] for i in kept]
     if len(prefixes) == 1:
@@ -355,5 +357,6 @@ def build_per_split_datasets(
             continue
         whole = ",".join("1" if j == i else "0" for j in range(len(SPLIT_NAMES)))
         nums = tuple(num if j == i else 0 for j in range(len(SPLIT_NAMES)))
-        out.append(build_train_valid_test_datasets(blend, whole, seq_length, seed, nums, cache_dir)[i])  # type: ignore
+        out.append(build_train_valid_test_datasets(blend, whole, seq_length, seed, nums, cache_dir,
+                                                   f"--{SPLIT_NAMES[i]}-data-path")[i])  # type: ignore
     return tuple(out)  # type: ignore[return-value]
