@@ -22,7 +22,7 @@ from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.evaluate import parse_args as evaluate_args
 from megamythos.inference.loading import load_model
 from megamythos.model.lm import IGNORE_INDEX, MythosLM
-from megamythos.model.padding import PackedDocuments, Padding
+from megamythos.model.row_layout import PackedDocuments, RowLayout
 from megamythos.training.arguments import parse_args
 from megamythos.training.launch import preflight
 from tests.helpers import (
@@ -79,7 +79,7 @@ def kept_embeddings(model: MythosLM) -> list[torch.Tensor]:
 def test_the_layout_is_megatrons() -> None:
     ids = torch.tensor([[5, 6, EOD, 7, 8, 9, EOD, 3], [EOD, 1, 1, EOD, EOD, 4, 4, 4], [1, 1, 1, 1, 1, 1, 1, 1]])
     positions, mask = megatron_layout(ids, EOD)
-    layout = Padding.of_documents(ids, EOD, reset_positions=True, reset_attention=True)
+    layout = RowLayout.of_documents(ids, EOD, reset_positions=True, reset_attention=True)
     assert torch.equal(layout.positions, positions) and torch.equal(layout.mask[:, 0], mask)
     assert layout.real is None
     only_positions = PackedDocuments(EOD, reset_position_ids=True).layout(ids)

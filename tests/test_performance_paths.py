@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from megamythos.model.attention import attend, matmul_attention
 from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import grouped_matmul
-from megamythos.model.padding import PackedDocuments
+from megamythos.model.row_layout import PackedDocuments
 from tests.helpers import losses, requires_grouped_mm, run, small_config, tiny_args
 
 

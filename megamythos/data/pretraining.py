@@ -41,7 +41,7 @@ DEFAULT_SPLIT = "969,30,1"
 SPLIT_PATH_FIELDS = ("train_data_path", "valid_data_path", "test_data_path")
 DEFAULT_SEED = 1234
 # Megatron's flags for samples that pack documents (TrainArgs fields, train-record keys, and the fields of
-# megamythos.model.padding.PackedDocuments besides its eod id)
+# megamythos.model.row_layout.PackedDocuments besides its eod id)
 DOCUMENT_FLAGS = ("eod_mask_loss", "reset_position_ids", "reset_attention_mask")
 OUT_OF_VOCABULARY_REMEDY = ("use data tokenised with the model's tokenizer (data_prep/preprocess_data.py), or rebuild "
                             "the dataset if its .bin is corrupt")

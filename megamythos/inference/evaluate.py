@@ -59,8 +59,8 @@ from megamythos.errors import ArgumentParser, checked_by, number, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import IGNORE_INDEX, MythosLM
-from megamythos.model.padding import PackedDocuments
 from megamythos.model.recurrent import computed_iterations, exit_distribution
+from megamythos.model.row_layout import PackedDocuments
 from megamythos.runtime.device import resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
 

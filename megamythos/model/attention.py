@@ -1,7 +1,7 @@
 """Causal self-attention: DeepSeek-V2 Multi-head Latent Attention (MLA) and grouped-query attention (GQA).
 
 Both take x [B, S, H] plus the absolute ``positions`` [S] of those tokens, an optional :class:`LayerKVCache` and,
-for a padded batch at inference, a :class:`~megamythos.model.padding.Padding` (per-row RoPE positions and a key
+for a padded batch at inference, a :class:`~megamythos.model.row_layout.RowLayout` (per-row RoPE positions and a key
 mask); local head counts are always inferred from projection shapes (``view(B, S, -1, d)``),
 so tensor parallelism can column-shard the head projections and row-shard ``wo`` without model changes.
 """
@@ -17,7 +17,7 @@ from torch import nn
 
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, apply_rope, rope_cos_sin
-from megamythos.model.padding import Padding
+from megamythos.model.row_layout import RowLayout
 from megamythos.model.token_subset import TokenSubset
 
 
@@ -58,24 +58,24 @@ def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor |
 
 
 def attention_layout(positions: torch.Tensor, kv_len: int, cached: bool, queries: TokenSubset | None,
-                     padding: Padding | None = None) -> tuple[torch.Tensor | None, bool]:
+                     layout: RowLayout | None = None) -> tuple[torch.Tensor | None, bool]:
     """(mask, causal) for queries at ``positions`` [S] against ``kv_len`` keys: every token of the batch with no
     cache (the kernel's own causal flag), after a cache (an explicit [S, kv_len] mask), or only the ``queries``
     subset (its padded [B, 1, W, kv_len] mask). None for one position, which sees every key. A padded batch, or
-    packed documents with their own attention, take the ``padding``'s mask ([B, 1, S or W, kv_len]) in every
+    packed documents with their own attention, take the ``layout``'s mask ([B, 1, S or W, kv_len]) in every
     case."""
-    if padding is not None and padding.mask is not None:
-        return padding.query_mask(queries), False
+    if layout is not None and layout.mask is not None:
+        return layout.query_mask(queries), False
     seq = positions.shape[0]
     if queries is not None and seq > 1:
         return queries.attention_mask(positions, kv_len), False
     return (causal_mask(seq, kv_len, positions.device), False) if cached else (None, seq > 1)
 
 
-def rope_positions(positions: torch.Tensor, padding: Padding | None) -> torch.Tensor:
+def rope_positions(positions: torch.Tensor, layout: RowLayout | None) -> torch.Tensor:
     """What RoPE rotates the new tokens by: the batch's ``positions`` [S], or a padded batch's (packed documents')
     per row [B, S]."""
-    return positions if padding is None or padding.positions is None else padding.positions
+    return positions if layout is None or layout.positions is None else layout.positions
 
 
 def rope_at(cos: torch.Tensor, sin: torch.Tensor, queries: TokenSubset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,23 +241,23 @@ class MLA(nn.Module):
         return self.kv_norm(c_kv), apply_rope(k_pe.unsqueeze(2), cos, sin).squeeze(2)
 
     def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache,
-                     padding: Padding | None = None) -> None:
+                     layout: RowLayout | None = None) -> None:
         """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
-        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.rope_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(rope_positions(positions, layout), self.rope_dim, self.rope_theta)
         cache.append(*self._latent(x, cos, sin))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
                 absorb: bool = False, queries: TokenSubset | None = None,
-                padding: Padding | None = None) -> torch.Tensor:
+                layout: RowLayout | None = None) -> torch.Tensor:
         """x [B, S, H] at ``positions`` [S] -> [B, S, H]; with ``queries`` only those tokens attend -> [1, N, H]
-        (keys/values still come from every token of x and the cache); ``padding``: a padded batch's positions and
+        (keys/values still come from every token of x and the cache); ``layout``: a padded batch's positions and
         key mask."""
         bsz, seq, _ = x.shape
-        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.rope_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(rope_positions(positions, layout), self.rope_dim, self.rope_theta)
         c_kv, k_pe = self._latent(x, cos, sin)
         if cache is not None:
             c_kv, k_pe = cache.append(c_kv, k_pe)
-        mask, causal = attention_layout(positions, c_kv.shape[1], cache is not None, queries, padding)
+        mask, causal = attention_layout(positions, c_kv.shape[1], cache is not None, queries, layout)
         if queries is not None:
             x, (cos, sin) = queries.gather(x), rope_at(cos, sin, queries)
         q_nope, q_pe = self._query(x).split([self.nope_dim, self.rope_dim], dim=-1)
@@ -307,23 +307,23 @@ class GQA(nn.Module):
         return k, self.wv(x).view(bsz, seq, -1, self.head_dim)
 
     def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache,
-                     padding: Padding | None = None) -> None:
+                     layout: RowLayout | None = None) -> None:
         """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
-        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.head_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(rope_positions(positions, layout), self.head_dim, self.rope_theta)
         cache.append(*self._keys_values(x, cos, sin))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
                 absorb: bool = False, queries: TokenSubset | None = None,
-                padding: Padding | None = None) -> torch.Tensor:
+                layout: RowLayout | None = None) -> torch.Tensor:
         """x [B, S, H] at ``positions`` [S] -> [B, S, H]; with ``queries`` only those tokens attend -> [1, N, H]
-        (keys/values still come from every token of x and the cache); ``padding``: a padded batch's positions and
+        (keys/values still come from every token of x and the cache); ``layout``: a padded batch's positions and
         key mask."""
         del absorb  # only meaningful for MLA
-        cos, sin = rope_cos_sin(rope_positions(positions, padding), self.head_dim, self.rope_theta)
+        cos, sin = rope_cos_sin(rope_positions(positions, layout), self.head_dim, self.rope_theta)
         k, v = self._keys_values(x, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
-        mask, causal = attention_layout(positions, k.shape[1], cache is not None, queries, padding)
+        mask, causal = attention_layout(positions, k.shape[1], cache is not None, queries, layout)
         if queries is not None:
             x, (cos, sin) = queries.gather(x), rope_at(cos, sin, queries)
         q = apply_rope(self.wq(x).view(x.shape[0], x.shape[1], -1, self.head_dim), cos, sin)

@@ -13,9 +13,9 @@ from torch.utils.checkpoint import checkpoint
 from megamythos.model.attention import LayerKVCache, build_attention
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, SwiGLU
-from megamythos.model.padding import IGNORE_INDEX, PackedDocuments, Padding
 from megamythos.model.params import forward_flops_per_token
 from megamythos.model.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
+from megamythos.model.row_layout import IGNORE_INDEX, PackedDocuments, RowLayout
 
 __all__ = ["IGNORE_INDEX", "DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "compile_blocks",
            "sample_loop_count", "weight_decay_param_groups"]
@@ -32,8 +32,8 @@ class DenseBlock(nn.Module):
         self.ffn = SwiGLU(config.dim, config.resolved_ffn_dim)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
-                absorb: bool = False, padding: Padding | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), positions, cache, absorb, padding=padding)
+                absorb: bool = False, layout: RowLayout | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, cache, absorb, layout=layout)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -140,30 +140,30 @@ class MythosLM(nn.Module):
         return self.recurrent.injection.spectral_radius()
 
     def prelude_states(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: ModelKVCache | None = None,
-                       absorb: bool = False, padding: Padding | None = None) -> torch.Tensor:
+                       absorb: bool = False, layout: RowLayout | None = None) -> torch.Tensor:
         """input_ids [B, S] -> x [B, S, H]: token embeddings through the prelude blocks (the recurrent core's
         input, which the core normalises itself)."""
         x = self.tok_embeddings(input_ids)
         for i, block in enumerate(self.prelude):
-            x = self.run_dense_block(block, x, positions, cache.prelude[i] if cache else None, absorb, padding)
+            x = self.run_dense_block(block, x, positions, cache.prelude[i] if cache else None, absorb, layout)
         return x
 
     def coda_logits(self, h: torch.Tensor, positions: torch.Tensor, cache: ModelKVCache | None = None,
-                    absorb: bool = False, padding: Padding | None = None) -> torch.Tensor:
+                    absorb: bool = False, layout: RowLayout | None = None) -> torch.Tensor:
         """Final recurrent states [..., S, H] (in the model's dtype) -> logits [..., S, V] through the coda
         blocks, the final norm and the LM head."""
         x = h
         for i, block in enumerate(self.coda):
-            x = self.run_dense_block(block, x, positions, cache.coda[i] if cache else None, absorb, padding)
+            x = self.run_dense_block(block, x, positions, cache.coda[i] if cache else None, absorb, layout)
         return self.lm_head(self.norm(x))
 
     def run_dense_block(self, block: nn.Module, x: torch.Tensor, positions: torch.Tensor,
-                        cache: LayerKVCache | None, absorb: bool, padding: Padding | None = None) -> torch.Tensor:
+                        cache: LayerKVCache | None, absorb: bool, layout: RowLayout | None = None) -> torch.Tensor:
         """One prelude/coda block on x [B, S, H]; with ``checkpoint_dense_blocks`` in training a non-reentrant
         activation checkpoint (its input kept, the block recomputed in backward)."""
         if self.config.checkpoint_dense_blocks and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, positions, cache, absorb, padding, use_reentrant=False)
-        return block(x, positions, cache, absorb, padding)
+            return checkpoint(block, x, positions, cache, absorb, layout, use_reentrant=False)
+        return block(x, positions, cache, absorb, layout)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, n_loops: int | None = None,
                 backprop_loops: int | None = None, cache: ModelKVCache | None = None, absorb: bool = False,
@@ -177,11 +177,11 @@ class MythosLM(nn.Module):
         (inference only) lets each token stop iterating once its state's relative change falls below it; 0 runs
         every loop; None is the config's ``exit_threshold`` in eval mode and 0 in training mode.
         ``attention_mask`` [B, L] (inference only; L = cached + new tokens, 1 = real, 0 = padding) computes each
-        row's real tokens as that row alone (:mod:`~megamythos.model.padding`); padding never iterates (depth 0)
+        row's real tokens as that row alone (:mod:`~megamythos.model.row_layout`); padding never iterates (depth 0)
         and its logits are unspecified. None, or all ones, is the unpadded forward.
         ``documents`` (no cache, no attention_mask): samples packing documents ended by its eod id, with
         Megatron's per-row positions, block-causal attention and eod loss mask as it asks
-        (:class:`~megamythos.model.padding.PackedDocuments`); None is the plain causal forward.
+        (:class:`~megamythos.model.row_layout.PackedDocuments`); None is the plain causal forward.
         """
         cfg = self.config
         if input_ids.dim() != 2:
@@ -206,22 +206,22 @@ class MythosLM(nn.Module):
         backprop_loops = cfg.backprop_loops if backprop_loops is None else backprop_loops
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        padding = None if attention_mask is None else self.padding_of(attention_mask, input_ids, start)
+        layout = None if attention_mask is None else self.layout_of(attention_mask, input_ids, start)
         if documents is not None:
             if cache is not None or attention_mask is not None:
                 raise ValueError("documents lays out whole packed samples: give it without a cache or attention_mask")
-            padding = documents.layout(input_ids)
+            layout = documents.layout(input_ids)
             labels = None if labels is None else documents.scored(input_ids, labels)
 
-        x = self.prelude_states(input_ids, positions, cache, absorb, padding)
+        x = self.prelude_states(input_ids, positions, cache, absorb, layout)
         result = self.recurrent(x, positions, n_loops, backprop_loops, cache.loops if cache else None, absorb,
-                                exit_threshold, padding)
-        logits = self.coda_logits(result.state.to(x.dtype), positions, cache, absorb, padding)
+                                exit_threshold, layout)
+        logits = self.coda_logits(result.state.to(x.dtype), positions, cache, absorb, layout)
         loss = self.token_loss(logits, labels) if labels is not None else None
         return MythosOutput(logits=logits, loss=loss, aux_loss=result.aux_loss, stats=result.stats)
 
-    def padding_of(self, attention_mask: torch.Tensor, input_ids: torch.Tensor, cached: int) -> Padding | None:
-        """The :class:`Padding` of ``attention_mask`` [B, cached + S] for input_ids [B, S]; None when every token is
+    def layout_of(self, attention_mask: torch.Tensor, input_ids: torch.Tensor, cached: int) -> RowLayout | None:
+        """The :class:`RowLayout` of ``attention_mask`` [B, cached + S] for input_ids [B, S]; None when every token is
         real (the unpadded forward). Checks the shape, and that padding comes at inference only and leaves a new
         token real (two host syncs)."""
         batch, seq = input_ids.shape
@@ -235,7 +235,7 @@ class MythosLM(nn.Module):
                              "the right and give the padding the label -100")
         if not bool(attention_mask[:, cached:].bool().any()):
             raise ValueError("attention_mask marks every new token as padding: give at least one real token")
-        return Padding.of(attention_mask, seq)
+        return RowLayout.of(attention_mask, seq)
 
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:

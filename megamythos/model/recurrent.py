@@ -50,7 +50,7 @@ from megamythos.model.attention import LayerKVCache, build_attention
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, weights_cast_once
 from megamythos.model.moe import MoE, expert_counts_frozen
-from megamythos.model.padding import Padding
+from megamythos.model.row_layout import RowLayout
 from megamythos.model.token_subset import TokenSubset
 
 _LOG_DT_RANGE = (-8.0, 2.0)  # B_bar's step size exp(log_dt) stays in [3e-4, 7.4]
@@ -205,19 +205,19 @@ class RecurrentBlock(nn.Module):
 
     def forward(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None, absorb: bool,
                 queries: TokenSubset | None = None,
-                padding: Padding | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                layout: RowLayout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """u [B, S, H] -> (update [B, S, H], aux); with ``queries`` the update of those tokens only, [1, N, H]:
         they attend to the keys/values of every token of u, and only they go through the MoE."""
-        attn_out = self.attn(self.attn_norm(u), positions, cache, absorb, queries, padding)
+        attn_out = self.attn(self.attn_norm(u), positions, cache, absorb, queries, layout)
         if queries is not None:
             u = queries.gather(u)
         moe_out, aux = self.moe(self.moe_norm(u + attn_out))
         return attn_out + moe_out, aux
 
     def extend_cache(self, u: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache,
-                     padding: Padding | None = None) -> None:
+                     layout: RowLayout | None = None) -> None:
         """Append the keys/values ``forward(u)`` would cache, without attending or running the MoE."""
-        self.attn.extend_cache(self.attn_norm(u), positions, cache, padding)
+        self.attn.extend_cache(self.attn_norm(u), positions, cache, layout)
 
 
 class DepthRouter(nn.Module):
@@ -378,7 +378,7 @@ class RecurrentCore(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, n_loops: int, backprop_loops: int,
                 caches: list[LayerKVCache] | None = None, absorb: bool = False,
-                exit_threshold: float = 0.0, padding: Padding | None = None) -> RecurrenceResult:
+                exit_threshold: float = 0.0, layout: RowLayout | None = None) -> RecurrenceResult:
         """Prelude output x [B, S, H] -> RecurrenceResult with the state after (at most) ``n_loops``; the
         injected input is e = input_norm(x). Every parameter of the core is used inside this call, so ZeRO-3
         can treat the core as one leaf module (one gather per forward and per backward, see
@@ -389,7 +389,7 @@ class RecurrentCore(nn.Module):
         freezes each token once its relative state change falls below it and stops when every token exited;
         deeper caches then get the frozen tokens' keys/values. In training, the config's ``loop_capacity``
         c_t computes only ceil(c_t * S) tokens of each sequence at loop t (:func:`capacity_subset`).
-        ``padding``: the per-row positions and key mask of every attention, those of a padded batch (inference) or
+        ``layout``: the per-row positions and key mask of every attention, those of a padded batch (inference) or
         of packed documents (training); a padded batch's padding tokens count as exited before the first loop
         (never computed once compaction applies, depth 0), so they never keep the batch iterating, and
         ``mean_depth`` is then the mean over the real tokens.
@@ -402,8 +402,8 @@ class RecurrentCore(nn.Module):
         checkpoint_each = self.config.checkpoint_loops and self.training
         e = self.input_norm(x)
         zeros = e.new_zeros(e.shape[:2], dtype=torch.float32)
-        if padding is not None and padding.real is not None:
-            active = padding.real
+        if layout is not None and layout.real is not None:
+            active = layout.real
         else:
             active = zeros.bool().logical_not() if exit_threshold > 0 or capacity else None
         state = LoopState(h=self.initial_state(e), active=active,
@@ -412,7 +412,7 @@ class RecurrentCore(nn.Module):
         with weights_cast_once():  # the shared block's weights are cast to the compute dtype once, not per loop
             for group in self.schedule(n_loops, backprop_loops, checkpoint_each):  # no-grad loops, then grad loops
                 run_args = (state, e, group.loops, positions, caches, absorb, exit_threshold, capacity,
-                            checkpoint_each and group.grad, padding)
+                            checkpoint_each and group.grad, layout)
                 with torch.set_grad_enabled(group.grad):
                     run = functools.partial(self._checkpointed, self.run_loops) if group.checkpoint else self.run_loops
                     state, group_norms, group_changes, group_shares, group_gates = run(*run_args)
@@ -426,8 +426,8 @@ class RecurrentCore(nn.Module):
         if caches is not None:
             for t in range(loops_run, n_loops):  # every token exited: deeper loops cache the frozen states
                 u = self.with_loop_signal(self.injection.combine(state.h, e), t, e.dtype)
-                self.block.extend_cache(u, positions, caches[t], padding)
-        mean_depth = state.depth.mean() if padding is None else padding.real_mean(state.depth)
+                self.block.extend_cache(u, positions, caches[t], layout)
+        mean_depth = state.depth.mean() if layout is None else layout.real_mean(state.depth)
         stats = {"n_loops": torch.tensor(float(loops_run)), "state_norm": torch.cat(norms), "rho": state.rho,
                  "mean_depth": mean_depth, "depth": state.depth, "relative_change": torch.cat(changes),
                  "active_share": torch.cat(shares)}
@@ -437,7 +437,7 @@ class RecurrentCore(nn.Module):
 
     def run_loops(self, state: LoopState, e: torch.Tensor, loops: range, positions: torch.Tensor,
                   caches: list[LayerKVCache] | None, absorb: bool, exit_threshold: float,
-                  capacity: tuple[float, ...], checkpoint_each: bool, padding: Padding | None = None
+                  capacity: tuple[float, ...], checkpoint_each: bool, layout: RowLayout | None = None
                   ) -> tuple[LoopState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Iterations ``loops`` from ``state`` -> (state after them, mean state norm per iteration [n],
         relative change per iteration and token [n, B, S], share of the tokens computed per iteration [n], mean
@@ -450,7 +450,7 @@ class RecurrentCore(nn.Module):
             else:
                 active = still_active(state.active)
             shares.append(state.depth.new_ones(()) if state.active is None else state.active.float().mean())
-            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb, active, padding)
+            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb, active, layout)
             h_next, aux, rho, gate = (self._checkpointed(self.iteration, *args) if checkpoint_each
                                       else self.iteration(*args))
             if active is None:
@@ -478,7 +478,7 @@ class RecurrentCore(nn.Module):
 
     def iteration(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
                   cache: LayerKVCache | None, absorb: bool, active: TokenSubset | None = None,
-                  padding: Padding | None = None
+                  layout: RowLayout | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Iteration t of the recurrence, h_t [B, S, H] fp32 -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0,
         mean gate g_t of the computed tokens, detached, with the learned depth router):
@@ -493,7 +493,7 @@ class RecurrentCore(nn.Module):
         """
         u_mix = self.injection.combine(h, e)
         u = self.with_loop_signal(u_mix, t, e.dtype)
-        update, aux = self.block(u, positions, cache, absorb, active, padding)
+        update, aux = self.block(u, positions, cache, absorb, active, layout)
         if active is not None:
             h, e, u_mix, u = (active.gather(x) for x in (h, e, u_mix, u))
         if self.lora is not None:

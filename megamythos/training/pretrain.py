@@ -62,9 +62,9 @@ from megamythos.model.moe import (
     load_expert_bias_state,
     update_expert_bias,
 )
-from megamythos.model.padding import PackedDocuments
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
+from megamythos.model.row_layout import PackedDocuments
 from megamythos.parallel import adapt_engine_module, global_grad_norm, params_norm, replicate_recurrent_core
 from megamythos.planning.memory import check_startup_memory
 from megamythos.runtime.device import collective_device, device_memory_bytes, local_world_size

@@ -9,7 +9,7 @@ import torch
 
 from megamythos.inference.generate import SamplingConfig, generate, left_pad
 from megamythos.model.lm import ModelKVCache, MythosLM, compile_blocks
-from megamythos.model.padding import Padding
+from megamythos.model.row_layout import RowLayout
 from megamythos.model.token_subset import TokenSubset
 from tests.helpers import requires_grouped_mm, small_config, threshold_with_margin
 
@@ -41,7 +41,7 @@ def test_positions_count_the_real_tokens_before_and_padding_keys_are_hidden() ->
     logits alone would not tell a row's offset); a query sees the real keys up to itself, a padding query only
     itself. The last 3 of 5 columns are new (2 cached)."""
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 0, 1, 1]])
-    padding = Padding.of(mask, 3)
+    padding = RowLayout.of(mask, 3)
     assert padding.positions[mask[:, 2:].bool()].tolist() == [0, 1, 2, 2, 3, 4, 1, 2]
     assert padding.real.tolist() == [[True, True, True], [True, True, True], [False, True, True]]
     rows = padding.mask[:, 0].int().tolist()

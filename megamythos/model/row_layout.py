@@ -33,7 +33,7 @@ from megamythos.model.token_subset import TokenSubset
 IGNORE_INDEX = -100  # a label that is not scored (padding), as in PyTorch's cross-entropy and transformers
 
 
-class Padding(NamedTuple):
+class RowLayout(NamedTuple):
     """The S new tokens of a batch whose rows differ in layout (padding, packed documents), after ``L - S`` cached
     ones.
 
@@ -47,7 +47,7 @@ class Padding(NamedTuple):
     mask: torch.Tensor | None
 
     @classmethod
-    def of(cls, attention_mask: torch.Tensor, seq: int) -> Padding:
+    def of(cls, attention_mask: torch.Tensor, seq: int) -> RowLayout:
         """From ``attention_mask`` [B, L] (nonzero = real) of the cached and the ``seq`` new tokens."""
         real = attention_mask.bool()
         kv_len = real.shape[1]
@@ -58,7 +58,7 @@ class Padding(NamedTuple):
         return cls(positions, real[:, kv_len - seq:], mask.unsqueeze(1))
 
     @classmethod
-    def of_documents(cls, input_ids: torch.Tensor, eod: int, reset_positions: bool, reset_attention: bool) -> Padding:
+    def of_documents(cls, input_ids: torch.Tensor, eod: int, reset_positions: bool, reset_attention: bool) -> RowLayout:
         """The packed documents of input_ids [B, S] (see the module docstring): per-row positions with
         ``reset_positions``, the block-causal mask [B, 1, S, S] with ``reset_attention``; no host sync."""
         is_eod = input_ids == eod
@@ -98,11 +98,11 @@ class PackedDocuments:
     reset_position_ids: bool = False
     reset_attention_mask: bool = False
 
-    def layout(self, input_ids: torch.Tensor) -> Padding | None:
-        """The per-row layout of input_ids [B, S] (:meth:`Padding.of_documents`); None without a reset."""
+    def layout(self, input_ids: torch.Tensor) -> RowLayout | None:
+        """The per-row layout of input_ids [B, S] (:meth:`RowLayout.of_documents`); None without a reset."""
         if not (self.reset_position_ids or self.reset_attention_mask):
             return None
-        return Padding.of_documents(input_ids, self.eod, self.reset_position_ids, self.reset_attention_mask)
+        return RowLayout.of_documents(input_ids, self.eod, self.reset_position_ids, self.reset_attention_mask)
 
     def scored(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """labels [B, S] with IGNORE_INDEX (not scored) where the input token is eod under ``eod_mask_loss``
