@@ -16,10 +16,10 @@ megamythos.training.checkpointing), moved them by 5e-3 to 1e-2 at lr 1e-2.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,26 +151,27 @@ def test_resume_on_another_layout_outside_zero3_is_refused_before_start_up(saved
 
 
 @contextmanager
-def read_only(folder: Path) -> Iterator[None]:
-    """``folder`` read-only for this process: a read-only bind mount as root (file modes do not stop root), else
-    mode 0o555; skips the test where root cannot mount."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    if subprocess.run(["mount", "--bind", str(folder), str(folder)]).returncode:
-        pytest.skip("cannot bind-mount here")
+def read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No new entry in ``folder`` for this process: mode 0o555, and as root (whom file modes do not stop) every
+    ``Path.mkdir`` inside it failing as on a read-only file system."""
+    if os.geteuid() == 0:
+        mkdir = Path.mkdir
+
+        def refused(path: Path, *args, **kwargs) -> None:
+            if folder in path.absolute().parents:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", refused)
+    folder.chmod(0o555)
     try:
-        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
         yield
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
+        folder.chmod(0o755)
 
 
-def test_a_conversion_into_a_read_only_load_without_save_is_one_line(tmp_path: Path) -> None:
+def test_a_conversion_into_a_read_only_load_without_save_is_one_line(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A run without --save converts the checkpoint of another layout into its --load; found 2026-12-07: on a
     read-only --load that was an OSError traceback (and, by reading, the other ranks waited in the collective that
     shares rank 0's outcome). It is one line naming --load and the --save to give, and nothing is written."""
@@ -179,8 +180,8 @@ def test_a_conversion_into_a_read_only_load_without_save_is_one_line(tmp_path: P
     tag.mkdir(parents=True)
     (ckpt / "latest").write_text(tag.name)
     (tag / "train_args.json").write_text(json.dumps({"layout": LAYOUTS["1 rank"][2], "zero_stage": 3}))
-    with read_only(ckpt), pytest.raises(CheckpointError, match=rf"^--load {ckpt} is not writable \(.*\), and "
-                                        f"resuming {tag.name} on another layout writes its universal conversion "
-                                        "there; give a writable --save DIR"):
+    refusal = (rf"^--load {ckpt} is not writable \(.*\), and resuming {tag.name} on another layout writes its "
+               "universal conversion there; give a writable --save DIR")
+    with read_only(ckpt, monkeypatch), pytest.raises(CheckpointError, match=refusal):
         universal_tag(ckpt, LAYOUTS["2 ranks ep2"][2], 3, 0, ModelConfig())
     assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
