@@ -605,7 +605,14 @@ def test_trainer_numbers_numpy_or_the_schedule_cannot_take(argv: list[str], mess
     ("# not json", "is not valid JSON"), ("[]", "object"),
     ('{"train_micro_batch_size_per_gpu": "four"}', "train_micro_batch_size_per_gpu must be a positive integer"),
     ('{"zero_optimization": 3}', "zero_optimization must be an object"),
-    ('{"tensor_parallel": {"autotp_size": "2"}}', "tensor_parallel.autotp_size must be a positive integer")])
+    ('{"tensor_parallel": {"autotp_size": "2"}}', "tensor_parallel.autotp_size must be a positive integer"),
+    # found 2026-12-07: AttributeError tracebacks, a string stage said "ZeRO stage 2 does not exist", and the
+    # trainer dropped a scheduler or an fp16 section without a word (its own schedule, bf16 or fp32)
+    ('{"bf16": true}', "bf16 must be an object"), ('{"optimizer": {"params": []}}', "optimizer.params must be an "
+                                                                                   "object"),
+    ('{"zero_optimization": {"stage": "2"}}', "zero_optimization.stage must be 0, 1, 2 or 3, got '2'"),
+    ('{"scheduler": {"type": "WarmupLR"}}', r"the LR schedule is the trainer's .*; remove scheduler from the file"),
+    ('{"fp16": {"enabled": true}}', r"never fp16, .*; remove fp16 from the file")])
 def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str, tmp_path: Path) -> None:
     """Found 2026-12-06: a JSONDecodeError, AttributeError or TypeError traceback from the launcher's preflight."""
     from megamythos.training.ds_config import load_template
@@ -613,6 +620,69 @@ def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str
     (tmp_path / "ds.json").write_text(text)
     with pytest.raises(ArgumentError, match=message):
         load_template(tmp_path / "ds.json")
+
+
+def test_a_disabled_fp16_section_is_no_refusal(tmp_path: Path) -> None:
+    from megamythos.training.ds_config import load_template
+
+    (tmp_path / "ds.json").write_text('{"fp16": {"enabled": false}}')
+    assert load_template(tmp_path / "ds.json") == {"fp16": {"enabled": False}}
+
+
+@pytest.mark.parametrize("template, flags, message", [
+    ({"gradient_clipping": 0.5}, [], "gradient_clipping 0.5 contradicts --clip-grad 1.0"),
+    ({"optimizer": {"params": {"lr": 3e-4}}}, ["--lr", "1e-3"], "optimizer.params.lr 0.0003 contradicts --lr 0.001"),
+    ({"optimizer": {"params": {"betas": [0.9, 0.999]}}}, [],
+     r"optimizer.params.betas \[0.9, 0.999\] contradicts --adam-beta1 0.9 --adam-beta2 0.95"),
+    ({"optimizer": {"params": {"weight_decay": 0.0}}}, [], "optimizer.params.weight_decay 0.0 contradicts "
+                                                           "--weight-decay 0.1"),
+    ({"optimizer": {"type": "Lamb"}}, [], "optimizer.type 'Lamb' is not AdamW"),
+    ({"zero_optimization": {"stage": 2, "overlap_com": True}}, [], "zero_optimization.overlap_com: Extra inputs are "
+                                                                   "not permitted")])
+def test_a_ds_config_setting_a_flag_s_value_differently_is_refused(template: dict, flags: list[str], message: str,
+                                                                   tmp_path: Path) -> None:
+    """Found 2026-12-07: the ds_config's gradient clipping, AdamW hyper-parameters and optimizer type were replaced
+    by the flags' values (their defaults where not given) without a word: a JSON asking for clipping at 0.5 or
+    DeepSpeed's betas (0.9, 0.999) trained with 1.0 and (0.9, 0.95). A mistyped ZeRO option was DeepSpeed's pydantic
+    traceback on every rank after start-up."""
+    from megamythos.training.ds_config import check_template
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(template))
+    with pytest.raises(ArgumentError, match=f"^--ds-config {re.escape(str(path))}: {message}"):
+        check_template(path, template, parse_args(["--ds-config", str(path), *flags]))
+    key, _, value = message.partition(" ")  # the same value given by its flag is no contradiction
+    if key == "gradient_clipping":
+        check_template(path, template, parse_args(["--ds-config", str(path), "--clip-grad", "0.5"]))
+    if key == "optimizer.params.lr":
+        check_template(path, template, parse_args(["--ds-config", str(path), "--lr", "3e-4"]))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "ds_configs").glob("*.json")))
+def test_shipped_ds_configs_leave_every_optimizer_flag_to_the_command_line(name: str) -> None:
+    from megamythos.training.ds_config import check_template, load_template
+
+    path = REPO / "ds_configs" / name
+    flags = ["--clip-grad", "0.3", "--lr", "3e-4", "--adam-beta2", "0.999", "--adam-eps", "1e-6", "--weight-decay",
+             "0.01"]
+    check_template(path, load_template(path), parse_args(["--ds-config", str(path), *flags]))
+
+
+def test_a_ds_config_whose_batch_sizes_disagree_is_refused(tmp_path: Path) -> None:
+    """Found 2026-12-07: a template giving train_batch_size 16 and gradient_accumulation_steps 1 with micro-batch 2
+    on 2 ranks trained with accumulation 4 (train_batch_size kept, the accumulation dropped without a word), where
+    DeepSpeed refuses such a config."""
+    from megamythos.training.ds_config import resolve_layout
+
+    path = tmp_path / "ds.json"
+    template = {"train_micro_batch_size_per_gpu": 2, "train_batch_size": 16, "gradient_accumulation_steps": 1}
+    path.write_text(json.dumps(template))
+    with pytest.raises(ArgumentError, match=f"^--ds-config {re.escape(str(path))}: train_batch_size 16 is not "
+                                            "micro-batch 2 x gradient_accumulation_steps 1 x data-parallel size 2"):
+        resolve_layout(template, parse_args(["--ds-config", str(path)]), 2)
+    assert resolve_layout(template, parse_args(["--ds-config", str(path)]), 8).grad_accum == 1  # 2 x 1 x 8: agreed
+    given = resolve_layout(template, parse_args(["--ds-config", str(path), "--global-batch-size", "16"]), 2)
+    assert given.grad_accum == 4  # the flag replaces both keys
 
 
 @pytest.mark.parametrize("argv, message", [

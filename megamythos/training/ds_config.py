@@ -19,17 +19,40 @@ from megamythos.planning.layout import ParallelLayout, zeropp_options
 from megamythos.training.arguments import ArgumentError, TrainArgs
 
 TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
+# sections the trainer writes itself whatever a template says: one there would be dropped without a word
+DROPPED = {
+    "scheduler": "the LR schedule is the trainer's (--lr-schedule, --warmup, --lr, --min-lr), which replaces "
+                 "DeepSpeed's scheduler",
+    "fp16": "the trainer runs in bf16 (bf16.enabled, --bf16) or fp32, never fp16, whose section it drops",
+}
+# settings the command line owns (``--clip-grad``, AdamW's flags): a template's value, where it differs, would be
+# overwritten without a word; dotted path into the template -> TrainArgs fields (two: betas, a list)
+FLAG_KEYS = {
+    "gradient_clipping": ("clip_grad",), "optimizer.params.lr": ("lr",), "optimizer.params.eps": ("adam_eps",),
+    "optimizer.params.weight_decay": ("weight_decay",), "optimizer.params.betas": ("adam_beta1", "adam_beta2"),
+}
+OPTIMIZER_TYPES = ("adam", "adamw")  # the trainer's is AdamW; DeepSpeed spells it either way, in any case
 
 
 def load_template(path: str | Path) -> dict[str, Any]:
-    """Read a ds_config JSON file: an object whose batch sizes, where given, are positive integers, and whose
-    sections the trainer reads (``zero_optimization``, ``tensor_parallel``, ``expert_parallel``) are objects;
-    anything else raises :class:`ArgumentError` naming the file and the key."""
+    """Read a ds_config JSON file: an object whose batch sizes, where given, are positive integers, whose ZeRO
+    stage is 0-3, and whose sections the trainer reads (``zero_optimization``, ``tensor_parallel``,
+    ``expert_parallel``, ``bf16``, ``optimizer`` and its ``params``) are objects; anything else raises
+    :class:`ArgumentError` naming the file and the key. So does a section the trainer would drop (:data:`DROPPED`)."""
     template = read_json_object(path, ArgumentError, "pass a DeepSpeed config JSON object, e.g. "
                                                      "ds_configs/cpu-debug.json")
-    for key in ("zero_optimization", "tensor_parallel", "expert_parallel"):
+    for key in ("zero_optimization", "tensor_parallel", "expert_parallel", "bf16", "optimizer"):
         if not isinstance(template.get(key, {}), dict):
             raise ArgumentError(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
+    if not isinstance(template.get("optimizer", {}).get("params", {}), dict):
+        raise ArgumentError(f"--ds-config {path}: optimizer.params must be an object, got "
+                            f"{template['optimizer']['params']!r}")
+    for key, why in DROPPED.items():
+        if key in template and (key != "fp16" or not isinstance(template[key], dict) or template[key].get("enabled")):
+            raise ArgumentError(f"--ds-config {path}: {why}; remove {key} from the file")
+    stage = template.get("zero_optimization", {}).get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise ArgumentError(f"--ds-config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
     counts = {key: template.get(key) for key in TEMPLATE_COUNTS}
     counts.update({f"{section}.{key}": template.get(section, {}).get(key)
                    for section, key in (("tensor_parallel", "autotp_size"), ("expert_parallel", "autoep_size"))})
@@ -39,16 +62,56 @@ def load_template(path: str | Path) -> dict[str, Any]:
     return template
 
 
+def check_template(path: str | Path, template: dict[str, Any], args: TrainArgs) -> None:
+    """Refuse a template whose optimizer is not AdamW, or whose gradient clipping or AdamW hyper-parameters
+    (:data:`FLAG_KEYS`) differ from the command line's, which replace them: ``--clip-grad``, ``--lr``,
+    ``--adam-beta1``/``--adam-beta2``, ``--adam-eps`` and ``--weight-decay`` (their defaults where not given);
+    and a ``zero_optimization`` section DeepSpeed's own model refuses (a mistyped option: its pydantic traceback on
+    every rank after start-up)."""
+    import pydantic
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    try:
+        DeepSpeedZeroConfig(**template.get("zero_optimization", {}))
+    except pydantic.ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(part) for part in ("zero_optimization", *problem["loc"]))
+        raise ArgumentError(f"--ds-config {path}: {where}: {problem['msg']} (DeepSpeed's ZeRO options: https://"
+                            "www.deepspeed.ai/docs/config-json/#zero-optimizations-for-fp16-training)") from None
+    kind = template.get("optimizer", {}).get("type", "AdamW")
+    if not isinstance(kind, str) or kind.lower() not in OPTIMIZER_TYPES:
+        raise ArgumentError(f"--ds-config {path}: optimizer.type {kind!r} is not AdamW, the trainer's optimizer "
+                            "(its flags: --lr, --adam-beta1, --adam-beta2, --adam-eps, --weight-decay); set it to "
+                            "AdamW or remove it")
+    for key, names in FLAG_KEYS.items():
+        value: Any = template
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        wanted = [getattr(args, name) for name in names]
+        if value is not None and value != (wanted if len(names) > 1 else wanted[0]):
+            flags = " ".join(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in names)
+            raise ArgumentError(f"--ds-config {path}: {key} {value!r} contradicts {flags} (the flag's value, its "
+                                "default where not given), which the run uses; pass the flag with the value you "
+                                f"want and remove {key} from the file")
+
+
 def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -> ParallelLayout:
-    """Parallel sizes and batch sizes: command line first, then the template, then defaults."""
+    """Parallel sizes and batch sizes: command line first, then the template, then defaults. A template giving
+    both ``train_batch_size`` and ``gradient_accumulation_steps`` must agree with the micro-batch and data-parallel
+    size of the run (DeepSpeed's rule), unless ``--global-batch-size`` replaces them."""
     tp = args.tp or template.get("tensor_parallel", {}).get("autotp_size", 1)
     ep_section = template.get("expert_parallel", {})
     ep = args.ep or (ep_section.get("autoep_size", 1) if ep_section.get("enabled", False) else 1)
     zero = args.zero if args.zero is not None else template.get("zero_optimization", {}).get("stage", 0)
     micro = args.micro_batch_size or template.get("train_micro_batch_size_per_gpu", 1)
     dp = world_size // tp if world_size % tp == 0 else 1  # ParallelLayout reports the divisibility error
-    global_batch = (args.global_batch_size or template.get("train_batch_size")
-                    or micro * template.get("gradient_accumulation_steps", 1) * dp)
+    accumulation, template_batch = template.get("gradient_accumulation_steps"), template.get("train_batch_size")
+    if not args.global_batch_size and accumulation and template_batch and template_batch != micro * accumulation * dp:
+        raise ArgumentError(f"--ds-config {args.ds_config}: train_batch_size {template_batch} is not micro-batch "
+                            f"{micro} x gradient_accumulation_steps {accumulation} x data-parallel size {dp}, and "
+                            "DeepSpeed would keep only one of them: remove one of the two keys, or pass "
+                            "--global-batch-size")
+    global_batch = args.global_batch_size or template_batch or micro * (accumulation or 1) * dp
     # under ZeRO-3 the core and the dense blocks are leaf modules with --compile or where the template asks for
     # them (its zero_optimization.leaf_module); the core is then gathered per forward and backward, not replicated
     leaf = zero == 3 and (args.compile or "leaf_module" in template.get("zero_optimization", {}))

@@ -288,7 +288,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     from megamythos.data.pretraining import document_flags, documents_eod, resolve_data
     from megamythos.training.arguments import parse_args
     from megamythos.training.checkpointing import check_sources
-    from megamythos.training.ds_config import bf16_enabled, check_layout, load_template, resolve_layout
+    from megamythos.training.ds_config import bf16_enabled, check_layout, check_template, load_template, resolve_layout
     from megamythos.training.monitor import check_outputs
 
     args = parse_args(trainer)
@@ -301,6 +301,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
         resolve_data(prefixes, config.vocab_size, args.data_cache_dir)
         documents_eod(document_flags(args.to_dict()), prefixes)
     template = load_template(args.ds_config)
+    check_template(args.ds_config, template, args)
     check_layout(args, resolve_layout(template, args, world_size), config, bf16_enabled(template, args))
 
 

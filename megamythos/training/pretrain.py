@@ -86,7 +86,14 @@ from megamythos.training.checkpointing import (
     writer_lock,
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
-from megamythos.training.ds_config import bf16_enabled, build_ds_config, check_layout, load_template, resolve_layout
+from megamythos.training.ds_config import (
+    bf16_enabled,
+    build_ds_config,
+    check_layout,
+    check_template,
+    load_template,
+    resolve_layout,
+)
 from megamythos.training.monitor import (
     StepProfiler,
     StragglerWatch,
@@ -211,6 +218,7 @@ class Trainer:
         self.args = args
         self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
         template = load_template(args.ds_config)  # and so does a layout that does not fit the world or the model
+        check_template(args.ds_config, template, args)
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
         bf16 = bf16_enabled(template, args)
         check_layout(args, self.layout, self.config, bf16)
