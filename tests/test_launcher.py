@@ -175,6 +175,40 @@ def test_bash_form_takes_the_launcher_flags_in_either_spelling(tmp_path):
         split_launcher_flags(["--num_gpus"])
 
 
+def test_a_single_process_run_is_a_world_of_one_whatever_the_shell_left_over(monkeypatch):
+    """Found 2026-12-07: `python -m megamythos.training.pretrain` in a shell holding WORLD_SIZE=2 from another job
+    laid out micro 4 x dp 2 = global 8 (logged, recorded, counted by --train-tokens) while DeepSpeed, in the world
+    of one it was given, trained 4 samples a step."""
+    from megamythos.runtime.device import local_world_size
+    from megamythos.training.pretrain import single_process_environment
+
+    left_over = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_PORT": "12345"}
+    for name in ("RANK", "MASTER_ADDR", *left_over):  # each restored (or removed) after the test
+        monkeypatch.setenv(name, left_over.get(name, ""))
+    monkeypatch.delenv("RANK")
+    single_process_environment()
+    assert {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")} == {
+        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": "12345"}
+    assert local_world_size() == 1
+
+
+@pytest.mark.parametrize("port", ["abc", "0", "70000"])
+def test_a_master_port_left_in_the_environment_that_is_no_port_is_one_line(port, monkeypatch):
+    """Found 2026-12-07: MASTER_PORT=abc was int()'s ValueError traceback from the trainer, and the bash form handed
+    it to deepspeed, whose own usage error followed."""
+    from megamythos.errors import UserError
+    from megamythos.training.pretrain import single_process_environment
+
+    message = f"^MASTER_PORT='{port}' is no port number \\(1-65535\\): unset it"
+    with pytest.raises(UserError, match=message):
+        deepspeed_command({}, [], gpu=False, env={"MASTER_PORT": port})
+    monkeypatch.setenv("RANK", "")
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("MASTER_PORT", port)
+    with pytest.raises(UserError, match=message):
+        single_process_environment()
+
+
 def test_a_rank_refuses_launcher_flags_naming_the_form_that_takes_them():
     refuse_launcher_flags(["--local_rank=0", "--lr", "1", "--num-experts", "4"])
     with pytest.raises(LaunchError) as err:

@@ -54,14 +54,14 @@ from pathlib import Path
 from megamythos.errors import UserError
 from megamythos.runtime.locations import CHECKOUT, DS_CONFIGS, WORKSPACE
 from megamythos.training.process_exit import EXIT_RECORDS_ENV, end_process
-from megamythos.training.rendezvous import free_port
+from megamythos.training.rendezvous import env_master_port, free_port
 
 logger = logging.getLogger(__name__)
 
 SCRIPT = "launchers/pretrain.sh"
 TRAINER = "megamythos.training.pretrain"
 RECORDS_PREFIX = "megamythos-ranks-"  # the supervisor's exit-record folders in the temporary directory
-DEFAULT_MASTER_PORT = "29500"
+DEFAULT_MASTER_PORT = 29500
 
 # Flags of the `deepspeed` launcher that `bash launchers/pretrain.sh` takes too, spelt with `-` or `_`:
 # deepspeed name -> metavar (None: the flag takes no value).
@@ -225,8 +225,8 @@ def deepspeed_command(launcher: Mapping[str, str | None], trainer: Sequence[str]
     """The ``deepspeed`` command of ``bash launchers/pretrain.sh``: ``--node_rank`` starts this node only (no
     ssh); on CPU one process unless ``--num_gpus`` or ``--include/--exclude`` says otherwise. A single-node job
     without ``--master_port`` (or ``MASTER_PORT``) rendezvouses on a free port; a multi-node one on 29500."""
-    port = env.get("MASTER_PORT") or (DEFAULT_MASTER_PORT if multi_node(launcher) else str(free_port()))
-    flags = {"master_port": port, **launcher}
+    port = env_master_port(env) or (DEFAULT_MASTER_PORT if multi_node(launcher) else free_port())
+    flags = {"master_port": str(port), **launcher}
     if "node_rank" in flags:
         flags["no_ssh"] = None
     if not gpu and not {"num_gpus", "include", "exclude"} & flags.keys():

@@ -115,7 +115,7 @@ from megamythos.training.optimizers import (
     undo_state_initialising_step,
 )
 from megamythos.training.process_exit import end_process, record_start, write_exit_record
-from megamythos.training.rendezvous import check_master_port, free_port
+from megamythos.training.rendezvous import check_master_port, env_master_port, free_port
 from megamythos.training.schedules import (
     LRSchedule,
     build_scheduler,
@@ -149,17 +149,31 @@ def setup_logging(rank: int) -> None:
                         format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s", force=True)
 
 
+def single_process_environment() -> None:
+    """Plain ``python -m megamythos.training.pretrain`` (no launcher set ``RANK``) is a world of one, whatever
+    ``WORLD_SIZE``, ``LOCAL_RANK`` or ``LOCAL_WORLD_SIZE`` a shell kept from another job says: the layout and the
+    checkpoint checks read them before torch.distributed starts (a left-over ``WORLD_SIZE=2`` made the layout's
+    global batch twice the one DeepSpeed trained). A ``MASTER_PORT`` given is checked (:func:`env_master_port`)."""
+    if "RANK" in os.environ:
+        return
+    port = env_master_port(os.environ)
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port or free_port()))
+
+
 def init_distributed(timeout_minutes: float) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU), its collectives failing after
-    ``timeout_minutes`` of waiting; returns (rank, world size)."""
+    ``timeout_minutes`` of waiting; returns (rank, world size). The environment is a launcher's or
+    :func:`single_process_environment`'s."""
     import deepspeed
 
-    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if os.environ["RANK"] == "0":
         if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun's agent holds the rendezvous store on that port
-            check_master_port(int(os.environ["MASTER_PORT"]))
+            port = env_master_port(os.environ)
+            if port is None:
+                raise UserError("RANK is set but MASTER_PORT is not: start the ranks with a launcher (deepspeed, "
+                                "torchrun, srun setting both), or unset RANK to train in one process")
+            check_master_port(port)
         remove_stale_buffers()
     if torch.cuda.is_available():  # before any collective: NCCL and the object collectives use the current device
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -861,8 +875,9 @@ def train(argv: Sequence[str] | None = None) -> int:
     torch.distributed runs, each rank hashing its share. Rank 0 holds the ``--save`` directory's writer lock for
     the whole run."""
     args = parse_args(argv)
-    rank0 = os.environ.get("RANK", "0") == "0"
-    check_sources(args.save, args.load, args.finetune, verify=os.environ.get("WORLD_SIZE", "1") == "1")
+    single_process_environment()
+    rank0 = os.environ["RANK"] == "0"
+    check_sources(args.save, args.load, args.finetune, verify=os.environ["WORLD_SIZE"] == "1")
     if rank0:
         check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
     with writer_lock(args.save, holder=rank0):

@@ -6,6 +6,7 @@ when it is free in both families: a probe that binds IPv4 alone misses another j
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 
 from megamythos.errors import UserError
 
@@ -39,6 +40,18 @@ def port_free(port: int) -> bool:
                     continue
                 return False
     return True
+
+
+def env_master_port(env: Mapping[str, str]) -> int | None:
+    """``MASTER_PORT`` of ``env`` (None when unset or empty); a value that is no port number 1-65535 (left over from
+    another job, or mistyped) raises :class:`UserError` naming it, not a traceback of ``int()`` or of DeepSpeed."""
+    text = env.get("MASTER_PORT", "")
+    if not text:
+        return None
+    if not (text.isdigit() and 1 <= int(text) <= 65535):
+        raise UserError(f"MASTER_PORT={text!r} is no port number (1-65535): unset it (a single-node launch picks a "
+                        "free port) or set the rendezvous port of the job")
+    return int(text)
 
 
 def check_master_port(port: int) -> None:
