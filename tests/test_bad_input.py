@@ -30,6 +30,7 @@ from megamythos.data.preprocess import BadInputError, PreprocessConfig, preproce
 from megamythos.data.pretraining import DataError, DataSources, resolve_data
 from megamythos.data.sources import InputError, RawRecord, iter_hub_records, parse_record
 from megamythos.data.tokenizer import Tokenizer
+from megamythos.errors import UserError
 from megamythos.inference import evaluate as evaluate_module
 from megamythos.inference import generate as generate_module
 from megamythos.inference import loading
@@ -968,6 +969,20 @@ def test_launcher_counts_are_checked(argv: list[str], message: str) -> None:
     ``--hostfile`` trained one local process, exit 0 (DeepSpeed's warning hidden by ``--log_level critical``)."""
     with pytest.raises(LaunchError, match=f"^{re.escape(message)}$"):
         split_launcher_flags([*argv, "--train-iters", "2"])
+
+
+@pytest.mark.parametrize("text, message", [("node1 slot=8\n", "'node1 slot=8' is not 'HOST slots=N'"),
+                                           ("a slots=8\na slots=8\n", "host a is listed twice; give each host one "
+                                                                        "line"),
+                                           ("# no host yet\n\n", "lists no host; give a line 'HOST slots=N' per "
+                                                                   "node")])
+def test_a_hostfile_deepspeed_cannot_read_is_one_line(text: str, message: str, tmp_path: Path) -> None:
+    """Found 2026-12-07: a mistyped, repeated or missing host line reached DeepSpeed's runner, whose ValueError
+    traceback (``Hostfile contains a bad entry``) the launcher followed with "deepspeed exited with code 1"."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        split_launcher_flags(["--hostfile", str(hostfile), "--node-rank", "0", "--train-iters", "2"])
 
 
 def test_a_job_on_several_nodes_does_not_take_its_run_folder_or_defaults_from_one_node(tmp_path: Path) -> None:

@@ -131,22 +131,25 @@ def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
 
 def hostfile_slots(path: str) -> list[int] | None:
     """The slots of each host of DeepSpeed hostfile ``path`` (``HOST slots=N`` per line, # comments), None when
-    it does not exist (yet: a dry run plans before the hostfile is written)."""
+    it does not exist (yet: a dry run plans before the hostfile is written). A malformed line or a host listed twice
+    raises :class:`LayoutError` (DeepSpeed's runner refuses both with a traceback)."""
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
         return None
     except OSError as err:
         raise LayoutError(f"--hostfile {path}: cannot read it ({err})") from err
-    slots = []
+    slots: dict[str, int] = {}
     for line in lines:
         line = line.split("#", 1)[0].strip()
         if line:
-            match = re.fullmatch(r"\S+\s+slots=(\d+)", line)  # as DeepSpeed parses it
+            match = re.fullmatch(r"(\S+)\s+slots=(\d+)", line)  # as DeepSpeed parses it
             if match is None:
                 raise LayoutError(f"--hostfile {path}: {line!r} is not 'HOST slots=N'")
-            slots.append(int(match[1]))
-    return slots
+            if match[1] in slots:
+                raise LayoutError(f"--hostfile {path}: host {match[1]} is listed twice; give each host one line")
+            slots[match[1]] = int(match[2])
+    return list(slots.values())
 
 
 def check_launchable(args: argparse.Namespace) -> None:

@@ -52,6 +52,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from megamythos.errors import UserError
+from megamythos.planning.plan import hostfile_slots
 from megamythos.runtime.locations import CHECKOUT, DS_CONFIGS, WORKSPACE
 from megamythos.training.process_exit import EXIT_RECORDS_ENV, end_process
 from megamythos.training.rendezvous import env_master_port, free_port
@@ -200,6 +201,8 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
     if hostfile is not None and not Path(hostfile).is_file():
         raise LaunchError(f"--hostfile {hostfile} does not exist; give DeepSpeed's hostfile (a line 'HOST slots=N' "
                           "per node), or drop --hostfile to train on this machine")
+    if hostfile is not None and not hostfile_slots(hostfile):  # a malformed line is hostfile_slots' error
+        raise LaunchError(f"--hostfile {hostfile} lists no host; give a line 'HOST slots=N' per node")
     if int(launcher.get("num_nodes") or 1) > 1 and hostfile is None:
         raise LaunchError(f"--num_nodes {launcher['num_nodes']} needs --hostfile FILE listing the nodes (a line "
                           "'HOST slots=N' per node)")
