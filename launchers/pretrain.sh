@@ -11,7 +11,7 @@
 # (start each node yourself, no ssh):
 #
 #   bash launchers/pretrain.sh --num-gpus 2 --preset tiny --train-iters 50 --save runs/a
-#   deepspeed --no_python launchers/pretrain.sh ...           # srun or torchrun setting LOCAL_RANK: the same
+#   deepspeed --no_python launchers/pretrain.sh ...           # srun or torchrun setting RANK, LOCAL_RANK: the same
 #
 # Every other flag goes to `python -m megamythos.training.pretrain` (see --help there) after the defaults of
 # megamythos/training/launch.py: checkpoints in $RUN_DIR/checkpoints (runs/tiny), logs next to them, on CPU the

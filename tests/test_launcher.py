@@ -192,6 +192,21 @@ def test_a_single_process_run_is_a_world_of_one_whatever_the_shell_left_over(mon
     assert local_world_size() == 1
 
 
+def test_a_local_rank_left_in_the_shell_does_not_make_the_bash_form_a_rank(monkeypatch):
+    """Found 2026-12-07: `bash launchers/pretrain.sh --num-gpus 2 ...` in a shell holding LOCAL_RANK=0 ran as a rank
+    (launchers set RANK too): its --num-gpus was refused as a flag to give `deepspeed`, and without launcher flags
+    a GPU node trained one process instead of one per GPU."""
+    import megamythos.training.launch as launch_module
+
+    started = []
+    monkeypatch.setattr(launch_module, "launch", lambda argv: started.append(argv) or 0)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "")
+    monkeypatch.delenv("RANK")
+    assert main(["--num-gpus", "2", "--train-iters", "1"]) == 0
+    assert started == [["--num-gpus", "2", "--train-iters", "1"]]
+
+
 @pytest.mark.parametrize("port", ["abc", "0", "70000"])
 def test_a_master_port_left_in_the_environment_that_is_no_port_is_one_line(port, monkeypatch):
     """Found 2026-12-07: MASTER_PORT=abc was int()'s ValueError traceback from the trainer, and the bash form handed

@@ -1,15 +1,16 @@
 """What ``launchers/pretrain.sh`` does, in each of the three ways it is started.
 
 ``launchers/pretrain.sh`` is both a bash script and a Python script whose Python part calls :func:`main`; run by
-bash, its first line runs the file with Python. :func:`main` tells the forms apart by ``LOCAL_RANK``:
+bash, its first line runs the file with Python. :func:`main` tells the forms apart by ``LOCAL_RANK`` and ``RANK``
+(:func:`started_as_rank`):
 
 * ``deepspeed [launcher flags] launchers/pretrain.sh [trainer flags]`` (the design's form): the DeepSpeed launcher
-  runs ``python -u launchers/pretrain.sh`` on every rank, with ``LOCAL_RANK`` set: :func:`rank_arguments`, then
+  runs ``python -u launchers/pretrain.sh`` on every rank, with both set: :func:`rank_arguments`, then
   the trainer in the same process;
-* ``deepspeed --no_python ... launchers/pretrain.sh ...`` (or ``srun``/``torchrun`` setting ``LOCAL_RANK``): bash
+* ``deepspeed --no_python ... launchers/pretrain.sh ...`` (or ``srun``/``torchrun`` setting both): bash
   on every rank, then the same;
 * ``bash launchers/pretrain.sh [--num-gpus N --hostfile F ...] [trainer flags]`` (``python -m
-  megamythos.training.launch ...`` where an installed package has no launchers/): no ``LOCAL_RANK``, so
+  megamythos.training.launch ...`` where an installed package has no launchers/): not both, so
   :func:`launch` translates the launcher flags and runs ``deepspeed ... --module megamythos.training.pretrain``
   under :func:`supervise`, which turns SIGTERM/SIGINT/SIGHUP into one checkpoint and exit code 0.
 
@@ -592,14 +593,24 @@ def usage() -> str:
             + build_parser().format_help())
 
 
+def started_as_rank(env: Mapping[str, str]) -> bool:
+    """Whether this process is a rank a launcher started: every launcher (DeepSpeed's ``launch.py``, torchrun,
+    ``slurm.sbatch``'s srun tasks) sets both ``LOCAL_RANK`` and ``RANK``. ``LOCAL_RANK`` alone is a shell's
+    left-over (an ``export`` from another job's recipe), which made ``bash launchers/pretrain.sh`` train as one
+    rank: its launcher flags refused as given under ``deepspeed``, or, without them, one process on a GPU node."""
+    return "LOCAL_RANK" in env and "RANK" in env
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``launchers/pretrain.sh``; a rank when ``LOCAL_RANK`` is set, else the outer launcher."""
+    """Entry point of ``launchers/pretrain.sh``; a rank when a launcher started it (:func:`started_as_rank`), else
+    the outer launcher."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    rank = started_as_rank(os.environ)
     try:
-        if "LOCAL_RANK" not in os.environ and {"-h", "--help"} & set(argv):
+        if not rank and {"-h", "--help"} & set(argv):
             print(usage(), flush=True)
             return 0
-        if "LOCAL_RANK" not in os.environ:
+        if not rank:
             logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
             return launch(argv)
         trainer = rank_arguments(argv)
