@@ -36,9 +36,10 @@ OPTIMIZER_TYPES = ("adam", "adamw")  # the trainer's is AdamW; DeepSpeed spells 
 
 def load_template(path: str | Path) -> dict[str, Any]:
     """Read a ds_config JSON file: an object whose batch sizes, where given, are positive integers, whose ZeRO
-    stage is 0-3, and whose sections the trainer reads (``zero_optimization``, ``tensor_parallel``,
-    ``expert_parallel``, ``bf16``, ``optimizer`` and its ``params``) are objects; anything else raises
-    :class:`ArgumentError` naming the file and the key. So does a section the trainer would drop (:data:`DROPPED`)."""
+    stage is 0-3, whose ``bf16.enabled`` and ``expert_parallel.enabled`` are true or false, and whose sections the
+    trainer reads (``zero_optimization``, ``tensor_parallel``, ``expert_parallel``, ``bf16``, ``optimizer`` and its
+    ``params``) are objects; anything else raises :class:`ArgumentError` naming the file and the key. So does a
+    section the trainer would drop (:data:`DROPPED`)."""
     template = read_json_object(path, ArgumentError, "pass a DeepSpeed config JSON object, e.g. "
                                                      "ds_configs/cpu-debug.json")
     for key in ("zero_optimization", "tensor_parallel", "expert_parallel", "bf16", "optimizer"):
@@ -50,6 +51,10 @@ def load_template(path: str | Path) -> dict[str, Any]:
     for key, why in DROPPED.items():
         if key in template and (key != "fp16" or not isinstance(template[key], dict) or template[key].get("enabled")):
             raise ArgumentError(f"--ds-config {path}: {why}; remove {key} from the file")
+    for section in ("bf16", "expert_parallel"):  # a string "false" would be true to bf16_enabled and resolve_layout
+        if not isinstance(template.get(section, {}).get("enabled", False), bool):
+            raise ArgumentError(f"--ds-config {path}: {section}.enabled must be true or false, got "
+                                f"{template[section]['enabled']!r}")
     stage = template.get("zero_optimization", {}).get("stage", 0)
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
         raise ArgumentError(f"--ds-config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
