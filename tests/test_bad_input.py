@@ -962,6 +962,10 @@ def test_library_generation_refuses_a_loop_count_below_1(n_loops: int) -> None:
                                             "--num_gpus is given twice; give it once"),
                                            (["--master-addr", ""], "--master_addr is empty: give the first node's "
                                             "address"),
+                                           # found 2026-12-07: DeepSpeed's ValueError traceback, exit 1
+                                           (["--num-gpus", "2", "--include", "localhost:0"], "--num_gpus and "
+                                            "--include both choose the GPUs: give --include or --exclude alone "
+                                            "(HOST:GPUS, e.g. localhost:0,1), or --num_gpus/--num_nodes alone"),
                                            (["--hostfile", "/no/such/hostfile"],
                                             "--hostfile /no/such/hostfile does not exist; give DeepSpeed's hostfile "
                                             "(a line 'HOST slots=N' per node), or drop --hostfile to train on this "
@@ -986,6 +990,20 @@ def test_a_hostfile_deepspeed_cannot_read_is_one_line(text: str, message: str, t
     hostfile.write_text(text)
     with pytest.raises(UserError, match=re.escape(message)):
         split_launcher_flags(["--hostfile", str(hostfile), "--node-rank", "0", "--train-iters", "2"])
+
+
+def test_visible_gpus_are_not_renumbered_behind_the_user_s_back() -> None:
+    """Found 2026-12-07: `CUDA_VISIBLE_DEVICES=2,3 bash launchers/pretrain.sh --num-gpus 2` trained on GPUs 0 and 1:
+    DeepSpeed's runner drops the variable where --num_gpus, --include or --exclude is given."""
+    from megamythos.training.launch import check_visible_devices
+
+    for flags in (["--num-gpus", "2"], ["--include", "localhost:2,3"]):
+        launcher = split_launcher_flags(flags)[0]
+        with pytest.raises(LaunchError, match=r"^CUDA_VISIBLE_DEVICES=2,3 with --(num_gpus|include): deepspeed would "
+                                              "ignore the variable"):
+            check_visible_devices(launcher, {"CUDA_VISIBLE_DEVICES": "2,3"})
+        check_visible_devices(launcher, {})
+    check_visible_devices({}, {"CUDA_VISIBLE_DEVICES": "2,3"})  # deepspeed then includes localhost:2,3
 
 
 def test_a_job_on_several_nodes_does_not_take_its_run_folder_or_defaults_from_one_node(tmp_path: Path) -> None:

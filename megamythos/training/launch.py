@@ -211,12 +211,29 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
             launcher["num_nodes"]):
         raise LaunchError(f"--node_rank {launcher['node_rank']} is not below --num_nodes {launcher['num_nodes']}: "
                           "nodes are ranked 0 to N-1")
+    chosen = [f"--{name}" for name in ("num_gpus", "num_nodes", "include", "exclude") if name in launcher]
+    if len(chosen) > 1 and {"include", "exclude"} & launcher.keys():  # DeepSpeed's runner: a ValueError traceback
+        raise LaunchError(f"{' and '.join(chosen)} both choose the GPUs: give --include or --exclude alone (HOST:GPUS, "
+                          "e.g. localhost:0,1), or --num_gpus/--num_nodes alone")
     if "no_ssh" in launcher and "node_rank" not in launcher:
         raise LaunchError("--no_ssh starts this node only: give its --node_rank R (and run the same command on "
                           "every node)")
     if launcher.get("master_addr") == "":
         raise LaunchError("--master_addr is empty: give the first node's address")
     return launcher, trainer
+
+
+def check_visible_devices(launcher: Mapping[str, str | None], env: Mapping[str, str]) -> None:
+    """Refuse ``CUDA_VISIBLE_DEVICES`` with ``--num_gpus``, ``--include`` or ``--exclude`` on one node: DeepSpeed's
+    runner then drops the variable (a line among its output) and numbers the GPUs from 0, so ``CUDA_VISIBLE_DEVICES=2,3
+    --num-gpus 2`` trains on GPUs 0 and 1, perhaps beside another job. Without those flags it trains on the visible
+    GPUs, one rank each."""
+    visible = env.get("CUDA_VISIBLE_DEVICES", "")
+    chosen = [f"--{name}" for name in ("num_gpus", "include", "exclude") if name in launcher]
+    if visible and chosen and "hostfile" not in launcher:
+        raise LaunchError(f"CUDA_VISIBLE_DEVICES={visible} with {chosen[0]}: deepspeed would ignore the variable and "
+                          f"number the GPUs from 0; leave {chosen[0]} out to train on the visible GPUs (one rank "
+                          f"each), or unset CUDA_VISIBLE_DEVICES and name them with --include localhost:{visible}")
 
 
 def multi_node(launcher: Mapping[str, str | None]) -> bool:
@@ -334,6 +351,8 @@ def launch(argv: Sequence[str]) -> int:
                           "from a GPU node of the job, run it on each node with --node_rank R, or use the design's "
                           "form (deepspeed --hostfile FILE launchers/pretrain.sh ...), whose ranks choose their "
                           "defaults on their own node")
+    if gpu:
+        check_visible_devices(launcher, os.environ)
     processes = int(launcher.get("num_gpus") or 1)
     os.environ.update(rank_environment(os.environ, gpu, processes))
     trainer = [*trainer_defaults(trainer, gpu, os.environ), *trainer]
