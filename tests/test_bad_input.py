@@ -1004,6 +1004,10 @@ def test_visible_gpus_are_not_renumbered_behind_the_user_s_back() -> None:
             check_visible_devices(launcher, {"CUDA_VISIBLE_DEVICES": "2,3"})
         check_visible_devices(launcher, {})
     check_visible_devices({}, {"CUDA_VISIBLE_DEVICES": "2,3"})  # deepspeed then includes localhost:2,3
+    # the GPUs deepspeed numbers from 0 are the visible ones: a SLURM allocation's CUDA_VISIBLE_DEVICES=0,1
+    check_visible_devices(split_launcher_flags(["--num-gpus", "2"])[0], {"CUDA_VISIBLE_DEVICES": "0,1,5"})
+    with pytest.raises(LaunchError, match=r"^CUDA_VISIBLE_DEVICES=0,1 with --num_gpus"):
+        check_visible_devices(split_launcher_flags(["--num-gpus", "3"])[0], {"CUDA_VISIBLE_DEVICES": "0,1"})
 
 
 def test_a_job_on_several_nodes_does_not_take_its_run_folder_or_defaults_from_one_node(tmp_path: Path) -> None:

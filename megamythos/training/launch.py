@@ -227,9 +227,13 @@ def check_visible_devices(launcher: Mapping[str, str | None], env: Mapping[str, 
     """Refuse ``CUDA_VISIBLE_DEVICES`` with ``--num_gpus``, ``--include`` or ``--exclude`` on one node: DeepSpeed's
     runner then drops the variable (a line among its output) and numbers the GPUs from 0, so ``CUDA_VISIBLE_DEVICES=2,3
     --num-gpus 2`` trains on GPUs 0 and 1, perhaps beside another job. Without those flags it trains on the visible
-    GPUs, one rank each."""
+    GPUs, one rank each; ``--num_gpus N`` alone where the first N visible GPUs are 0 to N-1 (a SLURM allocation's
+    ``CUDA_VISIBLE_DEVICES=0,1``) trains on those very GPUs and is no refusal."""
     visible = env.get("CUDA_VISIBLE_DEVICES", "")
     chosen = [f"--{name}" for name in ("num_gpus", "include", "exclude") if name in launcher]
+    gpus = int(launcher.get("num_gpus") or 0)
+    if chosen == ["--num_gpus"] and visible.split(",")[:gpus] == [str(gpu) for gpu in range(gpus)]:
+        return
     if visible and chosen and "hostfile" not in launcher:
         raise LaunchError(f"CUDA_VISIBLE_DEVICES={visible} with {chosen[0]}: deepspeed would ignore the variable and "
                           f"number the GPUs from 0; leave {chosen[0]} out to train on the visible GPUs (one rank "
