@@ -67,12 +67,10 @@ def load_template(path: str | Path) -> dict[str, Any]:
     return template
 
 
-def check_template(path: str | Path, template: dict[str, Any], args: TrainArgs) -> None:
-    """Refuse a template whose optimizer is not AdamW, or whose gradient clipping or AdamW hyper-parameters
-    (:data:`FLAG_KEYS`) differ from the command line's, which replace them: ``--clip-grad``, ``--lr``,
-    ``--adam-beta1``/``--adam-beta2``, ``--adam-eps`` and ``--weight-decay`` (their defaults where not given);
-    and a ``zero_optimization`` section DeepSpeed's own model refuses (a mistyped option: its pydantic traceback on
-    every rank after start-up)."""
+def check_zero_options(path: str | Path, template: dict[str, Any]) -> None:
+    """Refuse a ``zero_optimization`` section DeepSpeed's own model refuses (a mistyped option: its pydantic
+    traceback on every rank after start-up). Imports DeepSpeed, so each rank checks it, not the launcher's
+    preflight (a second of its start-up)."""
     import pydantic
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
@@ -83,6 +81,12 @@ def check_template(path: str | Path, template: dict[str, Any], args: TrainArgs) 
         where = ".".join(str(part) for part in ("zero_optimization", *problem["loc"]))
         raise ArgumentError(f"--ds-config {path}: {where}: {problem['msg']} (DeepSpeed's ZeRO options: https://"
                             "www.deepspeed.ai/docs/config-json/#zero-optimizations-for-fp16-training)") from None
+
+
+def check_template(path: str | Path, template: dict[str, Any], args: TrainArgs) -> None:
+    """Refuse a template whose optimizer is not AdamW, or whose gradient clipping or AdamW hyper-parameters
+    (:data:`FLAG_KEYS`) differ from the command line's, which replace them: ``--clip-grad``, ``--lr``,
+    ``--adam-beta1``/``--adam-beta2``, ``--adam-eps`` and ``--weight-decay`` (their defaults where not given)."""
     kind = template.get("optimizer", {}).get("type", "AdamW")
     if not isinstance(kind, str) or kind.lower() not in OPTIMIZER_TYPES:
         raise ArgumentError(f"--ds-config {path}: optimizer.type {kind!r} is not AdamW, the trainer's optimizer "

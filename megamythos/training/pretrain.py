@@ -91,6 +91,7 @@ from megamythos.training.ds_config import (
     build_ds_config,
     check_layout,
     check_template,
+    check_zero_options,
     load_template,
     resolve_layout,
 )
@@ -233,6 +234,7 @@ class Trainer:
         self.config = args.model_config()  # a bad preset, override or --seq-length fails before any process group
         template = load_template(args.ds_config)  # and so does a layout that does not fit the world or the model
         check_template(args.ds_config, template, args)
+        check_zero_options(args.ds_config, template)
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
         bf16 = bf16_enabled(template, args)
         check_layout(args, self.layout, self.config, bf16)
