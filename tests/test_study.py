@@ -307,6 +307,19 @@ def test_a_wikitext_study_without_its_text_is_refused_before_any_folder_is_made(
         assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_wikitext_folder_without_corpus_wikitext2_is_refused_not_ignored(tmp_path, capsys, monkeypatch) -> None:
+    """Found 2026-12-07: ``--wikitext-dir DIR`` without ``--corpus wikitext2`` trained on the default stdlib
+    corpus, the folder unread."""
+    from megamythos.research import study
+
+    monkeypatch.setattr(study, "prepare_corpus", lambda *_: pytest.fail("the corpus was built"))
+    assert main(["depth", "--wikitext-dir", str(tmp_path), "--work-dir", str(tmp_path / "work"),
+                 "--out", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--wikitext-dir is read with --corpus wikitext2 only" in line
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
 def test_a_wikitext_corpus_built_from_other_files_is_refused_not_reused(tmp_path, monkeypatch, caplog) -> None:
     """Found 2026-12-06: the wikitext-2 corpus in --work-dir was reused whatever --wikitext-dir said (only the
     tokenizer's and the index's existence were checked), so a study of another folder's valid.txt and test.txt

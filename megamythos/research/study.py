@@ -471,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m megamythos.research.study", description=__doc__)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
-    parser.add_argument("--wikitext-dir", default=None)
+    parser.add_argument("--wikitext-dir", default=None, help="wikitext-2's folder (valid.txt, test.txt); with "
+                        "--corpus wikitext2 only")
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
     parser.add_argument("--out", default="runs/study", help="results go to OUT/CORPUS/ (default runs/study; the "
                         "figures of docs/results.md: bench/results/study)")
@@ -495,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         check_runs(args.experiment, runs)  # before the corpus is built
         if args.corpus == "wikitext2":
             wikitext_files(args.wikitext_dir)  # before --work-dir and --out are made
+        elif args.wikitext_dir:  # else the study would train on another corpus than the one named
+            raise StudyError(f"--wikitext-dir is read with --corpus wikitext2 only, not --corpus {args.corpus}: add "
+                             "--corpus wikitext2, or leave --wikitext-dir out")
         writable_directory(args.work_dir, "--work-dir")
         writable_directory(args.out, "--out")
         report_paths(os.path.join(args.out, args.corpus), args.experiment, args.out)  # before the corpus is built
