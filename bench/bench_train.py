@@ -109,6 +109,14 @@ VARIANTS = {"fp32": "--no-bf16", "bf16": "--bf16", "bf16_compile": "--bf16 --com
             "bf16_zero2": "--bf16 --zero 2", "bf16_zero2_compile": "--bf16 --zero 2 --compile"}
 
 
+def variant(text: str) -> tuple[str, str]:
+    """``--variant NAME=FLAGS`` -> (NAME, FLAGS); argparse's error naming the flag when NAME is missing."""
+    name, equals, flags = text.partition("=")
+    if not name or not equals:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=FLAGS (e.g. fp32=--no-bf16)")
+    return name, flags
+
+
 def launch_throughput(nproc: int, flags: str, iters: int, warmup: int, env: dict[str, str]) -> dict[str, Any]:
     """One launch of the default run with ``flags``: medians over the iterations after ``warmup``. Leading
     ``VAR=value`` words of ``flags`` set the launch's environment, as in a shell."""
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--repeats", type=int, default=1, help="launches per variant, the variants alternating")
     t.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS per rank (default: the launcher's)")
     t.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="launch at each of these process counts")
-    t.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+    t.add_argument("--variant", type=variant, action="append", default=[], metavar="NAME=FLAGS",
                    help="trainer flags of one variant (repeatable); default: " + ", ".join(VARIANTS))
     for s in (m, t):
         s.add_argument("--out", default=str(REPO / "bench" / "results" / "train.json"))
@@ -195,6 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--batch", type=int, required=True)
     c.add_argument("--seq", type=int, required=True)
     args = p.parse_args(argv)
+    if args.cmd == "throughput":  # before anything is launched
+        names = [name for name, _ in args.variant]
+        if len(set(names)) < len(names):
+            t.error(f"argument --variant: the name {next(n for n in names if names.count(n) > 1)!r} is given twice; "
+                    "each variant needs a name of its own")
+        if args.warmup >= args.iters:
+            t.error(f"argument --warmup: {args.warmup} leaves none of the {args.iters} --iters to time; pass a "
+                    "--warmup below --iters")
     if args.cmd == "_memory_child":
         print(json.dumps(memory_child(args.loops, args.mode, args.batch, args.seq)))
         return 0
@@ -204,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         result = memory(args.batch, args.seq, args.loops, args.modes)
     else:
         result = throughput(args.iters, args.warmup,
-                            dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS, args.repeats,
+                            dict(args.variant) if args.variant else VARIANTS, args.repeats,
                             args.threads, tuple(args.processes))
     data = json.loads(out.read_text()) if out.is_file() else {}
     data[args.cmd] = {**result, "environment": environment()}

@@ -364,3 +364,27 @@ def test_bench_integrity(bench_runs):
     data = bench_runs.results("integrity")
     assert {"gb", "read_s", "write_s", "verify_s", "verify_gb_per_s"} <= set(data["checksums"])
     assert data["token_id_check"]["tokens"] == 100_000 and data["token_id_check"]["tokens_per_s"] > 0
+
+
+def test_bench_casts_and_train_refuse_a_mistyped_mode_or_variant_before_the_work(tmp_path, monkeypatch, capsys):
+    """Found 2026-12-07: bench_casts.py timed a mistyped ``--modes`` name as ``uncached`` under that name, and an
+    unknown ``--preset`` was a traceback; bench_train.py's ``--variant`` without ``=`` was a traceback, one name
+    given twice kept only its last flags, and a ``--warmup`` of all the ``--iters`` failed after every launch."""
+    out = tmp_path / "out" / "results.json"
+    casts = load_script("bench_casts.py", monkeypatch)
+    for flags, says in ((["--modes", "cached,cahced"], "argument --modes: no mode 'cahced'"),
+                        (["--preset", "tinny"], "argument --preset: unknown preset 'tinny'")):
+        monkeypatch.setattr(sys, "argv", ["bench_casts.py", "--preset", "tiny", "--seq", "32", "--loops", "1",
+                                          "--rounds", "1", *flags, "--out", str(out)])
+        with pytest.raises(SystemExit) as exit_:
+            casts.main()
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    train = load_script("bench_train.py", monkeypatch)
+    monkeypatch.setattr(train, "launch_throughput", lambda *_: pytest.fail("a variant was launched"))
+    for flags, says in ((["--variant", "fp32"], "argument --variant: 'fp32' is not NAME=FLAGS"),
+                        (["--variant", "a=--bf16", "--variant", "a=--no-bf16"], "the name 'a' is given twice"),
+                        (["--iters", "2", "--warmup", "2"], "argument --warmup: 2 leaves none of the 2 --iters")):
+        with pytest.raises(SystemExit) as exit_:
+            train.main(["throughput", *flags, "--out", str(out)])
+        assert exit_.value.code == 2 and says in capsys.readouterr().err
+    assert not out.parent.exists()
