@@ -46,6 +46,7 @@ from unittest import mock
 import torch
 
 import megamythos.model.recurrent as recurrent
+from megamythos.errors import run_cli
 from megamythos.inference.generate import SamplingConfig, generate
 from megamythos.inference.loading import load_model
 from megamythos.model.lm import MythosLM
@@ -176,7 +177,7 @@ def fixed_depth_model(steps: int) -> tuple[MythosLM, Callable[[str], list[int]]]
     return model.eval(), tokenizer.encode_one
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--load", required=True, help="the default run's checkpoint (or --save) directory")
     parser.add_argument("--fixed-depth-steps", type=int, default=0, help="also bench a fixed-depth study model")
@@ -184,10 +185,10 @@ def main() -> int:
     parser.add_argument("--train-reps", type=int, default=16)
     parser.add_argument("--decode-tokens", type=int, default=32, help="tokens each decode task generates")
     parser.add_argument("--out", default="bench/results/adaptive.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    loaded = load_model(args.load)  # a missing or unreadable --load: one error line (run_cli), no --out folder
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     torch.set_num_threads(1)
-    loaded = load_model(args.load)
     models = {"default_run": (loaded.model.eval(), loaded.tokenizer.encode_one)}
     if args.fixed_depth_steps:
         models["fixed_depth_study"] = fixed_depth_model(args.fixed_depth_steps)
@@ -206,4 +207,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main, log_format=None))

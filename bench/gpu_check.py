@@ -25,10 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from megamythos.errors import UserError, run_cli
 from megamythos.model.attention import attend
 from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm
 from megamythos.model.moe import MoE, route
+from megamythos.runtime.device import resolve_device
 
 TOL = 3e-2  # bf16 has 8 mantissa bits: relative rounding 4e-3 per op, a few ops deep
 
@@ -131,6 +133,8 @@ def numerics(device: torch.device) -> dict[str, Any]:
 
 
 def summarize(metrics: Path, warmup: int) -> dict[str, Any]:
+    if not metrics.is_file():
+        raise UserError(f"--metrics {metrics}: no such file; pass the trainer's --metrics-file of the run")
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     steps = [r for r in records if "lm loss" in r]  # not the validation and test records
     steady = [r for r in steps if r.get("iteration", 0) > warmup and "tokens-per-sec" in r]
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", type=Path, default=Path("bench/results/gpu_check.json"))
     args = parser.parse_args(argv)
     if args.command == "numerics":
-        result = numerics(torch.device(args.device))
+        result = numerics(resolve_device(args.device))
         merge(args.out, "numerics", result)
         print(json.dumps(result, indent=2))
         return 0 if result["passed"] else 1
@@ -173,4 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, log_format=None))

@@ -388,3 +388,17 @@ def test_bench_casts_and_train_refuse_a_mistyped_mode_or_variant_before_the_work
             train.main(["throughput", *flags, "--out", str(out)])
         assert exit_.value.code == 2 and says in capsys.readouterr().err
     assert not out.parent.exists()
+
+
+def test_bench_adaptive_and_gpu_check_say_in_one_line_what_input_is_missing(tmp_path, monkeypatch, capsys):
+    """Found 2026-12-07: a missing ``--load`` of bench_adaptive.py (after it had made the --out folder), a missing
+    ``--metrics`` file of gpu_check.py summarize and a ``--device`` this machine lacks were tracebacks."""
+    out = tmp_path / "out" / "results.json"
+    adaptive, gpu_check = load_script("bench_adaptive.py", monkeypatch), load_script("gpu_check.py", monkeypatch)
+    for main, args, says in (
+            (adaptive.main, ["--load", str(tmp_path / "nope")], f"{tmp_path / 'nope'} does not exist"),
+            (gpu_check.main, ["summarize", "--metrics", str(tmp_path / "nope")], "--metrics"),
+            (gpu_check.main, ["numerics", "--device", "cuda:99"], "--device cuda:99")):
+        assert run_cli(lambda main=main, args=args: main([*args, "--out", str(out)]), log_format=None) == 2
+        assert says in one_error_line(capsys.readouterr().err)
+    assert not out.parent.exists()
