@@ -179,6 +179,20 @@ def environment() -> dict[str, Any]:
             "cpus": os.cpu_count(), "machine": platform.machine(), "cpu": cpu_model(), "load_average": os.getloadavg()}
 
 
+def merged_into(out: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The results already in ``out`` (``--out``; {} when there is none) that this run's are merged into;
+    argparse's error naming the flag when ``out`` holds no JSON object."""
+    try:
+        data = json.loads(out.read_text()) if out.exists() else {}
+    except (OSError, ValueError) as err:  # a folder, unreadable, not UTF-8 or not JSON
+        parser.error(f"argument --out: {out} holds no results to merge into ({err}); move it away or pass another "
+                     "--out")
+    if not isinstance(data, dict):
+        parser.error(f"argument --out: {out} holds JSON that is not an object of results; move it away or pass "
+                     "another --out")
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -215,14 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_child(args.loops, args.mode, args.batch, args.seq)))
         return 0
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
+    data = merged_into(out, p)  # before the work, not after it
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.cmd == "memory":
         result = memory(args.batch, args.seq, args.loops, args.modes)
     else:
         result = throughput(args.iters, args.warmup,
                             dict(args.variant) if args.variant else VARIANTS, args.repeats,
                             args.threads, tuple(args.processes))
-    data = json.loads(out.read_text()) if out.is_file() else {}
     data[args.cmd] = {**result, "environment": environment()}
     out.write_text(json.dumps(data, indent=2) + "\n")
     return 0

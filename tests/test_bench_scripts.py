@@ -402,3 +402,17 @@ def test_bench_adaptive_and_gpu_check_say_in_one_line_what_input_is_missing(tmp_
         assert run_cli(lambda main=main, args=args: main([*args, "--out", str(out)]), log_format=None) == 2
         assert says in one_error_line(capsys.readouterr().err)
     assert not out.parent.exists()
+
+
+def test_bench_train_refuses_an_out_file_it_cannot_merge_into_before_the_work(tmp_path, monkeypatch, capsys):
+    """Found 2026-12-07: bench_train.py read the ``--out`` file it merges into only after the measurements (a
+    throughput run: ~25 min), and one holding no JSON object was a traceback that lost them."""
+    train = load_script("bench_train.py", monkeypatch)
+    monkeypatch.setattr(train, "memory", lambda *_: pytest.fail("measured"))
+    for text, says in (("not json", "holds no results to merge into"), ("[1]", "holds JSON that is not an object")):
+        out = tmp_path / "results.json"
+        out.write_text(text)
+        with pytest.raises(SystemExit) as exit_:
+            train.main(["memory", "--loops", "1", "--modes", "none", "--out", str(out)])
+        assert exit_.value.code == 2 and f"argument --out: {out} {says}" in capsys.readouterr().err
+        assert out.read_text() == text
