@@ -119,14 +119,16 @@ def seconds_since_start() -> float:
 
 
 class GracefulExit:
-    """Records SIGTERM/SIGINT/SIGHUP (a closed terminal or ssh session), the end of a launcher of this rank
-    (:class:`LauncherWatch`), or the passing of ``exit_duration_in_mins`` since the process started, instead of
-    dying, so the loop can save a checkpoint and exit 0.
+    """Records SIGTERM/SIGINT/SIGHUP (a closed terminal or ssh session), SIGUSR1 (the warning a batch scheduler
+    sends before a time limit or preemption, e.g. SLURM's ``--signal=USR1@120``; its default action ends the
+    process), the end of a launcher of this rank (:class:`LauncherWatch`), or the passing of
+    ``exit_duration_in_mins`` since the process started, instead of dying, so the loop can save a checkpoint and
+    exit 0.
 
     The duration counts from the process start, as Megatron's ``--exit-duration-in-mins`` does, so start-up,
     compilation and validations count against a job's time limit; 0 is no limit."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
     def __init__(self, exit_duration_in_mins: float = 0.0) -> None:
         self.reason: str | None = None
