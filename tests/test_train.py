@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -677,6 +678,23 @@ def test_exit_duration_counts_from_the_process_start():
             assert (signals.reason or "").startswith(f"--exit-duration-in-mins {minutes:g} reached") == past
         finally:
             signals.restore()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1],
+                         ids=lambda s: signal.Signals(s).name)
+def test_a_stop_signal_is_recorded_for_a_checkpoint_not_fatal(signum):
+    """Each signal a job is stopped with is recorded (the loop then saves and exits 0). Found 2026-12-07: SIGUSR1,
+    the warning a scheduler sends before a time limit or preemption (SLURM's ``--signal=USR1@120``), had its
+    default action: the rank died at once, every step since the last checkpoint lost, without a line."""
+    signals = GracefulExit()
+    try:
+        assert signal.getsignal(signum) == signals._handle  # checked first: the default action would end pytest
+        os.kill(os.getpid(), signum)
+        assert signals.should_exit()
+        assert signals.reason == f"received {signal.Signals(signum).name}"
+    finally:
+        signals.restore()
+    assert signal.getsignal(signum) != signals._handle
 
 
 @pytest.mark.launch
