@@ -697,6 +697,25 @@ def test_a_stop_signal_is_recorded_for_a_checkpoint_not_fatal(signum):
     assert signal.getsignal(signum) != signals._handle
 
 
+def test_a_second_ctrl_c_ends_the_process_at_once():
+    """The first Ctrl-C asks for a checkpoint and says that a second one ends the process; the second does, at
+    once (SIGINT's default action, which also ends a save or a collective that does not return). Found 2026-12-07:
+    every Ctrl-C after the first was swallowed without a word, so a run stuck in a save or a collective could only
+    be ended by finding its processes and killing them."""
+    code = ("import os, signal, time\n"
+            "from megamythos.training.signals import GracefulExit\n"
+            "signals = GracefulExit()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "assert signals.should_exit()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=launch_env(), cwd=REPO,
+                         timeout=300)
+    assert out.returncode == -signal.SIGINT, out.stderr[-3000:]
+    assert "received SIGINT: will save a checkpoint and exit after this iteration" in out.stderr
+    assert "Ctrl-C again ends this process at once, without a checkpoint" in out.stderr
+
+
 @pytest.mark.launch
 def test_profile_dir_holds_a_trace_and_an_op_table_of_the_steps_asked_for(corpus, tmp_path):
     profiles = tmp_path / "profile"

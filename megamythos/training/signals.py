@@ -139,7 +139,12 @@ class GracefulExit:
         self._watch = LauncherWatch(self._stop_for)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        """Record the signal; after a first SIGINT (Ctrl-C) the next one takes its default action and ends the
+        process at once, without a checkpoint: the way out of a save or a collective that does not end."""
         self._stop_for(f"received {signal.Signals(signum).name}")
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            logger.warning("Ctrl-C again ends this process at once, without a checkpoint")
 
     def _stop_for(self, reason: str) -> None:
         if self.reason is None:
