@@ -507,6 +507,14 @@ class Trainer:
         self.save()
         return True
 
+    def save_or_stop(self, signals: GracefulExit, save_due: bool) -> tuple[bool, bool, bool]:
+        """After a step (collective): whether to stop (a signal, the time limit or ``--exit-interval``), a save when
+        stopping or when ``save_due`` (:meth:`save_unless_spiking`). Returns (saved, stop, signalled)."""
+        signalled = signals.should_exit()
+        stop = signalled or bool(self.args.exit_interval and self.iteration % self.args.exit_interval == 0)
+        saved = (stop or save_due) and self.save_unless_spiking()
+        return saved, stop, signalled
+
     def on_divergence(self, diverged: Divergence) -> None:
         """Point ``latest`` at the last good checkpoint (:func:`step_back`), then raise :class:`DivergenceError`, or
         under ``--on-divergence rollback`` (at most ``--max-rollbacks`` times, and only with a checkpoint to go back
@@ -838,10 +846,9 @@ class Trainer:
                     continue
                 if self.args.eval_interval and self.iteration % self.args.eval_interval == 0:
                     self.validate(valid, signals)
-                signalled = signals.should_exit()
-                stop = signalled or bool(self.args.exit_interval and self.iteration % self.args.exit_interval == 0)
                 save_due = save_due or bool(self.args.save_interval and self.iteration % self.args.save_interval == 0)
-                if (stop or save_due) and self.save_unless_spiking():
+                saved, stop, signalled = self.save_or_stop(signals, save_due)
+                if saved:
                     saved_at, save_due = self.iteration, False
                 if stop:
                     logger.info("stopping at iteration %d (latest checkpoint: %s)", self.iteration,
