@@ -716,6 +716,34 @@ def test_a_second_ctrl_c_ends_the_process_at_once():
     assert "Ctrl-C again ends this process at once, without a checkpoint" in out.stderr
 
 
+@pytest.mark.parametrize("stop_during_the_save", ["SIGTERM", "--exit-duration-in-mins"])
+def test_a_stop_that_comes_during_a_periodic_save_ends_the_run_with_that_checkpoint(stop_during_the_save):
+    """A signal or the time limit that comes while a ``--save-interval`` checkpoint is written stops the run with
+    it, as Megatron's loop (which checks both after its periodic save) does. Found 2026-12-07: the run trained one
+    more step and wrote a second whole checkpoint, a step and a save past a preemption's grace period or the time
+    limit that ``--exit-duration-in-mins`` leaves for one save."""
+    from megamythos.training.pretrain import Trainer
+
+    signals = GracefulExit(600.0)  # a limit far off, until the save below moves it to now
+    saves = []
+
+    def save_unless_spiking() -> bool:
+        saves.append(trainer.iteration)
+        if stop_during_the_save == "SIGTERM":
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            signals._deadline = time.monotonic()
+        return True
+
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(exit_interval=0), iteration=20,
+                                    save_unless_spiking=save_unless_spiking)
+    try:
+        assert Trainer.save_or_stop(trainer, signals, save_due=True) == (True, True, True)
+    finally:
+        signals.restore()
+    assert saves == [20]
+
+
 @pytest.mark.launch
 def test_profile_dir_holds_a_trace_and_an_op_table_of_the_steps_asked_for(corpus, tmp_path):
     profiles = tmp_path / "profile"

@@ -509,10 +509,16 @@ class Trainer:
 
     def save_or_stop(self, signals: GracefulExit, save_due: bool) -> tuple[bool, bool, bool]:
         """After a step (collective): whether to stop (a signal, the time limit or ``--exit-interval``), a save when
-        stopping or when ``save_due`` (:meth:`save_unless_spiking`). Returns (saved, stop, signalled)."""
+        stopping or when ``save_due`` (:meth:`save_unless_spiking`). Returns (saved, stop, signalled).
+
+        A signal or the time limit that came during a periodic save stops the run with that checkpoint, as Megatron's
+        loop checks them after its save: not one more step and a second save, past a preemption's grace period or
+        the time ``--exit-duration-in-mins`` leaves for one save."""
         signalled = signals.should_exit()
         stop = signalled or bool(self.args.exit_interval and self.iteration % self.args.exit_interval == 0)
         saved = (stop or save_due) and self.save_unless_spiking()
+        if saved and not stop:
+            stop = signalled = signals.should_exit()
         return saved, stop, signalled
 
     def on_divergence(self, diverged: Divergence) -> None:
