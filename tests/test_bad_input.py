@@ -891,7 +891,8 @@ def test_a_corpus_without_validation_documents_trains_when_no_validation_runs(tm
     args = parse_args(["--data-path", prefix, "--seq-length", "8", "--eval-interval", str(eval_interval),
                        "--data-cache-dir", str(tmp_path / "cache")])
     trainer = SimpleNamespace(args=args, layout=SimpleNamespace(global_batch_size=4), consumed=0, iteration=0,
-                              total_iters=10, sources=DataSources([prefix]), rollback_headroom=lambda: 0, rank=0)
+                              total_iters=10, sources=DataSources([prefix]), rollback_headroom=lambda rollbacks=0: 0,
+                              rollbacks=0, rank=0)
     trainer.warn_of_rereads = lambda *held_out: Trainer.warn_of_rereads(trainer, *held_out)
     if eval_interval:
         with pytest.raises(DataConfigError, match="has 1 documents, none of which fall in the valid split"):

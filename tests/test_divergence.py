@@ -148,6 +148,40 @@ def test_a_start_says_which_tags_were_moved_aside_and_their_bytes(tmp_path, capl
     assert caplog.text.rstrip().endswith("iter_0000025.diverged; delete them once they are no longer needed")
 
 
+def test_a_resume_after_a_rollback_reads_on_in_the_order_of_the_first_launch(tmp_path):
+    """A rollback moves the data position past the samples read since its checkpoint, so a checkpoint saved after it
+    has consumed more samples than its steps read. Found 2026-12-07: a resume of such a checkpoint (the same
+    command) built its training set for those extra samples on top of the rollbacks' whole headroom, over another
+    number of epochs or another last-epoch split, so it read another sample order from there on and warned
+    ``the training set was built again ... resume with the saved --train-iters and --global-batch-size``, which
+    it had. The set is now the first launch's, which the rollbacks' headroom already sized for those samples."""
+    from megamythos.data.pretraining import DataSources, order_fingerprint
+
+    prefix = str(tmp_path / "docs")
+    rng = np.random.default_rng(0)
+    with IndexedDatasetBuilder(prefix, np.uint16) as builder:  # 4 documents of 40 tokens: 19 samples of 8 an epoch
+        for _ in range(4):
+            builder.add_document(rng.integers(0, 50, 40))
+        builder.finalize()
+    args = parse_args(["--data-path", prefix, "--seq-length", "8", "--eval-interval", "0", "--split", "100,0,0",
+                       "--data-cache-dir", str(tmp_path / "cache"), "--on-divergence", "rollback",
+                       "--max-rollbacks", "1", "--save-interval", "1", "--spike-patience", "1"])
+
+    def training_set(total_iters: int, iteration: int, consumed: int, rollbacks: int):
+        trainer = SimpleNamespace(args=args, layout=SimpleNamespace(global_batch_size=4), total_iters=total_iters,
+                                  iteration=iteration, consumed=consumed, rollbacks=rollbacks,
+                                  sources=DataSources([prefix]), rank=0)
+        trainer.rollback_headroom = lambda *done: Trainer.rollback_headroom(trainer, *done)
+        trainer.warn_of_rereads = lambda *held_out: None
+        return Trainer.datasets(trainer)[0]
+
+    for total_iters in range(3, 12):  # the set spans 2 to 4 epochs
+        first = training_set(total_iters, 0, 0, 0)
+        resumed = training_set(total_iters, 2, 12, 1)  # saved at step 2 after a rollback skipped 4 samples
+        assert order_fingerprint(resumed, 12) == order_fingerprint(first, 12), total_iters
+        assert len(resumed) == len(first), total_iters
+
+
 def test_the_stop_line_names_the_last_good_checkpoint_or_none():
     diverged = Divergence(7, 25.0, 18.0, "2 x ln(vocab 8192) (--divergence-factor)", 7)
     trainer = SimpleNamespace(args=SimpleNamespace(save=None, on_divergence="rollback", max_rollbacks=3),

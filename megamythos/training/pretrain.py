@@ -572,8 +572,9 @@ class Trainer:
         dist.all_reduce(t)
         return (t / self.world).tolist()
 
-    def rollback_headroom(self) -> int:
-        """Training steps that ``--max-rollbacks`` rollbacks may skip (0 unless ``--on-divergence rollback``).
+    def rollback_headroom(self, rollbacks: int = 0) -> int:
+        """Training steps that the ``--max-rollbacks`` rollbacks left after ``rollbacks`` may skip (0 unless
+        ``--on-divergence rollback``).
 
         A rollback skips the steps from its checkpoint to the divergence. Saves are ``--save-interval`` I apart,
         or up to ``--spike-patience`` K - 1 later when a spike streak withholds one; the newest save is dropped
@@ -583,19 +584,21 @@ class Trainer:
             return 0
         interval, patience = self.args.save_interval, self.args.spike_patience
         span = min(self.total_iters, interval + 2 * patience) if interval else self.total_iters
-        return self.args.max_rollbacks * span
+        return max(0, self.args.max_rollbacks - rollbacks) * span
 
     def datasets(self) -> tuple[Any, Any, Any]:
         """(train, valid, test) of the run (valid None without ``--eval-interval``, test None without a test split);
         a split that leaves no documents to train on, or none to validate on while ``--eval-interval`` asks for
-        validations, is refused before the first step. The training set holds the samples consumed so far and those
-        of the steps left (more than total steps x global batch when a resume shrank the global batch), plus the
-        rollbacks' headroom."""
+        validations, is refused before the first step. The training set is the one the run's first launch built
+        (total steps and the rollbacks' headroom, in global batches), so that a resume reads on in the same sample
+        order, unless the samples consumed so far, those of the steps left and the headroom of the rollbacks left
+        are more (a resume that shrank the global batch)."""
         gbs = self.layout.global_batch_size
-        beyond = max(0, self.consumed + (self.total_iters - self.iteration) * gbs - self.total_iters * gbs)
+        planned = (self.total_iters + self.rollback_headroom()) * gbs
+        needed = self.consumed + (self.total_iters - self.iteration + self.rollback_headroom(self.rollbacks)) * gbs
         recipe = self.args.data_recipe()
         train, valid, test = build_datasets(recipe, self.sources, self.total_iters, gbs,
-                                            extra_train_samples=self.rollback_headroom() * gbs + beyond,
+                                            extra_train_samples=max(planned, needed) - self.total_iters * gbs,
                                             with_valid=bool(self.args.eval_interval))
         where = f"--split {recipe.split} leaves no {{}} documents in {self.sources}"
         if train is None:
