@@ -24,7 +24,7 @@ from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import check_run_dirs
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.pretrain import Trainer
-from tests.helpers import REPO, VOCAB, corpus_prefix, metrics, run, tiny_args
+from tests.helpers import REPO, VOCAB, corpus_prefix, metrics, run, run_single, tiny_args
 
 RECORD = REPO / "bench" / "results" / "divergence.json"
 
@@ -281,3 +281,23 @@ def test_a_poisoned_batch_is_rolled_back_once_and_training_completes(corpus, tmp
     events = EventAccumulator(str(tb))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("rollbacks")] == [(12, 1.0)]
+
+
+@pytest.mark.launch
+def test_a_spike_right_after_a_resume_is_judged_against_the_losses_before_it(corpus, tmp_path):
+    """The poisoned run above, stopped by ``--exit-interval`` at step 11 and resumed with the same command: step
+    12's spike is judged against the good losses its checkpoint recorded, and rolled back as in one launch. Found
+    2026-12-07: a resumed run's spike window started empty, so no spike was judged for ``--spike-window`` steps after
+    each launch (a job chunked by its time limit was blind that long every time) and this one trained through it."""
+    save = tmp_path / "ckpt"
+    data = ["0.9", corpus_prefix(corpus), "0.1", poison_dataset(tmp_path / "poison")]
+    command = [*tiny_args(corpus, 16), "--data-path", *data, "--micro-batch-size", "1", "--global-batch-size", "1",
+               "--spike-window", "5", "--spike-factor", "1.2", "--spike-patience", "1", "--on-divergence",
+               "rollback", "--max-rollbacks", "2", "--save", str(save), "--load", str(save), "--save-interval", "1",
+               "--keep-last", "2", "--eval-interval", "0", "--metrics-file", str(tmp_path / "metrics.jsonl")]
+    for launch in ([*command, "--exit-interval", "11"], command):
+        out = run_single(launch, tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+    rollbacks = [m for m in metrics(tmp_path / "metrics.jsonl") if "rollback" in m]
+    assert [(m["iteration"], m["resumed_iteration"], m["consumed_samples"]) for m in rollbacks] == [(12, 10, 12)]
+    assert read_latest(save) == tag_for(16)

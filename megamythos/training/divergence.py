@@ -6,8 +6,8 @@ guard discarded is that guard's business), two rules:
 - **ceiling**: ``loss > divergence_factor x ln(vocab_size)``, a multiple of the loss of a uniform guess over the
   vocabulary; one step suffices.
 - **spike**: ``loss > spike_factor x median(last spike_window good losses)`` for ``spike_patience`` steps in a
-  row. Judged once ``spike_window`` good losses are recorded; a spiking loss does not enter the window, and a
-  good one ends the streak.
+  row. Judged once ``spike_window`` good losses are recorded (a checkpoint keeps them for its resume); a spiking
+  loss does not enter the window, and a good one ends the streak.
 
 Both flags are combined over all ranks by one all-reduce (MAX) per step, so every rank takes the same branch.
 
@@ -114,6 +114,12 @@ class DivergenceGuard:
     def restart(self) -> None:
         """After a rollback: the streak is over; the window keeps the good losses from before it."""
         self.streak = 0
+
+    def resume(self, window: list[float]) -> None:
+        """A resumed run judges spikes against the good losses its checkpoint recorded (``window``, oldest first),
+        not after ``spike_window`` new ones: a job chunked by its time limit would be blind to spikes that long
+        after each launch."""
+        self.window.extend(window)
 
 
 def usable(tag_dir: Path, ranks: Team = ALONE) -> bool:

@@ -322,7 +322,8 @@ class Trainer:
                           "layout": self.layout_record(), "zero_stage": self.layout.zero})
         self.saved_peak: dict[str, Any] = {}
         if self.resume_from:
-            self._load(self.resume_from, self.universal)
+            state = self._load(self.resume_from, self.universal)
+            self.divergence.resume(state.get("loss_window", []) if state else [])
             if self.universal and self.universal.parent.resolve() != Path(self.resume_from).resolve():
                 any_rank(False)  # every rank has read it: a conversion of another run's tag is not kept here
                 if self.rank == 0:
@@ -434,13 +435,14 @@ class Trainer:
                 "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
-                "next_samples": order, "mfu_peak": self.peak}
+                "next_samples": order, "mfu_peak": self.peak, "loss_window": list(self.divergence.window)}
 
-    def _load(self, load_dir: str, universal: Path | None) -> None:
+    def _load(self, load_dir: str, universal: Path | None) -> dict[str, Any] | None:
+        """Restore the run from ``load_dir/latest``; returns its client state (None: no checkpoint there)."""
         wanted = dataclasses.replace(self.schedule)  # loading a tag of the same layout overwrites self.schedule
         state = self.checkpoints.load(self.engine, load_dir, self.config, universal)
         if state is None:
-            return
+            return None
         if state.get("tokenizer_fingerprint") != self.data.tokenizer_fingerprint:
             raise CheckpointError(f"checkpoint in {load_dir} was trained with tokenizer "
                                   f"{state.get('tokenizer_fingerprint')} but the data uses "
@@ -485,6 +487,7 @@ class Trainer:
                         if schedule == wanted else "saved in the checkpoint", state["iteration"], ", ".join(changes))
             set_schedule(self.engine.lr_scheduler, schedule)
             resume_schedule(self.engine.lr_scheduler, state["iteration"])
+        return state
 
     def save(self) -> None:
         """Save a checkpoint (collective) and log its seconds as Megatron's ``save-checkpoint-time``: saves that
