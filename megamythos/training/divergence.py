@@ -9,7 +9,8 @@ guard discarded is that guard's business), two rules:
   row. Judged once ``spike_window`` good losses are recorded (a checkpoint keeps them for its resume); a spiking
   loss does not enter the window, and a good one ends the streak.
 
-Both flags are combined over all ranks by one all-reduce (MAX) per step, so every rank takes the same branch.
+Both rules judge the loss all-reduced over the ranks (the same value on each), so every rank takes the same
+branch without a collective of its own.
 
 The loss of iteration ``t`` is that of the weights saved at iteration ``t - 1``. While a spike streak is open the
 trainer writes no checkpoint (:attr:`DivergenceGuard.spiking`), and when the guard fires :func:`step_back` removes

@@ -64,6 +64,7 @@ SCRIPT = "launchers/pretrain.sh"
 TRAINER = "megamythos.training.pretrain"
 RECORDS_PREFIX = "megamythos-ranks-"  # the supervisor's exit-record folders in the temporary directory
 DEFAULT_MASTER_PORT = 29500
+GPU_CHOICES = ("num_gpus", "include", "exclude")  # the deepspeed flags that choose a node's GPUs
 
 # Flags of the `deepspeed` launcher that `bash launchers/pretrain.sh` takes too, spelt with `-` or `_`:
 # deepspeed name -> metavar (None: the flag takes no value).
@@ -230,7 +231,7 @@ def check_visible_devices(launcher: Mapping[str, str | None], env: Mapping[str, 
     GPUs, one rank each; ``--num_gpus N`` alone where the first N visible GPUs are 0 to N-1 (a SLURM allocation's
     ``CUDA_VISIBLE_DEVICES=0,1``) trains on those very GPUs and is no refusal."""
     visible = env.get("CUDA_VISIBLE_DEVICES", "")
-    chosen = [f"--{name}" for name in ("num_gpus", "include", "exclude") if name in launcher]
+    chosen = [f"--{name}" for name in GPU_CHOICES if name in launcher]
     gpus = int(launcher.get("num_gpus") or 0)
     if chosen == ["--num_gpus"] and visible.split(",")[:gpus] == [str(gpu) for gpu in range(gpus)]:
         return
@@ -254,7 +255,7 @@ def deepspeed_command(launcher: Mapping[str, str | None], trainer: Sequence[str]
     flags = {"master_port": str(port), **launcher}
     if "node_rank" in flags:
         flags["no_ssh"] = None
-    if not gpu and not {"num_gpus", "include", "exclude"} & flags.keys():
+    if not gpu and not set(GPU_CHOICES) & flags.keys():
         flags["num_gpus"] = "1"
     cmd = ["deepspeed"]
     for name, value in flags.items():
