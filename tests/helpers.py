@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +116,12 @@ def corpus_texts() -> list[str]:
 def corpus_prefix(corpus: Path) -> str:
     """The data prefix (``..._text_document``) of the tests' corpus in ``corpus``."""
     return str(next(corpus.glob("*_text_document.bin")).with_suffix(""))
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.py's console scripts: {name: "module:function"}."""
+    text = (REPO / "setup.py").read_text()
+    return dict(re.findall(r'"(megamythos-[\w-]+) = ([\w.]+:\w+)"', text))
 
 
 def one_error_line(output: str) -> str:

@@ -26,7 +26,7 @@ from megamythos.inference.generate import parse_args as generate_args
 from megamythos.model.config import PRESETS
 from megamythos.training.arguments import build_parser
 from megamythos.training.arguments import parse_args as train_args
-from tests.helpers import REPO, launch_env, run_single, tiny_args
+from tests.helpers import REPO, console_scripts, launch_env, run_single, tiny_args
 
 
 @pytest.mark.parametrize("parse, argv, typo, known", [
@@ -102,12 +102,6 @@ def parsers_built(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(errors.ArgumentParser, "parse_args", inspect)
     return seen
-
-
-def console_scripts() -> dict[str, str]:
-    """setup.py's console scripts: {name: "module:function"}."""
-    text = (REPO / "setup.py").read_text()
-    return dict(re.findall(r'"(megamythos-[\w-]+) = ([\w.]+:\w+)"', text))
 
 
 def test_every_command_line_is_a_console_script_and_scripts_need_no_path_hacks():

@@ -1,0 +1,275 @@
+"""A command in README.md or docs/*.md runs as written: each flag it gives is one its command line defines, with
+exactly that spelling (argparse would accept an abbreviation, so a misspelt flag that happens to be a prefix of
+one would pass a real run unnoticed), each value of a flag with fixed choices is one of them, each
+``python -m megamythos...`` module and each script it names exists, and each ``make`` target is the Makefile's.
+
+Commands are read from the ``bash`` blocks and from inline code that starts with a command; nothing runs: each
+command line's parser is taken from its ``main`` as it starts parsing (:func:`parser_of`)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from megamythos.training.launch import LAUNCHER_FLAGS
+from tests.helpers import REPO, console_scripts
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.MULTILINE | re.DOTALL)
+HEREDOC = re.compile(r"<<-?\s*'?(\w+)'?")
+ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
+# the words a command of ours starts with (after VAR=value assignments); inline code starting otherwise is prose
+COMMAND_WORDS = ("python", "python3", ".venv/bin/python", "bash", "deepspeed", "make", "sbatch", "lm_eval",
+                 "megamythos-")
+# commands that hand what follows `--` to another (the planner: to the trainer command it prints)
+PASSED_ON = {"megamythos.planning.plan": "megamythos.training.pretrain", "megamythos-plan": "megamythos-pretrain"}
+PLACEHOLDER = re.compile(r"\.\.\.|[A-Z][A-Z\d_]*")  # a word of a command the docs leave to the reader (N, DIR)
+
+
+class Captured(BaseException):
+    """Raised in place of parsing, carrying the parser (a BaseException: the CLIs' error handlers let it pass)."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__()
+        self.parser = parser
+
+
+def parser_of(start: Callable[[], object]) -> argparse.ArgumentParser:
+    """The parser that ``start`` (a command line's ``main``, run with no arguments) parses with: parsing is
+    replaced by raising it, so nothing past the parse runs."""
+    def capture(parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        raise Captured(parser)
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture):
+        try:
+            start()
+        except Captured as captured:
+            return captured.parser
+    raise AssertionError(f"{start} returned without parsing its arguments")
+
+
+def flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """``parser``'s option strings, each with its action (``-h`` and ``--help`` included)."""
+    return dict(parser._option_string_actions)
+
+
+@cache
+def entry_point(command: str) -> Callable[..., object]:
+    """The ``main`` of ``command``: ``python -m MODULE``'s module, a script's (``data_prep/x.py`` imports it) or
+    a console script's function (setup.py)."""
+    if command.startswith("megamythos-"):
+        module, function = console_scripts()[command].split(":")
+        return getattr(importlib.import_module(module), function)
+    if command.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"doc_script_{Path(command).stem}", REPO / command)
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)  # the scripts run main only under __main__
+        return script.main
+    return importlib.import_module(command).main
+
+
+@cache
+def cli_flags(command: str) -> dict[str, argparse.Action | None]:
+    """Every flag ``command`` takes, with its action (None: a flag the script handles before any parser)."""
+    if command in ("launchers/pretrain.sh", "megamythos.training.launch"):  # launcher flags, then the trainer's
+        launcher = {f"--{name.replace('_', sep)}": None for name in LAUNCHER_FLAGS for sep in "-_"}
+        return {**launcher, **cli_flags("megamythos.training.pretrain")}
+    if command == "launchers/pretrain_1t.sh":
+        return {"--dry-run": None, **cli_flags("megamythos.training.pretrain")}
+    if command == "lm_eval":
+        from lm_eval._cli import HarnessCLI
+        return flags(HarnessCLI()._subparsers.choices["run"])
+    return flags(cli_parser(command))
+
+
+@cache
+def cli_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of a command line of ours (``python -m MODULE``, a script of data_prep/ or tokenizer/, or a
+    console script)."""
+    main = entry_point(command)
+    return parser_of(lambda: main([]))
+
+
+@cache
+def deepspeed_flags() -> dict[str, argparse.Action]:
+    from deepspeed.launcher.runner import parse_args
+    return flags(parser_of(lambda: parse_args([])))
+
+
+def fenced_lines(block: str) -> Iterator[str]:
+    """The commands of a bash block: continuation lines joined, here-documents left out."""
+    lines = iter(block.replace("\\\n", " ").splitlines())
+    for line in lines:
+        heredoc = HEREDOC.search(line)
+        if heredoc:
+            for end in lines:
+                if end.strip() == heredoc.group(1):
+                    break
+        yield line
+
+
+def doc_commands(text: str) -> Iterator[str]:
+    """The commands in a document: each line of a bash block, and inline code starting with a command word."""
+    for language, block in FENCE.findall(text):
+        if language in ("bash", "sh", ""):
+            yield from fenced_lines(block)
+    yield from inline_commands(FENCE.sub("", text))
+
+
+def inline_commands(text: str) -> Iterator[str]:
+    """Inline code of ``text`` that starts with a command word (after ``VAR=value`` assignments)."""
+    for code in re.findall(r"`([^`]+)`", text):
+        if starts_a_command(code):
+            yield " ".join(code.split())
+
+
+def starts_a_command(text: str) -> bool:
+    words = [w for w in text.split() if not ASSIGNMENT.match(w)]
+    return bool(words) and words[0].startswith(COMMAND_WORDS)
+
+
+def check_args(args: list[str], command: str, where: str) -> list[str]:
+    """What is wrong with ``args`` for ``command``: flags it does not define (exactly as spelt), and values outside
+    a flag's choices; what follows ``--`` is checked against the command that ``command`` passes it to."""
+    known = cli_flags(command)
+    problems = []
+    for i, arg in enumerate(args):
+        if arg == "--" and command in PASSED_ON:
+            return problems + check_args(args[i + 1:], PASSED_ON[command], where)
+        arg = arg.strip("[]{}|")
+        if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-[\d.e]+", arg):
+            continue
+        name, _, inline = arg.partition("=")
+        if name not in known:
+            problems.append(f"{where}: {name} is not a flag of it")
+            continue
+        action = known[name]
+        value = inline or (args[i + 1].strip("[]{}|") if i + 1 < len(args) else None)
+        if action is not None and action.choices is not None and action.nargs is None and value is not None \
+                and not PLACEHOLDER.fullmatch(value) and (action.type or str)(value) not in action.choices:
+            problems.append(f"{where}: {name} {value}: not one of {sorted(map(str, action.choices))}")
+    return problems
+
+
+def check_command(words: list[str], where: str) -> list[str]:
+    """What is wrong with one command (its words, assignments before it already left out)."""
+    head, rest = words[0], words[1:]
+    if head in ("python", "python3", ".venv/bin/python"):
+        if rest[:1] == ["-m"] and len(rest) > 1 and re.fullmatch(r"[\w.]+", rest[1]):  # not `megamythos.*`
+            module = rest[1]
+            if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+                return [f"{where}: no module {module}"]
+            return check_args(rest[2:], module, where) if module.startswith("megamythos.") else []
+        if rest and rest[0].endswith(".py"):
+            if not (REPO / rest[0]).is_file():
+                return [f"{where}: no file {rest[0]}"]
+            scripted = rest[0].startswith(("data_prep/", "tokenizer/"))
+            return check_args(rest[1:], rest[0], where) if scripted else []
+        return []
+    if head in ("bash", "sbatch"):
+        script = next((w for w in rest if not w.startswith("-")), None)  # sbatch's own flags come first
+        if script is None:  # sbatch's own flags alone
+            return []
+        if not (REPO / script).is_file():
+            return [f"{where}: no file {script}"]
+        args = rest[rest.index(script) + 1:]
+        target = "launchers/pretrain.sh" if script == "launchers/slurm.sbatch" else script
+        return check_args(args, target, where) if target.startswith("launchers/pretrain") else []
+    if head == "deepspeed":
+        return check_deepspeed(rest, where)
+    if head == "make":
+        targets = re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.MULTILINE)
+        problems = [f"{where}: no make target {w}" for w in rest if not ASSIGNMENT.match(w) and w not in targets]
+        for word in rest:
+            if word.startswith("ARGS="):
+                problems += check_args(shlex.split(word[len("ARGS="):]), "launchers/pretrain.sh", where)
+        return problems
+    if head == "lm_eval" or head.startswith("megamythos-"):
+        if head.startswith("megamythos-") and head not in console_scripts():
+            return [f"{where}: no console script {head}"]
+        return check_args(rest, head, where)
+    return []
+
+
+def check_deepspeed(args: list[str], where: str) -> list[str]:
+    """``deepspeed [runner flags] SCRIPT|--module M [its flags]``: the runner's flags, then the script's."""
+    known = deepspeed_flags()
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        name = args[i].split("=", 1)[0]
+        if name not in known:
+            return [f"{where}: {name} is not a flag of deepspeed"]
+        if name == "--module":
+            return check_args(args[i + 2:], args[i + 1], where)
+        i += 1 if known[name].nargs == 0 or "=" in args[i] else 2
+    if i == len(args) or not (REPO / args[i]).is_file():
+        return [f"{where}: no script after the deepspeed flags"]
+    return check_args(args[i + 1:], args[i], where) if args[i].startswith("launchers/pretrain") else []
+
+
+def help_commands(text: str) -> Iterator[str]:
+    """The example commands of a ``--help`` text or a script's header comment: lines that start with a command
+    word, continuation lines joined."""
+    for line in re.sub(r"\\\n[#\s]*", " ", text).splitlines():
+        line = line.lstrip("# ")
+        if starts_a_command(line):
+            yield line
+    yield from inline_commands(text)
+
+
+def help_texts() -> dict[str, str]:
+    """What each command line of ours says about its use: its ``--help``, or a script's header comment."""
+    texts = {name: cli_parser(name).format_help() for name in console_scripts()}
+    for script in ("launchers/pretrain.sh", "launchers/pretrain_1t.sh", "launchers/slurm.sbatch"):
+        texts[script] = "\n".join(line for line in (REPO / script).read_text().splitlines() if line.startswith("#"))
+    return texts
+
+
+def problems_in(text: str, name: str, commands: Callable[[str], Iterator[str]] = doc_commands) -> list[str]:
+    """What is wrong with the commands of ``text`` (a document named ``name``), found by ``commands``."""
+    problems = []
+    for command in commands(text):
+        words = shlex.split(command, comments=True)
+        words = words[next((i for i, w in enumerate(words) if not ASSIGNMENT.match(w)), len(words)):]
+        if len(words) > 1 and words[0].startswith(COMMAND_WORDS):
+            problems += check_command(words, f"{name}: {command.split('#')[0].strip()}")
+    return problems
+
+
+def test_a_misspelt_flag_or_missing_command_in_a_doc_is_named():
+    """The check itself: each of these mistakes is found (an abbreviation too, which argparse would accept)."""
+    doc = """```bash
+python -m megamythos.inference.evaluate --load runs/x --loosp 1,2   # a comment --not-a-flag
+deepspeed --num_gpus 2 launchers/pretrain.sh --preset tiny \\
+    --train-iter 5
+deepspeed --num_gpu 2 launchers/pretrain.sh
+```
+Export with `python -m megamythos.checkpoint.export a b --format gguf`, then `make pretrian`,
+`bash launchers/pretrain.sh --num-gpus 2 --lr-schedule cosin`, `python data_prep/tokenise.py --input x`,
+`python -m megamythos.inference.evaluation --load x`; `python -m megamythos.planning.plan --gpus 8 -- --lr-shedule wsd`.
+"""
+    found = "\n".join(problems_in(doc, "doc.md"))
+    for mistake in ("--loosp is not a flag", "--num_gpu is not a flag of deepspeed", "--train-iter is not a flag",
+                    "--format gguf: not one of", "no make target pretrian", "--lr-schedule cosin: not one of",
+                    "no file data_prep/tokenise.py", "no module megamythos.inference.evaluation",
+                    "--lr-shedule is not a flag"):
+        assert mistake in found, (mistake, found)
+    assert "--not-a-flag" not in found and len(found.splitlines()) == 9, found
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
+def test_every_command_in_the_docs_runs_as_written(doc):
+    assert problems_in(doc.read_text(), doc.name) == []
+
+
+@pytest.mark.parametrize("name", sorted(help_texts()))
+def test_every_command_in_a_help_text_runs_as_written(name):
+    assert problems_in(help_texts()[name], f"{name} --help", help_commands) == []
