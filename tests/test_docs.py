@@ -23,3 +23,24 @@ def test_every_test_the_docs_name_exists() -> None:
             elif name and not re.search(rf"^\s*def {name}\b", (REPO / path).read_text(), re.MULTILINE):
                 missing.append(f"{doc.name}: {path}::{name}")
     assert not missing, sorted(set(missing))
+
+
+def test_the_readme_layout_table_lists_every_module_of_each_layer():
+    """README's "Layout of the package" names each layer's modules: every one of them exists, and no module of the
+    layer is left out. Found 2026-12-07: it still named `padding` a day after that module became `row_layout`."""
+    table = re.findall(r"^\| `(\w+)/` \| ((?:`\w+`(?: · )?)+) \|", (REPO / "README.md").read_text(), re.MULTILINE)
+    assert len(table) >= 10, table
+    for layer, cell in table:
+        listed = set(re.findall(r"`(\w+)`", cell))
+        present = {p.stem for p in (REPO / "megamythos" / layer).glob("*.py")} - {"__init__"}
+        assert listed == present, (layer, sorted(listed - present), sorted(present - listed))
+
+
+def test_inference_md_names_the_modules_a_hugging_face_export_ships():
+    """docs/inference.md lists the library modules an `--format hf` export carries; it is what the export ships."""
+    from megamythos.hf.export import ENTRY_MODULES, shipped_sources
+
+    text = " ".join((REPO / "docs" / "inference.md").read_text().split())
+    listed = re.search(r"the library modules they import \(([^)]*)\)", text).group(1)
+    wrappers = {module.rsplit(".", 1)[1] + ".py" for module in ENTRY_MODULES}
+    assert set(re.findall(r"`(\w+\.py)`", listed)) == set(shipped_sources()) - wrappers
