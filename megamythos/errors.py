@@ -99,11 +99,11 @@ def plain_text(docstring: str) -> str:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """``--help`` of every command line: the description as written, and each flag's default after its help where
-    it has one the help does not state already (not a ``store_false`` flag's True: that is the setting the flag
-    turns off, which read as "on by default" next to ``--no-...``)."""
+    it has one the help does not state already (not an empty list or text, nor a ``store_false`` flag's True: that
+    is the setting the flag turns off, which read as "on by default" next to ``--no-...``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        unset = action.default is None or action.default is False or (isinstance(action.default, list)
+        unset = action.default is None or action.default is False or (isinstance(action.default, (list, str))
                                                                          and not action.default)
         unset = unset or (action.const is False and action.default is True)  # store_false
         if unset or action.default is argparse.SUPPRESS or "default" in (action.help or ""):

@@ -87,6 +87,7 @@ def test_help_shows_defaults_but_not_the_true_a_no_flag_turns_off():
 
 CLIS = ["megamythos.training.pretrain", "megamythos.inference.evaluate", "megamythos.inference.generate",
         "megamythos.checkpoint.export", "megamythos.hf.lm_eval_data", "megamythos.planning.plan",
+        "megamythos.research.study",
         "data_prep/build_default_corpus.py", "data_prep/inspect_dataset.py", "data_prep/merge_datasets.py",
         "data_prep/preprocess_data.py", "tokenizer/train_tokenizer.py"]
 
@@ -151,9 +152,10 @@ def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypa
     command = f"python {cli}" if cli.endswith(".py") else f"python -m {cli}"
     assert parser.format_usage().startswith(f"usage: {command} [-h]"), parser.format_usage()
     # found 2026-12-06: Sphinx roles from docstrings, "(default: None)" after every optional flag, and the
-    # generate example's line continuation eaten by the docstring
+    # generate example's line continuation eaten by the docstring; 2026-12-07: the study's "(default: )" of an
+    # empty --runs
     text = parser.format_help()
-    assert not re.search(r":[a-z]+:`|``|\(default: (None|\[\])\)", text), text
+    assert not re.search(r":[a-z]+:`|``|\(default: (None|\[\])?\)", text), text
     assert not re.search(r"\S {8,}\[--", text), "an example command lost its line break"
 
 

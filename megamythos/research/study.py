@@ -8,10 +8,10 @@
 
 Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib``) or wikitext-2
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
-``study_<name>.json`` and ``study_<name>.png`` into ``--out`` (a report of other settings there is refused, not
-replaced), both rewritten after every run: ``runs_pending`` in the report names the runs it lacks (a killed study's
-are added with ``--runs``). ``--scale`` multiplies the steps and (in steps
-of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
+``study_<name>.json`` and ``study_<name>.png`` into ``OUT/CORPUS/`` (``--out``; a report of other settings there is
+refused, not replaced), both rewritten after every run: ``runs_pending`` in the report names the runs it lacks (a
+killed study's are added with ``--runs``). ``--scale`` multiplies the steps and (in steps of 64) the width, so the
+same study runs bigger on a GPU (``--device cuda``).
 """
 from __future__ import annotations
 
@@ -469,8 +469,10 @@ def plot_experiment(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m megamythos.research.study", description=__doc__)
-    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
-    parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib")
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS), help="the study to run (see above)")
+    parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib",
+                        help="what the runs train and evaluate on: the embedded stdlib corpus, or wikitext-2 from "
+                             "--wikitext-dir")
     parser.add_argument("--wikitext-dir", default=None, help="wikitext-2's folder (valid.txt, test.txt); with "
                         "--corpus wikitext2 only")
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
