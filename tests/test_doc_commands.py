@@ -273,3 +273,23 @@ def test_every_command_in_the_docs_runs_as_written(doc):
 @pytest.mark.parametrize("name", sorted(help_texts()))
 def test_every_command_in_a_help_text_runs_as_written(name):
     assert problems_in(help_texts()[name], f"{name} --help", help_commands) == []
+
+
+def stated_defaults(text: str) -> list[tuple[str, str]]:
+    """The defaults a document states in the form "`--flag` (VALUE)": [(flag, VALUE)]."""
+    return re.findall(r"`(--[\w-]+)` \((-?[\d.]+(?:e-?\d+)?)\)", " ".join(text.split()))
+
+
+def test_every_default_the_docs_state_is_the_code_s():
+    """"`--keep-last` (3)": some command line of ours takes the flag with that default (the check cannot tell
+    which command a sentence means, so a flag of several passes with any one's default)."""
+    defaults: dict[str, list[object]] = {}
+    for name in console_scripts():
+        for option, action in cli_flags(name).items():
+            defaults.setdefault(option, []).append(action.default)
+    wrong = [f"{doc.name}: {flag} ({value}), code: {defaults.get(flag)}" for doc in DOCS
+             for flag, value in stated_defaults(doc.read_text())
+             if not any(isinstance(d, (int, float)) and not isinstance(d, bool) and float(value) == d
+                        for d in defaults.get(flag, []))]
+    assert len([1 for doc in DOCS for _ in stated_defaults(doc.read_text())]) >= 10
+    assert wrong == []
