@@ -105,6 +105,19 @@ def parsers_built(monkeypatch: pytest.MonkeyPatch) -> list:
     return seen
 
 
+def cli_parser(cli: str, monkeypatch: pytest.MonkeyPatch) -> argparse.ArgumentParser:
+    """The one parser ``cli`` (a module or a script of CLIS) builds when run as the docs run it."""
+    seen = parsers_built(monkeypatch)
+    monkeypatch.setattr(sys, "argv", [cli])
+    with pytest.raises(SystemExit):
+        if cli.endswith(".py"):
+            runpy.run_path(str(REPO / cli), run_name="__main__")
+        else:
+            runpy.run_module(cli, run_name="__main__")
+    (parser,) = seen
+    return parser
+
+
 def test_every_command_line_is_a_console_script_and_scripts_need_no_path_hacks():
     """Each documented command line has a console script calling the same function (the scripts outside the
     package just import it: no ``sys.path.insert``)."""
@@ -138,14 +151,7 @@ def test_a_console_script_s_usage_names_the_console_script(name, monkeypatch):
 @pytest.mark.parametrize("cli", CLIS)
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy re-running an imported module
 def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypatch):
-    seen = parsers_built(monkeypatch)
-    monkeypatch.setattr(sys, "argv", [cli])
-    with pytest.raises(SystemExit):
-        if cli.endswith(".py"):
-            runpy.run_path(str(REPO / cli), run_name="__main__")
-        else:
-            runpy.run_module(cli, run_name="__main__")
-    (parser,) = seen
+    parser = cli_parser(cli, monkeypatch)
     assert [a.dest for a in parser._actions if not a.help] == []
     # found 2026-12-06: the data_prep/ and tokenizer/ scripts began `usage: preprocess_data.py`, a file that does
     # not run from where the docs run it; every usage line names the command to type
@@ -157,6 +163,21 @@ def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypa
     text = parser.format_help()
     assert not re.search(r":[a-z]+:`|``|\(default: (None|\[\])?\)", text), text
     assert not re.search(r"\S {8,}\[--", text), "an example command lost its line break"
+
+
+@pytest.mark.parametrize("cli", CLIS)
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy re-running an imported module
+def test_help_that_says_default_states_the_default(cli, monkeypatch):
+    """``--help`` adds "(default: X)" unless a flag's help says "default" itself, so a help using the word for
+    something else hid the default. Found 2026-12-07: ``--default-data-dir`` ("where the default stdlib corpus is
+    built") never showed where that is."""
+    parser = cli_parser(cli, monkeypatch)
+    formatter = parser._get_formatter()
+    hidden = [action.option_strings for action in parser._actions
+              if "default" in (action.help or "") and formatter._get_help_string(action) == action.help
+              and not isinstance(action.default, bool) and action.default not in (None, argparse.SUPPRESS, [], "")
+              and not re.search(r"\(default\b|\bdefault:|\bdefault \d", action.help)]
+    assert hidden == []
 
 
 def test_prefix_without_text_document_gets_a_hint(tmp_path):

@@ -258,7 +258,7 @@ class TrainArgs:
 FLAG_HELP = {  # flags added in loops below; the others carry their help where they are added
     "split": f"train,valid,test weights of --data-path's document split (Megatron's rule; default {DEFAULT_SPLIT})",
     "seq_length": "tokens per training sample", "data_cache_dir": "index cache directory (default: next to the data)",
-    "default_data_dir": "where the default stdlib corpus is built when no --data-path is given",
+    "default_data_dir": "where the embedded stdlib corpus is built for a run without --data-path",
     "micro_batch_size": "samples per rank per forward (default: the ds_config's)",
     "global_batch_size": "samples per optimizer step over all ranks (default: the ds_config's)",
     "train_iters": f"optimizer steps (default {DEFAULT_TRAIN_ITERS})", "train_tokens": "or: tokens to train on",
