@@ -1,7 +1,9 @@
 """A command in README.md or docs/*.md runs as written: each flag it gives is one its command line defines, with
 exactly that spelling (argparse would accept an abbreviation, so a misspelt flag that happens to be a prefix of
 one would pass a real run unnoticed), each value of a flag with fixed choices is one of them, each
-``python -m megamythos...`` module and each script it names exists, and each ``make`` target is the Makefile's.
+``python -m megamythos...`` module, each script and each file of the repository's folders it names exists, and
+each ``make`` target is the Makefile's. The same holds for the examples in each command line's ``--help`` and
+header comment, and a default a document states as "`--flag` (N)" is the code's.
 
 Commands are read from the ``bash`` blocks and from inline code that starts with a command; nothing runs: each
 command line's parser is taken from its ``main`` as it starts parsing (:func:`parser_of`)."""
@@ -31,6 +33,8 @@ COMMAND_WORDS = ("python", "python3", ".venv/bin/python", "bash", "deepspeed", "
                  "megamythos-")
 # commands that hand what follows `--` to another (the planner: to the trainer command it prints)
 PASSED_ON = {"megamythos.planning.plan": "megamythos.training.pretrain", "megamythos-plan": "megamythos-pretrain"}
+REPOSITORY_FOLDERS = ("bench", "data_prep", "docs", "ds_configs", "launchers", "lm_eval_tasks", "megamythos",
+                      "tests", "tokenizer")
 PLACEHOLDER = re.compile(r"\.\.\.|[A-Z][A-Z\d_]*")  # a word of a command the docs leave to the reader (N, DIR)
 
 
@@ -233,6 +237,13 @@ def help_texts() -> dict[str, str]:
     return texts
 
 
+def repository_paths(words: list[str]) -> list[str]:
+    """The paths inside the repository's own folders that ``words`` name (``ds_configs/x.json``, ``tests/x.py``;
+    not a run's or a user's folders, nor globs)."""
+    values = [w.split("=", 1)[-1] for w in words]
+    return [v for v in values if v.split("/")[0] in REPOSITORY_FOLDERS and "/" in v and not re.search(r"[*{\[]", v)]
+
+
 def problems_in(text: str, name: str, commands: Callable[[str], Iterator[str]] = doc_commands) -> list[str]:
     """What is wrong with the commands of ``text`` (a document named ``name``), found by ``commands``."""
     problems = []
@@ -240,8 +251,10 @@ def problems_in(text: str, name: str, commands: Callable[[str], Iterator[str]] =
         words = shlex.split(command, comments=True)
         words = words[next((i for i, w in enumerate(words) if not ASSIGNMENT.match(w)), len(words)):]
         if len(words) > 1 and words[0].startswith(COMMAND_WORDS):
-            problems += check_command(words, f"{name}: {command.split('#')[0].strip()}")
-    return problems
+            where = f"{name}: {command.split('#')[0].strip()}"
+            problems += check_command(words, where)
+            problems += [f"{where}: no file {path}" for path in repository_paths(words) if not (REPO / path).exists()]
+    return list(dict.fromkeys(problems))  # a missing script is named once
 
 
 def test_a_misspelt_flag_or_missing_command_in_a_doc_is_named():
@@ -254,15 +267,16 @@ deepspeed --num_gpu 2 launchers/pretrain.sh
 ```
 Export with `python -m megamythos.checkpoint.export a b --format gguf`, then `make pretrian`,
 `bash launchers/pretrain.sh --num-gpus 2 --lr-schedule cosin`, `python data_prep/tokenise.py --input x`,
-`python -m megamythos.inference.evaluation --load x`; `python -m megamythos.planning.plan --gpus 8 -- --lr-shedule wsd`.
+`python -m megamythos.inference.evaluation --load x`; `python -m megamythos.planning.plan --gpus 8 -- --lr-shedule wsd`;
+`bash launchers/pretrain.sh --ds-config ds_configs/multinode.json`.
 """
     found = "\n".join(problems_in(doc, "doc.md"))
     for mistake in ("--loosp is not a flag", "--num_gpu is not a flag of deepspeed", "--train-iter is not a flag",
                     "--format gguf: not one of", "no make target pretrian", "--lr-schedule cosin: not one of",
                     "no file data_prep/tokenise.py", "no module megamythos.inference.evaluation",
-                    "--lr-shedule is not a flag"):
+                    "--lr-shedule is not a flag", "no file ds_configs/multinode.json"):
         assert mistake in found, (mistake, found)
-    assert "--not-a-flag" not in found and len(found.splitlines()) == 9, found
+    assert "--not-a-flag" not in found and len(found.splitlines()) == 10, found
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
