@@ -19,9 +19,11 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--every", type=float, default=10.0, help="seconds of silence before a line is printed")
-    parser.add_argument("--what", default="working", help="what the line says is going on")
+    parser = argparse.ArgumentParser(prog="python3 launchers/heartbeat.py", description=__doc__.replace("``", ""),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--every", type=float, default=10.0,
+                        help="seconds of silence before a line is printed (default: %(default)g)")
+    parser.add_argument("--what", default="working", help="what the line says is going on (default: %(default)s)")
     parser.add_argument("--only", default=None, help="show only the output lines matching this regex")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)

@@ -508,6 +508,15 @@ def test_heartbeat_speaks_up_in_silence_and_keeps_the_exit_code():
     assert failed.returncode == 3 and "why" in failed.stdout
 
 
+def test_heartbeat_help_names_the_command_to_type_and_its_defaults():
+    """Found 2026-12-07: its --help began `usage: heartbeat.py`, a file that runs from nowhere the Makefile runs
+    it, showed the docstring's ``literals``, and gave no default for --every or --what."""
+    out = subprocess.run([sys.executable, str(LAUNCHER.parent / "heartbeat.py"), "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: python3 launchers/heartbeat.py [-h]"), out.stdout
+    assert "``" not in out.stdout and "(default: 10)" in out.stdout and "(default: working)" in out.stdout
+
+
 @pytest.mark.parametrize("mode", ["srun", "pdsh"])
 def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode, tmp_path):
     """Found 2026-12-06 (read, no cluster here): MODE=srun inherited the batch step's one task of 64 CPUs per node,
