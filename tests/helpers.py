@@ -27,6 +27,7 @@ from megamythos.training.rendezvous import port_free
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "launchers" / "pretrain.sh"
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # the user's documents
 
 # dim 64, 4 heads, 4 experts (top-2) + 1 shared, vocab 384: a full MythosLM in a few hundred KB.
 TINY_OVERRIDES = dict(vocab_size=384, dim=64, n_heads=4, n_experts=4, expert_dim=64, q_lora_rank=32,

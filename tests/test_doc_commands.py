@@ -22,9 +22,8 @@ from unittest import mock
 import pytest
 
 from megamythos.training.launch import LAUNCHER_FLAGS
-from tests.helpers import REPO, console_scripts
+from tests.helpers import DOCS, REPO, console_scripts
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.MULTILINE | re.DOTALL)
 HEREDOC = re.compile(r"<<-?\s*'?(\w+)'?")
 ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
