@@ -14,6 +14,7 @@ import math
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
@@ -98,9 +99,15 @@ def plain_text(docstring: str) -> str:
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """``--help`` of every command line: the description as written, and each flag's default after its help where
-    it has one the help does not state already (not an empty list or text, nor a ``store_false`` flag's True: that
-    is the setting the flag turns off, which read as "on by default" next to ``--no-...``)."""
+    """``--help`` of every command line: the description as written, each flag's help wrapped between words, and
+    each flag's default after its help where it has one the help does not state already (not an empty list or text,
+    nor a ``store_false`` flag's True: that is the setting the flag turns off, which read as "on by default" next to
+    ``--no-...``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """A flag's help wrapped at spaces only: argparse's wrapping also breaks after hyphens, which cut the flags
+        a help names in two (``--train-data-`` / ``path``)."""
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         unset = action.default is None or action.default is False or (isinstance(action.default, (list, str))

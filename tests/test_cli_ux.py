@@ -151,6 +151,7 @@ def test_a_console_script_s_usage_names_the_console_script(name, monkeypatch):
 @pytest.mark.parametrize("cli", CLIS)
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy re-running an imported module
 def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # the width argparse wraps at
     parser = cli_parser(cli, monkeypatch)
     assert [a.dest for a in parser._actions if not a.help] == []
     # found 2026-12-06: the data_prep/ and tokenizer/ scripts began `usage: preprocess_data.py`, a file that does
@@ -163,6 +164,8 @@ def test_every_cli_uses_the_shared_parser_and_describes_every_flag(cli, monkeypa
     text = parser.format_help()
     assert not re.search(r":[a-z]+:`|``|\(default: (None|\[\])?\)", text), text
     assert not re.search(r"\S {8,}\[--", text), "an example command lost its line break"
+    # found 2026-12-07: the wrapping broke after hyphens, cutting the flags a help names (`--train-data-` / `path`)
+    assert not re.search(r"\w-\n", text), re.findall(r".*\w-\n.*", text)
 
 
 @pytest.mark.parametrize("cli", CLIS)
