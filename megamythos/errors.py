@@ -136,6 +136,7 @@ class ArgumentParser(argparse.ArgumentParser):
         if console_script.startswith(CONSOLE_SCRIPT_PREFIX):
             kwargs["prog"] = console_script
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # as Megatron: a prefix of a flag is a typo, not that flag
         super().__init__(*args, description=plain_text(description) if description else description, **kwargs)
         self.elsewhere = dict(elsewhere or {})
 
@@ -152,7 +153,7 @@ class ArgumentParser(argparse.ArgumentParser):
             argv = getattr(self, "_argv", [])
             flags = argv[:argv.index("--")] if "--" in argv else argv  # what follows "--" is not this parser's
             typos = [a for a in flags
-                     if a.startswith("--") and not any(k.startswith(a.split("=", 1)[0]) for k in known)]
+                     if a.startswith("--") and a.split("=", 1)[0] not in known]
             message = f"{self._unrecognized(typos)}; {message}" if typos else message
         self.exit(2, f"error: {message}\n")
 

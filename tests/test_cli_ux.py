@@ -45,6 +45,20 @@ def test_a_mistyped_flag_is_one_line_with_a_close_match(parse, argv, typo, known
     assert f"{typo} (did you mean {known}?)" in err
 
 
+@pytest.mark.parametrize("parse, argv, prefix, known", [
+    (train_args, ["--train-iter", "5"], "--train-iter", "--train-iters"),
+    (evaluate_args, ["--load", "x", "--loop", "1"], "--loop", "--loops"),
+])
+def test_a_prefix_of_a_flag_is_refused_not_taken_for_it(parse, argv, prefix, known, capsys):
+    """As Megatron (``allow_abbrev=False``): argparse would run ``--train-iter 5`` as ``--train-iters 5``, so a flag
+    misspelt into a prefix of another (or of the one meant, until a second flag shares the prefix) went unnoticed."""
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert f"{prefix} (did you mean {known}?)" in err, err
+
+
 def test_an_inference_flag_given_to_the_trainer_says_where_it_belongs(capsys):
     """Before 2026-12-06 `--exit-threshold 0.2` was answered `did you mean --exit-interval?`, a flag that stops the
     run with a checkpoint at every multiple of its value."""
