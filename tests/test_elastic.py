@@ -82,8 +82,13 @@ LAYOUTS = {"1 rank": (1, ONE_RANK, {"world_size": 1, "tp": 1, "ep": 1}),
 PAIRS = [("2 ranks ep2", "1 rank"), ("1 rank", "2 ranks ep2"), ("2 ranks tp2", "1 rank"), ("1 rank", "2 ranks tp2"),
          ("2 ranks ep2", "2 ranks tp2")]
 # a resume without --global-batch-size keeps the checkpoint's (2 samples): the default here would be 1 x 1 x 1
-# (found 2026-12-06: a resume on another world size changed the global batch without a word)
+# (found 2026-12-06: a resume on another world size changed the global batch without a word); it also gives other
+# AdamW settings, which it keeps from the checkpoint, as a resume on the same layout does (found 2026-12-07: the
+# command line's were put on every parameter group after DeepSpeed's universal load, without a word)
 KEEPS_THE_BATCH = ("2 ranks tp2", "1 rank")
+OTHER_ADAMW = ("--weight-decay", "0.5", "--adam-beta2", "0.99")
+KEPT_ADAMW = ("resuming with the checkpoint's optimizer settings, restored with its state: --weight-decay 0.1 "
+              "(command line 0.5), --adam-beta2 0.95 (command line 0.99)")
 
 
 def resume_when_saved(launches: LaunchPool, ref: Path, out: Path, corpus: Path, nproc: int,
@@ -107,7 +112,7 @@ def runs(launches: LaunchPool, tmp_path_factory: pytest.TempPathFactory, corpus:
     for saved, resumed in PAIRS:
         procs, flags, _ = LAYOUTS[resumed]
         if (saved, resumed) == KEEPS_THE_BATCH:
-            flags = ONE_RANK[:-2]  # without --global-batch-size 2
+            flags = (*ONE_RANK[:-2], *OTHER_ADAMW)  # without --global-batch-size 2
         out = dirs[saved, resumed] = tmp_path_factory.mktemp("resumed") / "resumed"
         launches.submit(f"elastic/{saved} -> {resumed}", resume_when_saved, launches, dirs[saved], out, corpus, procs,
                         flags, saved)
@@ -123,6 +128,7 @@ def test_resume_on_another_layout_continues_the_run(saved: str, resumed: str, ru
     check_continues(runs[saved], runs[saved, resumed], log, saved_layout, layout)
     if (saved, resumed) == KEEPS_THE_BATCH:
         assert "keeping the global batch of" in log and "x accumulation 2)" in log, log[-3000:]
+        assert KEPT_ADAMW in log, log[-3000:]
 
 
 @pytest.mark.parametrize("saved_stage, stage", [(2, 3), (3, 2), (1, 1)])

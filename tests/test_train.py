@@ -26,6 +26,7 @@ from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest, write_atomic
 from megamythos.checkpoint.reader import load_checkpoint_weights
 from megamythos.model.config import get_preset
+from megamythos.model.lm import MythosLM
 from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
 from megamythos.planning.layout import LayoutError, ParallelLayout
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
@@ -33,11 +34,12 @@ from megamythos.training.checkpointing import (
     CheckpointManager,
     check_model_config,
     check_saved_precision,
+    repair_universal_optimizer,
     saved_progress,
 )
 from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import measure_peak_tflops, memory_usage
-from megamythos.training.optimizers import kept_optimizer_settings
+from megamythos.training.optimizers import adamw_param_groups, kept_optimizer_settings
 from megamythos.training.schedules import LRSchedule, ScheduleChangeError, resumed_schedule, schedule_changes
 from megamythos.training.signals import LAUNCHER_MARKERS, GracefulExit, NonFiniteGuard, NonFiniteLossError
 from tests.helpers import (
@@ -349,6 +351,27 @@ def test_optimizer_settings_a_resume_keeps_are_named():
     assert kept_optimizer_settings(groups, 0.1, (0.9, 0.95), 1e-8) == []
     assert kept_optimizer_settings(groups, 0.5, (0.9, 0.99), 1e-8) == [
         "--weight-decay 0.1 (command line 0.5)", "--adam-beta2 0.95 (command line 0.99)"]
+
+
+@pytest.mark.parametrize("weight_decay", [0.05, 0.0])
+def test_a_resume_on_another_layout_keeps_the_checkpoints_optimizer_settings(weight_decay):
+    """DeepSpeed's universal load gives every parameter group the checkpoint's first group's settings; the repair
+    then put back the command line's on every group, so a resume on another world size, --tp or --ep trained with
+    another --weight-decay, --adam-beta2 or --adam-eps without a word (found 2026-12-07), where a resume on the
+    same layout keeps the checkpoint's with a warning. Now both keep them, and name the difference."""
+    model = MythosLM(get_preset("tiny", **TINY_OVERRIDES))
+    optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=1e-3, betas=(0.9, 0.99), eps=1e-6)
+    before = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    saved_first = {**before[0], "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}  # the run that saved
+    for group in optimizer.param_groups:  # what DeepSpeed 0.19.8's ZeRO-3 universal load does
+        group.update(saved_first)
+    repair_universal_optimizer(optimizer, before)
+    groups = optimizer.param_groups
+    assert [(g["name"], g["weight_decay"], g["betas"], g["eps"]) for g in groups] == [
+        ("params-0", 0.1, (0.9, 0.95), 1e-8), ("params-1", 0.0, (0.9, 0.95), 1e-8)]
+    assert kept_optimizer_settings(groups, weight_decay, (0.9, 0.99), 1e-6) == [
+        f"--weight-decay 0.1 (command line {weight_decay:g})", "--adam-beta2 0.95 (command line 0.99)",
+        "--adam-eps 1e-08 (command line 1e-06)"]
 
 
 @pytest.mark.launch

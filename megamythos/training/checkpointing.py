@@ -67,6 +67,7 @@ from megamythos.data.atomic import pid_alive, remove_stale_temps, temp_name
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import CONFIG_FILE_REMEDY, ModelConfig
+from megamythos.training.optimizers import DECAYS
 from megamythos.training.schedules import resume_schedule
 
 logger = logging.getLogger(__name__)
@@ -586,11 +587,21 @@ def as_param_records(zero_dir: Path) -> None:
 
 
 def repair_universal_optimizer(optimizer: Any, groups: list[dict[str, Any]]) -> None:
-    """Undo two side effects of DeepSpeed's universal load: every parameter group gets the first group's settings
-    (so the no-decay group decays; ``groups`` are the settings to put back), and every parameter's Adam step count
-    is one shared tensor, which ``torch.optim.AdamW`` then increments once per parameter group and step."""
+    """Undo two side effects of DeepSpeed's universal load: every parameter group gets the settings of the
+    checkpoint's first group (so the no-decay group decays, and AutoEP's expert groups lose their names; ``groups``
+    are the settings from before the load, to put back), and every parameter's Adam step count is one shared
+    tensor, which ``torch.optim.AdamW`` then increments once per parameter group and step.
+
+    The checkpoint's AdamW settings stay, as a resume on the same layout restores them with the optimizer state: its
+    betas and eps, which its groups share, and its weight decay, that of its first group (the decayed weights come
+    first: :func:`~megamythos.training.optimizers.adamw_param_groups`), on the groups marked ``DECAYS``."""
+    saved = optimizer.param_groups[0]
+    kept = {key: saved[key] for key in ("betas", "eps") if key in saved}
+    decay = saved.get("weight_decay", 0.0)
     for group, settings in zip(optimizer.param_groups, groups):
-        group.update(settings)
+        group.update(settings, **kept)
+        if settings.get(DECAYS):
+            group["weight_decay"] = decay
     for state in getattr(optimizer, "optimizer", optimizer).state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()

@@ -10,6 +10,11 @@
 
 The PyPI package named ``apex`` is another project: only ``apex.optimizers.FusedAdam`` counts as installed.
 
+:func:`adamw_param_groups` gives the groups every implementation steps: no weight decay on norms, biases and the
+other weights :func:`~megamythos.model.lm.weight_decay_param_groups` names, each group marked with whether
+``--weight-decay`` applies to it (``DECAYS``), so that a resume on another layout can put the checkpoint's weight
+decay back on exactly those groups.
+
 Whichever it is, :func:`undo_state_initialising_step` takes back the step on zero gradients that DeepSpeed's
 fp16/bf16 optimizers of ZeRO-0 take while they are built, and :func:`optimizer_update_left_out` discards a step
 as DeepSpeed discards one whose gradient norm is not finite (ZeRO-0 in fp32 computes no norm to discard it by).
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ADAM_IMPLS = ("auto", "deepspeed", "apex")
+# parameter-group key: whether --weight-decay applies to the group, whatever its value (0 included)
+DECAYS = "decays"
 DEEPSPEED_MUON = "deepspeed.runtime.zero.muon.muon_optimizer"
 
 
@@ -56,6 +63,18 @@ def resolve_adam_impl(requested: str, cuda: bool) -> str:
     if requested == "auto":
         return "apex" if cuda and available else "deepspeed"
     return requested
+
+
+def adamw_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """``model``'s AdamW groups (:func:`~megamythos.model.lm.weight_decay_param_groups`) with ``weight_decay`` on
+    the decayed one, each named ``params-i`` (DeepSpeed splits each into expert / non-expert groups by name under
+    AutoEP, and moves the expert weights AutoEP replaces into the group of the weights they replace) and marked
+    ``DECAYS``. The decayed group comes first, as ``weight_decay_param_groups`` returns it."""
+    from megamythos.model.lm import weight_decay_param_groups
+
+    groups = weight_decay_param_groups(model, 1.0)  # weight decay 1 where it applies, else 0
+    return [{**group, "name": f"params-{i}", DECAYS: group["weight_decay"] > 0,
+             "weight_decay": weight_decay * group["weight_decay"]} for i, group in enumerate(groups)]
 
 
 def client_adam(impl: str, lr: float, betas: tuple[float, float], eps: float,

@@ -54,7 +54,7 @@ from megamythos.data.pretraining import (
 )
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
-from megamythos.model.lm import MythosLM, compile_blocks, weight_decay_param_groups
+from megamythos.model.lm import MythosLM, compile_blocks
 from megamythos.model.moe import (
     expert_bias_state,
     expert_counts_frozen,
@@ -108,6 +108,7 @@ from megamythos.training.monitor import (
     still_working,
 )
 from megamythos.training.optimizers import (
+    adamw_param_groups,
     client_adam,
     import_muon_without_compiling,
     kept_optimizer_settings,
@@ -275,10 +276,7 @@ class Trainer:
         if self.finetune_from:
             load_state(model, pretrained_state(self.finetune_from, self.config, self.data.tokenizer_fingerprint),
                        Path(self.finetune_from))
-        # Named groups: DeepSpeed splits each into expert / non-expert groups by name under AutoEP, and moves
-        # the expert weights AutoEP replaces into the group of the weights they replace.
-        param_groups = [{**group, "name": f"params-{i}"}
-                        for i, group in enumerate(weight_decay_param_groups(model, args.weight_decay))]
+        param_groups = adamw_param_groups(model, args.weight_decay)
         optimizer = client_adam(self.adam_impl, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps,
                                 args.weight_decay)
         import_muon_without_compiling()
