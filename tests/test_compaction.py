@@ -182,6 +182,20 @@ def test_learned_router_ranks_the_tokens_and_learns_through_its_gate() -> None:
     assert (per_loop[4:] > 0).all() and (per_loop[:4] == 0).all()
 
 
+def test_learned_router_scores_in_fp32_under_bf16_autocast() -> None:
+    """The gate scales the fp32 state update: under autocast its logits stay the fp32 product (a bf16 gate near 1
+    would move in steps of 2**-7), in the gate and in loop capacity's ranking alike."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config(mean_loops=3, loop_capacity=SCHEDULE, capacity_router="learned")).train()
+    router, h = model.recurrent.router, torch.randn(2, 16, 64)
+    calls = _router_calls(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = router(h, 1)
+        model(torch.randint(0, 97, (2, 16)), n_loops=6)
+    assert torch.equal(logits, h @ router.weight[1])
+    assert len(calls) == 11 and all(z.dtype == torch.float32 for z in calls)
+
+
 def test_learned_router_at_zero_is_the_ungated_recurrence() -> None:
     torch.manual_seed(0)
     plain = MythosLM(small_config(mean_loops=3, loop_capacity=SCHEDULE)).eval()

@@ -222,7 +222,8 @@ class RecurrentBlock(nn.Module):
 
 class DepthRouter(nn.Module):
     """Per-loop linear router on the state: z_t = w_t . h_t, one weight row per loop (t clamped to the table,
-    for depth extrapolation), in fp32; the gate on the state update is 2 sigmoid(z_t)."""
+    for depth extrapolation), in fp32 with autocast off (as A_bar: the gate scales the fp32 state update, and a
+    bf16 gate near 1 moves in steps of 2**-7); the gate on the state update is 2 sigmoid(z_t)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -234,8 +235,9 @@ class DepthRouter(nn.Module):
         nn.init.normal_(self.weight, std=self.init_std)
 
     def forward(self, h: torch.Tensor, t: int) -> torch.Tensor:
-        """h [..., H] -> router logits z_t [...] fp32."""
-        return h.float() @ self.weight[min(t, self.weight.shape[0] - 1)].float()
+        """h [..., H] -> router logits z_t [...] fp32 (also under autocast)."""
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return h.float() @ self.weight[min(t, self.weight.shape[0] - 1)].float()
 
     @staticmethod
     def gate(logits: torch.Tensor) -> torch.Tensor:
