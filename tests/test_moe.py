@@ -125,6 +125,27 @@ def test_counts_only_in_training_and_bias_state_round_trip() -> None:
         load_expert_bias_state(other, {"elsewhere": saved[""]})
 
 
+def test_a_bf16_model_keeps_exact_fp32_balancing_buffers() -> None:
+    """model.to(torch.bfloat16) casts the weights, not the bias and the counts: a bf16 bias at 0.6 (spacing 2**-8)
+    would not move by the rate 1e-3, and bf16 counts round above 256 (300 + 7 = 308)."""
+    moe = MoE(small_config(n_experts=2, num_experts_per_tok=1))
+    with torch.no_grad():
+        moe.gate.e_score_correction_bias.copy_(torch.tensor([0.6, -0.6]))
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0] = 1.0  # with channel 0 positive below, expert 0 takes every token
+    moe = moe.to(torch.bfloat16).train()
+    bias, counts = moe.gate.e_score_correction_bias, moe.tokens_per_expert
+    assert moe.gate.weight.dtype == torch.bfloat16 and bias.dtype == counts.dtype == torch.float32
+    assert torch.equal(bias, torch.tensor([0.6, -0.6]))  # not rounded on the way
+    x = torch.randn(1, 300, 64, dtype=torch.bfloat16)
+    x[..., 0] = 5.0
+    moe(x)
+    moe(x[:, :7])
+    assert counts.tolist() == [307.0, 0.0]
+    update_expert_bias(moe, 1e-3)
+    assert torch.allclose(bias, torch.tensor([0.599, -0.599]), rtol=0, atol=1e-7)
+
+
 def test_sequence_aux_loss_penalises_imbalance_and_has_router_gradient() -> None:
     cfg = small_config(n_experts=8, num_experts_per_tok=2)
     moe = MoE(cfg)
