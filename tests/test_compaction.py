@@ -64,6 +64,27 @@ def test_compaction_equals_masked_path(monkeypatch: pytest.MonkeyPatch, attn_typ
     assert computed == int(depth.sum()) < sum(tokens_in_moe)
 
 
+def test_exit_statistics_count_the_computed_tokens_whether_compacted_or_masked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """relative_change reads 0 for a token once it exited and router_gate averages the tokens still iterating, also
+    where a small batch runs its exited tokens through the block and discards them (the masked path)."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config(capacity_router="learned")).eval()
+    ids = torch.randint(0, 97, (3, 12))  # 36 tokens: compacted
+    threshold = _threshold_between_changes(model, ids, 6, iteration=1)
+    with torch.no_grad():
+        compacted = model(ids, n_loops=6, exit_threshold=threshold).stats
+        monkeypatch.setattr(recurrent, "COMPACTION_MIN_TOKENS", 10 ** 6)
+        masked = model(ids, n_loops=6, exit_threshold=threshold).stats
+    depth = compacted["depth"]
+    assert torch.equal(depth, masked["depth"]) and depth.min() < depth.max()
+    ran = torch.arange(int(compacted["n_loops"]))[:, None, None] < depth  # [T, B, S]: the token ran loop t
+    for stats in (compacted, masked):
+        assert torch.equal(stats["relative_change"] > 0, ran)
+    assert torch.allclose(masked["relative_change"], compacted["relative_change"], atol=1e-5)
+    assert torch.allclose(masked["router_gate"], compacted["router_gate"], atol=1e-5)
+
+
 def test_small_batches_mask_instead_of_compacting() -> None:
     """Cached decode at batch 8 (8 tokens a step) runs every row through the block, exited ones masked."""
     torch.manual_seed(0)

@@ -457,6 +457,9 @@ class RecurrentCore(nn.Module):
                                       else self.iteration(*args))
             if active is None:
                 change = relative_change(h_next, state.h)
+                if state.active is not None:  # masked path: the exited tokens ran too; their change and gate don't
+                    change = change * state.active
+                    gate = None if gate is None else (gate * state.active).sum() / state.active.sum()
             else:  # the active tokens' new states into the frozen ones; an exited token's change reads 0
                 change = active.scatter(torch.zeros_like(state.depth), relative_change(h_next, active.gather(state.h)))
                 h_next = active.scatter(state.h, h_next)
@@ -464,7 +467,7 @@ class RecurrentCore(nn.Module):
             norms.append(state.h.detach().norm(dim=-1).mean())
             changes.append(change)
             if gate is not None:
-                gates.append(gate)
+                gates.append(gate.mean())
             if exit_threshold > 0 and not bool(state.active.any()):
                 break
         return (state, torch.stack(norms), torch.stack(changes), torch.stack(shares),
@@ -483,7 +486,7 @@ class RecurrentCore(nn.Module):
                   layout: RowLayout | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Iteration t of the recurrence, h_t [B, S, H] fp32 -> (h_{t+1} fp32, MoE balance loss, max rho at t = 0,
-        mean gate g_t of the computed tokens, detached, with the learned depth router):
+        gate g_t [B, S] or [1, N] detached, with the learned depth router):
 
             u_t     = h_t + e  (+ loop-index signal)                          (concat baseline: W [h_t; e])
             h_{t+1} = A_bar * h_t + B_bar * e  +  Block(u_t) (+ LoRA_t(u_t))  (baselines: u_t + Block(u_t))
@@ -505,7 +508,7 @@ class RecurrentCore(nn.Module):
         if self.router is None:
             return h_next, aux, rho, None
         gate = self.router.gate(self.router(h, t))
-        return h + gate * (h_next - h), aux, rho, gate.detach().mean()
+        return h + gate * (h_next - h), aux, rho, gate.detach().squeeze(-1)
 
     def with_loop_signal(self, u: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
         """u [B, S, H] in ``dtype``, plus the sinusoidal loop-index signal when ``loop_embedding`` is on."""
