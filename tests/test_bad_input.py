@@ -918,12 +918,14 @@ def test_device_names_this_machine_lacks_are_one_line(capsys: pytest.CaptureFixt
                                              ({"n_loops": 2.5}, "n_loops=2.5 must be >= 1, a whole number"),
                                              ({"n_loops": "8"}, "n_loops='8' must be >= 1, a whole number"),
                                              ({"exit_threshold": -0.1}, "exit_threshold=-0.1 must be >= 0"),
-                                             ({"backprop_loops": -1}, "backprop_loops=-1 must be >= 0")])
+                                             ({"backprop_loops": -1}, "backprop_loops=-1 must be >= 0"),
+                                             ({"backprop_loops": 1.5}, "backprop_loops=1.5 must be >= 0, a whole")])
 def test_model_forward_refuses_a_loop_count_below_1_and_a_negative_threshold(kwargs: dict, message: str) -> None:
     """``n_loops=0`` ran the config's mean_loops and a negative threshold ran as 0, silently (the Hugging Face
     wrapper's ``generate(..., n_loops=0)`` too); ``backprop_loops=-1`` backpropagated through every loop
     (found 2026-12-06). A loop count of 2.5 or "8" (lm-eval's ``--model_args ...,n_loops=2.5``, which
-    ``from_pretrained`` sets on the config unchecked) was a TypeError naming no setting (found 2026-12-06)."""
+    ``from_pretrained`` sets on the config unchecked) was a TypeError naming no setting (found 2026-12-06), and so
+    was ``backprop_loops=1.5`` (found 2026-12-07)."""
     model = MythosLM(small_config()).eval()
     with pytest.raises(ValueError, match=f"^{message}"):
         model(torch.zeros(1, 4, dtype=torch.long), **kwargs)

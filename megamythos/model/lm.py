@@ -191,9 +191,9 @@ class MythosLM(nn.Module):
             raise ValueError(f"labels of shape {list(labels.shape)} must have the shape of input_ids "
                              f"{list(input_ids.shape)}: the next token at each input position (-100: not scored)")
         check_loop_count(n_loops)
-        if backprop_loops is not None and backprop_loops < 0:
-            raise ValueError(f"backprop_loops={backprop_loops} must be >= 0 (0: through every loop; None: the "
-                             "config's backprop_loops)")
+        if backprop_loops is not None and not (isinstance(backprop_loops, numbers.Integral) and backprop_loops >= 0):
+            raise ValueError(f"backprop_loops={backprop_loops!r} must be >= 0, a whole number (0: through every loop; "
+                             "None: the config's backprop_loops)")
         if exit_threshold is None:
             exit_threshold = 0.0 if self.training else cfg.exit_threshold
         if not exit_threshold >= 0:  # NaN too: it compares false, so it would run every loop unsaid
