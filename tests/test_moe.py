@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import megamythos.model.moe as moe_module
+from megamythos.model.config import ConfigError
 from megamythos.model.moe import (
     BalanceLoss,
     MoE,
@@ -125,10 +126,23 @@ def test_counts_only_in_training_and_bias_state_round_trip() -> None:
         load_expert_bias_state(other, {"elsewhere": saved[""]})
 
 
+def test_top1_routing_refuses_renormalised_weights_that_leave_the_router_untrained() -> None:
+    """route_norm renormalises the K routed weights to sum 1: at K = 1 the one weight is 1 whatever the scores, so
+    the router got no gradient from the loss, silently (found 2026-12-07). Refused naming route_norm; top-1 with
+    the raw score as its weight (Switch-style) trains the router."""
+    with pytest.raises(ConfigError, match=r"ModelConfig\.route_norm=True is invalid: with num_experts_per_tok=1"):
+        small_config(num_experts_per_tok=1)
+    moe = MoE(small_config(num_experts_per_tok=1, route_norm=False, seq_aux_loss_coef=0.0))
+    for param in moe.parameters():
+        torch.nn.init.normal_(param, std=0.05)
+    moe(torch.randn(2, 8, 64)).hidden.sum().backward()
+    assert moe.gate.weight.grad.abs().min() > 0
+
+
 def test_a_bf16_model_keeps_exact_fp32_balancing_buffers() -> None:
     """model.to(torch.bfloat16) casts the weights, not the bias and the counts: a bf16 bias at 0.6 (spacing 2**-8)
     would not move by the rate 1e-3, and bf16 counts round above 256 (300 + 7 = 308)."""
-    moe = MoE(small_config(n_experts=2, num_experts_per_tok=1))
+    moe = MoE(small_config(n_experts=2, num_experts_per_tok=1, route_norm=False))
     with torch.no_grad():
         moe.gate.e_score_correction_bias.copy_(torch.tensor([0.6, -0.6]))
         moe.gate.weight.zero_()
