@@ -608,6 +608,26 @@ def test_an_export_without_checksums_whose_weights_do_not_load_is_one_line(tmp_p
 
 
 
+def test_a_file_the_manifest_does_not_list_is_refused(tmp_path: Path, capsys) -> None:
+    """Every file of a checked directory's top level must be listed: a manifest that lost an entry left that file
+    unchecked, so a changed ``model.safetensors`` loaded without a word (found 2026-12-07), and a file put beside a
+    tag (another run's shard) was read unverified. Results in a subdirectory (``eval/``) are not checked."""
+    out = export_model(MythosLM(small_config()), tmp_path / "export")
+    (out / "eval").mkdir()
+    (out / "eval" / "results.json").write_text("{}\n")
+    assert verify_checksums(out)
+    (out / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"stray")
+    with pytest.raises(CheckpointError, match=r"zero_pp_rank_1_mp_rank_00_optim_states\.pt is not listed in"):
+        verify_checksums(out)
+    (out / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    manifest = json.loads((out / CHECKSUMS_FILE).read_text())
+    del manifest["files"]["model.safetensors"]
+    (out / CHECKSUMS_FILE).write_text(json.dumps(manifest))
+    corrupt(out / "model.safetensors")
+    line = error_line(generate_main(["--load", str(out), "--prompt", "def"]), capsys.readouterr().err)
+    assert f"{out / 'model.safetensors'} is not listed in {out / CHECKSUMS_FILE}" in line, line
+
+
 def test_a_zero0_autoep_checkpoint_is_read_with_its_expert_files(tmp_path: Path) -> None:
     """A checkpoint of an AutoEP run (``--ep`` > 1) under ZeRO 0-2 holds DeepSpeed's per-expert files
     ``layer_L_expert_E_mp_rank_00_model_states.pt`` beside ``mp_rank_00_model_states.pt``; under ZeRO-0 its

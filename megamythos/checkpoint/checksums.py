@@ -4,13 +4,14 @@
 
 It lists every regular file under the directory (relative POSIX paths) when it is written, except itself; it is
 written last, once the directory is complete. A listed file that is missing, or has another size or sha256, is
-refused by name (:class:`ChecksumError`); files added later (``eval/`` of ``megamythos.inference.evaluate``) are
-not checked. sha256 (about 1 GB/s on one core with SHA extensions; measured in bench/README.md) is computed in
-1 MiB chunks, one file after the other; a :class:`Team` of ranks shares the files out, each hashing its own.
+refused by name (:class:`ChecksumError`), as is a file of its top level that it does not list
+(:mod:`megamythos.data.manifest`, which reads and checks a manifest); files added later in subdirectories
+(``eval/`` of an older ``megamythos.inference.evaluate``) are not checked. sha256 (about 1 GB/s on one core with
+SHA extensions; measured in bench/README.md) is computed in 1 MiB chunks, one file after the other; a
+:class:`Team` of ranks shares the files out, each hashing its own.
 """
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import logging
@@ -28,13 +29,18 @@ from megamythos.checkpoint.files import (
     tags_by_iteration,
     write_atomic,
 )
+from megamythos.data.manifest import (
+    ALGORITHM,
+    CHECKSUMS_FILE,
+    file_sha256,
+    first_problem,
+    read_manifest,
+    unlisted_file,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKSUMS_FILE = "checksums.json"
 CHECKSUMMED_KEY = "checksummed"  # true in the train record of every tag saved with a manifest
-ALGORITHM = "sha256"
-_CHUNK = 1 << 20
 
 
 class ChecksumError(CheckpointError):
@@ -43,15 +49,6 @@ class ChecksumError(CheckpointError):
     def __init__(self, path: Path, problem: str) -> None:
         super().__init__(f"{path} {problem}")
         self.path = path
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _listed_files(directory: Path) -> list[Path]:
@@ -135,33 +132,18 @@ def write_checksums(directory: Path, team: Team = ALONE) -> dict[str, Any] | Non
     return manifest
 
 
-def _read_manifest(path: Path) -> dict[str, Any] | str | None:
-    """The files ``path`` lists (name -> {"size", ALGORITHM}), None when there is no manifest, or what is wrong
-    with it (plain data: it travels between ranks)."""
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-        if manifest["algorithm"] != ALGORITHM:
-            raise ValueError(f"algorithm {manifest['algorithm']!r}")
-        return {name: {"size": int(entry["size"]), ALGORITHM: str(entry[ALGORITHM])}
-                for name, entry in manifest["files"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        return f"is corrupt ({err})"
-
-
 def finished_save(tag_dir: Path) -> bool:
     """Whether checkpoint tag ``tag_dir`` is what a save that finished left: its manifest lists every shard
     (``*.pt``) it holds and every file it lists is there (a killed save has no manifest, or stray shards of
     another run's ranks)."""
-    listed = _read_manifest(tag_dir / CHECKSUMS_FILE)
+    listed = read_manifest(tag_dir / CHECKSUMS_FILE)
     return (isinstance(listed, dict) and all((tag_dir / name).is_file() for name in listed)
             and {p.name for p in tag_dir.glob("*.pt")} <= set(listed))
 
 
 def manifest_bytes(tag_dir: Path) -> int:
     """The bytes of the files ``tag_dir``'s manifest lists (0 without a readable one)."""
-    listed = _read_manifest(tag_dir / CHECKSUMS_FILE)
+    listed = read_manifest(tag_dir / CHECKSUMS_FILE)
     return sum(entry["size"] for entry in listed.values()) if isinstance(listed, dict) else 0
 
 
@@ -170,7 +152,7 @@ def incomplete(tag_dir: Path) -> bool:
     itself, a file its manifest lists, or the manifest where its train record says it had one."""
     if not tag_dir.is_dir():
         return True
-    listed = _read_manifest(tag_dir / CHECKSUMS_FILE)
+    listed = read_manifest(tag_dir / CHECKSUMS_FILE)
     if isinstance(listed, dict):
         return any(not (tag_dir / name).is_file() for name in listed)
     try:
@@ -179,36 +161,25 @@ def incomplete(tag_dir: Path) -> bool:
         return False
 
 
-def _first_problem(directory: Path, names: list[str], listed: dict[str, Any], hashes: bool) -> tuple[str, str] | None:
-    """(name, problem) of the first of ``names``, in path order, that is missing or has another size (``hashes``:
-    another sha256) than ``listed`` says."""
-    manifest = directory / CHECKSUMS_FILE
-    for name in sorted(names):
-        file, entry = directory / name, listed[name]
-        if not hashes and not file.is_file():
-            return name, f"is missing (listed in {manifest})"
-        if not hashes and file.stat().st_size != entry["size"]:
-            return name, f"is corrupt: {file.stat().st_size} bytes, {entry['size']} when saved"
-        if hashes and file_sha256(file) != entry[ALGORITHM]:
-            return name, f"is corrupt: its {ALGORITHM} differs from {manifest}"
-    return None
-
-
 def verify_checksums(directory: Path, team: Team = ALONE) -> bool:
-    """Check every file ``directory/checksums.json`` lists (sizes first, then hashes); False when there is no
-    manifest. Raises :class:`ChecksumError` for the first file, in path order, that is missing or differs.
+    """Check ``directory`` against ``directory/checksums.json``: no file of its top level left out of it, then
+    every file it lists (sizes first, then hashes); False when there is no manifest. Raises :class:`ChecksumError`
+    for an unlisted file, or the first listed file, in path order, that is missing or differs.
 
-    Collective over ``team``: rank 0 reads the manifest, each rank checks its share, every rank returns or raises
-    alike."""
+    Collective over ``team``: rank 0 reads the manifest and lists the directory, each rank checks its share, every
+    rank returns or raises alike."""
     path = directory / CHECKSUMS_FILE
-    listed = team.share(lambda: _read_manifest(path))
+    listed = team.share(lambda: read_manifest(path))
     if listed is None:
         return False
     if isinstance(listed, str):
         raise ChecksumError(path, listed)
+    stray = team.share(lambda: unlisted_file(directory, listed))
+    if stray is not None:
+        raise ChecksumError(directory / stray[0], stray[1])
     mine = shares({name: entry["size"] for name, entry in listed.items()}, team.size)[team.rank]
     for hashes in (False, True):
-        problems = [p for p in team.gather(_first_problem(directory, mine, listed, hashes)) if p is not None]
+        problems = [p for p in team.gather(first_problem(directory, mine, listed, hashes)) if p is not None]
         if problems:
             name, problem = min(problems)
             raise ChecksumError(directory / name, problem)
