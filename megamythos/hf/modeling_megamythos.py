@@ -22,6 +22,8 @@ showed it. A forward past the context raises ``ValueError``; ``generate()`` stop
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from megamythos.data.manifest import CHECKSUMS_FILE, ManifestError, verify_directory
 from megamythos.hf.configuration_megamythos import MegamythosConfig
 from megamythos.model.lm import ModelKVCache, MythosLM
 from megamythos.model.moe import MoE
@@ -80,6 +83,25 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         when transformers materialises the model from the meta device."""
         if isinstance(module, MoE):
             module.tokens_per_expert.zero_()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args: Any,
+                        **kwargs: Any) -> MythosForCausalLM:
+        """transformers' loader, once a local export directory verifies against its ``checksums.json``
+        (:func:`verify_directory`: every file of the export, its tokenizer included, before any is read): a file
+        that differs, is missing or is not listed raises :class:`ManifestError` naming it; an export without
+        a manifest (exported before exports carried one) loads with a warning. A Hub name is not checked."""
+        directory = None if pretrained_model_name_or_path is None else Path(pretrained_model_name_or_path)
+        if directory is not None and directory.is_dir():
+            try:
+                checked = verify_directory(directory)
+            except ManifestError as err:
+                raise ManifestError(err.path, f"{err.problem}; export the checkpoint again (--overwrite), or, where "
+                                    f"the files were changed on purpose, remove {directory / CHECKSUMS_FILE}") from None
+            if not checked:
+                logger.warning("%s has no %s (exported before exports carried checksums): its files are not "
+                               "verified", directory, CHECKSUMS_FILE)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
