@@ -439,6 +439,26 @@ def test_a_renamed_dataset_reads_its_own_tokenizer_copy(tmp_path: Path, tiny_tok
         resolve_data([renamed], tiny_tokenizer.vocab_size)
 
 
+def test_a_tokenizer_copy_that_is_not_the_recorded_one_is_refused(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """A flipped byte in a dataset's ``PREFIX.tokenizer.model``, or in the fingerprint its ``PREFIX.json`` records:
+    the trainer and evaluate took the copy without comparing it with the record (found 2026-12-07), and a run
+    carries that tokenizer into every checkpoint, where generate, evaluate and the exports encode with it."""
+    prefix = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    copy, record = Path(prefix + ".tokenizer.model"), Path(prefix + ".json")
+    good_copy, good_record = copy.read_bytes(), record.read_text()
+    middle = len(good_copy) // 2
+    copy.write_bytes(good_copy[:middle] + bytes([good_copy[middle] ^ 1]) + good_copy[middle + 1:])
+    with pytest.raises(MetadataError, match=rf"{copy} is not the tokenizer {record} records \(sha256 "):
+        resolve_data([prefix], tiny_tokenizer.vocab_size)
+    copy.write_bytes(good_copy)
+    fingerprint = json.loads(good_record)["tokenizer_fingerprint"]
+    record.write_text(good_record.replace(fingerprint, ("1" if fingerprint[0] == "0" else "0") + fingerprint[1:]))
+    with pytest.raises(MetadataError, match=rf"{copy} is not the tokenizer {record} records"):
+        resolve_data([prefix], tiny_tokenizer.vocab_size)
+    record.write_text(good_record)
+    assert resolve_data([prefix], tiny_tokenizer.vocab_size).tokenizer_model == str(copy)
+
+
 def test_merge_refuses_a_dataset_without_a_record_among_recorded_ones(tmp_path: Path,
                                                                       tiny_tokenizer: Tokenizer) -> None:
     """A record-less first input let every other record go unchecked against each other, and the merged record

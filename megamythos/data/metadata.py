@@ -136,9 +136,18 @@ def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:
 
     A dataset renamed or copied to another prefix keeps a record naming its old copy: ``prefix``'s own copy
     (``prefix.tokenizer.model``) is read instead when its sha256 is the recorded fingerprint; without either,
-    :class:`MetadataError` says where to put the tokenizer."""
+    :class:`MetadataError` says where to put the tokenizer. A copy whose sha256 is not the recorded fingerprint
+    (a corrupt copy or record) is refused the same way, naming both."""
     record = read_tokenizer_record(metadata_path(prefix))
-    if record is None or os.path.isfile(record["tokenizer_model"]):
+    if record is None:
+        return None
+    named, fingerprint = record["tokenizer_model"], record["tokenizer_fingerprint"]
+    if os.path.isfile(named):
+        if (actual := file_sha256(named)) != fingerprint:
+            raise MetadataError(f"{named} is not the tokenizer {metadata_path(prefix)} records (sha256 "
+                                f"{actual[:12]}..., recorded {fingerprint[:12]}...): the copy or the record is "
+                                "corrupt, or one was replaced; put the tokenizer the dataset was built with at "
+                                f"{named}, or rebuild the dataset with data_prep/preprocess_data.py --overwrite")
         return record
     own = os.path.abspath(tokenizer_copy_path(prefix))
     if os.path.isfile(own) and file_sha256(own) == record["tokenizer_fingerprint"]:
