@@ -207,6 +207,25 @@ def test_the_flags_need_data_that_records_its_end_of_document_token(tmp_path: Pa
                    "--override", f"vocab_size={tiny_tokenizer.vocab_size}"], world_size=1)
 
 
+def test_a_recorded_end_of_document_token_that_is_not_the_tokenizer_s_is_refused(tmp_path: Path,
+                                                                                  tiny_tokenizer: Tokenizer) -> None:
+    """One flipped digit in a record's ``eod_id`` (2 -> 3): the run reset positions, attention and the loss mask
+    at another token than the documents end with, without a word (found 2026-12-07)."""
+    write_jsonl(tmp_path / "docs.jsonl", synthetic_documents(10))
+    preprocess(PreprocessConfig(inputs=[str(tmp_path / "docs.jsonl")], output_prefix=str(tmp_path / "eod"),
+                                tokenizer_model=tiny_tokenizer.model_path, append_eod=True))
+    prefix, flags = str(tmp_path / "eod_text_document"), {"eod_mask_loss": True}
+    record = Path(prefix + ".json")
+    good = record.read_text()
+    assert f'"eod_id": {tiny_tokenizer.eos_id},' in good
+    record.write_text(good.replace(f'"eod_id": {tiny_tokenizer.eos_id},', f'"eod_id": {tiny_tokenizer.eos_id ^ 1},'))
+    with pytest.raises(DataError, match=rf"^{prefix}\.json records eod_id={tiny_tokenizer.eos_id ^ 1}, but the "
+                                        rf"tokenizer it records .* ends documents with id {tiny_tokenizer.eos_id}"):
+        documents_eod(flags, [prefix])
+    record.write_text(good)
+    assert documents_eod(flags, [prefix]) == tiny_tokenizer.eos_id
+
+
 def test_evaluate_names_what_to_do_on_data_without_an_end_of_document_token(tmp_path: Path) -> None:
     """evaluate applies the flags a checkpoint recorded, so its refusal of data without an eod names the run that
     trained with them and what to pass, not a flag evaluate does not take ("leave --eod-mask-loss out")."""

@@ -32,6 +32,7 @@ from megamythos.data.index_cache import description_key
 from megamythos.data.indexed_dataset import IndexedDataset, dataset_not_found
 from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
 from megamythos.data.sampler import PretrainingSampler
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,8 @@ def document_flags(recorded_args: Mapping[str, Any]) -> dict[str, bool]:
 def documents_eod(flags: Mapping[str, bool], prefixes: list[str], recorded_by: str | None = None) -> int | None:
     """The token id that ends the documents of the datasets ``prefixes`` (the eos id their records say they were
     preprocessed with ``--append-eod`` by) where one of the document ``flags`` is on, else None. Raises
-    :class:`DataError` naming a dataset whose record knows no such id, and what to do: leave the flags out, or,
+    :class:`DataError` naming a dataset whose record knows no such id, or another one than its tokenizer's eos id
+    (a corrupt record), and what to do: leave the flags out, or,
     for flags a checkpoint ``recorded_by`` (which ``evaluate`` applies), evaluate on other data."""
     given = " ".join(f"--{name.replace('_', '-')}" for name, on in flags.items() if on)
     if not given:
@@ -288,7 +290,12 @@ def documents_eod(flags: Mapping[str, bool], prefixes: list[str], recorded_by: s
             raise DataError(f"{given} needs the documents' end token, but dataset {prefix} "
                             f"{'has no record' if record is None else 'was preprocessed without --append-eod'} "
                             f"({prefix}.json): rebuild it with data_prep/preprocess_data.py --append-eod, or {remedy}")
-        eods.add(int(record["eod_id"]))
+        eod, eos = int(record["eod_id"]), Tokenizer(record["tokenizer_model"]).eos_id
+        if eod != eos:  # preprocessing records the tokenizer's eos id: the record is corrupt
+            raise DataError(f"{prefix}.json records eod_id={eod}, but the tokenizer it records "
+                            f"({record['tokenizer_model']}) ends documents with id {eos}: the record is corrupt; "
+                            "rebuild the dataset with data_prep/preprocess_data.py --append-eod --overwrite")
+        eods.add(eod)
     if len(eods) != 1:
         raise DataError(f"{given}: the datasets {' '.join(prefixes)} end their documents with different token ids "
                         f"{sorted(eods)}; use data preprocessed with one tokenizer")
