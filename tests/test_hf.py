@@ -397,14 +397,16 @@ def test_generate_stops_at_the_context_and_a_longer_forward_is_refused(tiny_toke
 def test_transformers_refuses_an_export_whose_files_changed(tiny_tokenizer, tmp_path):
     """``from_pretrained`` of a Hugging Face export checks its ``checksums.json`` first: a flipped byte in the
     weights, a changed config value or tokenizer (what lm-eval loads beside the model), or a file put beside them
-    raises naming the file. Before (found 2026-12-07): transformers loaded the changed weights without a word, and
-    lm-eval scored them; only ``megamythos``'s own loader checked, and it refuses Hugging Face exports."""
+    that transformers would read (a PEFT ``adapter_config.json``) raises naming the file; a model card does not.
+    Before (found 2026-12-07): transformers loaded the changed weights without a word, and lm-eval scored them;
+    only ``megamythos``'s own loader checked, and it refuses Hugging Face exports."""
     from transformers import AutoModelForCausalLM
 
     from megamythos.checkpoint.export import export_model
 
     good = export_model(MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)), tmp_path / "good",
                         tiny_tokenizer, hf=True)
+    (good / "README.md").write_text("# a model card\n")
     AutoModelForCausalLM.from_pretrained(good, trust_remote_code=True)
 
     def flip_byte(data: bytes) -> bytes:
@@ -413,12 +415,12 @@ def test_transformers_refuses_an_export_whose_files_changed(tiny_tokenizer, tmp_
 
     changes = {"model.safetensors": flip_byte,
                "config.json": lambda data: data.replace(b'"mean_loops": 3', b'"mean_loops": 2'),
-               "tokenizer.json": flip_byte, "stray.bin": None}
+               "tokenizer.json": flip_byte, "adapter_config.json": None}
     for name, change in changes.items():
         out = Path(shutil.copytree(good, tmp_path / name))
         file = out / name
         before = file.read_bytes() if file.exists() else b""
-        file.write_bytes(change(before) if change else b"beside the export")
+        file.write_bytes(change(before) if change else b"{}")
         assert file.read_bytes() != before
         problem = "is not listed in" if change is None else "is corrupt: its sha256 differs"
         with pytest.raises(ValueError, match=f"{re.escape(str(file))} {problem}.*export the checkpoint again"):

@@ -611,10 +611,13 @@ def test_an_export_without_checksums_whose_weights_do_not_load_is_one_line(tmp_p
 def test_a_file_the_manifest_does_not_list_is_refused(tmp_path: Path, capsys) -> None:
     """Every file of a checked directory's top level must be listed: a manifest that lost an entry left that file
     unchecked, so a changed ``model.safetensors`` loaded without a word (found 2026-12-07), and a file put beside a
-    tag (another run's shard) was read unverified. Results in a subdirectory (``eval/``) are not checked."""
+    tag (another run's shard) was read unverified. Results in a subdirectory (``eval/``) and files no loader reads
+    (a model card, a file manager's) are not checked."""
     out = export_model(MythosLM(small_config()), tmp_path / "export")
     (out / "eval").mkdir()
     (out / "eval" / "results.json").write_text("{}\n")
+    (out / "README.md").write_text("# a model card\n")
+    (out / ".DS_Store").write_bytes(b"\0")
     assert verify_checksums(out)
     (out / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"stray")
     with pytest.raises(CheckpointError, match=r"zero_pp_rank_1_mp_rank_00_optim_states\.pt is not listed in"):

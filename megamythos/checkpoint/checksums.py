@@ -4,11 +4,11 @@
 
 It lists every regular file under the directory (relative POSIX paths) when it is written, except itself; it is
 written last, once the directory is complete. A listed file that is missing, or has another size or sha256, is
-refused by name (:class:`ChecksumError`), as is a file of its top level that it does not list
-(:mod:`megamythos.data.manifest`, which reads and checks a manifest); files added later in subdirectories
-(``eval/`` of an older ``megamythos.inference.evaluate``) are not checked. sha256 (about 1 GB/s on one core with
-SHA extensions; measured in bench/README.md) is computed in 1 MiB chunks, one file after the other; a
-:class:`Team` of ranks shares the files out, each hashing its own.
+refused by name (:class:`ChecksumError`), as is a file of its top level of a kind a loader reads that it does
+not list (:mod:`megamythos.data.manifest`, which reads and checks a manifest); other files (a README) and files
+added later in subdirectories (``eval/`` of an older ``megamythos.inference.evaluate``) are not checked. sha256
+(about 1 GB/s on one core with SHA extensions; measured in bench/README.md) is computed in 1 MiB chunks, one file
+after the other; a :class:`Team` of ranks shares the files out, each hashing its own.
 """
 from __future__ import annotations
 
@@ -162,7 +162,7 @@ def incomplete(tag_dir: Path) -> bool:
 
 
 def verify_checksums(directory: Path, team: Team = ALONE) -> bool:
-    """Check ``directory`` against ``directory/checksums.json``: no file of its top level left out of it, then
+    """Check ``directory`` against ``directory/checksums.json``: no file a loader reads left out of it, then
     every file it lists (sizes first, then hashes); False when there is no manifest. Raises :class:`ChecksumError`
     for an unlisted file, or the first listed file, in path order, that is missing or differs.
 

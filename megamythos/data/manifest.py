@@ -5,9 +5,10 @@ export ships this module beside its modeling code, whose ``from_pretrained`` che
 
     {"algorithm": "sha256", "files": {"model.safetensors": {"size": 25173, "sha256": "9f2c..."}, ...}}
 
-Every regular file of the directory's top level must be listed (a file put beside a checked set, or one whose
-entry was dropped, is refused as unlisted); files in its subdirectories that the manifest does not list are
-results added later (``eval/``) and are not checked.
+Every file of the directory's top level of a kind a loader reads (:data:`READ_SUFFIXES`) must be listed: one put
+beside the checked files, or one whose entry was dropped, is refused as unlisted. Other files (a ``README.md``
+model card, ``.gitattributes``, a file manager's ``.DS_Store``) and files in subdirectories (results added later,
+``eval/``) are not checked.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from megamythos.errors import UserError
 CHECKSUMS_FILE = "checksums.json"
 ALGORITHM = "sha256"
 _CHUNK = 1 << 20
+# what checkpoint and export loaders read: torch archives, JSON records and configs (a PEFT adapter_config.json
+# too, which transformers loads when it finds one), weights, SentencePiece models, modeling code
+READ_SUFFIXES = (".pt", ".json", ".safetensors", ".model", ".py")
 
 
 class ManifestError(UserError, ValueError):
@@ -56,12 +60,13 @@ def read_manifest(path: Path) -> dict[str, Any] | str | None:
 
 
 def unlisted_file(directory: Path, listed: dict[str, Any]) -> tuple[str, str] | None:
-    """(name, problem) of the first regular file of ``directory``'s top level, in name order, that ``listed``
-    leaves out (the manifest itself aside); None also when ``directory`` is gone (its listed files are then
-    reported missing)."""
+    """(name, problem) of the first file of ``directory``'s top level, in name order, of a kind a loader reads
+    (:data:`READ_SUFFIXES`, not hidden) that ``listed`` leaves out (the manifest itself aside); None also when
+    ``directory`` is gone (its listed files are then reported missing)."""
     if not directory.is_dir():
         return None
-    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name not in listed)
+    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.suffix in READ_SUFFIXES
+                   and not p.name.startswith(".") and p.name not in listed)
     stray = next((name for name in names if name != CHECKSUMS_FILE), None)
     return None if stray is None else (stray, f"is not listed in {directory / CHECKSUMS_FILE}, so it cannot be "
                                               "verified (put there after the save, or its entry was removed)")
