@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ class ManifestError(UserError, ValueError):
         self.path, self.problem = path, problem
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of the file at ``path``, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -30,7 +30,8 @@ from megamythos.data.indexed_dataset import (
     dataset_exists,
     idx_path,
 )
-from megamythos.data.tokenizer import Tokenizer, file_sha256
+from megamythos.data.manifest import file_sha256
+from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
 
 RECORD_KEYS = ("vocab_size", "tokenizer_fingerprint", "tokenizer_model")

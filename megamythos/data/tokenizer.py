@@ -22,7 +22,6 @@ are trained (BPE with any thread count; unigram's scores depend on its thread co
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -41,6 +40,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from megamythos.data.atomic import describe_os_error, remove_stale_temps, temp_name
+from megamythos.data.manifest import file_sha256
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -69,15 +69,6 @@ class TokenizerError(UserError, ValueError):
 
 class NoTextError(TokenizerError):
     """The documents given to :func:`train_tokenizer` hold no non-empty text."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (streamed in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _SegmentCache:

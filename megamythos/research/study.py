@@ -276,7 +276,7 @@ def prepare_corpus(corpus: str, work_dir: str, wikitext_dir: str | None) -> str:
 def source_digests(files: Sequence[str]) -> dict[str, str]:
     """{file name: sha256 of its bytes} of a corpus's source files (their folder left out: a moved copy is the
     same corpus)."""
-    from megamythos.data.tokenizer import file_sha256
+    from megamythos.data.manifest import file_sha256
 
     return {os.path.basename(path): file_sha256(path) for path in files}
 
