@@ -87,8 +87,9 @@ SLOW_SECONDS = 0.5
 STRAGGLER_ITERS = STRAGGLER_STEPS + 2
 EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
             "--eval-iters", "1")
-# The module's training runs, name -> (processes, trainer flags, extra environment), all started by ``runs`` in this
-# order (the order the tests read them) and each awaited by the fixture of its name below.
+# The module's training runs, name -> (processes, trainer flags, extra environment: "{out}" in a value is the run's
+# directory), all started by ``runs`` in this order (the order the tests read them) and each awaited by the fixture
+# of its name below.
 RUNS = {
     "zero3": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--save-interval", "2",
                   "--keep-last", "2", "--eval-interval", "4", "--eval-iters", "1", *CHECKPOINT,
@@ -109,7 +110,10 @@ RUNS = {
     "capacity_ref": (1, ("--zero", "0", "--micro-batch-size", "2", "--global-batch-size", "2", *CAPACITY), {}),
     "capacity_tpep": (2, ("--zero", "3", "--tp", "2", "--ep", "2", "--micro-batch-size", "2", "--global-batch-size",
                           "2", *CAPACITY), {}),
-    "ep2_zero0": (2, ("--zero", "0", *EP2_ARGS), {}),  # DeepSpeed keeps its experts in per-expert files
+    # DeepSpeed keeps its experts in per-expert files; the norm of the gradients each step applies is recorded
+    "ep2_zero0": (2, ("--zero", "0", *EP2_ARGS),
+                  {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests' / 'clip_probe'}",
+                   "MEGAMYTHOS_TEST_STEP_NORMS": "{out}/step_norms.txt"}),
     "straggler": (2, ("--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2", "--train-iters",
                       str(STRAGGLER_ITERS)),
                   {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests' / 'slow_rank'}", "MEGAMYTHOS_TEST_SLOW_RANK": "1",
@@ -126,7 +130,7 @@ def runs(tiny_run_started, launches: LaunchPool, tmp_path_factory, corpus) -> di
     dirs = {}
     for name, (nproc, flags, extra_env) in RUNS.items():
         out = dirs[name] = tmp_path_factory.mktemp(name)
-        env = {**launch_env(), **extra_env} if extra_env else None
+        env = {**launch_env(), **{k: v.replace("{out}", str(out)) for k, v in extra_env.items()}} if extra_env else None
         if name == "ep2_apex_eval2":
             (out / "apex" / "optimizers").mkdir(parents=True)
             (out / "apex" / "__init__.py").write_text("")
@@ -305,6 +309,19 @@ def test_validation_leaves_the_expert_counts_alone(ep2, ep2_apex_eval2):
                 if "moe/mean-load" in m}
 
     assert loads(ep2_apex_eval2) == loads(ep2) and len(loads(ep2)) == ITERS
+
+
+def test_zero0_in_fp32_clips_by_the_global_gradient_norm_under_expert_parallelism(runs, launches):
+    """ZeRO-0 in fp32 with AutoEP 2 (dp 2): before every step the optimizer holds the gradients clipped by the whole
+    model's norm, the ``grad-norm`` the step logs (each expert counted once): norm x min(1, clip / (norm + 1e-6)).
+    Found 2026-12-07: DeepSpeed's engine clipped there by the mean of the two ranks' own norms, each without the
+    other rank's experts (1.48695 for a norm of 1.48725), so the steps applied gradients of norm up to 1.00024."""
+    run_dir = finished(runs, launches, "ep2_zero0")
+    norms = [m["grad-norm"] for m in metrics(run_dir / "metrics.jsonl") if "grad-norm" in m]
+    applied = [float(line) for line in (run_dir / "step_norms.txt").read_text().split()]
+    assert len(norms) == len(applied) == ITERS
+    assert sum(norm > 1 for norm in norms) >= ITERS // 2, norms  # --clip-grad 1 (the default) clips these steps
+    assert applied == pytest.approx([norm * min(1.0, 1.0 / (norm + 1e-6)) for norm in norms], rel=1e-6, abs=0)
 
 
 def test_tensor_parallel_matches_no_tensor_parallel(ref, tp2):

@@ -12,8 +12,8 @@ package holds everything that depends on DeepSpeed's contract:
 - under ZeRO-3, after it: :func:`replicate_recurrent_core` bounds how often the shared recurrent block is
   gathered per step (see :mod:`.zero`);
 - at each step where DeepSpeed computes no gradient norm (ZeRO-0 in fp32): :func:`global_grad_norm`, which counts
-  each AutoTP shard and AutoEP expert once; under ``--log-params-norm``: :func:`params_norm`, which also counts
-  each ZeRO-3 partition once (both :func:`distributed_norm`).
+  each AutoTP shard and AutoEP expert once, and :func:`clip_gradients` by it; under ``--log-params-norm``:
+  :func:`params_norm`, which also counts each ZeRO-3 partition once (both :func:`distributed_norm`).
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from megamythos.parallel.zero import replicate_recurrent_core
 from megamythos.runtime.device import collective_device
 
 __all__ = ["MOE_LAYER_PATTERN", "TP_COLUMN_PATTERNS", "TP_ROW_PATTERNS", "adapt_engine_module",
-           "autoep_to_model_names", "ds_config_sections", "global_grad_norm", "params_norm", "replicate_recurrent_core"]
+           "autoep_to_model_names", "clip_gradients", "ds_config_sections", "global_grad_norm", "params_norm",
+           "replicate_recurrent_core"]
 
 
 def ds_config_sections(config: ModelConfig, tp: int, ep: int, ep_template: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,6 +98,19 @@ def global_grad_norm(params: Iterable[nn.Parameter], world: int, tp: int, ep: in
     when the data-parallel gradients are reduced, and before ``engine.step()`` clips and zeroes them. The ranks
     that hold a parameter (:func:`copies`) hold the same gradient for it (:func:`distributed_norm`)."""
     return distributed_norm(((p.grad, copies(p, world, tp, ep)) for p in params), world)
+
+
+def clip_gradients(params: Iterable[nn.Parameter], norm: float, max_norm: float) -> None:
+    """Scale the ``.grad`` of ``params`` by min(1, max_norm / (norm + 1e-6)), the rule of DeepSpeed's and torch's
+    ``clip_grad_norm_``, with ``norm`` the whole model's gradient norm (:func:`global_grad_norm`): every rank scales
+    by the same factor. ``max_norm`` 0: no clipping.
+
+    Where the trainer computes the norm (ZeRO-0 in fp32) it clips by it too: DeepSpeed's engine there clips by the
+    mean over the data-parallel ranks of each rank's own gradient norm, which under AutoEP leaves out the experts
+    the other ranks hold (``ds_config.trainer_clips``)."""
+    scale = max_norm / (norm + 1e-6)
+    if max_norm > 0 and scale < 1:
+        torch._foreach_mul_([p.grad for p in params if p.grad is not None], scale)
 
 
 def local_weights(p: nn.Parameter, world: int, tp: int, ep: int) -> tuple[torch.Tensor, int]:

@@ -139,6 +139,15 @@ def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
     return bool(args.bf16 if args.bf16 is not None else template.get("bf16", {}).get("enabled", False))
 
 
+def trainer_clips(layout: ParallelLayout, bf16: bool) -> bool:
+    """Whether the trainer, not DeepSpeed, measures the gradient norm and clips by it (ZeRO-0 in fp32, DeepSpeed's
+    plain optimizer; its ``gradient_clipping`` is then written as 0). DeepSpeed computes no norm there, and its
+    engine clips by the mean over the data-parallel ranks of each rank's local norm: under AutoEP a norm without
+    the other ranks' experts, so the clipping differs from one process's (EP 2: 1.48695 where the norm is 1.48725).
+    The trainer's :func:`megamythos.parallel.global_grad_norm` counts each AutoTP shard and AutoEP expert once."""
+    return layout.zero == 0 and not bf16
+
+
 def check_compile(args: TrainArgs, layout: ParallelLayout, bf16: bool) -> None:
     """Refuse, before start-up, a ``--compile`` run that Dynamo cannot trace (AutoEP's expert matmul,
     ``torch._grouped_mm``, used when ``--ep`` > 1, accepts only bf16 inputs under fake tensors)."""
@@ -180,7 +189,8 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
     # The number of distinct samples per step is layout.global_batch_size = micro x accum x dp.
     ds.pop("train_batch_size", None)
     ds.setdefault("steps_per_print", 10**9)  # our own log line replaces DeepSpeed's
-    ds["gradient_clipping"] = args.clip_grad
+    bf16 = bf16_enabled(template, args)
+    ds["gradient_clipping"] = 0.0 if trainer_clips(layout, bf16) else args.clip_grad
     # AdamW from the template's implementation choice (e.g. "torch_adam" on CPU), hyper-parameters from us.
     ds["optimizer"] = {"type": "AdamW", "params": {
         **template.get("optimizer", {}).get("params", {}), "lr": args.lr, "betas": [args.adam_beta1, args.adam_beta2],
@@ -193,7 +203,7 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
     ds["zero_optimization"].pop("leaf_module", None)
     if layout.leaf_blocks:
         ds["zero_optimization"]["leaf_module"] = leaf_blocks_section()
-    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16_enabled(template, args)}
+    ds["bf16"] = {**ds.get("bf16", {}), "enabled": bf16}
     ds.pop("fp16", None)
     ds.pop("tensor_parallel", None)
     ds.update(ds_config_sections(config, layout.tp, layout.ep, ep_template=ds.pop("expert_parallel", {})))

@@ -65,7 +65,13 @@ from megamythos.model.moe import (
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
 from megamythos.model.row_layout import PackedDocuments
-from megamythos.parallel import adapt_engine_module, global_grad_norm, params_norm, replicate_recurrent_core
+from megamythos.parallel import (
+    adapt_engine_module,
+    clip_gradients,
+    global_grad_norm,
+    params_norm,
+    replicate_recurrent_core,
+)
 from megamythos.planning.memory import check_startup_memory
 from megamythos.runtime.device import collective_device, device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
@@ -94,6 +100,7 @@ from megamythos.training.ds_config import (
     check_zero_options,
     load_template,
     resolve_layout,
+    trainer_clips,
 )
 from megamythos.training.monitor import (
     StepProfiler,
@@ -294,8 +301,8 @@ class Trainer:
             self.dp_rank, self.dp_size = self.rank, self.world
         autoep_layers = adapt_engine_module(self.engine.module, self.config, tp_group)
         # DeepSpeed's get_global_grad_norm() passes on its optimizer's norm: its ZeRO, bf16 and fp16 wrappers compute
-        # one, the plain optimizer of ZeRO-0 in fp32 none (not even when it clips), so there the trainer computes it
-        self.own_grad_norm = not hasattr(self.engine.optimizer, "_global_grad_norm")
+        # one, the plain optimizer of ZeRO-0 in fp32 none, so there the trainer computes it, and clips by it
+        self.own_grad_norm = trainer_clips(self.layout, bf16)
         if self.layout.replicate_core:
             replicate_recurrent_core(self.engine)
         if args.compile:
@@ -709,10 +716,12 @@ class Trainer:
             discarded = self.engine.skipped_steps
             self.engine.backward(loss)
             left_out = False
-            if boundary and self.own_grad_norm:  # the reduced gradients, before step() clips and zeroes them
+            if boundary and self.own_grad_norm:  # the reduced gradients, before step() updates and zeroes them
                 grad_norm = global_grad_norm(self.engine.module.parameters(), self.world, self.layout.tp,
                                              self.layout.ep)
                 left_out = not math.isfinite(grad_norm)  # ZeRO's optimizers discard such a step, this one not
+                if not left_out:
+                    clip_gradients(self.engine.module.parameters(), grad_norm, self.args.clip_grad)
             with optimizer_update_left_out(self.engine.optimizer, left_out):
                 self.engine.step()
             lm.append(out.loss.item())
