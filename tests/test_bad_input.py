@@ -701,6 +701,8 @@ def test_a_ds_config_whose_batch_sizes_disagree_is_refused(tmp_path: Path) -> No
      "trainer flags after -- (--seq-length, --ep=2, max_seq_len=9000) would change what this plan checked"),
     # found 2026-12-06: the trainer now refuses ZeRO-0 with tensor parallelism in bf16, the command's precision
     (["--zero", "0", "--tp", "2", "--ds-config", "{ds}"], "--zero 0 with --tp 2: the printed command trains in bf16"),
+    # found 2026-12-07: and ZeRO-0 with expert parallelism in bf16
+    (["--zero", "0", "--ep", "8", "--ds-config", "{ds}"], "--zero 0 with --ep 8: the printed command trains in bf16"),
 ])
 def test_a_planned_command_that_would_train_something_else_is_refused(argv: list[str], message: str, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:

@@ -226,26 +226,30 @@ def test_compile_with_autoep_in_fp32_is_refused():
     check_compile(parse_args(["--compile", "--no-bf16"]), resolve_layout(template, parse_args([]), 2), False)
 
 
-def test_zero0_in_bf16_with_tensor_parallelism_is_refused(tmp_path):
+def test_zero0_in_bf16_with_tensor_or_expert_parallelism_is_refused(tmp_path):
     """DeepSpeed's ZeRO-0 bf16 optimizer clips with tensor-parallel rank 0's share of the gradient norm (found
-    2026-12-06: `--zero 0 --tp 2` trained and logged grad norm 1.007 where ZeRO-1 and one process give 1.020).
-    The launcher's preflight refuses it before DeepSpeed starts, as it does --compile with AutoEP in fp32."""
+    2026-12-06: `--zero 0 --tp 2` trained and logged grad norm 1.007 where ZeRO-1 and one process give 1.020), and
+    without the AutoEP experts' gradients (found 2026-12-07: `--zero 0 --ep 2` logged and clipped by 1.45951 where
+    the norm, and ZeRO-1's, is 1.4602). The launcher's preflight refuses both before DeepSpeed starts, as it does
+    --compile with AutoEP in fp32."""
     from megamythos.training.ds_config import bf16_enabled, check_precision
     from megamythos.training.launch import preflight
 
     template = load_template(REPO / "ds_configs" / "cpu-debug.json")
-    for argv, refused in ((["--zero", "0", "--tp", "2"], True), (["--zero", "0", "--tp", "2", "--no-bf16"], False),
-                          (["--zero", "1", "--tp", "2"], False), (["--zero", "0"], False)):
+    for argv, refused in ((["--zero", "0", "--tp", "2"], "--tp 2"), (["--zero", "0", "--tp", "2", "--no-bf16"], None),
+                          (["--zero", "1", "--tp", "2"], None), (["--zero", "0"], None),
+                          (["--zero", "0", "--ep", "2"], "--ep 2"), (["--zero", "0", "--ep", "2", "--no-bf16"], None),
+                          (["--zero", "1", "--ep", "2"], None)):
         args = parse_args(argv)
         layout = resolve_layout(template, args, 2)
         if refused:
-            with pytest.raises(ArgumentError, match=r"^--zero 0 with --tp 2 in bf16: .* use --zero 1 \(or 2, 3\), or "
-                                                    r"--no-bf16$"):
+            with pytest.raises(ArgumentError, match=rf"^--zero 0 with {refused} in bf16: .* use --zero 1 \(or 2, 3\), "
+                                                    r"or --no-bf16$"):
                 check_precision(layout, bf16_enabled(template, args))
         else:
             check_precision(layout, bf16_enabled(template, args))
-    for argv in (["--zero", "0", "--tp", "2"], ["--compile", "--ep", "2", "--no-bf16"]):
-        with pytest.raises(ArgumentError, match="--zero 0 with --tp 2 in bf16|--compile with --ep > 1 needs --bf16"):
+    for argv in (["--zero", "0", "--tp", "2"], ["--zero", "0", "--ep", "2"], ["--compile", "--ep", "2", "--no-bf16"]):
+        with pytest.raises(ArgumentError, match="--zero 0 with --(tp|ep) 2 in bf16|--compile with --ep > 1 needs "):
             preflight([*argv, "--save", str(tmp_path / "run")], world_size=2)
 
 

@@ -192,6 +192,10 @@ def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: in
         raise LayoutError(f"--zero 0 with --tp {layout.tp}: the printed command trains in bf16, where the trainer "
                           "refuses ZeRO-0 with tensor parallelism (DeepSpeed's optimizer there clips with one "
                           "tensor-parallel rank's share of the gradient norm); plan --zero 1 (or 2, 3)")
+    if layout.zero == 0 and layout.ep > 1:
+        raise LayoutError(f"--zero 0 with --ep {layout.ep}: the printed command trains in bf16, where the trainer "
+                          "refuses ZeRO-0 with expert parallelism (DeepSpeed's optimizer there leaves the experts out "
+                          "of the gradient norm it clips with); plan --zero 1 (or 2, 3)")
     nodes = max(1, layout.world_size // args.gpus_per_node)
     longer = seq_len > get_preset(args.preset).max_seq_len
     cmd = ["deepspeed", "--hostfile", args.hostfile, "--num_nodes", str(nodes), "--num_gpus",
