@@ -64,6 +64,15 @@ def assert_same_losses(run_dir: Path, ref_dir: Path, tol: float = TOL) -> None:
     assert max(diffs.values()) <= tol, f"loss differences per iteration: {diffs}"
 
 
+def assert_same_grad_norms(run_dir: Path, ref_dir: Path, rel: float = 1e-4) -> None:
+    """The ``grad-norm`` of every step (the norm DeepSpeed clips by) equals the reference's: each AutoTP shard, ZeRO-3
+    partition and AutoEP expert counted once (ZeRO-0 bf16 under TP counted one rank's shards: 1.007 for 1.020)."""
+    got, want = (sorted((m["iteration"], m["grad-norm"]) for m in metrics(d / "metrics.jsonl") if "grad-norm" in m)
+                 for d in (run_dir, ref_dir))
+    assert [i for i, _ in got] == [i for i, _ in want] == list(range(1, ITERS + 1))
+    assert [n for _, n in got] == pytest.approx([n for _, n in want], rel=rel)
+
+
 STAND_IN_APEX = '''"""A stand-in for NVIDIA apex (CUDA only): FusedAdam's constructor, torch's fused AdamW on CPU."""
 import torch
 
@@ -278,6 +287,7 @@ def test_zero3_two_ranks_matches_zero0_one_rank(ref, zero3):
     """Also: ZeRO-3 sees every tensor the model returns (NamedTuple outputs, no unknown output types) and
     fetches every parameter the model uses within a module call (none is read outside its forward)."""
     assert_same_losses(zero3, ref)
+    assert_same_grad_norms(zero3, ref)
     assert "unknown inputs or outputs type" not in (zero3 / "log.txt").read_text()
 
 
@@ -285,6 +295,7 @@ def test_expert_parallel_matches_no_expert_parallel(ref, ep2):
     assert "tp 1, ep 2, dp 2" in (ep2 / "log.txt").read_text()
     assert "1 AutoEP layer(s)" in (ep2 / "log.txt").read_text()
     assert_same_losses(ep2, ref, tol=EP_TOL)
+    assert_same_grad_norms(ep2, ref, rel=1e-3)
 
 
 def test_apex_adam_is_handed_to_deepspeed_with_expert_groups(ep2, ep2_apex_eval2):
@@ -327,12 +338,14 @@ def test_zero0_in_fp32_clips_by_the_global_gradient_norm_under_expert_parallelis
 def test_tensor_parallel_matches_no_tensor_parallel(ref, tp2):
     assert "tp 2, ep 1, dp 1, ZeRO-3, micro 1 x accum 2" in (tp2 / "log.txt").read_text()
     assert_same_losses(tp2, ref)
+    assert_same_grad_norms(tp2, ref)
 
 
 def test_tensor_and_expert_parallel_folded_matches(ref, tpep):
     assert "tp 2, ep 2, dp 1" in (tpep / "log.txt").read_text()
     assert "1 AutoEP layer(s)" in (tpep / "log.txt").read_text()
     assert_same_losses(tpep, ref, tol=EP_TOL)
+    assert_same_grad_norms(tpep, ref, rel=1e-3)
 
 
 @requires_grouped_mm
