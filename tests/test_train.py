@@ -230,7 +230,7 @@ def test_zero0_in_bf16_with_tensor_or_expert_parallelism_is_refused(tmp_path):
     """DeepSpeed's ZeRO-0 bf16 optimizer clips with tensor-parallel rank 0's share of the gradient norm (found
     2026-12-06: `--zero 0 --tp 2` trained and logged grad norm 1.007 where ZeRO-1 and one process give 1.020), and
     without the AutoEP experts' gradients (found 2026-12-07: `--zero 0 --ep 2` logged and clipped by 1.45951 where
-    the norm, and ZeRO-1's, is 1.4602). The launcher's preflight refuses both before DeepSpeed starts, as it does
+    the norm is 1.46020; ZeRO-1 logs 1.46038). The launcher's preflight refuses both before DeepSpeed starts, as it does
     --compile with AutoEP in fp32."""
     from megamythos.training.ds_config import bf16_enabled, check_precision
     from megamythos.training.launch import preflight

@@ -161,8 +161,9 @@ def check_precision(layout: ParallelLayout, bf16: bool) -> None:
     (``FP16_UnfusedOptimizer``) takes the gradient norm of a flattened copy of each group, which no longer says which
     weights AutoTP sharded: tensor-parallel rank 0's gradients stand for the whole group, so clipping, the logged
     grad-norm and the non-finite check leave out the other ranks' shards (TP 2: 1.007 where ZeRO-1 and one process
-    give 1.020). It leaves AutoEP's expert gradients out of the norm altogether (EP 2: 1.45951 where the norm, and
-    ZeRO-1's, is 1.4602). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count every shard and expert once."""
+    give 1.020). It leaves AutoEP's expert gradients out of the norm altogether (EP 2: 1.45951 where the norm is
+    1.46020; ZeRO-1 logs 1.46038). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count every shard and
+    expert once."""
     if bf16 and layout.zero == 0 and layout.tp > 1:
         raise ArgumentError(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
                             "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its "
