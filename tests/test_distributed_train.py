@@ -344,6 +344,8 @@ def test_tensor_parallel_matches_no_tensor_parallel(ref, tp2):
 def test_tensor_and_expert_parallel_folded_matches(ref, tpep):
     assert "tp 2, ep 2, dp 1" in (tpep / "log.txt").read_text()
     assert "1 AutoEP layer(s)" in (tpep / "log.txt").read_text()
+    # DeepSpeed cannot convert its checkpoints (test_elastic.py): the run says so before its first step
+    assert "cannot convert a ZeRO-3 checkpoint of --tp 2 with --ep 2" in (tpep / "log.txt").read_text()
     assert_same_losses(tpep, ref, tol=EP_TOL)
     assert_same_grad_norms(tpep, ref, rel=1e-3)
 

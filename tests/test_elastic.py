@@ -191,3 +191,31 @@ def test_a_conversion_into_a_read_only_load_without_save_is_one_line(tmp_path: P
     with read_only(ckpt, monkeypatch), pytest.raises(CheckpointError, match=refusal):
         universal_tag(ckpt, LAYOUTS["2 ranks ep2"][2], 3, 0, ModelConfig())
     assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
+
+
+def test_a_zero3_checkpoint_of_tp_and_ep_folded_is_refused_where_deepspeed_cannot_convert_it(tmp_path: Path) -> None:
+    """DeepSpeed's ds_to_universal raises NotImplementedError for a ZeRO-3 checkpoint of AutoTP and AutoEP folded
+    onto the same ranks; found 2026-12-07: a resume on another layout, export, evaluate and generate printed its
+    traceback under one line. Each is now one line saying so, before anything is converted or written."""
+    import torch
+
+    from megamythos.checkpoint.checksums import write_checksums
+    from megamythos.checkpoint.reader import load_checkpoint_weights
+
+    ckpt = tmp_path / "ckpt"
+    tag = ckpt / f"iter_{STOP:07d}"
+    tag.mkdir(parents=True)
+    (ckpt / "latest").write_text(tag.name)
+    (tag / "train_args.json").write_text(json.dumps({"layout": {"world_size": 2, "tp": 2, "ep": 2},
+                                                      "zero_stage": 3}))
+    (tag / "model_config.json").write_text(ModelConfig().to_json())
+    for name in ("zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        torch.save({}, tag / name)
+    write_checksums(tag)
+    before = sorted(p.name for p in ckpt.iterdir())
+    cannot = "DeepSpeed's ds_to_universal cannot convert a ZeRO-3 checkpoint of --tp 2 with --ep 2"
+    with pytest.raises(CheckpointError, match=f"; this run is .*, and {cannot} .*: resume it on its own layout"):
+        universal_tag(ckpt, LAYOUTS["1 rank"][2], 3, 0, ModelConfig())
+    with pytest.raises(CheckpointError, match=f"cannot be read as a whole model: {cannot} .*; it resumes only on"):
+        load_checkpoint_weights(tag, tmp_path / "work")
+    assert sorted(p.name for p in ckpt.iterdir()) == before and not (tmp_path / "work").exists()

@@ -126,6 +126,17 @@ def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
     return record.get("layout"), record.get("zero_stage")
 
 
+def unconvertible_layout(layout: dict[str, int] | None, zero_stage: int | None) -> str | None:
+    """Why DeepSpeed's ``ds_to_universal`` (0.19) cannot convert a checkpoint of ``layout`` (``{"world_size", "tp",
+    "ep"}``) and ZeRO stage, or None: under ZeRO-3 with AutoTP and AutoEP folded onto the same ranks it cannot tell
+    the expert files of the tensor-parallel ranks apart (``NotImplementedError``). Such a checkpoint resumes only on
+    its own layout; exporting, evaluating, generating from and fine-tuning from it need the conversion."""
+    if layout and zero_stage == 3 and layout.get("tp", 1) > 1 and layout.get("ep", 1) > 1:
+        return (f"DeepSpeed's ds_to_universal cannot convert a ZeRO-3 checkpoint of --tp {layout['tp']} with --ep "
+                f"{layout['ep']} (AutoTP and AutoEP folded)")
+    return None
+
+
 def disk_size(n: float) -> str:
     """``n`` bytes in TB, GB or MB, to three significant digits (``67.1 MB``: a tiny model's checkpoint is not
     ``0.1 GB`` beside ``0.1 GB`` free)."""

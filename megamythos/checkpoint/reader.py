@@ -37,6 +37,8 @@ from megamythos.checkpoint.files import (
     disk_full,
     disk_size,
     read_latest,
+    saved_layout,
+    unconvertible_layout,
 )
 from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import ModelConfig
@@ -128,6 +130,9 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     client = _client_state(tag_dir)
     if any(tag_dir.glob(ZERO_OPTIM_SHARDS)):
+        if why := unconvertible_layout(*saved_layout(tag_dir)):
+            raise CheckpointError(f"{tag_dir} cannot be read as a whole model: {why}; it resumes only on the layout "
+                                  "that saved it")
         state = autoep_to_model_names(_universal_state_dict(tag_dir, workdir))
     elif len(list(tag_dir.glob("mp_rank_*_model_states.pt"))) == 1:
         state = _zero0_module_state(tag_dir, client["module"])

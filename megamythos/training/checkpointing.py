@@ -60,6 +60,7 @@ from megamythos.checkpoint.files import (
     saved_layout,
     tag_for,
     tags_by_iteration,
+    unconvertible_layout,
     write_atomic,
     write_tokenizer_files,
 )
@@ -481,6 +482,9 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
             f"checkpoint {where} was written on layout {saved}{stage}; this run is {layout} with "
             f"ZeRO-{zero_stage}, and resuming on another layout works only between ZeRO-3 runs: resume it on its "
             f"own layout (same number of processes, --tp and --ep) with --zero {saved_stage or zero_stage}")
+    if why := unconvertible_layout(saved, saved_stage):
+        raise CheckpointError(f"checkpoint {where} was written on layout {saved}; this run is {layout}, and {why}: "
+                              "resume it on its own layout (same number of processes, --tp and --ep)")
     autoep = layout["ep"] > 1  # AutoEP replaces the MoE layers only when ep > 1: other parameter names
     target = Path(into or load_dir) / f"{tag}{UNIVERSAL_SUFFIX}_{'autoep' if autoep else 'model'}"
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",

@@ -34,7 +34,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from megamythos.checkpoint.files import read_latest, read_train_record
+from megamythos.checkpoint.files import read_latest, read_train_record, unconvertible_layout
 from megamythos.checkpoint.reader import load_state
 from megamythos.data.default_corpus import ensure_default_dataset
 from megamythos.data.gpt_dataset import samples_per_epoch
@@ -252,6 +252,10 @@ class Trainer:
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed(args.distributed_timeout_minutes)
+        if (why := unconvertible_layout(self.layout_record(), self.layout.zero)) and self.rank == 0:
+            logger.warning("%s: this run's checkpoints will resume only on this layout, and export, evaluate, generate "
+                           "and --finetune cannot read them; train without --tp or without --ep for a model to "
+                           "export", why)
         self.resume_from, self.finetune_from = run_sources(args.save, args.load, args.finetune)
         if self.resume_from and self.world > 1:
             verify_resume(self.resume_from)
