@@ -1096,6 +1096,48 @@ def test_a_long_first_step_says_what_it_is_doing(caplog):
     assert not caplog.records  # it stops with the block
 
 
+def test_only_the_first_step_of_a_launch_is_announced_as_compiling(monkeypatch):
+    """Under --compile only a launch's first step compiles: the steps after its periodic saves do not, and must
+    not be announced as "compiling the first step" (at a large model's minutes per step, a line every 10 s after
+    each save). The trainer's loop runs for real; the step, the saves and the engine are stand-ins."""
+    from contextlib import nullcontext
+
+    from megamythos.training import pretrain
+    from megamythos.training.divergence import DivergenceGuard
+    from megamythos.training.signals import NonFiniteGuard
+
+    trainer = pretrain.Trainer.__new__(pretrain.Trainer)
+    trainer.args = parse_args(["--compile", "--save-interval", "2", "--eval-interval", "0"])
+    trainer.iteration, trainer.consumed, trainer.total_iters, trainer.rank, trainer.saved_order = 0, 0, 6, 0, None
+    trainer.layout = types.SimpleNamespace(micro_batch_size=1)
+    trainer.dp_rank, trainer.dp_size = 0, 1
+    trainer.schedule = types.SimpleNamespace(warmup_warning=lambda: None)
+    trainer.engine = types.SimpleNamespace(train=lambda: None)
+    trainer.monitor = types.SimpleNamespace(close=lambda: None)
+    trainer.guard, trainer.divergence = NonFiniteGuard(5), DivergenceGuard(97, 0, 0, 1, 1)
+    saved = []
+    trainer.datasets = lambda: (None, None, None)
+    trainer.evaluate_at_end = lambda *args: None
+
+    def train_step(data):
+        trainer.iteration += 1
+        return {"lm_loss": 1.0}
+
+    trainer.train_step, trainer.log_step = train_step, lambda step, seconds: None
+    trainer.save_or_stop = lambda signals, due: (due and not saved.append(trainer.iteration), False, False)
+    announced = []  # the steps run inside still_working
+
+    def still_working(what):
+        announced.append(trainer.iteration + 1)
+        return nullcontext()
+
+    monkeypatch.setattr(pretrain, "still_working", still_working)
+    monkeypatch.setattr(pretrain, "batches", lambda *args: iter(()))
+    monkeypatch.setattr(pretrain, "GracefulExit", lambda minutes: types.SimpleNamespace(restore=lambda: None))
+    assert trainer.run() == 0
+    assert saved == [2, 4, 6] and announced == [1]
+
+
 def test_a_persistently_slow_rank_is_named_once_with_its_host(caplog):
     """Megatron's straggler detector names the slow rank and its host. Min and max over ranks of the step compute
     time, the rank of the max; a warning once the same rank stays 1.25x the fastest for 10 steps in a row, and

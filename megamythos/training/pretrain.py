@@ -846,16 +846,18 @@ class Trainer:
         signals = GracefulExit(self.args.exit_duration_in_mins)
         self.engine.train()
         saved_at, save_due = self.iteration, False
+        # the launch's first step compiles the blocks under --compile; a save or a rollback compiles nothing again
+        first_step = True
         profiler = StepProfiler(self.args.profile_dir, self.args.profile_step_start, self.args.profile_step_end,
                                 self.rank) if self.args.profile_dir and self.rank == 0 else None
         try:
             while self.iteration < self.total_iters:
                 start = time.perf_counter()
-                first_compiled = self.args.compile and self.iteration == saved_at
                 if profiler:
                     profiler.before_step(self.iteration + 1)
-                with still_working("compiling the first step") if first_compiled else nullcontext():
+                with still_working("compiling the first step") if self.args.compile and first_step else nullcontext():
                     step = self.train_step(data)
+                first_step = False
                 if profiler:
                     profiler.after_step(self.iteration)
                 self.log_step(step, time.perf_counter() - start)
