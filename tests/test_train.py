@@ -1209,6 +1209,41 @@ def test_records_after_the_resume_point_are_cut_from_the_end_of_a_long_metrics_f
     assert drop_records_after(path, 10000) == 0 and path.read_text() == kept
 
 
+def test_an_event_file_with_nothing_past_the_resume_point_is_read_from_its_end_only(tmp_path, monkeypatch):
+    """Found 2026-12-07: every resume (and rollback) parsed every TensorBoard event the run had ever logged to find
+    what to cut, a resume time that grows with the run (2.2 KB and 59 us per step of the tiny preset: a minute per
+    1M steps). An earlier launch's file whose last summary is at or before the resume point has nothing to drop
+    and is read from its end only; a file with steps past it is still cut there, and a cut last record (a killed
+    writer) still sends its file through the whole scan."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    from megamythos.training.monitor import TrainingMonitor, drop_events_after, last_event
+
+    tb = tmp_path / "tb"
+    for steps in (range(1, 101), range(101, 121)):  # an earlier launch's file, then the killed launch's
+        monitor = TrainingMonitor(True, str(tb), None, start_iteration=steps[0] - 1)
+        for iteration in steps:
+            monitor.scalars({"lm loss": 1.0}, iteration, iteration)
+        monitor.close()
+    earlier, killed = sorted(tb.glob("events.out.tfevents.*"), key=lambda path: int(path.name.rsplit(".", 1)[1]))
+    kept = earlier.read_bytes()
+    parsed = []
+    parse = Event.FromString
+    monkeypatch.setattr(Event, "FromString", staticmethod(lambda data: parsed.append(len(data)) or parse(data)))
+    assert drop_events_after(tb, 110) > 0
+    assert earlier.read_bytes() == kept and len(parsed) < 40  # the killed launch's 21 records, 1 of the earlier's
+    with open(killed, "rb") as handle:
+        assert last_event(handle).step == 110
+    at = 0
+    while at < len(kept):  # TFRecord: u64 length, u32 CRC, data, u32 CRC
+        last, at = at, at + 16 + int.from_bytes(kept[at:at + 8], "little")
+    with open(earlier, "ab") as handle:
+        handle.write(kept[last:last + 20])  # a record cut by a killed writer
+    with open(earlier, "rb") as handle:
+        assert last_event(handle) is None
+    assert drop_events_after(tb, 50) > 0 and earlier.stat().st_size < len(kept)
+
+
 def test_tensorboard_shows_each_step_once_after_a_fresh_start_or_a_rollback(tmp_path):
     """Found 2026-12-06: a fresh run in a folder where an earlier launch had logged (and saved nothing) showed
     both curves over the same steps, and a rollback's retrained steps were drawn backwards over the ones it
