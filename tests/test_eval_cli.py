@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from megamythos.checkpoint.export import main as export_main
+from megamythos.data.manifest import file_sha256
 from megamythos.inference.evaluate import EvalConfig, heldout_batches, parse_args
 from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import TextStreamer
@@ -200,16 +201,19 @@ def test_tokenizer_mismatch_is_refused_by_both_clis(tiny_checkpoint, other_token
         assert code == 2 and recorded in err and "use the tokenizer the model was trained with" in err, err
         assert "Traceback" not in err
 
-    # a dataset whose record names another tokenizer
+    # a dataset whose record names another tokenizer (its copy beside it, as preprocessing with it leaves them)
     prefix = next(corpus.glob("*_text_document.bin")).with_suffix("")
     copy = tmp_path / "data" / prefix.name
     copy.parent.mkdir()
-    for ext in (".bin", ".idx", ".tokenizer.model"):
+    for ext in (".bin", ".idx"):
         shutil.copy(f"{prefix}{ext}", f"{copy}{ext}")
+    shutil.copy(other_tokenizer, f"{copy}.tokenizer.model")
+    other = file_sha256(other_tokenizer)
     record = json.loads(Path(f"{prefix}.json").read_text())
-    Path(f"{copy}.json").write_text(json.dumps({**record, "tokenizer_fingerprint": "0" * 64}))
+    Path(f"{copy}.json").write_text(json.dumps({**record, "tokenizer_model": f"{copy}.tokenizer.model",
+                                                "tokenizer_fingerprint": other}))
     code, _, err = cli(evaluate_main, [*evaluate, "--data-path", str(copy)], capsys)
-    assert code == 2 and "0" * 64 in err and recorded in err and "tokenised with the model's tokenizer" in err, err
+    assert code == 2 and other in err and recorded in err and "tokenised with the model's tokenizer" in err, err
 
     # without a record (as Megatron writes datasets): accepted with a warning
     Path(f"{copy}.json").unlink()
