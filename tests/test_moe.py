@@ -1,12 +1,15 @@
 """MoE: sorted dispatch against a per-expert reference, routing rules, aux-loss-free balancing."""
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import megamythos.model.moe as moe_module
-from megamythos.model.config import ConfigError
+from megamythos.model.config import ModelConfig
 from megamythos.model.moe import (
     BalanceLoss,
     MoE,
@@ -16,6 +19,7 @@ from megamythos.model.moe import (
     route,
     update_expert_bias,
 )
+from megamythos.training.arguments import ArgumentError, parse_args
 from tests.helpers import small_config
 
 
@@ -128,10 +132,14 @@ def test_counts_only_in_training_and_bias_state_round_trip() -> None:
 
 def test_top1_routing_refuses_renormalised_weights_that_leave_the_router_untrained() -> None:
     """route_norm renormalises the K routed weights to sum 1: at K = 1 the one weight is 1 whatever the scores, so
-    the router got no gradient from the loss, silently (found 2026-12-07). Refused naming route_norm; top-1 with
-    the raw score as its weight (Switch-style) trains the router."""
-    with pytest.raises(ConfigError, match=r"ModelConfig\.route_norm=True is invalid: with num_experts_per_tok=1"):
-        small_config(num_experts_per_tok=1)
+    the router got no gradient from the loss, silently (found 2026-12-07). A training run is refused naming
+    route_norm, but the config still loads: a model trained so before computes with weight 1, which route_norm
+    false would change, so its checkpoints and exports must stay readable. Top-1 with the raw score as its weight
+    (Switch-style) trains the router."""
+    with pytest.raises(ArgumentError, match=r"num_experts_per_tok=1\) with route_norm=true"):
+        parse_args(["--override", "num_experts_per_tok=1"]).model_config()
+    saved = small_config(num_experts_per_tok=1)
+    assert ModelConfig.from_json(json.dumps(dataclasses.asdict(saved))).route_norm
     moe = MoE(small_config(num_experts_per_tok=1, route_norm=False, seq_aux_loss_coef=0.0))
     for param in moe.parameters():
         torch.nn.init.normal_(param, std=0.05)

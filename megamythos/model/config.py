@@ -160,9 +160,6 @@ class ModelConfig:
                  "choose 'softmax' or 'sigmoid'")
         _require(self.num_experts_per_tok <= self.n_experts, "num_experts_per_tok", self.num_experts_per_tok,
                  f"top-k cannot exceed n_experts={self.n_experts}")
-        _require(not (self.route_norm and self.num_experts_per_tok == 1), "route_norm", self.route_norm,
-                 "with num_experts_per_tok=1 renormalising the one routed weight makes it 1, so the router would get "
-                 "no gradient from the loss; set route_norm false for top-1 routing")
         if self.attn_type == "gqa":
             _require(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, "n_kv_heads", self.n_kv_heads,
                      f"must divide n_heads={self.n_heads}")
