@@ -1,9 +1,9 @@
 """A command in README.md or docs/*.md runs as written: each flag it gives is one its command line defines, with
-exactly that spelling (argparse would accept an abbreviation, so a misspelt flag that happens to be a prefix of
-one would pass a real run unnoticed), each value of a flag with fixed choices is one of them, each
-``python -m megamythos...`` module, each script and each file of the repository's folders it names exists, and
-each ``make`` target is the Makefile's. The same holds for the examples in each command line's ``--help`` and
-header comment, and a default a document states as "`--flag` (N)" is the code's.
+exactly that spelling (``deepspeed``'s parser would accept an abbreviation of its flags, so a misspelt one that
+happens to be a prefix would pass a real run unnoticed; ours refuse one), each value of a flag with fixed choices
+is one of them, each ``python -m megamythos...`` module, each script and each file of the repository's folders it
+names exists, and each ``make`` target is the Makefile's. The same holds for the examples in each command line's
+``--help`` and header comment, and a default a document states as "`--flag` (N)" is the code's.
 
 Commands are read from the ``bash`` blocks and from inline code that starts with a command; nothing runs: each
 command line's parser is taken from its ``main`` as it starts parsing (:func:`parser_of`)."""
@@ -265,7 +265,7 @@ def problems_in(text: str, name: str, commands: Callable[[str], Iterator[str]] =
 
 
 def test_a_misspelt_flag_or_missing_command_in_a_doc_is_named():
-    """The check itself: each of these mistakes is found (an abbreviation too, which argparse would accept)."""
+    """The check itself: each of these mistakes is found (an abbreviation too, which ``deepspeed`` would accept)."""
     doc = """```bash
 python -m megamythos.inference.evaluate --load runs/x --loosp 1,2   # a comment --not-a-flag
 deepspeed --num_gpus 2 launchers/pretrain.sh --preset tiny \\
