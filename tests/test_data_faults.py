@@ -426,11 +426,14 @@ def test_a_run_refuses_a_corrupt_index(tmp_path: Path, tiny_tokenizer: Tokenizer
 
 
 def test_a_renamed_dataset_reads_its_own_tokenizer_copy(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
-    """The record names the copy by its old prefix: the error said to train a tokenizer."""
+    """The record names the copy by its old prefix: the error said to train a tokenizer. The old prefix rebuilt
+    with another tokenizer holds another copy there: the copy's own one is read, not refused (found 2026-12-07)."""
     prefix = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
     renamed = str(tmp_path / "renamed")
     for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
         shutil.copy(prefix + suffix, renamed + suffix)
+    Path(prefix + ".tokenizer.model").write_bytes(b"another tokenizer")
+    assert resolve_data([renamed], tiny_tokenizer.vocab_size).tokenizer_model == renamed + ".tokenizer.model"
     os.remove(prefix + ".tokenizer.model")
     assert resolve_data([renamed], tiny_tokenizer.vocab_size).tokenizer_model == renamed + ".tokenizer.model"
     os.remove(renamed + ".tokenizer.model")

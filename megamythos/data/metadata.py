@@ -136,29 +136,29 @@ def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:
     """The record of ``prefix`` with ``tokenizer_model`` resolved to an absolute path, or None if there is none.
 
     A dataset renamed or copied to another prefix keeps a record naming its old copy: ``prefix``'s own copy
-    (``prefix.tokenizer.model``) is read instead when its sha256 is the recorded fingerprint; without either,
-    :class:`MetadataError` says where to put the tokenizer. A copy whose sha256 is not the recorded fingerprint
-    (a corrupt copy or record) is refused the same way, naming both."""
+    (``prefix.tokenizer.model``) is read instead when the named one is not the recorded fingerprint (gone, or the
+    old prefix rebuilt with another tokenizer) and its own is; without either, :class:`MetadataError` says where
+    to put the tokenizer. A named copy whose sha256 is not the recorded fingerprint (a corrupt copy or record) is
+    refused the same way, naming both."""
     record = read_tokenizer_record(metadata_path(prefix))
     if record is None:
         return None
     named, fingerprint = record["tokenizer_model"], record["tokenizer_fingerprint"]
-    if os.path.isfile(named):
-        if (actual := file_sha256(named)) != fingerprint:
-            raise MetadataError(f"{named} is not the tokenizer {metadata_path(prefix)} records (sha256 "
-                                f"{actual[:12]}..., recorded {fingerprint[:12]}...): the copy or the record is "
-                                "corrupt, or one was replaced; put the tokenizer the dataset was built with at "
-                                f"{named}, or rebuild the dataset with data_prep/preprocess_data.py --overwrite")
-        return record
     own = os.path.abspath(tokenizer_copy_path(prefix))
-    if os.path.isfile(own) and file_sha256(own) == record["tokenizer_fingerprint"]:
-        record["tokenizer_model"] = own
-        return record
+    for path in dict.fromkeys((named, own)):  # the named copy, else prefix's own
+        if os.path.isfile(path) and file_sha256(path) == fingerprint:
+            record["tokenizer_model"] = path
+            return record
+    if os.path.isfile(named):
+        raise MetadataError(f"{named} is not the tokenizer {metadata_path(prefix)} records (sha256 "
+                            f"{file_sha256(named)[:12]}..., recorded {fingerprint[:12]}...): the copy or the record "
+                            "is corrupt, or one was replaced; put the tokenizer the dataset was built with at "
+                            f"{named}, or rebuild the dataset with data_prep/preprocess_data.py --overwrite")
     found = (f"{own} is another tokenizer (sha256 {file_sha256(own)[:12]}...)" if os.path.isfile(own)
              else f"neither is {own}")
-    raise MetadataError(f"{metadata_path(prefix)} names the tokenizer copy {record['tokenizer_model']}, which does "
-                        f"not exist (the dataset was renamed or copied without it?), and {found}; put the tokenizer "
-                        f"the dataset was built with (sha256 {record['tokenizer_fingerprint'][:12]}...) at {own}")
+    raise MetadataError(f"{metadata_path(prefix)} names the tokenizer copy {named}, which does not exist (the "
+                        f"dataset was renamed or copied without it?), and {found}; put the tokenizer the dataset was "
+                        f"built with (sha256 {fingerprint[:12]}...) at {own}")
 
 
 def check_record_counts(prefix: str, record: dict[str, Any] | None, shape: dict[str, int]) -> None:
