@@ -20,7 +20,7 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 launchers/heartbeat.py", description=__doc__.replace("``", ""),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--every", type=float, default=10.0,
                         help="seconds of silence before a line is printed (default: %(default)g)")
     parser.add_argument("--what", default="working", help="what the line says is going on (default: %(default)s)")

@@ -515,6 +515,10 @@ def test_heartbeat_help_names_the_command_to_type_and_its_defaults():
                          text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("usage: python3 launchers/heartbeat.py [-h]"), out.stdout
     assert "``" not in out.stdout and "(default: 10)" in out.stdout and "(default: working)" in out.stdout
+    # a prefix of a flag is refused, as by every other command line (--ever ran as --every)
+    prefix = subprocess.run([sys.executable, str(LAUNCHER.parent / "heartbeat.py"), "--ever", "1", "--", "true"],
+                            capture_output=True, text=True, timeout=60)
+    assert prefix.returncode == 2 and "unrecognized arguments: --ever" in prefix.stderr, prefix.stderr
 
 
 @pytest.mark.parametrize("mode", ["srun", "pdsh"])
