@@ -231,7 +231,8 @@ def test_zero0_in_bf16_with_tensor_or_expert_parallelism_is_refused(tmp_path):
     2026-12-06: `--zero 0 --tp 2` trained and logged grad norm 1.007 where ZeRO-1 and one process give 1.020), and
     without the AutoEP experts' gradients (found 2026-12-07: `--zero 0 --ep 2` logged and clipped by 1.45951 where
     the norm is 1.46020; ZeRO-1 logs 1.46038). The launcher's preflight refuses both before DeepSpeed starts, as it does
-    --compile with AutoEP in fp32."""
+    --compile with AutoEP in fp32. A checkpoint of such a run resumes on no other layout or precision (resumed with
+    --no-bf16: ``KeyError: 'param_groups'``), so the line names --finetune (found 2026-12-07)."""
     from megamythos.training.ds_config import bf16_enabled, check_precision
     from megamythos.training.launch import preflight
 
@@ -244,7 +245,8 @@ def test_zero0_in_bf16_with_tensor_or_expert_parallelism_is_refused(tmp_path):
         layout = resolve_layout(template, args, 2)
         if refused:
             with pytest.raises(ArgumentError, match=rf"^--zero 0 with {refused} in bf16: .* use --zero 1 \(or 2, 3\), "
-                                                    r"or --no-bf16$"):
+                                                    r"or --no-bf16 \(to go on from a checkpoint of such a run: "
+                                                    r"--load it with --finetune, --zero 1 and another --save\)$"):
                 check_precision(layout, bf16_enabled(template, args))
         else:
             check_precision(layout, bf16_enabled(template, args))

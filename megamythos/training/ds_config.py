@@ -163,15 +163,21 @@ def check_precision(layout: ParallelLayout, bf16: bool) -> None:
     grad-norm and the non-finite check leave out the other ranks' shards (TP 2: 1.007 where ZeRO-1 and one process
     give 1.020). It leaves AutoEP's expert gradients out of the norm altogether (EP 2: 1.45951 where the norm is
     1.46020; ZeRO-1 logs 1.46038). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count every shard and
-    expert once."""
+    expert once.
+
+    A checkpoint of such a run resumes on its own layout and precision only (another ZeRO stage needs ZeRO-3 on
+    both sides, ZeRO-0's optimizer files hold bf16 groups), so the refusal names the way on from one: its weights
+    into a new run, ``--finetune``."""
+    remedy = ("use --zero 1 (or 2, 3), or --no-bf16 (to go on from a checkpoint of such a run: --load it with "
+              "--finetune, --zero 1 and another --save)")
     if bf16 and layout.zero == 0 and layout.tp > 1:
         raise ArgumentError(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
                             "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its "
-                            "non-finite check miss the other ranks'; use --zero 1 (or 2, 3), or --no-bf16")
+                            f"non-finite check miss the other ranks'; {remedy}")
     if bf16 and layout.zero == 0 and layout.ep > 1:
         raise ArgumentError(f"--zero 0 with --ep {layout.ep} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer leaves the "
                             "experts' gradients out of the gradient norm, so gradient clipping and the logged grad "
-                            "norm miss them; use --zero 1 (or 2, 3), or --no-bf16")
+                            f"norm miss them; {remedy}")
 
 
 def check_layout(args: TrainArgs, layout: ParallelLayout, config: ModelConfig, bf16: bool) -> None:
