@@ -70,7 +70,8 @@ def unlisted_file(directory: Path, listed: dict[str, Any]) -> tuple[str, str] | 
                    and not p.name.startswith(".") and p.name not in listed)
     stray = next((name for name in names if name != CHECKSUMS_FILE), None)
     return None if stray is None else (stray, f"is not listed in {directory / CHECKSUMS_FILE}, so it cannot be "
-                                              "verified (put there after the save, or its entry was removed)")
+                                              "verified (put there after the save, or its entry was removed): move "
+                                              f"it out of {directory} if it does not belong there")
 
 
 def first_problem(directory: Path, names: list[str], listed: dict[str, Any], hashes: bool) -> tuple[str, str] | None:

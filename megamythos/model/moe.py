@@ -227,9 +227,10 @@ class MoE(nn.Module):
         """Module casts (``model.to(torch.bfloat16)``, ``.half()``) move the balancing buffers but keep them fp32,
         as DeepSpeed's bf16 engine does: in bf16 the bias, spaced 2**-8 at |b| >= 0.5, would not take the update
         rate's steps of 1e-3, and the counts would stop being whole numbers above 256."""
-        before = self.expert_load()
+        buffers = ((self, "tokens_per_expert"), (self.gate, "e_score_correction_bias"))
+        before = [getattr(owner, name) for owner, name in buffers]
         super()._apply(fn, recurse)
-        for (owner, name), kept in zip(((self, "tokens_per_expert"), (self.gate, "e_score_correction_bias")), before):
+        for (owner, name), kept in zip(buffers, before):
             cast = getattr(owner, name)
             if cast.dtype != torch.float32:
                 setattr(owner, name, kept.to(cast.device))
