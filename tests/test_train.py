@@ -940,6 +940,19 @@ def test_checkpoint_of_another_preset_is_refused():
         check_model_config(written_before, small.replace(capacity_router="learned"), "x")
 
 
+def test_a_resume_of_another_model_names_a_new_run_folder_too():
+    """A user who trained the default run and then trains on their own data without a new folder resumed
+    runs/tiny and was told only to repeat its --preset/--override (found 2026-12-07, a new user's first hour): the
+    refusal also names the new-run way out. A ``--finetune`` source must match the shapes, so it says no more."""
+    trained = get_preset("tiny")
+    new_run = trained.replace(vocab_size=2000)
+    with pytest.raises(CheckpointError, match=r"vocab_size: checkpoint 8192 vs run 2000\); use the same "
+                                              r"--preset/--override as the run that wrote it, or start a new run in "
+                                              r"another folder \(--save DIR; the launchers' RUN_DIR=runs/NAME\)$"):
+        check_model_config(trained.to_dict(), new_run, "runs/tiny/checkpoints/iter_0000400")
+    with pytest.raises(CheckpointError, match=r"as the run that wrote it$"):
+        check_model_config(trained.to_dict(), new_run, "runs/tiny/checkpoints", finetune=True)
+
 
 def test_finetune_may_set_the_context_and_how_it_trains_anew_but_no_shape(tmp_path):
     """``--finetune`` starts a new run from the weights: a long-context phase (longer ``max_seq_len``, another RoPE

@@ -134,6 +134,8 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str, 
     saved_max_loops = (saved.get("max_loops", defaults["max_loops"])
                        or 2 * saved.get("mean_loops", defaults["mean_loops"]))
     remedy = "use the same --preset/--override as the run that wrote it"
+    if not finetune:  # a resume: the user may have meant a new run beside the one in this folder
+        remedy += ", or start a new run in another folder (--save DIR; the launchers' RUN_DIR=runs/NAME)"
     if saved_max_loops != current.resolved_max_loops:  # the rows of the per-loop embeddings
         diffs["max_loops (default 2 x --mean-loops)"] = (saved_max_loops, current.resolved_max_loops)
         remedy += f"; to change --mean-loops, pass --override max_loops={saved_max_loops} too"
