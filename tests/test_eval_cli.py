@@ -82,6 +82,27 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkp
 
 
 @pytest.mark.launch
+def test_evaluate_logs_each_row_on_a_line_of_its_own(tiny_checkpoint, tmp_path, capsys):
+    """Each row's log line (``loops N: loss ...``) was written where the tqdm bar's line ended, so a terminal
+    showed it glued to the bar (found 2026-12-07, a new user's first hour): it now goes above the bar."""
+    handler = logging.StreamHandler(sys.stderr)  # what run_cli's basicConfig installs outside pytest
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        code, _, err = cli(evaluate_main, ["--load", str(tiny_checkpoint[0]), "--loops", "1,2", "--eval-iters", "1",
+                                           "--micro-batch-size", "2", "--exit-threshold", "0",
+                                           "--out", str(tmp_path)], capsys)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert code == 0, err
+    rows = [line for line in re.split(r"[\r\n]", err) if "loops/token" in line]
+    assert len(rows) == 2 and all(line.startswith("loops ") for line in rows), rows
+
+
+@pytest.mark.launch
 def test_evaluation_reads_the_validation_batches_the_training_run_used(tiny_checkpoint):
     from megamythos.data.pretraining import DataSources, batches, build_datasets
     from megamythos.training.arguments import parse_args

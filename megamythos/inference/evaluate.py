@@ -308,6 +308,7 @@ def recorded_documents(loaded: LoadedModel, cfg: EvalConfig) -> PackedDocuments 
 def run(cfg: EvalConfig) -> dict[str, Any]:
     """Evaluate, write the files and TensorBoard scalars; returns the summary printed by :func:`main`."""
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     if resolve_device(cfg.device).type == "cpu":  # before the first tensors
         logger.info("host memory: %s", keep_freed_memory())
@@ -322,8 +323,9 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         logger.info("packed documents as the run trained: %s", documents)
     thresholds = [loaded.config.exit_threshold] if cfg.exit_thresholds is None else cfg.exit_thresholds
     passes = sorted({0.0, *thresholds})
-    with tqdm(total=len(passes) * len(cfg.loops) * len(data), desc="depth eval", unit="batch",
-              file=sys.stderr) as bar:
+    # each row's log line goes above the bar (tqdm.write), not onto the end of the bar's line
+    with logging_redirect_tqdm(), tqdm(total=len(passes) * len(cfg.loops) * len(data), desc="depth eval",
+                                       unit="batch", file=sys.stderr) as bar:
         results = [r for threshold in passes
                    for r in evaluate_loops(loaded.model, data, cfg.loops, threshold, bar.update, documents)]
     paths = write_results(results, out_dir, trained_loops=loaded.config.mean_loops)
