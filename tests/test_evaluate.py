@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from megamythos.inference.evaluate import LoopEval, evaluate_loops, write_results
+from megamythos.inference.evaluate import LoopEval, evaluate_loops, write_results, write_tensorboard
 from megamythos.model.lm import MythosLM
 from tests.helpers import small_config
 
@@ -80,3 +80,25 @@ def test_the_plot_draws_each_curve_in_loop_order(tmp_path, monkeypatch) -> None:
     results = [LoopEval(n, threshold, 1.0, 2.7, n, [], 1.0, 10) for threshold in (0.0, 0.2) for n in (8, 1, 4)]
     write_results(results, tmp_path, trained_loops=4)
     assert drawn == [[1, 4, 8], [1, 4, 8]]
+
+
+def test_a_new_evaluation_replaces_the_scalars_of_the_last_one_in_its_default_directory(tmp_path) -> None:
+    """Evaluating a checkpoint again (other --loops, or --test-set) replaced depth_eval.{csv,json,png} but added
+    a second event file beside the first in their tensorboard/, so TensorBoard drew both evaluations' points at the
+    same loop counts (found 2026-12-07, a new user's first hour). The default directory now holds the latest
+    evaluation only; a --tensorboard-dir of the user's is added to, never cleared."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def steps(log_dir):
+        events = EventAccumulator(str(log_dir))
+        events.Reload()
+        return sorted(e.step for e in events.Scalars("depth-eval/ppl"))
+
+    first = [LoopEval(n, 0.0, 1.0, 2.7, n, [], 1.0, 10) for n in (1, 4, 8)]
+    again = [LoopEval(1, 0.0, 2.0, 7.4, 1, [], 1.0, 10)]
+    for replace, expected in ((True, [1]), (False, [1, 1, 4, 8])):
+        log_dir = tmp_path / str(replace)
+        write_tensorboard(first, log_dir)
+        write_tensorboard(again, log_dir, replace=replace)
+        assert steps(log_dir) == expected
+

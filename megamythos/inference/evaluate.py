@@ -213,11 +213,18 @@ def _plot(results: Sequence[LoopEval], trained_loops: int, path: Path) -> None:
     plt.close(fig)
 
 
-def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path) -> None:
+def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path, replace: bool = False) -> None:
     """Scalars ``depth-eval[-exit-T]/{loss,ppl,mean-depth,flops-per-token}`` with step = loop count, and with
-    early exit the share of tokens stopping after each iteration, ``.../exit-share/loop-NN``."""
+    early exit the share of tokens stopping after each iteration, ``.../exit-share/loop-NN``.
+
+    ``replace``: first remove the event files already in ``log_dir`` (evaluate's own default directory, which
+    holds the latest evaluation as the ``depth_eval`` files beside it do; otherwise TensorBoard draws the points
+    of every earlier evaluation there at the same loop counts as this one's)."""
     from torch.utils.tensorboard import SummaryWriter
 
+    if replace:
+        for old in Path(log_dir).glob("events.out.tfevents.*"):
+            old.unlink()
     with SummaryWriter(log_dir=str(log_dir)) as writer:
         for r in results:
             prefix = f"depth-eval-exit-{r.exit_threshold:g}" if r.exit_threshold else "depth-eval"
@@ -329,7 +336,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         results = [r for threshold in passes
                    for r in evaluate_loops(loaded.model, data, cfg.loops, threshold, bar.update, documents)]
     paths = write_results(results, out_dir, trained_loops=loaded.config.mean_loops)
-    write_tensorboard(results, tb_dir)
+    write_tensorboard(results, tb_dir, replace=cfg.out is None and cfg.tensorboard_dir is None)
     return {"model": str(loaded.source), "trained_loops": loaded.config.mean_loops,
             "files": {k: str(v) for k, v in paths.items()}, "tensorboard": str(tb_dir),
             "results": [asdict(r) for r in results]}
