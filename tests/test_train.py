@@ -434,6 +434,18 @@ def test_exit_interval_stops_at_every_multiple_as_megatron_does(corpus, tmp_path
         assert "sample order" not in result.stderr, result.stderr[-3000:]  # the resume: neither warning
 
 
+def test_a_run_without_save_is_told_it_checkpoints_nothing():
+    """The planner's printed multi-node command (and a bare ``python -m megamythos.training.pretrain``) passes no
+    --save, and such a run trained to its end saving nothing, without a word (found 2026-12-07 planning a bigger
+    run); with --save but no --save-interval a long run is told what a crash costs, as before."""
+    from megamythos.training.pretrain import checkpointing_warning
+
+    assert checkpointing_warning(None, 100, 50).startswith("no --save: this run writes no checkpoint")
+    assert checkpointing_warning(None, 0, 0) is None  # nothing left to train
+    assert checkpointing_warning("ckpt", 0, 1001).startswith("1001 steps to go without --save-interval")
+    assert checkpointing_warning("ckpt", 0, 1000) is None and checkpointing_warning("ckpt", 100, 5000) is None
+
+
 @pytest.mark.launch
 def test_a_long_run_without_periodic_checkpoints_is_told_what_a_crash_costs(corpus, tmp_path):
     """Found 2026-12-06: a GPU launch saves only at the end and on a signal by default, without a word; a crash at

@@ -192,6 +192,21 @@ def init_distributed(timeout_minutes: float) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def checkpointing_warning(save: str | None, save_interval: int, steps_left: int) -> str | None:
+    """What a run that checkpoints little is told at its start, None if nothing: without ``--save`` no step is
+    ever saved (Megatron's rule; the planner's printed command and a bare ``python -m`` have none, the launchers
+    always pass one); without ``--save-interval`` only its end and a signal save."""
+    if steps_left <= 0:
+        return None
+    if not save:
+        return ("no --save: this run writes no checkpoint, not at its end nor on a signal, so a crash or a hang "
+                "loses every step; pass --save DIR")
+    if save_interval == 0 and steps_left > UNSAVED_STEPS_WARNED:
+        return (f"{steps_left} steps to go without --save-interval: checkpoints only at the end and on a signal, so "
+                "a crash or a hang loses every step since the start; pass --save-interval N")
+    return None
+
+
 def seed_everything(seed: int) -> None:
     """Same initial weights on every rank (ZeRO/TP then shard them), deterministic CPU kernels."""
     random.seed(seed)
@@ -839,10 +854,9 @@ class Trainer:
         if self.args.profile_dir and self.args.profile_step_start > self.total_iters and self.rank == 0:
             logger.warning("--profile-step-start %d is past the run's %d steps: nothing will be profiled",
                            self.args.profile_step_start, self.total_iters)
-        if self.args.save_interval == 0 and self.total_iters - self.iteration > UNSAVED_STEPS_WARNED and self.rank == 0:
-            logger.warning("%d steps to go without --save-interval: checkpoints only at the end and on a signal, so a "
-                           "crash or a hang loses every step since the start; pass --save-interval N",
-                           self.total_iters - self.iteration)
+        unsaved = checkpointing_warning(self.args.save, self.args.save_interval, self.total_iters - self.iteration)
+        if unsaved and self.rank == 0:
+            logger.warning("%s", unsaved)
         signals = GracefulExit(self.args.exit_duration_in_mins)
         self.engine.train()
         saved_at, save_due = self.iteration, False
