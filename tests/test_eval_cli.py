@@ -80,6 +80,18 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkp
             "depth-eval-exit-1e+09/exit-share/loop-01"} <= tags
     assert [e.step for e in events.Scalars("depth-eval/ppl")] == [1, 3, 6]
 
+    # evaluating it again replaces the default directory's event files; a --tensorboard-dir's are never removed
+    user_tb = tmp_path / "user_tb"
+    user_tb.mkdir()
+    (user_tb / "events.out.tfevents.user").write_bytes(b"")
+    for where in ([], ["--tensorboard-dir", str(user_tb)]):
+        code, _, err = cli(evaluate_main, ["--load", str(ckpt), "--loops", "2", "--eval-iters", "1", *where], capsys)
+        assert code == 0, err
+    events = EventAccumulator(str(out_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("depth-eval/ppl")] == [2]
+    assert (user_tb / "events.out.tfevents.user").is_file()
+
 
 @pytest.mark.launch
 def test_evaluate_logs_each_row_on_a_line_of_its_own(tiny_checkpoint, tmp_path, capsys):
