@@ -269,8 +269,10 @@ def packed_run(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
 def test_a_run_with_the_flags_records_them_and_evaluate_validates_as_it_did(packed_run: Path, capsys) -> None:
     """The flags are recorded with the checkpoint, and evaluate applies them: its loss on the run's validation batch
     is the run's validation loss, which the same batch without the flags would not give."""
-    record = json.loads((packed_run / "ckpt" / "iter_0000002" / "train_args.json").read_text())["args"]
+    full_record = json.loads((packed_run / "ckpt" / "iter_0000002" / "train_args.json").read_text())
+    record = full_record["args"]
     assert document_flags(record) == dict.fromkeys(DOCUMENT_FLAGS, True)
+    assert full_record["bf16"] is False  # the precision it trained in (tiny_args: --no-bf16), judged at a resume
     assert "packed documents: PackedDocuments(eod=" in (packed_run / "log.txt").read_text()
     lines = [json.loads(line) for line in (packed_run / "m.jsonl").read_text().splitlines()]
     validated = [line["lm loss validation"] for line in lines if "lm loss validation" in line]

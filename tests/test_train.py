@@ -31,6 +31,7 @@ from megamythos.parallel import MOE_LAYER_PATTERN, TP_COLUMN_PATTERNS, TP_ROW_PA
 from megamythos.planning.layout import LayoutError, ParallelLayout
 from megamythos.training.arguments import ArgumentError, TrainArgs, parse_args
 from megamythos.training.checkpointing import (
+    PRECISION_KEY,
     CheckpointManager,
     check_model_config,
     check_saved_precision,
@@ -925,6 +926,12 @@ def test_a_resume_in_another_precision_names_the_flag(tmp_path):
     # refused its own resume as "written with fp32 weights" (found 2026-12-06)
     (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").rename(tag / "expp_rank_0_mp_rank_00_optim_states.pt")
     check_saved_precision(tmp_path, bf16=True)
+    # a ZeRO-0 run's optimizer of one precision cannot read the other's state (KeyError 'param_groups', found
+    # 2026-12-07): its train record says the precision it trained in, which wins over the files' names
+    (tag / "train_args.json").write_text(json.dumps({"zero_stage": 0, PRECISION_KEY: False}))
+    check_saved_precision(tmp_path, bf16=False)
+    with pytest.raises(CheckpointError, match=r"written with fp32 weights; this run uses bf16: resume it with --no-bf"):
+        check_saved_precision(tmp_path, bf16=True)
 
 
 def test_keep_last_counts_no_tag_newer_than_the_one_saved(tmp_path):

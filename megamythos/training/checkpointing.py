@@ -372,15 +372,24 @@ def saved_progress(load_dir: str | Path) -> tuple[int, int] | None:
     return int(record["iteration"]), int(record.get("trained_tokens", record["consumed_tokens"]))
 
 
+PRECISION_KEY = "bf16"  # in the train record of every tag: whether its weights trained in bf16
+
+
 def check_saved_precision(load_dir: str | Path, bf16: bool) -> None:
     """Refuse a resume on the same layout in another precision: DeepSpeed names the ZeRO optimizer shards of a bf16
-    run ``bf16_zero_pp_rank_*`` and looks only for the names of the run's own precision (a missing-file error).
-    ZeRO-0's optimizer files (AutoEP's ``expp_rank_*``) carry no precision in their names and are not judged."""
+    run ``bf16_zero_pp_rank_*`` and looks only for the names of the run's own precision (a missing-file error), and
+    ZeRO-0's optimizer of one precision cannot read the other's state (``KeyError: 'param_groups'``). The tag's
+    train record says its precision (:data:`PRECISION_KEY`); for one saved before it did, the shard names do, and
+    ZeRO-0's optimizer files (AutoEP's ``expp_rank_*``), which carry no precision in their names, are not judged."""
     tag = read_latest(load_dir)
-    shards = [p.name for p in (Path(load_dir) / tag).glob(ZERO_OPTIM_SHARDS)] if tag else []
-    if not shards:
+    if tag is None:
         return
-    saved = any(name.startswith("bf16_") for name in shards)
+    saved = read_train_record(Path(load_dir) / tag).get(PRECISION_KEY)
+    if not isinstance(saved, bool):
+        shards = [p.name for p in (Path(load_dir) / tag).glob(ZERO_OPTIM_SHARDS)]
+        if not shards:
+            return
+        saved = any(name.startswith("bf16_") for name in shards)
     if saved != bf16:
         flag, other = ("--bf16", "--no-bf16") if saved else ("--no-bf16", "--bf16")
         raise CheckpointError(f"checkpoint {Path(load_dir) / tag} was written with {'bf16' if saved else 'fp32'} "

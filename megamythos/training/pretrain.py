@@ -78,6 +78,7 @@ from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training import comm_stats
 from megamythos.training.arguments import TrainArgs, parse_args
 from megamythos.training.checkpointing import (
+    PRECISION_KEY,
     CheckpointError,
     CheckpointManager,
     check_room_to_resume,
@@ -343,7 +344,8 @@ class Trainer:
             train_record={"args": args.to_dict(), **self.sources.absolute().record(),
                           "dataset_shapes": self.data.shapes,
                           "total_iters": self.total_iters, "global_batch_size": self.layout.global_batch_size,
-                          "layout": self.layout_record(), "zero_stage": self.layout.zero})
+                          "layout": self.layout_record(), "zero_stage": self.layout.zero,
+                          PRECISION_KEY: self.ds_config["bf16"]["enabled"]})
         self.saved_peak: dict[str, Any] = {}
         if self.resume_from:
             state = self._load(self.resume_from, self.universal)
