@@ -378,9 +378,10 @@ PRECISION_KEY = "bf16"  # in the train record of every tag: whether its weights 
 def check_saved_precision(load_dir: str | Path, bf16: bool) -> None:
     """Refuse a resume on the same layout in another precision: DeepSpeed names the ZeRO optimizer shards of a bf16
     run ``bf16_zero_pp_rank_*`` and looks only for the names of the run's own precision (a missing-file error), and
-    ZeRO-0's optimizer of one precision cannot read the other's state (``KeyError: 'param_groups'``). The tag's
-    train record says its precision (:data:`PRECISION_KEY`); for one saved before it did, the shard names do, and
-    ZeRO-0's optimizer files (AutoEP's ``expp_rank_*``), which carry no precision in their names, are not judged."""
+    ZeRO-0's optimizer of one precision cannot read the other's state (``KeyError: 'dynamic_loss_scale'``, or
+    ``'param_groups'``). The tag's train record says its precision (:data:`PRECISION_KEY`); for one saved before it
+    did, the shard names do, and ZeRO-0's optimizer files (AutoEP's ``expp_rank_*``), which carry no precision in
+    their names, are not judged."""
     tag = read_latest(load_dir)
     if tag is None:
         return
