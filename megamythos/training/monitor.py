@@ -275,8 +275,7 @@ def drop_events_after(log_dir: str | Path, step: int) -> int:
     taken again). A record a killed writer cut goes with the tail, or stays where none is dropped. A file whose
     last record is a summary of ``step`` or before (an earlier launch's, cut at an earlier resume) has nothing to
     drop and is read from its end only (:func:`last_event`): read through, each resume of a long run would parse
-    every event the run ever logged (1M steps of the tiny preset: 2.2 GB, about a minute). Returns how many
-    bytes were dropped."""
+    every event the run ever logged. Returns how many bytes were dropped."""
     from tensorboard.compat.proto.event_pb2 import Event
 
     dropped = 0
