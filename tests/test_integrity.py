@@ -26,7 +26,7 @@ from megamythos.checkpoint.checksums import CHECKSUMMED_KEY, CHECKSUMS_FILE, sha
 from megamythos.checkpoint.export import ExportError, export_model
 from megamythos.checkpoint.export import main as export_main
 from megamythos.checkpoint.files import CheckpointError, read_latest
-from megamythos.checkpoint.reader import load_exported
+from megamythos.checkpoint.reader import load_exported, resolve_tag_dir
 from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
@@ -373,6 +373,30 @@ def test_a_save_whose_latest_cannot_be_written_is_one_line_and_leaves_no_tempora
     with pytest.raises(CheckpointError, match=f"disk full while saving .*{LATEST_TAG}.*latest still names {GOOD}"):
         CheckpointManager(tmp_path).save(Engine(), int(LATEST_TAG[5:]), {}, ModelConfig())
     assert sorted(p.name for p in tmp_path.iterdir()) == [GOOD, "latest"] and (tmp_path / "latest").read_text() == GOOD
+
+
+def test_a_latest_that_names_an_older_tag_than_the_newest_complete_one_is_said(tmp_path: Path, caplog) -> None:
+    """``latest`` naming an earlier tag than the newest complete one (pointed back on purpose, or one flipped bit:
+    iter_0000003 -> iter_0000002): found 2026-12-07, a resume, evaluate, generate and export read the older weights
+    with an INFO line only. Now each says which newer tag it leaves, and how to read it."""
+    for tag in (GOOD, LATEST_TAG, "iter_0000003"):
+        (tmp_path / tag).mkdir()
+        write_checksums(tmp_path / tag)
+    (tmp_path / "iter_0000004").mkdir()  # a killed save's partial tag is no newer checkpoint
+    (tmp_path / "latest").write_text("iter_0000003")
+    with caplog.at_level("WARNING"):
+        assert resolve_tag_dir(tmp_path) == tmp_path / "iter_0000003"
+    assert "newer complete" not in caplog.text
+    (tmp_path / "latest").write_text(GOOD)
+    said = (f"{tmp_path / 'latest'} names {GOOD}, but {tmp_path} holds 2 newer complete checkpoint(s), the newest "
+            f"iter_0000003: reading {GOOD}")
+    with caplog.at_level("WARNING"):
+        assert resolve_tag_dir(tmp_path) == tmp_path / GOOD
+    assert said in caplog.text and "write iter_0000003 into it" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"), pytest.raises(CheckpointError, match="no model_config.json"):
+        CheckpointManager.load(None, tmp_path, ModelConfig())  # a resume: said before anything is read
+    assert said in caplog.text
 
 
 def test_going_back_to_an_earlier_tag_keeps_the_newer_complete_ones(tmp_path: Path, caplog) -> None:

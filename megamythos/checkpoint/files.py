@@ -21,6 +21,7 @@ Layout of ``--save DIR``::
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.data.atomic import atomic_open, remove_stale_temps
+from megamythos.data.manifest import CHECKSUMS_FILE
 from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
@@ -50,6 +52,8 @@ DEEPSPEED_TAG_RE = re.compile(r"^global_step\d+$")  # a plain DeepSpeed run's ta
 ZERO_OPTIM_SHARDS = "*zero_pp_rank_*optim_states.pt"
 UNIVERSAL_SUFFIX = "_universal"
 
+logger = logging.getLogger(__name__)
+
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or belongs to a different model."""
@@ -65,6 +69,30 @@ def tags_by_iteration(directory: str | Path) -> list[tuple[int, str]]:
     if not directory.is_dir():
         return []
     return sorted((int(m.group(1)), p.name) for p in directory.iterdir() if p.is_dir() and (m := TAG_RE.match(p.name)))
+
+
+def complete_tags(save_dir: str | Path) -> list[tuple[int, str]]:
+    """(iteration, name) of the ``iter_*`` folders of ``save_dir`` that a save completed (they hold
+    ``checksums.json``, written before ``latest`` moves), oldest first; partial tags of a killed save are left out."""
+    return [(i, name) for i, name in tags_by_iteration(save_dir) if (Path(save_dir, name, CHECKSUMS_FILE)).is_file()]
+
+
+def newest_complete_tag(save_dir: str | Path) -> str | None:
+    """The newest of :func:`complete_tags`, or None."""
+    complete = complete_tags(save_dir)
+    return complete[-1][1] if complete else None
+
+
+def warn_if_latest_is_not_newest(directory: str | Path, tag: str) -> None:
+    """Say so when ``directory`` holds complete checkpoints newer than ``tag``, the one its ``latest`` names: a
+    ``latest`` pointed back on purpose, or changed by a stray write (one flipped bit turns iter_0000300 into
+    iter_0000200), reads the older weights either way, and a resume moves the newer tags aside as it saves."""
+    newer = [name for i, name in complete_tags(directory) if i > int(TAG_RE.match(tag).group(1))]
+    if newer:
+        logger.warning("%s names %s, but %s holds %d newer complete checkpoint(s), the newest %s: reading %s as "
+                       "`latest` says (a resume moves the newer ones aside, as TAG.superseded, when it saves their "
+                       "iteration); if `latest` was not changed on purpose, write %s into it", Path(directory, LATEST),
+                       tag, directory, len(newer), newer[-1], tag, newer[-1])
 
 
 def move_tag_aside(save_dir: Path, tag: str, label: str) -> Path:

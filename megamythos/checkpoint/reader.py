@@ -39,6 +39,7 @@ from megamythos.checkpoint.files import (
     read_latest,
     saved_layout,
     unconvertible_layout,
+    warn_if_latest_is_not_newest,
 )
 from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import ModelConfig
@@ -61,6 +62,7 @@ def resolve_tag_dir(path: str | Path) -> Path:
     tag = read_latest(path) if path.is_dir() else None
     if tag is None:
         raise CheckpointError(f"{path} is neither a checkpoint (no {MODEL_CONFIG_FILE}) nor a directory with `latest`")
+    warn_if_latest_is_not_newest(path, tag)
     return path / tag
 
 

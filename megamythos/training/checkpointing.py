@@ -51,9 +51,11 @@ from megamythos.checkpoint.files import (
     WRITER_LOCK,
     ZERO_OPTIM_SHARDS,
     CheckpointError,
+    complete_tags,
     disk_full,
     disk_size,
     move_tag_aside,
+    newest_complete_tag,
     read_latest,
     read_tokenizer_files,
     read_train_record,
@@ -61,6 +63,7 @@ from megamythos.checkpoint.files import (
     tag_for,
     tags_by_iteration,
     unconvertible_layout,
+    warn_if_latest_is_not_newest,
     write_atomic,
     write_tokenizer_files,
 )
@@ -341,18 +344,6 @@ def check_room_to_resume(save_dir: Path, resumed_tag: Path, iteration: int, save
         raise CheckpointError(f"{short}: this run would train to its next save ({due}) and fail there; free space "
                               "there (or move the run to a disk with room) and run the same command again (nothing "
                               f"was trained, {resumed_tag.name} is untouched)")
-
-
-def complete_tags(save_dir: Path) -> list[tuple[int, str]]:
-    """(iteration, name) of the ``iter_*`` folders of ``save_dir`` that a save completed (they hold
-    ``checksums.json``, written before ``latest`` moves), oldest first; partial tags of a killed save are left out."""
-    return [(i, name) for i, name in tags_by_iteration(save_dir) if (save_dir / name / CHECKSUMS_FILE).is_file()]
-
-
-def newest_complete_tag(save_dir: Path) -> str | None:
-    """The newest of :func:`complete_tags`, or None."""
-    complete = complete_tags(save_dir)
-    return complete[-1][1] if complete else None
 
 
 # Where a run stood at a checkpoint, copied from the client state into its train record (train_args.json), which
@@ -769,6 +760,8 @@ class CheckpointManager:
         if tag is None:
             logger.info("no checkpoint in %s; starting from scratch", load_dir)
             return None
+        if _rank() == 0:
+            warn_if_latest_is_not_newest(load_dir, tag)
         tag_dir = Path(load_dir) / tag
         config_file = tag_dir / MODEL_CONFIG_FILE
         if not config_file.is_file():
