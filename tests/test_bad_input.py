@@ -614,6 +614,9 @@ def test_trainer_numbers_numpy_or_the_schedule_cannot_take(argv: list[str], mess
     ('{"zero_optimization": {"stage": "2"}}', "zero_optimization.stage must be 0, 1, 2 or 3, got '2'"),
     ('{"scheduler": {"type": "WarmupLR"}}', r"the LR schedule is the trainer's .*; remove scheduler from the file"),
     ('{"fp16": {"enabled": true}}', r"never fp16, .*; remove fp16 from the file"),
+    # found 2026-12-07: the trainer now writes data_types itself (fp32 gradient sums under bf16 ZeRO-2/3)
+    ('{"data_types": {"grad_accum_dtype": "bf16"}}', r"sets data_types.grad_accum_dtype itself .*; remove "
+                                                     "data_types from the file"),
     # found 2026-12-07: "false" trained in bf16 (DeepSpeed's pydantic reads it as false, the trainer as true)
     ('{"bf16": {"enabled": "false"}}', "bf16.enabled must be true or false, got 'false'"),
     ('{"expert_parallel": {"enabled": "no", "autoep_size": 2}}', "expert_parallel.enabled must be true or false")])

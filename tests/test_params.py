@@ -314,6 +314,22 @@ def test_the_core_gradient_is_whole_until_the_first_loops_backward_and_the_plan_
     assert plan.grads_gib >= core * 2 / 2**30
 
 
+def test_the_plan_counts_fp32_gradient_partitions_where_micro_batches_are_summed_in_fp32() -> None:
+    """bf16 ZeRO-2/3 with gradient accumulation sum the micro-batches' gradients in fp32 partitions (the trainer's
+    ``data_types``, found 2026-12-07): 4 bytes per partitioned parameter, not 2; the whole core gradient the
+    loops' backward sums stays bf16, and one micro-batch, ZeRO-1 and fp32 are as before."""
+    c = get_preset("small")
+    dense, experts = dense_local_params(c, 1), count(c).routed_experts / 2
+    partitions = (dense / 8 + experts / 4) / 2**30  # dp 8, edp 4
+    for zero in (2, 3):
+        one, many = (memory_plan(c, 8, ep=2, zero=zero, grad_accum=n) for n in (1, 4))
+        assert many.grads_gib - one.grads_gib == pytest.approx(2 * partitions, rel=1e-9), zero
+        assert many.total_gib - one.total_gib == pytest.approx(2 * partitions, rel=1e-9)
+    assert memory_plan(c, 8, ep=2, zero=1, grad_accum=4) == memory_plan(c, 8, ep=2, zero=1)
+    assert memory_plan(c, 8, ep=2, zero=3, grad_accum=4, dtype="fp32") == memory_plan(c, 8, ep=2, zero=3,
+                                                                                      dtype="fp32")
+
+
 def test_checkpointed_dense_blocks_keep_their_inputs_only_and_train_alike() -> None:
     config = small_config(prelude_layers=2, coda_layers=2, backprop_loops=0, sample_depth=False)
     tokens = torch.randint(0, 97, (2, 16))

@@ -38,7 +38,7 @@ from megamythos.training.checkpointing import (
     repair_universal_optimizer,
     saved_progress,
 )
-from megamythos.training.ds_config import build_ds_config, load_template, resolve_layout
+from megamythos.training.ds_config import accumulation_warning, build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import measure_peak_tflops, memory_usage
 from megamythos.training.optimizers import adamw_param_groups, kept_optimizer_settings
 from megamythos.training.schedules import LRSchedule, ScheduleChangeError, resumed_schedule, schedule_changes
@@ -682,6 +682,55 @@ def test_zero0_in_bf16_takes_the_steps_zero1_takes(gloo_group_of_one):
             engine.step()
         weights[stage] = [p.detach().float().clone() for p in engine.optimizer.optimizer.param_groups[0]["params"]]
     assert torch.allclose(weights[0][0].flatten(), weights[1][0].flatten(), rtol=0, atol=1e-6), weights
+
+
+def test_bf16_zero2_and_zero3_sum_the_micro_batches_gradients_in_fp32(gloo_group_of_one, caplog):
+    """Found 2026-12-07: DeepSpeed 0.19 sums the micro-batches' gradients in the weights' dtype unless
+    ``data_types.grad_accum_dtype`` says fp32, so every bf16 run with accumulation summed them in bf16 (0.45% off
+    their fp32 sum here at 16 micro-batches; the multi-node and 1t templates accumulate 8 and more). The trainer's
+    ds_config now asks for fp32 under ZeRO-2/3: the engine's gradient is the exact fp32 sum of the micro-batches'
+    bf16 gradients. ZeRO-0/1 (which DeepSpeed cannot switch) are told at start."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_grad
+
+    micro, steps = 16, 4
+    inputs = torch.randn(micro, steps, 256, generator=torch.Generator().manual_seed(0))
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256))
+
+    def loss(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return net(x.to(torch.bfloat16)).float().pow(2).mean()
+
+    reference = model().to(torch.bfloat16)
+    fp32_sum = torch.zeros(512, 256)
+    for x in inputs:  # each micro-batch's bf16 gradient (DeepSpeed scales the loss by 1/16 first), summed in fp32
+        reference.zero_grad()
+        (loss(reference, x) / micro).backward()
+        fp32_sum += reference[0].weight.grad.float()
+    template = {"optimizer": {"type": "AdamW", "params": {"torch_adam": True}}, "bf16": {"enabled": True}}
+    for stage in (2, 3):
+        args = parse_args(["--zero", str(stage), "--micro-batch-size", str(steps), "--global-batch-size",
+                           str(steps * micro)])
+        layout = resolve_layout(template, args, 1)
+        assert accumulation_warning(layout, True) is None
+        ds = build_ds_config(template, args, layout, get_preset("tiny"))
+        engine, *_ = deepspeed.initialize(model=model(), model_parameters=None, config=ds)
+        for x in inputs:
+            engine.backward(loss(engine, x))
+            if engine.is_gradient_accumulation_boundary():  # the step's gradient, before step() applies it
+                grad = safe_get_full_grad(engine.module[0].weight).float()
+            engine.step()
+        assert torch.equal(grad, fp32_sum), (stage, ((grad - fp32_sum).norm() / fp32_sum.norm()).item())
+    single = parse_args(["--zero", "3", "--micro-batch-size", "4"])  # one micro-batch: nothing to sum (default run)
+    assert "data_types" not in build_ds_config(template, single, resolve_layout(template, single, 1),
+                                               get_preset("tiny"))
+    zero1 = resolve_layout(template, parse_args(["--zero", "1", "--micro-batch-size", "4", "--global-batch-size",
+                                                 "64"]), 1)
+    assert "data_types" not in build_ds_config(template, parse_args(["--zero", "1"]), zero1, get_preset("tiny"))
+    assert accumulation_warning(zero1, True).startswith("ZeRO-1 in bf16 sums the gradients of the 16 micro-batches")
+    assert accumulation_warning(zero1, False) is None
 
 
 def test_memory_usage_on_cpu_follows_the_resident_set():

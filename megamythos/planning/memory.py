@@ -16,7 +16,7 @@ from megamythos.model.params import (
     expert_params,
     parts,
 )
-from megamythos.planning.layout import LayoutError
+from megamythos.planning.layout import LayoutError, accumulates_in_fp32
 
 
 @dataclass
@@ -160,7 +160,8 @@ def dense_local_params(c: ModelConfig, tp: int) -> float:
 
 
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
-                seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False) -> MemoryPlan:
+                seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False,
+                grad_accum: int = 1) -> MemoryPlan:
     """Estimate per-GPU memory. Attention and the prelude/coda SwiGLUs are split by ``tp``, the rest outside the
     routed experts is whole on every TP rank (:func:`dense_local_params`, as are the fp32 logits of the
     unsplit LM head); routed experts are split by ``ep``;
@@ -171,7 +172,8 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     (:func:`iteration_activation_bytes`), without it every iteration under gradient; the prelude and coda blocks
     (:func:`dense_block_activation_bytes`; with ``checkpoint_dense_blocks`` their inputs and one block) and fp32
     logits. ``replicated_core`` (ZeRO-3 only): the recurrent core's weights stay gathered
-    (:mod:`megamythos.parallel.zero`); its optimizer states stay sharded."""
+    (:mod:`megamythos.parallel.zero`); its optimizer states stay sharded. The gradient partitions of ZeRO-2/3 hold
+    fp32 sums where ``grad_accum`` micro-batches are summed in fp32 (:func:`accumulates_in_fp32`)."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
     seq = seq_len or c.training_seq_len
@@ -186,9 +188,10 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
         weight_params += core_dense * (1 - 1 / dp) + expert_local * (1 - 1 / edp)
     w_bytes = BYTES[dtype]
     grads_params = dense_local / (dp if zero >= 2 else 1) + expert_local / (edp if zero >= 2 else 1)
+    grads_bytes = grads_params * (4 if accumulates_in_fp32(zero, grad_accum, dtype == "bf16") else w_bytes)
     if zero >= 2:  # the core's weights serve every loop: autograd sums their gradient whole, on this rank, from
         # the last loop's backward to the first's, before ZeRO's hook reduce-scatters it once
-        grads_params += core_dense_local_params(c, tp) * (1 - 1 / dp) + expert_local * (1 - 1 / edp)
+        grads_bytes += (core_dense_local_params(c, tp) * (1 - 1 / dp) + expert_local * (1 - 1 / edp)) * w_bytes
     opt_params = dense_local / (dp if zero >= 1 else 1) + expert_local / (edp if zero >= 1 else 1)
     # ZeRO-3 gathers one module at a time: the recurrent block's local experts dominate
     largest_module = (c.n_experts // ep) * expert_params(c) + attention_params(c) / tp if zero >= 3 else 0
@@ -207,7 +210,7 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     else:
         dense = n_dense * dense_block_activation_bytes(c, tp, w_bytes)
     acts = tokens * (loop_bytes + dense + c.vocab_size * 4)
-    plan = dict(weights_gib=weight_params * w_bytes / GIB, grads_gib=grads_params * w_bytes / GIB,
+    plan = dict(weights_gib=weight_params * w_bytes / GIB, grads_gib=grads_bytes / GIB,
                 optimizer_gib=opt_params * 12 / GIB, gathered_working_gib=largest_module * w_bytes / GIB,
                 activations_gib=acts / GIB)
     return MemoryPlan(gpus=gpus, tp=tp, ep=ep, zero=zero, dp=dp, params_per_gpu=weight_params,

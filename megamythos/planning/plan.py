@@ -243,7 +243,8 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
                             "heads_per_tp_rank": config.n_heads // layout.tp}
         report["memory_plan"] = asdict(memory_plan(config, layout.world_size, layout.tp, layout.ep, layout.zero,
                                                    layout.micro_batch_size, seq_len,
-                                                   replicated_core=layout.replicate_core))
+                                                   replicated_core=layout.replicate_core,
+                                                   grad_accum=layout.grad_accum))
         peak_gib = max(report["memory_plan"]["total_gib"], report["memory_plan"]["startup_device_gib"])
         report["fits"] = {f"{gb:g} GB": peak_gib <= gb * GIB_PER_GB for gb in args.gpu_memory_gb}
         ranks_on_host = min(args.gpus_per_node, layout.world_size)

@@ -94,6 +94,7 @@ from megamythos.training.checkpointing import (
 )
 from megamythos.training.divergence import Divergence, DivergenceError, DivergenceGuard, step_back
 from megamythos.training.ds_config import (
+    accumulation_warning,
     bf16_enabled,
     build_ds_config,
     check_layout,
@@ -286,6 +287,8 @@ class Trainer:
         self.total_iters = args.total_iters(self.layout.global_batch_size, done)
         self.ds_config = build_ds_config(template, args, self.layout, self.config,
                                          client_optimizer=self.adam_impl != "deepspeed")
+        if (summed_in_bf16 := accumulation_warning(self.layout, bf16)) and self.rank == 0:
+            logger.warning("%s", summed_in_bf16)
         # a checkpoint of another layout is read as a universal checkpoint (converted by rank 0 here)
         self.universal = universal_tag(self.resume_from, self.layout_record(), self.layout.zero, self.rank,
                                        self.config, into=args.save) if self.resume_from else None
