@@ -614,6 +614,8 @@ def test_trainer_numbers_numpy_or_the_schedule_cannot_take(argv: list[str], mess
     ('{"zero_optimization": {"stage": "2"}}', "zero_optimization.stage must be 0, 1, 2 or 3, got '2'"),
     ('{"scheduler": {"type": "WarmupLR"}}', r"the LR schedule is the trainer's .*; remove scheduler from the file"),
     ('{"fp16": {"enabled": true}}', r"never fp16, .*; remove fp16 from the file"),
+    ('{"torch_autocast": {"enabled": true, "dtype": "float16"}}', r"not under DeepSpeed's torch_autocast .*; "
+                                                                   "remove torch_autocast from the file"),
     # found 2026-12-07: the trainer now writes data_types itself (fp32 gradient sums under bf16 ZeRO-2/3)
     ('{"data_types": {"grad_accum_dtype": "bf16"}}', r"sets data_types.grad_accum_dtype itself .*; remove "
                                                      "data_types from the file"),
@@ -629,11 +631,12 @@ def test_a_ds_config_the_trainer_cannot_read_is_one_line(text: str, message: str
         load_template(tmp_path / "ds.json")
 
 
-def test_a_disabled_fp16_section_is_no_refusal(tmp_path: Path) -> None:
+def test_a_disabled_fp16_or_torch_autocast_section_is_no_refusal(tmp_path: Path) -> None:
     from megamythos.training.ds_config import load_template
 
-    (tmp_path / "ds.json").write_text('{"fp16": {"enabled": false}}')
-    assert load_template(tmp_path / "ds.json") == {"fp16": {"enabled": False}}
+    for off in ('{"fp16": {"enabled": false}}', '{"torch_autocast": {"enabled": false}}'):
+        (tmp_path / "ds.json").write_text(off)
+        assert load_template(tmp_path / "ds.json") == json.loads(off)
 
 
 @pytest.mark.parametrize("template, flags, message", [

@@ -24,9 +24,12 @@ DROPPED = {
     "scheduler": "the LR schedule is the trainer's (--lr-schedule, --warmup, --lr, --min-lr), which replaces "
                  "DeepSpeed's scheduler",
     "fp16": "the trainer runs in bf16 (bf16.enabled, --bf16) or fp32, never fp16, whose section it drops",
+    "torch_autocast": "the trainer runs in bf16 weights (bf16.enabled, --bf16) or fp32, not under DeepSpeed's "
+                      "torch_autocast (whose fp16 loss scaling its own gradient clipping would not undo)",
     "data_types": "the trainer sets data_types.grad_accum_dtype itself (fp32 under bf16 ZeRO-2/3 with gradient "
                   "accumulation: the micro-batches' gradients summed in fp32, as Megatron sums them)",
 }
+ENABLED_SECTIONS = ("fp16", "torch_autocast")  # of DROPPED, refused only where their "enabled" is true
 # settings the command line owns (``--clip-grad``, AdamW's flags): a template's value, where it differs, would be
 # overwritten without a word; dotted path into the template -> TrainArgs fields (two: betas, a list)
 FLAG_KEYS = {
@@ -51,7 +54,8 @@ def load_template(path: str | Path) -> dict[str, Any]:
         raise ArgumentError(f"--ds-config {path}: optimizer.params must be an object, got "
                             f"{template['optimizer']['params']!r}")
     for key, why in DROPPED.items():
-        if key in template and (key != "fp16" or not isinstance(template[key], dict) or template[key].get("enabled")):
+        switchable = key in ENABLED_SECTIONS and isinstance(template.get(key), dict)
+        if key in template and (not switchable or template[key].get("enabled")):
             raise ArgumentError(f"--ds-config {path}: {why}; remove {key} from the file")
     for section in ("bf16", "expert_parallel"):  # a string "false" would be true to bf16_enabled and resolve_layout
         if not isinstance(template.get(section, {}).get("enabled", False), bool):
