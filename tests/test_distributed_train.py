@@ -396,8 +396,8 @@ def test_tensorboard_has_megatron_and_recurrent_tags(zero3):
     expected = {"lm loss", "learning-rate", "grad-norm", "params-norm", "tokens-per-sec", "tflops", "mfu", "loss-scale",
                 "lm loss validation", "lm loss validation ppl", "recurrent/max-rho", "recurrent/exit-mean-loops",
                 "recurrent/exit-share/loop-01", "recurrent/loop-count", "recurrent/state-norm/loop-00", "moe/max-load",
-                "moe/mean-load", "moe/load-imbalance", "moe/bias-min", "moe/bias-max", "memory/rss-GiB",
-                "memory/max-rss-GiB"}
+                "moe/mean-load", "moe/load-imbalance", "moe/idle-experts", "moe/bias-min", "moe/bias-max",
+                "memory/rss-GiB", "memory/max-rss-GiB"}
     assert expected <= tags, f"missing {sorted(expected - tags)}"
     assert [e.step for e in acc.Scalars("lm loss")] == list(range(1, ITERS + 1))
     assert [e.step for e in twins.Scalars("lm loss vs samples")] == [2 * i for i in range(1, ITERS + 1)]

@@ -115,6 +115,23 @@ def test_expert_bias_update_moves_load_toward_uniform() -> None:
     assert float(moe.tokens_per_expert.sum()) == 0.0
 
 
+def test_experts_no_token_reached_are_counted() -> None:
+    """``moe/idle-experts``: a router sending nearly every token to one expert (top-1) leaves most of the other 7
+    idle, until the bias updates bring them back in."""
+    cfg = small_config(n_experts=8, num_experts_per_tok=1)
+    moe = MoE(cfg).train()
+    with torch.no_grad():
+        moe.gate.weight.normal_(std=0.05)
+        moe.gate.weight[0, 0] = 3.0
+    x = torch.randn(4, 32, cfg.dim, generator=torch.Generator().manual_seed(0))
+    x[..., 0] = 1.0
+    idle = []
+    for _ in range(60):
+        moe(x)
+        idle.append(update_expert_bias(moe, rate=0.02)["idle_experts"])
+    assert idle[0] >= 5.0 and idle[-1] == 0.0, idle
+
+
 def test_counts_only_in_training_and_bias_state_round_trip() -> None:
     moe = MoE(small_config())
     moe.eval()(torch.randn(1, 4, 64))

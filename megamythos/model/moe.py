@@ -312,8 +312,9 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
     torch.distributed is initialised); b <- b + rate * sign(mean(c) - c); counts reset to 0.
     Returns load statistics of the last layer: max/mean tokens per expert (counted over the step: every
     micro-batch, every loop of a shared block and every rank, so a tensor-parallel group counts its tokens once
-    per rank), their ratio max/mean (1 = balanced, comparable across loops, batches and layouts) and the bias
-    range.
+    per rank), their ratio max/mean (1 = balanced, comparable across loops, batches and layouts), the number of
+    experts no token reached in the step (``idle_experts``: a collapsed router shows there while the ratio may
+    still look moderate) and the bias range.
     """
     stats: dict[str, float] = {}
     for load in expert_loads(model).values():
@@ -327,6 +328,7 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
         max_load, mean_load = float(counts.max()), float(mean)
         stats = {"max_load": max_load, "mean_load": mean_load,
                  "load_imbalance": max_load / mean_load if mean_load > 0 else 1.0,
+                 "idle_experts": float((counts == 0).sum()),
                  "bias_min": float(bias.min()), "bias_max": float(bias.max())}
     return stats
 
