@@ -477,6 +477,27 @@ def test_inputs_embeds_is_refused_naming_it(small_hf):
             call()
 
 
+def test_a_call_that_continues_a_cache_runs_the_cache_s_loop_count(small_hf):
+    """``model(next_ids, past_key_values=out.past_key_values)`` after ``model(ids, n_loops=5, use_cache=True)``, and
+    ``generate`` continuing the cache of a ``generate(n_loops=5)``, ran the config's count against a cache of 5 loops:
+    a ValueError ("n_loops=3 differs from the cache's 5") (found 2026-12-07). They continue at the cache's count."""
+    from megamythos.hf.modeling_megamythos import CACHE_SLOT
+
+    _, hf = small_hf
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    assert hf.config.n_loops is None and hf.config.mean_loops != 5
+    with torch.no_grad():
+        first = hf(ids[:, :4], n_loops=5, use_cache=True)
+        rest = hf(ids[:, 4:], past_key_values=getattr(first, CACHE_SLOT))
+        full = hf(ids, n_loops=5)
+    assert torch.allclose(torch.cat((first.logits, rest.logits), 1), full.logits, atol=1e-4)
+    kw = dict(do_sample=False, n_loops=5, exit_threshold=0.0)
+    start = hf.generate(ids, max_new_tokens=3, return_dict_in_generate=True, **kw)
+    go_on = hf.generate(start.sequences, past_key_values=getattr(start, CACHE_SLOT), max_new_tokens=3,
+                        do_sample=False, exit_threshold=0.0)
+    assert torch.equal(go_on, hf.generate(ids, max_new_tokens=6, **kw))
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_of_a_left_padded_batch_equals_each_prompt_alone(small_hf, num_beams):
     """transformers passes the tokenizer's attention mask into every forward, grown by a column per step (and

@@ -8,7 +8,8 @@ between steps and decodes through MLA's absorbed path, as ``megamythos.inference
 
 Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``mean_loops``) and
 ``config.exit_threshold``, overridable per call, e.g. ``model.generate(ids, n_loops=8, exit_threshold=0.1)`` or
-``model(ids, n_loops=16)``. ``attention_mask`` (1 = real, 0 = padding) is honoured at inference, as transformers'
+``model(ids, n_loops=16)``; a call that continues a cache without ``n_loops`` runs the cache's loop count (fixed
+when the cache was made). ``attention_mask`` (1 = real, 0 = padding) is honoured at inference, as transformers'
 causal LMs honour it: a left-padded batch (the exported tokenizer pads on the left) gives each row the logits and
 the ``generate()`` output of that row alone; positions count the real tokens before each one, so ``position_ids``
 are not needed (and not read).
@@ -66,7 +67,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     [B, cached + S] (1 = real, 0 = padding; padding at inference only); ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
     the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
-    ``config.max_position_embeddings`` raise ``ValueError``, as do ``inputs_embeds`` (token ids only) and a cache
+    ``config.max_position_embeddings`` raise ``ValueError``, as do ``n_loops`` other than a given cache's (None: the
+    cache's, else the config's), ``inputs_embeds`` (token ids only) and a cache
     of transformers' own (``DynamicCache``, ...)."""
 
     config_class = MegamythosConfig
@@ -141,14 +143,16 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         if asked:  # silently None before
             raise ValueError(f"megamythos does not return {' or '.join(asked)}: its layers loop, so there is no "
                              "per-layer output to give")
-        if n_loops is None:
-            n_loops = self.config.mean_loops if self.config.n_loops is None else self.config.n_loops
         exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
         exit_threshold = 0.0 if self.training else exit_threshold  # training runs every loop on every token
         cache = past_key_values if cache is None else cache
         if cache is not None and not isinstance(cache, MythosCache):  # an AttributeError ('kv') from below before
             raise ValueError(f"megamythos decodes with its own cache, not a {type(cache).__name__}: pass none (forward "
                              "makes one with use_cache=True) or the cache of the previous output")
+        if n_loops is None and cache is not None:  # a cache fixes the count (the config's was refused as other)
+            n_loops = cache.kv.n_loops
+        elif n_loops is None:
+            n_loops = self.config.mean_loops if self.config.n_loops is None else self.config.n_loops
         past = cache.get_seq_length() if cache is not None else 0
         context = self.config.max_position_embeddings
         if past + input_ids.shape[1] > context:  # RoPE would rotate by angles training never used
