@@ -498,6 +498,25 @@ def test_a_call_that_continues_a_cache_runs_the_cache_s_loop_count(small_hf):
     assert torch.equal(go_on, hf.generate(ids, max_new_tokens=6, **kw))
 
 
+def test_position_ids_are_checked_against_the_mask_the_model_reads_positions_from(small_hf):
+    """The model computes positions from the attention mask and reads no ``position_ids``: transformers' own
+    (``cumsum - 1`` of the mask, any value at padding) are accepted and change nothing, and others (an offset, two
+    sequences packed into one row), which it ignored without a word before (found 2026-12-07), are refused."""
+    _, hf = small_hf
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    transformers_positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    with torch.no_grad():
+        plain = hf(ids, attention_mask=mask).logits
+        assert torch.equal(hf(ids, attention_mask=mask, position_ids=transformers_positions).logits, plain)
+        assert torch.equal(hf(ids[1:], position_ids=torch.arange(5)[None]).logits, hf(ids[1:]).logits)
+        for other in (transformers_positions + 3, torch.tensor([[0, 1, 2, 0, 1]]).expand(2, -1)):
+            with pytest.raises(ValueError, match=r"^position_ids differ from the positions megamythos computes"):
+                hf(ids, attention_mask=mask, position_ids=other)
+        with pytest.raises(ValueError, match=r"^position_ids differ"):
+            hf(ids[1:], position_ids=torch.tensor([[0, 1, 2, 0, 1]]))
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generate_of_a_left_padded_batch_equals_each_prompt_alone(small_hf, num_beams):
     """transformers passes the tokenizer's attention mask into every forward, grown by a column per step (and

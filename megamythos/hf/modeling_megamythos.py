@@ -12,7 +12,7 @@ Loop count and exit rule are generation settings: ``config.n_loops`` (None -> ``
 when the cache was made). ``attention_mask`` (1 = real, 0 = padding) is honoured at inference, as transformers'
 causal LMs honour it: a left-padded batch (the exported tokenizer pads on the left) gives each row the logits and
 the ``generate()`` output of that row alone; positions count the real tokens before each one, so ``position_ids``
-are not needed (and not read).
+are not needed (and not read: ``position_ids`` given are checked to be those positions, else ``ValueError``).
 
 The context is ``config.max_position_embeddings`` (our ``max_seq_len``), as in ``megamythos.inference.generate``:
 RoPE is computed from the positions on the fly, so the model would run past it, at positions training never
@@ -68,7 +68,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
     the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
     ``config.max_position_embeddings`` raise ``ValueError``, as do ``n_loops`` other than a given cache's (None: the
-    cache's, else the config's), ``inputs_embeds`` (token ids only) and a cache
+    cache's, else the config's), ``position_ids`` other than the mask's (:meth:`check_position_ids`),
+    ``inputs_embeds`` (token ids only) and a cache
     of transformers' own (``DynamicCache``, ...)."""
 
     config_class = MegamythosConfig
@@ -132,6 +133,23 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.model.lm_head
 
+    def check_position_ids(self, position_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                           input_ids: torch.Tensor, cached: int) -> None:
+        """Raise ``ValueError`` unless ``position_ids`` [B or 1, S] are, at every real token of input_ids [B, S], the
+        positions the model gives it: the real tokens before it in its row of ``attention_mask`` [B, cached + S]
+        (transformers' ``cumsum - 1``), or cached + s without a mask. The model reads no ``position_ids``, so
+        others (an offset, sequences packed into one row) would be ignored without a word. One host sync."""
+        layout = None if attention_mask is None else self.model.layout_of(attention_mask, input_ids, cached)
+        if layout is None:
+            expected = torch.arange(cached, cached + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            real = torch.ones_like(input_ids, dtype=torch.bool)
+        else:
+            expected, real = layout.positions, layout.real
+        if position_ids.shape[-1] != input_ids.shape[1] or not bool((position_ids == expected)[real].all()):
+            raise ValueError("position_ids differ from the positions megamythos computes (each row's real tokens "
+                             "before a token, from attention_mask), and it reads none: leave position_ids out, or "
+                             "pass the attention_mask they come from (sequences packed into one row are not supported)")
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: MythosCache | None = None, labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 n_loops: int | None = None, exit_threshold: float | None = None,
@@ -159,6 +177,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
             raise ValueError(f"{past + input_ids.shape[1]} positions ({past} cached + {input_ids.shape[1]} new) run "
                              f"past the model's context of {context} positions (max_position_embeddings): pass at "
                              "most that many, or raise config.max_position_embeddings to run past it anyway")
+        if kwargs.get("position_ids") is not None:  # ignored before, whatever they said
+            self.check_position_ids(kwargs["position_ids"], attention_mask, input_ids, past)
         if cache is None and use_cache:
             cache = MythosCache(ModelKVCache(self.model.config, n_loops))
         out = self.model(input_ids, n_loops=n_loops, cache=cache.kv if cache is not None else None,
