@@ -478,9 +478,10 @@ def test_inputs_embeds_is_refused_naming_it(small_hf):
 
 
 def test_a_call_that_continues_a_cache_runs_the_cache_s_loop_count(small_hf):
-    """``model(next_ids, past_key_values=out.past_key_values)`` after ``model(ids, n_loops=5, use_cache=True)``, and
-    ``generate`` continuing the cache of a ``generate(n_loops=5)``, ran the config's count against a cache of 5 loops:
-    a ValueError ("n_loops=3 differs from the cache's 5") (found 2026-12-07). They continue at the cache's count."""
+    """``model(next_ids, cache=out.cache)`` (``past_key_values`` before transformers 5.24) after ``model(ids,
+    n_loops=5, use_cache=True)``, and ``generate`` continuing the cache of a ``generate(n_loops=5)``, ran the config's
+    count against a cache of 5 loops: a ValueError ("n_loops=3 differs from the cache's 5") (found 2026-12-07). They
+    continue at the cache's count."""
     from megamythos.hf.modeling_megamythos import CACHE_SLOT
 
     _, hf = small_hf
@@ -488,13 +489,13 @@ def test_a_call_that_continues_a_cache_runs_the_cache_s_loop_count(small_hf):
     assert hf.config.n_loops is None and hf.config.mean_loops != 5
     with torch.no_grad():
         first = hf(ids[:, :4], n_loops=5, use_cache=True)
-        rest = hf(ids[:, 4:], past_key_values=getattr(first, CACHE_SLOT))
+        rest = hf(ids[:, 4:], **{CACHE_SLOT: getattr(first, CACHE_SLOT)})
         full = hf(ids, n_loops=5)
     assert torch.allclose(torch.cat((first.logits, rest.logits), 1), full.logits, atol=1e-4)
     kw = dict(do_sample=False, n_loops=5, exit_threshold=0.0)
     start = hf.generate(ids, max_new_tokens=3, return_dict_in_generate=True, **kw)
-    go_on = hf.generate(start.sequences, past_key_values=getattr(start, CACHE_SLOT), max_new_tokens=3,
-                        do_sample=False, exit_threshold=0.0)
+    go_on = hf.generate(start.sequences, max_new_tokens=3, do_sample=False, exit_threshold=0.0,
+                        **{CACHE_SLOT: getattr(start, CACHE_SLOT)})
     assert torch.equal(go_on, hf.generate(ids, max_new_tokens=6, **kw))
 
 
