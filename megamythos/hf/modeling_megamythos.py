@@ -69,8 +69,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
     ``config.max_position_embeddings`` raise ``ValueError``, as do ``n_loops`` other than a given cache's (None: the
     cache's, else the config's), ``position_ids`` other than the mask's (:meth:`check_position_ids`),
-    ``inputs_embeds`` (token ids only) and a cache
-    of transformers' own (``DynamicCache``, ...)."""
+    ``inputs_embeds`` (token ids only) and a cache of transformers' own (``DynamicCache``, ...)."""
 
     config_class = MegamythosConfig
     base_model_prefix = "model"
