@@ -613,6 +613,54 @@ def test_nonfinite_guard_skips_counts_and_aborts(caplog):
         guard.record(True, 4, "gradient")
 
 
+class _Engine:
+    """What ``Trainer.train_step`` asks of a DeepSpeed engine, on a plain model: one micro-batch a step, no update."""
+
+    skipped_steps = 0
+
+    def __init__(self, model: MythosLM) -> None:
+        self.module, self.optimizer = model, types.SimpleNamespace()
+
+    def __call__(self, tokens: torch.Tensor, **kwargs: object):
+        return self.module(tokens, **kwargs)
+
+    def get_lr(self) -> list[float]:
+        return [1e-3]
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        return True
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        pass
+
+
+def test_a_step_draws_its_noise_from_the_seed_and_iteration_whatever_rng_a_rank_resumed_with():
+    """Tensor-parallel ranks compute the same replicated state, so under ``state_init=noise`` they must draw the same
+    initial noise. Found 2026-12-07: a step drew it from the RNG each rank restored, and a resume on a larger world
+    (1 rank -> 2 TP ranks) restores rank 0's file on rank 0 while rank 1 has none ("rng_rank1.pt missing"): the TP
+    peers drew different noise for the same batch from then on (seen in a real 2-rank TP run), silently. Each
+    step now seeds from (seed, iteration), as the loop count is drawn."""
+    from megamythos.training.pretrain import Trainer
+
+    config = dataclasses.replace(get_preset("tiny"), **TINY_OVERRIDES, state_init="noise")
+    tokens = torch.randint(config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for restored in (11, 12):  # the RNG state each rank resumed with (one restored a file, one did not)
+        torch.manual_seed(7)
+        model = MythosLM(config).train()
+        torch.manual_seed(restored)
+        trainer = types.SimpleNamespace(
+            config=config, args=types.SimpleNamespace(seed=7, log_params_norm=False), iteration=4, consumed=0,
+            comm=types.SimpleNamespace(reset=lambda: None, scalars=dict, seconds=0.0), engine=_Engine(model),
+            on_device=lambda batch: batch, layout=types.SimpleNamespace(micro_batch_size=1), dp_size=1,
+            documents=None, guard=NonFiniteGuard(3), own_grad_norm=False, world_mean=lambda values: values)
+        losses.append(Trainer.train_step(trainer, iter([(tokens, tokens)]))["lm_loss"])
+    assert losses[0] == losses[1]
+
+
 @pytest.fixture(scope="module")
 def gloo_group_of_one():
     """A torch.distributed group of this process alone, with the environment ``deepspeed.initialize`` reads; one
