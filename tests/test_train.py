@@ -806,6 +806,27 @@ def test_the_memory_a_cpu_run_logs_leaves_out_the_data_it_has_read(tmp_path):
     assert after["memory/anon-GiB"] - before["memory/anon-GiB"] < 8 / 1024, (before, after)
 
 
+def test_every_rank_gathers_as_many_memory_values_when_one_cannot_read_its_anonymous_part(monkeypatch):
+    """Each step all-gathers every rank's memory values in one collective, which needs rows of one length. Found
+    2026-12-07: a rank that could not read /proc/self/status (out of file descriptors, say) left
+    ``memory/anon-GiB`` out, and in a real 2-rank run gloo aborted that rank ("Received data size doesn't match
+    expected size") while rank 0 read garbage into its row. Now the value is NaN there and the peak is the other
+    ranks'; a value that no rank could read is left out, as on a system without it."""
+    from megamythos.training import monitor
+    from megamythos.training.monitor import peak_memory
+
+    readable = memory_usage(torch.device("cpu"))
+    monkeypatch.setattr(monitor, "anonymous_resident_bytes", lambda: None)
+    unreadable = memory_usage(torch.device("cpu"))
+    assert list(unreadable) == list(readable)
+    keys = list(readable)
+    peaks = peak_memory(keys, torch.tensor([list(readable.values()), list(unreadable.values())], dtype=torch.float64))
+    assert peaks["memory/anon-GiB"] == readable["memory/anon-GiB"]
+    assert peaks["memory/rss-GiB"] == max(readable["memory/rss-GiB"], unreadable["memory/rss-GiB"])
+    assert list(peak_memory(keys, torch.tensor([list(unreadable.values())], dtype=torch.float64))) == [
+        "memory/rss-GiB", "memory/max-rss-GiB"]
+
+
 def test_exit_duration_counts_from_the_process_start():
     """``--exit-duration-in-mins``: past once this process has run that long (start-up included), never at 0. Half
     this process's age is past at once, where a clock started with the run would wait that long."""

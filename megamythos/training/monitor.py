@@ -64,7 +64,8 @@ def memory_usage(device: torch.device) -> dict[str, float]:
     process started and, on Linux, its anonymous part (``memory/anon-GiB``, :func:`anonymous_resident_bytes`): the
     resident set also holds the pages of the memory-mapped dataset and index files the run has read, which grow with
     the steps up to those files' sizes (the kernel drops them under memory pressure), so a leak shows in the
-    anonymous part alone."""
+    anonymous part alone. The keys depend on the device type only (a value this process cannot read is NaN): the
+    trainer gathers every rank's values in one collective of that many numbers (:func:`peak_memory`)."""
     if device.type == "cuda":
         usage = {"memory/max-allocated-GiB": torch.cuda.max_memory_allocated(device) / GIB,
                  "memory/max-reserved-GiB": torch.cuda.max_memory_reserved(device) / GIB,
@@ -74,9 +75,16 @@ def memory_usage(device: torch.device) -> dict[str, float]:
     usage = {"memory/rss-GiB": psutil.Process().memory_info().rss / GIB,
              "memory/max-rss-GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB}  # Linux: KiB
     anonymous = anonymous_resident_bytes()
-    if anonymous is not None:
-        usage["memory/anon-GiB"] = anonymous / GIB
+    usage["memory/anon-GiB"] = math.nan if anonymous is None else anonymous / GIB
     return usage
+
+
+def peak_memory(keys: list[str], table: torch.Tensor) -> dict[str, float]:
+    """The memory of the rank nearest its limit: for each of ``keys``, the max over the ranks' rows of ``table``
+    [world, len(keys)] (:func:`memory_usage`'s values of each rank), a NaN (a value that rank could not read) left
+    out; a key that no rank could read is dropped."""
+    peaks = table.masked_fill(table.isnan(), -math.inf).amax(0).tolist()
+    return {key: peak for key, peak in zip(keys, peaks, strict=True) if peak > -math.inf}
 
 
 def measure_peak_tflops(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",

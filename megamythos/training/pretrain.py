@@ -113,6 +113,7 @@ from megamythos.training.monitor import (
     memory_usage,
     openmp_wait_policy,
     peak_key,
+    peak_memory,
     rank_timers,
     still_working,
 )
@@ -819,7 +820,7 @@ class Trainer:
         values.update(step["comm"])
         usage = memory_usage(torch.device(self.engine.device))
         table = self.rank_table([*usage.values(), seconds - step["comm_seconds"]])
-        memory = dict(zip(usage, table[:, :-1].amax(0).tolist(), strict=True))  # the rank nearest its limit
+        memory = peak_memory(list(usage), table[:, :-1])
         values.update(memory)
         timers = rank_timers(table[:, -1].tolist()) if self.world > 1 else {}
         values.update(timers)
