@@ -648,17 +648,17 @@ def test_a_step_draws_its_noise_from_the_seed_and_iteration_whatever_rng_a_rank_
     config = dataclasses.replace(get_preset("tiny"), **TINY_OVERRIDES, state_init="noise")
     tokens = torch.randint(config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
     losses = []
-    for restored in (11, 12):  # the RNG state each rank resumed with (one restored a file, one did not)
+    for restored, dp_rank in ((11, 0), (12, 0), (11, 1)):  # the RNG each rank resumed with; its data-parallel rank
         torch.manual_seed(7)
         model = MythosLM(config).train()
         torch.manual_seed(restored)
         trainer = types.SimpleNamespace(
             config=config, args=types.SimpleNamespace(seed=7, log_params_norm=False), iteration=4, consumed=0,
             comm=types.SimpleNamespace(reset=lambda: None, scalars=dict, seconds=0.0), engine=_Engine(model),
-            on_device=lambda batch: batch, layout=types.SimpleNamespace(micro_batch_size=1), dp_size=1,
+            on_device=lambda batch: batch, layout=types.SimpleNamespace(micro_batch_size=1), dp_rank=dp_rank, dp_size=2,
             documents=None, guard=NonFiniteGuard(3), own_grad_norm=False, world_mean=lambda values: values)
         losses.append(Trainer.train_step(trainer, iter([(tokens, tokens)]))["lm_loss"])
-    assert losses[0] == losses[1]
+    assert losses[0] == losses[1] != losses[2]  # a tensor-parallel peer draws alike, another data-parallel rank not
 
 
 @pytest.fixture(scope="module")

@@ -217,14 +217,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def seed_step(seed: int, iteration: int) -> None:
-    """Seed torch's generators (the CPU's and every device's) from (seed, iteration) alone before the step after
-    ``iteration``, as :func:`~megamythos.model.recurrent.sample_loop_count` draws its loop count: the step's random
-    draws (the initial state of ``state_init="noise"``) are then the same on every rank, which the replicated
-    computation of tensor-parallel ranks needs, and the same after any resume or rollback as in an uninterrupted run.
-    The RNG a checkpoint restores is not enough for that: a rank of a larger world than the checkpoint's has no file
-    of its own to restore (its tensor-parallel peer restored one), and the device generators are not saved."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, iteration]).generate_state(1, np.uint64)[0]))
+def seed_step(seed: int, iteration: int, dp_rank: int) -> None:
+    """Seed torch's generators (the CPU's and every device's) from (seed, iteration, data-parallel rank) alone before
+    the step after ``iteration``, as :func:`~megamythos.model.recurrent.sample_loop_count` draws its loop count from
+    (seed, iteration): the step's random draws (the initial state of ``state_init="noise"``) are then the same on
+    the tensor-parallel ranks of one data-parallel rank, whose replicated computation needs them equal, differ
+    between data-parallel ranks (other samples, other noise), and are the same after any resume or rollback as in an
+    uninterrupted run. The RNG a checkpoint restores is not enough for that: a rank of a larger world than the
+    checkpoint's has no file of its own to restore (its tensor-parallel peer restored one), and the device
+    generators are not saved."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, iteration, dp_rank]).generate_state(1, np.uint64)[0]))
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -729,7 +731,7 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; non-finite micro-batches are skipped."""
         cfg = self.config
         self.comm.reset()
-        seed_step(self.args.seed, self.iteration)
+        seed_step(self.args.seed, self.iteration, self.dp_rank)
         n_loops = sample_loop_count(cfg.mean_loops, cfg.loop_sigma, cfg.resolved_max_loops, self.args.seed,
                                     self.iteration) if cfg.sample_depth else cfg.mean_loops
         lm, aux, stats, grad_norm = [], [], {}, None
