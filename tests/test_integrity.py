@@ -126,6 +126,28 @@ def test_export_says_when_no_tag_verifies(saved: Path, tmp_path: Path, capsys) -
     assert "optim_states.pt is corrupt" in line and f"no other tag of {ckpt} verifies" in line, line
 
 
+def test_a_checkpoint_file_that_cannot_be_read_is_a_problem_every_rank_refuses_alike(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """Found 2026-12-07 (distributed audit): an OSError while hashing (an I/O error of a failing disk) ended the
+    rank hashing that file with a traceback before the ranks compared their findings, so the others failed on the
+    lost peer. It is now a problem like a changed file, gathered and refused by every rank in one line."""
+    import megamythos.data.manifest as manifest
+
+    for name, data in (("a.pt", b"a" * 10), ("b.pt", b"b" * 20)):
+        (tmp_path / name).write_bytes(data)
+    write_checksums(tmp_path)
+    hash_file = manifest.file_sha256
+
+    def failing(path):
+        if Path(path).name == "b.pt":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return hash_file(path)
+
+    monkeypatch.setattr(manifest, "file_sha256", failing)
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'b.pt'} cannot be read (Input/output error)")):
+        verify_checksums(tmp_path)
+
+
 def test_shares_give_each_file_to_one_rank_and_balance_the_bytes() -> None:
     sizes = {f"f{i}": size for i, size in enumerate([900, 10, 500, 500, 7, 300, 300, 1, 0])}
     parts = shares(sizes, 3)

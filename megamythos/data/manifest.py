@@ -75,17 +75,21 @@ def unlisted_file(directory: Path, listed: dict[str, Any]) -> tuple[str, str] | 
 
 
 def first_problem(directory: Path, names: list[str], listed: dict[str, Any], hashes: bool) -> tuple[str, str] | None:
-    """(name, problem) of the first of ``names``, in path order, that is missing or has another size (``hashes``:
-    another sha256) than ``listed`` says."""
+    """(name, problem) of the first of ``names``, in path order, that is missing, cannot be read (an I/O error, no
+    permission: a problem like the others, so that the ranks sharing a check all refuse it alike) or has another
+    size (``hashes``: another sha256) than ``listed`` says."""
     manifest = directory / CHECKSUMS_FILE
     for name in sorted(names):
         file, entry = directory / name, listed[name]
-        if not hashes and not file.is_file():
-            return name, f"is missing (listed in {manifest})"
-        if not hashes and file.stat().st_size != entry["size"]:
-            return name, f"is corrupt: {file.stat().st_size} bytes, {entry['size']} when saved"
-        if hashes and file_sha256(file) != entry[ALGORITHM]:
-            return name, f"is corrupt: its {ALGORITHM} differs from {manifest}"
+        try:
+            if not hashes and not file.is_file():
+                return name, f"is missing (listed in {manifest})"
+            if not hashes and file.stat().st_size != entry["size"]:
+                return name, f"is corrupt: {file.stat().st_size} bytes, {entry['size']} when saved"
+            if hashes and file_sha256(file) != entry[ALGORITHM]:
+                return name, f"is corrupt: its {ALGORITHM} differs from {manifest}"
+        except OSError as err:
+            return name, f"cannot be read ({err.strerror or err})"
     return None
 
 
