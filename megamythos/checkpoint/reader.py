@@ -112,9 +112,10 @@ def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tenso
 
 
 def _zero0_module_state(tag_dir: Path, module: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The full fp32 state of a ZeRO-0 checkpoint without TP: rank 0's ``module``, and for an AutoEP run the experts
-    DeepSpeed keeps out of it, one file per expert (``layer_L_expert_E_mp_rank_00_model_states.pt`` holding
-    ``NAME.w1.E`` [F, H], ...), stacked into ``NAME.w1`` [E, F, H] and named as the model names them."""
+    """The full state, as fp32, of a ZeRO-0 checkpoint without TP: rank 0's ``module`` (a bf16 run's bf16 weights,
+    the ones its forward used; its fp32 master copies sit in the optimizer state, not read), and for an AutoEP run
+    the experts DeepSpeed keeps out of it, one file per expert (``layer_L_expert_E_mp_rank_00_model_states.pt``
+    holding ``NAME.w1.E`` [F, H], ...), stacked into ``NAME.w1`` [E, F, H] and named as the model names them."""
     experts: dict[str, dict[int, torch.Tensor]] = {}
     for path in tag_dir.glob("layer_*_expert_*_mp_rank_00_model_states.pt"):
         for name, tensor in torch.load(path, map_location="cpu", weights_only=False).items():
