@@ -585,8 +585,15 @@ def test_trainer_counts_that_must_be_positive(flag: str) -> None:
     (["--adam-eps", "inf"], "--adam-eps must be a finite number > 0, got inf"),
     (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0"),
     (["--peak-tflops", "inf"], "--peak-tflops must be finite"),
-    (["--distributed-timeout-minutes", "inf"], "--distributed-timeout-minutes must be a finite number of at least 0.1"),
-    (["--distributed-timeout-minutes", "1e-12"], "--distributed-timeout-minutes must be a finite number of at least"),
+    (["--distributed-timeout-minutes", "inf"], r"--distributed-timeout-minutes must lie in \[0.1, 525600\]"),
+    (["--distributed-timeout-minutes", "1e-12"], r"--distributed-timeout-minutes must lie in \[0.1, 525600\]"),
+    # found 2026-12-07 (bad-input sweep): 1e30 passed and was timedelta's OverflowError traceback after the model
+    # was built; 1e9 days overflowed torch's store deadline ("timed out after -5833720454947758ms"); --divergence-
+    # factor and --spike-factor inf switched the guard off without a word
+    (["--distributed-timeout-minutes", "1e30"], r"--distributed-timeout-minutes must lie in \[0.1, 525600\] \(6 s "
+                                                r"to a year; DeepSpeed's default is 10\), got 1e\+30"),
+    (["--divergence-factor", "inf"], "--divergence-factor must be 0 \\(off\\) or a finite number above 1, got inf"),
+    (["--spike-factor", "inf"], "--spike-factor must be 0 \\(off\\) or a finite number above 1, got inf"),
     (["--save", ""], "--save is empty: give a path, or leave the flag out"),
     # Megatron reads --eval-iters 0 as "no validation"; here that is --eval-interval 0, which the line now says
     (["--eval-iters", "0"], r"--eval-iters must be >= 1 \(--eval-interval 0 runs no validation\)"),

@@ -34,6 +34,9 @@ DEFAULT_DS_CONFIG = DS_CONFIGS / "cpu-debug.json"
 DEFAULT_DATA_DIR = WORKSPACE / "data" / "default"
 LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200
+# a year: torch's stores add the timeout to the clock in int64 nanoseconds, which a longer one overflows (a timeout
+# of 1e9 days failed at once, "timed out after -5833720454947758ms"), and timedelta refuses ~1e12 minutes
+MAX_TIMEOUT_MINUTES = 525600
 # flags of evaluate/generate that a training command line may be given: what to do instead (not the closest flag:
 # --exit-interval would stop the run)
 INFERENCE_FLAGS = {
@@ -159,15 +162,17 @@ class TrainArgs:
                      "weight_decay"):
             _check(0 <= getattr(self, name) < math.inf, f"--{name.replace('_', '-')} must be a finite number >= 0")
         _check(self.peak_tflops is None or self.peak_tflops < math.inf, "--peak-tflops must be finite")
-        _check(0.1 <= self.distributed_timeout_minutes < math.inf, "--distributed-timeout-minutes must be a finite "
-               f"number of at least 0.1 (6 s; DeepSpeed's default is 10), got {self.distributed_timeout_minutes}")
+        _check(0.1 <= self.distributed_timeout_minutes <= MAX_TIMEOUT_MINUTES, "--distributed-timeout-minutes must "
+               f"lie in [0.1, {MAX_TIMEOUT_MINUTES}] (6 s to a year; DeepSpeed's default is 10), got "
+               f"{self.distributed_timeout_minutes}")
         for name in ("save", "load", "tensorboard_dir", "metrics_file", "profile_dir", "data_cache_dir",
                      "default_data_dir"):  # '' would mean the working directory to some and "off" to others
             _check(getattr(self, name) != "", f"--{name.replace('_', '-')} is empty: give a path, or leave the flag "
                                               "out")
         for name in ("divergence_factor", "spike_factor"):  # 1 x ln(vocab) / x the median: any loss at all
-            value = getattr(self, name)
-            _check(value == 0 or value > 1, f"--{name.replace('_', '-')} must be 0 (off) or above 1, got {value}")
+            value = getattr(self, name)  # inf would be off as silently as 0 is off on purpose
+            _check(value == 0 or 1 < value < math.inf,
+                   f"--{name.replace('_', '-')} must be 0 (off) or a finite number above 1, got {value}")
         _check(self.on_divergence in ON_DIVERGENCE,
                f"--on-divergence must be one of {ON_DIVERGENCE}, got {self.on_divergence!r}")
         _check(1 <= self.profile_step_start <= self.profile_step_end, "--profile-step-start and --profile-step-end "
