@@ -574,6 +574,18 @@ def test_trainer_counts_that_must_be_positive(flag: str) -> None:
         parse_args([flag, "-1"])
 
 
+@pytest.mark.parametrize("argv, message", [(["--mean-loops", "0"], "argument --mean-loops: must be >= 1, got 0"),
+                                           (["--backprop-loops=-1"], "argument --backprop-loops: must be >= 0, got -1"),
+                                           (["--loop-checkpoint-segment=-1"],
+                                            "argument --loop-checkpoint-segment: must be >= 0, got -1")])
+def test_loop_flags_out_of_range_name_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07 (bad-input sweep): the aliases of ``--override`` passed the parser and were refused once the
+    model was configured, naming the field (``ModelConfig.mean_loops=0 is invalid``), not the flag given."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "-1"], r"--seed must lie in \[0, 2\*\*32\), got -1"),
     (["--seed", str(2**32)], r"--seed must lie in \[0, 2\*\*32\)"),

@@ -23,7 +23,7 @@ from typing import Any
 
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path, parse_split
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, SPLIT_PATH_FIELDS, DataRecipe, DataSources
-from megamythos.errors import ArgumentParser, UserError
+from megamythos.errors import ArgumentParser, UserError, number
 from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.runtime.locations import DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
@@ -337,16 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--override", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a ModelConfig field on top of the preset (repeatable); the flags below alias their "
                         "fields and change nothing when not given")
-    add("--mean-loops", type=int, default=None, help="trained mean loop count (= --override mean_loops=N)")
-    add("--backprop-loops", type=int, default=None, help="truncated BPTT: gradient through the last k iterations "
-                                                         "(= --override backprop_loops=k)")
+    add("--mean-loops", type=number(int, 1), default=None, help="trained mean loop count (= --override mean_loops=N)")
+    add("--backprop-loops", type=number(int, 0), default=None,
+        help="truncated BPTT: gradient through the last k iterations (= --override backprop_loops=k)")
     g.add_argument("--checkpoint-loops", dest="checkpoint_loops", action="store_true", default=None,
                    help="checkpoint every recurrent iteration under gradient (the default where backprop runs "
                         "through every loop, --backprop-loops 0; = --override checkpoint_loops=true)")
     g.add_argument("--no-checkpoint-loops", dest="checkpoint_loops", action="store_false", default=None,
                    help="keep the activations of the iterations under gradient (the default with truncated "
                         "backprop, whose k iterations bound them; = --override checkpoint_loops=false)")
-    add("--loop-checkpoint-segment", type=int, default=None,
+    add("--loop-checkpoint-segment", type=number(int, 0), default=None,
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient; implies "
              "--checkpoint-loops): O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
     g = p.add_argument_group("data")
