@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import re
 import subprocess
 import sys
@@ -18,20 +19,42 @@ import threading
 import time
 
 
+def seconds(text: str) -> float:
+    """``--every``: a finite number of seconds > 0 (NaN never spoke up; 0 and below spoke every second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def regex(text: str) -> re.Pattern[bytes]:
+    """``--only``: a regular expression, matched against the command's output lines as bytes."""
+    try:
+        return re.compile(text.encode())
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({err})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 launchers/heartbeat.py", description=__doc__.replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--every", type=float, default=10.0,
+    parser.add_argument("--every", type=seconds, default=10.0,
                         help="seconds of silence before a line is printed (default: %(default)g)")
     parser.add_argument("--what", default="working", help="what the line says is going on (default: %(default)s)")
-    parser.add_argument("--only", default=None, help="show only the output lines matching this regex")
+    parser.add_argument("--only", type=regex, default=None, help="show only the output lines matching this regex")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given")
     start = last = time.monotonic()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+    except OSError as err:  # not found, not executable: the command line's mistake, not a traceback
+        parser.error(f"cannot run {command[0]}: {err.strerror}")
     done = threading.Event()
 
     def tick() -> None:
@@ -42,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                 last = time.monotonic()
 
     threading.Thread(target=tick, daemon=True).start()
-    shown = re.compile(args.only.encode()) if args.only else None
     hidden: collections.deque[bytes] = collections.deque(maxlen=200)
     for line in iter(proc.stdout.readline, b""):
-        if shown is not None and not shown.search(line):
+        if args.only is not None and not args.only.search(line):
             hidden.append(line)
             continue
         last = time.monotonic()

@@ -521,6 +521,24 @@ def test_heartbeat_help_names_the_command_to_type_and_its_defaults():
     assert prefix.returncode == 2 and "unrecognized arguments: --ever" in prefix.stderr, prefix.stderr
 
 
+EVERY_REFUSED = "argument --every: must be a finite number > 0"
+
+
+@pytest.mark.parametrize("argv, message", [(["--every", "nan", "--", "true"], EVERY_REFUSED),
+                                           (["--every=-1", "--", "true"], EVERY_REFUSED),
+                                           (["--only", "(", "--", "true"],
+                                            "argument --only: '(' is not a regular expression (missing ), "),
+                                           (["--", "/no/such/command"],
+                                            "cannot run /no/such/command: No such file or directory")])
+def test_heartbeat_refuses_what_it_cannot_use_in_one_error_line(argv: list[str], message: str) -> None:
+    """Found 2026-12-07 (bad-input sweep): --every nan never spoke up and -1 spoke every second, both silently; a
+    malformed --only and a command that does not exist were tracebacks (re.error, FileNotFoundError)."""
+    out = subprocess.run([sys.executable, str(LAUNCHER.parent / "heartbeat.py"), *argv], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1].startswith(f"python3 launchers/heartbeat.py: error: {message}"), out.stderr
+
+
 @pytest.mark.parametrize("mode", ["srun", "pdsh"])
 def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode, tmp_path):
     """Found 2026-12-06 (read, no cluster here): MODE=srun inherited the batch step's one task of 64 CPUs per node,
