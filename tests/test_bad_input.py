@@ -517,6 +517,10 @@ NUMBER_CASES = [
      "argument --ib-gbs: must be finite"),
     ("megamythos.planning.plan:main", ["--gpus", "8", "--gpu-memory-gb"],
      "argument --gpu-memory-gb: expected at least one argument"),
+    # found 2026-12-07 (bad-input sweep): an empty path was read as the flag not given, planning without the file
+    ("megamythos.planning.plan:main", ["--config", ""], "error: --config is empty: give a path, or leave the flag out"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--ds-config="], "error: --ds-config is empty: give a path"),
+    ("megamythos.planning.plan:main", ["--gpus", "8", "--hostfile", ""], "error: --hostfile is empty: give a path"),
     ("megamythos.planning.plan:main", ["--gpus", "8", "--hpz", "3"], "world size 8 is not divisible by ZeRO++"),
     ("megamythos.planning.plan:main", ["--gpus", "16", "--hpz", "16", "--plan"],
      "ZeRO++ hpz=16 is larger than --gpus-per-node 8"),

@@ -219,6 +219,9 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     stray = flags_needing_gpus(parser, args) if args.gpus is None else []
     if stray:
         parser.error(f"{', '.join(stray)}: only with a layout; add --gpus N (the world size)")
+    for flag in ("--config", "--ds-config", "--hostfile"):  # '' read as not given: planned without the file
+        if getattr(args, flag[2:].replace("-", "_")) == "":
+            parser.error(f"{flag} is empty: give a path, or leave the flag out")
     if args.hostfile:
         check_launchable(args)
     config = ModelConfig.from_json(args.config, CONFIG_REMEDY) if args.config else get_preset(args.preset)
