@@ -78,6 +78,17 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
     return parse
 
 
+def path_text(text: str) -> str:
+    """An argparse ``type`` for a path flag: ``''`` (which code reads as the flag left out, or as the working
+    directory) is argparse's one error line naming the flag::
+
+        error: argument --out: is empty; give a path, or leave the flag out
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give a path, or leave the flag out")
+    return text
+
+
 def checked_by(check: Callable[[str], Any]) -> Callable[[str], str]:
     """An argparse ``type`` that keeps a flag's text after ``check`` accepts it; a :class:`UserError` from ``check``
     becomes argparse's one error line naming the flag."""

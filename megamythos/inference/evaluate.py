@@ -55,7 +55,7 @@ from megamythos.data.pretraining import (
     documents_eod,
     resolve_data,
 )
-from megamythos.errors import ArgumentParser, checked_by, number, run_cli
+from megamythos.errors import ArgumentParser, checked_by, number, path_text, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import IGNORE_INDEX, MythosLM
@@ -345,14 +345,16 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     """The command line of ``python -m megamythos.inference.evaluate`` as a validated :class:`EvalConfig`."""
     p = ArgumentParser(prog="python -m megamythos.inference.evaluate", description=__doc__)
-    p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
+    p.add_argument("--load", required=True, type=path_text,
+                   help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")
     p.add_argument("--split", type=checked_by(parse_split), help="train,valid,test weights (default: the training "
                    "run's)")
     p.add_argument("--seed", type=number(int, 0, 2**32 - 1), help="data seed (default: the training run's)")
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
-    p.add_argument("--data-cache-dir", help="where the held-out split's index cache goes (default: the training "
-                   "run's --data-cache-dir, else beside the data)")
+    p.add_argument("--data-cache-dir", type=path_text,
+                   help="where the held-out split's index cache goes (default: the training run's --data-cache-dir, "
+                        "else beside the data)")
     p.add_argument("--test-set", action="store_true",
                    help="evaluate the run's test split (of --split, or its --test-data-path) instead of its "
                         "validation split, as Megatron's test set at the end of training")
@@ -365,10 +367,11 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
                         "stops once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below it, next to the every-loop rows "
                         f"(default: the checkpoint config's exit_threshold, {ModelConfig.exit_threshold:g} unless "
                         "trained with --override exit_threshold=...; 0: the every-loop rows only)")
-    p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
-    p.add_argument("--out", help="results directory (default: LOAD/eval/TAG for a checkpoint: beside the "
-                   "tags in the --load directory, out of --keep-last's reach; eval/ in an export)")
-    p.add_argument("--tensorboard-dir", help="default: OUT/tensorboard")
+    p.add_argument("--tokenizer", type=path_text, help="tokenizer .model (must be the one the model was trained with)")
+    p.add_argument("--out", type=path_text,
+                   help="results directory (default: LOAD/eval/TAG for a checkpoint: beside the tags in the --load "
+                        "directory, out of --keep-last's reach; eval/ in an export)")
+    p.add_argument("--tensorboard-dir", type=path_text, help="default: OUT/tensorboard")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     ns = vars(p.parse_args(argv))
     try:

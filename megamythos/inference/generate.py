@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from megamythos.data.atomic import OutputError, atomic_open, writable_parent
-from megamythos.errors import ArgumentParser, number, run_cli
+from megamythos.errors import ArgumentParser, number, path_text, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
 from megamythos.model.config import ModelConfig
@@ -283,15 +283,18 @@ PROMPT_FILE_BATCH = 8  # --batch-size's default
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="python -m megamythos.inference.generate", description=__doc__)
-    p.add_argument("--load", required=True, help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
+    p.add_argument("--load", required=True, type=path_text,
+                   help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="text to continue, streamed with its continuation to stdout")
-    source.add_argument("--prompt-file", help="one prompt per line, or a .jsonl file with a \"prompt\" string per "
-                                              "line; one JSON line of results per prompt, in file order")
+    source.add_argument("--prompt-file", type=path_text,
+                        help="one prompt per line, or a .jsonl file with a \"prompt\" string per line; one JSON "
+                             "line of results per prompt, in file order")
     p.add_argument("--batch-size", type=number(int, 1),
                    help=f"--prompt-file: prompts per left-padded batch (default {PROMPT_FILE_BATCH}; sampled text "
                         "depends on it, greedy does not)")
-    p.add_argument("--out", help="--prompt-file: write the JSON lines to this file (atomically) instead of stdout")
+    p.add_argument("--out", type=path_text,
+                   help="--prompt-file: write the JSON lines to this file (atomically) instead of stdout")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--loops", type=number(int, 1), help="recurrent iterations per token (default: the trained mean)")
     p.add_argument("--max-new-tokens", type=number(int, 0), default=SamplingConfig.max_new_tokens,
@@ -305,7 +308,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this; "
                         "0 = run every loop (default: the checkpoint config's exit_threshold, "
                         f"{ModelConfig.exit_threshold:g} unless trained with --override exit_threshold=...)")
-    p.add_argument("--tokenizer", help="tokenizer .model (must be the one the model was trained with)")
+    p.add_argument("--tokenizer", type=path_text, help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     args = p.parse_args(argv)
     if args.exit_threshold is not None and not args.exit_threshold >= 0:  # NaN too

@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from megamythos.errors import ArgumentParser, number, read_json_object, run_cli
+from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
 from megamythos.model.config import PRESETS, ModelConfig, get_preset
 from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m megamythos.planning.plan", description=__doc__)
     positive_int, positive_float = number(int, 1), number(float, 0, low_open=True)  # one error line
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
-    parser.add_argument("--config", help="model config JSON (overrides --preset)")
+    parser.add_argument("--config", type=path_text, help="model config JSON (overrides --preset)")
     parser.add_argument("--seq-length", type=positive_int, default=None, help="default: min(max_seq_len, 4096)")
     parser.add_argument("--loops", type=positive_int, default=None, help="loop count for effective params / FLOPs")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="under ZeRO-3: partition the recurrent core too (the trainer's --no-replicate-core)")
     lay.add_argument("--loop-checkpoint-segment", type=number(int, 0), default=None,
                      help="override the config's (0: two-level checkpointing with sqrt-sized segments)")
-    lay.add_argument("--ds-config", help="read ZeRO++ options (hpz, qwz, qgz) from this DeepSpeed JSON")
+    lay.add_argument("--ds-config", type=path_text, help="read ZeRO++ options (hpz, qwz, qgz) from this DeepSpeed JSON")
     lay.add_argument("--hpz", type=positive_int, default=None,
                      help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
     lay.add_argument("--qwz", action="store_true", default=None, help="ZeRO++ zero_quantized_weights")
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--nvlink-gbs", type=positive_float, default=Cluster.nvlink_gbs, help="GB/s per GPU")
     step.add_argument("--ib-gbs", type=positive_float, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
     run = parser.add_argument_group(WITH_GPUS[2])
-    run.add_argument("--hostfile", help="print the exact multi-node deepspeed command for this layout")
+    run.add_argument("--hostfile", type=path_text, help="print the exact multi-node deepspeed command for this layout")
     run.add_argument("train_args", nargs=argparse.REMAINDER, help="further trainer flags after --")
     return parser
 
@@ -219,9 +219,6 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     stray = flags_needing_gpus(parser, args) if args.gpus is None else []
     if stray:
         parser.error(f"{', '.join(stray)}: only with a layout; add --gpus N (the world size)")
-    for flag in ("--config", "--ds-config", "--hostfile"):  # '' read as not given: planned without the file
-        if getattr(args, flag[2:].replace("-", "_")) == "":
-            parser.error(f"{flag} is empty: give a path, or leave the flag out")
     if args.hostfile:
         check_launchable(args)
     config = ModelConfig.from_json(args.config, CONFIG_REMEDY) if args.config else get_preset(args.preset)
