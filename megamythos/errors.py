@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import logging
 import math
@@ -186,11 +187,22 @@ class ArgumentParser(argparse.ArgumentParser):
         return f"unrecognized argument{'s' if len(parts) > 1 else ''} {', '.join(parts)}"
 
 
+def path_too_long(err: OSError) -> str | None:
+    """The one line for ``err`` where the system refused a path given for its length (ENAMETOOLONG: a bad input,
+    whichever flag named it), else None; a long path is shown by its start and its length."""
+    if err.errno != errno.ENAMETOOLONG:
+        return None
+    name = str(err.filename)
+    shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"
+    return f"{shown}: file name too long; give a shorter path"
+
+
 def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT,
             user_errors: tuple[type[BaseException], ...] = (UserError,)) -> int:
     """Run a command line's ``main`` and return its exit code; a user error ends it with ``error: MESSAGE`` on
     stderr and exit code 2, Ctrl-C with ``error: interrupted`` and 130 (the shell's code for SIGINT), a closed
-    stdout (``| head``) quietly with 141 (SIGPIPE's).
+    stdout (``| head``) quietly with 141 (SIGPIPE's); a path too long for the system (:func:`path_too_long`) is a
+    user error too.
 
     ``log_format``: INFO logging to stderr in this format (None: the caller configured logging itself).
     The error is not logged besides: the log writes to the same stderr, where it would say it a second time.
@@ -210,3 +222,9 @@ def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT,
     except BrokenPipeError:  # stdout's reader left (`| head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
         return 141  # the shell's code for SIGPIPE
+    except OSError as err:
+        line = path_too_long(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        return 2

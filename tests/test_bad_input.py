@@ -860,14 +860,18 @@ OUTPUT_CASES = [
     ("megamythos.planning.plan:main", ["--gpus", "8", "--ds-config", "missing.json"], "missing.json cannot be read"),
     ("megamythos.research.study:main", ["depth", "--corpus", "wikitext2", "--wikitext-dir", ".", "--runs",
                                         "fixed_depth"], "--wikitext-dir '.' is not a directory holding"),
+    # found 2026-12-07 (bad-input sweep): ENAMETOOLONG was an OSError traceback wherever a path is probed
+    ("megamythos.planning.plan:main", ["--config", "x" * 300],
+     f"error: {'x' * 60}... (300 characters): file name too long; give a shorter path"),
+    ("megamythos.inference.evaluate:main", ["--load", "x" * 300], "(300 characters): file name too long"),
 ]
 
 
-@pytest.mark.parametrize("entry, argv, message", OUTPUT_CASES, ids=[" ".join(c[1]) for c in OUTPUT_CASES])
+@pytest.mark.parametrize("entry, argv, message", OUTPUT_CASES, ids=[" ".join(c[1])[:80] for c in OUTPUT_CASES])
 def test_a_file_in_the_way_or_a_missing_input_is_one_line(entry: str, argv: list[str], message: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:
-    """Each was a traceback (FileExistsError, FileNotFoundError, JSONDecodeError)."""
+    """Each was a traceback (FileExistsError, FileNotFoundError, JSONDecodeError, OSError)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("")
     assert message in one_line_exit_2(entry, argv, capsys)

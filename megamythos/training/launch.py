@@ -52,7 +52,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from megamythos.errors import UserError
+from megamythos.errors import UserError, path_too_long
 from megamythos.planning.plan import hostfile_slots
 from megamythos.runtime.locations import CHECKOUT, DS_CONFIGS, WORKSPACE
 from megamythos.training.process_exit import EXIT_RECORDS_ENV, end_process
@@ -647,6 +647,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `--help | head`: stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as err:  # checked before the ranks start: a path too long for the system is bad input too
+        if path_too_long(err) is None:
+            raise
+        print(f"error: {path_too_long(err)}", file=sys.stderr, flush=True)
+        return 2
     # outside the try: the trainer reports its own errors, and a module it misses while it trains (an optional
     # one) is its traceback, not the line about a python without megamythos's dependencies
     return train(trainer)
