@@ -1014,6 +1014,15 @@ def test_library_generation_refuses_a_loop_count_below_1(n_loops: int) -> None:
                                            (["--num-gpus", "2", "--include", "localhost:0"], "--num_gpus and "
                                             "--include both choose the GPUs: give --include or --exclude alone "
                                             "(HOST:GPUS, e.g. localhost:0,1), or --num_gpus/--num_nodes alone"),
+                                           # found 2026-12-07 (bad-input sweep): DeepSpeed's ValueError
+                                           # tracebacks, exit 1; --include '' trained on every GPU
+                                           (["--include", "abc"], "--include abc: host abc is unknown to deepspeed; "
+                                            "without --hostfile the one host is localhost"),
+                                           (["--include", ""], "--include '': '' is not HOST or HOST:GPU[,GPU ...]; "
+                                            "give e.g. localhost:0,1 (nodes joined by @)"),
+                                           (["--exclude=localhost:0,"], "--exclude 'localhost:0,': 'localhost:0,' is "
+                                            "not HOST or HOST:GPU[,GPU ...]; give e.g. localhost:0,1 (nodes joined "
+                                            "by @)"),
                                            (["--hostfile", "/no/such/hostfile"],
                                             "--hostfile /no/such/hostfile does not exist; give DeepSpeed's hostfile "
                                             "(a line 'HOST slots=N' per node), or drop --hostfile to train on this "

@@ -129,10 +129,10 @@ def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
         global_batch_size=global_batch, replicate_core=args.replicate_core, **zeropp)
 
 
-def hostfile_slots(path: str) -> list[int] | None:
-    """The slots of each host of DeepSpeed hostfile ``path`` (``HOST slots=N`` per line, # comments), None when
-    it does not exist (yet: a dry run plans before the hostfile is written). A malformed line or a host listed twice
-    raises :class:`LayoutError` (DeepSpeed's runner refuses both with a traceback)."""
+def hostfile_slots(path: str) -> dict[str, int] | None:
+    """The slots of each host of DeepSpeed hostfile ``path`` (``HOST slots=N`` per line, # comments) by host name,
+    in file order; None when it does not exist (yet: a dry run plans before the hostfile is written). A malformed
+    line or a host listed twice raises :class:`LayoutError` (DeepSpeed's runner refuses both with a traceback)."""
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
@@ -149,7 +149,7 @@ def hostfile_slots(path: str) -> list[int] | None:
             if match[1] in slots:
                 raise LayoutError(f"--hostfile {path}: host {match[1]} is listed twice; give each host one line")
             slots[match[1]] = int(match[2])
-    return list(slots.values())
+    return slots
 
 
 def check_launchable(args: argparse.Namespace) -> None:
@@ -175,9 +175,10 @@ def check_launchable(args: argparse.Namespace) -> None:
         raise LayoutError(f"trainer flags after -- ({', '.join(overridden)}) would change what this plan checked: "
                           "give the layout, batch and sequence settings as the planner's own flags")
     hosts = hostfile_slots(args.hostfile)
+    slots = None if hosts is None else list(hosts.values())
     nodes = max(1, args.gpus // args.gpus_per_node)
-    if hosts is not None and (len(hosts) < nodes or min(hosts[:nodes]) < min(args.gpus, args.gpus_per_node)):
-        raise LayoutError(f"--hostfile {args.hostfile} lists {len(hosts)} host(s) with slots {hosts}, but the plan "
+    if slots is not None and (len(slots) < nodes or min(slots[:nodes]) < min(args.gpus, args.gpus_per_node)):
+        raise LayoutError(f"--hostfile {args.hostfile} lists {len(slots)} host(s) with slots {slots}, but the plan "
                           f"needs {nodes} host(s) of {min(args.gpus, args.gpus_per_node)} slots: deepspeed would start "
                           "other ranks than planned (a smaller world, more accumulation); fix the hostfile or --gpus")
     if args.gpus > args.gpus_per_node and args.gpus % args.gpus_per_node:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -75,6 +76,8 @@ LAUNCHER_FLAGS: dict[str, str | None] = {
 
 # Launcher flags holding a whole number, and the range each takes.
 LAUNCHER_COUNTS = {"num_gpus": (1, None), "num_nodes": (1, None), "node_rank": (0, None), "master_port": (1, 65535)}
+# one node of --include/--exclude (DeepSpeed's NODE_SPEC): HOST, or HOST:SLOT[,SLOT ...]; nodes are joined by @
+NODE_SPEC = re.compile(r"[^\s@:,]+(:\d+(,\d+)*)?")
 
 
 class LaunchError(UserError, ValueError):
@@ -203,7 +206,8 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
     if hostfile is not None and not Path(hostfile).is_file():
         raise LaunchError(f"--hostfile {hostfile} does not exist; give DeepSpeed's hostfile (a line 'HOST slots=N' "
                           "per node), or drop --hostfile to train on this machine")
-    if hostfile is not None and not hostfile_slots(hostfile):  # a malformed line is hostfile_slots' error
+    hosts = {"localhost": 0} if hostfile is None else hostfile_slots(hostfile)  # a malformed line: its error
+    if not hosts:
         raise LaunchError(f"--hostfile {hostfile} lists no host; give a line 'HOST slots=N' per node")
     if int(launcher.get("num_nodes") or 1) > 1 and hostfile is None:
         raise LaunchError(f"--num_nodes {launcher['num_nodes']} needs --hostfile FILE listing the nodes (a line "
@@ -216,12 +220,30 @@ def split_launcher_flags(argv: Sequence[str]) -> tuple[dict[str, str | None], li
     if len(chosen) > 1 and {"include", "exclude"} & launcher.keys():  # DeepSpeed's runner: a ValueError traceback
         raise LaunchError(f"{' and '.join(chosen)} both choose the GPUs: give --include or --exclude alone (HOST:GPUS, "
                           "e.g. localhost:0,1), or --num_gpus/--num_nodes alone")
+    for name in ("include", "exclude"):
+        if launcher.get(name) is not None:
+            check_node_specs(name, launcher[name], hosts, hostfile)
     if "no_ssh" in launcher and "node_rank" not in launcher:
         raise LaunchError("--no_ssh starts this node only: give its --node_rank R (and run the same command on "
                           "every node)")
     if launcher.get("master_addr") == "":
         raise LaunchError("--master_addr is empty: give the first node's address")
     return launcher, trainer
+
+
+def check_node_specs(name: str, value: str, hosts: Mapping[str, int], hostfile: str | None) -> None:
+    """Refuse an ``--include``/``--exclude`` value DeepSpeed's runner cannot use: not NODE_SPEC[@NODE_SPEC ...]
+    (:data:`NODE_SPEC`), or naming a host that is not in ``hosts`` (the hostfile's; ``localhost`` without one).
+    The runner meets each with a ValueError traceback, and ignores an empty value (training on every GPU)."""
+    specs = value.split("@")
+    bad = next((spec for spec in specs if not NODE_SPEC.fullmatch(spec)), None)
+    if bad is not None:
+        raise LaunchError(f"--{name} {value!r}: {bad!r} is not HOST or HOST:GPU[,GPU ...]; give e.g. localhost:0,1 "
+                          "(nodes joined by @)")
+    unknown = next((spec.split(":")[0] for spec in specs if spec.split(":")[0] not in hosts), None)
+    if unknown is not None:
+        where = f"--hostfile {hostfile} lists" if hostfile else "without --hostfile the one host is"
+        raise LaunchError(f"--{name} {value}: host {unknown} is unknown to deepspeed; {where} {', '.join(hosts)}")
 
 
 def check_visible_devices(launcher: Mapping[str, str | None], env: Mapping[str, str]) -> None:
