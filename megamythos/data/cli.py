@@ -21,7 +21,7 @@ from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.sources import FORMATS, MISSING_KEY, Replacements, expand_inputs, iter_training_texts
 from megamythos.data.tokenizer import MIN_VOCAB_SIZE, MODEL_TYPES, NoTextError, TokenizerTrainConfig, train_tokenizer
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, number, run_cli
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, number, path_text, run_cli
 
 
 def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +107,7 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--streaming", action="store_true", help="stream --hf-dataset instead of downloading")
     out = parser.add_argument_group("output")
     out.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx} (+ .json record)")
-    out.add_argument("--tokenizer-model", required=True, help="SentencePiece .model")
+    out.add_argument("--tokenizer-model", type=path_text, required=True, help="SentencePiece .model")
     out.add_argument("--append-eod", action="store_true", help="end every document with the eos id")
     out.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
     run = parser.add_argument_group("run")
@@ -149,7 +149,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python data_prep/inspect_dataset.py", description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
     parser.add_argument("--samples", type=number(int, 0), default=3, help="sequences (documents) to print")
-    parser.add_argument("--tokenizer-model",
+    parser.add_argument("--tokenizer-model", type=path_text,
                         help="decode with this model: for a dataset without a record (made by Megatron); with a "
                              "record, it must be the recorded tokenizer (by sha256)")
     parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")

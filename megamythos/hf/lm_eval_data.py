@@ -28,7 +28,7 @@ from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, resolve_data
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import ArgumentParser, UserError, checked_by, number, run_cli
+from megamythos.errors import ArgumentParser, UserError, checked_by, number, path_text, run_cli
 from megamythos.runtime.locations import WORKSPACE
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default=DEFAULT_SPLIT, type=checked_by(parse_split),
                    help=f"train,valid,test weights: the training run's --split (default {DEFAULT_SPLIT}, the "
                         "trainer's); another split's validation documents may be documents the run trained on")
-    p.add_argument("--out", default=str(TASKS_DATA_DIR),
+    p.add_argument("--out", type=path_text, default=str(TASKS_DATA_DIR),
                    help="directory of the two .jsonl files (default: the data directory the tasks in "
                         "lm_eval_tasks/ read)")
     positive_int = number(int, 1)  # an argparse type: a value below 1 is one error line naming the flag

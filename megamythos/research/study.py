@@ -33,7 +33,15 @@ from torch import nn
 
 from megamythos.checkpoint.files import write_atomic
 from megamythos.data.atomic import atomic_open, writable_directory
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, UserError, number, read_json_object, run_cli
+from megamythos.errors import (
+    TIMED_CLI_LOG_FORMAT,
+    ArgumentParser,
+    UserError,
+    number,
+    path_text,
+    read_json_object,
+    run_cli,
+)
 from megamythos.inference.evaluate import evaluate_loops
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import MythosLM, weight_decay_param_groups
@@ -473,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", choices=["stdlib", "wikitext2"], default="stdlib",
                         help="what the runs train and evaluate on: the embedded stdlib corpus, or wikitext-2 from "
                              "--wikitext-dir")
-    parser.add_argument("--wikitext-dir", default=None, help="wikitext-2's folder (valid.txt, test.txt); with "
-                        "--corpus wikitext2 only")
+    parser.add_argument("--wikitext-dir", type=path_text, default=None,
+                        help="wikitext-2's folder (valid.txt, test.txt); with --corpus wikitext2 only")
     parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
     parser.add_argument("--out", default="runs/study", help="results go to OUT/CORPUS/ (default runs/study; the "
                         "figures of docs/results.md: bench/results/study)")
