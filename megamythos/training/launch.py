@@ -670,9 +670,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as err:  # checked before the ranks start: a path too long for the system is bad input too
-        if path_too_long(err) is None:
+        if (line := path_too_long(err)) is None:
             raise
-        print(f"error: {path_too_long(err)}", file=sys.stderr, flush=True)
+        print(f"error: {line}", file=sys.stderr, flush=True)
         return 2
     # outside the try: the trainer reports its own errors, and a module it misses while it trains (an optional
     # one) is its traceback, not the line about a python without megamythos's dependencies
