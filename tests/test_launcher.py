@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from megamythos.checkpoint.files import write_atomic
 from megamythos.training.launch import (
     LaunchError,
     deepspeed_command,
@@ -288,8 +291,6 @@ def test_a_save_after_the_signal_is_told_by_latest_being_replaced_not_by_clocks(
     """The supervisor judged "saved after the signal" by latest's mtime against this host's time: a file server
     whose clock lags said no checkpoint was saved (exit 1) after one was. It now compares the file's identity,
     which a save's rename changes."""
-    from megamythos.checkpoint.files import write_atomic
-
     latest = tmp_path / "latest"
     assert file_identity(latest) is None
     write_atomic(latest, "iter_0000002")
@@ -332,6 +333,52 @@ def test_the_job_ends_once_every_rank_finished_cleanly_without_waiting_for_the_r
         record(running.pid, "0")
         assert waited("0.5", local_ranks=1) == 0
         running.kill()
+
+
+# A stand-in for the deepspeed runner and its one rank: it records its start (and, with "finished", that its run's
+# last checkpoint is saved, as the trainer does before its end-of-run evaluation), says it is ready, and answers
+# the supervisor's SIGTERM by exiting 0, as a rank does, without saving.
+STAND_IN_RANK = """
+import os, signal, sys, time
+from pathlib import Path
+records, pid = Path(os.environ["MEGAMYTHOS_EXIT_RECORDS"]), os.getpid()
+def stop(signum, frame):
+    (records / f"{pid}.exit").write_text("0")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+(records / str(pid)).write_text("0")
+if sys.argv[1] == "finished":
+    (records / f"{pid}.finished").write_text("iter_0000002")
+Path(sys.argv[2]).touch()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("stage", ["finished", "training"])
+def test_a_signal_after_the_last_checkpoint_is_not_a_failed_stop(stage, tmp_path):
+    """SIGTERM to the launcher during the end-of-run evaluation (or after it), whose ranks abandon it and exit 0:
+    found 2026-12-07, the supervisor saw `latest` unchanged since the signal and said `no checkpoint was saved
+    after the signal`, exit 1, for a complete run whose last checkpoint was saved before it. Ranks that recorded
+    a complete run now end as a saved stop, exit 0; ranks that stopped unsaved during training are still 1."""
+    latest, ready = tmp_path / "latest", tmp_path / "ready"
+    write_atomic(latest, "iter_0000002")
+    code = ("import logging, sys; from pathlib import Path; from megamythos.training.launch import supervise; "
+            "logging.basicConfig(level=logging.INFO); "
+            "sys.exit(supervise([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], Path(sys.argv[4])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, STAND_IN_RANK, stage, str(ready), str(latest)], cwd=REPO,
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if stage == "finished":
+        assert proc.returncode == 0, err
+        assert "the run was complete before the signal (its last checkpoint: iter_0000002)" in err, err
+    else:
+        assert proc.returncode == 1, err
+        assert "no checkpoint was saved after the signal" in err, err
 
 
 def test_a_launch_removes_the_exit_records_a_killed_launcher_left(tmp_path):

@@ -41,6 +41,7 @@ from megamythos.training.checkpointing import (
 from megamythos.training.ds_config import accumulation_warning, build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import measure_peak_tflops, memory_usage
 from megamythos.training.optimizers import adamw_param_groups, kept_optimizer_settings
+from megamythos.training.process_exit import EXIT_RECORDS_ENV
 from megamythos.training.schedules import LRSchedule, ScheduleChangeError, resumed_schedule, schedule_changes
 from megamythos.training.signals import LAUNCHER_MARKERS, GracefulExit, NonFiniteGuard, NonFiniteLossError
 from tests.helpers import (
@@ -902,6 +903,27 @@ def test_a_stop_that_comes_during_a_periodic_save_ends_the_run_with_that_checkpo
     finally:
         signals.restore()
     assert saves == [20]
+
+
+def test_a_saved_last_checkpoint_is_recorded_before_the_end_of_run_evaluation(tmp_path, monkeypatch):
+    """A signal during the end-of-run evaluation abandons it after the run's last checkpoint was saved; found
+    2026-12-07: the supervisor then said `no checkpoint was saved after the signal`, exit 1. The rank now records
+    the complete run (``<pid>.finished``, naming the tag) before it evaluates, and only when `latest` names that
+    iteration's checkpoint (not when a loss spike withheld it)."""
+    from megamythos.training.pretrain import Trainer
+
+    monkeypatch.setenv(EXIT_RECORDS_ENV, str(tmp_path))
+    seen = []
+
+    def validate(held_out, signals, split="validation") -> None:
+        seen.append((split, {p.name: p.read_text() for p in tmp_path.iterdir()}))
+
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(eval_interval=10), iteration=20, validate=validate,
+                                    last_good=tmp_path.parent / "ckpt" / "iter_0000020")
+    Trainer.evaluate_at_end(trainer, None, "test set", None, saved=False)
+    assert seen == [("test", {})]
+    Trainer.evaluate_at_end(trainer, None, "test set", None, saved=True)
+    assert seen[1] == ("test", {f"{os.getpid()}.finished": "iter_0000020"})
 
 
 @pytest.mark.launch
