@@ -16,8 +16,8 @@
 # Every other flag goes to `python -m megamythos.training.pretrain` (see --help there) after the defaults of
 # megamythos/training/launch.py: checkpoints in $RUN_DIR/checkpoints (runs/tiny), logs next to them, on CPU the
 # 400-step debug run. A launcher flag that reaches the trainer ends the job with one line saying where it goes.
-# SIGTERM/SIGINT/SIGHUP to `bash launchers/pretrain.sh` (or its process group, or one rank), or the end of any launcher
-# process above a rank (`deepspeed` runner killed alone): every rank saves one checkpoint and exits 0 (see
+# SIGTERM/SIGINT/SIGHUP/SIGUSR1 to `bash launchers/pretrain.sh` (or its process group, or one rank), or the end of any
+# launcher process above a rank (`deepspeed` runner killed alone): every rank saves one checkpoint and exits 0 (see
 # megamythos/training/launch.py).
 "exec" "python" "-u" "$0" "$@"  # bash runs this file with Python too (to Python the line is a string)
 ''':' <<'#'''  # Python starts here; to bash (never reached, or `bash -n`) the rest is a here-document

@@ -337,48 +337,54 @@ def test_the_job_ends_once_every_rank_finished_cleanly_without_waiting_for_the_r
 
 # A stand-in for the deepspeed runner and its one rank: it records its start (and, with "finished", that its run's
 # last checkpoint is saved, as the trainer does before its end-of-run evaluation), says it is ready, and answers
-# the supervisor's SIGTERM by exiting 0, as a rank does, without saving.
+# the supervisor's SIGTERM by exiting 0, as a rank does: "saves" first points `latest` at a new checkpoint.
 STAND_IN_RANK = """
 import os, signal, sys, time
 from pathlib import Path
+stage, ready, latest = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 records, pid = Path(os.environ["MEGAMYTHOS_EXIT_RECORDS"]), os.getpid()
 def stop(signum, frame):
+    if stage == "saves":
+        Path(f"{latest}.new").write_text("iter_0000003")
+        os.replace(f"{latest}.new", latest)
     (records / f"{pid}.exit").write_text("0")
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 (records / str(pid)).write_text("0")
-if sys.argv[1] == "finished":
+if stage == "finished":
     (records / f"{pid}.finished").write_text("iter_0000002")
-Path(sys.argv[2]).touch()
-time.sleep(60)
+ready.touch()
+time.sleep(20)
 """
 
 
-@pytest.mark.parametrize("stage", ["finished", "training"])
-def test_a_signal_after_the_last_checkpoint_is_not_a_failed_stop(stage, tmp_path):
-    """SIGTERM to the launcher during the end-of-run evaluation (or after it), whose ranks abandon it and exit 0:
-    found 2026-12-07, the supervisor saw `latest` unchanged since the signal and said `no checkpoint was saved
-    after the signal`, exit 1, for a complete run whose last checkpoint was saved before it. Ranks that recorded
-    a complete run now end as a saved stop, exit 0; ranks that stopped unsaved during training are still 1."""
+@pytest.mark.parametrize(("stage", "signum", "code", "said"), [
+    ("finished", signal.SIGTERM, 0, "the run was complete before the signal (its last checkpoint: iter_0000002)"),
+    ("unsaved", signal.SIGTERM, 1, "no checkpoint was saved after the signal"),
+    ("saves", signal.SIGUSR1, 0, "checkpoint iter_0000003 saved")])
+def test_the_launcher_tells_a_signal_s_outcome(stage, signum, code, said, tmp_path):
+    """A signal to ``bash launchers/pretrain.sh``'s supervisor, forwarded to a stand-in rank. Found 2026-12-07:
+    SIGTERM during the end-of-run evaluation (or after it), which the ranks abandon, exiting 0, was `no checkpoint
+    was saved after the signal`, exit 1, for a complete run whose last checkpoint was saved before the signal:
+    ranks that recorded a complete run are now a saved stop; ranks that stopped unsaved are still exit 1. And
+    SIGUSR1 (a scheduler's warning, a stop signal for the ranks) ended the supervisor at once (exit 138, no line,
+    its exit-record folder left) while the ranks saved on without it; it is now forwarded as SIGTERM is."""
     latest, ready = tmp_path / "latest", tmp_path / "ready"
     write_atomic(latest, "iter_0000002")
-    code = ("import logging, sys; from pathlib import Path; from megamythos.training.launch import supervise; "
-            "logging.basicConfig(level=logging.INFO); "
-            "sys.exit(supervise([sys.executable, '-c', sys.argv[1], sys.argv[2], sys.argv[3]], Path(sys.argv[4])))")
-    proc = subprocess.Popen([sys.executable, "-c", code, STAND_IN_RANK, stage, str(ready), str(latest)], cwd=REPO,
+    script = ("import logging, sys; from pathlib import Path; from megamythos.training.launch import supervise; "
+              "logging.basicConfig(level=logging.INFO); "
+              "sys.exit(supervise([sys.executable, '-c', *sys.argv[1:]], Path(sys.argv[4])))")
+    proc = subprocess.Popen([sys.executable, "-c", script, STAND_IN_RANK, stage, str(ready), str(latest)], cwd=REPO,
                             env={**os.environ, "TMPDIR": str(tmp_path)}, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not ready.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    if stage == "finished":
-        assert proc.returncode == 0, err
-        assert "the run was complete before the signal (its last checkpoint: iter_0000002)" in err, err
-    else:
-        assert proc.returncode == 1, err
-        assert "no checkpoint was saved after the signal" in err, err
+    assert proc.returncode == code, err
+    assert said in err, err
+    assert not list(tmp_path.glob("megamythos-ranks-*")), "the launcher's exit-record folder was left"
 
 
 def test_a_launch_removes_the_exit_records_a_killed_launcher_left(tmp_path):

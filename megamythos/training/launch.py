@@ -12,7 +12,7 @@ bash, its first line runs the file with Python. :func:`main` tells the forms apa
 * ``bash launchers/pretrain.sh [--num-gpus N --hostfile F ...] [trainer flags]`` (``python -m
   megamythos.training.launch ...`` where an installed package has no launchers/): not both, so
   :func:`launch` translates the launcher flags and runs ``deepspeed ... --module megamythos.training.pretrain``
-  under :func:`supervise`, which turns SIGTERM/SIGINT/SIGHUP into one checkpoint and exit code 0.
+  under :func:`supervise`, which turns SIGTERM/SIGINT/SIGHUP/SIGUSR1 into one checkpoint and exit code 0.
 
 Signals (DeepSpeed 0.19.8): the single-node ``deepspeed`` runner has no handler, so a SIGTERM to it alone ends it
 at once and leaves its ``launch.py`` and the ranks running (each rank then notices that a launcher above it ended,
@@ -439,7 +439,8 @@ def remove_stale_records() -> list[Path]:
 
 
 def supervise(cmd: list[str], latest: Path, local_ranks: int | None = None) -> int:
-    """Run ``cmd`` (the deepspeed launcher) and return its exit code. On SIGTERM, SIGINT or SIGHUP, send SIGTERM
+    """Run ``cmd`` (the deepspeed launcher) and return its exit code. On a signal that stops a rank
+    (:attr:`~megamythos.training.signals.GracefulExit.SIGNALS`: SIGTERM, SIGINT, SIGHUP, SIGUSR1), send SIGTERM
     to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
     and return 0 if a checkpoint was completed after the signal (``latest`` rewritten) or the ranks had saved their
     run's last one before it (:func:`run_complete`), else 1. The same when
@@ -547,7 +548,7 @@ def _supervise(cmd: list[str], latest: Path, records: Path, local_ranks: int | N
     """:func:`supervise` with the ranks writing their exit records into ``records``."""
     import psutil
 
-    from megamythos.training.signals import SUPERVISOR_GROUP_ENV
+    from megamythos.training.signals import SUPERVISOR_GROUP_ENV, GracefulExit
 
     adopt_orphans()
     # the runner leads a process group of its own (setpgid(0, 0)); Popen's process_group needs Python 3.11
@@ -569,7 +570,7 @@ def _supervise(cmd: list[str], latest: Path, records: Path, local_ranks: int | N
             except psutil.NoSuchProcess:
                 pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in GracefulExit.SIGNALS:  # SIGUSR1 too (a scheduler's warning), whose default action ends us unheard
         signal.signal(signum, forward)
     code = wait_for_runner(proc, records, local_ranks, signalled)
     if code < 0 and not signalled:  # the runner alone died of a signal: its ranks (adopted) save and stop
