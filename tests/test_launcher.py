@@ -93,6 +93,26 @@ def test_a_module_the_training_misses_is_its_traceback_not_the_missing_environme
         main(["--train-iters", "1"])
 
 
+def test_ctrl_c_during_start_up_is_no_traceback_from_the_other_ranks(monkeypatch, capsys):
+    """Ctrl-C reaches every rank of ``bash launchers/pretrain.sh``'s process group; before the trainer's signal
+    handlers are set (DeepSpeed's start-up, the data scan) Python raises KeyboardInterrupt. Found 2026-12-07: rank
+    0 said `error: interrupted` and every other rank printed a KeyboardInterrupt traceback. They now end with 130
+    and say nothing, as for a user error that rank 0 reports."""
+    import megamythos.training.pretrain as pretrain
+
+    def interrupted(argv: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "train", interrupted)
+    monkeypatch.setattr(os, "environ", {**os.environ, "RANK": "1"})
+    try:
+        code = pretrain._quiet([])
+    except KeyboardInterrupt:  # caught here: escaping, it would end the whole pytest session
+        pytest.fail("the KeyboardInterrupt escaped rank 1, which prints it as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == ""
+
+
 def test_a_launch_without_deepspeed_on_path_is_one_line_naming_the_environment(tmp_path, monkeypatch, capsys):
     """``/ENV/bin/python -m megamythos.training.launch`` without ENV activated: the launcher imports megamythos,
     but the ``deepspeed`` runner it starts is looked up on PATH. Before (found 2026-12-06): a FileNotFoundError

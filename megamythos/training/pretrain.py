@@ -963,12 +963,16 @@ def train(argv: Sequence[str] | None = None) -> int:
 def _quiet(argv: Sequence[str] | None) -> int:
     """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it; one
     that only this rank met (its shard of a save on a full disk) goes into its exit record, which the launcher
-    reports when rank 0 did not end with a user error of its own."""
+    reports when rank 0 did not end with a user error of its own. Ctrl-C before the signal handlers are set (during
+    start-up) reaches every rank of the process group: rank 0 says ``error: interrupted``, the others end with its
+    exit code (130) without a traceback."""
     try:
         return train(argv)
     except UserError as err:
         write_exit_record(".error", str(err))
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
