@@ -355,9 +355,10 @@ def test_the_job_ends_once_every_rank_finished_cleanly_without_waiting_for_the_r
         running.kill()
 
 
-# A stand-in for the deepspeed runner and its one rank: it records its start (and, with "finished", that its run's
-# last checkpoint is saved, as the trainer does before its end-of-run evaluation), says it is ready, and answers
-# the supervisor's SIGTERM by exiting 0, as a rank does: "saves" first points `latest` at a new checkpoint.
+# A stand-in for the deepspeed runner and its one rank: it records its start (and, with "saved before", that
+# `latest` names its state, as the trainer does before its end-of-run evaluation or after a save it stops with),
+# says it is ready, and answers the supervisor's SIGTERM by exiting 0, as a rank does: "saves" first points
+# `latest` at a new checkpoint.
 STAND_IN_RANK = """
 import os, signal, sys, time
 from pathlib import Path
@@ -371,22 +372,22 @@ def stop(signum, frame):
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 (records / str(pid)).write_text("0")
-if stage == "finished":
-    (records / f"{pid}.finished").write_text("iter_0000002")
+if stage == "saved before":
+    (records / f"{pid}.saved").write_text("iter_0000002")
 ready.touch()
 time.sleep(20)
 """
 
 
 @pytest.mark.parametrize(("stage", "signum", "code", "said"), [
-    ("finished", signal.SIGTERM, 0, "the run was complete before the signal (its last checkpoint: iter_0000002)"),
+    ("saved before", signal.SIGTERM, 0, "checkpoint iter_0000002 saved just before the signal; the ranks stopped"),
     ("unsaved", signal.SIGTERM, 1, "no checkpoint was saved after the signal"),
     ("saves", signal.SIGUSR1, 0, "checkpoint iter_0000003 saved")])
 def test_the_launcher_tells_a_signal_s_outcome(stage, signum, code, said, tmp_path):
     """A signal to ``bash launchers/pretrain.sh``'s supervisor, forwarded to a stand-in rank. Found 2026-12-07:
-    SIGTERM during the end-of-run evaluation (or after it), which the ranks abandon, exiting 0, was `no checkpoint
-    was saved after the signal`, exit 1, for a complete run whose last checkpoint was saved before the signal:
-    ranks that recorded a complete run are now a saved stop; ranks that stopped unsaved are still exit 1. And
+    SIGTERM during the end-of-run evaluation (or after it), which the ranks abandon, exiting 0, or just after a
+    periodic save (the ranks stop with it) was `no checkpoint was saved after the signal`, exit 1, though `latest`
+    named the state they stopped with: ranks that record so are now a saved stop; unsaved ones are still 1. And
     SIGUSR1 (a scheduler's warning, a stop signal for the ranks) ended the supervisor at once (exit 138, no line,
     its exit-record folder left) while the ranks saved on without it; it is now forwarded as SIGTERM is."""
     latest, ready = tmp_path / "latest", tmp_path / "ready"

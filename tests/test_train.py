@@ -905,25 +905,18 @@ def test_a_stop_that_comes_during_a_periodic_save_ends_the_run_with_that_checkpo
     assert saves == [20]
 
 
-def test_a_saved_last_checkpoint_is_recorded_before_the_end_of_run_evaluation(tmp_path, monkeypatch):
-    """A signal during the end-of-run evaluation abandons it after the run's last checkpoint was saved; found
-    2026-12-07: the supervisor then said `no checkpoint was saved after the signal`, exit 1. The rank now records
-    the complete run (``<pid>.finished``, naming the tag) before it evaluates, and only when `latest` names that
-    iteration's checkpoint (not when a loss spike withheld it)."""
+def test_a_rank_records_the_checkpoint_it_stops_with(tmp_path, monkeypatch):
+    """A signal after the save that a rank stops with (during the end-of-run evaluation, which it abandons, or
+    just after a periodic save) saves nothing more; found 2026-12-07: the supervisor then said `no checkpoint was
+    saved after the signal`, exit 1. The rank now records the tag that `latest` names (``<pid>.saved``) before
+    the evaluation and when it stops after a save; nothing without a checkpoint."""
     from megamythos.training.pretrain import Trainer
 
     monkeypatch.setenv(EXIT_RECORDS_ENV, str(tmp_path))
-    seen = []
-
-    def validate(held_out, signals, split="validation") -> None:
-        seen.append((split, {p.name: p.read_text() for p in tmp_path.iterdir()}))
-
-    trainer = types.SimpleNamespace(args=types.SimpleNamespace(eval_interval=10), iteration=20, validate=validate,
-                                    last_good=tmp_path.parent / "ckpt" / "iter_0000020")
-    Trainer.evaluate_at_end(trainer, None, "test set", None, saved=False)
-    assert seen == [("test", {})]
-    Trainer.evaluate_at_end(trainer, None, "test set", None, saved=True)
-    assert seen[1] == ("test", {f"{os.getpid()}.finished": "iter_0000020"})
+    Trainer.record_saved(types.SimpleNamespace(last_good=None))
+    assert list(tmp_path.iterdir()) == []
+    Trainer.record_saved(types.SimpleNamespace(last_good=tmp_path.parent / "ckpt" / "iter_0000020"))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {f"{os.getpid()}.saved": "iter_0000020"}
 
 
 @pytest.mark.launch
@@ -1283,6 +1276,7 @@ def test_only_the_first_step_of_a_launch_is_announced_as_compiling(monkeypatch):
     trainer = pretrain.Trainer.__new__(pretrain.Trainer)
     trainer.args = parse_args(["--compile", "--save-interval", "2", "--eval-interval", "0"])
     trainer.iteration, trainer.consumed, trainer.total_iters, trainer.rank, trainer.saved_order = 0, 0, 6, 0, None
+    trainer.last_good = None  # no --save
     trainer.layout = types.SimpleNamespace(micro_batch_size=1)
     trainer.dp_rank, trainer.dp_size = 0, 1
     trainer.schedule = types.SimpleNamespace(warmup_warning=lambda: None)

@@ -442,8 +442,8 @@ def supervise(cmd: list[str], latest: Path, local_ranks: int | None = None) -> i
     """Run ``cmd`` (the deepspeed launcher) and return its exit code. On a signal that stops a rank
     (:attr:`~megamythos.training.signals.GracefulExit.SIGNALS`: SIGTERM, SIGINT, SIGHUP, SIGUSR1), send SIGTERM
     to the training ranks (or to the launcher when none is local), wait until they and the launcher have ended,
-    and return 0 if a checkpoint was completed after the signal (``latest`` rewritten) or the ranks had saved their
-    run's last one before it (:func:`run_complete`), else 1. The same when
+    and return 0 if a checkpoint was completed after the signal (``latest`` rewritten) or the ranks stopped with
+    one saved just before it (:func:`stopped_saved`), else 1. The same when
     the runner alone is killed by a signal: its ranks notice, save and stop, and are waited for. When the runner
     exits 0, the local ranks' exit records must say they finished with 0 (the runner also exits 0 when its
     ``launch.py`` is killed, ranks and all); otherwise it returns 1 with a line naming the ranks.
@@ -457,13 +457,13 @@ def supervise(cmd: list[str], latest: Path, local_ranks: int | None = None) -> i
 
 
 def _rank_records(records: Path) -> dict[str, dict[str, str]]:
-    """{rank: {"exit": code, "error": message, "finished": tag}} of the exit records
-    (:mod:`megamythos.training.process_exit`) in ``records``; a rank that was killed has no "exit", and "finished"
-    is there once a rank saved its run's last checkpoint."""
+    """{rank: {"exit": code, "error": message, "saved": tag}} of the exit records
+    (:mod:`megamythos.training.process_exit`) in ``records``; a rank that was killed has no "exit", and "saved" is
+    there once `latest` names the state a rank stops with."""
     found: dict[str, dict[str, str]] = {}
     for start in records.iterdir():
-        if not start.suffix:  # "<pid>" names the rank; "<pid>.exit", "<pid>.error", "<pid>.finished" follow it
-            kinds = {kind: start.with_name(f"{start.name}.{kind}") for kind in ("exit", "error", "finished")}
+        if not start.suffix:  # "<pid>" names the rank; "<pid>.exit", "<pid>.error", "<pid>.saved" follow it
+            kinds = {kind: start.with_name(f"{start.name}.{kind}") for kind in ("exit", "error", "saved")}
             found[start.read_text()] = {kind: path.read_text() for kind, path in kinds.items() if path.is_file()}
     return dict(sorted(found.items(), key=lambda item: int(item[0]) if item[0].isdigit() else -1))
 
@@ -489,11 +489,12 @@ def rank_errors(records: Path) -> list[str]:
     return [f"rank {rank}: {ended['error']}" for rank, ended in ranks.items() if "error" in ended]
 
 
-def run_complete(records: Path) -> bool:
-    """Whether every local rank recorded that its run's last checkpoint was saved (its end-of-run evaluation, or
-    its exit, came next; see :meth:`megamythos.training.pretrain.Trainer.evaluate_at_end`)."""
+def stopped_saved(records: Path) -> bool:
+    """Whether every local rank recorded that `latest` names the state it stopped with
+    (:meth:`megamythos.training.pretrain.Trainer.record_saved`): its last save came before a signal that was
+    then caught (the end-of-run evaluation, the check after a periodic save), and nothing was left to save."""
     ranks = _rank_records(records)
-    return bool(ranks) and all("finished" in ended for ended in ranks.values())
+    return bool(ranks) and all("saved" in ended for ended in ranks.values())
 
 
 def finished_cleanly(records: Path, local_ranks: int) -> bool:
@@ -605,12 +606,12 @@ def _supervise(cmd: list[str], latest: Path, records: Path, local_ranks: int | N
                 pass
     psutil.wait_procs(left + ranks)
     saved = latest.is_file() and file_identity(latest) != signalled[0]  # rewritten (a new file) since the signal
-    complete = not saved and latest.is_file() and run_complete(records)  # the signal came after the last save
+    before = not saved and latest.is_file() and stopped_saved(records)  # the signal came after the last save
     outcome = f"checkpoint {latest.read_text().strip()} saved" if saved else \
-        f"the run was complete before the signal (its last checkpoint: {latest.read_text().strip()}); a signal " \
-        "during the end-of-run evaluation abandons it" if complete else "no checkpoint was saved after the signal"
+        f"checkpoint {latest.read_text().strip()} saved just before the signal; the ranks stopped with it" if before \
+        else "no checkpoint was saved after the signal"
     logger.info("ranks finished (deepspeed exited with code %d); %s", proc.returncode, outcome)
-    return 0 if saved or complete else 1
+    return 0 if saved or before else 1
 
 
 def failed_run(code: int, latest: Path, lost: Sequence[str] = ()) -> str:

@@ -718,15 +718,16 @@ class Trainer:
                     "loops", split, self.iteration, loss, ppl, self.validation_tokens(), self.args.eval_iters,
                     self.layout.global_batch_size, self.args.seq_length, self.config.mean_loops)
 
-    def evaluate_at_end(self, valid: Any, test: Any, signals: GracefulExit, saved: bool) -> None:
-        """After the last iteration (Megatron's ``evaluate_and_print_results`` in ``pretrain``): the validation set
-        once more unless that iteration just validated, then the test set (none: nothing to do).
+    def record_saved(self) -> None:
+        """Say in this rank's exit record (``<pid>.saved``, the tag) that `latest` names its state as it stops (the
+        run's last checkpoint before the end-of-run evaluation, or the one a stop just saved), so that a signal
+        after that save, which saves nothing more, is not taken by the supervisor for a stop without a checkpoint."""
+        if self.last_good:
+            write_exit_record(".saved", self.last_good.name)
 
-        ``saved``: `latest` names that iteration's checkpoint. This rank's exit record then says so first
-        (``<pid>.finished``), so that a signal now, which abandons these evaluations, is not taken by the
-        supervisor for a stop without a checkpoint: the run is complete and a relaunch has nothing to do."""
-        if saved and self.last_good:
-            write_exit_record(".finished", self.last_good.name)
+    def evaluate_at_end(self, valid: Any, test: Any, signals: GracefulExit) -> None:
+        """After the last iteration (Megatron's ``evaluate_and_print_results`` in ``pretrain``): the validation set
+        once more unless that iteration just validated, then the test set (none: nothing to do)."""
         if valid is not None and self.iteration % self.args.eval_interval != 0:
             self.validate(valid, signals)
         if test is not None:
@@ -915,14 +916,18 @@ class Trainer:
                 if saved:
                     saved_at, save_due = self.iteration, False
                 if stop:
+                    if saved:
+                        self.record_saved()
                     logger.info("stopping at iteration %d (latest checkpoint: %s)", self.iteration,
                                 self.last_good or "none")
                     if not signalled and self.iteration >= self.total_iters:  # --exit-interval at the last step
-                        self.evaluate_at_end(valid, test, signals, saved)  # the run is complete: no relaunch would
+                        self.evaluate_at_end(valid, test, signals)  # the run is complete: no relaunch would
                     return 0
             if saved_at != self.iteration and self.save_unless_spiking():
                 saved_at = self.iteration
-            self.evaluate_at_end(valid, test, signals, saved_at == self.iteration)
+            if saved_at == self.iteration:
+                self.record_saved()
+            self.evaluate_at_end(valid, test, signals)
             return 0
         finally:
             if profiler:
