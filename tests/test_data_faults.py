@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ from megamythos.data.sources import (
     parse_record,
 )
 from megamythos.data.tokenizer import Tokenizer, line_chunks
-from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, write_jsonl
+from tests.helpers import REPO, dead_pid, launch_env, one_error_line, synthetic_documents, write_jsonl
 
 DOCS = synthetic_documents(30, seed=3)
 
@@ -509,6 +510,18 @@ def test_a_damaged_index_cache_entry_is_one_line(tmp_path: Path) -> None:
     os.truncate(arrays["x"].filename, 200)
     with pytest.raises(IndexCacheError, match="is damaged .* remove its files and run again"):
         load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
+
+
+def test_temporaries_of_a_killed_index_build_are_removed_by_the_next(tmp_path: Path) -> None:
+    """A rank killed while it writes the index cache (SIGTERM during start-up, before the trainer's signal
+    handlers are set) leaves ``KEY-NAME.npy.tmp.<host>.<pid>``; found 2026-12-07: kept for good, the next build
+    writing its own. The next build of that cache entry removes those of dead processes of this host."""
+    load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(10)})
+    built = {p.name for p in tmp_path.iterdir()}
+    for p in tmp_path.iterdir():
+        p.rename(f"{p}.tmp.{socket.gethostname()}.{dead_pid()}")  # a killed build's temporary
+    load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(10)})
+    assert {p.name for p in tmp_path.iterdir()} == built
 
 
 def test_the_data_scan_is_cached_and_redone_when_the_data_changes(tmp_path: Path, tiny_tokenizer: Tokenizer,

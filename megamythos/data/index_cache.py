@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from megamythos.data.atomic import atomic_open
+from megamythos.data.atomic import atomic_open, remove_stale_temps
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
     if rank in (None, 0) and not os.path.isfile(desc_path):
         logger.info("building %s indices (cache key %s) in %s", description.get("class"), key, cache_dir)
         arrays = build()
+        paths = [os.path.join(cache_dir, f"{key}-{name}.npy") for name in arrays]
+        # a build killed while it wrote (a signal at start-up, before the trainer's handlers) left its temporaries
+        remove_stale_temps([*paths, desc_path])
         try:
             for name, array in arrays.items():
                 with atomic_open(os.path.join(cache_dir, f"{key}-{name}.npy")) as handle:
