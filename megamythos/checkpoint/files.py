@@ -74,7 +74,7 @@ def tags_by_iteration(directory: str | Path) -> list[tuple[int, str]]:
 def complete_tags(save_dir: str | Path) -> list[tuple[int, str]]:
     """(iteration, name) of the ``iter_*`` folders of ``save_dir`` that a save completed (they hold
     ``checksums.json``, written before ``latest`` moves), oldest first; partial tags of a killed save are left out."""
-    return [(i, name) for i, name in tags_by_iteration(save_dir) if (Path(save_dir, name, CHECKSUMS_FILE)).is_file()]
+    return [(i, name) for i, name in tags_by_iteration(save_dir) if Path(save_dir, name, CHECKSUMS_FILE).is_file()]
 
 
 def newest_complete_tag(save_dir: str | Path) -> str | None:

@@ -316,7 +316,7 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
     experts no token reached in the step (``idle_experts``: a collapsed router shows there while the ratio may
     still look moderate) and the bias range.
     """
-    stats: dict[str, float] = {}
+    last = None
     for load in expert_loads(model).values():
         counts = load.tokens_per_expert.detach().float().clone()
         if dist.is_available() and dist.is_initialized():
@@ -325,12 +325,15 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
         mean = counts.mean()
         bias.add_((rate * torch.sign(mean - counts)).to(bias.dtype))
         load.tokens_per_expert.zero_()
-        max_load, mean_load = float(counts.max()), float(mean)
-        stats = {"max_load": max_load, "mean_load": mean_load,
-                 "load_imbalance": max_load / mean_load if mean_load > 0 else 1.0,
-                 "idle_experts": float((counts == 0).sum()),
-                 "bias_min": float(bias.min()), "bias_max": float(bias.max())}
-    return stats
+        last = (counts, mean, bias)
+    if last is None:
+        return {}
+    counts, mean, bias = last  # one host sync for the statistics
+    max_load, mean_load, idle, bias_min, bias_max = torch.stack([
+        counts.max(), mean, (counts == 0).sum().float(), bias.min().float(), bias.max().float()]).tolist()
+    return {"max_load": max_load, "mean_load": mean_load,
+            "load_imbalance": max_load / mean_load if mean_load > 0 else 1.0,
+            "idle_experts": idle, "bias_min": bias_min, "bias_max": bias_max}
 
 
 def expert_bias_state(model: nn.Module) -> dict[str, torch.Tensor]:
