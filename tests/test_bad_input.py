@@ -657,6 +657,9 @@ def test_trainer_numbers_numpy_or_the_schedule_cannot_take(argv: list[str], mess
     # found 2026-12-07: the trainer now writes data_types itself (fp32 gradient sums under bf16 ZeRO-2/3)
     ('{"data_types": {"grad_accum_dtype": "bf16"}}', r"sets data_types.grad_accum_dtype itself .*; remove "
                                                      "data_types from the file"),
+    # found 2026-12-07: the trainer now writes communication_data_type itself (fp32 gradient sums across ranks)
+    ('{"communication_data_type": "bf16"}', r"sets communication_data_type itself .*; remove "
+                                            "communication_data_type from the file"),
     # found 2026-12-07: "false" trained in bf16 (DeepSpeed's pydantic reads it as false, the trainer as true)
     ('{"bf16": {"enabled": "false"}}', "bf16.enabled must be true or false, got 'false'"),
     ('{"expert_parallel": {"enabled": "no", "autoep_size": 2}}', "expert_parallel.enabled must be true or false")])

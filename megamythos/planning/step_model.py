@@ -21,7 +21,8 @@ micro-batches per step, T loops (k of them under gradient, r = 1 recompute forwa
   and reuse-distance limits (``stage3_max_live_parameters``, ``stage3_max_reuse_distance``: 10^9 elements by
   default, the CPU case; measured at one micro-batch per step).
 - reduce-scatter (ZeRO-3) / all-reduce (ZeRO-0/1/2) of the gradients: the local (TP/EP-sharded) parameters,
-  per micro-batch under ZeRO-2/3, once per step under ZeRO-0/1.
+  per micro-batch under ZeRO-2/3, once per step under ZeRO-0/1; 4 bytes per element under bf16 with more than one
+  rank (:func:`megamythos.planning.layout.reduces_in_fp32`).
 - TP all-reduce of activations [t, width] (AutoTP): forward of every row-parallel layer (``wo``, dense
   ``w_down``), backward of every column-parallel layer's input (``wq_b`` or ``wq``, ``wkv_b``, dense ``w_gate``
   and ``w_up``), MLA's k_pe gradient (:mod:`megamythos.parallel.tensor_parallel`); the recurrent attention
@@ -56,7 +57,7 @@ from megamythos.model.params import (
     expert_params,
     parts,
 )
-from megamythos.planning.layout import ParallelLayout
+from megamythos.planning.layout import ParallelLayout, reduces_in_fp32
 from megamythos.planning.memory import core_dense_local_params, dense_local_params
 
 KINDS = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
@@ -78,7 +79,7 @@ class StepSettings:
     """What a step moves besides the layout: tokens per sample and bytes per weight and activation element."""
 
     seq_len: int = 4096
-    weight_bytes: int = 2  # bf16 weights and gradients (4: fp32)
+    weight_bytes: int = 2  # bf16 weights and gradients (4: fp32); reduced in fp32 where :func:`reduces_in_fp32`
     act_bytes: int = 2
 
 
@@ -135,6 +136,7 @@ def zero_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings,
     """(kind, group, bytes per step, group size) of the ZeRO weight gathers and gradient reductions."""
     shards = local_params(c, layout)
     w, m = settings.weight_bytes, layout.grad_accum
+    grad_w = 4 if reduces_in_fp32(layout, bf16=w == 2) else w  # bytes per element of a gradient reduction
     size = {"core-dense": layout.dp, "rest": layout.dp, "core-experts": layout.edp}
     out: list[tuple[str, str, float, int]] = []
     for group, n in shards.items():
@@ -152,11 +154,11 @@ def zero_bytes(c: ModelConfig, layout: ParallelLayout, settings: StepSettings,
                 gathers = m * ((1 + r) * n_loops + k) * n
             if size[group] > 1:
                 out.append(("all-gather", f"{g} ({group})", gathers * w, size[group]))
-            out.append(("reduce-scatter", f"{g} ({group})", m * n * w, size[group]))
+            out.append(("reduce-scatter", f"{g} ({group})", m * n * grad_w, size[group]))
         else:
             if layout.zero >= 1 and size[group] > 1:
                 out.append(("all-gather", f"{g} ({group})", n * w, size[group]))
-            out.append(("all-reduce", f"{g} ({group})", (m if layout.zero == 2 else 1) * n * w, size[group]))
+            out.append(("all-reduce", f"{g} ({group})", (m if layout.zero == 2 else 1) * n * grad_w, size[group]))
     return out
 
 

@@ -15,7 +15,7 @@ from megamythos.errors import read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
 from megamythos.parallel.zero import leaf_blocks_section
-from megamythos.planning.layout import ParallelLayout, accumulates_in_fp32, zeropp_options
+from megamythos.planning.layout import ParallelLayout, accumulates_in_fp32, reduces_in_fp32, zeropp_options
 from megamythos.training.arguments import ArgumentError, TrainArgs
 
 TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
@@ -28,6 +28,9 @@ DROPPED = {
                       "torch_autocast (whose fp16 loss scaling its own gradient clipping would not undo)",
     "data_types": "the trainer sets data_types.grad_accum_dtype itself (fp32 under bf16 ZeRO-2/3 with gradient "
                   "accumulation: the micro-batches' gradients summed in fp32, as Megatron sums them)",
+    "communication_data_type": "the trainer sets communication_data_type itself (fp32 under bf16 with more than one "
+                               "data-parallel rank: gradients summed across ranks in fp32, as Megatron and "
+                               "torchtitan sum them)",
 }
 ENABLED_SECTIONS = ("fp16", "torch_autocast")  # of DROPPED, refused only where their "enabled" is true
 # settings the command line owns (``--clip-grad``, AdamW's flags): a template's value, where it differs, would be
@@ -234,6 +237,8 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
     ds.pop("fp16", None)
     if accumulates_in_fp32(layout.zero, layout.grad_accum, bf16):
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    if reduces_in_fp32(layout, bf16):
+        ds["communication_data_type"] = "fp32"
     ds.pop("tensor_parallel", None)
     ds.update(ds_config_sections(config, layout.tp, layout.ep, ep_template=ds.pop("expert_parallel", {})))
     return ds
