@@ -92,7 +92,7 @@ def decode_row(preset: str, dtype: str, kv_len: int, reps: int) -> dict:
     return row(preset, dtype, "decode", 1, 1, kv_len, median_ms(kernels, reps))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--decode-reps", type=int, default=200)
@@ -101,7 +101,7 @@ def main() -> int:
     parser.add_argument("--decode-lens", type=int, nargs="+", default=DECODE_LENS, help="decode cache lengths")
     parser.add_argument("--glibc-defaults", action="store_true", help="leave glibc malloc's settings as they are")
     parser.add_argument("--out", default="bench/results/attention_cpu.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     torch.set_num_threads(args.threads)
     host_memory = "glibc defaults" if args.glibc_defaults else keep_freed_memory()

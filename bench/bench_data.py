@@ -210,7 +210,7 @@ def bench_random_reads(prefix: str, seq_length: int, num_samples: int, reads: in
             "reads_per_s": reads / seconds, "tokens_per_s": total / seconds}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megatron-python", default="/work/bench-venv-data/bin/python",
                         help="python of a virtualenv with megatron-core installed")
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--run-megatron-baseline", nargs=4, metavar=("INPUT", "MODEL", "OUT", "CHECK"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--run-megatron-index-check", metavar="SPEC", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.run_megatron_baseline:
         print(json.dumps(run_megatron_baseline(*args.run_megatron_baseline)))
         return

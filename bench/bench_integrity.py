@@ -42,12 +42,12 @@ def read_all(directory: Path) -> None:
                 pass
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gib", type=float, default=1.0, help="checkpoint size to hash")
     parser.add_argument("--tokens", type=float, default=1e9, help="dataset size for the token-id check")
     parser.add_argument("--out", default="bench/results/integrity.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before the work, not after it
     results: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "environment": {"cpu": cpu_model(), "python": platform.python_version(),
