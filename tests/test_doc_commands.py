@@ -6,14 +6,28 @@ names exists, and each ``make`` target is the Makefile's. The same holds for the
 ``--help`` and header comment, and a default a document states as "`--flag` (N)" is the code's.
 
 Commands are read from the ``bash`` blocks and from inline code that starts with a command; nothing runs: each
-command line's parser is taken from its ``main`` as it starts parsing (:func:`parser_of`)."""
+command line's parser is taken from its ``main`` as it starts parsing (:func:`parser_of`), a subcommand's
+(``bench/bench_train.py throughput``) from its parent's. Any Python interpreter (``.venv/bin/python``, the
+reference's ``/work/bench-venv-ref/bin/python``) counts as ``python``, and a command line is split into its commands
+at ``&&``, ``;``, ``|`` and a subshell's parentheses.
+
+The READMEs under bench/ (and any under docs/) are held to the same rule, dated measurements included: a dated
+run's command is how to reproduce its figures, so it must parse on today's scripts; where a flag has since been
+renamed with the same meaning the command carries today's spelling. The one exception is a command that runs
+another checkout's code, which is how bench/README.md records a run of an older commit: the commands after a
+``cd`` (to the end of its subshell, ``(cd /tmp/base && python bench/...)``, or else to the end of the block,
+``git worktree add /tmp/w 5dc3b93 && cd /tmp/w``) are that commit's and are not checked. A script outside a fresh
+clone (``../shared/gpu/prepare.sh``, ``.device/run.sh`` that an earlier step makes) and a file a command writes
+(``--out bench/results/x.json``) need not exist."""
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import re
 import shlex
+import sys
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -28,14 +42,21 @@ FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.MULTILINE | re.DOTALL)
 HEREDOC = re.compile(r"<<-?\s*'?(\w+)'?")
 ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
 # the words a command of ours starts with (after VAR=value assignments); inline code starting otherwise is prose
-COMMAND_WORDS = ("python", "python3", ".venv/bin/python", "bash", "deepspeed", "make", "sbatch", "lm_eval",
-                 "megamythos-")
+COMMAND_WORDS = ("python", "bash", "deepspeed", "make", "sbatch", "lm_eval", "megamythos-")
+INTERPRETER = re.compile(r"(?:\S*/)?python3?")  # python3, .venv/bin/python, /work/bench-venv-ref/bin/python: python
+ANGLED = re.compile(r"<(\w[^<>\n]*)>")  # a word the docs leave to the reader: PYTHONPATH=.:<open-mythos dir>
 # commands that hand what follows `--` to another (the planner: to the trainer command it prints)
-PASSED_ON = {"megamythos.planning.plan": "megamythos.training.pretrain", "megamythos-plan": "megamythos-pretrain"}
+PASSED_ON = {"megamythos.planning.plan": "megamythos.training.pretrain", "megamythos-plan": "megamythos-pretrain",
+             "bench/bench_comm.py": "megamythos.training.pretrain"}
 LAUNCHER_SCRIPTS = ("launchers/pretrain.sh", "launchers/pretrain_1t.sh", "launchers/slurm.sbatch")  # --help: header
+# the benchmarks' READMEs (DOCS has the user's documents) and scripts (their docstring or header comment: their help)
+BENCH_DOCS = sorted({*(REPO / "bench").rglob("README.md"), *(REPO / "docs").rglob("README.md")} - set(DOCS))
+BENCH_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in (REPO / "bench").glob("*") if p.suffix in (".py", ".sh"))
 REPOSITORY_FOLDERS = ("bench", "data_prep", "docs", "ds_configs", "launchers", "lm_eval_tasks", "megamythos",
                       "tests", "tokenizer")
 PLACEHOLDER = re.compile(r"\.\.\.|[A-Z][A-Z\d_]*")  # a word of a command the docs leave to the reader (N, DIR)
+OUTPUT_FLAG = re.compile(r"--out(?:put)?(?:[-_][\w-]+)?")  # its value is a file the command writes: need not exist
+TOP_LEVEL_CD = re.compile(r"^[^(#]*?(?:^|&&|;)\s*cd\s")  # a `cd` outside a subshell: the block goes on elsewhere
 
 
 class Captured(BaseException):
@@ -74,7 +95,7 @@ def entry_point(command: str) -> Callable[..., object]:
         return getattr(importlib.import_module(module), function)
     if command.endswith(".py"):
         spec = importlib.util.spec_from_file_location(f"doc_script_{Path(command).stem}", REPO / command)
-        script = importlib.util.module_from_spec(spec)
+        script = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
         spec.loader.exec_module(script)  # the scripts run main only under __main__
         return script.main
     return importlib.import_module(command).main
@@ -96,10 +117,25 @@ def cli_flags(command: str) -> dict[str, argparse.Action | None]:
 
 @cache
 def cli_parser(command: str) -> argparse.ArgumentParser:
-    """The parser of a command line of ours (``python -m MODULE``, a script of data_prep/ or tokenizer/, or a
-    console script)."""
+    """The parser of a command line of ours (``python -m MODULE``, a script of bench/, data_prep/ or tokenizer/, or
+    a console script), or of its subcommand (``bench/bench_train.py throughput``)."""
+    line, _, subcommand = command.rpartition(" ")
+    if line:
+        return subcommand_parsers(cli_parser(line))[subcommand]
     main = entry_point(command)
     return parser_of(lambda: main([]))
+
+
+def subcommand_parsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``parser``'s subcommands, each with its parser ({} when it has none)."""
+    return next((dict(action.choices) for action in parser._actions
+                 if isinstance(action, argparse._SubParsersAction)), {})
+
+
+def subcommands(command: str) -> set[str]:
+    """The subcommands of ``command``: a script of ours may have them (``bench/bench_train.py``: memory,
+    throughput); the launchers, lm_eval and the modules of ours have none."""
+    return set(subcommand_parsers(cli_parser(command))) if command.endswith(".py") else set()
 
 
 @cache
@@ -109,7 +145,8 @@ def deepspeed_flags() -> dict[str, argparse.Action]:
 
 
 def fenced_lines(block: str) -> Iterator[str]:
-    """The commands of a bash block: continuation lines joined, here-documents left out."""
+    """The commands of a bash block: continuation lines joined, here-documents left out, and none after a line that
+    changes into another directory (``cd /tmp/w``, a worktree of an older commit): they run that checkout's code."""
     lines = iter(block.replace("\\\n", " ").splitlines())
     for line in lines:
         heredoc = HEREDOC.search(line)
@@ -118,6 +155,30 @@ def fenced_lines(block: str) -> Iterator[str]:
                 if end.strip() == heredoc.group(1):
                     break
         yield line
+        if TOP_LEVEL_CD.search(line):
+            return
+
+
+def simple_commands(line: str) -> Iterator[list[str]]:
+    """The words of each command of a command line, split at ``&&``, ``||``, ``;``, ``|`` and a subshell's
+    parentheses; after a ``cd``, none to the end of its subshell (or of the line): they run in another checkout
+    (``(cd /tmp/base && python bench/...)``). A ``<word>`` left to the reader is one word."""
+    lexer = shlex.shlex(ANGLED.sub(lambda m: "<" + m.group(1).replace(" ", "_") + ">", line), posix=True,
+                        punctuation_chars="&;|()")
+    lexer.whitespace_split = True
+    depth, away, words = 0, None, []  # away: the subshell depth at which a `cd` was met
+    for word in [*lexer, ";"]:
+        if word.strip("&;|()"):
+            words.append(word)
+            continue
+        if words and away is None:
+            if words[0] == "cd":
+                away = depth
+            else:
+                yield words
+        words, depth = [], depth + word.count("(") - word.count(")")
+        if away is not None and depth < away:
+            away = None
 
 
 def doc_commands(text: str) -> Iterator[str]:
@@ -137,12 +198,20 @@ def inline_commands(text: str) -> Iterator[str]:
 
 def starts_a_command(text: str) -> bool:
     words = [w for w in text.split() if not ASSIGNMENT.match(w)]
-    return bool(words) and words[0].startswith(COMMAND_WORDS)
+    return bool(words) and command_word(words[0]).startswith(COMMAND_WORDS)
+
+
+def command_word(word: str) -> str:
+    """The command ``word`` runs: ``python`` for any Python interpreter (``.venv/bin/python``, a reference venv's
+    ``/work/bench-venv-ref/bin/python``: the flags are the script's whichever runs it), else ``word``."""
+    return "python" if INTERPRETER.fullmatch(word) else word
 
 
 def check_args(args: list[str], command: str, where: str) -> list[str]:
     """What is wrong with ``args`` for ``command``: flags it does not define (exactly as spelt), and values outside
     a flag's choices; what follows ``--`` is checked against the command that ``command`` passes it to."""
+    if args and args[0] in subcommands(command):
+        return check_args(args[1:], f"{command} {args[0]}", where)
     known = cli_flags(command)
     problems = []
     for i, arg in enumerate(args):
@@ -173,7 +242,7 @@ def among_choices(action: argparse.Action, value: str) -> bool:
 def check_command(words: list[str], where: str) -> list[str]:
     """What is wrong with one command (its words, assignments before it already left out)."""
     head, rest = words[0], words[1:]
-    if head in ("python", "python3", ".venv/bin/python"):
+    if head == "python":
         if rest[:1] == ["-m"] and len(rest) > 1 and re.fullmatch(r"[\w.]+", rest[1]):  # not `megamythos.*`
             module = rest[1]
             if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
@@ -182,7 +251,7 @@ def check_command(words: list[str], where: str) -> list[str]:
         if rest and rest[0].endswith(".py"):
             if not (REPO / rest[0]).is_file():
                 return [f"{where}: no file {rest[0]}"]
-            scripted = rest[0].startswith(("data_prep/", "tokenizer/"))
+            scripted = rest[0].startswith(("bench/", "data_prep/", "tokenizer/"))
             return check_args(rest[1:], rest[0], where) if scripted else []
         return []
     if head in ("bash", "sbatch"):
@@ -190,7 +259,7 @@ def check_command(words: list[str], where: str) -> list[str]:
         if script is None:  # sbatch's own flags alone
             return []
         if not (REPO / script).is_file():
-            return [f"{where}: no file {script}"]
+            return [f"{where}: no file {script}"] if in_a_fresh_clone(script) else []
         args = rest[rest.index(script) + 1:]
         target = "launchers/pretrain.sh" if script == "launchers/slurm.sbatch" else script
         return check_args(args, target, where) if target.startswith("launchers/pretrain") else []
@@ -208,6 +277,12 @@ def check_command(words: list[str], where: str) -> list[str]:
             return [f"{where}: no console script {head}"]
         return check_args(rest, head, where)
     return []
+
+
+def in_a_fresh_clone(path: str) -> bool:
+    """Whether ``path`` is one a fresh clone would hold: not outside it (``../shared/gpu/prepare.sh``, an absolute
+    path) nor in a dot-folder an earlier step makes (``.device/run.sh``, ``.venv/``)."""
+    return not (Path(path).is_absolute() or Path(path).parts[0].startswith("."))
 
 
 def check_deepspeed(args: list[str], where: str) -> list[str]:
@@ -237,30 +312,37 @@ def help_commands(text: str) -> Iterator[str]:
 
 
 def help_text(name: str) -> str:
-    """What a command line of ours says about its use: a console script's ``--help``, or a script's header
-    comment."""
+    """What a command line of ours says about its use: a console script's ``--help``, a Python script's docstring
+    (bench/: its ``--help`` may show only the first paragraph), or a shell script's header comment."""
     if name in console_scripts():
         return cli_parser(name).format_help()
+    if name.endswith(".py"):
+        return ast.get_docstring(ast.parse((REPO / name).read_text())) or ""
     return "\n".join(line for line in (REPO / name).read_text().splitlines() if line.startswith("#"))
 
 
 def repository_paths(words: list[str]) -> list[str]:
     """The paths inside the repository's own folders that ``words`` name (``ds_configs/x.json``, ``tests/x.py``;
-    not a run's or a user's folders, nor globs)."""
-    values = [w.split("=", 1)[-1] for w in words]
-    return [v for v in values if v.split("/")[0] in REPOSITORY_FOLDERS and "/" in v and not re.search(r"[*{\[]", v)]
+    not a run's or a user's folders, nor globs or a shell variable's expansion, nor a file the command writes:
+    ``--out bench/results/x.json``)."""
+    words = [w.strip("[]") for w in words]
+    values = [w.split("=", 1)[-1] for i, w in enumerate(words)
+              if not OUTPUT_FLAG.fullmatch(w.split("=", 1)[0]) and not (i and OUTPUT_FLAG.fullmatch(words[i - 1]))]
+    return [v for v in values if v.split("/")[0] in REPOSITORY_FOLDERS and "/" in v and not re.search(r"[*{\[$]", v)]
 
 
 def problems_in(text: str, name: str, commands: Callable[[str], Iterator[str]] = doc_commands) -> list[str]:
     """What is wrong with the commands of ``text`` (a document named ``name``), found by ``commands``."""
     problems = []
     for command in commands(text):
-        words = shlex.split(command, comments=True)
-        words = words[next((i for i, w in enumerate(words) if not ASSIGNMENT.match(w)), len(words)):]
-        if len(words) > 1 and words[0].startswith(COMMAND_WORDS):
-            where = f"{name}: {command.split('#')[0].strip()}"
-            problems += check_command(words, where)
-            problems += [f"{where}: no file {path}" for path in repository_paths(words) if not (REPO / path).exists()]
+        for words in simple_commands(command):
+            words = words[next((i for i, w in enumerate(words) if not ASSIGNMENT.match(w)), len(words)):]
+            words[:1] = map(command_word, words[:1])
+            if len(words) > 1 and words[0].startswith(COMMAND_WORDS):
+                where = f"{name}: {command.split('#')[0].strip()}"
+                problems += check_command(words, where)
+                problems += [f"{where}: no file {path}" for path in repository_paths(words)
+                             if not (REPO / path).exists()]
     return list(dict.fromkeys(problems))  # a missing script is named once
 
 
@@ -288,12 +370,44 @@ Export with `python -m megamythos.checkpoint.export a b --format gguf`, then `ma
     assert "--not-a-flag" not in found and len(found.splitlines()) == 11, found
 
 
+def test_a_misspelt_flag_in_a_bench_command_is_named_and_another_checkout_s_is_not_checked():
+    """The check on bench/README.md's kind of command: a reference venv's interpreter, a subcommand's flags, a word
+    left to the reader in ``<>``, commands joined by ``&&`` or in a subshell, trainer flags after ``--``; what runs
+    after a ``cd`` (another checkout's code), a script outside the clone and a file a command writes are left alone."""
+    doc = """```bash
+OMP_NUM_THREADS=1 PYTHONPATH=. /work/bench-venv-ref/bin/python bench/bench_model.py speed --modez ours_bf16 \\
+    --out bench/results/not_yet_written.json
+PYTHONPATH=.:<open-mythos dir> python bench/bench_casts.py --mode uncached --out bench/results/casts.json
+PYTHONPATH=. .venv/bin/python bench/bench_train.py memory --variant bf16=--bf16
+git worktree add /tmp/base 2db5f4d && PYTHONPATH=. python bench/bench_attention.py --rep 3
+for r in 1 2; do
+  (cd /tmp/base && python bench/bench_attention.py --flag-of-then 1); python bench/bench_data.py --repeat 3
+done
+python bench/bench_comm.py -- --lr-shedule wsd
+bash ../shared/gpu/prepare.sh && DEST=$OUT bash .device/run.sh bash bench/gpu_sesion.sh
+git worktree add /tmp/w 5dc3b93 && cd /tmp/w
+python bench/bench_train.py throughput --flag-of-then 1
+```
+"""
+    found = "\n".join(problems_in(doc, "bench/README.md"))
+    for mistake in ("--modez is not a flag", "--mode is not a flag", "--variant is not a flag", "--rep is not a flag",
+                    "--repeat is not a flag", "--lr-shedule is not a flag", "no file bench/gpu_sesion.sh"):
+        assert mistake in found, (mistake, found)
+    assert len(found.splitlines()) == 7, found
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
 def test_every_command_in_the_docs_runs_as_written(doc):
     assert problems_in(doc.read_text(), doc.name) == []
 
 
-@pytest.mark.parametrize("name", [*sorted(console_scripts()), *LAUNCHER_SCRIPTS])
+@pytest.mark.parametrize("doc", BENCH_DOCS, ids=lambda doc: str(doc.relative_to(REPO)))
+def test_every_command_in_a_bench_readme_runs_as_written(doc):
+    """How to reproduce each benchmark, dated runs too (the module docstring: which commands are history)."""
+    assert problems_in(doc.read_text(), str(doc.relative_to(REPO))) == []
+
+
+@pytest.mark.parametrize("name", [*sorted(console_scripts()), *LAUNCHER_SCRIPTS, *BENCH_SCRIPTS])
 def test_every_command_in_a_help_text_runs_as_written(name):
     assert problems_in(help_text(name), f"{name} --help", help_commands) == []
 
