@@ -48,6 +48,8 @@ ANGLED = re.compile(r"<(\w[^<>\n]*)>")  # a word the docs leave to the reader: P
 # commands that hand what follows `--` to another (the planner: to the trainer command it prints)
 PASSED_ON = {"megamythos.planning.plan": "megamythos.training.pretrain", "megamythos-plan": "megamythos-pretrain",
              "bench/bench_comm.py": "megamythos.training.pretrain"}
+# flags whose value holds another command's flags (bench_train.py's --variant NAME=[VAR=value ...] FLAGS): that command
+FLAGS_IN_VALUE = {("bench/bench_train.py throughput", "--variant"): "launchers/pretrain.sh"}
 LAUNCHER_SCRIPTS = ("launchers/pretrain.sh", "launchers/pretrain_1t.sh", "launchers/slurm.sbatch")  # --help: header
 # the benchmarks' READMEs (DOCS has the user's documents) and scripts (their docstring or header comment: their help)
 BENCH_DOCS = sorted({*(REPO / "bench").rglob("README.md"), *(REPO / "docs").rglob("README.md")} - set(DOCS))
@@ -201,6 +203,11 @@ def starts_a_command(text: str) -> bool:
     return bool(words) and command_word(words[0]).startswith(COMMAND_WORDS)
 
 
+def without_assignments(words: list[str]) -> list[str]:
+    """``words`` from the first that is not a ``VAR=value`` assignment (the command's environment) on."""
+    return words[next((i for i, w in enumerate(words) if not ASSIGNMENT.match(w)), len(words)):]
+
+
 def command_word(word: str) -> str:
     """The command ``word`` runs: ``python`` for any Python interpreter (``.venv/bin/python``, a reference venv's
     ``/work/bench-venv-ref/bin/python``: the flags are the script's whichever runs it), else ``word``."""
@@ -209,7 +216,8 @@ def command_word(word: str) -> str:
 
 def check_args(args: list[str], command: str, where: str) -> list[str]:
     """What is wrong with ``args`` for ``command``: flags it does not define (exactly as spelt), and values outside
-    a flag's choices; what follows ``--`` is checked against the command that ``command`` passes it to."""
+    a flag's choices; what follows ``--`` is checked against the command that ``command`` passes it to, and so are
+    the flags in a value of :data:`FLAGS_IN_VALUE`."""
     if args and args[0] in subcommands(command):
         return check_args(args[1:], f"{command} {args[0]}", where)
     known = cli_flags(command)
@@ -226,6 +234,9 @@ def check_args(args: list[str], command: str, where: str) -> list[str]:
             continue
         action = known[name]
         value = inline or (args[i + 1].strip("[]{}|") if i + 1 < len(args) else None)
+        if (command, name) in FLAGS_IN_VALUE and value is not None:
+            passed = without_assignments(shlex.split(value.partition("=")[2]))
+            problems += check_args(passed, FLAGS_IN_VALUE[command, name], where)
         if action is not None and action.choices is not None and action.nargs is None and value is not None \
                 and not PLACEHOLDER.fullmatch(value) and not among_choices(action, value):
             problems.append(f"{where}: {name} {value}: not one of {sorted(map(str, action.choices))}")
@@ -323,12 +334,12 @@ def help_text(name: str) -> str:
 
 def repository_paths(words: list[str]) -> list[str]:
     """The paths inside the repository's own folders that ``words`` name (``ds_configs/x.json``, ``tests/x.py``;
-    not a run's or a user's folders, nor globs or a shell variable's expansion, nor a file the command writes:
+    not a run's or a user's folders, nor globs, nor a file the command writes:
     ``--out bench/results/x.json``)."""
     words = [w.strip("[]") for w in words]
     values = [w.split("=", 1)[-1] for i, w in enumerate(words)
               if not OUTPUT_FLAG.fullmatch(w.split("=", 1)[0]) and not (i and OUTPUT_FLAG.fullmatch(words[i - 1]))]
-    return [v for v in values if v.split("/")[0] in REPOSITORY_FOLDERS and "/" in v and not re.search(r"[*{\[$]", v)]
+    return [v for v in values if v.split("/")[0] in REPOSITORY_FOLDERS and "/" in v and not re.search(r"[*{\[]", v)]
 
 
 def problems_in(text: str, name: str, commands: Callable[[str], Iterator[str]] = doc_commands) -> list[str]:
@@ -336,7 +347,7 @@ def problems_in(text: str, name: str, commands: Callable[[str], Iterator[str]] =
     problems = []
     for command in commands(text):
         for words in simple_commands(command):
-            words = words[next((i for i, w in enumerate(words) if not ASSIGNMENT.match(w)), len(words)):]
+            words = without_assignments(words)
             words[:1] = map(command_word, words[:1])
             if len(words) > 1 and words[0].startswith(COMMAND_WORDS):
                 where = f"{name}: {command.split('#')[0].strip()}"
@@ -372,13 +383,15 @@ Export with `python -m megamythos.checkpoint.export a b --format gguf`, then `ma
 
 def test_a_misspelt_flag_in_a_bench_command_is_named_and_another_checkout_s_is_not_checked():
     """The check on bench/README.md's kind of command: a reference venv's interpreter, a subcommand's flags, a word
-    left to the reader in ``<>``, commands joined by ``&&`` or in a subshell, trainer flags after ``--``; what runs
-    after a ``cd`` (another checkout's code), a script outside the clone and a file a command writes are left alone."""
+    left to the reader in ``<>``, commands joined by ``&&`` or in a subshell, trainer flags after ``--`` and in a
+    ``--variant``; what runs after a ``cd`` (another checkout's code), a script outside the clone and a file a
+    command writes are left alone."""
     doc = """```bash
 OMP_NUM_THREADS=1 PYTHONPATH=. /work/bench-venv-ref/bin/python bench/bench_model.py speed --modez ours_bf16 \\
     --out bench/results/not_yet_written.json
 PYTHONPATH=.:<open-mythos dir> python bench/bench_casts.py --mode uncached --out bench/results/casts.json
 PYTHONPATH=. .venv/bin/python bench/bench_train.py memory --variant bf16=--bf16
+PYTHONPATH=. python bench/bench_train.py throughput --variant "zero2=OMP_WAIT_POLICY= --bf16 --zeros 2"
 git worktree add /tmp/base 2db5f4d && PYTHONPATH=. python bench/bench_attention.py --rep 3
 for r in 1 2; do
   (cd /tmp/base && python bench/bench_attention.py --flag-of-then 1); python bench/bench_data.py --repeat 3
@@ -391,9 +404,10 @@ python bench/bench_train.py throughput --flag-of-then 1
 """
     found = "\n".join(problems_in(doc, "bench/README.md"))
     for mistake in ("--modez is not a flag", "--mode is not a flag", "--variant is not a flag", "--rep is not a flag",
-                    "--repeat is not a flag", "--lr-shedule is not a flag", "no file bench/gpu_sesion.sh"):
+                    "--repeat is not a flag", "--lr-shedule is not a flag", "no file bench/gpu_sesion.sh",
+                    "--zeros is not a flag"):
         assert mistake in found, (mistake, found)
-    assert len(found.splitlines()) == 7, found
+    assert len(found.splitlines()) == 8, found
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda doc: doc.name)
