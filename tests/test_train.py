@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -905,6 +906,26 @@ def test_a_second_ctrl_c_ends_the_process_at_once():
     assert out.returncode == -signal.SIGINT, out.stderr[-3000:]
     assert "received SIGINT: will save a checkpoint and exit after this iteration" in out.stderr
     assert "Ctrl-C again ends this process at once, without a checkpoint" in out.stderr
+
+
+def test_a_signal_during_the_end_of_run_evaluation_says_no_checkpoint_follows(caplog):
+    """A signal during the end-of-run evaluation abandons it and saves nothing (training is over and saved); its
+    line says so. Found 2026-12-07: it said `will save a checkpoint and exit after this iteration`, as during
+    training."""
+    from megamythos.training.pretrain import Trainer
+
+    signals = GracefulExit()
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(eval_interval=100), iteration=20,
+                                    last_good=Path("ckpt", "iter_0000020"),
+                                    validate=lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        with caplog.at_level(logging.WARNING, logger="megamythos.training.signals"):
+            Trainer.evaluate_at_end(trainer, "validation set", None, signals)
+    finally:
+        signals.restore()
+    assert signals.reason == "received SIGTERM"
+    assert caplog.messages == ["received SIGTERM: training is over: the end-of-run evaluation stops and the process "
+                               f"exits without another checkpoint (latest: {Path('ckpt', 'iter_0000020')})"]
 
 
 @pytest.mark.parametrize("stop_during_the_save", ["SIGTERM", "--exit-duration-in-mins"])

@@ -727,7 +727,11 @@ class Trainer:
 
     def evaluate_at_end(self, valid: Any, test: Any, signals: GracefulExit) -> None:
         """After the last iteration (Megatron's ``evaluate_and_print_results`` in ``pretrain``): the validation set
-        once more unless that iteration just validated, then the test set (none: nothing to do)."""
+        once more unless that iteration just validated, then the test set (none: nothing to do). Training is over
+        and saved (or its save withheld): a stop request from here on abandons the evaluation and saves nothing, and
+        its log line says so."""
+        signals.then = ("training is over: the end-of-run evaluation stops and the process exits without another "
+                        f"checkpoint (latest: {self.last_good or 'none'})")
         if valid is not None and self.iteration % self.args.eval_interval != 0:
             self.validate(valid, signals)
         if test is not None:

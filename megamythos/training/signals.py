@@ -126,12 +126,16 @@ class GracefulExit:
     exit 0.
 
     The duration counts from the process start, as Megatron's ``--exit-duration-in-mins`` does, so start-up,
-    compilation and validations count against a job's time limit; 0 is no limit."""
+    compilation and validations count against a job's time limit; 0 is no limit. ``then`` is what the log line of
+    the first stop request says follows it: a checkpoint while the run trains, something else once the caller has
+    nothing left to save (:meth:`megamythos.training.pretrain.Trainer.evaluate_at_end` sets it)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+    WHILE_TRAINING = "will save a checkpoint and exit after this iteration"
 
     def __init__(self, exit_duration_in_mins: float = 0.0) -> None:
         self.reason: str | None = None
+        self.then = self.WHILE_TRAINING
         self.exit_duration_in_mins = exit_duration_in_mins
         self._deadline = time.monotonic() + exit_duration_in_mins * 60 - seconds_since_start() \
             if exit_duration_in_mins else None
@@ -148,7 +152,7 @@ class GracefulExit:
 
     def _stop_for(self, reason: str) -> None:
         if self.reason is None:
-            logger.warning("%s: will save a checkpoint and exit after this iteration", reason)
+            logger.warning("%s: %s", reason, self.then)
             self.reason = reason
 
     def should_exit(self) -> bool:
