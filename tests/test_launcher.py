@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -406,6 +407,58 @@ def test_the_launcher_tells_a_signal_s_outcome(stage, signum, code, said, tmp_pa
     assert proc.returncode == code, err
     assert said in err, err
     assert not list(tmp_path.glob("megamythos-ranks-*")), "the launcher's exit-record folder was left"
+
+
+def build_lock(root: Path, age_seconds: float) -> Path:
+    """``root/deepspeed_shm_comm/lock`` as a build of the op that started ``age_seconds`` ago leaves it."""
+    lock = root / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    os.utime(lock, (time.time() - age_seconds,) * 2)
+    return lock
+
+
+def test_a_build_lock_a_killed_build_left_is_refused_before_deepspeed_starts(tmp_path, monkeypatch):
+    """Found 2026-12-07: a launch killed while DeepSpeed JIT-built an op left torch's ``<op>/lock`` in the
+    extensions dir, and every later launch waited for it forever in ``deepspeed.init_distributed``, without a line.
+    One older than a build takes is now one line naming it, before DeepSpeed starts (which here would hang)."""
+    import deepspeed
+
+    from megamythos.runtime.build_locks import STALE_AFTER_SECONDS, BuildLockError
+    from megamythos.training.pretrain import init_distributed
+
+    lock = build_lock(tmp_path, STALE_AFTER_SECONDS + 60)
+    monkeypatch.setattr(deepspeed, "init_distributed", lambda **kwargs: pytest.fail("DeepSpeed started"))
+    for name, value in {"TORCH_EXTENSIONS_DIR": str(tmp_path), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                        "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(BuildLockError) as refused:
+        init_distributed(1.0)
+    assert str(refused.value) == (f"{lock}: the build lock of the op deepspeed_shm_comm, taken 1.0 h ago, longer "
+                                  "than a build takes (a launch killed while it built the op left it); every launch "
+                                  "would wait for it forever: delete it if no build is running, and run again")
+
+
+def test_a_young_build_lock_is_named_in_a_warning_in_torch_s_own_cache(tmp_path, monkeypatch, caplog):
+    """A build lock younger than a build takes may be another job's build, which the run waits for: a warning
+    names it (from one rank per node), as does the one line of an old lock, also in torch's default extensions
+    dir (``~/.cache/torch_extensions/<python>_<accelerator>/<op>``), used without ``TORCH_EXTENSIONS_DIR``."""
+    from megamythos.runtime.build_locks import STALE_AFTER_SECONDS, BuildLockError, check_build_locks
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    env: dict[str, str] = {}  # no TORCH_EXTENSIONS_DIR
+    check_build_locks(env)  # no extensions dir yet: nothing to say
+    lock = build_lock(tmp_path / "torch_extensions" / "py312_cpu", 120)
+    with caplog.at_level(logging.WARNING, logger="megamythos.runtime.build_locks"):
+        check_build_locks(env, warn=False)
+        assert caplog.messages == []
+        check_build_locks(env)
+    assert caplog.messages == [f"{lock}: the op deepspeed_shm_comm is being built (for 2 min now), and this run "
+                               "waits until the build is done; if no build is running (a launch killed while it "
+                               "built the op), delete the file, or this run waits forever"]
+    os.utime(lock, (time.time() - STALE_AFTER_SECONDS - 1,) * 2)
+    with pytest.raises(BuildLockError, match=f"^{lock}: the build lock of the op deepspeed_shm_comm"):
+        check_build_locks(env, warn=False)
 
 
 def test_a_launch_removes_the_exit_records_a_killed_launcher_left(tmp_path):

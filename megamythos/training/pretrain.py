@@ -73,6 +73,7 @@ from megamythos.parallel import (
     replicate_recurrent_core,
 )
 from megamythos.planning.memory import check_startup_memory
+from megamythos.runtime.build_locks import check_build_locks
 from megamythos.runtime.device import collective_device, device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training import comm_stats
@@ -176,9 +177,12 @@ def single_process_environment() -> None:
 def init_distributed(timeout_minutes: float) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPU), its collectives failing after
     ``timeout_minutes`` of waiting; returns (rank, world size). The environment is a launcher's or
-    :func:`single_process_environment`'s."""
+    :func:`single_process_environment`'s. First a build lock that a killed op build left, on which DeepSpeed's op
+    loads would wait forever, is refused (:func:`check_build_locks`; a young one is a warning, from one rank per
+    node)."""
     import deepspeed
 
+    check_build_locks(os.environ, warn=os.environ.get("LOCAL_RANK", "0") == "0")
     if os.environ["RANK"] == "0":
         if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun's agent holds the rendezvous store on that port
             port = env_master_port(os.environ)
