@@ -448,6 +448,70 @@ def test_broken_train_record_and_latest_pointer_are_one_line(tmp_path: Path) -> 
         read_latest(tmp_path)
 
 
+def one_tag_run(run: Path, record: dict) -> Path:
+    """``run`` holding one tag, ``iter_0000002``, named by ``latest``, with ``record`` as its train record."""
+    tag = run / "iter_0000002"
+    tag.mkdir(parents=True)
+    (tag / "train_args.json").write_text(json.dumps(record))
+    (run / "latest").write_text(tag.name)
+    return tag
+
+
+@pytest.mark.parametrize(("record", "said"), [
+    ({"layout": "2x1x1", "zero_stage": 3}, "holds the layout '2x1x1', not an object of world_size, tp, ep"),
+    ({"layout": {"world_size": 2, "tp": 1}, "zero_stage": 3}, "holds the layout {'world_size': 2, 'tp': 1}, not an"),
+    ({"layout": {"world_size": "2", "tp": 1, "ep": 1}, "zero_stage": 3}, "holds the layout {'world_size': '2',"),
+    ({"layout": {"world_size": 2, "tp": 1, "ep": 1}, "zero_stage": "3"}, "holds the zero_stage '3', not 0, 1, 2 or 3"),
+])
+def test_a_resume_on_another_layout_names_a_train_record_whose_layout_is_not_one(record: dict, said: str,
+                                                                                  tmp_path: Path) -> None:
+    """Found 2026-12-07: a train record whose layout was not an object of three whole numbers (edited by hand,
+    damaged) was a traceback (AttributeError, KeyError 'ep') where a resume compared it with its own layout, and
+    a stage given as text was "written with ZeRO-3; this run uses ZeRO-3: resume it with --zero 3"."""
+    from megamythos.training.checkpointing import universal_tag
+
+    tag = one_tag_run(tmp_path / "run", record)
+    with pytest.raises(CheckpointError) as refused:
+        universal_tag(tmp_path / "run", {"world_size": 1, "tp": 1, "ep": 1}, 3, 0, ModelConfig())
+    assert str(refused.value).startswith(f"{tag / 'train_args.json'} {said}"), refused.value
+    assert str(refused.value).endswith("; restore it from a copy of the run, or use another checkpoint tag")
+
+
+def test_a_universal_conversion_with_a_file_in_its_place_is_one_line(tmp_path: Path) -> None:
+    """Found 2026-12-07: a file where a resume on another layout puts its universal conversion
+    (``TAG_universal_model``) was a NotADirectoryError traceback once the whole conversion had been written."""
+    from megamythos.training.checkpointing import universal_tag
+
+    one_tag_run(tmp_path / "run", {"layout": {"world_size": 2, "tp": 1, "ep": 1}, "zero_stage": 3})
+    (tmp_path / "save").mkdir()
+    (tmp_path / "save" / "iter_0000002_universal_model").write_text("notes")
+    with pytest.raises(CheckpointError, match=r"^\S+/save/iter_0000002_universal_model is in the way of the "
+                                              r"universal conversion of iter_0000002 \(a file, not its folder\); "
+                                              r"move it elsewhere \(or delete it\) and run again$"):
+        universal_tag(tmp_path / "run", {"world_size": 1, "tp": 1, "ep": 1}, 3, 0, ModelConfig(),
+                      into=tmp_path / "save")
+    assert (tmp_path / "save" / "iter_0000002_universal_model").read_text() == "notes"
+
+
+@pytest.mark.parametrize("states", [[1, 2], {"optimizer": None}])
+def test_finetune_from_a_model_states_file_that_is_not_deepspeed_s_is_one_line(states: object,
+                                                                                tmp_path: Path) -> None:
+    """``--finetune --load`` of a tag (saved before checkpoints carried checksums: nothing else vouches for its
+    files) whose ``mp_rank_00_model_states.pt`` is a torch file without DeepSpeed's ``module``. Found 2026-12-07:
+    a TypeError or KeyError traceback from ``pretrained_state``."""
+    from megamythos.training.checkpointing import check_pretrained, pretrained_state
+
+    tag = one_tag_run(tmp_path / "run", {})
+    (tag / "model_config.json").write_text(ModelConfig().to_json())
+    torch.save(states, tag / "mp_rank_00_model_states.pt")
+    check_pretrained(str(tag))
+    with pytest.raises(CheckpointError) as refused:
+        pretrained_state(str(tag), ModelConfig(), None)
+    assert str(refused.value) == (f"{tag / 'mp_rank_00_model_states.pt'} is not a DeepSpeed model-states file (a "
+                                  f"{type(states).__name__} without 'module'); point {tmp_path / 'run' / 'latest'} at "
+                                  "an earlier tag, or restore the tag from another copy of the checkpoint")
+
+
 def test_a_plain_deepspeed_run_is_not_advised_to_lose_its_latest(tmp_path: Path) -> None:
     """Found 2026-12-07: a folder of a plain DeepSpeed run (``latest`` naming ``global_stepN``) was refused with
     "remove it to start afresh", which would cost that run its resume point; it is named as DeepSpeed's run, and

@@ -147,11 +147,24 @@ def read_train_record(tag_dir: Path) -> dict[str, Any]:
     return read_json_object(path, CheckpointError, TRAIN_RECORD_REMEDY) if path.is_file() else {}
 
 
+LAYOUT_KEYS = ("world_size", "tp", "ep")  # of a train record's "layout"
+
+
 def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
     """(``{"world_size", "tp", "ep"}``, ZeRO stage) of the run that wrote ``tag_dir``; None for what it did not
-    record (older checkpoints lack the stage)."""
+    record (older checkpoints lack the stage). A layout that is not an object of those three positive whole
+    numbers, or a stage other than 0-3 (a record edited by hand or damaged), raises :class:`CheckpointError`
+    naming the record."""
     record = read_train_record(tag_dir)
-    return record.get("layout"), record.get("zero_stage")
+    layout, stage = record.get("layout"), record.get("zero_stage")
+    if not (layout is None or isinstance(layout, dict) and all(
+            type(layout.get(key)) is int and layout[key] >= 1 for key in LAYOUT_KEYS)):
+        raise CheckpointError(f"{tag_dir / TRAIN_RECORD} holds the layout {layout!r}, not an object of "
+                              f"{', '.join(LAYOUT_KEYS)} (positive whole numbers); {TRAIN_RECORD_REMEDY}")
+    if not (stage is None or type(stage) is int and 0 <= stage <= 3):
+        raise CheckpointError(f"{tag_dir / TRAIN_RECORD} holds the zero_stage {stage!r}, not 0, 1, 2 or 3; "
+                              f"{TRAIN_RECORD_REMEDY}")
+    return layout, stage
 
 
 def unconvertible_layout(layout: dict[str, int] | None, zero_stage: int | None) -> str | None:

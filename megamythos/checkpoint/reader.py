@@ -31,6 +31,7 @@ from megamythos.checkpoint.checksums import (
     verify_tag,
 )
 from megamythos.checkpoint.files import (
+    LATEST,
     MODEL_CONFIG_FILE,
     ZERO_OPTIM_SHARDS,
     CheckpointError,
@@ -72,11 +73,17 @@ CLIENT_STATE_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_m
 
 
 def _client_state(tag_dir: Path) -> dict:
-    """Rank 0's model-states file: DeepSpeed's metadata plus our client state."""
+    """Rank 0's model-states file: DeepSpeed's metadata plus our client state; a file of that name that holds
+    no such state (no ``module`` entry) is refused by name."""
     files = [tag_dir / name for name in CLIENT_STATE_FILES if (tag_dir / name).is_file()]
     if not files:
         raise CheckpointError(f"{tag_dir} has no DeepSpeed model-states file")
-    return torch.load(files[0], map_location="cpu", weights_only=False)
+    state = torch.load(files[0], map_location="cpu", weights_only=False)
+    if not (isinstance(state, dict) and "module" in state):
+        raise CheckpointError(f"{files[0]} is not a DeepSpeed model-states file (a {type(state).__name__} without "
+                              f"'module'); point {tag_dir.parent / LATEST} at an earlier tag, or restore the tag from "
+                              "another copy of the checkpoint")
+    return state
 
 
 def conversion_disk_full(tag_dir: Path, where: Path) -> CheckpointError:
@@ -131,11 +138,12 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     unpickled."""
     verify_tag(tag_dir)
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
+    sharded = any(tag_dir.glob(ZERO_OPTIM_SHARDS))
+    if sharded and (why := unconvertible_layout(*saved_layout(tag_dir))):
+        raise CheckpointError(f"{tag_dir} cannot be read as a whole model: {why}; it resumes only on the layout "
+                              "that saved it")
     client = _client_state(tag_dir)
-    if any(tag_dir.glob(ZERO_OPTIM_SHARDS)):
-        if why := unconvertible_layout(*saved_layout(tag_dir)):
-            raise CheckpointError(f"{tag_dir} cannot be read as a whole model: {why}; it resumes only on the layout "
-                                  "that saved it")
+    if sharded:
         state = autoep_to_model_names(_universal_state_dict(tag_dir, workdir))
     elif len(list(tag_dir.glob("mp_rank_*_model_states.pt"))) == 1:
         state = _zero0_module_state(tag_dir, client["module"])

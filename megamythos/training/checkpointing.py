@@ -518,6 +518,9 @@ def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: Mo
             logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
                            tag_dir.name)
             shutil.rmtree(target)
+        elif target.exists():  # not ours to delete: its name is the conversion's
+            raise CheckpointError(f"{target} is in the way of the universal conversion of {tag_dir.name} (a file, "
+                                  "not its folder); move it elsewhere (or delete it) and run again")
         remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
         tmp.mkdir(parents=True)
     except OSError as err:
