@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -412,7 +413,7 @@ def test_the_launcher_tells_a_signal_s_outcome(stage, signum, code, said, tmp_pa
 def build_lock(root: Path, age_seconds: float) -> Path:
     """``root/deepspeed_shm_comm/lock`` as a build of the op that started ``age_seconds`` ago leaves it."""
     lock = root / "deepspeed_shm_comm" / "lock"
-    lock.parent.mkdir(parents=True)
+    lock.parent.mkdir(parents=True, exist_ok=True)
     lock.touch()
     os.utime(lock, (time.time() - age_seconds,) * 2)
     return lock
@@ -441,11 +442,14 @@ def test_a_build_lock_a_killed_build_left_is_refused_before_deepspeed_starts(tmp
 
 def test_a_young_build_lock_is_named_in_a_warning_in_torch_s_own_cache(tmp_path, monkeypatch, caplog):
     """A build lock younger than a build takes may be another job's build, which the run waits for: a warning
-    names it (from one rank per node), as does the one line of an old lock, also in torch's default extensions
-    dir (``~/.cache/torch_extensions/<python>_<accelerator>/<op>``), used without ``TORCH_EXTENSIONS_DIR``."""
+    names it (from one rank per node) unless it goes at once (a load of a built op takes it for milliseconds); an
+    old one is the one line. Also in torch's default extensions dir (``~/.cache/torch_extensions/<python>_<accelerator>
+    /<op>``), used without ``TORCH_EXTENSIONS_DIR``."""
+    from megamythos.runtime import build_locks
     from megamythos.runtime.build_locks import STALE_AFTER_SECONDS, BuildLockError, check_build_locks
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(build_locks, "SETTLE_SECONDS", 0.2)
     env: dict[str, str] = {}  # no TORCH_EXTENSIONS_DIR
     check_build_locks(env)  # no extensions dir yet: nothing to say
     lock = build_lock(tmp_path / "torch_extensions" / "py312_cpu", 120)
@@ -453,10 +457,15 @@ def test_a_young_build_lock_is_named_in_a_warning_in_torch_s_own_cache(tmp_path,
         check_build_locks(env, warn=False)
         assert caplog.messages == []
         check_build_locks(env)
-    assert caplog.messages == [f"{lock}: the op deepspeed_shm_comm is being built (for 2 min now), and this run "
-                               "waits until the build is done; if no build is running (a launch killed while it "
-                               "built the op), delete the file, or this run waits forever"]
-    os.utime(lock, (time.time() - STALE_AFTER_SECONDS - 1,) * 2)
+        assert caplog.messages == [f"{lock}: the op deepspeed_shm_comm is being built (for 2 min now), and this run "
+                                   "waits until the build is done; if no build is running (a launch killed while it "
+                                   "built the op), delete the file, or this run waits forever"]
+        caplog.clear()
+        monkeypatch.setattr(build_locks, "SETTLE_SECONDS", 600.0)
+        threading.Timer(0.2, lock.unlink).start()  # another process's load of the built op, done
+        check_build_locks(env)
+        assert caplog.messages == []
+    build_lock(tmp_path / "torch_extensions" / "py312_cpu", STALE_AFTER_SECONDS + 1)
     with pytest.raises(BuildLockError, match=f"^{lock}: the build lock of the op deepspeed_shm_comm"):
         check_build_locks(env, warn=False)
 

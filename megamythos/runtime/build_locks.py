@@ -7,7 +7,8 @@ Every other process that loads the op, built or not, finds the file and waits, p
 killed while it built (``kill -9``, a preemption, Ctrl-C at the wrong moment) leaves the file, and every later
 launch then waits for it forever, without a line. :func:`check_build_locks` runs before DeepSpeed starts: a lock
 older than :data:`STALE_AFTER_SECONDS` is refused in one line, a younger one (another job building the op now, or
-a build just killed) is named in a warning.
+a build just killed) is named in a warning unless it goes within :data:`SETTLE_SECONDS` (a load of an op that is
+built already takes the lock too, for milliseconds: another job starting beside this one).
 
 The extensions dir is the one torch uses: ``TORCH_EXTENSIONS_DIR`` (``launchers/pretrain.sh`` sets it to the
 checkout's ``.torch_extensions``), else torch's cache folder, where each op has its folder in one per Python
@@ -28,6 +29,8 @@ LOCK_NAME = "lock"  # torch.utils.cpp_extension's FileBaton in each op's build f
 # An hour: above any one op's build. A CPU op takes ~30 s (the comm op), DeepSpeed's CPU Adam 5 min on a loaded
 # 2-core machine; CUDA ops take minutes, the largest tens of minutes on a slow host.
 STALE_AFTER_SECONDS = 3600.0
+# How long a young lock may take to go before it is named: a load of a built op holds it for ~5 ms (measured).
+SETTLE_SECONDS = 2.0
 
 
 class BuildLockError(UserError, RuntimeError):
@@ -59,22 +62,36 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
+def lock_age(lock: Path, now: float) -> float | None:
+    """Seconds since ``lock`` was taken (its modification time), None once it is gone."""
+    try:
+        return now - lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 def check_build_locks(env: Mapping[str, str], warn: bool = True) -> None:
     """Refuse (:class:`BuildLockError`) the run when a build lock of :func:`build_locks` is older than
-    :data:`STALE_AFTER_SECONDS`: no build takes that long, so a build that was killed left it. A younger one is a
-    warning naming it (``warn``: one rank per node says it), as the run then waits for it."""
-    now = time.time()
+    :data:`STALE_AFTER_SECONDS`: no build takes that long, so a build that was killed left it. A younger one that
+    is still there after :data:`SETTLE_SECONDS` is a warning naming it, as the run then waits for it (``warn``:
+    one rank per node waits and says it; the others return at once)."""
+    young = []
     for lock in build_locks(env):
-        try:
-            age = now - lock.stat().st_mtime
-        except FileNotFoundError:  # the build that held it just finished
-            continue
-        op = lock.parent.name
-        if age > STALE_AFTER_SECONDS:
-            raise BuildLockError(f"{lock}: the build lock of the op {op}, taken {duration(age)} ago, longer than a "
-                                 "build takes (a launch killed while it built the op left it); every launch would wait "
-                                 "for it forever: delete it if no build is running, and run again")
-        if warn:
+        age = lock_age(lock, time.time())
+        if age is not None and age > STALE_AFTER_SECONDS:
+            raise BuildLockError(f"{lock}: the build lock of the op {lock.parent.name}, taken {duration(age)} ago, "
+                                 "longer than a build takes (a launch killed while it built the op left it); every "
+                                 "launch would wait for it forever: delete it if no build is running, and run again")
+        if age is not None:
+            young.append(lock)
+    if not warn:
+        return
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while young and time.monotonic() < deadline:
+        time.sleep(0.05)
+        young = [lock for lock in young if lock.exists()]
+    for lock in young:
+        if (age := lock_age(lock, time.time())) is not None:
             logger.warning("%s: the op %s is being built (for %s now), and this run waits until the build is done; "
-                           "if no build is running (a launch killed while it built the op), delete the file, or this "
-                           "run waits forever", lock, op, duration(age))
+                           "if no build is running (a launch killed while it built the op), delete the file, or "
+                           "this run waits forever", lock, lock.parent.name, duration(age))
