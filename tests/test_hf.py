@@ -595,3 +595,34 @@ def test_an_export_of_a_tokenizer_without_a_pad_piece_names_no_pad(tmp_path):
     tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
     last = ours.vocab_size - 1
     assert tok.pad_token is None and tok.decode([last], skip_special_tokens=True) == ours.decode([last]) != ""
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_resize_token_embeddings_grows_the_vocabulary_and_survives_save_pretrained(tiny_tokenizer, tmp_path, tied):
+    """``resize_token_embeddings`` (tokens added for a finetune) raised transformers' NotImplementedError
+    (``set_input_embeddings`` not handled) on every export (found 2026-12-07). It grows the embedding and, untied,
+    the head; a tied head stays the embedding; the old ids' logits are unchanged, and a ``save_pretrained`` of the
+    resized model loads again with the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from megamythos.hf.export import export_hf
+
+    vocab = tiny_tokenizer.vocab_size
+    model = MythosLM(small_config(vocab_size=vocab, tie_embeddings=tied, init_std=0.3)).eval()
+    hf = AutoModelForCausalLM.from_pretrained(export_hf(model, tiny_tokenizer, tmp_path / "hf"), trust_remote_code=True)
+    ids = torch.tensor([tiny_tokenizer.encode_one("def main(argv):")])
+    with torch.no_grad():
+        before = hf(ids).logits
+    hf.resize_token_embeddings(vocab + 16)
+    inner = hf.model
+    assert hf.config.vocab_size == inner.config.vocab_size == vocab + 16
+    assert inner.tok_embeddings.weight.shape == inner.lm_head.weight.shape == (vocab + 16, inner.config.dim)
+    assert (inner.lm_head.weight is inner.tok_embeddings.weight) == tied
+    new_ids = torch.cat((ids, torch.tensor([[vocab + 3]])), 1)
+    with torch.no_grad():
+        after = hf(new_ids).logits
+        assert after.shape == (1, new_ids.shape[1], vocab + 16)
+        assert torch.allclose(after[:, :-1, :vocab], before, atol=1e-4)
+        hf.save_pretrained(tmp_path / "resized")
+        again = AutoModelForCausalLM.from_pretrained(tmp_path / "resized", trust_remote_code=True)
+        assert torch.equal(again(new_ids).logits, after)

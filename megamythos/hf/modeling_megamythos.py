@@ -129,8 +129,19 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.tok_embeddings
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        """Replace the token embedding [V, H] (``resize_token_embeddings`` does, then re-ties ``lm_head`` to it);
+        the inner :class:`ModelConfig` takes its V, as transformers' config does."""
+        self.model.tok_embeddings = value
+        self.model.config.vocab_size = value.num_embeddings
+
     def get_output_embeddings(self) -> nn.Linear:
         return self.model.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        """Replace the output projection H -> V (``resize_token_embeddings`` does; a tied head is then tied to the
+        new embedding again)."""
+        self.model.lm_head = value
 
     def check_position_ids(self, position_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                            input_ids: torch.Tensor, cached: int) -> None:
