@@ -626,3 +626,27 @@ def test_resize_token_embeddings_grows_the_vocabulary_and_survives_save_pretrain
         hf.save_pretrained(tmp_path / "resized")
         again = AutoModelForCausalLM.from_pretrained(tmp_path / "resized", trust_remote_code=True)
         assert torch.equal(again(new_ids).logits, after)
+
+
+def test_return_dict_false_gives_a_tuple_as_transformers_models_do(small_hf):
+    """``model(ids, labels=ids, return_dict=False)`` (or ``config.return_dict = False``) gave the output object,
+    whose iteration yields its field names: ``loss, logits = ...[:2]`` worked, ``loss, logits, cache = ...`` unpacked
+    the strings "loss", "logits", "cache" (found 2026-12-07). It is the tuple of the fields that are not None, as in
+    transformers' own models; ``generate`` (which asks for a dict) is unchanged."""
+    from megamythos.hf.modeling_megamythos import CACHE_SLOT
+
+    _, hf = small_hf
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        full = hf(ids, labels=ids, use_cache=True)
+        loss, logits, cache = hf(ids, labels=ids, use_cache=True, return_dict=False)
+        assert torch.equal(loss, full.loss) and torch.equal(logits, full.logits)
+        assert cache.get_seq_length() == getattr(full, CACHE_SLOT).get_seq_length() == 4
+        uncached, greedy = hf(ids).logits, hf.generate(ids, max_new_tokens=3, do_sample=False)
+        hf.config.return_dict = False
+        try:
+            (plain,) = hf(ids)
+            assert torch.equal(plain, uncached)
+            assert torch.equal(hf.generate(ids, max_new_tokens=3, do_sample=False), greedy)
+        finally:
+            hf.config.return_dict = True

@@ -63,7 +63,8 @@ class MythosCache:
 
 class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     """``forward(input_ids [B, S], attention_mask=None, labels=None, cache=None, use_cache=None, n_loops=None,
-    exit_threshold=None)`` -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)``; ``attention_mask``
+    exit_threshold=None)`` -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)`` (with ``return_dict=False``,
+    or ``config.return_dict`` False, its tuple of the fields not None, as transformers' models); ``attention_mask``
     [B, cached + S] (1 = real, 0 = padding; padding at inference only); ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
     the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
@@ -163,7 +164,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: MythosCache | None = None, labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 n_loops: int | None = None, exit_threshold: float | None = None,
-                past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast:
+                past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast | tuple:
         if input_ids is None or kwargs.get("inputs_embeds") is not None:  # an AttributeError or TypeError before
             raise ValueError("megamythos takes input_ids, not inputs_embeds: pass the token ids (its prelude, loop "
                              "and coda start from its own embedding of them)")
@@ -197,4 +198,6 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)
             loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=out.logits, **{CACHE_SLOT: cache})
+        output = CausalLMOutputWithPast(loss=loss, logits=out.logits, **{CACHE_SLOT: cache})
+        return_dict = kwargs.get("return_dict")
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
