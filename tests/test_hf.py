@@ -650,3 +650,22 @@ def test_return_dict_false_gives_a_tuple_as_transformers_models_do(small_hf):
             assert torch.equal(hf.generate(ids, max_new_tokens=3, do_sample=False), greedy)
         finally:
             hf.config.return_dict = True
+
+
+def test_a_save_pretrained_copy_loads_with_the_same_logits_and_a_warning_that_says_what_it_is(small_hf, tmp_path,
+                                                                                              caplog):
+    """``save_pretrained`` of a loaded export into a new directory (the ``push_to_hub`` round trip) writes no
+    ``checksums.json``: the copy loads with the same logits and a warning that its files are not verified, which
+    said "exported before exports carried checksums", wrong for such a copy (found 2026-12-07)."""
+    from transformers import AutoModelForCausalLM
+
+    _, hf = small_hf
+    hf.save_pretrained(tmp_path / "copy")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        copy = AutoModelForCausalLM.from_pretrained(tmp_path / "copy", trust_remote_code=True)
+    assert (f"{tmp_path / 'copy'} has no checksums.json (a save_pretrained copy, or an export written before "
+            "exports carried checksums)") in caplog.text
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.equal(copy(ids).logits, hf(ids).logits)

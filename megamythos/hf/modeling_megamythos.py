@@ -93,7 +93,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         """transformers' loader, once a local export directory verifies against its ``checksums.json``
         (:func:`verify_directory`: every file of the export, its tokenizer included, before any is read): a file
         that differs, is missing or is not listed raises :class:`ManifestError` naming it; an export without
-        a manifest (exported before exports carried one) loads with a warning. A Hub name is not checked."""
+        a manifest (a ``save_pretrained`` copy, or an export written before exports carried one) loads with a
+        warning. A Hub name is not checked."""
         directory = None if pretrained_model_name_or_path is None else Path(pretrained_model_name_or_path)
         if directory is not None and directory.is_dir():
             try:
@@ -102,8 +103,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
                 raise ManifestError(err.path, f"{err.problem}; export the checkpoint again (--overwrite), or, where "
                                     f"the files were changed on purpose, remove {directory / CHECKSUMS_FILE}") from None
             if not checked:
-                logger.warning("%s has no %s (exported before exports carried checksums): its files are not "
-                               "verified", directory, CHECKSUMS_FILE)
+                logger.warning("%s has no %s (a save_pretrained copy, or an export written before exports carried "
+                               "checksums): its files are not verified", directory, CHECKSUMS_FILE)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
