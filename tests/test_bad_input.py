@@ -672,13 +672,20 @@ def test_loop_flags_out_of_range_name_the_flag(argv: list[str], message: str, ca
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "-1"], r"--seed must lie in \[0, 2\*\*32\), got -1"),
     (["--seed", str(2**32)], r"--seed must lie in \[0, 2\*\*32\)"),
-    (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
-    (["--lr", "-1"], "--lr must be a finite number >= 0, got -1.0"),
+    (["--lr", "inf"], r"--lr must lie in \[0, 10\], got inf"),
+    (["--lr", "-1"], r"--lr must lie in \[0, 10\], got -1.0"),
+    # found 2026-12-07 (bad-input sweep): 1e30 (a typo of 1e-3) trained, the weights scaled by 1 - lr x wd < 0 or
+    # AdamW turned into SGD, and a clip of 1e30 was clipping off without a word
+    (["--lr", "1e30"], r"--lr must lie in \[0, 10\], got 1e\+30 \(typical: 3e-4\)"),
+    (["--weight-decay", "1e30"], r"--weight-decay must lie in \[0, 1\], got 1e\+30 \(typical: 0.1\)"),
+    (["--adam-eps", "1e30"], r"--adam-eps must be a finite number > 0 and < 1, got 1e\+30"),
+    (["--clip-grad", "1e30"], r"--clip-grad must be 0 \(off\) or lie in \(0, 1000\], got 1e\+30"),
+    (["--clip-grad", "-1"], r"--clip-grad must be 0 \(off\) or lie in \(0, 1000\], got -1.0"),
     # found 2026-12-06: --adam-eps inf trained nothing with exit 0 (m / (sqrt v + inf)), --weight-decay inf diverged
     # with advice on --lr, --distributed-timeout-minutes inf or 1e-12 were tracebacks, --save '' trained and kept
     # nothing (the logs went into the working directory), and --split accepted what it misread
-    (["--adam-eps", "inf"], "--adam-eps must be a finite number > 0, got inf"),
-    (["--weight-decay", "inf"], "--weight-decay must be a finite number >= 0"),
+    (["--adam-eps", "inf"], "--adam-eps must be a finite number > 0 and < 1, got inf"),
+    (["--weight-decay", "inf"], r"--weight-decay must lie in \[0, 1\], got inf"),
     (["--peak-tflops", "inf"], "--peak-tflops must be finite"),
     (["--distributed-timeout-minutes", "inf"], r"--distributed-timeout-minutes must lie in \[0.1, 525600\]"),
     (["--distributed-timeout-minutes", "1e-12"], r"--distributed-timeout-minutes must lie in \[0.1, 525600\]"),

@@ -37,6 +37,11 @@ DEFAULT_TRAIN_ITERS = 200
 # a year: torch's stores add the timeout to the clock in int64 nanoseconds, which a longer one overflows (a timeout
 # of 1e9 days failed at once, "timed out after -5833720454947758ms"), and timedelta refuses ~1e12 minutes
 MAX_TIMEOUT_MINUTES = 525600
+# AdamW's bounds: a value past them is a typo (1e30 for 1e-3), not a setting
+MAX_LR = 10.0  # AdamW moves each weight by about lr per step; the divergence guard's tests train at 3 on purpose
+MAX_WEIGHT_DECAY = 1.0  # AdamW keeps a share 1 - lr x wd of each weight per step; typical wd 0.01 to 0.1
+MAX_ADAM_EPS = 1.0  # eps beside sqrt(v): 1 would swamp a typical gradient's scale and turn AdamW into SGD
+MAX_CLIP_GRAD = 1e3  # a gradient norm this large is a diverged step; 0 turns clipping off
 # flags of evaluate/generate that a training command line may be given: what to do instead (not the closest flag:
 # --exit-interval would stop the run)
 INFERENCE_FLAGS = {
@@ -149,17 +154,20 @@ class TrainArgs:
         _check(self.lr_schedule_on_resume in ON_RESUME,
                f"lr_schedule_on_resume must be one of {ON_RESUME}, got {self.lr_schedule_on_resume!r}")
         _check(self.adam_impl in ADAM_IMPLS, f"--adam-impl must be one of {ADAM_IMPLS}, got {self.adam_impl!r}")
-        _check(0 <= self.lr < math.inf, f"--lr must be a finite number >= 0, got {self.lr} (typical: 3e-4)")
+        _check(0 <= self.lr <= MAX_LR, f"--lr must lie in [0, {MAX_LR:g}], got {self.lr} (typical: 3e-4)")
         _check(0 <= self.min_lr <= self.lr, f"--min-lr={self.min_lr} must lie in [0, --lr={self.lr}]")
         _check(0 <= self.seed < 2**32, f"--seed must lie in [0, 2**32), got {self.seed} (numpy's seed range)")
         _check(0.0 < self.wsd_decay_fraction <= 1.0, "--wsd-decay-fraction must lie in (0, 1]")
         for name in ("adam_beta1", "adam_beta2"):  # AdamW's moment decay rates; 1 would never forget a gradient
             _check(0.0 <= getattr(self, name) < 1.0,
                    f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)} (typical: 0.9 and 0.95)")
-        _check(0 < self.adam_eps < math.inf, f"--adam-eps must be a finite number > 0, got {self.adam_eps} (typical: "
-               "1e-8)")
-        for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "exit_duration_in_mins", "clip_grad",
-                     "weight_decay"):
+        _check(0 <= self.weight_decay <= MAX_WEIGHT_DECAY, f"--weight-decay must lie in [0, {MAX_WEIGHT_DECAY:g}], "
+               f"got {self.weight_decay} (typical: 0.1)")
+        _check(0 < self.adam_eps < MAX_ADAM_EPS, f"--adam-eps must be a finite number > 0 and < {MAX_ADAM_EPS:g}, got "
+               f"{self.adam_eps} (typical: 1e-8)")
+        _check(0 <= self.clip_grad <= MAX_CLIP_GRAD, f"--clip-grad must be 0 (off) or lie in (0, {MAX_CLIP_GRAD:g}], "
+               f"got {self.clip_grad} (typical: 1.0)")
+        for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "exit_duration_in_mins"):
             _check(0 <= getattr(self, name) < math.inf, f"--{name.replace('_', '-')} must be a finite number >= 0")
         _check(self.peak_tflops is None or self.peak_tflops < math.inf, "--peak-tflops must be finite")
         _check(0.1 <= self.distributed_timeout_minutes <= MAX_TIMEOUT_MINUTES, "--distributed-timeout-minutes must "
