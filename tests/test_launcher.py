@@ -141,18 +141,19 @@ def test_defaults_fill_only_what_is_missing_and_apply_once():
     argv = ["--save", "runs/a/ckpt", "--train-tokens", "1000"]
     defaults = trainer_defaults(argv, gpu=False, env={})
     # --save names the run folder: its logs go inside it, never beside it (two runs side by side share nothing)
-    assert defaults[:8] == ["--load", "runs/a/ckpt", "--tensorboard-dir", "runs/a/ckpt/tensorboard", "--metrics-file",
-                            "runs/a/ckpt/metrics.jsonl", "--ds-config", str(REPO / "ds_configs" / "cpu-debug.json")]
+    assert defaults[:4] == ["--load=runs/a/ckpt", "--tensorboard-dir=runs/a/ckpt/tensorboard",
+                            "--metrics-file=runs/a/ckpt/metrics.jsonl",
+                            f"--ds-config={REPO / 'ds_configs' / 'cpu-debug.json'}"]
     assert "--train-iters" not in defaults  # --train-tokens sets the length
     assert trainer_defaults([*defaults, *argv], gpu=False, env={}) == []
     assert trainer_defaults(["--ds-config=x.json", "--seq-length", "64"], gpu=True, env={"RUN_DIR": "/r"}) == [
-        "--save", "/r/checkpoints", "--load", "/r/checkpoints", "--tensorboard-dir", "/r/tensorboard",
-        "--metrics-file", "/r/metrics.jsonl"]
-    assert "single-gpu.json" in trainer_defaults([], gpu=True, env={})[-3]
+        "--save=/r/checkpoints", "--load=/r/checkpoints", "--tensorboard-dir=/r/tensorboard",
+        "--metrics-file=/r/metrics.jsonl"]
+    assert "single-gpu.json" in trainer_defaults([], gpu=True, env={})[-2]
     # on a GPU the model's training length (the planner's), not the trainer's CPU-sized 256 (found 2026-12-06)
     for argv, length in ((["--preset", "small"], "2048"), (["--preset", "1t"], "4096"),
                          (["--preset", "small", "--override", "max_seq_len=1024"], "1024")):
-        assert trainer_defaults(argv, gpu=True, env={})[-2:] == ["--seq-length", length]
+        assert trainer_defaults(argv, gpu=True, env={})[-1] == f"--seq-length={length}"
 
 
 def test_run_dir_that_is_a_file_is_named(tmp_path):
@@ -160,6 +161,29 @@ def test_run_dir_that_is_a_file_is_named(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(LaunchError, match=r"RUN_DIR=.*afile is a file, not a run folder"):
         trainer_defaults([], gpu=False, env={"RUN_DIR": str(tmp_path / "afile")})
+
+
+@pytest.mark.parametrize("save", ["-1", "afile"])
+def test_an_odd_save_is_taken_or_refused_as_save(save: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (bad-input sweep): ``bash launchers/pretrain.sh --save=-1`` was refused as ``argument
+    --tensorboard-dir: expected one argument`` (the launcher's ``--tensorboard-dir -1/tensorboard`` read as a flag),
+    and a --save that is a file as ``--tensorboard-dir afile/tensorboard: cannot create ...``, flags the user never
+    gave."""
+    from megamythos.data.atomic import OutputError
+    from megamythos.training.arguments import parse_args
+    from megamythos.training.launch import preflight
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    argv = ["--save", save, "--train-iters", "1"]
+    trainer = [*trainer_defaults(argv, gpu=False, env={}), *argv]
+    if save == "afile":
+        with pytest.raises(OutputError, match="^--save afile: cannot create afile"):
+            preflight(trainer, 1)
+        return
+    assert parse_args(trainer).tensorboard_dir == "-1/tensorboard"
+    preflight(trainer, 1)
+    assert (tmp_path / "-1" / "tensorboard").is_dir()
 
 
 def test_rank_environment_keeps_what_is_set():

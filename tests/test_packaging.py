@@ -75,7 +75,7 @@ def test_installed_defaults_are_the_packaged_templates_and_the_working_directory
     assert Path(found["ds_config"]).is_file() and Path(found["ds_config"]).is_relative_to(site)
     assert found["data"] == "data/default"  # under the working directory, not inside the installed package
     for argv in (found["cpu"], found["gpu"]):
-        flags = dict(zip(argv[::2], argv[1::2]))
+        flags = dict(arg.split("=", 1) for arg in argv)
         assert Path(flags["--ds-config"]).is_file() and Path(flags["--ds-config"]).is_relative_to(site)
         assert all(not Path(flags[f]).is_absolute() for f in ("--save", "--tensorboard-dir", "--metrics-file"))
         assert json.loads(Path(flags["--ds-config"]).read_text()) == json.loads(

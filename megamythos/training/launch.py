@@ -109,7 +109,7 @@ def given(argv: Sequence[str], *flags: str) -> bool:
 
 
 def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> list[str]:
-    """Trainer flags that ``argv`` leaves out, to put before it.
+    """Trainer flags that ``argv`` leaves out, to put before it, each as ``--flag=value``.
 
     Everything a run writes stays in its run folder: without ``--save``, ``$RUN_DIR`` (default ``runs/tiny``)
     holds ``checkpoints/``, ``tensorboard/`` and ``metrics.jsonl``; with ``--save DIR``, DIR is the run folder
@@ -143,7 +143,8 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
                        "--save-interval": "100", "--eval-interval": "100"})
         if not given(argv, "--train-tokens"):
             wanted["--train-iters"] = "400"
-    return [item for flag, value in wanted.items() if not given(argv, flag) for item in (flag, value)]
+    # flag=value: a value starting with "-" (--save=-1 gives --tensorboard-dir -1/tensorboard) is not read as a flag
+    return [f"{flag}={value}" for flag, value in wanted.items() if not given(argv, flag)]
 
 
 def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) -> dict[str, str]:
@@ -344,7 +345,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     if world_size is None:  # several nodes (paths may be theirs alone) or an uncounted GPU node: left to the ranks
         return
     check_sources(args.save, args.load, args.finetune, verify=False)  # the ranks verify the checksums at start-up
-    check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
+    check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir, args.save)
     if prefixes := args.data_sources().prefixes():
         resolve_data(prefixes, config.vocab_size, args.data_cache_dir)
         documents_eod(document_flags(args.to_dict()), prefixes)

@@ -126,10 +126,14 @@ def openmp_wait_policy() -> str:
     return start.get("OMP_WAIT_POLICY") or "unset"
 
 
-def check_outputs(tensorboard_dir: str | None, metrics_file: str | None, profile_dir: str | None = None) -> None:
-    """Create the TensorBoard and profile directories and the metrics file's directory, or raise
+def check_outputs(tensorboard_dir: str | None, metrics_file: str | None, profile_dir: str | None = None,
+                  save: str | None = None) -> None:
+    """Create the ``--save``, TensorBoard and profile directories and the metrics file's directory, or raise
     :class:`OutputError` naming the flag: before start-up, where a file in the way would otherwise be a
-    traceback after it."""
+    traceback after it. ``--save`` first: the launcher puts the logs inside it, and a ``--save`` that cannot be
+    made is the user's flag to fix, not the ``--tensorboard-dir`` the launcher derived from it."""
+    if save:
+        writable_directory(save, "--save")
     if tensorboard_dir:
         writable_directory(tensorboard_dir, "--tensorboard-dir")
     if profile_dir:

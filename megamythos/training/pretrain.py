@@ -965,7 +965,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     rank0 = os.environ["RANK"] == "0"
     check_sources(args.save, args.load, args.finetune, verify=os.environ["WORLD_SIZE"] == "1")
     if rank0:
-        check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir)
+        check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir, args.save)
     with writer_lock(args.save, holder=rank0):
         trainer = Trainer(args)
         code = trainer.run()
