@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NoReturn
 
 
 def seconds(text: str) -> float:
@@ -38,8 +39,16 @@ def regex(text: str) -> re.Pattern[bytes]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({err})") from None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line and exit code 2, as megamythos.errors.ArgumentParser's (not
+    imported: this script runs before the venv exists), without the usage block above it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 launchers/heartbeat.py", description=__doc__.replace("``", ""),
+    parser = OneLineParser(prog="python3 launchers/heartbeat.py", description=__doc__.replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--every", type=seconds, default=10.0,
                         help="seconds of silence before a line is printed (default: %(default)g)")
