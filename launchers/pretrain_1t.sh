@@ -39,9 +39,11 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-for var in NODES GPUS_PER_NODE TP EP MICRO GLOBAL SEQ; do  # bash arithmetic would read a word as a variable name
-  if [[ -n "${!var:-}" && ! "${!var}" =~ ^[0-9]+$ ]]; then
-    echo "error: $var=${!var}: give a whole number" >&2
+# each a count >= 1 (0 was refused as the planner's --gpus or --tp, flags the user never gave), without a leading
+# zero (bash arithmetic reads 08 as octal) and not a word (read as a variable name)
+for var in NODES GPUS_PER_NODE TP EP MICRO GLOBAL SEQ; do
+  if [[ -n "${!var:-}" && ! "${!var}" =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: $var=${!var}: give a whole number >= 1" >&2
     exit 2
   fi
 done

@@ -1215,9 +1215,12 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
         bad = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**launch_env(), "EP": "3"})
         assert bad.returncode == 2 and "not divisible by expert-parallel size ep=3" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
-    word = subprocess.run(cmd[:2] + ["--dry-run"], capture_output=True, text=True, cwd=REPO,
-                          env={**launch_env(), "NODES": "abc"})  # found 2026-12-06: bash's "abc: unbound variable"
-    assert word.returncode == 2 and word.stderr == "error: NODES=abc: give a whole number\n", word.stderr
+    # found 2026-12-06: abc was bash's "abc: unbound variable"; found 2026-12-07 (bad-input sweep): 0 was refused as
+    # the planner's "argument --gpus: must be >= 1", a flag the user never gave, and 08 as bash's octal
+    for name, value in (("NODES", "abc"), ("NODES", "0"), ("NODES", "08"), ("GPUS_PER_NODE", "0")):
+        word = subprocess.run(cmd[:2] + ["--dry-run"], capture_output=True, text=True, cwd=REPO,
+                              env={**launch_env(), name: value})
+        assert word.returncode == 2 and word.stderr == f"error: {name}={value}: give a whole number >= 1\n", word.stderr
     nowhere = subprocess.run(cmd[:4], capture_output=True, text=True, cwd=REPO,
                              env={**launch_env(), "HOSTFILE": str(REPO / "no-such-hostfile"),
                                   "HOST_MEMORY_GB": "30000", "GPU_MEMORY_GB": "141"})
