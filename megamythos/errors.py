@@ -79,23 +79,31 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
     return parse
 
 
-def path_text(text: str) -> str:
-    """An argparse ``type`` for a path flag: ``''`` (which code reads as the flag left out, or as the working
-    directory) is argparse's one error line naming the flag::
+def given_text(what: str) -> Callable[[str], str]:
+    """An argparse ``type`` for a flag whose value names ``what`` (a path, a JSON key, a dataset): ``''`` (which code
+    reads as the flag left out, or a path as the working directory) is argparse's one error line naming the flag::
 
-        error: argument --out: is empty; give a path, or leave the flag out
+        error: argument --json-key: is empty; give a JSON key, or leave the flag out
     """
-    if not text:
-        raise argparse.ArgumentTypeError("is empty; give a path, or leave the flag out")
-    return text
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"is empty; give {what}, or leave the flag out")
+        return text
+
+    parse.__name__ = "text"
+    return parse
 
 
-def checked_by(check: Callable[[str], Any]) -> Callable[[str], str]:
+path_text = given_text("a path")  # the type of a path flag: error: argument --out: is empty; give a path, ...
+
+
+def checked_by(check: Callable[[str], Any], path: bool = False) -> Callable[[str], str]:
     """An argparse ``type`` that keeps a flag's text after ``check`` accepts it; a :class:`UserError` from ``check``
-    becomes argparse's one error line naming the flag."""
+    becomes argparse's one error line naming the flag. ``path``: the flag names a path, ``''`` refused first as by
+    :data:`path_text`."""
     def parse(text: str) -> str:
         try:
-            check(text)
+            check(path_text(text) if path else text)
         except UserError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
         return text

@@ -565,6 +565,7 @@ def test_sampling_numbers_torch_or_numpy_cannot_take_are_one_line(entry: str, ar
 
 
 # ------------------------------------------------------------------ 10. numbers out of range, flags without a layout
+A_FILE = str(REPO / "setup.py")  # a --tokenizer-model the parser takes (it checks the file exists, not what it holds)
 NUMBER_CASES = [
     ("megamythos.planning.plan:main", ["--gpus", "0"], "argument --gpus: must be >= 1, got 0"),
     ("megamythos.planning.plan:main", ["--seq-length", "-5"], "argument --seq-length: must be >= 1, got -5"),
@@ -608,9 +609,9 @@ NUMBER_CASES = [
      "ZeRO++ zero_hpz_partition_size=8 with expert parallelism (ep=2) under ZeRO-3"),
     ("megamythos.planning.plan:main", ["--gpus", "16", "--ep", "2", "--qgz"],
      "ZeRO++ zero_quantized_gradients with expert parallelism (ep=2) under ZeRO-3"),
-    ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",
+    ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", A_FILE,
                                              "--workers", "0"], "argument --workers: must be >= 1, got 0"),
-    ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "t",
+    ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", A_FILE,
                                              "--log-interval", "x"], "argument --log-interval: 'x' is not an integer"),
     ("megamythos.data.cli:inspect_main", ["prefix", "--samples", "-1"], "argument --samples: must be >= 0, got -1"),
     ("megamythos.data.cli:default_corpus_main", ["--out", "o", "--max-files", "0"], "argument --max-files: must be"),
@@ -634,6 +635,34 @@ NUMBER_CASES = [
      "argument --split: '1.2.3,1,1' is not 1-3 finite non-negative train,valid,test weights"),
     ("megamythos.hf.lm_eval_data:main", ["--data-path", "x", "--split", "nan,1,1"],
      "argument --split: 'nan,1,1' is not"),
+    # found 2026-12-07 (bad-input sweep): an empty --exit-threshold evaluated with no threshold, empty --hf-dataset,
+    # --hf-config and --hf-split were read as left out and an empty JSON key looked for in every record; a missing
+    # tokenizer, --load or --input was named by its value alone (`tokenizer model 'x' does not exist`)
+    ("megamythos.inference.evaluate:main", ["--load", "x", "--exit-threshold", ""],
+     "error: --exit-threshold lists no threshold: give comma-separated numbers such as 0.1,0.15, or leave the flag"),
+    ("megamythos.inference.evaluate:main", ["--load", "x", "--tokenizer", "missing"],
+     "error: argument --tokenizer: tokenizer model 'missing' does not exist; train one with"),
+    ("megamythos.inference.generate:main", ["--load", "missing", "--prompt", "x"],
+     "error: --load missing does not exist; give a checkpoint directory"),
+    ("megamythos.data.cli:preprocess_main", ["--output-prefix", "o", "--tokenizer-model", A_FILE, "--hf-dataset", ""],
+     "error: argument --hf-dataset: is empty; give a dataset name or directory, or leave the flag out"),
+    ("megamythos.data.cli:preprocess_main", ["--output-prefix", "o", "--tokenizer-model", A_FILE, "--hf-config", ""],
+     "error: argument --hf-config: is empty"),
+    ("megamythos.data.cli:preprocess_main", ["--output-prefix", "o", "--tokenizer-model", A_FILE, "--hf-split", ""],
+     "error: argument --hf-split: is empty; give a split name"),
+    ("megamythos.data.cli:preprocess_main", ["--output-prefix", "o", "--tokenizer-model", A_FILE, "--json-keys", ""],
+     "error: argument --json-keys: is empty; give a JSON key"),
+    ("megamythos.data.cli:train_tokenizer_main", ["--input", "missing", "--vocab-size", "300", "--model-prefix", "t"],
+     "error: --input 'missing' matches no file or directory"),
+    ("megamythos.data.cli:preprocess_main", ["--input", "x", "--output-prefix", "o", "--tokenizer-model", "missing"],
+     "error: argument --tokenizer-model: tokenizer model 'missing' does not exist"),
+    ("megamythos.data.cli:inspect_main", ["prefix", "--tokenizer-model", "missing"],
+     "error: argument --tokenizer-model: tokenizer model 'missing' does not exist"),
+    ("megamythos.data.cli:train_tokenizer_main", ["--input", "x", "--vocab-size", "300", "--model-prefix", "t",
+                                                  "--json-key", ""], "error: argument --json-key: is empty; give a"),
+    ("megamythos.data.cli:train_tokenizer_main", ["--input", "x", "--vocab-size", "300", "--model-prefix", "t",
+                                                  "--hf-split", ""], "error: argument --hf-split: is empty"),
+    ("megamythos.data.cli:default_corpus_main", ["--out", ""], "error: argument --out: is empty; give a path"),
 ]
 
 
@@ -915,7 +944,7 @@ def test_preprocess_flags_that_cannot_go_together_are_named(argv: list[str], mes
     """Found 2026-12-06: the command line's refusals named the library's fields (``inputs``, ``hf_dataset``,
     ``json_keys=('text', 'text')``), not its flags."""
     line = one_line_exit_2("megamythos.data.cli:preprocess_main",
-                           [*argv, "--output-prefix", "o", "--tokenizer-model", "t"], capsys)
+                           [*argv, "--output-prefix", "o", "--tokenizer-model", A_FILE], capsys)
     assert message in line, line
 
 

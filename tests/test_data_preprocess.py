@@ -317,7 +317,7 @@ def test_input_given_twice_reads_both(tmp_path, tiny_tokenizer: Tokenizer, capsy
     capsys.readouterr()
     assert train_tokenizer_main(["--input", str(tmp_path / "missing.jsonl"), "--input", str(tmp_path / "a.jsonl"),
                                  "--vocab-size", "400", "--model-prefix", str(tmp_path / "tok")]) == 2
-    assert f"input '{tmp_path / 'missing.jsonl'}' matches no file" in capsys.readouterr().err
+    assert f"--input '{tmp_path / 'missing.jsonl'}' matches no file" in capsys.readouterr().err
 
 
 def test_command_line_tools(tmp_path, tiny_tokenizer: Tokenizer, capsys) -> None:

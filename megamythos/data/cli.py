@@ -20,8 +20,19 @@ from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.sources import FORMATS, MISSING_KEY, Replacements, expand_inputs, iter_training_texts
-from megamythos.data.tokenizer import MIN_VOCAB_SIZE, MODEL_TYPES, NoTextError, TokenizerTrainConfig, train_tokenizer
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, number, path_text, run_cli
+from megamythos.data.tokenizer import (
+    MIN_VOCAB_SIZE,
+    MODEL_TYPES,
+    NoTextError,
+    TokenizerTrainConfig,
+    check_model_file,
+    train_tokenizer,
+)
+from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, checked_by, given_text, number, path_text, run_cli
+
+# the types of text flags where '' would be read as the flag left out (or as a key no record has)
+JSON_KEY = given_text("a JSON key")
+SPLIT_NAME = given_text("a split name")
 
 
 def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
@@ -41,8 +52,9 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default=TokenizerTrainConfig.model_type,
                         help="SentencePiece model type")
     parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
-    parser.add_argument("--json-key", default="text", help="JSON field holding the text")
-    parser.add_argument("--hf-split", default="train", help="split of a save_to_disk DatasetDict in --input")
+    parser.add_argument("--json-key", type=JSON_KEY, default="text", help="JSON field holding the text")
+    parser.add_argument("--hf-split", type=SPLIT_NAME, default="train",
+                        help="split of a save_to_disk DatasetDict in --input")
     parser.add_argument("--max-sentences", type=number(int, 1), default=TokenizerTrainConfig.max_sentences,
                         help="size of the uniform sample of line chunks trained on (each at most 2 KiB of whole "
                              "lines: the sample's memory)")
@@ -96,18 +108,20 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
                           "directories (--input a --input b reads both)")
     src.add_argument("--input-format", choices=FORMATS, default=None,
                      help="read every --input file as this format (default: by file suffix)")
-    src.add_argument("--json-keys", nargs="+", default=list(PreprocessConfig.json_keys),
+    src.add_argument("--json-keys", nargs="+", type=JSON_KEY, default=list(PreprocessConfig.json_keys),
                      help="JSON fields holding the text")
     src.add_argument("--txt-blank-line-documents", action="store_true",
                      help="in .txt inputs, documents are separated by blank lines (default: one per file)")
-    src.add_argument("--hf-dataset", help="datasets.load_dataset name or local data directory")
-    src.add_argument("--hf-config", help="configuration name of --hf-dataset")
-    src.add_argument("--hf-split", default=PreprocessConfig.hf_split,
+    src.add_argument("--hf-dataset", type=given_text("a dataset name or directory"),
+                     help="datasets.load_dataset name or local data directory")
+    src.add_argument("--hf-config", type=given_text("a configuration name"), help="configuration name of --hf-dataset")
+    src.add_argument("--hf-split", type=SPLIT_NAME, default=PreprocessConfig.hf_split,
                      help="split of --hf-dataset, or of a save_to_disk DatasetDict")
     src.add_argument("--streaming", action="store_true", help="stream --hf-dataset instead of downloading")
     out = parser.add_argument_group("output")
     out.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx} (+ .json record)")
-    out.add_argument("--tokenizer-model", type=path_text, required=True, help="SentencePiece .model")
+    out.add_argument("--tokenizer-model", type=checked_by(check_model_file, path=True), required=True,
+                     help="SentencePiece .model")
     out.add_argument("--append-eod", action="store_true", help="end every document with the eos id")
     out.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
     run = parser.add_argument_group("run")
@@ -149,7 +163,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python data_prep/inspect_dataset.py", description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
     parser.add_argument("--samples", type=number(int, 0), default=3, help="sequences (documents) to print")
-    parser.add_argument("--tokenizer-model", type=path_text,
+    parser.add_argument("--tokenizer-model", type=checked_by(check_model_file, path=True),
                         help="decode with this model: for a dataset without a record (made by Megatron); with a "
                              "record, it must be the recorded tokenizer (by sha256)")
     parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
@@ -198,7 +212,7 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
     Usage: ``python data_prep/build_default_corpus.py --out data/default [--vocab-size 8192] [--max-files N]``
     """
     parser = ArgumentParser(prog="python data_prep/build_default_corpus.py", description=default_corpus_main.__doc__)
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", type=path_text, required=True, help="output directory")
     parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), default=DEFAULT_VOCAB_SIZE,
                         help=f"tokenizer vocabulary (the tiny preset: {DEFAULT_VOCAB_SIZE})")
     parser.add_argument("--max-files", type=number(int, 1), default=None, help="use only the first N files (sorted)")

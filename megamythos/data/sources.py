@@ -153,7 +153,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if os.path.exists(m)]
         if not matches:
-            raise InputError(f"input {pattern!r} matches no file or directory")
+            raise InputError(f"--input {pattern!r} matches no file or directory")
         for match in matches:
             real = os.path.realpath(match)
             if real in seen:

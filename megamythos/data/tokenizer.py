@@ -124,6 +124,15 @@ class _SegmentCache:
         return tokens, np.diff(doc_tokens).astype(np.int32)
 
 
+def check_model_file(model_path: str | os.PathLike) -> None:
+    """Raise :class:`TokenizerError` unless ``model_path`` is a file (a flag naming a tokenizer checks it with
+    ``errors.checked_by``, so that the line names the flag)."""
+    if not Path(model_path).is_file():
+        raise TokenizerError(f"tokenizer model {str(model_path)!r} does not exist; train one with "
+                             "`python tokenizer/train_tokenizer.py --input ... --model-prefix PREFIX` (it writes "
+                             "PREFIX.model)")
+
+
 class Tokenizer:
     """A trained SentencePiece model.
 
@@ -139,13 +148,8 @@ class Tokenizer:
     """
 
     def __init__(self, model_path: str | os.PathLike) -> None:
-        path = Path(model_path)
-        if not path.is_file():
-            raise TokenizerError(
-                f"tokenizer model {str(path)!r} does not exist; train one with "
-                "`python tokenizer/train_tokenizer.py --input ... --model-prefix PREFIX` (it writes PREFIX.model)"
-            )
-        self.model_path = str(path.resolve())
+        check_model_file(model_path)
+        self.model_path = str(Path(model_path).resolve())
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.Load(self.model_path)

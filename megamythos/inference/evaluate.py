@@ -55,6 +55,7 @@ from megamythos.data.pretraining import (
     documents_eod,
     resolve_data,
 )
+from megamythos.data.tokenizer import check_model_file
 from megamythos.errors import ArgumentParser, checked_by, number, path_text, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.model.config import ModelConfig
@@ -367,7 +368,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
                         "stops once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below it, next to the every-loop rows "
                         f"(default: the checkpoint config's exit_threshold, {ModelConfig.exit_threshold:g} unless "
                         "trained with --override exit_threshold=...; 0: the every-loop rows only)")
-    p.add_argument("--tokenizer", type=path_text, help="tokenizer .model (must be the one the model was trained with)")
+    p.add_argument("--tokenizer", type=checked_by(check_model_file, path=True),
+                   help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--out", type=path_text,
                    help="results directory (default: LOAD/eval/TAG for a checkpoint: beside the tags in the --load "
                         "directory, out of --keep-last's reach; eval/ in an export)")
@@ -383,6 +385,9 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
             ns["exit_thresholds"] = list(dict.fromkeys(float(x) for x in ns["exit_thresholds"].split(",") if x))
     except ValueError:
         p.error(f"--exit-threshold expects comma-separated numbers such as 0.1,0.15, got {ns['exit_thresholds']!r}")
+    if ns["exit_thresholds"] == []:  # '' or ',': the flag given with no threshold, not left out
+        p.error("--exit-threshold lists no threshold: give comma-separated numbers such as 0.1,0.15, or leave the flag "
+                "out")
     return EvalConfig(**ns)
 
 

@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 from megamythos.data.atomic import OutputError, atomic_open, writable_parent
-from megamythos.errors import ArgumentParser, number, path_text, run_cli
+from megamythos.data.tokenizer import check_model_file
+from megamythos.errors import ArgumentParser, checked_by, number, path_text, run_cli
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
 from megamythos.model.config import ModelConfig
@@ -308,7 +309,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this; "
                         "0 = run every loop (default: the checkpoint config's exit_threshold, "
                         f"{ModelConfig.exit_threshold:g} unless trained with --override exit_threshold=...)")
-    p.add_argument("--tokenizer", type=path_text, help="tokenizer .model (must be the one the model was trained with)")
+    p.add_argument("--tokenizer", type=checked_by(check_model_file, path=True),
+                   help="tokenizer .model (must be the one the model was trained with)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     args = p.parse_args(argv)
     if args.exit_threshold is not None and not args.exit_threshold >= 0:  # NaN too

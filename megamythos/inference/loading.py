@@ -57,7 +57,7 @@ def load_model(path: str | Path, tokenizer_path: str | None = None, device: str 
     """Load the model at ``path`` (tag dir, ``--save`` dir or export dir) and its checked tokenizer."""
     path = Path(path)
     if not path.exists():
-        raise LoadError(f"{path} does not exist; give a checkpoint directory (--save or one iter_* tag) or an "
+        raise LoadError(f"--load {path} does not exist; give a checkpoint directory (--save or one iter_* tag) or an "
                         "export directory")
     exported = is_export_dir(path)
     if exported:
