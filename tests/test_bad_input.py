@@ -1312,3 +1312,17 @@ def test_evaluate_reads_the_split_a_per_split_run_was_given() -> None:
         evaluate_module.heldout_batches(loaded, evaluate_module.parse_args(["--load", "ckpt", "--test-set"]))
     with pytest.raises(LoadError, match="^--split divides --data-path's documents, but the run of ckpt read each"):
         evaluate_module.heldout_batches(loaded, evaluate_module.parse_args(["--load", "ckpt", "--split", "1,1,1"]))
+
+
+def test_a_checkpoint_whose_path_starts_with_a_dash_reaches_the_conversion(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (bad-input sweep): ``evaluate --load=-1`` (a run folder named ``-1``) was refused by DeepSpeed's
+    ds_to_universal as ``argument --input_folder: expected one argument``: the folder was read as a flag. Now the
+    conversion reads the folder (here one without a checkpoint, which it names)."""
+    from megamythos.checkpoint.files import CheckpointError
+    from megamythos.checkpoint.reader import convert_to_universal
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-1" / "iter_0000001").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"can't find \*_optim_states.pt files in directory '-1/iter_0000001'"):
+        convert_to_universal(Path("-1/iter_0000001"), Path("-1/universal"))

@@ -95,8 +95,8 @@ def conversion_disk_full(tag_dir: Path, where: Path) -> CheckpointError:
 
 def convert_to_universal(tag_dir: Path, out: Path) -> Path:
     """Write DeepSpeed's universal checkpoint of ``tag_dir`` (full tensors, any layout) into ``out``."""
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-           "--output_folder", str(out), "--num_extract_workers", "1", "--num_merge_workers", "1",
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", f"--input_folder={tag_dir}",
+           f"--output_folder={out}", "--num_extract_workers", "1", "--num_merge_workers", "1",
            "--inject_missing_state"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0 and disk_full(out.parent):
