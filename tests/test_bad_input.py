@@ -663,6 +663,8 @@ NUMBER_CASES = [
     ("megamythos.data.cli:train_tokenizer_main", ["--input", "x", "--vocab-size", "300", "--model-prefix", "t",
                                                   "--hf-split", ""], "error: argument --hf-split: is empty"),
     ("megamythos.data.cli:default_corpus_main", ["--out", ""], "error: argument --out: is empty; give a path"),
+    ("megamythos.inference.evaluate:main", ["--load", "x", "--data-path", ""], "error: argument --data-path: is empty"),
+    ("megamythos.hf.lm_eval_data:main", ["--data-path", ""], "error: argument --data-path: is empty"),
 ]
 
 
@@ -1326,3 +1328,29 @@ def test_a_checkpoint_whose_path_starts_with_a_dash_reaches_the_conversion(tmp_p
     (tmp_path / "-1" / "iter_0000001").mkdir(parents=True)
     with pytest.raises(CheckpointError, match=r"can't find \*_optim_states.pt files in directory '-1/iter_0000001'"):
         convert_to_universal(Path("-1/iter_0000001"), Path("-1/universal"))
+
+
+@pytest.mark.parametrize("argv", [["--data-path", ""], ["--train-data-path", "a", ""], ["--valid-data-path="],
+                                  ["--test-data-path", ""]])
+def test_an_empty_data_path_is_refused_by_the_parser(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07 (bad-input sweep): ``--data-path ''`` was looked for as the dataset ``''`` (``dataset ''
+    not found: missing .bin, .idx``)."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    flag = argv[0].split("=")[0]
+    assert exit_info.value.code == 2 and capsys.readouterr().err == (
+        f"error: argument {flag}: is empty; give a path, or leave the flag out\n")
+
+
+def test_a_missing_dataset_is_named_with_the_flag_that_gave_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (bad-input sweep): ``--data-path x`` (trainer, its preflight, evaluate) said ``dataset 'x' not
+    found: missing x.bin, x.idx``, without the flag; with per-split paths the user could not tell which."""
+    from megamythos.training.launch import preflight
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"^--data-path: dataset 'missing' not found: missing missing.bin"):
+        preflight(["--data-path", "0.5", make_dataset(tmp_path / "d", 3), "0.5", "missing"], 1)
+    sources = DataSources(per_split=[[make_dataset(tmp_path / "d", 3)], ["missing"], []])
+    with pytest.raises(DataError, match=r"^--valid-data-path: dataset 'missing' not found"):
+        sources.check_found()
+    assert sources.prefixes() == [str(tmp_path / "d"), "missing"]  # the list alone reads no file

@@ -112,15 +112,25 @@ class DataSources:
     def prefixes(self) -> list[str]:
         """Every dataset named, once (weights left out): what :func:`resolve_data` checks. A malformed blend
         raises :class:`DataConfigError` naming the flag that gave it."""
+        return list(dict.fromkeys(prefix for _, prefix in self._flagged()))
+
+    def check_found(self) -> None:
+        """Raise :class:`DataError` for the first dataset with a file missing, naming the flag that gave it
+        (``--data-path: dataset 'x' not found: ...``): the line :func:`resolve_data` gives names the prefix alone."""
+        for flag, prefix in self._flagged():
+            if missing := dataset_not_found(prefix):
+                raise DataError(f"{flag}: {missing}")
+
+    def _flagged(self) -> Iterator[tuple[str, str]]:
+        """(flag, prefix) of every dataset named, in order."""
         named = ([("--data-path", self.data_path)] if self.per_split is None else
                  [(f"--{name.replace('_', '-')}", blend) for name, blend in zip(SPLIT_PATH_FIELDS, self.per_split)])
-        prefixes: list[str] = []
         for flag, blend in named:
             try:
-                prefixes += parse_data_path(blend)[0] if blend else []
+                prefixes = parse_data_path(blend)[0] if blend else []
             except DataConfigError as err:
                 raise DataConfigError(f"{flag}: {err}") from err
-        return list(dict.fromkeys(prefixes))
+            yield from ((flag, prefix) for prefix in prefixes)
 
     def absolute(self) -> DataSources:
         """These sources with every prefix made absolute and the weights kept, so that the record written with the

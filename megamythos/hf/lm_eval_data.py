@@ -107,7 +107,8 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m megamythos.hf.lm_eval_data", description=__doc__)
-    p.add_argument("--data-path", required=True, help="dataset prefix (PREFIX_text_document, with its .json record)")
+    p.add_argument("--data-path", type=path_text, required=True,
+                   help="dataset prefix (PREFIX_text_document, with its .json record)")
     p.add_argument("--split", default=DEFAULT_SPLIT, type=checked_by(parse_split),
                    help=f"train,valid,test weights: the training run's --split (default {DEFAULT_SPLIT}, the "
                         "trainer's); another split's validation documents may be documents the run trained on")

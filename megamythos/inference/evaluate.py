@@ -263,6 +263,8 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     sources, split = held_out_sources(loaded, cfg)
     if sources is None or not sources.prefixes():
         raise LoadError(f"{loaded.source} records no training data (exports do not); pass --data-path PREFIX")
+    if cfg.data_path:  # the run's recorded data is named by its prefixes alone (resolve_data)
+        sources.check_found()
     if sources.per_split is not None:
         if cfg.split is not None:
             raise LoadError(f"--split divides --data-path's documents, but the run of {loaded.source} read each split "
@@ -348,7 +350,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p = ArgumentParser(prog="python -m megamythos.inference.evaluate", description=__doc__)
     p.add_argument("--load", required=True, type=path_text,
                    help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
-    p.add_argument("--data-path", nargs="*", default=[], help="dataset prefixes (default: the training run's)")
+    p.add_argument("--data-path", nargs="*", type=path_text, default=[],
+                   help="dataset prefixes (default: the training run's)")
     p.add_argument("--split", type=checked_by(parse_split), help="train,valid,test weights (default: the training "
                    "run's)")
     p.add_argument("--seed", type=number(int, 0, 2**32 - 1), help="data seed (default: the training run's)")

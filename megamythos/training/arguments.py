@@ -23,7 +23,7 @@ from typing import Any
 
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path, parse_split
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, SPLIT_PATH_FIELDS, DataRecipe, DataSources
-from megamythos.errors import ArgumentParser, UserError, number
+from megamythos.errors import ArgumentParser, UserError, number, path_text
 from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.runtime.locations import DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
@@ -358,14 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient; implies "
              "--checkpoint-loops): O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
     g = p.add_argument_group("data")
-    add("--data-path", nargs="*", default=[], help="dataset prefixes: P, or P1 P2 ... (blended in proportion to "
-        "their tokens, as Megatron does), or weight prefix pairs W1 P1 W2 P2 ...")
-    add("--train-data-path", nargs="*", default=[], help="the training data, read whole, in --data-path's forms "
-        "(Megatron's per-split paths, instead of --data-path and --split)")
-    add("--valid-data-path", nargs="*", default=[], help="the validation data, read whole (with --train-data-path; "
-        "required where --eval-interval asks for validations)")
-    add("--test-data-path", nargs="*", default=[], help="the test data, read whole, evaluated on --eval-iters batches "
-        "when the run completes its iterations (with --train-data-path)")
+    add("--data-path", nargs="*", type=path_text, default=[],
+        help="dataset prefixes: P, or P1 P2 ... (blended in proportion to their tokens, as Megatron does), or weight "
+             "prefix pairs W1 P1 W2 P2 ...")
+    add("--train-data-path", nargs="*", type=path_text, default=[],
+        help="the training data, read whole, in --data-path's forms (Megatron's per-split paths, instead of "
+             "--data-path and --split)")
+    add("--valid-data-path", nargs="*", type=path_text, default=[],
+        help="the validation data, read whole (with --train-data-path; required where --eval-interval asks for "
+             "validations)")
+    add("--test-data-path", nargs="*", type=path_text, default=[],
+        help="the test data, read whole, evaluated on --eval-iters batches when the run completes its iterations "
+             "(with --train-data-path)")
     add("--split", type=str)
     add("--seq-length", type=int)
     add("--data-cache-dir", type=str)

@@ -346,7 +346,9 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
         return
     check_sources(args.save, args.load, args.finetune, verify=False)  # the ranks verify the checksums at start-up
     check_outputs(args.tensorboard_dir, args.metrics_file, args.profile_dir, args.save)
-    if prefixes := args.data_sources().prefixes():
+    sources = args.data_sources()
+    if prefixes := sources.prefixes():
+        sources.check_found()
         resolve_data(prefixes, config.vocab_size, args.data_cache_dir)
         documents_eod(document_flags(args.to_dict()), prefixes)
     template = load_template(args.ds_config)

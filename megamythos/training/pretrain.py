@@ -255,6 +255,7 @@ def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> tuple[DataS
         sources = DataSources([prefix])
     if rank == 0:  # rank 0 scans the data first and caches the scans, which the others then read
         try:
+            sources.check_found()
             setup = resolve_data(sources.prefixes(), vocab_size, args.data_cache_dir)
         except Exception as err:  # re-raised below, after telling the other ranks
             failure = err
