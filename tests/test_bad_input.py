@@ -665,6 +665,10 @@ NUMBER_CASES = [
     ("megamythos.data.cli:default_corpus_main", ["--out", ""], "error: argument --out: is empty; give a path"),
     ("megamythos.inference.evaluate:main", ["--load", "x", "--data-path", ""], "error: argument --data-path: is empty"),
     ("megamythos.hf.lm_eval_data:main", ["--data-path", ""], "error: argument --data-path: is empty"),
+    ("megamythos.hf.lm_eval_data:main", ["--data-path", "missing"],
+     "error: --data-path: dataset 'missing' not found: missing missing.bin, missing.idx"),  # was: no metadata record
+    ("megamythos.research.study:main", ["depth", "--work-dir", "", "--runs", "none"], "argument --work-dir: is empty"),
+    ("megamythos.research.study:main", ["depth", "--out", "", "--runs", "none"], "argument --out: is empty"),
 ]
 
 

@@ -26,7 +26,7 @@ from megamythos.data.atomic import writable_directory
 from megamythos.data.gpt_dataset import parse_split, split_bounds
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
-from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, resolve_data
+from megamythos.data.pretraining import DEFAULT_SPLIT, DataError, DataSources, resolve_data
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, UserError, checked_by, number, path_text, run_cli
 from megamythos.runtime.locations import WORKSPACE
@@ -42,6 +42,7 @@ TASKS_DATA_DIR = WORKSPACE / "lm_eval_tasks" / "data"
 def validation_texts(prefix: str, split: str, max_chars: int) -> tuple[list[str], Tokenizer]:
     """The validation documents of dataset ``prefix`` as text (trailing eos dropped, cut at a line end before
     ``max_chars``; empty ones skipped) and the dataset's tokenizer."""
+    DataSources([prefix]).check_found()  # not "no metadata record" for a dataset that is not there
     meta = read_dataset_metadata(prefix)
     if meta is None:
         raise DataError(f"dataset {prefix!r} has no metadata record (.json): its tokenizer is unknown")

@@ -483,9 +483,11 @@ def main(argv: list[str] | None = None) -> int:
                              "--wikitext-dir")
     parser.add_argument("--wikitext-dir", type=path_text, default=None,
                         help="wikitext-2's folder (valid.txt, test.txt); with --corpus wikitext2 only")
-    parser.add_argument("--work-dir", default="data/study", help="where corpora and index caches are built")
-    parser.add_argument("--out", default="runs/study", help="results go to OUT/CORPUS/ (default runs/study; the "
-                        "figures of docs/results.md: bench/results/study)")
+    parser.add_argument("--work-dir", type=path_text, default="data/study",
+                        help="where corpora and index caches are built")
+    parser.add_argument("--out", type=path_text, default="runs/study",
+                        help="results go to OUT/CORPUS/ (default runs/study; the figures of docs/results.md: "
+                             "bench/results/study)")
     parser.add_argument("--scale", type=number(float, 0, 64, low_open=True), default=StudySettings.scale,
                         help="multiplies the steps; the width is 64 x round(2 x SCALE), at least 64 (128 at 1; "
                              "at most 64: width 8192)")
