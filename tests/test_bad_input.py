@@ -669,6 +669,8 @@ NUMBER_CASES = [
      "error: --data-path: dataset 'missing' not found: missing missing.bin, missing.idx"),  # was: no metadata record
     ("megamythos.research.study:main", ["depth", "--work-dir", "", "--runs", "none"], "argument --work-dir: is empty"),
     ("megamythos.research.study:main", ["depth", "--out", "", "--runs", "none"], "argument --out: is empty"),
+    ("megamythos.data.cli:merge_main", ["--input", "missing", "--output-prefix", "o"],
+     "error: --input: dataset 'missing' not found: missing missing.bin, missing.idx"),  # was: missing.idx does not ...
 ]
 
 

@@ -5,7 +5,12 @@ import logging
 import os
 
 from megamythos.data.atomic import check_output_prefix, remove_stale_temps
-from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, IndexedDatasetError
+from megamythos.data.indexed_dataset import (
+    IndexedDataset,
+    IndexedDatasetBuilder,
+    IndexedDatasetError,
+    dataset_not_found,
+)
 from megamythos.data.metadata import (
     DatasetMismatchError,
     announce_dataset,
@@ -42,6 +47,9 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     for removed in remove_stale_temps(dataset_files(output_prefix)):
         logger.info("removed %s, left by a killed run", removed)
     refuse_to_replace(output_prefix, overwrite)
+    for prefix in prefixes:  # named as the flag's, before IndexedDataset's line on one file of it
+        if missing := dataset_not_found(prefix):
+            raise IndexedDatasetError(f"--input: {missing}")
     datasets = [IndexedDataset(p) for p in prefixes]
     records = [read_dataset_metadata(p) for p in prefixes]
     recorded, first = next(((p, r) for p, r in zip(prefixes, records) if r is not None), (None, None))
