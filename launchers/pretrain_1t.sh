@@ -27,7 +27,7 @@
 #   HOSTFILE=hostfile bash launchers/pretrain_1t.sh --data-path 1.0 /data/a_text_document ...
 #
 # The run folder is $RUN_DIR (runs/1t): checkpoints/ (--save and --load: a relaunch resumes), tensorboard/ and
-# metrics.jsonl, unless --save is given.
+# metrics.jsonl, unless --save is given (a --load, --tensorboard-dir or --metrics-file given is kept).
 #
 # Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ, and the machines' with GPU_MEMORY_GB
 # (GPU sizes the plan must fit, default 141) and HOST_MEMORY_GB (per node, default 2048); further flags go to
@@ -63,10 +63,15 @@ for arg in "$@"; do
   if [[ "$arg" == "--dry-run" ]]; then DRY_RUN=1; else TRAINER+=("$arg"); fi
 done
 # Checkpoints, TensorBoard and metrics in the run folder ($RUN_DIR, default runs/1t), resumed from it on relaunch,
-# unless the trainer flags say where.
+# unless the trainer flags say where: without --save, each of these flags the trainer flags leave out.
 RUN_DIR="${RUN_DIR:-$REPO/runs/1t}"
-[[ " ${TRAINER[*]:-} " == *" --save "* || " ${TRAINER[*]:-} " == *" --save="* ]] || TRAINER+=(--save "$RUN_DIR/checkpoints" --load "$RUN_DIR/checkpoints"
-  --tensorboard-dir "$RUN_DIR/tensorboard" --metrics-file "$RUN_DIR/metrics.jsonl")
+given() { local arg; for arg in "${TRAINER[@]}"; do [[ "$arg" == "$1" || "$arg" == "$1="* ]] && return 0; done; return 1; }
+if ! given --save; then
+  TRAINER+=(--save "$RUN_DIR/checkpoints")
+  given --load || TRAINER+=(--load "$RUN_DIR/checkpoints")
+  given --tensorboard-dir || TRAINER+=(--tensorboard-dir "$RUN_DIR/tensorboard")
+  given --metrics-file || TRAINER+=(--metrics-file "$RUN_DIR/metrics.jsonl")
+fi
 if (( DRY_RUN )); then
   exec python -m megamythos.planning.plan "${LAYOUT[@]}" --json -- "${TRAINER[@]}"
 fi

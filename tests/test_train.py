@@ -1211,6 +1211,14 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
     assert plan["command"].endswith(f"--data-path /data/x_text_document --save {run_dir}/checkpoints --load "
                                     f"{run_dir}/checkpoints --tensorboard-dir {run_dir}/tensorboard --metrics-file "
                                     f"{run_dir}/metrics.jsonl")
+    # found 2026-12-07: without --save, the run folder's four flags were added after the user's, so the user's own
+    # --load or --metrics-file was replaced by the run folder's (the last one wins)
+    own = subprocess.run([*cmd, "--load", "/data/other", "--metrics-file", "/tmp/m.jsonl"], capture_output=True,
+                         text=True, cwd=REPO, env={**launch_env(), "HOST_MEMORY_GB": "30000"})
+    assert own.returncode == 0, own.stderr
+    assert json.loads(own.stdout)["command"].endswith(
+        f"--load /data/other --metrics-file /tmp/m.jsonl --save {run_dir}/checkpoints --tensorboard-dir "
+        f"{run_dir}/tensorboard")
     for args in (cmd[:2] + ["--dry-run"], cmd[:4]):  # without --dry-run the refusal comes before any launch
         bad = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**launch_env(), "EP": "3"})
         assert bad.returncode == 2 and "not divisible by expert-parallel size ep=3" in bad.stderr, bad.stderr
