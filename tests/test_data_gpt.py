@@ -384,6 +384,23 @@ def test_per_split_paths_read_each_splits_own_data_whole(tmp_path) -> None:
     assert build_datasets(recipe, untested, total_iters=10, global_batch=4)[2] is None
 
 
+def test_a_blend_whose_small_dataset_has_no_test_document_keeps_the_others_test_split(tmp_path, caplog) -> None:
+    """``--data-path 0.3 A 0.7 B`` under 969,30,1 with A of 400 documents (none in the test split) and B of 1000 (one):
+    each split draws the weights' share of its samples from each dataset (60/140 training, 12/28 validation
+    samples), and the test set reads B's test documents, a warning naming A. Found 2026-12-07: A's empty test share
+    dropped the test set of the whole blend (one info line, `no test set`), B's test document never read."""
+    a, b = make_dataset(tmp_path / "A", 400, seed=1), make_dataset(tmp_path / "B", 1000, seed=2, base=10_000)
+    recipe = DataRecipe(split="969,30,1", seq_length=4, seed=1, eval_interval=1, eval_iters=10)
+    with caplog.at_level(logging.WARNING, logger="megamythos.data.gpt_dataset"):
+        splits = build_datasets(recipe, DataSources(["0.3", a, "0.7", b]), total_iters=50, global_batch=4)
+    counts = [[sum(int(ds[i]["tokens"][0] < 10_000) for i in range(len(ds))), len(ds)] for ds in splits]
+    assert counts == [[60, 200], [12, 40], [0, 40]]  # [samples of A, samples], the test set B's alone
+    assert dataset_tokens(splits[2]) <= {10_000 + 999}  # B's one test document (999 of 0..999)
+    assert [r.getMessage().split(": ")[:2] for r in caplog.records] == [
+        ["--data-path", f"the test split blends {b} alone (weights 1.0000 {b})"]]
+    assert f"{a} has 400 documents, none of which fall in the test split" in caplog.records[0].getMessage()
+
+
 def test_a_test_split_leaves_the_train_and_valid_samples_alone(tmp_path, caplog) -> None:
     """The test set is built apart: with --data-path the training and validation samples are those built before it
     existed (a checkpoint written then resumes on the same samples); a test share without documents (a small

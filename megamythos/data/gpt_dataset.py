@@ -275,6 +275,24 @@ def samples_per_epoch(dataset: Any) -> int | None:
     return (tokens - 1) // dataset.seq_length
 
 
+def split_problem(indexed: IndexedDataset, fractions: list[float], index: int, seq_length: int) -> str | None:
+    """Why split ``index`` (of ``SPLIT_NAMES``) of ``indexed`` under the split ``fractions`` holds no sample of
+    ``seq_length + 1`` tokens (no document falls in it, or its documents hold too few tokens), and what to do;
+    None when it holds one."""
+    first, end = split_bounds(fractions, len(indexed))[index:index + 2]
+    name, prefix = SPLIT_NAMES[index], indexed.path_prefix
+    if end <= first:
+        return (f"{prefix} has {len(indexed)} documents, none of which fall in the {name} split (fraction "
+                f"{fractions[index]:.4f}; splits take whole documents); use a dataset of more documents (a text file "
+                "is one unless preprocessed with --txt-blank-line-documents) or change --split")
+    try:
+        check_enough_tokens(int(indexed.sizes[first:end].sum(dtype=np.int64)), seq_length,
+                            f"the {name} split of {prefix} (documents {first}-{end - 1})")
+    except DataConfigError as err:
+        return str(err)
+    return None
+
+
 def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_length: int, seed: int,
                     cache_dir: str | None) -> list[GPTDataset | None]:
     indexed = IndexedDataset(prefix)
@@ -284,11 +302,8 @@ def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_le
         if fractions[i] == 0 or nums[i] == 0:
             out.append(None)
             continue
-        if bounds[i + 1] <= bounds[i]:
-            raise DataConfigError(f"{prefix} has {len(indexed)} documents, none of which fall in the {name} split "
-                                  f"(fraction {fractions[i]:.4f}; splits take whole documents); use a dataset of "
-                                  "more documents (a text file is one unless preprocessed with "
-                                  "--txt-blank-line-documents) or change --split")
+        if problem := split_problem(indexed, fractions, i, seq_length):
+            raise DataConfigError(problem)
         documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
         out.append(GPTDataset(indexed, documents, nums[i], seq_length, seed, name, index_cache_dir(prefix, cache_dir)))
     return out
@@ -340,6 +355,33 @@ def build_train_valid_test_datasets(
         blended.append(BlendedDataset([p for p, _ in kept], [w for _, w in kept], nums[i], name,
                                       cache_dir or kept[0][0].cache_dir))
     return tuple(blended)  # type: ignore[return-value]
+
+
+def blend_of_split(data_path: list[str], split: str, index: int, seq_length: int,
+                   flag: str = "--data-path") -> list[str]:
+    """``data_path`` less the datasets whose share of split ``index`` (of ``SPLIT_NAMES``) under ``split`` holds no
+    sample (:func:`split_problem`), with a warning naming them, why, and the weights the others are blended by;
+    ``data_path`` itself when every dataset holds one, or none does (the build then says why the split is empty).
+
+    A small dataset in a blend (969,30,1 of fewer than 500 documents: no test document) would otherwise take the
+    split away from the whole blend, the other datasets' held-out documents unread."""
+    prefixes, weights = parse_data_path(data_path)
+    fractions = parse_split(split)
+    problems = [None if weights is not None and weights[i] == 0 else
+                split_problem(IndexedDataset(prefix), fractions, index, seq_length)
+                for i, prefix in enumerate(prefixes)]
+    kept = [i for i, problem in enumerate(problems) if problem is None]
+    if len(kept) in (0, len(prefixes)):
+        return list(data_path)
+    if weights is None:
+        blend, how = [prefixes[i] for i in kept], "by size"
+    else:
+        blend = [item for i in kept for item in data_path[2 * i:2 * i + 2]]
+        total = sum(weights[i] for i in kept)
+        how = "weights " + ", ".join(f"{weights[i] / total:.4f} {prefixes[i]}" for i in kept)
+    logger.warning("%s: the %s split blends %s alone (%s): %s", flag, SPLIT_NAMES[index],
+                   " ".join(prefixes[i] for i in kept), how, "; ".join(p for p in problems if p))
+    return blend
 
 
 def build_per_split_datasets(

@@ -23,6 +23,7 @@ from megamythos.data.atomic import atomic_open
 from megamythos.data.gpt_dataset import (
     SPLIT_NAMES,
     DataConfigError,
+    blend_of_split,
     build_per_split_datasets,
     build_train_valid_test_datasets,
     index_cache_dir,
@@ -334,7 +335,8 @@ def build_datasets(recipe: DataRecipe, sources: DataSources, total_iters: int, g
     epoch of the split. ``with_valid=False`` (a run without validations) builds no validation set (None), so a
     split whose validation share holds no document (a corpus of one document) is no obstacle; ``with_test=False``
     no test set. The test set is None without a test split (no ``--test-data-path``, a 0 test weight), and also
-    where ``--split``'s test share of ``data_path`` holds no sample (a small corpus: one info line says so).
+    where ``--split``'s test share of ``data_path`` holds no sample (a small corpus: one info line says so); a blend's
+    test set reads the datasets whose test share holds samples, a warning naming the others (:func:`blend_of_split`).
     """
     evals = recipe.eval_iters if recipe.eval_interval else 1
     valid_samples = max(evals * global_batch, min_held_out_samples) if with_valid else 0
@@ -346,8 +348,11 @@ def build_datasets(recipe: DataRecipe, sources: DataSources, total_iters: int, g
     build = functools.partial(build_train_valid_test_datasets, data_path=sources.data_path, split=recipe.split,
                               seq_length=recipe.seq_length, seed=recipe.seed, cache_dir=recipe.data_cache_dir)
     train, valid, _ = build(train_valid_test_num_samples=(train_samples, valid_samples, 0))
+    if not test_samples:
+        return train, valid, None
     try:  # a corpus too small for --split's test share: no test set, which a run does without
-        test = build(train_valid_test_num_samples=(0, 0, test_samples))[2] if test_samples else None
+        test_path = blend_of_split(sources.data_path, recipe.split, SPLIT_NAMES.index("test"), recipe.seq_length)
+        test = build(data_path=test_path, train_valid_test_num_samples=(0, 0, test_samples))[2]
     except DataConfigError as err:
         logger.info("no test set: %s", err)
         test = None
