@@ -663,6 +663,69 @@ def test_a_step_draws_its_noise_from_the_seed_and_iteration_whatever_rng_a_rank_
     assert losses[0] == losses[1] != losses[2]  # a tensor-parallel peer draws alike, another data-parallel rank not
 
 
+class _AccumulatingEngine(_Engine):
+    """:class:`_Engine` whose step ends at every second micro-batch (gradient accumulation 2)."""
+
+    def __init__(self, model: MythosLM) -> None:
+        super().__init__(model)
+        self.calls = 0
+
+    def is_gradient_accumulation_boundary(self) -> bool:
+        self.calls += 1
+        return self.calls % 2 == 0
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    def train(self) -> None:
+        self.module.train()
+
+
+def _eod_trainer(model: MythosLM, engine: _Engine, eod: int) -> types.SimpleNamespace:
+    """The attributes of a one-rank ``Trainer`` that ``train_step`` and ``evaluate`` read, under --eod-mask-loss."""
+    from megamythos.model.row_layout import PackedDocuments
+
+    return types.SimpleNamespace(
+        config=model.config, args=types.SimpleNamespace(seed=7, log_params_norm=False, eval_iters=1), iteration=0,
+        consumed=0, comm=types.SimpleNamespace(reset=lambda: None, scalars=dict, seconds=0.0), engine=engine,
+        on_device=lambda batch: batch, layout=types.SimpleNamespace(micro_batch_size=1, grad_accum=2), dp_rank=0,
+        dp_size=1, rank=0, documents=PackedDocuments(eod, eod_mask_loss=True), guard=NonFiniteGuard(3),
+        own_grad_norm=False, world_mean=lambda values: values)
+
+
+def test_a_micro_batch_that_scores_no_token_adds_nothing_and_is_no_non_finite_step():
+    """Under --eod-mask-loss a micro-batch of end-of-document tokens alone (empty documents in a row) scores no
+    label: its loss is 0 with no gradient, the step's lm loss is that of the micro-batches that score, the guard
+    counts nothing, and a validation's mean is theirs too. Found 2026-12-07: PyTorch's mean over no label is NaN,
+    so the micro-batch was skipped as non-finite by every rank (enough in a row stop the run as diverged, a
+    rollback with --on-divergence rollback) and a validation holding one logged NaN."""
+    from megamythos.training.pretrain import Trainer
+
+    config = dataclasses.replace(get_preset("tiny"), **TINY_OVERRIDES)
+    eod = 2
+    empty = torch.full((1, 16), eod)
+    text = torch.randint(3, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    model = MythosLM(config).train()
+    out = model(empty, labels=empty, documents=_eod_trainer(model, _Engine(model), eod).documents)
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and all(not p.grad.any() for p in model.parameters() if p.grad is not None)
+    model.zero_grad()
+    alone = model(text, labels=text).loss.item()
+
+    trainer = _eod_trainer(model, _AccumulatingEngine(model), eod)
+    step = Trainer.train_step(trainer, iter([(empty, empty), (text, text)]))
+    assert step["lm_loss"] == pytest.approx(alone) and trainer.guard.skipped == 0 and trainer.consumed == 2
+
+    held_out = [{"tokens": np.full(17, eod)}, {"tokens": np.arange(3, 20)}]
+    signals = types.SimpleNamespace(should_exit=lambda: False)
+    with torch.no_grad():
+        expected = model.eval()(torch.arange(3, 19)[None], labels=torch.arange(4, 20)[None],
+                                exit_threshold=0.0).loss.item()
+    assert Trainer.evaluate(trainer, held_out, signals) == pytest.approx(expected)
+    assert Trainer.evaluate(trainer, held_out[:1] * 2, signals) is None  # no token scored: nothing to report
+
+
 @pytest.fixture(scope="module")
 def gloo_group_of_one():
     """A torch.distributed group of this process alone, with the environment ``deepspeed.initialize`` reads; one

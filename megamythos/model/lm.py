@@ -82,14 +82,19 @@ class MythosOutput(NamedTuple):
 
 
 class TokenCrossEntropy(nn.Module):
-    """Mean next-token cross-entropy in fp32: logits [..., V] (any float dtype), labels [...] (-100 = ignored) -> [].
+    """Mean next-token cross-entropy in fp32 over the scored labels: logits [..., V] (any float dtype), labels [...]
+    (-100 = ignored) -> [] = sum_i CE_i / max(n_scored, 1). With no label scored (``--eod-mask-loss`` on a batch of
+    end-of-document tokens alone) it is 0 with a zero gradient, not the 0/0 = NaN of PyTorch's mean, as
+    Megatron's ``sum(loss * mask) / mask.sum()`` would be with the count clamped.
 
     A module of its own so that :func:`compile_blocks` compiles it: fused, the fp32 upcast, log-softmax and its
     backward run as single passes over the [N, V] logits instead of materialising fp32 copies of them."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+        labels = labels.reshape(-1)
+        total = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels, ignore_index=IGNORE_INDEX,
+                                reduction="sum")
+        return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 class MythosLM(nn.Module):

@@ -108,3 +108,10 @@ class PackedDocuments:
         """labels [B, S] with IGNORE_INDEX (not scored) where the input token is eod under ``eod_mask_loss``
         (Megatron's ``loss_mask[data == eod] = 0``), else as given."""
         return labels.masked_fill(input_ids == self.eod, IGNORE_INDEX) if self.eod_mask_loss else labels
+
+
+def scores_a_token(input_ids: torch.Tensor, labels: torch.Tensor, documents: PackedDocuments | None) -> bool:
+    """Whether the loss of input_ids [B, S] and labels [B, S] scores any token (not every label IGNORE_INDEX once
+    ``documents``' eod mask applies): a micro-batch that scores none has loss 0 and no place in a mean loss."""
+    scored = labels if documents is None else documents.scored(input_ids, labels)
+    return bool((scored != IGNORE_INDEX).any())

@@ -64,7 +64,7 @@ from megamythos.model.moe import (
 )
 from megamythos.model.params import count
 from megamythos.model.recurrent import exit_depths, exit_distribution, sample_loop_count
-from megamythos.model.row_layout import PackedDocuments
+from megamythos.model.row_layout import PackedDocuments, scores_a_token
 from megamythos.parallel import (
     adapt_engine_module,
     clip_gradients,
@@ -682,12 +682,14 @@ class Trainer:
 
     def evaluate(self, held_out: Any, signals: GracefulExit, split: str = "validation") -> float | None:
         """Mean loss over the first ``eval_iters`` global batches of ``held_out`` (the validation or test set) at the
-        mean loop count: the mean of the micro-batches' means, which is the mean over tokens that ``evaluate``
-        computes while every micro-batch scores as many tokens (not so under ``--eod-mask-loss``). The expert token
-        counts of the bias update are left as they were (AutoEP's layer counts in eval mode too).
+        mean loop count: the mean of the means of the micro-batches that score a token (under ``--eod-mask-loss`` one
+        of end-of-document tokens alone scores none), which is the mean over tokens that ``evaluate`` computes
+        while every micro-batch scores as many tokens (not so under ``--eod-mask-loss``). The expert token counts
+        of the bias update are left as they were (AutoEP's layer counts in eval mode too).
 
         ``None`` on every rank when a signal arrives during it: ``signals`` is checked (collectively) before each
-        micro-batch, so a preemption's grace period is spent saving, not validating."""
+        micro-batch, so a preemption's grace period is spent saving, not validating; and when no micro-batch of any
+        rank scored a token (a warning says so)."""
         self.engine.eval()
         losses = []
         it = batches(held_out, 0, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
@@ -703,13 +705,21 @@ class Trainer:
                 # every loop on every rank: an exit would let data decide how many iterations a rank runs
                 out = self.engine(tokens, labels=labels, n_loops=self.config.mean_loops, exit_threshold=0.0,
                                   documents=self.documents)
-                losses.append(out.loss.item())
+                if scores_a_token(tokens, labels, self.documents):
+                    losses.append(out.loss.item())
         self.engine.train()
-        return self.world_mean([sum(losses) / len(losses)])[0]
+        total, scoring = self.world_mean([sum(losses), len(losses)])
+        if not scoring:
+            if self.rank == 0:
+                logger.warning("%s at iteration %d scored no token (--eod-mask-loss masks every label of its %d "
+                               "micro-batches): no loss to report", split, self.iteration, micro_batches)
+            return None
+        return total / scoring
 
     def validate(self, held_out: Any, signals: GracefulExit, split: str = "validation") -> None:
         """:meth:`evaluate`, then its loss and perplexity to TensorBoard, the metrics file and the log as ``lm loss
-        SPLIT`` and ``lm loss SPLIT ppl`` (``split``: "validation" or "test"; nothing when a signal cut it short)."""
+        SPLIT`` and ``lm loss SPLIT ppl`` (``split``: "validation" or "test"; nothing when a signal cut it short or
+        no token was scored)."""
         start = time.perf_counter()
         loss = self.evaluate(held_out, signals, split)
         if loss is None:
@@ -778,7 +788,8 @@ class Trainer:
                     clip_gradients(self.engine.module.parameters(), grad_norm, self.args.clip_grad)
             with optimizer_update_left_out(self.engine.optimizer, left_out):
                 self.engine.step()
-            lm.append(out.loss.item())
+            if scores_a_token(tokens, labels, self.documents):  # else loss 0, no gradient: not in the mean
+                lm.append(out.loss.item())
             aux.append(out.aux_loss.item())
             stats = out.stats
             if boundary:  # a step discarded for its non-finite gradient norm counts like a bad loss
@@ -786,7 +797,8 @@ class Trainer:
                 break
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
-        lm_loss, aux_loss = self.world_mean([sum(lm) / len(lm), sum(aux) / len(aux)])
+        lm_sum, scoring, aux_loss = self.world_mean([sum(lm), len(lm), sum(aux) / len(aux)])
+        lm_loss = lm_sum / scoring if scoring else math.nan  # no micro-batch of the step scored a token
         weights_norm = params_norm(self.engine.module.parameters(), self.world, self.layout.tp, self.layout.ep) \
             if self.args.log_params_norm else None  # after the step, as Megatron's calc_params_l2_norm
         return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe,
@@ -910,9 +922,10 @@ class Trainer:
                 if profiler:
                     profiler.after_step(self.iteration)
                 self.log_step(step, time.perf_counter() - start)
-                # a step ZeRO discarded (non-finite gradient; the streak of the NonFiniteGuard) changed no weights
+                # a step ZeRO discarded (non-finite gradient; the streak of the NonFiniteGuard) changed no weights;
+                # a step that scored no token (NaN lm loss) has no loss to judge
                 diverged = self.divergence.observe(step["lm_loss"], self.iteration) \
-                    if self.guard.consecutive == 0 else None
+                    if self.guard.consecutive == 0 and math.isfinite(step["lm_loss"]) else None
                 if diverged:
                     self.on_divergence(diverged)
                     data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
