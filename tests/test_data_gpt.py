@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 
 import numpy as np
@@ -20,7 +21,7 @@ from megamythos.data.gpt_dataset import (
     split_bounds,
 )
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
-from megamythos.data.pretraining import DataRecipe, DataSources, build_datasets
+from megamythos.data.pretraining import DataRecipe, DataSources, build_datasets, held_out_overlap
 from megamythos.data.sampler import PretrainingSampler
 from tests.helpers import make_dataset
 
@@ -421,3 +422,27 @@ def test_a_test_split_leaves_the_train_and_valid_samples_alone(tmp_path, caplog)
         f"no test set: {small} has 30 documents, none of which fall in the test split (fraction 0.0010; splits take "
         "whole documents); use a dataset of more documents (a text file is one unless preprocessed with "
         "--txt-blank-line-documents) or change --split"]
+
+
+def test_a_finetune_that_validates_on_what_its_base_trained_on_is_told(tmp_path) -> None:
+    """--finetune from a run on the same 1000 documents under 969,30,1 (documents 0-968 trained, 969-998 validated,
+    999 tested): another --split validates (and tests) on documents the base trained on, or trains on those it
+    held out, and a per-split training path of the whole dataset trains on its held-out ones; each is named with
+    the count. The same split reads the same documents per split whatever the seed (the split takes document
+    ranges, the seed shuffles within them): nothing to say."""
+    prefix = make_dataset(tmp_path / "P", 1000, seed=1)
+    shapes = {os.path.realpath(prefix): IndexedDataset(prefix).shape()}
+    base = {"args": {"split": "969,30,1", "seed": 1234}, "data_path": [prefix]}
+    key = os.path.realpath(prefix)
+
+    def told(sources: DataSources, split: str = "969,30,1") -> str | None:
+        return held_out_overlap(base, sources, split, shapes, "BASE")
+
+    assert told(DataSources([prefix])) is None and told(DataSources(["1", prefix])) is None
+    assert told(DataSources([prefix]), "900,50,50").startswith(
+        f"--finetune: its validation split holds 50 documents of {key} that BASE trained on; its test split holds 19 "
+        f"documents of {key} that BASE trained on (BASE read {prefix} under --split 969,30,1): ")
+    assert f"its training split holds 11 documents of {key} that BASE held out for validation (" in told(
+        DataSources([prefix]), "980,10,10")
+    assert "its training split holds 30 documents" in told(DataSources(per_split=[[prefix], [], []]))
+    assert held_out_overlap({"args": {}}, DataSources([prefix]), "900,50,50", shapes, "BASE") is None  # no record

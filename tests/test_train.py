@@ -565,15 +565,20 @@ def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(co
     """--finetune --load RUN: a 2-rank ZeRO-3 AutoEP run starts at iteration 1 from the 1-rank run's weights
     (unchanged by a step at LR 1e-9 but for the expert biases' own update), with a loss far below a scratch
     start; the same command relaunched resumes the fine-tuning run; an export serves as a source too; a model of
-    other shape is refused."""
+    other shape is refused. Its --split 80,20,0 validates on documents the source run (90,10,0) trained on: one
+    warning says so (found 2026-12-07: nothing did, and the fine-tuned run's validation loss was no held-out one)."""
     source, tuned = tmp_path / "source", tmp_path / "tuned"
     first = run_single([*tiny_args(corpus, 6), "--save", str(source), "--eval-interval", "0"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"lm loss: ([0-9.e-]+)", first.stderr)]
     finetune = ["--zero", "3", "--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--save", str(tuned),
-                "--load", str(source), "--finetune", "--eval-interval", "0", "--lr", "1e-9", "--min-lr", "1e-10"]
+                "--load", str(source), "--finetune", "--eval-interval", "0", "--lr", "1e-9", "--min-lr", "1e-10",
+                "--split", "80,20,0"]
     text = run(2, [*tiny_args(corpus, 1), *finetune], tmp_path / "tuned.txt")
     assert f"--finetune: starting from the weights of {source / 'iter_0000006'}" in text
+    prefix = os.path.realpath(corpus_prefix(corpus))
+    assert re.search(rf"--finetune: its validation split holds \d+ documents of {re.escape(prefix)} that "
+                     rf"{re.escape(str(source))} trained on \(.* under --split 90,10,0\)", text), text[-3000:]
     assert float(re.findall(r"lm loss: ([0-9.e-]+)", text)[0]) < losses[0] - 0.5  # a scratch start: ~ln(384)
     _, before = load_checkpoint_weights(source / "iter_0000006", tmp_path / "w0")
     _, after = load_checkpoint_weights(tuned / "iter_0000001", tmp_path / "w1")

@@ -28,6 +28,8 @@ from megamythos.data.gpt_dataset import (
     build_train_valid_test_datasets,
     index_cache_dir,
     parse_data_path,
+    parse_split,
+    split_bounds,
 )
 from megamythos.data.index_cache import description_key
 from megamythos.data.indexed_dataset import IndexedDataset, dataset_not_found
@@ -275,6 +277,58 @@ def recipe_change(recorded_args: dict[str, Any], recorded_sources: DataSources |
     if recorded_sources is not None and recorded_sources.training_data() != sources.training_data():
         diffs.append(f"data path {recorded_sources} -> {sources}")
     return f"the data settings differ from {saved}'s: {', '.join(diffs)}" if diffs else None
+
+
+def split_documents(sources: DataSources, split: str, name: str,
+                    shapes: Mapping[str, Mapping[str, int]]) -> dict[str, tuple[int, int]]:
+    """The documents ``[first, end)`` that split ``name`` ("train", "valid" or "test") reads of each dataset of
+    ``shapes`` (``DataSetup.shapes``: real path -> shape) that ``sources`` blends into it with a weight above 0: the
+    range ``--split`` ``split`` gives it (:func:`split_bounds`), or all of it for per-split data."""
+    blend = sources.blend(name)
+    prefixes, weights = parse_data_path(blend) if blend else ([], None)
+    fractions, index = parse_split(split), SPLIT_NAMES.index(name)
+    ranges = {}
+    for i, prefix in enumerate(prefixes):
+        key = os.path.realpath(prefix)
+        if key in shapes and (weights is None or weights[i] > 0):
+            count = int(shapes[key]["sequences"])
+            bounds = split_bounds(fractions, count)[index:index + 2] if sources.per_split is None else [0, count]
+            ranges[key] = (bounds[0], bounds[1])
+    return ranges
+
+
+def held_out_overlap(base_record: Mapping[str, Any], sources: DataSources, split: str,
+                     shapes: Mapping[str, Mapping[str, int]], base: str) -> str | None:
+    """What a run from the weights of ``base`` (``--finetune``; ``base_record``: its ``train_args.json``) reads across
+    the base run's split of the same documents, or None: a validation or test split of ``sources`` under ``split``
+    holding documents the base run trained on (its held-out loss is no longer that of unseen text), or a training
+    split holding documents the base run held out (its held-out numbers no longer compare with the base run's).
+    Megatron leaves the splits to the user; a finetune on the same data with another ``--split`` is the usual cause.
+    Only datasets of ``shapes`` (this run's) count."""
+    base_sources = DataSources.from_record(base_record)
+    if base_sources is None:
+        return None
+    base_split = DataRecipe.from_record(base_record.get("args", {})).split
+    labels = {"valid": "validation", "test": "test"}
+
+    def overlaps(reading: dict[str, tuple[int, int]], other: dict[str, tuple[int, int]]) -> list[tuple[str, int]]:
+        return [(key, n) for key, (first, end) in reading.items() if key in other
+                and (n := min(end, other[key][1]) - max(first, other[key][0])) > 0]
+
+    trained = split_documents(base_sources, base_split, "train", shapes)
+    training = split_documents(sources, split, "train", shapes)
+    found = [f"its {labels[name]} split holds {n} documents of {key} that {base} trained on"
+             for name in labels for key, n in overlaps(split_documents(sources, split, name, shapes), trained)]
+    found += [f"its training split holds {n} documents of {key} that {base} held out for {labels[name]}"
+              for name in labels for key, n in overlaps(training, split_documents(base_sources, base_split, name,
+                                                                                   shapes))]
+    if not found:
+        return None
+    where = f"--split {base_split}" if base_sources.per_split is None else "per-split data"
+    return (f"--finetune: {'; '.join(found)} ({base} read {base_sources} under {where}): the finetuned weights will "
+            "have trained on documents held out, so a loss measured on them is not that of unseen text; to keep them "
+            f"apart, split the data as {base} did, or give held-out data of its own (--valid-data-path, "
+            "--test-data-path)")
 
 
 def document_flags(recorded_args: Mapping[str, Any]) -> dict[str, bool]:

@@ -205,6 +205,13 @@ def pretrained_state(source: str, config: ModelConfig, tokenizer_fingerprint: st
     return payload[0]
 
 
+def pretrained_record(source: str) -> dict[str, Any]:
+    """The ``train_args.json`` of the checkpoint that ``--finetune --load`` ``source`` names (a tag, or the newest of
+    a run directory); {} for an export or a tag without one."""
+    path = Path(source)
+    return read_train_record(path if (path / MODEL_CONFIG_FILE).is_file() else path / (read_latest(path) or ""))
+
+
 def not_a_run_directory(load: Path) -> str:
     """Why ``--load`` ``load``, a directory without ``latest``, cannot be resumed, and what to pass instead."""
     from megamythos.checkpoint.reader import MODEL_FILE  # an export's weights

@@ -48,6 +48,7 @@ from megamythos.data.pretraining import (
     document_change,
     document_flags,
     documents_eod,
+    held_out_overlap,
     order_fingerprint,
     recipe_change,
     resolve_data,
@@ -85,6 +86,7 @@ from megamythos.training.checkpointing import (
     check_room_to_resume,
     check_saved_precision,
     check_sources,
+    pretrained_record,
     pretrained_state,
     run_sources,
     saved_progress,
@@ -324,6 +326,10 @@ class Trainer:
         if self.finetune_from:
             load_state(model, pretrained_state(self.finetune_from, self.config, self.data.tokenizer_fingerprint),
                        Path(self.finetune_from))
+            overlap = held_out_overlap(pretrained_record(self.finetune_from), self.sources,
+                                       args.data_recipe().split, self.data.shapes, self.finetune_from)
+            if overlap and self.rank == 0:
+                logger.warning("%s", overlap)
         param_groups = adamw_param_groups(model, args.weight_decay)
         optimizer = client_adam(self.adam_impl, args.lr, (args.adam_beta1, args.adam_beta2), args.adam_eps,
                                 args.weight_decay)
