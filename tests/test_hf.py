@@ -669,3 +669,39 @@ def test_a_save_pretrained_copy_loads_with_the_same_logits_and_a_warning_that_sa
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.equal(copy(ids).logits, hf(ids).logits)
+
+
+def test_assisted_decoding_crops_the_cache_and_gives_greedy_s_tokens(small_hf, tiny_tokenizer, monkeypatch):
+    """``generate(prompt_lookup_num_tokens=3)`` and ``generate(assistant_model=...)`` (here the export at one loop)
+    raised "Assisted decoding requires a cache": ``MythosCache`` had no ``crop`` (found 2026-12-07). A cropped cache
+    holds what a forward of the kept tokens leaves, and assisted greedy decoding gives greedy decoding's tokens, with
+    and without the exit rule, while drafts are both accepted and rejected."""
+    from transformers import AutoModelForCausalLM
+
+    from megamythos.hf.modeling_megamythos import CACHE_SLOT
+
+    hf_dir, hf = small_hf
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        cropped = getattr(hf(ids, use_cache=True, exit_threshold=0.0), CACHE_SLOT)
+        cropped.crop(-2)
+        short = getattr(hf(ids[:, :4], use_cache=True, exit_threshold=0.0), CACHE_SLOT)
+    assert cropped.get_seq_length() == 4
+    for mine, theirs in zip((*cropped.kv.prelude, *cropped.kv.loops, *cropped.kv.coda),
+                            (*short.kv.prelude, *short.kv.loops, *short.kv.coda), strict=True):
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(mine.tensors, theirs.tensors, strict=True))
+
+    crops = []  # tokens dropped per crop; the export's own copy of ModelKVCache
+    kv_cache, crop = type(cropped.kv), type(cropped.kv).crop
+    monkeypatch.setattr(kv_cache, "crop", lambda self, length: (crops.append(self.length - length),
+                                                                crop(self, length))[1])
+    prompt = torch.tensor([tiny_tokenizer.encode_one("def main(argv): return main(argv) def main(")])
+    assistant = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True, n_loops=1)
+    for kw in (dict(exit_threshold=0.0), dict(n_loops=5, exit_threshold=0.05)):
+        greedy = hf.generate(prompt, max_new_tokens=30, do_sample=False, **kw)
+        crops.clear()
+        assert torch.equal(hf.generate(prompt, max_new_tokens=30, do_sample=False, prompt_lookup_num_tokens=3,
+                                       **kw), greedy)
+        assert max(crops) > 0 and crops.count(0) > 0, crops  # some drafts rejected, some kept
+        assert torch.equal(hf.generate(prompt, max_new_tokens=30, do_sample=False, assistant_model=assistant,
+                                       **kw), greedy)

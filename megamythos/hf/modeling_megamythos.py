@@ -45,10 +45,12 @@ CACHE_SLOT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ e
 
 class MythosCache:
     """The cache transformers' ``generate`` carries between forwards: our :class:`ModelKVCache`, whose loop
-    count is fixed when it is made (every token is cached at every loop index)."""
+    count is fixed when it is made (every token is cached at every loop index). It crops back to a length, so
+    assisted decoding (``prompt_lookup_num_tokens``, ``assistant_model``) drops a rejected draft's tokens."""
 
     is_linear = (False,)
     is_compileable = False
+    is_croppable = True
 
     def __init__(self, kv: ModelKVCache) -> None:
         self.kv = kv
@@ -59,6 +61,15 @@ class MythosCache:
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: row i of the batch continues the sequence of row ``beam_idx[i]``."""
         self.kv.select_rows(beam_idx)
+
+    def crop(self, max_length: int) -> None:
+        """Drop cached tokens, in either of transformers' conventions: ``max_length`` <= 0 removes the last
+        ``-max_length`` (transformers 5.24 on; 0 removes none), > 0 keeps the first ``max_length`` (before)."""
+        length = self.kv.length
+        self.kv.crop(length + max_length if max_length <= 0 else max_length)
+
+    def activate_past_recording(self, **kwargs: Any) -> None:
+        """Nothing to record before a :meth:`crop`: every token's keys/values stay cached until it."""
 
 
 class MythosForCausalLM(PreTrainedModel, GenerationMixin):
@@ -109,7 +120,23 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # generate must not hand us a DynamicCache: forward makes a MythosCache on first use
+        return False  # generate must not hand us a DynamicCache: _prepare_cache_for_generation makes ours
+
+    def _prepare_cache_for_generation(self, generation_config: Any, model_kwargs: dict[str, Any], *args: Any,
+                                      **kwargs: Any) -> None:
+        """transformers' checks, then an empty :class:`MythosCache` at the loop count of the call (``n_loops``
+        given to ``generate``, else the config's) where ``generate`` will use a cache and none was given:
+        assisted decoding needs one before its first forward."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        if generation_config.use_cache is not False and model_kwargs.get(CACHE_SLOT) is None:
+            n_loops = self.loop_count(model_kwargs.get("n_loops"))
+            model_kwargs[CACHE_SLOT] = MythosCache(ModelKVCache(self.model.config, n_loops))
+
+    def loop_count(self, n_loops: int | None) -> int:
+        """The loops a call runs without a cache: ``n_loops`` given, else ``config.n_loops``, else ``mean_loops``."""
+        if n_loops is not None:
+            return n_loops
+        return self.config.mean_loops if self.config.n_loops is None else self.config.n_loops
 
     def _prepare_generated_length(self, generation_config: Any, input_ids_length: int, **kwargs: Any) -> Any:
         """transformers' length resolution (``max_new_tokens`` -> ``max_length``), then capped at the context as
@@ -181,8 +208,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
                              "makes one with use_cache=True) or the cache of the previous output")
         if n_loops is None and cache is not None:  # a cache fixes the count (the config's was refused as other)
             n_loops = cache.kv.n_loops
-        elif n_loops is None:
-            n_loops = self.config.mean_loops if self.config.n_loops is None else self.config.n_loops
+        n_loops = self.loop_count(n_loops)
         past = cache.get_seq_length() if cache is not None else 0
         context = self.config.max_position_embeddings
         if past + input_ids.shape[1] > context:  # RoPE would rotate by angles training never used

@@ -40,6 +40,12 @@ class LayerKVCache:
         if self.tensors is not None:
             self.tensors = tuple(t.index_select(0, rows.to(t.device)) for t in self.tensors)
 
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` cached tokens (all of them when fewer are cached): what a rejected draft
+        leaves (assisted decoding)."""
+        if self.tensors is not None:
+            self.tensors = tuple(t[:, :length] for t in self.tensors)
+
     def append(self, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Append ``new`` along the sequence dim and return the full cached tensors."""
         if self.tensors is None:

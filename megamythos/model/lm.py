@@ -66,6 +66,15 @@ class ModelKVCache:
         for layer in (*self.prelude, *self.loops, *self.coda):
             layer.select_rows(rows)
 
+    def crop(self, length: int) -> None:
+        """Forget every token after the first ``length``, at every layer and loop index: the cache then holds what
+        a forward of those ``length`` tokens alone leaves (a token's keys/values depend only on the tokens before
+        it; an exited token's deeper keys/values come from its frozen state, so no per-token exit state remains)."""
+        if length < 0:
+            raise ValueError(f"cannot crop the cache to {length} tokens")
+        for layer in (*self.prelude, *self.loops, *self.coda):
+            layer.crop(length)
+
 
 class MythosOutput(NamedTuple):
     """logits [B, S, V]; loss: mean next-token CE (None without labels; aux_loss not included); aux_loss: weighted
