@@ -254,6 +254,26 @@ def test_generation_stops_at_the_context() -> None:
         new_token_limit(16, 17, 1)
 
 
+def test_a_prompt_that_fills_the_context_is_refused_as_the_hugging_face_export_refuses_it(
+        tiny_tokenizer: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """A ``--prompt`` (or ``--prompt-file`` line) of exactly ``max_seq_len`` tokens generated nothing, with a warning,
+    where the Hugging Face export's ``generate()`` raised (found 2026-12-07): one rule for both, as transformers
+    refuses a prompt that reaches ``max_length``: no room for a new token, refused in one line, exit 2."""
+    text = "def main(data, value): return"
+    n = len(tiny_tokenizer.encode_one(text))
+    loaded = _small_loaded(tiny_tokenizer, tmp_path, max_seq_len=n)
+    monkeypatch.setattr(generate_module, "load_model", lambda path, tokenizer, device: loaded)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"def\n{text}\n")
+    room = f"is {n} tokens but the model's context is {n} positions (max_seq_len): no room for a new token"
+    for argv, line in ((["--prompt", text], f"error: --prompt {room}; shorten the prompt"),
+                       (["--prompt-file", str(prompts)], f"error: --prompt-file {prompts} line 2 {room}; shorten "
+                                                         "that prompt")):
+        assert generate_module.main(["--load", str(tmp_path), *argv, "--max-new-tokens", "4"]) == 2
+        assert one_error_line(capsys.readouterr().err) == line
+
+
 def test_generate_cli_warns_once_when_the_context_cuts_it_short(tiny_tokenizer: Tokenizer, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture,

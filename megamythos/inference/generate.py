@@ -9,7 +9,8 @@
 The prompt and then the continuation are streamed to stdout as tokens arrive; generation stops at
 ``--max-new-tokens``, the tokenizer's eos, or the model's context (``max_seq_len`` positions, prompt included:
 the model never saw a position past it in training, so a longer ``--max-new-tokens`` stops there with one warning
-line, and a prompt longer than the context is refused). A JSON line with tokens/s, the mean loop count executed
+line, and a prompt that fills the context, ``max_seq_len`` tokens or more, is refused: no room for a new token, the
+rule of the Hugging Face export's ``generate()``). A JSON line with tokens/s, the mean loop count executed
 per token and the forward FLOPs per token that implies goes to stderr. The same model, prompt, options and
 ``--seed`` give the same text.
 
@@ -125,10 +126,10 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
 
 def new_token_limit(max_seq_len: int, prompt_tokens: int, max_new_tokens: int) -> int:
     """How many of ``max_new_tokens`` fit the context: prompt plus new tokens stay within ``max_seq_len``
-    positions. A prompt longer than the context raises :class:`LoadError`."""
-    if prompt_tokens > max_seq_len:
+    positions. A prompt that fills the context (no room for a new token) raises :class:`LoadError`."""
+    if prompt_tokens >= max_seq_len:
         raise LoadError(f"--prompt is {prompt_tokens} tokens but the model's context is {max_seq_len} positions "
-                        "(max_seq_len); shorten the prompt")
+                        "(max_seq_len): no room for a new token; shorten the prompt")
     return min(max_new_tokens, max_seq_len - prompt_tokens)
 
 
@@ -268,7 +269,7 @@ def complete_batch(model: MythosLM, prompts: Sequence[Sequence[int]], cfg: Sampl
     stats = GenerationStats()
     steps = list(generate_stream(model, ids, cfg, generator, stats, mask))
     if not steps:
-        return [Completion([], [], "max_tokens" if cfg.max_new_tokens == 0 else "context") for _ in prompts]
+        return [Completion([], [], "max_tokens") for _ in prompts]  # --max-new-tokens 0: a prompt leaves room
     new, loops = torch.stack(steps, 1).tolist(), torch.stack(stats.row_loops, 1).tolist()
     done = []
     for row, row_loops in zip(new, loops):
@@ -380,16 +381,17 @@ def stream_prompt(args: argparse.Namespace, loaded: LoadedModel, cfg: SamplingCo
 
 def encode_prompts(path: str, prompts: Sequence[Prompt], loaded: LoadedModel,
                    max_new_tokens: int) -> list[list[int]]:
-    """The token ids of each prompt of ``--prompt-file``; one that encodes to nothing or is longer than the context
-    raises naming its line. One warning names the prompts the context cuts short of ``max_new_tokens``."""
+    """The token ids of each prompt of ``--prompt-file``; one that encodes to nothing or fills the context (no room
+    for a new token, as :func:`new_token_limit`) raises naming its line. One warning names the prompts the context
+    cuts short of ``max_new_tokens``."""
     max_seq_len = loaded.config.max_seq_len
     encoded = [loaded.tokenizer.encode_one(prompt.text) for prompt in prompts]
     for prompt, ids in zip(prompts, encoded):
         if not ids:
             raise LoadError(f"--prompt-file {path} line {prompt.line} encodes to no tokens; give text to continue")
-        if len(ids) > max_seq_len:
+        if len(ids) >= max_seq_len:
             raise LoadError(f"--prompt-file {path} line {prompt.line} is {len(ids)} tokens but the model's context "
-                            f"is {max_seq_len} positions (max_seq_len); shorten that prompt")
+                            f"is {max_seq_len} positions (max_seq_len): no room for a new token; shorten that prompt")
     cut = [prompt.line for prompt, ids in zip(prompts, encoded) if len(ids) + max_new_tokens > max_seq_len]
     if cut:
         logger.warning("--max-new-tokens %d runs past the model's context of %d positions for %d of %d prompts "
