@@ -169,6 +169,19 @@ def test_a_temperature_near_zero_samples_the_greedy_token() -> None:
         assert sample_next(logits, cfg, torch.Generator().manual_seed(0)).tolist() == [1, 0]
 
 
+@pytest.mark.parametrize("probs, top_p", [([0.5, 0.25, 0.25], 0.5), ([0.5, 0.25, 0.125, 0.125], 0.75),
+                                           ([0.6, 0.3, 0.1], 0.9), ([0.4, 0.3, 0.2, 0.1], 0.95)])
+def test_top_p_keeps_the_tokens_transformers_keeps(probs: list[float], top_p: float) -> None:
+    """Top-p kept a token whose more likely tokens held exactly ``top_p`` (``[0.5, 0.25, 0.25]`` at 0.5 sampled the
+    second token), where transformers' ``TopPLogitsWarper`` drops it (found 2026-12-07): the HF export's seeded
+    ``generate()`` and ours then sampled from different sets. The distributions put the tie on the boundary."""
+    warper = pytest.importorskip("transformers.generation.logits_process").TopPLogitsWarper(top_p)
+    logits = (torch.tensor(probs) / max(probs)).log()[None]  # maximum 0: our shift by the maximum changes nothing
+    kept = set((~warper(None, logits.clone()).isinf()).nonzero()[:, 1].tolist())
+    draws = sample_next(logits.expand(4000, -1), SamplingConfig(top_p=top_p), torch.Generator().manual_seed(0))
+    assert set(draws.tolist()) == kept
+
+
 def test_a_row_that_ends_yields_eos_while_the_others_go_on() -> None:
     """In a batch, a row that sampled eos went on generating until every row did (found 2026-12-06)."""
     torch.manual_seed(0)

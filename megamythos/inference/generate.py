@@ -103,10 +103,12 @@ class GenerationStats:
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B] with temperature, top-k and nucleus (top-p) filtering. The logits are
-    shifted by their maximum before the division (softmax is shift-invariant) and divided by at least fp32's
-    smallest normal number, so that a temperature near 0 samples the greedy token instead of overflowing. Only the
-    first ``cfg.vocab_limit`` ids are candidates."""
+    """logits [B, V] -> next token ids [B] with temperature, top-k and nucleus (top-p) filtering. Top-p keeps the
+    most likely tokens until their probability reaches ``top_p``: it drops the least likely tokens whose total is at
+    most ``1 - top_p``, so a token whose more likely ones already hold exactly ``top_p`` is dropped (transformers'
+    rule). The logits are shifted by their maximum before the division (softmax is shift-invariant) and divided by
+    at least fp32's smallest normal number, so that a temperature near 0 samples the greedy token instead of
+    overflowing. Only the first ``cfg.vocab_limit`` ids are candidates."""
     logits = logits[:, :cfg.vocab_limit]
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
@@ -116,11 +118,11 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     if cfg.top_k:
         kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        drop = probs.cumsum(dim=-1) - probs > cfg.top_p  # keep the smallest prefix reaching top_p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    if cfg.top_p < 1.0:  # as transformers' TopPLogitsWarper, to the float: the same kept set as its generate()
+        sorted_logits, order = logits.sort(dim=-1)  # ascending
+        drop = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - cfg.top_p  # least likely, total <= 1 - top_p
+        drop[:, -1] = False  # the most likely token always stays
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
