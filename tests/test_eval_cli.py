@@ -94,6 +94,48 @@ def test_evaluate_cli_files_tensorboard_and_loss_falls_with_training(tiny_checkp
 
 
 @pytest.mark.launch
+def test_evaluations_into_one_folder_at_once_keep_each_other_s_rows(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """Two evaluations of one checkpoint at once (other --loops) into its default folder: the one that finished last
+    replaced the other's depth_eval files and event files, and each file was written in place, so a reader (or the
+    other writer) could meet it half-written (found 2026-12-07). They take turns under a lock on the folder, each
+    adding its rows to those of the same model and held-out data (a loop count evaluated again replaces its row),
+    every file written whole; an evaluation of other data (--test-set, other --eval-iters) replaces them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import megamythos.inference.evaluate as evaluate_module
+
+    ckpt, _ = tiny_checkpoint
+    load = shutil.copytree(ckpt / "iter_0000006", tmp_path / "run" / "iter_0000006")  # a folder of this test's own
+    common = ["--load", str(load), "--eval-iters", "1", "--micro-batch-size", "2", "--exit-threshold", "0"]
+    evaluate, meanwhile = evaluate_module.evaluate_loops, []
+
+    def the_other_finishes_first(*args, **kwargs):  # the second evaluation runs to its end during the first's
+        if not meanwhile:
+            meanwhile.append(None)
+            meanwhile[0] = cli(evaluate_main, [*common, "--loops", "2,4"], capsys)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "evaluate_loops", the_other_finishes_first)
+    code, out, err = cli(evaluate_main, [*common, "--loops", "1,2"], capsys)
+    assert code == 0 and meanwhile[0][0] == 0, (err, meanwhile)
+    out_dir = tmp_path / "run" / "eval" / "iter_0000006"
+    record = json.loads((out_dir / "depth_eval.json").read_text())
+    assert [r["loops"] for r in record["results"]] == [4, 1, 2]  # the other's 4; its 2 replaced by this one's
+    assert [r for r in record["results"] if r["loops"] == 2] == [r for r in json.loads(out)["results"]
+                                                                 if r["loops"] == 2]
+    assert [int(r["loops"]) for r in csv.DictReader((out_dir / "depth_eval.csv").open())] == [4, 1, 2]
+    events = EventAccumulator(str(out_dir / "tensorboard"))
+    events.Reload()
+    assert sorted(e.step for e in events.Scalars("depth-eval/ppl")) == [1, 2, 4]
+    assert not list(out_dir.glob("*.tmp.*"))
+
+    monkeypatch.setattr(evaluate_module, "evaluate_loops", evaluate)
+    code, _, err = cli(evaluate_main, [*common, "--loops", "3", "--eval-iters", "2"], capsys)  # other batches
+    assert code == 0, err
+    assert [r["loops"] for r in json.loads((out_dir / "depth_eval.json").read_text())["results"]] == [3]
+
+
+@pytest.mark.launch
 def test_evaluate_logs_each_row_on_a_line_of_its_own(tiny_checkpoint, tmp_path, capsys):
     """Each row's log line (``loops N: loss ...``) was written where the tqdm bar's line ended, so a terminal
     showed it glued to the bar (found 2026-12-07, a new user's first hour): it now goes above the bar."""

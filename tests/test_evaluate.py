@@ -85,8 +85,8 @@ def test_the_plot_draws_each_curve_in_loop_order(tmp_path, monkeypatch) -> None:
 def test_a_new_evaluation_replaces_the_scalars_of_the_last_one_in_its_default_directory(tmp_path) -> None:
     """Evaluating a checkpoint again (other --loops, or --test-set) replaced depth_eval.{csv,json,png} but added
     a second event file beside the first in their tensorboard/, so TensorBoard drew both evaluations' points at the
-    same loop counts (found 2026-12-07, a new user's first hour). The default directory now holds the latest
-    evaluation only; a --tensorboard-dir of the user's is added to, never cleared."""
+    same loop counts (found 2026-12-07, a new user's first hour). The default directory's events now hold the
+    rows its files hold; a --tensorboard-dir of the user's is added to, never cleared."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     def steps(log_dir):

@@ -7,6 +7,7 @@ whether its process lives cannot be known here.
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import os
 import re
@@ -108,3 +109,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def locked_folder(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` for the block (released when the process ends, killed or not):
+    writers of one folder's shared files take turns."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)

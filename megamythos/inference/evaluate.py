@@ -21,7 +21,9 @@ later iterations included). Results go to ``depth_eval.{csv,json,png}`` in ``--o
 for a checkpoint, outside the tags ``--keep-last`` prunes; ``eval/`` in an export directory) and to TensorBoard in
 ``--tensorboard-dir`` (default ``OUT/tensorboard``) with step = loop count under the tags
 ``depth-eval/{loss,ppl,mean-depth,flops-per-token}`` (all loops) and ``depth-eval-exit-T/...`` (exit at threshold
-T, with ``exit-share/loop-NN``). A summary JSON line goes to stdout.
+T, with ``exit-share/loop-NN``). A summary JSON line goes to stdout. The folder gathers the rows of one model and
+one set of held-out batches (:func:`merged_results`): evaluations into it, at once too, take turns under a lock
+and each adds its rows to those there.
 
 Library part: :func:`evaluate_loops` runs a fixed list of token batches through the model at each loop count;
 :func:`write_results` stores a CSV, a JSON and a PNG plot (perplexity vs loops, trained depth marked).
@@ -29,6 +31,8 @@ Library part: :func:`evaluate_loops` runs a fixed list of token batches through 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import logging
 import math
@@ -41,9 +45,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from megamythos.checkpoint.files import write_atomic
 from megamythos.checkpoint.reader import is_export_dir
-from megamythos.data.atomic import writable_directory
+from megamythos.data.atomic import atomic_open, locked_folder, writable_directory
 from megamythos.data.gpt_dataset import parse_data_path, parse_split, samples_per_epoch
+from megamythos.data.manifest import CHECKSUMS_FILE
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import (
     DataRecipe,
@@ -177,18 +183,49 @@ def default_results_dir(source: Path) -> Path:
     return source / "eval" if is_export_dir(source) else source.parent / "eval" / source.name
 
 
+def evaluated_on(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, Any]:
+    """What the rows of an evaluation measured, beyond loop count and threshold: the model (its path and the digest
+    of its ``checksums.json``, None without one) and the held-out batches (the data flags as given)."""
+    manifest = loaded.source / CHECKSUMS_FILE
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+    return {"model": str(loaded.source.resolve()), "checksums_sha256": digest, "data_path": cfg.data_path,
+            "split": cfg.split, "seed": cfg.seed, "seq_length": cfg.seq_length, "test_set": cfg.test_set,
+            "micro_batch_size": cfg.micro_batch_size, "eval_iters": cfg.eval_iters}
+
+
+def merged_results(results: Sequence[LoopEval], json_path: Path, evaluated: dict[str, Any]) -> list[LoopEval]:
+    """The rows of the evaluation recorded in ``json_path`` that measured the same ``evaluated`` model and data, but
+    a loop count and threshold ``results`` lacks, then ``results``; ``results`` alone where the file is absent or
+    records another evaluation (other data, another model, or none: a file written before evaluations merged)."""
+    try:
+        earlier = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        return list(results)
+    except ValueError:  # not JSON: replaced
+        logger.warning("%s is no evaluation's results (not JSON): replacing it", json_path)
+        return list(results)
+    if earlier.get("evaluated") != evaluated:
+        return list(results)
+    new = {(r.loops, r.exit_threshold) for r in results}
+    return [LoopEval(**row) for row in earlier["results"] if (row["loops"], row["exit_threshold"]) not in new] + \
+        list(results)
+
+
 def write_results(results: Sequence[LoopEval], out_dir: str | Path, trained_loops: int,
-                  stem: str = "depth_eval") -> dict[str, Path]:
-    """Write ``stem``.csv/.json/.png into ``out_dir``; returns their paths."""
+                  stem: str = "depth_eval", evaluated: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``stem``.csv/.json/.png into ``out_dir``, each whole or not at all (a temporary renamed into place),
+    the JSON recording ``evaluated`` (:func:`evaluated_on`); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in results]
     paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
-    with paths["csv"].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["json"].write_text(json.dumps({"trained_loops": trained_loops, "results": rows}, indent=2) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(paths["csv"], table.getvalue())
+    record = {"trained_loops": trained_loops, "evaluated": evaluated, "results": rows}
+    write_atomic(paths["json"], json.dumps(record, indent=2) + "\n")
     _plot(results, trained_loops, paths["png"])
     return paths
 
@@ -210,7 +247,8 @@ def _plot(results: Sequence[LoopEval], trained_loops: int, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -218,9 +256,9 @@ def write_tensorboard(results: Sequence[LoopEval], log_dir: str | Path, replace:
     """Scalars ``depth-eval[-exit-T]/{loss,ppl,mean-depth,flops-per-token}`` with step = loop count, and with
     early exit the share of tokens stopping after each iteration, ``.../exit-share/loop-NN``.
 
-    ``replace``: first remove the event files already in ``log_dir`` (evaluate's own default directory, which
-    holds the latest evaluation as the ``depth_eval`` files beside it do; otherwise TensorBoard draws the points
-    of every earlier evaluation there at the same loop counts as this one's)."""
+    ``replace``: first remove the event files already in ``log_dir`` (evaluate's own default directory, whose
+    events hold the rows the ``depth_eval`` files beside it hold; otherwise TensorBoard draws the points of every
+    earlier evaluation there at the same loop counts as this one's)."""
     from torch.utils.tensorboard import SummaryWriter
 
     if replace:
@@ -338,8 +376,12 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                                        unit="batch", file=sys.stderr) as bar:
         results = [r for threshold in passes
                    for r in evaluate_loops(loaded.model, data, cfg.loops, threshold, bar.update, documents)]
-    paths = write_results(results, out_dir, trained_loops=loaded.config.mean_loops)
-    write_tensorboard(results, tb_dir, replace=cfg.out is None and cfg.tensorboard_dir is None)
+    replace = cfg.out is None and cfg.tensorboard_dir is None  # evaluate's own folder: its files say it all
+    evaluated = evaluated_on(loaded, cfg)
+    with locked_folder(out_dir):  # evaluations into one folder take turns: each adds its rows to what is there
+        held = merged_results(results, out_dir / "depth_eval.json", evaluated)
+        paths = write_results(held, out_dir, trained_loops=loaded.config.mean_loops, evaluated=evaluated)
+        write_tensorboard(held if replace else results, tb_dir, replace=replace)
     return {"model": str(loaded.source), "trained_loops": loaded.config.mean_loops,
             "files": {k: str(v) for k, v in paths.items()}, "tensorboard": str(tb_dir),
             "results": [asdict(r) for r in results]}

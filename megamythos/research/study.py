@@ -16,13 +16,11 @@ same study runs bigger on a GPU (``--device cuda``).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ import torch
 from torch import nn
 
 from megamythos.checkpoint.files import write_atomic
-from megamythos.data.atomic import atomic_open, writable_directory
+from megamythos.data.atomic import atomic_open, locked_folder, writable_directory
 from megamythos.errors import (
     TIMED_CLI_LOG_FORMAT,
     ArgumentParser,
@@ -357,17 +355,6 @@ def report_paths(out_dir: str | os.PathLike, name: str, given: str | os.PathLike
             raise StudyError(f"--out {given}: {path} is a folder, where the study writes its report; move it "
                              "away or pass another --out")
     return paths
-
-
-@contextmanager
-def locked_folder(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` for the block (released when the process ends, killed or not)."""
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(handle)
 
 
 def check_runs(name: str, runs: Sequence[str]) -> None:
