@@ -295,3 +295,32 @@ def test_a_run_with_the_flags_records_them_and_evaluate_validates_as_it_did(pack
     err = capsys.readouterr().err
     assert code == 2 and one_error_line(err).startswith("error: --eod-mask-loss --reset-position-ids "
                                                         "--reset-attention-mask needs the documents' end token"), err
+
+
+@pytest.mark.launch
+def test_a_hugging_face_export_records_the_flags_and_scores_each_document_given_a_row(packed_run: Path) -> None:
+    """A run trained with the three flags, exported with ``--format hf``: its config said nothing of them (found
+    2026-12-07), so nothing told a user that the model scores a row of several documents as one sequence
+    (positions 0.., attention across the eods), otherwise than it trained. The config records them
+    (``packed_documents``), and a document given a row of its own gets the logits training's layout gave it."""
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    from megamythos.checkpoint.export import main as export_main
+
+    out = packed_run / "hf"
+    assert export_main([str(packed_run / "ckpt"), str(out), "--format", "hf"]) == 0
+    assert json.loads((out / "config.json").read_text())["packed_documents"] == dict.fromkeys(DOCUMENT_FLAGS, True)
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    loaded = load_model(packed_run / "ckpt")
+    cfg = evaluate_args(["--load", str(packed_run / "ckpt"), "--eval-iters", "1", "--micro-batch-size", "2"])
+    row = heldout_batches(loaded, cfg)[0][0][:1]
+    documents = recorded_documents(loaded, cfg)
+    ends = [int(i) + 1 for i in (row[0] == documents.eod).nonzero()[:, 0] if i + 1 < row.shape[1]]
+    assert ends  # the row packs documents: an eod before its last token
+    with torch.no_grad():
+        trained = loaded.model(row, n_loops=3, exit_threshold=0.0, documents=documents).logits
+        assert not torch.allclose(hf(row, n_loops=3, exit_threshold=0.0).logits, trained, atol=1e-4)
+        for start, end in zip([0, *ends], [*ends, row.shape[1]]):
+            alone = hf(row[:, start:end], n_loops=3, exit_threshold=0.0).logits
+            assert torch.allclose(alone, trained[:, start:end], atol=1e-4), (start, end)

@@ -32,9 +32,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from megamythos.checkpoint.checksums import CHECKSUMS_FILE, write_checksums
-from megamythos.checkpoint.files import read_tokenizer_files, write_tokenizer_files
+from megamythos.checkpoint.files import read_tokenizer_files, read_train_record, write_tokenizer_files
 from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_model, read_newest
 from megamythos.data.atomic import remove_stale_temps, temp_name, writable_parent
+from megamythos.data.pretraining import document_flags
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import ArgumentParser, UserError, run_cli
 from megamythos.model.lm import MythosLM
@@ -216,8 +217,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
 
 def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write checkpoint ``checkpoint`` as a Hugging Face directory ``out_dir`` (see the module docstring), with
-    its ``checksums.json``, through :func:`staged_export`; returns ``out_dir``. Without transformers (the ``hf``
-    extra) it raises :class:`ExportError` before anything is read."""
+    its ``checksums.json`` and, in its config, the packed-document flags the run recorded (``packed_documents``;
+    None for a tag without ``train_args.json``), through :func:`staged_export`; returns ``out_dir``. Without
+    transformers (the ``hf`` extra) it raises :class:`ExportError` before anything is read."""
     export_hf = hf_writer()
     out_dir = Path(out_dir)
 
@@ -226,7 +228,9 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
         record = read_tokenizer_files(tag_dir)
         if record is None:
             raise ExportError(f"{tag_dir} carries no tokenizer (tokenizer.json); a Hugging Face export needs one")
-        export_hf(model, Tokenizer(record["tokenizer_model"]), stage)
+        run = read_train_record(tag_dir)
+        export_hf(model, Tokenizer(record["tokenizer_model"]), stage,
+                  document_flags(run["args"]) if "args" in run else None)
 
     with staged_export(out_dir, Path(checkpoint), overwrite) as stage:  # a tag --keep-last removes is read again
         read_newest(checkpoint, lambda tag: write(tag, stage))

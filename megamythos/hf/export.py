@@ -194,9 +194,11 @@ def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrai
     return converted
 
 
-def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Path:
-    """Write ``model`` and ``tokenizer`` as a Hugging Face directory ``out_dir``; returns ``out_dir``. The
-    tokenizer is converted and checked (:func:`checked_hf_tokenizer`) before anything is written."""
+def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path,
+              packed_documents: dict[str, bool] | None = None) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face directory ``out_dir``, its config recording the training
+    run's ``packed_documents`` flags (None: not known); returns ``out_dir``. The tokenizer is converted and checked
+    (:func:`checked_hf_tokenizer`) before anything is written."""
     from megamythos.hf.configuration_megamythos import MegamythosConfig
     from megamythos.hf.modeling_megamythos import MythosForCausalLM
 
@@ -205,7 +207,8 @@ def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     eos_id, pad_id = (token_id if token_id >= 0 else None for token_id in (tokenizer.eos_id, tokenizer.pad_id))
     config = MegamythosConfig.from_model_config(model.config, auto_map=AUTO_MAP, bos_token_id=None,
-                                                eos_token_id=eos_id, pad_token_id=pad_id)
+                                                eos_token_id=eos_id, pad_token_id=pad_id,
+                                                packed_documents=packed_documents)
     wrapped = MythosForCausalLM(config)
     wrapped.model.load_state_dict(model.state_dict())
     wrapped.generation_config.eos_token_id = eos_id
