@@ -225,10 +225,12 @@ def test_default_corpus_summarises_skipped_files(tmp_path, monkeypatch, caplog):
 @pytest.mark.launch
 def test_finished_run_says_there_is_nothing_to_do(corpus, tmp_path):
     args = [*tiny_args(corpus, 2), "--zero", "3", "--micro-batch-size", "2", "--global-batch-size", "2",
-            "--save", str(tmp_path / "ckpt"), "--load", str(tmp_path / "ckpt")]
+            "--save", str(tmp_path / "ckpt"), "--load", str(tmp_path / "ckpt"),
+            "--tensorboard-dir", str(tmp_path / "tb"), "--metrics-file", str(tmp_path / "metrics.jsonl")]
     first = run_single(args, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "FutureWarning" not in first.stderr + first.stdout
+    events, records = sorted((tmp_path / "tb").rglob("events.out.tfevents.*")), (tmp_path / "metrics.jsonl").read_text()
     again = run_single(args, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (f"the run in {tmp_path / 'ckpt'} already finished at iteration 2 of 2: nothing to do. Raise "
@@ -236,3 +238,6 @@ def test_finished_run_says_there_is_nothing_to_do(corpus, tmp_path):
             "--override-lr-schedule for a schedule over the new length), or start another run in a new folder"
             ) in again.stderr + again.stdout
     assert "iteration        1/" not in again.stderr + again.stdout
+    # nothing trained, nothing logged: no empty TensorBoard event file per relaunch (found 2026-12-07)
+    assert events and sorted((tmp_path / "tb").rglob("events.out.tfevents.*")) == events
+    assert (tmp_path / "metrics.jsonl").read_text() == records

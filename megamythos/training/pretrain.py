@@ -383,8 +383,9 @@ class Trainer:
                     shutil.rmtree(self.universal, ignore_errors=True)
             self._check_room_to_save()
         self.peak = self.mfu_peak()
-        self.monitor = TrainingMonitor(self.rank == 0, args.tensorboard_dir, args.metrics_file, self.iteration,
-                                       self.consumed)
+        # a finished run's relaunch trains nothing and logs nothing (no empty TensorBoard event file per relaunch)
+        self.monitor = TrainingMonitor(self.rank == 0 and self.iteration < self.total_iters, args.tensorboard_dir,
+                                       args.metrics_file, self.iteration, self.consumed)
         self.stragglers: StragglerWatch | None = None  # rank 0 of a larger world: it names a persistently slow rank
         if self.world > 1:
             hosts: list[Any] = [None] * self.world
