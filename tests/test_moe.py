@@ -19,6 +19,7 @@ from megamythos.model.moe import (
     route,
     update_expert_bias,
 )
+from megamythos.planning.plan import main as plan_main
 from megamythos.training.arguments import ArgumentError, parse_args
 from tests.helpers import small_config
 
@@ -147,16 +148,20 @@ def test_counts_only_in_training_and_bias_state_round_trip() -> None:
         load_expert_bias_state(other, {"elsewhere": saved[""]})
 
 
-def test_top1_routing_refuses_renormalised_weights_that_leave_the_router_untrained() -> None:
+def test_top1_routing_refuses_renormalised_weights_that_leave_the_router_untrained(tmp_path, capsys) -> None:
     """route_norm renormalises the K routed weights to sum 1: at K = 1 the one weight is 1 whatever the scores, so
     the router got no gradient from the loss, silently (found 2026-12-07). A training run is refused naming
-    route_norm, but the config still loads: a model trained so before computes with weight 1, which route_norm
-    false would change, so its checkpoints and exports must stay readable. Top-1 with the raw score as its weight
+    route_norm, and so is its plan, with the trainer's line (found 2026-12-07: the planner printed a plan of it);
+    but the config still loads: a model trained so before computes with weight 1, which route_norm false would
+    change, so its checkpoints and exports must stay readable. Top-1 with the raw score as its weight
     (Switch-style) trains the router."""
-    with pytest.raises(ArgumentError, match=r"num_experts_per_tok=1\) with route_norm=true"):
+    with pytest.raises(ArgumentError, match=r"num_experts_per_tok=1\) with route_norm=true") as refused:
         parse_args(["--override", "num_experts_per_tok=1"]).model_config()
     saved = small_config(num_experts_per_tok=1)
     assert ModelConfig.from_json(json.dumps(dataclasses.asdict(saved))).route_norm
+    (tmp_path / "top1.json").write_text(saved.to_json())
+    assert plan_main(["--config", str(tmp_path / "top1.json")]) == 2
+    assert capsys.readouterr().err == f"error: {refused.value}\n"
     moe = MoE(small_config(num_experts_per_tok=1, route_norm=False, seq_aux_loss_coef=0.0))
     for param in moe.parameters():
         torch.nn.init.normal_(param, std=0.05)

@@ -227,6 +227,15 @@ class ModelConfig:
     def qk_head_dim(self) -> int:
         return self.qk_nope_head_dim + self.qk_rope_head_dim
 
+    def training_refusal(self) -> str | None:
+        """Why the trainer refuses this model, which loads all the same (models trained so before must stay
+        readable), or None; the planner refuses it with the same line. Top-1 routing with ``route_norm``: the
+        renormalised routed weight is 1 whatever the scores, so the router would get no gradient from the loss."""
+        if self.route_norm and self.num_experts_per_tok == 1:
+            return ("top-1 routing (num_experts_per_tok=1) with route_norm=true: renormalising the one routed weight "
+                    "makes it 1, so the router would get no gradient from the loss; pass --override route_norm=false")
+        return None
+
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

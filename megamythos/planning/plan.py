@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
-from megamythos.model.config import PRESETS, ModelConfig, get_preset
+from megamythos.model.config import PRESETS, ConfigError, ModelConfig, get_preset
 from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
 from megamythos.planning.memory import check_startup_memory, memory_plan, startup_memory
@@ -223,6 +223,8 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     if args.hostfile:
         check_launchable(args)
     config = ModelConfig.from_json(args.config, CONFIG_REMEDY) if args.config else get_preset(args.preset)
+    if why := config.training_refusal():  # the trainer's line: a plan of it would plan nothing it can run
+        raise ConfigError(why)
     seq_len = args.seq_length or config.training_seq_len
     if seq_len > config.max_seq_len:
         logger.warning("--seq-length %d is longer than the model's max_seq_len %d: planned with max_seq_len %d "

@@ -253,17 +253,14 @@ class TrainArgs:
 
     def model_config(self) -> ModelConfig:
         """The validated model of this run; raises :class:`ArgumentError` when ``--seq-length`` exceeds its
-        ``max_seq_len``, or for top-1 routing with ``route_norm`` (renormalised, the one routed weight is 1 whatever
-        the scores: the router would get no gradient from the loss; refused here, for training, not in
-        :class:`ModelConfig`, which loads the models trained so before) (``ConfigError`` for a bad preset or
-        override)."""
+        ``max_seq_len``, or for a model training refuses (:meth:`ModelConfig.training_refusal`) (``ConfigError`` for
+        a bad preset or override)."""
         config = get_preset(self.preset, **self.model_overrides())
         _check(self.seq_length <= config.max_seq_len,
                f"--seq-length {self.seq_length} exceeds the model's max_seq_len={config.max_seq_len} (preset "
                f"{self.preset!r}); pass --override max_seq_len={self.seq_length} or a shorter --seq-length")
-        _check(not (config.route_norm and config.num_experts_per_tok == 1),
-               "top-1 routing (num_experts_per_tok=1) with route_norm=true: renormalising the one routed weight "
-               "makes it 1, so the router would get no gradient from the loss; pass --override route_norm=false")
+        if why := config.training_refusal():
+            raise ArgumentError(why)
         return config
 
     def data_recipe(self) -> DataRecipe:
