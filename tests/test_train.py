@@ -604,20 +604,23 @@ def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(co
 # ----------------------------------------------------------------------------------------------- guards
 def test_nonfinite_guard_skips_counts_and_aborts(caplog):
     """A non-finite loss costs its micro-batch (the next one takes its place), a non-finite gradient the step; the
-    log said "step skipped" for both (found 2026-12-06)."""
+    log said "step skipped" for both (found 2026-12-06). They are counted apart: ``skipped_steps`` (the metrics'
+    ``skipped-steps``) is Megatron's skipped iterations, optimizer steps discarded, and the micro-batches have their
+    own count; found 2026-12-07: one count of both was logged as ``skipped-steps``. A streak mixes both."""
     guard = NonFiniteGuard(max_consecutive=3)
     assert not guard.skip(torch.tensor(2.0), 1)
-    assert guard.skip(torch.tensor(float("nan")), 2) and guard.record(True, 2, "gradient")
+    assert guard.skip(torch.tensor(float("nan")), 2) and guard.record(True, 2)
     assert [r.getMessage() for r in caplog.records] == [
         "iteration 2: non-finite loss, micro-batch skipped, the next takes its place (1 in a row, 1 in total)",
         "iteration 2: non-finite gradient, step skipped (2 in a row, 2 in total)"]
     assert not guard.skip(torch.tensor(1.0), 3) and guard.consecutive == 2  # finite loss: step not done yet
-    assert not guard.record(False, 3, "gradient")  # a completed good step ends the streak
-    assert guard.skipped == 2 and guard.consecutive == 0
+    assert not guard.record(False, 3)  # a completed good step ends the streak
+    assert (guard.skipped_steps, guard.skipped_micro_batches, guard.consecutive) == (1, 1, 0)
     guard.skip(torch.tensor(float("inf")), 4)
     guard.skip(torch.tensor(float("nan")), 4)
     with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a non-finite loss or gradient"):
-        guard.record(True, 4, "gradient")
+        guard.record(True, 4)
+    assert (guard.skipped_steps, guard.skipped_micro_batches) == (2, 3)
 
 
 class _Engine:

@@ -486,7 +486,8 @@ class Trainer:
         tokens, trained = self.tokens()
         return {"iteration": self.iteration, "consumed_train_samples": self.consumed, "consumed_tokens": tokens,
                 "trained_tokens": trained,
-                "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped,
+                "expert_bias": expert_bias_state(self.engine.module), "skipped_steps": self.guard.skipped_steps,
+                "skipped_micro_batches": self.guard.skipped_micro_batches,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
                 "next_samples": order, "mfu_peak": self.peak, "loss_window": list(self.divergence.window)}
@@ -523,7 +524,9 @@ class Trainer:
         self.iteration_at_resume = self.iteration
         self.trained_at_resume = state.get("trained_tokens", self.tokens_at_resume)  # before: the data position
         self.saved_order = None if change or settings else state.get("next_samples")  # those warned already
-        self.guard.skipped = state.get("skipped_steps", 0)
+        # before 2026-12-07 "skipped_steps" also counted the micro-batches replaced for a non-finite loss
+        self.guard.skipped_steps = state.get("skipped_steps", 0)
+        self.guard.skipped_micro_batches = state.get("skipped_micro_batches", 0)
         self.rollbacks = state.get("rollbacks", 0)
         self.saved_peak = state.get("mfu_peak") or {}
         load_expert_bias_state(self.engine.module, state["expert_bias"])
@@ -773,8 +776,8 @@ class Trainer:
             tokens, labels = next(data, (None, None))
             if tokens is None:
                 raise DataError(f"training data ran out at iteration {self.iteration} after {self.consumed} samples "
-                                f"({self.guard.skipped} skipped micro-batches and {self.rollbacks} rollbacks consumed "
-                                "extra data)")
+                                f"({self.guard.skipped_micro_batches} skipped micro-batches and {self.rollbacks} "
+                                "rollbacks consumed extra data)")
             tokens, labels = self.on_device((tokens, labels))
             self.consumed += self.layout.micro_batch_size * self.dp_size
             restore_counts = expert_counts_saved(self.engine.module)
@@ -800,7 +803,7 @@ class Trainer:
             aux.append(out.aux_loss.item())
             stats = out.stats
             if boundary:  # a step discarded for its non-finite gradient norm counts like a bad loss
-                self.guard.record(self.engine.skipped_steps > discarded, self.iteration + 1, "gradient")
+                self.guard.record(self.engine.skipped_steps > discarded, self.iteration + 1)
                 break
         self.iteration += 1
         moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
@@ -829,7 +832,8 @@ class Trainer:
             "learning-rate": step["lr"], "grad-norm": grad_norm,
             "loss-scale": float(getattr(self.engine.optimizer, "loss_scale", 1.0) or 1.0),
             "tokens-per-sec": tokens_per_sec, "tflops": tflops, "mfu": tflops / self.peak["tflops"],
-            "iteration-time": seconds, "skipped-steps": float(self.guard.skipped),
+            "iteration-time": seconds, "skipped-steps": float(self.guard.skipped_steps),
+            "skipped-micro-batches": float(self.guard.skipped_micro_batches),
             "batch-size": float(self.layout.global_batch_size), "world-size": float(self.world),
             **dict(zip(("consumed-tokens", "trained-tokens"), map(float, self.tokens()), strict=True)),
             "recurrent/loop-count": float(step["n_loops"]),
@@ -876,7 +880,8 @@ class Trainer:
                 **({"params norm": values["params-norm"]} if "params-norm" in values else {}),
                 "loops": step["n_loops"],
                 "tokens/s": tokens_per_sec, "TFLOP/s": tflops, "MFU": values["mfu"],
-                "max rho": values.get("recurrent/max-rho"), "skipped": self.guard.skipped,
+                "max rho": values.get("recurrent/max-rho"), "skipped steps": self.guard.skipped_steps,
+                "skipped micro-batches": self.guard.skipped_micro_batches,
                 "memory (GiB)": next(memory[key] for key in CONSOLE_MEMORY if key in memory),
                 **({"step compute min/max (ms)": f"{timers['timers/step-compute-min'] * 1e3:.1f}/"
                     f"{timers['timers/step-compute-max'] * 1e3:.1f} (rank {timers['timers/slowest-rank']:.0f})"}

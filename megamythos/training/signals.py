@@ -174,39 +174,49 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 
 class NonFiniteGuard:
-    """Counts steps lost to NaN/inf and aborts after ``max_consecutive`` in a row.
+    """Counts what NaN/inf costs and aborts after ``max_consecutive`` non-finite losses or gradients in a row.
 
-    Two kinds: a loss that is non-finite on any rank (the caller skips backward and step), and a step DeepSpeed
-    itself discarded because the gradient norm was non-finite (ZeRO's overflow check, reported by the engine).
+    Two kinds, counted apart: a loss that is non-finite on any rank costs its micro-batch (the caller skips backward,
+    the next micro-batch takes its place and the step is still taken): ``skipped_micro_batches``; a step DeepSpeed
+    itself discarded because the gradient norm was non-finite (ZeRO's overflow check, reported by the engine) costs
+    the optimizer step: ``skipped_steps``, Megatron's "skipped iterations".
     """
 
     def __init__(self, max_consecutive: int) -> None:
         self.max_consecutive = max_consecutive
         self.consecutive = 0
-        self.skipped = 0
+        self.skipped_steps = 0
+        self.skipped_micro_batches = 0
 
-    def record(self, bad: bool, iteration: int, what: str, lost: str = "step skipped") -> bool:
-        """Count one completed optimizer step (``bad`` must agree on all ranks; ``lost``: what a bad one cost); a
-        good one ends the streak. Returns ``bad``; raises after too many bad ones in a row."""
+    def record(self, bad: bool, iteration: int) -> bool:
+        """Count one completed optimizer step (``bad``: discarded for its non-finite gradient; must agree on all
+        ranks); a good one ends the streak. Returns ``bad``; raises after too many bad ones in a row."""
         if not bad:
             self.consecutive = 0
             return False
-        self.consecutive += 1
-        self.skipped += 1
-        logger.warning("iteration %d: non-finite %s, %s (%d in a row, %d in total)",
-                       iteration, what, lost, self.consecutive, self.skipped)
-        if self.consecutive >= self.max_consecutive:
-            raise NonFiniteLossError(
-                f"{self.consecutive} consecutive steps had a non-finite loss or gradient (last at iteration "
-                f"{iteration}); training diverged. Lower --lr, raise --warmup, or resume from an earlier checkpoint.")
+        self.skipped_steps += 1
+        self._lost(iteration, "gradient, step skipped")
         return True
 
     def skip(self, loss: torch.Tensor, iteration: int) -> bool:
         """Collective: True (on all ranks) when ``loss`` is non-finite on any rank: its micro-batch gets no
         backward, and the step reads the next micro-batch in its place. A finite loss says nothing yet about the
         step (its gradient may still overflow): no reset here."""
-        bad = any_rank(not bool(torch.isfinite(loss.detach()).all()))
-        return self.record(True, iteration, "loss", "micro-batch skipped, the next takes its place") if bad else False
+        if not any_rank(not bool(torch.isfinite(loss.detach()).all())):
+            return False
+        self.skipped_micro_batches += 1
+        self._lost(iteration, "loss, micro-batch skipped, the next takes its place")
+        return True
+
+    def _lost(self, iteration: int, what: str) -> None:
+        """One more non-finite loss or gradient in the streak: log it, abort after ``max_consecutive``."""
+        self.consecutive += 1
+        logger.warning("iteration %d: non-finite %s (%d in a row, %d in total)", iteration, what, self.consecutive,
+                       self.skipped_steps + self.skipped_micro_batches)
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteLossError(
+                f"{self.consecutive} consecutive steps had a non-finite loss or gradient (last at iteration "
+                f"{iteration}); training diverged. Lower --lr, raise --warmup, or resume from an earlier checkpoint.")
 
 
 # What gloo (and NCCL's socket transport) raise in a collective whose peer process is gone.
