@@ -193,10 +193,14 @@ def test_a_conversion_into_a_read_only_load_without_save_is_one_line(tmp_path: P
     assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
 
 
-def test_a_zero3_checkpoint_of_tp_and_ep_folded_is_refused_where_deepspeed_cannot_convert_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage_record", [{"zero_stage": 3}, {}], ids=["recorded", "before zero_stage was recorded"])
+def test_a_zero3_checkpoint_of_tp_and_ep_folded_is_refused_where_deepspeed_cannot_convert_it(
+        stage_record: dict, tmp_path: Path) -> None:
     """DeepSpeed's ds_to_universal raises NotImplementedError for a ZeRO-3 checkpoint of AutoTP and AutoEP folded
     onto the same ranks; found 2026-12-07: a resume on another layout, export, evaluate and generate printed its
-    traceback under one line. Each is now one line saying so, before anything is converted or written."""
+    traceback under one line. Each is now one line saying so, before anything is converted or written; a train
+    record written before 2026-12-01 has no ``zero_stage`` (found 2026-12-07: its conversion was still tried), and
+    ZeRO-3 is then read from DeepSpeed's per-rank model-states files."""
     import torch
 
     from megamythos.checkpoint.checksums import write_checksums
@@ -206,8 +210,7 @@ def test_a_zero3_checkpoint_of_tp_and_ep_folded_is_refused_where_deepspeed_canno
     tag = ckpt / f"iter_{STOP:07d}"
     tag.mkdir(parents=True)
     (ckpt / "latest").write_text(tag.name)
-    (tag / "train_args.json").write_text(json.dumps({"layout": {"world_size": 2, "tp": 2, "ep": 2},
-                                                      "zero_stage": 3}))
+    (tag / "train_args.json").write_text(json.dumps({"layout": {"world_size": 2, "tp": 2, "ep": 2}, **stage_record}))
     (tag / "model_config.json").write_text(ModelConfig().to_json())
     for name in ("zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
         torch.save({}, tag / name)
@@ -218,4 +221,6 @@ def test_a_zero3_checkpoint_of_tp_and_ep_folded_is_refused_where_deepspeed_canno
         universal_tag(ckpt, LAYOUTS["1 rank"][2], 3, 0, ModelConfig())
     with pytest.raises(CheckpointError, match=f"cannot be read as a whole model: {cannot} .*; it resumes only on"):
         load_checkpoint_weights(tag, tmp_path / "work")
+    with pytest.raises(CheckpointError, match="written with ZeRO-3; this run uses ZeRO-1: resume it with --zero 3$"):
+        universal_tag(ckpt, {"world_size": 2, "tp": 2, "ep": 2}, 1, 0, ModelConfig())  # its own layout
     assert sorted(p.name for p in ckpt.iterdir()) == before and not (tmp_path / "work").exists()

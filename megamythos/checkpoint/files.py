@@ -148,15 +148,20 @@ def read_train_record(tag_dir: Path) -> dict[str, Any]:
 
 
 LAYOUT_KEYS = ("world_size", "tp", "ep")  # of a train record's "layout"
+# DeepSpeed's model-states files of a ZeRO-3 checkpoint, one per data-parallel rank (ZeRO 0-2: mp_rank_MM_... only)
+ZERO3_MODEL_STATES = "zero_pp_rank_*_mp_rank_*_model_states.pt"
 
 
 def saved_layout(tag_dir: Path) -> tuple[dict[str, int] | None, int | None]:
     """(``{"world_size", "tp", "ep"}``, ZeRO stage) of the run that wrote ``tag_dir``; None for what it did not
-    record (older checkpoints lack the stage). A layout that is not an object of those three positive whole
-    numbers, or a stage other than 0-3 (a record edited by hand or damaged), raises :class:`CheckpointError`
+    record. Train records written before 2026-12-01 lack the stage: ZeRO-3 is then read from the tag's files
+    (:data:`ZERO3_MODEL_STATES`), stages 0-2 stay None. A layout that is not an object of those three positive
+    whole numbers, or a stage other than 0-3 (a record edited by hand or damaged), raises :class:`CheckpointError`
     naming the record."""
     record = read_train_record(tag_dir)
     layout, stage = record.get("layout"), record.get("zero_stage")
+    if "zero_stage" not in record and any(tag_dir.glob(ZERO3_MODEL_STATES)):
+        stage = 3
     if not (layout is None or isinstance(layout, dict) and all(
             type(layout.get(key)) is int and layout[key] >= 1 for key in LAYOUT_KEYS)):
         raise CheckpointError(f"{tag_dir / TRAIN_RECORD} holds the layout {layout!r}, not an object of "
