@@ -856,11 +856,13 @@ def test_bf16_zero2_and_zero3_sum_the_micro_batches_gradients_in_fp32(gloo_group
 
 def test_bf16_gradients_are_summed_across_ranks_in_fp32(gloo_group_of_one):
     """Found 2026-12-07: DeepSpeed 0.19 reduces gradients across ranks in the weights' dtype unless
-    ``communication_data_type`` says otherwise, so every bf16 run on more than one rank summed them in bf16: a ring
+    ``communication_data_type`` says otherwise, so every bf16 run on more than two ranks summed them in bf16: a ring
     over n ranks rounds n - 1 partial sums (0.9% off the exact mean at 64 ranks, 2.2% at 512, in a torch emulation;
-    Megatron and torchtitan reduce in fp32). The trainer's ds_config now asks for fp32 wherever a gradient has more
-    than one rank to be summed over, and DeepSpeed's engine and ZeRO optimizer take it; not on one rank (nothing to
-    sum: the default run), in fp32 runs, or with ZeRO++'s quantised gradients."""
+    Megatron and torchtitan reduce in fp32). The trainer's ds_config now asks for fp32 wherever the sum would be
+    rounded more than once, or is kept in fp32 (two ranks summing micro-batches into fp32 partitions), and
+    DeepSpeed's engine and ZeRO optimizer take it; not where two ranks' bf16 sum is rounded once either way (the
+    2-process default run: the same losses, without the doubled bytes), in fp32 runs, or with ZeRO++'s quantised
+    gradients."""
     import deepspeed
 
     template = {"optimizer": {"type": "AdamW", "params": {"torch_adam": True}}, "bf16": {"enabled": True}}
@@ -871,15 +873,18 @@ def test_bf16_gradients_are_summed_across_ranks_in_fp32(gloo_group_of_one):
         return build_ds_config(tpl, args, resolve_layout(tpl, args, world), get_preset("tiny")).get(
             "communication_data_type")
 
+    accumulating = ["--micro-batch-size", "4", "--global-batch-size", "16"]
     for stage in ("0", "1", "2", "3"):
-        assert comm_dtype(["--zero", stage], 2) == "fp32", stage
-        assert comm_dtype(["--zero", stage], 1) is None and comm_dtype(["--zero", stage, "--no-bf16"], 2) is None
-    assert comm_dtype(["--zero", "3", "--tp", "2", "--ep", "2"], 2) is None  # dp = edp = 1: no sum across ranks
-    assert comm_dtype(["--zero", "3", "--tp", "2"], 4) == "fp32"  # dp 2
-    assert comm_dtype(["--zero", "2"], 2, {"zero_quantized_gradients": True}) is None
+        assert comm_dtype(["--zero", stage], 4) == "fp32", stage
+        assert comm_dtype(["--zero", stage], 2) is None and comm_dtype(["--zero", stage, "--no-bf16"], 4) is None
+        # two ranks summing micro-batches into fp32 partitions (ZeRO-2/3) keep their sum unrounded
+        assert comm_dtype(["--zero", stage, *accumulating], 2) == ("fp32" if stage in "23" else None), stage
+    assert comm_dtype(["--zero", "3", "--tp", "2", "--ep", "2"], 4) is None  # dp = edp = 2, one micro-batch
+    assert comm_dtype(["--zero", "3", "--tp", "2"], 8) == "fp32"  # dp 4
+    assert comm_dtype(["--zero", "2"], 4, {"zero_quantized_gradients": True}) is None
     for stage in (2, 3):  # the engine and its ZeRO optimizer reduce in what the trainer's config says
         args = parse_args(["--zero", str(stage), "--micro-batch-size", "2"])
-        ds = build_ds_config(template, args, resolve_layout(template, args, 2), get_preset("tiny"))
+        ds = build_ds_config(template, args, resolve_layout(template, args, 4), get_preset("tiny"))
         engine, *_ = deepspeed.initialize(model=torch.nn.Linear(8, 8), model_parameters=None, config=ds)
         assert engine.communication_data_type == engine.optimizer.communication_data_type == torch.float32, stage
 

@@ -110,10 +110,13 @@ def reduces_in_fp32(layout: ParallelLayout, bf16: bool) -> bool:
     """Whether the trainer asks DeepSpeed to sum gradients across ranks in fp32 (``communication_data_type``), as
     Megatron and torchtitan do under bf16. DeepSpeed 0.19 reduces them in the weights' dtype by default: a ring
     over n ranks rounds each partial sum to bf16, n - 1 roundings (relative L2 of the mean against its exact value
-    in a torch emulation: 0.18% at 2 ranks, 0.36% at 8, 0.89% at 64, 2.2% at 512, against 0.17% for an fp32 sum
-    rounded once). Costs twice the bytes of every gradient reduction. Not with one rank per gradient (nothing to
-    sum, the cast would be pure cost) nor with ZeRO++'s quantised gradients (``qgz``), whose reduction is its own."""
-    return bf16 and max(layout.dp, layout.edp) > 1 and not layout.qgz
+    in a torch emulation: 0.36% at 8 ranks, 0.89% at 64, 2.2% at 512, against 0.17% for an fp32 sum rounded once).
+    Costs twice the bytes of every gradient reduction, so it is asked for where it changes the result: over more
+    than two ranks, or over two whose sum is kept in fp32 (:func:`accumulates_in_fp32`); two ranks' bf16 sum is
+    rounded once either way. Not with ZeRO++'s quantised gradients (``qgz``), whose reduction is its own."""
+    ranks = max(layout.dp, layout.edp)
+    kept_in_fp32 = accumulates_in_fp32(layout.zero, layout.grad_accum, bf16)
+    return bf16 and not layout.qgz and (ranks > 2 or (ranks == 2 and kept_in_fp32))
 
 
 def zeropp_options(zero_optimization: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ micro-batches per step, T loops (k of them under gradient, r = 1 recompute forwa
   and reuse-distance limits (``stage3_max_live_parameters``, ``stage3_max_reuse_distance``: 10^9 elements by
   default, the CPU case; measured at one micro-batch per step).
 - reduce-scatter (ZeRO-3) / all-reduce (ZeRO-0/1/2) of the gradients: the local (TP/EP-sharded) parameters,
-  per micro-batch under ZeRO-2/3, once per step under ZeRO-0/1; 4 bytes per element under bf16 with more than one
-  rank (:func:`megamythos.planning.layout.reduces_in_fp32`).
+  per micro-batch under ZeRO-2/3, once per step under ZeRO-0/1; 4 bytes per element where bf16 gradients are
+  summed in fp32 (:func:`megamythos.planning.layout.reduces_in_fp32`).
 - TP all-reduce of activations [t, width] (AutoTP): forward of every row-parallel layer (``wo``, dense
   ``w_down``), backward of every column-parallel layer's input (``wq_b`` or ``wq``, ``wkv_b``, dense ``w_gate``
   and ``w_up``), MLA's k_pe gradient (:mod:`megamythos.parallel.tensor_parallel`); the recurrent attention

@@ -28,9 +28,9 @@ DROPPED = {
                       "torch_autocast (whose fp16 loss scaling its own gradient clipping would not undo)",
     "data_types": "the trainer sets data_types.grad_accum_dtype itself (fp32 under bf16 ZeRO-2/3 with gradient "
                   "accumulation: the micro-batches' gradients summed in fp32, as Megatron sums them)",
-    "communication_data_type": "the trainer sets communication_data_type itself (fp32 under bf16 with more than one "
-                               "data-parallel rank: gradients summed across ranks in fp32, as Megatron and "
-                               "torchtitan sum them)",
+    "communication_data_type": "the trainer sets communication_data_type itself (fp32 under bf16 where ranks sum a "
+                               "gradient in more than one rounding: gradients summed across ranks in fp32, as "
+                               "Megatron and torchtitan sum them)",
 }
 ENABLED_SECTIONS = ("fp16", "torch_autocast")  # of DROPPED, refused only where their "enabled" is true
 # settings the command line owns (``--clip-grad``, AdamW's flags): a template's value, where it differs, would be
