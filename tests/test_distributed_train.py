@@ -92,7 +92,9 @@ CAPACITY_SCHEDULE = (1.0, 1.0, 0.5, 0.5, 0.25, 0.25)
 CAPACITY = ("--override", "loop_capacity=" + ",".join(map(str, CAPACITY_SCHEDULE)), "--override",
             "capacity_router=learned", "--backprop-loops", "2", *CHECKPOINT)
 # Rank 1 of the straggler run sleeps this long before each forward (tests/slow_rank/sitecustomize.py): a slow host.
-SLOW_SECONDS = 0.5
+# Long enough that a stall of the fast rank under the suite's load (0.5 s at one step of a CI run) still leaves rank
+# 1 STRAGGLER_RATIO x slower, as the warning's streak of STRAGGLER_STEPS steps needs.
+SLOW_SECONDS = 1.0
 STRAGGLER_ITERS = STRAGGLER_STEPS + 2
 EP2_ARGS = ("--ep", "2", "--micro-batch-size", "1", "--global-batch-size", "2", "--eval-interval", str(ITERS),
             "--eval-iters", "1")

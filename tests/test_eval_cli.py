@@ -30,7 +30,11 @@ GEN = ["--prompt", "def main(", "--max-new-tokens", "12"]
 
 
 def cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
-    code = main(argv)
+    """(exit code, stdout, stderr) of a command line's ``main``; a refusal by its parser exits (SystemExit)."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
