@@ -115,6 +115,26 @@ def test_ctrl_c_during_start_up_is_no_traceback_from_the_other_ranks(monkeypatch
     assert capsys.readouterr().err == ""
 
 
+def test_a_user_error_on_another_rank_leaves_rank_0_time_to_say_it(monkeypatch, capsys):
+    """A rank other than 0 that meets a user error says nothing (rank 0 meets it too and reports it) and waits before
+    it exits, since DeepSpeed's runner kills every rank once one has exited non-zero. Found 2026-12-07: under load
+    rank 1 exited first and the runner killed rank 0 before its line, so ``deepspeed --num_gpus 2
+    launchers/pretrain.sh --load typo`` ended with no error line (tests/test_faults.py, in a CI run)."""
+    import megamythos.training.pretrain as pretrain
+    from megamythos.errors import UserError
+
+    def refused(argv: list[str]) -> int:
+        raise UserError("--load typo does not exist")
+
+    waits = []
+    monkeypatch.setattr(pretrain, "train", refused)
+    monkeypatch.setattr(pretrain.time, "sleep", waits.append)
+    monkeypatch.setattr(os, "environ", {**os.environ, "RANK": "1"})
+    assert pretrain._quiet([]) == 2
+    assert waits == [pretrain.PEER_REPORT_SECONDS] and pretrain.PEER_REPORT_SECONDS >= 5
+    assert capsys.readouterr().err == ""
+
+
 def test_a_launch_without_deepspeed_on_path_is_one_line_naming_the_environment(tmp_path, monkeypatch, capsys):
     """``/ENV/bin/python -m megamythos.training.launch`` without ENV activated: the launcher imports megamythos,
     but the ``deepspeed`` runner it starts is looked up on PATH. Before (found 2026-12-06): a FileNotFoundError

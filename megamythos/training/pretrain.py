@@ -999,6 +999,12 @@ def train(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+# How long a rank other than 0 that met a user error waits before it exits: rank 0 meets the same error at about the
+# same moment, and a loaded host can put seconds between them (found 2026-12-07: under the test suite's load rank 1
+# exited first, the runner killed rank 0 before it printed its line, and the launch ended with no error line at all)
+PEER_REPORT_SECONDS = 10.0
+
+
 def _quiet(argv: Sequence[str] | None) -> int:
     """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it; one
     that only this rank met (its shard of a save on a full disk) goes into its exit record, which the launcher
@@ -1009,6 +1015,9 @@ def _quiet(argv: Sequence[str] | None) -> int:
         return train(argv)
     except UserError as err:
         write_exit_record(".error", str(err))
+        # rank 0 meets the same error and says it; DeepSpeed's runner kills every rank once one exits non-zero (it
+        # polls each second), so this rank waits until rank 0's exit ends it, or PEER_REPORT_SECONDS
+        time.sleep(PEER_REPORT_SECONDS)
         return 2
     except KeyboardInterrupt:
         return 130
