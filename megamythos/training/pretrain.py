@@ -711,11 +711,13 @@ class Trainer:
                                    self.iteration, done, micro_batches)
                     self.engine.train()
                     return None
-                tokens, labels = self.on_device(next(it))
+                batch = next(it)
+                scored = scores_a_token(*batch, self.documents)  # on the host's copy: no device sync
+                tokens, labels = self.on_device(batch)
                 # every loop on every rank: an exit would let data decide how many iterations a rank runs
                 out = self.engine(tokens, labels=labels, n_loops=self.config.mean_loops, exit_threshold=0.0,
                                   documents=self.documents)
-                if scores_a_token(tokens, labels, self.documents):
+                if scored:
                     losses.append(out.loss.item())
         self.engine.train()
         total, scoring = self.world_mean([sum(losses), len(losses)])
@@ -778,6 +780,7 @@ class Trainer:
                 raise DataError(f"training data ran out at iteration {self.iteration} after {self.consumed} samples "
                                 f"({self.guard.skipped_micro_batches} skipped micro-batches and {self.rollbacks} "
                                 "rollbacks consumed extra data)")
+            scored = scores_a_token(tokens, labels, self.documents)  # on the host's copy: no device sync
             tokens, labels = self.on_device((tokens, labels))
             self.consumed += self.layout.micro_batch_size * self.dp_size
             restore_counts = expert_counts_saved(self.engine.module)
@@ -798,7 +801,7 @@ class Trainer:
                     clip_gradients(self.engine.module.parameters(), grad_norm, self.args.clip_grad)
             with optimizer_update_left_out(self.engine.optimizer, left_out):
                 self.engine.step()
-            if scores_a_token(tokens, labels, self.documents):  # else loss 0, no gradient: not in the mean
+            if scored:  # else loss 0, no gradient: not in the mean
                 lm.append(out.loss.item())
             aux.append(out.aux_loss.item())
             stats = out.stats
