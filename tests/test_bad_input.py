@@ -69,11 +69,15 @@ def refusal(args: list[str], cwd: Path, code: int = 2) -> str:
 
 def random_tokens_copy(prefix: str, out: Path) -> str:
     """A copy in ``out`` of the dataset ``prefix`` (index, record, tokenizer) whose ``.bin`` is random bytes of
-    its size."""
+    its size, and whose record holds no checksums (a dataset built before they were recorded: the token-id scan is
+    what finds the bytes)."""
     out.mkdir(exist_ok=True)
     copy = str(out / Path(prefix).name)
-    for ext in (".idx", ".json", ".tokenizer.model"):
+    for ext in (".idx", ".tokenizer.model"):
         shutil.copy(prefix + ext, copy + ext)
+    record = json.loads(Path(prefix + ".json").read_text())
+    record.pop("checksums")
+    Path(copy + ".json").write_text(json.dumps(record))
     size = Path(prefix + ".bin").stat().st_size
     Path(copy + ".bin").write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
     return copy

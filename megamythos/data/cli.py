@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from megamythos.data.atomic import writable_directory, writable_parent
+from megamythos.data.checksums import DatasetCorruptError
 from megamythos.data.default_corpus import DEFAULT_VOCAB_SIZE, ensure_default_dataset
 from megamythos.data.indexed_dataset import IndexedDatasetError, bin_path, dataset_not_found, idx_path
 from megamythos.data.inspection import inspect_dataset
@@ -174,12 +175,12 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     def inspect() -> int:
         try:
             report = inspect_dataset(args.prefix, args.samples, args.tokenizer_model, args.max_sample_tokens)
-        except IndexedDatasetError as err:  # the verdict this tool exists for, not a usage error
+        except (IndexedDatasetError, DatasetCorruptError) as err:  # the verdict this tool exists for, not bad usage
             print(f"INVALID: {err}", file=sys.stderr)
             sys.exit(1)
         samples = report.pop("samples")
         print(json.dumps(report, indent=2, default=str))
-        print("valid: sizes, pointers and document indices agree with the .bin size")
+        print(f"valid: sizes, pointers and document indices agree with the .bin size; checksums {report['checksums']}")
         for index, text in samples.items():
             print(f"--- sequence {index} (first {args.max_sample_tokens} tokens) ---")
             print(text)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.data.atomic import atomic_open
+from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.preprocess import PreprocessConfig, preprocess
@@ -63,7 +64,8 @@ def _is_complete(manifest_path: str, manifest: dict[str, Any], data_prefix: str,
                 return False
         IndexedDataset(data_prefix)
         record = read_dataset_metadata(data_prefix)
-        return record is not None and record["tokenizer_fingerprint"] == Tokenizer(model_path).fingerprint
+        return (record is not None and record["tokenizer_fingerprint"] == Tokenizer(model_path).fingerprint
+                and CHECKSUMS_KEY in record)  # one built before checksums were recorded is built again
     except (OSError, ValueError, IndexedDatasetError, TokenizerError):
         return False
 

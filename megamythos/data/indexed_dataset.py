@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,6 +29,7 @@ from types import TracebackType
 import numpy as np
 
 from megamythos.data.atomic import temp_name
+from megamythos.data.checksums import BLOCK_BYTES, BlockHasher, DatasetChecksums
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,17 @@ def dataset_not_found(prefix: str) -> str | None:
     else:
         hint = ""
     return f"dataset {prefix!r} not found: missing {', '.join(missing)}{hint}"
+
+
+def id_range(tokens: np.ndarray) -> tuple[int, int] | None:
+    """(smallest, largest) id of ``tokens``; None when there is none."""
+    return (int(tokens.min()), int(tokens.max())) if tokens.size else None
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The range covering every one of ``ranges`` (None entries hold no token)."""
+    known = [r for r in ranges if r is not None]
+    return (min(r[0] for r in known), max(r[1] for r in known)) if known else None
 
 
 def encode_index(dtype: np.dtype, sizes: np.ndarray, document_indices: np.ndarray) -> bytes:
@@ -199,15 +210,8 @@ class IndexedDataset:
     def token_range(self) -> tuple[int, int] | None:
         """(smallest, largest) token id in the ``.bin`` (None when it holds no token): one vectorised pass over the
         mapped tokens, ``TOKEN_SCAN_CHUNK`` at a time, so memory stays bounded whatever the dataset's size."""
-        if self._bin.size == 0:
-            return None
-        low, high = None, None
-        for start in range(0, self._bin.size, TOKEN_SCAN_CHUNK):
-            chunk = self._bin[start:start + TOKEN_SCAN_CHUNK]
-            chunk_low, chunk_high = int(chunk.min()), int(chunk.max())
-            low = chunk_low if low is None else min(low, chunk_low)
-            high = chunk_high if high is None else max(high, chunk_high)
-        return low, high
+        return merge_ranges(id_range(self._bin[start:start + TOKEN_SCAN_CHUNK])
+                            for start in range(0, self._bin.size, TOKEN_SCAN_CHUNK))
 
     def check_token_ids(self, vocab_size: int, remedy: str, token_range: tuple[int, int] | None = None) -> None:
         """Raise :class:`IndexedDatasetError` naming the ``.bin``, the offending id and ``remedy`` if a token id
@@ -255,10 +259,11 @@ class IndexedDatasetBuilder:
 
     Until ``finalize`` returns, only ``prefix.bin.tmp.<host>.<pid>``/``prefix.idx.tmp.<host>.<pid>`` exist, so an
     interrupted run never leaves a valid-looking ``.idx``. The ``.idx`` is renamed last. Used as a context manager, an
-    exception discards the temporary files.
+    exception discards the temporary files. Both files are hashed in blocks of ``block_bytes`` as they are written
+    (:meth:`checksums`, for the dataset's record).
     """
 
-    def __init__(self, path_prefix: str, dtype: np.dtype | type) -> None:
+    def __init__(self, path_prefix: str, dtype: np.dtype | type, block_bytes: int = BLOCK_BYTES) -> None:
         self.path_prefix = str(path_prefix)
         self.dtype = np.dtype(dtype)
         if self.dtype not in _CODE_OF_DTYPE:
@@ -267,6 +272,8 @@ class IndexedDatasetBuilder:
         self._tmp_bin = temp_name(bin_path(self.path_prefix))
         self._tmp_idx = temp_name(idx_path(self.path_prefix))
         self._bin = open(self._tmp_bin, "wb")
+        self._bin_hasher = BlockHasher(block_bytes)
+        self._index: bytes | None = None  # the .idx's bytes, once :meth:`checksums` or :meth:`finalize` made them
         self._sizes: list[np.ndarray] = []
         self._doc_ends: list[np.ndarray] = []  # end sequence of each document, as in the .idx
         self._num_sequences = 0
@@ -292,7 +299,7 @@ class IndexedDatasetBuilder:
                     f"token id {bad} does not fit {self.path_prefix}'s dtype {self.dtype} (range 0..{self._max}); "
                     "the tokenizer's vocabulary is too large for this dtype"
                 )
-        self._bin.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self._write(tokens.astype(self.dtype, copy=False).tobytes())
         self._append_index(lengths, np.arange(1, len(lengths) + 1, dtype=np.int64), tokens.size)
 
     def add_index(self, other_prefix: str) -> None:
@@ -302,10 +309,29 @@ class IndexedDatasetBuilder:
             raise IndexedDatasetError(
                 f"{other_prefix} stores {other.dtype} tokens but {self.path_prefix} stores {self.dtype}"
             )
-        self._bin.flush()
         with open(bin_path(other_prefix), "rb") as src:
-            shutil.copyfileobj(src, self._bin, 16 << 20)
+            while chunk := src.read(16 << 20):
+                self._write(chunk)
         self._append_index(np.array(other.sizes, dtype=np.int32), other.document_indices[1:], other.num_tokens)
+
+    def _write(self, data: bytes) -> None:
+        if self._index is not None:
+            raise IndexedDatasetError(f"{self.path_prefix}: documents added after its checksums were taken")
+        self._bin.write(data)
+        self._bin_hasher.update(data)
+
+    def _index_bytes(self) -> bytes:
+        if self._index is None:
+            sizes = np.concatenate([np.zeros(0, np.int32), *self._sizes])
+            self._index = encode_index(self.dtype, sizes, np.concatenate([np.zeros(1, np.int64), *self._doc_ends]))
+        return self._index
+
+    def checksums(self) -> DatasetChecksums:
+        """The block digests of the ``.bin`` written and of the ``.idx`` :meth:`finalize` will write (no document
+        may be added after this)."""
+        index = BlockHasher(self._bin_hasher.block_bytes)
+        index.update(self._index_bytes())
+        return DatasetChecksums(self._bin_hasher.block_bytes, tuple(self._bin_hasher.finish()), tuple(index.finish()))
 
     def _append_index(self, sizes: np.ndarray, doc_ends: np.ndarray, num_tokens: int) -> None:
         self._sizes.append(sizes)
@@ -316,14 +342,12 @@ class IndexedDatasetBuilder:
     def finalize(self) -> None:
         """Write the ``.idx`` and rename both files into place (``.bin`` first, ``.idx`` last)."""
         self._bin.close()
-        sizes = np.concatenate([np.zeros(0, np.int32), *self._sizes])
-        doc_indices = np.concatenate([np.zeros(1, np.int64), *self._doc_ends])
         with open(self._tmp_idx, "wb") as handle:
-            handle.write(encode_index(self.dtype, sizes, doc_indices))
+            handle.write(self._index_bytes())
         os.replace(self._tmp_bin, bin_path(self.path_prefix))
         os.replace(self._tmp_idx, idx_path(self.path_prefix))
-        logger.info("wrote %s.{bin,idx}: %d documents, %d tokens", self.path_prefix, len(doc_indices) - 1,
-                    self.num_tokens)
+        logger.info("wrote %s.{bin,idx}: %d documents, %d tokens", self.path_prefix,
+                    sum(len(ends) for ends in self._doc_ends), self.num_tokens)
 
     def abort(self) -> None:
         """Close and delete the temporary files (no-op for files already renamed)."""

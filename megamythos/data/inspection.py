@@ -6,8 +6,16 @@ from typing import Any
 
 import numpy as np
 
+from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
+from megamythos.data.checksums import DatasetChecksums
 from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
-from megamythos.data.metadata import check_dataset, check_same_vocabulary, read_dataset_metadata
+from megamythos.data.metadata import (
+    check_dataset,
+    check_same_vocabulary,
+    metadata_path,
+    read_dataset_metadata,
+    verified_token_range,
+)
 from megamythos.data.tokenizer import Tokenizer
 
 
@@ -23,14 +31,17 @@ def check_given_tokenizer(prefix: str, metadata: dict[str, Any] | None, tokenize
 
 def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | None = None,
                     max_sample_tokens: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`), then report on it. The token ids
-    are checked against the vocabulary too when it is known: ``tokenizer_model``'s, else the recorded one, and the
-    recorded document and token counts against the data. A ``tokenizer_model`` that is not the recorded one raises
-    :class:`~megamythos.data.metadata.DatasetMismatchError` (:func:`check_given_tokenizer`).
+    """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`, or
+    :class:`~megamythos.data.checksums.DatasetCorruptError` where a byte differs from its recorded checksums: every
+    byte is read), then report on it. The token ids are checked against the vocabulary too when it is known:
+    ``tokenizer_model``'s, else the recorded one, and the recorded document and token counts against the data. A
+    ``tokenizer_model`` that is not the recorded one raises :class:`~megamythos.data.metadata.DatasetMismatchError`
+    (:func:`check_given_tokenizer`).
 
     Returns ``{"prefix", "dtype", "sequences", "documents", "tokens", "bin_bytes", "idx_bytes", "length_min",
-    "length_mean", "length_max", "metadata", "samples"}`` where ``samples`` maps a sequence index to its first
-    ``max_sample_tokens`` tokens decoded (with the recorded tokenizer, or ``tokenizer_model`` if given).
+    "length_mean", "length_max", "metadata" (the record without its checksums), "checksums" (what was verified),
+    "samples"}`` where ``samples`` maps a sequence index to its first ``max_sample_tokens`` tokens decoded (with
+    the recorded tokenizer, or ``tokenizer_model`` if given).
     """
     dataset = IndexedDataset(prefix)
     metadata = read_dataset_metadata(prefix)
@@ -40,9 +51,11 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     if tokenizer_model is not None and tokenizer is not None:
         check_given_tokenizer(prefix, metadata, tokenizer)
     vocab_size = tokenizer.vocab_size if tokenizer else (metadata or {}).get("vocab_size")
+    token_range = verified_token_range(dataset, metadata)
     if vocab_size is not None:
         dataset.check_token_ids(int(vocab_size), "the dataset was not tokenised with this tokenizer, or its .bin is "
-                                                 "corrupt; rebuild it with data_prep/preprocess_data.py")
+                                                 "corrupt; rebuild it with data_prep/preprocess_data.py", token_range)
+    sums = DatasetChecksums.from_record(metadata, metadata_path(prefix))
     sizes = dataset.sizes
     report: dict[str, Any] = {
         "prefix": prefix,
@@ -55,7 +68,9 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
         "length_min": int(sizes.min()) if len(sizes) else 0,
         "length_mean": float(sizes.mean()) if len(sizes) else 0.0,
         "length_max": int(sizes.max()) if len(sizes) else 0,
-        "metadata": metadata,
+        "metadata": {k: v for k, v in metadata.items() if k != CHECKSUMS_KEY} if metadata else None,
+        "checksums": (f"verified: {len(sums.bin)} + {len(sums.idx)} blocks of {sums.block_bytes} bytes (.bin + .idx)"
+                      if sums else "none recorded: the bytes cannot be verified"),
         "samples": {},
     }
     if tokenizer is not None and len(dataset):

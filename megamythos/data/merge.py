@@ -5,6 +5,7 @@ import logging
 import os
 
 from megamythos.data.atomic import check_output_prefix, remove_stale_temps
+from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
 from megamythos.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
@@ -19,6 +20,7 @@ from megamythos.data.metadata import (
     dataset_files,
     read_dataset_metadata,
     refuse_to_replace,
+    verified_token_range,
 )
 from megamythos.data.tokenizer import Tokenizer
 
@@ -29,8 +31,9 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     """Write ``output_prefix.{bin,idx}`` holding every document of ``prefixes`` in order; returns it opened.
 
     Every input is checked as ``inspect_dataset.py`` checks it, short of its token ids
-    (:func:`~megamythos.data.metadata.check_dataset`): the merge recomputes the pointers and counts, so a corrupt
-    index or a record left beside other tokens would pass every later check once merged. All inputs must share a
+    (:func:`~megamythos.data.metadata.check_dataset`), and its bytes against its recorded checksums: the merge
+    recomputes the pointers, counts and checksums, so a corrupt index or byte, or a record left beside other
+    tokens, would pass every later check once merged. All inputs must share a
     dtype and either all carry a tokenizer record, of one tokenizer, or none does (a record-less input among
     recorded ones would be claimed by their tokenizer). The first record is carried over with updated counts
     (``append_eod`` only if every input ended its documents with eos), and is in place before the ``.idx`` is
@@ -65,6 +68,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
                 f"claim {prefix}'s tokens for {recorded}'s tokenizer unchecked; tokenise its text again with "
                 "data_prep/preprocess_data.py and that tokenizer, or merge only datasets without records")
         check_same_vocabulary(str(recorded), first, prefix, record)
+        if record is not None:  # every byte against its checksums before the merged record vouches for the copy
+            verified_token_range(dataset, record)
     with IndexedDatasetBuilder(output_prefix, datasets[0].dtype) as builder:
         for prefix in prefixes:
             builder.add_index(prefix)
@@ -72,11 +77,11 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
             announce_dataset(output_prefix, None)
         else:
             fields = {k: v for k, v in first.items()
-                      if k not in ("format", "vocab_size", "tokenizer_fingerprint", "tokenizer_model")}
+                      if k not in ("format", "vocab_size", "tokenizer_fingerprint", "tokenizer_model", CHECKSUMS_KEY)}
             fields.update(num_documents=sum(len(d.document_indices) - 1 for d in datasets),
                           num_tokens=builder.num_tokens,
                           append_eod=all(bool(r.get("append_eod")) for r in records if r is not None))
-            announce_dataset(output_prefix, Tokenizer(first["tokenizer_model"]), **fields)
+            announce_dataset(output_prefix, Tokenizer(first["tokenizer_model"]), builder.checksums(), **fields)
         builder.finalize()
     logger.info("merged %d datasets into %s", len(prefixes), output_prefix)
     return IndexedDataset(output_prefix)

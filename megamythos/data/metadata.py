@@ -17,22 +17,31 @@ Checkpoint tag directories and export directories carry the same kind of record 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from typing import Any
 
+import numpy as np
+
 from megamythos.data.atomic import atomic_open
+from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
+from megamythos.data.checksums import DatasetChecksums, verify_file
 from megamythos.data.indexed_dataset import (
     DatasetExistsError,
     IndexedDataset,
     IndexedDatasetError,
     bin_path,
     dataset_exists,
+    id_range,
     idx_path,
+    merge_ranges,
 )
 from megamythos.data.manifest import file_sha256
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
+
+logger = logging.getLogger(__name__)
 
 RECORD_KEYS = ("vocab_size", "tokenizer_fingerprint", "tokenizer_model")
 RECORD_REMEDY = ("rebuild the dataset with data_prep/preprocess_data.py, or restore the checkpoint's tokenizer.json "
@@ -118,13 +127,17 @@ def write_dataset_metadata(prefix: str, tokenizer: Tokenizer, **fields: Any) -> 
                                   **fields)
 
 
-def announce_dataset(prefix: str, tokenizer: Tokenizer | None, **fields: Any) -> None:
+def announce_dataset(prefix: str, tokenizer: Tokenizer | None, checksums: DatasetChecksums | None = None,
+                     **fields: Any) -> None:
     """Before new ``prefix.{bin,idx}`` are renamed into place: hide any old dataset there (remove its ``.idx``) and
-    write the new tokens' record, or remove the old record where the tokens have none (a merge of Megatron-made
-    datasets), so that no reader ever sees the new tokens with another tokenizer's record or without theirs."""
+    write the new tokens' record with their ``checksums`` (:mod:`megamythos.data.checksums`), or remove the old
+    record where the tokens have none (a merge of Megatron-made datasets), so that no reader ever sees the new
+    tokens with another tokenizer's record or without theirs."""
     if os.path.exists(idx_path(prefix)):
         os.remove(idx_path(prefix))
     if tokenizer is not None:
+        if checksums is not None:
+            fields[CHECKSUMS_KEY] = checksums.record()
         write_dataset_metadata(prefix, tokenizer, **fields)
         return
     for path in (metadata_path(prefix), tokenizer_copy_path(prefix)):
@@ -181,6 +194,26 @@ def check_dataset(dataset: IndexedDataset, record: dict[str, Any] | None) -> Non
     token ids. O(sequences): the ``.bin`` is not read."""
     dataset.validate()
     check_record_counts(dataset.path_prefix, record, dataset.shape())
+
+
+def verified_token_range(dataset: IndexedDataset, record: dict[str, Any] | None) -> tuple[int, int] | None:
+    """``dataset``'s token-id range (:meth:`IndexedDataset.token_range`), in the same pass that checks its ``.idx``
+    and ``.bin`` against the checksums its ``record`` holds (:func:`megamythos.data.checksums.verify_file`: raises
+    :class:`~megamythos.data.checksums.DatasetCorruptError` naming the first block that differs). A dataset without
+    recorded checksums (made by Megatron, or by preprocessing before 2026-12-07) is scanned unverified, with a
+    warning."""
+    prefix = dataset.path_prefix
+    sums = DatasetChecksums.from_record(record, metadata_path(prefix))
+    if sums is None:
+        if record is not None:  # a record-less dataset already had its warning (resolve_data)
+            logger.warning("dataset %s records no checksums (built before they were recorded): a byte corrupted "
+                           "since it was written cannot be detected; rebuild it with data_prep/preprocess_data.py to "
+                           "add them", prefix)
+        return dataset.token_range()
+    check_record_counts(prefix, record, dataset.shape())  # other tokens beside an old record: said as such
+    verify_file(idx_path(prefix), sums.idx, sums.block_bytes)
+    return merge_ranges(verify_file(bin_path(prefix), sums.bin, sums.block_bytes,
+                                    lambda block: id_range(np.frombuffer(block, dataset.dtype))))
 
 
 def check_same_vocabulary(name_a: str, record_a: dict[str, Any] | None, name_b: str,

@@ -323,9 +323,9 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
         if final:
             _check_not_empty(config, stats)
         for key, builder in zip(config.json_keys, builders):
-            announce_dataset(prefixes[key], tokenizer, dtype=dtype.name, append_eod=config.append_eod,
-                             eod_id=tokenizer.eos_id, json_key=key, num_documents=stats.documents,
-                             num_tokens=builder.num_tokens)
+            announce_dataset(prefixes[key], tokenizer, builder.checksums(), dtype=dtype.name,
+                             append_eod=config.append_eod, eod_id=tokenizer.eos_id, json_key=key,
+                             num_documents=stats.documents, num_tokens=builder.num_tokens)
             builder.finalize()
     except BaseException:
         for builder in builders:

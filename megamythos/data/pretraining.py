@@ -33,7 +33,12 @@ from megamythos.data.gpt_dataset import (
 )
 from megamythos.data.index_cache import description_key
 from megamythos.data.indexed_dataset import IndexedDataset, dataset_not_found
-from megamythos.data.metadata import check_record_counts, check_same_vocabulary, read_dataset_metadata
+from megamythos.data.metadata import (
+    check_record_counts,
+    check_same_vocabulary,
+    read_dataset_metadata,
+    verified_token_range,
+)
 from megamythos.data.sampler import PretrainingSampler
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
@@ -162,14 +167,18 @@ class DataSetup:
     shapes: dict[str, dict[str, int]] = field(default_factory=dict)  # realpath(prefix) -> IndexedDataset.shape()
 
 
-def scan_dataset(dataset: IndexedDataset, cache_dir: str | None) -> tuple[dict[str, int], tuple[int, int] | None]:
+def scan_dataset(dataset: IndexedDataset, record: dict[str, Any] | None,
+                 cache_dir: str | None) -> tuple[dict[str, int], tuple[int, int] | None]:
     """``dataset``'s shape (:meth:`IndexedDataset.shape`) and token-id range (:meth:`IndexedDataset.token_range`),
-    after checking every pointer of its index (:meth:`IndexedDataset.validate`).
+    after checking every pointer of its index (:meth:`IndexedDataset.validate`) and every byte against the
+    checksums its ``record`` holds (:func:`~megamythos.data.metadata.verified_token_range`, in the same pass).
 
     The scan reads every byte of the ``.bin`` and ``.idx`` (2 TB for a 1T-token corpus), so its answer is kept in
     the index cache (``cache_dir``, default ``index-cache/`` beside the dataset) as ``{key}-scan.json``, keyed by the
     files' real path, size, inode and modification time: a later start, another rank or ``evaluate`` reads it
-    instead of the files. A dataset rebuilt or changed in place gets a new key and is scanned again. A cache that
+    instead of the files. A dataset rebuilt, copied or changed in place gets a new key and is scanned (verified)
+    again; a byte that rots in place later is found by ``data_prep/inspect_dataset.py``, which always reads every
+    byte. A cache that
     cannot be written costs only the next start's scan.
     """
     prefix = dataset.path_prefix
@@ -189,7 +198,7 @@ def scan_dataset(dataset: IndexedDataset, cache_dir: str | None) -> tuple[dict[s
     except (OSError, ValueError, KeyError, TypeError, IndexError):  # none yet, or damaged: scanned again
         pass
     dataset.validate()
-    shape, token_range = dataset.shape(), dataset.token_range()
+    shape, token_range = dataset.shape(), verified_token_range(dataset, record)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_open(path, "w") as handle:
@@ -243,7 +252,7 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
             check_same_vocabulary(other, record, prefix, meta)
         records[prefix] = meta
         dataset = IndexedDataset(prefix)
-        shape, token_range = scan_dataset(dataset, cache_dir)
+        shape, token_range = scan_dataset(dataset, meta, cache_dir)
         shapes[os.path.realpath(prefix)] = shape
         check_record_counts(prefix, meta, shape)
         dataset.check_token_ids(token_bound(meta, vocab_size), OUT_OF_VOCABULARY_REMEDY, token_range)

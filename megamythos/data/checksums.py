@@ -1,0 +1,145 @@
+"""Block checksums of a dataset's ``.bin`` and ``.idx``, recorded at build time and verified when the data is read.
+
+Megatron's ``MMIDIDX`` files carry no checksum: a byte flipped by a bad copy or disk is a valid token id, and a run
+would train on it without a word. Preprocessing and merging therefore hash each file in blocks of
+``block_bytes`` (:data:`BLOCK_BYTES`, 64 MiB) as they write it, and record the digests in the dataset's record
+(``P.json``, :mod:`megamythos.data.metadata`)::
+
+    "checksums": {"algorithm": "sha256", "block_bytes": 67108864, "bin": ["9f2c...", ...], "idx": ["41d0..."]}
+
+Block ``k`` of a file is its bytes ``[k * block_bytes, (k + 1) * block_bytes)`` (the last one shorter; an empty
+file has no block). Blocks let a verification name where a file differs, and hash on several cores: sha256 runs
+at about 1.8 GB/s per core here, and the blocks of a 2-TB corpus (1T uint16 tokens) are hashed in parallel
+(:func:`verify_file`). Megatron ignores the record, so the files stay byte for byte Megatron's.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from megamythos.errors import UserError
+
+ALGORITHM = "sha256"
+BLOCK_BYTES = 64 << 20
+RECORD_KEY = "checksums"
+T = TypeVar("T")
+
+
+class DatasetCorruptError(UserError, ValueError):
+    """A dataset file's bytes differ from the checksums its record holds, or the recorded checksums are malformed."""
+
+
+class BlockHasher:
+    """sha256 of every ``block_bytes`` block of a byte stream that arrives in pieces of any size."""
+
+    def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
+        self.block_bytes = block_bytes
+        self.digests: list[str] = []
+        self._block = hashlib.sha256()
+        self._filled = 0  # bytes of the current block hashed so far
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            take = min(self.block_bytes - self._filled, view.nbytes)
+            self._block.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.block_bytes:
+                self._close_block()
+
+    def finish(self) -> list[str]:
+        """The digests of every block, the last partial one included; the hasher takes no more bytes after it."""
+        if self._filled:
+            self._close_block()
+        return self.digests
+
+    def _close_block(self) -> None:
+        self.digests.append(self._block.hexdigest())
+        self._block, self._filled = hashlib.sha256(), 0
+
+
+@dataclass(frozen=True)
+class DatasetChecksums:
+    """The recorded block digests of a dataset's two files."""
+
+    block_bytes: int
+    bin: tuple[str, ...]
+    idx: tuple[str, ...]
+
+    def record(self) -> dict[str, Any]:
+        """The value of the record's ``checksums`` field."""
+        return {"algorithm": ALGORITHM, "block_bytes": self.block_bytes, "bin": list(self.bin), "idx": list(self.idx)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None, record_path: str) -> DatasetChecksums | None:
+        """The checksums ``record`` (read from ``record_path``) holds; None for a record without them (a dataset
+        made before they were recorded) or no record (made by Megatron). Malformed ones raise
+        :class:`DatasetCorruptError` naming ``record_path``."""
+        if record is None or RECORD_KEY not in record:
+            return None
+        try:
+            sums = record[RECORD_KEY]
+            if sums["algorithm"] != ALGORITHM:
+                raise ValueError(f"algorithm {sums['algorithm']!r}, expected {ALGORITHM!r}")
+            block_bytes = int(sums["block_bytes"])
+            digests = {name: tuple(str(d) for d in sums[name]) for name in ("bin", "idx")}
+            if block_bytes <= 0 or block_bytes % 8 or any(len(d) != 64 for ds in digests.values() for d in ds):
+                raise ValueError(f"block_bytes {block_bytes} (a positive multiple of 8) or a digest's length")
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetCorruptError(f"{record_path}: the recorded checksums are malformed ({err}); the record is "
+                                      "corrupt: rebuild the dataset with data_prep/preprocess_data.py") from err
+        return cls(block_bytes, digests["bin"], digests["idx"])
+
+
+def _worker_count() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
+                visit: Callable[[memoryview], T] | None = None) -> list[T]:
+    """Check that the file at ``path`` is ``len(digests)`` blocks of ``block_bytes`` whose sha256 are ``digests``,
+    hashing blocks on up to 8 threads (hashlib and numpy release the GIL). ``visit`` (optional) is called on
+    every block's bytes in the same pass, its answers returned in block order (a token scan reads each byte once).
+
+    Raises :class:`DatasetCorruptError` naming the file, the first block that differs and its byte range, or a size
+    the blocks cannot have."""
+    size = os.path.getsize(path)
+    blocks = -(-size // block_bytes)
+    if blocks != len(digests):
+        raise DatasetCorruptError(f"{path} is {size} bytes, {blocks} blocks of {block_bytes}, but its record holds "
+                                  f"checksums of {len(digests)} blocks: the file is truncated or was replaced; copy "
+                                  "it again from its source, or rebuild the dataset with data_prep/preprocess_data.py")
+    if not size:
+        return []
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+
+    def check(k: int) -> tuple[bool, T | None]:
+        block = memoryview(mapped[k * block_bytes:(k + 1) * block_bytes])
+        return hashlib.sha256(block).hexdigest() == digests[k], visit(block) if visit else None
+
+    with ThreadPoolExecutor(min(_worker_count(), blocks)) as pool:
+        results = list(pool.map(check, range(blocks)))
+    bad = next((k for k, (same, _) in enumerate(results) if not same), None)
+    if bad is not None:
+        end = min((bad + 1) * block_bytes, size)
+        raise DatasetCorruptError(f"{path}: bytes {bad * block_bytes}..{end - 1} (block {bad} of {blocks}) differ "
+                                  "from the sha256 its record holds: the file is corrupt (a bad copy or disk); copy "
+                                  "it again from its source, or rebuild the dataset with "
+                                  "data_prep/preprocess_data.py")
+    return [answer for _, answer in results]  # type: ignore[misc]
+
+
+def file_block_digests(path: str, block_bytes: int = BLOCK_BYTES) -> list[str]:
+    """The block digests of the file at ``path`` as it is now (read 16 MiB at a time)."""
+    hasher = BlockHasher(block_bytes)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(16 << 20):
+            hasher.update(chunk)
+    return hasher.finish()

@@ -1,0 +1,133 @@
+"""Block checksums of a dataset's ``.bin`` and ``.idx`` (found 2026-12-07: Megatron's files carry none, so a byte
+a bad copy or disk changed was trained on without a word): recorded when preprocessing or a merge writes a dataset,
+verified by the run's data scan, ``inspect_dataset.py`` and the merge's inputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megamythos.data.checksums import BlockHasher, DatasetCorruptError, file_block_digests, verify_file
+from megamythos.data.cli import inspect_main, preprocess_main
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dataset_exists
+from megamythos.data.merge import merge_datasets
+from megamythos.data.pretraining import resolve_data
+from megamythos.data.tokenizer import Tokenizer
+from tests.helpers import synthetic_documents, write_jsonl
+
+DOCS = synthetic_documents(30, seed=5)
+
+
+def dataset(tmp_path: Path, name: str, tokenizer: Tokenizer) -> str:
+    assert preprocess_main(["--input", str(write_jsonl(tmp_path / f"{name}.jsonl", DOCS)), "--output-prefix",
+                            str(tmp_path / name), "--tokenizer-model", tokenizer.model_path, "--no-progress",
+                            "--append-eod"]) == 0
+    return str(tmp_path / f"{name}_text_document")
+
+
+def flip(path: str, offset: int) -> None:
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= 1
+    Path(path).write_bytes(bytes(data))
+
+
+def record(prefix: str) -> dict:
+    return json.loads(Path(prefix + ".json").read_text())
+
+
+def test_block_hasher_gives_the_sha256_of_every_block_whatever_pieces_the_bytes_come_in() -> None:
+    data = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    hasher, at = BlockHasher(64), 0
+    for piece in (1, 63, 64, 200, 7, 665):
+        hasher.update(data[at:at + piece])
+        at += piece
+    assert hasher.finish() == [hashlib.sha256(data[i:i + 64]).hexdigest() for i in range(0, 1000, 64)]
+    assert BlockHasher(64).finish() == []
+
+
+def test_a_builder_hashes_what_it_writes_and_a_verification_names_the_block_that_differs(tmp_path: Path,
+                                                                                          tiny_tokenizer) -> None:
+    prefix, other = str(tmp_path / "built"), dataset(tmp_path, "a", tiny_tokenizer)
+    with IndexedDatasetBuilder(prefix, np.uint16, block_bytes=64) as builder:
+        builder.add_documents(np.arange(100, dtype=np.uint16), np.array([30, 70]))
+        builder.add_index(other)  # copied: hashed as written
+        sums = builder.checksums()
+        builder.finalize()
+    assert list(sums.bin) == file_block_digests(prefix + ".bin", 64) and len(sums.bin) > 2
+    assert list(sums.idx) == file_block_digests(prefix + ".idx", 64)
+    flip(prefix + ".bin", 64 * 2 + 5)
+    with pytest.raises(DatasetCorruptError, match=r"built\.bin: bytes 128\.\.191 \(block 2 of \d+\) differ from the "
+                                                  "sha256 its record holds: the file is corrupt"):
+        verify_file(prefix + ".bin", sums.bin, 64)
+    with pytest.raises(DatasetCorruptError, match=r"is \d+ bytes, \d+ blocks of 64, but its record holds checksums "
+                                                  r"of \d+ blocks: the file is truncated"):
+        verify_file(prefix + ".bin", sums.bin[:-1], 64)
+
+
+@pytest.mark.parametrize("where", ["bin", "document index"])
+def test_a_flipped_byte_is_refused_by_the_run_inspect_and_merge(where: str, tmp_path: Path, tiny_tokenizer,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """A flipped bit in a token is another valid token id; one in a document index (5 -> 4) keeps them
+    non-decreasing: both passed every check before."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    assert record(prefix)["checksums"]["bin"] == file_block_digests(prefix + ".bin")
+    count = len(IndexedDataset(prefix))
+    if where == "bin":
+        flip(prefix + ".bin", 101)
+    else:
+        flip(prefix + ".idx", 34 + 12 * count + 8 * 5)  # header, sizes, pointers, then document index 5
+        IndexedDataset(prefix).validate()  # what was checked before: it passes
+    file = prefix + (".bin" if where == "bin" else ".idx")
+    message = rf"{file}: bytes 0\.\.\d+ \(block 0 of 1\) differ from the sha256 its record holds"
+    with pytest.raises(DatasetCorruptError, match=message):
+        resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+    with pytest.raises(SystemExit, match="1"):
+        inspect_main([prefix, "--samples", "0"])
+    out = capsys.readouterr().err.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(f"INVALID: {file}: bytes 0..")
+    with pytest.raises(DatasetCorruptError, match=message):
+        merge_datasets([prefix], str(tmp_path / "merged"))
+    assert not dataset_exists(str(tmp_path / "merged"))
+
+
+def test_a_merge_records_checksums_of_its_own_files(tmp_path: Path, tiny_tokenizer) -> None:
+    a, b = dataset(tmp_path, "a", tiny_tokenizer), dataset(tmp_path, "b", tiny_tokenizer)
+    merged = str(tmp_path / "merged")
+    merge_datasets([a, b], merged)
+    sums = record(merged)["checksums"]
+    assert sums["bin"] == file_block_digests(merged + ".bin") != record(a)["checksums"]["bin"]
+    assert sums["idx"] == file_block_digests(merged + ".idx")
+    resolve_data([merged], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+
+
+def test_a_dataset_without_checksums_is_read_with_a_warning_and_malformed_ones_are_refused(
+        tmp_path: Path, tiny_tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    old = record(prefix)
+    unchecked = {k: v for k, v in old.items() if k != "checksums"}  # a dataset built before 2026-12-07
+    Path(prefix + ".json").write_text(json.dumps(unchecked))
+    with caplog.at_level(logging.WARNING):
+        resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "c1"))
+    assert "records no checksums (built before they were recorded)" in caplog.text
+    Path(prefix + ".json").write_text(json.dumps({**old, "checksums": {**old["checksums"], "bin": ["ab"]}}))
+    with pytest.raises(DatasetCorruptError, match=r"a_text_document\.json: the recorded checksums are malformed"):
+        resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "c2"))
+
+
+def test_a_copy_of_a_dataset_is_verified_at_its_first_start(tmp_path: Path, tiny_tokenizer) -> None:
+    """The scan is cached by the files' path, inode and time: a copy (the usual way bytes go bad) is read whole."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+    os.makedirs(tmp_path / "copy")
+    copy = str(tmp_path / "copy" / "a_text_document")
+    for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
+        shutil.copy(prefix + suffix, copy + suffix)
+    flip(copy + ".bin", 7)
+    with pytest.raises(DatasetCorruptError, match=r"copy/a_text_document\.bin: bytes 0\.\."):
+        resolve_data([copy], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
