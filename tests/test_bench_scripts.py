@@ -364,6 +364,7 @@ def test_bench_integrity(bench_runs):
     data = bench_runs.results("integrity")
     assert {"gb", "read_s", "write_s", "verify_s", "verify_gb_per_s"} <= set(data["checksums"])
     assert data["token_id_check"]["tokens"] == 100_000 and data["token_id_check"]["tokens_per_s"] > 0
+    assert data["dataset_checksums"]["bytes"] == 200_000 and data["dataset_checksums"]["gb_per_s"] > 0
 
 
 def test_bench_casts_and_train_refuse_a_mistyped_mode_or_variant_before_the_work(tmp_path, monkeypatch, capsys):

@@ -98,7 +98,8 @@ class DatasetChecksums:
         return cls(block_bytes, digests["bin"], digests["idx"])
 
 
-def _worker_count() -> int:
+def hashing_threads() -> int:
+    """Threads :func:`verify_file` hashes on: this process's CPUs, at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
@@ -124,7 +125,7 @@ def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
         block = memoryview(mapped[k * block_bytes:(k + 1) * block_bytes])
         return hashlib.sha256(block).hexdigest() == digests[k], visit(block) if visit else None
 
-    with ThreadPoolExecutor(min(_worker_count(), blocks)) as pool:
+    with ThreadPoolExecutor(min(hashing_threads(), blocks)) as pool:
         results = list(pool.map(check, range(blocks)))
     bad = next((k for k, (same, _) in enumerate(results) if not same), None)
     if bad is not None:
