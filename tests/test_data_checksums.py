@@ -131,3 +131,22 @@ def test_a_copy_of_a_dataset_is_verified_at_its_first_start(tmp_path: Path, tiny
     flip(copy + ".bin", 7)
     with pytest.raises(DatasetCorruptError, match=r"copy/a_text_document\.bin: bytes 0\.\."):
         resolve_data([copy], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+
+
+def test_add_checksums_records_them_for_a_dataset_built_before_and_refuses_the_rest(
+        tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture) -> None:
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    built = record(prefix)
+    Path(prefix + ".json").write_text(json.dumps({k: v for k, v in built.items() if k != "checksums"}))
+    assert inspect_main([prefix, "--samples", "0", "--add-checksums"]) == 0
+    assert "recorded checksums of 1 + 1 blocks" in capsys.readouterr().out
+    assert record(prefix) == built  # what preprocessing recorded
+    for given, says in ((prefix, "already records checksums: nothing to add"),
+                        (str(tmp_path / "bare"), "bare.json; a dataset made by Megatron's tools), which is where")):
+        if given != prefix:
+            for suffix in (".bin", ".idx"):
+                shutil.copy(prefix + suffix, given + suffix)
+        assert inspect_main([given, "--samples", "0", "--add-checksums"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    assert record(prefix) == built

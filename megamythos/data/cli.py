@@ -17,7 +17,7 @@ from megamythos.data.atomic import writable_directory, writable_parent
 from megamythos.data.checksums import DatasetCorruptError
 from megamythos.data.default_corpus import DEFAULT_VOCAB_SIZE, ensure_default_dataset
 from megamythos.data.indexed_dataset import IndexedDatasetError, bin_path, dataset_not_found, idx_path
-from megamythos.data.inspection import inspect_dataset
+from megamythos.data.inspection import add_checksums, inspect_dataset, record_without_checksums
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.sources import FORMATS, MISSING_KEY, Replacements, expand_inputs, iter_training_texts
@@ -157,9 +157,9 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
 def inspect_main(argv: Sequence[str] | None = None) -> int:
     """Print statistics of an indexed dataset, validate its files and decode a few documents.
 
-    Usage: ``python data_prep/inspect_dataset.py PREFIX [--samples 3] [--tokenizer-model M]``; exits 1 if the
-    dataset is invalid (``INVALID: ...``), 2 for another bad input (``error: ...``, e.g. a prefix with neither
-    file, or a missing tokenizer).
+    Usage: ``python data_prep/inspect_dataset.py PREFIX [--samples 3] [--tokenizer-model M] [--add-checksums]``;
+    exits 1 if the dataset is invalid (``INVALID: ...``), 2 for another bad input (``error: ...``, e.g. a prefix
+    with neither file, a missing tokenizer, or ``--add-checksums`` of a dataset that records them already).
     """
     parser = ArgumentParser(prog="python data_prep/inspect_dataset.py", description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
@@ -168,11 +168,17 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
                         help="decode with this model: for a dataset without a record (made by Megatron); with a "
                              "record, it must be the recorded tokenizer (by sha256)")
     parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
+    parser.add_argument("--add-checksums", action="store_true",
+                        help="a dataset built before checksums were recorded (its report says `none recorded`): once "
+                             "it is found valid, record them in its .json for its files as they are now, so that "
+                             "runs and this tool verify every byte from now on")
     args = parser.parse_args(argv)
     if not any(os.path.exists(path) for path in (bin_path(args.prefix), idx_path(args.prefix))):
         parser.error(dataset_not_found(args.prefix))  # bad input; INVALID (exit 1) is for a dataset that exists
 
     def inspect() -> int:
+        if args.add_checksums:
+            record_without_checksums(args.prefix)  # refused before the whole dataset is read
         try:
             report = inspect_dataset(args.prefix, args.samples, args.tokenizer_model, args.max_sample_tokens)
         except (IndexedDatasetError, DatasetCorruptError) as err:  # the verdict this tool exists for, not bad usage
@@ -184,6 +190,9 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         for index, text in samples.items():
             print(f"--- sequence {index} (first {args.max_sample_tokens} tokens) ---")
             print(text)
+        if args.add_checksums:
+            sums = add_checksums(args.prefix)
+            print(f"recorded checksums of {len(sums.bin)} + {len(sums.idx)} blocks in {args.prefix}.json")
         return 0
 
     return run_cli(inspect, log_format=None)

@@ -1,15 +1,19 @@
 """Statistics, full validation and sample decoding of an indexed dataset (``data_prep/inspect_dataset.py``)."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import numpy as np
 
+from megamythos.data.atomic import atomic_open
+from megamythos.data.checksums import BLOCK_BYTES, DatasetChecksums, file_block_digests
 from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
-from megamythos.data.checksums import DatasetChecksums
-from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, bin_path, idx_path
 from megamythos.data.metadata import (
+    RECORD_REMEDY,
+    MetadataError,
     check_dataset,
     check_same_vocabulary,
     metadata_path,
@@ -17,6 +21,7 @@ from megamythos.data.metadata import (
     verified_token_range,
 )
 from megamythos.data.tokenizer import Tokenizer
+from megamythos.errors import read_json_object
 
 
 def check_given_tokenizer(prefix: str, metadata: dict[str, Any] | None, tokenizer: Tokenizer) -> None:
@@ -78,3 +83,31 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
         for i in sorted(int(p) for p in picks):
             report["samples"][i] = tokenizer.decode(dataset.get(i, 0, min(int(sizes[i]), max_sample_tokens)))
     return report
+
+
+def record_without_checksums(prefix: str) -> dict[str, Any]:
+    """``prefix``'s record as stored, for :func:`add_checksums`. Raises :class:`IndexedDatasetError` for a dataset
+    without a record (made by Megatron's tools: the checksums live in the record, which names a tokenizer) or with
+    checksums already recorded (those are what vouch for it)."""
+    path = metadata_path(prefix)
+    if not os.path.isfile(path):
+        raise IndexedDatasetError(f"{prefix} has no record ({path}; a dataset made by Megatron's tools), which is "
+                                  "where checksums go: preprocess its text with data_prep/preprocess_data.py")
+    record = read_json_object(path, MetadataError, RECORD_REMEDY)
+    if CHECKSUMS_KEY in record:
+        raise IndexedDatasetError(f"{path} already records checksums: nothing to add (a rebuild of the dataset "
+                                  "replaces them)")
+    return record
+
+
+def add_checksums(prefix: str) -> DatasetChecksums:
+    """Record the block checksums of ``prefix``'s ``.bin`` and ``.idx`` as they are now in its record (a dataset
+    built before checksums were recorded), for the user who has just seen :func:`inspect_dataset` call it valid:
+    they vouch for the bytes from now on, not for what happened to them before. Returns what was recorded; raises
+    as :func:`record_without_checksums`."""
+    record = record_without_checksums(prefix)
+    sums = DatasetChecksums(BLOCK_BYTES, tuple(file_block_digests(bin_path(prefix))),
+                            tuple(file_block_digests(idx_path(prefix))))
+    with atomic_open(metadata_path(prefix), "w") as handle:
+        json.dump({**record, CHECKSUMS_KEY: sums.record()}, handle, indent=2, sort_keys=True)
+    return sums

@@ -207,8 +207,8 @@ def verified_token_range(dataset: IndexedDataset, record: dict[str, Any] | None)
     if sums is None:
         if record is not None:  # a record-less dataset already had its warning (resolve_data)
             logger.warning("dataset %s records no checksums (built before they were recorded): a byte corrupted "
-                           "since it was written cannot be detected; rebuild it with data_prep/preprocess_data.py to "
-                           "add them", prefix)
+                           "since it was written cannot be detected; `python data_prep/inspect_dataset.py %s "
+                           "--add-checksums` records them for its files as they are now", prefix, prefix)
         return dataset.token_range()
     check_record_counts(prefix, record, dataset.shape())  # other tokens beside an old record: said as such
     verify_file(idx_path(prefix), sums.idx, sums.block_bytes)
