@@ -127,6 +127,9 @@ class TrainArgs:
     spike_patience: int = 3  # spike steps in a row that count as a divergence
     on_divergence: str = "stop"  # or "rollback": reload the last good checkpoint, skip the data read since
     max_rollbacks: int = 3
+    # copies of the weights on several ranks compared (megamythos.training.replicas) every N steps; 0 -> only
+    # before each save
+    check_weight_hash_across_dp_replicas_interval: int = 0
     # parallelism and precision (None -> keep the ds_config value)
     ds_config: str = str(DEFAULT_DS_CONFIG)
     tp: int | None = None
@@ -167,7 +170,8 @@ class TrainArgs:
                f"{self.adam_eps} (typical: 1e-8)")
         _check(0 <= self.clip_grad <= MAX_CLIP_GRAD, f"--clip-grad must be 0 (off) or lie in (0, {MAX_CLIP_GRAD:g}], "
                f"got {self.clip_grad} (typical: 1.0)")
-        for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "exit_duration_in_mins"):
+        for name in ("warmup", "save_interval", "eval_interval", "exit_interval", "exit_duration_in_mins",
+                     "check_weight_hash_across_dp_replicas_interval"):
             _check(0 <= getattr(self, name) < math.inf, f"--{name.replace('_', '-')} must be a finite number >= 0")
         _check(self.peak_tflops is None or self.peak_tflops < math.inf, "--peak-tflops must be finite")
         _check(0.1 <= self.distributed_timeout_minutes <= MAX_TIMEOUT_MINUTES, "--distributed-timeout-minutes must "
@@ -296,6 +300,11 @@ FLAG_HELP = {  # flags added in loops below; the others carry their help where t
                      "resume past it stops at the next multiple; 0: run to the end)",
     "exit_duration_in_mins": "stop with a checkpoint after the step during which this many minutes have passed since "
                              "the process started: a job's time limit less the time a save takes (0: no limit)",
+    "check_weight_hash_across_dp_replicas_interval": "compare the copies of the weights that several ranks hold "
+                                                     "(data-parallel replicas) every N steps, as Megatron does: copies "
+                                                     "that differ (silent data corruption on a device) stop the run, "
+                                                     "naming the rank and host; they are compared before every save "
+                                                     "too (0: only then)",
     "divergence_factor": "stop when the lm loss exceeds this x ln(vocab size), the loss of a uniform guess (0: off)",
     "spike_factor": "a loss spike: lm loss above this x the median of the last --spike-window good losses (0: off)",
     "spike_window": "good losses whose median a spike is measured against",
@@ -415,10 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "resumes it instead")
     add("--peak-tflops", type=float, help="peak TFLOP/s per process for MFU (a GPU's datasheet figure, e.g. 989 for "
                                           "an H100 in bf16); default: a matmul measured on the run's device")
-    g = p.add_argument_group("divergence guard")
+    g = p.add_argument_group("divergence guard, replica check")
     for flag in ("--divergence-factor", "--spike-factor"):
         add(flag, type=float)
-    for flag in ("--spike-window", "--spike-patience", "--max-rollbacks"):
+    for flag in ("--spike-window", "--spike-patience", "--max-rollbacks",
+                 "--check-weight-hash-across-dp-replicas-interval"):
         add(flag, type=int)
     add("--on-divergence", choices=ON_DIVERGENCE)
     g = p.add_argument_group("parallelism and precision")

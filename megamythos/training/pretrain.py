@@ -131,6 +131,7 @@ from megamythos.training.optimizers import (
 )
 from megamythos.training.process_exit import end_process, record_start, write_exit_record
 from megamythos.training.rendezvous import check_master_port, env_master_port, free_port
+from megamythos.training.replicas import check_replicas
 from megamythos.training.schedules import (
     LRSchedule,
     build_scheduler,
@@ -387,10 +388,11 @@ class Trainer:
         self.monitor = TrainingMonitor(self.rank == 0 and self.iteration < self.total_iters, args.tensorboard_dir,
                                        args.metrics_file, self.iteration, self.consumed)
         self.stragglers: StragglerWatch | None = None  # rank 0 of a larger world: it names a persistently slow rank
+        self.hosts: list[str] = [socket.gethostname()]  # every rank's, in rank order
         if self.world > 1:
-            hosts: list[Any] = [None] * self.world
-            dist.all_gather_object(hosts, socket.gethostname())
-            self.stragglers = StragglerWatch(hosts) if self.rank == 0 else None
+            self.hosts = [None] * self.world  # type: ignore[list-item]
+            dist.all_gather_object(self.hosts, socket.gethostname())
+            self.stragglers = StragglerWatch(self.hosts) if self.rank == 0 else None
         latest = read_latest(args.save) if args.save else None
         self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
         self.reloaded: int | None = None  # the iteration of the tag the last rollback reloaded (see step_back)
@@ -549,10 +551,17 @@ class Trainer:
     def save(self) -> None:
         """Save a checkpoint (collective) and log its seconds as Megatron's ``save-checkpoint-time``: saves that
         slow down over a long run (a filling or failing file system) show before they fail."""
+        self.check_replicas()
         start = time.perf_counter()
         self.last_good = self.checkpoints.save(self.engine, self.iteration, self.client_state(), self.config)
         if self.args.save:
             self.monitor.scalars({"save-checkpoint-time": time.perf_counter() - start}, self.iteration, self.consumed)
+
+    def check_replicas(self) -> None:
+        """Compare the copies of the weights the ranks hold alike (:func:`~megamythos.training.replicas.check_replicas`,
+        collective; nothing to compare in a world of one)."""
+        if self.world > 1:
+            check_replicas(self.engine.module, self.iteration, self.hosts, str(self.last_good or "none"))
 
     def save_unless_spiking(self) -> bool:
         """Save, unless a loss spike is open (the divergence guard's streak) or the last steps were non-finite (the
@@ -946,6 +955,9 @@ class Trainer:
                     data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
                     saved_at, save_due = self.iteration, False
                     continue
+                interval = self.args.check_weight_hash_across_dp_replicas_interval
+                if interval and self.iteration % interval == 0:
+                    self.check_replicas()
                 if self.args.eval_interval and self.iteration % self.args.eval_interval == 0:
                     self.validate(valid, signals)
                 save_due = save_due or bool(self.args.save_interval and self.iteration % self.args.save_interval == 0)
