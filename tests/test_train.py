@@ -560,6 +560,19 @@ def test_train_tokens_counts_the_tokens_trained_not_the_samples_skipped(tmp_path
     assert args.total_iters(samples, saved_progress(tmp_path)) == 995
 
 
+@pytest.mark.parametrize("iteration", [None, "600x", -1, 6.5])
+def test_saved_progress_refuses_a_train_record_without_a_whole_iteration(tmp_path, iteration):
+    """A train record with the tokens consumed but no iteration, or a garbled one, is one CheckpointError naming
+    the record (found 2026-12-07: a KeyError or ValueError traceback at start-up)."""
+    tag = tmp_path / "iter_0000600"
+    tag.mkdir()
+    (tmp_path / "latest").write_text(tag.name)
+    record = {"consumed_tokens": 4096, **({} if iteration is None else {"iteration": iteration})}
+    (tag / "train_args.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"iter_0000600/train_args\.json holds the iteration"):
+        saved_progress(tmp_path)
+
+
 @pytest.mark.launch
 def test_finetune_starts_a_new_run_from_the_weights_and_a_relaunch_resumes_it(corpus, tmp_path):
     """--finetune --load RUN: a 2-rank ZeRO-3 AutoEP run starts at iteration 1 from the 1-rank run's weights

@@ -47,6 +47,7 @@ from megamythos.checkpoint.files import (
     MODEL_CONFIG_FILE,
     TAG_RE,
     TRAIN_RECORD,
+    TRAIN_RECORD_REMEDY,
     UNIVERSAL_SUFFIX,
     WRITER_LOCK,
     ZERO_OPTIM_SHARDS,
@@ -367,7 +368,11 @@ def saved_progress(load_dir: str | Path) -> tuple[int, int] | None:
     record = read_train_record(Path(load_dir) / tag) if tag else {}
     if "consumed_tokens" not in record:
         return None
-    return int(record["iteration"]), int(record.get("trained_tokens", record["consumed_tokens"]))
+    progress = record.get("iteration"), record.get("trained_tokens", record["consumed_tokens"])
+    if not all(type(value) is int and value >= 0 for value in progress):  # a record edited by hand or damaged
+        raise CheckpointError(f"{Path(load_dir) / tag / TRAIN_RECORD} holds the iteration {progress[0]!r} and "
+                              f"tokens trained {progress[1]!r}, not whole numbers >= 0; {TRAIN_RECORD_REMEDY}")
+    return progress
 
 
 PRECISION_KEY = "bf16"  # in the train record of every tag: whether its weights trained in bf16
