@@ -79,15 +79,18 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
     return parse
 
 
-def given_text(what: str) -> Callable[[str], str]:
+def given_text(what: str, optional: bool = True) -> Callable[[str], str]:
     """An argparse ``type`` for a flag whose value names ``what`` (a path, a JSON key, a dataset): ``''`` (which code
     reads as the flag left out, or a path as the working directory) is argparse's one error line naming the flag::
 
         error: argument --json-key: is empty; give a JSON key, or leave the flag out
-    """
+
+    ``optional`` False: a positional argument, which cannot be left out (``... is empty; give a path``)."""
+    leave_out = ", or leave the flag out" if optional else ""
+
     def parse(text: str) -> str:
         if not text:
-            raise argparse.ArgumentTypeError(f"is empty; give {what}, or leave the flag out")
+            raise argparse.ArgumentTypeError(f"is empty; give {what}{leave_out}")
         return text
 
     parse.__name__ = "text"
@@ -95,6 +98,7 @@ def given_text(what: str) -> Callable[[str], str]:
 
 
 path_text = given_text("a path")  # the type of a path flag: error: argument --out: is empty; give a path, ...
+path_argument = given_text("a path", optional=False)  # of a positional path: error: argument out: is empty; ...
 
 
 def checked_by(check: Callable[[str], Any], path: bool = False) -> Callable[[str], str]:

@@ -620,6 +620,9 @@ NUMBER_CASES = [
     ("megamythos.inference.generate:main", ["--load", "x", "--prompt", "x", "--tokenizer", ""],
      "error: argument --tokenizer: is empty"),
     ("megamythos.hf.lm_eval_data:main", ["--data-path", "d", "--out", ""], "error: argument --out: is empty"),
+    # found 2026-12-07: export read an empty checkpoint path as the working directory
+    ("megamythos.checkpoint.export:main", ["", "out"], "error: argument checkpoint: is empty; give a path"),
+    ("megamythos.checkpoint.export:main", ["ckpt", ""], "error: argument out: is empty; give a path"),
     ("megamythos.research.study:main", ["depth", "--wikitext-dir", "", "--runs", "none"],
      "error: argument --wikitext-dir: is empty"),
     ("megamythos.data.cli:inspect_main", ["prefix", "--tokenizer-model", ""], "error: argument --tokenizer-model: is"),

@@ -37,7 +37,7 @@ from megamythos.checkpoint.reader import CONFIG_FILE, MODEL_FILE, checkpoint_mod
 from megamythos.data.atomic import remove_stale_temps, temp_name, writable_parent
 from megamythos.data.pretraining import document_flags
 from megamythos.data.tokenizer import Tokenizer
-from megamythos.errors import ArgumentParser, UserError, run_cli
+from megamythos.errors import ArgumentParser, UserError, path_argument, run_cli
 from megamythos.model.lm import MythosLM
 
 logger = logging.getLogger(__name__)
@@ -240,8 +240,10 @@ def export_hf_checkpoint(checkpoint: str | Path, out_dir: str | Path, overwrite:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m megamythos.checkpoint.export", description=__doc__)
-    p.add_argument("checkpoint", help="checkpoint tag directory, or a --save directory (uses `latest`)")
-    p.add_argument("out", help="output directory for model.safetensors, config.json and the tokenizer")
+    p.add_argument("checkpoint", type=path_argument,
+                   help="checkpoint tag directory, or a --save directory (uses `latest`)")
+    p.add_argument("out", type=path_argument,
+                   help="output directory for model.safetensors, config.json and the tokenizer")
     p.add_argument("--format", choices=("native", "hf"), default="native",
                    help="native: what megamythos.inference.generate/evaluate --load read (default); hf: a Hugging Face "
                         "directory with its modeling code (transformers, trust_remote_code=True)")
