@@ -628,6 +628,24 @@ def test_resize_token_embeddings_grows_the_vocabulary_and_survives_save_pretrain
         assert torch.equal(again(new_ids).logits, after)
 
 
+def test_tie_word_embeddings_against_the_export_s_own_is_refused_naming_it(small_hf, tiny_tokenizer, tmp_path):
+    """``from_pretrained(dir, tie_word_embeddings=X)`` against the export's weights: a tied export loaded untied had
+    a newly initialised head (other logits, a load report only), an untied one loaded tied was not tied (found
+    2026-12-07). Each is one ValueError naming the setting; the export's own setting loads as before."""
+    from transformers import AutoModelForCausalLM
+
+    from megamythos.hf.export import export_hf
+
+    untied = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, tie_embeddings=False)).eval()
+    untied_dir = export_hf(untied, tiny_tokenizer, tmp_path / "untied")
+    for directory, tied in ((small_hf[0], True), (untied_dir, False)):
+        with pytest.raises(ValueError, match=f"^tie_word_embeddings={not tied}, but this model's weights are "
+                                             f"{'tied' if tied else 'untied'} .*leave tie_word_embeddings out"):
+            AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, tie_word_embeddings=not tied)
+        inner = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True, tie_word_embeddings=tied).model
+        assert (inner.lm_head.weight is inner.tok_embeddings.weight) == tied
+
+
 def test_return_dict_false_gives_a_tuple_as_transformers_models_do(small_hf):
     """``model(ids, labels=ids, return_dict=False)`` (or ``config.return_dict = False``) gave the output object,
     whose iteration yields its field names: ``loss, logits = ...[:2]`` worked, ``loss, logits, cache = ...`` unpacked

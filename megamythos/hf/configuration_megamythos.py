@@ -41,5 +41,14 @@ class MegamythosConfig(PretrainedConfig):
         return cls(**config.to_dict(), **kwargs)
 
     def model_config(self) -> ModelConfig:
-        """The validated :class:`ModelConfig` these fields describe."""
+        """The validated :class:`ModelConfig` these fields describe. ``tie_word_embeddings`` is transformers' name
+        of ``tie_embeddings`` and has to agree with it: the weights are tied or not as the model trained
+        (``from_pretrained(..., tie_word_embeddings=X)`` against the export's own left the head of a tied export
+        newly initialised, and did not tie an untied one); a ``ValueError`` says so."""
+        if self.tie_word_embeddings != self.tie_embeddings:
+            held = ("tied (one matrix: the export holds no lm_head weight to load)" if self.tie_embeddings
+                    else "untied (two matrices: tying them would drop one)")
+            raise ValueError(f"tie_word_embeddings={self.tie_word_embeddings}, but this model's weights are {held}, "
+                             f"tie_embeddings={self.tie_embeddings}: leave tie_word_embeddings out (the model's "
+                             "setting applies)")
         return ModelConfig.from_dict({name: getattr(self, name) for name in ModelConfig().to_dict()})
