@@ -1354,13 +1354,40 @@ def test_a_checkpoint_whose_path_starts_with_a_dash_reaches_the_conversion(tmp_p
     """Found 2026-12-07 (bad-input sweep): ``evaluate --load=-1`` (a run folder named ``-1``) was refused by DeepSpeed's
     ds_to_universal as ``argument --input_folder: expected one argument``: the folder was read as a flag. Now the
     conversion reads the folder (here one without a checkpoint, which it names)."""
+    import tempfile
+
     from megamythos.checkpoint.files import CheckpointError
     from megamythos.checkpoint.reader import convert_to_universal
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the failed conversion's output is kept
     (tmp_path / "-1" / "iter_0000001").mkdir(parents=True)
     with pytest.raises(CheckpointError, match=r"can't find \*_optim_states.pt files in directory '-1/iter_0000001'"):
         convert_to_universal(Path("-1/iter_0000001"), Path("-1/universal"))
+
+
+def test_a_failed_universal_conversion_is_one_line_naming_the_file_with_deepspeed_s_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07: a ds_to_universal failure (a tag without checksums whose files DeepSpeed cannot read) was
+    one CheckpointError carrying DeepSpeed's whole output, tracebacks and all. Now one line: what failed on which
+    tag, its last line, what to do, and the file that keeps the whole output."""
+    import tempfile
+
+    from megamythos.checkpoint.files import CheckpointError
+    from megamythos.checkpoint.reader import convert_to_universal
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the output is kept
+    tag = tmp_path / "run" / "iter_0000001"
+    tag.mkdir(parents=True)
+    with pytest.raises(CheckpointError) as failed:
+        convert_to_universal(tag, tmp_path / "universal")
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith(
+        f"DeepSpeed's ds_to_universal could not convert {tag} (FileNotFoundError: can't find *_optim_states.pt "
+        f"files in directory '{tag}'): restore the tag from a copy of the run, or use another checkpoint tag; its "
+        f"whole output is in {tmp_path}/ds_to_universal-"), message
+    log = Path(message.rpartition(" is in ")[2])
+    assert "Traceback (most recent call last)" in log.read_text()
 
 
 @pytest.mark.parametrize("argv", [["--data-path", ""], ["--train-data-path", "a", ""], ["--valid-data-path="],

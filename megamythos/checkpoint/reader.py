@@ -12,6 +12,7 @@ Export directories are read from JSON and safetensors only.
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -93,8 +94,20 @@ def conversion_disk_full(tag_dir: Path, where: Path) -> CheckpointError:
                            "again")
 
 
+def conversion_failure(tag_dir: Path, result: subprocess.CompletedProcess[str]) -> CheckpointError:
+    """The one-line error of a ``ds_to_universal`` run on ``tag_dir`` that failed: the last line it wrote (its
+    exception), what to do, and the file in the temporary directory that keeps its whole output (tracebacks)."""
+    with tempfile.NamedTemporaryFile("w", prefix="ds_to_universal-", suffix=".log", delete=False) as log:
+        log.write(f"{shlex.join(map(str, result.args))}\n{result.stdout}\n{result.stderr}")
+    last = next((line.strip() for line in reversed(result.stderr.splitlines()) if line.strip()),
+                f"exit code {result.returncode}")
+    return CheckpointError(f"DeepSpeed's ds_to_universal could not convert {tag_dir} ({last}): restore the tag from "
+                           f"a copy of the run, or use another checkpoint tag; its whole output is in {log.name}")
+
+
 def convert_to_universal(tag_dir: Path, out: Path) -> Path:
-    """Write DeepSpeed's universal checkpoint of ``tag_dir`` (full tensors, any layout) into ``out``."""
+    """Write DeepSpeed's universal checkpoint of ``tag_dir`` (full tensors, any layout) into ``out``; a failed
+    conversion raises the one line of :func:`conversion_disk_full` or :func:`conversion_failure`."""
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", f"--input_folder={tag_dir}",
            f"--output_folder={out}", "--num_extract_workers", "1", "--num_merge_workers", "1",
            "--inject_missing_state"]
@@ -102,7 +115,7 @@ def convert_to_universal(tag_dir: Path, out: Path) -> Path:
     if result.returncode != 0 and disk_full(out.parent):
         raise conversion_disk_full(tag_dir, out.parent)
     if result.returncode != 0:
-        raise CheckpointError(f"ds_to_universal failed on {tag_dir}:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        raise conversion_failure(tag_dir, result)
     return out
 
 
