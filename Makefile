@@ -42,8 +42,10 @@ $(BIN)/.installed: setup.py
 # peak): build it here, once, so that the first `make pretrain` starts at once. The build runs with the venv
 # first on PATH, as `make pretrain` and `make test` do: the same ninja (the venv's, a DeepSpeed dependency) and
 # compiler, so the first launch finds the op built and builds nothing. No-op where the accelerator has no such
-# op (CUDA).
+# op (CUDA). A build lock a killed build left (older than an hour) is refused first, as the trainer refuses it
+# (megamythos/runtime/build_locks.py): the build would wait for it forever.
 prebuild-ops:
+	@TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(BIN)/python -m megamythos.runtime.build_locks
 	@echo "building DeepSpeed's CPU comm op into $(TORCH_EXTENSIONS_DIR) (once, ~30 s)..."
 	PATH="$(abspath $(BIN)):$$PATH" TORCH_EXTENSIONS_DIR="$(TORCH_EXTENSIONS_DIR)" $(PY) launchers/heartbeat.py \
 	--what "compiling the op" -- $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \

@@ -484,6 +484,25 @@ def test_a_build_lock_a_killed_build_left_is_refused_before_deepspeed_starts(tmp
                                   "would wait for it forever: delete it if no build is running, and run again")
 
 
+def test_make_prebuild_ops_refuses_a_build_lock_a_killed_build_left(tmp_path):
+    """Found 2026-12-07: ``make prebuild-ops`` (the last step of ``make install``) waited forever on a build lock a
+    killed build left, where the trainer's ranks refuse it. It now runs the same check first: the one line, exit
+    2, nothing built. Its process group is killed if it waits (without the check: forever)."""
+    lock = build_lock(tmp_path, 2 * 3600)
+    proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(REPO), "prebuild-ops", f"VENV={sys.prefix}",
+                             f"PY={sys.executable}", f"TORCH_EXTENSIONS_DIR={tmp_path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("make prebuild-ops waited on the stale build lock")
+    assert proc.returncode == 2, out + err
+    assert f"error: {lock}: the build lock of the op deepspeed_shm_comm, taken 2.0 h ago" in err, err
+    assert "building DeepSpeed's CPU comm op" not in out, out
+
+
 def test_a_young_build_lock_is_named_in_a_warning_in_torch_s_own_cache(tmp_path, monkeypatch, caplog):
     """A build lock younger than a build takes may be another job's build, which the run waits for: a warning
     names it (from one rank per node) unless it goes at once (a load of a built op takes it for milliseconds); an

@@ -13,15 +13,20 @@ built already takes the lock too, for milliseconds: another job starting beside 
 The extensions dir is the one torch uses: ``TORCH_EXTENSIONS_DIR`` (``launchers/pretrain.sh`` sets it to the
 checkout's ``.torch_extensions``), else torch's cache folder, where each op has its folder in one per Python
 version and accelerator (``py312_cpu/<op>``).
+
+``python -m megamythos.runtime.build_locks`` runs the same check on its environment's extensions dir, as
+``make prebuild-ops`` does before it builds DeepSpeed's CPU comm op.
 """
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from megamythos.errors import UserError
+from megamythos.errors import UserError, run_cli
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +100,16 @@ def check_build_locks(env: Mapping[str, str], warn: bool = True) -> None:
             logger.warning("%s: the op %s is being built (for %s now), and this run waits until the build is done; "
                            "if no build is running (a launch killed while it built the op), delete the file, or "
                            "this run waits forever", lock, lock.parent.name, duration(age))
+
+
+def main() -> int:
+    """:func:`check_build_locks` of this process's environment: exit 2 with the one line on a stale lock."""
+    def run() -> int:
+        check_build_locks(os.environ)
+        return 0
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
