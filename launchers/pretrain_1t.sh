@@ -8,11 +8,11 @@
 #     1541 s per step;
 #   - EP 256 (AutoEP, 2 of the 512 experts per rank): the token all-to-alls (~10.7 s exposed, the largest
 #     communication cost) cost about the same for ep 64-512; ep 64 and 128 are up to 0.6 s faster but need
-#     154 / 129 GiB, more than 90% of a 141 GB part;
+#     155 / 130 GiB, more than 90% of a 141 GB part;
 #   - ZeRO-3 for embeddings, prelude and coda; the recurrent core replicated (ZeRO-2 for it, --replicate-core):
 #     gathered once per step instead of ~3T times per micro-batch (T = 64 and changing every step);
 #   - micro batch 1 x dp 1024 = 1024 sequences of 4096 (no accumulation), two-level loop checkpointing
-#     (--loop-checkpoint-segment 0) and checkpointed prelude/coda blocks: memory plan 116 GiB per GPU once ZeRO has
+#     (--loop-checkpoint-segment 0) and checkpointed prelude/coda blocks: memory plan 117 GiB per GPU once ZeRO has
 #     partitioned the model;
 #   - no ZeRO++: DeepSpeed's AutoEP refuses hpZ and quantised gradients under ZeRO-3 (deepspeed 0.19).
 # Predicted at 40% matmul MFU: ~201 s per step, ~20.9k tokens/s, 22.4% model MFU (T = 64).

@@ -23,6 +23,7 @@ from megamythos.model.params import (
 )
 from megamythos.model.recurrent import COMPACTION_MIN_TOKENS
 from megamythos.parallel.tensor_parallel import TP_COLUMN_PATTERNS, TP_ROW_PATTERNS
+from megamythos.planning.layout import LayoutError, ZeroBuffers, zero_buffers
 from megamythos.planning.memory import (
     StartupMemoryError,
     check_startup_memory,
@@ -35,7 +36,7 @@ from megamythos.planning.memory import (
     startup_memory,
 )
 from megamythos.planning.plan import main
-from tests.helpers import requires_grouped_mm, small_config
+from tests.helpers import REPO, requires_grouped_mm, small_config
 
 T = TypeVar("T")
 
@@ -106,7 +107,8 @@ def test_cli_json_and_memory_plan(capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert report["total"] == count(get_preset("1t")).total
     trained = get_preset("1t").replace(checkpoint_loops=True, checkpoint_dense_blocks=True)  # trainer's defaults
-    assert report["memory_plan"] == asdict(memory_plan(trained, 1024, tp=8, ep=64, replicated_core=True))
+    assert report["memory_plan"] == asdict(memory_plan(trained, 1024, tp=8, ep=64, replicated_core=True,
+                                                       fp32_reduce=True))  # over dp 128
     more_ep = memory_plan(get_preset("1t"), 1024, tp=8, ep=128)
     assert more_ep.weights_gib <= memory_plan(get_preset("1t"), 1024, tp=8, ep=64).weights_gib
     with pytest.raises(ValueError, match="divisible"):
@@ -151,14 +153,14 @@ def test_the_weights_a_tensor_parallel_rank_holds_are_the_autotp_shards_of_the_m
 
 
 def test_the_plan_refuses_a_start_the_node_or_the_gpu_cannot_hold(capsys) -> None:
-    """1t with EP 256: 116 GiB per GPU once partitioned, 94.6 GiB at start-up, and 3.3 TiB per rank on the host;
-    the plan prints both and refuses each in one line."""
+    """1t with EP 256 (ds_configs/1t.json): 117.4 GiB per GPU once partitioned, 94.6 GiB at start-up, and 3.3 TiB
+    per rank on the host; the plan prints both and refuses each in one line."""
     layout = ["--preset", "1t", "--gpus", "1024", "--ep", "256", "--global-batch-size", "1024",
-              "--loop-checkpoint-segment", "0"]
+              "--loop-checkpoint-segment", "0", "--ds-config", str(REPO / "ds_configs" / "1t.json")]
     assert main([*layout, "--gpu-memory-gb", "141", "--host-memory-gb", "30000"]) == 0
     assert "start-up per rank     3416.5 GiB in host memory" in capsys.readouterr().out
     assert main([*layout, "--gpu-memory-gb", "80"]) == 2
-    assert "the plan needs 116.0 GiB per GPU: does not fit ['80 GB']" in capsys.readouterr().err
+    assert "the plan needs 117.4 GiB per GPU: does not fit ['80 GB']" in capsys.readouterr().err
     assert main([*layout, "--ep", "512", "--no-replicate-core", "--gpu-memory-gb", "80"]) == 2
     assert "91.4 GiB per GPU at start-up" in capsys.readouterr().err
     assert main([*layout, "--host-memory-gb", "2048"]) == 2
@@ -328,6 +330,46 @@ def test_the_plan_counts_fp32_gradient_partitions_where_micro_batches_are_summed
     assert memory_plan(c, 8, ep=2, zero=1, grad_accum=4) == memory_plan(c, 8, ep=2, zero=1)
     assert memory_plan(c, 8, ep=2, zero=3, grad_accum=4, dtype="fp32") == memory_plan(c, 8, ep=2, zero=3,
                                                                                       dtype="fp32")
+
+
+def test_the_plan_counts_zero_s_reduce_bucket_and_its_copy_in_the_reduction_s_dtype(capsys) -> None:
+    """ZeRO-3 keeps a gradient reduce bucket of ``reduce_bucket_size`` elements in the reduction's dtype (fp32 where
+    the trainer reduces in fp32) and reduce-scatters it through a copy of the same size; ZeRO-2 keeps its buckets in
+    the weights' dtype (two with ``overlap_comm``) and casts the one it reduces. The plan counted none of it (found
+    2026-12-07: 1.5 GiB per GPU for 1t on ds_configs/1t.json). Sizes come from the template the plan is for, else
+    DeepSpeed's defaults; the prefetch bucket adds to the gathered parameters up to ``max_live_parameters``."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    for stage in (2, 3):
+        theirs = DeepSpeedZeroConfig(stage=stage)
+        assert (ZeroBuffers().reduce_bucket_size, ZeroBuffers().prefetch_bucket_size,
+                ZeroBuffers().max_live_parameters, ZeroBuffers().contiguous_gradients, ZeroBuffers().overlaps(stage)) \
+            == (theirs.reduce_bucket_size, theirs.prefetch_bucket_size, theirs.max_live_parameters,
+                theirs.contiguous_gradients, theirs.overlap_comm)
+    template = json.loads((REPO / "ds_configs" / "1t.json").read_text())["zero_optimization"]
+    buffers = zero_buffers(template)
+    assert buffers == ZeroBuffers(reduce_bucket_size=200_000_000, prefetch_bucket_size=200_000_000,
+                                  max_live_parameters=500_000_000, contiguous_gradients=True, overlap_comm=True)
+    c = get_preset("1t").replace(checkpoint_loops=True, loop_checkpoint_segment=0, checkpoint_dense_blocks=True)
+    layout = dict(gpus=1024, ep=256, seq_len=4096, replicated_core=True, buffers=buffers)
+    fp32, bf16 = memory_plan(c, **layout, fp32_reduce=True), memory_plan(c, **layout)
+    assert fp32.reduce_bucket_gib == fp32.reduce_copy_gib == 2e8 * 4 / 2**30
+    assert bf16.reduce_bucket_gib == bf16.reduce_copy_gib == 2e8 * 2 / 2**30
+    assert fp32.total_gib - bf16.total_gib == pytest.approx(2 * 2e8 * 2 / 2**30, rel=1e-9)
+    zero2 = memory_plan(c, **layout, zero=2, fp32_reduce=True)
+    assert (zero2.reduce_bucket_gib, zero2.reduce_copy_gib) == (2 * 2e8 * 2 / 2**30, 2e8 * (2 + 4) / 2**30)
+    assert memory_plan(c, **layout, zero=1).reduce_bucket_gib == 0
+    small = get_preset("small")
+    gathered = [memory_plan(small, 8, buffers=ZeroBuffers(prefetch_bucket_size=n)).gathered_working_gib
+                for n in (0, 10**6)]
+    assert gathered[1] - gathered[0] == pytest.approx(10**6 * 2 / 2**30, rel=1e-9)
+    for key, value in (("reduce_bucket_size", 0), ("stage3_max_live_parameters", "5e8"),
+                       ("contiguous_gradients", "true")):
+        with pytest.raises(LayoutError, match=f"^zero_optimization.{key} must be"):
+            zero_buffers({key: value})
+    assert main(["--preset", "1t", "--gpus", "1024", "--ep", "256", "--global-batch-size", "1024",
+                 "--loop-checkpoint-segment", "0", "--ds-config", str(REPO / "ds_configs" / "1t.json")]) == 0
+    assert "gathered 4.9, reduce bucket 0.7 (+0.7 while it reduces), activations 35.8" in capsys.readouterr().out
 
 
 def test_checkpointed_dense_blocks_keep_their_inputs_only_and_train_alike() -> None:

@@ -8,6 +8,7 @@ before any process group or tensor exists, so a bad layout is a clear error inst
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,51 @@ def reduces_in_fp32(layout: ParallelLayout, bf16: bool) -> bool:
     ranks = max(layout.dp, layout.edp)
     kept_in_fp32 = accumulates_in_fp32(layout.zero, layout.grad_accum, bf16)
     return bf16 and not layout.qgz and (ranks > 2 or (ranks == 2 and kept_in_fp32))
+
+
+@dataclass(frozen=True)
+class ZeroBuffers:
+    """The buffer sizes of a ds_config's ``zero_optimization`` that the memory plan counts, in elements; the
+    defaults are DeepSpeed 0.19's, for a template that gives none. ``reduce_bucket_size``: the gradients ZeRO-2/3
+    reduce at once (a contiguous buffer with ``contiguous_gradients``; two under ZeRO-2 with ``overlap_comm``,
+    which DeepSpeed turns on for ZeRO-3 only where None); ``prefetch_bucket_size`` and ``max_live_parameters``:
+    under ZeRO-3, the parameters gathered ahead of their module, and the gathered parameters past which nothing
+    more is prefetched."""
+
+    reduce_bucket_size: int = 500_000_000
+    prefetch_bucket_size: int = 50_000_000
+    max_live_parameters: int = 1_000_000_000
+    contiguous_gradients: bool = True
+    overlap_comm: bool | None = None
+
+    def overlaps(self, zero: int) -> bool:
+        """Whether DeepSpeed overlaps reductions with the backward at ZeRO stage ``zero`` (None: at ZeRO-3)."""
+        return zero == 3 if self.overlap_comm is None else self.overlap_comm
+
+
+# ZeroBuffers field -> (ds_config key, the least value DeepSpeed takes: a prefetch bucket of 0 prefetches nothing)
+ZERO_BUFFER_KEYS = {"reduce_bucket_size": ("reduce_bucket_size", 1),
+                    "prefetch_bucket_size": ("stage3_prefetch_bucket_size", 0),
+                    "max_live_parameters": ("stage3_max_live_parameters", 0)}
+
+
+def zero_buffers(zero_optimization: Mapping[str, Any]) -> ZeroBuffers:
+    """:class:`ZeroBuffers` of a ds_config's ``zero_optimization`` section (a count may be written ``2e8``, as
+    DeepSpeed reads it); a count that is not a whole number DeepSpeed takes, or a switch that is not true/false,
+    raises :class:`LayoutError` naming it."""
+    given: dict[str, Any] = {}
+    for field, (key, least) in ZERO_BUFFER_KEYS.items():
+        value = zero_optimization.get(key, getattr(ZeroBuffers, field))
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or value != int(value) or value < least):
+            raise LayoutError(f"zero_optimization.{key} must be a whole number >= {least}, got {value!r}")
+        given[field] = int(value)
+    for key in ("contiguous_gradients", "overlap_comm"):
+        value = zero_optimization.get(key, getattr(ZeroBuffers, key))
+        if not (isinstance(value, bool) or value is None and key == "overlap_comm"):
+            raise LayoutError(f"zero_optimization.{key} must be true or false, got {value!r}")
+        given[key] = value
+    return ZeroBuffers(**given)
 
 
 def zeropp_options(zero_optimization: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Per-GPU memory plan of a ZeRO + TP + EP layout: weights, gradients, optimizer states, the largest gathered
-module and activations, from the analytic counts of :mod:`megamythos.model.params`; and what one rank holds
-while the trainer starts, before ZeRO partitions anything (:func:`startup_memory`)."""
+module, ZeRO's gradient reduce buckets and activations, from the analytic counts of
+:mod:`megamythos.model.params`; and what one rank holds while the trainer starts, before ZeRO partitions anything
+(:func:`startup_memory`)."""
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ from megamythos.model.params import (
     expert_params,
     parts,
 )
-from megamythos.planning.layout import LayoutError, accumulates_in_fp32
+from megamythos.planning.layout import LayoutError, ZeroBuffers, accumulates_in_fp32
 
 
 @dataclass
@@ -33,6 +34,8 @@ class MemoryPlan:
     grads_gib: float
     optimizer_gib: float
     gathered_working_gib: float
+    reduce_bucket_gib: float  # the gradient reduce bucket(s) ZeRO-2/3 keep (:func:`reduce_bucket_bytes`)
+    reduce_copy_gib: float  # the copy of a bucket one reduction makes
     activations_gib: float
     total_gib: float
     startup_device_gib: float  # the rank's share of the model on the GPU whole, before ZeRO partitions it
@@ -159,9 +162,27 @@ def dense_local_params(c: ModelConfig, tp: int) -> float:
     return p.total - p.routed_experts - split * (1 - 1 / tp)
 
 
+def reduce_bucket_bytes(zero: int, buffers: ZeroBuffers, w_bytes: int, comm_bytes: int) -> tuple[int, int]:
+    """(kept, copy): bytes of the gradient reduce bucket(s) ZeRO keeps on a rank, and of the copy of one bucket a
+    reduction makes (DeepSpeed 0.19.8), for buckets of ``reduce_bucket_size`` elements, weights of ``w_bytes`` and
+    reductions in ``comm_bytes`` (4 where the trainer reduces in fp32). ZeRO-3 keeps one bucket in the reduction's
+    dtype with ``contiguous_gradients`` (none without: the gradients are then cast to it in place of the copy into
+    it) and reduce-scatters it through a flat copy (``reduce_scatter_coalesced``). ZeRO-2 keeps its bucket in the
+    weights' dtype, two with ``overlap_comm``, flattens the one it reduces and casts that to the reduction's dtype
+    where they differ. ZeRO-0/1: none counted (bf16 ZeRO-1 is DeepSpeed's BF16_Optimizer, another code path)."""
+    size = buffers.reduce_bucket_size
+    if zero == 3:
+        cast = 0 if buffers.contiguous_gradients or comm_bytes == w_bytes else comm_bytes
+        return (size * comm_bytes if buffers.contiguous_gradients else 0), size * (comm_bytes + cast)
+    if zero == 2:
+        kept = size * w_bytes * (2 if buffers.overlaps(zero) else 1) if buffers.contiguous_gradients else 0
+        return kept, size * (w_bytes + (comm_bytes if comm_bytes != w_bytes else 0))
+    return 0, 0
+
+
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
                 seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False,
-                grad_accum: int = 1) -> MemoryPlan:
+                grad_accum: int = 1, buffers: ZeroBuffers | None = None, fp32_reduce: bool = False) -> MemoryPlan:
     """Estimate per-GPU memory. Attention and the prelude/coda SwiGLUs are split by ``tp``, the rest outside the
     routed experts is whole on every TP rank (:func:`dense_local_params`, as are the fp32 logits of the
     unsplit LM head); routed experts are split by ``ep``;
@@ -173,7 +194,10 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     (:func:`dense_block_activation_bytes`; with ``checkpoint_dense_blocks`` their inputs and one block) and fp32
     logits. ``replicated_core`` (ZeRO-3 only): the recurrent core's weights stay gathered
     (:mod:`megamythos.parallel.zero`); its optimizer states stay sharded. The gradient partitions of ZeRO-2/3 hold
-    fp32 sums where ``grad_accum`` micro-batches are summed in fp32 (:func:`accumulates_in_fp32`)."""
+    fp32 sums where ``grad_accum`` micro-batches are summed in fp32 (:func:`accumulates_in_fp32`). ``buffers``: the
+    ds_config's sizes (:class:`ZeroBuffers`; None: DeepSpeed's defaults): the reduce bucket(s) and one bucket's copy
+    (:func:`reduce_bucket_bytes`; ``fp32_reduce``: the trainer reduces in fp32, :func:`reduces_in_fp32`), and under
+    ZeRO-3 the parameters prefetched while the largest module is gathered, up to ``max_live_parameters`` in all."""
     if gpus % tp or gpus % ep:
         raise ValueError(f"gpus={gpus} must be divisible by tp={tp} and ep={ep}")
     seq = seq_len or c.training_seq_len
@@ -197,6 +221,11 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     largest_module = (c.n_experts // ep) * expert_params(c) + attention_params(c) / tp if zero >= 3 else 0
     if zero >= 3 and replicated_core:  # then the largest gathered module lies outside the core
         largest_module = max(embedding_params(c) / (1 if c.tie_embeddings else 2), dense_block_params(c) / tp)
+    buffers = buffers or ZeroBuffers()
+    if zero >= 3:  # the prefetcher gathers ahead while fewer than max_live_parameters are gathered
+        largest_module = max(largest_module, min(buffers.max_live_parameters,
+                                                 largest_module + buffers.prefetch_bucket_size))
+    bucket, bucket_copy = reduce_bucket_bytes(zero, buffers, BYTES[dtype], 4 if fp32_reduce else BYTES[dtype])
     tokens = micro_batch * seq
     loops = c.resolved_max_loops
     iteration = iteration_activation_bytes(c, tp, w_bytes)
@@ -212,7 +241,7 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
     acts = tokens * (loop_bytes + dense + c.vocab_size * 4)
     plan = dict(weights_gib=weight_params * w_bytes / GIB, grads_gib=grads_bytes / GIB,
                 optimizer_gib=opt_params * 12 / GIB, gathered_working_gib=largest_module * w_bytes / GIB,
-                activations_gib=acts / GIB)
+                reduce_bucket_gib=bucket / GIB, reduce_copy_gib=bucket_copy / GIB, activations_gib=acts / GIB)
     return MemoryPlan(gpus=gpus, tp=tp, ep=ep, zero=zero, dp=dp, params_per_gpu=weight_params,
                       total_gib=sum(plan.values()), startup_device_gib=startup_memory(c, tp, ep, dtype).device_gib,
                       **plan)

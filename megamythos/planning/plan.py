@@ -27,7 +27,7 @@ from typing import Any
 from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
 from megamythos.model.config import PRESETS, ConfigError, ModelConfig, get_preset
 from megamythos.model.params import count
-from megamythos.planning.layout import LayoutError, ParallelLayout, zeropp_options
+from megamythos.planning.layout import LayoutError, ParallelLayout, reduces_in_fp32, zero_buffers, zeropp_options
 from megamythos.planning.memory import check_startup_memory, memory_plan, startup_memory
 from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
 
@@ -111,15 +111,20 @@ def flags_needing_gpus(parser: argparse.ArgumentParser, args: argparse.Namespace
     return given
 
 
-def resolve_layout(args: argparse.Namespace) -> ParallelLayout:
-    """The layout of ``--gpus`` and friends; ZeRO++ options from the flags, then ``--ds-config``, then off."""
-    zero = {}
-    if args.ds_config:
-        ds_config = read_json_object(args.ds_config, LayoutError,
-                                     "give --ds-config a DeepSpeed JSON file (ds_configs/)")
-        zero = ds_config.get("zero_optimization", {})
-        if not isinstance(zero, dict):
-            raise LayoutError(f"--ds-config {args.ds_config}: zero_optimization must be an object, got {zero!r}")
+def zero_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``zero_optimization`` section of ``--ds-config`` ({} without one)."""
+    if not args.ds_config:
+        return {}
+    ds_config = read_json_object(args.ds_config, LayoutError, "give --ds-config a DeepSpeed JSON file (ds_configs/)")
+    zero = ds_config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise LayoutError(f"--ds-config {args.ds_config}: zero_optimization must be an object, got {zero!r}")
+    return zero
+
+
+def resolve_layout(args: argparse.Namespace, zero: dict[str, Any]) -> ParallelLayout:
+    """The layout of ``--gpus`` and friends; ZeRO++ options from the flags, then ``zero`` (:func:`zero_section`),
+    then off."""
     dp = args.gpus // args.tp if args.gpus % args.tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = args.global_batch_size or args.micro_batch_size * (args.grad_accum or 1) * dp
     zeropp = {**zeropp_options(zero), **{k: getattr(args, k) for k in ("hpz", "qwz", "qgz")
@@ -239,7 +244,8 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = asdict(count(config, seq_len, args.loops))
     prediction = None
     if args.gpus:
-        layout = resolve_layout(args)
+        zero = zero_section(args)
+        layout = resolve_layout(args, zero)
         layout.check_model(config)
         report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
                             "experts_per_ep_rank": config.n_experts // layout.ep,
@@ -247,7 +253,8 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         report["memory_plan"] = asdict(memory_plan(config, layout.world_size, layout.tp, layout.ep, layout.zero,
                                                    layout.micro_batch_size, seq_len,
                                                    replicated_core=layout.replicate_core,
-                                                   grad_accum=layout.grad_accum))
+                                                   grad_accum=layout.grad_accum, buffers=zero_buffers(zero),
+                                                   fp32_reduce=reduces_in_fp32(layout, bf16=True)))
         peak_gib = max(report["memory_plan"]["total_gib"], report["memory_plan"]["startup_device_gib"])
         report["fits"] = {f"{gb:g} GB": peak_gib <= gb * GIB_PER_GB for gb in args.gpu_memory_gb}
         ranks_on_host = min(args.gpus_per_node, layout.world_size)
@@ -301,6 +308,7 @@ def print_report(name: str, report: dict[str, Any], prediction: Any) -> None:
               f"(tp {mem['tp']}, ep {mem['ep']}, dp {mem['dp']}, ZeRO-{mem['zero']}): "
               f"weights {mem['weights_gib']:.1f}, grads {mem['grads_gib']:.1f}, "
               f"optimizer {mem['optimizer_gib']:.1f}, gathered {mem['gathered_working_gib']:.1f}, "
+              f"reduce bucket {mem['reduce_bucket_gib']:.1f} (+{mem['reduce_copy_gib']:.1f} while it reduces), "
               f"activations {mem['activations_gib']:.1f}")
         start = report["startup"]
         print(f"  start-up per rank     {start['host_gib']:.1f} GiB in host memory (the whole model in fp32; "
