@@ -2,7 +2,8 @@
 JSON that spells a lone surrogate, a text file with a byte that is not UTF-8, a folder given as an input, the
 skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals and its
 reading of a large text file, blend
-weights that are not finite, and partition processes outliving a preprocessing run killed alone. Replacing
+weights that are not finite, partition processes outliving a preprocessing run killed alone, and the encoding
+processes' tracebacks at Ctrl-C (2026-12-07). Replacing
 existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
 
@@ -397,6 +398,38 @@ def test_partition_processes_end_when_preprocessing_is_killed_alone(tmp_path: Pa
         child.kill()
     assert not alive, f"{len(alive)} partition process(es) outlived the run"
     assert not dataset_exists(str(tmp_path / "o_text_document"))
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """Whether process ``pid`` ignores SIGINT (bit 1 of its ``SigIgn`` mask in ``/proc/PID/status``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
+def test_ctrl_c_with_workers_is_one_line(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Ctrl-C (SIGINT to the process group) while ``--workers 2`` encode: ``error: interrupted``, exit 130, no
+    temporaries. Before: each encoding process printed a ``KeyboardInterrupt`` traceback above that line. The input
+    is a FIFO, so the run is still reading when the signal comes, however fast the machine."""
+    fifo = tmp_path / "live.jsonl"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, str(REPO / "data_prep" / "preprocess_data.py"),
+                             *preprocess_args([fifo], tmp_path / "o", tiny_tokenizer, "--workers", "2")],
+                            env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    with open(fifo, "w") as writer:  # opens once the run reads it: its pool is forked by then
+        writer.write("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+        writer.flush()
+        workers = psutil.Process(proc.pid).children()
+        assert len(workers) == 2, [w.cmdline() for w in workers]
+        deadline = time.monotonic() + 10  # the workers' start-up, where a signal would still be Python's to handle
+        while not all(map(_ignores_sigint, (w.pid for w in workers))) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert one_error_line(err) == "error: interrupted"
+    assert [p.name for p in tmp_path.iterdir()] == [fifo.name]
 
 
 # ------------------------------------------------------------ datasets a run reads (found 2026-12-06, a Megatron user)

@@ -191,6 +191,14 @@ def _init_worker(model_path: str) -> None:
     _WORKER_TOKENIZER = Tokenizer(model_path)
 
 
+def _init_pool_worker(model_path: str) -> None:
+    """:func:`_init_worker` in a process of the encoding pool, which ignores Ctrl-C: SIGINT reaches the whole process
+    group, and the process that owns the pool answers it alone and ends the pool on its way out (``Pool.terminate``),
+    where each worker would print a ``KeyboardInterrupt`` traceback of the batch it was encoding."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(model_path)
+
+
 def _encode_batch(records: list[RawRecord], keys: tuple[str, ...], append_eod: bool) -> _BatchResult:
     """Parse and tokenise one batch in a worker (or in-process when workers == 1)."""
     tok = _WORKER_TOKENIZER
@@ -233,7 +241,8 @@ def _worker_pool(config: PreprocessConfig) -> contextlib.AbstractContextManager[
     if config.workers == 1:
         _init_worker(config.tokenizer_model)
         return contextlib.nullcontext(None)
-    return mp.get_context("fork").Pool(config.workers, initializer=_init_worker, initargs=(config.tokenizer_model,))
+    return mp.get_context("fork").Pool(config.workers, initializer=_init_pool_worker,
+                                       initargs=(config.tokenizer_model,))
 
 
 def _ordered_results(config: PreprocessConfig, pool: Pool | None,
