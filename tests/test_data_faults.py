@@ -3,10 +3,11 @@ JSON that spells a lone surrogate, a text file with a byte that is not UTF-8, a 
 skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals and its
 reading of a large text file, blend
 weights that are not finite, partition processes outliving a preprocessing run killed alone, and the encoding
-processes' tracebacks at Ctrl-C (2026-12-07). Replacing
+processes' tracebacks at Ctrl-C, and a killed encoding process (2026-12-07). Replacing
 existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import json
@@ -430,6 +431,52 @@ def test_ctrl_c_with_workers_is_one_line(tmp_path: Path, tiny_tokenizer: Tokeniz
     assert proc.returncode == 130
     assert one_error_line(err) == "error: interrupted"
     assert [p.name for p in tmp_path.iterdir()] == [fifo.name]
+
+
+# Preprocessing in which every batch kills the process that encodes it, as the out-of-memory killer would.
+_DYING_ENCODER = """
+import os, sys
+from megamythos.data import preprocess
+from megamythos.data.cli import preprocess_main
+
+def killed(*args):
+    os._exit(137)
+
+preprocess._encode_batch = killed
+sys.exit(preprocess_main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("flags", [("--workers", "2"), ("--partitions", "2")])
+def test_a_killed_encoding_or_partition_process_ends_the_run_in_one_line(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                         flags: tuple[str, str]) -> None:
+    """A process of ``--workers`` or ``--partitions`` that dies holding a batch (the out-of-memory killer's SIGKILL
+    on a large corpus): one line naming the flag, exit 2, nothing written, no process left. Before: with
+    ``--workers`` the run waited for the lost batch for ever (``multiprocessing.Pool`` starts a new worker and
+    never answers); with ``--partitions`` a ``BrokenProcessPool`` traceback."""
+    inputs = [write_jsonl(tmp_path / f"{i}.jsonl", DOCS) for i in range(2)]
+    proc = subprocess.Popen([sys.executable, "-c", _DYING_ENCODER, *preprocess_args(inputs, tmp_path / "o",
+                                                                                      tiny_tokenizer, *flags)],
+                            env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its pool, if the test failed by timing out
+    assert proc.returncode == 2
+    assert one_error_line(err).startswith(f"error: a process of {flags[0]} ended without its result")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.jsonl", "1.jsonl"]
+    _, alive = psutil.wait_procs([p for p in psutil.process_iter() if _group_of(p) == proc.pid], timeout=10)
+    assert not alive, f"{len(alive)} process(es) of the run outlived it"
+
+
+def _group_of(process: psutil.Process) -> int | None:
+    """The process group of ``process``, None if it has ended."""
+    try:
+        return os.getpgid(process.pid)
+    except ProcessLookupError:
+        return None
 
 
 # ------------------------------------------------------------ datasets a run reads (found 2026-12-06, a Megatron user)

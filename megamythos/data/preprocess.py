@@ -4,6 +4,8 @@ Pipeline: the main process of each partition reads records (:mod:`megamythos.dat
 ``workers`` tokenizer processes decode, parse and encode them; results are written in input order, so the
 output does not depend on ``workers`` (and, since partitions are merged in order, not on ``partitions``).
 At most ``2 * workers`` batches are in flight, so memory stays bounded on any input size.
+A partition or encoding process that dies (the out-of-memory killer's SIGKILL) ends the run with
+:class:`WorkerLostError`, nothing written; Ctrl-C is answered by the main process alone.
 
 Bad records (non-UTF-8 bytes in a JSON line, malformed JSON, a missing key, a non-string value, an empty document)
 are counted with their size in bytes, logged with file and line and skipped, or raise :class:`BadInputError` with
@@ -30,10 +32,11 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing.pool import Pool
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -69,6 +72,10 @@ MAX_LOGGED_BAD_RECORDS = 20
 
 class BadInputError(UserError, ValueError):
     """A bad record met with ``strict`` set, an input that held no usable document, or settings that cannot run."""
+
+
+class WorkerLostError(UserError, RuntimeError):
+    """A partition or encoding process ended without its result (killed by the out-of-memory killer, crashed)."""
 
 
 def _check_not_empty(config: PreprocessConfig, stats: PreprocessStats) -> None:
@@ -191,10 +198,12 @@ def _init_worker(model_path: str) -> None:
     _WORKER_TOKENIZER = Tokenizer(model_path)
 
 
-def _init_pool_worker(model_path: str) -> None:
-    """:func:`_init_worker` in a process of the encoding pool, which ignores Ctrl-C: SIGINT reaches the whole process
-    group, and the process that owns the pool answers it alone and ends the pool on its way out (``Pool.terminate``),
-    where each worker would print a ``KeyboardInterrupt`` traceback of the batch it was encoding."""
+def _init_pool_worker(parent: int, model_path: str) -> None:
+    """:func:`_init_worker` in a process of the encoding pool, which ends with ``parent`` (:func:`_end_with_parent`)
+    and ignores Ctrl-C: SIGINT reaches the whole process group, and the process that owns the pool answers it alone
+    and ends the pool on its way out, where each worker would print a ``KeyboardInterrupt`` traceback of the batch it
+    was encoding."""
+    _end_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _init_worker(model_path)
 
@@ -235,17 +244,37 @@ def _batches(records: Iterable[RawRecord], max_docs: int, max_bytes: int) -> Ite
         yield batch
 
 
-def _worker_pool(config: PreprocessConfig) -> contextlib.AbstractContextManager[Pool | None]:
-    """The pool of ``workers`` forked encoding processes (None for one worker: this process encodes). Forked
-    before any thread starts here (the progress bar's monitor), so no child inherits a lock a thread held."""
+@contextlib.contextmanager
+def _forked_pool(processes: int, flag: str, initializer: Callable[..., None],
+                 initargs: tuple[Any, ...]) -> Iterator[ProcessPoolExecutor]:
+    """``processes`` processes forked now, before any thread starts here (the progress bar's monitor, the pool's
+    own), so that no child inherits a lock a thread held. A process that ends without a result (SIGKILL from the
+    kernel's out-of-memory killer, a crash) raises :class:`WorkerLostError` naming ``flag``, where
+    ``multiprocessing.Pool`` would wait for its result forever. On the way out, queued batches are dropped and those
+    being encoded finished."""
+    pool = ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=initializer,
+                               initargs=initargs)
+    try:
+        pool.submit(int).result()  # forks every process (the fork context starts them all at the first task)
+        yield pool
+    except BrokenProcessPool as err:
+        raise WorkerLostError(f"a process of {flag} ended without its result (killed, e.g. by the kernel's "
+                              "out-of-memory killer: see `dmesg`, or crashed); nothing was written: run again, with "
+                              f"a smaller {flag} if memory is short") from err
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_pool(config: PreprocessConfig) -> contextlib.AbstractContextManager[ProcessPoolExecutor | None]:
+    """The pool of ``workers`` forked encoding processes (:func:`_forked_pool`); None for one worker: this process
+    encodes."""
     if config.workers == 1:
         _init_worker(config.tokenizer_model)
         return contextlib.nullcontext(None)
-    return mp.get_context("fork").Pool(config.workers, initializer=_init_pool_worker,
-                                       initargs=(config.tokenizer_model,))
+    return _forked_pool(config.workers, "--workers", _init_pool_worker, (os.getpid(), config.tokenizer_model))
 
 
-def _ordered_results(config: PreprocessConfig, pool: Pool | None,
+def _ordered_results(config: PreprocessConfig, pool: ProcessPoolExecutor | None,
                      batches: Iterator[list[RawRecord]]) -> Iterator[_BatchResult]:
     """Batch results in input order, from ``pool`` (:func:`_worker_pool`) with at most 2 x workers batches queued."""
     args = (config.json_keys, config.append_eod)
@@ -255,11 +284,11 @@ def _ordered_results(config: PreprocessConfig, pool: Pool | None,
         return
     pending: deque = deque()
     for batch in batches:
-        pending.append(pool.apply_async(_encode_batch, (batch, *args)))
+        pending.append(pool.submit(_encode_batch, batch, *args))
         if len(pending) >= 2 * config.workers:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
     while pending:
-        yield pending.popleft().get()
+        yield pending.popleft().result()
 
 
 def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
@@ -426,8 +455,8 @@ def _preprocess(config: PreprocessConfig) -> PreprocessStats:
 
 
 def _end_with_parent(parent: int) -> None:
-    """In a partition process: end when the preprocessing process ends, even by a signal to it alone (Linux's
-    parent-death signal). Otherwise the partition processes would wait for work forever: each holds the work
+    """In a partition or encoding process: end when the process that forked it ends, even by a signal to it alone
+    (Linux's parent-death signal). Otherwise the pool's processes would wait for work forever: each holds the work
     queue's write end, so its read never ends."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
@@ -447,8 +476,7 @@ def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_pa
     reports = [os.path.join(workdir, f"{i:03d}.skipped.tsv") for i in range(len(groups))]
     stats = PreprocessStats()
     try:
-        with ProcessPoolExecutor(len(groups), mp_context=mp.get_context("fork"),
-                                 initializer=_end_with_parent, initargs=(os.getpid(),)) as pool:
+        with _forked_pool(len(groups), "--partitions", _end_with_parent, (os.getpid(),)) as pool:
             futures = [pool.submit(_tokenize_to, config, g, p, r, False) for g, p, r in zip(groups, parts, reports)]
             for future in futures:
                 stats.add(future.result())
