@@ -3,7 +3,7 @@ JSON that spells a lone surrogate, a text file with a byte that is not UTF-8, a 
 skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals and its
 reading of a large text file, blend
 weights that are not finite, partition processes outliving a preprocessing run killed alone, and the encoding
-processes' tracebacks at Ctrl-C, and a killed encoding process (2026-12-07). Replacing
+processes' tracebacks at Ctrl-C, a killed encoding process, and a pipe as input (2026-12-07). Replacing
 existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
 
@@ -195,6 +195,40 @@ def test_a_folder_that_is_no_dataset_gets_a_glob_hint(tmp_path: Path, tiny_token
     write_jsonl((tmp_path / "corpus").mkdir() or tmp_path / "corpus" / "a.jsonl", DOCS)
     line = error_of(preprocess_main, preprocess_args([tmp_path / "corpus"], tmp_path / "o", tiny_tokenizer), capsys)
     assert "is a folder but not a save_to_disk dataset" in line and f"{tmp_path / 'corpus'}/*.jsonl" in line, line
+
+
+def _pipe_of(data: bytes, opened: list[int]) -> str:
+    """A path that reads ``data`` from a pipe, as ``<(cat FILE)`` gives (``/dev/fd/N``; at most a pipe's buffer);
+    its read end is added to ``opened``, for the caller to close."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    opened.append(read_end)
+    return f"/dev/fd/{read_end}"
+
+
+def test_a_pipe_is_read_as_json_lines_or_refused_in_one_line(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """``--input <(xzcat corpus.txt.xz)`` or ``/dev/stdin``: a text input is read more than once (its first line, to
+    tell JSON lines; for the tokenizer, a scan and then its lines), which a pipe cannot be. Before: preprocessing
+    said ``preprocessing into OUT failed: File or stream is not seekable``, blaming its output, and the tokenizer
+    trainer ended in an ``io.UnsupportedOperation`` traceback. JSON lines, read once, stream from a pipe."""
+    text, opened = "".join(DOCS).encode(), []
+    try:
+        for main, argv in [(preprocess_main, preprocess_args([Path(_pipe_of(text, opened))], tmp_path / "o",
+                                                             tiny_tokenizer)),
+                           (train_tokenizer_main, ["--input", _pipe_of(text, opened), "--vocab-size", "400",
+                                                   "--model-prefix", str(tmp_path / "tok")])]:
+            line = error_of(main, argv, capsys)
+            assert "is a pipe or device, not a file" in line and "--input-format jsonl" in line, line
+        assert not list(tmp_path.iterdir())
+        jsonl = _pipe_of("".join(json.dumps({"text": d}) + "\n" for d in DOCS).encode(), opened)
+        assert preprocess_main(preprocess_args([Path(jsonl)], tmp_path / "o", tiny_tokenizer, "--input-format",
+                                               "jsonl")) == 0
+    finally:
+        for fd in opened:
+            os.close(fd)
+    assert read_dataset_metadata(str(tmp_path / "o_text_document"))["num_documents"] == len(DOCS)
 
 
 def test_a_failed_run_leaves_the_report_of_the_dataset_it_did_not_replace(tmp_path: Path, tiny_tokenizer: Tokenizer,

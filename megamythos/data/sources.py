@@ -335,7 +335,8 @@ COMPRESSED_SUFFIXES = (".gz", ".zst", ".xz", ".bz2", ".lz4", ".zip", ".7z", ".ta
 def input_format(path: str, fmt: str | None = None) -> str:
     """How the input ``path`` is read: ``"dataset"`` (a directory: a ``save_to_disk`` dataset), else ``fmt`` if
     given, else by suffix: ``"jsonl"``, ``"parquet"`` or ``"txt"``. Raises :class:`InputError` for an invalid
-    ``fmt``, another compression, or JSON lines under a suffix read as text."""
+    ``fmt``, another compression, JSON lines under a suffix read as text, or a pipe read as anything but JSON
+    lines (the only format read once, as a stream)."""
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"input format {fmt!r} is invalid: use one of {FORMATS}")
     name = path.lower()
@@ -343,6 +344,11 @@ def input_format(path: str, fmt: str | None = None) -> str:
         return "dataset"
     if fmt == "jsonl" or (fmt is None and name.endswith(JSON_LINES_SUFFIXES)):
         return "jsonl"
+    if not os.path.isfile(path):
+        raise InputError(f"--input {path} is a pipe or device, not a file (`<(...)`, /dev/stdin): text and Parquet "
+                         "inputs are read more than once (their start, to tell their format), which a stream cannot "
+                         "be; write it to a file first, or pass --input-format jsonl if it holds JSON lines (read "
+                         "once, as a stream)")
     if fmt == "parquet" or (fmt is None and name.endswith(".parquet")):
         return "parquet"
     if fmt is None and name.endswith(COMPRESSED_SUFFIXES):
