@@ -3,7 +3,8 @@ JSON that spells a lone surrogate, a text file with a byte that is not UTF-8, a 
 skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals and its
 reading of a large text file, blend
 weights that are not finite, partition processes outliving a preprocessing run killed alone, and the encoding
-processes' tracebacks at Ctrl-C, a killed encoding process, and a pipe as input (2026-12-07). Replacing
+processes' tracebacks at Ctrl-C, a killed encoding process, a strict error in one partition, and a pipe as
+input (2026-12-07). Replacing
 existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
 
@@ -511,6 +512,60 @@ def _group_of(process: psutil.Process) -> int | None:
         return os.getpgid(process.pid)
     except ProcessLookupError:
         return None
+
+
+def _start_partitions(tmp_path: Path, tokenizer: Tokenizer, first: Path, second: Path,
+                      *extra: str) -> tuple[subprocess.Popen, int]:
+    """``preprocess_data.py --partitions 2`` on ``first`` and ``second`` (one partition each), in a session of its
+    own; one of them is ``tmp_path/live.jsonl``, a FIFO that is never written: its partition waits for ever. Returns
+    the process and the FIFO's descriptor held open here (for its reader's open not to wait), for the caller to
+    close."""
+    held = os.open(tmp_path / "live.jsonl", os.O_RDWR)
+    proc = subprocess.Popen([sys.executable, str(REPO / "data_prep" / "preprocess_data.py"),
+                             *preprocess_args([first, second], tmp_path / "o", tokenizer, "--partitions", "2",
+                                              *extra)],
+                            env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    return proc, held
+
+
+def _finish(proc: subprocess.Popen, held: int) -> str:
+    """The stderr of ``proc`` once it ends (killed with its group after 60 s, failing the test); closes ``held``."""
+    try:
+        return proc.communicate(timeout=60)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.close(held)
+
+
+def test_a_strict_error_in_one_partition_ends_the_others(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Before: the run reported the bad record only once every other partition had read its whole share of the
+    input (``ProcessPoolExecutor`` waits for its tasks on the way out): here, for ever."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS) + "{not json}\n")
+    os.mkfifo(tmp_path / "live.jsonl")
+    proc, held = _start_partitions(tmp_path, tiny_tokenizer, bad, tmp_path / "live.jsonl", "--strict")
+    err = _finish(proc, held)
+    assert proc.returncode == 2
+    assert one_error_line(err).startswith(f"error: {bad}:{len(DOCS) + 1}: malformed JSON")
+
+
+def test_ctrl_c_while_a_partition_has_finished_is_one_line(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Ctrl-C while one partition is done and another still reads. Before: the finished partition's process,
+    waiting for work, printed a ``KeyboardInterrupt`` traceback above ``error: interrupted``."""
+    done = write_jsonl(tmp_path / "done.jsonl", DOCS)
+    os.mkfifo(tmp_path / "live.jsonl")
+    proc, held = _start_partitions(tmp_path, tiny_tokenizer, done, tmp_path / "live.jsonl")
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("o.parts.tmp.*/000_text.idx")) and proc.poll() is None:  # the first part written
+        assert time.monotonic() < deadline, "the first partition never finished"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = _finish(proc, held)
+    assert proc.returncode == 130
+    assert one_error_line(err) == "error: interrupted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done.jsonl", "live.jsonl"]
 
 
 # ------------------------------------------------------------ datasets a run reads (found 2026-12-06, a Megatron user)

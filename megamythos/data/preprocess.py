@@ -33,7 +33,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,12 +199,8 @@ def _init_worker(model_path: str) -> None:
 
 
 def _init_pool_worker(parent: int, model_path: str) -> None:
-    """:func:`_init_worker` in a process of the encoding pool, which ends with ``parent`` (:func:`_end_with_parent`)
-    and ignores Ctrl-C: SIGINT reaches the whole process group, and the process that owns the pool answers it alone
-    and ends the pool on its way out, where each worker would print a ``KeyboardInterrupt`` traceback of the batch it
-    was encoding."""
-    _end_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """:func:`_init_worker` in a process of the encoding pool (:func:`_start_child`)."""
+    _start_child(parent)
     _init_worker(model_path)
 
 
@@ -248,15 +244,23 @@ def _batches(records: Iterable[RawRecord], max_docs: int, max_bytes: int) -> Ite
 def _forked_pool(processes: int, flag: str, initializer: Callable[..., None],
                  initargs: tuple[Any, ...]) -> Iterator[ProcessPoolExecutor]:
     """``processes`` processes forked now, before any thread starts here (the progress bar's monitor, the pool's
-    own), so that no child inherits a lock a thread held. A process that ends without a result (SIGKILL from the
-    kernel's out-of-memory killer, a crash) raises :class:`WorkerLostError` naming ``flag``, where
-    ``multiprocessing.Pool`` would wait for its result forever. On the way out, queued batches are dropped and those
-    being encoded finished."""
+    own), so that no child inherits a lock a thread held; ``initializer`` calls :func:`_start_child`. A process
+    that ends without a result (SIGKILL from the kernel's out-of-memory killer, a crash) raises
+    :class:`WorkerLostError` naming ``flag``, where ``multiprocessing.Pool`` would wait for its result forever. An
+    exception here (Ctrl-C, a bad record with ``strict``, another process's error) ends the processes at once,
+    where the pool would wait for every task queued (another partition's whole share of the input)."""
+    before = set(mp.active_children())
     pool = ProcessPoolExecutor(processes, mp_context=mp.get_context("fork"), initializer=initializer,
                                initargs=initargs)
     try:
         pool.submit(int).result()  # forks every process (the fork context starts them all at the first task)
-        yield pool
+        children = [p for p in mp.active_children() if p not in before]
+        try:
+            yield pool
+        except BaseException:
+            for child in children:
+                child.terminate()
+            raise
     except BrokenProcessPool as err:
         raise WorkerLostError(f"a process of {flag} ended without its result (killed, e.g. by the kernel's "
                               "out-of-memory killer: see `dmesg`, or crashed); nothing was written: run again, with "
@@ -454,14 +458,17 @@ def _preprocess(config: PreprocessConfig) -> PreprocessStats:
     return stats
 
 
-def _end_with_parent(parent: int) -> None:
+def _start_child(parent: int) -> None:
     """In a partition or encoding process: end when the process that forked it ends, even by a signal to it alone
-    (Linux's parent-death signal). Otherwise the pool's processes would wait for work forever: each holds the work
-    queue's write end, so its read never ends."""
+    (Linux's parent-death signal), and ignore Ctrl-C. Otherwise the pool's processes would wait for work forever
+    (each holds the work queue's write end, so its read never ends), and SIGINT, which reaches the whole process
+    group, would print a ``KeyboardInterrupt`` traceback from each; the process that owns the pool answers it alone
+    and ends them (:func:`_forked_pool`)."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent ended before the signal was armed
         os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_path: str) -> PreprocessStats:
@@ -476,8 +483,12 @@ def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_pa
     reports = [os.path.join(workdir, f"{i:03d}.skipped.tsv") for i in range(len(groups))]
     stats = PreprocessStats()
     try:
-        with _forked_pool(len(groups), "--partitions", _end_with_parent, (os.getpid(),)) as pool:
+        with _forked_pool(len(groups), "--partitions", _start_child, (os.getpid(),)) as pool:
             futures = [pool.submit(_tokenize_to, config, g, p, r, False) for g, p, r in zip(groups, parts, reports)]
+            wait(futures, return_when=FIRST_EXCEPTION)  # a partition's error (strict) ends the others at once
+            for future in futures:
+                if future.done() and future.exception() is not None:
+                    future.result()  # raises it: the first in input order of those that failed
             for future in futures:
                 stats.add(future.result())
         _check_not_empty(config, stats)
