@@ -1,11 +1,9 @@
 """Faults of the data tools found by trying them as a new user would (2026-12-06): damaged compressed inputs,
 JSON that spells a lone surrogate, a text file with a byte that is not UTF-8, a folder given as an input, the
 skipped-record report of a failed run, a tokenizer without an eos piece, the tokenizer trainer's refusals and its
-reading of a large text file, blend
-weights that are not finite, partition processes outliving a preprocessing run killed alone, and the encoding
-processes' tracebacks at Ctrl-C, a killed encoding process, a strict error in one partition, and a pipe as
-input (2026-12-07). Replacing
-existing outputs: ``test_data_preprocess.py``."""
+reading of a large text file, blend weights that are not finite, partition processes outliving a preprocessing run
+killed alone; and (2026-12-07) Ctrl-C tracebacks of encoding and partition processes, a killed encoding process, a
+strict error in one partition, a pipe as input. Replacing existing outputs: ``test_data_preprocess.py``."""
 from __future__ import annotations
 
 import contextlib
