@@ -255,6 +255,35 @@ def test_several_json_keys_write_one_dataset_each(tmp_path, tiny_tokenizer: Toke
     assert decoded(tiny_tokenizer, titles) == [d[:10] for d in DOCS[:5]]
 
 
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_no_key_s_new_dataset_is_ever_visible_beside_another_key_s_old_one(tmp_path, tiny_tokenizer: Tokenizer,
+                                                                          monkeypatch, partitions: int) -> None:
+    """``--overwrite`` of a two-key dataset: whenever a new ``.idx`` is renamed into place (a run killed right after
+    leaves what is there), the other key's ``.idx`` is absent or this run's. Before: the keys were put in place one
+    after the other (with ``--partitions``, each merged whole before the next began), so a run killed in between left
+    the first key's new dataset beside the second's old one, each complete."""
+    inputs = [str(tmp_path / f"{i}.jsonl") for i in range(2)]
+    for path, docs in zip(inputs, (DOCS[:30], DOCS[30:])):
+        Path(path).write_text("".join(json.dumps({"text": d, "title": d[:10]}) + "\n" for d in docs))
+    config = dict(inputs=inputs, output_prefix=str(tmp_path / "o"), tokenizer_model=tiny_tokenizer.model_path,
+                  json_keys=("text", "title"))
+    preprocess(PreprocessConfig(**config))
+    outputs = {str(tmp_path / f"o_{key}_document.idx") for key in ("text", "title")}
+    placed: set[str] = set()
+    beside_old: list[str] = []
+    real_replace = os.replace
+
+    def replace(src, dst) -> None:
+        real_replace(src, dst)
+        if str(dst) in outputs:
+            placed.add(str(dst))
+            beside_old.extend(other for other in outputs - placed if os.path.exists(other))
+
+    monkeypatch.setattr(os, "replace", replace)
+    preprocess(PreprocessConfig(**config, overwrite=True, partitions=partitions))
+    assert placed == outputs and not beside_old
+
+
 def test_text_input_with_several_keys_is_rejected(tmp_path, tiny_tokenizer: Tokenizer) -> None:
     (tmp_path / "a.txt").write_text("hello\n")
     with pytest.raises(InputError, match="one text per document"):

@@ -15,7 +15,9 @@ ends with a warning that counts the bytes replaced and names the first (``strict
 
 Crash safety: a dataset becomes visible (``dataset_exists``: ``.bin`` and ``.idx``) only complete and with its
 tokenizer record: the record is written, and an existing ``.idx`` of the same prefix removed, before the ``.idx``
-is renamed into place last; an existing dataset is replaced only with ``overwrite``. The skipped-record report is
+is renamed into place last (with several ``json_keys``, every key's record before any key's ``.idx``, so that no
+key's new dataset is ever visible beside another's old one); an existing dataset is replaced only with
+``overwrite``. The skipped-record report is
 written under a temporary name and renamed beside the dataset it describes, so a failed run leaves the old one.
 Temporary files of this run's outputs left by a killed run (``*.tmp.<host>.<pid>`` of a dead pid of this host)
 are removed when the next run on the same output prefix starts.
@@ -49,9 +51,14 @@ from megamythos.data.atomic import (
     temp_name,
     writable_parent,
 )
-from megamythos.data.indexed_dataset import IndexedDatasetBuilder, optimal_dtype
-from megamythos.data.merge import merge_datasets
-from megamythos.data.metadata import announce_dataset, dataset_files, refuse_to_replace
+from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, optimal_dtype
+from megamythos.data.metadata import (
+    announce_dataset,
+    dataset_files,
+    read_dataset_metadata,
+    refuse_to_replace,
+    verified_token_range,
+)
 from megamythos.data.sources import (
     MISSING_KEY,
     RawRecord,
@@ -332,16 +339,42 @@ def _count_replaced(stats: PreprocessStats, replaced: Replacements, strict: bool
     stats.replaced.add(replaced)
 
 
+@contextlib.contextmanager
+def _dataset_builders(config: PreprocessConfig,
+                      prefixes: dict[str, str]) -> Iterator[tuple[Tokenizer, list[IndexedDatasetBuilder]]]:
+    """The tokenizer and a builder of each key's dataset ``prefixes[key]``, in the tokenizer's dtype; every
+    builder's temporary files are removed on an exception."""
+    tokenizer = Tokenizer(config.tokenizer_model)
+    dtype = optimal_dtype(tokenizer.vocab_size)
+    builders = [IndexedDatasetBuilder(prefixes[k], dtype) for k in config.json_keys]
+    try:
+        yield tokenizer, builders
+    except BaseException:
+        for builder in builders:
+            builder.abort()
+        raise
+
+
+def _publish(config: PreprocessConfig, tokenizer: Tokenizer, builders: list[IndexedDatasetBuilder],
+             documents: int) -> None:
+    """Put the ``builders``' datasets (one per key, of ``documents`` documents) in place: every key's record first,
+    each hiding the old dataset at its prefix (:func:`~megamythos.data.metadata.announce_dataset`), then every
+    ``.bin`` and ``.idx``. Wherever a run is killed, no key's new dataset is visible beside another key's old one."""
+    for key, builder in zip(config.json_keys, builders):
+        announce_dataset(builder.path_prefix, tokenizer, builder.checksums(), dtype=builder.dtype.name,
+                         append_eod=config.append_eod, eod_id=tokenizer.eos_id, json_key=key,
+                         num_documents=documents, num_tokens=builder.num_tokens)
+    for builder in builders:
+        builder.finalize()
+
+
 def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str],
                  report_path: str, final: bool = True) -> PreprocessStats:
     """Tokenise ``paths`` (or the hub dataset) into the datasets ``prefixes`` (key -> prefix); ``final``: these
     are the outputs (not partitions to merge), which must not be empty."""
-    tokenizer = Tokenizer(config.tokenizer_model)
-    dtype = optimal_dtype(tokenizer.vocab_size)
     stats = PreprocessStats()
     start = time.perf_counter()
-    builders = [IndexedDatasetBuilder(prefixes[k], dtype) for k in config.json_keys]
-    try:
+    with _dataset_builders(config, prefixes) as (tokenizer, builders):
         with _worker_pool(config) as pool, tqdm(unit="doc", disable=not config.progress, dynamic_ncols=True) as bar:
             next_log = config.log_interval
             batches = _batches(_records(config, paths), config.batch_documents, config.batch_bytes)
@@ -364,15 +397,7 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
                     logger.info("%d documents, %s", stats.documents, rates)
         if final:
             _check_not_empty(config, stats)
-        for key, builder in zip(config.json_keys, builders):
-            announce_dataset(prefixes[key], tokenizer, builder.checksums(), dtype=dtype.name,
-                             append_eod=config.append_eod, eod_id=tokenizer.eos_id, json_key=key,
-                             num_documents=stats.documents, num_tokens=builder.num_tokens)
-            builder.finalize()
-    except BaseException:
-        for builder in builders:
-            builder.abort()
-        raise
+        _publish(config, tokenizer, builders, stats.documents)
     stats.outputs = list(prefixes.values())
     stats.seconds = time.perf_counter() - start
     return stats
@@ -472,7 +497,7 @@ def _start_child(parent: int) -> None:
 
 
 def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_path: str) -> PreprocessStats:
-    """Tokenise each group of files in its own process into a partial dataset, then merge them in order.
+    """Tokenise each group of files in its own process into a partial dataset, then concatenate them in order.
 
     Partial datasets live in a temporary directory (``{output_prefix}.parts.tmp.<pid>``) removed at the end,
     so no valid-looking partial ``.idx`` is ever left next to the outputs.
@@ -492,8 +517,12 @@ def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_pa
             for future in futures:
                 stats.add(future.result())
         _check_not_empty(config, stats)
-        for key, prefix in config.output_prefixes().items():  # the parts' record, with the merged counts
-            merge_datasets([p[key] for p in parts], prefix, overwrite=True)  # refused at the start unless asked
+        with _dataset_builders(config, config.output_prefixes()) as (tokenizer, builders):
+            for key, builder in zip(config.json_keys, builders):
+                for part in parts:  # each checked against the checksums it was written with, as a merge's inputs
+                    verified_token_range(IndexedDataset(part[key]), read_dataset_metadata(part[key]))
+                    builder.add_index(part[key])
+            _publish(config, tokenizer, builders, stats.documents)
         for report in (r for r in reports if os.path.exists(r)):
             with open(report, "rb") as src, open(report_path, "ab") as dst:
                 shutil.copyfileobj(src, dst)
