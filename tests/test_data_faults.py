@@ -673,9 +673,25 @@ def test_merge_refuses_an_input_inspect_calls_invalid(tmp_path: Path, tiny_token
     assert len(merge_datasets([good, other], str(tmp_path / "merged"))) == len(DOCS) + 3
 
 
-def test_a_damaged_index_cache_entry_is_one_line(tmp_path: Path) -> None:
+def test_a_damaged_index_cache_entry_is_built_again_or_one_line(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Found 2026-12-07: a byte changed in a cached sample index (a disk, a copy) read other samples, or past the
+    dataset, without a word; the description now records each array's sha256, and the loading rank 0 builds a
+    damaged entry again. An entry written before the digests were recorded is still one line when it cannot be
+    read."""
     arrays = load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
-    os.truncate(arrays["x"].filename, 200)
+    data = bytearray(Path(arrays["x"].filename).read_bytes())
+    data[-8] ^= 1  # one bit of the last value: a valid index, another sample
+    Path(arrays["x"].filename).write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        again = load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
+    assert "-x.npy differs from its recorded sha256): building it again" in caplog.text
+    assert np.array_equal(again["x"], np.arange(1000))
+    description = next(tmp_path.glob("*-description.json"))
+    old = json.loads(description.read_text())
+    del old["array_sha256"]  # an entry written before 2026-12-07
+    description.write_text(json.dumps(old))
+    os.truncate(again["x"].filename, 200)
     with pytest.raises(IndexCacheError, match="is damaged .* remove its files and run again"):
         load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
 

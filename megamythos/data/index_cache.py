@@ -2,7 +2,10 @@
 
 A cache entry is ``{dir}/{key}-{name}.npy`` per array plus ``{dir}/{key}-description.json``, where ``key`` is
 the sha256 of the JSON description of everything the arrays depend on. The description is written last, so
-an entry is complete exactly when it exists; every file is written under a temporary name and renamed.
+an entry is complete exactly when it exists; every file is written under a temporary name and renamed. The
+description records the sha256 of each array file (``array_sha256``), which the loading rank 0 checks before
+the others map them: an entry a disk or a copy damaged (a sample index that reads other samples, or past its
+dataset) is built again, with a warning.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from megamythos.data.atomic import atomic_open, remove_stale_temps
+from megamythos.data.manifest import file_sha256
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,10 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
     key = description_key(description)
     desc_path = os.path.join(cache_dir, f"{key}-description.json")
     rank = _distributed_rank()
+    if rank in (None, 0) and os.path.isfile(desc_path) and (damage := damaged_entry(cache_dir, key)):
+        logger.warning("index cache entry %s-* is damaged (%s): building it again", os.path.join(cache_dir, key),
+                       damage)
+        os.remove(desc_path)
     if rank in (None, 0) and not os.path.isfile(desc_path):
         logger.info("building %s indices (cache key %s) in %s", description.get("class"), key, cache_dir)
         arrays = build()
@@ -64,8 +72,10 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
             for name, array in arrays.items():
                 with atomic_open(os.path.join(cache_dir, f"{key}-{name}.npy")) as handle:
                     np.save(handle, array, allow_pickle=False)
+            digests = {name: file_sha256(path) for name, path in zip(arrays, paths)}
             with atomic_open(desc_path, "w") as handle:
-                json.dump({**description, "arrays": sorted(arrays)}, handle, indent=2, sort_keys=True)
+                json.dump({**description, "arrays": sorted(arrays), "array_sha256": digests}, handle, indent=2,
+                          sort_keys=True)
         except OSError as err:
             raise IndexCacheError(f"cannot write the index cache in {cache_dir} ({err}); pass a writable "
                                   "--data-cache-dir that every rank can read") from err
@@ -83,6 +93,22 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
     except (OSError, ValueError, KeyError, TypeError) as err:  # truncated or overwritten after it was written
         raise IndexCacheError(f"index cache entry {os.path.join(cache_dir, key)}-* is damaged ({err}); remove its "
                               "files and run again (they are rebuilt)") from err
+
+
+def damaged_entry(cache_dir: str, key: str) -> str | None:
+    """What is wrong with the cache entry ``key`` of ``cache_dir`` whose description exists: an unreadable
+    description, or an array file missing or not the sha256 the description records; None when it is whole (or
+    written before the digests were recorded: nothing to check it against)."""
+    try:
+        with open(os.path.join(cache_dir, f"{key}-description.json")) as handle:
+            recorded = json.load(handle).get("array_sha256", {})
+        for name, digest in sorted(recorded.items()):
+            path = os.path.join(cache_dir, f"{key}-{name}.npy")
+            if file_sha256(path) != digest:
+                return f"{os.path.basename(path)} differs from its recorded sha256"
+    except (OSError, ValueError, AttributeError) as err:
+        return str(err)
+    return None
 
 
 class MappedArraysPickle:
