@@ -1414,3 +1414,30 @@ def test_a_missing_dataset_is_named_with_the_flag_that_gave_it(tmp_path: Path, m
     with pytest.raises(DataError, match=r"^--valid-data-path: dataset 'missing' not found"):
         sources.check_found()
     assert sources.prefixes() == [str(tmp_path / "d"), "missing"]  # the list alone reads no file
+
+
+def test_ranks_started_with_other_trainer_flags_are_refused_naming_the_rank_and_the_flags(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (two "nodes" on one host, each its own `deepspeed --no_ssh --node_rank R` command): nothing
+    compared the nodes' commands, so another --seed was refused as an index cache missing on a shared filesystem
+    (said by no node; rank 0 blamed a rank that ended), another --global-batch-size hung in the first step, and
+    another --save trained to the first checkpoint and failed it. The ranks' flags are gathered at start-up (here
+    a stand-in for the gather gives rank 1 its own command); the launcher's --local_rank differs on every rank."""
+    from megamythos.training import pretrain
+
+    ours = parse_args(["--seed", "7", "--save", "a", "--override", "dim=64", "--local_rank", "0"])
+    commands = {"node0": ours}
+
+    def gather(gathered: list, mine: object) -> None:
+        gathered[:] = [(host, args.command_values()) for host, args in commands.items()]
+
+    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    commands["node1"] = parse_args(["--seed", "7", "--save", "a", "--override", "dim=64", "--local_rank", "1"])
+    pretrain.check_same_command(ours, 2)
+    commands["node1"] = parse_args(["--seed", "8", "--save", "b", "--override", "dim=32", "--global-batch-size", "4"])
+    with pytest.raises(ArgumentError) as refused:
+        pretrain.check_same_command(ours, 2)
+    assert str(refused.value) == (
+        "rank 1 (host node1) was started with other trainer flags than rank 0 (host node0): --global-batch-size 4 "
+        "(rank 0: not given), --save b (rank 0: a), --seed 8 (rank 0: 7), --override dim 32 (rank 0: 64); run the "
+        "same command, with the same RUN_DIR, on every node")

@@ -28,14 +28,17 @@ from megamythos.training.monitor import STRAGGLER_STEPS
 from tests.helpers import (
     REPO,
     LaunchPool,
+    deepspeed_command,
     finish,
     free_port,
     launch_env,
     losses,
     metrics,
+    one_error_line,
     requires_grouped_mm,
     run,
     run_single,
+    spawn,
     start,
     tiny_args,
     trains,
@@ -521,6 +524,30 @@ def test_two_nodes_through_the_hostfile_path(zero3, tmp_path, corpus):
         assert proc.returncode == 0, text[-4000:]
     assert "world 2" in (tmp_path / "node0.txt").read_text()
     assert_same_losses(tmp_path, zero3, tol=1e-6)
+
+
+def test_two_nodes_given_other_flags_are_refused_at_start_up(tmp_path, corpus):
+    """Found 2026-12-07: each node runs its own `deepspeed --no_ssh --node_rank R` command, and nothing compared
+    them. Node 1 with another --seed and --global-batch-size: rank 1 met an index cache it did not find (read as a
+    cache_dir that is not shared), said nothing on its node, and rank 0 blamed `a rank of this job (on another node)
+    ended during a collective`; --global-batch-size alone hung in the first step. Now both ranks refuse at start-up,
+    rank 0 in one line naming rank 1, its host and the flags, before any step or file of the run."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port = str(free_port())
+    args = [*tiny_args(corpus, ITERS), "--zero", "3", "--micro-batch-size", "1", "--global-batch-size", "2",
+            "--save", str(tmp_path / "ckpt"), "--distributed-timeout-minutes", "1"]  # a hang fails within a minute
+    node_flags = [[], ["--seed", "8", "--global-batch-size", "4"]]
+    procs = [spawn(deepspeed_command(["--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(r), "--master_addr",
+                                      "127.0.0.1", "--master_port", port], [*args, *node_flags[r]]),
+                   tmp_path / f"node{r}.txt") for r in (0, 1)]
+    texts = [finish(proc, tmp_path / f"node{r}.txt", timeout=300) for r, proc in enumerate(procs)]
+    assert [proc.returncode for proc in procs] == [2, 2], texts[0][-4000:]
+    assert one_error_line(texts[0]) == (
+        f"error: rank 1 (host {socket.gethostname()}) was started with other trainer flags than rank 0 (host "
+        f"{socket.gethostname()}): --global-batch-size 4 (rank 0: 2), --seed 8 (rank 0: 7); run the same command, "
+        "with the same RUN_DIR, on every node")
+    assert not (tmp_path / "ckpt" / "metrics.jsonl").exists() and read_latest(tmp_path / "ckpt") is None
 
 
 @pytest.mark.parametrize("name", ["ep2", "ep2_zero0"])

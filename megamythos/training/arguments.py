@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +273,32 @@ class TrainArgs:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def command_values(self) -> dict[str, Any]:
+        """{flag: value} of every setting the command line decides, to compare the ranks' (:func:`differing_flags`):
+        each ``--override FIELD`` on its own, the launcher's ``--local_rank`` (one per rank of a node) left out."""
+        values = self.to_dict()
+        overrides = values.pop("overrides")
+        del values["local_rank"]
+        flags = {FIELD_FLAGS.get(name, "--" + name.replace("_", "-")): value for name, value in values.items()}
+        return {**flags, **{f"--override {name}": value for name, value in overrides.items()}}
+
+
+# TrainArgs fields set by flags not named after them
+FIELD_FLAGS = {"lr_schedule_on_resume": "--use-checkpoint-lr-schedule/--override-lr-schedule"}
+
+
+def differing_flags(reference: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
+    """``FLAG VALUE (rank 0: VALUE)`` for each flag whose value differs between two ranks'
+    :meth:`TrainArgs.command_values` (``reference``: rank 0's), in the order of the flags; a flag left to its
+    default of None (the ds_config's value) or an override not given shows as ``not given``."""
+    def shown(values: Mapping[str, Any], flag: str) -> Any:
+        value = values.get(flag)
+        return "not given" if value is None else value
+
+    flags = [*reference, *(flag for flag in other if flag not in reference)]
+    pairs = ((flag, shown(other, flag), shown(reference, flag)) for flag in flags)
+    return [f"{flag} {theirs} (rank 0: {ours})" for flag, theirs, ours in pairs if theirs != ours]
 
 
 FLAG_HELP = {  # flags added in loops below; the others carry their help where they are added

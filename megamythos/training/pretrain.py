@@ -78,7 +78,7 @@ from megamythos.runtime.build_locks import check_build_locks
 from megamythos.runtime.device import collective_device, device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training import comm_stats
-from megamythos.training.arguments import TrainArgs, parse_args
+from megamythos.training.arguments import ArgumentError, TrainArgs, differing_flags, parse_args
 from megamythos.training.checkpointing import (
     PRECISION_KEY,
     CheckpointError,
@@ -202,6 +202,25 @@ def init_distributed(timeout_minutes: float) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def check_same_command(args: TrainArgs, world: int) -> None:
+    """Collective: refuse (:class:`ArgumentError` on every rank) a job whose ranks were given different trainer flags,
+    naming the first such rank, its host and the flags. Each node of a multi-node job runs its own command (``--no_ssh
+    --node_rank R``, an srun task, or pdsh with its node's ``RUN_DIR`` and launcher defaults): another ``--seed`` read
+    other index caches and was refused as a cache missing on a shared filesystem, another ``--global-batch-size``
+    accumulated another number of micro-batches and hung in the first step's collective, and another ``--save``
+    trained to the first checkpoint and failed it, each rank's shard in its own folder."""
+    if world == 1:
+        return
+    ranks: list[Any] = [None] * world
+    dist.all_gather_object(ranks, (socket.gethostname(), args.command_values()))
+    (host0, flags0), other = ranks[0], ranks[1:]
+    for rank, (host, flags) in enumerate(other, start=1):
+        if differ := differing_flags(flags0, flags):
+            raise ArgumentError(f"rank {rank} (host {host}) was started with other trainer flags than rank 0 (host "
+                                f"{host0}): {', '.join(differ)}; run the same command, with the same RUN_DIR, on "
+                                "every node")
+
+
 def checkpointing_warning(save: str | None, save_interval: int, steps_left: int) -> str | None:
     """What a run that checkpoints little is told at its start, None if nothing: without ``--save`` no step is
     ever saved (Megatron's rule; the planner's printed command and a bare ``python -m`` have none, the launchers
@@ -290,6 +309,7 @@ class Trainer:
         setup_logging(int(os.environ.get("RANK", "0")))
         self.comm = comm_stats.install()  # before DeepSpeed keeps references to the collectives
         self.rank, self.world = init_distributed(args.distributed_timeout_minutes)
+        check_same_command(args, self.world)  # first: every later check and collective assumes one command
         if (why := unconvertible_layout(self.layout_record(), self.layout.zero)) and self.rank == 0:
             logger.warning("%s: this run's checkpoints will resume only on this layout, and export, evaluate, generate "
                            "and --finetune cannot read them; train without --tp or without --ep for a model to "
