@@ -1434,10 +1434,12 @@ def test_ranks_started_with_other_trainer_flags_are_refused_naming_the_rank_and_
     monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
     commands["node1"] = parse_args(["--seed", "7", "--save", "a", "--override", "dim=64", "--local_rank", "1"])
     pretrain.check_same_command(ours, 2)
-    commands["node1"] = parse_args(["--seed", "8", "--save", "b", "--override", "dim=32", "--global-batch-size", "4"])
+    commands["node1"] = parse_args(["--seed", "8", "--save", "b", "--override", "dim=32", "--global-batch-size", "4",
+                                    "--data-path", "0.5", "x", "0.5", "y"])
     with pytest.raises(ArgumentError) as refused:
         pretrain.check_same_command(ours, 2)
     assert str(refused.value) == (
-        "rank 1 (host node1) was started with other trainer flags than rank 0 (host node0): --global-batch-size 4 "
+        "rank 1 (host node1) was started with other trainer flags than rank 0 (host node0): --data-path 0.5 x 0.5 y "
+        "(rank 0: not given), --global-batch-size 4 "
         "(rank 0: not given), --save b (rank 0: a), --seed 8 (rank 0: 7), --override dim 32 (rank 0: 64); run the "
         "same command, with the same RUN_DIR, on every node")

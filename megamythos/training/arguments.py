@@ -291,14 +291,14 @@ FIELD_FLAGS = {"lr_schedule_on_resume": "--use-checkpoint-lr-schedule/--override
 def differing_flags(reference: Mapping[str, Any], other: Mapping[str, Any]) -> list[str]:
     """``FLAG VALUE (rank 0: VALUE)`` for each flag whose value differs between two ranks'
     :meth:`TrainArgs.command_values` (``reference``: rank 0's), in the order of the flags; a flag left to its
-    default of None (the ds_config's value) or an override not given shows as ``not given``."""
-    def shown(values: Mapping[str, Any], flag: str) -> Any:
-        value = values.get(flag)
-        return "not given" if value is None else value
+    default of None (the ds_config's value), an empty list or an override not given shows as ``not given``, a list
+    (``--data-path``) as its words."""
+    def shown(value: Any) -> Any:
+        return "not given" if value in (None, []) else " ".join(map(str, value)) if isinstance(value, list) else value
 
     flags = [*reference, *(flag for flag in other if flag not in reference)]
-    pairs = ((flag, shown(other, flag), shown(reference, flag)) for flag in flags)
-    return [f"{flag} {theirs} (rank 0: {ours})" for flag, theirs, ours in pairs if theirs != ours]
+    return [f"{flag} {shown(other.get(flag))} (rank 0: {shown(reference.get(flag))})" for flag in flags
+            if other.get(flag) != reference.get(flag)]
 
 
 FLAG_HELP = {  # flags added in loops below; the others carry their help where they are added
