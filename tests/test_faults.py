@@ -731,6 +731,45 @@ def test_a_stuck_rank_is_reported_after_the_distributed_timeout(corpus: Path, tm
     assert "Traceback" not in text, text[-4000:]
 
 
+LEAVES_AT_START_UP = '''"""Rank 1 ends once the process group is up; rank 0 then makes a group of both, as DeepSpeed."""
+import sys
+import torch.distributed as dist
+from megamythos.training.pretrain import init_distributed
+from megamythos.training.signals import collective_failure
+rank, world = init_distributed(0.1)
+if rank == 1:
+    sys.exit(0)
+try:
+    dist.new_group([0, 1])
+except RuntimeError as err:
+    print(collective_failure(err, None, None, 0.1), flush=True)
+'''
+
+
+@pytest.mark.distributed
+def test_a_rank_that_ends_at_start_up_does_not_leave_the_others_waiting_half_an_hour(tmp_path: Path) -> None:
+    """Found 2026-12-07 (two nodes on one host, node 1 given a --data-path it lacks): rank 1 ended at start-up and
+    rank 0 waited in DeepSpeed's next new_group for it, 30 minutes (torch's gloo default for a group made without
+    a timeout; 10 on NCCL), whatever --distributed-timeout-minutes said, with no line. Now groups take the run's
+    timeout (here 0.1 minutes) and rank 0 says in one line what it waited for."""
+    script = tmp_path / "leaves.py"
+    script.write_text(LEAVES_AT_START_UP)
+    env = {**launch_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    try:
+        out = [rank.communicate(timeout=120)[0] for rank in ranks]  # before: rank 0 was still waiting here
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert [rank.returncode for rank in ranks] == [0, 0], out
+    assert out[0].splitlines()[-1] == (
+        "rank 0: a process group waited 0.1 minutes (--distributed-timeout-minutes) for a rank that did not join it: "
+        "it ended during start-up (its error is in its node's output) or is stuck; the job cannot continue. Run the "
+        "same command again (it ran without --save)"), out[0][-3000:]
+
+
 @pytest.mark.launch
 def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_path: Path) -> None:
     """A dataset rebuilt from other text under the same prefix was resumed on (and evaluated on) without a word,

@@ -199,7 +199,22 @@ def init_distributed(timeout_minutes: float) -> tuple[int, int]:
     logger.info("initialising torch.distributed through DeepSpeed (on CPU it loads its shm comm op, built once, ~30 s "
                 "the first time unless `make install` prebuilt it)")
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
+    default_group_timeout(timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
+
+
+def default_group_timeout(timeout: timedelta) -> None:
+    """Make ``timeout`` that of every process group created from now on without one of its own. DeepSpeed makes its
+    groups (ZeRO's copy of the world group, the expert- and tensor-parallel groups) with ``new_group(ranks)``, which
+    takes torch's default, 30 minutes on gloo and 10 on NCCL, whatever ``init_distributed`` was given: a rank that
+    ended at start-up on another node (its data missing there) left the others waiting 30 minutes in the group's
+    rendezvous without a word, and a ``--distributed-timeout-minutes`` above 10 did not reach the NCCL collectives
+    of ZeRO. Megatron passes its timeout to every group it makes; torch reads these two defaults at each
+    ``new_group``."""
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d.default_pg_timeout = timeout
+    distributed_c10d.default_pg_nccl_timeout = timeout
 
 
 def check_same_command(args: TrainArgs, world: int) -> None:

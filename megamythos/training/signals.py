@@ -246,12 +246,15 @@ def dead_local_ranks() -> list[int]:
 
 # What gloo raises in a collective that waited --distributed-timeout-minutes for a peer that did not answer.
 TIMEOUT_MARKERS = ("Timed out waiting",)
+# What the rendezvous store raises when a process group being made waited as long for a rank that never joined it.
+JOIN_TIMEOUT_MARKERS = ("wait timeout after",)
 
 
 def collective_failure(err: BaseException, save: str | None, latest: str | None,
                        timeout_minutes: float) -> str | None:
     """The one line a rank prints when a collective failed because another rank ended, or stopped answering for
-    ``timeout_minutes`` (stuck, stopped, or far slower than the others); None for any other error."""
+    ``timeout_minutes`` (stuck, stopped, or far slower than the others), or a process group being made waited as
+    long for a rank that never came; None for any other error."""
     if not isinstance(err, RuntimeError):
         return None
     if lost_peer(err):
@@ -261,6 +264,9 @@ def collective_failure(err: BaseException, save: str | None, latest: str | None,
     elif any(marker in str(err) for marker in TIMEOUT_MARKERS):
         what = (f"a collective waited {timeout_minutes:g} minutes (--distributed-timeout-minutes) for another rank, "
                 "which is stuck or far slower than this one")
+    elif any(marker in str(err) for marker in JOIN_TIMEOUT_MARKERS):
+        what = (f"a process group waited {timeout_minutes:g} minutes (--distributed-timeout-minutes) for a rank that "
+                "did not join it: it ended during start-up (its error is in its node's output) or is stuck")
     else:
         return None
     where = (f"--load {save} resumes from {latest}" if latest
