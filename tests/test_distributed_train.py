@@ -531,7 +531,8 @@ def test_two_nodes_given_other_flags_are_refused_at_start_up(tmp_path, corpus):
     them. Node 1 with another --seed and --global-batch-size: rank 1 met an index cache it did not find (read as a
     cache_dir that is not shared), said nothing on its node, and rank 0 blamed `a rank of this job (on another node)
     ended during a collective`; --global-batch-size alone hung in the first step. Now both ranks refuse at start-up,
-    rank 0 in one line naming rank 1, its host and the flags, before any step or file of the run."""
+    rank 0 in one line naming rank 1, its host and the flags, before any step or file of the run, and node 1's
+    first rank says its own error on its node."""
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     port = str(free_port())
@@ -543,10 +544,12 @@ def test_two_nodes_given_other_flags_are_refused_at_start_up(tmp_path, corpus):
                    tmp_path / f"node{r}.txt") for r in (0, 1)]
     texts = [finish(proc, tmp_path / f"node{r}.txt", timeout=300) for r, proc in enumerate(procs)]
     assert [proc.returncode for proc in procs] == [2, 2], texts[0][-4000:]
-    assert one_error_line(texts[0]) == (
-        f"error: rank 1 (host {socket.gethostname()}) was started with other trainer flags than rank 0 (host "
-        f"{socket.gethostname()}): --global-batch-size 4 (rank 0: 2), --seed 8 (rank 0: 7); run the same command, "
-        "with the same RUN_DIR, on every node")
+    refusal = (f"rank 1 (host {socket.gethostname()}) was started with other trainer flags than rank 0 (host "
+               f"{socket.gethostname()}): --global-batch-size 4 (rank 0: 2), --seed 8 (rank 0: 7); run the same "
+               "command, with the same RUN_DIR, on every node")
+    assert one_error_line(texts[0]) == f"error: {refusal}"
+    # node 1 says it too: an error only its rank met (its own input) was said on no node before
+    assert one_error_line(texts[1]) == f"error: rank 1: {refusal}"
     assert not (tmp_path / "ckpt" / "metrics.jsonl").exists() and read_latest(tmp_path / "ckpt") is None
 
 

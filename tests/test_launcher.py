@@ -135,6 +135,28 @@ def test_a_user_error_on_another_rank_leaves_rank_0_time_to_say_it(monkeypatch, 
     assert capsys.readouterr().err == ""
 
 
+def test_the_first_rank_of_another_node_says_its_user_error(monkeypatch, capsys, tmp_path):
+    """Found 2026-12-07 (two nodes on one host, each its own `deepspeed --no_ssh --node_rank R`): rank 1, the first
+    rank of node 1, met an error of its own input and ended without a word on any node (no launcher of rank 0's node
+    reads its exit record). It says it now, once per node (its node's other ranks stay quiet), and writes no error
+    record, which a launcher on its node would say again."""
+    import megamythos.training.pretrain as pretrain
+    from megamythos.errors import UserError
+    from megamythos.training.process_exit import EXIT_RECORDS_ENV
+
+    def refused(argv: list[str]) -> int:
+        raise UserError("--data-path x does not exist")
+
+    monkeypatch.setattr(pretrain, "train", refused)
+    monkeypatch.setattr(pretrain.time, "sleep", lambda seconds: None)
+    for rank, local_rank, said in (("8", "0", "error: rank 8: --data-path x does not exist\n"), ("9", "1", "")):
+        monkeypatch.setattr(os, "environ", {**os.environ, "RANK": rank, "LOCAL_RANK": local_rank,
+                                            EXIT_RECORDS_ENV: str(tmp_path)})
+        assert pretrain._quiet([]) == 2
+        assert capsys.readouterr().err == said
+    assert [path.suffix for path in tmp_path.iterdir()] == [".error"]  # rank 9's, for its node's launcher
+
+
 def test_a_launch_without_deepspeed_on_path_is_one_line_naming_the_environment(tmp_path, monkeypatch, capsys):
     """``/ENV/bin/python -m megamythos.training.launch`` without ENV activated: the launcher imports megamythos,
     but the ``deepspeed`` runner it starts is looked up on PATH. Before (found 2026-12-06): a FileNotFoundError

@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -1055,16 +1055,28 @@ def train(argv: Sequence[str] | None = None) -> int:
 PEER_REPORT_SECONDS = 10.0
 
 
+def first_rank_of_another_node(env: Mapping[str, str]) -> bool:
+    """Whether this rank is the first (local rank 0) of a node that does not hold rank 0: the ranks of a node
+    follow each other, so rank 0's node is the one whose local ranks are the global ones."""
+    return env.get("LOCAL_RANK") == "0" and env.get("RANK", "0") != "0"
+
+
 def _quiet(argv: Sequence[str] | None) -> int:
-    """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it; one
-    that only this rank met (its shard of a save on a full disk) goes into its exit record, which the launcher
-    reports when rank 0 did not end with a user error of its own. Ctrl-C before the signal handlers are set (during
-    start-up) reaches every rank of the process group: rank 0 says ``error: interrupted``, the others end with its
-    exit code (130) without a traceback."""
+    """:func:`train` for ranks other than 0: a user error is the same on every rank and rank 0 reports it; one that only
+    this rank met (its shard of a save on a full disk) goes into its exit record, which the launcher reports when
+    rank 0 did not end with a user error of its own. The first rank of every other node says its error itself
+    (``error: rank R: ...``): that node's input may differ (its own copy of the data, a path only it lacks, another
+    command), and neither rank 0 nor a launcher on rank 0's node sees its exit record, so under ``deepspeed
+    --no_ssh``, srun or pdsh the node ended without a word while the others waited for it. Ctrl-C before the signal
+    handlers are set (during start-up) reaches every rank of the process group: rank 0 says ``error: interrupted``,
+    the others end with its exit code (130) without a traceback."""
     try:
         return train(argv)
     except UserError as err:
-        write_exit_record(".error", str(err))
+        if first_rank_of_another_node(os.environ):  # rank 0 may not meet it: this node says it, once
+            print(f"error: rank {os.environ['RANK']}: {err}", file=sys.stderr, flush=True)
+        else:
+            write_exit_record(".error", str(err))
         # rank 0 meets the same error and says it; DeepSpeed's runner kills every rank once one exits non-zero (it
         # polls each second), so this rank waits until rank 0's exit ends it, or PEER_REPORT_SECONDS
         time.sleep(PEER_REPORT_SECONDS)
