@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megamythos.model.lm import MythosLM
+from megamythos.training import replicas
 from megamythos.training.replicas import Mismatch, ReplicaMismatchError, check_replicas, held_copies, mismatches
 from tests.helpers import free_port, small_config
 
@@ -69,3 +70,40 @@ def test_a_flipped_bit_on_one_rank_stops_every_rank_naming_it(corrupt: int | Non
                            "differs from the other 2 copies, first in recurrent.block.attn.wkv_a.weight: silent data "
                            "corruption on a device (or a nondeterministic update); the run stops without saving; "
                            "latest checkpoint: runs/x/iter_0000006; resume from it without that host")
+
+
+def _hashing_rank(rank: int, world: int, port: int, out: str) -> None:
+    """A rank of an expert-parallel layout as wide as the world (``--ep`` = world size): the experts' weights are its
+    own, held by no other rank. Records the names of the tensors it hashed."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(rank)  # each rank's experts differ, as under expert parallelism
+    model = MythosLM(small_config())
+    names = {id(t): name for name, t in held_copies(model)}
+    experts = {id(p) for name, p in model.named_parameters() if ".experts." in name}
+    replicas.replica_key = lambda p: ("ep", rank) if id(p) in experts else ALL
+    hashed, digest = [], replicas.tensor_digest
+
+    def recorded(t: torch.Tensor) -> str:
+        hashed.append(names[id(t)])
+        return digest(t)
+
+    replicas.tensor_digest = recorded
+    torch.manual_seed(0)
+    with torch.no_grad():  # the replicated weights alike on every rank
+        for p in model.parameters():
+            if id(p) not in experts:
+                p.copy_(torch.randn_like(p))
+    check_replicas(model, 3, [f"host{r}" for r in range(world)], "none")
+    Path(out, f"{rank}.json").write_text(json.dumps(hashed))
+    dist.destroy_process_group()
+
+
+def test_a_tensor_no_other_rank_holds_is_not_hashed(tmp_path: Path) -> None:
+    """Found 2026-12-07 (review): with --ep as wide as the world every rank hashed its own experts' weights, most of
+    an MoE's bytes, on the host, before every save, though no other rank held a copy to compare them with."""
+    mp.spawn(_hashing_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        hashed = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert not [name for name in hashed if ".experts." in name], hashed
+        assert "recurrent.block.attn.wkv_a.weight" in hashed and any("e_score_correction_bias" in n for n in hashed)

@@ -12,9 +12,12 @@ rank. ZeRO-3's partitioned parameters are held by one rank each and are not comp
 recurrent core kept gathered, small tensors) are. The persistent buffers (the expert-selection bias) count as
 replicated; the per-rank routing counts (summed across ranks once per step) do not.
 
-Each rank hashes what it holds (sha256 of each tensor's bytes, one digest per replica key), one all-gather compares
-the digests, and only where they differ a second one names the first tensor that does. The verdict is computed
-from the same gathered values on every rank, so all of them stop alike.
+A first all-gather of the replica keys each rank holds finds those that more than one rank holds (:func:`shared`):
+a tensor no other rank holds a copy of (an expert's weights where ``--ep`` is the world size, a tensor-parallel
+shard where ``--tp`` is) has nothing to be compared with and is not hashed; those are most of an MoE's weights.
+Each rank then hashes the rest of what it holds (sha256 of each tensor's bytes, one digest per replica key), a
+second all-gather compares the digests, and only where they differ a third one names the first tensor that does.
+The verdict is computed from the same gathered values on every rank, so all of them stop alike.
 """
 from __future__ import annotations
 
@@ -70,12 +73,18 @@ def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
-def digests(model: nn.Module) -> dict[tuple[str, int], dict[str, str]]:
-    """{replica key: {tensor name: digest}} of what this rank holds (:func:`held_copies`)."""
-    out: dict[tuple[str, int], dict[str, str]] = defaultdict(dict)
+def by_key(model: nn.Module) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
+    """{replica key: {tensor name: tensor}} of what this rank holds (:func:`held_copies`)."""
+    out: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)
     for name, t in held_copies(model):
-        out[replica_key(t)][name] = tensor_digest(t)
+        out[replica_key(t)][name] = t
     return out
+
+
+def shared(gathered: list[list[tuple[str, int]]]) -> set[tuple[str, int]]:
+    """The replica keys that more than one rank holds (``gathered[r]``: the keys rank ``r`` holds)."""
+    holders = Counter(key for keys in gathered for key in set(keys))
+    return {key for key, count in holders.items() if count > 1}
 
 
 def combined(per_tensor: dict[str, str]) -> str:
@@ -135,10 +144,14 @@ def all_gather(value: Any) -> list[Any]:
 
 
 def check_replicas(model: nn.Module, iteration: int, hosts: list[str], last_good: str) -> None:
-    """Compare every replicated tensor of ``model`` across the ranks (collective: one all-gather of a digest per
-    replica key, a second only on a mismatch). Raises :class:`ReplicaMismatchError` on every rank, naming the
-    ranks and hosts whose copies differ, the first tensor that does, and ``last_good`` (the checkpoint to resume)."""
-    mine = digests(model)
+    """Compare every replicated tensor of ``model`` across the ranks (collective: an all-gather of the replica keys
+    held, one of a digest per key that several ranks hold, a third only on a mismatch). Raises
+    :class:`ReplicaMismatchError` on every rank, naming the ranks and hosts whose copies differ, the first tensor that
+    does, and ``last_good`` (the checkpoint to resume)."""
+    held = by_key(model)
+    compared = shared(all_gather(sorted(held)))
+    mine = {key: {name: tensor_digest(t) for name, t in tensors.items()}
+            for key, tensors in held.items() if key in compared}
     found = mismatches(all_gather({key: combined(tensors) for key, tensors in mine.items()}))
     if not found:
         return
