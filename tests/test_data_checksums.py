@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilde
 from megamythos.data.merge import merge_datasets
 from megamythos.data.pretraining import resolve_data
 from megamythos.data.tokenizer import Tokenizer
-from tests.helpers import synthetic_documents, write_jsonl
+from tests.helpers import REPO, synthetic_documents, write_jsonl
 
 DOCS = synthetic_documents(30, seed=5)
 
@@ -150,3 +152,28 @@ def test_add_checksums_records_them_for_a_dataset_built_before_and_refuses_the_r
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert record(prefix) == built
+
+
+SHRINKS_WHILE_READ = """
+import os, sys
+from megamythos.data import checksums
+path = sys.argv[1]
+digests = tuple(checksums.file_block_digests(path, 4096))
+checksums.hashing_threads = lambda: 1  # blocks in order: the copy lands between two of them
+try:
+    checksums.verify_file(path, digests, 4096, lambda block: os.truncate(path, 0))
+except checksums.DatasetCorruptError as err:
+    print(err)
+"""
+
+
+def test_a_file_copied_over_while_it_is_verified_is_one_error_not_a_crash(tmp_path: Path) -> None:
+    """Found 2026-12-07 (review): the blocks were hashed through a memory map, and a file truncated under it (``cp``
+    of a new copy over the dataset while rank 0 scans it) killed the process with SIGBUS, without a word."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(4 * 4096))
+    done = subprocess.run([sys.executable, "-c", SHRINKS_WHILE_READ, str(path)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout == f"{path} shrank below 16384 bytes while it was read (it is being replaced or copied " \
+                          "over): run again once it is in place\n"

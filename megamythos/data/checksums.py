@@ -21,8 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-
 from megamythos.errors import UserError
 
 ALGORITHM = "sha256"
@@ -106,8 +104,12 @@ def hashing_threads() -> int:
 def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
                 visit: Callable[[memoryview], T] | None = None) -> list[T]:
     """Check that the file at ``path`` is ``len(digests)`` blocks of ``block_bytes`` whose sha256 are ``digests``,
-    hashing blocks on up to 8 threads (hashlib and numpy release the GIL). ``visit`` (optional) is called on
-    every block's bytes in the same pass, its answers returned in block order (a token scan reads each byte once).
+    hashing blocks on up to 8 threads (reads, hashlib and numpy release the GIL), each holding one block in memory
+    at a time. ``visit`` (optional) is called on every block's bytes in the same pass, its answers returned in block
+    order (a token scan reads each byte once).
+
+    The blocks are read, not mapped: a file truncated while it is hashed (a copy over it: ``cp`` truncates first)
+    is a short read here, where a mapping's page past the new end kills the process with SIGBUS.
 
     Raises :class:`DatasetCorruptError` naming the file, the first block that differs and its byte range, or a size
     the blocks cannot have."""
@@ -119,14 +121,18 @@ def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
                                   "it again from its source, or rebuild the dataset with data_prep/preprocess_data.py")
     if not size:
         return []
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    with open(path, "rb") as handle:
 
-    def check(k: int) -> tuple[bool, T | None]:
-        block = memoryview(mapped[k * block_bytes:(k + 1) * block_bytes])
-        return hashlib.sha256(block).hexdigest() == digests[k], visit(block) if visit else None
+        def check(k: int) -> tuple[bool, T | None]:
+            length = min(block_bytes, size - k * block_bytes)
+            block = os.pread(handle.fileno(), length, k * block_bytes)
+            if len(block) < length:
+                raise DatasetCorruptError(f"{path} shrank below {size} bytes while it was read (it is being "
+                                          "replaced or copied over): run again once it is in place")
+            return hashlib.sha256(block).hexdigest() == digests[k], visit(memoryview(block)) if visit else None
 
-    with ThreadPoolExecutor(min(hashing_threads(), blocks)) as pool:
-        results = list(pool.map(check, range(blocks)))
+        with ThreadPoolExecutor(min(hashing_threads(), blocks)) as pool:
+            results = list(pool.map(check, range(blocks)))
     bad = next((k for k, (same, _) in enumerate(results) if not same), None)
     if bad is not None:
         end = min((bad + 1) * block_bytes, size)
