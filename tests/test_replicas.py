@@ -14,7 +14,14 @@ import torch.multiprocessing as mp
 
 from megamythos.model.lm import MythosLM
 from megamythos.training import replicas
-from megamythos.training.replicas import Mismatch, ReplicaMismatchError, check_replicas, held_copies, mismatches
+from megamythos.training.replicas import (
+    Mismatch,
+    ReplicaMismatchError,
+    check_replicas,
+    held_copies,
+    mismatches,
+    restart_advice,
+)
 from tests.helpers import free_port, small_config
 
 ALL = ("all", 0)
@@ -29,6 +36,13 @@ def test_the_odd_copies_are_those_off_the_majority_and_every_one_without_a_major
     ranks[3] = {ALL: "a", ("ep", 1): "x"}
     assert mismatches(ranks) == [Mismatch(("ep", 1), [1, 3], 2)]
     assert Mismatch(ALL, [2], 4).describe(["h0", "h1", "h2", "h3"]) == "rank 2 (h2) differs from the other 3 copies"
+
+
+def test_before_the_first_save_the_line_says_to_start_again_not_to_resume_none() -> None:
+    """Found 2026-12-07 (review): a mismatch before any save said "latest checkpoint: none; resume from it"."""
+    assert restart_advice(None) == "no checkpoint was saved yet: start the run again without that host"
+    assert restart_advice("runs/x/iter_0000006") == ("latest checkpoint: runs/x/iter_0000006; resume from it without "
+                                                    "that host")
 
 
 def test_the_routing_counts_are_no_replicas_and_the_expert_bias_is() -> None:

@@ -596,7 +596,8 @@ class Trainer:
         """Compare the copies of the weights the ranks hold alike (:func:`~megamythos.training.replicas.check_replicas`,
         collective; nothing to compare in a world of one)."""
         if self.world > 1:
-            check_replicas(self.engine.module, self.iteration, self.hosts, str(self.last_good or "none"))
+            check_replicas(self.engine.module, self.iteration, self.hosts,
+                           str(self.last_good) if self.last_good else None)
 
     def save_unless_spiking(self) -> bool:
         """Save, unless a loss spike is open (the divergence guard's streak) or the last steps were non-finite (the

@@ -143,11 +143,19 @@ def all_gather(value: Any) -> list[Any]:
     return out
 
 
-def check_replicas(model: nn.Module, iteration: int, hosts: list[str], last_good: str) -> None:
+def restart_advice(last_good: str | None) -> str:
+    """Where the run goes on from once the odd host is left out: ``last_good``, the latest checkpoint, or the start
+    where none was saved yet."""
+    if last_good is None:
+        return "no checkpoint was saved yet: start the run again without that host"
+    return f"latest checkpoint: {last_good}; resume from it without that host"
+
+
+def check_replicas(model: nn.Module, iteration: int, hosts: list[str], last_good: str | None) -> None:
     """Compare every replicated tensor of ``model`` across the ranks (collective: an all-gather of the replica keys
     held, one of a digest per key that several ranks hold, a third only on a mismatch). Raises
     :class:`ReplicaMismatchError` on every rank, naming the ranks and hosts whose copies differ, the first tensor that
-    does, and ``last_good`` (the checkpoint to resume)."""
+    does, and ``last_good`` (the checkpoint to resume, None before the first save: :func:`restart_advice`)."""
     held = by_key(model)
     compared = shared(all_gather(sorted(held)))
     mine = {key: {name: tensor_digest(t) for name, t in tensors.items()}
@@ -161,4 +169,4 @@ def check_replicas(model: nn.Module, iteration: int, hosts: list[str], last_good
     raise ReplicaMismatchError(
         f"iteration {iteration}: the copies of the weights that ranks hold alike differ: {first.describe(hosts)}, "
         f"first in {tensor}{more}: silent data corruption on a device (or a nondeterministic update); the run stops "
-        f"without saving; latest checkpoint: {last_good}; resume from it without that host")
+        f"without saving; {restart_advice(last_good)}")
