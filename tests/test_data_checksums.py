@@ -72,6 +72,15 @@ def test_a_builder_hashes_what_it_writes_and_a_verification_names_the_block_that
         verify_file(prefix + ".bin", sums.bin[:-1], 64)
 
 
+
+@pytest.mark.parametrize("block_bytes", [0, 12])
+def test_blocks_no_reader_takes_are_refused_when_the_builder_is_made(block_bytes: int, tmp_path: Path) -> None:
+    """Found 2026-12-07 (review): a builder given blocks of 12 bytes wrote a dataset every reader refused as corrupt
+    ("the recorded checksums are malformed ... rebuild the dataset"), and blocks of 0 bytes hashed for ever."""
+    with pytest.raises(ValueError, match=f"block_bytes {block_bytes}: blocks must be a positive multiple of 8"):
+        IndexedDatasetBuilder(str(tmp_path / "built"), np.uint16, block_bytes=block_bytes)
+    assert not list(tmp_path.iterdir())
+
 @pytest.mark.parametrize("where", ["bin", "document index"])
 def test_a_flipped_byte_is_refused_by_the_run_inspect_and_merge(where: str, tmp_path: Path, tiny_tokenizer,
                                                                  capsys: pytest.CaptureFixture) -> None:

@@ -33,10 +33,18 @@ class DatasetCorruptError(UserError, ValueError):
     """A dataset file's bytes differ from the checksums its record holds, or the recorded checksums are malformed."""
 
 
+def valid_block_bytes(block_bytes: int) -> bool:
+    """Whether blocks of ``block_bytes`` can be recorded: a positive multiple of 8, so that every block but the last
+    holds whole tokens of any dtype (a verification reads each block's tokens)."""
+    return block_bytes > 0 and block_bytes % 8 == 0
+
+
 class BlockHasher:
     """sha256 of every ``block_bytes`` block of a byte stream that arrives in pieces of any size."""
 
     def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
+        if not valid_block_bytes(block_bytes):
+            raise ValueError(f"block_bytes {block_bytes}: blocks must be a positive multiple of 8 bytes")
         self.block_bytes = block_bytes
         self.digests: list[str] = []
         self._block = hashlib.sha256()
@@ -88,7 +96,7 @@ class DatasetChecksums:
                 raise ValueError(f"algorithm {sums['algorithm']!r}, expected {ALGORITHM!r}")
             block_bytes = int(sums["block_bytes"])
             digests = {name: tuple(str(d) for d in sums[name]) for name in ("bin", "idx")}
-            if block_bytes <= 0 or block_bytes % 8 or any(len(d) != 64 for ds in digests.values() for d in ds):
+            if not valid_block_bytes(block_bytes) or any(len(d) != 64 for ds in digests.values() for d in ds):
                 raise ValueError(f"block_bytes {block_bytes} (a positive multiple of 8) or a digest's length")
         except (KeyError, TypeError, ValueError) as err:
             raise DatasetCorruptError(f"{record_path}: the recorded checksums are malformed ({err}); the record is "

@@ -271,8 +271,8 @@ class IndexedDatasetBuilder:
         Path(self.path_prefix).parent.mkdir(parents=True, exist_ok=True)
         self._tmp_bin = temp_name(bin_path(self.path_prefix))
         self._tmp_idx = temp_name(idx_path(self.path_prefix))
+        self._bin_hasher = BlockHasher(block_bytes)  # refuses blocks no reader takes, before a file is made
         self._bin = open(self._tmp_bin, "wb")
-        self._bin_hasher = BlockHasher(block_bytes)
         self._index: bytes | None = None  # the .idx's bytes, once :meth:`checksums` or :meth:`finalize` made them
         self._sizes: list[np.ndarray] = []
         self._doc_ends: list[np.ndarray] = []  # end sequence of each document, as in the .idx
