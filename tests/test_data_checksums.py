@@ -144,6 +144,21 @@ def test_a_copy_of_a_dataset_is_verified_at_its_first_start(tmp_path: Path, tiny
         resolve_data([copy], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
 
 
+def test_a_copy_over_the_files_that_keeps_their_times_is_verified_again(tmp_path: Path, tiny_tokenizer) -> None:
+    """Found 2026-12-07 (review): ``cp -p`` (or ``rsync -a --inplace``) of the dataset from its source over a copy
+    verified before writes the same inode, size and modification time; the scan cache, keyed by those, vouched for
+    the new bytes unread. The change time, which no copy can set, tells them apart."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+    before = os.stat(prefix + ".bin")
+    flip(prefix + ".bin", 7)  # written in place: the same inode and size
+    os.utime(prefix + ".bin", ns=(before.st_atime_ns, before.st_mtime_ns))  # the source's time, as cp -p sets it
+    after = os.stat(prefix + ".bin")
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    with pytest.raises(DatasetCorruptError, match=r"a_text_document\.bin: bytes 0\.\."):
+        resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+
+
 def test_add_checksums_records_them_for_a_dataset_built_before_and_refuses_the_rest(
         tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture) -> None:
     prefix = dataset(tmp_path, "a", tiny_tokenizer)

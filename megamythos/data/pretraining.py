@@ -175,18 +175,19 @@ def scan_dataset(dataset: IndexedDataset, record: dict[str, Any] | None,
 
     The scan reads every byte of the ``.bin`` and ``.idx`` (2 TB for a 1T-token corpus), so its answer is kept in
     the index cache (``cache_dir``, default ``index-cache/`` beside the dataset) as ``{key}-scan.json``, keyed by the
-    files' real path, size, inode and modification time: a later start, another rank or ``evaluate`` reads it
-    instead of the files. A dataset rebuilt, copied or changed in place gets a new key and is scanned (verified)
-    again; a byte that rots in place later is found by ``data_prep/inspect_dataset.py``, which always reads every
-    byte. A cache that
-    cannot be written costs only the next start's scan.
+    files' real path, size, inode, modification and change times: a later start, another rank or ``evaluate`` reads
+    it instead of the files. A dataset rebuilt, copied or changed in place gets a new key and is scanned (verified)
+    again, a copy over the files that keeps their inode, size and modification time too (``cp -p``, ``rsync -a
+    --inplace``): the change time is the file system's own, which no copy sets (a ``chmod`` changes it too, and
+    costs a scan); a byte that rots in place later is found by ``data_prep/inspect_dataset.py``, which always reads
+    every byte. A cache that cannot be written costs only the next start's scan.
     """
     prefix = dataset.path_prefix
     description: dict[str, Any] = {"class": "DatasetScan", "path": os.path.realpath(f"{prefix}.bin")}
     for ext in ("bin", "idx"):
         stat = os.stat(f"{prefix}.{ext}")
         description.update({f"{ext}_bytes": stat.st_size, f"{ext}_inode": stat.st_ino,
-                            f"{ext}_mtime_ns": stat.st_mtime_ns})
+                            f"{ext}_mtime_ns": stat.st_mtime_ns, f"{ext}_ctime_ns": stat.st_ctime_ns})
     path = os.path.join(index_cache_dir(prefix, cache_dir), f"{description_key(description)}-scan.json")
     try:
         with open(path) as handle:
