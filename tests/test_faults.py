@@ -172,9 +172,11 @@ def reversed_corpus(prefix: str, out: Path) -> str:
     with IndexedDatasetBuilder(copy, source.dtype) as builder:
         for d in reversed(range(len(source))):
             builder.add_document(source.get(d))
+        checksums = builder.checksums()
         builder.finalize()
-    for path in (metadata_path, tokenizer_copy_path):
-        shutil.copy(path(prefix), path(copy))
+    shutil.copy(tokenizer_copy_path(prefix), tokenizer_copy_path(copy))
+    record = json.loads(Path(metadata_path(prefix)).read_text())  # the same counts, these files' checksums
+    Path(metadata_path(copy)).write_text(json.dumps({**record, "checksums": checksums.record()}))
     return copy
 
 

@@ -514,9 +514,12 @@ def test_export_never_replaces_its_checkpoint_or_the_working_directory(saved: Pa
         assert "overlaps the checkpoint" in line, line
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    for target in (".", "", ".."):
+    for target in (".", ".."):
         line = error_line(export_main([str(ckpt), target, "--overwrite"]), capsys.readouterr().err)
         assert "overlaps the checkpoint" in line or "is the working directory or holds it" in line, line
+    with pytest.raises(SystemExit) as refused:  # '' is no path at all: the parser's line
+        export_main([str(ckpt), "", "--overwrite"])
+    assert refused.value.code == 2 and "argument out: is empty" in capsys.readouterr().err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [*before, Path("elsewhere")]
 
 
