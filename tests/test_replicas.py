@@ -4,7 +4,6 @@ replica differ and the run trained on and saved; Megatron-LM compares them with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from megamythos.training.replicas import (
     mismatches,
     restart_advice,
 )
-from tests.helpers import free_port, small_config
+from tests.helpers import small_config
 
 ALL = ("all", 0)
 
@@ -53,9 +52,13 @@ def test_the_routing_counts_are_no_replicas_and_the_expert_bias_is() -> None:
     assert set(dict(model.named_parameters())) <= names  # without ZeRO-3 every rank holds every weight
 
 
-def _rank(rank: int, world: int, port: int, corrupt: int | None, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def join(rank: int, world: int, out: str) -> None:
+    """Join a gloo group of ``world`` processes through a file in ``out`` (no port another test could take)."""
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=world)
+
+
+def _rank(rank: int, world: int, corrupt: int | None, out: str) -> None:
+    join(rank, world, out)
     torch.manual_seed(0)
     model = MythosLM(small_config())
     if rank == corrupt:  # one flipped bit in one weight: what a device's silent data corruption leaves
@@ -69,12 +72,13 @@ def _rank(rank: int, world: int, port: int, corrupt: int | None, out: str) -> No
     except ReplicaMismatchError as err:
         verdict = str(err)
     Path(out, f"{rank}.json").write_text(json.dumps(verdict))
+    dist.barrier()  # none tears gloo down while another is still in a collective (a SIGABRT seen once in 3 runs)
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("corrupt", [None, 2])
 def test_a_flipped_bit_on_one_rank_stops_every_rank_naming_it(corrupt: int | None, tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(3, free_port(), corrupt, str(tmp_path)), nprocs=3)
+    mp.spawn(_rank, args=(3, corrupt, str(tmp_path)), nprocs=3)
     verdicts = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(3)]
     if corrupt is None:
         assert verdicts == [None, None, None]
@@ -86,11 +90,10 @@ def test_a_flipped_bit_on_one_rank_stops_every_rank_naming_it(corrupt: int | Non
                            "latest checkpoint: runs/x/iter_0000006; resume from it without that host")
 
 
-def _hashing_rank(rank: int, world: int, port: int, out: str) -> None:
+def _hashing_rank(rank: int, world: int, out: str) -> None:
     """A rank of an expert-parallel layout as wide as the world (``--ep`` = world size): the experts' weights are its
     own, held by no other rank. Records the names of the tensors it hashed."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join(rank, world, out)
     torch.manual_seed(rank)  # each rank's experts differ, as under expert parallelism
     model = MythosLM(small_config())
     names = {id(t): name for name, t in held_copies(model)}
@@ -110,13 +113,14 @@ def _hashing_rank(rank: int, world: int, port: int, out: str) -> None:
                 p.copy_(torch.randn_like(p))
     check_replicas(model, 3, [f"host{r}" for r in range(world)], "none")
     Path(out, f"{rank}.json").write_text(json.dumps(hashed))
+    dist.barrier()
     dist.destroy_process_group()
 
 
 def test_a_tensor_no_other_rank_holds_is_not_hashed(tmp_path: Path) -> None:
     """Found 2026-12-07 (review): with --ep as wide as the world every rank hashed its own experts' weights, most of
     an MoE's bytes, on the host, before every save, though no other rank held a copy to compare them with."""
-    mp.spawn(_hashing_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_hashing_rank, args=(2, str(tmp_path)), nprocs=2)
     for rank in range(2):
         hashed = json.loads((tmp_path / f"{rank}.json").read_text())
         assert not [name for name in hashed if ".experts." in name], hashed
