@@ -111,13 +111,13 @@ def mismatches(gathered: list[dict[tuple[str, int], str]]) -> list[Mismatch]:
     """The replica keys whose combined digests differ between the ranks that hold them (``gathered[r]``: rank
     ``r``'s {key: combined digest}), in key order. The odd ranks are those not holding the most common digest when
     one digest is held by more ranks than any other, else every holder."""
-    by_key: dict[tuple[str, int], dict[int, str]] = defaultdict(dict)
+    digests_of: dict[tuple[str, int], dict[int, str]] = defaultdict(dict)  # key -> {rank: digest}
     for rank, keys in enumerate(gathered):
         for key, digest in keys.items():
-            by_key[key][rank] = digest
+            digests_of[key][rank] = digest
     out = []
-    for key in sorted(by_key):
-        held = by_key[key]
+    for key in sorted(digests_of):
+        held = digests_of[key]
         ranked = Counter(held.values()).most_common()
         if len(ranked) == 1:
             continue
