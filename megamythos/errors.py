@@ -209,8 +209,7 @@ def path_too_long(err: OSError) -> str | None:
     return f"{shown}: file name too long; give a shorter path"
 
 
-def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT,
-            user_errors: tuple[type[BaseException], ...] = (UserError,)) -> int:
+def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT) -> int:
     """Run a command line's ``main`` and return its exit code; a user error ends it with ``error: MESSAGE`` on
     stderr and exit code 2, Ctrl-C with ``error: interrupted`` and 130 (the shell's code for SIGINT), a closed
     stdout (``| head``) quietly with 141 (SIGPIPE's); a path too long for the system (:func:`path_too_long`) is a
@@ -218,14 +217,12 @@ def run_cli(main: Callable[[], int], log_format: str | None = CLI_LOG_FORMAT,
 
     ``log_format``: INFO logging to stderr in this format (None: the caller configured logging itself).
     The error is not logged besides: the log writes to the same stderr, where it would say it a second time.
-    ``user_errors``: what counts as a user error; only widened for a class that does not derive from
-    :class:`UserError` yet.
     """
     if log_format is not None:
         logging.basicConfig(level=logging.INFO, format=log_format, stream=sys.stderr)
     try:
         return main()
-    except user_errors as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the user knows why; what was being written is cleaned up on the way out

@@ -152,11 +152,10 @@ class ParamReport:
     train_flops_per_token: float  # forward + backward (2x forward where gradients flow; model FLOPs, no recompute;
     # with loop_capacity only the tokens computed)
     recompute_flops_per_token: float  # what activation checkpointing of the loops with gradients adds
-    kv_cache_bytes_per_token: int
+    kv_cache_bytes_per_token: int  # bf16 keys/values of each layer and loop (MLA: latent + rope key)
 
 
-def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None,
-          kv_dtype: str = "bf16") -> ParamReport:
+def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None) -> ParamReport:
     """Analytic counts for config ``c`` at sequence length ``seq_len`` (default max_seq_len, capped at 4096
     for FLOPs so the 1M-context presets report a training-length figure) and ``n_loops`` (default mean)."""
     loops = n_loops or c.mean_loops
@@ -197,7 +196,7 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     return ParamReport(total=p.total, embedding=p.embedding, prelude_coda=p.prelude_coda, recurrent=p.recurrent,
                        routed_experts=p.routed_experts, active_per_token=active, effective_per_token=effective,
                        fwd_flops_per_token=fwd, train_flops_per_token=train, recompute_flops_per_token=recompute,
-                       kv_cache_bytes_per_token=per_layer_kv * n_attn_layers * BYTES[kv_dtype])
+                       kv_cache_bytes_per_token=per_layer_kv * n_attn_layers * BYTES["bf16"])
 
 
 def forward_flops_per_token(c: ModelConfig, seq_len: int, loops: float, frozen_loops: float = 0.0) -> float:

@@ -84,14 +84,14 @@ class PonderLM(MythosLM):
     library's evaluation runs unchanged; :meth:`ponder_loss` trains and :meth:`halting_forward` infers with
     PonderNet's halting. Parameter names are MythosLM's plus ``halt_norm.*`` and ``halt.*``."""
 
-    def __init__(self, config: ModelConfig, n_loops: int, prior_lambda: float = PRIOR_LAMBDA) -> None:
+    def __init__(self, config: ModelConfig, n_loops: int) -> None:
         super().__init__(config)
         self.n_loops = n_loops
         self.halt_norm = RMSNorm(config.dim, config.norm_eps)
         self.halt = nn.Linear(config.dim, 1)
         nn.init.zeros_(self.halt.weight)  # start at lambda_n = lambda_p (the prior, remainder mass at loop N)
-        nn.init.constant_(self.halt.bias, math.log(prior_lambda / (1 - prior_lambda)))
-        self.register_buffer("prior", truncated_geometric(prior_lambda, n_loops), persistent=False)
+        nn.init.constant_(self.halt.bias, math.log(PRIOR_LAMBDA / (1 - PRIOR_LAMBDA)))
+        self.register_buffer("prior", truncated_geometric(PRIOR_LAMBDA, n_loops), persistent=False)
 
     def _prelude(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, S] -> (e = RMSNorm(prelude output) [B, S, H], positions [S])."""
