@@ -326,6 +326,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   qk_nope_head_dim=128, v_head_dim=128, n_experts=512, n_shared_experts=8, num_experts_per_tok=8,
                   expert_dim=34560, lora_rank=256, vocab_size=100000, rope_theta=2e6),
 }
+DEFAULT_PRESET = "tiny"  # the trainer's and the planner's --preset
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
-from megamythos.model.config import PRESETS, ConfigError, ModelConfig, get_preset
+from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, get_preset
 from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, reduces_in_fp32, zero_buffers, zeropp_options
 from megamythos.planning.memory import check_startup_memory, memory_plan, startup_memory
@@ -54,17 +54,19 @@ WITH_GPUS = ("layout (with --gpus)", "step model (--plan, with --gpus)", "launch
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m megamythos.planning.plan", description=__doc__)
     positive_int, positive_float = number(int, 1), number(float, 0, low_open=True)  # one error line
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model size (default tiny)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                        help=f"model size (default {DEFAULT_PRESET})")
     parser.add_argument("--config", type=path_text, help="model config JSON (overrides --preset)")
     parser.add_argument("--seq-length", type=positive_int, default=None, help="default: min(max_seq_len, 4096)")
     parser.add_argument("--loops", type=positive_int, default=None, help="loop count for effective params / FLOPs")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     lay = parser.add_argument_group(WITH_GPUS[0])
     lay.add_argument("--gpus", type=positive_int, default=None, help="world size; also prints the per-GPU memory plan")
-    lay.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel size (AutoTP)")
-    lay.add_argument("--ep", type=positive_int, default=1, help="expert-parallel size (AutoEP)")
-    lay.add_argument("--zero", type=int, default=3, choices=[0, 1, 2, 3], help="ZeRO stage")
-    lay.add_argument("--micro-batch-size", type=positive_int, default=1, help="sequences per rank and forward")
+    lay.add_argument("--tp", type=positive_int, default=ParallelLayout.tp, help="tensor-parallel size (AutoTP)")
+    lay.add_argument("--ep", type=positive_int, default=ParallelLayout.ep, help="expert-parallel size (AutoEP)")
+    lay.add_argument("--zero", type=int, default=ParallelLayout.zero, choices=[0, 1, 2, 3], help="ZeRO stage")
+    lay.add_argument("--micro-batch-size", type=positive_int, default=ParallelLayout.micro_batch_size,
+                     help="sequences per rank and forward")
     batch = lay.add_mutually_exclusive_group()
     batch.add_argument("--grad-accum", type=positive_int, default=None,
                        help="micro-batches per rank and step (default 1)")

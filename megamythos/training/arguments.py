@@ -24,7 +24,7 @@ from typing import Any
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path, parse_split
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, SPLIT_PATH_FIELDS, DataRecipe, DataSources
 from megamythos.errors import ArgumentParser, UserError, number, path_text
-from megamythos.model.config import ConfigError, ModelConfig, get_preset, parse_override
+from megamythos.model.config import DEFAULT_PRESET, ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.runtime.locations import DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
 from megamythos.training.optimizers import ADAM_IMPLS
@@ -66,7 +66,7 @@ class TrainArgs:
     """Everything one pretraining run needs besides the model preset's own fields."""
 
     # model
-    preset: str = "tiny"
+    preset: str = DEFAULT_PRESET
     overrides: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields, e.g. {"dim": 64}; flag aliases too
     # data (the fields of megamythos.data.pretraining.DataRecipe keep its defaults)
     data_path: list[str] = field(default_factory=list)  # empty (and no per-split paths) -> embedded default corpus
@@ -475,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "leaf_module, as the CPU one, where the core is a ZeRO-3 leaf module); "
                         "--no-replicate-core partitions it, gathered for every use of the block")
     add("--compile", action="store_true", help="torch.compile each prelude/coda block and the recurrent block")
-    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    p.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=d["local_rank"].default,
+                   help=argparse.SUPPRESS)
     return p
 
 
