@@ -68,7 +68,7 @@ from megamythos.model.config import ModelConfig
 from megamythos.model.lm import IGNORE_INDEX, MythosLM
 from megamythos.model.recurrent import computed_iterations, exit_distribution
 from megamythos.model.row_layout import PackedDocuments
-from megamythos.runtime.device import resolve_device
+from megamythos.runtime.device import default_device, resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -419,7 +419,7 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
                    help="results directory (default: LOAD/eval/TAG for a checkpoint: beside the tags in the --load "
                         "directory, out of --keep-last's reach; eval/ in an export)")
     p.add_argument("--tensorboard-dir", type=path_text, help="default: OUT/tensorboard")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--device", default=default_device(), help="cpu or cuda")
     ns = vars(p.parse_args(argv))
     try:
         ns["loops"] = list(dict.fromkeys(int(x) for x in ns["loops"].split(",")))  # each count once

@@ -45,7 +45,7 @@ from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
 from megamythos.model.config import ModelConfig
 from megamythos.model.lm import ModelKVCache, MythosLM, check_loop_count
-from megamythos.runtime.device import resolve_device
+from megamythos.runtime.device import default_device, resolve_device
 from megamythos.runtime.host_memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         f"{ModelConfig.exit_threshold:g} unless trained with --override exit_threshold=...)")
     p.add_argument("--tokenizer", type=checked_by(check_model_file, path=True),
                    help="tokenizer .model (must be the one the model was trained with)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--device", default=default_device(), help="cpu or cuda")
     args = p.parse_args(argv)
     if args.exit_threshold is not None and not args.exit_threshold >= 0:  # NaN too
         p.error(f"--exit-threshold must be >= 0 (0 = every loop), got {args.exit_threshold:g}")

@@ -17,6 +17,11 @@ class DeviceError(UserError, ValueError):
     """``--device`` names no device this machine has."""
 
 
+def default_device() -> str:
+    """``--device``'s default: ``cuda`` where torch sees a CUDA device, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_device(name: str) -> torch.device:
     """``name`` (``cpu``, ``cuda``, ``cuda:N``) as a device this machine has; anything else raises
     :class:`DeviceError` in one line saying what to pass."""
