@@ -20,7 +20,15 @@ from megamythos.data.indexed_dataset import IndexedDatasetError, bin_path, datas
 from megamythos.data.inspection import add_checksums, inspect_dataset, record_without_checksums
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
-from megamythos.data.sources import FORMATS, MISSING_KEY, Replacements, expand_inputs, iter_training_texts
+from megamythos.data.sources import (
+    DEFAULT_HF_SPLIT,
+    DEFAULT_JSON_KEY,
+    FORMATS,
+    MISSING_KEY,
+    Replacements,
+    expand_inputs,
+    iter_training_texts,
+)
 from megamythos.data.tokenizer import (
     MIN_VOCAB_SIZE,
     MODEL_TYPES,
@@ -53,8 +61,8 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-type", choices=MODEL_TYPES, default=TokenizerTrainConfig.model_type,
                         help="SentencePiece model type")
     parser.add_argument("--input-format", choices=FORMATS, default=None, help="default: by file suffix")
-    parser.add_argument("--json-key", type=JSON_KEY, default="text", help="JSON field holding the text")
-    parser.add_argument("--hf-split", type=SPLIT_NAME, default="train",
+    parser.add_argument("--json-key", type=JSON_KEY, default=DEFAULT_JSON_KEY, help="JSON field holding the text")
+    parser.add_argument("--hf-split", type=SPLIT_NAME, default=DEFAULT_HF_SPLIT,
                         help="split of a save_to_disk DatasetDict in --input")
     parser.add_argument("--max-sentences", type=number(int, 1), default=TokenizerTrainConfig.max_sentences,
                         help="size of the uniform sample of line chunks trained on (each at most 2 KiB of whole "

@@ -33,6 +33,8 @@ from megamythos.errors import UserError
 logger = logging.getLogger(__name__)
 
 TEXT, VERBATIM, JSON, ROW = "text", "verbatim", "json", "row"
+DEFAULT_JSON_KEY = "text"  # the field of a JSON record (or a dataset column) that holds the text
+DEFAULT_HF_SPLIT = "train"  # the split read of a save_to_disk DatasetDict
 MISSING_KEY = "missing key"  # the skip reason of an object without the key: the text may be under another one
 _ENCODED_REPLACEMENT = "\ufffd".encode()
 # A text document whose invalid UTF-8 bytes and CONTROL_BYTES together number at least NOT_TEXT_MIN_BYTES and more
@@ -362,7 +364,8 @@ def input_format(path: str, fmt: str | None = None) -> str:
 
 
 def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bool = False,
-                      hf_split: str = "train", fmt: str | None = None, verbatim: bool = False) -> Iterator[RawRecord]:
+                      hf_split: str = DEFAULT_HF_SPLIT, fmt: str | None = None,
+                      verbatim: bool = False) -> Iterator[RawRecord]:
     """Records of one input path, read as :func:`input_format` says; ``verbatim``: text files byte for byte
     (:func:`_text_documents`)."""
     read_as = input_format(path, fmt)
@@ -376,8 +379,8 @@ def iter_file_records(path: str, keys: tuple[str, ...], blank_line_separated: bo
         yield from _text_documents(path, blank_line_separated, verbatim)
 
 
-def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
-               skipped: Counter | None = None, hf_split: str = "train", verbatim: bool = False,
+def iter_texts(paths: list[str], key: str = DEFAULT_JSON_KEY, fmt: str | None = None,
+               skipped: Counter | None = None, hf_split: str = DEFAULT_HF_SPLIT, verbatim: bool = False,
                replaced: Replacements | None = None) -> Iterator[str]:
     """The text of every well-formed document in ``paths``; bad records are skipped, counted by reason
     (:func:`skip_kind`) in ``skipped`` when given; invalid UTF-8 bytes of text documents replaced by U+FFFD are
@@ -386,8 +389,8 @@ def iter_texts(paths: list[str], key: str = "text", fmt: str | None = None,
         yield from _file_texts(path, key, fmt, skipped, hf_split, verbatim, replaced)
 
 
-def iter_training_texts(paths: list[str], key: str = "text", fmt: str | None = None,
-                        skipped: Counter | None = None, hf_split: str = "train",
+def iter_training_texts(paths: list[str], key: str = DEFAULT_JSON_KEY, fmt: str | None = None,
+                        skipped: Counter | None = None, hf_split: str = DEFAULT_HF_SPLIT,
                         replaced: Replacements | None = None) -> Iterator[str | Iterator[str]]:
     """:func:`iter_texts` for tokenizer training, where a document is only ever cut into lines: a text file (one
     document) is given as an iterator of its lines (``str.splitlines(keepends=True)`` of its text), read in blocks
