@@ -28,12 +28,12 @@ from megamythos.errors import ArgumentParser, number, path_text, read_json_objec
 from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, get_preset
 from megamythos.model.params import count
 from megamythos.planning.layout import LayoutError, ParallelLayout, reduces_in_fp32, zero_buffers, zeropp_options
-from megamythos.planning.memory import check_startup_memory, memory_plan, startup_memory
+from megamythos.planning.memory import GIB, check_startup_memory, memory_plan, startup_memory
 from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
 
 logger = logging.getLogger(__name__)
 
-GIB_PER_GB = 1e9 / 2**30
+GIB_PER_GB = 1e9 / GIB
 # what to do about a --config file that cannot be planned
 CONFIG_REMEDY = ("give --config a ModelConfig JSON object (ModelConfig.to_json writes one, as a checkpoint tag's "
                  "model_config.json), or a --preset")

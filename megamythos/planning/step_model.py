@@ -58,7 +58,7 @@ from megamythos.model.params import (
     parts,
 )
 from megamythos.planning.layout import ParallelLayout, reduces_in_fp32
-from megamythos.planning.memory import core_dense_local_params, dense_local_params
+from megamythos.planning.memory import GIB, core_dense_local_params, dense_local_params
 
 KINDS = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
 
@@ -270,8 +270,8 @@ def format_plan(plan: StepPlan) -> str:
              f"InfiniBand {cl['ib_gbs']:g} GB/s per GPU",
              f"    compute            {plan.compute_seconds:9.3f} s/step  {plan.compute_seconds / micro:9.4f} s/micro"]
     for x in plan.collectives:
-        lines.append(f"    {x.kind:14s} {x.group:24s} {x.bytes_per_step / 2**30:10.3f} GiB/step "
-                     f"{x.bytes_per_step / micro / 2**30:9.3f} GiB/micro  n={x.group_size:<5d} {x.link:18s} "
+        lines.append(f"    {x.kind:14s} {x.group:24s} {x.bytes_per_step / GIB:10.3f} GiB/step "
+                     f"{x.bytes_per_step / micro / GIB:9.3f} GiB/micro  n={x.group_size:<5d} {x.link:18s} "
                      f"{x.seconds:8.3f} s {'exposed' if x.exposed else 'overlapped'}")
     lines.append(f"    step time          {plan.step_seconds:9.3f} s   tokens/s {plan.tokens_per_second:,.0f}   "
                  f"MFU {plan.mfu:.3f}")
