@@ -47,7 +47,8 @@ class LayerKVCache:
             self.tensors = tuple(t[:, :length] for t in self.tensors)
 
     def append(self, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Append ``new`` along the sequence dim and return the full cached tensors."""
+        """Append ``new`` (one [B, S, ...] tensor per cached tensor) along the sequence dim and return the full
+        cached tensors [B, L + S, ...]."""
         if self.tensors is None:
             self.tensors = tuple(t.detach() for t in new)
         else:
@@ -248,7 +249,8 @@ class MLA(nn.Module):
 
     def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache,
                      layout: RowLayout | None = None) -> None:
-        """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
+        """Append the cache entry of x [B, S, H] at ``positions`` [S] without attending (a token that exited
+        earlier, at a deeper loop index)."""
         cos, sin = rope_cos_sin(rope_positions(positions, layout), self.rope_dim, self.rope_theta)
         cache.append(*self._latent(x, cos, sin))
 
@@ -314,7 +316,8 @@ class GQA(nn.Module):
 
     def extend_cache(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache,
                      layout: RowLayout | None = None) -> None:
-        """Append x's cache entry without attending (a token that exited earlier, at a deeper loop index)."""
+        """Append the cache entry of x [B, S, H] at ``positions`` [S] without attending (a token that exited
+        earlier, at a deeper loop index)."""
         cos, sin = rope_cos_sin(rope_positions(positions, layout), self.head_dim, self.rope_theta)
         cache.append(*self._keys_values(x, cos, sin))
 
@@ -344,4 +347,5 @@ class GQA(nn.Module):
 
 
 def build_attention(config: ModelConfig) -> nn.Module:
+    """The attention ``config.attn_type`` names (:class:`MLA` or :class:`GQA`): x [B, S, H] -> [B, S, H]."""
     return MLA(config) if config.attn_type == "mla" else GQA(config)

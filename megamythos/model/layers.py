@@ -23,7 +23,8 @@ def _apex_rms_norm() -> Callable[..., torch.Tensor] | None:
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and returned in the input dtype.
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last dim, x [..., H] -> [..., H], computed in fp32 and
+    returned in the input dtype.
 
     On CUDA with apex installed and x, weight of one dtype, apex's fused kernel computes the same (fp32 inside).
     """

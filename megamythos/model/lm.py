@@ -33,13 +33,14 @@ class DenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerKVCache | None = None,
                 absorb: bool = False, layout: RowLayout | None = None) -> torch.Tensor:
+        """x [B, S, H] at ``positions`` [S] -> [B, S, H]; ``cache``, ``absorb`` and ``layout`` as the attention's."""
         x = x + self.attn(self.attn_norm(x), positions, cache, absorb, layout=layout)
         return x + self.ffn(self.ffn_norm(x))
 
 
 def check_loop_count(n_loops: int | None) -> None:
     """Raise ``ValueError`` unless ``n_loops`` is None (the config's ``mean_loops``) or a whole number >= 1 (0 must
-    not read as "unset"; 2.5 or "8" were a TypeError naming no setting)."""
+    not read as "unset", nor 2.5 or "8" as a count)."""
     if n_loops is not None and not (isinstance(n_loops, numbers.Integral) and n_loops >= 1):
         raise ValueError(f"n_loops={n_loops!r} must be >= 1, a whole number (None: the config's mean_loops)")
 

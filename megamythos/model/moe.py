@@ -237,6 +237,8 @@ class MoE(nn.Module):
         return self
 
     def forward(self, hidden_states: torch.Tensor) -> MoEOutput:
+        """x [B, S, H] -> (y [B, S, H], balance loss []), y_t = sum_{i in top-k(s_t + b)} w_{t,i} E_i(x_t)
+        (+ shared(x_t)) with s_t the router's scores, b the expert bias and w :func:`route`'s weights."""
         bsz, seq, dim = hidden_states.shape
         x = hidden_states.reshape(-1, dim)
         logits = self.gate(x)

@@ -94,7 +94,7 @@ class LTIInjection(nn.Module):
             self.B.fill_(1.0)
 
     def combine(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """u = h + e (fp32)."""
+        """u = h + e: h [B, S, H] fp32, e [B, S, H] -> u [B, S, H] fp32."""
         return h + e.float()
 
     def decay(self) -> torch.Tensor:
@@ -104,6 +104,7 @@ class LTIInjection(nn.Module):
             return torch.exp(-torch.exp(rate))
 
     def spectral_radius(self) -> torch.Tensor:
+        """max A_bar, a [] fp32 tensor: the diagonal transition's largest eigenvalue."""
         return self.decay().max()
 
     def input_gain(self) -> torch.Tensor:
@@ -125,13 +126,16 @@ class AdditiveInjection(nn.Module):
         pass
 
     def combine(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """u = h + e: h [B, S, H] fp32, e [B, S, H] -> u [B, S, H] fp32."""
         return h + e.float()
 
     def spectral_radius(self) -> torch.Tensor:
+        """1, a [] tensor: the identity transition."""
         return torch.ones(())
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
                 report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The carried term u [B, S, H] itself (h + e), with ``report_rho`` 1, else None."""
         return u, self.spectral_radius() if report_rho else None
 
 
@@ -149,6 +153,7 @@ class ConcatInjection(nn.Module):
             self.adapter.weight.copy_(torch.cat((eye, eye), dim=1))
 
     def combine(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """u = W [h; e]: h [B, S, H] fp32, e [B, S, H] -> u [B, S, H] fp32 (the matmul in W's dtype)."""
         return self.adapter(torch.cat((h, e.float()), dim=-1).to(self.adapter.weight.dtype)).float()
 
     def spectral_radius(self) -> torch.Tensor:
@@ -158,10 +163,12 @@ class ConcatInjection(nn.Module):
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, u: torch.Tensor,
                 report_rho: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The carried term u [B, S, H] itself, with ``report_rho`` :meth:`spectral_radius`, else None."""
         return u, self.spectral_radius() if report_rho else None
 
 
 def build_injection(config: ModelConfig) -> nn.Module:
+    """The state injection ``config.injection`` names: lti, additive or concat (see the classes above)."""
     if config.injection == "lti":
         return LTIInjection(config)
     return AdditiveInjection() if config.injection == "additive" else ConcatInjection(config)
@@ -178,6 +185,7 @@ class LoopLoRA(nn.Module):
         self.scale = nn.Embedding(config.resolved_max_loops, config.lora_rank)
 
     def forward(self, u: torch.Tensor, t: int) -> torch.Tensor:
+        """u [..., H] at loop t -> up(down(u) * scale[min(t, max_loops - 1)]) [..., H]."""
         # filled on the device (torch.tensor of a Python int would copy it from the host: a stream sync per loop);
         # read through the Embedding's own call, which is where ZeRO-3 gathers its weight
         index = torch.full((), min(t, self.scale.num_embeddings - 1), dtype=torch.long, device=u.device)
