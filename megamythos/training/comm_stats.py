@@ -44,27 +44,25 @@ def _nbytes(t: torch.Tensor | Sequence[torch.Tensor]) -> int:
     return sum(_nbytes(x) for x in t)
 
 
-def _arg(args: tuple, kwargs: dict, index: int, *names: str) -> Any:
-    for name in names:
-        if name in kwargs:
-            return kwargs[name]
-    return args[index]
+def _bytes_of(index: int, name: str) -> Callable[[tuple, dict], int]:
+    """The bytes of a collective's tensor (or tensor list) argument, passed at position ``index`` or as ``name``."""
+    return lambda args, kwargs: _nbytes(kwargs[name] if name in kwargs else args[index])
 
 
 # function name -> (kind, bytes of the call from its (args, kwargs))
 _COUNTED: dict[str, tuple[str, Callable[[tuple, dict], int]]] = {
-    "all_gather_into_tensor": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "output_tensor"))),
-    "_all_gather_base": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "output_tensor"))),
-    "all_gather_single": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "output_tensor"))),
-    "all_gather": ("all-gather", lambda a, k: _nbytes(_arg(a, k, 0, "tensor_list"))),
-    "reduce_scatter_tensor": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input"))),
-    "_reduce_scatter_base": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input"))),
-    "reduce_scatter_single": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input"))),
-    "reduce_scatter": ("reduce-scatter", lambda a, k: _nbytes(_arg(a, k, 1, "input_list"))),
-    "all_reduce": ("all-reduce", lambda a, k: _nbytes(_arg(a, k, 0, "tensor"))),
-    "all_reduce_coalesced": ("all-reduce", lambda a, k: _nbytes(_arg(a, k, 0, "tensors"))),
-    "all_to_all_single": ("all-to-all", lambda a, k: _nbytes(_arg(a, k, 1, "input"))),
-    "all_to_all": ("all-to-all", lambda a, k: _nbytes(_arg(a, k, 1, "input_tensor_list"))),
+    "all_gather_into_tensor": ("all-gather", _bytes_of(0, "output_tensor")),
+    "_all_gather_base": ("all-gather", _bytes_of(0, "output_tensor")),
+    "all_gather_single": ("all-gather", _bytes_of(0, "output_tensor")),
+    "all_gather": ("all-gather", _bytes_of(0, "tensor_list")),
+    "reduce_scatter_tensor": ("reduce-scatter", _bytes_of(1, "input")),
+    "_reduce_scatter_base": ("reduce-scatter", _bytes_of(1, "input")),
+    "reduce_scatter_single": ("reduce-scatter", _bytes_of(1, "input")),
+    "reduce_scatter": ("reduce-scatter", _bytes_of(1, "input_list")),
+    "all_reduce": ("all-reduce", _bytes_of(0, "tensor")),
+    "all_reduce_coalesced": ("all-reduce", _bytes_of(0, "tensors")),
+    "all_to_all_single": ("all-to-all", _bytes_of(1, "input")),
+    "all_to_all": ("all-to-all", _bytes_of(1, "input_tensor_list")),
 }
 
 
