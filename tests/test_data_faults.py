@@ -35,7 +35,12 @@ from megamythos.data.checksums import DatasetCorruptError
 from megamythos.data.cli import inspect_main, preprocess_main, train_tokenizer_main
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path
 from megamythos.data.index_cache import IndexCacheError, load_or_build
-from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, dataset_exists
+from megamythos.data.indexed_dataset import (
+    IndexedDataset,
+    IndexedDatasetBuilder,
+    IndexedDatasetError,
+    dataset_exists,
+)
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import DatasetMismatchError, MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
@@ -795,6 +800,22 @@ def test_output_prefixes_that_name_no_file_or_an_input_are_refused(tmp_path: Pat
     line = error_of(merge_main, ["--input", dataset, "--output-prefix", dataset, "--overwrite"], capsys)
     assert f"--output-prefix {dataset} is one of the inputs" in line, line
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_merge_of_inputs_that_hold_no_token_is_refused_and_writes_nothing(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07: inputs of 0 documents merged into a dataset with an empty ``.bin``, which Megatron's reader
+    cannot map (``cannot mmap an empty file``), with exit code 0."""
+    from megamythos.data.cli import merge_main
+
+    empty = [str(tmp_path / name) for name in ("e1", "e2")]
+    for prefix in empty:
+        with IndexedDatasetBuilder(prefix, np.uint16) as builder:
+            builder.finalize()
+    before = sorted(tmp_path.iterdir())
+    line = error_of(merge_main, ["--input", *empty, "--output-prefix", str(tmp_path / "out")], capsys)
+    assert f"--input {' '.join(empty)}: every input is empty (no token)" in line, line
+    assert sorted(tmp_path.iterdir()) == before
 
 
 def test_more_workers_than_cpus_is_said(tmp_path: Path, tiny_tokenizer: Tokenizer,

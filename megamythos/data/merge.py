@@ -38,7 +38,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     recorded ones would be claimed by their tokenizer). The first record is carried over with updated counts
     (``append_eod`` only if every input ended its documents with eos), and is in place before the ``.idx`` is
     (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at ``output_prefix`` is replaced
-    only with ``overwrite``; the temporaries of a merge into it that was killed (``*.tmp.<host>.<pid>`` of a dead
+    only with ``overwrite``; inputs that hold no token at all are refused (an empty ``.bin``, which Megatron's
+    reader cannot map). The temporaries of a merge into it that was killed (``*.tmp.<host>.<pid>`` of a dead
     process of this host) are removed first.
     """
     if not prefixes:
@@ -54,6 +55,10 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
         if missing := dataset_not_found(prefix):
             raise IndexedDatasetError(f"--input: {missing}")
     datasets = [IndexedDataset(p) for p in prefixes]
+    if not any(d.num_tokens for d in datasets):  # Megatron maps the .bin, and an empty file cannot be mapped
+        raise IndexedDatasetError(f"--input {' '.join(prefixes)}: every input is empty (no token), so the merged "
+                                  ".bin would be empty, which Megatron's reader cannot open; nothing was written: "
+                                  "merge datasets that hold documents")
     records = [read_dataset_metadata(p) for p in prefixes]
     recorded, first = next(((p, r) for p, r in zip(prefixes, records) if r is not None), (None, None))
     for prefix, dataset, record in zip(prefixes, datasets, records):
