@@ -818,6 +818,33 @@ def test_a_merge_of_inputs_that_hold_no_token_is_refused_and_writes_nothing(tmp_
     assert sorted(tmp_path.iterdir()) == before
 
 
+def test_a_merge_of_a_dataset_with_itself_is_said_and_one_into_an_input_through_links_is_refused(
+        tmp_path: Path, tiny_tokenizer: Tokenizer, capsys: pytest.CaptureFixture,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found 2026-12-07: a dataset merged with itself (named twice, or through a linked folder) doubled its
+    documents without a word; ``--output-prefix A --overwrite`` with an input whose files are links to ``A``'s
+    replaced ``A`` (the input's data) by the merge, exit code 0."""
+    from megamythos.data.cli import merge_main
+
+    dataset = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    (tmp_path / "alias").symlink_to(tmp_path)
+    again = str(tmp_path / "alias" / "a_text_document")
+    with caplog.at_level(logging.WARNING):
+        assert len(merge_datasets([dataset, again], str(tmp_path / "twice"))) == 2 * len(DOCS)  # still merged
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"--input {again} is {dataset} again (the same "), warnings
+    assert "holds its documents twice" in warnings[0]
+    linked = tmp_path / "in" / "a_text_document"
+    linked.parent.mkdir()
+    for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
+        Path(f"{linked}{suffix}").symlink_to(dataset + suffix)
+    data = {suffix: Path(dataset + suffix).read_bytes() for suffix in (".bin", ".idx", ".json")}
+    line = error_of(merge_main, ["--input", str(linked), str(tmp_path / "twice"), "--output-prefix", dataset,
+                                 "--overwrite"], capsys)
+    assert f"--output-prefix {dataset} is one of the inputs ({linked}: the same files or links to them)" in line, line
+    assert {suffix: Path(dataset + suffix).read_bytes() for suffix in data} == data
+
+
 def test_more_workers_than_cpus_is_said(tmp_path: Path, tiny_tokenizer: Tokenizer,
                                         caplog: pytest.LogCaptureFixture) -> None:
     """Found 2026-12-06: ``--workers 1000`` forked 1000 tokenizer processes on 2 cores without a word."""

@@ -10,6 +10,7 @@ from megamythos.data.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
     IndexedDatasetError,
+    bin_path,
     dataset_not_found,
 )
 from megamythos.data.metadata import (
@@ -27,6 +28,37 @@ from megamythos.data.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 
+def _entry(path: str) -> str:
+    """The directory entry ``path`` names, its folders' links resolved (not a link the file itself may be)."""
+    return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+
+
+def replaced_input(output_prefix: str, prefixes: list[str]) -> str | None:
+    """The first of ``prefixes`` a dataset written at ``output_prefix`` would replace a file of: the same prefix
+    however spelled, or an input whose files are links to the output's (``ln -s data/a.bin in/a.bin``, then
+    ``--input in/a --output-prefix data/a``: the output's ``os.replace`` lands on the links' target). An output
+    whose files are links to an input's is not one: the rename replaces the links, not their target."""
+    written = {_entry(path) for path in dataset_files(output_prefix)}
+    return next((prefix for prefix in prefixes for path in dataset_files(prefix)
+                 if _entry(path) in written or os.path.realpath(path) in written), None)
+
+
+def warn_repeated_inputs(prefixes: list[str]) -> None:
+    """Warn, one line each, of an input named again (the same ``.bin``, by another spelling or a link): the merge
+    holds its documents twice. Not refused: the merged dataset is valid and nothing is lost, and a dataset repeated on
+    purpose is a weight, better given to the trainer's ``--data-path`` (``0.7 A 0.3 B``) than copied."""
+    seen: dict[tuple[int, int], str] = {}
+    for prefix in prefixes:
+        stat = os.stat(bin_path(prefix))
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            logger.warning("--input %s is %s again (the same %s): the merged dataset holds its documents twice; to "
+                           "weight a dataset, give it a weight in the trainer's --data-path (0.7 A 0.3 B) instead",
+                           prefix, seen[key], bin_path(seen[key]))
+        else:
+            seen[key] = prefix
+
+
 def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = False) -> IndexedDataset:
     """Write ``output_prefix.{bin,idx}`` holding every document of ``prefixes`` in order; returns it opened.
 
@@ -38,22 +70,25 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     recorded ones would be claimed by their tokenizer). The first record is carried over with updated counts
     (``append_eod`` only if every input ended its documents with eos), and is in place before the ``.idx`` is
     (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at ``output_prefix`` is replaced
-    only with ``overwrite``; inputs that hold no token at all are refused (an empty ``.bin``, which Megatron's
-    reader cannot map). The temporaries of a merge into it that was killed (``*.tmp.<host>.<pid>`` of a dead
-    process of this host) are removed first.
+    only with ``overwrite``, and never when it is one of the inputs (:func:`replaced_input`); an input named twice
+    is merged twice, with a warning (:func:`warn_repeated_inputs`); inputs that hold no token at all are refused
+    (an empty ``.bin``, which Megatron's reader cannot map). The temporaries of a merge into it that was killed
+    (``*.tmp.<host>.<pid>`` of a dead process of this host) are removed first.
     """
     if not prefixes:
         raise ValueError("merge_datasets needs at least one input prefix")
     check_output_prefix(output_prefix)
-    if os.path.realpath(output_prefix) in {os.path.realpath(p) for p in prefixes}:
-        raise IndexedDatasetError(f"--output-prefix {output_prefix} is one of the inputs, which the merge reads while "
-                                  "it writes; choose another --output-prefix (--overwrite does not allow this)")
+    if (replaced := replaced_input(output_prefix, prefixes)) is not None:
+        raise IndexedDatasetError(f"--output-prefix {output_prefix} is one of the inputs ({replaced}: the same files "
+                                  "or links to them), which the merge reads while it writes and would replace; choose "
+                                  "another --output-prefix (--overwrite does not allow this)")
     for removed in remove_stale_temps(dataset_files(output_prefix)):
         logger.info("removed %s, left by a killed run", removed)
     refuse_to_replace(output_prefix, overwrite)
     for prefix in prefixes:  # named as the flag's, before IndexedDataset's line on one file of it
         if missing := dataset_not_found(prefix):
             raise IndexedDatasetError(f"--input: {missing}")
+    warn_repeated_inputs(prefixes)
     datasets = [IndexedDataset(p) for p in prefixes]
     if not any(d.num_tokens for d in datasets):  # Megatron maps the .bin, and an empty file cannot be mapped
         raise IndexedDatasetError(f"--input {' '.join(prefixes)}: every input is empty (no token), so the merged "
