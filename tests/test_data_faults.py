@@ -845,6 +845,20 @@ def test_a_merge_of_a_dataset_with_itself_is_said_and_one_into_an_input_through_
     assert {suffix: Path(dataset + suffix).read_bytes() for suffix in data} == data
 
 
+def test_a_folder_given_to_merge_as_an_input_gets_the_prefixes_in_it(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07: ``merge_datasets.py --input DIR`` said only ``missing DIR.bin, DIR.idx``."""
+    from megamythos.data.cli import merge_main
+
+    dataset = _dataset(tmp_path, "a", DOCS, tiny_tokenizer)
+    (tmp_path / "empty").mkdir()
+    for folder, listed in ((tmp_path, f", e.g. {dataset}"), (tmp_path / "empty", f"; none is in {tmp_path / 'empty'}")):
+        line = error_of(merge_main, ["--input", str(folder), "--output-prefix", str(tmp_path / "out")], capsys)
+        assert line.startswith(f"error: --input: dataset '{folder}' not found: missing "), line
+        assert line.endswith(f"; {folder} is a folder: pass dataset prefixes (PREFIX, for PREFIX.bin/PREFIX.idx)"
+                             f"{listed}"), line
+
+
 def test_more_workers_than_cpus_is_said(tmp_path: Path, tiny_tokenizer: Tokenizer,
                                         caplog: pytest.LogCaptureFixture) -> None:
     """Found 2026-12-06: ``--workers 1000`` forked 1000 tokenizer processes on 2 cores without a word."""

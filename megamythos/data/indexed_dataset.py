@@ -75,7 +75,7 @@ def dataset_exists(prefix: str) -> bool:
 def dataset_not_found(prefix: str) -> str | None:
     """``dataset 'P' not found: missing P.bin, P.idx`` (the files of the two that are missing), with the prefix
     meant where one is plain (``P`` given with its ``.bin``/``.idx``, or ``P`` for preprocessing's
-    ``P_text_document``); None when both files exist."""
+    ``P_text_document``), or a few prefixes found in ``P`` where it is a folder; None when both files exist."""
     missing = [path for path in (bin_path(prefix), idx_path(prefix)) if not os.path.isfile(path)]
     if not missing:
         return None
@@ -85,6 +85,12 @@ def dataset_not_found(prefix: str) -> str | None:
     elif os.path.isfile(bin_path(f"{prefix}_text_document")):
         hint = (f"; did you mean {prefix}_text_document? (preprocess_data.py --output-prefix {prefix} writes "
                 f"{prefix}_text_document.bin/.idx)")
+    elif os.path.isdir(prefix):
+        found = sorted(os.path.join(prefix, name[:-4]) for name in os.listdir(prefix)
+                       if name.endswith(".idx") and os.path.isfile(os.path.join(prefix, name[:-4] + ".bin")))
+        listed = (f", e.g. {', '.join(found[:3])}" + (f" ({len(found)} in all)" if len(found) > 3 else "") if found
+                  else f"; none is in {prefix}")
+        hint = f"; {prefix} is a folder: pass dataset prefixes (PREFIX, for PREFIX.bin/PREFIX.idx){listed}"
     else:
         hint = ""
     return f"dataset {prefix!r} not found: missing {', '.join(missing)}{hint}"
