@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megamythos.data.checksums import BlockHasher, DatasetCorruptError, file_block_digests, verify_file
+from megamythos.data.checksums import (
+    MAX_BLOCK_BYTES,
+    BlockHasher,
+    DatasetCorruptError,
+    file_block_digests,
+    verify_file,
+)
 from megamythos.data.cli import inspect_main, preprocess_main
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dataset_exists
 from megamythos.data.merge import merge_datasets
@@ -73,10 +79,11 @@ def test_a_builder_hashes_what_it_writes_and_a_verification_names_the_block_that
 
 
 
-@pytest.mark.parametrize("block_bytes", [0, 12])
+@pytest.mark.parametrize("block_bytes", [0, 12, MAX_BLOCK_BYTES + 8])
 def test_blocks_no_reader_takes_are_refused_when_the_builder_is_made(block_bytes: int, tmp_path: Path) -> None:
     """Found 2026-12-07 (review): a builder given blocks of 12 bytes wrote a dataset every reader refused as corrupt
-    ("the recorded checksums are malformed ... rebuild the dataset"), and blocks of 0 bytes hashed for ever."""
+    ("the recorded checksums are malformed ... rebuild the dataset"), and blocks of 0 bytes hashed for ever; blocks
+    past MAX_BLOCK_BYTES are what a verification would hold in memory, per thread."""
     with pytest.raises(ValueError, match=f"block_bytes {block_bytes}: blocks must be a positive multiple of 8"):
         IndexedDatasetBuilder(str(tmp_path / "built"), np.uint16, block_bytes=block_bytes)
     assert not list(tmp_path.iterdir())
@@ -129,6 +136,26 @@ def test_a_dataset_without_checksums_is_read_with_a_warning_and_malformed_ones_a
     Path(prefix + ".json").write_text(json.dumps({**old, "checksums": {**old["checksums"], "bin": ["ab"]}}))
     with pytest.raises(DatasetCorruptError, match=r"a_text_document\.json: the recorded checksums are malformed"):
         resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "c2"))
+
+
+@pytest.mark.parametrize("block_bytes", [(64 << 20) + 0.5, 1 << 40])
+def test_a_record_whose_block_size_no_builder_writes_is_refused_and_add_checksums_mends_it(
+        block_bytes: float, tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07: a float ``block_bytes`` (a hand-edited record) was truncated to a whole size without a word,
+    and a huge one (a corrupt record) made the verifier read each file whole into memory; the remedy then named,
+    ``inspect_dataset.py PREFIX --add-checksums``, refused such a record as one that records checksums already."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    built = record(prefix)
+    Path(prefix + ".json").write_text(json.dumps({**built, "checksums": {**built["checksums"],
+                                                                         "block_bytes": block_bytes}}))
+    with pytest.raises(DatasetCorruptError, match=rf"a_text_document\.json: the recorded checksums are malformed "
+                                                  rf"\(block_bytes {block_bytes!r}, expected a whole number of bytes.*"
+                                                  rf"if the data is sound, `python data_prep/inspect_dataset.py "
+                                                  rf"{prefix} --add-checksums` checks it and records them again"):
+        resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+    assert inspect_main([prefix, "--samples", "0", "--add-checksums"]) == 0, capsys.readouterr().err
+    assert "recorded checksums of 1 + 1 blocks" in capsys.readouterr().out
+    assert record(prefix) == built
 
 
 def test_a_copy_of_a_dataset_is_verified_at_its_first_start(tmp_path: Path, tiny_tokenizer) -> None:

@@ -25,6 +25,7 @@ from megamythos.errors import UserError
 
 ALGORITHM = "sha256"
 BLOCK_BYTES = 64 << 20
+MAX_BLOCK_BYTES = 256 << 20  # each hashing thread holds one block: at most 2 GiB for 8 threads
 RECORD_KEY = "checksums"
 T = TypeVar("T")
 
@@ -35,8 +36,9 @@ class DatasetCorruptError(UserError, ValueError):
 
 def valid_block_bytes(block_bytes: int) -> bool:
     """Whether blocks of ``block_bytes`` can be recorded: a positive multiple of 8, so that every block but the last
-    holds whole tokens of any dtype (a verification reads each block's tokens)."""
-    return block_bytes > 0 and block_bytes % 8 == 0
+    holds whole tokens of any dtype (a verification reads each block's tokens), of at most :data:`MAX_BLOCK_BYTES`
+    (a verification holds one block in memory per thread)."""
+    return 0 < block_bytes <= MAX_BLOCK_BYTES and block_bytes % 8 == 0
 
 
 class BlockHasher:
@@ -44,7 +46,8 @@ class BlockHasher:
 
     def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
         if not valid_block_bytes(block_bytes):
-            raise ValueError(f"block_bytes {block_bytes}: blocks must be a positive multiple of 8 bytes")
+            raise ValueError(f"block_bytes {block_bytes}: blocks must be a positive multiple of 8 bytes, at most "
+                             f"{MAX_BLOCK_BYTES}")
         self.block_bytes = block_bytes
         self.digests: list[str] = []
         self._block = hashlib.sha256()
@@ -86,21 +89,29 @@ class DatasetChecksums:
     @classmethod
     def from_record(cls, record: Mapping[str, Any] | None, record_path: str) -> DatasetChecksums | None:
         """The checksums ``record`` (read from ``record_path``) holds; None for a record without them (a dataset
-        made before they were recorded) or no record (made by Megatron). Malformed ones raise
-        :class:`DatasetCorruptError` naming ``record_path``."""
+        made before they were recorded) or no record (made by Megatron). Malformed ones (a ``block_bytes`` that is
+        no whole number of bytes the builder takes, :func:`valid_block_bytes`, included) raise
+        :class:`DatasetCorruptError` naming ``record_path`` and ``inspect_dataset.py PREFIX --add-checksums``, which
+        records them again once it finds the data valid."""
         if record is None or RECORD_KEY not in record:
             return None
         try:
             sums = record[RECORD_KEY]
             if sums["algorithm"] != ALGORITHM:
                 raise ValueError(f"algorithm {sums['algorithm']!r}, expected {ALGORITHM!r}")
-            block_bytes = int(sums["block_bytes"])
+            block_bytes = sums["block_bytes"]
+            if type(block_bytes) is not int or not valid_block_bytes(block_bytes):  # 1.5e6 or true is no size
+                raise ValueError(f"block_bytes {block_bytes!r}, expected a whole number of bytes, a positive "
+                                 f"multiple of 8 up to {MAX_BLOCK_BYTES}")
             digests = {name: tuple(str(d) for d in sums[name]) for name in ("bin", "idx")}
-            if not valid_block_bytes(block_bytes) or any(len(d) != 64 for ds in digests.values() for d in ds):
-                raise ValueError(f"block_bytes {block_bytes} (a positive multiple of 8) or a digest's length")
+            if any(len(d) != 64 for ds in digests.values() for d in ds):
+                raise ValueError("a digest that is not 64 hex digits")
         except (KeyError, TypeError, ValueError) as err:
-            raise DatasetCorruptError(f"{record_path}: the recorded checksums are malformed ({err}); the record is "
-                                      "corrupt: rebuild the dataset with data_prep/preprocess_data.py") from err
+            prefix = record_path.removesuffix(".json")
+            raise DatasetCorruptError(f"{record_path}: the recorded checksums are malformed ({err}); if the data is "
+                                      f"sound, `python data_prep/inspect_dataset.py {prefix} --add-checksums` checks "
+                                      "it and records them again, else rebuild the dataset with "
+                                      "data_prep/preprocess_data.py") from err
         return cls(block_bytes, digests["bin"], digests["idx"])
 
 

@@ -177,9 +177,9 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
                              "record, it must be the recorded tokenizer (by sha256)")
     parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
     parser.add_argument("--add-checksums", action="store_true",
-                        help="a dataset built before checksums were recorded (its report says `none recorded`): once "
-                             "it is found valid, record them in its .json for its files as they are now, so that "
-                             "runs and this tool verify every byte from now on")
+                        help="a dataset built before checksums were recorded (its report says `none recorded`), or "
+                             "whose recorded ones are malformed: once it is found valid, record them in its .json for "
+                             "its files as they are now, so that runs and this tool verify every byte from now on")
     args = parser.parse_args(argv)
     if not any(os.path.exists(path) for path in (bin_path(args.prefix), idx_path(args.prefix))):
         parser.error(dataset_not_found(args.prefix))  # bad input; INVALID (exit 1) is for a dataset that exists
@@ -188,7 +188,8 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         if args.add_checksums:
             record_without_checksums(args.prefix)  # refused before the whole dataset is read
         try:
-            report = inspect_dataset(args.prefix, args.samples, args.tokenizer_model, args.max_sample_tokens)
+            report = inspect_dataset(args.prefix, args.samples, args.tokenizer_model, args.max_sample_tokens,
+                                     ignore_checksums=args.add_checksums)  # none, or malformed ones it replaces
         except (IndexedDatasetError, DatasetCorruptError) as err:  # the verdict this tool exists for, not bad usage
             print(f"INVALID: {err}", file=sys.stderr)
             sys.exit(1)

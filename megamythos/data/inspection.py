@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from megamythos.data.atomic import atomic_open
-from megamythos.data.checksums import BLOCK_BYTES, DatasetChecksums, file_block_digests
+from megamythos.data.checksums import BLOCK_BYTES, DatasetChecksums, DatasetCorruptError, file_block_digests
 from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, bin_path, idx_path
 from megamythos.data.metadata import (
@@ -35,13 +35,14 @@ def check_given_tokenizer(prefix: str, metadata: dict[str, Any] | None, tokenize
 
 
 def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | None = None,
-                    max_sample_tokens: int = 200, seed: int = 0) -> dict[str, Any]:
+                    max_sample_tokens: int = 200, seed: int = 0, ignore_checksums: bool = False) -> dict[str, Any]:
     """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`, or
     :class:`~megamythos.data.checksums.DatasetCorruptError` where a byte differs from its recorded checksums: every
     byte is read), then report on it. The token ids are checked against the vocabulary too when it is known:
     ``tokenizer_model``'s, else the recorded one, and the recorded document and token counts against the data. A
     ``tokenizer_model`` that is not the recorded one raises :class:`~megamythos.data.metadata.DatasetMismatchError`
-    (:func:`check_given_tokenizer`).
+    (:func:`check_given_tokenizer`). ``ignore_checksums``: validate as if the record held none (for
+    :func:`add_checksums`, which replaces malformed ones).
 
     Returns ``{"prefix", "dtype", "sequences", "documents", "tokens", "bin_bytes", "idx_bytes", "length_min",
     "length_mean", "length_max", "metadata" (the record without its checksums), "checksums" (what was verified),
@@ -50,6 +51,8 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
     """
     dataset = IndexedDataset(prefix)
     metadata = read_dataset_metadata(prefix)
+    if ignore_checksums and metadata is not None:
+        metadata.pop(CHECKSUMS_KEY, None)
     check_dataset(dataset, metadata)
     model = tokenizer_model or (metadata or {}).get("tokenizer_model")
     tokenizer = Tokenizer(model) if model else None
@@ -86,15 +89,20 @@ def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | No
 
 
 def record_without_checksums(prefix: str) -> dict[str, Any]:
-    """``prefix``'s record as stored, for :func:`add_checksums`. Raises :class:`IndexedDatasetError` for a dataset
-    without a record (made by Megatron's tools: the checksums live in the record, which names a tokenizer) or with
-    checksums already recorded (those are what vouch for it)."""
+    """``prefix``'s record as stored, without its checksums if they are malformed (a hand-edited or corrupt record:
+    they vouch for nothing), for :func:`add_checksums`. Raises :class:`IndexedDatasetError` for a dataset without a
+    record (made by Megatron's tools: the checksums live in the record, which names a tokenizer) or with well-formed
+    checksums recorded (those are what vouch for it)."""
     path = metadata_path(prefix)
     if not os.path.isfile(path):
         raise IndexedDatasetError(f"{prefix} has no record ({path}; a dataset made by Megatron's tools), which is "
                                   "where checksums go: preprocess its text with data_prep/preprocess_data.py")
     record = read_json_object(path, MetadataError, RECORD_REMEDY)
-    if CHECKSUMS_KEY in record:
+    try:
+        recorded = DatasetChecksums.from_record(record, path)
+    except DatasetCorruptError:
+        return {k: v for k, v in record.items() if k != CHECKSUMS_KEY}
+    if recorded is not None:
         raise IndexedDatasetError(f"{path} already records checksums: nothing to add (a rebuild of the dataset "
                                   "replaces them)")
     return record
