@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megamythos.data import checksums
 from megamythos.data.checksums import (
     MAX_BLOCK_BYTES,
     BlockHasher,
@@ -25,6 +26,7 @@ from megamythos.data.checksums import (
 from megamythos.data.cli import inspect_main, preprocess_main
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dataset_exists
 from megamythos.data.merge import merge_datasets
+from megamythos.data.metadata import read_dataset_metadata, verified_token_range
 from megamythos.data.pretraining import resolve_data
 from megamythos.data.tokenizer import Tokenizer
 from tests.helpers import REPO, synthetic_documents, write_jsonl
@@ -203,6 +205,36 @@ def test_add_checksums_records_them_for_a_dataset_built_before_and_refuses_the_r
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], err
     assert record(prefix) == built
+
+
+def test_a_dataset_replaced_while_it_is_verified_is_said_to_have_changed_not_to_be_corrupt(
+        tmp_path: Path, tiny_tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07: a run that read a dataset's record, then verified its files after a merge or preprocessing
+    had replaced them (or while a copy wrote over them in place), called the dataset corrupt: "copy it again ... or
+    rebuild it"."""
+    prefix, other = dataset(tmp_path, "a", tiny_tokenizer), dataset(tmp_path, "b", tiny_tokenizer)
+    opened, recorded = IndexedDataset(prefix), read_dataset_metadata(prefix)
+    merge_datasets([other, other], prefix, overwrite=True)  # the writer, between the record's read and the scan
+    with pytest.raises(DatasetCorruptError, match=rf"^{prefix}\.json changed while {prefix} was being read \(a "
+                                                  r"preprocessing or merge is replacing the dataset\): run again when "
+                                                  "the writer is done$"):
+        verified_token_range(opened, recorded)
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(4 * 4096))
+    digests, before = tuple(file_block_digests(str(path), 4096)), os.stat(path)
+
+    def write_in_place(block: memoryview) -> None:  # rsync --inplace of other bytes, past the block being read
+        if block.nbytes and not os.path.exists(tmp_path / "written"):
+            (tmp_path / "written").touch()
+            with open(path, "r+b") as handle:
+                handle.seek(3 * 4096)
+                handle.write(os.urandom(4096))
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+
+    monkeypatch.setattr(checksums, "hashing_threads", lambda: 1)  # blocks in order: the write lands between two
+    with pytest.raises(DatasetCorruptError, match=rf"^{path} changed while it was read \(it is being replaced or "
+                                                  r"written\): run again when the writer is done$"):
+        verify_file(str(path), digests, 4096, write_in_place)
 
 
 SHRINKS_WHILE_READ = """

@@ -120,6 +120,16 @@ def hashing_threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+def _unchanged(path: str, before: os.stat_result) -> bool:
+    """Whether the file at ``path`` is still the one ``before`` describes: its inode, size, modification and change
+    times (False when it is gone)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return all(getattr(now, key) == getattr(before, key) for key in ("st_ino", "st_size", "st_mtime_ns", "st_ctime_ns"))
+
+
 def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
                 visit: Callable[[memoryview], T] | None = None) -> list[T]:
     """Check that the file at ``path`` is ``len(digests)`` blocks of ``block_bytes`` whose sha256 are ``digests``,
@@ -131,8 +141,10 @@ def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
     is a short read here, where a mapping's page past the new end kills the process with SIGBUS.
 
     Raises :class:`DatasetCorruptError` naming the file, the first block that differs and its byte range, or a size
-    the blocks cannot have."""
-    size = os.path.getsize(path)
+    the blocks cannot have; or, where the file's inode, size or times differ after the read from before it (a
+    writer, not the disk), that it changed while it was read."""
+    before = os.stat(path)
+    size = before.st_size
     blocks = -(-size // block_bytes)
     if blocks != len(digests):
         raise DatasetCorruptError(f"{path} is {size} bytes, {blocks} blocks of {block_bytes}, but its record holds "
@@ -154,6 +166,9 @@ def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
             results = list(pool.map(check, range(blocks)))
     bad = next((k for k, (same, _) in enumerate(results) if not same), None)
     if bad is not None:
+        if not _unchanged(path, before):
+            raise DatasetCorruptError(f"{path} changed while it was read (it is being replaced or written): run "
+                                      "again when the writer is done")
         end = min((bad + 1) * block_bytes, size)
         raise DatasetCorruptError(f"{path}: bytes {bad * block_bytes}..{end - 1} (block {bad} of {blocks}) differ "
                                   "from the sha256 its record holds: the file is corrupt (a bad copy or disk); copy "

@@ -26,7 +26,7 @@ import numpy as np
 
 from megamythos.data.atomic import atomic_open
 from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
-from megamythos.data.checksums import DatasetChecksums, verify_file
+from megamythos.data.checksums import DatasetChecksums, DatasetCorruptError, verify_file
 from megamythos.data.indexed_dataset import (
     DatasetExistsError,
     IndexedDataset,
@@ -199,9 +199,10 @@ def check_dataset(dataset: IndexedDataset, record: dict[str, Any] | None) -> Non
 def verified_token_range(dataset: IndexedDataset, record: dict[str, Any] | None) -> tuple[int, int] | None:
     """``dataset``'s token-id range (:meth:`IndexedDataset.token_range`), in the same pass that checks its ``.idx``
     and ``.bin`` against the checksums its ``record`` holds (:func:`megamythos.data.checksums.verify_file`: raises
-    :class:`~megamythos.data.checksums.DatasetCorruptError` naming the first block that differs). A dataset without
-    recorded checksums (made by Megatron, or by preprocessing before 2026-12-07) is scanned unverified, with a
-    warning."""
+    :class:`~megamythos.data.checksums.DatasetCorruptError` naming the first block that differs, or, where the
+    record on disk no longer holds the checksums ``record`` does, that the dataset changed while it was read: a
+    writer replacing it, not a corrupt byte). A dataset without recorded checksums (made by Megatron, or by
+    preprocessing before 2026-12-07) is scanned unverified, with a warning."""
     prefix = dataset.path_prefix
     sums = DatasetChecksums.from_record(record, metadata_path(prefix))
     if sums is None:
@@ -211,9 +212,24 @@ def verified_token_range(dataset: IndexedDataset, record: dict[str, Any] | None)
                            "--add-checksums` records them for its files as they are now", prefix, prefix)
         return dataset.token_range()
     check_record_counts(prefix, record, dataset.shape())  # other tokens beside an old record: said as such
-    verify_file(idx_path(prefix), sums.idx, sums.block_bytes)
-    return merge_ranges(verify_file(bin_path(prefix), sums.bin, sums.block_bytes,
-                                    lambda block: id_range(np.frombuffer(block, dataset.dtype))))
+    try:
+        verify_file(idx_path(prefix), sums.idx, sums.block_bytes)
+        return merge_ranges(verify_file(bin_path(prefix), sums.bin, sums.block_bytes,
+                                        lambda block: id_range(np.frombuffer(block, dataset.dtype))))
+    except (DatasetCorruptError, FileNotFoundError) as err:
+        if _recorded_checksums(prefix) != record[CHECKSUMS_KEY]:  # republished since `record` was read
+            raise DatasetCorruptError(f"{metadata_path(prefix)} changed while {prefix} was being read (a preprocessing "
+                                      "or merge is replacing the dataset): run again when the writer is done") from err
+        raise
+
+
+def _recorded_checksums(prefix: str) -> Any:
+    """The checksums ``prefix``'s record holds now, as stored (None where it cannot be read)."""
+    try:
+        with open(metadata_path(prefix), encoding="utf-8") as handle:
+            return json.load(handle).get(CHECKSUMS_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_same_vocabulary(name_a: str, record_a: dict[str, Any] | None, name_b: str,
