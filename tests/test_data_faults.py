@@ -416,6 +416,25 @@ def test_a_malformed_blend_names_the_flag_that_gave_it(sources: DataSources, fla
         sources.prefixes()
 
 
+def test_partitions_log_the_first_skipped_records_in_input_order_once(tmp_path: Path,
+                                                                     tiny_tokenizer: Tokenizer) -> None:
+    """Found 2026-12-07: ``--partitions K`` logged up to K x 20 ``skipped`` lines, each partition process its first
+    20 as they came, interleaved in an order that changed from run to run."""
+    inputs = []
+    for i in range(3):  # 15 bad records each, on the odd lines
+        inputs.append(tmp_path / f"{i}.jsonl")
+        inputs[-1].write_text("".join("{bad\n" if line % 2 else json.dumps({"text": doc}) + "\n"
+                                      for line, doc in enumerate(DOCS, 1)))
+    done = subprocess.run([sys.executable, str(REPO / "data_prep" / "preprocess_data.py"),
+                           *preprocess_args(inputs, tmp_path / "o", tiny_tokenizer, "--partitions", "3")],
+                          env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    logged = [line.split(": skipped ", 1)[1].split(": ")[0] for line in done.stderr.splitlines()
+              if ": skipped " in line]
+    assert logged == [f"{path}:{line}" for path in inputs for line in range(1, len(DOCS) + 1, 2)][:20]
+    assert "skipped=45 (45 malformed JSON" in done.stdout
+
+
 def test_partition_processes_end_when_preprocessing_is_killed_alone(tmp_path: Path,
                                                                     tiny_tokenizer: Tokenizer) -> None:
     """A SIGTERM to the main process only (not its group) left every partition process waiting for work, for ever:

@@ -311,9 +311,9 @@ def _records(config: PreprocessConfig, paths: list[str]) -> Iterator[RawRecord]:
 
 
 def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str, int]], strict: bool,
-                report_path: str) -> None:
-    """Count ``bad`` records and their bytes in ``stats``, log the first few, list all in ``report_path`` (or raise
-    if strict)."""
+                report_path: str, log: bool) -> None:
+    """Count ``bad`` records and their bytes in ``stats``, keep the first few (``log``: and log them), list all in
+    ``report_path`` (or raise if strict)."""
     if not bad:
         return
     if strict:
@@ -328,7 +328,8 @@ def _report_bad(stats: PreprocessStats, bad: list[tuple[str, int, str, int]], st
             stats.skipped_bytes_by_reason[kind] += size
             if len(stats.bad_examples) < MAX_LOGGED_BAD_RECORDS:
                 stats.bad_examples.append(f"{source}:{line}: {reason}")
-                logger.warning("skipped %s", stats.bad_examples[-1])
+                if log:
+                    logger.warning("skipped %s", stats.bad_examples[-1])
 
 
 def _count_replaced(stats: PreprocessStats, replaced: Replacements, strict: bool) -> None:
@@ -371,7 +372,8 @@ def _publish(config: PreprocessConfig, tokenizer: Tokenizer, builders: list[Inde
 def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str, str],
                  report_path: str, final: bool = True) -> PreprocessStats:
     """Tokenise ``paths`` (or the hub dataset) into the datasets ``prefixes`` (key -> prefix); ``final``: these
-    are the outputs (not partitions to merge), which must not be empty."""
+    are the outputs (not partitions to merge), which must not be empty, and the first bad records are logged as
+    they come (a partition's are logged by :func:`_run_partitions`, in input order)."""
     stats = PreprocessStats()
     start = time.perf_counter()
     with _dataset_builders(config, prefixes) as (tokenizer, builders):
@@ -379,7 +381,7 @@ def _tokenize_to(config: PreprocessConfig, paths: list[str], prefixes: dict[str,
             next_log = config.log_interval
             batches = _batches(_records(config, paths), config.batch_documents, config.batch_bytes)
             for result in _ordered_results(config, pool, batches):
-                _report_bad(stats, result.bad, config.strict, report_path)
+                _report_bad(stats, result.bad, config.strict, report_path, log=final)
                 _count_replaced(stats, result.replaced, config.strict)
                 for builder, tokens, lengths in zip(builders, result.tokens, result.lengths):
                     builder.add_documents(tokens, lengths)
@@ -516,6 +518,8 @@ def _run_partitions(config: PreprocessConfig, groups: list[list[str]], report_pa
                     future.result()  # raises it: the first in input order of those that failed
             for future in futures:
                 stats.add(future.result())
+        for example in stats.bad_examples:  # the first MAX_LOGGED_BAD_RECORDS in input order, not K times as many
+            logger.warning("skipped %s", example)
         _check_not_empty(config, stats)
         with _dataset_builders(config, config.output_prefixes()) as (tokenizer, builders):
             for key, builder in zip(config.json_keys, builders):
