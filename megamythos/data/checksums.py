@@ -25,6 +25,7 @@ from megamythos.errors import UserError
 
 ALGORITHM = "sha256"
 BLOCK_BYTES = 64 << 20
+READ_BYTES = 16 << 20  # what one read() of a file being hashed or copied asks for
 MAX_BLOCK_BYTES = 256 << 20  # each hashing thread holds one block: at most 2 GiB for 8 threads
 RECORD_KEY = "checksums"
 T = TypeVar("T")
@@ -178,9 +179,9 @@ def verify_file(path: str, digests: tuple[str, ...], block_bytes: int,
 
 
 def file_block_digests(path: str, block_bytes: int = BLOCK_BYTES) -> list[str]:
-    """The block digests of the file at ``path`` as it is now (read 16 MiB at a time)."""
+    """The block digests of the file at ``path`` as it is now (read :data:`READ_BYTES` at a time)."""
     hasher = BlockHasher(block_bytes)
     with open(path, "rb") as handle:
-        while chunk := handle.read(16 << 20):
+        while chunk := handle.read(READ_BYTES):
             hasher.update(chunk)
     return hasher.finish()

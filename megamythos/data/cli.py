@@ -17,7 +17,13 @@ from megamythos.data.atomic import writable_directory, writable_parent
 from megamythos.data.checksums import DatasetCorruptError
 from megamythos.data.default_corpus import DEFAULT_VOCAB_SIZE, ensure_default_dataset
 from megamythos.data.indexed_dataset import IndexedDatasetError, bin_path, dataset_not_found, idx_path
-from megamythos.data.inspection import add_checksums, inspect_dataset, record_without_checksums
+from megamythos.data.inspection import (
+    MAX_SAMPLE_TOKENS,
+    SAMPLES,
+    add_checksums,
+    inspect_dataset,
+    record_without_checksums,
+)
 from megamythos.data.merge import merge_datasets
 from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.sources import (
@@ -171,11 +177,12 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = ArgumentParser(prog="python data_prep/inspect_dataset.py", description=inspect_main.__doc__)
     parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
-    parser.add_argument("--samples", type=number(int, 0), default=3, help="sequences (documents) to print")
+    parser.add_argument("--samples", type=number(int, 0), default=SAMPLES, help="sequences (documents) to print")
     parser.add_argument("--tokenizer-model", type=checked_by(check_model_file, path=True),
                         help="decode with this model: for a dataset without a record (made by Megatron); with a "
                              "record, it must be the recorded tokenizer (by sha256)")
-    parser.add_argument("--max-sample-tokens", type=number(int, 1), default=200, help="tokens printed per document")
+    parser.add_argument("--max-sample-tokens", type=number(int, 1), default=MAX_SAMPLE_TOKENS,
+                        help="tokens printed per document")
     parser.add_argument("--add-checksums", action="store_true",
                         help="a dataset built before checksums were recorded (its report says `none recorded`), or "
                              "whose recorded ones are malformed: once it is found valid, record them in its .json for "

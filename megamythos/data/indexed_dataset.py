@@ -29,7 +29,7 @@ from types import TracebackType
 import numpy as np
 
 from megamythos.data.atomic import temp_name
-from megamythos.data.checksums import BLOCK_BYTES, BlockHasher, DatasetChecksums
+from megamythos.data.checksums import BLOCK_BYTES, READ_BYTES, BlockHasher, DatasetChecksums
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ class IndexedDatasetBuilder:
                 f"{other_prefix} stores {other.dtype} tokens but {self.path_prefix} stores {self.dtype}"
             )
         with open(bin_path(other_prefix), "rb") as src:
-            while chunk := src.read(16 << 20):
+            while chunk := src.read(READ_BYTES):
                 self._write(chunk)
         self._append_index(np.array(other.sizes, dtype=np.int32), other.document_indices[1:], other.num_tokens)
 

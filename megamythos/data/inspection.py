@@ -23,6 +23,9 @@ from megamythos.data.metadata import (
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import read_json_object
 
+SAMPLES = 3  # documents an inspection decodes
+MAX_SAMPLE_TOKENS = 200  # tokens decoded per document
+
 
 def check_given_tokenizer(prefix: str, metadata: dict[str, Any] | None, tokenizer: Tokenizer) -> None:
     """Raise :class:`~megamythos.data.metadata.DatasetMismatchError` if ``prefix``'s record names another tokenizer
@@ -34,8 +37,9 @@ def check_given_tokenizer(prefix: str, metadata: dict[str, Any] | None, tokenize
                                  "with")
 
 
-def inspect_dataset(prefix: str, num_samples: int = 3, tokenizer_model: str | None = None,
-                    max_sample_tokens: int = 200, seed: int = 0, ignore_checksums: bool = False) -> dict[str, Any]:
+def inspect_dataset(prefix: str, num_samples: int = SAMPLES, tokenizer_model: str | None = None,
+                    max_sample_tokens: int = MAX_SAMPLE_TOKENS, seed: int = 0,
+                    ignore_checksums: bool = False) -> dict[str, Any]:
     """Open and fully validate ``prefix`` (raises :class:`IndexedDatasetError`, or
     :class:`~megamythos.data.checksums.DatasetCorruptError` where a byte differs from its recorded checksums: every
     byte is read), then report on it. The token ids are checked against the vocabulary too when it is known:

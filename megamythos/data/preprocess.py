@@ -60,6 +60,8 @@ from megamythos.data.metadata import (
     verified_token_range,
 )
 from megamythos.data.sources import (
+    DEFAULT_HF_SPLIT,
+    DEFAULT_JSON_KEY,
     MISSING_KEY,
     RawRecord,
     Replacements,
@@ -104,7 +106,7 @@ class PreprocessConfig:
     inputs: list[str]
     output_prefix: str
     tokenizer_model: str
-    json_keys: tuple[str, ...] = ("text",)
+    json_keys: tuple[str, ...] = (DEFAULT_JSON_KEY,)
     workers: int = 1
     partitions: int = 1
     append_eod: bool = False
@@ -112,7 +114,7 @@ class PreprocessConfig:
     blank_line_documents: bool = False
     hf_dataset: str | None = None
     hf_config: str | None = None
-    hf_split: str = "train"
+    hf_split: str = DEFAULT_HF_SPLIT
     input_format: str | None = None  # txt, jsonl or parquet for every input; None: by suffix
     text_verbatim: bool = False  # text files byte for byte: CRLF and a byte-order mark kept
     streaming: bool = False
