@@ -233,7 +233,19 @@ def test_rank_environment_keeps_what_is_set():
     assert cpu["DS_ACCELERATOR"] == "cpu" and cpu["OMP_NUM_THREADS"] == "1" and cpu["PYTHONPATH"] == str(REPO)
     assert rank_environment({**cpu, "TORCH_EXTENSIONS_DIR": "/x"}, gpu=False, local_processes=1) == {
         "DS_ACCELERATOR": "cpu"}
-    assert rank_environment({}, gpu=True, local_processes=1).keys() == {"PYTHONPATH", "TORCH_EXTENSIONS_DIR"}
+    assert rank_environment({}, gpu=True, local_processes=None).keys() == {"PYTHONPATH", "TORCH_EXTENSIONS_DIR"}
+
+
+def test_gpu_ranks_share_the_node_cores(monkeypatch):
+    """Found 2026-12-07 (read: DeepSpeed 0.19.8's launch.py sets OMP_NUM_THREADS only with --bind_cores_to_rank):
+    nothing set it on a GPU node, so each of its 8 ranks ran a thread pool of all 64 cores. Now cores / local
+    ranks, as on CPU, without the CPU path's spinning; a set value stands, and the launcher above the ranks (None:
+    it does not know how many a GPU node starts) leaves it to them."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    env = rank_environment({}, gpu=True, local_processes=8)
+    assert env["OMP_NUM_THREADS"] == "8" and "OMP_WAIT_POLICY" not in env
+    assert "OMP_NUM_THREADS" not in rank_environment({"OMP_NUM_THREADS": "2"}, gpu=True, local_processes=8)
+    assert "OMP_NUM_THREADS" not in rank_environment({}, gpu=True, local_processes=None)
 
 
 def test_rank_thread_pools_spin_only_where_the_ranks_own_the_cores(monkeypatch):
@@ -773,17 +785,19 @@ def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode,
     (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'n1\\nn2\\n'\n")
     for name in ("srun", "deepspeed"):
         (bin_dir / name).write_text(f'#!/bin/sh\necho {name} "$@"\n[ -n "$DS_ENV_FILE" ] && cat "$DS_ENV_FILE"\n'
-                                    "exit 0\n")
+                                    'echo "threads=$OMP_NUM_THREADS"\nexit 0\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     env = {**launch_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "MODE": mode, "SLURM_SUBMIT_DIR": str(tmp_path),
            "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
            "SLURM_CPUS_PER_TASK": "64", "SLURM_NTASKS": "2", "RUN_DIR": "/shared/runs/x"}
+    del env["OMP_NUM_THREADS"]
     out = subprocess.run(["bash", str(REPO / "launchers" / "slurm.sbatch"), "--preset", "10b"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     if mode == "srun":
         assert out.stdout.startswith("srun --nodes=2 --ntasks=16 --ntasks-per-node=8 --cpus-per-task=8 "), out.stdout
+        assert "threads=8\n" in out.stdout  # found 2026-12-07: unset, the ranks divided a task's 8 cores by 8 again
     else:
         assert out.stdout.startswith("deepspeed --hostfile logs/hostfile-7 --master_addr n1 "), out.stdout
         assert "RUN_DIR=/shared/runs/x" in out.stdout and "NCCL_DEBUG=WARN" in out.stdout

@@ -147,11 +147,16 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
     return [f"{flag}={value}" for flag, value in wanted.items() if not given(argv, flag)]
 
 
-def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) -> dict[str, str]:
+def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int | None) -> dict[str, str]:
     """Variables to set for the ranks of one node (only those ``env`` lacks or has to change).
 
-    On CPU: DeepSpeed's CPU accelerator, and one BLAS thread pool per rank of the node (oversubscribed cores make
-    ZeRO-3 steps ten times slower). Where that pool has more than one thread, its threads spin between operations
+    One BLAS/OpenMP thread pool per rank of the node: ``OMP_NUM_THREADS`` = the cores this process may use //
+    ``local_processes`` (None: the ranks per node are not known here, as in the launcher of a GPU node, where
+    deepspeed starts one rank per GPU; each rank then sets it for itself). Neither DeepSpeed's launcher (0.19.8,
+    unless ``--bind_cores_to_rank``) nor srun sets it, so every rank's pool took all the node's cores:
+    oversubscribed cores make ZeRO-3 steps on CPU ten times slower, and slow a GPU rank's host work (data, the
+    optimizer's CPU side). On CPU also DeepSpeed's CPU accelerator; where the pool has more than one thread, its
+    threads spin between operations
     (``OMP_WAIT_POLICY=ACTIVE``): ZeRO-3's Python work between two operations outlasts OpenMP's default spin, so
     the pool falls asleep and every parallel operation pays a wake-up (the default run at one process trains 1.4x
     as fast spinning, bench/README.md). Only where this function chose the thread count, so the ranks own the cores
@@ -169,11 +174,11 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int) ->
         updates["TORCH_EXTENSIONS_DIR"] = str(CHECKOUT / ".torch_extensions")
     if not gpu:
         updates["DS_ACCELERATOR"] = "cpu"
-        if "OMP_NUM_THREADS" not in env:
-            threads = max(1, len(os.sched_getaffinity(0)) // local_processes)
-            updates["OMP_NUM_THREADS"] = str(threads)
-            if threads > 1 and "OMP_WAIT_POLICY" not in env:
-                updates["OMP_WAIT_POLICY"] = "ACTIVE"
+    if "OMP_NUM_THREADS" not in env and local_processes is not None:
+        threads = max(1, len(os.sched_getaffinity(0)) // local_processes)
+        updates["OMP_NUM_THREADS"] = str(threads)
+        if not gpu and threads > 1 and "OMP_WAIT_POLICY" not in env:
+            updates["OMP_WAIT_POLICY"] = "ACTIVE"
     return updates
 
 
@@ -320,7 +325,7 @@ def rank_arguments(argv: Sequence[str]) -> list[str]:
     os.environ.update(updates)
     if "OMP_WAIT_POLICY" in updates:  # OpenMP read its settings when torch loaded it: start this rank again
         os.execv(sys.executable, sys.orig_argv)
-    if not gpu:  # torch is imported already: its thread pool follows OMP_NUM_THREADS only from here on
+    if not gpu or "OMP_NUM_THREADS" in updates:  # torch is imported already: its pool follows the variable from here
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -384,7 +389,7 @@ def launch(argv: Sequence[str]) -> int:
     if gpu:
         check_visible_devices(launcher, os.environ)
     processes = int(launcher.get("num_gpus") or 1)
-    os.environ.update(rank_environment(os.environ, gpu, processes))
+    os.environ.update(rank_environment(os.environ, gpu, None if gpu else processes))  # GPU: one rank per GPU
     trainer = [*trainer_defaults(trainer, gpu, os.environ), *trainer]
     one_node = not multi_node(launcher) and not {"include", "exclude"} & launcher.keys()
     preflight(trainer, processes if one_node and not gpu else None)
