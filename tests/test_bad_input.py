@@ -930,15 +930,16 @@ def test_a_planned_command_carries_a_longer_context(capsys: pytest.CaptureFixtur
     ({"zero_quantized_weights": "yes"}, "zero_quantized_weights must be true or false")])
 def test_malformed_zero_plus_plus_fields_are_one_line(zero: dict, message: str, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:
-    """Found 2026-12-06: ValueError/TypeError tracebacks in the planner and the trainer alike."""
+    """Found 2026-12-06: ValueError/TypeError tracebacks in the planner and the trainer alike; found 2026-12-07: the
+    line named the key but not the file."""
     from megamythos.planning.layout import LayoutError, zeropp_options
 
-    with pytest.raises(LayoutError, match=message):
-        zeropp_options(zero)
+    with pytest.raises(LayoutError, match=f"^--ds-config ds.json: zero_optimization.{message}"):
+        zeropp_options(zero, "ds.json")
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": zero}))
     line = one_line_exit_2("megamythos.planning.plan:main", ["--gpus", "8", "--ds-config", str(tmp_path / "ds.json")],
                            capsys)
-    assert message in line, line
+    assert f"--ds-config {tmp_path / 'ds.json'}: zero_optimization.{message}" in line, line
 
 
 def test_lm_eval_data_that_gives_no_continuation_item_is_refused(tiny_dataset: str, tmp_path: Path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from megamythos.errors import UserError
@@ -146,34 +147,37 @@ ZERO_BUFFER_KEYS = {"reduce_bucket_size": ("reduce_bucket_size", 1),
                     "max_live_parameters": ("stage3_max_live_parameters", 0)}
 
 
-def zero_buffers(zero_optimization: Mapping[str, Any]) -> ZeroBuffers:
-    """:class:`ZeroBuffers` of a ds_config's ``zero_optimization`` section (a count may be written ``2e8``, as
-    DeepSpeed reads it); a count that is not a whole number DeepSpeed takes, or a switch that is not true/false,
-    raises :class:`LayoutError` naming it."""
+def zero_buffers(zero_optimization: Mapping[str, Any], path: str | Path) -> ZeroBuffers:
+    """:class:`ZeroBuffers` of the ``zero_optimization`` section of ds_config file ``path`` (a count may be written
+    ``2e8``, as DeepSpeed reads it); a count that is not a whole number DeepSpeed takes, or a switch that is not
+    true/false, raises :class:`LayoutError` naming the file and the key."""
     given: dict[str, Any] = {}
     for field, (key, least) in ZERO_BUFFER_KEYS.items():
         value = zero_optimization.get(key, getattr(ZeroBuffers, field))
         if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 or value != int(value) or value < least):
-            raise LayoutError(f"zero_optimization.{key} must be a whole number >= {least}, got {value!r}")
+            raise LayoutError(f"--ds-config {path}: zero_optimization.{key} must be a whole number >= {least}, got "
+                              f"{value!r}")
         given[field] = int(value)
     for key in ("contiguous_gradients", "overlap_comm"):
         value = zero_optimization.get(key, getattr(ZeroBuffers, key))
         if not (isinstance(value, bool) or value is None and key == "overlap_comm"):
-            raise LayoutError(f"zero_optimization.{key} must be true or false, got {value!r}")
+            raise LayoutError(f"--ds-config {path}: zero_optimization.{key} must be true or false, got {value!r}")
         given[key] = value
     return ZeroBuffers(**given)
 
 
-def zeropp_options(zero_optimization: Mapping[str, Any]) -> dict[str, Any]:
-    """The ZeRO++ fields of :class:`ParallelLayout` (``hpz``, ``qwz``, ``qgz``) from a ds_config's
-    ``zero_optimization`` section (absent: off)."""
+def zeropp_options(zero_optimization: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ZeRO++ fields of :class:`ParallelLayout` (``hpz``, ``qwz``, ``qgz``) from the ``zero_optimization``
+    section of ds_config file ``path`` (absent: off); a malformed one raises :class:`LayoutError` naming the file."""
     hpz = zero_optimization.get("zero_hpz_partition_size", 1)
     if isinstance(hpz, bool) or not isinstance(hpz, int) or hpz < 1:
-        raise LayoutError(f"zero_optimization.zero_hpz_partition_size must be a positive integer, got {hpz!r}")
+        raise LayoutError(f"--ds-config {path}: zero_optimization.zero_hpz_partition_size must be a positive "
+                          f"integer, got {hpz!r}")
     names = {"qwz": "zero_quantized_weights", "qgz": "zero_quantized_gradients"}
     flags = {key: zero_optimization.get(name, False) for key, name in names.items()}
     for key, value in flags.items():
         if not isinstance(value, bool):
-            raise LayoutError(f"zero_optimization.{names[key]} must be true or false, got {value!r}")
+            raise LayoutError(f"--ds-config {path}: zero_optimization.{names[key]} must be true or false, got "
+                              f"{value!r}")
     return {"hpz": hpz, **flags}

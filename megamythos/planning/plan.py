@@ -129,7 +129,7 @@ def resolve_layout(args: argparse.Namespace, zero: dict[str, Any]) -> ParallelLa
     then off."""
     dp = args.gpus // args.tp if args.gpus % args.tp == 0 else 1  # ParallelLayout reports the divisibility error
     global_batch = args.global_batch_size or args.micro_batch_size * (args.grad_accum or 1) * dp
-    zeropp = {**zeropp_options(zero), **{k: getattr(args, k) for k in ("hpz", "qwz", "qgz")
+    zeropp = {**zeropp_options(zero, args.ds_config), **{k: getattr(args, k) for k in ("hpz", "qwz", "qgz")
                                           if getattr(args, k) is not None}}
     return ParallelLayout(
         world_size=args.gpus, tp=args.tp, ep=args.ep, zero=args.zero, micro_batch_size=args.micro_batch_size,
@@ -255,7 +255,8 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         report["memory_plan"] = asdict(memory_plan(config, layout.world_size, layout.tp, layout.ep, layout.zero,
                                                    layout.micro_batch_size, seq_len,
                                                    replicated_core=layout.replicate_core,
-                                                   grad_accum=layout.grad_accum, buffers=zero_buffers(zero),
+                                                   grad_accum=layout.grad_accum,
+                                                   buffers=zero_buffers(zero, args.ds_config),
                                                    fp32_reduce=reduces_in_fp32(layout, bf16=True)))
         peak_gib = max(report["memory_plan"]["total_gib"], report["memory_plan"]["startup_device_gib"])
         report["fits"] = {f"{gb:g} GB": peak_gib <= gb * GIB_PER_GB for gb in args.gpu_memory_gb}

@@ -140,7 +140,7 @@ def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -
     replicate = args.replicate_core if args.replicate_core is not None else not leaf
     return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
                           global_batch_size=global_batch, replicate_core=replicate, leaf_blocks=leaf,
-                          **zeropp_options(template.get("zero_optimization", {})))
+                          **zeropp_options(template.get("zero_optimization", {}), args.ds_config))
 
 
 def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
