@@ -41,7 +41,7 @@ from megamythos.model.config import CONFIG_FILE_REMEDY, ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.planning.plan import CONFIG_REMEDY
 from megamythos.runtime.device import DeviceError, resolve_device
-from megamythos.training.arguments import ArgumentError, parse_args
+from megamythos.training.arguments import ArgumentError, differing_flags, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.launch import LaunchError, preflight, split_launcher_flags
 from tests.helpers import (
@@ -1444,3 +1444,26 @@ def test_ranks_started_with_other_trainer_flags_are_refused_naming_the_rank_and_
         "(rank 0: not given), --global-batch-size 4 "
         "(rank 0: not given), --save b (rank 0: a), --seed 8 (rank 0: 7), --override dim 32 (rank 0: 64); run the "
         "same command, with the same RUN_DIR, on every node")
+
+
+def test_nodes_whose_checkouts_lie_elsewhere_agree_on_the_defaults_found_there(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Path) -> None:
+    """Found 2026-12-07 (read): the ds_config and default corpus folder the launcher and trainer default to are
+    absolute paths in the checkout, so two nodes running their own checkouts (`--no_ssh --node_rank R`) at other
+    paths were refused as started with other flags. They compare relative to the checkout now; a --save or
+    --data-path given differently is still refused."""
+    from megamythos.training import arguments
+
+    local = parse_args(["--ds-config", str(REPO / "ds_configs" / "multi-node.json"), "--save", "/shared/a"])
+    local = local.command_values()
+    elsewhere = tmp_path / "megamythos"  # another node's checkout
+    shutil.copytree(REPO / "ds_configs", elsewhere / "ds_configs")
+    monkeypatch.setattr(arguments, "CHECKOUT_PATHS", {"ds_config": (elsewhere / "ds_configs", "<ds_configs>"),
+                                                      "default_data_dir": (elsewhere, "<checkout>")}, raising=False)
+    theirs = parse_args(["--ds-config", str(elsewhere / "ds_configs" / "multi-node.json"), "--save", "/shared/a",
+                         "--default-data-dir", str(elsewhere / "data" / "default")])
+    assert differing_flags(local, theirs.command_values()) == []
+    other = parse_args(["--ds-config", str(elsewhere / "ds_configs" / "multi-node.json"), "--save", "/shared/b",
+                        "--data-path", "x", "--default-data-dir", str(elsewhere / "data" / "default")])
+    assert differing_flags(local, other.command_values()) == [
+        "--data-path x (rank 0: not given)", "--save /shared/b (rank 0: /shared/a)"]

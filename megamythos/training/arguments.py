@@ -276,12 +276,29 @@ class TrainArgs:
 
     def command_values(self) -> dict[str, Any]:
         """{flag: value} of every setting the command line decides, to compare the ranks' (:func:`differing_flags`):
-        each ``--override FIELD`` on its own, the launcher's ``--local_rank`` (one per rank of a node) left out."""
+        each ``--override FIELD`` on its own, the launcher's ``--local_rank`` (one per rank of a node) left out, and
+        the settings whose defaults lie in the checkout (:data:`CHECKOUT_PATHS`) relative to it where they lie in it:
+        each node of a job may run its own checkout at another path (``--no_ssh --node_rank R``)."""
         values = self.to_dict()
         overrides = values.pop("overrides")
         del values["local_rank"]
+        for name, (root, label) in CHECKOUT_PATHS.items():
+            values[name] = checkout_relative(values[name], root, label)
         flags = {FIELD_FLAGS.get(name, "--" + name.replace("_", "-")): value for name, value in values.items()}
         return {**flags, **{f"--override {name}": value for name, value in overrides.items()}}
+
+
+# TrainArgs path fields whose defaults lie in the checkout (or the installed package): their folder there, and the
+# name it is shown by
+CHECKOUT_PATHS = {"ds_config": (DS_CONFIGS, "<ds_configs>"), "default_data_dir": (WORKSPACE, "<checkout>")}
+
+
+def checkout_relative(value: str, root: Path, label: str) -> str:
+    """``value`` as ``LABEL/REST`` where it lies in folder ``root`` (``<ds_configs>/cpu-debug.json``), else as given."""
+    try:
+        return f"{label}/{Path(value).resolve().relative_to(root.resolve())}"
+    except ValueError:
+        return value
 
 
 # TrainArgs fields set by flags not named after them
