@@ -32,7 +32,11 @@
 # Sizes can be changed with NODES, GPUS_PER_NODE, TP, EP, MICRO, GLOBAL, SEQ, and the machines' with GPU_MEMORY_GB
 # (GPU sizes the plan must fit, default 141) and HOST_MEMORY_GB (per node, default 2048); further flags go to
 # the trainer.
-# It runs `deepspeed --hostfile ... --module megamythos.training.pretrain <layout flags> ...` (the dry run prints it).
+# It runs `deepspeed --hostfile ... --module megamythos.training.launch <layout flags> ...` (the dry run prints it):
+# each rank starts as under launchers/pretrain.sh (its PYTHONPATH, TORCH_EXTENSIONS_DIR and OpenMP threads), and every
+# node gets $RUN_DIR/deepspeed-env as DeepSpeed's DS_ENV_FILE, written as for launchers/slurm.sbatch
+# (megamythos/training/node_env.py: your ~/.deepspeed_env, this shell's NCCL_*, TORCH_NCCL_*,
+# CUDA_DEVICE_MAX_CONNECTIONS and RUN_DIR, and NCCL defaults).
 # The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load, and logs inside --save):
 #   deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 launchers/pretrain.sh --preset 1t \
 #     --ds-config ds_configs/1t.json --tp 1 --ep 256 --zero 3 --bf16 ... --save ckpt/1t
@@ -82,6 +86,9 @@ if [[ ! -f "${HOSTFILE:-hostfile}" ]]; then
   echo "error: hostfile ${HOSTFILE:-hostfile} not found: set HOSTFILE to DeepSpeed's hostfile (a line 'HOST slots=8' per node), or add --dry-run to plan only" >&2
   exit 2
 fi
+NODE_ENV="$RUN_DIR/deepspeed-env"
+python -m megamythos.training.node_env "$NODE_ENV"
+export DS_ENV_FILE="$NODE_ENV"
 CMD=$(python -c "import json,sys; print(json.load(sys.stdin)['command'])" <<< "$PLAN")
 echo "$CMD"
 eval exec "$CMD"

@@ -778,27 +778,67 @@ def test_heartbeat_refuses_what_it_cannot_use_in_one_error_line(argv: list[str],
 def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode, tmp_path):
     """Found 2026-12-06 (read, no cluster here): MODE=srun inherited the batch step's one task of 64 CPUs per node,
     so srun started one rank per node (or asked for 8 x 64 CPUs); in pdsh mode RUN_DIR and the NCCL settings never
-    reached the other nodes. The script runs here with stand-ins for scontrol, srun and deepspeed that print what
-    they were given."""
+    reached the other nodes; found 2026-12-07 (read: DeepSpeed 0.19.8's runner reads only the file DS_ENV_FILE
+    names) the user's ~/.deepspeed_env, where NCCL/InfiniBand settings live, was hidden by ours. The script runs
+    here with stand-ins for scontrol, srun and deepspeed that print what they were given."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'n1\\nn2\\n'\n")
     for name in ("srun", "deepspeed"):
         (bin_dir / name).write_text(f'#!/bin/sh\necho {name} "$@"\n[ -n "$DS_ENV_FILE" ] && cat "$DS_ENV_FILE"\n'
-                                    'echo "threads=$OMP_NUM_THREADS"\nexit 0\n')
+                                    'echo "threads=$OMP_NUM_THREADS hca=$NCCL_IB_HCA"\nexit 0\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     env = {**launch_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}", "MODE": mode, "SLURM_SUBMIT_DIR": str(tmp_path),
            "SLURM_JOB_NODELIST": "n[1-2]", "SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
            "SLURM_CPUS_PER_TASK": "64", "SLURM_NTASKS": "2", "RUN_DIR": "/shared/runs/x"}
-    del env["OMP_NUM_THREADS"]
+    env = {key: value for key, value in env.items() if key != "OMP_NUM_THREADS" and "NCCL" not in key}
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".deepspeed_env").write_text("NCCL_IB_HCA=mlx5\nNCCL_DEBUG=INFO\n")
+    env["HOME"] = str(tmp_path / "home")
     out = subprocess.run(["bash", str(REPO / "launchers" / "slurm.sbatch"), "--preset", "10b"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     if mode == "srun":
         assert out.stdout.startswith("srun --nodes=2 --ntasks=16 --ntasks-per-node=8 --cpus-per-task=8 "), out.stdout
-        assert "threads=8\n" in out.stdout  # found 2026-12-07: unset, the ranks divided a task's 8 cores by 8 again
+        assert "threads=8 hca=mlx5\n" in out.stdout  # found 2026-12-07: unset, the ranks divided 8 cores by 8 again
     else:
         assert out.stdout.startswith("deepspeed --hostfile logs/hostfile-7 --master_addr n1 "), out.stdout
-        assert "RUN_DIR=/shared/runs/x" in out.stdout and "NCCL_DEBUG=WARN" in out.stdout
+        assert "RUN_DIR=/shared/runs/x" in out.stdout and "NCCL_SOCKET_IFNAME=^lo,docker" in out.stdout
+        assert "NCCL_IB_HCA=mlx5\nNCCL_DEBUG=INFO\n" in out.stdout  # the user's file, over our default WARN
         assert (tmp_path / "logs" / "hostfile-7").read_text() == "n1 slots=8\nn2 slots=8\n"
+
+
+def test_every_node_gets_the_users_deepspeed_env_then_this_shells_settings_then_defaults(tmp_path, caplog):
+    """Found 2026-12-07 (read: DeepSpeed 0.19.8's runner reads the file DS_ENV_FILE names instead of
+    ~/.deepspeed_env): our launchers' file hid the user's NCCL/InfiniBand settings. The file we write carries the
+    user's lines (home, then working directory, as DeepSpeed reads them); a setting of the launching shell wins
+    with a warning naming the key; our NCCL defaults fill what neither sets."""
+    from megamythos.errors import UserError
+    from megamythos.training import node_env
+
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    cwd.mkdir()
+    (home / ".deepspeed_env").write_text("NCCL_IB_HCA=mlx5\nNCCL_DEBUG=INFO\nMY_SETTING=a=b\n\n")
+    (cwd / ".deepspeed_env").write_text("MY_SETTING=c\n")
+    files = node_env.user_env_files({}, home, cwd)
+    assert files == [home / ".deepspeed_env", cwd / ".deepspeed_env"]
+    shell = {"NCCL_IB_HCA": "mlx5_0", "RUN_DIR": "/shared/r", "HOME": str(home), "TORCH_NCCL_BLOCKING_WAIT": "1"}
+    with caplog.at_level(logging.WARNING, logger=node_env.__name__):
+        env = node_env.node_environment(shell, files)
+    assert env == {"NCCL_IB_HCA": "mlx5_0", "NCCL_DEBUG": "INFO", "MY_SETTING": "c", "RUN_DIR": "/shared/r",
+                   "TORCH_NCCL_BLOCKING_WAIT": "1", "NCCL_SOCKET_IFNAME": "^lo,docker",
+                   "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"NCCL_IB_HCA=mlx5_0 of this shell replaces NCCL_IB_HCA=mlx5 of {home / '.deepspeed_env'} for every node"]
+    # a DS_ENV_FILE the user set names their file; once where home is the working directory
+    (home / "mine").write_text("A=1\n")
+    assert node_env.user_env_files({"DS_ENV_FILE": "mine"}, home, home) == [home / "mine"]
+    assert node_env.node_environment({}, []) == node_env.NODE_DEFAULTS
+    (cwd / ".deepspeed_env").write_text("MY_SETTING=c\nexport X\n")  # DeepSpeed's runner: a ValueError traceback
+    with pytest.raises(UserError, match=rf"^{cwd / '.deepspeed_env'}:2: 'export X' is not KEY=VALUE"):
+        node_env.node_environment({}, [cwd / ".deepspeed_env"])
+    out = tmp_path / "logs" / "env"
+    node_env.write_node_environment(out, {"RUN_DIR": "/r"}, home, cwd / "none")
+    assert out.read_text().splitlines()[:4] == ["NCCL_IB_HCA=mlx5", "NCCL_DEBUG=INFO", "MY_SETTING=a=b", "RUN_DIR=/r"]

@@ -1296,7 +1296,7 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
     assert plan["fits"] == {"141 GB": True}
     assert plan["step_plan"]["step_seconds"] > plan["step_plan"]["compute_seconds"] > 0
     assert plan["command"].startswith("deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 --module "
-                                      "megamythos.training.pretrain --preset 1t")
+                                      "megamythos.training.launch --preset 1t")
     run_dir = REPO / "runs" / "1t"  # the run keeps and resumes its checkpoints there unless --save is given
     assert plan["command"].endswith(f"--data-path /data/x_text_document --save {run_dir}/checkpoints --load "
                                     f"{run_dir}/checkpoints --tensorboard-dir {run_dir}/tensorboard --metrics-file "
@@ -1326,6 +1326,28 @@ def test_1t_dry_run_validates_layout_and_prints_plan_and_command():
     tight = subprocess.run(cmd[:2] + ["--dry-run"], capture_output=True, text=True, cwd=REPO,
                            env={**launch_env(), "EP": "8", "TP": "1", "HOST_MEMORY_GB": "30000"})
     assert tight.returncode != 0 and "does not fit" in tight.stderr
+
+
+def test_1t_run_starts_its_ranks_as_the_other_launchers_do(tmp_path: Path) -> None:
+    """Found 2026-12-07 (read; no cluster here): the 1t launcher ran the trainer module on each rank, without
+    launchers/pretrain.sh's rank start-up (PYTHONPATH, TORCH_EXTENSIONS_DIR, OpenMP threads), and no
+    TORCH_NCCL_* or CUDA_DEVICE_MAX_CONNECTIONS reached the other nodes (slurm.sbatch's DS_ENV_FILE). A stand-in
+    deepspeed prints its command and the environment file every node gets."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "deepspeed").write_text('#!/bin/sh\necho deepspeed "$@"\ncat "$DS_ENV_FILE"\n')
+    (tmp_path / "bin" / "deepspeed").chmod(0o755)
+    (tmp_path / "hostfile").write_text("".join(f"n{i} slots=8\n" for i in range(128)))
+    (tmp_path / ".deepspeed_env").write_text("NCCL_IB_HCA=mlx5\n")
+    env = {key: value for key, value in launch_env().items() if "NCCL" not in key}
+    env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", HOME=str(tmp_path), HOSTFILE=str(tmp_path / "hostfile"),
+               HOST_MEMORY_GB="30000", RUN_DIR=str(tmp_path / "run"), TORCH_NCCL_BLOCKING_WAIT="1")
+    out = subprocess.run(["bash", str(REPO / "launchers" / "pretrain_1t.sh"), "--data-path", "/data/x"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path / "bin", timeout=120)
+    assert out.returncode == 0, out.stderr
+    command, *node_env = out.stdout.splitlines()[1:]  # the script prints the command, then runs it
+    assert command.startswith("deepspeed --hostfile ") and " --module megamythos.training.launch " in command
+    assert node_env[:3] == ["NCCL_IB_HCA=mlx5", f"RUN_DIR={tmp_path / 'run'}", "TORCH_NCCL_BLOCKING_WAIT=1"]
+    assert "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in node_env and "CUDA_DEVICE_MAX_CONNECTIONS=1" in node_env
 
 
 # --------------------------------------------------------------------------------- bad input, before training

@@ -37,7 +37,7 @@ GIB_PER_GB = 1e9 / GIB
 # what to do about a --config file that cannot be planned
 CONFIG_REMEDY = ("give --config a ModelConfig JSON object (ModelConfig.to_json writes one, as a checkpoint tag's "
                  "model_config.json), or a --preset")
-TRAINER = "megamythos.training.pretrain"
+TRAINER = "megamythos.training.launch"  # each rank: launchers/pretrain.sh's rank start-up, then the trainer
 
 
 def _fmt(n: float) -> str:

@@ -1,0 +1,104 @@
+"""The environment the other nodes of a multi-node job get through DeepSpeed's environment file.
+
+DeepSpeed's multi-node runner (0.19.8, ``deepspeed/launcher/runner.py``) exports to the other nodes the variables
+whose names start with ``PYTHON``, ``MLFLOW``, ``MV2``, ``UCX`` or the accelerator's ``NCCL``, then each line
+``KEY=VALUE`` of its environment file: the file named by ``DS_ENV_FILE`` (default ``.deepspeed_env``) in the home
+directory, then in the working directory (both where both exist; a key of the latter wins). So a launcher that
+points ``DS_ENV_FILE`` at a file of its own hides the user's ``~/.deepspeed_env``, where DeepSpeed's users keep
+their fabric's NCCL/InfiniBand settings.
+
+:func:`node_environment` is the one source of what our multi-node launchers (``launchers/slurm.sbatch``,
+``launchers/pretrain_1t.sh``) hand to every node: the user's environment-file lines, then the launching shell's
+:data:`FORWARDED` variables (which the runner would not export, or which the user set for this job: they win over
+the file, with a warning naming the key), then :data:`NODE_DEFAULTS` for what neither sets.
+
+    python -m megamythos.training.node_env FILE    # writes FILE; the launcher then sets DS_ENV_FILE=FILE
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from megamythos.errors import ArgumentParser, UserError, path_text, run_cli
+
+logger = logging.getLogger(__name__)
+
+DEEPSPEED_ENV_FILE = ".deepspeed_env"  # DeepSpeed's name when DS_ENV_FILE is unset
+# What every node gets unless the user's environment or environment file sets it; common defaults, not requirements
+# (launchers/slurm.sbatch's header says what each does)
+NODE_DEFAULTS = {"NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+                 "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+# The launching shell's variables every node gets: the run folder, and the NCCL and CUDA settings
+FORWARDED = re.compile(r"(NCCL_|TORCH_NCCL_)\w+|CUDA_DEVICE_MAX_CONNECTIONS|RUN_DIR")
+
+
+def user_env_files(env: Mapping[str, str], home: Path, cwd: Path) -> list[Path]:
+    """The environment files DeepSpeed's runner would read in ``env`` without our ``DS_ENV_FILE``: its name in
+    ``home``, then in ``cwd``, those that exist (one file once)."""
+    name = env.get("DS_ENV_FILE") or DEEPSPEED_ENV_FILE
+    found: list[Path] = []
+    for path in (home / name, cwd / name):
+        if path.is_file() and path.resolve() not in {p.resolve() for p in found}:
+            found.append(path)
+    return found
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``{KEY: VALUE}`` of the ``KEY=VALUE`` lines of ``path``, blank lines skipped, as DeepSpeed's runner reads
+    them (the first ``=`` splits; a later line of a key wins). A line without ``=``, on which the runner fails with
+    a traceback, raises :class:`UserError` naming the file and the line."""
+    found = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{path}:{number}: {line!r} is not KEY=VALUE, which DeepSpeed's runner needs on every "
+                            "line of its environment file; fix or remove the line")
+        found[key.strip()] = value.strip()
+    return found
+
+
+def node_environment(env: Mapping[str, str], user_files: Sequence[Path]) -> dict[str, str]:
+    """``{KEY: VALUE}`` every node of the job gets: the lines of ``user_files`` (later files win), then the
+    :data:`FORWARDED` variables of ``env``, a warning naming each key whose value they replace, then
+    :data:`NODE_DEFAULTS` for the keys neither sets."""
+    merged: dict[str, str] = {}
+    source: dict[str, Path] = {}
+    for path in user_files:
+        for key, value in read_env_file(path).items():
+            merged[key], source[key] = value, path
+    for key in sorted(key for key in env if FORWARDED.fullmatch(key)):
+        if key in merged and merged[key] != env[key]:
+            logger.warning("%s=%s of this shell replaces %s=%s of %s for every node", key, env[key], key,
+                           merged[key], source[key])
+        merged[key] = env[key]
+    return {**merged, **{key: value for key, value in NODE_DEFAULTS.items() if key not in merged}}
+
+
+def write_node_environment(out: Path, env: Mapping[str, str], home: Path, cwd: Path) -> None:
+    """Write :func:`node_environment` into ``out`` as DeepSpeed's environment file, one ``KEY=VALUE`` a line."""
+    variables = node_environment(env, user_env_files(env, home, cwd))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(f"{key}={value}\n" for key, value in variables.items()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m megamythos.training.node_env FILE``: write the job's environment file."""
+    parser = ArgumentParser(prog="python -m megamythos.training.node_env", description=__doc__.splitlines()[0])
+    parser.add_argument("file", type=path_text, help="the environment file to write (then DS_ENV_FILE=FILE)")
+
+    def run() -> int:
+        args = parser.parse_args(argv)
+        write_node_environment(Path(args.file), os.environ, Path.home(), Path.cwd())
+        return 0
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
