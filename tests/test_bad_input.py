@@ -510,11 +510,39 @@ def test_a_universal_conversion_with_a_file_in_its_place_is_one_line(tmp_path: P
     (tmp_path / "save").mkdir()
     (tmp_path / "save" / "iter_0000002_universal_model").write_text("notes")
     with pytest.raises(CheckpointError, match=r"^\S+/save/iter_0000002_universal_model is in the way of the "
-                                              r"universal conversion of iter_0000002 \(a file, not its folder\); "
+                                              r"universal conversion of iter_0000002 \(a file or a link, not its "
+                                              r"folder\); "
                                               r"move it elsewhere \(or delete it\) and run again$"):
         universal_tag(tmp_path / "run", {"world_size": 1, "tp": 1, "ep": 1}, 3, 0, ModelConfig(),
                       into=tmp_path / "save")
     assert (tmp_path / "save" / "iter_0000002_universal_model").read_text() == "notes"
+
+
+def test_a_universal_conversion_that_rank_0_cannot_finish_is_one_line_on_every_rank(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07: a dangling link where the conversion goes (``TAG_universal_model`` pointing at purged
+    scratch storage) made rank 0 raise NotADirectoryError once the whole conversion was written, and any error of
+    rank 0 other than a CheckpointError left the other ranks waiting for its answer (or their traceback when it
+    died). Here DeepSpeed's conversion is a stand-in, and a stand-in gather plays rank 1."""
+    from megamythos.checkpoint import reader
+    from megamythos.training import checkpointing
+
+    one_tag_run(tmp_path / "run", {"layout": {"world_size": 2, "tp": 1, "ep": 1}, "zero_stage": 3})
+    monkeypatch.setattr(reader, "convert_to_universal", lambda tag_dir, out: (out / "zero").mkdir(parents=True) or out)
+    (tmp_path / "save").mkdir()
+    (tmp_path / "save" / "iter_0000002_universal_model").symlink_to(tmp_path / "purged")
+    layout = {"world_size": 1, "tp": 1, "ep": 1}
+    with pytest.raises(CheckpointError, match=r"iter_0000002_universal_model is in the way .* \(a file or a link"):
+        checkpointing.universal_tag(tmp_path / "run", layout, 3, 0, ModelConfig(), into=tmp_path / "save")
+    told: list = []
+    monkeypatch.setattr(checkpointing, "_from_rank0", lambda value: told.append(value) or value)
+    monkeypatch.setattr(checkpointing, "as_param_records", lambda zero: 1 / 0)  # an error nobody words
+    (tmp_path / "save" / "iter_0000002_universal_model").unlink()
+    with pytest.raises(ZeroDivisionError):
+        checkpointing.universal_tag(tmp_path / "run", layout, 3, 0, ModelConfig(), into=tmp_path / "save")
+    assert len(told) == 1 and told[0].startswith(f"rank 0 failed to convert {tmp_path / 'run' / 'iter_0000002'} "
+                                                 f"into {tmp_path / 'save'}/iter_0000002_universal_model "
+                                                 "(ZeroDivisionError: division by zero)"), told
 
 
 @pytest.mark.parametrize("states", [[1, 2], {"optimizer": None}])

@@ -505,12 +505,17 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
     logger.info("checkpoint %s was written on layout %s, this run is %s: resuming it as a universal checkpoint",
                 Path(load_dir) / tag, saved, layout)
     failure = None  # rank 0's, told to every rank: the others would wait for it inside deepspeed.initialize
-    if rank == 0 and not (target.is_dir() and verified(target)):
+    if rank == 0:
         try:
-            _convert(Path(load_dir) / tag, target, (saved["ep"] > 1) != autoep, autoep, config,
-                     "--save" if into else "--load")
+            if not (target.is_dir() and verified(target)):
+                _convert(Path(load_dir) / tag, target, (saved["ep"] > 1) != autoep, autoep, config,
+                         "--save" if into else "--load")
         except CheckpointError as err:
             failure = str(err)
+        except Exception as err:  # not ours to word: rank 0's traceback, and the others are told, not left waiting
+            _from_rank0(f"rank 0 failed to convert {where} into {target} ({type(err).__name__}: {err}); its "
+                        "traceback says where")
+            raise
     failure = _from_rank0(failure)
     if failure:
         raise CheckpointError(failure)
@@ -530,9 +535,9 @@ def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: Mo
             logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
                            tag_dir.name)
             shutil.rmtree(target)
-        elif target.exists():  # not ours to delete: its name is the conversion's
-            raise CheckpointError(f"{target} is in the way of the universal conversion of {tag_dir.name} (a file, "
-                                  "not its folder); move it elsewhere (or delete it) and run again")
+        elif target.exists() or target.is_symlink():  # not ours to delete: its name is the conversion's
+            raise CheckpointError(f"{target} is in the way of the universal conversion of {tag_dir.name} (a file or "
+                                  "a link, not its folder); move it elsewhere (or delete it) and run again")
         remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
         tmp.mkdir(parents=True)
     except OSError as err:
