@@ -30,6 +30,7 @@ from megamythos.training.launch import (
     main,
     rank_environment,
     rank_errors,
+    ranks_on_this_node,
     refuse_launcher_flags,
     split_launcher_flags,
     trainer_defaults,
@@ -239,13 +240,19 @@ def test_rank_environment_keeps_what_is_set():
 def test_gpu_ranks_share_the_node_cores(monkeypatch):
     """Found 2026-12-07 (read: DeepSpeed 0.19.8's launch.py sets OMP_NUM_THREADS only with --bind_cores_to_rank):
     nothing set it on a GPU node, so each of its 8 ranks ran a thread pool of all 64 cores. Now cores / local
-    ranks, as on CPU, without the CPU path's spinning; a set value stands, and the launcher above the ranks (None:
-    it does not know how many a GPU node starts) leaves it to them."""
+    ranks, as on CPU, without the CPU path's spinning; a set value stands, and where the launcher above the ranks
+    does not know how many a node starts (None), it leaves it to them."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     env = rank_environment({}, gpu=True, local_processes=8)
     assert env["OMP_NUM_THREADS"] == "8" and "OMP_WAIT_POLICY" not in env
     assert "OMP_NUM_THREADS" not in rank_environment({"OMP_NUM_THREADS": "2"}, gpu=True, local_processes=8)
     assert "OMP_NUM_THREADS" not in rank_environment({}, gpu=True, local_processes=None)
+    import torch  # the bash form's ranks on a GPU node: one per visible GPU unless --num-gpus says
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    flags = ({}, {"num_gpus": "2"}, {"include": "localhost:0"}, {"hostfile": "h", "num_nodes": "2"})
+    assert [ranks_on_this_node(given, gpu=True) for given in flags] == [4, 2, None, None]
+    assert ranks_on_this_node({}, gpu=False) == 1 and ranks_on_this_node({"num_gpus": "3"}, gpu=False) == 3
 
 
 def test_rank_thread_pools_spin_only_where_the_ranks_own_the_cores(monkeypatch):

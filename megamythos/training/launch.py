@@ -151,16 +151,15 @@ def rank_environment(env: Mapping[str, str], gpu: bool, local_processes: int | N
     """Variables to set for the ranks of one node (only those ``env`` lacks or has to change).
 
     One BLAS/OpenMP thread pool per rank of the node: ``OMP_NUM_THREADS`` = the cores this process may use //
-    ``local_processes`` (None: the ranks per node are not known here, as in the launcher of a GPU node, where
-    deepspeed starts one rank per GPU; each rank then sets it for itself). Neither DeepSpeed's launcher (0.19.8,
-    unless ``--bind_cores_to_rank``) nor srun sets it, so every rank's pool took all the node's cores:
-    oversubscribed cores make ZeRO-3 steps on CPU ten times slower, and slow a GPU rank's host work (data, the
-    optimizer's CPU side). On CPU also DeepSpeed's CPU accelerator; where the pool has more than one thread, its
-    threads spin between operations
-    (``OMP_WAIT_POLICY=ACTIVE``): ZeRO-3's Python work between two operations outlasts OpenMP's default spin, so
-    the pool falls asleep and every parallel operation pays a wake-up (the default run at one process trains 1.4x
-    as fast spinning, bench/README.md). Only where this function chose the thread count, so the ranks own the cores
-    (under another process's load spinning costs about 16%); a set ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` wins.
+    ``local_processes`` (None: not known here, :func:`ranks_on_this_node`; each rank then sets it for itself).
+    Neither DeepSpeed's launcher (0.19.8, unless ``--bind_cores_to_rank``) nor srun sets it, so every rank's pool
+    took all the node's cores: oversubscribed cores make ZeRO-3 steps on CPU ten times slower, and slow a GPU
+    rank's host work (data, the optimizer's CPU side). On CPU also DeepSpeed's CPU accelerator; where the pool has
+    more than one thread, its threads spin between operations (``OMP_WAIT_POLICY=ACTIVE``): ZeRO-3's Python work
+    between two operations outlasts OpenMP's default spin, so the pool falls asleep and every parallel operation
+    pays a wake-up (the default run at one process trains 1.4x as fast spinning, bench/README.md). Only where this
+    function chose the thread count, so the ranks own the cores (under another process's load spinning costs about
+    16%); a set ``OMP_NUM_THREADS`` or ``OMP_WAIT_POLICY`` wins.
     OpenMP reads its settings once, when torch loads it: :func:`launch` sets them before the ranks start, and a
     rank started without them (``deepspeed launchers/pretrain.sh``) starts itself again with them
     (:func:`rank_arguments`). From a checkout: the repository on PYTHONPATH and a JIT-extension cache in it (an
@@ -312,6 +311,19 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def ranks_on_this_node(launcher: Mapping[str, str | None], gpu: bool) -> int | None:
+    """How many ranks the ``deepspeed`` command of :func:`deepspeed_command` starts on this node: ``--num_gpus``
+    (on CPU 1 without it), else one per visible GPU; None where ``--include``/``--exclude`` or a hostfile decides
+    (each node's ranks then set their OpenMP threads themselves, :func:`rank_arguments`)."""
+    if "num_gpus" in launcher or not gpu:
+        return int(launcher.get("num_gpus") or 1)
+    if {"include", "exclude", "hostfile"} & launcher.keys():
+        return None
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def rank_arguments(argv: Sequence[str]) -> list[str]:
     """The start-up of one rank of a launched job: check the flags, set the rank's environment (starting the rank
     again where OpenMP has to see it) and return the trainer's arguments, the defaults applied; :func:`main` then
@@ -389,7 +401,7 @@ def launch(argv: Sequence[str]) -> int:
     if gpu:
         check_visible_devices(launcher, os.environ)
     processes = int(launcher.get("num_gpus") or 1)
-    os.environ.update(rank_environment(os.environ, gpu, None if gpu else processes))  # GPU: one rank per GPU
+    os.environ.update(rank_environment(os.environ, gpu, ranks_on_this_node(launcher, gpu)))
     trainer = [*trainer_defaults(trainer, gpu, os.environ), *trainer]
     one_node = not multi_node(launcher) and not {"include", "exclude"} & launcher.keys()
     preflight(trainer, processes if one_node and not gpu else None)
