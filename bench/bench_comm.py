@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from megamythos.training.arguments import DEFAULT_DS_CONFIG
+from megamythos.runtime.locations import DEFAULT_DS_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 # T of each step: every change of T occurs for every value; the last two steps repeat T (trace unchanged).

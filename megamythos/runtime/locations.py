@@ -22,3 +22,5 @@ WORKSPACE = CHECKOUT or Path()
 # The DeepSpeed JSON templates. pip installs a wheel unpacked, so the package data is a directory on disk whose path
 # the launcher can hand to the ranks.
 DS_CONFIGS = CHECKOUT / "ds_configs" if CHECKOUT else Path(str(resources.files("megamythos") / "ds_configs"))
+# The trainer's template when none is given, and the CPU run's in the launcher
+DEFAULT_DS_CONFIG = DS_CONFIGS / "cpu-debug.json"

@@ -25,12 +25,11 @@ from megamythos.data.gpt_dataset import DataConfigError, parse_data_path, parse_
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, SPLIT_PATH_FIELDS, DataRecipe, DataSources
 from megamythos.errors import ArgumentParser, UserError, number, path_text
 from megamythos.model.config import DEFAULT_PRESET, ConfigError, ModelConfig, get_preset, parse_override
-from megamythos.runtime.locations import DS_CONFIGS, WORKSPACE
+from megamythos.runtime.locations import DEFAULT_DS_CONFIG, DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
 from megamythos.training.optimizers import ADAM_IMPLS
 from megamythos.training.schedules import ON_RESUME
 
-DEFAULT_DS_CONFIG = DS_CONFIGS / "cpu-debug.json"
 DEFAULT_DATA_DIR = WORKSPACE / "data" / "default"
 LR_SCHEDULES = ("cosine", "wsd")
 DEFAULT_TRAIN_ITERS = 200

@@ -55,7 +55,7 @@ from pathlib import Path
 
 from megamythos.errors import UserError, path_too_long
 from megamythos.planning.plan import hostfile_slots
-from megamythos.runtime.locations import CHECKOUT, DS_CONFIGS, WORKSPACE
+from megamythos.runtime.locations import CHECKOUT, DEFAULT_DS_CONFIG, DS_CONFIGS, WORKSPACE
 from megamythos.training.process_exit import EXIT_RECORDS_ENV, end_process
 from megamythos.training.rendezvous import env_master_port, free_port
 
@@ -139,7 +139,7 @@ def trainer_defaults(argv: Sequence[str], gpu: bool, env: Mapping[str, str]) -> 
             args = parse_args(argv)
             wanted["--seq-length"] = str(get_preset(args.preset, **args.model_overrides()).training_seq_len)
     else:
-        wanted.update({"--ds-config": str(DS_CONFIGS / "cpu-debug.json"), "--seq-length": "128",
+        wanted.update({"--ds-config": str(DEFAULT_DS_CONFIG), "--seq-length": "128",
                        "--save-interval": "100", "--eval-interval": "100"})
         if not given(argv, "--train-tokens"):
             wanted["--train-iters"] = "400"
