@@ -160,6 +160,21 @@ def test_a_record_whose_block_size_no_builder_writes_is_refused_and_add_checksum
     assert record(prefix) == built
 
 
+@pytest.mark.parametrize("digest", ["z" * 64, "A" * 64, int("1" * 64)])
+def test_a_digest_that_is_no_sha256_is_a_malformed_record_not_a_corrupt_block(
+        digest: object, tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07 (review): a digest of 64 characters that no sha256 hexdigest has (a hand-edited record) passed
+    as well-formed, so a verification called the dataset's block corrupt ("copy it again") and ``--add-checksums``,
+    the remedy for a malformed record, refused it as one that records checksums already."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    built = record(prefix)
+    Path(prefix + ".json").write_text(json.dumps({**built, "checksums": {**built["checksums"], "idx": [digest]}}))
+    with pytest.raises(DatasetCorruptError, match=r"the recorded checksums are malformed \(a digest that is not 64 "):
+        resolve_data([prefix], tiny_tokenizer.vocab_size, str(tmp_path / "cache"))
+    assert inspect_main([prefix, "--samples", "0", "--add-checksums"]) == 0, capsys.readouterr().err
+    assert record(prefix) == built
+
+
 def test_a_copy_of_a_dataset_is_verified_at_its_first_start(tmp_path: Path, tiny_tokenizer) -> None:
     """The scan is cached by the files' path, inode and time: a copy (the usual way bytes go bad) is read whole."""
     prefix = dataset(tmp_path, "a", tiny_tokenizer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ BLOCK_BYTES = 64 << 20
 READ_BYTES = 16 << 20  # what one read() of a file being hashed or copied asks for
 MAX_BLOCK_BYTES = 256 << 20  # each hashing thread holds one block: at most 2 GiB for 8 threads
 RECORD_KEY = "checksums"
+DIGEST = re.compile(r"[0-9a-f]{64}")  # a sha256 as hashlib's hexdigest writes it
 T = TypeVar("T")
 
 
@@ -104,9 +106,9 @@ class DatasetChecksums:
             if type(block_bytes) is not int or not valid_block_bytes(block_bytes):  # 1.5e6 or true is no size
                 raise ValueError(f"block_bytes {block_bytes!r}, expected a whole number of bytes, a positive "
                                  f"multiple of 8 up to {MAX_BLOCK_BYTES}")
-            digests = {name: tuple(str(d) for d in sums[name]) for name in ("bin", "idx")}
-            if any(len(d) != 64 for ds in digests.values() for d in ds):
-                raise ValueError("a digest that is not 64 hex digits")
+            digests = {name: tuple(sums[name]) for name in ("bin", "idx")}
+            if not all(type(d) is str and DIGEST.fullmatch(d) for ds in digests.values() for d in ds):
+                raise ValueError("a digest that is not 64 lowercase hex digits")  # else called a corrupt block
         except (KeyError, TypeError, ValueError) as err:
             prefix = record_path.removesuffix(".json")
             raise DatasetCorruptError(f"{record_path}: the recorded checksums are malformed ({err}); if the data is "
