@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -449,6 +450,7 @@ def test_the_job_ends_once_every_rank_finished_cleanly_without_waiting_for_the_r
 STAND_IN_RANK = """
 import os, signal, sys, time
 from pathlib import Path
+from types import SimpleNamespace
 stage, ready, latest = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 records, pid = Path(os.environ["MEGAMYTHOS_EXIT_RECORDS"]), os.getpid()
 def stop(signum, frame):
@@ -849,3 +851,42 @@ def test_every_node_gets_the_users_deepspeed_env_then_this_shells_settings_then_
     out = tmp_path / "logs" / "env"
     node_env.write_node_environment(out, {"RUN_DIR": "/r"}, home, cwd / "none")
     assert out.read_text().splitlines()[:4] == ["NCCL_IB_HCA=mlx5", "NCCL_DEBUG=INFO", "MY_SETTING=a=b", "RUN_DIR=/r"]
+
+
+def test_the_nodes_get_the_users_settings_as_written_whichever_way_the_file_is_read(tmp_path, monkeypatch, capsys):
+    """Found 2026-12-07 (review): a ``#`` comment or an ``export KEY=VALUE`` line of ~/.deepspeed_env was copied
+    into the file every node reads: DeepSpeed 0.19.8's pdsh command then began ``export # KEY=V; ...``, a comment to
+    the end of the line (the node ran nothing), and slurm.sbatch's srun mode stopped on ``export 'export KEY=V'``;
+    a quoted value reached the nodes cut at its first space. The file we write is read here as the runner reads it
+    (its own ``add_export`` quoting, run by bash as pdsh runs it) and as the srun mode does: both give each node the
+    user's values."""
+    from deepspeed.launcher.multinode_runner import MultiNodeRunner
+
+    from megamythos.training import node_env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".deepspeed_env").write_text("# NCCL_IB_HCA=mlx4 (the old cluster)\nexport NCCL_IB_HCA=mlx5\n"
+                                         "  # tuning\nMY_FLAGS = --a=1 --b 2\nNCCL_SOCKET_IFNAME=^lo,docker0\n")
+    env = node_env.node_environment({}, node_env.user_env_files({}, home, tmp_path))
+    assert {key: env[key] for key in ("NCCL_IB_HCA", "MY_FLAGS", "NCCL_SOCKET_IFNAME")} == {
+        "NCCL_IB_HCA": "mlx5", "MY_FLAGS": "--a=1 --b 2", "NCCL_SOCKET_IFNAME": "^lo,docker0"}
+    out = tmp_path / "node-env"
+    node_env.write_node_environment(out, {}, home, tmp_path)
+    runner = SimpleNamespace(exports={})
+    for line in out.read_text().splitlines(keepends=True):  # runner.py's loop over the DS_ENV_FILE
+        MultiNodeRunner.add_export(runner, *line.split("=", maxsplit=1))
+    pdsh = "".join(f"export {key}={value}; " for key, value in runner.exports.items())  # PDSHRunner.get_cmd's
+    srun = f'while IFS= read -r line; do export "$line"; done < {out}; '
+    show = "python3 -c 'import json, os; print(json.dumps(dict(os.environ)))'"
+    for prefix in (pdsh, srun):
+        got = json.loads(subprocess.run(["bash", "-c", prefix + show], capture_output=True, text=True, check=True,
+                                        env={"PATH": os.environ["PATH"]}).stdout)
+        assert {key: got.get(key) for key in env} == env, prefix
+    (home / ".deepspeed_env").write_text('NCCL_IB_HCA=mlx5\nMY_FLAGS="--a 1"\n')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert node_env.main([str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: {home / '.deepspeed_env'}:2: 'MY_FLAGS=\"--a 1\"' has a \" in its "
+                                       "value, which DeepSpeed's runner puts inside double quotes of its own (a "
+                                       "\"quoted\" value breaks them); write the value without quotes\n")

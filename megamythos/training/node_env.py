@@ -32,6 +32,7 @@ DEEPSPEED_ENV_FILE = ".deepspeed_env"  # DeepSpeed's name when DS_ENV_FILE is un
 # (launchers/slurm.sbatch's header says what each does)
 NODE_DEFAULTS = {"NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
                  "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a name a shell exports (ASCII: bash refuses others)
 # The launching shell's variables every node gets: the run folder, and the NCCL and CUDA settings
 FORWARDED = re.compile(r"(NCCL_|TORCH_NCCL_)\w+|CUDA_DEVICE_MAX_CONNECTIONS|RUN_DIR")
 
@@ -48,18 +49,28 @@ def user_env_files(env: Mapping[str, str], home: Path, cwd: Path) -> list[Path]:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``{KEY: VALUE}`` of the ``KEY=VALUE`` lines of ``path``, blank lines skipped, as DeepSpeed's runner reads
-    them (the first ``=`` splits; a later line of a key wins). A line without ``=``, on which the runner fails with
-    a traceback, raises :class:`UserError` naming the file and the line."""
+    """``{KEY: VALUE}`` of the ``KEY=VALUE`` lines of ``path`` as DeepSpeed's runner reads them (the first ``=``
+    splits, both sides stripped; a later line of a key wins), and blank lines, ``#`` comments and ``export KEY=VALUE``
+    as a shell reads them. Those the runner mishandles: a blank line is a traceback, a comment line with a ``=``
+    becomes ``export # ...;`` in front of each node's command (pdsh), which makes the rest of it a comment, and
+    ``export KEY`` is no name launchers/slurm.sbatch's srun mode can ``export``; the file we write holds none of them.
+
+    Raises :class:`UserError` naming the file and the line for a line without ``=`` or a variable name before it,
+    and for a value with a ``"``: the runner wraps such a value in double quotes of its own, which the value's own
+    quotes close (``K="a b"`` reaches the nodes as ``K=a``)."""
     found = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
         key, sep, value = line.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"{path}:{number}: {line!r} is not KEY=VALUE, which DeepSpeed's runner needs on every "
-                            "line of its environment file; fix or remove the line")
-        found[key.strip()] = value.strip()
+        key = key.strip().removeprefix("export ").strip()
+        if not sep or not VARIABLE.fullmatch(key):
+            raise UserError(f"{path}:{number}: {line!r} is not KEY=VALUE with KEY a variable name, which DeepSpeed's "
+                            "runner needs on every line of its environment file; fix or remove the line")
+        if '"' in value:
+            raise UserError(f"{path}:{number}: {line!r} has a \" in its value, which DeepSpeed's runner puts inside "
+                            "double quotes of its own (a \"quoted\" value breaks them); write the value without quotes")
+        found[key] = value.strip()
     return found
 
 
