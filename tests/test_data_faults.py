@@ -864,6 +864,28 @@ def test_a_merge_of_a_dataset_with_itself_is_said_and_one_into_an_input_through_
     assert {suffix: Path(dataset + suffix).read_bytes() for suffix in data} == data
 
 
+def test_a_merge_into_a_link_an_input_is_read_through_is_refused(tmp_path: Path, tiny_tokenizer: Tokenizer,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07 (review): an input whose ``.bin`` links to the output's ``.bin``, itself a link into a store
+    (``in/a.bin -> data/o.bin -> store/a.bin``), was not seen as one the merge replaces: ``--overwrite`` renamed the
+    merge onto ``data/o.bin``, and the input then read the merged tokens against its own ``.idx``, exit code 0."""
+    from megamythos.data.cli import merge_main
+
+    (tmp_path / "store").mkdir()
+    stored = _dataset(tmp_path / "store", "a", DOCS, tiny_tokenizer)
+    other = _dataset(tmp_path, "b", DOCS, tiny_tokenizer)
+    out, linked = tmp_path / "data" / "o", tmp_path / "in" / "a"
+    for prefix in (out, linked):
+        prefix.parent.mkdir()
+    for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
+        Path(f"{out}{suffix}").symlink_to(stored + suffix)
+        Path(f"{linked}{suffix}").symlink_to(os.path.relpath(f"{out}{suffix}", linked.parent))
+    data = {suffix: Path(f"{linked}{suffix}").read_bytes() for suffix in (".bin", ".idx", ".json")}
+    line = error_of(merge_main, ["--input", str(linked), other, "--output-prefix", str(out), "--overwrite"], capsys)
+    assert f"--output-prefix {out} is one of the inputs ({linked}: the same files or links to them)" in line, line
+    assert {suffix: Path(f"{linked}{suffix}").read_bytes() for suffix in data} == data
+
+
 def test_a_folder_given_to_merge_as_an_input_gets_the_prefixes_in_it(tmp_path: Path, tiny_tokenizer: Tokenizer,
                                                                       capsys: pytest.CaptureFixture) -> None:
     """Found 2026-12-07: ``merge_datasets.py --input DIR`` said only ``missing DIR.bin, DIR.idx``."""

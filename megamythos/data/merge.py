@@ -28,19 +28,31 @@ from megamythos.data.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 
+MAX_LINKS = 40  # links followed from one path, as the kernel's limit (a loop ends there)
+
+
 def _entry(path: str) -> str:
     """The directory entry ``path`` names, its folders' links resolved (not a link the file itself may be)."""
     return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
 
 
+def _entries(path: str) -> set[str]:
+    """Every directory entry reading ``path`` goes through: its own, then each link's target in turn (``in/a.bin ->
+    data/o.bin -> store/a.bin``: all three)."""
+    entries = [_entry(path)]
+    while os.path.islink(entries[-1]) and len(entries) <= MAX_LINKS:
+        entries.append(_entry(os.path.join(os.path.dirname(entries[-1]), os.readlink(entries[-1]))))
+    return set(entries)
+
+
 def replaced_input(output_prefix: str, prefixes: list[str]) -> str | None:
     """The first of ``prefixes`` a dataset written at ``output_prefix`` would replace a file of: the same prefix
-    however spelled, or an input whose files are links to the output's (``ln -s data/a.bin in/a.bin``, then
-    ``--input in/a --output-prefix data/a``: the output's ``os.replace`` lands on the links' target). An output
-    whose files are links to an input's is not one: the rename replaces the links, not their target."""
+    however spelled, or an input whose files are links to the output's, directly or through other links (``ln -s
+    data/a.bin in/a.bin``, then ``--input in/a --output-prefix data/a``: the output's ``os.replace`` lands on an
+    entry the input is read through). An output whose files are links to an input's is not one: the rename replaces
+    the links, not their target."""
     written = {_entry(path) for path in dataset_files(output_prefix)}
-    return next((prefix for prefix in prefixes for path in dataset_files(prefix)
-                 if _entry(path) in written or os.path.realpath(path) in written), None)
+    return next((prefix for prefix in prefixes for path in dataset_files(prefix) if _entries(path) & written), None)
 
 
 def warn_repeated_inputs(prefixes: list[str]) -> None:
