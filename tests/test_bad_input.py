@@ -1495,3 +1495,27 @@ def test_nodes_whose_checkouts_lie_elsewhere_agree_on_the_defaults_found_there(m
                         "--data-path", "x", "--default-data-dir", str(elsewhere / "data" / "default")])
     assert differing_flags(local, other.command_values()) == [
         "--data-path x (rank 0: not given)", "--save /shared/b (rank 0: /shared/a)"]
+
+
+def test_nodes_whose_ds_config_of_one_name_differs_in_content_are_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    """Found 2026-12-07 (review): once the nodes' checkouts compare relative to the checkout, a node whose own
+    ``ds_configs/multi-node.json`` says another thing (a checkout of another commit, a file edited on one node)
+    passed as started with the same flags, and its ranks built another DeepSpeed config than rank 0's (another
+    ZeRO stage: a hang). Its content is compared too; a copy that differs only in layout and key order agrees."""
+    from megamythos.training import arguments
+
+    local = parse_args(["--ds-config", str(REPO / "ds_configs" / "multi-node.json")]).command_values()
+    elsewhere = tmp_path / "megamythos"
+    shutil.copytree(REPO / "ds_configs", elsewhere / "ds_configs")
+    monkeypatch.setattr(arguments, "CHECKOUT_PATHS", {"ds_config": (elsewhere / "ds_configs", "<ds_configs>"),
+                                                      "default_data_dir": (elsewhere, "<checkout>")}, raising=False)
+    theirs = elsewhere / "ds_configs" / "multi-node.json"
+    template = json.loads(theirs.read_text())
+    theirs.write_text(json.dumps(dict(reversed(template.items())), indent=4))
+    argv = ["--ds-config", str(theirs), "--default-data-dir", str(elsewhere / "data" / "default")]
+    assert differing_flags(local, parse_args(argv).command_values()) == []
+    theirs.write_text(json.dumps({**template, "zero_optimization": {**template["zero_optimization"], "stage": 1}}))
+    differ = differing_flags(local, parse_args(argv).command_values())
+    assert len(differ) == 1, differ
+    assert differ[0].startswith("--ds-config <ds_configs>/multi-node.json (content sha256 "), differ

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Any
 
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path, parse_split
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, SPLIT_PATH_FIELDS, DataRecipe, DataSources
-from megamythos.errors import ArgumentParser, UserError, number, path_text
+from megamythos.errors import ArgumentParser, UserError, number, path_text, read_json_object
 from megamythos.model.config import DEFAULT_PRESET, ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.runtime.locations import DEFAULT_DS_CONFIG, DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
@@ -277,12 +279,15 @@ class TrainArgs:
         """{flag: value} of every setting the command line decides, to compare the ranks' (:func:`differing_flags`):
         each ``--override FIELD`` on its own, the launcher's ``--local_rank`` (one per rank of a node) left out, and
         the settings whose defaults lie in the checkout (:data:`CHECKOUT_PATHS`) relative to it where they lie in it:
-        each node of a job may run its own checkout at another path (``--no_ssh --node_rank R``)."""
+        each node of a job may run its own checkout at another path (``--no_ssh --node_rank R``), so ``--ds-config``
+        also by its content (:func:`template_digest`): a node's checkout of another commit, or a file of the same
+        name edited on one node, would otherwise build another DeepSpeed config on its ranks."""
         values = self.to_dict()
         overrides = values.pop("overrides")
         del values["local_rank"]
         for name, (root, label) in CHECKOUT_PATHS.items():
             values[name] = checkout_relative(values[name], root, label)
+        values["ds_config"] += f" (content {template_digest(self.ds_config)})"  # one name, each node's own file
         flags = {FIELD_FLAGS.get(name, "--" + name.replace("_", "-")): value for name, value in values.items()}
         return {**flags, **{f"--override {name}": value for name, value in overrides.items()}}
 
@@ -298,6 +303,16 @@ def checkout_relative(value: str, root: Path, label: str) -> str:
         return f"{label}/{Path(value).resolve().relative_to(root.resolve())}"
     except ValueError:
         return value
+
+
+TEMPLATE_REMEDY = "pass a DeepSpeed config JSON object, e.g. ds_configs/cpu-debug.json"  # for an unreadable one
+
+
+def template_digest(path: str) -> str:
+    """``sha256 HEX12`` of the ds_config JSON object at ``path`` as parsed (keys sorted): nodes' copies that differ
+    only in layout agree. A file that cannot be read raises :class:`ArgumentError` in one line naming it."""
+    template = read_json_object(path, ArgumentError, TEMPLATE_REMEDY)
+    return "sha256 " + hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # TrainArgs fields set by flags not named after them

@@ -16,7 +16,7 @@ from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
 from megamythos.parallel.zero import leaf_blocks_section
 from megamythos.planning.layout import ParallelLayout, accumulates_in_fp32, reduces_in_fp32, zeropp_options
-from megamythos.training.arguments import ArgumentError, TrainArgs
+from megamythos.training.arguments import TEMPLATE_REMEDY, ArgumentError, TrainArgs
 
 TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
 # sections the trainer writes itself whatever a template says: one there would be dropped without a word
@@ -48,8 +48,7 @@ def load_template(path: str | Path) -> dict[str, Any]:
     trainer reads (``zero_optimization``, ``tensor_parallel``, ``expert_parallel``, ``bf16``, ``optimizer`` and its
     ``params``) are objects; anything else raises :class:`ArgumentError` naming the file and the key. So does a
     section the trainer would drop (:data:`DROPPED`)."""
-    template = read_json_object(path, ArgumentError, "pass a DeepSpeed config JSON object, e.g. "
-                                                     "ds_configs/cpu-debug.json")
+    template = read_json_object(path, ArgumentError, TEMPLATE_REMEDY)
     for key in ("zero_optimization", "tensor_parallel", "expert_parallel", "bf16", "optimizer"):
         if not isinstance(template.get(key, {}), dict):
             raise ArgumentError(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
