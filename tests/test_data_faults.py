@@ -900,6 +900,23 @@ def test_a_folder_given_to_merge_as_an_input_gets_the_prefixes_in_it(tmp_path: P
                              f"{listed}"), line
 
 
+def test_a_folder_that_cannot_be_listed_given_to_merge_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (review): the folder hint listed the folder, and one the user may not read (another user's,
+    mode 700; the tests run as root, so a refused listing stands in) ended the merge with a PermissionError
+    traceback instead of its one line."""
+    from megamythos.data import indexed_dataset
+    from megamythos.data.cli import merge_main
+
+    def refused(path: str) -> list[str]:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(indexed_dataset.os, "listdir", refused)
+    line = error_of(merge_main, ["--input", str(tmp_path), "--output-prefix", str(tmp_path / "out")], capsys)
+    assert line == (f"error: --input: dataset '{tmp_path}' not found: missing {tmp_path}.bin, {tmp_path}.idx; "
+                    f"{tmp_path} is a folder: pass dataset prefixes (PREFIX, for PREFIX.bin/PREFIX.idx)"), line
+
+
 def test_more_workers_than_cpus_is_said(tmp_path: Path, tiny_tokenizer: Tokenizer,
                                         caplog: pytest.LogCaptureFixture) -> None:
     """Found 2026-12-06: ``--workers 1000`` forked 1000 tokenizer processes on 2 cores without a word."""

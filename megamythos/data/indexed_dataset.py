@@ -72,10 +72,22 @@ def dataset_exists(prefix: str) -> bool:
     return os.path.isfile(bin_path(prefix)) and os.path.isfile(idx_path(prefix))
 
 
+def _prefixes_in(folder: str) -> list[str] | None:
+    """The dataset prefixes in ``folder`` (those of its ``.idx`` files with a ``.bin``), sorted; None where it cannot
+    be listed (a folder of another user's: the hint goes without them)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    return sorted(os.path.join(folder, name[:-4]) for name in names
+                  if name.endswith(".idx") and os.path.isfile(os.path.join(folder, name[:-4] + ".bin")))
+
+
 def dataset_not_found(prefix: str) -> str | None:
     """``dataset 'P' not found: missing P.bin, P.idx`` (the files of the two that are missing), with the prefix
     meant where one is plain (``P`` given with its ``.bin``/``.idx``, or ``P`` for preprocessing's
-    ``P_text_document``), or a few prefixes found in ``P`` where it is a folder; None when both files exist."""
+    ``P_text_document``), or a few prefixes found in ``P`` where it is a folder (:func:`_prefixes_in`); None when both
+    files exist."""
     missing = [path for path in (bin_path(prefix), idx_path(prefix)) if not os.path.isfile(path)]
     if not missing:
         return None
@@ -86,10 +98,9 @@ def dataset_not_found(prefix: str) -> str | None:
         hint = (f"; did you mean {prefix}_text_document? (preprocess_data.py --output-prefix {prefix} writes "
                 f"{prefix}_text_document.bin/.idx)")
     elif os.path.isdir(prefix):
-        found = sorted(os.path.join(prefix, name[:-4]) for name in os.listdir(prefix)
-                       if name.endswith(".idx") and os.path.isfile(os.path.join(prefix, name[:-4] + ".bin")))
-        listed = (f", e.g. {', '.join(found[:3])}" + (f" ({len(found)} in all)" if len(found) > 3 else "") if found
-                  else f"; none is in {prefix}")
+        found = _prefixes_in(prefix)
+        listed = ("" if found is None else f"; none is in {prefix}" if not found else
+                  f", e.g. {', '.join(found[:3])}" + (f" ({len(found)} in all)" if len(found) > 3 else ""))
         hint = f"; {prefix} is a folder: pass dataset prefixes (PREFIX, for PREFIX.bin/PREFIX.idx){listed}"
     else:
         hint = ""
