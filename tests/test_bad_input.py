@@ -518,6 +518,25 @@ def test_a_universal_conversion_with_a_file_in_its_place_is_one_line(tmp_path: P
     assert (tmp_path / "save" / "iter_0000002_universal_model").read_text() == "notes"
 
 
+def test_a_link_to_a_folder_in_a_universal_conversion_s_place_is_in_the_way(tmp_path: Path) -> None:
+    """Found 2026-12-07 (review): a link to a folder where the conversion goes (``TAG_universal_model`` moved to
+    another disk and linked back) that does not verify was handed to ``shutil.rmtree``, which refuses links: the
+    resume said ``--save DIR is not writable (None)``. It is in the way like a file or a dangling link, and the
+    folder it points at is left alone."""
+    from megamythos.training.checkpointing import universal_tag
+
+    one_tag_run(tmp_path / "run", {"layout": {"world_size": 2, "tp": 1, "ep": 1}, "zero_stage": 3})
+    (tmp_path / "save").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes").write_text("kept")
+    (tmp_path / "save" / "iter_0000002_universal_model").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match=r"iter_0000002_universal_model is in the way of the universal "
+                                              r"conversion of iter_0000002 \(a file or a link, not its folder\)"):
+        universal_tag(tmp_path / "run", {"world_size": 1, "tp": 1, "ep": 1}, 3, 0, ModelConfig(),
+                      into=tmp_path / "save")
+    assert (tmp_path / "elsewhere" / "notes").read_text() == "kept"
+
+
 def test_a_universal_conversion_that_rank_0_cannot_finish_is_one_line_on_every_rank(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found 2026-12-07: a dangling link where the conversion goes (``TAG_universal_model`` pointing at purged

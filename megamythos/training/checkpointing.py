@@ -531,13 +531,13 @@ def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: Mo
 
     tmp = Path(temp_name(target))
     try:
+        if target.is_symlink() or (target.exists() and not target.is_dir()):  # not ours to delete: only its name
+            raise CheckpointError(f"{target} is in the way of the universal conversion of {tag_dir.name} (a file or "
+                                  "a link, not its folder); move it elsewhere (or delete it) and run again")
         if target.is_dir():
             logger.warning("%s does not verify against its checksums (or has none): converting %s again", target,
                            tag_dir.name)
             shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():  # not ours to delete: its name is the conversion's
-            raise CheckpointError(f"{target} is in the way of the universal conversion of {tag_dir.name} (a file or "
-                                  "a link, not its folder); move it elsewhere (or delete it) and run again")
         remove_stale_temps([target])  # of a conversion killed before it could clean up (a signal at start-up)
         tmp.mkdir(parents=True)
     except OSError as err:
