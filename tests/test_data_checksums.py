@@ -252,6 +252,17 @@ def test_a_dataset_replaced_while_it_is_verified_is_said_to_have_changed_not_to_
         verify_file(str(path), digests, 4096, write_in_place)
 
 
+def test_a_bin_removed_while_its_dataset_is_verified_is_one_line(tmp_path: Path, tiny_tokenizer) -> None:
+    """Found 2026-12-07: a .bin removed between the dataset's opening and its scan (its record left in place) was a
+    FileNotFoundError traceback."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    opened, recorded = IndexedDataset(prefix), read_dataset_metadata(prefix)
+    os.remove(f"{prefix}.bin")
+    with pytest.raises(DatasetCorruptError, match=rf"^{prefix}\.bin was removed while {prefix} was being read: "
+                                                  "restore the dataset"):
+        verified_token_range(opened, recorded)
+
+
 SHRINKS_WHILE_READ = """
 import os, sys
 from megamythos.data import checksums

@@ -220,6 +220,9 @@ def verified_token_range(dataset: IndexedDataset, record: dict[str, Any] | None)
         if _recorded_checksums(prefix) != record[CHECKSUMS_KEY]:  # republished since `record` was read
             raise DatasetCorruptError(f"{metadata_path(prefix)} changed while {prefix} was being read (a preprocessing "
                                       "or merge is replacing the dataset): run again when the writer is done") from err
+        if isinstance(err, FileNotFoundError):  # removed between the open and the read, its record left in place
+            raise DatasetCorruptError(f"{err.filename} was removed while {prefix} was being read: restore the dataset "
+                                      "(or wait for the writer replacing it), then run again") from err
         raise
 
 
