@@ -36,7 +36,7 @@
 # each rank starts as under launchers/pretrain.sh (its PYTHONPATH, TORCH_EXTENSIONS_DIR and OpenMP threads), and every
 # node gets $RUN_DIR/deepspeed-env as DeepSpeed's DS_ENV_FILE, written as for launchers/slurm.sbatch
 # (megamythos/training/node_env.py: your ~/.deepspeed_env, this shell's NCCL_*, TORCH_NCCL_*,
-# CUDA_DEVICE_MAX_CONNECTIONS and RUN_DIR, and NCCL defaults).
+# CUDA_DEVICE_MAX_CONNECTIONS, OMP_NUM_THREADS and RUN_DIR, and NCCL defaults).
 # The design's form of the same run, which adds launchers/pretrain.sh's defaults (--load, and logs inside --save):
 #   deepspeed --hostfile hostfile --num_nodes 128 --num_gpus 8 launchers/pretrain.sh --preset 1t \
 #     --ds-config ds_configs/1t.json --tp 1 --ep 256 --zero 3 --bf16 ... --save ckpt/1t

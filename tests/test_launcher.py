@@ -833,11 +833,12 @@ def test_every_node_gets_the_users_deepspeed_env_then_this_shells_settings_then_
     (cwd / ".deepspeed_env").write_text("MY_SETTING=c\n")
     files = node_env.user_env_files({}, home, cwd)
     assert files == [home / ".deepspeed_env", cwd / ".deepspeed_env"]
-    shell = {"NCCL_IB_HCA": "mlx5_0", "RUN_DIR": "/shared/r", "HOME": str(home), "TORCH_NCCL_BLOCKING_WAIT": "1"}
+    shell = {"NCCL_IB_HCA": "mlx5_0", "RUN_DIR": "/shared/r", "HOME": str(home), "TORCH_NCCL_BLOCKING_WAIT": "1",
+             "OMP_NUM_THREADS": "4", "OMP_WAIT_POLICY": "ACTIVE"}
     with caplog.at_level(logging.WARNING, logger=node_env.__name__):
         env = node_env.node_environment(shell, files)
     assert env == {"NCCL_IB_HCA": "mlx5_0", "NCCL_DEBUG": "INFO", "MY_SETTING": "c", "RUN_DIR": "/shared/r",
-                   "TORCH_NCCL_BLOCKING_WAIT": "1", "NCCL_SOCKET_IFNAME": "^lo,docker",
+                   "TORCH_NCCL_BLOCKING_WAIT": "1", "OMP_NUM_THREADS": "4", "NCCL_SOCKET_IFNAME": "^lo,docker",
                    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
     assert [r.getMessage() for r in caplog.records] == [
         f"NCCL_IB_HCA=mlx5_0 of this shell replaces NCCL_IB_HCA=mlx5 of {home / '.deepspeed_env'} for every node"]

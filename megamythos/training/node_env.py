@@ -33,8 +33,9 @@ DEEPSPEED_ENV_FILE = ".deepspeed_env"  # DeepSpeed's name when DS_ENV_FILE is un
 NODE_DEFAULTS = {"NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
                  "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
 VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a name a shell exports (ASCII: bash refuses others)
-# The launching shell's variables every node gets: the run folder, and the NCCL and CUDA settings
-FORWARDED = re.compile(r"(NCCL_|TORCH_NCCL_)\w+|CUDA_DEVICE_MAX_CONNECTIONS|RUN_DIR")
+# The launching shell's variables every node gets: the run folder, the NCCL and CUDA settings, and a thread count
+# the user set (which the ranks keep instead of cores / local ranks)
+FORWARDED = re.compile(r"(NCCL_|TORCH_NCCL_)\w+|CUDA_DEVICE_MAX_CONNECTIONS|OMP_NUM_THREADS|RUN_DIR")
 
 
 def user_env_files(env: Mapping[str, str], home: Path, cwd: Path) -> list[Path]:
