@@ -1346,7 +1346,8 @@ def test_1t_run_starts_its_ranks_as_the_other_launchers_do(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
     command, *node_env = out.stdout.splitlines()[1:]  # the script prints the command, then runs it
     assert command.startswith("deepspeed --hostfile ") and " --module megamythos.training.launch " in command
-    assert node_env[:3] == ["NCCL_IB_HCA=mlx5", f"RUN_DIR={tmp_path / 'run'}", "TORCH_NCCL_BLOCKING_WAIT=1"]
+    assert node_env[:4] == ["NCCL_IB_HCA=mlx5", "OMP_NUM_THREADS=1", f"RUN_DIR={tmp_path / 'run'}",
+                            "TORCH_NCCL_BLOCKING_WAIT=1"]  # launch_env's thread count, set in this shell
     assert "TORCH_NCCL_ASYNC_ERROR_HANDLING=1" in node_env and "CUDA_DEVICE_MAX_CONNECTIONS=1" in node_env
 
 
