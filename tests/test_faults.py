@@ -518,7 +518,8 @@ def test_a_resume_on_another_layout_without_room_for_the_conversion_is_one_line(
     save, logs = small_disk / "ckpt", tmp_path / "logs"
     args = [*tiny_args(corpus, 2), "--save", str(save), "--save-interval", "2", "--eval-interval", "0",
             "--metrics-file", str(logs / "metrics.jsonl"), "--tensorboard-dir", str(logs)]
-    run(1, args, tmp_path / "first.txt")
+    first = run_single(args, tmp_path)  # the checkpoint to resume from: one process, as the test above
+    assert first.returncode == 0, first.stderr[-3000:]
     tag = save / read_latest(save)
     size = sum(p.stat().st_size for p in tag.iterdir())
     with open(small_disk / "filler", "wb") as filler:  # room for half the checkpoint, not for its conversion
