@@ -204,12 +204,16 @@ def test_a_copy_over_the_files_that_keeps_their_times_is_verified_again(tmp_path
 
 
 def test_add_checksums_records_them_for_a_dataset_built_before_and_refuses_the_rest(
-        tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    """Found 2026-12-07: while it ran, ``--add-checksums`` warned that the dataset records no checksums and that
+    ``--add-checksums`` records them."""
     prefix = dataset(tmp_path, "a", tiny_tokenizer)
     built = record(prefix)
     Path(prefix + ".json").write_text(json.dumps({k: v for k, v in built.items() if k != "checksums"}))
-    assert inspect_main([prefix, "--samples", "0", "--add-checksums"]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert inspect_main([prefix, "--samples", "0", "--add-checksums"]) == 0
     assert "recorded checksums of 1 + 1 blocks" in capsys.readouterr().out
+    assert not [r.getMessage() for r in caplog.records if "records no checksums" in r.getMessage()]
     assert record(prefix) == built  # what preprocessing recorded
     for given, says in ((prefix, "already records checksums: nothing to add"),
                         (str(tmp_path / "bare"), "bare.json; a dataset made by Megatron's tools), which is where")):

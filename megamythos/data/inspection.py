@@ -63,7 +63,8 @@ def inspect_dataset(prefix: str, num_samples: int = SAMPLES, tokenizer_model: st
     if tokenizer_model is not None and tokenizer is not None:
         check_given_tokenizer(prefix, metadata, tokenizer)
     vocab_size = tokenizer.vocab_size if tokenizer else (metadata or {}).get("vocab_size")
-    token_range = verified_token_range(dataset, metadata)
+    # checksums ignored (add_checksums is about to record them): scanned without the warning that names it
+    token_range = dataset.token_range() if ignore_checksums else verified_token_range(dataset, metadata)
     if vocab_size is not None:
         dataset.check_token_ids(int(vocab_size), "the dataset was not tokenised with this tokenizer, or its .bin is "
                                                  "corrupt; rebuild it with data_prep/preprocess_data.py", token_range)
