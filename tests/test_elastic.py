@@ -193,6 +193,31 @@ def test_a_conversion_into_a_read_only_load_without_save_is_one_line(tmp_path: P
     assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
 
 
+def test_a_quota_exceeded_during_the_conversion_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (read): a disk quota (EDQUOT) met while converting a checkpoint of another layout was an
+    OSError traceback on rank 0 (exit 1), where the other ranks said `rank 0 failed to convert ...` (exit 2); a
+    full disk was already one line. A quota is one line too, told to every rank as the full disk's, and the
+    conversion's temporary folder is removed."""
+    from megamythos.checkpoint import reader
+
+    ckpt = tmp_path / "ckpt"
+    tag = ckpt / f"iter_{STOP:07d}"
+    tag.mkdir(parents=True)
+    (ckpt / "latest").write_text(tag.name)
+    (tag / "train_args.json").write_text(json.dumps({"layout": LAYOUTS["1 rank"][2], "zero_stage": 3}))
+
+    def over_quota(tag_dir: Path, out: Path) -> Path:
+        (out / "zero").mkdir(parents=True)  # part of the conversion written before the quota stopped it
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(out / "zero" / "fp32.pt"))
+
+    monkeypatch.setattr(reader, "convert_to_universal", over_quota)
+    with pytest.raises(CheckpointError, match=rf"^disk quota exceeded while converting {tag} to a universal "
+                                              rf"checkpoint in {ckpt} \(about the size of the checkpoint, .*\); "
+                                              "free space there or have your quota raised, and run again$"):
+        universal_tag(ckpt, LAYOUTS["2 ranks ep2"][2], 3, 0, ModelConfig())
+    assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
+
+
 @pytest.mark.parametrize("stage_record", [{"zero_stage": 3}, {}], ids=["recorded", "before zero_stage was recorded"])
 def test_a_zero3_checkpoint_of_tp_and_ep_folded_is_refused_where_deepspeed_cannot_convert_it(
         stage_record: dict, tmp_path: Path) -> None:

@@ -87,11 +87,13 @@ def _client_state(tag_dir: Path) -> dict:
     return state
 
 
-def conversion_disk_full(tag_dir: Path, where: Path) -> CheckpointError:
-    """The one-line error of a universal conversion of ``tag_dir`` that ran out of room in ``where``."""
-    return CheckpointError(f"disk full while converting {tag_dir} to a universal checkpoint in {where} (about the "
-                           f"size of the checkpoint, {disk_size(manifest_bytes(tag_dir))}); free space there and run "
-                           "again")
+def conversion_disk_full(tag_dir: Path, where: Path, quota: bool = False) -> CheckpointError:
+    """The one-line error of a universal conversion of ``tag_dir`` that ran out of room in ``where``: the disk's
+    (ENOSPC), or with ``quota`` the user's disk quota there (EDQUOT)."""
+    what, remedy = (("disk quota exceeded", "free space there or have your quota raised, and run again") if quota
+                    else ("disk full", "free space there and run again"))
+    return CheckpointError(f"{what} while converting {tag_dir} to a universal checkpoint in {where} (about the size "
+                           f"of the checkpoint, {disk_size(manifest_bytes(tag_dir))}); {remedy}")
 
 
 def conversion_failure(tag_dir: Path, result: subprocess.CompletedProcess[str]) -> CheckpointError:

@@ -524,9 +524,9 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
 
 def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: ModelConfig, flag: str) -> None:
     """Rank 0 of :func:`universal_tag`: convert ``tag_dir`` into ``target`` through a temporary folder; a conversion
-    that runs out of room raises the one-line :func:`~megamythos.checkpoint.reader.conversion_disk_full`, and one
-    whose folder takes no new file (a read-only ``--load`` of a run without ``--save``) a line naming ``flag``,
-    the option that gave that folder."""
+    that runs out of room or of disk quota raises the one-line
+    :func:`~megamythos.checkpoint.reader.conversion_disk_full`, and one whose folder takes no new file (a read-only
+    ``--load`` of a run without ``--save``) a line naming ``flag``, the option that gave that folder."""
     from megamythos.checkpoint.reader import conversion_disk_full, convert_to_universal
 
     tmp = Path(temp_name(target))
@@ -553,9 +553,10 @@ def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: Mo
         write_checksums(converted)
         os.replace(converted, target)
     except (OSError, RuntimeError) as err:  # torch's writer reports ENOSPC as a RuntimeError
-        if not disk_full(target.parent):
+        quota = isinstance(err, OSError) and err.errno == errno.EDQUOT
+        if not (quota or disk_full(target.parent)):
             raise
-        raise conversion_disk_full(tag_dir, target.parent) from err
+        raise conversion_disk_full(tag_dir, target.parent, quota) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
