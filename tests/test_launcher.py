@@ -891,3 +891,40 @@ def test_the_nodes_get_the_users_settings_as_written_whichever_way_the_file_is_r
     assert capsys.readouterr().err == (f"error: {home / '.deepspeed_env'}:2: 'MY_FLAGS=\"--a 1\"' has a \" in its "
                                        "value, which DeepSpeed's runner puts inside double quotes of its own (a "
                                        "\"quoted\" value breaks them); write the value without quotes\n")
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("ib0\nNCCL_IB_DISABLE=1", "has a line break in its value, which would end its line of the environment file"),
+    ("/shared/$USER/run", "has a $ in its value, which each node's shell expands in pdsh mode"),
+    ("/shared/`hostname`", "has a ` in its value, which each node's shell expands in pdsh mode"),
+    ("C:\\runs", "has a \\ in its value, which each node's shell expands in pdsh mode")],
+    ids=["newline", "dollar", "backquote", "backslash"])
+def test_a_value_the_nodes_would_not_get_as_written_is_refused_naming_its_variable(value, why, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """Found 2026-12-07 (read, then run as the test above runs the file): a forwarded variable with a line break
+    wrote a second line into the file every node reads (``NCCL_SOCKET_IFNAME=$'ib0\\nNCCL_IB_DISABLE=1'`` set
+    NCCL_IB_DISABLE=1 on every node, in both modes), and a value with ``$``, a backquote or ``\\`` reached the nodes
+    expanded by their shell in pdsh mode (DeepSpeed's runner puts it inside double quotes; a backquote ran a
+    command) but as written in srun mode. Each is one line naming the variable (of the shell, or the file's line),
+    exit 2, and no file is written."""
+    from megamythos.training import node_env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", value)
+    out = tmp_path / "node-env"
+    assert node_env.main([str(out)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: NCCL_SOCKET_IFNAME={value!r} of this shell {why}")
+    monkeypatch.delenv("NCCL_SOCKET_IFNAME")
+    if "\n" not in value:  # a line of the user's file cannot hold a line break
+        (home / ".deepspeed_env").write_text(f"NCCL_SOCKET_IFNAME={value}\n")
+        assert node_env.main([str(out)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {home / '.deepspeed_env'}:1: "
+                                                  f"{'NCCL_SOCKET_IFNAME=' + value!r} {why}")
+    assert not out.exists()
+    (home / ".deepspeed_env").write_text("NCCL_SOCKET_IFNAME=ib0\n")  # reaches the nodes as written in both modes
+    monkeypatch.setenv("RUN_DIR", "/shared/run 1")
+    assert node_env.main([str(out)]) == 0
+    assert {"NCCL_SOCKET_IFNAME=ib0", "RUN_DIR=/shared/run 1"} <= set(out.read_text().splitlines())

@@ -57,8 +57,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     ``export KEY`` is no name launchers/slurm.sbatch's srun mode can ``export``; the file we write holds none of them.
 
     Raises :class:`UserError` naming the file and the line for a line without ``=`` or a variable name before it,
-    and for a value with a ``"``: the runner wraps such a value in double quotes of its own, which the value's own
-    quotes close (``K="a b"`` reaches the nodes as ``K=a``)."""
+    and for a value that would not reach the nodes as written (:func:`value_refusal`)."""
     found = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -68,23 +67,45 @@ def read_env_file(path: Path) -> dict[str, str]:
         if not sep or not VARIABLE.fullmatch(key):
             raise UserError(f"{path}:{number}: {line!r} is not KEY=VALUE with KEY a variable name, which DeepSpeed's "
                             "runner needs on every line of its environment file; fix or remove the line")
-        if '"' in value:
-            raise UserError(f"{path}:{number}: {line!r} has a \" in its value, which DeepSpeed's runner puts inside "
-                            "double quotes of its own (a \"quoted\" value breaks them); write the value without quotes")
+        if why := value_refusal(value):
+            raise UserError(f"{path}:{number}: {line!r} {why}")
         found[key] = value.strip()
     return found
+
+
+def value_refusal(value: str) -> str | None:
+    """Why ``value`` would not reach every node as written through the environment file, None if it would: a line
+    break ends its line of the file (the rest is read as a line of its own: ``KEY=a\\nOTHER=1`` sets ``OTHER`` on
+    every node), and in pdsh mode DeepSpeed's runner (``add_export``) wraps a value in double quotes of its own
+    inside each node's shell command, which a ``"`` of the value closes (``K="a b"`` reaches the nodes as ``K=a``)
+    and in which the shell expands ``$``, a backquote and ``\\`` (``$HOME``, a command), while srun mode
+    (``launchers/slurm.sbatch``) exports the value as written."""
+    if "\n" in value or "\r" in value:
+        return ("has a line break in its value, which would end its line of the environment file every node reads "
+                "(the rest read as a line, or a variable, of its own); give the value on one line")
+    if '"' in value:
+        return ("has a \" in its value, which DeepSpeed's runner puts inside double quotes of its own (a \"quoted\" "
+                "value breaks them); write the value without quotes")
+    if special := next((char for char in value if char in "$`\\"), None):
+        return (f"has a {special} in its value, which each node's shell expands in pdsh mode (DeepSpeed's runner "
+                "puts the value inside double quotes) and srun mode passes as written; write the value out without "
+                "$, ` or \\")
+    return None
 
 
 def node_environment(env: Mapping[str, str], user_files: Sequence[Path]) -> dict[str, str]:
     """``{KEY: VALUE}`` every node of the job gets: the lines of ``user_files`` (later files win), then the
     :data:`FORWARDED` variables of ``env``, a warning naming each key whose value they replace, then
-    :data:`NODE_DEFAULTS` for the keys neither sets."""
+    :data:`NODE_DEFAULTS` for the keys neither sets. A value that would not reach the nodes as written
+    (:func:`value_refusal`) raises :class:`UserError` naming its file and line, or its variable of ``env``."""
     merged: dict[str, str] = {}
     source: dict[str, Path] = {}
     for path in user_files:
         for key, value in read_env_file(path).items():
             merged[key], source[key] = value, path
     for key in sorted(key for key in env if FORWARDED.fullmatch(key)):
+        if why := value_refusal(env[key]):
+            raise UserError(f"{key}={env[key]!r} of this shell {why}")
         if key in merged and merged[key] != env[key]:
             logger.warning("%s=%s of this shell replaces %s=%s of %s for every node", key, env[key], key,
                            merged[key], source[key])
