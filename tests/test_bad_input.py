@@ -41,7 +41,7 @@ from megamythos.model.config import CONFIG_FILE_REMEDY, ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.planning.plan import CONFIG_REMEDY
 from megamythos.runtime.device import DeviceError, resolve_device
-from megamythos.training.arguments import ArgumentError, differing_flags, parse_args
+from megamythos.training.arguments import ArgumentError, TrainArgs, differing_flags, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.launch import LaunchError, preflight, split_launcher_flags
 from tests.helpers import (
@@ -1477,7 +1477,8 @@ def test_ranks_started_with_other_trainer_flags_are_refused_naming_the_rank_and_
     commands = {"node0": ours}
 
     def gather(gathered: list, mine: object) -> None:
-        gathered[:] = [(host, args.command_values()) for host, args in commands.items()]
+        gathered[:] = [(host, str(Path(args.ds_config).resolve()), args.command_values())
+                       for host, args in commands.items()]
 
     monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
     commands["node1"] = parse_args(["--seed", "7", "--save", "a", "--override", "dim=64", "--local_rank", "1"])
@@ -1521,10 +1522,17 @@ def test_nodes_whose_ds_config_of_one_name_differs_in_content_are_refused(monkey
     """Found 2026-12-07 (review): once the nodes' checkouts compare relative to the checkout, a node whose own
     ``ds_configs/multi-node.json`` says another thing (a checkout of another commit, a file edited on one node)
     passed as started with the same flags, and its ranks built another DeepSpeed config than rank 0's (another
-    ZeRO stage: a hang). Its content is compared too; a copy that differs only in layout and key order agrees."""
-    from megamythos.training import arguments
+    ZeRO stage: a hang). Its content is compared too; a copy that differs only in layout and key order agrees.
+    Found 2026-12-07 (read): the refusal then told the user to run the same command, which they had: the line
+    names each node's --ds-config file and says its content differs between them (the command's remedy only
+    where a flag differs too)."""
+    from megamythos.training import arguments, pretrain
 
-    local = parse_args(["--ds-config", str(REPO / "ds_configs" / "multi-node.json")]).command_values()
+    def sent(args: TrainArgs) -> tuple:  # what a rank gives the gather of check_same_command, but its host
+        return str(Path(args.ds_config).resolve()), args.command_values()
+
+    ours = parse_args(["--ds-config", str(REPO / "ds_configs" / "multi-node.json")])
+    commands = {"node0": sent(ours)}  # in this checkout
     elsewhere = tmp_path / "megamythos"
     shutil.copytree(REPO / "ds_configs", elsewhere / "ds_configs")
     monkeypatch.setattr(arguments, "CHECKOUT_PATHS", {"ds_config": (elsewhere / "ds_configs", "<ds_configs>"),
@@ -1533,8 +1541,25 @@ def test_nodes_whose_ds_config_of_one_name_differs_in_content_are_refused(monkey
     template = json.loads(theirs.read_text())
     theirs.write_text(json.dumps(dict(reversed(template.items())), indent=4))
     argv = ["--ds-config", str(theirs), "--default-data-dir", str(elsewhere / "data" / "default")]
-    assert differing_flags(local, parse_args(argv).command_values()) == []
+    commands["node1"] = sent(parse_args(argv))
+
+    def gather(gathered: list, mine: object) -> None:
+        gathered[:] = [(host, *record) for host, record in commands.items()]
+
+    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    pretrain.check_same_command(ours, 2)
     theirs.write_text(json.dumps({**template, "zero_optimization": {**template["zero_optimization"], "stage": 1}}))
-    differ = differing_flags(local, parse_args(argv).command_values())
-    assert len(differ) == 1, differ
-    assert differ[0].startswith("--ds-config <ds_configs>/multi-node.json (content sha256 "), differ
+    commands["node1"] = sent(parse_args(argv))
+    digests = [arguments.template_digest(str(path)) for path in (REPO / "ds_configs" / "multi-node.json", theirs)]
+    differs = (f"rank 1 (host node1) was started with other trainer flags than rank 0 (host node0): --ds-config "
+               f"content {digests[1]} (rank 0: {digests[0]}); the --ds-config file {theirs} (host node1) differs in "
+               f"content from {REPO / 'ds_configs' / 'multi-node.json'} (host node0): give every node the same file "
+               "(a checkout of the same commit, without local edits)")
+    with pytest.raises(ArgumentError) as refused:
+        pretrain.check_same_command(ours, 2)
+    assert str(refused.value) == differs
+    commands["node1"] = sent(parse_args([*argv, "--seed", "8"]))  # and a flag: both remedies
+    with pytest.raises(ArgumentError) as refused:
+        pretrain.check_same_command(ours, 2)
+    assert str(refused.value) == (differs.replace("node0): --ds-config", "node0): --seed 8 (rank 0: 1234), --ds-config")
+                                  + "; run the same command, with the same RUN_DIR, on every node")

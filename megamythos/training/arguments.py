@@ -280,18 +280,23 @@ class TrainArgs:
         each ``--override FIELD`` on its own, the launcher's ``--local_rank`` (one per rank of a node) left out, and
         the settings whose defaults lie in the checkout (:data:`CHECKOUT_PATHS`) relative to it where they lie in it:
         each node of a job may run its own checkout at another path (``--no_ssh --node_rank R``), so ``--ds-config``
-        also by its content (:func:`template_digest`): a node's checkout of another commit, or a file of the same
-        name edited on one node, would otherwise build another DeepSpeed config on its ranks."""
+        also by its content (:data:`DS_CONFIG_CONTENT`, :func:`template_digest`), right after it: a node's checkout
+        of another commit, or a file of the same name edited on one node, would otherwise build another DeepSpeed
+        config on its ranks."""
         values = self.to_dict()
         overrides = values.pop("overrides")
         del values["local_rank"]
         for name, (root, label) in CHECKOUT_PATHS.items():
             values[name] = checkout_relative(values[name], root, label)
-        values["ds_config"] += f" (content {template_digest(self.ds_config)})"  # one name, each node's own file
-        flags = {FIELD_FLAGS.get(name, "--" + name.replace("_", "-")): value for name, value in values.items()}
+        flags = {}
+        for name, value in values.items():
+            flags[FIELD_FLAGS.get(name, "--" + name.replace("_", "-"))] = value
+            if name == "ds_config":  # one name, each node's own file
+                flags[DS_CONFIG_CONTENT] = template_digest(self.ds_config)
         return {**flags, **{f"--override {name}": value for name, value in overrides.items()}}
 
 
+DS_CONFIG_CONTENT = "--ds-config content"  # TrainArgs.command_values' key of the ds_config file's digest
 # TrainArgs path fields whose defaults lie in the checkout (or the installed package): their folder there, and the
 # name it is shown by
 CHECKOUT_PATHS = {"ds_config": (DS_CONFIGS, "<ds_configs>"), "default_data_dir": (WORKSPACE, "<checkout>")}

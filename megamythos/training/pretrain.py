@@ -78,7 +78,7 @@ from megamythos.runtime.build_locks import check_build_locks
 from megamythos.runtime.device import collective_device, device_memory_bytes, local_world_size
 from megamythos.runtime.host_memory import keep_freed_memory
 from megamythos.training import comm_stats
-from megamythos.training.arguments import ArgumentError, TrainArgs, differing_flags, parse_args
+from megamythos.training.arguments import DS_CONFIG_CONTENT, ArgumentError, TrainArgs, differing_flags, parse_args
 from megamythos.training.checkpointing import (
     PRECISION_KEY,
     CheckpointError,
@@ -223,17 +223,24 @@ def check_same_command(args: TrainArgs, world: int) -> None:
     --node_rank R``, an srun task, or pdsh with its node's ``RUN_DIR`` and launcher defaults): another ``--seed`` read
     other index caches and was refused as a cache missing on a shared filesystem, another ``--global-batch-size``
     accumulated another number of micro-batches and hung in the first step's collective, and another ``--save``
-    trained to the first checkpoint and failed it, each rank's shard in its own folder."""
+    trained to the first checkpoint and failed it, each rank's shard in its own folder. A ``--ds-config`` file whose
+    content differs (a node's checkout of another commit, or edited) is named on both hosts, and the same command is
+    asked for only where a flag differs too."""
     if world == 1:
         return
     ranks: list[Any] = [None] * world
-    dist.all_gather_object(ranks, (socket.gethostname(), args.command_values()))
-    (host0, flags0), other = ranks[0], ranks[1:]
-    for rank, (host, flags) in enumerate(other, start=1):
+    dist.all_gather_object(ranks, (socket.gethostname(), str(Path(args.ds_config).resolve()), args.command_values()))
+    (host0, ds_config0, flags0), other = ranks[0], ranks[1:]
+    for rank, (host, ds_config, flags) in enumerate(other, start=1):
         if differ := differing_flags(flags0, flags):
+            content = flags.get(DS_CONFIG_CONTENT) != flags0.get(DS_CONFIG_CONTENT)  # one of the flags that differ
+            remedies = [f"the --ds-config file {ds_config} (host {host}) differs in content from {ds_config0} (host "
+                        f"{host0}): give every node the same file (a checkout of the same commit, without local "
+                        "edits)"] if content else []
+            if len(differ) > content:
+                remedies.append("run the same command, with the same RUN_DIR, on every node")
             raise ArgumentError(f"rank {rank} (host {host}) was started with other trainer flags than rank 0 (host "
-                                f"{host0}): {', '.join(differ)}; run the same command, with the same RUN_DIR, on "
-                                "every node")
+                                f"{host0}): {', '.join(differ)}; {'; '.join(remedies)}")
 
 
 def checkpointing_warning(save: str | None, save_interval: int, steps_left: int) -> str | None:
