@@ -5,6 +5,8 @@ import os
 import sysconfig
 import threading
 
+import pytest
+
 from megamythos.data.default_corpus import ensure_default_dataset, stdlib_sources
 from megamythos.data.gpt_dataset import build_train_valid_test_datasets
 from megamythos.data.indexed_dataset import IndexedDataset
@@ -65,3 +67,36 @@ def test_incomplete_build_is_redone(tmp_path) -> None:
     os.truncate(prefix + ".bin", 8)
     prefix2, _ = ensure_default_dataset(str(tmp_path), vocab_size=400, max_files=6, workers=1)
     assert len(IndexedDataset(prefix2)) > 0
+
+
+def test_a_node_that_does_not_share_the_default_corpus_builds_its_own_or_says_why(tmp_path, monkeypatch) -> None:
+    """Found 2026-12-07 (read: two nodes, each its own checkout, no --data-path): rank 0 builds the default corpus in
+    its node's --default-data-dir first, and another node's ranks, which do not find it there, build their own
+    (that is what they see: checked here). Where their build fails, they say why in one line naming the folder and
+    what to pass; rank 0, whose own build had succeeded, said `failed: see rank 0`, and now points to the other
+    rank."""
+    from megamythos.data.pretraining import DataError
+    from megamythos.training import pretrain
+    from megamythos.training.arguments import parse_args
+
+    args = parse_args(["--default-data-dir", str(tmp_path / "node1"), "--default-data-max-files", "12"])
+    monkeypatch.setattr(pretrain, "any_rank", lambda flag: flag)  # this rank's outcome alone
+    sources, _ = pretrain.resolve_run_data(args, 400, rank=1)
+    assert sources.prefixes() == [str(tmp_path / "node1" / "stdlib_v400_n12_text_document")]
+
+    def refused(out_dir: str, **kwargs) -> None:
+        raise PermissionError(13, "Permission denied", f"{out_dir}/stdlib_v400_n12.lock")
+
+    monkeypatch.setattr(pretrain, "ensure_default_dataset", refused)
+    remedy = "; pass --data-path, or a --default-data-dir every node can write (a node that does not share it builds"
+    with pytest.raises(DataError) as failed:  # the other node's rank
+        pretrain.resolve_run_data(args, 400, rank=1)
+    assert str(failed.value).startswith(f"building the default corpus in {tmp_path / 'node1'} failed: [Errno 13] "
+                                        f"Permission denied: '{tmp_path / 'node1'}/stdlib_v400_n12.lock'{remedy}")
+    monkeypatch.setattr(pretrain, "ensure_default_dataset", lambda *args, **kwargs: ("built", "model"))
+    turns = iter([False, True])  # rank 0 built; a rank of the other node failed in the second turn
+    monkeypatch.setattr(pretrain, "any_rank", lambda flag: next(turns))
+    with pytest.raises(DataError) as failed:
+        pretrain.resolve_run_data(args, 400, rank=0)
+    assert str(failed.value).startswith(f"building the default corpus in {tmp_path / 'node1'} failed: on another "
+                                        f"rank, which says why{remedy}")

@@ -280,7 +280,9 @@ def seed_step(seed: int, iteration: int, dp_rank: int) -> None:
 # ------------------------------------------------------------------------------------------------------ data
 def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> tuple[DataSources, DataSetup]:
     """The run's data and its check: ``--data-path``, the per-split paths, or the default corpus, which rank 0 builds
-    first. Rank 0 checks the data before the others, which then read its cached scans
+    first, then the other ranks find it built, or build their own where they do not share ``--default-data-dir``
+    (another node's checkout); a failed build is one line on every rank, the failing ranks' naming why. Rank 0
+    checks the data before the others, which then read its cached scans
     (:func:`~megamythos.data.pretraining.scan_dataset`) instead of every byte of the data; a rank that cannot see the
     cache (node-local copies) scans its own."""
     sources = args.data_sources()
@@ -294,8 +296,10 @@ def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> tuple[DataS
                 except Exception as err:  # re-raised below, after telling the other ranks
                     failure = err
             if any_rank(failure is not None):
-                raise DataError(f"building the default corpus in {args.default_data_dir} failed: "
-                                f"{failure or 'see rank 0'}") from failure
+                elsewhere = "see rank 0" if turn == 0 else "on another rank, which says why"
+                raise DataError(f"building the default corpus in {args.default_data_dir} failed: {failure or elsewhere}"
+                                "; pass --data-path, or a --default-data-dir every node can write (a node that does "
+                                "not share it builds its own)") from failure
         sources = DataSources([prefix])
     if rank == 0:  # rank 0 scans the data first and caches the scans, which the others then read
         try:
