@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from megamythos.inference.evaluate import LoopEval, evaluate_loops, write_results, write_tensorboard
+from megamythos.inference.evaluate import (
+    EvalConfig,
+    LoopEval,
+    evaluate_loops,
+    parse_args,
+    write_results,
+    write_tensorboard,
+)
 from megamythos.model.lm import MythosLM
 from tests.helpers import small_config
 
@@ -102,3 +109,12 @@ def test_a_new_evaluation_replaces_the_scalars_of_the_last_one_in_its_default_di
         write_tensorboard(again, log_dir, replace=replace)
         assert steps(log_dir) == expected
 
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_an_eval_config_runs_on_the_device_the_command_line_runs_on(cuda: bool, monkeypatch) -> None:
+    """Found 2026-12-07: ``EvalConfig.device`` defaulted to ``cpu`` while ``--device`` defaults to ``cuda`` where
+    torch sees a CUDA device, so an API caller on a GPU machine evaluated on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    given = parse_args(["--load", "ckpt"]).device
+    assert EvalConfig(load="ckpt", loops=[1], data_path=[]).device == given == ("cuda" if cuda else "cpu")

@@ -38,7 +38,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ class EvalConfig:
     tokenizer: str | None = None
     out: str | None = None
     tensorboard_dir: str | None = None
-    device: str = "cpu"
+    device: str = field(default_factory=default_device)  # --device's default: cuda where torch sees one
 
     def __post_init__(self) -> None:
         if not self.loops or min(self.loops) < 1:
