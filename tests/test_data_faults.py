@@ -837,6 +837,35 @@ def test_a_merge_of_inputs_that_hold_no_token_is_refused_and_writes_nothing(tmp_
     assert sorted(tmp_path.iterdir()) == before
 
 
+@pytest.mark.parametrize("documents", [0, 2])
+def test_a_dataset_that_holds_no_token_is_invalid_and_refused_by_the_data_check(
+        documents: int, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07: a dataset of no document, or of empty documents only (an empty ``.bin``, which Megatron's
+    reader cannot map), was called valid by ``inspect_dataset.py`` (exit 0) and passed the trainer's data check: the
+    run then stopped at the index build blaming ``--split`` or ``--seq-length``, or started without a word where
+    its split went unread (a ``--valid-data-path`` with no validations)."""
+    empty, good = str(tmp_path / "empty"), str(tmp_path / "good")
+    with IndexedDatasetBuilder(empty, np.uint16) as builder:
+        for _ in range(documents):
+            builder.add_document([])
+        builder.finalize()
+    with IndexedDatasetBuilder(good, np.uint16) as builder:
+        builder.add_document(np.arange(40))
+        builder.finalize()
+    says = f"holds no token ({documents} documents): its .bin is empty, which Megatron's reader cannot map"
+    with pytest.raises(SystemExit, match="1"):
+        inspect_main([empty, "--samples", "0"])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"INVALID: {empty} {says}; rebuild it from text with data_prep/preprocess_data.py"]
+    for data in (DataSources([empty]), DataSources(["1", good, "0", empty]),
+                 DataSources(per_split=[[good], [empty], []])):
+        with pytest.raises(DataError) as refused:
+            resolve_data(data.prefixes(), 400)
+        assert str(refused.value) == (f"dataset {empty!r} {says}; preprocess text into it "
+                                      "(data_prep/preprocess_data.py), or leave it out of the data paths")
+    assert resolve_data([good], 400).shapes[os.path.realpath(good)]["tokens"] == 40
+
+
 def test_a_merge_of_a_dataset_with_itself_is_said_and_one_into_an_input_through_links_is_refused(
         tmp_path: Path, tiny_tokenizer: Tokenizer, capsys: pytest.CaptureFixture,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -45,7 +45,8 @@ def inspect_dataset(prefix: str, num_samples: int = SAMPLES, tokenizer_model: st
     byte is read), then report on it. The token ids are checked against the vocabulary too when it is known:
     ``tokenizer_model``'s, else the recorded one, and the recorded document and token counts against the data. A
     ``tokenizer_model`` that is not the recorded one raises :class:`~megamythos.data.metadata.DatasetMismatchError`
-    (:func:`check_given_tokenizer`). ``ignore_checksums``: validate as if the record held none (for
+    (:func:`check_given_tokenizer`); a dataset that holds no token raises :class:`IndexedDatasetError`
+    (:meth:`IndexedDataset.no_token`). ``ignore_checksums``: validate as if the record held none (for
     :func:`add_checksums`, which replaces malformed ones).
 
     Returns ``{"prefix", "dtype", "sequences", "documents", "tokens", "bin_bytes", "idx_bytes", "length_min",
@@ -58,6 +59,8 @@ def inspect_dataset(prefix: str, num_samples: int = SAMPLES, tokenizer_model: st
     if ignore_checksums and metadata is not None:
         metadata.pop(CHECKSUMS_KEY, None)
     check_dataset(dataset, metadata)
+    if empty := dataset.no_token():  # nothing to train on, and Megatron's tools cannot open it
+        raise IndexedDatasetError(f"{prefix} {empty}; rebuild it from text with data_prep/preprocess_data.py")
     model = tokenizer_model or (metadata or {}).get("tokenizer_model")
     tokenizer = Tokenizer(model) if model else None
     if tokenizer_model is not None and tokenizer is not None:
@@ -78,15 +81,15 @@ def inspect_dataset(prefix: str, num_samples: int = SAMPLES, tokenizer_model: st
         "tokens": dataset.num_tokens,
         "bin_bytes": os.path.getsize(bin_path(prefix)),
         "idx_bytes": os.path.getsize(idx_path(prefix)),
-        "length_min": int(sizes.min()) if len(sizes) else 0,
-        "length_mean": float(sizes.mean()) if len(sizes) else 0.0,
-        "length_max": int(sizes.max()) if len(sizes) else 0,
+        "length_min": int(sizes.min()),  # a dataset of no sequence holds no token: refused above
+        "length_mean": float(sizes.mean()),
+        "length_max": int(sizes.max()),
         "metadata": {k: v for k, v in metadata.items() if k != CHECKSUMS_KEY} if metadata else None,
         "checksums": (f"verified: {len(sums.bin)} + {len(sums.idx)} blocks of {sums.block_bytes} bytes (.bin + .idx)"
                       if sums else "none recorded: the bytes cannot be verified"),
         "samples": {},
     }
-    if tokenizer is not None and len(dataset):
+    if tokenizer is not None:
         picks = np.random.default_rng(seed).choice(len(dataset), size=min(num_samples, len(dataset)), replace=False)
         for i in sorted(int(p) for p in picks):
             report["samples"][i] = tokenizer.decode(dataset.get(i, 0, min(int(sizes[i]), max_sample_tokens)))

@@ -102,9 +102,9 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
             raise IndexedDatasetError(f"--input: {missing}")
     warn_repeated_inputs(prefixes)
     datasets = [IndexedDataset(p) for p in prefixes]
-    if not any(d.num_tokens for d in datasets):  # Megatron maps the .bin, and an empty file cannot be mapped
+    if all(d.no_token() for d in datasets):
         raise IndexedDatasetError(f"--input {' '.join(prefixes)}: every input is empty (no token), so the merged "
-                                  ".bin would be empty, which Megatron's reader cannot open; nothing was written: "
+                                  ".bin would be empty, which Megatron's reader cannot map; nothing was written: "
                                   "merge datasets that hold documents")
     records = [read_dataset_metadata(p) for p in prefixes]
     recorded, first = next(((p, r) for p, r in zip(prefixes, records) if r is not None), (None, None))

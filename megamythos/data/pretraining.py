@@ -223,7 +223,8 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
     of that tokenizer (:func:`token_bound`: below ``vocab_size`` for a dataset without a record); the scans of the
     data are cached in ``cache_dir`` (:func:`scan_dataset`).
 
-    Raises :class:`DataError` for a missing dataset or a vocabulary that differs from the model's,
+    Raises :class:`DataError` for a missing dataset, one that holds no token (:meth:`IndexedDataset.no_token`; at
+    any weight or split: Megatron's reader cannot map its empty ``.bin``) or a vocabulary that differs from the model's,
     ``DatasetMismatchError`` for datasets built with different tokenizers, and ``IndexedDatasetError`` for a
     corrupt dataset (every pointer checked against the sizes), a record that counts other documents or tokens
     than the data holds (tokens rebuilt beside an old record), or a token id outside the vocabulary (one
@@ -253,6 +254,9 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
             check_same_vocabulary(other, record, prefix, meta)
         records[prefix] = meta
         dataset = IndexedDataset(prefix)
+        if empty := dataset.no_token():
+            raise DataError(f"dataset {prefix!r} {empty}; preprocess text into it (data_prep/preprocess_data.py), or "
+                            "leave it out of the data paths")
         shape, token_range = scan_dataset(dataset, meta, cache_dir)
         shapes[os.path.realpath(prefix)] = shape
         check_record_counts(prefix, meta, shape)
