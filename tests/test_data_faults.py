@@ -41,6 +41,7 @@ from megamythos.data.indexed_dataset import (
     IndexedDatasetError,
     dataset_exists,
 )
+from megamythos.data.inspection import inspect_dataset
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import DatasetMismatchError, MetadataError, read_dataset_metadata
 from megamythos.data.preprocess import BadInputError, PreprocessConfig, preprocess
@@ -913,6 +914,24 @@ def test_a_merge_into_a_link_an_input_is_read_through_is_refused(tmp_path: Path,
     line = error_of(merge_main, ["--input", str(linked), other, "--output-prefix", str(out), "--overwrite"], capsys)
     assert f"--output-prefix {out} is one of the inputs ({linked}: the same files or links to them)" in line, line
     assert {suffix: Path(f"{linked}{suffix}").read_bytes() for suffix in data} == data
+
+
+def test_a_merge_into_the_tokenizer_copy_an_input_links_to_rewrites_the_same_tokenizer(
+        tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    """Found 2026-12-07 (review): an input whose ``.tokenizer.model`` alone is a link to the output's (copies of one
+    tokenizer shared by links) was refused as one the merge replaces, though the merge writes there the tokenizer
+    every input's record names, the same bytes; its ``.bin``, ``.idx`` and record are what the merge must not
+    replace."""
+    out, linked = _dataset(tmp_path, "o", DOCS, tiny_tokenizer), _dataset(tmp_path, "b", DOCS[:10], tiny_tokenizer)
+    other = _dataset(tmp_path, "c", DOCS[:5], tiny_tokenizer)
+    os.remove(linked + ".tokenizer.model")
+    os.symlink(out + ".tokenizer.model", linked + ".tokenizer.model")
+    before = {suffix: Path(linked + suffix).read_bytes() for suffix in (".bin", ".idx", ".json", ".tokenizer.model")}
+    assert len(merge_datasets([linked, other], out, overwrite=True)) == 15
+    assert {suffix: Path(linked + suffix).read_bytes() for suffix in before} == before
+    for prefix in (linked, out):  # both read their tokenizer, the one they were built with
+        assert read_dataset_metadata(prefix)["tokenizer_fingerprint"] == tiny_tokenizer.fingerprint
+        inspect_dataset(prefix, 0)
 
 
 def test_a_folder_given_to_merge_as_an_input_gets_the_prefixes_in_it(tmp_path: Path, tiny_tokenizer: Tokenizer,

@@ -12,6 +12,7 @@ from megamythos.data.indexed_dataset import (
     IndexedDatasetError,
     bin_path,
     dataset_not_found,
+    idx_path,
 )
 from megamythos.data.metadata import (
     DatasetMismatchError,
@@ -19,6 +20,7 @@ from megamythos.data.metadata import (
     check_dataset,
     check_same_vocabulary,
     dataset_files,
+    metadata_path,
     read_dataset_metadata,
     refuse_to_replace,
     verified_token_range,
@@ -50,9 +52,13 @@ def replaced_input(output_prefix: str, prefixes: list[str]) -> str | None:
     however spelled, or an input whose files are links to the output's, directly or through other links (``ln -s
     data/a.bin in/a.bin``, then ``--input in/a --output-prefix data/a``: the output's ``os.replace`` lands on an
     entry the input is read through). An output whose files are links to an input's is not one: the rename replaces
-    the links, not their target."""
+    the links, not their target. Nor is an input whose tokenizer copy alone is a link to the output's: the merge
+    writes there the tokenizer every input's record names (one sha256, :func:`check_same_vocabulary`), the bytes the
+    input's record reads through the link (a record reads its copy only when its sha256 is the recorded one), so
+    only its ``.bin``, ``.idx`` and record count."""
     written = {_entry(path) for path in dataset_files(output_prefix)}
-    return next((prefix for prefix in prefixes for path in dataset_files(prefix) if _entries(path) & written), None)
+    return next((prefix for prefix in prefixes for path in (bin_path(prefix), idx_path(prefix), metadata_path(prefix))
+                 if _entries(path) & written), None)
 
 
 def warn_repeated_inputs(prefixes: list[str]) -> None:
@@ -84,7 +90,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str, overwrite: bool = Fa
     (:func:`~megamythos.data.metadata.announce_dataset`). An existing dataset at ``output_prefix`` is replaced
     only with ``overwrite``, and never when it is one of the inputs (:func:`replaced_input`); an input named twice
     is merged twice, with a warning (:func:`warn_repeated_inputs`); inputs that hold no token at all are refused
-    (an empty ``.bin``, which Megatron's reader cannot map). The temporaries of a merge into it that was killed
+    (an empty ``.bin``, which Megatron's reader cannot map; one beside inputs that hold some adds nothing, and is
+    merged, though ``inspect_dataset.py`` calls it INVALID). The temporaries of a merge into it that was killed
     (``*.tmp.<host>.<pid>`` of a dead process of this host) are removed first.
     """
     if not prefixes:
