@@ -175,6 +175,41 @@ def test_a_digest_that_is_no_sha256_is_a_malformed_record_not_a_corrupt_block(
     assert record(prefix) == built
 
 
+def _twelve_byte_blocks(sums: dict, prefix: str) -> dict:
+    """Checksums in blocks of 12 bytes, as a builder wrote them before it refused such blocks."""
+    files = {name: Path(f"{prefix}.{name}").read_bytes() for name in ("bin", "idx")}
+    return {**sums, "block_bytes": 12, **{name: [hashlib.sha256(data[k:k + 12]).hexdigest()
+                                                 for k in range(0, len(data), 12)] for name, data in files.items()}}
+
+
+@pytest.mark.parametrize("edit", [
+    lambda sums, _: {**sums, "block_bytes": 1 << 40},  # a corrupt size: one block of each file
+    _twelve_byte_blocks,
+    lambda sums, _: {**sums, "block_bytes": float(sums["block_bytes"])},
+    lambda sums, _: {**sums, "idx": ["ab"]},  # a malformed list beside a well-formed one
+    lambda sums, _: {k: v for k, v in sums.items() if k != "algorithm"},
+], ids=["huge block_bytes", "12-byte blocks", "float block_bytes", "malformed idx digests", "no algorithm"])
+def test_add_checksums_replaces_malformed_ones_only_where_the_data_matches_the_digests_they_hold(
+        edit, tmp_path: Path, tiny_tokenizer, capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07 (review): ``--add-checksums`` replaced a malformed record's checksums by the data's digests
+    unchecked, where well-formed digests survived beside the malformed field (their block size still told): a
+    ``.bin`` corrupted since it was built got checksums vouching for it."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    built = record(prefix)
+    malformed = {**built, "checksums": edit(built["checksums"], prefix)}
+    Path(prefix + ".json").write_text(json.dumps(malformed))
+    flip(prefix + ".bin", 3)
+    with pytest.raises(SystemExit, match="1"):
+        inspect_main([prefix, "--samples", "0", "--add-checksums"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"INVALID: {prefix}.bin does not match its record: "), err
+    assert "the dataset may be corrupt, and nothing was recorded" in err[0]
+    assert record(prefix) == malformed
+    flip(prefix + ".bin", 3)  # the data as built: the malformed checksums are replaced
+    assert inspect_main([prefix, "--samples", "0", "--add-checksums"]) == 0, capsys.readouterr().err
+    assert record(prefix) == built
+
+
 def test_a_copy_of_a_dataset_is_verified_at_its_first_start(tmp_path: Path, tiny_tokenizer) -> None:
     """The scan is cached by the files' path, inode and time: a copy (the usual way bytes go bad) is read whole."""
     prefix = dataset(tmp_path, "a", tiny_tokenizer)

@@ -48,9 +48,8 @@ class BlockHasher:
     """sha256 of every ``block_bytes`` block of a byte stream that arrives in pieces of any size."""
 
     def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
-        if not valid_block_bytes(block_bytes):
-            raise ValueError(f"block_bytes {block_bytes}: blocks must be a positive multiple of 8 bytes, at most "
-                             f"{MAX_BLOCK_BYTES}")
+        if block_bytes <= 0:  # would hash for ever; memory is one read whatever the size
+            raise ValueError(f"block_bytes {block_bytes}: blocks must hold at least one byte")
         self.block_bytes = block_bytes
         self.digests: list[str] = []
         self._block = hashlib.sha256()
@@ -95,7 +94,8 @@ class DatasetChecksums:
         made before they were recorded) or no record (made by Megatron). Malformed ones (a ``block_bytes`` that is
         no whole number of bytes the builder takes, :func:`valid_block_bytes`, included) raise
         :class:`DatasetCorruptError` naming ``record_path`` and ``inspect_dataset.py PREFIX --add-checksums``, which
-        records them again once it finds the data valid."""
+        records them again once it finds the data valid and matching the digests they still hold
+        (:func:`usable_digests`)."""
         if record is None or RECORD_KEY not in record:
             return None
         try:
@@ -116,6 +116,26 @@ class DatasetChecksums:
                                       "it and records them again, else rebuild the dataset with "
                                       "data_prep/preprocess_data.py") from err
         return cls(block_bytes, digests["bin"], digests["idx"])
+
+
+def usable_digests(sums: Any) -> tuple[int, dict[str, list[str | None]]] | None:
+    """What a record's ``checksums`` field, malformed or not, still holds that a file can be checked against:
+    ``(block_bytes, {"bin"/"idx": its digests, None for an entry that is no sha256 hexdigest})`` for each file whose
+    list holds a well-formed one. A ``block_bytes`` :func:`valid_block_bytes` refuses still tells the blocks where it
+    is a whole positive number (12, ``1 << 40``, ``67108864.0``); None where none can be read: a field that is no
+    object, another algorithm named, a block size that is no whole positive number (``1.5e6``: of which blocks?),
+    or no well-formed digest."""
+    if not isinstance(sums, Mapping) or sums.get("algorithm", ALGORITHM) != ALGORITHM:
+        return None
+    block_bytes = sums.get("block_bytes")
+    if type(block_bytes) is float and block_bytes.is_integer():
+        block_bytes = int(block_bytes)
+    if type(block_bytes) is not int or block_bytes <= 0:
+        return None
+    listed = {name: [d if type(d) is str and DIGEST.fullmatch(d) else None for d in sums[name]]
+              for name in ("bin", "idx") if isinstance(sums.get(name), list)}
+    kept = {name: digests for name, digests in listed.items() if any(digests)}
+    return (block_bytes, kept) if kept else None
 
 
 def hashing_threads() -> int:

@@ -185,8 +185,9 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
                         help="tokens printed per document")
     parser.add_argument("--add-checksums", action="store_true",
                         help="a dataset built before checksums were recorded (its report says `none recorded`), or "
-                             "whose recorded ones are malformed: once it is found valid, record them in its .json for "
-                             "its files as they are now, so that runs and this tool verify every byte from now on")
+                             "whose recorded ones are malformed: once it is found valid (and matching the well-formed "
+                             "digests malformed ones still hold), record them in its .json for its files as they are "
+                             "now, so that runs and this tool verify every byte from now on")
     args = parser.parse_args(argv)
     if not any(os.path.exists(path) for path in (bin_path(args.prefix), idx_path(args.prefix))):
         parser.error(dataset_not_found(args.prefix))  # bad input; INVALID (exit 1) is for a dataset that exists
@@ -197,6 +198,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         try:
             report = inspect_dataset(args.prefix, args.samples, args.tokenizer_model, args.max_sample_tokens,
                                      ignore_checksums=args.add_checksums)  # none, or malformed ones it replaces
+            sums = add_checksums(args.prefix) if args.add_checksums else None  # once the data matches what they hold
         except (IndexedDatasetError, DatasetCorruptError) as err:  # the verdict this tool exists for, not bad usage
             print(f"INVALID: {err}", file=sys.stderr)
             sys.exit(1)
@@ -206,8 +208,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
         for index, text in samples.items():
             print(f"--- sequence {index} (first {args.max_sample_tokens} tokens) ---")
             print(text)
-        if args.add_checksums:
-            sums = add_checksums(args.prefix)
+        if sums is not None:
             print(f"recorded checksums of {len(sums.bin)} + {len(sums.idx)} blocks in {args.prefix}.json")
         return 0
 

@@ -29,7 +29,14 @@ from types import TracebackType
 import numpy as np
 
 from megamythos.data.atomic import temp_name
-from megamythos.data.checksums import BLOCK_BYTES, READ_BYTES, BlockHasher, DatasetChecksums
+from megamythos.data.checksums import (
+    BLOCK_BYTES,
+    MAX_BLOCK_BYTES,
+    READ_BYTES,
+    BlockHasher,
+    DatasetChecksums,
+    valid_block_bytes,
+)
 from megamythos.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -297,7 +304,10 @@ class IndexedDatasetBuilder:
         Path(self.path_prefix).parent.mkdir(parents=True, exist_ok=True)
         self._tmp_bin = temp_name(bin_path(self.path_prefix))
         self._tmp_idx = temp_name(idx_path(self.path_prefix))
-        self._bin_hasher = BlockHasher(block_bytes)  # refuses blocks no reader takes, before a file is made
+        if not valid_block_bytes(block_bytes):  # blocks no reader takes, refused before a file is made
+            raise ValueError(f"block_bytes {block_bytes}: blocks must be a positive multiple of 8 bytes, at most "
+                             f"{MAX_BLOCK_BYTES}")
+        self._bin_hasher = BlockHasher(block_bytes)
         self._bin = open(self._tmp_bin, "wb")
         self._index: bytes | None = None  # the .idx's bytes, once :meth:`checksums` or :meth:`finalize` made them
         self._sizes: list[np.ndarray] = []

@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from megamythos.data.atomic import atomic_open
-from megamythos.data.checksums import BLOCK_BYTES, DatasetChecksums, DatasetCorruptError, file_block_digests
+from megamythos.data.checksums import (
+    BLOCK_BYTES,
+    DatasetChecksums,
+    DatasetCorruptError,
+    file_block_digests,
+    usable_digests,
+)
 from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError, bin_path, idx_path
 from megamythos.data.metadata import (
@@ -97,8 +103,8 @@ def inspect_dataset(prefix: str, num_samples: int = SAMPLES, tokenizer_model: st
 
 
 def record_without_checksums(prefix: str) -> dict[str, Any]:
-    """``prefix``'s record as stored, without its checksums if they are malformed (a hand-edited or corrupt record:
-    they vouch for nothing), for :func:`add_checksums`. Raises :class:`IndexedDatasetError` for a dataset without a
+    """``prefix``'s record as stored, for :func:`add_checksums`: one without checksums, or with malformed ones (a
+    hand-edited or corrupt record), which it replaces. Raises :class:`IndexedDatasetError` for a dataset without a
     record (made by Megatron's tools: the checksums live in the record, which names a tokenizer) or with well-formed
     checksums recorded (those are what vouch for it)."""
     path = metadata_path(prefix)
@@ -109,21 +115,47 @@ def record_without_checksums(prefix: str) -> dict[str, Any]:
     try:
         recorded = DatasetChecksums.from_record(record, path)
     except DatasetCorruptError:
-        return {k: v for k, v in record.items() if k != CHECKSUMS_KEY}
+        return record
     if recorded is not None:
         raise IndexedDatasetError(f"{path} already records checksums: nothing to add (a rebuild of the dataset "
                                   "replaces them)")
     return record
 
 
+def check_usable_digests(prefix: str, recorded: Any, sums: DatasetChecksums) -> None:
+    """Raise :class:`~megamythos.data.checksums.DatasetCorruptError` where ``prefix``'s files differ from the digests
+    its record's malformed checksums ``recorded`` still hold (:func:`~megamythos.data.checksums.usable_digests`: a
+    bad ``block_bytes`` beside well-formed digests, one malformed entry or field beside others): ``sums`` are the
+    files' digests now, in blocks of ``sums.block_bytes``; the files are hashed again where the record's blocks are
+    of another size."""
+    usable = usable_digests(recorded)
+    if usable is None:
+        return
+    block_bytes, kept = usable
+    for name, listed in kept.items():
+        path = f"{prefix}.{name}"
+        now = list(getattr(sums, name)) if block_bytes == sums.block_bytes else file_block_digests(path, block_bytes)
+        bad = next((k for k, (old, new) in enumerate(zip(listed, now)) if old not in (None, new)), None)
+        if len(now) != len(listed) or bad is not None:
+            how = (f"it is {len(now)} blocks of {block_bytes} bytes, the record lists {len(listed)}"
+                   if len(now) != len(listed) else f"its block {bad} of {block_bytes} bytes has another sha256")
+            raise DatasetCorruptError(
+                f"{path} does not match its record: {metadata_path(prefix)}'s checksums are malformed, but the "
+                f"well-formed digests they hold say {how}: the dataset may be corrupt, and nothing was recorded; copy "
+                "it again from its source, or rebuild it with data_prep/preprocess_data.py (if only the record was "
+                "edited and the data is sound, remove its \"checksums\" field and run --add-checksums again)")
+
+
 def add_checksums(prefix: str) -> DatasetChecksums:
     """Record the block checksums of ``prefix``'s ``.bin`` and ``.idx`` as they are now in its record (a dataset
-    built before checksums were recorded), for the user who has just seen :func:`inspect_dataset` call it valid:
-    they vouch for the bytes from now on, not for what happened to them before. Returns what was recorded; raises
-    as :func:`record_without_checksums`."""
+    built before checksums were recorded, or whose recorded ones are malformed), for the user who has just seen
+    :func:`inspect_dataset` call it valid: they vouch for the bytes from now on, not for what happened to them
+    before. Malformed ones are replaced only where the files match the digests they still hold
+    (:func:`check_usable_digests`). Returns what was recorded; raises as :func:`record_without_checksums`."""
     record = record_without_checksums(prefix)
     sums = DatasetChecksums(BLOCK_BYTES, tuple(file_block_digests(bin_path(prefix))),
                             tuple(file_block_digests(idx_path(prefix))))
+    check_usable_digests(prefix, record.get(CHECKSUMS_KEY), sums)
     with atomic_open(metadata_path(prefix), "w") as handle:
         json.dump({**record, CHECKSUMS_KEY: sums.record()}, handle, indent=2, sort_keys=True)
     return sums
