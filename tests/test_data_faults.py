@@ -838,7 +838,7 @@ def test_a_merge_of_inputs_that_hold_no_token_is_refused_and_writes_nothing(tmp_
     assert sorted(tmp_path.iterdir()) == before
 
 
-@pytest.mark.parametrize("documents", [0, 2])
+@pytest.mark.parametrize("documents", [0, 1, 2])
 def test_a_dataset_that_holds_no_token_is_invalid_and_refused_by_the_data_check(
         documents: int, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Found 2026-12-07: a dataset of no document, or of empty documents only (an empty ``.bin``, which Megatron's
@@ -853,7 +853,8 @@ def test_a_dataset_that_holds_no_token_is_invalid_and_refused_by_the_data_check(
     with IndexedDatasetBuilder(good, np.uint16) as builder:
         builder.add_document(np.arange(40))
         builder.finalize()
-    says = f"holds no token ({documents} documents): its .bin is empty, which Megatron's reader cannot map"
+    says = (f"holds no token ({documents} document{'' if documents == 1 else 's'}): its .bin is empty, which "
+            "Megatron's reader cannot map")
     with pytest.raises(SystemExit, match="1"):
         inspect_main([empty, "--samples", "0"])
     assert capsys.readouterr().err.strip().splitlines() == [

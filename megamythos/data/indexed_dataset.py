@@ -272,13 +272,14 @@ class IndexedDataset:
         return int(self.sizes.sum(dtype=np.int64))
 
     def no_token(self) -> str | None:
-        """``holds no token (D documents): its .bin is empty, which Megatron's reader cannot map`` where this
+        """``holds no token (N documents): its .bin is empty, which Megatron's reader cannot map`` where this
         dataset holds no token (no document, or empty ones alone), else None: why the trainer's data resolution and
         ``inspect_dataset.py`` refuse it, and a merge refuses inputs that all hold none."""
         if self.num_tokens:
             return None
-        return (f"holds no token ({self.shape()['documents']} documents): its .bin is empty, which Megatron's reader "
-                "cannot map")
+        documents = self.shape()["documents"]
+        return (f"holds no token ({documents} document{'' if documents == 1 else 's'}): its .bin is empty, which "
+                "Megatron's reader cannot map")
 
     def shape(self) -> dict[str, int]:
         """{sequences, documents, tokens}: what a run records of its data to tell, on resume, that a dataset
