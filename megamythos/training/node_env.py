@@ -36,6 +36,7 @@ VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a name a shell exports (ASCI
 # The launching shell's variables every node gets: the run folder, the NCCL and CUDA settings, and a thread count
 # the user set (which the ranks keep instead of cores / local ranks)
 FORWARDED = re.compile(r"(NCCL_|TORCH_NCCL_)\w+|CUDA_DEVICE_MAX_CONNECTIONS|OMP_NUM_THREADS|RUN_DIR")
+SHELL_SPECIAL = re.compile(r'[\\$`"]')  # what a shell reading a value inside double quotes does not keep as it is
 
 
 def user_env_files(env: Mapping[str, str], home: Path, cwd: Path) -> list[Path]:
@@ -55,9 +56,12 @@ def read_env_file(path: Path) -> dict[str, str]:
     as a shell reads them. Those the runner mishandles: a blank line is a traceback, a comment line with a ``=``
     becomes ``export # ...;`` in front of each node's command (pdsh), which makes the rest of it a comment, and
     ``export KEY`` is no name launchers/slurm.sbatch's srun mode can ``export``; the file we write holds none of them.
+    A value keeps DeepSpeed's meaning: the shell that reads the file expands its ``$``, backquotes and ``\\`` inside
+    double quotes (``LD_LIBRARY_PATH=/opt/x:$LD_LIBRARY_PATH``), in pdsh and in srun mode alike.
 
     Raises :class:`UserError` naming the file and the line for a line without ``=`` or a variable name before it,
-    and for a value that would not reach the nodes as written (:func:`value_refusal`)."""
+    and for a value with a ``"``: the runner wraps such a value in double quotes of its own, which the value's own
+    quotes close (``K="a b"`` reaches the nodes as ``K=a``)."""
     found = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -67,49 +71,41 @@ def read_env_file(path: Path) -> dict[str, str]:
         if not sep or not VARIABLE.fullmatch(key):
             raise UserError(f"{path}:{number}: {line!r} is not KEY=VALUE with KEY a variable name, which DeepSpeed's "
                             "runner needs on every line of its environment file; fix or remove the line")
-        if why := value_refusal(value):
-            raise UserError(f"{path}:{number}: {line!r} {why}")
+        if '"' in value:
+            raise UserError(f"{path}:{number}: {line!r} has a \" in its value, which DeepSpeed's runner puts inside "
+                            "double quotes of its own (a \"quoted\" value breaks them); write the value without quotes")
         found[key] = value.strip()
     return found
 
 
-def value_refusal(value: str) -> str | None:
-    """Why ``value`` would not reach every node as written through the environment file, None if it would: a line
-    break ends its line of the file (the rest is read as a line of its own: ``KEY=a\\nOTHER=1`` sets ``OTHER`` on
-    every node), and in pdsh mode DeepSpeed's runner (``add_export``) wraps a value in double quotes of its own
-    inside each node's shell command, which a ``"`` of the value closes (``K="a b"`` reaches the nodes as ``K=a``)
-    and in which the shell expands ``$``, a backquote and ``\\`` (``$HOME``, a command), while srun mode
-    (``launchers/slurm.sbatch``) exports the value as written."""
+def literal(key: str, value: str) -> str:
+    """``value`` of this shell's variable ``key`` written for the environment file so that every node gets it as it
+    is: the shell that reads the file (each node's in pdsh mode, inside DeepSpeed's double quotes; the batch
+    script's in srun mode, likewise) would expand ``$``, backquotes and ``\\`` and end at a ``"``, so those are
+    escaped. Raises :class:`UserError` for a line break, which would end the value's line of the file (the rest read
+    as a line of its own: ``KEY=a\\nOTHER=1`` sets ``OTHER`` on every node)."""
     if "\n" in value or "\r" in value:
-        return ("has a line break in its value, which would end its line of the environment file every node reads "
-                "(the rest read as a line, or a variable, of its own); give the value on one line")
-    if '"' in value:
-        return ("has a \" in its value, which DeepSpeed's runner puts inside double quotes of its own (a \"quoted\" "
-                "value breaks them); write the value without quotes")
-    if special := next((char for char in value if char in "$`\\"), None):
-        return (f"has a {special} in its value, which each node's shell expands in pdsh mode (DeepSpeed's runner "
-                "puts the value inside double quotes) and srun mode passes as written; write the value out without "
-                "$, ` or \\")
-    return None
+        raise UserError(f"{key}={value!r} of this shell has a line break in its value, which would end its line of "
+                        "the environment file every node reads (the rest read as a line, or a variable, of its own); "
+                        "give the value on one line")
+    return SHELL_SPECIAL.sub(r"\\\g<0>", value)
 
 
 def node_environment(env: Mapping[str, str], user_files: Sequence[Path]) -> dict[str, str]:
-    """``{KEY: VALUE}`` every node of the job gets: the lines of ``user_files`` (later files win), then the
-    :data:`FORWARDED` variables of ``env``, a warning naming each key whose value they replace, then
-    :data:`NODE_DEFAULTS` for the keys neither sets. A value that would not reach the nodes as written
-    (:func:`value_refusal`) raises :class:`UserError` naming its file and line, or its variable of ``env``."""
+    """``{KEY: VALUE}`` every node of the job gets, as the file's lines: the lines of ``user_files`` (later files
+    win), then the :data:`FORWARDED` variables of ``env`` as they are (:func:`literal`), a warning naming each key
+    whose value they replace, then :data:`NODE_DEFAULTS` for the keys neither sets."""
     merged: dict[str, str] = {}
     source: dict[str, Path] = {}
     for path in user_files:
         for key, value in read_env_file(path).items():
             merged[key], source[key] = value, path
     for key in sorted(key for key in env if FORWARDED.fullmatch(key)):
-        if why := value_refusal(env[key]):
-            raise UserError(f"{key}={env[key]!r} of this shell {why}")
-        if key in merged and merged[key] != env[key]:
+        value = literal(key, env[key])
+        if key in merged and merged[key] != value:
             logger.warning("%s=%s of this shell replaces %s=%s of %s for every node", key, env[key], key,
                            merged[key], source[key])
-        merged[key] = env[key]
+        merged[key] = value
     return {**merged, **{key: value for key, value in NODE_DEFAULTS.items() if key not in merged}}
 
 
