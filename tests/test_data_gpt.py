@@ -402,6 +402,18 @@ def test_a_blend_whose_small_dataset_has_no_test_document_keeps_the_others_test_
     assert f"{a} has 400 documents, none of which fall in the test split" in caplog.records[0].getMessage()
 
 
+def test_a_blend_whose_only_weighted_dataset_has_no_test_document_has_no_test_set(tmp_path, caplog) -> None:
+    """``--data-path 1 A 0 B`` under 969,30,1, A without a test document: the test split has no data to draw from
+    (B is read nowhere), so it is no test set with one info line, as for A alone. Found 2026-12-07: B, weight 0, was
+    kept as the test split's blend and its weights divided by their sum, 0 (ZeroDivisionError)."""
+    a, b = make_dataset(tmp_path / "A", 400, seed=1), make_dataset(tmp_path / "B", 1000, seed=2, base=10_000)
+    recipe = DataRecipe(split="969,30,1", seq_length=4, seed=1, eval_interval=1, eval_iters=10)
+    with caplog.at_level(logging.INFO):
+        train, valid, test = build_datasets(recipe, DataSources(["1", a, "0", b]), total_iters=50, global_batch=4)
+    assert test is None and "no test set" in caplog.text
+    assert max(dataset_tokens(train) | dataset_tokens(valid)) < 10_000  # B is read in no split
+
+
 def test_a_test_split_leaves_the_train_and_valid_samples_alone(tmp_path, caplog) -> None:
     """The test set is built apart: with --data-path the training and validation samples are those built before it
     existed (a checkpoint written then resumes on the same samples); a test share without documents (a small

@@ -361,7 +361,8 @@ def blend_of_split(data_path: list[str], split: str, index: int, seq_length: int
                    flag: str = "--data-path") -> list[str]:
     """``data_path`` less the datasets whose share of split ``index`` (of ``SPLIT_NAMES``) under ``split`` holds no
     sample (:func:`split_problem`), with a warning naming them, why, and the weights the others are blended by;
-    ``data_path`` itself when every dataset holds one, or none does (the build then says why the split is empty).
+    ``data_path`` itself when every dataset of a weight above 0 holds one, or none does (the build then says why the
+    split is empty). A dataset of weight 0, read in no split, counts for neither (and is left out of a smaller blend).
 
     A small dataset in a blend (969,30,1 of fewer than 500 documents: no test document) would otherwise take the
     split away from the whole blend, the other datasets' held-out documents unread."""
@@ -370,8 +371,9 @@ def blend_of_split(data_path: list[str], split: str, index: int, seq_length: int
     problems = [None if weights is not None and weights[i] == 0 else
                 split_problem(IndexedDataset(prefix), fractions, index, seq_length)
                 for i, prefix in enumerate(prefixes)]
-    kept = [i for i, problem in enumerate(problems) if problem is None]
-    if len(kept) in (0, len(prefixes)):
+    weighted = [i for i in range(len(prefixes)) if weights is None or weights[i] > 0]
+    kept = [i for i in weighted if problems[i] is None]
+    if len(kept) in (0, len(weighted)):
         return list(data_path)
     if weights is None:
         blend, how = [prefixes[i] for i in kept], "by size"
