@@ -1494,6 +1494,37 @@ def test_ranks_started_with_other_trainer_flags_are_refused_naming_the_rank_and_
         "same command, with the same RUN_DIR, on every node")
 
 
+
+def test_ranks_that_read_other_data_under_the_same_paths_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (review of the default corpus across nodes): nodes without a shared filesystem read their
+    own copies (node-local copies of a corpus; the default corpus, which each such node builds from its own
+    Python's standard library), and a stale copy or another build passed every check of its node: each
+    data-parallel rank trained on other data, or under another tokenizer, without a word. The ranks gather what
+    they read at start-up (here a stand-in for the gather gives rank 1 its own)."""
+    from megamythos.data.pretraining import DataSetup
+    from megamythos.training import pretrain
+
+    shape = {"sequences": 30, "documents": 30, "tokens": 474426}
+    ours = DataSetup("/data/tok.model", "ab12", {"/data/a_text_document": shape, "/data/b_text_document": shape})
+    setups = {"node0": ours}
+
+    def gather(gathered: list, mine: object) -> None:
+        gathered[:] = [(host, list(setup.shapes.items()), setup.tokenizer_fingerprint)
+                       for host, setup in setups.items()]
+
+    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    setups["node1"] = DataSetup("/data/tok.model", "ab12", dict(ours.shapes))
+    pretrain.check_same_data(ours, 2)
+    pretrain.check_same_data(ours, 1)  # no collective alone
+    setups["node1"] = DataSetup("/local/tok.model", "cd34", {"/local/a_text_document": shape,
+                                                              "/local/b_text_document": {**shape, "tokens": 470001}})
+    with pytest.raises(DataError) as refused:
+        pretrain.check_same_data(ours, 2)
+    assert str(refused.value) == (
+        "rank 1 (host node1) reads other data than rank 0 (host node0) under the same paths: /data/b_text_document: "
+        "tokens 470001 (rank 0: 474426); a tokenizer of sha256 cd34 (rank 0: ab12); give every node the same files "
+        "(one shared folder, or copies of one build), e.g. a --data-path every node sees")
+
 def test_nodes_whose_checkouts_lie_elsewhere_agree_on_the_defaults_found_there(monkeypatch: pytest.MonkeyPatch,
                                                                               tmp_path: Path) -> None:
     """Found 2026-12-07 (read): the ds_config and default corpus folder the launcher and trainer default to are

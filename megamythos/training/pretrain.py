@@ -314,6 +314,31 @@ def resolve_run_data(args: TrainArgs, vocab_size: int, rank: int) -> tuple[DataS
     return sources, (setup if rank == 0 else resolve_data(sources.prefixes(), vocab_size, args.data_cache_dir))
 
 
+def check_same_data(data: DataSetup, world: int) -> None:
+    """Collective: refuse (:class:`DataError` on every rank) a job whose ranks read other data under their paths,
+    naming the first such rank, its host and what differs: each dataset's sequences, documents and tokens, and the
+    tokenizer. Nodes that do not share a filesystem read their own copies (node-local copies of a corpus, or the
+    default corpus each node builds from its own Python's standard library): a stale copy, or a build of other
+    text, passes every check of its own node and would train each data-parallel rank on other data."""
+    if world == 1:
+        return
+    ranks: list[Any] = [None] * world
+    dist.all_gather_object(ranks, (socket.gethostname(), list(data.shapes.items()), data.tokenizer_fingerprint))
+    host0, shapes0, tokenizer0 = ranks[0]
+    for rank, (host, shapes, tokenizer) in enumerate(ranks[1:], start=1):
+        differ = [f"{path}: " + ", ".join(f"{key} {shape[key]} (rank 0: {shape0[key]})" for key in shape0
+                                          if shape[key] != shape0[key])
+                  for (path, shape0), (_, shape) in zip(shapes0, shapes) if shape != shape0]
+        if len(shapes) != len(shapes0):
+            differ.append(f"{len(shapes)} datasets (rank 0: {len(shapes0)})")
+        if tokenizer != tokenizer0:
+            differ.append(f"a tokenizer of sha256 {tokenizer} (rank 0: {tokenizer0})")
+        if differ:
+            raise DataError(f"rank {rank} (host {host}) reads other data than rank 0 (host {host0}) under the same "
+                            f"paths: {'; '.join(differ)}; give every node the same files (one shared folder, or copies "
+                            "of one build), e.g. a --data-path every node sees")
+
+
 # ----------------------------------------------------------------------------------------------- the trainer
 class Trainer:
     """One pretraining run: engine, data, schedule, checkpoints, telemetry."""
@@ -346,6 +371,7 @@ class Trainer:
         self._keep_resumed_global_batch(template)
         args = self.args
         self.sources, self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
+        check_same_data(self.data, self.world)
         flags = document_flags(args.to_dict())
         eod = documents_eod(flags, self.sources.prefixes())
         # what the forward of training, validation and the test evaluation applies; None: plain causal samples
