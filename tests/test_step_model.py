@@ -213,3 +213,30 @@ def test_params_cli_plan_prints_collectives_step_time_and_memory(capsys):
     for text in ("memory per GPU", "compute", "all-gather", "reduce-scatter", "all-to-all", "all-reduce",
                  "infiniband", "nvlink", "step time", "tokens/s", "MFU"):
         assert text in out, text
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "ds_configs").glob("*.json")))
+def test_the_plan_s_layout_is_the_one_the_trainer_builds_from_the_same_flags(name: str, capsys) -> None:
+    """Found 2026-12-07: ``plan --gpus N --ds-config F`` read only ZeRO++ options and buffer sizes from F, so it
+    planned ZeRO-3, tp 1, ep 1, micro-batch 1 and a replicated core where the trainer given the same flags takes F's
+    stage, AutoTP/AutoEP sizes, batch sizes and leaf modules (single-node-8gpu.json on 8 ranks: the plan's ep 1,
+    micro 1 x accumulation 1 against the trainer's ep 8, micro 4 x accumulation 8)."""
+    from megamythos.planning.plan import plan
+    from megamythos.training.ds_config import load_template, resolve_layout
+
+    path = str(REPO / "ds_configs" / name)
+    compared = 0
+    for world in (1, 2, 4, 8):
+        for flags in ([], ["--ep", "2"], ["--zero", "2", "--micro-batch-size", "2"]):
+            argv = ["--preset", "small", "--gpus", str(world), "--ds-config", path, "--json", *flags]
+            try:
+                trainer = resolve_layout(load_template(path), parse_args(["--ds-config", path, *flags]), world)
+            except ValueError as refused:  # a layout the trainer refuses: the plan refuses it alike
+                with pytest.raises(ValueError, match=re.escape(str(refused))):
+                    plan(argv)
+                continue
+            planned = plan(argv)["layout"]
+            assert {k: planned[k] for k in trainer.__dataclass_fields__} == vars(trainer), (world, flags)
+            assert planned["grad_accum"] == trainer.grad_accum
+            compared += 1
+    assert compared >= 3

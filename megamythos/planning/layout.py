@@ -167,17 +167,80 @@ def zero_buffers(zero_optimization: Mapping[str, Any], path: str | Path) -> Zero
     return ZeroBuffers(**given)
 
 
+# the ZeRO++ fields of ParallelLayout -> their zero_optimization keys
+ZEROPP_KEYS = {"hpz": "zero_hpz_partition_size", "qwz": "zero_quantized_weights", "qgz": "zero_quantized_gradients"}
+
+
 def zeropp_options(zero_optimization: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     """The ZeRO++ fields of :class:`ParallelLayout` (``hpz``, ``qwz``, ``qgz``) from the ``zero_optimization``
     section of ds_config file ``path`` (absent: off); a malformed one raises :class:`LayoutError` naming the file."""
-    hpz = zero_optimization.get("zero_hpz_partition_size", 1)
+    hpz = zero_optimization.get(ZEROPP_KEYS["hpz"], 1)
     if isinstance(hpz, bool) or not isinstance(hpz, int) or hpz < 1:
         raise LayoutError(f"--ds-config {path}: zero_optimization.zero_hpz_partition_size must be a positive "
                           f"integer, got {hpz!r}")
-    names = {"qwz": "zero_quantized_weights", "qgz": "zero_quantized_gradients"}
+    names = {key: ZEROPP_KEYS[key] for key in ("qwz", "qgz")}
     flags = {key: zero_optimization.get(name, False) for key, name in names.items()}
     for key, value in flags.items():
         if not isinstance(value, bool):
             raise LayoutError(f"--ds-config {path}: zero_optimization.{names[key]} must be true or false, got "
                               f"{value!r}")
     return {"hpz": hpz, **flags}
+
+
+TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
+
+
+def check_layout_keys(template: Mapping[str, Any], path: str | Path, error: type[UserError] = LayoutError) -> None:
+    """Raise ``error`` naming ds_config file ``path`` and the key where a layout setting of ``template`` (its batch
+    counts, ZeRO stage, AutoTP and AutoEP sizes, ``expert_parallel.enabled``) is not what DeepSpeed takes; its
+    sections must be objects already."""
+    if not isinstance(template.get("expert_parallel", {}).get("enabled", False), bool):
+        raise error(f"--ds-config {path}: expert_parallel.enabled must be true or false, got "
+                    f"{template['expert_parallel']['enabled']!r}")
+    stage = template.get("zero_optimization", {}).get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise error(f"--ds-config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    counts = {key: template.get(key) for key in TEMPLATE_COUNTS}
+    counts.update({f"{section}.{key}": template.get(section, {}).get(key)
+                   for section, key in (("tensor_parallel", "autotp_size"), ("expert_parallel", "autoep_size"))})
+    for key, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise error(f"--ds-config {path}: {key} must be a positive integer, got {value!r}")
+
+
+def template_layout(template: Mapping[str, Any], path: str | Path, world_size: int, *, tp: int | None = None,
+                    ep: int | None = None, zero: int | None = None, micro_batch_size: int | None = None,
+                    global_batch_size: int | None = None, grad_accum: int | None = None,
+                    replicate_core: bool | None = None, compiled: bool = False,
+                    error: type[UserError] = LayoutError) -> ParallelLayout:
+    """The layout of ``world_size`` ranks given these settings (None: not given) and ds_config ``template`` read
+    from ``path`` (:func:`check_layout_keys` first), as the trainer resolves it: a given setting first, then the
+    template's, then the default (ZeRO stage 0 where the template gives none). ``grad_accum`` (the planner's) or
+    ``global_batch_size`` replace the template's ``train_batch_size`` and ``gradient_accumulation_steps``; a
+    template giving both must agree with the micro-batch and data-parallel size (DeepSpeed's rule). Under ZeRO-3 the
+    core and the dense blocks are leaf modules where ``compiled`` or the template asks for them
+    (``zero_optimization.leaf_module``); the core is then gathered per forward and backward, not replicated. A
+    contradiction raises ``error`` naming ``path``."""
+    micro = micro_batch_size or template.get("train_micro_batch_size_per_gpu", 1)
+    tp = tp or template.get("tensor_parallel", {}).get("autotp_size", 1)
+    ep_section = template.get("expert_parallel", {})
+    ep = ep or (ep_section.get("autoep_size", 1) if ep_section.get("enabled", False) else 1)
+    zero = zero if zero is not None else template.get("zero_optimization", {}).get("stage", 0)
+    dp = world_size // tp if world_size % tp == 0 else 1  # ParallelLayout reports the divisibility error
+    accumulation, template_batch = template.get("gradient_accumulation_steps"), template.get("train_batch_size")
+    if grad_accum:
+        global_batch_size = micro * grad_accum * dp
+    if not global_batch_size and accumulation and template_batch and template_batch != micro * accumulation * dp:
+        raise error(f"--ds-config {path}: train_batch_size {template_batch} is not micro-batch {micro} x "
+                    f"gradient_accumulation_steps {accumulation} x data-parallel size {dp}, and DeepSpeed would keep "
+                    "only one of them: remove one of the two keys, or pass --global-batch-size")
+    global_batch = global_batch_size or template_batch or micro * (accumulation or 1) * dp
+    leaf = zero == 3 and (compiled or "leaf_module" in template.get("zero_optimization", {}))
+    if leaf and replicate_core:
+        why = "under --compile" if compiled else "with this ds_config's zero_optimization.leaf_module"
+        raise error(f"--replicate-core does not apply {why} under ZeRO-3: there the recurrent core is a ZeRO-3 "
+                    "leaf module, gathered once per forward and backward; drop one of them")
+    return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
+                          global_batch_size=global_batch,
+                          replicate_core=replicate_core if replicate_core is not None else not leaf,
+                          leaf_blocks=leaf, **zeropp_options(template.get("zero_optimization", {}), path))

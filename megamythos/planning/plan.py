@@ -27,7 +27,15 @@ from typing import Any
 from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
 from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, get_preset
 from megamythos.model.params import count
-from megamythos.planning.layout import LayoutError, ParallelLayout, reduces_in_fp32, zero_buffers, zeropp_options
+from megamythos.planning.layout import (
+    ZEROPP_KEYS,
+    LayoutError,
+    ParallelLayout,
+    check_layout_keys,
+    reduces_in_fp32,
+    template_layout,
+    zero_buffers,
+)
 from megamythos.planning.memory import GIB, check_startup_memory, memory_plan, startup_memory
 from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
 
@@ -62,20 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     lay = parser.add_argument_group(WITH_GPUS[0])
     lay.add_argument("--gpus", type=positive_int, default=None, help="world size; also prints the per-GPU memory plan")
-    lay.add_argument("--tp", type=positive_int, default=ParallelLayout.tp, help="tensor-parallel size (AutoTP)")
-    lay.add_argument("--ep", type=positive_int, default=ParallelLayout.ep, help="expert-parallel size (AutoEP)")
-    lay.add_argument("--zero", type=int, default=ParallelLayout.zero, choices=[0, 1, 2, 3], help="ZeRO stage")
-    lay.add_argument("--micro-batch-size", type=positive_int, default=ParallelLayout.micro_batch_size,
-                     help="sequences per rank and forward")
+    # each layout setting not given is --ds-config's, as the trainer takes it, else the default named here
+    lay.add_argument("--tp", type=positive_int, default=None, help="tensor-parallel size (AutoTP; default 1)")
+    lay.add_argument("--ep", type=positive_int, default=None, help="expert-parallel size (AutoEP; default 1)")
+    lay.add_argument("--zero", type=int, default=None, choices=[0, 1, 2, 3],
+                     help=f"ZeRO stage (default {ParallelLayout.zero}; with --ds-config, its stage, else 0)")
+    lay.add_argument("--micro-batch-size", type=positive_int, default=None,
+                     help="sequences per rank and forward (default 1)")
     batch = lay.add_mutually_exclusive_group()
     batch.add_argument("--grad-accum", type=positive_int, default=None,
                        help="micro-batches per rank and step (default 1)")
     batch.add_argument("--global-batch-size", type=positive_int, default=None, help="or: samples per optimizer step")
-    lay.add_argument("--no-replicate-core", dest="replicate_core", action="store_false",
-                     help="under ZeRO-3: partition the recurrent core too (the trainer's --no-replicate-core)")
+    lay.add_argument("--no-replicate-core", dest="replicate_core", action="store_false", default=None,
+                     help="under ZeRO-3: partition the recurrent core too (the trainer's --no-replicate-core; "
+                          "default: replicated, unless --ds-config makes the blocks leaf modules)")
     lay.add_argument("--loop-checkpoint-segment", type=number(int, 0), default=None,
                      help="override the config's (0: two-level checkpointing with sqrt-sized segments)")
-    lay.add_argument("--ds-config", type=path_text, help="read ZeRO++ options (hpz, qwz, qgz) from this DeepSpeed JSON")
+    lay.add_argument("--ds-config", type=path_text,
+                     help="the DeepSpeed JSON the trainer would read: the layout settings not given as flags (ZeRO "
+                          "stage, tp, ep, batch sizes, leaf modules), ZeRO++ options and ZeRO's buffer sizes")
     lay.add_argument("--hpz", type=positive_int, default=None,
                      help="ZeRO++ zero_hpz_partition_size (default: ds-config, 1)")
     lay.add_argument("--qwz", action="store_true", default=None, help="ZeRO++ zero_quantized_weights")
@@ -113,27 +126,29 @@ def flags_needing_gpus(parser: argparse.ArgumentParser, args: argparse.Namespace
     return given
 
 
-def zero_section(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``zero_optimization`` section of ``--ds-config`` ({} without one)."""
+def ds_template(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--ds-config`` JSON object ({} without one), its sections and layout settings checked
+    (:func:`~megamythos.planning.layout.check_layout_keys`)."""
     if not args.ds_config:
         return {}
-    ds_config = read_json_object(args.ds_config, LayoutError, "give --ds-config a DeepSpeed JSON file (ds_configs/)")
-    zero = ds_config.get("zero_optimization", {})
-    if not isinstance(zero, dict):
-        raise LayoutError(f"--ds-config {args.ds_config}: zero_optimization must be an object, got {zero!r}")
-    return zero
+    template = read_json_object(args.ds_config, LayoutError, "give --ds-config a DeepSpeed JSON file (ds_configs/)")
+    for key in ("zero_optimization", "tensor_parallel", "expert_parallel"):
+        if not isinstance(template.get(key, {}), dict):
+            raise LayoutError(f"--ds-config {args.ds_config}: {key} must be an object, got {template[key]!r}")
+    check_layout_keys(template, args.ds_config)
+    return template
 
 
-def resolve_layout(args: argparse.Namespace, zero: dict[str, Any]) -> ParallelLayout:
-    """The layout of ``--gpus`` and friends; ZeRO++ options from the flags, then ``zero`` (:func:`zero_section`),
-    then off."""
-    dp = args.gpus // args.tp if args.gpus % args.tp == 0 else 1  # ParallelLayout reports the divisibility error
-    global_batch = args.global_batch_size or args.micro_batch_size * (args.grad_accum or 1) * dp
-    zeropp = {**zeropp_options(zero, args.ds_config), **{k: getattr(args, k) for k in ("hpz", "qwz", "qgz")
-                                          if getattr(args, k) is not None}}
-    return ParallelLayout(
-        world_size=args.gpus, tp=args.tp, ep=args.ep, zero=args.zero, micro_batch_size=args.micro_batch_size,
-        global_batch_size=global_batch, replicate_core=args.replicate_core, **zeropp)
+def resolve_layout(args: argparse.Namespace, template: dict[str, Any]) -> ParallelLayout:
+    """The layout of ``--gpus`` and friends, each setting not given taken from ``template`` (:func:`ds_template`)
+    as the trainer takes it (:func:`~megamythos.planning.layout.template_layout`; without a template, ZeRO-3);
+    ZeRO++ options from the flags, then the template, then off."""
+    zero = args.zero if args.zero is not None or args.ds_config else ParallelLayout.zero
+    zeropp = {key: getattr(args, flag) for flag, key in ZEROPP_KEYS.items() if getattr(args, flag) is not None}
+    template = {**template, "zero_optimization": {**template.get("zero_optimization", {}), **zeropp}}
+    return template_layout(template, args.ds_config, args.gpus, tp=args.tp, ep=args.ep, zero=zero,
+                           micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
+                           grad_accum=args.grad_accum, replicate_core=args.replicate_core)
 
 
 def hostfile_slots(path: str) -> dict[str, int] | None:
@@ -246,8 +261,9 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = asdict(count(config, seq_len, args.loops))
     prediction = None
     if args.gpus:
-        zero = zero_section(args)
-        layout = resolve_layout(args, zero)
+        template = ds_template(args)
+        zero = template.get("zero_optimization", {})
+        layout = resolve_layout(args, template)
         layout.check_model(config)
         report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
                             "experts_per_ep_rank": config.n_experts // layout.ep,

@@ -15,10 +15,15 @@ from megamythos.errors import read_json_object
 from megamythos.model.config import ModelConfig
 from megamythos.parallel import ds_config_sections
 from megamythos.parallel.zero import leaf_blocks_section
-from megamythos.planning.layout import ParallelLayout, accumulates_in_fp32, reduces_in_fp32, zeropp_options
+from megamythos.planning.layout import (
+    ParallelLayout,
+    accumulates_in_fp32,
+    check_layout_keys,
+    reduces_in_fp32,
+    template_layout,
+)
 from megamythos.training.arguments import TEMPLATE_REMEDY, ArgumentError, TrainArgs
 
-TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_accumulation_steps")
 # sections the trainer writes itself whatever a template says: one there would be dropped without a word
 DROPPED = {
     "scheduler": "the LR schedule is the trainer's (--lr-schedule, --warmup, --lr, --min-lr), which replaces "
@@ -59,19 +64,10 @@ def load_template(path: str | Path) -> dict[str, Any]:
         switchable = key in ENABLED_SECTIONS and isinstance(template.get(key), dict)
         if key in template and (not switchable or template[key].get("enabled")):
             raise ArgumentError(f"--ds-config {path}: {why}; remove {key} from the file")
-    for section in ("bf16", "expert_parallel"):  # a string "false" would be true to bf16_enabled and resolve_layout
-        if not isinstance(template.get(section, {}).get("enabled", False), bool):
-            raise ArgumentError(f"--ds-config {path}: {section}.enabled must be true or false, got "
-                                f"{template[section]['enabled']!r}")
-    stage = template.get("zero_optimization", {}).get("stage", 0)
-    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
-        raise ArgumentError(f"--ds-config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
-    counts = {key: template.get(key) for key in TEMPLATE_COUNTS}
-    counts.update({f"{section}.{key}": template.get(section, {}).get(key)
-                   for section, key in (("tensor_parallel", "autotp_size"), ("expert_parallel", "autoep_size"))})
-    for key, value in counts.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ArgumentError(f"--ds-config {path}: {key} must be a positive integer, got {value!r}")
+    if not isinstance(template.get("bf16", {}).get("enabled", False), bool):  # a string "false" would be true
+        raise ArgumentError(f"--ds-config {path}: bf16.enabled must be true or false, got "
+                            f"{template['bf16']['enabled']!r}")
+    check_layout_keys(template, path, ArgumentError)
     return template
 
 
@@ -113,33 +109,11 @@ def check_template(path: str | Path, template: dict[str, Any], args: TrainArgs) 
 
 
 def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -> ParallelLayout:
-    """Parallel sizes and batch sizes: command line first, then the template, then defaults. A template giving
-    both ``train_batch_size`` and ``gradient_accumulation_steps`` must agree with the micro-batch and data-parallel
-    size of the run (DeepSpeed's rule), unless ``--global-batch-size`` replaces them."""
-    tp = args.tp or template.get("tensor_parallel", {}).get("autotp_size", 1)
-    ep_section = template.get("expert_parallel", {})
-    ep = args.ep or (ep_section.get("autoep_size", 1) if ep_section.get("enabled", False) else 1)
-    zero = args.zero if args.zero is not None else template.get("zero_optimization", {}).get("stage", 0)
-    micro = args.micro_batch_size or template.get("train_micro_batch_size_per_gpu", 1)
-    dp = world_size // tp if world_size % tp == 0 else 1  # ParallelLayout reports the divisibility error
-    accumulation, template_batch = template.get("gradient_accumulation_steps"), template.get("train_batch_size")
-    if not args.global_batch_size and accumulation and template_batch and template_batch != micro * accumulation * dp:
-        raise ArgumentError(f"--ds-config {args.ds_config}: train_batch_size {template_batch} is not micro-batch "
-                            f"{micro} x gradient_accumulation_steps {accumulation} x data-parallel size {dp}, and "
-                            "DeepSpeed would keep only one of them: remove one of the two keys, or pass "
-                            "--global-batch-size")
-    global_batch = args.global_batch_size or template_batch or micro * (accumulation or 1) * dp
-    # under ZeRO-3 the core and the dense blocks are leaf modules with --compile or where the template asks for
-    # them (its zero_optimization.leaf_module); the core is then gathered per forward and backward, not replicated
-    leaf = zero == 3 and (args.compile or "leaf_module" in template.get("zero_optimization", {}))
-    if leaf and args.replicate_core:
-        why = "under --compile" if args.compile else "with this ds_config's zero_optimization.leaf_module"
-        raise ArgumentError(f"--replicate-core does not apply {why} under ZeRO-3: there the recurrent core is a "
-                            "ZeRO-3 leaf module, gathered once per forward and backward; drop one of them")
-    replicate = args.replicate_core if args.replicate_core is not None else not leaf
-    return ParallelLayout(world_size=world_size, tp=tp, ep=ep, zero=zero, micro_batch_size=micro,
-                          global_batch_size=global_batch, replicate_core=replicate, leaf_blocks=leaf,
-                          **zeropp_options(template.get("zero_optimization", {}), args.ds_config))
+    """Parallel sizes and batch sizes: command line first, then the template, then defaults
+    (:func:`~megamythos.planning.layout.template_layout`, as the planner resolves them)."""
+    return template_layout(template, args.ds_config, world_size, tp=args.tp, ep=args.ep, zero=args.zero,
+                           micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
+                           replicate_core=args.replicate_core, compiled=args.compile, error=ArgumentError)
 
 
 def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
