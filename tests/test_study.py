@@ -397,3 +397,35 @@ def test_pondernet_halting_flops_count_the_halted_tokens_keys_and_values() -> No
     halting, _ = evaluate_halting(model, [(inputs, targets)])
     assert halting.forward_flops_per_token == pytest.approx(model.forward_flops_per_token(32, halting.mean_depth,
                                                                                           frozen))
+
+
+def test_a_report_names_the_code_environment_and_data_that_made_it(corpus, tmp_path, monkeypatch) -> None:
+    """Found 2026-12-07: a report recorded the settings and the data's path only, not the code, torch, threads
+    (2 threads give other last bits than 1) nor the data's bytes, so ``--runs`` merged runs of another dataset at
+    the same path (the stdlib corpus is rebuilt in place from another Python's stdlib) without a word, and refused
+    the same dataset named ``./data/study`` instead of ``data/study``."""
+    import os
+    import re
+
+    from megamythos.data import read_dataset_metadata
+    from megamythos.research import study
+
+    monkeypatch.setattr(study, "train_run", fake_run)
+    prefix = corpus_prefix(corpus)
+    settings = StudySettings(steps=3, batch_size=2, seq_len=16, warmup=1, eval_batches=1, scale=0.5)
+    report = run_experiment("depth", settings, prefix, str(tmp_path), ["fixed_depth"])
+    (run,) = report["runs"]
+    code = r"[0-9a-f]{40}(\+modified)?" if (Path(study.__file__).parents[2] / ".git").exists() else "unknown"
+    assert re.fullmatch(code, run["environment"]["code"])
+    assert run["environment"]["torch"] == torch.__version__
+    assert run["environment"]["threads"] == torch.get_num_threads() and run["environment"]["device"] == "cpu"
+    assert report["data"]["checksums"] == read_dataset_metadata(prefix)["checksums"] is not None
+    respelled = os.path.join(os.path.dirname(prefix), ".", os.path.basename(prefix))  # the same files
+    report = run_experiment("depth", settings, respelled, str(tmp_path), ["sampled_depth_tbptt"])
+    assert [r["name"] for r in report["runs"]] == ["fixed_depth", "sampled_depth_tbptt"]
+    path = tmp_path / "study_depth.json"
+    other = json.loads(path.read_text())
+    other["data"]["checksums"]["bin"] = ["0" * 64]  # another dataset at the same path
+    path.write_text(json.dumps(other))
+    with pytest.raises(StudyError, match="holds a study of other settings, data or model"):
+        run_experiment("depth", settings, respelled, str(tmp_path), ["fixed_depth"])

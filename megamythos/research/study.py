@@ -10,8 +10,9 @@ Each run trains single-process on the embedded stdlib corpus (``--corpus stdlib`
 (``--corpus wikitext2 --wikitext-dir DIR``), evaluates on held-out documents and writes
 ``study_<name>.json`` and ``study_<name>.png`` into ``OUT/CORPUS/`` (``--out``; a report of other settings there is
 refused, not replaced), both rewritten after every run: ``runs_pending`` in the report names the runs it lacks (a
-killed study's are added with ``--runs``). ``--scale`` multiplies the steps and (in steps of 64) the width, so the
-same study runs bigger on a GPU (``--device cuda``).
+killed study's are added with ``--runs``). The report records its dataset (``data``: digests and tokenizer) and each
+run what made it (``environment``: commit, versions, threads, device). ``--scale`` multiplies the steps and (in
+steps of 64) the width, so the same study runs bigger on a GPU (``--device cuda``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import dataclasses
 import json
 import logging
 import os
+import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -326,15 +329,59 @@ def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[
     return (lambda step: stack(train, step * settings.batch_size)), valid_batches, vocab
 
 
+def code_version() -> str:
+    """The git commit of the megamythos checkout this runs from, ``+modified`` where its tracked files differ from
+    it; ``unknown`` outside a git checkout (an installed copy)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What a run's numbers depend on besides its settings and data: the code (:func:`code_version`), the
+    versions of Python, torch and numpy, torch's CPU threads (a run on 2 threads differs from one on 1 in the last
+    bits) and the device."""
+    env = {"code": code_version(), "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda"):
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def data_record(data_prefix: str) -> dict[str, Any]:
+    """The study dataset's identity from its record (``PREFIX.json``): documents, tokens, the tokenizer's
+    fingerprint and the files' sha256 block digests (``checksums``, None for a dataset made without them)."""
+    from megamythos.data import read_dataset_metadata
+
+    record = read_dataset_metadata(data_prefix)
+    return {key: record.get(key) for key in ("num_documents", "num_tokens", "tokenizer_fingerprint", "checksums")}
+
+
+def same_data(earlier: dict, report: dict) -> bool:
+    """Whether two reports are of the same dataset: the same bytes where both record them (``data``: a report
+    from before they were recorded has none), else the same ``data_prefix``."""
+    if earlier.get("data", {}).get("checksums") and report["data"]["checksums"]:
+        return earlier["data"] == report["data"]
+    return earlier.get("data_prefix") == report["data_prefix"]
+
+
 def earlier_report(path: Path, report: dict, partial: bool) -> dict:
     """The report at ``path`` that a study adds to (``partial``: of some runs, ``--runs``) or replaces: {} when
-    there is none, else it must be of the same experiment, settings, data and base config as ``report`` (else a
-    :class:`StudyError`: a study never replaces another study's report, e.g. the published one in
-    ``bench/results/study``, with runs of other settings)."""
+    there is none, else it must be of the same experiment, settings, data (:func:`same_data`) and base config as
+    ``report`` (else a :class:`StudyError`: a study never replaces another study's report, e.g. the published one
+    in ``bench/results/study``, with runs of other settings)."""
     if not path.exists():
         return {}
     earlier = read_json_object(path, StudyError, "restore it or pass another --out")
-    same = (all(earlier.get(k) == report[k] for k in ("experiment", "settings", "data_prefix"))
+    same = (all(earlier.get(k) == report[k] for k in ("experiment", "settings")) and same_data(earlier, report)
             and ModelConfig.from_dict(earlier.get("base_config", {})) == ModelConfig.from_dict(report["base_config"]))
     if not same:
         what = "--runs would replace it with a partial report" if partial else "this study would replace it"
@@ -382,7 +429,7 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     most_steps = max(run_steps(spec, config, settings) for spec in specs)  # of every run: the same batches
     batch_at, valid, _ = token_batches(data_prefix, dataclasses.replace(settings, steps=most_steps))
     report = {"experiment": name, "settings": asdict(settings), "data_prefix": data_prefix,
-              "base_config": config.to_dict(), "runs": []}
+              "data": data_record(data_prefix), "base_config": config.to_dict(), "runs": []}
     if not any(spec.equal_flops for spec in specs):  # else each run's "tokens" says what it trained on
         report["tokens_per_run"] = settings.tokens
     earlier = earlier_report(path, report, partial=bool(runs))
@@ -407,7 +454,8 @@ def run_experiment(name: str, settings: StudySettings, data_prefix: str, out_dir
     write_report()
     for spec in specs:
         if not runs or spec.name in runs:
-            trained[spec.name] = train_run(spec, config, settings, batch_at, valid)
+            trained[spec.name] = {**train_run(spec, config, settings, batch_at, valid),
+                                  "environment": environment(settings.device)}
             write_report()
     return report
 
