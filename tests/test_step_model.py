@@ -216,7 +216,7 @@ def test_params_cli_plan_prints_collectives_step_time_and_memory(capsys):
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "ds_configs").glob("*.json")))
-def test_the_plan_s_layout_is_the_one_the_trainer_builds_from_the_same_flags(name: str, capsys) -> None:
+def test_the_plan_s_layout_is_the_one_the_trainer_builds_from_the_same_flags(name: str, tmp_path, capsys) -> None:
     """Found 2026-12-07: ``plan --gpus N --ds-config F`` read only ZeRO++ options and buffer sizes from F, so it
     planned ZeRO-3, tp 1, ep 1, micro-batch 1 and a replicated core where the trainer given the same flags takes F's
     stage, AutoTP/AutoEP sizes, batch sizes and leaf modules (single-node-8gpu.json on 8 ranks: the plan's ep 1,
@@ -240,3 +240,8 @@ def test_the_plan_s_layout_is_the_one_the_trainer_builds_from_the_same_flags(nam
             assert planned["grad_accum"] == trainer.grad_accum
             compared += 1
     assert compared >= 3
+    malformed = tmp_path / name  # the layout keys the plan now reads are checked as the trainer checks them
+    malformed.write_text(json.dumps({**load_template(path), "tensor_parallel": {"autotp_size": "2"}}))
+    assert params_main(["--gpus", "2", "--ds-config", str(malformed)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --ds-config {malformed}: tensor_parallel.autotp_size must be a positive integer, got '2'")
