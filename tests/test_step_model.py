@@ -220,17 +220,20 @@ def test_the_plan_s_layout_is_the_one_the_trainer_builds_from_the_same_flags(nam
     """Found 2026-12-07: ``plan --gpus N --ds-config F`` read only ZeRO++ options and buffer sizes from F, so it
     planned ZeRO-3, tp 1, ep 1, micro-batch 1 and a replicated core where the trainer given the same flags takes F's
     stage, AutoTP/AutoEP sizes, batch sizes and leaf modules (single-node-8gpu.json on 8 ranks: the plan's ep 1,
-    micro 1 x accumulation 1 against the trainer's ep 8, micro 4 x accumulation 8)."""
+    micro 1 x accumulation 1 against the trainer's ep 8, micro 4 x accumulation 8), and a replicated core where the
+    trainer's ``--compile`` (after ``--``) makes ZeRO-3's blocks leaf modules."""
     from megamythos.planning.plan import plan
     from megamythos.training.ds_config import load_template, resolve_layout
 
     path = str(REPO / "ds_configs" / name)
     compared = 0
     for world in (1, 2, 4, 8):
-        for flags in ([], ["--ep", "2"], ["--zero", "2", "--micro-batch-size", "2"]):
+        for flags in ([], ["--ep", "2"], ["--zero", "2", "--micro-batch-size", "2"], ["--", "--compile"]):
             argv = ["--preset", "small", "--gpus", str(world), "--ds-config", path, "--json", *flags]
+            trainer_flags = [flag for flag in flags if flag != "--"]  # --compile: the trainer's, after -- in a plan
             try:
-                trainer = resolve_layout(load_template(path), parse_args(["--ds-config", path, *flags]), world)
+                trainer = resolve_layout(load_template(path), parse_args(["--ds-config", path, *trainer_flags]),
+                                         world)
             except ValueError as refused:  # a layout the trainer refuses: the plan refuses it alike
                 with pytest.raises(ValueError, match=re.escape(str(refused))):
                     plan(argv)

@@ -141,14 +141,16 @@ def ds_template(args: argparse.Namespace) -> dict[str, Any]:
 
 def resolve_layout(args: argparse.Namespace, template: dict[str, Any]) -> ParallelLayout:
     """The layout of ``--gpus`` and friends, each setting not given taken from ``template`` (:func:`ds_template`)
-    as the trainer takes it (:func:`~megamythos.planning.layout.template_layout`; without a template, ZeRO-3);
-    ZeRO++ options from the flags, then the template, then off."""
+    as the trainer takes it (:func:`~megamythos.planning.layout.template_layout`; without a template, ZeRO-3; the
+    trainer's ``--compile`` after ``--`` makes ZeRO-3's blocks leaf modules); ZeRO++ options from the flags, then
+    the template, then off."""
     zero = args.zero if args.zero is not None or args.ds_config else ParallelLayout.zero
     zeropp = {key: getattr(args, flag) for flag, key in ZEROPP_KEYS.items() if getattr(args, flag) is not None}
     template = {**template, "zero_optimization": {**template.get("zero_optimization", {}), **zeropp}}
     return template_layout(template, args.ds_config, args.gpus, tp=args.tp, ep=args.ep, zero=zero,
                            micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
-                           grad_accum=args.grad_accum, replicate_core=args.replicate_core)
+                           grad_accum=args.grad_accum, replicate_core=args.replicate_core,
+                           compiled="--compile" in args.train_args)
 
 
 def hostfile_slots(path: str) -> dict[str, int] | None:
