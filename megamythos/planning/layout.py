@@ -191,9 +191,12 @@ TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradie
 
 
 def check_layout_keys(template: Mapping[str, Any], path: str | Path, error: type[UserError] = LayoutError) -> None:
-    """Raise ``error`` naming ds_config file ``path`` and the key where a layout setting of ``template`` (its batch
-    counts, ZeRO stage, AutoTP and AutoEP sizes, ``expert_parallel.enabled``) is not what DeepSpeed takes; its
-    sections must be objects already."""
+    """Raise ``error`` naming ds_config file ``path`` and the key where a layout setting of ``template`` (its
+    sections ``zero_optimization``, ``tensor_parallel`` and ``expert_parallel``, batch counts, ZeRO stage, AutoTP
+    and AutoEP sizes, ``expert_parallel.enabled``) is not what DeepSpeed takes."""
+    for key in ("zero_optimization", "tensor_parallel", "expert_parallel"):
+        if not isinstance(template.get(key, {}), dict):
+            raise error(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
     if not isinstance(template.get("expert_parallel", {}).get("enabled", False), bool):
         raise error(f"--ds-config {path}: expert_parallel.enabled must be true or false, got "
                     f"{template['expert_parallel']['enabled']!r}")

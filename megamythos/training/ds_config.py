@@ -54,7 +54,7 @@ def load_template(path: str | Path) -> dict[str, Any]:
     ``params``) are objects; anything else raises :class:`ArgumentError` naming the file and the key. So does a
     section the trainer would drop (:data:`DROPPED`)."""
     template = read_json_object(path, ArgumentError, TEMPLATE_REMEDY)
-    for key in ("zero_optimization", "tensor_parallel", "expert_parallel", "bf16", "optimizer"):
+    for key in ("bf16", "optimizer"):  # the layout's sections: check_layout_keys
         if not isinstance(template.get(key, {}), dict):
             raise ArgumentError(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
     if not isinstance(template.get("optimizer", {}).get("params", {}), dict):
