@@ -854,6 +854,26 @@ def test_every_node_gets_the_users_deepspeed_env_then_this_shells_settings_then_
     assert out.read_text().splitlines()[:4] == ["NCCL_IB_HCA=mlx5", "NCCL_DEBUG=INFO", "MY_SETTING=a=b", "RUN_DIR=/r"]
 
 
+def nodes_environment(out: Path, env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{mode: the environment a node's rank gets} from the environment file ``out`` in a shell of ``env``: "pdsh",
+    as DeepSpeed 0.19.8's runner reads the DS_ENV_FILE (its ``add_export`` quoting) and pdsh runs it in bash, and
+    "srun", as launchers/slurm.sbatch's srun mode reads it, under the script's own ``set -euo pipefail``."""
+    from deepspeed.launcher.multinode_runner import MultiNodeRunner
+
+    runner = SimpleNamespace(exports={})
+    for line in out.read_text().splitlines(keepends=True):  # runner.py's loop over the DS_ENV_FILE
+        MultiNodeRunner.add_export(runner, *line.split("=", maxsplit=1))
+    pdsh = "".join(f"export {key}={value}; " for key, value in runner.exports.items())  # PDSHRunner.get_cmd's
+    script = (REPO / "launchers" / "slurm.sbatch").read_text().splitlines()
+    strict = next(line for line in script if line.startswith("set -"))
+    srun = f"{strict}; " + next(line for line in script if "read -r line" in line).strip().replace(
+        '"$NODE_ENV"', str(out)) + "; "
+    show = "python3 -c 'import json, os; print(json.dumps(dict(os.environ)))'"
+    return {mode: json.loads(subprocess.run(["bash", "-c", prefix + show], capture_output=True, text=True, check=True,
+                                            env={"PATH": os.environ["PATH"], **env}).stdout)
+            for mode, prefix in (("pdsh", pdsh), ("srun", srun))}
+
+
 def test_the_nodes_get_the_users_settings_as_written_whichever_way_the_file_is_read(tmp_path, monkeypatch, capsys):
     """Found 2026-12-07 (review): a ``#`` comment or an ``export KEY=VALUE`` line of ~/.deepspeed_env was copied
     into the file every node reads: DeepSpeed 0.19.8's pdsh command then began ``export # KEY=V; ...``, a comment to
@@ -863,8 +883,6 @@ def test_the_nodes_get_the_users_settings_as_written_whichever_way_the_file_is_r
     a backquote ran a command) and kept as written in srun mode. The file we write is read here as the runner reads
     it (its own ``add_export`` quoting, run by bash as pdsh runs it) and by slurm.sbatch's own srun-mode line: both
     give each node the user's values as DeepSpeed gives them (``$BASE`` expanded) and this shell's as they are."""
-    from deepspeed.launcher.multinode_runner import MultiNodeRunner
-
     from megamythos.training import node_env
 
     home = tmp_path / "home"
@@ -877,17 +895,8 @@ def test_the_nodes_get_the_users_settings_as_written_whichever_way_the_file_is_r
             "LD_LIBRARY_PATH": "/opt/x:/usr/lib/base", **shell}
     out = tmp_path / "node-env"
     node_env.write_node_environment(out, shell, home, tmp_path)
-    runner = SimpleNamespace(exports={})
-    for line in out.read_text().splitlines(keepends=True):  # runner.py's loop over the DS_ENV_FILE
-        MultiNodeRunner.add_export(runner, *line.split("=", maxsplit=1))
-    pdsh = "".join(f"export {key}={value}; " for key, value in runner.exports.items())  # PDSHRunner.get_cmd's
-    srun = next(line for line in (REPO / "launchers" / "slurm.sbatch").read_text().splitlines()
-                if "read -r line" in line).strip().replace('"$NODE_ENV"', str(out)) + "; "
-    show = "python3 -c 'import json, os; print(json.dumps(dict(os.environ)))'"
-    for prefix in (pdsh, srun):
-        got = json.loads(subprocess.run(["bash", "-c", prefix + show], capture_output=True, text=True, check=True,
-                                        env={"PATH": os.environ["PATH"], "BASE": "/usr/lib/base"}).stdout)
-        assert {key: got.get(key) for key in want} == want, prefix
+    for mode, got in nodes_environment(out, {"BASE": "/usr/lib/base"}).items():
+        assert {key: got.get(key) for key in want} == want, mode
     (home / ".deepspeed_env").write_text('NCCL_IB_HCA=mlx5\nMY_FLAGS="--a 1"\n')
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(tmp_path)
@@ -895,6 +904,59 @@ def test_the_nodes_get_the_users_settings_as_written_whichever_way_the_file_is_r
     assert capsys.readouterr().err == (f"error: {home / '.deepspeed_env'}:2: 'MY_FLAGS=\"--a 1\"' has a \" in its "
                                        "value, which DeepSpeed's runner puts inside double quotes of its own (a "
                                        "\"quoted\" value breaks them); write the value without quotes\n")
+
+
+def test_a_users_value_naming_an_unset_variable_reaches_srun_nodes_as_pdsh_ones(tmp_path):
+    """Found 2026-12-07 (review of the escaping): slurm.sbatch runs under ``set -u``, so in srun mode a value of
+    ~/.deepspeed_env naming a variable the batch shell lacks (``LD_LIBRARY_PATH=/opt/x:$LD_LIBRARY_PATH``, the
+    documented example, with no LD_LIBRARY_PATH set) stopped the batch script with ``unbound variable`` before any
+    rank started, where DeepSpeed's pdsh mode gives the nodes ``/opt/x:``."""
+    from megamythos.training import node_env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".deepspeed_env").write_text("LD_LIBRARY_PATH=/opt/x:$LD_LIBRARY_PATH\nNCCL_IB_HCA=mlx5\n")
+    out = tmp_path / "node-env"
+    node_env.write_node_environment(out, {}, home, tmp_path)
+    for mode, got in nodes_environment(out, {}).items():
+        assert (got.get("LD_LIBRARY_PATH"), got.get("NCCL_IB_HCA")) == ("/opt/x:", "mlx5"), mode
+
+
+def test_every_printable_character_of_a_forwarded_value_reaches_the_nodes_as_it_is(tmp_path):
+    """The escaping of the launching shell's values (``literal``) checked against bash for every printable ASCII
+    character, a trailing backslash and spaces inside it, in both modes (DeepSpeed's runner strips a value's outer
+    spaces)."""
+    from megamythos.training import node_env
+
+    value = "".join(chr(c) for c in range(33, 127)) + " $(true) ${X:-y} `true` \\"
+    out = tmp_path / "node-env"
+    node_env.write_node_environment(out, {"RUN_DIR": value}, tmp_path, tmp_path)
+    for mode, got in nodes_environment(out, {}).items():
+        assert got["RUN_DIR"] == value, mode
+
+
+@pytest.mark.parametrize("value", ["/opt/x\\", "a`hostname", "a$(hostname", "a${HOME"])
+def test_a_users_value_no_shell_reads_inside_quotes_is_refused_naming_its_line(tmp_path, monkeypatch, capsys, value):
+    """Found 2026-12-07 (review of the escaping): a value of ~/.deepspeed_env ending in a lone ``\\`` or leaving a
+    backquote, ``$(`` or ``${`` open was written into the file every node reads, where DeepSpeed's double quotes
+    made it a syntax error: each node's pdsh command ended before the rank started, and slurm.sbatch's srun mode
+    stopped with ``unexpected EOF``. It is one line naming the file and line, exit 2, no file written; a value that
+    closes what it opens is read as DeepSpeed reads it."""
+    from megamythos.training import node_env
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    env_file = tmp_path / ".deepspeed_env"
+    env_file.write_text(f"NCCL_IB_HCA=mlx5\nLD_LIBRARY_PATH={value}\n")
+    out = tmp_path / "node-env"
+    assert node_env.main([str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {env_file}:2: {'LD_LIBRARY_PATH=' + value!r} ends inside what its value opens (a trailing \\, or a "
+        "backquote, $( or ${ left open), a syntax error in DeepSpeed's double quotes on every node; close it, or "
+        "escape a trailing \\ as \\\\\n")
+    assert not out.exists()
+    env_file.write_text("LD_LIBRARY_PATH=/opt/x\\\\:`echo y`:$(echo z):${HOME}\n")
+    assert node_env.read_env_file(env_file) == {"LD_LIBRARY_PATH": "/opt/x\\\\:`echo y`:$(echo z):${HOME}"}
 
 
 def test_a_forwarded_value_with_a_line_break_is_refused_naming_its_variable(tmp_path, monkeypatch, capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -60,8 +61,10 @@ def read_env_file(path: Path) -> dict[str, str]:
     double quotes (``LD_LIBRARY_PATH=/opt/x:$LD_LIBRARY_PATH``), in pdsh and in srun mode alike.
 
     Raises :class:`UserError` naming the file and the line for a line without ``=`` or a variable name before it,
-    and for a value with a ``"``: the runner wraps such a value in double quotes of its own, which the value's own
-    quotes close (``K="a b"`` reaches the nodes as ``K=a``)."""
+    for a value with a ``"``: the runner wraps such a value in double quotes of its own, which the value's own
+    quotes close (``K="a b"`` reaches the nodes as ``K=a``), and for a value a shell cannot read inside them
+    (:func:`reads_in_quotes`: a trailing ``\\``, an unclosed backquote, ``$(`` or ``${``), which would end
+    every node's command (pdsh) or the batch script (srun mode) in a syntax error."""
     found = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -74,8 +77,18 @@ def read_env_file(path: Path) -> dict[str, str]:
         if '"' in value:
             raise UserError(f"{path}:{number}: {line!r} has a \" in its value, which DeepSpeed's runner puts inside "
                             "double quotes of its own (a \"quoted\" value breaks them); write the value without quotes")
+        if not reads_in_quotes(value.strip()):
+            raise UserError(f"{path}:{number}: {line!r} ends inside what its value opens (a trailing \\, or a "
+                            "backquote, $( or ${ left open), a syntax error in DeepSpeed's double quotes on every "
+                            "node; close it, or escape a trailing \\ as \\\\")
         found[key] = value.strip()
     return found
+
+
+def reads_in_quotes(value: str) -> bool:
+    """Whether bash parses ``export K="value"``, the line each node's shell runs (``bash -n`` reads it and executes
+    nothing: no command of the value runs here)."""
+    return subprocess.run(["bash", "-n", "-c", f'export K="{value}"'], capture_output=True).returncode == 0
 
 
 def literal(key: str, value: str) -> str:
