@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import pickle
 import re
 import shutil
 import subprocess
@@ -1500,7 +1501,8 @@ def test_ranks_that_read_other_data_under_the_same_paths_are_refused(monkeypatch
     own copies (node-local copies of a corpus; the default corpus, which each such node builds from its own
     Python's standard library), and a stale copy or another build passed every check of its node: each
     data-parallel rank trained on other data, or under another tokenizer, without a word. The ranks gather what
-    they read at start-up (here a stand-in for the gather gives rank 1 its own)."""
+    they read at start-up (here stand-ins for the gather of digests and the broadcasts that follow one that differs
+    give rank 1 its own; tests/test_data_distributed.py runs them for real)."""
     from megamythos.data.pretraining import DataSetup
     from megamythos.training import pretrain
 
@@ -1508,11 +1510,15 @@ def test_ranks_that_read_other_data_under_the_same_paths_are_refused(monkeypatch
     ours = DataSetup("/data/tok.model", "ab12", {"/data/a_text_document": shape, "/data/b_text_document": shape})
     setups = {"node0": ours}
 
-    def gather(gathered: list, mine: object) -> None:
-        gathered[:] = [(host, list(setup.shapes.items()), setup.tokenizer_fingerprint)
-                       for host, setup in setups.items()]
+    def gather(gathered: list, mine: tuple) -> None:
+        gathered[:] = [("node0", mine[1]), ("node1", mine[1] if setups["node1"] == ours else "another digest")]
+
+    def broadcast(payload: list, src: int) -> None:
+        setup = list(setups.values())[src]
+        payload[0] = (list(setup.shapes.items()), setup.tokenizer_fingerprint)
 
     monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    monkeypatch.setattr(pretrain.dist, "broadcast_object_list", broadcast)
     setups["node1"] = DataSetup("/data/tok.model", "ab12", dict(ours.shapes))
     pretrain.check_same_data(ours, 2)
     pretrain.check_same_data(ours, 1)  # no collective alone
@@ -1524,6 +1530,26 @@ def test_ranks_that_read_other_data_under_the_same_paths_are_refused(monkeypatch
         "rank 1 (host node1) reads other data than rank 0 (host node0) under the same paths: /data/b_text_document: "
         "tokens 470001 (rank 0: 474426); a tokenizer of sha256 cd34 (rank 0: ab12); give every node the same files "
         "(one shared folder, or copies of one build), e.g. a --data-path every node sees")
+
+
+def test_the_ranks_compare_a_digest_of_their_data_not_every_ranks_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (review): every rank gathered every rank's path and shape of each dataset, for a blend of
+    3000 datasets 280 kB a rank: 1.1 GB onto each rank of 4096 (on the GPU under NCCL), unpickled 4096 times, at
+    every start. What a rank sends to all is its host and a digest, whatever the blend's size."""
+    from megamythos.data.pretraining import DataSetup
+    from megamythos.training import pretrain
+
+    shapes = {f"/lustre/corpus/shard-{i:05d}_text_document": {"sequences": 1, "documents": 1, "tokens": 9}
+              for i in range(3000)}
+    sent: list[bytes] = []
+
+    def gather(gathered: list, mine: object) -> None:
+        sent.append(pickle.dumps(mine))
+        gathered[:] = [mine, mine]
+
+    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    pretrain.check_same_data(DataSetup("/data/tok.model", "ab12", shapes), 2)
+    assert len(sent) == 1 and len(sent[0]) < 200
 
 def test_nodes_whose_checkouts_lie_elsewhere_agree_on_the_defaults_found_there(monkeypatch: pytest.MonkeyPatch,
                                                                               tmp_path: Path) -> None:
