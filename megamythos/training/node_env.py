@@ -36,7 +36,7 @@ NODE_DEFAULTS = {"NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_DEBUG": "WARN", "TORC
 VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a name a shell exports (ASCII: bash refuses others)
 # The launching shell's variables every node gets: the run folder, the NCCL and CUDA settings, and a thread count
 # the user set (which the ranks keep instead of cores / local ranks)
-FORWARDED = re.compile(r"(NCCL_|TORCH_NCCL_)\w+|CUDA_DEVICE_MAX_CONNECTIONS|OMP_NUM_THREADS|RUN_DIR")
+FORWARDED = re.compile(r"(NCCL_|TORCH_NCCL_)[A-Za-z0-9_]+|CUDA_DEVICE_MAX_CONNECTIONS|OMP_NUM_THREADS|RUN_DIR")
 SHELL_SPECIAL = re.compile(r'[\\$`"]')  # what a shell reading a value inside double quotes does not keep as it is
 
 
