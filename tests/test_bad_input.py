@@ -1530,6 +1530,11 @@ def test_ranks_that_read_other_data_under_the_same_paths_are_refused(monkeypatch
         "rank 1 (host node1) reads other data than rank 0 (host node0) under the same paths: /data/b_text_document: "
         "tokens 470001 (rank 0: 474426); a tokenizer of sha256 cd34 (rank 0: ab12); give every node the same files "
         "(one shared folder, or copies of one build), e.g. a --data-path every node sees")
+    setups["node1"] = DataSetup(None, None, dict(ours.shapes))  # a copy of the .bin and .idx alone, no record
+    with pytest.raises(DataError) as refused:
+        pretrain.check_same_data(ours, 2)
+    assert "under the same paths: a tokenizer of sha256 none (no dataset record) (rank 0: ab12); give" in str(
+        refused.value)
 
 
 def test_the_ranks_compare_a_digest_of_their_data_not_every_ranks_shapes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -353,8 +353,9 @@ def check_same_data(data: DataSetup, world: int) -> None:
               for (path, shape0), (_, shape) in zip(shapes0, shapes) if shape != shape0]
     if len(shapes) != len(shapes0):
         differ.append(f"{len(shapes)} datasets (rank 0: {len(shapes0)})")
-    if tokenizer != tokenizer0:
-        differ.append(f"a tokenizer of sha256 {tokenizer} (rank 0: {tokenizer0})")
+    if tokenizer != tokenizer0:  # None: datasets without a metadata record (a copy of the .bin and .idx alone)
+        differ.append(f"a tokenizer of sha256 {tokenizer or 'none (no dataset record)'} (rank 0: "
+                      f"{tokenizer0 or 'none (no dataset record)'})")
     raise DataError(f"rank {rank} (host {host}) reads other data than rank 0 (host {host0}) under the same "
                     f"paths: {'; '.join(differ)}; give every node the same files (one shared folder, or copies "
                     "of one build), e.g. a --data-path every node sees")
