@@ -1556,6 +1556,24 @@ def test_the_ranks_compare_a_digest_of_their_data_not_every_ranks_shapes(monkeyp
     pretrain.check_same_data(DataSetup("/data/tok.model", "ab12", shapes), 2)
     assert len(sent) == 1 and len(sent[0]) < 200
 
+def test_another_ranks_unforeseen_data_failure_is_named_with_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the other ranks say of a rank whose data check failed on an error that is no user error (a node-local
+    copy it may not read): its kind and message, the file included, not a repr without it."""
+    from megamythos.training import pretrain
+
+    def gather(gathered: list, mine: object) -> None:
+        gathered[:] = [mine, mine]
+
+    monkeypatch.setattr(pretrain.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(pretrain.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    denied = PermissionError(13, "Permission denied")
+    denied.filename = "/local/corpus.bin"
+    assert pretrain.failed_elsewhere(denied)[2] == "PermissionError: [Errno 13] Permission denied: '/local/corpus.bin'"
+    assert pretrain.failed_elsewhere(DataError("dataset 'x' not found"))[2] == "dataset 'x' not found"
+    assert pretrain.failed_elsewhere(None) is None
+
+
 def test_nodes_whose_checkouts_lie_elsewhere_agree_on_the_defaults_found_there(monkeypatch: pytest.MonkeyPatch,
                                                                               tmp_path: Path) -> None:
     """Found 2026-12-07 (read): the ds_config and default corpus folder the launcher and trainer default to are

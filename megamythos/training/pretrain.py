@@ -329,7 +329,8 @@ def failed_elsewhere(failure: Exception | None) -> tuple[int, str, str] | None:
     corrupt: the others hung, or were told only that a rank ended during a collective)."""
     if not dist.is_initialized():
         return None
-    why = None if failure is None else str(failure) if isinstance(failure, UserError) else repr(failure)
+    why = (None if failure is None else str(failure) if isinstance(failure, UserError)
+           else f"{type(failure).__name__}: {failure}")  # an unforeseen error: its kind, its message
     ranks: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, (socket.gethostname(), why))
     return next(((rank, host, why) for rank, (host, why) in enumerate(ranks) if why is not None), None)
