@@ -42,7 +42,7 @@ from megamythos.model.config import CONFIG_FILE_REMEDY, ConfigError, ModelConfig
 from megamythos.model.lm import MythosLM
 from megamythos.planning.plan import CONFIG_REMEDY
 from megamythos.runtime.device import DeviceError, resolve_device
-from megamythos.training.arguments import ArgumentError, TrainArgs, differing_flags, parse_args
+from megamythos.training.arguments import ArgumentError, differing_flags, parse_args
 from megamythos.training.checkpointing import CheckpointError, CheckpointManager
 from megamythos.training.launch import LaunchError, preflight, split_launcher_flags
 from tests.helpers import (
@@ -1465,27 +1465,39 @@ def test_a_missing_dataset_is_named_with_the_flag_that_gave_it(tmp_path: Path, m
     assert sources.prefixes() == [str(tmp_path / "d"), "missing"]  # the list alone reads no file
 
 
+def simulate_ranks(monkeypatch: pytest.MonkeyPatch, ranks: dict[str, tuple]) -> None:
+    """Stand-ins for the collectives of ``pretrain.first_odd_rank`` over simulated ranks: ``{host: (compared,
+    shown)}`` (``pretrain.command_seen`` or ``data_seen`` of each), in rank order, read at each call."""
+    from megamythos.training import pretrain
+
+    def gather(gathered: list, mine: object) -> None:
+        gathered[:] = [(host, pretrain.json_digest(seen[0])) for host, seen in ranks.items()]
+
+    def broadcast(payload: list, src: int) -> None:
+        payload[0] = list(ranks.values())[src][1]
+
+    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    monkeypatch.setattr(pretrain.dist, "broadcast_object_list", broadcast)
+
+
 def test_ranks_started_with_other_trainer_flags_are_refused_naming_the_rank_and_the_flags(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Found 2026-12-07 (two "nodes" on one host, each its own `deepspeed --no_ssh --node_rank R` command): nothing
     compared the nodes' commands, so another --seed was refused as an index cache missing on a shared filesystem
     (said by no node; rank 0 blamed a rank that ended), another --global-batch-size hung in the first step, and
-    another --save trained to the first checkpoint and failed it. The ranks' flags are gathered at start-up (here
-    a stand-in for the gather gives rank 1 its own command); the launcher's --local_rank differs on every rank."""
+    another --save trained to the first checkpoint and failed it. The ranks' flags are compared at start-up (here
+    stand-ins for the collectives give rank 1 its own command); the launcher's --local_rank differs on every rank."""
     from megamythos.training import pretrain
 
     ours = parse_args(["--seed", "7", "--save", "a", "--override", "dim=64", "--local_rank", "0"])
-    commands = {"node0": ours}
-
-    def gather(gathered: list, mine: object) -> None:
-        gathered[:] = [(host, str(Path(args.ds_config).resolve()), args.command_values())
-                       for host, args in commands.items()]
-
-    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
-    commands["node1"] = parse_args(["--seed", "7", "--save", "a", "--override", "dim=64", "--local_rank", "1"])
+    commands = {"node0": pretrain.command_seen(ours)}
+    simulate_ranks(monkeypatch, commands)
+    commands["node1"] = pretrain.command_seen(parse_args(["--seed", "7", "--save", "a", "--override", "dim=64",
+                                                          "--local_rank", "1"]))
     pretrain.check_same_command(ours, 2)
-    commands["node1"] = parse_args(["--seed", "8", "--save", "b", "--override", "dim=32", "--global-batch-size", "4",
-                                    "--data-path", "0.5", "x", "0.5", "y"])
+    commands["node1"] = pretrain.command_seen(parse_args(["--seed", "8", "--save", "b", "--override", "dim=32",
+                                                          "--global-batch-size", "4", "--data-path", "0.5", "x", "0.5",
+                                                          "y"]))
     with pytest.raises(ArgumentError) as refused:
         pretrain.check_same_command(ours, 2)
     assert str(refused.value) == (
@@ -1495,42 +1507,33 @@ def test_ranks_started_with_other_trainer_flags_are_refused_naming_the_rank_and_
         "same command, with the same RUN_DIR, on every node")
 
 
-
 def test_ranks_that_read_other_data_under_the_same_paths_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """Found 2026-12-07 (review of the default corpus across nodes): nodes without a shared filesystem read their
     own copies (node-local copies of a corpus; the default corpus, which each such node builds from its own
     Python's standard library), and a stale copy or another build passed every check of its node: each
     data-parallel rank trained on other data, or under another tokenizer, without a word. The ranks gather what
-    they read at start-up (here stand-ins for the gather of digests and the broadcasts that follow one that differs
-    give rank 1 its own; tests/test_data_distributed.py runs them for real)."""
+    they read at start-up (here stand-ins for the collectives give rank 1 its own; tests/test_data_distributed.py
+    runs them for real)."""
     from megamythos.data.pretraining import DataSetup
     from megamythos.training import pretrain
 
     shape = {"sequences": 30, "documents": 30, "tokens": 474426}
     ours = DataSetup("/data/tok.model", "ab12", {"/data/a_text_document": shape, "/data/b_text_document": shape})
-    setups = {"node0": ours}
-
-    def gather(gathered: list, mine: tuple) -> None:
-        gathered[:] = [("node0", mine[1]), ("node1", mine[1] if setups["node1"] == ours else "another digest")]
-
-    def broadcast(payload: list, src: int) -> None:
-        setup = list(setups.values())[src]
-        payload[0] = (list(setup.shapes.items()), setup.tokenizer_fingerprint)
-
-    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
-    monkeypatch.setattr(pretrain.dist, "broadcast_object_list", broadcast)
-    setups["node1"] = DataSetup("/data/tok.model", "ab12", dict(ours.shapes))
-    pretrain.check_same_data(ours, 2)
+    setups = {"node0": pretrain.data_seen(ours)}
+    simulate_ranks(monkeypatch, setups)
+    setups["node1"] = pretrain.data_seen(DataSetup("/local/tok.model", "ab12", {"/local/a_text_document": shape,
+                                                                                 "/local/b_text_document": shape}))
+    pretrain.check_same_data(ours, 2)  # the same data under other paths
     pretrain.check_same_data(ours, 1)  # no collective alone
-    setups["node1"] = DataSetup("/local/tok.model", "cd34", {"/local/a_text_document": shape,
-                                                              "/local/b_text_document": {**shape, "tokens": 470001}})
+    setups["node1"] = pretrain.data_seen(DataSetup("/local/tok.model", "cd34", {
+        "/local/a_text_document": shape, "/local/b_text_document": {**shape, "tokens": 470001}}))
     with pytest.raises(DataError) as refused:
         pretrain.check_same_data(ours, 2)
     assert str(refused.value) == (
         "rank 1 (host node1) reads other data than rank 0 (host node0) under the same paths: /data/b_text_document: "
         "tokens 470001 (rank 0: 474426); a tokenizer of sha256 cd34 (rank 0: ab12); give every node the same files "
         "(one shared folder, or copies of one build), e.g. a --data-path every node sees")
-    setups["node1"] = DataSetup(None, None, dict(ours.shapes))  # a copy of the .bin and .idx alone, no record
+    setups["node1"] = pretrain.data_seen(DataSetup(None, None, dict(ours.shapes)))  # .bin and .idx alone, no record
     with pytest.raises(DataError) as refused:
         pretrain.check_same_data(ours, 2)
     assert "under the same paths: a tokenizer of sha256 none (no dataset record) (rank 0: ab12); give" in str(
@@ -1538,9 +1541,10 @@ def test_ranks_that_read_other_data_under_the_same_paths_are_refused(monkeypatch
 
 
 def test_the_ranks_compare_a_digest_of_their_data_not_every_ranks_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Found 2026-12-07 (review): every rank gathered every rank's path and shape of each dataset, for a blend of
-    3000 datasets 280 kB a rank: 1.1 GB onto each rank of 4096 (on the GPU under NCCL), unpickled 4096 times, at
-    every start. What a rank sends to all is its host and a digest, whatever the blend's size."""
+    """Found 2026-12-07 (review): every rank gathered every rank's path and shape of each dataset, and every rank's
+    flags (--data-path whole), for a blend of 3000 datasets 200-300 kB a rank each: about 1 GB onto each rank of
+    4096 (on the GPU under NCCL), unpickled 4096 times, at every start. What a rank sends to all is its host and a
+    digest, whatever the blend's size."""
     from megamythos.data.pretraining import DataSetup
     from megamythos.training import pretrain
 
@@ -1554,7 +1558,9 @@ def test_the_ranks_compare_a_digest_of_their_data_not_every_ranks_shapes(monkeyp
 
     monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
     pretrain.check_same_data(DataSetup("/data/tok.model", "ab12", shapes), 2)
-    assert len(sent) == 1 and len(sent[0]) < 200
+    pretrain.check_same_command(parse_args(["--data-path", *[p for prefix in shapes for p in ("1", prefix)]]), 2)
+    assert len(sent) == 2 and max(map(len, sent)) < 200
+
 
 def test_another_ranks_unforeseen_data_failure_is_named_with_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the other ranks say of a rank whose data check failed on an error that is no user error (a node-local
@@ -1608,9 +1614,7 @@ def test_nodes_whose_ds_config_of_one_name_differs_in_content_are_refused(monkey
     where a flag differs too)."""
     from megamythos.training import arguments, pretrain
 
-    def sent(args: TrainArgs) -> tuple:  # what a rank gives the gather of check_same_command, but its host
-        return str(Path(args.ds_config).resolve()), args.command_values()
-
+    sent = pretrain.command_seen
     ours = parse_args(["--ds-config", str(REPO / "ds_configs" / "multi-node.json")])
     commands = {"node0": sent(ours)}  # in this checkout
     elsewhere = tmp_path / "megamythos"
@@ -1622,11 +1626,7 @@ def test_nodes_whose_ds_config_of_one_name_differs_in_content_are_refused(monkey
     theirs.write_text(json.dumps(dict(reversed(template.items())), indent=4))
     argv = ["--ds-config", str(theirs), "--default-data-dir", str(elsewhere / "data" / "default")]
     commands["node1"] = sent(parse_args(argv))
-
-    def gather(gathered: list, mine: object) -> None:
-        gathered[:] = [(host, *record) for host, record in commands.items()]
-
-    monkeypatch.setattr(pretrain.dist, "all_gather_object", gather)
+    simulate_ranks(monkeypatch, commands)
     pretrain.check_same_command(ours, 2)
     theirs.write_text(json.dumps({**template, "zero_optimization": {**template["zero_optimization"], "stage": 1}}))
     commands["node1"] = sent(parse_args(argv))

@@ -227,22 +227,27 @@ def check_same_command(args: TrainArgs, world: int) -> None:
     accumulated another number of micro-batches and hung in the first step's collective, and another ``--save``
     trained to the first checkpoint and failed it, each rank's shard in its own folder. A ``--ds-config`` file whose
     content differs (a node's checkout of another commit, or edited) is named on both hosts, and the same command is
-    asked for only where a flag differs too."""
-    if world == 1:
+    asked for only where a flag differs too. The ranks compare a digest (:func:`first_odd_rank`) of
+    :func:`command_seen`."""
+    if world == 1 or (odd := first_odd_rank(command_seen(args), world)) is None:
         return
-    ranks: list[Any] = [None] * world
-    dist.all_gather_object(ranks, (socket.gethostname(), str(Path(args.ds_config).resolve()), args.command_values()))
-    (host0, ds_config0, flags0), other = ranks[0], ranks[1:]
-    for rank, (host, ds_config, flags) in enumerate(other, start=1):
-        if differ := differing_flags(flags0, flags):
-            content = flags.get(DS_CONFIG_CONTENT) != flags0.get(DS_CONFIG_CONTENT)  # one of the flags that differ
-            remedies = [f"the --ds-config file {ds_config} (host {host}) differs in content from {ds_config0} (host "
-                        f"{host0}): give every node the same file (a checkout of the same commit, without local "
-                        "edits)"] if content else []
-            if len(differ) > content:
-                remedies.append("run the same command, with the same RUN_DIR, on every node")
-            raise ArgumentError(f"rank {rank} (host {host}) was started with other trainer flags than rank 0 (host "
-                                f"{host0}): {', '.join(differ)}; {'; '.join(remedies)}")
+    rank, (host0, (ds_config0, flags0)), (host, (ds_config, flags)) = odd
+    if differ := differing_flags(flags0, flags):
+        content = flags.get(DS_CONFIG_CONTENT) != flags0.get(DS_CONFIG_CONTENT)  # one of the flags that differ
+        remedies = [f"the --ds-config file {ds_config} (host {host}) differs in content from {ds_config0} (host "
+                    f"{host0}): give every node the same file (a checkout of the same commit, without local "
+                    "edits)"] if content else []
+        if len(differ) > content:
+            remedies.append("run the same command, with the same RUN_DIR, on every node")
+        raise ArgumentError(f"rank {rank} (host {host}) was started with other trainer flags than rank 0 (host "
+                            f"{host0}): {', '.join(differ)}; {'; '.join(remedies)}")
+
+
+def command_seen(args: TrainArgs) -> tuple[Any, Any]:
+    """What :func:`check_same_command` compares of a rank's command (:meth:`TrainArgs.command_values`) and shows of
+    it where it differs (its ``--ds-config`` file, resolved, and those values)."""
+    values = args.command_values()
+    return values, (str(Path(args.ds_config).resolve()), values)
 
 
 def checkpointing_warning(save: str | None, save_interval: int, steps_left: int) -> str | None:
@@ -342,11 +347,8 @@ def check_same_data(data: DataSetup, world: int) -> None:
     tokenizer. Nodes that do not share a filesystem read their own copies (node-local copies of a corpus, or the
     default corpus each node builds from its own Python's standard library): a stale copy, or a build of other
     text, passes every check of its own node and would train each data-parallel rank on other data. The ranks
-    compare a digest (:func:`first_odd_rank`); the paths, each rank's real ones, are not compared."""
-    if world == 1:
-        return
-    seen = (list(data.shapes.items()), data.tokenizer_fingerprint)
-    if (odd := first_odd_rank(([shape for _, shape in seen[0]], seen[1]), seen, world)) is None:
+    compare a digest (:func:`first_odd_rank`) of :func:`data_seen`."""
+    if world == 1 or (odd := first_odd_rank(data_seen(data), world)) is None:
         return
     rank, (host0, (shapes0, tokenizer0)), (host, (shapes, tokenizer)) = odd
     differ = [f"{path}: " + ", ".join(f"{key} {shape[key]} (rank 0: {shape0[key]})" for key in shape0
@@ -362,20 +364,32 @@ def check_same_data(data: DataSetup, world: int) -> None:
                     "of one build), e.g. a --data-path every node sees")
 
 
-def first_odd_rank(compared: Any, shown: Any, world: int) -> tuple[int, tuple[str, Any], tuple[str, Any]] | None:
-    """Collective: the first rank whose ``compared`` (JSON) differs from rank 0's, with (host, ``shown``) of rank 0
-    and of that rank; None where every rank's is equal. The ranks gather their host and a sha256 of ``compared``,
-    and only those two send ``shown``: a gather of every rank's own would copy it ``world`` times onto each rank
-    (the shapes of a 3000-dataset blend, 280 kB, are 1.1 GB at 4096 ranks, several seconds to unpickle)."""
-    digest = hashlib.sha256(json.dumps(compared, sort_keys=True).encode()).hexdigest()
+def data_seen(data: DataSetup) -> tuple[Any, Any]:
+    """What :func:`check_same_data` compares of a rank's data (each dataset's shape in order, the tokenizer's
+    sha256; not the paths, each rank's real ones) and shows of it where it differs (the paths too)."""
+    shapes = list(data.shapes.items())
+    return ([shape for _, shape in shapes], data.tokenizer_fingerprint), (shapes, data.tokenizer_fingerprint)
+
+
+def json_digest(value: Any) -> str:
+    """sha256 of ``value`` as JSON, keys sorted."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def first_odd_rank(seen: tuple[Any, Any], world: int) -> tuple[int, tuple[str, Any], tuple[str, Any]] | None:
+    """Collective: the first rank whose ``seen[0]`` (compared) differs from rank 0's, with (host, ``seen[1]``:
+    shown) of rank 0 and of that rank; None where every rank's is equal. The ranks gather their host and a
+    :func:`json_digest` of what they compare, and only those two send what they show: a gather of every rank's own
+    would copy it ``world`` times onto each rank (a 3000-dataset blend's shapes or ``--data-path``, 200-300 kB, are
+    about 1 GB at 4096 ranks, on the GPU under NCCL, and seconds to unpickle)."""
     ranks: list[Any] = [None] * world
-    dist.all_gather_object(ranks, (socket.gethostname(), digest))
+    dist.all_gather_object(ranks, (socket.gethostname(), json_digest(seen[0])))
     odd = next((rank for rank in range(1, world) if ranks[rank][1] != ranks[0][1]), None)
     if odd is None:
         return None
     ends = []
     for src in (0, odd):
-        payload = [shown]
+        payload = [seen[1]]
         dist.broadcast_object_list(payload, src=src)
         ends.append((ranks[src][0], payload[0]))
     return odd, ends[0], ends[1]
