@@ -247,11 +247,12 @@ def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_pat
     """Tags saved before checksums existed (no manifest, and no mark of one in their train record): resume's
     check, evaluate/generate's loading and export accept them."""
     ckpt = copy_of(saved, tmp_path)
-    (ckpt / LATEST_TAG / CHECKSUMS_FILE).unlink()
-    record_file = ckpt / LATEST_TAG / "train_args.json"
-    record = json.loads(record_file.read_text())
-    del record[CHECKSUMMED_KEY]
-    record_file.write_text(json.dumps(record))
+    for tag in (GOOD, LATEST_TAG):  # every tag of such a run
+        (ckpt / tag / CHECKSUMS_FILE).unlink()
+        record_file = ckpt / tag / "train_args.json"
+        record = json.loads(record_file.read_text())
+        del record[CHECKSUMMED_KEY]
+        record_file.write_text(json.dumps(record))
     with caplog.at_level(logging.WARNING):
         check_run_dirs(str(ckpt), str(ckpt))
         assert load_model(ckpt).source == ckpt / LATEST_TAG
@@ -342,6 +343,33 @@ def test_a_tag_whose_checksums_were_lost_is_refused(reader: str, saved: Path, tm
         line = error_line(main(args), capsys.readouterr().err)
     assert f"{ckpt / LATEST_TAG / CHECKSUMS_FILE} is missing" in line, line
     assert f"newest tag that verifies is {GOOD}" in line, line
+
+
+@pytest.mark.launch
+@pytest.mark.parametrize("reader", ["resume", "evaluate", "export"])
+def test_a_tag_copied_in_part_without_its_manifest_is_refused(reader: str, saved: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    """A copy of a run cut off inside its newest tag (``tar``, or ``cp -a``, which copy in directory order) after
+    ``latest``: the tag lacks ``checksums.json``, ``train_args.json`` and a shard. Found 2026-12-07: it passed for a
+    tag saved before checksums existed, was read with a warning that its files are not verified, and failed on the
+    missing shard (export and evaluate: ``is a ZeRO-0 tensor-parallel checkpoint; train with ZeRO >= 1``). Its older
+    tag holds a manifest, so this one was saved with one too."""
+    ckpt = copy_of(saved, tmp_path)
+    for name in (CHECKSUMS_FILE, "train_args.json", FILES["optimizer states"]):
+        for path in (ckpt / LATEST_TAG).glob(name):
+            path.unlink()
+    if reader == "resume":
+        with pytest.raises(CheckpointError) as err:
+            check_run_dirs(str(ckpt), str(ckpt))
+        line = str(err.value)
+    else:
+        main, args = {"evaluate": (evaluate_main, ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1"]),
+                      "export": (export_main, [str(ckpt), str(tmp_path / "out")])}[reader]
+        line = error_line(main(args), capsys.readouterr().err)
+    assert (f"{ckpt / LATEST_TAG / CHECKSUMS_FILE} is missing, though {LATEST_TAG} was saved with it (the older "
+            f"{GOOD} of its run holds one: a copy cut off") in line, line
+    assert f"newest tag that verifies is {GOOD}" in line, line
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.launch

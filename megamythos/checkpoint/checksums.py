@@ -22,9 +22,11 @@ from typing import Any
 
 from megamythos.checkpoint.files import (
     LATEST,
+    TAG_RE,
     TRAIN_RECORD,
     CheckpointError,
     check_tag_files,
+    complete_tags,
     read_train_record,
     tags_by_iteration,
     write_atomic,
@@ -215,11 +217,11 @@ def verify_tag(tag_dir: Path, team: Team = ALONE) -> None:
     except ChecksumError as err:
         raise CheckpointError(f"{err}; {_remedy(tag_dir, team)}, or restore {err.path.name} from another copy of "
                               "the checkpoint") from err
-    problem = team.share(lambda: _unverified_tag_problem(tag_dir))
-    if problem == CHECKSUMMED_KEY:
+    saved_with, problem = team.share(lambda: _unverified_tag_problem(tag_dir))
+    if saved_with is not None:
         raise CheckpointError(f"{tag_dir / CHECKSUMS_FILE} is missing, though {tag_dir.name} was saved with it "
-                              f"({TRAIN_RECORD}: {CHECKSUMMED_KEY}), so its files cannot be verified; "
-                              f"{_remedy(tag_dir, team)}, or restore the tag from another copy of the checkpoint")
+                              f"({saved_with}), so its files cannot be verified; {_remedy(tag_dir, team)}, or "
+                              "restore the tag from another copy of the checkpoint")
     if problem is not None:
         raise CheckpointError(problem)
 
@@ -231,19 +233,33 @@ def _remedy(tag_dir: Path, team: Team) -> str:
             f"{tag_dir.parent / LATEST})" if good else f"no other tag of {tag_dir.parent} verifies")
 
 
-def _unverified_tag_problem(tag_dir: Path) -> str | None:
-    """For ``tag_dir`` without a manifest: :data:`CHECKSUMMED_KEY` if its train record says it had one; else warn
-    that it (saved before checksums existed) is not verified and return what :func:`check_tag_files` finds wrong
-    with its torch files, or None."""
+def _saved_with_manifest(tag_dir: Path) -> str | None:
+    """Why ``tag_dir``, which holds no manifest, was saved with one, or None (a tag saved before checksums existed):
+    its train record says so (:data:`CHECKSUMMED_KEY`), or an older tag of its directory holds one, since a run
+    saves its tags in order and every save since checksums exist writes one (a tag copied in part: ``rsync``,
+    ``cp`` or ``tar`` cut off before its ``checksums.json`` and ``train_args.json``)."""
+    if read_train_record(tag_dir).get(CHECKSUMMED_KEY):
+        return f"{TRAIN_RECORD}: {CHECKSUMMED_KEY}"
+    match = TAG_RE.match(tag_dir.name)
+    older = [name for i, name in complete_tags(tag_dir.parent) if match and i < int(match.group(1))]
+    return f"the older {older[-1]} of its run holds one: a copy cut off, or a save that did not finish" if older \
+        else None
+
+
+def _unverified_tag_problem(tag_dir: Path) -> tuple[str | None, str | None]:
+    """For ``tag_dir`` without a manifest: (why it was saved with one (:func:`_saved_with_manifest`), None); else
+    warn that it (saved before checksums existed) is not verified and give (None, what :func:`check_tag_files` finds
+    wrong with its torch files, or None)."""
     try:
-        if read_train_record(tag_dir).get(CHECKSUMMED_KEY):
-            return CHECKSUMMED_KEY
+        saved_with = _saved_with_manifest(tag_dir)
     except CheckpointError as err:
-        return str(err)
+        return None, str(err)
+    if saved_with is not None:
+        return saved_with, None
     logger.warning("%s has no %s (saved before checkpoints carried checksums): its files are not verified",
                    tag_dir, CHECKSUMS_FILE)
     try:
         check_tag_files(tag_dir)
     except CheckpointError as err:
-        return str(err)
-    return None
+        return None, str(err)
+    return None, None
