@@ -787,6 +787,24 @@ def test_resume_on_a_dataset_rebuilt_under_its_prefix_says_so(corpus: Path, tmp_
     extend = ["--load", str(tmp_path / "run"), "--use-checkpoint-lr-schedule"]  # a longer run, the same LR curve
     again = run_single([*tiny_args(corpus, 3), *run, *extend], tmp_path)
     assert again.returncode == 0 and "the data changed" not in again.stderr, again.stderr[-3000:]
+    # the run folder copied to another machine, whose copy of the data lies under another prefix: the same bytes
+    # read on in the run's order (found 2026-12-07: "The run reads another sample order ..."); other bytes of the
+    # same shape (its documents in another order) are told apart by the tokens of the next samples
+    (tmp_path / "elsewhere").mkdir()
+    for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
+        shutil.copy2(data + suffix, tmp_path / "elsewhere" / f"corpus_text_document{suffix}")
+    reordered = reversed_corpus(data, tmp_path / "elsewhere")
+    for name, prefix, other_tokens in (("copy", str(tmp_path / "elsewhere" / "corpus_text_document"), False),
+                                       ("reordered", reordered, True)):
+        copy = str(shutil.copytree(tmp_path / "run", tmp_path / name))
+        resumed = run_single([*tiny_args(corpus, 4), "--data-path", prefix, "--save", copy, "--load", copy,
+                              "--save-interval", "2", "--use-checkpoint-lr-schedule"], tmp_path)
+        assert resumed.returncode == 0 and read_latest(copy) == "iter_0000004", resumed.stderr[-3000:]
+        assert f"the data path changed since {copy} was saved: {data} -> {prefix}, datasets of the sequences, " \
+            "documents and tokens it recorded" in resumed.stderr, resumed.stderr[-3000:]
+        assert "the data settings differ" not in resumed.stderr and "another sample order" not in resumed.stderr
+        assert ("but they hold other tokens: the samples from iteration 3 on" in resumed.stderr) == other_tokens
+    assert read_latest(tmp_path / "run") == "iter_0000003"
     merge_datasets([source, source], data, overwrite=True)  # rebuilt under the same prefix: twice the documents
     change = f"{os.path.realpath(data)} (sequences {documents} -> {2 * documents}, documents {documents} -> "
     tag = tmp_path / "run" / "iter_0000003"

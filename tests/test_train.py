@@ -1809,3 +1809,32 @@ def test_a_resume_that_changes_the_sample_order_is_named():
         "the data settings differ from ckpt's: split 969,30,1 -> 900,90,10, seq_length 256 -> 64, seed 1234 -> 7, "
         "data path /d/a -> 0.5 /d/a 0.5 /d/b")
     assert recipe_change({}, None, other, DataSources(["/d/a"]), "ckpt") is None  # a record from before these were kept
+
+
+def test_the_run_s_datasets_at_other_paths_are_no_change_of_sample_order():
+    """A run resumed on another machine, its data copied under another prefix (the same .bin and .idx), reads the
+    same sample order: found 2026-12-07, the resume warned that it read another one and to resume with the saved
+    data path, and switched off the check of its next samples' tokens. Datasets of other shapes or weights at the
+    new paths are still a change of order."""
+    from megamythos.data.pretraining import DataRecipe, DataSources, data_moved, recipe_change
+
+    saved = {"split": "969,30,1", "seq_length": 256, "seed": 1234}
+    recipe = DataRecipe(split="969,30,1", seq_length=256, seed=1234)
+    before = DataSources(["0.3", "/old/a", "0.7", "/old/b"])
+    shapes = {"/old/a": {"sequences": 5, "documents": 5, "tokens": 90}, "/old/b": {"sequences": 2, "documents": 2,
+                                                                                   "tokens": 30}}
+    copied = DataSources(["0.3", "/new/a", "0.7", "/new/b"])
+    found = {path.replace("old", "new"): shape for path, shape in shapes.items()}
+    moved = data_moved(before, shapes, copied, found, "ckpt")
+    assert moved == ("the data path changed since ckpt was saved: 0.3 /old/a 0.7 /old/b -> 0.3 /new/a 0.7 /new/b, "
+                     "datasets of the sequences, documents and tokens it recorded")
+    assert recipe_change(saved, before, recipe, copied, "ckpt", moved=True) is None
+    assert data_moved(before, shapes, before, shapes, "ckpt") is None  # the same paths: nothing moved
+    swapped = dict(reversed(found.items()))  # other datasets under the blend's weights
+    reweighted = DataSources(["0.5", "/new/a", "0.5", "/new/b"])
+    grown = {**found, "/new/b": {"sequences": 4, "documents": 4, "tokens": 60}}
+    for sources, now in ((copied, swapped), (reweighted, found), (copied, grown), (DataSources(["/new/a"]), found)):
+        assert data_moved(before, shapes, sources, now, "ckpt") is None, (sources, now)
+        assert recipe_change(saved, before, recipe, sources, "ckpt").startswith(
+            "the data settings differ from ckpt's: data path 0.3 /old/a 0.7 /old/b -> ")
+    assert data_moved(before, {}, copied, found, "ckpt") is None  # a checkpoint that recorded no shapes

@@ -279,16 +279,40 @@ def data_change(recorded: dict[str, dict[str, int]], current: dict[str, dict[str
     return f"the data changed since {saved} was saved: {'; '.join(changes)}" if changes else None
 
 
+def data_moved(recorded: DataSources | None, recorded_shapes: Mapping[str, Mapping[str, int]], sources: DataSources,
+               shapes: Mapping[str, Mapping[str, int]], saved: str) -> str | None:
+    """``the data path changed since SAVED was saved: OLD -> NEW, ...`` where the training data of ``sources`` lies
+    at other paths than ``recorded``'s and they name the datasets it recorded (the run resumed on another machine,
+    or its data copied under another prefix): as many datasets in each blend, with the same weights, of the shapes
+    ``recorded_shapes`` holds (``DataSetup.shapes``, in the order of the prefixes); else None. The sample order
+    depends on the shapes, the weights and the recipe, not on the paths; the tokens of the samples after the
+    checkpoint are checked by its :func:`order_fingerprint`."""
+    if recorded is None or recorded.training_data() == sources.training_data():
+        return None
+
+    def blends(of: DataSources) -> list[tuple[int, list[float] | None]]:
+        """(datasets, weights) of each blend."""
+        return [(len(prefixes), weights) for prefixes, weights in
+                (parse_data_path(blend) if blend else ([], None) for blend in of.record().values())]
+
+    if blends(recorded) != blends(sources) or list(recorded_shapes.values()) != list(shapes.values()):
+        return None
+    return (f"the data path changed since {saved} was saved: {recorded} -> {sources}, datasets of the sequences, "
+            "documents and tokens it recorded")
+
+
 def recipe_change(recorded_args: dict[str, Any], recorded_sources: DataSources | None, recipe: DataRecipe,
-                  sources: DataSources, saved: str) -> str | None:
+                  sources: DataSources, saved: str, moved: bool = False) -> str | None:
     """``the data settings differ from SAVED's: seed 1234 -> 7, ...`` for the settings that decide the training
     sample order (the training datasets and weights, ``split`` where it divides them, ``seq_length``, ``seed``)
-    that a resumed run changed, or None. The consumed-sample position then points into another sample order."""
+    that a resumed run changed, or None. The consumed-sample position then points into another sample order.
+    ``moved``: the training data lies at other paths but holds the datasets the run read (:func:`data_moved`),
+    which is no change of order."""
     before = DataRecipe.from_record(recorded_args)
     names = ("seq_length", "seed") if sources.per_split is not None else ("split", "seq_length", "seed")
     diffs = [f"{name} {getattr(before, name)} -> {getattr(recipe, name)}" for name in names
              if name in recorded_args and getattr(before, name) != getattr(recipe, name)]
-    if recorded_sources is not None and recorded_sources.training_data() != sources.training_data():
+    if recorded_sources is not None and not moved and recorded_sources.training_data() != sources.training_data():
         diffs.append(f"data path {recorded_sources} -> {sources}")
     return f"the data settings differ from {saved}'s: {', '.join(diffs)}" if diffs else None
 

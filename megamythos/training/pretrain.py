@@ -47,6 +47,7 @@ from megamythos.data.pretraining import (
     batches,
     build_datasets,
     data_change,
+    data_moved,
     document_change,
     document_flags,
     documents_eod,
@@ -490,6 +491,7 @@ class Trainer:
         self.consumed_at_resume = self.tokens_at_resume = self.iteration_at_resume = self.trained_at_resume = 0
         self.train_set: Any = None  # built by run(); its sample order at `consumed` goes into each checkpoint
         self.saved_order: str | None = None  # that of the checkpoint resumed
+        self.data_moved: str | None = None  # how the resume found the run's datasets at other paths (data_moved)
         self.guard = NonFiniteGuard(args.max_nonfinite)
         self.divergence = DivergenceGuard(self.config.vocab_size, args.divergence_factor, args.spike_factor,
                                           args.spike_window, args.spike_patience)
@@ -622,6 +624,20 @@ class Trainer:
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
                 "next_samples": order, "mfu_peak": self.peak, "loss_window": list(self.divergence.window)}
 
+    def warn_of_another_order(self) -> None:
+        """Say why the samples after the resumed checkpoint are not those it recorded (its ``next_samples``): the
+        datasets at the new data path hold other tokens, or the training set was built over other epochs."""
+        if self.data_moved:
+            logger.warning("%s, but they hold other tokens: the samples from iteration %d on are not those the run "
+                           "would have read; give --data-path a copy of the data it read (the same .bin and .idx "
+                           "files)", self.data_moved, self.iteration)
+            return
+        logger.warning("the training set was built again for %d steps of %d samples and reads another sample "
+                       "order from iteration %d on (it spans another number of epochs, each shuffled anew, as "
+                       "Megatron's does): some samples come again and others not at all; resume with the saved "
+                       "--train-iters and --global-batch-size to read the samples it would have",
+                       self.total_iters, self.layout.global_batch_size, self.iteration)
+
     def _load(self, load_dir: str, universal: Path | None) -> dict[str, Any] | None:
         """Restore the run from ``load_dir/latest``; returns its client state (None: no checkpoint there)."""
         wanted = dataclasses.replace(self.schedule)  # loading a tag of the same layout overwrites self.schedule
@@ -638,8 +654,14 @@ class Trainer:
         if change and self.rank == 0:
             logger.warning("%s. The run goes on with what the datasets hold now; its samples from here on are not "
                            "those it would have read", change)
-        settings = recipe_change(record.get("args", {}), DataSources.from_record(record), self.args.data_recipe(),
-                                 self.sources.absolute(), load_dir)
+        recorded = DataSources.from_record(record)
+        self.data_moved = data_moved(recorded, record.get("dataset_shapes", {}), self.sources.absolute(),
+                                     self.data.shapes, load_dir)
+        if self.data_moved and self.rank == 0:
+            logger.info("%s; the run reads on in its sample order (the tokens of its next samples are checked against "
+                        "the checkpoint's)", self.data_moved)
+        settings = recipe_change(record.get("args", {}), recorded, self.args.data_recipe(), self.sources.absolute(),
+                                 load_dir, moved=self.data_moved is not None)
         if settings and self.rank == 0:
             logger.warning("%s. The run reads another sample order from iteration %d on (its consumed-sample count "
                            "points into it); resume with the saved settings to read the samples it would have",
@@ -1041,12 +1063,8 @@ class Trainer:
             return 0
         train, valid, test = self.datasets()
         self.train_set = train
-        if self.saved_order and order_fingerprint(train, self.consumed) != self.saved_order and self.rank == 0:
-            logger.warning("the training set was built again for %d steps of %d samples and reads another sample "
-                           "order from iteration %d on (it spans another number of epochs, each shuffled anew, as "
-                           "Megatron's does): some samples come again and others not at all; resume with the saved "
-                           "--train-iters and --global-batch-size to read the samples it would have",
-                           self.total_iters, self.layout.global_batch_size, self.iteration)
+        if self.saved_order and self.rank == 0 and order_fingerprint(train, self.consumed) != self.saved_order:
+            self.warn_of_another_order()
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         warmup_warning = self.schedule.warmup_warning()
         if warmup_warning and self.rank == 0:
