@@ -139,6 +139,29 @@ def test_evaluations_into_one_folder_at_once_keep_each_other_s_rows(tiny_checkpo
     assert [r["loops"] for r in json.loads((out_dir / "depth_eval.json").read_text())["results"]] == [3]
 
 
+def test_a_moved_run_s_evaluation_keeps_the_rows_of_the_same_model(tmp_path):
+    """A run folder moved (``mv runs/a runs/b``), copied or reached through a link takes its ``eval/`` folder along;
+    an evaluation of other loop counts there replaced the rows it found, since they named the model by its old path
+    (found 2026-12-07). The digest of the tag's ``checksums.json`` names the model; the path only without one."""
+    from megamythos.inference.evaluate import LoopEval, merged_results, write_results
+
+    def row(loops: int) -> LoopEval:
+        return LoopEval(loops, 0.0, 5.0, 148.4, float(loops), [0.0] * (loops - 1) + [1.0], 1e5 * loops, 32)
+
+    evaluated = {"model": "/old/runs/a/iter_0000002", "checksums_sha256": "ab" * 32, "data_path": [], "split": None,
+                 "seed": None, "seq_length": None, "test_set": False, "micro_batch_size": 1, "eval_iters": 1}
+    write_results([row(1)], tmp_path, trained_loops=3, evaluated=evaluated)
+    moved = {**evaluated, "model": "/new/runs/b/iter_0000002"}
+    assert [r.loops for r in merged_results([row(2)], tmp_path / "depth_eval.json", moved)] == [1, 2]
+    for other in ({**moved, "checksums_sha256": "cd" * 32}, {**moved, "eval_iters": 2}):  # another model, other data
+        assert [r.loops for r in merged_results([row(2)], tmp_path / "depth_eval.json", other)] == [2]
+    unverified = {**evaluated, "checksums_sha256": None}  # a tag without a manifest: its path is all there is
+    write_results([row(1)], tmp_path, trained_loops=3, evaluated=unverified)
+    assert [r.loops for r in merged_results([row(2)], tmp_path / "depth_eval.json", {**moved, "checksums_sha256": None})
+            ] == [2]
+    assert [r.loops for r in merged_results([row(2)], tmp_path / "depth_eval.json", unverified)] == [1, 2]
+
+
 @pytest.mark.launch
 def test_evaluate_logs_each_row_on_a_line_of_its_own(tiny_checkpoint, tmp_path, capsys):
     """Each row's log line (``loops N: loss ...``) was written where the tqdm bar's line ended, so a terminal

@@ -193,6 +193,17 @@ def evaluated_on(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, Any]:
             "micro_batch_size": cfg.micro_batch_size, "eval_iters": cfg.eval_iters}
 
 
+def same_evaluation(earlier: Any, evaluated: dict[str, Any]) -> bool:
+    """Whether ``earlier`` (a ``depth_eval.json``'s ``evaluated``, :func:`evaluated_on`) measured the model and
+    held-out batches ``evaluated`` does: the model is the digest of its ``checksums.json`` where both record one (a
+    run folder moved, copied or reached through a link holds it at another path), else its path."""
+    if not isinstance(earlier, dict):
+        return False
+    by_digest = bool(earlier.get("checksums_sha256") and evaluated.get("checksums_sha256"))
+    return {k: v for k, v in earlier.items() if not (by_digest and k == "model")} == \
+        {k: v for k, v in evaluated.items() if not (by_digest and k == "model")}
+
+
 def merged_results(results: Sequence[LoopEval], json_path: Path, evaluated: dict[str, Any]) -> list[LoopEval]:
     """The rows of the evaluation recorded in ``json_path`` that measured the same ``evaluated`` model and data, but
     a loop count and threshold ``results`` lacks, then ``results``; ``results`` alone where the file is absent or
@@ -204,7 +215,7 @@ def merged_results(results: Sequence[LoopEval], json_path: Path, evaluated: dict
     except ValueError:  # not JSON: replaced
         logger.warning("%s is no evaluation's results (not JSON): replacing it", json_path)
         return list(results)
-    if earlier.get("evaluated") != evaluated:
+    if not same_evaluation(earlier.get("evaluated"), evaluated):
         return list(results)
     new = {(r.loops, r.exit_threshold) for r in results}
     return [LoopEval(**row) for row in earlier["results"] if (row["loops"], row["exit_threshold"]) not in new] + \
