@@ -23,7 +23,7 @@ from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import TextStreamer
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
-from tests.helpers import REPO, launch_env, synthetic_documents, threshold_with_margin, tiny_args
+from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, threshold_with_margin, tiny_args
 
 ITERS = 8  # conftest.TINY_RUN_ITERS: the shared tiny_checkpoint (ZeRO-0, a checkpoint every 2, last 4 kept)
 GEN = ["--prompt", "def main(", "--max-new-tokens", "12"]
@@ -160,6 +160,27 @@ def test_a_moved_run_s_evaluation_keeps_the_rows_of_the_same_model(tmp_path):
     assert [r.loops for r in merged_results([row(2)], tmp_path / "depth_eval.json", {**moved, "checksums_sha256": None})
             ] == [2]
     assert [r.loops for r in merged_results([row(2)], tmp_path / "depth_eval.json", unverified)] == [1, 2]
+
+
+@pytest.mark.launch
+def test_a_run_folder_that_takes_no_results_is_told_to_give_out(tiny_checkpoint, tmp_path, capsys):
+    """A run folder on a read-only mount (evaluation nodes mount runs read-only), or with a file where its ``eval/``
+    goes: ``evaluate`` without ``--out`` stopped with ``--out RUN/eval/TAG: cannot create ...``, a flag the user had
+    not given and no word of what to do (found 2026-12-07). ``--out`` elsewhere evaluates it, writing nothing there."""
+    ckpt, _ = tiny_checkpoint
+    load = shutil.copytree(ckpt / "iter_0000006", tmp_path / "run" / "iter_0000006")
+    (tmp_path / "run" / "eval").write_text("in the way of RUN/eval/TAG, as a read-only folder is")
+    common = ["--load", str(load), "--loops", "1", "--eval-iters", "1", "--micro-batch-size", "1",
+              "--exit-threshold", "0"]
+    code, _, err = cli(evaluate_main, common, capsys)
+    line, results = one_error_line(err), tmp_path / "run" / "eval" / "iter_0000006"
+    assert code == 2 and line.startswith(f"error: without --out the results go beside the checkpoint, in {results}, "
+                                         "which cannot be written ("), err
+    assert line.endswith("; a run folder on a read-only mount?): give --out DIR"), line
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    code, _, err = cli(evaluate_main, [*common, "--out", str(tmp_path / "results")], capsys)
+    assert code == 0 and (tmp_path / "results" / "depth_eval.json").is_file(), err
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
 
 
 @pytest.mark.launch

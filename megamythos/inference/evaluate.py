@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from megamythos.checkpoint.files import write_atomic
 from megamythos.checkpoint.reader import is_export_dir
-from megamythos.data.atomic import atomic_open, locked_folder, writable_directory
+from megamythos.data.atomic import OutputError, atomic_open, describe_os_error, locked_folder, writable_directory
 from megamythos.data.gpt_dataset import parse_data_path, parse_split, samples_per_epoch
 from megamythos.data.manifest import CHECKSUMS_FILE
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
@@ -374,7 +374,14 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     loaded = load_model(cfg.load, cfg.tokenizer, cfg.device)
     out_dir = Path(cfg.out) if cfg.out else default_results_dir(loaded.source)
     tb_dir = Path(cfg.tensorboard_dir) if cfg.tensorboard_dir else out_dir / "tensorboard"
-    writable_directory(out_dir, "--out")  # before the evaluation, not after it
+    try:  # before the evaluation, not after it
+        writable_directory(out_dir, "--out")
+    except OutputError as err:
+        if cfg.out:
+            raise
+        why = describe_os_error(err.__cause__) if isinstance(err.__cause__, OSError) else "not writable"
+        raise OutputError(f"without --out the results go beside the checkpoint, in {out_dir}, which cannot be "
+                          f"written ({why}; a run folder on a read-only mount?): give --out DIR") from err
     writable_directory(tb_dir, "--tensorboard-dir")
     data = heldout_batches(loaded, cfg)
     documents = recorded_documents(loaded, cfg)
