@@ -172,6 +172,7 @@ def test_a_resume_after_a_rollback_reads_on_in_the_order_of_the_first_launch(tmp
                                   iteration=iteration, consumed=consumed, rollbacks=rollbacks,
                                   sources=DataSources([prefix]), rank=0)
         trainer.rollback_headroom = lambda *done: Trainer.rollback_headroom(trainer, *done)
+        trainer.train_samples_asked = lambda: Trainer.train_samples_asked(trainer)
         trainer.warn_of_rereads = lambda *held_out: None
         return Trainer.datasets(trainer)[0]
 

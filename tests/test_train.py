@@ -1838,3 +1838,25 @@ def test_the_run_s_datasets_at_other_paths_are_no_change_of_sample_order():
         assert recipe_change(saved, before, recipe, sources, "ckpt").startswith(
             "the data settings differ from ckpt's: data path 0.3 /old/a 0.7 /old/b -> ")
     assert data_moved(before, {}, copied, found, "ckpt") is None  # a checkpoint that recorded no shapes
+
+
+def test_other_tokens_under_the_run_s_data_paths_are_not_blamed_on_its_length():
+    """The samples after a checkpoint differ from those it recorded (its order fingerprint) for one of two reasons:
+    the training set spans another number of epochs, or the data holds other tokens of the same shapes (rebuilt under
+    the same prefix with its documents in another order; the copy at a new path of :func:`data_moved`). Found
+    2026-12-07: the same command on reordered data was told to resume with the saved --train-iters and
+    --global-batch-size, which it had. A checkpoint records the samples its training set was asked for; the same count
+    over the same documents and seed is the same order, so a difference there is the data."""
+    from megamythos.data.pretraining import order_change
+
+    data = order_change(None, 32, 32, 2, 8, 4)
+    assert data.startswith("the datasets hold other tokens than when the checkpoint was saved, as many sequences, "
+                           "documents and tokens"), data
+    assert data.endswith("the samples from iteration 2 on are not those the run would have read; restore the data it "
+                         "read"), data
+    for saved in (16, None):  # another size, or a checkpoint saved before it recorded one
+        assert order_change(None, saved, 32, 2, 8, 4).startswith(
+            "the training set was built again for 8 steps of 4 samples and reads another sample order from iteration "
+            "2 on")
+    moved = order_change("the data path changed since ckpt was saved: /a -> /b, ...", 32, 32, 2, 8, 4)
+    assert moved.startswith("the data path changed since ckpt was saved: /a -> /b, ..., but they hold other tokens")

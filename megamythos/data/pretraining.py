@@ -451,6 +451,27 @@ def build_datasets(recipe: DataRecipe, sources: DataSources, total_iters: int, g
     return train, valid, test
 
 
+def order_change(moved: str | None, saved_asked: int | None, asked: int, iteration: int, total_iters: int,
+                 global_batch: int) -> str:
+    """Why the samples a resumed run reads after its checkpoint differ from those it recorded (their
+    :func:`order_fingerprint`), in words: the datasets at the new data path (``moved``, :func:`data_moved`), or
+    under the same paths where the training set was asked for the ``saved_asked`` samples of the run that saved
+    (the same count over the same documents, split and seed is the same order), hold other tokens; else the set,
+    ``asked`` samples for ``total_iters`` steps of ``global_batch``, spans another number of epochs (``saved_asked``
+    None: a checkpoint that did not record its count)."""
+    if moved:
+        return (f"{moved}, but they hold other tokens: the samples from iteration {iteration} on are not those the "
+                "run would have read; give --data-path a copy of the data it read (the same .bin and .idx files)")
+    if saved_asked == asked:
+        return (f"the datasets hold other tokens than when the checkpoint was saved, as many sequences, documents "
+                f"and tokens (rebuilt or copied over under the same paths: documents in another order?): the samples "
+                f"from iteration {iteration} on are not those the run would have read; restore the data it read")
+    return (f"the training set was built again for {total_iters} steps of {global_batch} samples and reads another "
+            f"sample order from iteration {iteration} on (it spans another number of epochs, each shuffled anew, as "
+            "Megatron's does): some samples come again and others not at all; resume with the saved --train-iters "
+            "and --global-batch-size to read the samples it would have")
+
+
 def order_fingerprint(dataset: Any, start: int, count: int = 8) -> str:
     """sha256 (16 hex digits) of the tokens of samples ``start`` .. ``start + count - 1`` of ``dataset`` (fewer at
     its end): a rebuilt dataset reads on from ``start`` in the same order exactly when it gives the same value (to

@@ -52,6 +52,7 @@ from megamythos.data.pretraining import (
     document_flags,
     documents_eod,
     held_out_overlap,
+    order_change,
     order_fingerprint,
     recipe_change,
     resolve_data,
@@ -492,6 +493,8 @@ class Trainer:
         self.train_set: Any = None  # built by run(); its sample order at `consumed` goes into each checkpoint
         self.saved_order: str | None = None  # that of the checkpoint resumed
         self.data_moved: str | None = None  # how the resume found the run's datasets at other paths (data_moved)
+        self.train_asked: int | None = None  # the samples datasets() asked of train_set (train_samples_asked)
+        self.saved_asked: int | None = None  # those the checkpoint resumed recorded
         self.guard = NonFiniteGuard(args.max_nonfinite)
         self.divergence = DivergenceGuard(self.config.vocab_size, args.divergence_factor, args.spike_factor,
                                           args.spike_window, args.spike_patience)
@@ -622,21 +625,8 @@ class Trainer:
                 "skipped_micro_batches": self.guard.skipped_micro_batches,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
-                "next_samples": order, "mfu_peak": self.peak, "loss_window": list(self.divergence.window)}
-
-    def warn_of_another_order(self) -> None:
-        """Say why the samples after the resumed checkpoint are not those it recorded (its ``next_samples``): the
-        datasets at the new data path hold other tokens, or the training set was built over other epochs."""
-        if self.data_moved:
-            logger.warning("%s, but they hold other tokens: the samples from iteration %d on are not those the run "
-                           "would have read; give --data-path a copy of the data it read (the same .bin and .idx "
-                           "files)", self.data_moved, self.iteration)
-            return
-        logger.warning("the training set was built again for %d steps of %d samples and reads another sample "
-                       "order from iteration %d on (it spans another number of epochs, each shuffled anew, as "
-                       "Megatron's does): some samples come again and others not at all; resume with the saved "
-                       "--train-iters and --global-batch-size to read the samples it would have",
-                       self.total_iters, self.layout.global_batch_size, self.iteration)
+                "next_samples": order, "train_samples_asked": self.train_asked, "mfu_peak": self.peak,
+                "loss_window": list(self.divergence.window)}
 
     def _load(self, load_dir: str, universal: Path | None) -> dict[str, Any] | None:
         """Restore the run from ``load_dir/latest``; returns its client state (None: no checkpoint there)."""
@@ -676,6 +666,7 @@ class Trainer:
         self.iteration_at_resume = self.iteration
         self.trained_at_resume = state.get("trained_tokens", self.tokens_at_resume)  # before: the data position
         self.saved_order = None if change or settings else state.get("next_samples")  # those warned already
+        self.saved_asked = state.get("train_samples_asked")  # None: a checkpoint saved before it was recorded
         # before 2026-12-07 "skipped_steps" also counted the micro-batches replaced for a non-finite loss
         self.guard.skipped_steps = state.get("skipped_steps", 0)
         self.guard.skipped_micro_batches = state.get("skipped_micro_batches", 0)
@@ -806,19 +797,27 @@ class Trainer:
         span = min(self.total_iters, interval + 2 * patience) if interval else self.total_iters
         return max(0, self.args.max_rollbacks - rollbacks) * span
 
-    def datasets(self) -> tuple[Any, Any, Any]:
-        """(train, valid, test) of the run (valid None without ``--eval-interval``, test None without a test split);
-        a split that leaves no documents to train on, or none to validate on while ``--eval-interval`` asks for
-        validations, is refused before the first step. The training set is the one the run's first launch built
-        (total steps and the rollbacks' headroom, in global batches), so that a resume reads on in the same sample
-        order, unless the samples consumed so far, those of the steps left and the headroom of the rollbacks left
-        are more (a resume that shrank the global batch)."""
+    def train_samples_asked(self) -> int:
+        """The samples :meth:`datasets` asks of the training set: those of the first launch's plan (total steps and
+        the rollbacks' headroom, in global batches), or the samples consumed so far, those of the steps left and the
+        headroom of the rollbacks left where they are more. The same count over the same documents and seed gives
+        the same sample order."""
         gbs = self.layout.global_batch_size
         planned = (self.total_iters + self.rollback_headroom()) * gbs
         needed = self.consumed + (self.total_iters - self.iteration + self.rollback_headroom(self.rollbacks)) * gbs
+        return max(planned, needed)
+
+    def datasets(self) -> tuple[Any, Any, Any]:
+        """(train, valid, test) of the run (valid None without ``--eval-interval``, test None without a test split);
+        a split that leaves no documents to train on, or none to validate on while ``--eval-interval`` asks for
+        validations, is refused before the first step. The training set holds :meth:`train_samples_asked`, the
+        samples of the run's first launch unless a resume needs more, so that a resume reads on in the same sample
+        order; that count is kept in ``train_asked`` for the checkpoints."""
+        gbs = self.layout.global_batch_size
         recipe = self.args.data_recipe()
+        self.train_asked = self.train_samples_asked()  # recorded in each checkpoint
         train, valid, test = build_datasets(recipe, self.sources, self.total_iters, gbs,
-                                            extra_train_samples=max(planned, needed) - self.total_iters * gbs,
+                                            extra_train_samples=self.train_asked - self.total_iters * gbs,
                                             with_valid=bool(self.args.eval_interval))
         where = f"--split {recipe.split} leaves no {{}} documents in {self.sources}"
         if train is None:
@@ -1064,7 +1063,8 @@ class Trainer:
         train, valid, test = self.datasets()
         self.train_set = train
         if self.saved_order and self.rank == 0 and order_fingerprint(train, self.consumed) != self.saved_order:
-            self.warn_of_another_order()
+            logger.warning("%s", order_change(self.data_moved, self.saved_asked, self.train_asked, self.iteration,
+                                              self.total_iters, self.layout.global_batch_size))
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         warmup_warning = self.schedule.warmup_warning()
         if warmup_warning and self.rank == 0:
