@@ -647,11 +647,11 @@ class Trainer:
         recorded = DataSources.from_record(record)
         self.data_moved = data_moved(recorded, record.get("dataset_shapes", {}), self.sources.absolute(),
                                      self.data.shapes, load_dir)
-        if self.data_moved and self.rank == 0:
-            logger.info("%s; the run reads on in its sample order (the tokens of its next samples are checked against "
-                        "the checkpoint's)", self.data_moved)
         settings = recipe_change(record.get("args", {}), recorded, self.args.data_recipe(), self.sources.absolute(),
                                  load_dir, moved=self.data_moved is not None)
+        if self.data_moved and self.rank == 0:
+            logger.info("%s%s", self.data_moved, "" if change or settings else "; the run reads on in its sample order "
+                        "(the tokens of its next samples are checked against the checkpoint's)")
         if settings and self.rank == 0:
             logger.warning("%s. The run reads another sample order from iteration %d on (its consumed-sample count "
                            "points into it); resume with the saved settings to read the samples it would have",
@@ -800,8 +800,8 @@ class Trainer:
     def train_samples_asked(self) -> int:
         """The samples :meth:`datasets` asks of the training set: those of the first launch's plan (total steps and
         the rollbacks' headroom, in global batches), or the samples consumed so far, those of the steps left and the
-        headroom of the rollbacks left where they are more. The same count over the same documents and seed gives
-        the same sample order."""
+        headroom of the rollbacks left where they are more (a resume that shrank the global batch). The same count
+        over the same documents and seed gives the same sample order."""
         gbs = self.layout.global_batch_size
         planned = (self.total_iters + self.rollback_headroom()) * gbs
         needed = self.consumed + (self.total_iters - self.iteration + self.rollback_headroom(self.rollbacks)) * gbs
