@@ -1131,6 +1131,7 @@ def test_a_corpus_without_validation_documents_trains_when_no_validation_runs(tm
                               total_iters=10, sources=DataSources([prefix]), rollback_headroom=lambda rollbacks=0: 0,
                               rollbacks=0, rank=0)
     trainer.warn_of_rereads = lambda *held_out: Trainer.warn_of_rereads(trainer, *held_out)
+    trainer.train_samples_asked = lambda: Trainer.train_samples_asked(trainer)
     if eval_interval:
         with pytest.raises(DataConfigError, match="has 1 documents, none of which fall in the valid split"):
             Trainer.datasets(trainer)
