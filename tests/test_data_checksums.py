@@ -26,8 +26,8 @@ from megamythos.data.checksums import (
 from megamythos.data.cli import inspect_main, preprocess_main
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dataset_exists
 from megamythos.data.merge import merge_datasets
-from megamythos.data.metadata import read_dataset_metadata, verified_token_range
-from megamythos.data.pretraining import resolve_data
+from megamythos.data.metadata import MetadataError, read_dataset_metadata, verified_token_range
+from megamythos.data.pretraining import documents_eod, resolve_data
 from megamythos.data.tokenizer import Tokenizer
 from tests.helpers import REPO, synthetic_documents, write_jsonl
 
@@ -325,3 +325,42 @@ def test_a_file_copied_over_while_it_is_verified_is_one_error_not_a_crash(tmp_pa
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert done.stdout == f"{path} shrank below 16384 bytes while it was read (it is being replaced or copied " \
                           "over): run again once it is in place\n"
+
+
+def test_a_start_hashes_each_tokenizer_file_once_and_the_next_start_none_unless_it_changed(
+        tmp_path: Path, tiny_tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07 (audit): every rank hashed each dataset's tokenizer copy at every start (a blend of 3000
+    datasets with 1 MB copies on 4096 ranks: 12 million reads of a shared filesystem). Rank 0 now hashes each
+    distinct file once (datasets that share one copy through links) and caches the digest with its scans, which a
+    later start (another rank) reads; a copy changed since is hashed again, and refused. The document flags' check
+    (:func:`documents_eod`, every rank) hashed each copy again and loaded it: it now loads each tokenizer once."""
+    prefix = dataset(tmp_path, "a", tiny_tokenizer)
+    prefixes = [prefix]
+    for name in ("b", "c"):  # the same dataset in two more folders, its files hard links of a's
+        os.makedirs(tmp_path / name)
+        prefixes.append(str(tmp_path / name / "a_text_document"))
+        for suffix in (".bin", ".idx", ".json", ".tokenizer.model"):
+            os.link(prefix + suffix, prefixes[-1] + suffix)
+    opened: list[str] = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith(".tokenizer.model"):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    cache = str(tmp_path / "cache")
+    resolve_data(prefixes, tiny_tokenizer.vocab_size, cache)
+    assert len(opened) == 1, opened  # rank 0: one file, hashed once
+    opened.clear()
+    resolve_data(prefixes, tiny_tokenizer.vocab_size, cache)
+    assert opened == []  # the other ranks (and the next start): rank 0's digest
+    Tokenizer(prefix + ".tokenizer.model")
+    loading, opened[:] = len(opened), []
+    assert documents_eod({"eod_mask_loss": True}, prefixes, cache_dir=cache) == tiny_tokenizer.eos_id
+    assert len(opened) == loading  # the one tokenizer loaded once, no copy hashed
+    with real_open(prefix + ".tokenizer.model", "r+b") as copy:  # changed in place, under every link
+        copy.write(b"\0")
+    with pytest.raises(MetadataError, match=r"is not the tokenizer .* records"):
+        resolve_data(prefixes, tiny_tokenizer.vocab_size, cache)

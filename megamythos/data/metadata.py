@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -145,8 +146,9 @@ def announce_dataset(prefix: str, tokenizer: Tokenizer | None, checksums: Datase
             os.remove(path)
 
 
-def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:
-    """The record of ``prefix`` with ``tokenizer_model`` resolved to an absolute path, or None if there is none.
+def read_dataset_metadata(prefix: str, sha256: Callable[[str], str] = file_sha256) -> dict[str, Any] | None:
+    """The record of ``prefix`` with ``tokenizer_model`` resolved to an absolute path, or None if there is none;
+    ``sha256`` gives a file's digest (a start passes cached ones: :class:`~megamythos.data.digest_cache.FileDigests`).
 
     A dataset renamed or copied to another prefix keeps a record naming its old copy: ``prefix``'s own copy
     (``prefix.tokenizer.model``) is read instead when the named one is not the recorded fingerprint (gone, or the
@@ -159,7 +161,7 @@ def read_dataset_metadata(prefix: str) -> dict[str, Any] | None:
     named, fingerprint = record["tokenizer_model"], record["tokenizer_fingerprint"]
     own = os.path.abspath(tokenizer_copy_path(prefix))
     for path in dict.fromkeys((named, own)):  # the named copy, else prefix's own
-        if os.path.isfile(path) and file_sha256(path) == fingerprint:
+        if os.path.isfile(path) and sha256(path) == fingerprint:
             record["tokenizer_model"] = path
             return record
     if os.path.isfile(named):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from megamythos.data.atomic import atomic_open
+from megamythos.data.digest_cache import FileDigests
 from megamythos.data.gpt_dataset import (
     SPLIT_NAMES,
     DataConfigError,
@@ -210,6 +211,13 @@ def scan_dataset(dataset: IndexedDataset, record: dict[str, Any] | None,
     return shape, token_range
 
 
+def cached_record(prefix: str, digests: FileDigests, cache_dir: str | None) -> dict[str, Any] | None:
+    """``prefix``'s record (:func:`~megamythos.data.metadata.read_dataset_metadata`), the sha256 of its tokenizer copy
+    taken from ``digests``, which cache it in ``prefix``'s index cache (``cache_dir``, default beside the data)."""
+    cache = index_cache_dir(prefix, cache_dir)
+    return read_dataset_metadata(prefix, functools.partial(digests.sha256, cache_dir=cache))
+
+
 def token_bound(record: dict[str, Any] | None, vocab_size: int) -> int:
     """The ids a dataset may hold: those of the tokenizer its ``record`` names (at most the model's ``vocab_size``,
     which :func:`resolve_data` checks first), else the model's. An id past the tokenizer's, in a padded
@@ -221,7 +229,8 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
     """Check that every dataset of ``data_path`` exists, was tokenised with one tokenizer of at most ``vocab_size``
     ids (fewer: a padded vocabulary, as Megatron's ``--make-vocab-size-divisible-by``) and holds only token ids
     of that tokenizer (:func:`token_bound`: below ``vocab_size`` for a dataset without a record); the scans of the
-    data are cached in ``cache_dir`` (:func:`scan_dataset`).
+    data are cached in ``cache_dir`` (:func:`scan_dataset`), and so are the sha256 of the tokenizer copies, each
+    distinct file hashed once (:class:`~megamythos.data.digest_cache.FileDigests`).
 
     Raises :class:`DataError` for a missing dataset, one that holds no token (:meth:`IndexedDataset.no_token`; at
     any weight or split: Megatron's reader cannot map its empty ``.bin``) or a vocabulary that differs from the model's,
@@ -234,10 +243,11 @@ def resolve_data(data_path: list[str], vocab_size: int, cache_dir: str | None = 
     prefixes, _ = parse_data_path(data_path)
     records = {}
     shapes: dict[str, dict[str, int]] = {}
+    digests = FileDigests()
     for prefix in prefixes:
         if missing := dataset_not_found(prefix):
             raise DataError(missing)
-        meta = read_dataset_metadata(prefix)
+        meta = cached_record(prefix, digests, cache_dir)
         if meta is None:
             logger.warning("dataset %s has no metadata record: its tokenizer cannot be checked against the model",
                            prefix)
@@ -375,9 +385,12 @@ def document_flags(recorded_args: Mapping[str, Any]) -> dict[str, bool]:
     return {name: bool(recorded_args.get(name)) for name in DOCUMENT_FLAGS}
 
 
-def documents_eod(flags: Mapping[str, bool], prefixes: list[str], recorded_by: str | None = None) -> int | None:
+def documents_eod(flags: Mapping[str, bool], prefixes: list[str], recorded_by: str | None = None,
+                  cache_dir: str | None = None) -> int | None:
     """The token id that ends the documents of the datasets ``prefixes`` (the eos id their records say they were
-    preprocessed with ``--append-eod`` by) where one of the document ``flags`` is on, else None. Raises
+    preprocessed with ``--append-eod`` by) where one of the document ``flags`` is on, else None; the tokenizer
+    copies' sha256 come from the index cache (``cache_dir``: :func:`cached_record`) and each distinct tokenizer is
+    loaded once. Raises
     :class:`DataError` naming a dataset whose record knows no such id, or another one than its tokenizer's eos id
     (a corrupt record), and what to do: leave the flags out, or,
     for flags a checkpoint ``recorded_by`` (which ``evaluate`` applies), evaluate on other data."""
@@ -387,13 +400,17 @@ def documents_eod(flags: Mapping[str, bool], prefixes: list[str], recorded_by: s
     remedy = (f"leave {given} out" if recorded_by is None else
               f"pass --data-path data preprocessed so (the run of {recorded_by} trained with {given})")
     eods = set()
+    digests, eos_ids = FileDigests(), {}  # eos_ids: tokenizer sha256 -> its eos id
     for prefix in prefixes:
-        record = read_dataset_metadata(prefix)
+        record = cached_record(prefix, digests, cache_dir)
         if record is None or not record.get("append_eod") or record.get("eod_id", -1) < 0:
             raise DataError(f"{given} needs the documents' end token, but dataset {prefix} "
                             f"{'has no record' if record is None else 'was preprocessed without --append-eod'} "
                             f"({prefix}.json): rebuild it with data_prep/preprocess_data.py --append-eod, or {remedy}")
-        eod, eos = int(record["eod_id"]), Tokenizer(record["tokenizer_model"]).eos_id
+        fingerprint = record["tokenizer_fingerprint"]
+        if fingerprint not in eos_ids:
+            eos_ids[fingerprint] = Tokenizer(record["tokenizer_model"]).eos_id
+        eod, eos = int(record["eod_id"]), eos_ids[fingerprint]
         if eod != eos:  # preprocessing records the tokenizer's eos id: the record is corrupt
             raise DataError(f"{prefix}.json records eod_id={eod}, but the tokenizer it records "
                             f"({record['tokenizer_model']}) ends documents with id {eos}: the record is corrupt; "

@@ -367,7 +367,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
     if prefixes := sources.prefixes():
         sources.check_found()
         resolve_data(prefixes, config.vocab_size, args.data_cache_dir)
-        documents_eod(document_flags(args.to_dict()), prefixes)
+        documents_eod(document_flags(args.to_dict()), prefixes, cache_dir=args.data_cache_dir)
     template = load_template(args.ds_config)
     check_template(args.ds_config, template, args)
     check_layout(args, resolve_layout(template, args, world_size), config, bf16_enabled(template, args))

@@ -431,7 +431,7 @@ class Trainer:
         self.sources, self.data = resolve_run_data(args, self.config.vocab_size, self.rank)
         check_same_data(self.data, self.world)
         flags = document_flags(args.to_dict())
-        eod = documents_eod(flags, self.sources.prefixes())
+        eod = documents_eod(flags, self.sources.prefixes(), cache_dir=args.data_cache_dir)
         # what the forward of training, validation and the test evaluation applies; None: plain causal samples
         self.documents = None if eod is None else PackedDocuments(eod, **flags)
         done = (saved_progress(self.resume_from) if self.resume_from else None) or (0, 0)
