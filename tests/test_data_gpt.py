@@ -458,3 +458,22 @@ def test_a_finetune_that_validates_on_what_its_base_trained_on_is_told(tmp_path)
         DataSources([prefix]), "980,10,10")
     assert "its training split holds 30 documents" in told(DataSources(per_split=[[prefix], [], []]))
     assert held_out_overlap({"args": {}}, DataSources([prefix]), "900,50,50", shapes, "BASE") is None  # no record
+
+
+def test_a_finetune_on_the_base_runs_data_at_another_path_is_told_too(tmp_path) -> None:
+    """Found 2026-12-07 (audit): the check matched the datasets by path, so the base run's data copied to another
+    machine or folder skipped it. A dataset the base run recorded (its shape) at a path this run does not read is
+    matched to the one dataset of this run, at a path the base did not read, of that shape; an ambiguous shape is
+    matched to none."""
+    prefix = make_dataset(tmp_path / "P", 1000, seed=1)
+    shape = IndexedDataset(prefix).shape()
+    base = {"args": {"split": "969,30,1"}, "data_path": ["/old/machine/P"],
+            "dataset_shapes": {"/old/machine/P": shape}}
+    key = os.path.realpath(prefix)
+    told = held_out_overlap(base, DataSources([prefix]), "900,50,50", {key: shape}, "BASE")
+    assert told is not None and told.startswith(
+        f"--finetune: its validation split holds 50 documents of {key} that BASE trained on; ")
+    assert held_out_overlap(base, DataSources([prefix]), "969,30,1", {key: shape}, "BASE") is None
+    other = make_dataset(tmp_path / "Q", 1000, seed=1)  # two datasets of the base's shape: which one moved is unknown
+    both = {key: shape, os.path.realpath(other): IndexedDataset(other).shape()}
+    assert held_out_overlap(base, DataSources([prefix, other]), "900,50,50", both, "BASE") is None

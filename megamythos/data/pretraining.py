@@ -345,6 +345,22 @@ def split_documents(sources: DataSources, split: str, name: str,
     return ranges
 
 
+def moved_datasets(base_shapes: Mapping[str, Mapping[str, int]],
+                   shapes: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
+    """{a base run's dataset path: this run's} for each dataset the base run recorded (``base_shapes``, its
+    ``dataset_shapes``: real path -> shape) at a path this run does not read, where exactly one dataset of this run
+    (``shapes``), at a path the base run did not read, has its shape, and no other such dataset of the base run does:
+    the same data at another path (copied to another machine or folder). An ambiguous shape is matched to none."""
+    new = [key for key in shapes if key not in base_shapes]
+    gone = [key for key in base_shapes if key not in shapes]
+    moved = {}
+    for old in gone:
+        same = [key for key in new if dict(shapes[key]) == dict(base_shapes[old])]
+        if len(same) == 1 and sum(dict(base_shapes[key]) == dict(base_shapes[old]) for key in gone) == 1:
+            moved[old] = same[0]
+    return moved
+
+
 def held_out_overlap(base_record: Mapping[str, Any], sources: DataSources, split: str,
                      shapes: Mapping[str, Mapping[str, int]], base: str) -> str | None:
     """What a run from the weights of ``base`` (``--finetune``; ``base_record``: its ``train_args.json``) reads across
@@ -352,24 +368,31 @@ def held_out_overlap(base_record: Mapping[str, Any], sources: DataSources, split
     holding documents the base run trained on (its held-out loss is no longer that of unseen text), or a training
     split holding documents the base run held out (its held-out numbers no longer compare with the base run's).
     Megatron leaves the splits to the user; a finetune on the same data with another ``--split`` is the usual cause.
-    Only datasets of ``shapes`` (this run's) count."""
+    Only datasets of ``shapes`` (this run's) count: those of the base run's paths, and those the base run read at
+    other paths (:func:`moved_datasets`, by the shapes it recorded)."""
     base_sources = DataSources.from_record(base_record)
     if base_sources is None:
         return None
     base_split = DataRecipe.from_record(base_record.get("args", {})).split
     labels = {"valid": "validation", "test": "test"}
+    moved = moved_datasets(base_record.get("dataset_shapes") or {}, shapes)
+    base_shapes = {**shapes, **{old: shapes[new] for old, new in moved.items()}}
+
+    def base_documents(name: str) -> dict[str, tuple[int, int]]:
+        """The documents the base run's split ``name`` read of each dataset, under this run's path."""
+        return {moved.get(key, key): bounds
+                for key, bounds in split_documents(base_sources, base_split, name, base_shapes).items()}
 
     def overlaps(reading: dict[str, tuple[int, int]], other: dict[str, tuple[int, int]]) -> list[tuple[str, int]]:
         return [(key, n) for key, (first, end) in reading.items() if key in other
                 and (n := min(end, other[key][1]) - max(first, other[key][0])) > 0]
 
-    trained = split_documents(base_sources, base_split, "train", shapes)
+    trained = base_documents("train")
     training = split_documents(sources, split, "train", shapes)
     found = [f"its {labels[name]} split holds {n} documents of {key} that {base} trained on"
              for name in labels for key, n in overlaps(split_documents(sources, split, name, shapes), trained)]
     found += [f"its training split holds {n} documents of {key} that {base} held out for {labels[name]}"
-              for name in labels for key, n in overlaps(training, split_documents(base_sources, base_split, name,
-                                                                                   shapes))]
+              for name in labels for key, n in overlaps(training, base_documents(name))]
     if not found:
         return None
     where = f"--split {base_split}" if base_sources.per_split is None else "per-split data"
