@@ -23,7 +23,15 @@ from megamythos.inference.evaluate import main as evaluate_main
 from megamythos.inference.generate import TextStreamer
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
-from tests.helpers import REPO, launch_env, one_error_line, synthetic_documents, threshold_with_margin, tiny_args
+from tests.helpers import (
+    REPO,
+    launch_env,
+    one_error_line,
+    synthetic_documents,
+    threshold_with_margin,
+    tiny_args,
+    write_jsonl,
+)
 
 ITERS = 8  # conftest.TINY_RUN_ITERS: the shared tiny_checkpoint (ZeRO-0, a checkpoint every 2, last 4 kept)
 GEN = ["--prompt", "def main(", "--max-new-tokens", "12"]
@@ -450,3 +458,32 @@ def test_generate_names_a_corrupt_checkpoint_file(tiny_checkpoint, tmp_path, cap
     shard.write_bytes(shard.read_bytes()[:100])  # truncated, as by a full disk or an interrupted copy
     code, _, err = cli(generate_main, ["--load", str(tag), *GEN], capsys)
     assert code == 2 and f"{shard} is corrupt" in err and "Traceback" not in err
+
+
+def test_a_recorded_data_cache_dir_missing_here_is_left_for_the_default_beside_the_data(
+        tmp_path: Path, tiny_tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    """Found 2026-12-07 (audit): evaluate took the run's recorded ``--data-cache-dir``, a path of the machine the run
+    trained on, and created it here (folders at the old machine's path, or a permission error). Where it does not
+    exist here, the caches go beside the data, said in one info line; one that exists, or the flag, is used."""
+    from types import SimpleNamespace
+
+    from megamythos.data.cli import preprocess_main
+
+    docs = write_jsonl(tmp_path / "docs.jsonl", synthetic_documents(40, seed=3))
+    assert preprocess_main(["--input", str(docs), "--output-prefix", str(tmp_path / "data" / "d"), "--tokenizer-model",
+                            tiny_tokenizer.model_path, "--no-progress"]) == 0
+    prefix = str(tmp_path / "data" / "d_text_document")
+    old = tmp_path / "old-machine" / "cache"
+    loaded = SimpleNamespace(source=tmp_path / "run", tokenizer_record=None, train_record={
+        "args": {"data_cache_dir": str(old), "seq_length": 8, "split": "1,1,0"}, "data_path": [prefix]},
+        config=SimpleNamespace(max_seq_len=16, vocab_size=tiny_tokenizer.vocab_size))
+    settings = dict(load=str(tmp_path / "run"), loops=[1], data_path=[], micro_batch_size=2, eval_iters=1,
+                    device="cpu")
+    with caplog.at_level(logging.INFO, logger="megamythos.inference.evaluate"):
+        beside = heldout_batches(loaded, EvalConfig(**settings))
+    assert not (tmp_path / "old-machine").exists()
+    assert list((tmp_path / "data" / "index-cache").glob("*-description.json"))
+    assert f"the run's --data-cache-dir {old} does not exist on this machine" in caplog.text
+    old.mkdir(parents=True)  # the run's machine (or a copy of its folder there): its cache is used
+    assert all(torch.equal(a, b) for a, b in zip(heldout_batches(loaded, EvalConfig(**settings))[0], beside[0]))
+    assert list(old.glob("*-description.json"))

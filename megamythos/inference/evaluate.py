@@ -36,6 +36,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -293,6 +294,17 @@ def held_out_sources(loaded: LoadedModel, cfg: EvalConfig) -> tuple[DataSources 
     return sources, "test" if cfg.test_set else "valid"
 
 
+def held_out_cache_dir(loaded: LoadedModel, cfg: EvalConfig) -> str | None:
+    """Where the held-out data's caches go: ``--data-cache-dir``, else the run's recorded one where it exists on
+    this machine, else None (beside the data). A run folder copied from another machine records a folder of that
+    machine, which evaluate neither creates here nor fails on: the caches hold nothing but what the data gives,
+    so their place changes no result (:func:`heldout_batches` says where they went)."""
+    recorded = (loaded.train_record or {}).get("args", {}).get("data_cache_dir")
+    if cfg.data_cache_dir is not None or recorded is None or os.path.isdir(recorded):
+        return cfg.data_cache_dir or recorded
+    return None
+
+
 def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``cfg.eval_iters`` (inputs [B, S], targets [B, S]) batches of the validation split the training run used
     (its test split with ``cfg.test_set``): the first samples of the split's dataset, as the trainer reads them.
@@ -303,8 +315,13 @@ def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Te
     record = loaded.train_record or {}
     recorded = dict(record.get("args", {}))
     recorded.setdefault("seq_length", loaded.config.max_seq_len)
-    recorded.update({k: v for k, v in (("split", cfg.split), ("seed", cfg.seed), ("seq_length", cfg.seq_length),
-                                       ("data_cache_dir", cfg.data_cache_dir)) if v is not None})
+    recorded.update({k: v for k, v in (("split", cfg.split), ("seed", cfg.seed), ("seq_length", cfg.seq_length))
+                     if v is not None})
+    recorded["data_cache_dir"] = held_out_cache_dir(loaded, cfg)
+    if recorded["data_cache_dir"] is None and (gone := record.get("args", {}).get("data_cache_dir")):
+        logger.info("the run's --data-cache-dir %s does not exist on this machine (a run folder copied from another?): "
+                    "the held-out data's index cache goes beside the data; pass --data-cache-dir to put it elsewhere",
+                    gone)
     recipe = DataRecipe.from_record(recorded)
     if recipe.seq_length > loaded.config.max_seq_len:
         raise LoadError(f"--seq-length {recipe.seq_length} exceeds the model's context, max_seq_len="
@@ -359,7 +376,8 @@ def recorded_documents(loaded: LoadedModel, cfg: EvalConfig) -> PackedDocuments 
     the held-out data (``--data-path``, else the run's)."""
     flags = document_flags((loaded.train_record or {}).get("args", {}))
     sources, split = held_out_sources(loaded, cfg)
-    eod = (documents_eod(flags, parse_data_path(sources.blend(split))[0], str(loaded.source))
+    eod = (documents_eod(flags, parse_data_path(sources.blend(split))[0], str(loaded.source),
+                         held_out_cache_dir(loaded, cfg))
            if sources is not None else None)
     return None if eod is None else PackedDocuments(eod, **flags)
 
@@ -417,8 +435,8 @@ def parse_args(argv: Sequence[str] | None = None) -> EvalConfig:
     p.add_argument("--seed", type=number(int, 0, 2**32 - 1), help="data seed (default: the training run's)")
     p.add_argument("--seq-length", type=int, help="default: the training run's, else the model's max_seq_len")
     p.add_argument("--data-cache-dir", type=path_text,
-                   help="where the held-out split's index cache goes (default: the training run's --data-cache-dir, "
-                        "else beside the data)")
+                   help="where the held-out split's index cache goes (default: the training run's --data-cache-dir "
+                        "where it exists on this machine, else beside the data)")
     p.add_argument("--test-set", action="store_true",
                    help="evaluate the run's test split (of --split, or its --test-data-path) instead of its "
                         "validation split, as Megatron's test set at the end of training")
