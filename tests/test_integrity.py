@@ -242,10 +242,9 @@ def test_resume_refuses_a_corrupt_file_before_start_up(which: str, saved: Path, 
     assert read_latest(ckpt) == LATEST_TAG and not list(ckpt.glob("iter_0000003*"))
 
 
-@pytest.mark.launch
-def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
-    """Tags saved before checksums existed (no manifest, and no mark of one in their train record): resume's
-    check, evaluate/generate's loading and export accept them."""
+def saved_before_checksums(saved: Path, tmp_path: Path) -> Path:
+    """A copy of ``saved`` as a run saved before checksums existed: no tag holds a manifest, or a mark of one in
+    its train record."""
     ckpt = copy_of(saved, tmp_path)
     for tag in (GOOD, LATEST_TAG):  # every tag of such a run
         (ckpt / tag / CHECKSUMS_FILE).unlink()
@@ -253,6 +252,14 @@ def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_pat
         record = json.loads(record_file.read_text())
         del record[CHECKSUMMED_KEY]
         record_file.write_text(json.dumps(record))
+    return ckpt
+
+
+@pytest.mark.launch
+def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_path: Path, caplog) -> None:
+    """Tags saved before checksums existed (no manifest, and no mark of one in their train record): resume's
+    check, evaluate/generate's loading and export accept them."""
+    ckpt = saved_before_checksums(saved, tmp_path)
     with caplog.at_level(logging.WARNING):
         check_run_dirs(str(ckpt), str(ckpt))
         assert load_model(ckpt).source == ckpt / LATEST_TAG
@@ -260,6 +267,23 @@ def test_a_tag_without_checksums_still_loads_with_a_warning(saved: Path, tmp_pat
     warnings = [r.getMessage() for r in caplog.records if CHECKSUMS_FILE in r.getMessage()]
     assert len(warnings) == 3 and all("not verified" in w for w in warnings), warnings
     assert verify_checksums(tmp_path / "out")
+
+
+@pytest.mark.launch
+def test_a_tag_without_checksums_missing_its_optimizer_states_is_said_to_miss_them(saved: Path, tmp_path: Path,
+                                                                                   capsys) -> None:
+    """Found 2026-12-07 (audit): a tag saved before checksums existed (nothing lists its files) whose ZeRO optimizer
+    shards are gone was refused by export as ``a ZeRO-0 tensor-parallel checkpoint; train with ZeRO >= 1``, a cause
+    it does not have; the stage its train record holds (or its ZeRO-3 model-states files tell) says what is
+    missing."""
+    ckpt = saved_before_checksums(saved, tmp_path)
+    shards = sorted(p.name for p in (ckpt / LATEST_TAG).glob(FILES["optimizer states"]))
+    assert shards
+    for name in shards:
+        (ckpt / LATEST_TAG / name).unlink()
+    line = error_line(export_main([str(ckpt), str(tmp_path / "out")]), capsys.readouterr().err)
+    assert f"{ckpt / LATEST_TAG} lacks its ZeRO optimizer states" in line and "tensor-parallel" not in line, line
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.launch

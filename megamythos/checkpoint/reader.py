@@ -154,9 +154,15 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
     verify_tag(tag_dir)
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     sharded = any(tag_dir.glob(ZERO_OPTIM_SHARDS))
-    if sharded and (why := unconvertible_layout(*saved_layout(tag_dir))):
+    layout, stage = saved_layout(tag_dir)
+    if sharded and (why := unconvertible_layout(layout, stage)):
         raise CheckpointError(f"{tag_dir} cannot be read as a whole model: {why}; it resumes only on the layout "
                               "that saved it")
+    if not sharded and stage:  # ZeRO 1-3 writes them; a tag without checksums has no list that names them
+        raise CheckpointError(f"{tag_dir} lacks its ZeRO optimizer states ({ZERO_OPTIM_SHARDS}: its run trained "
+                              f"with ZeRO-{stage}), which hold its full-precision weights: the tag is incomplete (a "
+                              "copy cut off, or files removed); restore it from a copy of the run, or use another "
+                              "checkpoint tag")
     client = _client_state(tag_dir)
     if sharded:
         state = autoep_to_model_names(_universal_state_dict(tag_dir, workdir))
