@@ -930,9 +930,9 @@ def test_a_ds_config_whose_batch_sizes_disagree_is_refused(tmp_path: Path) -> No
     (["--ds-config", "{ds}", "--", "--seq-length", "8192", "--ep=2", "--override", "max_seq_len=9000"],
      "trainer flags after -- (--seq-length, --ep=2, max_seq_len=9000) would change what this plan checked"),
     # found 2026-12-06: the trainer now refuses ZeRO-0 with tensor parallelism in bf16, the command's precision
-    (["--zero", "0", "--tp", "2", "--ds-config", "{ds}"], "--zero 0 with --tp 2: the printed command trains in bf16"),
+    (["--zero", "0", "--tp", "2", "--ds-config", "{ds}"], "--zero 0 with --tp 2 in bf16: DeepSpeed's ZeRO-0 bf16"),
     # found 2026-12-07: and ZeRO-0 with expert parallelism in bf16
-    (["--zero", "0", "--ep", "8", "--ds-config", "{ds}"], "--zero 0 with --ep 8: the printed command trains in bf16"),
+    (["--zero", "0", "--ep", "8", "--ds-config", "{ds}"], "--zero 0 with --ep 8 in bf16: DeepSpeed's ZeRO-0 bf16"),
 ])
 def test_a_planned_command_that_would_train_something_else_is_refused(argv: list[str], message: str, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
@@ -943,6 +943,27 @@ def test_a_planned_command_that_would_train_something_else_is_refused(argv: list
     gpus = [] if "--gpus" in argv else ["--gpus", "16"]
     line = one_line_exit_2("megamythos.planning.plan:main", [*gpus, "--hostfile", "h", *argv], capsys)
     assert message in line, line
+
+
+@pytest.mark.parametrize("argv", [["--zero", "0", "--tp", "2"], ["--zero", "0", "--ep", "2"],
+                                  ["--tp", "2", "--ds-config", str(REPO / "ds_configs" / "single-gpu.json"), "--zero",
+                                   "0"]])
+def test_the_plan_refuses_the_layouts_the_trainer_refuses_with_its_line(argv: list[str],
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07: ``plan --gpus N`` refused ZeRO-0 with --tp or --ep > 1 in bf16 only with --hostfile, and
+    planned it otherwise; the trainer refuses it at start-up. The plan now refuses it with the trainer's line, and
+    plans it where the trainer trains it: in fp32 (``-- --no-bf16``)."""
+    from megamythos.training.ds_config import bf16_enabled, check_precision, load_template, resolve_layout
+
+    trainer = parse_args(["--ds-config", str(REPO / "ds_configs" / "cpu-debug.json"), *argv])  # argv's wins
+    template = load_template(trainer.ds_config)
+    with pytest.raises(ArgumentError) as refused:
+        check_precision(resolve_layout(template, trainer, 2), bf16_enabled(template, trainer.bf16), ArgumentError)
+    line = one_line_exit_2("megamythos.planning.plan:main", ["--gpus", "2", *argv], capsys)
+    assert line == f"error: {refused.value}", line
+    from megamythos.planning.plan import main as plan_main
+
+    assert plan_main(["--gpus", "2", *argv, "--", "--no-bf16"]) == 0
 
 
 def test_a_hostfile_with_fewer_hosts_than_planned_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -248,3 +248,32 @@ def test_the_plan_s_layout_is_the_one_the_trainer_builds_from_the_same_flags(nam
     assert params_main(["--gpus", "2", "--ds-config", str(malformed)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: --ds-config {malformed}: tensor_parallel.autotp_size must be a positive integer, got '2'")
+
+
+def test_the_plan_s_precision_is_the_one_the_trainer_trains_in(tmp_path) -> None:
+    """Found 2026-12-07: ``plan --gpus N --ds-config F`` planned bf16 weights, gradients and activations and a bf16
+    step where F turns bf16 off (``"bf16": {"enabled": false}``) or the trainer's ``--no-bf16`` follows ``--``, and
+    the trainer trains in fp32. The plan now takes the trainer's precision: fp32 weights, gradients, start-up copy,
+    activations and collectives, and under ZeRO-3 no fp32 master copy beside the Adam moments."""
+    from megamythos.planning.plan import plan
+    from megamythos.training.ds_config import bf16_enabled, load_template
+
+    bf16_path = REPO / "ds_configs" / "single-node-8gpu.json"  # ZeRO-3, bf16
+    fp32_path = tmp_path / "fp32.json"
+    fp32_path.write_text(json.dumps({**load_template(bf16_path), "bf16": {"enabled": False}}))
+    plans = {}
+    for path, trainer_flags in ((bf16_path, []), (fp32_path, []), (fp32_path, ["--bf16"]), (bf16_path, ["--no-bf16"])):
+        planned = plan(["--preset", "small", "--gpus", "8", "--ds-config", str(path), "--plan", "--json", "--",
+                        *trainer_flags])
+        bf16 = bf16_enabled(load_template(path), parse_args(["--ds-config", str(path), *trainer_flags]).bf16)
+        assert planned["layout"]["dtype"] == ("bf16" if bf16 else "fp32"), (path, trainer_flags)
+        assert planned["step_plan"]["layout"]["weight_bytes"] == (2 if bf16 else 4)
+        plans.setdefault(bf16, planned)
+    bf16_plan, fp32_plan = plans[True], plans[False]
+    fp32_mem, bf16_mem = fp32_plan["memory_plan"], bf16_plan["memory_plan"]
+    for key in ("weights_gib", "startup_device_gib"):
+        assert fp32_mem[key] == pytest.approx(2 * bf16_mem[key]), key
+    assert fp32_mem["optimizer_gib"] == pytest.approx(8 / 12 * bf16_mem["optimizer_gib"])
+    assert fp32_mem["grads_gib"] > bf16_mem["grads_gib"]  # bf16's partitions sum 8 micro-batches in fp32 already
+    assert fp32_mem["activations_gib"] > bf16_mem["activations_gib"]
+    assert fp32_plan["step_plan"]["step_seconds"] > bf16_plan["step_plan"]["step_seconds"]

@@ -224,8 +224,8 @@ def test_compile_with_autoep_in_fp32_is_refused():
     args = parse_args(["--compile", "--ep", "2", "--no-bf16"])
     layout = resolve_layout(template, args, 2)
     with pytest.raises(ArgumentError, match="--compile with --ep > 1 needs --bf16"):
-        check_compile(args, layout, bf16_enabled(template, args))
-    check_compile(parse_args(["--compile", "--ep", "2"]), layout, bf16_enabled(template, parse_args([])))
+        check_compile(args, layout, bf16_enabled(template, args.bf16))
+    check_compile(parse_args(["--compile", "--ep", "2"]), layout, bf16_enabled(template, None))
     check_compile(parse_args(["--compile", "--no-bf16"]), resolve_layout(template, parse_args([]), 2), False)
 
 
@@ -250,9 +250,9 @@ def test_zero0_in_bf16_with_tensor_or_expert_parallelism_is_refused(tmp_path):
             with pytest.raises(ArgumentError, match=rf"^--zero 0 with {refused} in bf16: .* use --zero 1 \(or 2, 3\), "
                                                     r"or --no-bf16 \(to go on from a checkpoint of such a run: "
                                                     r"--load it with --finetune, --zero 1 and another --save\)$"):
-                check_precision(layout, bf16_enabled(template, args))
+                check_precision(layout, bf16_enabled(template, args.bf16), ArgumentError)
         else:
-            check_precision(layout, bf16_enabled(template, args))
+            check_precision(layout, bf16_enabled(template, args.bf16), ArgumentError)
     for argv in (["--zero", "0", "--tp", "2"], ["--zero", "0", "--ep", "2"], ["--compile", "--ep", "2", "--no-bf16"]):
         with pytest.raises(ArgumentError, match="--zero 0 with --(tp|ep) 2 in bf16|--compile with --ep > 1 needs "):
             preflight([*argv, "--save", str(tmp_path / "run")], world_size=2)

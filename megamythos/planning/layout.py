@@ -121,6 +121,36 @@ def reduces_in_fp32(layout: ParallelLayout, bf16: bool) -> bool:
     return bf16 and not layout.qgz and (ranks > 2 or (ranks == 2 and kept_in_fp32))
 
 
+def bf16_enabled(template: Mapping[str, Any], flag: bool | None) -> bool:
+    """Whether a run trains in bf16, as the trainer decides it: its ``--bf16``/``--no-bf16`` (``flag``; None where
+    neither is given), else ds_config ``template``'s ``bf16.enabled`` (absent: fp32)."""
+    return bool(flag if flag is not None else template.get("bf16", {}).get("enabled", False))
+
+
+def check_precision(layout: ParallelLayout, bf16: bool, error: type[UserError] = LayoutError) -> None:
+    """Refuse (``error``), before start-up, ZeRO-0 in bf16 with tensor or expert parallelism. DeepSpeed 0.19's
+    optimizer there (``FP16_UnfusedOptimizer``) takes the gradient norm of a flattened copy of each group, which no
+    longer says which weights AutoTP sharded: tensor-parallel rank 0's gradients stand for the whole group, so
+    clipping, the logged grad-norm and the non-finite check leave out the other ranks' shards (TP 2: 1.007 where
+    ZeRO-1 and one process give 1.020). It leaves AutoEP's expert gradients out of the norm altogether (EP 2: 1.45951
+    where the norm is 1.46020; ZeRO-1 logs 1.46038). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count
+    every shard and expert once. The trainer's start-up and the planner both refuse it.
+
+    A checkpoint of such a run resumes on its own layout and precision only (another ZeRO stage needs ZeRO-3 on
+    both sides, ZeRO-0's optimizer files hold bf16 groups), so the refusal names the way on from one: its weights
+    into a new run, ``--finetune``."""
+    remedy = ("use --zero 1 (or 2, 3), or --no-bf16 (to go on from a checkpoint of such a run: --load it with "
+              "--finetune, --zero 1 and another --save)")
+    if bf16 and layout.zero == 0 and layout.tp > 1:
+        raise error(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
+                    "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its non-finite "
+                    f"check miss the other ranks'; {remedy}")
+    if bf16 and layout.zero == 0 and layout.ep > 1:
+        raise error(f"--zero 0 with --ep {layout.ep} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer leaves the experts' "
+                    "gradients out of the gradient norm, so gradient clipping and the logged grad norm miss them; "
+                    f"{remedy}")
+
+
 @dataclass(frozen=True)
 class ZeroBuffers:
     """The buffer sizes of a ds_config's ``zero_optimization`` that the memory plan counts, in elements; the

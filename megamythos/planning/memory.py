@@ -22,7 +22,7 @@ from megamythos.planning.layout import LayoutError, ZeroBuffers, accumulates_in_
 
 @dataclass
 class MemoryPlan:
-    """Per-GPU memory estimate (GiB) of a ZeRO + TP + EP layout with bf16 weights and fp32 Adam states."""
+    """Per-GPU memory estimate (GiB) of a ZeRO + TP + EP layout with bf16 (or fp32) weights and fp32 Adam states."""
 
     gpus: int
     tp: int
@@ -180,6 +180,14 @@ def reduce_bucket_bytes(zero: int, buffers: ZeroBuffers, w_bytes: int, comm_byte
     return 0, 0
 
 
+def optimizer_bytes(zero: int, dtype: str) -> int:
+    """Bytes per parameter of AdamW's states as DeepSpeed 0.19 keeps them for weights in ``dtype``: the fp32 moments
+    (8) and an fp32 master copy of the weights (4). fp32 weights need no copy under ZeRO-0 (DeepSpeed's plain
+    optimizer updates them) nor ZeRO-3 (which takes its fp32 partitions as the master); ZeRO-1/2 clone their
+    partitions whatever the dtype."""
+    return 8 if dtype == "fp32" and zero in (0, 3) else 12
+
+
 def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int = 3, micro_batch: int = 1,
                 seq_len: int | None = None, dtype: str = "bf16", replicated_core: bool = False,
                 grad_accum: int = 1, buffers: ZeroBuffers | None = None, fp32_reduce: bool = False) -> MemoryPlan:
@@ -240,7 +248,8 @@ def memory_plan(c: ModelConfig, gpus: int, tp: int = 1, ep: int = 1, zero: int =
         dense = n_dense * dense_block_activation_bytes(c, tp, w_bytes)
     acts = tokens * (loop_bytes + dense + c.vocab_size * 4)
     plan = dict(weights_gib=weight_params * w_bytes / GIB, grads_gib=grads_bytes / GIB,
-                optimizer_gib=opt_params * 12 / GIB, gathered_working_gib=largest_module * w_bytes / GIB,
+                optimizer_gib=opt_params * optimizer_bytes(zero, dtype) / GIB,
+                gathered_working_gib=largest_module * w_bytes / GIB,
                 reduce_bucket_gib=bucket / GIB, reduce_copy_gib=bucket_copy / GIB, activations_gib=acts / GIB)
     return MemoryPlan(gpus=gpus, tp=tp, ep=ep, zero=zero, dp=dp, params_per_gpu=weight_params,
                       total_gib=sum(plan.values()), startup_device_gib=startup_memory(c, tp, ep, dtype).device_gib,

@@ -26,12 +26,14 @@ from typing import Any
 
 from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
 from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, get_preset
-from megamythos.model.params import count
+from megamythos.model.params import BYTES, count
 from megamythos.planning.layout import (
     ZEROPP_KEYS,
     LayoutError,
     ParallelLayout,
+    bf16_enabled,
     check_layout_keys,
+    check_precision,
     reduces_in_fp32,
     template_layout,
     zero_buffers,
@@ -150,6 +152,16 @@ def resolve_layout(args: argparse.Namespace, template: dict[str, Any]) -> Parall
                            compiled="--compile" in args.train_args)
 
 
+def trains_in_bf16(args: argparse.Namespace, template: dict[str, Any]) -> bool:
+    """Whether the planned run trains in bf16, as the trainer decides it (:func:`~megamythos.planning.layout.
+    bf16_enabled`): with ``--hostfile`` the printed command's ``--bf16``; else the trainer's last ``--bf16`` or
+    ``--no-bf16`` after ``--``, then ``template``'s ``bf16.enabled``; without ``--ds-config``, bf16 (as every
+    template in ds_configs/ asks)."""
+    given = [flag for flag in args.train_args if flag in ("--bf16", "--no-bf16")]
+    flag = True if args.hostfile else given[-1] == "--bf16" if given else None
+    return bf16_enabled(template if args.ds_config else {"bf16": {"enabled": True}}, flag)
+
+
 def hostfile_slots(path: str) -> dict[str, int] | None:
     """The slots of each host of DeepSpeed hostfile ``path`` (``HOST slots=N`` per line, # comments) by host name,
     in file order; None when it does not exist (yet: a dry run plans before the hostfile is written). A malformed
@@ -210,14 +222,6 @@ def check_launchable(args: argparse.Namespace) -> None:
 def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: int) -> str:
     """The deepspeed command line that trains ``args.preset`` on this layout (:func:`check_launchable` first),
     with ``--override max_seq_len`` where ``seq_len`` is longer than the preset's."""
-    if layout.zero == 0 and layout.tp > 1:  # megamythos.training.ds_config.check_precision
-        raise LayoutError(f"--zero 0 with --tp {layout.tp}: the printed command trains in bf16, where the trainer "
-                          "refuses ZeRO-0 with tensor parallelism (DeepSpeed's optimizer there clips with one "
-                          "tensor-parallel rank's share of the gradient norm); plan --zero 1 (or 2, 3)")
-    if layout.zero == 0 and layout.ep > 1:
-        raise LayoutError(f"--zero 0 with --ep {layout.ep}: the printed command trains in bf16, where the trainer "
-                          "refuses ZeRO-0 with expert parallelism (DeepSpeed's optimizer there leaves the experts out "
-                          "of the gradient norm it clips with); plan --zero 1 (or 2, 3)")
     nodes = max(1, layout.world_size // args.gpus_per_node)
     longer = seq_len > get_preset(args.preset).max_seq_len
     cmd = ["deepspeed", "--hostfile", args.hostfile, "--num_nodes", str(nodes), "--num_gpus",
@@ -264,19 +268,23 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         zero = template.get("zero_optimization", {})
         layout = resolve_layout(args, template)
         layout.check_model(config)
-        report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum,
+        bf16 = trains_in_bf16(args, template)
+        check_precision(layout, bf16)  # the trainer's refusal
+        dtype = "bf16" if bf16 else "fp32"
+        report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum, "dtype": dtype,
                             "experts_per_ep_rank": config.n_experts // layout.ep,
                             "heads_per_tp_rank": config.n_heads // layout.tp}
         report["memory_plan"] = asdict(memory_plan(config, layout.world_size, layout.tp, layout.ep, layout.zero,
-                                                   layout.micro_batch_size, seq_len,
+                                                   layout.micro_batch_size, seq_len, dtype,
                                                    replicated_core=layout.replicate_core,
                                                    grad_accum=layout.grad_accum,
                                                    buffers=zero_buffers(zero, args.ds_config),
-                                                   fp32_reduce=reduces_in_fp32(layout, bf16=True)))
+                                                   fp32_reduce=reduces_in_fp32(layout, bf16)))
         peak_gib = max(report["memory_plan"]["total_gib"], report["memory_plan"]["startup_device_gib"])
         report["fits"] = {f"{gb:g} GB": peak_gib <= gb * GIB_PER_GB for gb in args.gpu_memory_gb}
         ranks_on_host = min(args.gpus_per_node, layout.world_size)
-        report["startup"] = {**asdict(startup_memory(config, layout.tp, layout.ep)), "ranks_per_node": ranks_on_host}
+        report["startup"] = {**asdict(startup_memory(config, layout.tp, layout.ep, dtype)),
+                             "ranks_per_node": ranks_on_host}
         if args.plan:
             if layout.hpz > args.gpus_per_node:
                 raise LayoutError(f"ZeRO++ hpz={layout.hpz} is larger than --gpus-per-node {args.gpus_per_node}: "
@@ -284,7 +292,8 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
                                   "of at most the node size (usually the node size itself)")
             cluster = Cluster(gpus_per_node=args.gpus_per_node, nvlink_gbs=args.nvlink_gbs, ib_gbs=args.ib_gbs,
                               peak_tflops=args.peak_tflops, mfu=args.mfu)
-            prediction = step_plan(config, layout, StepSettings(seq_len=seq_len), cluster, args.loops)
+            settings = StepSettings(seq_len=seq_len, weight_bytes=BYTES[dtype], act_bytes=BYTES[dtype])
+            prediction = step_plan(config, layout, settings, cluster, args.loops)
             report["step_plan"] = asdict(prediction)
         if args.hostfile:
             report["command"] = launch_command(args, layout, seq_len)
@@ -323,7 +332,7 @@ def print_report(name: str, report: dict[str, Any], prediction: Any) -> None:
     if "memory_plan" in report:
         mem = report["memory_plan"]
         print(f"  memory per GPU        {mem['total_gib']:.1f} GiB on {mem['gpus']} GPUs "
-              f"(tp {mem['tp']}, ep {mem['ep']}, dp {mem['dp']}, ZeRO-{mem['zero']}): "
+              f"(tp {mem['tp']}, ep {mem['ep']}, dp {mem['dp']}, ZeRO-{mem['zero']}, {report['layout']['dtype']}): "
               f"weights {mem['weights_gib']:.1f}, grads {mem['grads_gib']:.1f}, "
               f"optimizer {mem['optimizer_gib']:.1f}, gathered {mem['gathered_working_gib']:.1f}, "
               f"reduce bucket {mem['reduce_bucket_gib']:.1f} (+{mem['reduce_copy_gib']:.1f} while it reduces), "

@@ -18,7 +18,9 @@ from megamythos.parallel.zero import leaf_blocks_section
 from megamythos.planning.layout import (
     ParallelLayout,
     accumulates_in_fp32,
+    bf16_enabled,
     check_layout_keys,
+    check_precision,
     reduces_in_fp32,
     template_layout,
 )
@@ -116,11 +118,6 @@ def resolve_layout(template: dict[str, Any], args: TrainArgs, world_size: int) -
                            replicate_core=args.replicate_core, compiled=args.compile, error=ArgumentError)
 
 
-def bf16_enabled(template: dict[str, Any], args: TrainArgs) -> bool:
-    """``--bf16``/``--no-bf16`` if given, else the template's ``bf16.enabled``."""
-    return bool(args.bf16 if args.bf16 is not None else template.get("bf16", {}).get("enabled", False))
-
-
 def trainer_clips(layout: ParallelLayout, bf16: bool) -> bool:
     """Whether the trainer, not DeepSpeed, measures the gradient norm and clips by it (ZeRO-0 in fp32, DeepSpeed's
     plain optimizer; its ``gradient_clipping`` is then written as 0). DeepSpeed computes no norm there, and its
@@ -147,37 +144,13 @@ def check_compile(args: TrainArgs, layout: ParallelLayout, bf16: bool) -> None:
                             "takes only bf16 under torch.compile; add --bf16, or drop --compile or --ep")
 
 
-def check_precision(layout: ParallelLayout, bf16: bool) -> None:
-    """Refuse, before start-up, ZeRO-0 in bf16 with tensor or expert parallelism. DeepSpeed 0.19's optimizer there
-    (``FP16_UnfusedOptimizer``) takes the gradient norm of a flattened copy of each group, which no longer says which
-    weights AutoTP sharded: tensor-parallel rank 0's gradients stand for the whole group, so clipping, the logged
-    grad-norm and the non-finite check leave out the other ranks' shards (TP 2: 1.007 where ZeRO-1 and one process
-    give 1.020). It leaves AutoEP's expert gradients out of the norm altogether (EP 2: 1.45951 where the norm is
-    1.46020; ZeRO-1 logs 1.46038). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count every shard and
-    expert once.
-
-    A checkpoint of such a run resumes on its own layout and precision only (another ZeRO stage needs ZeRO-3 on
-    both sides, ZeRO-0's optimizer files hold bf16 groups), so the refusal names the way on from one: its weights
-    into a new run, ``--finetune``."""
-    remedy = ("use --zero 1 (or 2, 3), or --no-bf16 (to go on from a checkpoint of such a run: --load it with "
-              "--finetune, --zero 1 and another --save)")
-    if bf16 and layout.zero == 0 and layout.tp > 1:
-        raise ArgumentError(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
-                            "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its "
-                            f"non-finite check miss the other ranks'; {remedy}")
-    if bf16 and layout.zero == 0 and layout.ep > 1:
-        raise ArgumentError(f"--zero 0 with --ep {layout.ep} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer leaves the "
-                            "experts' gradients out of the gradient norm, so gradient clipping and the logged grad "
-                            f"norm miss them; {remedy}")
-
-
 def check_layout(args: TrainArgs, layout: ParallelLayout, config: ModelConfig, bf16: bool) -> None:
     """Every check of a run's layout that needs no process group, as the launcher's preflight and each rank's
     start-up make them: the model fits the layout (:meth:`ParallelLayout.check_model`), :func:`check_compile` and
     :func:`check_precision`."""
     layout.check_model(config)
     check_compile(args, layout, bf16)
-    check_precision(layout, bf16)
+    check_precision(layout, bf16, ArgumentError)
 
 
 def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout, config: ModelConfig,
@@ -192,7 +165,7 @@ def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelL
     # The number of distinct samples per step is layout.global_batch_size = micro x accum x dp.
     ds.pop("train_batch_size", None)
     ds.setdefault("steps_per_print", 10**9)  # our own log line replaces DeepSpeed's
-    bf16 = bf16_enabled(template, args)
+    bf16 = bf16_enabled(template, args.bf16)
     ds["gradient_clipping"] = 0.0 if trainer_clips(layout, bf16) else args.clip_grad
     # AdamW from the template's implementation choice (e.g. "torch_adam" on CPU), hyper-parameters from us.
     ds["optimizer"] = {"type": "AdamW", "params": {

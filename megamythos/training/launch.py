@@ -370,7 +370,7 @@ def preflight(trainer: Sequence[str], world_size: int | None) -> None:
         documents_eod(document_flags(args.to_dict()), prefixes, cache_dir=args.data_cache_dir)
     template = load_template(args.ds_config)
     check_template(args.ds_config, template, args)
-    check_layout(args, resolve_layout(template, args, world_size), config, bf16_enabled(template, args))
+    check_layout(args, resolve_layout(template, args, world_size), config, bf16_enabled(template, args.bf16))
 
 
 def check_run_folder_reaches_every_node(argv: Sequence[str], env: Mapping[str, str], local_ranks: int) -> None:

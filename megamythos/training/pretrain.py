@@ -410,7 +410,7 @@ class Trainer:
         check_template(args.ds_config, template, args)
         check_zero_options(args.ds_config, template)
         self.layout = resolve_layout(template, args, int(os.environ.get("WORLD_SIZE", "1")))
-        bf16 = bf16_enabled(template, args)
+        bf16 = bf16_enabled(template, args.bf16)
         check_layout(args, self.layout, self.config, bf16)
         check_startup_memory(self.config, self.layout.tp, self.layout.ep, local_world_size(),
                              psutil.virtual_memory().total, device_memory_bytes(), "bf16" if bf16 else "fp32")
