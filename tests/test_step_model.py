@@ -277,3 +277,21 @@ def test_the_plan_s_precision_is_the_one_the_trainer_trains_in(tmp_path) -> None
     assert fp32_mem["grads_gib"] > bf16_mem["grads_gib"]  # bf16's partitions sum 8 micro-batches in fp32 already
     assert fp32_mem["activations_gib"] > bf16_mem["activations_gib"]
     assert fp32_plan["step_plan"]["step_seconds"] > bf16_plan["step_plan"]["step_seconds"]
+
+
+def test_a_step_deeper_than_training_runs_is_refused_and_a_deeper_count_warned(capsys, caplog) -> None:
+    """Found 2026-12-07: ``plan --loops L --plan`` with L above the model's max_loops (2 x mean_loops) timed a
+    training step of L loops, which the trainer never runs (it clips each step's sampled count at max_loops). The
+    step model now refuses it naming --loops and the range; without --plan the counts (effective parameters, KV
+    cache: an inference at L loops, which evaluate and generate may run) come with a warning."""
+    deepest = get_preset("tiny").resolved_max_loops
+    plan = ["--preset", "tiny", "--gpus", "2", "--plan"]
+    assert params_main([*plan, "--loops", str(deepest)]) == 0
+    capsys.readouterr()
+    assert params_main([*plan, "--loops", str(deepest + 1)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(
+        f"error: --loops {deepest + 1} is above the model's max_loops {deepest}, where training clips each step's "
+        f"sampled loop count: no training step runs {deepest + 1} loops; give --loops 1 to {deepest} with --plan")
+    with caplog.at_level("WARNING"):
+        assert params_main(["--preset", "tiny", "--loops", str(deepest + 1)]) == 0
+    assert "the training FLOPs/token are of a step the trainer never runs" in caplog.text

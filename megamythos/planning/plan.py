@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"model size (default {DEFAULT_PRESET})")
     parser.add_argument("--config", type=path_text, help="model config JSON (overrides --preset)")
     parser.add_argument("--seq-length", type=positive_int, default=None, help="default: min(max_seq_len, 4096)")
-    parser.add_argument("--loops", type=positive_int, default=None, help="loop count for effective params / FLOPs")
+    parser.add_argument("--loops", type=positive_int, default=None,
+                        help="loop count for effective params / FLOPs (default: the mean; with --plan at most "
+                             "max_loops, the most a training step runs)")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     lay = parser.add_argument_group(WITH_GPUS[0])
     lay.add_argument("--gpus", type=positive_int, default=None, help="world size; also prints the per-GPU memory plan")
@@ -255,6 +257,15 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         logger.warning("--seq-length %d is longer than the model's max_seq_len %d: planned with max_seq_len %d "
                        "(the trainer needs --override max_seq_len=%d)", seq_len, config.max_seq_len, seq_len, seq_len)
         config = config.replace(max_seq_len=seq_len)
+    if args.loops and args.loops > config.resolved_max_loops:
+        deeper = (f"--loops {args.loops} is above the model's max_loops {config.resolved_max_loops}, where training "
+                  "clips each step's sampled loop count")
+        if args.plan:  # the step model times a training step
+            raise LayoutError(f"{deeper}: no training step runs {args.loops} loops; give --loops 1 to "
+                              f"{config.resolved_max_loops} with --plan (evaluate and generate may loop deeper: "
+                              "their counts are planned without --plan)")
+        logger.warning("%s: the training FLOPs/token are of a step the trainer never runs; the other counts are "
+                       "those of evaluate or generate at %d loops", deeper, args.loops)
     # activation checkpointing of every iteration and prelude/coda block, as the printed command asks, and as the
     # trainer does by default where gradients flow through every loop (TrainArgs.model_overrides)
     if args.plan or args.hostfile or config.backprop_loops == 0 or args.loop_checkpoint_segment is not None:
