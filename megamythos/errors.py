@@ -58,10 +58,13 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
 
         error: argument --workers: must be >= 1, got 0
     """
+    def shown(bound: float) -> str:  # an integer's bound whole: 4294967295, not 4.29497e+09
+        return str(int(bound)) if kind is int else f"{bound:g}"
+
     if high is None:
-        requirement = f"be > {low:g}" if low_open else f"be >= {low:g}"
+        requirement = f"be > {shown(low)}" if low_open else f"be >= {shown(low)}"
     else:
-        requirement = f"lie in {'(' if low_open else '['}{low:g}, {high:g}]"
+        requirement = f"lie in {'(' if low_open else '['}{shown(low)}, {shown(high)}]"
 
     def parse(text: str) -> int | float:
         try:

@@ -699,7 +699,9 @@ NUMBER_CASES = [
     ("megamythos.research.study:main", ["depth", "--scale", "0", "--runs", "none"],
      "argument --scale: must lie in (0, 64]"),
     # numpy's seed range: a traceback after the corpus was built (found 2026-12-06)
-    ("megamythos.research.study:main", ["depth", "--seed", "-1", "--runs", "none"], "argument --seed: must lie in"),
+    # found 2026-12-07: an integer flag's bounds printed as 4.29497e+09
+    ("megamythos.research.study:main", ["depth", "--seed", "-1", "--runs", "none"],
+     "argument --seed: must lie in [0, 4294967295], got -1"),
     # found 2026-12-06: a RuntimeError after 18 s of corpus building (2 PB asked for), and a FileExistsError
     ("megamythos.research.study:main", ["depth", "--scale", "1e9", "--runs", "none"],
      "argument --scale: must lie in (0, 64], got 1e9"),
