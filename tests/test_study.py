@@ -286,6 +286,42 @@ def test_a_killed_study_leaves_a_report_that_names_its_missing_runs(corpus, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study_depth.json", "study_depth.png"]
 
 
+def test_a_study_stopped_by_ctrl_c_names_the_missing_runs_and_the_command_to_add_them(corpus, tmp_path, monkeypatch,
+                                                                                     caplog, capsys) -> None:
+    """Found 2026-12-07: Ctrl-C during a study's runs ended with ``error: interrupted`` alone, though its report's
+    ``runs_pending`` knew which runs were missing. Now one line names them and the command (the study's own, its
+    ``--runs`` replaced) that adds them."""
+    from megamythos.research import study
+
+    def killed_at_the_second_run(spec: RunSpec, *args: object) -> dict:
+        if spec.name == "sampled_depth_tbptt":
+            raise KeyboardInterrupt
+        return fake_run(spec)
+
+    monkeypatch.setattr(study, "train_run", killed_at_the_second_run)
+    monkeypatch.setattr(study, "prepare_corpus", lambda *_: corpus_prefix(corpus))
+    argv = ["depth", "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"), "--steps", "3",
+            "--scale", "0.5", "--runs", "fixed_depth,sampled_depth_tbptt"]
+    with caplog.at_level("WARNING"):
+        assert main(argv) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == "error: interrupted"
+    report = tmp_path / "out" / "stdlib" / "study_depth.json"
+    assert (f"{report} lacks the runs sampled_depth_tbptt; to add them: python -m megamythos.research.study "
+            f"{' '.join(argv[:-2])} --runs sampled_depth_tbptt") in caplog.text
+
+
+def test_a_study_inside_its_warmup_is_warned(caplog) -> None:
+    """Found 2026-12-07: ``--steps 20`` trained every run inside the study's 30 warmup steps (the LR rising to
+    the end, never decaying) without a word; the trainer warns of its --warmup alike."""
+    with caplog.at_level("WARNING"):
+        assert main(["depth", "--steps", "30", "--runs", "none"]) == 2
+    assert "--steps 30 is not above the study's 30 warmup steps: each run's LR rises for the whole run" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert main(["depth", "--steps", "31", "--runs", "none"]) == 2
+    assert "warmup" not in caplog.text
+
+
 def test_help_names_the_command_to_type(capsys) -> None:
     """Found 2026-12-06: ``--help`` began ``usage: study.py``, a file no one runs, as no other command line does."""
     with pytest.raises(SystemExit) as done:

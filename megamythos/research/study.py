@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,6 +82,10 @@ class StudySettings:
     @property
     def tokens(self) -> int:
         return self.steps * self.batch_size * self.seq_len
+
+    def schedule(self, peak: float) -> LRSchedule:
+        """A run's LR schedule at peak LR ``peak``: the trainer's warmup + cosine over ``steps``."""
+        return LRSchedule(lr=peak, min_lr=self.min_lr_fraction * peak, warmup=self.warmup, total=self.steps)
 
 
 @dataclass
@@ -192,8 +198,7 @@ def train_steps(model: nn.Module, spec: RunSpec, config: ModelConfig, settings: 
     """Train ``model`` for ``settings.steps`` steps -> (training CE per step, the step it diverged at or None):
     divergence (non-finite or 3x the first loss) stops it early."""
     peak = spec.lr or settings.lr
-    schedule = LRSchedule(lr=peak, min_lr=settings.min_lr_fraction * peak, warmup=settings.warmup,
-                          total=settings.steps)  # the trainer's warmup + cosine
+    schedule = settings.schedule(peak)
     optimizer = torch.optim.AdamW(weight_decay_param_groups(model, 0.1), lr=peak, betas=(0.9, 0.95))
     run_config = config.replace(**spec.overrides)
     losses: list[float] = []
@@ -510,6 +515,21 @@ def plot_experiment(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def log_pending_runs(path: Path, prog: str, argv: Sequence[str]) -> None:
+    """Log, for a study stopped during its runs, the runs its report at ``path`` lacks (``runs_pending``) and the
+    command that adds them: the study's own, ``prog`` and ``argv``, its ``--runs`` replaced by theirs. Nothing
+    where there is no report yet."""
+    try:
+        pending = json.loads(path.read_text()).get("runs_pending")
+    except (OSError, ValueError):
+        return
+    if pending:
+        given = [arg for i, arg in enumerate(argv) if not (arg == "--runs" or arg.startswith("--runs=")
+                                                            or i and argv[i - 1] == "--runs")]
+        command = shlex.join([*given, "--runs", ",".join(pending)])
+        logger.warning("%s lacks the runs %s; to add them: %s %s", path, ", ".join(pending), prog, command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m megamythos.research.study", description=__doc__)
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS), help="the study to run (see above)")
@@ -539,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device(args.device)  # before the corpus is built
         settings = StudySettings(steps=args.steps or max(1, int(StudySettings.steps * args.scale)), scale=args.scale,
                                  device=args.device, seed=args.seed)
+        if settings.schedule(settings.lr).warms_up_whole_run:  # the trainer warns of its --warmup alike
+            logger.warning("--steps %d is not above the study's %d warmup steps: each run's LR rises for the whole "
+                           "run and never decays; give --steps above %d for runs that follow their whole schedule",
+                           settings.steps, settings.warmup, settings.warmup)
         runs = [name for name in args.runs.split(",") if name]
         check_runs(args.experiment, runs)  # before the corpus is built
         if args.corpus == "wikitext2":
@@ -550,7 +574,13 @@ def main(argv: list[str] | None = None) -> int:
         writable_directory(args.out, "--out")
         report_paths(os.path.join(args.out, args.corpus), args.experiment, args.out)  # before the corpus is built
         data_prefix = prepare_corpus(args.corpus, args.work_dir, args.wikitext_dir)
-        report = run_experiment(args.experiment, settings, data_prefix, os.path.join(args.out, args.corpus), runs)
+        out_dir = os.path.join(args.out, args.corpus)
+        try:
+            report = run_experiment(args.experiment, settings, data_prefix, out_dir, runs)
+        except KeyboardInterrupt:
+            log_pending_runs(report_paths(out_dir, args.experiment)[0], parser.prog,
+                             sys.argv[1:] if argv is None else argv)
+            raise
         for run in report["runs"]:
             evals = ", ".join(f"{e['loops']}:{e['perplexity']:.1f}" for e in run.get("eval", []))
             print(f"{run['name']:<28} train {run['final_train_loss']:.3f}  diverged {run['diverged_at']}  "

@@ -64,11 +64,16 @@ class LRSchedule:
         """Multiplier of the peak LR, as ``LambdaLR`` wants it (0 where the peak is 0)."""
         return self.learning_rate(step) / self.lr if self.lr else 0.0
 
+    @property
+    def warms_up_whole_run(self) -> bool:
+        """Whether warmup lasts the whole run (``warmup >= total``): the LR rises to its last step, never decaying."""
+        return self.warmup >= self.total
+
     def warmup_warning(self) -> str | None:
         """What a warmup of at least ``total`` steps does to the run, or None when warmup ends before it: the LR
         rises for the whole run, to ``lr · total / warmup`` at its last step (the peak only when warmup == total),
         and never decays to ``min_lr``."""
-        if self.warmup < self.total:
+        if not self.warms_up_whole_run:
             return None
         last = self.learning_rate(self.total - 1)
         reached = (f"reaching --lr {self.lr:g} only at its last step" if self.warmup == self.total
