@@ -947,25 +947,30 @@ def test_a_planned_command_that_would_train_something_else_is_refused(argv: list
     assert message in line, line
 
 
-@pytest.mark.parametrize("argv", [["--zero", "0", "--tp", "2"], ["--zero", "0", "--ep", "2"],
-                                  ["--tp", "2", "--ds-config", str(REPO / "ds_configs" / "single-gpu.json"), "--zero",
-                                   "0"]])
-def test_the_plan_refuses_the_layouts_the_trainer_refuses_with_its_line(argv: list[str],
+@pytest.mark.parametrize("layout, trainer_flags, allowed", [
+    (["--zero", "0", "--tp", "2"], [], ["--no-bf16"]),
+    (["--zero", "0", "--ep", "2"], [], ["--no-bf16"]),
+    (["--tp", "2", "--ds-config", str(REPO / "ds_configs" / "single-gpu.json"), "--zero", "0"], [], ["--no-bf16"]),
+    (["--ep", "2"], ["--compile", "--no-bf16"], ["--compile"]),
+])
+def test_the_plan_refuses_the_layouts_the_trainer_refuses_with_its_line(layout: list[str], trainer_flags: list[str],
+                                                                        allowed: list[str],
                                                                         capsys: pytest.CaptureFixture) -> None:
     """Found 2026-12-07: ``plan --gpus N`` refused ZeRO-0 with --tp or --ep > 1 in bf16 only with --hostfile, and
-    planned it otherwise; the trainer refuses it at start-up. The plan now refuses it with the trainer's line, and
-    plans it where the trainer trains it: in fp32 (``-- --no-bf16``)."""
-    from megamythos.training.ds_config import bf16_enabled, check_precision, load_template, resolve_layout
-
-    trainer = parse_args(["--ds-config", str(REPO / "ds_configs" / "cpu-debug.json"), *argv])  # argv's wins
-    template = load_template(trainer.ds_config)
-    with pytest.raises(ArgumentError) as refused:
-        check_precision(resolve_layout(template, trainer, 2), bf16_enabled(template, trainer.bf16), ArgumentError)
-    line = one_line_exit_2("megamythos.planning.plan:main", ["--gpus", "2", *argv], capsys)
-    assert line == f"error: {refused.value}", line
+    planned it otherwise, as it planned --compile with --ep > 1 in fp32 (its trainer flags after --): layouts the
+    trainer refuses at start-up. The plan now refuses them with the trainer's line (one check shared by both), and
+    plans them where the trainer trains them (``allowed``: in fp32, or compiled in bf16)."""
     from megamythos.planning.plan import main as plan_main
+    from megamythos.training.ds_config import bf16_enabled, check_layout, load_template, resolve_layout
 
-    assert plan_main(["--gpus", "2", *argv, "--", "--no-bf16"]) == 0
+    trainer = parse_args(["--ds-config", str(REPO / "ds_configs" / "cpu-debug.json"), *layout, *trainer_flags])
+    template = load_template(trainer.ds_config)  # the layout's own --ds-config where it gives one
+    with pytest.raises(ArgumentError) as refused:
+        check_layout(trainer, resolve_layout(template, trainer, 2), trainer.model_config(),
+                     bf16_enabled(template, trainer.bf16))
+    line = one_line_exit_2("megamythos.planning.plan:main", ["--gpus", "2", *layout, "--", *trainer_flags], capsys)
+    assert line == f"error: {refused.value}", line
+    assert plan_main(["--gpus", "2", *layout, "--", *allowed]) == 0
 
 
 def test_a_hostfile_with_fewer_hosts_than_planned_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

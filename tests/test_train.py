@@ -224,9 +224,9 @@ def test_compile_with_autoep_in_fp32_is_refused():
     args = parse_args(["--compile", "--ep", "2", "--no-bf16"])
     layout = resolve_layout(template, args, 2)
     with pytest.raises(ArgumentError, match="--compile with --ep > 1 needs --bf16"):
-        check_compile(args, layout, bf16_enabled(template, args.bf16))
-    check_compile(parse_args(["--compile", "--ep", "2"]), layout, bf16_enabled(template, None))
-    check_compile(parse_args(["--compile", "--no-bf16"]), resolve_layout(template, parse_args([]), 2), False)
+        check_compile(layout, bf16_enabled(template, args.bf16), args.compile, ArgumentError)
+    check_compile(layout, bf16_enabled(template, None), True)
+    check_compile(resolve_layout(template, parse_args([]), 2), False, True)
 
 
 def test_zero0_in_bf16_with_tensor_or_expert_parallelism_is_refused(tmp_path):

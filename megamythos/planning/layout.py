@@ -127,6 +127,15 @@ def bf16_enabled(template: Mapping[str, Any], flag: bool | None) -> bool:
     return bool(flag if flag is not None else template.get("bf16", {}).get("enabled", False))
 
 
+def check_compile(layout: ParallelLayout, bf16: bool, compiled: bool, error: type[UserError] = LayoutError) -> None:
+    """Refuse (``error``), before start-up, a ``--compile`` (``compiled``) run that Dynamo cannot trace (AutoEP's
+    expert matmul, ``torch._grouped_mm``, used when ``--ep`` > 1, accepts only bf16 inputs under fake tensors).
+    The trainer's start-up and the planner both refuse it."""
+    if compiled and layout.ep > 1 and not bf16:
+        raise error("--compile with --ep > 1 needs --bf16: AutoEP's expert matmul (torch._grouped_mm) takes only "
+                    "bf16 under torch.compile; add --bf16, or drop --compile or --ep")
+
+
 def check_precision(layout: ParallelLayout, bf16: bool, error: type[UserError] = LayoutError) -> None:
     """Refuse (``error``), before start-up, ZeRO-0 in bf16 with tensor or expert parallelism. DeepSpeed 0.19's
     optimizer there (``FP16_UnfusedOptimizer``) takes the gradient norm of a flattened copy of each group, which no

@@ -32,6 +32,7 @@ from megamythos.planning.layout import (
     LayoutError,
     ParallelLayout,
     bf16_enabled,
+    check_compile,
     check_layout_keys,
     check_precision,
     reduces_in_fp32,
@@ -155,10 +156,10 @@ def resolve_layout(args: argparse.Namespace, template: dict[str, Any]) -> Parall
 
 
 def trains_in_bf16(args: argparse.Namespace, template: dict[str, Any]) -> bool:
-    """Whether the planned run trains in bf16, as the trainer decides it (:func:`~megamythos.planning.layout.
-    bf16_enabled`): with ``--hostfile`` the printed command's ``--bf16``; else the trainer's last ``--bf16`` or
-    ``--no-bf16`` after ``--``, then ``template``'s ``bf16.enabled``; without ``--ds-config``, bf16 (as every
-    template in ds_configs/ asks)."""
+    """Whether the planned run trains in bf16, as the trainer decides it
+    (:func:`~megamythos.planning.layout.bf16_enabled`): with ``--hostfile`` the printed command's ``--bf16``; else
+    the trainer's last ``--bf16`` or ``--no-bf16`` after ``--``, then ``template``'s ``bf16.enabled``; without
+    ``--ds-config``, bf16 (as every template in ds_configs/ asks)."""
     given = [flag for flag in args.train_args if flag in ("--bf16", "--no-bf16")]
     flag = True if args.hostfile else given[-1] == "--bf16" if given else None
     return bf16_enabled(template if args.ds_config else {"bf16": {"enabled": True}}, flag)
@@ -280,7 +281,8 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         layout = resolve_layout(args, template)
         layout.check_model(config)
         bf16 = trains_in_bf16(args, template)
-        check_precision(layout, bf16)  # the trainer's refusal
+        check_precision(layout, bf16)  # the trainer's refusals
+        check_compile(layout, bf16, "--compile" in args.train_args)
         dtype = "bf16" if bf16 else "fp32"
         report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum, "dtype": dtype,
                             "experts_per_ep_rank": config.n_experts // layout.ep,

@@ -19,6 +19,7 @@ from megamythos.planning.layout import (
     ParallelLayout,
     accumulates_in_fp32,
     bf16_enabled,
+    check_compile,
     check_layout_keys,
     check_precision,
     reduces_in_fp32,
@@ -136,20 +137,12 @@ def accumulation_warning(layout: ParallelLayout, bf16: bool) -> str | None:
             "or 3 sum them in fp32, as does --no-bf16")
 
 
-def check_compile(args: TrainArgs, layout: ParallelLayout, bf16: bool) -> None:
-    """Refuse, before start-up, a ``--compile`` run that Dynamo cannot trace (AutoEP's expert matmul,
-    ``torch._grouped_mm``, used when ``--ep`` > 1, accepts only bf16 inputs under fake tensors)."""
-    if args.compile and layout.ep > 1 and not bf16:
-        raise ArgumentError("--compile with --ep > 1 needs --bf16: AutoEP's expert matmul (torch._grouped_mm) "
-                            "takes only bf16 under torch.compile; add --bf16, or drop --compile or --ep")
-
-
 def check_layout(args: TrainArgs, layout: ParallelLayout, config: ModelConfig, bf16: bool) -> None:
     """Every check of a run's layout that needs no process group, as the launcher's preflight and each rank's
     start-up make them: the model fits the layout (:meth:`ParallelLayout.check_model`), :func:`check_compile` and
     :func:`check_precision`."""
     layout.check_model(config)
-    check_compile(args, layout, bf16)
+    check_compile(layout, bf16, args.compile, ArgumentError)
     check_precision(layout, bf16, ArgumentError)
 
 
