@@ -560,9 +560,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = StudySettings(steps=args.steps or max(1, int(StudySettings.steps * args.scale)), scale=args.scale,
                                  device=args.device, seed=args.seed)
         if settings.schedule(settings.lr).warms_up_whole_run:  # the trainer warns of its --warmup alike
-            logger.warning("--steps %d is not above the study's %d warmup steps: each run's LR rises for the whole "
+            logger.warning("--steps %d%s is not above the study's %d warmup steps: each run's LR rises for the whole "
                            "run and never decays; give --steps above %d for runs that follow their whole schedule",
-                           settings.steps, settings.warmup, settings.warmup)
+                           settings.steps, "" if args.steps else f" ({StudySettings.steps} x --scale)",
+                           settings.warmup, settings.warmup)
         runs = [name for name in args.runs.split(",") if name]
         check_runs(args.experiment, runs)  # before the corpus is built
         if args.corpus == "wikitext2":
