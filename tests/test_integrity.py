@@ -349,6 +349,18 @@ def test_a_tag_pruned_after_its_weights_were_read_is_read_again_whole(saved: Pat
     assert (tmp_path / "out" / "tokenizer.model").is_file() and verify_checksums(tmp_path / "out")
 
 
+def refusal_line(reader: str, ckpt: Path, tmp_path: Path, capsys) -> str:
+    """The one line with which ``reader`` (a resume's start-up check, ``evaluate`` or ``export`` into
+    ``tmp_path/out``) refuses the run folder ``ckpt``."""
+    if reader == "resume":
+        with pytest.raises(CheckpointError) as err:
+            check_run_dirs(str(ckpt), str(ckpt))
+        return str(err.value)
+    main, args = {"evaluate": (evaluate_main, ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1"]),
+                  "export": (export_main, [str(ckpt), str(tmp_path / "out")])}[reader]
+    return error_line(main(args), capsys.readouterr().err)
+
+
 @pytest.mark.launch
 @pytest.mark.parametrize("reader", ["resume", "evaluate", "export"])
 def test_a_tag_whose_checksums_were_lost_is_refused(reader: str, saved: Path, tmp_path: Path, capsys) -> None:
@@ -357,14 +369,7 @@ def test_a_tag_whose_checksums_were_lost_is_refused(reader: str, saved: Path, tm
     ckpt = copy_of(saved, tmp_path)
     (ckpt / LATEST_TAG / CHECKSUMS_FILE).unlink()
     corrupt_one(ckpt, "optimizer states")
-    if reader == "resume":
-        with pytest.raises(CheckpointError) as err:
-            check_run_dirs(str(ckpt), str(ckpt))
-        line = str(err.value)
-    else:
-        main, args = {"evaluate": (evaluate_main, ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1"]),
-                      "export": (export_main, [str(ckpt), str(tmp_path / "out")])}[reader]
-        line = error_line(main(args), capsys.readouterr().err)
+    line = refusal_line(reader, ckpt, tmp_path, capsys)
     assert f"{ckpt / LATEST_TAG / CHECKSUMS_FILE} is missing" in line, line
     assert f"newest tag that verifies is {GOOD}" in line, line
 
@@ -382,14 +387,7 @@ def test_a_tag_copied_in_part_without_its_manifest_is_refused(reader: str, saved
     for name in (CHECKSUMS_FILE, "train_args.json", FILES["optimizer states"]):
         for path in (ckpt / LATEST_TAG).glob(name):
             path.unlink()
-    if reader == "resume":
-        with pytest.raises(CheckpointError) as err:
-            check_run_dirs(str(ckpt), str(ckpt))
-        line = str(err.value)
-    else:
-        main, args = {"evaluate": (evaluate_main, ["--load", str(ckpt), "--loops", "1", "--eval-iters", "1"]),
-                      "export": (export_main, [str(ckpt), str(tmp_path / "out")])}[reader]
-        line = error_line(main(args), capsys.readouterr().err)
+    line = refusal_line(reader, ckpt, tmp_path, capsys)
     assert (f"{ckpt / LATEST_TAG / CHECKSUMS_FILE} is missing, though {LATEST_TAG} was saved with it (the older "
             f"{GOOD} of its run holds one: a copy cut off") in line, line
     assert f"newest tag that verifies is {GOOD}" in line, line
