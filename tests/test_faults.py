@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import re
@@ -373,8 +374,33 @@ def test_second_writer_is_refused(corpus: Path, tmp_path: Path) -> None:
 
 def test_writer_lock_is_exclusive_in_process(tmp_path: Path) -> None:
     with writer_lock(str(tmp_path), holder=True):
-        assert (tmp_path / WRITER_LOCK).read_text().split() == [socket.gethostname(), str(os.getpid())]
+        assert (tmp_path / WRITER_LOCK).read_text().split()[:2] == [socket.gethostname(), str(os.getpid())]
+        with pytest.raises(CheckpointError, match="being written by another run"):
+            with writer_lock(str(tmp_path), holder=True):
+                pass
     assert not (tmp_path / WRITER_LOCK).exists()
+
+
+def test_a_copied_writer_lock_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found 2026-12-07: ``cp -a`` of a running run's folder copied its ``writer.lock``, and a resume of the copy
+    was refused as "being written by another run" while the original lived. The lock names the folder it was taken
+    for: the copy's lock (a live pid, this host, another folder) is taken over with a warning naming the original;
+    one taken for the same folder (here through a link), or an old lock without a folder, still refuses."""
+    run, copy, link = tmp_path / "run", tmp_path / "copy", tmp_path / "link"
+    run.mkdir()
+    link.symlink_to(run)
+    with writer_lock(str(run), holder=True):
+        shutil.copytree(run, copy)  # the run lives: its lock, this process's, is copied
+        with caplog.at_level(logging.WARNING), writer_lock(str(copy), holder=True):
+            assert f"copied with its folder from {run.resolve()}" in caplog.text
+            assert (copy / WRITER_LOCK).read_text() != (run / WRITER_LOCK).read_text()
+        with pytest.raises(CheckpointError, match="being written by another run"):
+            with writer_lock(str(link), holder=True):
+                pass
+    (copy / WRITER_LOCK).write_text(f"{socket.gethostname()} {os.getpid()}\n")  # a lock written before the folder
+    with pytest.raises(CheckpointError, match="being written by another run"):
+        with writer_lock(str(copy), holder=True):
+            pass
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00\x17", b"garbage\n", b"host pid 12\n"])

@@ -418,37 +418,54 @@ def verify_resume(load: str) -> None:
         verify_tag(Path(load) / tag, team())
 
 
-def lock_holder(path: Path, save: str) -> tuple[str, str]:
-    """(host, pid) that the writer lock ``path`` of ``--save`` ``save`` names (both empty while its writer has
-    created it and not yet written it); a lock holding anything but ``host pid`` (bytes overwritten, another
-    program's file) raises :class:`CheckpointError` naming it."""
+def lock_holder(path: Path, save: str) -> tuple[str, str, str]:
+    """(host, pid, folder) that the writer lock ``path`` of ``--save`` ``save`` names: ``folder`` is
+    :func:`lock_folder` of the folder it was taken for ("" in a lock written before 2026-12-07, and all three empty
+    while its writer has created it and not yet written it); a lock holding anything but ``host pid [folder]``
+    (bytes overwritten, another program's file) raises :class:`CheckpointError` naming it."""
     text = path.read_bytes().decode(errors="replace").strip()
-    host, _, pid = text.partition(" ")
+    host, pid, folder = (text.split(" ", 2) + ["", ""])[:3]
     if text and not (host and pid.isdigit()):
         raise CheckpointError(f"{path} is not a writer lock (it holds {text[:40]!r}, not 'host pid'); delete it if no "
                               f"run is writing --save {save}, and run again")
-    return host, pid
+    return host, pid, folder
+
+
+def lock_folder(save: str) -> str:
+    """``DEVICE:INODE REALPATH`` of folder ``save``: which folder a writer lock was taken for. A copy of the folder
+    (``cp -a``, ``rsync``) is another inode, so its copied lock names another folder; a link to it or a move within
+    its file system keeps the inode (the real path only says where the lock came from)."""
+    st = os.stat(save)
+    return f"{st.st_dev}:{st.st_ino} {os.path.realpath(save)}"
 
 
 @contextmanager
 def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
-    """One run per ``--save`` directory: the ``holder`` (rank 0) creates ``DIR/writer.lock`` naming its host and
-    pid, or refuses to start while another live process holds it. A lock left by a killed run (its pid is gone
-    on this host) is taken over; one held on another host must be removed by hand once that run is gone."""
+    """One run per ``--save`` directory: the ``holder`` (rank 0) creates ``DIR/writer.lock`` naming its host, pid
+    and the folder (:func:`lock_folder`), or refuses to start while another live process holds it. A lock left by a
+    killed run (its pid is gone on this host), or taken on this host for another folder (a copy of a running run's
+    folder carries its lock), is taken over with a warning; one held on another host must be removed by hand once
+    that run is gone."""
     if not (save and holder):
         yield
         return
     path = Path(save) / WRITER_LOCK
-    mine = f"{socket.gethostname()} {os.getpid()}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        folder = lock_folder(save)
+        mine = f"{socket.gethostname()} {os.getpid()} {folder}"
         while True:
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                host, pid = lock_holder(path, save)
+                host, pid, taken_for = lock_holder(path, save)
                 if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
                     logger.warning("removing %s left by process %s, which is gone", path, pid)
+                    path.unlink(missing_ok=True)
+                    continue
+                if host == socket.gethostname() and taken_for and taken_for.split(" ")[0] != folder.split(" ")[0]:
+                    logger.warning("taking over %s, copied with its folder from %s (process %s writes that one, "
+                                   "not this copy)", path, taken_for.partition(" ")[2], pid)
                     path.unlink(missing_ok=True)
                     continue
                 raise CheckpointError(f"--save {save} is being written by another run (process {pid} on {host}, "
