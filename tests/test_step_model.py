@@ -279,6 +279,26 @@ def test_the_plan_s_precision_is_the_one_the_trainer_trains_in(tmp_path) -> None
     assert fp32_plan["step_plan"]["step_seconds"] > bf16_plan["step_plan"]["step_seconds"]
 
 
+def test_the_plan_s_peak_follows_its_precision(tmp_path) -> None:
+    """Found 2026-12-07: ``--peak-tflops`` defaulted to the H100's dense bf16 figure (989) in an fp32 plan too, whose
+    matmuls the trainer runs in FP32 (67): its compute time and step time were about 15x too short. An fp32 plan
+    now takes the FP32 figure unless --peak-tflops is given; a bf16 plan keeps 989 (the figures of the docs)."""
+    from megamythos.planning.plan import plan
+    from megamythos.training.ds_config import load_template
+
+    bf16_path = REPO / "ds_configs" / "single-node-8gpu.json"
+    fp32_path = tmp_path / "fp32.json"
+    fp32_path.write_text(json.dumps({**load_template(bf16_path), "bf16": {"enabled": False}}))
+
+    def planned(path: Path, *flags: str) -> dict:
+        return plan(["--preset", "small", "--gpus", "8", "--ds-config", str(path), "--plan", "--json", *flags])
+
+    bf16, fp32 = planned(bf16_path)["step_plan"], planned(fp32_path)["step_plan"]
+    assert (bf16["cluster"]["peak_tflops"], fp32["cluster"]["peak_tflops"]) == (989.0, 67.0)
+    assert fp32["compute_seconds"] == pytest.approx(bf16["compute_seconds"] * 989 / 67)
+    assert planned(fp32_path, "--peak-tflops", "494.5")["step_plan"]["cluster"]["peak_tflops"] == 494.5
+
+
 def test_a_step_deeper_than_training_runs_is_refused_and_a_deeper_count_warned(capsys, caplog) -> None:
     """Found 2026-12-07: ``plan --loops L --plan`` with L above the model's max_loops (2 x mean_loops) timed a
     training step of L loops, which the trainer never runs (it clips each step's sampled count at max_loops). The

@@ -40,7 +40,7 @@ from megamythos.planning.layout import (
     zero_buffers,
 )
 from megamythos.planning.memory import GIB, check_startup_memory, memory_plan, startup_memory
-from megamythos.planning.step_model import Cluster, StepSettings, format_plan, step_plan
+from megamythos.planning.step_model import PEAK_TFLOPS, Cluster, StepSettings, format_plan, step_plan
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--plan", action="store_true", help="also predict compute, collectives and step time")
     step.add_argument("--mfu", type=number(float, 0, 1, low_open=True), default=Cluster.mfu,
                       help="achieved fraction of peak in the matmuls")
-    step.add_argument("--peak-tflops", type=positive_float, default=Cluster.peak_tflops, help="per GPU")
+    step.add_argument("--peak-tflops", type=positive_float, default=None,
+                      help="per GPU (default: an H100 SXM's dense peak in the plan's precision, from NVIDIA's "
+                           f"datasheet: {PEAK_TFLOPS['bf16']:g} in bf16, {PEAK_TFLOPS['fp32']:g} in fp32, whose "
+                           "matmuls the trainer runs in FP32, not TF32)")
     step.add_argument("--gpus-per-node", type=positive_int, default=Cluster.gpus_per_node, help="GPUs sharing NVLink")
     step.add_argument("--nvlink-gbs", type=positive_float, default=Cluster.nvlink_gbs, help="GB/s per GPU")
     step.add_argument("--ib-gbs", type=positive_float, default=Cluster.ib_gbs, help="GB/s per GPU (400 Gb/s = 50)")
@@ -304,7 +307,7 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
                                   "the step model times hpZ's secondary copy on NVLink, within a node; use an hpz "
                                   "of at most the node size (usually the node size itself)")
             cluster = Cluster(gpus_per_node=args.gpus_per_node, nvlink_gbs=args.nvlink_gbs, ib_gbs=args.ib_gbs,
-                              peak_tflops=args.peak_tflops, mfu=args.mfu)
+                              peak_tflops=args.peak_tflops or PEAK_TFLOPS[dtype], mfu=args.mfu)
             settings = StepSettings(seq_len=seq_len, weight_bytes=BYTES[dtype], act_bytes=BYTES[dtype])
             prediction = step_plan(config, layout, settings, cluster, args.loops)
             report["step_plan"] = asdict(prediction)

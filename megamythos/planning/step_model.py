@@ -61,6 +61,10 @@ from megamythos.planning.layout import ParallelLayout, reduces_in_fp32
 from megamythos.planning.memory import GIB, core_dense_local_params, dense_local_params
 
 KINDS = ("all-gather", "reduce-scatter", "all-to-all", "all-reduce")
+# Dense (no sparsity) peak TFLOP/s of an H100 SXM per training precision, from NVIDIA's H100 datasheet: BF16 Tensor
+# Core 989; FP32 67, as the trainer's fp32 matmuls run it (torch's default float32 matmul precision "highest" keeps
+# TF32's 494.5 off, and the trainer does not turn it on)
+PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class Cluster:
     gpus_per_node: int = 8
     nvlink_gbs: float = 450.0
     ib_gbs: float = 50.0
-    peak_tflops: float = 989.0  # H100 SXM dense bf16
+    peak_tflops: float = PEAK_TFLOPS["bf16"]
     mfu: float = 0.4  # achieved fraction of peak in the matmuls (compute time = FLOPs / (peak x mfu))
 
 
