@@ -136,20 +136,22 @@ def check_compile(layout: ParallelLayout, bf16: bool, compiled: bool, error: typ
                     "bf16 under torch.compile; add --bf16, or drop --compile or --ep")
 
 
-def check_precision(layout: ParallelLayout, bf16: bool, error: type[UserError] = LayoutError) -> None:
+def check_precision(layout: ParallelLayout, bf16: bool, error: type[UserError] = LayoutError,
+                    fp32_allowed: bool = True) -> None:
     """Refuse (``error``), before start-up, ZeRO-0 in bf16 with tensor or expert parallelism. DeepSpeed 0.19's
     optimizer there (``FP16_UnfusedOptimizer``) takes the gradient norm of a flattened copy of each group, which no
     longer says which weights AutoTP sharded: tensor-parallel rank 0's gradients stand for the whole group, so
     clipping, the logged grad-norm and the non-finite check leave out the other ranks' shards (TP 2: 1.007 where
     ZeRO-1 and one process give 1.020). It leaves AutoEP's expert gradients out of the norm altogether (EP 2: 1.45951
     where the norm is 1.46020; ZeRO-1 logs 1.46038). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count
-    every shard and expert once. The trainer's start-up and the planner both refuse it.
+    every shard and expert once. The trainer's start-up and the planner both refuse it, offering ``--no-bf16`` where
+    ``fp32_allowed`` (not in the planner's ``--hostfile`` command, which always trains in bf16).
 
     A checkpoint of such a run resumes on its own layout and precision only (another ZeRO stage needs ZeRO-3 on
     both sides, ZeRO-0's optimizer files hold bf16 groups), so the refusal names the way on from one: its weights
     into a new run, ``--finetune``."""
-    remedy = ("use --zero 1 (or 2, 3), or --no-bf16 (to go on from a checkpoint of such a run: --load it with "
-              "--finetune, --zero 1 and another --save)")
+    remedy = (f"use --zero 1 (or 2, 3){', or --no-bf16' if fp32_allowed else ''} (to go on from a checkpoint of "
+              "such a run: --load it with --finetune, --zero 1 and another --save)")
     if bf16 and layout.zero == 0 and layout.tp > 1:
         raise error(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
                     "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its non-finite "

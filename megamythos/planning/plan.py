@@ -284,7 +284,7 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         layout = resolve_layout(args, template)
         layout.check_model(config)
         bf16 = trains_in_bf16(args, template)
-        check_precision(layout, bf16)  # the trainer's refusals
+        check_precision(layout, bf16, fp32_allowed=not args.hostfile)  # the trainer's refusals
         check_compile(layout, bf16, "--compile" in args.train_args)
         dtype = "bf16" if bf16 else "fp32"
         report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum, "dtype": dtype,
