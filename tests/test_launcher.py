@@ -922,6 +922,23 @@ def test_a_users_value_naming_an_unset_variable_reaches_srun_nodes_as_pdsh_ones(
         assert (got.get("LD_LIBRARY_PATH"), got.get("NCCL_IB_HCA")) == ("/opt/x:", "mlx5"), mode
 
 
+def test_a_users_read_only_bash_variable_is_skipped_in_both_modes(tmp_path, caplog):
+    """Found 2026-12-07: a key of ~/.deepspeed_env naming a read-only bash variable (``UID``) stopped
+    slurm.sbatch's srun mode (``UID: readonly variable`` under ``set -e``) before any rank started, where DeepSpeed's
+    pdsh mode goes on without it. It is left out of the file every node reads, with a warning naming file and line."""
+    from megamythos.training import node_env
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".deepspeed_env").write_text("NCCL_IB_HCA=mlx5\nUID=1234\nMY_FLAGS=1\n")
+    out = tmp_path / "node-env"
+    with caplog.at_level(logging.WARNING):
+        node_env.write_node_environment(out, {}, home, tmp_path)
+    assert f"{home / '.deepspeed_env'}:2: skipping UID" in caplog.text
+    for mode, got in nodes_environment(out, {}).items():
+        assert (got.get("NCCL_IB_HCA"), got.get("MY_FLAGS"), got.get("UID")) == ("mlx5", "1", None), mode
+
+
 def test_forwarded_values_reach_the_nodes_as_they_are_and_only_names_a_shell_exports(tmp_path):
     """The escaping of the launching shell's values (``literal``) checked against bash for every printable ASCII
     character, a trailing backslash and spaces inside it, in both modes (DeepSpeed's runner strips a value's outer

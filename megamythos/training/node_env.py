@@ -56,7 +56,8 @@ def read_env_file(path: Path) -> dict[str, str]:
     splits, both sides stripped; a later line of a key wins), and blank lines, ``#`` comments and ``export KEY=VALUE``
     as a shell reads them. Those the runner mishandles: a blank line is a traceback, a comment line with a ``=``
     becomes ``export # ...;`` in front of each node's command (pdsh), which makes the rest of it a comment, and
-    ``export KEY`` is no name launchers/slurm.sbatch's srun mode can ``export``; the file we write holds none of them.
+    ``export KEY`` is no name launchers/slurm.sbatch's srun mode can ``export``; the file we write holds none of them,
+    nor a key bash will not export (:func:`exportable`), skipped with a warning naming the file and line.
     A value keeps DeepSpeed's meaning: the shell that reads the file expands its ``$``, backquotes and ``\\`` inside
     double quotes (``LD_LIBRARY_PATH=/opt/x:$LD_LIBRARY_PATH``), in pdsh and in srun mode alike.
 
@@ -81,8 +82,19 @@ def read_env_file(path: Path) -> dict[str, str]:
             raise UserError(f"{path}:{number}: {line!r} ends inside what its value opens (a trailing \\, or a "
                             "backquote, $( or ${ left open), a syntax error in DeepSpeed's double quotes on every "
                             "node; close it, or escape a trailing \\ as \\\\")
+        if not exportable(key):
+            logger.warning("%s:%d: skipping %s, a variable bash will not export (read-only); DeepSpeed's pdsh mode "
+                           "leaves it out too, and slurm.sbatch's srun mode would stop on it", path, number, key)
+            continue
         found[key] = value.strip()
     return found
+
+
+def exportable(key: str) -> bool:
+    """Whether bash exports variable name ``key``: not one of its read-only variables (``UID``, ``EUID``, ``PPID``,
+    ``SHELLOPTS``, ...), whose ``export`` fails (each node's pdsh command goes on without it; slurm.sbatch's srun
+    mode, under ``set -e``, stops). Only ``export KEY=x`` runs, nothing of the file's value."""
+    return subprocess.run(["bash", "-c", f"export {key}=x"], capture_output=True).returncode == 0
 
 
 def reads_in_quotes(value: str) -> bool:
