@@ -548,7 +548,8 @@ def test_a_universal_conversion_that_rank_0_cannot_finish_is_one_line_on_every_r
     from megamythos.training import checkpointing
 
     one_tag_run(tmp_path / "run", {"layout": {"world_size": 2, "tp": 1, "ep": 1}, "zero_stage": 3})
-    monkeypatch.setattr(reader, "convert_to_universal", lambda tag_dir, out: (out / "zero").mkdir(parents=True) or out)
+    monkeypatch.setattr(reader, "convert_to_universal",
+                        lambda tag_dir, out, *_: (out / "zero").mkdir(parents=True) or out)
     (tmp_path / "save").mkdir()
     (tmp_path / "save" / "iter_0000002_universal_model").symlink_to(tmp_path / "purged")
     layout = {"world_size": 1, "tp": 1, "ep": 1}

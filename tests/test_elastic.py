@@ -19,7 +19,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -193,11 +195,27 @@ def test_a_conversion_into_a_read_only_load_without_save_is_one_line(tmp_path: P
     assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
 
 
-def test_a_quota_exceeded_during_the_conversion_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+QUOTA = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "fp32.pt")
+TORCH_WRITER = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+QUOTA_LINE = "disk quota exceeded", "free space there or have your quota raised, and run again"
+WRITE_LINE = ("write failed (a disk quota or file-size limit?)",
+              "free space there, or have your quota or file-size limit raised, and run again")
+
+
+@pytest.mark.parametrize("error, in_subprocess, line", [
+    (QUOTA, False, QUOTA_LINE), (TORCH_WRITER, False, WRITE_LINE), (QUOTA, True, QUOTA_LINE),
+    (TORCH_WRITER, True, WRITE_LINE)], ids=["EDQUOT", "torch writer", "ds_to_universal EDQUOT",
+                                            "ds_to_universal torch writer"])
+def test_a_quota_exceeded_during_the_conversion_is_one_line(error: Exception, in_subprocess: bool,
+                                                            line: tuple[str, str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Found 2026-12-07 (read): a disk quota (EDQUOT) met while converting a checkpoint of another layout was an
     OSError traceback on rank 0 (exit 1), where the other ranks said `rank 0 failed to convert ...` (exit 2); a
     full disk was already one line. A quota is one line too, told to every rank as the full disk's, and the
-    conversion's temporary folder is removed."""
+    conversion's temporary folder is removed. Found 2026-12-07 (audit): torch's writer reports a quota as a
+    RuntimeError (``unexpected pos``, ``PytorchStreamWriter failed``), in this process (the expert renaming's
+    ``torch.save``) a traceback as before, and in ``ds_to_universal``'s subprocess, as an EDQUOT there, its
+    "could not convert ... restore the tag from a copy" line: each is the one line of a failed write now."""
     from megamythos.checkpoint import reader
 
     ckpt = tmp_path / "ckpt"
@@ -206,14 +224,23 @@ def test_a_quota_exceeded_during_the_conversion_is_one_line(tmp_path: Path, monk
     (ckpt / "latest").write_text(tag.name)
     (tag / "train_args.json").write_text(json.dumps({"layout": LAYOUTS["1 rank"][2], "zero_stage": 3}))
 
-    def over_quota(tag_dir: Path, out: Path) -> Path:
+    def over_quota(tag_dir: Path, out: Path, where: Path | None = None) -> Path:
         (out / "zero").mkdir(parents=True)  # part of the conversion written before the quota stopped it
-        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(out / "zero" / "fp32.pt"))
+        raise error
 
-    monkeypatch.setattr(reader, "convert_to_universal", over_quota)
-    with pytest.raises(CheckpointError, match=rf"^disk quota exceeded while converting {tag} to a universal "
+    def ds_to_universal(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+        out = Path(next(a for a in cmd if a.startswith("--output_folder=")).partition("=")[2])
+        (out / "zero").mkdir(parents=True)
+        return subprocess.CompletedProcess(cmd, 1, "", f"Traceback ...\n{type(error).__name__}: {error}\n")
+
+    if in_subprocess:
+        monkeypatch.setattr(reader.subprocess, "run", ds_to_universal)
+    else:
+        monkeypatch.setattr(reader, "convert_to_universal", over_quota)
+    what, remedy = line
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(what)} while converting {tag} to a universal "
                                               rf"checkpoint in {ckpt} \(about the size of the checkpoint, .*\); "
-                                              "free space there or have your quota raised, and run again$"):
+                                              f"{re.escape(remedy)}$"):
         universal_tag(ckpt, LAYOUTS["2 ranks ep2"][2], 3, 0, ModelConfig())
     assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
 

@@ -192,6 +192,10 @@ def disk_size(n: float) -> str:
     return f"{n / 1e6:.3g} MB"
 
 
+# torch's serializer reports a failed write (a quota, a file-size limit, a full disk) as a RuntimeError with these
+TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "basic_ios::clear")
+
+
 def disk_full(directory: Path) -> bool:
     """Whether ``directory``'s file system has less than 1 MiB free (what a write that failed there ran into; torch
     reports ENOSPC only as ``basic_ios::clear`` or ``unexpected pos``)."""

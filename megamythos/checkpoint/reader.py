@@ -11,7 +11,9 @@ Export directories are read from JSON and safetensors only.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shlex
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from megamythos.checkpoint.checksums import (
 from megamythos.checkpoint.files import (
     LATEST,
     MODEL_CONFIG_FILE,
+    TORCH_WRITE_FAILURES,
     ZERO_OPTIM_SHARDS,
     CheckpointError,
     disk_full,
@@ -87,13 +90,34 @@ def _client_state(tag_dir: Path) -> dict:
     return state
 
 
-def conversion_disk_full(tag_dir: Path, where: Path, quota: bool = False) -> CheckpointError:
-    """The one-line error of a universal conversion of ``tag_dir`` that ran out of room in ``where``: the disk's
-    (ENOSPC), or with ``quota`` the user's disk quota there (EDQUOT)."""
-    what, remedy = (("disk quota exceeded", "free space there or have your quota raised, and run again") if quota
-                    else ("disk full", "free space there and run again"))
-    return CheckpointError(f"{what} while converting {tag_dir} to a universal checkpoint in {where} (about the size "
-                           f"of the checkpoint, {disk_size(manifest_bytes(tag_dir))}); {remedy}")
+# What stops a universal conversion writing (conversion_limit), and what to do about it
+CONVERSION_LIMITS = {
+    "disk quota exceeded": "free space there or have your quota raised, and run again",
+    "disk full": "free space there and run again",
+    "write failed (a disk quota or file-size limit?)": "free space there, or have your quota or file-size limit "
+                                                       "raised, and run again",
+}
+
+
+def conversion_limit(error: str, where: Path) -> str | None:
+    """The key of :data:`CONVERSION_LIMITS` that stopped a universal conversion writing into ``where``, from the
+    text of its error (an exception of this process, or ``ds_to_universal``'s output): EDQUOT's message, a full
+    disk (:func:`disk_full`), or torch's writer failing (:data:`TORCH_WRITE_FAILURES`: how it reports EDQUOT,
+    ENOSPC and EFBIG); None for another failure."""
+    if os.strerror(errno.EDQUOT) in error:
+        return "disk quota exceeded"
+    if disk_full(where):
+        return "disk full"
+    if any(text in error for text in TORCH_WRITE_FAILURES):
+        return "write failed (a disk quota or file-size limit?)"
+    return None
+
+
+def conversion_disk_full(tag_dir: Path, where: Path, limit: str = "disk full") -> CheckpointError:
+    """The one-line error of a universal conversion of ``tag_dir`` that ran into ``limit`` (a key of
+    :data:`CONVERSION_LIMITS`) in ``where``."""
+    return CheckpointError(f"{limit} while converting {tag_dir} to a universal checkpoint in {where} (about the size "
+                           f"of the checkpoint, {disk_size(manifest_bytes(tag_dir))}); {CONVERSION_LIMITS[limit]}")
 
 
 def conversion_failure(tag_dir: Path, result: subprocess.CompletedProcess[str]) -> CheckpointError:
@@ -107,15 +131,17 @@ def conversion_failure(tag_dir: Path, result: subprocess.CompletedProcess[str]) 
                            f"a copy of the run, or use another checkpoint tag; its whole output is in {log.name}")
 
 
-def convert_to_universal(tag_dir: Path, out: Path) -> Path:
+def convert_to_universal(tag_dir: Path, out: Path, where: Path | None = None) -> Path:
     """Write DeepSpeed's universal checkpoint of ``tag_dir`` (full tensors, any layout) into ``out``; a failed
-    conversion raises the one line of :func:`conversion_disk_full` or :func:`conversion_failure`."""
+    conversion raises the one line of :func:`conversion_disk_full` (:func:`conversion_limit` of its output; naming
+    ``where``, default ``out``'s parent: the folder the user knows, where ``out`` is a temporary one inside it) or
+    :func:`conversion_failure`."""
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", f"--input_folder={tag_dir}",
            f"--output_folder={out}", "--num_extract_workers", "1", "--num_merge_workers", "1",
            "--inject_missing_state"]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0 and disk_full(out.parent):
-        raise conversion_disk_full(tag_dir, out.parent)
+    if result.returncode != 0 and (limit := conversion_limit(result.stderr, out.parent)):
+        raise conversion_disk_full(tag_dir, where or out.parent, limit)
     if result.returncode != 0:
         raise conversion_failure(tag_dir, result)
     return out

@@ -46,6 +46,7 @@ from megamythos.checkpoint.files import (
     MEGATRON_TRACKER,
     MODEL_CONFIG_FILE,
     TAG_RE,
+    TORCH_WRITE_FAILURES,
     TRAIN_RECORD,
     TRAIN_RECORD_REMEDY,
     UNIVERSAL_SUFFIX,
@@ -541,10 +542,10 @@ def universal_tag(load_dir: str | Path, layout: dict[str, int], zero_stage: int,
 
 def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: ModelConfig, flag: str) -> None:
     """Rank 0 of :func:`universal_tag`: convert ``tag_dir`` into ``target`` through a temporary folder; a conversion
-    that runs out of room or of disk quota raises the one-line
+    that runs out of room, of disk quota or into a file-size limit raises the one-line
     :func:`~megamythos.checkpoint.reader.conversion_disk_full`, and one whose folder takes no new file (a read-only
     ``--load`` of a run without ``--save``) a line naming ``flag``, the option that gave that folder."""
-    from megamythos.checkpoint.reader import conversion_disk_full, convert_to_universal
+    from megamythos.checkpoint.reader import conversion_disk_full, conversion_limit, convert_to_universal
 
     tmp = Path(temp_name(target))
     try:
@@ -563,17 +564,17 @@ def _convert(tag_dir: Path, target: Path, rename: bool, autoep: bool, config: Mo
         raise CheckpointError(f"{flag} {target.parent} is not writable ({err.strerror}), and resuming {tag_dir.name} "
                               f"on another layout writes its universal conversion there; {remedy}") from err
     try:
-        converted = convert_to_universal(tag_dir, tmp / tag_dir.name)
+        converted = convert_to_universal(tag_dir, tmp / tag_dir.name, target.parent)
         if rename:
             rename_expert_tensors(converted / "zero", autoep, config)
         as_param_records(converted / "zero")
         write_checksums(converted)
         os.replace(converted, target)
-    except (OSError, RuntimeError) as err:  # torch's writer reports ENOSPC as a RuntimeError
-        quota = isinstance(err, OSError) and err.errno == errno.EDQUOT
-        if not (quota or disk_full(target.parent)):
+    except (OSError, RuntimeError) as err:  # torch's writer reports ENOSPC and EDQUOT as a RuntimeError
+        limit = conversion_limit(str(err), target.parent)
+        if limit is None:
             raise
-        raise conversion_disk_full(tag_dir, target.parent, quota) from err
+        raise conversion_disk_full(tag_dir, target.parent, limit) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     (tag_dir.parent / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer; we pass the tag
@@ -656,9 +657,6 @@ def _disk_full(err: BaseException, directory: Path) -> bool:
     """Whether a failed write ran out of space (ENOSPC, or no room left: :func:`disk_full`)."""
     return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or disk_full(directory)
 
-
-# torch's serializer reports a failed write (a quota, a file-size limit, a full disk) as a RuntimeError with these
-TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "basic_ios::clear")
 
 
 class CheckpointManager:
