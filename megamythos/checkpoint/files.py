@@ -15,7 +15,8 @@ Layout of ``--save DIR``::
                                named as the model (ep 1) or AutoEP (ep > 1) names them; made when a run resumes
                                the tag on another layout (world size, --tp, --ep); pruned with its tag. It has
                                its own checksums.json; one that does not verify is converted again.
-    DIR/writer.lock            "host pid" of the run writing DIR (one writer per directory); removed at its end.
+    DIR/writer.lock            "host pid dev:inode realpath" of the run writing DIR and of DIR (one writer per
+                               directory; a copy of DIR carries it: taken over); removed at its end.
 
 :mod:`megamythos.training.checkpointing` writes these files; evaluation, generation and export read them.
 """

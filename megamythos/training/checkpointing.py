@@ -480,7 +480,7 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
         yield
     finally:
         try:
-            if path.is_file() and path.read_text().strip() == mine:
+            if path.is_file() and path.read_text().rstrip("\n") == mine:
                 path.unlink()
         except OSError as err:  # the folder became read-only: the next run on this host takes the lock over
             logger.warning("could not remove %s (%s)", path, err)
