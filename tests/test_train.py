@@ -248,8 +248,8 @@ def test_zero0_in_bf16_with_tensor_or_expert_parallelism_is_refused(tmp_path):
         layout = resolve_layout(template, args, 2)
         if refused:
             with pytest.raises(ArgumentError, match=rf"^--zero 0 with {refused} in bf16: .* use --zero 1 \(or 2, 3\), "
-                                                    r"or --no-bf16 \(to go on from a checkpoint of such a run: "
-                                                    r"--load it with --finetune, --zero 1 and another --save\)$"):
+                                                    r"or --no-bf16; to go on from a checkpoint of such a run, "
+                                                    r"--load it with --finetune, --zero 1 and another --save$"):
                 check_precision(layout, bf16_enabled(template, args.bf16), ArgumentError)
         else:
             check_precision(layout, bf16_enabled(template, args.bf16), ArgumentError)

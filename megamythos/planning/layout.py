@@ -150,8 +150,8 @@ def check_precision(layout: ParallelLayout, bf16: bool, error: type[UserError] =
     A checkpoint of such a run resumes on its own layout and precision only (another ZeRO stage needs ZeRO-3 on
     both sides, ZeRO-0's optimizer files hold bf16 groups), so the refusal names the way on from one: its weights
     into a new run, ``--finetune``."""
-    remedy = (f"use --zero 1 (or 2, 3){', or --no-bf16' if fp32_allowed else ''} (to go on from a checkpoint of "
-              "such a run: --load it with --finetune, --zero 1 and another --save)")
+    remedy = (f"use --zero 1 (or 2, 3){', or --no-bf16' if fp32_allowed else ''}; to go on from a checkpoint of "
+              "such a run, --load it with --finetune, --zero 1 and another --save")
     if bf16 and layout.zero == 0 and layout.tp > 1:
         raise error(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
                     "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its non-finite "
