@@ -410,7 +410,8 @@ def test_a_corrupt_writer_lock_is_one_line_naming_it(tmp_path: Path, content: by
     it is left for the user to judge."""
     (tmp_path / WRITER_LOCK).write_bytes(content)
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(tmp_path / WRITER_LOCK))} is not a writer lock "
-                                              r"\(it holds .*, not 'host pid \[folder\]'\); delete it if no run is writing"):
+                                              r"\(it holds .*, not 'host pid \[folder\]'\); delete it if no run is "
+                                              "writing"):
         with writer_lock(str(tmp_path), holder=True):
             pass
     assert (tmp_path / WRITER_LOCK).read_bytes() == content

@@ -427,8 +427,8 @@ def lock_holder(path: Path, save: str) -> tuple[str, str, str]:
     text = path.read_bytes().decode(errors="replace").strip()
     host, pid, folder = (text.split(" ", 2) + ["", ""])[:3]
     if text and not (host and pid.isdigit()):
-        raise CheckpointError(f"{path} is not a writer lock (it holds {text[:40]!r}, not 'host pid [folder]'); delete it if no "
-                              f"run is writing --save {save}, and run again")
+        raise CheckpointError(f"{path} is not a writer lock (it holds {text[:40]!r}, not 'host pid [folder]'); delete "
+                              f"it if no run is writing --save {save}, and run again")
     return host, pid, folder
 
 
