@@ -105,7 +105,7 @@ def test_expert_bias_update_moves_load_toward_uniform() -> None:
 
     def imbalance() -> float:
         moe(x)
-        stats = update_expert_bias(moe, rate=0.02)
+        stats = update_expert_bias(moe, rate=0.02).stats
         assert stats["load_imbalance"] == stats["max_load"] / stats["mean_load"]
         return stats["load_imbalance"]
 
@@ -126,11 +126,37 @@ def test_experts_no_token_reached_are_counted() -> None:
         moe.gate.weight[0, 0] = 3.0
     x = torch.randn(4, 32, cfg.dim, generator=torch.Generator().manual_seed(0))
     x[..., 0] = 1.0
-    idle = []
+    idle, which = [], []
     for _ in range(60):
         moe(x)
-        idle.append(update_expert_bias(moe, rate=0.02)["idle_experts"])
+        balance = update_expert_bias(moe, rate=0.02)
+        idle.append(balance.stats["idle_experts"])
+        which.append(balance.idle)
     assert idle[0] >= 5.0 and idle[-1] == 0.0, idle
+    assert [len(w) for w in which] == idle and 0 not in which[0] and which[-1] == ()
+
+
+def test_an_expert_the_router_keeps_without_tokens_is_named(caplog):
+    """With the bias update off, a router that sends every token to expert 0 (top-1) leaves the others idle for
+    good: after IDLE_EXPERT_STEPS steps the trainer's watch names them in one warning (the console said nothing)."""
+    from megamythos.training.monitor import IDLE_EXPERT_STEPS, IdleExpertWatch
+
+    cfg = small_config(n_experts=4, num_experts_per_tok=1, n_shared_experts=0, expert_bias_update_rate=0.0)
+    moe = MoE(cfg).train()
+    with torch.no_grad():
+        moe.gate.weight.zero_()
+        moe.gate.weight[0, 0] = 5.0
+    x = torch.zeros(1, 4, cfg.dim)
+    x[..., 0] = 1.0
+    watch = IdleExpertWatch(cfg.n_experts, cfg.expert_bias_update_rate)
+    caplog.set_level("WARNING", logger="megamythos.training.monitor")
+    for iteration in range(1, IDLE_EXPERT_STEPS + 1):
+        moe(x)
+        watch.observe(update_expert_bias(moe, cfg.expert_bias_update_rate).idle, iteration)
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(
+        f"routed expert(s) 1, 2, 3 of 4 received no token for {IDLE_EXPERT_STEPS} steps in a row (iterations 1-"
+        f"{IDLE_EXPERT_STEPS})")
+    assert "the aux-loss-free bias update is off" in caplog.records[0].getMessage()
 
 
 def test_counts_only_in_training_and_bias_state_round_trip() -> None:

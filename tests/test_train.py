@@ -679,7 +679,8 @@ def test_a_step_draws_its_noise_from_the_seed_and_iteration_whatever_rng_a_rank_
             config=config, args=types.SimpleNamespace(seed=7, log_params_norm=False), iteration=4, consumed=0,
             comm=types.SimpleNamespace(reset=lambda: None, scalars=dict, seconds=0.0), engine=_Engine(model),
             on_device=lambda batch: batch, layout=types.SimpleNamespace(micro_batch_size=1), dp_rank=dp_rank, dp_size=2,
-            documents=None, guard=NonFiniteGuard(3), own_grad_norm=False, world_mean=lambda values: values)
+            documents=None, guard=NonFiniteGuard(3), own_grad_norm=False, world_mean=lambda values: values,
+            idle_experts=None)
         losses.append(Trainer.train_step(trainer, iter([(tokens, tokens)]))["lm_loss"])
     assert losses[0] == losses[1] != losses[2]  # a tensor-parallel peer draws alike, another data-parallel rank not
 
@@ -711,7 +712,7 @@ def _eod_trainer(model: MythosLM, engine: _Engine, eod: int) -> types.SimpleName
         consumed=0, comm=types.SimpleNamespace(reset=lambda: None, scalars=dict, seconds=0.0), engine=engine,
         on_device=lambda batch: batch, layout=types.SimpleNamespace(micro_batch_size=1, grad_accum=2), dp_rank=0,
         dp_size=1, rank=0, documents=PackedDocuments(eod, eod_mask_loss=True), guard=NonFiniteGuard(3),
-        own_grad_norm=False, world_mean=lambda values: values)
+        own_grad_norm=False, world_mean=lambda values: values, idle_experts=None)
 
 
 def test_a_micro_batch_that_scores_no_token_adds_nothing_and_is_no_non_finite_step():
@@ -1502,6 +1503,23 @@ def test_a_persistently_slow_rank_is_named_once_with_its_host(caplog):
     assert [r.getMessage()[:71] for r in caplog.records] == [
         "rank 1 on host node-b is a straggler: its step compute time was 1.25x t"]
     assert f"iteration {len(steps) + 1}: 200.0 ms against 100.0 ms" in caplog.records[0].getMessage()
+
+
+def test_an_idle_expert_is_named_once_after_one_over_rate_steps(caplog):
+    """An expert no token reached for ceil(1 / rate) steps in a row (its bias has risen by more than any router score
+    difference) is named once per launch; a step with a token breaks its streak, a step that routed no token at
+    all (every micro-batch skipped) neither counts nor breaks it."""
+    from megamythos.training.monitor import IDLE_EXPERT_STEPS, IdleExpertWatch
+
+    assert IdleExpertWatch(4, 0.0).steps == IDLE_EXPERT_STEPS and IdleExpertWatch(4, 1e-3).steps == 1000
+    caplog.set_level("WARNING", logger="megamythos.training.monitor")
+    watch = IdleExpertWatch(4, 0.25)
+    steps = [(2,)] * 3 + [()] + [(2, 3)] * 2 + [(0, 1, 2, 3)] + [(2, 3)] * 2 + [(3,)] * 5
+    for iteration, idle in enumerate(steps, 1):
+        watch.observe(idle, iteration)
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(
+        "routed expert(s) 2, 3 of 4 received no token for 4 steps in a row (iterations 5-9), although the aux")
+    assert "raised their selection bias by 0.25 per step, 1 in all" in caplog.records[0].getMessage()
 
 
 def test_a_resumed_run_logs_each_iteration_once(tmp_path):

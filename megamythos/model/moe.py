@@ -306,17 +306,25 @@ def expert_counts_frozen(model: nn.Module) -> Iterator[None]:
         restore()
 
 
+class ExpertBalance(NamedTuple):
+    """What one aux-loss-free bias update saw in the last MoE layer (:func:`update_expert_bias`)."""
+
+    stats: dict[str, float]  # load statistics (see update_expert_bias); empty for a model without MoE layers
+    idle: tuple[int, ...]  # the experts no token reached in the step, in ascending order
+
+
 @torch.no_grad()
-def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) -> dict[str, float]:
+def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) -> ExpertBalance:
     """DeepSeek-V3 aux-loss-free balancing, applied once per optimizer step.
 
     For every MoE layer: c = tokens_per_expert summed over ``group`` (all ranks by default, when
     torch.distributed is initialised); b <- b + rate * sign(mean(c) - c); counts reset to 0.
-    Returns load statistics of the last layer: max/mean tokens per expert (counted over the step: every
+    Returns, of the last layer, load statistics: max/mean tokens per expert (counted over the step: every
     micro-batch, every loop of a shared block and every rank, so a tensor-parallel group counts its tokens once
     per rank), their ratio max/mean (1 = balanced, comparable across loops, batches and layouts), the number of
     experts no token reached in the step (``idle_experts``: a collapsed router shows there while the ratio may
-    still look moderate) and the bias range.
+    still look moderate) and the bias range; and which experts those idle ones are (the same on every rank of
+    ``group``).
     """
     last = None
     for load in expert_loads(model).values():
@@ -329,13 +337,16 @@ def update_expert_bias(model: nn.Module, rate: float, group: Any | None = None) 
         load.tokens_per_expert.zero_()
         last = (counts, mean, bias)
     if last is None:
-        return {}
-    counts, mean, bias = last  # one host sync for the statistics
-    max_load, mean_load, idle, bias_min, bias_max = torch.stack([
-        counts.max(), mean, (counts == 0).sum().float(), bias.min().float(), bias.max().float()]).tolist()
-    return {"max_load": max_load, "mean_load": mean_load,
-            "load_imbalance": max_load / mean_load if mean_load > 0 else 1.0,
-            "idle_experts": idle, "bias_min": bias_min, "bias_max": bias_max}
+        return ExpertBalance({}, ())
+    counts, mean, bias = last
+    idle = counts == 0
+    # one host sync for the statistics and the idle experts' mask
+    max_load, mean_load, n_idle, bias_min, bias_max, *mask = torch.cat([torch.stack([
+        counts.max(), mean, idle.sum().float(), bias.min().float(), bias.max().float()]), idle.float()]).tolist()
+    return ExpertBalance({"max_load": max_load, "mean_load": mean_load,
+                          "load_imbalance": max_load / mean_load if mean_load > 0 else 1.0,
+                          "idle_experts": n_idle, "bias_min": bias_min, "bias_max": bias_max},
+                         tuple(i for i, m in enumerate(mask) if m))
 
 
 def expert_bias_state(model: nn.Module) -> dict[str, torch.Tensor]:

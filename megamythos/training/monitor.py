@@ -12,7 +12,7 @@ import os
 import resource
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -42,6 +42,9 @@ GIB = float(1 << 30)
 # a row is named in a warning (StragglerWatch).
 STRAGGLER_RATIO = 1.25
 STRAGGLER_STEPS = 10
+# A routed expert no token reached for this many steps in a row is named in a warning where the aux-loss-free bias
+# update is off (IdleExpertWatch; with it on, 1 / rate steps).
+IDLE_EXPERT_STEPS = 1000
 
 
 def anonymous_resident_bytes() -> int | None:
@@ -521,6 +524,46 @@ class StragglerWatch:
                            "for it at each collective; look at that host (thermal throttling, other processes on its "
                            "cores, its network)", slowest, self.hosts[slowest], self.ratio, self.steps, iteration,
                            timers["timers/step-compute-max"] * 1e3, fastest * 1e3)
+
+
+class IdleExpertWatch:
+    """Warns, once per expert and launch, of a routed expert that no token reached for ``steps`` consecutive steps
+    (over every micro-batch, loop and rank of each step): a dead expert trains nothing and holds its share of the
+    weights for nothing, and the console said nothing of it (``moe/idle-experts`` in TensorBoard counts the idle
+    experts of each step, not how long each stays idle).
+
+    The aux-loss-free bias update raises an idle expert's selection bias by ``rate`` every step, while router
+    scores (softmax or sigmoid) differ by less than 1; so ``steps`` = ceil(1 / rate): by then its bias has risen
+    by more than any score difference, and the update should have brought it back (it does within tens of steps
+    where a router starts unbalanced). With the update off (rate 0), :data:`IDLE_EXPERT_STEPS`."""
+
+    def __init__(self, n_experts: int, rate: float) -> None:
+        self.rate = rate
+        self.steps = math.ceil(1 / rate) if rate > 0 else IDLE_EXPERT_STEPS
+        self.streak = [0] * n_experts  # steps in a row without a token, per expert
+        self.since = [0] * n_experts  # the iteration that began each streak
+        self.warned: set[int] = set()
+
+    def observe(self, idle: Sequence[int], iteration: int) -> None:
+        """The experts no token reached in the step that ended at ``iteration``."""
+        idle_now = set(idle)
+        if len(idle_now) == len(self.streak):  # no token was routed at all (every micro-batch skipped): nothing seen
+            return
+        self.since = [since if n else iteration for since, n in zip(self.since, self.streak, strict=True)]
+        self.streak = [n + 1 if e in idle_now else 0 for e, n in enumerate(self.streak)]
+        # those named now reached `steps` at this step, so their streaks began at the same step
+        dead = [e for e, n in enumerate(self.streak) if n >= self.steps and e not in self.warned]
+        if not dead:
+            return
+        self.warned.update(dead)
+        cause = (f"although the aux-loss-free bias update raised their selection bias by {self.rate:g} per step, "
+                 f"{self.rate * self.steps:g} in all, more than any difference of router scores" if self.rate > 0
+                 else "and the aux-loss-free bias update is off (expert_bias_update_rate 0)")
+        logger.warning("routed expert(s) %s of %d received no token for %d steps in a row (iterations %d-%d), %s: "
+                       "they train nothing. moe/idle-experts and moe/load-imbalance in TensorBoard show the router's "
+                       "balance; a larger --override expert_bias_update_rate=... or seq_aux_loss_coef=... balances "
+                       "it harder in a new run or a --finetune of a checkpoint", ", ".join(map(str, dead)),
+                       len(self.streak), self.steps, self.since[dead[0]], iteration, cause)
 
 
 @contextmanager

@@ -112,6 +112,7 @@ from megamythos.training.ds_config import (
     trainer_clips,
 )
 from megamythos.training.monitor import (
+    IdleExpertWatch,
     StepProfiler,
     StragglerWatch,
     TrainingMonitor,
@@ -526,6 +527,9 @@ class Trainer:
             self.hosts = [None] * self.world  # type: ignore[list-item]
             dist.all_gather_object(self.hosts, socket.gethostname())
             self.stragglers = StragglerWatch(self.hosts) if self.rank == 0 else None
+        # rank 0 names an expert the router left without tokens for long (the counts are summed over every rank)
+        self.idle_experts = IdleExpertWatch(self.config.n_experts, self.config.expert_bias_update_rate) \
+            if self.rank == 0 else None
         latest = read_latest(args.save) if args.save else None
         self.last_good = Path(args.save) / latest if latest else None  # what `latest` names: never a diverged state
         self.reloaded: int | None = None  # the iteration of the tag the last rollback reloaded (see step_back)
@@ -968,14 +972,16 @@ class Trainer:
                 self.guard.record(self.engine.skipped_steps > discarded, self.iteration + 1)
                 break
         self.iteration += 1
-        moe = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
+        balance = update_expert_bias(self.engine.module, cfg.expert_bias_update_rate)
+        if self.idle_experts:
+            self.idle_experts.observe(balance.idle, self.iteration)
         lm_sum, scoring, aux_loss = self.world_mean([sum(lm), len(lm), sum(aux) / len(aux)])
         lm_loss = lm_sum / scoring if scoring else math.nan  # no micro-batch of the step scored a token
         weights_norm = params_norm(self.engine.module.parameters(), self.world, self.layout.tp, self.layout.ep) \
             if self.args.log_params_norm else None  # after the step, as Megatron's calc_params_l2_norm
-        return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats, "moe": moe,
-                "comm": self.comm.scalars(), "comm_seconds": self.comm.seconds, "grad_norm": grad_norm,
-                "params_norm": weights_norm}
+        return {"lm_loss": lm_loss, "aux_loss": aux_loss, "lr": lr, "n_loops": n_loops, "stats": stats,
+                "moe": balance.stats, "comm": self.comm.scalars(), "comm_seconds": self.comm.seconds,
+                "grad_norm": grad_norm, "params_norm": weights_norm}
 
     def log_step(self, step: dict[str, Any], seconds: float) -> None:
         """The step's scalars to TensorBoard and the metrics file, and every ``--log-interval`` the console line.
