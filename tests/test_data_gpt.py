@@ -176,17 +176,56 @@ def test_a_blend_a_little_longer_or_shorter_reuses_the_cached_indices(tmp_path) 
     assert [cached_blend_size(n) for n in (1, 31, 32, 33, 1000, 1024, 1025)] == [1, 31, 32, 34, 1024, 1024, 1088]
 
 
-def test_unweighted_prefixes_blend_by_size_as_megatron_does(tmp_path) -> None:
-    """Megatron's ``--data-path A B`` was refused as "weights must be numbers"."""
+# Expected values below come from running Megatron-LM's own megatron/core/datasets (blended_megatron_dataset_builder.py,
+# gpt_dataset.py, blended_dataset.py, utils.py, helpers.cpp compiled) at commit d98e8a64ddf34856e74b24714e3bedb2f5a39553
+# on the same make_dataset datasets, seq_length 8, seed 5; the first token of a sample is its document's id + base.
+def first_tokens(dataset, count: int) -> list[int]:
+    return [int(dataset[i]["tokens"][0]) for i in range(count)]
+
+
+def test_unweighted_prefixes_blend_each_split_by_its_epoch_samples_as_megatron_does(tmp_path) -> None:
+    """Megatron's ``--data-path A B`` blends each split's components, one epoch each, by the samples that epoch holds;
+    they were blended by the datasets' whole token counts, so every split's samples differed from Megatron's
+    (found 2026-12-07, checked against Megatron's code). Past one epoch of each, where Megatron stops, the blend
+    goes on with the same weights."""
     a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
     b = make_dataset(tmp_path / "b", 100, seed=2, base=10_000)
-    train, _, _ = build_train_valid_test_datasets([a, b], "1", 8, 5, (10_000, 0, 0), str(tmp_path / "c"))
-    share_b = IndexedDataset(b).num_tokens / (IndexedDataset(a).num_tokens + IndexedDataset(b).num_tokens)
-    from_b = sum(int(train[i]["tokens"][0] >= 10_000) for i in range(len(train)))
-    assert len(train) == 10_000 and abs(from_b / 10_000 - share_b) < 0.01
+    splits = build_train_valid_test_datasets([a, b], "90,8,2", 8, 5, (200, 20, 10), str(tmp_path / "c"))
+    assert [ds.weights for ds in splits] == [[0.7410071942446043, 0.2589928057553957],
+                                             [0.8245614035087719, 0.17543859649122806],
+                                             [0.8823529411764706, 0.11764705882352941]]
+    assert first_tokens(splits[0], 24) == [199, 10045, 210, 51, 10056, 76, 238, 92, 10041, 211, 71, 145, 10008, 51,
+                                           168, 227, 10046, 94, 172, 257, 10005, 106, 11, 174]
+    assert first_tokens(splits[1], 20) == [274, 10092, 284, 292, 289, 293, 10092, 273, 278, 279, 279, 277, 10093, 270,
+                                           275, 284, 276, 270, 10090, 272]
+    assert first_tokens(splits[2], 10) == [298, 10098, 296, 295, 295, 298, 296, 294, 294, 10098]
+    longer = build_train_valid_test_datasets([a, b], "90,8,2", 8, 5, (10_000, 0, 0), str(tmp_path / "c"))[0]
+    assert len(longer) == 10_000 and longer.weights == splits[0].weights
     for mixed in (["0.7", a, b], ["0.7", a, b, "0.3"], [a, "0.7", b, "0.3"]):
         with pytest.raises(DataConfigError, match="give prefixes, or 'weight prefix' pairs"):
             parse_data_path(mixed)
+
+
+def test_a_single_weighted_prefix_is_built_with_megatrons_surplus(tmp_path) -> None:
+    """``--data-path 1.0 A`` is a blend of one to Megatron: its dataset is built for 0.5% more samples than asked,
+    here past one epoch (578 samples), so another shuffle than ``--data-path A``'s; it was built as ``A``."""
+    a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
+    weighted = build_train_valid_test_datasets(["1.0", a], "1", 8, 5, (578, 0, 0), str(tmp_path / "c"))[0]
+    assert first_tokens(weighted, 12) == [24, 265, 17, 263, 49, 222, 24, 257, 31, 168, 158, 93]
+    plain = build_train_valid_test_datasets([a], "1", 8, 5, (578, 0, 0), str(tmp_path / "c"))[0]
+    assert len(plain) == 578 and first_tokens(plain, 12) != first_tokens(weighted, 12)
+
+
+def test_the_weights_of_eight_datasets_are_normalised_as_megatron_does(tmp_path) -> None:
+    """numpy sums 8 or more weights pairwise, Python's ``sum`` left to right: the normalised weights differed in
+    the last bit from Megatron's, and the greedy rule broke its tie at sample 2 the other way."""
+    weights = [0.2, 0.7, 0.1, 2, 0.1, 0.1, 0.2, 0.2]
+    parts = [make_dataset(tmp_path / f"d{k}", 40, seed=k, base=1000 * k) for k in range(8)]
+    blend = [item for w, p in zip(weights, parts) for item in (str(w), p)]
+    train = build_train_valid_test_datasets(blend, "1", 8, 5, (24, 0, 0), str(tmp_path / "c"))[0]
+    assert [float(w).hex() for w in train.weights[:4]] == [
+        "0x1.c71c71c71c71dp-5", "0x1.8e38e38e38e38p-3", "0x1.c71c71c71c71dp-6", "0x1.1c71c71c71c72p-1"]
+    assert train.dataset_index.tolist() == [3, 1, 3, 0, 3, 6, 3, 7, 1, 3, 3, 2, 3, 1, 3, 4, 3, 5, 3, 1, 3, 3, 1, 3]
 
 
 def test_a_dataset_named_twice_is_blended_once_with_the_summed_weight(tmp_path, caplog) -> None:
@@ -207,10 +246,10 @@ def test_a_dataset_named_twice_is_blended_once_with_the_summed_weight(tmp_path, 
 
 def test_a_dataset_of_weight_zero_is_left_out_of_the_blend_with_a_warning(tmp_path, caplog) -> None:
     """``--data-path 0 A 1 B`` left A out without a word (found 2026-12-06; Megatron asserts), and the blend's
-    log then called B "dataset 0". It still reads B alone, the same samples as ``--data-path B``, and says so."""
+    log then called B "dataset 0". It still reads B alone, the same samples as ``--data-path 1 B``, and says so."""
     a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
     b = make_dataset(tmp_path / "b", 300, seed=2, base=10_000)
-    alone, _, _ = build_train_valid_test_datasets([b], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
+    alone, _, _ = build_train_valid_test_datasets(["1", b], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
     blend, _, _ = build_train_valid_test_datasets(["0", a, "1", b], "1", 8, 5, (200, 0, 0), str(tmp_path / "c"))
     assert len(blend) == len(alone) and all(np.array_equal(blend[i]["tokens"], alone[i]["tokens"])
                                             for i in range(len(alone)))
@@ -395,7 +434,9 @@ def test_a_blend_whose_small_dataset_has_no_test_document_keeps_the_others_test_
     with caplog.at_level(logging.WARNING, logger="megamythos.data.gpt_dataset"):
         splits = build_datasets(recipe, DataSources(["0.3", a, "0.7", b]), total_iters=50, global_batch=4)
     counts = [[sum(int(ds[i]["tokens"][0] < 10_000) for i in range(len(ds))), len(ds)] for ds in splits]
-    assert counts == [[60, 200], [12, 40], [0, 40]]  # [samples of A, samples], the test set B's alone
+    # [samples of A, samples]; the test set B's alone, built as Megatron builds `--data-path 0.7 B` (0.5% more
+    # samples asked of it than the 40 read, in whole epochs)
+    assert counts == [[60, 200], [12, 40], [0, 42]]
     assert dataset_tokens(splits[2]) <= {10_000 + 999}  # B's one test document (999 of 0..999)
     assert [r.getMessage().split(": ")[:2] for r in caplog.records] == [
         ["--data-path", f"the test split blends {b} alone (weights 1.0000 {b})"]]

@@ -21,6 +21,15 @@ class BlendError(UserError, ValueError):
     """The blend asks a component for more samples than it has."""
 
 
+def normalize_weights(weights: Sequence[float]) -> list[float]:
+    """``weights / sum(weights)`` in float64, the sum taken by ``numpy.sum`` as Megatron's ``normalize`` takes it.
+
+    numpy adds 8 or more values pairwise, not left to right as Python's ``sum`` does, so the two quotients can
+    differ in the last bit; the greedy rule's ties and the components' ``ceil(n * w)`` sizes then differ too."""
+    w = np.asarray(weights, dtype=np.float64)
+    return (w / np.sum(w)).tolist()
+
+
 def build_blending_indices(weights: Sequence[float], size: int) -> dict[str, np.ndarray]:
     """``dataset_index`` int16 ``(size,)`` (which dataset) and ``dataset_sample_index`` int64 ``(size,)`` (which of
     its samples) under Megatron's greedy largest-error rule.
@@ -64,9 +73,8 @@ class BlendedDataset(MappedArraysPickle):
                  cache_dir: str) -> None:
         if len(datasets) != len(weights) or not datasets:
             raise BlendError(f"{len(datasets)} datasets but {len(weights)} weights")
-        total = sum(weights)
         self.datasets = datasets
-        self.weights = [w / total for w in weights]
+        self.weights = normalize_weights(weights)
         self.size = size
         cached = cached_blend_size(size)
         self.description = {

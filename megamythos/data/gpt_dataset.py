@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from megamythos.data.blended_dataset import BlendedDataset
+from megamythos.data.blended_dataset import BlendedDataset, normalize_weights
 from megamythos.data.index_cache import MappedArraysPickle, load_or_build
 from megamythos.data.indexed_dataset import IndexedDataset, bin_path, idx_path
 from megamythos.errors import UserError
@@ -88,10 +88,9 @@ def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None
         weights = [float(w) for w in data_path[0::2]]
     except ValueError as err:
         raise DataConfigError(f"{blend} is invalid: weights must be numbers ({err})") from err
-    total = sum(weights)
-    if not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < total < math.inf:
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < sum(weights) < math.inf:
         raise DataConfigError(f"{blend} is invalid: weights must be finite numbers >= 0 with a positive, finite sum")
-    return list(data_path[1::2]), [w / total for w in weights]
+    return list(data_path[1::2]), normalize_weights(weights)
 
 
 def combine_repeated(prefixes: list[str], weights: list[float],
@@ -309,18 +308,46 @@ def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_le
     return out
 
 
+def epoch_samples(prefix: str, fractions: list[float], seq_length: int) -> list[int]:
+    """Per split (of ``SPLIT_NAMES``), the samples one epoch of ``prefix``'s share under ``fractions`` holds,
+    ``(tokens - 1) // seq_length`` (0 where it holds fewer than ``seq_length + 1`` tokens)."""
+    sizes = IndexedDataset(prefix).sizes
+    bounds = split_bounds(fractions, len(sizes))
+    return [max(int(sizes[bounds[i]:bounds[i + 1]].sum(dtype=np.int64)) - 1, 0) // seq_length
+            for i in range(len(SPLIT_NAMES))]
+
+
+def surplus_samples(weights: list[float], num: int) -> list[int]:
+    """Samples to build of each weighted component of a blend of ``num`` (Megatron's
+    ``_get_size_per_split_per_dataset`` with its surplus): ``ceil(ceil(num * w) * (1 + BLEND_SURPLUS))``."""
+    return [math.ceil(math.ceil(num * w) * (1 + BLEND_SURPLUS)) for w in weights]
+
+
+def unweighted_samples(epochs: list[int], num: int) -> list[int]:
+    """Samples to build of each component of Megatron's unweighted blend of one split, blended by ``epochs`` (the
+    samples one epoch of each component holds): one epoch each where ``num`` fits in their sum, as Megatron builds
+    them; otherwise, where Megatron stops at one epoch of each, enough epochs for ``num`` (as for weights
+    proportional to ``epochs``). A component of no sample asks for one, so that its split's problem is raised."""
+    total = sum(epochs)
+    sizes = epochs if num <= total else surplus_samples(normalize_weights(epochs), num)
+    return [max(size, 1) for size in sizes]
+
+
 def build_train_valid_test_datasets(
     data_path: list[str], split: str, seq_length: int, seed: int,
     train_valid_test_num_samples: tuple[int, int, int], cache_dir: str | None = None, flag: str = "--data-path",
+    blend_one_weighted: bool = True,
 ) -> tuple[Any, Any, Any]:
     """Train/valid/test datasets with at least the requested sample counts (None where a split is empty or 0 asked).
 
-    ``data_path`` is ``["PREFIX"]``, ``["P1", "P2", ...]`` (weights in proportion to the datasets' tokens) or
-    ``["w1", "P1", "w2", "P2", ...]``; with several prefixes each split is a :class:`BlendedDataset` of exactly the
-    requested size over per-prefix :class:`GPTDataset` splits; a dataset named more than once is one component with
-    the sum of its weights (:func:`combine_repeated`). Index arrays are cached in ``cache_dir`` (default:
-    ``index-cache/`` next to each dataset). ``flag``: the flag that gave ``data_path``, named in the log lines
-    about the blend.
+    ``data_path`` is ``["PREFIX"]``, ``["P1", "P2", ...]`` or ``["w1", "P1", "w2", "P2", ...]``; with several
+    prefixes each split is a :class:`BlendedDataset` of exactly the requested size over per-prefix
+    :class:`GPTDataset` splits. As Megatron's ``BlendedMegatronDatasetBuilder``: a weighted component is built with
+    :func:`surplus_samples`, a weighted single prefix too where ``blend_one_weighted`` (its blend's samples are the
+    component's own); an unweighted blend weighs each split's components by the samples one epoch of their share
+    holds (:func:`unweighted_samples`). A dataset named more than once is one component with the sum of its
+    weights (:func:`combine_repeated`). Index arrays are cached in ``cache_dir`` (default: ``index-cache/`` next to
+    each dataset). ``flag``: the flag that gave ``data_path``, named in the log lines about the blend.
     """
     if seq_length < 1:
         raise DataConfigError(f"seq_length={seq_length} is invalid: must be >= 1")
@@ -330,29 +357,37 @@ def build_train_valid_test_datasets(
     fractions = parse_split(split)
     nums = list(train_valid_test_num_samples)
     if len(prefixes) > 1:
-        if weights is None:  # Megatron's unweighted blend: each dataset in proportion to its size
-            tokens = [IndexedDataset(p).num_tokens for p in prefixes]
-            weights = [t / sum(tokens) for t in tokens]
-            logger.info("unweighted %s: blending by size, weights %s", flag,
-                        ", ".join(f"{w:.4f} {p}" for w, p in zip(weights, prefixes)))
-        prefixes, weights = combine_repeated(prefixes, weights, flag)
-        if unread := [p for p, w in zip(prefixes, weights) if w == 0]:  # Megatron asserts; its intent is plain
+        prefixes, combined = combine_repeated(prefixes, weights or [1.0] * len(prefixes), flag)
+        if weights is not None:
+            weights = combined
+        if unread := [p for p, w in zip(prefixes, combined) if w == 0]:  # Megatron asserts; its intent is plain
             logger.warning("%s gives %s the weight 0: left out of the blend", flag, ", ".join(unread))
-            kept = [i for i, w in enumerate(weights) if w > 0]
-            prefixes, weights = [prefixes[i] for i in kept], [weights[i] for i in kept]
+            kept = [i for i, w in enumerate(combined) if w > 0]
+            prefixes, weights = [prefixes[i] for i in kept], [combined[i] for i in kept]
     if len(prefixes) == 1:
+        if weights is not None and blend_one_weighted:
+            nums = [surplus_samples([1.0], n)[0] for n in nums]
         return tuple(_split_datasets(prefixes[0], fractions, nums, seq_length, seed, cache_dir))  # type: ignore
-    per_dataset = [[math.ceil(math.ceil(n * w) * (1 + BLEND_SURPLUS)) for n in nums] for w in weights]
-    components = [_split_datasets(p, fractions, n, seq_length, seed, cache_dir)
-                  for p, n in zip(prefixes, per_dataset)]
+    if weights is None:  # per split: by the samples an epoch of each dataset's share holds, as Megatron blends
+        split_weights = list(zip(*(epoch_samples(p, fractions, seq_length) for p in prefixes)))
+        per_split = [unweighted_samples(list(w), n) if n else [0] * len(prefixes)
+                     for w, n in zip(split_weights, nums)]
+        logger.info("unweighted %s: each split blends its datasets by the samples an epoch of their share holds: %s",
+                    flag, "; ".join(f"{name} {', '.join(f'{w} {p}' for w, p in zip(ws, prefixes))}"
+                                    for name, ws, n in zip(SPLIT_NAMES, split_weights, nums) if n))
+    else:
+        split_weights = [tuple(weights)] * len(SPLIT_NAMES)
+        per_split = [surplus_samples(weights, n) for n in nums]
+    components = [_split_datasets(p, fractions, list(n), seq_length, seed, cache_dir)
+                  for p, n in zip(prefixes, zip(*per_split))]
     blended: list[BlendedDataset | None] = []
     for i, name in enumerate(SPLIT_NAMES):
         parts = [c[i] for c in components]
         if nums[i] == 0 or all(p is None for p in parts):
             blended.append(None)
             continue
-        kept = [(p, w) for p, w in zip(parts, weights) if p is not None]
-        blended.append(BlendedDataset([p for p, _ in kept], [w for _, w in kept], nums[i], name,
+        kept = [(p, w) for p, w in zip(parts, split_weights[i]) if p is not None]
+        blended.append(BlendedDataset([p for p, _ in kept], [float(w) for _, w in kept], nums[i], name,
                                       cache_dir or kept[0][0].cache_dir))
     return tuple(blended)  # type: ignore[return-value]
 
@@ -402,5 +437,5 @@ def build_per_split_datasets(
         whole = ",".join("1" if j == i else "0" for j in range(len(SPLIT_NAMES)))
         nums = tuple(num if j == i else 0 for j in range(len(SPLIT_NAMES)))
         out.append(build_train_valid_test_datasets(blend, whole, seq_length, seed, nums, cache_dir,
-                                                   f"--{SPLIT_NAMES[i]}-data-path")[i])  # type: ignore
+                                                   f"--{SPLIT_NAMES[i]}-data-path", False)[i])  # type: ignore
     return tuple(out)  # type: ignore[return-value]
