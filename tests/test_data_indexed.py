@@ -60,6 +60,29 @@ def test_files_are_byte_identical_to_independent_build(tmp_path, dtype, code) ->
     assert ds.document_indices.tolist() == list(range(len(docs) + 1))
 
 
+def test_megatrons_sentence_level_dataset_is_read_and_its_multimodal_index_refused(tmp_path) -> None:
+    """Files written by Megatron-LM's ``IndexedDatasetBuilder`` (megatron/core/datasets/indexed_dataset.py, commit
+    d98e8a64ddf34856e74b24714e3bedb2f5a39553), uint16 tokens 5 6 7 | 8: ``add_document(.., [2, 1])`` then
+    ``add_document(.., [1])`` (two documents of 2 and 1 sequences, as ``preprocess_data.py --split-sentences``
+    writes), and the same tokens with ``multimodal=True``, ``add_item`` modes 0 and 1. A multimodal index was
+    called "truncated or corrupt; rebuild it" (found 2026-12-07)."""
+    tokens = bytes.fromhex("0500060007000800")
+    sentences = ("4d4d49444944580000010000000000000008030000000000000003000000000000000200000001000000010000000000"
+                 "00000000000004000000000000000600000000000000000000000000000002000000000000000300000000000000")
+    multimodal = ("4d4d49444944580000010000000000000008020000000000000003000000000000000300000001000000000000000000"
+                  "000006000000000000000000000000000000010000000000000002000000000000000001")
+    for name, index in (("sent", sentences), ("mm", multimodal)):
+        (tmp_path / f"{name}.bin").write_bytes(tokens)
+        (tmp_path / f"{name}.idx").write_bytes(bytes.fromhex(index))
+    ds = IndexedDataset(str(tmp_path / "sent"))
+    ds.validate()
+    assert [ds[i].tolist() for i in range(len(ds))] == [[5, 6], [7], [8]]
+    assert ds.document_indices.tolist() == [0, 2, 3] and ds.shape() == {"sequences": 3, "documents": 2, "tokens": 4}
+    with pytest.raises(IndexedDatasetError, match=r"mm\.idx holds one byte per sequence after its document "
+                                                  "indices: it is a Megatron-LM multimodal index"):
+        IndexedDataset(str(tmp_path / "mm"))
+
+
 def test_reads_are_zero_copy_views(tmp_path) -> None:
     prefix = str(tmp_path / "ds")
     write(prefix, [[1, 2, 3], [4, 5]], np.uint16)

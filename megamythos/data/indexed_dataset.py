@@ -15,7 +15,8 @@ A dataset ``P`` is two files. ``P.bin`` holds the token ids of every sequence ba
 
 This is byte for byte the layout of Megatron-LM's ``megatron/core/datasets/indexed_dataset.py`` (non-multimodal),
 so files written by either project load in the other. We write one sequence per document, so the document
-indices are ``0, 1, ..., N``.
+indices are ``0, 1, ..., N``; Megatron's sentence-level datasets hold several sequences per document. Its multimodal
+index, the same followed by an int8 mode per sequence (nothing in the header tells), is refused.
 """
 from __future__ import annotations
 
@@ -162,6 +163,11 @@ class IndexedDataset:
         self._idx = np.memmap(ipath, dtype=np.uint8, mode="r") if os.path.getsize(ipath) else np.zeros(0, np.uint8)
         self.dtype, count, doc_count = self._read_header(ipath)
         expected = HEADER_BYTES + 12 * count + 8 * doc_count
+        if count and self._idx.size == expected + count:  # Megatron's multimodal index: int8 modes at the end
+            raise IndexedDatasetError(
+                f"{ipath} holds one byte per sequence after its document indices: it is a Megatron-LM multimodal "
+                "index (sequence_modes), which megamythos does not read; give a text dataset (preprocess_data.py)"
+            )
         if self._idx.size != expected:
             raise IndexedDatasetError(
                 f"{ipath} is {self._idx.size} bytes but its header announces {count} sequences and {doc_count} "
