@@ -68,8 +68,8 @@ def split_bounds(fractions: list[float], num_documents: int) -> list[int]:
 
 
 def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None]:
-    """``["P"]`` -> (["P"], None); ``["A", "B"]`` -> (["A", "B"], None), Megatron's unweighted form, blended in
-    proportion to the datasets' sizes; ``["0.7", "A", "0.3", "B"]`` -> (["A", "B"], [0.7, 0.3] normalised).
+    """``["P"]`` -> (["P"], None); ``["A", "B"]`` -> (["A", "B"], None), Megatron's unweighted form, each split
+    blended by its datasets' epoch samples; ``["0.7", "A", "0.3", "B"]`` -> (["A", "B"], [0.7, 0.3] normalised).
     A malformed blend raises :class:`DataConfigError` quoting it; the caller, which knows the flag that gave it
     (``--data-path``, ``--train-data-path``, ...), names that flag before it."""
     def is_number(item: str) -> bool:

@@ -427,8 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
              "--checkpoint-loops): O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
     g = p.add_argument_group("data")
     add("--data-path", nargs="*", type=path_text, default=[],
-        help="dataset prefixes: P, or P1 P2 ... (blended in proportion to their tokens, as Megatron does), or weight "
-             "prefix pairs W1 P1 W2 P2 ...")
+        help="dataset prefixes: P, or P1 P2 ... (each split blended by the samples an epoch of each dataset's share "
+             "holds, as Megatron does), or weight prefix pairs W1 P1 W2 P2 ...")
     add("--train-data-path", nargs="*", type=path_text, default=[],
         help="the training data, read whole, in --data-path's forms (Megatron's per-split paths, instead of "
              "--data-path and --split)")
