@@ -56,6 +56,15 @@ def test_sample_index_equals_megatron_loop(seed: int) -> None:
     assert np.array_equal(ours, megatron_sample_index(sizes, document_index, seq_length, num_samples))
 
 
+def test_the_first_sample_starts_at_position_0_when_the_shuffle_opens_with_an_empty_document() -> None:
+    """Megatron's build_sample_idx (helpers.cpp, commit d98e8a64ddf34856e74b24714e3bedb2f5a39553, compiled and run)
+    records sample 0 at (0, 0) whatever document opens the shuffle; ours skipped empty ones, (2, 0) here: the same
+    tokens, but not the array Megatron builds."""
+    sizes = np.array([0, 0, 3, 2], dtype=np.int32)
+    ours = build_sample_index(sizes, np.array([0, 1, 2, 3], dtype=np.int32), 2, 2)
+    assert ours.tolist() == [[0, 0], [2, 2], [3, 1]]
+
+
 def test_epochs_are_shuffled_together_as_megatron_does() -> None:
     """Megatron's ``_build_document_index``: the epochs' copies of the documents in one shuffle, not one per epoch
     (docs/data.md says so); its ``_build_shuffle_index`` then shuffles all samples at once."""

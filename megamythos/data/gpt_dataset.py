@@ -152,12 +152,14 @@ def build_sample_index(sizes: np.ndarray, document_index: np.ndarray, seq_length
     """int64 ``(num_samples + 1, 2)``: (position in ``document_index``, token offset) where each sample starts.
 
     Sample ``i`` covers flattened tokens ``[i * seq_length, (i + 1) * seq_length]`` (inclusive: seq_length + 1
-    tokens). A start on a document boundary is recorded at offset 0 of the next non-empty document, exactly as
-    Megatron's ``build_sample_idx``.
+    tokens). A start on a document boundary is recorded at offset 0 of the next non-empty document, and the first
+    sample at (0, 0) even where ``document_index`` opens with empty documents, exactly as Megatron's
+    ``build_sample_idx``.
     """
     ends = np.cumsum(sizes[document_index].astype(np.int64))
     starts = np.arange(num_samples + 1, dtype=np.int64) * seq_length
     position = np.searchsorted(ends, starts, side="right")
+    position[0] = 0
     offset = starts - (ends[position] - sizes[document_index[position]])
     return np.stack([position, offset], axis=1)
 
