@@ -329,7 +329,8 @@ def unweighted_samples(epochs: list[int], num: int) -> list[int]:
     """Samples to build of each component of Megatron's unweighted blend of one split, blended by ``epochs`` (the
     samples one epoch of each component holds): one epoch each where ``num`` fits in their sum, as Megatron builds
     them; otherwise, where Megatron stops at one epoch of each, enough epochs for ``num`` (as for weights
-    proportional to ``epochs``). A component of no sample asks for one, so that its split's problem is raised."""
+    proportional to ``epochs``). A component of no sample asks for one, so that its split's problem is raised; one
+    named twice (``A A B``) has twice its epoch's samples, and twice the weight."""
     total = sum(epochs)
     sizes = epochs if num <= total else surplus_samples(normalize_weights(epochs), num)
     return [max(size, 1) for size in sizes]
@@ -358,27 +359,30 @@ def build_train_valid_test_datasets(
     prefixes, weights = parse_data_path(data_path)
     fractions = parse_split(split)
     nums = list(train_valid_test_num_samples)
+    copies: list[int] = []  # of an unweighted blend: how many times each dataset is named
     if len(prefixes) > 1:
         prefixes, combined = combine_repeated(prefixes, weights or [1.0] * len(prefixes), flag)
-        if weights is not None:
-            weights = combined
-        if unread := [p for p, w in zip(prefixes, combined) if w == 0]:  # Megatron asserts; its intent is plain
+        if weights is None:
+            copies = [round(c) for c in combined]
+        elif unread := [p for p, w in zip(prefixes, combined) if w == 0]:  # Megatron asserts; its intent is plain
             logger.warning("%s gives %s the weight 0: left out of the blend", flag, ", ".join(unread))
             kept = [i for i, w in enumerate(combined) if w > 0]
             prefixes, weights = [prefixes[i] for i in kept], [combined[i] for i in kept]
+        else:
+            weights = combined
     if len(prefixes) == 1:
         if weights is not None and blend_one_weighted:
             nums = [surplus_samples([1.0], n)[0] for n in nums]
         return tuple(_split_datasets(prefixes[0], fractions, nums, seq_length, seed, cache_dir))  # type: ignore
     if weights is None:  # per split: by the samples an epoch of each dataset's share holds, as Megatron blends
-        split_weights = list(zip(*(epoch_samples(p, fractions, seq_length) for p in prefixes)))
-        per_split = [unweighted_samples(list(w), n) if n else [0] * len(prefixes)
-                     for w, n in zip(split_weights, nums)]
+        split_weights = [[c * e for c, e in zip(copies, epochs)]
+                         for epochs in zip(*(epoch_samples(p, fractions, seq_length) for p in prefixes))]
+        per_split = [unweighted_samples(w, n) if n else [0] * len(prefixes) for w, n in zip(split_weights, nums)]
         logger.info("unweighted %s: each split blends its datasets by the samples an epoch of their share holds: %s",
                     flag, "; ".join(f"{name} {', '.join(f'{w} {p}' for w, p in zip(ws, prefixes))}"
                                     for name, ws, n in zip(SPLIT_NAMES, split_weights, nums) if n))
     else:
-        split_weights = [tuple(weights)] * len(SPLIT_NAMES)
+        split_weights = [list(weights)] * len(SPLIT_NAMES)
         per_split = [surplus_samples(weights, n) for n in nums]
     components = [_split_datasets(p, fractions, list(n), seq_length, seed, cache_dir)
                   for p, n in zip(prefixes, zip(*per_split))]
