@@ -210,6 +210,8 @@ def test_unweighted_prefixes_blend_each_split_by_its_epoch_samples_as_megatron_d
     assert first_tokens(splits[2], 10) == [298, 10098, 296, 295, 295, 298, 296, 294, 294, 10098]
     longer = build_train_valid_test_datasets([a, b], "90,8,2", 8, 5, (10_000, 0, 0), str(tmp_path / "c"))[0]
     assert len(longer) == 10_000 and longer.weights == splits[0].weights
+    # a split of fraction 0 asked for samples (the trainer builds its test set apart) is no dataset
+    assert build_train_valid_test_datasets([a, b], "90,10,0", 8, 5, (0, 0, 10), str(tmp_path / "c")) == (None,) * 3
     for mixed in (["0.7", a, b], ["0.7", a, b, "0.3"], [a, "0.7", b, "0.3"]):
         with pytest.raises(DataConfigError, match="give prefixes, or 'weight prefix' pairs"):
             parse_data_path(mixed)

@@ -329,10 +329,11 @@ def unweighted_samples(epochs: list[int], num: int) -> list[int]:
     """Samples to build of each component of Megatron's unweighted blend of one split, blended by ``epochs`` (the
     samples one epoch of each component holds): one epoch each where ``num`` fits in their sum, as Megatron builds
     them; otherwise, where Megatron stops at one epoch of each, enough epochs for ``num`` (as for weights
-    proportional to ``epochs``). A component of no sample asks for one, so that its split's problem is raised; one
-    named twice (``A A B``) has twice its epoch's samples, and twice the weight."""
+    proportional to ``epochs``). A component of no sample asks for one, so that its split's problem is raised (or, in
+    a split of fraction 0, that it is no dataset); one named twice (``A A B``) has twice its epoch's samples, and
+    twice the weight."""
     total = sum(epochs)
-    sizes = epochs if num <= total else surplus_samples(normalize_weights(epochs), num)
+    sizes = epochs if num <= total or not total else surplus_samples(normalize_weights(epochs), num)
     return [max(size, 1) for size in sizes]
 
 
@@ -380,7 +381,7 @@ def build_train_valid_test_datasets(
         per_split = [unweighted_samples(w, n) if n else [0] * len(prefixes) for w, n in zip(split_weights, nums)]
         logger.info("unweighted %s: each split blends its datasets by the samples an epoch of their share holds: %s",
                     flag, "; ".join(f"{name} {', '.join(f'{w} {p}' for w, p in zip(ws, prefixes))}"
-                                    for name, ws, n in zip(SPLIT_NAMES, split_weights, nums) if n))
+                                    for name, ws, n, f in zip(SPLIT_NAMES, split_weights, nums, fractions) if n and f))
     else:
         split_weights = [list(weights)] * len(SPLIT_NAMES)
         per_split = [surplus_samples(weights, n) for n in nums]
