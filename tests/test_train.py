@@ -1858,6 +1858,25 @@ def test_the_run_s_datasets_at_other_paths_are_no_change_of_sample_order():
     assert data_moved(before, {}, copied, found, "ckpt") is None  # a checkpoint that recorded no shapes
 
 
+def test_a_blend_whose_samples_the_new_rule_changed_is_not_blamed_on_the_data():
+    """A checkpoint saved before blends followed Megatron-LM (no "sample_rule": rule 1) and resumed with an unweighted
+    blend, a single weighted --data-path or 8 weights reads other samples from its checkpoint on. Found 2026-12-07:
+    the warning said the datasets held other tokens (restore the data), which they did not. Forms whose samples the
+    rule did not change keep the reasons of the test below."""
+    from megamythos.data.gpt_dataset import SAMPLE_RULE, samples_changed_with_rule
+    from megamythos.data.pretraining import order_change
+
+    assert SAMPLE_RULE == 2
+    changed = [["A", "B"], ["1.0", "A"], [x for i in range(8) for x in ("0.1", f"D{i}")]]
+    same = [["A"], ["A", "A"], ["0.3", "A", "0.7", "B"]]
+    assert all(samples_changed_with_rule(p) for p in changed) and not any(samples_changed_with_rule(p) for p in same)
+    assert not samples_changed_with_rule(["1.0", "A"], one_weighted=False)  # a per-split path reads it as A
+    rule = order_change(None, 32, 32, 2, 8, 4, rule_changed=True)
+    assert rule.startswith("the checkpoint was saved by an earlier megamythos, which blended this run's datasets by "
+                           "another rule; this one builds the samples Megatron-LM builds from them"), rule
+    assert "from iteration 2 on the run reads those" in rule and "other tokens" not in rule
+
+
 def test_other_tokens_under_the_run_s_data_paths_are_not_blamed_on_its_length():
     """The samples after a checkpoint differ from those it recorded (its order fingerprint) for one of two reasons:
     the training set spans another number of epochs, or the data holds other tokens of the same shapes (rebuilt under

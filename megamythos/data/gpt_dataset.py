@@ -34,6 +34,10 @@ SPLIT_NAMES = ("train", "valid", "test")
 BLEND_SURPLUS = 0.005
 # Megatron shuffles the final epoch separately when it contributes fewer than this fraction of an epoch.
 SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
+# The rule by which blends become samples, recorded in each checkpoint ("sample_rule"; absent: rule 1). Rule 2 builds
+# Megatron-LM's blends (:func:`build_train_valid_test_datasets`); rule 1 blended unweighted prefixes by their
+# whole-dataset tokens, read a single weighted --data-path as the plain prefix and normalised weights by Python's sum.
+SAMPLE_RULE = 2
 INDEX_FORMAT_VERSION = 1
 
 
@@ -335,6 +339,16 @@ def unweighted_samples(epochs: list[int], num: int) -> list[int]:
     total = sum(epochs)
     sizes = epochs if num <= total or not total else surplus_samples(normalize_weights(epochs), num)
     return [max(size, 1) for size in sizes]
+
+
+def samples_changed_with_rule(data_path: list[str], one_weighted: bool = True) -> bool:
+    """Whether the samples of the blend ``data_path`` differ between rule 1 and :data:`SAMPLE_RULE`: an unweighted
+    blend of more than one dataset, a single weighted prefix where ``one_weighted`` (``--data-path``; a per-split path
+    reads it as the prefix under both), or 8 weights or more (whose normalised values may differ in the last bit)."""
+    prefixes, weights = parse_data_path(data_path)
+    if weights is None:
+        return len(set(prefixes)) > 1
+    return (len(prefixes) == 1 and one_weighted) or len(prefixes) >= 8
 
 
 def build_train_valid_test_datasets(

@@ -492,16 +492,23 @@ def build_datasets(recipe: DataRecipe, sources: DataSources, total_iters: int, g
 
 
 def order_change(moved: str | None, saved_asked: int | None, asked: int, iteration: int, total_iters: int,
-                 global_batch: int) -> str:
+                 global_batch: int, rule_changed: bool = False) -> str:
     """Why the samples a resumed run reads after its checkpoint differ from those it recorded (their
-    :func:`order_fingerprint`), in words: the datasets at the new data path (``moved``, :func:`data_moved`), or
-    under the same paths where the training set was asked for the ``saved_asked`` samples of the run that saved
-    (the same count over the same documents, split and seed is the same order), hold other tokens; else the set,
-    ``asked`` samples for ``total_iters`` steps of ``global_batch``, spans another number of epochs (``saved_asked``
-    None: a checkpoint that did not record its count)."""
+    :func:`order_fingerprint`), in words: the datasets at the new data path (``moved``, :func:`data_moved`) hold
+    other tokens; or the run's blend gives other samples under this version's :data:`SAMPLE_RULE` than under the
+    one that saved the checkpoint (``rule_changed``); or, under the same paths where the training set was asked for
+    the ``saved_asked`` samples of the run that saved (the same count over the same documents, split and seed is the
+    same order), the datasets hold other tokens; else the set, ``asked`` samples for ``total_iters`` steps of
+    ``global_batch``, spans another number of epochs (``saved_asked`` None: a checkpoint that did not record its
+    count)."""
     if moved:
         return (f"{moved}, but they hold other tokens: the samples from iteration {iteration} on are not those the "
                 "run would have read; give --data-path a copy of the data it read (the same .bin and .idx files)")
+    if rule_changed:
+        return (f"the checkpoint was saved by an earlier megamythos, which blended this run's datasets by another "
+                f"rule; this one builds the samples Megatron-LM builds from them (docs/data.md), so from iteration "
+                f"{iteration} on the run reads those, not the ones it would have read: some samples come again and "
+                "others not at all; resume with the megamythos that saved it to read on in its order")
     if saved_asked == asked:
         return (f"the datasets hold other tokens than when the checkpoint was saved, as many sequences, documents "
                 f"and tokens (rebuilt or copied over under the same paths: documents in another order?): the samples "

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from megamythos.checkpoint.files import read_latest, read_train_record, unconvertible_layout
 from megamythos.checkpoint.reader import load_state
 from megamythos.data.default_corpus import ensure_default_dataset
-from megamythos.data.gpt_dataset import samples_per_epoch
+from megamythos.data.gpt_dataset import SAMPLE_RULE, samples_changed_with_rule, samples_per_epoch
 from megamythos.data.pretraining import (
     DataError,
     DataSetup,
@@ -496,6 +496,7 @@ class Trainer:
         self.data_moved: str | None = None  # how the resume found the run's datasets at other paths (data_moved)
         self.train_asked: int | None = None  # the samples datasets() asked of train_set (train_samples_asked)
         self.saved_asked: int | None = None  # those the checkpoint resumed recorded
+        self.saved_rule = SAMPLE_RULE  # the blend rule (gpt_dataset.SAMPLE_RULE) of the checkpoint resumed
         self.guard = NonFiniteGuard(args.max_nonfinite)
         self.divergence = DivergenceGuard(self.config.vocab_size, args.divergence_factor, args.spike_factor,
                                           args.spike_window, args.spike_patience)
@@ -629,7 +630,8 @@ class Trainer:
                 "skipped_micro_batches": self.guard.skipped_micro_batches,
                 "rollbacks": self.rollbacks, "tokenizer_fingerprint": self.data.tokenizer_fingerprint,
                 "layout": self.layout_record(), "lr_schedule": dataclasses.asdict(self.schedule),
-                "next_samples": order, "train_samples_asked": self.train_asked, "mfu_peak": self.peak,
+                "next_samples": order, "train_samples_asked": self.train_asked, "sample_rule": SAMPLE_RULE,
+                "mfu_peak": self.peak,
                 "loss_window": list(self.divergence.window)}
 
     def _load(self, load_dir: str, universal: Path | None) -> dict[str, Any] | None:
@@ -671,6 +673,7 @@ class Trainer:
         self.trained_at_resume = state.get("trained_tokens", self.tokens_at_resume)  # before: the data position
         self.saved_order = None if change or settings else state.get("next_samples")  # those warned already
         self.saved_asked = state.get("train_samples_asked")  # None: a checkpoint saved before it was recorded
+        self.saved_rule = state.get("sample_rule", 1)  # the blend rule that built the samples it read
         # before 2026-12-07 "skipped_steps" also counted the micro-batches replaced for a non-finite loss
         self.guard.skipped_steps = state.get("skipped_steps", 0)
         self.guard.skipped_micro_batches = state.get("skipped_micro_batches", 0)
@@ -1069,8 +1072,11 @@ class Trainer:
         train, valid, test = self.datasets()
         self.train_set = train
         if self.saved_order and self.rank == 0 and order_fingerprint(train, self.consumed) != self.saved_order:
+            rule_changed = self.saved_rule != SAMPLE_RULE and (
+                samples_changed_with_rule(self.args.data_path) if self.args.data_path else
+                bool(self.args.train_data_path) and samples_changed_with_rule(self.args.train_data_path, False))
             logger.warning("%s", order_change(self.data_moved, self.saved_asked, self.train_asked, self.iteration,
-                                              self.total_iters, self.layout.global_batch_size))
+                                              self.total_iters, self.layout.global_batch_size, rule_changed))
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         warmup_warning = self.schedule.warmup_warning()
         if warmup_warning and self.rank == 0:
