@@ -6,11 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import pickle
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -460,25 +463,51 @@ def test_generate_names_a_corrupt_checkpoint_file(tiny_checkpoint, tmp_path, cap
     assert code == 2 and f"{shard} is corrupt" in err and "Traceback" not in err
 
 
-def test_a_recorded_data_cache_dir_missing_here_is_left_for_the_default_beside_the_data(
-        tmp_path: Path, tiny_tokenizer, caplog: pytest.LogCaptureFixture) -> None:
-    """Found 2026-12-07 (audit): evaluate took the run's recorded ``--data-cache-dir``, a path of the machine the run
-    trained on, and created it here (folders at the old machine's path, or a permission error). Where it does not
-    exist here, the caches go beside the data, said in one info line; one that exists, or the flag, is used."""
+def run_with_a_cache_dir(tmp_path: Path, tokenizer, cache: Path) -> tuple[object, dict]:
+    """(a loaded run's stand-in, evaluate's settings) of a run trained on a dataset made in ``tmp_path/data`` with
+    ``--data-cache-dir cache``."""
     from types import SimpleNamespace
 
     from megamythos.data.cli import preprocess_main
 
     docs = write_jsonl(tmp_path / "docs.jsonl", synthetic_documents(40, seed=3))
     assert preprocess_main(["--input", str(docs), "--output-prefix", str(tmp_path / "data" / "d"), "--tokenizer-model",
-                            tiny_tokenizer.model_path, "--no-progress"]) == 0
+                            tokenizer.model_path, "--no-progress"]) == 0
     prefix = str(tmp_path / "data" / "d_text_document")
-    old = tmp_path / "old-machine" / "cache"
     loaded = SimpleNamespace(source=tmp_path / "run", tokenizer_record=None, train_record={
-        "args": {"data_cache_dir": str(old), "seq_length": 8, "split": "1,1,0"}, "data_path": [prefix]},
-        config=SimpleNamespace(max_seq_len=16, vocab_size=tiny_tokenizer.vocab_size))
-    settings = dict(load=str(tmp_path / "run"), loops=[1], data_path=[], micro_batch_size=2, eval_iters=1,
-                    device="cpu")
+        "args": {"data_cache_dir": str(cache), "seq_length": 8, "split": "1,1,0"}, "data_path": [prefix]},
+        config=SimpleNamespace(max_seq_len=16, vocab_size=tokenizer.vocab_size))
+    return loaded, dict(load=str(tmp_path / "run"), loops=[1], data_path=[], micro_batch_size=2, eval_iters=1,
+                        device="cpu")
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` read-only for this process: a read-only bind mount of it as root (whom file modes do not stop),
+    else mode 0o555."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", str(folder), str(folder)]).returncode:
+        pytest.skip("needs a bind mount")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True)
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_recorded_data_cache_dir_missing_here_is_left_for_the_default_beside_the_data(
+        tmp_path: Path, tiny_tokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    """Found 2026-12-07 (audit): evaluate took the run's recorded ``--data-cache-dir``, a path of the machine the run
+    trained on, and created it here (folders at the old machine's path, or a permission error). Where it does not
+    exist here, the caches go beside the data, said in one info line; one that exists, or the flag, is used."""
+    old = tmp_path / "old-machine" / "cache"
+    loaded, settings = run_with_a_cache_dir(tmp_path, tiny_tokenizer, old)
     with caplog.at_level(logging.INFO, logger="megamythos.inference.evaluate"):
         beside = heldout_batches(loaded, EvalConfig(**settings))
     assert not (tmp_path / "old-machine").exists()
@@ -487,3 +516,15 @@ def test_a_recorded_data_cache_dir_missing_here_is_left_for_the_default_beside_t
     old.mkdir(parents=True)  # the run's machine (or a copy of its folder there): its cache is used
     assert all(torch.equal(a, b) for a, b in zip(heldout_batches(loaded, EvalConfig(**settings))[0], beside[0]))
     assert list(old.glob("*-description.json"))
+
+
+def test_a_removed_data_cache_dir_of_data_on_a_read_only_mount_is_made_again(tmp_path: Path, tiny_tokenizer) -> None:
+    """Found 2026-12-07 (review): a run given ``--data-cache-dir`` because its data lies on a read-only mount, its
+    cache folder since removed (a scratch purge), was evaluated with the caches beside the data, the one place they
+    cannot go: ``cannot write the index cache in DATA/index-cache (Read-only file system)``, where evaluate had made
+    the folder again. Where a dataset's folder takes no cache, the run's folder is made again."""
+    cache = tmp_path / "scratch" / "cache"
+    loaded, settings = run_with_a_cache_dir(tmp_path, tiny_tokenizer, cache)
+    with read_only(tmp_path / "data"):
+        assert heldout_batches(loaded, EvalConfig(**settings))
+    assert list(cache.glob("*-description.json")) and not (tmp_path / "data" / "index-cache").exists()

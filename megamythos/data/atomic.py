@@ -44,6 +44,15 @@ def writable_directory(directory: str | os.PathLike, flag: str, given: str | os.
         raise OutputError(f"{flag} {given}: {directory} is not writable; choose another {flag}")
 
 
+def creatable(directory: str | os.PathLike) -> bool:
+    """Whether this process can write into ``directory``, creating it if need be: its nearest existing ancestor is a
+    writable folder (``os.access``: a read-only file system says no, to root too)."""
+    path = Path(directory).absolute()
+    while not path.exists():
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK)
+
+
 def writable_parent(path: str | os.PathLike, flag: str) -> None:
     """Create the directory of output ``path`` (given as ``flag``) or raise :class:`OutputError` naming it."""
     writable_directory(Path(path).parent, flag, path)

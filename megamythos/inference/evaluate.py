@@ -48,8 +48,15 @@ import torch.nn.functional as F
 
 from megamythos.checkpoint.files import write_atomic
 from megamythos.checkpoint.reader import is_export_dir
-from megamythos.data.atomic import OutputError, atomic_open, describe_os_error, locked_folder, writable_directory
-from megamythos.data.gpt_dataset import parse_data_path, parse_split, samples_per_epoch
+from megamythos.data.atomic import (
+    OutputError,
+    atomic_open,
+    creatable,
+    describe_os_error,
+    locked_folder,
+    writable_directory,
+)
+from megamythos.data.gpt_dataset import index_cache_dir, parse_data_path, parse_split, samples_per_epoch
 from megamythos.data.manifest import CHECKSUMS_FILE
 from megamythos.data.metadata import check_same_vocabulary, read_dataset_metadata
 from megamythos.data.pretraining import (
@@ -296,13 +303,17 @@ def held_out_sources(loaded: LoadedModel, cfg: EvalConfig) -> tuple[DataSources 
 
 def held_out_cache_dir(loaded: LoadedModel, cfg: EvalConfig) -> str | None:
     """Where the held-out data's caches go: ``--data-cache-dir``, else the run's recorded one where it exists on
-    this machine, else None (beside the data). A run folder copied from another machine records a folder of that
-    machine, which evaluate neither creates here nor fails on: the caches hold nothing but what the data gives,
-    so their place changes no result (:func:`heldout_batches` says where they went)."""
+    this machine, else None (beside the data) where the folder of every dataset takes them, else the recorded
+    one, created as the trainer did. A run folder copied from another machine records a folder of that machine,
+    which evaluate neither creates here nor fails on; data on a read-only mount (why the run was given
+    ``--data-cache-dir``) keeps needing the run's folder after it was removed. The caches hold nothing but what the
+    data gives, so their place changes no result (:func:`heldout_batches` says where they went)."""
     recorded = (loaded.train_record or {}).get("args", {}).get("data_cache_dir")
     if cfg.data_cache_dir is not None or recorded is None or os.path.isdir(recorded):
         return cfg.data_cache_dir or recorded
-    return None
+    sources, _ = held_out_sources(loaded, cfg)
+    prefixes = sources.prefixes() if sources is not None else []
+    return None if all(creatable(index_cache_dir(prefix, None)) for prefix in prefixes) else recorded
 
 
 def heldout_batches(loaded: LoadedModel, cfg: EvalConfig) -> list[tuple[torch.Tensor, torch.Tensor]]:
