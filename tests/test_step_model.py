@@ -250,6 +250,20 @@ def test_the_plan_s_layout_is_the_one_the_trainer_builds_from_the_same_flags(nam
         f"error: --ds-config {malformed}: tensor_parallel.autotp_size must be a positive integer, got '2'")
 
 
+@pytest.mark.parametrize("text, message", [('{"bf16": true}', "bf16 must be an object, got True"),
+                                           ('{"bf16": {"enabled": "false"}}',
+                                            "bf16.enabled must be true or false, got 'false'")])
+def test_a_malformed_bf16_section_is_the_trainer_s_one_line_in_the_planner(text: str, message: str, tmp_path,
+                                                                           capsys) -> None:
+    """Found 2026-12-07 (review): the plan, which now takes the trainer's precision from ``--ds-config``, read
+    ``"bf16": true`` as an AttributeError traceback (exit 1) and ``"enabled": "false"`` as bf16, where the
+    trainer refuses both in one line."""
+    path = tmp_path / "ds.json"
+    path.write_text(text)
+    assert params_main(["--gpus", "2", "--ds-config", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: --ds-config {path}: {message}"
+
+
 def test_the_plan_s_precision_is_the_one_the_trainer_trains_in(tmp_path) -> None:
     """Found 2026-12-07: ``plan --gpus N --ds-config F`` planned bf16 weights, gradients and activations and a bf16
     step where F turns bf16 off (``"bf16": {"enabled": false}``) or the trainer's ``--no-bf16`` follows ``--``, and

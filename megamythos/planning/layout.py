@@ -232,15 +232,17 @@ TEMPLATE_COUNTS = ("train_micro_batch_size_per_gpu", "train_batch_size", "gradie
 
 
 def check_layout_keys(template: Mapping[str, Any], path: str | Path, error: type[UserError] = LayoutError) -> None:
-    """Raise ``error`` naming ds_config file ``path`` and the key where a layout setting of ``template`` (its
-    sections ``zero_optimization``, ``tensor_parallel`` and ``expert_parallel``, batch counts, ZeRO stage, AutoTP
-    and AutoEP sizes, ``expert_parallel.enabled``) is not what DeepSpeed takes."""
-    for key in ("zero_optimization", "tensor_parallel", "expert_parallel"):
+    """Raise ``error`` naming ds_config file ``path`` and the key where a layout or precision setting of
+    ``template`` (its sections ``zero_optimization``, ``tensor_parallel``, ``expert_parallel`` and ``bf16``, batch
+    counts, ZeRO stage, AutoTP and AutoEP sizes, ``expert_parallel.enabled``, ``bf16.enabled``: a string "false"
+    would be true to :func:`bf16_enabled`) is not what DeepSpeed takes."""
+    for key in ("zero_optimization", "tensor_parallel", "expert_parallel", "bf16"):
         if not isinstance(template.get(key, {}), dict):
             raise error(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
-    if not isinstance(template.get("expert_parallel", {}).get("enabled", False), bool):
-        raise error(f"--ds-config {path}: expert_parallel.enabled must be true or false, got "
-                    f"{template['expert_parallel']['enabled']!r}")
+    for section in ("expert_parallel", "bf16"):
+        if not isinstance(template.get(section, {}).get("enabled", False), bool):
+            raise error(f"--ds-config {path}: {section}.enabled must be true or false, got "
+                        f"{template[section]['enabled']!r}")
     stage = template.get("zero_optimization", {}).get("stage", 0)
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
         raise error(f"--ds-config {path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")

@@ -57,9 +57,9 @@ def load_template(path: str | Path) -> dict[str, Any]:
     ``params``) are objects; anything else raises :class:`ArgumentError` naming the file and the key. So does a
     section the trainer would drop (:data:`DROPPED`)."""
     template = read_json_object(path, ArgumentError, TEMPLATE_REMEDY)
-    for key in ("bf16", "optimizer"):  # the layout's sections: check_layout_keys
-        if not isinstance(template.get(key, {}), dict):
-            raise ArgumentError(f"--ds-config {path}: {key} must be an object, got {template[key]!r}")
+    check_layout_keys(template, path, ArgumentError)
+    if not isinstance(template.get("optimizer", {}), dict):  # the layout's and bf16's sections: check_layout_keys
+        raise ArgumentError(f"--ds-config {path}: optimizer must be an object, got {template['optimizer']!r}")
     if not isinstance(template.get("optimizer", {}).get("params", {}), dict):
         raise ArgumentError(f"--ds-config {path}: optimizer.params must be an object, got "
                             f"{template['optimizer']['params']!r}")
@@ -67,10 +67,6 @@ def load_template(path: str | Path) -> dict[str, Any]:
         switchable = key in ENABLED_SECTIONS and isinstance(template.get(key), dict)
         if key in template and (not switchable or template[key].get("enabled")):
             raise ArgumentError(f"--ds-config {path}: {why}; remove {key} from the file")
-    if not isinstance(template.get("bf16", {}).get("enabled", False), bool):  # a string "false" would be true
-        raise ArgumentError(f"--ds-config {path}: bf16.enabled must be true or false, got "
-                            f"{template['bf16']['enabled']!r}")
-    check_layout_keys(template, path, ArgumentError)
     return template
 
 
