@@ -465,3 +465,23 @@ def test_a_report_names_the_code_environment_and_data_that_made_it(corpus, tmp_p
     path.write_text(json.dumps(other))
     with pytest.raises(StudyError, match="holds a study of other settings, data or model"):
         run_experiment("depth", settings, respelled, str(tmp_path), ["fixed_depth"])
+
+
+def test_an_installed_copy_in_another_repository_records_no_commit(tmp_path: Path) -> None:
+    """Found 2026-12-07 (review): a copy of megamythos installed into a virtual environment inside some git
+    repository (``.venv/`` ignored there) recorded that repository's commit, and its edits as ``+modified``, as the
+    code of each run: a commit that says nothing of the code that ran. Only a file git tracks names a commit."""
+    import types
+
+    from megamythos.research import study
+
+    repo = tmp_path / "project"
+    copy = repo / ".venv" / "site-packages" / "megamythos" / "research" / "study.py"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(study.__file__, copy)
+    (repo / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", ".gitignore"], ["commit", "-qm", "a project of the user's"]):
+        subprocess.run([*git, *args], check=True)
+    installed = types.FunctionType(study.code_version.__code__, {**vars(study), "__file__": str(copy)})
+    assert installed() == "unknown"

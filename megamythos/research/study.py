@@ -336,14 +336,16 @@ def token_batches(data_prefix: str, settings: StudySettings) -> tuple[Callable[[
 
 def code_version() -> str:
     """The git commit of the megamythos checkout this runs from, ``+modified`` where its tracked files differ from
-    it; ``unknown`` outside a git checkout (an installed copy)."""
-    here = Path(__file__).resolve().parent
+    it; ``unknown`` where this file is no tracked file of a git checkout (an installed copy, also one in a virtual
+    environment inside some repository, whose commit says nothing of this code)."""
+    here = Path(__file__).resolve()
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, check=True,
+        return subprocess.run(["git", "-C", str(here.parent), *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout.strip()
 
     try:
+        git("ls-files", "--error-unmatch", "--", here.name)  # fails for a file git does not track
         commit = git("rev-parse", "HEAD")
         return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
