@@ -529,3 +529,19 @@ def test_a_finetune_on_the_base_runs_data_at_another_path_is_told_too(tmp_path) 
     other = make_dataset(tmp_path / "Q", 1000, seed=1)  # two datasets of the base's shape: which one moved is unknown
     both = {key: shape, os.path.realpath(other): IndexedDataset(other).shape()}
     assert held_out_overlap(base, DataSources([prefix, other]), "900,50,50", both, "BASE") is None
+
+
+def test_a_finetune_on_data_its_base_read_through_a_link_is_told_at_another_path(tmp_path) -> None:
+    """Found 2026-12-07 (review): a base run that read its data through a link (``/data -> /lustre/...``) records the
+    path given and each dataset's shape under its real path; on another machine, where that link is absent, the
+    given path named none of the recorded shapes, so the data copied there skipped the check without a word. The
+    base run's datasets are its recorded real paths, in the order it read them."""
+    prefix = make_dataset(tmp_path / "P", 1000, seed=1)
+    shape = IndexedDataset(prefix).shape()
+    base = {"args": {"split": "969,30,1"}, "data_path": ["/old/machine/link/P"],
+            "dataset_shapes": {"/old/machine/lustre/P": shape}}
+    key = os.path.realpath(prefix)
+    told = held_out_overlap(base, DataSources([prefix]), "900,50,50", {key: shape}, "BASE")
+    assert told is not None and told.startswith(
+        f"--finetune: its validation split holds 50 documents of {key} that BASE trained on; "), told
+    assert "(BASE read /old/machine/link/P under --split 969,30,1)" in told  # the path it was given

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,14 +144,17 @@ class DataSources:
     def absolute(self) -> DataSources:
         """These sources with every prefix made absolute and the weights kept, so that the record written with the
         checkpoints (read by ``evaluate``) finds the data from any working directory."""
-        def absolute(blend: list[str]) -> list[str]:
+        return self.renamed(os.path.abspath)
+
+    def renamed(self, name: Callable[[str], str]) -> DataSources:
+        """These sources with every prefix replaced by ``name(prefix)``, the weights kept."""
+        def renamed(blend: list[str]) -> list[str]:
             _, weights = parse_data_path(blend) if blend else ([], None)
-            return [item if weights is not None and i % 2 == 0 else os.path.abspath(item)
-                    for i, item in enumerate(blend)]
+            return [item if weights is not None and i % 2 == 0 else name(item) for i, item in enumerate(blend)]
 
         if self.per_split is None:
-            return DataSources(absolute(self.data_path))
-        return DataSources(per_split=[absolute(blend) for blend in self.per_split])
+            return DataSources(renamed(self.data_path))
+        return DataSources(per_split=[renamed(blend) for blend in self.per_split])
 
     def __str__(self) -> str:
         if self.per_split is None:
@@ -369,19 +372,25 @@ def held_out_overlap(base_record: Mapping[str, Any], sources: DataSources, split
     split holding documents the base run held out (its held-out numbers no longer compare with the base run's).
     Megatron leaves the splits to the user; a finetune on the same data with another ``--split`` is the usual cause.
     Only datasets of ``shapes`` (this run's) count: those of the base run's paths, and those the base run read at
-    other paths (:func:`moved_datasets`, by the shapes it recorded)."""
+    other paths (:func:`moved_datasets`, by the shapes it recorded). The base run's datasets go by the real paths
+    it recorded their shapes under, in the order it read them (a path through a link absent here names none)."""
     base_sources = DataSources.from_record(base_record)
     if base_sources is None:
         return None
     base_split = DataRecipe.from_record(base_record.get("args", {})).split
     labels = {"valid": "validation", "test": "test"}
-    moved = moved_datasets(base_record.get("dataset_shapes") or {}, shapes)
+    recorded = base_record.get("dataset_shapes") or {}
+    read = base_sources  # the base run's sources, by the real paths it recorded where they line up
+    if len(recorded) == len(given := base_sources.prefixes()):  # resolve_data's order: one shape per prefix
+        real = dict(zip(given, recorded))
+        read = base_sources.renamed(lambda prefix: real[prefix])
+    moved = moved_datasets(recorded, shapes)
     base_shapes = {**shapes, **{old: shapes[new] for old, new in moved.items()}}
 
     def base_documents(name: str) -> dict[str, tuple[int, int]]:
         """The documents the base run's split ``name`` read of each dataset, under this run's path."""
         return {moved.get(key, key): bounds
-                for key, bounds in split_documents(base_sources, base_split, name, base_shapes).items()}
+                for key, bounds in split_documents(read, base_split, name, base_shapes).items()}
 
     def overlaps(reading: dict[str, tuple[int, int]], other: dict[str, tuple[int, int]]) -> list[tuple[str, int]]:
         return [(key, n) for key, (first, end) in reading.items() if key in other
