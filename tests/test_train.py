@@ -1897,3 +1897,15 @@ def test_other_tokens_under_the_run_s_data_paths_are_not_blamed_on_its_length():
             "2 on")
     moved = order_change("the data path changed since ckpt was saved: /a -> /b, ...", 32, 32, 2, 8, 4)
     assert moved.startswith("the data path changed since ckpt was saved: /a -> /b, ..., but they hold other tokens")
+
+
+def test_a_moved_run_resumed_for_more_epochs_is_not_told_its_copy_holds_other_tokens():
+    """Found 2026-12-07: a run folder resumed on an exact copy of its data at another path, with a --train-iters
+    whose training set spans another number of epochs, was told that the copy holds other tokens and to give
+    --data-path a copy of the data it read, which it had. Another sample count is the epochs' message, moved or
+    not."""
+    from megamythos.data.pretraining import order_change
+
+    moved = order_change("the data path changed since ckpt was saved: /a -> /b, ...", 16, 32, 2, 8, 4)
+    assert moved.startswith("the training set was built again for 8 steps of 4 samples and reads another sample "
+                            "order from iteration 2 on"), moved
