@@ -51,6 +51,7 @@ from tests.helpers import (
     corpus_prefix,
     dead_pid,
     launch_env,
+    make_dataset,
     one_error_line,
     plain_zero3_template,
     run,
@@ -1871,7 +1872,7 @@ def test_a_blend_whose_samples_the_new_rule_changed_is_not_blamed_on_the_data():
     same = [["A"], ["A", "A"], ["0.3", "A", "0.7", "B"]]
     assert all(samples_changed_with_rule(p) for p in changed) and not any(samples_changed_with_rule(p) for p in same)
     assert not samples_changed_with_rule(["1.0", "A"], one_weighted=False)  # a per-split path reads it as A
-    rule = order_change(None, 32, 32, 2, 8, 4, rule_changed=True)
+    rule = order_change(None, True, 2, 8, 4, rule_changed=True)
     assert rule.startswith("the checkpoint was saved by an earlier megamythos, which blended this run's datasets by "
                            "another rule; this one builds the samples Megatron-LM builds from them"), rule
     assert "from iteration 2 on the run reads those" in rule and "other tokens" not in rule
@@ -1886,26 +1887,35 @@ def test_other_tokens_under_the_run_s_data_paths_are_not_blamed_on_its_length():
     over the same documents and seed is the same order, so a difference there is the data."""
     from megamythos.data.pretraining import order_change
 
-    data = order_change(None, 32, 32, 2, 8, 4)
+    data = order_change(None, True, 2, 8, 4)
     assert data.startswith("the datasets hold other tokens than when the checkpoint was saved, as many sequences, "
                            "documents and tokens"), data
     assert data.endswith("the samples from iteration 2 on are not those the run would have read; restore the data it "
                          "read"), data
-    for saved in (16, None):  # another size, or a checkpoint saved before it recorded one
-        assert order_change(None, saved, 32, 2, 8, 4).startswith(
+    for same in (False, None):  # another order, or not known (a checkpoint saved before it recorded its count)
+        assert order_change(None, same, 2, 8, 4).startswith(
             "the training set was built again for 8 steps of 4 samples and reads another sample order from iteration "
             "2 on")
-    moved = order_change("the data path changed since ckpt was saved: /a -> /b, ...", 32, 32, 2, 8, 4)
+    moved = order_change("the data path changed since ckpt was saved: /a -> /b, ...", True, 2, 8, 4)
     assert moved.startswith("the data path changed since ckpt was saved: /a -> /b, ..., but they hold other tokens")
 
 
-def test_a_moved_run_resumed_for_more_epochs_is_not_told_its_copy_holds_other_tokens():
-    """Found 2026-12-07: a run folder resumed on an exact copy of its data at another path, with a --train-iters
-    whose training set spans another number of epochs, was told that the copy holds other tokens and to give
-    --data-path a copy of the data it read, which it had. Another sample count is the epochs' message, moved or
-    not."""
-    from megamythos.data.pretraining import order_change
+def test_a_moved_run_resumed_for_more_epochs_is_not_told_its_copy_holds_other_tokens(tmp_path: Path) -> None:
+    """Found 2026-12-07 (review): a run folder resumed on an exact copy of its data at another path, with a
+    --train-iters whose training set spans more epochs (200000 steps: 54), was told that the copy holds other tokens
+    and to give --data-path a copy of the data it read, which it had. The training set's epochs for the checkpoint's
+    sample count tell the two causes apart for one dataset: a count of the same epochs (a few more steps) reads the
+    same order, so a difference there is the data."""
+    from megamythos.data.pretraining import DataRecipe, DataSources, build_datasets, order_change, same_sample_order
 
-    moved = order_change("the data path changed since ckpt was saved: /a -> /b, ...", 16, 32, 2, 8, 4)
-    assert moved.startswith("the training set was built again for 8 steps of 4 samples and reads another sample "
-                            "order from iteration 2 on"), moved
+    prefix = make_dataset(tmp_path / "P", 50)
+    train, _, _ = build_datasets(DataRecipe(split="90,5,5", seq_length=16, seed=1), DataSources([prefix]), 4, 2,
+                                 with_valid=False)
+    asked = train.num_samples
+    assert same_sample_order(train, asked + 1, asked) is True  # a few samples more: the same epochs
+    per_epoch = train.tokens_per_epoch // 16
+    assert same_sample_order(train, 10 * per_epoch, asked) is False and same_sample_order(train, None, asked) is None
+    moved = "the data path changed since ckpt was saved: /a -> /b, ..."
+    assert order_change(moved, False, 2, 8, 4).startswith(
+        "the training set was built again for 8 steps of 4 samples and reads another sample order from iteration 2 on")
+    assert order_change(moved, None, 2, 8, 4).startswith(f"{moved}, but they hold other tokens")

@@ -237,7 +237,8 @@ class GPTDataset(MappedArraysPickle):
         # on every rank, before the cache's barrier (rank 0 alone would fail in the build, the others wait)
         check_enough_tokens(tokens_per_epoch, self.seq_length,
                             f"the {self.split_name} split of {self.indexed.path_prefix} (documents {first}-{end - 1})")
-        epochs = epoch_plan(tokens_per_epoch, self.num_samples, self.seq_length)
+        self.tokens_per_epoch = tokens_per_epoch
+        epochs = self.epochs_for(self.num_samples)
         self.description = {
             "class": "GPTDataset", "version": INDEX_FORMAT_VERSION, **dataset_identity(self.indexed.path_prefix),
             "split": self.split_name, "documents": [first, end], "epochs": epochs[0],
@@ -248,6 +249,11 @@ class GPTDataset(MappedArraysPickle):
         self.document_index = arrays["document_index"]
         self.sample_index = arrays["sample_index"]
         self.shuffle_index = arrays["shuffle_index"]
+
+    def epochs_for(self, num_samples: int) -> tuple[int, bool]:
+        """:func:`epoch_plan` of this dataset's documents for ``num_samples`` samples: a count of the same plan as
+        ``num_samples``'s reads the same sample order."""
+        return epoch_plan(self.tokens_per_epoch, num_samples, self.seq_length)
 
     def __len__(self) -> int:
         return self.sample_index.shape[0] - 1

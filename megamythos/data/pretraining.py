@@ -24,6 +24,7 @@ from megamythos.data.digest_cache import FileDigests
 from megamythos.data.gpt_dataset import (
     SPLIT_NAMES,
     DataConfigError,
+    GPTDataset,
     blend_of_split,
     build_per_split_datasets,
     build_train_valid_test_datasets,
@@ -500,25 +501,39 @@ def build_datasets(recipe: DataRecipe, sources: DataSources, total_iters: int, g
     return train, valid, test
 
 
-def order_change(moved: str | None, saved_asked: int | None, asked: int, iteration: int, total_iters: int,
+def same_sample_order(train: Any, saved_asked: int | None, asked: int) -> bool | None:
+    """Whether the training set ``train``, asked for ``asked`` samples, reads the sample order the same data gave the
+    run that saved, whose set was asked for ``saved_asked``: the same count, or for one dataset (a
+    :class:`GPTDataset`) a count of the same epochs (:meth:`GPTDataset.epochs_for`); None where that is not known (a
+    checkpoint that did not record its count, or a blend asked for another one)."""
+    if saved_asked is None:
+        return None
+    if saved_asked == asked:
+        return True
+    if not isinstance(train, GPTDataset):
+        return None
+    return train.epochs_for(saved_asked) == train.epochs_for(train.num_samples)
+
+
+def order_change(moved: str | None, same_order: bool | None, iteration: int, total_iters: int,
                  global_batch: int, rule_changed: bool = False) -> str:
     """Why the samples a resumed run reads after its checkpoint differ from those it recorded (their
-    :func:`order_fingerprint`), in words: the datasets at the new data path (``moved``, :func:`data_moved`) hold
-    other tokens; or the run's blend gives other samples under this version's :data:`SAMPLE_RULE` than under the
-    one that saved the checkpoint (``rule_changed``); or, under the same paths where the training set was asked for
-    the ``saved_asked`` samples of the run that saved (the same count over the same documents, split and seed is the
-    same order), the datasets hold other tokens; else the set, ``asked`` samples for ``total_iters`` steps of
-    ``global_batch``, spans another number of epochs (``saved_asked`` None: a checkpoint that did not record its
-    count)."""
-    if moved:
-        return (f"{moved}, but they hold other tokens: the samples from iteration {iteration} on are not those the "
-                "run would have read; give --data-path a copy of the data it read (the same .bin and .idx files)")
+    :func:`order_fingerprint`), in words: the run's blend gives other samples under this version's
+    :data:`SAMPLE_RULE` than under the one that saved the checkpoint (``rule_changed``); or, where the training set
+    reads the order the same data gave the run that saved (``same_order``, :func:`same_sample_order`), the datasets at
+    the new data path (``moved``, :func:`data_moved`) or under the same paths hold other tokens; where it does not,
+    the set, built for ``total_iters`` steps of ``global_batch``, spans another number of epochs. Not known (None):
+    the datasets at a new path are said to hold other tokens, those under the same paths to span other epochs."""
     if rule_changed:
         return (f"the checkpoint was saved by an earlier megamythos, which blended this run's datasets by another "
                 f"rule; this one builds the samples Megatron-LM builds from them (docs/data.md), so from iteration "
                 f"{iteration} on the run reads those, not the ones it would have read: some samples come again and "
                 "others not at all; resume with the megamythos that saved it to read on in its order")
-    if saved_asked == asked:
+    if same_order or (same_order is None and moved):
+        if moved:
+            return (f"{moved}, but they hold other tokens: the samples from iteration {iteration} on are not those "
+                    "the run would have read; give --data-path a copy of the data it read (the same .bin and .idx "
+                    "files)")
         return (f"the datasets hold other tokens than when the checkpoint was saved, as many sequences, documents "
                 f"and tokens (rebuilt or copied over under the same paths: documents in another order?): the samples "
                 f"from iteration {iteration} on are not those the run would have read; restore the data it read")

@@ -56,6 +56,7 @@ from megamythos.data.pretraining import (
     order_fingerprint,
     recipe_change,
     resolve_data,
+    same_sample_order,
 )
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
@@ -1075,8 +1076,9 @@ class Trainer:
             rule_changed = self.saved_rule != SAMPLE_RULE and (
                 samples_changed_with_rule(self.args.data_path) if self.args.data_path else
                 bool(self.args.train_data_path) and samples_changed_with_rule(self.args.train_data_path, False))
-            logger.warning("%s", order_change(self.data_moved, self.saved_asked, self.train_asked, self.iteration,
-                                              self.total_iters, self.layout.global_batch_size, rule_changed))
+            same_order = same_sample_order(train, self.saved_asked, self.train_asked)
+            logger.warning("%s", order_change(self.data_moved, same_order, self.iteration, self.total_iters,
+                                              self.layout.global_batch_size, rule_changed))
         data = batches(train, self.consumed, self.layout.micro_batch_size, self.dp_rank, self.dp_size)
         warmup_warning = self.schedule.warmup_warning()
         if warmup_warning and self.rank == 0:
