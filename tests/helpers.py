@@ -278,6 +278,16 @@ class LaunchPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def shm_buffers_left(log: str) -> list[str]:
+    """The DeepSpeed shm allreduce buffers (``megamythos.training.shm``) still in /dev/shm of the launch whose
+    output is ``log`` (its rendezvous port, from the ``deepspeed --master_port N`` line the launcher logs)."""
+    from megamythos.training.shm import PREFIX, SHM
+
+    port = re.search(r"--master_port (\d+)", log)
+    assert port, log[-3000:]
+    return sorted(p.name for p in SHM.glob(f"{PREFIX}{os.getuid()}_*_{port[1]}_*"))
+
+
 def metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []

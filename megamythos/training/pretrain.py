@@ -188,7 +188,8 @@ def init_distributed(timeout_minutes: float) -> tuple[int, int]:
     ``timeout_minutes`` of waiting; returns (rank, world size). The environment is a launcher's or
     :func:`single_process_environment`'s. First a build lock that a killed op build left, on which DeepSpeed's op
     loads would wait forever, is refused (:func:`check_build_locks`; a young one is a warning, from one rank per
-    node)."""
+    node). On CPU, once every rank has mapped the others' shm buffers (a barrier), each unlinks its own
+    (:func:`release_own_buffer`): the memory is the system's again when the last rank ends, however it ends."""
     import deepspeed
 
     check_build_locks(os.environ, warn=os.environ.get("LOCAL_RANK", "0") == "0")
@@ -206,6 +207,9 @@ def init_distributed(timeout_minutes: float) -> tuple[int, int]:
                 "the first time unless `make install` prebuilt it)")
     deepspeed.init_distributed(timeout=timedelta(minutes=timeout_minutes))
     default_group_timeout(timedelta(minutes=timeout_minutes))
+    if not torch.cuda.is_available():  # DeepSpeed's CPU comm op: each rank mapped every rank's buffer by its name
+        dist.barrier()
+        release_own_buffer()
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -1,9 +1,12 @@
-"""DeepSpeed's CPU shared-memory allreduce buffers in ``/dev/shm``: released by their rank at exit, and those of
-dead runs removed at the next launch.
+"""DeepSpeed's CPU shared-memory allreduce buffers in ``/dev/shm``: unlinked by their rank once every rank has
+mapped them, and those of dead runs removed at the next launch.
 
 DeepSpeed's CPU comm op creates ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (66 MB per
-rank, in memory) and never removes it. A rank unlinks its own after the process group is gone
-(:func:`release_own_buffer`); a rank killed with ``kill -9`` cannot, so every launch first removes this user's
+rank, in memory), maps every rank's by its name while torch.distributed starts, and never removes it. A rank
+unlinks its own as soon as every rank has mapped it (:func:`release_own_buffer`, after a barrier that follows the
+start), so the memory goes when the last rank ends, whatever ends it (DeepSpeed's runner killing a rank while rank 0
+reports an error, ``kill -9``, the out-of-memory killer). A rank that fails during the start unlinks its own at
+exit; one killed then cannot, so every launch first removes this user's
 buffers of dead jobs (:func:`remove_stale_buffers`).
 """
 from __future__ import annotations
@@ -23,8 +26,8 @@ MIN_AGE_S = 60.0
 
 
 def release_own_buffer() -> None:
-    """Unlink this rank's buffer (named from ``MASTER_ADDR``, ``MASTER_PORT`` and its rank); other ranks keep
-    their own mappings."""
+    """Unlink this rank's buffer (named from ``MASTER_ADDR``, ``MASTER_PORT`` and its rank); the ranks that
+    mapped it keep their mappings, and the memory is freed when the last of them ends."""
     env = os.environ
     prefix = f"{PREFIX}{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}"
     for rank in {env.get("RANK"), env.get("LOCAL_RANK")} - {None}:
