@@ -403,6 +403,67 @@ def test_a_copied_writer_lock_is_taken_over(tmp_path: Path, caplog: pytest.LogCa
             pass
 
 
+# Another process taking writer_lock: it says when it starts, holds the lock until told to let go, and exits 2
+# with the refusal's line otherwise.
+RIVAL = """
+import sys, time
+from pathlib import Path
+from megamythos.training.checkpointing import CheckpointError, writer_lock
+save, marks = sys.argv[1], Path(sys.argv[2])
+(marks / "started").touch()
+try:
+    with writer_lock(save, holder=True):
+        (marks / "held").touch()
+        while not (marks / "release").exists():
+            time.sleep(0.05)
+except CheckpointError as err:
+    print(err)
+    sys.exit(2)
+"""
+
+
+def blocked_in_flock(pid: int) -> bool:
+    """Whether process ``pid`` waits for a ``flock`` (a ``->`` line of /proc/locks)."""
+    return any(line.split()[1] == "->" and line.split()[5] == str(pid)
+               for line in Path("/proc/locks").read_text().splitlines() if len(line.split()) > 5)
+
+
+def test_two_runs_taking_over_a_stale_writer_lock_do_not_both_hold_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07: two relaunches after a killed run both judged its lock stale; the one that judged first
+    unlinked it and took its own, and the other then unlinked that one and took its own, both writing --save (3 of
+    20 real races). The race made deterministic: right after this process reads the stale lock, another process
+    takes the lock over; it now waits for this one's turn and is refused."""
+    from megamythos.training import checkpointing
+
+    save, marks = tmp_path / "ckpt", tmp_path / "marks"
+    save.mkdir()
+    marks.mkdir()
+    (save / WRITER_LOCK).write_text(f"{socket.gethostname()} {dead_pid()}\n")
+    rival: list[subprocess.Popen] = []
+    read_lock = checkpointing.lock_holder
+
+    def read_then_race(path: Path, given: str) -> tuple[str, str, str]:
+        holder = read_lock(path, given)
+        if not rival:
+            rival.append(subprocess.Popen([sys.executable, "-c", RIVAL, str(save), str(marks)], cwd=REPO,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            wait_for(lambda: (marks / "held").exists() or (marks / "started").exists()
+                     and blocked_in_flock(rival[0].pid), rival[0], "the rival to take the lock or wait for it", 60)
+        return holder
+
+    monkeypatch.setattr(checkpointing, "lock_holder", read_then_race)
+    try:
+        with writer_lock(str(save), holder=True):
+            assert not (marks / "held").exists(), "two processes hold the writer lock"
+            assert (save / WRITER_LOCK).read_text().split()[1] == str(os.getpid())
+            rival[0].wait(timeout=60)  # its turn comes while this process holds the lock
+    finally:
+        (marks / "release").touch()
+        out, _ = rival[0].communicate(timeout=60)
+    assert rival[0].returncode == 2 and "being written by another run" in out and str(os.getpid()) in out
+
+
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00\x17", b"garbage\n", b"host pid 12\n"])
 def test_a_corrupt_writer_lock_is_one_line_naming_it(tmp_path: Path, content: bytes) -> None:
     """Found 2026-12-07: a ``writer.lock`` overwritten with binary bytes was a UnicodeDecodeError traceback, and one

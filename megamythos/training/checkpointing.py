@@ -69,7 +69,7 @@ from megamythos.checkpoint.files import (
     write_atomic,
     write_tokenizer_files,
 )
-from megamythos.data.atomic import pid_alive, remove_stale_temps, temp_name
+from megamythos.data.atomic import locked_folder, pid_alive, remove_stale_temps, temp_name
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
 from megamythos.model.config import CONFIG_FILE_REMEDY, ModelConfig
@@ -446,7 +446,8 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
     and the folder (:func:`lock_folder`), or refuses to start while another live process holds it. A lock left by a
     killed run (its pid is gone on this host), or taken on this host for another folder (a copy of a running run's
     folder carries its lock), is taken over with a warning; one held on another host must be removed by hand once
-    that run is gone."""
+    that run is gone. Runs starting together judge and take the lock in turn, under a ``flock`` on the folder
+    (:func:`~megamythos.data.atomic.locked_folder`), so two of them cannot both take over one stale lock."""
     if not (save and holder):
         yield
         return
@@ -455,25 +456,27 @@ def writer_lock(save: str | None, holder: bool) -> Iterator[None]:
         path.parent.mkdir(parents=True, exist_ok=True)
         folder = lock_folder(save)
         mine = f"{socket.gethostname()} {os.getpid()} {folder}"
-        while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                host, pid, taken_for = lock_holder(path, save)
-                if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
-                    logger.warning("removing %s left by process %s, which is gone", path, pid)
-                    path.unlink(missing_ok=True)
-                    continue
-                if host == socket.gethostname() and taken_for and taken_for.split(" ")[0] != folder.split(" ")[0]:
-                    logger.warning("taking over %s, copied with its folder from %s (process %s writes that one, "
-                                   "not this copy)", path, taken_for.partition(" ")[2], pid)
-                    path.unlink(missing_ok=True)
-                    continue
-                raise CheckpointError(f"--save {save} is being written by another run (process {pid} on {host}, "
-                                      f"{path}); use another --save, or delete {path} if that run is gone") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(mine + "\n")
-            break
+        with locked_folder(save):  # else one that judged a stale lock could unlink the one another just took
+            while True:
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    host, pid, taken_for = lock_holder(path, save)
+                    if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
+                        logger.warning("removing %s left by process %s, which is gone", path, pid)
+                        path.unlink(missing_ok=True)
+                        continue
+                    if host == socket.gethostname() and taken_for and taken_for.split(" ")[0] != folder.split(" ")[0]:
+                        logger.warning("taking over %s, copied with its folder from %s (process %s writes that one, "
+                                       "not this copy)", path, taken_for.partition(" ")[2], pid)
+                        path.unlink(missing_ok=True)
+                        continue
+                    raise CheckpointError(f"--save {save} is being written by another run (process {pid} on {host}, "
+                                          f"{path}); use another --save, or delete {path} if that run is "
+                                          "gone") from None
+                with os.fdopen(fd, "w") as f:
+                    f.write(mine + "\n")
+                break
     except OSError as err:
         raise CheckpointError(f"--save {save} is not writable: {err}") from err
     try:
