@@ -721,6 +721,31 @@ def test_a_damaged_index_cache_entry_is_built_again_or_one_line(tmp_path: Path,
         load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
 
 
+def test_a_damaged_index_cache_entry_another_run_is_rebuilding_is_built_again(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07: two runs starting together on a damaged cache entry (a job array, a sweep) both judged it
+    damaged and removed its description; the second removal was a FileNotFoundError traceback (12 of 12 real
+    two-process races). The state that race leaves: the description gone between the check and the rebuild."""
+    from megamythos.data import index_cache
+
+    arrays = load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
+    data = bytearray(Path(arrays["x"].filename).read_bytes())
+    data[-8] ^= 1
+    Path(arrays["x"].filename).write_bytes(bytes(data))
+    judge = index_cache.damaged_entry
+
+    def judged_while_another_run_rebuilds(cache_dir: str, key: str) -> str | None:
+        damage = judge(cache_dir, key)
+        next(tmp_path.glob("*-description.json")).unlink()  # the other run's rebuild
+        return damage
+
+    monkeypatch.setattr(index_cache, "damaged_entry", judged_while_another_run_rebuilds)
+    again = load_or_build(str(tmp_path), {"class": "T"}, lambda: {"x": np.arange(1000)})
+    assert np.array_equal(again["x"], np.arange(1000))
+    monkeypatch.undo()
+    assert index_cache.damaged_entry(str(tmp_path), next(tmp_path.glob("*-description.json")).name[:32]) is None
+
+
 def test_temporaries_of_a_killed_index_build_are_removed_by_the_next(tmp_path: Path) -> None:
     """A rank killed while it writes the index cache (SIGTERM during start-up, before the trainer's signal
     handlers are set) leaves ``KEY-NAME.npy.tmp.<host>.<pid>``; found 2026-12-07: kept for good, the next build

@@ -5,7 +5,8 @@ the sha256 of the JSON description of everything the arrays depend on. The descr
 an entry is complete exactly when it exists; every file is written under a temporary name and renamed. The
 description records the sha256 of each array file (``array_sha256``), which the loading rank 0 checks before
 the others map them: an entry a disk or a copy damaged (a sample index that reads other samples, or past its
-dataset) is built again, with a warning.
+dataset) is built again, with a warning, over its files (never removed first: runs starting together on a
+damaged entry may each build it again, and each finds the files it then reads).
 """
 from __future__ import annotations
 
@@ -58,11 +59,13 @@ def load_or_build(cache_dir: str, description: dict[str, Any],
     key = description_key(description)
     desc_path = os.path.join(cache_dir, f"{key}-description.json")
     rank = _distributed_rank()
-    if rank in (None, 0) and os.path.isfile(desc_path) and (damage := damaged_entry(cache_dir, key)):
+    build_here = rank in (None, 0) and not os.path.isfile(desc_path)
+    if rank in (None, 0) and not build_here and (damage := damaged_entry(cache_dir, key)):
+        # replaced in place, not removed first: another run may be building it again too
         logger.warning("index cache entry %s-* is damaged (%s): building it again", os.path.join(cache_dir, key),
                        damage)
-        os.remove(desc_path)
-    if rank in (None, 0) and not os.path.isfile(desc_path):
+        build_here = True
+    if build_here:
         logger.info("building %s indices (cache key %s) in %s", description.get("class"), key, cache_dir)
         arrays = build()
         paths = [os.path.join(cache_dir, f"{key}-{name}.npy") for name in arrays]
