@@ -1632,6 +1632,31 @@ def test_tensorboard_shows_each_step_once_after_a_fresh_start_or_a_rollback(tmp_
     assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0)]
 
 
+def test_a_writer_made_in_the_same_second_as_the_last_one_sorts_after_it(tmp_path):
+    """Found 2026-12-07: TensorBoard reads a folder's event files in name order, and a name holds the second, the
+    pid and the writer's number. A rollback's writer made in the same second as the last one, with a number of more
+    digits (``...pid.10`` after ``...pid.9``), sorted before it: the earlier file, read last, purged the steps taken
+    again from the curve. The new writer now waits for the next second where it would share one."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megamythos.training.monitor import TrainingMonitor
+
+    tb = tmp_path / "tb"
+    earlier = TrainingMonitor(True, str(tb), None)
+    for iteration in range(1, 5):
+        earlier.scalars({"lm loss": 10.0 - iteration}, iteration, iteration)
+    earlier.close()
+    [path] = tb.glob("events.out.tfevents.*")
+    path.rename(tb / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.99999")
+    resumed = TrainingMonitor(True, str(tb), None, start_iteration=2)
+    for iteration in range(3, 5):
+        resumed.scalars({"lm loss": 1.0}, iteration, iteration + 2)
+    resumed.close()
+    events = EventAccumulator(str(tb))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0)]
+
+
 def test_a_fresh_start_keeps_the_earlier_events_as_a_run_of_their_own(tmp_path):
     """Found 2026-12-06: a fresh start only hid an earlier launch's events with ``purge_step``, which TensorBoard's
     default loader (RustBoard) ignores: a validation the earlier launch logged at step 10 stayed on the new run's

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import threading
 import time
@@ -318,6 +319,22 @@ def drop_events_after(log_dir: str | Path, step: int) -> int:
     return dropped
 
 
+EVENT_STAMP = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+
+
+def wait_for_a_later_event_stamp(log_dir: str | Path) -> None:
+    """Sleep until the clock's second is past the newest stamp among the event files in ``log_dir``, where it is
+    the current second. TensorBoard reads a folder's event files in name order, and a name is
+    ``events.out.tfevents.<second>.<host>.<pid>.<writer number>``: a writer made in the same second as an earlier
+    one sorts before it when its pid or number has more digits (``...pid.10`` < ``...pid.9``), and then the earlier
+    file's steps, read last, purge the later file's from the curve."""
+    stamps = [int(match.group(1)) for path in Path(log_dir).glob("events.out.tfevents.*")
+              if (match := EVENT_STAMP.match(path.name))]
+    now = time.time()
+    if stamps and max(stamps) == int(now):
+        time.sleep(int(now) + 1 - now)
+
+
 def earlier_name() -> str:
     """``before-<UTC time>``: the name under which a fresh start keeps what an earlier launch logged."""
     return f"before-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
@@ -433,6 +450,7 @@ class TrainingMonitor:
             drop_events_after(log_dir, purge_step - 1)
         else:
             keep_earlier_events(log_dir)
+        wait_for_a_later_event_stamp(log_dir)
         return SummaryWriter(log_dir=log_dir, max_queue=50, purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], iteration: int, samples: int) -> None:
