@@ -245,6 +245,49 @@ def test_a_quota_exceeded_during_the_conversion_is_one_line(error: Exception, in
     assert sorted(p.name for p in ckpt.iterdir()) == [tag.name, "latest"]
 
 
+@pytest.mark.parametrize("command", ["export", "evaluate or generate"])
+def test_a_full_disk_while_reading_a_sharded_checkpoint_names_a_folder_that_stays(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """export, evaluate and generate convert a ZeRO-sharded checkpoint in a temporary folder of their own; found
+    2026-12-07: a full disk or quota there was reported in that folder (``OUT.tmp.<host>.<pid>/tmpXXXX``, or
+    ``/tmp/tmpXXXX``), gone once the command had failed. The line names the export's folder, or the system's
+    temporary folder with the variable that moves it."""
+    import tempfile
+
+    import torch
+
+    from megamythos.checkpoint import reader
+    from megamythos.checkpoint.checksums import write_checksums
+    from megamythos.checkpoint.export import export
+    from megamythos.inference.loading import load_model
+
+    ckpt = tmp_path / "ckpt"
+    tag = ckpt / f"iter_{STOP:07d}"
+    tag.mkdir(parents=True)
+    (ckpt / "latest").write_text(tag.name)
+    (tag / "train_args.json").write_text(json.dumps({"layout": LAYOUTS["1 rank"][2], "zero_stage": 3}))
+    (tag / "model_config.json").write_text(ModelConfig().to_json())
+    torch.save({"module": {}}, tag / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    torch.save({}, tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    write_checksums(tag)
+
+    def ds_to_universal(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(cmd, 1, "", f"Traceback ...\nOSError: {QUOTA}\n")
+
+    monkeypatch.setattr(reader.subprocess, "run", ds_to_universal)
+    what, remedy = QUOTA_LINE
+    if command == "export":
+        where, read = re.escape(str(tmp_path)), lambda: export(ckpt, tmp_path / "out")
+    else:
+        where = re.escape(f"{tempfile.gettempdir()} (the system's temporary folder; TMPDIR=DIR puts the conversion "
+                          "in DIR)")
+        read = lambda: load_model(ckpt)  # noqa: E731
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(what)} while converting {tag} to a universal "
+                                              rf"checkpoint in {where} \(about the size of the checkpoint, .*\); "
+                                              f"{re.escape(remedy)}$"):
+        read()
+
+
 @pytest.mark.parametrize("stage_record", [{"zero_stage": 3}, {}], ids=["recorded", "before zero_stage was recorded"])
 def test_a_zero3_checkpoint_of_tp_and_ep_folded_is_refused_where_deepspeed_cannot_convert_it(
         stage_record: dict, tmp_path: Path) -> None:

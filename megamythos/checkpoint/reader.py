@@ -115,8 +115,11 @@ def conversion_limit(error: str, where: Path) -> str | None:
 
 def conversion_disk_full(tag_dir: Path, where: Path, limit: str = "disk full") -> CheckpointError:
     """The one-line error of a universal conversion of ``tag_dir`` that ran into ``limit`` (a key of
-    :data:`CONVERSION_LIMITS`) in ``where``."""
-    return CheckpointError(f"{limit} while converting {tag_dir} to a universal checkpoint in {where} (about the size "
+    :data:`CONVERSION_LIMITS`) in ``where``; the system's temporary folder is named as such, with the variable that
+    moves it."""
+    place = (f"{where} (the system's temporary folder; TMPDIR=DIR puts the conversion in DIR)"
+             if where == Path(tempfile.gettempdir()) else where)
+    return CheckpointError(f"{limit} while converting {tag_dir} to a universal checkpoint in {place} (about the size "
                            f"of the checkpoint, {disk_size(manifest_bytes(tag_dir))}); {CONVERSION_LIMITS[limit]}")
 
 
@@ -147,9 +150,10 @@ def convert_to_universal(tag_dir: Path, out: Path, where: Path | None = None) ->
     return out
 
 
-def _universal_state_dict(tag_dir: Path, workdir: Path) -> dict[str, torch.Tensor]:
-    """Full fp32 parameters, named as in the training-time module, via ``ds_to_universal``."""
-    out = convert_to_universal(tag_dir, workdir / "universal")
+def _universal_state_dict(tag_dir: Path, workdir: Path, where: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 parameters, named as in the training-time module, via ``ds_to_universal`` into the temporary
+    ``workdir`` (a full disk is reported in ``where``, the folder that holds it)."""
+    out = convert_to_universal(tag_dir, workdir / "universal", where)
     state = {}
     for param_dir in sorted((out / "zero").iterdir()):
         if not param_dir.is_dir():
@@ -173,10 +177,12 @@ def _zero0_module_state(tag_dir: Path, module: dict[str, torch.Tensor]) -> dict[
     return {k: v.float() for k, v in autoep_to_model_names(state).items()}
 
 
-def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(model config, full state dict incl. expert biases) of one checkpoint tag; a file that differs from the
-    tag's checksums is refused by name (:class:`CheckpointError`, see :func:`verify_tag`) before anything is
-    unpickled."""
+def load_checkpoint_weights(tag_dir: Path, workdir: Path,
+                            where: Path | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(model config, full state dict incl. expert biases) of one checkpoint tag, a ZeRO-sharded one converted in
+    the temporary ``workdir`` (a full disk there is reported in ``where``, default ``workdir``'s parent: the folder
+    that outlives it); a file that differs from the tag's checksums is refused by name (:class:`CheckpointError`,
+    see :func:`verify_tag`) before anything is unpickled."""
     verify_tag(tag_dir)
     config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
     sharded = any(tag_dir.glob(ZERO_OPTIM_SHARDS))
@@ -191,7 +197,7 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path) -> tuple[ModelConfig, 
                               "checkpoint tag")
     client = _client_state(tag_dir)
     if sharded:
-        state = autoep_to_model_names(_universal_state_dict(tag_dir, workdir))
+        state = autoep_to_model_names(_universal_state_dict(tag_dir, workdir, where or workdir.parent))
     elif len(list(tag_dir.glob("mp_rank_*_model_states.pt"))) == 1:
         state = _zero0_module_state(tag_dir, client["module"])
     else:
@@ -270,10 +276,11 @@ def read_checkpoint(path: str | Path, workdir: Path) -> tuple[Path, ModelConfig,
 
 def checkpoint_model(tag_dir: Path, out_dir: Path) -> MythosLM:
     """The full model of checkpoint tag ``tag_dir`` (:func:`load_checkpoint_weights`; scratch files of the
-    universal conversion go under ``out_dir``)."""
+    universal conversion go under ``out_dir``, an export's staging folder, so a full disk is reported in its
+    parent: the folder of the export's OUT)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        config, state = load_checkpoint_weights(tag_dir, Path(tmp))
+        config, state = load_checkpoint_weights(tag_dir, Path(tmp), out_dir.parent)
     return model_from_state(config, state, tag_dir)
 
 
