@@ -50,6 +50,14 @@ def small_config(**overrides: object) -> ModelConfig:
     return ModelConfig(**base)
 
 
+def rope_by_hand(v: torch.Tensor, pos: int, theta: float) -> torch.Tensor:
+    """Rotate-half RoPE of one vector v [d] at position pos, in fp64: pairs (i, i + d/2) by pos * theta^(-2i/d)."""
+    half = v.shape[-1] // 2
+    angle = pos * theta ** (-torch.arange(half, dtype=torch.float64) * 2 / v.shape[-1])
+    a, b = v[:half], v[half:]
+    return torch.cat((a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()))
+
+
 def threshold_with_margin(changes: torch.Tensor) -> float:
     """Midway across the widest gap among the middle half of the sorted relative changes: about half the tokens
     exit there, and none lies near it (so that float noise between two computations cannot flip an exit)."""

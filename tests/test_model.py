@@ -11,7 +11,7 @@ from megamythos.inference.generate import SamplingConfig, generate, sample_next
 from megamythos.model.config import ConfigError, ModelConfig, get_preset
 from megamythos.model.lm import ModelKVCache, MythosLM, weight_decay_param_groups
 from megamythos.model.recurrent import sample_loop_count
-from tests.helpers import REPO, small_config
+from tests.helpers import REPO, rope_by_hand, small_config
 
 
 @pytest.mark.parametrize("attn_type", ["mla", "gqa"])
@@ -398,14 +398,6 @@ def test_baseline_injections_run_and_report_unit_radius_at_init(injection: str) 
     assert model.spectral_radius().item() == pytest.approx(1.0)
 
 
-def _rope_by_hand(v: torch.Tensor, pos: int, theta: float) -> torch.Tensor:
-    """Rotate-half RoPE of one vector v [d] at position pos, in fp64: pairs (i, i + d/2) by pos * theta^(-2i/d)."""
-    half = v.shape[-1] // 2
-    angle = pos * theta ** (-torch.arange(half, dtype=torch.float64) * 2 / v.shape[-1])
-    a, b = v[:half], v[half:]
-    return torch.cat((a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()))
-
-
 def test_mla_is_the_deepseek_v2_equations_written_out() -> None:
     """Per token and head: q = W_qb RMSNorm(W_qa x), [c_kv | k_pe] = W_kva x, [k_nope | v] = W_kvb RMSNorm(c_kv),
     k = [k_nope | rope(k_pe)] with ONE k_pe for every head, causal softmax(q.k / sqrt(nope + rope)) v, then W_o;
@@ -435,8 +427,8 @@ def test_mla_is_the_deepseek_v2_equations_written_out() -> None:
             for t in range(6):
                 o = []
                 for h in range(heads):
-                    qt = torch.cat((q[t, h, :nope], _rope_by_hand(q[t, h, nope:], t, cfg.rope_theta)))
-                    keys = [torch.cat((kv[s, h, :nope], _rope_by_hand(latent[s, rank:], s, cfg.rope_theta)))
+                    qt = torch.cat((q[t, h, :nope], rope_by_hand(q[t, h, nope:], t, cfg.rope_theta)))
+                    keys = [torch.cat((kv[s, h, :nope], rope_by_hand(latent[s, rank:], s, cfg.rope_theta)))
                             for s in range(t + 1)]
                     p = torch.stack([qt @ k / (nope + rope) ** 0.5 for k in keys]).softmax(0)
                     o.append(sum(p[s] * kv[s, h, nope:] for s in range(t + 1)))
