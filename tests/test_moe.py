@@ -86,6 +86,19 @@ def test_without_the_grouped_mm_kernel_the_experts_take_the_padded_matmul(monkey
     torch.testing.assert_close(grouped_matmul(x, weight, counts), with_kernel)
 
 
+def test_grouped_matmul_takes_a_broadcast_gradient() -> None:
+    """Found 2026-12-07 (model-math audit): the gradient of ``grouped_matmul(...).sum()`` is a broadcast tensor
+    (strides 0), which torch._grouped_mm refused in the backward (``Invalid strides/sizes``); the MoE's own
+    gradient is always a fresh tensor, but Experts or grouped_matmul called on their own met it."""
+    x, weight = torch.randn(6, 16, requires_grad=True), torch.randn(3, 8, 16, requires_grad=True)
+    counts = torch.tensor([2, 0, 4])
+    grouped_matmul(x, weight, counts).sum().backward()
+    rows = torch.repeat_interleave(torch.arange(3), counts)
+    torch.testing.assert_close(x.grad, weight.detach()[rows].sum(1))
+    torch.testing.assert_close(weight.grad, torch.stack([x.detach()[rows == g].sum(0).expand(8, 16)
+                                                         for g in range(3)]))
+
+
 def test_bias_selects_but_does_not_weight() -> None:
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     bias = torch.tensor([0.0, 0.0, 0.0, 10.0])

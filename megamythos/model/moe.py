@@ -93,9 +93,11 @@ def _grouped_mm_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, to
     """y = a b_g per group: da = dy b_g^T (rows grouped), db_g = a_g^T dy_g (the shared dim grouped).
 
     db is computed as (dy_g^T a_g)^T: b is the transposed view of a weight [G, out, in], so this gradient has
-    the weight's own strides and reaches its ``.grad`` without a layout copy.
+    the weight's own strides and reaches its ``.grad`` without a layout copy. dy is made contiguous first: the
+    kernel refuses a broadcast one (the gradient of ``y.sum()``, strides 0).
     """
     a, b, offsets = ctx.saved_tensors
+    grad = grad.contiguous()
     grad_b = _grouped_mm(grad.t(), a, offsets).transpose(-2, -1)
     return _grouped_mm(grad, b.transpose(-2, -1), offsets), grad_b, None
 
