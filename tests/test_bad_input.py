@@ -977,6 +977,46 @@ def test_the_plan_refuses_the_layouts_the_trainer_refuses_with_its_line(layout: 
     assert plan_main(["--gpus", "2", *layout, "--", *allowed]) == 0
 
 
+@pytest.mark.parametrize("zero", ["1", "2"])
+def test_zero1_or_2_with_tensor_and_expert_parallelism_folded_is_refused(zero: str, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """Found 2026-12-07: ``--zero 2 --tp 2 --ep 2`` (and ZeRO-1) trained, clipping by and logging a gradient norm
+    without the routed experts of tensor-parallel rank 1 (DeepSpeed's ZeRO-1/2 norm counts a weight AutoTP did not
+    shard on TP rank 0 only, while AutoEP gives each TP rank other experts): 1 - 9.86e-7 of the one-process norm at
+    step 1 of the tiny test model, where rank 1's expert share predicts 1 - 1.007e-6 and the other layouts agree
+    to 2e-7. The trainer's start-up, the launcher's preflight and the planner refuse it with one line; ZeRO-3 and
+    ZeRO-0 in fp32 (the trainer's own norm), and ZeRO-1/2 with only one of --tp and --ep, still train. ZeRO-0 in
+    bf16 there, refused for its own norm, now names --zero 3 (not ZeRO-1, refused here)."""
+    from megamythos.planning.plan import main as plan_main
+    from megamythos.training.ds_config import bf16_enabled, check_layout, load_template, resolve_layout
+    from megamythos.training.launch import preflight
+
+    def layout_check(argv: list[str]) -> None:
+        args = parse_args(argv)
+        template = load_template(args.ds_config)
+        check_layout(args, resolve_layout(template, args, 2), args.model_config(), bf16_enabled(template, args.bf16))
+
+    folded = ["--zero", zero, "--tp", "2", "--ep", "2"]
+    expected = (f"--zero {zero} with --tp 2 and --ep 2: DeepSpeed's ZeRO-1/2 optimizer counts the routed experts' "
+                "gradients on tensor-parallel rank 0 only, so gradient clipping and the logged grad norm miss the "
+                "experts the other tensor-parallel ranks hold; use --zero 3; to go on from a checkpoint of such a "
+                "run, --load it with --finetune, --zero 3 and another --save")
+    for precision in ([], ["--no-bf16"]):
+        with pytest.raises(ArgumentError) as refused:
+            layout_check([*folded, *precision])
+        assert str(refused.value) == expected
+    with pytest.raises(ArgumentError, match=re.escape(expected)):
+        preflight([*folded, "--save", str(tmp_path / "run")], world_size=2)
+    assert one_line_exit_2("megamythos.planning.plan:main", ["--gpus", "2", *folded], capsys) == f"error: {expected}"
+    for allowed in (["--zero", "3", "--tp", "2", "--ep", "2"], ["--zero", "0", "--tp", "2", "--ep", "2", "--no-bf16"],
+                    ["--zero", zero, "--tp", "2"], ["--zero", zero, "--ep", "2"]):
+        layout_check(allowed)
+    assert plan_main(["--gpus", "2", "--zero", "3", "--tp", "2", "--ep", "2"]) == 0
+    with pytest.raises(ArgumentError, match=r"^--zero 0 with --tp 2 in bf16: .* use --zero 3, or --no-bf16; to go "
+                                            r"on from a checkpoint of such a run, --load it with --finetune, --zero 3"):
+        layout_check(["--zero", "0", "--tp", "2", "--ep", "2"])  # ZeRO-0's refusal offers no refused stage
+
+
 def test_a_hostfile_with_fewer_hosts_than_planned_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Found 2026-12-06: deepspeed takes the first --num_nodes hosts of the hostfile, so one listing fewer started
     a smaller world, whose ranks then accumulated more micro-batches for the same global batch, exit 0."""

@@ -144,14 +144,17 @@ def check_precision(layout: ParallelLayout, bf16: bool, error: type[UserError] =
     clipping, the logged grad-norm and the non-finite check leave out the other ranks' shards (TP 2: 1.007 where
     ZeRO-1 and one process give 1.020). It leaves AutoEP's expert gradients out of the norm altogether (EP 2: 1.45951
     where the norm is 1.46020; ZeRO-1 logs 1.46038). ZeRO-1/2/3 and ZeRO-0 in fp32 (the trainer's own norm) count
-    every shard and expert once. The trainer's start-up and the planner both refuse it, offering ``--no-bf16`` where
-    ``fp32_allowed`` (not in the planner's ``--hostfile`` command, which always trains in bf16).
+    every shard and expert once, but for ZeRO-1/2 with both TP and EP (:func:`check_folded_expert_norm`). The
+    trainer's start-up and the planner both refuse it, offering ``--no-bf16`` where ``fp32_allowed`` (not in the
+    planner's ``--hostfile`` command, which always trains in bf16).
 
     A checkpoint of such a run resumes on its own layout and precision only (another ZeRO stage needs ZeRO-3 on
     both sides, ZeRO-0's optimizer files hold bf16 groups), so the refusal names the way on from one: its weights
     into a new run, ``--finetune``."""
-    remedy = (f"use --zero 1 (or 2, 3){', or --no-bf16' if fp32_allowed else ''}; to go on from a checkpoint of "
-              "such a run, --load it with --finetune, --zero 1 and another --save")
+    folded = layout.tp > 1 and layout.ep > 1  # ZeRO-1/2 are refused there too (check_folded_expert_norm)
+    stages, stage = ("3", "3") if folded else ("1 (or 2, 3)", "1")
+    remedy = (f"use --zero {stages}{', or --no-bf16' if fp32_allowed else ''}; to go on from a checkpoint of "
+              f"such a run, --load it with --finetune, --zero {stage} and another --save")
     if bf16 and layout.zero == 0 and layout.tp > 1:
         raise error(f"--zero 0 with --tp {layout.tp} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer measures the "
                     "gradient norm on one tensor-parallel rank's shards, so gradient clipping and its non-finite "
@@ -160,6 +163,23 @@ def check_precision(layout: ParallelLayout, bf16: bool, error: type[UserError] =
         raise error(f"--zero 0 with --ep {layout.ep} in bf16: DeepSpeed's ZeRO-0 bf16 optimizer leaves the experts' "
                     "gradients out of the gradient norm, so gradient clipping and the logged grad norm miss them; "
                     f"{remedy}")
+
+
+def check_folded_expert_norm(layout: ParallelLayout, error: type[UserError] = LayoutError) -> None:
+    """Refuse (``error``), before start-up, ZeRO-1/2 with both ``--tp`` and ``--ep`` > 1. AutoEP folds each
+    expert-parallel group across the tensor-parallel ranks, so those ranks hold different routed experts, but
+    DeepSpeed 0.19's ZeRO-1/2 optimizer (``get_grad_norm_direct``) adds a weight that AutoTP did not shard to the
+    gradient norm on tensor-parallel rank 0 only: the norm it clips by and the trainer logs leaves out the experts
+    of every other tensor-parallel rank (tp 2, ep 2: ||g||^2 short by exactly rank 1's expert share). Its ZeRO-3
+    optimizer counts them (``_grad_norm_counts_every_rank``), and at ZeRO-0 in fp32 the trainer measures the norm
+    itself; ZeRO-0 in bf16 is refused by :func:`check_precision`. The trainer's start-up and the planner both
+    refuse it. A checkpoint of such a run resumes on no other ZeRO stage, so the line names ``--finetune``."""
+    if layout.zero in (1, 2) and layout.tp > 1 and layout.ep > 1:
+        raise error(f"--zero {layout.zero} with --tp {layout.tp} and --ep {layout.ep}: DeepSpeed's ZeRO-1/2 "
+                    "optimizer counts the routed experts' gradients on tensor-parallel rank 0 only, so gradient "
+                    "clipping and the logged grad norm miss the experts the other tensor-parallel ranks hold; use "
+                    "--zero 3; to go on from a checkpoint of such a run, --load it with --finetune, --zero 3 and "
+                    "another --save")
 
 
 @dataclass(frozen=True)

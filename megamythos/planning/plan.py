@@ -33,6 +33,7 @@ from megamythos.planning.layout import (
     ParallelLayout,
     bf16_enabled,
     check_compile,
+    check_folded_expert_norm,
     check_layout_keys,
     check_precision,
     reduces_in_fp32,
@@ -285,6 +286,7 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
         layout.check_model(config)
         bf16 = trains_in_bf16(args, template)
         check_precision(layout, bf16, fp32_allowed=not args.hostfile)  # the trainer's refusals
+        check_folded_expert_norm(layout)
         check_compile(layout, bf16, "--compile" in args.train_args)
         dtype = "bf16" if bf16 else "fp32"
         report["layout"] = {**asdict(layout), "dp": layout.dp, "grad_accum": layout.grad_accum, "dtype": dtype,

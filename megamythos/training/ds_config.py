@@ -20,6 +20,7 @@ from megamythos.planning.layout import (
     accumulates_in_fp32,
     bf16_enabled,
     check_compile,
+    check_folded_expert_norm,
     check_layout_keys,
     check_precision,
     reduces_in_fp32,
@@ -135,11 +136,12 @@ def accumulation_warning(layout: ParallelLayout, bf16: bool) -> str | None:
 
 def check_layout(args: TrainArgs, layout: ParallelLayout, config: ModelConfig, bf16: bool) -> None:
     """Every check of a run's layout that needs no process group, as the launcher's preflight and each rank's
-    start-up make them: the model fits the layout (:meth:`ParallelLayout.check_model`), :func:`check_compile` and
-    :func:`check_precision`."""
+    start-up make them: the model fits the layout (:meth:`ParallelLayout.check_model`), :func:`check_compile`,
+    :func:`check_precision` and :func:`check_folded_expert_norm`."""
     layout.check_model(config)
     check_compile(layout, bf16, args.compile, ArgumentError)
     check_precision(layout, bf16, ArgumentError)
+    check_folded_expert_norm(layout, ArgumentError)
 
 
 def build_ds_config(template: dict[str, Any], args: TrainArgs, layout: ParallelLayout, config: ModelConfig,
