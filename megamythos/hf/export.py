@@ -3,7 +3,8 @@
     python -m megamythos.checkpoint.export runs/tiny/checkpoints exported/tiny-hf --format hf
 
 Directory: ``config.json`` (:class:`MegamythosConfig` with ``auto_map``), ``model.safetensors``,
-``generation_config.json``, ``tokenizer.json`` + ``tokenizer_config.json`` (the SentencePiece model converted to a
+``generation_config.json`` (eos and pad ids, and the sampling defaults of ``megamythos.inference.generate``:
+:func:`sampling_settings`), ``tokenizer.json`` + ``tokenizer_config.json`` (the SentencePiece model converted to a
 ``tokenizers`` BPE or Unigram that gives the same ids), and the modeling code: the two wrapper modules of this
 package and, found by following their ``from megamythos.<package>.X import`` lines, every library module they
 need, with those imports rewritten to ``from .X import`` (module file names are unique across the package; transformers'
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
+from megamythos.inference.generate import SamplingConfig
 from megamythos.model.lm import MythosLM
 
 if TYPE_CHECKING:
@@ -194,6 +196,15 @@ def checked_hf_tokenizer(tokenizer: Tokenizer, model_max_length: int) -> PreTrai
     return converted
 
 
+def sampling_settings(sampling: SamplingConfig) -> dict[str, bool | float | int]:
+    """transformers' generation settings that draw from the distribution ``megamythos.inference.generate`` draws
+    from with ``sampling``: ``do_sample`` unless the temperature is 0 (greedy; transformers refuses a temperature
+    of 0), ``temperature`` (1 where greedy), ``top_k`` (0: off, where transformers' own default is 50) and
+    ``top_p`` (1: off). Both apply temperature, then top-k, then top-p, by the same rules."""
+    return {"do_sample": sampling.temperature > 0, "temperature": sampling.temperature or 1.0,
+            "top_k": sampling.top_k, "top_p": sampling.top_p}
+
+
 def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path,
               packed_documents: dict[str, bool] | None = None) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hugging Face directory ``out_dir``, its config recording the training
@@ -211,6 +222,7 @@ def export_hf(model: MythosLM, tokenizer: Tokenizer, out_dir: str | Path,
                                                 packed_documents=packed_documents)
     wrapped = MythosForCausalLM(config)
     wrapped.model.load_state_dict(model.state_dict())
+    wrapped.generation_config.update(**sampling_settings(SamplingConfig()))  # generate()'s defaults: our CLI's
     wrapped.generation_config.eos_token_id = eos_id
     wrapped.generation_config.pad_token_id = pad_id
     if tokenizer.vocab_size < model.config.vocab_size:  # a padded vocabulary: its ids past the tokenizer's decode

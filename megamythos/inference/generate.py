@@ -167,7 +167,8 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
                     attention_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield next-token ids [B] one step at a time for prompt_ids [B, S]: at most ``cfg.max_new_tokens``, and no
     more than fit the model's context (:func:`new_token_limit`). A row that has sampled ``cfg.eos_id`` yields
-    ``eos_id`` from then on (as transformers pads a finished row); the stream ends when every row has.
+    ``eos_id`` from then on (transformers pads a finished row with its pad id instead); the stream ends when every
+    row has.
 
     Prompts of different lengths come left-padded with their ``attention_mask`` [B, S] (1 = real, 0 = padding;
     :func:`left_pad`): each row then generates what it would alone. The mask grows by a real column per step.
