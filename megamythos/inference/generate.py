@@ -102,17 +102,15 @@ class GenerationStats:
         return sum(float(loops[live].sum()) for loops, live in zip(self.row_loops, self.generating)) / max(tokens, 1)
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B] with temperature, top-k and nucleus (top-p) filtering. Top-p keeps the
-    most likely tokens until their probability reaches ``top_p``: it drops the least likely tokens whose total is at
-    most ``1 - top_p``, so a token whose more likely ones already hold exactly ``top_p`` is dropped (transformers'
-    rule). The logits are shifted by their maximum before the division (softmax is shift-invariant) and divided by
-    at least fp32's smallest normal number, so that a temperature near 0 samples the greedy token instead of
-    overflowing. Only the first ``cfg.vocab_limit`` ids are candidates."""
-    logits = logits[:, :cfg.vocab_limit]
-    if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
+def sampling_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """logits [B, V] -> fp32 logits [B, V'] whose softmax is the distribution :func:`sample_next` draws from at
+    ``cfg.temperature`` > 0 (-inf where a token is filtered out): only the first V' = ``cfg.vocab_limit`` ids are
+    candidates; temperature, then top-k, then nucleus (top-p) filtering. Top-p keeps the most likely tokens until
+    their probability reaches ``top_p``: it drops the least likely tokens whose total is at most ``1 - top_p``, so a
+    token whose more likely ones already hold exactly ``top_p`` is dropped (transformers' rule). The logits are
+    shifted by their maximum before the division (softmax is shift-invariant) and divided by at least fp32's
+    smallest normal number, so that a temperature near 0 samples the greedy token instead of overflowing."""
+    logits = logits[:, :cfg.vocab_limit].float()
     temperature = max(cfg.temperature, torch.finfo(torch.float32).tiny)
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if cfg.top_k:
@@ -123,7 +121,15 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
         drop = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - cfg.top_p  # least likely, total <= 1 - top_p
         drop[:, -1] = False  # the most likely token always stays
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+    return logits
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] -> next token ids [B]: the most likely of the first ``cfg.vocab_limit`` ids at temperature 0,
+    else a draw from the softmax of :func:`sampling_logits`."""
+    if cfg.temperature == 0:
+        return logits[:, :cfg.vocab_limit].argmax(dim=-1)
+    return torch.multinomial(sampling_logits(logits, cfg).softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
 def new_token_limit(max_seq_len: int, prompt_tokens: int, max_new_tokens: int) -> int:
