@@ -428,29 +428,32 @@ def test_transformers_refuses_an_export_whose_files_changed(tiny_tokenizer, tmp_
 
 
 
-@pytest.mark.parametrize("ours_settings, hf_settings", [
-    ({}, {}),  # the defaults: generate --prompt samples at temperature 1 over every token
-    ({"temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7, "top_p": 0.9}),
-    ({"temperature": 1.3}, {"do_sample": True, "temperature": 1.3}),
-    ({"temperature": 0}, {"do_sample": False})])
+@pytest.mark.parametrize("ours_settings, hf_settings, padding", [
+    ({}, {}, 0),  # the defaults: generate --prompt samples at temperature 1 over every token
+    ({"temperature": 0.7, "top_p": 0.9}, {"temperature": 0.7, "top_p": 0.9}, 0),
+    ({"temperature": 1.3}, {"do_sample": True, "temperature": 1.3}, 0),
+    ({"temperature": 0}, {"do_sample": False}, 0),
+    ({"temperature": 0.7, "top_k": 100}, {"temperature": 0.7, "top_k": 100}, 48)])  # a padded vocabulary
 def test_the_export_s_generate_samples_as_ours_with_the_same_settings_and_seed(tiny_tokenizer, tmp_path,
-                                                                              ours_settings, hf_settings):
+                                                                              ours_settings, hf_settings, padding):
     """The export's ``generation_config.json`` named no sampling setting, so transformers' defaults applied:
     ``generate(ids)`` was greedy where ``generate --prompt`` samples at temperature 1, and every sampling call
     kept only the 50 most likely tokens (transformers' ``top_k``) where ours keeps all (found 2026-12-07). The
     same settings now draw from the same distribution, so on CPU ``torch.manual_seed(s)`` before ``generate()``
-    gives the tokens of ``--seed s``. Default-initialised weights give nearly flat logits, where a cut to 50 of
-    400 tokens changes most draws."""
+    gives the tokens of ``--seed s``, a padded vocabulary's too (its ids past the tokenizer suppressed in both;
+    before 2026-12-07 ours drew from the tokenizer's ids alone, other random numbers than transformers' draw).
+    Default-initialised weights give nearly flat logits, where a cut to 50 of 400 tokens changes most draws."""
     from transformers import AutoModelForCausalLM
 
     from megamythos.hf.export import export_hf
 
     torch.manual_seed(0)
-    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size)).eval()
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size + padding)).eval()
     hf = AutoModelForCausalLM.from_pretrained(export_hf(model, tiny_tokenizer, tmp_path / "hf"),
                                               trust_remote_code=True)
     ids = torch.tensor([tiny_tokenizer.encode_one("def main(")])
-    cfg = SamplingConfig(max_new_tokens=12, eos_id=tiny_tokenizer.eos_id, **ours_settings)
+    cfg = SamplingConfig(max_new_tokens=12, eos_id=tiny_tokenizer.eos_id, vocab_limit=tiny_tokenizer.vocab_size,
+                         **ours_settings)
     for seed in range(3):
         mine, _ = generate(model, ids, cfg, torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from megamythos.inference.generate import SamplingConfig, generate, sample_next
+from megamythos.inference.generate import SamplingConfig, generate, sample_next, sampling_logits
 from megamythos.model.config import ConfigError, ModelConfig, get_preset
 from megamythos.model.lm import ModelKVCache, MythosLM, weight_decay_param_groups
 from megamythos.model.recurrent import sample_loop_count
@@ -180,6 +180,27 @@ def test_top_p_keeps_the_tokens_transformers_keeps(probs: list[float], top_p: fl
     kept = set((~warper(None, logits.clone()).isinf()).nonzero()[:, 1].tolist())
     draws = sample_next(logits.expand(4000, -1), SamplingConfig(top_p=top_p), torch.Generator().manual_seed(0))
     assert set(draws.tolist()) == kept
+
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 0.9), (1.3, 10, 1.0), (0.3, 5, 0.8),
+                                                       (1e-6, 0, 0.95), (0.7, 0, 0.9012239575386047)])
+def test_the_sampled_distribution_is_transformers_to_the_bit(temperature: float, top_k: int, top_p: float) -> None:
+    """The logits transformers' ``generate()`` samples from for the same settings, bit for bit: the padded ids
+    suppressed (the export's ``suppress_tokens``), temperature, top-k, top-p. Before (found 2026-12-07) the logits
+    were shifted by their maximum before the division, so the probabilities differed in the last bits and a top-p
+    boundary could fall otherwise (the last case: at that top-p row 0's least likely tokens hold exactly 1 - top_p
+    in transformers' float, and ours kept other tokens), and the padded ids were cut off rather than suppressed:
+    a distribution over fewer ids, whose seeded draws differ from transformers' from the second token on."""
+    processors = pytest.importorskip("transformers.generation.logits_process")
+    chain = [processors.SuppressTokensLogitsProcessor(list(range(40, 48)), device="cpu"),
+             processors.TemperatureLogitsWarper(temperature)]
+    chain += [processors.TopKLogitsWarper(top_k)] if top_k else []
+    chain += [processors.TopPLogitsWarper(top_p)] if top_p < 1 else []
+    logits = torch.randn(64, 48, generator=torch.Generator().manual_seed(0)) * 4
+    theirs = processors.LogitsProcessorList(chain)(None, logits.clone())
+    ours = sampling_logits(logits, SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, vocab_limit=40))
+    assert torch.equal(ours, theirs)
 
 
 def test_a_row_that_ends_yields_eos_while_the_others_go_on() -> None:

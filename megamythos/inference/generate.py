@@ -102,21 +102,34 @@ class GenerationStats:
         return sum(float(loops[live].sum()) for loops, live in zip(self.row_loops, self.generating)) / max(tokens, 1)
 
 
+def candidates(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tensor:
+    """logits [B, V] -> fp32 logits [B, V], -inf from id ``vocab_limit`` on (a padded vocabulary's ids, which the
+    tokenizer cannot decode: what transformers' ``suppress_tokens`` does in the Hugging Face export)."""
+    logits = logits.float()
+    if vocab_limit is None or vocab_limit >= logits.shape[-1]:
+        return logits
+    padding = torch.arange(vocab_limit, logits.shape[-1], device=logits.device)
+    return logits.index_fill(-1, padding, float("-inf"))
+
+
 def sampling_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """logits [B, V] -> fp32 logits [B, V'] whose softmax is the distribution :func:`sample_next` draws from at
-    ``cfg.temperature`` > 0 (-inf where a token is filtered out): only the first V' = ``cfg.vocab_limit`` ids are
-    candidates; temperature, then top-k, then nucleus (top-p) filtering. Top-p keeps the most likely tokens until
-    their probability reaches ``top_p``: it drops the least likely tokens whose total is at most ``1 - top_p``, so a
-    token whose more likely ones already hold exactly ``top_p`` is dropped (transformers' rule). The logits are
-    shifted by their maximum before the division (softmax is shift-invariant) and divided by at least fp32's
-    smallest normal number, so that a temperature near 0 samples the greedy token instead of overflowing."""
-    logits = logits[:, :cfg.vocab_limit].float()
-    temperature = max(cfg.temperature, torch.finfo(torch.float32).tiny)
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    """logits [B, V] -> fp32 logits [B, V] whose softmax is the distribution :func:`sample_next` draws from at
+    ``cfg.temperature`` > 0 (-inf where a token is filtered out), computed as transformers' ``generate()`` computes
+    its scores, to the bit: the ids from ``cfg.vocab_limit`` on suppressed (:func:`candidates`), logits / temperature
+    (``TemperatureLogitsWarper``), then the ``top_k`` largest kept with every tie of the k-th
+    (``TopKLogitsWarper``), then nucleus (top-p) filtering (``TopPLogitsWarper``): the least likely tokens whose
+    probabilities total at most ``1 - top_p`` are dropped, the most likely always stays, so a token whose more
+    likely ones already hold exactly ``top_p`` is dropped. A row the division overflows (a temperature near 0,
+    where transformers' probabilities turn NaN) is instead shifted by its maximum (softmax is shift-invariant) and
+    divided by at least fp32's smallest normal number: it samples its greedy token."""
+    logits = candidates(logits, cfg.vocab_limit)
+    scaled = logits / cfg.temperature
+    shifted = (logits - logits.max(dim=-1, keepdim=True).values) / max(cfg.temperature, torch.finfo(torch.float32).tiny)
+    logits = torch.where((scaled < float("inf")).all(dim=-1, keepdim=True), scaled, shifted)  # no +inf, no NaN
     if cfg.top_k:
         kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    if cfg.top_p < 1.0:  # as transformers' TopPLogitsWarper, to the float: the same kept set as its generate()
+    if cfg.top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1)  # ascending
         drop = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= 1 - cfg.top_p  # least likely, total <= 1 - top_p
         drop[:, -1] = False  # the most likely token always stays
@@ -125,10 +138,10 @@ def sampling_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """logits [B, V] -> next token ids [B]: the most likely of the first ``cfg.vocab_limit`` ids at temperature 0,
-    else a draw from the softmax of :func:`sampling_logits`."""
+    """logits [B, V] -> next token ids [B]: the most likely candidate (:func:`candidates`) at temperature 0, else a
+    draw from the softmax of :func:`sampling_logits` (``torch.multinomial``, as transformers draws)."""
     if cfg.temperature == 0:
-        return logits[:, :cfg.vocab_limit].argmax(dim=-1)
+        return candidates(logits, cfg.vocab_limit).argmax(dim=-1)
     return torch.multinomial(sampling_logits(logits, cfg).softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
