@@ -100,6 +100,26 @@ def given_text(what: str, optional: bool = True) -> Callable[[str], str]:
     return parse
 
 
+def utf8_text(text: str) -> str:
+    """An argparse ``type`` for free text (a prompt): bytes of the command line that are not UTF-8, which Python keeps
+    as lone surrogates and no tokenizer encodes, are argparse's one error line naming the flag and the first such
+    byte::
+
+        error: argument --prompt: must be UTF-8 text, got byte 0xe6 at byte 3; ...
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        offset = len(text[:err.start].encode("utf-8", "surrogateescape"))
+        byte = text[err.start].encode("utf-8", "surrogateescape")[0]
+        raise argparse.ArgumentTypeError(f"must be UTF-8 text, got byte 0x{byte:02x} at byte {offset}; give it in "
+                                         "UTF-8 (a UTF-8 terminal or locale)") from None
+    return text
+
+
+utf8_text.__name__ = "text"
+
+
 path_text = given_text("a path")  # the type of a path flag: error: argument --out: is empty; give a path, ...
 path_argument = given_text("a path", optional=False)  # of a positional path: error: argument out: is empty; ...
 

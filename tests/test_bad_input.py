@@ -621,6 +621,16 @@ def test_negative_exit_threshold_is_one_line_naming_the_flag(entry: str, argv: l
     assert "--exit-threshold must" in line and ">= 0 (0 = every loop)" in line, line
 
 
+def test_a_prompt_that_is_not_utf8_is_one_line_naming_the_flag(capsys: pytest.CaptureFixture) -> None:
+    """``--prompt $'abc\\xe6'`` (a Latin-1 terminal's bytes, which Python keeps in argv as lone surrogates) was a
+    ``TypeError: List elements must be str or bytes`` traceback from SentencePiece once the model had loaded (found
+    2026-12-07), where ``--prompt-file`` of the same bytes is one line."""
+    line = one_line_exit_2("megamythos.inference.generate:main", ["--load", "nowhere", "--prompt", "ab\u00e9c\udce6"],
+                           capsys)
+    assert line == "error: argument --prompt: must be UTF-8 text, got byte 0xe6 at byte 5; give it in UTF-8 (a UTF-8 " \
+                   "terminal or locale)", line
+
+
 @pytest.mark.parametrize("entry, argv, flag", [
     ("megamythos.inference.generate:main", ["--prompt", "x", "--temperature", "nan"], "--temperature"),
     ("megamythos.inference.generate:main", ["--prompt", "x", "--seed", str(2**64)], "--seed"),

@@ -40,7 +40,7 @@ import torch
 
 from megamythos.data.atomic import OutputError, atomic_open, writable_parent
 from megamythos.data.tokenizer import check_model_file
-from megamythos.errors import ArgumentParser, checked_by, number, path_text, run_cli
+from megamythos.errors import ArgumentParser, checked_by, number, path_text, run_cli, utf8_text
 from megamythos.inference.loading import LoadedModel, LoadError, load_model
 from megamythos.inference.prompt_file import Prompt, plan_batches, read_prompts
 from megamythos.model.config import ModelConfig
@@ -310,7 +310,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load", required=True, type=path_text,
                    help="checkpoint tag dir, --save dir (uses `latest`) or export dir")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="text to continue, streamed with its continuation to stdout")
+    source.add_argument("--prompt", type=utf8_text,
+                        help="text to continue, streamed with its continuation to stdout")
     source.add_argument("--prompt-file", type=path_text,
                         help="one prompt per line, or a .jsonl file with a \"prompt\" string per line; one JSON "
                              "line of results per prompt, in file order")
