@@ -314,6 +314,18 @@ def test_text_streamer_holds_back_incomplete_characters():
     assert streamer.shown == "a\u00e9\ufffd"
 
 
+def test_text_streamer_after_a_prompt_that_ends_inside_a_character():
+    """Found 2026-12-07 (sampling audit): prompt ids ending inside a character (a library caller's, cut at a byte
+    token) made the streamer hold the prompt's U+FFFD as shown, so no later text began with it and every push and
+    the flush returned "": the whole continuation was lost. The character the new ids complete is now theirs."""
+    def decode(ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    ids = list("h\u00e9llo".encode())  # h, then the two bytes of the e-acute
+    streamer = TextStreamer(decode, ids[:2])
+    assert [streamer.push(i) for i in ids[2:]] + [streamer.flush()] == ["\u00e9", "l", "l", "o", ""]
+
+
 @pytest.fixture(scope="module")
 def other_tokenizer(tmp_path_factory) -> Path:
     """A 384-piece tokenizer trained on other text: same vocabulary size, different fingerprint."""

@@ -241,13 +241,14 @@ class TextStreamer:
     """Text chunks of a growing id sequence: each :meth:`push` returns what the new token adds to the decoded text.
 
     Decoding the whole sequence each time keeps multi-token characters and SentencePiece spacing right; a trailing
-    U+FFFD (an incomplete UTF-8 byte sequence under byte fallback) is held back until later tokens complete it.
+    U+FFFD (an incomplete UTF-8 byte sequence under byte fallback) is held back until later tokens complete it, the
+    prompt's own too (prompt ids that end inside a character: the new ids' text starts with that character).
     """
 
     def __init__(self, decode: Callable[[list[int]], str], prompt_ids: Sequence[int]) -> None:
         self.decode = decode
         self.ids = list(prompt_ids)
-        self.shown = decode(self.ids)
+        self.shown = decode(self.ids).rstrip("\ufffd")
 
     def _advance(self, hold_incomplete: bool) -> str:
         text = self.decode(self.ids)
