@@ -755,3 +755,27 @@ def test_assisted_decoding_crops_the_cache_and_gives_greedy_s_tokens(small_hf, t
         assert max(crops) > 0 and crops.count(0) > 0, crops  # some drafts rejected, some kept
         assert torch.equal(hf.generate(prompt, max_new_tokens=30, do_sample=False, assistant_model=assistant,
                                        **kw), greedy)
+
+
+def test_trainer_s_gradient_accumulation_trains_as_one_batch_and_labels_scoring_nothing_give_0(small_hf, tmp_path):
+    """transformers' ``Trainer`` hands a model whose forward takes ``**kwargs`` the scored tokens of the whole
+    accumulated step (``num_items_in_batch``) and then does not divide its loss by ``gradient_accumulation_steps``.
+    The wrapper ignored the count and returned each micro-batch's mean: with 2 accumulation steps the logged loss
+    and the gradient were twice one batch's of the same rows (found 2026-12-07). Labels that score no token (a
+    prompt-masked row cut before its answer) gave NaN where the trainer's loss is 0."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    hf_dir, hf = small_hf
+    rows = [{"input_ids": ids, "labels": ids} for ids in torch.randint(3, 300, (4, 12)).tolist()]
+    logged = []
+    for accumulate in (1, 2):
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True)
+        args = TrainingArguments(output_dir=str(tmp_path / str(accumulate)), gradient_accumulation_steps=accumulate,
+                                 per_device_train_batch_size=4 // accumulate, max_steps=1, logging_steps=1,
+                                 report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=rows)
+        trainer.train()
+        logged.append((trainer.state.log_history[0]["loss"], trainer.state.log_history[0]["grad_norm"]))
+    assert logged[1] == pytest.approx(logged[0], rel=1e-3), logged
+    ids = torch.tensor([rows[0]["input_ids"]])
+    assert hf(ids, labels=torch.full_like(ids, -100)).loss.item() == 0.0

@@ -37,6 +37,7 @@ from megamythos.data.manifest import CHECKSUMS_FILE, ManifestError, verify_direc
 from megamythos.hf.configuration_megamythos import MegamythosConfig
 from megamythos.model.lm import ModelKVCache, MythosLM
 from megamythos.model.moe import MoE
+from megamythos.model.row_layout import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     exit_threshold=None)`` -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)`` (with ``return_dict=False``,
     or ``config.return_dict`` False, its tuple of the fields not None, as transformers' models); ``attention_mask``
     [B, cached + S] (1 = real, 0 = padding; padding at inference only); ``labels`` as in transformers (the inputs;
-    shifted here, -100 ignored). ``past_key_values`` is ``cache`` under the name older transformers use, and
-    the output holds the cache under :data:`CACHE_SLOT`. Cached plus new tokens past
+    shifted here, -100 ignored) give ``loss`` = our trainer's language-model loss, sum_i CE_i / max(n_scored, 1)
+    (0 where no label is scored; the MoE balance terms are not in it), or with ``num_items_in_batch`` (transformers'
+    ``Trainer`` passes the scored labels of its whole accumulated step) sum_i CE_i / num_items_in_batch.
+    ``past_key_values`` is ``cache`` under the name older transformers use, and the output holds the cache under
+    :data:`CACHE_SLOT`. Cached plus new tokens past
     ``config.max_position_embeddings`` raise ``ValueError``, as do ``n_loops`` other than a given cache's (None: the
     cache's, else the config's), ``position_ids`` other than the mask's (:meth:`check_position_ids`),
     ``inputs_embeds`` (token ids only) and a cache of transformers' own (``DynamicCache``, ...)."""
@@ -192,7 +196,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 cache: MythosCache | None = None, labels: torch.Tensor | None = None, use_cache: bool | None = None,
                 n_loops: int | None = None, exit_threshold: float | None = None,
-                past_key_values: MythosCache | None = None, **kwargs: Any) -> CausalLMOutputWithPast | tuple:
+                past_key_values: MythosCache | None = None, num_items_in_batch: torch.Tensor | int | None = None,
+                **kwargs: Any) -> CausalLMOutputWithPast | tuple:
         if input_ids is None or kwargs.get("inputs_embeds") is not None:  # an AttributeError or TypeError before
             raise ValueError("megamythos takes input_ids, not inputs_embeds: pass the token ids (its prelude, loop "
                              "and coda start from its own embedding of them)")
@@ -219,12 +224,12 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
             self.check_position_ids(kwargs["position_ids"], attention_mask, input_ids, past)
         if cache is None and use_cache:
             cache = MythosCache(ModelKVCache(self.model.config, n_loops))
-        out = self.model(input_ids, n_loops=n_loops, cache=cache.kv if cache is not None else None,
+        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        out = self.model(input_ids, labels=targets, n_loops=n_loops, cache=cache.kv if cache is not None else None,
                          absorb=cache is not None, exit_threshold=exit_threshold, attention_mask=attention_mask)
-        loss = None
-        if labels is not None:
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            loss = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        loss = out.loss
+        if loss is not None and num_items_in_batch is not None:  # Trainer: the step's scored tokens, not these
+            loss = loss * (targets != IGNORE_INDEX).sum() / num_items_in_batch
         output = CausalLMOutputWithPast(loss=loss, logits=out.logits, **{CACHE_SLOT: cache})
         return_dict = kwargs.get("return_dict")
         return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
