@@ -779,3 +779,32 @@ def test_trainer_s_gradient_accumulation_trains_as_one_batch_and_labels_scoring_
     assert logged[1] == pytest.approx(logged[0], rel=1e-3), logged
     ids = torch.tensor([rows[0]["input_ids"]])
     assert hf(ids, labels=torch.full_like(ids, -100)).loss.item() == 0.0
+
+
+def test_a_right_padded_training_batch_trains_each_row_as_alone_and_left_padding_is_refused(small_hf):
+    """``DataCollatorForLanguageModeling`` pads texts of other lengths with an attention mask (and label -100 at the
+    padding). In training mode any mask with padding was a ValueError saying to pad on the right, which a
+    right-padded batch's mask did not escape either (found 2026-12-07). Right padding trains: causal attention keeps
+    each real token from the padding after it, so the loss is that of the rows alone; left padding, which would
+    move the rows' positions, stays refused."""
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling
+
+    hf_dir, hf = small_hf
+    tok = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=True)
+    encoded = [tok(text) for text in ("def main(argv):\n    return 0\n", "x = 1", "import os")]
+    collate = DataCollatorForLanguageModeling(tok, mlm=False)
+    rows = [torch.tensor([e["input_ids"]]) for e in encoded]
+    hf.train()
+    try:
+        alone = [hf(ids, labels=ids).loss * (ids.shape[1] - 1) for ids in rows]
+        tok.padding_side = "right"
+        batch = collate(encoded)
+        assert not batch["attention_mask"].all()
+        expected = sum(alone) / sum(ids.shape[1] - 1 for ids in rows)
+        assert hf(**batch).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        tok.padding_side = "left"
+        with pytest.raises(ValueError, match=r"^an attention_mask with padding before a real token is inference-only "
+                                             r"\(model.eval\(\)\): in training pad on the right"):
+            hf(**collate(encoded))
+    finally:
+        hf.eval()

@@ -126,8 +126,12 @@ def test_a_mask_it_cannot_use_is_one_error_naming_it() -> None:
         model(ids, cache=cache, attention_mask=mask)
         with pytest.raises(ValueError, match="marks every new token as padding"):
             model(ids[:, :1], cache=cache, attention_mask=torch.cat((mask, torch.zeros(2, 1, dtype=mask.dtype)), 1))
-    with pytest.raises(ValueError, match=r"^an attention_mask with padding is inference-only \(model.eval\(\)\)"):
+    with pytest.raises(ValueError, match=r"^an attention_mask with padding before a real token is inference-only"):
         model.train()(ids, labels=ids, attention_mask=mask)
+    right = mask.flip(1)  # right padding trains; with loop_capacity the padding would enter its ranking
+    capped = MythosLM(small_config(loop_capacity=(1.0,) + (0.5,) * 5)).train()
+    with pytest.raises(ValueError, match=r"pad on the right .* or train without loop_capacity"):
+        capped(ids, labels=ids, n_loops=3, attention_mask=right)
 
 
 @pytest.mark.parametrize("exit_threshold", [0.0, 0.05])

@@ -77,7 +77,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     """``forward(input_ids [B, S], attention_mask=None, labels=None, cache=None, use_cache=None, n_loops=None,
     exit_threshold=None)`` -> ``CausalLMOutputWithPast(loss, logits [B, S, V], cache)`` (with ``return_dict=False``,
     or ``config.return_dict`` False, its tuple of the fields not None, as transformers' models); ``attention_mask``
-    [B, cached + S] (1 = real, 0 = padding; padding at inference only); ``labels`` as in transformers (the inputs;
+    [B, cached + S] (1 = real, 0 = padding; in training right padding only); ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored) give ``loss`` = our trainer's language-model loss, sum_i CE_i / max(n_scored, 1)
     (0 where no label is scored; the MoE balance terms are not in it), or with ``num_items_in_batch`` (transformers'
     ``Trainer`` passes the scored labels of its whole accumulated step) sum_i CE_i / num_items_in_batch.

@@ -15,7 +15,7 @@ from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm, SwiGLU
 from megamythos.model.params import forward_flops_per_token
 from megamythos.model.recurrent import RecurrentBlock, RecurrentCore, sample_loop_count
-from megamythos.model.row_layout import IGNORE_INDEX, PackedDocuments, RowLayout
+from megamythos.model.row_layout import IGNORE_INDEX, PackedDocuments, RowLayout, pads_only_row_ends
 
 __all__ = ["IGNORE_INDEX", "DenseBlock", "MythosLM", "MythosOutput", "ModelKVCache", "compile_blocks",
            "sample_loop_count", "weight_decay_param_groups"]
@@ -191,9 +191,10 @@ class MythosLM(nn.Module):
         continue the cached sequence; ``absorb`` selects MLA's absorbed decode path. ``exit_threshold`` > 0
         (inference only) lets each token stop iterating once its state's relative change falls below it; 0 runs
         every loop; None is the config's ``exit_threshold`` in eval mode and 0 in training mode.
-        ``attention_mask`` [B, L] (inference only; L = cached + new tokens, 1 = real, 0 = padding) computes each
-        row's real tokens as that row alone (:mod:`~megamythos.model.row_layout`); padding never iterates (depth 0)
-        and its logits are unspecified. None, or all ones, is the unpadded forward.
+        ``attention_mask`` [B, L] (L = cached + new tokens, 1 = real, 0 = padding) computes each row's real tokens
+        as that row alone (:mod:`~megamythos.model.row_layout`); padding never iterates (depth 0) and its logits
+        are unspecified. None, or all ones, is the unpadded forward; so is a mask of right padding in training
+        (:meth:`layout_of`), where padding elsewhere is refused.
         ``documents`` (no cache, no attention_mask): samples packing documents ended by its eod id, with
         Megatron's per-row positions, block-causal attention and eod loss mask as it asks
         (:class:`~megamythos.model.row_layout.PackedDocuments`); None is the plain causal forward.
@@ -237,8 +238,11 @@ class MythosLM(nn.Module):
 
     def layout_of(self, attention_mask: torch.Tensor, input_ids: torch.Tensor, cached: int) -> RowLayout | None:
         """The :class:`RowLayout` of ``attention_mask`` [B, cached + S] for input_ids [B, S]; None when every token is
-        real (the unpadded forward). Checks the shape, and that padding comes at inference only and leaves a new
-        token real (two host syncs)."""
+        real (the unpadded forward), or in training when padding only ends rows (right padding: causal attention
+        keeps every real token from the padding after it, so the unpadded forward computes each row's real tokens
+        as that row alone; the padding's labels are the caller's to set to -100). Checks the shape, that padding
+        before a real token comes at inference only (and, in training, without ``loop_capacity``, whose ranking
+        padding would enter) and leaves a new token real (up to three host syncs)."""
         batch, seq = input_ids.shape
         if attention_mask.shape != (batch, cached + seq):
             raise ValueError(f"attention_mask of shape {list(attention_mask.shape)} must be [batch, cached + new "
@@ -246,8 +250,12 @@ class MythosLM(nn.Module):
         if bool(attention_mask.bool().all()):
             return None
         if self.training:
-            raise ValueError("an attention_mask with padding is inference-only (model.eval()): in training pad on "
-                             "the right and give the padding the label -100")
+            if cached == 0 and not self.config.loop_capacity and pads_only_row_ends(attention_mask):
+                return None
+            raise ValueError("an attention_mask with padding before a real token is inference-only (model.eval()): "
+                             "in training pad on the right (a tokenizer's padding_side='right') and give the padding "
+                             "the label -100" + (", or train without loop_capacity, whose ranking padding would enter"
+                                                 if self.config.loop_capacity else ""))
         if not bool(attention_mask[:, cached:].bool().any()):
             raise ValueError("attention_mask marks every new token as padding: give at least one real token")
         return RowLayout.of(attention_mask, seq)

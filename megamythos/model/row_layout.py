@@ -110,6 +110,13 @@ class PackedDocuments:
         return labels.masked_fill(input_ids == self.eod, IGNORE_INDEX) if self.eod_mask_loss else labels
 
 
+def pads_only_row_ends(attention_mask: torch.Tensor) -> bool:
+    """Whether ``attention_mask`` [B, L] (nonzero = real) has no real token after a padding one in any row (right
+    padding, or none); one host sync."""
+    real = attention_mask.bool()
+    return not bool((real[:, 1:] & ~real[:, :-1]).any())
+
+
 def scores_a_token(input_ids: torch.Tensor, labels: torch.Tensor, documents: PackedDocuments | None) -> bool:
     """Whether the loss of input_ids [B, S] and labels [B, S] scores any token (not every label IGNORE_INDEX once
     ``documents``' eod mask applies): a micro-batch that scores none has loss 0 and no place in a mean loss."""
