@@ -808,3 +808,27 @@ def test_a_right_padded_training_batch_trains_each_row_as_alone_and_left_padding
             hf(**collate(encoded))
     finally:
         hf.eval()
+
+
+def test_a_model_field_set_on_model_config_after_loading_is_refused_before_training_or_saving(small_hf, tmp_path):
+    """``model.config.backprop_loops = 2`` (any field the model takes when it is built) after ``from_pretrained``
+    changed nothing in memory, yet ``save_pretrained`` wrote it, so the copy loaded as another model than the one
+    trained (found 2026-12-07). ``model.train()`` and ``save_pretrained`` refuse naming the field and the way to
+    set it; the settings read per call (``exit_threshold``, ``max_position_embeddings``) stay free to change."""
+    _, hf = small_hf
+    hf.config.backprop_loops = 2
+    try:
+        for call in (hf.train, lambda: hf.save_pretrained(tmp_path / "copy")):
+            with pytest.raises(ValueError, match=r"^model.config.backprop_loops=2 differs from the 0 the model was "
+                                                 r"built with.*from_pretrained\(DIR, trust_remote_code=True, "
+                                                 r"backprop_loops=2\)"):
+                call()
+        assert not hf.training and not (tmp_path / "copy").exists()
+    finally:
+        hf.config.backprop_loops = 0
+    threshold, hf.config.exit_threshold = hf.config.exit_threshold, 0.3
+    try:
+        hf.train().eval().save_pretrained(tmp_path / "copy")
+    finally:
+        hf.config.exit_threshold = threshold
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["exit_threshold"] == 0.3

@@ -41,6 +41,7 @@ from megamythos.model.row_layout import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
+READ_PER_CALL = ("exit_threshold", "max_seq_len")  # ModelConfig fields forward reads from the HF config
 CACHE_SLOT = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
@@ -95,6 +96,29 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MythosLM(config.model_config())
         self.post_init()
+
+    def check_config_applies(self) -> None:
+        """Raise ``ValueError`` naming the first model field of ``config`` that differs from the one the model was
+        built with: the model reads ``n_loops``, ``exit_threshold`` and ``max_position_embeddings`` (``max_seq_len``)
+        on every call, its other fields once, so one set on ``model.config`` after loading would change nothing in
+        memory while :meth:`save_pretrained` wrote it."""
+        built = self.model.config.to_dict()
+        for name, value in self.config.model_config().to_dict().items():
+            if name not in READ_PER_CALL and value != built[name]:
+                raise ValueError(f"model.config.{name}={value!r} differs from the {built[name]!r} the model was built "
+                                 f"with, which it keeps: set it when loading, from_pretrained(DIR, "
+                                 f"trust_remote_code=True, {name}={value!r}), or set model.config.{name} back")
+
+    def train(self, mode: bool = True) -> MythosForCausalLM:
+        """``nn.Module.train``, after :meth:`check_config_applies` when ``mode`` (the model about to train)."""
+        if mode:
+            self.check_config_applies()
+        return super().train(mode)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """transformers' save, after :meth:`check_config_applies` (nothing is written where it raises)."""
+        self.check_config_applies()
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         """MythosLM initialises its own parameters; only the MoE's non-persistent load counter needs a value
