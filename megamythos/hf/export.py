@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError
-from megamythos.inference.generate import SamplingConfig
 from megamythos.model.lm import MythosLM
+from megamythos.model.sampling import SamplingConfig
 
 if TYPE_CHECKING:
     from sentencepiece.sentencepiece_model_pb2 import ModelProto
