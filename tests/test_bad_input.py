@@ -946,6 +946,8 @@ def test_a_ds_config_whose_batch_sizes_disagree_is_refused(tmp_path: Path) -> No
     (["--zero", "0", "--tp", "2", "--ds-config", "{ds}"], "--zero 0 with --tp 2 in bf16: DeepSpeed's ZeRO-0 bf16"),
     # found 2026-12-07: and ZeRO-0 with expert parallelism in bf16
     (["--zero", "0", "--ep", "8", "--ds-config", "{ds}"], "--zero 0 with --ep 8 in bf16: DeepSpeed's ZeRO-0 bf16"),
+    # found 2026-12-07: pdsh hands the command's arguments to each node's shell, which ended at the open quote
+    (["--ds-config", "{ds}", "--", "--save", "runs/it's"], "\"runs/it's\" would not reach the other nodes as it is"),
 ])
 def test_a_planned_command_that_would_train_something_else_is_refused(argv: list[str], message: str, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:

@@ -783,13 +783,9 @@ def test_heartbeat_refuses_what_it_cannot_use_in_one_error_line(argv: list[str],
     assert out.stderr.startswith(f"python3 launchers/heartbeat.py: error: {message}"), out.stderr
 
 
-@pytest.mark.parametrize("mode", ["srun", "pdsh"])
-def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode, tmp_path):
-    """Found 2026-12-06 (read, no cluster here): MODE=srun inherited the batch step's one task of 64 CPUs per node,
-    so srun started one rank per node (or asked for 8 x 64 CPUs); in pdsh mode RUN_DIR and the NCCL settings never
-    reached the other nodes; found 2026-12-07 (read: DeepSpeed 0.19.8's runner reads only the file DS_ENV_FILE
-    names) the user's ~/.deepspeed_env, where NCCL/InfiniBand settings live, was hidden by ours. The script runs
-    here with stand-ins for scontrol, srun and deepspeed that print what they were given."""
+def run_slurm_script(tmp_path: Path, mode: str, args: list[str]) -> subprocess.CompletedProcess:
+    """launchers/slurm.sbatch ``args`` in MODE ``mode``, submitted from ``tmp_path``, for a job of two nodes of 8 GPUs,
+    with stand-ins for scontrol, srun and deepspeed that print what they were given (and the environment file)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text("#!/bin/sh\nprintf 'n1\\nn2\\n'\n")
@@ -805,8 +801,18 @@ def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode,
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / ".deepspeed_env").write_text("NCCL_IB_HCA=mlx5\nNCCL_DEBUG=INFO\n")
     env["HOME"] = str(tmp_path / "home")
-    out = subprocess.run(["bash", str(REPO / "launchers" / "slurm.sbatch"), "--preset", "10b"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(REPO / "launchers" / "slurm.sbatch"), *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["srun", "pdsh"])
+def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode, tmp_path):
+    """Found 2026-12-06 (read, no cluster here): MODE=srun inherited the batch step's one task of 64 CPUs per node,
+    so srun started one rank per node (or asked for 8 x 64 CPUs); in pdsh mode RUN_DIR and the NCCL settings never
+    reached the other nodes; found 2026-12-07 (read: DeepSpeed 0.19.8's runner reads only the file DS_ENV_FILE
+    names) the user's ~/.deepspeed_env, where NCCL/InfiniBand settings live, was hidden by ours. The script runs
+    here with stand-ins for scontrol, srun and deepspeed that print what they were given."""
+    out = run_slurm_script(tmp_path, mode, ["--preset", "10b"])
     assert out.returncode == 0, out.stderr
     if mode == "srun":
         assert out.stdout.startswith("srun --nodes=2 --ntasks=16 --ntasks-per-node=8 --cpus-per-task=8 "), out.stdout
@@ -816,6 +822,19 @@ def test_the_slurm_script_starts_one_rank_per_gpu_and_exports_its_settings(mode,
         assert "RUN_DIR=/shared/runs/x" in out.stdout and "NCCL_SOCKET_IFNAME=^lo,docker" in out.stdout
         assert "NCCL_IB_HCA=mlx5\nNCCL_DEBUG=INFO\n" in out.stdout  # the user's file, over our default WARN
         assert (tmp_path / "logs" / "hostfile-7").read_text() == "n1 slots=8\nn2 slots=8\n"
+
+
+@pytest.mark.parametrize("mode", ["srun", "pdsh"])
+def test_the_slurm_scripts_pdsh_mode_refuses_an_argument_the_nodes_shell_would_change(mode, tmp_path):
+    """Found 2026-12-07 (test_an_argument_pdsh_would_change_is_refused_and_every_other_reaches_the_nodes): in pdsh
+    mode ``--save "runs/it's"`` reached deepspeed, whose pdsh command ended on every node with an open quote. It is
+    one line before deepspeed starts; srun hands the arguments to the ranks as they are, and takes it."""
+    out = run_slurm_script(tmp_path, mode, ["--save", "runs/it's", "--data-path", "/data/my corpus"])
+    if mode == "srun":
+        assert out.returncode == 0 and "--save runs/it's --data-path /data/my corpus" in out.stdout, out.stderr
+        return
+    assert out.returncode == 2 and "deepspeed" not in out.stdout, out.stdout
+    assert one_error_line(out.stderr).startswith("error: \"runs/it's\" would not reach the other nodes as it is")
 
 
 def test_every_node_gets_the_users_deepspeed_env_then_this_shells_settings_then_defaults(tmp_path, caplog):
@@ -994,3 +1013,89 @@ def test_a_forwarded_value_with_a_line_break_is_refused_naming_its_variable(tmp_
         "would end its line of the environment file every node reads (the rest read as a line, or a variable, of its "
         "own); give the value on one line\n")
     assert not out.exists()
+
+
+def through_pdsh(args: list[str], cwd: Path) -> list[str] | None:
+    """The arguments a rank on another node gets for ``args``: DeepSpeed 0.19.8's pdsh command line (its own
+    ``PDSHRunner``, launched from ``cwd``), whose remote part is read by bash as pdsh's ssh has each node read it,
+    with the rank's Python replaced by ``printf``; None where the node's command fails."""
+    from deepspeed.launcher.multinode_runner import PDSHRunner
+
+    options = SimpleNamespace(user_args=args, user_script="launchers/pretrain.sh", launcher_args="", ssh_port=None,
+                              master_addr="n1", master_port=29500, venv_script=None, no_python=False, module=False,
+                              no_local_rank=False, save_pid=False, enable_each_rank_log=None)
+    with contextlib.chdir(cwd):
+        cmd, _, _ = PDSHRunner(options, "WORLD").get_cmd({}, {"n1": [8], "n2": [8]})
+    remote = cmd[cmd.index("-w") + 2:]
+    remote[remote.index(sys.executable)] = "printf '%s\\0'"
+    out = subprocess.run(["bash", "-c", " ".join(remote).replace("%n", "1")], capture_output=True, timeout=30,
+                         cwd=cwd)
+    words = out.stdout.decode().split("\0")[:-1]
+    return words[words.index("launchers/pretrain.sh") + 1:] if out.returncode == 0 and out.stderr == b"" else None
+
+
+def test_an_argument_pdsh_would_change_is_refused_and_every_other_reaches_the_nodes(tmp_path):
+    """Found 2026-12-07 (DeepSpeed 0.19.8's runner, read and run here with bash in pdsh's place): a job started
+    over ssh (``--hostfile`` without ``--node_rank``; slurm.sbatch's pdsh mode; pretrain_1t.sh) hands its arguments
+    to each node's shell, quoting only those with a space: ``--save it's`` ended every node's command (an open
+    quote), ``--save '$HOME/x'`` and ``'~/x'`` saved under the node's home, ``'*.json'`` became the files it
+    matched, ``a;b`` ran ``b``, an empty value vanished. Every argument our check passes arrives as it is (printable
+    ASCII in every position, tab, line break, a non-ASCII letter, beside a space or not), and those that broke are
+    refused, as is a working directory the runner's bare ``cd`` would change."""
+    from megamythos.runtime.remote_words import RemoteWordError, check_remote_words, remote_change
+
+    for decoy in ("xzy", "x", "y", "za b"):  # what a glob would match
+        (tmp_path / decoy).write_text("")
+    chars = [chr(c) for c in range(32, 127)] + ["\t", "\n", "é"]
+    candidates = [form.format(c) for c in chars for form in ("x{}y", "{}x", "x{}", "a b{}c", "{}a b", "{}")]
+    passed = [arg for arg in candidates if remote_change(arg) is None]
+    plain = ["/data/my corpus/", "/home/josé/runs/", "runs/exp=1,lr=3e-4/", "--save=-x", "./-x", "my dir's/x",
+             'a "b" c', "0.5", "--save=/tmp/a b"]
+    assert all(remote_change(arg) is None for arg in plain)
+    assert through_pdsh(passed + plain, tmp_path) == passed + plain
+    broke = ["it's/", "$HOME/x", "my $HOME/x", "~/x", "*y", "a;b", "a&b", "a|b", "(x)", "a\\b", "#a", "a\tb",
+             "x\ny", "a`b c", "a{b,c}", "", "run%n", "x=~/y"]
+    for arg in broke:
+        assert remote_change(arg) is not None, arg
+        assert through_pdsh(["--save", arg], tmp_path) != ["--save", arg], arg
+    with pytest.raises(RemoteWordError, match=r"^\"it's/\" would not reach the other nodes as it is: the node's "
+                                              r"shell reads \"'\" unquoted \(DeepSpeed's pdsh .*\); rename the path"):
+        check_remote_words(["--save", "it's/"], str(tmp_path))
+    odd = tmp_path / "my runs"
+    odd.mkdir()
+    assert through_pdsh(["x"], odd) is None  # `cd .../my runs` fails: the rank would run in the home directory
+    with pytest.raises(RemoteWordError, match="^the working directory .*my runs' would not reach the other nodes"):
+        check_remote_words(["--save", "/data/my corpus"], str(odd))
+
+
+def test_a_launch_over_ssh_checks_its_arguments_and_one_without_ssh_does_not(tmp_path):
+    """Which launches of ``bash launchers/pretrain.sh`` go through pdsh (:func:`over_ssh`): a hostfile of several
+    hosts as --include/--exclude/--num_nodes leave it, without --node_rank."""
+    from megamythos.training.launch import over_ssh
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("n1 slots=8\nn2 slots=8\n")
+    many = {"hostfile": str(hostfile)}
+    assert over_ssh(many) and over_ssh({**many, "exclude": "n1:0"})
+    for alone in ({}, {**many, "node_rank": "0"}, {**many, "num_nodes": "1"}, {**many, "include": "n2:0,1"},
+                  {**many, "exclude": "n1"}):
+        assert not over_ssh(alone), alone
+
+
+def test_bash_launcher_over_ssh_refuses_an_argument_pdsh_would_change_before_deepspeed_starts(tmp_path, monkeypatch):
+    """Found 2026-12-07 (test_an_argument_pdsh_would_change_is_refused_and_every_other_reaches_the_nodes): on a GPU
+    node, ``bash launchers/pretrain.sh --hostfile F --save "runs/it's"`` ran deepspeed, whose pdsh command then
+    ended on every node. :func:`launch` refuses it first (the GPU is this test's assumption: a CPU node refuses
+    --hostfile without --node_rank before that); with --node_rank nothing goes through a shell, and it is no
+    refusal of this check."""
+    from megamythos.runtime.remote_words import RemoteWordError
+    from megamythos.training import launch as launcher
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("n1 slots=8\nn2 slots=8\n")
+    monkeypatch.setattr(launcher, "has_gpu", lambda: True)
+    for key, value in launch_env().items():
+        monkeypatch.setenv(key, value)  # what launch() sets for the ranks, so that it changes nothing here
+    monkeypatch.setenv("PATH", launch_env()["PATH"])
+    with pytest.raises(RemoteWordError, match="^\"runs/it's\" would not reach the other nodes as it is"):
+        launcher.launch(["--hostfile", str(hostfile), "--save", "runs/it's"])

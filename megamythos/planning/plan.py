@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shlex
 import sys
@@ -42,6 +43,7 @@ from megamythos.planning.layout import (
 )
 from megamythos.planning.memory import GIB, check_startup_memory, memory_plan, startup_memory
 from megamythos.planning.step_model import PEAK_TFLOPS, Cluster, StepSettings, format_plan, step_plan
+from megamythos.runtime.remote_words import check_remote_words
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +244,8 @@ def launch_command(args: argparse.Namespace, layout: ParallelLayout, seq_len: in
                                    if args.loop_checkpoint_segment is not None else []),
            "--override", "checkpoint_dense_blocks=true",
            "--bf16", *[a for a in args.train_args if a != "--"]]
+    if nodes > 1:  # pdsh hands every word after the module to each node's shell
+        check_remote_words(cmd[cmd.index(TRAINER) + 1:], os.getcwd())
     return shlex.join(cmd)
 
 

@@ -56,6 +56,7 @@ from pathlib import Path
 from megamythos.errors import UserError, path_too_long
 from megamythos.planning.plan import hostfile_slots
 from megamythos.runtime.locations import CHECKOUT, DEFAULT_DS_CONFIG, DS_CONFIGS, WORKSPACE
+from megamythos.runtime.remote_words import check_remote_words
 from megamythos.training.process_exit import EXIT_RECORDS_ENV, end_process
 from megamythos.training.rendezvous import env_master_port, free_port
 
@@ -273,6 +274,20 @@ def multi_node(launcher: Mapping[str, str | None]) -> bool:
     return bool({"hostfile", "node_rank", "master_addr"} & launcher.keys()) or int(launcher.get("num_nodes") or 1) > 1
 
 
+def over_ssh(launcher: Mapping[str, str | None]) -> bool:
+    """Whether the ``deepspeed`` command of :func:`deepspeed_command` starts the other nodes through pdsh/ssh: a
+    hostfile of more than one host, as ``--num_nodes``, ``--include`` and ``--exclude`` narrow it, and no
+    ``--node_rank`` (which starts this node alone)."""
+    if launcher.get("hostfile") is None or "node_rank" in launcher:
+        return False
+    hosts = list(hostfile_slots(launcher["hostfile"]) or {})
+    if launcher.get("include"):
+        hosts = [host for host in hosts if host in {spec.split(":")[0] for spec in launcher["include"].split("@")}]
+    if launcher.get("exclude"):
+        hosts = [host for host in hosts if host not in set(launcher["exclude"].split("@"))]  # whole hosts only
+    return min(len(hosts), int(launcher.get("num_nodes") or len(hosts))) > 1
+
+
 def deepspeed_command(launcher: Mapping[str, str | None], trainer: Sequence[str], gpu: bool,
                       env: Mapping[str, str]) -> list[str]:
     """The ``deepspeed`` command of ``bash launchers/pretrain.sh``: ``--node_rank`` starts this node only (no
@@ -402,7 +417,10 @@ def launch(argv: Sequence[str]) -> int:
         check_visible_devices(launcher, os.environ)
     processes = int(launcher.get("num_gpus") or 1)
     os.environ.update(rank_environment(os.environ, gpu, ranks_on_this_node(launcher, gpu)))
-    trainer = [*trainer_defaults(trainer, gpu, os.environ), *trainer]
+    defaults = trainer_defaults(trainer, gpu, os.environ)
+    if over_ssh(launcher):  # each flag goes through every node's shell (runtime/remote_words.py), the user's first
+        check_remote_words([*trainer, *defaults], os.getcwd())
+    trainer = [*defaults, *trainer]
     one_node = not multi_node(launcher) and not {"include", "exclude"} & launcher.keys()
     preflight(trainer, processes if one_node and not gpu else None)
     cmd = deepspeed_command(launcher, trainer, gpu, os.environ)
