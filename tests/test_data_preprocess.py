@@ -349,6 +349,21 @@ def test_input_given_twice_reads_both(tmp_path, tiny_tokenizer: Tokenizer, capsy
     assert f"--input '{tmp_path / 'missing.jsonl'}' matches no file" in capsys.readouterr().err
 
 
+def test_an_input_whose_name_holds_a_globs_characters_is_that_file(tmp_path) -> None:
+    """Found 2026-12-07: every --input holding ``[``, ``*`` or ``?`` was read as a glob, so an existing
+    ``run[1].jsonl`` was refused as matching no file (its pattern names ``run1.jsonl``), and beside a
+    ``run1.jsonl`` that other file was read in its place without a word. A path that exists is itself; a pattern
+    that names no file is still a glob."""
+    from megamythos.data.sources import expand_inputs
+
+    for name in ("run[1].jsonl", "run1.jsonl", "a*b.jsonl", "axb.jsonl"):
+        (tmp_path / name).write_text("")
+    assert expand_inputs([str(tmp_path / "run[1].jsonl"), str(tmp_path / "a*b.jsonl")]) == [
+        str(tmp_path / "run[1].jsonl"), str(tmp_path / "a*b.jsonl")]
+    assert expand_inputs([str(tmp_path / "run[0-9].jsonl")]) == [str(tmp_path / "run1.jsonl")]
+    assert expand_inputs([str(tmp_path / "a?b.jsonl")]) == [str(tmp_path / "a*b.jsonl"), str(tmp_path / "axb.jsonl")]
+
+
 def test_command_line_tools(tmp_path, tiny_tokenizer: Tokenizer, capsys) -> None:
     for name, docs in (("a", DOCS[:10]), ("b", DOCS[10:15])):
         write_jsonl(tmp_path / f"{name}.jsonl", docs)

@@ -148,11 +148,13 @@ def _not_text(invalid: int, controls: int, size: int) -> str | None:
 
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Files and directories matching each path or glob, in argument order and sorted within a glob; a file that
-    two patterns (or a link and its target) both name is read once, with a warning naming it."""
+    two patterns (or a link and its target) both name is read once, with a warning naming it. A path that exists is
+    itself, though it holds a glob's characters (``run[1].jsonl``, ``a*b.jsonl``)."""
     paths: list[str] = []
     seen: dict[str, str] = {}
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        literal = os.path.exists(pattern) or not glob.has_magic(pattern)
+        matches = [pattern] if literal else sorted(glob.glob(pattern, recursive=True))
         matches = [m for m in matches if os.path.exists(m)]
         if not matches:
             raise InputError(f"--input {pattern!r} matches no file or directory")
