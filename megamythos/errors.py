@@ -82,18 +82,32 @@ def number(kind: type[int] | type[float], low: float, high: float | None = None,
     return parse
 
 
-def given_text(what: str, optional: bool = True) -> Callable[[str], str]:
+def unexpanded_home(path: str) -> str | None:
+    """Why ``path`` is refused where it starts with ``~`` (``~/x``, ``~user/x``): no shell expanded it, since a shell
+    expands ``~`` only at the start of a word (``--save=~/x``, or ``RUN_DIR="~/x"`` in quotes, keeps it), and it
+    would name a folder called ``~`` in the working directory; None for any other path."""
+    if not path.startswith("~"):
+        return None
+    return (f"{path!r} starts with ~, which no shell expanded (it does only at the start of a word, not after "
+            "--flag= or inside quotes): give the flag and the path as two words (--flag ~/x), or $HOME/x; ./~ names "
+            "a folder called ~")
+
+
+def given_text(what: str, optional: bool = True, path: bool = False) -> Callable[[str], str]:
     """An argparse ``type`` for a flag whose value names ``what`` (a path, a JSON key, a dataset): ``''`` (which code
     reads as the flag left out, or a path as the working directory) is argparse's one error line naming the flag::
 
         error: argument --json-key: is empty; give a JSON key, or leave the flag out
 
-    ``optional`` False: a positional argument, which cannot be left out (``... is empty; give a path``)."""
+    ``optional`` False: a positional argument, which cannot be left out (``... is empty; give a path``). ``path``:
+    a path that starts with an unexpanded ``~`` is refused too (:func:`unexpanded_home`)."""
     leave_out = ", or leave the flag out" if optional else ""
 
     def parse(text: str) -> str:
         if not text:
             raise argparse.ArgumentTypeError(f"is empty; give {what}{leave_out}")
+        if path and (why := unexpanded_home(text)) is not None:
+            raise argparse.ArgumentTypeError(why)
         return text
 
     parse.__name__ = "text"
@@ -120,8 +134,9 @@ def utf8_text(text: str) -> str:
 utf8_text.__name__ = "text"
 
 
-path_text = given_text("a path")  # the type of a path flag: error: argument --out: is empty; give a path, ...
-path_argument = given_text("a path", optional=False)  # of a positional path: error: argument out: is empty; ...
+# the type of a path flag (error: argument --out: is empty; give a path, ...), and of a positional path
+path_text = given_text("a path", path=True)
+path_argument = given_text("a path", optional=False, path=True)
 
 
 def checked_by(check: Callable[[str], Any], path: bool = False) -> Callable[[str], str]:

@@ -682,6 +682,9 @@ NUMBER_CASES = [
     # found 2026-12-07: export read an empty checkpoint path as the working directory
     ("megamythos.checkpoint.export:main", ["", "out"], "error: argument checkpoint: is empty; give a path"),
     ("megamythos.checkpoint.export:main", ["ckpt", ""], "error: argument out: is empty; give a path"),
+    # found 2026-12-07: a path flag's ~ that no shell expanded (--load=~/x) named a folder called ~
+    ("megamythos.inference.evaluate:main", ["--load=~/runs/x"], "error: argument --load: '~/runs/x' starts with ~"),
+    ("megamythos.training.pretrain:main", ["--data-path=~user/d"], "error: argument --data-path: '~user/d' starts"),
     ("megamythos.research.study:main", ["depth", "--wikitext-dir", "", "--runs", "none"],
      "error: argument --wikitext-dir: is empty"),
     ("megamythos.data.cli:inspect_main", ["prefix", "--tokenizer-model", ""], "error: argument --tokenizer-model: is"),
@@ -822,6 +825,11 @@ def test_loop_flags_out_of_range_name_the_flag(argv: list[str], message: str, ca
     (["--divergence-factor", "inf"], "--divergence-factor must be 0 \\(off\\) or a finite number above 1, got inf"),
     (["--spike-factor", "inf"], "--spike-factor must be 0 \\(off\\) or a finite number above 1, got inf"),
     (["--save", ""], "--save is empty: give a path, or leave the flag out"),
+    # found 2026-12-07: no shell expands ~ after `=`, so --save=~/runs/x saved into a folder named ~ of the working
+    # directory (and the logs beside it)
+    (["--save=~/runs/x"], "^--save '~/runs/x' starts with ~, which no shell expanded .*: give the flag and the path as "
+                          r"two words \(--flag ~/x\), or \$HOME/x; ./~ names a folder called ~$"),
+    (["--data-cache-dir=~"], "^--data-cache-dir '~' starts with ~"),
     # Megatron reads --eval-iters 0 as "no validation"; here that is --eval-interval 0, which the line now says
     (["--eval-iters", "0"], r"--eval-iters must be >= 1 \(--eval-interval 0 runs no validation\)"),
     (["--ds-config", str(REPO / "ds_configs")], "ds_configs is a directory; give a DeepSpeed JSON file"),

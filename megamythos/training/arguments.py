@@ -25,7 +25,14 @@ from typing import Any
 
 from megamythos.data.gpt_dataset import DataConfigError, parse_data_path, parse_split
 from megamythos.data.pretraining import DEFAULT_SEED, DEFAULT_SPLIT, SPLIT_PATH_FIELDS, DataRecipe, DataSources
-from megamythos.errors import ArgumentParser, UserError, number, path_text, read_json_object
+from megamythos.errors import (
+    ArgumentParser,
+    UserError,
+    number,
+    path_text,
+    read_json_object,
+    unexpanded_home,
+)
 from megamythos.model.config import DEFAULT_PRESET, ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.runtime.locations import DEFAULT_DS_CONFIG, DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
@@ -182,6 +189,8 @@ class TrainArgs:
                      "default_data_dir"):  # '' would mean the working directory to some and "off" to others
             _check(getattr(self, name) != "", f"--{name.replace('_', '-')} is empty: give a path, or leave the flag "
                                               "out")
+            why = None if getattr(self, name) is None else unexpanded_home(getattr(self, name))
+            _check(why is None, f"--{name.replace('_', '-')} {why}")
         for name in ("divergence_factor", "spike_factor"):  # 1 x ln(vocab) / x the median: any loss at all
             value = getattr(self, name)  # inf would be off as silently as 0 is off on purpose
             _check(value == 0 or 1 < value < math.inf,
