@@ -1558,6 +1558,19 @@ def test_a_missing_dataset_is_named_with_the_flag_that_gave_it(tmp_path: Path, m
     assert sources.prefixes() == [str(tmp_path / "d"), "missing"]  # the list alone reads no file
 
 
+def test_a_blend_weight_that_names_a_dataset_too_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found 2026-12-07: ``--data-path 0.5 A`` beside a dataset named ``0.5`` (two datasets meant) read as A weighted
+    0.5, and trained on A alone without a word. Such a weight is one line; ``./0.5`` is the dataset."""
+    monkeypatch.chdir(tmp_path)
+    make_dataset(tmp_path / "0.5", 3)
+    make_dataset(tmp_path / "A", 3)
+    with pytest.raises(DataError, match=r"^--data-path: 0.5 is read as the weight of A, but it names a dataset too; "
+                                        r"write ./0.5 where you mean the dataset"):
+        DataSources(["0.5", "A"]).check_found()
+    for blend in (["./0.5", "A"], ["0.5", "./0.5", "0.5", "A"], ["0.5"]):
+        DataSources(blend).check_found()
+
+
 def simulate_ranks(monkeypatch: pytest.MonkeyPatch, ranks: dict[str, tuple]) -> None:
     """Stand-ins for the collectives of ``pretrain.first_odd_rank`` over simulated ranks: ``{host: (compared,
     shown)}`` (``pretrain.command_seen`` or ``data_seen`` of each), in rank order, read at each call."""

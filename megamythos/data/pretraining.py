@@ -126,16 +126,30 @@ class DataSources:
 
     def check_found(self) -> None:
         """Raise :class:`DataError` for the first dataset with a file missing, naming the flag that gave it
-        (``--data-path: dataset 'x' not found: ...``): the line :func:`resolve_data` gives names the prefix alone."""
+        (``--data-path: dataset 'x' not found: ...``): the line :func:`resolve_data` gives names the prefix alone;
+        and for a weight of a blend that names a dataset the blend leaves out (``--data-path 0.5 A`` beside a dataset
+        ``0.5``: Megatron's rule reads it as A weighted 0.5, the dataset ``0.5`` left out)."""
         for flag, prefix in self._flagged():
             if missing := dataset_not_found(prefix):
                 raise DataError(f"{flag}: {missing}")
+        for flag, blend in self._named():
+            prefixes, weights = parse_data_path(blend) if blend else ([], None)
+            blended = {os.path.realpath(prefix) for prefix in prefixes}
+            if dataset := next((weight for weight in blend[0::2] if weights and dataset_not_found(weight) is None
+                                and os.path.realpath(weight) not in blended), None):
+                raise DataError(f"{flag}: {dataset} is read as the weight of {blend[blend.index(dataset) + 1]}, but "
+                                f"it names a dataset too; write ./{dataset} where you mean the dataset (its weight "
+                                "before it, or no weights at all), or rename it")
+
+    def _named(self) -> list[tuple[str, list[str]]]:
+        """(flag, blend) of ``--data-path`` or of each per-split path."""
+        if self.per_split is None:
+            return [("--data-path", list(self.data_path))]
+        return [(f"--{name.replace('_', '-')}", list(blend)) for name, blend in zip(SPLIT_PATH_FIELDS, self.per_split)]
 
     def _flagged(self) -> Iterator[tuple[str, str]]:
         """(flag, prefix) of every dataset named, in order."""
-        named = ([("--data-path", self.data_path)] if self.per_split is None else
-                 [(f"--{name.replace('_', '-')}", blend) for name, blend in zip(SPLIT_PATH_FIELDS, self.per_split)])
-        for flag, blend in named:
+        for flag, blend in self._named():
             try:
                 prefixes = parse_data_path(blend)[0] if blend else []
             except DataConfigError as err:
