@@ -93,6 +93,17 @@ def unexpanded_home(path: str) -> str | None:
             "a folder called ~")
 
 
+def expanded_path(text: str) -> str:
+    """An argparse ``type`` for a path flag: a path that starts with a ``~`` no shell expanded is argparse's one error
+    line naming the flag (:func:`unexpanded_home`); anything else is kept, for the flag's own checks."""
+    if (why := unexpanded_home(text)) is not None:
+        raise argparse.ArgumentTypeError(why)
+    return text
+
+
+expanded_path.__name__ = "path"
+
+
 def given_text(what: str, optional: bool = True, path: bool = False) -> Callable[[str], str]:
     """An argparse ``type`` for a flag whose value names ``what`` (a path, a JSON key, a dataset): ``''`` (which code
     reads as the flag left out, or a path as the working directory) is argparse's one error line naming the flag::
@@ -106,9 +117,7 @@ def given_text(what: str, optional: bool = True, path: bool = False) -> Callable
     def parse(text: str) -> str:
         if not text:
             raise argparse.ArgumentTypeError(f"is empty; give {what}{leave_out}")
-        if path and (why := unexpanded_home(text)) is not None:
-            raise argparse.ArgumentTypeError(why)
-        return text
+        return expanded_path(text) if path else text
 
     parse.__name__ = "text"
     return parse

@@ -685,6 +685,9 @@ NUMBER_CASES = [
     # found 2026-12-07: a path flag's ~ that no shell expanded (--load=~/x) named a folder called ~
     ("megamythos.inference.evaluate:main", ["--load=~/runs/x"], "error: argument --load: '~/runs/x' starts with ~"),
     ("megamythos.training.pretrain:main", ["--data-path=~user/d"], "error: argument --data-path: '~user/d' starts"),
+    ("megamythos.data.cli:merge_main", ["--input", "a", "--output-prefix=~/o"], "argument --output-prefix: '~/o"),
+    ("megamythos.data.cli:train_tokenizer_main", ["--input", "a", "--vocab-size", "400", "--model-prefix=~/t"],
+     "error: argument --model-prefix: '~/t' starts with ~"),
     ("megamythos.research.study:main", ["depth", "--wikitext-dir", "", "--runs", "none"],
      "error: argument --wikitext-dir: is empty"),
     ("megamythos.data.cli:inspect_main", ["prefix", "--tokenizer-model", ""], "error: argument --tokenizer-model: is"),

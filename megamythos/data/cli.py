@@ -43,7 +43,16 @@ from megamythos.data.tokenizer import (
     check_model_file,
     train_tokenizer,
 )
-from megamythos.errors import TIMED_CLI_LOG_FORMAT, ArgumentParser, checked_by, given_text, number, path_text, run_cli
+from megamythos.errors import (
+    TIMED_CLI_LOG_FORMAT,
+    ArgumentParser,
+    checked_by,
+    expanded_path,
+    given_text,
+    number,
+    path_text,
+    run_cli,
+)
 
 # the types of text flags where '' would be read as the flag left out (or as a key no record has)
 JSON_KEY = given_text("a JSON key")
@@ -57,11 +66,11 @@ def train_tokenizer_main(argv: Sequence[str] | None = None) -> int:
         python tokenizer/train_tokenizer.py --input 'corpus/*.jsonl' --vocab-size 32000 --model-prefix out/tok
     """
     parser = ArgumentParser(prog="python tokenizer/train_tokenizer.py", description=train_tokenizer_main.__doc__)
-    parser.add_argument("--input", nargs="+", action="extend", required=True,
+    parser.add_argument("--input", nargs="+", action="extend", required=True, type=expanded_path,
                         help="files or globs (--input a --input b reads both)")
     parser.add_argument("--vocab-size", type=number(int, MIN_VOCAB_SIZE), required=True,
                         help=f"pieces, >= {MIN_VOCAB_SIZE}")
-    parser.add_argument("--model-prefix", required=True,
+    parser.add_argument("--model-prefix", required=True, type=expanded_path,
                         help="writes PREFIX.model and PREFIX.vocab (a PREFIX ending in .model is read without it)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing PREFIX.model")
     parser.add_argument("--model-type", choices=MODEL_TYPES, default=TokenizerTrainConfig.model_type,
@@ -118,7 +127,7 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     """
     parser = ArgumentParser(prog="python data_prep/preprocess_data.py", description=preprocess_main.__doc__)
     src = parser.add_argument_group("input")
-    src.add_argument("--input", nargs="+", action="extend", default=[],
+    src.add_argument("--input", nargs="+", action="extend", default=[], type=expanded_path,
                      help=".jsonl (.json .ndjson .jsonlines; .gz .zst), .parquet or text files, globs, or save_to_disk "
                           "directories (--input a --input b reads both)")
     src.add_argument("--input-format", choices=FORMATS, default=None,
@@ -134,7 +143,8 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
                      help="split of --hf-dataset, or of a save_to_disk DatasetDict")
     src.add_argument("--streaming", action="store_true", help="stream --hf-dataset instead of downloading")
     out = parser.add_argument_group("output")
-    out.add_argument("--output-prefix", required=True, help="writes PREFIX_text_document.{bin,idx} (+ .json record)")
+    out.add_argument("--output-prefix", required=True, type=expanded_path,
+                     help="writes PREFIX_text_document.{bin,idx} (+ .json record)")
     out.add_argument("--tokenizer-model", type=checked_by(check_model_file, path=True), required=True,
                      help="SentencePiece .model")
     out.add_argument("--append-eod", action="store_true", help="end every document with the eos id")
@@ -176,7 +186,7 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     with neither file, a missing tokenizer, or ``--add-checksums`` of a dataset that records them already).
     """
     parser = ArgumentParser(prog="python data_prep/inspect_dataset.py", description=inspect_main.__doc__)
-    parser.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
+    parser.add_argument("prefix", type=expanded_path, help="dataset prefix (without .bin/.idx)")
     parser.add_argument("--samples", type=number(int, 0), default=SAMPLES, help="sequences (documents) to print")
     parser.add_argument("--tokenizer-model", type=checked_by(check_model_file, path=True),
                         help="decode with this model: for a dataset without a record (made by Megatron); with a "
@@ -218,9 +228,10 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
 def merge_main(argv: Sequence[str] | None = None) -> int:
     """Concatenate indexed datasets: ``python data_prep/merge_datasets.py --input A B C --output-prefix OUT``."""
     parser = ArgumentParser(prog="python data_prep/merge_datasets.py", description=merge_main.__doc__)
-    parser.add_argument("--input", nargs="+", action="extend", required=True,
+    parser.add_argument("--input", nargs="+", action="extend", required=True, type=expanded_path,
                         help="dataset prefixes (without .bin/.idx), in order (--input a --input b merges both)")
-    parser.add_argument("--output-prefix", required=True, help="writes PREFIX.{bin,idx} (+ .json record)")
+    parser.add_argument("--output-prefix", required=True, type=expanded_path,
+                        help="writes PREFIX.{bin,idx} (+ .json record)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --output-prefix")
     args = parser.parse_args(argv)
 
