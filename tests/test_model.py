@@ -162,11 +162,12 @@ def test_generation_is_reproducible_with_seed() -> None:
 
 
 def test_a_temperature_near_zero_samples_the_greedy_token() -> None:
-    """``--temperature 1e-40`` overflowed the scaled logits to inf: a multinomial traceback (found 2026-12-06)."""
-    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, -1.0, 4.0]])
-    for temperature in (1e-40, 1e-300):
+    """``--temperature 1e-40`` overflowed the scaled logits to inf: a multinomial traceback (found 2026-12-06). A
+    row whose logits are all negative overflowed to -inf everywhere, the same traceback (found 2026-12-07)."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [5.0, -1.0, 4.0], [-5.0, -4.0, -6.0]])
+    for temperature in (1e-38, 1e-40, 1e-300):
         cfg = SamplingConfig(max_new_tokens=1, temperature=temperature)
-        assert sample_next(logits, cfg, torch.Generator().manual_seed(0)).tolist() == [1, 0]
+        assert sample_next(logits, cfg, torch.Generator().manual_seed(0)).tolist() == [1, 0, 1]
 
 
 @pytest.mark.parametrize("probs, top_p", [([0.5, 0.25, 0.25], 0.5), ([0.5, 0.25, 0.125, 0.125], 0.75),

@@ -91,13 +91,14 @@ def sampling_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     (``TemperatureLogitsWarper``), then the ``top_k`` largest kept with every tie of the k-th
     (``TopKLogitsWarper``), then nucleus (top-p) filtering (``TopPLogitsWarper``): the least likely tokens whose
     probabilities total at most ``1 - top_p`` are dropped, the most likely always stays, so a token whose more
-    likely ones already hold exactly ``top_p`` is dropped. A row the division overflows (a temperature near 0,
-    where transformers' probabilities turn NaN) is instead shifted by its maximum (softmax is shift-invariant) and
-    divided by at least fp32's smallest normal number: it samples its greedy token."""
+    likely ones already hold exactly ``top_p`` is dropped. A row whose maximum the division overflows (a temperature
+    near 0: to +inf, or to -inf where every logit is negative; transformers' probabilities turn NaN) is instead
+    shifted by its maximum (softmax is shift-invariant) and divided by at least fp32's smallest normal number: it
+    samples its greedy token."""
     logits = candidates(logits, cfg.vocab_limit)
     scaled = logits / cfg.temperature
     shifted = (logits - logits.max(dim=-1, keepdim=True).values) / max(cfg.temperature, torch.finfo(torch.float32).tiny)
-    logits = torch.where((scaled < float("inf")).all(dim=-1, keepdim=True), scaled, shifted)  # no +inf, no NaN
+    logits = torch.where(scaled.amax(dim=-1, keepdim=True).isfinite(), scaled, shifted)  # +inf, or all -inf: NaN
     if cfg.top_k:
         kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
