@@ -23,7 +23,7 @@ from megamythos.checkpoint.export import main as export_main
 from megamythos.data.manifest import file_sha256
 from megamythos.inference.evaluate import EvalConfig, heldout_batches, parse_args
 from megamythos.inference.evaluate import main as evaluate_main
-from megamythos.inference.generate import TextStreamer
+from megamythos.inference.generate import TextStreamer, continuation
 from megamythos.inference.generate import main as generate_main
 from megamythos.inference.loading import load_model
 from tests.helpers import (
@@ -324,6 +324,23 @@ def test_text_streamer_after_a_prompt_that_ends_inside_a_character():
     ids = list("h\u00e9llo".encode())  # h, then the two bytes of the e-acute
     streamer = TextStreamer(decode, ids[:2])
     assert [streamer.push(i) for i in ids[2:]] + [streamer.flush()] == ["\u00e9", "l", "l", "o", ""]
+
+
+def test_the_continuation_of_a_prompt_ending_in_a_replacement_character_leaves_it_to_the_prompt(tiny_tokenizer):
+    """A prompt whose text ends in U+FFFD (text that was decoded with errors="replace" once, in a --prompt-file
+    line) had that character counted as the completion's too: ``"completion"`` began with it, and was "\ufffd" where
+    no token was generated (found 2026-12-07), since the streamer holds a prompt's trailing U+FFFD back as an
+    incomplete character. A character the new ids complete is still theirs."""
+    def decode(ids: list[int]) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+    prompt = list("ab\ufffd".encode())
+    assert [continuation(decode, prompt, list(new.encode())) for new in ("", "c")] == ["", "c"]
+    assert continuation(decode, list("h\u00e9".encode())[:2], list("\u00e9llo".encode())[1:]) == "\u00e9llo"
+    ids = tiny_tokenizer.encode_one("def f(): \ufffd")
+    assert tiny_tokenizer.decode(ids).endswith("\ufffd")
+    assert [continuation(tiny_tokenizer.decode, ids, new) for new in ([], tiny_tokenizer.encode_one("x"))] == \
+        ["", tiny_tokenizer.decode(ids + tiny_tokenizer.encode_one("x"))[len(tiny_tokenizer.decode(ids)):]]
 
 
 @pytest.fixture(scope="module")

@@ -242,9 +242,13 @@ class TextStreamer:
 
 
 def continuation(decode: Callable[[list[int]], str], prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
-    """The text ``new_ids`` add to the prompt's: what ``--prompt`` streams after the prompt."""
-    streamer = TextStreamer(decode, prompt_ids)
-    return "".join(streamer.push(token) for token in new_ids) + streamer.flush()
+    """The text ``new_ids`` add to the prompt's: the decoded whole after the prompt's decoded text, or, where the
+    new ids complete a character the prompt's ids end inside (its trailing U+FFFD rewritten), after the prompt's
+    text without it. A U+FFFD that stays (a character of the prompt's text) is the prompt's, not the new ids'."""
+    prompt = decode(list(prompt_ids))
+    text = decode([*prompt_ids, *new_ids])
+    kept = prompt if text.startswith(prompt) else prompt.rstrip("\ufffd")
+    return text[len(kept):] if text.startswith(kept) else ""
 
 
 @dataclass
