@@ -1632,11 +1632,14 @@ def test_tensorboard_shows_each_step_once_after_a_fresh_start_or_a_rollback(tmp_
     assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0)]
 
 
-def test_a_writer_made_in_the_same_second_as_the_last_one_sorts_after_it(tmp_path):
+@pytest.mark.parametrize("ahead", [0, 1], ids=["same second", "another host's clock 1 s ahead"])
+def test_a_writer_made_in_the_same_second_as_the_last_one_sorts_after_it(tmp_path, ahead):
     """Found 2026-12-07: TensorBoard reads a folder's event files in name order, and a name holds the second, the
     pid and the writer's number. A rollback's writer made in the same second as the last one, with a number of more
     digits (``...pid.10`` after ``...pid.9``), sorted before it: the earlier file, read last, purged the steps taken
-    again from the curve. The new writer now waits for the next second where it would share one."""
+    again from the curve. The new writer now waits for the next second where it would share one, and for the second
+    after the last one's where that is later (a resume whose rank 0 is on a host with a clock behind the earlier
+    one's: the steps taken again were lost from the curve, found 2026-12-07)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from megamythos.training.monitor import TrainingMonitor
@@ -1647,7 +1650,7 @@ def test_a_writer_made_in_the_same_second_as_the_last_one_sorts_after_it(tmp_pat
         earlier.scalars({"lm loss": 10.0 - iteration}, iteration, iteration)
     earlier.close()
     [path] = tb.glob("events.out.tfevents.*")
-    path.rename(tb / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.99999")
+    path.rename(tb / f"events.out.tfevents.{int(time.time()) + ahead:010d}.{socket.gethostname()}.{os.getpid()}.99999")
     resumed = TrainingMonitor(True, str(tb), None, start_iteration=2)
     for iteration in range(3, 5):
         resumed.scalars({"lm loss": 1.0}, iteration, iteration + 2)
@@ -1655,6 +1658,19 @@ def test_a_writer_made_in_the_same_second_as_the_last_one_sorts_after_it(tmp_pat
     events = EventAccumulator(str(tb))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("lm loss")] == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0)]
+
+
+def test_an_event_file_stamped_far_past_the_clock_is_a_warning_not_a_long_wait(tmp_path, caplog):
+    """A new writer waits for the clock to pass the newest event file's second, but not for an hour where the folder
+    holds a file an hour ahead: it warns that TensorBoard will show that file's steps, and goes on."""
+    from megamythos.training.monitor import MAX_STAMP_WAIT_S, wait_for_a_later_event_stamp
+
+    (tmp_path / f"events.out.tfevents.{int(time.time()) + 3600:010d}.host.1.0").write_bytes(b"")
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="megamythos.training.monitor"):
+        wait_for_a_later_event_stamp(tmp_path)
+    assert time.monotonic() - start < MAX_STAMP_WAIT_S
+    assert re.search(r"holds an event file stamped 3[56]\d\d s past this host's clock", caplog.text), caplog.text
 
 
 def test_a_fresh_start_keeps_the_earlier_events_as_a_run_of_their_own(tmp_path):

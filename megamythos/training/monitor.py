@@ -320,19 +320,26 @@ def drop_events_after(log_dir: str | Path, step: int) -> int:
 
 
 EVENT_STAMP = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+MAX_STAMP_WAIT_S = 10.0  # the longest wait for the clock to pass an event file's stamp (another host's clock ahead)
 
 
 def wait_for_a_later_event_stamp(log_dir: str | Path) -> None:
     """Sleep until the clock's second is past the newest stamp among the event files in ``log_dir``, where it is
-    the current second. TensorBoard reads a folder's event files in name order, and a name is
-    ``events.out.tfevents.<second>.<host>.<pid>.<writer number>``: a writer made in the same second as an earlier
-    one sorts before it when its pid or number has more digits (``...pid.10`` < ``...pid.9``), and then the earlier
-    file's steps, read last, purge the later file's from the curve."""
+    not yet (the current second, or a later one: written by a host whose clock is ahead, or before this clock was
+    set back), for at most :data:`MAX_STAMP_WAIT_S`; a stamp further ahead is a warning instead. TensorBoard reads
+    a folder's event files in name order, and a name is ``events.out.tfevents.<second>.<host>.<pid>.<writer
+    number>``: a new writer's file sorts before an earlier one of a later second, or of the same second where its
+    pid or number has more digits (``...pid.10`` < ``...pid.9``), and then the earlier file's steps, read last,
+    purge the later file's from the curve."""
     stamps = [int(match.group(1)) for path in Path(log_dir).glob("events.out.tfevents.*")
               if (match := EVENT_STAMP.match(path.name))]
-    now = time.time()
-    if stamps and max(stamps) == int(now):
-        time.sleep(int(now) + 1 - now)
+    wait = max(stamps) + 1 - time.time() if stamps else 0.0
+    if wait > MAX_STAMP_WAIT_S:
+        logger.warning("%s holds an event file stamped %.0f s past this host's clock, so TensorBoard reads it after "
+                       "the new one and shows its steps instead of those taken again: set this host's clock, or "
+                       "move the later-stamped event files aside", log_dir, wait - 1)
+    elif wait > 0:
+        time.sleep(wait)
 
 
 def earlier_name() -> str:
