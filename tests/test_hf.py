@@ -779,6 +779,9 @@ def test_trainer_s_gradient_accumulation_trains_as_one_batch_and_labels_scoring_
     assert logged[1] == pytest.approx(logged[0], rel=1e-3), logged
     ids = torch.tensor([rows[0]["input_ids"]])
     assert hf(ids, labels=torch.full_like(ids, -100)).loss.item() == 0.0
+    # a step that scores nothing at all: Trainer passes 0, which gave 0/0 = NaN (found 2026-12-07)
+    for nothing in (0, torch.tensor(0.0)):
+        assert hf(ids, labels=torch.full_like(ids, -100), num_items_in_batch=nothing).loss.item() == 0.0
 
 
 def test_a_right_padded_training_batch_trains_each_row_as_alone_and_left_padding_is_refused(small_hf):

@@ -81,7 +81,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
     [B, cached + S] (1 = real, 0 = padding; in training right padding only); ``labels`` as in transformers (the inputs;
     shifted here, -100 ignored) give ``loss`` = our trainer's language-model loss, sum_i CE_i / max(n_scored, 1)
     (0 where no label is scored; the MoE balance terms are not in it), or with ``num_items_in_batch`` (transformers'
-    ``Trainer`` passes the scored labels of its whole accumulated step) sum_i CE_i / num_items_in_batch.
+    ``Trainer`` passes the scored labels of its whole accumulated step) sum_i CE_i / max(num_items_in_batch, 1).
     ``past_key_values`` is ``cache`` under the name older transformers use, and the output holds the cache under
     :data:`CACHE_SLOT`. Cached plus new tokens past
     ``config.max_position_embeddings`` raise ``ValueError``, as do ``n_loops`` other than a given cache's (None: the
@@ -253,7 +253,7 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
                          absorb=cache is not None, exit_threshold=exit_threshold, attention_mask=attention_mask)
         loss = out.loss
         if loss is not None and num_items_in_batch is not None:  # Trainer: the step's scored tokens, not these
-            loss = loss * (targets != IGNORE_INDEX).sum() / num_items_in_batch
+            loss = loss * (targets != IGNORE_INDEX).sum() / torch.as_tensor(num_items_in_batch).clamp(min=1)
         output = CausalLMOutputWithPast(loss=loss, logits=out.logits, **{CACHE_SLOT: cache})
         return_dict = kwargs.get("return_dict")
         return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
