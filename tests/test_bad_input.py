@@ -1022,8 +1022,9 @@ def test_zero1_or_2_with_tensor_and_expert_parallelism_folded_is_refused(zero: s
     folded = ["--zero", zero, "--tp", "2", "--ep", "2"]
     expected = (f"--zero {zero} with --tp 2 and --ep 2: DeepSpeed's ZeRO-1/2 optimizer counts the routed experts' "
                 "gradients on tensor-parallel rank 0 only, so gradient clipping and the logged grad norm miss the "
-                "experts the other tensor-parallel ranks hold; use --zero 3; to go on from a checkpoint of such a "
-                "run, --load it with --finetune, --zero 3 and another --save")
+                "experts the other tensor-parallel ranks hold; use --zero 3 (whose checkpoints of this layout resume "
+                "only on it and cannot be exported), or train without --tp or without --ep; to go on from a "
+                "checkpoint of such a run, --load it with --finetune, --zero 3 and another --save")
     for precision in ([], ["--no-bf16"]):
         with pytest.raises(ArgumentError) as refused:
             layout_check([*folded, *precision])

@@ -178,8 +178,9 @@ def check_folded_expert_norm(layout: ParallelLayout, error: type[UserError] = La
         raise error(f"--zero {layout.zero} with --tp {layout.tp} and --ep {layout.ep}: DeepSpeed's ZeRO-1/2 "
                     "optimizer counts the routed experts' gradients on tensor-parallel rank 0 only, so gradient "
                     "clipping and the logged grad norm miss the experts the other tensor-parallel ranks hold; use "
-                    "--zero 3; to go on from a checkpoint of such a run, --load it with --finetune, --zero 3 and "
-                    "another --save")
+                    "--zero 3 (whose checkpoints of this layout resume only on it and cannot be exported), or train "
+                    "without --tp or without --ep; to go on from a checkpoint of such a run, --load it with "
+                    "--finetune, --zero 3 and another --save")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from megamythos.errors import UserError
+from megamythos.errors import UserError, run_cli
 
 BARE_SPECIAL = re.compile(r"""['"\\$`;&|<>(){*?\[ \t\n]|^[~#]|[=:]~""")  # what a shell changes in a bare word
 QUOTED_SPECIAL = re.compile(r"[\\$`]")  # what it changes inside double quotes (the runner escapes `"` itself)
@@ -80,13 +80,9 @@ def check_remote_words(args: Sequence[str], cwd: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m megamythos.runtime.remote_words ARG ...`` (launchers/slurm.sbatch's pdsh mode): exit 0 where
     every argument and the working directory reach the other nodes as they are, else one ``error:`` line and 2."""
-    try:
-        check_remote_words(list(sys.argv[1:] if argv is None else argv), os.getcwd())
-    except RemoteWordError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+    check_remote_words(list(sys.argv[1:] if argv is None else argv), os.getcwd())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
