@@ -140,6 +140,13 @@ def test_loops_and_exit_rule_are_settings_read_per_call(hf_model, ours):
             model(ids, exit_threshold=float("nan"))
         with pytest.raises(ValueError, match="does not return output_hidden_states"):  # it returned None
             model(ids, output_hidden_states=True)
+    model.train()
+    try:  # an exit rule asked for in training ran every loop, without a word (found 2026-12-07, HF audit)
+        assert model(ids, labels=ids).loss.isfinite()  # the config's rule (inference's) is not training's
+        with pytest.raises(RuntimeError, match="^early exit is inference-only"):
+            model(ids, labels=ids, exit_threshold=0.3)
+    finally:
+        model.eval()
     from megamythos.hf.configuration_megamythos import MegamythosConfig
 
     with pytest.raises(ValueError, match=r"^n_loops=0 must be >= 1 \(None: the trained mean_loops\)"):

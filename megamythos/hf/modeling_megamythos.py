@@ -229,8 +229,8 @@ class MythosForCausalLM(PreTrainedModel, GenerationMixin):
         if asked:  # silently None before
             raise ValueError(f"megamythos does not return {' or '.join(asked)}: its layers loop, so there is no "
                              "per-layer output to give")
-        exit_threshold = self.config.exit_threshold if exit_threshold is None else exit_threshold
-        exit_threshold = 0.0 if self.training else exit_threshold  # training runs every loop on every token
+        if exit_threshold is None:  # the config's exit rule at inference; training runs every loop on every token
+            exit_threshold = 0.0 if self.training else self.config.exit_threshold
         cache = past_key_values if cache is None else cache
         if cache is not None and not isinstance(cache, MythosCache):  # an AttributeError ('kv') from below before
             raise ValueError(f"megamythos decodes with its own cache, not a {type(cache).__name__}: pass none (forward "
