@@ -16,6 +16,7 @@ from megamythos.data.gpt_dataset import (
     build_per_split_datasets,
     build_sample_index,
     build_train_valid_test_datasets,
+    document_ids,
     parse_data_path,
     parse_split,
     split_bounds,
@@ -78,6 +79,20 @@ def test_epochs_are_shuffled_together_as_megatron_does() -> None:
     rng.shuffle(megatron)
     assert np.array_equal(idx["document_index"], megatron)
     assert np.bincount(idx["document_index"][:50], minlength=50).max() == 2  # the first epoch's share mixes
+
+
+def test_document_ids_past_2_to_the_31_are_kept_not_wrapped_to_other_documents() -> None:
+    """A dataset of 2^31 sequences or more (a merged corpus of billions of documents; the .idx counts them in
+    uint64): int32 ids, Megatron's, wrap to negative ones past 2^31 - 1, which index the dataset from its end, so
+    the split's samples read other documents without a word. Below 2^31 the ids stay int32, Megatron's arrays."""
+    assert document_ids(0, 4).dtype == np.int32 and document_ids(0, 2**31).dtype == np.int32
+    first = 2**31 - 2
+    documents = document_ids(first, first + 4)
+    assert documents.tolist() == [first, first + 1, first + 2, first + 3]
+    sizes = np.broadcast_to(np.int32(11), (first + 4,))  # one size per sequence, without 8 GB of memory
+    idx = build_gpt_indices(sizes, documents, num_samples=6, seq_length=10, seed=0)  # 2 epochs
+    assert sorted(idx["document_index"].tolist()) == sorted(2 * documents.tolist())
+    assert idx["sample_index"][-1].tolist() == [7, 3]  # sample 8 starts at token 80, the 8th document's 4th
 
 
 def test_separate_final_epoch_keeps_last_epoch_samples_at_the_end() -> None:

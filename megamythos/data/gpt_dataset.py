@@ -137,13 +137,26 @@ def epoch_plan(tokens_per_epoch: int, num_samples: int, seq_length: int) -> tupl
     return num_epochs, num_samples - before_final < int(SEPARATE_FINAL_EPOCH_THRESHOLD * per_epoch)
 
 
+def id_dtype(largest: int) -> type[np.signedinteger]:
+    """The dtype of document ids up to ``largest``: int32, Megatron's, where it holds them, else int64 (a dataset
+    of 2^31 sequences or more, whose ids int32 would wrap to negative ones that read other documents)."""
+    return np.int32 if largest <= np.iinfo(np.int32).max else np.int64
+
+
+def document_ids(first: int, end: int) -> np.ndarray:
+    """The ids ``[first, end)`` of a split's documents, in :func:`id_dtype`."""
+    return np.arange(first, end, dtype=id_dtype(end - 1))
+
+
 def build_document_index(documents: np.ndarray, num_epochs: int, rng: np.random.RandomState,
                          separate_final_epoch: bool) -> np.ndarray:
-    """int32 ``(num_epochs * len(documents),)``: ``num_epochs`` copies of the document ids shuffled together
-    (Megatron's rule), the final epoch's copy apart when ``separate_final_epoch``. Epochs mix: the first
-    ``len(documents)`` entries may hold a document twice and miss another."""
+    """``(num_epochs * len(documents),)`` in :func:`id_dtype` (int32 below 2^31 documents): ``num_epochs`` copies of
+    the document ids shuffled together (Megatron's rule), the final epoch's copy apart when
+    ``separate_final_epoch``. Epochs mix: the first ``len(documents)`` entries may hold a document twice and miss
+    another."""
     if not separate_final_epoch or num_epochs == 1:
-        index = np.tile(np.asarray(documents, dtype=np.int32), num_epochs)
+        largest = int(np.max(documents)) if len(documents) else 0
+        index = np.tile(np.asarray(documents, dtype=id_dtype(largest)), num_epochs)
         rng.shuffle(index)
         return index
     first = build_document_index(documents, num_epochs - 1, rng, False)
@@ -315,7 +328,7 @@ def _split_datasets(prefix: str, fractions: list[float], nums: list[int], seq_le
             continue
         if problem := split_problem(indexed, fractions, i, seq_length):
             raise DataConfigError(problem)
-        documents = np.arange(bounds[i], bounds[i + 1], dtype=np.int32)
+        documents = document_ids(bounds[i], bounds[i + 1])
         out.append(GPTDataset(indexed, documents, nums[i], seq_length, seed, name, index_cache_dir(prefix, cache_dir)))
     return out
 
