@@ -161,6 +161,17 @@ def test_blending_indices_equal_megatron_rule() -> None:
         assert ours["dataset_sample_index"][picks].tolist() == list(range(int(picks.sum())))
 
 
+def test_a_blend_of_more_than_32767_datasets_reads_the_last_ones() -> None:
+    """The dataset index is int16 as Megatron's up to 32767 datasets; beyond, where Megatron asserts, int32: an int16
+    array took dataset 32768 for an OverflowError traceback once the whole sequential build had run."""
+    weights = [0.0] * 40001
+    weights[0] = weights[40000] = 0.5
+    idx = build_blending_indices(weights, 4)
+    assert idx["dataset_index"].tolist() == [0, 40000, 0, 40000]
+    assert idx["dataset_sample_index"].tolist() == [0, 0, 1, 1]
+    assert build_blending_indices([0.5, 0.5], 2)["dataset_index"].dtype == np.int16
+
+
 def test_blend_proportions_within_one_percent_over_10k_samples(tmp_path) -> None:
     a = make_dataset(tmp_path / "a", 300, seed=1, base=0)
     b = make_dataset(tmp_path / "b", 300, seed=2, base=10_000)

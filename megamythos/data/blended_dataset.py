@@ -31,8 +31,8 @@ def normalize_weights(weights: Sequence[float]) -> list[float]:
 
 
 def build_blending_indices(weights: Sequence[float], size: int) -> dict[str, np.ndarray]:
-    """``dataset_index`` int16 ``(size,)`` (which dataset) and ``dataset_sample_index`` int64 ``(size,)`` (which of
-    its samples) under Megatron's greedy largest-error rule.
+    """``dataset_index`` ``(size,)`` (which dataset: int16, Megatron's, for up to 32767 datasets, int32 beyond) and
+    ``dataset_sample_index`` int64 ``(size,)`` (which of its samples) under Megatron's greedy largest-error rule.
 
     The rule is sequential, so the choices are one pass of scalar Python (timed in bench/README.md, "Data pipeline");
     the per-dataset sample numbers are then numbered with numpy. The caller caches the result.
@@ -50,7 +50,7 @@ def build_blending_indices(weights: Sequence[float], size: int) -> dict[str, np.
                 best, best_error = d, error
         chosen.append(best)
         counts[best] += 1
-    dataset_index = np.array(chosen, dtype=np.int16)
+    dataset_index = np.array(chosen, dtype=np.int16 if len(w) <= np.iinfo(np.int16).max else np.int32)
     dataset_sample_index = np.empty(size, dtype=np.int64)
     for d, count in enumerate(counts):
         dataset_sample_index[dataset_index == d] = np.arange(count)
