@@ -81,6 +81,20 @@ def test_epochs_are_shuffled_together_as_megatron_does() -> None:
     assert np.bincount(idx["document_index"][:50], minlength=50).max() == 2  # the first epoch's share mixes
 
 
+def test_epochs_and_iterations_past_2_to_the_53_tokens_are_counted_in_integers() -> None:
+    """Found 2026-12-07 (scale audit): the epochs a dataset needs and the iterations of --train-tokens were float
+    quotients, exact only below 2^53 (9e15 tokens): 2^43 samples of 1024 tokens from an epoch of 2^20 tokens need
+    8589934593 epochs, and the float said 8589934592, one too few for the samples asked."""
+    from megamythos.data.gpt_dataset import num_epochs_for
+    from megamythos.training.arguments import parse_args
+
+    assert num_epochs_for(2**20, 2**43, 1024) == 8589934593
+    assert num_epochs_for(1000, 10, 100) == 2 and num_epochs_for(1001, 10, 100) == 1
+    args = parse_args(["--train-tokens", str(2**63 - 1), "--seq-length", "1024"])
+    assert args.total_iters(1) == 2**53  # (2^63 - 1) / 1024 tokens per step, rounded up
+    assert args.total_iters(1, (5, 2**63 - 1 - 1024)) == 6
+
+
 def test_document_ids_past_2_to_the_31_are_kept_not_wrapped_to_other_documents() -> None:
     """A dataset of 2^31 sequences or more (a merged corpus of billions of documents; the .idx counts them in
     uint64): int32 ids, Megatron's, wrap to negative ones past 2^31 - 1, which index the dataset from its end, so

@@ -116,8 +116,9 @@ def combine_repeated(prefixes: list[str], weights: list[float],
 
 
 def num_epochs_for(tokens_per_epoch: int, num_samples: int, seq_length: int) -> int:
-    """Fewest epochs holding ``num_samples * seq_length + 1`` tokens."""
-    return max(1, math.ceil((num_samples * seq_length + 1) / tokens_per_epoch))
+    """Fewest epochs holding ``num_samples * seq_length + 1`` tokens, in integers (a float quotient rounds past
+    2^53)."""
+    return max(1, -(-(num_samples * seq_length + 1) // tokens_per_epoch))
 
 
 def samples_before_final_epoch(tokens_per_epoch: int, num_epochs: int, seq_length: int) -> int:

@@ -245,7 +245,7 @@ class TrainArgs:
         if self.train_tokens is None:
             return self.train_iters or DEFAULT_TRAIN_ITERS
         iteration, tokens = done
-        return iteration + math.ceil(max(0, self.train_tokens - tokens) / (global_batch_size * self.seq_length))
+        return iteration - (-max(0, self.train_tokens - tokens) // (global_batch_size * self.seq_length))
 
     def model_overrides(self) -> dict[str, Any]:
         """ModelConfig fields this run sets on top of the preset: ``--override`` and the flags that alias it, and
