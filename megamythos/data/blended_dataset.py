@@ -84,8 +84,7 @@ class BlendedDataset(MappedArraysPickle):
         arrays = load_or_build(cache_dir, self.description, lambda: build_blending_indices(self.weights, cached))
         self.dataset_index = arrays["dataset_index"][:size]
         self.dataset_sample_index = arrays["dataset_sample_index"][:size]
-        for d, dataset in enumerate(datasets):
-            used = int(np.count_nonzero(self.dataset_index == d))
+        for d, (dataset, used) in enumerate(zip(datasets, np.bincount(self.dataset_index, minlength=len(datasets)))):
             if used > len(dataset):
                 raise BlendError(f"the blend takes {used} samples from {dataset.description.get('prefix')} "
                                  f"which has {len(dataset)}")
