@@ -135,7 +135,8 @@ def preprocess_main(argv: Sequence[str] | None = None) -> int:
     src.add_argument("--json-keys", nargs="+", type=JSON_KEY, default=list(PreprocessConfig.json_keys),
                      help="JSON fields holding the text")
     src.add_argument("--txt-blank-line-documents", action="store_true",
-                     help="in .txt inputs, documents are separated by blank lines (default: one per file)")
+                     help="in text inputs (any suffix but JSON lines' and Parquet's), documents are separated by "
+                          "blank lines (default: one per file)")
     src.add_argument("--hf-dataset", type=given_text("a dataset name or directory"),
                      help="datasets.load_dataset name or local data directory")
     src.add_argument("--hf-config", type=given_text("a configuration name"), help="configuration name of --hf-dataset")
