@@ -90,8 +90,9 @@ def test_epochs_and_iterations_past_2_to_the_53_tokens_are_counted_in_integers()
 
     assert num_epochs_for(2**20, 2**43, 1024) == 8589934593
     assert num_epochs_for(1000, 10, 100) == 2 and num_epochs_for(1001, 10, 100) == 1
+    args = parse_args(["--train-tokens", str(2**60 + 1), "--seq-length", "1024"])
+    assert args.total_iters(1) == 2**50 + 1  # (2^60 + 1) / 1024 tokens per step, rounded up (a float said 2^50)
     args = parse_args(["--train-tokens", str(2**63 - 1), "--seq-length", "1024"])
-    assert args.total_iters(1) == 2**53  # (2^63 - 1) / 1024 tokens per step, rounded up
     assert args.total_iters(1, (5, 2**63 - 1 - 1024)) == 6
 
 
