@@ -208,6 +208,24 @@ def test_top1_routing_refuses_renormalised_weights_that_leave_the_router_untrain
     assert moe.gate.weight.grad.abs().min() > 0
 
 
+def test_one_routed_expert_scored_by_softmax_is_refused_for_training_and_trains_its_gate_with_sigmoid() -> None:
+    """n_experts=1: a softmax over one logit is 1 whatever the router, so the gate got an all-zero gradient from the
+    loss and the balance terms, silently (found 2026-12-08, config-space sweep). Training refuses it naming
+    score_func, as it does top-1 with route_norm; with sigmoid scores the one expert's weight is a learned gate."""
+    flags = ["--override", "n_experts=1", "--override", "num_experts_per_tok=1", "--override", "route_norm=false"]
+    with pytest.raises(ArgumentError, match=r"n_experts=1\) with score_func=softmax.*score_func=sigmoid"):
+        parse_args(flags).model_config()
+    assert parse_args([*flags, "--override", "score_func=sigmoid"]).model_config().n_experts == 1
+    for score_func, trained in (("softmax", False), ("sigmoid", True)):
+        torch.manual_seed(0)
+        moe = MoE(small_config(n_experts=1, num_experts_per_tok=1, route_norm=False, score_func=score_func))
+        for param in moe.parameters():
+            torch.nn.init.normal_(param, std=0.05)
+        out = moe(torch.randn(2, 8, 64))
+        (out.hidden.sum() + out.aux_loss).backward()
+        assert bool(moe.gate.weight.grad.abs().min() > 0) == trained, score_func
+
+
 def test_a_bf16_model_keeps_exact_fp32_balancing_buffers() -> None:
     """model.to(torch.bfloat16) casts the weights, not the bias and the counts: a bf16 bias at 0.6 (spacing 2**-8)
     would not move by the rate 1e-3, and bf16 counts round above 256 (300 + 7 = 308)."""

@@ -229,11 +229,16 @@ class ModelConfig:
 
     def training_refusal(self) -> str | None:
         """Why the trainer refuses this model, which loads all the same (models trained so before must stay
-        readable), or None; the planner refuses it with the same line. Top-1 routing with ``route_norm``: the
-        renormalised routed weight is 1 whatever the scores, so the router would get no gradient from the loss."""
+        readable), or None; the planner refuses it with the same line. Either refusal is a routed weight of 1
+        whatever the scores, so the router would get no gradient from the loss: top-1 routing with ``route_norm``
+        (the one weight renormalised), or one routed expert scored by softmax (a softmax over one logit is 1)."""
         if self.route_norm and self.num_experts_per_tok == 1:
             return ("top-1 routing (num_experts_per_tok=1) with route_norm=true: renormalising the one routed weight "
                     "makes it 1, so the router would get no gradient from the loss; pass --override route_norm=false")
+        if self.n_experts == 1 and self.score_func == "softmax":
+            return ("one routed expert (n_experts=1) with score_func=softmax: a softmax over one expert is 1, so the "
+                    "router would get no gradient from the loss; pass --override score_func=sigmoid (a gated expert) "
+                    "or more experts")
         return None
 
     # ------------------------------------------------------------------ (de)serialisation
