@@ -27,6 +27,23 @@ def test_fp32_training_shapes_take_sdpa() -> None:
     assert not torch.equal(out, matmul_attention(q, k, v, None, True, 0.2))
 
 
+@pytest.mark.parametrize("dq,dv", [(24, 16), (16, 24)])
+def test_query_and_value_widths_that_differ_take_sdpa_s_fused_kernel_with_the_explicit_result(dq: int,
+                                                                                             dv: int) -> None:
+    """MLA's value width may be below or above its query width (nope + rope); the fused kernels need one width.
+    Values wider than the queries went to SDPA's math fallback, which materialises every S x L score (and
+    flash-attn, which needs equal widths, would have refused them; found 2026-12-08, config-space sweep): the
+    narrower side is zero-padded either way, so the fused kernel runs (no bmm for the FLOP counter to see)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 128, 4, d) for d in (dq, dq, dv))
+    with FlopCounterMode(display=False) as counter:
+        out = attend(q, k, v, None, True, 0.2)
+    assert counter.get_total_flops() == 0
+    torch.testing.assert_close(out, matmul_attention(q, k, v, None, True, 0.2))
+
+
 def _three_pass_scores(scores: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """What the explicit kernels computed before masked_scores: cast, scale, then masked_fill."""
     scores = scores.float() * scale

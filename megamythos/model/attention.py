@@ -178,9 +178,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     :func:`matmul_attention` for one query (decode) in any dtype and in bf16 up to
     ``_CAUSAL_MATMUL_MAX_SCORES`` scores per head for causal self-attention, ``_MATMUL_ATTENTION_MAX_SCORES``
     with a mask; else PyTorch SDPA. For
-    the fused kernels a value width below the query width (MLA: v_head_dim < nope + rope) is zero-padded and
-    the output sliced back, since they (flash-attn, SDPA's flash path with causal skipping) need equal widths;
-    the math is unchanged.
+    the fused kernels the narrower of the query/key and value widths (MLA: v_head_dim < or > nope + rope) is
+    zero-padded and the output sliced back, since they (flash-attn, SDPA's flash path with causal skipping) need
+    equal widths (:func:`equal_widths`); the math is unchanged.
     """
     max_scores = _CAUSAL_MATMUL_MAX_SCORES if causal and mask is None else _MATMUL_ATTENTION_MAX_SCORES
     if q.device.type == "cpu" and (q.shape[1] == 1 or (
@@ -190,22 +190,28 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None and not torch.compiler.is_compiling():
         flash = _flash_attn_func()
         if flash is not None:
-            dv = v.shape[-1]
-            return flash(q, k, _pad_to_query_width(v, q), softmax_scale=scale, causal=causal)[..., :dv]
+            return flash(*equal_widths(q, k, v), softmax_scale=scale, causal=causal)[..., :v.shape[-1]]
     return sdpa_attention(q, k, v, mask, causal, scale)
 
 
-def _pad_to_query_width(v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """v [..., dv] zero-padded to q's width dq >= dv (the fused kernels need equal widths)."""
-    return F.pad(v, (0, q.shape[-1] - v.shape[-1])) if v.shape[-1] < q.shape[-1] else v
+def equal_widths(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k [..., dq] and v [..., dv] zero-padded to one width max(dq, dv), as the fused kernels need: v padded
+    when narrower (its extra output channels are 0, sliced off by the caller), q and k when narrower (the padding
+    adds 0 to every score q . k, and the kernels take the scale of the real width as an argument)."""
+    dq, dv = q.shape[-1], v.shape[-1]
+    if dv < dq:
+        return q, k, F.pad(v, (0, dq - dv))
+    if dq < dv:
+        return F.pad(q, (0, dv - dq)), F.pad(k, (0, dv - dq)), v
+    return q, k, v
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
                    scale: float) -> torch.Tensor:
-    """PyTorch SDPA for [B, S, h, d] inputs (v padded to the query width, the output sliced back)."""
-    padded = _pad_to_query_width(v, q)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), padded.transpose(1, 2),
-                                         attn_mask=mask, is_causal=causal and mask is None, scale=scale)
+    """PyTorch SDPA for [B, S, h, d] inputs (the query/key or value width padded to the other,
+    :func:`equal_widths`, the output sliced back to v's)."""
+    q_, k_, v_ = (x.transpose(1, 2) for x in equal_widths(q, k, v))
+    out = F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, is_causal=causal and mask is None, scale=scale)
     return out.transpose(1, 2)[..., :v.shape[-1]]
 
 
