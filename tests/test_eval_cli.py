@@ -260,6 +260,22 @@ def test_generate_cli_is_reproducible_per_seed_and_reports_speed(tiny_checkpoint
     assert stats["new_tokens"] == 12 and stats["tokens_per_s"] > 0 and stats["mean_loops"] == 3
 
 
+def test_generate_of_a_noise_initialised_model_is_reproducible_per_seed(tiny_tokenizer, tmp_path, capsys):
+    """state_init=noise draws each forward's initial state from torch's default generator, which --seed did not
+    seed: the same command gave other text at every run, greedy too (found 2026-12-08, config-space sweep)."""
+    from megamythos.checkpoint.export import export_model
+    from megamythos.model.lm import MythosLM
+    from tests.helpers import small_config
+
+    torch.manual_seed(0)
+    model = MythosLM(small_config(vocab_size=tiny_tokenizer.vocab_size, state_init="noise", init_std=0.3))
+    out = export_model(model, tmp_path / "noise", tiny_tokenizer)
+    argv = ["--load", str(out), *GEN, "--temperature", "0", "--seed", "3"]
+    runs = [cli(generate_main, argv, capsys) for _ in range(2)]
+    assert runs[0][0] == 0, runs[0][2]
+    assert runs[0][1] == runs[1][1]
+
+
 PROMPTS = ["def main(", "class Model(object):\n    def", "import", "return self.value if data else"]
 
 

@@ -306,7 +306,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=number(float, 0), default=SamplingConfig.temperature, help="0 = greedy")
     p.add_argument("--top-k", type=number(int, 0), default=SamplingConfig.top_k, help="0 = off")
     p.add_argument("--top-p", type=number(float, 0, 1, low_open=True), default=SamplingConfig.top_p, help="1 = off")
-    p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="sampling seed (same seed, same text)")
+    p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0,
+                   help="sampling seed, also of the initial states a state_init=noise model draws (same seed, "
+                        "same text)")
     p.add_argument("--exit-threshold", type=float,
                    help="early exit: a token stops iterating once ||h_{t+1} - h_t|| / ||h_{t+1}|| falls below this; "
                         "0 = run every loop (default: the checkpoint config's exit_threshold, "
@@ -434,6 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, float | None]:
     except ValueError as err:
         raise LoadError(f"bad sampling option: {err}") from err
     generator = torch.Generator(args.device).manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # a state_init=noise model draws its initial states from torch's default generators
     start = time.perf_counter()
     if prompts is None:
         rows = stream_prompt(args, loaded, cfg, generator)
