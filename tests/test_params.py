@@ -241,7 +241,8 @@ def test_a_frozen_iteration_costs_the_key_value_and_concat_matmuls(variant: dict
 
 
 @requires_grouped_mm
-@pytest.mark.parametrize("variant", [dict(), dict(attn_type="gqa"), dict(injection="concat")])
+@pytest.mark.parametrize("variant", [dict(), dict(attn_type="gqa"), dict(injection="concat"),
+                                     dict(v_head_dim=32)])  # values wider than queries (16 + 8): padded, fused kernel
 @pytest.mark.parametrize("batch", [4, 1])  # 64 tokens: compaction; 16 (< COMPACTION_MIN_TOKENS): masked
 def test_early_exit_flops_of_evaluate_equal_a_counted_forward(variant: dict, batch: int) -> None:
     """``evaluate``'s forward FLOPs per token under early exit equal the matmul FLOPs of the forward, counted op by
