@@ -44,6 +44,22 @@ def test_losses_finite_and_improve_with_training_and_files_written(tmp_path) -> 
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_noise_initialised_model_evaluates_the_same_every_time_and_leaves_the_callers_generator() -> None:
+    """A state_init=noise model draws h_0 from torch's generators: each loop count's pass seeds them with 0, so a
+    second evaluation gives the same losses and the caller's next draw is what it would have been. Before, each
+    evaluation drew other noise (another perplexity for the same checkpoint and data)."""
+    torch.manual_seed(0)
+    model = MythosLM(small_config(state_init="noise", noise_std=1.0))
+    batches = [(t[:, :-1], t[:, 1:]) for t in (torch.randint(0, 97, (2, 17)) for _ in range(2))]
+    state = torch.get_rng_state()
+    first = evaluate_loops(model, batches, [1, 3])
+    after_first = torch.rand(1)
+    torch.set_rng_state(state)
+    assert torch.rand(1) == after_first  # the evaluation drew nothing from the caller's generator
+    torch.manual_seed(123)
+    assert [r.loss for r in evaluate_loops(model, batches, [1, 3])] == [r.loss for r in first]
+
+
 def test_a_padded_batch_scores_only_its_real_tokens() -> None:
     """Sequences of different lengths in one batch, targets right-padded with -100 (MythosLM's label convention):
     the same loss, token count and depths as each sequence alone. Before, the padding counted as scored tokens

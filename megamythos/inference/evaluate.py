@@ -30,6 +30,7 @@ Library part: :func:`evaluate_loops` runs a fixed list of token batches through 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -38,7 +39,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,9 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
 
     A target of -100 is not scored (``MythosLM``'s label convention): sequences of different lengths go into one
     batch right-padded, their inputs with any id and their targets with -100 (causal attention keeps the padding
-    out of the scored positions). Deterministic for a fixed model and batch list (the model is put in eval mode).
+    out of the scored positions). Deterministic for a fixed model and batch list (the model is put in eval mode;
+    a ``state_init="noise"`` model draws its initial states from torch's generators seeded with 0 at the start of
+    each loop count, so every row sees the same draws and the caller's generator state is left as it was).
     ``progress`` is called after every batch. ``documents``: the training run's packed-document flags, applied
     as its validation applies them (positions, attention, and targets at an end-of-document input not scored).
     """
@@ -152,37 +155,53 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
     results = []
     try:
         for n_loops in loops:
-            total_loss, total_tokens, positions, exits = 0.0, 0, 0, torch.zeros(n_loops)
-            flops = 0.0  # forward FLOPs summed over the positions computed (each batch at its own length)
-            for inputs, targets in batches:
-                out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold, documents=documents)
-                if documents is not None:
-                    targets = documents.scored(inputs, targets)
-                total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
-                                              ignore_index=IGNORE_INDEX, reduction="sum").item()
-                scored = targets != IGNORE_INDEX
-                tokens = int(scored.sum())
-                exits += exit_distribution(out.stats["depth"][scored], n_loops).cpu() * tokens  # from --device
-                # iterations computed whole / frozen (keys/values only), summed over the batch's positions
-                whole, frozen = computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))
-                flops += model.forward_flops_per_token(inputs.shape[1], whole / targets.numel(),
-                                                       frozen / targets.numel()) * targets.numel()
-                total_tokens, positions = total_tokens + tokens, positions + targets.numel()
-                if progress is not None:
-                    progress()
-            if total_tokens == 0:
-                raise ValueError("evaluate_loops: every target is -100, so there is no token to score")
-            loss, share = total_loss / total_tokens, exits / total_tokens
-            mean_depth = float((share * torch.arange(1, n_loops + 1)).sum())
-            flops /= positions
-            results.append(LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_depth,
-                                    share.tolist(), flops, total_tokens))
-            logger.info("loops %d%s: loss %.4f ppl %.2f, %.2f loops/token", n_loops,
-                        f" (exit < {exit_threshold:g})" if exit_threshold else "", loss, results[-1].perplexity,
-                        mean_depth)
+            with noise_seeded(batches[0][0].device if batches else torch.device("cpu")):
+                results.append(_evaluate_at(model, batches, n_loops, exit_threshold, progress, documents))
     finally:
         model.train(was_training)
     return results
+
+
+@contextlib.contextmanager
+def noise_seeded(device: torch.device) -> Iterator[None]:
+    """Inside: torch's CPU generator (and ``device``'s, on CUDA) seeded with 0; outside, their states as before."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        yield
+
+
+def _evaluate_at(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], n_loops: int,
+                 exit_threshold: float, progress: Callable[[], Any] | None,
+                 documents: PackedDocuments | None) -> LoopEval:
+    """One row of :func:`evaluate_loops`: every batch at ``n_loops`` loops."""
+    total_loss, total_tokens, positions, exits = 0.0, 0, 0, torch.zeros(n_loops)
+    flops = 0.0  # forward FLOPs summed over the positions computed (each batch at its own length)
+    for inputs, targets in batches:
+        out = model(inputs, n_loops=n_loops, exit_threshold=exit_threshold, documents=documents)
+        if documents is not None:
+            targets = documents.scored(inputs, targets)
+        total_loss += F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(),
+                                      ignore_index=IGNORE_INDEX, reduction="sum").item()
+        scored = targets != IGNORE_INDEX
+        tokens = int(scored.sum())
+        exits += exit_distribution(out.stats["depth"][scored], n_loops).cpu() * tokens  # from --device
+        # iterations computed whole / frozen (keys/values only), summed over the batch's positions
+        whole, frozen = computed_iterations(out.stats["depth"], int(out.stats["n_loops"]))
+        flops += model.forward_flops_per_token(inputs.shape[1], whole / targets.numel(),
+                                               frozen / targets.numel()) * targets.numel()
+        total_tokens, positions = total_tokens + tokens, positions + targets.numel()
+        if progress is not None:
+            progress()
+    if total_tokens == 0:
+        raise ValueError("evaluate_loops: every target is -100, so there is no token to score")
+    loss, share = total_loss / total_tokens, exits / total_tokens
+    mean_depth = float((share * torch.arange(1, n_loops + 1)).sum())
+    flops /= positions
+    row = LoopEval(n_loops, exit_threshold, loss, math.exp(min(loss, 50.0)), mean_depth, share.tolist(), flops,
+                   total_tokens)
+    logger.info("loops %d%s: loss %.4f ppl %.2f, %.2f loops/token", n_loops,
+                f" (exit < {exit_threshold:g})" if exit_threshold else "", loss, row.perplexity, mean_depth)
+    return row
 
 
 def default_results_dir(source: Path) -> Path:
