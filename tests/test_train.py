@@ -38,6 +38,7 @@ from megamythos.training.checkpointing import (
     check_saved_precision,
     repair_universal_optimizer,
     saved_progress,
+    training_change,
 )
 from megamythos.training.ds_config import accumulation_warning, build_ds_config, load_template, resolve_layout
 from megamythos.training.monitor import measure_peak_tflops, memory_usage
@@ -513,6 +514,21 @@ def test_a_resume_that_rebuilds_the_training_order_says_so(corpus, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the training set was built again for 8 steps of 16 samples and reads another sample order from " \
            "iteration 4 on" in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.launch
+def test_a_resume_under_another_preset_default_names_the_loop_setting_it_changes(corpus, tmp_path):
+    """A checkpoint trained with backprop_loops 0 (the tiny preset's before 2026-12-01), resumed with a command line
+    that leaves it to the preset (2 since): the run trained on with truncated backprop without a word (found
+    2026-12-08). It now warns, naming the override that trains on as the checkpoint did."""
+    save = tmp_path / "ckpt"
+    args = [*tiny_args(corpus, 4), "--save", str(save), "--load", str(save), "--eval-interval", "0"]
+    first = run_single([*args, "--exit-interval", "2", "--backprop-loops", "0"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_single(args, tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "other loop settings than it trained with (backprop_loops 0 -> 2; " in second.stderr, second.stderr[-3000:]
+    assert "pass --override backprop_loops=0 (in place of a flag that sets it)" in second.stderr
 
 
 @pytest.mark.launch
@@ -1234,6 +1250,25 @@ def test_checkpoint_of_another_preset_is_refused():
     check_model_config(written_before, small, "x")  # its default is what the network did then
     with pytest.raises(CheckpointError, match="capacity_router: checkpoint 'change' vs run 'learned'"):
         check_model_config(written_before, small.replace(capacity_router="learned"), "x")
+
+
+def test_a_resume_that_changes_how_the_loops_train_names_each_setting():
+    """A tiny run saved before 2026-12-01 (backprop_loops 0, the preset's then) and resumed with its own command line
+    trained on with truncated backprop through 2 loops, today's preset, without a word (found 2026-12-08). The
+    loop settings a resume changes are named with the overrides that keep the checkpoint's; a field the checkpoint
+    lacks (added since) reads as its default, and the activation checkpointing fields are no change."""
+    tiny = get_preset("tiny")
+    written_before = {k: v for k, v in tiny.replace(backprop_loops=0).to_dict().items() if k != "sample_depth"}
+    line = training_change(written_before, tiny, "runs/tiny/checkpoints/iter_0000400")
+    assert line and "checkpoint runs/tiny/checkpoints/iter_0000400 with other loop settings" in line
+    assert "(backprop_loops 0 -> 2; " in line and "pass --override backprop_loops=0 (in place of a flag" in line
+    assert training_change(written_before, tiny.replace(backprop_loops=0), "x") is None
+    assert training_change(tiny.to_dict(), tiny.replace(checkpoint_loops=True, max_loops=8), "x") is None
+    fixed = tiny.replace(sample_depth=False, loop_capacity=(1, 1, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25))
+    line = training_change(fixed.to_dict(), tiny, "x")
+    assert "(sample_depth false -> true, loop_capacity 1.0,1.0,0.5,0.5,0.5,0.5,0.25,0.25 -> (empty); " in line
+    overrides = re.findall(r"--override (\S+)", line)
+    assert parse_args([f"--override={o}" for o in overrides]).model_config() == fixed  # they give it back
 
 
 def test_a_resume_of_another_model_names_a_new_run_folder_too():

@@ -123,21 +123,29 @@ FINETUNE_SETTINGS = frozenset({"max_seq_len", "rope_theta", "init_std", "exit_th
                                "router_z_loss_coef", "expert_bias_update_rate"})
 
 
+# Model fields a resume may change, which shape no weight: how the loop count is drawn and how far the gradient runs
+# back through it (max_loops only where its resolved value, the rows of the per-loop tables, stays) change what the
+# run trains; the activation checkpointing fields and the free-form notes change nothing it computes.
+TRAINING_SETTINGS = ("mean_loops", "max_loops", "loop_sigma", "sample_depth", "backprop_loops", "loop_capacity")
+MEMORY_SETTINGS = ("checkpoint_loops", "loop_checkpoint_segment", "checkpoint_dense_blocks", "extra")
+
+
+def _saved_fields(saved: dict[str, Any], current: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the checkpoint's fields, the run's), both as JSON holds them (tuples as lists). A field the checkpoint lacks
+    was added after it was written, when the model behaved as the field's default says: it reads as that default."""
+    defaults = json.loads(ModelConfig().to_json())
+    return json.loads(json.dumps({k: saved.get(k, v) for k, v in defaults.items()})), json.loads(current.to_json())
+
+
 def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str, finetune: bool = False) -> None:
     """Refuse a checkpoint whose model differs in any field that shapes or changes the network; with
     ``finetune`` (a new run from its weights) the fields of :data:`FINETUNE_SETTINGS` may differ too."""
-    cur = json.loads(current.to_json())  # as saved: tuples are JSON lists
-    ignored = {"extra", "checkpoint_loops", "loop_checkpoint_segment", "checkpoint_dense_blocks", "mean_loops",
-               "max_loops", "loop_sigma", "sample_depth", "backprop_loops",
-               "loop_capacity"}  # how the model is trained, not the network
+    was, cur = _saved_fields(saved, current)
+    ignored = {*TRAINING_SETTINGS, *MEMORY_SETTINGS}  # how the model is trained, not the network
     if finetune:
         ignored |= FINETUNE_SETTINGS
-    # a field the checkpoint lacks was added after it was written, when the network behaved as its default says
-    defaults = json.loads(ModelConfig().to_json())
-    diffs = {k: (saved.get(k, defaults[k]), cur[k]) for k in cur
-             if k not in ignored and saved.get(k, defaults[k]) != cur[k]}
-    saved_max_loops = (saved.get("max_loops", defaults["max_loops"])
-                       or 2 * saved.get("mean_loops", defaults["mean_loops"]))
+    diffs = {k: (was[k], cur[k]) for k in cur if k not in ignored and was[k] != cur[k]}
+    saved_max_loops = was["max_loops"] or 2 * was["mean_loops"]
     remedy = "use the same --preset/--override as the run that wrote it"
     if not finetune:  # a resume: the user may have meant a new run beside the one in this folder
         remedy += ", or start a new run in another folder (--save DIR; the launchers' RUN_DIR=runs/NAME)"
@@ -147,6 +155,33 @@ def check_model_config(saved: dict[str, Any], current: ModelConfig, where: str, 
     if diffs:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in sorted(diffs.items()))
         raise CheckpointError(f"checkpoint {where} was written for a different model ({detail}); {remedy}")
+
+
+def _override_value(value: Any) -> str:
+    """``value`` (as JSON holds it) as ``--override FIELD=VALUE`` takes it back."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def training_change(saved: dict[str, Any], current: ModelConfig, where: str) -> str | None:
+    """``this run trains on from checkpoint WHERE with other loop settings than it trained with (backprop_loops 0 ->
+    2; ...); pass --override backprop_loops=0 ...`` where a resume changes a field of :data:`TRAINING_SETTINGS`,
+    which :func:`check_model_config` lets it; None where it changes none. ``saved``: the checkpoint's
+    ``model_config.json``. The run's fields come from its --preset and overrides: a preset default that changed
+    since the checkpoint was written (tiny's backprop_loops, 0 -> 2 on 2026-12-01) changed how an old run trained on
+    under its own command line."""
+    was, cur = _saved_fields(saved, current)
+    # max_loops: check_model_config refused any other resolved value, and 0 names the same one as 2 x mean_loops
+    changed = [k for k in TRAINING_SETTINGS if k != "max_loops" and was[k] != cur[k]]
+    if not changed:
+        return None
+    detail = ", ".join(f"{k} {_override_value(was[k]) or '(empty)'} -> {_override_value(cur[k]) or '(empty)'}"
+                       for k in changed)
+    keep = " ".join(f"--override {k}={_override_value(was[k])}" for k in changed)
+    return (f"this run trains on from checkpoint {where} with other loop settings than it trained with ({detail}; "
+            f"from the --preset's defaults or this command line); pass {keep} (in place of a flag that sets it) to "
+            "train on as it did")
 
 
 def run_sources(save: str | None, load: str | None, finetune: bool) -> tuple[str | None, str | None]:
@@ -805,7 +840,11 @@ class CheckpointManager:
         config_file = tag_dir / MODEL_CONFIG_FILE
         if not config_file.is_file():
             raise CheckpointError(f"{tag_dir} has no {MODEL_CONFIG_FILE}; it was not written by megamythos")
-        check_model_config(read_json_object(config_file, CheckpointError, CONFIG_FILE_REMEDY), config, str(tag_dir))
+        saved = read_json_object(config_file, CheckpointError, CONFIG_FILE_REMEDY)
+        check_model_config(saved, config, str(tag_dir))
+        change = training_change(saved, config, str(tag_dir))
+        if change and _rank() == 0:
+            logger.warning("%s", change)
         groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
         try:  # the LR scheduler's state is per parameter group, and their number depends on the layout
             path, client_state = engine.load_checkpoint(str(universal.parent if universal else load_dir),
