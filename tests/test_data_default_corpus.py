@@ -1,16 +1,19 @@
 """The embedded stdlib corpus: built once, reused, safe under concurrent callers."""
 from __future__ import annotations
 
+import json
 import os
 import sysconfig
 import threading
 
 import pytest
 
+from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
 from megamythos.data.default_corpus import ensure_default_dataset, stdlib_sources
 from megamythos.data.gpt_dataset import build_train_valid_test_datasets
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
+from megamythos.data.pretraining import resolve_data
 from megamythos.data.tokenizer import Tokenizer
 
 
@@ -67,6 +70,26 @@ def test_incomplete_build_is_redone(tmp_path) -> None:
     os.truncate(prefix + ".bin", 8)
     prefix2, _ = ensure_default_dataset(str(tmp_path), vocab_size=400, max_files=6, workers=1)
     assert len(IndexedDataset(prefix2)) > 0
+
+
+def test_a_corpus_built_before_checksums_is_kept_and_gets_them(tmp_path, caplog) -> None:
+    """A default corpus built before datasets recorded checksums (2026-12-07) was built again in place by the next
+    launch (found 2026-12-08): a version's rebuild writes a tokenizer of other bytes (another fingerprint), so the
+    run trained on the corpus was refused on resume and by evaluate, its data gone. It is kept, with the checksums
+    of its files as they are now, which the data scan then verifies."""
+    prefix, model = ensure_default_dataset(str(tmp_path), vocab_size=400, max_files=6, workers=1)
+    record_path = prefix + ".json"
+    record = json.loads(open(record_path).read())
+    del record[CHECKSUMS_KEY]  # as such a corpus's record is
+    with open(record_path, "w") as handle:
+        json.dump(record, handle)
+    files = {path: os.stat(path).st_mtime_ns for path in (prefix + ".bin", prefix + ".idx", model)}
+    caplog.set_level("INFO", logger="megamythos.data.default_corpus")
+    assert ensure_default_dataset(str(tmp_path), vocab_size=400, max_files=6, workers=1) == (prefix, model)
+    assert "building corpus" not in caplog.text and "recorded them for its files as they are now" in caplog.text
+    assert {path: os.stat(path).st_mtime_ns for path in files} == files  # kept as it was
+    assert CHECKSUMS_KEY in read_dataset_metadata(prefix)
+    resolve_data([prefix], 400, str(tmp_path / "cache"))  # verified against them
 
 
 def test_a_node_that_does_not_share_the_default_corpus_builds_its_own_or_says_why(tmp_path, monkeypatch) -> None:

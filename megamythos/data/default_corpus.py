@@ -21,6 +21,7 @@ from typing import Any
 from megamythos.data.atomic import atomic_open
 from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetError
+from megamythos.data.inspection import add_checksums
 from megamythos.data.metadata import read_dataset_metadata
 from megamythos.data.preprocess import PreprocessConfig, preprocess
 from megamythos.data.sources import iter_texts
@@ -57,17 +58,36 @@ def _manifest(files: list[str], vocab_size: int) -> dict[str, Any]:
     return {"vocab_size": vocab_size, "num_files": len(files), "files_sha256": listing, "version": 1}
 
 
-def _is_complete(manifest_path: str, manifest: dict[str, Any], data_prefix: str, model_path: str) -> bool:
+def _complete_record(manifest_path: str, manifest: dict[str, Any], data_prefix: str,
+                     model_path: str) -> dict[str, Any] | None:
+    """The record of the corpus at ``data_prefix`` where a build of ``manifest`` completed there (its manifest, a
+    dataset that opens and a record of its tokenizer), else None."""
     try:
         with open(manifest_path) as handle:
             if json.load(handle) != manifest:
-                return False
+                return None
         IndexedDataset(data_prefix)
         record = read_dataset_metadata(data_prefix)
-        return (record is not None and record["tokenizer_fingerprint"] == Tokenizer(model_path).fingerprint
-                and CHECKSUMS_KEY in record)  # one built before checksums were recorded is built again
+        return record if record is not None and record["tokenizer_fingerprint"] == Tokenizer(
+            model_path).fingerprint else None
     except (OSError, ValueError, IndexedDatasetError, TokenizerError):
+        return None
+
+
+def _add_missing_checksums(data_prefix: str) -> bool:
+    """Record the checksums of a corpus built before they were recorded (2026-12-07), for its files as they are now
+    once its index checks out; False where it does not (a damaged corpus: built again). It is kept, not built
+    again: runs trained on it resume from it, and a rebuild by a later version replaced its tokenizer (another
+    fingerprint: those runs were refused) and could give other tokens."""
+    try:
+        IndexedDataset(data_prefix).validate()
+        add_checksums(data_prefix)
+    except (OSError, ValueError, IndexedDatasetError) as err:
+        logger.warning("corpus %s is damaged (%s); building it again", data_prefix, err)
         return False
+    logger.info("corpus %s was built before datasets recorded checksums: recorded them for its files as they are "
+                "now (it is kept for the runs trained on it; remove its files to build it anew)", data_prefix)
+    return True
 
 
 class _DropSkipWarnings(logging.Filter):
@@ -100,7 +120,8 @@ def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
     manifest = _manifest(files, vocab_size)
     with open(f"{base}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_complete(manifest_path, manifest, data_prefix, model_path):
+        record = _complete_record(manifest_path, manifest, data_prefix, model_path)
+        if record is not None and (CHECKSUMS_KEY in record or _add_missing_checksums(data_prefix)):
             logger.info("reusing corpus %s", data_prefix)
             return data_prefix, model_path
         logger.info("building corpus %s from %d files", base, len(files))
