@@ -75,16 +75,22 @@ def _complete_record(manifest_path: str, manifest: dict[str, Any], data_prefix: 
 
 
 def _add_missing_checksums(data_prefix: str) -> bool:
-    """Record the checksums of a corpus built before they were recorded (2026-12-07), for its files as they are now
-    once its index checks out; False where it does not (a damaged corpus: built again). It is kept, not built
-    again: runs trained on it resume from it, and a rebuild by a later version replaced its tokenizer (another
-    fingerprint: those runs were refused) and could give other tokens."""
+    """Record the checksums of a corpus built before they were recorded (2026-12-07), for its files as they are now,
+    once its index checks out. False where it does not (a damaged corpus: built again); True otherwise, also where
+    its record cannot be written (a read-only folder: it is read unverified, as any dataset without them). Such a
+    corpus is kept, not built again: runs trained on it resume from it, and a rebuild by a later version replaced
+    its tokenizer (another fingerprint: those runs were refused) and could give other tokens."""
     try:
         IndexedDataset(data_prefix).validate()
-        add_checksums(data_prefix)
     except (OSError, ValueError, IndexedDatasetError) as err:
         logger.warning("corpus %s is damaged (%s); building it again", data_prefix, err)
         return False
+    try:
+        add_checksums(data_prefix)
+    except (OSError, ValueError, IndexedDatasetError) as err:  # a read-only folder, a record that changed meanwhile
+        logger.warning("corpus %s was built before datasets recorded checksums, and they cannot be recorded now (%s): "
+                       "it is read unverified", data_prefix, err)
+        return True
     logger.info("corpus %s was built before datasets recorded checksums: recorded them for its files as they are "
                 "now (it is kept for the runs trained on it; remove its files to build it anew)", data_prefix)
     return True
