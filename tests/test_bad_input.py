@@ -800,6 +800,17 @@ def test_loop_flags_out_of_range_name_the_flag(argv: list[str], message: str, ca
     assert exit_info.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
 
 
+@pytest.mark.parametrize("argv", [["--no-checkpoint-loops", "--loop-checkpoint-segment", "2"],
+                                  ["--override", "checkpoint_loops=false", "--override", "loop_checkpoint_segment=0"]])
+def test_loop_checkpoint_segment_with_checkpointing_off_is_refused(argv: list[str]) -> None:
+    """Found 2026-12-08 (feature combinations): ``--loop-checkpoint-segment`` "implies --checkpoint-loops", but beside
+    ``--no-checkpoint-loops`` the run checkpointed nothing, the segment kept in its config without a word."""
+    with pytest.raises(ArgumentError, match=r"^--loop-checkpoint-segment \d checkpoints runs of loops, which "
+                                            r"--no-checkpoint-loops \(checkpoint_loops=false\) turns off"):
+        parse_args(argv)
+    assert parse_args(["--checkpoint-loops", "--loop-checkpoint-segment", "2"]).model_config().checkpoint_loops
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--seed", "-1"], r"--seed must lie in \[0, 2\*\*32\), got -1"),
     (["--seed", str(2**32)], r"--seed must lie in \[0, 2\*\*32\)"),

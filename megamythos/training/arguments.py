@@ -200,6 +200,9 @@ class TrainArgs:
         _check(1 <= self.profile_step_start <= self.profile_step_end, "--profile-step-start and --profile-step-end "
                f"must satisfy 1 <= start <= end, got {self.profile_step_start} and {self.profile_step_end}")
         _check(self.eval_iters >= 1, "--eval-iters must be >= 1 (--eval-interval 0 runs no validation)")
+        _check(self.overrides.get("checkpoint_loops") is not False or "loop_checkpoint_segment" not in self.overrides,
+               f"--loop-checkpoint-segment {self.overrides.get('loop_checkpoint_segment')} checkpoints runs of loops, "
+               "which --no-checkpoint-loops (checkpoint_loops=false) turns off: give one of them")
         for name in ("keep_last", "log_interval", "max_nonfinite", "spike_window", "spike_patience", "max_rollbacks"):
             _check(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")
         try:
