@@ -964,6 +964,13 @@ def test_a_ds_config_whose_batch_sizes_disagree_is_refused(tmp_path: Path) -> No
     # checked (another preset, batch, context or parallel sizes)
     (["--ds-config", "{ds}", "--", "--seq-length", "8192", "--ep=2", "--override", "max_seq_len=9000"],
      "trainer flags after -- (--seq-length, --ep=2, max_seq_len=9000) would change what this plan checked"),
+    # found 2026-12-08 (feature combinations): --override's one-word form, and the loop checkpointing fields, passed,
+    # and the printed command trained without the checkpointing the memory plan counted (the trainer takes the last
+    # --override of a field) or stopped on every node at the conflicting aliases
+    (["--ds-config", "{ds}", "--", "--override=checkpoint_dense_blocks=false", "--override", "checkpoint_loops=false",
+      "--override", "loop_checkpoint_segment=3"],
+     "trainer flags after -- (--override=checkpoint_dense_blocks=false, checkpoint_loops=false, "
+     "loop_checkpoint_segment=3) would change what this plan checked"),
     # found 2026-12-06: the trainer now refuses ZeRO-0 with tensor parallelism in bf16, the command's precision
     (["--zero", "0", "--tp", "2", "--ds-config", "{ds}"], "--zero 0 with --tp 2 in bf16: DeepSpeed's ZeRO-0 bf16"),
     # found 2026-12-07: and ZeRO-0 with expert parallelism in bf16

@@ -194,6 +194,10 @@ def hostfile_slots(path: str) -> dict[str, int] | None:
     return slots
 
 
+# the model fields this plan decides (the command sets them): a trainer --override of one after -- would train another
+PLANNED_FIELDS = {"max_seq_len", "checkpoint_loops", "loop_checkpoint_segment", "checkpoint_dense_blocks"}
+
+
 def check_launchable(args: argparse.Namespace) -> None:
     """Refuse a ``--hostfile`` plan whose printed command would train another model or layout than the plan: the
     trainer takes a ``--preset`` (not ``--config``), reads ZeRO++ from its ds_config (not ``--hpz/--qwz/--qgz``)
@@ -211,8 +215,8 @@ def check_launchable(args: argparse.Namespace) -> None:
     planned = {"--preset", "--config", "--ds-config", "--tp", "--ep", "--zero", "--micro-batch-size",
                "--global-batch-size", "--seq-length", "--replicate-core", "--no-replicate-core", "--checkpoint-loops",
                "--no-checkpoint-loops", "--loop-checkpoint-segment", "--bf16", "--no-bf16"}
-    overridden = [a for a in args.train_args if a.split("=")[0] in planned]
-    overridden += [a for a in args.train_args if a.split("=")[0] in {"max_seq_len", "checkpoint_dense_blocks"}]
+    overridden = [a for a in args.train_args if a.split("=")[0] in planned
+                  or a.removeprefix("--override=").split("=")[0] in PLANNED_FIELDS]  # --override F=V, --override=F=V
     if overridden:
         raise LayoutError(f"trainer flags after -- ({', '.join(overridden)}) would change what this plan checked: "
                           "give the layout, batch and sequence settings as the planner's own flags")
