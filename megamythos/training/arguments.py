@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "backprop, whose k iterations bound them; = --override checkpoint_loops=false)")
     add("--loop-checkpoint-segment", type=number(int, 0), default=None,
         help="also checkpoint runs of this many iterations (0: sqrt of the iterations under gradient; implies "
-             "--checkpoint-loops): O(sqrt T) saved states instead of O(T) for one extra forward of the loops")
+             "--checkpoint-loops, refused beside --no-checkpoint-loops): O(sqrt T) saved states instead of O(T) "
+             "for one extra forward of the loops")
     g = p.add_argument_group("data")
     add("--data-path", nargs="*", type=path_text, default=[],
         help="dataset prefixes: P, or P1 P2 ... (each split blended by the samples an epoch of each dataset's share "
