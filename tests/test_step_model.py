@@ -329,3 +329,24 @@ def test_a_step_deeper_than_training_runs_is_refused_and_a_deeper_count_warned(c
     with caplog.at_level("WARNING"):
         assert params_main(["--preset", "tiny", "--loops", str(deepest + 1)]) == 0
     assert "the training FLOPs/token are of a step the trainer never runs" in caplog.text
+
+
+def test_the_plan_is_of_the_model_the_trainer_flags_after_the_dashes_make(tmp_path) -> None:
+    """Found 2026-12-08 (feature combinations): ``plan --hostfile F ... -- --mean-loops 48 --override dim=8192``
+    printed a command that trained that model while the plan sized the preset. Every trainer flag after ``--``
+    that sets a model field (``--override F=V``, ``--override=F=V``, ``--mean-loops``, ``--backprop-loops``; the
+    last of a field wins, as in the trainer) now makes the model planned, with or without --hostfile."""
+    from megamythos.model.params import count
+    from megamythos.planning.plan import plan
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node1 slots=8\n")
+    base = ["--preset", "small", "--gpus", "8", "--ds-config", str(REPO / "ds_configs" / "multi-node.json"), "--json"]
+    trainer = ["--", "--override", "dim=512", "--override", "dim=1024", "--override=n_heads=16", "--mean-loops", "6",
+               "--backprop-loops", "3"]
+    expected = count(get_preset("small", dim=1024, n_heads=16, mean_loops=6, backprop_loops=3))
+    for where in ([], ["--hostfile", str(hostfile)]):
+        planned = plan([*base, *where, *trainer])
+        assert planned["total"] == expected.total, where
+        assert planned["effective_per_token"] == expected.effective_per_token, where
+    assert plan(base)["total"] == count(get_preset("small")).total

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
-from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, get_preset
+from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, get_preset, parse_override
 from megamythos.model.params import BYTES, count
 from megamythos.planning.layout import (
     ZEROPP_KEYS,
@@ -198,6 +198,22 @@ def hostfile_slots(path: str) -> dict[str, int] | None:
 PLANNED_FIELDS = {"max_seq_len", "checkpoint_loops", "loop_checkpoint_segment", "checkpoint_dense_blocks"}
 
 
+def trainer_model_changes(train_args: list[str]) -> dict[str, Any]:
+    """The model fields the trainer flags after ``--`` set: each ``--override FIELD=VALUE`` (also the one-word
+    ``--override=FIELD=VALUE``) and the trainer's field flags ``--mean-loops`` / ``--backprop-loops``, the last
+    one of a field winning, as in the trainer. The plan is made of the model with them, the model the command
+    trains."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--override", action="append", default=[])
+    parser.add_argument("--mean-loops", type=int)
+    parser.add_argument("--backprop-loops", type=int)
+    known, _ = parser.parse_known_args([a for a in train_args if a != "--"])
+    changes = dict(parse_override(item) for item in known.override)
+    changes.update({k: v for k, v in (("mean_loops", known.mean_loops), ("backprop_loops", known.backprop_loops))
+                    if v is not None})
+    return changes
+
+
 def check_launchable(args: argparse.Namespace) -> None:
     """Refuse a ``--hostfile`` plan whose printed command would train another model or layout than the plan: the
     trainer takes a ``--preset`` (not ``--config``), reads ZeRO++ from its ds_config (not ``--hpz/--qwz/--qgz``)
@@ -263,6 +279,10 @@ def plan(argv: list[str] | None = None) -> dict[str, Any]:
     if args.hostfile:
         check_launchable(args)
     config = ModelConfig.from_json(args.config, CONFIG_REMEDY) if args.config else get_preset(args.preset)
+    if changes := trainer_model_changes(args.train_args):  # what the trainer flags after -- make of the model
+        config = config.replace(**changes)
+        logger.info("planned with the model fields the trainer flags after -- set: %s",
+                    ", ".join(f"{k}={v}" for k, v in changes.items()))
     if why := config.training_refusal():  # the trainer's line: a plan of it would plan nothing it can run
         raise ConfigError(why)
     seq_len = args.seq_length or config.training_seq_len
