@@ -185,12 +185,12 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     kv_fwd = 2 * frozen_token_matmul_params(c)
     ranking = 2 * c.dim if p.depth_router else 0
     capacity = (c.loop_capacity + c.loop_capacity[-1:] * loops) if c.loop_capacity else (1.0,) * loops
-    trained_loops = [capacity[t] * (loop_fwd - kv_fwd) + kv_fwd + (ranking if capacity[t] < 1 else 0)
-                     for t in range(loops)]
+    trained_loops = [capacity[t] * (loop_fwd - kv_fwd) + kv_fwd for t in range(loops)]
+    ranked = [ranking if capacity[t] < 1 else 0 for t in range(loops)]  # no gradient: forward only
     # backward (2x forward) only where gradients flow: truncated BPTT runs the first loops - k without them
     with_grad = min(c.backprop_loops or loops, loops)
-    train = 3 * (outside_loops + sum(trained_loops)) - 2 * sum(trained_loops[:loops - with_grad])
-    recompute = sum(trained_loops[loops - with_grad:])
+    train = 3 * (outside_loops + sum(trained_loops)) - 2 * sum(trained_loops[:loops - with_grad]) + sum(ranked)
+    recompute = sum(trained_loops[loops - with_grad:]) + sum(ranked[loops - with_grad:])
     per_layer_kv = (c.kv_lora_rank + c.qk_rope_head_dim if c.attn_type == "mla"
                     else 2 * c.n_kv_heads * c.resolved_head_dim)
     return ParamReport(total=p.total, embedding=p.embedding, prelude_coda=p.prelude_coda, recurrent=p.recurrent,
