@@ -1771,3 +1771,43 @@ def test_nodes_whose_ds_config_of_one_name_differs_in_content_are_refused(monkey
         pretrain.check_same_command(ours, 2)
     assert str(refused.value) == (differs.replace("node0): --ds-config", "node0): --seed 8 (rank 0: 1234), --ds-config")
                                   + "; run the same command, with the same RUN_DIR, on every node")
+
+
+ACT_ERA_FIELDS = {"act": True, "act_threshold": 0.99}  # ModelConfig's Graves ACT fields, removed on 2026-12-01
+
+
+def test_a_checkpoint_of_an_older_version_is_said_to_be_one_wherever_it_is_read(tmp_path: Path) -> None:
+    """A checkpoint or export written before 2026-12-01 (the ACT era) holds ModelConfig fields this version lacks.
+    Found 2026-12-08: evaluate, generate, export and --finetune refused it with ``ModelConfig has no field(s)
+    ['act', 'act_threshold']; known fields: [...]``, which does not say why or what to do, and a resume read past
+    them into DeepSpeed's load. Each now says that an older version wrote it, and to read it with that checkout."""
+    from megamythos.checkpoint.reader import load_checkpoint_weights, load_exported
+    from megamythos.training.checkpointing import pretrained_state
+
+    old_config = json.dumps({**json.loads(ModelConfig().to_json()), **ACT_ERA_FIELDS})
+    tag = one_tag_run(tmp_path / "run", {})
+    (tag / "model_config.json").write_text(old_config)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text(old_config)
+    (export / "model.safetensors").write_bytes(b"")
+
+    def told(path: Path) -> str:
+        return (f"{path} was written by an older version of megamythos, whose model had the field(s) ['act', "
+                "'act_threshold'] (Graves ACT, replaced by per-token early exit on 2026-12-01): this version cannot "
+                "read it; read it with the megamythos checkout that wrote it (one from before 2026-12-01)")
+
+    for read, path in ((lambda: CheckpointManager.load(None, tmp_path / "run", ModelConfig()), tag),  # resume
+                       (lambda: load_checkpoint_weights(tag, tmp_path / "work"), tag),  # evaluate, generate, export
+                       (lambda: pretrained_state(str(tag), ModelConfig(), None), tag),  # --finetune --load
+                       (lambda: load_exported(export), export)):  # evaluate/generate/--finetune of an export
+        with pytest.raises(CheckpointError) as refused:
+            read()
+        assert str(refused.value) == told(path / ("config.json" if path == export else "model_config.json"))
+    line = refusal(["-m", "megamythos.checkpoint.export", str(tag), str(tmp_path / "out")], tmp_path)
+    assert line == f"error: {told(tag / 'model_config.json')}", line
+    (tag / "model_config.json").write_text(json.dumps({**json.loads(ModelConfig().to_json()), "halting": 1}))
+    with pytest.raises(CheckpointError, match=r"model_config.json was written by another version of megamythos, "
+                       r"whose model has the field\(s\) \['halting'\] that this version's lacks: .* read it with the "
+                       "megamythos checkout that wrote it$"):
+        load_checkpoint_weights(tag, tmp_path / "work")

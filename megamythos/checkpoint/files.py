@@ -22,6 +22,7 @@ Layout of ``--save DIR``::
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ from megamythos.data.manifest import CHECKSUMS_FILE
 from megamythos.data.metadata import read_tokenizer_record, write_tokenizer_record
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, read_json_object
+from megamythos.model.config import CONFIG_FILE_REMEDY, ConfigError, ModelConfig
 
 LATEST = "latest"
 TAG_RE = re.compile(r"^iter_(\d{7,})$")
@@ -52,6 +54,9 @@ DEEPSPEED_TAG_RE = re.compile(r"^global_step\d+$")  # a plain DeepSpeed run's ta
 # the model states, or for AutoEP in ``expp_rank_*_mp_rank_*_optim_states.pt`` (the same name in any precision)
 ZERO_OPTIM_SHARDS = "*zero_pp_rank_*optim_states.pt"
 UNIVERSAL_SUFFIX = "_universal"
+# ModelConfig fields a version removed: field -> (what became of it, the day it went); a checkpoint holding one is older
+REMOVED_MODEL_FIELDS = {name: ("Graves ACT, replaced by per-token early exit", "2026-12-01")
+                        for name in ("act", "act_threshold")}
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +144,34 @@ def check_tag_files(tag_dir: Path) -> None:
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"{path} is corrupt (not a complete torch file); point {tag_dir.parent / LATEST} "
                                   "at an earlier tag, or resume from another copy of the checkpoint")
+
+
+def check_model_fields(saved: dict[str, Any], path: Path) -> None:
+    """Refuse the saved model config ``saved`` (``path``: a tag's ``model_config.json``, an export's
+    ``config.json``) where it holds fields this version's :class:`ModelConfig` lacks: another version of megamythos
+    wrote it (the ACT era's ``act``, ``act_threshold``: :data:`REMOVED_MODEL_FIELDS`), whose model this one cannot
+    build. A field it lacks is one added since, read as its default (the model it had)."""
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if not unknown:
+        return
+    if all(k in REMOVED_MODEL_FIELDS for k in unknown):
+        changes = sorted({REMOVED_MODEL_FIELDS[k] for k in unknown}, key=lambda change: change[1])
+        raise CheckpointError(f"{path} was written by an older version of megamythos, whose model had the field(s) "
+                              f"{unknown} ({'; '.join(f'{what} on {day}' for what, day in changes)}): this version "
+                              "cannot read it; read it with the megamythos checkout that wrote it (one from before "
+                              f"{changes[0][1]})")
+    raise CheckpointError(f"{path} was written by another version of megamythos, whose model has the field(s) "
+                          f"{unknown} that this version's lacks: this version cannot read it; read it with the "
+                          "megamythos checkout that wrote it")
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """The model of a tag's ``model_config.json`` or an export's ``config.json``, checked by
+    :func:`check_model_fields` (a broken or missing file: :class:`ConfigError` naming it, as
+    :meth:`ModelConfig.from_json`)."""
+    if path.is_file():
+        check_model_fields(read_json_object(path, ConfigError, CONFIG_FILE_REMEDY), path)
+    return ModelConfig.from_json(path)
 
 
 def read_train_record(tag_dir: Path) -> dict[str, Any]:

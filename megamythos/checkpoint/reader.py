@@ -42,6 +42,7 @@ from megamythos.checkpoint.files import (
     disk_full,
     disk_size,
     read_latest,
+    read_model_config,
     saved_layout,
     unconvertible_layout,
     warn_if_latest_is_not_newest,
@@ -184,7 +185,7 @@ def load_checkpoint_weights(tag_dir: Path, workdir: Path,
     that outlives it); a file that differs from the tag's checksums is refused by name (:class:`CheckpointError`,
     see :func:`verify_tag`) before anything is unpickled."""
     verify_tag(tag_dir)
-    config = ModelConfig.from_json(tag_dir / MODEL_CONFIG_FILE)
+    config = read_model_config(tag_dir / MODEL_CONFIG_FILE)
     sharded = any(tag_dir.glob(ZERO_OPTIM_SHARDS))
     layout, stage = saved_layout(tag_dir)
     if sharded and (why := unconvertible_layout(layout, stage)):
@@ -319,7 +320,7 @@ def load_exported(out_dir: str | Path) -> MythosLM:
     if "auto_map" in read_json_object(out_dir / CONFIG_FILE, CheckpointError, "export the checkpoint again"):
         raise CheckpointError(f"{out_dir} is a Hugging Face export (--format hf): load it with transformers "
                               "(docs/inference.md), or export the checkpoint without --format hf for --load")
-    model = MythosLM(ModelConfig.from_json(out_dir / CONFIG_FILE))
+    model = MythosLM(read_model_config(out_dir / CONFIG_FILE))
     try:  # an export without checksums whose weights are not a safetensors file, or not of its config's model
         load_model(model, str(out_dir / MODEL_FILE))
     except (SafetensorError, RuntimeError, OSError) as err:

@@ -53,6 +53,7 @@ from megamythos.checkpoint.files import (
     WRITER_LOCK,
     ZERO_OPTIM_SHARDS,
     CheckpointError,
+    check_model_fields,
     complete_tags,
     disk_full,
     disk_size,
@@ -841,6 +842,7 @@ class CheckpointManager:
         if not config_file.is_file():
             raise CheckpointError(f"{tag_dir} has no {MODEL_CONFIG_FILE}; it was not written by megamythos")
         saved = read_json_object(config_file, CheckpointError, CONFIG_FILE_REMEDY)
+        check_model_fields(saved, config_file)
         check_model_config(saved, config, str(tag_dir))
         change = training_change(saved, config, str(tag_dir))
         if change and _rank() == 0:
