@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from megamythos.data.checksums import RECORD_KEY as CHECKSUMS_KEY
-from megamythos.data.default_corpus import ensure_default_dataset, stdlib_sources
+from megamythos.data.default_corpus import ensure_default_dataset, ensure_source_dataset, stdlib_sources
 from megamythos.data.gpt_dataset import build_train_valid_test_datasets
 from megamythos.data.indexed_dataset import IndexedDataset
 from megamythos.data.metadata import read_dataset_metadata
@@ -90,6 +90,37 @@ def test_a_corpus_built_before_checksums_is_kept_and_gets_them(tmp_path, caplog)
     assert {path: os.stat(path).st_mtime_ns for path in files} == files  # kept as it was
     assert CHECKSUMS_KEY in read_dataset_metadata(prefix)
     resolve_data([prefix], 400, str(tmp_path / "cache"))  # verified against them
+
+
+def test_a_corpus_of_another_python_is_kept_and_this_one_s_is_built_beside_it(tmp_path, caplog) -> None:
+    """A Python upgrade changes the stdlib the default corpus is built from (its manifest: other files or sizes).
+    Found 2026-12-08: the corpus was then built again in place, with another tokenizer, so every run trained on it
+    was refused on resume and by evaluate, and nothing was left to go back to. It is kept as it was, this Python's
+    corpus is built beside it (and reused there), and the old one is read again where its files come back."""
+    sources = tmp_path / "stdlib"
+    sources.mkdir()
+    files = [str(sources / f"{i}_{os.path.basename(f)}") for i, f in enumerate(stdlib_sources(6))]
+    for original, copy in zip(stdlib_sources(6), files):
+        with open(original, "rb") as src, open(copy, "wb") as dst:
+            dst.write(src.read())
+    base = str(tmp_path / "default" / "stdlib_v400_n6")
+    old_prefix, old_model = ensure_source_dataset(files, base, 400, workers=1)
+    kept = {path: (os.stat(path).st_mtime_ns, open(path, "rb").read())
+            for path in (old_prefix + ".bin", old_prefix + ".idx", old_prefix + ".json", old_model)}
+    with open(files[-1], "a") as handle:
+        handle.write("x = 1  # a file of the next Python\n")
+    caplog.set_level("INFO", logger="megamythos.data.default_corpus")
+    prefix, model = ensure_source_dataset(files, base, 400, workers=1)
+    assert {path: (os.stat(path).st_mtime_ns, open(path, "rb").read()) for path in kept} == kept  # not touched
+    assert prefix.startswith(base + "_") and prefix != old_prefix and len(IndexedDataset(prefix)) > 0
+    assert f"corpus {old_prefix} was built from other files than these 6" in caplog.text
+    caplog.clear()
+    assert ensure_source_dataset(files, base, 400, workers=1) == (prefix, model)  # this Python's, reused
+    assert "building corpus" not in caplog.text
+    with open(files[-1], "rb+") as handle:
+        handle.truncate(os.path.getsize(files[-1]) - len("x = 1  # a file of the next Python\n"))
+    assert ensure_source_dataset(files, base, 400, workers=1) == (old_prefix, old_model)
+    assert "building corpus" not in caplog.text
 
 
 def test_a_node_that_does_not_share_the_default_corpus_builds_its_own_or_says_why(tmp_path, monkeypatch) -> None:

@@ -249,6 +249,9 @@ def default_corpus_main(argv: Sequence[str] | None = None) -> int:
     """Build the default corpus (tokenizer + dataset) from the local Python standard library sources.
 
     Usage: ``python data_prep/build_default_corpus.py --out data/default [--vocab-size 8192] [--max-files N]``
+
+    A corpus there is reused, never built again in place: one built by another Python (another stdlib) stays for
+    the runs trained on it, and this Python's is built beside it (``stdlib_v8192_KEY``); the prefix is printed.
     """
     parser = ArgumentParser(prog="python data_prep/build_default_corpus.py", description=default_corpus_main.__doc__)
     parser.add_argument("--out", type=path_text, required=True, help="output directory")

@@ -5,7 +5,9 @@
 preprocesses every file as one document (eos appended) into ``{out_dir}/stdlib_v{vocab}[_n{max_files}]``.
 ``ensure_source_dataset(files, base)`` does the same for any list of text files (the tests' fixed corpus).
 A manifest written last marks a complete build; concurrent callers serialise on a file lock and later callers
-reuse the result.
+reuse the result. A complete corpus is never built again in place: that of another Python's standard library (a
+Python upgrade) stays where it is for the runs trained on it, and this Python's is built beside it, as
+``{out_dir}/stdlib_v{vocab}[_n{max_files}]_{key}`` (:func:`manifest_key`).
 """
 from __future__ import annotations
 
@@ -118,32 +120,77 @@ def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
                           workers: int | None = None) -> tuple[str, str]:
     """Build (or reuse) the dataset of ``files``, one document each, byte for byte, at ``base``: a tokenizer
     trained on them (``{base}_tokenizer.model``) and the data prefix ``{base}_text_document``; returns both, as
-    :func:`ensure_default_dataset`."""
+    :func:`ensure_default_dataset`.
+
+    A complete corpus at ``base`` built from other files (another Python's standard library: other files, sizes or
+    paths; their manifest differs) is never built again in place, since the runs trained on it need it (a rebuild
+    trains another tokenizer: they were refused on resume and by evaluate, their data gone). This build goes beside
+    it, to ``{base}_{key}`` (:func:`manifest_key`), and is reused there; the corpus at ``base`` stays for the runs
+    that name it. An incomplete or damaged one at ``base`` is built again there."""
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
-    model_path = f"{base}_tokenizer.model"
-    data_prefix = f"{base}_text_document"
-    manifest_path = f"{base}.manifest.json"
     manifest = _manifest(files, vocab_size)
-    with open(f"{base}.lock", "w") as lock:
+    with open(f"{base}.lock", "w") as lock:  # one lock for the corpus at base and those beside it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        record = _complete_record(manifest_path, manifest, data_prefix, model_path)
-        if record is not None and (CHECKSUMS_KEY in record or _add_missing_checksums(data_prefix)):
-            logger.info("reusing corpus %s", data_prefix)
-            return data_prefix, model_path
-        logger.info("building corpus %s from %d files", base, len(files))
-        train_tokenizer(iter_texts(files, verbatim=True), TokenizerTrainConfig(
-            vocab_size=vocab_size, model_prefix=f"{base}_tokenizer", max_sentences=TOKENIZER_SAMPLE_CHUNKS,
-            num_threads=os.cpu_count() or 1, overwrite=True))  # rebuilt: its files no longer match their manifest
-        skip_lines = _DropSkipWarnings()  # the stdlib's empty files (__init__.py, ...) are skipped by design
-        logging.getLogger(preprocess.__module__).addFilter(skip_lines)
-        try:
-            stats = preprocess(PreprocessConfig(
-                inputs=files, output_prefix=base, tokenizer_model=model_path, append_eod=True, overwrite=True,
-                text_verbatim=True,
-                workers=workers or min(2, os.cpu_count() or 1)))
-        finally:
-            logging.getLogger(preprocess.__module__).removeFilter(skip_lines)
-        logger.info("corpus %s: %s", base, stats.summary())
-        with atomic_open(manifest_path, "w") as handle:
-            json.dump(manifest, handle, indent=2, sort_keys=True)
+        if _reusable(base, manifest) or not _holds_a_corpus(base):
+            return _build_or_reuse(files, base, manifest, workers)
+        keyed = f"{base}_{manifest_key(manifest)}"
+        if not _reusable(keyed, manifest):
+            logger.info("corpus %s_text_document was built from other files than these %d (another Python's "
+                        "standard library?): it is kept for the runs trained on it, and this corpus is built beside it "
+                        "as %s_text_document", base, len(files), keyed)
+        return _build_or_reuse(files, keyed, manifest, workers)
+
+
+def manifest_key(manifest: dict[str, Any]) -> str:
+    """The first 10 hex digits of the sha256 of ``manifest``'s JSON: the name of a corpus built beside another."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _paths(base: str) -> tuple[str, str, str]:
+    """(tokenizer model, data prefix, manifest) of the corpus at ``base``."""
+    return f"{base}_tokenizer.model", f"{base}_text_document", f"{base}.manifest.json"
+
+
+def _reusable(base: str, manifest: dict[str, Any]) -> bool:
+    """Whether the corpus at ``base`` is a complete build of ``manifest`` (:func:`_complete_record`)."""
+    model_path, data_prefix, manifest_path = _paths(base)
+    return _complete_record(manifest_path, manifest, data_prefix, model_path) is not None
+
+
+def _holds_a_corpus(base: str) -> bool:
+    """Whether ``base`` holds a complete corpus, whatever files it was built from: the manifest a build writes last,
+    and a dataset that opens whose record names its tokenizer."""
+    model_path, data_prefix, manifest_path = _paths(base)
+    try:
+        with open(manifest_path) as handle:
+            built = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(built, dict) and _complete_record(manifest_path, built, data_prefix, model_path) is not None
+
+
+def _build_or_reuse(files: list[str], base: str, manifest: dict[str, Any], workers: int | None) -> tuple[str, str]:
+    """Reuse the complete build of ``manifest`` at ``base`` (recording its checksums where it predates them), or
+    build it there; the caller holds the lock."""
+    model_path, data_prefix, manifest_path = _paths(base)
+    record = _complete_record(manifest_path, manifest, data_prefix, model_path)
+    if record is not None and (CHECKSUMS_KEY in record or _add_missing_checksums(data_prefix)):
+        logger.info("reusing corpus %s", data_prefix)
+        return data_prefix, model_path
+    logger.info("building corpus %s from %d files", base, len(files))
+    train_tokenizer(iter_texts(files, verbatim=True), TokenizerTrainConfig(
+        vocab_size=manifest["vocab_size"], model_prefix=f"{base}_tokenizer", max_sentences=TOKENIZER_SAMPLE_CHUNKS,
+        num_threads=os.cpu_count() or 1, overwrite=True))  # an incomplete or damaged build of these files
+    skip_lines = _DropSkipWarnings()  # the stdlib's empty files (__init__.py, ...) are skipped by design
+    logging.getLogger(preprocess.__module__).addFilter(skip_lines)
+    try:
+        stats = preprocess(PreprocessConfig(
+            inputs=files, output_prefix=base, tokenizer_model=model_path, append_eod=True, overwrite=True,
+            text_verbatim=True,
+            workers=workers or min(2, os.cpu_count() or 1)))
+    finally:
+        logging.getLogger(preprocess.__module__).removeFilter(skip_lines)
+    logger.info("corpus %s: %s", base, stats.summary())
+    with atomic_open(manifest_path, "w") as handle:
+        json.dump(manifest, handle, indent=2, sort_keys=True)
     return data_prefix, model_path
