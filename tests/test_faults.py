@@ -24,6 +24,7 @@ import pytest
 
 from megamythos.checkpoint.files import WRITER_LOCK, read_latest
 from megamythos.data.cli import preprocess_main
+from megamythos.data.default_corpus import ensure_source_dataset
 from megamythos.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dataset_exists
 from megamythos.data.merge import merge_datasets
 from megamythos.data.metadata import metadata_path, read_dataset_metadata, tokenizer_copy_path
@@ -32,7 +33,9 @@ from megamythos.training.checkpointing import CheckpointError, check_run_dirs, w
 from tests.helpers import (
     LAUNCHER,
     REPO,
+    VOCAB,
     corpus_prefix,
+    corpus_texts,
     dead_pid,
     deepspeed_command,
     finish,
@@ -859,6 +862,33 @@ def test_a_rank_that_ends_at_start_up_does_not_leave_the_others_waiting_half_an_
         "rank 0: a process group waited 0.1 minutes (--distributed-timeout-minutes) for a rank that did not join it: "
         "it ended during start-up (its error is in its node's output) or is stuck; the job cannot continue. Run the "
         "same command again (it ran without --save)"), out[0][-3000:]
+
+
+@pytest.mark.launch
+def test_a_default_corpus_run_resumed_after_a_python_upgrade_keeps_its_corpus_and_is_told_it(tmp_path: Path) -> None:
+    """A run trained on the default corpus, resumed after a Python upgrade (another standard library: the
+    manifest of the corpus differs). Found 2026-12-08: the corpus was built again in place, with another tokenizer,
+    so the resume was refused (``trained with tokenizer A but the data uses B``) with its corpus gone. The old
+    corpus stays; the resume, which gets the new Python's corpus built beside it, is refused in one line naming the
+    data it trained on and the flag that reads it. The old corpus: 20 of the tests' corpus' 30 files (another
+    Python's stdlib) under the default corpus' name for 30."""
+    (tmp_path / "older_python").mkdir()
+    files = [tmp_path / "older_python" / f"{i:02d}.py" for i in range(20)]
+    for path, text in zip(files, corpus_texts()):
+        path.write_text(text)
+    data_dir = tmp_path / "default"
+    old, _ = ensure_source_dataset([str(f) for f in files], str(data_dir / f"stdlib_v{VOCAB}_n30"), VOCAB)
+    kept = {suffix: Path(old + suffix).read_bytes() for suffix in (".bin", ".idx")}
+    run = ["--save", str(tmp_path / "run"), "--save-interval", "2"]
+    first = run_single([*tiny_args(data_dir, 2), *run], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    flags = tiny_args(data_dir, 4)
+    del flags[flags.index("--data-path"):flags.index("--data-path") + 2]
+    resumed = run_single([*flags, *run, "--load", str(tmp_path / "run"), "--use-checkpoint-lr-schedule",
+                          "--default-data-dir", str(data_dir), "--default-data-max-files", "30"], tmp_path)
+    assert resumed.returncode == 2, resumed.stderr[-3000:]
+    assert one_error_line(resumed.stderr).endswith(f"; it trained on {old}: resume it with --data-path {old}")
+    assert {suffix: Path(old + suffix).read_bytes() for suffix in kept} == kept
 
 
 @pytest.mark.launch

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -140,6 +141,10 @@ class DataSources:
                 raise DataError(f"{flag}: {dataset} is read as the weight of {blend[blend.index(dataset) + 1]}, but "
                                 f"it names a dataset too; write ./{dataset} where you mean the dataset (its weight "
                                 "before it, or no weights at all), or rename it")
+
+    def flags(self) -> str:
+        """These sources as the trainer's flags take them: ``--data-path A B`` or the per-split ones."""
+        return " ".join(shlex.join([flag, *blend]) for flag, blend in self._named() if blend)
 
     def _named(self) -> list[tuple[str, list[str]]]:
         """(flag, blend) of ``--data-path`` or of each per-split path."""
@@ -305,6 +310,20 @@ def data_change(recorded: dict[str, dict[str, int]], current: dict[str, dict[str
                               if before.get(key) != value)
             changes.append(f"{prefix} ({diffs})")
     return f"the data changed since {saved} was saved: {'; '.join(changes)}" if changes else None
+
+
+def tokenizer_change(trained: str | None, used: str | None, recorded: DataSources | None, sources: DataSources,
+                     saved: str) -> str | None:
+    """``checkpoint in SAVED was trained with tokenizer A but the data uses B`` where the tokenizer fingerprint the
+    checkpoint recorded (``trained``) is not the data's (``used``), else None. Where ``sources`` are not the data it
+    recorded (``recorded``; a run without ``--data-path`` resumed after a Python upgrade gets the new Python's
+    default corpus, built beside the one it trained on), the line names that data and the flags that read it."""
+    if trained == used:
+        return None
+    change = f"checkpoint in {saved} was trained with tokenizer {trained} but the data uses {used}"
+    if recorded is None or recorded.absolute().record() == sources.absolute().record():
+        return change
+    return f"{change} ({sources}); it trained on {recorded}: resume it with {recorded.flags()}"
 
 
 def data_moved(recorded: DataSources | None, recorded_shapes: Mapping[str, Mapping[str, int]], sources: DataSources,

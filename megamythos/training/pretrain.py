@@ -57,6 +57,7 @@ from megamythos.data.pretraining import (
     recipe_change,
     resolve_data,
     same_sample_order,
+    tokenizer_change,
 )
 from megamythos.data.tokenizer import Tokenizer
 from megamythos.errors import UserError, run_cli
@@ -645,17 +646,16 @@ class Trainer:
         state = self.checkpoints.load(self.engine, load_dir, self.config, universal)
         if state is None:
             return None
-        if state.get("tokenizer_fingerprint") != self.data.tokenizer_fingerprint:
-            raise CheckpointError(f"checkpoint in {load_dir} was trained with tokenizer "
-                                  f"{state.get('tokenizer_fingerprint')} but the data uses "
-                                  f"{self.data.tokenizer_fingerprint}")
         tag_dir = Path(load_dir) / read_latest(load_dir)
         record = read_train_record(tag_dir)
+        recorded = DataSources.from_record(record)
+        if refused := tokenizer_change(state.get("tokenizer_fingerprint"), self.data.tokenizer_fingerprint, recorded,
+                                       self.sources, load_dir):
+            raise CheckpointError(refused)
         change = data_change(record.get("dataset_shapes", {}), self.data.shapes, load_dir)
         if change and self.rank == 0:
             logger.warning("%s. The run goes on with what the datasets hold now; its samples from here on are not "
                            "those it would have read", change)
-        recorded = DataSources.from_record(record)
         self.data_moved = data_moved(recorded, record.get("dataset_shapes", {}), self.sources.absolute(),
                                      self.data.shapes, load_dir)
         settings = recipe_change(record.get("args", {}), recorded, self.args.data_recipe(), self.sources.absolute(),
