@@ -463,15 +463,36 @@ def test_mla_is_the_deepseek_v2_equations_written_out() -> None:
 @pytest.mark.parametrize("attn_type", ["mla", "gqa"])
 def test_attention_depends_only_on_position_differences(attn_type: str) -> None:
     """RoPE makes attention translation-invariant: the same tokens at positions p..p+S-1 give the same output for
-    every offset p (cached decode and prefill share these tables)."""
+    every offset p (cached decode and prefill share these tables), near the 1M-context presets' last position too."""
     from megamythos.model.attention import build_attention
 
     torch.manual_seed(0)
     attn = build_attention(small_config(attn_type=attn_type)).double()
     x = torch.randn(1, 7, 64, dtype=torch.float64)
     with torch.no_grad():
-        outs = [attn(x, torch.arange(offset, offset + 7)) for offset in (0, 5, 1000)]
-    assert torch.allclose(outs[0], outs[1], atol=1e-6) and torch.allclose(outs[0], outs[2], atol=1e-4)
+        outs = [attn(x, torch.arange(offset, offset + 7)) for offset in (0, 5, 1000, 999_000)]
+    assert all(torch.allclose(outs[0], out, atol=1e-6) for out in outs[1:])
+
+
+def test_rope_angles_stay_exact_up_to_the_longest_preset_context() -> None:
+    """The cos/sin tables agree with fp64 to 1e-6 at every position up to the 1t preset's max_seq_len (10^6), at
+    its rope width and base, and at the tiny preset's. Found 2026-12-08: the angles were formed in fp32 and carried
+    half an ulp of the whole angle, 2e-4 at position 4096 and 0.055 near 10^6. The tables hold no state: a shorter
+    call's are the first rows of a longer one's, whichever runs first."""
+    from megamythos.model.layers import rope_cos_sin
+
+    for preset in ("tiny", "1t"):
+        cfg = get_preset(preset)
+        positions = torch.cat([torch.arange(start, start + 64) for start in (0, 4032, cfg.max_seq_len - 64)])
+        cos, sin = rope_cos_sin(positions, cfg.qk_rope_head_dim, cfg.rope_theta)
+        i = torch.arange(0, cfg.qk_rope_head_dim, 2, dtype=torch.float64)
+        angles = positions.double()[:, None] * cfg.rope_theta ** (-i / cfg.qk_rope_head_dim)
+        assert cos.dtype == sin.dtype == torch.float32
+        assert (cos.double() - angles.cos()).abs().max() < 1e-6, preset
+        assert (sin.double() - angles.sin()).abs().max() < 1e-6, preset
+    short = rope_cos_sin(torch.arange(8), 8, 1e4)
+    long = rope_cos_sin(torch.arange(64), 8, 1e4)
+    assert all(torch.equal(s, x[:8]) for s, x in zip(short, long))
 
 
 def test_truncated_backprop_gradient_equals_detaching_the_state_by_hand() -> None:
