@@ -39,6 +39,22 @@ def test_kv_cache_decode_equals_full_forward(attn_type: str, absorb: bool) -> No
     assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-4)
 
 
+@pytest.mark.parametrize("attn_type,absorb", [("mla", True), ("gqa", False)])
+def test_generation_that_fills_the_context_runs_one_forward_per_new_token(attn_type: str, absorb: bool) -> None:
+    """A prompt of 10 and 6 new tokens fill a context of 16: the prefill and 5 cached decodes (of the new tokens at
+    positions 10-14) give the greedy tokens of one full forward over the result, the last sampled at position 15.
+    Found 2026-12-08: a 7th forward ran the last new token through every layer and loop, for logits nothing read."""
+    model = MythosLM(small_config(max_seq_len=16, attn_type=attn_type, exit_threshold=0.0)).eval()
+    forwards: list[int] = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(args[0].shape[1]), with_kwargs=True)
+    prompt = torch.randint(0, 97, (2, 10))
+    out, _ = generate(model, prompt, SamplingConfig(max_new_tokens=6, temperature=0, absorb=absorb))
+    assert out.shape == (2, 16) and forwards == [10, 1, 1, 1, 1, 1]
+    with torch.no_grad():
+        full = model(out[:, :-1], n_loops=model.config.mean_loops, exit_threshold=0.0).logits
+    assert torch.equal(full[:, 9:].argmax(-1), out[:, 10:])
+
+
 def test_mla_cache_holds_only_latent_and_shared_rope_key() -> None:
     cfg = small_config()
     model = MythosLM(cfg).eval()

@@ -165,7 +165,8 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
     Prompts of different lengths come left-padded with their ``attention_mask`` [B, S] (1 = real, 0 = padding;
     :func:`left_pad`): each row then generates what it would alone. The mask grows by a real column per step.
 
-    The prompt is prefilled in one forward; each new token then runs one cached forward. With MLA the cache
+    The prompt is prefilled in one forward; each new token but the last then runs one cached forward (n new tokens
+    take n forwards, the cache ends at prompt + n - 1 positions, within ``max_seq_len``). With MLA the cache
     holds the kv latent and the shared RoPE key only, and ``absorb`` decodes in latent space.
     """
     steps = new_token_limit(model.config.max_seq_len, prompt_ids.shape[1], cfg.max_new_tokens)
@@ -179,7 +180,7 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
         out = model(prompt_ids, cache=cache, absorb=cfg.absorb, exit_threshold=cfg.exit_threshold,
                     attention_mask=attention_mask)
         finished = torch.zeros(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
-        for _ in range(steps):
+        for step in range(steps):
             if stats is not None:
                 stats.row_loops.append(out.stats["depth"][:, -1].float())  # the newest token's loops
                 stats.generating.append(~finished)
@@ -188,7 +189,7 @@ def generate_stream(model: MythosLM, prompt_ids: torch.Tensor, cfg: SamplingConf
                 token = token.masked_fill(finished, cfg.eos_id)
                 finished |= token == cfg.eos_id
             yield token
-            if bool(finished.all()):
+            if step == steps - 1 or bool(finished.all()):  # the last token needs no forward: nothing reads it
                 return
             if attention_mask is not None:
                 attention_mask = torch.cat((attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)), 1)
