@@ -451,6 +451,16 @@ def test_a_run_without_save_is_told_it_checkpoints_nothing():
     assert checkpointing_warning("ckpt", 0, 1000) is None and checkpointing_warning("ckpt", 100, 5000) is None
 
 
+def test_a_longer_context_trained_at_the_default_length_is_told_so():
+    """Found 2026-12-08 (context length): ``--finetune --load SRC --override max_seq_len=4096`` without
+    ``--seq-length`` trained on samples of the default 256 tokens, without a word; the start now says so."""
+    assert parse_args(["--override", "max_seq_len=4096"]).context_warning() == (
+        "--override max_seq_len=4096 with --seq-length 256: this run trains on samples of 256 tokens, not 4096; "
+        "pass --seq-length 4096 to train at the longer context")
+    assert parse_args(["--override", "max_seq_len=4096", "--seq-length", "4096"]).context_warning() is None
+    assert parse_args(["--seq-length", "128"]).context_warning() is None  # the preset's context: nothing to say
+
+
 @pytest.mark.launch
 def test_a_long_run_without_periodic_checkpoints_is_told_what_a_crash_costs(corpus, tmp_path):
     """Found 2026-12-06: a GPU launch saves only at the end and on a signal by default, without a word; a crash at

@@ -280,6 +280,17 @@ class TrainArgs:
             raise ArgumentError(why)
         return config
 
+    def context_warning(self) -> str | None:
+        """What a run that raises the model's context above its training length is told at its start (the usual
+        context extension, ``--finetune --override max_seq_len=N``, meant with ``--seq-length N``), None if
+        nothing: ``--seq-length`` has its own default (256), whatever ``max_seq_len`` says."""
+        longest = self.overrides.get("max_seq_len")
+        if not isinstance(longest, int) or longest <= self.seq_length:
+            return None
+        return (f"--override max_seq_len={longest} with --seq-length {self.seq_length}: this run trains on samples "
+                f"of {self.seq_length} tokens, not {longest}; pass --seq-length {longest} to train at the longer "
+                "context")
+
     def data_recipe(self) -> DataRecipe:
         """The settings that decide which samples this run reads (recorded with its checkpoints)."""
         return DataRecipe.from_record(self.to_dict())

@@ -1093,6 +1093,9 @@ class Trainer:
         unsaved = checkpointing_warning(self.args.save, self.args.save_interval, self.total_iters - self.iteration)
         if unsaved and self.rank == 0:
             logger.warning("%s", unsaved)
+        context = self.args.context_warning()
+        if context and self.rank == 0:
+            logger.warning("%s", context)
         signals = GracefulExit(self.args.exit_duration_in_mins)
         self.engine.train()
         saved_at, save_due = self.iteration, False
