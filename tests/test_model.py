@@ -1,6 +1,7 @@
 """Behaviour of MythosLM: causality, cached decode, stability of the recurrence, early exit, options, training."""
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -297,6 +298,29 @@ def test_loop_checkpointing_is_exact_and_counts_expert_load_once(segment: int, n
     assert torch.equal(counts_a, counts_b) and counts_a.sum() == n_loops * 2 * 8 * 2  # loops x tokens x top-2
     assert all((a is None) == (b is None) for a, b in zip(grads_a, grads_b))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_a, grads_b) if a is not None)
+
+
+@pytest.mark.parametrize("capacity", [(), (1, 1, 0.5, 0.5, 0.25)])
+@pytest.mark.parametrize("segment, backprop_loops", [(1, 0), (2, 0), (0, 0), (2, 3)])
+def test_loop_checkpointing_reruns_each_loop_once_per_checkpoint_level(capacity: tuple[float, ...], segment: int,
+                                                                        backprop_loops: int) -> None:
+    """The shared block runs once per loop in forward. Backward re-runs each of the k loops with gradient once
+    for its own checkpoint and, in segments of c > 1 loops, once more for its segment's, except the segment's
+    last loop (its output is the next segment's kept input): k + k - ceil(k / c) re-runs, with loop_capacity
+    as without it."""
+    config = small_config(checkpoint_loops=True, loop_checkpoint_segment=segment, backprop_loops=backprop_loops,
+                          mean_loops=5, max_loops=5, loop_capacity=capacity)
+    model = MythosLM(config)
+    calls: list[bool] = []
+    model.recurrent.block.register_forward_hook(lambda *_: calls.append(True))
+    ids = torch.randint(0, 97, (2, 16))
+    out = model(ids, labels=ids)
+    forward_calls = len(calls)
+    (out.loss + out.aux_loss).backward()
+    k = backprop_loops or 5
+    length = segment or math.ceil(math.sqrt(k))
+    segment_reruns = k - math.ceil(k / length) if length > 1 else 0
+    assert (forward_calls, len(calls) - forward_calls) == (5, k + segment_reruns)
 
 
 def _saved_bytes(model: MythosLM, ids: torch.Tensor, n_loops: int) -> int:

@@ -292,16 +292,23 @@ def relative_change(h_next: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return (h_next - h).norm(dim=-1) / h_next.norm(dim=-1).clamp_min(1e-12)
 
 
+def keep_frozen(h_next: torch.Tensor, h: torch.Tensor, running: torch.Tensor) -> torch.Tensor:
+    """h_next [B, S, H] at the ``running`` [B, S] tokens, their frozen state h [B, S, H] at the exited ones."""
+    return torch.where(running.unsqueeze(-1), h_next, h)
+
+
 def advance(state: LoopState, h_next: torch.Tensor, aux: torch.Tensor, rho: torch.Tensor | None,
             change: torch.Tensor, exit_threshold: float) -> LoopState:
-    """The state after one iteration that produced h_next [B, S, H] with relative change [B, S]: every token takes
-    h_next; under early exit only the active ones do (and count the step), and they stay active while their
-    change is >= exit_threshold. Exited tokens keep their frozen state."""
+    """The state after one iteration whose new state of every token is h_next [B, S, H] (the exited tokens' frozen
+    one: :func:`keep_frozen`), with relative change [B, S]: under early exit only the active tokens count the step,
+    and they stay active while their change is >= exit_threshold.
+
+    Keeps nothing for backward (no autograd op saves a tensor here), so that nothing after a checkpointed segment's
+    last iteration makes the segment's recompute re-run it (:meth:`RecurrentCore.step`)."""
     rho = state.rho if rho is None else rho
     if state.active is None:
         return LoopState(h_next, None, state.depth + 1.0, state.aux + aux, rho, change)
-    return LoopState(h=torch.where(state.active.unsqueeze(-1), h_next, state.h),
-                     active=state.active & (change >= exit_threshold),
+    return LoopState(h=h_next, active=state.active & (change >= exit_threshold),
                      depth=state.depth + state.active.float(), aux=state.aux + aux, rho=rho, change=change)
 
 
@@ -369,7 +376,8 @@ class RecurrentCore(nn.Module):
     iterations under gradient. ``loop_checkpoint_segment`` = c > 1 (0: c = ceil(sqrt(k))) checkpoints runs of
     c iterations again (two-level): the forward keeps only segment-boundary states and the backward
     re-creates one segment's per-iteration states at a time, O(k / c + c) states for one extra forward of
-    the k iterations.
+    the k iterations but each segment's last (its output is the next segment's kept input: the recompute stops
+    before it, :meth:`step`).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -460,18 +468,19 @@ class RecurrentCore(nn.Module):
             else:
                 active = still_active(state.active)
             shares.append(state.depth.new_ones(()) if state.active is None else state.active.float().mean())
-            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb, active, layout)
-            h_next, aux, rho, gate = (self._checkpointed(self.iteration, *args) if checkpoint_each
-                                      else self.iteration(*args))
+            args = (state.h, e, t, positions, caches[t] if caches is not None else None, absorb, active,
+                    state.active, layout)
+            h_new, h_next, aux, rho, gate = (self._checkpointed(self.step, *args) if checkpoint_each
+                                             else self.step(*args))
             if active is None:
                 change = relative_change(h_next, state.h)
                 if state.active is not None:  # masked path: the exited tokens ran too; their change and gate don't
                     change = change * state.active
                     gate = None if gate is None else (gate * state.active).sum() / state.active.sum()
-            else:  # the active tokens' new states into the frozen ones; an exited token's change reads 0
-                change = active.scatter(torch.zeros_like(state.depth), relative_change(h_next, active.gather(state.h)))
-                h_next = active.scatter(state.h, h_next)
-            state = advance(state, h_next, aux, rho, change, exit_threshold)
+            else:  # an exited token's change reads 0; gathered detached, as nothing here may keep a tensor (step)
+                change = active.scatter(torch.zeros_like(state.depth),
+                                        relative_change(h_next, active.gather(state.h.detach())))
+            state = advance(state, h_new, aux, rho, change, exit_threshold)
             norms.append(state.h.detach().norm(dim=-1).mean())
             changes.append(change)
             if gate is not None:
@@ -488,6 +497,25 @@ class RecurrentCore(nn.Module):
             return state.change
         with torch.no_grad():
             return self.router(state.h, t)
+
+    def step(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor, cache: LayerKVCache | None,
+             absorb: bool, active: TokenSubset | None, running: torch.Tensor | None, layout: RowLayout | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Iteration t as the loop runs it, h_t [B, S, H] fp32 -> (h_{t+1} of every token [B, S, H] fp32, then what
+        :meth:`iteration` returns): the computed tokens' new states (``active``'s under compaction, else those of
+        the ``running`` [B, S] tokens, None: every token) into the frozen h_t of the others.
+
+        The loop checkpoints this whole call, the merge included: after it the loop keeps nothing for backward
+        (:func:`advance`), so the recompute of a segment of checkpointed iterations stops (torch's early stop)
+        before re-running its last iteration, whose output the next segment kept, with ``loop_capacity`` as
+        without it.
+        """
+        h_next, aux, rho, gate = self.iteration(h, e, t, positions, cache, absorb, active, layout)
+        if active is not None:
+            h_new = active.scatter(h, h_next)
+        else:
+            h_new = h_next if running is None else keep_frozen(h_next, h, running)
+        return h_new, h_next, aux, rho, gate
 
     def iteration(self, h: torch.Tensor, e: torch.Tensor, t: int, positions: torch.Tensor,
                   cache: LayerKVCache | None, absorb: bool, active: TokenSubset | None = None,

@@ -30,7 +30,7 @@ from megamythos.model.config import ModelConfig
 from megamythos.model.layers import RMSNorm
 from megamythos.model.lm import MythosLM
 from megamythos.model.params import attention_fwd_flops_per_token, count, dense_block_matmul_params
-from megamythos.model.recurrent import LoopState, advance, computed_iterations, exit_distribution
+from megamythos.model.recurrent import LoopState, advance, computed_iterations, exit_distribution, keep_frozen
 
 BETA = 0.01  # the paper's KL weight
 PRIOR_LAMBDA = 0.09  # truncated to N = 8 loops: prior mean 4.01 loops, the study model's trained mean depth
@@ -136,7 +136,8 @@ class PonderLM(MythosLM):
             last = t == self.n_loops - 1
             log_survival = log_survival + (F.logsigmoid(-self._halting_logits(h_next)) if not last
                                            else torch.full_like(zeros, -math.inf))
-            state = advance(state, h_next, aux, None, log_survival.exp(), 1 - threshold)
+            state = advance(state, keep_frozen(h_next, state.h, state.active), aux, None, log_survival.exp(),
+                            1 - threshold)
             if not bool(state.active.any()):
                 break
         return self.coda_logits(state.h.to(e.dtype), positions), state.depth
