@@ -350,3 +350,27 @@ def test_the_plan_is_of_the_model_the_trainer_flags_after_the_dashes_make(tmp_pa
         assert planned["total"] == expected.total, where
         assert planned["effective_per_token"] == expected.effective_per_token, where
     assert plan(base)["total"] == count(get_preset("small")).total
+
+
+
+@pytest.mark.parametrize("trainer", [["--mean-loops", "6", "--override", "mean_loops=4"],
+                                     ["--override=backprop_loops=1", "--backprop-loops", "3"]])
+def test_the_plan_refuses_a_field_the_trainer_flags_after_the_dashes_set_twice(trainer, capsys) -> None:
+    """Found 2026-12-08 (review): the trainer refuses a field that its alias flag and ``--override`` set to two
+    values, but the plan took the flag's (``-- --mean-loops 6 --override mean_loops=4`` planned 6 loops): a plan of
+    a command that never trains. The plan now refuses it with the trainer's line."""
+    from megamythos.training.arguments import ArgumentError, parse_args
+
+    with pytest.raises(ArgumentError) as refused:
+        parse_args(trainer)
+    assert params_main(["--preset", "tiny", "--gpus", "1", "--", *trainer]) == 2
+    assert capsys.readouterr().err.strip().endswith(str(refused.value))
+
+
+def test_the_plan_reads_no_prefix_of_a_trainer_flag_after_the_dashes() -> None:
+    """Found 2026-12-08 (review): the plan read ``-- --mean 6`` as ``--mean-loops 6`` and planned 6 loops, where the
+    trainer takes no prefix of a flag (it refuses ``--mean``)."""
+    from megamythos.planning.plan import plan
+
+    assert plan(["--preset", "tiny", "--gpus", "1", "--json", "--", "--mean", "6"])["effective_per_token"] == (
+        count(get_preset("tiny")).effective_per_token)

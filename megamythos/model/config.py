@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,6 +353,23 @@ def parse_override(text: str) -> tuple[str, Any]:
         except ValueError:
             pass
     return key, raw
+
+
+def field_overrides(items: Sequence[str], aliases: Mapping[str, Any]) -> dict[str, Any]:
+    """The model fields a command line sets: each ``--override FIELD=VALUE`` of ``items`` (the last of a field
+    wins) and each flag that aliases a field (``aliases``: field -> the flag's value, None where not given; the
+    trainer's ``--mean-loops`` for ``mean_loops``). The trainer's reading, which the planner applies to the trainer
+    flags it prints; a malformed item, or a flag and an ``--override`` that set one field to two values, raises
+    :class:`ConfigError` in one line."""
+    try:
+        fields = dict(parse_override(item) for item in items)
+    except ConfigError as err:
+        raise ConfigError(f"--override: {err}") from err
+    for name, value in aliases.items():
+        if value is not None and fields.setdefault(name, value) != value:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} and --override {name}={fields[name]} set the "
+                              "same field to different values; give one")
+    return fields
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from megamythos.errors import ArgumentParser, number, path_text, read_json_object, run_cli
-from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, get_preset, parse_override
+from megamythos.model.config import DEFAULT_PRESET, PRESETS, ConfigError, ModelConfig, field_overrides, get_preset
 from megamythos.model.params import BYTES, count
 from megamythos.planning.layout import (
     ZEROPP_KEYS,
@@ -200,18 +200,16 @@ PLANNED_FIELDS = {"max_seq_len", "checkpoint_loops", "loop_checkpoint_segment", 
 
 def trainer_model_changes(train_args: list[str]) -> dict[str, Any]:
     """The model fields the trainer flags after ``--`` set: each ``--override FIELD=VALUE`` (also the one-word
-    ``--override=FIELD=VALUE``) and the trainer's field flags ``--mean-loops`` / ``--backprop-loops``, the last
-    one of a field winning, as in the trainer. The plan is made of the model with them, the model the command
-    trains."""
-    parser = argparse.ArgumentParser(add_help=False)
+    ``--override=FIELD=VALUE``) and the trainer's field flags ``--mean-loops`` / ``--backprop-loops``, read as the
+    trainer reads them (:func:`field_overrides`: the last ``--override`` of a field wins, a flag and an override
+    of two values are refused; no prefix of a flag is the flag). The plan is made of the model with them, the model
+    the command trains."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--override", action="append", default=[])
     parser.add_argument("--mean-loops", type=int)
     parser.add_argument("--backprop-loops", type=int)
     known, _ = parser.parse_known_args([a for a in train_args if a != "--"])
-    changes = dict(parse_override(item) for item in known.override)
-    changes.update({k: v for k, v in (("mean_loops", known.mean_loops), ("backprop_loops", known.backprop_loops))
-                    if v is not None})
-    return changes
+    return field_overrides(known.override, {"mean_loops": known.mean_loops, "backprop_loops": known.backprop_loops})
 
 
 def check_launchable(args: argparse.Namespace) -> None:

@@ -33,7 +33,7 @@ from megamythos.errors import (
     read_json_object,
     unexpanded_home,
 )
-from megamythos.model.config import DEFAULT_PRESET, ConfigError, ModelConfig, get_preset, parse_override
+from megamythos.model.config import DEFAULT_PRESET, ConfigError, ModelConfig, field_overrides, get_preset
 from megamythos.runtime.locations import DEFAULT_DS_CONFIG, DS_CONFIGS, WORKSPACE
 from megamythos.training.divergence import ON_DIVERGENCE
 from megamythos.training.optimizers import ADAM_IMPLS
@@ -543,16 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> TrainArgs:
     """Parse ``argv`` into validated :class:`TrainArgs`; a bad flag raises :class:`ArgumentError`."""
     ns = vars(build_parser().parse_args(argv))
-    try:
-        overrides = dict(parse_override(item) for item in ns["overrides"])
+    try:  # the aliases write their field only when given
+        ns["overrides"] = field_overrides(ns["overrides"], {name: ns.pop(name) for name in MODEL_FIELD_FLAGS})
     except ConfigError as err:
-        raise ArgumentError(f"--override: {err}") from err
-    for name in MODEL_FIELD_FLAGS:  # the aliases write their field only when given
-        flag = ns.pop(name)
-        if flag is None:
-            continue
-        if overrides.setdefault(name, flag) != flag:
-            raise ArgumentError(f"--{name.replace('_', '-')} {flag} and --override {name}={overrides[name]} set the "
-                                "same field to different values; give one")
-    ns["overrides"] = overrides
+        raise ArgumentError(str(err)) from err
     return TrainArgs(**ns)
