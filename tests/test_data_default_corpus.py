@@ -1,6 +1,7 @@
 """The embedded stdlib corpus: built once, reused, safe under concurrent callers."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sysconfig
@@ -120,6 +121,27 @@ def test_a_corpus_of_another_python_is_kept_and_this_one_s_is_built_beside_it(tm
     with open(files[-1], "rb+") as handle:
         handle.truncate(os.path.getsize(files[-1]) - len("x = 1  # a file of the next Python\n"))
     assert ensure_source_dataset(files, base, 400, workers=1) == (old_prefix, old_model)
+    assert "building corpus" not in caplog.text
+
+
+def test_the_corpus_built_beside_another_is_reused_once_the_other_is_removed(tmp_path, caplog) -> None:
+    """Found 2026-12-08 (review): once this Python's corpus was built beside another Python's, removing the other
+    one (its runs done) built this Python's again at the plain name, with a new tokenizer, so the runs trained on
+    the one beside it were refused on resume without --data-path. The one beside it is reused."""
+    files = [str(tmp_path / f"{i}.py") for i in range(4)]
+    for path, original in zip(files, stdlib_sources(4)):
+        with open(original, "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read())
+    base = str(tmp_path / "default" / "stdlib_v400_n4")
+    old_prefix, _ = ensure_source_dataset(files, base, 400, workers=1)  # the other Python's
+    with open(files[0], "a") as handle:
+        handle.write("x = 1  # a file of the next Python\n")
+    beside = ensure_source_dataset(files, base, 400, workers=1)
+    assert beside[0] != old_prefix
+    for path in glob.glob(base + "_text_document*") + glob.glob(base + "_tokenizer*") + [base + ".manifest.json"]:
+        os.remove(path)
+    caplog.set_level("INFO", logger="megamythos.data.default_corpus")
+    assert ensure_source_dataset(files, base, 400, workers=1) == beside
     assert "building corpus" not in caplog.text
 
 

@@ -126,14 +126,15 @@ def ensure_source_dataset(files: list[str], base: str, vocab_size: int,
     paths; their manifest differs) is never built again in place, since the runs trained on it need it (a rebuild
     trains another tokenizer: they were refused on resume and by evaluate, their data gone). This build goes beside
     it, to ``{base}_{key}`` (:func:`manifest_key`), and is reused there; the corpus at ``base`` stays for the runs
-    that name it. An incomplete or damaged one at ``base`` is built again there."""
+    that name it, and this build is reused beside it once it is gone. An incomplete or damaged one at ``base`` is
+    built again there."""
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     manifest = _manifest(files, vocab_size)
     with open(f"{base}.lock", "w") as lock:  # one lock for the corpus at base and those beside it
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _reusable(base, manifest) or not _holds_a_corpus(base):
-            return _build_or_reuse(files, base, manifest, workers)
         keyed = f"{base}_{manifest_key(manifest)}"
+        if _reusable(base, manifest) or not (_holds_a_corpus(base) or _reusable(keyed, manifest)):
+            return _build_or_reuse(files, base, manifest, workers)
         if not _reusable(keyed, manifest):
             logger.info("corpus %s_text_document was built from other files than these %d (another Python's "
                         "standard library?): it is kept for the runs trained on it, and this corpus is built beside it "
