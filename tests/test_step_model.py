@@ -16,7 +16,7 @@ from megamythos.planning.memory import memory_plan
 from megamythos.planning.plan import main as params_main
 from megamythos.planning.step_model import KINDS, Cluster, StepSettings, step_plan
 from megamythos.training.arguments import parse_args
-from tests.helpers import REPO, LaunchPool, metrics, plain_zero3_template, run, tiny_args, trains
+from tests.helpers import REPO, LaunchPool, metrics, one_error_line, plain_zero3_template, run, tiny_args, trains
 
 ITERS = 4
 LAYOUTS = {  # name: (trainer flags, step-model layout for 2 ranks, fp32, seq 32)
@@ -374,3 +374,14 @@ def test_the_plan_reads_no_prefix_of_a_trainer_flag_after_the_dashes() -> None:
 
     assert plan(["--preset", "tiny", "--gpus", "1", "--json", "--", "--mean", "6"])["effective_per_token"] == (
         count(get_preset("tiny")).effective_per_token)
+
+
+@pytest.mark.parametrize("value, message", [("abc", "'abc' is not an integer"), ("0", "must be >= 1, got 0")])
+def test_a_bad_trainer_loop_flag_after_the_dashes_is_one_line_as_the_trainer_s(value, message, capsys) -> None:
+    """Found 2026-12-08 (review): ``plan ... -- --mean-loops abc`` printed an argparse usage block of a ``plan.py``
+    with ``--override OVERRIDE`` flags, and ``--mean-loops 0`` a ModelConfig line: the trainer's is one line."""
+    with pytest.raises(SystemExit) as exited:  # as the planner's own flags
+        params_main(["--preset", "tiny", "--gpus", "1", "--", "--mean-loops", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == one_error_line(err) and f"argument --mean-loops: {message}" in err

@@ -204,10 +204,10 @@ def trainer_model_changes(train_args: list[str]) -> dict[str, Any]:
     trainer reads them (:func:`field_overrides`: the last ``--override`` of a field wins, a flag and an override
     of two values are refused; no prefix of a flag is the flag). The plan is made of the model with them, the model
     the command trains."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser = ArgumentParser(prog="trainer flags after --", add_help=False)  # one error line, no prefix read
     parser.add_argument("--override", action="append", default=[])
-    parser.add_argument("--mean-loops", type=int)
-    parser.add_argument("--backprop-loops", type=int)
+    parser.add_argument("--mean-loops", type=number(int, 1))  # the trainer's types
+    parser.add_argument("--backprop-loops", type=number(int, 0))
     known, _ = parser.parse_known_args([a for a in train_args if a != "--"])
     return field_overrides(known.override, {"mean_loops": known.mean_loops, "backprop_loops": known.backprop_loops})
 
