@@ -164,9 +164,13 @@ def evaluate_loops(model: MythosLM, batches: Sequence[tuple[torch.Tensor, torch.
 
 @contextlib.contextmanager
 def noise_seeded(device: torch.device) -> Iterator[None]:
-    """Inside: torch's CPU generator (and ``device``'s, on CUDA) seeded with 0; outside, their states as before."""
+    """Inside: torch's CPU generator (and ``device``'s, on CUDA) seeded with 0; outside, their states as before
+    (the other devices' generators untouched: ``torch.manual_seed`` would reseed every one)."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(0)
+        torch.default_generator.manual_seed(0)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(0)
         yield
 
 

@@ -190,7 +190,7 @@ def count(c: ModelConfig, seq_len: int | None = None, n_loops: int | None = None
     # backward (2x forward) only where gradients flow: truncated BPTT runs the first loops - k without them
     with_grad = min(c.backprop_loops or loops, loops)
     train = 3 * (outside_loops + sum(trained_loops)) - 2 * sum(trained_loops[:loops - with_grad]) + sum(ranked)
-    recompute = sum(trained_loops[loops - with_grad:]) + sum(ranked[loops - with_grad:])
+    recompute = sum(trained_loops[loops - with_grad:])  # the ranking runs outside each loop's checkpoint
     per_layer_kv = (c.kv_lora_rank + c.qk_rope_head_dim if c.attn_type == "mla"
                     else 2 * c.n_kv_heads * c.resolved_head_dim)
     return ParamReport(total=p.total, embedding=p.embedding, prelude_coda=p.prelude_coda, recurrent=p.recurrent,
