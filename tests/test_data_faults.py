@@ -466,6 +466,14 @@ def _ignores_sigint(pid: int) -> bool:
     return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
 
 
+def _check_hears_sigint(pid: int) -> None:
+    """Fail at once, naming the cause, where the process to be interrupted ignores SIGINT: a SIG_IGN it inherited
+    (from this test's process: ``signal.getsignal`` here) would turn the test into a 60-s hang (seen once in
+    ``make test-fast``, 2026-12-08, cause not found)."""
+    assert not _ignores_sigint(pid), (f"process {pid} ignores SIGINT; this test process's SIGINT handler: "
+                                      f"{signal.getsignal(signal.SIGINT)!r}")
+
+
 def test_ctrl_c_with_workers_is_one_line(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
     """Ctrl-C (SIGINT to the process group) while ``--workers 2`` encode: ``error: interrupted``, exit 130, no
     temporaries. Before: each encoding process printed a ``KeyboardInterrupt`` traceback above that line. The input
@@ -484,6 +492,7 @@ def test_ctrl_c_with_workers_is_one_line(tmp_path: Path, tiny_tokenizer: Tokeniz
         deadline = time.monotonic() + 10  # the workers' start-up, where a signal would still be Python's to handle
         while not all(map(_ignores_sigint, (w.pid for w in workers))) and time.monotonic() < deadline:
             time.sleep(0.05)
+        _check_hears_sigint(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -584,6 +593,7 @@ def test_ctrl_c_while_a_partition_has_finished_is_one_line(tmp_path: Path, tiny_
     while not list(tmp_path.glob("o.parts.tmp.*/000_text.idx")) and proc.poll() is None:  # the first part written
         assert time.monotonic() < deadline, "the first partition never finished"
         time.sleep(0.05)
+    _check_hears_sigint(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     err = _finish(proc, held)
     assert proc.returncode == 130
